@@ -1,0 +1,1 @@
+"""The platform's shared kernel: staff roles and API tokens, API conventions, health."""

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class CdpConfig(AppConfig):
+    name = "cdp"
+    verbose_name = "Platform"

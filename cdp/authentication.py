@@ -1,0 +1,38 @@
+"""Staff API authentication: ``Authorization: Token <t>`` or ``Authorization: Bearer <t>``.
+
+Only staff tokens are accepted here; a source write key is a different credential kind and
+never matches (and a staff token never works on ingestion).
+"""
+
+from django.contrib.auth.models import AbstractBaseUser
+from rest_framework import authentication, exceptions
+from rest_framework.request import Request
+
+from cdp.credentials import credential_hash
+from cdp.models import ApiToken
+
+_SCHEMES = (b"token", b"bearer")
+
+
+class StaffTokenAuthentication(authentication.BaseAuthentication):
+    def authenticate(self, request: Request) -> tuple[AbstractBaseUser, ApiToken] | None:
+        header = authentication.get_authorization_header(request).split()
+        if not header or header[0].lower() not in _SCHEMES:
+            return None
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed("Authorization header must be '<scheme> <token>'.")
+        try:
+            secret = header[1].decode()
+        except UnicodeDecodeError as exc:
+            raise exceptions.AuthenticationFailed("Token contains invalid characters.") from exc
+        token = (
+            ApiToken.objects.select_related("user")
+            .filter(key_hash=credential_hash(secret), revoked_at__isnull=True)
+            .first()
+        )
+        if token is None or not token.user.is_active:
+            raise exceptions.AuthenticationFailed("Invalid or revoked token.")
+        return token.user, token
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'

@@ -1,0 +1,44 @@
+"""Writes of the shared kernel: staff users with roles, and their API tokens."""
+
+from dataclasses import dataclass
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractUser, Group
+from django.db import transaction
+from django.utils import timezone
+
+from cdp.credentials import credential_hash, credential_new, credential_prefix
+from cdp.models import ApiToken
+from cdp.roles import Role
+
+STAFF_TOKEN_KIND = "cdp"  # noqa: S105 - a prefix, not a secret
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: ApiToken
+    secret: str  # shown once, never stored
+
+
+@transaction.atomic
+def staff_user_ensure(*, username: str, role: Role) -> AbstractUser:
+    """Get or create the staff user and make ``role`` its only role."""
+    user, _ = get_user_model().objects.get_or_create(username=username, defaults={"is_staff": True})
+    user.groups.remove(*Group.objects.filter(name__in=Role.values).exclude(name=role))
+    user.groups.add(Group.objects.get(name=role))
+    return user
+
+
+def token_issue(*, user: AbstractUser, name: str) -> IssuedToken:
+    secret = credential_new(kind=STAFF_TOKEN_KIND)
+    token = ApiToken.objects.create(
+        user=user, name=name, key_hash=credential_hash(secret), key_prefix=credential_prefix(secret)
+    )
+    return IssuedToken(token=token, secret=secret)
+
+
+def tokens_revoke(*, user: AbstractUser, name: str) -> int:
+    """Revoke the user's active tokens of that name; returns how many."""
+    return ApiToken.objects.filter(user=user, name=name, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )

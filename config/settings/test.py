@@ -1,0 +1,14 @@
+"""Tests: the real PostgreSQL and Redis, tasks eager unless a test runs a real worker."""
+
+import os
+
+os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-not-a-secret")
+os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
+
+from config.settings.base import *  # noqa: F403
+
+CELERY_TASK_ALWAYS_EAGER = True
+CELERY_TASK_EAGER_PROPAGATES = True
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
+LOGGING["root"]["level"] = "WARNING"  # noqa: F405

@@ -1,0 +1,274 @@
+"""The Segment-compatible tracking API: ``POST /v1/{identify,track,page,screen,alias,group,batch}``.
+
+Views check shape and hand over to ``events.contract`` (rules) and ``events.services``
+(storage). A request costs one query to find its source and one statement to store all
+its events, whatever their number.
+"""
+
+import base64
+import binascii
+import zlib
+from typing import Any
+
+import orjson
+from django.contrib.auth.models import AnonymousUser
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiExample, extend_schema
+from rest_framework import exceptions, status
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.parsers import BaseParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from cdp.errors import ApiError, FieldError
+from events.contract import (
+    MAX_BATCH_BYTES,
+    MAX_EVENT_BYTES,
+    Message,
+    Rejection,
+    batch_parse,
+    message_parse,
+)
+from events.models import Source
+from events.selectors import source_for_write_key
+from events.services import events_ingest
+
+_EXCERPT_BYTES = 2048
+
+
+class BodyRejected(ApiError):
+    """The request body as a whole is unusable; ``excerpt`` keeps its start for inspection."""
+
+    def __init__(
+        self, *, code: str, message: str, excerpt: str = "", errors: tuple[FieldError, ...] = ()
+    ) -> None:
+        super().__init__(code=code, message=message, errors=errors)
+        self.excerpt = excerpt
+
+
+def _excerpt(raw: bytes) -> str:
+    return raw[:_EXCERPT_BYTES].decode("utf-8", errors="replace").replace("\x00", "\\u0000")
+
+
+def _too_large(limit: int, what: str) -> BodyRejected:
+    return BodyRejected(
+        code="request_too_large" if limit == MAX_BATCH_BYTES else "event_too_large",
+        message=f"The {what} is larger than {limit // 1024} KB, the limit for this call.",
+    )
+
+
+class SegmentJSONParser(BaseParser):
+    """JSON body of any declared media type (browsers' beacons send text/plain), optionally
+    gzip-encoded, never read or inflated past the view's limit."""
+
+    media_type = "*/*"
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> dict:
+        context = parser_context or {}
+        limit: int = context["view"].body_limit
+        what = context["view"].body_name
+        request = context["request"]
+        raw = stream.read(limit + 1) if stream is not None else b""
+        if request.META.get("HTTP_CONTENT_ENCODING", "").lower() == "gzip":
+            inflater = zlib.decompressobj(wbits=31)
+            try:
+                raw = inflater.decompress(raw, limit + 1)
+            except zlib.error as exc:
+                raise BodyRejected(
+                    code="invalid_encoding", message=f"The body is not valid gzip: {exc}"
+                ) from exc
+        if len(raw) > limit:
+            raise _too_large(limit, what)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise BodyRejected(
+                code="invalid_json", message=f"The body is not valid JSON: {exc}", excerpt=_excerpt(raw)
+            ) from exc
+        if not isinstance(body, dict):
+            raise BodyRejected(
+                code="invalid_json", message="The body must be a JSON object.", excerpt=_excerpt(raw)
+            )
+        return body
+
+
+def _basic_username(request: Request) -> str | None:
+    header = get_authorization_header(request).split()
+    if len(header) != 2 or header[0].lower() != b"basic":
+        return None
+    try:
+        decoded = base64.b64decode(header[1], validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise exceptions.AuthenticationFailed("The Basic credentials are not valid base64.") from exc
+    return decoded.partition(":")[0]
+
+
+class WriteKeyAuthentication(BaseAuthentication):
+    """A source's write key, as the HTTP Basic user name (empty password) or ``writeKey``
+    in the body. Only write keys are accepted here; staff tokens never are."""
+
+    def authenticate(self, request: Request) -> tuple[AnonymousUser, Source]:
+        write_key = _basic_username(request)
+        if not write_key:
+            body = request.data
+            write_key = body.get("writeKey") if isinstance(body, dict) else None
+        if not isinstance(write_key, str) or not write_key:
+            raise exceptions.NotAuthenticated(
+                "Send the source's write key as the HTTP Basic user name (empty password) or as writeKey."
+            )
+        source = source_for_write_key(write_key)
+        if source is None:
+            raise exceptions.AuthenticationFailed("Unknown or disabled write key.")
+        return AnonymousUser(), source
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Basic realm="ingestion"'
+
+
+def _rejection_body(rejection: Rejection) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": rejection.code, "message": rejection.message}
+    body["errors"] = [error.as_dict() for error in rejection.errors]
+    if rejection.index is not None:
+        body = {"index": rejection.index, "messageId": rejection.message_id, **body}
+    return body
+
+
+class _IngestionView(APIView):
+    authentication_classes = (WriteKeyAuthentication,)
+    permission_classes = ()
+    parser_classes = (SegmentJSONParser,)
+    throttle_classes = ()
+    body_limit = MAX_EVENT_BYTES
+    body_name = "event"
+    endpoint = ""
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        self.received_at = timezone.now()
+        super().initial(request, *args, **kwargs)
+
+    def body(self, request: Request) -> dict[str, Any]:
+        """The parsed body; an unusable one is recorded against the source, then refused."""
+        try:
+            return request.data
+        except BodyRejected as exc:
+            self.reject(request, Rejection(exc.code, exc.message, exc.errors, raw_excerpt=exc.excerpt))
+            raise
+
+    def reject(self, request: Request, rejection: Rejection) -> None:
+        events_ingest(
+            source=request.auth,
+            endpoint=self.endpoint,
+            received_at=self.received_at,
+            messages=(),
+            rejections=(rejection,),
+        )
+
+
+class SingleCallView(_IngestionView):
+    call_type = ""
+
+    def post(self, request: Request) -> Response:
+        parsed = message_parse(self.body(request), received_at=self.received_at, call_type=self.call_type)
+        if isinstance(parsed, Rejection):
+            self.reject(request, parsed)
+            raise ApiError(code=parsed.code, message=parsed.message, errors=parsed.errors)
+        outcome = events_ingest(
+            source=request.auth, endpoint=self.endpoint, received_at=self.received_at, messages=(parsed,)
+        )
+        return Response(
+            {"success": True, "messageId": parsed.message_id, "duplicate": outcome.duplicates > 0}
+        )
+
+
+def _single_call_view(call_type: str) -> type[SingleCallView]:
+    @extend_schema(
+        tags=["ingestion"],
+        auth=[{"writeKey": []}],
+        request={"application/json": {"type": "object"}},
+        responses={200: {"type": "object"}},
+        summary=f"Record a {call_type} call (Segment HTTP Tracking API)",
+        examples=[
+            OpenApiExample(
+                call_type,
+                request_only=True,
+                value={
+                    "userId": "u-1",
+                    "event": "Order Completed",
+                    "properties": {"order_id": "o-1", "total": 99, "currency": "CNY"},
+                }
+                if call_type == "track"
+                else {"userId": "u-1", "traits": {"phone": "+8613800138000"}},
+            )
+        ],
+    )
+    class View(SingleCallView):
+        pass
+
+    View.call_type = View.endpoint = call_type
+    View.__name__ = f"{call_type.capitalize()}View"
+    return View
+
+
+IdentifyView = _single_call_view("identify")
+TrackView = _single_call_view("track")
+PageView = _single_call_view("page")
+ScreenView = _single_call_view("screen")
+AliasView = _single_call_view("alias")
+GroupView = _single_call_view("group")
+
+
+@extend_schema(
+    tags=["ingestion"],
+    auth=[{"writeKey": []}],
+    request={"application/json": {"type": "object"}},
+    responses={200: {"type": "object"}, 400: {"type": "object"}},
+    summary="Record a batch of calls (Segment HTTP Tracking API)",
+    description=(
+        "Valid events are stored even when others in the batch are not; the response lists each "
+        "rejected event with its index and reason. 400 when no event was accepted."
+    ),
+)
+class BatchView(_IngestionView):
+    body_limit = MAX_BATCH_BYTES
+    body_name = "batch request"
+    endpoint = "batch"
+
+    def post(self, request: Request) -> Response:
+        parsed = batch_parse(self.body(request))
+        if isinstance(parsed, Rejection):
+            self.reject(request, parsed)
+            raise ApiError(code=parsed.code, message=parsed.message, errors=parsed.errors)
+        raw_messages, defaults = parsed
+        messages: list[Message] = []
+        rejections: list[Rejection] = []
+        for index, raw in enumerate(raw_messages):
+            result = message_parse(raw, received_at=self.received_at, defaults=defaults, index=index)
+            (rejections if isinstance(result, Rejection) else messages).append(result)
+        outcome = events_ingest(
+            source=request.auth,
+            endpoint=self.endpoint,
+            received_at=self.received_at,
+            messages=messages,
+            rejections=rejections,
+        )
+        rejected = [_rejection_body(rejection) for rejection in rejections]
+        if not messages:
+            return Response(
+                {
+                    "success": False,
+                    "code": "invalid_batch",
+                    "message": f"None of the {len(raw_messages)} events was accepted.",
+                    "errors": [],
+                    "rejected": rejected,
+                },
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        return Response(
+            {
+                "success": True,
+                "accepted": outcome.accepted,
+                "duplicates": outcome.duplicates,
+                "rejected": rejected,
+            }
+        )

@@ -1,0 +1,107 @@
+"""Staff API for sources (create, disable, rotate keys) and rejected events. Admins only."""
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from cdp.permissions import roles_required
+from cdp.roles import Role
+from events.models import Channel, RejectedEvent, Source
+from events.services import source_create, source_rotate_key, source_set_enabled
+
+
+class SourceOutput(serializers.ModelSerializer):
+    class Meta:
+        model = Source
+        fields = ("id", "name", "kind", "store_code", "write_key_prefix", "enabled", "created_at")
+
+
+class SourceWithKeyOutput(SourceOutput):
+    write_key = serializers.CharField(help_text="Shown once; only its hash is kept.")
+
+    class Meta(SourceOutput.Meta):
+        fields = (*SourceOutput.Meta.fields, "write_key")
+
+
+class SourceCreateInput(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    kind = serializers.ChoiceField(choices=Channel.choices)
+    store_code = serializers.CharField(max_length=64, required=False, default="", allow_blank=True)
+
+    def validate_name(self, value: str) -> str:
+        if Source.objects.filter(name=value).exists():
+            raise serializers.ValidationError("A source with this name exists.")
+        return value
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs["kind"] == Channel.POS and not attrs["store_code"]:
+            raise serializers.ValidationError({"store_code": "A POS source needs a store code."})
+        if attrs["kind"] != Channel.POS and attrs["store_code"]:
+            raise serializers.ValidationError({"store_code": "Only POS sources have a store code."})
+        return attrs
+
+
+def _with_key(source: Source, write_key: str) -> dict:
+    return {**SourceOutput(source).data, "write_key": write_key}
+
+
+@extend_schema(tags=["sources"])
+class SourceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    permission_classes = (roles_required(Role.ADMIN),)
+    serializer_class = SourceOutput
+    queryset = Source.objects.all()
+
+    @extend_schema(request=SourceCreateInput, responses={201: SourceWithKeyOutput})
+    def create(self, request: Request) -> Response:
+        data = SourceCreateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        created = source_create(**data.validated_data)
+        return Response(_with_key(created.source, created.write_key), status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={200: SourceOutput})
+    @action(detail=True, methods=["post"])
+    def disable(self, request: Request, pk: str) -> Response:
+        source = source_set_enabled(source=get_object_or_404(Source, pk=pk), enabled=False)
+        return Response(SourceOutput(source).data)
+
+    @extend_schema(request=None, responses={200: SourceOutput})
+    @action(detail=True, methods=["post"])
+    def enable(self, request: Request, pk: str) -> Response:
+        source = source_set_enabled(source=get_object_or_404(Source, pk=pk), enabled=True)
+        return Response(SourceOutput(source).data)
+
+    @extend_schema(request=None, responses={200: SourceWithKeyOutput})
+    @action(detail=True, methods=["post"], url_path="rotate-key")
+    def rotate_key(self, request: Request, pk: str) -> Response:
+        rotated = source_rotate_key(source=get_object_or_404(Source, pk=pk))
+        return Response(_with_key(rotated.source, rotated.write_key))
+
+
+class RejectedEventOutput(serializers.ModelSerializer):
+    source = serializers.CharField(source="source.name")
+
+    class Meta:
+        model = RejectedEvent
+        fields = (
+            "id", "source", "received_at", "endpoint", "batch_index", "message_id",
+            "code", "reason", "errors", "payload", "raw_excerpt",
+        )  # fmt: skip
+
+
+@extend_schema(tags=["sources"])
+class RejectedEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Events refused at ingestion, newest first; filter with ``?source=<id>``, ``?code=``."""
+
+    permission_classes = (roles_required(Role.ADMIN),)
+    serializer_class = RejectedEventOutput
+
+    def get_queryset(self):  # noqa: ANN201 - DRF hook
+        queryset = RejectedEvent.objects.select_related("source")
+        if source := self.request.query_params.get("source"):
+            queryset = queryset.filter(source_id=source) if source.isdigit() else queryset.none()
+        if code := self.request.query_params.get("code"):
+            queryset = queryset.filter(code=code)
+        return queryset

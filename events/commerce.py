@@ -1,0 +1,134 @@
+"""The Segment e-commerce spec (v2): event names, and the checks we make at the door.
+
+We check what later stages rely on (order ids, amounts, currency) so that a malformed order
+is refused with a clear reason at ingestion instead of silently earning no points later.
+Other properties are the sender's business and are stored as sent.
+"""
+
+import math
+import re
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from cdp.errors import FieldError
+
+ORDER_COMPLETED = "Order Completed"
+ORDER_REFUNDED = "Order Refunded"
+
+#: Events whose totals feed spend, points and refunds: order id, amount and currency required.
+ORDER_EVENTS = frozenset({ORDER_COMPLETED, ORDER_REFUNDED})
+
+COMMERCE_EVENTS = frozenset(
+    {
+        "Products Searched",
+        "Product List Viewed",
+        "Product List Filtered",
+        "Promotion Viewed",
+        "Promotion Clicked",
+        "Product Clicked",
+        "Product Viewed",
+        "Product Added",
+        "Product Removed",
+        "Cart Viewed",
+        "Checkout Started",
+        "Checkout Step Viewed",
+        "Checkout Step Completed",
+        "Payment Info Entered",
+        "Order Updated",
+        ORDER_COMPLETED,
+        ORDER_REFUNDED,
+        "Order Cancelled",
+        "Coupon Entered",
+        "Coupon Applied",
+        "Coupon Denied",
+        "Coupon Removed",
+        "Coupon Redeemed",
+        "Product Added to Wishlist",
+        "Product Removed from Wishlist",
+        "Wishlist Product Added to Cart",
+        "Product Shared",
+        "Cart Shared",
+        "Product Reviewed",
+    }
+)
+
+AMOUNT_PROPERTIES = ("total", "revenue", "subtotal", "tax", "shipping", "discount", "value", "price")
+PRODUCT_AMOUNT_PROPERTIES = ("price", "quantity")
+_CURRENCY = re.compile(r"^[A-Za-z]{3}$")
+
+
+def as_amount(value: Any) -> Decimal | None:
+    """The value as an exact Decimal, or None when it is not a finite number.
+
+    Numbers and numeric strings are both accepted (some POS systems send "12.50"); booleans
+    are not numbers here, whatever Python thinks.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(str(value)) if math.isfinite(value) else None
+    if isinstance(value, str):
+        try:
+            amount = Decimal(value.strip())
+        except InvalidOperation:
+            return None
+        return amount if amount.is_finite() else None
+    return None
+
+
+def _is_order_id(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return (isinstance(value, str) and bool(value.strip())) or isinstance(value, int)
+
+
+def commerce_errors(event: str, properties: Mapping[str, Any]) -> list[FieldError]:
+    """What is wrong with a commerce event's properties; empty for other events."""
+    if event not in COMMERCE_EVENTS:
+        return []
+    errors = [
+        FieldError(f"properties.{key}", "must be a number")
+        for key in AMOUNT_PROPERTIES
+        if key in properties and properties[key] is not None and as_amount(properties[key]) is None
+    ]
+    products = properties.get("products")
+    if products is not None:
+        if not isinstance(products, list):
+            errors.append(FieldError("properties.products", "must be a list of products"))
+        else:
+            for index, product in enumerate(products):
+                field = f"properties.products[{index}]"
+                if not isinstance(product, dict):
+                    errors.append(FieldError(field, "must be an object"))
+                    continue
+                errors.extend(
+                    FieldError(f"{field}.{key}", "must be a number")
+                    for key in PRODUCT_AMOUNT_PROPERTIES
+                    if product.get(key) is not None and as_amount(product[key]) is None
+                )
+    if event in ORDER_EVENTS:
+        errors.extend(_order_errors(event, properties))
+    return errors
+
+
+def _order_errors(event: str, properties: Mapping[str, Any]) -> list[FieldError]:
+    errors = []
+    if not _is_order_id(properties.get("order_id")):
+        errors.append(FieldError("properties.order_id", f"{event} requires order_id (a non-empty string)"))
+    amounts = [properties.get(key) for key in ("total", "revenue") if properties.get(key) is not None]
+    if not amounts:
+        errors.append(FieldError("properties.total", f"{event} requires total or revenue"))
+    else:
+        for key in ("total", "revenue"):
+            amount = as_amount(properties.get(key))
+            if amount is not None and amount < 0:
+                errors.append(FieldError(f"properties.{key}", "must not be negative"))
+    currency = properties.get("currency")
+    if currency is None:
+        errors.append(FieldError("properties.currency", f"{event} requires currency (ISO 4217, e.g. CNY)"))
+    elif not (isinstance(currency, str) and _CURRENCY.match(currency)):
+        errors.append(FieldError("properties.currency", "must be a three-letter ISO 4217 code, e.g. CNY"))
+    return errors

@@ -1,0 +1,112 @@
+from django.db import models
+from django.db.models import Q
+
+
+class Channel(models.TextChoices):
+    """Where a customer was when they acted; it comes from the source, never the payload."""
+
+    POS = "pos", "Store (POS)"
+    APP = "app", "App"
+    MINI_PROGRAM = "mini_program", "Mini-program"
+    WEB = "web", "Web shop"
+
+
+class EventType(models.TextChoices):
+    IDENTIFY = "identify"
+    TRACK = "track"
+    PAGE = "page"
+    SCREEN = "screen"
+    ALIAS = "alias"
+    GROUP = "group"
+
+
+class Source(models.Model):
+    """One sender of events (a store's POS, the app, ...), holding one write key."""
+
+    name = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(max_length=16, choices=Channel.choices)
+    store_code = models.CharField(max_length=64, blank=True)
+    write_key_hash = models.CharField(max_length=64, unique=True)
+    write_key_prefix = models.CharField(max_length=16)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind=Channel.POS, store_code__gt="") | (~Q(kind=Channel.POS) & Q(store_code="")),
+                name="source_store_code_iff_pos",
+                violation_error_message="A POS source needs a store code; other kinds have none.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        store = f" {self.store_code}" if self.store_code else ""
+        return f"{self.name} ({self.kind}{store})"
+
+
+class Event(models.Model):
+    """An accepted event, append-only, exactly as the source sent it (plus when it arrived).
+
+    The table is also the pipeline's outbox: ``processed_at`` is null until a worker has run
+    every pipeline stage on the event, and a partial index makes finding those rows cheap.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    source = models.ForeignKey(Source, on_delete=models.PROTECT, related_name="+", db_index=False)
+    message_id = models.CharField(max_length=255)
+    type = models.CharField(max_length=16, choices=EventType.choices)
+    event = models.CharField(max_length=255, blank=True)
+    name = models.CharField(max_length=255, blank=True)
+    user_id = models.CharField(max_length=255, blank=True)
+    anonymous_id = models.CharField(max_length=255, blank=True)
+    previous_id = models.CharField(max_length=255, blank=True)
+    group_id = models.CharField(max_length=255, blank=True)
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    store_code = models.CharField(max_length=64, blank=True)
+    timestamp = models.DateTimeField(help_text="When it happened, corrected for client clock skew.")
+    original_timestamp = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField()
+    context = models.JSONField(default=dict)
+    traits = models.JSONField(default=dict)
+    properties = models.JSONField(default=dict)
+    integrations = models.JSONField(default=dict)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source", "message_id"], name="event_message_once_per_source"),
+        ]
+        indexes = [
+            models.Index(fields=["id"], condition=Q(processed_at__isnull=True), name="event_unprocessed"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event or self.name} ({self.message_id})"
+
+
+class RejectedEvent(models.Model):
+    """An event (or whole request) we refused, kept with the reason for inspection."""
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="+")
+    received_at = models.DateTimeField()
+    endpoint = models.CharField(max_length=16)
+    batch_index = models.PositiveIntegerField(null=True, blank=True)
+    message_id = models.CharField(max_length=255, blank=True)
+    code = models.CharField(max_length=40)
+    reason = models.TextField()
+    errors = models.JSONField(default=list)
+    payload = models.JSONField(
+        null=True, blank=True, help_text="The message, when it was JSON and small enough."
+    )
+    raw_excerpt = models.TextField(
+        blank=True, help_text="The start of the body, when it was not usable JSON."
+    )
+
+    class Meta:
+        indexes = [models.Index(fields=["source", "-id"], name="rejected_by_source")]
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.reason}"

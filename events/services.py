@@ -1,0 +1,147 @@
+"""Writes of the events app: sources and their keys, and the ingestion of a request's events."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+from django.db import connection, transaction
+
+from cdp.credentials import credential_hash, credential_new, credential_prefix
+from events.contract import Message, Rejection
+from events.models import Channel, Event, RejectedEvent, Source
+from events.tasks import process_pending_enqueue
+
+WRITE_KEY_KIND = "wk"
+
+
+@dataclass(frozen=True)
+class SourceWithKey:
+    source: Source
+    write_key: str  # shown once, never stored
+
+
+def source_create(*, name: str, kind: Channel, store_code: str = "") -> SourceWithKey:
+    write_key = credential_new(kind=WRITE_KEY_KIND)
+    source = Source(
+        name=name,
+        kind=kind,
+        store_code=store_code,
+        write_key_hash=credential_hash(write_key),
+        write_key_prefix=credential_prefix(write_key),
+    )
+    source.full_clean()
+    source.save()
+    return SourceWithKey(source=source, write_key=write_key)
+
+
+def source_rotate_key(*, source: Source) -> SourceWithKey:
+    """Issue a new write key; the old one stops working at once."""
+    write_key = credential_new(kind=WRITE_KEY_KIND)
+    source.write_key_hash = credential_hash(write_key)
+    source.write_key_prefix = credential_prefix(write_key)
+    source.save(update_fields=["write_key_hash", "write_key_prefix", "updated_at"])
+    return SourceWithKey(source=source, write_key=write_key)
+
+
+def source_set_enabled(*, source: Source, enabled: bool) -> Source:
+    source.enabled = enabled
+    source.save(update_fields=["enabled", "updated_at"])
+    return source
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    accepted: int
+    duplicates: int
+
+
+_TEXT_COLUMNS = (
+    "message_id", "type", "event", "name", "user_id", "anonymous_id", "previous_id", "group_id",
+)  # fmt: skip
+_TIME_COLUMNS = ("timestamp", "original_timestamp", "sent_at")
+_JSON_COLUMNS = ("context", "traits", "properties", "integrations")
+
+
+def _json_text(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _insert_sql() -> str:
+    table = Event._meta.db_table
+    batch_columns = _TEXT_COLUMNS + _TIME_COLUMNS + _JSON_COLUMNS
+    unnest_args = ", ".join(
+        ["%s::text[]"] * len(_TEXT_COLUMNS)
+        + ["%s::timestamptz[]"] * len(_TIME_COLUMNS)
+        + ["%s::text[]"] * len(_JSON_COLUMNS)
+    )
+    selected = ", ".join(
+        [f"m.{c}" for c in _TEXT_COLUMNS + _TIME_COLUMNS] + [f"m.{c}::jsonb" for c in _JSON_COLUMNS]
+    )
+    # Only identifiers from this module and the model's table name are interpolated.
+    return (
+        f"INSERT INTO {table} (source_id, channel, store_code, received_at, {', '.join(batch_columns)}) "  # noqa: S608
+        f"SELECT %s, %s, %s, %s, {selected} "
+        f"FROM unnest({unnest_args}) AS m({', '.join(batch_columns)}) "
+        "ON CONFLICT (source_id, message_id) DO NOTHING RETURNING 1"
+    )
+
+
+_INSERT_SQL = _insert_sql()
+
+
+def _events_insert(*, source: Source, received_at: datetime, messages: Sequence[Message]) -> int:
+    """One statement for the whole request; the unique constraint drops repeated messageIds
+    (also within the request), so concurrent retries can never store an event twice."""
+    params: list[object] = [source.pk, source.kind, source.store_code, received_at]
+    params += [[getattr(m, column) for m in messages] for column in _TEXT_COLUMNS + _TIME_COLUMNS]
+    params += [[_json_text(getattr(m, column)) for m in messages] for column in _JSON_COLUMNS]
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_SQL, params)
+        return len(cursor.fetchall())
+
+
+def events_ingest(
+    *,
+    source: Source,
+    endpoint: str,
+    received_at: datetime,
+    messages: Sequence[Message],
+    rejections: Sequence[Rejection] = (),
+) -> IngestOutcome:
+    """Store a request's accepted events and its rejections together, durably.
+
+    When this returns, the events are committed; the pipeline is nudged after the commit
+    (and the periodic sweep finds them if that nudge is lost).
+    """
+    with transaction.atomic():
+        accepted = (
+            _events_insert(source=source, received_at=received_at, messages=messages) if messages else 0
+        )
+        if rejections:
+            rejections_record(
+                source=source, endpoint=endpoint, received_at=received_at, rejections=rejections
+            )
+        if accepted:
+            transaction.on_commit(process_pending_enqueue)
+    return IngestOutcome(accepted=accepted, duplicates=len(messages) - accepted)
+
+
+def rejections_record(
+    *, source: Source, endpoint: str, received_at: datetime, rejections: Sequence[Rejection]
+) -> None:
+    RejectedEvent.objects.bulk_create(
+        RejectedEvent(
+            source=source,
+            received_at=received_at,
+            endpoint=endpoint,
+            batch_index=rejection.index,
+            message_id=rejection.message_id,
+            code=rejection.code,
+            reason=rejection.message,
+            errors=[error.as_dict() for error in rejection.errors],
+            payload=rejection.payload,
+            raw_excerpt=rejection.raw_excerpt,
+        )
+        for rejection in rejections
+    )

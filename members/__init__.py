@@ -1,0 +1,1 @@
+"""Members: the golden-record profile, computed aggregates, loyalty, tags and segments."""
