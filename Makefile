@@ -1,0 +1,66 @@
+# Everything a newcomer needs: `make run` (service + demo data) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+WEB_PORT ?= 8000
+MEMBERS ?= 2000
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-dev services migrate demo run web worker beat test lint format bench
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed ## Create the virtualenv and install the runtime requirements
+
+install-dev: $(VENV)/.installed-dev ## ... and the test/dev tools
+
+services: install ## Check PostgreSQL and Redis are up (and create the database)
+	@$(BIN)/python manage.py ensure_services --create-database
+
+migrate: services ## Apply database migrations
+	@$(BIN)/python manage.py migrate --noinput -v0
+
+demo: migrate ## Load demo sources, members and events (MEMBERS=2000)
+	@$(BIN)/python manage.py demo --members $(MEMBERS) --url http://127.0.0.1:$(WEB_PORT)
+
+run: demo ## Run web + worker + beat with demo data, in one terminal
+	@WEB_PORT=$(WEB_PORT) $(BIN)/honcho start -f Procfile
+
+web: migrate ## Run only the web server
+	$(BIN)/python manage.py runserver 127.0.0.1:$(WEB_PORT)
+
+worker: install ## Run only a Celery worker
+	$(BIN)/celery -A config worker -l info
+
+beat: install ## Run only Celery beat
+	@mkdir -p .run
+	$(BIN)/celery -A config beat -l info --schedule .run/celerybeat-schedule
+
+test: install-dev ## Run the whole test suite against the real PostgreSQL and Redis
+	@DJANGO_SETTINGS_MODULE=config.settings.test $(BIN)/python manage.py ensure_services
+	$(BIN)/pytest
+
+lint: install-dev ## ruff check + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install-dev ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install-dev ## Benchmarks (results: docs/benchmarks.md)
+	$(BIN)/python bench/ingest.py
