@@ -171,13 +171,32 @@ def message_parse(
     each message names its own)."""
     if not isinstance(raw, dict):
         return Rejection("invalid_event", "An event must be a JSON object.", index=index, payload=raw)
-    size = len(encoded := orjson.dumps(raw))
+    try:
+        encoded = orjson.dumps(raw)
+    except orjson.JSONEncodeError:
+        return Rejection(
+            "invalid_event",
+            "The event holds a number beyond the 64-bit range; send large ids as strings.",
+            index=index,
+            message_id=_message_id_of(raw),
+            payload=raw,
+        )
+    size = len(encoded)
     if size > MAX_EVENT_BYTES:
         return Rejection(
             "event_too_large",
             f"The event is {size} bytes; the limit is {MAX_EVENT_BYTES} bytes (32 KB).",
             index=index,
             message_id=_message_id_of(raw),
+            raw_excerpt=_excerpt(encoded),
+        )
+    if b"\\u0000" in encoded:
+        # PostgreSQL can store NUL in neither text nor jsonb; one such event must not sink its batch.
+        return Rejection(
+            "invalid_event",
+            "The event contains a NUL character (\\u0000), which cannot be stored.",
+            index=index,
+            message_id=_message_id_of(raw).replace("\x00", ""),
             raw_excerpt=_excerpt(encoded),
         )
     try:
@@ -211,6 +230,17 @@ def message_parse(
     defaults = defaults or BatchDefaults()
     original = _aware(wire.timestamp or wire.originalTimestamp)
     sent_at = _aware(wire.sentAt) or defaults.sent_at
+    try:
+        timestamp = corrected_timestamp(original=original, sent_at=sent_at, received_at=received_at)
+    except OverflowError:
+        return Rejection(
+            "invalid_event",
+            "timestamp and sentAt are too far apart to correct for clock skew.",
+            (FieldError("sentAt", "is implausibly far from timestamp"),),
+            index=index,
+            message_id=_message_id_of(raw),
+            payload=raw,
+        )
     context = {**defaults.context, **wire.context} if wire.context else dict(defaults.context)
     integrations = (
         {**defaults.integrations, **wire.integrations} if wire.integrations else dict(defaults.integrations)
@@ -224,7 +254,7 @@ def message_parse(
         name=wire.name or "",
         previous_id=wire.previousId or "",
         group_id=wire.groupId or "",
-        timestamp=corrected_timestamp(original=original, sent_at=sent_at, received_at=received_at),
+        timestamp=timestamp,
         original_timestamp=original,
         sent_at=sent_at,
         context=context,

@@ -7,6 +7,8 @@ its events, whatever their number.
 
 import base64
 import binascii
+import json
+import re
 import zlib
 from typing import Any
 
@@ -35,6 +37,19 @@ from events.selectors import source_for_write_key
 from events.services import events_ingest
 
 _EXCERPT_BYTES = 2048
+# orjson reads integers beyond 64 bits as floats, silently changing them; bodies that may hold
+# one (a false positive inside a string is harmless) are read exactly by the standard library.
+_LONG_INTEGER = re.compile(rb"[\[:,]\s*-?\d{20,}")
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def json_loads_exact(raw: bytes) -> Any:
+    if _LONG_INTEGER.search(raw):
+        return json.loads(raw, parse_constant=_reject_constant)
+    return orjson.loads(raw)
 
 
 class BodyRejected(ApiError):
@@ -81,8 +96,8 @@ class SegmentJSONParser(BaseParser):
         if len(raw) > limit:
             raise _too_large(limit, what)
         try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            body = json_loads_exact(raw)
+        except ValueError as exc:  # orjson.JSONDecodeError and json's errors are ValueErrors
             raise BodyRejected(
                 code="invalid_json", message=f"The body is not valid JSON: {exc}", excerpt=_excerpt(raw)
             ) from exc

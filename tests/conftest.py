@@ -1,0 +1,44 @@
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+from rest_framework.test import APIClient
+
+from tests.factories import SourceFactory
+
+
+@pytest.fixture
+def api_client() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def source(db: None):
+    return SourceFactory()
+
+
+@pytest.fixture
+def pos_source(db: None):
+    return SourceFactory(pos=True, store_code="S001")
+
+
+def basic_auth(write_key: str) -> str:
+    return "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
+
+
+@pytest.fixture
+def ingest(api_client: APIClient, source: Any) -> Callable[..., Any]:
+    """POST a JSON body to /v1/<call> as ``source`` (or another ``write_key``)."""
+
+    def post(
+        call: str, body: Any, *, write_key: str | None = None, raw: bytes | None = None, **headers: str
+    ) -> Any:
+        key = source.write_key if write_key is None else write_key
+        if key:
+            headers.setdefault("HTTP_AUTHORIZATION", basic_auth(key))
+        data = raw if raw is not None else orjson.dumps(body)
+        return api_client.generic("POST", f"/v1/{call}", data, content_type="application/json", **headers)
+
+    return post

@@ -1,0 +1,529 @@
+"""The Segment-compatible tracking API: every rule of the contract, over HTTP."""
+
+import gzip
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from events.contract import MAX_BATCH_BYTES, MAX_EVENT_BYTES
+from events.models import Channel, Event, RejectedEvent
+from events.services import source_set_enabled
+from tests.conftest import basic_auth
+from tests.factories import SourceFactory, StaffTokenFactory, TrackMessageFactory
+
+pytestmark = pytest.mark.django_db
+
+MINIMAL_CALLS = {
+    "identify": {"userId": "u-1", "traits": {"phone": "+86 138 0013 8000", "email": "Z@Example.com"}},
+    "track": {"anonymousId": "a-1", "event": "Product Viewed", "properties": {"product_id": "p-1"}},
+    "page": {"anonymousId": "a-1", "name": "Home", "properties": {"path": "/"}},
+    "screen": {"userId": "u-1", "name": "Cart"},
+    "alias": {"userId": "u-1", "previousId": "a-1"},
+    "group": {"userId": "u-1", "groupId": "company-9", "traits": {"name": "ACME"}},
+}
+
+
+@pytest.mark.parametrize(("call", "body"), MINIMAL_CALLS.items())
+def test_each_call_is_stored_with_its_fields(ingest, source, call, body):
+    response = ingest(call, body | {"messageId": f"{call}-1"})
+
+    assert response.status_code == 200, response.json()
+    assert response.json() == {"success": True, "messageId": f"{call}-1", "duplicate": False}
+    event = Event.objects.get(message_id=f"{call}-1")
+    assert event.type == call
+    assert event.source == source
+    assert event.channel == Channel.WEB
+    assert event.user_id == body.get("userId", "")
+    assert event.anonymous_id == body.get("anonymousId", "")
+    assert event.previous_id == body.get("previousId", "")
+    assert event.group_id == body.get("groupId", "")
+    assert event.event == body.get("event", "")
+    assert event.name == body.get("name", "")
+    assert event.traits == body.get("traits", {})
+    assert event.properties == body.get("properties", {})
+    assert event.processed_at is None  # the pipeline nudge runs only after the commit
+
+
+def test_context_integrations_and_numeric_ids_are_kept(ingest):
+    context = {
+        "device": {"id": "dev-42", "type": "ios"},
+        "externalIds": [{"id": "oX1", "type": "wechat_openid", "collection": "users", "encoding": "none"}],
+        "traits": {"email": "a@b.cn"},
+    }
+    response = ingest(
+        "track",
+        {"userId": 12345, "event": "Product Viewed", "context": context, "integrations": {"All": False}},
+    )
+
+    assert response.status_code == 200
+    event = Event.objects.get()
+    assert event.user_id == "12345"
+    assert event.context == context
+    assert event.integrations == {"All": False}
+
+
+def test_pos_event_records_channel_and_store(ingest, pos_source):
+    response = ingest("track", TrackMessageFactory(), write_key=pos_source.write_key)
+
+    assert response.status_code == 200
+    event = Event.objects.get()
+    assert (event.channel, event.store_code) == (Channel.POS, "S001")
+
+
+def test_channel_comes_from_the_source_not_the_payload(ingest, source):
+    ingest("track", TrackMessageFactory(context={"channel": "pos"}, channel="pos"))
+
+    assert Event.objects.get().channel == Channel.WEB
+
+
+def test_message_id_is_generated_when_absent(ingest):
+    response = ingest("identify", {"userId": "u-1"})
+
+    generated = response.json()["messageId"]
+    assert uuid.UUID(generated)
+    assert Event.objects.get().message_id == generated
+
+
+# --- authentication -------------------------------------------------------------------
+
+
+def test_write_key_in_body_is_accepted(ingest, source):
+    response = ingest("identify", {"userId": "u-1", "writeKey": source.write_key}, write_key="")
+
+    assert response.status_code == 200
+    assert Event.objects.filter(source=source).count() == 1
+
+
+@pytest.mark.parametrize(
+    ("authorization", "body_key"),
+    [
+        pytest.param(None, None, id="no-credentials"),
+        pytest.param(basic_auth("wk_unknown"), None, id="unknown-basic"),
+        pytest.param(None, "wk_unknown", id="unknown-body"),
+        pytest.param("Basic !!notbase64", None, id="garbled-basic"),
+    ],
+)
+def test_missing_or_unknown_write_key_is_401(ingest, authorization, body_key):
+    headers = {"HTTP_AUTHORIZATION": authorization} if authorization else {}
+    body = {"userId": "u-1"} | ({"writeKey": body_key} if body_key else {})
+
+    response = ingest("identify", body, write_key="", **headers)
+
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Basic")
+    assert response.json()["code"] in {"not_authenticated", "authentication_failed"}
+    assert not Event.objects.exists()
+
+
+def test_disabled_source_key_stops_working_at_once(ingest, source):
+    assert ingest("identify", {"userId": "u-1"}).status_code == 200
+
+    source_set_enabled(source=source, enabled=False)
+
+    assert ingest("identify", {"userId": "u-2"}).status_code == 401
+    assert Event.objects.count() == 1
+
+
+def test_staff_token_does_not_work_on_ingestion(ingest):
+    token = StaffTokenFactory()
+
+    response = ingest(
+        "identify", {"userId": "u-1"}, write_key="", HTTP_AUTHORIZATION=f"Bearer {token.secret}"
+    )
+
+    assert response.status_code == 401
+
+
+# --- timestamps -----------------------------------------------------------------------
+
+
+def _stored_times(ingest, body, call="track"):
+    before = datetime.now(UTC)
+    assert ingest(call, body).status_code == 200
+    after = datetime.now(UTC)
+    return Event.objects.get(), before, after
+
+
+def test_clock_skew_is_corrected_with_sent_at(ingest):
+    # The device clock runs 2 hours fast: it says the event happened at 10:00 and was sent
+    # at 10:05; we received it now, so it happened 5 minutes ago.
+    body = TrackMessageFactory(timestamp="2030-01-01T10:00:00Z", sentAt="2030-01-01T10:05:00Z")
+
+    event, before, after = _stored_times(ingest, body)
+
+    assert event.original_timestamp == datetime(2030, 1, 1, 10, 0, tzinfo=UTC)
+    assert event.sent_at == datetime(2030, 1, 1, 10, 5, tzinfo=UTC)
+    assert before <= event.received_at <= after
+    assert event.timestamp == event.received_at - timedelta(minutes=5)
+
+
+def test_timestamp_without_sent_at_is_trusted(ingest):
+    event, _, _ = _stored_times(ingest, TrackMessageFactory(timestamp="2026-03-01T08:30:00+08:00"))
+
+    assert event.timestamp == datetime(2026, 3, 1, 0, 30, tzinfo=UTC)
+
+
+def test_naive_timestamp_is_read_as_utc(ingest):
+    event, _, _ = _stored_times(ingest, TrackMessageFactory(timestamp="2026-03-01T08:30:00"))
+
+    assert event.timestamp == datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
+
+
+def test_no_timestamp_means_received_at(ingest):
+    body = TrackMessageFactory()
+    del body["timestamp"]
+
+    event, _, _ = _stored_times(ingest, body)
+
+    assert event.timestamp == event.received_at
+    assert event.original_timestamp is None
+
+
+def test_batch_level_sent_at_and_context_apply_to_each_message(ingest):
+    body = {
+        "sentAt": "2030-01-01T10:05:00Z",
+        "context": {"library": {"name": "analytics-python"}, "locale": "zh-CN"},
+        "batch": [
+            TrackMessageFactory(timestamp="2030-01-01T10:00:00Z"),
+            TrackMessageFactory(timestamp="2030-01-01T10:04:00Z", context={"locale": "en-US"}),
+        ],
+    }
+
+    response = ingest("batch", body)
+
+    assert response.status_code == 200
+    first, second = Event.objects.order_by("original_timestamp")
+    assert second.timestamp - first.timestamp == timedelta(minutes=4)
+    assert first.timestamp == first.received_at - timedelta(minutes=5)
+    assert first.context == {"library": {"name": "analytics-python"}, "locale": "zh-CN"}
+    assert second.context == {"library": {"name": "analytics-python"}, "locale": "en-US"}
+
+
+# --- bad input: single calls ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        pytest.param({"event": "Product Viewed"}, "userId", id="missing-ids"),
+        pytest.param({"userId": "  ", "event": "Product Viewed"}, "userId", id="blank-id"),
+        pytest.param({"userId": {"id": 1}, "event": "Product Viewed"}, "userId", id="object-id"),
+        pytest.param({"userId": True, "event": "Product Viewed"}, "userId", id="bool-id"),
+        pytest.param({"userId": "u", "event": ""}, "event", id="empty-event"),
+        pytest.param({"userId": "u", "event": 7}, "event", id="numeric-event"),
+        pytest.param({"userId": "u", "event": "X", "properties": []}, "properties", id="list-properties"),
+        pytest.param({"userId": "u", "event": "X", "context": "web"}, "context", id="string-context"),
+        pytest.param(
+            {"userId": "u", "event": "X", "timestamp": "yesterday"}, "timestamp", id="bad-timestamp"
+        ),
+        pytest.param({"userId": "u" * 256, "event": "X"}, "userId", id="id-too-long"),
+    ],
+)
+def test_invalid_single_call_is_400_with_field_and_kept(ingest, source, body, field):
+    response = ingest("track", body)
+
+    assert response.status_code == 400
+    payload = response.json()
+    assert payload["code"] == "invalid_event"
+    assert field in [error["field"] for error in payload["errors"]]
+    assert not Event.objects.exists()
+    rejected = RejectedEvent.objects.get()
+    assert (rejected.source, rejected.endpoint, rejected.code) == (source, "track", "invalid_event")
+    assert rejected.payload == body
+    assert field in [error["field"] for error in rejected.errors]
+
+
+@pytest.mark.parametrize(
+    ("call", "body", "field"),
+    [
+        ("alias", {"userId": "u-1"}, "previousId"),
+        ("alias", {"anonymousId": "a-1", "previousId": "a-0"}, "userId"),
+        ("group", {"userId": "u-1"}, "groupId"),
+    ],
+)
+def test_call_specific_required_fields(ingest, call, body, field):
+    response = ingest(call, body)
+
+    assert response.status_code == 400
+    assert field in [error["field"] for error in response.json()["errors"]]
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        pytest.param(b"{not json", "invalid_json", id="invalid-json"),
+        pytest.param(b"[1, 2]", "invalid_json", id="array-body"),
+        pytest.param(b'{"userId": 1e999}', "invalid_json", id="infinite-number"),
+        pytest.param(b'{"userId": "u", "event": "X", "traits": {"n": NaN}}', "invalid_json", id="nan"),
+    ],
+)
+def test_unusable_body_is_400_and_kept_with_an_excerpt(ingest, source, raw, code):
+    response = ingest("track", None, raw=raw)
+
+    assert response.status_code == 400
+    assert response.json()["code"] == code
+    rejected = RejectedEvent.objects.get()
+    assert rejected.code == code
+    assert rejected.raw_excerpt == raw.decode()
+
+
+def test_event_over_32_kb_is_400(ingest):
+    body = TrackMessageFactory(properties={"blob": "x" * MAX_EVENT_BYTES})
+
+    response = ingest("track", body)
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "event_too_large"
+    assert "32 KB" in response.json()["message"]
+    assert RejectedEvent.objects.get().code == "event_too_large"
+
+
+def test_nul_character_is_refused_not_a_server_error(ingest):
+    response = ingest("identify", {"userId": "u\u0000-1"})
+
+    assert response.status_code == 400
+    assert "NUL" in response.json()["message"]
+    assert RejectedEvent.objects.get().raw_excerpt == '{"userId":"u\\u0000-1"}'
+
+
+def test_integer_beyond_64_bits_is_refused_not_rounded(ingest):
+    raw = b'{"userId": "u-1", "traits": {"member_no": 123456789012345678901234567890}}'
+
+    response = ingest("identify", None, raw=raw)
+
+    assert response.status_code == 400
+    assert "64-bit" in response.json()["message"]
+    assert RejectedEvent.objects.get().payload["traits"]["member_no"] == 123456789012345678901234567890
+
+
+def test_gzip_body_is_accepted(ingest):
+    body = gzip.compress(orjson.dumps({"userId": "u-1", "traits": {"name": "Li Lei"}}))
+
+    response = ingest("identify", None, raw=body, HTTP_CONTENT_ENCODING="gzip")
+
+    assert response.status_code == 200
+    assert Event.objects.get().traits == {"name": "Li Lei"}
+
+
+def test_invalid_gzip_is_400(ingest):
+    response = ingest("identify", None, raw=b"not gzip", HTTP_CONTENT_ENCODING="gzip")
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_encoding"
+
+
+def test_gzip_bomb_is_cut_at_the_limit(ingest):
+    bomb = gzip.compress(b'{"batch": [' + b" " * (50 * 1024 * 1024) + b"]}")
+
+    response = ingest("batch", None, raw=bomb, HTTP_CONTENT_ENCODING="gzip")
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "request_too_large"
+
+
+# --- commerce -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("event", ["Order Completed", "Order Refunded"])
+@pytest.mark.parametrize(
+    ("properties", "field"),
+    [
+        pytest.param({"total": 10, "currency": "CNY"}, "properties.order_id", id="no-order-id"),
+        pytest.param(
+            {"order_id": " ", "total": 10, "currency": "CNY"}, "properties.order_id", id="blank-order"
+        ),
+        pytest.param({"order_id": "o1", "currency": "CNY"}, "properties.total", id="no-amount"),
+        pytest.param({"order_id": "o1", "total": 10}, "properties.currency", id="no-currency"),
+        pytest.param(
+            {"order_id": "o1", "total": 10, "currency": "RMB¥"}, "properties.currency", id="bad-currency"
+        ),
+        pytest.param(
+            {"order_id": "o1", "total": "ten", "currency": "CNY"}, "properties.total", id="text-total"
+        ),
+        pytest.param(
+            {"order_id": "o1", "total": True, "currency": "CNY"}, "properties.total", id="bool-total"
+        ),
+        pytest.param({"order_id": "o1", "total": -5, "currency": "CNY"}, "properties.total", id="negative"),
+        pytest.param(
+            {"order_id": "o1", "total": 5, "currency": "CNY", "products": [{"price": "x"}]},
+            "properties.products[0].price",
+            id="product-price",
+        ),
+        pytest.param(
+            {"order_id": "o1", "total": 5, "currency": "CNY", "products": {"sku": 1}},
+            "properties.products",
+            id="products-not-list",
+        ),
+    ],
+)
+def test_order_events_require_order_id_amount_and_currency(ingest, event, properties, field):
+    response = ingest("track", {"userId": "u-1", "event": event, "properties": properties})
+
+    assert response.status_code == 400
+    assert field in [error["field"] for error in response.json()["errors"]]
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        {"order_id": "o1", "total": 99.5, "currency": "CNY"},
+        {"order_id": 1001, "revenue": "88.00", "currency": "cny"},
+        {
+            "order_id": "o1",
+            "total": 10,
+            "currency": "CNY",
+            "products": [{"sku": "a", "price": 5, "quantity": 2}],
+        },
+    ],
+)
+def test_valid_orders_are_accepted(ingest, properties):
+    response = ingest("track", {"userId": "u-1", "event": "Order Completed", "properties": properties})
+
+    assert response.status_code == 200, response.json()
+
+
+def test_other_commerce_events_check_amount_types(ingest):
+    response = ingest("track", {"userId": "u-1", "event": "Product Viewed", "properties": {"price": "n/a"}})
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == [{"field": "properties.price", "reason": "must be a number"}]
+
+
+def test_custom_events_are_not_held_to_the_commerce_spec(ingest):
+    response = ingest("track", {"userId": "u-1", "event": "Store Visited", "properties": {"total": "n/a"}})
+
+    assert response.status_code == 200
+
+
+# --- batches --------------------------------------------------------------------------
+
+
+def test_batch_keeps_valid_events_and_lists_each_rejection(ingest, source):
+    batch = [
+        TrackMessageFactory(messageId="ok-1"),
+        {"type": "track", "messageId": "bad-1", "event": "X"},
+        TrackMessageFactory(messageId="ok-2"),
+        {"type": "teleport", "messageId": "bad-2", "userId": "u"},
+        "not an object",
+        TrackMessageFactory(messageId="bad-3", properties={"blob": "x" * MAX_EVENT_BYTES}),
+    ]
+
+    response = ingest("batch", {"batch": batch})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["success"], body["accepted"], body["duplicates"]) == (True, 2, 0)
+    assert [(r["index"], r["messageId"], r["code"]) for r in body["rejected"]] == [
+        (1, "bad-1", "invalid_event"),
+        (3, "bad-2", "invalid_event"),
+        (4, "", "invalid_event"),
+        (5, "bad-3", "event_too_large"),
+    ]
+    assert body["rejected"][0]["errors"] == [
+        {"field": "userId", "reason": "userId or anonymousId is required"}
+    ]
+    assert body["rejected"][1]["errors"][0]["field"] == "type"
+    assert set(Event.objects.values_list("message_id", flat=True)) == {"ok-1", "ok-2"}
+    kept = RejectedEvent.objects.order_by("batch_index")
+    assert [(r.batch_index, r.endpoint) for r in kept] == [
+        (1, "batch"),
+        (3, "batch"),
+        (4, "batch"),
+        (5, "batch"),
+    ]
+    assert kept[0].payload == batch[1]
+    assert kept[2].payload == "not an object"
+    assert kept[3].payload is None
+    assert kept[3].raw_excerpt.startswith('{"type":"track"')
+
+
+def test_batch_with_no_valid_event_is_400(ingest):
+    response = ingest("batch", {"batch": [{"type": "track"}, {"type": "identify"}]})
+
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == "invalid_batch"
+    assert [r["index"] for r in body["rejected"]] == [0, 1]
+    assert RejectedEvent.objects.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"batch": []}, "batch"), ({}, "batch"), ({"batch": {"type": "track"}}, "batch")],
+)
+def test_malformed_batch_is_400(ingest, body, field):
+    response = ingest("batch", body)
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_batch"
+    assert response.json()["errors"][0]["field"] == field
+    assert RejectedEvent.objects.get().code == "invalid_batch"
+
+
+def test_batch_over_500_kb_is_400(ingest):
+    batch = [TrackMessageFactory(properties={"blob": "x" * 30_000}) for _ in range(18)]
+    raw = orjson.dumps({"batch": batch})
+    assert len(raw) > MAX_BATCH_BYTES
+
+    response = ingest("batch", None, raw=raw)
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "request_too_large"
+    assert "500 KB" in response.json()["message"]
+    assert not Event.objects.exists()
+    assert RejectedEvent.objects.get().code == "request_too_large"
+
+
+def test_mobile_batch_path_is_served(ingest):
+    assert ingest("b", {"batch": [TrackMessageFactory()]}).status_code == 200
+
+
+# --- idempotency and efficiency ------------------------------------------------------
+
+
+def test_duplicate_message_id_is_stored_once(ingest):
+    body = TrackMessageFactory(messageId="dup-1")
+
+    first, second = ingest("track", body), ingest("track", body)
+
+    assert first.json()["duplicate"] is False
+    assert (second.status_code, second.json()["duplicate"]) == (200, True)
+    assert Event.objects.filter(message_id="dup-1").count() == 1
+
+
+def test_duplicates_within_and_across_batches(ingest):
+    batch = [
+        TrackMessageFactory(messageId="d-1"),
+        TrackMessageFactory(messageId="d-1"),
+        TrackMessageFactory(),
+    ]
+
+    first = ingest("batch", {"batch": batch}).json()
+    second = ingest("batch", {"batch": batch}).json()
+
+    assert (first["accepted"], first["duplicates"]) == (2, 1)
+    assert (second["accepted"], second["duplicates"]) == (0, 3)
+    assert Event.objects.count() == 2
+
+
+def test_same_message_id_from_another_source_is_another_event(ingest):
+    other = SourceFactory()
+    body = TrackMessageFactory(messageId="shared-id")
+
+    ingest("track", body)
+    ingest("track", body, write_key=other.write_key)
+
+    assert Event.objects.filter(message_id="shared-id").count() == 2
+
+
+def test_a_batch_costs_a_fixed_number_of_queries(ingest, django_assert_num_queries):
+    small = {"batch": [TrackMessageFactory() for _ in range(2)]}
+    large = {"batch": [TrackMessageFactory() for _ in range(400)] + [{"type": "track"}] * 3}
+
+    # source lookup, savepoint, insert, (rejections), release: the same for 2 or 400 events
+    with django_assert_num_queries(4):
+        assert ingest("batch", small).status_code == 200
+    with django_assert_num_queries(5):
+        assert ingest("batch", large).json()["accepted"] == 400
