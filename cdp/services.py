@@ -25,7 +25,8 @@ def staff_user_ensure(*, username: str, role: Role) -> AbstractUser:
     """Get or create the staff user and make ``role`` its only role."""
     user, _ = get_user_model().objects.get_or_create(username=username, defaults={"is_staff": True})
     user.groups.remove(*Group.objects.filter(name__in=Role.values).exclude(name=role))
-    user.groups.add(Group.objects.get(name=role))
+    group, _ = Group.objects.get_or_create(name=role)  # the migration creates them; a flushed DB may not
+    user.groups.add(group)
     return user
 
 

@@ -1,0 +1,35 @@
+"""Pipeline stages for tests: they record what they saw, so a test can tell which events
+each stage run received (in this process, or in a worker process through Redis)."""
+
+import os
+import threading
+from collections.abc import Sequence
+
+import redis
+
+from events.models import Event
+
+seen_batches: list[list[int]] = []
+claimed = threading.Event()
+gate = threading.Event()
+
+
+def record(events: Sequence[Event]) -> None:
+    seen_batches.append([event.id for event in events])
+
+
+def hold(events: Sequence[Event]) -> None:
+    """Record; the first caller then keeps its rows locked until the gate opens."""
+    record(events)
+    if not claimed.is_set():
+        claimed.set()
+        gate.wait(timeout=10)
+
+
+def fail(events: Sequence[Event]) -> None:
+    raise RuntimeError("stage failed")
+
+
+def record_in_redis(events: Sequence[Event]) -> None:
+    client = redis.Redis.from_url(os.environ["TEST_STAGE_REDIS_URL"])
+    client.rpush("stage-seen", *[event.message_id for event in events])

@@ -1,0 +1,93 @@
+"""The pure contract: clock-skew correction and message parsing, without HTTP or a database."""
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from events.commerce import as_amount
+from events.contract import BatchDefaults, Message, Rejection, corrected_timestamp, message_parse
+
+RECEIVED = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+instants = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2040, 1, 1), timezones=st.just(UTC)
+)
+offsets = st.timedeltas(min_value=timedelta(days=-3650), max_value=timedelta(days=3650))
+delays = st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=30))
+
+
+@given(
+    happened=instants, queued=delays, transit=st.timedeltas(timedelta(0), timedelta(seconds=30)), skew=offsets
+)
+def test_a_wrong_device_clock_does_not_move_the_corrected_time(happened, queued, transit, skew):
+    sent = happened + queued
+    received = sent + transit
+
+    corrected = corrected_timestamp(original=happened + skew, sent_at=sent + skew, received_at=received)
+
+    # Exact up to the network transit time, whatever the device clock says.
+    assert corrected == happened + transit
+
+
+@given(original=instants)
+def test_without_sent_at_the_timestamp_is_trusted(original):
+    assert corrected_timestamp(original=original, sent_at=None, received_at=RECEIVED) == original
+
+
+def test_without_timestamp_the_event_happened_on_arrival():
+    assert corrected_timestamp(original=None, sent_at=RECEIVED, received_at=RECEIVED) == RECEIVED
+
+
+def test_original_timestamp_is_read_when_timestamp_is_absent():
+    parsed = message_parse(
+        {"type": "track", "userId": "u", "event": "X", "originalTimestamp": "2026-01-01T00:00:00Z"},
+        received_at=RECEIVED,
+    )
+
+    assert isinstance(parsed, Message)
+    assert parsed.timestamp == datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_message_values_override_batch_defaults():
+    defaults = BatchDefaults(
+        sent_at=RECEIVED, context={"ip": "1.2.3.4", "locale": "zh-CN"}, integrations={"All": True}
+    )
+
+    parsed = message_parse(
+        {
+            "type": "identify",
+            "userId": "u",
+            "context": {"locale": "en"},
+            "integrations": {"Mailchimp": False},
+        },
+        received_at=RECEIVED,
+        defaults=defaults,
+    )
+
+    assert parsed.context == {"ip": "1.2.3.4", "locale": "en"}
+    assert parsed.integrations == {"All": True, "Mailchimp": False}
+    assert parsed.sent_at == RECEIVED
+
+
+def test_clock_skew_arithmetic_that_overflows_is_a_rejection():
+    parsed = message_parse(
+        {
+            "type": "track",
+            "userId": "u",
+            "event": "X",
+            "timestamp": "0001-01-02T00:00:00Z",
+            "sentAt": "9999-12-30T00:00:00Z",
+        },
+        received_at=RECEIVED,
+    )
+
+    assert isinstance(parsed, Rejection)
+    assert parsed.errors[0].field == "sentAt"
+
+
+def test_amounts_are_exact_decimals():
+    assert as_amount(0.1) + as_amount(0.2) == as_amount("0.3")
+    assert as_amount(True) is None
+    assert as_amount("NaN") is None
+    assert as_amount(float("inf")) is None
+    assert as_amount(" 12.50 ") == as_amount(12.5)

@@ -1,0 +1,139 @@
+"""The outbox consumer: claim, run stages, mark processed — once, in order, under concurrency."""
+
+import threading
+
+import pytest
+from django.db import connection
+from django.test import override_settings
+from kombu.exceptions import OperationalError
+
+from events import tasks
+from events.models import Event
+from events.pipeline import events_process_batch, events_process_pending
+from tests.events import stages
+from tests.factories import EventFactory, TrackMessageFactory
+
+RECORD = ["tests.events.stages.record"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_stage_log():
+    stages.seen_batches.clear()
+    tasks._broker_retry_at = 0.0
+    yield
+    stages.seen_batches.clear()
+
+
+@pytest.mark.django_db
+@override_settings(EVENT_PIPELINE_STAGES=RECORD)
+def test_pending_events_go_through_every_stage_once_in_batches():
+    events = EventFactory.create_batch(5)
+    ids = [event.id for event in events]
+
+    processed, more = events_process_pending(batch_size=2)
+    again, _ = events_process_pending(batch_size=2)
+
+    assert (processed, more, again) == (5, False, 0)
+    assert stages.seen_batches == [ids[0:2], ids[2:4], ids[4:5]]
+    assert not Event.objects.filter(processed_at__isnull=True).exists()
+
+
+@pytest.mark.django_db
+@override_settings(EVENT_PIPELINE_STAGES=RECORD)
+def test_time_budget_stops_between_batches_and_says_more_remains():
+    EventFactory.create_batch(3)
+
+    processed, more = events_process_pending(batch_size=2, time_budget=0)
+
+    assert (processed, more) == (2, True)
+    assert Event.objects.filter(processed_at__isnull=True).count() == 1
+
+
+@pytest.mark.django_db
+def test_a_failing_stage_leaves_the_batch_for_a_later_run():
+    EventFactory.create_batch(2)
+
+    with override_settings(EVENT_PIPELINE_STAGES=["tests.events.stages.fail"]), pytest.raises(RuntimeError):
+        events_process_batch(batch_size=10)
+    assert Event.objects.filter(processed_at__isnull=True).count() == 2
+
+    with override_settings(EVENT_PIPELINE_STAGES=RECORD):
+        assert events_process_batch(batch_size=10) == 2
+
+
+@pytest.mark.django_db
+@override_settings(EVENT_PIPELINE_STAGES=RECORD)
+def test_task_processes_pending_events():
+    EventFactory.create_batch(3)
+
+    assert tasks.process_pending.delay().get() == 3
+    assert sum(len(batch) for batch in stages.seen_batches) == 3
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(EVENT_PIPELINE_STAGES=["tests.events.stages.hold"])
+def test_concurrent_workers_never_share_or_wait_on_a_batch():
+    events = EventFactory.create_batch(4)
+    stages.claimed.clear()
+    stages.gate.clear()
+    results: dict[str, int] = {}
+
+    def worker_a():
+        results["a"] = events_process_batch(batch_size=2)
+        connection.close()
+
+    thread = threading.Thread(target=worker_a)
+    thread.start()
+    assert stages.claimed.wait(timeout=10)
+
+    # While A holds its two rows locked, B takes the other two instead of waiting.
+    results["b"] = events_process_batch(batch_size=10)
+    assert thread.is_alive()  # B finished while A still held its batch
+    stages.gate.set()
+    thread.join(timeout=10)
+
+    assert results == {"a": 2, "b": 2}
+    seen = [event_id for batch in stages.seen_batches for event_id in batch]
+    assert sorted(seen) == sorted(event.id for event in events)
+
+
+@pytest.mark.django_db
+def test_ingestion_nudges_the_pipeline_after_commit(ingest, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        assert ingest("track", TrackMessageFactory()).status_code == 200
+
+    assert len(callbacks) == 1
+    assert Event.objects.get().processed_at is not None
+
+
+@pytest.mark.django_db
+def test_rejected_only_requests_do_not_nudge(ingest, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks:
+        assert ingest("track", {"event": "no ids"}).status_code == 400
+
+    assert callbacks == []
+
+
+@pytest.mark.django_db
+def test_broker_down_keeps_ingestion_up_and_the_sweep_catches_up(
+    ingest, monkeypatch, django_capture_on_commit_callbacks
+):
+    attempts = []
+
+    def unreachable(*args, **kwargs):
+        attempts.append(1)
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(tasks.process_pending, "apply_async", unreachable)
+    with django_capture_on_commit_callbacks(execute=True):
+        first = ingest("track", TrackMessageFactory())
+    with django_capture_on_commit_callbacks(execute=True):
+        second = ingest("track", TrackMessageFactory())
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert len(attempts) == 1  # the second request did not wait on a broker known to be down
+    assert Event.objects.filter(processed_at__isnull=True).count() == 2
+
+    monkeypatch.undo()
+    assert tasks.process_pending() == 2  # what the beat sweep runs
+    assert not Event.objects.filter(processed_at__isnull=True).exists()
