@@ -1,0 +1,331 @@
+"""``manage.py demo --members 2000``: demo sources and a seeded, cross-channel event history,
+stored through the real ingestion path, then a banner with everything needed to try it out.
+
+``make run`` calls it before starting the service. It is safe to run again and again:
+sources are found by name and events dedupe on ``(source, messageId)``, so a second run with
+the same seed stores nothing new. Only the credentials it prints are new each time: write
+keys and tokens are stored hashed, so issuing fresh ones is the only way to show any.
+"""
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser
+from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
+from django.db import transaction
+from django.utils import timezone
+from tqdm import tqdm
+
+from cdp.roles import Role
+from cdp.services import staff_user_ensure, token_issue, tokens_revoke
+from events.contract import Message, Rejection, message_parse
+from events.demo import DEMO_SOURCES, WEB_SOURCE_SLUG, DemoEvent, demo_stream
+from events.models import Channel, Event, Source
+from events.services import events_ingest, source_create, source_rotate_key, source_set_enabled
+
+#: Events per ``events_ingest`` call: the size of a busy SDK batch, one INSERT each.
+BATCH_SIZE = 500
+ADMIN_USERNAME = "demo-admin"
+TOKEN_NAME = "demo"  # noqa: S105 - a label, not a secret
+_FALLBACK_USER_ID = "u-demo-curl"
+
+
+class _ProgressStream:
+    """Lets tqdm draw on a command's stderr: no added newline, no error colouring, and
+    the terminal check tqdm uses to stay quiet when output is not a terminal."""
+
+    def __init__(self, out: OutputWrapper) -> None:
+        self._out = out
+
+    def write(self, text: str) -> None:
+        self._out.write(text, style_func=lambda plain: plain, ending="")
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def isatty(self) -> bool:
+        return self._out.isatty()
+
+    @property
+    def encoding(self) -> str | None:
+        # tqdm draws a smooth Unicode bar only where the stream says it can take one.
+        return getattr(self._out, "encoding", None)
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    stored: int
+    duplicates: int
+    rejected: int
+    example_user_id: str  # a logged-in web customer, so the curl example joins a real profile
+
+
+@dataclass(frozen=True)
+class _Credentials:
+    write_key: str
+    token: str
+    password: str
+
+
+class _Loader:
+    """Parses demo messages as the batch endpoint does and stores them per source, one
+    ``events_ingest`` call per ``BATCH_SIZE`` messages."""
+
+    def __init__(self, sources: dict[str, Source]) -> None:
+        self.sources = sources
+        self.pending: dict[str, tuple[list[Message], list[Rejection]]] = {slug: ([], []) for slug in sources}
+        self.stored = self.duplicates = self.rejected = 0
+
+    def add(self, event: DemoEvent) -> None:
+        messages, rejections = self.pending[event.source_slug]
+        # Parsed at the simulated arrival time, not now: the clock-skew rule compares it with
+        # sentAt, and a late store upload must keep the time of its sale.
+        parsed = message_parse(
+            event.message, received_at=event.received_at, index=len(messages) + len(rejections)
+        )
+        if isinstance(parsed, Rejection):
+            rejections.append(parsed)
+        else:
+            messages.append(parsed)
+        if len(messages) + len(rejections) >= BATCH_SIZE:
+            self.flush(event.source_slug)
+
+    def flush(self, slug: str) -> None:
+        messages, rejections = self.pending[slug]
+        if not messages and not rejections:
+            return
+        outcome = events_ingest(
+            source=self.sources[slug],
+            endpoint="batch",
+            received_at=timezone.now(),
+            messages=messages,
+            rejections=rejections,
+        )
+        self.stored += outcome.accepted
+        self.duplicates += outcome.duplicates
+        self.rejected += len(rejections)
+        self.pending[slug] = ([], [])
+
+    def flush_all(self) -> None:
+        for slug in self.pending:
+            self.flush(slug)
+
+
+class Command(BaseCommand):
+    help = (
+        "Create the demo sources and load a seeded cross-channel event history through the "
+        "ingestion path, then print fresh credentials to try the platform with."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--members", type=int, default=2000, help="How many customers (default 2000).")
+        parser.add_argument(
+            "--seed", type=int, default=42, help="Same seed, same events: a re-run stores nothing twice."
+        )
+        parser.add_argument(
+            "--url", default="http://127.0.0.1:8000", help="Where the service listens, for the banner."
+        )
+        parser.add_argument(
+            "--welcome-file",
+            type=Path,
+            default=None,
+            help="Where to save the banner (default .run/welcome.txt; it holds secrets).",
+        )
+
+    def handle(
+        self,
+        *args: object,
+        members: int,
+        seed: int,
+        url: str,
+        welcome_file: Path | str | None,
+        **options: object,
+    ) -> None:
+        if members < 1:
+            raise CommandError("--members must be at least 1.")
+        url = url.rstrip("/")
+        sources, created = self._sources_ensure()
+        loaded = self._events_load(sources=sources, members=members, seed=seed)
+        credentials = _credentials_issue(web_source=sources[WEB_SOURCE_SLUG])
+        total = Event.objects.filter(source__in=sources.values()).count()
+        # call_command passes keyword options through without argparse's type conversion.
+        path = Path(welcome_file) if welcome_file else Path(settings.BASE_DIR) / ".run" / "welcome.txt"
+        banner = _banner(
+            url=url,
+            members=members,
+            seed=seed,
+            sources=len(sources),
+            created=created,
+            loaded=loaded,
+            total=total,
+            credentials=credentials,
+            web_source=sources[WEB_SOURCE_SLUG],
+            welcome_file=path,
+        )
+        _write_private(path, banner)
+        self.stdout.write(banner)
+
+    def _sources_ensure(self) -> tuple[dict[str, Source], int]:
+        """The demo sources by slug, created when missing; how many were created."""
+        existing = {
+            source.name: source for source in Source.objects.filter(name__in=[d.name for d in DEMO_SOURCES])
+        }
+        sources: dict[str, Source] = {}
+        created = 0
+        for demo in DEMO_SOURCES:
+            source = existing.get(demo.name)
+            if source is None:
+                source = source_create(
+                    name=demo.name, kind=Channel(demo.kind), store_code=demo.store_code
+                ).source
+                created += 1
+            elif (source.kind, source.store_code) != (demo.kind, demo.store_code):
+                raise CommandError(
+                    f"A source named {demo.name!r} exists as {source.kind} {source.store_code!r}, "
+                    f"not {demo.kind} {demo.store_code!r}; rename it and run the demo again."
+                )
+            elif demo.slug == WEB_SOURCE_SLUG and not source.enabled:
+                # The banner hands out this source's key; a disabled source would refuse it.
+                source = source_set_enabled(source=source, enabled=True)
+                self.stdout.write(f"Re-enabled the source {demo.name!r}, whose key the demo hands out.")
+            sources[demo.slug] = source
+        return sources, created
+
+    def _events_load(self, *, sources: dict[str, Source], members: int, seed: int) -> _Loaded:
+        """Stream, parse and store the demo events. Each batch commits on its own, as a real
+        request would: an interrupted run is completed by the next one (dedupe skips the rest)."""
+        loader = _Loader(sources)
+        example_user_id = ""
+        people_done, person = 0, 0
+        progress = tqdm(
+            desc="Demo events",
+            unit=" events",
+            unit_scale=True,
+            file=_ProgressStream(self.stderr),
+            disable=None,  # no bar when stderr is not a terminal (CI, tests, logs)
+        )
+        with progress:
+            for event in demo_stream(members=members, seed=seed, now=timezone.now()):
+                if event.person != person:
+                    # The stream's length is only known at its end; people are alike on
+                    # average, so the events per person so far give a good running total.
+                    people_done, person = people_done + 1, event.person
+                    progress.total = max(progress.n, round(progress.n * members / people_done))
+                if not example_user_id and event.source_slug == WEB_SOURCE_SLUG:
+                    example_user_id = event.message.get("userId", "")
+                loader.add(event)
+                progress.update()
+            loader.flush_all()
+            progress.total = progress.n
+            progress.refresh()
+        return _Loaded(
+            stored=loader.stored,
+            duplicates=loader.duplicates,
+            rejected=loader.rejected,
+            example_user_id=example_user_id or _FALLBACK_USER_ID,
+        )
+
+
+@transaction.atomic
+def _credentials_issue(*, web_source: Source) -> _Credentials:
+    """A new web-shop write key, and the demo admin with a new password and a new token;
+    the previous ones stop working. One transaction: never revoked without a replacement."""
+    write_key = source_rotate_key(source=web_source).write_key
+    user: AbstractUser = staff_user_ensure(username=ADMIN_USERNAME, role=Role.ADMIN)
+    password = secrets.token_urlsafe(12)
+    user.set_password(password)
+    user.is_staff = True
+    # The role groups carry no Django model permissions, so in /admin/ only a superuser
+    # sees anything. A local demo account, shown on the developer's own terminal.
+    user.is_superuser = True
+    user.save(update_fields=["password", "is_staff", "is_superuser"])
+    tokens_revoke(user=user, name=TOKEN_NAME)
+    token = token_issue(user=user, name=TOKEN_NAME).secret
+    return _Credentials(write_key=write_key, token=token, password=password)
+
+
+def _order_example(user_id: str) -> dict[str, Any]:
+    return {
+        "userId": user_id,
+        "event": "Order Completed",
+        "properties": {
+            "order_id": "W-CURL-0001",
+            "total": 368,
+            "revenue": 368,
+            "currency": "CNY",
+            "products": [
+                {
+                    "product_id": "P3001",
+                    "sku": "SR-50ML",
+                    "name": "Hydrating Serum 50 ml",
+                    "category": "Beauty/Skincare",
+                    "price": 368,
+                    "quantity": 1,
+                }
+            ],
+        },
+    }
+
+
+def _shown_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path(settings.BASE_DIR).resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _banner(
+    *,
+    url: str,
+    members: int,
+    seed: int,
+    sources: int,
+    created: int,
+    loaded: _Loaded,
+    total: int,
+    credentials: _Credentials,
+    web_source: Source,
+    welcome_file: Path,
+) -> str:
+    rule = "─" * 78
+    order = orjson.dumps(_order_example(loaded.example_user_id)).decode()
+    rerun = " (a re-run with the same seed adds nothing)" if loaded.stored == 0 else ""
+    lines = [
+        rule,
+        f"  CDP demo ready: {members:,} members, seed {seed}",
+        rule,
+        f"  Sources      {sources} demo sources: 3 stores (POS), app, mini-program, web shop; "
+        f"{created} created now",
+        f"  Events       {loaded.stored:,} stored now, {loaded.duplicates:,} skipped as already stored"
+        f"{rerun}, {loaded.rejected:,} rejected",
+        f"               {total:,} demo events in all; the worker (started by `make run`) processes them",
+        f"  Service      {url}/",
+        f"  API docs     {url}/api/docs/",
+        f"  Admin        {url}/admin/   user {ADMIN_USERNAME}   password {credentials.password}",
+        f"  Write key    {credentials.write_key}",
+        f"               for {web_source.name!r}; new on every run, the previous key no longer works",
+        f"  Staff token  {credentials.token}",
+        f"               {ADMIN_USERNAME}, role {Role.ADMIN.value}; earlier {TOKEN_NAME!r} tokens revoked",
+        f"  Saved to     {_shown_path(welcome_file)} (keep it private: it holds the secrets above)",
+        "",
+        "  Send an order to the web shop (Segment HTTP Tracking API):",
+        f'    curl -sS -u "{credentials.write_key}:" -H "Content-Type: application/json" \\',
+        f"      -d '{order}' \\",
+        f"      {url}/v1/track",
+        "",
+        "  List the sources with the staff API:",
+        f'    curl -sS -H "Authorization: Bearer {credentials.token}" {url}/api/v1/sources/',
+    ]
+    return "\n".join(lines)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` readable by its owner only: it holds a password, a key and a token."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.chmod(0o600)  # ``touch`` leaves an existing file's mode as it was
+    path.write_text(text + "\n", encoding="utf-8")
