@@ -23,7 +23,10 @@ class IssuedToken:
 @transaction.atomic
 def staff_user_ensure(*, username: str, role: Role) -> AbstractUser:
     """Get or create the staff user and make ``role`` its only role."""
-    user, _ = get_user_model().objects.get_or_create(username=username, defaults={"is_staff": True})
+    user, _ = get_user_model().objects.get_or_create(username=username)
+    if not user.is_staff:
+        user.is_staff = True
+        user.save(update_fields=["is_staff"])
     user.groups.remove(*Group.objects.filter(name__in=Role.values).exclude(name=role))
     group, _ = Group.objects.get_or_create(name=role)  # the migration creates them; a flushed DB may not
     user.groups.add(group)

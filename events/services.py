@@ -5,7 +5,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
-from django.db import connection, transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connection, transaction
 
 from cdp.credentials import credential_hash, credential_new, credential_prefix
 from events.contract import Message, Rejection
@@ -31,7 +32,11 @@ def source_create(*, name: str, kind: Channel, store_code: str = "") -> SourceWi
         write_key_prefix=credential_prefix(write_key),
     )
     source.full_clean()
-    source.save()
+    try:
+        with transaction.atomic():
+            source.save()
+    except IntegrityError as exc:  # a concurrent create took the name after full_clean looked
+        raise ValidationError({"name": "A source with this name already exists."}) from exc
     return SourceWithKey(source=source, write_key=write_key)
 
 

@@ -1,5 +1,6 @@
 """Staff API for sources (create, disable, rotate keys) and rejected events. Admins only."""
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
@@ -31,11 +32,6 @@ class SourceCreateInput(serializers.Serializer):
     kind = serializers.ChoiceField(choices=Channel.choices)
     store_code = serializers.CharField(max_length=64, required=False, default="", allow_blank=True)
 
-    def validate_name(self, value: str) -> str:
-        if Source.objects.filter(name=value).exists():
-            raise serializers.ValidationError("A source with this name exists.")
-        return value
-
     def validate(self, attrs: dict) -> dict:
         if attrs["kind"] == Channel.POS and not attrs["store_code"]:
             raise serializers.ValidationError({"store_code": "A POS source needs a store code."})
@@ -58,7 +54,10 @@ class SourceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
     def create(self, request: Request) -> Response:
         data = SourceCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
-        created = source_create(**data.validated_data)
+        try:
+            created = source_create(**data.validated_data)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from exc
         return Response(_with_key(created.source, created.write_key), status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses={200: SourceOutput})

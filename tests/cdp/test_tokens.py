@@ -35,6 +35,12 @@ def test_create_token_changes_the_role_of_an_existing_user():
     assert user_roles(get_user_model().objects.get(username="wang")) == {"admin"}
 
 
+def test_giving_a_role_makes_an_existing_user_staff(django_user_model):
+    django_user_model.objects.create_user("zhao", password="pw")
+
+    assert staff_user_ensure(username="zhao", role=Role.CRM_AGENT).is_staff
+
+
 def test_create_token_refuses_an_unknown_role():
     with pytest.raises(CommandError):
         call_command("create_token", "x", "--role", "janitor", stdout=StringIO())

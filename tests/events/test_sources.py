@@ -3,6 +3,7 @@
 from io import StringIO
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
@@ -75,6 +76,25 @@ def test_staff_api_creates_a_source_and_shows_its_key_once(admin_client):
     assert [item["name"] for item in listed] == ["S002"]
     assert "write_key" not in listed[0]
     assert listed[0]["write_key_prefix"] == key[:10]
+
+
+def test_staff_api_refuses_a_taken_name(admin_client):
+    SourceFactory(name="App")
+
+    response = admin_client.post("/api/v1/sources/", {"name": "App", "kind": "app"}, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == [{"field": "name", "reason": "Source with this Name already exists."}]
+
+
+def test_a_name_taken_between_check_and_insert_is_a_validation_error(monkeypatch):
+    SourceFactory(name="App")
+    monkeypatch.setattr(Source, "full_clean", lambda self: None)  # lose the race on purpose
+
+    with pytest.raises(ValidationError) as refused:
+        source_create(name="App", kind=Channel.APP)
+
+    assert refused.value.message_dict == {"name": ["A source with this name already exists."]}
 
 
 @pytest.mark.parametrize(
