@@ -7,4 +7,7 @@ from events.models import Source
 def source_for_write_key(write_key: str) -> Source | None:
     """The enabled source holding this write key. Not cached: disabling a source must stop
     its key at once in every process."""
-    return Source.objects.filter(write_key_hash=credential_hash(write_key), enabled=True).first()
+    try:
+        return Source.objects.get(write_key_hash=credential_hash(write_key), enabled=True)
+    except Source.DoesNotExist:
+        return None

@@ -5,8 +5,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
+import psycopg
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
+from django.db.backends.utils import CursorWrapper
 
 from cdp.credentials import credential_hash, credential_new, credential_prefix
 from events.contract import Message, Rejection
@@ -76,9 +78,9 @@ def _insert_sql() -> str:
     table = Event._meta.db_table
     batch_columns = _TEXT_COLUMNS + _TIME_COLUMNS + _JSON_COLUMNS
     unnest_args = ", ".join(
-        ["%s::text[]"] * len(_TEXT_COLUMNS)
-        + ["%s::timestamptz[]"] * len(_TIME_COLUMNS)
-        + ["%s::text[]"] * len(_JSON_COLUMNS)
+        ["%b::text[]"] * len(_TEXT_COLUMNS)
+        + ["%b::timestamptz[]"] * len(_TIME_COLUMNS)
+        + ["%b::text[]"] * len(_JSON_COLUMNS)
     )
     selected = ", ".join(
         [f"m.{c}" for c in _TEXT_COLUMNS + _TIME_COLUMNS] + [f"m.{c}::jsonb" for c in _JSON_COLUMNS]
@@ -86,7 +88,7 @@ def _insert_sql() -> str:
     # Only identifiers from this module and the model's table name are interpolated.
     return (
         f"INSERT INTO {table} (source_id, channel, store_code, received_at, {', '.join(batch_columns)}) "  # noqa: S608
-        f"SELECT %s, %s, %s, %s, {selected} "
+        f"SELECT %b, %b, %b, %b, {selected} "
         f"FROM unnest({unnest_args}) AS m({', '.join(batch_columns)}) "
         "ON CONFLICT (source_id, message_id) DO NOTHING RETURNING 1"
     )
@@ -101,9 +103,22 @@ def _events_insert(*, source: Source, received_at: datetime, messages: Sequence[
     params: list[object] = [source.pk, source.kind, source.store_code, received_at]
     params += [[getattr(m, column) for m in messages] for column in _TEXT_COLUMNS + _TIME_COLUMNS]
     params += [[_json_text(getattr(m, column)) for m in messages] for column in _JSON_COLUMNS]
-    with connection.cursor() as cursor:
+    with _binary_parameters_cursor() as cursor:
         cursor.execute(_INSERT_SQL, params)
         return len(cursor.fetchall())
+
+
+def _binary_parameters_cursor() -> CursorWrapper:
+    """A cursor on Django's connection (same transaction) that sends parameters in binary.
+
+    Django's psycopg cursors bind client-side: every array element is quoted into the SQL
+    text in Python, which for a batch's JSON columns cost more than all the rest of the
+    request. Binary parameters skip the quoting (measured: 2x the events/s, docs/benchmarks.md).
+    Django's wrapper is kept, so query logging and query counts still see the statement.
+    """
+    connection.ensure_connection()
+    raw = psycopg.Cursor(connection.connection)
+    return connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
 
 
 def events_ingest(

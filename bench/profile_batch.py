@@ -1,0 +1,162 @@
+"""Where a ``POST /v1/batch`` (or ``/v1/track``) request spends its time, in-process, under cProfile.
+
+Runs the real WSGI application (production settings, the ``cdp_bench`` database and Redis
+db 12, as ``bench/ingest.py`` sets them up) on batches of realistic events, with no HTTP
+server in between, and prints the functions with the most cumulative and own time, plus a
+split of the wall time into the request's stages. Run ``bench/ingest.py`` once first (it
+creates and migrates ``cdp_bench``); this script makes its own source and empties the event
+tables when done.
+
+    .venv/bin/python bench/profile_batch.py --size 500 --requests 40
+    .venv/bin/python bench/profile_batch.py --track --requests 500
+"""
+
+import argparse
+import base64
+import cProfile
+import io
+import os
+import pstats
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import payloads
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _environ(path: str, body: bytes, write_key: str) -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_HOST": "127.0.0.1",
+        "HTTP_AUTHORIZATION": "Basic " + base64.b64encode(f"{write_key}:".encode()).decode(),
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+
+
+def _post(application: Callable[..., Any], path: str, body: bytes, write_key: str) -> bytes:
+    status: list[str] = []
+    chunks = application(_environ(path, body, write_key), lambda s, headers, exc_info=None: status.append(s))
+    data = b"".join(chunks)
+    if not status or not status[0].startswith("200"):
+        raise RuntimeError(f"{status} {data[:300]!r}")
+    return data
+
+
+def stages(write_key: str, bodies: Sequence[bytes]) -> dict[str, float]:
+    """Milliseconds per request spent in each stage, timed by calling the stages directly."""
+    import orjson
+    from django.db import connection
+    from django.utils import timezone
+
+    from events.contract import Message, batch_parse, message_parse
+    from events.selectors import source_for_write_key
+    from events.services import events_ingest
+
+    spent = dict.fromkeys(("json", "source", "parse", "insert+commit"), 0.0)
+    for body in bodies:
+        began = time.perf_counter()
+        data = orjson.loads(body)
+        parsed_at = time.perf_counter()
+        source = source_for_write_key(write_key)
+        found_at = time.perf_counter()
+        received_at = timezone.now()
+        parsed = batch_parse(data)
+        assert isinstance(parsed, tuple), parsed
+        raw_messages, defaults = parsed
+        messages = [
+            message_parse(raw, received_at=received_at, defaults=defaults, index=index)
+            for index, raw in enumerate(raw_messages)
+        ]
+        assert all(isinstance(m, Message) for m in messages)
+        validated_at = time.perf_counter()
+        assert source is not None
+        events_ingest(source=source, endpoint="batch", received_at=received_at, messages=messages)
+        done = time.perf_counter()
+        spent["json"] += parsed_at - began
+        spent["source"] += found_at - parsed_at
+        spent["parse"] += validated_at - found_at
+        spent["insert+commit"] += done - validated_at
+    connection.close()
+    return {key: 1000 * value / len(bodies) for key, value in spent.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=500, help="events per batch")
+    parser.add_argument("--track", action="store_true", help="profile POST /v1/track (one event) instead")
+    parser.add_argument("--requests", type=int, default=40, help="profiled requests")
+    parser.add_argument("--top", type=int, default=30, help="functions to list")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(ROOT))
+    import ingest  # the benchmark's environment and helpers
+
+    os.environ.update(ingest.SERVICE_ENV)
+    source = ingest.prepare(f"profile-{time.time_ns()}")
+    import django
+    from django.core.wsgi import get_wsgi_application
+
+    django.setup()
+    application = get_wsgi_application()
+    rng = random.Random(4000)
+    if args.track:
+        path, size, template = "/v1/track", 1, payloads.track_template(rng)
+    else:
+        path, size, template = "/v1/batch", args.size, payloads.batch_template(rng, args.size)
+    try:
+        for _ in range(3):  # warm-up: URLconf, connections, caches
+            _post(application, path, template.render(), source.write_key)
+        bodies = [template.render() for _ in range(args.requests)]
+        profiler = cProfile.Profile()
+        began = time.perf_counter()
+        profiler.enable()
+        for body in bodies:
+            _post(application, path, body, source.write_key)
+        profiler.disable()
+        elapsed = time.perf_counter() - began
+        print(
+            f"{args.requests} requests to {path} of {size} event(s) under cProfile: "
+            f"{1000 * elapsed / args.requests:.2f} ms per request "
+            f"({args.requests * size / elapsed:,.0f} events/s on one core, profiler overhead included)"
+        )
+        for order in ("cumulative", "tottime"):
+            print(f"\n--- by {order} ---")
+            pstats.Stats(profiler).sort_stats(order).print_stats(args.top)
+
+        bodies = [template.render() for _ in range(args.requests)]
+        began = time.perf_counter()
+        for body in bodies:
+            _post(application, path, body, source.write_key)
+        plain = (time.perf_counter() - began) / args.requests
+        print(f"Without the profiler: {1000 * plain:.2f} ms per request ({size / plain:,.0f} events/s)")
+        if args.track:
+            return
+        split = stages(source.write_key, [template.render() for _ in range(args.requests)])
+        print("Stages, called directly (ms per request):", {k: round(v, 2) for k, v in split.items()})
+    finally:
+        ingest.events_reset()
+        ingest.broker_flush()
+
+
+if __name__ == "__main__":
+    main()
