@@ -1,0 +1,211 @@
+"""Identifiers: which ones an event carries, in one canonical form, and which must never match.
+
+Pure (no ORM): the same functions normalize what ingestion stored and what a CRM agent types
+into a search box, so ``138 0013 8000`` at the till and ``+86 13800138000`` in the
+mini-program are one phone everywhere.
+"""
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import phonenumbers
+
+
+class IdentifierType(StrEnum):
+    USER_ID = "user_id"
+    PHONE = "phone"
+    EMAIL = "email"
+    MEMBER_CARD = "member_card"
+    WECHAT_UNIONID = "wechat_unionid"
+    WECHAT_OPENID = "wechat_openid"
+    DEVICE_ID = "device_id"
+    ANONYMOUS_ID = "anonymous_id"
+
+
+BUILT_IN_TYPES = frozenset(IdentifierType)
+
+#: Values SDKs, tills and forms put where an id is missing. Matching on them would merge
+#: every customer who left the field empty into one person.
+DEFAULT_BLOCKED_VALUES = frozenset(
+    {
+        "0",
+        "-1",
+        "null",
+        "nil",
+        "none",
+        "undefined",
+        "nan",
+        "anonymous",
+        "unknown",
+        "n/a",
+        "na",
+        "test",
+        "guest",
+    }
+)
+_ALL_ZEROS = re.compile(r"^0+$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_CUSTOM_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+MAX_VALUE_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Identifier:
+    type: str
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.type}:{self.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifierProblem:
+    """A value the event carried that is not used as a key, and why."""
+
+    type: str
+    value: str
+    reason: str  # "invalid" or "blocked"
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Extraction:
+    identifiers: frozenset[Identifier]
+    problems: tuple[IdentifierProblem, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizationPolicy:
+    default_region: str = "CN"
+    blocked_values: frozenset[str] = DEFAULT_BLOCKED_VALUES
+
+
+class InvalidIdentifier(ValueError):
+    """A value that cannot be an identifier of its type (an unparsable phone, say)."""
+
+
+class BlockedIdentifier(ValueError):
+    """A placeholder value that must never match anything."""
+
+
+def _is_blocked(value: str, policy: NormalizationPolicy) -> bool:
+    folded = value.strip().casefold()
+    return not folded or folded in policy.blocked_values or bool(_ALL_ZEROS.match(folded))
+
+
+def normalize(type_: str, value: Any, policy: NormalizationPolicy) -> str:
+    """The canonical form of ``value`` as an identifier of ``type_``.
+
+    Raises ``BlockedIdentifier`` for placeholders and ``InvalidIdentifier`` for values that
+    are not identifiers of that type.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidIdentifier("must be a string")
+    text = str(value).strip()
+    if _is_blocked(text, policy):
+        raise BlockedIdentifier("a placeholder value")
+    if len(text) > MAX_VALUE_LENGTH:
+        raise InvalidIdentifier(f"longer than {MAX_VALUE_LENGTH} characters")
+    if type_ == IdentifierType.PHONE:
+        return _normalize_phone(text, policy)
+    if type_ == IdentifierType.EMAIL:
+        email = text.casefold()
+        if not _EMAIL.match(email):
+            raise InvalidIdentifier("not an email address")
+        return email
+    return text
+
+
+def _normalize_phone(text: str, policy: NormalizationPolicy) -> str:
+    try:
+        number = phonenumbers.parse(text, policy.default_region)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidIdentifier(f"not a phone number ({exc})") from exc
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidIdentifier("not a valid phone number")
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if _is_blocked(e164.lstrip("+")[len(str(number.country_code)) :], policy):
+        raise BlockedIdentifier("a placeholder value")
+    return e164
+
+
+def custom_type(raw_type: Any) -> str | None:
+    """The identifier type named in ``context.externalIds``, or None if it can't be one."""
+    if not isinstance(raw_type, str):
+        return None
+    name = raw_type.strip().casefold().replace("-", "_").replace(" ", "_")
+    return name if _CUSTOM_TYPE.match(name) else None
+
+
+def _candidates(
+    *,
+    user_id: str,
+    anonymous_id: str,
+    traits: Mapping[str, Any],
+    context: Mapping[str, Any],
+) -> Iterable[tuple[str, Any]]:
+    if user_id:
+        yield IdentifierType.USER_ID, user_id
+    if anonymous_id:
+        yield IdentifierType.ANONYMOUS_ID, anonymous_id
+    context_traits = context.get("traits") if isinstance(context.get("traits"), Mapping) else {}
+    for source in (traits, context_traits):
+        for type_ in (
+            IdentifierType.PHONE,
+            IdentifierType.EMAIL,
+            IdentifierType.MEMBER_CARD,
+            IdentifierType.WECHAT_UNIONID,
+            IdentifierType.WECHAT_OPENID,
+        ):
+            if source.get(type_) not in (None, ""):
+                yield type_, source[type_]
+    device = context.get("device")
+    if isinstance(device, Mapping) and device.get("id") not in (None, ""):
+        yield IdentifierType.DEVICE_ID, device["id"]
+    external = context.get("externalIds")
+    if isinstance(external, list):
+        for entry in external:
+            if isinstance(entry, Mapping):
+                yield entry.get("type"), entry.get("id")
+
+
+def identifiers_extract(
+    *,
+    user_id: str,
+    anonymous_id: str,
+    traits: Mapping[str, Any],
+    context: Mapping[str, Any],
+    policy: NormalizationPolicy,
+    openid_scope: str = "",
+) -> Extraction:
+    """Every identifier an event carries, normalized, with the values that were not usable.
+
+    ``openid_scope`` is the mini-program's appid: an openid is only unique within one app,
+    so it is stored as ``<appid>:<openid>``.
+    """
+    identifiers: set[Identifier] = set()
+    problems: list[IdentifierProblem] = []
+    for raw_type, raw_value in _candidates(
+        user_id=user_id, anonymous_id=anonymous_id, traits=traits, context=context
+    ):
+        type_ = raw_type if raw_type in BUILT_IN_TYPES else custom_type(raw_type)
+        if type_ is None:
+            problems.append(
+                IdentifierProblem(str(raw_type), str(raw_value), "invalid", "not an identifier type")
+            )
+            continue
+        try:
+            value = normalize(type_, raw_value, policy)
+        except BlockedIdentifier as exc:
+            problems.append(IdentifierProblem(type_, str(raw_value), "blocked", str(exc)))
+            continue
+        except InvalidIdentifier as exc:
+            problems.append(IdentifierProblem(type_, str(raw_value), "invalid", str(exc)))
+            continue
+        if type_ == IdentifierType.WECHAT_OPENID and openid_scope:
+            value = f"{openid_scope}:{value}"
+        identifiers.add(Identifier(str(type_), value))
+    return Extraction(frozenset(identifiers), tuple(problems))

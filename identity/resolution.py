@@ -1,0 +1,254 @@
+"""Identity resolution: which member each event belongs to. Pure (no ORM).
+
+**The definition.** Members are what you get by resolving the events one at a time in
+event-time order (timestamp, then messageId, then source), each against the graph the
+earlier events built. For one event, its identifiers are taken in priority order (highest
+first); each is *accepted* if joining its owner (or adding its value) keeps every member
+within its per-type limits, and *dropped for matching* otherwise. The members owning accepted
+identifiers merge into one, the survivor being the member whose earliest event is earliest;
+if none owns any, the event founds a new member. Accepted identifiers without an owner are
+attached to that member. Types that never merge are attached but never looked up.
+
+**Arrival order does not matter.** An event that arrives in order (later than every event of
+every member it touches, and later than every event that mentioned one of its identifiers)
+sees exactly the graph the definition would show it, so it is resolved incrementally. A
+late event instead re-resolves its *component*: the events linked to it through mergeable
+identifiers (dropped ones included), which always consists of whole members and interacts
+with nothing outside it. ``tests/identity/test_resolution.py`` checks this with generated
+event streams in every arrival order.
+"""
+
+from collections import defaultdict, deque
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from identity.identifiers import Identifier
+from identity.rules import Rules
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class EventKey:
+    """An event's place in event time; unique per event and independent of arrival order."""
+
+    timestamp: datetime
+    message_id: str
+    source_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvableEvent:
+    key: EventKey
+    identifiers: frozenset[Identifier]
+
+
+MemberRef = Hashable
+
+
+@dataclass(slots=True)
+class MemberState:
+    first_event: EventKey
+    last_event: EventKey
+    identifiers: dict[str, set[str]] = field(default_factory=dict)
+
+    def holds(self) -> Iterable[Identifier]:
+        for type_, values in self.identifiers.items():
+            for value in values:
+                yield Identifier(type_, value)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What resolving one event did to the graph."""
+
+    event: EventKey
+    member: MemberRef
+    created: bool
+    absorbed: tuple[MemberRef, ...]
+    attached: tuple[Identifier, ...]
+    dropped: tuple[Identifier, ...]
+
+
+class IdentityGraph:
+    """Identifier owners and member contents: the state resolution reads and writes.
+
+    ``new_ref`` names a member founded by an event (the in-memory resolver uses the event
+    key itself; the database layer hands out ids).
+    """
+
+    def __init__(self, rules: Rules, new_ref: Callable[[EventKey], MemberRef] = lambda key: key) -> None:
+        self.rules = rules
+        self.new_ref = new_ref
+        self.owner: dict[Identifier, MemberRef] = {}
+        self.members: dict[MemberRef, MemberState] = {}
+        self.last_seen: dict[Identifier, EventKey] = {}
+
+    def merges(self, identifier: Identifier) -> bool:
+        return self.rules.of(identifier.type).merges
+
+    def is_on_time(self, event: ResolvableEvent) -> bool:
+        """True when the event is later than everything its resolution depends on."""
+        for identifier in event.identifiers:
+            if not self.merges(identifier):
+                continue
+            seen = self.last_seen.get(identifier)
+            if seen is not None and seen >= event.key:
+                return False
+            owner = self.owner.get(identifier)
+            if owner is not None and self.members[owner].last_event >= event.key:
+                return False
+        return True
+
+    def _limit(self, type_: str) -> int | None:
+        rule = self.rules.of(type_)
+        return rule.limit if rule.merges else None
+
+    def _by_priority(self, identifiers: Iterable[Identifier]) -> list[Identifier]:
+        return sorted(identifiers, key=lambda i: (-self.rules.of(i.type).priority, i.type, i.value))
+
+    def resolve(self, event: ResolvableEvent) -> Decision:
+        chosen: set[MemberRef] = set()
+        # Values of each limited type the chosen members plus the accepted identifiers hold.
+        held: dict[str, frozenset[str]] = {}
+        accepted: list[Identifier] = []
+        dropped: list[Identifier] = []
+        for identifier in self._by_priority(i for i in event.identifiers if self.merges(i)):
+            owner = self.owner.get(identifier)
+            joining = [(identifier.type, {identifier.value})]
+            if owner is not None and owner not in chosen:
+                joining += self.members[owner].identifiers.items()
+            tentative = dict(held)
+            for type_, values in joining:
+                limit = self._limit(type_)
+                if limit is not None:
+                    tentative[type_] = tentative.get(type_, frozenset()) | values
+            if all(len(values) <= self._limit(type_) for type_, values in tentative.items()):
+                held = tentative
+                accepted.append(identifier)
+                if owner is not None:
+                    chosen.add(owner)
+            else:
+                dropped.append(identifier)
+
+        created = not chosen
+        if created:
+            member = self.new_ref(event.key)
+            self.members[member] = MemberState(first_event=event.key, last_event=event.key)
+            absorbed: tuple[MemberRef, ...] = ()
+        else:
+            member = min(chosen, key=lambda ref: self.members[ref].first_event)
+            absorbed = tuple(
+                sorted((ref for ref in chosen if ref != member), key=lambda r: self.members[r].first_event)
+            )
+            for ref in absorbed:
+                self._absorb(survivor=member, absorbed=ref)
+
+        state = self.members[member]
+        state.last_event = max(state.last_event, event.key)
+        attached = []
+        for identifier in accepted:
+            if identifier not in self.owner:
+                self.owner[identifier] = member
+                state.identifiers.setdefault(identifier.type, set()).add(identifier.value)
+                attached.append(identifier)
+        for identifier in event.identifiers:
+            if not self.merges(identifier):
+                values = state.identifiers.setdefault(identifier.type, set())
+                if identifier.value not in values:
+                    values.add(identifier.value)
+                    attached.append(identifier)
+            else:
+                self.last_seen[identifier] = max(self.last_seen.get(identifier, event.key), event.key)
+        return Decision(event.key, member, created, absorbed, tuple(attached), tuple(dropped))
+
+    def _absorb(self, *, survivor: MemberRef, absorbed: MemberRef) -> None:
+        target, source = self.members[survivor], self.members.pop(absorbed)
+        target.first_event = min(target.first_event, source.first_event)
+        target.last_event = max(target.last_event, source.last_event)
+        for identifier in source.holds():
+            target.identifiers.setdefault(identifier.type, set()).add(identifier.value)
+            if self.owner.get(identifier) == absorbed:
+                self.owner[identifier] = survivor
+
+    def forget(self, members: Iterable[MemberRef], mentioned: Iterable[Identifier]) -> None:
+        """Remove members and what their events mentioned, before their events are replayed."""
+        for ref in members:
+            state = self.members.pop(ref, None)
+            if state is not None:
+                for identifier in state.holds():
+                    if self.owner.get(identifier) == ref:
+                        del self.owner[identifier]
+        for identifier in mentioned:
+            self.last_seen.pop(identifier, None)
+
+
+class InMemoryResolver:
+    """The whole resolution over events held in memory: incremental when events arrive in
+    order, component replay when one arrives late. The reference for the database engine,
+    and the engine of full rebuilds."""
+
+    def __init__(self, rules: Rules) -> None:
+        self.graph = IdentityGraph(rules)
+        self.events: dict[EventKey, ResolvableEvent] = {}
+        self.mentions: dict[Identifier, set[EventKey]] = defaultdict(set)
+        self.member_of: dict[EventKey, MemberRef] = {}
+        self.events_of: dict[MemberRef, set[EventKey]] = defaultdict(set)
+        self.replays = 0
+
+    def add(self, event: ResolvableEvent) -> None:
+        if event.key in self.events:
+            return  # resolving an event twice changes nothing
+        self.events[event.key] = event
+        for identifier in event.identifiers:
+            if self.graph.merges(identifier):
+                self.mentions[identifier].add(event.key)
+        if self.graph.is_on_time(event):
+            self._apply(self.graph.resolve(event))
+        else:
+            self.replays += 1
+            self._replay(self.component(event))
+
+    def component(self, event: ResolvableEvent) -> set[EventKey]:
+        """The events linked to ``event`` through mergeable identifiers, transitively."""
+        found = {event.key}
+        queue = deque([event])
+        seen_identifiers: set[Identifier] = set()
+        while queue:
+            for identifier in queue.popleft().identifiers:
+                if identifier in seen_identifiers or not self.graph.merges(identifier):
+                    continue
+                seen_identifiers.add(identifier)
+                for key in self.mentions[identifier] - found:
+                    found.add(key)
+                    queue.append(self.events[key])
+        return found
+
+    def _replay(self, keys: set[EventKey]) -> None:
+        members = {self.member_of[key] for key in keys if key in self.member_of}
+        mentioned = {i for key in keys for i in self.events[key].identifiers}
+        self.graph.forget(members, mentioned)
+        for ref in members:
+            for key in self.events_of.pop(ref, set()):
+                self.member_of.pop(key, None)
+        for key in sorted(keys):
+            self._apply(self.graph.resolve(self.events[key]))
+
+    def _apply(self, decision: Decision) -> None:
+        for ref in decision.absorbed:
+            for key in self.events_of.pop(ref, set()):
+                self.member_of[key] = decision.member
+                self.events_of[decision.member].add(key)
+        self.member_of[decision.event] = decision.member
+        self.events_of[decision.member].add(decision.event)
+
+    def partition(self) -> frozenset[frozenset[EventKey]]:
+        """Which events belong together: the answer that must not depend on arrival order."""
+        return frozenset(frozenset(keys) for keys in self.events_of.values() if keys)
+
+
+def resolve_in_event_order(events: Iterable[ResolvableEvent], rules: Rules) -> InMemoryResolver:
+    """The definition, literally: every event in event-time order against one graph."""
+    resolver = InMemoryResolver(rules)
+    for event in sorted(events, key=lambda e: e.key):
+        resolver.add(event)
+    return resolver
