@@ -26,6 +26,9 @@ class Source(models.Model):
     name = models.CharField(max_length=200, unique=True)
     kind = models.CharField(max_length=16, choices=Channel.choices)
     store_code = models.CharField(max_length=64, blank=True)
+    wechat_appid = models.CharField(
+        max_length=64, blank=True, help_text="A mini-program's appid: its openids are unique only within it."
+    )
     write_key_hash = models.CharField(max_length=64, unique=True)
     write_key_prefix = models.CharField(max_length=16)
     enabled = models.BooleanField(default=True)

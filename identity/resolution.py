@@ -195,9 +195,17 @@ class InMemoryResolver:
         self.events_of: dict[MemberRef, set[EventKey]] = defaultdict(set)
         self.replays = 0
 
+    # Hooks for a resolver whose graph lives in a database and is loaded as needed.
+    def load_graph(self, identifiers: Iterable[Identifier]) -> None:
+        """Make the graph around these identifiers (owners, their members) current."""
+
+    def load_mentions(self, identifiers: Iterable[Identifier]) -> None:
+        """Make ``mentions`` complete for these identifiers (and hold the events it names)."""
+
     def add(self, event: ResolvableEvent) -> None:
         if event.key in self.events:
             return  # resolving an event twice changes nothing
+        self.load_graph(event.identifiers)
         self.events[event.key] = event
         for identifier in event.identifiers:
             if self.graph.merges(identifier):
@@ -214,10 +222,15 @@ class InMemoryResolver:
         queue = deque([event])
         seen_identifiers: set[Identifier] = set()
         while queue:
-            for identifier in queue.popleft().identifiers:
-                if identifier in seen_identifiers or not self.graph.merges(identifier):
-                    continue
-                seen_identifiers.add(identifier)
+            fresh = {
+                i
+                for current in (queue.popleft() for _ in range(len(queue)))
+                for i in current.identifiers
+                if i not in seen_identifiers and self.graph.merges(i)
+            }
+            seen_identifiers |= fresh
+            self.load_mentions(fresh)  # one level of the walk at a time: one load per level
+            for identifier in fresh:
                 for key in self.mentions[identifier] - found:
                     found.add(key)
                     queue.append(self.events[key])

@@ -129,9 +129,35 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 # --- Event pipeline -----------------------------------------------------------------------
 # Stages run, in order, on each claimed batch of accepted events, inside the transaction that
 # marks them processed. Each is a dotted path to ``callable(events: list[Event]) -> None``.
-EVENT_PIPELINE_STAGES: list[str] = env.list("EVENT_PIPELINE_STAGES", default=[])
+EVENT_PIPELINE_STAGES: list[str] = env.list(
+    "EVENT_PIPELINE_STAGES", default=["identity.services.identity_resolve_events"]
+)
 EVENT_PIPELINE_BATCH_SIZE = env.int("EVENT_PIPELINE_BATCH_SIZE", default=500)
 EVENT_SWEEP_INTERVAL_SECONDS = env.int("EVENT_SWEEP_INTERVAL_SECONDS", default=15)
+
+# --- Identity resolution ------------------------------------------------------------------
+# Per identifier type overrides of identity.rules.DEFAULT_TYPE_RULES, e.g.
+# {"phone": {"limit": 1}, "cashier_terminal": {"merges": False}}.
+IDENTITY_RULES: dict[str, dict] = env.json("IDENTITY_RULES", default={})
+IDENTITY_DEFAULT_REGION = env("IDENTITY_DEFAULT_REGION", default="CN")
+IDENTITY_BLOCKED_VALUES: list[str] = env.list(
+    "IDENTITY_BLOCKED_VALUES",
+    default=[
+        "0",
+        "-1",
+        "null",
+        "nil",
+        "none",
+        "undefined",
+        "nan",
+        "anonymous",
+        "unknown",
+        "n/a",
+        "na",
+        "test",
+        "guest",
+    ],
+)
 
 LOGGING = {
     "version": 1,

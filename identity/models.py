@@ -1,0 +1,103 @@
+from django.db import models
+
+from events.models import Event
+from members.models import Member
+
+
+class Identifier(models.Model):
+    """A normalized identifier and the member that owns it (None: seen, never attached).
+
+    Types that never merge are stored per member in ``MemberIdentifier`` instead of owning.
+    ``last_seen_*`` is the latest event (in event time) that mentioned it.
+    """
+
+    type = models.CharField(max_length=64)
+    value = models.CharField(max_length=320)
+    member = models.ForeignKey(Member, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    last_seen_message_id = models.CharField(max_length=255, blank=True)
+    last_seen_source_id = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["type", "value"], name="identifier_unique")]
+        indexes = [models.Index(fields=["member"], name="identifier_by_member")]
+
+    def __str__(self) -> str:
+        return f"{self.type}:{self.value}"
+
+
+class MemberIdentifier(models.Model):
+    """An identifier of a type that never merges (a shared terminal id), held by a member."""
+
+    member = models.ForeignKey(Member, on_delete=models.CASCADE, related_name="+")
+    identifier = models.ForeignKey(Identifier, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["member", "identifier"], name="member_identifier_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"member {self.member_id} holds identifier {self.identifier_id}"
+
+
+class EventIdentifier(models.Model):
+    """An identifier an event mentioned, and whether resolution dropped it for matching.
+
+    The mention index: a late event re-resolves every event linked to it through these.
+    """
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="+", db_index=False)
+    identifier = models.ForeignKey(Identifier, on_delete=models.CASCADE, related_name="+")
+    dropped = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["event", "identifier"], name="event_identifier_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"event {self.event_id} mentions identifier {self.identifier_id}" + (
+            " (dropped)" if self.dropped else ""
+        )
+
+
+class EventResolution(models.Model):
+    """Which member an event belongs to, and the values it carried that could not be used."""
+
+    event = models.OneToOneField(Event, primary_key=True, on_delete=models.CASCADE, related_name="+")
+    member = models.ForeignKey(Member, on_delete=models.PROTECT, related_name="+")
+    problems = models.JSONField(default=list, help_text="Invalid or blocked identifier values.")
+    resolved_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["member"], name="resolution_by_member")]
+
+    def __str__(self) -> str:
+        return f"event {self.event_id} → member {self.member_id}"
+
+
+class MergeRecord(models.Model):
+    """Why two members became one."""
+
+    class Cause(models.TextChoices):
+        EVENT = "event", "An event linked them"
+        REPLAY = "replay", "Re-resolution after a late event"
+
+    survivor = models.ForeignKey(Member, on_delete=models.PROTECT, related_name="+")
+    absorbed = models.ForeignKey(Member, on_delete=models.PROTECT, related_name="+")
+    event = models.ForeignKey(Event, null=True, on_delete=models.SET_NULL, related_name="+")
+    identifiers = models.JSONField(default=list, help_text="The identifiers of the event that linked them.")
+    rule = models.JSONField(default=dict, help_text="The rules (priorities, limits) that allowed it.")
+    cause = models.CharField(max_length=16, choices=Cause.choices, default=Cause.EVENT)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["survivor"], name="merge_by_survivor"),
+            models.Index(fields=["absorbed"], name="merge_by_absorbed"),
+        ]
+
+    def __str__(self) -> str:
+        return f"member {self.absorbed_id} merged into {self.survivor_id} ({self.cause})"

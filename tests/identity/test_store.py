@@ -1,0 +1,253 @@
+"""Identity resolution against PostgreSQL: the pipeline stage, its history, and that it
+gives the reference answer whatever the arrival order, batching and concurrency."""
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import connection, transaction
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from events.models import Event
+from events.pipeline import events_process_batch
+from identity.identifiers import identifiers_extract
+from identity.models import EventIdentifier, EventResolution, MergeRecord
+from identity.models import Identifier as IdentifierRow
+from identity.resolution import ResolvableEvent, resolve_in_event_order
+from identity.services import identity_resolve_events, identity_rules, normalization_policy
+from identity.store import event_key
+from members.models import Member
+from tests.factories import EventFactory, SourceFactory
+
+T0 = datetime(2026, 10, 1, tzinfo=UTC)
+
+
+def member_of(event: Event) -> int:
+    return EventResolution.objects.get(event=event).member_id
+
+
+def active_members() -> int:
+    return Member.objects.filter(status=Member.Status.ACTIVE).count()
+
+
+@pytest.mark.django_db
+def test_the_same_customer_across_channels_is_one_member(ingest, source):
+    pos, app = SourceFactory(pos=True), SourceFactory(kind="app")
+    ingest("track", {"anonymousId": "anon-1", "event": "Product Viewed", "context": {"device": {"id": "dev-1"}},
+                     "timestamp": "2026-10-01T10:00:00Z"}, write_key=app.write_key)  # fmt: skip
+    ingest("identify", {"anonymousId": "anon-1", "traits": {"phone": "138 0013 8000"},
+                        "timestamp": "2026-10-01T10:05:00Z"}, write_key=app.write_key)  # fmt: skip
+    ingest("identify", {"userId": "C-7", "traits": {"phone": "+86 13800138000"},
+                        "context": {"externalIds": [{"id": "C-7", "type": "member_card"}]},
+                        "timestamp": "2026-10-02T15:00:00Z"}, write_key=pos.write_key)  # fmt: skip
+
+    from events.pipeline import events_process_pending
+
+    events_process_pending()
+
+    members = {member_of(event) for event in Event.objects.all()}
+    assert len(members) == 1
+    held = set(IdentifierRow.objects.filter(member_id__in=members).values_list("type", "value"))
+    assert held == {("anonymous_id", "anon-1"), ("device_id", "dev-1"), ("phone", "+8613800138000"),
+                    ("user_id", "C-7"), ("member_card", "C-7")}  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_junk_values_are_reported_on_the_event_and_merge_nobody():
+    first = EventFactory(user_id="0", anonymous_id="a-1", traits={"phone": "12345"})
+    second = EventFactory(user_id="0", anonymous_id="a-2")
+
+    identity_resolve_events([first, second])
+
+    assert member_of(first) != member_of(second)
+    problems = EventResolution.objects.get(event=first).problems
+    assert {(p["type"], p["reason"]) for p in problems} == {("user_id", "blocked"), ("phone", "invalid")}
+
+
+@pytest.mark.django_db
+def test_a_merge_is_recorded_and_the_absorbed_id_leads_to_the_survivor():
+    app = EventFactory(anonymous_id="a-1", user_id="", timestamp=T0)
+    pos = EventFactory(
+        anonymous_id="", user_id="", traits={"phone": "13800138000"}, timestamp=T0 + timedelta(hours=1)
+    )
+    identity_resolve_events([app])
+    identity_resolve_events([pos])
+    older, newer = member_of(app), member_of(pos)
+    assert older != newer
+
+    link = EventFactory(
+        anonymous_id="a-1", user_id="", traits={"phone": "+8613800138000"}, timestamp=T0 + timedelta(days=1)
+    )
+    identity_resolve_events([link])
+
+    assert member_of(app) == member_of(pos) == member_of(link) == older
+    absorbed = Member.objects.get(pk=newer)
+    assert (absorbed.status, absorbed.merged_into_id) == (Member.Status.MERGED, older)
+    record = MergeRecord.objects.get()
+    assert (record.survivor_id, record.absorbed_id, record.event_id) == (older, newer, link.id)
+    assert record.identifiers == ["anonymous_id:a-1", "phone:+8613800138000"]
+    assert record.rule["phone"]["limit"] == 2
+    assert record.cause == MergeRecord.Cause.EVENT
+
+
+@pytest.mark.django_db
+def test_a_late_event_re_resolves_the_members_it_touches(settings):
+    settings.IDENTITY_RULES = {"phone": {"limit": 1}}
+    early = EventFactory(user_id="", anonymous_id="", context={"device": {"id": "d1"}}, traits={"phone": "13800138001"},
+                         timestamp=T0, message_id="early")  # fmt: skip
+    later = EventFactory(user_id="", anonymous_id="", context={"device": {"id": "d1"}}, traits={"phone": "13800138002"},
+                         timestamp=T0 + timedelta(hours=1), message_id="later")  # fmt: skip
+    identity_resolve_events([later])
+    assert EventIdentifier.objects.filter(event=later, dropped=False).count() == 2
+
+    identity_resolve_events([early])  # arrives last, happened first
+
+    assert member_of(early) != member_of(later)
+    device = IdentifierRow.objects.get(type="device_id", value="d1")
+    assert device.member_id == member_of(early)
+    assert set(
+        EventIdentifier.objects.filter(event=later, dropped=True).values_list("identifier__type", flat=True)
+    ) == {"device_id"}
+
+
+# --- the database engine gives the reference answer ----------------------------------------
+
+FIELD_POOLS = {
+    "user_id": ["u1", "u2", "u3", "0"],
+    "anonymous_id": ["a1", "a2", "a3", "a4"],
+    "phone": ["13800138001", "+86 138 0013 8002", "8613800138003", "12345"],
+    "device": ["ipad-shared", "d1", "d2"],
+    "card": ["C1", "C2", "C3"],
+}
+
+
+@st.composite
+def raw_events(draw) -> list[dict]:
+    events = []
+    for index in range(draw(st.integers(min_value=1, max_value=12))):
+        chosen = {
+            field: draw(st.sampled_from(values))
+            for field, values in FIELD_POOLS.items()
+            if draw(st.booleans())
+        }
+        events.append(
+            {"index": index, "minute": draw(st.integers(0, 8)), "source": draw(st.integers(0, 1)), **chosen}
+        )
+    return events
+
+
+def _create(raw: dict, sources) -> Event:
+    context = {}
+    if "device" in raw:
+        context["device"] = {"id": raw["device"]}
+    if "card" in raw:
+        context["externalIds"] = [{"id": raw["card"], "type": "member_card"}]
+    return EventFactory(
+        source=sources[raw["source"]],
+        message_id=f"m{raw['index']:02d}",
+        user_id=raw.get("user_id", ""),
+        anonymous_id=raw.get("anonymous_id", "" if "user_id" in raw else f"solo-{raw['index']}"),
+        traits={"phone": raw["phone"]} if "phone" in raw else {},
+        context=context,
+        timestamp=T0 + timedelta(minutes=raw["minute"]),
+    )
+
+
+def _reference_partition(events: list[Event]) -> set[frozenset[int]]:
+    policy, rules = normalization_policy(), identity_rules()
+    by_key = {event_key(e): e.id for e in events}
+    resolvable = [
+        ResolvableEvent(
+            event_key(e),
+            identifiers_extract(
+                user_id=e.user_id,
+                anonymous_id=e.anonymous_id,
+                traits=e.traits,
+                context=e.context,
+                policy=policy,
+            ).identifiers,
+        )
+        for e in events
+    ]
+    partition = resolve_in_event_order(resolvable, rules).partition()
+    return {frozenset(by_key[key] for key in group) for group in partition}
+
+
+def _stored_partition() -> set[frozenset[int]]:
+    groups: dict[int, set[int]] = {}
+    for event_id, member_id in EventResolution.objects.values_list("event_id", "member_id"):
+        groups.setdefault(member_id, set()).add(event_id)
+    return {frozenset(group) for group in groups.values()}
+
+
+@pytest.mark.django_db
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), raws=raw_events())
+def test_database_engine_matches_the_reference_for_any_arrival_and_batching(
+    data, raws, django_settings_limits
+):
+    with transaction.atomic():  # each example starts from, and leaves, an empty graph
+        _check_against_reference(data, raws)
+        transaction.set_rollback(True)
+
+
+def _check_against_reference(data, raws) -> None:
+    sources = [SourceFactory(), SourceFactory()]
+    events = [_create(raw, sources) for raw in raws]
+
+    arrival = data.draw(st.permutations(events))
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(arrival) - 1)), max_size=4)))
+    for start, end in zip([0, *cuts], [*cuts, len(arrival)], strict=True):
+        identity_resolve_events(arrival[start:end])
+
+    assert _stored_partition() == _reference_partition(events)
+    assert active_members() == len(_reference_partition(events))
+    # every identifier's owner is active, and every merged member points at an active one
+    assert not IdentifierRow.objects.filter(member__status=Member.Status.MERGED).exists()
+    assert not Member.objects.filter(merged_into__status=Member.Status.MERGED).exists()
+
+
+@pytest.fixture
+def django_settings_limits(settings):
+    settings.IDENTITY_RULES = {"phone": {"limit": 1}, "device_id": {"limit": 2}}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_workers_resolving_the_same_people_make_no_duplicates():
+    source = SourceFactory()
+    # 4 people, each seen 10 times with their phone and one of two shared devices.
+    events = [
+        EventFactory(
+            source=source,
+            user_id="",
+            anonymous_id=f"anon-{person}-{visit}",
+            traits={"phone": f"1380013800{person}"},
+            context={"device": {"id": f"dev-{visit % 2}"}},
+            timestamp=T0 + timedelta(minutes=visit * 4 + person),
+        )
+        for person in range(4)
+        for visit in range(10)
+    ]
+    start, errors = threading.Barrier(2), []
+
+    def worker():
+        try:
+            start.wait()
+            while events_process_batch(batch_size=5):
+                pass
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert errors == []
+    assert EventResolution.objects.count() == 40
+    assert _stored_partition() == _reference_partition(events)
+    assert IdentifierRow.objects.filter(type="phone").values("member").distinct().count() == active_members()
