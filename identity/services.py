@@ -1,15 +1,18 @@
 """Writes of the identity app: resolve processed events into members."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 
 from events.models import Event, Source
 from identity.identifiers import NormalizationPolicy, identifiers_extract
-from identity.resolution import ResolvableEvent
+from identity.models import EventIdentifier, EventResolution, MemberIdentifier, MergeRecord
+from identity.models import Identifier as IdentifierRow
+from identity.resolution import EventKey, ResolvableEvent
 from identity.rules import Rules
 from identity.store import DatabaseResolver, event_key
+from members.models import Member
 
 #: One transaction-scoped advisory lock for all identity writes. Resolution of a batch reads
 #: a subgraph, decides, and writes it back; holding this lock makes that read-decide-write
@@ -35,11 +38,19 @@ def identity_resolve_events(events: Sequence[Event]) -> None:
     transaction (the one that marks the events processed)."""
     if not events:
         return
+    _identity_lock()
+    _resolve_batch(events, DatabaseResolver(identity_rules()), normalization_policy())
+
+
+def _identity_lock() -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [IDENTITY_LOCK])
-    policy = normalization_policy()
-    sources = Source.objects.in_bulk({event.source_id for event in events})
-    resolver = DatabaseResolver(identity_rules())
+
+
+def _resolve_batch(events: Sequence[Event], resolver: DatabaseResolver, policy: NormalizationPolicy) -> None:
+    appids = dict(
+        Source.objects.filter(id__in={e.source_id for e in events}).values_list("id", "wechat_appid")
+    )
     extracted = {}
     for event in events:
         extraction = identifiers_extract(
@@ -48,7 +59,7 @@ def identity_resolve_events(events: Sequence[Event]) -> None:
             traits=event.traits,
             context=event.context,
             policy=policy,
-            openid_scope=sources[event.source_id].wechat_appid,
+            openid_scope=appids[event.source_id],
         )
         key = event_key(event)
         extracted[key] = extraction
@@ -62,3 +73,65 @@ def identity_resolve_events(events: Sequence[Event]) -> None:
     for key in sorted(extracted):
         resolver.add(ResolvableEvent(key, extracted[key].identifiers))
     resolver.flush()
+
+
+_GRAPH_TABLES = (EventResolution, EventIdentifier, MemberIdentifier, MergeRecord, IdentifierRow)
+
+
+def identity_rebuild(*, batch_size: int = 5000, progress: Callable[[int], None] = lambda done: None) -> int:
+    """Rebuild the identity graph from the event log; returns how many events it resolved.
+
+    Events are resolved in event-time order, which is the definition of the answer, so the
+    result equals what incremental resolution built. Member ids are kept: a member founded by
+    the same event keeps its id, and an old id no longer needed leads to the member that now
+    holds the event that founded it. One transaction under the identity lock: readers see
+    the old graph until the new one is complete, and the pipeline waits.
+    """
+    with transaction.atomic():
+        _identity_lock()
+        old_members = {
+            EventKey(at, message_id, source_id): pk
+            for pk, at, message_id, source_id in Member.objects.values_list(
+                "pk", "first_event_at", "first_event_message_id", "first_event_source_id"
+            )
+        }
+        with connection.cursor() as cursor:
+            # TRUNCATE refuses while deferred foreign-key checks are pending in this transaction.
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            cursor.execute(f"TRUNCATE {', '.join(m._meta.db_table for m in _GRAPH_TABLES)}")
+            cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+        rules, policy = identity_rules(), normalization_policy()
+        done = 0
+        batch: list[Event] = []
+        for event in Event.objects.order_by("timestamp", "message_id", "source_id").iterator(
+            chunk_size=batch_size
+        ):
+            batch.append(event)
+            if len(batch) == batch_size:
+                _resolve_batch(batch, DatabaseResolver(rules, reuse_ids=old_members), policy)
+                done += len(batch)
+                progress(done)
+                batch = []
+        if batch:
+            _resolve_batch(batch, DatabaseResolver(rules, reuse_ids=old_members), policy)
+            done += len(batch)
+            progress(done)
+        _retire_unused_members()
+    return done
+
+
+def _retire_unused_members() -> None:
+    """Old members the rebuild did not re-create lead to whoever holds their founding event."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {Member._meta.db_table} AS m
+               SET status = 'merged', merged_into_id = r.member_id, updated_at = now()
+              FROM {Event._meta.db_table} AS e
+              JOIN {EventResolution._meta.db_table} AS r ON r.event_id = e.id
+             WHERE e.timestamp = m.first_event_at
+               AND e.message_id = m.first_event_message_id
+               AND e.source_id = m.first_event_source_id
+               AND r.member_id <> m.id
+            """  # noqa: S608 - model tables only
+        )

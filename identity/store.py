@@ -33,8 +33,10 @@ def _key(at: object, message_id: str, source_id: int | None) -> EventKey | None:
 
 
 class DatabaseResolver(InMemoryResolver):
-    def __init__(self, rules: Rules) -> None:
+    def __init__(self, rules: Rules, reuse_ids: dict[EventKey, int] | None = None) -> None:
         super().__init__(rules)
+        #: Member ids to give again to members founded by the same event (a rebuild's old ids).
+        self.reuse_ids = reuse_ids or {}
         self.identifier_ids: dict[Identifier, int] = {}
         self.loaded_identifiers: set[Identifier] = set()
         self.loaded_members: dict[int, Member] = {}
@@ -44,6 +46,8 @@ class DatabaseResolver(InMemoryResolver):
         self.problems: dict[EventKey, list[dict]] = {}
         self.decisions: list[tuple[Decision, str]] = []
         self.replaying = False
+        #: Stored members a late event's replay dissolved, and that event.
+        self.replayed_by: dict[int, EventKey] = {}
 
     # --- loading -------------------------------------------------------------------------
 
@@ -153,7 +157,14 @@ class DatabaseResolver(InMemoryResolver):
 
     # --- deciding (the algorithm is inherited; this only records what happened) --------
 
+    def add(self, event: ResolvableEvent) -> None:
+        self.arriving = event.key
+        super().add(event)
+
     def _replay(self, keys: set[EventKey]) -> None:
+        for key in keys:
+            if isinstance(ref := self.member_of.get(key), int):
+                self.replayed_by.setdefault(ref, self.arriving)
         self.replaying = True
         try:
             super()._replay(keys)
@@ -188,7 +199,11 @@ class DatabaseResolver(InMemoryResolver):
         ids: dict[MemberRef, int] = {}
         to_create, to_update = [], []
         for ref, state in self.graph.members.items():
-            pk = ref if isinstance(ref, int) else by_first_event.get(state.first_event)
+            pk = (
+                ref
+                if isinstance(ref, int)
+                else by_first_event.get(state.first_event, self.reuse_ids.get(state.first_event))
+            )
             fields = {
                 "status": Member.Status.ACTIVE,
                 "merged_into": None,
@@ -334,6 +349,19 @@ class DatabaseResolver(InMemoryResolver):
                         cause=cause,
                     )
                 )
+        recorded = {record.absorbed_id for record in records}
+        records += [
+            MergeRecord(
+                survivor_id=survivor,
+                absorbed_id=old,
+                event_id=self.event_ids[self.replayed_by[old]],
+                identifiers=sorted(str(i) for i in self.events[self.replayed_by[old]].identifiers),
+                rule=rule,
+                cause=MergeRecord.Cause.REPLAY,
+            )
+            for old, survivor in self.retired.items()
+            if old not in recorded and old in self.replayed_by
+        ]
         MergeRecord.objects.bulk_create(records)
 
     def _final(self, ref: MemberRef) -> MemberRef:
