@@ -21,7 +21,7 @@ from identity.models import EventIdentifier, EventResolution, MemberIdentifier, 
 from identity.models import Identifier as IdentifierRow
 from identity.resolution import Decision, EventKey, InMemoryResolver, MemberRef, MemberState, ResolvableEvent
 from identity.rules import Rules
-from members.models import Member
+from members.models import DirtyMember, Member
 
 
 def event_key(event: Event) -> EventKey:
@@ -185,6 +185,18 @@ class DatabaseResolver(InMemoryResolver):
         self._write_event_identifiers()
         self._write_resolutions(member_ids)
         self._write_merges(member_ids)
+        self._mark_dirty(member_ids)
+
+    def _mark_dirty(self, member_ids: dict[MemberRef, int]) -> None:
+        """Members whose events changed, for the members stages to refresh."""
+        changed = {member_ids[self.member_of[key]] for key in self.decisions_by_event()} | set(self.retired)
+        changed |= set(self.retired.values())
+        DirtyMember.objects.bulk_create(
+            [DirtyMember(member_id=pk) for pk in sorted(changed)], ignore_conflicts=True
+        )
+
+    def decisions_by_event(self) -> dict[EventKey, Decision]:
+        return {decision.event: decision for decision, _ in self.decisions}
 
     def _write_members(self) -> dict[MemberRef, int]:
         """Create new members, update touched ones, retire the ones that were absorbed.
@@ -295,7 +307,7 @@ class DatabaseResolver(InMemoryResolver):
         return self.graph.rules
 
     def _write_event_identifiers(self) -> None:
-        decided = {decision.event: decision for decision, _ in self.decisions}
+        decided = self.decisions_by_event()
         EventIdentifier.objects.filter(event_id__in=[self.event_ids[key] for key in decided]).delete()
         EventIdentifier.objects.bulk_create(
             EventIdentifier(

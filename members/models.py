@@ -38,3 +38,32 @@ class Member(models.Model):
 
     def __str__(self) -> str:
         return f"member {self.pk}" + (f" (merged into {self.merged_into_id})" if self.merged_into_id else "")
+
+
+class DirtyMember(models.Model):
+    """A member whose events changed (new events, a merge, a replay): its computed state is
+    refreshed by the members stages of the pipeline, in the same transaction."""
+
+    member = models.OneToOneField(Member, primary_key=True, on_delete=models.CASCADE, related_name="+")
+    marked_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"member {self.member_id} (dirty since {self.marked_at})"
+
+
+class MemberTrait(models.Model):
+    """A profile trait: the value from the member's latest event stating it."""
+
+    member = models.ForeignKey(Member, on_delete=models.CASCADE, related_name="traits")
+    key = models.CharField(max_length=255)
+    value = models.JSONField(null=True)
+    observed_at = models.DateTimeField(help_text="Event time of the event that stated it.")
+    channel = models.CharField(max_length=16)
+    source_id = models.BigIntegerField()
+    event_id = models.BigIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["member", "key"], name="member_trait_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value!r} (member {self.member_id})"

@@ -130,7 +130,8 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 # Stages run, in order, on each claimed batch of accepted events, inside the transaction that
 # marks them processed. Each is a dotted path to ``callable(events: list[Event]) -> None``.
 EVENT_PIPELINE_STAGES: list[str] = env.list(
-    "EVENT_PIPELINE_STAGES", default=["identity.services.identity_resolve_events"]
+    "EVENT_PIPELINE_STAGES",
+    default=["identity.services.identity_resolve_events", "members.services.members_refresh"],
 )
 EVENT_PIPELINE_BATCH_SIZE = env.int("EVENT_PIPELINE_BATCH_SIZE", default=500)
 EVENT_SWEEP_INTERVAL_SECONDS = env.int("EVENT_SWEEP_INTERVAL_SECONDS", default=15)
@@ -157,6 +158,11 @@ IDENTITY_BLOCKED_VALUES: list[str] = env.list(
         "test",
         "guest",
     ],
+)
+
+# Profile traits: at equal event times, a value from an earlier channel here wins.
+MEMBER_TRAIT_CHANNEL_PRECEDENCE: list[str] = env.list(
+    "MEMBER_TRAIT_CHANNEL_PRECEDENCE", default=["pos", "mini_program", "app", "web"]
 )
 
 LOGGING = {

@@ -10,7 +10,8 @@ from events.models import Event
 from events.pipeline import events_process_pending
 from identity.models import EventResolution, Identifier, MergeRecord
 from identity.services import identity_resolve_events
-from members.models import Member
+from members.models import Member, MemberTrait
+from members.services import members_refresh
 
 
 def snapshot() -> tuple[dict[int, int], set[tuple[str, str, int | None]], dict[int, int | None]]:
@@ -29,7 +30,10 @@ def test_rebuild_equals_incremental_and_keeps_member_ids():
     arrival = random.Random(3).sample(events, len(events))
     for start in range(0, len(arrival), 40):
         identity_resolve_events(arrival[start : start + 40])
+    members_refresh()
     incremental = snapshot()
+    traits = set(MemberTrait.objects.values_list("member_id", "key", "value", "event_id"))
+    assert traits
     assert len(incremental[0]) == len(events)
     retired = Member.objects.filter(status=Member.Status.MERGED)
     assert retired.exists()
@@ -45,6 +49,7 @@ def test_rebuild_equals_incremental_and_keeps_member_ids():
     rebuilt = snapshot()
     assert rebuilt[0] == incremental[0]  # every event with the same member id
     assert rebuilt[1] == incremental[1]  # every identifier with the same owner
+    assert set(MemberTrait.objects.values_list("member_id", "key", "value", "event_id")) == traits
     active = {pk for pk, survivor in rebuilt[2].items() if survivor is None}
     assert all(survivor in active for survivor in rebuilt[2].values() if survivor is not None)
 

@@ -5,6 +5,7 @@ from tqdm import tqdm
 
 from events.models import Event
 from identity.services import identity_rebuild
+from members.services import members_refresh
 
 
 class Command(BaseCommand):
@@ -17,4 +18,9 @@ class Command(BaseCommand):
         total = Event.objects.count()
         with tqdm(total=total, unit="event", desc="Resolving", disable=None) as bar:
             done = identity_rebuild(batch_size=batch_size, progress=lambda n: bar.update(n - bar.n))
-        self.stdout.write(self.style.SUCCESS(f"Rebuilt the identity graph from {done:,} events."))
+        refreshed = members_refresh()
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Rebuilt the identity graph from {done:,} events; refreshed {refreshed:,} members."
+            )
+        )
