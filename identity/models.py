@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 
 from events.models import Event
@@ -101,3 +102,22 @@ class MergeRecord(models.Model):
 
     def __str__(self) -> str:
         return f"member {self.absorbed_id} merged into {self.survivor_id} ({self.cause})"
+
+
+class SplitRecord(models.Model):
+    """A staff split: ``identifiers`` belong to another person than ``others`` (the rest of
+    the member then). Kept for good as a separation every later resolution respects, so a
+    replay or rebuild never re-makes the wrong merge."""
+
+    member = models.ForeignKey(Member, on_delete=models.PROTECT, related_name="+")
+    identifiers = models.JSONField(help_text='The identifiers split off, as "type:value".')
+    others = models.JSONField(help_text="The member's other identifiers at the time, as type:value.")
+    resulting_members = models.JSONField(default=list, help_text="Member ids holding each side afterwards.")
+    staff = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"split of member {self.member_id}: {', '.join(self.identifiers)}"

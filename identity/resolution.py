@@ -9,6 +9,9 @@ identifiers merge into one, the survivor being the member whose earliest event i
 if none owns any, the event founds a new member. Accepted identifiers without an owner are
 attached to that member. Types that never merge are attached but never looked up.
 
+Separations recorded by staff splits are constraints like limits: an identifier whose
+acceptance would put both sides of a separation in one member is dropped too.
+
 **Arrival order does not matter.** An event that arrives in order (later than every event of
 every member it touches, and later than every event that mentioned one of its identifiers)
 sees exactly the graph the definition would show it, so it is resolved incrementally. A
@@ -45,6 +48,15 @@ class ResolvableEvent:
 MemberRef = Hashable
 
 
+@dataclass(frozen=True, slots=True)
+class Separation:
+    """Two sets of identifiers that belong to different people (a staff split): no member
+    may ever hold identifiers from both sides."""
+
+    one: frozenset[Identifier]
+    other: frozenset[Identifier]
+
+
 @dataclass(slots=True)
 class MemberState:
     first_event: EventKey
@@ -76,9 +88,20 @@ class IdentityGraph:
     key itself; the database layer hands out ids).
     """
 
-    def __init__(self, rules: Rules, new_ref: Callable[[EventKey], MemberRef] = lambda key: key) -> None:
+    def __init__(
+        self,
+        rules: Rules,
+        new_ref: Callable[[EventKey], MemberRef] = lambda key: key,
+        separations: Iterable[Separation] = (),
+    ) -> None:
         self.rules = rules
         self.new_ref = new_ref
+        self.sides: dict[Identifier, set[tuple[int, int]]] = defaultdict(set)
+        for index, separation in enumerate(separations):
+            for side, identifiers in enumerate((separation.one, separation.other)):
+                for identifier in identifiers:
+                    if self.merges(identifier):  # a type that never merges joins nobody anyway
+                        self.sides[identifier].add((index, side))
         self.owner: dict[Identifier, MemberRef] = {}
         self.members: dict[MemberRef, MemberState] = {}
         self.last_seen: dict[Identifier, EventKey] = {}
@@ -108,8 +131,10 @@ class IdentityGraph:
 
     def resolve(self, event: ResolvableEvent) -> Decision:
         chosen: set[MemberRef] = set()
-        # Values of each limited type the chosen members plus the accepted identifiers hold.
+        # Values of each limited type the chosen members plus the accepted identifiers hold,
+        # and the sides of separations they are on.
         held: dict[str, frozenset[str]] = {}
+        on_sides: frozenset[tuple[int, int]] = frozenset()
         accepted: list[Identifier] = []
         dropped: list[Identifier] = []
         for identifier in self._by_priority(i for i in event.identifiers if self.merges(i)):
@@ -122,8 +147,11 @@ class IdentityGraph:
                 limit = self._limit(type_)
                 if limit is not None:
                     tentative[type_] = tentative.get(type_, frozenset()) | values
-            if all(len(values) <= self._limit(type_) for type_, values in tentative.items()):
-                held = tentative
+            tentative_sides = on_sides | self._sides_of(identifier, owner if owner not in chosen else None)
+            if all(len(values) <= self._limit(type_) for type_, values in tentative.items()) and not any(
+                (index, 1 - side) in tentative_sides for index, side in tentative_sides
+            ):
+                held, on_sides = tentative, tentative_sides
                 accepted.append(identifier)
                 if owner is not None:
                     chosen.add(owner)
@@ -161,6 +189,15 @@ class IdentityGraph:
                 self.last_seen[identifier] = max(self.last_seen.get(identifier, event.key), event.key)
         return Decision(event.key, member, created, absorbed, tuple(attached), tuple(dropped))
 
+    def _sides_of(self, identifier: Identifier, joining: MemberRef | None) -> frozenset[tuple[int, int]]:
+        if not self.sides:
+            return frozenset()
+        found = set(self.sides.get(identifier, ()))
+        if joining is not None:
+            for held in self.members[joining].holds():
+                found |= self.sides.get(held, set())
+        return frozenset(found)
+
     def _absorb(self, *, survivor: MemberRef, absorbed: MemberRef) -> None:
         target, source = self.members[survivor], self.members.pop(absorbed)
         target.first_event = min(target.first_event, source.first_event)
@@ -187,8 +224,8 @@ class InMemoryResolver:
     order, component replay when one arrives late. The reference for the database engine,
     and the engine of full rebuilds."""
 
-    def __init__(self, rules: Rules) -> None:
-        self.graph = IdentityGraph(rules)
+    def __init__(self, rules: Rules, separations: Iterable[Separation] = ()) -> None:
+        self.graph = IdentityGraph(rules, separations=separations)
         self.events: dict[EventKey, ResolvableEvent] = {}
         self.mentions: dict[Identifier, set[EventKey]] = defaultdict(set)
         self.member_of: dict[EventKey, MemberRef] = {}
@@ -236,6 +273,14 @@ class InMemoryResolver:
                     queue.append(self.events[key])
         return found
 
+    def replay_members_of(self, keys: set[EventKey]) -> None:
+        """Re-resolve the components of these (held) events from scratch, e.g. after a split."""
+        found: set[EventKey] = set()
+        for key in sorted(keys):
+            if key not in found:
+                found |= self.component(self.events[key])
+        self._replay(found)
+
     def _replay(self, keys: set[EventKey]) -> None:
         members = {self.member_of[key] for key in keys if key in self.member_of}
         mentioned = {i for key in keys for i in self.events[key].identifiers}
@@ -259,9 +304,11 @@ class InMemoryResolver:
         return frozenset(frozenset(keys) for keys in self.events_of.values() if keys)
 
 
-def resolve_in_event_order(events: Iterable[ResolvableEvent], rules: Rules) -> InMemoryResolver:
+def resolve_in_event_order(
+    events: Iterable[ResolvableEvent], rules: Rules, separations: Iterable[Separation] = ()
+) -> InMemoryResolver:
     """The definition, literally: every event in event-time order against one graph."""
-    resolver = InMemoryResolver(rules)
+    resolver = InMemoryResolver(rules, separations)
     for event in sorted(events, key=lambda e: e.key):
         resolver.add(event)
     return resolver

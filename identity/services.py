@@ -3,11 +3,19 @@
 from collections.abc import Callable, Sequence
 
 from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 
 from events.models import Event, Source
-from identity.identifiers import NormalizationPolicy, identifiers_extract
-from identity.models import EventIdentifier, EventResolution, MemberIdentifier, MergeRecord
+from identity.identifiers import (
+    BlockedIdentifier,
+    Identifier,
+    InvalidIdentifier,
+    NormalizationPolicy,
+    identifiers_extract,
+    normalize,
+)
+from identity.models import EventIdentifier, EventResolution, MemberIdentifier, MergeRecord, SplitRecord
 from identity.models import Identifier as IdentifierRow
 from identity.resolution import EventKey, ResolvableEvent
 from identity.rules import Rules
@@ -135,3 +143,88 @@ def _retire_unused_members() -> None:
                AND r.member_id <> m.id
             """  # noqa: S608 - model tables only
         )
+
+
+class SplitRefused(ValueError):
+    """A split that cannot be made, with the field at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def member_split(
+    *, member_id: int, identifiers: Sequence[str], reason: str, staff: AbstractBaseUser | None = None
+) -> SplitRecord:
+    """Split a wrong merge: ``identifiers`` (``"type:value"``) belong to another person.
+
+    Recorded as a separation that every later resolution respects, then the member's events
+    (and everything linked to them) are re-resolved: the result is what resolution gives when
+    the wrong merge never happened, and a rebuild gives it again. A member that had been
+    absorbed gets its old id back when it is re-created from the same first event. The
+    caller refreshes the members marked dirty (``members.services.members_refresh``).
+    """
+    if not reason.strip():
+        raise SplitRefused("reason", "Say why the member is split.")
+    with transaction.atomic():
+        _identity_lock()
+        member = Member.objects.filter(pk=member_id).first()
+        if member is None or member.status != Member.Status.ACTIVE:
+            raise SplitRefused("member", f"Member {member_id} is not an active member.")
+        chosen = {_identifier_as_stored(text) for text in identifiers}
+        owned = {
+            Identifier(t, v)
+            for t, v in IdentifierRow.objects.filter(member=member).values_list("type", "value")
+        }
+        if not chosen:
+            raise SplitRefused("identifiers", "Choose the identifiers that belong to another person.")
+        if missing := chosen - owned:
+            raise SplitRefused(
+                "identifiers", f"Not held by member {member_id}: {', '.join(map(str, sorted(missing)))}."
+            )
+        if not (others := owned - chosen):
+            raise SplitRefused(
+                "identifiers", "That is every identifier of the member: nothing would be left."
+            )
+        record = SplitRecord.objects.create(
+            member=member,
+            identifiers=sorted(map(str, chosen)),
+            others=sorted(map(str, others)),
+            staff=staff,
+            reason=reason.strip(),
+        )
+        absorbed_before = {
+            EventKey(at, message_id, source_id): pk
+            for pk, at, message_id, source_id in Member.objects.filter(merged_into=member).values_list(
+                "pk", "first_event_at", "first_event_message_id", "first_event_source_id"
+            )
+        }
+        resolver = DatabaseResolver(identity_rules(), reuse_ids=absorbed_before)
+        resolver.load_events(
+            set(EventResolution.objects.filter(member=member).values_list("event_id", flat=True))
+        )
+        resolver.replay_members_of(set(resolver.events))
+        resolver.flush()
+        owners = {
+            (type_, value): owner
+            for type_, value, owner in IdentifierRow.objects.filter(
+                member__isnull=False, value__in={i.value for i in chosen | others}
+            ).values_list("type", "value", "member_id")
+        }
+        record.resulting_members = sorted(
+            {owners[(i.type, i.value)] for i in chosen | others if (i.type, i.value) in owners}
+        )
+        record.save(update_fields=["resulting_members"])
+    return record
+
+
+def _identifier_as_stored(text: str) -> Identifier:
+    type_, _, value = text.partition(":")
+    if not type_ or not value:
+        raise SplitRefused("identifiers", f"{text!r} is not 'type:value'.")
+    if type_ == "wechat_openid":
+        return Identifier(type_, value.strip())  # stored scoped by appid, as given
+    try:
+        return Identifier(type_, normalize(type_, value, normalization_policy()))
+    except (InvalidIdentifier, BlockedIdentifier) as exc:
+        raise SplitRefused("identifiers", f"{text!r}: {exc}") from exc

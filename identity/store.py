@@ -17,11 +17,32 @@ from django.utils import timezone
 
 from events.models import Event
 from identity.identifiers import Identifier
-from identity.models import EventIdentifier, EventResolution, MemberIdentifier, MergeRecord
+from identity.models import EventIdentifier, EventResolution, MemberIdentifier, MergeRecord, SplitRecord
 from identity.models import Identifier as IdentifierRow
-from identity.resolution import Decision, EventKey, InMemoryResolver, MemberRef, MemberState, ResolvableEvent
+from identity.resolution import (
+    Decision,
+    EventKey,
+    InMemoryResolver,
+    MemberRef,
+    MemberState,
+    ResolvableEvent,
+    Separation,
+)
 from identity.rules import Rules
 from members.models import DirtyMember, Member
+
+
+def parse_identifier(text: str) -> Identifier:
+    type_, _, value = text.partition(":")
+    return Identifier(type_, value)
+
+
+def separations_stored() -> list[Separation]:
+    """Every split staff have made, as constraints for resolution (few: one query)."""
+    return [
+        Separation(frozenset(map(parse_identifier, one)), frozenset(map(parse_identifier, other)))
+        for one, other in SplitRecord.objects.order_by("id").values_list("identifiers", "others")
+    ]
 
 
 def event_key(event: Event) -> EventKey:
@@ -33,8 +54,13 @@ def _key(at: object, message_id: str, source_id: int | None) -> EventKey | None:
 
 
 class DatabaseResolver(InMemoryResolver):
-    def __init__(self, rules: Rules, reuse_ids: dict[EventKey, int] | None = None) -> None:
-        super().__init__(rules)
+    def __init__(
+        self,
+        rules: Rules,
+        reuse_ids: dict[EventKey, int] | None = None,
+        separations: Iterable[Separation] | None = None,
+    ) -> None:
+        super().__init__(rules, separations if separations is not None else separations_stored())
         #: Member ids to give again to members founded by the same event (a rebuild's old ids).
         self.reuse_ids = reuse_ids or {}
         self.identifier_ids: dict[Identifier, int] = {}
@@ -47,7 +73,8 @@ class DatabaseResolver(InMemoryResolver):
         self.decisions: list[tuple[Decision, str]] = []
         self.replaying = False
         #: Stored members a late event's replay dissolved, and that event.
-        self.replayed_by: dict[int, EventKey] = {}
+        self.replayed_by: dict[int, EventKey | None] = {}
+        self.arriving: EventKey | None = None  # None: a replay not caused by an event (a split)
 
     # --- loading -------------------------------------------------------------------------
 
@@ -366,8 +393,8 @@ class DatabaseResolver(InMemoryResolver):
             MergeRecord(
                 survivor_id=survivor,
                 absorbed_id=old,
-                event_id=self.event_ids[self.replayed_by[old]],
-                identifiers=sorted(str(i) for i in self.events[self.replayed_by[old]].identifiers),
+                event_id=self.event_ids[cause] if (cause := self.replayed_by[old]) else None,
+                identifiers=sorted(str(i) for i in self.events[cause].identifiers) if cause else [],
                 rule=rule,
                 cause=MergeRecord.Cause.REPLAY,
             )

@@ -40,7 +40,7 @@ def latest_traits(
     best: dict[str, TraitObservation] = {}
 
     def order(o: TraitObservation) -> tuple:
-        return (o.observed_at, rank.get(o.channel, 0), o.message_id, o.source_id)
+        return (o.observed_at, rank.get(o.channel, 0), o.message_id, o.source_id, o.event_id)
 
     for observation in observations:
         current = best.get(observation.key)

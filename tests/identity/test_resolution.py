@@ -6,7 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from identity.identifiers import Identifier
-from identity.resolution import EventKey, InMemoryResolver, ResolvableEvent, resolve_in_event_order
+from identity.resolution import (
+    EventKey,
+    InMemoryResolver,
+    ResolvableEvent,
+    Separation,
+    resolve_in_event_order,
+)
 from identity.rules import Rules, TypeRule
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -104,6 +110,23 @@ def test_a_late_event_re_resolves_what_it_touches():
     assert resolver.graph.owner[Identifier("device_id", "d1")] == early.key
 
 
+def test_a_separation_keeps_two_people_apart_whatever_links_them():
+    split = Separation(
+        frozenset({Identifier("phone", "+8613800138002")}), frozenset({Identifier("phone", "+8613800138001")})
+    )
+    events = [
+        event(1, "device_id:ipad", "phone:+8613800138001", message="a"),
+        event(2, "device_id:ipad", "phone:+8613800138002", message="b"),
+    ]
+
+    assert members(events) == {frozenset({"a", "b"})}  # two phones are allowed: one member
+    resolver = resolve_in_event_order(events, RULES, [split])
+    assert {frozenset(k.message_id for k in group) for group in resolver.partition()} == {
+        frozenset({"a"}),
+        frozenset({"b"}),
+    }
+
+
 def test_resolving_an_event_twice_changes_nothing():
     resolver = InMemoryResolver(RULES)
     e = event(1, "user_id:u1")
@@ -153,13 +176,24 @@ def event_streams(draw) -> list[ResolvableEvent]:
     return events
 
 
+mergeable = identifier_strategy.filter(lambda i: PROPERTY_RULES.of(i.type).merges)
+separations = st.lists(
+    st.builds(
+        Separation,
+        one=st.frozensets(mergeable, min_size=1, max_size=2),
+        other=st.frozensets(mergeable, min_size=1, max_size=2),
+    ).filter(lambda s: not s.one & s.other),
+    max_size=2,
+)
+
+
 @settings(max_examples=400, deadline=None)
-@given(data=st.data(), events=event_streams())
-def test_every_arrival_order_gives_the_partition_of_event_time_order(data, events):
-    expected = resolve_in_event_order(events, PROPERTY_RULES)
+@given(data=st.data(), events=event_streams(), splits=separations)
+def test_every_arrival_order_gives_the_partition_of_event_time_order(data, events, splits):
+    expected = resolve_in_event_order(events, PROPERTY_RULES, splits)
     arrival = data.draw(st.permutations(events))
 
-    resolver = InMemoryResolver(PROPERTY_RULES)
+    resolver = InMemoryResolver(PROPERTY_RULES, splits)
     for e in arrival:
         resolver.add(e)
 
@@ -170,3 +204,6 @@ def test_every_arrival_order_gives_the_partition_of_event_time_order(data, event
         for type_, values in state.identifiers.items():
             limit = PROPERTY_RULES.of(type_).limit
             assert limit is None or len(values) <= limit
+        held = set(state.holds())
+        for split in splits:
+            assert not (held & split.one and held & split.other)

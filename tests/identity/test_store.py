@@ -11,14 +11,12 @@ from hypothesis import strategies as st
 
 from events.models import Event
 from events.pipeline import events_process_batch
-from identity.identifiers import identifiers_extract
 from identity.models import EventIdentifier, EventResolution, MergeRecord
 from identity.models import Identifier as IdentifierRow
-from identity.resolution import ResolvableEvent, resolve_in_event_order
-from identity.services import identity_resolve_events, identity_rules, normalization_policy
-from identity.store import event_key
+from identity.services import identity_resolve_events
 from members.models import Member
 from tests.factories import EventFactory, SourceFactory
+from tests.identity.partitions import reference_partition, stored_partition
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 
@@ -154,33 +152,6 @@ def _create(raw: dict, sources) -> Event:
     )
 
 
-def _reference_partition(events: list[Event]) -> set[frozenset[int]]:
-    policy, rules = normalization_policy(), identity_rules()
-    by_key = {event_key(e): e.id for e in events}
-    resolvable = [
-        ResolvableEvent(
-            event_key(e),
-            identifiers_extract(
-                user_id=e.user_id,
-                anonymous_id=e.anonymous_id,
-                traits=e.traits,
-                context=e.context,
-                policy=policy,
-            ).identifiers,
-        )
-        for e in events
-    ]
-    partition = resolve_in_event_order(resolvable, rules).partition()
-    return {frozenset(by_key[key] for key in group) for group in partition}
-
-
-def _stored_partition() -> set[frozenset[int]]:
-    groups: dict[int, set[int]] = {}
-    for event_id, member_id in EventResolution.objects.values_list("event_id", "member_id"):
-        groups.setdefault(member_id, set()).add(event_id)
-    return {frozenset(group) for group in groups.values()}
-
-
 @pytest.mark.django_db
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), raws=raw_events())
@@ -201,8 +172,8 @@ def _check_against_reference(data, raws) -> None:
     for start, end in zip([0, *cuts], [*cuts, len(arrival)], strict=True):
         identity_resolve_events(arrival[start:end])
 
-    assert _stored_partition() == _reference_partition(events)
-    assert active_members() == len(_reference_partition(events))
+    assert stored_partition() == reference_partition(events)
+    assert active_members() == len(reference_partition(events))
     # every identifier's owner is active, and every merged member points at an active one
     assert not IdentifierRow.objects.filter(member__status=Member.Status.MERGED).exists()
     assert not Member.objects.filter(merged_into__status=Member.Status.MERGED).exists()
@@ -249,5 +220,5 @@ def test_concurrent_workers_resolving_the_same_people_make_no_duplicates():
 
     assert errors == []
     assert EventResolution.objects.count() == 40
-    assert _stored_partition() == _reference_partition(events)
+    assert stored_partition() == reference_partition(events)
     assert IdentifierRow.objects.filter(type="phone").values("member").distinct().count() == active_members()
