@@ -114,7 +114,9 @@ class DatabaseResolver(InMemoryResolver):
         new = member_ids - self.loaded_members.keys()
         if not new:
             return
+        active = set()
         for member in Member.objects.filter(id__in=new, status=Member.Status.ACTIVE):
+            active.add(member.pk)
             self.loaded_members[member.pk] = member
             self.graph.members[member.pk] = MemberState(
                 first_event=EventKey(
@@ -124,10 +126,11 @@ class DatabaseResolver(InMemoryResolver):
                     member.last_event_at, member.last_event_message_id, member.last_event_source_id
                 ),
             )
-        held = IdentifierRow.objects.filter(member_id__in=new).values_list(
+        # An identifier pointing at a retired member (never left so by resolution) counts as unowned.
+        held = IdentifierRow.objects.filter(member_id__in=active).values_list(
             "id", "type", "value", "member_id", "last_seen_at", "last_seen_message_id", "last_seen_source_id"
         )
-        unmerging = MemberIdentifier.objects.filter(member_id__in=new).values_list(
+        unmerging = MemberIdentifier.objects.filter(member_id__in=active).values_list(
             "identifier_id", "identifier__type", "identifier__value", "member_id"
         )
         for row_id, type_, value, member_id, *seen in held:
