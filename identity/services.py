@@ -99,7 +99,9 @@ def identity_rebuild(*, batch_size: int = 5000, progress: Callable[[int], None] 
         _identity_lock()
         old_members = {
             EventKey(at, message_id, source_id): pk
-            for pk, at, message_id, source_id in Member.objects.values_list(
+            # A retired member can share its founding event with the active member a replay
+            # re-created; ordered so that the active one's id wins.
+            for pk, at, message_id, source_id in Member.objects.order_by("-status", "pk").values_list(
                 "pk", "first_event_at", "first_event_message_id", "first_event_source_id"
             )
         }

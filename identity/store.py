@@ -12,9 +12,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 
-from django.db.models import BigIntegerField, Case, Value, When
-from django.utils import timezone
+import orjson
 
+from cdp.db import binary_parameters_cursor
 from events.models import Event
 from identity.identifiers import Identifier
 from identity.models import EventIdentifier, EventResolution, MemberIdentifier, MergeRecord, SplitRecord
@@ -65,7 +65,10 @@ class DatabaseResolver(InMemoryResolver):
         self.reuse_ids = reuse_ids or {}
         self.identifier_ids: dict[Identifier, int] = {}
         self.loaded_identifiers: set[Identifier] = set()
-        self.loaded_members: dict[int, Member] = {}
+        #: Stored members loaded: id -> (first event, last event), as the database has them.
+        self.loaded_members: dict[int, tuple[EventKey, EventKey]] = {}
+        #: Stored identifiers loaded: identifier -> (owner id, last seen), to write only changes.
+        self.stored_identifiers: dict[Identifier, tuple[int | None, EventKey | None]] = {}
         self.mentions_loaded: set[Identifier] = set()
         self.event_ids: dict[EventKey, int] = {}
         self.stored_member_of: dict[EventKey, int] = {}
@@ -104,6 +107,7 @@ class DatabaseResolver(InMemoryResolver):
         self.identifier_ids[identifier] = row_id
         self.loaded_identifiers.add(identifier)
         last_seen = _key(*seen)
+        self.stored_identifiers[identifier] = (member_id, last_seen)
         if last_seen is not None and identifier not in self.graph.last_seen:
             self.graph.last_seen[identifier] = last_seen
         if member_id is not None and member_id in self.graph.members:
@@ -115,17 +119,13 @@ class DatabaseResolver(InMemoryResolver):
         if not new:
             return
         active = set()
-        for member in Member.objects.filter(id__in=new, status=Member.Status.ACTIVE):
-            active.add(member.pk)
-            self.loaded_members[member.pk] = member
-            self.graph.members[member.pk] = MemberState(
-                first_event=EventKey(
-                    member.first_event_at, member.first_event_message_id, member.first_event_source_id
-                ),
-                last_event=EventKey(
-                    member.last_event_at, member.last_event_message_id, member.last_event_source_id
-                ),
-            )
+        for pk, *fields in Member.objects.filter(id__in=new, status=Member.Status.ACTIVE).values_list(
+            "pk", *_EVENT_FIELDS
+        ):
+            first, last = EventKey(*fields[:3]), EventKey(*fields[3:])
+            active.add(pk)
+            self.loaded_members[pk] = (first, last)
+            self.graph.members[pk] = MemberState(first_event=first, last_event=last)
         # An identifier pointing at a retired member (never left so by resolution) counts as unowned.
         held = IdentifierRow.objects.filter(member_id__in=active).values_list(
             "id", "type", "value", "member_id", "last_seen_at", "last_seen_message_id", "last_seen_source_id"
@@ -140,6 +140,7 @@ class DatabaseResolver(InMemoryResolver):
             self._remember_identifier(row_id, identifier, member_id, seen)
         for row_id, type_, value, member_id in unmerging:
             self.identifier_ids[Identifier(type_, value)] = row_id
+            self.stored_identifiers[Identifier(type_, value)] = (None, None)
             self.graph.members[member_id].identifiers.setdefault(type_, set()).add(value)
 
     def load_mentions(self, identifiers: Iterable[Identifier]) -> None:
@@ -221,105 +222,86 @@ class DatabaseResolver(InMemoryResolver):
         """Members whose events changed, for the members stages to refresh."""
         changed = {member_ids[self.member_of[key]] for key in self.decisions_by_event()} | set(self.retired)
         changed |= set(self.retired.values())
-        DirtyMember.objects.bulk_create(
-            [DirtyMember(member_id=pk) for pk in sorted(changed)], ignore_conflicts=True
-        )
+        if changed:
+            _sql(_MARK_DIRTY, [sorted(changed)])
 
     def decisions_by_event(self) -> dict[EventKey, Decision]:
         return {decision.event: decision for decision, _ in self.decisions}
 
     def _write_members(self) -> dict[MemberRef, int]:
-        """Create new members, update touched ones, retire the ones that were absorbed.
+        """Create new members, update changed ones, retire the ones that were absorbed.
 
         A member re-created by a replay keeps the id of the old member founded by the same
         event, so ids stay stable when a late event changes nothing for them.
         """
-        by_first_event = {
-            EventKey(m.first_event_at, m.first_event_message_id, m.first_event_source_id): pk
-            for pk, m in self.loaded_members.items()
-        }
+        by_first_event = {first: pk for pk, (first, _) in self.loaded_members.items()}
         ids: dict[MemberRef, int] = {}
-        to_create, to_update = [], []
+        to_create: list[tuple[MemberRef, MemberState]] = []
+        to_update: list[tuple[int, MemberState]] = []
         for ref, state in self.graph.members.items():
             pk = (
                 ref
                 if isinstance(ref, int)
                 else by_first_event.get(state.first_event, self.reuse_ids.get(state.first_event))
             )
-            fields = {
-                "status": Member.Status.ACTIVE,
-                "merged_into": None,
-                "first_event_at": state.first_event.timestamp,
-                "first_event_message_id": state.first_event.message_id,
-                "first_event_source_id": state.first_event.source_id,
-                "last_event_at": state.last_event.timestamp,
-                "last_event_message_id": state.last_event.message_id,
-                "last_event_source_id": state.last_event.source_id,
-            }
             if pk is None:
-                to_create.append((ref, Member(**fields)))
-            else:
-                ids[ref] = pk
-                to_update.append(Member(pk=pk, updated_at=timezone.now(), **fields))
-        created = Member.objects.bulk_create([member for _, member in to_create])
-        ids.update({ref: member.pk for (ref, _), member in zip(to_create, created, strict=True)})
-        kept = set(ids.values())
-        retired = {pk: self._survivor_of(pk, ids) for pk in self.loaded_members if pk not in kept}
-        for pk, survivor in retired.items():
-            to_update.append(
-                Member(pk=pk, updated_at=timezone.now(), status=Member.Status.MERGED, merged_into_id=survivor,
-                       **{f: getattr(self.loaded_members[pk], f) for f in _EVENT_FIELDS})
-            )  # fmt: skip
-        # Active members must be active before anything points at them, and vice versa.
-        Member.objects.bulk_update(
-            sorted(to_update, key=lambda m: m.status != Member.Status.ACTIVE),
-            ["status", "merged_into", "updated_at", *_EVENT_FIELDS],
-        )
-        if retired:
-            Member.objects.filter(merged_into_id__in=retired).update(
-                merged_into_id=_lookup("merged_into_id", retired)
+                to_create.append((ref, state))
+                continue
+            ids[ref] = pk
+            if self.loaded_members.get(pk) != (state.first_event, state.last_event):
+                to_update.append((pk, state))
+        if to_create:
+            new_ids = [row[0] for row in _sql(_NEW_MEMBER_IDS, [Member._meta.db_table, len(to_create)])]
+            ids.update({ref: pk for (ref, _), pk in zip(to_create, new_ids, strict=True)})
+            _sql(
+                _INSERT_MEMBERS,
+                _member_columns([(pk, state) for (_, state), pk in zip(to_create, new_ids, strict=True)]),
             )
-        self.retired = retired
+        if to_update:
+            _sql(_UPDATE_MEMBERS, _member_columns(to_update))
+        kept = set(ids.values())
+        self.retired = {pk: self._survivor_of(pk, ids) for pk in self.loaded_members if pk not in kept}
+        if self.retired:
+            olds, survivors = list(self.retired), list(self.retired.values())
+            _sql(_RETIRE_MEMBERS, [olds, survivors])
+            _sql(_REPOINT_MERGED_MEMBERS, [olds, survivors])
         return ids
 
     def _survivor_of(self, old: int, ids: dict[MemberRef, int]) -> int:
         """Where an old member's id now leads: the member holding its earliest event."""
-        member = self.loaded_members[old]
-        first = EventKey(member.first_event_at, member.first_event_message_id, member.first_event_source_id)
+        first, _ = self.loaded_members[old]
         return (
             ids[self.member_of[first]] if first in self.member_of else ids[self._final(self._absorber(old))]
         )
 
-    def _absorber(self, old: int) -> MemberRef:
+    def _absorber(self, old: MemberRef) -> MemberRef:
         for decision, _ in reversed(self.decisions):
             if old in decision.absorbed:
                 return decision.member
         raise LookupError(f"member {old} vanished without being absorbed")
 
     def _write_identifiers(self, member_ids: dict[MemberRef, int]) -> None:
+        """Upsert the identifiers whose owner or last sighting changed (one statement)."""
         touched = self.loaded_identifiers | {i for e in self.events.values() for i in e.identifiers}
-        rows = []
+        changed: list[tuple[Identifier, int | None, EventKey | None]] = []
         for identifier in sorted(touched):
             owner = self.graph.owner.get(identifier) if self.graph.merges(identifier) else None
-            seen = self.graph.last_seen.get(identifier)
-            rows.append(
-                IdentifierRow(
-                    type=identifier.type,
-                    value=identifier.value,
-                    member_id=member_ids[owner] if owner is not None else None,
-                    last_seen_at=seen.timestamp if seen else None,
-                    last_seen_message_id=seen.message_id if seen else "",
-                    last_seen_source_id=seen.source_id if seen else None,
-                )
+            state = (member_ids[owner] if owner is not None else None, self.graph.last_seen.get(identifier))
+            if identifier not in self.identifier_ids or self.stored_identifiers.get(identifier) != state:
+                changed.append((identifier, *state))
+        if changed:
+            rows = _sql(
+                _UPSERT_IDENTIFIERS,
+                [
+                    [i.type for i, _, _ in changed],
+                    [i.value for i, _, _ in changed],
+                    [owner for _, owner, _ in changed],
+                    [seen.timestamp if seen else None for _, _, seen in changed],
+                    [seen.message_id if seen else "" for _, _, seen in changed],
+                    [seen.source_id if seen else None for _, _, seen in changed],
+                ],
             )
-        saved = IdentifierRow.objects.bulk_create(
-            rows,
-            update_conflicts=True,
-            unique_fields=["type", "value"],
-            update_fields=["member", "last_seen_at", "last_seen_message_id", "last_seen_source_id"],
-        )
-        for row in saved:
-            self.identifier_ids[Identifier(row.type, row.value)] = row.pk
+            self.identifier_ids.update({Identifier(type_, value): pk for pk, type_, value in rows})
         unmerging = [
             MemberIdentifier(
                 member_id=member_ids[ref], identifier_id=self.identifier_ids[Identifier(type_, value)]
@@ -329,8 +311,10 @@ class DatabaseResolver(InMemoryResolver):
             if not self.rules.of(type_).merges
             for value in values
         ]
-        MemberIdentifier.objects.filter(member_id__in=self.retired).delete()
-        MemberIdentifier.objects.bulk_create(unmerging, ignore_conflicts=True)
+        if self.retired:
+            MemberIdentifier.objects.filter(member_id__in=self.retired).delete()
+        if unmerging:
+            MemberIdentifier.objects.bulk_create(unmerging, ignore_conflicts=True)
 
     @property
     def rules(self) -> Rules:
@@ -338,36 +322,40 @@ class DatabaseResolver(InMemoryResolver):
 
     def _write_event_identifiers(self) -> None:
         decided = self.decisions_by_event()
-        EventIdentifier.objects.filter(event_id__in=[self.event_ids[key] for key in decided]).delete()
-        EventIdentifier.objects.bulk_create(
-            EventIdentifier(
-                event_id=self.event_ids[key],
-                identifier_id=self.identifier_ids[identifier],
-                dropped=identifier in decision.dropped,
-            )
+        stored_before = [self.event_ids[key] for key in decided if key in self.stored_member_of]
+        if stored_before:
+            _sql(_DELETE_EVENT_IDENTIFIERS, [stored_before])
+        mentions = [
+            (self.event_ids[key], self.identifier_ids[identifier], identifier in decision.dropped)
             for key, decision in decided.items()
             for identifier in self.events[key].identifiers
-        )
+        ]
+        if mentions:
+            _sql(_INSERT_EVENT_IDENTIFIERS, [list(column) for column in zip(*mentions, strict=True)])
 
     def _write_resolutions(self, member_ids: dict[MemberRef, int]) -> None:
-        changed = [
-            EventResolution(
-                event_id=self.event_ids[key], member_id=member_ids[ref], problems=self.problems.get(key, [])
+        new = [key for key in self.member_of if key not in self.stored_member_of]
+        moved = [
+            key for key, ref in self.member_of.items()
+            if key in self.stored_member_of and self.stored_member_of[key] != member_ids[ref]
+        ]  # fmt: skip
+        if new:
+            _sql(
+                _UPSERT_RESOLUTIONS,
+                [
+                    [self.event_ids[key] for key in new],
+                    [member_ids[self.member_of[key]] for key in new],
+                    [orjson.dumps(self.problems.get(key, [])).decode() for key in new],
+                ],
             )
-            for key, ref in self.member_of.items()
-            if key in self.problems or self.stored_member_of.get(key) != member_ids[ref]
-        ]
-        EventResolution.objects.bulk_create(
-            changed,
-            update_conflicts=True,
-            unique_fields=["event"],
-            update_fields=["member", "problems", "resolved_at"],
-        )
-        # Events of absorbed members that were never loaded follow their survivor.
+        if moved:
+            _sql(
+                _MOVE_RESOLUTIONS,
+                [[self.event_ids[k] for k in moved], [member_ids[self.member_of[k]] for k in moved]],
+            )
         if self.retired:
-            EventResolution.objects.filter(member_id__in=self.retired).update(
-                member_id=_lookup("member_id", self.retired), resolved_at=timezone.now()
-            )
+            # Events of absorbed members that were never loaded follow their survivor.
+            _sql(_REPOINT_RESOLUTIONS, [list(self.retired), list(self.retired.values())])
 
     def _write_merges(self, member_ids: dict[MemberRef, int]) -> None:
         rule = {type_: asdict(r) for type_, r in sorted(self.rules.by_type.items())}
@@ -413,12 +401,83 @@ class DatabaseResolver(InMemoryResolver):
         return ref
 
 
-def _lookup(column: str, mapping: dict[int, int]) -> Case:
-    """``CASE column WHEN old THEN new ...``: many re-pointings in one UPDATE."""
-    return Case(
-        *(When(**{column: old}, then=Value(new)) for old, new in mapping.items()),
-        output_field=BigIntegerField(),
-    )
+def _sql(statement: str, params: list) -> list[tuple]:
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def _member_columns(members: list[tuple[int, MemberState]]) -> list[list]:
+    return [
+        [pk for pk, _ in members],
+        [s.first_event.timestamp for _, s in members],
+        [s.first_event.message_id for _, s in members],
+        [s.first_event.source_id for _, s in members],
+        [s.last_event.timestamp for _, s in members],
+        [s.last_event.message_id for _, s in members],
+        [s.last_event.source_id for _, s in members],
+    ]
+
+
+# Set-based writes: one statement per kind of change, whatever the batch size. Only model
+# table names are interpolated.
+_MEMBERS = Member._meta.db_table
+_IDENTIFIERS = IdentifierRow._meta.db_table
+_MEMBER_ROWS = (
+    "unnest(%b::bigint[], %b::timestamptz[], %b::text[], %b::bigint[], %b::timestamptz[], %b::text[], %b::bigint[])"
+    " AS v(id, fa, fm, fs, la, lm, ls)"
+)
+_NEW_MEMBER_IDS = "SELECT nextval(pg_get_serial_sequence(%b, 'id')) FROM generate_series(1, %b)"
+_INSERT_MEMBERS = (
+    f"INSERT INTO {_MEMBERS} (id, status, merged_into_id, first_event_at, first_event_message_id, "
+    "first_event_source_id, last_event_at, last_event_message_id, last_event_source_id, created_at, updated_at) "
+    f"SELECT v.id, 'active', NULL, v.fa, v.fm, v.fs, v.la, v.lm, v.ls, now(), now() FROM {_MEMBER_ROWS}"
+)
+_UPDATE_MEMBERS = (
+    f"UPDATE {_MEMBERS} AS m SET status = 'active', merged_into_id = NULL, first_event_at = v.fa, "
+    "first_event_message_id = v.fm, first_event_source_id = v.fs, last_event_at = v.la, "
+    f"last_event_message_id = v.lm, last_event_source_id = v.ls, updated_at = now() FROM {_MEMBER_ROWS} "
+    "WHERE m.id = v.id"
+)
+_RETIRE_MEMBERS = (
+    f"UPDATE {_MEMBERS} AS m SET status = 'merged', merged_into_id = v.survivor, updated_at = now() "
+    "FROM unnest(%b::bigint[], %b::bigint[]) AS v(id, survivor) WHERE m.id = v.id"
+)
+_REPOINT_MERGED_MEMBERS = (
+    f"UPDATE {_MEMBERS} AS m SET merged_into_id = v.survivor "
+    "FROM unnest(%b::bigint[], %b::bigint[]) AS v(id, survivor) WHERE m.merged_into_id = v.id"
+)
+_UPSERT_IDENTIFIERS = (
+    f"INSERT INTO {_IDENTIFIERS} (type, value, member_id, last_seen_at, last_seen_message_id, "
+    "last_seen_source_id, created_at) SELECT v.t, v.val, v.m, v.sa, v.sm, v.ss, now() "
+    "FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::timestamptz[], %b::text[], %b::bigint[]) "
+    "AS v(t, val, m, sa, sm, ss) ON CONFLICT (type, value) DO UPDATE SET member_id = EXCLUDED.member_id, "
+    "last_seen_at = EXCLUDED.last_seen_at, last_seen_message_id = EXCLUDED.last_seen_message_id, "
+    "last_seen_source_id = EXCLUDED.last_seen_source_id RETURNING id, type, value"
+)
+_DELETE_EVENT_IDENTIFIERS = f"DELETE FROM {EventIdentifier._meta.db_table} WHERE event_id = ANY(%b::bigint[])"
+_INSERT_EVENT_IDENTIFIERS = (
+    f"INSERT INTO {EventIdentifier._meta.db_table} (event_id, identifier_id, dropped) "
+    "SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::boolean[])"
+)
+_UPSERT_RESOLUTIONS = (
+    f"INSERT INTO {EventResolution._meta.db_table} (event_id, member_id, problems, resolved_at) "
+    "SELECT v.e, v.m, v.p::jsonb, now() FROM unnest(%b::bigint[], %b::bigint[], %b::text[]) AS v(e, m, p) "
+    "ON CONFLICT (event_id) DO UPDATE SET member_id = EXCLUDED.member_id, problems = EXCLUDED.problems, "
+    "resolved_at = now()"
+)
+_MOVE_RESOLUTIONS = (
+    f"UPDATE {EventResolution._meta.db_table} AS r SET member_id = v.m, resolved_at = now() "
+    "FROM unnest(%b::bigint[], %b::bigint[]) AS v(e, m) WHERE r.event_id = v.e"
+)
+_REPOINT_RESOLUTIONS = (
+    f"UPDATE {EventResolution._meta.db_table} AS r SET member_id = v.survivor, resolved_at = now() "
+    "FROM unnest(%b::bigint[], %b::bigint[]) AS v(old, survivor) WHERE r.member_id = v.old"
+)
+_MARK_DIRTY = (
+    f"INSERT INTO {DirtyMember._meta.db_table} (member_id, marked_at) SELECT unnest(%b::bigint[]), now() "
+    "ON CONFLICT (member_id) DO UPDATE SET marked_at = now()"
+)
 
 
 _EVENT_FIELDS = (

@@ -4,6 +4,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 
 from events.models import Event
@@ -18,15 +19,16 @@ def members_refresh(events: Sequence[Event] = ()) -> int:
     Runs in the transaction that resolved the events, so it sees exactly the members that
     resolution marked, and nobody else's half-done work.
     """
-    dirty = list(DirtyMember.objects.select_for_update().values_list("member_id", flat=True))
-    if not dirty:
-        return 0
-    active = set(
-        Member.objects.filter(id__in=dirty, status=Member.Status.ACTIVE).values_list("id", flat=True)
-    )
-    member_traits_recompute(member_ids=active)
-    MemberTrait.objects.filter(member_id__in=set(dirty) - active).delete()
-    DirtyMember.objects.filter(member_id__in=dirty).delete()
+    with transaction.atomic():
+        dirty = list(DirtyMember.objects.select_for_update().values_list("member_id", flat=True))
+        if not dirty:
+            return 0
+        active = set(
+            Member.objects.filter(id__in=dirty, status=Member.Status.ACTIVE).values_list("id", flat=True)
+        )
+        member_traits_recompute(member_ids=active)
+        MemberTrait.objects.filter(member_id__in=set(dirty) - active).delete()
+        DirtyMember.objects.filter(member_id__in=dirty).delete()
     return len(dirty)
 
 
