@@ -83,6 +83,17 @@ def _resolve_batch(events: Sequence[Event], resolver: DatabaseResolver, policy: 
     resolver.flush()
 
 
+#: What resolution reads of an event (not its properties or integrations).
+_RESOLUTION_FIELDS = (
+    "id",
+    "source_id",
+    "message_id",
+    "timestamp",
+    "user_id",
+    "anonymous_id",
+    "traits",
+    "context",
+)
 _GRAPH_TABLES = (EventResolution, EventIdentifier, MemberIdentifier, MergeRecord, IdentifierRow)
 
 
@@ -113,9 +124,8 @@ def identity_rebuild(*, batch_size: int = 5000, progress: Callable[[int], None] 
         rules, policy = identity_rules(), normalization_policy()
         done = 0
         batch: list[Event] = []
-        for event in Event.objects.order_by("timestamp", "message_id", "source_id").iterator(
-            chunk_size=batch_size
-        ):
+        events = Event.objects.order_by("timestamp", "message_id", "source_id").only(*_RESOLUTION_FIELDS)
+        for event in events.iterator(chunk_size=batch_size):
             batch.append(event)
             if len(batch) == batch_size:
                 _resolve_batch(batch, DatabaseResolver(rules, reuse_ids=old_members), policy)
