@@ -62,5 +62,6 @@ format: install-dev ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: install-dev ## Benchmarks (results: docs/benchmarks.md)
+bench: install-dev ## Benchmarks: ingestion, then identity resolution (results: docs/benchmarks.md)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/identity.py

@@ -8,10 +8,13 @@ placeholder ids, shared store iPads, about 5% of sessions arriving late):
 1. **The pipeline**: the events are COPYed into ``events_event`` in arrival order, all
    unprocessed, and ``events.pipeline.events_process_pending`` runs in-process with
    ``config.settings.production`` (claim a batch ``FOR UPDATE SKIP LOCKED``, run
-   ``settings.EVENT_PIPELINE_STAGES``, i.e. ``identity.services.identity_resolve_events``,
-   mark the batch processed), in one worker process and in two concurrent ones, each calling
-   it until nothing is left, for each batch size (``settings.EVENT_PIPELINE_BATCH_SIZE``).
-   Events/s is wall clock from the moment the workers start to the last one finishing.
+   ``settings.EVENT_PIPELINE_STAGES``: ``identity.services.identity_resolve_events`` and the
+   stages after it, mark the batch processed), in one worker process and in two concurrent
+   ones, each calling it until nothing is left, for each batch size
+   (``settings.EVENT_PIPELINE_BATCH_SIZE``); ``--stages identity`` runs the identity stage
+   alone. Events/s is wall clock from the moment the workers start to the last one finishing;
+   events per CPU-second (workers plus this database's PostgreSQL backends) is the figure
+   that compares across runs when other work shares the machine.
 2. **Checks** after every run: every event is processed and has an ``identity_eventresolution``
    row on an active member; no identifier is used (not dropped) by events of two members and
    every owner agrees with its events' member; the members are exactly those of the pure
@@ -28,8 +31,8 @@ placeholder ids, shared store iPads, about 5% of sessions arriving late):
 
 Why: the issue's target is at least 5,000 events/s through the pipeline on this 2-core
 machine, and the union-find says how far from the algorithmic limit we are. ``--profile``
-instead profiles one batch of ``identity_resolve_events`` (cProfile and every SQL statement
-with its time) halfway through the stream, in a transaction it rolls back.
+instead profiles a few pipeline batches halfway through the stream: cProfile of each stage
+(``identity_resolve_events`` on its own) and every SQL statement with its time and stage.
 
 Everything runs against its own database ``cdp_bench_identity`` (created and migrated here)
 and Redis db 11, never ``cdp``, ``cdp_bench`` or the test databases; each run starts from
@@ -57,6 +60,7 @@ import contextlib
 import cProfile
 import gc
 import io
+import itertools
 import multiprocessing as mp
 import os
 import platform
@@ -68,7 +72,7 @@ import subprocess
 import time
 import traceback
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -320,24 +324,37 @@ def engine_in_event_order(resolvable: Sequence[Any]) -> tuple[Any, Reference]:
     )
 
 
-def engine_in_batches(resolvable: Sequence[Any], batch_size: int) -> tuple[Any, Reference]:
-    """The engine fed as the pipeline feeds it: arrival order, batch by batch, each sorted."""
+def engine_in_batches(
+    resolvable: Sequence[Any], batch_size: int, time_limit: float
+) -> tuple[Any, Reference, bool]:
+    """The engine fed as the pipeline feeds it: arrival order, batch by batch, each sorted;
+    stopped after ``time_limit`` seconds (0: never). Also whether it got through them all."""
     from identity.resolution import InMemoryResolver
     from identity.services import identity_rules
 
     began = time.perf_counter()
     resolver = InMemoryResolver(identity_rules())
+    done = 0
     for start in range(0, len(resolvable), batch_size):
         for event in sorted(resolvable[start : start + batch_size], key=lambda e: e.key):
             resolver.add(event)
+        done = min(start + batch_size, len(resolvable))
+        if time_limit and time.perf_counter() - began > time_limit:
+            break
     took = time.perf_counter() - began
     members = len(set(resolver.member_of.values()))
-    return resolver, Reference(
-        f"engine in arrival order, batches of {batch_size} (as the pipeline feeds it)",
-        len(resolvable),
-        took,
-        members,
-        note=f"{resolver.replays:,} replays",
+    complete = done == len(resolvable)
+    stopped = "" if complete else f"; stopped after {took:,.0f} s at {done:,} events"
+    return (
+        resolver,
+        Reference(
+            f"engine in arrival order, batches of {batch_size} (as the pipeline feeds it)",
+            done,
+            took,
+            members,
+            note=f"{resolver.replays:,} replays{stopped}",
+        ),
+        complete,
     )
 
 
@@ -396,10 +413,22 @@ def _replay_counter(counts: dict[str, int]) -> bool:
     return True
 
 
-def _pipeline_worker(batch_size: int, ready: Any, go: Any, stop: Any, progress: Any, out: Any) -> None:
-    """One worker process: Django set up, then ``events_process_pending`` until nothing is left."""
+def _pipeline_worker(
+    batch_size: int,
+    stages: list[str],
+    ready: Any,
+    go: Any,
+    stop: Any,
+    release: Any,
+    progress: Any,
+    out: Any,
+) -> None:
+    """One worker process: Django set up, then ``events_process_pending`` until nothing is left.
+    ``stages``: override ``EVENT_PIPELINE_STAGES`` (empty: the settings' own)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
+        if stages:
+            os.environ["EVENT_PIPELINE_STAGES"] = ",".join(stages)
         django_setup(batch_size)
         from django.conf import settings
         from django.db import connection
@@ -432,6 +461,7 @@ def _pipeline_worker(batch_size: int, ready: Any, go: Any, stop: Any, progress: 
                 "replayed_events": counts["replayed_events"] if counting else None,
             }
         )
+        release.wait(timeout=120)  # stay (and keep the connection) until the CPU is sampled
     except BaseException:
         out.put({"pid": os.getpid(), "error": traceback.format_exc()})
         raise
@@ -466,6 +496,7 @@ class Checks:
     merges: dict[str, int] = field(default_factory=dict)
     engine_members: int | None = None
     engine_pairs: int | None = None  # distinct (engine member, database member) pairs
+    partial: bool = False  # stopped at the time limit: only the processed events are checked
     error: str = ""
 
     @property
@@ -478,7 +509,7 @@ class Checks:
     def ok(self) -> bool:
         return (
             not self.error
-            and self.processed == self.events
+            and (self.partial or self.processed == self.events)
             and not (self.unresolved or self.on_inactive or self.shared_identifiers)
             and not (self.owner_disagrees or self.owners_inactive)
             and self.same_as_engine
@@ -488,7 +519,7 @@ class Checks:
         if self.error:
             return f"✗ checks failed to run: {self.error.splitlines()[-1][:200]}"
         problems = []
-        if self.processed != self.events:
+        if self.processed != self.events and not self.partial:
             problems.append(f"{self.events - self.processed:,} unprocessed")
         if self.unresolved:
             problems.append(f"{self.unresolved:,} without a resolution")
@@ -503,15 +534,17 @@ class Checks:
                 f"members ≠ engine's ({self.active_members:,} vs {self.engine_members or 0:,}, "
                 f"{self.engine_pairs or 0:,} pairs)"
             )
+        scope = f"the {self.processed:,} processed events: " if self.partial else ""
         if problems:
-            return "✗ " + "; ".join(problems)
-        return "✓ all resolved, no shared identifier, members = engine's"
+            return f"✗ {scope}" + "; ".join(problems)
+        return f"✓ {scope}all resolved, no shared identifier, members = engine's"
 
 
-def verify(engine: dict[tuple[str, int], Any] | None) -> Checks:
+def verify(engine: dict[tuple[str, int], Any] | None, *, partial: bool = False) -> Checks:
     """Check the database after a run (see the module docstring); ``engine``: the pure
-    engine's members over the same events, to compare the partition with."""
-    checks = Checks()
+    engine's members over the events processed, to compare the partition with. ``partial``:
+    the run was stopped early, so only the processed events are checked."""
+    checks = Checks(partial=partial)
     try:
         with database() as conn:
             row = conn.execute("SELECT count(*), count(processed_at) FROM events_event").fetchone()
@@ -559,7 +592,7 @@ def verify(engine: dict[tuple[str, int], Any] | None) -> Checks:
                 with conn.cursor() as cursor:
                     cursor.execute(
                         "SELECT e.message_id, e.source_id, r.member_id FROM events_event e "
-                        "JOIN identity_eventresolution r ON r.event_id = e.id"
+                        "JOIN identity_eventresolution r ON r.event_id = e.id WHERE e.processed_at IS NOT NULL"
                     )
                     for message_id, source_id, member_id in cursor:
                         pairs.add((engine[(message_id, source_id)], member_id))
@@ -582,6 +615,7 @@ class PipelineRun:
     replays: int | None
     replayed_events: int | None
     stages: list[str]
+    identity_only: bool
     complete: bool
     checks: Checks
     errors: list[str] = field(default_factory=list)
@@ -593,21 +627,33 @@ class PipelineRun:
     @property
     def scenario(self) -> str:
         plural = "es" if self.workers > 1 else ""
-        return f"{self.workers} worker process{plural}, batches of {self.batch_size:,}"
+        only = " (identity stage only)" if self.identity_only else ""
+        return f"{self.workers} worker process{plural}, batches of {self.batch_size:,}{only}"
+
+    @property
+    def events_per_cpu_s(self) -> float:
+        """Events per CPU-second of the workers and this database's PostgreSQL backends: how
+        efficient the path is, and much less sensitive than events/s to other work."""
+        busy = (
+            (os.cpu_count() or 1) * sum(self.cpu.get(k, 0.0) for k in ("clients", "postgres backends")) / 100
+        )
+        return self.events / (busy * self.seconds) if busy and self.seconds else float("nan")
 
 
 def run_pipeline(
-    *, workers: int, batch_size: int, total: int, time_limit: float
+    *, workers: int, batch_size: int, stages: list[str], total: int, time_limit: float
 ) -> tuple[float, float, list[dict], dict[str, float], bool]:
     """Start the workers, let them Django-setup and connect, then start them together;
     (wall seconds, CPU-seconds, their reports, CPU shares, stopped by the time limit)."""
     context = mp.get_context("spawn")  # fresh interpreters: nothing of this process's memory
     ready, out = context.Queue(), context.Queue()
-    go, stop = context.Event(), context.Event()
+    go, stop, release = context.Event(), context.Event(), context.Event()
     progress = context.Value("q", 0)
     processes = [
         context.Process(
-            target=_pipeline_worker, args=(batch_size, ready, go, stop, progress, out), daemon=True
+            target=_pipeline_worker,
+            args=(batch_size, stages, ready, go, stop, release, progress, out),
+            daemon=True,
         )
         for _ in range(workers)
     ]
@@ -661,34 +707,56 @@ def run_pipeline(
                     continue
                 raise RuntimeError("a pipeline worker died without a report")
         wall = max(r["finished"] for r in reports) - began
-        shares = meter.shares(before, meter.sample())
+        shares = meter.shares(before, meter.sample())  # before the workers and their backends exit
+        release.set()
         for process in processes:
             process.join(timeout=30)
         return wall, sum(r["cpu_s"] for r in reports), reports, shares, stopped
     finally:
         stop.set()
+        release.set()
         for process in processes:
             if process.is_alive():
                 process.terminate()
                 process.join(timeout=5)
 
 
+EngineFor = Callable[[set[tuple[str, int]] | None], dict[tuple[str, int], Any]]
+
+
+def processed_keys() -> set[tuple[str, int]]:
+    with database() as conn:
+        return {
+            (message_id, source_id)
+            for message_id, source_id in conn.execute(
+                "SELECT message_id, source_id FROM events_event WHERE processed_at IS NOT NULL"
+            )
+        }
+
+
 def scenario_pipeline(
     *,
     workers: int,
     batch_size: int,
+    stages: list[str],
     chunks: Sequence[bytes],
     total: int,
     time_limit: float,
-    engine: dict[tuple[str, int], Any] | None,
+    engine_for: EngineFor,
 ) -> PipelineRun:
+    """Load the stream, run the workers over it, check the result. ``engine_for``: the pure
+    engine's members over the events processed (None: all of them)."""
     load_seconds = events_load(chunks)
     wall, cpu_s, reports, shares, stopped = run_pipeline(
-        workers=workers, batch_size=batch_size, total=total, time_limit=time_limit
+        workers=workers, batch_size=batch_size, stages=stages, total=total, time_limit=time_limit
     )
     processed = sum(r["processed"] for r in reports)
     complete = processed == total and not stopped
-    checks = verify(engine if complete else None)
+    if complete:
+        checks = verify(engine_for(None))
+    else:
+        with announced(f"stopped early: the pure engine over the {processed:,} events processed, to compare"):
+            checks = verify(engine_for(processed_keys()), partial=True)
     replays = [r["replays"] for r in reports]
     replayed = [r["replayed_events"] for r in reports]
     return PipelineRun(
@@ -702,6 +770,7 @@ def scenario_pipeline(
         replays=None if None in replays else sum(replays),
         replayed_events=None if None in replayed else sum(replayed),
         stages=reports[0]["stages"],
+        identity_only=bool(stages),
         complete=complete,
         checks=checks,
     )
@@ -719,24 +788,39 @@ def _sql_shape(sql: str) -> str:
     return re.sub(r"\s+", " ", shape)[:220]
 
 
-def profile_batch(*, batch_size: int, warm: int) -> str:
-    """Process ``warm`` events with the pipeline, then profile ``identity_resolve_events`` on
-    the next batch (cProfile, and every SQL statement timed) in a transaction rolled back."""
-    from django.db import connection, transaction
+def _stage_of(frame: Any, stages: dict[str, str]) -> str:
+    """The pipeline stage a frame runs in (by function name), else the claim and mark."""
+    while frame is not None:
+        name = stages.get(frame.f_code.co_name)
+        if name is not None:
+            return name
+        frame = frame.f_back
+    return "claim + mark processed"
 
-    from events.models import Event
-    from events.pipeline import events_process_batch
-    from identity.services import identity_resolve_events
+
+def profile_batches(*, batch_size: int, warm: int, batches: int) -> str:
+    """Process ``warm`` events with the pipeline, then ``batches`` more under cProfile with
+    every SQL statement timed and attributed to its stage (committed, as the pipeline does).
+
+    Each stage gets its own profiler, so ``identity_resolve_events`` is profiled on its own.
+    """
+    from django.conf import settings
+    from django.db import connection
+
+    from events import pipeline
 
     began = time.monotonic()
     done = 0
     while done < warm:
-        processed = events_process_batch(batch_size=batch_size)
+        processed = pipeline.events_process_batch(batch_size=batch_size)
         done += processed
         if not processed:
             break
-    warm_seconds = time.monotonic() - began
-    statements: list[tuple[str, float, int]] = []
+    warm_rate = done / (time.monotonic() - began)
+    names = {path.rsplit(".", 1)[1]: path for path in settings.EVENT_PIPELINE_STAGES}
+    statements: list[tuple[str, str, float, int]] = []
+    profilers: dict[str, cProfile.Profile] = {path: cProfile.Profile() for path in names.values()}
+    spent: Counter[str] = Counter()
 
     def timed(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         start = time.perf_counter()
@@ -745,44 +829,65 @@ def profile_batch(*, batch_size: int, warm: int) -> str:
         finally:
             cursor = context.get("cursor")
             rows = cursor.rowcount if cursor is not None else -1
-            statements.append((sql, time.perf_counter() - start, rows))
+            stage = _stage_of(sys._getframe(1), names)
+            statements.append((stage, sql, time.perf_counter() - start, rows))
 
-    profiler = cProfile.Profile()
-    with transaction.atomic():
-        batch = list(
-            Event.objects.filter(processed_at__isnull=True)
-            .order_by("id")
-            .select_for_update(skip_locked=True)[:batch_size]
-        )
+    def profiled(path: str, stage: Any) -> Any:
+        def run(events: Any) -> None:
+            start = time.perf_counter()
+            profilers[path].enable()
+            try:
+                stage(events)
+            finally:
+                profilers[path].disable()
+                spent[path] += time.perf_counter() - start
+
+        return run
+
+    original = pipeline.pipeline_stages
+    pipeline.pipeline_stages = lambda: [
+        profiled(p, s) for p, s in zip(names.values(), original(), strict=True)
+    ]
+    processed = 0
+    try:
         with connection.execute_wrapper(timed):
             start = time.perf_counter()
-            profiler.enable()
-            identity_resolve_events(batch)
-            profiler.disable()
+            for _ in range(batches):
+                processed += pipeline.events_process_batch(batch_size=batch_size)
             elapsed = time.perf_counter() - start
-        transaction.set_rollback(True)
+    finally:
+        pipeline.pipeline_stages = original
+    spent["claim + mark processed"] = elapsed - sum(spent.values())
 
     text = io.StringIO()
     text.write(
-        f"Profile of identity_resolve_events on one batch of {len(batch)} events, after {done:,} "
-        f"events were processed ({done / warm_seconds:,.0f}/s while warming); rolled back.\n"
-        f"Wall time {elapsed * 1000:,.0f} ms ({len(batch) / elapsed:,.0f} events/s); "
-        f"{len(statements)} SQL statements taking {sum(s[1] for s in statements) * 1000:,.0f} ms "
-        "(round trip as the client sees it).\n\nSQL by statement shape (ms, count, rows):\n"
+        f"Profile of {batches} pipeline batches of {batch_size} ({processed:,} events) after {done:,} "
+        f"events were processed ({warm_rate:,.0f}/s while warming, unprofiled).\n"
+        f"Wall time {elapsed * 1000:,.0f} ms ({processed / elapsed:,.0f} events/s under the profiler); "
+        f"{len(statements)} SQL statements, {sum(s[2] for s in statements) * 1000:,.0f} ms waiting "
+        "for PostgreSQL (round trips as the client sees them).\n\nPer batch, by part (ms wall, ms SQL):\n"
     )
-    shapes: dict[str, list[float]] = defaultdict(lambda: [0.0, 0, 0])
-    for sql, seconds, rows in statements:
-        entry = shapes[_sql_shape(sql)]
+    for part, seconds in spent.most_common():
+        sql_seconds = sum(s[2] for s in statements if s[0] == part)
+        text.write(f"{seconds * 1000 / batches:9.1f} ms {sql_seconds * 1000 / batches:9.1f} ms SQL  {part}\n")
+    text.write("\nSQL by statement shape, per batch (ms, statements, rows):\n")
+    shapes: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0, 0])
+    for stage, sql, seconds, rows in statements:
+        entry = shapes[(stage, _sql_shape(sql))]
         entry[0] += seconds
         entry[1] += 1
         entry[2] += max(rows, 0)
-    for shape, (seconds, count, rows) in sorted(shapes.items(), key=lambda item: -item[1][0]):
-        text.write(f"{seconds * 1000:9.1f} ms {count:4d}x {rows:7d} rows  {shape}\n")
-    for sort in ("cumulative", "tottime"):
-        stats = io.StringIO()
-        pstats.Stats(profiler, stream=stats).strip_dirs().sort_stats(sort).print_stats(30)
-        text.write(f"\ncProfile, top 30 by {sort}:\n")
-        text.write(stats.getvalue().split("\n\n", 1)[-1])
+    for (stage, shape), (seconds, count, rows) in sorted(shapes.items(), key=lambda item: -item[1][0]):
+        text.write(
+            f"{seconds * 1000 / batches:8.1f} ms {count / batches:5.1f}x {rows / batches:7.0f} rows  "
+            f"[{stage}] {shape}\n"
+        )
+    for path, profiler in profilers.items():
+        for sort, top in (("cumulative", 35), ("tottime", 25)):
+            stats = io.StringIO()
+            pstats.Stats(profiler, stream=stats).strip_dirs().sort_stats(sort).print_stats(top)
+            text.write(f"\ncProfile of {path}, {batches} batches, top {top} by {sort}:\n")
+            text.write(stats.getvalue().split("\n\n", 1)[-1])
     return text.getvalue()
 
 
@@ -857,22 +962,23 @@ def _shares(cpu: dict[str, float], *keys: str) -> str:
 
 def pipeline_table(runs: Sequence[PipelineRun], limit: Reference | None) -> str:
     lines = [
-        "| Pipeline (`events_process_pending`) | events | wall s | events/s | share of union-find | CPU % workers "
-        "| CPU % PostgreSQL | CPU % other work | active members | merges | replays | checks |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| Pipeline (`events_process_pending`) | events | wall s | events/s | share of union-find "
+        "| CPU % workers | CPU % PostgreSQL | CPU % other work | events per CPU-s | active members | merges "
+        "| replays | checks |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for run in runs:
         ratio = f"{run.events_per_s / limit.events_per_s:.3f}" if limit else "—"
         merges = sum(run.checks.merges.values())
         replay_merges = run.checks.merges.get("replay", 0)
         replays = "n/a" if run.replays is None else f"{run.replays:,} ({run.replayed_events:,} events)"
-        partial = "" if run.complete else " (stopped at the time limit)"
+        partial = "" if run.complete else f" (stopped at {run.seconds:,.0f} s)"
         lines.append(
             f"| {run.scenario}{partial} | {run.events:,} | {run.seconds:,.1f} | **{run.events_per_s:,.0f}** | {ratio} "
             f"| {_shares(run.cpu, 'clients')} | {_shares(run.cpu, 'postgres backends', 'postgres other')} "
-            f"| {_shares(run.cpu, 'other processes', 'unattributed', 'redis')} "
+            f"| {_shares(run.cpu, 'other processes', 'unattributed', 'redis')} | {run.events_per_cpu_s:,.0f} "
             f"| {run.checks.active_members:,} | {merges:,} ({replay_merges:,} in replays) | {replays} "
-            f"| {run.checks.summary() if run.complete else 'partial run: not checked'} |"
+            f"| {run.checks.summary()} |"
         )
     return "\n".join(lines)
 
@@ -895,11 +1001,12 @@ INTRO = f"""# Identity resolution benchmarks
 measures how fast the pipeline resolves stored events into members: a seeded stream of
 1,000,000 events over 200,000 people (`bench/identity_stream.py`: phones in four written
 forms, emails, member cards, WeChat unionids and openids, app devices and web cookies that
-browse anonymously until a login, placeholder ids, a shared iPad per store, about 5% of
-sessions arriving minutes to days late) is COPYed into `events_event` of its own database
-`cdp_bench_identity` in arrival order, unprocessed, and `events.pipeline.events_process_pending`
-runs in-process with `config.settings.production`, in one worker process and in two
-concurrent ones, per batch size. Events/s is wall clock over the whole stream. After each run
+browse anonymously until a login, placeholder ids, a shared iPad in each of four flagship
+stores, about 5% of sessions arriving minutes to days late) is COPYed into `events_event` of
+its own database `cdp_bench_identity` in arrival order, unprocessed, and
+`events.pipeline.events_process_pending` runs in-process with `config.settings.production`,
+in one worker process and in two concurrent ones, per batch size. Events/s is wall clock
+over the whole stream (or up to `--time-limit`, when a run is stopped there). After each run
 it checks that every event is resolved to an active member, that no identifier is used by two
 members, and that the members are exactly those of the pure engine over the same events.
 
@@ -938,7 +1045,7 @@ def run_section(
         f"psycopg {facts['psycopg']}; other processes used {facts['background']} of the CPU just before the run.",
         f"- Stream: {stream.events:,} events over {stream.people:,} people (seed {stream.seed}): {types}; "
         f"channels {channels}; {stream.late:,} events ({_pct(stream.late, stream.events)}) in late sessions, "
-        f"{stream.out_of_order:,} ({_pct(stream.out_of_order, stream.events)}) arrive after a later event; "
+        f"{stream.out_of_order:,} ({_pct(stream.out_of_order, stream.events)}) arrive after an event that happened later (late sessions, and seconds of upload jitter between unrelated people); "
         f"{stream.with_problems:,} carry a placeholder or invalid value.",
         f"- Pipeline: `config.settings.production`, stages {', '.join(f'`{s}`' for s in stages)}; workers are "
         f"`multiprocessing` (spawn) processes calling `events_process_pending` until nothing is left; each "
@@ -992,6 +1099,17 @@ def write_docs(section: str) -> None:
 # --- main -------------------------------------------------------------------------------------------
 
 
+IDENTITY_STAGE = "identity.services.identity_resolve_events"
+
+
+def _stage_sets(text: str) -> list[list[str]]:
+    sets: dict[str, list[str]] = {"settings": [], "identity": [IDENTITY_STAGE]}
+    try:
+        return [sets[part.strip()] for part in text.split(",") if part.strip()]
+    except KeyError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} is not one of {', '.join(sets)}") from None
+
+
 def _sizes(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
@@ -1015,7 +1133,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0,
         metavar="SECONDS",
-        help="stop a pipeline run after this long (0: never)",
+        help="stop each pipeline run, and the in-memory arrival-order engine, after this long (0: never)",
+    )
+    parser.add_argument(
+        "--stages",
+        type=_stage_sets,
+        default=[[]],
+        help="pipeline stages to run: 'settings' (EVENT_PIPELINE_STAGES as configured) and/or 'identity' "
+        "(the identity stage alone), e.g. settings,identity",
     )
     parser.add_argument(
         "--quick", action="store_true", help="50,000 events over 10,000 people, batches of 500"
@@ -1029,6 +1154,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0.5,
         metavar="SHARE",
         help="with --profile: process this share first",
+    )
+    parser.add_argument(
+        "--profile-batches",
+        type=int,
+        default=5,
+        metavar="N",
+        help="with --profile: how many batches to profile",
     )
     parser.add_argument(
         "--wait-quiet",
@@ -1083,7 +1215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile:
         with announced("loading the stream"):
             events_load(chunks)
-        report = profile_batch(batch_size=args.batch_sizes[0], warm=int(args.events * args.profile_after))
+        report = profile_batches(
+            batch_size=args.batch_sizes[0],
+            warm=int(args.events * args.profile_after),
+            batches=args.profile_batches,
+        )
         print(report)
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"identity-profile-{run_id}.txt").write_text(report)
@@ -1102,42 +1238,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine = partition_of(resolver)
         del resolver
     people = realism(stream, engine, sources)
-    for batch_size in args.batch_sizes:
+    for batch_size in args.batch_sizes[:1]:
         with announced(f"engine in arrival order, batches of {batch_size}, in memory"):
-            resolver, reference = engine_in_batches(resolvable, batch_size)
-            same = partition_of(resolver)
-            pairs = {(engine[key], ref) for key, ref in same.items()}
-            reference.note += (
-                "; members = event-order engine's"
-                if len(pairs) == reference.members == len(set(engine.values()))
-                else "; ✗ members differ from event-order engine's"
-            )
+            resolver, reference, complete = engine_in_batches(resolvable, batch_size, args.time_limit)
+            if complete:
+                pairs = {(engine[key], ref) for key, ref in partition_of(resolver).items()}
+                reference.note += (
+                    "; members = event-order engine's"
+                    if len(pairs) == reference.members == len(set(engine.values()))
+                    else "; ✗ members differ from event-order engine's"
+                )
+                del pairs
             references.append(reference)
-            del resolver, same, pairs
-    del resolvable
+            del resolver
     gc.collect()
-    for line in (reference_table(references),):
-        print(line)
+    print(reference_table(references))
+
+    def engine_for(processed: set[tuple[str, int]] | None) -> dict[tuple[str, int], Any]:
+        if processed is None:
+            return engine
+        subset = [r for r in resolvable if (r.key.message_id, r.key.source_id) in processed]
+        return partition_of(engine_in_event_order(subset)[0])
 
     runs: list[PipelineRun] = []
     try:
-        for batch_size in args.batch_sizes:
-            for workers in args.workers:
-                with announced(f"pipeline: {workers} worker(s), batches of {batch_size}"):
-                    run = scenario_pipeline(
-                        workers=workers,
-                        batch_size=batch_size,
-                        chunks=chunks,
-                        total=len(stream),
-                        time_limit=args.time_limit,
-                        engine=engine,
-                    )
-                print(
-                    f"  {run.events:,} events in {run.seconds:,.1f} s: {run.events_per_s:,.0f} events/s; "
-                    f"{run.checks.summary()}",
-                    flush=True,
+        for stages, batch_size, workers in itertools.product(args.stages, args.batch_sizes, args.workers):
+            with announced(
+                f"pipeline: {workers} worker(s), batches of {batch_size}, {'identity stage only' if stages else 'all stages'}"
+            ):
+                run = scenario_pipeline(
+                    workers=workers,
+                    batch_size=batch_size,
+                    stages=stages,
+                    chunks=chunks,
+                    total=len(stream),
+                    time_limit=args.time_limit,
+                    engine_for=engine_for,
                 )
-                runs.append(run)
+            print(
+                f"  {run.events:,} events in {run.seconds:,.1f} s: {run.events_per_s:,.0f} events/s "
+                f"({run.events_per_cpu_s:,.0f} per CPU-second); {run.checks.summary()}",
+                flush=True,
+            )
+            runs.append(run)
         machine_facts = {**machine(), "background": f"{background:.0f}%"}
     except KeyboardInterrupt:
         print("interrupted: emptying cdp_bench_identity's events", file=sys.stderr)

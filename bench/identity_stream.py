@@ -11,8 +11,8 @@ stream. Shaped by what identity resolution has to cope with, not by what is conv
   before them, so the per-type limits come into play.
 - POS sessions send the member card (``userId`` and ``context.externalIds``) and, on
   identify, the phone; guests get a placeholder ``userId`` (``0``, ``null``, ``000000``) or a
-  per-visit anonymousId; a few cashiers type a placeholder phone; every store has one shared
-  clienteling iPad whose device id shows up on some of its sales.
+  per-visit anonymousId; a few cashiers type a placeholder phone; the four flagship stores have
+  a shared clienteling iPad whose device id shows up on 5% of their sales.
 - App, mini-program and web sessions start anonymous (anonymousId, device id, WeChat ids)
   and are identified later by a login (``userId`` plus phone or email), so anonymous history
   has to be joined to the person afterwards.
@@ -37,6 +37,9 @@ from events.demo import JUNK_IDENTIFIERS, phone_forms
 START = datetime(2026, 9, 1, tzinfo=UTC)
 WINDOW = timedelta(days=60)
 STORES = 20
+#: The flagship stores (the first few) each have one clienteling iPad that many customers check
+#: out on: its device id identifies a counter, not a person.
+SHARED_DEVICES = 4
 MINI_PROGRAM_APPID = "wx5d0b1e6c3a9f2b71"
 LATE_SESSION_SHARE = 0.05
 CURRENCY = "CNY"
@@ -138,7 +141,7 @@ class _Generator:
     def __init__(self, *, people: int, seed: int) -> None:
         self.rng = random.Random(seed)
         self.people = people
-        self.store_ipads = [self._uuid().upper() for _ in range(STORES)]
+        self.store_ipads = [self._uuid().upper() for _ in range(SHARED_DEVICES)]
 
     def _uuid(self) -> str:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
@@ -283,7 +286,7 @@ class _Generator:
             context["externalIds"] = [
                 {"id": card, "type": "member_card", "collection": "users", "encoding": "none"}
             ]
-        if rng.random() < 0.05:  # checked out on the store's shared clienteling iPad
+        if rng.random() < 0.05 and store < SHARED_DEVICES:  # on the store's shared clienteling iPad
             context["device"] = {"id": self.store_ipads[store], "model": "iPad13,18", "type": "ios"}
         events = []
         for step in range(size):
