@@ -51,7 +51,7 @@ beat: install ## Run only Celery beat
 	$(BIN)/celery -A config beat -l info --schedule .run/celerybeat-schedule
 
 test: install-dev ## Run the whole test suite against the real PostgreSQL and Redis
-	@DJANGO_SETTINGS_MODULE=config.settings.test $(BIN)/python manage.py ensure_services
+	@DJANGO_SETTINGS_MODULE=config.settings.test $(BIN)/python manage.py ensure_services --server-only
 	$(BIN)/pytest
 
 lint: install-dev ## ruff check + format check

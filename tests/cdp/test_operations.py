@@ -32,6 +32,19 @@ def test_ensure_services_passes_when_both_are_up():
     assert "reachable" in out.getvalue()
 
 
+def test_ensure_services_names_a_missing_database_unless_only_the_server_is_checked(monkeypatch):
+    from django.conf import settings
+
+    monkeypatch.setitem(settings.DATABASES["default"], "NAME", "cdp_never_created")
+
+    with pytest.raises(CommandError, match="Database 'cdp_never_created' does not exist"):
+        call_command("ensure_services", stdout=StringIO())
+    out = StringIO()
+    call_command("ensure_services", "--server-only", stdout=out)  # what `make test` runs
+
+    assert "reachable" in out.getvalue()
+
+
 def test_ensure_services_says_what_to_start_when_postgres_is_down(monkeypatch):
     from django.conf import settings
 

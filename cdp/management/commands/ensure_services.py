@@ -29,8 +29,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--create-database", action="store_true")
+        parser.add_argument(
+            "--server-only",
+            action="store_true",
+            help="only check the PostgreSQL server (tests create their own database)",
+        )
 
-    def handle(self, *args: object, create_database: bool, **options: object) -> None:
+    def handle(self, *args: object, create_database: bool, server_only: bool, **options: object) -> None:
         db = settings.DATABASES["default"]
         where = f"{db.get('HOST') or 'localhost'}:{db.get('PORT') or 5432}"
         params = {
@@ -45,7 +50,7 @@ class Command(BaseCommand):
                 exists = conn.execute(
                     "SELECT 1 FROM pg_database WHERE datname = %s", (db["NAME"],)
                 ).fetchone()
-                if not exists:
+                if not exists and not server_only:
                     if not create_database:
                         raise CommandError(f"Database {db['NAME']!r} does not exist on {where}.")
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db["NAME"])))
