@@ -8,11 +8,12 @@ placeholder ids, shared store iPads, about 5% of sessions arriving late):
 1. **The pipeline**: the events are COPYed into ``events_event`` in arrival order, all
    unprocessed, and ``events.pipeline.events_process_pending`` runs in-process with
    ``config.settings.production`` (claim a batch ``FOR UPDATE SKIP LOCKED``, run
-   ``settings.EVENT_PIPELINE_STAGES``: ``identity.services.identity_resolve_events`` and the
-   stages after it, mark the batch processed), in one worker process and in two concurrent
-   ones, each calling it until nothing is left, for each batch size
+   ``settings.EVENT_PIPELINE_STAGES``: ``identity.services.identity_resolve_events``, mark the
+   batch processed, commit; then the follow-ups, ``settings.EVENT_PIPELINE_FOLLOW_UPS``:
+   refreshing the members resolution marked dirty), in one worker process and in two
+   concurrent ones, each calling it until nothing is left, for each batch size
    (``settings.EVENT_PIPELINE_BATCH_SIZE``); ``--stages identity`` runs the identity stage
-   alone. Events/s is wall clock from the moment the workers start to the last one finishing;
+   alone, without follow-ups. Events/s is wall clock from the moment the workers start to the last one finishing;
    events per CPU-second (workers plus this database's PostgreSQL backends) is the figure
    that compares across runs when other work shares the machine.
 2. **Checks** after every run: every event is processed and has an ``identity_eventresolution``
@@ -206,7 +207,11 @@ def copy_chunks(stream: Sequence[StreamEvent], sources: dict[str, LoadedSource])
 def tables_reset() -> None:
     """Empty events and everything derived from them (identity graph, members)."""
     with database() as conn:
-        conn.execute("TRUNCATE events_event, members_member RESTART IDENTITY CASCADE")
+        # The per-event identity tables and the dirty marks carry no foreign keys: named here.
+        conn.execute(
+            "TRUNCATE events_event, members_member, identity_eventidentifier, identity_eventresolution, "
+            "members_dirtymark RESTART IDENTITY CASCADE"
+        )
 
 
 def events_load(chunks: Sequence[bytes]) -> float:
@@ -424,11 +429,12 @@ def _pipeline_worker(
     out: Any,
 ) -> None:
     """One worker process: Django set up, then ``events_process_pending`` until nothing is left.
-    ``stages``: override ``EVENT_PIPELINE_STAGES`` (empty: the settings' own)."""
+    ``stages``: override ``EVENT_PIPELINE_STAGES`` and run no follow-ups (empty: the settings')."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        if stages:
+        if stages:  # the identity stage alone: no follow-ups either
             os.environ["EVENT_PIPELINE_STAGES"] = ",".join(stages)
+            os.environ["EVENT_PIPELINE_FOLLOW_UPS"] = ""
         django_setup(batch_size)
         from django.conf import settings
         from django.db import connection
@@ -456,7 +462,7 @@ def _pipeline_worker(
                 "finished": time.monotonic(),
                 "cpu_s": time.process_time() - cpu,
                 "batch_size": settings.EVENT_PIPELINE_BATCH_SIZE,
-                "stages": list(settings.EVENT_PIPELINE_STAGES),
+                "stages": list(settings.EVENT_PIPELINE_STAGES) + list(settings.EVENT_PIPELINE_FOLLOW_UPS),
                 "replays": counts["replays"] if counting else None,
                 "replayed_events": counts["replayed_events"] if counting else None,
             }
@@ -1047,7 +1053,7 @@ def run_section(
         f"channels {channels}; {stream.late:,} events ({_pct(stream.late, stream.events)}) in late sessions, "
         f"{stream.out_of_order:,} ({_pct(stream.out_of_order, stream.events)}) arrive after an event that happened later (late sessions, and seconds of upload jitter between unrelated people); "
         f"{stream.with_problems:,} carry a placeholder or invalid value.",
-        f"- Pipeline: `config.settings.production`, stages {', '.join(f'`{s}`' for s in stages)}; workers are "
+        f"- Pipeline: `config.settings.production`, stages then follow-ups {', '.join(f'`{s}`' for s in stages)}; workers are "
         f"`multiprocessing` (spawn) processes calling `events_process_pending` until nothing is left; each "
         f"run starts from empty event, identity and member tables with the stream COPYed in arrival order "
         f"(then VACUUM ANALYZE and CHECKPOINT; autovacuum is off on this server).",

@@ -116,7 +116,7 @@ def database() -> psycopg.Connection:
 def events_reset() -> None:
     """Empty the event tables, and checkpoint so no scenario pays for the previous one's writes."""
     with database() as conn:
-        conn.execute("TRUNCATE events_event, events_rejectedevent RESTART IDENTITY")
+        conn.execute("TRUNCATE events_event, events_rejectedevent RESTART IDENTITY CASCADE")
         conn.execute("CHECKPOINT")
 
 

@@ -14,7 +14,9 @@ class Identifier(models.Model):
 
     type = models.CharField(max_length=64)
     value = models.CharField(max_length=320)
-    member = models.ForeignKey(Member, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    member = models.ForeignKey(
+        Member, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
+    )  # indexed as identifier_by_member
     last_seen_at = models.DateTimeField(null=True, blank=True)
     last_seen_message_id = models.CharField(max_length=255, blank=True)
     last_seen_source_id = models.BigIntegerField(null=True, blank=True)
@@ -31,7 +33,8 @@ class Identifier(models.Model):
 class MemberIdentifier(models.Model):
     """An identifier of a type that never merges (a shared terminal id), held by a member."""
 
-    member = models.ForeignKey(Member, on_delete=models.CASCADE, related_name="+")
+    # The unique (member, identifier) constraint's index serves lookups by member.
+    member = models.ForeignKey(Member, on_delete=models.CASCADE, related_name="+", db_index=False)
     identifier = models.ForeignKey(Identifier, on_delete=models.CASCADE, related_name="+")
 
     class Meta:
@@ -47,10 +50,19 @@ class EventIdentifier(models.Model):
     """An identifier an event mentioned, and whether resolution dropped it for matching.
 
     The mention index: a late event re-resolves every event linked to it through these.
+
+    This table and ``EventResolution`` take a few rows per event, written only by the resolver
+    under the identity lock and rebuildable from the event log; they carry no database
+    foreign keys, whose deferred checks cost the pipeline more than a tenth of its time. Django
+    still cascades deletes through them.
     """
 
-    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="+", db_index=False)
-    identifier = models.ForeignKey(Identifier, on_delete=models.CASCADE, related_name="+")
+    event = models.ForeignKey(
+        Event, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
+    identifier = models.ForeignKey(
+        Identifier, on_delete=models.CASCADE, related_name="+", db_constraint=False
+    )
     dropped = models.BooleanField(default=False)
 
     class Meta:
@@ -67,8 +79,13 @@ class EventIdentifier(models.Model):
 class EventResolution(models.Model):
     """Which member an event belongs to, and the values it carried that could not be used."""
 
-    event = models.OneToOneField(Event, primary_key=True, on_delete=models.CASCADE, related_name="+")
-    member = models.ForeignKey(Member, on_delete=models.PROTECT, related_name="+")
+    # No database foreign keys: see EventIdentifier.
+    event = models.OneToOneField(
+        Event, primary_key=True, on_delete=models.CASCADE, related_name="+", db_constraint=False
+    )
+    member = models.ForeignKey(
+        Member, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+    )
     problems = models.JSONField(default=list, help_text="Invalid or blocked identifier values.")
     resolved_at = models.DateTimeField(auto_now=True)
 
@@ -86,8 +103,9 @@ class MergeRecord(models.Model):
         EVENT = "event", "An event linked them"
         REPLAY = "replay", "Re-resolution after a late event"
 
-    survivor = models.ForeignKey(Member, on_delete=models.PROTECT, related_name="+")
-    absorbed = models.ForeignKey(Member, on_delete=models.PROTECT, related_name="+")
+    # Indexed by merge_by_survivor and merge_by_absorbed.
+    survivor = models.ForeignKey(Member, on_delete=models.PROTECT, related_name="+", db_index=False)
+    absorbed = models.ForeignKey(Member, on_delete=models.PROTECT, related_name="+", db_index=False)
     event = models.ForeignKey(Event, null=True, on_delete=models.SET_NULL, related_name="+")
     identifiers = models.JSONField(default=list, help_text="The identifiers of the event that linked them.")
     rule = models.JSONField(default=dict, help_text="The rules (priorities, limits) that allowed it.")

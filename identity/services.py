@@ -1,6 +1,7 @@
 """Writes of the identity app: resolve processed events into members."""
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -46,8 +47,9 @@ def identity_resolve_events(events: Sequence[Event]) -> None:
     transaction (the one that marks the events processed)."""
     if not events:
         return
+    batch = _extract(events, normalization_policy())  # pure work: before the lock
     _identity_lock()
-    _resolve_batch(events, DatabaseResolver(identity_rules()), normalization_policy())
+    _resolve(batch, DatabaseResolver(identity_rules()))
 
 
 def _identity_lock() -> None:
@@ -55,11 +57,19 @@ def _identity_lock() -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [IDENTITY_LOCK])
 
 
-def _resolve_batch(events: Sequence[Event], resolver: DatabaseResolver, policy: NormalizationPolicy) -> None:
+@dataclass
+class _ExtractedBatch:
+    identifiers: dict[EventKey, frozenset[Identifier]] = field(default_factory=dict)
+    event_ids: dict[EventKey, int] = field(default_factory=dict)
+    problems: dict[EventKey, list[dict]] = field(default_factory=dict)
+
+
+def _extract(events: Sequence[Event], policy: NormalizationPolicy) -> _ExtractedBatch:
+    """Each event's normalized identifiers, and the values it carried that cannot be used."""
     appids = dict(
         Source.objects.filter(id__in={e.source_id for e in events}).values_list("id", "wechat_appid")
     )
-    extracted = {}
+    batch = _ExtractedBatch()
     for event in events:
         extraction = identifiers_extract(
             user_id=event.user_id,
@@ -70,16 +80,22 @@ def _resolve_batch(events: Sequence[Event], resolver: DatabaseResolver, policy: 
             openid_scope=appids[event.source_id],
         )
         key = event_key(event)
-        extracted[key] = extraction
-        resolver.event_ids[key] = event.id
+        batch.identifiers[key] = extraction.identifiers
+        batch.event_ids[key] = event.id
         if extraction.problems:
-            resolver.problems[key] = [
+            batch.problems[key] = [
                 {"type": p.type, "value": p.value, "reason": p.reason, "detail": p.detail}
                 for p in extraction.problems
             ]
-    resolver.load_graph({i for extraction in extracted.values() for i in extraction.identifiers})
-    for key in sorted(extracted):
-        resolver.add(ResolvableEvent(key, extracted[key].identifiers))
+    return batch
+
+
+def _resolve(batch: _ExtractedBatch, resolver: DatabaseResolver) -> None:
+    resolver.event_ids.update(batch.event_ids)
+    resolver.problems.update(batch.problems)
+    resolver.load_graph({i for identifiers in batch.identifiers.values() for i in identifiers})
+    for key in sorted(batch.identifiers):
+        resolver.add(ResolvableEvent(key, batch.identifiers[key]))
     resolver.flush()
 
 
@@ -128,12 +144,12 @@ def identity_rebuild(*, batch_size: int = 5000, progress: Callable[[int], None] 
         for event in events.iterator(chunk_size=batch_size):
             batch.append(event)
             if len(batch) == batch_size:
-                _resolve_batch(batch, DatabaseResolver(rules, reuse_ids=old_members), policy)
+                _resolve(_extract(batch, policy), DatabaseResolver(rules, reuse_ids=old_members))
                 done += len(batch)
                 progress(done)
                 batch = []
         if batch:
-            _resolve_batch(batch, DatabaseResolver(rules, reuse_ids=old_members), policy)
+            _resolve(_extract(batch, policy), DatabaseResolver(rules, reuse_ids=old_members))
             done += len(batch)
             progress(done)
         _retire_unused_members()

@@ -11,6 +11,7 @@ writes commit.
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
+from operator import attrgetter
 
 import orjson
 
@@ -29,7 +30,7 @@ from identity.resolution import (
     Separation,
 )
 from identity.rules import Rules
-from members.models import DirtyMember, Member
+from members.models import DirtyMark, Member
 
 
 def parse_identifier(text: str) -> Identifier:
@@ -86,17 +87,10 @@ class DatabaseResolver(InMemoryResolver):
         if not wanted:
             return
         self.loaded_identifiers |= wanted
-        rows = IdentifierRow.objects.filter(
-            type__in={i.type for i in wanted}, value__in={i.value for i in wanted}
-        ).values_list(
-            "id", "type", "value", "member_id", "last_seen_at", "last_seen_message_id", "last_seen_source_id"
-        )
+        rows = _sql(_IDENTIFIERS_BY_KEY, [[i.type for i in wanted], [i.value for i in wanted]])
         owners = set()
         for row_id, type_, value, member_id, *seen in rows:
-            identifier = Identifier(type_, value)
-            if identifier not in wanted:
-                continue
-            self._remember_identifier(row_id, identifier, member_id, seen)
+            self._remember_identifier(row_id, Identifier(type_, value), member_id, seen)
             if member_id is not None:
                 owners.add(member_id)
         self._load_members(owners)
@@ -118,21 +112,17 @@ class DatabaseResolver(InMemoryResolver):
         new = member_ids - self.loaded_members.keys()
         if not new:
             return
-        active = set()
-        for pk, *fields in Member.objects.filter(id__in=new, status=Member.Status.ACTIVE).values_list(
-            "pk", *_EVENT_FIELDS
-        ):
+        active = []
+        for pk, *fields in _sql(_ACTIVE_MEMBERS, [list(new)]):
             first, last = EventKey(*fields[:3]), EventKey(*fields[3:])
-            active.add(pk)
+            active.append(pk)
             self.loaded_members[pk] = (first, last)
             self.graph.members[pk] = MemberState(first_event=first, last_event=last)
+        if not active:
+            return
         # An identifier pointing at a retired member (never left so by resolution) counts as unowned.
-        held = IdentifierRow.objects.filter(member_id__in=active).values_list(
-            "id", "type", "value", "member_id", "last_seen_at", "last_seen_message_id", "last_seen_source_id"
-        )
-        unmerging = MemberIdentifier.objects.filter(member_id__in=active).values_list(
-            "identifier_id", "identifier__type", "identifier__value", "member_id"
-        )
+        held = _sql(_IDENTIFIERS_HELD, [active])
+        unmerging = _sql(_UNMERGING_HELD, [active])
         for row_id, type_, value, member_id, *seen in held:
             identifier = Identifier(type_, value)
             self.graph.members[member_id].identifiers.setdefault(type_, set()).add(value)
@@ -284,7 +274,7 @@ class DatabaseResolver(InMemoryResolver):
         """Upsert the identifiers whose owner or last sighting changed (one statement)."""
         touched = self.loaded_identifiers | {i for e in self.events.values() for i in e.identifiers}
         changed: list[tuple[Identifier, int | None, EventKey | None]] = []
-        for identifier in sorted(touched):
+        for identifier in sorted(touched, key=attrgetter("type", "value")):  # a stable write order
             owner = self.graph.owner.get(identifier) if self.graph.merges(identifier) else None
             state = (member_ids[owner] if owner is not None else None, self.graph.last_seen.get(identifier))
             if identifier not in self.identifier_ids or self.stored_identifiers.get(identifier) != state:
@@ -455,6 +445,23 @@ _UPSERT_IDENTIFIERS = (
     "last_seen_at = EXCLUDED.last_seen_at, last_seen_message_id = EXCLUDED.last_seen_message_id, "
     "last_seen_source_id = EXCLUDED.last_seen_source_id RETURNING id, type, value"
 )
+# One unique-index probe per (type, value) pair.
+_IDENTIFIERS_BY_KEY = (
+    "SELECT i.id, i.type, i.value, i.member_id, i.last_seen_at, i.last_seen_message_id, i.last_seen_source_id "
+    f"FROM unnest(%b::text[], %b::text[]) AS k(t, v) JOIN {_IDENTIFIERS} AS i ON i.type = k.t AND i.value = k.v"
+)
+_ACTIVE_MEMBERS = (
+    "SELECT id, first_event_at, first_event_message_id, first_event_source_id, last_event_at, "
+    f"last_event_message_id, last_event_source_id FROM {_MEMBERS} WHERE id = ANY(%b::bigint[]) AND status = 'active'"
+)
+_IDENTIFIERS_HELD = (
+    "SELECT id, type, value, member_id, last_seen_at, last_seen_message_id, last_seen_source_id "
+    f"FROM {_IDENTIFIERS} WHERE member_id = ANY(%b::bigint[])"
+)
+_UNMERGING_HELD = (
+    f"SELECT i.id, i.type, i.value, h.member_id FROM {MemberIdentifier._meta.db_table} AS h "
+    f"JOIN {_IDENTIFIERS} AS i ON i.id = h.identifier_id WHERE h.member_id = ANY(%b::bigint[])"
+)
 _DELETE_EVENT_IDENTIFIERS = f"DELETE FROM {EventIdentifier._meta.db_table} WHERE event_id = ANY(%b::bigint[])"
 _INSERT_EVENT_IDENTIFIERS = (
     f"INSERT INTO {EventIdentifier._meta.db_table} (event_id, identifier_id, dropped) "
@@ -475,8 +482,7 @@ _REPOINT_RESOLUTIONS = (
     "FROM unnest(%b::bigint[], %b::bigint[]) AS v(old, survivor) WHERE r.member_id = v.old"
 )
 _MARK_DIRTY = (
-    f"INSERT INTO {DirtyMember._meta.db_table} (member_id, marked_at) SELECT unnest(%b::bigint[]), now() "
-    "ON CONFLICT (member_id) DO UPDATE SET marked_at = now()"
+    f"INSERT INTO {DirtyMark._meta.db_table} (member_id, marked_at) SELECT unnest(%b::bigint[]), now()"
 )
 
 

@@ -40,12 +40,21 @@ class Member(models.Model):
         return f"member {self.pk}" + (f" (merged into {self.merged_into_id})" if self.merged_into_id else "")
 
 
-class DirtyMember(models.Model):
-    """A member whose events changed (new events, a merge, a replay): its computed state is
-    refreshed by the members stages of the pipeline, in the same transaction."""
+class DirtyMark(models.Model):
+    """A note that a member's events changed (new events, a merge, a replay, a split): what is
+    computed from them is due for a refresh.
 
-    member = models.OneToOneField(Member, primary_key=True, on_delete=models.CASCADE, related_name="+")
-    marked_at = models.DateTimeField(auto_now=True)
+    Append-only, so that resolution never waits on a refresh in progress: resolution inserts
+    marks, a refresh claims a batch ``FOR UPDATE SKIP LOCKED``, recomputes each member once
+    however many marks it has (bursts coalesce) and deletes exactly the marks it claimed. A
+    mark made while its member is being refreshed stays for the next refresh.
+    """
+
+    # A queue row, written per batch by the resolver: no database foreign key to check.
+    member = models.ForeignKey(
+        Member, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
+    marked_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
         return f"member {self.member_id} (dirty since {self.marked_at})"
@@ -54,7 +63,8 @@ class DirtyMember(models.Model):
 class MemberTrait(models.Model):
     """A profile trait: the value from the member's latest event stating it."""
 
-    member = models.ForeignKey(Member, on_delete=models.CASCADE, related_name="traits")
+    # The unique (member, key) constraint's index serves lookups by member.
+    member = models.ForeignKey(Member, on_delete=models.CASCADE, related_name="traits", db_index=False)
     key = models.CharField(max_length=255)
     value = models.JSONField(null=True)
     observed_at = models.DateTimeField(help_text="Event time of the event that stated it.")

@@ -130,10 +130,16 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 # Stages run, in order, on each claimed batch of accepted events, inside the transaction that
 # marks them processed. Each is a dotted path to ``callable(events: list[Event]) -> None``.
 EVENT_PIPELINE_STAGES: list[str] = env.list(
-    "EVENT_PIPELINE_STAGES",
-    default=["identity.services.identity_resolve_events", "members.services.members_refresh"],
+    "EVENT_PIPELINE_STAGES", default=["identity.services.identity_resolve_events"]
+)
+# Work that hangs off resolved events, each in its own transactions after a batch commits, so
+# that resolving the next batch never waits for it: dotted paths to ``callable() -> int``
+# that process one batch of their own queue and return how much they did (0: nothing left).
+EVENT_PIPELINE_FOLLOW_UPS: list[str] = env.list(
+    "EVENT_PIPELINE_FOLLOW_UPS", default=["members.services.members_refresh_batch"]
 )
 EVENT_PIPELINE_BATCH_SIZE = env.int("EVENT_PIPELINE_BATCH_SIZE", default=500)
+MEMBER_REFRESH_BATCH_SIZE = env.int("MEMBER_REFRESH_BATCH_SIZE", default=500)
 EVENT_SWEEP_INTERVAL_SECONDS = env.int("EVENT_SWEEP_INTERVAL_SECONDS", default=15)
 
 # --- Identity resolution ------------------------------------------------------------------

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from events.pipeline import events_process_pending
 from identity.models import EventResolution
-from members.models import DirtyMember, MemberTrait
+from members.models import DirtyMark, MemberTrait
 from members.traits import TraitObservation, latest_traits, traits_of_event
 from tests.factories import EventFactory, SourceFactory
 
@@ -65,7 +65,7 @@ def test_a_late_pos_upload_does_not_overwrite_a_newer_value():
     member = EventResolution.objects.get(event=late).member_id
     assert profile(member) == {"email": "new@example.com", "name": "Li", "city": "SH"}
     assert MemberTrait.objects.get(member_id=member, key="city").channel == "pos"
-    assert not DirtyMember.objects.exists()
+    assert not DirtyMark.objects.exists()
 
 
 @pytest.mark.django_db

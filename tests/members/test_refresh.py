@@ -1,0 +1,103 @@
+"""The member refresh after resolution: its own transactions, marks that are never lost, and
+two refreshes of one member that wait for each other instead of colliding."""
+
+import threading
+
+import pytest
+from django.db import connection
+
+from events.pipeline import events_process_pending
+from identity.models import EventResolution
+from members import services
+from members.models import DirtyMark, MemberTrait
+from tests.factories import EventFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def a_member(name: str = "Li") -> int:
+    event = EventFactory(type="identify", user_id="u1", traits={"name": name})
+    events_process_pending()
+    return EventResolution.objects.get(event=event).member_id
+
+
+class HeldRefresh:
+    """A refresh on another connection, stopped inside its transaction until released."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.inside, self.release = threading.Event(), threading.Event()
+        self.errors: list[BaseException] = []
+        recompute = services.members_recompute
+
+        def held(member_ids: set[int]) -> None:
+            recompute(member_ids)
+            if threading.current_thread() is self.thread:
+                self.inside.set()
+                self.release.wait(10)
+
+        monkeypatch.setattr(services, "members_recompute", held)
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        try:
+            self.refreshed = services.members_refresh_batch()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.errors.append(exc)
+        finally:
+            connection.close()
+
+    def __enter__(self) -> "HeldRefresh":
+        self.thread.start()
+        assert self.inside.wait(10), "the refresh never started"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.thread.join(10)
+        assert not self.errors
+
+
+def test_resolution_leaves_no_mark_behind_once_the_follow_ups_ran():
+    member = a_member()
+
+    assert not DirtyMark.objects.exists()
+    assert dict(MemberTrait.objects.filter(member_id=member).values_list("key", "value")) == {"name": "Li"}
+
+
+def test_a_mark_made_during_a_refresh_is_kept_for_the_next_one(monkeypatch):
+    member = a_member()
+    DirtyMark.objects.create(member_id=member)
+
+    with HeldRefresh(monkeypatch):
+        later = DirtyMark.objects.create(member_id=member)  # resolution does not wait
+
+    assert list(DirtyMark.objects.values_list("id", flat=True)) == [later.id]
+    assert services.members_refresh_batch() == 1
+    assert not DirtyMark.objects.exists()
+
+
+def test_two_refreshes_of_one_member_wait_for_each_other(monkeypatch):
+    member = a_member("Li")
+    DirtyMark.objects.create(member_id=member)
+    second_done = threading.Event()
+
+    with HeldRefresh(monkeypatch):
+        DirtyMark.objects.create(member_id=member)
+        EventFactory(type="identify", user_id="u1", traits={"name": "Li Lei"})
+        # The new event is resolved (its mark too) without running the follow-ups.
+        monkeypatch.setattr("events.pipeline.pipeline_follow_ups", lambda: [])
+        events_process_pending()
+
+        def second() -> None:
+            try:
+                services.members_refresh_batch()
+            finally:
+                connection.close()
+                second_done.set()
+
+        threading.Thread(target=second).start()
+        assert not second_done.wait(0.5), "the second refresh did not wait for the first"
+
+    assert second_done.wait(10)
+    assert not DirtyMark.objects.exists()
+    assert MemberTrait.objects.get(member_id=member, key="name").value == "Li Lei"
