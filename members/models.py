@@ -1,3 +1,4 @@
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 
@@ -77,3 +78,63 @@ class MemberTrait(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}={self.value!r} (member {self.member_id})"
+
+
+class MemberOrder(models.Model):
+    """An order of a member, from its ``Order Completed`` event and any ``Order Refunded`` for
+    the same ``order_id``. Derived: the member refresh rewrites a member's orders from their
+    events (``members.aggregates``)."""
+
+    member = models.ForeignKey(Member, on_delete=models.CASCADE, related_name="orders", db_index=False)
+    order_id = models.CharField(max_length=255)
+    currency = models.CharField(max_length=3)
+    total = models.DecimalField(max_digits=14, decimal_places=2)
+    refunded = models.DecimalField(max_digits=14, decimal_places=2)
+    placed_at = models.DateTimeField(null=True, help_text="None: only a refund of it was seen.")
+    channel = models.CharField(max_length=16)
+    store_code = models.CharField(max_length=64, blank=True)
+    event_id = models.BigIntegerField(help_text="The event that placed it (or its first refund).")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["member", "order_id"], name="member_order_unique")]
+        indexes = [models.Index(fields=["order_id"], name="order_by_order_id")]
+
+    def __str__(self) -> str:
+        return f"order {self.order_id} ({self.total} {self.currency}, member {self.member_id})"
+
+
+class MemberAggregate(models.Model):
+    """A member's figures, computed from their events: orders and spend (net of refunds, in
+    ``currency``), per channel, first and last purchase, activity per channel and the stores
+    visited. One row per active member with events; rewritten by the member refresh."""
+
+    member = models.OneToOneField(
+        Member, primary_key=True, on_delete=models.CASCADE, related_name="aggregate"
+    )
+    currency = models.CharField(max_length=3)
+    orders = models.PositiveIntegerField(default=0)
+    spend = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    refunded = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    average_order_value = models.DecimalField(max_digits=14, decimal_places=2, null=True)
+    first_purchase_at = models.DateTimeField(null=True)
+    last_purchase_at = models.DateTimeField(null=True)
+    orders_pos = models.PositiveIntegerField(default=0)
+    orders_app = models.PositiveIntegerField(default=0)
+    orders_mini_program = models.PositiveIntegerField(default=0)
+    orders_web = models.PositiveIntegerField(default=0)
+    spend_pos = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    spend_app = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    spend_mini_program = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    spend_web = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    orders_in_other_currencies = models.PositiveIntegerField(default=0)
+    events = models.PositiveIntegerField(default=0)
+    events_pos = models.PositiveIntegerField(default=0)
+    events_app = models.PositiveIntegerField(default=0)
+    events_mini_program = models.PositiveIntegerField(default=0)
+    events_web = models.PositiveIntegerField(default=0)
+    stores_visited = ArrayField(models.CharField(max_length=64), default=list)
+    last_event_at = models.DateTimeField(null=True)
+    computed_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"member {self.member_id}: {self.orders} orders, {self.spend} {self.currency}"

@@ -24,6 +24,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",
     "rest_framework",
     "drf_spectacular",
     "cdp",
@@ -170,6 +171,10 @@ IDENTITY_BLOCKED_VALUES: list[str] = env.list(
 MEMBER_TRAIT_CHANNEL_PRECEDENCE: list[str] = env.list(
     "MEMBER_TRAIT_CHANNEL_PRECEDENCE", default=["pos", "mini_program", "app", "web"]
 )
+
+# Spend and order values are summed in this currency (ISO 4217); orders in another currency are
+# kept with their own and counted apart, never added as if they were the same money.
+CDP_CURRENCY = env("CDP_CURRENCY", default="CNY").upper()
 
 LOGGING = {
     "version": 1,

@@ -41,7 +41,7 @@ class HeldRefresh:
     def _run(self) -> None:
         try:
             self.refreshed = services.members_refresh_batch()
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             self.errors.append(exc)
         finally:
             connection.close()
