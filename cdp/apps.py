@@ -1,6 +1,14 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class CdpConfig(AppConfig):
     name = "cdp"
     verbose_name = "Platform"
+
+    def ready(self) -> None:
+        import cdp.schema  # noqa: F401 - registers the OpenAPI description of staff tokens
+        from cdp.roles import roles_sync
+
+        # After every app's permissions exist (they are created by post_migrate too).
+        post_migrate.connect(roles_sync, dispatch_uid="cdp.roles_sync")

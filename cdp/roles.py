@@ -1,6 +1,8 @@
-"""Staff roles. Each role is a Django group of the same name (created by a migration)."""
+"""Staff roles. Each role is a Django group of the same name holding the role's permissions
+(synced after every ``migrate``), so the admin site and the API agree on who may do what."""
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.apps import apps
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group, Permission
 from django.db import models
 
 
@@ -11,6 +13,17 @@ class Role(models.TextChoices):
     ADMIN = "admin", "Administrator"
 
 
+#: Least privilege: an agent sees members with phone and email masked; a manager sees them in
+#: full and may split a wrong merge; marketing reaches members only through segments; an
+#: administrator holds every permission of the platform's apps.
+ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
+    Role.CRM_AGENT: ("members.view_member",),
+    Role.CRM_MANAGER: ("members.view_member", "members.view_contact_details", "members.split_member"),
+    Role.MARKETING: (),
+}
+PLATFORM_APPS = ("cdp", "events", "identity", "members")
+
+
 def user_roles(user: AbstractBaseUser | AnonymousUser | None) -> frozenset[str]:
     """The roles a user holds; a superuser holds them all."""
     if user is None or not user.is_authenticated or not user.is_active:
@@ -18,3 +31,20 @@ def user_roles(user: AbstractBaseUser | AnonymousUser | None) -> frozenset[str]:
     if user.is_superuser:
         return frozenset(Role.values)
     return frozenset(user.groups.filter(name__in=Role.values).values_list("name", flat=True))
+
+
+def roles_sync(**kwargs: object) -> None:
+    """Give each role's group exactly its permissions (a ``post_migrate`` receiver)."""
+    if not apps.is_installed("django.contrib.auth"):
+        return
+    everything = Permission.objects.filter(content_type__app_label__in=PLATFORM_APPS)
+    for role in Role:
+        group, _ = Group.objects.get_or_create(name=role)
+        if role == Role.ADMIN:
+            group.permissions.set(everything)
+            continue
+        wanted = [name.split(".", 1) for name in ROLE_PERMISSIONS[role]]
+        group.permissions.set(
+            [p for p in everything.select_related("content_type")
+             if [p.content_type.app_label, p.codename] in wanted]
+        )  # fmt: skip

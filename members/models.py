@@ -29,6 +29,10 @@ class Member(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        permissions = [
+            ("view_contact_details", "Can see phone numbers and emails unmasked"),
+            ("split_member", "Can split a wrong merge"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(status="active", merged_into__isnull=True)

@@ -1,6 +1,36 @@
-"""Reads of the members app."""
+"""Reads of the members app: find members by any identifier, the 360 view, the timeline.
 
-from members.models import Member
+Each read is a bounded number of queries whatever the member's size: the 360 view is eight,
+the timeline one per page.
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from django.db.models import QuerySet, Subquery
+
+from events.models import Event, Source
+from identity.models import EventResolution
+from identity.selectors import (
+    HeldIdentifier,
+    HistoryEntry,
+    identifier_lookup_values,
+    member_history,
+    member_identifiers,
+    members_holding,
+)
+from members.aggregates import CHANNELS, ZERO
+from members.models import Member, MemberAggregate, MemberOrder, MemberTrait
+
+#: What staff can look a member up by: every built-in identifier type, and an order number.
+LOOKUP_FIELDS = (
+    "phone", "email", "member_card", "user_id", "anonymous_id", "device_id",
+    "wechat_unionid", "wechat_openid", "order_id",
+)  # fmt: skip
+SUMMARY_TRAITS = ("name", "phone", "email")
+RECENT_ORDERS = 10
 
 
 def member_resolve(*, member_id: int) -> Member | None:
@@ -11,3 +41,157 @@ def member_resolve(*, member_id: int) -> Member | None:
     if member is None:
         return None
     return member.merged_into if member.status == Member.Status.MERGED else member
+
+
+def members_find(*, field: str, value: str) -> list[int]:
+    """Ids of the active members an identifier (or an order number) leads to, lowest first.
+    Raises ``InvalidIdentifier`` or ``BlockedIdentifier`` for a value that can never match."""
+    if field == "order_id":
+        found = set(MemberOrder.objects.filter(order_id=value.strip()).values_list("member_id", flat=True))
+    else:
+        found = members_holding(type_=field, values=identifier_lookup_values(field, value))
+    return _active(found)
+
+
+def members_search(*, text: str, limit: int = 20) -> list[int]:
+    """Ids of active members whose name contains ``text`` (case-insensitive)."""
+    found = MemberTrait.objects.filter(key="name", value__icontains=text.strip()).values_list(
+        "member_id", flat=True
+    )[: limit * 2]
+    return _active(set(found))[:limit]
+
+
+def _active(member_ids: set[int]) -> list[int]:
+    if not member_ids:
+        return []
+    rows = Member.objects.filter(id__in=member_ids).values_list("id", "merged_into_id")
+    return sorted({survivor or pk for pk, survivor in rows})
+
+
+@dataclass(frozen=True)
+class MemberSummary:
+    id: int
+    traits: dict[str, object]
+    orders: int
+    spend: Decimal
+    currency: str
+    last_event_at: datetime | None
+
+
+def member_summaries(member_ids: list[int]) -> list[MemberSummary]:
+    """A line per member for a result list (two queries)."""
+    traits: dict[int, dict[str, object]] = defaultdict(dict)
+    for member_id, key, value in MemberTrait.objects.filter(
+        member_id__in=member_ids, key__in=SUMMARY_TRAITS
+    ).values_list("member_id", "key", "value"):
+        traits[member_id][key] = value
+    figures = {a.member_id: a for a in MemberAggregate.objects.filter(member_id__in=member_ids)}
+    return [
+        MemberSummary(
+            id=member_id,
+            traits=traits[member_id],
+            orders=figures[member_id].orders if member_id in figures else 0,
+            spend=figures[member_id].spend if member_id in figures else ZERO,
+            currency=figures[member_id].currency if member_id in figures else "",
+            last_event_at=figures[member_id].last_event_at if member_id in figures else None,
+        )
+        for member_id in member_ids
+    ]
+
+
+@dataclass(frozen=True)
+class TraitValue:
+    key: str
+    value: object
+    observed_at: datetime
+    channel: str
+    source: str
+
+
+@dataclass(frozen=True)
+class MonthlySpend:
+    month: str  # YYYY-MM
+    by_channel: dict[str, Decimal]
+
+
+@dataclass
+class MemberProfile:
+    member: Member
+    requested_id: int
+    identifiers: list[HeldIdentifier]
+    traits: list[TraitValue]
+    aggregate: MemberAggregate | None
+    recent_orders: list[MemberOrder]
+    spend_by_month: list[MonthlySpend]
+    history: list[HistoryEntry]
+    sources: dict[int, Source] = field(default_factory=dict)
+
+    @property
+    def resolved_from(self) -> int | None:
+        """The id asked for, when a merge made it lead to this member."""
+        return self.requested_id if self.requested_id != self.member.pk else None
+
+
+def member_profile(*, member_id: int) -> MemberProfile | None:
+    """The 360 view of a member (an absorbed id gives its survivor's), or None if unknown."""
+    member = member_resolve(member_id=member_id)
+    if member is None:
+        return None
+    traits = list(MemberTrait.objects.filter(member=member).order_by("key"))
+    orders = list(MemberOrder.objects.filter(member=member).order_by("-placed_at", "-event_id"))
+    sources = Source.objects.in_bulk({t.source_id for t in traits})
+    return MemberProfile(
+        member=member,
+        requested_id=member_id,
+        identifiers=member_identifiers(member_id=member.pk),
+        traits=[
+            TraitValue(
+                t.key,
+                t.value,
+                t.observed_at,
+                t.channel,
+                sources[t.source_id].name if t.source_id in sources else "",
+            )
+            for t in traits
+        ],
+        aggregate=MemberAggregate.objects.filter(member=member).first(),
+        recent_orders=[o for o in orders if o.placed_at is not None][:RECENT_ORDERS],
+        spend_by_month=spend_by_month(orders),
+        history=member_history(member_id=member.pk),
+        sources=sources,
+    )
+
+
+def spend_by_month(orders: list[MemberOrder]) -> list[MonthlySpend]:
+    """Net spend per calendar month (UTC) and channel, oldest first, for the console's chart."""
+    months: dict[str, dict[str, Decimal]] = defaultdict(lambda: dict.fromkeys(CHANNELS, ZERO))
+    for order in orders:
+        if order.placed_at is None:
+            continue
+        month = months[f"{order.placed_at:%Y-%m}"]
+        month[order.channel] = month.get(order.channel, ZERO) + order.total - order.refunded
+    return [MonthlySpend(month, figures) for month, figures in sorted(months.items())]
+
+
+def member_timeline(*, member_id: int, channel: str = "", event: str = "") -> QuerySet[Event]:
+    """The member's events across channels (newest first when paginated by the caller)."""
+    events = Event.objects.filter(
+        id__in=Subquery(EventResolution.objects.filter(member_id=member_id).values("event_id"))
+    )
+    if channel:
+        events = events.filter(channel=channel)
+    if event:
+        events = events.filter(event=event)
+    # Not the context: device, IP address and user agent are not the agent's business.
+    return events.only(
+        "id",
+        "source_id",
+        "type",
+        "event",
+        "name",
+        "channel",
+        "store_code",
+        "timestamp",
+        "traits",
+        "properties",
+    )

@@ -109,6 +109,7 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"ChannelEnum": "events.models.Channel", "HistoryKindEnum": ["merge", "split"]},
 }
 
 # --- Celery (broker: Redis; PostgreSQL stays the system of record) ----------------------

@@ -1,0 +1,440 @@
+"""Staff API of the members app, mounted at /api/v1/members/: lookup by any identifier, the
+360 view, the cross-channel timeline and split.
+
+Roles (``cdp.roles``): agents, managers and admins see members; only managers and admins see
+phone numbers and emails in full (agents get them masked everywhere, traits and events
+included) and may split; marketing reaches members only through segments (403 here).
+An id absorbed by a merge answers with its survivor's profile: ``id`` is the survivor's and
+``resolved_from`` the id asked for (no redirect, so one round trip).
+"""
+
+from typing import Any
+
+from django.db import transaction
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from cdp.errors import ApiError, FieldError
+from cdp.permissions import permissions_required
+from cdp.privacy import CONTACT_TYPES, mask_contact, sees_contact_details
+from events.models import Channel, Event, Source
+from events.tasks import process_pending_enqueue
+from identity.identifiers import BlockedIdentifier, InvalidIdentifier
+from identity.services import SplitRefused, member_split
+from members.selectors import (
+    LOOKUP_FIELDS,
+    MemberProfile,
+    member_profile,
+    member_resolve,
+    member_summaries,
+    member_timeline,
+    members_find,
+    members_search,
+)
+
+VIEW_MEMBERS = "members.view_member"
+SPLIT_MEMBERS = "members.split_member"
+
+
+class Masking:
+    """Shows personal data as the requesting staff member may see it."""
+
+    def __init__(self, request: Request) -> None:
+        self.full = sees_contact_details(request.user)
+
+    def value(self, type_: str, value: Any) -> Any:
+        return value if self.full else mask_contact(type_, value)
+
+    def mapping(self, data: Any) -> Any:
+        """A traits or properties object with its phone and email keys masked."""
+        if self.full or not isinstance(data, dict):
+            return data
+        return {key: self.value(key, value) if key in CONTACT_TYPES else value for key, value in data.items()}
+
+
+# --- output shapes: the schema documents them and every response is rendered through them ---
+
+
+class SummaryOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField(allow_null=True)
+    phone = serializers.CharField(allow_null=True, help_text="Masked for crm_agent.")
+    email = serializers.CharField(allow_null=True, help_text="Masked for crm_agent.")
+    orders = serializers.IntegerField()
+    spend = serializers.DecimalField(max_digits=14, decimal_places=2)
+    currency = serializers.CharField()
+    last_event_at = serializers.DateTimeField(allow_null=True)
+
+
+class LookupOutput(serializers.Serializer):
+    results = SummaryOutput(many=True)
+
+
+class IdentifierOutput(serializers.Serializer):
+    value = serializers.CharField()
+    last_seen_at = serializers.DateTimeField(allow_null=True)
+    merges = serializers.BooleanField(help_text="False for a type that never joins members.")
+
+
+class TraitOutput(serializers.Serializer):
+    value = serializers.JSONField()
+    observed_at = serializers.DateTimeField(help_text="Event time of the event that stated it.")
+    channel = serializers.CharField()
+    source = serializers.CharField()
+
+
+class ChannelFiguresOutput(serializers.Serializer):
+    orders = serializers.IntegerField()
+    spend = serializers.DecimalField(max_digits=14, decimal_places=2)
+    events = serializers.IntegerField()
+
+
+class AggregatesOutput(serializers.Serializer):
+    currency = serializers.CharField()
+    orders = serializers.IntegerField()
+    spend = serializers.DecimalField(max_digits=14, decimal_places=2, help_text="Net of refunds.")
+    refunded = serializers.DecimalField(max_digits=14, decimal_places=2)
+    average_order_value = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True)
+    first_purchase_at = serializers.DateTimeField(allow_null=True)
+    last_purchase_at = serializers.DateTimeField(allow_null=True)
+    by_channel = serializers.DictField(child=ChannelFiguresOutput())
+    stores_visited = serializers.ListField(child=serializers.CharField())
+    orders_in_other_currencies = serializers.IntegerField()
+    events = serializers.IntegerField()
+    last_event_at = serializers.DateTimeField(allow_null=True)
+    computed_at = serializers.DateTimeField()
+
+
+class OrderOutput(serializers.Serializer):
+    order_id = serializers.CharField()
+    placed_at = serializers.DateTimeField()
+    channel = serializers.CharField()
+    store_code = serializers.CharField()
+    currency = serializers.CharField()
+    total = serializers.DecimalField(max_digits=14, decimal_places=2)
+    refunded = serializers.DecimalField(max_digits=14, decimal_places=2)
+
+
+class HistoryOutput(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=["merge", "split"])
+    at = serializers.DateTimeField()
+    survivor_id = serializers.IntegerField(allow_null=True)
+    absorbed_id = serializers.IntegerField(allow_null=True)
+    identifiers = serializers.ListField(child=serializers.CharField())
+    cause = serializers.CharField(help_text="event, replay (a late event re-resolved) or staff")
+    event_id = serializers.IntegerField(allow_null=True)
+    staff = serializers.CharField()
+    reason = serializers.CharField()
+    resulting_members = serializers.ListField(child=serializers.IntegerField())
+
+
+class ProfileOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    resolved_from = serializers.IntegerField(allow_null=True, help_text="The id asked for, if merged away.")
+    first_event_at = serializers.DateTimeField()
+    last_event_at = serializers.DateTimeField()
+    identifiers = serializers.DictField(child=IdentifierOutput(many=True), help_text="By type.")
+    traits = serializers.DictField(child=TraitOutput())
+    aggregates = AggregatesOutput(allow_null=True)
+    recent_orders = OrderOutput(many=True)
+    history = HistoryOutput(many=True)
+
+
+class TimelineEventOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    timestamp = serializers.DateTimeField()
+    type = serializers.CharField()
+    event = serializers.CharField()
+    name = serializers.CharField()
+    channel = serializers.CharField()
+    store_code = serializers.CharField()
+    source = serializers.CharField()
+    traits = serializers.JSONField()
+    properties = serializers.JSONField()
+
+
+class SplitInput(serializers.Serializer):
+    identifiers = serializers.ListField(
+        child=serializers.CharField(), allow_empty=False, help_text='"type:value", e.g. "phone:13800138000".'
+    )
+    reason = serializers.CharField()
+
+
+class SplitOutput(serializers.Serializer):
+    split_id = serializers.IntegerField()
+    member_id = serializers.IntegerField()
+    identifiers = serializers.ListField(child=serializers.CharField())
+    resulting_members = serializers.ListField(child=serializers.IntegerField())
+
+
+# --- building the JSON ----------------------------------------------------------------------
+
+
+def summary_json(summaries: list, masking: Masking) -> list[dict]:
+    return [
+        {
+            "id": s.id,
+            "name": s.traits.get("name"),
+            "phone": masking.value("phone", s.traits.get("phone")),
+            "email": masking.value("email", s.traits.get("email")),
+            "orders": s.orders,
+            "spend": s.spend,
+            "currency": s.currency,
+            "last_event_at": s.last_event_at,
+        }
+        for s in summaries
+    ]
+
+
+def profile_json(profile: MemberProfile, masking: Masking) -> dict:
+    identifiers: dict[str, list[dict]] = {}
+    for held in profile.identifiers:
+        identifiers.setdefault(held.type, []).append(
+            {
+                "value": masking.value(held.type, held.value),
+                "last_seen_at": held.last_seen_at,
+                "merges": held.merges,
+            }
+        )
+    aggregate = profile.aggregate
+    return {
+        "id": profile.member.pk,
+        "resolved_from": profile.resolved_from,
+        "first_event_at": profile.member.first_event_at,
+        "last_event_at": profile.member.last_event_at,
+        "identifiers": identifiers,
+        "traits": {
+            t.key: {
+                "value": masking.value(t.key, t.value) if t.key in CONTACT_TYPES else t.value,
+                "observed_at": t.observed_at,
+                "channel": t.channel,
+                "source": t.source,
+            }
+            for t in profile.traits
+        },
+        "aggregates": None
+        if aggregate is None
+        else {
+            "currency": aggregate.currency,
+            "orders": aggregate.orders,
+            "spend": aggregate.spend,
+            "refunded": aggregate.refunded,
+            "average_order_value": aggregate.average_order_value,
+            "first_purchase_at": aggregate.first_purchase_at,
+            "last_purchase_at": aggregate.last_purchase_at,
+            "by_channel": {
+                channel: {
+                    "orders": getattr(aggregate, f"orders_{channel}"),
+                    "spend": getattr(aggregate, f"spend_{channel}"),
+                    "events": getattr(aggregate, f"events_{channel}"),
+                }
+                for channel in Channel.values
+            },
+            "stores_visited": aggregate.stores_visited,
+            "orders_in_other_currencies": aggregate.orders_in_other_currencies,
+            "events": aggregate.events,
+            "last_event_at": aggregate.last_event_at,
+            "computed_at": aggregate.computed_at,
+        },
+        "recent_orders": [
+            {
+                "order_id": o.order_id,
+                "placed_at": o.placed_at,
+                "channel": o.channel,
+                "store_code": o.store_code,
+                "currency": o.currency,
+                "total": o.total,
+                "refunded": o.refunded,
+            }
+            for o in profile.recent_orders
+        ],
+        "history": [
+            {
+                **entry.__dict__,
+                "identifiers": [_masked_identifier(text, masking) for text in entry.identifiers],
+            }
+            for entry in profile.history
+        ],
+    }
+
+
+def _masked_identifier(text: str, masking: Masking) -> str:
+    type_, _, value = text.partition(":")
+    return f"{type_}:{masking.value(type_, value)}"
+
+
+def timeline_json(events: list[Event], masking: Masking, source_names: dict[int, str]) -> list[dict]:
+    return [
+        {
+            "id": e.id,
+            "timestamp": e.timestamp,
+            "type": e.type,
+            "event": e.event,
+            "name": e.name,
+            "channel": e.channel,
+            "store_code": e.store_code,
+            "source": source_names.get(e.source_id, ""),
+            "traits": masking.mapping(e.traits),
+            "properties": masking.mapping(e.properties),
+        }
+        for e in events
+    ]
+
+
+class TimelinePagination(CursorPagination):
+    """Newest first, keyset on the event time (ties broken by id)."""
+
+    ordering = ("-timestamp", "-id")
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+_LOOKUP_PARAMETERS = [
+    OpenApiParameter(name, OpenApiTypes.STR, description=f"Find by {name.replace('_', ' ')}")
+    for name in LOOKUP_FIELDS
+] + [OpenApiParameter("q", OpenApiTypes.STR, description="Free text: part of the member's name")]
+
+
+_MEMBER_ID = OpenApiParameter(
+    "id",
+    OpenApiTypes.INT,
+    OpenApiParameter.PATH,
+    description="A member id (one absorbed by a merge works too).",
+)
+
+
+def _unknown_member(member_id: int) -> ApiError:
+    return ApiError(
+        code="not_found", message=f"No member {member_id}.", status_code=status.HTTP_404_NOT_FOUND
+    )
+
+
+class MemberViewSet(viewsets.ViewSet):
+    permission_classes = (permissions_required(VIEW_MEMBERS),)
+
+    @extend_schema(parameters=_LOOKUP_PARAMETERS, responses={200: LookupOutput}, tags=["members"])
+    def list(self, request: Request) -> Response:
+        """Find members by exactly one identifier (normalized as at ingestion), an order
+        number, or part of a name (``q``)."""
+        given = {k: v for k, v in request.query_params.items() if k in (*LOOKUP_FIELDS, "q") and v.strip()}
+        if len(given) != 1:
+            raise ApiError(
+                code="invalid",
+                message="Give exactly one of: " + ", ".join((*LOOKUP_FIELDS, "q")) + ".",
+                errors=[FieldError(k, "only one lookup at a time") for k in sorted(given)]
+                or [FieldError("phone", "give an identifier to look up")],
+            )
+        field, value = next(iter(given.items()))
+        try:
+            found = members_search(text=value) if field == "q" else members_find(field=field, value=value)
+        except (InvalidIdentifier, BlockedIdentifier) as exc:
+            raise ApiError(
+                code="invalid",
+                message=f"That is not a {field.replace('_', ' ')} we can look up.",
+                errors=[FieldError(field, str(exc))],
+            ) from exc
+        return Response(
+            LookupOutput({"results": summary_json(member_summaries(found), Masking(request))}).data
+        )
+
+    @extend_schema(parameters=[_MEMBER_ID], responses={200: ProfileOutput}, tags=["members"])
+    def retrieve(self, request: Request, pk: str) -> Response:
+        """The 360 view. An id absorbed by a merge gives its survivor's profile."""
+        member_id = _member_id(pk)
+        profile = member_profile(member_id=member_id)
+        if profile is None:
+            raise _unknown_member(member_id)
+        return Response(ProfileOutput(profile_json(profile, Masking(request))).data)
+
+    @extend_schema(
+        parameters=[
+            _MEMBER_ID,
+            OpenApiParameter("channel", OpenApiTypes.STR, enum=Channel.values),
+            OpenApiParameter("event", OpenApiTypes.STR, description="Track event name, e.g. Order Completed"),
+            OpenApiParameter("cursor", OpenApiTypes.STR),
+            OpenApiParameter("page_size", OpenApiTypes.INT),
+        ],
+        responses={200: TimelineEventOutput(many=True)},
+        tags=["members"],
+    )
+    @action(detail=True, methods=["get"])
+    def events(self, request: Request, pk: str) -> Response:
+        """The cross-channel timeline, newest first, cursor paginated."""
+        member_id = _member_id(pk)
+        member = member_resolve(member_id=member_id)
+        if member is None:
+            raise _unknown_member(member_id)
+        channel = request.query_params.get("channel", "")
+        if channel and channel not in Channel.values:
+            raise ApiError(
+                code="invalid",
+                message="Unknown channel.",
+                errors=[FieldError("channel", f"one of {', '.join(Channel.values)}")],
+            )
+        paginator = TimelinePagination()
+        page = paginator.paginate_queryset(
+            member_timeline(
+                member_id=member.pk, channel=channel, event=request.query_params.get("event", "")
+            ),
+            request,
+            view=self,
+        )
+        names = dict(Source.objects.filter(id__in={e.source_id for e in page}).values_list("id", "name"))
+        return paginator.get_paginated_response(
+            TimelineEventOutput(timeline_json(page, Masking(request), names), many=True).data
+        )
+
+    @extend_schema(
+        parameters=[_MEMBER_ID], request=SplitInput, responses={200: SplitOutput}, tags=["members"]
+    )
+    @action(
+        detail=True,
+        methods=["post"],
+        permission_classes=(permissions_required(VIEW_MEMBERS, SPLIT_MEMBERS),),
+    )
+    def split(self, request: Request, pk: str) -> Response:
+        """Split a wrong merge: the identifiers given belong to another person. The events are
+        re-resolved at once; the profiles are refreshed by the pipeline within seconds."""
+        member_id = _member_id(pk)
+        data = SplitInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        member = member_resolve(member_id=member_id)
+        if member is None:
+            raise _unknown_member(member_id)
+        try:
+            record = member_split(
+                member_id=member.pk,
+                identifiers=data.validated_data["identifiers"],
+                reason=data.validated_data["reason"],
+                staff=request.user,
+            )
+        except SplitRefused as exc:
+            raise ApiError(
+                code="invalid", message=str(exc), errors=[FieldError(exc.field, str(exc))]
+            ) from exc
+        transaction.on_commit(process_pending_enqueue)  # the member refresh runs as a follow-up
+        return Response(
+            SplitOutput(
+                {
+                    "split_id": record.pk,
+                    "member_id": record.member_id,
+                    "identifiers": record.identifiers,
+                    "resulting_members": record.resulting_members,
+                }
+            ).data
+        )
+
+
+def _member_id(pk: str) -> int:
+    try:
+        return int(pk)
+    except ValueError:
+        raise ApiError(
+            code="not_found", message=f"No member {pk!r}.", status_code=status.HTTP_404_NOT_FOUND
+        ) from None
