@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from cdp.models import ApiToken
+from cdp.models import ApiToken, AuditEntry
 
 
 @admin.register(ApiToken)
@@ -9,3 +9,20 @@ class ApiTokenAdmin(admin.ModelAdmin):
     list_filter = ("revoked_at",)
     search_fields = ("user__username", "name", "key_prefix")
     readonly_fields = ("key_hash", "key_prefix", "created_at")
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    list_display = ("at", "user", "action", "member_ids", "channel", "detail")
+    list_filter = ("action", "channel")
+    search_fields = ("user__username", "detail")
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+    def has_change_permission(self, request: object, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: object, obj: object = None) -> bool:
+        return False

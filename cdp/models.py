@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 
@@ -21,3 +22,24 @@ class ApiToken(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class AuditEntry(models.Model):
+    """Who saw or changed personal data, when, through what. Append-only."""
+
+    class Action(models.TextChoices):
+        VIEW_CONTACT_DETAILS = "view_contact_details", "Saw phone numbers and emails unmasked"
+        SPLIT_MEMBER = "split_member", "Split a member"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    action = models.CharField(max_length=32, choices=Action.choices)
+    member_ids = ArrayField(models.BigIntegerField(), default=list)
+    channel = models.CharField(max_length=16, help_text="api or console")
+    detail = models.CharField(max_length=255, blank=True, help_text="What was looked at, e.g. the path.")
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.user}: {self.action} {self.member_ids}"

@@ -1,14 +1,15 @@
 """Writes of the shared kernel: staff users with roles, and their API tokens."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractUser, Group
+from django.contrib.auth.models import AbstractBaseUser, AbstractUser, Group
 from django.db import transaction
 from django.utils import timezone
 
 from cdp.credentials import credential_hash, credential_new, credential_prefix
-from cdp.models import ApiToken
+from cdp.models import ApiToken, AuditEntry
 from cdp.roles import Role
 
 STAFF_TOKEN_KIND = "cdp"  # noqa: S105 - a prefix, not a secret
@@ -45,4 +46,17 @@ def tokens_revoke(*, user: AbstractUser, name: str) -> int:
     """Revoke the user's active tokens of that name; returns how many."""
     return ApiToken.objects.filter(user=user, name=name, revoked_at__isnull=True).update(
         revoked_at=timezone.now()
+    )
+
+
+def audit_record(
+    *, user: AbstractBaseUser | None, action: str, member_ids: Iterable[int], channel: str, detail: str = ""
+) -> None:
+    """Append an audit entry (in the caller's transaction, if any)."""
+    AuditEntry.objects.create(
+        user=user if user is not None and user.is_authenticated else None,
+        action=action,
+        member_ids=sorted(set(member_ids)),
+        channel=channel,
+        detail=detail[:255],
     )

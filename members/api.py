@@ -8,6 +8,7 @@ An id absorbed by a merge answers with its survivor's profile: ``id`` is the sur
 ``resolved_from`` the id asked for (no redirect, so one round trip).
 """
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.db import transaction
@@ -20,8 +21,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from cdp.errors import ApiError, FieldError
+from cdp.models import AuditEntry
 from cdp.permissions import permissions_required
 from cdp.privacy import CONTACT_TYPES, mask_contact, sees_contact_details
+from cdp.services import audit_record
 from events.models import Channel, Event, Source
 from events.tasks import process_pending_enqueue
 from identity.identifiers import BlockedIdentifier, InvalidIdentifier
@@ -42,10 +45,22 @@ SPLIT_MEMBERS = "members.split_member"
 
 
 class Masking:
-    """Shows personal data as the requesting staff member may see it."""
+    """Shows personal data as the requesting staff member may see it, and puts every unmasked
+    view in the audit log."""
 
     def __init__(self, request: Request) -> None:
+        self.request = request
         self.full = sees_contact_details(request.user)
+
+    def audit(self, member_ids: Iterable[int]) -> None:
+        if self.full and (seen := list(member_ids)):
+            audit_record(
+                user=self.request.user,
+                action=AuditEntry.Action.VIEW_CONTACT_DETAILS,
+                member_ids=seen,
+                channel="api",
+                detail=self.request.get_full_path(),
+            )
 
     def value(self, type_: str, value: Any) -> Any:
         return value if self.full else mask_contact(type_, value)
@@ -339,9 +354,9 @@ class MemberViewSet(viewsets.ViewSet):
                 message=f"That is not a {field.replace('_', ' ')} we can look up.",
                 errors=[FieldError(field, str(exc))],
             ) from exc
-        return Response(
-            LookupOutput({"results": summary_json(member_summaries(found), Masking(request))}).data
-        )
+        masking = Masking(request)
+        masking.audit(found)
+        return Response(LookupOutput({"results": summary_json(member_summaries(found), masking)}).data)
 
     @extend_schema(parameters=[_MEMBER_ID], responses={200: ProfileOutput}, tags=["members"])
     def retrieve(self, request: Request, pk: str) -> Response:
@@ -350,7 +365,9 @@ class MemberViewSet(viewsets.ViewSet):
         profile = member_profile(member_id=member_id)
         if profile is None:
             raise _unknown_member(member_id)
-        return Response(ProfileOutput(profile_json(profile, Masking(request))).data)
+        masking = Masking(request)
+        masking.audit([profile.member.pk])
+        return Response(ProfileOutput(profile_json(profile, masking)).data)
 
     @extend_schema(
         parameters=[
@@ -386,8 +403,10 @@ class MemberViewSet(viewsets.ViewSet):
             view=self,
         )
         names = dict(Source.objects.filter(id__in={e.source_id for e in page}).values_list("id", "name"))
+        masking = Masking(request)
+        masking.audit([member.pk])
         return paginator.get_paginated_response(
-            TimelineEventOutput(timeline_json(page, Masking(request), names), many=True).data
+            TimelineEventOutput(timeline_json(page, masking, names), many=True).data
         )
 
     @extend_schema(
@@ -418,6 +437,13 @@ class MemberViewSet(viewsets.ViewSet):
             raise ApiError(
                 code="invalid", message=str(exc), errors=[FieldError(exc.field, str(exc))]
             ) from exc
+        audit_record(
+            user=request.user,
+            action=AuditEntry.Action.SPLIT_MEMBER,
+            member_ids=[member.pk, *record.resulting_members],
+            channel="api",
+            detail=record.reason,
+        )
         transaction.on_commit(process_pending_enqueue)  # the member refresh runs as a follow-up
         return Response(
             SplitOutput(

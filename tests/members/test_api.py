@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 from rest_framework.test import APIClient
 
+from cdp.models import AuditEntry
 from cdp.roles import Role
 from cdp.services import staff_user_ensure, token_issue
 from events.pipeline import events_process_pending
@@ -150,8 +151,14 @@ def test_an_agent_sees_phone_and_email_masked_everywhere(zhang):
     assert "13800138000" not in str(profile) + str(timeline) + str(found)
 
 
-def test_a_manager_sees_them_in_full(zhang):
+def test_a_manager_sees_them_in_full_and_the_audit_log_says_so(zhang):
     profile = staff_client(Role.CRM_MANAGER).get(f"/api/v1/members/{zhang['member']}/").json()
+    staff_client(Role.CRM_AGENT).get(f"/api/v1/members/{zhang['member']}/")  # masked: not an entry
+
+    entry = AuditEntry.objects.get()
+    assert (entry.user.username, entry.action, entry.member_ids) == (
+        "staff-crm_manager", "view_contact_details", [zhang["member"]],
+    )  # fmt: skip
 
     assert [i["value"] for i in profile["identifiers"]["phone"]] == ["+8613800138000"]
     assert profile["traits"]["email"]["value"] == " Zhang.Wei@Example.com"  # as the customer wrote it
