@@ -1,14 +1,21 @@
-"""Personal data shown to staff: masked unless the role may see it in full."""
+"""Personal data shown to staff: masked unless the role may see it in full, and every view of
+it in full recorded in the audit log."""
+
+from collections.abc import Iterable
+from typing import Any
 
 import phonenumbers
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+
+from cdp.models import AuditEntry
+from cdp.services import audit_record
 
 CONTACT_PERMISSION = "members.view_contact_details"
 CONTACT_TYPES = frozenset({"phone", "email"})
 
 
-def sees_contact_details(user: AbstractBaseUser | AnonymousUser) -> bool:
-    return bool(user.is_authenticated and user.has_perm(CONTACT_PERMISSION))
+def sees_contact_details(user: AbstractBaseUser | AnonymousUser | None) -> bool:
+    return bool(user is not None and user.is_authenticated and user.has_perm(CONTACT_PERMISSION))
 
 
 def mask_phone(phone: str) -> str:
@@ -40,3 +47,36 @@ def mask_contact(type_: str, value: object) -> object:
     if type_ == "email":
         return mask_email(value)
     return value
+
+
+class Masking:
+    """Shows personal data as ``user`` may see it (the API and the console alike)."""
+
+    def __init__(self, user: AbstractBaseUser | AnonymousUser | None, *, channel: str, detail: str) -> None:
+        self.user, self.channel, self.detail = user, channel, detail
+        self.full = sees_contact_details(user)
+
+    def value(self, type_: str, value: Any) -> Any:
+        return value if self.full else mask_contact(type_, value)
+
+    def mapping(self, data: Any) -> Any:
+        """A traits or properties object with its phone and email keys masked."""
+        if self.full or not isinstance(data, dict):
+            return data
+        return {key: self.value(key, value) if key in CONTACT_TYPES else value for key, value in data.items()}
+
+    def identifier(self, text: str) -> str:
+        """``"type:value"`` with the value masked as its type requires."""
+        type_, _, value = text.partition(":")
+        return f"{type_}:{self.value(type_, value)}"
+
+    def audit(self, member_ids: Iterable[int]) -> None:
+        """Record that these members' contact details were shown in full (if they were)."""
+        if self.full and (seen := list(member_ids)):
+            audit_record(
+                user=self.user,
+                action=AuditEntry.Action.VIEW_CONTACT_DETAILS,
+                member_ids=seen,
+                channel=self.channel,
+                detail=self.detail,
+            )

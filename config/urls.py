@@ -1,17 +1,33 @@
-"""Root URLs: ingestion (Segment paths), the staff API, its schema and docs, admin, health."""
+"""Root URLs: ingestion (Segment paths), the staff API, its schema and docs, the staff
+console, admin, health."""
 
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from cdp.health import health
+from members import console
+
+console_urls = (
+    [
+        path("", console.search, name="search"),
+        path("members/<int:member_id>/", console.member, name="member"),
+        path("login/", auth_views.LoginView.as_view(template_name="console/login.html"), name="login"),
+        path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    ],
+    "console",
+)
 
 urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="console:search"), name="home"),
     path("v1/", include("events.urls.ingestion")),
     path("api/v1/", include("events.urls.staff")),
     path("api/v1/", include("members.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("console/", include(console_urls)),
     path("admin/", admin.site.urls),
     path("health/", health, name="health"),
 ]

@@ -8,9 +8,6 @@ An id absorbed by a merge answers with its survivor's profile: ``id`` is the sur
 ``resolved_from`` the id asked for (no redirect, so one round trip).
 """
 
-from collections.abc import Iterable
-from typing import Any
-
 from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -23,15 +20,15 @@ from rest_framework.response import Response
 from cdp.errors import ApiError, FieldError
 from cdp.models import AuditEntry
 from cdp.permissions import permissions_required
-from cdp.privacy import CONTACT_TYPES, mask_contact, sees_contact_details
+from cdp.privacy import Masking
 from cdp.services import audit_record
-from events.models import Channel, Event, Source
+from events.models import Channel, Source
 from events.tasks import process_pending_enqueue
 from identity.identifiers import BlockedIdentifier, InvalidIdentifier
 from identity.services import SplitRefused, member_split
+from members.presentation import profile_json, summary_json, timeline_json
 from members.selectors import (
     LOOKUP_FIELDS,
-    MemberProfile,
     member_profile,
     member_resolve,
     member_summaries,
@@ -42,34 +39,6 @@ from members.selectors import (
 
 VIEW_MEMBERS = "members.view_member"
 SPLIT_MEMBERS = "members.split_member"
-
-
-class Masking:
-    """Shows personal data as the requesting staff member may see it, and puts every unmasked
-    view in the audit log."""
-
-    def __init__(self, request: Request) -> None:
-        self.request = request
-        self.full = sees_contact_details(request.user)
-
-    def audit(self, member_ids: Iterable[int]) -> None:
-        if self.full and (seen := list(member_ids)):
-            audit_record(
-                user=self.request.user,
-                action=AuditEntry.Action.VIEW_CONTACT_DETAILS,
-                member_ids=seen,
-                channel="api",
-                detail=self.request.get_full_path(),
-            )
-
-    def value(self, type_: str, value: Any) -> Any:
-        return value if self.full else mask_contact(type_, value)
-
-    def mapping(self, data: Any) -> Any:
-        """A traits or properties object with its phone and email keys masked."""
-        if self.full or not isinstance(data, dict):
-            return data
-        return {key: self.value(key, value) if key in CONTACT_TYPES else value for key, value in data.items()}
 
 
 # --- output shapes: the schema documents them and every response is rendered through them ---
@@ -187,120 +156,6 @@ class SplitOutput(serializers.Serializer):
     resulting_members = serializers.ListField(child=serializers.IntegerField())
 
 
-# --- building the JSON ----------------------------------------------------------------------
-
-
-def summary_json(summaries: list, masking: Masking) -> list[dict]:
-    return [
-        {
-            "id": s.id,
-            "name": s.traits.get("name"),
-            "phone": masking.value("phone", s.traits.get("phone")),
-            "email": masking.value("email", s.traits.get("email")),
-            "orders": s.orders,
-            "spend": s.spend,
-            "currency": s.currency,
-            "last_event_at": s.last_event_at,
-        }
-        for s in summaries
-    ]
-
-
-def profile_json(profile: MemberProfile, masking: Masking) -> dict:
-    identifiers: dict[str, list[dict]] = {}
-    for held in profile.identifiers:
-        identifiers.setdefault(held.type, []).append(
-            {
-                "value": masking.value(held.type, held.value),
-                "last_seen_at": held.last_seen_at,
-                "merges": held.merges,
-            }
-        )
-    aggregate = profile.aggregate
-    return {
-        "id": profile.member.pk,
-        "resolved_from": profile.resolved_from,
-        "first_event_at": profile.member.first_event_at,
-        "last_event_at": profile.member.last_event_at,
-        "identifiers": identifiers,
-        "traits": {
-            t.key: {
-                "value": masking.value(t.key, t.value) if t.key in CONTACT_TYPES else t.value,
-                "observed_at": t.observed_at,
-                "channel": t.channel,
-                "source": t.source,
-            }
-            for t in profile.traits
-        },
-        "aggregates": None
-        if aggregate is None
-        else {
-            "currency": aggregate.currency,
-            "orders": aggregate.orders,
-            "spend": aggregate.spend,
-            "refunded": aggregate.refunded,
-            "average_order_value": aggregate.average_order_value,
-            "first_purchase_at": aggregate.first_purchase_at,
-            "last_purchase_at": aggregate.last_purchase_at,
-            "by_channel": {
-                channel: {
-                    "orders": getattr(aggregate, f"orders_{channel}"),
-                    "spend": getattr(aggregate, f"spend_{channel}"),
-                    "events": getattr(aggregate, f"events_{channel}"),
-                }
-                for channel in Channel.values
-            },
-            "stores_visited": aggregate.stores_visited,
-            "orders_in_other_currencies": aggregate.orders_in_other_currencies,
-            "events": aggregate.events,
-            "last_event_at": aggregate.last_event_at,
-            "computed_at": aggregate.computed_at,
-        },
-        "recent_orders": [
-            {
-                "order_id": o.order_id,
-                "placed_at": o.placed_at,
-                "channel": o.channel,
-                "store_code": o.store_code,
-                "currency": o.currency,
-                "total": o.total,
-                "refunded": o.refunded,
-            }
-            for o in profile.recent_orders
-        ],
-        "history": [
-            {
-                **entry.__dict__,
-                "identifiers": [_masked_identifier(text, masking) for text in entry.identifiers],
-            }
-            for entry in profile.history
-        ],
-    }
-
-
-def _masked_identifier(text: str, masking: Masking) -> str:
-    type_, _, value = text.partition(":")
-    return f"{type_}:{masking.value(type_, value)}"
-
-
-def timeline_json(events: list[Event], masking: Masking, source_names: dict[int, str]) -> list[dict]:
-    return [
-        {
-            "id": e.id,
-            "timestamp": e.timestamp,
-            "type": e.type,
-            "event": e.event,
-            "name": e.name,
-            "channel": e.channel,
-            "store_code": e.store_code,
-            "source": source_names.get(e.source_id, ""),
-            "traits": masking.mapping(e.traits),
-            "properties": masking.mapping(e.properties),
-        }
-        for e in events
-    ]
-
-
 class TimelinePagination(CursorPagination):
     """Newest first, keyset on the event time (ties broken by id)."""
 
@@ -354,7 +209,7 @@ class MemberViewSet(viewsets.ViewSet):
                 message=f"That is not a {field.replace('_', ' ')} we can look up.",
                 errors=[FieldError(field, str(exc))],
             ) from exc
-        masking = Masking(request)
+        masking = Masking(request.user, channel="api", detail=request.get_full_path())
         masking.audit(found)
         return Response(LookupOutput({"results": summary_json(member_summaries(found), masking)}).data)
 
@@ -365,7 +220,7 @@ class MemberViewSet(viewsets.ViewSet):
         profile = member_profile(member_id=member_id)
         if profile is None:
             raise _unknown_member(member_id)
-        masking = Masking(request)
+        masking = Masking(request.user, channel="api", detail=request.get_full_path())
         masking.audit([profile.member.pk])
         return Response(ProfileOutput(profile_json(profile, masking)).data)
 
@@ -403,7 +258,7 @@ class MemberViewSet(viewsets.ViewSet):
             view=self,
         )
         names = dict(Source.objects.filter(id__in={e.source_id for e in page}).values_list("id", "name"))
-        masking = Masking(request)
+        masking = Masking(request.user, channel="api", detail=request.get_full_path())
         masking.audit([member.pk])
         return paginator.get_paginated_response(
             TimelineEventOutput(timeline_json(page, masking, names), many=True).data

@@ -12,6 +12,7 @@ from decimal import Decimal
 from django.db.models import QuerySet, Subquery
 
 from events.models import Event, Source
+from identity.identifiers import BlockedIdentifier, InvalidIdentifier
 from identity.models import EventResolution
 from identity.selectors import (
     HeldIdentifier,
@@ -59,6 +60,26 @@ def members_search(*, text: str, limit: int = 20) -> list[int]:
         "member_id", flat=True
     )[: limit * 2]
     return _active(set(found))[:limit]
+
+
+def members_search_any(*, text: str, limit: int = 20) -> list[int]:
+    """What the console's one search box finds: ``text`` as any identifier (a phone in any
+    written form, an email, a member card, a user id, an openid, ...), an order number, or part
+    of a name. A few indexed queries."""
+    text = text.strip()
+    if not text:
+        return []
+    found: set[int] = set()
+    for type_ in LOOKUP_FIELDS:
+        if type_ == "order_id" or (type_ == "email") != ("@" in text):
+            continue
+        try:
+            values = identifier_lookup_values(type_, text)
+        except (InvalidIdentifier, BlockedIdentifier):
+            continue
+        found |= members_holding(type_=type_, values=values)
+    found |= set(MemberOrder.objects.filter(order_id=text).values_list("member_id", flat=True))
+    return sorted(set(_active(found)) | set(members_search(text=text, limit=limit)))[:limit]
 
 
 def _active(member_ids: set[int]) -> list[int]:

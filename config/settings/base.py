@@ -83,6 +83,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+LOGIN_URL = "console:login"
+LOGIN_REDIRECT_URL = "console:search"
+LOGOUT_REDIRECT_URL = "console:login"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # Ingestion reads the body itself, with its own (Segment) limits; Django's cap sits above them.

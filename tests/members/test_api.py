@@ -1,7 +1,7 @@
 """The member API for CRM staff: lookup by any identifier, the 360 view, the timeline, split,
 with least privilege per role."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -11,8 +11,6 @@ from cdp.models import AuditEntry
 from cdp.roles import Role
 from cdp.services import staff_user_ensure, token_issue
 from events.pipeline import events_process_pending
-from identity.models import EventResolution
-from members.models import Member
 from tests.conftest import basic_auth
 from tests.factories import EventFactory, SourceFactory
 
@@ -27,38 +25,6 @@ def staff_client(role: Role | None) -> APIClient:
         user = staff_user_ensure(username=f"staff-{role}", role=role)
         client.credentials(HTTP_AUTHORIZATION=f"Token {token_issue(user=user, name='test').secret}")
     return client
-
-
-@pytest.fixture
-def zhang() -> dict:
-    """Zhang Wei: a member at the Shanghai store, an app user browsing anonymously, then
-    logging in (the two become one), an order in each channel and a partial refund."""
-    store = SourceFactory(pos=True, store_code="SH01", name="Shanghai Nanjing Rd")
-    app = SourceFactory(kind="app", name="iOS app")
-    till = EventFactory(
-        source=store, type="identify", user_id="", anonymous_id="", timestamp=T0,
-        traits={"phone": "138 0013 8000", "email": " Zhang.Wei@Example.com", "name": "Zhang Wei"},
-        context={"externalIds": [{"id": "MC-0042", "type": "member_card", "collection": "users"}]},
-    )  # fmt: skip
-    EventFactory(source=store, user_id="", anonymous_id="", event="Order Completed", timestamp=T0 + timedelta(minutes=5),
-                 traits={}, context={"traits": {"phone": "13800138000"}},
-                 properties={"order_id": "POS-1", "total": "300.00", "currency": "CNY"})  # fmt: skip
-    browsing = EventFactory(source=app, user_id="", anonymous_id="anon-7", event="Product Viewed",
-                            timestamp=T0 + timedelta(days=1))  # fmt: skip
-    EventFactory(source=app, user_id="", anonymous_id="anon-7", event="Order Completed",
-                 timestamp=T0 + timedelta(days=1, minutes=3),
-                 properties={"order_id": "APP-9", "total": 120, "currency": "CNY"})  # fmt: skip
-    events_process_pending()
-    app_member = EventResolution.objects.get(event=browsing).member_id
-    EventFactory(source=app, type="identify", user_id="", anonymous_id="anon-7", timestamp=T0 + timedelta(days=2),
-                 traits={"phone": "+86 138-0013-8000"})  # fmt: skip
-    EventFactory(source=store, user_id="", anonymous_id="", event="Order Refunded", timestamp=T0 + timedelta(days=3),
-                 context={"traits": {"phone": "13800138000"}},
-                 properties={"order_id": "POS-1", "total": "100.00", "currency": "CNY"})  # fmt: skip
-    events_process_pending()
-    member = EventResolution.objects.get(event=till).member_id
-    assert Member.objects.get(pk=app_member).merged_into_id == member
-    return {"member": member, "absorbed": app_member}
 
 
 ROLES = [None, Role.CRM_AGENT, Role.CRM_MANAGER, Role.MARKETING, Role.ADMIN]

@@ -1,0 +1,116 @@
+"""The staff console's member pages (server-rendered), with the Django test client."""
+
+import pytest
+from django.test import Client
+
+from cdp.roles import Role
+from cdp.services import staff_user_ensure
+from events.pipeline import events_process_pending
+from tests.factories import EventFactory, SourceFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def console_client(role: Role) -> Client:
+    client = Client()
+    client.force_login(staff_user_ensure(username=f"console-{role}", role=role))
+    return client
+
+
+def test_the_console_asks_for_a_login():
+    response = Client().get("/console/?q=13800138000")
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/console/login/")
+
+
+def test_marketing_may_not_open_member_pages(zhang):
+    client = console_client(Role.MARKETING)
+
+    assert client.get("/console/?q=13800138000").status_code == 403
+    assert client.get(f"/console/members/{zhang['member']}/").status_code == 403
+
+
+def test_a_phone_in_any_form_leads_straight_to_the_member(zhang):
+    response = console_client(Role.CRM_AGENT).get("/console/", {"q": "+86 138-0013-8000"})
+
+    assert response.status_code == 302
+    assert response["Location"] == f"/console/members/{zhang['member']}/"
+
+
+def test_a_search_with_several_results_lists_them_masked(zhang):
+    app = SourceFactory(kind="app")
+    EventFactory(
+        source=app, type="identify", user_id="zhang-2", anonymous_id="", traits={"name": "Zhang Min"}
+    )
+    events_process_pending()
+
+    page = console_client(Role.CRM_AGENT).get("/console/", {"q": "zhang"}).content.decode()
+
+    assert "2 members for “zhang”" in page
+    assert "138****8000" in page
+    assert "13800138000" not in page
+
+
+def test_the_member_page_shows_what_an_agent_needs(zhang):
+    page = console_client(Role.CRM_AGENT).get(f"/console/members/{zhang['member']}/").content.decode()
+
+    assert "Zhang Wei" in page
+    assert "138****8000" in page
+    assert "z***@example.com" in page
+    assert "13800138000" not in page
+    assert "320.00 CNY" in page  # spend net of the refund
+    assert "Shanghai Nanjing Rd" in page
+    assert "iOS app" in page
+    assert "Order Refunded" in page
+    assert "🏬 Store" in page
+    assert "📱 App" in page
+    assert f"#{zhang['absorbed']} merged into #{zhang['member']}" in page
+    assert 'data-testid="spend-chart"' in page
+
+
+def test_a_manager_sees_contact_details_in_full(zhang):
+    page = console_client(Role.CRM_MANAGER).get(f"/console/members/{zhang['member']}/").content.decode()
+
+    assert "+8613800138000" in page
+
+
+def test_an_absorbed_id_leads_to_the_survivor(zhang):
+    client = console_client(Role.CRM_AGENT)
+    response = client.get(f"/console/members/{zhang['absorbed']}/")
+
+    assert response.status_code == 302
+    assert "was merged into this member" in client.get(response["Location"]).content.decode()
+    assert client.get("/console/members/999999999/").status_code == 404
+
+
+def test_the_timeline_pages_back_in_time_and_filters_by_channel(zhang, monkeypatch):
+    monkeypatch.setattr("members.console.TIMELINE_PAGE", 4)
+    client = console_client(Role.CRM_AGENT)
+    url = f"/console/members/{zhang['member']}/"
+
+    first = client.get(url)
+    second = client.get(url, {"before": first.context["older"]})
+    app_only = client.get(url, {"channel": "app"})
+
+    assert len(first.context["timeline"]) == 4
+    assert len(second.context["timeline"]) == 2
+    assert not second.context["older"]
+    ids = [e["id"] for e in first.context["timeline"] + second.context["timeline"]]
+    assert len(set(ids)) == 6
+    assert {e["channel"] for e in app_only.context["timeline"]} == {"app"}
+
+
+def test_a_member_page_costs_a_bounded_number_of_queries(zhang, django_assert_max_num_queries):
+    client = console_client(Role.CRM_AGENT)
+    client.get(f"/console/members/{zhang['member']}/")  # the session and user are loaded once
+    for n in range(40):
+        EventFactory(source=SourceFactory(pos=True, store_code=f"S{n}"), user_id="", anonymous_id="",
+                     event="Order Completed", context={"traits": {"phone": "13800138000"}},
+                     properties={"order_id": f"X{n}", "total": 10, "currency": "CNY"})  # fmt: skip
+    events_process_pending()
+
+    with django_assert_max_num_queries(16):
+        response = client.get(f"/console/members/{zhang['member']}/")
+
+    assert response.status_code == 200
