@@ -7,7 +7,7 @@ WEB_PORT ?= 8000
 MEMBERS ?= 2000
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev services migrate demo run web worker beat test lint format bench
+.PHONY: help install install-dev browser services migrate demo run web worker beat test lint format bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,7 +50,19 @@ beat: install ## Run only Celery beat
 	@mkdir -p .run
 	$(BIN)/celery -A config beat -l info --schedule .run/celerybeat-schedule
 
-test: install-dev ## Run the whole test suite against the real PostgreSQL and Redis
+CHROMIUM ?= /usr/bin/chromium
+
+browser: ## Install Debian's Chromium for the console's browser test, if missing and possible
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing Debian's chromium for the browser test…"; \
+	    apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null); \
+	  else \
+	    echo "No $(CHROMIUM): the browser test will be skipped (install Debian's chromium to run it)."; \
+	  fi; \
+	fi
+
+test: install-dev browser ## Run the whole test suite against the real PostgreSQL and Redis
 	@DJANGO_SETTINGS_MODULE=config.settings.test $(BIN)/python manage.py ensure_services --server-only
 	$(BIN)/pytest
 

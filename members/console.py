@@ -25,10 +25,10 @@ from members.selectors import (
 TIMELINE_PAGE = 30
 CHART_MONTHS = 12
 CHANNEL_LABELS = {
-    Channel.POS: ("Store", "🏬"),
-    Channel.APP: ("App", "📱"),
-    Channel.MINI_PROGRAM: ("Mini-program", "💬"),
-    Channel.WEB: ("Web shop", "🌐"),
+    Channel.POS: "Store",
+    Channel.APP: "App",
+    Channel.MINI_PROGRAM: "Mini-program",
+    Channel.WEB: "Web shop",
 }
 VIEW_MEMBERS = "members.view_member"
 
@@ -76,7 +76,7 @@ def member(request: HttpRequest, member_id: int) -> HttpResponse:
     sources = Source.objects.in_bulk({e.source_id for e in page})
     timeline = timeline_json(page, masking, {pk: s.name for pk, s in sources.items()})
     for entry in timeline:
-        entry["label"], entry["icon"] = CHANNEL_LABELS.get(entry["channel"], (entry["channel"], "•"))
+        entry["label"] = CHANNEL_LABELS.get(entry["channel"], entry["channel"])
         properties = entry["properties"] if isinstance(entry["properties"], dict) else {}
         entry["order"] = {
             "id": properties.get("order_id"),
@@ -92,7 +92,7 @@ def member(request: HttpRequest, member_id: int) -> HttpResponse:
             "timeline": timeline,
             "older": f"{older.timestamp.isoformat()}|{older.id}" if older else "",
             "channel": channel,
-            "channels": [(value, *CHANNEL_LABELS[value]) for value in Channel.values],
+            "channels": [(value, CHANNEL_LABELS[value]) for value in Channel.values],
             "chart": spend_chart(profile.spend_by_month[-CHART_MONTHS:]),
             "masked": not masking.full,
         },

@@ -2,15 +2,15 @@
 
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 
+import orjson
 from django.conf import settings
-from django.contrib.postgres.aggregates import ArrayAgg
 from django.db import connection, transaction
-from django.db.models import Count, Max, Q
 
 from events.commerce import ORDER_EVENTS
-from identity.models import EventResolution  # which member an event belongs to: read, never written here
-from members.aggregates import OrderEvent, aggregates_of, order_event, orders_of
+from members.aggregates import CHANNELS, OrderEvent, aggregates_of, order_event, orders_of
 from members.models import DirtyMark, Member, MemberAggregate, MemberOrder, MemberTrait
 from members.traits import TraitObservation, latest_traits, traits_of_event
 
@@ -96,32 +96,69 @@ def members_recompute(member_ids: set[int]) -> None:
     active = set(
         Member.objects.filter(id__in=member_ids, status=Member.Status.ACTIVE).values_list("id", flat=True)
     )
-    member_traits_recompute(member_ids=active)
-    member_aggregates_recompute(member_ids=active)
+    events = _events_of(active)
+    _traits_write(active, events)
+    _aggregates_write(active, events)
     retired = member_ids - active
     for model in (MemberTrait, MemberOrder, MemberAggregate):
         model.objects.filter(member_id__in=retired).delete()
 
 
-def member_traits_recompute(*, member_ids: set[int]) -> None:
-    """Every trait of these members, from all their events: exact after merges and splits."""
+@dataclass(frozen=True, slots=True)
+class _MemberEvent:
+    member_id: int
+    event_id: int
+    name: str
+    channel: str
+    store_code: str
+    at: datetime
+    message_id: str
+    source_id: int
+    traits: dict | None  # None: states none
+    context_traits: object
+    order_properties: dict | None  # only for order events
+
+
+# One query for everything the refresh reads. The lateral join walks each member's events by
+# index whatever the planner believes about table sizes (stale statistics must not turn a
+# refresh of 500 members into a scan of every event).
+_EVENTS_OF_MEMBERS = """
+SELECT m.id, e.id, e.event, e.channel, e.store_code, e.timestamp, e.message_id, e.source_id,
+       CASE WHEN e.traits <> '{}'::jsonb THEN e.traits END, e.context -> 'traits',
+       CASE WHEN e.event = ANY(%s) THEN e.properties END
+FROM unnest(%s::bigint[]) AS m(id)
+CROSS JOIN LATERAL (
+    SELECT ev.* FROM identity_eventresolution AS r
+    JOIN events_event AS ev ON ev.id = r.event_id
+    WHERE r.member_id = m.id
+    OFFSET 0  -- keeps the subquery lateral (not flattened into a join): one index walk per member
+) AS e
+"""
+
+
+def _events_of(member_ids: set[int]) -> list[_MemberEvent]:
     if not member_ids:
-        return
-    stating = (
-        EventResolution.objects.filter(member_id__in=member_ids)
-        .filter(~Q(event__traits={}) | Q(event__context__has_key="traits"))
-        .values_list(
-            "member_id", "event_id", "event__traits", "event__context__traits", "event__timestamp",
-            "event__channel", "event__message_id", "event__source_id",
-        )
-    )  # fmt: skip
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(_EVENTS_OF_MEMBERS, [sorted(ORDER_EVENTS), sorted(member_ids)])
+        # Django reads jsonb as text (its JSONField decodes); so does this raw query.
+        return [
+            _MemberEvent(*row[:8], *(None if v is None else orjson.loads(v) for v in row[8:]))
+            for row in cursor.fetchall()
+        ]
+
+
+def _traits_write(member_ids: set[int], events: list[_MemberEvent]) -> None:
+    """Every trait of these members, from all their events: exact after merges and splits."""
     observations: dict[int, list[TraitObservation]] = defaultdict(list)
-    for member_id, event_id, traits, context_traits, at, channel, message_id, source_id in stating:
+    for e in events:
+        if e.traits is None and not isinstance(e.context_traits, dict):
+            continue
         stated = traits_of_event(
-            traits or {}, {"traits": context_traits} if isinstance(context_traits, dict) else {}
+            e.traits or {}, {"traits": e.context_traits} if isinstance(e.context_traits, dict) else {}
         )
-        observations[member_id] += [
-            TraitObservation(key[:255], value, at, channel, message_id, source_id, event_id)
+        observations[e.member_id] += [
+            TraitObservation(key[:255], value, e.at, e.channel, e.message_id, e.source_id, e.event_id)
             for key, value in stated.items()
         ]
     MemberTrait.objects.filter(member_id__in=member_ids).delete()
@@ -140,45 +177,30 @@ def member_traits_recompute(*, member_ids: set[int]) -> None:
     )
 
 
-def member_aggregates_recompute(*, member_ids: set[int]) -> None:
+def _aggregates_write(member_ids: set[int], events: list[_MemberEvent]) -> None:
     """Orders and figures of these members, from all their events (``members.aggregates``)."""
-    if not member_ids:
-        return
-    ordering = (
-        EventResolution.objects.filter(member_id__in=member_ids, event__event__in=ORDER_EVENTS)
-        .values_list(
-            "member_id", "event_id", "event__event", "event__properties", "event__timestamp",
-            "event__channel", "event__store_code", "event__message_id",
-        )
-    )  # fmt: skip
-    order_events: dict[int, list[OrderEvent]] = defaultdict(list)
-    for member_id, event_id, name, properties, at, channel, store_code, message_id in ordering:
-        found = order_event(
-            event_id=event_id, name=name, properties=properties, at=at,
-            channel=channel, store_code=store_code, message_id=message_id,
-        )  # fmt: skip
-        if found is not None:
-            order_events[member_id].append(found)
-    activity = (
-        EventResolution.objects.filter(member_id__in=member_ids)
-        .values("member_id", "event__channel")
-        .annotate(
-            events=Count("event_id"),
-            last_event_at=Max("event__timestamp"),
-            stores=ArrayAgg("event__store_code", distinct=True, filter=~Q(event__store_code="")),
-        )
-        .order_by()
-    )
     rows = {member_id: MemberAggregate(member_id=member_id) for member_id in member_ids}
-    for row in activity:
-        aggregate = rows[row["member_id"]]
-        aggregate.events += row["events"]
-        setattr(aggregate, f"events_{row['event__channel']}", row["events"])
-        aggregate.stores_visited = sorted({*aggregate.stores_visited, *(row["stores"] or ())})
-        if aggregate.last_event_at is None or row["last_event_at"] > aggregate.last_event_at:
-            aggregate.last_event_at = row["last_event_at"]
+    order_events: dict[int, list[OrderEvent]] = defaultdict(list)
+    stores: dict[int, set[str]] = defaultdict(set)
+    for e in events:
+        aggregate = rows[e.member_id]
+        aggregate.events += 1
+        if e.channel in CHANNELS:
+            setattr(aggregate, f"events_{e.channel}", getattr(aggregate, f"events_{e.channel}") + 1)
+        if e.store_code:
+            stores[e.member_id].add(e.store_code)
+        if aggregate.last_event_at is None or e.at > aggregate.last_event_at:
+            aggregate.last_event_at = e.at
+        if e.order_properties is not None:
+            found = order_event(
+                event_id=e.event_id, name=e.name, properties=e.order_properties, at=e.at,
+                channel=e.channel, store_code=e.store_code, message_id=e.message_id,
+            )  # fmt: skip
+            if found is not None:
+                order_events[e.member_id].append(found)
     orders: list[MemberOrder] = []
     for member_id, aggregate in rows.items():
+        aggregate.stores_visited = sorted(stores[member_id])
         found = orders_of(order_events.get(member_id, ()))
         figures = aggregates_of(found.values(), settings.CDP_CURRENCY)
         aggregate.currency = figures.currency

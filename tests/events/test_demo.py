@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from io import StringIO
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
 from cdp.credentials import credential_hash
@@ -276,9 +277,12 @@ def test_the_banner_hands_out_working_credentials(tmp_path, api_client):
     assert Role.ADMIN in user_roles(active.user)
     assert ApiToken.objects.get(key_hash=credential_hash(first_token)).revoked_at is not None
 
-    password = re.search(r"password (\S+)", banner).group(1)
+    password, agent_password = re.findall(r"password (\S+)", banner)
     assert active.user.check_password(password)
     assert active.user.is_staff
+    agent = get_user_model().objects.get(username="demo-agent")
+    assert agent.check_password(agent_password)
+    assert user_roles(agent) == {Role.CRM_AGENT}
 
     # The two copy-paste examples work as printed.
     listed = api_client.get("/api/v1/sources/", HTTP_AUTHORIZATION=f"Bearer {token}")

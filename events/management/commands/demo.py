@@ -30,6 +30,7 @@ from events.services import events_ingest, source_create, source_rotate_key, sou
 #: Events per ``events_ingest`` call: the size of a busy SDK batch, one INSERT each.
 BATCH_SIZE = 500
 ADMIN_USERNAME = "demo-admin"
+AGENT_USERNAME = "demo-agent"
 TOKEN_NAME = "demo"  # noqa: S105 - a label, not a secret
 _FALLBACK_USER_ID = "u-demo-curl"
 
@@ -69,6 +70,7 @@ class _Credentials:
     write_key: str
     token: str
     password: str
+    agent_password: str
 
 
 class _Loader:
@@ -238,14 +240,17 @@ def _credentials_issue(*, web_source: Source) -> _Credentials:
     user: AbstractUser = staff_user_ensure(username=ADMIN_USERNAME, role=Role.ADMIN)
     password = secrets.token_urlsafe(12)
     user.set_password(password)
-    user.is_staff = True
-    # The role groups carry no Django model permissions, so in /admin/ only a superuser
-    # sees anything. A local demo account, shown on the developer's own terminal.
+    # A local demo account, shown on the developer's own terminal: everything, in /admin/ too.
     user.is_superuser = True
-    user.save(update_fields=["password", "is_staff", "is_superuser"])
+    user.save(update_fields=["password", "is_superuser"])
     tokens_revoke(user=user, name=TOKEN_NAME)
     token = token_issue(user=user, name=TOKEN_NAME).secret
-    return _Credentials(write_key=write_key, token=token, password=password)
+    # A service-desk agent, to see the console as one does: phone numbers and emails masked.
+    agent: AbstractUser = staff_user_ensure(username=AGENT_USERNAME, role=Role.CRM_AGENT)
+    agent_password = secrets.token_urlsafe(12)
+    agent.set_password(agent_password)
+    agent.save(update_fields=["password"])
+    return _Credentials(write_key=write_key, token=token, password=password, agent_password=agent_password)
 
 
 def _order_example(user_id: str) -> dict[str, Any]:
@@ -305,7 +310,10 @@ def _banner(
         f"               {total:,} demo events in all; the worker (started by `make run`) processes them",
         f"  Service      {url}/",
         f"  API docs     {url}/api/docs/",
-        f"  Admin        {url}/admin/   user {ADMIN_USERNAME}   password {credentials.password}",
+        f"  Console      {url}/console/   user {ADMIN_USERNAME}   password {credentials.password}",
+        f"               or {AGENT_USERNAME} (a CRM agent: phones and emails masked)   "
+        f"password {credentials.agent_password}",
+        f"  Admin        {url}/admin/   user {ADMIN_USERNAME}",
         f"  Write key    {credentials.write_key}",
         f"               for {web_source.name!r}; new on every run, the previous key no longer works",
         f"  Staff token  {credentials.token}",
