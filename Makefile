@@ -74,6 +74,7 @@ format: install-dev ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: install-dev ## Benchmarks: ingestion, then identity resolution (results: docs/benchmarks.md)
+bench: install-dev ## Benchmarks: ingestion, identity resolution, member 360 (results: docs/benchmarks.md)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/identity.py
+	$(BIN)/python bench/members.py
