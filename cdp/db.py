@@ -1,8 +1,11 @@
 """Database helpers for set-based hot paths."""
 
+from collections.abc import Iterable
+
 import psycopg
 from django.db import connection
 from django.db.backends.utils import CursorWrapper
+from django.db.models import Model
 
 
 def binary_parameters_cursor() -> CursorWrapper:
@@ -16,3 +19,20 @@ def binary_parameters_cursor() -> CursorWrapper:
     connection.ensure_connection()
     raw = psycopg.Cursor(connection.connection)
     return connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+
+
+def rows_delete(model: type[Model], *, column: str, keys: Iterable[int]) -> int:
+    """``DELETE FROM <model's table> WHERE <column> IN keys`` as a join against the key array;
+    returns how many rows went.
+
+    An ``IN`` list of a few hundred keys on a column without planner statistics (a fresh bulk
+    import, a late autovacuum) is estimated to match the whole table and scanned; a join
+    against ``unnest`` is walked by index, key by key. Only model metadata is interpolated.
+    """
+    table, field = model._meta.db_table, model._meta.get_field(column).column
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {table} AS t USING unnest(%b::bigint[]) AS k(id) WHERE t.{field} = k.id",  # noqa: S608
+            [sorted(set(keys))],
+        )
+        return cursor.rowcount

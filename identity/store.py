@@ -139,9 +139,7 @@ class DatabaseResolver(InMemoryResolver):
         if not wanted:
             return
         ids = [self.identifier_ids[i] for i in wanted]
-        event_ids = set(
-            EventIdentifier.objects.filter(identifier_id__in=ids).values_list("event_id", flat=True)
-        )
+        event_ids = {row[0] for row in _sql(_MENTIONING_EVENTS, [ids])}
         known = set(self.event_ids.values())
         self.load_events(event_ids - known)
 
@@ -150,9 +148,7 @@ class DatabaseResolver(InMemoryResolver):
         if not event_ids:
             return
         mentioned: dict[int, set[Identifier]] = defaultdict(set)
-        for event_id, type_, value, identifier_id in EventIdentifier.objects.filter(
-            event_id__in=event_ids
-        ).values_list("event_id", "identifier__type", "identifier__value", "identifier_id"):
+        for event_id, type_, value, identifier_id in _sql(_MENTIONS_OF_EVENTS, [list(event_ids)]):
             identifier = Identifier(type_, value)
             mentioned[event_id].add(identifier)
             self.identifier_ids.setdefault(identifier, identifier_id)
@@ -409,10 +405,14 @@ def _member_columns(members: list[tuple[int, MemberState]]) -> list[list]:
     ]
 
 
-# Set-based writes: one statement per kind of change, whatever the batch size. Only model
-# table names are interpolated.
+# Set-based reads and writes: one statement per kind, whatever the batch size. Only model
+# table names are interpolated. Lookups by a list of keys walk an index once per key
+# (a lateral subquery, kept from being flattened by OFFSET 0), so stale planner statistics,
+# right after a bulk import or where autovacuum is late, never turn them into table scans.
 _MEMBERS = Member._meta.db_table
 _IDENTIFIERS = IdentifierRow._meta.db_table
+_MENTIONS = EventIdentifier._meta.db_table
+_RESOLUTIONS = EventResolution._meta.db_table
 _MEMBER_ROWS = (
     "unnest(%b::bigint[], %b::timestamptz[], %b::text[], %b::bigint[], %b::timestamptz[], %b::text[], %b::bigint[])"
     " AS v(id, fa, fm, fs, la, lm, ls)"
@@ -434,8 +434,10 @@ _RETIRE_MEMBERS = (
     "FROM unnest(%b::bigint[], %b::bigint[]) AS v(id, survivor) WHERE m.id = v.id"
 )
 _REPOINT_MERGED_MEMBERS = (
-    f"UPDATE {_MEMBERS} AS m SET merged_into_id = v.survivor "
-    "FROM unnest(%b::bigint[], %b::bigint[]) AS v(id, survivor) WHERE m.merged_into_id = v.id"
+    f"UPDATE {_MEMBERS} AS m SET merged_into_id = x.survivor FROM (SELECT v.survivor, a.id "
+    "FROM unnest(%b::bigint[], %b::bigint[]) AS v(old, survivor) "
+    f"CROSS JOIN LATERAL (SELECT id FROM {_MEMBERS} WHERE merged_into_id = v.old OFFSET 0) AS a) AS x "
+    "WHERE m.id = x.id"
 )
 _UPSERT_IDENTIFIERS = (
     f"INSERT INTO {_IDENTIFIERS} (type, value, member_id, last_seen_at, last_seen_message_id, "
@@ -455,14 +457,27 @@ _ACTIVE_MEMBERS = (
     f"last_event_message_id, last_event_source_id FROM {_MEMBERS} WHERE id = ANY(%b::bigint[]) AND status = 'active'"
 )
 _IDENTIFIERS_HELD = (
-    "SELECT id, type, value, member_id, last_seen_at, last_seen_message_id, last_seen_source_id "
-    f"FROM {_IDENTIFIERS} WHERE member_id = ANY(%b::bigint[])"
+    "SELECT i.id, i.type, i.value, i.member_id, i.last_seen_at, i.last_seen_message_id, i.last_seen_source_id "
+    f"FROM unnest(%b::bigint[]) AS k(id) CROSS JOIN LATERAL (SELECT * FROM {_IDENTIFIERS} WHERE member_id = k.id "
+    "OFFSET 0) AS i"
 )
 _UNMERGING_HELD = (
-    f"SELECT i.id, i.type, i.value, h.member_id FROM {MemberIdentifier._meta.db_table} AS h "
-    f"JOIN {_IDENTIFIERS} AS i ON i.id = h.identifier_id WHERE h.member_id = ANY(%b::bigint[])"
+    "SELECT i.id, i.type, i.value, h.member_id FROM unnest(%b::bigint[]) AS k(id) "
+    f"CROSS JOIN LATERAL (SELECT * FROM {MemberIdentifier._meta.db_table} WHERE member_id = k.id OFFSET 0) AS h "
+    f"JOIN {_IDENTIFIERS} AS i ON i.id = h.identifier_id"
 )
-_DELETE_EVENT_IDENTIFIERS = f"DELETE FROM {EventIdentifier._meta.db_table} WHERE event_id = ANY(%b::bigint[])"
+_MENTIONING_EVENTS = (
+    "SELECT DISTINCT m.event_id FROM unnest(%b::bigint[]) AS k(id) "
+    f"CROSS JOIN LATERAL (SELECT event_id FROM {_MENTIONS} WHERE identifier_id = k.id OFFSET 0) AS m"
+)
+_MENTIONS_OF_EVENTS = (
+    "SELECT m.event_id, i.type, i.value, m.identifier_id FROM unnest(%b::bigint[]) AS k(id) "
+    f"CROSS JOIN LATERAL (SELECT * FROM {_MENTIONS} WHERE event_id = k.id OFFSET 0) AS m "
+    f"JOIN {_IDENTIFIERS} AS i ON i.id = m.identifier_id"
+)
+_DELETE_EVENT_IDENTIFIERS = (
+    f"DELETE FROM {_MENTIONS} AS m USING unnest(%b::bigint[]) AS k(id) WHERE m.event_id = k.id"
+)
 _INSERT_EVENT_IDENTIFIERS = (
     f"INSERT INTO {EventIdentifier._meta.db_table} (event_id, identifier_id, dropped) "
     "SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::boolean[])"
@@ -478,8 +493,10 @@ _MOVE_RESOLUTIONS = (
     "FROM unnest(%b::bigint[], %b::bigint[]) AS v(e, m) WHERE r.event_id = v.e"
 )
 _REPOINT_RESOLUTIONS = (
-    f"UPDATE {EventResolution._meta.db_table} AS r SET member_id = v.survivor, resolved_at = now() "
-    "FROM unnest(%b::bigint[], %b::bigint[]) AS v(old, survivor) WHERE r.member_id = v.old"
+    f"UPDATE {_RESOLUTIONS} AS r SET member_id = x.survivor, resolved_at = now() FROM (SELECT v.survivor, e.event_id "
+    "FROM unnest(%b::bigint[], %b::bigint[]) AS v(old, survivor) "
+    f"CROSS JOIN LATERAL (SELECT event_id FROM {_RESOLUTIONS} WHERE member_id = v.old OFFSET 0) AS e) AS x "
+    "WHERE r.event_id = x.event_id"
 )
 _MARK_DIRTY = (
     f"INSERT INTO {DirtyMark._meta.db_table} (member_id, marked_at) SELECT unnest(%b::bigint[]), now()"

@@ -9,6 +9,7 @@ import orjson
 from django.conf import settings
 from django.db import connection, transaction
 
+from cdp.db import rows_delete
 from events.commerce import ORDER_EVENTS
 from members.aggregates import CHANNELS, OrderEvent, aggregates_of, order_event, orders_of
 from members.models import DirtyMark, Member, MemberAggregate, MemberOrder, MemberTrait
@@ -101,7 +102,7 @@ def members_recompute(member_ids: set[int]) -> None:
     _aggregates_write(active, events)
     retired = member_ids - active
     for model in (MemberTrait, MemberOrder, MemberAggregate):
-        model.objects.filter(member_id__in=retired).delete()
+        rows_delete(model, column="member", keys=retired)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +162,7 @@ def _traits_write(member_ids: set[int], events: list[_MemberEvent]) -> None:
             TraitObservation(key[:255], value, e.at, e.channel, e.message_id, e.source_id, e.event_id)
             for key, value in stated.items()
         ]
-    MemberTrait.objects.filter(member_id__in=member_ids).delete()
+    rows_delete(MemberTrait, column="member", keys=member_ids)
     MemberTrait.objects.bulk_create(
         MemberTrait(
             member_id=member_id,
@@ -218,7 +219,7 @@ def _aggregates_write(member_ids: set[int], events: list[_MemberEvent]) -> None:
             MemberOrder(member_id=member_id, **{k: getattr(o, k) for k in _ORDER_FIELDS})
             for o in found.values()
         ]
-    MemberOrder.objects.filter(member_id__in=member_ids).delete()
+    rows_delete(MemberOrder, column="member", keys=member_ids)
     MemberOrder.objects.bulk_create(orders)
     MemberAggregate.objects.bulk_create(
         rows.values(),
