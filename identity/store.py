@@ -73,6 +73,8 @@ class DatabaseResolver(InMemoryResolver):
         self.mentions_loaded: set[Identifier] = set()
         self.event_ids: dict[EventKey, int] = {}
         self.stored_member_of: dict[EventKey, int] = {}
+        #: Stored events' identifiers that were dropped for matching, by event id.
+        self.stored_dropped: dict[int, set[Identifier]] = {}
         self.problems: dict[EventKey, list[dict]] = {}
         self.decisions: list[tuple[Decision, str]] = []
         self.replaying = False
@@ -147,19 +149,19 @@ class DatabaseResolver(InMemoryResolver):
         """Resolved events from the database, with what they mentioned and their member."""
         if not event_ids:
             return
+        ids = sorted(event_ids)
         mentioned: dict[int, set[Identifier]] = defaultdict(set)
-        for event_id, type_, value, identifier_id in _sql(_MENTIONS_OF_EVENTS, [list(event_ids)]):
+        for event_id, type_, value, identifier_id, dropped in _sql(_MENTIONS_OF_EVENTS, [ids]):
             identifier = Identifier(type_, value)
             mentioned[event_id].add(identifier)
+            if dropped:
+                self.stored_dropped.setdefault(event_id, set()).add(identifier)
             self.identifier_ids.setdefault(identifier, identifier_id)
-        members = dict(
-            EventResolution.objects.filter(event_id__in=event_ids).values_list("event_id", "member_id")
-        )
+        rows = _sql(_EVENTS_AND_MEMBERS, [ids])
+        members = {event_id: member_id for event_id, *_, member_id in rows if member_id is not None}
         self._load_members(set(members.values()))
         self.load_graph({i for found in mentioned.values() for i in found})
-        for event_id, at, message_id, source_id in Event.objects.filter(id__in=event_ids).values_list(
-            "id", "timestamp", "message_id", "source_id"
-        ):
+        for event_id, at, message_id, source_id, _ in rows:
             key = EventKey(at, message_id, source_id)
             self.event_ids[key] = event_id
             event = ResolvableEvent(key, frozenset(mentioned[event_id]))
@@ -307,17 +309,23 @@ class DatabaseResolver(InMemoryResolver):
         return self.graph.rules
 
     def _write_event_identifiers(self) -> None:
-        decided = self.decisions_by_event()
-        stored_before = [self.event_ids[key] for key in decided if key in self.stored_member_of]
-        if stored_before:
-            _sql(_DELETE_EVENT_IDENTIFIERS, [stored_before])
-        mentions = [
-            (self.event_ids[key], self.identifier_ids[identifier], identifier in decision.dropped)
-            for key, decision in decided.items()
-            for identifier in self.events[key].identifiers
-        ]
-        if mentions:
-            _sql(_INSERT_EVENT_IDENTIFIERS, [list(column) for column in zip(*mentions, strict=True)])
+        """New events' mentions are inserted; a replayed event keeps its rows (an event's
+        identifiers never change) and only the ones whose ``dropped`` flipped are updated."""
+        inserted, flipped = [], []
+        for key, decision in self.decisions_by_event().items():
+            event_id = self.event_ids[key]
+            stored = key in self.stored_member_of
+            dropped_before = self.stored_dropped.get(event_id, frozenset())
+            for identifier in self.events[key].identifiers:
+                dropped = identifier in decision.dropped
+                if not stored:
+                    inserted.append((event_id, self.identifier_ids[identifier], dropped))
+                elif dropped != (identifier in dropped_before):
+                    flipped.append((event_id, self.identifier_ids[identifier], dropped))
+        if inserted:
+            _sql(_INSERT_EVENT_IDENTIFIERS, [list(column) for column in zip(*inserted, strict=True)])
+        if flipped:
+            _sql(_FLIP_EVENT_IDENTIFIERS, [list(column) for column in zip(*flipped, strict=True)])
 
     def _write_resolutions(self, member_ids: dict[MemberRef, int]) -> None:
         new = [key for key in self.member_of if key not in self.stored_member_of]
@@ -471,12 +479,17 @@ _MENTIONING_EVENTS = (
     f"CROSS JOIN LATERAL (SELECT event_id FROM {_MENTIONS} WHERE identifier_id = k.id OFFSET 0) AS m"
 )
 _MENTIONS_OF_EVENTS = (
-    "SELECT m.event_id, i.type, i.value, m.identifier_id FROM unnest(%b::bigint[]) AS k(id) "
+    "SELECT m.event_id, i.type, i.value, m.identifier_id, m.dropped FROM unnest(%b::bigint[]) AS k(id) "
     f"CROSS JOIN LATERAL (SELECT * FROM {_MENTIONS} WHERE event_id = k.id OFFSET 0) AS m "
     f"JOIN {_IDENTIFIERS} AS i ON i.id = m.identifier_id"
 )
-_DELETE_EVENT_IDENTIFIERS = (
-    f"DELETE FROM {_MENTIONS} AS m USING unnest(%b::bigint[]) AS k(id) WHERE m.event_id = k.id"
+_EVENTS_AND_MEMBERS = (
+    "SELECT e.id, e.timestamp, e.message_id, e.source_id, r.member_id FROM unnest(%b::bigint[]) AS k(id) "
+    f"JOIN {Event._meta.db_table} AS e ON e.id = k.id LEFT JOIN {_RESOLUTIONS} AS r ON r.event_id = e.id"
+)
+_FLIP_EVENT_IDENTIFIERS = (
+    f"UPDATE {_MENTIONS} AS m SET dropped = v.d FROM unnest(%b::bigint[], %b::bigint[], %b::boolean[]) "
+    "AS v(e, i, d) WHERE m.event_id = v.e AND m.identifier_id = v.i"
 )
 _INSERT_EVENT_IDENTIFIERS = (
     f"INSERT INTO {EventIdentifier._meta.db_table} (event_id, identifier_id, dropped) "

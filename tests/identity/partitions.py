@@ -4,16 +4,21 @@ from collections.abc import Iterable
 
 from events.models import Event
 from identity.identifiers import identifiers_extract
-from identity.models import EventResolution
-from identity.resolution import ResolvableEvent, Separation, resolve_in_event_order
+from identity.models import EventIdentifier, EventResolution
+from identity.resolution import (
+    Decision,
+    InMemoryResolver,
+    ResolvableEvent,
+    Separation,
+    resolve_in_event_order,
+)
 from identity.services import identity_rules, normalization_policy
 from identity.store import event_key
 
 
-def reference_partition(events: list[Event], separations: Iterable[Separation] = ()) -> set[frozenset[int]]:
-    policy, rules = normalization_policy(), identity_rules()
-    by_key = {event_key(e): e.id for e in events}
-    resolvable = [
+def _resolvable(events: list[Event]) -> list[ResolvableEvent]:
+    policy = normalization_policy()
+    return [
         ResolvableEvent(
             event_key(e),
             identifiers_extract(
@@ -26,8 +31,39 @@ def reference_partition(events: list[Event], separations: Iterable[Separation] =
         )
         for e in events
     ]
-    partition = resolve_in_event_order(resolvable, rules, separations).partition()
+
+
+def reference_partition(events: list[Event], separations: Iterable[Separation] = ()) -> set[frozenset[int]]:
+    by_key = {event_key(e): e.id for e in events}
+    partition = resolve_in_event_order(_resolvable(events), identity_rules(), separations).partition()
     return {frozenset(by_key[key] for key in group) for group in partition}
+
+
+def reference_dropped(events: list[Event]) -> set[tuple[int, str]]:
+    """(event id, "type:value") of every identifier the event-time-order engine dropped."""
+
+    class Recording(InMemoryResolver):
+        dropped: dict = {}
+
+        def _apply(self, decision: Decision) -> None:
+            super()._apply(decision)
+            self.dropped[decision.event] = decision.dropped  # a replay's decision replaces the first
+
+    by_key = {event_key(e): e.id for e in events}
+    resolver = Recording(identity_rules())
+    resolver.dropped = {}
+    for event in sorted(_resolvable(events), key=lambda e: e.key):
+        resolver.add(event)
+    return {(by_key[key], str(i)) for key, dropped in resolver.dropped.items() for i in dropped}
+
+
+def stored_dropped() -> set[tuple[int, str]]:
+    return {
+        (event_id, f"{type_}:{value}")
+        for event_id, type_, value in EventIdentifier.objects.filter(dropped=True).values_list(
+            "event_id", "identifier__type", "identifier__value"
+        )
+    }
 
 
 def stored_partition() -> set[frozenset[int]]:

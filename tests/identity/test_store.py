@@ -16,7 +16,7 @@ from identity.models import Identifier as IdentifierRow
 from identity.services import identity_resolve_events
 from members.models import Member
 from tests.factories import EventFactory, SourceFactory
-from tests.identity.partitions import reference_partition, stored_partition
+from tests.identity.partitions import reference_dropped, reference_partition, stored_dropped, stored_partition
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 
@@ -173,6 +173,7 @@ def _check_against_reference(data, raws) -> None:
         identity_resolve_events(arrival[start:end])
 
     assert stored_partition() == reference_partition(events)
+    assert stored_dropped() == reference_dropped(events)  # replays update exactly the flags that flip
     assert active_members() == len(reference_partition(events))
     # every identifier's owner is active, and every merged member points at an active one
     assert not IdentifierRow.objects.filter(member__status=Member.Status.MERGED).exists()

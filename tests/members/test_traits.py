@@ -26,7 +26,8 @@ observations = st.builds(
 )
 
 
-@given(st.lists(observations, max_size=12), st.randoms())
+# An event states a key once: no two observations share (key, event).
+@given(st.lists(observations, max_size=12, unique_by=lambda o: (o.key, o.event_id)), st.randoms())
 def test_latest_traits_do_not_depend_on_order(found, random):
     shuffled = random.sample(found, len(found))
 
