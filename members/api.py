@@ -22,7 +22,8 @@ from cdp.models import AuditEntry
 from cdp.permissions import permissions_required
 from cdp.privacy import Masking
 from cdp.services import audit_record
-from events.models import Channel, Source
+from events.models import Channel
+from events.selectors import source_names
 from events.tasks import process_pending_enqueue
 from identity.identifiers import BlockedIdentifier, InvalidIdentifier
 from identity.services import SplitRefused, member_split
@@ -257,7 +258,7 @@ class MemberViewSet(viewsets.ViewSet):
             request,
             view=self,
         )
-        names = dict(Source.objects.filter(id__in={e.source_id for e in page}).values_list("id", "name"))
+        names = source_names(e.source_id for e in page)
         masking = Masking(request.user, channel="api", detail=request.get_full_path())
         masking.audit([member.pk])
         return paginator.get_paginated_response(

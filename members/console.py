@@ -12,7 +12,8 @@ from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 
 from cdp.privacy import Masking
-from events.models import Channel, Source
+from events.models import Channel
+from events.selectors import source_names
 from members.presentation import profile_json, summary_json, timeline_json
 from members.selectors import (
     MonthlySpend,
@@ -73,8 +74,7 @@ def member(request: HttpRequest, member_id: int) -> HttpResponse:
     page = list(events.order_by("-timestamp", "-id")[: TIMELINE_PAGE + 1])
     older = page[TIMELINE_PAGE - 1] if len(page) > TIMELINE_PAGE else None  # the last one shown
     page = page[:TIMELINE_PAGE]
-    sources = Source.objects.in_bulk({e.source_id for e in page})
-    timeline = timeline_json(page, masking, {pk: s.name for pk, s in sources.items()})
+    timeline = timeline_json(page, masking, source_names(e.source_id for e in page))
     for entry in timeline:
         entry["label"] = CHANNEL_LABELS.get(entry["channel"], entry["channel"])
         properties = entry["properties"] if isinstance(entry["properties"], dict) else {}

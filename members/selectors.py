@@ -5,13 +5,14 @@ the timeline one per page.
 """
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
 from django.db.models import QuerySet, Subquery
 
-from events.models import Event, Source
+from events.models import Event
+from events.selectors import source_names
 from identity.identifiers import BlockedIdentifier, InvalidIdentifier
 from identity.models import EventResolution
 from identity.selectors import (
@@ -145,7 +146,6 @@ class MemberProfile:
     recent_orders: list[MemberOrder]
     spend_by_month: list[MonthlySpend]
     history: list[HistoryEntry]
-    sources: dict[int, Source] = field(default_factory=dict)
 
     @property
     def resolved_from(self) -> int | None:
@@ -155,12 +155,17 @@ class MemberProfile:
 
 def member_profile(*, member_id: int) -> MemberProfile | None:
     """The 360 view of a member (an absorbed id gives its survivor's), or None if unknown."""
-    member = member_resolve(member_id=member_id)
-    if member is None:
+    found = (
+        Member.objects.filter(pk=member_id)
+        .select_related("aggregate", "merged_into", "merged_into__aggregate")
+        .first()
+    )
+    if found is None:
         return None
+    member = found.merged_into if found.status == Member.Status.MERGED else found
     traits = list(MemberTrait.objects.filter(member=member).order_by("key"))
     orders = list(MemberOrder.objects.filter(member=member).order_by("-placed_at", "-event_id"))
-    sources = Source.objects.in_bulk({t.source_id for t in traits})
+    sources = source_names(t.source_id for t in traits)
     return MemberProfile(
         member=member,
         requested_id=member_id,
@@ -171,15 +176,14 @@ def member_profile(*, member_id: int) -> MemberProfile | None:
                 t.value,
                 t.observed_at,
                 t.channel,
-                sources[t.source_id].name if t.source_id in sources else "",
+                sources.get(t.source_id, ""),
             )
             for t in traits
         ],
-        aggregate=MemberAggregate.objects.filter(member=member).first(),
+        aggregate=getattr(member, "aggregate", None),  # None until the refresh has run
         recent_orders=[o for o in orders if o.placed_at is not None][:RECENT_ORDERS],
         spend_by_month=spend_by_month(orders),
         history=member_history(member_id=member.pk),
-        sources=sources,
     )
 
 
