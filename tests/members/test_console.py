@@ -110,7 +110,7 @@ def test_a_member_page_costs_a_bounded_number_of_queries(zhang, django_assert_ma
                      properties={"order_id": f"X{n}", "total": 10, "currency": "CNY"})  # fmt: skip
     events_process_pending()
 
-    with django_assert_max_num_queries(12):
+    with django_assert_max_num_queries(13):
         response = client.get(f"/console/members/{zhang['member']}/")
 
     assert response.status_code == 200
