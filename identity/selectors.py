@@ -4,13 +4,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Q, Value
+import orjson
+from django.contrib.auth import get_user_model
+from django.db import connection
 
 from events.models import Channel, Source
 from identity.identifiers import IdentifierType, normalize
-from identity.models import Identifier, MemberIdentifier, MergeRecord, SplitRecord
+from identity.models import Identifier, MemberIdentifier
 from identity.services import normalization_policy
-from members.models import Member
 
 
 def identifier_lookup_values(type_: str, raw: str) -> list[str]:
@@ -56,19 +57,8 @@ class HeldIdentifier:
 
 def member_identifiers(*, member_id: int) -> list[HeldIdentifier]:
     """Everything a member holds, by type then value (one query)."""
-    owned = (
-        Identifier.objects.filter(member_id=member_id)
-        .annotate(merges=Value(True))
-        .values_list("type", "value", "last_seen_at", "merges")
-    )
-    held = (
-        MemberIdentifier.objects.filter(member_id=member_id)
-        .annotate(merges=Value(False))
-        .values_list("identifier__type", "identifier__value", "identifier__last_seen_at", "merges")
-    )
-    return sorted(
-        (HeldIdentifier(*row) for row in owned.union(held, all=True)), key=lambda i: (i.type, i.value)
-    )
+    rows = _rows(_HELD_BY_MEMBER, [member_id, member_id])
+    return [HeldIdentifier(*row) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -87,26 +77,51 @@ class HistoryEntry:
 
 def member_history(*, member_id: int) -> list[HistoryEntry]:
     """Merges into this member (also into members it absorbed since) and splits of it, newest
-    first (three queries, each by index)."""
-    # Ids first: an OR with a subquery cannot use the indexes; two index lookups OR-ed can.
-    absorbed = list(Member.objects.filter(merged_into_id=member_id).values_list("id", flat=True))
-    merges = MergeRecord.objects.filter(
-        Q(survivor_id__in=[member_id, *absorbed]) | Q(absorbed_id=member_id)
-    ).values_list("created_at", "survivor_id", "absorbed_id", "identifiers", "cause", "event_id")
-    splits = SplitRecord.objects.filter(
-        Q(member_id=member_id) | Q(resulting_members__contains=[member_id])
-    ).values_list("created_at", "member_id", "identifiers", "staff__username", "reason", "resulting_members")
+    first (two queries, each by index)."""
     entries = [
-        HistoryEntry("merge", at, survivor, gone, list(identifiers), cause, event_id, "", "", [])
-        for at, survivor, gone, identifiers, cause, event_id in merges
+        HistoryEntry("merge", at, survivor, gone, orjson.loads(identifiers), cause, event_id, "", "", [])
+        for at, survivor, gone, identifiers, cause, event_id in _rows(_MERGES_OF_MEMBER, [member_id] * 3)
     ]
     entries += [
         HistoryEntry(
-            "split", at, member, None, list(identifiers), "staff", None, staff or "", reason, list(result)
+            "split", at, member, None, orjson.loads(identifiers), "staff", None, staff or "", reason,
+            orjson.loads(result),
         )
-        for at, member, identifiers, staff, reason, result in splits
-    ]
+        for at, member, identifiers, staff, reason, result in _rows(
+            _SPLITS_OF_MEMBER, [member_id, orjson.dumps([member_id]).decode()]
+        )
+    ]  # fmt: skip
     return sorted(entries, key=lambda e: e.at, reverse=True)
+
+
+# The 360 view's reads, in plain SQL: at one member they cost a fraction of a millisecond in
+# PostgreSQL, and building them through the ORM cost several times that. (Django reads jsonb
+# as text: decoded here.)
+_HELD_BY_MEMBER = """
+SELECT type, value, last_seen_at, true FROM identity_identifier WHERE member_id = %s
+UNION ALL
+SELECT i.type, i.value, i.last_seen_at, false FROM identity_memberidentifier AS h
+JOIN identity_identifier AS i ON i.id = h.identifier_id WHERE h.member_id = %s
+ORDER BY 1, 2
+"""
+_MERGES_OF_MEMBER = """
+SELECT created_at, survivor_id, absorbed_id, identifiers, cause, event_id FROM identity_mergerecord
+WHERE survivor_id = %s OR absorbed_id = %s
+UNION
+SELECT r.created_at, r.survivor_id, r.absorbed_id, r.identifiers, r.cause, r.event_id
+FROM members_member AS a JOIN identity_mergerecord AS r ON r.survivor_id = a.id WHERE a.merged_into_id = %s
+"""
+_SPLITS_OF_MEMBER = f"""
+SELECT s.created_at, s.member_id, s.identifiers, u.{get_user_model().USERNAME_FIELD}, s.reason, s.resulting_members
+FROM identity_splitrecord AS s LEFT JOIN {get_user_model()._meta.db_table} AS u ON u.id = s.staff_id
+WHERE s.member_id = %s OR s.resulting_members @> %s::jsonb
+"""  # noqa: S608 - model metadata only
+
+
+def _rows(statement: str, params: list) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        return cursor.fetchall()
 
 
 def identifiers_by_type(identifiers: list[HeldIdentifier]) -> dict[str, list[HeldIdentifier]]:

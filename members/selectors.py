@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+import orjson
+from django.db import connection
 from django.db.models import QuerySet, Subquery
 
 from events.models import Event
@@ -163,28 +165,46 @@ def member_profile(*, member_id: int) -> MemberProfile | None:
     if found is None:
         return None
     member = found.merged_into if found.status == Member.Status.MERGED else found
-    traits = list(MemberTrait.objects.filter(member=member).order_by("key"))
-    orders = list(MemberOrder.objects.filter(member=member).order_by("-placed_at", "-event_id"))
-    sources = source_names(t.source_id for t in traits)
+    # Plain SQL: at one member these cost far less in PostgreSQL than building them in the ORM.
+    with connection.cursor() as cursor:
+        cursor.execute(_TRAITS_OF_MEMBER, [member.pk])
+        traits = cursor.fetchall()
+        cursor.execute(_ORDERS_OF_MEMBER, [member.pk])
+        orders = [
+            MemberOrder(member_id=member.pk, **dict(zip(_ORDER_COLUMNS, row, strict=True))) for row in cursor
+        ]
+    sources = source_names(source_id for *_, source_id in traits)
     return MemberProfile(
         member=member,
         requested_id=member_id,
         identifiers=member_identifiers(member_id=member.pk),
         traits=[
-            TraitValue(
-                t.key,
-                t.value,
-                t.observed_at,
-                t.channel,
-                sources.get(t.source_id, ""),
-            )
-            for t in traits
+            # jsonb arrives as text, as Django's JSONField reads it
+            TraitValue(key, orjson.loads(value), observed_at, channel, sources.get(source_id, ""))
+            for key, value, observed_at, channel, source_id in traits
         ],
         aggregate=getattr(member, "aggregate", None),  # None until the refresh has run
         recent_orders=[o for o in orders if o.placed_at is not None][:RECENT_ORDERS],
         spend_by_month=spend_by_month(orders),
         history=member_history(member_id=member.pk),
     )
+
+
+_TRAITS_OF_MEMBER = "SELECT key, value, observed_at, channel, source_id FROM members_membertrait WHERE member_id = %s ORDER BY key"
+_ORDER_COLUMNS = (
+    "order_id",
+    "currency",
+    "total",
+    "refunded",
+    "placed_at",
+    "channel",
+    "store_code",
+    "event_id",
+)
+_ORDERS_OF_MEMBER = (
+    "SELECT order_id, currency, total, refunded, placed_at, channel, store_code, event_id FROM members_memberorder "
+    "WHERE member_id = %s ORDER BY placed_at DESC NULLS LAST, event_id DESC"
+)
 
 
 def spend_by_month(orders: list[MemberOrder]) -> list[MonthlySpend]:
