@@ -107,6 +107,10 @@ class MemberOrder(models.Model):
         return f"order {self.order_id} ({self.total} {self.currency}, member {self.member_id})"
 
 
+#: What an order row holds besides its member: the fields of ``members.aggregates.Order``.
+ORDER_FIELDS = ("order_id", "currency", "total", "refunded", "placed_at", "channel", "store_code", "event_id")
+
+
 class MemberAggregate(models.Model):
     """A member's figures, computed from their events: orders and spend (net of refunds, in
     ``currency``), per channel, first and last purchase, activity per channel and the stores

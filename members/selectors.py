@@ -26,7 +26,7 @@ from identity.selectors import (
     members_holding,
 )
 from members.aggregates import CHANNELS, ZERO
-from members.models import Member, MemberAggregate, MemberOrder, MemberTrait
+from members.models import ORDER_FIELDS, Member, MemberAggregate, MemberOrder, MemberTrait
 
 #: What staff can look a member up by: every built-in identifier type, and an order number.
 LOOKUP_FIELDS = (
@@ -171,7 +171,7 @@ def member_profile(*, member_id: int) -> MemberProfile | None:
         traits = cursor.fetchall()
         cursor.execute(_ORDERS_OF_MEMBER, [member.pk])
         orders = [
-            MemberOrder(member_id=member.pk, **dict(zip(_ORDER_COLUMNS, row, strict=True))) for row in cursor
+            MemberOrder(member_id=member.pk, **dict(zip(ORDER_FIELDS, row, strict=True))) for row in cursor
         ]
     sources = source_names(source_id for *_, source_id in traits)
     return MemberProfile(
@@ -191,18 +191,8 @@ def member_profile(*, member_id: int) -> MemberProfile | None:
 
 
 _TRAITS_OF_MEMBER = "SELECT key, value, observed_at, channel, source_id FROM members_membertrait WHERE member_id = %s ORDER BY key"
-_ORDER_COLUMNS = (
-    "order_id",
-    "currency",
-    "total",
-    "refunded",
-    "placed_at",
-    "channel",
-    "store_code",
-    "event_id",
-)
 _ORDERS_OF_MEMBER = (
-    "SELECT order_id, currency, total, refunded, placed_at, channel, store_code, event_id FROM members_memberorder "
+    f"SELECT {', '.join(ORDER_FIELDS)} FROM members_memberorder "  # noqa: S608 - field names only
     "WHERE member_id = %s ORDER BY placed_at DESC NULLS LAST, event_id DESC"
 )
 

@@ -12,7 +12,7 @@ from django.db import connection, transaction
 from cdp.db import rows_delete
 from events.commerce import ORDER_EVENTS
 from members.aggregates import CHANNELS, OrderEvent, aggregates_of, order_event, orders_of
-from members.models import DirtyMark, Member, MemberAggregate, MemberOrder, MemberTrait
+from members.models import ORDER_FIELDS, DirtyMark, Member, MemberAggregate, MemberOrder, MemberTrait
 from members.traits import TraitObservation, latest_traits, traits_of_event
 
 #: Advisory-lock key space of member refreshes (the two-key form, apart from the identity
@@ -216,7 +216,7 @@ def _aggregates_write(member_ids: set[int], events: list[_MemberEvent]) -> None:
             setattr(aggregate, f"orders_{channel}", channel_figures.orders)
             setattr(aggregate, f"spend_{channel}", channel_figures.spend)
         orders += [
-            MemberOrder(member_id=member_id, **{k: getattr(o, k) for k in _ORDER_FIELDS})
+            MemberOrder(member_id=member_id, **{k: getattr(o, k) for k in ORDER_FIELDS})
             for o in found.values()
         ]
     rows_delete(MemberOrder, column="member", keys=member_ids)
@@ -227,15 +227,3 @@ def _aggregates_write(member_ids: set[int], events: list[_MemberEvent]) -> None:
         unique_fields=["member"],
         update_fields=[f.name for f in MemberAggregate._meta.concrete_fields if not f.primary_key],
     )
-
-
-_ORDER_FIELDS = (
-    "order_id",
-    "currency",
-    "total",
-    "refunded",
-    "placed_at",
-    "channel",
-    "store_code",
-    "event_id",
-)
