@@ -1,6 +1,5 @@
 """Reads of the identity app: who holds an identifier, and a member's identity card."""
 
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -122,10 +121,3 @@ def _rows(statement: str, params: list) -> list[tuple]:
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
         return cursor.fetchall()
-
-
-def identifiers_by_type(identifiers: list[HeldIdentifier]) -> dict[str, list[HeldIdentifier]]:
-    grouped: dict[str, list[HeldIdentifier]] = defaultdict(list)
-    for identifier in identifiers:
-        grouped[identifier.type].append(identifier)
-    return dict(grouped)

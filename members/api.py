@@ -283,23 +283,24 @@ class MemberViewSet(viewsets.ViewSet):
         if member is None:
             raise _unknown_member(member_id)
         try:
-            record = member_split(
-                member_id=member.pk,
-                identifiers=data.validated_data["identifiers"],
-                reason=data.validated_data["reason"],
-                staff=request.user,
-            )
+            with transaction.atomic():  # a split is never made without its audit entry
+                record = member_split(
+                    member_id=member.pk,
+                    identifiers=data.validated_data["identifiers"],
+                    reason=data.validated_data["reason"],
+                    staff=request.user,
+                )
+                audit_record(
+                    user=request.user,
+                    action=AuditEntry.Action.SPLIT_MEMBER,
+                    member_ids=[member.pk, *record.resulting_members],
+                    channel="api",
+                    detail=record.reason,
+                )
         except SplitRefused as exc:
             raise ApiError(
                 code="invalid", message=str(exc), errors=[FieldError(exc.field, str(exc))]
             ) from exc
-        audit_record(
-            user=request.user,
-            action=AuditEntry.Action.SPLIT_MEMBER,
-            member_ids=[member.pk, *record.resulting_members],
-            channel="api",
-            detail=record.reason,
-        )
         transaction.on_commit(process_pending_enqueue)  # the member refresh runs as a follow-up
         return Response(
             SplitOutput(

@@ -41,7 +41,11 @@ def member_resolve(*, member_id: int) -> Member | None:
     """The active member behind an id, following a merge: an id absorbed by a merge leads to
     its survivor (``merged_into`` always names an active member), so ids that CRM staff or
     marketing tools stored keep working."""
-    member = Member.objects.filter(pk=member_id).select_related("merged_into").first()
+    member = (
+        Member.objects.filter(pk=member_id)
+        .select_related("aggregate", "merged_into", "merged_into__aggregate")  # the 360 view's figures
+        .first()
+    )
     if member is None:
         return None
     return member.merged_into if member.status == Member.Status.MERGED else member
@@ -157,14 +161,9 @@ class MemberProfile:
 
 def member_profile(*, member_id: int) -> MemberProfile | None:
     """The 360 view of a member (an absorbed id gives its survivor's), or None if unknown."""
-    found = (
-        Member.objects.filter(pk=member_id)
-        .select_related("aggregate", "merged_into", "merged_into__aggregate")
-        .first()
-    )
-    if found is None:
+    member = member_resolve(member_id=member_id)
+    if member is None:
         return None
-    member = found.merged_into if found.status == Member.Status.MERGED else found
     # Plain SQL: at one member these cost far less in PostgreSQL than building them in the ORM.
     with connection.cursor() as cursor:
         cursor.execute(_TRAITS_OF_MEMBER, [member.pk])

@@ -8,8 +8,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from cdp.permissions import roles_required
-from cdp.roles import Role
+from cdp.permissions import permissions_required
 from events.models import Channel, RejectedEvent, Source
 from events.services import source_create, source_rotate_key, source_set_enabled
 
@@ -46,7 +45,9 @@ def _with_key(source: Source, write_key: str) -> dict:
 
 @extend_schema(tags=["sources"])
 class SourceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    permission_classes = (roles_required(Role.ADMIN),)
+    permission_classes = (
+        permissions_required("events.view_source", "events.add_source", "events.change_source"),
+    )
     serializer_class = SourceOutput
     queryset = Source.objects.all()
 
@@ -94,7 +95,7 @@ class RejectedEventOutput(serializers.ModelSerializer):
 class RejectedEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Events refused at ingestion, newest first; filter with ``?source=<id>``, ``?code=``."""
 
-    permission_classes = (roles_required(Role.ADMIN),)
+    permission_classes = (permissions_required("events.view_rejectedevent"),)
     serializer_class = RejectedEventOutput
 
     def get_queryset(self):  # noqa: ANN201 - DRF hook
