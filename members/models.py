@@ -146,3 +146,34 @@ class MemberAggregate(models.Model):
 
     def __str__(self) -> str:
         return f"member {self.member_id}: {self.orders} orders, {self.spend} {self.currency}"
+
+
+from members.loyalty.models import (  # noqa: E402  (one app: the loyalty models live in their sub-package)
+    Coupon,
+    CouponCampaign,
+    CouponRedemption,
+    EarnRule,
+    LoyaltyProgram,
+    PointsAccount,
+    PointsEntry,
+    Tier,
+    TierChange,
+)
+
+__all__ = [
+    "ORDER_FIELDS",
+    "Coupon",
+    "CouponCampaign",
+    "CouponRedemption",
+    "DirtyMark",
+    "EarnRule",
+    "LoyaltyProgram",
+    "Member",
+    "MemberAggregate",
+    "MemberOrder",
+    "MemberTrait",
+    "PointsAccount",
+    "PointsEntry",
+    "Tier",
+    "TierChange",
+]

@@ -10,16 +10,13 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from cdp.db import rows_delete
-from events.commerce import ORDER_EVENTS
+from events.commerce import ORDER_COMPLETED, ORDER_EVENTS
 from members.aggregates import CHANNELS, OrderEvent, aggregates_of, order_event, orders_of
+from members.locks import member_refresh_locks
+from members.loyalty.points import LOYALTY_EVENTS, LoyaltyEvent
+from members.loyalty.services import LoyaltyHistory, order_lines, points_move_retired, points_reconcile
 from members.models import ORDER_FIELDS, DirtyMark, Member, MemberAggregate, MemberOrder, MemberTrait
 from members.traits import TraitObservation, latest_traits, traits_of_event
-
-#: Advisory-lock key space of member refreshes (the two-key form, apart from the identity
-#: lock's one-key form). Two workers may claim marks of the same member; the lock makes the
-#: second refresh wait for the first and then recompute from what it committed.
-MEMBER_REFRESH_LOCK_SPACE = 0x4D52
-_LOCK_KEY_RANGE = 2**31 - 1
 
 
 def members_refresh_batch(*, batch_size: int | None = None) -> int:
@@ -40,7 +37,7 @@ def members_refresh_batch(*, batch_size: int | None = None) -> int:
         if not marks:
             return 0
         member_ids = {member_id for _, member_id in marks}
-        _member_refresh_locks(member_ids)
+        member_refresh_locks(member_ids)
         members_recompute(member_ids)
         DirtyMark.objects.filter(id__in=[mark_id for mark_id, _ in marks]).delete()
     return len(member_ids)
@@ -67,7 +64,7 @@ def members_rebuild(*, batch_size: int = 1000, progress: Callable[[int], None] =
             )
             if not batch:
                 break
-            _member_refresh_locks(batch)
+            member_refresh_locks(batch)
             members_recompute(batch)
         after = max(batch)
         done += len(batch)
@@ -79,16 +76,6 @@ def members_rebuild(*, batch_size: int = 1000, progress: Callable[[int], None] =
     return done
 
 
-def _member_refresh_locks(member_ids: set[int]) -> None:
-    # Taken in one global order (sorted keys), so two refreshes never deadlock.
-    keys = sorted({member_id % _LOCK_KEY_RANGE for member_id in member_ids})
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(pg_advisory_xact_lock(%s, k)) FROM unnest(%s::int[]) AS k",
-            [MEMBER_REFRESH_LOCK_SPACE, keys],
-        )
-
-
 def members_recompute(member_ids: set[int]) -> None:
     """Everything computed from these members' events, from their events as they are now.
 
@@ -98,9 +85,12 @@ def members_recompute(member_ids: set[int]) -> None:
         Member.objects.filter(id__in=member_ids, status=Member.Status.ACTIVE).values_list("id", flat=True)
     )
     events = _events_of(active)
+    order_events = _order_events_of(events)
     _traits_write(active, events)
-    _aggregates_write(active, events)
+    _aggregates_write(active, events, order_events)
     retired = member_ids - active
+    points_move_retired(retired)
+    points_reconcile(histories=_loyalty_histories(active, events, order_events))
     for model in (MemberTrait, MemberOrder, MemberAggregate):
         rows_delete(model, column="member", keys=retired)
 
@@ -117,7 +107,7 @@ class _MemberEvent:
     source_id: int
     traits: dict | None  # None: states none
     context_traits: object
-    order_properties: dict | None  # only for order events
+    properties: dict | None  # only for order and loyalty events
 
 
 # One query for everything the refresh reads. The lateral join walks each member's events by
@@ -141,7 +131,7 @@ def _events_of(member_ids: set[int]) -> list[_MemberEvent]:
     if not member_ids:
         return []
     with connection.cursor() as cursor:
-        cursor.execute(_EVENTS_OF_MEMBERS, [sorted(ORDER_EVENTS), sorted(member_ids)])
+        cursor.execute(_EVENTS_OF_MEMBERS, [sorted(ORDER_EVENTS | LOYALTY_EVENTS), sorted(member_ids)])
         # Django reads jsonb as text (its JSONField decodes); so does this raw query.
         return [
             _MemberEvent(*row[:8], *(None if v is None else orjson.loads(v) for v in row[8:]))
@@ -178,10 +168,45 @@ def _traits_write(member_ids: set[int], events: list[_MemberEvent]) -> None:
     )
 
 
-def _aggregates_write(member_ids: set[int], events: list[_MemberEvent]) -> None:
+def _order_events_of(events: list[_MemberEvent]) -> dict[int, list[OrderEvent]]:
+    found: dict[int, list[OrderEvent]] = defaultdict(list)
+    for e in events:
+        if e.properties is not None and e.name in ORDER_EVENTS:
+            order = order_event(
+                event_id=e.event_id, name=e.name, properties=e.properties, at=e.at,
+                channel=e.channel, store_code=e.store_code, message_id=e.message_id,
+            )  # fmt: skip
+            if order is not None:
+                found[e.member_id].append(order)
+    return found
+
+
+def _loyalty_histories(
+    member_ids: set[int], events: list[_MemberEvent], order_events: dict[int, list[OrderEvent]]
+) -> dict[int, LoyaltyHistory]:
+    histories = {
+        member_id: LoyaltyHistory(orders=order_events.get(member_id, [])) for member_id in member_ids
+    }
+    for e in events:
+        if e.properties is None:
+            continue
+        history = histories[e.member_id]
+        if e.name == ORDER_COMPLETED:
+            history.lines[e.event_id] = order_lines(e.properties)
+        elif e.name in LOYALTY_EVENTS:
+            referrer = e.properties.get("referrer")
+            history.events.append(
+                LoyaltyEvent(event_id=e.event_id, name=e.name, at=e.at, message_id=e.message_id,
+                             referrer=str(referrer).strip() or None if isinstance(referrer, str | int) else None)
+            )  # fmt: skip
+    return histories
+
+
+def _aggregates_write(
+    member_ids: set[int], events: list[_MemberEvent], order_events: dict[int, list[OrderEvent]]
+) -> None:
     """Orders and figures of these members, from all their events (``members.aggregates``)."""
     rows = {member_id: MemberAggregate(member_id=member_id) for member_id in member_ids}
-    order_events: dict[int, list[OrderEvent]] = defaultdict(list)
     stores: dict[int, set[str]] = defaultdict(set)
     for e in events:
         aggregate = rows[e.member_id]
@@ -192,13 +217,6 @@ def _aggregates_write(member_ids: set[int], events: list[_MemberEvent]) -> None:
             stores[e.member_id].add(e.store_code)
         if aggregate.last_event_at is None or e.at > aggregate.last_event_at:
             aggregate.last_event_at = e.at
-        if e.order_properties is not None:
-            found = order_event(
-                event_id=e.event_id, name=e.name, properties=e.order_properties, at=e.at,
-                channel=e.channel, store_code=e.store_code, message_id=e.message_id,
-            )  # fmt: skip
-            if found is not None:
-                order_events[e.member_id].append(found)
     orders: list[MemberOrder] = []
     for member_id, aggregate in rows.items():
         aggregate.stores_visited = sorted(stores[member_id])

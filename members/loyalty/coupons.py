@@ -1,0 +1,161 @@
+"""Coupons across channels: issue to members, redeem exactly once at any till or checkout,
+release when the order is refunded.
+
+Exactly once is the database's job: a partial unique index allows one redemption in force per
+coupon, so of two tills redeeming one code at the same moment one insert wins and the other
+fails and is told where the coupon went. Redeeming again for the same order and channel is a
+retry and answers with the redemption already made.
+"""
+
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from members.loyalty.models import Coupon, CouponCampaign, CouponRedemption
+from members.models import Member
+
+#: Code alphabet without look-alikes (0/O, 1/I/L), read out at tills.
+_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
+_CODE_LENGTH = 10
+
+
+class CouponRefused(Exception):
+    """A coupon that cannot be used as asked: ``field`` and ``reason`` say why; ``status``
+    is the HTTP status (404 unknown, 409 already used, 422 not usable on this order)."""
+
+    def __init__(self, field: str, reason: str, *, status: int = 422) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason, self.status = field, reason, status
+
+
+def coupon_code_new() -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(_CODE_LENGTH))
+
+
+def coupons_issue(*, campaign: CouponCampaign, member_ids: Iterable[int]) -> int:
+    """Give each active member (absorbed ids count as their survivor) one coupon of the
+    campaign; returns how many were issued now. Issuing again issues nothing twice."""
+    wanted = set(member_ids)
+    survivors = dict(Member.objects.filter(id__in=wanted).values_list("id", "merged_into_id"))
+    active = {merged_into or member_id for member_id, merged_into in survivors.items()}
+    have = set(
+        Coupon.objects.filter(campaign=campaign, member_id__in=active).values_list("member_id", flat=True)
+    )
+    new = [Coupon(code=coupon_code_new(), campaign=campaign, member_id=m) for m in sorted(active - have)]
+    created = Coupon.objects.bulk_create(new, ignore_conflicts=True, batch_size=2000)
+    return len(created)
+
+
+@dataclass(frozen=True, slots=True)
+class Redemption:
+    redemption: CouponRedemption
+    created: bool  # False: a retry of a redemption already made
+
+
+def coupon_redeem(
+    *,
+    code: str,
+    order_id: str,
+    channel: str,
+    order_total: Decimal,
+    member: Member | None,
+    user: AbstractBaseUser | None,
+    now: datetime | None = None,
+) -> Redemption:
+    """Use a coupon on an order. Raises ``CouponRefused`` with the reason it cannot be."""
+    now = now or timezone.now()
+    coupon = Coupon.objects.select_related("campaign").filter(code=code.strip().upper()).first()
+    if coupon is None:
+        raise CouponRefused("code", "no such coupon", status=404)
+    active = _redemption_in_force(coupon)
+    if active is not None:
+        return _already(active, order_id=order_id, channel=channel)
+    _usable(coupon, order_total=order_total, channel=channel, member=member, now=now)
+    campaign = coupon.campaign
+    if campaign.benefit == CouponCampaign.Benefit.PERCENT:
+        discount = (order_total * campaign.value / 100).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    else:
+        discount = min(campaign.value, order_total)
+    try:
+        with transaction.atomic():
+            redemption = CouponRedemption.objects.create(
+                coupon=coupon,
+                member=member,
+                order_id=order_id,
+                channel=channel,
+                order_total=order_total,
+                discount=discount,
+                redeemed_by=user if user is not None and user.is_authenticated else None,
+            )
+    except IntegrityError:
+        # Another till got there first (the unique index waited for its commit).
+        active = _redemption_in_force(coupon)
+        if active is None:
+            raise
+        return _already(active, order_id=order_id, channel=channel)
+    return Redemption(redemption, created=True)
+
+
+def _redemption_in_force(coupon: Coupon) -> CouponRedemption | None:
+    return coupon.redemptions.filter(released_at__isnull=True).first()
+
+
+def _already(active: CouponRedemption, *, order_id: str, channel: str) -> Redemption:
+    if (active.order_id, active.channel) == (order_id, channel):
+        return Redemption(active, created=False)
+    raise CouponRefused(
+        "code",
+        f"already redeemed on order {active.order_id} ({active.channel}) at {active.redeemed_at:%Y-%m-%d %H:%M:%S %Z}",
+        status=409,
+    )
+
+
+def _usable(
+    coupon: Coupon, *, order_total: Decimal, channel: str, member: Member | None, now: datetime
+) -> None:
+    campaign = coupon.campaign
+    if now < campaign.valid_from:
+        raise CouponRefused("code", f"not valid yet: valid from {campaign.valid_from:%Y-%m-%d %H:%M %Z}")
+    if now >= campaign.valid_until:
+        raise CouponRefused("code", f"expired at {campaign.valid_until:%Y-%m-%d %H:%M %Z}")
+    if campaign.channels and channel not in campaign.channels:
+        raise CouponRefused(
+            "channel", f"this coupon is valid in {', '.join(campaign.channels)} only, not {channel}"
+        )
+    if order_total < campaign.minimum_spend:
+        raise CouponRefused("order_total", f"below the minimum spend of {campaign.minimum_spend}")
+    if coupon.member_id is not None:
+        if member is None:
+            raise CouponRefused("member_id", "this coupon was issued to a member: say which member is paying")
+        if member.pk != coupon.member_id:
+            raise CouponRefused("member_id", "this coupon was issued to another member")
+
+
+def coupon_release(*, code: str, order_id: str, reason: str) -> CouponRedemption:
+    """Undo a redemption (its order was refunded or cancelled): the coupon can be used again."""
+    coupon = Coupon.objects.filter(code=code.strip().upper()).first()
+    if coupon is None:
+        raise CouponRefused("code", "no such coupon", status=404)
+    active = _redemption_in_force(coupon)
+    if active is None or active.order_id != order_id:
+        raise CouponRefused(
+            "order_id", f"coupon {coupon.code} is not redeemed on order {order_id}", status=409
+        )
+    CouponRedemption.objects.filter(pk=active.pk, released_at__isnull=True).update(
+        released_at=timezone.now(), release_reason=reason[:200]
+    )
+    active.refresh_from_db()
+    return active
+
+
+def coupons_release_for_orders(*, order_ids: list[str], reason: str) -> int:
+    """Release the redemptions in force on these orders; returns how many."""
+    return CouponRedemption.objects.filter(order_id__in=order_ids, released_at__isnull=True).update(
+        released_at=timezone.now(), release_reason=reason[:200]
+    )

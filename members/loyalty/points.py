@@ -1,0 +1,663 @@
+"""The points a member's history entitles them to. Pure (no ORM).
+
+``points_derive`` replays a member's loyalty history in event-time order — orders, refunds,
+sign-ups, referrals, and the redemptions and adjustments staff and tills recorded — under the
+program's rules, and returns every ledger entry that history calls for, each under an
+idempotency key named after its cause (``earn:<order>``, ``reverse:<refund event>``, …), and
+the member's tier. The ledger service compares that with what is recorded and appends only
+the differences, so running it twice, after a retry, a merge, a split or a late upload,
+converges on the same ledger, and a rebuild from the event log equals the incremental path.
+
+Points are whole numbers; fractions are rounded down when earned, and a partial refund takes
+back the share of the order's points its amount is of the order's total (cumulatively, so
+that refunding every part takes back exactly what was earned).
+
+Lots: every credit (an earn, a bonus, a positive adjustment, points returned by a refund) is a
+lot with a time it becomes spendable (the pending period) and a time it expires. Spending and
+negative adjustments consume available lots first in, first out (soonest to expire first);
+a refund's reversal consumes its own order's lot first; an expiry takes what is left of its
+lot. ``lots_of`` rebuilds the lots from ledger rows alone, for reads.
+"""
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
+from enum import StrEnum
+
+from members.aggregates import OrderEvent
+from members.loyalty.program import Downgrade, NegativeBalance, Program, TierBasis, TierRule
+
+SIGNED_UP = "Signed Up"
+REFERRAL = "Referral"
+#: Events other than orders that earn points.
+LOYALTY_EVENTS = frozenset({SIGNED_UP, REFERRAL})
+
+
+class Kind(StrEnum):
+    EARN = "earn"
+    REDEEM = "redeem"
+    EXPIRE = "expire"
+    REVERSE = "reverse"
+    ADJUST = "adjust"
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A ledger row as the derivation reads it. Rows staff or tills recorded (``derived``
+    false: redemptions, adjustments) are facts the replay takes as given."""
+
+    key: str
+    kind: Kind
+    points: int
+    at: datetime
+    order_id: str = ""
+    cause_key: str = ""
+    available_at: datetime | None = None
+    expires_at: datetime | None = None
+    derived: bool = True
+    event_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A ledger entry the history calls for. ``beneficiary`` is None for the member whose
+    history it is, or the user id of a referrer who earns it."""
+
+    key: str
+    kind: Kind
+    points: int
+    at: datetime
+    reason: str
+    event_id: int | None = None
+    order_id: str = ""
+    available_at: datetime | None = None
+    expires_at: datetime | None = None
+    beneficiary: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoyaltyEvent:
+    """A sign-up or referral, as the derivation reads it."""
+
+    event_id: int
+    name: str
+    at: datetime
+    message_id: str
+    referrer: str | None = None  # a Signed Up naming who referred the member (a user id)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    """What the earning rules need of an order beyond its totals: its products."""
+
+    sku: str
+    category: str
+    amount: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class TierChange:
+    at: datetime
+    from_tier: str
+    to_tier: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Derivation:
+    due: tuple[Due, ...]
+    tier: str
+    tier_since: datetime | None
+    tier_changes: tuple[TierChange, ...]
+    #: When the answer changes with time alone (a lot expires, a tier review): None if never.
+    recheck_at: datetime | None
+    #: The next expiry after ``now`` and how many points it takes, if any.
+    next_expiry: tuple[datetime, int] | None
+
+
+@dataclass(slots=True)
+class Lot:
+    key: str
+    points: int
+    remaining: int
+    earned_at: datetime
+    available_at: datetime
+    expires_at: datetime | None
+    order_id: str = ""
+    event_id: int | None = None
+
+    def spendable_at(self, at: datetime) -> bool:
+        return (
+            self.remaining > 0
+            and self.available_at <= at
+            and (self.expires_at is None or at < self.expires_at)
+        )
+
+
+@dataclass(slots=True)
+class Lots:
+    """A member's lots and debt as the ledger stands at some moment."""
+
+    lots: list[Lot] = field(default_factory=list)
+    debt: int = 0  # points owed (a negative balance), paid from the next credits
+
+    @property
+    def balance(self) -> int:
+        return sum(lot.remaining for lot in self.lots) - self.debt
+
+    def credit(self, lot: Lot) -> None:
+        paid = min(self.debt, lot.remaining)
+        self.debt -= paid
+        lot.remaining -= paid
+        self.lots.append(lot)
+
+    def spend(self, points: int, at: datetime, *, first: str | None = None) -> int:
+        """Take ``points`` from lots spendable at ``at`` (lot ``first`` first, even if still
+        pending: a refund takes back its own order's points); returns how many were found."""
+        wanted = points
+        if first is not None:
+            for lot in self.lots:
+                if lot.key == first and lot.remaining > 0:
+                    taken = min(wanted, lot.remaining)
+                    lot.remaining -= taken
+                    wanted -= taken
+        for lot in sorted(
+            (lot for lot in self.lots if lot.spendable_at(at)),
+            key=lambda lot: (
+                lot.expires_at or datetime.max.replace(tzinfo=lot.earned_at.tzinfo),
+                lot.earned_at,
+            ),
+        ):
+            if wanted == 0:
+                break
+            taken = min(wanted, lot.remaining)
+            lot.remaining -= taken
+            wanted -= taken
+        return points - wanted
+
+    def expire(self, lot: Lot) -> int:
+        taken, lot.remaining = lot.remaining, 0
+        return taken
+
+    def pending(self, at: datetime) -> int:
+        return sum(lot.remaining for lot in self.lots if lot.available_at > at)
+
+    def expiring(self, at: datetime, until: datetime) -> list[Lot]:
+        return [
+            lot
+            for lot in self.lots
+            if lot.remaining > 0 and lot.expires_at is not None and at < lot.expires_at <= until
+        ]
+
+
+def points_of_order(
+    amount: Decimal,
+    lines: Sequence[OrderLine],
+    *,
+    channel: str,
+    tier: str,
+    rule_multiplier: Decimal,
+    excluded_skus: frozenset[str],
+    excluded_categories: frozenset[str],
+    channel_multipliers: dict[str, Decimal],
+    tier_multipliers: dict[str, Decimal],
+) -> int:
+    """Whole points for an order: its amount less excluded products, times the rule's rate and
+    the channel's and tier's multipliers, rounded down."""
+    excluded = sum(
+        (line.amount for line in lines if line.sku in excluded_skus or line.category in excluded_categories),
+        Decimal(0),
+    )
+    eligible = max(Decimal(0), amount - excluded)
+    points = (
+        eligible
+        * rule_multiplier
+        * channel_multipliers.get(channel, Decimal(1))
+        * tier_multipliers.get(tier, Decimal(1))
+    )
+    return int(points.to_integral_value(rounding=ROUND_FLOOR))
+
+
+@dataclass(slots=True)
+class _Order:
+    completion: OrderEvent | None
+    earned: int = 0
+    lot_key: str = ""
+    refunded: Decimal = Decimal(0)
+    reversed: int = 0
+    redeemed: int = 0  # points spent on this order (positive)
+    returned: int = 0
+
+
+def points_derive(
+    *,
+    program: Program,
+    orders: Iterable[OrderEvent],
+    lines: dict[int, Sequence[OrderLine]],
+    events: Iterable[LoyaltyEvent],
+    recorded: Iterable[Recorded],
+    now: datetime,
+) -> Derivation:
+    """Every ledger entry and the tier a member's history calls for, as of ``now``.
+
+    ``orders`` are the member's ``Order Completed`` / ``Order Refunded`` facts, ``lines`` the
+    products of each completion (by event id), ``events`` sign-ups and referrals,
+    ``recorded`` the member's ledger rows (only the ones staff or tills recorded are read).
+    """
+    tiers = program.tiers_by_rank()
+    facts = [r for r in recorded if not r.derived]
+    timeline: list[tuple[tuple, str, object]] = []
+    completions: dict[str, OrderEvent] = {}
+    refunds: list[OrderEvent] = []
+    for order_event in orders:
+        if order_event.name == "Order Completed":
+            current = completions.get(order_event.order_id)
+            if current is None or (order_event.at, order_event.message_id) < (current.at, current.message_id):
+                completions[order_event.order_id] = order_event
+        else:
+            refunds.append(order_event)
+    for done in completions.values():
+        timeline.append(((done.at, 0, done.message_id), "order", done))
+    for refund in refunds:
+        timeline.append(((refund.at, 1, refund.message_id), "refund", refund))
+    for event in events:
+        timeline.append(((event.at, 0, event.message_id), "event", event))
+    for fact in facts:
+        timeline.append(((fact.at, 2, fact.key), "fact", fact))
+    timeline.sort(key=lambda item: item[0])
+
+    state = _Replay(program=program, tiers=tiers, lines=lines)
+    for (at, _, _), what, item in timeline:
+        state.advance_to(at)
+        if what == "order":
+            state.order(item)  # type: ignore[arg-type]
+        elif what == "refund":
+            state.refund(item)  # type: ignore[arg-type]
+        elif what == "event":
+            state.loyalty_event(item)  # type: ignore[arg-type]
+        else:
+            state.fact(item)  # type: ignore[arg-type]
+    state.advance_to(now)
+    return Derivation(
+        due=tuple(state.due),
+        tier=state.tier,
+        tier_since=state.tier_since,
+        tier_changes=tuple(state.tier_changes),
+        recheck_at=state.next_change(now),
+        next_expiry=state.next_expiry(now),
+    )
+
+
+@dataclass(slots=True)
+class _Replay:
+    program: Program
+    tiers: tuple[TierRule, ...]
+    lines: dict[int, Sequence[OrderLine]]
+    lots: Lots = field(default_factory=Lots)
+    due: list[Due] = field(default_factory=list)
+    orders: dict[str, _Order] = field(default_factory=dict)
+    qualifying: list[tuple[datetime, Decimal]] = field(default_factory=list)  # (at, points or spend)
+    tier: str = ""
+    tier_since: datetime | None = None
+    tier_changes: list[TierChange] = field(default_factory=list)
+    first_order_seen: bool = False
+    signed_up: bool = False
+    review_at: datetime | None = None
+    clock: datetime | None = None
+
+    def __post_init__(self) -> None:
+        self.tier = self.tiers[0].key if self.tiers else ""
+
+    # time passing: lots expire, tiers are reviewed
+
+    def advance_to(self, at: datetime) -> None:
+        while True:
+            expiring = [
+                lot for lot in self.lots.lots if lot.remaining > 0 and lot.expires_at and lot.expires_at <= at
+            ]
+            review = self.review_at if self.review_at is not None and self.review_at <= at else None
+            first_expiry = min((lot.expires_at for lot in expiring), default=None)  # type: ignore[type-var]
+            if first_expiry is None and review is None:
+                break
+            if review is not None and (first_expiry is None or review <= first_expiry):
+                self._review(review)
+                continue
+            for lot in expiring:
+                if lot.expires_at == first_expiry:
+                    taken = self.lots.expire(lot)
+                    self.due.append(
+                        Due(
+                            key=f"expire:{lot.key}",
+                            kind=Kind.EXPIRE,
+                            points=-taken,
+                            at=first_expiry,  # type: ignore[arg-type]
+                            reason=f"{taken} points earned {lot.earned_at:%Y-%m-%d} expired",
+                            event_id=lot.event_id,
+                            order_id=lot.order_id,
+                        )
+                    )
+        self.clock = at
+
+    def next_change(self, now: datetime) -> datetime | None:
+        expiries = [
+            lot.expires_at
+            for lot in self.lots.lots
+            if lot.remaining > 0 and lot.expires_at and lot.expires_at > now
+        ]
+        candidates = [*expiries, *([self.review_at] if self.review_at else [])]
+        return min(candidates, default=None)  # type: ignore[type-var]
+
+    def next_expiry(self, now: datetime) -> tuple[datetime, int] | None:
+        expiring = [
+            lot for lot in self.lots.lots if lot.remaining > 0 and lot.expires_at and lot.expires_at > now
+        ]
+        if not expiring:
+            return None
+        first = min(lot.expires_at for lot in expiring)  # type: ignore[type-var]
+        return first, sum(lot.remaining for lot in expiring if lot.expires_at == first)  # type: ignore[return-value]
+
+    # credits
+
+    def _credit(self, due: Due, *, lot_key: str | None = None) -> None:
+        self.due.append(due)
+        self.lots.credit(
+            Lot(
+                key=lot_key or due.key,
+                points=due.points,
+                remaining=due.points,
+                earned_at=due.at,
+                available_at=due.available_at or due.at,
+                expires_at=due.expires_at,
+                order_id=due.order_id,
+                event_id=due.event_id,
+            )
+        )
+
+    def _credit_due(
+        self,
+        *,
+        key: str,
+        points: int,
+        at: datetime,
+        reason: str,
+        event_id: int | None,
+        order_id: str = "",
+        pending: bool = True,
+    ) -> Due:
+        rule = self.program.rule_at(at)
+        available = at + timedelta(days=rule.pending_days) if pending and rule.pending_days else None
+        return Due(
+            key=key,
+            kind=Kind.EARN,
+            points=points,
+            at=at,
+            reason=reason,
+            event_id=event_id,
+            order_id=order_id,
+            available_at=available,
+            expires_at=rule.expires_at(at, self.program.zone),
+        )
+
+    def order(self, done: OrderEvent) -> None:
+        order = self.orders.setdefault(done.order_id, _Order(completion=None))
+        order.completion = done
+        if done.currency != self.program.currency:
+            return  # points are earned in the program's currency only
+        rule = self.program.rule_at(done.at)
+        points = points_of_order(
+            done.amount,
+            self.lines.get(done.event_id, ()),
+            channel=done.channel,
+            tier=self.tier,
+            rule_multiplier=rule.points_per_unit,
+            excluded_skus=rule.excluded_skus,
+            excluded_categories=rule.excluded_categories,
+            channel_multipliers=rule.channel_multipliers,
+            tier_multipliers=rule.tier_multipliers,
+        )
+        if points > 0:
+            order.earned, order.lot_key = points, f"earn:{done.order_id}"
+            self._credit(
+                self._credit_due(
+                    key=order.lot_key,
+                    points=points,
+                    at=done.at,
+                    event_id=done.event_id,
+                    order_id=done.order_id,
+                    reason=f"order {done.order_id}: {done.amount} {done.currency} in {done.channel or 'unknown channel'}",
+                )
+            )
+        if not self.first_order_seen and rule.first_purchase_bonus > 0:
+            self._credit(
+                self._credit_due(
+                    key=f"bonus:first_purchase:{done.order_id}",
+                    points=rule.first_purchase_bonus,
+                    at=done.at,
+                    event_id=done.event_id,
+                    order_id=done.order_id,
+                    reason=f"first purchase bonus (order {done.order_id})",
+                )
+            )
+        self.first_order_seen = True
+        self._qualify(done.at, points if self.program.tier_basis == TierBasis.POINTS else done.amount)
+
+    def refund(self, refund: OrderEvent) -> None:
+        order = self.orders.get(refund.order_id)
+        if order is None or order.completion is None or order.completion.currency != refund.currency:
+            return  # nothing was earned on it here (placed before the program, or in another currency)
+        total = order.completion.amount
+        before = order.refunded
+        order.refunded = min(total, order.refunded + refund.amount)
+        share = order.refunded / total if total else Decimal(1)
+        if self.program.tier_basis == TierBasis.SPEND:
+            self._qualify(refund.at, -(order.refunded - before))
+        reverse_to = _share(order.earned, share)
+        taking = reverse_to - order.reversed
+        if taking > 0:
+            found = self.lots.spend(taking, refund.at, first=order.lot_key)
+            shortfall = taking - found
+            if shortfall and self.program.negative_balance == NegativeBalance.ALLOW:
+                self.lots.debt += shortfall
+                found = taking
+            order.reversed += found
+            reason = f"order {refund.order_id} refunded {refund.amount} {refund.currency}"
+            if found < taking:
+                reason += f"; {taking - found} points already spent were written off (no negative balance)"
+            if found:
+                self.due.append(
+                    Due(
+                        key=f"reverse:{refund.event_id}",
+                        kind=Kind.REVERSE,
+                        points=-found,
+                        at=refund.at,
+                        reason=reason,
+                        event_id=refund.event_id,
+                        order_id=refund.order_id,
+                    )
+                )
+                if self.program.tier_basis == TierBasis.POINTS:
+                    self._qualify(refund.at, Decimal(-found))
+        if self.program.refund_returns_redeemed_points and order.redeemed:
+            back = _share(order.redeemed, share) - order.returned
+            if back > 0:
+                order.returned += back
+                rule = self.program.rule_at(refund.at)
+                self._credit(
+                    Due(
+                        key=f"return:{refund.event_id}",
+                        kind=Kind.REVERSE,
+                        points=back,
+                        at=refund.at,
+                        reason=f"points spent on order {refund.order_id} given back (refund)",
+                        event_id=refund.event_id,
+                        order_id=refund.order_id,
+                        expires_at=rule.expires_at(refund.at, self.program.zone),
+                    )
+                )
+
+    def loyalty_event(self, event: LoyaltyEvent) -> None:
+        rule = self.program.rule_at(event.at)
+        if event.name == SIGNED_UP and not self.signed_up:
+            self.signed_up = True
+            if rule.signup_bonus > 0:
+                self._credit(
+                    self._credit_due(
+                        key=f"bonus:signup:{event.event_id}",
+                        points=rule.signup_bonus,
+                        at=event.at,
+                        event_id=event.event_id,
+                        reason="sign-up bonus",
+                    )
+                )
+        if rule.referral_bonus <= 0:
+            return
+        if event.name == REFERRAL:
+            self._credit(
+                self._credit_due(
+                    key=f"bonus:referral:{event.event_id}",
+                    points=rule.referral_bonus,
+                    at=event.at,
+                    event_id=event.event_id,
+                    reason="referral bonus",
+                )
+            )
+        elif event.name == SIGNED_UP and event.referrer:
+            # Earned by the referrer, not by this member: not a lot of this member's.
+            due = self._credit_due(
+                key=f"bonus:referred:{event.event_id}",
+                points=rule.referral_bonus,
+                at=event.at,
+                event_id=event.event_id,
+                reason="referral bonus (a referred member signed up)",
+            )
+            self.due.append(replace(due, beneficiary=event.referrer))
+
+    def fact(self, fact: Recorded) -> None:
+        """A redemption or adjustment staff or a till recorded: taken as it is."""
+        if fact.points > 0:
+            self.lots.credit(
+                Lot(
+                    key=fact.key,
+                    points=fact.points,
+                    remaining=fact.points,
+                    earned_at=fact.at,
+                    available_at=fact.available_at or fact.at,
+                    expires_at=fact.expires_at,
+                    order_id=fact.order_id,
+                )
+            )
+            return
+        wanted = -fact.points
+        found = self.lots.spend(wanted, fact.at)
+        if fact.kind == Kind.REDEEM and fact.order_id:
+            self.orders.setdefault(fact.order_id, _Order(completion=None)).redeemed += wanted
+        shortfall = wanted - found
+        if not shortfall:
+            return
+        if self.program.negative_balance == NegativeBalance.ALLOW:
+            self.lots.debt += shortfall
+        else:
+            # Only after a split took away points this member had spent: the program allows
+            # no debt, so what is missing is written off.
+            self.due.append(
+                Due(
+                    key=f"writeoff:{fact.key}",
+                    kind=Kind.ADJUST,
+                    points=shortfall,
+                    at=fact.at,
+                    reason=f"{shortfall} points spent by {fact.key} now belong to another member; written off",
+                )
+            )
+
+    # tiers
+
+    def _qualify(self, at: datetime, amount: Decimal | int) -> None:
+        if not self.tiers:
+            return
+        self.qualifying.append((at, Decimal(amount)))
+        measure = self._measure(at)
+        qualified = self._qualified_for(measure)
+        if self.tiers.index(qualified) > self._index(self.tier):
+            self._change(
+                at,
+                qualified.key,
+                f"qualified: {self._describe(measure)} ≥ {qualified.name} {qualified.threshold}",
+            )
+        if self.review_at is None and self.program.downgrade != Downgrade.NONE:
+            self.review_at = self.program.next_review(at)
+
+    def _review(self, at: datetime) -> None:
+        self.review_at = self.program.next_review(at)
+        measure = self._measure(at)
+        current = self._index(self.tier)
+        qualified = self.tiers.index(self._qualified_for(measure))
+        if qualified >= current:
+            return
+        target = current - 1 if self.program.downgrade == Downgrade.ONE_STEP else qualified
+        held = self.tiers[current]
+        self._change(
+            at, self.tiers[target].key, f"review: {self._describe(measure)} < {held.name} {held.threshold}"
+        )
+
+    def _measure(self, at: datetime) -> Decimal:
+        since = at - timedelta(days=self.program.tier_window_days)
+        return sum((amount for when, amount in self.qualifying if since < when <= at), Decimal(0))
+
+    def _qualified_for(self, measure: Decimal) -> TierRule:
+        reached = [tier for tier in self.tiers if measure >= tier.threshold]
+        return reached[-1] if reached else self.tiers[0]
+
+    def _index(self, key: str) -> int:
+        return next((i for i, tier in enumerate(self.tiers) if tier.key == key), -1)
+
+    def _describe(self, measure: Decimal) -> str:
+        unit = (
+            "points earned"
+            if self.program.tier_basis == TierBasis.POINTS
+            else f"{self.program.currency} spent"
+        )
+        return f"{measure.normalize():f} {unit} in {self.program.tier_window_days} days"
+
+    def _change(self, at: datetime, to: str, reason: str) -> None:
+        self.tier_changes.append(TierChange(at=at, from_tier=self.tier, to_tier=to, reason=reason))
+        self.tier, self.tier_since = to, at
+
+
+def _share(points: int, share: Decimal) -> int:
+    return int((points * share).to_integral_value(rounding=ROUND_HALF_UP))
+
+
+def lots_of(rows: Iterable[Recorded]) -> Lots:
+    """A member's lots and debt from their ledger rows alone, in the order they took effect:
+    what the points view shows as pending and expiring. A row correcting an earlier one
+    (same ``cause_key``) changes that row's lot; an expiry empties its lot; a reversal takes
+    its order's lot first."""
+    lots = Lots()
+    by_cause: dict[str, Lot] = {}
+    for row in sorted(rows, key=lambda r: (r.at, r.points < 0, r.key)):
+        cause = row.cause_key or row.key
+        if row.points > 0:
+            if cause in by_cause:
+                by_cause[cause].points += row.points
+                by_cause[cause].remaining += row.points
+                continue
+            lot = Lot(
+                key=cause,
+                points=row.points,
+                remaining=row.points,
+                earned_at=row.at,
+                available_at=row.available_at or row.at,
+                expires_at=row.expires_at,
+                order_id=row.order_id,
+            )
+            by_cause[cause] = lot
+            lots.credit(lot)
+            continue
+        first = by_cause.get(cause.removeprefix("expire:"))
+        if first is None and row.kind == Kind.REVERSE and row.order_id:
+            first = by_cause.get(f"earn:{row.order_id}")
+        wanted = -row.points
+        wanted -= lots.spend(wanted, row.at, first=first.key if first else None)
+        lots.debt += wanted
+    return lots

@@ -1,0 +1,121 @@
+"""A loyalty program's rules as plain data (no ORM): what the derivation in
+``members.loyalty.points`` reads, loaded from the database by ``members.loyalty.selectors``."""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+
+class Expiry(StrEnum):
+    NEVER = "never"
+    DAYS = "days"
+    END_OF_MONTH = "end_of_month"
+    END_OF_YEAR = "end_of_year"
+
+
+class NegativeBalance(StrEnum):
+    #: A refund takes back the points the order earned even when they were spent: the member
+    #: owes them and later earnings pay the debt first. The database allows a balance below 0.
+    ALLOW = "allow"
+    #: A refund takes back at most what the member still has; the rest is written off. The
+    #: database refuses a balance below 0.
+    FORBID = "forbid"
+
+
+class TierBasis(StrEnum):
+    POINTS = "points"  # points earned in the window (never the balance)
+    SPEND = "spend"  # spend net of refunds in the window
+
+
+class Downgrade(StrEnum):
+    NONE = "none"  # a tier once reached is kept
+    PERIODIC = "periodic"  # at each review the member gets the tier they qualify for
+    ONE_STEP = "one_step"  # at each review the member drops at most one tier
+
+
+@dataclass(frozen=True, slots=True)
+class EarnRule:
+    """How points are earned while the rule is valid (``valid_from`` ≤ event time <
+    ``valid_until``; None is open). The default rule: one point per currency unit, at once,
+    never expiring, no bonuses."""
+
+    key: str = "default"
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+    points_per_unit: Decimal = Decimal(1)
+    channel_multipliers: dict[str, Decimal] = field(default_factory=dict)
+    tier_multipliers: dict[str, Decimal] = field(default_factory=dict)
+    excluded_skus: frozenset[str] = frozenset()
+    excluded_categories: frozenset[str] = frozenset()
+    first_purchase_bonus: int = 0
+    signup_bonus: int = 0
+    referral_bonus: int = 0
+    pending_days: int = 0
+    expiry: Expiry = Expiry.NEVER
+    expiry_days: int | None = None
+
+    def applies_at(self, at: datetime) -> bool:
+        return (self.valid_from is None or self.valid_from <= at) and (
+            self.valid_until is None or at < self.valid_until
+        )
+
+    def expires_at(self, earned_at: datetime, zone: ZoneInfo) -> datetime | None:
+        """When a lot earned at ``earned_at`` expires; month and year ends are local midnights."""
+        if self.expiry == Expiry.NEVER:
+            return None
+        if self.expiry == Expiry.DAYS:
+            return earned_at + timedelta(days=self.expiry_days or 0)
+        local = earned_at.astimezone(zone)
+        if self.expiry == Expiry.END_OF_YEAR:
+            return datetime(local.year + 1, 1, 1, tzinfo=zone)
+        year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
+        return datetime(year, month, 1, tzinfo=zone)
+
+
+@dataclass(frozen=True, slots=True)
+class TierRule:
+    key: str
+    name: str
+    rank: int  # 0 is the entry tier
+    threshold: Decimal  # points earned or spend in the window needed to qualify
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    rules: tuple[EarnRule, ...] = ()
+    tiers: tuple[TierRule, ...] = ()
+    tier_basis: TierBasis = TierBasis.POINTS
+    tier_window_days: int = 365
+    downgrade: Downgrade = Downgrade.NONE
+    review_months: int = 12
+    negative_balance: NegativeBalance = NegativeBalance.ALLOW
+    refund_returns_redeemed_points: bool = True
+    currency: str = "CNY"
+    zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+
+    def rule_at(self, at: datetime) -> EarnRule:
+        """The earning rule valid at ``at``; the default rule where none is."""
+        for rule in self.rules:
+            if rule.applies_at(at):
+                return rule
+        return DEFAULT_RULE
+
+    def tiers_by_rank(self) -> tuple[TierRule, ...]:
+        return tuple(sorted(self.tiers, key=lambda tier: tier.rank))
+
+    def next_review(self, after: datetime) -> datetime:
+        """The first review instant after ``after``: local midnight on the first day of a
+        month counted in steps of ``review_months`` from January."""
+        local = after.astimezone(self.zone)
+        step = max(1, self.review_months)
+        index = (local.year * 12 + local.month - 1) // step * step
+        while True:
+            index += step
+            at = datetime(index // 12, index % 12 + 1, 1, tzinfo=self.zone)
+            if at > after:
+                return at
+
+
+DEFAULT_RULE = EarnRule()

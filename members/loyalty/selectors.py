@@ -1,0 +1,161 @@
+"""Reads of loyalty: the program as plain data, a member's points, members about to lose points."""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.utils import timezone
+
+from members.loyalty.models import (
+    Coupon,
+    CouponRedemption,
+    EarnRule,
+    LoyaltyProgram,
+    PointsAccount,
+    PointsEntry,
+    Tier,
+    TierChange,
+)
+from members.loyalty.points import Kind, Lot, Recorded, lots_of
+from members.loyalty.program import Downgrade, Expiry, NegativeBalance, Program, TierBasis, TierRule
+from members.loyalty.program import EarnRule as Rule
+
+
+def program_settings() -> LoyaltyProgram:
+    program, _ = LoyaltyProgram.objects.get_or_create(key="default")
+    return program
+
+
+def program_load() -> Program:
+    """The program, its earning rules and tiers as the pure derivation reads them (3 queries)."""
+    row = program_settings()
+    return Program(
+        rules=tuple(_rule(rule) for rule in EarnRule.objects.all()),
+        tiers=tuple(
+            TierRule(key=t.key, name=t.name, rank=t.rank, threshold=t.threshold)
+            for t in Tier.objects.order_by("rank")
+        ),
+        tier_basis=TierBasis(row.tier_basis),
+        tier_window_days=row.tier_window_days,
+        downgrade=Downgrade(row.tier_downgrade),
+        review_months=row.tier_review_months,
+        negative_balance=NegativeBalance(row.negative_balance),
+        refund_returns_redeemed_points=row.refund_returns_redeemed_points,
+        currency=settings.CDP_CURRENCY,
+        zone=ZoneInfo(settings.TIME_ZONE),
+    )
+
+
+def _rule(rule: EarnRule) -> Rule:
+    return Rule(
+        key=str(rule.pk),
+        valid_from=rule.valid_from,
+        valid_until=rule.valid_until,
+        points_per_unit=rule.points_per_unit,
+        channel_multipliers={k: Decimal(str(v)) for k, v in rule.channel_multipliers.items()},
+        tier_multipliers={k: Decimal(str(v)) for k, v in rule.tier_multipliers.items()},
+        excluded_skus=frozenset(rule.excluded_skus),
+        excluded_categories=frozenset(rule.excluded_categories),
+        first_purchase_bonus=rule.first_purchase_bonus,
+        signup_bonus=rule.signup_bonus,
+        referral_bonus=rule.referral_bonus,
+        pending_days=rule.pending_days,
+        expiry=Expiry(rule.expiry),
+        expiry_days=rule.expiry_days,
+    )
+
+
+def recorded_of(entry: PointsEntry) -> Recorded:
+    return Recorded(
+        key=entry.key,
+        kind=Kind(entry.kind),
+        points=entry.points,
+        at=entry.at,
+        order_id=entry.order_id,
+        cause_key=entry.cause_key,
+        available_at=entry.available_at,
+        expires_at=entry.expires_at,
+        derived=entry.derived,
+        event_id=entry.event_id,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PointsSummary:
+    balance: int
+    available: int
+    pending: int
+    expiring: list[Lot]  # lots expiring within the program's "soon", soonest first
+    expiring_within_days: int
+    tier: Tier | None
+    tier_since: datetime | None
+    tier_changes: list[TierChange]
+    coupons: list[Coupon]
+
+
+def points_summary(*, member_id: int, now: datetime | None = None) -> PointsSummary:
+    """A member's balance split into spendable and pending, what expires soon, tier and coupons."""
+    now = now or timezone.now()
+    account = PointsAccount.objects.filter(member_id=member_id).first()
+    entries = list(PointsEntry.objects.filter(member_id=member_id))
+    lots = lots_of(recorded_of(e) for e in entries)
+    program = program_settings()
+    balance = account.balance if account else 0
+    pending = min(lots.pending(now), max(balance, 0))
+    expiring = sorted(
+        lots.expiring(now, now + timedelta(days=program.expiring_soon_days)), key=lambda lot: lot.expires_at
+    )
+    tier = Tier.objects.filter(key=account.tier).first() if account and account.tier else None
+    return PointsSummary(
+        balance=balance,
+        available=balance - pending,
+        pending=pending,
+        expiring=expiring,
+        expiring_within_days=program.expiring_soon_days,
+        tier=tier,
+        tier_since=account.tier_since if account else None,
+        tier_changes=list(TierChange.objects.filter(member_id=member_id).order_by("-at")[:20]),
+        coupons=list(
+            Coupon.objects.filter(member_id=member_id)
+            .select_related("campaign")
+            .prefetch_related("redemptions")
+            .order_by("-issued_at")[:50]
+        ),
+    )
+
+
+def points_available(*, member_id: int, now: datetime) -> int:
+    """Points the member can spend now: the balance less what is still pending."""
+    balance = PointsAccount.objects.filter(member_id=member_id).values_list("balance", flat=True).first() or 0
+    lots = lots_of(recorded_of(e) for e in PointsEntry.objects.filter(member_id=member_id))
+    return balance - min(lots.pending(now), max(balance, 0))
+
+
+def ledger_page(*, member_id: int, before: int | None, size: int) -> list[PointsEntry]:
+    """A page of a member's ledger, newest first (keyset on id)."""
+    rows = PointsEntry.objects.filter(member_id=member_id).select_related("staff_user")
+    if before is not None:
+        rows = rows.filter(id__lt=before)
+    return list(rows.order_by("-id")[:size])
+
+
+def members_expiring(
+    *, within_days: int, after_member: int | None, size: int, now: datetime | None = None
+) -> list[PointsAccount]:
+    """Members whose next points expire within ``within_days``: soonest first, keyset on
+    (next expiry, member)."""
+    now = now or timezone.now()
+    rows = PointsAccount.objects.filter(
+        next_expiry_at__isnull=False,
+        next_expiry_at__lte=now + timedelta(days=within_days),
+        next_expiry_points__gt=0,
+    )
+    if after_member is not None:
+        rows = rows.filter(member_id__gt=after_member)
+    return list(rows.order_by("member_id")[:size])
+
+
+def coupon_redemption_active(*, coupon: Coupon) -> CouponRedemption | None:
+    return coupon.redemptions.filter(released_at__isnull=True).first()

@@ -1,0 +1,446 @@
+"""Writes of loyalty: keep each member's ledger equal to what their history calls for, and
+record what staff and tills do with points.
+
+The member refresh (``members.services``) calls ``points_reconcile`` with the history of the
+members it refreshes, under their refresh locks. Derived rows belong to the member whose event
+caused them (a referral bonus to the referrer): a reconciliation moves rows whose cause now
+belongs to this member (a merge, a split), appends a correction where a cause's points changed,
+and corrects to zero a cause that no longer earns anything (a second first-purchase bonus after
+a merge). Rows staff or tills recorded are facts: they follow their member through merges.
+"""
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from cdp.db import binary_parameters_cursor
+from events.commerce import as_amount
+from identity.identifiers import BlockedIdentifier, IdentifierType, InvalidIdentifier
+from identity.selectors import identifier_lookup_values, members_holding
+from members.aggregates import OrderEvent
+from members.locks import member_refresh_locks
+from members.loyalty.coupons import coupons_release_for_orders
+from members.loyalty.models import PointsAccount, PointsEntry, TierChange
+from members.loyalty.points import Derivation, Due, Kind, LoyaltyEvent, OrderLine, Recorded, points_derive
+from members.loyalty.program import NegativeBalance, Program
+from members.loyalty.selectors import points_available, program_load
+from members.models import DirtyMark, Member
+
+
+@dataclass(slots=True)
+class LoyaltyHistory:
+    """What of a member's events the points derivation reads."""
+
+    orders: list[OrderEvent] = field(default_factory=list)
+    lines: dict[int, list[OrderLine]] = field(default_factory=dict)
+    events: list[LoyaltyEvent] = field(default_factory=list)
+
+    @property
+    def event_ids(self) -> set[int]:
+        return {o.event_id for o in self.orders} | {e.event_id for e in self.events}
+
+
+def order_lines(properties: dict) -> list[OrderLine]:
+    """The products of an order as the earning rules read them (price times quantity each)."""
+    products = properties.get("products")
+    if not isinstance(products, list):
+        return []
+    lines = []
+    for product in products:
+        if not isinstance(product, dict):
+            continue
+        price = as_amount(product.get("price"))
+        quantity = as_amount(product.get("quantity"))
+        if price is None:
+            continue
+        lines.append(
+            OrderLine(
+                sku=str(product.get("sku") or product.get("product_id") or ""),
+                category=str(product.get("category") or ""),
+                amount=price * (quantity if quantity is not None else Decimal(1)),
+            )
+        )
+    return lines
+
+
+_RECORDED_OF = """
+SELECT p.id, p.member_id, p.kind, p.points, p.key, p.cause_key, p.derived, p.event_id, p.order_id,
+       p.at, p.available_at, p.expires_at
+FROM unnest(%b::bigint[]) AS m(id)
+CROSS JOIN LATERAL (SELECT * FROM members_pointsentry AS e WHERE e.member_id = m.id OFFSET 0) AS p
+UNION
+SELECT p.id, p.member_id, p.kind, p.points, p.key, p.cause_key, p.derived, p.event_id, p.order_id,
+       p.at, p.available_at, p.expires_at
+FROM unnest(%b::bigint[]) AS c(id)
+CROSS JOIN LATERAL (SELECT * FROM members_pointsentry AS e WHERE e.event_id = c.id OFFSET 0) AS p
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    id: int
+    member_id: int
+    recorded: Recorded
+
+
+def _rows_of(member_ids: Iterable[int], event_ids: Iterable[int]) -> list[_Row]:
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_RECORDED_OF, [sorted(set(member_ids)), sorted(set(event_ids))])
+        return [
+            _Row(
+                row_id,
+                member_id,
+                Recorded(
+                    key=key,
+                    kind=Kind(kind),
+                    points=points,
+                    at=at,
+                    order_id=order_id,
+                    cause_key=cause_key,
+                    available_at=available_at,
+                    expires_at=expires_at,
+                    derived=derived,
+                    event_id=event_id,
+                ),
+            )
+            for row_id, member_id, kind, points, key, cause_key, derived, event_id, order_id, at, available_at, expires_at in cursor.fetchall()
+        ]
+
+
+def points_reconcile(*, histories: dict[int, LoyaltyHistory], now: datetime | None = None) -> None:
+    """Bring these active members' ledgers, tiers and accounts to what their histories call
+    for as of ``now``. Idempotent: a second run appends nothing. Callers hold the members'
+    refresh locks (``members.services``)."""
+    if not histories:
+        return
+    now = now or timezone.now()
+    program = program_load()
+    rows = _rows_of(histories, {i for h in histories.values() for i in h.event_ids})
+    facts: dict[int, list[Recorded]] = defaultdict(list)
+    by_cause: dict[str, list[_Row]] = defaultdict(list)
+    for row in rows:
+        if row.recorded.derived:
+            by_cause[row.recorded.cause_key].append(row)
+        elif row.member_id in histories:
+            facts[row.member_id].append(row.recorded)
+    derivations = {
+        member_id: points_derive(
+            program=program,
+            orders=history.orders,
+            lines=history.lines,
+            events=history.events,
+            recorded=facts[member_id],
+            now=now,
+        )
+        for member_id, history in histories.items()
+    }
+    referrers = _referrers(
+        {d.beneficiary for derived in derivations.values() for d in derived.due if d.beneficiary}
+    )
+    moves: dict[int, list[int]] = defaultdict(list)  # target member -> row ids
+    corrections: list[PointsEntry] = []
+    for member_id, derivation in derivations.items():
+        wanted: set[str] = set()
+        for due in derivation.due:
+            target = referrers.get(due.beneficiary) if due.beneficiary else member_id
+            if target is None:
+                continue  # the referrer is not (yet) a member: nobody to credit
+            wanted.add(due.key)
+            held = by_cause.get(due.key, [])
+            moves[target] += [row.id for row in held if row.member_id != target]
+            difference = due.points - sum(row.recorded.points for row in held)
+            if difference:
+                corrections.append(_entry(target, due, difference, len(held), now))
+        mine = histories[member_id].event_ids
+        for cause, held in by_cause.items():
+            if cause in wanted:
+                continue
+            caused_here = any(
+                row.recorded.event_id in mine
+                or (row.recorded.event_id is None and row.member_id == member_id)
+                for row in held
+            )
+            total = sum(row.recorded.points for row in held)
+            if caused_here and total:
+                first = held[0].recorded
+                corrections.append(
+                    _entry(
+                        held[0].member_id,
+                        Due(
+                            key=cause,
+                            kind=first.kind,
+                            points=0,
+                            at=now,
+                            reason="no longer due",
+                            event_id=first.event_id,
+                            order_id=first.order_id,
+                        ),
+                        -total,
+                        len(held),
+                        now,
+                    )
+                )
+    _accounts_write(derivations, program)
+    _rows_move(moves)
+    # Credits before debits: the floor is checked at commit, but a clean order reads better.
+    PointsEntry.objects.bulk_create(sorted(corrections, key=lambda e: -e.points))
+    _tier_changes_write(derivations)
+    _coupons_release_refunded(histories)
+
+
+def _entry(member_id: int, due: Due, points: int, already: int, now: datetime) -> PointsEntry:
+    """A ledger row bringing cause ``due.key`` to ``due.points``: the first under the cause's
+    own key, later ones (corrections) under ``<key>#<n>``."""
+    corrected = already > 0
+    return PointsEntry(
+        member_id=member_id,
+        kind=due.kind,
+        points=points,
+        key=f"{due.key}#{already + 1}" if corrected else due.key,
+        cause_key=due.key,
+        reason=(f"recomputed: {due.reason}" if corrected else due.reason)[:500],
+        derived=True,
+        event_id=due.event_id,
+        order_id=due.order_id,
+        at=now if corrected else due.at,
+        available_at=due.available_at,
+        expires_at=due.expires_at,
+    )
+
+
+def _referrers(user_ids: set[str]) -> dict[str, int]:
+    """The active member holding each referrer's user id, where there is exactly one."""
+    found: dict[str, int] = {}
+    for user_id in user_ids:
+        try:
+            values = identifier_lookup_values(IdentifierType.USER_ID, user_id)
+        except (InvalidIdentifier, BlockedIdentifier):
+            continue
+        holders = members_holding(type_=IdentifierType.USER_ID, values=values)
+        active = set(
+            Member.objects.filter(id__in=holders, status=Member.Status.ACTIVE).values_list("id", flat=True)
+        )
+        if len(active) == 1:
+            found[user_id] = active.pop()
+    return found
+
+
+def _rows_move(moves: dict[int, list[int]]) -> None:
+    pairs = [(row_id, target) for target, row_ids in moves.items() for row_id in row_ids]
+    if not pairs:
+        return
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(
+            "UPDATE members_pointsentry AS e SET member_id = m.target "
+            "FROM unnest(%b::bigint[], %b::bigint[]) AS m(id, target) WHERE e.id = m.id",
+            [[p[0] for p in pairs], [p[1] for p in pairs]],
+        )
+
+
+def _accounts_write(derivations: dict[int, Derivation], program: Program) -> None:
+    negative_allowed = program.negative_balance == NegativeBalance.ALLOW
+    PointsAccount.objects.bulk_create(
+        [
+            PointsAccount(
+                member_id=member_id,
+                negative_allowed=negative_allowed,
+                tier=d.tier,
+                tier_since=d.tier_since,
+                recheck_at=d.recheck_at,
+                next_expiry_at=d.next_expiry[0] if d.next_expiry else None,
+                next_expiry_points=d.next_expiry[1] if d.next_expiry else 0,
+            )
+            for member_id, d in derivations.items()
+        ],
+        update_conflicts=True,
+        unique_fields=["member"],
+        # Never the balance: only the ledger trigger writes it.
+        update_fields=[
+            "tier",
+            "tier_since",
+            "recheck_at",
+            "next_expiry_at",
+            "next_expiry_points",
+            "updated_at",
+        ],
+    )
+
+
+def _tier_changes_write(derivations: dict[int, Derivation]) -> None:
+    TierChange.objects.filter(member_id__in=list(derivations)).delete()
+    TierChange.objects.bulk_create(
+        TierChange(
+            member_id=member_id, from_tier=c.from_tier, to_tier=c.to_tier, at=c.at, reason=c.reason[:300]
+        )
+        for member_id, d in derivations.items()
+        for c in d.tier_changes
+    )
+
+
+def _coupons_release_refunded(histories: dict[int, LoyaltyHistory]) -> None:
+    """A coupon used on an order refunded in full can be used again."""
+    totals: dict[str, Decimal] = {}
+    refunded: dict[str, Decimal] = defaultdict(Decimal)
+    for history in histories.values():
+        for o in history.orders:
+            if o.name == "Order Completed":
+                totals[o.order_id] = o.amount
+            else:
+                refunded[o.order_id] += o.amount
+    done = [order_id for order_id, total in totals.items() if refunded.get(order_id, Decimal(0)) >= total > 0]
+    if done:
+        coupons_release_for_orders(order_ids=done, reason="order refunded in full")
+
+
+def points_move_retired(member_ids: Iterable[int]) -> None:
+    """Everything loyalty of members absorbed by a merge goes to their survivor (ledger rows,
+    coupons), and the survivor is marked for a refresh to reconcile with it."""
+    retired = list(
+        Member.objects.filter(id__in=list(member_ids), status=Member.Status.MERGED).values_list(
+            "id", "merged_into_id"
+        )
+    )
+    if not retired:
+        return
+    with binary_parameters_cursor() as cursor:
+        arguments = [[r[0] for r in retired], [r[1] for r in retired]]
+        cursor.execute(
+            "UPDATE members_pointsentry AS e SET member_id = m.survivor "
+            "FROM unnest(%b::bigint[], %b::bigint[]) AS m(id, survivor) WHERE e.member_id = m.id",
+            arguments,
+        )
+        moved = cursor.rowcount
+        cursor.execute(
+            "UPDATE members_coupon AS c SET member_id = m.survivor "
+            "FROM unnest(%b::bigint[], %b::bigint[]) AS m(id, survivor) WHERE c.member_id = m.id "
+            "AND NOT EXISTS (SELECT 1 FROM members_coupon AS o WHERE o.member_id = m.survivor AND o.campaign_id = c.campaign_id)",
+            arguments,
+        )
+        moved += cursor.rowcount
+    retired_ids = [r[0] for r in retired]
+    TierChange.objects.filter(member_id__in=retired_ids).delete()
+    PointsAccount.objects.filter(member_id__in=retired_ids, balance=0).delete()
+    if moved:
+        DirtyMark.objects.bulk_create(DirtyMark(member_id=survivor) for survivor in {r[1] for r in retired})
+
+
+# Staff and till commands -------------------------------------------------------------------
+
+
+class PointsRefused(Exception):
+    """A points command that cannot be done: ``field`` and ``reason`` say why; ``status`` is
+    the HTTP status it maps to."""
+
+    def __init__(self, field: str, reason: str, *, status: int = 422) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason, self.status = field, reason, status
+
+
+def points_adjust(
+    *, member: Member, points: int, reason: str, idempotency_key: str, user: AbstractBaseUser
+) -> tuple[PointsEntry, bool]:
+    """A staff adjustment (positive or negative) of an active member's points; returns the
+    row and whether it was written now (False: this idempotency key was done before)."""
+    if points == 0:
+        raise PointsRefused("points", "must not be 0")
+    if not reason.strip():
+        raise PointsRefused("reason", "is required")
+    return _command(
+        member=member,
+        kind=Kind.ADJUST,
+        points=points,
+        reason=reason.strip(),
+        key=f"adjust:{idempotency_key}",
+        user=user,
+        order_id="",
+        channel="",
+        floor="balance",
+    )
+
+
+def points_redeem(
+    *, member: Member, points: int, order_id: str, channel: str, idempotency_key: str, user: AbstractBaseUser
+) -> tuple[PointsEntry, bool]:
+    """Spend an active member's available points on an order (a till or a web checkout)."""
+    if points <= 0:
+        raise PointsRefused("points", "must be a positive number of points to spend")
+    return _command(
+        member=member,
+        kind=Kind.REDEEM,
+        points=-points,
+        reason=f"spent on order {order_id} ({channel})",
+        key=f"redeem:{idempotency_key}",
+        user=user,
+        order_id=order_id,
+        channel=channel,
+        floor="available",
+    )
+
+
+def _command(
+    *,
+    member: Member,
+    kind: Kind,
+    points: int,
+    reason: str,
+    key: str,
+    user: AbstractBaseUser,
+    order_id: str,
+    channel: str,
+    floor: str,
+) -> tuple[PointsEntry, bool]:
+    with transaction.atomic():
+        member_refresh_locks({member.pk})
+        done = PointsEntry.objects.filter(key=key).first()
+        if done is not None:
+            if (done.member_id, done.points, done.kind, done.order_id) != (member.pk, points, kind, order_id):
+                raise PointsRefused("Idempotency-Key", "was already used for a different request", status=409)
+            return done, False
+        now = timezone.now()
+        if points < 0:
+            if floor == "available":
+                spendable = points_available(member_id=member.pk, now=now)
+                what = "available (spendable now)"
+            else:
+                spendable = (
+                    PointsAccount.objects.filter(member_id=member.pk)
+                    .values_list("balance", flat=True)
+                    .first()
+                    or 0
+                )
+                what = "in the balance"
+            if -points > spendable:
+                raise PointsRefused("points", f"only {max(spendable, 0)} points are {what}", status=409)
+        try:
+            with transaction.atomic():
+                entry = PointsEntry.objects.create(
+                    member=member,
+                    kind=kind,
+                    points=points,
+                    key=key,
+                    cause_key=key,
+                    reason=reason[:500],
+                    derived=False,
+                    order_id=order_id,
+                    channel=channel,
+                    staff_user=user if user.is_authenticated else None,
+                    at=now,
+                )
+        except IntegrityError as error:
+            raise PointsRefused("points", "would take the balance below 0", status=409) from error
+        # Lots, expiry dates and tiers follow from the new fact at the next refresh.
+        DirtyMark.objects.create(member=member)
+        transaction.on_commit(_refresh_soon)
+    return entry, True
+
+
+def _refresh_soon() -> None:
+    from events.tasks import process_pending_enqueue
+
+    process_pending_enqueue()
