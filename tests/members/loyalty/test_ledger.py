@@ -1,7 +1,7 @@
 """The points ledger through the pipeline: earned and reversed by workers from events, kept
 equal to its balance by the database, idempotent, following merges and splits."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 from django.db import IntegrityError, connection, transaction
@@ -112,11 +112,14 @@ def test_the_floor_holds_when_the_program_forbids_debt(zhang):
     LoyaltyProgram.objects.update(negative_balance="forbid")
     PointsAccount.objects.update(negative_allowed=False)
 
-    with pytest.raises(IntegrityError, match="below 0"), transaction.atomic():
+    def overdraw() -> None:
         PointsEntry.objects.create(member_id=zhang["member"], kind="adjust", points=-321, key="adjust:x",
                                    cause_key="adjust:x", reason="too much", derived=False, at=T0)  # fmt: skip
         with connection.cursor() as cursor:  # the floor is checked at commit; this test never commits
             cursor.execute("SET CONSTRAINTS points_balance_floor IMMEDIATE")
+
+    with pytest.raises(IntegrityError, match="below 0"), transaction.atomic():
+        overdraw()
     assert balance(zhang["member"]) == 320
 
 
