@@ -10,16 +10,25 @@ class Role(models.TextChoices):
     CRM_AGENT = "crm_agent", "CRM agent"
     CRM_MANAGER = "crm_manager", "CRM manager"
     MARKETING = "marketing", "Marketing"
+    CHECKOUT = "checkout", "Checkout (POS tills, web checkout)"
     ADMIN = "admin", "Administrator"
 
 
-#: Least privilege: an agent sees members with phone and email masked; a manager sees them in
-#: full and may split a wrong merge; marketing reaches members only through segments; an
-#: administrator holds every permission of the platform's apps.
+#: Least privilege: an agent sees members (and their points) with phone and email masked; a
+#: manager sees them in full, may split a wrong merge and adjust points; marketing reaches
+#: members only through segments and runs coupon campaigns; checkout (a till or a web shop's
+#: checkout) spends points and redeems coupons and sees nothing else; an administrator holds
+#: every permission of the platform's apps.
 ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
     Role.CRM_AGENT: ("members.view_member",),
-    Role.CRM_MANAGER: ("members.view_member", "members.view_contact_details", "members.split_member"),
-    Role.MARKETING: (),
+    Role.CRM_MANAGER: (
+        "members.view_member",
+        "members.view_contact_details",
+        "members.split_member",
+        "members.adjust_points",
+    ),
+    Role.MARKETING: ("members.view_couponcampaign", "members.add_couponcampaign", "members.add_coupon"),
+    Role.CHECKOUT: ("members.redeem_points", "members.redeem_coupon"),
 }
 PLATFORM_APPS = ("cdp", "events", "identity", "members")
 

@@ -1,10 +1,34 @@
 """Staff API of the members app, mounted at /api/v1/."""
 
+from django.urls import path, re_path
 from rest_framework.routers import SimpleRouter
 
 from members.api import MemberViewSet
+from members.loyalty import api as loyalty
 
 router = SimpleRouter()
 router.register("members", MemberViewSet, basename="member")
 
-urlpatterns = router.urls
+urlpatterns = [
+    *router.urls,
+    path("members/<str:member_id>/points/", loyalty.PointsView.as_view(), name="member-points"),
+    path(
+        "members/<str:member_id>/points/adjust/",
+        loyalty.PointsAdjustView.as_view(),
+        name="member-points-adjust",
+    ),
+    path(
+        "members/<str:member_id>/points/redeem/",
+        loyalty.PointsRedeemView.as_view(),
+        name="member-points-redeem",
+    ),
+    path("points/expiring/", loyalty.ExpiringView.as_view(), name="points-expiring"),
+    # Tills post to /coupons/{code}/redeem with or without the trailing slash.
+    re_path(r"^coupons/(?P<code>[^/]+)/redeem/?$", loyalty.CouponRedeemView.as_view(), name="coupon-redeem"),
+    re_path(
+        r"^coupons/(?P<code>[^/]+)/release/?$", loyalty.CouponReleaseView.as_view(), name="coupon-release"
+    ),
+    path("coupons/<str:code>/", loyalty.CouponView.as_view(), name="coupon"),
+    path("campaigns/", loyalty.CampaignsView.as_view(), name="campaigns"),
+    path("campaigns/<int:campaign_id>/issue/", loyalty.CampaignIssueView.as_view(), name="campaign-issue"),
+]

@@ -174,6 +174,10 @@ class PointsEntry(models.Model):
 
     class Meta:
         verbose_name_plural = "points entries"
+        permissions = [
+            ("adjust_points", "Can add or take away a member's points by hand"),
+            ("redeem_points", "Can spend a member's points at checkout"),
+        ]
         constraints = [models.CheckConstraint(condition=~Q(points=0), name="points_entry_not_zero")]
         indexes = [
             models.Index(fields=["member", "id"], name="points_ledger_of_member"),
@@ -240,6 +244,7 @@ class Coupon(models.Model):
     issued_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        permissions = [("redeem_coupon", "Can redeem and release coupons at checkout")]
         indexes = [
             models.Index(fields=["member"], name="coupons_of_member", condition=Q(member__isnull=False))
         ]

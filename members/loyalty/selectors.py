@@ -93,6 +93,7 @@ class PointsSummary:
     tier_since: datetime | None
     tier_changes: list[TierChange]
     coupons: list[Coupon]
+    now: datetime
 
 
 def points_summary(*, member_id: int, now: datetime | None = None) -> PointsSummary:
@@ -123,6 +124,7 @@ def points_summary(*, member_id: int, now: datetime | None = None) -> PointsSumm
             .prefetch_related("redemptions")
             .order_by("-issued_at")[:50]
         ),
+        now=now,
     )
 
 

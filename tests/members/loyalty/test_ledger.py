@@ -129,7 +129,9 @@ def test_a_split_takes_the_points_of_the_split_off_person_with_it(zhang):
     split = member_split(member_id=member, identifiers=["anonymous_id:anon-7"], reason="two people")
     members_refresh()
 
-    other = EventResolution.objects.get(event__properties__order_id="APP-9", event__event="Order Completed").member_id
+    other = EventResolution.objects.get(
+        event__properties__order_id="APP-9", event__event="Order Completed"
+    ).member_id
     assert other != member
     assert ledger(other) == {"earn:APP-9": 120}
     assert ledger(member) == {"earn:POS-1": 300, f"reverse:{refund_event('POS-1')}": -100}

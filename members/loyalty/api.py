@@ -1,0 +1,459 @@
+"""Loyalty API under /api/v1/: a member's points, staff adjustments, points and coupons at
+checkout (POS and online, the same endpoints), campaigns, and members about to lose points.
+
+Who may do what (``cdp.roles``): anyone who sees members sees their points; crm_manager
+adjusts; the checkout role (tills, web checkout) spends points and redeems coupons; marketing
+creates campaigns and issues coupons. Writes that a client may retry take an
+``Idempotency-Key`` header: the same key gives the same answer, never a second entry.
+"""
+
+from django.db import transaction
+from django.db.models import Count
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from cdp.errors import ApiError, FieldError
+from cdp.permissions import permissions_required
+from events.models import Channel
+from members.loyalty.coupons import CouponRefused, coupon_redeem, coupon_release, coupons_issue
+from members.loyalty.models import Coupon, CouponCampaign, PointsEntry
+from members.loyalty.presentation import coupon_json, entry_json, points_json
+from members.loyalty.selectors import coupon_redemption_active, ledger_page, members_expiring, points_summary
+from members.loyalty.services import PointsRefused, points_adjust, points_redeem
+from members.models import Member
+from members.selectors import member_resolve
+
+VIEW_MEMBERS = "members.view_member"
+ADJUST_POINTS = "members.adjust_points"
+REDEEM_POINTS = "members.redeem_points"
+REDEEM_COUPONS = "members.redeem_coupon"
+ISSUE_COUPONS = "members.add_coupon"
+MANAGE_CAMPAIGNS = "members.add_couponcampaign"
+VIEW_CAMPAIGNS = "members.view_couponcampaign"
+
+_IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=True,
+    description="Unique per request the client means once (e.g. till id + receipt number). A retry "
+    "with the same key answers with the first result and writes nothing.",
+)  # fmt: skip
+_MEMBER_ID = OpenApiParameter("member_id", OpenApiTypes.INT, OpenApiParameter.PATH)
+
+
+# --- shapes ---
+
+
+class LotOutput(serializers.Serializer):
+    points = serializers.IntegerField()
+    expires_at = serializers.DateTimeField()
+
+
+class TierOutput(serializers.Serializer):
+    key = serializers.CharField()
+    name = serializers.CharField()
+    since = serializers.DateTimeField(allow_null=True)
+
+
+class TierChangeOutput(serializers.Serializer):
+    at = serializers.DateTimeField()
+    from_tier = serializers.CharField()
+    to_tier = serializers.CharField()
+    reason = serializers.CharField()
+
+
+class EntryOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    kind = serializers.CharField()
+    points = serializers.IntegerField()
+    reason = serializers.CharField()
+    at = serializers.DateTimeField()
+    order_id = serializers.CharField()
+    channel = serializers.CharField()
+    event_id = serializers.IntegerField(allow_null=True)
+    staff = serializers.CharField(allow_null=True)
+    available_at = serializers.DateTimeField(allow_null=True)
+    expires_at = serializers.DateTimeField(allow_null=True)
+    key = serializers.CharField(help_text="Idempotency key, named after the cause.")
+
+
+class CouponOutput(serializers.Serializer):
+    code = serializers.CharField()
+    campaign = serializers.CharField()
+    benefit = serializers.CharField()
+    value = serializers.DecimalField(max_digits=12, decimal_places=2)
+    minimum_spend = serializers.DecimalField(max_digits=12, decimal_places=2)
+    valid_from = serializers.DateTimeField()
+    valid_until = serializers.DateTimeField()
+    channels = serializers.ListField(child=serializers.CharField(), help_text="Empty: every channel.")
+    member_id = serializers.IntegerField(allow_null=True)
+    status = serializers.ChoiceField(choices=["usable", "redeemed", "expired", "not_yet_valid"])
+    redeemed_order_id = serializers.CharField(allow_null=True)
+
+
+class PointsOutput(serializers.Serializer):
+    member_id = serializers.IntegerField()
+    balance = serializers.IntegerField(help_text="The sum of the ledger.")
+    available = serializers.IntegerField(help_text="Spendable now: the balance less pending points.")
+    pending = serializers.IntegerField(help_text="Earned, not spendable until the returns window ends.")
+    expiring = LotOutput(many=True, help_text="Points expiring within expiring_within_days, soonest first.")
+    expiring_within_days = serializers.IntegerField()
+    tier = TierOutput(allow_null=True)
+    tier_changes = TierChangeOutput(many=True)
+    coupons = CouponOutput(many=True)
+    ledger = EntryOutput(many=True, help_text="Newest first.")
+    next_cursor = serializers.IntegerField(allow_null=True, help_text="Pass as ?before= for the next page.")
+
+
+class AdjustInput(serializers.Serializer):
+    points = serializers.IntegerField(help_text="Positive to add, negative to take away.")
+    reason = serializers.CharField(max_length=400)
+
+
+class RedeemPointsInput(serializers.Serializer):
+    points = serializers.IntegerField(min_value=1)
+    order_id = serializers.CharField(max_length=255)
+    channel = serializers.ChoiceField(choices=Channel.values)
+
+
+class RedeemCouponInput(serializers.Serializer):
+    order_id = serializers.CharField(max_length=255)
+    channel = serializers.ChoiceField(choices=Channel.values)
+    order_total = serializers.DecimalField(max_digits=14, decimal_places=2, min_value=0)
+    member_id = serializers.IntegerField(
+        required=False, help_text="Required for a coupon issued to a member."
+    )
+
+
+class RedemptionOutput(serializers.Serializer):
+    code = serializers.CharField()
+    order_id = serializers.CharField()
+    channel = serializers.CharField()
+    discount = serializers.DecimalField(max_digits=14, decimal_places=2)
+    redeemed_at = serializers.DateTimeField()
+    released_at = serializers.DateTimeField(allow_null=True)
+    repeated = serializers.BooleanField(help_text="True: a retry; the redemption was made before.")
+
+
+class ReleaseCouponInput(serializers.Serializer):
+    order_id = serializers.CharField(max_length=255)
+    reason = serializers.CharField(max_length=200, default="order refunded")
+
+
+class CampaignInput(serializers.ModelSerializer):
+    class Meta:
+        model = CouponCampaign
+        fields = (
+            "name",
+            "benefit",
+            "value",
+            "currency",
+            "minimum_spend",
+            "valid_from",
+            "valid_until",
+            "channels",
+        )
+
+    def validate_channels(self, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(Channel.values))
+        if unknown:
+            raise serializers.ValidationError(
+                f"unknown channel(s) {', '.join(unknown)}; one of {', '.join(Channel.values)}"
+            )
+        return value
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs["valid_from"] >= attrs["valid_until"]:
+            raise serializers.ValidationError({"valid_until": "must be after valid_from"})
+        if attrs["benefit"] == CouponCampaign.Benefit.PERCENT and not 0 < attrs["value"] <= 100:
+            raise serializers.ValidationError({"value": "a percentage between 0 and 100"})
+        if attrs["value"] <= 0:
+            raise serializers.ValidationError({"value": "must be positive"})
+        return attrs
+
+
+class CampaignOutput(serializers.ModelSerializer):
+    issued = serializers.IntegerField(source="issued_count", read_only=True)
+
+    class Meta:
+        model = CouponCampaign
+        fields = ("id", "name", "benefit", "value", "currency", "minimum_spend", "valid_from", "valid_until",
+                  "channels", "created_at", "issued")  # fmt: skip
+
+
+class IssueInput(serializers.Serializer):
+    member_ids = serializers.ListField(
+        child=serializers.IntegerField(), allow_empty=False, max_length=100_000
+    )
+
+
+class IssueOutput(serializers.Serializer):
+    issued = serializers.IntegerField(help_text="Coupons issued now; members who had one get none again.")
+
+
+class ExpiringOutput(serializers.Serializer):
+    member_id = serializers.IntegerField()
+    points = serializers.IntegerField()
+    expires_at = serializers.DateTimeField()
+    balance = serializers.IntegerField()
+
+
+class ExpiringPageOutput(serializers.Serializer):
+    results = ExpiringOutput(many=True)
+    next_cursor = serializers.IntegerField(allow_null=True, help_text="Pass as ?after= for the next page.")
+
+
+# --- views ---
+
+
+def _active_member(member_id: int | str) -> Member:
+    try:
+        member = member_resolve(member_id=int(member_id))
+    except (TypeError, ValueError):
+        member = None
+    if member is None:
+        raise ApiError(
+            code="not_found", message=f"No member {member_id}.", status_code=status.HTTP_404_NOT_FOUND
+        )
+    return member
+
+
+def _idempotency_key(request: Request) -> str:
+    key = request.headers.get("Idempotency-Key", "").strip()
+    if not key or len(key) > 200:
+        raise ApiError(
+            code="invalid", message="An Idempotency-Key header is required.",
+            errors=[FieldError("Idempotency-Key", "a unique key per request, up to 200 characters")],
+        )  # fmt: skip
+    return key
+
+
+def _refused(exc: PointsRefused | CouponRefused) -> ApiError:
+    code = {404: "not_found", 409: "conflict"}.get(exc.status, "refused")
+    return ApiError(
+        code=code, message=exc.reason, errors=[FieldError(exc.field, exc.reason)], status_code=exc.status
+    )
+
+
+def _int_param(request: Request, name: str, *, default: int | None, low: int, high: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ApiError(
+            code="invalid",
+            message=f"Bad {name}.",
+            errors=[FieldError(name, f"an integer from {low} to {high}")],
+        )
+    return value
+
+
+class PointsView(APIView):
+    permission_classes = (permissions_required(VIEW_MEMBERS),)
+
+    @extend_schema(
+        parameters=[_MEMBER_ID, OpenApiParameter("before", OpenApiTypes.INT, description="Ledger cursor"),
+                    OpenApiParameter("page_size", OpenApiTypes.INT)],
+        responses={200: PointsOutput}, tags=["loyalty"],
+    )  # fmt: skip
+    def get(self, request: Request, member_id: str) -> Response:
+        """A member's points: balance, spendable and pending, what expires soon, tier, coupons,
+        and the ledger newest first (keyset: ``before`` = the last entry id of the page)."""
+        member = _active_member(member_id)
+        size = _int_param(request, "page_size", default=50, low=1, high=500)
+        before = _int_param(request, "before", default=None, low=1, high=2**63 - 1)
+        entries = ledger_page(member_id=member.pk, before=before, size=size + 1)  # type: ignore[operator]
+        page, more = entries[:size], len(entries) > size
+        summary = points_summary(member_id=member.pk)
+        return Response(PointsOutput(points_json(member.pk, summary, page, more=more)).data)
+
+
+class PointsAdjustView(APIView):
+    permission_classes = (permissions_required(VIEW_MEMBERS, ADJUST_POINTS),)
+
+    @extend_schema(parameters=[_MEMBER_ID, _IDEMPOTENCY_KEY], request=AdjustInput,
+                   responses={201: EntryOutput, 200: EntryOutput}, tags=["loyalty"])  # fmt: skip
+    def post(self, request: Request, member_id: str) -> Response:
+        """Add or take away points by hand, with a reason (crm_manager). 201 when written, 200
+        for a retry of the same Idempotency-Key."""
+        member = _active_member(member_id)
+        data = AdjustInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            entry, created = points_adjust(
+                member=member, points=data.validated_data["points"], reason=data.validated_data["reason"],
+                idempotency_key=_idempotency_key(request), user=request.user,
+            )  # fmt: skip
+        except PointsRefused as exc:
+            raise _refused(exc) from exc
+        return _entry_response(entry, created)
+
+
+class PointsRedeemView(APIView):
+    permission_classes = (permissions_required(REDEEM_POINTS),)
+
+    @extend_schema(parameters=[_MEMBER_ID, _IDEMPOTENCY_KEY], request=RedeemPointsInput,
+                   responses={201: EntryOutput, 200: EntryOutput}, tags=["loyalty"])  # fmt: skip
+    def post(self, request: Request, member_id: str) -> Response:
+        """Spend available points on an order, at a till or an online checkout (409 when the
+        member has fewer available points)."""
+        member = _active_member(member_id)
+        data = RedeemPointsInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            entry, created = points_redeem(
+                member=member, points=data.validated_data["points"], order_id=data.validated_data["order_id"],
+                channel=data.validated_data["channel"], idempotency_key=_idempotency_key(request), user=request.user,
+            )  # fmt: skip
+        except PointsRefused as exc:
+            raise _refused(exc) from exc
+        return _entry_response(entry, created)
+
+
+def _entry_response(entry: PointsEntry, created: bool) -> Response:
+    return Response(
+        EntryOutput(entry_json(entry)).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    )
+
+
+class CouponView(APIView):
+    permission_classes = (permissions_required(REDEEM_COUPONS),)
+
+    @extend_schema(responses={200: CouponOutput}, tags=["loyalty"])
+    def get(self, request: Request, code: str) -> Response:
+        """A coupon's terms and whether it can be used now."""
+        coupon = Coupon.objects.select_related("campaign").filter(code=code.strip().upper()).first()
+        if coupon is None:
+            raise ApiError(code="not_found", message="No such coupon.", status_code=status.HTTP_404_NOT_FOUND)
+        return Response(
+            CouponOutput(coupon_json(coupon, coupon_redemption_active(coupon=coupon), timezone.now())).data
+        )
+
+
+class CouponRedeemView(APIView):
+    permission_classes = (permissions_required(REDEEM_COUPONS),)
+
+    @extend_schema(request=RedeemCouponInput, responses={201: RedemptionOutput, 200: RedemptionOutput},
+                   tags=["loyalty"])  # fmt: skip
+    def post(self, request: Request, code: str) -> Response:
+        """Use a coupon on an order, exactly once whatever the channel: a second till gets 409
+        naming the order it went to; a retry for the same order and channel gets 200 and the
+        same redemption. Refused with 422 and the reason when expired, not yet valid, for
+        another member, another channel, or below the minimum spend."""
+        data = RedeemCouponInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        member = (
+            _active_member(data.validated_data["member_id"]) if "member_id" in data.validated_data else None
+        )
+        try:
+            done = coupon_redeem(
+                code=code, order_id=data.validated_data["order_id"], channel=data.validated_data["channel"],
+                order_total=data.validated_data["order_total"], member=member, user=request.user,
+            )  # fmt: skip
+        except CouponRefused as exc:
+            raise _refused(exc) from exc
+        return Response(
+            RedemptionOutput(_redemption_json(done.redemption, code, repeated=not done.created)).data,
+            status=status.HTTP_201_CREATED if done.created else status.HTTP_200_OK,
+        )
+
+
+class CouponReleaseView(APIView):
+    permission_classes = (permissions_required(REDEEM_COUPONS),)
+
+    @extend_schema(request=ReleaseCouponInput, responses={200: RedemptionOutput}, tags=["loyalty"])
+    def post(self, request: Request, code: str) -> Response:
+        """Undo a redemption (the order was refunded or cancelled): the coupon can be used again.
+        A full ``Order Refunded`` event releases it on its own."""
+        data = ReleaseCouponInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            redemption = coupon_release(code=code, order_id=data.validated_data["order_id"],
+                                        reason=data.validated_data["reason"])  # fmt: skip
+        except CouponRefused as exc:
+            raise _refused(exc) from exc
+        return Response(RedemptionOutput(_redemption_json(redemption, code, repeated=False)).data)
+
+
+def _redemption_json(redemption: object, code: str, *, repeated: bool) -> dict:
+    return {
+        "code": code.strip().upper(),
+        "order_id": redemption.order_id,  # type: ignore[attr-defined]
+        "channel": redemption.channel,  # type: ignore[attr-defined]
+        "discount": redemption.discount,  # type: ignore[attr-defined]
+        "redeemed_at": redemption.redeemed_at,  # type: ignore[attr-defined]
+        "released_at": redemption.released_at,  # type: ignore[attr-defined]
+        "repeated": repeated,
+    }
+
+
+class CampaignsView(APIView):
+    def get_permissions(self) -> list:
+        wanted = VIEW_CAMPAIGNS if self.request.method == "GET" else MANAGE_CAMPAIGNS
+        return [permissions_required(wanted)()]
+
+    @extend_schema(responses={200: CampaignOutput(many=True)}, tags=["loyalty"])
+    def get(self, request: Request) -> Response:
+        """Coupon campaigns, newest first."""
+        campaigns = CouponCampaign.objects.annotate(issued_count=Count("coupons")).order_by("-id")[:200]
+        return Response(CampaignOutput(campaigns, many=True).data)
+
+    @extend_schema(request=CampaignInput, responses={201: CampaignOutput}, tags=["loyalty"])
+    def post(self, request: Request) -> Response:
+        """Create a campaign (marketing). Issue its coupons with ``issue/``."""
+        data = CampaignInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        campaign = data.save()
+        campaign.issued_count = 0
+        return Response(CampaignOutput(campaign).data, status=status.HTTP_201_CREATED)
+
+
+class CampaignIssueView(APIView):
+    permission_classes = (permissions_required(ISSUE_COUPONS),)
+
+    @extend_schema(request=IssueInput, responses={200: IssueOutput}, tags=["loyalty"])
+    def post(self, request: Request, campaign_id: int) -> Response:
+        """Issue one coupon of the campaign to each member (an absorbed id counts as its
+        survivor). Idempotent: a member who has one gets none again."""
+        campaign = CouponCampaign.objects.filter(pk=campaign_id).first()
+        if campaign is None:
+            raise ApiError(
+                code="not_found", message="No such campaign.", status_code=status.HTTP_404_NOT_FOUND
+            )
+        data = IssueInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        with transaction.atomic():
+            issued = coupons_issue(campaign=campaign, member_ids=data.validated_data["member_ids"])
+        return Response(IssueOutput({"issued": issued}).data)
+
+
+class ExpiringView(APIView):
+    permission_classes = (permissions_required(VIEW_MEMBERS),)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("within_days", OpenApiTypes.INT), OpenApiParameter("after", OpenApiTypes.INT),
+                    OpenApiParameter("page_size", OpenApiTypes.INT)],
+        responses={200: ExpiringPageOutput}, tags=["loyalty"],
+    )  # fmt: skip
+    def get(self, request: Request) -> Response:
+        """Members about to lose points: whose next points expire within ``within_days``
+        (default 30), by member id (keyset: ``after`` = the last member id of the page)."""
+        within = _int_param(request, "within_days", default=30, low=0, high=3660)
+        size = _int_param(request, "page_size", default=100, low=1, high=1000)
+        after = _int_param(request, "after", default=None, low=0, high=2**63 - 1)
+        rows = members_expiring(within_days=within, after_member=after, size=size + 1)  # type: ignore[arg-type, operator]
+        page = rows[:size]  # type: ignore[index]
+        return Response(
+            ExpiringPageOutput({
+                "results": [{"member_id": a.member_id, "points": a.next_expiry_points, "expires_at": a.next_expiry_at,
+                             "balance": a.balance} for a in page],
+                "next_cursor": page[-1].member_id if len(rows) > size and page else None,  # type: ignore[operator]
+            }).data
+        )  # fmt: skip
