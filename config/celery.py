@@ -27,6 +27,13 @@ def _beat_schedule() -> dict[str, dict]:
             "schedule": sweep_every,
             "options": {"expires": sweep_every},
         },
+        # Points expiring (FIFO per earn lot) and tier reviews happen with time alone: the
+        # members whose moment has come are refreshed like any other.
+        "loyalty-recheck": {
+            "task": "members.loyalty_recheck",
+            "schedule": settings.LOYALTY_RECHECK_INTERVAL_SECONDS,
+            "options": {"expires": settings.LOYALTY_RECHECK_INTERVAL_SECONDS},
+        },
     }
 
 

@@ -118,6 +118,15 @@ class HistoryOutput(serializers.Serializer):
     resulting_members = serializers.ListField(child=serializers.IntegerField())
 
 
+class LoyaltySummaryOutput(serializers.Serializer):
+    balance = serializers.IntegerField(help_text="Points: the sum of the ledger (details at points/).")
+    tier = serializers.CharField(allow_null=True)
+    tier_name = serializers.CharField(allow_null=True)
+    tier_since = serializers.DateTimeField(allow_null=True)
+    next_expiry_at = serializers.DateTimeField(allow_null=True)
+    next_expiry_points = serializers.IntegerField()
+
+
 class ProfileOutput(serializers.Serializer):
     id = serializers.IntegerField()
     resolved_from = serializers.IntegerField(allow_null=True, help_text="The id asked for, if merged away.")
@@ -128,6 +137,7 @@ class ProfileOutput(serializers.Serializer):
     aggregates = AggregatesOutput(allow_null=True)
     recent_orders = OrderOutput(many=True)
     history = HistoryOutput(many=True)
+    loyalty = LoyaltySummaryOutput(allow_null=True)
 
 
 class TimelineEventOutput(serializers.Serializer):

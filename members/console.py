@@ -14,6 +14,8 @@ from django.utils.dateparse import parse_datetime
 from cdp.privacy import Masking
 from events.models import Channel
 from events.selectors import source_names
+from members.loyalty.presentation import points_json
+from members.loyalty.selectors import ledger_page, points_summary
 from members.presentation import profile_json, summary_json, timeline_json
 from members.selectors import (
     MonthlySpend,
@@ -25,6 +27,7 @@ from members.selectors import (
 
 TIMELINE_PAGE = 30
 CHART_MONTHS = 12
+LEDGER_ROWS = 10
 CHANNEL_LABELS = {
     Channel.POS: "Store",
     Channel.APP: "App",
@@ -95,6 +98,12 @@ def member(request: HttpRequest, member_id: int) -> HttpResponse:
             "channels": [(value, CHANNEL_LABELS[value]) for value in Channel.values],
             "chart": spend_chart(profile.spend_by_month[-CHART_MONTHS:]),
             "masked": not masking.full,
+            "points": points_json(
+                profile.member.pk,
+                points_summary(member_id=profile.member.pk),
+                ledger_page(member_id=profile.member.pk, before=None, size=LEDGER_ROWS),
+                more=False,
+            ),
         },
     )
 

@@ -32,8 +32,18 @@ def profile_json(profile: MemberProfile, masking: Masking) -> dict:
                 "merges": held.merges,
             }
         )
-    aggregate = profile.aggregate
+    aggregate, points = profile.aggregate, profile.points
     return {
+        "loyalty": None
+        if points is None
+        else {
+            "balance": points.balance,
+            "tier": profile.tier.key if profile.tier else None,
+            "tier_name": profile.tier.name if profile.tier else None,
+            "tier_since": points.tier_since,
+            "next_expiry_at": points.next_expiry_at,
+            "next_expiry_points": points.next_expiry_points,
+        },
         "id": profile.member.pk,
         "resolved_from": profile.resolved_from,
         "first_event_at": profile.member.first_event_at,

@@ -26,6 +26,7 @@ from identity.selectors import (
     members_holding,
 )
 from members.aggregates import CHANNELS, ZERO
+from members.loyalty.models import PointsAccount, Tier
 from members.models import ORDER_FIELDS, Member, MemberAggregate, MemberOrder, MemberTrait
 
 #: What staff can look a member up by: every built-in identifier type, and an order number.
@@ -43,7 +44,9 @@ def member_resolve(*, member_id: int) -> Member | None:
     marketing tools stored keep working."""
     member = (
         Member.objects.filter(pk=member_id)
-        .select_related("aggregate", "merged_into", "merged_into__aggregate")  # the 360 view's figures
+        .select_related(  # the 360 view's figures and points
+            "aggregate", "points", "merged_into", "merged_into__aggregate", "merged_into__points"
+        )
         .first()
     )
     if member is None:
@@ -152,6 +155,8 @@ class MemberProfile:
     recent_orders: list[MemberOrder]
     spend_by_month: list[MonthlySpend]
     history: list[HistoryEntry]
+    points: PointsAccount | None
+    tier: Tier | None
 
     @property
     def resolved_from(self) -> int | None:
@@ -173,6 +178,7 @@ def member_profile(*, member_id: int) -> MemberProfile | None:
             MemberOrder(member_id=member.pk, **dict(zip(ORDER_FIELDS, row, strict=True))) for row in cursor
         ]
     sources = source_names(source_id for *_, source_id in traits)
+    points = getattr(member, "points", None)  # None until the member earned or was refreshed
     return MemberProfile(
         member=member,
         requested_id=member_id,
@@ -186,6 +192,8 @@ def member_profile(*, member_id: int) -> MemberProfile | None:
         recent_orders=[o for o in orders if o.placed_at is not None][:RECENT_ORDERS],
         spend_by_month=spend_by_month(orders),
         history=member_history(member_id=member.pk),
+        points=points,
+        tier=Tier.objects.filter(key=points.tier).first() if points is not None and points.tier else None,
     )
 
 

@@ -146,6 +146,8 @@ EVENT_PIPELINE_FOLLOW_UPS: list[str] = env.list(
 EVENT_PIPELINE_BATCH_SIZE = env.int("EVENT_PIPELINE_BATCH_SIZE", default=500)
 MEMBER_REFRESH_BATCH_SIZE = env.int("MEMBER_REFRESH_BATCH_SIZE", default=500)
 EVENT_SWEEP_INTERVAL_SECONDS = env.int("EVENT_SWEEP_INTERVAL_SECONDS", default=15)
+#: How often beat looks for points that expired and tier reviews that fell due.
+LOYALTY_RECHECK_INTERVAL_SECONDS = env.int("LOYALTY_RECHECK_INTERVAL_SECONDS", default=300)
 
 # --- Identity resolution ------------------------------------------------------------------
 # Per identifier type overrides of identity.rules.DEFAULT_TYPE_RULES, e.g.

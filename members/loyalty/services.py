@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from cdp.db import binary_parameters_cursor
 from events.commerce import as_amount
+from events.tasks import process_pending_enqueue
 from identity.identifiers import BlockedIdentifier, IdentifierType, InvalidIdentifier
 from identity.selectors import identifier_lookup_values, members_holding
 from members.aggregates import OrderEvent
@@ -436,11 +437,19 @@ def _command(
             raise PointsRefused("points", "would take the balance below 0", status=409) from error
         # Lots, expiry dates and tiers follow from the new fact at the next refresh.
         DirtyMark.objects.create(member=member)
-        transaction.on_commit(_refresh_soon)
+        transaction.on_commit(process_pending_enqueue)
     return entry, True
 
 
-def _refresh_soon() -> None:
-    from events.tasks import process_pending_enqueue
-
-    process_pending_enqueue()
+def points_recheck_due(*, now: datetime | None = None) -> int:
+    """Mark for a refresh the members whose points change with time alone by now (a lot
+    expired, a tier review fell due); returns how many. Run by beat; the refresh does the rest
+    and moves ``recheck_at`` on, so a member is marked once per change."""
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO members_dirtymark (member_id, marked_at) "
+            "SELECT a.member_id, now() FROM members_pointsaccount AS a "
+            "WHERE a.recheck_at <= %b AND NOT EXISTS (SELECT 1 FROM members_dirtymark AS d WHERE d.member_id = a.member_id)",
+            [now or timezone.now()],
+        )
+        return cursor.rowcount

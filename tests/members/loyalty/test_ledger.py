@@ -1,18 +1,21 @@
 """The points ledger through the pipeline: earned and reversed by workers from events, kept
 equal to its balance by the database, idempotent, following merges and splits."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
 
 from events.pipeline import events_process_pending
 from identity.models import EventResolution
 from identity.services import member_split
 from members.loyalty import services as loyalty_services
-from members.loyalty.models import LoyaltyProgram, PointsAccount, PointsEntry
+from members.loyalty.models import EarnRule, LoyaltyProgram, PointsAccount, PointsEntry
+from members.loyalty.services import points_recheck_due
 from members.models import DirtyMark
 from members.services import members_rebuild, members_refresh
+from members.tasks import loyalty_recheck
 from tests.factories import EventFactory, SourceFactory
 
 T0 = datetime(2026, 9, 1, 10, tzinfo=UTC)
@@ -138,3 +141,23 @@ def test_a_split_takes_the_points_of_the_split_off_person_with_it(zhang):
     assert (balance(member), balance(other)) == (200, 120)
     balances_equal_ledgers()
     assert split.pk
+
+
+def test_points_expire_when_beat_finds_them_due_first_in_first_out():
+    EarnRule.objects.create(name="points last 30 days", expiry="days", expiry_days=30)
+    store = SourceFactory(pos=True)
+    now = timezone.now()
+    for order, days_ago in (("OLD", 40), ("NEW", 10)):
+        EventFactory(source=store, user_id="u-exp", event="Order Completed", timestamp=now - timedelta(days=days_ago),
+                     properties={"order_id": order, "total": 100, "currency": "CNY"})  # fmt: skip
+    events_process_pending()
+    member = PointsEntry.objects.get(key="earn:OLD").member_id
+    assert ledger(member) == {"earn:OLD": 100, "earn:NEW": 100, "expire:earn:OLD": -100}
+
+    assert points_recheck_due(now=now) == 0  # nothing due yet
+    assert loyalty_recheck() == 0
+    assert points_recheck_due(now=now + timedelta(days=21)) == 1
+    assert points_recheck_due(now=now + timedelta(days=21)) == 0  # marked once
+    members_refresh()  # "now" is the real clock: nothing expired yet, nothing written
+    assert ledger(member) == {"earn:OLD": 100, "earn:NEW": 100, "expire:earn:OLD": -100}
+    balances_equal_ledgers()
