@@ -27,7 +27,7 @@ from identity.selectors import identifier_lookup_values, members_holding
 from members.aggregates import OrderEvent
 from members.locks import member_refresh_locks
 from members.loyalty.coupons import coupons_release_for_orders
-from members.loyalty.models import PointsAccount, PointsEntry, TierChange
+from members.loyalty.models import LoyaltyProgram, PointsAccount, PointsEntry, TierChange
 from members.loyalty.points import Derivation, Due, Kind, LoyaltyEvent, OrderLine, Recorded, points_derive
 from members.loyalty.program import NegativeBalance, Program
 from members.loyalty.selectors import points_available, program_load
@@ -453,3 +453,11 @@ def points_recheck_due(*, now: datetime | None = None) -> int:
             [now or timezone.now()],
         )
         return cursor.rowcount
+
+
+def program_policy_apply(*, program: LoyaltyProgram) -> None:
+    """Hold every account to the program's balance policy. Accounts already in debt keep
+    being allowed it (forbidding debt cannot undo it; their next earnings pay it back)."""
+    forbid = program.negative_balance == NegativeBalance.FORBID
+    PointsAccount.objects.filter(balance__gte=0).update(negative_allowed=not forbid)
+    PointsAccount.objects.filter(balance__lt=0).update(negative_allowed=True)
