@@ -26,6 +26,7 @@ from events.contract import Message, Rejection, message_parse
 from events.demo import DEMO_SOURCES, WEB_SOURCE_SLUG, DemoEvent, demo_stream
 from events.models import Channel, Event, Source
 from events.services import events_ingest, source_create, source_rotate_key, source_set_enabled
+from members.loyalty.demo import loyalty_demo_setup
 
 #: Events per ``events_ingest`` call: the size of a busy SDK batch, one INSERT each.
 BATCH_SIZE = 500
@@ -151,6 +152,7 @@ class Command(BaseCommand):
             raise CommandError("--members must be at least 1.")
         url = url.rstrip("/")
         sources, created = self._sources_ensure()
+        loyalty_demo_setup()  # before the worker earns the demo's points: tiers apply from the start
         loaded = self._events_load(sources=sources, members=members, seed=seed)
         credentials = _credentials_issue(web_source=sources[WEB_SOURCE_SLUG])
         total = Event.objects.filter(source__in=sources.values()).count()
