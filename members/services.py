@@ -51,9 +51,14 @@ def members_refresh() -> int:
     return refreshed
 
 
-def members_rebuild(*, batch_size: int = 1000, progress: Callable[[int], None] = lambda done: None) -> int:
+def members_rebuild(
+    *, batch_size: int = 1000, points_only: bool = False, progress: Callable[[int], None] = lambda done: None
+) -> int:
     """Recompute every active member from the event log, a batch per transaction; returns how
-    many. What the incremental refresh keeps current, computed again from scratch."""
+    many. What the incremental refresh keeps current, computed again from scratch.
+    ``points_only``: just the points ledger and tiers (after an earning rule was edited),
+    reading only the events that earn."""
+    recompute = points_recompute if points_only else members_recompute
     done, after = 0, 0
     while True:
         with transaction.atomic():
@@ -65,7 +70,7 @@ def members_rebuild(*, batch_size: int = 1000, progress: Callable[[int], None] =
             if not batch:
                 break
             member_refresh_locks(batch)
-            members_recompute(batch)
+            recompute(batch)
         after = max(batch)
         done += len(batch)
         progress(done)
@@ -95,6 +100,12 @@ def members_recompute(member_ids: set[int]) -> None:
         rows_delete(model, column="member", keys=retired)
 
 
+def points_recompute(member_ids: set[int]) -> None:
+    """The points ledgers and tiers of these active members, from the events that earn."""
+    events = _events_of(member_ids, only=ORDER_EVENTS | LOYALTY_EVENTS)
+    points_reconcile(histories=_loyalty_histories(member_ids, events, _order_events_of(events)))
+
+
 @dataclass(frozen=True, slots=True)
 class _MemberEvent:
     member_id: int
@@ -121,17 +132,21 @@ FROM unnest(%s::bigint[]) AS m(id)
 CROSS JOIN LATERAL (
     SELECT ev.* FROM identity_eventresolution AS r
     JOIN events_event AS ev ON ev.id = r.event_id
-    WHERE r.member_id = m.id
+    WHERE r.member_id = m.id AND (%s::text[] IS NULL OR ev.event = ANY(%s::text[]))
     OFFSET 0  -- keeps the subquery lateral (not flattened into a join): one index walk per member
 ) AS e
 """
 
 
-def _events_of(member_ids: set[int]) -> list[_MemberEvent]:
+def _events_of(member_ids: set[int], *, only: frozenset[str] | None = None) -> list[_MemberEvent]:
+    """The events of these members (only those named ``only``, if given), in one query."""
     if not member_ids:
         return []
+    names = sorted(only) if only is not None else None
     with connection.cursor() as cursor:
-        cursor.execute(_EVENTS_OF_MEMBERS, [sorted(ORDER_EVENTS | LOYALTY_EVENTS), sorted(member_ids)])
+        cursor.execute(
+            _EVENTS_OF_MEMBERS, [sorted(ORDER_EVENTS | LOYALTY_EVENTS), sorted(member_ids), names, names]
+        )
         # Django reads jsonb as text (its JSONField decodes); so does this raw query.
         return [
             _MemberEvent(*row[:8], *(None if v is None else orjson.loads(v) for v in row[8:]))
