@@ -225,7 +225,10 @@ class _Order:
     earned: int = 0
     lot_key: str = ""
     refunded: Decimal = Decimal(0)
-    reversed: int = 0
+    unearned: int = 0  # the share of ``earned`` refunds took back so far
+    reversed: int = 0  # of that, reversed (taken from the member's lots, or owed)
+    written_off: int = 0  # of that, not taken back: already spent and the program forbids debt
+    expired: int = 0  # points of this order's lot that expired (they cannot be taken back again)
     redeemed: int = 0  # points spent on this order (positive)
     returned: int = 0
 
@@ -303,6 +306,7 @@ class _Replay:
     tier_changes: list[TierChange] = field(default_factory=list)
     first_order_seen: bool = False
     signed_up: bool = False
+    referred: bool = False  # a sign-up naming a referrer was seen: the referrer earns once
     review_at: datetime | None = None
     clock: datetime | None = None
 
@@ -326,6 +330,9 @@ class _Replay:
             for lot in expiring:
                 if lot.expires_at == first_expiry:
                     taken = self.lots.expire(lot)
+                    order = self.orders.get(lot.order_id)
+                    if order is not None and lot.key == order.lot_key:
+                        order.expired += taken
                     self.due.append(
                         Due(
                             key=f"expire:{lot.key}",
@@ -453,7 +460,12 @@ class _Replay:
         if self.program.tier_basis == TierBasis.SPEND:
             self._qualify(refund.at, -(order.refunded - before))
         reverse_to = _share(order.earned, share)
-        taking = reverse_to - order.reversed
+        unearned, order.unearned = reverse_to - order.unearned, reverse_to
+        if unearned and self.program.tier_basis == TierBasis.POINTS:
+            # The order no longer earned these points, whether or not they can be taken back.
+            self._qualify(refund.at, Decimal(-unearned))
+        # Points of the order already gone (reversed, written off, or expired) are not taken twice.
+        taking = reverse_to - order.reversed - order.written_off - order.expired
         if taking > 0:
             found = self.lots.spend(taking, refund.at, first=order.lot_key)
             shortfall = taking - found
@@ -461,6 +473,7 @@ class _Replay:
                 self.lots.debt += shortfall
                 found = taking
             order.reversed += found
+            order.written_off += taking - found
             reason = f"order {refund.order_id} refunded {refund.amount} {refund.currency}"
             if found < taking:
                 reason += f"; {taking - found} points already spent were written off (no negative balance)"
@@ -476,8 +489,6 @@ class _Replay:
                         order_id=refund.order_id,
                     )
                 )
-                if self.program.tier_basis == TierBasis.POINTS:
-                    self._qualify(refund.at, Decimal(-found))
         if self.program.refund_returns_redeemed_points and order.redeemed:
             back = _share(order.redeemed, share) - order.returned
             if back > 0:
@@ -522,7 +533,8 @@ class _Replay:
                     reason="referral bonus",
                 )
             )
-        elif event.name == SIGNED_UP and event.referrer:
+        elif event.name == SIGNED_UP and event.referrer and not self.referred:
+            self.referred = True
             # Earned by the referrer, not by this member: not a lot of this member's.
             due = self._credit_due(
                 key=f"bonus:referred:{event.event_id}",

@@ -11,7 +11,7 @@ a merge). Rows staff or tills recorded are facts: they follow their member throu
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -32,6 +32,9 @@ from members.loyalty.points import Derivation, Due, Kind, LoyaltyEvent, OrderLin
 from members.loyalty.program import NegativeBalance, Program
 from members.loyalty.selectors import points_available, program_load
 from members.models import DirtyMark, Member
+
+#: The cause of a referral bonus earned by the referrer (``members.loyalty.points``).
+REFERRED = "bonus:referred:"
 
 
 @dataclass(slots=True)
@@ -125,11 +128,20 @@ def points_reconcile(*, histories: dict[int, LoyaltyHistory], now: datetime | No
     rows = _rows_of(histories, {i for h in histories.values() for i in h.event_ids})
     facts: dict[int, list[Recorded]] = defaultdict(list)
     by_cause: dict[str, list[_Row]] = defaultdict(list)
+    inbound: dict[tuple[int, str], list[Recorded]] = defaultdict(list)
     for row in rows:
         if row.recorded.derived:
             by_cause[row.recorded.cause_key].append(row)
+            if row.member_id in histories and row.recorded.cause_key.startswith(REFERRED):
+                inbound[(row.member_id, row.recorded.cause_key)].append(row.recorded)
         elif row.member_id in histories:
             facts[row.member_id].append(row.recorded)
+    # A referral bonus the member earned from someone else's sign-up is not in their own history:
+    # their derivation takes it as given, a lot like a staff credit, so spending it is no debt.
+    for (member_id, cause), held in inbound.items():
+        if (points := sum(r.points for r in held)) > 0:
+            first = min(held, key=lambda r: r.at)
+            facts[member_id].append(replace(first, key=cause, points=points, derived=False))
     derivations = {
         member_id: points_derive(
             program=program,

@@ -1,0 +1,522 @@
+"""The points derivation (members.loyalty.points), rule by rule: pure, no database."""
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from members.aggregates import OrderEvent
+from members.loyalty.points import (
+    Derivation,
+    Kind,
+    Lot,
+    Lots,
+    LoyaltyEvent,
+    OrderLine,
+    Recorded,
+    lots_of,
+    points_derive,
+)
+from members.loyalty.program import (
+    Downgrade,
+    EarnRule,
+    Expiry,
+    NegativeBalance,
+    Program,
+    TierBasis,
+    TierRule,
+)
+
+T0 = datetime(2026, 1, 10, 10, tzinfo=UTC)
+DAY = timedelta(days=1)
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+_ids = itertools.count(1000)
+DEFAULT = Program()
+
+
+def order(order_id: str, amount: str, *, at: datetime = T0, channel: str = "pos", currency: str = "CNY",
+          name: str = "Order Completed", event_id: int | None = None) -> OrderEvent:  # fmt: skip
+    event_id = event_id or next(_ids)
+    return OrderEvent(
+        event_id=event_id, name=name, order_id=order_id, amount=Decimal(amount), currency=currency, at=at,
+        channel=channel, store_code="", message_id=f"m-{event_id}",
+    )  # fmt: skip
+
+
+def refund(order_id: str, amount: str, *, at: datetime, **kwargs: object) -> OrderEvent:
+    return order(order_id, amount, at=at, name="Order Refunded", **kwargs)
+
+
+def signed_up(*, at: datetime = T0, referrer: str | None = None) -> LoyaltyEvent:
+    event_id = next(_ids)
+    return LoyaltyEvent(
+        event_id=event_id, name="Signed Up", at=at, message_id=f"m-{event_id}", referrer=referrer
+    )
+
+
+def referral(*, at: datetime = T0) -> LoyaltyEvent:
+    event_id = next(_ids)
+    return LoyaltyEvent(event_id=event_id, name="Referral", at=at, message_id=f"m-{event_id}")
+
+
+def spent(points: int, *, at: datetime, order_id: str = "", key: str = "") -> Recorded:
+    key = key or f"redeem:{next(_ids)}"
+    return Recorded(key=key, kind=Kind.REDEEM, points=-points, at=at, order_id=order_id, cause_key=key,
+                    derived=False)  # fmt: skip
+
+
+def adjusted(points: int, *, at: datetime) -> Recorded:
+    key = f"adjust:{next(_ids)}"
+    return Recorded(key=key, kind=Kind.ADJUST, points=points, at=at, cause_key=key, derived=False)
+
+
+def derive(program: Program = DEFAULT, *, orders: list[OrderEvent] = (), events: list[LoyaltyEvent] = (),
+           recorded: list[Recorded] = (), lines: dict | None = None, now: datetime = T0 + 400 * DAY) -> Derivation:  # fmt: skip
+    return points_derive(program=program, orders=orders, lines=lines or {}, events=events, recorded=recorded,
+                         now=now)  # fmt: skip
+
+
+def points(derivation: Derivation) -> dict[str, int]:
+    return {due.key: due.points for due in derivation.due}
+
+
+def rows(derivation: Derivation, facts: list[Recorded] = ()) -> list[Recorded]:
+    """The ledger rows a first reconciliation writes for this derivation, and the facts."""
+    return [
+        Recorded(key=d.key, kind=d.kind, points=d.points, at=d.at, order_id=d.order_id, cause_key=d.key,
+                 available_at=d.available_at, expires_at=d.expires_at, event_id=d.event_id)
+        for d in derivation.due
+        if d.beneficiary is None
+    ] + list(facts)  # fmt: skip
+
+
+def balance(derivation: Derivation, facts: list[Recorded] = ()) -> int:
+    return sum(row.points for row in rows(derivation, facts))
+
+
+# Earning ---------------------------------------------------------------------------------------
+
+
+def test_the_default_program_earns_a_point_per_whole_unit_in_its_currency_at_once_forever():
+    a = order("A", "99.99", channel="web")
+    derivation = derive(orders=[a, order("U", "500", currency="USD"), order("Z", "0.99")])
+
+    (earned,) = derivation.due
+    assert (earned.key, earned.kind, earned.points, earned.at) == ("earn:A", Kind.EARN, 99, T0)
+    assert (earned.event_id, earned.order_id, earned.beneficiary) == (a.event_id, "A", None)
+    assert (earned.available_at, earned.expires_at) == (None, None)
+    assert earned.reason == "order A: 99.99 CNY in web"
+    assert (derivation.tier, derivation.tier_changes, derivation.recheck_at, derivation.next_expiry) == (
+        "", (), None, None,
+    )  # fmt: skip
+
+
+def test_a_completion_sent_twice_earns_once_and_a_refund_in_another_currency_reverses_nothing():
+    first, again = order("A", "100"), order("A", "100", at=T0 + timedelta(seconds=5))
+
+    derivation = derive(orders=[again, first, refund("A", "100", at=T0 + DAY, currency="USD")])
+
+    assert [(d.key, d.points, d.event_id) for d in derivation.due] == [("earn:A", 100, first.event_id)]
+
+
+def test_channel_and_tier_multipliers_multiply_and_the_result_rounds_down():
+    rule = EarnRule(channel_multipliers={"pos": Decimal(2)}, tier_multipliers={"gold": Decimal("1.5")})
+    tiers = (TierRule("member", "Member", 0, Decimal(0)), TierRule("gold", "Gold", 1, Decimal(150)))
+    program = Program(rules=(rule,), tiers=tiers)
+
+    derivation = derive(program, orders=[
+        order("P1", "100", channel="pos"),  # member: 200, which makes them gold
+        order("A1", "100", channel="app", at=T0 + DAY),  # gold: 150
+        order("P2", "10.55", channel="pos", at=T0 + 2 * DAY),  # 10.55 * 2 * 1.5 = 31.65
+        order("W1", "0.66", channel="web", at=T0 + 3 * DAY),  # 0.99
+    ])  # fmt: skip
+
+    assert points(derivation) == {"earn:P1": 200, "earn:A1": 150, "earn:P2": 31}
+    assert derivation.tier == "gold"
+
+
+def test_excluded_skus_and_categories_earn_nothing():
+    rule = EarnRule(excluded_skus=frozenset({"GIFT-CARD"}), excluded_categories=frozenset({"tobacco"}))
+    lines = {
+        1: [OrderLine("GIFT-CARD", "cards", Decimal(30)), OrderLine("CIG", "tobacco", Decimal("20.50")),
+            OrderLine("TEA", "food", Decimal("49.50"))],
+        2: [OrderLine("GIFT-CARD", "cards", Decimal(80))],
+    }  # fmt: skip
+
+    derivation = derive(Program(rules=(rule,)), lines=lines, orders=[
+        order("A", "100", event_id=1), order("B", "60", event_id=2, at=T0 + DAY),  # lines worth more than paid
+    ])  # fmt: skip
+
+    assert points(derivation) == {"earn:A": 49}
+
+
+def test_an_order_earns_under_the_rule_valid_at_its_time_and_its_refund_takes_back_what_it_earned():
+    switch, end = T0 + 10 * DAY, T0 + 20 * DAY
+    program = Program(rules=(
+        EarnRule(key="single", valid_until=switch, points_per_unit=Decimal(1)),
+        EarnRule(key="triple", valid_from=switch, valid_until=end, points_per_unit=Decimal(3)),
+    ))  # fmt: skip
+
+    derivation = derive(program, orders=[
+        order("BEFORE", "10", at=switch - timedelta(seconds=1)), order("AT", "10", at=switch),
+        order("AFTER", "10", at=end),  # no rule: the default
+        refund("BEFORE", "10", at=switch + DAY, event_id=77),
+    ])  # fmt: skip
+
+    assert points(derivation) == {"earn:BEFORE": 10, "earn:AT": 30, "earn:AFTER": 10, "reverse:77": -10}
+
+
+# Bonuses ---------------------------------------------------------------------------------------
+
+
+def test_the_first_purchase_bonus_is_given_once_even_for_two_orders_at_the_same_moment():
+    program = Program(rules=(EarnRule(first_purchase_bonus=50),))
+    foreign = order("USD", "10", currency="USD", at=T0 - DAY)  # not a purchase in the program
+    one, two, later = order("A", "10"), order("B", "20"), order("C", "5", at=T0 + DAY)
+
+    derivation = derive(program, orders=[two, foreign, one, later])
+    again = derive(program, orders=[one, later, foreign, two])
+
+    bonuses = [d for d in derivation.due if d.key.startswith("bonus:first_purchase:")]
+    assert len(bonuses) == 1
+    assert (bonuses[0].points, bonuses[0].order_id in {"A", "B"}) == (50, True)
+    assert bonuses[0].reason == f"first purchase bonus (order {bonuses[0].order_id})"
+    assert again.due == derivation.due
+
+
+def test_the_sign_up_bonus_is_given_once():
+    program = Program(rules=(EarnRule(signup_bonus=100),))
+    first, second = signed_up(), signed_up(at=T0 + DAY)
+
+    assert points(derive(program, events=[second, first])) == {f"bonus:signup:{first.event_id}": 100}
+    assert points(derive(Program(), events=[first])) == {}
+
+
+def test_a_referral_earns_the_member_a_bonus_and_a_referred_sign_up_earns_their_referrer_one():
+    program = Program(rules=(EarnRule(referral_bonus=30, signup_bonus=10),))
+    made = referral(at=T0 + DAY)
+    joined = signed_up(referrer="u-ann")
+
+    derivation = derive(program, events=[made, joined])
+
+    due = {d.key: d for d in derivation.due}
+    assert set(due) == {f"bonus:signup:{joined.event_id}", f"bonus:referral:{made.event_id}",
+                        f"bonus:referred:{joined.event_id}"}  # fmt: skip
+    assert (due[f"bonus:referral:{made.event_id}"].points, due[f"bonus:referral:{made.event_id}"].beneficiary) == (
+        30, None,
+    )  # fmt: skip
+    referred = due[f"bonus:referred:{joined.event_id}"]
+    assert (referred.points, referred.beneficiary, referred.event_id) == (30, "u-ann", joined.event_id)
+    # The referrer's points are not this member's to spend: a redemption of 41 finds only 40.
+    forbid = Program(rules=program.rules, negative_balance=NegativeBalance.FORBID)
+    redemption = spent(41, at=T0 + 2 * DAY)
+    assert (
+        points(derive(forbid, events=[made, joined], recorded=[redemption]))[f"writeoff:{redemption.key}"]
+        == 1
+    )
+
+
+def test_a_member_signing_up_twice_earns_their_referrer_one_bonus():
+    """Two profiles of one person merged: both signed up, naming the same referrer."""
+    program = Program(rules=(EarnRule(referral_bonus=30),))
+    first, second = signed_up(referrer="u-ann"), signed_up(at=T0 + DAY, referrer="u-ann")
+
+    derivation = derive(program, events=[second, first])
+
+    assert [(d.key, d.beneficiary) for d in derivation.due] == [(f"bonus:referred:{first.event_id}", "u-ann")]
+
+
+# Pending and expiry ----------------------------------------------------------------------------
+
+
+def test_pending_points_cannot_be_spent_until_available():
+    program = Program(rules=(EarnRule(pending_days=14),), negative_balance=NegativeBalance.FORBID)
+    early = spent(60, at=T0 + DAY)
+
+    derivation = derive(program, orders=[order("A", "100")], recorded=[early])
+
+    earned = derivation.due[0]
+    assert (earned.key, earned.available_at) == ("earn:A", T0 + 14 * DAY)
+    assert points(derivation) == {"earn:A": 100, f"writeoff:{early.key}": 60}
+    lots = lots_of(rows(derive(program, orders=[order("A", "100")])))
+    assert (lots.pending(T0 + DAY), lots.pending(T0 + 14 * DAY)) == (100, 0)
+    assert lots.spend(60, T0 + 13 * DAY) == 0
+    assert lots.spend(60, T0 + 14 * DAY) == 60
+    assert lots.balance == 40
+    # Read from the ledger, the early redemption is paid by its write-off, never by the pending lot.
+    assert [(lot.key, lot.remaining) for lot in lots_of(rows(derivation, [early])).lots] == [
+        ("earn:A", 100), (f"writeoff:{early.key}", 0),
+    ]  # fmt: skip
+
+
+def test_a_refund_takes_back_its_own_pending_points():
+    program = Program(rules=(EarnRule(pending_days=14),))
+
+    derivation = derive(program, orders=[order("A", "100"), refund("A", "25", at=T0 + DAY, event_id=9)])
+
+    assert points(derivation) == {"earn:A": 100, "reverse:9": -25}
+    lots = lots_of(rows(derivation))
+    assert (lots.balance, lots.debt, lots.pending(T0 + DAY)) == (75, 0, 75)
+
+
+def test_lots_expire_after_n_days():
+    program = Program(rules=(EarnRule(expiry=Expiry.DAYS, expiry_days=30),))
+
+    derivation = derive(program, orders=[order("A", "100")], now=T0 + 31 * DAY)
+
+    assert [(d.key, d.points, d.at) for d in derivation.due] == [
+        ("earn:A", 100, T0), ("expire:earn:A", -100, T0 + 30 * DAY),
+    ]  # fmt: skip
+    assert derivation.due[1].reason == "100 points earned 2026-01-10 expired"
+    assert derive(program, orders=[order("A", "100")], now=T0 + 29 * DAY).next_expiry == (T0 + 30 * DAY, 100)
+
+
+def test_month_and_year_ends_are_local_midnights():
+    month, year = EarnRule(expiry=Expiry.END_OF_MONTH), EarnRule(expiry=Expiry.END_OF_YEAR)
+    # 2026-01-31 17:00 UTC is already 1 February in Shanghai.
+    late_january_utc = datetime(2026, 1, 31, 17, tzinfo=UTC)
+
+    assert month.expires_at(late_january_utc, SHANGHAI) == datetime(2026, 3, 1, tzinfo=SHANGHAI)
+    assert month.expires_at(late_january_utc, ZoneInfo("UTC")) == datetime(2026, 2, 1, tzinfo=UTC)
+    assert month.expires_at(datetime(2026, 12, 5, tzinfo=UTC), SHANGHAI) == datetime(
+        2027, 1, 1, tzinfo=SHANGHAI
+    )
+    assert year.expires_at(datetime(2026, 12, 31, 17, tzinfo=UTC), SHANGHAI) == datetime(
+        2028, 1, 1, tzinfo=SHANGHAI
+    )
+    assert year.expires_at(datetime(2026, 12, 31, 15, tzinfo=UTC), SHANGHAI) == datetime(
+        2027, 1, 1, tzinfo=SHANGHAI
+    )
+    assert EarnRule().expires_at(T0, SHANGHAI) is None
+
+    program = Program(rules=(month,), zone=SHANGHAI)
+    derivation = derive(
+        program, orders=[order("A", "10", at=late_january_utc)], now=datetime(2026, 3, 2, tzinfo=UTC)
+    )
+    assert [(d.key, d.at) for d in derivation.due] == [
+        ("earn:A", late_january_utc), ("expire:earn:A", datetime(2026, 2, 28, 16, tzinfo=UTC)),
+    ]  # fmt: skip
+
+
+def test_spending_takes_the_soonest_expiring_lot_first_and_expiry_takes_only_what_is_left():
+    rule = EarnRule(expiry=Expiry.DAYS, expiry_days=30)
+    program = Program(rules=(rule,))
+    orders = [order("OLD", "100"), order("NEW", "100", at=T0 + 10 * DAY)]
+    redemption = spent(130, at=T0 + 20 * DAY)
+
+    derivation = derive(program, orders=orders, recorded=[redemption], now=T0 + 45 * DAY)
+
+    # OLD (expiring first) is spent entirely, NEW gives 30 and loses its last 70 at day 40.
+    assert points(derivation) == {"earn:OLD": 100, "earn:NEW": 100, "expire:earn:NEW": -70}
+    assert (derivation.next_expiry, derivation.recheck_at) == (None, None)
+    assert balance(derivation, [redemption]) == 0
+
+    middle = derive(program, orders=orders, recorded=[redemption], now=T0 + 25 * DAY)
+    assert (middle.next_expiry, middle.recheck_at) == ((T0 + 40 * DAY, 70), T0 + 40 * DAY)
+    lots = lots_of(rows(middle, [redemption]))
+    assert [(lot.key, lot.remaining) for lot in lots.lots] == [("earn:OLD", 0), ("earn:NEW", 70)]
+    assert [lot.key for lot in lots.expiring(T0 + 25 * DAY, T0 + 60 * DAY)] == ["earn:NEW"]
+
+
+def test_lots_spend_soonest_expiry_first_and_never_expired_or_pending_lots():
+    def lot(key: str, points: int, *, available: datetime = T0, expires: datetime | None = None) -> Lot:
+        return Lot(key=key, points=points, remaining=points, earned_at=T0, available_at=available,
+                   expires_at=expires)  # fmt: skip
+
+    lots = Lots([lot("forever", 10), lot("soon", 10, expires=T0 + 5 * DAY), lot("later", 10, expires=T0 + 9 * DAY),
+                 lot("pending", 10, available=T0 + 3 * DAY), lot("gone", 10, expires=T0 + DAY)])  # fmt: skip
+
+    assert lots.spend(25, T0 + 2 * DAY) == 25
+    assert {x.key: x.remaining for x in lots.lots} == {
+        "forever": 5,
+        "soon": 0,
+        "later": 0,
+        "pending": 10,
+        "gone": 10,
+    }
+    assert lots.spend(100, T0 + 2 * DAY, first="pending") == 15  # a refund reaches its own pending lot
+    assert lots.balance == 10  # only the expired lot, which expiry (not spending) takes
+
+
+# Refunds ---------------------------------------------------------------------------------------
+
+
+def test_partial_refunds_reverse_in_proportion_and_all_of_them_reverse_exactly_what_was_earned():
+    derivation = derive(orders=[
+        order("A", "10.00"), refund("A", "3.33", at=T0 + DAY, event_id=1),
+        refund("A", "3.33", at=T0 + 2 * DAY, event_id=2), refund("A", "3.34", at=T0 + 3 * DAY, event_id=3),
+        refund("A", "5.00", at=T0 + 4 * DAY, event_id=4),  # more than the order: nothing left to take
+    ])  # fmt: skip
+
+    # Cumulative shares 3.33, 6.66, 10.00 of 10 points: 3, 7, 10.
+    assert points(derivation) == {"earn:A": 10, "reverse:1": -3, "reverse:2": -4, "reverse:3": -3}
+    assert "order A refunded 3.33 CNY" in derivation.due[1].reason
+
+
+def test_a_refund_after_redemption_makes_a_debt_the_next_earnings_pay_when_the_program_allows_it():
+    program = Program(
+        rules=(EarnRule(expiry=Expiry.DAYS, expiry_days=30),), refund_returns_redeemed_points=False
+    )
+    redemption = spent(100, at=T0 + DAY, order_id="OTHER")
+    orders = [
+        order("A", "100"),
+        refund("A", "100", at=T0 + 2 * DAY, event_id=5),
+        order("B", "60", at=T0 + 3 * DAY),
+    ]
+
+    derivation = derive(program, orders=orders, recorded=[redemption], now=T0 + 60 * DAY)
+
+    assert points(derivation) == {
+        "earn:A": 100,
+        "reverse:5": -100,
+        "earn:B": 60,
+    }  # B paid the debt: nothing expires
+    assert balance(derivation, [redemption]) == -40
+    lots = lots_of(rows(derivation, [redemption]))
+    assert (lots.debt, lots.balance) == (40, -40)
+
+
+def test_a_refund_after_redemption_is_capped_and_written_off_when_the_program_forbids_debt():
+    program = Program(negative_balance=NegativeBalance.FORBID, refund_returns_redeemed_points=False)
+    redemption = spent(70, at=T0 + DAY, order_id="OTHER")
+
+    derivation = derive(program, orders=[order("A", "100"), refund("A", "100", at=T0 + 2 * DAY, event_id=5)],
+                        recorded=[redemption])  # fmt: skip
+
+    assert points(derivation) == {"earn:A": 100, "reverse:5": -30}
+    assert derivation.due[1].reason == (
+        "order A refunded 100 CNY; 70 points already spent were written off (no negative balance)"
+    )
+    assert balance(derivation, [redemption]) == 0
+
+
+def test_points_written_off_are_not_taken_back_by_a_later_partial_refund():
+    program = Program(negative_balance=NegativeBalance.FORBID, refund_returns_redeemed_points=False)
+    redemption = spent(100, at=T0 + DAY, order_id="OTHER")
+
+    derivation = derive(program, recorded=[redemption], orders=[
+        order("A", "100"), refund("A", "50", at=T0 + 2 * DAY, event_id=1),  # 50 due, all spent: written off
+        order("B", "200", at=T0 + 3 * DAY), refund("A", "50", at=T0 + 4 * DAY, event_id=2),  # the other 50
+    ])  # fmt: skip
+
+    assert points(derivation) == {"earn:A": 100, "earn:B": 200, "reverse:2": -50}
+
+
+def test_points_that_expired_are_not_taken_back_again_by_a_refund():
+    program = Program(rules=(EarnRule(expiry=Expiry.DAYS, expiry_days=30),))
+
+    derivation = derive(program, now=T0 + 45 * DAY, orders=[
+        order("A", "100"), order("B", "100", at=T0 + 20 * DAY), refund("A", "100", at=T0 + 40 * DAY, event_id=3),
+    ])  # fmt: skip
+
+    assert points(derivation) == {"earn:A": 100, "earn:B": 100, "expire:earn:A": -100}
+
+
+def test_a_refund_gives_back_the_points_spent_on_the_order_in_proportion():
+    program = Program(rules=(EarnRule(expiry=Expiry.DAYS, expiry_days=30),))
+    redemption = spent(40, at=T0 + DAY, order_id="B")  # 40 points paid part of order B
+    orders = [order("A", "100"), order("B", "80", at=T0 + DAY),
+              refund("B", "40", at=T0 + 2 * DAY, event_id=1), refund("B", "40", at=T0 + 3 * DAY, event_id=2)]  # fmt: skip
+
+    derivation = derive(program, orders=orders, recorded=[redemption], now=T0 + 5 * DAY)
+
+    assert points(derivation) == {"earn:A": 100, "earn:B": 80, "reverse:1": -40, "return:1": 20,
+                                  "reverse:2": -40, "return:2": 20}  # fmt: skip
+    given_back = {d.key: d for d in derivation.due}["return:1"]
+    assert (given_back.kind, given_back.order_id, given_back.expires_at) == (Kind.REVERSE, "B", T0 + 32 * DAY)
+    assert given_back.reason == "points spent on order B given back (refund)"
+    assert balance(derivation, [redemption]) == 100
+
+    kept = Program(rules=program.rules, refund_returns_redeemed_points=False)
+    assert not any(
+        d.key.startswith("return:") for d in derive(kept, orders=orders, recorded=[redemption]).due
+    )
+
+
+# Tiers -----------------------------------------------------------------------------------------
+
+TIERS = (TierRule("member", "Member", 0, Decimal(0)), TierRule("silver", "Silver", 1, Decimal(100)),
+         TierRule("gold", "Gold", 2, Decimal(500)), TierRule("black", "Black", 3, Decimal(1000)))  # fmt: skip
+
+
+def tiered(downgrade: Downgrade = Downgrade.NONE, **kwargs: object) -> Program:
+    return Program(tiers=TIERS, tier_window_days=30, downgrade=downgrade, review_months=1, **kwargs)
+
+
+def test_a_member_is_upgraded_when_what_they_earned_in_the_window_crosses_a_threshold():
+    derivation = derive(tiered(), orders=[
+        order("A", "60"), order("B", "60", at=T0 + DAY),  # 120 in 30 days: silver
+        order("C", "450", at=T0 + 40 * DAY),  # A and B are out of the window: 450 is not gold
+        order("D", "50", at=T0 + 41 * DAY),  # 500: gold
+    ])  # fmt: skip
+
+    assert [(c.from_tier, c.to_tier, c.at) for c in derivation.tier_changes] == [
+        ("member", "silver", T0 + DAY), ("silver", "gold", T0 + 41 * DAY),
+    ]  # fmt: skip
+    assert derivation.tier_changes[0].reason == "qualified: 120 points earned in 30 days ≥ Silver 100"
+    assert (derivation.tier, derivation.tier_since) == ("gold", T0 + 41 * DAY)
+
+
+def test_the_tier_follows_spend_net_of_refunds_when_the_program_says_so():
+    derivation = derive(tiered(Downgrade.PERIODIC, tier_basis=TierBasis.SPEND), orders=[
+        order("A", "600"), refund("A", "550", at=T0 + DAY),
+    ], now=T0 + 25 * DAY)  # fmt: skip
+
+    assert [(c.to_tier, c.reason) for c in derivation.tier_changes] == [
+        ("gold", "qualified: 600 CNY spent in 30 days ≥ Gold 500"),
+        ("member", "review: 50 CNY spent in 30 days < Gold 500"),
+    ]
+
+
+def test_the_balance_never_makes_a_tier():
+    bonus = adjusted(5000, at=T0)
+    derivation = derive(
+        tiered(), orders=[order("A", "99", at=T0 + DAY)], recorded=[bonus, spent(99, at=T0 + DAY)]
+    )
+
+    assert (derivation.tier, derivation.tier_changes) == ("member", ())
+    spending = derive(tiered(Downgrade.PERIODIC), orders=[order("A", "600")], recorded=[spent(600, at=T0 + DAY)],
+                      now=T0 + 15 * DAY)  # fmt: skip
+    assert spending.tier == "gold"  # spending points does not lose the tier
+
+
+def test_downgrade_policies_apply_at_review_instants_only():
+    orders = [order("A", "1000")]  # black on 10 January; the window is empty from 10 February
+    reviews = [datetime(2026, month, 1, tzinfo=UTC) for month in (2, 3, 4, 5)]
+
+    none = derive(tiered(Downgrade.NONE), orders=orders, now=datetime(2026, 6, 1, tzinfo=UTC))
+    periodic = derive(tiered(Downgrade.PERIODIC), orders=orders, now=datetime(2026, 6, 1, tzinfo=UTC))
+    one_step = derive(tiered(Downgrade.ONE_STEP), orders=orders, now=datetime(2026, 6, 1, tzinfo=UTC))
+    before = derive(tiered(Downgrade.PERIODIC), orders=orders, now=reviews[1] - timedelta(seconds=1))
+
+    assert (none.tier, none.recheck_at) == ("black", None)
+    assert [(c.to_tier, c.at) for c in periodic.tier_changes] == [("black", T0), ("member", reviews[1])]
+    assert periodic.tier_changes[1].reason == "review: 0 points earned in 30 days < Black 1000"
+    assert [(c.to_tier, c.at) for c in one_step.tier_changes] == [
+        ("black", T0), ("gold", reviews[1]), ("silver", reviews[2]), ("member", reviews[3]),
+    ]  # fmt: skip
+    assert one_step.tier_changes[2].reason == "review: 0 points earned in 30 days < Gold 500"
+    assert (before.tier, before.recheck_at) == ("black", reviews[1])
+    assert periodic.recheck_at == datetime(2026, 7, 1, tzinfo=UTC)
+
+
+def test_reviews_fall_on_local_month_boundaries_every_n_months_from_january():
+    program = Program(review_months=3, zone=SHANGHAI)
+
+    assert program.next_review(datetime(2026, 1, 10, tzinfo=UTC)) == datetime(2026, 4, 1, tzinfo=SHANGHAI)
+    assert program.next_review(datetime(2026, 3, 31, 16, tzinfo=UTC)) == datetime(2026, 7, 1, tzinfo=SHANGHAI)
+    assert Program(review_months=12).next_review(datetime(2026, 12, 31, tzinfo=UTC)) == datetime(
+        2027, 1, 1, tzinfo=UTC
+    )
+
+
+def test_a_refund_the_member_cannot_pay_back_still_takes_the_order_out_of_the_tier():
+    program = tiered(
+        Downgrade.PERIODIC, negative_balance=NegativeBalance.FORBID, refund_returns_redeemed_points=False
+    )
+
+    derivation = derive(program, orders=[order("A", "1000"), refund("A", "1000", at=T0 + 2 * DAY)],
+                        recorded=[spent(1000, at=T0 + DAY)], now=T0 + 25 * DAY)  # fmt: skip
+
+    assert derivation.tier == "member"
+    assert derivation.tier_changes[-1].reason == "review: 0 points earned in 30 days < Black 1000"
