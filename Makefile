@@ -74,7 +74,8 @@ format: install-dev ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: install-dev ## Benchmarks: ingestion, identity resolution, member 360 (results: docs/benchmarks.md)
+bench: install-dev ## Benchmarks: ingestion, identity resolution, member 360, loyalty (results: docs/benchmarks.md)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/identity.py
 	$(BIN)/python bench/members.py
+	$(BIN)/python bench/points.py
