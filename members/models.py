@@ -159,6 +159,14 @@ from members.loyalty.models import (  # noqa: E402  (one app: the loyalty models
     Tier,
     TierChange,
 )
+from members.segments.models import (  # noqa: E402
+    MemberTag,
+    Segment,
+    SegmentChange,
+    SegmentMember,
+    Tag,
+    TagChange,
+)
 
 __all__ = [
     "ORDER_FIELDS",
@@ -171,9 +179,15 @@ __all__ = [
     "Member",
     "MemberAggregate",
     "MemberOrder",
+    "MemberTag",
     "MemberTrait",
     "PointsAccount",
     "PointsEntry",
+    "Segment",
+    "SegmentChange",
+    "SegmentMember",
+    "Tag",
+    "TagChange",
     "Tier",
     "TierChange",
 ]

@@ -1,0 +1,2 @@
+"""Tags and segments: the rule language, membership kept fresh, and their APIs (models in
+``members.models``)."""

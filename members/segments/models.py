@@ -1,0 +1,145 @@
+"""Tags and segments: definitions, who is in them now, and who entered and left when.
+Imported by ``members.models`` (one Django app)."""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Tag(models.Model):
+    """A label on members: set by staff (manual), by a rule (added and removed as members
+    start and stop matching), or computed by the platform (RFM group, lifecycle stage,
+    channel preference)."""
+
+    class Kind(models.TextChoices):
+        MANUAL = "manual"
+        RULE = "rule"
+        COMPUTED = "computed"
+
+    key = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    rule = models.JSONField(
+        null=True, blank=True, help_text="For rule tags: the condition (see docs/rules.md)."
+    )
+    description = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(kind="rule") | Q(rule__isnull=False), name="rule_tag_has_rule"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class MemberTag(models.Model):
+    """A tag a member carries now."""
+
+    member = models.ForeignKey("members.Member", on_delete=models.CASCADE, related_name="+", db_index=False)
+    tag = models.ForeignKey(Tag, on_delete=models.CASCADE, related_name="members")
+    added_at = models.DateTimeField(auto_now_add=True)
+    added_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["member", "tag"], name="member_tag_once")]
+
+    def __str__(self) -> str:
+        return f"member {self.member_id}: {self.tag_id}"
+
+
+class TagChange(models.Model):
+    """A tag added to or removed from a member: by whom (staff) or by what (rule, computed)."""
+
+    class Action(models.TextChoices):
+        ADDED = "added"
+        REMOVED = "removed"
+
+    member = models.ForeignKey("members.Member", on_delete=models.CASCADE, related_name="+")
+    tag = models.ForeignKey(Tag, on_delete=models.CASCADE, related_name="+")
+    action = models.CharField(max_length=8, choices=Action.choices)
+    by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.tag_id} {self.action} member {self.member_id}"
+
+
+class Segment(models.Model):
+    """An audience: dynamic (members matching a rule, kept fresh) or static (a list)."""
+
+    class Kind(models.TextChoices):
+        DYNAMIC = "dynamic"
+        STATIC = "static"
+
+    key = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    description = models.CharField(max_length=500, blank=True)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    rule = models.JSONField(null=True, blank=True, help_text="For dynamic segments (see docs/rules.md).")
+    built_in = models.BooleanField(
+        default=False, help_text="Shipped with the platform; copy it to change it."
+    )
+    size = models.PositiveIntegerField(default=0)
+    computed_at = models.DateTimeField(null=True, blank=True)
+    compute_ms = models.PositiveIntegerField(
+        null=True, blank=True, help_text="How long the last full compute took."
+    )
+    error = models.TextField(blank=True, help_text="Why the last compute failed, if it did.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(kind="dynamic") | Q(rule__isnull=False), name="dynamic_segment_has_rule"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class SegmentMember(models.Model):
+    """A member in a segment now. Keyset pages walk (segment, member)."""
+
+    segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="+", db_index=False)
+    member = models.ForeignKey("members.Member", on_delete=models.CASCADE, related_name="+", db_index=False)
+    entered_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["segment", "member"], name="segment_member_once")]
+        indexes = [models.Index(fields=["member"], name="segments_of_member")]
+
+    def __str__(self) -> str:
+        return f"member {self.member_id} in {self.segment_id}"
+
+
+class SegmentChange(models.Model):
+    """A member entering or leaving a segment: its history, and the changes feed (the id is
+    the feed's cursor: increasing, never reused)."""
+
+    class Change(models.TextChoices):
+        ENTERED = "entered"
+        EXITED = "exited"
+
+    segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="+", db_index=False)
+    member = models.ForeignKey(
+        "members.Member", on_delete=models.CASCADE, related_name="+", db_constraint=False
+    )
+    change = models.CharField(max_length=8, choices=Change.choices)
+    at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["segment", "id"], name="segment_changes_feed")]
+
+    def __str__(self) -> str:
+        return f"member {self.member_id} {self.change} {self.segment_id} at {self.at}"
