@@ -19,7 +19,9 @@ from members.loyalty.models import (
     EarnRule,
     PointsAccount,
     PointsEntry,
+    Tier,
 )
+from members.services import members_rebuild
 from tests.factories import EventFactory, SourceFactory
 from tests.members.test_api import staff_client
 
@@ -307,3 +309,14 @@ def test_members_about_to_lose_points_are_listed():
 
     assert [(r["member_id"], r["points"]) for r in listed] == [(soon, 100)]
     assert PointsAccount.objects.get(member_id=soon).recheck_at is not None
+
+
+def test_the_360_view_shows_points_and_tier(zhang):
+    Tier.objects.create(key="member", name="Member", rank=0, threshold=0)
+    Tier.objects.create(key="silver", name="Silver", rank=1, threshold=400)
+    members_rebuild(points_only=True)
+
+    profile = staff_client(Role.CRM_AGENT).get(f"/api/v1/members/{zhang['member']}/").json()
+
+    assert profile["loyalty"]["balance"] == 320
+    assert (profile["loyalty"]["tier"], profile["loyalty"]["tier_name"]) == ("silver", "Silver")
