@@ -21,7 +21,7 @@ from cdp.errors import ApiError, FieldError
 from cdp.permissions import permissions_required
 from events.models import Channel
 from members.loyalty.coupons import CouponRefused, coupon_redeem, coupon_release, coupons_issue
-from members.loyalty.models import Coupon, CouponCampaign, PointsEntry
+from members.loyalty.models import Coupon, CouponCampaign, CouponRedemption, PointsEntry
 from members.loyalty.presentation import coupon_json, entry_json, points_json
 from members.loyalty.selectors import coupon_redemption_active, ledger_page, members_expiring, points_summary
 from members.loyalty.services import PointsRefused, points_adjust, points_redeem
@@ -382,14 +382,14 @@ class CouponReleaseView(APIView):
         return Response(RedemptionOutput(_redemption_json(redemption, code, repeated=False)).data)
 
 
-def _redemption_json(redemption: object, code: str, *, repeated: bool) -> dict:
+def _redemption_json(redemption: CouponRedemption, code: str, *, repeated: bool) -> dict:
     return {
         "code": code.strip().upper(),
-        "order_id": redemption.order_id,  # type: ignore[attr-defined]
-        "channel": redemption.channel,  # type: ignore[attr-defined]
-        "discount": redemption.discount,  # type: ignore[attr-defined]
-        "redeemed_at": redemption.redeemed_at,  # type: ignore[attr-defined]
-        "released_at": redemption.released_at,  # type: ignore[attr-defined]
+        "order_id": redemption.order_id,
+        "channel": redemption.channel,
+        "discount": redemption.discount,
+        "redeemed_at": redemption.redeemed_at,
+        "released_at": redemption.released_at,
         "repeated": repeated,
     }
 

@@ -146,8 +146,7 @@ def ledger_page(*, member_id: int, before: int | None, size: int) -> list[Points
 def members_expiring(
     *, within_days: int, after_member: int | None, size: int, now: datetime | None = None
 ) -> list[PointsAccount]:
-    """Members whose next points expire within ``within_days``: soonest first, keyset on
-    (next expiry, member)."""
+    """Members whose next points expire within ``within_days``, by member id (keyset on it)."""
     now = now or timezone.now()
     rows = PointsAccount.objects.filter(
         next_expiry_at__isnull=False,
