@@ -1,0 +1,278 @@
+"""A rule as one set-based SQL boolean expression (the full recompute of a segment or rule tag).
+
+Pure: returns SQL text with ``%s`` placeholders and its parameters; no Django import. The
+expression reads a row ``m`` of ``members_member``, so a segment is computed in one query::
+
+    sql, params = rule_sql(condition, now=now)
+    cursor.execute(f"SELECT m.id FROM members_member m WHERE m.status = 'active' AND ({sql})", params)
+
+It agrees exactly with ``members.segments.rules.rule_matches`` (a property test holds both to
+a reference): every leaf is an ``EXISTS`` or a comparison of non-null values, so it is true or
+false, never NULL, and ``not`` negates it as Python does. Behaviour conditions are subqueries
+correlated on ``identity_eventresolution.member_id`` (its index ``resolution_by_member``),
+bounded by ``LIMIT`` so a count stops as soon as it is decided. All SQL text is built from
+constants; every value from a rule is a parameter.
+"""
+
+# SQL text built from constants only; every value from a rule is a parameter:
+# ruff: noqa: S608
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from members.segments.rules import (
+    NULLABLE_AGGREGATES,
+    NUMERIC_STRING,
+    TIME_AGGREGATES,
+    TIME_PATTERN,
+    Aggregate,
+    All,
+    Any_,
+    Condition,
+    Did,
+    DidNot,
+    EventFilter,
+    FirstTime,
+    HasIdentifier,
+    HasTag,
+    InSegment,
+    Not,
+    Points,
+    Scalar,
+    Stopped,
+    TierIn,
+    Trait,
+)
+
+_OPS = {"eq": "=", "ne": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+_NUMERIC_RE = "^" + NUMERIC_STRING.pattern + "$"
+_TIME_RE = "^" + TIME_PATTERN + "$"
+
+
+def _literal(text: str) -> str:
+    if "'" in text or "%" in text:  # constants only
+        raise ValueError(text)
+    return f"'{text}'"
+
+
+def _number(json: str) -> str:
+    """The number a jsonb value stands for (a number or a plain decimal string), else NULL."""
+    return (
+        f"(CASE WHEN jsonb_typeof({json}) = 'number' THEN ({json} #>> '{{}}')::numeric"
+        f" WHEN jsonb_typeof({json}) = 'string' AND ({json} #>> '{{}}') ~ {_literal(_NUMERIC_RE)}"
+        f" THEN ({json} #>> '{{}}')::numeric END)"
+    )
+
+
+def _time(p: str) -> str:
+    """The moment a regexp_match of ``TIME_PATTERN`` stands for (``rules.value_time``), else
+    NULL. Never raises: the day is the month's first plus (day - 1) and must land in that
+    month, and every function here returns NULL on a NULL match."""
+    first = f"make_date({p}[1]::int, {p}[2]::int, 1)"
+    day = f"({first} + ({p}[3]::int - 1))"
+    offset = (
+        f"(CASE WHEN {p}[8] IS NULL OR {p}[8] = 'Z' THEN interval '0'"
+        f" ELSE make_interval(hours => substr({p}[8], 2, 2)::int, mins => substr({p}[8], 5, 2)::int)"
+        f" * (CASE WHEN left({p}[8], 1) = '-' THEN -1 ELSE 1 END) END)"
+    )
+    return (
+        f"(CASE WHEN extract(day FROM {day}) = {p}[3]::int"
+        f" THEN ({day})::timestamp AT TIME ZONE 'UTC'"
+        f" + make_interval(hours => coalesce({p}[4]::int, 0), mins => coalesce({p}[5]::int, 0),"
+        f" secs => coalesce({p}[6]::int, 0))"
+        f" + coalesce(rpad({p}[7], 6, '0')::int, 0) * interval '1 microsecond'"
+        f" - {offset} END)"
+    )
+
+
+#: Joined to a trait row ``t`` for time comparisons: ``d.p``, its match of TIME_PATTERN
+#: (NULL for any other value: the regex needs the whole text, which a non-string never is).
+_TIME_MATCH = (
+    f" CROSS JOIN LATERAL regexp_match(CASE WHEN jsonb_typeof(t.value) = 'string' THEN t.value #>> '{{}}' END,"
+    f" {_literal(_TIME_RE)}) AS d(p)"
+)
+
+
+class _Compiler:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.params: list = []
+
+    def param(self, value: object) -> str:
+        self.params.append(value)
+        return "%s"
+
+    def equals(self, json: str, expected: Scalar) -> str:
+        """``rules.values_equal`` of a jsonb expression and a rule's scalar (NULL when the
+        jsonb is NULL: use inside EXISTS or a WHERE)."""
+        if isinstance(expected, bool):
+            return f"({json} = {self.param('true' if expected else 'false')}::jsonb)"
+        if not isinstance(expected, str):
+            return f"({_number(json)} = {self.param(Decimal(expected))})"
+        text = f"(jsonb_typeof({json}) = 'string' AND ({json} #>> '{{}}') = {self.param(expected)})"
+        if NUMERIC_STRING.fullmatch(expected):
+            number = (
+                f"(jsonb_typeof({json}) = 'number' AND {_number(json)} = {self.param(Decimal(expected))})"
+            )
+            return f"({text} OR {number})"
+        return text
+
+    def compile(self, condition: Condition) -> str:
+        match condition:
+            case All(items):
+                return "(" + " AND ".join(self.compile(item) for item in items) + ")" if items else "TRUE"
+            case Any_(items):
+                return "(" + " OR ".join(self.compile(item) for item in items) + ")" if items else "FALSE"
+            case Not(item):
+                return f"(NOT {self.compile(item)})"
+            case Trait():
+                return self.trait(condition)
+            case HasIdentifier(kind):
+                owned = f"SELECT 1 FROM identity_identifier i WHERE i.member_id = m.id AND i.type = {self.param(kind)}"
+                held = (
+                    "SELECT 1 FROM identity_memberidentifier mi JOIN identity_identifier i ON i.id = mi.identifier_id"
+                    f" WHERE mi.member_id = m.id AND i.type = {self.param(kind)}"
+                )
+                return f"(EXISTS ({owned}) OR EXISTS ({held}))"
+            case Aggregate():
+                return self.aggregate(condition)
+            case Did(event, days, at_least, at_most):
+                since = self.ago(days)
+                parts = []
+                if at_least is not None:
+                    parts.append(self.count_at_least(event, since, None, at_least))
+                if at_most is not None:
+                    parts.append(f"(NOT {self.count_at_least(event, since, None, at_most + 1)})")
+                return "(" + " AND ".join(parts) + ")"
+            case DidNot(event, days):
+                return f"(NOT {self.count_at_least(event, self.ago(days), None, 1)})"
+            case FirstTime(event, days):
+                start = self.ago(days)
+                recent = self.count_at_least(event, start, None, 1)
+                return f"({recent} AND NOT {self.count_at_least(event, None, start, 1)})"
+            case Stopped(event, days, before):
+                start = self.ago(days)
+                recent = self.count_at_least(event, start, None, 1)
+                earlier = self.count_at_least(event, start - timedelta(days=before), start, 1)
+                return f"(NOT {recent} AND {earlier})"
+            case Points(op, value):
+                balance = "(SELECT p.balance FROM members_pointsaccount p WHERE p.member_id = m.id)"
+                return f"(coalesce({balance}, 0) {_OPS[op]} {self.param(value)})"
+            case TierIn(tiers):
+                options = ", ".join(self.param(tier) for tier in tiers)
+                return f"EXISTS (SELECT 1 FROM members_pointsaccount p WHERE p.member_id = m.id AND p.tier IN ({options}))"
+            case HasTag(key):
+                return (
+                    "EXISTS (SELECT 1 FROM members_membertag mt JOIN members_tag t ON t.id = mt.tag_id"
+                    f" WHERE mt.member_id = m.id AND t.key = {self.param(key)})"
+                )
+            case InSegment(key):
+                return (
+                    "EXISTS (SELECT 1 FROM members_segmentmember sm JOIN members_segment s ON s.id = sm.segment_id"
+                    f" WHERE sm.member_id = m.id AND s.key = {self.param(key)})"
+                )
+        raise TypeError(f"not a condition: {condition!r}")
+
+    def ago(self, days: int | None) -> datetime | None:
+        return None if days is None else self.now - timedelta(days=days)
+
+    def trait(self, condition: Trait) -> str:
+        op, expected = condition.op, condition.value
+        timed = isinstance(expected, datetime) or op in ("within_days", "older_than_days")
+        rows = (
+            f"SELECT 1 FROM members_membertrait t{_TIME_MATCH if timed else ''}"
+            f" WHERE t.member_id = m.id AND t.key = {self.param(condition.key)}"
+        )
+        present = "jsonb_typeof(t.value) <> 'null'"
+        if op == "exists":
+            return f"EXISTS ({rows} AND {present})"
+        if op == "not_exists":
+            return f"(NOT EXISTS ({rows} AND {present}))"
+        if op == "eq":
+            test = self.equals("t.value", expected)
+        elif op == "ne":
+            test = f"{present} AND NOT coalesce({self.equals('t.value', expected)}, false)"
+        elif op == "in":
+            test = "(" + " OR ".join(self.equals("t.value", option) for option in expected) + ")"
+        elif op == "contains":
+            element = self.equals("e.value", expected)
+            elements = (
+                "jsonb_array_elements(CASE WHEN jsonb_typeof(t.value) = 'array' THEN t.value ELSE '[]' END)"
+            )
+            test = f"EXISTS (SELECT 1 FROM {elements} e WHERE {element})"
+            if isinstance(expected, str):
+                substring = f"(jsonb_typeof(t.value) = 'string' AND strpos(t.value #>> '{{}}', {self.param(expected)}) > 0)"
+                test = f"({test} OR {substring})"
+        elif op in _OPS:
+            mine = _time("d.p") if timed else _number("t.value")
+            test = f"{mine} {_OPS[op]} {self.param(expected)}"
+        else:
+            test = self.days(_time("d.p"), op, expected)
+        return f"EXISTS ({rows} AND {test})"
+
+    def days(self, moment: str, op: str, days: int) -> str:
+        since = self.now - timedelta(days=days)
+        if op == "within_days":
+            return f"({moment} >= {self.param(since)} AND {moment} <= {self.param(self.now)})"
+        return f"({moment} < {self.param(since)})"
+
+    def aggregate(self, condition: Aggregate) -> str:
+        name, op, expected = condition.name, condition.op, condition.value
+        column = f"a.{name}"  # a name from rules.AGGREGATES, checked by rule_parse
+        row = "SELECT {} FROM members_memberaggregate a WHERE a.member_id = m.id"
+        if name == "stores_visited":
+            if op == "contains":
+                return f"EXISTS ({row.format(1)} AND {self.param(expected)} = ANY({column}))"
+            figure = f"coalesce(({row.format(f'cardinality({column})')}), 0)"
+            return f"({figure} {'>=' if op == 'count_gte' else '<='} {self.param(expected)})"
+        if name in TIME_AGGREGATES:
+            if op == "before":
+                test = f"{column} < {self.param(expected)}"
+            elif op == "after":
+                test = f"{column} > {self.param(expected)}"
+            else:
+                test = self.days(column, op, expected)
+            return f"EXISTS ({row.format(1)} AND {test})"
+        if name in NULLABLE_AGGREGATES:
+            return f"EXISTS ({row.format(1)} AND {column} {_OPS[op]} {self.param(expected)})"
+        return f"(coalesce(({row.format(column)}), 0) {_OPS[op]} {self.param(expected)})"
+
+    def count_at_least(
+        self, event: EventFilter, since: datetime | None, until: datetime | None, n: int
+    ) -> str:
+        """Whether the member has at least ``n`` events passing ``event`` at ``since`` or later
+        and before ``until``: a correlated subquery that reads at most ``n`` rows."""
+        if n <= 0:
+            return "TRUE"
+        # Each property is read once, in a lateral (its name is a parameter; equals repeats it).
+        joins = "".join(
+            f" CROSS JOIN LATERAL (SELECT e.properties -> {self.param(key[len('properties.') :])}) AS p{i}(v)"
+            for i, (key, _) in enumerate(event.where)
+            if key.startswith("properties.")
+        )
+        tests = [f"e.event = {self.param(event.name)}"]
+        if since is not None:
+            tests.append(f"e.timestamp >= {self.param(since)}")
+        if until is not None:
+            tests.append(f"e.timestamp < {self.param(until)}")
+        for i, (key, expected) in enumerate(event.where):
+            if key == "channel":
+                tests.append(f"e.channel = {self.param(expected)}")
+            elif key == "store_code":
+                tests.append(f"e.store_code = {self.param(expected)}")
+            else:
+                tests.append(self.equals(f"p{i}.v", expected))
+        rows = (
+            f"SELECT 1 FROM identity_eventresolution r JOIN events_event e ON e.id = r.event_id{joins}"
+            f" WHERE r.member_id = m.id AND {' AND '.join(tests)}"
+        )
+        if n == 1:
+            return f"EXISTS ({rows})"
+        return f"((SELECT count(*) FROM ({rows} LIMIT {int(n)}) c) >= {int(n)})"
+
+
+def rule_sql(condition: Condition, *, now: datetime) -> tuple[str, list]:
+    """A SQL boolean expression over ``m`` (a ``members_member`` row) true exactly when
+    ``rule_matches(condition, facts_of(m), now=now)``, and its parameters."""
+    compiler = _Compiler(now)
+    return compiler.compile(condition), compiler.params
