@@ -575,8 +575,8 @@ class _Parser:
         inner = data[kind]
         here = _join(path, kind)
         if not isinstance(inner, dict):
-            self.fail(here, f"expected an object with event, where and {', '.join(required[1:])}, "
-                            f"got {_kind(inner)}")  # fmt: skip
+            fields = ", ".join(("event", "where (optional)", *required[1:]))
+            self.fail(here, f"expected an object with {fields}, got {_kind(inner)}")
             return None, {}
         allowed = ("event", "where", "in_last_days", "before_days") if kind == "stopped" else (
             "event", "where", "in_last_days")  # fmt: skip
