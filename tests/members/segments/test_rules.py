@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
 
 from members.segments.rules import (
     All,
@@ -20,6 +21,7 @@ from members.segments.rules import (
     rule_window_expiry,
     value_time,
 )
+from tests.members.segments import test_rules_sql as generated
 
 NOW = datetime(2026, 10, 1, 12, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -354,3 +356,21 @@ def test_window_expiry_is_when_the_answer_may_change_and_it_does_change_then():
     assert rule_window_expiry(born, MemberFacts(1, traits={"signup": "2026-09-28"}), NOW) == datetime(
         2026, 10, 5, 0, 0, 0, 1, tzinfo=UTC
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(member=generated.members, rule=generated.rules)
+def test_nothing_changes_before_the_window_expiry(member, rule):
+    condition = rule_parse(rule)
+    facts = generated.facts(1, member)
+    expiry = rule_window_expiry(condition, facts, NOW)
+    answer = rule_matches(condition, facts, now=NOW)
+    if not rule_references(condition).time_based:
+        assert expiry is None
+    if expiry is None:
+        for later in (NOW + DAY, NOW + 1000 * DAY):
+            assert rule_matches(condition, facts, now=later) == answer
+        return
+    assert expiry > NOW
+    for later in (NOW + (expiry - NOW) / 2, expiry - timedelta(microseconds=1)):
+        assert rule_matches(condition, facts, now=later) == answer
