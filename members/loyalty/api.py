@@ -26,6 +26,7 @@ from members.loyalty.presentation import coupon_json, entry_json, points_json
 from members.loyalty.selectors import coupon_redemption_active, ledger_page, members_expiring, points_summary
 from members.loyalty.services import PointsRefused, points_adjust, points_redeem
 from members.models import Member
+from members.segments.models import Segment, SegmentMember
 from members.selectors import member_resolve
 
 VIEW_MEMBERS = "members.view_member"
@@ -186,8 +187,16 @@ class CampaignOutput(serializers.ModelSerializer):
 
 class IssueInput(serializers.Serializer):
     member_ids = serializers.ListField(
-        child=serializers.IntegerField(), allow_empty=False, max_length=100_000
+        child=serializers.IntegerField(), allow_empty=False, max_length=100_000, required=False
     )
+    segment = serializers.SlugField(required=False, help_text="Issue to every member of this segment now.")
+
+    def validate(self, attrs: dict) -> dict:
+        if ("member_ids" in attrs) == ("segment" in attrs):
+            raise serializers.ValidationError({"member_ids": "give member_ids or segment, one of them"})
+        if "segment" in attrs and not Segment.objects.filter(key=attrs["segment"]).exists():
+            raise serializers.ValidationError({"segment": f"no segment {attrs['segment']!r}"})
+        return attrs
 
 
 class IssueOutput(serializers.Serializer):
@@ -420,8 +429,9 @@ class CampaignIssueView(APIView):
 
     @extend_schema(request=IssueInput, responses={200: IssueOutput}, tags=["loyalty"])
     def post(self, request: Request, campaign_id: int) -> Response:
-        """Issue one coupon of the campaign to each member (an absorbed id counts as its
-        survivor). Idempotent: a member who has one gets none again."""
+        """Issue one coupon of the campaign to each member given, or to every member of a
+        segment (an absorbed id counts as its survivor). Idempotent: a member who has one gets
+        none again."""
         campaign = CouponCampaign.objects.filter(pk=campaign_id).first()
         if campaign is None:
             raise ApiError(
@@ -429,8 +439,16 @@ class CampaignIssueView(APIView):
             )
         data = IssueInput(data=request.data)
         data.is_valid(raise_exception=True)
+        wanted = data.validated_data
         with transaction.atomic():
-            issued = coupons_issue(campaign=campaign, member_ids=data.validated_data["member_ids"])
+            member_ids = (
+                wanted["member_ids"]
+                if "member_ids" in wanted
+                else SegmentMember.objects.filter(segment__key=wanted["segment"]).values_list(
+                    "member_id", flat=True
+                )
+            )
+            issued = coupons_issue(campaign=campaign, member_ids=member_ids)
         return Response(IssueOutput({"issued": issued}).data)
 
 

@@ -21,6 +21,8 @@ from members.loyalty.models import (
     PointsEntry,
     Tier,
 )
+from members.segments.models import Segment
+from members.segments.services import segment_compute
 from members.services import members_rebuild
 from tests.factories import EventFactory, SourceFactory
 from tests.members.test_api import staff_client
@@ -320,3 +322,20 @@ def test_the_360_view_shows_points_and_tier(zhang):
 
     assert profile["loyalty"]["balance"] == 320
     assert (profile["loyalty"]["tier"], profile["loyalty"]["tier_name"]) == ("silver", "Silver")
+
+
+def test_a_campaign_issues_to_a_segment(zhang, campaign):
+    segment = Segment.objects.create(key="buyers", name="Buyers", kind="dynamic",
+                                     rule={"aggregate": "orders", "op": "gte", "value": 1})  # fmt: skip
+    segment_compute(segment=segment)
+    client = staff_client(Role.MARKETING)
+
+    both = client.post(
+        f"/api/v1/campaigns/{campaign.pk}/issue/", {"member_ids": [1], "segment": "buyers"}, format="json"
+    )
+    unknown = client.post(f"/api/v1/campaigns/{campaign.pk}/issue/", {"segment": "nope"}, format="json")
+    issued = client.post(f"/api/v1/campaigns/{campaign.pk}/issue/", {"segment": "buyers"}, format="json")
+
+    assert (both.status_code, unknown.status_code) == (400, 400)
+    assert issued.json() == {"issued": 1}
+    assert Coupon.objects.get(campaign=campaign).member_id == zhang["member"]
