@@ -207,9 +207,20 @@ class DatabaseResolver(InMemoryResolver):
         self._mark_dirty(member_ids)
 
     def _mark_dirty(self, member_ids: dict[MemberRef, int]) -> None:
-        """Members whose events changed, for the members stages to refresh."""
-        changed = {member_ids[self.member_of[key]] for key in self.decisions_by_event()} | set(self.retired)
-        changed |= set(self.retired.values())
+        """Members whose events changed, for the members stages to refresh.
+
+        Only those: a replay re-decides every event of a component, mostly to the member that
+        already held it, and a refresh recomputes a member from all its events, so marking the
+        whole component would recompute thousands of unchanged members per late event.
+        """
+        changed = set(self.retired) | set(self.retired.values())
+        for key in self.decisions_by_event():
+            member = member_ids[self.member_of[key]]
+            before = self.stored_member_of.get(key)
+            if before != member:
+                changed.add(member)
+                if before is not None:
+                    changed.add(before)
         if changed:
             _sql(_MARK_DIRTY, [sorted(changed)])
 
@@ -469,10 +480,12 @@ _IDENTIFIERS_HELD = (
     f"FROM unnest(%b::bigint[]) AS k(id) CROSS JOIN LATERAL (SELECT * FROM {_IDENTIFIERS} WHERE member_id = k.id "
     "OFFSET 0) AS i"
 )
+# The identifier of each row is read by its own lateral lookup too: joined normally, a
+# planner that believes the identifier table small hashes all of it once per statement.
 _UNMERGING_HELD = (
     "SELECT i.id, i.type, i.value, h.member_id FROM unnest(%b::bigint[]) AS k(id) "
     f"CROSS JOIN LATERAL (SELECT * FROM {MemberIdentifier._meta.db_table} WHERE member_id = k.id OFFSET 0) AS h "
-    f"JOIN {_IDENTIFIERS} AS i ON i.id = h.identifier_id"
+    f"CROSS JOIN LATERAL (SELECT id, type, value FROM {_IDENTIFIERS} WHERE id = h.identifier_id OFFSET 0) AS i"
 )
 _MENTIONING_EVENTS = (
     "SELECT DISTINCT m.event_id FROM unnest(%b::bigint[]) AS k(id) "
@@ -481,7 +494,7 @@ _MENTIONING_EVENTS = (
 _MENTIONS_OF_EVENTS = (
     "SELECT m.event_id, i.type, i.value, m.identifier_id, m.dropped FROM unnest(%b::bigint[]) AS k(id) "
     f"CROSS JOIN LATERAL (SELECT * FROM {_MENTIONS} WHERE event_id = k.id OFFSET 0) AS m "
-    f"JOIN {_IDENTIFIERS} AS i ON i.id = m.identifier_id"
+    f"CROSS JOIN LATERAL (SELECT type, value FROM {_IDENTIFIERS} WHERE id = m.identifier_id OFFSET 0) AS i"
 )
 _EVENTS_AND_MEMBERS = (
     "SELECT e.id, e.timestamp, e.message_id, e.source_id, r.member_id FROM unnest(%b::bigint[]) AS k(id) "
