@@ -353,14 +353,17 @@ class DatabaseResolver(InMemoryResolver):
                     [orjson.dumps(self.problems.get(key, [])).decode() for key in new],
                 ],
             )
-        if moved:
-            _sql(
-                _MOVE_RESOLUTIONS,
-                [[self.event_ids[k] for k in moved], [member_ids[self.member_of[k]] for k in moved]],
-            )
+        moves = {self.event_ids[k]: member_ids[self.member_of[k]] for k in moved}
         if self.retired:
-            # Events of absorbed members that were never loaded follow their survivor.
-            _sql(_REPOINT_RESOLUTIONS, [list(self.retired), list(self.retired.values())])
+            # Events of absorbed members that were never loaded follow their survivor. Read
+            # first and then moved by key: one UPDATE joining the member walk to the table
+            # is planned, without statistics, as a scan of every resolution.
+            loaded = set(self.event_ids.values())
+            for event_id, member_id in _sql(_RESOLUTIONS_OF_MEMBERS, [list(self.retired)]):
+                if event_id not in loaded:
+                    moves[event_id] = self.retired[member_id]
+        if moves:
+            _sql(_MOVE_RESOLUTIONS, [list(moves), list(moves.values())])
 
     def _write_merges(self, member_ids: dict[MemberRef, int]) -> None:
         rule = {type_: asdict(r) for type_, r in sorted(self.rules.by_type.items())}
@@ -518,11 +521,9 @@ _MOVE_RESOLUTIONS = (
     f"UPDATE {EventResolution._meta.db_table} AS r SET member_id = v.m, resolved_at = now() "
     "FROM unnest(%b::bigint[], %b::bigint[]) AS v(e, m) WHERE r.event_id = v.e"
 )
-_REPOINT_RESOLUTIONS = (
-    f"UPDATE {_RESOLUTIONS} AS r SET member_id = x.survivor, resolved_at = now() FROM (SELECT v.survivor, e.event_id "
-    "FROM unnest(%b::bigint[], %b::bigint[]) AS v(old, survivor) "
-    f"CROSS JOIN LATERAL (SELECT event_id FROM {_RESOLUTIONS} WHERE member_id = v.old OFFSET 0) AS e) AS x "
-    "WHERE r.event_id = x.event_id"
+_RESOLUTIONS_OF_MEMBERS = (
+    "SELECT e.event_id, k.id FROM unnest(%b::bigint[]) AS k(id) "
+    f"CROSS JOIN LATERAL (SELECT event_id FROM {_RESOLUTIONS} WHERE member_id = k.id OFFSET 0) AS e"
 )
 _MARK_DIRTY = (
     f"INSERT INTO {DirtyMark._meta.db_table} (member_id, marked_at) SELECT unnest(%b::bigint[]), now()"
