@@ -40,10 +40,23 @@ def members_refresh_batch(*, batch_size: int | None = None) -> int:
         if not marks:
             return 0
         member_ids = {member_id for _, member_id in marks}
+        claimed = {mark_id for mark_id, _ in marks} | _later_marks_claim(member_ids)
         _member_refresh_locks(member_ids)
         members_recompute(member_ids)
-        DirtyMark.objects.filter(id__in=[mark_id for mark_id, _ in marks]).delete()
+        rows_delete(DirtyMark, column="id", keys=claimed)
     return len(member_ids)
+
+
+def _later_marks_claim(member_ids: set[int]) -> set[int]:
+    """The other marks already made for these members (not held by another refresh).
+
+    The recompute reads each member's events as committed after these marks were, so it
+    answers them too: under a backlog, a member marked by several resolution batches is
+    recomputed once instead of once per batch.
+    """
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_MARKS_OF_MEMBERS, [sorted(member_ids)])
+        return {row[0] for row in cursor.fetchall()}
 
 
 def members_refresh() -> int:
@@ -241,6 +254,12 @@ def _sql(statement: str, params: list) -> None:
 # The refresh writes a few hundred members' rows per statement: parameters go as binary arrays
 # through ``unnest`` (Django's bulk_create builds and quotes one placeholder per value, which
 # cost more than the recomputation itself). Only model table names are interpolated.
+# A queue table without an index on member (marks are inserted far more often than read by
+# member): one pass over the backlog per refresh batch.
+_MARKS_OF_MEMBERS = (
+    f"SELECT d.id FROM {DirtyMark._meta.db_table} AS d JOIN unnest(%b::bigint[]) AS k(id) ON d.member_id = k.id "
+    "FOR UPDATE OF d SKIP LOCKED"
+)
 _INSERT_TRAITS = (
     f"INSERT INTO {MemberTrait._meta.db_table} (member_id, key, value, observed_at, channel, source_id, event_id) "
     "SELECT v.m, v.k, v.val::jsonb, v.at, v.ch, v.s, v.e FROM unnest(%b::bigint[], %b::text[], %b::text[], "
