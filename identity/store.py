@@ -78,9 +78,8 @@ class DatabaseResolver(InMemoryResolver):
         self.problems: dict[EventKey, list[dict]] = {}
         self.decisions: list[tuple[Decision, str]] = []
         self.replaying = False
-        #: Stored members a late event's replay dissolved, and that event.
+        #: Stored members a late event's replay dissolved, and that event (None: a split).
         self.replayed_by: dict[int, EventKey | None] = {}
-        self.arriving: EventKey | None = None  # None: a replay not caused by an event (a split)
 
     # --- loading -------------------------------------------------------------------------
 
@@ -176,17 +175,25 @@ class DatabaseResolver(InMemoryResolver):
 
     # --- deciding (the algorithm is inherited; this only records what happened) --------
 
-    def add(self, event: ResolvableEvent) -> None:
-        self.arriving = event.key
-        super().add(event)
-
-    def _replay(self, keys: set[EventKey]) -> None:
+    def _replay(self, keys: set[EventKey], cause: EventKey | None = None) -> None:
         for key in keys:
             if isinstance(ref := self.member_of.get(key), int):
-                self.replayed_by.setdefault(ref, self.arriving)
+                self.replayed_by.setdefault(ref, cause)
+        # What this batch already decided about these events is decided again: the earlier
+        # decisions are dropped (their merges may not happen any more), and stored members
+        # they absorbed count as dissolved by the replay.
+        kept = []
+        for decision, how in self.decisions:
+            if decision.event in keys:
+                for ref in decision.absorbed:
+                    if isinstance(ref, int):
+                        self.replayed_by.setdefault(ref, cause)
+            else:
+                kept.append((decision, how))
+        self.decisions = kept
         self.replaying = True
         try:
-            super()._replay(keys)
+            super()._replay(keys, cause)
         finally:
             self.replaying = False
 
