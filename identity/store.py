@@ -476,14 +476,17 @@ _UPSERT_IDENTIFIERS = (
     "last_seen_at = EXCLUDED.last_seen_at, last_seen_message_id = EXCLUDED.last_seen_message_id, "
     "last_seen_source_id = EXCLUDED.last_seen_source_id RETURNING id, type, value"
 )
-# One unique-index probe per (type, value) pair.
+# One unique-index probe per (type, value) pair. A plain join is planned, for a batch's
+# thousand keys against a table without statistics, as a hash of the whole identifier table.
 _IDENTIFIERS_BY_KEY = (
     "SELECT i.id, i.type, i.value, i.member_id, i.last_seen_at, i.last_seen_message_id, i.last_seen_source_id "
-    f"FROM unnest(%b::text[], %b::text[]) AS k(t, v) JOIN {_IDENTIFIERS} AS i ON i.type = k.t AND i.value = k.v"
+    f"FROM unnest(%b::text[], %b::text[]) AS k(t, v) CROSS JOIN LATERAL (SELECT * FROM {_IDENTIFIERS} "
+    "WHERE type = k.t AND value = k.v OFFSET 0) AS i"
 )
 _ACTIVE_MEMBERS = (
-    "SELECT id, first_event_at, first_event_message_id, first_event_source_id, last_event_at, "
-    f"last_event_message_id, last_event_source_id FROM {_MEMBERS} WHERE id = ANY(%b::bigint[]) AND status = 'active'"
+    "SELECT m.id, m.first_event_at, m.first_event_message_id, m.first_event_source_id, m.last_event_at, "
+    "m.last_event_message_id, m.last_event_source_id FROM unnest(%b::bigint[]) AS k(id) "
+    f"CROSS JOIN LATERAL (SELECT * FROM {_MEMBERS} WHERE id = k.id AND status = 'active' OFFSET 0) AS m"
 )
 _IDENTIFIERS_HELD = (
     "SELECT i.id, i.type, i.value, i.member_id, i.last_seen_at, i.last_seen_message_id, i.last_seen_source_id "
@@ -508,7 +511,9 @@ _MENTIONS_OF_EVENTS = (
 )
 _EVENTS_AND_MEMBERS = (
     "SELECT e.id, e.timestamp, e.message_id, e.source_id, r.member_id FROM unnest(%b::bigint[]) AS k(id) "
-    f"JOIN {Event._meta.db_table} AS e ON e.id = k.id LEFT JOIN {_RESOLUTIONS} AS r ON r.event_id = e.id"
+    f"CROSS JOIN LATERAL (SELECT id, timestamp, message_id, source_id FROM {Event._meta.db_table} "
+    "WHERE id = k.id OFFSET 0) AS e "
+    f"LEFT JOIN LATERAL (SELECT member_id FROM {_RESOLUTIONS} WHERE event_id = e.id OFFSET 0) AS r ON true"
 )
 _FLIP_EVENT_IDENTIFIERS = (
     f"UPDATE {_MENTIONS} AS m SET dropped = v.d FROM unnest(%b::bigint[], %b::bigint[], %b::boolean[]) "
