@@ -452,11 +452,15 @@ _INSERT_MEMBERS = (
     "first_event_source_id, last_event_at, last_event_message_id, last_event_source_id, created_at, updated_at) "
     f"SELECT v.id, 'active', NULL, v.fa, v.fm, v.fs, v.la, v.lm, v.ls, now(), now() FROM {_MEMBER_ROWS}"
 )
+# Updates of a batch's rows by key find each row by a lateral index walk and update it by
+# its row address: joined by key, a few hundred keys against a table without statistics are
+# planned as a hash of a scan of the whole table.
 _UPDATE_MEMBERS = (
     f"UPDATE {_MEMBERS} AS m SET status = 'active', merged_into_id = NULL, first_event_at = v.fa, "
     "first_event_message_id = v.fm, first_event_source_id = v.fs, last_event_at = v.la, "
-    f"last_event_message_id = v.lm, last_event_source_id = v.ls, updated_at = now() FROM {_MEMBER_ROWS} "
-    "WHERE m.id = v.id"
+    f"last_event_message_id = v.lm, last_event_source_id = v.ls, updated_at = now() FROM (SELECT v.*, x.ctid AS tid "
+    f"FROM {_MEMBER_ROWS} CROSS JOIN LATERAL (SELECT ctid FROM {_MEMBERS} WHERE id = v.id OFFSET 0) AS x) AS v "
+    "WHERE m.ctid = v.tid"
 )
 _RETIRE_MEMBERS = (
     f"UPDATE {_MEMBERS} AS m SET status = 'merged', merged_into_id = v.survivor, updated_at = now() "
@@ -530,8 +534,10 @@ _UPSERT_RESOLUTIONS = (
     "resolved_at = now()"
 )
 _MOVE_RESOLUTIONS = (
-    f"UPDATE {EventResolution._meta.db_table} AS r SET member_id = v.m, resolved_at = now() "
-    "FROM unnest(%b::bigint[], %b::bigint[]) AS v(e, m) WHERE r.event_id = v.e"
+    f"UPDATE {_RESOLUTIONS} AS r SET member_id = v.m, resolved_at = now() FROM (SELECT v.m, x.ctid AS tid "
+    "FROM unnest(%b::bigint[], %b::bigint[]) AS v(e, m) "
+    f"CROSS JOIN LATERAL (SELECT ctid FROM {_RESOLUTIONS} WHERE event_id = v.e OFFSET 0) AS x) AS v "
+    "WHERE r.ctid = v.tid"
 )
 _RESOLUTIONS_OF_MEMBERS = (
     "SELECT e.event_id, k.id FROM unnest(%b::bigint[]) AS k(id) "
