@@ -341,8 +341,7 @@ def engine_in_batches(
     resolver = InMemoryResolver(identity_rules())
     done = 0
     for start in range(0, len(resolvable), batch_size):
-        for event in sorted(resolvable[start : start + batch_size], key=lambda e: e.key):
-            resolver.add(event)
+        resolver.add_batch(resolvable[start : start + batch_size])
         done = min(start + batch_size, len(resolvable))
         if time_limit and time.perf_counter() - began > time_limit:
             break
@@ -409,10 +408,10 @@ def _replay_counter(counts: dict[str, int]) -> bool:
     if original is None:
         return False
 
-    def counted(self: Any, keys: set[Any]) -> None:
+    def counted(self: Any, keys: set[Any], *args: Any, **kwargs: Any) -> None:
         counts["replays"] += 1
         counts["replayed_events"] += len(keys)
-        original(self, keys)
+        original(self, keys, *args, **kwargs)
 
     resolution.InMemoryResolver._replay = counted
     return True

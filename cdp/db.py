@@ -22,17 +22,21 @@ def binary_parameters_cursor() -> CursorWrapper:
 
 
 def rows_delete(model: type[Model], *, column: str, keys: Iterable[int]) -> int:
-    """``DELETE FROM <model's table> WHERE <column> IN keys`` as a join against the key array;
+    """``DELETE FROM <model's table> WHERE <column> IN keys``, walked by index key by key;
     returns how many rows went.
 
     An ``IN`` list of a few hundred keys on a column without planner statistics (a fresh bulk
-    import, a late autovacuum) is estimated to match the whole table and scanned; a join
-    against ``unnest`` is walked by index, key by key. Only model metadata is interpolated.
+    import, a late autovacuum) is estimated to match the whole table and scanned, and so is a
+    plain join against ``unnest`` of the keys (hashed against a scan of the table). Here each
+    key's rows are found by a lateral index walk and deleted by their row address (a TID
+    scan), a plan whose cost follows the rows deleted, not the table. Only model metadata is
+    interpolated.
     """
     table, field = model._meta.db_table, model._meta.get_field(column).column
     with binary_parameters_cursor() as cursor:
         cursor.execute(
-            f"DELETE FROM {table} AS t USING unnest(%b::bigint[]) AS k(id) WHERE t.{field} = k.id",  # noqa: S608
+            f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT r.ctid FROM unnest(%b::bigint[]) AS k(id) "  # noqa: S608
+            f"CROSS JOIN LATERAL (SELECT ctid FROM {table} WHERE {field} = k.id OFFSET 0) AS r))",
             [sorted(set(keys))],
         )
         return cursor.rowcount

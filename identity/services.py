@@ -94,8 +94,7 @@ def _resolve(batch: _ExtractedBatch, resolver: DatabaseResolver) -> None:
     resolver.event_ids.update(batch.event_ids)
     resolver.problems.update(batch.problems)
     resolver.load_graph({i for identifiers in batch.identifiers.values() for i in identifiers})
-    for key in sorted(batch.identifiers):
-        resolver.add(ResolvableEvent(key, batch.identifiers[key]))
+    resolver.add_batch(ResolvableEvent(key, identifiers) for key, identifiers in batch.identifiers.items())
     resolver.flush()
 
 

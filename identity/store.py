@@ -78,9 +78,8 @@ class DatabaseResolver(InMemoryResolver):
         self.problems: dict[EventKey, list[dict]] = {}
         self.decisions: list[tuple[Decision, str]] = []
         self.replaying = False
-        #: Stored members a late event's replay dissolved, and that event.
+        #: Stored members a late event's replay dissolved, and that event (None: a split).
         self.replayed_by: dict[int, EventKey | None] = {}
-        self.arriving: EventKey | None = None  # None: a replay not caused by an event (a split)
 
     # --- loading -------------------------------------------------------------------------
 
@@ -176,17 +175,25 @@ class DatabaseResolver(InMemoryResolver):
 
     # --- deciding (the algorithm is inherited; this only records what happened) --------
 
-    def add(self, event: ResolvableEvent) -> None:
-        self.arriving = event.key
-        super().add(event)
-
-    def _replay(self, keys: set[EventKey]) -> None:
+    def _replay(self, keys: set[EventKey], cause: EventKey | None = None) -> None:
         for key in keys:
             if isinstance(ref := self.member_of.get(key), int):
-                self.replayed_by.setdefault(ref, self.arriving)
+                self.replayed_by.setdefault(ref, cause)
+        # What this batch already decided about these events is decided again: the earlier
+        # decisions are dropped (their merges may not happen any more), and stored members
+        # they absorbed count as dissolved by the replay.
+        kept = []
+        for decision, how in self.decisions:
+            if decision.event in keys:
+                for ref in decision.absorbed:
+                    if isinstance(ref, int):
+                        self.replayed_by.setdefault(ref, cause)
+            else:
+                kept.append((decision, how))
+        self.decisions = kept
         self.replaying = True
         try:
-            super()._replay(keys)
+            super()._replay(keys, cause)
         finally:
             self.replaying = False
 
@@ -207,9 +214,20 @@ class DatabaseResolver(InMemoryResolver):
         self._mark_dirty(member_ids)
 
     def _mark_dirty(self, member_ids: dict[MemberRef, int]) -> None:
-        """Members whose events changed, for the members stages to refresh."""
-        changed = {member_ids[self.member_of[key]] for key in self.decisions_by_event()} | set(self.retired)
-        changed |= set(self.retired.values())
+        """Members whose events changed, for the members stages to refresh.
+
+        Only those: a replay re-decides every event of a component, mostly to the member that
+        already held it, and a refresh recomputes a member from all its events, so marking the
+        whole component would recompute thousands of unchanged members per late event.
+        """
+        changed = set(self.retired) | set(self.retired.values())
+        for key in self.decisions_by_event():
+            member = member_ids[self.member_of[key]]
+            before = self.stored_member_of.get(key)
+            if before != member:
+                changed.add(member)
+                if before is not None:
+                    changed.add(before)
         if changed:
             _sql(_MARK_DIRTY, [sorted(changed)])
 
@@ -342,14 +360,17 @@ class DatabaseResolver(InMemoryResolver):
                     [orjson.dumps(self.problems.get(key, [])).decode() for key in new],
                 ],
             )
-        if moved:
-            _sql(
-                _MOVE_RESOLUTIONS,
-                [[self.event_ids[k] for k in moved], [member_ids[self.member_of[k]] for k in moved]],
-            )
+        moves = {self.event_ids[k]: member_ids[self.member_of[k]] for k in moved}
         if self.retired:
-            # Events of absorbed members that were never loaded follow their survivor.
-            _sql(_REPOINT_RESOLUTIONS, [list(self.retired), list(self.retired.values())])
+            # Events of absorbed members that were never loaded follow their survivor. Read
+            # first and then moved by key: one UPDATE joining the member walk to the table
+            # is planned, without statistics, as a scan of every resolution.
+            loaded = set(self.event_ids.values())
+            for event_id, member_id in _sql(_RESOLUTIONS_OF_MEMBERS, [list(self.retired)]):
+                if event_id not in loaded:
+                    moves[event_id] = self.retired[member_id]
+        if moves:
+            _sql(_MOVE_RESOLUTIONS, [list(moves), list(moves.values())])
 
     def _write_merges(self, member_ids: dict[MemberRef, int]) -> None:
         rule = {type_: asdict(r) for type_, r in sorted(self.rules.by_type.items())}
@@ -431,11 +452,15 @@ _INSERT_MEMBERS = (
     "first_event_source_id, last_event_at, last_event_message_id, last_event_source_id, created_at, updated_at) "
     f"SELECT v.id, 'active', NULL, v.fa, v.fm, v.fs, v.la, v.lm, v.ls, now(), now() FROM {_MEMBER_ROWS}"
 )
+# Updates of a batch's rows by key find each row by a lateral index walk and update it by
+# its row address: joined by key, a few hundred keys against a table without statistics are
+# planned as a hash of a scan of the whole table.
 _UPDATE_MEMBERS = (
     f"UPDATE {_MEMBERS} AS m SET status = 'active', merged_into_id = NULL, first_event_at = v.fa, "
     "first_event_message_id = v.fm, first_event_source_id = v.fs, last_event_at = v.la, "
-    f"last_event_message_id = v.lm, last_event_source_id = v.ls, updated_at = now() FROM {_MEMBER_ROWS} "
-    "WHERE m.id = v.id"
+    f"last_event_message_id = v.lm, last_event_source_id = v.ls, updated_at = now() FROM (SELECT v.*, x.ctid AS tid "
+    f"FROM {_MEMBER_ROWS} CROSS JOIN LATERAL (SELECT ctid FROM {_MEMBERS} WHERE id = v.id OFFSET 0) AS x) AS v "
+    "WHERE m.ctid = v.tid"
 )
 _RETIRE_MEMBERS = (
     f"UPDATE {_MEMBERS} AS m SET status = 'merged', merged_into_id = v.survivor, updated_at = now() "
@@ -455,24 +480,29 @@ _UPSERT_IDENTIFIERS = (
     "last_seen_at = EXCLUDED.last_seen_at, last_seen_message_id = EXCLUDED.last_seen_message_id, "
     "last_seen_source_id = EXCLUDED.last_seen_source_id RETURNING id, type, value"
 )
-# One unique-index probe per (type, value) pair.
+# One unique-index probe per (type, value) pair. A plain join is planned, for a batch's
+# thousand keys against a table without statistics, as a hash of the whole identifier table.
 _IDENTIFIERS_BY_KEY = (
     "SELECT i.id, i.type, i.value, i.member_id, i.last_seen_at, i.last_seen_message_id, i.last_seen_source_id "
-    f"FROM unnest(%b::text[], %b::text[]) AS k(t, v) JOIN {_IDENTIFIERS} AS i ON i.type = k.t AND i.value = k.v"
+    f"FROM unnest(%b::text[], %b::text[]) AS k(t, v) CROSS JOIN LATERAL (SELECT * FROM {_IDENTIFIERS} "
+    "WHERE type = k.t AND value = k.v OFFSET 0) AS i"
 )
 _ACTIVE_MEMBERS = (
-    "SELECT id, first_event_at, first_event_message_id, first_event_source_id, last_event_at, "
-    f"last_event_message_id, last_event_source_id FROM {_MEMBERS} WHERE id = ANY(%b::bigint[]) AND status = 'active'"
+    "SELECT m.id, m.first_event_at, m.first_event_message_id, m.first_event_source_id, m.last_event_at, "
+    "m.last_event_message_id, m.last_event_source_id FROM unnest(%b::bigint[]) AS k(id) "
+    f"CROSS JOIN LATERAL (SELECT * FROM {_MEMBERS} WHERE id = k.id AND status = 'active' OFFSET 0) AS m"
 )
 _IDENTIFIERS_HELD = (
     "SELECT i.id, i.type, i.value, i.member_id, i.last_seen_at, i.last_seen_message_id, i.last_seen_source_id "
     f"FROM unnest(%b::bigint[]) AS k(id) CROSS JOIN LATERAL (SELECT * FROM {_IDENTIFIERS} WHERE member_id = k.id "
     "OFFSET 0) AS i"
 )
+# The identifier of each row is read by its own lateral lookup too: joined normally, a
+# planner that believes the identifier table small hashes all of it once per statement.
 _UNMERGING_HELD = (
     "SELECT i.id, i.type, i.value, h.member_id FROM unnest(%b::bigint[]) AS k(id) "
     f"CROSS JOIN LATERAL (SELECT * FROM {MemberIdentifier._meta.db_table} WHERE member_id = k.id OFFSET 0) AS h "
-    f"JOIN {_IDENTIFIERS} AS i ON i.id = h.identifier_id"
+    f"CROSS JOIN LATERAL (SELECT id, type, value FROM {_IDENTIFIERS} WHERE id = h.identifier_id OFFSET 0) AS i"
 )
 _MENTIONING_EVENTS = (
     "SELECT DISTINCT m.event_id FROM unnest(%b::bigint[]) AS k(id) "
@@ -481,11 +511,13 @@ _MENTIONING_EVENTS = (
 _MENTIONS_OF_EVENTS = (
     "SELECT m.event_id, i.type, i.value, m.identifier_id, m.dropped FROM unnest(%b::bigint[]) AS k(id) "
     f"CROSS JOIN LATERAL (SELECT * FROM {_MENTIONS} WHERE event_id = k.id OFFSET 0) AS m "
-    f"JOIN {_IDENTIFIERS} AS i ON i.id = m.identifier_id"
+    f"CROSS JOIN LATERAL (SELECT type, value FROM {_IDENTIFIERS} WHERE id = m.identifier_id OFFSET 0) AS i"
 )
 _EVENTS_AND_MEMBERS = (
     "SELECT e.id, e.timestamp, e.message_id, e.source_id, r.member_id FROM unnest(%b::bigint[]) AS k(id) "
-    f"JOIN {Event._meta.db_table} AS e ON e.id = k.id LEFT JOIN {_RESOLUTIONS} AS r ON r.event_id = e.id"
+    f"CROSS JOIN LATERAL (SELECT id, timestamp, message_id, source_id FROM {Event._meta.db_table} "
+    "WHERE id = k.id OFFSET 0) AS e "
+    f"LEFT JOIN LATERAL (SELECT member_id FROM {_RESOLUTIONS} WHERE event_id = e.id OFFSET 0) AS r ON true"
 )
 _FLIP_EVENT_IDENTIFIERS = (
     f"UPDATE {_MENTIONS} AS m SET dropped = v.d FROM unnest(%b::bigint[], %b::bigint[], %b::boolean[]) "
@@ -502,14 +534,14 @@ _UPSERT_RESOLUTIONS = (
     "resolved_at = now()"
 )
 _MOVE_RESOLUTIONS = (
-    f"UPDATE {EventResolution._meta.db_table} AS r SET member_id = v.m, resolved_at = now() "
-    "FROM unnest(%b::bigint[], %b::bigint[]) AS v(e, m) WHERE r.event_id = v.e"
+    f"UPDATE {_RESOLUTIONS} AS r SET member_id = v.m, resolved_at = now() FROM (SELECT v.m, x.ctid AS tid "
+    "FROM unnest(%b::bigint[], %b::bigint[]) AS v(e, m) "
+    f"CROSS JOIN LATERAL (SELECT ctid FROM {_RESOLUTIONS} WHERE event_id = v.e OFFSET 0) AS x) AS v "
+    "WHERE r.ctid = v.tid"
 )
-_REPOINT_RESOLUTIONS = (
-    f"UPDATE {_RESOLUTIONS} AS r SET member_id = x.survivor, resolved_at = now() FROM (SELECT v.survivor, e.event_id "
-    "FROM unnest(%b::bigint[], %b::bigint[]) AS v(old, survivor) "
-    f"CROSS JOIN LATERAL (SELECT event_id FROM {_RESOLUTIONS} WHERE member_id = v.old OFFSET 0) AS e) AS x "
-    "WHERE r.event_id = x.event_id"
+_RESOLUTIONS_OF_MEMBERS = (
+    "SELECT e.event_id, k.id FROM unnest(%b::bigint[]) AS k(id) "
+    f"CROSS JOIN LATERAL (SELECT event_id FROM {_RESOLUTIONS} WHERE member_id = k.id OFFSET 0) AS e"
 )
 _MARK_DIRTY = (
     f"INSERT INTO {DirtyMark._meta.db_table} (member_id, marked_at) SELECT unnest(%b::bigint[]), now()"

@@ -7,11 +7,11 @@ from datetime import datetime
 
 import orjson
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 
-from cdp.db import rows_delete
+from cdp.db import binary_parameters_cursor, rows_delete
 from events.commerce import ORDER_COMPLETED, ORDER_EVENTS
-from members.aggregates import CHANNELS, OrderEvent, aggregates_of, order_event, orders_of
+from members.aggregates import CHANNELS, Order, OrderEvent, aggregates_of, order_event, orders_of
 from members.locks import member_refresh_locks
 from members.loyalty.points import LOYALTY_EVENTS, LoyaltyEvent
 from members.loyalty.services import LoyaltyHistory, order_lines, points_move_retired, points_reconcile
@@ -37,10 +37,23 @@ def members_refresh_batch(*, batch_size: int | None = None) -> int:
         if not marks:
             return 0
         member_ids = {member_id for _, member_id in marks}
+        claimed = {mark_id for mark_id, _ in marks} | _later_marks_claim(member_ids)
         member_refresh_locks(member_ids)
         members_recompute(member_ids)
-        DirtyMark.objects.filter(id__in=[mark_id for mark_id, _ in marks]).delete()
+        rows_delete(DirtyMark, column="id", keys=claimed)
     return len(member_ids)
+
+
+def _later_marks_claim(member_ids: set[int]) -> set[int]:
+    """The other marks already made for these members (not held by another refresh).
+
+    The recompute reads each member's events as committed after these marks were, so it
+    answers them too: under a backlog, a member marked by several resolution batches is
+    recomputed once instead of once per batch.
+    """
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_MARKS_OF_MEMBERS, [sorted(member_ids)])
+        return {row[0] for row in cursor.fetchall()}
 
 
 def members_refresh() -> int:
@@ -127,12 +140,12 @@ class _MemberEvent:
 _EVENTS_OF_MEMBERS = """
 SELECT m.id, e.id, e.event, e.channel, e.store_code, e.timestamp, e.message_id, e.source_id,
        CASE WHEN e.traits <> '{}'::jsonb THEN e.traits END, e.context -> 'traits',
-       CASE WHEN e.event = ANY(%s) THEN e.properties END
-FROM unnest(%s::bigint[]) AS m(id)
+       CASE WHEN e.event = ANY(%b::text[]) THEN e.properties END
+FROM unnest(%b::bigint[]) AS m(id)
 CROSS JOIN LATERAL (
     SELECT ev.* FROM identity_eventresolution AS r
     JOIN events_event AS ev ON ev.id = r.event_id
-    WHERE r.member_id = m.id AND (%s::text[] IS NULL OR ev.event = ANY(%s::text[]))
+    WHERE r.member_id = m.id AND (%b::text[] IS NULL OR ev.event = ANY(%b::text[]))
     OFFSET 0  -- keeps the subquery lateral (not flattened into a join): one index walk per member
 ) AS e
 """
@@ -143,7 +156,7 @@ def _events_of(member_ids: set[int], *, only: frozenset[str] | None = None) -> l
     if not member_ids:
         return []
     names = sorted(only) if only is not None else None
-    with connection.cursor() as cursor:
+    with binary_parameters_cursor() as cursor:
         cursor.execute(
             _EVENTS_OF_MEMBERS, [sorted(ORDER_EVENTS | LOYALTY_EVENTS), sorted(member_ids), names, names]
         )
@@ -167,20 +180,26 @@ def _traits_write(member_ids: set[int], events: list[_MemberEvent]) -> None:
             TraitObservation(key[:255], value, e.at, e.channel, e.message_id, e.source_id, e.event_id)
             for key, value in stated.items()
         ]
-    rows_delete(MemberTrait, column="member", keys=member_ids)
-    MemberTrait.objects.bulk_create(
-        MemberTrait(
-            member_id=member_id,
-            key=o.key,
-            value=o.value,
-            observed_at=o.observed_at,
-            channel=o.channel,
-            source_id=o.source_id,
-            event_id=o.event_id,
-        )
+    rows = [
+        (member_id, o)
         for member_id, found in observations.items()
         for o in latest_traits(found, settings.MEMBER_TRAIT_CHANNEL_PRECEDENCE).values()
-    )
+    ]
+    rows_delete(MemberTrait, column="member", keys=member_ids)
+    if rows:
+        _sql(
+            _INSERT_TRAITS,
+            [
+                [member_id for member_id, _ in rows],
+                [o.key for _, o in rows],
+                # None is SQL NULL, as the model's JSONField(null=True) stores it.
+                [None if o.value is None else orjson.dumps(o.value).decode() for _, o in rows],
+                [o.observed_at for _, o in rows],
+                [o.channel for _, o in rows],
+                [o.source_id for _, o in rows],
+                [o.event_id for _, o in rows],
+            ],
+        )
 
 
 def _order_events_of(events: list[_MemberEvent]) -> dict[int, list[OrderEvent]]:
@@ -221,42 +240,91 @@ def _aggregates_write(
     member_ids: set[int], events: list[_MemberEvent], order_events: dict[int, list[OrderEvent]]
 ) -> None:
     """Orders and figures of these members, from all their events (``members.aggregates``)."""
-    rows = {member_id: MemberAggregate(member_id=member_id) for member_id in member_ids}
+    counts: dict[int, dict[str, int]] = {member_id: defaultdict(int) for member_id in member_ids}
+    last_event_at: dict[int, datetime] = {}
     stores: dict[int, set[str]] = defaultdict(set)
     for e in events:
-        aggregate = rows[e.member_id]
-        aggregate.events += 1
+        count = counts[e.member_id]
+        count["events"] += 1
         if e.channel in CHANNELS:
-            setattr(aggregate, f"events_{e.channel}", getattr(aggregate, f"events_{e.channel}") + 1)
+            count[e.channel] += 1
         if e.store_code:
             stores[e.member_id].add(e.store_code)
-        if aggregate.last_event_at is None or e.at > aggregate.last_event_at:
-            aggregate.last_event_at = e.at
-    orders: list[MemberOrder] = []
-    for member_id, aggregate in rows.items():
-        aggregate.stores_visited = sorted(stores[member_id])
+        if e.member_id not in last_event_at or e.at > last_event_at[e.member_id]:
+            last_event_at[e.member_id] = e.at
+    aggregates: list[list] = []
+    orders: list[tuple[int, Order]] = []
+    for member_id in sorted(member_ids):
         found = orders_of(order_events.get(member_id, ()))
         figures = aggregates_of(found.values(), settings.CDP_CURRENCY)
-        aggregate.currency = figures.currency
-        aggregate.orders = figures.orders
-        aggregate.spend = figures.spend
-        aggregate.refunded = figures.refunded
-        aggregate.average_order_value = figures.average_order_value
-        aggregate.first_purchase_at = figures.first_purchase_at
-        aggregate.last_purchase_at = figures.last_purchase_at
-        aggregate.orders_in_other_currencies = figures.orders_in_other_currencies
-        for channel, channel_figures in figures.by_channel.items():
-            setattr(aggregate, f"orders_{channel}", channel_figures.orders)
-            setattr(aggregate, f"spend_{channel}", channel_figures.spend)
-        orders += [
-            MemberOrder(member_id=member_id, **{k: getattr(o, k) for k in ORDER_FIELDS})
-            for o in found.values()
-        ]
+        count = counts[member_id]
+        aggregates.append([
+            member_id, figures.currency, figures.orders, figures.spend, figures.refunded,
+            figures.average_order_value, figures.first_purchase_at, figures.last_purchase_at,
+            *(figures.by_channel[channel].orders for channel in CHANNELS),
+            *(figures.by_channel[channel].spend for channel in CHANNELS),
+            figures.orders_in_other_currencies, count["events"],
+            *(count[channel] for channel in CHANNELS),
+            orjson.dumps(sorted(stores[member_id])).decode(), last_event_at.get(member_id),
+        ])  # fmt: skip
+        orders += [(member_id, order) for order in found.values()]
     rows_delete(MemberOrder, column="member", keys=member_ids)
-    MemberOrder.objects.bulk_create(orders)
-    MemberAggregate.objects.bulk_create(
-        rows.values(),
-        update_conflicts=True,
-        unique_fields=["member"],
-        update_fields=[f.name for f in MemberAggregate._meta.concrete_fields if not f.primary_key],
-    )
+    if orders:
+        _sql(
+            _INSERT_ORDERS,
+            [[member_id for member_id, _ in orders]]
+            + [[getattr(order, name) for _, order in orders] for name in ORDER_FIELDS],
+        )
+    if aggregates:
+        _sql(_UPSERT_AGGREGATES, [list(column) for column in zip(*aggregates, strict=True)])
+
+
+def _sql(statement: str, params: list) -> None:
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(statement, params)
+
+
+# The refresh writes a few hundred members' rows per statement: parameters go as binary arrays
+# through ``unnest`` (Django's bulk_create builds and quotes one placeholder per value, which
+# cost more than the recomputation itself). Only model table names are interpolated.
+# A queue table without an index on member (marks are inserted far more often than read by
+# member): one pass over the backlog per refresh batch.
+_MARKS_OF_MEMBERS = (
+    f"SELECT d.id FROM {DirtyMark._meta.db_table} AS d JOIN unnest(%b::bigint[]) AS k(id) ON d.member_id = k.id "
+    "FOR UPDATE OF d SKIP LOCKED"
+)
+_INSERT_TRAITS = (
+    f"INSERT INTO {MemberTrait._meta.db_table} (member_id, key, value, observed_at, channel, source_id, event_id) "
+    "SELECT v.m, v.k, v.val::jsonb, v.at, v.ch, v.s, v.e FROM unnest(%b::bigint[], %b::text[], %b::text[], "
+    "%b::timestamptz[], %b::text[], %b::bigint[], %b::bigint[]) AS v(m, k, val, at, ch, s, e)"
+)
+_INSERT_ORDERS = (
+    f"INSERT INTO {MemberOrder._meta.db_table} (member_id, {', '.join(ORDER_FIELDS)}) "
+    "SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::numeric[], %b::numeric[], "
+    "%b::timestamptz[], %b::text[], %b::text[], %b::bigint[])"
+)
+_CHANNEL_COLUMNS = (
+    *(f"orders_{channel}" for channel in CHANNELS),
+    *(f"spend_{channel}" for channel in CHANNELS),
+)
+_AGGREGATE_COLUMNS = (
+    "member_id", "currency", "orders", "spend", "refunded", "average_order_value",
+    "first_purchase_at", "last_purchase_at", *_CHANNEL_COLUMNS, "orders_in_other_currencies",
+    "events", *(f"events_{channel}" for channel in CHANNELS), "stores_visited", "last_event_at",
+)  # fmt: skip
+_AGGREGATE_TYPES = (
+    "bigint", "text", "integer", "numeric", "numeric", "numeric", "timestamptz", "timestamptz",
+    *("integer" for _ in CHANNELS), *("numeric" for _ in CHANNELS), "integer", "integer",
+    *("integer" for _ in CHANNELS), "text", "timestamptz",
+)  # fmt: skip
+_UPSERT_AGGREGATES = (
+    f"INSERT INTO {MemberAggregate._meta.db_table} ({', '.join(_AGGREGATE_COLUMNS)}, computed_at) "
+    f"SELECT {', '.join(f'v.c{n}' for n in range(len(_AGGREGATE_COLUMNS) - 2))}, "
+    # stores_visited travels as a JSON list: unnest cannot carry an array per row.
+    f"ARRAY(SELECT jsonb_array_elements_text(v.c{len(_AGGREGATE_COLUMNS) - 2}::jsonb)), "
+    f"v.c{len(_AGGREGATE_COLUMNS) - 1}, now() "
+    f"FROM unnest({', '.join(f'%b::{t}[]' for t in _AGGREGATE_TYPES)}) "
+    f"AS v({', '.join(f'c{n}' for n in range(len(_AGGREGATE_COLUMNS)))}) "
+    "ON CONFLICT (member_id) DO UPDATE SET "
+    + ", ".join(f"{column} = EXCLUDED.{column}" for column in (*_AGGREGATE_COLUMNS[1:], "computed_at"))
+)

@@ -207,3 +207,20 @@ def test_every_arrival_order_gives_the_partition_of_event_time_order(data, event
         held = set(state.holds())
         for split in splits:
             assert not (held & split.one and held & split.other)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), events=event_streams(), splits=separations)
+def test_arrival_in_batches_gives_the_partition_of_event_time_order(data, events, splits):
+    """As the pipeline feeds it: arrival order cut into batches, each with one replay."""
+    expected = resolve_in_event_order(events, PROPERTY_RULES, splits)
+    arrival = data.draw(st.permutations(events))
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(len(arrival) - 1, 1)), max_size=4)))
+
+    resolver = InMemoryResolver(PROPERTY_RULES, splits)
+    for start, end in zip([0, *cuts], [*cuts, len(arrival)], strict=True):
+        resolver.add_batch(arrival[start:end])
+
+    assert resolver.partition() == expected.partition()
+    assert resolver.graph.owner == expected.graph.owner
+    assert set(resolver.member_of) == {e.key for e in events}
