@@ -27,7 +27,12 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
         "members.split_member",
         "members.adjust_points",
     ),
-    Role.MARKETING: ("members.view_couponcampaign", "members.add_couponcampaign", "members.add_coupon"),
+    Role.MARKETING: (
+        "members.view_couponcampaign",
+        "members.add_couponcampaign",
+        "members.add_coupon",
+        "members.view_segment",
+    ),
     Role.CHECKOUT: ("members.redeem_points", "members.redeem_coupon"),
 }
 PLATFORM_APPS = ("cdp", "events", "identity", "members")

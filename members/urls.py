@@ -5,6 +5,7 @@ from rest_framework.routers import SimpleRouter
 
 from members.api import MemberViewSet
 from members.loyalty import api as loyalty
+from members.segments import api as segments
 
 router = SimpleRouter()
 router.register("members", MemberViewSet, basename="member")
@@ -31,4 +32,8 @@ urlpatterns = [
     path("coupons/<str:code>/", loyalty.CouponView.as_view(), name="coupon"),
     path("campaigns/", loyalty.CampaignsView.as_view(), name="campaigns"),
     path("campaigns/<int:campaign_id>/issue/", loyalty.CampaignIssueView.as_view(), name="campaign-issue"),
+    path("segments/", segments.SegmentsView.as_view(), name="segments"),
+    path("segments/<slug:key>/", segments.SegmentView.as_view(), name="segment"),
+    path("segments/<slug:key>/members/", segments.SegmentMembersView.as_view(), name="segment-members"),
+    path("segments/<slug:key>/changes/", segments.SegmentChangesView.as_view(), name="segment-changes"),
 ]

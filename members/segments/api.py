@@ -1,0 +1,132 @@
+"""Segments API for marketing tools, under /api/v1/segments/: definitions, members (keyset
+pages) and the changes feed (who entered and who left since a cursor). Role ``marketing``
+(and admin): permission ``members.view_segment``."""
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from cdp.errors import ApiError, FieldError
+from cdp.permissions import permissions_required
+from members.segments.models import Segment
+from members.segments.selectors import segment_changes, segment_members
+
+VIEW_SEGMENTS = "members.view_segment"
+
+
+class SegmentOutput(serializers.ModelSerializer):
+    class Meta:
+        model = Segment
+        fields = ("key", "name", "description", "kind", "rule", "built_in", "size", "computed_at", "compute_ms",
+                  "error", "updated_at")  # fmt: skip
+
+
+class SegmentMemberOutput(serializers.Serializer):
+    member_id = serializers.IntegerField()
+    entered_at = serializers.DateTimeField()
+
+
+class SegmentMembersPage(serializers.Serializer):
+    results = SegmentMemberOutput(many=True)
+    next_cursor = serializers.IntegerField(allow_null=True, help_text="Pass as ?cursor= for the next page.")
+
+
+class ChangeOutput(serializers.Serializer):
+    cursor = serializers.IntegerField()
+    member_id = serializers.IntegerField()
+    change = serializers.ChoiceField(choices=["entered", "exited"])
+    at = serializers.DateTimeField()
+
+
+class ChangesPage(serializers.Serializer):
+    results = ChangeOutput(many=True)
+    next_since = serializers.IntegerField(help_text="Pass as ?since= next time: changes after these.")
+
+
+def _segment(key: str) -> Segment:
+    segment = Segment.objects.filter(key=key).first()
+    if segment is None:
+        raise ApiError(
+            code="not_found", message=f"No segment {key!r}.", status_code=status.HTTP_404_NOT_FOUND
+        )
+    return segment
+
+
+def _int(request: Request, name: str, *, default: int | None, low: int, high: int) -> int | None:
+    raw = request.query_params.get(name, "")
+    if raw == "":
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ApiError(
+            code="invalid",
+            message=f"Bad {name}.",
+            errors=[FieldError(name, f"an integer from {low} to {high}")],
+        )
+    return int(raw)
+
+
+class SegmentsView(APIView):
+    permission_classes = (permissions_required(VIEW_SEGMENTS),)
+
+    @extend_schema(responses={200: SegmentOutput(many=True)}, tags=["segments"])
+    def get(self, request: Request) -> Response:
+        """Every segment with its size and when it was last computed."""
+        return Response(SegmentOutput(Segment.objects.order_by("key"), many=True).data)
+
+
+class SegmentView(APIView):
+    permission_classes = (permissions_required(VIEW_SEGMENTS),)
+
+    @extend_schema(responses={200: SegmentOutput}, tags=["segments"])
+    def get(self, request: Request, key: str) -> Response:
+        """A segment: its definition, size, when it was computed, how long it took, any error."""
+        return Response(SegmentOutput(_segment(key)).data)
+
+
+class SegmentMembersView(APIView):
+    permission_classes = (permissions_required(VIEW_SEGMENTS),)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("cursor", OpenApiTypes.INT), OpenApiParameter("page_size", OpenApiTypes.INT)],
+        responses={200: SegmentMembersPage}, tags=["segments"],
+    )  # fmt: skip
+    def get(self, request: Request, key: str) -> Response:
+        """The segment's members by member id, a keyset page at a time: stable while members
+        enter and leave (no offsets)."""
+        segment = _segment(key)
+        size = _int(request, "page_size", default=1000, low=1, high=10_000)
+        after = _int(request, "cursor", default=0, low=0, high=2**63 - 1)
+        rows = segment_members(segment=segment, after=after, size=size + 1)  # type: ignore[arg-type, operator]
+        page = rows[:size]
+        return Response(
+            SegmentMembersPage({
+                "results": [{"member_id": m, "entered_at": at} for m, at in page],
+                "next_cursor": page[-1][0] if len(rows) > size else None,  # type: ignore[operator]
+            }).data
+        )  # fmt: skip
+
+
+class SegmentChangesView(APIView):
+    permission_classes = (permissions_required(VIEW_SEGMENTS),)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("since", OpenApiTypes.INT, description="next_since of the last call; 0: all"),
+                    OpenApiParameter("page_size", OpenApiTypes.INT)],
+        responses={200: ChangesPage}, tags=["segments"],
+    )  # fmt: skip
+    def get(self, request: Request, key: str) -> Response:
+        """Who entered and who left since a cursor, oldest first: a tool keeps ``next_since``
+        and asks again to sync incrementally."""
+        segment = _segment(key)
+        since = _int(request, "since", default=0, low=0, high=2**63 - 1)
+        size = _int(request, "page_size", default=1000, low=1, high=10_000)
+        changes = segment_changes(segment=segment, since=since, size=size)  # type: ignore[arg-type]
+        return Response(
+            ChangesPage({
+                "results": [{"cursor": c.pk, "member_id": c.member_id, "change": c.change, "at": c.at} for c in changes],
+                "next_since": changes[-1].pk if changes else since,
+            }).data
+        )  # fmt: skip

@@ -1,0 +1,72 @@
+"""The segments API for marketing tools: definitions, keyset member pages, the changes feed."""
+
+import pytest
+
+from cdp.roles import Role
+from events.pipeline import events_process_pending
+from identity.models import EventResolution
+from members.segments.models import Segment
+from members.segments.services import segment_compute, segment_static_set
+from tests.factories import EventFactory, SourceFactory
+from tests.members.test_api import staff_client
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def buyers(zhang) -> Segment:
+    segment = Segment.objects.create(key="buyers", name="Buyers", kind="dynamic",
+                                     rule={"aggregate": "orders", "op": "gte", "value": 1})  # fmt: skip
+    return segment_compute(segment=segment)
+
+
+@pytest.mark.parametrize(("role", "expected"), [(None, 401), (Role.CRM_AGENT, 403), (Role.MARKETING, 200),
+                                                (Role.CHECKOUT, 403), (Role.ADMIN, 200)])  # fmt: skip
+def test_only_marketing_and_admins_read_segments(buyers, role, expected):
+    assert staff_client(role).get("/api/v1/segments/buyers/").status_code == expected
+
+
+def test_a_segment_says_its_size_and_when_it_was_computed(buyers, zhang):
+    body = staff_client(Role.MARKETING).get("/api/v1/segments/").json()
+
+    assert [(s["key"], s["size"], s["error"]) for s in body] == [("buyers", 1, "")]
+    assert body[0]["computed_at"] is not None
+    assert staff_client(Role.MARKETING).get("/api/v1/segments/nope/").status_code == 404
+
+
+def test_members_come_in_stable_keyset_pages(zhang):
+    others = [EventFactory(source=SourceFactory(), user_id=f"p{n}", event="Page Viewed") for n in range(4)]
+    events_process_pending()
+    ids = sorted([zhang["member"], *(EventResolution.objects.get(event=e).member_id for e in others)])
+    segment = segment_static_set(
+        segment=Segment.objects.create(key="list", name="List", kind="static"), member_ids=ids
+    )
+    client, seen, cursor = staff_client(Role.MARKETING), [], None
+
+    while True:
+        page = client.get(
+            f"/api/v1/segments/{segment.key}/members/?page_size=2" + (f"&cursor={cursor}" if cursor else "")
+        ).json()
+        seen += [r["member_id"] for r in page["results"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+
+    assert seen == ids
+    bad = client.get(f"/api/v1/segments/{segment.key}/members/?page_size=0")
+    assert (bad.status_code, bad.json()["errors"][0]["field"]) == (400, "page_size")
+
+
+def test_the_changes_feed_gives_who_entered_and_left_since_a_cursor(buyers, zhang):
+    client = staff_client(Role.MARKETING)
+    first = client.get("/api/v1/segments/buyers/changes/?since=0").json()
+    buyers.rule = {"aggregate": "orders", "op": "gte", "value": 99}
+    buyers.save()
+    segment_compute(segment=buyers)
+
+    later = client.get(f"/api/v1/segments/buyers/changes/?since={first['next_since']}").json()
+    nothing = client.get(f"/api/v1/segments/buyers/changes/?since={later['next_since']}").json()
+
+    assert [(c["member_id"], c["change"]) for c in first["results"]] == [(zhang["member"], "entered")]
+    assert [(c["member_id"], c["change"]) for c in later["results"]] == [(zhang["member"], "exited")]
+    assert nothing == {"results": [], "next_since": later["next_since"]}
