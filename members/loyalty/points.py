@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from enum import StrEnum
 
+from events.commerce import ORDER_COMPLETED
 from members.aggregates import OrderEvent
 from members.loyalty.program import Downgrade, NegativeBalance, Program, TierBasis, TierRule
 
@@ -254,7 +255,7 @@ def points_derive(
     completions: dict[str, OrderEvent] = {}
     refunds: list[OrderEvent] = []
     for order_event in orders:
-        if order_event.name == "Order Completed":
+        if order_event.name == ORDER_COMPLETED:
             current = completions.get(order_event.order_id)
             if current is None or (order_event.at, order_event.message_id) < (current.at, current.message_id):
                 completions[order_event.order_id] = order_event

@@ -24,7 +24,7 @@ from events.commerce import as_amount
 from events.tasks import process_pending_enqueue
 from identity.identifiers import BlockedIdentifier, IdentifierType, InvalidIdentifier
 from identity.selectors import identifier_lookup_values, members_holding
-from members.aggregates import OrderEvent
+from members.aggregates import OrderEvent, orders_of
 from members.locks import member_refresh_locks
 from members.loyalty.coupons import coupons_release_for_orders
 from members.loyalty.models import LoyaltyProgram, PointsAccount, PointsEntry, TierChange
@@ -158,8 +158,8 @@ def points_reconcile(*, histories: dict[int, LoyaltyHistory], now: datetime | No
     )
     moves: dict[int, list[int]] = defaultdict(list)  # target member -> row ids
     corrections: list[PointsEntry] = []
+    wanted: set[str] = set()
     for member_id, derivation in derivations.items():
-        wanted: set[str] = set()
         for due in derivation.due:
             target = referrers.get(due.beneficiary) if due.beneficiary else member_id
             if target is None:
@@ -170,35 +170,22 @@ def points_reconcile(*, histories: dict[int, LoyaltyHistory], now: datetime | No
             difference = due.points - sum(row.recorded.points for row in held)
             if difference:
                 corrections.append(_entry(target, due, difference, len(held), now))
-        mine = histories[member_id].event_ids
-        for cause, held in by_cause.items():
-            if cause in wanted:
-                continue
-            caused_here = any(
-                row.recorded.event_id in mine
-                or (row.recorded.event_id is None and row.member_id == member_id)
-                for row in held
-            )
-            total = sum(row.recorded.points for row in held)
-            if caused_here and total:
-                first = held[0].recorded
-                corrections.append(
-                    _entry(
-                        held[0].member_id,
-                        Due(
-                            key=cause,
-                            kind=first.kind,
-                            points=0,
-                            at=now,
-                            reason="no longer due",
-                            event_id=first.event_id,
-                            order_id=first.order_id,
-                        ),
-                        -total,
-                        len(held),
-                        now,
-                    )
-                )
+    # A cause nobody's history calls for any more is corrected to zero, by the member whose
+    # event caused it (a cause whose event moved to a member outside this batch waits for it).
+    caused_by = {event_id for history in histories.values() for event_id in history.event_ids}
+    for cause, held in by_cause.items():
+        total = sum(row.recorded.points for row in held)
+        if cause in wanted or not total:
+            continue
+        if any(
+            row.recorded.event_id in caused_by
+            or (row.recorded.event_id is None and row.member_id in histories)
+            for row in held
+        ):
+            first = held[0].recorded
+            no_longer = Due(key=cause, kind=first.kind, points=0, at=now, reason="no longer due",
+                            event_id=first.event_id, order_id=first.order_id)  # fmt: skip
+            corrections.append(_entry(held[0].member_id, no_longer, -total, len(held), now))
     _accounts_write(derivations, program)
     _rows_move(moves)
     # Credits before debits: the floor is checked at commit, but a clean order reads better.
@@ -298,15 +285,12 @@ def _tier_changes_write(derivations: dict[int, Derivation]) -> None:
 
 def _coupons_release_refunded(histories: dict[int, LoyaltyHistory]) -> None:
     """A coupon used on an order refunded in full can be used again."""
-    totals: dict[str, Decimal] = {}
-    refunded: dict[str, Decimal] = defaultdict(Decimal)
-    for history in histories.values():
-        for o in history.orders:
-            if o.name == "Order Completed":
-                totals[o.order_id] = o.amount
-            else:
-                refunded[o.order_id] += o.amount
-    done = [order_id for order_id, total in totals.items() if refunded.get(order_id, Decimal(0)) >= total > 0]
+    done = [
+        order.order_id
+        for history in histories.values()
+        for order in orders_of(history.orders).values()
+        if order.placed_at is not None and order.refunded >= order.total > 0
+    ]
     if done:
         coupons_release_for_orders(order_ids=done, reason="order refunded in full")
 
@@ -445,8 +429,10 @@ def _command(
                     staff_user=user if user.is_authenticated else None,
                     at=now,
                 )
-        except IntegrityError as error:
-            raise PointsRefused("points", "would take the balance below 0", status=409) from error
+        except IntegrityError as error:  # the same key, written meanwhile for another member
+            raise PointsRefused(
+                "Idempotency-Key", "was already used for a different request", status=409
+            ) from error
         # Lots, expiry dates and tiers follow from the new fact at the next refresh.
         DirtyMark.objects.create(member=member)
         transaction.on_commit(process_pending_enqueue)
