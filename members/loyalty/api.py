@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cdp.errors import ApiError, FieldError
+from cdp.pagination import query_int
 from cdp.permissions import permissions_required
 from events.models import Channel
 from members.loyalty.coupons import CouponRefused, coupon_redeem, coupon_release, coupons_issue
@@ -247,23 +248,6 @@ def _refused(exc: PointsRefused | CouponRefused) -> ApiError:
     )
 
 
-def _int_param(request: Request, name: str, *, default: int | None, low: int, high: int) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise ApiError(
-            code="invalid",
-            message=f"Bad {name}.",
-            errors=[FieldError(name, f"an integer from {low} to {high}")],
-        )
-    return value
-
-
 class PointsView(APIView):
     permission_classes = (permissions_required(VIEW_MEMBERS),)
 
@@ -276,8 +260,8 @@ class PointsView(APIView):
         """A member's points: balance, spendable and pending, what expires soon, tier, coupons,
         and the ledger newest first (keyset: ``before`` = the last entry id of the page)."""
         member = _active_member(member_id)
-        size = _int_param(request, "page_size", default=50, low=1, high=500)
-        before = _int_param(request, "before", default=None, low=1, high=2**63 - 1)
+        size = query_int(request, "page_size", default=50, low=1, high=500)
+        before = query_int(request, "before", default=None, low=1, high=2**63 - 1)
         entries = ledger_page(member_id=member.pk, before=before, size=size + 1)  # type: ignore[operator]
         page, more = entries[:size], len(entries) > size
         summary = points_summary(member_id=member.pk)
@@ -463,9 +447,9 @@ class ExpiringView(APIView):
     def get(self, request: Request) -> Response:
         """Members about to lose points: whose next points expire within ``within_days``
         (default 30), by member id (keyset: ``after`` = the last member id of the page)."""
-        within = _int_param(request, "within_days", default=30, low=0, high=3660)
-        size = _int_param(request, "page_size", default=100, low=1, high=1000)
-        after = _int_param(request, "after", default=None, low=0, high=2**63 - 1)
+        within = query_int(request, "within_days", default=30, low=0, high=3660)
+        size = query_int(request, "page_size", default=100, low=1, high=1000)
+        after = query_int(request, "after", default=None, low=0, high=2**63 - 1)
         rows = members_expiring(within_days=within, after_member=after, size=size + 1)  # type: ignore[arg-type, operator]
         page = rows[:size]  # type: ignore[index]
         return Response(

@@ -18,6 +18,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from members.loyalty.models import Coupon, CouponCampaign, CouponRedemption
+from members.loyalty.selectors import coupon_redemption_active
 from members.models import Member
 
 #: Code alphabet without look-alikes (0/O, 1/I/L), read out at tills.
@@ -73,7 +74,7 @@ def coupon_redeem(
     coupon = Coupon.objects.select_related("campaign").filter(code=code.strip().upper()).first()
     if coupon is None:
         raise CouponRefused("code", "no such coupon", status=404)
-    active = _redemption_in_force(coupon)
+    active = coupon_redemption_active(coupon=coupon)
     if active is not None:
         return _already(active, order_id=order_id, channel=channel)
     _usable(coupon, order_total=order_total, channel=channel, member=member, now=now)
@@ -95,15 +96,11 @@ def coupon_redeem(
             )
     except IntegrityError:
         # Another till got there first (the unique index waited for its commit).
-        active = _redemption_in_force(coupon)
+        active = coupon_redemption_active(coupon=coupon)
         if active is None:
             raise
         return _already(active, order_id=order_id, channel=channel)
     return Redemption(redemption, created=True)
-
-
-def _redemption_in_force(coupon: Coupon) -> CouponRedemption | None:
-    return coupon.redemptions.filter(released_at__isnull=True).first()
 
 
 def _already(active: CouponRedemption, *, order_id: str, channel: str) -> Redemption:
@@ -142,7 +139,7 @@ def coupon_release(*, code: str, order_id: str, reason: str) -> CouponRedemption
     coupon = Coupon.objects.filter(code=code.strip().upper()).first()
     if coupon is None:
         raise CouponRefused("code", "no such coupon", status=404)
-    active = _redemption_in_force(coupon)
+    active = coupon_redemption_active(coupon=coupon)
     if active is None or active.order_id != order_id:
         raise CouponRefused(
             "order_id", f"coupon {coupon.code} is not redeemed on order {order_id}", status=409

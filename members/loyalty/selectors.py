@@ -18,7 +18,7 @@ from members.loyalty.models import (
     Tier,
     TierChange,
 )
-from members.loyalty.points import Kind, Lot, Recorded, lots_of
+from members.loyalty.points import Kind, Lot, Lots, Recorded, lots_of
 from members.loyalty.program import Downgrade, Expiry, NegativeBalance, Program, TierBasis, TierRule
 from members.loyalty.program import EarnRule as Rule
 
@@ -100,11 +100,9 @@ def points_summary(*, member_id: int, now: datetime | None = None) -> PointsSumm
     """A member's balance split into spendable and pending, what expires soon, tier and coupons."""
     now = now or timezone.now()
     account = PointsAccount.objects.filter(member_id=member_id).first()
-    entries = list(PointsEntry.objects.filter(member_id=member_id))
-    lots = lots_of(recorded_of(e) for e in entries)
-    program = program_settings()
     balance = account.balance if account else 0
-    pending = min(lots.pending(now), max(balance, 0))
+    lots, pending = _lots_and_pending(member_id, balance, now)
+    program = program_settings()
     expiring = sorted(
         lots.expiring(now, now + timedelta(days=program.expiring_soon_days)), key=lambda lot: lot.expires_at
     )
@@ -131,8 +129,14 @@ def points_summary(*, member_id: int, now: datetime | None = None) -> PointsSumm
 def points_available(*, member_id: int, now: datetime) -> int:
     """Points the member can spend now: the balance less what is still pending."""
     balance = PointsAccount.objects.filter(member_id=member_id).values_list("balance", flat=True).first() or 0
+    return balance - _lots_and_pending(member_id, balance, now)[1]
+
+
+def _lots_and_pending(member_id: int, balance: int, now: datetime) -> tuple[Lots, int]:
+    """The member's lots from their ledger, and how much of the balance is still pending (never
+    more than a positive balance: a debt is paid from pending points first)."""
     lots = lots_of(recorded_of(e) for e in PointsEntry.objects.filter(member_id=member_id))
-    return balance - min(lots.pending(now), max(balance, 0))
+    return lots, min(lots.pending(now), max(balance, 0))
 
 
 def ledger_page(*, member_id: int, before: int | None, size: int) -> list[PointsEntry]:
@@ -159,4 +163,5 @@ def members_expiring(
 
 
 def coupon_redemption_active(*, coupon: Coupon) -> CouponRedemption | None:
+    """The coupon's redemption in force (at most one: a partial unique index), if any."""
     return coupon.redemptions.filter(released_at__isnull=True).first()

@@ -9,7 +9,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from cdp.errors import ApiError, FieldError
+from cdp.errors import ApiError
+from cdp.pagination import query_int
 from cdp.permissions import permissions_required
 from members.segments.models import Segment
 from members.segments.selectors import segment_changes, segment_members
@@ -55,19 +56,6 @@ def _segment(key: str) -> Segment:
     return segment
 
 
-def _int(request: Request, name: str, *, default: int | None, low: int, high: int) -> int | None:
-    raw = request.query_params.get(name, "")
-    if raw == "":
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise ApiError(
-            code="invalid",
-            message=f"Bad {name}.",
-            errors=[FieldError(name, f"an integer from {low} to {high}")],
-        )
-    return int(raw)
-
-
 class SegmentsView(APIView):
     permission_classes = (permissions_required(VIEW_SEGMENTS),)
 
@@ -97,8 +85,8 @@ class SegmentMembersView(APIView):
         """The segment's members by member id, a keyset page at a time: stable while members
         enter and leave (no offsets)."""
         segment = _segment(key)
-        size = _int(request, "page_size", default=1000, low=1, high=10_000)
-        after = _int(request, "cursor", default=0, low=0, high=2**63 - 1)
+        size = query_int(request, "page_size", default=1000, low=1, high=10_000)
+        after = query_int(request, "cursor", default=0, low=0, high=2**63 - 1)
         rows = segment_members(segment=segment, after=after, size=size + 1)  # type: ignore[arg-type, operator]
         page = rows[:size]
         return Response(
@@ -121,8 +109,8 @@ class SegmentChangesView(APIView):
         """Who entered and who left since a cursor, oldest first: a tool keeps ``next_since``
         and asks again to sync incrementally."""
         segment = _segment(key)
-        since = _int(request, "since", default=0, low=0, high=2**63 - 1)
-        size = _int(request, "page_size", default=1000, low=1, high=10_000)
+        since = query_int(request, "since", default=0, low=0, high=2**63 - 1)
+        size = query_int(request, "page_size", default=1000, low=1, high=10_000)
         changes = segment_changes(segment=segment, since=since, size=size)  # type: ignore[arg-type]
         return Response(
             ChangesPage({

@@ -12,12 +12,11 @@ import time
 from collections.abc import Iterable
 from datetime import datetime
 
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from cdp.db import binary_parameters_cursor
 from members.segments.compile import rule_sql
-from members.segments.models import Segment
+from members.segments.models import Segment, SegmentMember
 from members.segments.rules import RuleInvalid, rule_parse, rule_references
 
 _MEMBERSHIP_DIFF = """
@@ -42,9 +41,9 @@ SELECT %s, member_id, 'entered', %s FROM came
 
 def _membership_write(segment: Segment, wanted_sql: str, wanted_params: list, now: datetime) -> int:
     """Make the segment's members exactly ``wanted_sql``'s ids; returns how many changed."""
-    with binary_parameters_cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(
-            _MEMBERSHIP_DIFF.format(wanted=wanted_sql.replace("%s", "%b")).replace("%s", "%b"),
+            _MEMBERSHIP_DIFF.format(wanted=wanted_sql),
             [*wanted_params, segment.pk, segment.pk, now, segment.pk, now, segment.pk, now],
         )
         return cursor.rowcount
@@ -101,9 +100,7 @@ def segment_static_set(
 
 
 def _size(segment: Segment) -> int:
-    with binary_parameters_cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM members_segmentmember WHERE segment_id = %b", [segment.pk])
-        return cursor.fetchone()[0]
+    return SegmentMember.objects.filter(segment=segment).count()
 
 
 def segments_compute_all(*, now: datetime | None = None) -> list[Segment]:
