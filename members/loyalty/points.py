@@ -309,7 +309,6 @@ class _Replay:
     signed_up: bool = False
     referred: bool = False  # a sign-up naming a referrer was seen: the referrer earns once
     review_at: datetime | None = None
-    clock: datetime | None = None
 
     def __post_init__(self) -> None:
         self.tier = self.tiers[0].key if self.tiers else ""
@@ -345,7 +344,6 @@ class _Replay:
                             order_id=lot.order_id,
                         )
                     )
-        self.clock = at
 
     def next_change(self, now: datetime) -> datetime | None:
         expiries = [
