@@ -161,9 +161,11 @@ from members.loyalty.models import (  # noqa: E402  (one app: the loyalty models
 )
 from members.segments.models import (  # noqa: E402
     MemberTag,
+    RfmCutoffs,
     Segment,
     SegmentChange,
     SegmentMember,
+    SegmentsRecheck,
     Tag,
     TagChange,
 )
@@ -183,9 +185,11 @@ __all__ = [
     "MemberTrait",
     "PointsAccount",
     "PointsEntry",
+    "RfmCutoffs",
     "Segment",
     "SegmentChange",
     "SegmentMember",
+    "SegmentsRecheck",
     "Tag",
     "TagChange",
     "Tier",

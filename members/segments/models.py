@@ -2,6 +2,7 @@
 Imported by ``members.models`` (one Django app)."""
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 
@@ -143,3 +144,37 @@ class SegmentChange(models.Model):
 
     def __str__(self) -> str:
         return f"member {self.member_id} {self.change} {self.segment_id} at {self.at}"
+
+
+class SegmentsRecheck(models.Model):
+    """When a member's tags and segments must be evaluated again though nothing happened: the
+    earliest moment a time window of some rule (or the lifecycle stage) stops or starts
+    matching them. The scheduled recheck marks the members whose moment has come."""
+
+    member = models.OneToOneField(
+        "members.Member", on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    due_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"member {self.member_id} at {self.due_at}"
+
+
+class RfmCutoffs(models.Model):
+    """The quintile edges of the last full RFM compute (one row): the incremental path scores a
+    member against them, so a new order moves the member's RFM group within seconds and the
+    nightly compute moves the edges. Each list holds the 20th, 40th, 60th and 80th
+    percentiles over the members with orders; a score is 1 + how many edges the member's
+    value is above."""
+
+    recency = ArrayField(models.DateTimeField(), size=4, help_text="Last purchase moments.")
+    frequency = ArrayField(models.IntegerField(), size=4, help_text="Order counts.")
+    monetary = ArrayField(models.DecimalField(max_digits=14, decimal_places=2), size=4, help_text="Spend.")
+    members = models.PositiveIntegerField(help_text="Members with orders when computed.")
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name_plural = "RFM cutoffs"
+
+    def __str__(self) -> str:
+        return f"RFM cutoffs of {self.computed_at}"
