@@ -5,7 +5,8 @@ from rest_framework.routers import SimpleRouter
 
 from members.api import MemberViewSet
 from members.loyalty import api as loyalty
-from members.segments import api as segments
+from members.segments.api import members as segment_members
+from members.segments.api import read as segments
 
 router = SimpleRouter()
 router.register("members", MemberViewSet, basename="member")
@@ -34,6 +35,8 @@ urlpatterns = [
     path("campaigns/<int:campaign_id>/issue/", loyalty.CampaignIssueView.as_view(), name="campaign-issue"),
     path("segments/", segments.SegmentsView.as_view(), name="segments"),
     path("segments/<slug:key>/", segments.SegmentView.as_view(), name="segment"),
-    path("segments/<slug:key>/members/", segments.SegmentMembersView.as_view(), name="segment-members"),
+    path(
+        "segments/<slug:key>/members/", segment_members.SegmentMembersView.as_view(), name="segment-members"
+    ),
     path("segments/<slug:key>/changes/", segments.SegmentChangesView.as_view(), name="segment-changes"),
 ]

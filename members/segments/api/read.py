@@ -1,21 +1,17 @@
-"""Segments API for marketing tools, under /api/v1/segments/: definitions, members (keyset
-pages) and the changes feed (who entered and who left since a cursor). Role ``marketing``
-(and admin): permission ``members.view_segment``."""
+"""Segment definitions and the changes feed (who entered and who left since a cursor)."""
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import serializers, status
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from cdp.errors import ApiError
 from cdp.pagination import query_int
 from cdp.permissions import permissions_required
+from members.segments.api import VIEW_SEGMENTS, segment_by_key
 from members.segments.models import Segment
-from members.segments.selectors import segment_changes, segment_members
-
-VIEW_SEGMENTS = "members.view_segment"
+from members.segments.selectors import segment_changes
 
 
 class SegmentOutput(serializers.ModelSerializer):
@@ -23,16 +19,6 @@ class SegmentOutput(serializers.ModelSerializer):
         model = Segment
         fields = ("key", "name", "description", "kind", "rule", "built_in", "size", "computed_at", "compute_ms",
                   "error", "updated_at")  # fmt: skip
-
-
-class SegmentMemberOutput(serializers.Serializer):
-    member_id = serializers.IntegerField()
-    entered_at = serializers.DateTimeField()
-
-
-class SegmentMembersPage(serializers.Serializer):
-    results = SegmentMemberOutput(many=True)
-    next_cursor = serializers.IntegerField(allow_null=True, help_text="Pass as ?cursor= for the next page.")
 
 
 class ChangeOutput(serializers.Serializer):
@@ -45,15 +31,6 @@ class ChangeOutput(serializers.Serializer):
 class ChangesPage(serializers.Serializer):
     results = ChangeOutput(many=True)
     next_since = serializers.IntegerField(help_text="Pass as ?since= next time: changes after these.")
-
-
-def _segment(key: str) -> Segment:
-    segment = Segment.objects.filter(key=key).first()
-    if segment is None:
-        raise ApiError(
-            code="not_found", message=f"No segment {key!r}.", status_code=status.HTTP_404_NOT_FOUND
-        )
-    return segment
 
 
 class SegmentsView(APIView):
@@ -71,30 +48,7 @@ class SegmentView(APIView):
     @extend_schema(responses={200: SegmentOutput}, tags=["segments"])
     def get(self, request: Request, key: str) -> Response:
         """A segment: its definition, size, when it was computed, how long it took, any error."""
-        return Response(SegmentOutput(_segment(key)).data)
-
-
-class SegmentMembersView(APIView):
-    permission_classes = (permissions_required(VIEW_SEGMENTS),)
-
-    @extend_schema(
-        parameters=[OpenApiParameter("cursor", OpenApiTypes.INT), OpenApiParameter("page_size", OpenApiTypes.INT)],
-        responses={200: SegmentMembersPage}, tags=["segments"],
-    )  # fmt: skip
-    def get(self, request: Request, key: str) -> Response:
-        """The segment's members by member id, a keyset page at a time: stable while members
-        enter and leave (no offsets)."""
-        segment = _segment(key)
-        size = query_int(request, "page_size", default=1000, low=1, high=10_000)
-        after = query_int(request, "cursor", default=0, low=0, high=2**63 - 1)
-        rows = segment_members(segment=segment, after=after, size=size + 1)  # type: ignore[arg-type, operator]
-        page = rows[:size]
-        return Response(
-            SegmentMembersPage({
-                "results": [{"member_id": m, "entered_at": at} for m, at in page],
-                "next_cursor": page[-1][0] if len(rows) > size else None,  # type: ignore[operator]
-            }).data
-        )  # fmt: skip
+        return Response(SegmentOutput(segment_by_key(key)).data)
 
 
 class SegmentChangesView(APIView):
@@ -108,7 +62,7 @@ class SegmentChangesView(APIView):
     def get(self, request: Request, key: str) -> Response:
         """Who entered and who left since a cursor, oldest first: a tool keeps ``next_since``
         and asks again to sync incrementally."""
-        segment = _segment(key)
+        segment = segment_by_key(key)
         since = query_int(request, "since", default=0, low=0, high=2**63 - 1)
         size = query_int(request, "page_size", default=1000, low=1, high=10_000)
         changes = segment_changes(segment=segment, since=since, size=size)  # type: ignore[arg-type]
