@@ -30,6 +30,7 @@ class AuditEntry(models.Model):
     class Action(models.TextChoices):
         VIEW_CONTACT_DETAILS = "view_contact_details", "Saw phone numbers and emails unmasked"
         SPLIT_MEMBER = "split_member", "Split a member"
+        EXPORT_SEGMENT = "export_segment", "Exported a segment's members"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     action = models.CharField(max_length=32, choices=Action.choices)
