@@ -182,6 +182,11 @@ MEMBER_TRAIT_CHANNEL_PRECEDENCE: list[str] = env.list(
 # kept with their own and counted apart, never added as if they were the same money.
 CDP_CURRENCY = env("CDP_CURRENCY", default="CNY").upper()
 
+# Segment member pages and exports (marketing pulls): a member whose trait of this key is false
+# (false, 0, "false", "no", "off", "n", "0") comes back with phone and email null, whatever the
+# caller's role. A member without the trait has not refused.
+MARKETING_CONSENT_TRAIT = env("MARKETING_CONSENT_TRAIT", default="marketing_consent")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
