@@ -1,5 +1,6 @@
 """The per-member lock every writer of a member's computed state takes (refreshes, points
-commands), so each member has one writer at a time."""
+commands), so each member has one writer at a time; and the membership locks of tags and
+segments."""
 
 from django.db import connection
 
@@ -18,4 +19,25 @@ def member_refresh_locks(member_ids: set[int]) -> None:
         cursor.execute(
             "SELECT count(pg_advisory_xact_lock(%s, k)) FROM unnest(%s::int[]) AS k",
             [MEMBER_REFRESH_LOCK_SPACE, keys],
+        )
+
+
+#: Advisory-lock key spaces (two-key form) of a tag's and a segment's membership.
+TAG_LOCK_SPACE = 0x5447
+SEGMENT_LOCK_SPACE = 0x5347
+
+
+def memberships_lock(*, tag_ids: list[int], segment_ids: list[int], exclusive: bool) -> None:
+    """Hold these tags' and segments' membership until the transaction ends: exclusively for a
+    full recompute (one statement over all members), shared for the incremental path (a batch
+    of refreshed members), so the two never interleave on one tag or segment. Taken in one
+    global order."""
+    keys = sorted({(TAG_LOCK_SPACE, pk) for pk in tag_ids} | {(SEGMENT_LOCK_SPACE, pk) for pk in segment_ids})
+    if not keys:
+        return
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT count({function}(k.space, k.id)) FROM unnest(%s::int[], %s::int[]) AS k(space, id)",  # noqa: S608
+            [[space for space, _ in keys], [pk for _, pk in keys]],
         )

@@ -4,6 +4,7 @@ from celery import shared_task
 
 from events.tasks import process_pending_enqueue
 from members.loyalty.services import points_recheck_due
+from members.segments.services import definition_recompute, memberships_compute_all, memberships_recheck_due
 
 
 @shared_task(name="members.loyalty_recheck", ignore_result=True)
@@ -12,6 +13,36 @@ def loyalty_recheck() -> int:
     members and nudges the pipeline, whose refresh writes the expiries and tier changes.
     Idempotent: a member already marked is not marked twice."""
     marked = points_recheck_due()
+    if marked:
+        process_pending_enqueue()
+    return marked
+
+
+@shared_task(name="members.segment_recompute", ignore_result=True)
+def segment_recompute(segment_id: int) -> None:
+    """A segment's full recompute after its rule was created or edited (and of whatever reads
+    it). Idempotent: it recomputes from the rule as it is when it runs."""
+    definition_recompute(kind="segment", pk=segment_id)
+
+
+@shared_task(name="members.tag_recompute", ignore_result=True)
+def tag_recompute(tag_id: int) -> None:
+    """A rule tag's full recompute after its rule was created or edited (and of whatever
+    reads it)."""
+    definition_recompute(kind="tag", pk=tag_id)
+
+
+@shared_task(name="members.memberships_recompute_all", ignore_result=True)
+def memberships_recompute_all() -> None:
+    """The nightly full recompute of every tag and segment."""
+    memberships_compute_all()
+
+
+@shared_task(name="members.memberships_recheck", ignore_result=True)
+def memberships_recheck() -> int:
+    """Members whose time windows ("in the last 30 days") or lifecycle stage expire by now:
+    marks them and nudges the pipeline, whose refresh evaluates them again."""
+    marked = memberships_recheck_due()
     if marked:
         process_pending_enqueue()
     return marked

@@ -806,12 +806,13 @@ def rule_matches(condition: Condition, facts: MemberFacts, *, now: datetime) -> 
 # --- what a rule depends on -------------------------------------------------------------------
 
 
-def _leaves(condition: Condition) -> Iterable[Condition]:
+def leaves(condition: Condition) -> Iterable[Condition]:
+    """Every condition of a rule that is not a group (all, any, not)."""
     if isinstance(condition, All | Any_):
         for item in condition.items:
-            yield from _leaves(item)
+            yield from leaves(item)
     elif isinstance(condition, Not):
-        yield from _leaves(condition.item)
+        yield from leaves(condition.item)
     else:
         yield condition
 
@@ -827,11 +828,11 @@ def _time_based(leaf: Condition) -> bool:
 def rule_references(condition: Condition) -> References:
     """The segments and tags a rule reads (to order computes and catch cycles), and whether
     time alone can change its answer (a window, within_days, older_than_days)."""
-    leaves = list(_leaves(condition))
+    found = list(leaves(condition))
     return References(
-        segments=frozenset(leaf.key for leaf in leaves if isinstance(leaf, InSegment)),
-        tags=frozenset(leaf.key for leaf in leaves if isinstance(leaf, HasTag)),
-        time_based=any(_time_based(leaf) for leaf in leaves),
+        segments=frozenset(leaf.key for leaf in found if isinstance(leaf, InSegment)),
+        tags=frozenset(leaf.key for leaf in found if isinstance(leaf, HasTag)),
+        time_based=any(_time_based(leaf) for leaf in found),
     )
 
 
@@ -861,5 +862,5 @@ def _moments(leaf: Condition, facts: MemberFacts) -> Iterable[datetime]:
 def rule_window_expiry(condition: Condition, facts: MemberFacts, now: datetime) -> datetime | None:
     """The soonest moment after ``now`` at which time alone may change whether this member
     matches (recheck them then), or None if time alone never changes it."""
-    moments = [m for leaf in _leaves(condition) for m in _moments(leaf, facts) if m > now]
+    moments = [m for leaf in leaves(condition) for m in _moments(leaf, facts) if m > now]
     return min(moments, default=None)

@@ -1,8 +1,108 @@
-"""Reads of segments: members by keyset, the changes feed."""
+"""Reads of tags and segments: the definitions to evaluate (in dependency order), members by
+keyset, the changes feed."""
 
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
-from members.segments.models import Segment, SegmentChange, SegmentMember
+from members.segments.models import Segment, SegmentChange, SegmentMember, Tag
+from members.segments.rules import (
+    Condition,
+    Did,
+    DidNot,
+    FirstTime,
+    RuleInvalid,
+    Stopped,
+    leaves,
+    rule_parse,
+    rule_references,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Definition:
+    """A rule tag or a dynamic segment: what decides membership."""
+
+    kind: Literal["tag", "segment"]
+    id: int
+    key: str
+    condition: Condition
+    time_based: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Definitions:
+    """Every rule tag and dynamic segment that can be evaluated, each after the tags and
+    segments its rule reads (``ordered``), and why the others cannot (``broken``: an invalid
+    rule, or a reference cycle)."""
+
+    ordered: tuple[Definition, ...]
+    broken: dict[tuple[str, int], str]
+    #: Every tag and segment (any kind) by id, and the computed tags by key.
+    tag_keys: dict[int, str]
+    segment_keys: dict[int, str]
+    computed_tag_ids: dict[str, int]
+    #: The tags and segments whose membership the platform decides (evaluated rule tags and
+    #: dynamic segments, computed tags); the others are staff's (manual tags, static lists)
+    #: or wait for their rule to be mended.
+    decided_tag_ids: frozenset[int]
+    decided_segment_ids: frozenset[int]
+    #: Events whose properties some rule filters on: the incremental path loads those.
+    property_events: frozenset[str]
+
+
+def definitions_load() -> Definitions:
+    """Parse every rule tag and dynamic segment and order them by what they read (two queries)."""
+    tags = list(Tag.objects.values_list("id", "key", "kind", "rule"))
+    segments = list(Segment.objects.values_list("id", "key", "kind", "rule"))
+    parsed: dict[tuple[str, str], Definition] = {}
+    broken: dict[tuple[str, int], str] = {}
+    reads: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    candidates = [("tag", row) for row in tags if row[2] == Tag.Kind.RULE] + [
+        ("segment", row) for row in segments if row[2] == Segment.Kind.DYNAMIC
+    ]
+    for kind, (pk, key, _, rule) in candidates:
+        try:
+            condition = rule_parse(rule)
+        except RuleInvalid as error:
+            broken[(kind, pk)] = str(error)
+            continue
+        refs = rule_references(condition)
+        parsed[(kind, key)] = Definition(kind, pk, key, condition, refs.time_based)  # type: ignore[arg-type]
+        reads[(kind, key)] = {("tag", t) for t in refs.tags} | {("segment", s) for s in refs.segments}
+    ordered: list[Definition] = []
+    pending = set(parsed)
+    while pending:
+        # What a rule reads that is not itself evaluated here (manual, computed or unknown tags,
+        # static segments) is a given; an unknown key simply matches nobody.
+        ready = sorted(node for node in pending if not (reads[node] & pending))
+        if not ready:
+            for node in sorted(pending):
+                names = ", ".join(f"{k} {key}" for k, key in sorted(reads[node] & pending))
+                broken[(node[0], parsed[node].id)] = f"its rule reads what reads it back: {names}"
+            break
+        for node in ready:
+            ordered.append(parsed[node])
+        pending -= set(ready)
+    property_events = frozenset(
+        leaf.event.name
+        for definition in ordered
+        for leaf in leaves(definition.condition)
+        if isinstance(leaf, Did | DidNot | FirstTime | Stopped)
+        and any(field.startswith("properties.") for field, _ in leaf.event.where)
+    )
+    computed_tag_ids = {key: pk for pk, key, kind, _ in tags if kind == Tag.Kind.COMPUTED}
+    return Definitions(
+        ordered=tuple(ordered),
+        broken=broken,
+        tag_keys={pk: key for pk, key, _, _ in tags},
+        segment_keys={pk: key for pk, key, _, _ in segments},
+        computed_tag_ids=computed_tag_ids,
+        decided_tag_ids=frozenset(d.id for d in ordered if d.kind == "tag")
+        | frozenset(computed_tag_ids.values()),
+        decided_segment_ids=frozenset(d.id for d in ordered if d.kind == "segment"),
+        property_events=property_events,
+    )
 
 
 def segment_members(*, segment: Segment, after: int, size: int) -> list[tuple[int, datetime]]:

@@ -1,13 +1,17 @@
-"""Writes of segments: full recompute of a dynamic segment in one set-based statement, static
-lists, and the entered/exited history they leave.
+"""Writes of tags and segments: the full recompute of a rule tag or a dynamic segment in one
+set-based statement, static lists, the nightly recompute of everything, and the scheduled
+recheck of members whose time windows expire. (The incremental path, a refreshed member at
+a time, is ``members.segments.evaluate``.)
 
-A full recompute runs the segment's rule as one query over all members (``compile.rule_sql``)
-and, in the same statement, removes who left, adds who entered and appends both to the
-segment's history (the changes feed). Segments that read other segments are computed after
-them (``segments_compute_all``). A compute that fails keeps the last membership and records
-why on the segment.
+A full recompute runs the rule as one query over all members (``compile.rule_sql``) and, in
+the same statement, removes who left, adds who entered and appends both to the history (tag
+changes; the segment's changes feed). Definitions that read others are computed after them
+(``memberships_compute_all``). A compute that fails keeps the last membership and, for a
+segment, records why on it.
 """
 
+import dataclasses
+import logging
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -15,9 +19,14 @@ from datetime import datetime
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
+from cdp.db import binary_parameters_cursor
+from members.locks import memberships_lock
 from members.segments.compile import rule_sql
-from members.segments.models import Segment, SegmentMember
+from members.segments.models import Segment, SegmentMember, Tag
 from members.segments.rules import RuleInvalid, rule_parse, rule_references
+from members.segments.selectors import Definitions, definitions_load
+
+logger = logging.getLogger(__name__)
 
 _MEMBERSHIP_DIFF = """
 WITH wanted AS ({wanted}),
@@ -39,8 +48,32 @@ SELECT %s, member_id, 'entered', %s FROM came
 """
 
 
+_TAG_DIFF = """
+WITH wanted AS ({wanted}),
+gone AS (
+    DELETE FROM members_membertag AS t
+    WHERE t.tag_id = %s AND NOT EXISTS (SELECT 1 FROM wanted AS w WHERE w.id = t.member_id)
+    RETURNING t.member_id
+),
+came AS (
+    INSERT INTO members_membertag (tag_id, member_id, added_at)
+    SELECT %s, w.id, %s FROM wanted AS w
+    ON CONFLICT (member_id, tag_id) DO NOTHING
+    RETURNING member_id
+)
+INSERT INTO members_tagchange (tag_id, member_id, action, at)
+SELECT %s, member_id, 'removed', %s FROM gone
+UNION ALL
+SELECT %s, member_id, 'added', %s FROM came
+"""
+_ACTIVE_MATCHING = "SELECT m.id FROM members_member AS m WHERE m.status = 'active' AND ({sql})"
+
+
 def _membership_write(segment: Segment, wanted_sql: str, wanted_params: list, now: datetime) -> int:
-    """Make the segment's members exactly ``wanted_sql``'s ids; returns how many changed."""
+    """Make the segment's members exactly ``wanted_sql``'s ids; returns how many changed.
+    Holds the segment against the incremental path first, so its statement sees every
+    refresh that wrote the segment committed."""
+    memberships_lock(tag_ids=[], segment_ids=[segment.pk], exclusive=True)
     with connection.cursor() as cursor:
         cursor.execute(
             _MEMBERSHIP_DIFF.format(wanted=wanted_sql),
@@ -60,21 +93,15 @@ def segment_compute(*, segment: Segment, now: datetime | None = None) -> Segment
         with transaction.atomic():
             condition = rule_parse(segment.rule)
             sql, params = rule_sql(condition, now=now, all_members=True)
-            _membership_write(
-                segment,
-                f"SELECT m.id FROM members_member AS m WHERE m.status = 'active' AND ({sql})",  # noqa: S608
-                params,
-                now,
-            )
+            _membership_write(segment, _ACTIVE_MATCHING.format(sql=sql), params, now)
+            segment.size = _size(segment)
+            segment.computed_at = now
+            segment.compute_ms = round((time.monotonic() - began) * 1000)
+            segment.error = ""
+            segment.save(update_fields=["size", "computed_at", "compute_ms", "error", "updated_at"])
     except (RuleInvalid, DatabaseError) as error:
         segment.error = str(error)[:2000]
         segment.save(update_fields=["error", "updated_at"])
-        return segment
-    segment.size = _size(segment)
-    segment.computed_at = now
-    segment.compute_ms = round((time.monotonic() - began) * 1000)
-    segment.error = ""
-    segment.save(update_fields=["size", "computed_at", "compute_ms", "error", "updated_at"])
     return segment
 
 
@@ -103,29 +130,83 @@ def _size(segment: Segment) -> int:
     return SegmentMember.objects.filter(segment=segment).count()
 
 
-def segments_compute_all(*, now: datetime | None = None) -> list[Segment]:
-    """Recompute every dynamic segment, each after the segments its rule reads (the nightly
-    full recompute). A segment in a reference cycle is recorded as failed, not computed."""
+def tag_compute(*, tag: Tag, now: datetime | None = None) -> int:
+    """Recompute a rule tag over all members; returns how many members gained or lost it
+    (each recorded as a tag change). A rule that cannot run leaves the tag as it was and
+    raises (``RuleInvalid``, a database error)."""
+    if tag.kind != Tag.Kind.RULE:
+        return 0
     now = now or timezone.now()
-    segments = {s.key: s for s in Segment.objects.filter(kind=Segment.Kind.DYNAMIC)}
-    reads: dict[str, frozenset[str]] = {}
-    for key, segment in segments.items():
-        try:
-            reads[key] = rule_references(rule_parse(segment.rule)).segments & segments.keys()
-        except RuleInvalid:
-            reads[key] = frozenset()  # segment_compute records why
+    sql, params = rule_sql(rule_parse(tag.rule), now=now, all_members=True)
+    with transaction.atomic():
+        memberships_lock(tag_ids=[tag.pk], segment_ids=[], exclusive=True)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _TAG_DIFF.format(wanted=_ACTIVE_MATCHING.format(sql=sql)),
+                [*params, tag.pk, tag.pk, now, tag.pk, now, tag.pk, now],
+            )
+            return cursor.rowcount
+
+
+def memberships_compute_all(*, now: datetime | None = None) -> list[Segment]:
+    """Recompute every tag and segment from scratch (nightly): the RFM cutoffs and computed
+    tags, then every rule tag and dynamic segment, each after those its rule reads. A rule
+    that cannot be parsed, or that reads what reads it back, is recorded on its segment (a
+    tag's is logged). Returns the segments."""
+    now = now or timezone.now()
+    return _definitions_compute(definitions_load(), now=now)
+
+
+def definition_recompute(*, kind: str, pk: int, now: datetime | None = None) -> list[Segment]:
+    """Recompute a rule tag or dynamic segment after its rule was created or edited, and then
+    every tag and segment that reads it, directly or not. Returns the segments computed."""
+    definitions = definitions_load()
+    stale = {(kind, definitions.tag_keys.get(pk) if kind == "tag" else definitions.segment_keys.get(pk))}
+    affected = []
+    for definition in definitions.ordered:
+        refs = rule_references(definition.condition)
+        reads = {("tag", key) for key in refs.tags} | {("segment", key) for key in refs.segments}
+        if (definition.kind, definition.key) in stale or reads & stale:
+            stale.add((definition.kind, definition.key))
+            affected.append(definition)
+    only = dataclasses.replace(
+        definitions,
+        ordered=tuple(affected),
+        broken={k: v for k, v in definitions.broken.items() if k == (kind, pk)},
+    )
+    return _definitions_compute(only, now=now or timezone.now())
+
+
+def _definitions_compute(definitions: Definitions, *, now: datetime) -> list[Segment]:
+    segments = Segment.objects.in_bulk([d.id for d in definitions.ordered if d.kind == "segment"])
+    tags = Tag.objects.in_bulk([d.id for d in definitions.ordered if d.kind == "tag"])
     done: list[Segment] = []
-    computed: set[str] = set()
-    while len(computed) < len(segments):
-        ready = sorted(k for k in segments if k not in computed and reads[k] <= computed)
-        if not ready:
-            for key in sorted(segments.keys() - computed):
-                segment = segments[key]
-                segment.error = f"its rule reads segments that read it back: {', '.join(sorted(reads[key]))}"
-                segment.save(update_fields=["error", "updated_at"])
-                done.append(segment)
-            break
-        for key in ready:
-            done.append(segment_compute(segment=segments[key], now=now))
-            computed.add(key)
+    for definition in definitions.ordered:
+        if definition.kind == "segment":
+            done.append(segment_compute(segment=segments[definition.id], now=now))
+            continue
+        try:
+            tag_compute(tag=tags[definition.id], now=now)
+        except DatabaseError:
+            # The tag keeps its members; the next run tries again.
+            logger.exception("rule tag %s could not be computed", definition.key)
+    broken = {pk: reason for (kind, pk), reason in definitions.broken.items() if kind == "segment"}
+    for segment in Segment.objects.filter(pk__in=broken):
+        segment.error = broken[segment.pk][:2000]
+        segment.save(update_fields=["error", "updated_at"])
+        done.append(segment)
     return done
+
+
+def memberships_recheck_due(*, now: datetime | None = None) -> int:
+    """Mark for a refresh the members whose tags or segments may change with time alone by now
+    (a window of a rule, a lifecycle stage); returns how many. Run by beat; the refresh
+    evaluates them and moves their recheck moment on."""
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO members_dirtymark (member_id, marked_at) "
+            "SELECT r.member_id, now() FROM members_segmentsrecheck AS r WHERE r.due_at <= %b "
+            "AND NOT EXISTS (SELECT 1 FROM members_dirtymark AS d WHERE d.member_id = r.member_id)",
+            [now or timezone.now()],
+        )
+        return cursor.rowcount
