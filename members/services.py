@@ -8,6 +8,7 @@ from datetime import datetime
 import orjson
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from cdp.db import binary_parameters_cursor, rows_delete
 from events.commerce import ORDER_COMPLETED, ORDER_EVENTS
@@ -16,6 +17,10 @@ from members.locks import member_refresh_locks
 from members.loyalty.points import LOYALTY_EVENTS, LoyaltyEvent
 from members.loyalty.services import LoyaltyHistory, order_lines, points_move_retired, points_reconcile
 from members.models import ORDER_FIELDS, DirtyMark, Member, MemberAggregate, MemberOrder, MemberTrait
+from members.segments.evaluate import memberships_refresh
+from members.segments.rules import AGGREGATES, EventFact, MemberFacts
+from members.segments.selectors import definitions_load
+from members.segments.webhooks import webhooks_nudge
 from members.traits import TraitObservation, latest_traits, traits_of_event
 
 
@@ -95,22 +100,29 @@ def members_rebuild(
 
 
 def members_recompute(member_ids: set[int]) -> None:
-    """Everything computed from these members' events, from their events as they are now.
+    """Everything computed from these members' events, from their events as they are now:
+    traits, orders and figures, points and tier, then tags and segments.
 
     A member absorbed by a merge keeps nothing: its computed state lives on the survivor.
     """
     active = set(
         Member.objects.filter(id__in=member_ids, status=Member.Status.ACTIVE).values_list("id", flat=True)
     )
-    events = _events_of(active)
+    definitions = definitions_load()
+    events = _events_of(active, properties_of=definitions.property_events)
     order_events = _order_events_of(events)
-    _traits_write(active, events)
-    _aggregates_write(active, events, order_events)
+    traits = _traits_write(active, events)
+    figures = _aggregates_write(active, events, order_events)
     retired = member_ids - active
     points_move_retired(retired)
     points_reconcile(histories=_loyalty_histories(active, events, order_events))
     for model in (MemberTrait, MemberOrder, MemberAggregate):
         rows_delete(model, column="member", keys=retired)
+    changed = memberships_refresh(
+        members=_facts_of(active, events, traits, figures), retired=retired, now=timezone.now(),
+        definitions=definitions,
+    )  # fmt: skip
+    webhooks_nudge(changed)
 
 
 def points_recompute(member_ids: set[int]) -> None:
@@ -131,7 +143,7 @@ class _MemberEvent:
     source_id: int
     traits: dict | None  # None: states none
     context_traits: object
-    properties: dict | None  # only for order and loyalty events
+    properties: dict | None  # only for order and loyalty events, and those rules filter on
 
 
 # One query for everything the refresh reads. The lateral join walks each member's events by
@@ -151,14 +163,18 @@ CROSS JOIN LATERAL (
 """
 
 
-def _events_of(member_ids: set[int], *, only: frozenset[str] | None = None) -> list[_MemberEvent]:
-    """The events of these members (only those named ``only``, if given), in one query."""
+def _events_of(
+    member_ids: set[int], *, only: frozenset[str] | None = None, properties_of: frozenset[str] = frozenset()
+) -> list[_MemberEvent]:
+    """The events of these members (only those named ``only``, if given), in one query, with
+    the properties of order and loyalty events and of those named ``properties_of``."""
     if not member_ids:
         return []
     names = sorted(only) if only is not None else None
     with binary_parameters_cursor() as cursor:
         cursor.execute(
-            _EVENTS_OF_MEMBERS, [sorted(ORDER_EVENTS | LOYALTY_EVENTS), sorted(member_ids), names, names]
+            _EVENTS_OF_MEMBERS,
+            [sorted(ORDER_EVENTS | LOYALTY_EVENTS | properties_of), sorted(member_ids), names, names],
         )
         # Django reads jsonb as text (its JSONField decodes); so does this raw query.
         return [
@@ -167,8 +183,9 @@ def _events_of(member_ids: set[int], *, only: frozenset[str] | None = None) -> l
         ]
 
 
-def _traits_write(member_ids: set[int], events: list[_MemberEvent]) -> None:
-    """Every trait of these members, from all their events: exact after merges and splits."""
+def _traits_write(member_ids: set[int], events: list[_MemberEvent]) -> dict[int, dict[str, object]]:
+    """Every trait of these members, from all their events: exact after merges and splits.
+    Returns each member's traits (key: latest value)."""
     observations: dict[int, list[TraitObservation]] = defaultdict(list)
     for e in events:
         if e.traits is None and not isinstance(e.context_traits, dict):
@@ -186,6 +203,9 @@ def _traits_write(member_ids: set[int], events: list[_MemberEvent]) -> None:
         for o in latest_traits(found, settings.MEMBER_TRAIT_CHANNEL_PRECEDENCE).values()
     ]
     rows_delete(MemberTrait, column="member", keys=member_ids)
+    traits: dict[int, dict[str, object]] = defaultdict(dict)
+    for member_id, o in rows:
+        traits[member_id][o.key] = o.value
     if rows:
         _sql(
             _INSERT_TRAITS,
@@ -200,6 +220,7 @@ def _traits_write(member_ids: set[int], events: list[_MemberEvent]) -> None:
                 [o.event_id for _, o in rows],
             ],
         )
+    return traits
 
 
 def _order_events_of(events: list[_MemberEvent]) -> dict[int, list[OrderEvent]]:
@@ -238,8 +259,9 @@ def _loyalty_histories(
 
 def _aggregates_write(
     member_ids: set[int], events: list[_MemberEvent], order_events: dict[int, list[OrderEvent]]
-) -> None:
-    """Orders and figures of these members, from all their events (``members.aggregates``)."""
+) -> dict[int, dict[str, object]]:
+    """Orders and figures of these members, from all their events (``members.aggregates``).
+    Returns each member's figures as stored (the names rules read: ``rules.AGGREGATES``)."""
     counts: dict[int, dict[str, int]] = {member_id: defaultdict(int) for member_id in member_ids}
     last_event_at: dict[int, datetime] = {}
     stores: dict[int, set[str]] = defaultdict(set)
@@ -275,8 +297,29 @@ def _aggregates_write(
             [[member_id for member_id, _ in orders]]
             + [[getattr(order, name) for _, order in orders] for name in ORDER_FIELDS],
         )
-    if aggregates:
-        _sql(_UPSERT_AGGREGATES, [list(column) for column in zip(*aggregates, strict=True)])
+    if not aggregates:
+        return {}
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_UPSERT_AGGREGATES, [list(column) for column in zip(*aggregates, strict=True)])
+        return {row[0]: dict(zip(AGGREGATES, row[1:], strict=True)) for row in cursor.fetchall()}
+
+
+def _facts_of(
+    member_ids: set[int], events: list[_MemberEvent], traits: dict[int, dict[str, object]],
+    figures: dict[int, dict[str, object]],
+) -> dict[int, MemberFacts]:  # fmt: skip
+    """What rules read of each member that the refresh has in hand (``memberships_refresh``
+    reads the rest)."""
+    seen: dict[int, list[EventFact]] = defaultdict(list)
+    for e in events:
+        seen[e.member_id].append(EventFact(e.name, e.at, e.channel, e.store_code, e.properties or {}))
+    return {
+        member_id: MemberFacts(
+            member_id, traits=traits.get(member_id, {}), aggregates=figures.get(member_id, {}),
+            events=tuple(seen[member_id]),
+        )
+        for member_id in member_ids
+    }  # fmt: skip
 
 
 def _sql(statement: str, params: list) -> None:
@@ -327,4 +370,6 @@ _UPSERT_AGGREGATES = (
     f"AS v({', '.join(f'c{n}' for n in range(len(_AGGREGATE_COLUMNS)))}) "
     "ON CONFLICT (member_id) DO UPDATE SET "
     + ", ".join(f"{column} = EXCLUDED.{column}" for column in (*_AGGREGATE_COLUMNS[1:], "computed_at"))
+    # As stored (numeric rounding included): what a segment's SQL would read.
+    + f" RETURNING member_id, {', '.join(AGGREGATES)}"
 )

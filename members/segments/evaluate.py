@@ -1,0 +1,363 @@
+"""The incremental path: the tags and segments of the members a refresh just recomputed,
+evaluated in Python (``rules.rule_matches``) inside the refresh's transaction, so membership
+follows an event within seconds and bursts for one member coalesce with its refresh.
+
+For each member: the computed tags (RFM group, lifecycle stage, channel preference) from its
+figures, then every rule tag and dynamic segment in dependency order (a rule may read tags
+and segments decided before it), each from the facts the refresh has just written. Manual
+tags and static lists are givens here. Only the differences are written: a handful of
+statements per batch, whatever its size, each appending to the tag changes and the segment
+history (the changes feed), and moving segment sizes by what entered and left.
+
+A member absorbed by a merge leaves every tag and segment (the exit is recorded, so a tool
+syncing the changes feed drops the absorbed id), and its manual tags and static-list places
+move to its survivor. A split member is refreshed like any other.
+
+Full recomputes (``services``) and this path never interleave on one tag or segment: a full
+recompute holds the definition's lock exclusively for its one statement, this path holds
+every definition's lock shared from before it reads memberships until it commits.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import connection
+
+from cdp.db import binary_parameters_cursor, rows_delete
+from members.segments.builtins import lifecycle_windows
+from members.segments.computed import (
+    LifecycleWindows,
+    PurchaseFacts,
+    RfmEdges,
+    computed_tags_of,
+    lifecycle_changes_at,
+)
+from members.segments.models import (
+    MemberTag,
+    RfmCutoffs,
+    SegmentChange,
+    SegmentMember,
+    SegmentsRecheck,
+    TagChange,
+)
+from members.segments.rules import CHANNELS, MemberFacts, rule_matches, rule_window_expiry
+from members.segments.selectors import Definitions, definitions_load
+
+#: Advisory-lock key spaces (two-key form) of a tag's and a segment's membership.
+TAG_LOCK_SPACE = 0x5447
+SEGMENT_LOCK_SPACE = 0x5347
+
+
+def memberships_lock(*, tag_ids: list[int], segment_ids: list[int], exclusive: bool) -> None:
+    """Hold these tags' and segments' membership until the transaction ends: exclusively for a
+    full recompute, shared for the incremental path. Taken in one global order."""
+    keys = sorted({(TAG_LOCK_SPACE, pk) for pk in tag_ids} | {(SEGMENT_LOCK_SPACE, pk) for pk in segment_ids})
+    if not keys:
+        return
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT count({function}(k.space, k.id)) FROM unnest(%s::int[], %s::int[]) AS k(space, id)",  # noqa: S608
+            [[space for space, _ in keys], [pk for _, pk in keys]],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Computing:
+    """What the computed tags are judged by in this batch."""
+
+    definitions: Definitions
+    edges: RfmEdges | None
+    windows: LifecycleWindows
+    now: datetime
+
+
+@dataclass(slots=True)
+class _Outcome:
+    tags_added: list[tuple[int, int]]
+    tags_removed: list[tuple[int, int]]
+    entered: list[tuple[int, int]]
+    exited: list[tuple[int, int]]
+    recheck: dict[int, datetime]
+
+
+def memberships_refresh(
+    *,
+    members: Mapping[int, MemberFacts],
+    retired: set[int],
+    now: datetime,
+    definitions: Definitions | None = None,
+) -> set[int]:
+    """Bring these active members' rule and computed tags and dynamic segments up to date with
+    their facts (``members`` carry traits, figures and events; identifiers, points, tier, tags
+    and segments are read here), and take the retired (absorbed) ids out of everything.
+    Returns the ids of the segments whose membership changed."""
+    definitions = definitions or definitions_load()
+    if not members and not retired:
+        return set()
+    memberships_lock(
+        tag_ids=list(definitions.tag_keys), segment_ids=list(definitions.segment_keys), exclusive=False
+    )
+    changed = _retired_leave(retired, now)
+    if not members:
+        return changed
+    computing = _Computing(definitions, _rfm_edges(), lifecycle_windows(), now)
+    outcome = _Outcome([], [], [], [], {})
+    for facts, tag_ids, segment_ids in _state_of(members):
+        _member_evaluate(computing, facts, set(tag_ids), set(segment_ids), outcome)
+    _tags_write(outcome.tags_added, outcome.tags_removed, now)
+    changed |= _segments_write(outcome.entered, outcome.exited, now)
+    _rechecks_write(set(members), outcome.recheck)
+    return changed
+
+
+def _rfm_edges() -> RfmEdges | None:
+    """The quintile edges of the last full RFM compute (none yet: no RFM tags)."""
+    cutoffs = RfmCutoffs.objects.first()
+    if cutoffs is None:
+        return None
+    return RfmEdges(tuple(cutoffs.recency), tuple(cutoffs.frequency), tuple(cutoffs.monetary))
+
+
+def _purchases(facts: MemberFacts) -> PurchaseFacts:
+    figures = facts.aggregates
+    return PurchaseFacts(
+        orders=figures.get("orders", 0),
+        spend=figures.get("spend", Decimal(0)),
+        first_purchase_at=figures.get("first_purchase_at"),
+        last_purchase_at=figures.get("last_purchase_at"),
+        orders_by_channel={channel: figures.get(f"orders_{channel}", 0) for channel in CHANNELS},
+    )
+
+
+def _member_evaluate(
+    computing: _Computing, facts: MemberFacts, tag_ids: set[int], segment_ids: set[int], outcome: _Outcome
+) -> None:
+    definitions, now = computing.definitions, computing.now
+    tag_keys, segment_keys = definitions.tag_keys, definitions.segment_keys
+    purchases = _purchases(facts)
+    computed = {
+        definitions.computed_tag_ids[key]
+        for key in computed_tags_of(purchases, computing.edges, computing.windows, now)
+        if key in definitions.computed_tag_ids
+    }
+    # What this path does not decide (manual tags, static lists, broken rules) is kept as is.
+    tags = {pk for pk in tag_ids if pk not in definitions.decided_tag_ids} | computed
+    segments = {pk for pk in segment_ids if pk not in definitions.decided_segment_ids}
+    facts = replace(
+        facts,
+        tags=frozenset(tag_keys[pk] for pk in tags),
+        segments=frozenset(segment_keys[pk] for pk in segments),
+    )
+    due = lifecycle_changes_at(
+        purchases.first_purchase_at, purchases.last_purchase_at, now, computing.windows
+    )
+    for definition in definitions.ordered:
+        if rule_matches(definition.condition, facts, now=now):
+            if definition.kind == "tag":
+                tags.add(definition.id)
+                facts = replace(facts, tags=facts.tags | {definition.key})
+            else:
+                segments.add(definition.id)
+                facts = replace(facts, segments=facts.segments | {definition.key})
+        if definition.time_based:
+            moment = rule_window_expiry(definition.condition, facts, now)
+            if moment is not None and (due is None or moment < due):
+                due = moment
+    member_id = facts.member_id
+    outcome.tags_added += [(member_id, pk) for pk in tags - tag_ids]
+    outcome.tags_removed += [(member_id, pk) for pk in tag_ids - tags]
+    outcome.entered += [(member_id, pk) for pk in segments - segment_ids]
+    outcome.exited += [(member_id, pk) for pk in segment_ids - segments]
+    if due is not None:
+        outcome.recheck[member_id] = due
+
+
+# What the refresh did not compute, read for the whole batch in one query. Each member's rows are
+# walked by index (lateral, OFFSET 0): see members.services._EVENTS_OF_MEMBERS.
+_STATE_OF_MEMBERS = """
+SELECT m.id,
+       ARRAY(SELECT i.type FROM identity_identifier AS i WHERE i.member_id = m.id
+             UNION SELECT i.type FROM identity_memberidentifier AS mi
+                   JOIN identity_identifier AS i ON i.id = mi.identifier_id WHERE mi.member_id = m.id),
+       coalesce(p.balance, 0), coalesce(p.tier, ''),
+       ARRAY(SELECT t.tag_id FROM members_membertag AS t WHERE t.member_id = m.id),
+       ARRAY(SELECT s.segment_id FROM members_segmentmember AS s WHERE s.member_id = m.id)
+FROM unnest(%b::bigint[]) AS m(id)
+LEFT JOIN LATERAL (
+    SELECT a.balance, a.tier FROM members_pointsaccount AS a WHERE a.member_id = m.id OFFSET 0
+) AS p ON TRUE
+"""
+
+
+def _state_of(members: Mapping[int, MemberFacts]) -> list[tuple[MemberFacts, list[int], list[int]]]:
+    """Each member's facts completed with identifiers, points and tier, and the ids of the
+    tags and segments it holds now."""
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_STATE_OF_MEMBERS, [sorted(members)])
+        rows = cursor.fetchall()
+    return [
+        (
+            replace(members[member_id], identifier_types=frozenset(types), points=balance, tier=tier),
+            tag_ids,
+            segment_ids,
+        )
+        for member_id, types, balance, tier, tag_ids, segment_ids in rows
+    ]
+
+
+# Pairs travel as two binary arrays; deletes find each pair's row by index and delete by row
+# address (see cdp.db.rows_delete). Only model table names are interpolated.
+_MT, _TC = MemberTag._meta.db_table, TagChange._meta.db_table
+_SM, _SC = SegmentMember._meta.db_table, SegmentChange._meta.db_table
+_TAGS_DIFF = f"""
+WITH gone AS (
+    DELETE FROM {_MT} WHERE ctid = ANY(ARRAY(
+        SELECT r.ctid FROM unnest(%b::bigint[], %b::bigint[]) AS k(m, t)
+        CROSS JOIN LATERAL (SELECT ctid FROM {_MT} WHERE member_id = k.m AND tag_id = k.t OFFSET 0) AS r))
+    RETURNING member_id, tag_id
+),
+came AS (
+    INSERT INTO {_MT} (member_id, tag_id, added_at)
+    SELECT k.m, k.t, %b FROM unnest(%b::bigint[], %b::bigint[]) AS k(m, t)
+    ON CONFLICT (member_id, tag_id) DO NOTHING
+    RETURNING member_id, tag_id
+)
+INSERT INTO {_TC} (member_id, tag_id, action, at)
+SELECT member_id, tag_id, 'removed', %b FROM gone
+UNION ALL
+SELECT member_id, tag_id, 'added', %b FROM came
+"""  # noqa: S608
+_SEGMENTS_DIFF = f"""
+WITH gone AS (
+    DELETE FROM {_SM} WHERE ctid = ANY(ARRAY(
+        SELECT r.ctid FROM unnest(%b::bigint[], %b::bigint[]) AS k(m, s)
+        CROSS JOIN LATERAL (SELECT ctid FROM {_SM} WHERE member_id = k.m AND segment_id = k.s OFFSET 0) AS r))
+    RETURNING member_id, segment_id
+),
+came AS (
+    INSERT INTO {_SM} (member_id, segment_id, entered_at)
+    SELECT k.m, k.s, %b FROM unnest(%b::bigint[], %b::bigint[]) AS k(m, s)
+    ON CONFLICT (segment_id, member_id) DO NOTHING
+    RETURNING member_id, segment_id
+),
+logged AS (
+    INSERT INTO {_SC} (member_id, segment_id, change, at)
+    SELECT member_id, segment_id, 'exited', %b FROM gone
+    UNION ALL
+    SELECT member_id, segment_id, 'entered', %b FROM came
+    RETURNING segment_id, change
+)
+UPDATE members_segment AS s SET size = s.size + d.delta
+FROM (SELECT segment_id, sum(CASE change WHEN 'entered' THEN 1 ELSE -1 END) AS delta
+      FROM logged GROUP BY segment_id) AS d
+WHERE s.id = d.segment_id
+RETURNING s.id
+"""  # noqa: S608
+
+
+def _tags_write(added: list[tuple[int, int]], removed: list[tuple[int, int]], now: datetime) -> None:
+    if not added and not removed:
+        return
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(
+            _TAGS_DIFF,
+            [[m for m, _ in removed], [t for _, t in removed], now, [m for m, _ in added], [t for _, t in added],
+             now, now],
+        )  # fmt: skip
+
+
+def _segments_write(entered: list[tuple[int, int]], exited: list[tuple[int, int]], now: datetime) -> set[int]:
+    if not entered and not exited:
+        return set()
+    # Sizes move in segment order: two refreshes updating the same segments never deadlock.
+    entered.sort(key=lambda pair: pair[1])
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(
+            _SEGMENTS_DIFF,
+            [[m for m, _ in exited], [s for _, s in exited], now, [m for m, _ in entered],
+             [s for _, s in entered], now, now],
+        )  # fmt: skip
+        return {row[0] for row in cursor.fetchall()}
+
+
+_RECHECKS_UPSERT = (
+    f"INSERT INTO {SegmentsRecheck._meta.db_table} (member_id, due_at) "  # noqa: S608
+    "SELECT * FROM unnest(%b::bigint[], %b::timestamptz[]) "
+    "ON CONFLICT (member_id) DO UPDATE SET due_at = EXCLUDED.due_at"
+)
+
+
+def _rechecks_write(member_ids: set[int], due: dict[int, datetime]) -> None:
+    """Each member's next moment time alone may change its tags or segments (none: no row)."""
+    rows_delete(SegmentsRecheck, column="member", keys=member_ids - due.keys())
+    if due:
+        ids = sorted(due)
+        with binary_parameters_cursor() as cursor:
+            cursor.execute(_RECHECKS_UPSERT, [ids, [due[pk] for pk in ids]])
+
+
+# An absorbed member leaves every tag and segment; its manual tags and static-list places go to
+# its survivor (unless the survivor has them already). One statement for tags, one for segments.
+_RETIRED_TAGS = f"""
+WITH gone AS (
+    DELETE FROM {_MT} WHERE ctid = ANY(ARRAY(
+        SELECT r.ctid FROM unnest(%b::bigint[]) AS k(m)
+        CROSS JOIN LATERAL (SELECT ctid FROM {_MT} WHERE member_id = k.m OFFSET 0) AS r))
+    RETURNING member_id, tag_id, added_at, added_by_id
+),
+moved AS (
+    INSERT INTO {_MT} (member_id, tag_id, added_at, added_by_id)
+    SELECT survivor.id, g.tag_id, g.added_at, g.added_by_id FROM gone AS g
+    CROSS JOIN LATERAL (SELECT merged_into_id AS id FROM members_member WHERE id = g.member_id OFFSET 0) AS survivor
+    WHERE survivor.id IS NOT NULL AND g.tag_id IN (SELECT id FROM members_tag WHERE kind = 'manual')
+    ON CONFLICT (member_id, tag_id) DO NOTHING
+    RETURNING member_id, tag_id, added_by_id
+)
+INSERT INTO {_TC} (member_id, tag_id, action, by_id, at)
+SELECT member_id, tag_id, 'removed', NULL, %b FROM gone
+UNION ALL
+SELECT member_id, tag_id, 'added', added_by_id, %b FROM moved
+"""  # noqa: S608
+_RETIRED_SEGMENTS = f"""
+WITH gone AS (
+    DELETE FROM {_SM} WHERE ctid = ANY(ARRAY(
+        SELECT r.ctid FROM unnest(%b::bigint[]) AS k(m)
+        CROSS JOIN LATERAL (SELECT ctid FROM {_SM} WHERE member_id = k.m OFFSET 0) AS r))
+    RETURNING member_id, segment_id
+),
+moved AS (
+    INSERT INTO {_SM} (member_id, segment_id, entered_at)
+    SELECT survivor.id, g.segment_id, %b FROM gone AS g
+    CROSS JOIN LATERAL (SELECT merged_into_id AS id FROM members_member WHERE id = g.member_id OFFSET 0) AS survivor
+    WHERE survivor.id IS NOT NULL AND g.segment_id IN (SELECT id FROM members_segment WHERE kind = 'static')
+    ON CONFLICT (segment_id, member_id) DO NOTHING
+    RETURNING member_id, segment_id
+),
+logged AS (
+    INSERT INTO {_SC} (member_id, segment_id, change, at)
+    SELECT member_id, segment_id, 'exited', %b FROM gone
+    UNION ALL
+    SELECT member_id, segment_id, 'entered', %b FROM moved
+    RETURNING segment_id, change
+)
+UPDATE members_segment AS s SET size = s.size + d.delta
+FROM (SELECT segment_id, sum(CASE change WHEN 'entered' THEN 1 ELSE -1 END) AS delta
+      FROM logged GROUP BY segment_id) AS d
+WHERE s.id = d.segment_id
+RETURNING s.id
+"""  # noqa: S608
+
+
+def _retired_leave(retired: set[int], now: datetime) -> set[int]:
+    if not retired:
+        return set()
+    ids = sorted(retired)
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_RETIRED_TAGS, [ids, now, now])
+        cursor.execute(_RETIRED_SEGMENTS, [ids, now, now, now])
+        changed = {row[0] for row in cursor.fetchall()}
+    rows_delete(SegmentsRecheck, column="member", keys=retired)
+    return changed
