@@ -7,6 +7,7 @@ runs (say, after the broker was down) collapses instead of stampeding.
 import os
 
 from celery import Celery
+from celery.schedules import crontab
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
@@ -19,6 +20,7 @@ def _beat_schedule() -> dict[str, dict]:
     from django.conf import settings
 
     sweep_every = settings.EVENT_SWEEP_INTERVAL_SECONDS
+    nightly_hour, nightly_minute = settings.SEGMENTS_NIGHTLY_AT.split(":")
     return {
         # The reconciler for the event outbox: picks up accepted events whose on_commit
         # nudge was lost (broker down, worker killed).
@@ -33,6 +35,20 @@ def _beat_schedule() -> dict[str, dict]:
             "task": "members.loyalty_recheck",
             "schedule": settings.LOYALTY_RECHECK_INTERVAL_SECONDS,
             "options": {"expires": settings.LOYALTY_RECHECK_INTERVAL_SECONDS},
+        },
+        # "In the last 30 days" stops being true with time alone: the members whose window
+        # closes (or whose lifecycle stage runs out) are refreshed like any other.
+        "segments-recheck": {
+            "task": "members.memberships_recheck",
+            "schedule": settings.SEGMENTS_RECHECK_INTERVAL_SECONDS,
+            "options": {"expires": settings.SEGMENTS_RECHECK_INTERVAL_SECONDS},
+        },
+        # Everything from scratch once a day: RFM quintiles move, and whatever the incremental
+        # path could have missed (a rule edited while a refresh ran) is put right.
+        "segments-nightly": {
+            "task": "members.memberships_recompute_all",
+            "schedule": crontab(hour=nightly_hour, minute=nightly_minute),
+            "options": {"expires": 3600},
         },
     }
 

@@ -148,6 +148,11 @@ MEMBER_REFRESH_BATCH_SIZE = env.int("MEMBER_REFRESH_BATCH_SIZE", default=500)
 EVENT_SWEEP_INTERVAL_SECONDS = env.int("EVENT_SWEEP_INTERVAL_SECONDS", default=15)
 #: How often beat looks for points that expired and tier reviews that fell due.
 LOYALTY_RECHECK_INTERVAL_SECONDS = env.int("LOYALTY_RECHECK_INTERVAL_SECONDS", default=300)
+#: How often beat looks for members whose tags or segments change with time alone (a rule's
+#: "in the last N days" window closing, a lifecycle stage running out).
+SEGMENTS_RECHECK_INTERVAL_SECONDS = env.int("SEGMENTS_RECHECK_INTERVAL_SECONDS", default=60)
+#: When the full recompute of every tag and segment runs each night (hour:minute, TIME_ZONE).
+SEGMENTS_NIGHTLY_AT = env("SEGMENTS_NIGHTLY_AT", default="03:30")
 
 # --- Identity resolution ------------------------------------------------------------------
 # Per identifier type overrides of identity.rules.DEFAULT_TYPE_RULES, e.g.
