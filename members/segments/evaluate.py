@@ -100,17 +100,18 @@ def memberships_refresh(
     memberships_lock(
         tag_ids=list(definitions.tag_keys), segment_ids=list(definitions.segment_keys), exclusive=False
     )
-    changed = _retired_leave(retired, now)
+    sizes = _retired_leave(retired, now)
     if not members:
-        return changed
+        return _sizes_move(sizes)
     computing = _Computing(definitions, _rfm_edges(), lifecycle_windows(), now)
     outcome = _Outcome([], [], [], [], {})
     for facts, tag_ids, segment_ids in _state_of(members):
         _member_evaluate(computing, facts, set(tag_ids), set(segment_ids), outcome)
     _tags_write(outcome.tags_added, outcome.tags_removed, now)
-    changed |= _segments_write(outcome.entered, outcome.exited, now)
+    for segment_id, delta in _segments_write(outcome.entered, outcome.exited, now).items():
+        sizes[segment_id] = sizes.get(segment_id, 0) + delta
     _rechecks_write(set(members), outcome.recheck)
-    return changed
+    return _sizes_move(sizes)
 
 
 def _rfm_edges() -> RfmEdges | None:
@@ -250,11 +251,7 @@ logged AS (
     SELECT member_id, segment_id, 'entered', %b FROM came
     RETURNING segment_id, change
 )
-UPDATE members_segment AS s SET size = s.size + d.delta
-FROM (SELECT segment_id, sum(CASE change WHEN 'entered' THEN 1 ELSE -1 END) AS delta
-      FROM logged GROUP BY segment_id) AS d
-WHERE s.id = d.segment_id
-RETURNING s.id
+SELECT segment_id, sum(CASE change WHEN 'entered' THEN 1 ELSE -1 END) FROM logged GROUP BY segment_id
 """  # noqa: S608
 
 
@@ -269,18 +266,38 @@ def _tags_write(added: list[tuple[int, int]], removed: list[tuple[int, int]], no
         )  # fmt: skip
 
 
-def _segments_write(entered: list[tuple[int, int]], exited: list[tuple[int, int]], now: datetime) -> set[int]:
+def _segments_write(
+    entered: list[tuple[int, int]], exited: list[tuple[int, int]], now: datetime
+) -> dict[int, int]:
+    """Returns by how much each segment's size moved."""
     if not entered and not exited:
-        return set()
-    # Sizes move in segment order: two refreshes updating the same segments never deadlock.
-    entered.sort(key=lambda pair: pair[1])
+        return {}
     with binary_parameters_cursor() as cursor:
         cursor.execute(
             _SEGMENTS_DIFF,
             [[m for m, _ in exited], [s for _, s in exited], now, [m for m, _ in entered],
              [s for _, s in entered], now, now],
         )  # fmt: skip
-        return {row[0] for row in cursor.fetchall()}
+        return dict(cursor.fetchall())
+
+
+def _sizes_move(sizes: dict[int, int]) -> set[int]:
+    """Move the segments' sizes by what entered and left; returns the segments that changed.
+
+    Last in the refresh (the rows stay locked until it commits) and in segment order, so
+    refreshes touching the same segments queue briefly instead of deadlocking."""
+    ids = sorted(pk for pk, delta in sizes.items() if delta)
+    if ids:
+        with binary_parameters_cursor() as cursor:
+            cursor.execute(
+                "SELECT id FROM members_segment WHERE id = ANY(%b) ORDER BY id FOR NO KEY UPDATE", [ids]
+            )
+            cursor.execute(
+                "UPDATE members_segment AS s SET size = s.size + d.delta "
+                "FROM unnest(%b::bigint[], %b::int[]) AS d(id, delta) WHERE s.id = d.id",
+                [ids, [sizes[pk] for pk in ids]],
+            )
+    return set(sizes)
 
 
 _RECHECKS_UPSERT = (
@@ -343,21 +360,18 @@ logged AS (
     SELECT member_id, segment_id, 'entered', %b FROM moved
     RETURNING segment_id, change
 )
-UPDATE members_segment AS s SET size = s.size + d.delta
-FROM (SELECT segment_id, sum(CASE change WHEN 'entered' THEN 1 ELSE -1 END) AS delta
-      FROM logged GROUP BY segment_id) AS d
-WHERE s.id = d.segment_id
-RETURNING s.id
+SELECT segment_id, sum(CASE change WHEN 'entered' THEN 1 ELSE -1 END) FROM logged GROUP BY segment_id
 """  # noqa: S608
 
 
-def _retired_leave(retired: set[int], now: datetime) -> set[int]:
+def _retired_leave(retired: set[int], now: datetime) -> dict[int, int]:
+    """Returns by how much each segment's size moved."""
     if not retired:
-        return set()
+        return {}
     ids = sorted(retired)
     with binary_parameters_cursor() as cursor:
         cursor.execute(_RETIRED_TAGS, [ids, now, now])
         cursor.execute(_RETIRED_SEGMENTS, [ids, now, now, now])
-        changed = {row[0] for row in cursor.fetchall()}
+        sizes = dict(cursor.fetchall())
     rows_delete(SegmentsRecheck, column="member", keys=retired)
-    return changed
+    return sizes
