@@ -166,8 +166,10 @@ from members.segments.models import (  # noqa: E402
     SegmentChange,
     SegmentMember,
     SegmentsRecheck,
+    SegmentWebhook,
     Tag,
     TagChange,
+    WebhookDelivery,
 )
 
 __all__ = [
@@ -190,8 +192,10 @@ __all__ = [
     "SegmentChange",
     "SegmentMember",
     "SegmentsRecheck",
+    "SegmentWebhook",
     "Tag",
     "TagChange",
     "Tier",
     "TierChange",
+    "WebhookDelivery",
 ]
