@@ -5,6 +5,7 @@ from rest_framework.routers import SimpleRouter
 
 from members.api import MemberViewSet
 from members.loyalty import api as loyalty
+from members.segments.api import exports as segment_exports
 from members.segments.api import members as segment_members
 from members.segments.api import read as segments
 
@@ -39,4 +40,5 @@ urlpatterns = [
         "segments/<slug:key>/members/", segment_members.SegmentMembersView.as_view(), name="segment-members"
     ),
     path("segments/<slug:key>/changes/", segments.SegmentChangesView.as_view(), name="segment-changes"),
+    path("segments/<slug:key>/export/", segment_exports.SegmentExportView.as_view(), name="segment-export"),
 ]
