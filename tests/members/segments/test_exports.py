@@ -4,6 +4,7 @@ open in a spreadsheet, masked, consented and audited like the pages."""
 import csv
 import io
 import re
+import urllib.request
 
 import orjson
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from cdp.models import AuditEntry
 from cdp.roles import Role
+from cdp.services import staff_user_ensure, token_issue
 from members.loyalty.models import PointsAccount
 from members.models import MemberAggregate
 from members.segments import exports
@@ -246,3 +248,23 @@ def test_a_bad_export_request_is_answered_in_json_and_exports_nothing(
     assert (code, headers["Content-Type"]) == (status, "application/json")
     assert [e["field"] for e in orjson.loads(body)["errors"]] == ([field] if field else [])
     assert not AuditEntry.objects.exists()
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_an_export_streams_over_real_http_as_it_is_read(live_server, monkeypatch):
+    monkeypatch.setattr(exports, "EXPORT_BATCH", 500)
+    ids = members_create(1200, {"name": "N"})
+    segment_of("wire", ids)
+    token = token_issue(user=staff_user_ensure(username="tool", role=Role.MARKETING), name="t").secret
+    request = urllib.request.Request(
+        f"{live_server.url}/api/v1/segments/wire/export/?format=ndjson&fields=name",
+        headers={"Authorization": f"Token {token}"},
+    )
+
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.headers["Content-Type"] == "application/x-ndjson; charset=utf-8"
+        assert response.headers.get("Content-Length") is None  # streamed, not buffered whole
+        lines = [orjson.loads(line) for line in response]
+
+    assert [line["member_id"] for line in lines] == ids
