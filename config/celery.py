@@ -34,6 +34,12 @@ def _beat_schedule() -> dict[str, dict]:
             "schedule": settings.LOYALTY_RECHECK_INTERVAL_SECONDS,
             "options": {"expires": settings.LOYALTY_RECHECK_INTERVAL_SECONDS},
         },
+        # Segment webhooks: retries whose backoff ended and deliveries whose nudge was lost.
+        "webhooks-sweep": {
+            "task": "members.segments.webhooks_sweep",
+            "schedule": settings.WEBHOOK_SWEEP_INTERVAL_SECONDS,
+            "options": {"expires": settings.WEBHOOK_SWEEP_INTERVAL_SECONDS},
+        },
     }
 
 
