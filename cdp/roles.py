@@ -16,7 +16,8 @@ class Role(models.TextChoices):
 
 #: Least privilege: an agent sees members (and their points) with phone and email masked and
 #: puts manual tags on them; a manager sees them in full, may split a wrong merge and adjust
-#: points; marketing reaches members only through segments, defines segments and tags, and
+#: points; marketing reaches members only through segments, defines segments and tags and their
+#: webhooks, and
 #: runs coupon campaigns; checkout (a till or a web shop's checkout) spends points and redeems
 #: coupons and sees nothing else; an administrator holds every permission of the platform's
 #: apps.
@@ -48,6 +49,10 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
         "members.add_tag",
         "members.change_tag",
         "members.delete_tag",
+        "members.view_segmentwebhook",
+        "members.add_segmentwebhook",
+        "members.change_segmentwebhook",
+        "members.delete_segmentwebhook",
     ),
     Role.CHECKOUT: ("members.redeem_points", "members.redeem_coupon"),
 }
