@@ -16,11 +16,10 @@ class Role(models.TextChoices):
 
 #: Least privilege: an agent sees members (and their points) with phone and email masked and
 #: puts manual tags on them; a manager sees them in full, may split a wrong merge and adjust
-#: points; marketing reaches members only through segments, defines segments and tags and their
-#: webhooks, and
-#: runs coupon campaigns; checkout (a till or a web shop's checkout) spends points and redeems
-#: coupons and sees nothing else; an administrator holds every permission of the platform's
-#: apps.
+#: points; marketing reaches members only through segments, defines segments and tags,
+#: subscribes webhooks to segments and runs coupon campaigns; checkout (a till or a web shop's
+#: checkout) spends points and redeems coupons and sees nothing else; an administrator holds
+#: every permission of the platform's apps.
 ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
     Role.CRM_AGENT: (
         "members.view_member",
