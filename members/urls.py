@@ -8,6 +8,7 @@ from members.loyalty import api as loyalty
 from members.segments.api import exports as segment_exports
 from members.segments.api import members as segment_members
 from members.segments.api import read as segments
+from members.segments.api import webhooks as segment_webhooks
 
 router = SimpleRouter()
 router.register("members", MemberViewSet, basename="member")
@@ -41,4 +42,17 @@ urlpatterns = [
     ),
     path("segments/<slug:key>/changes/", segments.SegmentChangesView.as_view(), name="segment-changes"),
     path("segments/<slug:key>/export/", segment_exports.SegmentExportView.as_view(), name="segment-export"),
+    path(
+        "segments/<slug:key>/webhooks/", segment_webhooks.SegmentWebhooksView.as_view(), name="segment-webhooks"
+    ),
+    path(
+        "segments/<slug:key>/webhooks/<int:webhook_id>/",
+        segment_webhooks.SegmentWebhookView.as_view(),
+        name="segment-webhook",
+    ),
+    path(
+        "segments/<slug:key>/webhooks/<int:webhook_id>/deliveries/",
+        segment_webhooks.WebhookDeliveriesView.as_view(),
+        name="segment-webhook-deliveries",
+    ),
 ]
