@@ -204,6 +204,13 @@ CDP_CURRENCY = env("CDP_CURRENCY", default="CNY").upper()
 # caller's role. A member without the trait has not refused.
 MARKETING_CONSENT_TRAIT = env("MARKETING_CONSENT_TRAIT", default="marketing_consent")
 
+# Lifecycle stage (computed tags lifecycle-*, members.segments.computed), in days: new while the
+# first purchase is within LIFECYCLE_NEW_DAYS, then active while the last purchase is within
+# LIFECYCLE_ACTIVE_DAYS, at risk while it is within LIFECYCLE_CHURN_DAYS, churned after.
+LIFECYCLE_NEW_DAYS = env.int("LIFECYCLE_NEW_DAYS", default=30)
+LIFECYCLE_ACTIVE_DAYS = env.int("LIFECYCLE_ACTIVE_DAYS", default=90)
+LIFECYCLE_CHURN_DAYS = env.int("LIFECYCLE_CHURN_DAYS", default=180)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
