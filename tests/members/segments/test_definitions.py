@@ -109,7 +109,7 @@ def test_every_problem_of_a_rule_comes_back_by_path(marketing):
     assert response.status_code == 400
     assert fields_of(response) == ["rule.all[1].op", "rule.all[2].in_last_days"]
     assert "unknown operator 'gtt'" in response.json()["errors"][0]["reason"]
-    assert not Segment.objects.exists()
+    assert not Segment.objects.filter(built_in=False).exists()
 
 
 @pytest.mark.parametrize(
@@ -180,20 +180,20 @@ def test_a_segment_a_rule_reads_cannot_be_deleted(zhang, marketing):
     assert "segment 'big-buyers'" in refused.json()["message"]
     assert "tag 'buyer'" in refused.json()["message"]
     assert deleted.status_code == 204
-    assert not Segment.objects.exists()
-    assert not SegmentChange.objects.exists()
+    assert not Segment.objects.filter(built_in=False).exists()
+    assert not SegmentChange.objects.filter(segment__key="buyers").exists()
 
 
 # --- built-in segments -------------------------------------------------------------------------
 
 
 def test_a_built_in_segment_is_copied_not_changed(zhang, marketing, django_capture_on_commit_callbacks):
-    Segment.objects.create(key="rfm-champions", name="Champions", kind="dynamic", rule=BUYERS, built_in=True)
+    Segment.objects.create(key="x-champions", name="Champions", kind="dynamic", rule=BUYERS, built_in=True)
 
-    edit = marketing.patch("/api/v1/segments/rfm-champions/", {"name": "Mine"}, format="json")
-    delete = marketing.delete("/api/v1/segments/rfm-champions/")
+    edit = marketing.patch("/api/v1/segments/x-champions/", {"name": "Mine"}, format="json")
+    delete = marketing.delete("/api/v1/segments/x-champions/")
     with django_capture_on_commit_callbacks(execute=True):
-        copy = marketing.post("/api/v1/segments/rfm-champions/copy/", {"key": "my-champions"}, format="json")
+        copy = marketing.post("/api/v1/segments/x-champions/copy/", {"key": "my-champions"}, format="json")
     edited = marketing.patch("/api/v1/segments/my-champions/",
                              {"rule": {"aggregate": "orders", "op": "gte", "value": 9}}, format="json")  # fmt: skip
 
@@ -207,7 +207,7 @@ def test_a_built_in_segment_is_copied_not_changed(zhang, marketing, django_captu
     )
     assert Segment.objects.get(key="my-champions").size == 1  # computed after the commit
     assert edited.status_code == 200
-    assert Segment.objects.get(key="rfm-champions").name == "Champions"
+    assert Segment.objects.get(key="x-champions").name == "Champions"
 
 
 def test_copying_a_static_list_copies_its_members(zhang, marketing):
@@ -350,7 +350,7 @@ def test_marketing_creates_rule_tags_computed_after_the_commit(
     assert set(MemberTag.objects.filter(tag__key="buyer").values_list("member_id", flat=True)) == {
         zhang["member"]
     }
-    assert [t["key"] for t in marketing.get("/api/v1/tags/").json()] == ["buyer"]
+    assert "buyer" in [t["key"] for t in marketing.get("/api/v1/tags/").json()]
     assert marketing.get("/api/v1/tags/buyer/").json()["rule"] == BUYERS
 
 
@@ -371,12 +371,12 @@ def test_bad_tags_are_refused(marketing, body, status, field):
 
 
 def test_computed_tags_are_read_only_and_tags_rules_read_stay(marketing):
-    Tag.objects.create(key="rfm-champions", name="Champions", kind="computed")
+    Tag.objects.create(key="x-champions", name="Champions", kind="computed")
     tag_create(key="vip", name="VIP", kind="manual")
     segment_create(key="vips", name="VIPs", kind="dynamic", rule={"tag": "vip"})
 
-    edit = marketing.patch("/api/v1/tags/rfm-champions/", {"name": "Mine"}, format="json")
-    delete = marketing.delete("/api/v1/tags/rfm-champions/")
+    edit = marketing.patch("/api/v1/tags/x-champions/", {"name": "Mine"}, format="json")
+    delete = marketing.delete("/api/v1/tags/x-champions/")
     read = marketing.delete("/api/v1/tags/vip/")
     renamed = marketing.patch("/api/v1/tags/vip/", {"name": "Very important", "description": "hand-picked"},
                               format="json")  # fmt: skip
@@ -407,11 +407,13 @@ def test_staff_add_and_remove_manual_tags_recorded_and_idempotent(zhang):
     assert [(t["key"], t["kind"], t["added_by"]) for t in listed] == [("vip", "manual", "staff-crm_agent")]
     assert (removed.status_code, removed.json()["changed"]) == (200, True)
     assert (gone.status_code, gone.json()["changed"]) == (200, False)
-    assert list(TagChange.objects.order_by("id").values_list("action", "by__username")) == [
+    assert list(
+        TagChange.objects.filter(tag__key="vip").order_by("id").values_list("action", "by__username")
+    ) == [
         ("added", "staff-crm_agent"),
         ("removed", "staff-crm_agent"),
     ]
-    assert not MemberTag.objects.exists()
+    assert not MemberTag.objects.filter(tag__key="vip").exists()
 
 
 def test_a_manual_tag_on_an_absorbed_id_lands_on_its_survivor(zhang, django_capture_on_commit_callbacks):
@@ -422,7 +424,7 @@ def test_a_manual_tag_on_an_absorbed_id_lands_on_its_survivor(zhang, django_capt
         outcome = member_tag_add(member_id=zhang["absorbed"], tag=vip, by=user)
 
     assert (outcome.member_id, outcome.changed) == (zhang["member"], True)
-    assert list(MemberTag.objects.values_list("member_id", "added_by__username")) == [
+    assert list(MemberTag.objects.filter(tag__key="vip").values_list("member_id", "added_by__username")) == [
         (zhang["member"], "manager")
     ]
 
@@ -492,8 +494,9 @@ def test_the_360_view_shows_tags_and_segments(zhang, django_capture_on_commit_ca
     assert [
         (t["key"], t["name"], t["kind"], t["added_by"]) for t in profile["tags"] if t["key"] == "vip"
     ] == [("vip", "VIP", "manual", "m")]
-    assert [(s["key"], s["name"]) for s in profile["segments"]] == [("buyers", "Buyers")]
-    assert profile["segments"][0]["entered_at"]
+    buyers = [s for s in profile["segments"] if s["key"] == "buyers"]
+    assert [(s["key"], s["name"]) for s in buyers] == [("buyers", "Buyers")]
+    assert buyers[0]["entered_at"]
 
 
 # --- who may do what -----------------------------------------------------------------------------
