@@ -283,28 +283,26 @@ def webhook_create(
 def webhook_update(
     *, webhook: SegmentWebhook, active: bool | None = None, url: str | None = None, changes: str | None = None
 ) -> SegmentWebhook:
-    """Turn a webhook on or off, or point it elsewhere. Turning it on (or a new URL) starts
-    afresh: failures forgotten, the backlog from its cursor delivered at once."""
+    """Turn a webhook on or off, or point it elsewhere. Turning it on starts afresh (failures
+    and reason forgotten, the backlog from its cursor delivered at once); so does a new URL (a
+    new receiver owes nothing for the old one's failures)."""
     if url is not None:
         webhook_url_check(url)
     with transaction.atomic():
         current = SegmentWebhook.objects.select_for_update().get(pk=webhook.pk)
-        fresh_start = (active is True and not current.active) or (url is not None and url != current.url)
-        if url is not None:
-            if (
-                SegmentWebhook.objects.filter(segment_id=current.segment_id, url=url)
-                .exclude(pk=current.pk)
-                .exists()
-            ):
+        if url is not None and url != current.url:
+            if SegmentWebhook.objects.filter(segment_id=current.segment_id, url=url).exists():
                 raise WebhookRefused("url", "this segment already posts to this URL", status=409)
             current.url = url
+            current.failures = 0
+            current.next_attempt_at = None
         if changes is not None:
             current.changes = changes
-        if active is not None:
-            current.active = active
-            if not active:
-                current.disabled_reason = "turned off by staff"
-        if fresh_start:
+        if active is False and current.active:
+            current.active = False
+            current.disabled_reason = "turned off by staff"
+        elif active is True and not current.active:
+            current.active = True
             current.failures = 0
             current.next_attempt_at = None
             current.disabled_reason = ""

@@ -16,8 +16,8 @@ from members.segments.models import Segment, SegmentWebhook
 from members.segments.webhooks import (
     WebhookRefused,
     webhook_create,
-    webhook_deliveries,
     webhook_delete,
+    webhook_deliveries,
     webhook_update,
 )
 
@@ -44,7 +44,8 @@ class WebhookInput(serializers.Serializer):
 
 class WebhookChangeInput(serializers.Serializer):
     active = serializers.BooleanField(
-        required=False, help_text="false pauses deliveries; true resumes them from the cursor, failures forgotten."
+        required=False,
+        help_text="false pauses deliveries; true resumes them from the cursor, failures forgotten.",
     )
     url = serializers.URLField(max_length=2000, required=False)
     changes = serializers.ChoiceField(choices=SegmentWebhook.Changes.choices, required=False)
@@ -52,7 +53,7 @@ class WebhookChangeInput(serializers.Serializer):
     def validate(self, attrs: dict) -> dict:
         unknown = sorted(set(self.initial_data) - set(self.fields))
         if unknown:
-            raise serializers.ValidationError({name: "cannot be changed" for name in unknown})
+            raise serializers.ValidationError(dict.fromkeys(unknown, "cannot be changed"))
         if not attrs:
             raise serializers.ValidationError({"active": "give active, url or changes"})
         return attrs
@@ -114,9 +115,11 @@ def _refused(refused: WebhookRefused) -> ApiError:
 
 
 def _webhook_of(segment: Segment, webhook_id: int) -> SegmentWebhook:
-    webhook = SegmentWebhook.objects.select_related("segment", "created_by").filter(
-        segment=segment, pk=webhook_id
-    ).first()
+    webhook = (
+        SegmentWebhook.objects.select_related("segment", "created_by")
+        .filter(segment=segment, pk=webhook_id)
+        .first()
+    )
     if webhook is None:
         raise ApiError(
             code="not_found",
@@ -162,7 +165,10 @@ class SegmentWebhookView(_ByMethod):
         return Response(WebhookOutput(_webhook_of(segment_by_key(key), webhook_id)).data)
 
     @extend_schema(
-        parameters=[_WEBHOOK_ID], request=WebhookChangeInput, responses={200: WebhookOutput}, tags=["segments"]
+        parameters=[_WEBHOOK_ID],
+        request=WebhookChangeInput,
+        responses={200: WebhookOutput},
+        tags=["segments"],
     )
     def patch(self, request: Request, key: str, webhook_id: int) -> Response:
         """Pause (``active: false``) or resume (``active: true``: also after it was turned off
