@@ -3,8 +3,11 @@ built-in segments copied not changed, reference cycles and deletes of what rules
 static lists from ids or CSV of any identifier type, manual tags recorded and idempotent, and
 the full recompute after a rule is created or edited."""
 
+import threading
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection, transaction
 from kombu.exceptions import OperationalError
 
 from cdp.roles import Role
@@ -562,3 +565,69 @@ def test_service_refusals_say_their_status():
         400,
         [("key", "1 to 64 letters, digits, - and _")],
     )
+
+
+# --- concurrency ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_edits_at_once_cannot_build_a_cycle():
+    a = segment_create(key="a", name="A", kind="dynamic", rule=BUYERS)
+    b = segment_create(key="b", name="B", kind="dynamic", rule=BUYERS)
+    first_wrote, first_may_commit = threading.Event(), threading.Event()
+    outcomes: dict[str, object] = {}
+
+    def first():
+        with transaction.atomic():
+            definitions.segment_update(segment=a, rule={"segment": "b"})
+            first_wrote.set()
+            first_may_commit.wait(timeout=10)
+        outcomes["first"] = "saved"
+        connection.close()
+
+    def second():
+        try:
+            definitions.segment_update(segment=b, rule={"segment": "a"})
+            outcomes["second"] = "saved"
+        except DefinitionRefused as refused:
+            outcomes["second"] = refused.errors
+        connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert first_wrote.wait(timeout=10)
+    threads[1].start()
+    threads[1].join(timeout=0.5)
+    assert threads[1].is_alive()  # waiting for the first edit's lock
+    first_may_commit.set()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert outcomes["first"] == "saved"
+    assert outcomes["second"] == [
+        ("rule.segment", "reads back the segment itself: segment 'b' → segment 'a' → segment 'b'")
+    ]
+    assert Segment.objects.get(key="b").rule == BUYERS
+
+
+@pytest.mark.django_db(transaction=True)
+def test_staff_adding_one_tag_at_once_record_it_once(zhang):
+    vip = tag_create(key="vip", name="VIP", kind="manual")
+    users = [staff_user_ensure(username=f"agent-{n}", role=Role.CRM_AGENT) for n in range(4)]
+    start = threading.Barrier(4)
+    changed: list[bool] = []
+
+    def agent(user):
+        start.wait()
+        changed.append(member_tag_add(member_id=zhang["member"], tag=vip, by=user).changed)
+        connection.close()
+
+    threads = [threading.Thread(target=agent, args=(user,)) for user in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert sorted(changed) == [False, False, False, True]
+    assert TagChange.objects.filter(tag=vip).count() == 1
+    assert MemberTag.objects.filter(tag=vip).count() == 1
