@@ -15,14 +15,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.db import connection, transaction
+from django.test import Client
 from hypothesis import given
 from hypothesis import strategies as st
 
 from cdp.roles import Role
+from cdp.services import staff_user_ensure
 from members.models import Member
 from members.segments.models import Segment, SegmentChange, SegmentWebhook, WebhookDelivery
 from members.segments.services import segment_static_set
-from members.segments.tasks import webhooks_sweep
+from members.segments.tasks import webhook_deliver_task, webhooks_sweep
 from members.segments.webhooks import (
     Outcome,
     webhook_backoff_seconds,
@@ -44,6 +46,7 @@ T0 = datetime(2026, 9, 1, 10, tzinfo=UTC)
 class Received:
     headers: dict[str, str]
     body: bytes
+    path: str = "/"
 
     @property
     def payload(self) -> dict:
@@ -70,7 +73,9 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with receiver._lock:
-                    receiver.received.append(Received({k.lower(): v for k, v in self.headers.items()}, body))
+                    receiver.received.append(
+                        Received({k.lower(): v for k, v in self.headers.items()}, body, self.path)
+                    )
                     status = receiver.answers.popleft() if receiver.answers else receiver.default
                 time.sleep(receiver.delay)
                 self.send_response(status)
@@ -633,3 +638,69 @@ def test_the_delivery_log_comes_newest_first_in_keyset_pages(vip, receiver):
     assert seen[0]["delivery_id"] == receiver.received[-1].headers["x-cdp-delivery"]
     bad = client.get(f"/api/v1/segments/vip/webhooks/{webhook.pk}/deliveries/?before=x")
     assert (bad.status_code, bad.json()["errors"][0]["field"]) == (400, "before")
+
+
+@pytest.mark.django_db
+def test_a_new_url_starts_afresh_and_a_paused_webhook_keeps_why(vip, receiver):
+    webhook = webhook_create(segment=vip, url=receiver.url + "&old=1")
+    segment_static_set(segment=vip, member_ids=members(1), now=T0)
+    receiver.default = 500
+    webhook_deliver(webhook_id=webhook.pk, now=T0)
+    client = staff_client(Role.MARKETING)
+    path = f"/api/v1/segments/vip/webhooks/{webhook.pk}/"
+
+    moved = client.patch(path, {"url": receiver.url}, format="json").json()
+    receiver.default = 200
+    webhook_deliver(webhook_id=webhook.pk, now=T0 + timedelta(seconds=1))  # no backoff left to wait out
+    paused = client.patch(path, {"active": False}, format="json").json()
+    moved_while_paused = client.patch(path, {"url": receiver.url + "&new=1"}, format="json").json()
+
+    assert (moved["failures"], moved["next_attempt_at"]) == (0, None)
+    assert [r.path for r in receiver.received] == ["/hooks/cdp?tool=crm&old=1", "/hooks/cdp?tool=crm"]
+    assert receiver.received[0].cursors == receiver.received[1].cursors
+    assert SegmentWebhook.objects.get().last_success_at == T0 + timedelta(seconds=1)
+    assert (paused["active"], paused["disabled_reason"]) == (False, "turned off by staff")
+    assert (moved_while_paused["active"], moved_while_paused["disabled_reason"]) == (
+        False,
+        "turned off by staff",
+    )
+
+
+@pytest.mark.django_db
+def test_a_delivery_task_hands_a_long_backlog_to_a_fresh_task(vip, receiver, settings, monkeypatch):
+    settings.WEBHOOK_BATCH_SIZE = 1
+    monkeypatch.setattr(
+        "members.segments.tasks.webhook_deliver",
+        lambda webhook_id: webhook_deliver(webhook_id=webhook_id, max_batches=2),
+    )
+    webhook = webhook_create(segment=vip, url=receiver.url)
+    segment_static_set(segment=vip, member_ids=members(5), now=T0)
+
+    webhook_deliver_task.delay(webhook.pk)  # eager in tests: each hand-over runs at once
+
+    assert [cursor for r in receiver.received for cursor in r.cursors] == [pk for pk, _, _ in feed(vip)]
+
+
+@pytest.mark.django_db
+def test_the_admin_lists_webhooks_with_their_latest_deliveries(vip, receiver):
+    webhook = webhook_create(segment=vip, url=receiver.url)
+    segment_static_set(segment=vip, member_ids=members(2), now=T0)
+    webhook_deliver(webhook_id=webhook.pk, now=T0)
+    client = Client()
+    client.force_login(staff_user_ensure(username="ops", role=Role.ADMIN))
+
+    listing = client.get("/admin/members/segmentwebhook/")
+    page = client.get(f"/admin/members/segmentwebhook/{webhook.pk}/change/")
+    log = client.get("/admin/members/webhookdelivery/")
+    turned_off = client.post(f"/admin/members/segmentwebhook/{webhook.pk}/change/", {})
+
+    assert (listing.status_code, page.status_code, log.status_code) == (200, 200, 200)
+    assert receiver.url.replace("&", "&amp;") in listing.content.decode()
+    assert "Latest deliveries" in page.content.decode()
+    first, last = feed(vip)[0][0], feed(vip)[-1][0]
+    assert f"{first}-{last} (2)" in page.content.decode()
+    assert webhook.secret not in page.content.decode()
+    assert client.get("/admin/members/segmentwebhook/add/").status_code == 403
+    assert turned_off.status_code == 302
+    webhook.refresh_from_db()
+    assert (webhook.active, webhook.disabled_reason) == (False, "turned off by staff")
