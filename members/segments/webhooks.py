@@ -131,17 +131,19 @@ def webhook_url_check(url: str) -> str:
     return url
 
 
-def _address_for(host: str, port: int) -> str:
-    """The address to connect to, resolved once and vetted (a second lookup at connect time
+def _addresses_for(host: str, port: int) -> list[str]:
+    """The addresses to connect to, resolved once and vetted (a second lookup at connect time
     could answer differently: DNS rebinding)."""
-    found = [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+    found = list(
+        dict.fromkeys(str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+    )
     if not found:
         raise OSError(f"{host} has no address")
     if not settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES:
         inside = [address for address in found if not _public(address)]
         if inside:
             raise WebhookRefused("url", f"{host} resolves to a non-public address ({inside[0]})")
-    return str(found[0])
+    return found
 
 
 # --- HTTP ------------------------------------------------------------------------------------
@@ -150,13 +152,22 @@ def _address_for(host: str, port: int) -> str:
 class _PinnedHTTPConnection(http.client.HTTPConnection):
     """An HTTP connection to an address vetted beforehand, whatever the name resolves to now."""
 
-    def __init__(self, host: str, port: int, *, address: str, timeout: float) -> None:
+    def __init__(self, host: str, port: int, *, addresses: list[str], timeout: float) -> None:
         super().__init__(host, port, timeout=timeout)
-        self._address = address
+        self._addresses = addresses
         self.aborted = False
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        """The first of the vetted addresses that answers (an IPv6 one may not)."""
+        refused: OSError | None = None
+        for address in self._addresses:
+            try:
+                self.sock = socket.create_connection((address, self.port), self.timeout)
+            except OSError as error:
+                refused = error
+                continue
+            return
+        raise refused or OSError("no address")
 
     def abort(self) -> None:
         """Cut the connection from another thread: a receiver trickling its answer byte by byte
@@ -200,13 +211,13 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Ans
     host = parts.hostname or ""
     port = parts.port or (http.client.HTTPS_PORT if secure else http.client.HTTP_PORT)
     try:
-        address = _address_for(host, port)
+        addresses = _addresses_for(host, port)
     except WebhookRefused as refused:
         return Answer(None, error=f"refused: {refused.reason}")
     except (OSError, UnicodeError) as error:
         return Answer(None, error=f"cannot resolve {host}: {error}")
     kind = _PinnedHTTPSConnection if secure else _PinnedHTTPConnection
-    conn = kind(host, port, address=address, timeout=timeout)
+    conn = kind(host, port, addresses=addresses, timeout=timeout)
     watchdog = threading.Timer(timeout, conn.abort)
     watchdog.daemon = True
     watchdog.start()

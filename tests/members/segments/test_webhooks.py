@@ -5,7 +5,10 @@ late with a lower id), nudges and the sweep, and the API."""
 import hashlib
 import hmac
 import json
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections import deque
@@ -61,7 +64,7 @@ class Receiver:
     """A real HTTP server in a thread: records every POST and answers with the statuses queued
     in ``answers`` (then ``default``), after ``delay`` seconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.received: list[Received] = []
         self.answers: deque[int] = deque()
         self.default = 200
@@ -89,6 +92,8 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -704,3 +709,50 @@ def test_the_admin_lists_webhooks_with_their_latest_deliveries(vip, receiver):
     assert turned_off.status_code == 302
     webhook.refresh_from_db()
     assert (webhook.active, webhook.disabled_reason) == (False, "turned off by staff")
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> str:
+    """A self-signed certificate for the name localhost (and no address)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", folder / "key.pem", "-out", folder / "cert.pem"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return str(folder)
+
+
+@pytest.fixture
+def tls_receiver(certificate):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(f"{certificate}/cert.pem", f"{certificate}/key.pem")
+    server = Receiver(tls=context)
+    yield server
+    server.close()
+
+
+@pytest.mark.django_db
+def test_https_receivers_are_verified_by_name_on_the_vetted_address(
+    vip, tls_receiver, certificate, monkeypatch
+):
+    port = tls_receiver.server.server_port
+    by_name = webhook_create(segment=vip, url=f"https://localhost:{port}/hook")
+    by_address = webhook_create(segment=vip, url=f"https://127.0.0.1:{port}/hook")
+    segment_static_set(segment=vip, member_ids=members(1), now=T0)
+
+    webhook_deliver(webhook_id=by_name.pk, now=T0)  # the system's authorities do not know this one
+    trusting = ssl.create_default_context(cafile=f"{certificate}/cert.pem")
+    monkeypatch.setattr("members.segments.webhooks._TLS", trusting)
+    webhook_deliver(webhook_id=by_name.pk, now=T0 + timedelta(hours=1))
+    webhook_deliver(webhook_id=by_address.pk, now=T0)  # the certificate names localhost only
+
+    untrusted, trusted, mismatch = WebhookDelivery.objects.order_by("pk")
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted.error
+    assert (trusted.status_code, trusted.succeeded) == (200, True)
+    assert "CERTIFICATE_VERIFY_FAILED" in mismatch.error
+    assert "IP address mismatch" in mismatch.error
+    [request] = tls_receiver.received
+    assert verified(request, by_name.secret, now=T0 + timedelta(hours=1))
