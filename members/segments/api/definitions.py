@@ -63,15 +63,16 @@ _MEMBER_ID = OpenApiParameter("member_id", OpenApiTypes.INT, OpenApiParameter.PA
 
 
 class _PermissionsByMethod:
-    """A view whose permissions depend on the HTTP method (``required``: method → perms;
-    HEAD and OPTIONS as GET)."""
+    """A view whose writes need their own permissions (``required``: method → permissions);
+    other methods keep the view's (or the read view's it extends)."""
 
     required: dict[str, tuple[str, ...]]
     request: Request
 
     def get_permissions(self) -> list[BasePermission]:
-        method = self.request.method if self.request.method in self.required else "GET"
-        return [permissions_required(*self.required[method])()]
+        if self.request.method not in self.required:
+            return super().get_permissions()  # type: ignore[misc]
+        return [permissions_required(*self.required[self.request.method])()]
 
 
 def _refused(error: DefinitionRefused) -> ApiError:
@@ -200,7 +201,7 @@ def _changes(data: dict) -> dict:
 
 
 class SegmentsView(_PermissionsByMethod, read.SegmentsView):
-    required = {"GET": (VIEW_SEGMENTS,), "POST": (VIEW_SEGMENTS, ADD_SEGMENTS)}
+    required = {"POST": (VIEW_SEGMENTS, ADD_SEGMENTS)}
     parser_classes = (JSONParser,)
 
     @extend_schema(request=SegmentInput, responses={201: read.SegmentOutput}, tags=["segments"])
@@ -216,11 +217,7 @@ class SegmentsView(_PermissionsByMethod, read.SegmentsView):
 
 
 class SegmentView(_PermissionsByMethod, read.SegmentView):
-    required = {
-        "GET": (VIEW_SEGMENTS,),
-        "PATCH": (VIEW_SEGMENTS, CHANGE_SEGMENTS),
-        "DELETE": (VIEW_SEGMENTS, DELETE_SEGMENTS),
-    }
+    required = {"PATCH": (VIEW_SEGMENTS, CHANGE_SEGMENTS), "DELETE": (VIEW_SEGMENTS, DELETE_SEGMENTS)}
     parser_classes = (JSONParser,)
 
     @extend_schema(request=SegmentChangeInput, responses={200: read.SegmentOutput}, tags=["segments"])
@@ -284,7 +281,7 @@ class CsvParser(BaseParser):
 
 
 class SegmentMembersView(_PermissionsByMethod, members_api.SegmentMembersView):
-    required = {"GET": (VIEW_SEGMENTS,), "PUT": (VIEW_SEGMENTS, CHANGE_SEGMENTS)}
+    required = {"PUT": (VIEW_SEGMENTS, CHANGE_SEGMENTS)}
     parser_classes = (JSONParser, MultiPartParser, CsvParser)
 
     @extend_schema(
@@ -349,7 +346,8 @@ def tag_by_key(key: str) -> Tag:
 
 
 class TagsView(_PermissionsByMethod, APIView):
-    required = {"GET": (VIEW_TAGS,), "POST": (VIEW_TAGS, ADD_TAGS)}
+    permission_classes = (permissions_required(VIEW_TAGS),)
+    required = {"POST": (VIEW_TAGS, ADD_TAGS)}
     parser_classes = (JSONParser,)
 
     @extend_schema(responses={200: TagOutput(many=True)}, tags=["tags"])
@@ -372,11 +370,8 @@ class TagsView(_PermissionsByMethod, APIView):
 
 
 class TagView(_PermissionsByMethod, APIView):
-    required = {
-        "GET": (VIEW_TAGS,),
-        "PATCH": (VIEW_TAGS, CHANGE_TAGS),
-        "DELETE": (VIEW_TAGS, DELETE_TAGS),
-    }
+    permission_classes = (permissions_required(VIEW_TAGS),)
+    required = {"PATCH": (VIEW_TAGS, CHANGE_TAGS), "DELETE": (VIEW_TAGS, DELETE_TAGS)}
     parser_classes = (JSONParser,)
 
     @extend_schema(responses={200: TagOutput}, tags=["tags"])
@@ -428,7 +423,8 @@ def _manual_tag_response(outcome: Any, tag: Tag, *, created: bool) -> Response:
 
 
 class MemberTagsView(_PermissionsByMethod, APIView):
-    required = {"GET": (VIEW_MEMBERS, VIEW_TAGS), "POST": (VIEW_MEMBERS, TAG_MEMBERS)}
+    permission_classes = (permissions_required(VIEW_MEMBERS, VIEW_TAGS),)
+    required = {"POST": (VIEW_MEMBERS, TAG_MEMBERS)}
     parser_classes = (JSONParser,)
 
     @extend_schema(parameters=[_MEMBER_ID], responses={200: MemberTagOutput(many=True)}, tags=["tags"])
