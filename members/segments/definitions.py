@@ -167,7 +167,7 @@ def segment_copy(*, segment: Segment, key: str, name: str | None = None) -> Segm
     _definitions_lock()
     _key_check(key, "segment")
     copy = _created(
-        Segment, "segment", key=key, name=name or f"{segment.name} (copy)", kind=segment.kind,
+        Segment, "segment", key=key, name=name or f"{segment.name[:193]} (copy)", kind=segment.kind,
         rule=segment.rule, description=segment.description, built_in=False,
     )  # fmt: skip
     if copy.kind == Segment.Kind.DYNAMIC:
