@@ -14,24 +14,44 @@ class Role(models.TextChoices):
     ADMIN = "admin", "Administrator"
 
 
-#: Least privilege: an agent sees members (and their points) with phone and email masked; a
-#: manager sees them in full, may split a wrong merge and adjust points; marketing reaches
-#: members only through segments and runs coupon campaigns; checkout (a till or a web shop's
+#: Least privilege: an agent sees members (and their points) with phone and email masked and
+#: puts manual tags on them; a manager sees them in full, may split a wrong merge and adjust
+#: points; marketing reaches members only through segments, defines segments and tags,
+#: subscribes webhooks to segments and runs coupon campaigns; checkout (a till or a web shop's
 #: checkout) spends points and redeems coupons and sees nothing else; an administrator holds
 #: every permission of the platform's apps.
 ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
-    Role.CRM_AGENT: ("members.view_member",),
+    Role.CRM_AGENT: (
+        "members.view_member",
+        "members.view_tag",
+        "members.add_membertag",
+        "members.delete_membertag",
+    ),
     Role.CRM_MANAGER: (
         "members.view_member",
         "members.view_contact_details",
         "members.split_member",
         "members.adjust_points",
+        "members.view_tag",
+        "members.add_membertag",
+        "members.delete_membertag",
     ),
     Role.MARKETING: (
         "members.view_couponcampaign",
         "members.add_couponcampaign",
         "members.add_coupon",
         "members.view_segment",
+        "members.add_segment",
+        "members.change_segment",
+        "members.delete_segment",
+        "members.view_tag",
+        "members.add_tag",
+        "members.change_tag",
+        "members.delete_tag",
+        "members.view_segmentwebhook",
+        "members.add_segmentwebhook",
+        "members.change_segmentwebhook",
+        "members.delete_segmentwebhook",
     ),
     Role.CHECKOUT: ("members.redeem_points", "members.redeem_coupon"),
 }

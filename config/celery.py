@@ -50,6 +50,12 @@ def _beat_schedule() -> dict[str, dict]:
             "schedule": crontab(hour=nightly_hour, minute=nightly_minute),
             "options": {"expires": 3600},
         },
+        # Segment webhooks: retries whose backoff ended and deliveries whose nudge was lost.
+        "webhooks-sweep": {
+            "task": "members.segments.webhooks_sweep",
+            "schedule": settings.WEBHOOK_SWEEP_INTERVAL_SECONDS,
+            "options": {"expires": settings.WEBHOOK_SWEEP_INTERVAL_SECONDS},
+        },
     }
 
 

@@ -9,6 +9,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from cdp.health import health
 from members import console
+from members.segments import console as segments_console
 
 console_urls = (
     [
@@ -16,6 +17,7 @@ console_urls = (
         path("members/<int:member_id>/", console.member, name="member"),
         path("login/", auth_views.LoginView.as_view(template_name="console/login.html"), name="login"),
         path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+        *segments_console.urlpatterns,
     ],
     "console",
 )

@@ -1,5 +1,6 @@
 """Reads of the identity app: who holds an identifier, and a member's identity card."""
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,6 +45,26 @@ def members_holding(*, type_: str, values: list[str]) -> set[int]:
         identifier__type=type_, identifier__value__in=values
     ).values_list("member_id", flat=True)
     return set(owners.union(holders))
+
+
+def openid_appids() -> list[str]:
+    """The appids of the mini-programs, which scope their openids (``<appid>:<openid>``)."""
+    appids = (
+        Source.objects.filter(kind=Channel.MINI_PROGRAM)
+        .exclude(wechat_appid="")
+        .values_list("wechat_appid", flat=True)
+    )
+    return sorted(set(appids))
+
+
+def identifier_holders(*, type_: str, values: Collection[str]) -> dict[str, set[int]]:
+    """The members holding each of these stored (normalized) values of one type: owners, and
+    holders of types that never merge; a value nobody holds is left out. One query for a whole
+    batch, walking the (type, value) index key by key whatever the table's statistics."""
+    holders: dict[str, set[int]] = {}
+    for value, owner, holder in _rows(_HOLDERS_OF_VALUES, [sorted(set(values)), type_]):
+        holders.setdefault(value, set()).update(m for m in (owner, holder) if m is not None)
+    return {value: members for value, members in holders.items() if members}
 
 
 @dataclass(frozen=True)
@@ -102,6 +123,11 @@ UNION ALL
 SELECT i.type, i.value, i.last_seen_at, false FROM identity_memberidentifier AS h
 JOIN identity_identifier AS i ON i.id = h.identifier_id WHERE h.member_id = %s
 ORDER BY 1, 2
+"""
+_HOLDERS_OF_VALUES = """
+SELECT k.value, i.member_id, h.member_id FROM unnest(%s::text[]) AS k(value)
+CROSS JOIN LATERAL (SELECT id, member_id FROM identity_identifier WHERE type = %s AND value = k.value OFFSET 0) AS i
+LEFT JOIN identity_memberidentifier AS h ON h.identifier_id = i.id
 """
 _MERGES_OF_MEMBER = """
 SELECT created_at, survivor_id, absorbed_id, identifiers, cause, event_id FROM identity_mergerecord

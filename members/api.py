@@ -127,6 +127,20 @@ class LoyaltySummaryOutput(serializers.Serializer):
     next_expiry_points = serializers.IntegerField()
 
 
+class MemberTagOutput(serializers.Serializer):
+    key = serializers.CharField()
+    name = serializers.CharField()
+    kind = serializers.ChoiceField(choices=["manual", "rule", "computed"])
+    added_at = serializers.DateTimeField()
+    added_by = serializers.CharField(allow_null=True, help_text="The staff user who added a manual tag.")
+
+
+class MemberSegmentOutput(serializers.Serializer):
+    key = serializers.CharField()
+    name = serializers.CharField()
+    entered_at = serializers.DateTimeField()
+
+
 class ProfileOutput(serializers.Serializer):
     id = serializers.IntegerField()
     resolved_from = serializers.IntegerField(allow_null=True, help_text="The id asked for, if merged away.")
@@ -138,6 +152,8 @@ class ProfileOutput(serializers.Serializer):
     recent_orders = OrderOutput(many=True)
     history = HistoryOutput(many=True)
     loyalty = LoyaltySummaryOutput(allow_null=True)
+    tags = MemberTagOutput(many=True)
+    segments = MemberSegmentOutput(many=True, help_text="The segments the member is in now.")
 
 
 class TimelineEventOutput(serializers.Serializer):

@@ -17,8 +17,10 @@ from events.selectors import source_names
 from members.loyalty.presentation import points_json
 from members.loyalty.selectors import ledger_page, points_summary
 from members.presentation import profile_json, summary_json, timeline_json
+from members.segments.models import Tag
 from members.selectors import (
     MonthlySpend,
+    TagHeld,
     member_profile,
     member_summaries,
     member_timeline,
@@ -35,6 +37,7 @@ CHANNEL_LABELS = {
     Channel.WEB: "Web shop",
 }
 VIEW_MEMBERS = "members.view_member"
+TAG_MEMBERS = "members.add_membertag"
 
 
 def _masking(request: HttpRequest) -> Masking:
@@ -98,6 +101,7 @@ def member(request: HttpRequest, member_id: int) -> HttpResponse:
             "channels": [(value, CHANNEL_LABELS[value]) for value in Channel.values],
             "chart": spend_chart(profile.spend_by_month[-CHART_MONTHS:]),
             "masked": not masking.full,
+            "manual_tags": _manual_tags_to_add(request, profile.tags),
             "points": points_json(
                 profile.member.pk,
                 points_summary(member_id=profile.member.pk),
@@ -105,6 +109,16 @@ def member(request: HttpRequest, member_id: int) -> HttpResponse:
                 more=False,
             ),
         },
+    )
+
+
+def _manual_tags_to_add(request: HttpRequest, held: list[TagHeld]) -> list[Tag]:
+    """The manual tags the user may put on the member (those it lacks); one query, none for a
+    role that may not tag."""
+    if not request.user.has_perm(TAG_MEMBERS):
+        return []
+    return list(
+        Tag.objects.filter(kind=Tag.Kind.MANUAL).exclude(key__in=[t.key for t in held]).order_by("name")
     )
 
 

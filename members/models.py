@@ -166,8 +166,10 @@ from members.segments.models import (  # noqa: E402
     SegmentChange,
     SegmentMember,
     SegmentsRecheck,
+    SegmentWebhook,
     Tag,
     TagChange,
+    WebhookDelivery,
 )
 
 __all__ = [
@@ -189,9 +191,11 @@ __all__ = [
     "Segment",
     "SegmentChange",
     "SegmentMember",
+    "SegmentWebhook",
     "SegmentsRecheck",
     "Tag",
     "TagChange",
     "Tier",
     "TierChange",
+    "WebhookDelivery",
 ]

@@ -101,6 +101,8 @@ def profile_json(profile: MemberProfile, masking: Masking) -> dict:
             }
             for entry in profile.history
         ],
+        "tags": [tag.__dict__ for tag in profile.tags],
+        "segments": [segment.__dict__ for segment in profile.segments],
     }
 
 

@@ -1,6 +1,6 @@
 """Reads of the members app: find members by any identifier, the 360 view, the timeline.
 
-Each read is a bounded number of queries whatever the member's size: the 360 view is eight,
+Each read is a bounded number of queries whatever the member's size: the 360 view is ten,
 the timeline one per page.
 """
 
@@ -10,8 +10,9 @@ from datetime import datetime
 from decimal import Decimal
 
 import orjson
+from django.contrib.auth import get_user_model
 from django.db import connection
-from django.db.models import QuerySet, Subquery
+from django.db.models import Q, QuerySet, Subquery
 
 from events.models import Event
 from events.selectors import source_names
@@ -28,6 +29,7 @@ from identity.selectors import (
 from members.aggregates import CHANNELS, ZERO
 from members.loyalty.models import PointsAccount, Tier
 from members.models import ORDER_FIELDS, Member, MemberAggregate, MemberOrder, MemberTrait
+from members.segments.models import MemberTag, SegmentMember, TagChange
 
 #: What staff can look a member up by: every built-in identifier type, and an order number.
 LOOKUP_FIELDS = (
@@ -35,6 +37,7 @@ LOOKUP_FIELDS = (
     "wechat_unionid", "wechat_openid", "order_id",
 )  # fmt: skip
 SUMMARY_TRAITS = ("name", "phone", "email")
+_USERNAME = get_user_model().USERNAME_FIELD
 RECENT_ORDERS = 10
 
 
@@ -145,6 +148,22 @@ class MonthlySpend:
     by_channel: dict[str, Decimal]
 
 
+@dataclass(frozen=True)
+class TagHeld:
+    key: str
+    name: str
+    kind: str
+    added_at: datetime
+    added_by: str | None  # the staff user who added a manual tag
+
+
+@dataclass(frozen=True)
+class SegmentIn:
+    key: str
+    name: str
+    entered_at: datetime
+
+
 @dataclass
 class MemberProfile:
     member: Member
@@ -157,6 +176,8 @@ class MemberProfile:
     history: list[HistoryEntry]
     points: PointsAccount | None
     tier: Tier | None
+    tags: list[TagHeld]
+    segments: list[SegmentIn]
 
     @property
     def resolved_from(self) -> int | None:
@@ -194,7 +215,52 @@ def member_profile(*, member_id: int) -> MemberProfile | None:
         history=member_history(member_id=member.pk),
         points=points,
         tier=Tier.objects.filter(key=points.tier).first() if points is not None and points.tier else None,
+        tags=member_tags(member_id=member.pk),
+        segments=member_segments(member_id=member.pk),
     )
+
+
+def member_tags(*, member_id: int) -> list[TagHeld]:
+    """The tags a member carries, by key (one query)."""
+    rows = (
+        MemberTag.objects.filter(member_id=member_id)
+        .order_by("tag__key")
+        .values_list("tag__key", "tag__name", "tag__kind", "added_at", f"added_by__{_USERNAME}")
+    )
+    return [TagHeld(*row) for row in rows]
+
+
+def member_segments(*, member_id: int) -> list[SegmentIn]:
+    """The segments a member is in now, by key (one query)."""
+    rows = (
+        SegmentMember.objects.filter(member_id=member_id)
+        .order_by("segment__key")
+        .values_list("segment__key", "segment__name", "entered_at")
+    )
+    return [SegmentIn(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class TagChangeEntry:
+    id: int
+    tag: str
+    tag_name: str
+    action: str
+    by: str | None
+    at: datetime
+    member_id: int  # an absorbed member's id for what happened before its merge
+
+
+def member_tag_history(*, member_id: int, before: int | None, size: int) -> list[TagChangeEntry]:
+    """Tags added to and removed from a member (and the members it absorbed), newest first, a
+    keyset page (``before``: the id of the last entry seen). One query."""
+    changes = TagChange.objects.filter(Q(member_id=member_id) | Q(member__merged_into_id=member_id))
+    if before is not None:
+        changes = changes.filter(id__lt=before)
+    rows = changes.order_by("-id").values_list(
+        "id", "tag__key", "tag__name", "action", f"by__{_USERNAME}", "at", "member_id"
+    )[:size]
+    return [TagChangeEntry(*row) for row in rows]
 
 
 _TRAITS_OF_MEMBER = "SELECT key, value, observed_at, channel, source_id FROM members_membertrait WHERE member_id = %s ORDER BY key"

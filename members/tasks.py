@@ -46,3 +46,7 @@ def memberships_recheck() -> int:
     if marked:
         process_pending_enqueue()
     return marked
+
+
+# Celery's autodiscovery reads this module; the tasks of the segments sub-package live there.
+from members.segments import tasks as segments_tasks  # noqa: E402, F401

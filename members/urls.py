@@ -5,8 +5,10 @@ from rest_framework.routers import SimpleRouter
 
 from members.api import MemberViewSet
 from members.loyalty import api as loyalty
-from members.segments.api import members as segment_members
+from members.segments.api import definitions as segment_definitions
+from members.segments.api import exports as segment_exports
 from members.segments.api import read as segments
+from members.segments.api import webhooks as segment_webhooks
 
 router = SimpleRouter()
 router.register("members", MemberViewSet, basename="member")
@@ -33,10 +35,42 @@ urlpatterns = [
     path("coupons/<str:code>/", loyalty.CouponView.as_view(), name="coupon"),
     path("campaigns/", loyalty.CampaignsView.as_view(), name="campaigns"),
     path("campaigns/<int:campaign_id>/issue/", loyalty.CampaignIssueView.as_view(), name="campaign-issue"),
-    path("segments/", segments.SegmentsView.as_view(), name="segments"),
-    path("segments/<slug:key>/", segments.SegmentView.as_view(), name="segment"),
+    path("segments/", segment_definitions.SegmentsView.as_view(), name="segments"),
+    path("segments/<slug:key>/", segment_definitions.SegmentView.as_view(), name="segment"),
+    path("segments/<slug:key>/copy/", segment_definitions.SegmentCopyView.as_view(), name="segment-copy"),
     path(
-        "segments/<slug:key>/members/", segment_members.SegmentMembersView.as_view(), name="segment-members"
+        "segments/<slug:key>/members/",
+        segment_definitions.SegmentMembersView.as_view(),
+        name="segment-members",
     ),
     path("segments/<slug:key>/changes/", segments.SegmentChangesView.as_view(), name="segment-changes"),
+    path("tags/", segment_definitions.TagsView.as_view(), name="tags"),
+    path("tags/<slug:key>/", segment_definitions.TagView.as_view(), name="tag"),
+    path("members/<str:member_id>/tags/", segment_definitions.MemberTagsView.as_view(), name="member-tags"),
+    path(
+        "members/<str:member_id>/tags/history/",
+        segment_definitions.MemberTagHistoryView.as_view(),
+        name="member-tag-history",
+    ),
+    path(
+        "members/<str:member_id>/tags/<slug:key>/",
+        segment_definitions.MemberTagView.as_view(),
+        name="member-tag",
+    ),
+    path("segments/<slug:key>/export/", segment_exports.SegmentExportView.as_view(), name="segment-export"),
+    path(
+        "segments/<slug:key>/webhooks/",
+        segment_webhooks.SegmentWebhooksView.as_view(),
+        name="segment-webhooks",
+    ),
+    path(
+        "segments/<slug:key>/webhooks/<int:webhook_id>/",
+        segment_webhooks.SegmentWebhookView.as_view(),
+        name="segment-webhook",
+    ),
+    path(
+        "segments/<slug:key>/webhooks/<int:webhook_id>/deliveries/",
+        segment_webhooks.WebhookDeliveriesView.as_view(),
+        name="segment-webhook-deliveries",
+    ),
 ]

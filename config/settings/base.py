@@ -154,6 +154,23 @@ SEGMENTS_RECHECK_INTERVAL_SECONDS = env.int("SEGMENTS_RECHECK_INTERVAL_SECONDS",
 #: When the full recompute of every tag and segment runs each night (hour:minute, TIME_ZONE).
 SEGMENTS_NIGHTLY_AT = env("SEGMENTS_NIGHTLY_AT", default="03:30")
 
+# --- Segment webhooks (members.segments.webhooks) -------------------------------------------
+#: How often beat looks for deliveries due (retries after backoff, nudges that were lost).
+WEBHOOK_SWEEP_INTERVAL_SECONDS = env.int("WEBHOOK_SWEEP_INTERVAL_SECONDS", default=30)
+#: The whole of one delivery (connect, send, answer) must fit in this.
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+#: Changes per delivery at most.
+WEBHOOK_BATCH_SIZE = env.int("WEBHOOK_BATCH_SIZE", default=500)
+#: After the n-th failure in a row the next try waits min(cap, base * 2^(n-1)) seconds, less a
+#: random part of up to half (jitter); the WEBHOOK_MAX_FAILURES-th failure disables the webhook.
+WEBHOOK_RETRY_BASE_SECONDS = env.int("WEBHOOK_RETRY_BASE_SECONDS", default=30)
+WEBHOOK_RETRY_CAP_SECONDS = env.int("WEBHOOK_RETRY_CAP_SECONDS", default=3600)
+WEBHOOK_MAX_FAILURES = env.int("WEBHOOK_MAX_FAILURES", default=20)
+#: Refuse URLs that are or resolve to private, loopback, link-local or reserved addresses, so
+#: a webhook cannot reach inside the network (local.py and test.py allow them).
+WEBHOOK_ALLOW_PRIVATE_ADDRESSES = env.bool("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", default=False)
+WEBHOOK_DELIVERY_LOG_DAYS = env.int("WEBHOOK_DELIVERY_LOG_DAYS", default=30)
+
 # --- Identity resolution ------------------------------------------------------------------
 # Per identifier type overrides of identity.rules.DEFAULT_TYPE_RULES, e.g.
 # {"phone": {"limit": 1}, "cashier_terminal": {"merges": False}}.
@@ -191,6 +208,13 @@ CDP_CURRENCY = env("CDP_CURRENCY", default="CNY").upper()
 # (false, 0, "false", "no", "off", "n", "0") comes back with phone and email null, whatever the
 # caller's role. A member without the trait has not refused.
 MARKETING_CONSENT_TRAIT = env("MARKETING_CONSENT_TRAIT", default="marketing_consent")
+
+# Lifecycle stage (computed tags lifecycle-*, members.segments.computed), in days: new while the
+# first purchase is within LIFECYCLE_NEW_DAYS, then active while the last purchase is within
+# LIFECYCLE_ACTIVE_DAYS, at risk while it is within LIFECYCLE_CHURN_DAYS, churned after.
+LIFECYCLE_NEW_DAYS = env.int("LIFECYCLE_NEW_DAYS", default=30)
+LIFECYCLE_ACTIVE_DAYS = env.int("LIFECYCLE_ACTIVE_DAYS", default=90)
+LIFECYCLE_CHURN_DAYS = env.int("LIFECYCLE_CHURN_DAYS", default=180)
 
 LOGGING = {
     "version": 1,

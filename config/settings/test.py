@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-not-a-secret")
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
+os.environ.setdefault("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", "true")  # receivers on localhost
 
 from config.settings.base import *  # noqa: F403
 

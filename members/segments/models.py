@@ -178,3 +178,75 @@ class RfmCutoffs(models.Model):
 
     def __str__(self) -> str:
         return f"RFM cutoffs of {self.computed_at}"
+
+
+class SegmentWebhook(models.Model):
+    """A marketing tool's subscription to a segment's entries and exits: the changes feed
+    pushed to ``url`` in signed batches, in order, each batch retried until the receiver takes
+    it (``members.segments.webhooks``).
+
+    ``cursor`` is the id of the last change delivered (or skipped: not of the kinds asked
+    for); only the worker holding the lease (``lease``, until ``leased_until``) moves it. The
+    secret signs every delivery; it is kept in clear because signing needs it, and shown to
+    the API only when the webhook is created."""
+
+    class Changes(models.TextChoices):
+        ENTERED = "entered"
+        EXITED = "exited"
+        BOTH = "both"
+
+    segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="webhooks")
+    url = models.URLField(max_length=2000)
+    secret = models.CharField(max_length=100)
+    changes = models.CharField(max_length=8, choices=Changes.choices, default=Changes.BOTH)
+    active = models.BooleanField(default=True)
+    cursor = models.BigIntegerField(default=0, help_text="Id of the last segment change delivered.")
+    failures = models.PositiveIntegerField(default=0, help_text="Failed deliveries in a row.")
+    next_attempt_at = models.DateTimeField(
+        null=True, blank=True, help_text="After a failure: not retried before then."
+    )
+    leased_until = models.DateTimeField(null=True, blank=True)
+    lease = models.UUIDField(null=True, blank=True, help_text="The delivering worker's claim.")
+    disabled_reason = models.CharField(max_length=300, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["segment", "url"], name="segment_webhook_url_once"),
+            models.CheckConstraint(condition=Q(cursor__gte=0), name="segment_webhook_cursor_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.segment_id} → {self.url}"
+
+
+class WebhookDelivery(models.Model):
+    """One attempt to deliver a batch of changes: the log (kept ``WEBHOOK_DELIVERY_LOG_DAYS``)."""
+
+    # The (webhook, id) index serves the log pages and lookups by webhook.
+    webhook = models.ForeignKey(
+        SegmentWebhook, on_delete=models.CASCADE, related_name="deliveries", db_index=False
+    )
+    delivery_id = models.UUIDField(unique=True, help_text="Sent as the X-CDP-Delivery header.")
+    first_cursor = models.BigIntegerField()
+    last_cursor = models.BigIntegerField()
+    count = models.PositiveIntegerField(help_text="Changes in the batch.")
+    attempt = models.PositiveIntegerField(help_text="1 for a first try; n for the n-th try in a row.")
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True, help_text="None: no HTTP answer.")
+    response = models.CharField(max_length=500, blank=True, help_text="The start of the receiver's answer.")
+    error = models.CharField(max_length=500, blank=True)
+    duration_ms = models.PositiveIntegerField()
+    at = models.DateTimeField(db_index=True)
+    succeeded = models.BooleanField()
+
+    class Meta:
+        verbose_name_plural = "webhook deliveries"
+        indexes = [models.Index(fields=["webhook", "id"], name="webhook_deliveries_log")]
+
+    def __str__(self) -> str:
+        return f"delivery {self.delivery_id} ({'ok' if self.succeeded else 'failed'})"

@@ -25,6 +25,7 @@ from members.segments.compile import rule_sql
 from members.segments.models import Segment, SegmentMember, Tag
 from members.segments.rules import RuleInvalid, rule_parse, rule_references
 from members.segments.selectors import Definitions, definitions_load
+from members.segments.webhooks import webhooks_nudge
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,10 @@ def _membership_write(segment: Segment, wanted_sql: str, wanted_params: list, no
             _MEMBERSHIP_DIFF.format(wanted=wanted_sql),
             [*wanted_params, segment.pk, segment.pk, now, segment.pk, now, segment.pk, now],
         )
-        return cursor.rowcount
+        changed = cursor.rowcount
+    if changed:
+        webhooks_nudge([segment.pk])
+    return changed
 
 
 def segment_compute(*, segment: Segment, now: datetime | None = None) -> Segment:

@@ -1,0 +1,283 @@
+"""A segment's members page with ``fields=``: what each field reads, masking by role, marketing
+consent, the audit of contact details shown in full, and one query per page."""
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cdp.models import AuditEntry
+from cdp.privacy import Masking
+from cdp.roles import Role
+from identity.models import Identifier
+from members.loyalty.models import PointsAccount
+from members.models import Member, MemberAggregate, MemberTrait
+from members.segments.exports import FIELDS, consent_refused, fields_parse, segment_rows
+from members.segments.models import MemberTag, Segment, SegmentMember, Tag
+from members.segments.services import segment_static_set
+from tests.members.test_api import staff_client
+
+pytestmark = pytest.mark.django_db
+
+T = datetime(2026, 10, 1, 9, tzinfo=UTC)
+EVERYTHING = (
+    "name,phone,email,orders,spend,currency,average_order_value,first_purchase_at,last_purchase_at,"
+    "last_event_at,points,tier,tags,member_card,user_id,identifiers.phone,identifiers.email,traits.city"
+)
+
+
+def segment_of(key: str, member_ids: Iterable[int]) -> Segment:
+    segment = Segment.objects.create(key=key, name=key.title(), kind="static")
+    SegmentMember.objects.bulk_create(
+        SegmentMember(segment=segment, member_id=m, entered_at=T) for m in member_ids
+    )
+    return segment
+
+
+def members_create(count: int, traits: dict[str, object] | None = None, **by_index: object) -> list[int]:
+    """``count`` members written straight into the tables (thousands in a second): each with
+    ``traits``, plus ``by_index[key](i)`` per member when given."""
+    members = Member.objects.bulk_create(
+        Member(first_event_at=T, first_event_message_id=f"m{i}", first_event_source_id=1, last_event_at=T,
+               last_event_message_id=f"m{i}", last_event_source_id=1)
+        for i in range(count)
+    )  # fmt: skip
+    rows = []
+    for index, member in enumerate(members):
+        stated = dict(traits or {})
+        stated.update({key: make(index) for key, make in by_index.items()})  # type: ignore[operator]
+        rows += [
+            MemberTrait(
+                member=member, key=key, value=value, observed_at=T, channel="web", source_id=1, event_id=1
+            )
+            for key, value in stated.items()
+        ]
+    MemberTrait.objects.bulk_create(rows)
+    return [m.pk for m in members]
+
+
+def page(role: Role, key: str, query: str = "") -> dict:
+    response = staff_client(role).get(f"/api/v1/segments/{key}/members/?{query}")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def test_each_field_reads_the_members_profile_figures_points_identifiers_and_tags(zhang):
+    segment = segment_static_set(
+        segment=Segment.objects.create(key="list", name="List", kind="static"), member_ids=[zhang["member"]]
+    )
+    vip = Tag.objects.create(key="vip", name="VIP", kind="manual")
+    MemberTag.objects.create(member_id=zhang["member"], tag=vip)
+    PointsAccount.objects.filter(member_id=zhang["member"]).update(tier="gold")
+
+    [member] = page(Role.MARKETING, segment.key, f"fields={EVERYTHING}")["results"]
+
+    assert member == {
+        "member_id": zhang["member"],
+        "entered_at": member["entered_at"],
+        "name": "Zhang Wei",
+        "phone": "138****8000",
+        "email": "z***@example.com",
+        "orders": 2,
+        "spend": "320.00",  # 300 at the till, 100 of it refunded, 120 in the app
+        "currency": "CNY",
+        "average_order_value": "160.00",
+        "first_purchase_at": "2026-09-01T10:05:00Z",
+        "last_purchase_at": "2026-09-02T10:03:00Z",
+        "last_event_at": "2026-09-04T10:00:00Z",
+        "points": 320,  # the default program: a point per yuan
+        "tier": "gold",
+        "tags": ["vip"],
+        "member_card": "MC-0042",
+        "user_id": None,
+        "identifiers.phone": ["138****8000"],
+        "identifiers.email": ["z***@example.com"],
+        "traits.city": None,
+    }
+    assert not AuditEntry.objects.exists()  # nothing shown in full
+
+
+def test_without_fields_a_member_is_its_id_and_when_it_entered(zhang):
+    segment = segment_of("list", [zhang["member"]])
+
+    assert page(Role.MARKETING, segment.key)["results"] == [
+        {"member_id": zhang["member"], "entered_at": "2026-10-01T09:00:00Z"}
+    ]
+
+
+def test_a_member_without_figures_or_points_gets_what_nothing_sums_to():
+    [member_id] = members_create(1)
+    segment = segment_of("bare", [member_id])
+
+    [member] = page(
+        Role.MARKETING, segment.key, "fields=orders,spend,currency,points,tier,tags,last_purchase_at"
+    )["results"]
+
+    assert member == {"member_id": member_id, "entered_at": "2026-10-01T09:00:00Z", "orders": 0, "spend": "0.00",
+                      "currency": "", "points": 0, "tier": None, "tags": [], "last_purchase_at": None}  # fmt: skip
+
+
+def test_admins_see_contact_details_in_full_and_the_members_shown_are_audited(zhang):
+    [no_phone] = members_create(1, {"name": "Li Na"})
+    segment = segment_of("list", [zhang["member"], no_phone])
+
+    body = page(Role.ADMIN, segment.key, "fields=phone,identifiers.phone,name")
+    page(Role.ADMIN, segment.key, "fields=name,orders")  # no contact field asked: nothing to audit
+
+    assert [(m["phone"], m["identifiers.phone"]) for m in body["results"]] == [
+        ("13800138000", ["+8613800138000"]),
+        (None, []),
+    ]
+    [entry] = AuditEntry.objects.all()
+    assert (entry.action, entry.member_ids, entry.user.username, entry.channel) == (
+        AuditEntry.Action.VIEW_CONTACT_DETAILS, [zhang["member"]], "staff-admin", "api"
+    )  # fmt: skip
+    assert entry.detail == f"/api/v1/segments/{segment.key}/members/?fields=phone,identifiers.phone,name"
+
+
+def test_traits_phone_and_email_are_contact_details_too_and_a_number_is_masked_like_text():
+    [member_id] = members_create(1, {"phone": 13800138000, "email": "li.na@example.com"})
+    segment = segment_of("list", [member_id])
+
+    [member] = page(Role.MARKETING, segment.key, "fields=traits.phone,traits.email")["results"]
+
+    assert (member["traits.phone"], member["traits.email"]) == ("138****8000", "l***@example.com")
+
+
+@pytest.mark.parametrize("role", [Role.MARKETING, Role.ADMIN])
+@pytest.mark.parametrize("refusal", [False, 0, "false", "No", " off ", "n", "0"])
+def test_a_member_who_refused_marketing_gets_no_phone_or_email_whatever_the_role(role, refusal):
+    refused, agreed, silent = members_create(
+        3, {"phone": "+8613900139000", "email": "a@example.com"},
+        marketing_consent=lambda i: [refusal, True, None][i],
+    )  # fmt: skip
+    segment = segment_of("list", [refused, agreed, silent])
+
+    body = page(role, segment.key, "fields=phone,email,traits.phone,name,traits.marketing_consent")
+
+    shown = {m["member_id"]: (m["phone"], m["email"], m["traits.phone"]) for m in body["results"]}
+    assert shown[refused] == (None, None, None)
+    assert all(value is not None for value in shown[agreed] + shown[silent])
+    assert body["results"][0]["traits.marketing_consent"] == refusal
+    audited = set(AuditEntry.objects.values_list("member_ids", flat=True).first() or [])
+    assert audited == ({agreed, silent} if role == Role.ADMIN else set())
+
+
+def test_the_consent_trait_is_a_setting(settings):
+    settings.MARKETING_CONSENT_TRAIT = "sms_ok"
+    [member_id] = members_create(1, {"phone": "+8613900139000", "sms_ok": False, "marketing_consent": True})
+    segment = segment_of("list", [member_id])
+
+    assert page(Role.ADMIN, segment.key, "fields=phone")["results"][0]["phone"] is None
+
+
+@pytest.mark.parametrize(
+    ("value", "refused"),
+    [(False, True), (0, True), (0.0, True), ("FALSE", True), ("no", True), ("off", True), ("0", True),
+     (True, False), (1, False), ("yes", False), ("", False), (None, False), ({}, False), ([], False)],
+)  # fmt: skip
+def test_what_counts_as_a_refusal(value, refused):
+    assert consent_refused(value) is refused
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("fields=phone,shoe_size", ["shoe_size"]),
+        ("fields=traits.,identifiers.Member-Card,points", ["traits.", "identifiers.Member-Card"]),
+        ("fields=phone&fields=Phone", ["Phone"]),
+        ("fields=extra.x", ["extra.x"]),
+    ],
+)
+def test_an_unknown_field_is_a_400_naming_it(query, named):
+    segment = segment_of("list", members_create(1))
+
+    response = staff_client(Role.MARKETING).get(f"/api/v1/segments/{segment.key}/members/?{query}")
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == [{"field": "fields", "reason": f"unknown field: {n}"} for n in named]
+
+
+def test_too_many_fields_is_a_400():
+    segment = segment_of("list", members_create(1))
+    many = ",".join(f"traits.t{n}" for n in range(65))
+
+    response = staff_client(Role.MARKETING).get(f"/api/v1/segments/{segment.key}/members/?fields={many}")
+
+    assert (response.status_code, response.json()["errors"][0]["reason"]) == (
+        400,
+        "at most 64 fields: 65 fields",
+    )
+
+
+def test_fields_are_given_in_the_order_asked_once_each_and_may_repeat():
+    fields = fields_parse(["tier", " phone", "member_id", "phone", "traits.a", ""])
+    segment = segment_of("list", members_create(1, {"a": 1}))
+
+    body = page(Role.MARKETING, segment.key, "fields=tier,%20phone&fields=member_id,phone,traits.a")
+
+    assert [f.name for f in fields] == ["tier", "phone", "traits.a"]
+    assert body["results"][0] == {"member_id": body["results"][0]["member_id"], "entered_at": "2026-10-01T09:00:00Z",
+                                  "tier": None, "phone": None, "traits.a": 1}  # fmt: skip
+    assert list(body["results"][0]) == ["member_id", "entered_at", "tier", "phone", "traits.a"]
+
+
+def test_a_page_is_one_query_whatever_its_size_and_fields():
+    ids = members_create(40, {"name": "N", "phone": "+8613900139000", "city": "Shanghai"})
+    Identifier.objects.bulk_create(Identifier(type="member_card", value=f"MC-{m}", member_id=m) for m in ids)
+    MemberAggregate.objects.bulk_create(MemberAggregate(member_id=m, currency="CNY", orders=1) for m in ids)
+    PointsAccount.objects.bulk_create(PointsAccount(member_id=m, balance=5) for m in ids)
+    tag = Tag.objects.create(key="t", name="T", kind="manual")
+    MemberTag.objects.bulk_create(MemberTag(member_id=m, tag=tag) for m in ids)
+    segment = segment_of("list", ids)
+    masking = Masking(None, channel="api", detail="test")
+
+    with CaptureQueriesContext(connection) as read:
+        rows = segment_rows(segment=segment, fields=fields_parse(EVERYTHING.split(",")), after=0, size=40,
+                            masking=masking)  # fmt: skip
+    client, counts = staff_client(Role.ADMIN), []
+    for size in (2, 40):
+        with CaptureQueriesContext(connection) as request:
+            response = client.get(
+                f"/api/v1/segments/{segment.key}/members/?page_size={size}&fields={EVERYTHING}"
+            )
+        assert response.status_code == 200
+        counts.append((len(request), sum("members_segmentmember" in q["sql"] for q in request)))
+
+    assert len(read) == 1
+    assert len(rows) == 40
+    assert {r.values["member_card"] for r in rows} == {f"MC-{m}" for m in ids}
+    # Besides authentication, the segment and the audit entry: the page, once.
+    assert counts[0] == counts[1]
+    assert counts[0][1] == 1
+
+
+def test_pages_walk_members_present_throughout_exactly_once_as_others_come_and_go():
+    ids = members_create(30, {"name": "N"})
+    segment = segment_of("list", ids[:25])
+    client, seen, cursor = staff_client(Role.MARKETING), [], 0
+
+    while cursor is not None:
+        body = client.get(
+            f"/api/v1/segments/{segment.key}/members/?page_size=7&cursor={cursor}&fields=name"
+        ).json()
+        seen += [m["member_id"] for m in body["results"]]
+        cursor = body["next_cursor"]
+        if len(seen) == 7:  # meanwhile one seen member leaves, an unseen one leaves, a new one enters
+            SegmentMember.objects.filter(segment=segment, member_id__in=[ids[0], ids[20]]).delete()
+            SegmentMember.objects.create(segment=segment, member_id=ids[27], entered_at=T + timedelta(days=1))
+
+    assert seen == [*ids[:20], *ids[21:25], ids[27]]
+
+
+@given(st.lists(st.sampled_from(sorted(n for n in FIELDS if "<" not in n)), max_size=8))
+def test_any_list_of_known_fields_parses_to_those_fields_in_order(names):
+    fields = fields_parse(names)
+
+    assert [f.name for f in fields] == [
+        n for n in dict.fromkeys(names) if n not in ("member_id", "entered_at")
+    ]
