@@ -1,9 +1,12 @@
 """Reads of tags and segments: the definitions to evaluate (in dependency order), members by
 keyset, the changes feed."""
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
+
+from django.db import connection
 
 from members.segments.models import Segment, SegmentChange, SegmentMember, Tag
 from members.segments.rules import (
@@ -114,6 +117,49 @@ def segment_members(*, segment: Segment, after: int, size: int) -> list[tuple[in
     )
 
 
-def segment_changes(*, segment: Segment, since: int, size: int) -> list[SegmentChange]:
-    """The segment's entries and exits after cursor ``since`` (a change's id), oldest first."""
-    return list(SegmentChange.objects.filter(segment=segment, id__gt=since).order_by("id")[:size])
+#: The transactions, other than this one, writing the changes feed right now: a change they have
+#: not committed may hold a lower id than one already visible (ids are taken at insert, not
+#: at commit), so a reader that moved its cursor past it would never see it.
+FEED_WRITERS = f"""
+    SELECT l.virtualtransaction FROM pg_locks AS l
+    WHERE l.locktype = 'relation' AND l.relation = '{SegmentChange._meta.db_table}'::regclass
+      AND l.mode = 'RowExclusiveLock' AND l.granted AND l.pid <> pg_backend_pid()
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""  # noqa: S608 - the model's table name
+_WRITERS_LEFT = f"SELECT count(*) FROM ({FEED_WRITERS}) AS l WHERE l.virtualtransaction = ANY(%s)"  # noqa: S608
+_HORIZON = f"SELECT (SELECT max(id) FROM {SegmentChange._meta.db_table}), ARRAY({FEED_WRITERS})"  # noqa: S608
+_POLL_SECONDS = 0.02
+
+
+def feed_writers_finished(writers: tuple[str, ...] | list[str], *, wait: float) -> bool:
+    """Whether these transactions (``FEED_WRITERS``) have all ended, waiting up to ``wait``
+    seconds for them."""
+    deadline = time.monotonic() + wait
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(_WRITERS_LEFT, [list(writers)])
+            if cursor.fetchone()[0] == 0:
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL_SECONDS)
+
+
+def feed_horizon(*, wait: float = 2.0) -> int | None:
+    """The highest change id up to which the feed is settled (no change with a lower id can
+    still commit): the highest id now, once the transactions writing the feed at this moment
+    have ended. None if they did not end within ``wait`` seconds."""
+    with connection.cursor() as cursor:
+        cursor.execute(_HORIZON)
+        horizon, writers = cursor.fetchone()
+    if writers and not feed_writers_finished(writers, wait=wait):
+        return None
+    return horizon or 0
+
+
+def segment_changes(*, segment: Segment, since: int, size: int, until: int) -> list[SegmentChange]:
+    """The segment's entries and exits after cursor ``since`` (a change's id) up to ``until``
+    (``feed_horizon``), oldest first."""
+    return list(
+        SegmentChange.objects.filter(segment=segment, id__gt=since, id__lte=until).order_by("id")[:size]
+    )

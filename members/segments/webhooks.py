@@ -51,6 +51,7 @@ from django.utils import timezone
 
 from cdp.credentials import credential_new
 from members.segments.models import Segment, SegmentChange, SegmentWebhook, WebhookDelivery
+from members.segments.selectors import FEED_WRITERS, feed_writers_finished
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,6 @@ SECRET_KIND = "whsec"  # noqa: S105 - the prefix of a secret, not one
 MAX_WEBHOOKS_PER_SEGMENT = 10
 #: How long a delivery waits for the transactions that were writing the feed when it claimed.
 SETTLE_WAIT_SECONDS = 5.0
-_SETTLE_POLL_SECONDS = 0.02
 #: Batches one run delivers before handing the rest to a fresh task (fair to other webhooks).
 BATCHES_PER_RUN = 20
 _RESPONSE_EXCERPT_BYTES = 500
@@ -350,23 +350,14 @@ _DUE = f"""
     AND EXISTS (SELECT 1 FROM {_FEED} AS c WHERE c.segment_id = w.segment_id AND c.id > w.cursor
                 AND (w.changes = 'both' OR c.change = w.changes))
 """  # noqa: S608 - table names from the models
-#: The transactions, other than this one, writing the feed's table right now: a change they
-#: have not committed may hold a lower id than one already visible.
-_FEED_WRITERS = f"""
-    SELECT l.virtualtransaction FROM pg_locks AS l
-    WHERE l.locktype = 'relation' AND l.relation = '{_FEED}'::regclass AND l.mode = 'RowExclusiveLock'
-      AND l.granted AND l.pid <> pg_backend_pid()
-      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-"""  # noqa: S608
 _CLAIM = f"""
 UPDATE {_WEBHOOKS} AS w SET leased_until = %(until)s, lease = %(lease)s
 WHERE w.id = %(id)s AND {_DUE}
 RETURNING w.segment_id, (SELECT s.key FROM {Segment._meta.db_table} AS s WHERE s.id = w.segment_id),
     w.url, w.secret, w.changes, w.cursor, w.failures,
-    (SELECT max(c.id) FROM {_FEED} AS c), ARRAY({_FEED_WRITERS})
+    (SELECT max(c.id) FROM {_FEED} AS c), ARRAY({FEED_WRITERS})
 """  # noqa: S608
 _DUE_IDS = f"SELECT w.id FROM {_WEBHOOKS} AS w WHERE {_DUE} ORDER BY w.id"  # noqa: S608
-_WRITERS_LEFT = f"SELECT count(*) FROM ({_FEED_WRITERS}) AS l WHERE l.virtualtransaction = ANY(%s)"  # noqa: S608
 
 
 class Outcome(StrEnum):
@@ -487,29 +478,16 @@ def _claim_settled(webhook_id: int, now: datetime, *, lease_seconds: float) -> _
         claim = _claim(webhook_id, now, lease_seconds=lease_seconds)
         if claim is None:
             return Outcome.IDLE
-        if not claim.writers or _writers_finished(claim.writers):
+        if not claim.writers or feed_writers_finished(claim.writers, wait=SETTLE_WAIT_SECONDS):
             return claim
         _release(claim)
-        if not _writers_finished(claim.writers, wait=0):
+        if not feed_writers_finished(claim.writers, wait=0):
             # Each writer nudges when it commits, and the webhook is no longer ours: it will be
             # delivered then (or by the sweep).
             break
         # They ended as we let go: nobody else may have noticed, so claim again.
     logger.info("Webhook %s waits for the writers of the feed to commit", webhook_id)
     return Outcome.WAITING
-
-
-def _writers_finished(writers: tuple[str, ...], wait: float = SETTLE_WAIT_SECONDS) -> bool:
-    """Whether these transactions have all ended, waiting up to ``wait`` seconds for them."""
-    deadline = time.monotonic() + wait
-    while True:
-        with connection.cursor() as cursor:
-            cursor.execute(_WRITERS_LEFT, [list(writers)])
-            if cursor.fetchone()[0] == 0:
-                return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(_SETTLE_POLL_SECONDS)
 
 
 def _release(claim: _Claim) -> None:

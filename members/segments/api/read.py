@@ -11,7 +11,7 @@ from cdp.pagination import query_int
 from cdp.permissions import permissions_required
 from members.segments.api import VIEW_SEGMENTS, segment_by_key
 from members.segments.models import Segment
-from members.segments.selectors import segment_changes
+from members.segments.selectors import feed_horizon, segment_changes
 
 
 class SegmentOutput(serializers.ModelSerializer):
@@ -65,7 +65,12 @@ class SegmentChangesView(APIView):
         segment = segment_by_key(key)
         since = query_int(request, "since", default=0, low=0, high=2**63 - 1)
         size = query_int(request, "page_size", default=1000, low=1, high=10_000)
-        changes = segment_changes(segment=segment, since=since, size=size)  # type: ignore[arg-type]
+        # Only up to the settled horizon: a change committing late with a lower id would
+        # otherwise fall behind a cursor the tool already moved past.
+        until = feed_horizon()
+        changes = (
+            [] if until is None else segment_changes(segment=segment, since=since, size=size, until=until)
+        )  # type: ignore[arg-type]
         return Response(
             ChangesPage({
                 "results": [{"cursor": c.pk, "member_id": c.member_id, "change": c.change, "at": c.at} for c in changes],

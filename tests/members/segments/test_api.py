@@ -1,6 +1,10 @@
 """The segments API for marketing tools: definitions, keyset member pages, the changes feed."""
 
+import threading
+import time
+
 import pytest
+from django.utils import timezone
 
 from cdp.roles import Role
 from events.pipeline import events_process_pending
@@ -70,3 +74,47 @@ def test_the_changes_feed_gives_who_entered_and_left_since_a_cursor(buyers, zhan
     assert [(c["member_id"], c["change"]) for c in first["results"]] == [(zhang["member"], "entered")]
     assert [(c["member_id"], c["change"]) for c in later["results"]] == [(zhang["member"], "exited")]
     assert nothing == {"results": [], "next_since": later["next_since"]}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_changes_feed_never_lets_a_late_commit_fall_behind_the_cursor():
+    from django.db import connection, transaction
+
+    from members.segments.models import SegmentChange
+
+    listed = Segment.objects.create(key="list", name="List", kind="static")
+    early, late = 1001, 1002  # the feed keeps ids of members since erased: no foreign key
+    wrote, finish, pages = threading.Event(), threading.Event(), []
+
+    def late_writer() -> None:  # takes the lower id first, commits last
+        try:
+            with transaction.atomic():
+                SegmentChange.objects.create(
+                    segment=listed, member_id=late, change="entered", at=timezone.now()
+                )
+                wrote.set()
+                finish.wait(10)
+        finally:
+            connection.close()
+
+    def reader() -> None:
+        try:
+            pages.append(staff_client(Role.MARKETING).get("/api/v1/segments/list/changes/?since=0").json())
+        finally:
+            connection.close()
+
+    writer = threading.Thread(target=late_writer)
+    writer.start()
+    assert wrote.wait(10)
+    SegmentChange.objects.create(segment=listed, member_id=early, change="entered", at=timezone.now())
+    reading = threading.Thread(target=reader)
+    reading.start()
+    time.sleep(0.3)
+    finish.set()
+    writer.join(10)
+    reading.join(10)
+    after = staff_client(Role.MARKETING).get("/api/v1/segments/list/changes/?since=0").json()
+
+    # The reader waited for the late writer rather than hand out the higher cursor alone.
+    assert [r["member_id"] for r in pages[0]["results"]] == [late, early]
+    assert [r["member_id"] for r in after["results"]] == [late, early]
