@@ -22,6 +22,7 @@ from django.apps import apps as global_apps
 from django.apps.registry import Apps
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, transaction
+from django.utils import timezone
 
 from members.aggregates import CHANNELS
 from members.locks import memberships_lock
@@ -45,7 +46,7 @@ from members.segments.computed import (
     rfm_group,
     rfm_tag_key,
 )
-from members.segments.models import RfmCutoffs, Tag
+from members.segments.models import RfmCutoffs, Segment, Tag
 
 logger = logging.getLogger(__name__)
 
@@ -158,12 +159,12 @@ def _tags_install(tag_model: type[Tag], using: str, windows: LifecycleWindows) -
                 "tag %r is a %s tag: the computed tag of that key is not installed", tag.key, tag.kind
             )
         elif {"name": tag.name, "description": tag.description} != wanted:
-            tag_model.objects.using(using).filter(pk=tag.pk).update(**wanted)
+            tag_model.objects.using(using).filter(pk=tag.pk).update(**wanted, updated_at=timezone.now())
     # A concurrent install may have made some: theirs stand.
     tag_model.objects.using(using).bulk_create(missing, ignore_conflicts=True)
 
 
-def _segments_install(segment_model: type, using: str, windows: LifecycleWindows) -> None:
+def _segments_install(segment_model: type[Segment], using: str, windows: LifecycleWindows) -> None:
     definitions = built_in_segments(windows)
     existing = {
         s.key: s for s in segment_model.objects.using(using).filter(key__in=[d.key for d in definitions])
@@ -183,7 +184,9 @@ def _segments_install(segment_model: type, using: str, windows: LifecycleWindows
             logger.warning("segment %r was made by staff: the built-in segment of that key is not installed",
                            segment.key)  # fmt: skip
         elif {name: getattr(segment, name) for name in wanted} != wanted:
-            segment_model.objects.using(using).filter(pk=segment.pk).update(**wanted)
+            segment_model.objects.using(using).filter(pk=segment.pk).update(
+                **wanted, updated_at=timezone.now()
+            )
     segment_model.objects.using(using).bulk_create(missing, ignore_conflicts=True)
 
 

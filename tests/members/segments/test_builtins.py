@@ -74,6 +74,7 @@ def test_installing_twice_changes_nothing_and_mends_what_was_changed():
 
     lost = Segment.objects.get(key="rfm-lost")
     assert (lost.name, lost.rule) == ("RFM: Lost", {"tag": "rfm-lost"})
+    assert lost.updated_at > next(row for row in before[1] if row[1] == "rfm-lost")[-1]
     assert Tag.objects.get(key="lifecycle-new").description == "First purchase in the last 30 days."
     assert [row[:5] for row in snapshot()[0]] == [row[:5] for row in before[0]]
 
