@@ -26,7 +26,7 @@ from decimal import Decimal
 from django.db import connection
 
 from cdp.db import binary_parameters_cursor, rows_delete
-from members.segments.builtins import lifecycle_windows
+from members.segments.builtins import lifecycle_windows, rfm_edges_load
 from members.segments.computed import (
     LifecycleWindows,
     PurchaseFacts,
@@ -36,7 +36,6 @@ from members.segments.computed import (
 )
 from members.segments.models import (
     MemberTag,
-    RfmCutoffs,
     SegmentChange,
     SegmentMember,
     SegmentsRecheck,
@@ -103,7 +102,7 @@ def memberships_refresh(
     sizes = _retired_leave(retired, now)
     if not members:
         return _sizes_move(sizes)
-    computing = _Computing(definitions, _rfm_edges(), lifecycle_windows(), now)
+    computing = _Computing(definitions, rfm_edges_load(), lifecycle_windows(), now)
     outcome = _Outcome([], [], [], [], {})
     for facts, tag_ids, segment_ids in _state_of(members):
         _member_evaluate(computing, facts, set(tag_ids), set(segment_ids), outcome)
@@ -112,14 +111,6 @@ def memberships_refresh(
         sizes[segment_id] = sizes.get(segment_id, 0) + delta
     _rechecks_write(set(members), outcome.recheck)
     return _sizes_move(sizes)
-
-
-def _rfm_edges() -> RfmEdges | None:
-    """The quintile edges of the last full RFM compute (none yet: no RFM tags)."""
-    cutoffs = RfmCutoffs.objects.first()
-    if cutoffs is None:
-        return None
-    return RfmEdges(tuple(cutoffs.recency), tuple(cutoffs.frequency), tuple(cutoffs.monetary))
 
 
 def _purchases(facts: MemberFacts) -> PurchaseFacts:

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from cdp.db import binary_parameters_cursor
 from members.locks import memberships_lock
+from members.segments.builtins import computed_tags_compute_all, rfm_cutoffs_compute
 from members.segments.compile import rule_sql
 from members.segments.models import Segment, SegmentMember, Tag
 from members.segments.rules import RuleInvalid, rule_parse, rule_references
@@ -152,12 +153,16 @@ def tag_compute(*, tag: Tag, now: datetime | None = None) -> int:
             return cursor.rowcount
 
 
-def memberships_compute_all(*, now: datetime | None = None) -> list[Segment]:
-    """Recompute every tag and segment from scratch (nightly): the RFM cutoffs and computed
-    tags, then every rule tag and dynamic segment, each after those its rule reads. A rule
-    that cannot be parsed, or that reads what reads it back, is recorded on its segment (a
-    tag's is logged). Returns the segments."""
+def memberships_compute_all(*, now: datetime | None = None, rfm_cutoffs: bool = True) -> list[Segment]:
+    """Recompute every tag and segment from scratch (nightly): the RFM cutoffs (unless
+    ``rfm_cutoffs`` is false: score against the last ones) and computed tags, then every
+    rule tag and dynamic segment, each after those its rule reads. A rule that cannot be
+    parsed, or that reads what reads it back, is recorded on its segment (a tag's is
+    logged). Returns the segments."""
     now = now or timezone.now()
+    if rfm_cutoffs:
+        rfm_cutoffs_compute(now=now)
+    computed_tags_compute_all(now=now)
     return _definitions_compute(definitions_load(), now=now)
 
 

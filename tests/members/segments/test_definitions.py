@@ -407,7 +407,9 @@ def test_staff_add_and_remove_manual_tags_recorded_and_idempotent(zhang):
 
     assert (added.status_code, added.json()["changed"]) == (201, True)
     assert (again.status_code, again.json()["changed"]) == (200, False)
-    assert [(t["key"], t["kind"], t["added_by"]) for t in listed] == [("vip", "manual", "staff-crm_agent")]
+    assert [(t["key"], t["kind"], t["added_by"]) for t in listed if t["kind"] != "computed"] == [
+        ("vip", "manual", "staff-crm_agent")
+    ]
     assert (removed.status_code, removed.json()["changed"]) == (200, True)
     assert (gone.status_code, gone.json()["changed"]) == (200, False)
     assert list(
@@ -477,7 +479,7 @@ def test_the_tag_history_pages_newest_first_and_includes_absorbed_ids(zhang):
     rest = client.get(f"/api/v1/members/{zhang['member']}/tags/history/?before={first['next_cursor']}").json()
 
     assert [c["action"] for c in first["results"]] == ["removed", "added", "removed"]
-    assert [(c["action"], c["member_id"]) for c in rest["results"]] == [
+    assert [(c["action"], c["member_id"]) for c in rest["results"] if c["tag"] == "vip"] == [
         ("added", zhang["member"]), ("added", zhang["absorbed"]),
     ]  # fmt: skip
     assert rest["next_cursor"] is None

@@ -3,6 +3,7 @@ re-evaluates its tags and segments (no full recompute involved); merges and spli
 membership with the member; what the refresh leaves equals what a full recompute gives."""
 
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.db import transaction
@@ -16,6 +17,7 @@ from identity.services import member_split
 from members.models import Member
 from members.segments.models import (
     MemberTag,
+    RfmCutoffs,
     Segment,
     SegmentChange,
     SegmentMember,
@@ -36,8 +38,9 @@ def members_of(key: str) -> set[int]:
     return set(SegmentMember.objects.filter(segment__key=key).values_list("member_id", flat=True))
 
 
-def tags_of(member_id: int) -> set[str]:
-    return set(MemberTag.objects.filter(member_id=member_id).values_list("tag__key", flat=True))
+def tags_of(member_id: int, *, computed: bool = True) -> set[str]:
+    tags = MemberTag.objects.filter(member_id=member_id)
+    return set((tags if computed else tags.exclude(tag__kind="computed")).values_list("tag__key", flat=True))
 
 
 def history(key: str) -> list[tuple[int, str]]:
@@ -82,7 +85,7 @@ def test_an_order_puts_the_member_in_its_segments_and_tags_within_the_refresh(st
 
     assert member in members_of("pos-recent")
     assert member in members_of("app-never")
-    assert tags_of(member) == {"shoe-buyer"}
+    assert tags_of(member) == {"shoe-buyer", "lifecycle-new", "channel-store-only"}  # rule and computed
     assert Segment.objects.get(key="pos-recent").size == 1
 
     order(app, "13800138000", days_ago=1)
@@ -92,7 +95,10 @@ def test_an_order_puts_the_member_in_its_segments_and_tags_within_the_refresh(st
     assert member not in members_of("app-never")
     assert history("app-never") == [(member, "entered"), (member, "exited")]
     assert Segment.objects.get(key="app-never").size == 0
-    assert list(TagChange.objects.values_list("member_id", "action", "by")) == [(member, "added", None)]
+    assert tags_of(member) == {"shoe-buyer", "lifecycle-new", "channel-omnichannel"}
+    assert list(TagChange.objects.filter(tag__key__startswith="channel-").order_by("id").values_list("tag__key", "action")) == [
+        ("channel-store-only", "added"), ("channel-store-only", "removed"), ("channel-omnichannel", "added"),
+    ]  # fmt: skip
 
 
 def test_the_member_is_rechecked_when_its_window_closes(store):
@@ -124,7 +130,7 @@ def test_staff_choices_stay_and_a_broken_rule_keeps_its_members(store):
     order(store, "13800138000", days_ago=1)
     events_process_pending()
 
-    assert tags_of(member) == {"vip"}
+    assert tags_of(member, computed=False) == {"vip"}
     assert member in members_of("call-list")
     assert member in members_of("broken")
 
@@ -157,7 +163,7 @@ def test_a_merge_moves_membership_to_the_survivor_and_the_absorbed_id_leaves(sto
     assert members_of("buyers") == members_of("omni") == members_of("call-list") == {survivor}
     assert (absorbed, "exited") in history("buyers")
     assert history("omni") == [(survivor, "entered")]
-    assert tags_of(survivor) == {"vip"}
+    assert tags_of(survivor, computed=False) == {"vip"}
     assert tags_of(absorbed) == set()
     assert not SegmentsRecheck.objects.filter(member_id=absorbed).exists()
     assert Segment.objects.get(key="buyers").size == 1
@@ -224,6 +230,12 @@ def test_what_the_refreshes_leave_is_what_a_full_recompute_gives(purchases, citi
 
 
 def _refreshes_then_full_recompute(purchases, cities, store, app) -> None:
+    # Both paths score RFM against these quintile edges (the full recompute keeps them).
+    ago = timezone.now() - timedelta(days=1)
+    RfmCutoffs.objects.create(
+        recency=[ago - timedelta(days=d) for d in (40, 20, 10, 3)], frequency=[1, 1, 2, 3],
+        monetary=[Decimal(v) for v in (20, 100, 180, 300)], members=10, computed_at=ago,
+    )  # fmt: skip
     for key, rule in RULES.items():
         Segment.objects.create(key=key, name=key, kind="dynamic", rule=rule)
     for key, rule in TAG_RULES.items():
@@ -241,14 +253,18 @@ def _refreshes_then_full_recompute(purchases, cities, store, app) -> None:
             events_process_pending()
     events_process_pending()
     changes = SegmentChange.objects.count(), TagChange.objects.count()
-    incremental = {key: members_of(key) for key in RULES}
+    incremental = {key: members_of(key) for key in Segment.objects.values_list("key", flat=True)}
 
-    memberships_compute_all()
+    tags = set(MemberTag.objects.values_list("member_id", "tag__key"))
 
-    assert {key: members_of(key) for key in RULES} == incremental
+    memberships_compute_all(rfm_cutoffs=False)
+
+    assert set(MemberTag.objects.values_list("member_id", "tag__key")) == tags
+    assert {key: members_of(key) for key in incremental} == incremental
     assert (SegmentChange.objects.count(), TagChange.objects.count()) == changes  # nothing to correct
     for segment in Segment.objects.all():
         assert segment.size == len(incremental[segment.key])
+    assert any(key.startswith("rfm-") for _, key in tags)
 
 
 def test_a_rebuild_gives_the_same_membership_as_the_refreshes(store, app):

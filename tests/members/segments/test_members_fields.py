@@ -75,7 +75,13 @@ def test_each_field_reads_the_members_profile_figures_points_identifiers_and_tag
     PointsAccount.objects.filter(member_id=zhang["member"]).update(tier="gold")
 
     [member] = page(Role.MARKETING, segment.key, f"fields={EVERYTHING}")["results"]
+    computed = set(
+        MemberTag.objects.filter(member_id=zhang["member"], tag__kind="computed").values_list(
+            "tag__key", flat=True
+        )
+    )
 
+    assert {"channel-omnichannel"} < computed
     assert member == {
         "member_id": zhang["member"],
         "entered_at": member["entered_at"],
@@ -91,7 +97,8 @@ def test_each_field_reads_the_members_profile_figures_points_identifiers_and_tag
         "last_event_at": "2026-09-04T10:00:00Z",
         "points": 320,  # the default program: a point per yuan
         "tier": "gold",
-        "tags": ["vip"],
+        # The manual tag and those the platform computed (lifecycle, channel preference).
+        "tags": sorted({"vip"} | computed),
         "member_card": "MC-0042",
         "user_id": None,
         "identifiers.phone": ["138****8000"],

@@ -138,7 +138,7 @@ def test_an_edited_definition_recomputes_what_reads_it_and_nothing_else(zhang):
 def test_members_whose_windows_expired_are_marked_for_a_refresh_once(zhang):
     DirtyMark.objects.all().delete()
     now = timezone.now()
-    SegmentsRecheck.objects.create(member_id=zhang["member"], due_at=now)
+    SegmentsRecheck.objects.update_or_create(member_id=zhang["member"], defaults={"due_at": now})
 
     assert memberships_recheck_due(now=now - timedelta(seconds=1)) == 0
     assert memberships_recheck_due(now=now) == 1
