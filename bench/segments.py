@@ -131,10 +131,27 @@ def segments_define() -> None:
 # --- full recompute ------------------------------------------------------------------------------
 
 
+#: Points and tiers as the loyalty refresh would leave them (bench/points.py computes them for
+#: real, in 15 minutes): the balance is the spend, tiers at 300 / 800 / 2000 points.
+POINTS_ACCOUNTS = """
+INSERT INTO members_pointsaccount (member_id, balance, negative_allowed, tier, tier_since, recheck_at,
+                                   next_expiry_at, next_expiry_points, updated_at)
+SELECT a.member_id, a.spend::int, true,
+       CASE WHEN a.spend >= 2000 THEN 'black' WHEN a.spend >= 800 THEN 'gold' WHEN a.spend >= 300 THEN 'silver'
+            ELSE 'member' END, a.last_purchase_at, NULL, NULL, 0, now()
+FROM members_memberaggregate AS a
+ON CONFLICT (member_id) DO NOTHING
+"""
+
+
 def full_recompute() -> dict[str, Any]:
     from members.segments.services import memberships_compute_all
 
     with bench_members.database() as conn:
+        if not conn.execute("SELECT EXISTS (SELECT 1 FROM members_pointsaccount)").fetchone()[0]:
+            with ingest.announced("writing points accounts"):
+                conn.execute(POINTS_ACCOUNTS)
+                conn.execute("VACUUM ANALYZE members_pointsaccount")
         conn.execute(
             "TRUNCATE members_segmentmember, members_segmentchange, members_membertag, members_tagchange"
         )
