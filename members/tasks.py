@@ -4,7 +4,12 @@ from celery import shared_task
 
 from events.tasks import process_pending_enqueue
 from members.loyalty.services import points_recheck_due
-from members.segments.services import definition_recompute, memberships_compute_all, memberships_recheck_due
+from members.segments.services import (
+    definition_recompute,
+    memberships_compute_all,
+    memberships_recheck_due,
+    rfm_first_compute,
+)
 
 
 @shared_task(name="members.loyalty_recheck", ignore_result=True)
@@ -41,7 +46,9 @@ def memberships_recompute_all() -> None:
 @shared_task(name="members.memberships_recheck", ignore_result=True)
 def memberships_recheck() -> int:
     """Members whose time windows ("in the last 30 days") or lifecycle stage expire by now:
-    marks them and nudges the pipeline, whose refresh evaluates them again."""
+    marks them and nudges the pipeline, whose refresh evaluates them again. On a platform
+    whose first buyers came after the last nightly run, computes the RFM quintiles now."""
+    rfm_first_compute()
     marked = memberships_recheck_due()
     if marked:
         process_pending_enqueue()

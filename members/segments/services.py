@@ -21,9 +21,10 @@ from django.utils import timezone
 
 from cdp.db import binary_parameters_cursor
 from members.locks import memberships_lock
+from members.models import MemberAggregate
 from members.segments.builtins import computed_tags_compute_all, rfm_cutoffs_compute
 from members.segments.compile import rule_sql
-from members.segments.models import Segment, SegmentMember, Tag
+from members.segments.models import RfmCutoffs, Segment, SegmentMember, Tag
 from members.segments.rules import RuleInvalid, rule_parse, rule_references
 from members.segments.selectors import Definitions, definitions_load
 from members.segments.webhooks import webhooks_nudge
@@ -205,6 +206,16 @@ def _definitions_compute(definitions: Definitions, *, now: datetime) -> list[Seg
         segment.save(update_fields=["error", "updated_at"])
         done.append(segment)
     return done
+
+
+def rfm_first_compute(*, now: datetime | None = None) -> bool:
+    """Until the first nightly run, a platform with buyers has no RFM quintiles: compute
+    everything once as soon as there are buyers (the recheck calls this; a no-op after).
+    Returns whether it ran."""
+    if RfmCutoffs.objects.exists() or not MemberAggregate.objects.filter(orders__gt=0).exists():
+        return False
+    memberships_compute_all(now=now)
+    return True
 
 
 def memberships_recheck_due(*, now: datetime | None = None) -> int:

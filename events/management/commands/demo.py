@@ -27,6 +27,7 @@ from events.demo import DEMO_SOURCES, WEB_SOURCE_SLUG, DemoEvent, demo_stream
 from events.models import Channel, Event, Source
 from events.services import events_ingest, source_create, source_rotate_key, source_set_enabled
 from members.loyalty.demo import loyalty_demo_setup
+from members.segments.demo import segments_demo_setup
 
 #: Events per ``events_ingest`` call: the size of a busy SDK batch, one INSERT each.
 BATCH_SIZE = 500
@@ -153,6 +154,7 @@ class Command(BaseCommand):
         url = url.rstrip("/")
         sources, created = self._sources_ensure()
         loyalty_demo_setup()  # before the worker earns the demo's points: tiers apply from the start
+        segments_demo_setup()  # before the worker refreshes the demo's members: each lands where it belongs
         loaded = self._events_load(sources=sources, members=members, seed=seed)
         credentials = _credentials_issue(web_source=sources[WEB_SOURCE_SLUG])
         total = Event.objects.filter(source__in=sources.values()).count()

@@ -11,6 +11,7 @@ from django.db import connection
 from events.models import Event
 from identity.services import identity_resolve_events
 from members.loyalty.models import PointsAccount, PointsEntry, TierChange
+from members.segments.models import SegmentMember
 from members.services import members_refresh
 
 
@@ -37,9 +38,12 @@ def test_rebuilt_points_equal_the_incremental_ones():
     assert any(cause.startswith("reverse:") for _, cause in incremental[0]), "the demo should refund"
     assert any(tier for _, tier, *_ in incremental[1].values()), "the demo should reach tiers"
     rows = PointsEntry.objects.count()
+    memberships = set(SegmentMember.objects.values_list("segment__key", "member_id"))
+    assert any(key.startswith("lifecycle-") for key, _ in memberships)
 
     call_command("rebuild_members", stdout=StringIO())
     assert PointsEntry.objects.count() == rows, "a rebuild over a correct ledger writes nothing"
+    assert set(SegmentMember.objects.values_list("segment__key", "member_id")) == memberships
 
     with connection.cursor() as cursor:  # the ledger refuses DELETE; start from nothing
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # run the deferred floor checks first
@@ -47,3 +51,8 @@ def test_rebuilt_points_equal_the_incremental_ones():
     call_command("rebuild_members", "--points-only", stdout=StringIO())
 
     assert points_state() == incremental
+    # Tags and segments read points and tiers: the command recomputes them too (RFM quintiles
+    # included, which the refreshes had none of yet).
+    after = set(SegmentMember.objects.values_list("segment__key", "member_id"))
+    assert {m for m in after if not m[0].startswith("rfm-")} == memberships
+    assert any(key.startswith("rfm-") for key, _ in after)
