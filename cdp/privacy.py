@@ -39,14 +39,16 @@ def mask_email(email: str) -> str:
 
 
 def mask_contact(type_: str, value: object) -> object:
-    """The value as an agent may see it: phones and emails masked, anything else as is."""
-    if not isinstance(value, str):
+    """The value as an agent may see it: phones and emails masked (a phone stated as a JSON
+    number too, each element of a list, and an object whole), anything else as is."""
+    if type_ not in CONTACT_TYPES or value is None or isinstance(value, bool):
         return value
-    if type_ == "phone":
-        return mask_phone(value)
-    if type_ == "email":
-        return mask_email(value)
-    return value
+    if isinstance(value, list):
+        return [mask_contact(type_, item) for item in value]
+    if isinstance(value, dict):
+        return "***"
+    text = value if isinstance(value, str) else str(value)
+    return mask_phone(text) if type_ == "phone" else mask_email(text)
 
 
 class Masking:

@@ -277,7 +277,7 @@ def _row(
 
 
 def _contact(masking: Masking, type_: str, value: object) -> object:
-    # A phone sent as a JSON number must be masked too: contact values are always text here.
+    # Contact values go out as text whatever JSON type a source stated them in.
     if value is None:
         return None
     return masking.value(type_, value if isinstance(value, str) else orjson.dumps(value).decode())
