@@ -144,3 +144,28 @@ def test_members_whose_windows_expired_are_marked_for_a_refresh_once(zhang):
     assert memberships_recheck_due(now=now) == 1
     assert memberships_recheck_due(now=now) == 0  # already marked
     assert list(DirtyMark.objects.values_list("member_id", flat=True)) == [zhang["member"]]
+
+
+def test_the_command_recomputes_everything_and_says_how_it_went(zhang):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    Segment.objects.create(
+        key="buyers", name="Buyers", kind="dynamic", rule={"aggregate": "orders", "op": "gte", "value": 1}
+    )
+    Segment.objects.create(
+        key="broken", name="Broken", kind="dynamic", rule={"aggregate": "orders", "op": "gtt", "value": 1}
+    )
+    out = StringIO()
+
+    call_command("compute_segments", stdout=out)
+
+    lines = {
+        line.split()[0]: line
+        for line in out.getvalue().splitlines()
+        if line and not line.startswith("Recomputed")
+    }
+    assert " 1 members" in lines["buyers"]
+    assert "unknown operator 'gtt'" in lines["broken"]
+    assert members_of(Segment.objects.get(key="buyers")) == {zhang["member"]}
