@@ -339,22 +339,27 @@ the tables directly, shaped as the pipeline shapes it (see the script's docstrin
 """
 
 
-def write_docs(section: str) -> None:
-    """Insert this run above the earlier ones in the member 360 block, which sits just before
-    the identity block (or at the end); the rest of the file stays as it is."""
+def docs_block_write(section: str, *, start_marker: str, marker: str, end_marker: str, intro: str) -> None:
+    """Insert this run above the earlier ones in its block of docs/benchmarks.md (between
+    ``start_marker`` and ``end_marker``; a new block goes just before the identity block, or
+    at the end); the rest of the file stays as it is."""
     text = DOCS.read_text() if DOCS.exists() else ""
     history = ""
-    if START_MARKER in text and END_MARKER in text:
-        before, _, rest = text.partition(START_MARKER)
-        block, _, after = rest.partition(END_MARKER)
-        history = block.split(MARKER, 1)[1] if MARKER in block else ""
+    if start_marker in text and end_marker in text:
+        before, _, rest = text.partition(start_marker)
+        block, _, after = rest.partition(end_marker)
+        history = block.split(marker, 1)[1] if marker in block else ""
     elif IDENTITY_START in text:
         before, _, after = text.partition(IDENTITY_START)
         after = IDENTITY_START + after
     else:
         before, after = text, ""
-    block = f"{START_MARKER}\n\n{INTRO}\n{MARKER}\n\n{section.rstrip()}\n\n{history.strip()}".rstrip()
-    DOCS.write_text(f"{before.rstrip()}\n\n{block}\n\n{END_MARKER}\n\n{after.lstrip()}".strip() + "\n")
+    block = f"{start_marker}\n\n{intro}\n{marker}\n\n{section.rstrip()}\n\n{history.strip()}".rstrip()
+    DOCS.write_text(f"{before.rstrip()}\n\n{block}\n\n{end_marker}\n\n{after.lstrip()}".strip() + "\n")
+
+
+def write_docs(section: str) -> None:
+    docs_block_write(section, start_marker=START_MARKER, marker=MARKER, end_marker=END_MARKER, intro=INTRO)
 
 
 def main() -> int:

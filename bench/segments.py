@@ -400,19 +400,8 @@ def incremental_lines(inc: dict[str, Any]) -> list[str]:
 
 
 def write_docs(section: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else ""
-    history = ""
-    if START_MARKER in text and END_MARKER in text:
-        before, _, rest = text.partition(START_MARKER)
-        block, _, after = rest.partition(END_MARKER)
-        history = block.split(MARKER, 1)[1] if MARKER in block else ""
-    elif bench_members.IDENTITY_START in text:
-        before, _, after = text.partition(bench_members.IDENTITY_START)
-        after = bench_members.IDENTITY_START + after
-    else:
-        before, after = text, ""
-    block = f"{START_MARKER}\n\n{INTRO}\n{MARKER}\n\n{section.rstrip()}\n\n{history.strip()}".rstrip()
-    DOCS.write_text(f"{before.rstrip()}\n\n{block}\n\n{END_MARKER}\n\n{after.lstrip()}".strip() + "\n")
+    bench_members.docs_block_write(section, start_marker=START_MARKER, marker=MARKER, end_marker=END_MARKER,
+                                   intro=INTRO)  # fmt: skip
 
 
 def main() -> int:
