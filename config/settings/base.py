@@ -153,6 +153,8 @@ LOYALTY_RECHECK_INTERVAL_SECONDS = env.int("LOYALTY_RECHECK_INTERVAL_SECONDS", d
 SEGMENTS_RECHECK_INTERVAL_SECONDS = env.int("SEGMENTS_RECHECK_INTERVAL_SECONDS", default=60)
 #: When the full recompute of every tag and segment runs each night (hour:minute, TIME_ZONE).
 SEGMENTS_NIGHTLY_AT = env("SEGMENTS_NIGHTLY_AT", default="03:30")
+#: PostgreSQL work_mem of a full recompute's transaction (members.locks.full_compute_memory).
+SEGMENTS_COMPUTE_WORK_MEM = env("SEGMENTS_COMPUTE_WORK_MEM", default="256MB")
 
 # --- Segment webhooks (members.segments.webhooks) -------------------------------------------
 #: How often beat looks for deliveries due (retries after backoff, nudges that were lost).

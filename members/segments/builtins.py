@@ -25,7 +25,7 @@ from django.db import DEFAULT_DB_ALIAS, connection, transaction
 from django.utils import timezone
 
 from members.aggregates import CHANNELS
-from members.locks import memberships_lock
+from members.locks import full_compute_memory, memberships_lock
 from members.models import MemberAggregate
 from members.segments.computed import (
     CHANNEL_OMNICHANNEL,
@@ -325,6 +325,7 @@ def computed_tags_compute_all(*, now: datetime) -> int:
     with transaction.atomic():
         ids = computed_tag_ids()
         memberships_lock(tag_ids=list(ids.values()), segment_ids=[], exclusive=True)
+        full_compute_memory()
         edges = rfm_edges_load()
         params: dict[str, object] = {
             "now": now,

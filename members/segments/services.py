@@ -20,7 +20,7 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from cdp.db import binary_parameters_cursor
-from members.locks import memberships_lock
+from members.locks import full_compute_memory, memberships_lock
 from members.models import MemberAggregate
 from members.segments.builtins import computed_tags_compute_all, rfm_cutoffs_compute
 from members.segments.compile import rule_sql
@@ -77,6 +77,7 @@ def _membership_write(segment: Segment, wanted_sql: str, wanted_params: list, no
     Holds the segment against the incremental path first, so its statement sees every
     refresh that wrote the segment committed."""
     memberships_lock(tag_ids=[], segment_ids=[segment.pk], exclusive=True)
+    full_compute_memory()
     with connection.cursor() as cursor:
         cursor.execute(
             _MEMBERSHIP_DIFF.format(wanted=wanted_sql),
@@ -146,6 +147,7 @@ def tag_compute(*, tag: Tag, now: datetime | None = None) -> int:
     sql, params = rule_sql(rule_parse(tag.rule), now=now, all_members=True)
     with transaction.atomic():
         memberships_lock(tag_ids=[tag.pk], segment_ids=[], exclusive=True)
+        full_compute_memory()
         with connection.cursor() as cursor:
             cursor.execute(
                 _TAG_DIFF.format(wanted=_ACTIVE_MATCHING.format(sql=sql)),
