@@ -94,6 +94,13 @@ _TIME_MATCH = (
 )
 
 
+def _compare_default(default: Decimal, op: str, expected: object) -> bool:
+    """Whether a member without a row (its figure at ``default``) passes ``op expected``."""
+    value = Decimal(str(expected))
+    return {"eq": default == value, "ne": default != value, "gt": default > value, "gte": default >= value,
+            "lt": default < value, "lte": default <= value}[op]  # fmt: skip
+
+
 class _Compiler:
     def __init__(self, now: datetime, *, all_members: bool) -> None:
         self.now = now
@@ -103,6 +110,24 @@ class _Compiler:
     def param(self, value: object) -> str:
         self.params.append(value)
         return "%s"
+
+    def has_row(self, rows: str, member: str, where: str) -> str:
+        """Whether ``m`` has a row of ``rows`` (a FROM clause) passing ``where``: probed by
+        index for a batch of members, or (all members) membership in one hashed pass."""
+        if self.all_members:
+            return f"(m.id IN (SELECT {member} FROM {rows} WHERE {where}))"
+        return f"EXISTS (SELECT 1 FROM {rows} WHERE {member} = m.id AND {where})"
+
+    def figure(self, rows: str, member: str, value: str, op: str, expected: object, default: Decimal) -> str:
+        """Whether ``m``'s ``value`` in its row of ``rows`` (``default`` without one) compares
+        to ``expected``."""
+        if not self.all_members:
+            found = f"(SELECT {value} FROM {rows} WHERE {member} = m.id)"
+            return f"(coalesce({found}, {default}) {_OPS[op]} {self.param(expected)})"
+        test = f"{value} {_OPS[op]} {self.param(expected)}"
+        if _compare_default(default, op, expected):  # a member without a row matches
+            return f"(m.id NOT IN (SELECT {member} FROM {rows} WHERE NOT ({test})))"
+        return f"(m.id IN (SELECT {member} FROM {rows} WHERE {test}))"
 
     def equals(self, json: str, expected: Scalar) -> str:
         """``rules.values_equal`` of a jsonb expression and a rule's scalar (NULL when the
@@ -130,12 +155,12 @@ class _Compiler:
             case Trait():
                 return self.trait(condition)
             case HasIdentifier(kind):
-                owned = f"SELECT 1 FROM identity_identifier i WHERE i.member_id = m.id AND i.type = {self.param(kind)}"
-                held = (
-                    "SELECT 1 FROM identity_memberidentifier mi JOIN identity_identifier i ON i.id = mi.identifier_id"
-                    f" WHERE mi.member_id = m.id AND i.type = {self.param(kind)}"
-                )
-                return f"(EXISTS ({owned}) OR EXISTS ({held}))"
+                owned = self.has_row("identity_identifier i", "i.member_id", f"i.type = {self.param(kind)}")
+                held = self.has_row(
+                    "identity_memberidentifier mi JOIN identity_identifier i ON i.id = mi.identifier_id",
+                    "mi.member_id", f"i.type = {self.param(kind)}",
+                )  # fmt: skip
+                return f"({owned} OR {held})"
             case Aggregate():
                 return self.aggregate(condition)
             case Did(event, days, at_least, at_most):
@@ -158,21 +183,22 @@ class _Compiler:
                 earlier = self.count_at_least(event, start - timedelta(days=before), start, 1)
                 return f"(NOT {recent} AND {earlier})"
             case Points(op, value):
-                balance = "(SELECT p.balance FROM members_pointsaccount p WHERE p.member_id = m.id)"
-                return f"(coalesce({balance}, 0) {_OPS[op]} {self.param(value)})"
+                return self.figure(
+                    "members_pointsaccount p", "p.member_id", "p.balance", op, value, Decimal(0)
+                )
             case TierIn(tiers):
                 options = ", ".join(self.param(tier) for tier in tiers)
-                return f"EXISTS (SELECT 1 FROM members_pointsaccount p WHERE p.member_id = m.id AND p.tier IN ({options}))"
+                return self.has_row("members_pointsaccount p", "p.member_id", f"p.tier IN ({options})")
             case HasTag(key):
-                return (
-                    "EXISTS (SELECT 1 FROM members_membertag mt JOIN members_tag t ON t.id = mt.tag_id"
-                    f" WHERE mt.member_id = m.id AND t.key = {self.param(key)})"
-                )
+                return self.has_row(
+                    "members_membertag mt JOIN members_tag t ON t.id = mt.tag_id", "mt.member_id",
+                    f"t.key = {self.param(key)}",
+                )  # fmt: skip
             case InSegment(key):
-                return (
-                    "EXISTS (SELECT 1 FROM members_segmentmember sm JOIN members_segment s ON s.id = sm.segment_id"
-                    f" WHERE sm.member_id = m.id AND s.key = {self.param(key)})"
-                )
+                return self.has_row(
+                    "members_segmentmember sm JOIN members_segment s ON s.id = sm.segment_id", "sm.member_id",
+                    f"s.key = {self.param(key)}",
+                )  # fmt: skip
         raise TypeError(f"not a condition: {condition!r}")
 
     def ago(self, days: int | None) -> datetime | None:
@@ -181,15 +207,13 @@ class _Compiler:
     def trait(self, condition: Trait) -> str:
         op, expected = condition.op, condition.value
         timed = isinstance(expected, datetime) or op in ("within_days", "older_than_days")
-        rows = (
-            f"SELECT 1 FROM members_membertrait t{_TIME_MATCH if timed else ''}"
-            f" WHERE t.member_id = m.id AND t.key = {self.param(condition.key)}"
-        )
+        rows = f"members_membertrait t{_TIME_MATCH if timed else ''}"
+        key = f"t.key = {self.param(condition.key)}"
         present = "jsonb_typeof(t.value) <> 'null'"
         if op == "exists":
-            return f"EXISTS ({rows} AND {present})"
+            return self.has_row(rows, "t.member_id", f"{key} AND {present}")
         if op == "not_exists":
-            return f"(NOT EXISTS ({rows} AND {present}))"
+            return f"(NOT {self.has_row(rows, 't.member_id', f'{key} AND {present}')})"
         if op == "eq":
             test = self.equals("t.value", expected)
         elif op == "ne":
@@ -210,7 +234,8 @@ class _Compiler:
             test = f"{mine} {_OPS[op]} {self.param(expected)}"
         else:
             test = self.days(_time("d.p"), op, expected)
-        return f"EXISTS ({rows} AND {test})"
+        # A NULL test (no number in the value) is no match: coalesce keeps NOT IN exact.
+        return self.has_row(rows, "t.member_id", f"{key} AND coalesce({test}, false)")
 
     def days(self, moment: str, op: str, days: int) -> str:
         since = self.now - timedelta(days=days)
@@ -221,12 +246,12 @@ class _Compiler:
     def aggregate(self, condition: Aggregate) -> str:
         name, op, expected = condition.name, condition.op, condition.value
         column = f"a.{name}"  # a name from rules.AGGREGATES, checked by rule_parse
-        row = "SELECT {} FROM members_memberaggregate a WHERE a.member_id = m.id"
+        rows, member = "members_memberaggregate a", "a.member_id"
         if name == "stores_visited":
             if op == "contains":
-                return f"EXISTS ({row.format(1)} AND {self.param(expected)} = ANY({column}))"
-            figure = f"coalesce(({row.format(f'cardinality({column})')}), 0)"
-            return f"({figure} {'>=' if op == 'count_gte' else '<='} {self.param(expected)})"
+                return self.has_row(rows, member, f"{self.param(expected)} = ANY({column})")
+            compare = "gte" if op == "count_gte" else "lte"
+            return self.figure(rows, member, f"cardinality({column})", compare, expected, Decimal(0))
         if name in TIME_AGGREGATES:
             if op == "before":
                 test = f"{column} < {self.param(expected)}"
@@ -234,10 +259,10 @@ class _Compiler:
                 test = f"{column} > {self.param(expected)}"
             else:
                 test = self.days(column, op, expected)
-            return f"EXISTS ({row.format(1)} AND {test})"
+            return self.has_row(rows, member, test)
         if name in NULLABLE_AGGREGATES:
-            return f"EXISTS ({row.format(1)} AND {column} {_OPS[op]} {self.param(expected)})"
-        return f"(coalesce(({row.format(column)}), 0) {_OPS[op]} {self.param(expected)})"
+            return self.has_row(rows, member, f"{column} {_OPS[op]} {self.param(expected)}")
+        return self.figure(rows, member, column, op, expected, Decimal(0))
 
     def count_at_least(
         self, event: EventFilter, since: datetime | None, until: datetime | None, n: int
