@@ -23,9 +23,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import connection
-
 from cdp.db import binary_parameters_cursor, rows_delete
+from members.locks import memberships_lock
 from members.segments.builtins import lifecycle_windows, rfm_edges_load
 from members.segments.computed import (
     LifecycleWindows,
@@ -43,24 +42,6 @@ from members.segments.models import (
 )
 from members.segments.rules import CHANNELS, MemberFacts, rule_matches, rule_window_expiry
 from members.segments.selectors import Definitions, definitions_load
-
-#: Advisory-lock key spaces (two-key form) of a tag's and a segment's membership.
-TAG_LOCK_SPACE = 0x5447
-SEGMENT_LOCK_SPACE = 0x5347
-
-
-def memberships_lock(*, tag_ids: list[int], segment_ids: list[int], exclusive: bool) -> None:
-    """Hold these tags' and segments' membership until the transaction ends: exclusively for a
-    full recompute, shared for the incremental path. Taken in one global order."""
-    keys = sorted({(TAG_LOCK_SPACE, pk) for pk in tag_ids} | {(SEGMENT_LOCK_SPACE, pk) for pk in segment_ids})
-    if not keys:
-        return
-    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT count({function}(k.space, k.id)) FROM unnest(%s::int[], %s::int[]) AS k(space, id)",  # noqa: S608
-            [[space for space, _ in keys], [pk for _, pk in keys]],
-        )
 
 
 @dataclass(frozen=True, slots=True)
