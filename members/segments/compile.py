@@ -18,7 +18,9 @@ constants; every value from a rule is a parameter.
 # SQL text built from constants only; every value from a rule is a parameter:
 # ruff: noqa: S608
 
-from datetime import datetime, timedelta
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from members.segments.rules import (
@@ -101,10 +103,26 @@ def _compare_default(default: Decimal, op: str, expected: object) -> bool:
             "lt": default < value, "lte": default <= value}[op]  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """A count a behaviour condition needs: events passing ``event`` at ``since`` or later and
+    before ``until``. A full recompute counts every rule's at once, per member, in one pass
+    over the events (``counts_sql``); each rule then reads its column (``rule_sql(counts=)``)."""
+
+    event: EventFilter
+    since: datetime | None
+    until: datetime | None
+
+
 class _Compiler:
-    def __init__(self, now: datetime, *, all_members: bool) -> None:
+    def __init__(
+        self, now: datetime, *, all_members: bool, counts: Mapping[Counted, str] | None = None,
+        counts_table: str = "",
+    ) -> None:  # fmt: skip
         self.now = now
         self.all_members = all_members
+        self.counts, self.counts_table = counts or {}, counts_table
+        self.counted: list[Counted] = []
         self.params: list = []
 
     def param(self, value: object) -> str:
@@ -114,8 +132,8 @@ class _Compiler:
     def has_row(self, rows: str, member: str, where: str) -> str:
         """Whether ``m`` has a row of ``rows`` (a FROM clause) passing ``where``: probed by
         index for a batch of members, or (all members) membership in one hashed pass."""
-        if self.all_members:
-            return f"(m.id IN (SELECT {member} FROM {rows} WHERE {where}))"
+        if self.all_members:  # NOT IN over a NULL is NULL, not false: an unowned identifier has none
+            return f"(m.id IN (SELECT {member} FROM {rows} WHERE {member} IS NOT NULL AND {where}))"
         return f"EXISTS (SELECT 1 FROM {rows} WHERE {member} = m.id AND {where})"
 
     def figure(self, rows: str, member: str, value: str, op: str, expected: object, default: Decimal) -> str:
@@ -126,7 +144,7 @@ class _Compiler:
             return f"(coalesce({found}, {default}) {_OPS[op]} {self.param(expected)})"
         test = f"{value} {_OPS[op]} {self.param(expected)}"
         if _compare_default(default, op, expected):  # a member without a row matches
-            return f"(m.id NOT IN (SELECT {member} FROM {rows} WHERE NOT ({test})))"
+            return f"(m.id NOT IN (SELECT {member} FROM {rows} WHERE {member} IS NOT NULL AND NOT ({test})))"
         return f"(m.id IN (SELECT {member} FROM {rows} WHERE {test}))"
 
     def equals(self, json: str, expected: Scalar) -> str:
@@ -272,6 +290,11 @@ class _Compiler:
         members) membership in the grouped set of members who have."""
         if n <= 0:
             return "TRUE"
+        counted = Counted(event, since, until)
+        self.counted.append(counted)
+        if counted in self.counts:
+            column = self.counts[counted]
+            return f"(m.id IN (SELECT b.member_id FROM {self.counts_table} b WHERE b.{column} >= {int(n)}))"
         # Each property is read once, in a lateral (its name is a parameter; equals repeats it).
         joins = "".join(
             f" CROSS JOIN LATERAL (SELECT e.properties -> {self.param(key[len('properties.') :])}) AS p{i}(v)"
@@ -300,7 +323,55 @@ class _Compiler:
         return f"((SELECT count(*) FROM ({rows} LIMIT {int(n)}) c) >= {int(n)})"
 
 
-def rule_sql(condition: Condition, *, now: datetime, all_members: bool = False) -> tuple[str, list]:
+def rule_counts(condition: Condition, *, now: datetime) -> list[Counted]:
+    """The behaviour counts ``condition`` reads at ``now``."""
+    compiler = _Compiler(now, all_members=True)
+    compiler.compile(condition)
+    return compiler.counted
+
+
+def counts_sql(counted: Sequence[Counted], *, table: str) -> tuple[str, list]:
+    """``CREATE TEMP TABLE table`` holding, per member with any of them, each count of
+    ``counted`` (column ``c<i>`` for ``counted[i]``): one pass over the events and their
+    resolutions for every behaviour condition of every rule, instead of one pass each."""
+    compiler = _Compiler(datetime.now(UTC), all_members=True)
+    keys = sorted({key for c in counted for key, _ in c.event.where if key.startswith("properties.")})
+    # Each property read once per event, in a lateral (its name is a parameter).
+    joins = "".join(
+        f" CROSS JOIN LATERAL (SELECT e.properties -> {compiler.param(key[len('properties.') :])}) AS p{i}(v)"
+        for i, key in enumerate(keys)
+    )
+    tests = []
+    for c in counted:
+        parts = [f"e.event = {compiler.param(c.event.name)}"]
+        if c.since is not None:
+            parts.append(f"e.timestamp >= {compiler.param(c.since)}")
+        if c.until is not None:
+            parts.append(f"e.timestamp < {compiler.param(c.until)}")
+        for key, expected in c.event.where:
+            if key == "channel":
+                parts.append(f"e.channel = {compiler.param(expected)}")
+            elif key == "store_code":
+                parts.append(f"e.store_code = {compiler.param(expected)}")
+            else:
+                parts.append(f"coalesce({compiler.equals(f'p{keys.index(key)}.v', expected)}, false)")
+        tests.append("(" + " AND ".join(parts) + ")")
+    # The select list repeats each test; its parameters go once more, in the same order.
+    select_params = list(compiler.params[len(keys) :])
+    columns = ", ".join(f"count(*) FILTER (WHERE {test}) AS c{i}" for i, test in enumerate(tests))
+    sql = (
+        f"CREATE TEMP TABLE {table} AS SELECT r.member_id, {columns} "
+        f"FROM events_event e JOIN identity_eventresolution r ON r.event_id = e.id{joins} "
+        f"WHERE {' OR '.join(tests)} GROUP BY r.member_id"
+    )
+    key_params = compiler.params[: len(keys)]
+    return sql, [*select_params, *key_params, *select_params]
+
+
+def rule_sql(
+    condition: Condition, *, now: datetime, all_members: bool = False, counts: Mapping[Counted, str] | None = None,
+    counts_table: str = "",
+) -> tuple[str, list]:  # fmt: skip
     """A SQL boolean expression over ``m`` (a ``members_member`` row) true exactly when
     ``rule_matches(condition, facts_of(m), now=now)``, and its parameters.
 
@@ -309,5 +380,5 @@ def rule_sql(condition: Condition, *, now: datetime, all_members: bool = False) 
     ``all_members`` they are instead ``m.id IN (one grouped pass over the matching events)``,
     which PostgreSQL hashes once: for a full recompute. Over 1M members and 10M events, "at
     least 2 store orders in 30 days" took 3.1 s this way and 29 s probing each member."""
-    compiler = _Compiler(now, all_members=all_members)
+    compiler = _Compiler(now, all_members=all_members, counts=counts, counts_table=counts_table)
     return compiler.compile(condition), compiler.params

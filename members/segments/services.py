@@ -13,8 +13,8 @@ segment, records why on it.
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable
-from datetime import datetime
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
 
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
@@ -23,7 +23,7 @@ from cdp.db import binary_parameters_cursor
 from members.locks import full_compute_memory, memberships_lock
 from members.models import MemberAggregate
 from members.segments.builtins import computed_tags_compute_all, rfm_cutoffs_compute
-from members.segments.compile import rule_sql
+from members.segments.compile import Counted, counts_sql, rule_counts, rule_sql
 from members.segments.models import RfmCutoffs, Segment, SegmentMember, Tag
 from members.segments.rules import RuleInvalid, rule_parse, rule_references
 from members.segments.selectors import Definitions, definitions_load
@@ -89,9 +89,12 @@ def _membership_write(segment: Segment, wanted_sql: str, wanted_params: list, no
     return changed
 
 
-def segment_compute(*, segment: Segment, now: datetime | None = None) -> Segment:
+def segment_compute(
+    *, segment: Segment, now: datetime | None = None, counts: Mapping[Counted, str] | None = None
+) -> Segment:
     """Recompute a dynamic segment from its rule over all members, recording its size, when
-    and how long; a failure is recorded on the segment and the membership left as it was."""
+    and how long; a failure is recorded on the segment and the membership left as it was.
+    ``counts``: the behaviour counts already gathered in ``COUNTS_TABLE`` (a full run's)."""
     if segment.kind != Segment.Kind.DYNAMIC:
         return segment
     now = now or timezone.now()
@@ -99,7 +102,9 @@ def segment_compute(*, segment: Segment, now: datetime | None = None) -> Segment
     try:
         with transaction.atomic():
             condition = rule_parse(segment.rule)
-            sql, params = rule_sql(condition, now=now, all_members=True)
+            sql, params = rule_sql(
+                condition, now=now, all_members=True, counts=counts, counts_table=COUNTS_TABLE
+            )
             _membership_write(segment, _ACTIVE_MATCHING.format(sql=sql), params, now)
             segment.size = _size(segment)
             segment.computed_at = now
@@ -137,14 +142,16 @@ def _size(segment: Segment) -> int:
     return SegmentMember.objects.filter(segment=segment).count()
 
 
-def tag_compute(*, tag: Tag, now: datetime | None = None) -> int:
+def tag_compute(*, tag: Tag, now: datetime | None = None, counts: Mapping[Counted, str] | None = None) -> int:
     """Recompute a rule tag over all members; returns how many members gained or lost it
     (each recorded as a tag change). A rule that cannot run leaves the tag as it was and
     raises (``RuleInvalid``, a database error)."""
     if tag.kind != Tag.Kind.RULE:
         return 0
     now = now or timezone.now()
-    sql, params = rule_sql(rule_parse(tag.rule), now=now, all_members=True)
+    sql, params = rule_sql(
+        rule_parse(tag.rule), now=now, all_members=True, counts=counts, counts_table=COUNTS_TABLE
+    )
     with transaction.atomic():
         memberships_lock(tag_ids=[tag.pk], segment_ids=[], exclusive=True)
         full_compute_memory()
@@ -189,25 +196,71 @@ def definition_recompute(*, kind: str, pk: int, now: datetime | None = None) -> 
     return _definitions_compute(only, now=now or timezone.now())
 
 
+#: A full run's behaviour counts (a temporary table: this connection's, dropped after the run).
+COUNTS_TABLE = "segments_behaviour_counts"
+#: How long before a full run a resolution may have started and still commit after its counts
+#: were gathered (transactions of the pipeline last seconds).
+_COUNTS_MARGIN = timedelta(minutes=2)
+
+
 def _definitions_compute(definitions: Definitions, *, now: datetime) -> list[Segment]:
     segments = Segment.objects.in_bulk([d.id for d in definitions.ordered if d.kind == "segment"])
     tags = Tag.objects.in_bulk([d.id for d in definitions.ordered if d.kind == "tag"])
     done: list[Segment] = []
-    for definition in definitions.ordered:
-        if definition.kind == "segment":
-            done.append(segment_compute(segment=segments[definition.id], now=now))
-            continue
-        try:
-            tag_compute(tag=tags[definition.id], now=now)
-        except DatabaseError:
-            # The tag keeps its members; the next run tries again.
-            logger.exception("rule tag %s could not be computed", definition.key)
+    started = timezone.now()
+    counts = _counts_gather(definitions, now=now)
+    try:
+        for definition in definitions.ordered:
+            if definition.kind == "segment":
+                done.append(segment_compute(segment=segments[definition.id], now=now, counts=counts))
+                continue
+            try:
+                tag_compute(tag=tags[definition.id], now=now, counts=counts)
+            except DatabaseError:
+                # The tag keeps its members; the next run tries again.
+                logger.exception("rule tag %s could not be computed", definition.key)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS {COUNTS_TABLE}")
+    if counts:
+        _resolved_since_mark(started - _COUNTS_MARGIN)
     broken = {pk: reason for (kind, pk), reason in definitions.broken.items() if kind == "segment"}
     for segment in Segment.objects.filter(pk__in=broken):
         segment.error = broken[segment.pk][:2000]
         segment.save(update_fields=["error", "updated_at"])
         done.append(segment)
     return done
+
+
+def _counts_gather(definitions: Definitions, *, now: datetime) -> dict[Counted, str]:
+    """Every behaviour count the definitions read, per member, in one pass over the events
+    (``compile.counts_sql``) instead of one pass per condition; returns which column holds
+    which count."""
+    counted = list(dict.fromkeys(c for d in definitions.ordered for c in rule_counts(d.condition, now=now)))
+    if not counted:
+        return {}
+    began = time.monotonic()
+    with transaction.atomic(), connection.cursor() as cursor:
+        full_compute_memory()
+        cursor.execute(f"DROP TABLE IF EXISTS {COUNTS_TABLE}")
+        cursor.execute(*counts_sql(counted, table=COUNTS_TABLE))
+        cursor.execute(f"ANALYZE {COUNTS_TABLE}")
+    logger.info("behaviour counts of %d conditions gathered in %d ms", len(counted),
+                round((time.monotonic() - began) * 1000))  # fmt: skip
+    return {c: f"c{i}" for i, c in enumerate(counted)}
+
+
+def _resolved_since_mark(since: datetime) -> int:
+    """Mark for a refresh the members whose events were resolved since ``since``: a full run
+    read the events as they were when it gathered the counts, so a refresh that ran in
+    between may have been overwritten with older counts; refreshing again puts it right."""
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO members_dirtymark (member_id, marked_at) "
+            "SELECT DISTINCT r.member_id, now() FROM identity_eventresolution AS r WHERE r.resolved_at >= %b",
+            [since],
+        )
+        return cursor.rowcount
 
 
 def rfm_first_compute(*, now: datetime | None = None) -> bool:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from events.models import Event
 from identity.models import EventResolution, Identifier, MemberIdentifier
 from members.models import Member, MemberAggregate, MemberTag, PointsAccount, Segment, SegmentMember, Tag
-from members.segments.compile import rule_sql
+from members.segments.compile import counts_sql, rule_counts, rule_sql
 from members.segments.rules import EventFact, MemberFacts, rule_matches, rule_parse
 from tests.factories import SourceFactory
 
@@ -412,11 +412,23 @@ def facts(member_id: int, data: dict) -> MemberFacts:
     )
 
 
-def selected(rule: object, *, all_members: bool = False) -> set[int]:
-    sql, params = rule_sql(rule_parse(rule), now=NOW, all_members=all_members)
+def selected(rule: object, *, all_members: bool = False, counted: bool = False) -> set[int]:
+    """The members the rule's SQL picks: probing a batch, in one pass over all members, or
+    (``counted``) reading the behaviour counts a full recompute gathers for every rule at once."""
+    condition = rule_parse(rule)
+    counts = (
+        {c: f"c{i}" for i, c in enumerate(dict.fromkeys(rule_counts(condition, now=NOW)))} if counted else {}
+    )
+    sql, params = rule_sql(condition, now=NOW, all_members=all_members or counted, counts=counts,
+                           counts_table="rule_counts_test")  # fmt: skip
     with connection.cursor() as cursor:
+        if counts:
+            cursor.execute(*counts_sql(list(counts), table="rule_counts_test"))
         cursor.execute(f"SELECT m.id FROM members_member m WHERE m.status = 'active' AND ({sql})", params)
-        return {row[0] for row in cursor.fetchall()}
+        found = {row[0] for row in cursor.fetchall()}
+        if counts:
+            cursor.execute("DROP TABLE rule_counts_test")
+    return found
 
 
 @pytest.mark.django_db
@@ -434,6 +446,7 @@ def test_sql_python_and_the_reference_pick_the_same_members(generated, checked):
             assert in_python == expected, rule
             assert selected(rule) == expected, rule
             assert selected(rule, all_members=True) == expected, rule
+            assert selected(rule, counted=True) == expected, rule
         transaction.set_rollback(True)
 
 
@@ -467,7 +480,7 @@ def test_the_gold_shanghai_store_not_mini_program_example():
     ]
     ids = write(generated)
 
-    assert selected(rule) == selected(rule, all_members=True) == {ids[0]}
+    assert selected(rule) == selected(rule, all_members=True) == selected(rule, counted=True) == {ids[0]}
     assert [rule_matches(rule_parse(rule), facts(i, d), now=NOW) for i, d in zip(ids, generated, strict=True)] == [
         True, False, False, False, False,
     ]  # fmt: skip
