@@ -399,16 +399,13 @@ def full_lines(full: dict[str, Any]) -> list[str]:
         ours = run["counts_s"] + sum((run["segments"].get(k) or (0, 0, ""))[0] or 0 for k in SEGMENTS) / 1000
         lines.append(f"| {run['label']} | {run['seconds']:,.1f} | **{ours:,.1f}** | "
                      f"{'✓' if not full['wrong_sizes'] else '✗'} sizes = member counts |")  # fmt: skip
-    lines += [
-        "",
-        f"| segment | {first['label']}: ms | {again['label']}: ms | size | error |",
-        "|---|---:|---:|---:|---|",
-    ]
+    runs = full["runs"]
+    lines += ["", "| segment | " + " | ".join(f"{run['label']}: ms" for run in runs) + " | size | error |",
+              "|---|" + "---:|" * len(runs) + "---:|---|"]  # fmt: skip
     for key in sorted(first["segments"]):
-        ms, size, error = first["segments"][key]
-        lines.append(
-            f"| {key} | {ms or 0:,} | {(again['segments'].get(key) or (0,))[0] or 0:,} | {size:,} | {error[:60]} |"
-        )
+        _, size, error = again["segments"][key]
+        times = " | ".join(f"{(run['segments'].get(key) or (0,))[0] or 0:,}" for run in runs)
+        lines.append(f"| {key} | {times} | {size:,} | {error[:60]} |")
     return lines
 
 
