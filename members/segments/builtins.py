@@ -24,9 +24,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, transaction
 from django.utils import timezone
 
-from members.aggregates import CHANNELS
 from members.locks import full_compute_memory, memberships_lock
-from members.models import MemberAggregate
 from members.segments.computed import (
     CHANNEL_OMNICHANNEL,
     CHANNEL_ONLINE_ONLY,
@@ -39,7 +37,6 @@ from members.segments.computed import (
     LIFECYCLE_STAGES,
     RFM_GROUPS,
     LifecycleWindows,
-    PurchaseFacts,
     RfmEdges,
     channel_tag_key,
     lifecycle_tag_key,
@@ -67,19 +64,6 @@ def rfm_edges_load() -> RfmEdges | None:
     if row is None:
         return None
     return RfmEdges(recency=tuple(row.recency), frequency=tuple(row.frequency), monetary=tuple(row.monetary))
-
-
-def purchase_facts_of(aggregate: MemberAggregate | None) -> PurchaseFacts:
-    """What the computed tags read of a member's figures (None: a member without figures)."""
-    if aggregate is None:
-        return PurchaseFacts()
-    return PurchaseFacts(
-        orders=aggregate.orders,
-        spend=aggregate.spend,
-        first_purchase_at=aggregate.first_purchase_at,
-        last_purchase_at=aggregate.last_purchase_at,
-        orders_by_channel={channel: getattr(aggregate, f"orders_{channel}") for channel in CHANNELS},
-    )
 
 
 # --- built in: the computed tags and their segments ---------------------------------------------

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from itertools import pairwise
+from typing import Any
 
 STORE_CHANNELS = frozenset({"pos"})
 ONLINE_CHANNELS = frozenset({"app", "mini_program", "web"})
@@ -311,6 +312,20 @@ class PurchaseFacts:
     first_purchase_at: datetime | None = None
     last_purchase_at: datetime | None = None
     orders_by_channel: Mapping[str, int] | None = None
+
+
+def purchase_facts_of(figures: Mapping[str, Any]) -> PurchaseFacts:
+    """What the computed tags read of a member's figures, by ``MemberAggregate`` field name
+    (empty: a member without figures)."""
+    return PurchaseFacts(
+        orders=figures.get("orders") or 0,
+        spend=figures.get("spend") or Decimal(0),
+        first_purchase_at=figures.get("first_purchase_at"),
+        last_purchase_at=figures.get("last_purchase_at"),
+        orders_by_channel={
+            channel: figures.get(f"orders_{channel}") or 0 for channel in STORE_CHANNELS | ONLINE_CHANNELS
+        },
+    )
 
 
 def computed_tags_of(

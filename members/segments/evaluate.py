@@ -21,17 +21,16 @@ every definition's lock shared from before it reads memberships until it commits
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from decimal import Decimal
 
 from cdp.db import binary_parameters_cursor, rows_delete
 from members.locks import memberships_lock
 from members.segments.builtins import lifecycle_windows, rfm_edges_load
 from members.segments.computed import (
     LifecycleWindows,
-    PurchaseFacts,
     RfmEdges,
     computed_tags_of,
     lifecycle_changes_at,
+    purchase_facts_of,
 )
 from members.segments.models import (
     MemberTag,
@@ -40,7 +39,7 @@ from members.segments.models import (
     SegmentsRecheck,
     TagChange,
 )
-from members.segments.rules import CHANNELS, MemberFacts, rule_matches, rule_window_expiry
+from members.segments.rules import MemberFacts, rule_matches, rule_window_expiry
 from members.segments.selectors import Definitions, definitions_load
 
 
@@ -87,22 +86,11 @@ def memberships_refresh(
     outcome = _Outcome([], [], [], [], {})
     for facts, tag_ids, segment_ids in _state_of(members):
         _member_evaluate(computing, facts, set(tag_ids), set(segment_ids), outcome)
-    _tags_write(outcome.tags_added, outcome.tags_removed, now)
-    for segment_id, delta in _segments_write(outcome.entered, outcome.exited, now).items():
+    _pairs_write(_TAGS_DIFF, outcome.tags_added, outcome.tags_removed, now)
+    for segment_id, delta in _pairs_write(_SEGMENTS_DIFF, outcome.entered, outcome.exited, now).items():
         sizes[segment_id] = sizes.get(segment_id, 0) + delta
     _rechecks_write(set(members), outcome.recheck)
     return _sizes_move(sizes)
-
-
-def _purchases(facts: MemberFacts) -> PurchaseFacts:
-    figures = facts.aggregates
-    return PurchaseFacts(
-        orders=figures.get("orders", 0),
-        spend=figures.get("spend", Decimal(0)),
-        first_purchase_at=figures.get("first_purchase_at"),
-        last_purchase_at=figures.get("last_purchase_at"),
-        orders_by_channel={channel: figures.get(f"orders_{channel}", 0) for channel in CHANNELS},
-    )
 
 
 def _member_evaluate(
@@ -110,7 +98,7 @@ def _member_evaluate(
 ) -> None:
     definitions, now = computing.definitions, computing.now
     tag_keys, segment_keys = definitions.tag_keys, definitions.segment_keys
-    purchases = _purchases(facts)
+    purchases = purchase_facts_of(facts.aggregates)
     computed = {
         definitions.computed_tag_ids[key]
         for key in computed_tags_of(purchases, computing.edges, computing.windows, now)
@@ -182,73 +170,55 @@ def _state_of(members: Mapping[int, MemberFacts]) -> list[tuple[MemberFacts, lis
 
 
 # Pairs travel as two binary arrays; deletes find each pair's row by index and delete by row
-# address (see cdp.db.rows_delete). Only model table names are interpolated.
+# address (see cdp.db.rows_delete). Only model table and column names are interpolated.
 _MT, _TC = MemberTag._meta.db_table, TagChange._meta.db_table
 _SM, _SC = SegmentMember._meta.db_table, SegmentChange._meta.db_table
-_TAGS_DIFF = f"""
+
+
+def _diff_sql(*, members: str, changes: str, target: str, since: str, verb: str, gone: str, came: str) -> str:
+    """Remove and add (member, ``target``) pairs of ``members``, append both to ``changes``
+    and answer, per target, by how much its membership moved."""
+    return f"""
 WITH gone AS (
-    DELETE FROM {_MT} WHERE ctid = ANY(ARRAY(
+    DELETE FROM {members} WHERE ctid = ANY(ARRAY(
         SELECT r.ctid FROM unnest(%b::bigint[], %b::bigint[]) AS k(m, t)
-        CROSS JOIN LATERAL (SELECT ctid FROM {_MT} WHERE member_id = k.m AND tag_id = k.t OFFSET 0) AS r))
-    RETURNING member_id, tag_id
+        CROSS JOIN LATERAL (SELECT ctid FROM {members} WHERE member_id = k.m AND {target} = k.t OFFSET 0) AS r))
+    RETURNING member_id, {target}
 ),
 came AS (
-    INSERT INTO {_MT} (member_id, tag_id, added_at)
+    INSERT INTO {members} (member_id, {target}, {since})
     SELECT k.m, k.t, %b FROM unnest(%b::bigint[], %b::bigint[]) AS k(m, t)
-    ON CONFLICT (member_id, tag_id) DO NOTHING
-    RETURNING member_id, tag_id
-)
-INSERT INTO {_TC} (member_id, tag_id, action, at)
-SELECT member_id, tag_id, 'removed', %b FROM gone
-UNION ALL
-SELECT member_id, tag_id, 'added', %b FROM came
-"""  # noqa: S608
-_SEGMENTS_DIFF = f"""
-WITH gone AS (
-    DELETE FROM {_SM} WHERE ctid = ANY(ARRAY(
-        SELECT r.ctid FROM unnest(%b::bigint[], %b::bigint[]) AS k(m, s)
-        CROSS JOIN LATERAL (SELECT ctid FROM {_SM} WHERE member_id = k.m AND segment_id = k.s OFFSET 0) AS r))
-    RETURNING member_id, segment_id
-),
-came AS (
-    INSERT INTO {_SM} (member_id, segment_id, entered_at)
-    SELECT k.m, k.s, %b FROM unnest(%b::bigint[], %b::bigint[]) AS k(m, s)
-    ON CONFLICT (segment_id, member_id) DO NOTHING
-    RETURNING member_id, segment_id
+    ON CONFLICT DO NOTHING
+    RETURNING member_id, {target}
 ),
 logged AS (
-    INSERT INTO {_SC} (member_id, segment_id, change, at)
-    SELECT member_id, segment_id, 'exited', %b FROM gone
+    INSERT INTO {changes} (member_id, {target}, {verb}, at)
+    SELECT member_id, {target}, '{gone}', %b FROM gone
     UNION ALL
-    SELECT member_id, segment_id, 'entered', %b FROM came
-    RETURNING segment_id, change
+    SELECT member_id, {target}, '{came}', %b FROM came
+    RETURNING {target}, {verb}
 )
-SELECT segment_id, sum(CASE change WHEN 'entered' THEN 1 ELSE -1 END) FROM logged GROUP BY segment_id
+SELECT {target}, sum(CASE {verb} WHEN '{came}' THEN 1 ELSE -1 END) FROM logged GROUP BY {target}
 """  # noqa: S608
 
 
-def _tags_write(added: list[tuple[int, int]], removed: list[tuple[int, int]], now: datetime) -> None:
-    if not added and not removed:
-        return
-    with binary_parameters_cursor() as cursor:
-        cursor.execute(
-            _TAGS_DIFF,
-            [[m for m, _ in removed], [t for _, t in removed], now, [m for m, _ in added], [t for _, t in added],
-             now, now],
-        )  # fmt: skip
+_TAGS_DIFF = _diff_sql(members=_MT, changes=_TC, target="tag_id", since="added_at", verb="action",
+                       gone="removed", came="added")  # fmt: skip
+_SEGMENTS_DIFF = _diff_sql(members=_SM, changes=_SC, target="segment_id", since="entered_at", verb="change",
+                           gone="exited", came="entered")  # fmt: skip
 
 
-def _segments_write(
-    entered: list[tuple[int, int]], exited: list[tuple[int, int]], now: datetime
+def _pairs_write(
+    statement: str, added: list[tuple[int, int]], removed: list[tuple[int, int]], now: datetime
 ) -> dict[int, int]:
-    """Returns by how much each segment's size moved."""
-    if not entered and not exited:
+    """Run a ``_diff_sql`` statement; returns by how much each target's membership moved."""
+    if not added and not removed:
         return {}
     with binary_parameters_cursor() as cursor:
         cursor.execute(
-            _SEGMENTS_DIFF,
-            [[m for m, _ in exited], [s for _, s in exited], now, [m for m, _ in entered],
-             [s for _, s in entered], now, now],
+            statement,
+            [[m for m, _ in removed], [t for _, t in removed], now, [m for m, _ in added], [t for _, t in added],
+             now, now],
         )  # fmt: skip
         return dict(cursor.fetchall())
 
