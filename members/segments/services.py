@@ -31,44 +31,40 @@ from members.segments.webhooks import webhooks_nudge
 
 logger = logging.getLogger(__name__)
 
-_MEMBERSHIP_DIFF = """
-WITH wanted AS ({wanted}),
+
+def _full_diff_sql(
+    *, members: str, changes: str, target: str, since: str, verb: str, gone: str, came: str
+) -> str:
+    """Make one target's (``target`` = %s) members exactly those of a ``{wanted}`` query of
+    ids, appending who left and who came to ``changes``. Only the new members are inserted
+    (an anti-join: re-inserting a million present ones, each a conflict, cost more than the
+    rule itself)."""
+    return f"""
+WITH wanted AS ({{wanted}}),
 gone AS (
-    DELETE FROM members_segmentmember AS s
-    WHERE s.segment_id = %s AND NOT EXISTS (SELECT 1 FROM wanted AS w WHERE w.id = s.member_id)
-    RETURNING s.member_id
+    DELETE FROM {members} AS x
+    WHERE x.{target} = %s AND NOT EXISTS (SELECT 1 FROM wanted AS w WHERE w.id = x.member_id)
+    RETURNING x.member_id
 ),
 came AS (
-    INSERT INTO members_segmentmember (segment_id, member_id, entered_at)
+    INSERT INTO {members} ({target}, member_id, {since})
     SELECT %s, w.id, %s FROM wanted AS w
-    ON CONFLICT (segment_id, member_id) DO NOTHING
+    WHERE NOT EXISTS (SELECT 1 FROM {members} AS x WHERE x.{target} = %s AND x.member_id = w.id)
+    ON CONFLICT DO NOTHING
     RETURNING member_id
 )
-INSERT INTO members_segmentchange (segment_id, member_id, change, at)
-SELECT %s, member_id, 'exited', %s FROM gone
+INSERT INTO {changes} ({target}, member_id, {verb}, at)
+SELECT %s, member_id, '{gone}', %s FROM gone
 UNION ALL
-SELECT %s, member_id, 'entered', %s FROM came
-"""
+SELECT %s, member_id, '{came}', %s FROM came
+"""  # noqa: S608 - names of the models' tables and columns
 
 
-_TAG_DIFF = """
-WITH wanted AS ({wanted}),
-gone AS (
-    DELETE FROM members_membertag AS t
-    WHERE t.tag_id = %s AND NOT EXISTS (SELECT 1 FROM wanted AS w WHERE w.id = t.member_id)
-    RETURNING t.member_id
-),
-came AS (
-    INSERT INTO members_membertag (tag_id, member_id, added_at)
-    SELECT %s, w.id, %s FROM wanted AS w
-    ON CONFLICT (member_id, tag_id) DO NOTHING
-    RETURNING member_id
-)
-INSERT INTO members_tagchange (tag_id, member_id, action, at)
-SELECT %s, member_id, 'removed', %s FROM gone
-UNION ALL
-SELECT %s, member_id, 'added', %s FROM came
-"""
+_MEMBERSHIP_DIFF = _full_diff_sql(members="members_segmentmember", changes="members_segmentchange",
+                                  target="segment_id", since="entered_at", verb="change", gone="exited",
+                                  came="entered")  # fmt: skip
+_TAG_DIFF = _full_diff_sql(members="members_membertag", changes="members_tagchange", target="tag_id",
+                           since="added_at", verb="action", gone="removed", came="added")  # fmt: skip
 _ACTIVE_MATCHING = "SELECT m.id FROM members_member AS m WHERE m.status = 'active' AND ({sql})"
 
 
@@ -81,7 +77,7 @@ def _membership_write(segment: Segment, wanted_sql: str, wanted_params: list, no
     with connection.cursor() as cursor:
         cursor.execute(
             _MEMBERSHIP_DIFF.format(wanted=wanted_sql),
-            [*wanted_params, segment.pk, segment.pk, now, segment.pk, now, segment.pk, now],
+            [*wanted_params, segment.pk, segment.pk, now, segment.pk, segment.pk, now, segment.pk, now],
         )
         changed = cursor.rowcount
     if changed:
@@ -158,7 +154,7 @@ def tag_compute(*, tag: Tag, now: datetime | None = None, counts: Mapping[Counte
         with connection.cursor() as cursor:
             cursor.execute(
                 _TAG_DIFF.format(wanted=_ACTIVE_MATCHING.format(sql=sql)),
-                [*params, tag.pk, tag.pk, now, tag.pk, now, tag.pk, now],
+                [*params, tag.pk, tag.pk, now, tag.pk, tag.pk, now, tag.pk, now],
             )
             return cursor.rowcount
 
