@@ -6,6 +6,11 @@ runs every configured stage on the batch and sets ``processed_at`` in the same t
 A worker that dies mid-batch rolls back, releasing the rows for the next claim; a batch
 that commits never runs again. Stages therefore see each event exactly once per commit.
 
+The claim is one statement: it locks the batch, marks it processed (undone if the
+transaction rolls back) and returns what the stages read of each event as a
+``ClaimedEvent``, not a model instance: building ``Event`` objects and decoding their
+properties and integrations cost more than resolving them.
+
 Follow-ups (``EVENT_PIPELINE_FOLLOW_UPS``: refreshing the members resolution marked dirty)
 run after each committed batch in their own transactions, draining their own queues. Two
 workers thus overlap: one resolves while the other computes.
@@ -13,16 +18,43 @@ workers thus overlap: one resolves while the other computes.
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
+import orjson
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from cdp.db import binary_parameters_cursor
 from events.models import Event
 
-Stage = Callable[[Sequence[Event]], None]
+
+@dataclass(frozen=True, slots=True)
+class ClaimedEvent:
+    """What the pipeline stages read of an event (the same names as on ``Event``)."""
+
+    id: int
+    source_id: int
+    message_id: str
+    timestamp: datetime
+    user_id: str
+    anonymous_id: str
+    traits: dict
+    context: dict
+
+
+Stage = Callable[[Sequence[ClaimedEvent]], None]
 FollowUp = Callable[[], int]
+
+_EVENTS = Event._meta.db_table
+# The batch is picked by the partial index of unprocessed rows and updated by primary key
+# (``= ANY(ARRAY(...))``: an index scan however stale the planner's statistics are).
+_CLAIM = (
+    f"UPDATE {_EVENTS} SET processed_at = now() WHERE id = ANY(ARRAY("  # noqa: S608 - model table only
+    f"SELECT id FROM {_EVENTS} WHERE processed_at IS NULL ORDER BY id LIMIT %b FOR UPDATE SKIP LOCKED)) "
+    "RETURNING id, source_id, message_id, timestamp, user_id, anonymous_id, traits, context"
+)
 
 
 def pipeline_stages() -> list[Stage]:
@@ -36,17 +68,25 @@ def pipeline_follow_ups() -> list[FollowUp]:
 def events_process_batch(*, batch_size: int) -> int:
     """Claim and process one batch; returns how many events it processed (0: none waiting)."""
     with transaction.atomic():
-        batch = list(
-            Event.objects.filter(processed_at__isnull=True)
-            .order_by("id")
-            .select_for_update(skip_locked=True)[:batch_size]
-        )
+        batch = events_claim(batch_size=batch_size)
         if not batch:
             return 0
         for stage in pipeline_stages():
             stage(batch)
-        Event.objects.filter(id__in=[event.id for event in batch]).update(processed_at=timezone.now())
     return len(batch)
+
+
+def events_claim(*, batch_size: int) -> list[ClaimedEvent]:
+    """Lock up to ``batch_size`` unprocessed events no other worker holds and mark them
+    processed, in the caller's transaction; oldest first."""
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_CLAIM, [batch_size])
+        rows = cursor.fetchall()
+    # jsonb arrives as text (Django's adapters); orjson decodes it several times faster.
+    return sorted(
+        (ClaimedEvent(*row[:6], orjson.loads(row[6]), orjson.loads(row[7])) for row in rows),
+        key=lambda event: event.id,
+    )
 
 
 def events_process_pending(*, batch_size: int | None = None, time_budget: float = 30.0) -> tuple[int, bool]:

@@ -8,6 +8,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 
 from events.models import Event, Source
+from events.pipeline import ClaimedEvent
 from identity.identifiers import (
     BlockedIdentifier,
     Identifier,
@@ -42,7 +43,7 @@ def normalization_policy() -> NormalizationPolicy:
     )
 
 
-def identity_resolve_events(events: Sequence[Event]) -> None:
+def identity_resolve_events(events: Sequence[ClaimedEvent | Event]) -> None:
     """The pipeline stage: attach every event to exactly one member, in the caller's
     transaction (the one that marks the events processed)."""
     if not events:
@@ -64,7 +65,7 @@ class _ExtractedBatch:
     problems: dict[EventKey, list[dict]] = field(default_factory=dict)
 
 
-def _extract(events: Sequence[Event], policy: NormalizationPolicy) -> _ExtractedBatch:
+def _extract(events: Sequence[ClaimedEvent | Event], policy: NormalizationPolicy) -> _ExtractedBatch:
     """Each event's normalized identifiers, and the values it carried that cannot be used."""
     appids = dict(
         Source.objects.filter(id__in={e.source_id for e in events}).values_list("id", "wechat_appid")

@@ -17,6 +17,7 @@ import orjson
 
 from cdp.db import binary_parameters_cursor
 from events.models import Event
+from events.pipeline import ClaimedEvent
 from identity.identifiers import Identifier
 from identity.models import EventIdentifier, EventResolution, MemberIdentifier, MergeRecord, SplitRecord
 from identity.models import Identifier as IdentifierRow
@@ -46,7 +47,7 @@ def separations_stored() -> list[Separation]:
     ]
 
 
-def event_key(event: Event) -> EventKey:
+def event_key(event: ClaimedEvent | Event) -> EventKey:
     return EventKey(event.timestamp, event.message_id, event.source_id)
 
 
