@@ -19,7 +19,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from cdp.db import binary_parameters_cursor
+from cdp.db import binary_parameters_cursor, rows_delete
 from events.commerce import as_amount
 from events.tasks import process_pending_enqueue
 from identity.identifiers import BlockedIdentifier, IdentifierType, InvalidIdentifier
@@ -157,7 +157,7 @@ def points_reconcile(*, histories: dict[int, LoyaltyHistory], now: datetime | No
         {d.beneficiary for derived in derivations.values() for d in derived.due if d.beneficiary}
     )
     moves: dict[int, list[int]] = defaultdict(list)  # target member -> row ids
-    corrections: list[PointsEntry] = []
+    corrections: list[_Entry] = []
     wanted: set[str] = set()
     for member_id, derivation in derivations.items():
         for due in derivation.due:
@@ -189,29 +189,68 @@ def points_reconcile(*, histories: dict[int, LoyaltyHistory], now: datetime | No
     _accounts_write(derivations, program)
     _rows_move(moves)
     # Credits before debits: the floor is checked at commit, but a clean order reads better.
-    PointsEntry.objects.bulk_create(sorted(corrections, key=lambda e: -e.points))
+    _entries_insert(sorted(corrections, key=lambda e: -e.points))
     _tier_changes_write(derivations)
     _coupons_release_refunded(histories)
 
 
-def _entry(member_id: int, due: Due, points: int, already: int, now: datetime) -> PointsEntry:
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A derived ledger row to append (the columns ``_INSERT_ENTRIES`` writes)."""
+
+    member_id: int
+    kind: str
+    points: int
+    key: str
+    cause_key: str
+    reason: str
+    event_id: int | None
+    order_id: str
+    at: datetime
+    available_at: datetime | None
+    expires_at: datetime | None
+
+
+def _entry(member_id: int, due: Due, points: int, already: int, now: datetime) -> _Entry:
     """A ledger row bringing cause ``due.key`` to ``due.points``: the first under the cause's
     own key, later ones (corrections) under ``<key>#<n>``."""
     corrected = already > 0
-    return PointsEntry(
+    return _Entry(
         member_id=member_id,
-        kind=due.kind,
+        kind=str(due.kind),
         points=points,
         key=f"{due.key}#{already + 1}" if corrected else due.key,
         cause_key=due.key,
         reason=(f"recomputed: {due.reason}" if corrected else due.reason)[:500],
-        derived=True,
         event_id=due.event_id,
         order_id=due.order_id,
         at=now if corrected else due.at,
         available_at=due.available_at,
         expires_at=due.expires_at,
     )
+
+
+# The refresh writes a few hundred members' rows per statement, parameters as binary arrays
+# (Django's bulk_create built and quoted a placeholder per value: most of a reconciliation).
+_INSERT_ENTRIES = (
+    "INSERT INTO members_pointsentry (member_id, kind, points, key, cause_key, reason, derived, event_id, "
+    "order_id, channel, staff_user_id, at, available_at, expires_at, created_at) "
+    "SELECT v.m, v.k, v.p, v.key, v.ck, v.r, true, v.e, v.o, '', NULL, v.at, v.av, v.ex, now() "
+    "FROM unnest(%b::bigint[], %b::text[], %b::int[], %b::text[], %b::text[], %b::text[], %b::bigint[], "
+    "%b::text[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[]) "
+    "AS v(m, k, p, key, ck, r, e, o, at, av, ex)"
+)
+
+
+def _entries_insert(entries: list[_Entry]) -> None:
+    """Append these rows in this order (the balance trigger adds each to its account)."""
+    if not entries:
+        return
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(
+            _INSERT_ENTRIES,
+            [[getattr(e, name) for e in entries] for name in _Entry.__slots__],
+        )
 
 
 def _referrers(user_ids: set[str]) -> dict[str, int]:
@@ -243,44 +282,61 @@ def _rows_move(moves: dict[int, list[int]]) -> None:
         )
 
 
+# Only an account whose tier, review or expiry changed is rewritten (most refreshes change
+# none of it); never the balance: only the ledger trigger writes it.
+_UPSERT_ACCOUNTS = (
+    "INSERT INTO members_pointsaccount (member_id, balance, negative_allowed, tier, tier_since, recheck_at, "
+    "next_expiry_at, next_expiry_points, updated_at) "
+    "SELECT v.m, 0, %b, v.t, v.ts, v.r, v.ea, v.ep, now() "
+    "FROM unnest(%b::bigint[], %b::text[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::int[]) "
+    "AS v(m, t, ts, r, ea, ep) "
+    "ON CONFLICT (member_id) DO UPDATE SET negative_allowed = EXCLUDED.negative_allowed, tier = EXCLUDED.tier, "
+    "tier_since = EXCLUDED.tier_since, recheck_at = EXCLUDED.recheck_at, next_expiry_at = EXCLUDED.next_expiry_at, "
+    "next_expiry_points = EXCLUDED.next_expiry_points, updated_at = now() "
+    "WHERE (members_pointsaccount.negative_allowed, members_pointsaccount.tier, members_pointsaccount.tier_since, "
+    "members_pointsaccount.recheck_at, members_pointsaccount.next_expiry_at, members_pointsaccount.next_expiry_points) "
+    "IS DISTINCT FROM (EXCLUDED.negative_allowed, EXCLUDED.tier, EXCLUDED.tier_since, EXCLUDED.recheck_at, "
+    "EXCLUDED.next_expiry_at, EXCLUDED.next_expiry_points)"
+)
+_INSERT_TIER_CHANGES = (
+    "INSERT INTO members_tierchange (member_id, from_tier, to_tier, at, reason) "
+    "SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::timestamptz[], %b::text[])"
+)
+
+
 def _accounts_write(derivations: dict[int, Derivation], program: Program) -> None:
-    negative_allowed = program.negative_balance == NegativeBalance.ALLOW
-    PointsAccount.objects.bulk_create(
-        [
-            PointsAccount(
-                member_id=member_id,
-                negative_allowed=negative_allowed,
-                tier=d.tier,
-                tier_since=d.tier_since,
-                recheck_at=d.recheck_at,
-                next_expiry_at=d.next_expiry[0] if d.next_expiry else None,
-                next_expiry_points=d.next_expiry[1] if d.next_expiry else 0,
-            )
-            for member_id, d in derivations.items()
-        ],
-        update_conflicts=True,
-        unique_fields=["member"],
-        # Never the balance: only the ledger trigger writes it.
-        update_fields=[
-            "tier",
-            "tier_since",
-            "recheck_at",
-            "next_expiry_at",
-            "next_expiry_points",
-            "updated_at",
-        ],
-    )
+    ids = sorted(derivations)
+    expiring = [derivations[pk].next_expiry for pk in ids]
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(
+            _UPSERT_ACCOUNTS,
+            [
+                program.negative_balance == NegativeBalance.ALLOW,
+                ids,
+                [derivations[pk].tier for pk in ids],
+                [derivations[pk].tier_since for pk in ids],
+                [derivations[pk].recheck_at for pk in ids],
+                [e[0] if e else None for e in expiring],
+                [e[1] if e else 0 for e in expiring],
+            ],
+        )
 
 
 def _tier_changes_write(derivations: dict[int, Derivation]) -> None:
-    TierChange.objects.filter(member_id__in=list(derivations)).delete()
-    TierChange.objects.bulk_create(
-        TierChange(
-            member_id=member_id, from_tier=c.from_tier, to_tier=c.to_tier, at=c.at, reason=c.reason[:300]
-        )
-        for member_id, d in derivations.items()
-        for c in d.tier_changes
-    )
+    rows_delete(TierChange, column="member", keys=derivations)
+    changes = [(pk, c) for pk, d in derivations.items() for c in d.tier_changes]
+    if changes:
+        with binary_parameters_cursor() as cursor:
+            cursor.execute(
+                _INSERT_TIER_CHANGES,
+                [
+                    [pk for pk, _ in changes],
+                    [c.from_tier for _, c in changes],
+                    [c.to_tier for _, c in changes],
+                    [c.at for _, c in changes],
+                    [c.reason[:300] for _, c in changes],
+                ],
+            )
 
 
 def _coupons_release_refunded(histories: dict[int, LoyaltyHistory]) -> None:
