@@ -438,7 +438,10 @@ def _pipeline_worker(
         from django.conf import settings
         from django.db import connection
 
+        from cdp.workers import worker_gc_tune
         from events.pipeline import events_process_pending
+
+        worker_gc_tune()  # as a Celery worker process does (config.celery)
 
         counts = {"replays": 0, "replayed_events": 0}
         counting = _replay_counter(counts)

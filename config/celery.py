@@ -8,6 +8,9 @@ import os
 
 from celery import Celery
 from celery.schedules import crontab
+from celery.signals import worker_init, worker_process_init
+
+from cdp.workers import worker_gc_tune
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
@@ -62,3 +65,9 @@ def _beat_schedule() -> dict[str, dict]:
 @app.on_after_configure.connect
 def _install_beat_schedule(sender: Celery, **kwargs: object) -> None:
     sender.conf.beat_schedule = _beat_schedule()
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _tune_worker_process(**kwargs: object) -> None:
+    worker_gc_tune()
