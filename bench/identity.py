@@ -207,10 +207,11 @@ def copy_chunks(stream: Sequence[StreamEvent], sources: dict[str, LoadedSource])
 def tables_reset() -> None:
     """Empty events and everything derived from them (identity graph, members)."""
     with database() as conn:
-        # The per-event identity tables and the dirty marks carry no foreign keys: named here.
+        # The queue, the per-event identity tables and the dirty marks carry no foreign keys:
+        # named here.
         conn.execute(
-            "TRUNCATE events_event, members_member, identity_eventidentifier, identity_eventresolution, "
-            "members_dirtymark RESTART IDENTITY CASCADE"
+            "TRUNCATE events_event, events_pendingevent, members_member, identity_eventidentifier, "
+            "identity_eventresolution, members_dirtymark RESTART IDENTITY CASCADE"
         )
 
 
@@ -548,6 +549,10 @@ class Checks:
         return f"✓ {scope}all resolved, no shared identifier, members = engine's"
 
 
+#: An event the pipeline has processed: out of its queue.
+_PROCESSED = "NOT EXISTS (SELECT 1 FROM events_pendingevent p WHERE p.event_id = e.id)"
+
+
 def verify(engine: dict[tuple[str, int], Any] | None, *, partial: bool = False) -> Checks:
     """Check the database after a run (see the module docstring); ``engine``: the pure
     engine's members over the events processed, to compare the partition with. ``partial``:
@@ -555,11 +560,13 @@ def verify(engine: dict[tuple[str, int], Any] | None, *, partial: bool = False) 
     checks = Checks(partial=partial)
     try:
         with database() as conn:
-            row = conn.execute("SELECT count(*), count(processed_at) FROM events_event").fetchone()
+            row = conn.execute(
+                "SELECT count(*), count(*) - (SELECT count(*) FROM events_pendingevent) FROM events_event"
+            ).fetchone()
             checks.events, checks.processed = (row[0], row[1]) if row else (0, 0)
             checks.unresolved = scalar(
                 conn,
-                "SELECT count(*) FROM events_event e WHERE e.processed_at IS NOT NULL AND NOT EXISTS "
+                f"SELECT count(*) FROM events_event e WHERE {_PROCESSED} AND NOT EXISTS "
                 "(SELECT 1 FROM identity_eventresolution r WHERE r.event_id = e.id)",
             )
             checks.on_inactive = scalar(
@@ -600,7 +607,7 @@ def verify(engine: dict[tuple[str, int], Any] | None, *, partial: bool = False) 
                 with conn.cursor() as cursor:
                     cursor.execute(
                         "SELECT e.message_id, e.source_id, r.member_id FROM events_event e "
-                        "JOIN identity_eventresolution r ON r.event_id = e.id WHERE e.processed_at IS NOT NULL"
+                        f"JOIN identity_eventresolution r ON r.event_id = e.id WHERE {_PROCESSED}"
                     )
                     for message_id, source_id, member_id in cursor:
                         pairs.add((engine[(message_id, source_id)], member_id))
@@ -737,7 +744,7 @@ def processed_keys() -> set[tuple[str, int]]:
         return {
             (message_id, source_id)
             for message_id, source_id in conn.execute(
-                "SELECT message_id, source_id FROM events_event WHERE processed_at IS NOT NULL"
+                f"SELECT message_id, source_id FROM events_event AS e WHERE {_PROCESSED}"
             )
         }
 

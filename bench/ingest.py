@@ -116,7 +116,9 @@ def database() -> psycopg.Connection:
 def events_reset() -> None:
     """Empty the event tables, and checkpoint so no scenario pays for the previous one's writes."""
     with database() as conn:
-        conn.execute("TRUNCATE events_event, events_rejectedevent RESTART IDENTITY CASCADE")
+        conn.execute(
+            "TRUNCATE events_event, events_pendingevent, events_rejectedevent RESTART IDENTITY CASCADE"
+        )
         conn.execute("CHECKPOINT")
 
 

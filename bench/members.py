@@ -112,7 +112,7 @@ POPULATION = [
         "events",
         """INSERT INTO events_event (id, source_id, message_id, type, event, name, user_id, anonymous_id,
              previous_id, group_id, channel, store_code, timestamp, received_at, context, traits, properties,
-             integrations, processed_at)
+             integrations)
            SELECT (g - 1) * 10 + k + 1, s.source_id, 'm' || g || '-' || k, s.type, s.event, s.name,
                   CASE WHEN k = 0 THEN '' ELSE 'u' || g END, 'a' || g, '', '', s.channel, s.store_code,
                   {t0} + (g % 300) * interval '1 day' + k * interval '1 hour',
@@ -122,7 +122,7 @@ POPULATION = [
                        'email', 'member' || g || '@example.com') ELSE '{{}}'::jsonb END,
                   CASE WHEN k IN (7, 8) THEN jsonb_build_object('order_id', CASE k WHEN 7 THEN 'P' ELSE 'A' END || g,
                        'total', (g % 500) + 10 * k, 'currency', 'CNY') ELSE jsonb_build_object('sku', 'SKU-' || (g % 977)) END,
-                  '{{}}'::jsonb, now()
+                  '{{}}'::jsonb
            FROM generate_series(1, {n}) AS g
            CROSS JOIN generate_series(0, 9) AS steps(k)
            CROSS JOIN LATERAL (SELECT * FROM (VALUES
@@ -138,6 +138,8 @@ POPULATION = [
                (9, {web}, 'page', '', 'Account', 'web', '')
              ) AS v(step, source_id, type, event, name, channel, store_code) WHERE v.step = steps.k) AS s""",
     ),
+    # Written as the pipeline leaves them: resolved, so out of the pipeline's queue.
+    ("the pipeline's queue", "TRUNCATE events_pendingevent"),
     (
         "event resolutions",
         """INSERT INTO identity_eventresolution (event_id, member_id, problems, resolved_at)
@@ -228,7 +230,7 @@ def populate(members: int) -> dict[str, float]:
     took = {}
     with database() as conn:
         conn.execute(
-            "TRUNCATE events_event, members_member, identity_eventidentifier, identity_eventresolution, "
+            "TRUNCATE events_event, events_pendingevent, members_member, identity_eventidentifier, identity_eventresolution, "
             "identity_identifier, members_membertrait, members_memberorder, members_memberaggregate, "
             "identity_mergerecord, members_dirtymark, cdp_auditentry RESTART IDENTITY CASCADE"
         )

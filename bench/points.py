@@ -100,11 +100,15 @@ def incremental(*, members: int, events: int, seed: int) -> dict[str, float]:
             "DELETE FROM identity_eventresolution WHERE event_id IN "
             "(SELECT id FROM events_event WHERE message_id LIKE 'bench-points-%')"
         )
+        conn.execute(
+            "DELETE FROM events_pendingevent WHERE event_id IN "
+            "(SELECT id FROM events_event WHERE message_id LIKE 'bench-points-%')"
+        )
         conn.execute("DELETE FROM events_event WHERE message_id LIKE 'bench-points-%'")
         with conn.cursor().copy(
             "COPY events_event (source_id, message_id, type, event, name, user_id, anonymous_id, previous_id, "
-            "group_id, channel, store_code, timestamp, received_at, context, traits, properties, integrations, "
-            "processed_at) FROM STDIN"
+            "group_id, channel, store_code, timestamp, received_at, context, traits, properties, integrations) "
+            "FROM STDIN"
         ) as copy:
             now = datetime.now(UTC)
             for n, member in enumerate(chosen):
@@ -115,7 +119,12 @@ def incremental(*, members: int, events: int, seed: int) -> dict[str, float]:
                 total = 100 + n % 400 if name == "Order Completed" else 40
                 copy.write_row((app, f"bench-points-{seed}-{n}", "track", name, "", f"u{member}", f"a{member}", "", "",
                                 "app", "", now, now, "{}", "{}",
-                                f'{{"order_id": "{order}", "total": {total}, "currency": "CNY"}}', "{}", now))  # fmt: skip
+                                f'{{"order_id": "{order}", "total": {total}, "currency": "CNY"}}', "{}"))  # fmt: skip
+        # Resolved here, as the pipeline would: out of its queue.
+        conn.execute(
+            "DELETE FROM events_pendingevent WHERE event_id IN "
+            "(SELECT id FROM events_event WHERE message_id LIKE 'bench-points-%')"
+        )
         conn.execute(
             "INSERT INTO identity_eventresolution (event_id, member_id, problems, resolved_at) "
             "SELECT id, substr(user_id, 2)::bigint, '[]'::jsonb, now() FROM events_event "

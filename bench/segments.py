@@ -274,8 +274,7 @@ def _drain(workers: int) -> float:
         p.start()
     with psycopg.connect(INCREMENTAL_URL, autocommit=True) as conn:
         while conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM events_event WHERE processed_at IS NULL) "
-            "OR EXISTS (SELECT 1 FROM members_dirtymark)"
+            "SELECT EXISTS (SELECT 1 FROM events_pendingevent) OR EXISTS (SELECT 1 FROM members_dirtymark)"
         ).fetchone()[0]:
             time.sleep(0.5)
     stop.set()
@@ -293,7 +292,7 @@ def incremental(
     rng = random.Random(seed)
     with psycopg.connect(INCREMENTAL_URL, autocommit=True) as conn:
         conn.execute(
-            "TRUNCATE events_event, members_member, identity_identifier, identity_eventidentifier, "
+            "TRUNCATE events_event, events_pendingevent, members_member, identity_identifier, identity_eventidentifier, "
             "identity_eventresolution, members_dirtymark, members_segmentchange, members_tagchange "
             "RESTART IDENTITY CASCADE"
         )
@@ -376,8 +375,7 @@ def incremental(
 def _backlog() -> tuple[int, int]:
     with psycopg.connect(INCREMENTAL_URL, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT (SELECT count(*) FROM events_event WHERE processed_at IS NULL), "
-            "(SELECT count(*) FROM members_dirtymark)"
+            "SELECT (SELECT count(*) FROM events_pendingevent), (SELECT count(*) FROM members_dirtymark)"
         ).fetchone()
     return int(row[0]), int(row[1])
 

@@ -57,7 +57,6 @@ class EventAdmin(_ReadOnlyAdmin):
         "user_id",
         "anonymous_id",
         "timestamp",
-        "processed_at",
     )
     list_filter = ("type", "channel")
     search_fields = ("message_id", "user_id", "anonymous_id", "event")

@@ -52,8 +52,8 @@ class Source(models.Model):
 class Event(models.Model):
     """An accepted event, append-only, exactly as the source sent it (plus when it arrived).
 
-    The table is also the pipeline's outbox: ``processed_at`` is null until a worker has run
-    every pipeline stage on the event, and a partial index makes finding those rows cheap.
+    Every insert also puts the event in the pipeline's queue (``PendingEvent``), by a
+    database trigger, until a worker has run every pipeline stage on it.
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -76,18 +76,36 @@ class Event(models.Model):
     traits = models.JSONField(default=dict)
     properties = models.JSONField(default=dict)
     integrations = models.JSONField(default=dict)
-    processed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["source", "message_id"], name="event_message_once_per_source"),
         ]
-        indexes = [
-            models.Index(fields=["id"], condition=Q(processed_at__isnull=True), name="event_unprocessed"),
-        ]
 
     def __str__(self) -> str:
         return f"{self.type} {self.event or self.name} ({self.message_id})"
+
+
+class PendingEvent(models.Model):
+    """The pipeline's outbox: an accepted event no worker has processed yet.
+
+    A statement-level trigger on the event table (migration ``0003``) adds every inserted
+    event, whatever inserts it (the ingestion statement, the ORM, ``COPY``), in the same
+    statement; the pipeline's claim deletes the rows of the batch it processes, in the
+    transaction that processes it. A narrow queue of its own instead of a "processed" column
+    on the event: marking an event processed rewrote the whole event row and its index
+    entries, the largest single cost the pipeline put on PostgreSQL, and left every event
+    table twice its size.
+    """
+
+    # No database foreign key: the trigger inserts the row with its event, and Django still
+    # cascades deletes.
+    event = models.OneToOneField(
+        Event, primary_key=True, on_delete=models.CASCADE, related_name="pending", db_constraint=False
+    )
+
+    def __str__(self) -> str:
+        return f"event {self.event_id} (pending)"
 
 
 class RejectedEvent(models.Model):

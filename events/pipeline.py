@@ -1,15 +1,15 @@
 """The processing pipeline's consumer side: claim accepted events, run the stages, mark them.
 
-The event table is the outbox. A worker claims a batch of unprocessed rows with
-``FOR UPDATE SKIP LOCKED`` (so workers never wait on, or double-process, each other's rows),
-runs every configured stage on the batch and sets ``processed_at`` in the same transaction.
-A worker that dies mid-batch rolls back, releasing the rows for the next claim; a batch
-that commits never runs again. Stages therefore see each event exactly once per commit.
+Accepted events wait in the outbox queue (``PendingEvent``, filled by a trigger on every
+insert). A worker claims a batch by deleting its queue rows, picked ``FOR UPDATE SKIP
+LOCKED`` (so workers never wait on, or double-process, each other's rows), and runs every
+configured stage on the batch in the same transaction. A worker that dies mid-batch rolls
+back, putting the rows back in the queue for the next claim; a batch that commits never runs
+again. Stages therefore see each event exactly once per commit.
 
-The claim is one statement: it locks the batch, marks it processed (undone if the
-transaction rolls back) and returns what the stages read of each event as a
-``ClaimedEvent``, not a model instance: building ``Event`` objects and decoding their
-properties and integrations cost more than resolving them.
+The claim is one statement: it takes the batch out of the queue and returns what the stages
+read of each event as a ``ClaimedEvent``, not a model instance: building ``Event`` objects
+and decoding their properties and integrations cost more than resolving them.
 
 Follow-ups (``EVENT_PIPELINE_FOLLOW_UPS``: refreshing the members resolution marked dirty)
 run after each committed batch in their own transactions, draining their own queues. Two
@@ -27,7 +27,7 @@ from django.db import transaction
 from django.utils.module_loading import import_string
 
 from cdp.db import binary_parameters_cursor
-from events.models import Event
+from events.models import Event, PendingEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +47,19 @@ class ClaimedEvent:
 Stage = Callable[[Sequence[ClaimedEvent]], None]
 FollowUp = Callable[[], int]
 
-_EVENTS = Event._meta.db_table
-# The batch is picked by the partial index of unprocessed rows and updated by primary key
-# (``= ANY(ARRAY(...))``: an index scan however stale the planner's statistics are).
-_CLAIM = (
-    f"UPDATE {_EVENTS} SET processed_at = now() WHERE id = ANY(ARRAY("  # noqa: S608 - model table only
-    f"SELECT id FROM {_EVENTS} WHERE processed_at IS NULL ORDER BY id LIMIT %b FOR UPDATE SKIP LOCKED)) "
-    "RETURNING id, source_id, message_id, timestamp, user_id, anonymous_id, traits, context"
+_EVENTS, _PENDING = Event._meta.db_table, PendingEvent._meta.db_table
+# The queue rows are picked in id order and deleted by key (``= ANY(ARRAY(...))``: an index
+# scan however stale the planner's statistics are); each event is then read by its key.
+_CLAIM = f"""
+WITH claimed AS (
+    DELETE FROM {_PENDING} WHERE event_id = ANY(ARRAY(
+        SELECT event_id FROM {_PENDING} ORDER BY event_id LIMIT %b FOR UPDATE SKIP LOCKED))
+    RETURNING event_id
 )
+SELECT e.id, e.source_id, e.message_id, e.timestamp, e.user_id, e.anonymous_id, e.traits, e.context
+FROM claimed AS c
+CROSS JOIN LATERAL (SELECT * FROM {_EVENTS} WHERE id = c.event_id OFFSET 0) AS e
+"""  # noqa: S608 - model tables only
 
 
 def pipeline_stages() -> list[Stage]:
@@ -77,8 +82,8 @@ def events_process_batch(*, batch_size: int) -> int:
 
 
 def events_claim(*, batch_size: int) -> list[ClaimedEvent]:
-    """Lock up to ``batch_size`` unprocessed events no other worker holds and mark them
-    processed, in the caller's transaction; oldest first."""
+    """Take up to ``batch_size`` events no other worker holds out of the queue, in the
+    caller's transaction; oldest first."""
     with binary_parameters_cursor() as cursor:
         cursor.execute(_CLAIM, [batch_size])
         rows = cursor.fetchall()

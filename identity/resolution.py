@@ -96,6 +96,8 @@ class IdentityGraph:
     ) -> None:
         self.rules = rules
         self.new_ref = new_ref
+        # Per type, read for every identifier of every event: (merges, limit, priority).
+        self._type_rules: dict[str, tuple[bool, int | None, int]] = {}
         self.sides: dict[Identifier, set[tuple[int, int]]] = defaultdict(set)
         for index, separation in enumerate(separations):
             for side, identifiers in enumerate((separation.one, separation.other)):
@@ -106,8 +108,19 @@ class IdentityGraph:
         self.members: dict[MemberRef, MemberState] = {}
         self.last_seen: dict[Identifier, EventKey] = {}
 
+    def _rule_of(self, type_: str) -> tuple[bool, int | None, int]:
+        found = self._type_rules.get(type_)
+        if found is None:
+            rule = self.rules.of(type_)
+            found = self._type_rules[type_] = (
+                rule.merges,
+                rule.limit if rule.merges else None,
+                rule.priority,
+            )
+        return found
+
     def merges(self, identifier: Identifier) -> bool:
-        return self.rules.of(identifier.type).merges
+        return self._rule_of(identifier.type)[0]
 
     def is_on_time(self, event: ResolvableEvent) -> bool:
         """True when the event is later than everything its resolution depends on."""
@@ -123,11 +136,10 @@ class IdentityGraph:
         return True
 
     def _limit(self, type_: str) -> int | None:
-        rule = self.rules.of(type_)
-        return rule.limit if rule.merges else None
+        return self._rule_of(type_)[1]
 
     def _by_priority(self, identifiers: Iterable[Identifier]) -> list[Identifier]:
-        return sorted(identifiers, key=lambda i: (-self.rules.of(i.type).priority, i.type, i.value))
+        return sorted(identifiers, key=lambda i: (-self._rule_of(i.type)[2], i.type, i.value))
 
     def resolve(self, event: ResolvableEvent) -> Decision:
         chosen: set[MemberRef] = set()
@@ -137,21 +149,23 @@ class IdentityGraph:
         on_sides: frozenset[tuple[int, int]] = frozenset()
         accepted: list[Identifier] = []
         dropped: list[Identifier] = []
+        limit_of = self._limit
         for identifier in self._by_priority(i for i in event.identifiers if self.merges(i)):
             owner = self.owner.get(identifier)
             joining = [(identifier.type, {identifier.value})]
             if owner is not None and owner not in chosen:
                 joining += self.members[owner].identifiers.items()
-            tentative = dict(held)
+            # ``held`` is within every limit, so only the types this identifier adds to can break one.
+            grown: dict[str, frozenset[str]] = {}
             for type_, values in joining:
-                limit = self._limit(type_)
-                if limit is not None:
-                    tentative[type_] = tentative.get(type_, frozenset()) | values
+                if limit_of(type_) is not None:
+                    grown[type_] = grown.get(type_, held.get(type_, frozenset())) | values
             tentative_sides = on_sides | self._sides_of(identifier, owner if owner not in chosen else None)
-            if all(len(values) <= self._limit(type_) for type_, values in tentative.items()) and not any(
+            if all(len(values) <= limit_of(type_) for type_, values in grown.items()) and not any(
                 (index, 1 - side) in tentative_sides for index, side in tentative_sides
             ):
-                held, on_sides = tentative, tentative_sides
+                held = {**held, **grown}
+                on_sides = tentative_sides
                 accepted.append(identifier)
                 if owner is not None:
                     chosen.add(owner)

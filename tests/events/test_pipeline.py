@@ -8,7 +8,7 @@ from django.test import override_settings
 from kombu.exceptions import OperationalError
 
 from events import tasks
-from events.models import Event
+from events.models import Event, PendingEvent
 from events.pipeline import events_process_batch, events_process_pending
 from tests.events import stages
 from tests.factories import EventFactory, TrackMessageFactory
@@ -35,7 +35,7 @@ def test_pending_events_go_through_every_stage_once_in_batches():
 
     assert (processed, more, again) == (5, False, 0)
     assert stages.seen_batches == [ids[0:2], ids[2:4], ids[4:5]]
-    assert not Event.objects.filter(processed_at__isnull=True).exists()
+    assert not PendingEvent.objects.exists()
 
 
 @pytest.mark.django_db
@@ -46,7 +46,7 @@ def test_time_budget_stops_between_batches_and_says_more_remains():
     processed, more = events_process_pending(batch_size=2, time_budget=0)
 
     assert (processed, more) == (2, True)
-    assert Event.objects.filter(processed_at__isnull=True).count() == 1
+    assert PendingEvent.objects.count() == 1
 
 
 @pytest.mark.django_db
@@ -55,7 +55,7 @@ def test_a_failing_stage_leaves_the_batch_for_a_later_run():
 
     with override_settings(EVENT_PIPELINE_STAGES=["tests.events.stages.fail"]), pytest.raises(RuntimeError):
         events_process_batch(batch_size=10)
-    assert Event.objects.filter(processed_at__isnull=True).count() == 2
+    assert PendingEvent.objects.count() == 2
 
     with override_settings(EVENT_PIPELINE_STAGES=RECORD):
         assert events_process_batch(batch_size=10) == 2
@@ -103,7 +103,8 @@ def test_ingestion_nudges_the_pipeline_after_commit(ingest, django_capture_on_co
         assert ingest("track", TrackMessageFactory()).status_code == 200
 
     assert len(callbacks) == 1
-    assert Event.objects.get().processed_at is not None
+    assert Event.objects.count() == 1
+    assert not PendingEvent.objects.exists()
 
 
 @pytest.mark.django_db
@@ -132,8 +133,32 @@ def test_broker_down_keeps_ingestion_up_and_the_sweep_catches_up(
 
     assert (first.status_code, second.status_code) == (200, 200)
     assert len(attempts) == 1  # the second request did not wait on a broker known to be down
-    assert Event.objects.filter(processed_at__isnull=True).count() == 2
+    assert PendingEvent.objects.count() == 2
 
     monkeypatch.undo()
     assert tasks.process_pending() == 2  # what the beat sweep runs
-    assert not Event.objects.filter(processed_at__isnull=True).exists()
+    assert not PendingEvent.objects.exists()
+
+
+@pytest.mark.django_db
+def test_events_written_by_copy_are_queued_like_any_other():
+    """The queue is filled by a trigger on the event table, not by the ingestion code: an
+    import that COPYs events straight in is processed like events posted over HTTP."""
+    source = EventFactory().source
+    with (
+        connection.cursor() as cursor,
+        cursor.connection.cursor().copy(
+            "COPY events_event (source_id, message_id, type, event, name, user_id, anonymous_id, previous_id, "
+            "group_id, channel, store_code, timestamp, received_at, context, traits, properties, integrations) "
+            "FROM STDIN"
+        ) as copy,
+    ):
+        for n in range(3):
+            copy.write_row((source.pk, f"copied-{n}", "track", "Product Viewed", "", "", f"a{n}", "", "",
+                            source.kind, source.store_code, "2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z",
+                            "{}", "{}", "{}", "{}"))  # fmt: skip
+
+    assert PendingEvent.objects.count() == 4
+    with override_settings(EVENT_PIPELINE_STAGES=RECORD):
+        assert events_process_batch(batch_size=10) == 4
+    assert not PendingEvent.objects.exists()

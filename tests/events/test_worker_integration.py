@@ -12,7 +12,7 @@ from django.db import connection
 
 from config.celery import app as celery_app
 from events import tasks
-from events.models import Event
+from events.models import PendingEvent
 from tests.conftest import basic_auth
 from tests.factories import SourceFactory, TrackMessageFactory
 from tests.processes import CeleryWorker, RedisServer, wait_for
@@ -65,7 +65,7 @@ def post_batch(server_url: str, write_key: str, messages: list[dict]) -> tuple[i
 
 
 def unprocessed() -> int:
-    return Event.objects.filter(processed_at__isnull=True).count()
+    return PendingEvent.objects.count()
 
 
 def stage_saw(broker: RedisServer) -> list[str]:
