@@ -61,6 +61,12 @@ class DirtyMark(models.Model):
     )
     marked_at = models.DateTimeField(auto_now_add=True)
 
+    class Meta:
+        # A refresh also takes the later marks of the members it claims. Without an index that
+        # was a pass over the whole queue per refresh, and the queue holds every mark deleted
+        # since the last vacuum too: the pass grew with the stream.
+        indexes = [models.Index(fields=["member"], name="dirtymark_by_member")]
+
     def __str__(self) -> str:
         return f"member {self.member_id} (dirty since {self.marked_at})"
 

@@ -330,11 +330,11 @@ def _sql(statement: str, params: list) -> None:
 # The refresh writes a few hundred members' rows per statement: parameters go as binary arrays
 # through ``unnest`` (Django's bulk_create builds and quotes one placeholder per value, which
 # cost more than the recomputation itself). Only model table names are interpolated.
-# A queue table without an index on member (marks are inserted far more often than read by
-# member): one pass over the backlog per refresh batch.
+# Each member's marks by index (the lateral subquery with its own locking clause is walked per
+# member, never flattened into a join the planner could turn into a scan of the queue).
 _MARKS_OF_MEMBERS = (
-    f"SELECT d.id FROM {DirtyMark._meta.db_table} AS d JOIN unnest(%b::bigint[]) AS k(id) ON d.member_id = k.id "
-    "FOR UPDATE OF d SKIP LOCKED"
+    "SELECT d.id FROM unnest(%b::bigint[]) AS k(id) CROSS JOIN LATERAL "
+    f"(SELECT id FROM {DirtyMark._meta.db_table} WHERE member_id = k.id FOR UPDATE SKIP LOCKED) AS d"
 )
 _INSERT_TRAITS = (
     f"INSERT INTO {MemberTrait._meta.db_table} (member_id, key, value, observed_at, channel, source_id, event_id) "
