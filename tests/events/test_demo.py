@@ -1,10 +1,13 @@
 """The demo: a deterministic, contract-valid, cross-channel stream, loaded idempotently by
 ``manage.py demo``, whose banner hands out credentials that really work."""
 
+import os
 import re
+import stat
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -23,6 +26,7 @@ from events.demo import (
     WEB_SOURCE_SLUG,
     demo_stream,
 )
+from events.management.commands.demo import _write_private
 from events.models import Event, RejectedEvent, Source
 from events.selectors import source_for_write_key
 from tests.conftest import basic_auth
@@ -307,3 +311,16 @@ def test_the_banner_is_saved_under_run_by_default(tmp_path, settings):
     saved = tmp_path / ".run" / "welcome.txt"
     assert saved.read_text() == out.getvalue()
     assert "Saved to     .run/welcome.txt" in out.getvalue()
+
+
+def test_the_welcome_banner_written_to_a_device_leaves_its_mode_alone():
+    """``--welcome-file /dev/null`` (the tests' way of discarding it) must not make the device
+    private: run as root, that locked PostgreSQL and every other user out of /dev/null."""
+    device = Path(os.devnull)
+    before = stat.S_IMODE(device.stat().st_mode)
+    try:
+        _write_private(device, "banner")
+        assert stat.S_IMODE(device.stat().st_mode) == before
+    finally:
+        if os.geteuid() == 0:  # put the device back if the command did change it
+            device.chmod(before)

@@ -339,5 +339,6 @@ def _write_private(path: Path, text: str) -> None:
     """Write ``text`` readable by its owner only: it holds a password, a key and a token."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
-    path.chmod(0o600)  # ``touch`` leaves an existing file's mode as it was
+    if path.is_file():  # never a device (``/dev/null``): chmod as root locked every other user out of it
+        path.chmod(0o600)  # ``touch`` leaves an existing file's mode as it was
     path.write_text(text + "\n", encoding="utf-8")
