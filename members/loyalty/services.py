@@ -243,7 +243,8 @@ _INSERT_ENTRIES = (
 
 
 def _entries_insert(entries: list[_Entry]) -> None:
-    """Append these rows in this order (the balance trigger adds each to its account)."""
+    """Append these rows in this order, in one statement (the balance trigger, per statement,
+    adds them to their accounts)."""
     if not entries:
         return
     with binary_parameters_cursor() as cursor:
