@@ -1,0 +1,82 @@
+"""How any JSON the platform reads is parsed and bounded: one nesting limit for ingestion,
+the staff API and stored rules alike.
+
+A body nested thousands of levels deep is no data anyone sends on purpose; left unchecked it
+ends in a ``RecursionError`` (the standard library's parser, Django's JSON field, any
+recursive walk of ours) or in PostgreSQL's own jsonb depth limit, each a 500. Such a body is
+refused at the door with its own reason instead.
+"""
+
+import json
+import re
+from typing import Any
+
+import orjson
+
+#: Deepest nesting of objects and arrays accepted anywhere (the body itself is level 1).
+#: Segment payloads nest a handful of levels; a segment rule's ``all``/``any`` of ``not``
+#: blocks takes two levels per block, so 64 leaves room for 30 nested conditions.
+MAX_JSON_DEPTH = 64
+
+# orjson reads integers beyond 64 bits as floats, silently changing them; bodies that may hold
+# one (a false positive inside a string is harmless) are read exactly by the standard library.
+_LONG_INTEGER = re.compile(rb"[\[:,]\s*-?\d{20,}")
+
+
+class JsonTooDeep(ValueError):
+    """The document nests objects and arrays deeper than the limit."""
+
+    def __init__(self, limit: int = MAX_JSON_DEPTH) -> None:
+        super().__init__(f"The JSON nests objects and arrays more than {limit} levels deep, the limit.")
+        self.limit = limit
+
+
+def json_depth(value: Any, *, stop_at: int | None = None) -> int:
+    """How deep ``value`` nests dicts and lists (a scalar is 0, ``{}`` is 1); the walk gives up
+    once it passes ``stop_at`` (the answer is then ``stop_at + 1``). Iterative: no recursion limit."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if stop_at is not None and deepest > stop_at:
+            return deepest
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
+def json_check_depth(value: Any, *, limit: int = MAX_JSON_DEPTH) -> None:
+    """Raise ``JsonTooDeep`` when ``value`` nests deeper than ``limit``."""
+    if json_depth(value, stop_at=limit) > limit:
+        raise JsonTooDeep(limit)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def json_loads_bounded(raw: bytes | str, *, limit: int = MAX_JSON_DEPTH) -> Any:
+    """Parse JSON exactly (integers beyond 64 bits stay integers) and within the nesting limit.
+
+    Raises ``JsonTooDeep`` for a document nested past ``limit`` and ``ValueError`` for anything
+    that is not JSON (``NaN`` and ``Infinity`` included); never ``RecursionError``.
+    """
+    data = raw.encode() if isinstance(raw, str) else raw
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        # orjson stops at 1,024 levels on its own, with this wording.
+        if str(exc).startswith("depth limit exceeded"):
+            raise JsonTooDeep(limit) from exc
+        raise
+    json_check_depth(value, limit=limit)
+    if _LONG_INTEGER.search(data):
+        # Within the limit now, so the standard library's recursive parser cannot overflow.
+        value = json.loads(data, parse_constant=_reject_constant)
+    return value

@@ -1,0 +1,62 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cdp.json_limits import MAX_JSON_DEPTH, JsonTooDeep, json_depth, json_loads_bounded
+
+
+def nested(depth: int) -> bytes:
+    return b'{"a":' * (depth - 1) + b"[]" + b"}" * (depth - 1)
+
+
+def test_depth_of_scalars_and_containers():
+    assert json_depth(1) == 0
+    assert json_depth({}) == 1
+    assert json_depth({"a": [1, {"b": []}]}) == 4
+
+
+def test_limit_is_inclusive():
+    assert json_depth(json_loads_bounded(nested(MAX_JSON_DEPTH))) == MAX_JSON_DEPTH
+    with pytest.raises(JsonTooDeep):
+        json_loads_bounded(nested(MAX_JSON_DEPTH + 1))
+
+
+@pytest.mark.parametrize("depth", [300, 1100, 50_000])
+def test_very_deep_documents_are_too_deep_not_a_recursion_error(depth):
+    with pytest.raises(JsonTooDeep):
+        json_loads_bounded(b"[" * depth + b"]" * depth)
+    # beside a long integer (the exact, recursive parser's path) too
+    with pytest.raises(JsonTooDeep):
+        json_loads_bounded(b'{"n": 123456789012345678901234, "x": ' + b"[" * depth + b"]" * depth + b"}")
+
+
+def test_long_integers_stay_exact():
+    assert json_loads_bounded(b'{"n": 123456789012345678901234}') == {"n": 123456789012345678901234}
+
+
+@pytest.mark.parametrize("raw", [b"{", b'{"a": NaN}', b"[Infinity]", b""])
+def test_not_json_is_a_value_error(raw):
+    with pytest.raises(ValueError) as info:  # noqa: PT011 - any ValueError but JsonTooDeep
+        json_loads_bounded(raw)
+    assert not isinstance(info.value, JsonTooDeep)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3)
+    ),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_depth_matches_a_recursive_reference(value):
+    def reference(v):
+        if isinstance(v, dict):
+            return 1 + max((reference(c) for c in v.values()), default=0)
+        if isinstance(v, list):
+            return 1 + max((reference(c) for c in v), default=0)
+        return 0
+
+    assert json_depth(value) == reference(value)
