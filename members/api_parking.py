@@ -58,7 +58,9 @@ class ParkedMemberViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
         longer parked (404). If it fails again it is parked again, its attempts counted."""
         return _replay(request, ids=[_parked_id(pk)])
 
-    @extend_schema(request=None, responses={200: ParkedMembersReplayOutput}, operation_id="parked_members_replay_all")
+    @extend_schema(
+        request=None, responses={200: ParkedMembersReplayOutput}, operation_id="parked_members_replay_all"
+    )
     @action(
         detail=False,
         methods=["post"],

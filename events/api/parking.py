@@ -90,7 +90,9 @@ class ParkedEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         return _replay(request, ids=[_parked_id(pk)], stage=None)
 
     @extend_schema(
-        request=ParkedEventsReplayInput, responses={200: ParkedEventsReplayOutput}, operation_id="parked_events_replay_all"
+        request=ParkedEventsReplayInput,
+        responses={200: ParkedEventsReplayOutput},
+        operation_id="parked_events_replay_all",
     )
     @action(
         detail=False,

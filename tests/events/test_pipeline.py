@@ -58,9 +58,11 @@ def test_a_stage_failing_transiently_for_good_leaves_the_batch_for_a_later_run(m
     monkeypatch.setattr(retries, "_BACKOFF_BASE_SECONDS", 0.001)
     EventFactory.create_batch(2)
 
-    with override_settings(EVENT_PIPELINE_STAGES=["tests.events.stages.deadlock_always"]):
-        with pytest.raises(DatabaseOperationalError, match="deadlock detected"):
-            events_process_batch(batch_size=10)
+    with (
+        override_settings(EVENT_PIPELINE_STAGES=["tests.events.stages.deadlock_always"]),
+        pytest.raises(DatabaseOperationalError, match="deadlock detected"),
+    ):
+        events_process_batch(batch_size=10)
     assert len(stages.seen_batches) == retries.TRANSIENT_TRIES
     assert PendingEvent.objects.count() == 2
     assert not ParkedEvent.objects.exists()
