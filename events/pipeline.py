@@ -190,7 +190,8 @@ def events_process_pending(*, batch_size: int | None = None, time_budget: float 
     """Process batches, and the follow-ups after each, until nothing is waiting or the time
     budget is spent.
 
-    Returns (events processed, whether work may remain).
+    Returns (events taken from the queue: processed, or parked when they failed; whether work
+    may remain).
     """
     size = batch_size or settings.EVENT_PIPELINE_BATCH_SIZE
     follow_ups = pipeline_follow_ups()
