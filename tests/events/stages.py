@@ -60,3 +60,12 @@ def deadlock_always(events: Sequence[Event]) -> None:
     record(events)
     with connection.cursor() as cursor:
         cursor.execute("DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; END $$")
+
+
+def lose_connection_once(events: Sequence[Event]) -> None:
+    """Record; the first run then loses its database connection (its server process is
+    terminated, as a restart or a network cut does)."""
+    record(events)
+    if len(seen_batches) == 1:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")

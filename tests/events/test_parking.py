@@ -159,3 +159,19 @@ def test_a_transient_database_error_is_retried_and_parks_nothing(monkeypatch):
     assert stages.seen_batches == [ids, ids]  # the deadlock victim's batch, run again whole
     assert not ParkedEvent.objects.exists()
     assert EventResolution.objects.count() == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_connection_is_retried_on_a_new_one_and_parks_nothing(monkeypatch):
+    monkeypatch.setattr(retries, "_BACKOFF_BASE_SECONDS", 0.001)
+    events = EventFactory.create_batch(3)
+    lost_backend = connection.cursor().connection.info.backend_pid
+
+    stages_ = ["tests.events.stages.lose_connection_once", "identity.services.identity_resolve_events"]
+    with override_settings(EVENT_PIPELINE_STAGES=stages_):
+        assert events_process_pending(batch_size=10) == (3, False)
+
+    assert connection.cursor().connection.info.backend_pid != lost_backend
+    assert stages.seen_batches == [[e.pk for e in events]] * 2
+    assert not ParkedEvent.objects.exists()
+    assert EventResolution.objects.count() == 3
