@@ -175,3 +175,22 @@ def test_a_lost_connection_is_retried_on_a_new_one_and_parks_nothing(monkeypatch
     assert stages.seen_batches == [[e.pk for e in events]] * 2
     assert not ParkedEvent.objects.exists()
     assert EventResolution.objects.count() == 3
+
+
+def test_the_admin_lists_parked_events_and_replays_them(admin_client):
+    events = EventFactory.create_batch(3)
+    stages.poisoned.add(events[1].message_id)
+    with override_settings(EVENT_PIPELINE_STAGES=[POISON]):
+        events_process_pending(batch_size=10)
+    parked = ParkedEvent.objects.get()
+
+    listed = admin_client.get("/admin/events/parkedevent/")
+    assert listed.status_code == 200
+    assert POISON in listed.content.decode()
+    assert admin_client.get(f"/admin/events/parkedevent/{parked.pk}/change/").status_code == 200
+
+    admin_client.post("/admin/events/parkedevent/", {"action": "replay", "_selected_action": [parked.pk]})
+
+    assert list(PendingEvent.objects.values_list("event_id", flat=True)) == [events[1].pk]
+    assert not ParkedEvent.objects.filter(replayed_at__isnull=True).exists()
+    assert AuditEntry.objects.get().channel == "console"

@@ -23,6 +23,7 @@ from members import services
 from members.models import DirtyMark, Member, ParkedMember
 from members.services import members_rebuild
 from tests.factories import EventFactory
+from tests.factories.members import MemberFactory
 from tests.members.computed import computed_state
 from tests.members.test_api import staff_client  # a client holding a role's token
 
@@ -156,3 +157,22 @@ def test_a_transient_database_error_in_the_refresh_is_retried_and_parks_nothing(
     assert not ParkedMember.objects.exists()
     assert not DirtyMark.objects.exists()
     assert Member.objects.filter(aggregate__events=1).count() == 6
+
+
+def test_the_admin_lists_parked_members_and_replays_them(admin_client):
+    member = MemberFactory()
+    parked = ParkedMember.objects.create(
+        member=member, error="InvalidOperation: [<class 'decimal.InvalidOperation'>]", traceback="...",
+        first_failed_at=member.created_at, last_failed_at=member.created_at,
+    )  # fmt: skip
+
+    listed = admin_client.get("/admin/members/parkedmember/")
+    assert listed.status_code == 200
+    assert "InvalidOperation" in listed.content.decode()
+    assert admin_client.get(f"/admin/members/parkedmember/{parked.pk}/change/").status_code == 200
+
+    admin_client.post("/admin/members/parkedmember/", {"action": "replay", "_selected_action": [parked.pk]})
+
+    assert list(DirtyMark.objects.values_list("member_id", flat=True)) == [member.pk]
+    assert not ParkedMember.objects.filter(replayed_at__isnull=True).exists()
+    assert AuditEntry.objects.get().member_ids == [member.pk]
