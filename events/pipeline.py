@@ -95,7 +95,7 @@ def events_process_batch(*, batch_size: int) -> int:
     """
     run = _Run()
     try:
-        return transient_retry(lambda: _claim_and_run(run, lambda: events_claim(batch_size=batch_size)))
+        return transient_retry(partial(_claim_and_run, run, partial(events_claim, batch_size=batch_size)))
     except Exception as exc:
         if database_error_is_transient(exc):
             raise
