@@ -2,6 +2,7 @@
 fails on, the others go on in order, staff see the parked ones, and a replay after the fix
 processes them once, reaching what a clean run of the same events computes."""
 
+import threading
 from io import StringIO
 
 import pytest
@@ -12,6 +13,7 @@ from django.test import override_settings
 from cdp import retries
 from cdp.models import AuditEntry
 from cdp.roles import Role
+from events import pipeline
 from events.models import Event, ParkedEvent, PendingEvent
 from events.pipeline import CLAIM_STAGE, events_process_pending
 from identity.models import EventResolution
@@ -194,3 +196,31 @@ def test_the_admin_lists_parked_events_and_replays_them(admin_client):
     assert list(PendingEvent.objects.values_list("event_id", flat=True)) == [events[1].pk]
     assert not ParkedEvent.objects.filter(replayed_at__isnull=True).exists()
     assert AuditEntry.objects.get().channel == "console"
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(EVENT_PIPELINE_STAGES=["tests.events.stages.hold"])
+def test_a_bisection_leaves_what_another_worker_claimed_meanwhile_to_it():
+    events = EventFactory.create_batch(4)
+    ids = [e.pk for e in events]
+    stages.claimed.clear()
+    stages.gate.clear()
+    results: dict[str, int] = {}
+
+    def worker_a() -> None:
+        results["a"] = pipeline.events_process_batch(batch_size=2)
+        connection.close()
+
+    thread = threading.Thread(target=worker_a)
+    thread.start()
+    assert stages.claimed.wait(timeout=10)  # A holds the two oldest
+
+    # B bisects a failed batch of all four: the half A holds is A's, the other half is B's.
+    results["b"] = pipeline._bisect(ids, ("tests.events.stages.hold", ValueError("failed as a whole")))
+    stages.gate.set()
+    thread.join(timeout=10)
+
+    assert results == {"a": 2, "b": 2}
+    assert sorted(seen()) == ids  # each once
+    assert not ParkedEvent.objects.exists()
+    assert not PendingEvent.objects.exists()
