@@ -1,10 +1,12 @@
-"""``GET /health/``: is the database reachable (required) and the broker (degraded if not)."""
+"""``GET /health/``: is the database reachable (required), the broker (degraded if not), and
+is anything parked (degraded while something is: ``HEALTH_PARKED_COUNTS``)."""
 
 import redis
 from django.conf import settings
 from django.db import connection
 from django.db.utils import Error as DatabaseError
 from django.http import HttpRequest, JsonResponse
+from django.utils.module_loading import import_string
 from django.views.decorators.http import require_GET
 
 
@@ -25,13 +27,21 @@ def _broker_ok() -> bool:
         return False
 
 
+def _parked() -> dict[str, int]:
+    """How many of each kind are parked (the apps count their own: the kernel imports none)."""
+    return {name: import_string(path)() for name, path in settings.HEALTH_PARKED_COUNTS.items()}
+
+
 @require_GET
 def health(request: HttpRequest) -> JsonResponse:
     database, broker = _database_ok(), _broker_ok()
-    state = "ok" if database and broker else ("degraded" if database else "down")
+    parked = _parked() if database else {}
+    state = "ok" if database and broker and not any(parked.values()) else ("degraded" if database else "down")
     body = {
         "status": state,
         "database": "ok" if database else "unreachable",
         "broker": "ok" if broker else "unreachable (events are kept and processed when it returns)",
     }
+    if database:
+        body["parked"] = parked
     return JsonResponse(body, status=200 if database else 503)

@@ -31,6 +31,7 @@ class AuditEntry(models.Model):
         VIEW_CONTACT_DETAILS = "view_contact_details", "Saw phone numbers and emails unmasked"
         SPLIT_MEMBER = "split_member", "Split a member"
         EXPORT_SEGMENT = "export_segment", "Exported a segment's members"
+        REPLAY_PARKED = "replay_parked", "Replayed parked events or members"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     action = models.CharField(max_length=32, choices=Action.choices)

@@ -1,9 +1,14 @@
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from events.models import Event, RejectedEvent, Source
+from cdp.models import AuditEntry
+from cdp.services import audit_record
+from events.models import Event, ParkedEvent, RejectedEvent, Source
+from events.parking import parked_events_replay
 from events.services import source_rotate_key, source_set_enabled
+from events.tasks import process_pending_enqueue
 
 
 @admin.register(Source)
@@ -69,3 +74,33 @@ class RejectedEventAdmin(_ReadOnlyAdmin):
     list_display = ("id", "source", "endpoint", "batch_index", "code", "reason", "received_at")
     list_filter = ("code", "endpoint", "source")
     list_select_related = ("source",)
+
+
+@admin.register(ParkedEvent)
+class ParkedEventAdmin(_ReadOnlyAdmin):
+    """Events a stage failed on; select and replay them after a fix. The event itself is shown
+    by id only: an event parked because it cannot be read back must still be listed."""
+
+    list_display = ("id", "event_id", "stage", "error", "attempts", "last_failed_at", "replayed_at")
+    list_filter = ("stage", ("replayed_at", admin.EmptyFieldListFilter))
+    fields = readonly_fields = (
+        "event_id", "stage", "error", "traceback", "attempts", "first_failed_at", "last_failed_at", "replayed_at",
+    )  # fmt: skip
+    actions = ("replay",)
+
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("events.replay_parkedevent")
+
+    @admin.action(description="Replay (after a fix): queue the events again", permissions=["replay"])
+    def replay(self, request: HttpRequest, queryset: QuerySet[ParkedEvent]) -> None:
+        with transaction.atomic():
+            event_ids = parked_events_replay(ids=list(queryset.values_list("id", flat=True)))
+            if event_ids:
+                audit_record(
+                    user=request.user, action=AuditEntry.Action.REPLAY_PARKED, member_ids=(),
+                    channel="console", detail=f"events {', '.join(map(str, event_ids))}",
+                )  # fmt: skip
+                transaction.on_commit(process_pending_enqueue)
+        self.message_user(
+            request, f"{len(event_ids)} events queued again (those already replayed were skipped)."
+        )

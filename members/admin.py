@@ -2,11 +2,15 @@
 The ledger, accounts and redemptions are shown read-only: they change only through services."""
 
 from django.contrib import admin
-from django.db.models import Model
+from django.db import transaction
+from django.db.models import Model, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
+from cdp.models import AuditEntry
+from cdp.services import audit_record
+from events.tasks import process_pending_enqueue
 from members.loyalty.models import (
     Coupon,
     CouponCampaign,
@@ -18,6 +22,8 @@ from members.loyalty.models import (
     Tier,
 )
 from members.loyalty.services import program_policy_apply
+from members.models import ParkedMember
+from members.parking import parked_members_replay
 from members.segments.models import SegmentWebhook, WebhookDelivery
 from members.segments.webhooks import webhook_update
 
@@ -155,3 +161,30 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin):
     list_filter = ("succeeded",)
     search_fields = ("=webhook__id", "=delivery_id")
     list_select_related = ("webhook",)
+
+
+@admin.register(ParkedMember)
+class ParkedMemberAdmin(ReadOnlyAdmin):
+    """Members whose refresh failed; select and replay them after a fix."""
+
+    list_display = ("id", "member_id", "error", "attempts", "last_failed_at", "replayed_at")
+    list_filter = (("replayed_at", admin.EmptyFieldListFilter),)
+    fields = readonly_fields = (
+        "member_id", "error", "traceback", "attempts", "first_failed_at", "last_failed_at", "replayed_at",
+    )  # fmt: skip
+    actions = ("replay",)
+
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("members.replay_parkedmember")
+
+    @admin.action(description="Replay (after a fix): refresh the members again", permissions=["replay"])
+    def replay(self, request: HttpRequest, queryset: QuerySet[ParkedMember]) -> None:
+        with transaction.atomic():
+            member_ids = parked_members_replay(ids=list(queryset.values_list("id", flat=True)))
+            if member_ids:
+                audit_record(
+                    user=request.user, action=AuditEntry.Action.REPLAY_PARKED, member_ids=member_ids,
+                    channel="console", detail="parked members replayed",
+                )  # fmt: skip
+                transaction.on_commit(process_pending_enqueue)
+        self.message_user(request, f"{len(member_ids)} members marked for a refresh again.")

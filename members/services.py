@@ -1,22 +1,34 @@
 """Writes of the members app: refresh what is computed from a member's events."""
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 import orjson
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from cdp.db import binary_parameters_cursor, rows_delete
+from cdp.retries import database_error_is_transient, transient_retry
 from events.commerce import ORDER_COMPLETED, ORDER_EVENTS
 from members.aggregates import CHANNELS, Order, OrderEvent, aggregates_of, order_event, orders_of
 from members.locks import member_refresh_locks
 from members.loyalty.points import LOYALTY_EVENTS, LoyaltyEvent
 from members.loyalty.services import LoyaltyHistory, order_lines, points_move_retired, points_reconcile
-from members.models import ORDER_FIELDS, DirtyMark, Member, MemberAggregate, MemberOrder, MemberTrait
+from members.models import (
+    ORDER_FIELDS,
+    DirtyMark,
+    Member,
+    MemberAggregate,
+    MemberOrder,
+    MemberTrait,
+    ParkedMember,
+)
+from members.parking import member_park
 from members.segments.evaluate import memberships_refresh
 from members.segments.rules import AGGREGATES, EventFact, MemberFacts
 from members.segments.selectors import definitions_load
@@ -26,27 +38,78 @@ from members.traits import TraitObservation, latest_traits, traits_of_event
 
 def members_refresh_batch(*, batch_size: int | None = None) -> int:
     """Claim a batch of dirty marks and refresh their members, in one transaction; returns how
-    many members were refreshed (0: nothing waiting, or every mark is being refreshed).
+    many members it took out of the queue (refreshed, or parked when they failed; 0: nothing
+    waiting, or every mark is being refreshed).
 
     Runs after resolution committed, in its own transaction, so resolving the next batch never
     waits on computing the last one. Marks are claimed ``FOR UPDATE SKIP LOCKED`` and deleted
-    by id: a mark added meanwhile survives for the next refresh.
+    by id: a mark added meanwhile survives for the next refresh. The marks of parked members
+    (``members.parking``) are not claimed.
+
+    A transient database error is retried (``cdp.retries``), and raised when it persists (the
+    marks stay). Any other failure bisects the batch: its members are refreshed again in
+    halves, each in its own transaction, down to the single members that fail, which are
+    parked; the happy path pays nothing for it.
     """
     size = batch_size or settings.MEMBER_REFRESH_BATCH_SIZE
+    claimed: list[int] = []
+    try:
+        return transient_retry(partial(_refresh, partial(_marks_claim, size), claimed))
+    except Exception as exc:
+        if database_error_is_transient(exc) or not claimed:
+            raise
+        return _refresh_bisect(claimed, exc)
+
+
+def _refresh(claim: Callable[[], list[tuple[int, int]]], claimed: list[int]) -> int:
+    """One transaction: claim marks (id, member), refresh their members, delete the marks;
+    ``claimed`` receives the members' ids (to bisect on failure)."""
     with transaction.atomic():
-        marks = list(
-            DirtyMark.objects.order_by("id")
-            .select_for_update(skip_locked=True)
-            .values_list("id", "member_id")[:size]
-        )
+        marks = claim()
         if not marks:
             return 0
         member_ids = {member_id for _, member_id in marks}
-        claimed = {mark_id for mark_id, _ in marks} | _later_marks_claim(member_ids)
+        claimed[:] = sorted(member_ids)
+        claimed_marks = {mark_id for mark_id, _ in marks} | _later_marks_claim(member_ids)
         member_refresh_locks(member_ids)
         members_recompute(member_ids)
-        rows_delete(DirtyMark, column="id", keys=claimed)
+        rows_delete(DirtyMark, column="id", keys=claimed_marks)
     return len(member_ids)
+
+
+def _marks_claim(size: int) -> list[tuple[int, int]]:
+    """The oldest ``size`` marks no other refresh holds, but for parked members'."""
+    parked = ParkedMember.objects.filter(member_id=OuterRef("member_id"), replayed_at__isnull=True)
+    return list(
+        DirtyMark.objects.filter(~Exists(parked))
+        .order_by("id")
+        .select_for_update(skip_locked=True)
+        .values_list("id", "member_id")[:size]
+    )
+
+
+def _refresh_bisect(member_ids: list[int], error: Exception) -> int:
+    """Refresh these members (whose batch failed with ``error``) in halves, down to the single
+    members that fail, and park those; returns how many left the queue. A member whose marks
+    another refresh took meanwhile is that refresh's."""
+    done = 0
+    parts: list[tuple[list[int], Exception | None]] = [(member_ids, error)]  # a stack
+    while parts:
+        ids, known = parts.pop()
+        if known is None:
+            try:
+                done += transient_retry(partial(_refresh, partial(_marks_of, ids), []))
+                continue
+            except Exception as exc:
+                if database_error_is_transient(exc):
+                    raise
+                known = exc
+        if len(ids) == 1:
+            done += transient_retry(partial(member_park, member_id=ids[0], error=known))
+            continue
+        middle = len(ids) // 2
+        parts += [(ids[middle:], None), (ids[:middle], None)]
+    return done
 
 
 def _later_marks_claim(member_ids: set[int]) -> set[int]:
@@ -56,9 +119,14 @@ def _later_marks_claim(member_ids: set[int]) -> set[int]:
     answers them too: under a backlog, a member marked by several resolution batches is
     recomputed once instead of once per batch.
     """
+    return {mark_id for mark_id, _ in _marks_of(member_ids)}
+
+
+def _marks_of(member_ids: Collection[int]) -> list[tuple[int, int]]:
+    """These members' marks (id, member) no other refresh holds, locked."""
     with binary_parameters_cursor() as cursor:
         cursor.execute(_MARKS_OF_MEMBERS, [sorted(member_ids)])
-        return {row[0] for row in cursor.fetchall()}
+        return cursor.fetchall()
 
 
 def members_refresh() -> int:
@@ -339,7 +407,7 @@ def _sql(statement: str, params: list) -> None:
 # Each member's marks by index (the lateral subquery with its own locking clause is walked per
 # member, never flattened into a join the planner could turn into a scan of the queue).
 _MARKS_OF_MEMBERS = (
-    "SELECT d.id FROM unnest(%b::bigint[]) AS k(id) CROSS JOIN LATERAL "
+    "SELECT d.id, k.id FROM unnest(%b::bigint[]) AS k(id) CROSS JOIN LATERAL "
     f"(SELECT id FROM {DirtyMark._meta.db_table} WHERE member_id = k.id FOR UPDATE SKIP LOCKED) AS d"
 )
 _ACTIVE_OF = f"SELECT id FROM {Member._meta.db_table} WHERE id = ANY(%b::bigint[]) AND status = %b"

@@ -4,6 +4,7 @@ from django.urls import path, re_path
 from rest_framework.routers import SimpleRouter
 
 from members.api import MemberViewSet
+from members.api_parking import ParkedMemberViewSet
 from members.loyalty import api as loyalty
 from members.segments.api import definitions as segment_definitions
 from members.segments.api import exports as segment_exports
@@ -12,6 +13,7 @@ from members.segments.api import webhooks as segment_webhooks
 
 router = SimpleRouter()
 router.register("members", MemberViewSet, basename="member")
+router.register("parked-members", ParkedMemberViewSet, basename="parked-member")
 
 urlpatterns = [
     *router.urls,

@@ -150,6 +150,13 @@ EVENT_PIPELINE_FOLLOW_UPS: list[str] = env.list(
     "EVENT_PIPELINE_FOLLOW_UPS", default=["members.services.members_refresh_batch"]
 )
 EVENT_PIPELINE_BATCH_SIZE = env.int("EVENT_PIPELINE_BATCH_SIZE", default=500)
+# What ``/health/`` counts as parked (an event or member the pipeline failed on, out of the
+# way until replayed): a name and a dotted path to ``callable() -> int``. While any count is
+# above zero the platform is "degraded": processing goes on, but someone must look.
+HEALTH_PARKED_COUNTS: dict[str, str] = {
+    "events": "events.parking.parked_events_count",
+    "members": "members.parking.parked_members_count",
+}
 MEMBER_REFRESH_BATCH_SIZE = env.int("MEMBER_REFRESH_BATCH_SIZE", default=500)
 EVENT_SWEEP_INTERVAL_SECONDS = env.int("EVENT_SWEEP_INTERVAL_SECONDS", default=15)
 #: How often beat looks for points that expired and tier reviews that fell due.

@@ -11,7 +11,9 @@ def test_health_reports_database_and_broker(client):
     response = client.get("/health/")
 
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "ok", "broker": "ok"}
+    assert response.json() == {
+        "status": "ok", "database": "ok", "broker": "ok", "parked": {"events": 0, "members": 0}
+    }  # fmt: skip
 
 
 @pytest.mark.django_db
