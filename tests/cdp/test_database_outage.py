@@ -101,7 +101,10 @@ def test_ingestion_and_the_staff_api_answer_503_while_postgresql_is_down(private
             assert_outage(staff("/api/v1/members/1/"))
             # A page outside DRF (the console's login check reads the session): 503 too.
             console = client.get(
-                f"{server.base_url}/console/", cookies={"sessionid": "s" * 32}, allow_redirects=False, timeout=30
+                f"{server.base_url}/console/",
+                cookies={"sessionid": "s" * 32},
+                allow_redirects=False,
+                timeout=30,
             )
             assert console.status_code == 503
             assert console.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
