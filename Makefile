@@ -43,12 +43,13 @@ run: demo ## Run web + worker + beat with demo data, in one terminal
 web: migrate ## Run only the web server
 	$(BIN)/python manage.py runserver 127.0.0.1:$(WEB_PORT)
 
+# The celery command defaults to the production settings (config/celery.py); these are for development.
 worker: install ## Run only a Celery worker
-	$(BIN)/celery -A config worker -l info
+	DJANGO_SETTINGS_MODULE=config.settings.local $(BIN)/celery -A config worker -l info
 
 beat: install ## Run only Celery beat
 	@mkdir -p .run
-	$(BIN)/celery -A config beat -l info --schedule .run/celerybeat-schedule
+	DJANGO_SETTINGS_MODULE=config.settings.local $(BIN)/celery -A config beat -l info --schedule .run/celerybeat-schedule
 
 CHROMIUM ?= /usr/bin/chromium
 

@@ -8,6 +8,10 @@ from django.db.backends.utils import CursorWrapper
 from django.db.models import Model
 from psycopg.pq import Format
 
+#: The largest value of a ``bigint`` column (every primary key, DEFAULT_AUTO_FIELD): an id
+#: beyond it names no row, a number beyond it cannot be stored.
+MAX_BIGINT = 2**63 - 1
+
 #: psycopg's own timestamptz loader (its C implementation). Django registers a subclass
 #: written in Python on every connection, to set the time zone of what it reads: a few
 #: microseconds per value, which made parsing timestamps a tenth of a member refresh.

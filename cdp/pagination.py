@@ -18,7 +18,9 @@ def query_int(request: Request, name: str, *, default: int | None, low: int, hig
     raw = request.query_params.get(name, "")
     if raw == "":
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    # ASCII digits ("²".isdigit() is true, yet int() refuses it), and few enough of them for
+    # int() (which refuses past 4,300 digits): every bound here has at most 19.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 20) or not low <= int(raw) <= high:
         raise ApiError(
             code="invalid",
             message=f"Bad {name}.",

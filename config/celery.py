@@ -12,7 +12,11 @@ from celery.signals import worker_init, worker_process_init
 
 from cdp.workers import worker_gc_tune
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
+# Production unless told otherwise, as config/wsgi.py (this module is imported first, with the
+# config package, by every entry point): a worker delivers webhooks, and must never do so with
+# the local settings' loopback allowance and public secret key. manage.py, the Procfile and
+# the Makefile's worker and beat choose the local settings for development.
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
 
 app = Celery("cdp")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -22,6 +22,10 @@ console_urls = (
     "console",
 )
 
+# On the API paths these answer JSON in the one error shape (cdp.errors); elsewhere Django's pages.
+handler404 = "cdp.errors.not_found"
+handler500 = "cdp.errors.server_error"
+
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="console:search"), name="home"),
     path("v1/", include("events.urls.ingestion")),

@@ -17,6 +17,7 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
 from cdp.models import AuditEntry
 from cdp.permissions import permissions_required
@@ -214,6 +215,7 @@ def _unknown_member(member_id: int) -> ApiError:
 
 class MemberViewSet(viewsets.ViewSet):
     permission_classes = (permissions_required(VIEW_MEMBERS),)
+    lookup_value_regex = "[0-9]{1,19}"  # anything else is no route: a JSON 404 (cdp.errors.not_found)
 
     @extend_schema(parameters=_LOOKUP_PARAMETERS, responses={200: LookupOutput}, tags=["members"])
     def list(self, request: Request) -> Response:
@@ -341,9 +343,8 @@ class MemberViewSet(viewsets.ViewSet):
 
 
 def _member_id(pk: str) -> int:
-    try:
-        return int(pk)
-    except ValueError:
-        raise ApiError(
-            code="not_found", message=f"No member {pk!r}.", status_code=status.HTTP_404_NOT_FOUND
-        ) from None
+    """The id of the path (ASCII digits: ``lookup_value_regex``); one past any id is unknown."""
+    member_id = int(pk)
+    if member_id > MAX_BIGINT:
+        raise _unknown_member(member_id)
+    return member_id

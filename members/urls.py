@@ -1,4 +1,8 @@
-"""Staff API of the members app, mounted at /api/v1/."""
+"""Staff API of the members app, mounted at /api/v1/.
+
+Ids in paths are ``<int:>`` (a router's, ``lookup_value_regex``): anything else matches no
+route and is a JSON 404 (``cdp.errors.not_found``); a number past any id is a 404 as well.
+"""
 
 from django.urls import path, re_path
 from rest_framework.routers import SimpleRouter
@@ -17,14 +21,14 @@ router.register("parked-members", ParkedMemberViewSet, basename="parked-member")
 
 urlpatterns = [
     *router.urls,
-    path("members/<str:member_id>/points/", loyalty.PointsView.as_view(), name="member-points"),
+    path("members/<int:member_id>/points/", loyalty.PointsView.as_view(), name="member-points"),
     path(
-        "members/<str:member_id>/points/adjust/",
+        "members/<int:member_id>/points/adjust/",
         loyalty.PointsAdjustView.as_view(),
         name="member-points-adjust",
     ),
     path(
-        "members/<str:member_id>/points/redeem/",
+        "members/<int:member_id>/points/redeem/",
         loyalty.PointsRedeemView.as_view(),
         name="member-points-redeem",
     ),
@@ -48,14 +52,14 @@ urlpatterns = [
     path("segments/<slug:key>/changes/", segments.SegmentChangesView.as_view(), name="segment-changes"),
     path("tags/", segment_definitions.TagsView.as_view(), name="tags"),
     path("tags/<slug:key>/", segment_definitions.TagView.as_view(), name="tag"),
-    path("members/<str:member_id>/tags/", segment_definitions.MemberTagsView.as_view(), name="member-tags"),
+    path("members/<int:member_id>/tags/", segment_definitions.MemberTagsView.as_view(), name="member-tags"),
     path(
-        "members/<str:member_id>/tags/history/",
+        "members/<int:member_id>/tags/history/",
         segment_definitions.MemberTagHistoryView.as_view(),
         name="member-tag-history",
     ),
     path(
-        "members/<str:member_id>/tags/<slug:key>/",
+        "members/<int:member_id>/tags/<slug:key>/",
         segment_definitions.MemberTagView.as_view(),
         name="member-tag",
     ),

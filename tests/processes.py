@@ -1,15 +1,20 @@
-"""Real processes for integration tests: a private Redis the test may stop and restart,
-and a Celery worker (with embedded beat) running against the test database."""
+"""Real processes for integration tests: a private Redis and a private PostgreSQL the test
+may stop and restart, a Celery worker (with embedded beat) running against the test database,
+and the web server as the Dockerfile runs it."""
 
+import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +93,143 @@ class CeleryWorker:
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
         )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            self.process = None
+            self.log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster (``initdb`` in a temporary directory, a free port, trust
+    auth on 127.0.0.1), so a test can take the database away without touching the shared one.
+
+    PostgreSQL refuses to run as root: as root the cluster belongs to, and runs as, the
+    ``postgres`` user (``runuser``). ``available()`` says whether this machine can do it."""
+
+    BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+    OS_USER = "postgres"
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="cdp-private-pg-"))
+        self.data = self.root / "data"
+        self.log_path = self.root / "postgres.log"
+
+    @classmethod
+    def available(cls) -> str | None:
+        """None when a private cluster can be made here, else why not."""
+        if not (cls.BIN / "initdb").exists():
+            return f"no PostgreSQL binaries in {cls.BIN} (set PG_BIN)"
+        if os.geteuid() == 0:
+            try:
+                pwd.getpwnam(cls.OS_USER)
+            except KeyError:
+                return f"running as root and there is no {cls.OS_USER!r} user to run PostgreSQL as"
+            if shutil.which("runuser") is None:
+                return "running as root without runuser"
+        return None
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *command: str) -> None:
+        as_user = ["runuser", "-u", self.OS_USER, "--"] if os.geteuid() == 0 else []
+        done = subprocess.run([*as_user, *command], capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{command[0]} failed: {done.stdout}{done.stderr}{self.log()}")
+
+    def init(self) -> None:
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam(self.OS_USER)
+            os.chown(self.root, owner.pw_uid, owner.pw_gid)
+        self._run(
+            str(self.BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth", "trust",
+            "-E", "UTF8", "--locale", "C.UTF-8", "--no-sync",
+        )  # fmt: skip
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        self._run(
+            str(self.BIN / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log_path),
+            "-o",
+            options,
+            "-w",
+            "start",
+        )
+        if not wait_for(self.is_up, timeout=30):
+            raise RuntimeError(f"PostgreSQL did not start on port {self.port}: {self.log()}")
+
+    def stop(self) -> None:
+        """Stop now (``-m fast``: open connections are cut, as in a crash or a failover)."""
+        self._run(str(self.BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def is_up(self) -> bool:
+        try:
+            with psycopg.connect(self.url(), connect_timeout=1):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    def create_database(self, name: str) -> str:
+        with psycopg.connect(self.url(), autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def destroy(self) -> None:
+        if self.data.exists() and (self.data / "postmaster.pid").exists():
+            with contextlib.suppress(RuntimeError):  # already stopped
+                self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class WebServer:
+    """gunicorn serving ``config.wsgi`` as the Dockerfile runs it (its settings from ``env``)."""
+
+    def __init__(self, *, env: dict[str, str], workdir: Path) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.env = env
+        self.log_path = workdir / "gunicorn.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        command = [
+            str(Path(sys.executable).parent / "gunicorn"), "config.wsgi", "--bind", f"127.0.0.1:{self.port}",
+            "--workers", "1", "--timeout", "60",
+        ]  # fmt: skip
+        self.log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        if not wait_for(self.is_up, timeout=30):
+            self.stop()
+            raise RuntimeError(f"gunicorn did not start: {self.output()}")
+
+    def is_up(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
 
     def stop(self) -> None:
         if self.process is not None:

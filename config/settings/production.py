@@ -1,10 +1,36 @@
-"""Production: no defaults for secrets; a missing required variable fails at start-up."""
+"""Production: the default of ``config/wsgi.py`` and ``config/asgi.py`` (and the Dockerfile's).
+
+No defaults for secrets or for where the data lives: without ``DJANGO_SECRET_KEY``,
+``DJANGO_ALLOWED_HOSTS`` or ``DATABASE_URL`` the process fails at start-up, naming the
+variable. Everything else defaults to what is safe on the internet, and each can be relaxed
+through the environment: HTTPS only (redirect, secure cookies, HSTS), behind a proxy that
+terminates TLS and says so in ``X-Forwarded-Proto``. ``manage.py check --deploy`` reports
+nothing with these defaults (tests/config/test_production.py).
+"""
 
 from config.settings.base import *  # noqa: F403
 from config.settings.base import env
 
 DEBUG = False
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+env("DATABASE_URL")  # required here; base falls back to the local database for development
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+# --- HTTPS --------------------------------------------------------------------------------------
+# The proxy (load balancer, nginx) terminates TLS and sets this header to "https"; it must
+# overwrite any value a client sends. Empty: no proxy, Django sees TLS itself.
+_PROXY_SSL_HEADER = env("DJANGO_SECURE_PROXY_SSL_HEADER", default="HTTP_X_FORWARDED_PROTO")
+SECURE_PROXY_SSL_HEADER = (_PROXY_SSL_HEADER, "https") if _PROXY_SSL_HEADER else None
+#: Plain HTTP is redirected to HTTPS (off only where the proxy already does it).
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
+#: Load balancers probe health over plain HTTP, inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^health/$"]
 SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=True)
 CSRF_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=True)
+# HSTS as cookiecutter-django sets it: start at 60 seconds, raise to a year
+# (DJANGO_SECURE_HSTS_SECONDS=31536000) once HTTPS is known to work on every subdomain, since
+# browsers then refuse plain HTTP for that long.
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=60)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=True)
+SECURE_CONTENT_TYPE_NOSNIFF = env.bool("DJANGO_SECURE_CONTENT_TYPE_NOSNIFF", default=True)

@@ -50,6 +50,7 @@ class SourceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
     )
     serializer_class = SourceOutput
     queryset = Source.objects.all()
+    lookup_value_regex = "[0-9]{1,19}"  # anything else is no route: a JSON 404 (cdp.errors.not_found)
 
     @extend_schema(request=SourceCreateInput, responses={201: SourceWithKeyOutput})
     def create(self, request: Request) -> Response:
@@ -97,11 +98,17 @@ class RejectedEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
 
     permission_classes = (permissions_required("events.view_rejectedevent"),)
     serializer_class = RejectedEventOutput
+    lookup_value_regex = "[0-9]{1,19}"
 
     def get_queryset(self):  # noqa: ANN201 - DRF hook
         queryset = RejectedEvent.objects.select_related("source")
         if source := self.request.query_params.get("source"):
-            queryset = queryset.filter(source_id=source) if source.isdigit() else queryset.none()
+            # ASCII digits only: "²".isdigit() is true, yet no number (and no source).
+            queryset = (
+                queryset.filter(source_id=source)
+                if source.isascii() and source.isdigit()
+                else queryset.none()
+            )
         if code := self.request.query_params.get("code"):
             queryset = queryset.filter(code=code)
         return queryset

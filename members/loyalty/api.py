@@ -17,12 +17,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
 from cdp.pagination import query_int
 from cdp.permissions import permissions_required
 from events.models import Channel
 from members.loyalty.coupons import CouponRefused, coupon_redeem, coupon_release, coupons_issue
 from members.loyalty.models import Coupon, CouponCampaign, CouponRedemption, PointsEntry
+from members.loyalty.points import MAX_POINTS_MOVE
 from members.loyalty.presentation import coupon_json, entry_json, points_json
 from members.loyalty.selectors import coupon_redemption_active, ledger_page, members_expiring, points_summary
 from members.loyalty.services import PointsRefused, points_adjust, points_redeem
@@ -44,6 +46,7 @@ _IDEMPOTENCY_KEY = OpenApiParameter(
     "with the same key answers with the first result and writes nothing.",
 )  # fmt: skip
 _MEMBER_ID = OpenApiParameter("member_id", OpenApiTypes.INT, OpenApiParameter.PATH)
+_CODE_LENGTH = Coupon._meta.get_field("code").max_length
 
 
 # --- shapes ---
@@ -111,12 +114,16 @@ class PointsOutput(serializers.Serializer):
 
 
 class AdjustInput(serializers.Serializer):
-    points = serializers.IntegerField(help_text="Positive to add, negative to take away.")
+    points = serializers.IntegerField(
+        min_value=-MAX_POINTS_MOVE,
+        max_value=MAX_POINTS_MOVE,
+        help_text="Positive to add, negative to take away.",
+    )
     reason = serializers.CharField(max_length=400)
 
 
 class RedeemPointsInput(serializers.Serializer):
-    points = serializers.IntegerField(min_value=1)
+    points = serializers.IntegerField(min_value=1, max_value=MAX_POINTS_MOVE)
     order_id = serializers.CharField(max_length=255)
     channel = serializers.ChoiceField(choices=Channel.values)
 
@@ -126,7 +133,10 @@ class RedeemCouponInput(serializers.Serializer):
     channel = serializers.ChoiceField(choices=Channel.values)
     order_total = serializers.DecimalField(max_digits=14, decimal_places=2, min_value=0)
     member_id = serializers.IntegerField(
-        required=False, help_text="Required for a coupon issued to a member."
+        min_value=1,
+        max_value=MAX_BIGINT,
+        required=False,
+        help_text="Required for a coupon issued to a member.",
     )
 
 
@@ -188,7 +198,10 @@ class CampaignOutput(serializers.ModelSerializer):
 
 class IssueInput(serializers.Serializer):
     member_ids = serializers.ListField(
-        child=serializers.IntegerField(), allow_empty=False, max_length=100_000, required=False
+        child=serializers.IntegerField(min_value=1, max_value=MAX_BIGINT),
+        allow_empty=False,
+        max_length=100_000,
+        required=False,
     )
     segment = serializers.SlugField(required=False, help_text="Issue to every member of this segment now.")
 
@@ -219,11 +232,8 @@ class ExpiringPageOutput(serializers.Serializer):
 # --- views ---
 
 
-def _active_member(member_id: int | str) -> Member:
-    try:
-        member = member_resolve(member_id=int(member_id))
-    except (TypeError, ValueError):
-        member = None
+def _active_member(member_id: int) -> Member:
+    member = member_resolve(member_id=member_id)
     if member is None:
         raise ApiError(
             code="not_found", message=f"No member {member_id}.", status_code=status.HTTP_404_NOT_FOUND
@@ -241,8 +251,17 @@ def _idempotency_key(request: Request) -> str:
     return key
 
 
+def _coupon_code(code: str) -> str:
+    """The code from the path, or a 404 when no coupon can have it (too long, control
+    characters), before anything else is looked at."""
+    normalized = code.strip().upper()
+    if not 0 < len(normalized) <= _CODE_LENGTH or not normalized.isprintable():
+        raise ApiError(code="not_found", message="No such coupon.", status_code=status.HTTP_404_NOT_FOUND)
+    return normalized
+
+
 def _refused(exc: PointsRefused | CouponRefused) -> ApiError:
-    code = {404: "not_found", 409: "conflict"}.get(exc.status, "refused")
+    code = {400: "invalid", 404: "not_found", 409: "conflict"}.get(exc.status, "refused")
     return ApiError(
         code=code, message=exc.reason, errors=[FieldError(exc.field, exc.reason)], status_code=exc.status
     )
@@ -256,7 +275,7 @@ class PointsView(APIView):
                     OpenApiParameter("page_size", OpenApiTypes.INT)],
         responses={200: PointsOutput}, tags=["loyalty"],
     )  # fmt: skip
-    def get(self, request: Request, member_id: str) -> Response:
+    def get(self, request: Request, member_id: int) -> Response:
         """A member's points: balance, spendable and pending, what expires soon, tier, coupons,
         and the ledger newest first (keyset: ``before`` = the last entry id of the page)."""
         member = _active_member(member_id)
@@ -273,7 +292,7 @@ class PointsAdjustView(APIView):
 
     @extend_schema(parameters=[_MEMBER_ID, _IDEMPOTENCY_KEY], request=AdjustInput,
                    responses={201: EntryOutput, 200: EntryOutput}, tags=["loyalty"])  # fmt: skip
-    def post(self, request: Request, member_id: str) -> Response:
+    def post(self, request: Request, member_id: int) -> Response:
         """Add or take away points by hand, with a reason (crm_manager). 201 when written, 200
         for a retry of the same Idempotency-Key."""
         member = _active_member(member_id)
@@ -294,7 +313,7 @@ class PointsRedeemView(APIView):
 
     @extend_schema(parameters=[_MEMBER_ID, _IDEMPOTENCY_KEY], request=RedeemPointsInput,
                    responses={201: EntryOutput, 200: EntryOutput}, tags=["loyalty"])  # fmt: skip
-    def post(self, request: Request, member_id: str) -> Response:
+    def post(self, request: Request, member_id: int) -> Response:
         """Spend available points on an order, at a till or an online checkout (409 when the
         member has fewer available points)."""
         member = _active_member(member_id)
@@ -322,7 +341,7 @@ class CouponView(APIView):
     @extend_schema(responses={200: CouponOutput}, tags=["loyalty"])
     def get(self, request: Request, code: str) -> Response:
         """A coupon's terms and whether it can be used now."""
-        coupon = Coupon.objects.select_related("campaign").filter(code=code.strip().upper()).first()
+        coupon = Coupon.objects.select_related("campaign").filter(code=_coupon_code(code)).first()
         if coupon is None:
             raise ApiError(code="not_found", message="No such coupon.", status_code=status.HTTP_404_NOT_FOUND)
         return Response(
@@ -340,6 +359,7 @@ class CouponRedeemView(APIView):
         naming the order it went to; a retry for the same order and channel gets 200 and the
         same redemption. Refused with 422 and the reason when expired, not yet valid, for
         another member, another channel, or below the minimum spend."""
+        code = _coupon_code(code)
         data = RedeemCouponInput(data=request.data)
         data.is_valid(raise_exception=True)
         member = (
@@ -365,6 +385,7 @@ class CouponReleaseView(APIView):
     def post(self, request: Request, code: str) -> Response:
         """Undo a redemption (the order was refunded or cancelled): the coupon can be used again.
         A full ``Order Refunded`` event releases it on its own."""
+        code = _coupon_code(code)
         data = ReleaseCouponInput(data=request.data)
         data.is_valid(raise_exception=True)
         try:

@@ -29,6 +29,11 @@ from events.commerce import ORDER_COMPLETED
 from members.aggregates import OrderEvent
 from members.loyalty.program import Downgrade, NegativeBalance, Program, TierBasis, TierRule
 
+#: The most points one command may move (a staff adjustment either way, a redemption): far
+#: beyond any real adjustment, and small enough that no single move can carry a balance past
+#: what the ledger stores. Anything beyond is refused with the field named.
+MAX_POINTS_MOVE = 1_000_000_000
+
 SIGNED_UP = "Signed Up"
 REFERRAL = "Referral"
 #: Events other than orders that earn points.

@@ -28,7 +28,16 @@ from members.aggregates import OrderEvent, orders_of
 from members.locks import member_refresh_locks
 from members.loyalty.coupons import coupons_release_for_orders
 from members.loyalty.models import LoyaltyProgram, PointsAccount, PointsEntry, TierChange
-from members.loyalty.points import Derivation, Due, Kind, LoyaltyEvent, OrderLine, Recorded, points_derive
+from members.loyalty.points import (
+    MAX_POINTS_MOVE,
+    Derivation,
+    Due,
+    Kind,
+    LoyaltyEvent,
+    OrderLine,
+    Recorded,
+    points_derive,
+)
 from members.loyalty.program import NegativeBalance, Program
 from members.loyalty.selectors import points_available, program_load
 from members.models import DirtyMark, Member
@@ -403,6 +412,8 @@ def points_adjust(
     row and whether it was written now (False: this idempotency key was done before)."""
     if points == 0:
         raise PointsRefused("points", "must not be 0")
+    if abs(points) > MAX_POINTS_MOVE:
+        raise PointsRefused("points", f"at most {MAX_POINTS_MOVE:,} either way", status=400)
     if not reason.strip():
         raise PointsRefused("reason", "is required")
     return _command(
@@ -424,6 +435,8 @@ def points_redeem(
     """Spend an active member's available points on an order (a till or a web checkout)."""
     if points <= 0:
         raise PointsRefused("points", "must be a positive number of points to spend")
+    if points > MAX_POINTS_MOVE:
+        raise PointsRefused("points", f"at most {MAX_POINTS_MOVE:,}", status=400)
     return _command(
         member=member,
         kind=Kind.REDEEM,

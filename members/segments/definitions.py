@@ -657,7 +657,7 @@ def _join(path: str, key: str) -> str:
 
 
 def _field(path: str) -> str:
-    return _join("rule", path)
+    return _join("rule", path) if path else "rule"
 
 
 def _rule_check(node: Node, rule: object) -> None:

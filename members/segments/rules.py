@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Union
 
+from cdp.json_limits import JsonTooDeep, json_check_depth
 from identity.identifiers import BUILT_IN_TYPES
 
 CHANNELS = ("pos", "app", "mini_program", "web")
@@ -664,7 +665,15 @@ def _kind(value: object) -> str:
 
 
 def rule_parse(data: object) -> Condition:
-    """The condition a rule's JSON states, or ``RuleInvalid`` listing every problem in it."""
+    """The condition a rule's JSON states, or ``RuleInvalid`` listing every problem in it.
+
+    A rule nested past ``cdp.json_limits.MAX_JSON_DEPTH`` is refused before it is walked (the
+    parse, the SQL compiler and the evaluator all recurse), wherever it comes from: the API
+    (whose body parser refuses it too), the admin, a stored definition."""
+    try:
+        json_check_depth(data)
+    except JsonTooDeep as error:
+        raise RuleInvalid([("", str(error))]) from error
     parser = _Parser()
     condition = parser.condition(data, "")
     if parser.errors or condition is None:

@@ -16,14 +16,16 @@ from django.core.files.uploadedfile import UploadedFile
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiRequest, extend_schema
 from rest_framework import serializers, status
-from rest_framework.parsers import BaseParser, JSONParser, MultiPartParser
+from rest_framework.parsers import BaseParser, MultiPartParser
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
 from cdp.pagination import query_int
+from cdp.parsers import BoundedJSONParser
 from cdp.permissions import permissions_required
 from members.api import MemberTagOutput
 from members.segments.api import VIEW_SEGMENTS, read, segment_by_key
@@ -111,7 +113,7 @@ class CopyInput(serializers.Serializer):
 
 
 class MemberIdsInput(serializers.Serializer):
-    member_ids = serializers.ListField(child=serializers.IntegerField(min_value=1), max_length=100_000,
+    member_ids = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=MAX_BIGINT), max_length=100_000,
                                        help_text="The list's members (an id absorbed by a merge counts as its survivor).")  # fmt: skip
 
 
@@ -202,7 +204,7 @@ def _changes(data: dict) -> dict:
 
 class SegmentsView(_PermissionsByMethod, read.SegmentsView):
     required = {"POST": (VIEW_SEGMENTS, ADD_SEGMENTS)}
-    parser_classes = (JSONParser,)
+    parser_classes = (BoundedJSONParser,)
 
     @extend_schema(request=SegmentInput, responses={201: read.SegmentOutput}, tags=["segments"])
     def post(self, request: Request) -> Response:
@@ -218,7 +220,7 @@ class SegmentsView(_PermissionsByMethod, read.SegmentsView):
 
 class SegmentView(_PermissionsByMethod, read.SegmentView):
     required = {"PATCH": (VIEW_SEGMENTS, CHANGE_SEGMENTS), "DELETE": (VIEW_SEGMENTS, DELETE_SEGMENTS)}
-    parser_classes = (JSONParser,)
+    parser_classes = (BoundedJSONParser,)
 
     @extend_schema(request=SegmentChangeInput, responses={200: read.SegmentOutput}, tags=["segments"])
     def patch(self, request: Request, key: str) -> Response:
@@ -246,7 +248,7 @@ class SegmentView(_PermissionsByMethod, read.SegmentView):
 
 class SegmentCopyView(APIView):
     permission_classes = (permissions_required(VIEW_SEGMENTS, ADD_SEGMENTS),)
-    parser_classes = (JSONParser,)
+    parser_classes = (BoundedJSONParser,)
 
     @extend_schema(request=CopyInput, responses={201: read.SegmentOutput}, tags=["segments"])
     def post(self, request: Request, key: str) -> Response:
@@ -282,7 +284,7 @@ class CsvParser(BaseParser):
 
 class SegmentMembersView(_PermissionsByMethod, members_api.SegmentMembersView):
     required = {"PUT": (VIEW_SEGMENTS, CHANGE_SEGMENTS)}
-    parser_classes = (JSONParser, MultiPartParser, CsvParser)
+    parser_classes = (BoundedJSONParser, MultiPartParser, CsvParser)
 
     @extend_schema(
         request={
@@ -348,7 +350,7 @@ def tag_by_key(key: str) -> Tag:
 class TagsView(_PermissionsByMethod, APIView):
     permission_classes = (permissions_required(VIEW_TAGS),)
     required = {"POST": (VIEW_TAGS, ADD_TAGS)}
-    parser_classes = (JSONParser,)
+    parser_classes = (BoundedJSONParser,)
 
     @extend_schema(responses={200: TagOutput(many=True)}, tags=["tags"])
     def get(self, request: Request) -> Response:
@@ -372,7 +374,7 @@ class TagsView(_PermissionsByMethod, APIView):
 class TagView(_PermissionsByMethod, APIView):
     permission_classes = (permissions_required(VIEW_TAGS),)
     required = {"PATCH": (VIEW_TAGS, CHANGE_TAGS), "DELETE": (VIEW_TAGS, DELETE_TAGS)}
-    parser_classes = (JSONParser,)
+    parser_classes = (BoundedJSONParser,)
 
     @extend_schema(responses={200: TagOutput}, tags=["tags"])
     def get(self, request: Request, key: str) -> Response:
@@ -406,8 +408,8 @@ class TagView(_PermissionsByMethod, APIView):
 # --- manual tags on members -------------------------------------------------------------------
 
 
-def _member_pk(member_id: str) -> int:
-    member = member_resolve(member_id=int(member_id)) if member_id.isdigit() else None
+def _member_pk(member_id: int) -> int:
+    member = member_resolve(member_id=member_id)
     if member is None:
         raise ApiError(
             code="not_found", message=f"No member {member_id}.", status_code=status.HTTP_404_NOT_FOUND
@@ -425,10 +427,10 @@ def _manual_tag_response(outcome: Any, tag: Tag, *, created: bool) -> Response:
 class MemberTagsView(_PermissionsByMethod, APIView):
     permission_classes = (permissions_required(VIEW_MEMBERS, VIEW_TAGS),)
     required = {"POST": (VIEW_MEMBERS, TAG_MEMBERS)}
-    parser_classes = (JSONParser,)
+    parser_classes = (BoundedJSONParser,)
 
     @extend_schema(parameters=[_MEMBER_ID], responses={200: MemberTagOutput(many=True)}, tags=["tags"])
-    def get(self, request: Request, member_id: str) -> Response:
+    def get(self, request: Request, member_id: int) -> Response:
         """The tags a member carries now, with who added the manual ones."""
         return Response(
             MemberTagOutput(
@@ -440,7 +442,7 @@ class MemberTagsView(_PermissionsByMethod, APIView):
         parameters=[_MEMBER_ID], request=MemberTagInput,
         responses={201: ManualTagOutput, 200: ManualTagOutput}, tags=["tags"],
     )  # fmt: skip
-    def post(self, request: Request, member_id: str) -> Response:
+    def post(self, request: Request, member_id: int) -> Response:
         """Put a manual tag on a member (recorded with who and when): 201 when added, 200 when
         the member had it already (nothing recorded). Rule and computed tags answer 409."""
         pk = _member_pk(member_id)
@@ -464,7 +466,7 @@ class MemberTagView(APIView):
         parameters=[_MEMBER_ID, OpenApiParameter("key", OpenApiTypes.STR, OpenApiParameter.PATH)],
         responses={200: ManualTagOutput}, tags=["tags"],
     )  # fmt: skip
-    def delete(self, request: Request, member_id: str, key: str) -> Response:
+    def delete(self, request: Request, member_id: int, key: str) -> Response:
         """Take a manual tag off a member (recorded with who and when); ``changed`` is false
         when the member did not have it (nothing recorded). Rule and computed tags answer 409."""
         pk = _member_pk(member_id)
@@ -484,7 +486,7 @@ class MemberTagHistoryView(APIView):
                     OpenApiParameter("page_size", OpenApiTypes.INT)],
         responses={200: TagHistoryPage}, tags=["tags"],
     )  # fmt: skip
-    def get(self, request: Request, member_id: str) -> Response:
+    def get(self, request: Request, member_id: int) -> Response:
         """Every tag added to or removed from the member (and the members a merge folded into
         it), by whom (staff, for manual tags) and when, newest first."""
         pk = _member_pk(member_id)

@@ -8,6 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
 from cdp.pagination import query_int
 from cdp.permissions import permissions_required
@@ -36,7 +37,7 @@ class WebhookInput(serializers.Serializer):
         help_text="Which changes to send: members who entered, who exited, or both.",
     )  # fmt: skip
     since = serializers.IntegerField(
-        min_value=0, required=False,
+        min_value=0, max_value=MAX_BIGINT, required=False,
         help_text="Send the changes after this cursor (0: the segment's whole history). "
         "Default: from the segment's latest change, i.e. only what happens from now on.",
     )  # fmt: skip
