@@ -156,7 +156,8 @@ def test_an_alias_links_an_anonymous_visitor_to_the_customer():
         frozenset({"browse", "login", "alias"})
     }
     held = resolver.graph.members[resolver.member_of[link.key]].identifiers
-    assert held["user_id"] == {"u1", "old"} and held["anonymous_id"] == {"old"}
+    assert held["user_id"] == {"u1", "old"}
+    assert held["anonymous_id"] == {"old"}
 
 
 def test_an_alias_of_two_user_ids_links_them_under_a_one_user_id_limit():
