@@ -672,7 +672,13 @@ def copy_template(source: BenchSource, rows: int) -> payloads.Template:
     lines = []
     for index in range(rows):
         raw = {"messageId": payloads.MESSAGE_ID_SLOT, **payloads.message(rng, at=received_at)}
-        message = message_parse(raw, received_at=received_at, defaults=defaults, index=index)
+        message = message_parse(
+            raw,
+            received_at=received_at,
+            defaults=defaults,
+            index=index,
+            default_currency=source.default_currency,
+        )
         if not isinstance(message, Message):
             raise RuntimeError(f"the benchmark made an invalid event: {message}")
         fixed = (source.pk, source.kind, source.store_code, received_at)

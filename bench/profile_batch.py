@@ -84,7 +84,13 @@ def stages(write_key: str, bodies: Sequence[bytes]) -> dict[str, float]:
         assert isinstance(parsed, tuple), parsed
         raw_messages, defaults = parsed
         messages = [
-            message_parse(raw, received_at=received_at, defaults=defaults, index=index)
+            message_parse(
+                raw,
+                received_at=received_at,
+                defaults=defaults,
+                index=index,
+                default_currency=source.default_currency,
+            )
             for index, raw in enumerate(raw_messages)
         ]
         assert all(isinstance(m, Message) for m in messages)

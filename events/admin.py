@@ -13,7 +13,15 @@ from events.tasks import process_pending_enqueue
 
 @admin.register(Source)
 class SourceAdmin(admin.ModelAdmin):
-    list_display = ("name", "kind", "store_code", "write_key_prefix", "enabled", "created_at")
+    list_display = (
+        "name",
+        "kind",
+        "store_code",
+        "default_currency",
+        "write_key_prefix",
+        "enabled",
+        "created_at",
+    )
     list_filter = ("kind", "enabled")
     search_fields = ("name", "store_code")
     readonly_fields = ("write_key_prefix", "created_at", "updated_at")

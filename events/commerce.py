@@ -16,7 +16,8 @@ from cdp.errors import FieldError
 ORDER_COMPLETED = "Order Completed"
 ORDER_REFUNDED = "Order Refunded"
 
-#: Events whose totals feed spend, points and refunds: order id, amount and currency required.
+#: Events whose totals feed spend, points and refunds: order id and amount required; a missing
+#: currency is the source's default (``order_currency_defaulted``).
 ORDER_EVENTS = frozenset({ORDER_COMPLETED, ORDER_REFUNDED})
 
 COMMERCE_EVENTS = frozenset(
@@ -85,8 +86,12 @@ def _is_order_id(value: Any) -> bool:
     return (isinstance(value, str) and bool(value.strip())) or isinstance(value, int)
 
 
-def commerce_errors(event: str, properties: Mapping[str, Any]) -> list[FieldError]:
-    """What is wrong with a commerce event's properties; empty for other events."""
+def commerce_errors(
+    event: str, properties: Mapping[str, Any], *, currency_required: bool = False
+) -> list[FieldError]:
+    """What is wrong with a commerce event's properties; empty for other events.
+
+    ``currency_required``: the sender has no default currency, so an order must name one."""
     if event not in COMMERCE_EVENTS:
         return []
     errors = [
@@ -110,11 +115,11 @@ def commerce_errors(event: str, properties: Mapping[str, Any]) -> list[FieldErro
                     if product.get(key) is not None and as_amount(product[key]) is None
                 )
     if event in ORDER_EVENTS:
-        errors.extend(_order_errors(event, properties))
+        errors.extend(_order_errors(event, properties, currency_required=currency_required))
     return errors
 
 
-def _order_errors(event: str, properties: Mapping[str, Any]) -> list[FieldError]:
+def _order_errors(event: str, properties: Mapping[str, Any], *, currency_required: bool) -> list[FieldError]:
     errors = []
     if not _is_order_id(properties.get("order_id")):
         errors.append(FieldError("properties.order_id", f"{event} requires order_id (a non-empty string)"))
@@ -127,8 +132,37 @@ def _order_errors(event: str, properties: Mapping[str, Any]) -> list[FieldError]
             if amount is not None and amount < 0:
                 errors.append(FieldError(f"properties.{key}", "must not be negative"))
     currency = properties.get("currency")
-    if currency is None:
+    # Absent (or null) is allowed: the spec makes it optional, and ``order_currency_defaulted``
+    # gives the source's default. One that is sent must be a code.
+    if currency is None and currency_required:
         errors.append(FieldError("properties.currency", f"{event} requires currency (ISO 4217, e.g. CNY)"))
-    elif not (isinstance(currency, str) and _CURRENCY.match(currency)):
+    elif currency is not None and not (isinstance(currency, str) and _CURRENCY.match(currency)):
         errors.append(FieldError("properties.currency", "must be a three-letter ISO 4217 code, e.g. CNY"))
     return errors
+
+
+#: Where an order event that named no currency records that it was given its source's
+#: default: ``context["cdp"]["currency_defaulted"]`` (``context.cdp`` is the platform's).
+PLATFORM_CONTEXT = "cdp"
+CURRENCY_DEFAULTED = "currency_defaulted"
+
+
+def order_currency_defaulted(
+    event: str, properties: Mapping[str, Any], context: Mapping[str, Any], default_currency: str
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The properties and context of an order event without a currency, given its source's
+    ``default_currency`` and marked as defaulted; None when nothing is to default.
+
+    Stored so, the event means one thing for good: every later computation (spend, points,
+    refunds) reads the same currency, even after the source's default is changed."""
+    if event not in ORDER_EVENTS or properties.get("currency") is not None:
+        return None
+    platform = context.get(PLATFORM_CONTEXT)
+    marked = {**(platform if isinstance(platform, Mapping) else {}), CURRENCY_DEFAULTED: True}
+    return {**properties, "currency": default_currency}, {**context, PLATFORM_CONTEXT: marked}
+
+
+def currency_was_defaulted(context: Mapping[str, Any]) -> bool:
+    """Whether an order event's currency is its source's default rather than one it sent."""
+    platform = context.get(PLATFORM_CONTEXT)
+    return isinstance(platform, Mapping) and platform.get(CURRENCY_DEFAULTED) is True

@@ -16,7 +16,7 @@ import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints, ValidationError
 
 from cdp.errors import FieldError
-from events.commerce import commerce_errors
+from events.commerce import commerce_errors, order_currency_defaulted
 
 MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
@@ -131,7 +131,7 @@ def _type_errors(exc: ValidationError) -> tuple[FieldError, ...]:
     )
 
 
-def _rule_errors(wire: _WireMessage, message_type: str) -> list[FieldError]:
+def _rule_errors(wire: _WireMessage, message_type: str, *, currency_required: bool) -> list[FieldError]:
     errors: list[FieldError] = []
     if not (_present(wire.userId) or _present(wire.anonymousId)):
         errors.append(FieldError("userId", "userId or anonymousId is required"))
@@ -139,7 +139,9 @@ def _rule_errors(wire: _WireMessage, message_type: str) -> list[FieldError]:
         if not _present(wire.event):
             errors.append(FieldError("event", "track calls require an event name"))
         else:
-            errors.extend(commerce_errors(wire.event, wire.properties or {}))
+            errors.extend(
+                commerce_errors(wire.event, wire.properties or {}, currency_required=currency_required)
+            )
     elif message_type == "alias":
         if not _present(wire.previousId):
             errors.append(FieldError("previousId", "alias calls require previousId"))
@@ -166,9 +168,11 @@ def message_parse(
     call_type: str | None = None,
     defaults: BatchDefaults | None = None,
     index: int | None = None,
+    default_currency: str | None = None,
 ) -> Message | Rejection:
     """Check one message. ``call_type`` is the endpoint's type (None inside a batch, where
-    each message names its own)."""
+    each message names its own). ``default_currency`` is the sending source's, given to an
+    order event that names none (None: such an event is refused)."""
     if not isinstance(raw, dict):
         return Rejection("invalid_event", "An event must be a JSON object.", index=index, payload=raw)
     try:
@@ -216,7 +220,7 @@ def message_parse(
         reason = "is required" if message_type is None else f"{message_type!r} is not a call type"
         errors = [FieldError("type", f"{reason}; use one of {', '.join(sorted(MESSAGE_TYPES))}")]
     else:
-        errors = _rule_errors(wire, message_type)
+        errors = _rule_errors(wire, message_type, currency_required=default_currency is None)
     if errors:
         return Rejection(
             "invalid_event",
@@ -245,6 +249,13 @@ def message_parse(
     integrations = (
         {**defaults.integrations, **wire.integrations} if wire.integrations else dict(defaults.integrations)
     )
+    properties = wire.properties or {}
+    if (
+        message_type == "track"
+        and default_currency is not None
+        and (defaulted := order_currency_defaulted(wire.event or "", properties, context, default_currency))
+    ):
+        properties, context = defaulted
     return Message(
         type=message_type,
         message_id=wire.messageId if _present(wire.messageId) else str(uuid.uuid4()),
@@ -259,7 +270,7 @@ def message_parse(
         sent_at=sent_at,
         context=context,
         traits=wire.traits or {},
-        properties=wire.properties or {},
+        properties=properties,
         integrations=integrations,
     )
 

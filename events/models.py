@@ -1,3 +1,5 @@
+from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 
@@ -20,6 +22,14 @@ class EventType(models.TextChoices):
     GROUP = "group"
 
 
+def platform_currency() -> str:
+    """A new source's default currency: the platform's (``CDP_CURRENCY``)."""
+    return settings.CDP_CURRENCY
+
+
+currency_code = RegexValidator(r"^[A-Z]{3}$", "A three-letter ISO 4217 code in capitals, e.g. CNY.")
+
+
 class Source(models.Model):
     """One sender of events (a store's POS, the app, ...), holding one write key."""
 
@@ -28,6 +38,13 @@ class Source(models.Model):
     store_code = models.CharField(max_length=64, blank=True)
     wechat_appid = models.CharField(
         max_length=64, blank=True, help_text="A mini-program's appid: its openids are unique only within it."
+    )
+    default_currency = models.CharField(
+        max_length=3,
+        default=platform_currency,
+        validators=[currency_code],
+        help_text="The currency of its Order Completed / Order Refunded events that name none (the "
+        "Segment spec makes currency optional); such events are marked as defaulted.",
     )
     write_key_hash = models.CharField(max_length=64, unique=True)
     write_key_prefix = models.CharField(max_length=16)
@@ -80,6 +97,10 @@ class Event(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["source", "message_id"], name="event_message_once_per_source"),
+        ]
+        indexes = [
+            # The member refresh recomputes a group from every group call naming it (members.groups).
+            models.Index(fields=["group_id"], name="event_group_calls", condition=Q(type="group")),
         ]
 
     def __str__(self) -> str:

@@ -49,8 +49,10 @@ class ClaimedEvent:
     source_id: int
     message_id: str
     timestamp: datetime
+    type: str
     user_id: str
     anonymous_id: str
+    previous_id: str
     traits: dict
     context: dict
 
@@ -67,7 +69,8 @@ WITH claimed AS (
         SELECT event_id FROM {_PENDING} {{pick}} FOR UPDATE SKIP LOCKED))
     RETURNING event_id
 )
-SELECT e.id, e.source_id, e.message_id, e.timestamp, e.user_id, e.anonymous_id, e.traits, e.context
+SELECT e.id, e.source_id, e.message_id, e.timestamp, e.type, e.user_id, e.anonymous_id, e.previous_id,
+       e.traits, e.context
 FROM claimed AS c
 CROSS JOIN LATERAL (SELECT * FROM {_EVENTS} WHERE id = c.event_id OFFSET 0) AS e
 """  # noqa: S608 - model tables only
@@ -181,7 +184,7 @@ def events_claim(*, batch_size: int) -> list[ClaimedEvent]:
 def _claimed(rows: list[tuple]) -> list[ClaimedEvent]:
     # jsonb arrives as text (Django's adapters); orjson decodes it several times faster.
     return sorted(
-        (ClaimedEvent(*row[:6], orjson.loads(row[6]), orjson.loads(row[7])) for row in rows),
+        (ClaimedEvent(*row[:8], orjson.loads(row[8]), orjson.loads(row[9])) for row in rows),
         key=lambda event: event.id,
     )
 

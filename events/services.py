@@ -23,7 +23,11 @@ class SourceWithKey:
     write_key: str  # shown once, never stored
 
 
-def source_create(*, name: str, kind: Channel, store_code: str = "") -> SourceWithKey:
+def source_create(
+    *, name: str, kind: Channel, store_code: str = "", default_currency: str | None = None
+) -> SourceWithKey:
+    """A new source and its write key; ``default_currency`` (None: the platform's) prices its
+    orders that name no currency."""
     write_key = credential_new(kind=WRITE_KEY_KIND)
     source = Source(
         name=name,
@@ -32,6 +36,8 @@ def source_create(*, name: str, kind: Channel, store_code: str = "") -> SourceWi
         write_key_hash=credential_hash(write_key),
         write_key_prefix=credential_prefix(write_key),
     )
+    if default_currency is not None:
+        source.default_currency = default_currency
     source.full_clean()
     try:
         with transaction.atomic():
@@ -48,6 +54,15 @@ def source_rotate_key(*, source: Source) -> SourceWithKey:
     source.write_key_prefix = credential_prefix(write_key)
     source.save(update_fields=["write_key_hash", "write_key_prefix", "updated_at"])
     return SourceWithKey(source=source, write_key=write_key)
+
+
+def source_set_default_currency(*, source: Source, currency: str) -> Source:
+    """The currency given from now on to the source's orders that name none (events already
+    stored keep the one they were given). Raises ``ValidationError`` for a non-code."""
+    source.default_currency = currency
+    source.full_clean(validate_unique=False, validate_constraints=False)
+    source.save(update_fields=["default_currency", "updated_at"])
+    return source
 
 
 def source_set_enabled(*, source: Source, enabled: bool) -> Source:

@@ -75,6 +75,20 @@ class IdentifierProblem:
 class Extraction:
     identifiers: frozenset[Identifier]
     problems: tuple[IdentifierProblem, ...]
+    #: An alias: the event states its identifiers are one person's (``ResolvableEvent.vouches``).
+    vouches: bool = False
+
+
+#: Segment call types whose payload identifiers mean something other than an ordinary event's.
+ALIAS = "alias"
+GROUP = "group"
+
+
+def vouches_for_one_person(message_type: str) -> bool:
+    """Whether an event of this call type states that all its identifiers are one person's.
+
+    Segment's ``alias``: ``previousId`` and ``userId`` are the same person."""
+    return message_type == ALIAS
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +156,10 @@ def custom_type(raw_type: Any) -> str | None:
 
 def _candidates(
     *,
+    message_type: str,
     user_id: str,
     anonymous_id: str,
+    previous_id: str,
     traits: Mapping[str, Any],
     context: Mapping[str, Any],
 ) -> Iterable[tuple[str, Any]]:
@@ -151,8 +167,17 @@ def _candidates(
         yield IdentifierType.USER_ID, user_id
     if anonymous_id:
         yield IdentifierType.ANONYMOUS_ID, anonymous_id
+    if previous_id and message_type == ALIAS:
+        # The id the person was known by before: a user id they identified with, or the
+        # anonymous id of a device. Which one the sender means is not said, so it is both:
+        # each links to whatever member held it, under the limits (``identity.resolution``).
+        yield IdentifierType.USER_ID, previous_id
+        yield IdentifierType.ANONYMOUS_ID, previous_id
     context_traits = context.get("traits") if isinstance(context.get("traits"), Mapping) else {}
-    for source in (traits, context_traits):
+    # A group call's ``traits`` describe the group (a company, a store club), not the person:
+    # its email is the company's. ``context.traits`` are the person's in every call.
+    stated = (context_traits,) if message_type == GROUP else (traits, context_traits)
+    for source in stated:
         for type_ in (
             IdentifierType.PHONE,
             IdentifierType.EMAIL,
@@ -180,16 +205,25 @@ def identifiers_extract(
     context: Mapping[str, Any],
     policy: NormalizationPolicy,
     openid_scope: str = "",
+    message_type: str = "",
+    previous_id: str = "",
 ) -> Extraction:
     """Every identifier an event carries, normalized, with the values that were not usable.
 
     ``openid_scope`` is the mini-program's appid: an openid is only unique within one app,
-    so it is stored as ``<appid>:<openid>``.
+    so it is stored as ``<appid>:<openid>``. ``message_type`` is the Segment call: an
+    ``alias`` also carries its ``previous_id``; a ``group`` call's ``traits`` are not the
+    person's.
     """
     identifiers: set[Identifier] = set()
     problems: list[IdentifierProblem] = []
     for raw_type, raw_value in _candidates(
-        user_id=user_id, anonymous_id=anonymous_id, traits=traits, context=context
+        message_type=message_type,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        previous_id=previous_id,
+        traits=traits,
+        context=context,
     ):
         type_ = raw_type if raw_type in BUILT_IN_TYPES else custom_type(raw_type)
         if type_ is None:
@@ -208,4 +242,4 @@ def identifiers_extract(
         if type_ == IdentifierType.WECHAT_OPENID and openid_scope:
             value = f"{openid_scope}:{value}"
         identifiers.add(Identifier(str(type_), value))
-    return Extraction(frozenset(identifiers), tuple(problems))
+    return Extraction(frozenset(identifiers), tuple(problems), vouches_for_one_person(message_type))

@@ -20,6 +20,12 @@ class Identifier(models.Model):
     last_seen_at = models.DateTimeField(null=True, blank=True)
     last_seen_message_id = models.CharField(max_length=255, blank=True)
     last_seen_source_id = models.BigIntegerField(null=True, blank=True)
+    alias_class = models.CharField(
+        max_length=320,
+        blank=True,
+        help_text="The smallest value of the same type an alias made one with it in its member "
+        "(these count once toward the type's limit); blank: none.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -12,6 +12,15 @@ attached to that member. Types that never merge are attached but never looked up
 Separations recorded by staff splits are constraints like limits: an identifier whose
 acceptance would put both sides of a separation in one member is dropped too.
 
+**Aliases.** An event that *vouches* (a Segment ``alias``: ``previousId`` and ``userId`` are one
+person) states that the identifiers it carries are one person's. It links like any other event,
+under the same limits and separations, with one difference: values of one type that a
+vouching event carries count as *one* value toward that type's limit, from then on, in the
+member that accepts them (an alias class). So a customer whose login id changed holds both
+user ids under a one-``user_id`` limit, while two different people, each with an alias class,
+still never share a member through a device. The classes are member state like the
+identifiers: rebuilt by a replay, carried by a merge, dropped with a member.
+
 **Arrival order does not matter.** An event that arrives in order (later than every event of
 every member it touches, and later than every event that mentioned one of its identifiers)
 sees exactly the graph the definition would show it, so it is resolved incrementally. A
@@ -43,6 +52,8 @@ class EventKey:
 class ResolvableEvent:
     key: EventKey
     identifiers: frozenset[Identifier]
+    #: True for an alias: its values of one type count as one toward that type's limit.
+    vouches: bool = False
 
 
 MemberRef = Hashable
@@ -62,6 +73,9 @@ class MemberState:
     first_event: EventKey
     last_event: EventKey
     identifiers: dict[str, set[str]] = field(default_factory=dict)
+    #: Held identifiers of limited types that aliases made one (alias classes): identifier ->
+    #: the smallest value of its class. Empty for a member no alias touched.
+    alias_class: dict[Identifier, str] = field(default_factory=dict)
 
     def holds(self) -> Iterable[Identifier]:
         for type_, values in self.identifiers.items():
@@ -146,6 +160,8 @@ class IdentityGraph:
         # Values of each limited type the chosen members plus the accepted identifiers hold,
         # and the sides of separations they are on.
         held: dict[str, frozenset[str]] = {}
+        # The chosen members' alias classes; with no alias in play values count one each.
+        classes: dict[Identifier, str] = {}
         on_sides: frozenset[tuple[int, int]] = frozenset()
         accepted: list[Identifier] = []
         dropped: list[Identifier] = []
@@ -153,18 +169,27 @@ class IdentityGraph:
         for identifier in self._by_priority(i for i in event.identifiers if self.merges(i)):
             owner = self.owner.get(identifier)
             joining = [(identifier.type, {identifier.value})]
+            joining_classes = classes
             if owner is not None and owner not in chosen:
                 joining += self.members[owner].identifiers.items()
+                if self.members[owner].alias_class:
+                    joining_classes = {**classes, **self.members[owner].alias_class}
             # ``held`` is within every limit, so only the types this identifier adds to can break one.
             grown: dict[str, frozenset[str]] = {}
             for type_, values in joining:
                 if limit_of(type_) is not None:
                     grown[type_] = grown.get(type_, held.get(type_, frozenset())) | values
+            if joining_classes or event.vouches:
+                vouched = [*accepted, identifier] if event.vouches else []
+                counts = {t: _class_count(t, values, joining_classes, vouched) for t, values in grown.items()}
+            else:
+                counts = {t: len(values) for t, values in grown.items()}
             tentative_sides = on_sides | self._sides_of(identifier, owner if owner not in chosen else None)
-            if all(len(values) <= limit_of(type_) for type_, values in grown.items()) and not any(
+            if all(count <= limit_of(type_) for type_, count in counts.items()) and not any(
                 (index, 1 - side) in tentative_sides for index, side in tentative_sides
             ):
                 held = {**held, **grown}
+                classes = joining_classes
                 on_sides = tentative_sides
                 accepted.append(identifier)
                 if owner is not None:
@@ -193,6 +218,8 @@ class IdentityGraph:
                 self.owner[identifier] = member
                 state.identifiers.setdefault(identifier.type, set()).add(identifier.value)
                 attached.append(identifier)
+        if event.vouches:
+            self._join_alias_classes(state, accepted)
         for identifier in event.identifiers:
             if not self.merges(identifier):
                 values = state.identifiers.setdefault(identifier.type, set())
@@ -202,6 +229,24 @@ class IdentityGraph:
             else:
                 self.last_seen[identifier] = max(self.last_seen.get(identifier, event.key), event.key)
         return Decision(event.key, member, created, absorbed, tuple(attached), tuple(dropped))
+
+    def _join_alias_classes(self, state: MemberState, vouched: list[Identifier]) -> None:
+        """Make the accepted values of each limited type of a vouching event one alias class
+        (with the classes they were in), named by its smallest value: the same name in
+        whatever order the aliases came."""
+        for type_ in {i.type for i in vouched}:
+            if self._limit(type_) is None:
+                continue  # no limit: nothing to count as one
+            values = {i.value for i in vouched if i.type == type_}
+            if len(values) < 2:
+                continue
+            names = {state.alias_class.get(Identifier(type_, v), v) for v in values}
+            members = values | {
+                i.value for i, name in state.alias_class.items() if i.type == type_ and name in names
+            }
+            name = min(members)
+            for value in members:
+                state.alias_class[Identifier(type_, value)] = name
 
     def _sides_of(self, identifier: Identifier, joining: MemberRef | None) -> frozenset[tuple[int, int]]:
         if not self.sides:
@@ -220,6 +265,7 @@ class IdentityGraph:
             target.identifiers.setdefault(identifier.type, set()).add(identifier.value)
             if self.owner.get(identifier) == absorbed:
                 self.owner[identifier] = survivor
+        target.alias_class.update(source.alias_class)
 
     def forget(self, members: Iterable[MemberRef], mentioned: Iterable[Identifier]) -> None:
         """Remove members and what their events mentioned, before their events are replayed."""
@@ -231,6 +277,31 @@ class IdentityGraph:
                         del self.owner[identifier]
         for identifier in mentioned:
             self.last_seen.pop(identifier, None)
+
+
+def _class_count(
+    type_: str, values: frozenset[str], classes: dict[Identifier, str], vouched: list[Identifier]
+) -> int:
+    """How many values of ``type_`` these are toward its limit: the values an alias made one
+    (``classes``, and those of a vouching event being resolved) count once."""
+    parent: dict[str, str] = {}
+
+    def root(value: str) -> str:
+        while parent.get(value, value) != value:
+            value = parent[value]
+        return value
+
+    def join(one: str, other: str) -> None:
+        parent[root(one)] = root(other)
+
+    for value in values:
+        name = classes.get(Identifier(type_, value))
+        if name is not None:
+            join(value, name)
+    together = [i.value for i in vouched if i.type == type_ and i.value in values]
+    for value in together[1:]:
+        join(value, together[0])
+    return len({root(value) for value in values})
 
 
 class InMemoryResolver:

@@ -61,6 +61,7 @@ def _identity_lock() -> None:
 @dataclass
 class _ExtractedBatch:
     identifiers: dict[EventKey, frozenset[Identifier]] = field(default_factory=dict)
+    vouching: set[EventKey] = field(default_factory=set)  # aliases (``ResolvableEvent.vouches``)
     event_ids: dict[EventKey, int] = field(default_factory=dict)
     problems: dict[EventKey, list[dict]] = field(default_factory=dict)
 
@@ -79,9 +80,13 @@ def _extract(events: Sequence[ClaimedEvent | Event], policy: NormalizationPolicy
             context=event.context,
             policy=policy,
             openid_scope=appids[event.source_id],
+            message_type=event.type,
+            previous_id=event.previous_id,
         )
         key = event_key(event)
         batch.identifiers[key] = extraction.identifiers
+        if extraction.vouches:
+            batch.vouching.add(key)
         batch.event_ids[key] = event.id
         if extraction.problems:
             batch.problems[key] = [
@@ -95,7 +100,10 @@ def _resolve(batch: _ExtractedBatch, resolver: DatabaseResolver) -> None:
     resolver.event_ids.update(batch.event_ids)
     resolver.problems.update(batch.problems)
     resolver.load_graph({i for identifiers in batch.identifiers.values() for i in identifiers})
-    resolver.add_batch(ResolvableEvent(key, identifiers) for key, identifiers in batch.identifiers.items())
+    resolver.add_batch(
+        ResolvableEvent(key, identifiers, key in batch.vouching)
+        for key, identifiers in batch.identifiers.items()
+    )
     resolver.flush()
 
 
@@ -105,8 +113,10 @@ _RESOLUTION_FIELDS = (
     "source_id",
     "message_id",
     "timestamp",
+    "type",
     "user_id",
     "anonymous_id",
+    "previous_id",
     "traits",
     "context",
 )

@@ -18,7 +18,7 @@ import orjson
 from cdp.db import binary_parameters_cursor
 from events.models import Event
 from events.pipeline import ClaimedEvent
-from identity.identifiers import Identifier
+from identity.identifiers import Identifier, vouches_for_one_person
 from identity.models import EventIdentifier, EventResolution, MemberIdentifier, MergeRecord, SplitRecord
 from identity.models import Identifier as IdentifierRow
 from identity.resolution import (
@@ -69,8 +69,9 @@ class DatabaseResolver(InMemoryResolver):
         self.loaded_identifiers: set[Identifier] = set()
         #: Stored members loaded: id -> (first event, last event), as the database has them.
         self.loaded_members: dict[int, tuple[EventKey, EventKey]] = {}
-        #: Stored identifiers loaded: identifier -> (owner id, last seen), to write only changes.
-        self.stored_identifiers: dict[Identifier, tuple[int | None, EventKey | None]] = {}
+        #: Stored identifiers loaded: identifier -> (owner id, last seen, alias class), to write
+        #: only changes.
+        self.stored_identifiers: dict[Identifier, tuple[int | None, EventKey | None, str]] = {}
         self.mentions_loaded: set[Identifier] = set()
         self.event_ids: dict[EventKey, int] = {}
         self.stored_member_of: dict[EventKey, int] = {}
@@ -91,19 +92,19 @@ class DatabaseResolver(InMemoryResolver):
         self.loaded_identifiers |= wanted
         rows = _sql(_IDENTIFIERS_BY_KEY, [[i.type for i in wanted], [i.value for i in wanted]])
         owners = set()
-        for row_id, type_, value, member_id, *seen in rows:
-            self._remember_identifier(row_id, Identifier(type_, value), member_id, seen)
+        for row_id, type_, value, member_id, alias_class, *seen in rows:
+            self._remember_identifier(row_id, Identifier(type_, value), member_id, alias_class, seen)
             if member_id is not None:
                 owners.add(member_id)
         self._load_members(owners)
 
     def _remember_identifier(
-        self, row_id: int, identifier: Identifier, member_id: int | None, seen: list
+        self, row_id: int, identifier: Identifier, member_id: int | None, alias_class: str, seen: list
     ) -> None:
         self.identifier_ids[identifier] = row_id
         self.loaded_identifiers.add(identifier)
         last_seen = _key(*seen)
-        self.stored_identifiers[identifier] = (member_id, last_seen)
+        self.stored_identifiers[identifier] = (member_id, last_seen, alias_class)
         if last_seen is not None and identifier not in self.graph.last_seen:
             self.graph.last_seen[identifier] = last_seen
         if member_id is not None and member_id in self.graph.members:
@@ -125,14 +126,17 @@ class DatabaseResolver(InMemoryResolver):
         # An identifier pointing at a retired member (never left so by resolution) counts as unowned.
         held = _sql(_IDENTIFIERS_HELD, [active])
         unmerging = _sql(_UNMERGING_HELD, [active])
-        for row_id, type_, value, member_id, *seen in held:
+        for row_id, type_, value, member_id, alias_class, *seen in held:
             identifier = Identifier(type_, value)
-            self.graph.members[member_id].identifiers.setdefault(type_, set()).add(value)
+            state = self.graph.members[member_id]
+            state.identifiers.setdefault(type_, set()).add(value)
+            if alias_class:
+                state.alias_class[identifier] = alias_class
             self.graph.owner[identifier] = member_id
-            self._remember_identifier(row_id, identifier, member_id, seen)
+            self._remember_identifier(row_id, identifier, member_id, alias_class, seen)
         for row_id, type_, value, member_id in unmerging:
             self.identifier_ids[Identifier(type_, value)] = row_id
-            self.stored_identifiers[Identifier(type_, value)] = (None, None)
+            self.stored_identifiers[Identifier(type_, value)] = (None, None, "")
             self.graph.members[member_id].identifiers.setdefault(type_, set()).add(value)
 
     def load_mentions(self, identifiers: Iterable[Identifier]) -> None:
@@ -161,10 +165,10 @@ class DatabaseResolver(InMemoryResolver):
         members = {event_id: member_id for event_id, *_, member_id in rows if member_id is not None}
         self._load_members(set(members.values()))
         self.load_graph({i for found in mentioned.values() for i in found})
-        for event_id, at, message_id, source_id, _ in rows:
+        for event_id, at, message_id, source_id, message_type, _ in rows:
             key = EventKey(at, message_id, source_id)
             self.event_ids[key] = event_id
-            event = ResolvableEvent(key, frozenset(mentioned[event_id]))
+            event = ResolvableEvent(key, frozenset(mentioned[event_id]), vouches_for_one_person(message_type))
             self.events[key] = event
             for identifier in event.identifiers:
                 if self.graph.merges(identifier):
@@ -290,22 +294,27 @@ class DatabaseResolver(InMemoryResolver):
     def _write_identifiers(self, member_ids: dict[MemberRef, int]) -> None:
         """Upsert the identifiers whose owner or last sighting changed (one statement)."""
         touched = self.loaded_identifiers | {i for e in self.events.values() for i in e.identifiers}
-        changed: list[tuple[Identifier, int | None, EventKey | None]] = []
+        changed: list[tuple[Identifier, int | None, EventKey | None, str]] = []
         for identifier in sorted(touched, key=attrgetter("type", "value")):  # a stable write order
             owner = self.graph.owner.get(identifier) if self.graph.merges(identifier) else None
-            state = (member_ids[owner] if owner is not None else None, self.graph.last_seen.get(identifier))
+            state = (
+                member_ids[owner] if owner is not None else None,
+                self.graph.last_seen.get(identifier),
+                self.graph.members[owner].alias_class.get(identifier, "") if owner is not None else "",
+            )
             if identifier not in self.identifier_ids or self.stored_identifiers.get(identifier) != state:
                 changed.append((identifier, *state))
         if changed:
             rows = _sql(
                 _UPSERT_IDENTIFIERS,
                 [
-                    [i.type for i, _, _ in changed],
-                    [i.value for i, _, _ in changed],
-                    [owner for _, owner, _ in changed],
-                    [seen.timestamp if seen else None for _, _, seen in changed],
-                    [seen.message_id if seen else "" for _, _, seen in changed],
-                    [seen.source_id if seen else None for _, _, seen in changed],
+                    [i.type for i, *_ in changed],
+                    [i.value for i, *_ in changed],
+                    [owner for _, owner, _, _ in changed],
+                    [seen.timestamp if seen else None for _, _, seen, _ in changed],
+                    [seen.message_id if seen else "" for _, _, seen, _ in changed],
+                    [seen.source_id if seen else None for _, _, seen, _ in changed],
+                    [alias_class for *_, alias_class in changed],
                 ],
             )
             self.identifier_ids.update({Identifier(type_, value): pk for pk, type_, value in rows})
@@ -475,16 +484,17 @@ _REPOINT_MERGED_MEMBERS = (
 )
 _UPSERT_IDENTIFIERS = (
     f"INSERT INTO {_IDENTIFIERS} (type, value, member_id, last_seen_at, last_seen_message_id, "
-    "last_seen_source_id, created_at) SELECT v.t, v.val, v.m, v.sa, v.sm, v.ss, now() "
-    "FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::timestamptz[], %b::text[], %b::bigint[]) "
-    "AS v(t, val, m, sa, sm, ss) ON CONFLICT (type, value) DO UPDATE SET member_id = EXCLUDED.member_id, "
+    "last_seen_source_id, alias_class, created_at) SELECT v.t, v.val, v.m, v.sa, v.sm, v.ss, v.ac, now() "
+    "FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::timestamptz[], %b::text[], %b::bigint[], %b::text[]) "
+    "AS v(t, val, m, sa, sm, ss, ac) ON CONFLICT (type, value) DO UPDATE SET member_id = EXCLUDED.member_id, "
     "last_seen_at = EXCLUDED.last_seen_at, last_seen_message_id = EXCLUDED.last_seen_message_id, "
-    "last_seen_source_id = EXCLUDED.last_seen_source_id RETURNING id, type, value"
+    "last_seen_source_id = EXCLUDED.last_seen_source_id, alias_class = EXCLUDED.alias_class "
+    "RETURNING id, type, value"
 )
 # One unique-index probe per (type, value) pair. A plain join is planned, for a batch's
 # thousand keys against a table without statistics, as a hash of the whole identifier table.
 _IDENTIFIERS_BY_KEY = (
-    "SELECT i.id, i.type, i.value, i.member_id, i.last_seen_at, i.last_seen_message_id, i.last_seen_source_id "
+    "SELECT i.id, i.type, i.value, i.member_id, i.alias_class, i.last_seen_at, i.last_seen_message_id, i.last_seen_source_id "
     f"FROM unnest(%b::text[], %b::text[]) AS k(t, v) CROSS JOIN LATERAL (SELECT * FROM {_IDENTIFIERS} "
     "WHERE type = k.t AND value = k.v OFFSET 0) AS i"
 )
@@ -494,7 +504,7 @@ _ACTIVE_MEMBERS = (
     f"CROSS JOIN LATERAL (SELECT * FROM {_MEMBERS} WHERE id = k.id AND status = 'active' OFFSET 0) AS m"
 )
 _IDENTIFIERS_HELD = (
-    "SELECT i.id, i.type, i.value, i.member_id, i.last_seen_at, i.last_seen_message_id, i.last_seen_source_id "
+    "SELECT i.id, i.type, i.value, i.member_id, i.alias_class, i.last_seen_at, i.last_seen_message_id, i.last_seen_source_id "
     f"FROM unnest(%b::bigint[]) AS k(id) CROSS JOIN LATERAL (SELECT * FROM {_IDENTIFIERS} WHERE member_id = k.id "
     "OFFSET 0) AS i"
 )
@@ -515,8 +525,8 @@ _MENTIONS_OF_EVENTS = (
     f"CROSS JOIN LATERAL (SELECT type, value FROM {_IDENTIFIERS} WHERE id = m.identifier_id OFFSET 0) AS i"
 )
 _EVENTS_AND_MEMBERS = (
-    "SELECT e.id, e.timestamp, e.message_id, e.source_id, r.member_id FROM unnest(%b::bigint[]) AS k(id) "
-    f"CROSS JOIN LATERAL (SELECT id, timestamp, message_id, source_id FROM {Event._meta.db_table} "
+    "SELECT e.id, e.timestamp, e.message_id, e.source_id, e.type, r.member_id FROM unnest(%b::bigint[]) AS k(id) "
+    f"CROSS JOIN LATERAL (SELECT id, timestamp, message_id, source_id, type FROM {Event._meta.db_table} "
     "WHERE id = k.id OFFSET 0) AS e "
     f"LEFT JOIN LATERAL (SELECT member_id FROM {_RESOLUTIONS} WHERE event_id = e.id OFFSET 0) AS r ON true"
 )

@@ -142,6 +142,14 @@ class MemberSegmentOutput(serializers.Serializer):
     entered_at = serializers.DateTimeField()
 
 
+class GroupOutput(serializers.Serializer):
+    group_id = serializers.CharField()
+    name = serializers.JSONField(allow_null=True, help_text="The group's name trait, if it has one.")
+    traits = serializers.DictField(help_text="The group's traits: latest value per trait by event time.")
+    first_call_at = serializers.DateTimeField(help_text="The member's first group call naming it.")
+    last_call_at = serializers.DateTimeField(help_text="The member's latest group call naming it.")
+
+
 class ProfileOutput(serializers.Serializer):
     id = serializers.IntegerField()
     resolved_from = serializers.IntegerField(allow_null=True, help_text="The id asked for, if merged away.")
@@ -155,6 +163,7 @@ class ProfileOutput(serializers.Serializer):
     loyalty = LoyaltySummaryOutput(allow_null=True)
     tags = MemberTagOutput(many=True)
     segments = MemberSegmentOutput(many=True, help_text="The segments the member is in now.")
+    groups = GroupOutput(many=True, help_text="Groups (accounts, companies, clubs) from group calls.")
 
 
 class TimelineEventOutput(serializers.Serializer):

@@ -120,6 +120,46 @@ class MemberTrait(models.Model):
         return f"{self.key}={self.value!r} (member {self.member_id})"
 
 
+class Group(models.Model):
+    """A group named by Segment ``group`` calls (an account, a company, a store club) and its
+    traits: for each trait, the value from the latest group call (by event time) stating it,
+    whoever made the call. Derived from events by the member refresh (``members.groups``)."""
+
+    group_id = models.CharField(max_length=255, unique=True)
+    traits = models.JSONField(default=dict)
+    calls = models.PositiveIntegerField(
+        default=0,
+        help_text="How many group calls the traits were computed from: events are append-only, so a "
+        "refresh that read fewer (it started before one committed) never overwrites one that read more.",
+    )
+    last_call_at = models.DateTimeField(null=True, help_text="Event time of its latest group call.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        name = self.traits.get("name") if isinstance(self.traits, dict) else None
+        return f"group {self.group_id}" + (f" ({name})" if name else "")
+
+
+class GroupMembership(models.Model):
+    """A member belongs to a group: one of their events is a group call naming it. Derived:
+    the member refresh rewrites a member's memberships from their events, so they follow
+    merges and splits."""
+
+    # The unique (member, group) constraint's index serves lookups by member.
+    member = models.ForeignKey(
+        Member, on_delete=models.CASCADE, related_name="group_memberships", db_index=False
+    )
+    group = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="memberships")
+    first_call_at = models.DateTimeField(help_text="Event time of the member's first group call naming it.")
+    last_call_at = models.DateTimeField(help_text="Event time of the member's latest group call naming it.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["member", "group"], name="group_membership_unique")]
+
+    def __str__(self) -> str:
+        return f"member {self.member_id} in group {self.group_id}"
+
+
 class MemberOrder(models.Model):
     """An order of a member, from its ``Order Completed`` event and any ``Order Refunded`` for
     the same ``order_id``. Derived: the member refresh rewrites a member's orders from their
@@ -215,6 +255,8 @@ __all__ = [
     "CouponRedemption",
     "DirtyMark",
     "EarnRule",
+    "Group",
+    "GroupMembership",
     "LoyaltyProgram",
     "Member",
     "MemberAggregate",

@@ -103,6 +103,17 @@ def profile_json(profile: MemberProfile, masking: Masking) -> dict:
         ],
         "tags": [tag.__dict__ for tag in profile.tags],
         "segments": [segment.__dict__ for segment in profile.segments],
+        "groups": [
+            {
+                "group_id": g.group_id,
+                "name": g.traits.get("name"),
+                # A group's contact details are masked as a person's would be.
+                "traits": masking.mapping(g.traits),
+                "first_call_at": g.first_call_at,
+                "last_call_at": g.last_call_at,
+            }
+            for g in profile.groups
+        ],
     }
 
 

@@ -164,6 +164,16 @@ class SegmentIn:
     entered_at: datetime
 
 
+@dataclass(frozen=True)
+class GroupHeld:
+    """A group the member belongs to (from their group calls), with the group's traits."""
+
+    group_id: str
+    traits: dict
+    first_call_at: datetime
+    last_call_at: datetime
+
+
 @dataclass
 class MemberProfile:
     member: Member
@@ -178,6 +188,7 @@ class MemberProfile:
     tier: Tier | None
     tags: list[TagHeld]
     segments: list[SegmentIn]
+    groups: list[GroupHeld]
 
     @property
     def resolved_from(self) -> int | None:
@@ -217,7 +228,18 @@ def member_profile(*, member_id: int) -> MemberProfile | None:
         tier=Tier.objects.filter(key=points.tier).first() if points is not None and points.tier else None,
         tags=member_tags(member_id=member.pk),
         segments=member_segments(member_id=member.pk),
+        groups=member_groups(member_id=member.pk),
     )
+
+
+def member_groups(*, member_id: int) -> list[GroupHeld]:
+    """The groups a member belongs to, latest call first (one query)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_GROUPS_OF_MEMBER, [member_id])
+        # jsonb arrives as text, as Django's JSONField reads it
+        return [
+            GroupHeld(group_id, orjson.loads(traits), first, last) for group_id, traits, first, last in cursor
+        ]
 
 
 def member_tags(*, member_id: int) -> list[TagHeld]:
@@ -264,6 +286,11 @@ def member_tag_history(*, member_id: int, before: int | None, size: int) -> list
 
 
 _TRAITS_OF_MEMBER = "SELECT key, value, observed_at, channel, source_id FROM members_membertrait WHERE member_id = %s ORDER BY key"
+_GROUPS_OF_MEMBER = (
+    "SELECT g.group_id, g.traits, m.first_call_at, m.last_call_at FROM members_groupmembership AS m "
+    "JOIN members_group AS g ON g.id = m.group_id WHERE m.member_id = %s "
+    "ORDER BY m.last_call_at DESC, g.group_id"
+)
 _ORDERS_OF_MEMBER = (
     f"SELECT {', '.join(ORDER_FIELDS)} FROM members_memberorder "  # noqa: S608 - field names only
     "WHERE member_id = %s ORDER BY placed_at DESC NULLS LAST, event_id DESC"

@@ -16,12 +16,14 @@ from cdp.db import binary_parameters_cursor, rows_delete
 from cdp.retries import database_error_is_transient, transient_retry
 from events.commerce import ORDER_COMPLETED, ORDER_EVENTS
 from members.aggregates import CHANNELS, Order, OrderEvent, aggregates_of, order_event, orders_of
+from members.groups import GroupCall, groups_refresh
 from members.locks import member_refresh_locks
 from members.loyalty.points import LOYALTY_EVENTS, LoyaltyEvent
 from members.loyalty.services import LoyaltyHistory, order_lines, points_move_retired, points_reconcile
 from members.models import (
     ORDER_FIELDS,
     DirtyMark,
+    GroupMembership,
     Member,
     MemberAggregate,
     MemberOrder,
@@ -33,7 +35,7 @@ from members.segments.evaluate import memberships_refresh
 from members.segments.rules import AGGREGATES, EventFact, MemberFacts
 from members.segments.selectors import definitions_load
 from members.segments.webhooks import webhooks_nudge
-from members.traits import TraitObservation, latest_traits, traits_of_event
+from members.traits import GROUP_CALL, TraitObservation, latest_traits, traits_of_event
 
 
 def members_refresh_batch(*, batch_size: int | None = None) -> int:
@@ -162,14 +164,14 @@ def members_rebuild(
         progress(done)
     with transaction.atomic():
         retired = Member.objects.exclude(status=Member.Status.ACTIVE).values("id")
-        for model in (MemberTrait, MemberOrder, MemberAggregate):
+        for model in (MemberTrait, MemberOrder, MemberAggregate, GroupMembership):
             model.objects.filter(member_id__in=retired).delete()
     return done
 
 
 def members_recompute(member_ids: set[int]) -> None:
     """Everything computed from these members' events, from their events as they are now:
-    traits, orders and figures, points and tier, then tags and segments.
+    traits, groups, orders and figures, points and tier, then tags and segments.
 
     A member absorbed by a merge keeps nothing: its computed state lives on the survivor.
     """
@@ -178,6 +180,12 @@ def members_recompute(member_ids: set[int]) -> None:
     events = _events_of(active, properties_of=definitions.property_events)
     order_events = _order_events_of(events)
     traits = _traits_write(active, events)
+    groups_refresh(
+        member_ids=member_ids,
+        calls=[
+            GroupCall(e.member_id, e.group_id, e.at) for e in events if e.type == GROUP_CALL and e.group_id
+        ],
+    )
     figures = _aggregates_write(active, events, order_events)
     retired = member_ids - active
     points_move_retired(retired)
@@ -215,6 +223,8 @@ class _MemberEvent:
     at: datetime
     message_id: str
     source_id: int
+    type: str  # the Segment call
+    group_id: str  # a group call's group
     traits: dict | None  # None: states none
     context_traits: object
     properties: dict | None  # only for order and loyalty events, and those rules filter on
@@ -224,7 +234,7 @@ class _MemberEvent:
 # index whatever the planner believes about table sizes (stale statistics must not turn a
 # refresh of 500 members into a scan of every event).
 _EVENTS_OF_MEMBERS = """
-SELECT m.id, e.id, e.event, e.channel, e.store_code, e.timestamp, e.message_id, e.source_id,
+SELECT m.id, e.id, e.event, e.channel, e.store_code, e.timestamp, e.message_id, e.source_id, e.type, e.group_id,
        CASE WHEN e.traits <> '{}'::jsonb THEN e.traits END, e.context -> 'traits',
        CASE WHEN e.event = ANY(%b::text[]) THEN e.properties END
 FROM unnest(%b::bigint[]) AS m(id)
@@ -252,7 +262,7 @@ def _events_of(
         )
         # Django reads jsonb as text (its JSONField decodes); so does this raw query.
         return [
-            _MemberEvent(*row[:8], *(None if v is None else orjson.loads(v) for v in row[8:]))
+            _MemberEvent(*row[:10], *(None if v is None else orjson.loads(v) for v in row[10:]))
             for row in cursor.fetchall()
         ]
 
@@ -265,7 +275,7 @@ def _traits_write(member_ids: set[int], events: list[_MemberEvent]) -> dict[int,
         if e.traits is None and not isinstance(e.context_traits, dict):
             continue
         stated = traits_of_event(
-            e.traits or {}, {"traits": e.context_traits} if isinstance(e.context_traits, dict) else {}
+            e.traits or {}, {"traits": e.context_traits} if isinstance(e.context_traits, dict) else {}, e.type
         )
         observations[e.member_id] += [
             TraitObservation(key[:255], value, e.at, e.channel, e.message_id, e.source_id, e.event_id)

@@ -26,10 +26,20 @@ class TraitObservation:
     event_id: int
 
 
-def traits_of_event(traits: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
-    """The traits an event states: ``context.traits`` (any call), then ``traits`` (identify)."""
+#: The Segment call whose ``traits`` describe a group (an account, a company, a store club),
+#: not the person who made it (``members.groups``).
+GROUP_CALL = "group"
+
+
+def traits_of_event(
+    traits: Mapping[str, Any], context: Mapping[str, Any], message_type: str = ""
+) -> dict[str, Any]:
+    """The person's traits an event states: ``context.traits`` (any call), then ``traits``
+    (identify) unless the call is a ``group``, whose traits are the group's: a group named
+    "ACME Ltd" does not rename the person."""
     stated = dict(context.get("traits") or {}) if isinstance(context.get("traits"), Mapping) else {}
-    stated.update(traits)
+    if message_type != GROUP_CALL:
+        stated.update(traits)
     return stated
 
 

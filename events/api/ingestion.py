@@ -184,7 +184,12 @@ class SingleCallView(_IngestionView):
     call_type = ""
 
     def post(self, request: Request) -> Response:
-        parsed = message_parse(self.body(request), received_at=self.received_at, call_type=self.call_type)
+        parsed = message_parse(
+            self.body(request),
+            received_at=self.received_at,
+            call_type=self.call_type,
+            default_currency=request.auth.default_currency,
+        )
         if isinstance(parsed, Rejection):
             self.reject(request, parsed)
             raise ApiError(code=parsed.code, message=parsed.message, errors=parsed.errors)
@@ -258,7 +263,13 @@ class BatchView(_IngestionView):
         messages: list[Message] = []
         rejections: list[Rejection] = []
         for index, raw in enumerate(raw_messages):
-            result = message_parse(raw, received_at=self.received_at, defaults=defaults, index=index)
+            result = message_parse(
+                raw,
+                received_at=self.received_at,
+                defaults=defaults,
+                index=index,
+                default_currency=request.auth.default_currency,
+            )
             (rejections if isinstance(result, Rejection) else messages).append(result)
         outcome = events_ingest(
             source=request.auth,

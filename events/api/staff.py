@@ -10,13 +10,15 @@ from rest_framework.response import Response
 
 from cdp.permissions import permissions_required
 from events.models import Channel, RejectedEvent, Source
-from events.services import source_create, source_rotate_key, source_set_enabled
+from events.services import source_create, source_rotate_key, source_set_default_currency, source_set_enabled
 
 
 class SourceOutput(serializers.ModelSerializer):
     class Meta:
         model = Source
-        fields = ("id", "name", "kind", "store_code", "write_key_prefix", "enabled", "created_at")
+        fields = (
+            "id", "name", "kind", "store_code", "default_currency", "write_key_prefix", "enabled", "created_at",
+        )  # fmt: skip
 
 
 class SourceWithKeyOutput(SourceOutput):
@@ -30,6 +32,12 @@ class SourceCreateInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     kind = serializers.ChoiceField(choices=Channel.choices)
     store_code = serializers.CharField(max_length=64, required=False, default="", allow_blank=True)
+    default_currency = serializers.RegexField(
+        r"^[A-Z]{3}$",
+        required=False,
+        help_text="For orders that name no currency; the platform's (CDP_CURRENCY) if not given.",
+        error_messages={"invalid": "A three-letter ISO 4217 code in capitals, e.g. CNY."},
+    )
 
     def validate(self, attrs: dict) -> dict:
         if attrs["kind"] == Channel.POS and not attrs["store_code"]:
@@ -37,6 +45,14 @@ class SourceCreateInput(serializers.Serializer):
         if attrs["kind"] != Channel.POS and attrs["store_code"]:
             raise serializers.ValidationError({"store_code": "Only POS sources have a store code."})
         return attrs
+
+
+class SourceUpdateInput(serializers.Serializer):
+    default_currency = serializers.RegexField(
+        r"^[A-Z]{3}$",
+        help_text="For orders that name no currency, from now on.",
+        error_messages={"invalid": "A three-letter ISO 4217 code in capitals, e.g. CNY."},
+    )
 
 
 def _with_key(source: Source, write_key: str) -> dict:
@@ -61,6 +77,20 @@ class SourceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.message_dict) from exc
         return Response(_with_key(created.source, created.write_key), status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=SourceUpdateInput, responses={200: SourceOutput})
+    def partial_update(self, request: Request, pk: str) -> Response:
+        """Change a source's settings (its default currency)."""
+        data = SourceUpdateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        source = get_object_or_404(Source, pk=pk)
+        try:
+            source = source_set_default_currency(
+                source=source, currency=data.validated_data["default_currency"]
+            )
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from exc
+        return Response(SourceOutput(source).data)
 
     @extend_schema(request=None, responses={200: SourceOutput})
     @action(detail=True, methods=["post"])

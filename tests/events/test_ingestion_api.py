@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
+from events.commerce import currency_was_defaulted
 from events.contract import MAX_BATCH_BYTES, MAX_EVENT_BYTES
 from events.models import Channel, Event, PendingEvent, RejectedEvent
 from events.services import source_set_enabled
@@ -335,7 +336,12 @@ def test_gzip_bomb_is_cut_at_the_limit(ingest):
             {"order_id": " ", "total": 10, "currency": "CNY"}, "properties.order_id", id="blank-order"
         ),
         pytest.param({"order_id": "o1", "currency": "CNY"}, "properties.total", id="no-amount"),
-        pytest.param({"order_id": "o1", "total": 10}, "properties.currency", id="no-currency"),
+        pytest.param(
+            {"order_id": "o1", "total": 10, "currency": ""}, "properties.currency", id="blank-currency"
+        ),
+        pytest.param(
+            {"order_id": "o1", "total": 10, "currency": 156}, "properties.currency", id="numeric-currency"
+        ),
         pytest.param(
             {"order_id": "o1", "total": 10, "currency": "RMB¥"}, "properties.currency", id="bad-currency"
         ),
@@ -358,7 +364,7 @@ def test_gzip_bomb_is_cut_at_the_limit(ingest):
         ),
     ],
 )
-def test_order_events_require_order_id_amount_and_currency(ingest, event, properties, field):
+def test_order_events_require_order_id_amount_and_a_valid_currency(ingest, event, properties, field):
     response = ingest("track", {"userId": "u-1", "event": event, "properties": properties})
 
     assert response.status_code == 400
@@ -382,6 +388,49 @@ def test_valid_orders_are_accepted(ingest, properties):
     response = ingest("track", {"userId": "u-1", "event": "Order Completed", "properties": properties})
 
     assert response.status_code == 200, response.json()
+
+
+@pytest.mark.parametrize("event", ["Order Completed", "Order Refunded"])
+@pytest.mark.parametrize("currency", [{}, {"currency": None}], ids=["absent", "null"])
+def test_an_order_without_currency_gets_its_sources_default_marked_as_defaulted(
+    ingest, source, event, currency
+):
+    source.default_currency = "HKD"
+    source.save()
+
+    response = ingest("track", {"userId": "u-1", "messageId": "o-1", "event": event,
+                                "properties": {"order_id": "o1", "total": 10, **currency},
+                                "context": {"cdp": {"note": "kept"}}})  # fmt: skip
+
+    assert response.status_code == 200, response.json()
+    stored = Event.objects.get(message_id="o-1")
+    assert stored.properties["currency"] == "HKD"
+    assert stored.context["cdp"] == {"note": "kept", "currency_defaulted": True}
+    assert currency_was_defaulted(stored.context)
+
+
+def test_an_order_that_names_its_currency_is_not_marked(ingest):
+    response = ingest("track", {"userId": "u-1", "messageId": "o-2", "event": "Order Completed",
+                                "properties": {"order_id": "o2", "total": 10, "currency": "usd"}})  # fmt: skip
+
+    assert response.status_code == 200
+    stored = Event.objects.get(message_id="o-2")
+    assert stored.properties["currency"] == "usd"
+    assert not currency_was_defaulted(stored.context)
+
+
+def test_in_a_batch_a_bad_currency_refuses_only_its_event(ingest):
+    orders = [
+        {"type": "track", "userId": "u-1", "messageId": f"b-{i}", "event": "Order Completed",
+         "properties": {"order_id": f"o{i}", "total": 10, **currency}}
+        for i, currency in enumerate([{}, {"currency": "RMB¥"}, {"currency": "CNY"}])
+    ]  # fmt: skip
+
+    response = ingest("batch", {"batch": orders})
+
+    assert response.status_code == 200, response.json()
+    assert sorted(Event.objects.values_list("message_id", flat=True)) == ["b-0", "b-2"]
+    assert Event.objects.get(message_id="b-0").properties["currency"] == "CNY"  # the platform's default
 
 
 def test_other_commerce_events_check_amount_types(ingest):

@@ -172,3 +172,44 @@ def test_admin_pages_render(admin_client, client, django_user_model):
 
     for path in ("/admin/events/source/", "/admin/events/event/", "/admin/events/rejectedevent/"):
         assert client.get(path).status_code == 200, path
+
+
+def test_a_source_defaults_to_the_platform_currency_and_staff_change_it(admin_client, settings):
+    settings.CDP_CURRENCY = "SGD"
+    created = admin_client.post("/api/v1/sources/", {"name": "Web", "kind": "web"}, format="json").json()
+    assert created["default_currency"] == "SGD"
+    chosen = admin_client.post(
+        "/api/v1/sources/", {"name": "HK till", "kind": "pos", "store_code": "HK1", "default_currency": "HKD"},
+        format="json",
+    ).json()  # fmt: skip
+    assert chosen["default_currency"] == "HKD"
+
+    response = admin_client.patch(
+        f"/api/v1/sources/{created['id']}/", {"default_currency": "CNY"}, format="json"
+    )
+
+    assert response.status_code == 200, response.json()
+    assert response.json()["default_currency"] == "CNY"
+    assert Source.objects.get(pk=created["id"]).default_currency == "CNY"
+
+
+@pytest.mark.parametrize("currency", ["cny", "RMB¥", "", "CNYX"])
+def test_a_default_currency_that_is_not_a_code_is_refused(admin_client, currency):
+    source = SourceFactory()
+
+    response = admin_client.patch(
+        f"/api/v1/sources/{source.pk}/", {"default_currency": currency}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert [e["field"] for e in response.json()["errors"]] == ["default_currency"]
+    source.refresh_from_db()
+    assert source.default_currency == "CNY"
+
+
+def test_the_admin_edits_a_sources_default_currency(client):
+    source = SourceFactory()
+    client.force_login(staff_user_ensure(username="root", role=Role.ADMIN))
+
+    page = client.get(f"/admin/events/source/{source.pk}/change/")
+    assert 'name="default_currency"' in page.content.decode()

@@ -5,6 +5,7 @@ from collections.abc import Iterable
 from events.models import Event
 from identity.identifiers import identifiers_extract
 from identity.models import EventIdentifier, EventResolution
+from identity.models import Identifier as IdentifierRow
 from identity.resolution import (
     Decision,
     InMemoryResolver,
@@ -18,25 +19,44 @@ from identity.store import event_key
 
 def _resolvable(events: list[Event]) -> list[ResolvableEvent]:
     policy = normalization_policy()
-    return [
-        ResolvableEvent(
-            event_key(e),
-            identifiers_extract(
-                user_id=e.user_id,
-                anonymous_id=e.anonymous_id,
-                traits=e.traits,
-                context=e.context,
-                policy=policy,
-            ).identifiers,
+    resolvable = []
+    for e in events:
+        extraction = identifiers_extract(
+            user_id=e.user_id,
+            anonymous_id=e.anonymous_id,
+            traits=e.traits,
+            context=e.context,
+            policy=policy,
+            message_type=e.type,
+            previous_id=e.previous_id,
         )
-        for e in events
-    ]
+        resolvable.append(ResolvableEvent(event_key(e), extraction.identifiers, extraction.vouches))
+    return resolvable
 
 
 def reference_partition(events: list[Event], separations: Iterable[Separation] = ()) -> set[frozenset[int]]:
     by_key = {event_key(e): e.id for e in events}
     partition = resolve_in_event_order(_resolvable(events), identity_rules(), separations).partition()
     return {frozenset(by_key[key] for key in group) for group in partition}
+
+
+def reference_alias_classes(events: list[Event]) -> dict[str, str]:
+    """ "type:value" -> its alias class, for every identifier an alias made one with another."""
+    resolver = resolve_in_event_order(_resolvable(events), identity_rules())
+    return {
+        str(identifier): name
+        for state in resolver.graph.members.values()
+        for identifier, name in state.alias_class.items()
+    }
+
+
+def stored_alias_classes() -> dict[str, str]:
+    return {
+        f"{type_}:{value}": name
+        for type_, value, name in IdentifierRow.objects.exclude(alias_class="").values_list(
+            "type", "value", "alias_class"
+        )
+    }
 
 
 def reference_dropped(events: list[Event]) -> set[tuple[int, str]]:

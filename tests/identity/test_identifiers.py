@@ -111,3 +111,40 @@ def test_bad_values_are_reported_not_used():
         ("email", "invalid"),
         ("???", "invalid"),
     }
+
+
+def test_an_alias_carries_its_previous_id_as_a_user_id_and_an_anonymous_id():
+    extraction = identifiers_extract(
+        user_id="cust-1", anonymous_id="", traits={}, context={}, policy=POLICY,
+        message_type="alias", previous_id=" old-1 ",
+    )  # fmt: skip
+
+    assert extraction.identifiers == {
+        Identifier("user_id", "cust-1"),
+        Identifier("user_id", "old-1"),
+        Identifier("anonymous_id", "old-1"),
+    }
+    assert extraction.vouches
+
+
+def test_previous_id_counts_only_on_an_alias():
+    extraction = identifiers_extract(
+        user_id="cust-1", anonymous_id="", traits={}, context={}, policy=POLICY,
+        message_type="track", previous_id="old-1",
+    )  # fmt: skip
+
+    assert extraction.identifiers == {Identifier("user_id", "cust-1")}
+    assert not extraction.vouches
+
+
+def test_a_group_calls_traits_are_the_groups_not_the_persons():
+    extraction = identifiers_extract(
+        user_id="cust-1",
+        anonymous_id="",
+        traits={"name": "ACME Ltd", "email": "office@acme.example", "phone": "13800138000"},
+        context={"traits": {"email": "li@example.com"}},  # the person's, in any call
+        policy=POLICY,
+        message_type="group",
+    )
+
+    assert extraction.identifiers == {Identifier("user_id", "cust-1"), Identifier("email", "li@example.com")}

@@ -145,3 +145,37 @@ def test_split_command(wrong_merge):
     with pytest.raises(CommandError, match="identifiers"):
         call_command("split_member", str(member_of(wrong_merge[0])), "--identifier", "phone:13800138999",
                      "--reason", "x", stdout=StringIO())  # fmt: skip
+
+
+def test_an_alias_can_be_split_and_a_rebuild_keeps_the_alias_classes():
+    old = EventFactory(
+        user_id="login-old", anonymous_id="", type="identify", timestamp=T0, traits={"phone": LI}
+    )
+    new = EventFactory(
+        user_id="login-new", anonymous_id="", type="identify", timestamp=T0 + timedelta(minutes=1)
+    )
+    link = EventFactory(user_id="login-new", anonymous_id="", previous_id="login-old", type="alias", event="",
+                        timestamp=T0 + timedelta(minutes=2))  # fmt: skip
+    events_process_pending()
+    merged = member_of(link)
+    assert member_of(old) == member_of(new) == merged
+    classes = set(IdentifierRow.objects.exclude(alias_class="").values_list("type", "value", "alias_class"))
+    assert classes == {("user_id", "login-new", "login-new"), ("user_id", "login-old", "login-new")}
+
+    call_command("rebuild_identity", stdout=StringIO())
+    assert member_of(link) == merged
+    assert (
+        set(IdentifierRow.objects.exclude(alias_class="").values_list("type", "value", "alias_class"))
+        == classes
+    )
+
+    member_split(member_id=merged, identifiers=["user_id:login-old"], reason="the alias was a mistake")
+
+    assert member_of(old) != member_of(new) == member_of(link)
+    assert not IdentifierRow.objects.exclude(alias_class="").exists()  # one id each: no class left
+    assert stored_partition() == reference_partition(
+        list(Event.objects.all()),
+        [Separation(frozenset({Identifier("user_id", "login-old")}),
+                    frozenset(Identifier(t, v) for t, v in [("user_id", "login-new"), ("anonymous_id", "login-old"),
+                                                             ("phone", LI)]))],
+    )  # fmt: skip

@@ -16,7 +16,14 @@ from identity.models import Identifier as IdentifierRow
 from identity.services import identity_resolve_events
 from members.models import Member
 from tests.factories import EventFactory, SourceFactory
-from tests.identity.partitions import reference_dropped, reference_partition, stored_dropped, stored_partition
+from tests.identity.partitions import (
+    reference_alias_classes,
+    reference_dropped,
+    reference_partition,
+    stored_alias_classes,
+    stored_dropped,
+    stored_partition,
+)
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 
@@ -129,6 +136,11 @@ def raw_events(draw) -> list[dict]:
             for field, values in FIELD_POOLS.items()
             if draw(st.booleans())
         }
+        if draw(st.integers(0, 4)) == 0:  # an alias: the previous id seen as a user or anonymous id
+            chosen["previous_id"] = draw(
+                st.sampled_from(FIELD_POOLS["user_id"][:3] + FIELD_POOLS["anonymous_id"])
+            )
+            chosen["user_id"] = draw(st.sampled_from(FIELD_POOLS["user_id"][:3]))
         events.append(
             {"index": index, "minute": draw(st.integers(0, 8)), "source": draw(st.integers(0, 1)), **chosen}
         )
@@ -144,6 +156,8 @@ def _create(raw: dict, sources) -> Event:
     return EventFactory(
         source=sources[raw["source"]],
         message_id=f"m{raw['index']:02d}",
+        type="alias" if "previous_id" in raw else "track",
+        previous_id=raw.get("previous_id", ""),
         user_id=raw.get("user_id", ""),
         anonymous_id=raw.get("anonymous_id", "" if "user_id" in raw else f"solo-{raw['index']}"),
         traits={"phone": raw["phone"]} if "phone" in raw else {},
@@ -174,6 +188,7 @@ def _check_against_reference(data, raws) -> None:
 
     assert stored_partition() == reference_partition(events)
     assert stored_dropped() == reference_dropped(events)  # replays update exactly the flags that flip
+    assert stored_alias_classes() == reference_alias_classes(events)
     assert active_members() == len(reference_partition(events))
     # every identifier's owner is active, and every merged member points at an active one
     assert not IdentifierRow.objects.filter(member__status=Member.Status.MERGED).exists()

@@ -89,7 +89,10 @@ class _Loader:
         # Parsed at the simulated arrival time, not now: the clock-skew rule compares it with
         # sentAt, and a late store upload must keep the time of its sale.
         parsed = message_parse(
-            event.message, received_at=event.received_at, index=len(messages) + len(rejections)
+            event.message,
+            received_at=event.received_at,
+            index=len(messages) + len(rejections),
+            default_currency=self.sources[event.source_slug].default_currency,
         )
         if isinstance(parsed, Rejection):
             rejections.append(parsed)
