@@ -15,7 +15,7 @@ from events.commerce import ORDER_COMPLETED, ORDER_EVENTS
 from members.aggregates import CHANNELS, Order, OrderEvent, aggregates_of, order_event, orders_of
 from members.locks import member_refresh_locks
 from members.loyalty.points import LOYALTY_EVENTS, LoyaltyEvent
-from members.loyalty.services import LoyaltyHistory, order_lines, points_move_retired, points_reconcile
+from members.loyalty.services import LoyaltyHistory, order_lines, points_reconcile
 from members.models import ORDER_FIELDS, DirtyMark, Member, MemberAggregate, MemberOrder, MemberTrait
 from members.segments.evaluate import memberships_refresh
 from members.segments.rules import AGGREGATES, EventFact, MemberFacts
@@ -112,8 +112,7 @@ def members_recompute(member_ids: set[int]) -> None:
     traits = _traits_write(active, events)
     figures = _aggregates_write(active, events, order_events)
     retired = member_ids - active
-    points_move_retired(retired)
-    points_reconcile(histories=_loyalty_histories(active, events, order_events))
+    points_reconcile(histories=_loyalty_histories(active, events, order_events), retired=retired)
     for model in (MemberTrait, MemberOrder, MemberAggregate):
         rows_delete(model, column="member", keys=retired)
     changed = memberships_refresh(
