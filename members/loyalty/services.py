@@ -263,7 +263,7 @@ _INSERT_ENTRIES = (
     "INSERT INTO members_pointsentry (member_id, kind, points, key, cause_key, reason, derived, event_id, "
     "order_id, channel, staff_user_id, at, available_at, expires_at, created_at) "
     "SELECT v.m, v.k, v.p, v.key, v.ck, v.r, true, v.e, v.o, '', NULL, v.at, v.av, v.ex, now() "
-    "FROM unnest(%b::bigint[], %b::text[], %b::int[], %b::text[], %b::text[], %b::text[], %b::bigint[], "
+    "FROM unnest(%b::bigint[], %b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::bigint[], "
     "%b::text[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[]) "
     "AS v(m, k, p, key, ck, r, e, o, at, av, ex)"
 )
@@ -344,7 +344,7 @@ _UPSERT_ACCOUNTS = (
     "INSERT INTO members_pointsaccount (member_id, balance, negative_allowed, tier, tier_since, recheck_at, "
     "next_expiry_at, next_expiry_points, updated_at) "
     "SELECT v.m, 0, %b, v.t, v.ts, v.r, v.ea, v.ep, now() "
-    "FROM unnest(%b::bigint[], %b::text[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::int[]) "
+    "FROM unnest(%b::bigint[], %b::text[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::bigint[]) "
     "AS v(m, t, ts, r, ea, ep) "
     "ON CONFLICT (member_id) DO UPDATE SET negative_allowed = EXCLUDED.negative_allowed, tier = EXCLUDED.tier, "
     "tier_since = EXCLUDED.tier_since, recheck_at = EXCLUDED.recheck_at, next_expiry_at = EXCLUDED.next_expiry_at, "
