@@ -23,6 +23,10 @@ from events.commerce import ORDER_COMPLETED, ORDER_REFUNDED, as_amount
 CHANNELS = ("pos", "app", "mini_program", "web")
 ZERO = Decimal("0.00")
 CENT = Decimal("0.01")
+#: Digits of a stored money figure (an order's total, a member's spend), 2 of them cents: 18
+#: before the point hold a member with a million orders of the largest amount ingestion
+#: accepts (``events.commerce.MAX_AMOUNT``, 10^8, so 10^14), and refunds of it, with room.
+FIGURE_DIGITS = 20
 
 
 @dataclass(frozen=True, slots=True)

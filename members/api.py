@@ -28,6 +28,7 @@ from events.selectors import source_names
 from events.tasks import process_pending_enqueue
 from identity.identifiers import BlockedIdentifier, InvalidIdentifier
 from identity.services import SplitRefused, member_split
+from members.aggregates import FIGURE_DIGITS
 from members.presentation import profile_json, summary_json, timeline_json
 from members.selectors import (
     LOOKUP_FIELDS,
@@ -52,7 +53,7 @@ class SummaryOutput(serializers.Serializer):
     phone = serializers.CharField(allow_null=True, help_text="Masked for crm_agent.")
     email = serializers.CharField(allow_null=True, help_text="Masked for crm_agent.")
     orders = serializers.IntegerField()
-    spend = serializers.DecimalField(max_digits=14, decimal_places=2)
+    spend = serializers.DecimalField(max_digits=FIGURE_DIGITS, decimal_places=2)
     currency = serializers.CharField()
     last_event_at = serializers.DateTimeField(allow_null=True)
 
@@ -76,16 +77,18 @@ class TraitOutput(serializers.Serializer):
 
 class ChannelFiguresOutput(serializers.Serializer):
     orders = serializers.IntegerField()
-    spend = serializers.DecimalField(max_digits=14, decimal_places=2)
+    spend = serializers.DecimalField(max_digits=FIGURE_DIGITS, decimal_places=2)
     events = serializers.IntegerField()
 
 
 class AggregatesOutput(serializers.Serializer):
     currency = serializers.CharField()
     orders = serializers.IntegerField()
-    spend = serializers.DecimalField(max_digits=14, decimal_places=2, help_text="Net of refunds.")
-    refunded = serializers.DecimalField(max_digits=14, decimal_places=2)
-    average_order_value = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True)
+    spend = serializers.DecimalField(max_digits=FIGURE_DIGITS, decimal_places=2, help_text="Net of refunds.")
+    refunded = serializers.DecimalField(max_digits=FIGURE_DIGITS, decimal_places=2)
+    average_order_value = serializers.DecimalField(
+        max_digits=FIGURE_DIGITS, decimal_places=2, allow_null=True
+    )
     first_purchase_at = serializers.DateTimeField(allow_null=True)
     last_purchase_at = serializers.DateTimeField(allow_null=True)
     by_channel = serializers.DictField(child=ChannelFiguresOutput())
@@ -102,8 +105,8 @@ class OrderOutput(serializers.Serializer):
     channel = serializers.CharField()
     store_code = serializers.CharField()
     currency = serializers.CharField()
-    total = serializers.DecimalField(max_digits=14, decimal_places=2)
-    refunded = serializers.DecimalField(max_digits=14, decimal_places=2)
+    total = serializers.DecimalField(max_digits=FIGURE_DIGITS, decimal_places=2)
+    refunded = serializers.DecimalField(max_digits=FIGURE_DIGITS, decimal_places=2)
 
 
 class HistoryOutput(serializers.Serializer):

@@ -1,6 +1,10 @@
 """The per-member lock every writer of a member's computed state takes (refreshes, points
 commands), so each member has one writer at a time; and the membership locks of tags and
-segments."""
+segments.
+
+One order for all of them, so no two transactions deadlock: these member locks first (sorted),
+then the points accounts a transaction writes, all at once in member-id order
+(``members.loyalty.services._accounts_lock``), then tag and segment memberships (sorted)."""
 
 from django.conf import settings
 from django.db import connection

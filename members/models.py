@@ -2,6 +2,8 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 
+from members.aggregates import FIGURE_DIGITS
+
 
 class Member(models.Model):
     """One real person: the golden record that identity resolution attaches events to.
@@ -168,8 +170,8 @@ class MemberOrder(models.Model):
     member = models.ForeignKey(Member, on_delete=models.CASCADE, related_name="orders", db_index=False)
     order_id = models.CharField(max_length=255)
     currency = models.CharField(max_length=3)
-    total = models.DecimalField(max_digits=14, decimal_places=2)
-    refunded = models.DecimalField(max_digits=14, decimal_places=2)
+    total = models.DecimalField(max_digits=FIGURE_DIGITS, decimal_places=2)
+    refunded = models.DecimalField(max_digits=FIGURE_DIGITS, decimal_places=2)
     placed_at = models.DateTimeField(null=True, help_text="None: only a refund of it was seen.")
     channel = models.CharField(max_length=16)
     store_code = models.CharField(max_length=64, blank=True)
@@ -197,19 +199,19 @@ class MemberAggregate(models.Model):
     )
     currency = models.CharField(max_length=3)
     orders = models.PositiveIntegerField(default=0)
-    spend = models.DecimalField(max_digits=14, decimal_places=2, default=0)
-    refunded = models.DecimalField(max_digits=14, decimal_places=2, default=0)
-    average_order_value = models.DecimalField(max_digits=14, decimal_places=2, null=True)
+    spend = models.DecimalField(max_digits=FIGURE_DIGITS, decimal_places=2, default=0)
+    refunded = models.DecimalField(max_digits=FIGURE_DIGITS, decimal_places=2, default=0)
+    average_order_value = models.DecimalField(max_digits=FIGURE_DIGITS, decimal_places=2, null=True)
     first_purchase_at = models.DateTimeField(null=True)
     last_purchase_at = models.DateTimeField(null=True)
     orders_pos = models.PositiveIntegerField(default=0)
     orders_app = models.PositiveIntegerField(default=0)
     orders_mini_program = models.PositiveIntegerField(default=0)
     orders_web = models.PositiveIntegerField(default=0)
-    spend_pos = models.DecimalField(max_digits=14, decimal_places=2, default=0)
-    spend_app = models.DecimalField(max_digits=14, decimal_places=2, default=0)
-    spend_mini_program = models.DecimalField(max_digits=14, decimal_places=2, default=0)
-    spend_web = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    spend_pos = models.DecimalField(max_digits=FIGURE_DIGITS, decimal_places=2, default=0)
+    spend_app = models.DecimalField(max_digits=FIGURE_DIGITS, decimal_places=2, default=0)
+    spend_mini_program = models.DecimalField(max_digits=FIGURE_DIGITS, decimal_places=2, default=0)
+    spend_web = models.DecimalField(max_digits=FIGURE_DIGITS, decimal_places=2, default=0)
     orders_in_other_currencies = models.PositiveIntegerField(default=0)
     events = models.PositiveIntegerField(default=0)
     events_pos = models.PositiveIntegerField(default=0)

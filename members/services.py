@@ -19,7 +19,7 @@ from members.aggregates import CHANNELS, Order, OrderEvent, aggregates_of, order
 from members.groups import GroupCall, groups_refresh
 from members.locks import member_refresh_locks
 from members.loyalty.points import LOYALTY_EVENTS, LoyaltyEvent
-from members.loyalty.services import LoyaltyHistory, order_lines, points_move_retired, points_reconcile
+from members.loyalty.services import LoyaltyHistory, order_lines, points_reconcile
 from members.models import (
     ORDER_FIELDS,
     DirtyMark,
@@ -188,8 +188,7 @@ def members_recompute(member_ids: set[int]) -> None:
     )
     figures = _aggregates_write(active, events, order_events)
     retired = member_ids - active
-    points_move_retired(retired)
-    points_reconcile(histories=_loyalty_histories(active, events, order_events))
+    points_reconcile(histories=_loyalty_histories(active, events, order_events), retired=retired)
     for model in (MemberTrait, MemberOrder, MemberAggregate):
         rows_delete(model, column="member", keys=retired)
     changed = memberships_refresh(

@@ -120,14 +120,16 @@ class PointsAccount(models.Model):
     member = models.OneToOneField(
         "members.Member", primary_key=True, on_delete=models.CASCADE, related_name="points"
     )
-    balance = models.IntegerField(default=0)
+    # 64-bit: the sum of a member's every order at the highest rate (an order of
+    # ``events.commerce.MAX_AMOUNT`` at 10^4 points per unit is 10^12 points) fits, 32 bits not.
+    balance = models.BigIntegerField(default=0)
     negative_allowed = models.BooleanField(default=True)
     tier = models.CharField(max_length=32, blank=True)
     tier_since = models.DateTimeField(null=True, blank=True)
     #: The soonest moment time alone changes this account (a lot expires, a tier review).
     recheck_at = models.DateTimeField(null=True, blank=True)
     next_expiry_at = models.DateTimeField(null=True, blank=True)
-    next_expiry_points = models.IntegerField(default=0)
+    next_expiry_points = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -154,7 +156,7 @@ class PointsEntry(models.Model):
 
     member = models.ForeignKey("members.Member", on_delete=models.PROTECT, related_name="+", db_index=False)
     kind = models.CharField(max_length=8, choices=_KIND_CHOICES)
-    points = models.IntegerField()
+    points = models.BigIntegerField()
     key = models.CharField(max_length=255, unique=True)
     cause_key = models.CharField(max_length=255)
     reason = models.CharField(max_length=500)

@@ -28,6 +28,7 @@ from enum import StrEnum
 from events.commerce import ORDER_COMPLETED
 from members.aggregates import OrderEvent
 from members.loyalty.program import Downgrade, NegativeBalance, Program, TierBasis, TierRule
+from members.moments import moment_plus
 
 #: The most points one command may move (a staff adjustment either way, a redemption): far
 #: beyond any real adjustment, and small enough that no single move can carry a balance past
@@ -397,7 +398,10 @@ class _Replay:
         pending: bool = True,
     ) -> Due:
         rule = self.program.rule_at(at)
-        available = at + timedelta(days=rule.pending_days) if pending and rule.pending_days else None
+        # Pending beyond the end of the calendar (an event stamped in year 9999): spendable at once.
+        available = (
+            moment_plus(at, timedelta(days=rule.pending_days)) if pending and rule.pending_days else None
+        )
         return Due(
             key=key,
             kind=Kind.EARN,
@@ -617,8 +621,11 @@ class _Replay:
         )
 
     def _measure(self, at: datetime) -> Decimal:
-        since = at - timedelta(days=self.program.tier_window_days)
-        return sum((amount for when, amount in self.qualifying if since < when <= at), Decimal(0))
+        since = moment_plus(at, -timedelta(days=self.program.tier_window_days))  # None: since always
+        return sum(
+            (amount for when, amount in self.qualifying if (since is None or since < when) and when <= at),
+            Decimal(0),
+        )
 
     def _qualified_for(self, measure: Decimal) -> TierRule:
         reached = [tier for tier in self.tiers if measure >= tier.threshold]

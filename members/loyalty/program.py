@@ -2,10 +2,12 @@
 ``members.loyalty.points`` reads, loaded from the database by ``members.loyalty.selectors``."""
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import MAXYEAR, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from zoneinfo import ZoneInfo
+
+from members.moments import local_of, moment_plus
 
 
 class Expiry(StrEnum):
@@ -62,16 +64,19 @@ class EarnRule:
         )
 
     def expires_at(self, earned_at: datetime, zone: ZoneInfo) -> datetime | None:
-        """When a lot earned at ``earned_at`` expires; month and year ends are local midnights."""
+        """When a lot earned at ``earned_at`` expires; month and year ends are local midnights.
+        None: never (also when that falls beyond the end of the calendar)."""
         if self.expiry == Expiry.NEVER:
             return None
         if self.expiry == Expiry.DAYS:
-            return earned_at + timedelta(days=self.expiry_days or 0)
-        local = earned_at.astimezone(zone)
-        if self.expiry == Expiry.END_OF_YEAR:
-            return datetime(local.year + 1, 1, 1, tzinfo=zone)
-        year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
-        return datetime(year, month, 1, tzinfo=zone)
+            return moment_plus(earned_at, timedelta(days=self.expiry_days or 0))
+        if (local := local_of(earned_at, zone)) is None:
+            return None
+        if self.expiry == Expiry.END_OF_YEAR or local.month == 12:
+            year, month = local.year + 1, 1
+        else:
+            year, month = local.year, local.month + 1
+        return datetime(year, month, 1, tzinfo=zone) if year <= MAXYEAR else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,14 +110,18 @@ class Program:
     def tiers_by_rank(self) -> tuple[TierRule, ...]:
         return tuple(sorted(self.tiers, key=lambda tier: tier.rank))
 
-    def next_review(self, after: datetime) -> datetime:
+    def next_review(self, after: datetime) -> datetime | None:
         """The first review instant after ``after``: local midnight on the first day of a
-        month counted in steps of ``review_months`` from January."""
-        local = after.astimezone(self.zone)
+        month counted in steps of ``review_months`` from January. None: beyond the end of the
+        calendar (a moment stamped in year 9999), so never."""
+        if (local := local_of(after, self.zone)) is None:
+            return None
         step = max(1, self.review_months)
         index = (local.year * 12 + local.month - 1) // step * step
         while True:
             index += step
+            if index // 12 > MAXYEAR:
+                return None
             at = datetime(index // 12, index % 12 + 1, 1, tzinfo=self.zone)
             if at > after:
                 return at

@@ -126,15 +126,34 @@ def _rows_of(member_ids: Iterable[int], event_ids: Iterable[int]) -> list[_Row]:
         ]
 
 
-def points_reconcile(*, histories: dict[int, LoyaltyHistory], now: datetime | None = None) -> None:
+def points_reconcile(
+    *, histories: dict[int, LoyaltyHistory], retired: Iterable[int] = (), now: datetime | None = None
+) -> None:
     """Bring these active members' ledgers, tiers and accounts to what their histories call
-    for as of ``now``. Idempotent: a second run appends nothing. Callers hold the members'
-    refresh locks (``members.services``)."""
-    if not histories:
+    for as of ``now``, after moving everything loyalty of the ``retired`` members (absorbed by
+    a merge) to their survivors. Idempotent: a second run appends nothing. Callers hold the
+    members' refresh locks (``members.services``).
+
+    Every account this writes (the members', their survivors', those rows move from or to, a
+    referrer's) is locked first, all at once, in member-id order (``_accounts_lock``): the
+    ledger trigger then only updates accounts already held. Two refreshes whose writes cross
+    (one moves points into the account the other writes) wait for each other instead of
+    deadlocking, whatever order their statements come in.
+    """
+    survivors = _survivors_of(retired)
+    if not histories and not survivors:
         return
     now = now or timezone.now()
     program = program_load()
-    rows = _rows_of(histories, {i for h in histories.values() for i in h.event_ids})
+    # Read as they will be once the retired members' rows are with their survivors (moved
+    # below, after the locks): a survivor refreshed in this batch reconciles with them now.
+    absorbed_here = {old for old, survivor in survivors.items() if survivor in histories}
+    rows = [
+        replace(row, member_id=survivors.get(row.member_id, row.member_id))
+        for row in _rows_of(
+            histories.keys() | absorbed_here, {i for h in histories.values() for i in h.event_ids}
+        )
+    ]
     facts: dict[int, list[Recorded]] = defaultdict(list)
     by_cause: dict[str, list[_Row]] = defaultdict(list)
     inbound: dict[tuple[int, str], list[Recorded]] = defaultdict(list)
@@ -165,7 +184,7 @@ def points_reconcile(*, histories: dict[int, LoyaltyHistory], now: datetime | No
     referrers = _referrers(
         {d.beneficiary for derived in derivations.values() for d in derived.due if d.beneficiary}
     )
-    moves: dict[int, list[int]] = defaultdict(list)  # target member -> row ids
+    moves: dict[int, list[_Row]] = defaultdict(list)  # target member -> rows
     corrections: list[_Entry] = []
     wanted: set[str] = set()
     for member_id, derivation in derivations.items():
@@ -175,7 +194,7 @@ def points_reconcile(*, histories: dict[int, LoyaltyHistory], now: datetime | No
                 continue  # the referrer is not (yet) a member: nobody to credit
             wanted.add(due.key)
             held = by_cause.get(due.key, [])
-            moves[target] += [row.id for row in held if row.member_id != target]
+            moves[target] += [row for row in held if row.member_id != target]
             difference = due.points - sum(row.recorded.points for row in held)
             if difference:
                 corrections.append(_entry(target, due, difference, len(held), now))
@@ -195,6 +214,14 @@ def points_reconcile(*, histories: dict[int, LoyaltyHistory], now: datetime | No
             no_longer = Due(key=cause, kind=first.kind, points=0, at=now, reason="no longer due",
                             event_id=first.event_id, order_id=first.order_id)  # fmt: skip
             corrections.append(_entry(held[0].member_id, no_longer, -total, len(held), now))
+    held_by_retired = _holding_points(survivors)
+    _accounts_lock(
+        histories.keys()
+        | {member for old in held_by_retired for member in (old, survivors[old])}
+        | {member for target, held in moves.items() for member in (target, *(row.member_id for row in held))}
+        | {entry.member_id for entry in corrections}
+    )
+    _retired_move(survivors)
     _accounts_write(derivations, program)
     _rows_move(moves)
     # Credits before debits: the floor is checked at commit, but a clean order reads better.
@@ -245,7 +272,7 @@ _INSERT_ENTRIES = (
     "INSERT INTO members_pointsentry (member_id, kind, points, key, cause_key, reason, derived, event_id, "
     "order_id, channel, staff_user_id, at, available_at, expires_at, created_at) "
     "SELECT v.m, v.k, v.p, v.key, v.ck, v.r, true, v.e, v.o, '', NULL, v.at, v.av, v.ex, now() "
-    "FROM unnest(%b::bigint[], %b::text[], %b::int[], %b::text[], %b::text[], %b::text[], %b::bigint[], "
+    "FROM unnest(%b::bigint[], %b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::bigint[], "
     "%b::text[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[]) "
     "AS v(m, k, p, key, ck, r, e, o, at, av, ex)"
 )
@@ -280,16 +307,44 @@ def _referrers(user_ids: set[str]) -> dict[str, int]:
     return found
 
 
-def _rows_move(moves: dict[int, list[int]]) -> None:
-    pairs = [(row_id, target) for target, row_ids in moves.items() for row_id in row_ids]
-    if not pairs:
+def _rows_move(moves: dict[int, list[_Row]]) -> None:
+    """Move these rows to their target members. A row another refresh moved meanwhile stays
+    where it went: its account is not among those this one locked (``_accounts_lock``), and
+    the member it left is marked to be refreshed again by whatever moved it."""
+    moved = [(row.id, row.member_id, target) for target, rows in moves.items() for row in rows]
+    if not moved:
         return
     with binary_parameters_cursor() as cursor:
         cursor.execute(
             "UPDATE members_pointsentry AS e SET member_id = m.target "
-            "FROM unnest(%b::bigint[], %b::bigint[]) AS m(id, target) WHERE e.id = m.id",
-            [[p[0] for p in pairs], [p[1] for p in pairs]],
+            "FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[]) AS m(id, source, target) "
+            "WHERE e.id = m.id AND e.member_id = m.source",
+            [list(column) for column in zip(*moved, strict=True)],
         )
+
+
+#: Lock points accounts one row after another in member-id order, creating those missing (as
+#: the ledger trigger would, with the program's balance policy) and changing none: ``DO UPDATE
+#: ... WHERE false`` locks a row it finds without writing it. Creating them here too matters:
+#: two transactions inserting one member's account wait on each other like on a row lock.
+_LOCK_ACCOUNTS = (
+    "INSERT INTO members_pointsaccount AS account "
+    "(member_id, balance, negative_allowed, tier, next_expiry_points, updated_at) "
+    "SELECT m.id, 0, COALESCE((SELECT negative_balance = 'allow' FROM members_loyaltyprogram "
+    "WHERE key = 'default'), true), '', 0, now() "
+    "FROM unnest(%b::bigint[]) AS m(id) ORDER BY m.id "
+    "ON CONFLICT (member_id) DO UPDATE SET balance = account.balance WHERE false"
+)
+
+
+def _accounts_lock(member_ids: Iterable[int]) -> None:
+    """Hold these members' points accounts (created if missing) until the transaction ends,
+    taken in the one global order of account locks: member id. Every writer of the ledger or
+    of accounts takes all the accounts it will write here, in one call, before writing any;
+    the balance trigger then never waits for an account lock."""
+    if keys := sorted(set(member_ids)):
+        with binary_parameters_cursor() as cursor:
+            cursor.execute(_LOCK_ACCOUNTS, [keys])
 
 
 # Only an account whose tier, review or expiry changed is rewritten (most refreshes change
@@ -298,7 +353,7 @@ _UPSERT_ACCOUNTS = (
     "INSERT INTO members_pointsaccount (member_id, balance, negative_allowed, tier, tier_since, recheck_at, "
     "next_expiry_at, next_expiry_points, updated_at) "
     "SELECT v.m, 0, %b, v.t, v.ts, v.r, v.ea, v.ep, now() "
-    "FROM unnest(%b::bigint[], %b::text[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::int[]) "
+    "FROM unnest(%b::bigint[], %b::text[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::bigint[]) "
     "AS v(m, t, ts, r, ea, ep) "
     "ON CONFLICT (member_id) DO UPDATE SET negative_allowed = EXCLUDED.negative_allowed, tier = EXCLUDED.tier, "
     "tier_since = EXCLUDED.tier_since, recheck_at = EXCLUDED.recheck_at, next_expiry_at = EXCLUDED.next_expiry_at, "
@@ -361,18 +416,39 @@ def _coupons_release_refunded(histories: dict[int, LoyaltyHistory]) -> None:
         coupons_release_for_orders(order_ids=done, reason="order refunded in full")
 
 
-def points_move_retired(member_ids: Iterable[int]) -> None:
-    """Everything loyalty of members absorbed by a merge goes to their survivor (ledger rows,
-    coupons), and the survivor is marked for a refresh to reconcile with it."""
-    retired = list(
-        Member.objects.filter(id__in=list(member_ids), status=Member.Status.MERGED).values_list(
+def _survivors_of(member_ids: Iterable[int]) -> dict[int, int]:
+    """The survivor of each of these members that a merge absorbed."""
+    if not (member_ids := list(member_ids)):
+        return {}
+    return dict(
+        Member.objects.filter(id__in=member_ids, status=Member.Status.MERGED).values_list(
             "id", "merged_into_id"
         )
     )
-    if not retired:
+
+
+def _holding_points(survivors: dict[int, int]) -> set[int]:
+    """Which of these absorbed members still hold ledger rows or an account."""
+    if not survivors:
+        return set()
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(
+            "SELECT m.id FROM unnest(%b::bigint[]) AS m(id) "
+            "WHERE EXISTS (SELECT 1 FROM members_pointsaccount AS a WHERE a.member_id = m.id) "
+            "OR EXISTS (SELECT 1 FROM members_pointsentry AS e WHERE e.member_id = m.id)",
+            [sorted(survivors)],
+        )
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _retired_move(survivors: dict[int, int]) -> None:
+    """Everything loyalty of members absorbed by a merge goes to their survivor (ledger rows,
+    coupons), and the survivor is marked for a refresh to reconcile with it. The caller holds
+    the accounts of those holding points and of their survivors (``_holding_points``)."""
+    if not survivors:
         return
     with binary_parameters_cursor() as cursor:
-        arguments = [[r[0] for r in retired], [r[1] for r in retired]]
+        arguments = [list(survivors), list(survivors.values())]
         cursor.execute(
             "UPDATE members_pointsentry AS e SET member_id = m.survivor "
             "FROM unnest(%b::bigint[], %b::bigint[]) AS m(id, survivor) WHERE e.member_id = m.id",
@@ -386,11 +462,11 @@ def points_move_retired(member_ids: Iterable[int]) -> None:
             arguments,
         )
         moved += cursor.rowcount
-    retired_ids = [r[0] for r in retired]
+    retired_ids = list(survivors)
     TierChange.objects.filter(member_id__in=retired_ids).delete()
     PointsAccount.objects.filter(member_id__in=retired_ids, balance=0).delete()
     if moved:
-        DirtyMark.objects.bulk_create(DirtyMark(member_id=survivor) for survivor in {r[1] for r in retired})
+        DirtyMark.objects.bulk_create(DirtyMark(member_id=survivor) for survivor in set(survivors.values()))
 
 
 # Staff and till commands -------------------------------------------------------------------
@@ -464,6 +540,9 @@ def _command(
 ) -> tuple[PointsEntry, bool]:
     with transaction.atomic():
         member_refresh_locks({member.pk})
+        # Held before the balance is read: a refresh moving rows into or out of this account
+        # (a merge, a referral) waits, so the floor checked below is the one written against.
+        _accounts_lock({member.pk})
         done = PointsEntry.objects.filter(key=key).first()
         if done is not None:
             if (done.member_id, done.points, done.kind, done.order_id) != (member.pk, points, kind, order_id):
@@ -527,5 +606,9 @@ def program_policy_apply(*, program: LoyaltyProgram) -> None:
     """Hold every account to the program's balance policy. Accounts already in debt keep
     being allowed it (forbidding debt cannot undo it; their next earnings pay it back)."""
     forbid = program.negative_balance == NegativeBalance.FORBID
-    PointsAccount.objects.filter(balance__gte=0).update(negative_allowed=not forbid)
-    PointsAccount.objects.filter(balance__lt=0).update(negative_allowed=True)
+    with transaction.atomic():
+        # Every account, locked in the one order first: two updates in table order would take
+        # them in another order than a refresh does.
+        list(PointsAccount.objects.order_by("member_id").select_for_update().values_list("member_id"))
+        PointsAccount.objects.filter(balance__gte=0).update(negative_allowed=not forbid)
+        PointsAccount.objects.filter(balance__lt=0).update(negative_allowed=True)

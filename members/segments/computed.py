@@ -25,6 +25,8 @@ from decimal import Decimal
 from itertools import pairwise
 from typing import Any
 
+from members.moments import moment_plus
+
 STORE_CHANNELS = frozenset({"pos"})
 ONLINE_CHANNELS = frozenset({"app", "mini_program", "web"})
 
@@ -84,13 +86,19 @@ def lifecycle_stage(
     """
     if first_purchase_at is None or last_purchase_at is None:
         return None
-    if first_purchase_at >= now - timedelta(days=windows.new_days):
+    if _within(first_purchase_at, now, windows.new_days):
         return LIFECYCLE_NEW
-    if last_purchase_at >= now - timedelta(days=windows.active_days):
+    if _within(last_purchase_at, now, windows.active_days):
         return LIFECYCLE_ACTIVE
-    if last_purchase_at >= now - timedelta(days=windows.churn_days):
+    if _within(last_purchase_at, now, windows.churn_days):
         return LIFECYCLE_AT_RISK
     return LIFECYCLE_CHURNED
+
+
+def _within(moment: datetime, now: datetime, days: int) -> bool:
+    """``moment >= now - days``; a window reaching back before the calendar holds everything."""
+    since = moment_plus(now, -timedelta(days=days))
+    return since is None or moment >= since
 
 
 def lifecycle_changes_at(
@@ -109,15 +117,16 @@ def lifecycle_changes_at(
         return None
     stage = lifecycle_stage(first_purchase_at, last_purchase_at, now, windows)
     # The stage is constant between these moments, so the first of them at which it differs
-    # is the change (a stage may be skipped: new straight to at risk after a long gap).
+    # is the change (a stage may be skipped: new straight to at risk after a long gap). One
+    # beyond the end of the calendar (a purchase stamped in year 9999) never comes.
     boundaries = sorted(
         moment
         for moment in (
-            first_purchase_at + timedelta(days=windows.new_days) + TICK,
-            last_purchase_at + timedelta(days=windows.active_days) + TICK,
-            last_purchase_at + timedelta(days=windows.churn_days) + TICK,
+            moment_plus(first_purchase_at, timedelta(days=windows.new_days) + TICK),
+            moment_plus(last_purchase_at, timedelta(days=windows.active_days) + TICK),
+            moment_plus(last_purchase_at, timedelta(days=windows.churn_days) + TICK),
         )
-        if moment > now
+        if moment is not None and moment > now
     )
     for moment in boundaries:
         if lifecycle_stage(first_purchase_at, last_purchase_at, moment, windows) != stage:

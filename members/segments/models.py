@@ -6,6 +6,8 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 
+from members.aggregates import FIGURE_DIGITS
+
 
 class Tag(models.Model):
     """A label on members: set by staff (manual), by a rule (added and removed as members
@@ -169,7 +171,9 @@ class RfmCutoffs(models.Model):
 
     recency = ArrayField(models.DateTimeField(), size=4, help_text="Last purchase moments.")
     frequency = ArrayField(models.IntegerField(), size=4, help_text="Order counts.")
-    monetary = ArrayField(models.DecimalField(max_digits=14, decimal_places=2), size=4, help_text="Spend.")
+    monetary = ArrayField(
+        models.DecimalField(max_digits=FIGURE_DIGITS, decimal_places=2), size=4, help_text="Spend."
+    )
     members = models.PositiveIntegerField(help_text="Members with orders when computed.")
     computed_at = models.DateTimeField()
 

@@ -30,6 +30,7 @@ from typing import Any, Union
 
 from cdp.json_limits import JsonTooDeep, json_check_depth
 from identity.identifiers import BUILT_IN_TYPES
+from members.moments import moment_plus
 
 CHANNELS = ("pos", "app", "mini_program", "web")
 
@@ -854,7 +855,8 @@ def _moments(leaf: Condition, facts: MemberFacts) -> Iterable[datetime]:
             moment = aggregate_value(facts, leaf.name)
         if moment is not None:
             yield moment  # a future time enters the window when it comes
-            yield moment + timedelta(days=leaf.value, microseconds=1)
+            if (leaves_window := moment_plus(moment, timedelta(days=leaf.value, microseconds=1))) is not None:
+                yield leaves_window  # (None: beyond the end of the calendar, never)
         return
     if isinstance(leaf, Did | DidNot | FirstTime) and leaf.in_last_days is not None:
         offsets = [leaf.in_last_days]
@@ -865,7 +867,8 @@ def _moments(leaf: Condition, facts: MemberFacts) -> Iterable[datetime]:
     for event in facts.events:
         if event_passes(event, leaf.event):
             for days in offsets:
-                yield event.at + timedelta(days=days, microseconds=1)
+                if (leaves_window := moment_plus(event.at, timedelta(days=days, microseconds=1))) is not None:
+                    yield leaves_window
 
 
 def rule_window_expiry(condition: Condition, facts: MemberFacts, now: datetime) -> datetime | None:

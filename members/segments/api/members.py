@@ -11,6 +11,7 @@ from cdp.errors import ApiError, FieldError
 from cdp.pagination import query_int
 from cdp.permissions import permissions_required
 from cdp.privacy import Masking
+from members.aggregates import FIGURE_DIGITS
 from members.segments.api import VIEW_SEGMENTS, segment_by_key
 from members.segments.exports import FIELDS, Field, UnknownFields, fields_parse, row_json, segment_rows
 
@@ -46,11 +47,11 @@ class SegmentMemberOutput(serializers.Serializer):
     email = serializers.CharField(required=False, allow_null=True, help_text=FIELDS["email"])
     orders = serializers.IntegerField(required=False, help_text=FIELDS["orders"])
     spend = serializers.DecimalField(
-        max_digits=14, decimal_places=2, required=False, help_text=FIELDS["spend"]
+        max_digits=FIGURE_DIGITS, decimal_places=2, required=False, help_text=FIELDS["spend"]
     )
     currency = serializers.CharField(required=False, help_text=FIELDS["currency"])
     average_order_value = serializers.DecimalField(
-        max_digits=14,
+        max_digits=FIGURE_DIGITS,
         decimal_places=2,
         required=False,
         allow_null=True,

@@ -1,0 +1,99 @@
+"""Writers of points accounts lock them in one global order (member id), so two refreshes
+moving points between the same accounts from opposite sides wait for each other instead of
+deadlocking. Real transactions on two connections, made to interleave."""
+
+import contextlib
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+from django.db import connection, transaction
+
+from members.locks import member_refresh_locks
+from members.loyalty import services as loyalty_services
+from members.loyalty.models import PointsAccount, PointsEntry
+from members.models import Member
+from members.services import members_recompute
+from tests.factories.members import MemberFactory
+from tests.members.loyalty.test_ledger import balances_equal_ledgers
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+T0 = datetime(2026, 9, 1, 10, tzinfo=UTC)
+#: How long the first transaction waits at the barrier for the second: with locks in one
+#: order the second is blocked on the first's locks and never comes, so the first goes on.
+RENDEZVOUS_SECONDS = 3
+
+
+def credit(member: Member, points: int, key: str) -> None:
+    PointsEntry.objects.create(
+        member=member,
+        kind="adjust",
+        points=points,
+        key=key,
+        cause_key=key,
+        reason="test",
+        derived=False,
+        at=T0,
+    )
+
+
+def concurrently(*work: Callable[[], None]) -> list[BaseException]:
+    """Run each on its own thread (its own connection and transaction); the errors raised."""
+    errors: list[BaseException] = []
+
+    def run(job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as error:  # reported to the test
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(job,)) for job in work]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a transaction never finished"
+    return errors
+
+
+def test_two_refreshes_moving_points_into_each_others_accounts_do_not_deadlock(monkeypatch):
+    """Worker A refreshes {absorbed_a, survivor_a} where absorbed_a was merged into survivor_b;
+    worker B refreshes {absorbed_b, survivor_b} where absorbed_b was merged into survivor_a.
+    Each moves its absorbed member's points to the other's survivor and writes its own
+    survivor's account: the same two accounts, from opposite sides. Both are held at a
+    barrier after their first account lock, so without one lock order each would hold the
+    account the other wants next."""
+    survivor_a, survivor_b = MemberFactory(), MemberFactory()
+    absorbed_a = MemberFactory(status=Member.Status.MERGED, merged_into=survivor_b)
+    absorbed_b = MemberFactory(status=Member.Status.MERGED, merged_into=survivor_a)
+    for member, points in ((survivor_a, 1), (survivor_b, 20), (absorbed_a, 300), (absorbed_b, 4000)):
+        credit(member, points, f"adjust:{member.pk}")
+    barrier = threading.Barrier(2, timeout=RENDEZVOUS_SECONDS)
+    accounts_write = loyalty_services._accounts_write
+
+    def after_first_lock(*args: object) -> None:
+        # Broken: the other transaction waits for this one's locks, so this one goes on alone.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait()
+        accounts_write(*args)
+
+    monkeypatch.setattr(loyalty_services, "_accounts_write", after_first_lock)
+
+    def refresh(batch: set[int]) -> Callable[[], None]:
+        def job() -> None:
+            with transaction.atomic():
+                member_refresh_locks(batch)
+                members_recompute(batch)
+
+        return job
+
+    errors = concurrently(refresh({absorbed_a.pk, survivor_a.pk}), refresh({absorbed_b.pk, survivor_b.pk}))
+
+    assert errors == []
+    balances = dict(PointsAccount.objects.values_list("member_id", "balance"))
+    assert balances == {survivor_a.pk: 1 + 4000, survivor_b.pk: 20 + 300}
+    balances_equal_ledgers()
