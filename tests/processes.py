@@ -1,7 +1,9 @@
-"""Real processes for integration tests: a private Redis the test may stop and restart,
-and a Celery worker (with embedded beat) running against the test database."""
+"""Real processes for integration tests: a private Redis the test may stop and restart, and
+the Celery worker and beat started exactly as the ``Procfile`` starts them (prefork, same
+options), against the test database."""
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -48,9 +50,14 @@ class RedisServer:
         if not wait_for(self.is_up, timeout=10):
             raise RuntimeError(f"redis-server did not start on port {self.port}")
 
-    def stop(self) -> None:
+    def stop(self, *, crash: bool = False) -> None:
+        """Shut down (SIGTERM: clients see their connections closed), or ``crash`` (SIGKILL:
+        nothing is said to the clients, as when the host or its network goes away)."""
         if self.process is not None:
-            self.process.terminate()
+            if crash:
+                self.process.kill()
+            else:
+                self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
 
@@ -61,11 +68,33 @@ class RedisServer:
             return False
 
 
-class CeleryWorker:
-    """``celery worker -B`` in a subprocess, with the test settings against ``database``."""
+def procfile_celery_arguments(process: str) -> list[str]:
+    """The ``celery`` arguments the ``Procfile`` starts ``process`` with (whatever wraps the
+    command, such as the restart loop), so that tests run the worker as deployed."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name.strip() == process:
+            words = shlex.split(command)
+            start = next(i for i, word in enumerate(words) if word.endswith("bin/celery"))
+            return words[start + 1 :]
+    raise LookupError(f"no {process!r} process in the Procfile")
 
-    def __init__(self, *, broker_url: str, database: str, workdir: Path, extra_env: dict[str, str]) -> None:
-        self.log_path = workdir / "worker.log"
+
+class CeleryProcess:
+    """``celery <Procfile arguments>`` in a subprocess, with the test settings against
+    ``database``; ``overrides`` replace the value of an option (a path, say)."""
+
+    def __init__(
+        self,
+        process: str,
+        *,
+        broker_url: str,
+        database: str,
+        workdir: Path,
+        extra_env: dict[str, str],
+        overrides: dict[str, str] | None = None,
+    ) -> None:
+        self.log_path = workdir / f"{process}.log"
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "config.settings.test",
@@ -73,21 +102,23 @@ class CeleryWorker:
             "CELERY_BROKER_URL": broker_url,
             "CELERY_TASK_ALWAYS_EAGER": "false",
             "EVENT_SWEEP_INTERVAL_SECONDS": "1",
+            "TMPDIR": str(workdir),  # where kombu dumps messages it could not restore
             **extra_env,
         }
-        self.schedule = workdir / "beat-schedule"
+        arguments = procfile_celery_arguments(process)
+        for option, value in (overrides or {}).items():
+            arguments[arguments.index(option) + 1] = value
+        self.command = [sys.executable, "-m", "celery", *arguments]
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        command = [
-            sys.executable, "-m", "celery", "-A", "config", "worker", "--beat",
-            "--schedule", str(self.schedule), "--concurrency", "1", "--pool", "solo",
-            "--without-mingle", "--without-gossip", "--loglevel", "info",
-        ]  # fmt: skip
         self.log = self.log_path.open("w")
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+            self.command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
         )
+
+    def is_alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
         if self.process is not None:
@@ -96,8 +127,20 @@ class CeleryWorker:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait(timeout=5)
             self.process = None
             self.log.close()
 
     def output(self) -> str:
         return self.log_path.read_text()
+
+
+def celery_worker_and_beat(
+    *, broker_url: str, database: str, workdir: Path, extra_env: dict[str, str]
+) -> tuple[CeleryProcess, CeleryProcess]:
+    """The ``worker`` and ``beat`` processes of the Procfile (beat with its schedule file in
+    ``workdir``), not started."""
+    common = {"broker_url": broker_url, "database": database, "workdir": workdir, "extra_env": extra_env}
+    worker = CeleryProcess("worker", **common)
+    beat = CeleryProcess("beat", **common, overrides={"--schedule": str(workdir / "beat-schedule")})
+    return worker, beat

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Sequence
 
 import redis
+from django.db import connection
 
 from events.models import Event
 
@@ -33,3 +34,17 @@ def fail(events: Sequence[Event]) -> None:
 def record_in_redis(events: Sequence[Event]) -> None:
     client = redis.Redis.from_url(os.environ["TEST_STAGE_REDIS_URL"])
     client.rpush("stage-seen", *[event.message_id for event in events])
+
+
+#: A table of the test database (created by the test that uses ``record_in_table``) with one
+#: row per event each committed stage run saw: written in the pipeline's transaction, it holds
+#: exactly what was processed, whatever happened to the broker or the worker meanwhile.
+SEEN_TABLE = "test_stage_seen"
+
+
+def record_in_table(events: Sequence[Event]) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {SEEN_TABLE} (event_id) SELECT unnest(%s::bigint[])",
+            [[event.id for event in events]],
+        )

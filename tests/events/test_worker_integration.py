@@ -2,6 +2,8 @@
 including a broker outage during which ingestion keeps accepting events."""
 
 import http.client
+import threading
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -9,13 +11,19 @@ import orjson
 import pytest
 import redis
 from django.db import connection
+from django.db.models import Sum
 
 from config.celery import app as celery_app
 from events import tasks
-from events.models import PendingEvent
+from events.models import Event, PendingEvent
+from identity.models import EventResolution
+from members.loyalty.models import PointsAccount, PointsEntry
+from members.loyalty.points import Kind
+from members.models import DirtyMark, MemberOrder
 from tests.conftest import basic_auth
+from tests.events import stages
 from tests.factories import SourceFactory, TrackMessageFactory
-from tests.processes import CeleryWorker, RedisServer, wait_for
+from tests.processes import CeleryProcess, RedisServer, celery_worker_and_beat, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -36,8 +44,10 @@ def broker(settings) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def worker(broker: RedisServer, tmp_path) -> Iterator[CeleryWorker]:
-    process = CeleryWorker(
+def worker(broker: RedisServer, tmp_path) -> Iterator[CeleryProcess]:
+    """The worker and beat as the Procfile starts them (prefork, two processes), recording
+    what the stage saw in the broker's Redis; yields the worker."""
+    worker, beat = celery_worker_and_beat(
         broker_url=broker.url,
         database=connection.settings_dict["NAME"],
         workdir=tmp_path,
@@ -46,9 +56,11 @@ def worker(broker: RedisServer, tmp_path) -> Iterator[CeleryWorker]:
             "TEST_STAGE_REDIS_URL": broker.url,
         },
     )
-    process.start()
-    yield process
-    process.stop()
+    worker.start()
+    beat.start()
+    yield worker
+    beat.stop()
+    worker.stop()
 
 
 def post_batch(server_url: str, write_key: str, messages: list[dict]) -> tuple[int, dict]:
@@ -102,3 +114,117 @@ def test_events_accepted_while_the_broker_is_down_are_processed_when_it_returns(
     broker.start()  # an empty Redis: the nudge for these events was lost with the outage
     assert wait_for(lambda: unprocessed() == 0, timeout=60), worker.output()
     assert sorted(stage_saw(broker)) == sorted(m["messageId"] for m in during)
+
+
+@pytest.fixture
+def seen_table() -> Iterator[str]:
+    """The table ``tests.events.stages.record_in_table`` writes to, in the test database."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {stages.SEEN_TABLE} (event_id bigint NOT NULL)")
+    yield stages.SEEN_TABLE
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {stages.SEEN_TABLE}")
+
+
+class Stream(threading.Thread):
+    """Posts small batches of orders over HTTP, without pause, until stopped; keeps the
+    message ids the server accepted (200), whether the broker was up or not."""
+
+    def __init__(self, server_url: str, write_key: str) -> None:
+        super().__init__(daemon=True)
+        self.server_url, self.write_key = server_url, write_key
+        self.accepted: list[str] = []
+        self.failures: list[str] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        batch = 0
+        while not self.stopping.is_set():
+            batch += 1
+            messages = [
+                TrackMessageFactory(
+                    event="Order Completed",
+                    userId=f"u-{(batch * 5 + n) % 40}",  # few members: merges of marks, busy refreshes
+                    properties={"order_id": f"o-{batch}-{n}", "total": 100, "currency": "CNY"},
+                )
+                for n in range(5)
+            ]
+            try:
+                status, body = post_batch(self.server_url, self.write_key, messages)
+            except OSError as exc:
+                self.failures.append(repr(exc))
+                continue
+            if status == 200 and body["accepted"] == len(messages):
+                self.accepted.extend(m["messageId"] for m in messages)
+            else:
+                self.failures.append(f"{status} {body}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.is_alive():
+            self.join(timeout=15)
+
+
+def test_the_worker_as_deployed_survives_broker_outages_under_load(live_server, broker, tmp_path, seen_table):
+    """The Procfile's worker (prefork, two processes) and beat while orders stream in and the
+    broker goes away five times (shut down, or killed outright) with tasks in flight: the same
+    worker process is alive at the end, every accepted order was resolved and refreshed once."""
+    worker, beat = celery_worker_and_beat(
+        broker_url=broker.url,
+        database=connection.settings_dict["NAME"],
+        workdir=tmp_path,
+        extra_env={
+            "EVENT_PIPELINE_STAGES": "identity.services.identity_resolve_events,tests.events.stages.record_in_table",
+            "EVENT_PIPELINE_BATCH_SIZE": "20",  # many short tasks: outages find some unacknowledged
+        },
+    )
+    stream = Stream(live_server.url, SourceFactory().write_key)
+    worker.start()
+    beat.start()
+    try:
+        assert wait_for(lambda: "ready." in worker.output(), timeout=30), worker.output()
+        stream.start()
+        for crash in (False, True, False, True, False):
+            time.sleep(1.5)
+            broker.stop(crash=crash)
+            time.sleep(1.5)
+            broker.start()
+            assert worker.is_alive(), worker.output()
+        time.sleep(1.5)
+        stream.stop()
+
+        def drained() -> bool:
+            return not PendingEvent.objects.exists() and not DirtyMark.objects.exists()
+
+        assert wait_for(drained, timeout=40, interval=0.5), worker.output()
+        assert worker.is_alive(), worker.output()
+    finally:
+        stream.stop()
+        beat.stop()
+        worker.stop()
+
+    assert not stream.failures
+    assert len(stream.accepted) > 100
+    events = dict(Event.objects.values_list("message_id", "id"))
+    assert set(events) == set(stream.accepted)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT event_id, count(*) FROM {seen_table} GROUP BY event_id")
+        seen = dict(cursor.fetchall())
+    assert set(seen) == set(events.values())  # every accepted event processed...
+    assert set(seen.values()) == {1}  # ... in exactly one committed batch
+    resolved = set(EventResolution.objects.values_list("event_id", flat=True))
+    assert resolved == set(events.values())
+    # The refresh ran for every member: each order once, its points earned once, and every
+    # balance is its ledger's sum.
+    assert MemberOrder.objects.count() == len(stream.accepted)
+    earned = PointsEntry.objects.filter(kind=Kind.EARN).values_list("order_id", "points")
+    assert sorted(order for order, _ in earned) == sorted(
+        order.order_id for order in MemberOrder.objects.all()
+    )
+    assert len({points for _, points in earned}) == 1
+    balances = dict(PointsAccount.objects.values_list("member_id", "balance"))
+    ledger = dict(
+        PointsEntry.objects.values("member_id").annotate(sum=Sum("points")).values_list("member_id", "sum")
+    )
+    assert balances == ledger
