@@ -80,6 +80,23 @@ def procfile_celery_arguments(process: str) -> list[str]:
     raise LookupError(f"no {process!r} process in the Procfile")
 
 
+def celery_environment(
+    *, broker_url: str, database: str, workdir: Path, extra_env: dict[str, str]
+) -> dict[str, str]:
+    """The environment of a Celery process under test: the test settings against
+    ``database``, tasks for real (not eager), a sweep every second."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
+        "CELERY_BROKER_URL": broker_url,
+        "CELERY_TASK_ALWAYS_EAGER": "false",
+        "EVENT_SWEEP_INTERVAL_SECONDS": "1",
+        "TMPDIR": str(workdir),  # where kombu dumps messages it could not restore
+        **extra_env,
+    }
+
+
 class CeleryProcess:
     """``celery <Procfile arguments>`` in a subprocess, with the test settings against
     ``database``; ``overrides`` replace the value of an option (a path, say)."""
@@ -95,16 +112,9 @@ class CeleryProcess:
         overrides: dict[str, str] | None = None,
     ) -> None:
         self.log_path = workdir / f"{process}.log"
-        self.env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "config.settings.test",
-            "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
-            "CELERY_BROKER_URL": broker_url,
-            "CELERY_TASK_ALWAYS_EAGER": "false",
-            "EVENT_SWEEP_INTERVAL_SECONDS": "1",
-            "TMPDIR": str(workdir),  # where kombu dumps messages it could not restore
-            **extra_env,
-        }
+        self.env = celery_environment(
+            broker_url=broker_url, database=database, workdir=workdir, extra_env=extra_env
+        )
         arguments = procfile_celery_arguments(process)
         for option, value in (overrides or {}).items():
             arguments[arguments.index(option) + 1] = value
