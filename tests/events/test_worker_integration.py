@@ -2,6 +2,7 @@
 including a broker outage during which ingestion keeps accepting events."""
 
 import http.client
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -169,6 +170,21 @@ class Stream(threading.Thread):
             self.join(timeout=15)
 
 
+TASK_LOG = re.compile(r"Task [\w.]+\[([0-9a-f-]+)\] (received|succeeded|raised|failed)")
+
+
+def a_task_is_running(worker_output: str) -> bool:
+    """Whether the worker, connected, has received a task since it last connected that has
+    not ended yet (by its log): the task's message is unacknowledged."""
+    _, connected, since = worker_output.rpartition("Connected to redis")
+    if not connected or "Connection to broker lost" in since:
+        return False
+    outcomes: dict[str, str] = {}
+    for task_id, outcome in TASK_LOG.findall(since):
+        outcomes[task_id] = outcome
+    return "received" in outcomes.values()
+
+
 def test_the_worker_as_deployed_survives_broker_outages_under_load(live_server, broker, tmp_path, seen_table):
     """The Procfile's worker (prefork, two processes) and beat while orders stream in and the
     broker goes away five times (shut down, or killed outright) with tasks in flight: the
@@ -188,10 +204,13 @@ def test_the_worker_as_deployed_survives_broker_outages_under_load(live_server, 
     try:
         assert wait_for(lambda: "ready." in worker.output(), timeout=30), worker.output()
         stream.start()
-        for crash in (False, True, False, True, False):
-            time.sleep(1.5)
+        # Shut down or killed, each time once the worker is back and runs a task (whose
+        # message is unacknowledged), if it comes to that within a few seconds; once back
+        # within a moment.
+        for crash, away in ((False, 1.5), (True, 1.5), (False, 0.3), (True, 1.5), (False, 1.5)):
+            wait_for(lambda: a_task_is_running(worker.output()), timeout=8, interval=0.05)
             broker.stop(crash=crash)
-            time.sleep(1.5)
+            time.sleep(away)
             broker.start()
         time.sleep(1.5)
         stream.stop()
@@ -207,6 +226,7 @@ def test_the_worker_as_deployed_survives_broker_outages_under_load(live_server, 
         assert wait_for(drained, timeout=20, interval=0.5), worker.output()
         assert worker.is_alive(), worker.output()
         assert "Unrecoverable error" not in worker.output()
+        assert beat.is_alive(), beat.output()
     finally:
         stream.stop()
         beat.stop()
