@@ -134,8 +134,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_PUBLISH_RETRY = False
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# A worker waits for the broker however long it is away: Celery's default (100 retries, 30 s
-# apart at most) made the worker exit after about 45 minutes of outage, and stay down.
+# A worker waits for the broker however long it is away: with Celery's default (100 retries,
+# 30 s apart at most) it gives up after about 45 minutes of outage with an "Unrecoverable
+# error" and exits - with status 0, so a supervisor must restart it whatever the status.
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 # On a lost broker connection, tasks already running finish their work (a pipeline batch
 # commits or rolls back in PostgreSQL, which the broker does not touch) instead of being

@@ -121,6 +121,7 @@ def test_events_accepted_while_the_broker_is_down_are_processed_when_it_returns(
 def seen_table() -> Iterator[str]:
     """The table ``tests.events.stages.record_in_table`` writes to, in the test database."""
     with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {stages.SEEN_TABLE}")  # left by an interrupted run
         cursor.execute(f"CREATE TABLE {stages.SEEN_TABLE} (event_id bigint NOT NULL)")
     yield stages.SEEN_TABLE
     with connection.cursor() as cursor:
@@ -128,7 +129,7 @@ def seen_table() -> Iterator[str]:
 
 
 class Stream(threading.Thread):
-    """Posts small batches of orders over HTTP, without pause, until stopped; keeps the
+    """Posts small batches of orders over HTTP, one after the other, until stopped; keeps the
     message ids the server accepted (200), whether the broker was up or not."""
 
     def __init__(self, server_url: str, write_key: str) -> None:
