@@ -145,12 +145,25 @@ class CeleryProcess:
         return self.log_path.read_text()
 
 
-def celery_worker_and_beat(
-    *, broker_url: str, database: str, workdir: Path, extra_env: dict[str, str]
-) -> tuple[CeleryProcess, CeleryProcess]:
-    """The ``worker`` and ``beat`` processes of the Procfile (beat with its schedule file in
-    ``workdir``), not started."""
-    common = {"broker_url": broker_url, "database": database, "workdir": workdir, "extra_env": extra_env}
-    worker = CeleryProcess("worker", **common)
-    beat = CeleryProcess("beat", **common, overrides={"--schedule": str(workdir / "beat-schedule")})
-    return worker, beat
+class CeleryWorker:
+    """The Celery side of the Procfile: its ``worker`` (what a test watches: ``output()``,
+    ``is_alive()``) and its ``beat`` (the sweep), with beat's schedule file in ``workdir``."""
+
+    def __init__(self, *, broker_url: str, database: str, workdir: Path, extra_env: dict[str, str]) -> None:
+        common = {"broker_url": broker_url, "database": database, "workdir": workdir, "extra_env": extra_env}
+        self.worker = CeleryProcess("worker", **common)
+        self.beat = CeleryProcess("beat", **common, overrides={"--schedule": str(workdir / "beat-schedule")})
+
+    def start(self) -> None:
+        self.worker.start()
+        self.beat.start()
+
+    def stop(self) -> None:
+        self.beat.stop()
+        self.worker.stop()
+
+    def is_alive(self) -> bool:
+        return self.worker.is_alive()
+
+    def output(self) -> str:
+        return self.worker.output()

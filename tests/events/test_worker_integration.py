@@ -24,7 +24,7 @@ from members.models import DirtyMark, MemberOrder
 from tests.conftest import basic_auth
 from tests.events import stages
 from tests.factories import SourceFactory, TrackMessageFactory
-from tests.processes import CeleryProcess, RedisServer, celery_worker_and_beat, wait_for
+from tests.processes import CeleryWorker, RedisServer, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -45,10 +45,8 @@ def broker(settings) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def worker(broker: RedisServer, tmp_path) -> Iterator[CeleryProcess]:
-    """The worker and beat as the Procfile starts them (prefork, two processes), recording
-    what the stage saw in the broker's Redis; yields the worker."""
-    worker, beat = celery_worker_and_beat(
+def worker(broker: RedisServer, tmp_path) -> Iterator[CeleryWorker]:
+    process = CeleryWorker(
         broker_url=broker.url,
         database=connection.settings_dict["NAME"],
         workdir=tmp_path,
@@ -57,11 +55,9 @@ def worker(broker: RedisServer, tmp_path) -> Iterator[CeleryProcess]:
             "TEST_STAGE_REDIS_URL": broker.url,
         },
     )
-    worker.start()
-    beat.start()
-    yield worker
-    beat.stop()
-    worker.stop()
+    process.start()
+    yield process
+    process.stop()
 
 
 def post_batch(server_url: str, write_key: str, messages: list[dict]) -> tuple[int, dict]:
@@ -190,7 +186,7 @@ def test_the_worker_as_deployed_survives_broker_outages_under_load(live_server, 
     """The Procfile's worker (prefork, two processes) and beat while orders stream in and the
     broker goes away five times (shut down, or killed outright) with tasks in flight: the
     worker keeps consuming, and every accepted order was resolved and refreshed once."""
-    worker, beat = celery_worker_and_beat(
+    celery = CeleryWorker(
         broker_url=broker.url,
         database=connection.settings_dict["NAME"],
         workdir=tmp_path,
@@ -199,9 +195,9 @@ def test_the_worker_as_deployed_survives_broker_outages_under_load(live_server, 
             "EVENT_PIPELINE_BATCH_SIZE": "20",  # small batches: outages fall between and amid commits
         },
     )
+    worker, beat = celery.worker, celery.beat
     stream = Stream(live_server.url, SourceFactory().write_key)
-    worker.start()
-    beat.start()
+    celery.start()
     try:
         assert wait_for(lambda: "ready." in worker.output(), timeout=30), worker.output()
         stream.start()
@@ -230,8 +226,7 @@ def test_the_worker_as_deployed_survives_broker_outages_under_load(live_server, 
         assert beat.is_alive(), beat.output()
     finally:
         stream.stop()
-        beat.stop()
-        worker.stop()
+        celery.stop()
 
     assert not stream.failures
     assert len(stream.accepted) > 100

@@ -14,21 +14,19 @@ from members.segments.models import Segment, SegmentMember
 from members.segments.webhooks import webhook_create
 from tests.events.test_worker_integration import broker, post_batch  # noqa: F401 - the broker fixture
 from tests.factories import SourceFactory, TrackMessageFactory
-from tests.processes import CeleryProcess, RedisServer, celery_worker_and_beat, wait_for
+from tests.processes import CeleryWorker, RedisServer, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def pipeline_worker(broker: RedisServer, tmp_path) -> Iterator[CeleryProcess]:  # noqa: F811
-    worker, beat = celery_worker_and_beat(
+def pipeline_worker(broker: RedisServer, tmp_path) -> Iterator[CeleryWorker]:  # noqa: F811
+    process = CeleryWorker(
         broker_url=broker.url, database=connection.settings_dict["NAME"], workdir=tmp_path, extra_env={}
     )
-    worker.start()
-    beat.start()
-    yield worker
-    beat.stop()
-    worker.stop()
+    process.start()
+    yield process
+    process.stop()
 
 
 class Received(list):
