@@ -37,19 +37,20 @@ migrate: services ## Apply database migrations
 demo: migrate ## Load demo sources, members and events (MEMBERS=2000)
 	@$(BIN)/python manage.py demo --members $(MEMBERS) --url http://127.0.0.1:$(WEB_PORT)
 
+# honcho stops every process when one exits and restarts none: the Procfile runs the worker
+# and beat under bin/respawn, which starts them again.
 run: demo ## Run web + worker + beat with demo data, in one terminal
 	@WEB_PORT=$(WEB_PORT) $(BIN)/honcho start -f Procfile
 
 web: migrate ## Run only the web server
 	$(BIN)/python manage.py runserver 127.0.0.1:$(WEB_PORT)
 
-# The celery command defaults to the production settings (config/celery.py); these are for development.
-worker: install ## Run only a Celery worker
-	DJANGO_SETTINGS_MODULE=config.settings.local $(BIN)/celery -A config worker -l info
+# The Procfile's lines (local settings: the celery command defaults to production, config/celery.py).
+worker: install ## Run only a Celery worker (as the Procfile does: restarted if it exits)
+	$(BIN)/honcho start -f Procfile worker
 
-beat: install ## Run only Celery beat
-	@mkdir -p .run
-	DJANGO_SETTINGS_MODULE=config.settings.local $(BIN)/celery -A config beat -l info --schedule .run/celerybeat-schedule
+beat: install ## Run only Celery beat (as the Procfile does: restarted if it exits)
+	$(BIN)/honcho start -f Procfile beat
 
 CHROMIUM ?= /usr/bin/chromium
 

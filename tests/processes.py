@@ -1,10 +1,12 @@
 """Real processes for integration tests: a private Redis and a private PostgreSQL the test
-may stop and restart, a Celery worker (with embedded beat) running against the test database,
-and the web server as the Dockerfile runs it."""
+may stop and restart, the Celery worker and beat started exactly as the ``Procfile`` starts
+them (prefork, same options) against the test database, and the web server as the Dockerfile
+runs it."""
 
 import contextlib
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import subprocess
@@ -53,9 +55,14 @@ class RedisServer:
         if not wait_for(self.is_up, timeout=10):
             raise RuntimeError(f"redis-server did not start on port {self.port}")
 
-    def stop(self) -> None:
+    def stop(self, *, crash: bool = False) -> None:
+        """Shut down (SIGTERM: clients see their connections closed), or ``crash`` (SIGKILL:
+        nothing is said to the clients, as when the host or its network goes away)."""
         if self.process is not None:
-            self.process.terminate()
+            if crash:
+                self.process.kill()
+            else:
+                self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
 
@@ -66,33 +73,67 @@ class RedisServer:
             return False
 
 
-class CeleryWorker:
-    """``celery worker -B`` in a subprocess, with the test settings against ``database``."""
+def procfile_celery_arguments(process: str) -> list[str]:
+    """The ``celery`` arguments the ``Procfile`` starts ``process`` with (whatever wraps the
+    command, such as the restart loop), so that tests run the worker as deployed."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name.strip() == process:
+            words = shlex.split(command)
+            start = next(i for i, word in enumerate(words) if word.endswith("bin/celery"))
+            return words[start + 1 :]
+    raise LookupError(f"no {process!r} process in the Procfile")
 
-    def __init__(self, *, broker_url: str, database: str, workdir: Path, extra_env: dict[str, str]) -> None:
-        self.log_path = workdir / "worker.log"
-        self.env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "config.settings.test",
-            "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
-            "CELERY_BROKER_URL": broker_url,
-            "CELERY_TASK_ALWAYS_EAGER": "false",
-            "EVENT_SWEEP_INTERVAL_SECONDS": "1",
-            **extra_env,
-        }
-        self.schedule = workdir / "beat-schedule"
+
+def celery_environment(
+    *, broker_url: str, database: str, workdir: Path, extra_env: dict[str, str]
+) -> dict[str, str]:
+    """The environment of a Celery process under test: the test settings against
+    ``database``, tasks for real (not eager), a sweep every second."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
+        "CELERY_BROKER_URL": broker_url,
+        "CELERY_TASK_ALWAYS_EAGER": "false",
+        "EVENT_SWEEP_INTERVAL_SECONDS": "1",
+        "TMPDIR": str(workdir),  # where kombu dumps messages it could not restore
+        **extra_env,
+    }
+
+
+class CeleryProcess:
+    """``celery <Procfile arguments>`` in a subprocess, with the test settings against
+    ``database``; ``overrides`` replace the value of an option (a path, say)."""
+
+    def __init__(
+        self,
+        process: str,
+        *,
+        broker_url: str,
+        database: str,
+        workdir: Path,
+        extra_env: dict[str, str],
+        overrides: dict[str, str] | None = None,
+    ) -> None:
+        self.log_path = workdir / f"{process}.log"
+        self.env = celery_environment(
+            broker_url=broker_url, database=database, workdir=workdir, extra_env=extra_env
+        )
+        arguments = procfile_celery_arguments(process)
+        for option, value in (overrides or {}).items():
+            arguments[arguments.index(option) + 1] = value
+        self.command = [sys.executable, "-m", "celery", *arguments]
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        command = [
-            sys.executable, "-m", "celery", "-A", "config", "worker", "--beat",
-            "--schedule", str(self.schedule), "--concurrency", "1", "--pool", "solo",
-            "--without-mingle", "--without-gossip", "--loglevel", "info",
-        ]  # fmt: skip
         self.log = self.log_path.open("w")
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+            self.command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
         )
+
+    def is_alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
         if self.process is not None:
@@ -101,6 +142,7 @@ class CeleryWorker:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait(timeout=5)
             self.process = None
             self.log.close()
 
@@ -243,3 +285,27 @@ class WebServer:
 
     def output(self) -> str:
         return self.log_path.read_text()
+
+
+class CeleryWorker:
+    """The Celery side of the Procfile: its ``worker`` (what a test watches: ``output()``,
+    ``is_alive()``) and its ``beat`` (the sweep), with beat's schedule file in ``workdir``."""
+
+    def __init__(self, *, broker_url: str, database: str, workdir: Path, extra_env: dict[str, str]) -> None:
+        common = {"broker_url": broker_url, "database": database, "workdir": workdir, "extra_env": extra_env}
+        self.worker = CeleryProcess("worker", **common)
+        self.beat = CeleryProcess("beat", **common, overrides={"--schedule": str(workdir / "beat-schedule")})
+
+    def start(self) -> None:
+        self.worker.start()
+        self.beat.start()
+
+    def stop(self) -> None:
+        self.beat.stop()
+        self.worker.stop()
+
+    def is_alive(self) -> bool:
+        return self.worker.is_alive()
+
+    def output(self) -> str:
+        return self.worker.output()

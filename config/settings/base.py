@@ -144,7 +144,28 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_PUBLISH_RETRY = False
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2}
+# A worker waits for the broker however long it is away: with Celery's default (100 retries,
+# 30 s apart at most) it gives up after about 45 minutes of outage with an "Unrecoverable
+# error" and exits - with status 0, so a supervisor must restart it whatever the status.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# On a lost broker connection, tasks already running finish their work (a pipeline batch
+# commits or rolls back in PostgreSQL, which the broker does not touch) instead of being
+# killed mid-transaction and done again; said explicitly because Celery 6 changes the default.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# No acknowledgement emulation (kombu keeping unacknowledged messages in Redis, restored when
+# a channel closes or after ``visibility_timeout``). With it, a broker outage while a task ran
+# killed the worker: on a lost connection Celery 5.7 tears the transport down (``collect``)
+# before the consumer's channel is closed (its first close fails on the dead socket), and
+# restoring the in-flight message then builds a pool from a connection that is gone:
+# "Unrecoverable error: AttributeError("'NoneType' object has no attribute 'hostname'")" in
+# kombu 5.7's redis ``QoS.restore_unacked``; the worker exits (kombu 5.7.0 is the latest). The
+# plain QoS logs a failed restore ("UNABLE TO RESTORE", a dump file) and the worker reconnects.
+# Nothing the emulation kept is lost: Redis runs without persistence, so an outage loses queued
+# and unacknowledged messages alike, and every task is a nudge for work that PostgreSQL holds
+# and a periodic task catches up (the event sweep, every EVENT_SWEEP_INTERVAL_SECONDS; the
+# webhook sweep; the nightly recompute): sooner than the one-hour visibility timeout did. The
+# outage test in ``tests/events/test_worker_integration.py`` fails with the emulation on.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "ack_emulation": False}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 
 # --- Event pipeline -----------------------------------------------------------------------

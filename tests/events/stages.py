@@ -69,3 +69,17 @@ def lose_connection_once(events: Sequence[Event]) -> None:
     if len(seen_batches) == 1:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+
+#: A table of the test database (created by the test that uses ``record_in_table``) with one
+#: row per event each committed stage run saw: written in the pipeline's transaction, it holds
+#: exactly what was processed, whatever happened to the broker or the worker meanwhile.
+SEEN_TABLE = "test_stage_seen"
+
+
+def record_in_table(events: Sequence[Event]) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {SEEN_TABLE} (event_id) SELECT unnest(%s::bigint[])",
+            [[event.id for event in events]],
+        )

@@ -2,6 +2,9 @@
 including a broker outage during which ingestion keeps accepting events."""
 
 import http.client
+import re
+import threading
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -9,11 +12,17 @@ import orjson
 import pytest
 import redis
 from django.db import connection
+from django.db.models import Sum
 
 from config.celery import app as celery_app
 from events import tasks
-from events.models import PendingEvent
+from events.models import Event, PendingEvent
+from identity.models import EventResolution
+from members.loyalty.models import PointsAccount, PointsEntry
+from members.loyalty.points import Kind
+from members.models import DirtyMark, MemberOrder
 from tests.conftest import basic_auth
+from tests.events import stages
 from tests.factories import SourceFactory, TrackMessageFactory
 from tests.processes import CeleryWorker, RedisServer, wait_for
 
@@ -102,3 +111,144 @@ def test_events_accepted_while_the_broker_is_down_are_processed_when_it_returns(
     broker.start()  # an empty Redis: the nudge for these events was lost with the outage
     assert wait_for(lambda: unprocessed() == 0, timeout=60), worker.output()
     assert sorted(stage_saw(broker)) == sorted(m["messageId"] for m in during)
+
+
+@pytest.fixture
+def seen_table() -> Iterator[str]:
+    """The table ``tests.events.stages.record_in_table`` writes to, in the test database."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {stages.SEEN_TABLE}")  # left by an interrupted run
+        cursor.execute(f"CREATE TABLE {stages.SEEN_TABLE} (event_id bigint NOT NULL)")
+    yield stages.SEEN_TABLE
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {stages.SEEN_TABLE}")
+
+
+class Stream(threading.Thread):
+    """Posts small batches of orders over HTTP, one after the other, until stopped; keeps the
+    message ids the server accepted (200), whether the broker was up or not."""
+
+    def __init__(self, server_url: str, write_key: str) -> None:
+        super().__init__(daemon=True)
+        self.server_url, self.write_key = server_url, write_key
+        self.accepted: list[str] = []
+        self.failures: list[str] = []
+        self.batches = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.post_orders()
+            time.sleep(0.02)
+
+    def post_orders(self) -> None:
+        self.batches += 1
+        messages = [
+            TrackMessageFactory(
+                event="Order Completed",
+                userId=f"u-{(self.batches * 5 + n) % 40}",  # few members: busy refreshes
+                properties={"order_id": f"o-{self.batches}-{n}", "total": 100, "currency": "CNY"},
+            )
+            for n in range(5)
+        ]
+        try:
+            status, body = post_batch(self.server_url, self.write_key, messages)
+        except OSError as exc:
+            self.failures.append(repr(exc))
+            return
+        if status == 200 and body["accepted"] == len(messages):
+            self.accepted.extend(m["messageId"] for m in messages)
+        else:
+            self.failures.append(f"{status} {body}")
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.is_alive():
+            self.join(timeout=15)
+
+
+TASK_LOG = re.compile(r"Task [\w.]+\[([0-9a-f-]+)\] (received|succeeded|raised|failed)")
+
+
+def a_task_is_running(worker_output: str) -> bool:
+    """Whether the worker, connected, has received a task since it last connected that has
+    not ended yet (by its log): the task's message is unacknowledged."""
+    _, connected, since = worker_output.rpartition("Connected to redis")
+    if not connected or "Connection to broker lost" in since:
+        return False
+    outcomes: dict[str, str] = {}
+    for task_id, outcome in TASK_LOG.findall(since):
+        outcomes[task_id] = outcome
+    return "received" in outcomes.values()
+
+
+def test_the_worker_as_deployed_survives_broker_outages_under_load(live_server, broker, tmp_path, seen_table):
+    """The Procfile's worker (prefork, two processes) and beat while orders stream in and the
+    broker goes away five times (shut down, or killed outright) with tasks in flight: the
+    worker keeps consuming, and every accepted order was resolved and refreshed once."""
+    celery = CeleryWorker(
+        broker_url=broker.url,
+        database=connection.settings_dict["NAME"],
+        workdir=tmp_path,
+        extra_env={
+            "EVENT_PIPELINE_STAGES": "identity.services.identity_resolve_events,tests.events.stages.record_in_table",
+            "EVENT_PIPELINE_BATCH_SIZE": "20",  # small batches: outages fall between and amid commits
+        },
+    )
+    worker, beat = celery.worker, celery.beat
+    stream = Stream(live_server.url, SourceFactory().write_key)
+    celery.start()
+    try:
+        assert wait_for(lambda: "ready." in worker.output(), timeout=30), worker.output()
+        stream.start()
+        # Shut down or killed, each time once the worker is back and runs a task (whose
+        # message is unacknowledged), if it comes to that within a few seconds; once back
+        # within a moment.
+        for crash, away in ((False, 1.5), (True, 1.5), (False, 0.3), (True, 1.5), (False, 1.5)):
+            wait_for(lambda: a_task_is_running(worker.output()), timeout=8, interval=0.05)
+            broker.stop(crash=crash)
+            time.sleep(away)
+            broker.start()
+        time.sleep(1.5)
+        stream.stop()
+
+        def drained() -> bool:
+            return not PendingEvent.objects.exists() and not DirtyMark.objects.exists()
+
+        assert wait_for(drained, timeout=40, interval=0.5), worker.output()
+        # A task that was running when the worker failed goes on to the end, and can drain the
+        # queue alone: the worker must still be consuming once it has nothing left to do.
+        time.sleep(2)
+        stream.post_orders()
+        assert wait_for(drained, timeout=20, interval=0.5), worker.output()
+        assert worker.is_alive(), worker.output()
+        assert "Unrecoverable error" not in worker.output()
+        assert beat.is_alive(), beat.output()
+    finally:
+        stream.stop()
+        celery.stop()
+
+    assert not stream.failures
+    assert len(stream.accepted) > 100
+    events = dict(Event.objects.values_list("message_id", "id"))
+    assert set(events) == set(stream.accepted)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT event_id, count(*) FROM {seen_table} GROUP BY event_id")
+        seen = dict(cursor.fetchall())
+    assert set(seen) == set(events.values())  # every accepted event processed...
+    assert set(seen.values()) == {1}  # ... in exactly one committed batch
+    resolved = set(EventResolution.objects.values_list("event_id", flat=True))
+    assert resolved == set(events.values())
+    # The refresh ran for every member: each order once, its points earned once, and every
+    # balance is its ledger's sum.
+    assert MemberOrder.objects.count() == len(stream.accepted)
+    earned = PointsEntry.objects.filter(kind=Kind.EARN).values_list("order_id", "points")
+    assert sorted(order for order, _ in earned) == sorted(
+        order.order_id for order in MemberOrder.objects.all()
+    )
+    assert len({points for _, points in earned}) == 1
+    balances = dict(PointsAccount.objects.values_list("member_id", "balance"))
+    ledger = dict(
+        PointsEntry.objects.values("member_id").annotate(sum=Sum("points")).values_list("member_id", "sum")
+    )
+    assert balances == ledger
