@@ -80,6 +80,10 @@ class EntryOutput(serializers.Serializer):
     available_at = serializers.DateTimeField(allow_null=True)
     expires_at = serializers.DateTimeField(allow_null=True)
     key = serializers.CharField(help_text="Idempotency key, named after the cause.")
+    balance_after = serializers.IntegerField(
+        required=False,
+        help_text="In a ledger page: the balance once this entry and every earlier one counted.",
+    )
 
 
 class CouponOutput(serializers.Serializer):
@@ -106,7 +110,9 @@ class PointsOutput(serializers.Serializer):
     tier = TierOutput(allow_null=True)
     tier_changes = TierChangeOutput(many=True)
     coupons = CouponOutput(many=True)
-    ledger = EntryOutput(many=True, help_text="Newest first.")
+    ledger = EntryOutput(
+        many=True, help_text="Newest first by when each took effect (at, then id), with the running balance."
+    )
     next_cursor = serializers.IntegerField(allow_null=True, help_text="Pass as ?before= for the next page.")
 
 
@@ -258,7 +264,8 @@ class PointsView(APIView):
     )  # fmt: skip
     def get(self, request: Request, member_id: str) -> Response:
         """A member's points: balance, spendable and pending, what expires soon, tier, coupons,
-        and the ledger newest first (keyset: ``before`` = the last entry id of the page)."""
+        and the ledger newest first by time with a running balance (keyset: ``before`` = the
+        last entry id of the page)."""
         member = _active_member(member_id)
         size = query_int(request, "page_size", default=50, low=1, high=500)
         before = query_int(request, "before", default=None, low=1, high=2**63 - 1)

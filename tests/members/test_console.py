@@ -1,5 +1,7 @@
 """The staff console's member pages (server-rendered), with the Django test client."""
 
+import re
+
 import pytest
 from django.test import Client
 
@@ -27,8 +29,69 @@ def test_the_console_asks_for_a_login():
 def test_marketing_may_not_open_member_pages(zhang):
     client = console_client(Role.MARKETING)
 
-    assert client.get("/console/?q=13800138000").status_code == 403
-    assert client.get(f"/console/members/{zhang['member']}/").status_code == 403
+    denied = client.get(f"/console/members/{zhang['member']}/")
+
+    assert denied.status_code == 403
+    # A page in the console's frame pointing to what the role may open, not a bare 403.
+    assert 'data-testid="forbidden"' in denied.content.decode()
+    assert '<a href="/console/segments/">Segments</a>' in denied.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("role", "landing"),
+    [
+        (Role.CRM_AGENT, None),
+        (Role.CRM_MANAGER, None),
+        (Role.ADMIN, None),
+        (Role.MARKETING, "/console/segments/"),
+    ],
+)
+def test_each_role_lands_on_a_page_it_may_open(role, landing):
+    client = Client()
+    user = staff_user_ensure(username=f"landing-{role}", role=role)
+    user.set_password("pw-Landing-1")
+    user.save()
+
+    logged_in = client.post("/console/login/", {"username": f"landing-{role}", "password": "pw-Landing-1"})
+    home = client.get(logged_in["Location"])
+
+    if landing is None:
+        assert home.status_code == 200
+        assert "Find a member" in home.content.decode()
+    else:
+        assert home.status_code == 302
+        assert home["Location"] == landing
+        assert client.get(landing).status_code == 200
+
+
+def test_a_role_without_console_pages_is_told_so():
+    client = console_client(Role.CHECKOUT)
+
+    response = client.get("/console/")
+
+    assert response.status_code == 403
+    assert "Your role has no pages in the console" in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("role", "shown", "hidden"),
+    [
+        (Role.CRM_AGENT, ["Members", "Tags"], ["Segments"]),
+        (Role.MARKETING, ["Segments", "Tags"], ["Members"]),
+        (Role.ADMIN, ["Members", "Segments", "Tags"], []),
+    ],
+)
+def test_the_navigation_shows_only_what_the_role_may_open(role, shown, hidden):
+    client = console_client(role)
+    page = client.get("/console/", follow=True).content.decode()
+    nav = page[page.index('<nav class="nav"') : page.index("</nav>")]
+
+    for label in shown:
+        assert f">{label}</a>" in nav
+    for label in hidden:
+        assert f">{label}</a>" not in nav
+    for href in re.findall(r'href="([^"]+)"', nav):
+        assert client.get(href).status_code == 200
 
 
 def test_a_phone_in_any_form_leads_straight_to_the_member(zhang):
