@@ -229,14 +229,16 @@ def member_profile(*, member_id: int) -> MemberProfile | None:
 
 
 def trait_shown(key: str, value: object) -> object:
-    """A trait as staff see it: a phone or email in its normalized form (E.164, lower case), or
-    None when it is no identifier at all (a till's ``000000``, ``n/a``); other traits as stated."""
+    """A trait as staff see it: as the customer stated it, except a phone or email that is no
+    identifier at all (a till's ``000000``, ``n/a``, a malformed number), which is None: a
+    placeholder is never shown as a phone. The normalized forms are the member's identifiers."""
     if key not in CONTACT_FIELDS or value is None:
         return value
     try:
-        return identifier_lookup_values(key, value if isinstance(value, str) else str(value))[0]
+        identifier_lookup_values(key, value if isinstance(value, str) else str(value))
     except (InvalidIdentifier, BlockedIdentifier):
         return None
+    return value
 
 
 def member_tags(*, member_id: int) -> list[TagHeld]:
