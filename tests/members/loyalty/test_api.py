@@ -321,7 +321,7 @@ def test_campaigns_are_validated(campaign):
     assert bad.status_code == 400
     assert {e["field"] for e in bad.json()["errors"]} >= {"channels"}
     assert good.status_code == 201
-    assert [c["name"] for c in client.get("/api/v1/campaigns/").json()][:2] == [
+    assert [c["name"] for c in client.get("/api/v1/campaigns/").json()["results"]][:2] == [
         "10% in the app",
         campaign.name,
     ]
