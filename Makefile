@@ -52,12 +52,15 @@ beat: install ## Run only Celery beat
 
 CHROMIUM ?= /usr/bin/chromium
 
-browser: ## Install Debian's Chromium for the console's browser test, if missing and possible
-	@if [ ! -x $(CHROMIUM) ]; then \
+# A CJK font too: the demo's customers have Chinese names, which the screenshots must show.
+CJK_FONT ?= /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
+
+browser: ## Install Debian's Chromium (and a CJK font) for the console's browser test, if missing and possible
+	@if [ ! -x $(CHROMIUM) ] || [ ! -e $(CJK_FONT) ]; then \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	    echo "Installing Debian's chromium for the browser test…"; \
-	    apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null); \
-	  else \
+	    echo "Installing Debian's chromium and fonts-wqy-microhei for the browser test…"; \
+	    apt-get install -y -q chromium fonts-wqy-microhei >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium fonts-wqy-microhei >/dev/null); \
+	  elif [ ! -x $(CHROMIUM) ]; then \
 	    echo "No $(CHROMIUM): the browser test will be skipped (install Debian's chromium to run it)."; \
 	  fi; \
 	fi

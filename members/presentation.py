@@ -168,7 +168,8 @@ def timeline_details(entry: dict) -> list[str]:
     order_id = _text(properties.get("order_id"))
     if order_id:
         amount = _money(_first(properties, "total", "revenue", "value"), currency)
-        details.append(f"order {order_id}: {amount}" if amount else f"order {order_id}")
+        order = f"{'refund of ' if entry.get('event') == 'Order Refunded' else ''}order {order_id}"
+        details.append(f"{order}: {amount}" if amount else order)
     coupon = _text(properties.get("coupon_id") or properties.get("coupon"))
     if coupon:
         name = _text(properties.get("coupon_name"))

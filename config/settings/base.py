@@ -24,6 +24,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",  # thousands separators in the console's figures
     "django.contrib.postgres",
     "rest_framework",
     "drf_spectacular",

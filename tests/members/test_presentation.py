@@ -24,6 +24,12 @@ def test_a_coupon_redeemed_without_an_amount_reads_without_none():
     assert details == ["order M8937870676", "coupon SPRING20 (Spring 20 off): -20.00"]
 
 
+def test_a_refund_says_so():
+    refund = {**entry({"order_id": "S-1", "total": 100, "currency": "CNY"}), "event": "Order Refunded"}
+
+    assert timeline_details(refund) == ["refund of order S-1: 100.00 CNY"]
+
+
 def test_an_order_reads_with_its_amount_and_items():
     details = timeline_details(
         entry({"order_id": "S-1", "total": "300", "revenue": 280, "currency": "CNY",
