@@ -35,7 +35,7 @@ migrate: services ## Apply database migrations
 	@$(BIN)/python manage.py migrate --noinput -v0
 
 demo: migrate ## Load demo sources, members and events (MEMBERS=2000)
-	@$(BIN)/python manage.py demo --members $(MEMBERS) --url http://127.0.0.1:$(WEB_PORT)
+	@$(BIN)/python manage.py demo --members $(MEMBERS) --url http://127.0.0.1:$(WEB_PORT) --process
 
 run: demo ## Run web + worker + beat with demo data, in one terminal
 	@WEB_PORT=$(WEB_PORT) $(BIN)/honcho start -f Procfile

@@ -8,6 +8,7 @@ The docs work on a closed network and tell no third party who reads them."""
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
+from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularRedocView, SpectacularSwaggerSplitView
 
 #: Only this host; inline styles (both UIs set them from script), blob workers (ReDoc's
@@ -19,6 +20,7 @@ DOCS_CONTENT_SECURITY_POLICY = (
 
 
 class _SameHostOnly:
+    @extend_schema(exclude=True)
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         response = super().get(request, *args, **kwargs)  # type: ignore[misc]
         response["Content-Security-Policy"] = DOCS_CONTENT_SECURITY_POLICY

@@ -256,7 +256,7 @@ def test_running_the_demo_twice_stores_the_events_once(tmp_path):
 
 @pytest.mark.django_db
 def test_the_banner_says_how_many_members_the_events_made_as_the_database_counts_them(tmp_path):
-    banner = _run_demo(tmp_path)
+    banner = _run_demo(tmp_path, process=True)
 
     active = Member.objects.filter(status=Member.Status.ACTIVE).count()
     merged = Member.objects.filter(status=Member.Status.MERGED).count()
@@ -266,8 +266,8 @@ def test_the_banner_says_how_many_members_the_events_made_as_the_database_counts
 
 
 @pytest.mark.django_db
-def test_with_no_process_the_banner_leaves_the_members_to_the_worker(tmp_path):
-    banner = _run_demo(tmp_path, no_process=True)
+def test_without_process_the_banner_leaves_the_members_to_the_worker(tmp_path):
+    banner = _run_demo(tmp_path)
 
     assert "Members      0 in the database so far; more as the worker processes the events" in banner
     assert "the worker (started by `make run`) processes them" in banner

@@ -1,9 +1,10 @@
 """``manage.py demo --members 2000``: demo sources and a seeded, cross-channel event history,
 stored through the real ingestion path, then a banner with everything needed to try it out.
 
-It then processes what it stored, as the worker would (identity, profiles, points, segments),
-so that the banner says how many members the events made, as the database counts them; with
-``--no-process`` the worker started by ``make run`` does that instead.
+With ``--process`` (``make demo`` and ``make run`` pass it) it then processes what it stored as
+the worker would (identity, profiles, points, segments), so that the banner says how many
+members the events made, as the database counts them; without, the worker does that later and
+the banner says how many there are so far.
 
 ``make run`` calls it before starting the service. It is safe to run again and again:
 sources are found by name and events dedupe on ``(source, messageId)``, so a second run with
@@ -101,7 +102,7 @@ class _Credentials:
 class _Members:
     active: int  # members the events made, as the database counts them
     merged: int  # members merged into another one when later events linked them
-    processed: bool  # False: left to the worker (--no-process), still to come
+    processed: bool  # False: left to the worker (no --process), more to come
 
 
 class _Loader:
@@ -163,9 +164,9 @@ class Command(BaseCommand):
             "--url", default="http://127.0.0.1:8000", help="Where the service listens, for the banner."
         )
         parser.add_argument(
-            "--no-process",
+            "--process",
             action="store_true",
-            help="Leave the events to the worker instead of processing them before the banner.",
+            help="Process the events before the banner (as the worker would) and count the members they made.",
         )
         parser.add_argument(
             "--welcome-file",
@@ -181,7 +182,7 @@ class Command(BaseCommand):
         seed: int,
         url: str,
         welcome_file: Path | str | None,
-        no_process: bool = False,
+        process: bool = False,
         **options: object,
     ) -> None:
         if members < 1:
@@ -191,9 +192,9 @@ class Command(BaseCommand):
         loyalty_demo_setup()  # before the worker earns the demo's points: tiers apply from the start
         segments_demo_setup()  # before the worker refreshes the demo's members: each lands where it belongs
         loaded = self._events_load(sources=sources, members=members, seed=seed)
-        if not no_process:
+        if process:
             self._events_process()
-        counted = _members_count(processed=not no_process)
+        counted = _members_count(processed=process)
         credentials = _credentials_issue(web_source=sources[WEB_SOURCE_SLUG])
         total = Event.objects.filter(source__in=sources.values()).count()
         # call_command passes keyword options through without argparse's type conversion.
