@@ -35,7 +35,7 @@ migrate: services ## Apply database migrations
 	@$(BIN)/python manage.py migrate --noinput -v0
 
 demo: migrate ## Load demo sources, members and events (MEMBERS=2000)
-	@$(BIN)/python manage.py demo --members $(MEMBERS) --url http://127.0.0.1:$(WEB_PORT)
+	@$(BIN)/python manage.py demo --members $(MEMBERS) --url http://127.0.0.1:$(WEB_PORT) --process
 
 # honcho stops every process when one exits and restarts none: the Procfile runs the worker
 # and beat under bin/respawn, which starts them again.
@@ -54,12 +54,15 @@ beat: install ## Run only Celery beat (as the Procfile does: restarted if it exi
 
 CHROMIUM ?= /usr/bin/chromium
 
-browser: ## Install Debian's Chromium for the console's browser test, if missing and possible
-	@if [ ! -x $(CHROMIUM) ]; then \
+# A CJK font too: the demo's customers have Chinese names, which the screenshots must show.
+CJK_FONT ?= /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
+
+browser: ## Install Debian's Chromium (and a CJK font) for the console's browser test, if missing and possible
+	@if [ ! -x $(CHROMIUM) ] || [ ! -e $(CJK_FONT) ]; then \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	    echo "Installing Debian's chromium for the browser test…"; \
-	    apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null); \
-	  else \
+	    echo "Installing Debian's chromium and fonts-wqy-microhei for the browser test…"; \
+	    apt-get install -y -q chromium fonts-wqy-microhei >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium fonts-wqy-microhei >/dev/null); \
+	  elif [ ! -x $(CHROMIUM) ]; then \
 	    echo "No $(CHROMIUM): the browser test will be skipped (install Debian's chromium to run it)."; \
 	  fi; \
 	fi

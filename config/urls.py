@@ -5,8 +5,9 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 
+from cdp.api_docs import RedocView, SwaggerView
 from cdp.health import health
 from members import console
 from members.segments import console as segments_console
@@ -32,7 +33,8 @@ urlpatterns = [
     path("api/v1/", include("events.urls.staff")),
     path("api/v1/", include("members.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/docs/", SwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/redoc/", RedocView.as_view(url_name="schema"), name="api-redoc"),
     path("console/", include(console_urls)),
     path("admin/", admin.site.urls),
     path("health/", health, name="health"),

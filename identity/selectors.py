@@ -81,6 +81,19 @@ def member_identifiers(*, member_id: int) -> list[HeldIdentifier]:
     return [HeldIdentifier(*row) for row in rows]
 
 
+def members_contacts(*, member_ids: Collection[int], types: Collection[str]) -> dict[int, dict[str, str]]:
+    """For each member, the identifier of each of ``types`` seen last (ties: the lowest value),
+    in its stored, normalized form: a phone in E.164, an email in lower case, never a
+    placeholder (those are never stored). Members holding none are left out. One query."""
+    contacts: dict[int, dict[str, str]] = {}
+    if not member_ids or not types:
+        return contacts
+    ids, wanted = sorted(set(member_ids)), sorted(set(types))
+    for member_id, type_, value in _rows(_CONTACTS_OF_MEMBERS, [ids, wanted, ids, wanted]):
+        contacts.setdefault(member_id, {})[type_] = value
+    return contacts
+
+
 @dataclass(frozen=True)
 class HistoryEntry:
     kind: str  # "merge" or "split"
@@ -123,6 +136,16 @@ UNION ALL
 SELECT i.type, i.value, i.last_seen_at, false FROM identity_memberidentifier AS h
 JOIN identity_identifier AS i ON i.id = h.identifier_id WHERE h.member_id = %s
 ORDER BY 1, 2
+"""
+_CONTACTS_OF_MEMBERS = """
+SELECT DISTINCT ON (member_id, type) member_id, type, value FROM (
+    SELECT member_id, type, value, last_seen_at FROM identity_identifier
+    WHERE member_id = ANY(%s) AND type = ANY(%s)
+    UNION ALL
+    SELECT h.member_id, i.type, i.value, i.last_seen_at FROM identity_memberidentifier AS h
+    JOIN identity_identifier AS i ON i.id = h.identifier_id WHERE h.member_id = ANY(%s) AND i.type = ANY(%s)
+) AS held
+ORDER BY member_id, type, last_seen_at DESC NULLS LAST, value
 """
 _HOLDERS_OF_VALUES = """
 SELECT k.value, i.member_id, h.member_id FROM unnest(%s::text[]) AS k(value)

@@ -13,13 +13,13 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
 from cdp.models import AuditEntry
+from cdp.pagination import IdCursorPagination, page_json, page_serializer
 from cdp.permissions import permissions_required
 from cdp.privacy import Masking
 from cdp.services import audit_record
@@ -60,6 +60,7 @@ class SummaryOutput(serializers.Serializer):
 
 class LookupOutput(serializers.Serializer):
     results = SummaryOutput(many=True)
+    next_cursor = serializers.CharField(allow_null=True, help_text="Always null: every match is in the page.")
 
 
 class IdentifierOutput(serializers.Serializer):
@@ -196,12 +197,10 @@ class SplitOutput(serializers.Serializer):
     resulting_members = serializers.ListField(child=serializers.IntegerField())
 
 
-class TimelinePagination(CursorPagination):
+class TimelinePagination(IdCursorPagination):
     """Newest first, keyset on the event time (ties broken by id)."""
 
     ordering = ("-timestamp", "-id")
-    page_size = 50
-    page_size_query_param = "page_size"
     max_page_size = 500
 
 
@@ -252,7 +251,8 @@ class MemberViewSet(viewsets.ViewSet):
             ) from exc
         masking = Masking(request.user, channel="api", detail=request.get_full_path())
         masking.audit(found)
-        return Response(LookupOutput({"results": summary_json(member_summaries(found), masking)}).data)
+        # Every match in one page (a lookup finds a handful): next_cursor is always null.
+        return Response(LookupOutput(page_json(summary_json(member_summaries(found), masking), None)).data)
 
     @extend_schema(parameters=[_MEMBER_ID], responses={200: ProfileOutput}, tags=["members"])
     def retrieve(self, request: Request, pk: str) -> Response:
@@ -273,7 +273,8 @@ class MemberViewSet(viewsets.ViewSet):
             OpenApiParameter("cursor", OpenApiTypes.STR),
             OpenApiParameter("page_size", OpenApiTypes.INT),
         ],
-        responses={200: TimelineEventOutput(many=True)},
+        responses={200: page_serializer(TimelineEventOutput)},
+        operation_id="api_v1_members_events_list",
         tags=["members"],
     )
     @action(detail=True, methods=["get"])

@@ -3,29 +3,31 @@ while the customer waits. Server-rendered; the same selectors, masking and audit
 """
 
 from datetime import datetime
-from decimal import Decimal
 
 from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from cdp.console import landing_url
 from cdp.privacy import Masking
 from events.models import Channel
 from events.selectors import source_names
 from members.loyalty.presentation import points_json
 from members.loyalty.selectors import ledger_page, points_summary
-from members.presentation import profile_json, summary_json, timeline_json
+from members.presentation import profile_json, summary_json, timeline_details, timeline_json
 from members.segments.models import Tag
 from members.selectors import (
-    MonthlySpend,
     TagHeld,
     member_profile,
     member_summaries,
     member_timeline,
     members_search_any,
 )
+from members.spend_chart import spend_chart
 
 TIMELINE_PAGE = 30
 CHART_MONTHS = 12
@@ -45,8 +47,14 @@ def _masking(request: HttpRequest) -> Masking:
 
 
 @login_required
-@permission_required(VIEW_MEMBERS, raise_exception=True)
 def search(request: HttpRequest) -> HttpResponse:
+    """The member search, and the console's home: a role that may not look members up is
+    sent to the first console page it may open (marketing: the segments)."""
+    if not request.user.has_perm(VIEW_MEMBERS):
+        landing = landing_url(request.user)
+        if landing is None:
+            raise PermissionDenied
+        return redirect(landing)
     text = request.GET.get("q", "").strip()
     found = members_search_any(text=text) if text else []
     if len(found) == 1:
@@ -83,12 +91,7 @@ def member(request: HttpRequest, member_id: int) -> HttpResponse:
     timeline = timeline_json(page, masking, source_names(e.source_id for e in page))
     for entry in timeline:
         entry["label"] = CHANNEL_LABELS.get(entry["channel"], entry["channel"])
-        properties = entry["properties"] if isinstance(entry["properties"], dict) else {}
-        entry["order"] = {
-            "id": properties.get("order_id"),
-            "amount": properties.get("total", properties.get("revenue")),
-            "currency": properties.get("currency", ""),
-        }
+        entry["details"] = timeline_details(entry)
     return render(
         request,
         "members/member.html",
@@ -99,7 +102,13 @@ def member(request: HttpRequest, member_id: int) -> HttpResponse:
             "older": f"{older.timestamp.isoformat()}|{older.id}" if older else "",
             "channel": channel,
             "channels": [(value, CHANNEL_LABELS[value]) for value in Channel.values],
-            "chart": spend_chart(profile.spend_by_month[-CHART_MONTHS:]),
+            "chart": spend_chart(
+                {m.month: m.by_channel for m in profile.spend_by_month},
+                last_month=f"{timezone.now():%Y-%m}",  # months in UTC, as spend_by_month counts them
+                count=CHART_MONTHS,
+                channels=tuple((value, CHANNEL_LABELS[value]) for value in Channel.values),
+                currency=profile.aggregate.currency if profile.aggregate else "",
+            ),
             "masked": not masking.full,
             "manual_tags": _manual_tags_to_add(request, profile.tags),
             "points": points_json(
@@ -126,36 +135,3 @@ def _position(text: str) -> tuple[datetime, int] | None:
     at, _, event_id = text.partition("|")
     moment = parse_datetime(at) if at else None
     return (moment, int(event_id)) if moment is not None and event_id.isdigit() else None
-
-
-CHART_HEIGHT = 120
-CHART_BAR = 28
-CHART_GAP = 12
-
-
-def spend_chart(months: list[MonthlySpend]) -> dict:
-    """Stacked bars of net spend per month and channel, as SVG geometry for the template."""
-    totals = [sum((v for v in m.by_channel.values() if v > 0), Decimal(0)) for m in months]
-    top = max(totals, default=Decimal(0))
-    bars = []
-    for index, (month, total) in enumerate(zip(months, totals, strict=True)):
-        x = index * (CHART_BAR + CHART_GAP)
-        y = CHART_HEIGHT
-        segments = []
-        for channel in Channel.values:
-            spend = month.by_channel.get(channel, Decimal(0))
-            if spend <= 0 or top <= 0:
-                continue
-            height = float(spend / top) * CHART_HEIGHT
-            y -= height
-            segments.append(
-                {"channel": channel, "y": round(y, 1), "height": round(height, 1), "spend": spend}
-            )
-        bars.append({"month": month.month, "x": x, "total": total, "segments": segments})
-    return {
-        "bars": bars,
-        "width": max(len(bars) * (CHART_BAR + CHART_GAP), 1),
-        "height": CHART_HEIGHT,
-        "bar": CHART_BAR,
-        "top": top,
-    }

@@ -1,18 +1,41 @@
 """A member as staff see it, shared by the API and the console: plain data with phone and
 email masked for roles that may not see them (``cdp.privacy.Masking``)."""
 
+from decimal import Decimal, InvalidOperation
+
 from cdp.privacy import CONTACT_TYPES, Masking
 from events.models import Channel, Event
-from members.selectors import MemberProfile, MemberSummary
+from identity.identifiers import IdentifierType
+from members.selectors import MemberProfile, MemberSummary, trait_shown
+
+#: Identifier types as staff read them; a custom type (``context.externalIds``) reads as its
+#: name in words ("loyalty_no" → "Loyalty no").
+IDENTIFIER_LABELS = {
+    IdentifierType.USER_ID: "User id",
+    IdentifierType.PHONE: "Phone",
+    IdentifierType.EMAIL: "Email",
+    IdentifierType.MEMBER_CARD: "Member card",
+    IdentifierType.WECHAT_UNIONID: "WeChat unionid",
+    IdentifierType.WECHAT_OPENID: "WeChat openid",
+    IdentifierType.DEVICE_ID: "Device id",
+    IdentifierType.ANONYMOUS_ID: "Anonymous id",
+    "member_id": "Member id",
+    "order_id": "Order number",
+}
+
+
+def identifier_label(type_: str) -> str:
+    """``wechat_unionid`` → ``WeChat unionid``."""
+    return IDENTIFIER_LABELS.get(type_) or type_.replace("_", " ").strip().capitalize()
 
 
 def summary_json(summaries: list[MemberSummary], masking: Masking) -> list[dict]:
     return [
         {
             "id": s.id,
-            "name": s.traits.get("name"),
-            "phone": masking.value("phone", s.traits.get("phone")),
-            "email": masking.value("email", s.traits.get("email")),
+            "name": s.name,
+            "phone": masking.value("phone", s.phone),
+            "email": masking.value("email", s.email),
             "orders": s.orders,
             "spend": s.spend,
             "currency": s.currency,
@@ -128,8 +151,82 @@ def timeline_json(events: list[Event], masking: Masking, source_names: dict[int,
             "channel": e.channel,
             "store_code": e.store_code,
             "source": source_names.get(e.source_id, ""),
-            "traits": masking.mapping(e.traits),
+            "traits": masking.mapping(_contacts_normalized(e.traits)),
             "properties": masking.mapping(e.properties),
         }
         for e in events
     ]
+
+
+def _contacts_normalized(traits: object) -> object:
+    """An event's traits with phone and email in their normalized form, and dropped when they
+    are no identifier (a till's placeholder is never shown as a phone)."""
+    if not isinstance(traits, dict) or not CONTACT_TYPES & traits.keys():
+        return traits
+    shown = {key: trait_shown(key, value) if key in CONTACT_TYPES else value for key, value in traits.items()}
+    return {key: value for key, value in shown.items() if key not in CONTACT_TYPES or value is not None}
+
+
+def timeline_details(entry: dict) -> list[str]:
+    """What an agent reads about a timeline event, as short phrases ("order S-1: 300.00 CNY",
+    "coupon SPRING20 (Spring 20 off): -20.00 CNY", "name=Zhang Wei"): only values the event
+    carries, so a missing amount or trait is left out rather than shown as ``None``. ``entry``
+    is a ``timeline_json`` entry (traits and properties already masked)."""
+    properties = entry["properties"] if isinstance(entry.get("properties"), dict) else {}
+    traits = entry["traits"] if isinstance(entry.get("traits"), dict) else {}
+    currency = _text(properties.get("currency"))
+    details = []
+    order_id = _text(properties.get("order_id"))
+    if order_id:
+        amount = _money(_first(properties, "total", "revenue", "value"), currency)
+        order = f"{'refund of ' if entry.get('event') == 'Order Refunded' else ''}order {order_id}"
+        details.append(f"{order}: {amount}" if amount else order)
+    coupon = _text(properties.get("coupon_id") or properties.get("coupon"))
+    if coupon:
+        name = _text(properties.get("coupon_name"))
+        discount = _money(properties.get("discount"), currency)
+        details.append(
+            f"coupon {coupon}" + (f" ({name})" if name else "") + (f": -{discount}" if discount else "")
+        )
+    product = _text(properties.get("name")) or _text(properties.get("sku"))
+    if product and not order_id:
+        price = _money(properties.get("price"), currency)
+        details.append(f"{product}: {price}" if price else product)
+    products = properties.get("products")
+    if isinstance(products, list) and products:
+        items = sum(_quantity(p) for p in products)
+        details.append(f"{items} item{'' if items == 1 else 's'}")
+    category = _text(properties.get("category"))
+    if category and not product:
+        details.append(category)
+    details += [f"{key}={_text(value)}" for key, value in traits.items() if _text(value)]
+    return details
+
+
+def _first(mapping: dict, *keys: str) -> object:
+    return next((mapping[key] for key in keys if mapping.get(key) not in (None, "")), None)
+
+
+def _text(value: object) -> str:
+    """A scalar as text; nothing (empty) for null, empty, lists and objects."""
+    if value is None or isinstance(value, list | dict):
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value).strip()
+
+
+def _money(amount: object, currency: str) -> str:
+    """``300`` → ``300.00 CNY``; empty when there is no amount or it is not a number."""
+    if amount is None or isinstance(amount, bool) or not isinstance(amount, int | float | str):
+        return ""
+    try:
+        value = Decimal(str(amount).strip()).quantize(Decimal("0.01"))
+    except InvalidOperation:  # not a number, infinite, or too many digits to show cents
+        return ""
+    return f"{value} {currency}".rstrip() if value.is_finite() else ""
+
+
+def _quantity(product: object) -> int:
+    quantity = product.get("quantity", 1) if isinstance(product, dict) else 1
+    return quantity if isinstance(quantity, int) and not isinstance(quantity, bool) and quantity > 0 else 1

@@ -24,6 +24,7 @@ from identity.selectors import (
     identifier_lookup_values,
     member_history,
     member_identifiers,
+    members_contacts,
     members_holding,
 )
 from members.aggregates import CHANNELS, ZERO
@@ -36,7 +37,9 @@ LOOKUP_FIELDS = (
     "phone", "email", "member_card", "user_id", "anonymous_id", "device_id",
     "wechat_unionid", "wechat_openid", "order_id",
 )  # fmt: skip
-SUMMARY_TRAITS = ("name", "phone", "email")
+#: A result line's contact fields: the member's phone and email identifiers (normalized: E.164,
+#: lower case), never the traits as typed, which may hold a till's placeholder ("000000").
+CONTACT_FIELDS = ("phone", "email")
 _USERNAME = get_user_model().USERNAME_FIELD
 RECENT_ORDERS = 10
 
@@ -105,7 +108,9 @@ def _active(member_ids: set[int]) -> list[int]:
 @dataclass(frozen=True)
 class MemberSummary:
     id: int
-    traits: dict[str, object]
+    name: object  # a trait: text as stated (or anything JSON a source sent)
+    phone: str | None  # normalized identifiers
+    email: str | None
     orders: int
     spend: Decimal
     currency: str
@@ -113,17 +118,19 @@ class MemberSummary:
 
 
 def member_summaries(member_ids: list[int]) -> list[MemberSummary]:
-    """A line per member for a result list (two queries)."""
-    traits: dict[int, dict[str, object]] = defaultdict(dict)
-    for member_id, key, value in MemberTrait.objects.filter(
-        member_id__in=member_ids, key__in=SUMMARY_TRAITS
-    ).values_list("member_id", "key", "value"):
-        traits[member_id][key] = value
+    """A line per member for a result list: the name trait, the phone and email identifiers
+    seen last, the figures (three queries)."""
+    names = dict(
+        MemberTrait.objects.filter(member_id__in=member_ids, key="name").values_list("member_id", "value")
+    )
+    contacts = members_contacts(member_ids=member_ids, types=CONTACT_FIELDS)
     figures = {a.member_id: a for a in MemberAggregate.objects.filter(member_id__in=member_ids)}
     return [
         MemberSummary(
             id=member_id,
-            traits=traits[member_id],
+            name=names.get(member_id),
+            phone=contacts.get(member_id, {}).get("phone"),
+            email=contacts.get(member_id, {}).get("email"),
             orders=figures[member_id].orders if member_id in figures else 0,
             spend=figures[member_id].spend if member_id in figures else ZERO,
             currency=figures[member_id].currency if member_id in figures else "",
@@ -216,9 +223,10 @@ def member_profile(*, member_id: int) -> MemberProfile | None:
         requested_id=member_id,
         identifiers=member_identifiers(member_id=member.pk),
         traits=[
-            # jsonb arrives as text, as Django's JSONField reads it
-            TraitValue(key, orjson.loads(value), observed_at, channel, sources.get(source_id, ""))
+            TraitValue(key, shown, observed_at, channel, sources.get(source_id, ""))
             for key, value, observed_at, channel, source_id in traits
+            # jsonb arrives as text, as Django's JSONField reads it
+            if (shown := trait_shown(key, orjson.loads(value))) is not None
         ],
         aggregate=getattr(member, "aggregate", None),  # None until the refresh has run
         recent_orders=[o for o in orders if o.placed_at is not None][:RECENT_ORDERS],
@@ -240,6 +248,19 @@ def member_groups(*, member_id: int) -> list[GroupHeld]:
         return [
             GroupHeld(group_id, orjson.loads(traits), first, last) for group_id, traits, first, last in cursor
         ]
+
+
+def trait_shown(key: str, value: object) -> object:
+    """A trait as staff see it: as the customer stated it, except a phone or email that is no
+    identifier at all (a till's ``000000``, ``n/a``, a malformed number), which is None: a
+    placeholder is never shown as a phone. The normalized forms are the member's identifiers."""
+    if key not in CONTACT_FIELDS or value is None:
+        return value
+    try:
+        identifier_lookup_values(key, value if isinstance(value, str) else str(value))
+    except (InvalidIdentifier, BlockedIdentifier):
+        return None
+    return value
 
 
 def member_tags(*, member_id: int) -> list[TagHeld]:

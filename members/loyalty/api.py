@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 
 from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
-from cdp.pagination import query_int
+from cdp.pagination import CURSOR_HELP, cursor_parameter, page_serializer, paginated, query_cursor, query_int
 from cdp.permissions import permissions_required
 from events.models import Channel
 from members.loyalty.coupons import CouponRefused, coupon_redeem, coupon_release, coupons_issue
@@ -83,6 +83,10 @@ class EntryOutput(serializers.Serializer):
     available_at = serializers.DateTimeField(allow_null=True)
     expires_at = serializers.DateTimeField(allow_null=True)
     key = serializers.CharField(help_text="Idempotency key, named after the cause.")
+    balance_after = serializers.IntegerField(
+        required=False,
+        help_text="In a ledger page: the balance once this entry and every earlier one counted.",
+    )
 
 
 class CouponOutput(serializers.Serializer):
@@ -109,8 +113,10 @@ class PointsOutput(serializers.Serializer):
     tier = TierOutput(allow_null=True)
     tier_changes = TierChangeOutput(many=True)
     coupons = CouponOutput(many=True)
-    ledger = EntryOutput(many=True, help_text="Newest first.")
-    next_cursor = serializers.IntegerField(allow_null=True, help_text="Pass as ?before= for the next page.")
+    ledger = EntryOutput(
+        many=True, help_text="Newest first by when each took effect (at, then id), with the running balance."
+    )
+    next_cursor = serializers.IntegerField(allow_null=True, help_text=CURSOR_HELP)
 
 
 class AdjustInput(serializers.Serializer):
@@ -226,7 +232,7 @@ class ExpiringOutput(serializers.Serializer):
 
 class ExpiringPageOutput(serializers.Serializer):
     results = ExpiringOutput(many=True)
-    next_cursor = serializers.IntegerField(allow_null=True, help_text="Pass as ?after= for the next page.")
+    next_cursor = serializers.IntegerField(allow_null=True, help_text=CURSOR_HELP)
 
 
 # --- views ---
@@ -271,16 +277,17 @@ class PointsView(APIView):
     permission_classes = (permissions_required(VIEW_MEMBERS),)
 
     @extend_schema(
-        parameters=[_MEMBER_ID, OpenApiParameter("before", OpenApiTypes.INT, description="Ledger cursor"),
+        parameters=[_MEMBER_ID, cursor_parameter("before"),
                     OpenApiParameter("page_size", OpenApiTypes.INT)],
         responses={200: PointsOutput}, tags=["loyalty"],
     )  # fmt: skip
     def get(self, request: Request, member_id: int) -> Response:
         """A member's points: balance, spendable and pending, what expires soon, tier, coupons,
-        and the ledger newest first (keyset: ``before`` = the last entry id of the page)."""
+        and the ledger newest first by time with a running balance (keyset: ``before`` = the
+        last entry id of the page)."""
         member = _active_member(member_id)
         size = query_int(request, "page_size", default=50, low=1, high=500)
-        before = query_int(request, "before", default=None, low=1, high=2**63 - 1)
+        before = query_cursor(request, legacy="before")
         entries = ledger_page(member_id=member.pk, before=before, size=size + 1)  # type: ignore[operator]
         page, more = entries[:size], len(entries) > size
         summary = points_summary(member_id=member.pk)
@@ -413,11 +420,20 @@ class CampaignsView(APIView):
         wanted = VIEW_CAMPAIGNS if self.request.method == "GET" else MANAGE_CAMPAIGNS
         return [permissions_required(wanted)()]
 
-    @extend_schema(responses={200: CampaignOutput(many=True)}, tags=["loyalty"])
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("cursor", OpenApiTypes.STR),
+            OpenApiParameter("page_size", OpenApiTypes.INT),
+        ],
+        responses={200: page_serializer(CampaignOutput)},
+        operation_id="api_v1_campaigns_list",
+        tags=["loyalty"],
+    )
     def get(self, request: Request) -> Response:
-        """Coupon campaigns, newest first."""
-        campaigns = CouponCampaign.objects.annotate(issued_count=Count("coupons")).order_by("-id")[:200]
-        return Response(CampaignOutput(campaigns, many=True).data)
+        """Coupon campaigns, newest first, a page at a time."""
+        campaigns = CouponCampaign.objects.annotate(issued_count=Count("coupons"))
+        return paginated(request, self, campaigns, ordering="-id",
+                         serialize=lambda page: CampaignOutput(page, many=True).data)  # fmt: skip
 
     @extend_schema(request=CampaignInput, responses={201: CampaignOutput}, tags=["loyalty"])
     def post(self, request: Request) -> Response:
@@ -461,7 +477,7 @@ class ExpiringView(APIView):
     permission_classes = (permissions_required(VIEW_MEMBERS),)
 
     @extend_schema(
-        parameters=[OpenApiParameter("within_days", OpenApiTypes.INT), OpenApiParameter("after", OpenApiTypes.INT),
+        parameters=[OpenApiParameter("within_days", OpenApiTypes.INT), cursor_parameter("after"),
                     OpenApiParameter("page_size", OpenApiTypes.INT)],
         responses={200: ExpiringPageOutput}, tags=["loyalty"],
     )  # fmt: skip
@@ -470,7 +486,7 @@ class ExpiringView(APIView):
         (default 30), by member id (keyset: ``after`` = the last member id of the page)."""
         within = query_int(request, "within_days", default=30, low=0, high=3660)
         size = query_int(request, "page_size", default=100, low=1, high=1000)
-        after = query_int(request, "after", default=None, low=0, high=2**63 - 1)
+        after = query_cursor(request, legacy="after", low=0)
         rows = members_expiring(within_days=within, after_member=after, size=size + 1)  # type: ignore[arg-type, operator]
         page = rows[:size]  # type: ignore[index]
         return Response(

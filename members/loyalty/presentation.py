@@ -3,10 +3,11 @@
 from datetime import datetime
 
 from members.loyalty.models import Coupon, CouponRedemption, PointsEntry
-from members.loyalty.selectors import PointsSummary
+from members.loyalty.selectors import LedgerLine, PointsSummary
 
 
-def entry_json(entry: PointsEntry) -> dict:
+def entry_json(entry: PointsEntry, balance_after: int | None = None) -> dict:
+    """An entry; in a ledger page, with the running balance after it."""
     return {
         "id": entry.pk,
         "kind": entry.kind,
@@ -20,6 +21,7 @@ def entry_json(entry: PointsEntry) -> dict:
         "available_at": entry.available_at,
         "expires_at": entry.expires_at,
         "key": entry.key,
+        **({} if balance_after is None else {"balance_after": balance_after}),
     }
 
 
@@ -50,7 +52,7 @@ def coupon_json(coupon: Coupon, redemption: CouponRedemption | None, now: dateti
     }
 
 
-def points_json(member_id: int, summary: PointsSummary, ledger: list[PointsEntry], *, more: bool) -> dict:
+def points_json(member_id: int, summary: PointsSummary, ledger: list[LedgerLine], *, more: bool) -> dict:
     return {
         "member_id": member_id,
         "balance": summary.balance,
@@ -68,8 +70,8 @@ def points_json(member_id: int, summary: PointsSummary, ledger: list[PointsEntry
             for c in summary.tier_changes
         ],
         "coupons": [coupon_json(c, _in_force(c), summary.now) for c in summary.coupons],
-        "ledger": [entry_json(e) for e in ledger],
-        "next_cursor": ledger[-1].pk if more and ledger else None,
+        "ledger": [entry_json(line.entry, line.balance_after) for line in ledger],
+        "next_cursor": ledger[-1].entry.pk if more and ledger else None,
     }
 
 

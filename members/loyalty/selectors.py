@@ -6,6 +6,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
+from django.db.models import Q, Subquery, Sum
 from django.utils import timezone
 
 from members.loyalty.models import (
@@ -139,12 +140,39 @@ def _lots_and_pending(member_id: int, balance: int, now: datetime) -> tuple[Lots
     return lots, min(lots.pending(now), max(balance, 0))
 
 
-def ledger_page(*, member_id: int, before: int | None, size: int) -> list[PointsEntry]:
-    """A page of a member's ledger, newest first (keyset on id)."""
-    rows = PointsEntry.objects.filter(member_id=member_id).select_related("staff_user")
+@dataclass(frozen=True)
+class LedgerLine:
+    """A ledger entry and the balance once it and every entry before it (in time) counted."""
+
+    entry: PointsEntry
+    balance_after: int
+
+
+def ledger_page(*, member_id: int, before: int | None, size: int) -> list[LedgerLine]:
+    """A page of a member's ledger, newest first in the order things happened (``at``; the
+    entry id among entries of one moment), each with the running balance after it: what a
+    customer reads on a statement. Keyset on (at, id): ``before`` is the id of the last entry
+    of the previous page. Two queries (the page; the sum of everything older than it)."""
+    entries = PointsEntry.objects.filter(member_id=member_id)
+    rows = entries.select_related("staff_user")
     if before is not None:
-        rows = rows.filter(id__lt=before)
-    return list(rows.order_by("-id")[:size])
+        anchor = Subquery(entries.filter(pk=before).values("at")[:1])
+        rows = rows.filter(Q(at__lt=anchor) | Q(at=anchor, id__lt=before))
+    page = list(rows.order_by("-at", "-id")[:size])
+    if not page:
+        return []
+    oldest = page[-1]
+    balance = (
+        entries.filter(Q(at__lt=oldest.at) | Q(at=oldest.at, id__lt=oldest.pk)).aggregate(
+            total=Sum("points")
+        )["total"]
+        or 0
+    )
+    lines = []
+    for entry in reversed(page):
+        balance += entry.points
+        lines.append(LedgerLine(entry, balance))
+    return lines[::-1]
 
 
 def members_expiring(

@@ -12,6 +12,7 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
+from django.db.models import Case, When
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import path, reverse
@@ -311,9 +312,15 @@ def tags(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "members/segments/tags.html",
-        {"tags": Tag.objects.order_by("kind", "key"), "form": form},
+        {"tags": _tags_staff_first(), "form": form},
         status=400 if form.errors else 200,
     )
+
+
+def _tags_staff_first() -> list[Tag]:
+    """The tags staff define (manual, rule) before the platform's computed ones, by key."""
+    computed_last = Case(When(kind=Tag.Kind.COMPUTED, then=1), default=0)
+    return list(Tag.objects.order_by(computed_last, "kind", "key"))
 
 
 @login_required

@@ -1,8 +1,9 @@
 """A segment's members with the fields a marketing tool asks for: the rows of the members page
 (``?fields=``) and of the CSV / NDJSON exports, read the same way so the three always agree.
 
-Fields (``FIELDS``; unknown names are refused): the profile's ``name``, ``phone`` and
-``email`` traits (as ``members.selectors.member_summaries`` reads them), any trait as
+Fields (``FIELDS``; unknown names are refused): the profile's ``name`` trait, the ``phone`` and
+``email`` identifiers seen last, normalized (as ``members.selectors.member_summaries`` reads
+them; ``traits.phone`` and ``traits.email`` are the same), any trait as
 ``traits.<key>``, figures (``orders``, ``spend``, ...), loyalty (``points``, ``tier``), the
 member's tag keys (``tags``), each built-in identifier type by its name (the value seen last)
 and any identifier type as ``identifiers.<type>`` (every value, last seen first).
@@ -39,7 +40,7 @@ from cdp.services import audit_record
 from identity.identifiers import BUILT_IN_TYPES, custom_type
 from members.aggregates import ZERO
 from members.segments.models import Segment, SegmentMember
-from members.selectors import SUMMARY_TRAITS
+from members.selectors import CONTACT_FIELDS
 
 EXPORT_BATCH = 2000
 MAX_FIELDS = 64
@@ -57,8 +58,8 @@ _FIGURES: dict[str, tuple[str, object]] = {
     "last_event_at": ("last_event_at", None),
 }
 _POINTS = {"points": "balance", "tier": "tier"}
-#: Identifier types by bare name; phone and email by bare name are the profile's traits.
-_IDENTIFIER_NAMES = frozenset(BUILT_IN_TYPES) - CONTACT_TYPES
+#: Identifier types by bare name (phone and email too: the identifiers, not the traits as typed).
+_IDENTIFIER_NAMES = frozenset(BUILT_IN_TYPES)
 
 _ALWAYS = ("member_id", "entered_at")
 
@@ -67,9 +68,10 @@ FIELDS: dict[str, str] = {
     "member_id": "The member's id (always included).",
     "entered_at": "When the member entered the segment (always included).",
     "name": "The name trait.",
-    "phone": "The phone trait as last stated; masked unless the role sees contact details; null "
-    "without marketing consent.",
-    "email": "The email trait as last stated; masked and withheld like phone.",
+    "phone": "The phone number seen last, normalized (E.164, e.g. +8613800138000; never a "
+    "placeholder such as 000000); masked unless the role sees contact details; null without "
+    "marketing consent.",
+    "email": "The email address seen last, normalized (lower case); masked and withheld like phone.",
     "orders": "Orders placed (0 before any).",
     "spend": "Spend net of refunds, in currency.",
     "currency": "The currency of spend.",
@@ -80,7 +82,7 @@ FIELDS: dict[str, str] = {
     "points": "Points balance.",
     "tier": "Loyalty tier key.",
     "tags": "Keys of the tags the member carries.",
-    **{name: f"The {name} identifier seen last." for name in sorted(_IDENTIFIER_NAMES)},
+    **{name: f"The {name} identifier seen last." for name in sorted(_IDENTIFIER_NAMES - CONTACT_TYPES)},
     "traits.<key>": "Any profile trait (traits.phone and traits.email as phone and email).",
     "identifiers.<type>": "Every identifier of a type, last seen first (identifiers.phone and "
     "identifiers.email masked and withheld like phone).",
@@ -98,7 +100,7 @@ class Field:
     @property
     def contact(self) -> bool:
         """Phone or email: masked per role, withheld without consent, audited when shown."""
-        return self.source in ("trait", "identifiers") and self.key in CONTACT_TYPES
+        return self.key in CONTACT_TYPES and self.source in ("trait", "identifier", "identifiers")
 
 
 class UnknownFields(ValueError):
@@ -132,12 +134,16 @@ def fields_parse(names: Iterable[str]) -> tuple[Field, ...]:
 def _field(name: str) -> Field | None:
     prefix, dot, key = name.partition(".")
     if dot:
+        if prefix == "traits" and key in CONTACT_FIELDS:
+            return Field(name, "identifier", key)  # as phone and email: never a placeholder
         if prefix == "traits" and key and len(key) <= 255:
             return Field(name, "trait", key)
         if prefix == "identifiers" and custom_type(key) == key:
             return Field(name, "identifiers", key)
         return None
-    if name in SUMMARY_TRAITS:
+    if name in CONTACT_FIELDS:
+        return Field(name, "identifier", name)
+    if name == "name":
         return Field(name, "trait", name)
     if name in _FIGURES:
         return Field(name, "figure", name)

@@ -27,8 +27,9 @@ from events.demo import (
     demo_stream,
 )
 from events.management.commands.demo import _write_private
-from events.models import Event, RejectedEvent, Source
+from events.models import Event, PendingEvent, RejectedEvent, Source
 from events.selectors import source_for_write_key
+from members.models import Member
 from tests.conftest import basic_auth
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -254,6 +255,25 @@ def test_running_the_demo_twice_stores_the_events_once(tmp_path):
 
 
 @pytest.mark.django_db
+def test_the_banner_says_how_many_members_the_events_made_as_the_database_counts_them(tmp_path):
+    banner = _run_demo(tmp_path, process=True)
+
+    active = Member.objects.filter(status=Member.Status.ACTIVE).count()
+    merged = Member.objects.filter(status=Member.Status.MERGED).count()
+    assert active > 0
+    assert f"Members      {active:,} in the database ({merged:,} more were merged" in banner
+    assert not PendingEvent.objects.exists()  # processed before the banner, as the worker would
+
+
+@pytest.mark.django_db
+def test_without_process_the_banner_leaves_the_members_to_the_worker(tmp_path):
+    banner = _run_demo(tmp_path)
+
+    assert "Members      0 in the database so far; more as the worker processes the events" in banner
+    assert "the worker (started by `make run`) processes them" in banner
+
+
+@pytest.mark.django_db
 def test_events_keep_channel_store_and_sale_time(tmp_path):
     _run_demo(tmp_path)
 
@@ -281,12 +301,16 @@ def test_the_banner_hands_out_working_credentials(tmp_path, api_client):
     assert Role.ADMIN in user_roles(active.user)
     assert ApiToken.objects.get(key_hash=credential_hash(first_token)).revoked_at is not None
 
-    password, agent_password = re.findall(r"password (\S+)", banner)
-    assert active.user.check_password(password)
+    passwords = dict(re.findall(r"^ +(demo-\S+) +password (\S+)", banner, re.MULTILINE))
+    assert set(passwords) == {"demo-agent", "demo-manager", "demo-marketing", "demo-admin"}
+    assert active.user.check_password(passwords["demo-admin"])
     assert active.user.is_staff
-    agent = get_user_model().objects.get(username="demo-agent")
-    assert agent.check_password(agent_password)
-    assert user_roles(agent) == {Role.CRM_AGENT}
+    for username, role in [("demo-agent", Role.CRM_AGENT), ("demo-manager", Role.CRM_MANAGER),
+                           ("demo-marketing", Role.MARKETING)]:  # fmt: skip
+        user = get_user_model().objects.get(username=username)
+        assert user.check_password(passwords[username])
+        assert user_roles(user) == {role}
+        assert not user.is_superuser
 
     # The two copy-paste examples work as printed.
     listed = api_client.get("/api/v1/sources/", HTTP_AUTHORIZATION=f"Bearer {token}")

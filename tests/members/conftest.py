@@ -43,3 +43,12 @@ def zhang() -> dict:
     member = EventResolution.objects.get(event=till).member_id
     assert Member.objects.get(pk=app_member).merged_into_id == member
     return {"member": member, "absorbed": app_member}
+
+
+#: Where the browser test saved its screenshots in this run, for the summary's last lines.
+SCREENSHOTS_SAVED = pytest.StashKey[str]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if SCREENSHOTS_SAVED in config.stash:
+        terminalreporter.write_line(f"Console screenshots: {config.stash[SCREENSHOTS_SAVED]}")

@@ -1,6 +1,11 @@
 """``manage.py demo --members 2000``: demo sources and a seeded, cross-channel event history,
 stored through the real ingestion path, then a banner with everything needed to try it out.
 
+With ``--process`` (``make demo`` and ``make run`` pass it) it then processes what it stored as
+the worker would (identity, profiles, points, segments), so that the banner says how many
+members the events made, as the database counts them; without, the worker does that later and
+the banner says how many there are so far.
+
 ``make run`` calls it before starting the service. It is safe to run again and again:
 sources are found by name and events dedupe on ``(source, messageId)``, so a second run with
 the same seed stores nothing new. Only the credentials it prints are new each time: write
@@ -14,6 +19,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractUser
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 from django.db import transaction
@@ -25,14 +31,32 @@ from cdp.services import staff_user_ensure, token_issue, tokens_revoke
 from events.contract import Message, Rejection, message_parse
 from events.demo import DEMO_SOURCES, WEB_SOURCE_SLUG, DemoEvent, demo_stream
 from events.models import Channel, Event, Source
+from events.pipeline import events_process_pending
 from events.services import events_ingest, source_create, source_rotate_key, source_set_enabled
 from members.loyalty.demo import loyalty_demo_setup
+from members.models import Member
 from members.segments.demo import segments_demo_setup
 
 #: Events per ``events_ingest`` call: the size of a busy SDK batch, one INSERT each.
 BATCH_SIZE = 500
 ADMIN_USERNAME = "demo-admin"
-AGENT_USERNAME = "demo-agent"
+
+
+@dataclass(frozen=True)
+class DemoLogin:
+    username: str
+    role: Role
+    sees: str  # what the banner says the role is for
+
+
+#: A console login for every staff role that has console pages, administrator last (the
+#: checkout role works through the API only).
+DEMO_LOGINS = (
+    DemoLogin("demo-agent", Role.CRM_AGENT, "a CRM agent: members, phones and emails masked"),
+    DemoLogin("demo-manager", Role.CRM_MANAGER, "a CRM manager: contact details in full, splits, points"),
+    DemoLogin("demo-marketing", Role.MARKETING, "marketing: segments, tags, coupon campaigns"),
+    DemoLogin(ADMIN_USERNAME, Role.ADMIN, "an administrator: everything, /admin/ too"),
+)
 TOKEN_NAME = "demo"  # noqa: S105 - a label, not a secret
 _FALLBACK_USER_ID = "u-demo-curl"
 
@@ -71,8 +95,14 @@ class _Loaded:
 class _Credentials:
     write_key: str
     token: str
-    password: str
-    agent_password: str
+    passwords: dict[str, str]  # by username, for each of DEMO_LOGINS
+
+
+@dataclass(frozen=True)
+class _Members:
+    active: int  # members the events made, as the database counts them
+    merged: int  # members merged into another one when later events linked them
+    processed: bool  # False: left to the worker (no --process), more to come
 
 
 class _Loader:
@@ -137,6 +167,11 @@ class Command(BaseCommand):
             "--url", default="http://127.0.0.1:8000", help="Where the service listens, for the banner."
         )
         parser.add_argument(
+            "--process",
+            action="store_true",
+            help="Process the events before the banner (as the worker would) and count the members they made.",
+        )
+        parser.add_argument(
             "--welcome-file",
             type=Path,
             default=None,
@@ -150,6 +185,7 @@ class Command(BaseCommand):
         seed: int,
         url: str,
         welcome_file: Path | str | None,
+        process: bool = False,
         **options: object,
     ) -> None:
         if members < 1:
@@ -159,6 +195,9 @@ class Command(BaseCommand):
         loyalty_demo_setup()  # before the worker earns the demo's points: tiers apply from the start
         segments_demo_setup()  # before the worker refreshes the demo's members: each lands where it belongs
         loaded = self._events_load(sources=sources, members=members, seed=seed)
+        if process:
+            self._events_process()
+        counted = _members_count(processed=process)
         credentials = _credentials_issue(web_source=sources[WEB_SOURCE_SLUG])
         total = Event.objects.filter(source__in=sources.values()).count()
         # call_command passes keyword options through without argparse's type conversion.
@@ -170,6 +209,7 @@ class Command(BaseCommand):
             sources=len(sources),
             created=created,
             loaded=loaded,
+            counted=counted,
             total=total,
             credentials=credentials,
             web_source=sources[WEB_SOURCE_SLUG],
@@ -177,6 +217,17 @@ class Command(BaseCommand):
         )
         _write_private(path, banner)
         self.stdout.write(banner)
+
+    def _events_process(self) -> None:
+        """Process every waiting event and its follow-ups (profiles, points, segments) as the
+        worker does, a time-boxed round at a time."""
+        progress = tqdm(desc="Processing", unit=" events", unit_scale=True,
+                        file=_ProgressStream(self.stderr), disable=None)  # fmt: skip
+        with progress:
+            more = True
+            while more:
+                processed, more = events_process_pending(time_budget=5.0)
+                progress.update(processed)
 
     def _sources_ensure(self) -> tuple[dict[str, Source], int]:
         """The demo sources by slug, created when missing; how many were created."""
@@ -239,25 +290,33 @@ class Command(BaseCommand):
         )
 
 
+def _members_count(*, processed: bool) -> _Members:
+    return _Members(
+        active=Member.objects.filter(status=Member.Status.ACTIVE).count(),
+        merged=Member.objects.filter(status=Member.Status.MERGED).count(),
+        processed=processed,
+    )
+
+
 @transaction.atomic
 def _credentials_issue(*, web_source: Source) -> _Credentials:
-    """A new web-shop write key, and the demo admin with a new password and a new token;
-    the previous ones stop working. One transaction: never revoked without a replacement."""
+    """A new web-shop write key, a login with a new password for every role of
+    ``DEMO_LOGINS``, and a new token for the demo admin; the previous ones stop working. One
+    transaction: never revoked without a replacement."""
     write_key = source_rotate_key(source=web_source).write_key
-    user: AbstractUser = staff_user_ensure(username=ADMIN_USERNAME, role=Role.ADMIN)
-    password = secrets.token_urlsafe(12)
-    user.set_password(password)
-    # A local demo account, shown on the developer's own terminal: everything, in /admin/ too.
-    user.is_superuser = True
-    user.save(update_fields=["password", "is_superuser"])
-    tokens_revoke(user=user, name=TOKEN_NAME)
-    token = token_issue(user=user, name=TOKEN_NAME).secret
-    # A service-desk agent, to see the console as one does: phone numbers and emails masked.
-    agent: AbstractUser = staff_user_ensure(username=AGENT_USERNAME, role=Role.CRM_AGENT)
-    agent_password = secrets.token_urlsafe(12)
-    agent.set_password(agent_password)
-    agent.save(update_fields=["password"])
-    return _Credentials(write_key=write_key, token=token, password=password, agent_password=agent_password)
+    passwords = {}
+    for login in DEMO_LOGINS:
+        user: AbstractUser = staff_user_ensure(username=login.username, role=login.role)
+        passwords[login.username] = secrets.token_urlsafe(12)
+        user.set_password(passwords[login.username])
+        # A local demo account, shown on the developer's own terminal: the admin may do
+        # everything, in /admin/ too.
+        user.is_superuser = login.role == Role.ADMIN
+        user.save(update_fields=["password", "is_superuser"])
+    admin = get_user_model().objects.get(username=ADMIN_USERNAME)
+    tokens_revoke(user=admin, name=TOKEN_NAME)
+    token = token_issue(user=admin, name=TOKEN_NAME).secret
+    return _Credentials(write_key=write_key, token=token, passwords=passwords)
 
 
 def _order_example(user_id: str) -> dict[str, Any]:
@@ -298,6 +357,7 @@ def _banner(
     sources: int,
     created: int,
     loaded: _Loaded,
+    counted: _Members,
     total: int,
     credentials: _Credentials,
     web_source: Source,
@@ -308,18 +368,23 @@ def _banner(
     rerun = " (a re-run with the same seed adds nothing)" if loaded.stored == 0 else ""
     lines = [
         rule,
-        f"  CDP demo ready: {members:,} members, seed {seed}",
+        f"  CDP demo ready: {members:,} simulated customers, seed {seed}",
         rule,
         f"  Sources      {sources} demo sources: 3 stores (POS), app, mini-program, web shop; "
         f"{created} created now",
         f"  Events       {loaded.stored:,} stored now, {loaded.duplicates:,} skipped as already stored"
         f"{rerun}, {loaded.rejected:,} rejected",
-        f"               {total:,} demo events in all; the worker (started by `make run`) processes them",
+        f"               {total:,} demo events in all"
+        + ("; the worker (started by `make run`) processes them" if not counted.processed else ", processed"),
+        _members_line(counted, members),
         f"  Service      {url}/",
-        f"  API docs     {url}/api/docs/",
-        f"  Console      {url}/console/   user {ADMIN_USERNAME}   password {credentials.password}",
-        f"               or {AGENT_USERNAME} (a CRM agent: phones and emails masked)   "
-        f"password {credentials.agent_password}",
+        f"  API docs     {url}/api/docs/   (ReDoc: {url}/api/redoc/)",
+        f"  Console      {url}/console/   a login for every role, new passwords on every run:",
+        *(
+            f"               {login.username:<15} password {credentials.passwords[login.username]}   "
+            f"({login.sees})"
+            for login in DEMO_LOGINS
+        ),
         f"  Admin        {url}/admin/   user {ADMIN_USERNAME}",
         f"  Write key    {credentials.write_key}",
         f"               for {web_source.name!r}; new on every run, the previous key no longer works",
@@ -336,6 +401,23 @@ def _banner(
         f'    curl -sS -H "Authorization: Bearer {credentials.token}" {url}/api/v1/sources/',
     ]
     return "\n".join(lines)
+
+
+def _members_line(counted: _Members, customers: int) -> str:
+    """How many members the demo's events made, as the database counts them (not the number of
+    simulated customers: identity resolution decides who is who)."""
+    if not counted.processed:
+        return f"  Members      {counted.active:,} in the database so far; more as the worker processes the events"
+    line = (
+        f"  Members      {counted.active:,} in the database ({counted.merged:,} more were merged into them "
+        "when later events linked them)"
+    )
+    if counted.active > customers:
+        line += (
+            f"\n               more than the {customers:,} customers: browsing that no login, phone or card "
+            "ever linked stays a member of its own"
+        )
+    return line
 
 
 def _write_private(path: Path, text: str) -> None:

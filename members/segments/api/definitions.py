@@ -24,7 +24,15 @@ from rest_framework.views import APIView
 
 from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
-from cdp.pagination import query_int
+from cdp.pagination import (
+    CURSOR_HELP,
+    cursor_parameter,
+    page_json,
+    page_serializer,
+    paginated,
+    query_cursor,
+    query_int,
+)
 from cdp.parsers import BoundedJSONParser
 from cdp.permissions import permissions_required
 from members.api import MemberTagOutput
@@ -176,7 +184,7 @@ class TagChangeOutput(serializers.Serializer):
 
 class TagHistoryPage(serializers.Serializer):
     results = TagChangeOutput(many=True)
-    next_cursor = serializers.IntegerField(allow_null=True, help_text="Pass as ?before= for the next page.")
+    next_cursor = serializers.IntegerField(allow_null=True, help_text=CURSOR_HELP)
 
 
 def _valid(serializer_class: type[serializers.Serializer], data: Any) -> dict:
@@ -352,12 +360,21 @@ class TagsView(_PermissionsByMethod, APIView):
     required = {"POST": (VIEW_TAGS, ADD_TAGS)}
     parser_classes = (BoundedJSONParser,)
 
-    @extend_schema(responses={200: TagOutput(many=True)}, tags=["tags"])
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("cursor", OpenApiTypes.STR),
+            OpenApiParameter("page_size", OpenApiTypes.INT),
+        ],
+        responses={200: page_serializer(TagOutput)},
+        operation_id="api_v1_tags_list",
+        tags=["tags"],
+    )
     def get(self, request: Request) -> Response:
         """Every tag: manual (staff add and remove them), rule (members gain and lose them as
         they start and stop matching) and computed (RFM group, lifecycle stage, channel
         preference: the platform's, read-only)."""
-        return Response(TagOutput(Tag.objects.order_by("key"), many=True).data)
+        return paginated(request, self, Tag.objects.all(), ordering="key",
+                         serialize=lambda page: TagOutput(page, many=True).data)  # fmt: skip
 
     @extend_schema(request=TagInput, responses={201: TagOutput}, tags=["tags"])
     def post(self, request: Request) -> Response:
@@ -429,14 +446,17 @@ class MemberTagsView(_PermissionsByMethod, APIView):
     required = {"POST": (VIEW_MEMBERS, TAG_MEMBERS)}
     parser_classes = (BoundedJSONParser,)
 
-    @extend_schema(parameters=[_MEMBER_ID], responses={200: MemberTagOutput(many=True)}, tags=["tags"])
+    @extend_schema(
+        parameters=[_MEMBER_ID],
+        responses={200: page_serializer(MemberTagOutput)},
+        operation_id="api_v1_members_tags_list",
+        tags=["tags"],
+    )
     def get(self, request: Request, member_id: int) -> Response:
-        """The tags a member carries now, with who added the manual ones."""
-        return Response(
-            MemberTagOutput(
-                [t.__dict__ for t in member_tags(member_id=_member_pk(member_id))], many=True
-            ).data
-        )
+        """The tags a member carries now, with who added the manual ones: all of them in one
+        page (next_cursor is always null)."""
+        held = member_tags(member_id=_member_pk(member_id))
+        return Response(page_json(MemberTagOutput([t.__dict__ for t in held], many=True).data, None))
 
     @extend_schema(
         parameters=[_MEMBER_ID], request=MemberTagInput,
@@ -482,7 +502,7 @@ class MemberTagHistoryView(APIView):
     permission_classes = (permissions_required(VIEW_MEMBERS, VIEW_TAGS),)
 
     @extend_schema(
-        parameters=[_MEMBER_ID, OpenApiParameter("before", OpenApiTypes.INT, description="next_cursor of the last page"),
+        parameters=[_MEMBER_ID, cursor_parameter("before"),
                     OpenApiParameter("page_size", OpenApiTypes.INT)],
         responses={200: TagHistoryPage}, tags=["tags"],
     )  # fmt: skip
@@ -491,7 +511,7 @@ class MemberTagHistoryView(APIView):
         it), by whom (staff, for manual tags) and when, newest first."""
         pk = _member_pk(member_id)
         size = query_int(request, "page_size", default=100, low=1, high=1000)
-        before = query_int(request, "before", default=None, low=1, high=2**63 - 1)
+        before = query_cursor(request, legacy="before")
         rows = member_tag_history(member_id=pk, before=before, size=size + 1)  # type: ignore[operator]
         page = rows[:size]  # type: ignore[misc]
         return Response(

@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cdp.errors import ApiError, FieldError
-from cdp.pagination import query_int
+from cdp.pagination import CURSOR_HELP, query_int
 from cdp.permissions import permissions_required
 from cdp.privacy import Masking
 from members.aggregates import FIGURE_DIGITS
@@ -77,7 +77,7 @@ class SegmentMembersPage(serializers.Serializer):
         help_text="Each member with the fields asked for; also identifier types by name and "
         "`traits.<key>` / `identifiers.<type>` keys when asked.",
     )
-    next_cursor = serializers.IntegerField(allow_null=True, help_text="Pass as ?cursor= for the next page.")
+    next_cursor = serializers.IntegerField(allow_null=True, help_text=CURSOR_HELP)
 
 
 class SegmentMembersView(APIView):

@@ -7,7 +7,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from cdp.pagination import query_int
+from cdp.pagination import page_serializer, paginated, query_int
 from cdp.permissions import permissions_required
 from members.segments.api import VIEW_SEGMENTS, segment_by_key
 from members.segments.models import Segment
@@ -36,10 +36,20 @@ class ChangesPage(serializers.Serializer):
 class SegmentsView(APIView):
     permission_classes = (permissions_required(VIEW_SEGMENTS),)
 
-    @extend_schema(responses={200: SegmentOutput(many=True)}, tags=["segments"])
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("cursor", OpenApiTypes.STR),
+            OpenApiParameter("page_size", OpenApiTypes.INT),
+        ],
+        responses={200: page_serializer(SegmentOutput)},
+        operation_id="api_v1_segments_list",
+        tags=["segments"],
+    )
     def get(self, request: Request) -> Response:
-        """Every segment with its size and when it was last computed."""
-        return Response(SegmentOutput(Segment.objects.order_by("key"), many=True).data)
+        """The segments by key, a page at a time, each with its size and when it was last
+        computed."""
+        return paginated(request, self, Segment.objects.all(), ordering="key",
+                         serialize=lambda page: SegmentOutput(page, many=True).data)  # fmt: skip
 
 
 class SegmentView(APIView):

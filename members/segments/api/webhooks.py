@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 
 from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
-from cdp.pagination import query_int
+from cdp.pagination import CURSOR_HELP, cursor_parameter, page_serializer, paginated, query_cursor, query_int
 from cdp.permissions import permissions_required
 from members.segments.api import segment_by_key
 from members.segments.models import Segment, SegmentWebhook
@@ -103,7 +103,7 @@ class DeliveryOutput(serializers.Serializer):
 
 class DeliveriesPage(serializers.Serializer):
     results = DeliveryOutput(many=True)
-    next_cursor = serializers.IntegerField(allow_null=True, help_text="Pass as ?before= for older attempts.")
+    next_cursor = serializers.IntegerField(allow_null=True, help_text=CURSOR_HELP)
 
 
 def _refused(refused: WebhookRefused) -> ApiError:
@@ -136,12 +136,22 @@ class _ByMethod(APIView):
 
 
 class SegmentWebhooksView(_ByMethod):
-    @extend_schema(responses={200: WebhookOutput(many=True)}, tags=["segments"])
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("cursor", OpenApiTypes.STR),
+            OpenApiParameter("page_size", OpenApiTypes.INT),
+        ],
+        responses={200: page_serializer(WebhookOutput)},
+        operation_id="api_v1_segments_webhooks_list",
+        tags=["segments"],
+    )
     def get(self, request: Request, key: str) -> Response:
-        """The segment's webhooks (secrets hinted, never shown again)."""
+        """The segment's webhooks, oldest first, a page at a time (secrets hinted, never shown
+        again)."""
         segment = segment_by_key(key)
         webhooks = SegmentWebhook.objects.filter(segment=segment).select_related("segment", "created_by")
-        return Response(WebhookOutput(webhooks.order_by("pk"), many=True).data)
+        return paginated(request, self, webhooks, ordering="id",
+                         serialize=lambda page: WebhookOutput(page, many=True).data)  # fmt: skip
 
     @extend_schema(request=WebhookInput, responses={201: WebhookCreatedOutput}, tags=["segments"])
     def post(self, request: Request, key: str) -> Response:
@@ -193,7 +203,7 @@ class SegmentWebhookView(_ByMethod):
 
 class WebhookDeliveriesView(_ByMethod):
     @extend_schema(
-        parameters=[_WEBHOOK_ID, OpenApiParameter("before", OpenApiTypes.INT, description="next_cursor of the last page"),
+        parameters=[_WEBHOOK_ID, cursor_parameter("before"),
                     OpenApiParameter("page_size", OpenApiTypes.INT)],
         responses={200: DeliveriesPage}, tags=["segments"],
     )  # fmt: skip
@@ -202,7 +212,7 @@ class WebhookDeliveriesView(_ByMethod):
         sent (cursor range), what the receiver answered, how long it took."""
         webhook = _webhook_of(segment_by_key(key), webhook_id)
         size = query_int(request, "page_size", default=100, low=1, high=1000)
-        before = query_int(request, "before", default=None, low=1, high=2**63 - 1)
+        before = query_cursor(request, legacy="before")
         rows = webhook_deliveries(webhook=webhook, before=before, size=size + 1)  # type: ignore[operator]
         page = rows[:size]
         return Response(

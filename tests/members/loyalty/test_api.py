@@ -25,6 +25,7 @@ from members.segments.models import Segment
 from members.segments.services import segment_compute
 from members.services import members_rebuild
 from tests.factories import EventFactory, SourceFactory
+from tests.members.conftest import T0
 from tests.members.test_api import staff_client
 
 pytestmark = pytest.mark.django_db
@@ -89,6 +90,35 @@ def test_ledger_pages_with_a_keyset_cursor(zhang):
 
     assert [e["points"] for e in first["ledger"] + second["ledger"]] == [-100, 120, 300]
     assert second["next_cursor"] is None
+
+
+def test_the_ledger_is_in_time_order_with_a_running_balance_whatever_order_rows_were_written(zhang):
+    """A store's late upload (an order ten days before the others, processed last) is the
+    oldest line of the statement, not the newest; each line says the balance after it."""
+    store = SourceFactory(pos=True, store_code="SH02", name="Late till")
+    EventFactory(source=store, user_id="", anonymous_id="", event="Order Completed",
+                 timestamp=T0 - timedelta(days=10), context={"traits": {"phone": "13800138000"}},
+                 properties={"order_id": "POS-LATE", "total": "50.00", "currency": "CNY"})  # fmt: skip
+    events_process_pending()
+    client = staff_client(Role.CRM_AGENT)
+
+    first = client.get(f"/api/v1/members/{zhang['member']}/points/?page_size=2").json()
+    second = client.get(
+        f"/api/v1/members/{zhang['member']}/points/?page_size=2&before={first['next_cursor']}"
+    ).json()
+    ledger = first["ledger"] + second["ledger"]
+
+    assert [(e["points"], e["balance_after"]) for e in ledger] == [
+        (-100, 370),
+        (120, 470),
+        (300, 350),
+        (50, 50),
+    ]
+    assert [e["at"] for e in ledger] == sorted((e["at"] for e in ledger), reverse=True)
+    assert first["balance"] == ledger[0]["balance_after"] == 370
+    assert second["next_cursor"] is None
+    # The late row was written last: in id order it would have come first.
+    assert max(e["id"] for e in ledger) == ledger[-1]["id"]
 
 
 def test_an_adjustment_needs_a_reason_and_an_idempotency_key_and_happens_once(zhang):
@@ -291,7 +321,7 @@ def test_campaigns_are_validated(campaign):
     assert bad.status_code == 400
     assert {e["field"] for e in bad.json()["errors"]} >= {"channels"}
     assert good.status_code == 201
-    assert [c["name"] for c in client.get("/api/v1/campaigns/").json()][:2] == [
+    assert [c["name"] for c in client.get("/api/v1/campaigns/").json()["results"]][:2] == [
         "10% in the app",
         campaign.name,
     ]

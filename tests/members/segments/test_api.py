@@ -31,7 +31,7 @@ def test_only_marketing_and_admins_read_segments(buyers, role, expected):
 
 
 def test_a_segment_says_its_size_and_when_it_was_computed(buyers, zhang):
-    body = staff_client(Role.MARKETING).get("/api/v1/segments/").json()
+    body = staff_client(Role.MARKETING).get("/api/v1/segments/").json()["results"]
     made = [s for s in body if not s["built_in"]]  # the built-in RFM and lifecycle segments are there too
 
     assert [(s["key"], s["size"], s["error"]) for s in made] == [("buyers", 1, "")]
@@ -119,3 +119,35 @@ def test_the_changes_feed_never_lets_a_late_commit_fall_behind_the_cursor():
     # The reader waited for the late writer rather than hand out the higher cursor alone.
     assert [r["member_id"] for r in pages[0]["results"]] == [late, early]
     assert [r["member_id"] for r in after["results"]] == [late, early]
+
+
+LIST_ENDPOINTS = [
+    "/api/v1/sources/", "/api/v1/rejected-events/", "/api/v1/members/?q=zhang", "/api/v1/members/{id}/events/",
+    "/api/v1/members/{id}/tags/", "/api/v1/members/{id}/tags/history/", "/api/v1/segments/",
+    "/api/v1/segments/buyers/members/", "/api/v1/segments/buyers/webhooks/", "/api/v1/tags/", "/api/v1/campaigns/",
+    "/api/v1/points/expiring/",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", LIST_ENDPOINTS)
+def test_every_list_endpoint_answers_results_and_a_cursor(zhang, buyers, path):
+    separator = "&" if "?" in path else "?"
+    body = staff_client(Role.ADMIN).get(f"{path.format(id=zhang['member'])}{separator}page_size=1").json()
+
+    assert set(body) == {"results", "next_cursor"}
+    assert isinstance(body["results"], list)
+
+
+@pytest.mark.parametrize(("path", "key"), [("/api/v1/segments/", "key"), ("/api/v1/tags/", "key")])
+def test_a_list_pages_to_its_end_by_the_cursor(buyers, path, key):
+    client, seen, cursor = staff_client(Role.ADMIN), [], None
+    while True:
+        body = client.get(path, {"page_size": 2, **({"cursor": cursor} if cursor else {})}).json()
+        seen += [item[key] for item in body["results"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+
+    assert len(seen) > 2  # several pages (the built-in segments and computed tags are there)
+    assert seen == sorted(seen)
+    assert len(set(seen)) == len(seen)

@@ -353,7 +353,7 @@ def test_marketing_creates_rule_tags_computed_after_the_commit(
     assert set(MemberTag.objects.filter(tag__key="buyer").values_list("member_id", flat=True)) == {
         zhang["member"]
     }
-    assert "buyer" in [t["key"] for t in marketing.get("/api/v1/tags/").json()]
+    assert "buyer" in [t["key"] for t in marketing.get("/api/v1/tags/").json()["results"]]
     assert marketing.get("/api/v1/tags/buyer/").json()["rule"] == BUYERS
 
 
@@ -401,7 +401,7 @@ def test_staff_add_and_remove_manual_tags_recorded_and_idempotent(zhang):
 
     added = agent.post(url, {"tag": "vip"}, format="json")
     again = agent.post(url, {"tag": "vip"}, format="json")
-    listed = agent.get(url).json()
+    listed = agent.get(url).json()["results"]
     removed = agent.delete(f"{url}vip/")
     gone = agent.delete(f"{url}vip/")
 

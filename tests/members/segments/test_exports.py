@@ -62,7 +62,7 @@ def spreadsheet_text(value: object) -> str:
 def audience(zhang) -> str:
     """Zhang Wei and ten more: varied traits, figures and points, one who refused marketing."""
     others = members_create(
-        10, {"phone": "+8613900139000", "email": "x@example.com"},
+        10, phone=lambda i: f"+86139001390{i:02d}", email=lambda i: f"x{i}@example.com",
         name=lambda i: ["Li Na", "王芳", 'Quote "q", comma', "line\nbreak", None][i % 5],
         city=lambda i: ["Shanghai", None][i % 2],
         vip=lambda i: [True, False, {"since": 2024}][i % 3],

@@ -516,7 +516,7 @@ def test_the_secret_is_shown_once_and_a_webhook_can_be_read_paused_and_removed(v
                           {"url": "https://tool.example.com/hook", "changes": "exited"}, format="json")  # fmt: skip
     body = created.json()
     one = client.get(f"/api/v1/segments/vip/webhooks/{body['id']}/").json()
-    listed = client.get("/api/v1/segments/vip/webhooks/").json()
+    listed = client.get("/api/v1/segments/vip/webhooks/").json()["results"]
     paused = client.patch(
         f"/api/v1/segments/vip/webhooks/{body['id']}/", {"active": False}, format="json"
     ).json()
