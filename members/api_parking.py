@@ -29,25 +29,14 @@ class ParkedMembersReplayOutput(serializers.Serializer):
     member_ids = serializers.ListField(child=serializers.IntegerField())
 
 
-def _parked_id(pk: str) -> int:
-    if not pk.isdigit() or len(pk) > 18:
-        raise ApiError(
-            code="not_found", message="No such parked member.", status_code=status.HTTP_404_NOT_FOUND
-        )
-    return int(pk)
-
-
 @extend_schema(tags=["operations"])
 class ParkedMemberViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Members whose refresh failed, parked so that the others go on; newest first."""
 
     permission_classes = (permissions_required(VIEW_PARKED),)
     serializer_class = ParkedMemberOutput
+    lookup_value_regex = "[0-9]{1,19}"  # anything else is no route: a JSON 404 (cdp.errors.not_found)
     queryset = ParkedMember.objects.filter(replayed_at__isnull=True)
-
-    def get_object(self) -> ParkedMember:
-        self.kwargs["pk"] = _parked_id(self.kwargs["pk"])
-        return super().get_object()
 
     @extend_schema(request=None, responses={200: ParkedMembersReplayOutput})
     @action(
@@ -56,7 +45,7 @@ class ParkedMemberViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
     def replay(self, request: Request, pk: str) -> Response:
         """Refresh this member again (after a fix), exactly once: a second call finds it no
         longer parked (404). If it fails again it is parked again, its attempts counted."""
-        return _replay(request, ids=[_parked_id(pk)])
+        return _replay(request, ids=[int(pk)])
 
     @extend_schema(
         request=None, responses={200: ParkedMembersReplayOutput}, operation_id="parked_members_replay_all"

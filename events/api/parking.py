@@ -54,14 +54,6 @@ _LISTED = (
 )  # fmt: skip
 
 
-def _parked_id(pk: str) -> int:
-    if not pk.isdigit() or len(pk) > 18:
-        raise ApiError(
-            code="not_found", message="No such parked event.", status_code=status.HTTP_404_NOT_FOUND
-        )
-    return int(pk)
-
-
 @extend_schema(tags=["operations"])
 class ParkedEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Events a pipeline stage failed on, parked so that the others go on; newest first.
@@ -69,16 +61,13 @@ class ParkedEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
 
     permission_classes = (permissions_required(VIEW_PARKED),)
     serializer_class = ParkedEventOutput
+    lookup_value_regex = "[0-9]{1,19}"  # anything else is no route: a JSON 404 (cdp.errors.not_found)
 
     def get_queryset(self):  # noqa: ANN201 - DRF hook
         queryset = ParkedEvent.objects.filter(replayed_at__isnull=True).select_related("event").only(*_LISTED)
         if stage := self.request.query_params.get("stage"):
             queryset = queryset.filter(stage=stage)
         return queryset
-
-    def get_object(self) -> ParkedEvent:
-        self.kwargs["pk"] = _parked_id(self.kwargs["pk"])
-        return super().get_object()
 
     @extend_schema(request=None, responses={200: ParkedEventsReplayOutput})
     @action(
@@ -87,7 +76,7 @@ class ParkedEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     def replay(self, request: Request, pk: str) -> Response:
         """Queue this event again (after a fix), exactly once: a second call finds it no longer
         parked (404). If it fails again it is parked again, its attempts counted."""
-        return _replay(request, ids=[_parked_id(pk)], stage=None)
+        return _replay(request, ids=[int(pk)], stage=None)
 
     @extend_schema(
         request=ParkedEventsReplayInput,
