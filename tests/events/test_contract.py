@@ -6,7 +6,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from events.commerce import as_amount
-from events.contract import BatchDefaults, Message, Rejection, corrected_timestamp, message_parse
+from events.contract import (
+    BatchDefaults,
+    Message,
+    Rejection,
+    TimestampWindow,
+    corrected_timestamp,
+    message_parse,
+)
 
 RECEIVED = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 instants = st.datetimes(
@@ -79,6 +86,7 @@ def test_clock_skew_arithmetic_that_overflows_is_a_rejection():
             "sentAt": "9999-12-30T00:00:00Z",
         },
         received_at=RECEIVED,
+        window=TimestampWindow(earliest=datetime.min.replace(tzinfo=UTC), days_ahead=3_000_000),
     )
 
     assert isinstance(parsed, Rejection)

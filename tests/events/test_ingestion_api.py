@@ -146,15 +146,23 @@ def _stored_times(ingest, body, call="track"):
     return Event.objects.get(), before, after
 
 
+def _device_clock(hours_fast: int) -> datetime:
+    """What a device clock running ``hours_fast`` hours fast says now, to the second."""
+    return (datetime.now(UTC) + timedelta(hours=hours_fast)).replace(microsecond=0)
+
+
 def test_clock_skew_is_corrected_with_sent_at(ingest):
-    # The device clock runs 2 hours fast: it says the event happened at 10:00 and was sent
-    # at 10:05; we received it now, so it happened 5 minutes ago.
-    body = TrackMessageFactory(timestamp="2030-01-01T10:00:00Z", sentAt="2030-01-01T10:05:00Z")
+    # The device clock runs 2 hours fast: it says the event happened at T and was sent at
+    # T + 5 min; we received it now, so it happened 5 minutes ago.
+    sent = _device_clock(2)
+    body = TrackMessageFactory(
+        timestamp=(sent - timedelta(minutes=5)).isoformat(), sentAt=sent.isoformat()
+    )
 
     event, before, after = _stored_times(ingest, body)
 
-    assert event.original_timestamp == datetime(2030, 1, 1, 10, 0, tzinfo=UTC)
-    assert event.sent_at == datetime(2030, 1, 1, 10, 5, tzinfo=UTC)
+    assert event.original_timestamp == sent - timedelta(minutes=5)
+    assert event.sent_at == sent
     assert before <= event.received_at <= after
     assert event.timestamp == event.received_at - timedelta(minutes=5)
 
@@ -182,12 +190,15 @@ def test_no_timestamp_means_received_at(ingest):
 
 
 def test_batch_level_sent_at_and_context_apply_to_each_message(ingest):
+    sent = _device_clock(2)
     body = {
-        "sentAt": "2030-01-01T10:05:00Z",
+        "sentAt": sent.isoformat(),
         "context": {"library": {"name": "analytics-python"}, "locale": "zh-CN"},
         "batch": [
-            TrackMessageFactory(timestamp="2030-01-01T10:00:00Z"),
-            TrackMessageFactory(timestamp="2030-01-01T10:04:00Z", context={"locale": "en-US"}),
+            TrackMessageFactory(timestamp=(sent - timedelta(minutes=5)).isoformat()),
+            TrackMessageFactory(
+                timestamp=(sent - timedelta(minutes=1)).isoformat(), context={"locale": "en-US"}
+            ),
         ],
     }
 
