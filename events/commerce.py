@@ -104,7 +104,7 @@ def _number_error(field: str, key: str, value: Any) -> FieldError | None:
     if number is None:
         return FieldError(field, "must be a number")
     limit = _LIMITS.get(key, MAX_AMOUNT)
-    if abs(number) > limit:
+    if number.copy_abs() > limit:  # exact: abs() rounds, and overflows past the context's exponent
         return FieldError(field, f"must be between -{limit:,} and {limit:,}")
     return None
 

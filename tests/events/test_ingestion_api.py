@@ -632,6 +632,7 @@ def test_the_window_edges_are_inclusive_and_configurable(ingest, settings):
         pytest.param({"total": 10, "revenue": 2e9}, "properties.revenue", id="revenue"),
         pytest.param({"total": 10, "discount": -1e9}, "properties.discount", id="negative-discount"),
         pytest.param({"total": 10, "tax": "1e400"}, "properties.tax", id="huge-exponent-text"),
+        pytest.param({"total": "1e999999999"}, "properties.total", id="beyond-decimal-exponent"),
         pytest.param(
             {"total": 10, "products": [{"sku": "a", "price": 10, "quantity": 1_000_001}]},
             "properties.products[0].quantity",
