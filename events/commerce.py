@@ -4,9 +4,10 @@ We check what later stages rely on (order ids, amounts, currency) so that a malf
 is refused with a clear reason at ingestion instead of silently earning no points later.
 Other properties are the sender's business and are stored as sent.
 
-Every amount and quantity is bounded, so that what the member figures and the ledger compute
-from them (sums, price times quantity, points) always fits their columns: an order of
-``1e308`` or ``99999999999999`` once failed each member refresh that read it, for ever.
+Every amount and quantity is bounded, in size and in decimal places, so that what the member
+figures and the ledger compute from them (sums, price times quantity, points) always fits
+their columns: an order of ``1e308`` or ``99999999999999`` once failed each member refresh
+that read it, for ever.
 """
 
 import math
@@ -62,6 +63,10 @@ COMMERCE_EVENTS = frozenset(
 MAX_AMOUNT = Decimal("100000000")
 #: The largest quantity of one product in an order, in absolute value.
 MAX_QUANTITY = 1_000_000
+#: The most decimal places an amount or quantity is written with. Beyond money's own cents, a
+#: float's shortest form (``0.30000000000000004``) fits; ``"1e-999999"`` is no amount, and
+#: PostgreSQL's binary numeric cannot even carry it (at most 16,383 places).
+MAX_DECIMAL_PLACES = 20
 
 AMOUNT_PROPERTIES = ("total", "revenue", "subtotal", "tax", "shipping", "discount", "value", "price")
 PRODUCT_AMOUNT_PROPERTIES = ("price", "quantity")
@@ -106,6 +111,9 @@ def _number_error(field: str, key: str, value: Any) -> FieldError | None:
     limit = _LIMITS.get(key, MAX_AMOUNT)
     if number.copy_abs() > limit:  # exact: abs() rounds, and overflows past the context's exponent
         return FieldError(field, f"must be between -{limit:,} and {limit:,}")
+    places = -number.as_tuple().exponent
+    if isinstance(places, int) and places > MAX_DECIMAL_PLACES:
+        return FieldError(field, f"has {places} decimal places; at most {MAX_DECIMAL_PLACES} are accepted")
     return None
 
 

@@ -633,6 +633,9 @@ def test_the_window_edges_are_inclusive_and_configurable(ingest, settings):
         pytest.param({"total": 10, "discount": -1e9}, "properties.discount", id="negative-discount"),
         pytest.param({"total": 10, "tax": "1e400"}, "properties.tax", id="huge-exponent-text"),
         pytest.param({"total": "1e999999999"}, "properties.total", id="beyond-decimal-exponent"),
+        pytest.param({"total": 5e-324}, "properties.total", id="5e-324"),
+        pytest.param({"total": "1e-999999"}, "properties.total", id="a million places"),
+        pytest.param({"total": "0." + "0" * 20 + "1"}, "properties.total", id="21-places"),
         pytest.param(
             {"total": 10, "products": [{"sku": "a", "price": 10, "quantity": 1_000_001}]},
             "properties.products[0].quantity",
@@ -661,6 +664,8 @@ def test_commerce_amounts_at_the_bounds_are_accepted(ingest):
         "currency": "CNY",
         "total": 100_000_000,
         "discount": "-100000000",
+        "tax": 0.30000000000000004,
+        "shipping": "0." + "0" * 19 + "1",
         "products": [{"sku": "a", "price": 100, "quantity": 1_000_000}],
     }
 

@@ -121,9 +121,9 @@ _legal_amounts = [
     "12.50",
     int(MAX_AMOUNT),
     str(MAX_AMOUNT),
-    5e-324,
-    "5e-324",
-    "1e-999999",
+    0.30000000000000004,
+    1e-7,
+    "1e-20",
     "1E+8",
     "0E+999",
 ]
@@ -142,7 +142,7 @@ LEGAL = Values(
     ),
     amounts=st.sampled_from(_legal_amounts)
     | st.decimals(min_value=0, max_value=MAX_AMOUNT, places=2).map(str),
-    quantities=st.sampled_from([1, 0, 0.5, MAX_QUANTITY, 5e-324, "3"]) | st.integers(0, MAX_QUANTITY),
+    quantities=st.sampled_from([1, 0, 0.5, MAX_QUANTITY, 1e-20, "3"]) | st.integers(0, MAX_QUANTITY),
     user_ids=st.sampled_from(["u1", "u2", "u3", 12345]),
 )
 WILD = Values(
@@ -180,10 +180,13 @@ WILD = Values(
             "NaN",
             "-Infinity",
             "1e999999999",
+            5e-324,
+            "1e-999999",
+            "0E-30",
             True,
         ]
     ),
-    quantities=st.sampled_from([-1, MAX_QUANTITY + 1, 1e308, -1e308, "many"]) | st.integers(),
+    quantities=st.sampled_from([-1, MAX_QUANTITY + 1, 1e308, -1e308, 5e-324, "many"]) | st.integers(),
     user_ids=st.sampled_from([2**64, "\ud800", "nul\x00", "C:\\u0000dir", "", {"id": 1}]),
 )
 
@@ -200,7 +203,7 @@ EVENT_NAMES = (
 )
 
 
-def _properties(values: Values) -> st.SearchStrategy:
+def _properties(values: Values, *, customer: str) -> st.SearchStrategy:
     products = st.lists(
         st.fixed_dictionaries(
             {"sku": st.sampled_from(["a", "b", 7]), "price": values.amounts, "quantity": values.quantities},
@@ -210,7 +213,10 @@ def _properties(values: Values) -> st.SearchStrategy:
     )
     order = st.fixed_dictionaries(
         {
-            "order_id": st.sampled_from(["o1", "o2", 99]),
+            # Order ids are the customer's own: one order id claimed by two members is another
+            # fault than a value out of bounds (the ledger's keys are unique per order), left to
+            # the pipeline's failure isolation.
+            "order_id": st.sampled_from(["o1", "o2"]).map(lambda order: f"{order}-{customer}"),
             "currency": st.sampled_from(["CNY", "CNY", "USD", "cny"]),
             "total": values.amounts,
         },
@@ -231,13 +237,11 @@ def messages(draw: st.DrawFn) -> dict[str, Any]:
     """One message; about a third of them wild in some part."""
     values = _either(WILD) if draw(st.integers(0, 2)) == 0 else LEGAL
     call = draw(st.sampled_from(["track"] * 4 + sorted(MESSAGE_TYPES)))
-    message: dict[str, Any] = {
-        "type": call,
-        draw(st.sampled_from(["userId", "anonymousId"])): draw(values.user_ids),
-    }
+    identity, identifier = draw(st.sampled_from(["userId", "anonymousId"])), draw(values.user_ids)
+    message: dict[str, Any] = {"type": call, identity: identifier}
     if call == "track":
         message["event"] = draw(st.sampled_from(EVENT_NAMES))
-        message["properties"] = draw(_properties(values))
+        message["properties"] = draw(_properties(values, customer=f"{identity}:{identifier}"))
     elif call == "identify":
         traits = st.fixed_dictionaries(
             {}, optional={"phone": values.strings, "email": values.strings, "name": values.json_values()}
