@@ -255,7 +255,8 @@ def _unstorable(
     index: int | None = None,
 ) -> Rejection:
     """A refusal of ``raw`` for the values it holds that cannot be stored."""
-    if all(problem.reason == _LONG_INTEGER for problem in problems):
+    not_text = [problem.reason for problem in problems if problem.reason != _LONG_INTEGER]
+    if problems and not not_text:
         # jsonb keeps any number exactly, so the message is kept as it came.
         message, payload, raw_excerpt = (
             f"The {what} holds a number beyond the 64-bit range; send large ids as strings.",
@@ -263,7 +264,7 @@ def _unstorable(
             "",
         )
     else:
-        reason = next(p.reason for p in problems if p.reason != _LONG_INTEGER).removeprefix("(the key) ")
+        reason = not_text[0].removeprefix("(the key) ") if not_text else "cannot be stored"
         message, payload = f"The {what} {reason}.", None
         raw_excerpt = json.dumps(raw)[:_EXCERPT_CHARS]  # ASCII: NULs and surrogates as escapes
     return Rejection(
@@ -278,7 +279,7 @@ def _unstorable(
 
 
 def _timestamp_errors(
-    wire: "_WireMessage", *, sent_at: datetime | None, received_at: datetime, window: TimestampWindow
+    wire: _WireMessage, *, sent_at: datetime | None, received_at: datetime, window: TimestampWindow
 ) -> list[FieldError]:
     given = (
         ("timestamp", wire.timestamp),
@@ -302,10 +303,14 @@ def _with_defaults(raw: dict[str, Any], defaults: BatchDefaults) -> dict[str, An
     return merged
 
 
-def _too_deep(raw: Any, *, index: int | None, what: str = "event") -> Rejection:
+def _too_deep_to_store(value: Any) -> bool:
+    return json_depth(value, stop_at=MAX_JSON_DEPTH) > MAX_JSON_DEPTH
+
+
+def _too_deep(raw: Any, *, index: int | None) -> Rejection:
     return Rejection(
         TOO_DEEP,
-        f"The {what} nests objects and arrays more than {MAX_JSON_DEPTH} levels deep, the limit.",
+        f"The event nests objects and arrays more than {MAX_JSON_DEPTH} levels deep, the limit.",
         index=index,
         message_id=_message_id_of(raw) if isinstance(raw, Mapping) else "",
     )
@@ -328,12 +333,15 @@ def message_parse(
         return Rejection("invalid_event", "An event must be a JSON object.", index=index, payload=raw)
     defaults = defaults or BatchDefaults()
     stored = _with_defaults(raw, defaults)
-    if json_depth(stored, stop_at=MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-        return _too_deep(raw, index=index)
     try:
         encoded = orjson.dumps(stored)
-    except orjson.JSONEncodeError:
+    except orjson.JSONEncodeError:  # also past orjson's own nesting limit (254)
+        if _too_deep_to_store(stored):
+            return _too_deep(raw, index=index)
         return _unstorable(raw, list(_value_problems(stored)), index=index)
+    # Fewer brackets than the limit cannot nest past it: the exact walk only for the rest.
+    if encoded.count(b"{") + encoded.count(b"[") > MAX_JSON_DEPTH and _too_deep_to_store(stored):
+        return _too_deep(raw, index=index)
     size = len(encoded)
     if size > MAX_EVENT_BYTES:
         with_context = " with the batch's context" if defaults.context or defaults.integrations else ""
@@ -344,7 +352,7 @@ def message_parse(
             message_id=_message_id_of(raw),
             raw_excerpt=_excerpt(encoded),
         )
-    if _ENCODED_NUL.search(encoded):
+    if b"\\u0000" in encoded and _ENCODED_NUL.search(encoded):
         # PostgreSQL can store NUL in neither text nor jsonb; one such event must not sink its batch.
         return Rejection(
             "invalid_event",
