@@ -278,6 +278,17 @@ def _unstorable(
     )
 
 
+def _kept(raw: Any) -> tuple[Any, str]:
+    """How a refused value is kept: as JSON when jsonb can hold it, else as an ASCII excerpt."""
+    try:
+        encoded = orjson.dumps(raw)
+    except orjson.JSONEncodeError:  # a lone surrogate, an integer beyond 64 bits
+        return None, json.dumps(raw)[:_EXCERPT_CHARS]
+    if b"\\u0000" in encoded and _ENCODED_NUL.search(encoded):
+        return None, _excerpt(encoded)
+    return raw, ""
+
+
 def _timestamp_errors(
     wire: _WireMessage, *, sent_at: datetime | None, received_at: datetime, window: TimestampWindow
 ) -> list[FieldError]:
@@ -330,7 +341,14 @@ def message_parse(
     if isinstance(raw, Unreadable):
         return Rejection(raw.code, raw.message, index=index, raw_excerpt=raw.excerpt)
     if not isinstance(raw, dict):
-        return Rejection("invalid_event", "An event must be a JSON object.", index=index, payload=raw)
+        payload, raw_excerpt = _kept(raw)
+        return Rejection(
+            "invalid_event",
+            "An event must be a JSON object.",
+            index=index,
+            payload=payload,
+            raw_excerpt=raw_excerpt,
+        )
     defaults = defaults or BatchDefaults()
     stored = _with_defaults(raw, defaults)
     try:

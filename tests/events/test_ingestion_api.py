@@ -792,3 +792,15 @@ def test_the_32_kb_limit_applies_to_the_event_as_stored(ingest):
     stored = Event.objects.get()
     assert (stored.message_id, stored.context) == ("small", context)
     assert max(len(r.raw_excerpt) for r in RejectedEvent.objects.all()) <= 2048
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b'"nul\\u0000"', b'"\\ud800"', b"123456789012345678901234567890", b'[["C:\\u0000"]]', b'"C:\\\\u0000"'],
+)
+def test_an_event_that_is_no_object_sinks_only_itself_whatever_it_holds(ingest, bad):
+    rejected = _assert_only_the_bad_one_refused(ingest("batch", None, raw=_batch_with(bad)), "invalid_event")
+
+    assert rejected["message"] == "An event must be a JSON object."
+    kept = RejectedEvent.objects.get()
+    assert kept.payload is not None or kept.raw_excerpt

@@ -264,13 +264,17 @@ def messages(draw: st.DrawFn) -> dict[str, Any]:
     return message
 
 
+#: What a batch may hold instead of a message: any JSON value, nesting past the limit included.
+not_messages = WILD.json_values() | WILD.depths.map(nested)
+
+
 @st.composite
 def batches(draw: st.DrawFn) -> dict[str, Any]:
     """A batch of messages, its batch-level members wild in about one batch in four."""
     shared = _either(WILD) if draw(st.integers(0, 3)) == 0 else LEGAL
     return draw(
         st.fixed_dictionaries(
-            {"batch": st.lists(messages(), min_size=1, max_size=6)},
+            {"batch": st.lists(st.one_of([messages()] * 4 + [not_messages]), min_size=1, max_size=6)},
             optional={"context": shared.bags(), "integrations": shared.bags(), "sentAt": shared.sent_times},
         )
     )
