@@ -27,7 +27,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints, 
 from cdp.errors import FieldError
 from cdp.json_limits import MAX_JSON_DEPTH, JsonTooDeep, json_depth
 from events.commerce import commerce_errors
-from events.wire import TOO_DEEP, Unreadable
+from events.wire import TOO_DEEP, Unreadable, printable
 
 MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
@@ -200,14 +200,9 @@ def _excerpt(raw: bytes) -> str:
     return raw[:_EXCERPT_CHARS].decode("utf-8", errors="replace")
 
 
-def _printable(text: str) -> str:
-    """``text`` as any column and JSON response can hold it: NULs and lone surrogates escaped."""
-    return text.encode("utf-8", errors="backslashreplace").decode().replace("\x00", "\\u0000")
-
-
 def _message_id_of(raw: Mapping[str, Any]) -> str:
     value = raw.get("messageId")
-    return _printable(str(value))[:MAX_ID_LENGTH] if isinstance(value, str | int) else ""
+    return printable(str(value))[:MAX_ID_LENGTH] if isinstance(value, str | int) else ""
 
 
 _NUL = "contains a NUL character (\\u0000), which cannot be stored"
@@ -233,7 +228,7 @@ def _value_problems(value: Any, path: str = "") -> Iterator[FieldError]:
         where, item = stack.pop()
         if isinstance(item, dict):
             for key, child in reversed(item.items()):
-                child_path = f"{where}.{_printable(key)}" if where else _printable(key)
+                child_path = f"{where}.{printable(key)}" if where else printable(key)
                 if (problem := _text_problem(key)) is not None:
                     yield FieldError(child_path, f"(the key) {problem}")
                 stack.append((child_path, child))

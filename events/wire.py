@@ -50,6 +50,11 @@ def excerpt(raw: bytes) -> str:
     return raw[:_EXCERPT_BYTES].decode("utf-8", errors="replace").replace("\x00", "\\u0000")
 
 
+def printable(text: str) -> str:
+    """``text`` as any column and JSON response can hold it: NULs and lone surrogates escaped."""
+    return text.encode("utf-8", errors="backslashreplace").decode().replace("\x00", "\\u0000")
+
+
 def _raw_depth(raw: bytes) -> int:
     """How deep ``raw`` nests objects and arrays, read without parsing it (strings skipped)."""
     depth = deepest = 0
@@ -133,7 +138,7 @@ def _batch_read_apart(raw: bytes) -> dict[str, Any]:
         # A batch-level member is merged into each event, one level below the event itself.
         value = value_read(raw[start:end], limit=MAX_JSON_DEPTH - 1)
         if isinstance(value, Unreadable):
-            raise BodyUnreadable(value, field=key)
+            raise BodyUnreadable(value, field=printable(key))
         body[key] = value
     return body
 

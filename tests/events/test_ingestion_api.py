@@ -804,3 +804,15 @@ def test_an_event_that_is_no_object_sinks_only_itself_whatever_it_holds(ingest, 
     assert rejected["message"] == "An event must be a JSON object."
     kept = RejectedEvent.objects.get()
     assert kept.payload is not None or kept.raw_excerpt
+
+
+@pytest.mark.parametrize("key", [b"\\ud800", b"nul\\u0000"])
+def test_a_batch_member_named_with_no_text_is_named_printably(ingest, key):
+    raw = b'{"batch": [{"type": "track"}], "' + key + b'": ' + b"[" * 300 + b"]" * 300 + b"}"
+
+    response = ingest("batch", None, raw=raw)
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "too_deep"
+    assert response.json()["errors"][0]["field"] == key.decode()
+    assert RejectedEvent.objects.get().errors[0]["field"] == key.decode()

@@ -270,14 +270,19 @@ not_messages = WILD.json_values() | WILD.depths.map(nested)
 
 @st.composite
 def batches(draw: st.DrawFn) -> dict[str, Any]:
-    """A batch of messages, its batch-level members wild in about one batch in four."""
-    shared = _either(WILD) if draw(st.integers(0, 3)) == 0 else LEGAL
-    return draw(
+    """A batch of messages, its batch-level members wild in about one batch in four (and then
+    perhaps with a member the spec does not name, under any name, holding anything)."""
+    wild = draw(st.integers(0, 3)) == 0
+    shared = _either(WILD) if wild else LEGAL
+    body = draw(
         st.fixed_dictionaries(
             {"batch": st.lists(st.one_of([messages()] * 4 + [not_messages]), min_size=1, max_size=6)},
             optional={"context": shared.bags(), "integrations": shared.bags(), "sentAt": shared.sent_times},
         )
     )
+    if wild and draw(st.booleans()):
+        body[f"x-{draw(WILD.strings)}"] = draw(not_messages)
+    return body
 
 
 @settings(
