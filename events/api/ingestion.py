@@ -34,7 +34,7 @@ from events.contract import (
 from events.models import Source
 from events.selectors import source_for_write_key
 from events.services import events_ingest
-from events.wire import BodyUnreadable, body_read, excerpt
+from events.wire import BodyUnreadable, body_read, excerpt, printable
 
 
 class BodyRejected(ApiError):
@@ -113,6 +113,8 @@ class WriteKeyAuthentication(BaseAuthentication):
             raise exceptions.NotAuthenticated(
                 "Send the source's write key as the HTTP Basic user name (empty password) or as writeKey."
             )
+        if printable(write_key) != write_key:  # a NUL or lone surrogate: no key, and no text to hash
+            raise exceptions.AuthenticationFailed("Unknown or disabled write key.")
         source = source_for_write_key(write_key)
         if source is None:
             raise exceptions.AuthenticationFailed("Unknown or disabled write key.")

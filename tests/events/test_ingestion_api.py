@@ -117,6 +117,14 @@ def test_missing_or_unknown_write_key_is_401(ingest, authorization, body_key):
     assert not Event.objects.exists()
 
 
+@pytest.mark.parametrize("key", [b"\\ud800", b"wk\\u0000"])
+def test_a_write_key_that_is_no_text_is_401(ingest, key):
+    response = ingest("identify", None, write_key="", raw=b'{"userId": "u-1", "writeKey": "' + key + b'"}')
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "authentication_failed"
+
+
 def test_disabled_source_key_stops_working_at_once(ingest, source):
     assert ingest("identify", {"userId": "u-1"}).status_code == 200
 
