@@ -133,7 +133,7 @@ def _batch_read_apart(raw: bytes) -> dict[str, Any]:
     for key, (start, end) in members.items():
         elements = _array_spans(raw, start, end) if key == "batch" else None
         if elements is not None:
-            body[key] = [value_read(raw[s:e], what="event") for s, e in elements]
+            body[key] = [value_read(raw[s:e].strip(), what="event") for s, e in elements]
             continue
         # A batch-level member is merged into each event, one level below the event itself.
         value = value_read(raw[start:end], limit=MAX_JSON_DEPTH - 1)

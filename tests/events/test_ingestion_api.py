@@ -824,3 +824,18 @@ def test_a_batch_member_named_with_no_text_is_named_printably(ingest, key):
     assert response.json()["code"] == "too_deep"
     assert response.json()["errors"][0]["field"] == key.decode()
     assert RejectedEvent.objects.get().errors[0]["field"] == key.decode()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(b'{"type": "identify", "userId": "u", "n": ' + b"7" * 5_000 + b"}", id="5000-digits"),
+        pytest.param(b'{"type": "identify", "userId": "u", "n": NaN}', id="nan"),
+        pytest.param(b'{"type": "identify", "userId": "u", "n": 1e999}', id="infinite"),
+    ],
+)
+def test_an_event_no_parser_reads_sinks_only_itself(ingest, bad):
+    rejected = _assert_only_the_bad_one_refused(ingest("batch", None, raw=_batch_with(bad)), "invalid_json")
+
+    assert rejected["message"].startswith("The event is not valid JSON")
+    assert RejectedEvent.objects.get().raw_excerpt.startswith('{"type": "identify"')
