@@ -114,21 +114,22 @@ def body_read(raw: bytes, *, batch: bool) -> dict[str, Any]:
     if isinstance(body, Unreadable):
         if not batch:
             raise BodyUnreadable(body)
-        body = _batch_read_apart(raw)
+        body = _batch_read_apart(raw, whole=body)
     if not isinstance(body, dict):
         raise BodyUnreadable(Unreadable(INVALID_JSON, "The body must be a JSON object.", excerpt(raw)))
     return body
 
 
-def _batch_read_apart(raw: bytes) -> dict[str, Any]:
+def _batch_read_apart(raw: bytes, *, whole: Unreadable) -> dict[str, Any]:
     """Read a batch body member by member and its events one by one.
 
-    Only taken when the body as a whole could not be read: the structure is found by the
-    tokenizer, and every span is then parsed by ``value_read``, so nothing unparsed is kept.
+    Only taken when the body as a whole could not be read (``whole`` says why): the structure
+    is found by the tokenizer, and every span is then parsed by ``value_read``, so nothing
+    unparsed is kept.
     """
     members = _top_level_spans(raw)
     if members is None:
-        raise BodyUnreadable(value_read(raw, limit=MAX_JSON_DEPTH + BATCH_EVENT_LEVEL))
+        raise BodyUnreadable(whole)
     body: dict[str, Any] = {}
     for key, (start, end) in members.items():
         elements = _array_spans(raw, start, end) if key == "batch" else None
