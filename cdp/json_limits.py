@@ -20,7 +20,9 @@ MAX_JSON_DEPTH = 64
 
 # orjson reads integers beyond 64 bits as floats, silently changing them; bodies that may hold
 # one (a false positive inside a string is harmless) are read exactly by the standard library.
-_LONG_INTEGER = re.compile(rb"[\[:,]\s*-?\d{20,}")
+# Beyond 64 bits: 20 digits or more, or 19 below -2^63 (9,223,372,036,854,775,808); a document
+# may also be that number alone.
+_LONG_INTEGER = re.compile(rb"(?:^|[\[:,])\s*(?:-?\d{20,}|-\d{19})")
 
 
 class JsonTooDeep(ValueError):

@@ -3,6 +3,11 @@
 We check what later stages rely on (order ids, amounts, currency) so that a malformed order
 is refused with a clear reason at ingestion instead of silently earning no points later.
 Other properties are the sender's business and are stored as sent.
+
+Every amount and quantity is bounded, in size and in decimal places, so that what the member
+figures and the ledger compute from them (sums, price times quantity, points) always fits
+their columns: an order of ``1e308`` or ``99999999999999`` once failed each member refresh
+that read it, for ever.
 """
 
 import math
@@ -54,8 +59,19 @@ COMMERCE_EVENTS = frozenset(
     }
 )
 
+#: The largest amount (total, revenue, price, tax, ...) accepted, in absolute value: 10^8 in the
+#: order's currency. The figures' and ledger's columns are sized for sums of such amounts.
+MAX_AMOUNT = Decimal("100000000")
+#: The largest quantity of one product in an order, in absolute value.
+MAX_QUANTITY = 1_000_000
+#: The most decimal places an amount or quantity is written with. Beyond money's own cents, a
+#: float's shortest form (``0.30000000000000004``) fits; ``"1e-999999"`` is no amount, and
+#: PostgreSQL's binary numeric cannot even carry it (at most 16,383 places).
+MAX_DECIMAL_PLACES = 20
+
 AMOUNT_PROPERTIES = ("total", "revenue", "subtotal", "tax", "shipping", "discount", "value", "price")
 PRODUCT_AMOUNT_PROPERTIES = ("price", "quantity")
+_LIMITS = {"quantity": Decimal(MAX_QUANTITY)}
 _CURRENCY = re.compile(r"^[A-Za-z]{3}$")
 
 
@@ -86,6 +102,22 @@ def _is_order_id(value: Any) -> bool:
     return (isinstance(value, str) and bool(value.strip())) or isinstance(value, int)
 
 
+def _number_error(field: str, key: str, value: Any) -> FieldError | None:
+    """Why ``value`` (of property ``key``) is not a number within its bound; None when it is."""
+    if value is None:
+        return None
+    number = as_amount(value)
+    if number is None:
+        return FieldError(field, "must be a number")
+    limit = _LIMITS.get(key, MAX_AMOUNT)
+    if number.copy_abs() > limit:  # exact: abs() rounds, and overflows past the context's exponent
+        return FieldError(field, f"must be between -{limit:,} and {limit:,}")
+    places = -number.as_tuple().exponent
+    if isinstance(places, int) and places > MAX_DECIMAL_PLACES:
+        return FieldError(field, f"has {places} decimal places; at most {MAX_DECIMAL_PLACES} are accepted")
+    return None
+
+
 def commerce_errors(
     event: str, properties: Mapping[str, Any], *, currency_required: bool = False
 ) -> list[FieldError]:
@@ -95,9 +127,9 @@ def commerce_errors(
     if event not in COMMERCE_EVENTS:
         return []
     errors = [
-        FieldError(f"properties.{key}", "must be a number")
+        error
         for key in AMOUNT_PROPERTIES
-        if key in properties and properties[key] is not None and as_amount(properties[key]) is None
+        if (error := _number_error(f"properties.{key}", key, properties.get(key))) is not None
     ]
     products = properties.get("products")
     if products is not None:
@@ -110,9 +142,9 @@ def commerce_errors(
                     errors.append(FieldError(field, "must be an object"))
                     continue
                 errors.extend(
-                    FieldError(f"{field}.{key}", "must be a number")
+                    error
                     for key in PRODUCT_AMOUNT_PROPERTIES
-                    if product.get(key) is not None and as_amount(product[key]) is None
+                    if (error := _number_error(f"{field}.{key}", key, product.get(key))) is not None
                 )
     if event in ORDER_EVENTS:
         errors.extend(_order_errors(event, properties, currency_required=currency_required))

@@ -7,6 +7,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError
 from cdp.models import AuditEntry
 from cdp.permissions import permissions_required
@@ -63,7 +64,8 @@ class ParkedMemberViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
 
 def _replay(request: Request, *, ids: list[int] | None) -> Response:
     with transaction.atomic():  # never replayed without its audit entry
-        member_ids = parked_members_replay(ids=ids)
+        # An id past 64 bits names no row (and PostgreSQL would refuse it as a bigint).
+        member_ids = parked_members_replay(ids=None if ids is None else [i for i in ids if i <= MAX_BIGINT])
         if not member_ids and ids is not None:
             raise ApiError(
                 code="not_found", message="No such parked member (replayed already?).",

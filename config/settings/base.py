@@ -4,6 +4,7 @@ Everything that differs between machines is read through the one ``env`` object
 (django-environ); local defaults point at the services on 127.0.0.1.
 """
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import environ
@@ -175,6 +176,17 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # outage test in ``tests/events/test_worker_integration.py`` fails with the emulation on.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "ack_emulation": False}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+
+# --- Ingestion ----------------------------------------------------------------------------
+# The event times accepted (timestamp, originalTimestamp, sentAt, and the time corrected for the
+# device's clock): from this instant up to this many days after receipt. Anything outside is
+# refused per event; a year-10000 time, once stored, failed every pipeline batch that read it.
+EVENT_TIMESTAMP_EARLIEST = datetime.fromisoformat(
+    env("EVENT_TIMESTAMP_EARLIEST", default="2000-01-01T00:00:00+00:00")
+)
+if EVENT_TIMESTAMP_EARLIEST.tzinfo is None:  # read as UTC, as an event's naive time is
+    EVENT_TIMESTAMP_EARLIEST = EVENT_TIMESTAMP_EARLIEST.replace(tzinfo=UTC)
+EVENT_TIMESTAMP_DAYS_AHEAD = env.int("EVENT_TIMESTAMP_DAYS_AHEAD", default=7)
 
 # --- Event pipeline -----------------------------------------------------------------------
 # Stages run, in order, on each claimed batch of accepted events, inside the transaction that

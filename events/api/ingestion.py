@@ -7,12 +7,10 @@ its events, whatever their number.
 
 import base64
 import binascii
-import json
-import re
 import zlib
 from typing import Any
 
-import orjson
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, extend_schema
@@ -29,27 +27,14 @@ from events.contract import (
     MAX_EVENT_BYTES,
     Message,
     Rejection,
+    TimestampWindow,
     batch_parse,
     message_parse,
 )
 from events.models import Source
 from events.selectors import source_for_write_key
 from events.services import events_ingest
-
-_EXCERPT_BYTES = 2048
-# orjson reads integers beyond 64 bits as floats, silently changing them; bodies that may hold
-# one (a false positive inside a string is harmless) are read exactly by the standard library.
-_LONG_INTEGER = re.compile(rb"[\[:,]\s*-?\d{20,}")
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def json_loads_exact(raw: bytes) -> Any:
-    if _LONG_INTEGER.search(raw):
-        return json.loads(raw, parse_constant=_reject_constant)
-    return orjson.loads(raw)
+from events.wire import BodyUnreadable, body_read, excerpt, printable
 
 
 class BodyRejected(ApiError):
@@ -62,10 +47,6 @@ class BodyRejected(ApiError):
         self.excerpt = excerpt
 
 
-def _excerpt(raw: bytes) -> str:
-    return raw[:_EXCERPT_BYTES].decode("utf-8", errors="replace").replace("\x00", "\\u0000")
-
-
 def _too_large(limit: int, what: str) -> BodyRejected:
     return BodyRejected(
         code="request_too_large" if limit == MAX_BATCH_BYTES else "event_too_large",
@@ -75,7 +56,8 @@ def _too_large(limit: int, what: str) -> BodyRejected:
 
 class SegmentJSONParser(BaseParser):
     """JSON body of any declared media type (browsers' beacons send text/plain), optionally
-    gzip-encoded, never read or inflated past the view's limit."""
+    gzip-encoded, never read or inflated past the view's limit, read by ``events.wire`` (a
+    batch's unreadable events are left for the contract to refuse one by one)."""
 
     media_type = "*/*"
 
@@ -96,16 +78,15 @@ class SegmentJSONParser(BaseParser):
         if len(raw) > limit:
             raise _too_large(limit, what)
         try:
-            body = json_loads_exact(raw)
-        except ValueError as exc:  # orjson.JSONDecodeError and json's errors are ValueErrors
+            return body_read(raw, batch=context["view"].endpoint == "batch")
+        except BodyUnreadable as exc:
+            unreadable = exc.unreadable
             raise BodyRejected(
-                code="invalid_json", message=f"The body is not valid JSON: {exc}", excerpt=_excerpt(raw)
+                code=unreadable.code,
+                message=unreadable.message,
+                excerpt=excerpt(raw),
+                errors=(FieldError(exc.field, unreadable.message),) if exc.field else (),
             ) from exc
-        if not isinstance(body, dict):
-            raise BodyRejected(
-                code="invalid_json", message="The body must be a JSON object.", excerpt=_excerpt(raw)
-            )
-        return body
 
 
 def _basic_username(request: Request) -> str | None:
@@ -132,6 +113,8 @@ class WriteKeyAuthentication(BaseAuthentication):
             raise exceptions.NotAuthenticated(
                 "Send the source's write key as the HTTP Basic user name (empty password) or as writeKey."
             )
+        if printable(write_key) != write_key:  # a NUL or lone surrogate: no key, and no text to hash
+            raise exceptions.AuthenticationFailed("Unknown or disabled write key.")
         source = source_for_write_key(write_key)
         if source is None:
             raise exceptions.AuthenticationFailed("Unknown or disabled write key.")
@@ -160,6 +143,9 @@ class _IngestionView(APIView):
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         self.received_at = timezone.now()
+        self.window = TimestampWindow(
+            earliest=settings.EVENT_TIMESTAMP_EARLIEST, days_ahead=settings.EVENT_TIMESTAMP_DAYS_AHEAD
+        )
         super().initial(request, *args, **kwargs)
 
     def body(self, request: Request) -> dict[str, Any]:
@@ -188,6 +174,7 @@ class SingleCallView(_IngestionView):
             self.body(request),
             received_at=self.received_at,
             call_type=self.call_type,
+            window=self.window,
             default_currency=request.auth.default_currency,
         )
         if isinstance(parsed, Rejection):
@@ -268,6 +255,7 @@ class BatchView(_IngestionView):
                 received_at=self.received_at,
                 defaults=defaults,
                 index=index,
+                window=self.window,
                 default_currency=request.auth.default_currency,
             )
             (rejections if isinstance(result, Rejection) else messages).append(result)

@@ -7,6 +7,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError
 from cdp.models import AuditEntry
 from cdp.permissions import permissions_required
@@ -98,7 +99,9 @@ class ParkedEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
 
 def _replay(request: Request, *, ids: list[int] | None, stage: str | None) -> Response:
     with transaction.atomic():  # never replayed without its audit entry
-        event_ids = parked_events_replay(ids=ids, stage=stage)
+        event_ids = parked_events_replay(
+            ids=None if ids is None else [i for i in ids if i <= MAX_BIGINT], stage=stage
+        )
         if not event_ids and ids is not None:
             raise ApiError(
                 code="not_found", message="No such parked event (replayed already?).",

@@ -81,9 +81,9 @@ class SourceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
     @extend_schema(request=SourceUpdateInput, responses={200: SourceOutput})
     def partial_update(self, request: Request, pk: str) -> Response:
         """Change a source's settings (its default currency)."""
+        source = get_object_or_404(Source, pk=pk)  # no such source is a 404 whatever the body
         data = SourceUpdateInput(data=request.data)
         data.is_valid(raise_exception=True)
-        source = get_object_or_404(Source, pk=pk)
         try:
             source = source_set_default_currency(
                 source=source, currency=data.validated_data["default_currency"]

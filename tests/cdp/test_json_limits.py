@@ -30,8 +30,11 @@ def test_very_deep_documents_are_too_deep_not_a_recursion_error(depth):
         json_loads_bounded(b'{"n": 123456789012345678901234, "x": ' + b"[" * depth + b"]" * depth + b"}")
 
 
-def test_long_integers_stay_exact():
-    assert json_loads_bounded(b'{"n": 123456789012345678901234}') == {"n": 123456789012345678901234}
+@pytest.mark.parametrize("number", [123456789012345678901234, 2**64, -(2**63) - 1, -(10**19) + 1])
+def test_long_integers_stay_exact(number):
+    assert json_loads_bounded(b'{"n": %d}' % number) == {"n": number}
+    assert json_loads_bounded(b"[%d]" % number) == [number]
+    assert json_loads_bounded(b"%d" % number) == number
 
 
 @pytest.mark.parametrize("raw", [b"{", b'{"a": NaN}', b"[Infinity]", b""])

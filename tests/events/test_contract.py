@@ -2,11 +2,19 @@
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from events.commerce import as_amount
-from events.contract import BatchDefaults, Message, Rejection, corrected_timestamp, message_parse
+from events.contract import (
+    BatchDefaults,
+    Message,
+    Rejection,
+    TimestampWindow,
+    corrected_timestamp,
+    message_parse,
+)
 
 RECEIVED = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 instants = st.datetimes(
@@ -79,6 +87,7 @@ def test_clock_skew_arithmetic_that_overflows_is_a_rejection():
             "sentAt": "9999-12-30T00:00:00Z",
         },
         received_at=RECEIVED,
+        window=TimestampWindow(earliest=datetime.min.replace(tzinfo=UTC), days_ahead=3_000_000),
     )
 
     assert isinstance(parsed, Rejection)
@@ -91,3 +100,40 @@ def test_amounts_are_exact_decimals():
     assert as_amount("NaN") is None
     assert as_amount(float("inf")) is None
     assert as_amount(" 12.50 ") == as_amount(12.5)
+
+
+def _nested(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("depth", "code"), [(63, None), (64, "too_deep"), (100, "too_deep"), (300, "too_deep")]
+)
+def test_nesting_is_bounded_for_any_caller(depth, code):
+    # The event is level 1 and its traits level 2: traits nested ``depth`` deep make depth + 1.
+    parsed = message_parse(
+        {"type": "identify", "userId": "u", "traits": _nested(depth)}, received_at=RECEIVED
+    )
+
+    assert (parsed.code if isinstance(parsed, Rejection) else None) == code
+
+
+def test_brackets_in_text_are_not_nesting():
+    parsed = message_parse(
+        {"type": "identify", "userId": "u", "traits": {"note": "[{" * 100}}, received_at=RECEIVED
+    )
+
+    assert isinstance(parsed, Message)
+
+
+def test_times_are_checked_against_the_window_given():
+    message = {"type": "track", "userId": "u", "event": "X", "timestamp": "2010-01-01T00:00:00Z"}
+
+    assert isinstance(message_parse(message, received_at=RECEIVED), Message)
+    late = TimestampWindow(earliest=datetime(2020, 1, 1, tzinfo=UTC))
+    refused = message_parse(message, received_at=RECEIVED, window=late)
+    assert isinstance(refused, Rejection)
+    assert refused.errors[0].field == "timestamp"

@@ -118,6 +118,14 @@ def test_missing_or_unknown_write_key_is_401(ingest, authorization, body_key):
     assert not Event.objects.exists()
 
 
+@pytest.mark.parametrize("key", [b"\\ud800", b"wk\\u0000"])
+def test_a_write_key_that_is_no_text_is_401(ingest, key):
+    response = ingest("identify", None, write_key="", raw=b'{"userId": "u-1", "writeKey": "' + key + b'"}')
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "authentication_failed"
+
+
 def test_disabled_source_key_stops_working_at_once(ingest, source):
     assert ingest("identify", {"userId": "u-1"}).status_code == 200
 
@@ -147,15 +155,21 @@ def _stored_times(ingest, body, call="track"):
     return Event.objects.get(), before, after
 
 
+def _device_clock(hours_fast: int) -> datetime:
+    """What a device clock running ``hours_fast`` hours fast says now, to the second."""
+    return (datetime.now(UTC) + timedelta(hours=hours_fast)).replace(microsecond=0)
+
+
 def test_clock_skew_is_corrected_with_sent_at(ingest):
-    # The device clock runs 2 hours fast: it says the event happened at 10:00 and was sent
-    # at 10:05; we received it now, so it happened 5 minutes ago.
-    body = TrackMessageFactory(timestamp="2030-01-01T10:00:00Z", sentAt="2030-01-01T10:05:00Z")
+    # The device clock runs 2 hours fast: it says the event happened at T and was sent at
+    # T + 5 min; we received it now, so it happened 5 minutes ago.
+    sent = _device_clock(2)
+    body = TrackMessageFactory(timestamp=(sent - timedelta(minutes=5)).isoformat(), sentAt=sent.isoformat())
 
     event, before, after = _stored_times(ingest, body)
 
-    assert event.original_timestamp == datetime(2030, 1, 1, 10, 0, tzinfo=UTC)
-    assert event.sent_at == datetime(2030, 1, 1, 10, 5, tzinfo=UTC)
+    assert event.original_timestamp == sent - timedelta(minutes=5)
+    assert event.sent_at == sent
     assert before <= event.received_at <= after
     assert event.timestamp == event.received_at - timedelta(minutes=5)
 
@@ -183,12 +197,15 @@ def test_no_timestamp_means_received_at(ingest):
 
 
 def test_batch_level_sent_at_and_context_apply_to_each_message(ingest):
+    sent = _device_clock(2)
     body = {
-        "sentAt": "2030-01-01T10:05:00Z",
+        "sentAt": sent.isoformat(),
         "context": {"library": {"name": "analytics-python"}, "locale": "zh-CN"},
         "batch": [
-            TrackMessageFactory(timestamp="2030-01-01T10:00:00Z"),
-            TrackMessageFactory(timestamp="2030-01-01T10:04:00Z", context={"locale": "en-US"}),
+            TrackMessageFactory(timestamp=(sent - timedelta(minutes=5)).isoformat()),
+            TrackMessageFactory(
+                timestamp=(sent - timedelta(minutes=1)).isoformat(), context={"locale": "en-US"}
+            ),
         ],
     }
 
@@ -576,3 +593,298 @@ def test_a_batch_costs_a_fixed_number_of_queries(ingest, django_assert_num_queri
         assert ingest("batch", small).status_code == 200
     with django_assert_num_queries(5):
         assert ingest("batch", large).json()["accepted"] == 400
+
+
+# --- bounded values: refused at the door, per event, with the field and reason -------------
+
+
+def _fields(rejection: dict) -> list[str]:
+    return [error["field"] for error in rejection["errors"]]
+
+
+def _batch_with(bad: dict | bytes) -> bytes:
+    """A batch of two good events around ``bad`` (a message, or its raw JSON)."""
+    raw_bad = bad if isinstance(bad, bytes) else orjson.dumps(bad)
+    good = [orjson.dumps(TrackMessageFactory(messageId=f"good-{n}")) for n in (1, 2)]
+    return b'{"batch": [' + good[0] + b", " + raw_bad + b", " + good[1] + b"]}"
+
+
+def _assert_only_the_bad_one_refused(response, code: str) -> dict:
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["accepted"] == 2
+    assert [r["index"] for r in body["rejected"]] == [1]
+    assert body["rejected"][0]["code"] == code
+    assert set(Event.objects.values_list("message_id", flat=True)) == {"good-1", "good-2"}
+    assert RejectedEvent.objects.get().code == code
+    return body["rejected"][0]
+
+
+@pytest.mark.parametrize(
+    ("times", "field"),
+    [
+        pytest.param({"timestamp": "9999-12-31T23:59:59-10:00"}, "timestamp", id="year-10000-in-utc"),
+        pytest.param({"timestamp": "0001-01-01T00:00:00+14:00"}, "timestamp", id="bc-in-utc"),
+        pytest.param({"timestamp": "1999-12-31T23:59:59Z"}, "timestamp", id="before-2000"),
+        pytest.param({"originalTimestamp": "2999-01-01T00:00:00Z"}, "originalTimestamp", id="original"),
+        pytest.param({"sentAt": "1970-01-01T00:00:00Z"}, "sentAt", id="sent-at"),
+    ],
+)
+def test_time_outside_the_window_is_refused_with_its_field(ingest, times, field):
+    body = TrackMessageFactory(**times)
+    body.pop("timestamp", None) if "timestamp" not in times else None
+
+    response = ingest("track", body)
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_event"
+    assert field in _fields(response.json())
+    assert "outside the accepted window" in response.json()["errors"][0]["reason"]
+    assert not Event.objects.exists()
+    assert field in [error["field"] for error in RejectedEvent.objects.get().errors]
+
+
+def test_time_outside_the_window_sinks_only_its_event(ingest):
+    bad = TrackMessageFactory(messageId="bad", timestamp="9999-12-31T23:59:59-10:00")
+
+    rejected = _assert_only_the_bad_one_refused(ingest("batch", None, raw=_batch_with(bad)), "invalid_event")
+
+    assert (rejected["messageId"], _fields(rejected)) == ("bad", ["timestamp"])
+
+
+def test_the_corrected_time_is_checked_too(ingest):
+    # Both times are in the window, but the device's clock offset they imply (sent 20 years
+    # before the event) would put the event 20 years after its arrival.
+    body = TrackMessageFactory(timestamp="2025-01-01T00:00:00Z", sentAt="2005-01-01T00:00:00Z")
+
+    response = ingest("track", body)
+
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "sentAt"
+    assert "corrects timestamp" in response.json()["errors"][0]["reason"]
+
+
+def test_the_window_edges_are_inclusive_and_configurable(ingest, settings):
+    earliest = "2000-01-01T00:00:00+00:00"
+    assert ingest("track", TrackMessageFactory(timestamp=earliest)).status_code == 200
+    ahead = (datetime.now(UTC) + timedelta(days=6, hours=23)).isoformat()
+    assert ingest("track", TrackMessageFactory(timestamp=ahead)).status_code == 200
+    beyond = (datetime.now(UTC) + timedelta(days=7, minutes=1)).isoformat()
+    assert ingest("track", TrackMessageFactory(timestamp=beyond)).status_code == 400
+
+    settings.EVENT_TIMESTAMP_EARLIEST = datetime(2020, 1, 1, tzinfo=UTC)
+    settings.EVENT_TIMESTAMP_DAYS_AHEAD = 30
+
+    assert ingest("track", TrackMessageFactory(timestamp=earliest)).status_code == 400
+    assert ingest("track", TrackMessageFactory(timestamp=beyond)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("properties", "field"),
+    [
+        pytest.param({"total": 1e308}, "properties.total", id="1e308"),
+        pytest.param({"total": 3_000_000_000}, "properties.total", id="3e9"),
+        pytest.param({"total": 99_999_999_999_999}, "properties.total", id="99999999999999"),
+        pytest.param({"total": "100000000.01"}, "properties.total", id="just-beyond-as-text"),
+        pytest.param({"total": 10, "revenue": 2e9}, "properties.revenue", id="revenue"),
+        pytest.param({"total": 10, "discount": -1e9}, "properties.discount", id="negative-discount"),
+        pytest.param({"total": 10, "tax": "1e400"}, "properties.tax", id="huge-exponent-text"),
+        pytest.param({"total": "1e999999999"}, "properties.total", id="beyond-decimal-exponent"),
+        pytest.param({"total": 5e-324}, "properties.total", id="5e-324"),
+        pytest.param({"total": "1e-999999"}, "properties.total", id="a million places"),
+        pytest.param({"total": "0." + "0" * 20 + "1"}, "properties.total", id="21-places"),
+        pytest.param(
+            {"total": 10, "products": [{"sku": "a", "price": 10, "quantity": 1_000_001}]},
+            "properties.products[0].quantity",
+            id="quantity",
+        ),
+        pytest.param(
+            {"total": 10, "products": [{"sku": "a", "price": 1e12, "quantity": 1}]},
+            "properties.products[0].price",
+            id="price",
+        ),
+    ],
+)
+def test_commerce_amounts_beyond_the_bounds_are_refused(ingest, properties, field):
+    order = {"order_id": "o-1", "currency": "CNY"} | properties
+
+    response = ingest("track", {"userId": "u-1", "event": "Order Completed", "properties": order})
+
+    assert response.status_code == 400
+    assert field in _fields(response.json())
+    assert RejectedEvent.objects.get().errors[0]["field"] == field
+
+
+def test_commerce_amounts_at_the_bounds_are_accepted(ingest):
+    order = {
+        "order_id": "o-1",
+        "currency": "CNY",
+        "total": 100_000_000,
+        "discount": "-100000000",
+        "tax": 0.30000000000000004,
+        "shipping": "0." + "0" * 19 + "1",
+        "products": [{"sku": "a", "price": 100, "quantity": 1_000_000}],
+    }
+
+    response = ingest("track", {"userId": "u-1", "event": "Order Completed", "properties": order})
+
+    assert response.status_code == 200, response.json()
+
+
+def test_nesting_past_the_limit_is_refused_as_too_deep(ingest):
+    deep = b'{"userId": "u-1", "traits": ' + b'{"a": ' * 300 + b"1" + b"}" * 300 + b"}"
+
+    response = ingest("identify", None, raw=deep)
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "too_deep"
+    assert "64 levels" in response.json()["message"]
+    assert RejectedEvent.objects.get().code == "too_deep"
+
+
+@pytest.mark.parametrize("depth", [65, 300, 3_000])
+def test_an_event_too_deep_beside_a_long_integer_sinks_only_itself(ingest, depth):
+    bad = (
+        b'{"type": "identify", "messageId": "bad", "userId": "u", "traits": {"n": 123456789012345678901234, "x": '
+        + b"[" * depth
+        + b"]" * depth
+        + b"}}"
+    )
+
+    rejected = _assert_only_the_bad_one_refused(ingest("batch", None, raw=_batch_with(bad)), "too_deep")
+
+    assert "64 levels" in rejected["message"]
+
+
+def test_a_lone_surrogate_is_refused_with_its_field(ingest):
+    raw = b'{"userId": "u-1", "traits": {"name": "\\ud800", "n": 123456789012345678901234}}'
+
+    response = ingest("identify", None, raw=raw)
+
+    assert response.status_code == 400
+    assert "surrogate" in response.json()["message"]
+    assert "traits.name" in _fields(response.json())
+    rejected = RejectedEvent.objects.get()
+    assert rejected.payload is None
+    assert "\\ud800" in rejected.raw_excerpt
+
+
+def test_a_lone_surrogate_beside_a_long_integer_sinks_only_its_event(ingest):
+    bad = b'{"type": "identify", "messageId": "bad\\udfff", "userId": "u", "traits": {"name": "\\ud800", "n": 123456789012345678901234}}'
+
+    rejected = _assert_only_the_bad_one_refused(ingest("batch", None, raw=_batch_with(bad)), "invalid_event")
+
+    assert "surrogate" in rejected["message"]
+    assert rejected["messageId"] == "bad\\udfff"
+    assert set(_fields(rejected)) == {"traits.name", "traits.n", "messageId"}
+
+
+def test_a_real_nul_sinks_only_its_event_and_names_its_field(ingest):
+    bad = TrackMessageFactory(messageId="bad", properties={"path": "C:\u0000dir"})
+
+    rejected = _assert_only_the_bad_one_refused(ingest("batch", None, raw=_batch_with(bad)), "invalid_event")
+
+    assert "NUL" in rejected["message"]
+    assert _fields(rejected) == ["properties.path"]
+
+
+def test_a_backslash_before_u0000_is_text_not_a_nul(ingest):
+    path = "C:\\u0000dir"  # backslash, 'u', four zeros: what a Windows path may well contain
+    body = TrackMessageFactory(properties={"path": path, "other": "\\\\u0000"})
+
+    response = ingest("track", body)
+
+    assert response.status_code == 200, response.json()
+    assert Event.objects.get().properties["path"] == path
+
+
+@pytest.mark.parametrize(
+    ("context", "code"),
+    [
+        pytest.param({"ip": "1.2.3.4\u0000"}, "invalid_batch", id="nul"),
+        pytest.param(b'{"library": "\\ud800"}', "invalid_batch", id="surrogate"),
+        pytest.param(b'{"n": 123456789012345678901234}', "invalid_batch", id="long-integer"),
+        pytest.param(b'{"a": ' * 300 + b"1" + b"}" * 300, "too_deep", id="300-deep"),
+        pytest.param(b'{"a": ' * 64 + b"1" + b"}" * 64, "too_deep", id="too-deep-once-merged"),
+        pytest.param(b"[" * 3_000 + b"]" * 3_000, "too_deep", id="3000-deep"),
+        pytest.param({"blob": "x" * MAX_EVENT_BYTES}, "invalid_batch", id="over-32-kb"),
+    ],
+)
+@pytest.mark.parametrize("member", ["context", "integrations"])
+def test_batch_level_members_get_an_events_checks(ingest, member, context, code):
+    raw_context = context if isinstance(context, bytes) else orjson.dumps(context)
+    raw = (
+        b'{"batch": ['
+        + orjson.dumps(TrackMessageFactory())
+        + b'], "'
+        + member.encode()
+        + b'": '
+        + raw_context
+        + b"}"
+    )
+
+    response = ingest("batch", None, raw=raw)
+
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == code
+    assert response.json()["errors"][0]["field"].startswith(member)
+    assert not Event.objects.exists()
+    assert RejectedEvent.objects.get().code == code
+
+
+def test_the_32_kb_limit_applies_to_the_event_as_stored(ingest):
+    # 400 events under a 30 KB context: 421 KB sent, 12 MB if each event were stored with it.
+    context = {"blob": "x" * 30_000}
+    small = TrackMessageFactory(messageId="small")
+    large = TrackMessageFactory(messageId="large", properties={"blob": "y" * 3_000})
+    batch = [small, large] + [TrackMessageFactory(properties={"blob": "z" * 3_000}) for _ in range(100)]
+
+    response = ingest("batch", {"context": context, "batch": batch})
+
+    body = response.json()
+    assert body["accepted"] == 1
+    assert len(body["rejected"]) == 101
+    assert {r["code"] for r in body["rejected"]} == {"event_too_large"}
+    assert "as stored with the batch's context" in body["rejected"][0]["message"]
+    stored = Event.objects.get()
+    assert (stored.message_id, stored.context) == ("small", context)
+    assert max(len(r.raw_excerpt) for r in RejectedEvent.objects.all()) <= 2048
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b'"nul\\u0000"', b'"\\ud800"', b"123456789012345678901234567890", b'[["C:\\u0000"]]', b'"C:\\\\u0000"'],
+)
+def test_an_event_that_is_no_object_sinks_only_itself_whatever_it_holds(ingest, bad):
+    rejected = _assert_only_the_bad_one_refused(ingest("batch", None, raw=_batch_with(bad)), "invalid_event")
+
+    assert rejected["message"] == "An event must be a JSON object."
+    kept = RejectedEvent.objects.get()
+    assert kept.payload is not None or kept.raw_excerpt
+
+
+@pytest.mark.parametrize("key", [b"\\ud800", b"nul\\u0000"])
+def test_a_batch_member_named_with_no_text_is_named_printably(ingest, key):
+    raw = b'{"batch": [{"type": "track"}], "' + key + b'": ' + b"[" * 300 + b"]" * 300 + b"}"
+
+    response = ingest("batch", None, raw=raw)
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "too_deep"
+    assert response.json()["errors"][0]["field"] == key.decode()
+    assert RejectedEvent.objects.get().errors[0]["field"] == key.decode()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(b'{"type": "identify", "userId": "u", "n": ' + b"7" * 5_000 + b"}", id="5000-digits"),
+        pytest.param(b'{"type": "identify", "userId": "u", "n": NaN}', id="nan"),
+        pytest.param(b'{"type": "identify", "userId": "u", "n": 1e999}', id="infinite"),
+    ],
+)
+def test_an_event_no_parser_reads_sinks_only_itself(ingest, bad):
+    rejected = _assert_only_the_bad_one_refused(ingest("batch", None, raw=_batch_with(bad)), "invalid_json")
+
+    assert rejected["message"].startswith("The event is not valid JSON")
+    assert RejectedEvent.objects.get().raw_excerpt.startswith('{"type": "identify"')

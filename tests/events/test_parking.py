@@ -83,7 +83,7 @@ def test_a_failing_event_is_parked_the_rest_go_on_and_its_replay_equals_a_clean_
     assert [row["event_id"] for row in listed.json()["results"]] == bad[::-1]
     first = listed.json()["results"][-1]
     assert (first["message_id"], first["stage"], first["attempts"]) == (chosen[0][1], POISON, 1)
-    assert admin.get("/api/v1/parked-events/?page_size=2").json()["next"]
+    assert admin.get("/api/v1/parked-events/?page_size=2").json()["next_cursor"]
     manager = staff_client(Role.CRM_MANAGER)
     assert manager.get("/api/v1/parked-events/").status_code == 403
     assert manager.post(f"/api/v1/parked-events/{parked[0].pk}/replay/").status_code == 403
