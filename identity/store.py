@@ -27,6 +27,7 @@ from identity.resolution import (
     InMemoryResolver,
     MemberRef,
     MemberState,
+    MergeLinks,
     ResolvableEvent,
     Separation,
 )
@@ -47,6 +48,11 @@ def separations_stored() -> list[Separation]:
     ]
 
 
+def merge_rule(rules: Rules) -> dict:
+    """The rules a merge record keeps: under which priorities and limits it was made."""
+    return {str(type_): asdict(rule) for type_, rule in sorted(rules.by_type.items())}
+
+
 def event_key(event: ClaimedEvent | Event) -> EventKey:
     return EventKey(event.timestamp, event.message_id, event.source_id)
 
@@ -63,8 +69,11 @@ class DatabaseResolver(InMemoryResolver):
         separations: Iterable[Separation] | None = None,
     ) -> None:
         super().__init__(rules, separations if separations is not None else separations_stored())
-        #: Member ids to give again to members founded by the same event (a rebuild's old ids).
-        self.reuse_ids = reuse_ids or {}
+        #: Member ids to give again to members founded by the same event (a rebuild's old ids,
+        #: members a split or a replay may bring back).
+        self.reuse_ids = dict(reuse_ids or {})
+        #: Where retired members among ``reuse_ids`` lead now, as stored (unknown: a rebuild).
+        self.leads_to: dict[int, int] = {}
         self.identifier_ids: dict[Identifier, int] = {}
         self.loaded_identifiers: set[Identifier] = set()
         #: Stored members loaded: id -> (first event, last event), as the database has them.
@@ -79,8 +88,9 @@ class DatabaseResolver(InMemoryResolver):
         self.problems: dict[EventKey, list[dict]] = {}
         self.decisions: list[tuple[Decision, str]] = []
         self.replaying = False
-        #: Stored members a late event's replay dissolved, and that event (None: a split).
-        self.replayed_by: dict[int, EventKey | None] = {}
+        #: Old members this run re-decided and that do not stand, with the member holding their
+        #: founding event: the ones ``retired`` now, and retired ones that still lead there.
+        self.settled: dict[int, int] = {}
 
     # --- loading -------------------------------------------------------------------------
 
@@ -176,27 +186,34 @@ class DatabaseResolver(InMemoryResolver):
 
     # --- deciding (the algorithm is inherited; this only records what happened) --------
 
-    def _replay(self, keys: set[EventKey], cause: EventKey | None = None) -> None:
-        for key in keys:
-            if isinstance(ref := self.member_of.get(key), int):
-                self.replayed_by.setdefault(ref, cause)
+    def _replay(self, keys: set[EventKey]) -> None:
+        dissolved = {ref for key in keys if isinstance(ref := self.member_of.get(key), int)}
         # What this batch already decided about these events is decided again: the earlier
         # decisions are dropped (their merges may not happen any more), and stored members
         # they absorbed count as dissolved by the replay.
         kept = []
         for decision, how in self.decisions:
             if decision.event in keys:
-                for ref in decision.absorbed:
-                    if isinstance(ref, int):
-                        self.replayed_by.setdefault(ref, cause)
+                dissolved.update(ref for ref in decision.absorbed if isinstance(ref, int))
             else:
                 kept.append((decision, how))
         self.decisions = kept
+        self._load_retired_into(dissolved)
         self.replaying = True
         try:
-            super()._replay(keys, cause)
+            super()._replay(keys)
         finally:
             self.replaying = False
+
+    def _load_retired_into(self, member_ids: set[int]) -> None:
+        """Members merged earlier into these: the replay re-decides their events too. One whose
+        founding event founds a member again gets its id back (the replay undid its merge);
+        the others' merges are told again as the replay links them."""
+        if not member_ids:
+            return
+        for pk, survivor, *first in _sql(_RETIRED_INTO, [sorted(member_ids)]):
+            self.reuse_ids.setdefault(EventKey(*first), pk)
+            self.leads_to[pk] = survivor
 
     def _apply(self, decision: Decision) -> None:
         super()._apply(decision)
@@ -268,6 +285,15 @@ class DatabaseResolver(InMemoryResolver):
             _sql(_UPDATE_MEMBERS, _member_columns(to_update))
         kept = set(ids.values())
         self.retired = {pk: self._survivor_of(pk, ids) for pk in self.loaded_members if pk not in kept}
+        self.settled = dict(self.retired)
+        decided = self.decisions_by_event()
+        for first, pk in self.reuse_ids.items():
+            # An old member whose founding event this run decided, and that does not stand,
+            # leads to the member holding that event now.
+            if pk not in kept and pk not in self.settled and first in decided:
+                survivor = self.settled[pk] = ids[self.member_of[first]]
+                if self.leads_to.get(pk) != survivor:
+                    self.retired[pk] = survivor
         if self.retired:
             olds, survivors = list(self.retired), list(self.retired.values())
             _sql(_RETIRE_MEMBERS, [olds, survivors])
@@ -374,40 +400,46 @@ class DatabaseResolver(InMemoryResolver):
             _sql(_MOVE_RESOLUTIONS, [list(moves), list(moves.values())])
 
     def _write_merges(self, member_ids: dict[MemberRef, int]) -> None:
-        rule = {type_: asdict(r) for type_, r in sorted(self.rules.by_type.items())}
-        records = []
-        for decision, cause in self.decisions:
-            for ref in decision.absorbed:
-                absorbed = ref if isinstance(ref, int) else member_ids.get(ref)
-                if absorbed is None:
-                    continue  # a member born and absorbed within this batch was never visible
-                records.append(
-                    MergeRecord(
-                        survivor_id=member_ids[self._final(decision.member)],
-                        absorbed_id=absorbed,
-                        event_id=self.event_ids[decision.event],
-                        identifiers=sorted(
-                            str(i)
-                            for i in self.events[decision.event].identifiers
-                            if i not in decision.dropped
-                        ),
-                        rule=rule,
-                        cause=cause,
-                    )
-                )
-        recorded = {record.absorbed_id for record in records}
-        records += [
-            MergeRecord(
-                survivor_id=survivor,
-                absorbed_id=old,
-                event_id=self.event_ids[cause] if (cause := self.replayed_by[old]) else None,
-                identifiers=sorted(str(i) for i in self.events[cause].identifiers) if cause else [],
-                rule=rule,
-                cause=MergeRecord.Cause.REPLAY,
+        """One record for each old member this run ended, naming what linked it.
+
+        The record's event and identifiers come from this run's own decisions (``MergeLinks``):
+        the event that joined the member to the one holding its events now, and the identifiers
+        of that event each side held just before. So the event resolves to the survivor and the
+        identifiers are the pair's, whatever else the event or the batch carried. A retired
+        member a replay re-decided is told again only when its survivor or link changed.
+        """
+        if not self.settled:
+            return
+        rule = merge_rule(self.rules)
+        links = MergeLinks(decision for decision, _ in self.decisions)
+        how_of = {decision.event: how for decision, how in self.decisions}
+        founding = {pk: first for first, pk in self.reuse_ids.items()}
+        founding.update({pk: first for pk, (first, _) in self.loaded_members.items()})
+        told = {
+            absorbed: (survivor, event_id, orjson.loads(identifiers))
+            for absorbed, survivor, event_id, identifiers in _sql(
+                _LATEST_MERGES, [sorted(set(self.settled) - set(self.loaded_members))]
             )
-            for old, survivor in self.retired.items()
-            if old not in recorded and old in self.replayed_by
-        ]
+        }
+        records = []
+        for old, survivor in sorted(self.settled.items()):
+            link = links.of(member=old, founded_by=founding[old])
+            if link is None:
+                raise LookupError(f"member {old} no longer stands, but nothing in this run linked it")
+            identifiers = [str(i) for i in link.identifiers]
+            event_id = self.event_ids[link.event]
+            if told.get(old) == (survivor, event_id, identifiers):
+                continue
+            records.append(
+                MergeRecord(
+                    survivor_id=survivor,
+                    absorbed_id=old,
+                    event_id=event_id,
+                    identifiers=identifiers,
+                    rule=rule,
+                    cause=how_of[link.event],
+                )
+            )
         MergeRecord.objects.bulk_create(records)
 
     def _final(self, ref: MemberRef) -> MemberRef:
@@ -543,6 +575,16 @@ _MOVE_RESOLUTIONS = (
 _RESOLUTIONS_OF_MEMBERS = (
     "SELECT e.event_id, k.id FROM unnest(%b::bigint[]) AS k(id) "
     f"CROSS JOIN LATERAL (SELECT event_id FROM {_RESOLUTIONS} WHERE member_id = k.id OFFSET 0) AS e"
+)
+_RETIRED_INTO = (
+    "SELECT m.id, m.merged_into_id, m.first_event_at, m.first_event_message_id, m.first_event_source_id "
+    f"FROM unnest(%b::bigint[]) AS k(id) CROSS JOIN LATERAL (SELECT * FROM {_MEMBERS} "
+    "WHERE merged_into_id = k.id OFFSET 0) AS m"
+)
+_LATEST_MERGES = (
+    "SELECT r.absorbed_id, r.survivor_id, r.event_id, r.identifiers::text FROM unnest(%b::bigint[]) AS k(id) "
+    f"CROSS JOIN LATERAL (SELECT * FROM {MergeRecord._meta.db_table} WHERE absorbed_id = k.id "
+    "ORDER BY id DESC LIMIT 1) AS r"
 )
 _MARK_DIRTY = (
     f"INSERT INTO {DirtyMark._meta.db_table} (member_id, marked_at) SELECT unnest(%b::bigint[]), now()"
