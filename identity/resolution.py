@@ -19,6 +19,12 @@ late event instead re-resolves its *component*: the events linked to it through 
 identifiers (dropped ones included), which always consists of whole members and interacts
 with nothing outside it. ``tests/identity/test_resolution.py`` checks this with generated
 event streams in every arrival order.
+
+**What linked them.** Each decision says through which of its identifiers the event joined
+each member it chose, and ``MergeLinks`` reads a run's decisions to tell, for a member that no
+longer stands, the event that joined it to the member holding its events and the identifiers
+each side held: the merge history names that, never the event that happened to trigger a
+replay nor identifiers a decision dropped.
 """
 
 from collections import defaultdict, deque
@@ -104,7 +110,7 @@ class MergeLink:
 
 
 class MergeLinks:
-    """The links that a sequence of decisions (one resolution run, in order) made.
+    """The links that a resolution run's decisions (``InMemoryResolver.decisions``) made.
 
     A member that stood before the run and does not after is told by its founding event: if
     that event founded a member again, the decision that absorbed that member linked it; if
@@ -116,7 +122,7 @@ class MergeLinks:
     def __init__(self, decisions: Iterable[Decision]) -> None:
         self._of_event: dict[EventKey, Decision] = {}
         self._absorber: dict[MemberRef, Decision] = {}
-        for decision in decisions:  # a later decision about the same event or member wins
+        for decision in decisions:
             self._of_event[decision.event] = decision
             for ref in decision.absorbed:
                 self._absorber[ref] = decision
@@ -303,6 +309,9 @@ class InMemoryResolver:
         self.mentions: dict[Identifier, set[EventKey]] = defaultdict(set)
         self.member_of: dict[EventKey, MemberRef] = {}
         self.events_of: dict[MemberRef, set[EventKey]] = defaultdict(set)
+        #: What this resolver decided, in order: each event's latest decision only (a replay
+        #: drops the decisions of the events it re-decides). ``MergeLinks`` reads it.
+        self.decisions: list[Decision] = []
         self.replays = 0
 
     # Hooks for a resolver whose graph lives in a database and is loaded as needed.
@@ -390,6 +399,7 @@ class InMemoryResolver:
         """Re-resolve these events from scratch (after late events, or a split)."""
         members = {self.member_of[key] for key in keys if key in self.member_of}
         mentioned = {i for key in keys for i in self.events[key].identifiers}
+        self.decisions = [decision for decision in self.decisions if decision.event not in keys]
         self.graph.forget(members, mentioned)
         for ref in members:
             for key in self.events_of.pop(ref, set()):
@@ -398,6 +408,7 @@ class InMemoryResolver:
             self._apply(self.graph.resolve(self.events[key]))
 
     def _apply(self, decision: Decision) -> None:
+        self.decisions.append(decision)
         for ref in decision.absorbed:
             for key in self.events_of.pop(ref, set()):
                 self.member_of[key] = decision.member

@@ -86,7 +86,8 @@ class DatabaseResolver(InMemoryResolver):
         #: Stored events' identifiers that were dropped for matching, by event id.
         self.stored_dropped: dict[int, set[Identifier]] = {}
         self.problems: dict[EventKey, list[dict]] = {}
-        self.decisions: list[tuple[Decision, str]] = []
+        #: How each event was last decided: on time (EVENT) or re-decided by a replay (REPLAY).
+        self.how: dict[EventKey, str] = {}
         self.replaying = False
         #: Old members this run re-decided and that do not stand, with the member holding their
         #: founding event: the ones ``retired`` now, and retired ones that still lead there.
@@ -188,16 +189,12 @@ class DatabaseResolver(InMemoryResolver):
 
     def _replay(self, keys: set[EventKey]) -> None:
         dissolved = {ref for key in keys if isinstance(ref := self.member_of.get(key), int)}
-        # What this batch already decided about these events is decided again: the earlier
-        # decisions are dropped (their merges may not happen any more), and stored members
+        # What this batch already decided about these events is decided again (the earlier
+        # decisions are dropped: their merges may not happen any more), and stored members
         # they absorbed count as dissolved by the replay.
-        kept = []
-        for decision, how in self.decisions:
+        for decision in self.decisions:
             if decision.event in keys:
                 dissolved.update(ref for ref in decision.absorbed if isinstance(ref, int))
-            else:
-                kept.append((decision, how))
-        self.decisions = kept
         self._load_retired_into(dissolved)
         self.replaying = True
         try:
@@ -217,9 +214,7 @@ class DatabaseResolver(InMemoryResolver):
 
     def _apply(self, decision: Decision) -> None:
         super()._apply(decision)
-        self.decisions.append(
-            (decision, MergeRecord.Cause.REPLAY if self.replaying else MergeRecord.Cause.EVENT)
-        )
+        self.how[decision.event] = MergeRecord.Cause.REPLAY if self.replaying else MergeRecord.Cause.EVENT
 
     # --- writing -------------------------------------------------------------------------
 
@@ -250,7 +245,7 @@ class DatabaseResolver(InMemoryResolver):
             _sql(_MARK_DIRTY, [sorted(changed)])
 
     def decisions_by_event(self) -> dict[EventKey, Decision]:
-        return {decision.event: decision for decision, _ in self.decisions}
+        return {decision.event: decision for decision in self.decisions}
 
     def _write_members(self) -> dict[MemberRef, int]:
         """Create new members, update changed ones, retire the ones that were absorbed.
@@ -308,7 +303,7 @@ class DatabaseResolver(InMemoryResolver):
         )
 
     def _absorber(self, old: MemberRef) -> MemberRef:
-        for decision, _ in reversed(self.decisions):
+        for decision in reversed(self.decisions):
             if old in decision.absorbed:
                 return decision.member
         raise LookupError(f"member {old} vanished without being absorbed")
@@ -411,8 +406,7 @@ class DatabaseResolver(InMemoryResolver):
         if not self.settled:
             return
         rule = merge_rule(self.rules)
-        links = MergeLinks(decision for decision, _ in self.decisions)
-        how_of = {decision.event: how for decision, how in self.decisions}
+        links = MergeLinks(self.decisions)
         founding = {pk: first for first, pk in self.reuse_ids.items()}
         founding.update({pk: first for pk, (first, _) in self.loaded_members.items()})
         told = {
@@ -437,7 +431,7 @@ class DatabaseResolver(InMemoryResolver):
                     event_id=event_id,
                     identifiers=identifiers,
                     rule=rule,
-                    cause=how_of[link.event],
+                    cause=self.how[link.event],
                 )
             )
         MergeRecord.objects.bulk_create(records)
