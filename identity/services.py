@@ -122,6 +122,20 @@ def identity_rebuild(*, batch_size: int = 5000, progress: Callable[[int], None] 
     the same event keeps its id, and an old id no longer needed leads to the member that now
     holds the event that founded it. One transaction under the identity lock: readers see
     the old graph until the new one is complete, and the pipeline waits.
+
+    The merge history is rebuilt too, *equivalent* to the incremental one, which means:
+
+    - the same members are merged (every member that is not active has a record, and the
+      incremental history has a record for each of them too), each leading to the same
+      active member;
+    - every record tells the truth: its event resolves to the member its survivor leads to,
+      and the identifiers it names are that event's, held by the survivor (at the merge, one
+      side's each);
+    - but not necessarily the same records: where several events link the same members any
+      may be cited, the merges may happen in another order (event time, not arrival), so an
+      intermediate survivor may differ, and members that stood between two batches of the
+      rebuild and then merged have a record of their own (one for each merged member).
+      ``identity.selectors.merge_history_audit`` checks the result.
     """
     with transaction.atomic():
         _identity_lock()
