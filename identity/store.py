@@ -71,7 +71,7 @@ class DatabaseResolver(InMemoryResolver):
         super().__init__(rules, separations if separations is not None else separations_stored())
         #: Member ids to give again to members founded by the same event (a rebuild's old ids,
         #: members a split or a replay may bring back).
-        self.reuse_ids = dict(reuse_ids or {})
+        self.reuse_ids = reuse_ids or {}  # the caller's: replaced, never changed, when added to
         #: Where retired members among ``reuse_ids`` lead now, as stored (unknown: a rebuild).
         self.leads_to: dict[int, int] = {}
         self.identifier_ids: dict[Identifier, int] = {}
@@ -92,6 +92,8 @@ class DatabaseResolver(InMemoryResolver):
         #: Old members this run re-decided and that do not stand, with the member holding their
         #: founding event: the ones ``retired`` now, and retired ones that still lead there.
         self.settled: dict[int, int] = {}
+        #: The founding event of each old member the run knew (loaded, or re-decided by it).
+        self.founding: dict[int, EventKey] = {}
 
     # --- loading -------------------------------------------------------------------------
 
@@ -208,9 +210,11 @@ class DatabaseResolver(InMemoryResolver):
         the others' merges are told again as the replay links them."""
         if not member_ids:
             return
+        found = {}
         for pk, survivor, *first in _sql(_RETIRED_INTO, [sorted(member_ids)]):
-            self.reuse_ids.setdefault(EventKey(*first), pk)
+            found.setdefault(EventKey(*first), pk)
             self.leads_to[pk] = survivor
+        self.reuse_ids = {**found, **self.reuse_ids}  # ids the caller gave win
 
     def _apply(self, decision: Decision) -> None:
         super()._apply(decision)
@@ -251,7 +255,8 @@ class DatabaseResolver(InMemoryResolver):
         """Create new members, update changed ones, retire the ones that were absorbed.
 
         A member re-created by a replay keeps the id of the old member founded by the same
-        event, so ids stay stable when a late event changes nothing for them.
+        event, so ids stay stable when a late event changes nothing for them, and a member
+        merged earlier gets its id back when the replay undoes its merge.
         """
         by_first_event = {first: pk for pk, (first, _) in self.loaded_members.items()}
         ids: dict[MemberRef, int] = {}
@@ -281,12 +286,14 @@ class DatabaseResolver(InMemoryResolver):
         kept = set(ids.values())
         self.retired = {pk: self._survivor_of(pk, ids) for pk in self.loaded_members if pk not in kept}
         self.settled = dict(self.retired)
-        decided = self.decisions_by_event()
-        for first, pk in self.reuse_ids.items():
+        self.founding = {pk: first for pk, (first, _) in self.loaded_members.items()}
+        for first in self.decisions_by_event():
             # An old member whose founding event this run decided, and that does not stand,
             # leads to the member holding that event now.
-            if pk not in kept and pk not in self.settled and first in decided:
+            pk = self.reuse_ids.get(first)
+            if pk is not None and pk not in kept and pk not in self.settled:
                 survivor = self.settled[pk] = ids[self.member_of[first]]
+                self.founding[pk] = first
                 if self.leads_to.get(pk) != survivor:
                     self.retired[pk] = survivor
         if self.retired:
@@ -407,8 +414,6 @@ class DatabaseResolver(InMemoryResolver):
             return
         rule = merge_rule(self.rules)
         links = MergeLinks(self.decisions)
-        founding = {pk: first for first, pk in self.reuse_ids.items()}
-        founding.update({pk: first for pk, (first, _) in self.loaded_members.items()})
         told = {
             absorbed: (survivor, event_id, orjson.loads(identifiers))
             for absorbed, survivor, event_id, identifiers in _sql(
@@ -417,7 +422,7 @@ class DatabaseResolver(InMemoryResolver):
         }
         records = []
         for old, survivor in sorted(self.settled.items()):
-            link = links.of(member=old, founded_by=founding[old])
+            link = links.of(member=old, founded_by=self.founding[old])
             if link is None:
                 raise LookupError(f"member {old} no longer stands, but nothing in this run linked it")
             identifiers = [str(i) for i in link.identifiers]
