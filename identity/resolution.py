@@ -110,7 +110,8 @@ class MergeLink:
 
 
 class MergeLinks:
-    """The links that a resolution run's decisions (``InMemoryResolver.decisions``) made.
+    """The links that a resolution run's decisions (``InMemoryResolver.decisions.values()``,
+    in order) made.
 
     A member that stood before the run and does not after is told by its founding event: if
     that event founded a member again, the decision that absorbed that member linked it; if
@@ -310,8 +311,9 @@ class InMemoryResolver:
         self.member_of: dict[EventKey, MemberRef] = {}
         self.events_of: dict[MemberRef, set[EventKey]] = defaultdict(set)
         #: What this resolver decided, in order: each event's latest decision only (a replay
-        #: drops the decisions of the events it re-decides). ``MergeLinks`` reads it.
-        self.decisions: list[Decision] = []
+        #: drops the decisions of the events it re-decides, in time proportional to those).
+        #: ``MergeLinks`` reads it.
+        self.decisions: dict[EventKey, Decision] = {}
         self.replays = 0
 
     # Hooks for a resolver whose graph lives in a database and is loaded as needed.
@@ -399,7 +401,8 @@ class InMemoryResolver:
         """Re-resolve these events from scratch (after late events, or a split)."""
         members = {self.member_of[key] for key in keys if key in self.member_of}
         mentioned = {i for key in keys for i in self.events[key].identifiers}
-        self.decisions = [decision for decision in self.decisions if decision.event not in keys]
+        for key in keys:
+            self.decisions.pop(key, None)
         self.graph.forget(members, mentioned)
         for ref in members:
             for key in self.events_of.pop(ref, set()):
@@ -408,7 +411,7 @@ class InMemoryResolver:
             self._apply(self.graph.resolve(self.events[key]))
 
     def _apply(self, decision: Decision) -> None:
-        self.decisions.append(decision)
+        self.decisions[decision.event] = decision
         for ref in decision.absorbed:
             for key in self.events_of.pop(ref, set()):
                 self.member_of[key] = decision.member

@@ -194,9 +194,8 @@ class DatabaseResolver(InMemoryResolver):
         # What this batch already decided about these events is decided again (the earlier
         # decisions are dropped: their merges may not happen any more), and stored members
         # they absorbed count as dissolved by the replay.
-        for decision in self.decisions:
-            if decision.event in keys:
-                dissolved.update(ref for ref in decision.absorbed if isinstance(ref, int))
+        for key in keys & self.decisions.keys():
+            dissolved.update(ref for ref in self.decisions[key].absorbed if isinstance(ref, int))
         self._load_retired_into(dissolved)
         self.replaying = True
         try:
@@ -238,7 +237,7 @@ class DatabaseResolver(InMemoryResolver):
         whole component would recompute thousands of unchanged members per late event.
         """
         changed = set(self.retired) | set(self.retired.values())
-        for key in self.decisions_by_event():
+        for key in self.decisions:
             member = member_ids[self.member_of[key]]
             before = self.stored_member_of.get(key)
             if before != member:
@@ -247,9 +246,6 @@ class DatabaseResolver(InMemoryResolver):
                     changed.add(before)
         if changed:
             _sql(_MARK_DIRTY, [sorted(changed)])
-
-    def decisions_by_event(self) -> dict[EventKey, Decision]:
-        return {decision.event: decision for decision in self.decisions}
 
     def _write_members(self) -> dict[MemberRef, int]:
         """Create new members, update changed ones, retire the ones that were absorbed.
@@ -287,7 +283,7 @@ class DatabaseResolver(InMemoryResolver):
         self.retired = {pk: self._survivor_of(pk, ids) for pk in self.loaded_members if pk not in kept}
         self.settled = dict(self.retired)
         self.founding = {pk: first for pk, (first, _) in self.loaded_members.items()}
-        for first in self.decisions_by_event():
+        for first in self.decisions:
             # An old member whose founding event this run decided, and that does not stand,
             # leads to the member holding that event now.
             pk = self.reuse_ids.get(first)
@@ -310,7 +306,7 @@ class DatabaseResolver(InMemoryResolver):
         )
 
     def _absorber(self, old: MemberRef) -> MemberRef:
-        for decision in reversed(self.decisions):
+        for decision in reversed(self.decisions.values()):
             if old in decision.absorbed:
                 return decision.member
         raise LookupError(f"member {old} vanished without being absorbed")
@@ -359,7 +355,7 @@ class DatabaseResolver(InMemoryResolver):
         """New events' mentions are inserted; a replayed event keeps its rows (an event's
         identifiers never change) and only the ones whose ``dropped`` flipped are updated."""
         inserted, flipped = [], []
-        for key, decision in self.decisions_by_event().items():
+        for key, decision in self.decisions.items():
             event_id = self.event_ids[key]
             stored = key in self.stored_member_of
             dropped_before = self.stored_dropped.get(event_id, frozenset())
@@ -413,7 +409,7 @@ class DatabaseResolver(InMemoryResolver):
         if not self.settled:
             return
         rule = merge_rule(self.rules)
-        links = MergeLinks(self.decisions)
+        links = MergeLinks(self.decisions.values())
         told = {
             absorbed: (survivor, event_id, orjson.loads(identifiers))
             for absorbed, survivor, event_id, identifiers in _sql(

@@ -240,12 +240,12 @@ def test_a_merge_is_told_by_the_identifiers_each_side_held_not_the_rest_of_the_e
     for e in (app, pos, link):
         resolver.add(e)
 
-    found = MergeLinks(resolver.decisions).of(founded_by=pos.key)
+    found = MergeLinks(resolver.decisions.values()).of(founded_by=pos.key)
 
     assert found == MergeLink(
         link.key, (Identifier("device_id", "d1"), Identifier("phone", "+8613800138000"))
     )
-    assert MergeLinks(resolver.decisions).of(founded_by=app.key) is None  # it stands
+    assert MergeLinks(resolver.decisions.values()).of(founded_by=app.key) is None  # it stands
 
 
 def test_a_replay_tells_each_merge_by_its_own_event_not_by_the_late_one():
@@ -263,7 +263,7 @@ def test_a_replay_tells_each_merge_by_its_own_event_not_by_the_late_one():
     late_li = event(0, "phone:+8613800138001", message="late-li")
     resolver.add_batch([wang_pos, late_li])
 
-    links = MergeLinks(resolver.decisions)
+    links = MergeLinks(resolver.decisions.values())
     assert resolver.replays == 1
     assert links.of(founded_by=wang_pos.key) == MergeLink(
         wang_link.key, (Identifier("device_id", "w"), Identifier("user_id", "w"))
@@ -282,7 +282,7 @@ def test_a_member_whose_founding_event_now_joins_an_earlier_one_is_told_by_that_
     resolver.decisions.clear()
     resolver.add(event(1, "phone:+8613800138001", "device_id:d1", message="earlier"))  # late
 
-    assert MergeLinks(resolver.decisions).of(founded_by=shop.key) == MergeLink(
+    assert MergeLinks(resolver.decisions.values()).of(founded_by=shop.key) == MergeLink(
         shop.key, (Identifier("phone", "+8613800138001"),)
     )
 
@@ -308,12 +308,12 @@ def assert_truthful_link(resolver: WatchedResolver, links: MergeLinks, ended: Ev
     """The member founded by ``ended`` stopped standing: what linked it must be true."""
     # In memory a member is named by its founding event. The database knows a member the run
     # re-decided by that event (its id is another name), and one it did not by its id.
-    redecided = any(d.event == ended for d in resolver.decisions)
+    redecided = ended in resolver.decisions
     link = links.of(founded_by=ended) if redecided else links.of(member=ended)
     assert link is not None, f"nothing tells why {ended} stopped standing"
     survivor = resolver.member_of[ended]
     assert resolver.member_of[link.event] == survivor  # the event is the survivor's
-    decision = next(d for d in resolver.decisions if d.event == link.event)
+    decision = resolver.decisions[link.event]
     assert link.identifiers  # it linked through something
     assert set(link.identifiers) <= resolver.events[link.event].identifiers - set(decision.dropped)
     assert all(resolver.graph.owner[i] == survivor for i in link.identifiers)  # the survivor's now
@@ -343,7 +343,7 @@ def test_every_member_that_stops_standing_is_told_by_the_event_and_identifiers_t
         standing = set(resolver.graph.members)
         resolver.decisions.clear()  # one run per batch, as the pipeline makes them
         resolver.add_batch(arrival[start:end])
-        links = MergeLinks(resolver.decisions)
+        links = MergeLinks(resolver.decisions.values())
         for ended in standing - set(resolver.graph.members):
             assert_truthful_link(resolver, links, ended)
 
@@ -351,6 +351,6 @@ def test_every_member_that_stops_standing_is_told_by_the_event_and_identifiers_t
     rebuilt = WatchedResolver(PROPERTY_RULES, splits)
     for e in sorted(events, key=lambda e: e.key):
         rebuilt.add(e)
-    founded = {d.event for d in rebuilt.decisions if d.created}
+    founded = {d.event for d in rebuilt.decisions.values() if d.created}
     for ended in founded - set(rebuilt.graph.members):
-        assert_truthful_link(rebuilt, MergeLinks(rebuilt.decisions), ended)
+        assert_truthful_link(rebuilt, MergeLinks(rebuilt.decisions.values()), ended)
