@@ -226,7 +226,7 @@ class DatabaseResolver(InMemoryResolver):
         self._write_identifiers(member_ids)
         self._write_event_identifiers()
         self._write_resolutions(member_ids)
-        self._write_merges(member_ids)
+        self._write_merges()
         self._mark_dirty(member_ids)
 
     def _mark_dirty(self, member_ids: dict[MemberRef, int]) -> None:
@@ -397,7 +397,7 @@ class DatabaseResolver(InMemoryResolver):
         if moves:
             _sql(_MOVE_RESOLUTIONS, [list(moves), list(moves.values())])
 
-    def _write_merges(self, member_ids: dict[MemberRef, int]) -> None:
+    def _write_merges(self) -> None:
         """One record for each old member this run ended, naming what linked it.
 
         The record's event and identifiers come from this run's own decisions (``MergeLinks``):
