@@ -28,6 +28,12 @@ late event instead re-resolves its *component*: the events linked to it through 
 identifiers (dropped ones included), which always consists of whole members and interacts
 with nothing outside it. ``tests/identity/test_resolution.py`` checks this with generated
 event streams in every arrival order.
+
+**What linked them.** Each decision says through which of its identifiers the event joined
+each member it chose, and ``MergeLinks`` reads a run's decisions to tell, for a member that no
+longer stands, the event that joined it to the member holding its events and the identifiers
+each side held: the merge history names that, never the event that happened to trigger a
+replay nor identifiers a decision dropped.
 """
 
 from collections import defaultdict, deque
@@ -85,7 +91,13 @@ class MemberState:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What resolving one event did to the graph."""
+    """What resolving one event did to the graph.
+
+    ``joined`` says through what the event joined each member it chose (the survivor, then
+    the absorbed ones): the identifiers of the event that member held just before. A merge
+    is told by these, never by the event's other identifiers, which may be dropped ones that
+    belong to someone else.
+    """
 
     event: EventKey
     member: MemberRef
@@ -93,6 +105,57 @@ class Decision:
     absorbed: tuple[MemberRef, ...]
     attached: tuple[Identifier, ...]
     dropped: tuple[Identifier, ...]
+    joined: tuple[tuple[MemberRef, tuple[Identifier, ...]], ...] = ()
+
+    def through(self, *members: MemberRef) -> tuple[Identifier, ...]:
+        """The identifiers through which the event joined these members (sorted)."""
+        wanted = set(members)
+        return tuple(sorted(i for ref, held in self.joined if ref in wanted for i in held))
+
+
+@dataclass(frozen=True, slots=True)
+class MergeLink:
+    """Why a member no longer stands on its own: ``event`` joined it to the member that holds
+    its events now, through ``identifiers`` (the event's, each held just before by the side
+    that stands or by the side that was absorbed)."""
+
+    event: EventKey
+    identifiers: tuple[Identifier, ...]
+
+
+class MergeLinks:
+    """The links that a resolution run's decisions (``InMemoryResolver.decisions.values()``,
+    in order) made.
+
+    A member that stood before the run and does not after is told by its founding event: if
+    that event founded a member again, the decision that absorbed that member linked it; if
+    the event joined an existing member straight away (the run saw earlier events the old
+    member never saw), that event itself linked it. A member absorbed by reference (one the
+    run loaded, not re-created) is told by the decision that absorbed it.
+    """
+
+    def __init__(self, decisions: Iterable[Decision]) -> None:
+        self._of_event: dict[EventKey, Decision] = {}
+        self._absorber: dict[MemberRef, Decision] = {}
+        for decision in decisions:
+            self._of_event[decision.event] = decision
+            for ref in decision.absorbed:
+                self._absorber[ref] = decision
+
+    def of(self, *, founded_by: EventKey | None = None, member: MemberRef | None = None) -> MergeLink | None:
+        """The link that ended the member ``member`` or the one ``founded_by`` founded; None
+        when this run did not end it."""
+        if member is not None and (absorber := self._absorber.get(member)) is not None:
+            return MergeLink(absorber.event, absorber.through(absorber.member, member))
+        first = self._of_event.get(founded_by) if founded_by is not None else None
+        if first is None:
+            return None
+        if not first.created:
+            return MergeLink(first.event, first.through(first.member, *first.absorbed))
+        absorber = self._absorber.get(first.member)
+        if absorber is None:
+            return None  # the member it founded stands
+        return MergeLink(absorber.event, absorber.through(absorber.member, first.member))
 
 
 class IdentityGraph:
@@ -165,6 +228,7 @@ class IdentityGraph:
         on_sides: frozenset[tuple[int, int]] = frozenset()
         accepted: list[Identifier] = []
         dropped: list[Identifier] = []
+        joined_through: dict[MemberRef, list[Identifier]] = defaultdict(list)
         limit_of = self._limit
         for identifier in self._by_priority(i for i in event.identifiers if self.merges(i)):
             owner = self.owner.get(identifier)
@@ -194,6 +258,7 @@ class IdentityGraph:
                 accepted.append(identifier)
                 if owner is not None:
                     chosen.add(owner)
+                    joined_through[owner].append(identifier)
             else:
                 dropped.append(identifier)
 
@@ -228,7 +293,8 @@ class IdentityGraph:
                     attached.append(identifier)
             else:
                 self.last_seen[identifier] = max(self.last_seen.get(identifier, event.key), event.key)
-        return Decision(event.key, member, created, absorbed, tuple(attached), tuple(dropped))
+        joined = tuple((ref, tuple(joined_through[ref])) for ref in (() if created else (member, *absorbed)))
+        return Decision(event.key, member, created, absorbed, tuple(attached), tuple(dropped), joined)
 
     def _join_alias_classes(self, state: MemberState, vouched: list[Identifier]) -> None:
         """Make the accepted values of each limited type of a vouching event one alias class
@@ -315,6 +381,10 @@ class InMemoryResolver:
         self.mentions: dict[Identifier, set[EventKey]] = defaultdict(set)
         self.member_of: dict[EventKey, MemberRef] = {}
         self.events_of: dict[MemberRef, set[EventKey]] = defaultdict(set)
+        #: What this resolver decided, in order: each event's latest decision only (a replay
+        #: drops the decisions of the events it re-decides, in time proportional to those).
+        #: ``MergeLinks`` reads it.
+        self.decisions: dict[EventKey, Decision] = {}
         self.replays = 0
 
     # Hooks for a resolver whose graph lives in a database and is loaded as needed.
@@ -333,7 +403,7 @@ class InMemoryResolver:
             self._apply(self.graph.resolve(event))
         else:
             self.replays += 1
-            self._replay(self.component(event), cause=event.key)
+            self._replay(self.component(event))
 
     def add_batch(self, events: Iterable[ResolvableEvent]) -> None:
         """Resolve several events as ``add`` would, with one replay for all the late ones.
@@ -362,7 +432,7 @@ class InMemoryResolver:
             for event in late:
                 if event.key not in found:
                     found |= self.component(event)
-            self._replay(found, cause=late[0].key)
+            self._replay(found)
 
     def _register(self, event: ResolvableEvent) -> None:
         self.events[event.key] = event
@@ -398,11 +468,12 @@ class InMemoryResolver:
                 found |= self.component(self.events[key])
         self._replay(found)
 
-    def _replay(self, keys: set[EventKey], cause: EventKey | None = None) -> None:
-        """Re-resolve these events from scratch; ``cause`` is the late event that asked for it
-        (None: a split)."""
+    def _replay(self, keys: set[EventKey]) -> None:
+        """Re-resolve these events from scratch (after late events, or a split)."""
         members = {self.member_of[key] for key in keys if key in self.member_of}
         mentioned = {i for key in keys for i in self.events[key].identifiers}
+        for key in keys:
+            self.decisions.pop(key, None)
         self.graph.forget(members, mentioned)
         for ref in members:
             for key in self.events_of.pop(ref, set()):
@@ -411,6 +482,7 @@ class InMemoryResolver:
             self._apply(self.graph.resolve(self.events[key]))
 
     def _apply(self, decision: Decision) -> None:
+        self.decisions[decision.event] = decision
         for ref in decision.absorbed:
             for key in self.events_of.pop(ref, set()):
                 self.member_of[key] = decision.member

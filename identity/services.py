@@ -3,6 +3,7 @@
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import orjson
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
@@ -21,7 +22,7 @@ from identity.models import EventIdentifier, EventResolution, MemberIdentifier, 
 from identity.models import Identifier as IdentifierRow
 from identity.resolution import EventKey, ResolvableEvent
 from identity.rules import Rules
-from identity.store import DatabaseResolver, event_key
+from identity.store import DatabaseResolver, event_key, merge_rule
 from members.models import Member
 
 #: One transaction-scoped advisory lock for all identity writes. Resolution of a batch reads
@@ -131,6 +132,20 @@ def identity_rebuild(*, batch_size: int = 5000, progress: Callable[[int], None] 
     the same event keeps its id, and an old id no longer needed leads to the member that now
     holds the event that founded it. One transaction under the identity lock: readers see
     the old graph until the new one is complete, and the pipeline waits.
+
+    The merge history is rebuilt too, *equivalent* to the incremental one, which means:
+
+    - the same members are merged (every member that is not active has a record, and the
+      incremental history has a record for each of them too), each leading to the same
+      active member;
+    - every record tells the truth: its event resolves to the member its survivor leads to,
+      and the identifiers it names are that event's, held by the survivor (at the merge, one
+      side's each);
+    - but not necessarily the same records: where several events link the same members any
+      may be cited, the merges may happen in another order (event time, not arrival), so an
+      intermediate survivor may differ, and members that stood between two batches of the
+      rebuild and then merged have a record of their own (one for each merged member).
+      ``identity.selectors.merge_history_audit`` checks the result.
     """
     with transaction.atomic():
         _identity_lock()
@@ -162,24 +177,44 @@ def identity_rebuild(*, batch_size: int = 5000, progress: Callable[[int], None] 
             _resolve(_extract(batch, policy), DatabaseResolver(rules, reuse_ids=old_members))
             done += len(batch)
             progress(done)
-        _retire_unused_members()
+        _retire_unused_members(rules)
     return done
 
 
-def _retire_unused_members() -> None:
-    """Old members the rebuild did not re-create lead to whoever holds their founding event."""
+def _retire_unused_members(rules: Rules) -> None:
+    """Old members the rebuild did not re-create lead to whoever holds their founding event.
+
+    The resolver retires, with a merge record, every old member it knew by its founding event;
+    what is left here are old members that shared a founding event with another (a replay had
+    re-created a member under a new id). Each gets a record too, citing that event and the
+    identifiers of it the survivor holds: the event and the survivor's own, never another's.
+    """
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            UPDATE {Member._meta.db_table} AS m
-               SET status = 'merged', merged_into_id = r.member_id, updated_at = now()
-              FROM {Event._meta.db_table} AS e
-              JOIN {EventResolution._meta.db_table} AS r ON r.event_id = e.id
-             WHERE e.timestamp = m.first_event_at
-               AND e.message_id = m.first_event_message_id
-               AND e.source_id = m.first_event_source_id
-               AND r.member_id <> m.id
-            """  # noqa: S608 - model tables only
+            WITH retired AS (
+                UPDATE {Member._meta.db_table} AS m
+                   SET status = 'merged', merged_into_id = r.member_id, updated_at = now()
+                  FROM {Event._meta.db_table} AS e
+                  JOIN {EventResolution._meta.db_table} AS r ON r.event_id = e.id
+                 WHERE e.timestamp = m.first_event_at
+                   AND e.message_id = m.first_event_message_id
+                   AND e.source_id = m.first_event_source_id
+                   AND r.member_id <> m.id
+                   AND NOT EXISTS (SELECT 1 FROM {MergeRecord._meta.db_table} WHERE absorbed_id = m.id)
+             RETURNING m.id AS absorbed, r.member_id AS survivor, e.id AS event
+            )
+            INSERT INTO {MergeRecord._meta.db_table}
+                   (survivor_id, absorbed_id, event_id, identifiers, rule, cause, created_at)
+            SELECT retired.survivor, retired.absorbed, retired.event, COALESCE((
+                       SELECT jsonb_agg(i.type || ':' || i.value ORDER BY i.type, i.value)
+                         FROM {EventIdentifier._meta.db_table} AS x
+                         JOIN {IdentifierRow._meta.db_table} AS i ON i.id = x.identifier_id
+                        WHERE x.event_id = retired.event AND NOT x.dropped AND i.member_id = retired.survivor
+                   ), '[]'::jsonb), %s::jsonb, %s, now()
+              FROM retired
+            """,  # noqa: S608 - model tables only
+            [orjson.dumps(merge_rule(rules)).decode(), MergeRecord.Cause.EVENT],
         )
 
 
@@ -231,13 +266,7 @@ def member_split(
             staff=staff,
             reason=reason.strip(),
         )
-        absorbed_before = {
-            EventKey(at, message_id, source_id): pk
-            for pk, at, message_id, source_id in Member.objects.filter(merged_into=member).values_list(
-                "pk", "first_event_at", "first_event_message_id", "first_event_source_id"
-            )
-        }
-        resolver = DatabaseResolver(identity_rules(), reuse_ids=absorbed_before)
+        resolver = DatabaseResolver(identity_rules())  # its replay brings back the members absorbed
         resolver.load_events(
             set(EventResolution.objects.filter(member=member).values_list("event_id", flat=True))
         )

@@ -27,6 +27,7 @@ from identity.resolution import (
     InMemoryResolver,
     MemberRef,
     MemberState,
+    MergeLinks,
     ResolvableEvent,
     Separation,
 )
@@ -47,6 +48,11 @@ def separations_stored() -> list[Separation]:
     ]
 
 
+def merge_rule(rules: Rules) -> dict:
+    """The rules a merge record keeps: under which priorities and limits it was made."""
+    return {str(type_): asdict(rule) for type_, rule in sorted(rules.by_type.items())}
+
+
 def event_key(event: ClaimedEvent | Event) -> EventKey:
     return EventKey(event.timestamp, event.message_id, event.source_id)
 
@@ -63,8 +69,11 @@ class DatabaseResolver(InMemoryResolver):
         separations: Iterable[Separation] | None = None,
     ) -> None:
         super().__init__(rules, separations if separations is not None else separations_stored())
-        #: Member ids to give again to members founded by the same event (a rebuild's old ids).
-        self.reuse_ids = reuse_ids or {}
+        #: Member ids to give again to members founded by the same event (a rebuild's old ids,
+        #: members a split or a replay may bring back).
+        self.reuse_ids = reuse_ids or {}  # the caller's: replaced, never changed, when added to
+        #: Where retired members among ``reuse_ids`` lead now, as stored (unknown: a rebuild).
+        self.leads_to: dict[int, int] = {}
         self.identifier_ids: dict[Identifier, int] = {}
         self.loaded_identifiers: set[Identifier] = set()
         #: Stored members loaded: id -> (first event, last event), as the database has them.
@@ -78,10 +87,14 @@ class DatabaseResolver(InMemoryResolver):
         #: Stored events' identifiers that were dropped for matching, by event id.
         self.stored_dropped: dict[int, set[Identifier]] = {}
         self.problems: dict[EventKey, list[dict]] = {}
-        self.decisions: list[tuple[Decision, str]] = []
+        #: How each event was last decided: on time (EVENT) or re-decided by a replay (REPLAY).
+        self.how: dict[EventKey, str] = {}
         self.replaying = False
-        #: Stored members a late event's replay dissolved, and that event (None: a split).
-        self.replayed_by: dict[int, EventKey | None] = {}
+        #: Old members this run re-decided and that do not stand, with the member holding their
+        #: founding event: the ones ``retired`` now, and retired ones that still lead there.
+        self.settled: dict[int, int] = {}
+        #: The founding event of each old member the run knew (loaded, or re-decided by it).
+        self.founding: dict[int, EventKey] = {}
 
     # --- loading -------------------------------------------------------------------------
 
@@ -180,33 +193,35 @@ class DatabaseResolver(InMemoryResolver):
 
     # --- deciding (the algorithm is inherited; this only records what happened) --------
 
-    def _replay(self, keys: set[EventKey], cause: EventKey | None = None) -> None:
-        for key in keys:
-            if isinstance(ref := self.member_of.get(key), int):
-                self.replayed_by.setdefault(ref, cause)
-        # What this batch already decided about these events is decided again: the earlier
-        # decisions are dropped (their merges may not happen any more), and stored members
+    def _replay(self, keys: set[EventKey]) -> None:
+        dissolved = {ref for key in keys if isinstance(ref := self.member_of.get(key), int)}
+        # What this batch already decided about these events is decided again (the earlier
+        # decisions are dropped: their merges may not happen any more), and stored members
         # they absorbed count as dissolved by the replay.
-        kept = []
-        for decision, how in self.decisions:
-            if decision.event in keys:
-                for ref in decision.absorbed:
-                    if isinstance(ref, int):
-                        self.replayed_by.setdefault(ref, cause)
-            else:
-                kept.append((decision, how))
-        self.decisions = kept
+        for key in keys & self.decisions.keys():
+            dissolved.update(ref for ref in self.decisions[key].absorbed if isinstance(ref, int))
+        self._load_retired_into(dissolved)
         self.replaying = True
         try:
-            super()._replay(keys, cause)
+            super()._replay(keys)
         finally:
             self.replaying = False
 
+    def _load_retired_into(self, member_ids: set[int]) -> None:
+        """Members merged earlier into these: the replay re-decides their events too. One whose
+        founding event founds a member again gets its id back (the replay undid its merge);
+        the others' merges are told again as the replay links them."""
+        if not member_ids:
+            return
+        found = {}
+        for pk, survivor, *first in _sql(_RETIRED_INTO, [sorted(member_ids)]):
+            found.setdefault(EventKey(*first), pk)
+            self.leads_to[pk] = survivor
+        self.reuse_ids = {**found, **self.reuse_ids}  # ids the caller gave win
+
     def _apply(self, decision: Decision) -> None:
         super()._apply(decision)
-        self.decisions.append(
-            (decision, MergeRecord.Cause.REPLAY if self.replaying else MergeRecord.Cause.EVENT)
-        )
+        self.how[decision.event] = MergeRecord.Cause.REPLAY if self.replaying else MergeRecord.Cause.EVENT
 
     # --- writing -------------------------------------------------------------------------
 
@@ -215,7 +230,7 @@ class DatabaseResolver(InMemoryResolver):
         self._write_identifiers(member_ids)
         self._write_event_identifiers()
         self._write_resolutions(member_ids)
-        self._write_merges(member_ids)
+        self._write_merges()
         self._mark_dirty(member_ids)
 
     def _mark_dirty(self, member_ids: dict[MemberRef, int]) -> None:
@@ -226,7 +241,7 @@ class DatabaseResolver(InMemoryResolver):
         whole component would recompute thousands of unchanged members per late event.
         """
         changed = set(self.retired) | set(self.retired.values())
-        for key in self.decisions_by_event():
+        for key in self.decisions:
             member = member_ids[self.member_of[key]]
             before = self.stored_member_of.get(key)
             if before != member:
@@ -236,14 +251,12 @@ class DatabaseResolver(InMemoryResolver):
         if changed:
             _sql(_MARK_DIRTY, [sorted(changed)])
 
-    def decisions_by_event(self) -> dict[EventKey, Decision]:
-        return {decision.event: decision for decision, _ in self.decisions}
-
     def _write_members(self) -> dict[MemberRef, int]:
         """Create new members, update changed ones, retire the ones that were absorbed.
 
         A member re-created by a replay keeps the id of the old member founded by the same
-        event, so ids stay stable when a late event changes nothing for them.
+        event, so ids stay stable when a late event changes nothing for them, and a member
+        merged earlier gets its id back when the replay undoes its merge.
         """
         by_first_event = {first: pk for pk, (first, _) in self.loaded_members.items()}
         ids: dict[MemberRef, int] = {}
@@ -272,6 +285,17 @@ class DatabaseResolver(InMemoryResolver):
             _sql(_UPDATE_MEMBERS, _member_columns(to_update))
         kept = set(ids.values())
         self.retired = {pk: self._survivor_of(pk, ids) for pk in self.loaded_members if pk not in kept}
+        self.settled = dict(self.retired)
+        self.founding = {pk: first for pk, (first, _) in self.loaded_members.items()}
+        for first in self.decisions:
+            # An old member whose founding event this run decided, and that does not stand,
+            # leads to the member holding that event now.
+            pk = self.reuse_ids.get(first)
+            if pk is not None and pk not in kept and pk not in self.settled:
+                survivor = self.settled[pk] = ids[self.member_of[first]]
+                self.founding[pk] = first
+                if self.leads_to.get(pk) != survivor:
+                    self.retired[pk] = survivor
         if self.retired:
             olds, survivors = list(self.retired), list(self.retired.values())
             _sql(_RETIRE_MEMBERS, [olds, survivors])
@@ -286,7 +310,7 @@ class DatabaseResolver(InMemoryResolver):
         )
 
     def _absorber(self, old: MemberRef) -> MemberRef:
-        for decision, _ in reversed(self.decisions):
+        for decision in reversed(self.decisions.values()):
             if old in decision.absorbed:
                 return decision.member
         raise LookupError(f"member {old} vanished without being absorbed")
@@ -340,7 +364,7 @@ class DatabaseResolver(InMemoryResolver):
         """New events' mentions are inserted; a replayed event keeps its rows (an event's
         identifiers never change) and only the ones whose ``dropped`` flipped are updated."""
         inserted, flipped = [], []
-        for key, decision in self.decisions_by_event().items():
+        for key, decision in self.decisions.items():
             event_id = self.event_ids[key]
             stored = key in self.stored_member_of
             dropped_before = self.stored_dropped.get(event_id, frozenset())
@@ -382,41 +406,44 @@ class DatabaseResolver(InMemoryResolver):
         if moves:
             _sql(_MOVE_RESOLUTIONS, [list(moves), list(moves.values())])
 
-    def _write_merges(self, member_ids: dict[MemberRef, int]) -> None:
-        rule = {type_: asdict(r) for type_, r in sorted(self.rules.by_type.items())}
-        records = []
-        for decision, cause in self.decisions:
-            for ref in decision.absorbed:
-                absorbed = ref if isinstance(ref, int) else member_ids.get(ref)
-                if absorbed is None:
-                    continue  # a member born and absorbed within this batch was never visible
-                records.append(
-                    MergeRecord(
-                        survivor_id=member_ids[self._final(decision.member)],
-                        absorbed_id=absorbed,
-                        event_id=self.event_ids[decision.event],
-                        identifiers=sorted(
-                            str(i)
-                            for i in self.events[decision.event].identifiers
-                            if i not in decision.dropped
-                        ),
-                        rule=rule,
-                        cause=cause,
-                    )
-                )
-        recorded = {record.absorbed_id for record in records}
-        records += [
-            MergeRecord(
-                survivor_id=survivor,
-                absorbed_id=old,
-                event_id=self.event_ids[cause] if (cause := self.replayed_by[old]) else None,
-                identifiers=sorted(str(i) for i in self.events[cause].identifiers) if cause else [],
-                rule=rule,
-                cause=MergeRecord.Cause.REPLAY,
+    def _write_merges(self) -> None:
+        """One record for each old member this run ended, naming what linked it.
+
+        The record's event and identifiers come from this run's own decisions (``MergeLinks``):
+        the event that joined the member to the one holding its events now, and the identifiers
+        of that event each side held just before. So the event resolves to the survivor and the
+        identifiers are the pair's, whatever else the event or the batch carried. A retired
+        member a replay re-decided is told again only when its survivor or link changed.
+        """
+        if not self.settled:
+            return
+        rule = merge_rule(self.rules)
+        links = MergeLinks(self.decisions.values())
+        told = {
+            absorbed: (survivor, event_id, orjson.loads(identifiers))
+            for absorbed, survivor, event_id, identifiers in _sql(
+                _LATEST_MERGES, [sorted(set(self.settled) - set(self.loaded_members))]
             )
-            for old, survivor in self.retired.items()
-            if old not in recorded and old in self.replayed_by
-        ]
+        }
+        records = []
+        for old, survivor in sorted(self.settled.items()):
+            link = links.of(member=old, founded_by=self.founding[old])
+            if link is None:
+                raise LookupError(f"member {old} no longer stands, but nothing in this run linked it")
+            identifiers = [str(i) for i in link.identifiers]
+            event_id = self.event_ids[link.event]
+            if told.get(old) == (survivor, event_id, identifiers):
+                continue
+            records.append(
+                MergeRecord(
+                    survivor_id=survivor,
+                    absorbed_id=old,
+                    event_id=event_id,
+                    identifiers=identifiers,
+                    rule=rule,
+                    cause=self.how[link.event],
+                )
+            )
         MergeRecord.objects.bulk_create(records)
 
     def _final(self, ref: MemberRef) -> MemberRef:
@@ -553,6 +580,16 @@ _MOVE_RESOLUTIONS = (
 _RESOLUTIONS_OF_MEMBERS = (
     "SELECT e.event_id, k.id FROM unnest(%b::bigint[]) AS k(id) "
     f"CROSS JOIN LATERAL (SELECT event_id FROM {_RESOLUTIONS} WHERE member_id = k.id OFFSET 0) AS e"
+)
+_RETIRED_INTO = (
+    "SELECT m.id, m.merged_into_id, m.first_event_at, m.first_event_message_id, m.first_event_source_id "
+    f"FROM unnest(%b::bigint[]) AS k(id) CROSS JOIN LATERAL (SELECT * FROM {_MEMBERS} "
+    "WHERE merged_into_id = k.id OFFSET 0) AS m"
+)
+_LATEST_MERGES = (
+    "SELECT r.absorbed_id, r.survivor_id, r.event_id, r.identifiers::text FROM unnest(%b::bigint[]) AS k(id) "
+    f"CROSS JOIN LATERAL (SELECT * FROM {MergeRecord._meta.db_table} WHERE absorbed_id = k.id "
+    "ORDER BY id DESC LIMIT 1) AS r"
 )
 _MARK_DIRTY = (
     f"INSERT INTO {DirtyMark._meta.db_table} (member_id, marked_at) SELECT unnest(%b::bigint[]), now()"

@@ -115,9 +115,15 @@ class HistoryOutput(serializers.Serializer):
     at = serializers.DateTimeField()
     survivor_id = serializers.IntegerField(allow_null=True)
     absorbed_id = serializers.IntegerField(allow_null=True)
-    identifiers = serializers.ListField(child=serializers.CharField())
+    identifiers = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="Through what the event linked them (or what a split took off): only those the "
+        "member holds now, never another person's.",
+    )
     cause = serializers.CharField(help_text="event, replay (a late event re-resolved) or staff")
-    event_id = serializers.IntegerField(allow_null=True)
+    event_id = serializers.IntegerField(
+        allow_null=True, help_text="The event that linked them; null when it is not this member's now."
+    )
     staff = serializers.CharField()
     reason = serializers.CharField()
     resulting_members = serializers.ListField(child=serializers.IntegerField())

@@ -9,6 +9,7 @@ from django.core.management import call_command
 from events.models import Event
 from events.pipeline import events_process_pending
 from identity.models import EventResolution, Identifier, MergeRecord
+from identity.selectors import merge_history_audit
 from identity.services import identity_resolve_events
 from members.models import Member, MemberTrait
 from members.services import members_refresh
@@ -41,6 +42,7 @@ def test_rebuild_equals_incremental_and_keeps_member_ids():
     assert set(retired.values_list("id", flat=True)) <= set(
         MergeRecord.objects.values_list("absorbed_id", flat=True)
     )
+    assert merge_history_audit().truthful
 
     out = StringIO()
     call_command("rebuild_identity", "--batch-size", "100", stdout=out)
@@ -52,6 +54,13 @@ def test_rebuild_equals_incremental_and_keeps_member_ids():
     assert set(MemberTrait.objects.values_list("member_id", "key", "value", "event_id")) == traits
     active = {pk for pk, survivor in rebuilt[2].items() if survivor is None}
     assert all(survivor in active for survivor in rebuilt[2].values() if survivor is not None)
+    # The history is equivalent: the same members merged, each leading where it did, and told truly.
+    merged = {pk: survivor for pk, survivor in incremental[2].items() if survivor is not None}
+    assert {pk: rebuilt[2][pk] for pk in merged} == merged
+    assert set(MergeRecord.objects.values_list("absorbed_id", flat=True)) == {
+        pk for pk, survivor in rebuilt[2].items() if survivor is not None
+    }
+    assert merge_history_audit().truthful
 
 
 @pytest.mark.django_db

@@ -7,8 +7,11 @@ from hypothesis import strategies as st
 
 from identity.identifiers import Identifier
 from identity.resolution import (
+    Decision,
     EventKey,
     InMemoryResolver,
+    MergeLink,
+    MergeLinks,
     ResolvableEvent,
     Separation,
     resolve_in_event_order,
@@ -303,3 +306,130 @@ def test_arrival_in_batches_gives_the_partition_of_event_time_order(data, events
     assert resolver.partition() == expected.partition()
     assert resolver.graph.owner == expected.graph.owner
     assert set(resolver.member_of) == {e.key for e in events}
+
+
+# --- what the merge history names ---------------------------------------------------------
+
+
+def test_a_merge_is_told_by_the_identifiers_each_side_held_not_the_rest_of_the_event():
+    resolver = InMemoryResolver(RULES)
+    app = event(1, "device_id:d1", message="app")
+    pos = event(2, "phone:+8613800138000", message="pos")
+    link = event(3, "device_id:d1", "phone:+8613800138000", "anonymous_id:fresh", message="link")
+    for e in (app, pos, link):
+        resolver.add(e)
+
+    found = MergeLinks(resolver.decisions.values()).of(founded_by=pos.key)
+
+    assert found == MergeLink(
+        link.key, (Identifier("device_id", "d1"), Identifier("phone", "+8613800138000"))
+    )
+    assert MergeLinks(resolver.decisions.values()).of(founded_by=app.key) is None  # it stands
+
+
+def test_a_replay_tells_each_merge_by_its_own_event_not_by_the_late_one():
+    # Two people; late events of both make one replay of both components.
+    resolver = InMemoryResolver(RULES)
+    li_app, li_pos = (
+        event(1, "device_id:li", message="li-app"),
+        event(2, "phone:+8613800138001", message="li-pos"),
+    )
+    li_link = event(3, "device_id:li", "phone:+8613800138001", message="li-link")
+    wang_app, wang_pos = event(4, "device_id:w", message="w-app"), event(5, "user_id:w", message="w-pos")
+    wang_link = event(6, "device_id:w", "user_id:w", "member_card:W1", message="w-link")
+    resolver.add_batch([li_app, li_pos, li_link, wang_app, wang_link])
+    resolver.decisions.clear()  # a new run: what it decides tells what it changed
+    late_li = event(0, "phone:+8613800138001", message="late-li")
+    resolver.add_batch([wang_pos, late_li])
+
+    links = MergeLinks(resolver.decisions.values())
+    assert resolver.replays == 1
+    assert links.of(founded_by=wang_pos.key) == MergeLink(
+        wang_link.key, (Identifier("device_id", "w"), Identifier("user_id", "w"))
+    )  # not the new card, not Li's late event
+    assert links.of(founded_by=li_app.key) == MergeLink(
+        li_link.key, (Identifier("device_id", "li"), Identifier("phone", "+8613800138001"))
+    )
+    assert links.of(founded_by=late_li.key) is None  # the member it founded stands
+    assert links.of(founded_by=wang_app.key) is None
+
+
+def test_a_member_whose_founding_event_now_joins_an_earlier_one_is_told_by_that_event():
+    resolver = InMemoryResolver(RULES)
+    shop = event(5, "phone:+8613800138001", "anonymous_id:a9", message="shop")
+    resolver.add(shop)
+    resolver.decisions.clear()
+    resolver.add(event(1, "phone:+8613800138001", "device_id:d1", message="earlier"))  # late
+
+    assert MergeLinks(resolver.decisions.values()).of(founded_by=shop.key) == MergeLink(
+        shop.key, (Identifier("phone", "+8613800138001"),)
+    )
+
+
+class WatchedResolver(InMemoryResolver):
+    """Remembers, before each decision, who owned each identifier and which member held each
+    event: an account of the graph the link is checked against, kept apart from the engine's
+    own record of what it joined."""
+
+    def __init__(self, rules: Rules, separations=()) -> None:
+        super().__init__(rules, separations)
+        self.before: dict[EventKey, tuple[dict, dict]] = {}
+        resolve = self.graph.resolve
+
+        def watched(event: ResolvableEvent) -> Decision:
+            self.before[event.key] = (dict(self.graph.owner), dict(self.member_of))
+            return resolve(event)
+
+        self.graph.resolve = watched
+
+
+def assert_truthful_link(resolver: WatchedResolver, links: MergeLinks, ended: EventKey) -> None:
+    """The member founded by ``ended`` stopped standing: what linked it must be true."""
+    # In memory a member is named by its founding event. The database knows a member the run
+    # re-decided by that event (its id is another name), and one it did not by its id.
+    redecided = ended in resolver.decisions
+    link = links.of(founded_by=ended) if redecided else links.of(member=ended)
+    assert link is not None, f"nothing tells why {ended} stopped standing"
+    survivor = resolver.member_of[ended]
+    assert resolver.member_of[link.event] == survivor  # the event is the survivor's
+    decision = resolver.decisions[link.event]
+    assert link.identifiers  # it linked through something
+    assert set(link.identifiers) <= resolver.events[link.event].identifiers - set(decision.dropped)
+    assert all(resolver.graph.owner[i] == survivor for i in link.identifiers)  # the survivor's now
+    owner_before, member_before = resolver.before[link.event]
+    held_by = {owner_before.get(i) for i in link.identifiers}
+    assert None not in held_by  # each was one side's just before, none was new
+    if link.event != ended:
+        absorbed_side = member_before[ended]  # the member holding the founding event just before
+        assert absorbed_side in held_by  # it joined the absorbed side ...
+        assert held_by - {absorbed_side}  # ... to another
+    # else: the founding event itself joined the survivor's side, through what that side held
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), events=event_streams(), splits=separations)
+def test_every_member_that_stops_standing_is_told_by_the_event_and_identifiers_that_linked_it(
+    data, events, splits
+):
+    """In any arrival order and batching, each member a batch ends (in memory a member is named
+    by its founding event, as the database keeps its id) is told by an event that is the
+    survivor's and by identifiers of that event that each side held just before."""
+    arrival = data.draw(st.permutations(events))
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(len(arrival) - 1, 1)), max_size=4)))
+
+    resolver = WatchedResolver(PROPERTY_RULES, splits)
+    for start, end in zip([0, *cuts], [*cuts, len(arrival)], strict=True):
+        standing = set(resolver.graph.members)
+        resolver.decisions.clear()  # one run per batch, as the pipeline makes them
+        resolver.add_batch(arrival[start:end])
+        links = MergeLinks(resolver.decisions.values())
+        for ended in standing - set(resolver.graph.members):
+            assert_truthful_link(resolver, links, ended)
+
+    # A rebuild resolves in event-time order: every member it founds and ends is told too.
+    rebuilt = WatchedResolver(PROPERTY_RULES, splits)
+    for e in sorted(events, key=lambda e: e.key):
+        rebuilt.add(e)
+    founded = {d.event for d in rebuilt.decisions.values() if d.created}
+    for ended in founded - set(rebuilt.graph.members):
+        assert_truthful_link(rebuilt, MergeLinks(rebuilt.decisions.values()), ended)

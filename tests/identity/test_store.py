@@ -24,6 +24,7 @@ from tests.identity.partitions import (
     stored_dropped,
     stored_partition,
 )
+from tests.identity.streams import create_event, raw_events
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 
@@ -118,53 +119,6 @@ def test_a_late_event_re_resolves_the_members_it_touches(settings):
 
 # --- the database engine gives the reference answer ----------------------------------------
 
-FIELD_POOLS = {
-    "user_id": ["u1", "u2", "u3", "0"],
-    "anonymous_id": ["a1", "a2", "a3", "a4"],
-    "phone": ["13800138001", "+86 138 0013 8002", "8613800138003", "12345"],
-    "device": ["ipad-shared", "d1", "d2"],
-    "card": ["C1", "C2", "C3"],
-}
-
-
-@st.composite
-def raw_events(draw) -> list[dict]:
-    events = []
-    for index in range(draw(st.integers(min_value=1, max_value=12))):
-        chosen = {
-            field: draw(st.sampled_from(values))
-            for field, values in FIELD_POOLS.items()
-            if draw(st.booleans())
-        }
-        if draw(st.integers(0, 4)) == 0:  # an alias: the previous id seen as a user or anonymous id
-            chosen["previous_id"] = draw(
-                st.sampled_from(FIELD_POOLS["user_id"][:3] + FIELD_POOLS["anonymous_id"])
-            )
-            chosen["user_id"] = draw(st.sampled_from(FIELD_POOLS["user_id"][:3]))
-        events.append(
-            {"index": index, "minute": draw(st.integers(0, 8)), "source": draw(st.integers(0, 1)), **chosen}
-        )
-    return events
-
-
-def _create(raw: dict, sources) -> Event:
-    context = {}
-    if "device" in raw:
-        context["device"] = {"id": raw["device"]}
-    if "card" in raw:
-        context["externalIds"] = [{"id": raw["card"], "type": "member_card"}]
-    return EventFactory(
-        source=sources[raw["source"]],
-        message_id=f"m{raw['index']:02d}",
-        type="alias" if "previous_id" in raw else "track",
-        previous_id=raw.get("previous_id", ""),
-        user_id=raw.get("user_id", ""),
-        anonymous_id=raw.get("anonymous_id", "" if "user_id" in raw else f"solo-{raw['index']}"),
-        traits={"phone": raw["phone"]} if "phone" in raw else {},
-        context=context,
-        timestamp=T0 + timedelta(minutes=raw["minute"]),
-    )
-
 
 @pytest.mark.django_db
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -179,7 +133,7 @@ def test_database_engine_matches_the_reference_for_any_arrival_and_batching(
 
 def _check_against_reference(data, raws) -> None:
     sources = [SourceFactory(), SourceFactory()]
-    events = [_create(raw, sources) for raw in raws]
+    events = [create_event(raw, sources) for raw in raws]
 
     arrival = data.draw(st.permutations(events))
     cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(arrival) - 1)), max_size=4)))
