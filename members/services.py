@@ -34,7 +34,7 @@ from members.parking import member_park
 from members.segments.evaluate import memberships_refresh
 from members.segments.rules import AGGREGATES, EventFact, MemberFacts
 from members.segments.selectors import definitions_load
-from members.segments.webhooks import webhooks_nudge
+from members.segments.webhooks.services import webhooks_nudge
 from members.traits import GROUP_CALL, TraitObservation, latest_traits, traits_of_event
 
 
