@@ -8,7 +8,8 @@ from events.pipeline import events_process_pending
 
 @shared_task(name="events.process_pending", acks_late=True, ignore_result=True)
 def process_pending() -> int:
-    """Process waiting events; idempotent (claimed rows are marked in the same transaction)."""
+    """Process waiting events; idempotent (a batch leaves the queue in the transaction that
+    processes it)."""
     processed, more = events_process_pending()
     if more:
         process_pending_enqueue()

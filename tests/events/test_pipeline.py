@@ -1,4 +1,4 @@
-"""The outbox consumer: claim, run stages, mark processed — once, in order, under concurrency."""
+"""The outbox consumer: claim, run stages, take out of the queue — once, in order, under concurrency."""
 
 import threading
 
