@@ -36,7 +36,8 @@ instead profiles a few pipeline batches halfway through the stream: cProfile of 
 (``identity_resolve_events`` on its own) and every SQL statement with its time and stage.
 
 Everything runs against its own database ``cdp_bench_identity`` (created and migrated here)
-and Redis db 11, never ``cdp``, ``cdp_bench`` or the test databases; each run starts from
+and Redis db 11 (or others: see ``bench/harness.py``), never ``cdp``, ``cdp_bench`` or the
+test databases; each run starts from
 empty event, identity and member tables. Results are printed as markdown and inserted, newest
 first, into the identity section at the end of ``docs/benchmarks.md`` (``bench/ingest.py``
 keeps that section below its own runs). ``--quick`` is a 50,000-event smoke run.
@@ -46,16 +47,9 @@ keeps that section below its own runs). ``--quick`` is a 50,000-event smoke run.
     .venv/bin/python bench/identity.py --profile --events 300000 --people 60000
 """
 
-# ruff: noqa: E402 - the path must be fixed before anything imports ``identity``.
-import sys
-from pathlib import Path
+import harness  # first: the project before bench/ on sys.path (see its docstring)
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-# Run as ``python bench/identity.py``, this directory comes first on the path and this file
-# would shadow the ``identity`` app. The project goes first; bench/ last, for its helpers.
-sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() not in (ROOT, BENCH)), str(BENCH)]
-
+# isort: split
 import argparse
 import contextlib
 import cProfile
@@ -69,7 +63,7 @@ import pstats
 import queue
 import re
 import signal
-import subprocess
+import sys
 import time
 import traceback
 from collections import Counter, defaultdict
@@ -77,30 +71,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import ingest
 import orjson
 import psycopg
 import redis
+from harness import DOCS, RESULTS, ROOT
 from identity_stream import StreamEvent, out_of_order, stream_generate, stream_sources
 
-DOCS = ROOT / "docs" / "benchmarks.md"
-RESULTS = ROOT / "bench" / "results"  # raw JSON per run (git-ignored)
-
-DATABASE_NAME = "cdp_bench_identity"
-DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DATABASE_NAME}"
-BROKER_URL = "redis://127.0.0.1:6379/11"
-SERVICE_ENV = {
-    "DJANGO_SETTINGS_MODULE": "config.settings.production",
-    "DJANGO_SECRET_KEY": "bench-only",
-    "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
-    "DJANGO_SECURE_SSL_REDIRECT": "false",  # plain HTTP on loopback, no TLS proxy in front
-    "DATABASE_URL": DATABASE_URL,
-    "CELERY_BROKER_URL": BROKER_URL,
-    "REDIS_URL": BROKER_URL,
-    "LOG_LEVEL": "WARNING",
-}
+DATABASE_NAME = harness.database_name("cdp_bench_identity")
+DATABASE_URL = harness.database_url(DATABASE_NAME)
+BROKER_URL = harness.broker_url(11)
+SERVICE_ENV = harness.service_env(database=DATABASE_URL, broker=BROKER_URL)
 
 TARGET_EVENTS_PER_S = 5_000
 COPY_CHUNK_ROWS = 50_000
@@ -110,7 +94,7 @@ TIME_BUDGET_S = 5.0
 
 #: The identity block sits at the end of docs/benchmarks.md: bench/ingest.py rewrites what is
 #: above its own marker and inserts its runs right below it, so it keeps everything after.
-START_MARKER = "<!-- bench/identity.py: identity resolution benchmarks from here to the end of the file. -->"
+START_MARKER = harness.IDENTITY_START
 MARKER = "<!-- bench/identity.py inserts each run's section below this line, newest first. -->"
 
 
@@ -119,17 +103,7 @@ MARKER = "<!-- bench/identity.py inserts each run's section below this line, new
 
 def manage(*args: str) -> str:
     """Run ``manage.py`` with the benchmark's production environment; its stdout."""
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env={**os.environ, **SERVICE_ENV},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode:
-        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
-    return done.stdout
+    return harness.manage(*args, env=SERVICE_ENV)
 
 
 def database() -> psycopg.Connection:
@@ -142,13 +116,9 @@ def scalar(conn: psycopg.Connection, query: str) -> int:
 
 
 def django_setup(batch_size: int | None = None) -> None:
-    """Django with the production settings on ``cdp_bench_identity``, in this process."""
-    os.environ.update(SERVICE_ENV)
-    if batch_size is not None:
-        os.environ["EVENT_PIPELINE_BATCH_SIZE"] = str(batch_size)
-    import django
-
-    django.setup()
+    """Django with the production settings on the benchmark's database, in this process."""
+    batch = {} if batch_size is None else {"EVENT_PIPELINE_BATCH_SIZE": str(batch_size)}
+    harness.django_setup({**SERVICE_ENV, **batch})
 
 
 def broker_flush() -> None:
@@ -805,13 +775,13 @@ def _sql_shape(sql: str) -> str:
 
 
 def _stage_of(frame: Any, stages: dict[str, str]) -> str:
-    """The pipeline stage a frame runs in (by function name), else the claim and mark."""
+    """The pipeline stage a frame runs in (by function name), else the claim."""
     while frame is not None:
         name = stages.get(frame.f_code.co_name)
         if name is not None:
             return name
         frame = frame.f_back
-    return "claim + mark processed"
+    return "claim (out of the queue)"
 
 
 def profile_batches(*, batch_size: int, warm: int, batches: int) -> str:
@@ -890,7 +860,7 @@ def profile_batches(*, batch_size: int, warm: int, batches: int) -> str:
             elapsed = time.perf_counter() - start
     finally:
         pipeline.pipeline_stages = original
-    spent["claim + mark processed"] = elapsed - sum(spent.values())
+    spent["claim (out of the queue)"] = elapsed - sum(spent.values())
 
     text = io.StringIO()
     text.write(
@@ -1115,18 +1085,7 @@ def run_section(
 def write_docs(section: str) -> None:
     """Regenerate this benchmark's intro and insert the run above its earlier ones, in the
     identity block at the end of the file; everything before that block stays as it is."""
-    before, history = "", ""
-    if DOCS.exists():
-        text = DOCS.read_text()
-        before, _, block = text.partition(START_MARKER)
-        if MARKER in block:
-            history = block.split(MARKER, 1)[1]
-    head = f"{before.rstrip()}\n\n" if before.strip() else ""
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(
-        f"{head}{START_MARKER}\n\n{INTRO}\n{MARKER}\n\n{section.rstrip()}\n\n{history.strip()}".rstrip()
-        + "\n"
-    )
+    harness.docs_insert(section, intro=INTRO, marker=MARKER, start=START_MARKER)
 
 
 # --- main -------------------------------------------------------------------------------------------
@@ -1316,7 +1275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs.append(run)
         machine_facts = {**machine(), "background": f"{background:.0f}%"}
     except KeyboardInterrupt:
-        print("interrupted: emptying cdp_bench_identity's events", file=sys.stderr)
+        print(f"interrupted: emptying {DATABASE_NAME}'s events", file=sys.stderr)
         return 130
     finally:
         with contextlib.suppress(Exception):

@@ -31,6 +31,9 @@ printed as a markdown table and inserted, newest first, into ``docs/benchmarks.m
 Run ``.venv/bin/python bench/ingest.py --help`` for the options; ``--quick`` is a smoke check.
 """
 
+import harness  # first: the project before bench/ on sys.path (see its docstring)
+
+# isort: split
 import argparse
 import base64
 import contextlib
@@ -58,24 +61,14 @@ import orjson
 import payloads
 import psycopg
 import redis
+from harness import DOCS, RESULTS, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-DOCS = ROOT / "docs" / "benchmarks.md"
-RESULTS = ROOT / "bench" / "results"  # raw JSON per run (git-ignored)
 
-DATABASE_URL = "postgres://postgres@127.0.0.1:5432/cdp_bench"
-BROKER_URL = "redis://127.0.0.1:6379/12"
-SERVICE_ENV = {
-    "DJANGO_SETTINGS_MODULE": "config.settings.production",
-    "DJANGO_SECRET_KEY": "bench-only",
-    "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-    "DJANGO_SECURE_SSL_REDIRECT": "false",  # plain HTTP on loopback, no TLS proxy in front
-    "DATABASE_URL": DATABASE_URL,
-    "CELERY_BROKER_URL": BROKER_URL,
-    "REDIS_URL": BROKER_URL,
-    "LOG_LEVEL": "WARNING",
-}
+DATABASE_NAME = harness.database_name("cdp_bench")
+DATABASE_URL = harness.database_url(DATABASE_NAME)
+BROKER_URL = harness.broker_url(12)
+SERVICE_ENV = harness.service_env(database=DATABASE_URL, broker=BROKER_URL)
 
 TARGET_EVENTS_PER_S = 5_000
 RUDDERSTACK_EVENTS_PER_S = 1_700
@@ -96,18 +89,9 @@ EVENT_COLUMNS = (
 
 
 def manage(*args: str) -> str:
-    """Run ``manage.py`` with the benchmark's production environment; its stdout."""
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env={**os.environ, **SERVICE_ENV},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode:
-        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
-    return done.stdout
+    """Run ``manage.py`` with the benchmark's production environment (``SERVICE_ENV``, which
+    the benchmarks built on this one point at their own database); its stdout."""
+    return harness.manage(*args, env=SERVICE_ENV)
 
 
 def database() -> psycopg.Connection:
@@ -312,7 +296,7 @@ class CpuMeter:
         if comm == "postgres":
             with contextlib.suppress(OSError):
                 title = Path(f"/proc/{pid}/cmdline").read_bytes()
-                if b" cdp_bench " in title:
+                if f" {DATABASE_NAME} ".encode() in title:
                     return "postgres backends"
             return "postgres other"
         return "redis" if comm.startswith("redis-server") else "other processes"
@@ -659,11 +643,7 @@ def copy_template(source: BenchSource, rows: int) -> payloads.Template:
     """``rows`` lines of COPY text holding exactly what the ingestion INSERT would store for
     the benchmark's messages (parsed by ``events.contract``, as /v1/batch parses them), split
     at the message ids so every COPY gets fresh ones."""
-    sys.path.insert(0, str(ROOT))
-    os.environ.update(SERVICE_ENV)
-    import django
-
-    django.setup()
+    harness.django_setup(SERVICE_ENV)
     from events.contract import BatchDefaults, Message, message_parse
 
     received_at = datetime.now(UTC)
@@ -930,15 +910,7 @@ def run_section(
 
 def write_docs(section: str) -> None:
     """Regenerate the intro and insert this run's section above the earlier ones."""
-    history = ""
-    if DOCS.exists():
-        text = DOCS.read_text()
-        if MARKER in text:
-            history = text.split(MARKER, 1)[1]
-        else:  # a file from before this script: keep it all below, less its title
-            history = text.split("\n", 1)[1] if text.startswith("# ") else text
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(f"{INTRO}\n{MARKER}\n\n{section.rstrip()}\n\n{history.strip()}\n".rstrip() + "\n")
+    harness.docs_insert(section, intro=INTRO, marker=MARKER)
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -1036,7 +1008,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with announced("checking that nothing else keeps the CPU busy"):
             background = wait_until_quiet(10, args.wait_quiet)
-        with announced("preparing database cdp_bench and a source"):
+        with announced(f"preparing database {DATABASE_NAME} and a source"):
             source = prepare(run_id)
         if args.sweep:
             sweep = sweep_configs(source, args, sweep_duration)
@@ -1070,10 +1042,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         facts = {**machine(), "background": f"{background:.0f}%"}
     except KeyboardInterrupt:
-        print("interrupted: stopping gunicorn and the clients, emptying cdp_bench's events", file=sys.stderr)
+        print(
+            f"interrupted: stopping gunicorn and the clients, emptying {DATABASE_NAME}'s events",
+            file=sys.stderr,
+        )
         return 130
     except SystemExit:
-        print("terminated: stopping gunicorn and the clients, emptying cdp_bench's events", file=sys.stderr)
+        print(
+            f"terminated: stopping gunicorn and the clients, emptying {DATABASE_NAME}'s events",
+            file=sys.stderr,
+        )
         raise
     finally:
         with contextlib.suppress(Exception):

@@ -31,17 +31,11 @@ Results are printed as markdown and inserted, newest first, into the member 360 
     .venv/bin/python bench/members.py --members 20000   # a quick look
 """
 
-# ruff: noqa: E402 - the path must be fixed before anything imports the project.
-import sys
-from pathlib import Path
+import harness  # first: the project before bench/ on sys.path (see its docstring)
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() not in (ROOT, BENCH)), str(BENCH)]
-
+# isort: split
 import argparse
 import http.client
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -51,17 +45,12 @@ from urllib.parse import quote
 import ingest
 import orjson
 import psycopg
+from harness import DOCS, ROOT
 
-DOCS = ROOT / "docs" / "benchmarks.md"
-DATABASE_NAME = "cdp_bench_members"
-DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DATABASE_NAME}"
-BROKER_URL = "redis://127.0.0.1:6379/13"
-SERVICE_ENV = {
-    **ingest.SERVICE_ENV,
-    "DATABASE_URL": DATABASE_URL,
-    "CELERY_BROKER_URL": BROKER_URL,
-    "REDIS_URL": BROKER_URL,
-}
+DATABASE_NAME = harness.database_name("cdp_bench_members")
+DATABASE_URL = harness.database_url(DATABASE_NAME)
+BROKER_URL = harness.broker_url(13)
+SERVICE_ENV = harness.service_env(database=DATABASE_URL, broker=BROKER_URL)
 EVENTS_PER_MEMBER = 10
 MERGED_EVERY = 100  # one member in a hundred has absorbed another
 TARGET_P99_MS = 20.0
@@ -70,13 +59,10 @@ STORES = 20
 START_MARKER = "<!-- bench/members.py: member 360 benchmarks, up to the end marker. -->"
 MARKER = "<!-- bench/members.py inserts each run's section below this line, newest first. -->"
 END_MARKER = "<!-- bench/members.py: end of the member 360 benchmarks. -->"
-IDENTITY_START = (
-    "<!-- bench/identity.py: identity resolution benchmarks from here to the end of the file. -->"
-)
 
 
 def database(name: str = DATABASE_NAME) -> psycopg.Connection:
-    return psycopg.connect(f"postgres://postgres@127.0.0.1:5432/{name}", autocommit=True)
+    return psycopg.connect(harness.database_url(name), autocommit=True)
 
 
 def scale_built(members: int) -> bool:
@@ -89,10 +75,7 @@ def scale_built(members: int) -> bool:
 
 
 def django_setup() -> None:
-    os.environ.update(SERVICE_ENV)
-    import django
-
-    django.setup()
+    harness.django_setup(SERVICE_ENV)
 
 
 # --- the data -----------------------------------------------------------------------------------
@@ -341,27 +324,8 @@ the tables directly, shaped as the pipeline shapes it (see the script's docstrin
 """
 
 
-def docs_block_write(section: str, *, start_marker: str, marker: str, end_marker: str, intro: str) -> None:
-    """Insert this run above the earlier ones in its block of docs/benchmarks.md (between
-    ``start_marker`` and ``end_marker``; a new block goes just before the identity block, or
-    at the end); the rest of the file stays as it is."""
-    text = DOCS.read_text() if DOCS.exists() else ""
-    history = ""
-    if start_marker in text and end_marker in text:
-        before, _, rest = text.partition(start_marker)
-        block, _, after = rest.partition(end_marker)
-        history = block.split(marker, 1)[1] if marker in block else ""
-    elif IDENTITY_START in text:
-        before, _, after = text.partition(IDENTITY_START)
-        after = IDENTITY_START + after
-    else:
-        before, after = text, ""
-    block = f"{start_marker}\n\n{intro}\n{marker}\n\n{section.rstrip()}\n\n{history.strip()}".rstrip()
-    DOCS.write_text(f"{before.rstrip()}\n\n{block}\n\n{end_marker}\n\n{after.lstrip()}".strip() + "\n")
-
-
 def write_docs(section: str) -> None:
-    docs_block_write(section, start_marker=START_MARKER, marker=MARKER, end_marker=END_MARKER, intro=INTRO)
+    harness.docs_insert(section, intro=INTRO, marker=MARKER, start=START_MARKER, end=END_MARKER)
 
 
 def main() -> int:

@@ -26,27 +26,19 @@ Results are printed as markdown and inserted, newest first, into the loyalty blo
     .venv/bin/python bench/points.py --members 20000    # a quick look (rebuilds the data)
 """
 
-# ruff: noqa: E402 - the path must be fixed before anything imports the project.
-import sys
-from pathlib import Path
+import harness  # first: the project before bench/ on sys.path (see its docstring)
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() not in (ROOT, BENCH)), str(BENCH)]
-
+# isort: split
 import argparse
-import importlib.util
 import random
 import time
 from datetime import UTC, datetime
 
 import ingest
+from harness import DOCS, ROOT
 
-_spec = importlib.util.spec_from_file_location("bench_members", BENCH / "members.py")
-bench_members = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
-_spec.loader.exec_module(bench_members)  # type: ignore[union-attr]
+bench_members = harness.bench_script("members")
 
-DOCS = ROOT / "docs" / "benchmarks.md"
 START_MARKER = "<!-- bench/points.py: loyalty benchmarks, up to the end marker. -->"
 MARKER = "<!-- bench/points.py inserts each run's section below this line, newest first. -->"
 END_MARKER = "<!-- bench/points.py: end of the loyalty benchmarks. -->"
@@ -151,8 +143,7 @@ def incremental(*, members: int, events: int, seed: int) -> dict[str, float]:
 
 
 def write_docs(section: str) -> None:
-    bench_members.docs_block_write(section, start_marker=START_MARKER, marker=MARKER, end_marker=END_MARKER,
-                                   intro=INTRO)  # fmt: skip
+    harness.docs_insert(section, intro=INTRO, marker=MARKER, start=START_MARKER, end=END_MARKER)
 
 
 def main() -> int:

@@ -11,22 +11,22 @@ tables when done.
     .venv/bin/python bench/profile_batch.py --track --requests 500
 """
 
+import harness  # first: the project before bench/ on sys.path (see its docstring)
+
+# isort: split
 import argparse
 import base64
 import cProfile
 import io
-import os
 import pstats
 import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
+import ingest  # the benchmark's environment and helpers
 import payloads
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _environ(path: str, body: bytes, write_key: str) -> dict[str, Any]:
@@ -114,15 +114,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--top", type=int, default=30, help="functions to list")
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, str(ROOT))
-    import ingest  # the benchmark's environment and helpers
-
-    os.environ.update(ingest.SERVICE_ENV)
     source = ingest.prepare(f"profile-{time.time_ns()}")
-    import django
+    harness.django_setup(ingest.SERVICE_ENV)
     from django.core.wsgi import get_wsgi_application
 
-    django.setup()
     application = get_wsgi_application()
     rng = random.Random(4000)
     if args.track:

@@ -29,20 +29,13 @@ Results are printed as markdown and inserted, newest first, into the segments bl
     .venv/bin/python bench/segments.py --skip-full --seconds 30
 """
 
-# ruff: noqa: E402 - the path must be fixed before anything imports the project.
-import sys
-from pathlib import Path
+import harness  # first: the project before bench/ on sys.path (see its docstring)
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() not in (ROOT, BENCH)), str(BENCH)]
-
+# isort: split
 import argparse
 import contextlib
-import importlib.util
 import logging
 import multiprocessing as mp
-import os
 import random
 import signal
 import statistics
@@ -54,12 +47,10 @@ from typing import Any
 import ingest
 import orjson
 import psycopg
+from harness import DOCS, ROOT
 
-_spec = importlib.util.spec_from_file_location("bench_members", BENCH / "members.py")
-bench_members = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
-_spec.loader.exec_module(bench_members)  # type: ignore[union-attr]
+bench_members = harness.bench_script("members")
 
-DOCS = ROOT / "docs" / "benchmarks.md"
 START_MARKER = "<!-- bench/segments.py: segments benchmarks, up to the end marker. -->"
 MARKER = "<!-- bench/segments.py inserts each run's section below this line, newest first. -->"
 END_MARKER = "<!-- bench/segments.py: end of the segments benchmarks. -->"
@@ -69,14 +60,9 @@ INTRO = """# Segments benchmarks
 1,000,000 members (target: under 60 s), and event-to-membership latency at a steady 500
 events/s (target: p95 under 5 s)."""
 
-INCREMENTAL_DATABASE = "cdp_bench_segments"
-INCREMENTAL_URL = f"postgres://postgres@127.0.0.1:5432/{INCREMENTAL_DATABASE}"
-INCREMENTAL_ENV = {
-    **ingest.SERVICE_ENV,
-    "DATABASE_URL": INCREMENTAL_URL,
-    "CELERY_BROKER_URL": "redis://127.0.0.1:6379/14",
-    "REDIS_URL": "redis://127.0.0.1:6379/14",
-}
+INCREMENTAL_DATABASE = harness.database_name("cdp_bench_segments")
+INCREMENTAL_URL = harness.database_url(INCREMENTAL_DATABASE)
+INCREMENTAL_ENV = harness.service_env(database=INCREMENTAL_URL, broker=harness.broker_url(14))
 #: The member 360 data's last day: the full recompute's "now".
 DATA_END = datetime(2026, 10, 28, 12, tzinfo=UTC)
 
@@ -114,13 +100,6 @@ SEGMENTS: dict[str, dict] = {
     "big-spenders-gone-quiet": {"all": [{"segment": "big-spenders"}, {"not": {"segment": "active-14-days"}}]},
     "champions-in-store": {"all": [{"tag": "rfm-champions"}, {"aggregate": "orders_pos", "op": "gte", "value": 1}]},
 }  # fmt: skip
-
-
-def django_setup(env: dict[str, str]) -> None:
-    os.environ.update(env)
-    import django
-
-    django.setup()
 
 
 def segments_define() -> None:
@@ -246,7 +225,7 @@ def _event_row(rng: random.Random, n: int, people: int, sources: dict[str, int],
 
 def _worker(stop: Any, out: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    django_setup(INCREMENTAL_ENV)
+    harness.django_setup(INCREMENTAL_ENV)
     from events.pipeline import events_process_pending
 
     cpu, processed = time.process_time(), 0
@@ -424,8 +403,7 @@ def incremental_lines(inc: dict[str, Any]) -> list[str]:
 
 
 def write_docs(section: str) -> None:
-    bench_members.docs_block_write(section, start_marker=START_MARKER, marker=MARKER, end_marker=END_MARKER,
-                                   intro=INTRO)  # fmt: skip
+    harness.docs_insert(section, intro=INTRO, marker=MARKER, start=START_MARKER, end=END_MARKER)
 
 
 def main() -> int:
@@ -456,7 +434,7 @@ def main() -> int:
             ingest.DATABASE_URL = bench_members.DATABASE_URL
             ingest.manage("ensure_services", "--create-database")
             ingest.manage("migrate", "--noinput", "-v0")
-            django_setup(bench_members.SERVICE_ENV)
+            harness.django_setup(bench_members.SERVICE_ENV)
         if not bench_members.scale_built(args.members):
             bench_members.populate(args.members)
         if not args.steady_only:
@@ -474,7 +452,7 @@ def main() -> int:
             ingest.manage("ensure_services", "--create-database")
             ingest.manage("migrate", "--noinput", "-v0")
         if args.skip_full:
-            django_setup(env)
+            harness.django_setup(env)
         else:  # one Django per process: the incremental part runs in a child
             ctx = mp.get_context("spawn")
             queue = ctx.Queue()
@@ -505,7 +483,7 @@ def main() -> int:
 
 
 def _incremental_child(args: dict[str, Any], queue: Any) -> None:
-    django_setup(INCREMENTAL_ENV)
+    harness.django_setup(INCREMENTAL_ENV)
     queue.put(incremental(people=args["people"], history=args["history"], rate=args["rate"],
                           seconds=args["seconds"], workers=args["workers"], seed=args["seed"]))  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""The processing pipeline's consumer side: claim accepted events, run the stages, mark them.
+"""The processing pipeline's consumer side: claim accepted events, run the stages on them.
 
 Accepted events wait in the outbox queue (``PendingEvent``, filled by a trigger on every
 insert). A worker claims a batch by deleting its queue rows, picked ``FOR UPDATE SKIP

@@ -1,2 +1,2 @@
 """Identity: identifier types and normalization, resolution rules, the identity graph,
-merge / split and their history. Consumes processed events; owns no traits or points."""
+merge / split and their history. Consumes accepted events; owns no traits or points."""

@@ -1,4 +1,4 @@
-"""Writes of the identity app: resolve processed events into members."""
+"""Writes of the identity app: resolve accepted events into members."""
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +46,7 @@ def normalization_policy() -> NormalizationPolicy:
 
 def identity_resolve_events(events: Sequence[ClaimedEvent | Event]) -> None:
     """The pipeline stage: attach every event to exactly one member, in the caller's
-    transaction (the one that marks the events processed)."""
+    transaction (the one that takes the events out of the queue)."""
     if not events:
         return
     batch = _extract(events, normalization_policy())  # pure work: before the lock

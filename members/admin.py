@@ -25,7 +25,7 @@ from members.loyalty.services import program_policy_apply
 from members.models import ParkedMember
 from members.parking import parked_members_replay
 from members.segments.models import SegmentWebhook, WebhookDelivery
-from members.segments.webhooks import webhook_update
+from members.segments.webhooks.services import webhook_update
 
 
 @admin.register(LoyaltyProgram)

@@ -32,9 +32,10 @@ from members.models import (
 )
 from members.parking import member_park
 from members.segments.evaluate import memberships_refresh
-from members.segments.rules import AGGREGATES, EventFact, MemberFacts
+from members.segments.rules.interpret import EventFact, MemberFacts
+from members.segments.rules.syntax import AGGREGATES
 from members.segments.selectors import definitions_load
-from members.segments.webhooks import webhooks_nudge
+from members.segments.webhooks.services import webhooks_nudge
 from members.traits import GROUP_CALL, TraitObservation, latest_traits, traits_of_event
 
 
@@ -344,7 +345,7 @@ def _aggregates_write(
     member_ids: set[int], events: list[_MemberEvent], order_events: dict[int, list[OrderEvent]]
 ) -> dict[int, dict[str, object]]:
     """Orders and figures of these members, from all their events (``members.aggregates``).
-    Returns each member's figures as stored (the names rules read: ``rules.AGGREGATES``)."""
+    Returns each member's figures as stored (the names rules read: ``rules.syntax.AGGREGATES``)."""
     counts: dict[int, dict[str, int]] = {member_id: defaultdict(int) for member_id in member_ids}
     last_event_at: dict[int, datetime] = {}
     stores: dict[int, set[str]] = defaultdict(set)

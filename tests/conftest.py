@@ -6,7 +6,15 @@ import orjson
 import pytest
 from rest_framework.test import APIClient
 
+from cdp import tasks
 from tests.factories import SourceFactory
+
+
+@pytest.fixture(autouse=True)
+def _broker_not_backed_off() -> None:
+    """Each test starts with the broker taken for up: a test that takes it away leaves
+    ``cdp.tasks`` skipping publishes for a few seconds, which must not leak into the next."""
+    tasks._broker_retry_at = 0.0
 
 
 @pytest.fixture

@@ -190,7 +190,8 @@ EVENT_TIMESTAMP_DAYS_AHEAD = env.int("EVENT_TIMESTAMP_DAYS_AHEAD", default=7)
 
 # --- Event pipeline -----------------------------------------------------------------------
 # Stages run, in order, on each claimed batch of accepted events, inside the transaction that
-# marks them processed. Each is a dotted path to ``callable(events: list[Event]) -> None``.
+# takes them out of the queue (``PendingEvent``). Each is a dotted path to
+# ``callable(events: list[Event]) -> None``.
 EVENT_PIPELINE_STAGES: list[str] = env.list(
     "EVENT_PIPELINE_STAGES", default=["identity.services.identity_resolve_events"]
 )

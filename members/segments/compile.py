@@ -6,7 +6,7 @@ expression reads a row ``m`` of ``members_member``, so a segment is computed in 
     sql, params = rule_sql(condition, now=now)
     cursor.execute(f"SELECT m.id FROM members_member m WHERE m.status = 'active' AND ({sql})", params)
 
-It agrees exactly with ``members.segments.rules.rule_matches`` (a property test holds both to
+It agrees exactly with ``members.segments.rules.interpret.rule_matches`` (a property test holds both to
 a reference): every leaf is an ``EXISTS`` or a comparison of non-null values, so it is true or
 false, never NULL, and ``not`` negates it as Python does. Behaviour conditions are subqueries
 correlated on ``identity_eventresolution.member_id`` (its index ``resolution_by_member``),
@@ -23,11 +23,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from members.segments.rules import (
+from members.segments.rules.syntax import (
     NULLABLE_AGGREGATES,
-    NUMERIC_STRING,
     TIME_AGGREGATES,
-    TIME_PATTERN,
     Aggregate,
     All,
     Any_,
@@ -41,11 +39,11 @@ from members.segments.rules import (
     InSegment,
     Not,
     Points,
-    Scalar,
     Stopped,
     TierIn,
     Trait,
 )
+from members.segments.rules.values import NUMERIC_STRING, TIME_PATTERN, Scalar
 
 _OPS = {"eq": "=", "ne": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _NUMERIC_RE = "^" + NUMERIC_STRING.pattern + "$"
@@ -68,7 +66,7 @@ def _number(json: str) -> str:
 
 
 def _time(p: str) -> str:
-    """The moment a regexp_match of ``TIME_PATTERN`` stands for (``rules.value_time``), else
+    """The moment a regexp_match of ``TIME_PATTERN`` stands for (``rules.values.value_time``), else
     NULL. Never raises: the day is the month's first plus (day - 1) and must land in that
     month, and every function here returns NULL on a NULL match."""
     first = f"make_date({p}[1]::int, {p}[2]::int, 1)"
@@ -148,7 +146,7 @@ class _Compiler:
         return f"(m.id IN (SELECT {member} FROM {rows} WHERE {test}))"
 
     def equals(self, json: str, expected: Scalar) -> str:
-        """``rules.values_equal`` of a jsonb expression and a rule's scalar (NULL when the
+        """``rules.values.values_equal`` of a jsonb expression and a rule's scalar (NULL when the
         jsonb is NULL: use inside EXISTS or a WHERE)."""
         if isinstance(expected, bool):
             return f"({json} = {self.param('true' if expected else 'false')}::jsonb)"
@@ -263,7 +261,7 @@ class _Compiler:
 
     def aggregate(self, condition: Aggregate) -> str:
         name, op, expected = condition.name, condition.op, condition.value
-        column = f"a.{name}"  # a name from rules.AGGREGATES, checked by rule_parse
+        column = f"a.{name}"  # a name from rules.syntax.AGGREGATES, checked by rule_parse
         rows, member = "members_memberaggregate a", "a.member_id"
         if name == "stores_visited":
             if op == "contains":

@@ -18,20 +18,11 @@ from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.views.decorators.http import require_POST
 
-from members.segments.definitions import (
-    DefinitionRefused,
-    StaticListOutcome,
-    member_tag_add,
-    member_tag_remove,
-    segment_copy,
-    segment_create,
-    segment_delete,
-    segment_members_upload,
-    segment_update,
-    tag_create,
-    tag_delete,
-    tag_update,
-)
+from members.segments.definitions.manual_tags import member_tag_add, member_tag_remove
+from members.segments.definitions.segments import segment_copy, segment_create, segment_delete, segment_update
+from members.segments.definitions.static_lists import StaticListOutcome, segment_members_upload
+from members.segments.definitions.tags import tag_create, tag_delete, tag_update
+from members.segments.definitions.writes import DefinitionRefused
 from members.segments.models import Segment, SegmentChange, Tag
 from members.segments.selectors import segment_members
 

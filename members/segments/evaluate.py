@@ -1,5 +1,5 @@
 """The incremental path: the tags and segments of the members a refresh just recomputed,
-evaluated in Python (``rules.rule_matches``) inside the refresh's transaction, so membership
+evaluated in Python (``rules.interpret.rule_matches``) inside the refresh's transaction, so membership
 follows an event within seconds and bursts for one member coalesce with its refresh.
 
 For each member: the computed tags (RFM group, lifecycle stage, channel preference) from its
@@ -39,7 +39,8 @@ from members.segments.models import (
     SegmentsRecheck,
     TagChange,
 )
-from members.segments.rules import MemberFacts, rule_matches, rule_window_expiry
+from members.segments.rules.analysis import rule_window_expiry
+from members.segments.rules.interpret import MemberFacts, rule_matches
 from members.segments.selectors import Definitions, definitions_load
 
 

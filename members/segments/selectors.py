@@ -9,17 +9,9 @@ from typing import Literal
 from django.db import connection
 
 from members.segments.models import Segment, SegmentChange, SegmentMember, Tag
-from members.segments.rules import (
-    Condition,
-    Did,
-    DidNot,
-    FirstTime,
-    RuleInvalid,
-    Stopped,
-    leaves,
-    rule_parse,
-    rule_references,
-)
+from members.segments.rules.analysis import leaves, rule_references
+from members.segments.rules.parse import RuleInvalid, rule_parse
+from members.segments.rules.syntax import Condition, Did, DidNot, FirstTime, Stopped
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,9 +25,10 @@ from members.models import MemberAggregate
 from members.segments.builtins import computed_tags_compute_all, rfm_cutoffs_compute
 from members.segments.compile import Counted, counts_sql, rule_counts, rule_sql
 from members.segments.models import RfmCutoffs, Segment, SegmentMember, Tag
-from members.segments.rules import RuleInvalid, rule_parse, rule_references
+from members.segments.rules.analysis import rule_references
+from members.segments.rules.parse import RuleInvalid, rule_parse
 from members.segments.selectors import Definitions, definitions_load
-from members.segments.webhooks import webhooks_nudge
+from members.segments.webhooks.services import webhooks_nudge
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,10 @@ from identity.models import EventResolution
 from members.loyalty.models import CouponCampaign, PointsEntry
 from members.loyalty.points import MAX_POINTS_MOVE
 from members.loyalty.services import PointsRefused, points_adjust, points_redeem
-from members.segments.definitions import DefinitionRefused, segment_create
+from members.segments.definitions.segments import segment_create
+from members.segments.definitions.writes import DefinitionRefused
 from members.segments.models import Segment
-from members.segments.rules import RuleInvalid, rule_parse
+from members.segments.rules.parse import RuleInvalid, rule_parse
 from tests.factories import EventFactory, SourceFactory
 
 pytestmark = pytest.mark.django_db

@@ -1,4 +1,4 @@
-"""The outbox consumer: claim, run stages, mark processed — once, in order, under concurrency."""
+"""The outbox consumer: claim, run stages, take out of the queue — once, in order, under concurrency."""
 
 import threading
 
@@ -21,7 +21,6 @@ RECORD = ["tests.events.stages.record"]
 @pytest.fixture(autouse=True)
 def _fresh_stage_log():
     stages.seen_batches.clear()
-    tasks._broker_retry_at = 0.0
     yield
     stages.seen_batches.clear()
 

@@ -15,7 +15,6 @@ from django.db import connection
 from django.db.models import Sum
 
 from config.celery import app as celery_app
-from events import tasks
 from events.models import Event, PendingEvent
 from identity.models import EventResolution
 from members.loyalty.models import PointsAccount, PointsEntry
@@ -37,7 +36,6 @@ def broker(settings) -> Iterator[RedisServer]:
     saved = (celery_app.conf.broker_url, celery_app.conf.task_always_eager)
     celery_app.conf.broker_url, celery_app.conf.task_always_eager = server.url, False
     celery_app.close()  # drop pooled connections to any other broker
-    tasks._broker_retry_at = 0.0
     yield server
     celery_app.conf.broker_url, celery_app.conf.task_always_eager = saved
     celery_app.close()

@@ -38,21 +38,15 @@ from cdp.permissions import permissions_required
 from members.api import MemberTagOutput
 from members.segments.api import VIEW_SEGMENTS, read, segment_by_key
 from members.segments.api import members as members_api
-from members.segments.definitions import (
-    DefinitionRefused,
+from members.segments.definitions.manual_tags import member_tag_add, member_tag_remove
+from members.segments.definitions.segments import segment_copy, segment_create, segment_delete, segment_update
+from members.segments.definitions.static_lists import (
     StaticListOutcome,
-    member_tag_add,
-    member_tag_remove,
-    segment_copy,
-    segment_create,
-    segment_delete,
     segment_members_set,
     segment_members_upload,
-    segment_update,
-    tag_create,
-    tag_delete,
-    tag_update,
 )
+from members.segments.definitions.tags import tag_create, tag_delete, tag_update
+from members.segments.definitions.writes import DefinitionRefused
 from members.segments.models import Segment, Tag
 from members.selectors import member_resolve, member_tag_history, member_tags
 

@@ -14,13 +14,13 @@ from cdp.pagination import CURSOR_HELP, cursor_parameter, page_serializer, pagin
 from cdp.permissions import permissions_required
 from members.segments.api import segment_by_key
 from members.segments.models import Segment, SegmentWebhook
-from members.segments.webhooks import (
-    WebhookRefused,
+from members.segments.webhooks.services import (
     webhook_create,
     webhook_delete,
     webhook_deliveries,
     webhook_update,
 )
+from members.segments.webhooks.transport import WebhookRefused
 
 VIEW_WEBHOOKS = "members.view_segmentwebhook"
 ADD_WEBHOOKS = "members.add_segmentwebhook"

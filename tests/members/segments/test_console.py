@@ -6,7 +6,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from cdp.roles import Role
 from cdp.services import staff_user_ensure
-from members.segments.definitions import member_tag_add, segment_create, tag_create
+from members.segments.definitions.manual_tags import member_tag_add
+from members.segments.definitions.segments import segment_create
+from members.segments.definitions.tags import tag_create
 from members.segments.models import MemberTag, Segment, SegmentMember, Tag, TagChange
 from members.segments.services import segment_compute
 from tests.members.test_console import console_client

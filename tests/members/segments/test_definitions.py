@@ -16,8 +16,11 @@ from events.pipeline import events_process_pending
 from events.tasks import process_pending_enqueue
 from identity.models import EventResolution
 from members.models import DirtyMark
-from members.segments import definitions
-from members.segments.definitions import DefinitionRefused, member_tag_add, segment_create, tag_create
+from members.segments.definitions import static_lists
+from members.segments.definitions.manual_tags import member_tag_add, member_tag_remove
+from members.segments.definitions.segments import segment_create, segment_update
+from members.segments.definitions.tags import tag_create
+from members.segments.definitions.writes import DefinitionRefused
 from members.segments.models import MemberTag, Segment, SegmentChange, SegmentMember, Tag, TagChange
 from tests.factories import EventFactory, SourceFactory
 from tests.members.test_api import staff_client
@@ -82,9 +85,9 @@ def test_the_recompute_is_sent_only_once_committed_and_only_when_the_rule_change
     for callback in callbacks:
         callback()
     with django_capture_on_commit_callbacks(execute=True):
-        definitions.segment_update(segment=segment, name="People who bought", rule=BUYERS)
+        segment_update(segment=segment, name="People who bought", rule=BUYERS)
     with django_capture_on_commit_callbacks(execute=True):
-        definitions.segment_update(segment=segment, rule={"aggregate": "orders", "op": "gte", "value": 2})
+        segment_update(segment=segment, rule={"aggregate": "orders", "op": "gte", "value": 2})
 
     assert sent == [(segment.pk,), (segment.pk,)]
     assert Segment.objects.get(pk=segment.pk).name == "People who bought"
@@ -214,7 +217,7 @@ def test_a_built_in_segment_is_copied_not_changed(zhang, marketing, django_captu
 
 
 def test_copying_a_static_list_copies_its_members(zhang, marketing):
-    definitions.segment_members_set(segment=segment_create(key="vip", name="VIP", kind="static"),
+    static_lists.segment_members_set(segment=segment_create(key="vip", name="VIP", kind="static"),
                                     member_ids=[zhang["member"]])  # fmt: skip
 
     response = marketing.post("/api/v1/segments/vip/copy/", {"key": "vip-2", "name": "VIP 2"}, format="json")
@@ -290,7 +293,7 @@ def test_a_csv_of_typed_rows_uploaded_as_a_file(zhang, wang, vip, marketing):
 def test_a_large_csv_is_looked_up_in_batches(
     zhang, wang, vip, marketing, monkeypatch, django_assert_max_num_queries
 ):
-    monkeypatch.setattr(definitions, "LOOKUP_BATCH", 100)
+    monkeypatch.setattr(static_lists, "LOOKUP_BATCH", 100)
     rows = [f"+86 139{n:08d}" for n in range(950)] + ["13800138000"]
     csv = "phone\n" + "\n".join(rows) + "\n"
 
@@ -298,7 +301,7 @@ def test_a_large_csv_is_looked_up_in_batches(
         body = marketing.put("/api/v1/segments/vip/members/", csv.encode(), content_type="text/csv").json()
 
     assert (body["rows"], body["matched"], body["unmatched"]) == (951, 1, 950)
-    assert len(body["problems"]) == definitions.PROBLEMS_SHOWN
+    assert len(body["problems"]) == static_lists.PROBLEMS_SHOWN
     assert members_of("vip") == {zhang["member"]}
 
 
@@ -313,7 +316,7 @@ def test_a_large_csv_is_looked_up_in_batches(
     ],
 )
 def test_an_unusable_file_is_refused_and_the_list_kept(zhang, vip, marketing, csv, reason):
-    definitions.segment_members_set(segment=vip, member_ids=[zhang["member"]])
+    static_lists.segment_members_set(segment=vip, member_ids=[zhang["member"]])
 
     response = marketing.put("/api/v1/segments/vip/members/", csv, content_type="text/csv")
 
@@ -472,7 +475,7 @@ def test_the_tag_history_pages_newest_first_and_includes_absorbed_ids(zhang):
     TagChange.objects.create(member_id=zhang["absorbed"], tag=vip, action="added", by=user)
     for _ in range(2):
         member_tag_add(member_id=zhang["member"], tag=vip, by=user)
-        definitions.member_tag_remove(member_id=zhang["member"], tag=vip, by=user)
+        member_tag_remove(member_id=zhang["member"], tag=vip, by=user)
     client = staff_client(Role.CRM_AGENT)
 
     first = client.get(f"/api/v1/members/{zhang['absorbed']}/tags/history/?page_size=3").json()
@@ -581,7 +584,7 @@ def test_two_edits_at_once_cannot_build_a_cycle():
 
     def first():
         with transaction.atomic():
-            definitions.segment_update(segment=a, rule={"segment": "b"})
+            segment_update(segment=a, rule={"segment": "b"})
             first_wrote.set()
             first_may_commit.wait(timeout=10)
         outcomes["first"] = "saved"
@@ -589,7 +592,7 @@ def test_two_edits_at_once_cannot_build_a_cycle():
 
     def second():
         try:
-            definitions.segment_update(segment=b, rule={"segment": "a"})
+            segment_update(segment=b, rule={"segment": "a"})
             outcomes["second"] = "saved"
         except DefinitionRefused as refused:
             outcomes["second"] = refused.errors

@@ -7,20 +7,11 @@ from decimal import Decimal
 import pytest
 from hypothesis import given, settings
 
-from members.segments.rules import (
-    All,
-    EventFact,
-    HasTag,
-    MemberFacts,
-    Not,
-    RuleInvalid,
-    Trait,
-    rule_matches,
-    rule_parse,
-    rule_references,
-    rule_window_expiry,
-    value_time,
-)
+from members.segments.rules.analysis import rule_references, rule_window_expiry
+from members.segments.rules.interpret import EventFact, MemberFacts, rule_matches
+from members.segments.rules.parse import RuleInvalid, rule_parse
+from members.segments.rules.syntax import KINDS, All, HasTag, Not, Trait
+from members.segments.rules.values import value_time
 from tests.members.segments import test_rules_sql as generated
 
 NOW = datetime(2026, 10, 1, 12, tzinfo=UTC)
@@ -117,6 +108,18 @@ def test_every_error_is_reported_with_its_path():
 )  # fmt: skip
 def test_what_is_refused_and_why(rule, expected):
     assert errors(rule) == expected
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_of_condition_reaches_its_own_parser(kind):
+    """Each kind the language names is dispatched to a parser, which refuses a bad body for
+    what it is (never "not a condition")."""
+    problems = errors({kind: True})
+
+    assert problems
+    assert not any(
+        reason.startswith(("not a condition", "a condition has exactly one")) for _, reason in problems
+    )
 
 
 def test_a_valid_rule_parses_into_frozen_conditions():

@@ -15,7 +15,8 @@ from events.models import Event
 from identity.models import EventResolution, Identifier, MemberIdentifier
 from members.models import Member, MemberAggregate, MemberTag, PointsAccount, Segment, SegmentMember, Tag
 from members.segments.compile import counts_sql, rule_counts, rule_sql
-from members.segments.rules import EventFact, MemberFacts, rule_matches, rule_parse
+from members.segments.rules.interpret import EventFact, MemberFacts, rule_matches
+from members.segments.rules.parse import rule_parse
 from tests.factories import SourceFactory
 
 NOW = datetime(2026, 10, 1, 12, tzinfo=UTC)

@@ -28,15 +28,14 @@ from members.models import Member
 from members.segments.models import Segment, SegmentChange, SegmentWebhook, WebhookDelivery
 from members.segments.services import segment_static_set
 from members.segments.tasks import webhook_deliver_task, webhooks_sweep
-from members.segments.webhooks import (
+from members.segments.webhooks.delivery import (
     Outcome,
     webhook_backoff_seconds,
-    webhook_create,
     webhook_deliver,
     webhook_deliveries_prune,
     webhooks_due,
-    webhooks_nudge,
 )
+from members.segments.webhooks.services import webhook_create, webhooks_nudge
 from tests.members.test_api import staff_client
 
 T0 = datetime(2026, 9, 1, 10, tzinfo=UTC)
@@ -745,7 +744,7 @@ def test_https_receivers_are_verified_by_name_on_the_vetted_address(
 
     webhook_deliver(webhook_id=by_name.pk, now=T0)  # the system's authorities do not know this one
     trusting = ssl.create_default_context(cafile=f"{certificate}/cert.pem")
-    monkeypatch.setattr("members.segments.webhooks._TLS", trusting)
+    monkeypatch.setattr("members.segments.webhooks.transport._TLS", trusting)
     webhook_deliver(webhook_id=by_name.pk, now=T0 + timedelta(hours=1))
     webhook_deliver(webhook_id=by_address.pk, now=T0)  # the certificate names localhost only
 

@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 
 from members.segments.models import Segment, SegmentMember
-from members.segments.webhooks import webhook_create
+from members.segments.webhooks.services import webhook_create
 from tests.events.test_worker_integration import broker, post_batch  # noqa: F401 - the broker fixture
 from tests.factories import SourceFactory, TrackMessageFactory
 from tests.processes import CeleryWorker, RedisServer, wait_for

@@ -1,0 +1,112 @@
+"""What a rule depends on: the tags and segments it reads (to order computes and refuse
+cycles), and when time alone may change its answer for a member (to recheck them then)."""
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from members.moments import moment_plus
+from members.segments.rules.interpret import MemberFacts, aggregate_value, event_passes
+from members.segments.rules.syntax import (
+    Aggregate,
+    All,
+    Any_,
+    Condition,
+    Did,
+    DidNot,
+    FirstTime,
+    HasTag,
+    InSegment,
+    Not,
+    Stopped,
+    Trait,
+    rule_path,
+)
+from members.segments.rules.values import value_time
+
+
+@dataclass(frozen=True, slots=True)
+class References:
+    segments: frozenset[str]
+    tags: frozenset[str]
+    time_based: bool
+
+
+def leaves(condition: Condition) -> Iterable[Condition]:
+    """Every condition of a rule that is not a group (all, any, not)."""
+    if isinstance(condition, All | Any_):
+        for item in condition.items:
+            yield from leaves(item)
+    elif isinstance(condition, Not):
+        yield from leaves(condition.item)
+    else:
+        yield condition
+
+
+def _time_based(leaf: Condition) -> bool:
+    if isinstance(leaf, Trait | Aggregate):
+        return leaf.op in ("within_days", "older_than_days")
+    if isinstance(leaf, Did | DidNot):
+        return leaf.in_last_days is not None
+    return isinstance(leaf, FirstTime | Stopped)
+
+
+def rule_references(condition: Condition) -> References:
+    """The segments and tags a rule reads (to order computes and catch cycles), and whether
+    time alone can change its answer (a window, within_days, older_than_days)."""
+    found = list(leaves(condition))
+    return References(
+        segments=frozenset(leaf.key for leaf in found if isinstance(leaf, InSegment)),
+        tags=frozenset(leaf.key for leaf in found if isinstance(leaf, HasTag)),
+        time_based=any(_time_based(leaf) for leaf in found),
+    )
+
+
+def _moments(leaf: Condition, facts: MemberFacts) -> Iterable[datetime]:
+    """Moments at which time alone may flip ``leaf`` for this member (a superset)."""
+    if isinstance(leaf, Trait | Aggregate) and leaf.op in ("within_days", "older_than_days"):
+        if isinstance(leaf, Trait):
+            moment = value_time(facts.traits.get(leaf.key))
+        else:
+            moment = aggregate_value(facts, leaf.name)
+        if moment is not None:
+            yield moment  # a future time enters the window when it comes
+            if (leaves_window := moment_plus(moment, timedelta(days=leaf.value, microseconds=1))) is not None:
+                yield leaves_window  # (None: beyond the end of the calendar, never)
+        return
+    if isinstance(leaf, Did | DidNot | FirstTime) and leaf.in_last_days is not None:
+        offsets = [leaf.in_last_days]
+    elif isinstance(leaf, Stopped):
+        offsets = [leaf.in_last_days, leaf.in_last_days + leaf.before_days]
+    else:
+        return
+    for event in facts.events:
+        if event_passes(event, leaf.event):
+            for days in offsets:
+                if (leaves_window := moment_plus(event.at, timedelta(days=days, microseconds=1))) is not None:
+                    yield leaves_window
+
+
+def rule_window_expiry(condition: Condition, facts: MemberFacts, now: datetime) -> datetime | None:
+    """The soonest moment after ``now`` at which time alone may change whether this member
+    matches (recheck them then), or None if time alone never changes it."""
+    moments = [m for leaf in leaves(condition) for m in _moments(leaf, facts) if m > now]
+    return min(moments, default=None)
+
+
+def rule_reference_paths(
+    condition: Condition, path: str = ""
+) -> Iterator[tuple[Literal["tag", "segment"], str, str]]:
+    """(kind, key, path) of every tag and segment a rule reads, the paths as ``rule_parse``
+    gives them (to say which part of a rule names what does not exist)."""
+    if isinstance(condition, All | Any_):
+        group = rule_path(path, "all" if isinstance(condition, All) else "any")
+        for index, item in enumerate(condition.items):
+            yield from rule_reference_paths(item, f"{group}[{index}]")
+    elif isinstance(condition, Not):
+        yield from rule_reference_paths(condition.item, rule_path(path, "not"))
+    elif isinstance(condition, HasTag):
+        yield "tag", condition.key, rule_path(path, "tag")
+    elif isinstance(condition, InSegment):
+        yield "segment", condition.key, rule_path(path, "segment")

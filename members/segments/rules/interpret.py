@@ -1,0 +1,200 @@
+"""Evaluating a rule for one member (the incremental path): ``rule_matches`` over the facts
+the member refresh loads (``MemberFacts``)."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from members.segments.rules.syntax import (
+    NULLABLE_AGGREGATES,
+    ORDERINGS,
+    TIME_AGGREGATES,
+    Aggregate,
+    All,
+    Any_,
+    Condition,
+    Did,
+    DidNot,
+    EventFilter,
+    FirstTime,
+    HasIdentifier,
+    HasTag,
+    InSegment,
+    Not,
+    Points,
+    Stopped,
+    TierIn,
+    Trait,
+)
+from members.segments.rules.values import value_number, value_time, values_equal
+
+# --- the facts of one member ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventFact:
+    name: str
+    at: datetime
+    channel: str = ""
+    store_code: str = ""
+    properties: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberFacts:
+    """What rules look at for one member. ``aggregates`` is empty for a member without a
+    figures row (orders and spend 0, times None); ``tier`` is "" without one."""
+
+    member_id: int
+    traits: Mapping[str, Any] = field(default_factory=dict)
+    identifier_types: frozenset[str] = frozenset()
+    aggregates: Mapping[str, Any] = field(default_factory=dict)
+    events: tuple[EventFact, ...] = ()
+    points: int = 0
+    tier: str = ""
+    tags: frozenset[str] = frozenset()
+    segments: frozenset[str] = frozenset()
+
+
+def _compare(left: Any, op: str, right: Any) -> bool:
+    if op == "eq":
+        return left == right
+    if op == "ne":
+        return left != right
+    if op == "gt":
+        return left > right
+    if op == "gte":
+        return left >= right
+    if op == "lt":
+        return left < right
+    return left <= right
+
+
+def _trait_matches(condition: Trait, facts: MemberFacts, now: datetime) -> bool:
+    value = facts.traits.get(condition.key)
+    op, expected = condition.op, condition.value
+    if op == "exists":
+        return value is not None
+    if op == "not_exists":
+        return value is None
+    if value is None:
+        return False
+    if op == "eq":
+        return values_equal(value, expected)
+    if op == "ne":
+        return not values_equal(value, expected)
+    if op == "in":
+        return any(values_equal(value, option) for option in expected)
+    if op == "contains":
+        if isinstance(value, list):
+            return any(values_equal(element, expected) for element in value)
+        return isinstance(value, str) and isinstance(expected, str) and expected in value
+    if op in ORDERINGS:
+        mine = value_time(value) if isinstance(expected, datetime) else value_number(value)
+        return mine is not None and _compare(mine, op, expected)
+    moment = value_time(value)
+    return moment is not None and _in_days(moment, op, expected, now)
+
+
+def _in_days(moment: datetime, op: str, days: int, now: datetime) -> bool:
+    if op == "within_days":
+        return now - timedelta(days=days) <= moment <= now
+    return moment < now - timedelta(days=days)
+
+
+def aggregate_value(facts: MemberFacts, name: str) -> Any:
+    """A member's figure, with the defaults of a member without a figures row."""
+    if name == "stores_visited":
+        return list(facts.aggregates.get(name) or ())
+    if name in TIME_AGGREGATES or name in NULLABLE_AGGREGATES:
+        return facts.aggregates.get(name)
+    return facts.aggregates.get(name, 0)
+
+
+def _aggregate_matches(condition: Aggregate, facts: MemberFacts, now: datetime) -> bool:
+    value, op, expected = aggregate_value(facts, condition.name), condition.op, condition.value
+    if condition.name == "stores_visited":
+        if op == "contains":
+            return expected in value
+        return len(value) >= expected if op == "count_gte" else len(value) <= expected
+    if value is None:
+        return False
+    if condition.name in TIME_AGGREGATES:
+        if op == "before":
+            return value < expected
+        if op == "after":
+            return value > expected
+        return _in_days(value, op, expected, now)
+    return _compare(Decimal(value), op, expected)
+
+
+def event_passes(event: EventFact, wanted: EventFilter) -> bool:
+    if event.name != wanted.name:
+        return False
+    for key, expected in wanted.where:
+        if key == "channel":
+            ok = event.channel == expected
+        elif key == "store_code":
+            ok = event.store_code == expected
+        else:
+            ok = values_equal(event.properties.get(key[len("properties.") :]), expected)
+        if not ok:
+            return False
+    return True
+
+
+def _count(facts: MemberFacts, wanted: EventFilter, since: datetime | None, until: datetime | None) -> int:
+    """Events passing ``wanted`` at ``since`` or later and before ``until`` (None: unbounded)."""
+    return sum(
+        1
+        for event in facts.events
+        if (since is None or event.at >= since)
+        and (until is None or event.at < until)
+        and event_passes(event, wanted)
+    )
+
+
+def _ago(now: datetime, days: int | None) -> datetime | None:
+    return None if days is None else now - timedelta(days=days)
+
+
+def rule_matches(condition: Condition, facts: MemberFacts, *, now: datetime) -> bool:
+    """Whether one member matches ``condition`` at ``now`` (aware)."""
+    match condition:
+        case All(items):
+            return all(rule_matches(item, facts, now=now) for item in items)
+        case Any_(items):
+            return any(rule_matches(item, facts, now=now) for item in items)
+        case Not(item):
+            return not rule_matches(item, facts, now=now)
+        case Trait():
+            return _trait_matches(condition, facts, now)
+        case HasIdentifier(kind):
+            return kind in facts.identifier_types
+        case Aggregate():
+            return _aggregate_matches(condition, facts, now)
+        case Did(event, days, at_least, at_most):
+            count = _count(facts, event, _ago(now, days), None)
+            return (at_least is None or count >= at_least) and (at_most is None or count <= at_most)
+        case DidNot(event, days):
+            return _count(facts, event, _ago(now, days), None) == 0
+        case FirstTime(event, days):
+            start = _ago(now, days)
+            return _count(facts, event, start, None) > 0 and _count(facts, event, None, start) == 0
+        case Stopped(event, days, before):
+            start = _ago(now, days)
+            return (
+                _count(facts, event, start, None) == 0
+                and _count(facts, event, _ago(start, before), start) > 0
+            )
+        case Points(op, value):
+            return _compare(facts.points, op, value)
+        case TierIn(tiers):
+            return facts.tier in tiers
+        case HasTag(key):
+            return key in facts.tags
+        case InSegment(key):
+            return key in facts.segments
+    raise TypeError(f"not a condition: {condition!r}")

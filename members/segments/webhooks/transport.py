@@ -1,0 +1,168 @@
+"""Where a webhook may post, and posting there: URLs and the addresses their names resolve to
+are vetted (no private, loopback or reserved address unless
+``WEBHOOK_ALLOW_PRIVATE_ADDRESSES``), and the connection goes to the vetted address whatever
+the name resolves to by then (no DNS rebinding), within one overall timeout, never following a
+redirect."""
+
+import contextlib
+import http.client
+import ipaddress
+import socket
+import ssl
+import threading
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
+_RESPONSE_EXCERPT_BYTES = 500
+_TLS = ssl.create_default_context()
+
+
+class WebhookRefused(Exception):
+    """A webhook that cannot be made as asked: which field, why, and the HTTP status to say it."""
+
+    def __init__(self, field: str, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+        self.status = status
+
+
+def _public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def webhook_url_check(url: str) -> str:
+    """The URL as given if a webhook may post to it: http or https, a host, no credentials (the
+    signature authenticates us) and, unless ``WEBHOOK_ALLOW_PRIVATE_ADDRESSES``, no private,
+    loopback or reserved address. Names are resolved, and checked again, at each delivery."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise WebhookRefused("url", "must be an http or https URL")
+    if parts.username is not None or parts.password is not None:
+        raise WebhookRefused("url", "must not hold credentials; receivers check the signature instead")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as error:
+        raise WebhookRefused("url", f"bad port: {error}") from error
+    host = parts.hostname or ""
+    if not host:
+        raise WebhookRefused("url", "has no host")
+    if not settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES:
+        try:
+            private = not _public(host)
+        except ValueError:  # a name, not an address
+            private = host == "localhost" or host.endswith((".localhost", ".local", ".internal"))
+        if private:
+            raise WebhookRefused("url", "must be a public address (private and loopback ones are refused)")
+    return url
+
+
+def _addresses_for(host: str, port: int) -> list[str]:
+    """The addresses to connect to, resolved once and vetted (a second lookup at connect time
+    could answer differently: DNS rebinding)."""
+    found = list(
+        dict.fromkeys(str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+    )
+    if not found:
+        raise OSError(f"{host} has no address")
+    if not settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES:
+        inside = [address for address in found if not _public(address)]
+        if inside:
+            raise WebhookRefused("url", f"{host} resolves to a non-public address ({inside[0]})")
+    return found
+
+
+# --- HTTP ------------------------------------------------------------------------------------
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection to an address vetted beforehand, whatever the name resolves to now."""
+
+    def __init__(self, host: str, port: int, *, addresses: list[str], timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._addresses = addresses
+        self.aborted = False
+
+    def connect(self) -> None:
+        """The first of the vetted addresses that answers (an IPv6 one may not)."""
+        refused: OSError | None = None
+        for address in self._addresses:
+            try:
+                self.sock = socket.create_connection((address, self.port), self.timeout)
+            except OSError as error:
+                refused = error
+                continue
+            return
+        raise refused or OSError("no address")
+
+    def abort(self) -> None:
+        """Cut the connection from another thread: a receiver trickling its answer byte by byte
+        would otherwise outlast every per-read timeout."""
+        self.aborted = True
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class _PinnedHTTPSConnection(_PinnedHTTPConnection):
+    default_port = http.client.HTTPS_PORT
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = _TLS.wrap_socket(self.sock, server_hostname=self.host)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a receiver said: its status and the start of its body, or why there was no answer."""
+
+    status_code: int | None
+    response: str = ""
+    error: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+    def describe(self) -> str:
+        return f"HTTP {self.status_code}" if self.status_code is not None else self.error
+
+
+def webhook_post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
+    """POST once, within ``timeout`` seconds in all; never follows a redirect (its target was
+    never checked) and never raises."""
+    parts = urlsplit(url)
+    secure = parts.scheme == "https"
+    host = parts.hostname or ""
+    port = parts.port or (http.client.HTTPS_PORT if secure else http.client.HTTP_PORT)
+    try:
+        addresses = _addresses_for(host, port)
+    except WebhookRefused as refused:
+        return Answer(None, error=f"refused: {refused.reason}")
+    except (OSError, UnicodeError) as error:
+        return Answer(None, error=f"cannot resolve {host}: {error}")
+    kind = _PinnedHTTPSConnection if secure else _PinnedHTTPConnection
+    conn = kind(host, port, addresses=addresses, timeout=timeout)
+    watchdog = threading.Timer(timeout, conn.abort)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        conn.request("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), body, headers)
+        answer = conn.getresponse()
+        excerpt = answer.read(_RESPONSE_EXCERPT_BYTES).decode("utf-8", "replace")
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        if conn.aborted or isinstance(error, TimeoutError):
+            return Answer(None, error=f"timed out after {timeout:g} s")
+        return Answer(None, error=f"{type(error).__name__}: {error}"[:500])
+    finally:
+        watchdog.cancel()
+        conn.close()
+    if 300 <= answer.status < 400:
+        return Answer(answer.status, excerpt, error="redirects are not followed")
+    return Answer(answer.status, excerpt)
