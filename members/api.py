@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
 from cdp.models import AuditEntry
-from cdp.permissions import permissions_required
+from cdp.permissions import permissions_required, request_staff
 from cdp.privacy import Masking
 from cdp.services import audit_record
 from events.models import Channel
@@ -328,7 +328,7 @@ class MemberViewSet(viewsets.ViewSet):
                     member_id=member.pk,
                     identifiers=data.validated_data["identifiers"],
                     reason=data.validated_data["reason"],
-                    staff=request.user,
+                    staff=request_staff(request),
                 )
                 audit_record(
                     user=request.user,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -66,7 +66,7 @@ def coupon_redeem(
     channel: str,
     order_total: Decimal,
     member: Member | None,
-    user: AbstractBaseUser | None,
+    user: User | None,
     now: datetime | None = None,
 ) -> Redemption:
     """Use a coupon on an order. Raises ``CouponRefused`` with the reason it cannot be."""

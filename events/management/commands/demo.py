@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 from django.db import transaction
 from django.utils import timezone
@@ -244,7 +244,7 @@ def _credentials_issue(*, web_source: Source) -> _Credentials:
     """A new web-shop write key, and the demo admin with a new password and a new token;
     the previous ones stop working. One transaction: never revoked without a replacement."""
     write_key = source_rotate_key(source=web_source).write_key
-    user: AbstractUser = staff_user_ensure(username=ADMIN_USERNAME, role=Role.ADMIN)
+    user: User = staff_user_ensure(username=ADMIN_USERNAME, role=Role.ADMIN)
     password = secrets.token_urlsafe(12)
     user.set_password(password)
     # A local demo account, shown on the developer's own terminal: everything, in /admin/ too.
@@ -253,7 +253,7 @@ def _credentials_issue(*, web_source: Source) -> _Credentials:
     tokens_revoke(user=user, name=TOKEN_NAME)
     token = token_issue(user=user, name=TOKEN_NAME).secret
     # A service-desk agent, to see the console as one does: phone numbers and emails masked.
-    agent: AbstractUser = staff_user_ensure(username=AGENT_USERNAME, role=Role.CRM_AGENT)
+    agent: User = staff_user_ensure(username=AGENT_USERNAME, role=Role.CRM_AGENT)
     agent_password = secrets.token_urlsafe(12)
     agent.set_password(agent_password)
     agent.save(update_fields=["password"])

@@ -26,7 +26,7 @@ from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
 from cdp.pagination import query_int
 from cdp.parsers import BoundedJSONParser
-from cdp.permissions import permissions_required
+from cdp.permissions import permissions_required, request_staff
 from members.api import MemberTagOutput
 from members.segments.api import VIEW_SEGMENTS, read, segment_by_key
 from members.segments.api import members as members_api
@@ -453,7 +453,7 @@ class MemberTagsView(_PermissionsByMethod, APIView):
                 code="invalid", message=f"No tag {key!r}.", errors=[FieldError("tag", "no such tag")]
             )
         try:
-            outcome = member_tag_add(member_id=pk, tag=tag, by=request.user)
+            outcome = member_tag_add(member_id=pk, tag=tag, by=request_staff(request))
         except DefinitionRefused as error:
             raise _refused(error) from error
         return _manual_tag_response(outcome, tag, created=outcome.changed)
@@ -472,7 +472,7 @@ class MemberTagView(APIView):
         pk = _member_pk(member_id)
         tag = tag_by_key(key)
         try:
-            outcome = member_tag_remove(member_id=pk, tag=tag, by=request.user)
+            outcome = member_tag_remove(member_id=pk, tag=tag, by=request_staff(request))
         except DefinitionRefused as error:
             raise _refused(error) from error
         return _manual_tag_response(outcome, tag, created=False)

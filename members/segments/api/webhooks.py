@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
 from cdp.pagination import query_int
-from cdp.permissions import permissions_required
+from cdp.permissions import permissions_required, request_staff
 from members.segments.api import segment_by_key
 from members.segments.models import Segment, SegmentWebhook
 from members.segments.webhooks import (
@@ -152,7 +152,9 @@ class SegmentWebhooksView(_ByMethod):
         data = WebhookInput(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            webhook = webhook_create(segment=segment, created_by=request.user, **data.validated_data)
+            webhook = webhook_create(
+                segment=segment, created_by=request_staff(request), **data.validated_data
+            )
         except WebhookRefused as refused:
             raise _refused(refused) from refused
         body = WebhookCreatedOutput(webhook).data
