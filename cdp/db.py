@@ -15,8 +15,9 @@ MAX_BIGINT = 2**63 - 1
 #: psycopg's own timestamptz loader (its C implementation). Django registers a subclass
 #: written in Python on every connection, to set the time zone of what it reads: a few
 #: microseconds per value, which made parsing timestamps a tenth of a member refresh.
-_TIMESTAMPTZ_LOADER = psycopg.adapters.get_loader(psycopg.adapters.types["timestamptz"].oid, Format.TEXT)
-assert _TIMESTAMPTZ_LOADER is not None  # psycopg registers one for every built-in type
+_loader = psycopg.adapters.get_loader(psycopg.adapters.types["timestamptz"].oid, Format.TEXT)
+assert _loader is not None  # psycopg registers one for every built-in type
+_TIMESTAMPTZ_LOADER = _loader
 
 
 def binary_parameters_cursor() -> CursorWrapper:

@@ -1,5 +1,7 @@
 """Keyset (cursor) pagination: stable under inserts, no OFFSET scans."""
 
+from typing import overload
+
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 
@@ -12,6 +14,10 @@ class IdCursorPagination(CursorPagination):
     max_page_size = 1000
 
 
+@overload
+def query_int(request: Request, name: str, *, default: int, low: int, high: int) -> int: ...
+@overload
+def query_int(request: Request, name: str, *, default: None, low: int, high: int) -> int | None: ...
 def query_int(request: Request, name: str, *, default: int | None, low: int, high: int) -> int | None:
     """An integer query parameter (a page size, a keyset cursor, a window in days) between
     ``low`` and ``high``; ``default`` when absent. Anything else is a 400 naming it."""

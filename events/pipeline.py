@@ -29,7 +29,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import Any
 
 import orjson
 from django.conf import settings
@@ -182,7 +181,7 @@ def events_claim(*, batch_size: int) -> list[ClaimedEvent]:
         return _claimed(cursor.fetchall())
 
 
-def _claimed(rows: list[tuple[Any, ...]]) -> list[ClaimedEvent]:
+def _claimed(rows: list[tuple[int, int, str, datetime, str, str, str, str, str, str]]) -> list[ClaimedEvent]:
     # jsonb arrives as text (Django's adapters); orjson decodes it several times faster.
     return sorted(
         (ClaimedEvent(*row[:8], orjson.loads(row[8]), orjson.loads(row[9])) for row in rows),

@@ -72,7 +72,7 @@ class TraitOutput(serializers.Serializer):
     value = serializers.JSONField()
     observed_at = serializers.DateTimeField(help_text="Event time of the event that stated it.")
     channel = serializers.CharField()
-    source = serializers.CharField()
+    source = serializers.CharField()  # type: ignore[assignment]  # a field named "source" shadows the stubs' Field.source
 
 
 class ChannelFiguresOutput(serializers.Serializer):
@@ -177,7 +177,7 @@ class TimelineEventOutput(serializers.Serializer):
     name = serializers.CharField()
     channel = serializers.CharField()
     store_code = serializers.CharField()
-    source = serializers.CharField()
+    source = serializers.CharField()  # type: ignore[assignment]  # a field named "source" shadows the stubs' Field.source
     traits = serializers.JSONField()
     properties = serializers.JSONField()
 
@@ -233,7 +233,7 @@ class MemberViewSet(viewsets.ViewSet):
     def list(self, request: Request) -> Response:
         """Find members by exactly one identifier (normalized as at ingestion), an order
         number, or part of a name (``q``)."""
-        given = {k: v for k, v in request.query_params.items() if k in (*LOOKUP_FIELDS, "q") and v.strip()}
+        given = {k: v for k in (*LOOKUP_FIELDS, "q") if (v := request.query_params.get(k, "")).strip()}
         if len(given) != 1:
             raise ApiError(
                 code="invalid",
@@ -298,6 +298,7 @@ class MemberViewSet(viewsets.ViewSet):
             request,
             view=self,
         )
+        assert page is not None  # None only without a page size, and TimelinePagination has one
         names = source_names(e.source_id for e in page)
         masking = Masking(request.user, channel="api", detail=request.get_full_path())
         masking.audit([member.pk])

@@ -19,7 +19,7 @@ a refund's reversal consumes its own order's lot first; an expiry takes what is 
 lot. ``lots_of`` rebuilds the lots from ledger rows alone, for reads.
 """
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
@@ -245,7 +245,7 @@ def points_derive(
     *,
     program: Program,
     orders: Iterable[OrderEvent],
-    lines: dict[int, Sequence[OrderLine]],
+    lines: Mapping[int, Sequence[OrderLine]],
     events: Iterable[LoyaltyEvent],
     recorded: Iterable[Recorded],
     now: datetime,
@@ -298,7 +298,7 @@ def points_derive(
 class _Replay:
     program: Program
     tiers: tuple[TierRule, ...]
-    lines: dict[int, Sequence[OrderLine]]
+    lines: Mapping[int, Sequence[OrderLine]]
     lots: Lots = field(default_factory=Lots)
     due: list[Due] = field(default_factory=list)
     orders: dict[str, _Order] = field(default_factory=dict)

@@ -166,9 +166,9 @@ def points_reconcile(
             facts[row.member_id].append(row.recorded)
     # A referral bonus the member earned from someone else's sign-up is not in their own history:
     # their derivation takes it as given, a lot like a staff credit, so spending it is no debt.
-    for (member_id, cause), held in inbound.items():
-        if (points := sum(r.points for r in held)) > 0:
-            first = min(held, key=lambda r: r.at)
+    for (member_id, cause), bonuses in inbound.items():
+        if (points := sum(r.points for r in bonuses)) > 0:
+            first = min(bonuses, key=lambda r: r.at)
             facts[member_id].append(replace(first, key=cause, points=points, derived=False))
     derivations = {
         member_id: points_derive(

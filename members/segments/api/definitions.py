@@ -8,16 +8,15 @@ tags answer 409 (copy a built-in segment to change it); deleting what a rule rea
 naming the readers. The views are thin: ``members.segments.definitions`` decides.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.files.uploadedfile import UploadedFile
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiRequest, extend_schema
 from rest_framework import serializers, status
 from rest_framework.parsers import BaseParser, MultiPartParser
-from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -48,6 +47,9 @@ from members.segments.definitions import (
 from members.segments.models import Segment, Tag
 from members.selectors import member_resolve, member_tag_history, member_tags
 
+if TYPE_CHECKING:
+    from rest_framework.permissions import _SupportsHasPermission  # the stubs' name only
+
 ADD_SEGMENTS = "members.add_segment"
 CHANGE_SEGMENTS = "members.change_segment"
 DELETE_SEGMENTS = "members.delete_segment"
@@ -64,16 +66,15 @@ _MEMBER_ID = OpenApiParameter("member_id", OpenApiTypes.INT, OpenApiParameter.PA
                               description="A member id (one absorbed by a merge acts on its survivor).")  # fmt: skip
 
 
-class _PermissionsByMethod:
+class _PermissionsByMethod(APIView):
     """A view whose writes need their own permissions (``required``: method → permissions);
     other methods keep the view's (or the read view's it extends)."""
 
     required: dict[str, tuple[str, ...]]
-    request: Request
 
-    def get_permissions(self) -> list[BasePermission]:
+    def get_permissions(self) -> Sequence[_SupportsHasPermission]:
         if self.request.method not in self.required:
-            return super().get_permissions()  # type: ignore[misc]
+            return super().get_permissions()
         return [permissions_required(*self.required[self.request.method])()]
 
 
@@ -276,8 +277,9 @@ class CsvBody:
 class CsvParser(BaseParser):
     media_type = "text/csv"
 
-    def parse(
-        self, stream: Any, media_type: str | None = None, parser_context: dict | None = None
+    # request.data is then the body itself, read in chunks (not a mapping, as the stubs expect).
+    def parse(  # type: ignore[override]
+        self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None
     ) -> CsvBody:
         return CsvBody(stream)
 
@@ -492,11 +494,11 @@ class MemberTagHistoryView(APIView):
         pk = _member_pk(member_id)
         size = query_int(request, "page_size", default=100, low=1, high=1000)
         before = query_int(request, "before", default=None, low=1, high=2**63 - 1)
-        rows = member_tag_history(member_id=pk, before=before, size=size + 1)  # type: ignore[operator]
-        page = rows[:size]  # type: ignore[misc]
+        rows = member_tag_history(member_id=pk, before=before, size=size + 1)
+        page = rows[:size]
         return Response(
             TagHistoryPage({
                 "results": [row.__dict__ for row in page],
-                "next_cursor": page[-1].id if len(rows) > size else None,  # type: ignore[operator]
+                "next_cursor": page[-1].id if len(rows) > size else None,
             }).data
         )  # fmt: skip

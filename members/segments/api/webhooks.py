@@ -4,6 +4,7 @@ elsewhere or remove a subscription, read its delivery log. Role ``marketing`` (a
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
+from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -131,8 +132,8 @@ def _webhook_of(segment: Segment, webhook_id: int) -> SegmentWebhook:
 
 
 class _ByMethod(APIView):
-    def get_permissions(self) -> list:
-        return [permissions_required(_PERMISSION_BY_METHOD.get(self.request.method, VIEW_WEBHOOKS))()]
+    def get_permissions(self) -> list[BasePermission]:
+        return [permissions_required(_PERMISSION_BY_METHOD.get(self.request.method or "", VIEW_WEBHOOKS))()]
 
 
 class SegmentWebhooksView(_ByMethod):
@@ -205,8 +206,8 @@ class WebhookDeliveriesView(_ByMethod):
         webhook = _webhook_of(segment_by_key(key), webhook_id)
         size = query_int(request, "page_size", default=100, low=1, high=1000)
         before = query_int(request, "before", default=None, low=1, high=2**63 - 1)
-        rows = webhook_deliveries(webhook=webhook, before=before, size=size + 1)  # type: ignore[operator]
+        rows = webhook_deliveries(webhook=webhook, before=before, size=size + 1)
         page = rows[:size]
         return Response(
-            DeliveriesPage({"results": page, "next_cursor": page[-1].pk if len(rows) > size else None}).data  # type: ignore[operator]
+            DeliveriesPage({"results": page, "next_cursor": page[-1].pk if len(rows) > size else None}).data
         )
