@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
 from cdp.pagination import query_int
-from cdp.permissions import permissions_required, request_staff
+from cdp.permissions import permissions_required
 from events.models import Channel
 from members.loyalty.coupons import CouponRefused, coupon_redeem, coupon_release, coupons_issue
 from members.loyalty.models import Coupon, CouponCampaign, CouponRedemption, PointsEntry
@@ -301,7 +301,7 @@ class PointsAdjustView(APIView):
         try:
             entry, created = points_adjust(
                 member=member, points=data.validated_data["points"], reason=data.validated_data["reason"],
-                idempotency_key=_idempotency_key(request), user=request_staff(request),
+                idempotency_key=_idempotency_key(request), user=request.user,
             )  # fmt: skip
         except PointsRefused as exc:
             raise _refused(exc) from exc
@@ -322,7 +322,7 @@ class PointsRedeemView(APIView):
         try:
             entry, created = points_redeem(
                 member=member, points=data.validated_data["points"], order_id=data.validated_data["order_id"],
-                channel=data.validated_data["channel"], idempotency_key=_idempotency_key(request), user=request_staff(request),
+                channel=data.validated_data["channel"], idempotency_key=_idempotency_key(request), user=request.user,
             )  # fmt: skip
         except PointsRefused as exc:
             raise _refused(exc) from exc
@@ -368,7 +368,7 @@ class CouponRedeemView(APIView):
         try:
             done = coupon_redeem(
                 code=code, order_id=data.validated_data["order_id"], channel=data.validated_data["channel"],
-                order_total=data.validated_data["order_total"], member=member, user=request_staff(request),
+                order_total=data.validated_data["order_total"], member=member, user=request.user,
             )  # fmt: skip
         except CouponRefused as exc:
             raise _refused(exc) from exc

@@ -3,6 +3,7 @@ gives the reference answer whatever the arrival order, batching and concurrency.
 
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from django.db import connection, transaction
@@ -148,12 +149,12 @@ def raw_events(draw) -> list[dict]:
 
 
 def _create(raw: dict, sources) -> Event:
-    context = {}
+    context: dict[str, Any] = {}
     if "device" in raw:
         context["device"] = {"id": raw["device"]}
     if "card" in raw:
         context["externalIds"] = [{"id": raw["card"], "type": "member_card"}]
-    return EventFactory(
+    return EventFactory.create(
         source=sources[raw["source"]],
         message_id=f"m{raw['index']:02d}",
         type="alias" if "previous_id" in raw else "track",

@@ -3,6 +3,7 @@ agent does at the service desk: log in, search by phone, read the member's page.
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(scope="module")
-def browser() -> Browser:
+def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         message = (
             f"Chromium is not installed at {CHROMIUM} (Debian: apt-get install chromium; .ci/run does it)"

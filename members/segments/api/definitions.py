@@ -72,7 +72,7 @@ class _PermissionsByMethod(APIView):
 
     required: dict[str, tuple[str, ...]]
 
-    def get_permissions(self) -> Sequence[_SupportsHasPermission]:
+    def get_permissions(self) -> "Sequence[_SupportsHasPermission]":
         if self.request.method not in self.required:
             return super().get_permissions()
         return [permissions_required(*self.required[self.request.method])()]
