@@ -506,7 +506,13 @@ def points_adjust(
 
 
 def points_redeem(
-    *, member: Member, points: int, order_id: str, channel: str, idempotency_key: str, user: User | AnonymousUser
+    *,
+    member: Member,
+    points: int,
+    order_id: str,
+    channel: str,
+    idempotency_key: str,
+    user: User | AnonymousUser,
 ) -> tuple[PointsEntry, bool]:
     """Spend an active member's available points on an order (a till or a web checkout)."""
     if points <= 0:
