@@ -61,7 +61,7 @@ def _methods(callback: object) -> tuple[str, ...]:
     actions = getattr(callback, "actions", None)
     if actions:  # a viewset route: the methods it maps
         return tuple(sorted(method for method in actions if method not in ("head", "options")))
-    view = callback.cls  # type: ignore[attr-defined]
+    view = callback.cls  # type: ignore[attr-defined]  # as_view() sets it on the view function
     return tuple(
         sorted(
             method
