@@ -71,9 +71,13 @@ test: install-dev browser ## Run the whole test suite against the real PostgreSQ
 	@DJANGO_SETTINGS_MODULE=config.settings.test $(BIN)/python manage.py ensure_services --server-only
 	$(BIN)/pytest
 
-lint: install-dev ## ruff check + format check
+# What CI and pre-commit check (README, "Checks"): style, types, and the import contracts in
+# pyproject.toml. The type checker loads the test settings (django-stubs), which need no service.
+lint: install-dev ## ruff (check + format), mypy, import contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: install-dev ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

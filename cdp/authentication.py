@@ -4,7 +4,7 @@ Only staff tokens are accepted here; a source write key is a different credentia
 never matches (and a staff token never works on ingestion).
 """
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
@@ -15,7 +15,7 @@ _SCHEMES = (b"token", b"bearer")
 
 
 class StaffTokenAuthentication(authentication.BaseAuthentication):
-    def authenticate(self, request: Request) -> tuple[AbstractBaseUser, ApiToken] | None:
+    def authenticate(self, request: Request) -> tuple[User, ApiToken] | None:
         header = authentication.get_authorization_header(request).split()
         if not header or header[0].lower() not in _SCHEMES:
             return None

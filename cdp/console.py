@@ -4,7 +4,7 @@ page that would answer 403."""
 
 from dataclasses import dataclass
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, PermissionsMixin
 from django.http import HttpRequest
 from django.urls import reverse
 
@@ -27,7 +27,8 @@ SECTIONS = (
 
 def sections_open_to(user: AbstractBaseUser | AnonymousUser | None) -> list[Section]:
     """The sections ``user`` may open (none for an anonymous or inactive user)."""
-    if user is None or not user.is_authenticated or not user.is_active:
+    # Only a PermissionsMixin user (a staff account) has permissions; an anonymous one has none.
+    if not isinstance(user, PermissionsMixin) or not user.is_authenticated or not user.is_active:
         return []
     return [section for section in SECTIONS if user.has_perm(section.permission)]
 

@@ -5,7 +5,7 @@ from collections.abc import Iterable
 import psycopg
 from django.db import connection
 from django.db.backends.utils import CursorWrapper
-from django.db.models import Model
+from django.db.models import Field, Model
 from psycopg.pq import Format
 
 #: The largest value of a ``bigint`` column (every primary key, DEFAULT_AUTO_FIELD): an id
@@ -15,7 +15,9 @@ MAX_BIGINT = 2**63 - 1
 #: psycopg's own timestamptz loader (its C implementation). Django registers a subclass
 #: written in Python on every connection, to set the time zone of what it reads: a few
 #: microseconds per value, which made parsing timestamps a tenth of a member refresh.
-_TIMESTAMPTZ_LOADER = psycopg.adapters.get_loader(psycopg.adapters.types["timestamptz"].oid, Format.TEXT)
+_loader = psycopg.adapters.get_loader(psycopg.adapters.types["timestamptz"].oid, Format.TEXT)
+assert _loader is not None  # psycopg registers one for every built-in type
+_TIMESTAMPTZ_LOADER = _loader
 
 
 def binary_parameters_cursor() -> CursorWrapper:
@@ -32,7 +34,10 @@ def binary_parameters_cursor() -> CursorWrapper:
     connection.ensure_connection()
     raw = psycopg.Cursor(connection.connection)
     raw.adapters.register_loader("timestamptz", _TIMESTAMPTZ_LOADER)
-    return connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+    # django-stubs types the argument as Django's CursorWrapper; Django wraps a DB-API cursor.
+    if connection.queries_logged:
+        return connection.make_debug_cursor(raw)  # type: ignore[arg-type]
+    return connection.make_cursor(raw)  # type: ignore[arg-type]
 
 
 def rows_delete(model: type[Model], *, column: str, keys: Iterable[int]) -> int:
@@ -46,7 +51,10 @@ def rows_delete(model: type[Model], *, column: str, keys: Iterable[int]) -> int:
     scan), a plan whose cost follows the rows deleted, not the table. Only model metadata is
     interpolated.
     """
-    table, field = model._meta.db_table, model._meta.get_field(column).column
+    key_field = model._meta.get_field(column)
+    if not isinstance(key_field, Field):  # a reverse relation: no column of this table
+        raise ValueError(f"{model.__name__}.{column} is not a column")
+    table, field = model._meta.db_table, key_field.column
     with binary_parameters_cursor() as cursor:
         cursor.execute(
             f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT r.ctid FROM unnest(%b::bigint[]) AS k(id) "  # noqa: S608

@@ -171,8 +171,8 @@ def server_error(request: HttpRequest) -> HttpResponse:
     """An exception no view handled, including one raised by a middleware or while saving the
     session, where no view's handler can see it (Django calls this inside its ``except``)."""
     exc = sys.exception()
-    if is_database_outage(exc):
-        return database_outage_response(request, exc)  # type: ignore[arg-type]
+    if exc is not None and is_database_outage(exc):
+        return database_outage_response(request, exc)
     if not is_api_path(request):
         return defaults.server_error(request)
     return JsonResponse(

@@ -37,7 +37,7 @@ def health(request: HttpRequest) -> JsonResponse:
     database, broker = _database_ok(), _broker_ok()
     parked = _parked() if database else {}
     state = "ok" if database and broker and not any(parked.values()) else ("degraded" if database else "down")
-    body = {
+    body: dict[str, object] = {
         "status": state,
         "database": "ok" if database else "unreachable",
         "broker": "ok" if broker else "unreachable (events are kept and processed when it returns)",

@@ -9,6 +9,7 @@ refused at the door with its own reason instead.
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -40,6 +41,7 @@ def json_depth(value: Any, *, stop_at: int | None = None) -> int:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, list):

@@ -9,8 +9,8 @@ until it is null. A cursor is opaque: a member id for the keyset reads written b
 every ``GenericViewSet``) and ``paginated`` (for an ``APIView``).
 """
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, overload
 from urllib.parse import parse_qs, urlsplit
 
 from django.db.models import QuerySet
@@ -27,7 +27,7 @@ from cdp.errors import ApiError, FieldError
 CURSOR_HELP = "Pass as ?cursor= for the next page; null on the last page."
 
 
-def page_json(results: Sequence[Any], next_cursor: object) -> dict[str, object]:
+def page_json(results: Iterable[Any], next_cursor: object) -> dict[str, object]:
     """A page in the one shape every list endpoint answers with."""
     return {"results": list(results), "next_cursor": next_cursor}
 
@@ -61,7 +61,7 @@ class IdCursorPagination(CursorPagination):
         link = self.get_next_link()
         return parse_qs(urlsplit(link).query)[self.cursor_query_param][0] if link else None
 
-    def get_paginated_response(self, data: list) -> Response:
+    def get_paginated_response(self, data: Iterable[Any]) -> Response:
         return Response(page_json(data, self.next_cursor()))
 
     def get_paginated_response_schema(self, schema: dict) -> dict:
@@ -81,13 +81,13 @@ def paginated(
     queryset: QuerySet,
     *,
     ordering: str | tuple[str, ...],
-    serialize: Callable[[list], list],
+    serialize: Callable[[list], Iterable[Any]],
     max_page_size: int = 1000,
 ) -> Response:
     """A page of ``queryset`` for an ``APIView`` in the one shape, keyset on ``ordering`` (a
     unique field, or ending in one)."""
     paginator = IdCursorPagination()
-    paginator.ordering = ordering
+    paginator.ordering = ordering  # type: ignore[assignment]  # DRF takes a tuple too; its stubs say str
     paginator.max_page_size = max_page_size
     page = paginator.paginate_queryset(queryset, request, view=view)
     return paginator.get_paginated_response(serialize(page or []))
@@ -109,6 +109,10 @@ def cursor_parameter(legacy: str) -> OpenApiParameter:
     )
 
 
+@overload
+def query_int(request: Request, name: str, *, default: int, low: int, high: int) -> int: ...
+@overload
+def query_int(request: Request, name: str, *, default: None, low: int, high: int) -> int | None: ...
 def query_int(request: Request, name: str, *, default: int | None, low: int, high: int) -> int | None:
     """An integer query parameter (a page size, a keyset cursor, a window in days) between
     ``low`` and ``high``; ``default`` when absent. Anything else is a 400 naming it."""

@@ -2,6 +2,7 @@
 limit, so that a body nested thousands of levels deep is a 400 naming the limit, never a
 ``RecursionError`` (the standard library's parser, DRF's JSONParser) and a 500."""
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -18,7 +19,9 @@ class BoundedJSONParser(JSONParser):
     ``cdp.errors`` renders in the one shape (importing it here would be circular: DRF reads
     the parser setting while ``cdp.errors`` imports DRF's views)."""
 
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+    def parse(
+        self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None
+    ) -> Any:
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         raw = stream.read() if stream is not None else b""
         try:

@@ -1,6 +1,9 @@
 """Permissions for the staff API: a role's group holds Django permissions (``cdp.roles``);
 views ask for permissions, never for role names."""
 
+from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.views import APIView
@@ -19,3 +22,14 @@ def permissions_required(*permissions: str) -> type[BasePermission]:
 
     HasPermissions.__name__ = f"HasPermissions[{'|'.join(permissions)}]"
     return HasPermissions
+
+
+def request_staff(request: Request | HttpRequest) -> User:
+    """The signed-in user making a request to a view that admits only staff (a permission
+    class above, ``login_required``, the admin site), as the services that record who did
+    what take it. Never anonymous there; if it were, the request is refused (403), not
+    recorded as made by nobody."""
+    user = request.user
+    if not isinstance(user, User):
+        raise PermissionDenied
+    return user

@@ -5,7 +5,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import phonenumbers
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 
 from cdp.models import AuditEntry
 from cdp.services import audit_record
@@ -14,7 +14,7 @@ CONTACT_PERMISSION = "members.view_contact_details"
 CONTACT_TYPES = frozenset({"phone", "email"})
 
 
-def sees_contact_details(user: AbstractBaseUser | AnonymousUser | None) -> bool:
+def sees_contact_details(user: User | AnonymousUser | None) -> bool:
     return bool(user is not None and user.is_authenticated and user.has_perm(CONTACT_PERMISSION))
 
 
@@ -54,7 +54,7 @@ def mask_contact(type_: str, value: object) -> object:
 class Masking:
     """Shows personal data as ``user`` may see it (the API and the console alike)."""
 
-    def __init__(self, user: AbstractBaseUser | AnonymousUser | None, *, channel: str, detail: str) -> None:
+    def __init__(self, user: User | AnonymousUser | None, *, channel: str, detail: str) -> None:
         self.user, self.channel, self.detail = user, channel, detail
         self.full = sees_contact_details(user)
 

@@ -2,7 +2,7 @@
 (synced after every ``migrate``), so the admin site and the API agree on who may do what."""
 
 from django.apps import apps
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group, Permission
+from django.contrib.auth.models import AnonymousUser, Group, Permission, User
 from django.db import models
 
 
@@ -58,7 +58,7 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
 PLATFORM_APPS = ("cdp", "events", "identity", "members")
 
 
-def user_roles(user: AbstractBaseUser | AnonymousUser | None) -> frozenset[str]:
+def user_roles(user: User | AnonymousUser | None) -> frozenset[str]:
     """The roles a user holds; a superuser holds them all."""
     if user is None or not user.is_authenticated or not user.is_active:
         return frozenset()

@@ -4,7 +4,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, AbstractUser, Group
+from django.contrib.auth.models import AnonymousUser, Group, User
 from django.db import transaction
 from django.utils import timezone
 
@@ -22,7 +22,7 @@ class IssuedToken:
 
 
 @transaction.atomic
-def staff_user_ensure(*, username: str, role: Role) -> AbstractUser:
+def staff_user_ensure(*, username: str, role: Role) -> User:
     """Get or create the staff user and make ``role`` its only role."""
     user, _ = get_user_model().objects.get_or_create(username=username)
     if not user.is_staff:
@@ -34,7 +34,7 @@ def staff_user_ensure(*, username: str, role: Role) -> AbstractUser:
     return user
 
 
-def token_issue(*, user: AbstractUser, name: str) -> IssuedToken:
+def token_issue(*, user: User, name: str) -> IssuedToken:
     secret = credential_new(kind=STAFF_TOKEN_KIND)
     token = ApiToken.objects.create(
         user=user, name=name, key_hash=credential_hash(secret), key_prefix=credential_prefix(secret)
@@ -42,7 +42,7 @@ def token_issue(*, user: AbstractUser, name: str) -> IssuedToken:
     return IssuedToken(token=token, secret=secret)
 
 
-def tokens_revoke(*, user: AbstractUser, name: str) -> int:
+def tokens_revoke(*, user: User, name: str) -> int:
     """Revoke the user's active tokens of that name; returns how many."""
     return ApiToken.objects.filter(user=user, name=name, revoked_at__isnull=True).update(
         revoked_at=timezone.now()
@@ -50,11 +50,17 @@ def tokens_revoke(*, user: AbstractUser, name: str) -> int:
 
 
 def audit_record(
-    *, user: AbstractBaseUser | None, action: str, member_ids: Iterable[int], channel: str, detail: str = ""
+    *,
+    user: User | AnonymousUser | None,
+    action: str,
+    member_ids: Iterable[int],
+    channel: str,
+    detail: str = "",
 ) -> None:
-    """Append an audit entry (in the caller's transaction, if any)."""
+    """Append an audit entry (in the caller's transaction, if any); an anonymous user is
+    recorded as nobody."""
     AuditEntry.objects.create(
-        user=user if user is not None and user.is_authenticated else None,
+        user=user if isinstance(user, User) else None,
         action=action,
         member_ids=sorted(set(member_ids)),
         channel=channel,

@@ -112,8 +112,9 @@ def _number_error(field: str, key: str, value: Any) -> FieldError | None:
     limit = _LIMITS.get(key, MAX_AMOUNT)
     if number.copy_abs() > limit:  # exact: abs() rounds, and overflows past the context's exponent
         return FieldError(field, f"must be between -{limit:,} and {limit:,}")
-    places = -number.as_tuple().exponent
-    if isinstance(places, int) and places > MAX_DECIMAL_PLACES:
+    exponent = number.as_tuple().exponent  # a letter for NaN and infinities, refused above
+    places = -exponent if isinstance(exponent, int) else 0
+    if places > MAX_DECIMAL_PLACES:
         return FieldError(field, f"has {places} decimal places; at most {MAX_DECIMAL_PLACES} are accepted")
     return None
 

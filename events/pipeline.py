@@ -152,8 +152,8 @@ def _bisect(event_ids: list[int], failure: tuple[str, Exception]) -> int:
                     raise
                 known = run.failure(exc)
         if len(ids) == 1:
-            stage, exc = known
-            done += transient_retry(partial(event_park, event_id=ids[0], stage=stage, error=exc))
+            stage, error = known
+            done += transient_retry(partial(event_park, event_id=ids[0], stage=stage, error=error))
             continue
         middle = len(ids) // 2
         parts += [(ids[middle:], None), (ids[:middle], None)]  # the older half on top
@@ -181,7 +181,7 @@ def events_claim(*, batch_size: int) -> list[ClaimedEvent]:
         return _claimed(cursor.fetchall())
 
 
-def _claimed(rows: list[tuple]) -> list[ClaimedEvent]:
+def _claimed(rows: list[tuple[int, int, str, datetime, str, str, str, str, str, str]]) -> list[ClaimedEvent]:
     # jsonb arrives as text (Django's adapters); orjson decodes it several times faster.
     return sorted(
         (ClaimedEvent(*row[:8], orjson.loads(row[8]), orjson.loads(row[9])) for row in rows),

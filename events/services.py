@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import orjson
 from django.core.exceptions import ValidationError
@@ -114,7 +115,7 @@ _INSERT_SQL = _insert_sql()
 def _events_insert(*, source: Source, received_at: datetime, messages: Sequence[Message]) -> int:
     """One statement for the whole request; the unique constraint drops repeated messageIds
     (also within the request), so concurrent retries can never store an event twice."""
-    params: list[object] = [source.pk, source.kind, source.store_code, received_at]
+    params: list[Any] = [source.pk, source.kind, source.store_code, received_at]
     params += [[getattr(m, column) for m in messages] for column in _TEXT_COLUMNS + _TIME_COLUMNS]
     params += [[_json_text(getattr(m, column)) for m in messages] for column in _JSON_COLUMNS]
     with binary_parameters_cursor() as cursor:

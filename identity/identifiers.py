@@ -162,7 +162,9 @@ def _candidates(
     previous_id: str,
     traits: Mapping[str, Any],
     context: Mapping[str, Any],
-) -> Iterable[tuple[str, Any]]:
+) -> Iterable[tuple[Any, Any]]:
+    """(type, value) pairs as the event states them: an ``externalIds`` entry's type is whatever
+    the sender wrote, checked by the caller."""
     if user_id:
         yield IdentifierType.USER_ID, user_id
     if anonymous_id:
@@ -173,7 +175,9 @@ def _candidates(
         # each links to whatever member held it, under the limits (``identity.resolution``).
         yield IdentifierType.USER_ID, previous_id
         yield IdentifierType.ANONYMOUS_ID, previous_id
-    context_traits = context.get("traits") if isinstance(context.get("traits"), Mapping) else {}
+    context_traits = context.get("traits")
+    if not isinstance(context_traits, Mapping):
+        context_traits = {}
     # A group call's ``traits`` describe the group (a company, a store club), not the person:
     # its email is the company's. ``context.traits`` are the person's in every call.
     stated = (context_traits,) if message_type == GROUP else (traits, context_traits)

@@ -240,8 +240,11 @@ class IdentityGraph:
                     joining_classes = {**classes, **self.members[owner].alias_class}
             # ``held`` is within every limit, so only the types this identifier adds to can break one.
             grown: dict[str, frozenset[str]] = {}
+            limits: dict[str, int] = {}
             for type_, values in joining:
-                if limit_of(type_) is not None:
+                limit = limit_of(type_)
+                if limit is not None:
+                    limits[type_] = limit
                     grown[type_] = grown.get(type_, held.get(type_, frozenset())) | values
             if joining_classes or event.vouches:
                 vouched = [*accepted, identifier] if event.vouches else []
@@ -249,7 +252,7 @@ class IdentityGraph:
             else:
                 counts = {t: len(values) for t, values in grown.items()}
             tentative_sides = on_sides | self._sides_of(identifier, owner if owner not in chosen else None)
-            if all(count <= limit_of(type_) for type_, count in counts.items()) and not any(
+            if all(count <= limits[type_] for type_, count in counts.items()) and not any(
                 (index, 1 - side) in tentative_sides for index, side in tentative_sides
             ):
                 held = {**held, **grown}

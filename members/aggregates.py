@@ -13,10 +13,11 @@ Amounts are Decimal throughout. Spend is counted in one currency, the platform's
 money.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from events.commerce import ORDER_COMPLETED, ORDER_REFUNDED, as_amount
 
@@ -85,7 +86,7 @@ def order_event(
     *,
     event_id: int,
     name: str,
-    properties: dict,
+    properties: Mapping[str, Any],
     at: datetime,
     channel: str,
     store_code: str,

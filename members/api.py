@@ -20,7 +20,7 @@ from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
 from cdp.models import AuditEntry
 from cdp.pagination import IdCursorPagination, page_json, page_serializer
-from cdp.permissions import permissions_required
+from cdp.permissions import permissions_required, request_staff
 from cdp.privacy import Masking
 from cdp.services import audit_record
 from events.models import Channel
@@ -73,7 +73,7 @@ class TraitOutput(serializers.Serializer):
     value = serializers.JSONField()
     observed_at = serializers.DateTimeField(help_text="Event time of the event that stated it.")
     channel = serializers.CharField()
-    source = serializers.CharField()
+    source = serializers.CharField()  # type: ignore[assignment]  # a field named "source" shadows the stubs' Field.source
 
 
 class ChannelFiguresOutput(serializers.Serializer):
@@ -184,7 +184,7 @@ class TimelineEventOutput(serializers.Serializer):
     name = serializers.CharField()
     channel = serializers.CharField()
     store_code = serializers.CharField()
-    source = serializers.CharField()
+    source = serializers.CharField()  # type: ignore[assignment]  # a field named "source" shadows the stubs' Field.source
     traits = serializers.JSONField()
     properties = serializers.JSONField()
 
@@ -206,7 +206,7 @@ class SplitOutput(serializers.Serializer):
 class TimelinePagination(IdCursorPagination):
     """Newest first, keyset on the event time (ties broken by id)."""
 
-    ordering = ("-timestamp", "-id")
+    ordering = ("-timestamp", "-id")  # type: ignore[assignment]  # DRF takes a tuple too; its stubs say str
     max_page_size = 500
 
 
@@ -238,7 +238,7 @@ class MemberViewSet(viewsets.ViewSet):
     def list(self, request: Request) -> Response:
         """Find members by exactly one identifier (normalized as at ingestion), an order
         number, or part of a name (``q``)."""
-        given = {k: v for k, v in request.query_params.items() if k in (*LOOKUP_FIELDS, "q") and v.strip()}
+        given = {k: v for k in (*LOOKUP_FIELDS, "q") if (v := request.query_params.get(k, "")).strip()}
         if len(given) != 1:
             raise ApiError(
                 code="invalid",
@@ -305,6 +305,7 @@ class MemberViewSet(viewsets.ViewSet):
             request,
             view=self,
         )
+        assert page is not None  # None only without a page size, and TimelinePagination has one
         names = source_names(e.source_id for e in page)
         masking = Masking(request.user, channel="api", detail=request.get_full_path())
         masking.audit([member.pk])
@@ -335,7 +336,7 @@ class MemberViewSet(viewsets.ViewSet):
                     member_id=member.pk,
                     identifiers=data.validated_data["identifiers"],
                     reason=data.validated_data["reason"],
-                    staff=request.user,
+                    staff=request_staff(request),
                 )
                 audit_record(
                     user=request.user,

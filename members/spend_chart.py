@@ -116,7 +116,7 @@ def spend_chart(
     tallest = max(stacked, default=ZERO)
     step = nice_step(tallest)
     # The axis ends at the first gridline at or over the tallest bar.
-    top = step * max(1, (tallest / step).to_integral_value(rounding=ROUND_CEILING))
+    top = step * max(Decimal(1), (tallest / step).to_integral_value(rounding=ROUND_CEILING))
     plot_top, plot_bottom = TOP_MARGIN, TOP_MARGIN + PLOT_HEIGHT
 
     def y_of(value: Decimal) -> float:

@@ -49,7 +49,7 @@ def latest_traits(
     rank = {channel: len(precedence) - index for index, channel in enumerate(precedence)}
     best: dict[str, TraitObservation] = {}
 
-    def order(o: TraitObservation) -> tuple:
+    def order(o: TraitObservation) -> tuple[datetime, int, str, int, int]:
         return (o.observed_at, rank.get(o.channel, 0), o.message_id, o.source_id, o.event_id)
 
     for observation in observations:

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import redis
@@ -292,7 +293,12 @@ class CeleryWorker:
     ``is_alive()``) and its ``beat`` (the sweep), with beat's schedule file in ``workdir``."""
 
     def __init__(self, *, broker_url: str, database: str, workdir: Path, extra_env: dict[str, str]) -> None:
-        common = {"broker_url": broker_url, "database": database, "workdir": workdir, "extra_env": extra_env}
+        common: dict[str, Any] = {
+            "broker_url": broker_url,
+            "database": database,
+            "workdir": workdir,
+            "extra_env": extra_env,
+        }
         self.worker = CeleryProcess("worker", **common)
         self.beat = CeleryProcess("beat", **common, overrides={"--schedule": str(workdir / "beat-schedule")})
 

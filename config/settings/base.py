@@ -6,6 +6,7 @@ Everything that differs between machines is read through the one ``env`` object
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import environ
 
@@ -283,7 +284,7 @@ LIFECYCLE_NEW_DAYS = env.int("LIFECYCLE_NEW_DAYS", default=30)
 LIFECYCLE_ACTIVE_DAYS = env.int("LIFECYCLE_ACTIVE_DAYS", default=90)
 LIFECYCLE_CHURN_DAYS = env.int("LIFECYCLE_CHURN_DAYS", default=180)
 
-LOGGING = {
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},

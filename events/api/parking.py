@@ -22,7 +22,7 @@ VIEW_PARKED, REPLAY_PARKED = "events.view_parkedevent", "events.replay_parkedeve
 class ParkedEventOutput(serializers.ModelSerializer):
     # The event's own fields as stored text: an event parked because it cannot be read back
     # (a timestamp beyond what Python holds) must still be listed.
-    source = serializers.IntegerField(source="event.source_id")
+    source = serializers.IntegerField(source="event.source_id")  # type: ignore[assignment]  # a field named "source" shadows the stubs' Field.source
     message_id = serializers.CharField(source="event.message_id")
     type = serializers.CharField(source="event.type")
     name = serializers.SerializerMethodField()

@@ -16,7 +16,7 @@ from events.services import source_create, source_rotate_key, source_set_default
 class SourceOutput(serializers.ModelSerializer):
     class Meta:
         model = Source
-        fields = (
+        fields: tuple[str, ...] = (
             "id", "name", "kind", "store_code", "default_currency", "write_key_prefix", "enabled", "created_at",
         )  # fmt: skip
 
@@ -112,7 +112,7 @@ class SourceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
 
 
 class RejectedEventOutput(serializers.ModelSerializer):
-    source = serializers.CharField(source="source.name")
+    source = serializers.CharField(source="source.name")  # type: ignore[assignment]  # a field named "source" shadows the stubs' Field.source
 
     class Meta:
         model = RejectedEvent

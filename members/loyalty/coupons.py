@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -66,7 +66,7 @@ def coupon_redeem(
     channel: str,
     order_total: Decimal,
     member: Member | None,
-    user: AbstractBaseUser | None,
+    user: User | AnonymousUser | None,
     now: datetime | None = None,
 ) -> Redemption:
     """Use a coupon on an order. Raises ``CouponRefused`` with the reason it cannot be."""
@@ -92,7 +92,7 @@ def coupon_redeem(
                 channel=channel,
                 order_total=order_total,
                 discount=discount,
-                redeemed_by=user if user is not None and user.is_authenticated else None,
+                redeemed_by=user if isinstance(user, User) else None,
             )
     except IntegrityError:
         # Another till got there first (the unique index waited for its commit).

@@ -1,6 +1,8 @@
 """Loyalty data: the program and its versioned earning rules, tiers, the points ledger with
 its accounts, tier history, and coupons. Imported by ``members.models`` (one Django app)."""
 
+from enum import StrEnum
+
 from django.conf import settings
 from django.contrib.postgres.constraints import ExclusionConstraint
 from django.contrib.postgres.fields import ArrayField, RangeOperators
@@ -13,7 +15,7 @@ from members.loyalty.program import Downgrade, Expiry, NegativeBalance, TierBasi
 _KIND_CHOICES = [(kind.value, kind.value) for kind in Kind]
 
 
-def _choices(enum: type) -> list[tuple[str, str]]:
+def _choices(enum: type[StrEnum]) -> list[tuple[str, str]]:
     return [(member.value, member.value.replace("_", " ")) for member in enum]
 
 

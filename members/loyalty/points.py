@@ -19,11 +19,12 @@ a refund's reversal consumes its own order's lot first; an expiry takes what is 
 lot. ``lots_of`` rebuilds the lots from ledger rows alone, for reads.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from enum import StrEnum
+from functools import partial
 
 from events.commerce import ORDER_COMPLETED
 from members.aggregates import OrderEvent
@@ -244,7 +245,7 @@ def points_derive(
     *,
     program: Program,
     orders: Iterable[OrderEvent],
-    lines: dict[int, Sequence[OrderLine]],
+    lines: Mapping[int, Sequence[OrderLine]],
     events: Iterable[LoyaltyEvent],
     recorded: Iterable[Recorded],
     now: datetime,
@@ -257,7 +258,9 @@ def points_derive(
     """
     tiers = program.tiers_by_rank()
     facts = [r for r in recorded if not r.derived]
-    timeline: list[tuple[tuple, str, object]] = []
+    state = _Replay(program=program, tiers=tiers, lines=lines)
+    # Each step is what happened and when, bound to the replay step that applies it.
+    timeline: list[tuple[tuple[datetime, int, str], Callable[[], None]]] = []
     completions: dict[str, OrderEvent] = {}
     refunds: list[OrderEvent] = []
     for order_event in orders:
@@ -268,26 +271,18 @@ def points_derive(
         else:
             refunds.append(order_event)
     for done in completions.values():
-        timeline.append(((done.at, 0, done.message_id), "order", done))
+        timeline.append(((done.at, 0, done.message_id), partial(state.order, done)))
     for refund in refunds:
-        timeline.append(((refund.at, 1, refund.message_id), "refund", refund))
+        timeline.append(((refund.at, 1, refund.message_id), partial(state.refund, refund)))
     for event in events:
-        timeline.append(((event.at, 0, event.message_id), "event", event))
+        timeline.append(((event.at, 0, event.message_id), partial(state.loyalty_event, event)))
     for fact in facts:
-        timeline.append(((fact.at, 2, fact.key), "fact", fact))
-    timeline.sort(key=lambda item: item[0])
+        timeline.append(((fact.at, 2, fact.key), partial(state.fact, fact)))
+    timeline.sort(key=lambda step: step[0])
 
-    state = _Replay(program=program, tiers=tiers, lines=lines)
-    for (at, _, _), what, item in timeline:
+    for (at, _, _), apply in timeline:
         state.advance_to(at)
-        if what == "order":
-            state.order(item)  # type: ignore[arg-type]
-        elif what == "refund":
-            state.refund(item)  # type: ignore[arg-type]
-        elif what == "event":
-            state.loyalty_event(item)  # type: ignore[arg-type]
-        else:
-            state.fact(item)  # type: ignore[arg-type]
+        apply()
     state.advance_to(now)
     return Derivation(
         due=tuple(state.due),
@@ -303,7 +298,7 @@ def points_derive(
 class _Replay:
     program: Program
     tiers: tuple[TierRule, ...]
-    lines: dict[int, Sequence[OrderLine]]
+    lines: Mapping[int, Sequence[OrderLine]]
     lots: Lots = field(default_factory=Lots)
     due: list[Due] = field(default_factory=list)
     orders: dict[str, _Order] = field(default_factory=dict)
@@ -327,12 +322,13 @@ class _Replay:
                 lot for lot in self.lots.lots if lot.remaining > 0 and lot.expires_at and lot.expires_at <= at
             ]
             review = self.review_at if self.review_at is not None and self.review_at <= at else None
-            first_expiry = min((lot.expires_at for lot in expiring), default=None)  # type: ignore[type-var]
+            first_expiry = min((lot.expires_at for lot in expiring if lot.expires_at), default=None)
             if first_expiry is None and review is None:
                 break
             if review is not None and (first_expiry is None or review <= first_expiry):
                 self._review(review)
                 continue
+            assert first_expiry is not None  # else the review came first
             for lot in expiring:
                 if lot.expires_at == first_expiry:
                     taken = self.lots.expire(lot)
@@ -344,7 +340,7 @@ class _Replay:
                             key=f"expire:{lot.key}",
                             kind=Kind.EXPIRE,
                             points=-taken,
-                            at=first_expiry,  # type: ignore[arg-type]
+                            at=first_expiry,
                             reason=f"{taken} points earned {lot.earned_at:%Y-%m-%d} expired",
                             event_id=lot.event_id,
                             order_id=lot.order_id,
@@ -358,7 +354,7 @@ class _Replay:
             if lot.remaining > 0 and lot.expires_at and lot.expires_at > now
         ]
         candidates = [*expiries, *([self.review_at] if self.review_at else [])]
-        return min(candidates, default=None)  # type: ignore[type-var]
+        return min(candidates, default=None)
 
     def next_expiry(self, now: datetime) -> tuple[datetime, int] | None:
         expiring = [
@@ -366,8 +362,8 @@ class _Replay:
         ]
         if not expiring:
             return None
-        first = min(lot.expires_at for lot in expiring)  # type: ignore[type-var]
-        return first, sum(lot.remaining for lot in expiring if lot.expires_at == first)  # type: ignore[return-value]
+        first = min(lot.expires_at for lot in expiring if lot.expires_at)
+        return first, sum(lot.remaining for lot in expiring if lot.expires_at == first)
 
     # credits
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -166,9 +166,9 @@ def points_reconcile(
             facts[row.member_id].append(row.recorded)
     # A referral bonus the member earned from someone else's sign-up is not in their own history:
     # their derivation takes it as given, a lot like a staff credit, so spending it is no debt.
-    for (member_id, cause), held in inbound.items():
-        if (points := sum(r.points for r in held)) > 0:
-            first = min(held, key=lambda r: r.at)
+    for (member_id, cause), bonuses in inbound.items():
+        if (points := sum(r.points for r in bonuses)) > 0:
+            first = min(bonuses, key=lambda r: r.at)
             facts[member_id].append(replace(first, key=cause, points=points, derived=False))
     derivations = {
         member_id: points_derive(
@@ -482,7 +482,7 @@ class PointsRefused(Exception):
 
 
 def points_adjust(
-    *, member: Member, points: int, reason: str, idempotency_key: str, user: AbstractBaseUser
+    *, member: Member, points: int, reason: str, idempotency_key: str, user: User | AnonymousUser
 ) -> tuple[PointsEntry, bool]:
     """A staff adjustment (positive or negative) of an active member's points; returns the
     row and whether it was written now (False: this idempotency key was done before)."""
@@ -506,7 +506,13 @@ def points_adjust(
 
 
 def points_redeem(
-    *, member: Member, points: int, order_id: str, channel: str, idempotency_key: str, user: AbstractBaseUser
+    *,
+    member: Member,
+    points: int,
+    order_id: str,
+    channel: str,
+    idempotency_key: str,
+    user: User | AnonymousUser,
 ) -> tuple[PointsEntry, bool]:
     """Spend an active member's available points on an order (a till or a web checkout)."""
     if points <= 0:
@@ -533,7 +539,7 @@ def _command(
     points: int,
     reason: str,
     key: str,
-    user: AbstractBaseUser,
+    user: User | AnonymousUser,
     order_id: str,
     channel: str,
     floor: str,
@@ -575,7 +581,7 @@ def _command(
                     derived=False,
                     order_id=order_id,
                     channel=channel,
-                    staff_user=user if user.is_authenticated else None,
+                    staff_user=user if isinstance(user, User) else None,
                     at=now,
                 )
         except IntegrityError as error:  # the same key, written meanwhile for another member

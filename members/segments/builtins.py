@@ -14,9 +14,11 @@ with ``computed.computed_tags_of`` against the same stored edges.
 """
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any, TypeVar
 
 from django.apps import apps as global_apps
 from django.apps.registry import Apps
@@ -63,7 +65,15 @@ def rfm_edges_load() -> RfmEdges | None:
     row = RfmCutoffs.objects.order_by("-computed_at", "-id").first()
     if row is None:
         return None
-    return RfmEdges(recency=tuple(row.recency), frequency=tuple(row.frequency), monetary=tuple(row.monetary))
+    return RfmEdges(recency=_four(row.recency), frequency=_four(row.frequency), monetary=_four(row.monetary))
+
+
+_Edge = TypeVar("_Edge", datetime, int, Decimal)
+
+
+def _four(edges: Sequence[_Edge]) -> tuple[_Edge, _Edge, _Edge, _Edge]:
+    first, second, third, fourth = edges  # written by rfm_cutoffs_compute from an RfmEdges: four
+    return first, second, third, fourth
 
 
 # --- built in: the computed tags and their segments ---------------------------------------------
@@ -311,7 +321,7 @@ def computed_tags_compute_all(*, now: datetime) -> int:
         memberships_lock(tag_ids=list(ids.values()), segment_ids=[], exclusive=True)
         full_compute_memory()
         edges = rfm_edges_load()
-        params: dict[str, object] = {
+        params: dict[str, Any] = {
             "now": now,
             "tags": sorted(ids.values()),
             "new_since": now - timedelta(days=windows.new_days),
@@ -347,9 +357,9 @@ def computed_tags_compute_all(*, now: datetime) -> int:
             return cursor.rowcount
 
 
-def _edge_params(edges: RfmEdges) -> dict[str, object]:
-    named: dict[str, object] = {}
-    for letter, values in (("r", edges.recency), ("f", edges.frequency), ("m", edges.monetary)):
-        for index, value in enumerate(values, start=1):
-            named[f"{letter}{index}"] = Decimal(value) if letter == "m" else value
+def _edge_params(edges: RfmEdges) -> dict[str, Any]:
+    named: dict[str, Any] = {}
+    quartets = zip(edges.recency, edges.frequency, edges.monetary, strict=True)
+    for index, (recency, frequency, monetary) in enumerate(quartets, start=1):
+        named[f"r{index}"], named[f"f{index}"], named[f"m{index}"] = recency, frequency, Decimal(monetary)
     return named

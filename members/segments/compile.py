@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from members.segments.rules.syntax import (
     NULLABLE_AGGREGATES,
@@ -121,7 +122,7 @@ class _Compiler:
         self.all_members = all_members
         self.counts, self.counts_table = counts or {}, counts_table
         self.counted: list[Counted] = []
-        self.params: list = []
+        self.params: list[Any] = []  # SQL parameters: anything psycopg adapts
 
     def param(self, value: object) -> str:
         self.params.append(value)
@@ -194,7 +195,7 @@ class _Compiler:
                 recent = self.count_at_least(event, start, None, 1)
                 return f"({recent} AND NOT {self.count_at_least(event, None, start, 1)})"
             case Stopped(event, days, before):
-                start = self.ago(days)
+                start = self.now - timedelta(days=days)
                 recent = self.count_at_least(event, start, None, 1)
                 earlier = self.count_at_least(event, start - timedelta(days=before), start, 1)
                 return f"(NOT {recent} AND {earlier})"
@@ -328,7 +329,7 @@ def rule_counts(condition: Condition, *, now: datetime) -> list[Counted]:
     return compiler.counted
 
 
-def counts_sql(counted: Sequence[Counted], *, table: str) -> tuple[str, list]:
+def counts_sql(counted: Sequence[Counted], *, table: str) -> tuple[str, list[Any]]:
     """``CREATE TEMP TABLE table`` holding, per member with any of them, each count of
     ``counted`` (column ``c<i>`` for ``counted[i]``): one pass over the events and their
     resolutions for every behaviour condition of every rule, instead of one pass each."""
@@ -369,7 +370,7 @@ def counts_sql(counted: Sequence[Counted], *, table: str) -> tuple[str, list]:
 def rule_sql(
     condition: Condition, *, now: datetime, all_members: bool = False, counts: Mapping[Counted, str] | None = None,
     counts_table: str = "",
-) -> tuple[str, list]:  # fmt: skip
+) -> tuple[str, list[Any]]:  # fmt: skip
     """A SQL boolean expression over ``m`` (a ``members_member`` row) true exactly when
     ``rule_matches(condition, facts_of(m), now=now)``, and its parameters.
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from itertools import pairwise
-from typing import Any
+from typing import Any, TypeVar
 
 from members.moments import moment_plus
 
@@ -193,7 +193,10 @@ class RfmEdges:
                 raise ValueError(f"{name} must be 4 ascending edges (got {edges!r})")
 
 
-def _score(value: datetime | int | Decimal, edges: tuple) -> int:
+_Figure = TypeVar("_Figure", datetime, int, Decimal)
+
+
+def _score(value: _Figure, edges: tuple[_Figure, _Figure, _Figure, _Figure]) -> int:
     return 1 + sum(value > edge for edge in edges)
 
 

@@ -3,9 +3,12 @@ shows rule tags and segments filling as the worker refreshes the demo members (b
 built-in RFM and lifecycle ones). Created when missing; never changes a definition staff
 edited. Safe to run again."""
 
+from typing import Any
+
 from members.segments.models import Segment, Tag
 
-DEMO_TAGS = (
+#: (key, name, kind, rule): the rule is None for a manual tag.
+DEMO_TAGS: tuple[tuple[str, str, str, dict[str, Any] | None], ...] = (
     ("frequent-buyer", "Frequent buyer", Tag.Kind.RULE, {"aggregate": "orders", "op": "gte", "value": 3}),
     ("vip", "VIP (set by staff)", Tag.Kind.MANUAL, None),
 )

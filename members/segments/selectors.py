@@ -4,7 +4,7 @@ keyset, the changes feed."""
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from django.db import connection
 
@@ -53,9 +53,9 @@ def definitions_load() -> Definitions:
     parsed: dict[tuple[str, str], Definition] = {}
     broken: dict[tuple[str, int], str] = {}
     reads: dict[tuple[str, str], set[tuple[str, str]]] = {}
-    candidates = [("tag", row) for row in tags if row[2] == Tag.Kind.RULE] + [
-        ("segment", row) for row in segments if row[2] == Segment.Kind.DYNAMIC
-    ]
+    candidates: list[tuple[Literal["tag", "segment"], tuple[int, str, str, Any]]] = [
+        ("tag", row) for row in tags if row[2] == Tag.Kind.RULE
+    ] + [("segment", row) for row in segments if row[2] == Segment.Kind.DYNAMIC]
     for kind, (pk, key, _, rule) in candidates:
         try:
             condition = rule_parse(rule)
@@ -63,7 +63,7 @@ def definitions_load() -> Definitions:
             broken[(kind, pk)] = str(error)
             continue
         refs = rule_references(condition)
-        parsed[(kind, key)] = Definition(kind, pk, key, condition, refs.time_based)  # type: ignore[arg-type]
+        parsed[(kind, key)] = Definition(kind, pk, key, condition, refs.time_based)
         reads[(kind, key)] = {("tag", t) for t in refs.tags} | {("segment", s) for s in refs.segments}
     ordered: list[Definition] = []
     pending = set(parsed)

@@ -11,6 +11,7 @@ import secrets
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -76,7 +77,7 @@ def test_ingestion_and_the_staff_api_answer_503_while_postgresql_is_down(private
     server = WebServer(env=env, workdir=tmp_path)  # no DJANGO_SETTINGS_MODULE: wsgi's default
     server.start()
     basic = "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
-    track = {"userId": "outage-1", "event": "Product Viewed", "properties": {"sku": "A-1"}}
+    track: dict[str, Any] = {"userId": "outage-1", "event": "Product Viewed", "properties": {"sku": "A-1"}}
     try:
         with requests.Session() as client:
             client.headers.update(HTTPS)

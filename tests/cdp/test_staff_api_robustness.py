@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -61,7 +62,7 @@ def _methods(callback: object) -> tuple[str, ...]:
     actions = getattr(callback, "actions", None)
     if actions:  # a viewset route: the methods it maps
         return tuple(sorted(method for method in actions if method not in ("head", "options")))
-    view = callback.cls  # type: ignore[attr-defined]
+    view = callback.cls  # type: ignore[attr-defined]  # as_view() sets it on the view function
     return tuple(
         sorted(
             method
@@ -153,12 +154,12 @@ def test_an_unknown_staff_path_is_a_json_404(admin_client, method):
 
 @pytest.fixture
 def member_id() -> int:
-    event = EventFactory(source=SourceFactory(), user_id="robust-1")
+    event = EventFactory.create(source=SourceFactory(), user_id="robust-1")
     events_process_pending()
     return EventResolution.objects.get(event=event).member_id
 
 
-def post(client: APIClient, url: str, body: object, **headers: str):
+def post(client: APIClient, url: str, body: object, **headers: Any):
     # The standard library writes integers past 64 bits (orjson refuses them).
     return client.post(url, json.dumps(body), content_type="application/json", **headers)
 

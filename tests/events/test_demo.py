@@ -230,7 +230,10 @@ def _run_demo(tmp_path, **options):
 
 def _credentials(banner: str) -> tuple[str, str]:
     tail = "\n".join(banner.strip().splitlines()[-8:])
-    return WRITE_KEY.search(tail).group(), TOKEN.search(tail).group()
+    write_key, token = WRITE_KEY.search(tail), TOKEN.search(tail)
+    assert write_key, banner
+    assert token, banner
+    return write_key.group(), token.group()
 
 
 @pytest.mark.django_db

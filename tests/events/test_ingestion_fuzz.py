@@ -95,7 +95,7 @@ class Values:
 
 
 _legal_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=12
 )
 _legal_strings = ["", "ok", "C:\\u0000dir", "\\\\u0000", "pair\ud83d\ude00", "\u2028", "李雷", "x" * 300]
 _legal_numbers = [

@@ -60,6 +60,7 @@ def worker(broker: RedisServer, tmp_path) -> Iterator[CeleryWorker]:
 
 def post_batch(server_url: str, write_key: str, messages: list[dict]) -> tuple[int, dict]:
     parts = urlsplit(server_url)
+    assert parts.hostname, server_url
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     conn.request(
         "POST",
@@ -77,7 +78,10 @@ def unprocessed() -> int:
 
 def stage_saw(broker: RedisServer) -> list[str]:
     try:
-        return [value.decode() for value in redis.Redis.from_url(broker.url).lrange("stage-seen", 0, -1)]
+        return [
+            str(value)
+            for value in redis.Redis.from_url(broker.url, decode_responses=True).lrange("stage-seen", 0, -1)
+        ]
     except redis.RedisError:
         return []
 
@@ -142,7 +146,7 @@ class Stream(threading.Thread):
     def post_orders(self) -> None:
         self.batches += 1
         messages = [
-            TrackMessageFactory(
+            TrackMessageFactory.create(
                 event="Order Completed",
                 userId=f"u-{(self.batches * 5 + n) % 40}",  # few members: busy refreshes
                 properties={"order_id": f"o-{self.batches}-{n}", "total": 100, "currency": "CNY"},

@@ -1,12 +1,13 @@
 import factory
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
 from factory.django import DjangoModelFactory
 
 from cdp.credentials import credential_hash, credential_new, credential_prefix
 from cdp.models import ApiToken
 
 
-class UserFactory(DjangoModelFactory):
+class UserFactory(DjangoModelFactory[User]):
     class Meta:
         model = get_user_model()
         django_get_or_create = ("username",)
@@ -15,7 +16,7 @@ class UserFactory(DjangoModelFactory):
     is_staff = True
 
 
-class StaffTokenFactory(DjangoModelFactory):
+class StaffTokenFactory(DjangoModelFactory[ApiToken]):
     """An API token; the clear secret is on ``token.secret`` (only its hash is stored)."""
 
     class Meta:

@@ -6,7 +6,7 @@ from cdp.credentials import credential_hash, credential_new, credential_prefix
 from events.models import Channel, Event, EventType, Source
 
 
-class SourceFactory(DjangoModelFactory):
+class SourceFactory(DjangoModelFactory[Source]):
     """A source; the clear write key is on ``source.write_key`` (only its hash is stored)."""
 
     class Meta:
@@ -33,7 +33,7 @@ class SourceFactory(DjangoModelFactory):
         return source
 
 
-class EventFactory(DjangoModelFactory):
+class EventFactory(DjangoModelFactory[Event]):
     class Meta:
         model = Event
 

@@ -13,7 +13,7 @@ from members.models import Member, MemberAggregate
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-class MemberFactory(DjangoModelFactory):
+class MemberFactory(DjangoModelFactory[Member]):
     """An active member; ``merged_into=survivor`` with ``status="merged"`` for an absorbed one."""
 
     class Meta:
@@ -27,7 +27,7 @@ class MemberFactory(DjangoModelFactory):
     last_event_source_id = 1
 
 
-class MemberAggregateFactory(DjangoModelFactory):
+class MemberAggregateFactory(DjangoModelFactory[MemberAggregate]):
     """A member's figures: by default no orders; set ``orders``, ``spend``, the purchase times
     and ``orders_<channel>`` for a buyer."""
 

@@ -1,12 +1,14 @@
 """Generated event streams for the database engine's tests: raw events, and the stored events
 they describe."""
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from hypothesis import strategies as st
 
 from events.models import Event, Source
-from tests.factories import EventFactory
+from tests.factories import EventFactory, SourceFactory
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 
@@ -41,14 +43,14 @@ def raw_events(draw) -> list[dict]:
     return events
 
 
-def create_event(raw: dict, sources: list[Source]) -> Event:
+def create_event(raw: dict, sources: Sequence[Source | SourceFactory]) -> Event:
     """The event a generated raw event describes, from one of two sources."""
-    context = {}
+    context: dict[str, Any] = {}
     if "device" in raw:
         context["device"] = {"id": raw["device"]}
     if "card" in raw:
         context["externalIds"] = [{"id": raw["card"], "type": "member_card"}]
-    return EventFactory(
+    return EventFactory.create(
         source=sources[raw["source"]],
         message_id=f"m{raw['index']:02d}",
         type="alias" if "previous_id" in raw else "track",

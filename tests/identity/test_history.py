@@ -32,6 +32,7 @@ def member_of(event: Event | int) -> int:
 def assert_tells_the_truth(record: MergeRecord) -> None:
     """Checked against the graph now: right after the run that wrote ``record`` the survivor is
     active; a later run may merge it in turn, and the record then speaks of where it leads."""
+    assert record.event_id is not None  # every merge names the event that linked the pair
     survivor = Member.objects.get(pk=record.survivor_id).merged_into_id or record.survivor_id
     assert member_of(record.event_id) == survivor  # the event is the survivor's
     mentioned = {
@@ -106,7 +107,7 @@ def test_a_replay_cites_each_merge_by_its_own_event_not_another_customers_late_o
 
     def seen(minutes: int, message: str, **fields) -> Event:
         fields.setdefault("anonymous_id", "")
-        return EventFactory(source=source, message_id=message, user_id=fields.pop("user_id", ""),
+        return EventFactory.create(source=source, message_id=message, user_id=fields.pop("user_id", ""),
                             timestamp=T0 + timedelta(minutes=minutes), **fields)  # fmt: skip
 
     wang_app = seen(4, "wang-app", context={"device": {"id": "wang-phone"}})
@@ -138,7 +139,7 @@ def test_a_merge_a_late_event_undoes_gives_the_member_its_id_back_and_the_histor
     settings.IDENTITY_RULES = {"device_id": {"limit": 2}}
 
     def seen(hours: int, message: str, *devices: str, **fields) -> Event:
-        return EventFactory(user_id="", anonymous_id=fields.pop("anonymous_id", ""), message_id=message,
+        return EventFactory.create(user_id="", anonymous_id=fields.pop("anonymous_id", ""), message_id=message,
                             context={"externalIds": [{"id": d, "type": "device_id"} for d in devices]},
                             timestamp=T0 + timedelta(hours=hours), **fields)  # fmt: skip
 
@@ -172,7 +173,7 @@ def test_a_merge_a_late_event_undoes_gives_the_member_its_id_back_and_the_histor
 @pytest.mark.django_db
 def test_after_a_split_the_history_shows_each_member_only_what_is_theirs():
     def visit(minutes: int, phone: str, **fields) -> Event:
-        event = EventFactory(user_id="", anonymous_id="", type="identify", traits={"phone": phone},
+        event = EventFactory.create(user_id="", anonymous_id="", type="identify", traits={"phone": phone},
                              timestamp=T0 + timedelta(minutes=minutes), **fields)  # fmt: skip
         identity_resolve_events([event])  # one at a time: Li's member stands before the merge
         return event

@@ -16,6 +16,8 @@ from members.services import members_refresh
 
 
 def snapshot() -> tuple[dict[int, int], set[tuple[str, str, int | None]], dict[int, int | None]]:
+    owners: set[tuple[str, str, int | None]]
+    merged: dict[int, int | None]
     resolution = dict(EventResolution.objects.values_list("event_id", "member_id"))
     owners = set(Identifier.objects.values_list("type", "value", "member_id"))
     merged = dict(Member.objects.values_list("id", "merged_into_id"))

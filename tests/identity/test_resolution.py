@@ -380,7 +380,7 @@ class WatchedResolver(InMemoryResolver):
             self.before[event.key] = (dict(self.graph.owner), dict(self.member_of))
             return resolve(event)
 
-        self.graph.resolve = watched
+        self.graph.resolve = watched  # type: ignore[method-assign]  # the test watches each decision
 
 
 def assert_truthful_link(resolver: WatchedResolver, links: MergeLinks, ended: EventKey) -> None:

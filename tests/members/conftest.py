@@ -19,7 +19,7 @@ def zhang() -> dict:
     logging in (the two become one), an order in each channel and a partial refund."""
     store = SourceFactory(pos=True, store_code="SH01", name="Shanghai Nanjing Rd")
     app = SourceFactory(kind="app", name="iOS app")
-    till = EventFactory(
+    till = EventFactory.create(
         source=store, type="identify", user_id="", anonymous_id="", timestamp=T0,
         traits={"phone": "138 0013 8000", "email": " Zhang.Wei@Example.com", "name": "Zhang Wei"},
         context={"externalIds": [{"id": "MC-0042", "type": "member_card", "collection": "users"}]},
@@ -27,7 +27,7 @@ def zhang() -> dict:
     EventFactory(source=store, user_id="", anonymous_id="", event="Order Completed", timestamp=T0 + timedelta(minutes=5),
                  traits={}, context={"traits": {"phone": "13800138000"}},
                  properties={"order_id": "POS-1", "total": "300.00", "currency": "CNY"})  # fmt: skip
-    browsing = EventFactory(source=app, user_id="", anonymous_id="anon-7", event="Product Viewed",
+    browsing = EventFactory.create(source=app, user_id="", anonymous_id="anon-7", event="Product Viewed",
                             timestamp=T0 + timedelta(days=1))  # fmt: skip
     EventFactory(source=app, user_id="", anonymous_id="anon-7", event="Order Completed",
                  timestamp=T0 + timedelta(days=1, minutes=3),

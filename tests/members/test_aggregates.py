@@ -5,6 +5,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from io import StringIO
+from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -32,7 +33,7 @@ def placed(order_id: str, amount: str, *, at: datetime = T0, channel: str = "pos
     )  # fmt: skip
 
 
-def refunded(order_id: str, amount: str, **kwargs: object) -> OrderEvent:
+def refunded(order_id: str, amount: str, **kwargs: Any) -> OrderEvent:
     return placed(order_id, amount, name="Order Refunded", at=T0 + timedelta(days=3), **kwargs)
 
 
@@ -121,7 +122,7 @@ def test_figures_do_not_depend_on_the_order_events_arrive_in(stream, rnd):
 def order(
     source, user_id: str, name: str, order_id: str, total: str, at: datetime, anonymous_id: str = ""
 ) -> Event:
-    return EventFactory(
+    return EventFactory.create(
         source=source, user_id=user_id, anonymous_id=anonymous_id, event=name, timestamp=at,
         properties={"order_id": order_id, "total": total, "currency": "CNY"},
     )  # fmt: skip

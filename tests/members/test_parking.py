@@ -6,6 +6,7 @@ from collections import Counter
 from datetime import timedelta
 from decimal import InvalidOperation
 from io import StringIO
+from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -41,8 +42,10 @@ def another_event_of(member_id: int) -> Event:
     """A new event with the identifiers of one of the member's events: it lands on the member."""
     like = Event.objects.filter(
         pk__in=EventResolution.objects.filter(member_id=member_id).values("event_id"), type="identify"
-    ).first() or Event.objects.get(pk=EventResolution.objects.filter(member_id=member_id).first().event_id)
-    return EventFactory(
+    ).first() or Event.objects.get(
+        pk=EventResolution.objects.filter(member_id=member_id).earliest("pk").event_id
+    )
+    return EventFactory.create(
         source=like.source, type="track", event="Product Viewed", user_id=like.user_id,
         anonymous_id=like.anonymous_id, traits=like.traits, context=like.context,
         timestamp=like.timestamp + timedelta(minutes=1),
@@ -61,8 +64,8 @@ def test_a_failing_member_is_parked_the_rest_are_refreshed_and_its_replay_equals
     bad_orders = {properties["order_id"] for _, properties in chosen}
     real_order_event = services.order_event
 
-    def unreadable_totals(**kwargs: object) -> object:
-        if kwargs["properties"].get("order_id") in bad_orders:  # type: ignore[union-attr]
+    def unreadable_totals(**kwargs: Any) -> object:
+        if kwargs["properties"].get("order_id") in bad_orders:
             raise InvalidOperation([InvalidOperation])
         return real_order_event(**kwargs)
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def a_member(name: str = "Li") -> int:
-    event = EventFactory(type="identify", user_id="u1", traits={"name": name})
+    event = EventFactory.create(type="identify", user_id="u1", traits={"name": name})
     events_process_pending()
     return EventResolution.objects.get(event=event).member_id
 

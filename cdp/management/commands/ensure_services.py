@@ -4,6 +4,7 @@ Runs before anything touches the database, so it speaks to the servers directly;
 ``--create-database`` it also creates the configured database when the server has none.
 """
 
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -38,7 +39,7 @@ class Command(BaseCommand):
     def handle(self, *args: object, create_database: bool, server_only: bool, **options: object) -> None:
         db = settings.DATABASES["default"]
         where = f"{db.get('HOST') or 'localhost'}:{db.get('PORT') or 5432}"
-        params = {
+        params: dict[str, Any] = {
             "host": db.get("HOST") or None,
             "port": db.get("PORT") or None,
             "user": db.get("USER") or None,

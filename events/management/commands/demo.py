@@ -19,8 +19,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 from django.db import transaction
 from django.utils import timezone
@@ -306,14 +305,14 @@ def _credentials_issue(*, web_source: Source) -> _Credentials:
     write_key = source_rotate_key(source=web_source).write_key
     passwords = {}
     for login in DEMO_LOGINS:
-        user: AbstractUser = staff_user_ensure(username=login.username, role=login.role)
+        user: User = staff_user_ensure(username=login.username, role=login.role)
         passwords[login.username] = secrets.token_urlsafe(12)
         user.set_password(passwords[login.username])
         # A local demo account, shown on the developer's own terminal: the admin may do
         # everything, in /admin/ too.
         user.is_superuser = login.role == Role.ADMIN
         user.save(update_fields=["password", "is_superuser"])
-    admin = get_user_model().objects.get(username=ADMIN_USERNAME)
+    admin = User.objects.get(username=ADMIN_USERNAME)
     tokens_revoke(user=admin, name=TOKEN_NAME)
     token = token_issue(user=admin, name=TOKEN_NAME).secret
     return _Credentials(write_key=write_key, token=token, passwords=passwords)

@@ -8,16 +8,15 @@ tags answer 409 (copy a built-in segment to change it); deleting what a rule rea
 naming the readers. The views are thin: ``members.segments.definitions`` decides.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.files.uploadedfile import UploadedFile
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiRequest, extend_schema
 from rest_framework import serializers, status
 from rest_framework.parsers import BaseParser, MultiPartParser
-from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -34,7 +33,7 @@ from cdp.pagination import (
     query_int,
 )
 from cdp.parsers import BoundedJSONParser
-from cdp.permissions import permissions_required
+from cdp.permissions import permissions_required, request_staff
 from members.api import MemberTagOutput
 from members.segments.api import VIEW_SEGMENTS, read, segment_by_key
 from members.segments.api import members as members_api
@@ -49,6 +48,9 @@ from members.segments.definitions.tags import tag_create, tag_delete, tag_update
 from members.segments.definitions.writes import DefinitionRefused
 from members.segments.models import Segment, Tag
 from members.selectors import member_resolve, member_tag_history, member_tags
+
+if TYPE_CHECKING:
+    from rest_framework.permissions import _SupportsHasPermission  # the stubs' name only
 
 ADD_SEGMENTS = "members.add_segment"
 CHANGE_SEGMENTS = "members.change_segment"
@@ -66,16 +68,15 @@ _MEMBER_ID = OpenApiParameter("member_id", OpenApiTypes.INT, OpenApiParameter.PA
                               description="A member id (one absorbed by a merge acts on its survivor).")  # fmt: skip
 
 
-class _PermissionsByMethod:
+class _PermissionsByMethod(APIView):
     """A view whose writes need their own permissions (``required``: method → permissions);
     other methods keep the view's (or the read view's it extends)."""
 
     required: dict[str, tuple[str, ...]]
-    request: Request
 
-    def get_permissions(self) -> list[BasePermission]:
+    def get_permissions(self) -> "Sequence[_SupportsHasPermission]":
         if self.request.method not in self.required:
-            return super().get_permissions()  # type: ignore[misc]
+            return super().get_permissions()
         return [permissions_required(*self.required[self.request.method])()]
 
 
@@ -278,8 +279,9 @@ class CsvBody:
 class CsvParser(BaseParser):
     media_type = "text/csv"
 
-    def parse(
-        self, stream: Any, media_type: str | None = None, parser_context: dict | None = None
+    # request.data is then the body itself, read in chunks (not a mapping, as the stubs expect).
+    def parse(  # type: ignore[override]
+        self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None
     ) -> CsvBody:
         return CsvBody(stream)
 
@@ -467,7 +469,7 @@ class MemberTagsView(_PermissionsByMethod, APIView):
                 code="invalid", message=f"No tag {key!r}.", errors=[FieldError("tag", "no such tag")]
             )
         try:
-            outcome = member_tag_add(member_id=pk, tag=tag, by=request.user)
+            outcome = member_tag_add(member_id=pk, tag=tag, by=request_staff(request))
         except DefinitionRefused as error:
             raise _refused(error) from error
         return _manual_tag_response(outcome, tag, created=outcome.changed)
@@ -486,7 +488,7 @@ class MemberTagView(APIView):
         pk = _member_pk(member_id)
         tag = tag_by_key(key)
         try:
-            outcome = member_tag_remove(member_id=pk, tag=tag, by=request.user)
+            outcome = member_tag_remove(member_id=pk, tag=tag, by=request_staff(request))
         except DefinitionRefused as error:
             raise _refused(error) from error
         return _manual_tag_response(outcome, tag, created=False)
@@ -506,11 +508,11 @@ class MemberTagHistoryView(APIView):
         pk = _member_pk(member_id)
         size = query_int(request, "page_size", default=100, low=1, high=1000)
         before = query_cursor(request, legacy="before")
-        rows = member_tag_history(member_id=pk, before=before, size=size + 1)  # type: ignore[operator]
-        page = rows[:size]  # type: ignore[misc]
+        rows = member_tag_history(member_id=pk, before=before, size=size + 1)
+        page = rows[:size]
         return Response(
             TagHistoryPage({
                 "results": [row.__dict__ for row in page],
-                "next_cursor": page[-1].id if len(rows) > size else None,  # type: ignore[operator]
+                "next_cursor": page[-1].id if len(rows) > size else None,
             }).data
         )  # fmt: skip

@@ -93,8 +93,8 @@ class SegmentMembersView(APIView):
         enter and leave (no offsets). One query per page whatever the fields; a page showing
         phone or email in full is in the audit log."""
         segment = segment_by_key(key)
-        size: int = query_int(request, "page_size", default=1000, low=1, high=10_000)  # type: ignore[assignment]
-        after: int = query_int(request, "cursor", default=0, low=0, high=2**63 - 1)  # type: ignore[assignment]
+        size: int = query_int(request, "page_size", default=1000, low=1, high=10_000)
+        after: int = query_int(request, "cursor", default=0, low=0, high=2**63 - 1)
         fields = requested_fields(request)
         masking = Masking(request.user, channel="api", detail=request.get_full_path())
         rows = segment_rows(segment=segment, fields=fields, after=after, size=size + 1, masking=masking)

@@ -80,7 +80,7 @@ class SegmentChangesView(APIView):
         until = feed_horizon()
         changes = (
             [] if until is None else segment_changes(segment=segment, since=since, size=size, until=until)
-        )  # type: ignore[arg-type]
+        )
         return Response(
             ChangesPage({
                 "results": [{"cursor": c.pk, "member_id": c.member_id, "change": c.change, "at": c.at} for c in changes],

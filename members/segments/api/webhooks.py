@@ -4,6 +4,7 @@ elsewhere or remove a subscription, read its delivery log. Role ``marketing`` (a
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
+from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -11,7 +12,7 @@ from rest_framework.views import APIView
 from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
 from cdp.pagination import CURSOR_HELP, cursor_parameter, page_serializer, paginated, query_cursor, query_int
-from cdp.permissions import permissions_required
+from cdp.permissions import permissions_required, request_staff
 from members.segments.api import segment_by_key
 from members.segments.models import Segment, SegmentWebhook
 from members.segments.webhooks.services import (
@@ -131,8 +132,8 @@ def _webhook_of(segment: Segment, webhook_id: int) -> SegmentWebhook:
 
 
 class _ByMethod(APIView):
-    def get_permissions(self) -> list:
-        return [permissions_required(_PERMISSION_BY_METHOD.get(self.request.method, VIEW_WEBHOOKS))()]
+    def get_permissions(self) -> list[BasePermission]:
+        return [permissions_required(_PERMISSION_BY_METHOD.get(self.request.method or "", VIEW_WEBHOOKS))()]
 
 
 class SegmentWebhooksView(_ByMethod):
@@ -162,7 +163,9 @@ class SegmentWebhooksView(_ByMethod):
         data = WebhookInput(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            webhook = webhook_create(segment=segment, created_by=request.user, **data.validated_data)
+            webhook = webhook_create(
+                segment=segment, created_by=request_staff(request), **data.validated_data
+            )
         except WebhookRefused as refused:
             raise _refused(refused) from refused
         body = WebhookCreatedOutput(webhook).data
@@ -213,8 +216,8 @@ class WebhookDeliveriesView(_ByMethod):
         webhook = _webhook_of(segment_by_key(key), webhook_id)
         size = query_int(request, "page_size", default=100, low=1, high=1000)
         before = query_cursor(request, legacy="before")
-        rows = webhook_deliveries(webhook=webhook, before=before, size=size + 1)  # type: ignore[operator]
+        rows = webhook_deliveries(webhook=webhook, before=before, size=size + 1)
         page = rows[:size]
         return Response(
-            DeliveriesPage({"results": page, "next_cursor": page[-1].pk if len(rows) > size else None}).data  # type: ignore[operator]
+            DeliveriesPage({"results": page, "next_cursor": page[-1].pk if len(rows) > size else None}).data
         )

@@ -10,6 +10,7 @@ import random
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -51,7 +52,7 @@ amounts = st.integers(min_value=0, max_value=50_000).map(lambda cents: Decimal(c
 
 @st.composite
 def programs(draw: st.DrawFn) -> Program:
-    def rule(**kwargs: object) -> EarnRule:
+    def rule(**kwargs: Any) -> EarnRule:
         expiry = draw(st.sampled_from(Expiry))
         return EarnRule(
             points_per_unit=draw(st.sampled_from([Decimal(1), Decimal("1.5"), Decimal(2)])),
@@ -278,14 +279,16 @@ def _post(scenario_event: tuple, sources: dict, posted: dict) -> None:
     at = START - timedelta(days=days_ago, minutes=person)
     common = {"source": sources[channel], "user_id": "", "timestamp": at}
     if name == "identify":
-        event = EventFactory(type="identify", anonymous_id=anonymous, traits={"phone": phone}, **common)
+        event = EventFactory.create(
+            type="identify", anonymous_id=anonymous, traits={"phone": phone}, **common
+        )
     elif name == "Signed Up":
-        event = EventFactory(event=name, anonymous_id=anonymous, properties={}, **common)
+        event = EventFactory.create(event=name, anonymous_id=anonymous, properties={}, **common)
     elif channel == "pos":
-        event = EventFactory(event=name, anonymous_id="", context={"traits": {"phone": phone}},
+        event = EventFactory.create(event=name, anonymous_id="", context={"traits": {"phone": phone}},
                              properties={"order_id": order_id, "total": amount, "currency": "CNY"}, **common)  # fmt: skip
     else:
-        event = EventFactory(event=name, anonymous_id=anonymous,
+        event = EventFactory.create(event=name, anonymous_id=anonymous,
                              properties={"order_id": order_id, "total": amount, "currency": "CNY"}, **common)  # fmt: skip
     posted[person].append(event.pk)
 

@@ -1,8 +1,10 @@
 """The points derivation (members.loyalty.points), rule by rule: pure, no database."""
 
 import itertools
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from members.aggregates import OrderEvent
@@ -43,7 +45,7 @@ def order(order_id: str, amount: str, *, at: datetime = T0, channel: str = "pos"
     )  # fmt: skip
 
 
-def refund(order_id: str, amount: str, *, at: datetime, **kwargs: object) -> OrderEvent:
+def refund(order_id: str, amount: str, *, at: datetime, **kwargs: Any) -> OrderEvent:
     return order(order_id, amount, at=at, name="Order Refunded", **kwargs)
 
 
@@ -70,8 +72,8 @@ def adjusted(points: int, *, at: datetime) -> Recorded:
     return Recorded(key=key, kind=Kind.ADJUST, points=points, at=at, cause_key=key, derived=False)
 
 
-def derive(program: Program = DEFAULT, *, orders: list[OrderEvent] = (), events: list[LoyaltyEvent] = (),
-           recorded: list[Recorded] = (), lines: dict | None = None, now: datetime = T0 + 400 * DAY) -> Derivation:  # fmt: skip
+def derive(program: Program = DEFAULT, *, orders: Sequence[OrderEvent] = (), events: Sequence[LoyaltyEvent] = (),
+           recorded: Sequence[Recorded] = (), lines: dict | None = None, now: datetime = T0 + 400 * DAY) -> Derivation:  # fmt: skip
     return points_derive(program=program, orders=orders, lines=lines or {}, events=events, recorded=recorded,
                          now=now)  # fmt: skip
 
@@ -80,7 +82,7 @@ def points(derivation: Derivation) -> dict[str, int]:
     return {due.key: due.points for due in derivation.due}
 
 
-def rows(derivation: Derivation, facts: list[Recorded] = ()) -> list[Recorded]:
+def rows(derivation: Derivation, facts: Sequence[Recorded] = ()) -> list[Recorded]:
     """The ledger rows a first reconciliation writes for this derivation, and the facts."""
     return [
         Recorded(key=d.key, kind=d.kind, points=d.points, at=d.at, order_id=d.order_id, cause_key=d.key,
@@ -90,7 +92,7 @@ def rows(derivation: Derivation, facts: list[Recorded] = ()) -> list[Recorded]:
     ] + list(facts)  # fmt: skip
 
 
-def balance(derivation: Derivation, facts: list[Recorded] = ()) -> int:
+def balance(derivation: Derivation, facts: Sequence[Recorded] = ()) -> int:
     return sum(row.points for row in rows(derivation, facts))
 
 
@@ -439,7 +441,7 @@ TIERS = (TierRule("member", "Member", 0, Decimal(0)), TierRule("silver", "Silver
          TierRule("gold", "Gold", 2, Decimal(500)), TierRule("black", "Black", 3, Decimal(1000)))  # fmt: skip
 
 
-def tiered(downgrade: Downgrade = Downgrade.NONE, **kwargs: object) -> Program:
+def tiered(downgrade: Downgrade = Downgrade.NONE, **kwargs: Any) -> Program:
     return Program(tiers=TIERS, tier_window_days=30, downgrade=downgrade, review_months=1, **kwargs)
 
 

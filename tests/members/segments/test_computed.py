@@ -317,7 +317,9 @@ def write(generated: list[dict]) -> list[Member]:
     survivor = MemberFactory()
     members = []
     for data in generated:
-        member = MemberFactory(**({"status": "merged", "merged_into": survivor} if data["merged"] else {}))
+        member = MemberFactory.create(
+            **({"status": "merged", "merged_into": survivor} if data["merged"] else {})
+        )
         f = data["figures"]
         if f is not None:
             first, last = f["times"] or (None, None)
@@ -331,7 +333,7 @@ def write(generated: list[dict]) -> list[Member]:
 
 
 def carried_by(member_ids: list[int]) -> dict[int, set[str]]:
-    carried = {pk: set() for pk in member_ids}
+    carried: dict[int, set[str]] = {pk: set() for pk in member_ids}
     for member_id, key in MemberTag.objects.filter(
         member_id__in=member_ids, tag__kind="computed"
     ).values_list("member_id", "tag__key"):

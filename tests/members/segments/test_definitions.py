@@ -46,7 +46,7 @@ def marketing():
 @pytest.fixture
 def wang(db) -> int:
     """A second member: an email and a member card, no orders."""
-    event = EventFactory(source=SourceFactory(kind="app"), type="identify", user_id="wang-1", anonymous_id="",
+    event = EventFactory.create(source=SourceFactory(kind="app"), type="identify", user_id="wang-1", anonymous_id="",
                          traits={"email": "wang@example.com", "name": "Wang Fang"},
                          context={"externalIds": [{"id": "MC-0077", "type": "member_card"}]})  # fmt: skip
     events_process_pending()

@@ -5,6 +5,8 @@ import csv
 import io
 import re
 import urllib.request
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 import pytest
@@ -29,9 +31,11 @@ pytestmark = pytest.mark.django_db
 FIELDS = "name,phone,email,orders,spend,points,tier,tags,member_card,identifiers.phone,traits.city,traits.vip"
 
 
-def export(role: Role | None, key: str, query: str = "", **headers: str) -> tuple[int, dict, bytes]:
+def export(
+    role: Role | None, key: str, query: str = "", **headers: Any
+) -> tuple[int, Mapping[str, str], bytes]:
     response = staff_client(role).get(f"/api/v1/segments/{key}/export/?{query}", **headers)
-    body = b"".join(response.streaming_content) if response.streaming else response.content
+    body = response.getvalue()  # streamed or not
     return response.status_code, response.headers, body
 
 

@@ -1,7 +1,7 @@
 """A segment's members page with ``fields=``: what each field reads, masking by role, marketing
 consent, the audit of contact details shown in full, and one query per page."""
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -40,7 +40,9 @@ def segment_of(key: str, member_ids: Iterable[int]) -> Segment:
     return segment
 
 
-def members_create(count: int, traits: dict[str, object] | None = None, **by_index: object) -> list[int]:
+def members_create(
+    count: int, traits: dict[str, object] | None = None, **by_index: Callable[[int], object]
+) -> list[int]:
     """``count`` members written straight into the tables (thousands in a second): each with
     ``traits``, plus ``by_index[key](i)`` per member when given; a phone or email trait that is
     an identifier is also the member's identifier, as the pipeline would make it."""
@@ -52,7 +54,7 @@ def members_create(count: int, traits: dict[str, object] | None = None, **by_ind
     rows = []
     for index, member in enumerate(members):
         stated = dict(traits or {})
-        stated.update({key: make(index) for key, make in by_index.items()})  # type: ignore[operator]
+        stated.update({key: make(index) for key, make in by_index.items()})
         rows += [
             MemberTrait(
                 member=member, key=key, value=value, observed_at=T, channel="web", source_id=1, event_id=1

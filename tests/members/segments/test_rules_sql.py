@@ -352,7 +352,7 @@ rules = st.recursive(
 
 
 def write(generated: list[dict]) -> list[int]:
-    source = SourceFactory()
+    source = SourceFactory.create()
     tags = {key: Tag.objects.create(key=key, name=key, kind="manual") for key in TAGS}
     segments = {key: Segment.objects.create(key=key, name=key, kind="static") for key in SEGMENTS}
     ids = []
