@@ -1,7 +1,11 @@
-"""An unmodified Segment SDK (analytics-python) talks to our server as it would to Segment."""
+"""Unmodified Segment (analytics-python) and RudderStack (rudder-sdk-python) SDKs talk to our
+server as they would to their own services."""
+
+from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
+from rudderstack.analytics.client import Client as RudderStackClient
 from segment.analytics import Client
 from segment.analytics.request import APIError
 
@@ -12,10 +16,13 @@ from identity.models import EventResolution
 from members.models import Group, Member
 from tests.factories import SourceFactory
 
+#: The SDKs a retailer may already run; both post Segment's HTTP Tracking API to ``<host>/v1/batch``.
+SDKS = {"segment": Client, "rudderstack": RudderStackClient}
 
-def sdk_client(live_server, source) -> tuple[Client, list]:
+
+def sdk_client(live_server, source, sdk: str = "segment") -> tuple[Any, list]:
     errors: list = []
-    client = Client(
+    client = SDKS[sdk](
         write_key=source.write_key,
         host=live_server.url,
         sync_mode=True,
@@ -94,8 +101,9 @@ def test_segment_client_with_a_bad_key_gets_401(live_server):
 
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
-def test_segment_alias_makes_the_previous_id_find_the_customer(live_server):
-    client, errors = sdk_client(live_server, SourceFactory(kind="web"))
+@pytest.mark.parametrize("sdk", sorted(SDKS))
+def test_sdk_alias_makes_the_previous_id_find_the_customer(live_server, sdk):
+    client, errors = sdk_client(live_server, SourceFactory(kind="web"), sdk)
     api = staff_api()
 
     client.alias("seg-old-id", "seg-cust-1")  # nothing seen before: both ids are the customer's
@@ -123,8 +131,9 @@ def test_segment_alias_makes_the_previous_id_find_the_customer(live_server):
 
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
-def test_segment_group_traits_belong_to_the_group(live_server):
-    client, errors = sdk_client(live_server, SourceFactory(kind="app"))
+@pytest.mark.parametrize("sdk", sorted(SDKS))
+def test_sdk_group_traits_belong_to_the_group(live_server, sdk):
+    client, errors = sdk_client(live_server, SourceFactory(kind="app"), sdk)
     api = staff_api()
 
     client.identify("seg-cust-3", {"name": "Li Lei", "email": "li@example.com"})
