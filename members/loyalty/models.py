@@ -32,11 +32,14 @@ def _choices(enum: type[StrEnum]) -> list[tuple[str, str]]:
 def validate_multipliers(value: object) -> None:
     """An object of names (channels, tiers) to multipliers within ``MAX_MULTIPLIER``: the
     bound that keeps an order's points far inside the ledger's 64 bits."""
+    # Not the code "invalid": a model form would show its field's own message for it instead.
     if not isinstance(value, dict):
-        raise ValidationError('Must be an object of names to multipliers, e.g. {"pos": 2}.', code="invalid")
+        raise ValidationError(
+            'Must be an object of names to multipliers, e.g. {"pos": 2}.', code="multipliers"
+        )
     problems = [f"{key}: {reason}" for key, item in value.items() if (reason := multiplier_problem(item))]
     if problems:
-        raise ValidationError("; ".join(problems) + ".", code="invalid")
+        raise ValidationError("; ".join(problems) + ".", code="multipliers")
 
 
 class LoyaltyProgram(models.Model):
