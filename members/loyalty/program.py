@@ -34,7 +34,9 @@ def multiplier_of(value: object) -> Decimal | None:
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         return None
     try:
-        number = Decimal(str(value))
+        # A float through its shortest text (1.1, not its binary expansion); an int exactly,
+        # however long (str() refuses ints beyond 4,300 digits).
+        number = Decimal(value) if isinstance(value, int | Decimal) else Decimal(str(value))
     except ArithmeticError:  # decimal.InvalidOperation: not a number at all
         return None
     return number if number.is_finite() else None

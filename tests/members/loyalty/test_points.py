@@ -30,6 +30,7 @@ from members.loyalty.program import (
     Program,
     TierBasis,
     TierRule,
+    multiplier_of,
 )
 
 T0 = datetime(2026, 1, 10, 10, tzinfo=UTC)
@@ -166,6 +167,13 @@ def test_a_rule_stored_before_the_bounds_earns_at_most_what_they_allow():
     ])  # fmt: skip
 
     assert points(derivation) == {"earn:P": int(MAX_AMOUNT * MAX_POINTS_PER_UNIT * MAX_MULTIPLIER**2)}
+
+
+def test_a_stored_multiplier_is_read_as_a_number_or_not_at_all():
+    assert multiplier_of(1.1) == Decimal("1.1")
+    assert multiplier_of("2") == Decimal(2)  # written as text before the admin checked
+    assert multiplier_of(10**5000) == Decimal(10**5000)  # held to the bound when used
+    assert [multiplier_of(v) for v in ("lots", True, None, [2], float("nan"), float("inf"))] == [None] * 6
 
 
 def test_excluded_skus_and_categories_earn_nothing():
