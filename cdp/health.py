@@ -1,5 +1,9 @@
 """``GET /health/``: is the database reachable (required), the broker (degraded if not), and
-is anything parked (degraded while something is: ``HEALTH_PARKED_COUNTS``)."""
+is anything parked (degraded while something is: ``HEALTH_PARKED_COUNTS``).
+
+Without the database the answer is ``503`` with ``Retry-After``, as every other answer during
+an outage (``cdp.errors``): a load balancer or orchestrator probing it waits as long as a client.
+"""
 
 import redis
 from django.conf import settings
@@ -8,6 +12,8 @@ from django.db.utils import Error as DatabaseError
 from django.http import HttpRequest, JsonResponse
 from django.utils.module_loading import import_string
 from django.views.decorators.http import require_GET
+
+from cdp.errors import RETRY_AFTER_SECONDS
 
 
 def _database_ok() -> bool:
@@ -44,4 +50,7 @@ def health(request: HttpRequest) -> JsonResponse:
     }
     if database:
         body["parked"] = parked
-    return JsonResponse(body, status=200 if database else 503)
+        return JsonResponse(body)
+    response = JsonResponse(body, status=503)
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response

@@ -1,7 +1,7 @@
 """Real processes for integration tests: a private Redis and a private PostgreSQL the test
-may stop and restart, the Celery worker and beat started exactly as the ``Procfile`` starts
-them (prefork, same options) against the test database, and the web server as the Dockerfile
-runs it."""
+may stop and restart, the test process's own publishing pointed at such a Redis, the Celery
+worker and beat started exactly as the ``Procfile`` starts them (prefork, same options)
+against the test database, and the web server as the Dockerfile runs it."""
 
 import contextlib
 import os
@@ -13,12 +13,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import redis
+
+from config.celery import app
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,6 +74,33 @@ class RedisServer:
             return bool(redis.Redis.from_url(self.url, socket_connect_timeout=0.2).ping())
         except redis.RedisError:
             return False
+
+
+def _publish_to(*, variable: str | None, setting: str | None, eager: bool) -> None:
+    # Celery reads the CELERY_BROKER_URL variable before its own setting (``broker_url``).
+    if variable is None:
+        os.environ.pop("CELERY_BROKER_URL", None)
+    else:
+        os.environ["CELERY_BROKER_URL"] = variable
+    app.conf.broker_url, app.conf.task_always_eager = setting, eager
+    app.close()  # forget the connection pool made for the broker before...
+    # ... and the producer pool, which an earlier publish (an eager run too) made on it, as
+    # Celery's own after-fork clean-up does.
+    app.amqp._producer_pool = None
+
+
+@contextlib.contextmanager
+def publishing_to(url: str, *, eager: bool = False) -> Iterator[None]:
+    """Inside the block this process publishes its Celery tasks to ``url`` (for real unless
+    ``eager``); after it, where and how it did before."""
+    variable = os.environ.get("CELERY_BROKER_URL")
+    setting = app.conf.get("broker_url")  # as set (the attribute reads the variable first)
+    was_eager = app.conf.task_always_eager
+    _publish_to(variable=url, setting=url, eager=eager)
+    try:
+        yield
+    finally:
+        _publish_to(variable=variable, setting=setting, eager=was_eager)
 
 
 def procfile_celery_arguments(process: str) -> list[str]:

@@ -101,7 +101,9 @@ STATIC_URL = "static/"
 LOGIN_URL = "console:login"
 LOGIN_REDIRECT_URL = "console:search"
 LOGOUT_REDIRECT_URL = "console:login"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+#: Where ``collectstatic`` gathers the static files (the Docker image: at build time), for
+#: production to serve them (WhiteNoise, config.settings.production).
+STATIC_ROOT = Path(env("DJANGO_STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
 
 # Ingestion reads the body itself, with its own (Segment) limits; Django's cap sits above them.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024

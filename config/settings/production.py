@@ -4,12 +4,12 @@ No defaults for secrets or for where the data lives: without ``DJANGO_SECRET_KEY
 ``DJANGO_ALLOWED_HOSTS`` or ``DATABASE_URL`` the process fails at start-up, naming the
 variable. Everything else defaults to what is safe on the internet, and each can be relaxed
 through the environment: HTTPS only (redirect, secure cookies, HSTS), behind a proxy that
-terminates TLS and says so in ``X-Forwarded-Proto``. ``manage.py check --deploy`` reports
-nothing with these defaults (tests/config/test_production.py).
+terminates TLS and says so in ``X-Forwarded-Proto``. The app serves its own static files.
+``manage.py check --deploy`` reports nothing with these defaults (tests/config/test_production.py).
 """
 
 from config.settings.base import *  # noqa: F403
-from config.settings.base import env
+from config.settings.base import MIDDLEWARE, env
 
 DEBUG = False
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
@@ -34,3 +34,20 @@ SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=60)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
 SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=True)
 SECURE_CONTENT_TYPE_NOSNIFF = env.bool("DJANGO_SECURE_CONTENT_TYPE_NOSNIFF", default=True)
+
+# --- Static files -------------------------------------------------------------------------------
+# gunicorn serves no static files, and nothing in front of it is required to: WhiteNoise serves
+# what collectstatic gathered in STATIC_ROOT (the API docs' Swagger UI and ReDoc, the admin's
+# styles), compressed, under names that carry their content's hash, so browsers keep them for
+# good. Right after SecurityMiddleware, as WhiteNoise asks: HTTPS first, then before anything
+# that reads a session or the database.
+_AFTER_SECURITY = MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1
+MIDDLEWARE = [
+    *MIDDLEWARE[:_AFTER_SECURITY],
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    *MIDDLEWARE[_AFTER_SECURITY:],
+]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}

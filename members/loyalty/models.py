@@ -6,17 +6,40 @@ from enum import StrEnum
 from django.conf import settings
 from django.contrib.postgres.constraints import ExclusionConstraint
 from django.contrib.postgres.fields import ArrayField, RangeOperators
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Func, Q
 
 from members.loyalty.points import Kind
-from members.loyalty.program import Downgrade, Expiry, NegativeBalance, TierBasis
+from members.loyalty.program import (
+    MAX_MULTIPLIER,
+    MAX_POINTS_PER_UNIT,
+    Downgrade,
+    Expiry,
+    NegativeBalance,
+    TierBasis,
+    multiplier_problem,
+)
 
 _KIND_CHOICES = [(kind.value, kind.value) for kind in Kind]
 
 
 def _choices(enum: type[StrEnum]) -> list[tuple[str, str]]:
     return [(member.value, member.value.replace("_", " ")) for member in enum]
+
+
+def validate_multipliers(value: object) -> None:
+    """An object of names (channels, tiers) to multipliers within ``MAX_MULTIPLIER``: the
+    bound that keeps an order's points far inside the ledger's 64 bits."""
+    # Not the code "invalid": a model form would show its field's own message for it instead.
+    if not isinstance(value, dict):
+        raise ValidationError(
+            'Must be an object of names to multipliers, e.g. {"pos": 2}.', code="multipliers"
+        )
+    problems = [f"{key}: {reason}" for key, item in value.items() if (reason := multiplier_problem(item))]
+    if problems:
+        raise ValidationError("; ".join(problems) + ".", code="multipliers")
 
 
 class LoyaltyProgram(models.Model):
@@ -56,9 +79,24 @@ class EarnRule(models.Model):
     name = models.CharField(max_length=200)
     valid_from = models.DateTimeField(null=True, blank=True, help_text="Empty: since always.")
     valid_until = models.DateTimeField(null=True, blank=True, help_text="Empty: until further notice.")
-    points_per_unit = models.DecimalField(max_digits=8, decimal_places=4, default=1)
-    channel_multipliers = models.JSONField(default=dict, blank=True, help_text='e.g. {"pos": 2}')
-    tier_multipliers = models.JSONField(default=dict, blank=True, help_text='e.g. {"gold": 1.5}')
+    points_per_unit = models.DecimalField(
+        max_digits=8,
+        decimal_places=4,
+        default=1,
+        validators=[MinValueValidator(0), MaxValueValidator(MAX_POINTS_PER_UNIT)],
+    )
+    channel_multipliers = models.JSONField(
+        default=dict,
+        blank=True,
+        validators=[validate_multipliers],
+        help_text=f'Channel to multiplier, from 0 to {MAX_MULTIPLIER}: e.g. {{"pos": 2}}',
+    )
+    tier_multipliers = models.JSONField(
+        default=dict,
+        blank=True,
+        validators=[validate_multipliers],
+        help_text=f'Tier to multiplier, from 0 to {MAX_MULTIPLIER}: e.g. {{"gold": 1.5}}',
+    )
     excluded_skus = ArrayField(models.CharField(max_length=128), default=list, blank=True)
     excluded_categories = ArrayField(models.CharField(max_length=128), default=list, blank=True)
     first_purchase_bonus = models.PositiveIntegerField(default=0)
@@ -122,8 +160,9 @@ class PointsAccount(models.Model):
     member = models.OneToOneField(
         "members.Member", primary_key=True, on_delete=models.CASCADE, related_name="points"
     )
-    # 64-bit: the sum of a member's every order at the highest rate (an order of
-    # ``events.commerce.MAX_AMOUNT`` at 10^4 points per unit is 10^12 points) fits, 32 bits not.
+    # 64-bit: the sum of a member's every order at the highest rate fits, 32 bits not (an order
+    # of ``events.commerce.MAX_AMOUNT`` at 10^4 points per unit is 10^12 points, 10^14 with
+    # both multipliers at their bound: ``members.loyalty.program.MAX_MULTIPLIER``).
     balance = models.BigIntegerField(default=0)
     negative_allowed = models.BooleanField(default=True)
     tier = models.CharField(max_length=32, blank=True)

@@ -28,7 +28,16 @@ from functools import partial
 
 from events.commerce import ORDER_COMPLETED
 from members.aggregates import OrderEvent
-from members.loyalty.program import Downgrade, NegativeBalance, Program, TierBasis, TierRule
+from members.loyalty.program import (
+    MAX_MULTIPLIER,
+    MAX_POINTS_PER_UNIT,
+    Downgrade,
+    NegativeBalance,
+    Program,
+    TierBasis,
+    TierRule,
+    within_bounds,
+)
 from members.moments import moment_plus
 
 #: The most points one command may move (a staff adjustment either way, a redemption): far
@@ -212,7 +221,9 @@ def points_of_order(
     tier_multipliers: dict[str, Decimal],
 ) -> int:
     """Whole points for an order: its amount less excluded products, times the rule's rate and
-    the channel's and tier's multipliers, rounded down."""
+    the channel's and tier's multipliers, rounded down. The rate and multipliers are held to
+    their bounds (``members.loyalty.program``): a rule stored before the bounds were checked
+    earns at most what they allow, never more than the ledger stores."""
     excluded = sum(
         (line.amount for line in lines if line.sku in excluded_skus or line.category in excluded_categories),
         Decimal(0),
@@ -220,9 +231,9 @@ def points_of_order(
     eligible = max(Decimal(0), amount - excluded)
     points = (
         eligible
-        * rule_multiplier
-        * channel_multipliers.get(channel, Decimal(1))
-        * tier_multipliers.get(tier, Decimal(1))
+        * within_bounds(rule_multiplier, MAX_POINTS_PER_UNIT)
+        * within_bounds(channel_multipliers.get(channel, Decimal(1)), MAX_MULTIPLIER)
+        * within_bounds(tier_multipliers.get(tier, Decimal(1)), MAX_MULTIPLIER)
     )
     return int(points.to_integral_value(rounding=ROUND_FLOOR))
 

@@ -9,6 +9,52 @@ from zoneinfo import ZoneInfo
 
 from members.moments import local_of, moment_plus
 
+#: The highest earning rate a rule may set, in points per currency unit: what
+#: ``EarnRule.points_per_unit`` holds (4 + 4 digits).
+MAX_POINTS_PER_UNIT = Decimal("9999.9999")
+#: The highest channel or tier multiplier a rule may set (a promotion beyond it is a rule
+#: with a higher rate). Bounded so that one order's points stay far inside the ledger's 64
+#: bits: the largest amount ingestion accepts (``events.commerce.MAX_AMOUNT``, 10^8) at the
+#: highest rate and both multipliers at most earns 10^8 x 10^4 x 10 x 10 = 10^14 points
+#: (2^46.5), and a balance (2^63, about 9.2 x 10^18) holds 92,000 such orders.
+MAX_MULTIPLIER = Decimal(10)
+#: The most decimal places of a rate or multiplier (as ``points_per_unit`` is stored).
+RATE_DECIMAL_PLACES = 4
+
+
+def within_bounds(value: Decimal, limit: Decimal) -> Decimal:
+    """``value`` held between 0 and ``limit`` (NaN counts as 0: ``Decimal.max`` returns the
+    number beside a quiet NaN)."""
+    return value.max(Decimal(0)).min(limit)
+
+
+def multiplier_of(value: object) -> Decimal | None:
+    """A stored multiplier as a number; None when it is none (a string of letters, a bool, a
+    list, NaN or an infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        return None
+    try:
+        # A float through its shortest text (1.1, not its binary expansion); an int exactly,
+        # however long (str() refuses ints beyond 4,300 digits).
+        number = Decimal(value) if isinstance(value, int | Decimal) else Decimal(str(value))
+    except ArithmeticError:  # decimal.InvalidOperation: not a number at all
+        return None
+    return number if number.is_finite() else None
+
+
+def multiplier_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a multiplier of an earning rule, or None when it can: a JSON
+    number from 0 to ``MAX_MULTIPLIER`` with at most ``RATE_DECIMAL_PLACES`` decimals."""
+    number = multiplier_of(value) if isinstance(value, int | float) else None
+    if number is None:
+        return "must be a number"
+    if not Decimal(0) <= number <= MAX_MULTIPLIER:
+        return f"must be between 0 and {MAX_MULTIPLIER}"
+    exponent = number.as_tuple().exponent  # an int: the number is finite
+    if isinstance(exponent, int) and -exponent > RATE_DECIMAL_PLACES:
+        return f"must have at most {RATE_DECIMAL_PLACES} decimal places"
+    return None
+
 
 class Expiry(StrEnum):
     NEVER = "never"

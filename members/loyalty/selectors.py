@@ -1,5 +1,6 @@
 """Reads of loyalty: the program as plain data, a member's points, members about to lose points."""
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -20,8 +21,18 @@ from members.loyalty.models import (
     TierChange,
 )
 from members.loyalty.points import Kind, Lot, Lots, Recorded, lots_of
-from members.loyalty.program import Downgrade, Expiry, NegativeBalance, Program, TierBasis, TierRule
+from members.loyalty.program import (
+    Downgrade,
+    Expiry,
+    NegativeBalance,
+    Program,
+    TierBasis,
+    TierRule,
+    multiplier_of,
+)
 from members.loyalty.program import EarnRule as Rule
+
+logger = logging.getLogger(__name__)
 
 
 def program_settings() -> LoyaltyProgram:
@@ -55,8 +66,8 @@ def _rule(rule: EarnRule) -> Rule:
         valid_from=rule.valid_from,
         valid_until=rule.valid_until,
         points_per_unit=rule.points_per_unit,
-        channel_multipliers={k: Decimal(str(v)) for k, v in rule.channel_multipliers.items()},
-        tier_multipliers={k: Decimal(str(v)) for k, v in rule.tier_multipliers.items()},
+        channel_multipliers=_multipliers(rule, "channel_multipliers"),
+        tier_multipliers=_multipliers(rule, "tier_multipliers"),
         excluded_skus=frozenset(rule.excluded_skus),
         excluded_categories=frozenset(rule.excluded_categories),
         first_purchase_bonus=rule.first_purchase_bonus,
@@ -66,6 +77,26 @@ def _rule(rule: EarnRule) -> Rule:
         expiry=Expiry(rule.expiry),
         expiry_days=rule.expiry_days,
     )
+
+
+def _multipliers(rule: EarnRule, field: str) -> dict[str, Decimal]:
+    """A rule's multipliers as numbers. A rule stored before they were validated may hold
+    anything: what is not a number is left out (as if not set) and logged, rather than fail
+    the loading of the program, and so every member's refresh. The derivation holds the
+    numbers to their bounds."""
+    stored = getattr(rule, field)
+    if not isinstance(stored, dict):
+        logger.warning("Earning rule %s: %s is not an object; ignored", rule.pk, field)
+        return {}
+    multipliers: dict[str, Decimal] = {}
+    for key, value in stored.items():
+        if (number := multiplier_of(value)) is None:
+            logger.warning(
+                "Earning rule %s: %s[%r] = %r is not a number; ignored", rule.pk, field, key, value
+            )
+        else:
+            multipliers[key] = number
+    return multipliers
 
 
 def recorded_of(entry: PointsEntry) -> Recorded:

@@ -92,14 +92,23 @@ def test_ingestion_and_the_staff_api_answer_503_while_postgresql_is_down(private
                     f"{server.base_url}{path}", headers={"Authorization": f"Token {token}"}, timeout=30
                 )
 
+            def health() -> requests.Response:
+                return client.get(f"{server.base_url}/health/", timeout=30)
+
             assert ingest().status_code == 200
             assert staff().status_code == 200
+            assert health().status_code == 200
+            assert "Retry-After" not in health().headers
 
             private_postgres.stop()
             for _ in range(2):  # the connection that was cut, then no server to connect to
                 assert_outage(ingest())
                 assert_outage(staff())
             assert_outage(staff("/api/v1/members/1/"))
+            # Health says so in its own shape, and tells the prober when to look again.
+            probe = health()
+            assert (probe.status_code, probe.json()["status"]) == (503, "down")
+            assert probe.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
             # A page outside DRF (the console's login check reads the session): 503 too.
             console = client.get(
                 f"{server.base_url}/console/",
@@ -114,6 +123,7 @@ def test_ingestion_and_the_staff_api_answer_503_while_postgresql_is_down(private
             assert ingest().status_code == 200
             assert staff().status_code == 200
             assert staff().json()["results"][0]["name"] == "Outage web"
+            assert health().status_code == 200
     finally:
         server.stop()
     assert "Traceback" not in server.output(), server.output()

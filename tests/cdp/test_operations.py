@@ -4,6 +4,9 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import OperationalError, connection
+
+from cdp.errors import RETRY_AFTER_SECONDS
 
 
 @pytest.mark.django_db
@@ -24,6 +27,19 @@ def test_health_is_degraded_not_down_without_the_broker(client, settings):
 
     assert response.status_code == 200
     assert response.json()["status"] == "degraded"
+
+
+def test_health_is_down_with_retry_after_without_the_database(client, monkeypatch):
+    def refused() -> None:
+        raise OperationalError('connection to server at "127.0.0.1", port 5432 failed: Connection refused')
+
+    monkeypatch.setattr(connection, "cursor", refused)
+
+    response = client.get("/health/")
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == str(RETRY_AFTER_SECONDS)
+    assert response.json()["status"] == "down"
 
 
 def test_ensure_services_passes_when_both_are_up():

@@ -12,8 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from cdp import tasks
 from cdp.tasks import enqueue, enqueue_on_commit
-from config.celery import app as celery_app
-from tests.processes import RedisServer
+from tests.processes import RedisServer, publishing_to
 
 ran: list[tuple] = []
 
@@ -109,32 +108,18 @@ def test_on_commit_it_is_sent_after_the_commit_and_never_after_a_rollback():
     assert ran == [("kept",)]
 
 
-def use_broker(url: str, *, eager: bool, monkeypatch) -> None:
-    """Publish to ``url`` from this process, for real unless ``eager``."""
-    if monkeypatch is not None:  # Celery reads the CELERY_BROKER_URL variable before its setting
-        monkeypatch.setenv("CELERY_BROKER_URL", url)
-    celery_app.conf.broker_url, celery_app.conf.task_always_eager = url, eager
-    celery_app.close()
-    # An eager run has already made a producer pool on the old broker (as Celery's own
-    # after-fork clean-up does, forget it).
-    celery_app.amqp._producer_pool = None
-
-
 @pytest.mark.integration
-def test_a_real_broker_that_is_gone_makes_it_return_false_at_once(caplog, monkeypatch):
+def test_a_real_broker_that_is_gone_makes_it_return_false_at_once(caplog):
     """Against a Redis that went away: the publish fails fast (no retries) with an error of
     the set the helper catches, and goes through again once it is back."""
     server = RedisServer()
-    saved = (celery_app.conf.broker_url, celery_app.conf.task_always_eager)
-    use_broker(server.url, eager=False, monkeypatch=monkeypatch)
     try:
-        with caplog.at_level(logging.WARNING, logger="cdp.tasks"):
-            assert enqueue(record, "down", fallback="the sweep") is False
-        assert "Broker unreachable" in caplog.text
-        server.start()
-        tasks._broker_retry_at = 0.0  # (rather than wait out the back-off)
-        assert enqueue(record, "up", fallback="the sweep") is True
+        with publishing_to(server.url):
+            with caplog.at_level(logging.WARNING, logger="cdp.tasks"):
+                assert enqueue(record, "down", fallback="the sweep") is False
+            assert "Broker unreachable" in caplog.text
+            server.start()
+            tasks._broker_retry_at = 0.0  # (rather than wait out the back-off)
+            assert enqueue(record, "up", fallback="the sweep") is True
     finally:
-        monkeypatch.undo()
-        use_broker(saved[0], eager=saved[1], monkeypatch=None)
         server.stop()

@@ -1,15 +1,18 @@
 """Production defaults: the WSGI/ASGI entry points run the production settings unless told
-otherwise, those settings pass Django's deployment checks as they stand, and they refuse to
-start without their secrets."""
+otherwise, those settings pass Django's deployment checks as they stand, they refuse to
+start without their secrets, and the app serves its own static files."""
 
 import os
+import re
 import secrets
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import requests
 
-from tests.processes import ROOT
+from tests.processes import ROOT, WebServer
 
 #: What production requires and nothing else: everything else keeps its default.
 REQUIRED = {
@@ -19,12 +22,15 @@ REQUIRED = {
 }
 
 
+def clean(env: dict[str, str]) -> dict[str, str]:
+    """``env`` alone: the settings of this test run (its DJANGO_*, database, broker and webhook
+    variables) must not leak into the process under test."""
+    return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8", **env}
+
+
 def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    # A clean environment: the settings of this test run (its DJANGO_*, database, broker and
-    # webhook variables) must not leak into the process under test.
-    base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8"}
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=120
+        [sys.executable, *args], cwd=ROOT, env=clean(env), capture_output=True, text=True, timeout=120
     )
 
 
@@ -77,7 +83,60 @@ def test_manage_py_keeps_the_local_settings_for_development():
     assert done.stdout.split() == ["config.settings.local", "True"]
 
 
-def test_the_dockerfile_runs_the_production_settings():
+def test_the_dockerfile_runs_the_production_settings_with_the_static_files_gathered():
     dockerfile = (ROOT / "Dockerfile").read_text()
 
     assert "ENV DJANGO_SETTINGS_MODULE=config.settings.production" in dockerfile
+    assert "manage.py collectstatic --noinput" in dockerfile
+
+
+#: A static file's name as the manifest storage writes it: with its content's hash.
+HASHED = re.compile(r"\.[0-9a-f]{12}\.(js|css|png)$")
+
+
+def assets(page: str) -> list[str]:
+    """The files a page loads from /static/ (scripts, styles, icons)."""
+    return [url for url in re.findall(r'(?:src|href)="([^"]+)"', page) if url.startswith("/static/")]
+
+
+@pytest.mark.integration
+def test_gunicorn_with_the_production_settings_serves_the_docs_and_admin_static_files(tmp_path: Path):
+    """As the image runs: collectstatic, then gunicorn with the production settings. The API
+    docs' Swagger UI and ReDoc (drf-spectacular-sidecar) and the admin's styles load, hashed
+    and compressed, from the app itself."""
+    env = {
+        **REQUIRED,
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+        # Static files and these pages need no database: a port nothing listens on.
+        "DATABASE_URL": "postgres://cdp@127.0.0.1:1/cdp",
+        "DJANGO_STATIC_ROOT": str(tmp_path / "static"),
+        "LOG_LEVEL": "WARNING",
+    }
+    gathered = run("manage.py", "collectstatic", "--noinput", "-v", "0",
+                   env={**env, "DJANGO_SETTINGS_MODULE": "config.settings.production"})  # fmt: skip
+    assert gathered.returncode == 0, gathered.stdout + gathered.stderr
+    server = WebServer(env=clean(env), workdir=tmp_path)  # no DJANGO_SETTINGS_MODULE: wsgi's default
+    server.start()
+    try:
+        with requests.Session() as client:
+            client.headers["X-Forwarded-Proto"] = "https"  # behind the TLS proxy production expects
+            loaded: list[str] = []
+            for path in ("/api/docs/", "/api/redoc/", "/admin/login/"):
+                page = client.get(f"{server.base_url}{path}", timeout=30)
+                assert page.status_code == 200, (path, page.text[:500])
+                loaded.extend(assets(page.text))
+            assert any("swagger-ui-bundle" in url for url in loaded), loaded
+            assert any("redoc.standalone" in url for url in loaded), loaded
+            assert any(url.startswith("/static/admin/css/") for url in loaded), loaded
+            for url in loaded:
+                served = client.get(
+                    f"{server.base_url}{url}", headers={"Accept-Encoding": "gzip"}, timeout=30
+                )
+                assert served.status_code == 200, url
+                assert HASHED.search(url), url
+                assert "immutable" in served.headers["Cache-Control"], (url, served.headers)
+                if url.endswith((".js", ".css")):
+                    assert served.headers.get("Content-Encoding") == "gzip", (url, served.headers)
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output(), server.output()

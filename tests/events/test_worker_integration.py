@@ -23,23 +23,31 @@ from members.models import DirtyMark, MemberOrder
 from tests.conftest import basic_auth
 from tests.events import stages
 from tests.factories import SourceFactory, TrackMessageFactory
-from tests.processes import CeleryWorker, RedisServer, wait_for
+from tests.processes import CeleryProcess, CeleryWorker, RedisServer, publishing_to, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
+#: The worker's pipeline: a stage that records what it saw in the private Redis.
+RECORD_IN_REDIS = "tests.events.stages.record_in_redis"
+
+
 @pytest.fixture
 def broker(settings) -> Iterator[RedisServer]:
-    """A private Redis as this process's broker, publishing for real (not eagerly)."""
+    """A private Redis: where this process publishes (for real, not eagerly) and the workers a
+    test starts consume. The shared Redis is never used."""
     server = RedisServer()
     server.start()
-    saved = (celery_app.conf.broker_url, celery_app.conf.task_always_eager)
-    celery_app.conf.broker_url, celery_app.conf.task_always_eager = server.url, False
-    celery_app.close()  # drop pooled connections to any other broker
-    yield server
-    celery_app.conf.broker_url, celery_app.conf.task_always_eager = saved
-    celery_app.close()
-    server.stop()
+    settings.CELERY_BROKER_URL = server.url  # what /health/ looks at
+    try:
+        with publishing_to(server.url):
+            yield server
+    finally:
+        server.stop()
+
+
+def stage_env(broker: RedisServer) -> dict[str, str]:
+    return {"EVENT_PIPELINE_STAGES": RECORD_IN_REDIS, "TEST_STAGE_REDIS_URL": broker.url}
 
 
 @pytest.fixture
@@ -48,10 +56,7 @@ def worker(broker: RedisServer, tmp_path) -> Iterator[CeleryWorker]:
         broker_url=broker.url,
         database=connection.settings_dict["NAME"],
         workdir=tmp_path,
-        extra_env={
-            "EVENT_PIPELINE_STAGES": "tests.events.stages.record_in_redis",
-            "TEST_STAGE_REDIS_URL": broker.url,
-        },
+        extra_env=stage_env(broker),
     )
     process.start()
     yield process
@@ -86,15 +91,39 @@ def stage_saw(broker: RedisServer) -> list[str]:
         return []
 
 
-def test_event_posted_over_http_is_processed_by_a_real_worker(live_server, broker, worker):
+def tasks_waiting(broker: RedisServer) -> list[str]:
+    """The tasks of the messages waiting in the private broker's default queue (kombu's Redis
+    transport keeps a queue as a list of JSON messages named after it)."""
+    queue = redis.Redis.from_url(broker.url).lrange(celery_app.conf.task_default_queue, 0, -1)
+    return [orjson.loads(message)["headers"]["task"] for message in queue]
+
+
+def test_event_posted_over_http_nudges_a_real_worker_through_the_private_broker(
+    live_server, broker, tmp_path
+):
     source = SourceFactory()
     messages = [TrackMessageFactory() for _ in range(3)]
 
     status, body = post_batch(live_server.url, source.write_key, messages)
 
     assert (status, body["accepted"]) == (200, 3)
-    assert wait_for(lambda: unprocessed() == 0, timeout=30), worker.output()
+    # The nudge waits in the Redis the worker consumes...
+    assert tasks_waiting(broker) == ["events.process_pending"]
+    # ... and a worker alone, with no beat to sweep, processes the events through it.
+    worker = CeleryProcess(
+        "worker",
+        broker_url=broker.url,
+        database=connection.settings_dict["NAME"],
+        workdir=tmp_path,
+        extra_env=stage_env(broker),
+    )
+    worker.start()
+    try:
+        assert wait_for(lambda: unprocessed() == 0, timeout=30), worker.output()
+    finally:
+        worker.stop()
     assert sorted(stage_saw(broker)) == sorted(m["messageId"] for m in messages)
+    assert tasks_waiting(broker) == []
 
 
 def test_events_accepted_while_the_broker_is_down_are_processed_when_it_returns(live_server, broker, worker):

@@ -14,6 +14,7 @@ from events.pipeline import events_process_pending
 from identity.models import EventResolution
 from members.loyalty.models import EarnRule, LoyaltyProgram, PointsAccount, PointsEntry, Tier
 from members.loyalty.points import MAX_POINTS_MOVE
+from members.loyalty.program import MAX_MULTIPLIER
 from members.loyalty.services import points_adjust
 from members.models import DirtyMark, Member, MemberAggregate, MemberOrder, Segment, SegmentMember
 from members.segments.computed import TICK, LifecycleWindows, lifecycle_changes_at, lifecycle_stage
@@ -58,6 +59,22 @@ def test_an_order_of_the_largest_amount_at_the_highest_rate_earns_its_exact_poin
         list(PointsEntry.objects.filter(member_id=member).values_list("points", flat=True)) == [per_order] * 2
     )
     assert PointsAccount.objects.get(member_id=member).balance == 2 * per_order
+
+
+def test_a_rule_stored_before_its_bounds_earns_within_them():
+    """Written before the admin checked them (``create`` runs no validators): multipliers of
+    10^30 are held to ``MAX_MULTIPLIER``, and one that is no number is left out, instead of
+    overflowing the ledger or failing every member's refresh."""
+    EarnRule.objects.create(name="stored before the bounds", points_per_unit=HIGHEST_RATE,
+                            channel_multipliers={"web": 1e30, "pos": "lots"}, tier_multipliers={"": 1e30})  # fmt: skip
+    order("u-greedy", "GREEDY-1", MAX_AMOUNT)
+
+    refreshed()
+
+    member = member_of("GREEDY-1")
+    most = int(MAX_AMOUNT * HIGHEST_RATE * MAX_MULTIPLIER**2)  # 99,999,999,000,000 points
+    assert list(PointsEntry.objects.filter(member_id=member).values_list("points", flat=True)) == [most]
+    assert PointsAccount.objects.get(member_id=member).balance == most
 
 
 def test_a_balance_at_the_32_bit_limit_takes_one_more_order():

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from events.commerce import MAX_AMOUNT
 from members.aggregates import OrderEvent
 from members.loyalty.points import (
     Derivation,
@@ -20,6 +21,8 @@ from members.loyalty.points import (
     points_derive,
 )
 from members.loyalty.program import (
+    MAX_MULTIPLIER,
+    MAX_POINTS_PER_UNIT,
     Downgrade,
     EarnRule,
     Expiry,
@@ -27,6 +30,7 @@ from members.loyalty.program import (
     Program,
     TierBasis,
     TierRule,
+    multiplier_of,
 )
 
 T0 = datetime(2026, 1, 10, 10, tzinfo=UTC)
@@ -135,6 +139,41 @@ def test_channel_and_tier_multipliers_multiply_and_the_result_rounds_down():
 
     assert points(derivation) == {"earn:P1": 200, "earn:A1": 150, "earn:P2": 31}
     assert derivation.tier == "gold"
+
+
+def test_the_bounds_keep_an_order_far_inside_the_ledgers_64_bits():
+    most = MAX_AMOUNT * MAX_POINTS_PER_UNIT * MAX_MULTIPLIER * MAX_MULTIPLIER
+
+    assert most < Decimal(2**63) / 10_000  # room for ten thousand such orders in one balance
+
+
+def test_a_rule_stored_before_the_bounds_earns_at_most_what_they_allow():
+    """Rates and multipliers beyond the bounds (or below 0, or NaN) are held to them: the
+    largest order then earns what the bounds allow, not more than the ledger stores."""
+    greedy = EarnRule(
+        key="greedy",
+        valid_until=T0 + DAY,
+        points_per_unit=Decimal("1E+30"),
+        channel_multipliers={"pos": Decimal("1E+30"), "web": Decimal(-3)},
+        tier_multipliers={"member": Decimal("Infinity")},
+    )
+    broken = EarnRule(key="broken", valid_from=T0 + DAY, points_per_unit=Decimal("NaN"))
+    program = Program(rules=(greedy, broken), tiers=(TierRule("member", "Member", 0, Decimal(0)),))
+
+    derivation = derive(program, orders=[
+        order("P", str(MAX_AMOUNT), channel="pos"),
+        order("W", str(MAX_AMOUNT), channel="web"),
+        order("N", str(MAX_AMOUNT), channel="pos", at=T0 + 2 * DAY),
+    ])  # fmt: skip
+
+    assert points(derivation) == {"earn:P": int(MAX_AMOUNT * MAX_POINTS_PER_UNIT * MAX_MULTIPLIER**2)}
+
+
+def test_a_stored_multiplier_is_read_as_a_number_or_not_at_all():
+    assert multiplier_of(1.1) == Decimal("1.1")
+    assert multiplier_of("2") == Decimal(2)  # written as text before the admin checked
+    assert multiplier_of(10**5000) == Decimal(10**5000)  # held to the bound when used
+    assert [multiplier_of(v) for v in ("lots", True, None, [2], float("nan"), float("inf"))] == [None] * 6
 
 
 def test_excluded_skus_and_categories_earn_nothing():
