@@ -4,9 +4,10 @@
 sign-ups, referrals, and the redemptions and adjustments staff and tills recorded — under the
 program's rules, and returns every ledger entry that history calls for, each under an
 idempotency key named after the event that caused it (``purchase:<completion event>``,
-``reverse:<refund event>``, …), and the member's tier. The ledger service compares that with what is recorded and appends only
-the differences, so running it twice, after a retry, a merge, a split or a late upload,
-converges on the same ledger, and a rebuild from the event log equals the incremental path.
+``reverse:<refund event>``, …), and the member's tier. The ledger service compares that with
+what is recorded and appends only the differences, so running it twice, after a retry, a
+merge, a split or a late upload, converges on the same ledger, and a rebuild from the event
+log equals the incremental path.
 
 Keys name events, not order numbers. An order is its source and its ``order_id`` there
 (``members.aggregates``), and the refresh gives the derivation only the orders the member owns;

@@ -6,6 +6,7 @@ parked for it, and every balance is the sum of its ledger."""
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -47,16 +48,16 @@ def figures(member_id: int) -> tuple[int, Decimal]:
     return aggregate.orders, aggregate.spend
 
 
-def arrive(events: list[Event], *, one_by_one: bool) -> None:
-    """Process these stored events in this order: each in its own batches (and refresh
-    transactions), or all in one."""
-    if one_by_one:
-        for event in events:
-            identity_resolve_events([event])
+def arrive(posts: list[Callable[[], Event]], order: tuple[int, ...], *, one_by_one: bool) -> list[Event]:
+    """Post these events in this order (storing one enqueues it) and process them: each in its
+    own batches (and refresh transactions), or all in one. Returns them as ``posts`` lists them."""
+    events: dict[int, Event] = {}
+    for index in order:
+        events[index] = posts[index]()
+        if one_by_one:
             events_process_pending()
-    else:
-        identity_resolve_events(events)
-        events_process_pending()
+    events_process_pending()
+    return [events[index] for index in range(len(posts))]
 
 
 def settled() -> None:
@@ -70,9 +71,12 @@ def settled() -> None:
 @pytest.mark.parametrize("arrival", [(0, 1), (1, 0)], ids=["store-first", "web-first"])
 def test_one_number_in_two_sources_is_two_orders_each_earning_for_its_member(arrival, one_by_one):
     store, web = SourceFactory(pos=True), SourceFactory(kind="web")
-    events = [completed(store, "u-ann", "1001", 100, T0), completed(web, "u-bob", "1001", 40, T0)]
+    posts = [
+        lambda: completed(store, "u-ann", "1001", 100, T0),
+        lambda: completed(web, "u-bob", "1001", 40, T0),
+    ]
 
-    arrive([events[i] for i in arrival], one_by_one=one_by_one)
+    events = arrive(posts, arrival, one_by_one=one_by_one)
 
     ann, bob = member_of(events[0]), member_of(events[1])
     assert (balance(ann), balance(bob)) == (100, 40)
@@ -110,12 +114,14 @@ def test_one_member_with_one_number_from_two_sources_has_two_orders_and_a_return
 @pytest.mark.parametrize("arrival", [(0, 1), (1, 0)], ids=["first-sale-first", "correction-first"])
 def test_a_sale_re_sent_under_another_customer_belongs_to_the_latest(arrival, one_by_one):
     store = SourceFactory(pos=True)
-    events = [
-        completed(store, "u-wrong", "POS-1001", 259, T0),
-        completed(store, "u-right", "POS-1001", 259, T0 + timedelta(minutes=5)),  # the till's correction
+    posts = [
+        lambda: completed(store, "u-wrong", "POS-1001", 259, T0),
+        lambda: completed(
+            store, "u-right", "POS-1001", 259, T0 + timedelta(minutes=5)
+        ),  # the till's correction
     ]
 
-    arrive([events[i] for i in arrival], one_by_one=one_by_one)
+    events = arrive(posts, arrival, one_by_one=one_by_one)
 
     wrong, right = member_of(events[0]), member_of(events[1])
     assert (balance(wrong), balance(right)) == (0, 259)
