@@ -93,13 +93,9 @@ def test_one_member_with_one_number_from_two_sources_has_two_orders_and_a_return
     completed(store, "u-ann", "1001", 100, T0)
     online = completed(web, "u-ann", "W-7", 60, T0)
     completed(web, "u-ann", "1001", 40, T0 + timedelta(hours=1))
-    EventFactory(
-        source=store,
-        user_id="u-ann",
-        event="Order Refunded",
-        timestamp=T0 + timedelta(days=1),
-        properties={"order_id": "W-7", "total": 60, "currency": "CNY"},
-    )  # fmt: skip: returned in store
+    # Bought online, returned in the store: the till's refund names the web order.
+    EventFactory(source=store, user_id="u-ann", event="Order Refunded", timestamp=T0 + timedelta(days=1),
+                 properties={"order_id": "W-7", "total": 60, "currency": "CNY"})  # fmt: skip
 
     events_process_pending()
 
@@ -114,11 +110,10 @@ def test_one_member_with_one_number_from_two_sources_has_two_orders_and_a_return
 @pytest.mark.parametrize("arrival", [(0, 1), (1, 0)], ids=["first-sale-first", "correction-first"])
 def test_a_sale_re_sent_under_another_customer_belongs_to_the_latest(arrival, one_by_one):
     store = SourceFactory(pos=True)
+    correction = T0 + timedelta(minutes=5)  # the till re-sends the sale under the right customer
     posts = [
         lambda: completed(store, "u-wrong", "POS-1001", 259, T0),
-        lambda: completed(
-            store, "u-right", "POS-1001", 259, T0 + timedelta(minutes=5)
-        ),  # the till's correction
+        lambda: completed(store, "u-right", "POS-1001", 259, correction),
     ]
 
     events = arrive(posts, arrival, one_by_one=one_by_one)
@@ -129,10 +124,8 @@ def test_a_sale_re_sent_under_another_customer_belongs_to_the_latest(arrival, on
     assert list(MemberOrder.objects.values_list("member_id", "order_id")) == [(right, "POS-1001")]
     assert OrderOwner.objects.get(source_id=store.pk, order_id="POS-1001").member_id == right
     if arrival == (0, 1) and one_by_one:  # the first attribution earned, and was reversed
-        assert sorted(PointsEntry.objects.filter(member_id=wrong).values_list("points", flat=True)) == [
-            -259,
-            259,
-        ]
+        earned_and_reversed = PointsEntry.objects.filter(member_id=wrong).values_list("points", flat=True)
+        assert sorted(earned_and_reversed) == [-259, 259]
     settled()
 
     rows = PointsEntry.objects.count()
