@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 from django.db import connections, transaction
 
-from events.models import Event
+from events.models import Event, Source
 from events.pipeline import events_process_pending
 from identity.models import EventResolution
 from identity.services import identity_resolve_events
@@ -28,7 +28,7 @@ from tests.members.loyalty.test_ledger import balances_equal_ledgers
 T0 = datetime(2026, 10, 5, 10, tzinfo=UTC)
 
 
-def completed(source, user_id: str, order_id: str, total: int, at: datetime) -> Event:
+def completed(source: Source, user_id: str, order_id: str, total: int, at: datetime) -> Event:
     return EventFactory.create(
         source=source, user_id=user_id, event="Order Completed", timestamp=at,
         properties={"order_id": order_id, "total": total, "currency": "CNY"},
