@@ -60,7 +60,10 @@ class LoyaltyHistory:
 
     @property
     def event_ids(self) -> set[int]:
-        return {o.event_id for o in self.orders} | {e.event_id for e in self.events}
+        """The member's events the ledger answers for: ``lines`` names every completion the
+        member holds, those of orders another member owns included (their rows, if an earlier
+        refresh wrote any, are this member's to correct to zero)."""
+        return {o.event_id for o in self.orders} | self.lines.keys() | {e.event_id for e in self.events}
 
 
 def order_lines(properties: dict) -> list[OrderLine]:
