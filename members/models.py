@@ -191,7 +191,7 @@ class MemberOrder(models.Model):
 
 #: What an order row holds besides its member: the fields of ``members.aggregates.Order``.
 ORDER_FIELDS = (
-    "source_id", "order_id", "currency", "total", "refunded", "placed_at", "channel", "store_code", "event_id",
+    "order_id", "currency", "total", "refunded", "placed_at", "channel", "store_code", "event_id", "source_id",
 )  # fmt: skip
 
 

@@ -431,8 +431,8 @@ _INSERT_TRAITS = (
 )
 _INSERT_ORDERS = (
     f"INSERT INTO {MemberOrder._meta.db_table} (member_id, {', '.join(ORDER_FIELDS)}) "
-    "SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::numeric[], %b::numeric[], "
-    "%b::timestamptz[], %b::text[], %b::text[], %b::bigint[])"
+    "SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::numeric[], %b::numeric[], "
+    "%b::timestamptz[], %b::text[], %b::text[], %b::bigint[], %b::bigint[])"
 )
 _CHANNEL_COLUMNS = (
     *(f"orders_{channel}" for channel in CHANNELS),
