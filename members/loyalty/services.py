@@ -63,7 +63,7 @@ class LoyaltyHistory:
         """The member's events the ledger answers for: ``lines`` names every completion the
         member holds, those of orders another member owns included (their rows, if an earlier
         refresh wrote any, are this member's to correct to zero)."""
-        return {o.event_id for o in self.orders} | self.lines.keys() | {e.event_id for e in self.events}
+        return {o.event_id for o in self.orders} | set(self.lines) | {e.event_id for e in self.events}
 
 
 def order_lines(properties: dict) -> list[OrderLine]:
