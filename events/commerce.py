@@ -68,6 +68,9 @@ MAX_QUANTITY = 1_000_000
 #: float's shortest form (``0.30000000000000004``) fits; ``"1e-999999"`` is no amount, and
 #: PostgreSQL's binary numeric cannot even carry it (at most 16,383 places).
 MAX_DECIMAL_PLACES = 20
+#: The longest ``order_id`` (once trimmed) accepted: what an order's row stores. A longer one
+#: was once accepted here and then failed, for ever, every refresh of its member.
+MAX_ORDER_ID_LENGTH = 255
 
 AMOUNT_PROPERTIES = ("total", "revenue", "subtotal", "tax", "shipping", "discount", "value", "price")
 PRODUCT_AMOUNT_PROPERTIES = ("price", "quantity")
@@ -154,8 +157,11 @@ def commerce_errors(
 
 def _order_errors(event: str, properties: Mapping[str, Any], *, currency_required: bool) -> list[FieldError]:
     errors = []
-    if not _is_order_id(properties.get("order_id")):
+    order_id = properties.get("order_id")
+    if not _is_order_id(order_id):
         errors.append(FieldError("properties.order_id", f"{event} requires order_id (a non-empty string)"))
+    elif len(str(order_id).strip()) > MAX_ORDER_ID_LENGTH:
+        errors.append(FieldError("properties.order_id", f"at most {MAX_ORDER_ID_LENGTH} characters"))
     amounts = [properties.get(key) for key in ("total", "revenue") if properties.get(key) is not None]
     if not amounts:
         errors.append(FieldError("properties.total", f"{event} requires total or revenue"))

@@ -1,11 +1,21 @@
 """What a member bought and where, computed from their events. Pure (no ORM).
 
-A member's orders come from their ``Order Completed`` events, keyed by ``order_id``; an
-``Order Refunded`` with the same ``order_id`` takes its ``total`` (or ``revenue``) back, in
-full or in part. The aggregates are sums over the orders, so computing them again from all of
-a member's events, after a merge, a split or a late upload, gives the same answer as if the
+An order is identified by its source and its ``order_id`` there (``OrderKey``): stores and
+channels number their orders independently, so ``POS-1001`` of one store and ``POS-1001`` of
+another (or of the web shop) are two orders. A member's orders come from their ``Order
+Completed`` events; an ``Order Refunded`` takes its ``total`` (or ``revenue``) back, in full or
+in part, from the order of its own source with that ``order_id`` or, when the member has none
+(a web order returned at a till), from the member's one order of that number from another
+source. The aggregates are sums over the orders, so computing them again from all of a
+member's events, after a merge, a split or a late upload, gives the same answer as if the
 events had arrived in order: that is how the refresh keeps them current and how a rebuild
 checks them.
+
+One order, one owner: when the completions of one order are resolved to several members (a
+till re-sent a sale under the right customer, or two systems were confused), the member
+holding the latest completion (event time, then messageId) owns the order; the others'
+completions of it count for nothing (``order_claims``, ``order_owners``,
+``orders_owned``). Within one member a second completion is a retry: the earliest counts.
 
 Amounts are Decimal throughout. Spend is counted in one currency, the platform's
 (``CDP_CURRENCY``); orders in another currency are kept with their own currency, counted in
@@ -19,7 +29,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from events.commerce import ORDER_COMPLETED, ORDER_REFUNDED, as_amount
+from events.commerce import MAX_ORDER_ID_LENGTH, ORDER_COMPLETED, ORDER_REFUNDED, as_amount
 
 CHANNELS = ("pos", "app", "mini_program", "web")
 ZERO = Decimal("0.00")
@@ -28,6 +38,9 @@ CENT = Decimal("0.01")
 #: before the point hold a member with a million orders of the largest amount ingestion
 #: accepts (``events.commerce.MAX_AMOUNT``, 10^8, so 10^14), and refunds of it, with room.
 FIGURE_DIGITS = 20
+
+#: An order's identity: the source that numbered it and its ``order_id`` there.
+OrderKey = tuple[int, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +56,16 @@ class OrderEvent:
     channel: str
     store_code: str
     message_id: str
+    source_id: int = 0  # tests of the pure functions may leave it out: one source
+
+    @property
+    def order_key(self) -> OrderKey:
+        return (self.source_id, self.order_id)
 
 
 @dataclass(slots=True)
 class Order:
+    source_id: int
     order_id: str
     currency: str
     total: Decimal
@@ -91,13 +110,17 @@ def order_event(
     channel: str,
     store_code: str,
     message_id: str,
+    source_id: int,
 ) -> OrderEvent | None:
     """The order facts of an event, or None when it is not an order event with a usable
     order id and amount (ingestion refuses those, so this only guards old rows)."""
     if name not in (ORDER_COMPLETED, ORDER_REFUNDED):
         return None
     order_id = properties.get("order_id")
-    if isinstance(order_id, bool) or not isinstance(order_id, str | int) or not str(order_id).strip():
+    if isinstance(order_id, bool) or not isinstance(order_id, str | int):
+        return None
+    order_id = str(order_id).strip()
+    if not order_id or len(order_id) > MAX_ORDER_ID_LENGTH:
         return None
     amount = as_amount(properties.get("total"))
     if amount is None:
@@ -108,31 +131,58 @@ def order_event(
     return OrderEvent(
         event_id=event_id,
         name=name,
-        order_id=str(order_id).strip(),
+        order_id=order_id,
         amount=amount,
         currency=currency.upper(),
         at=at,
         channel=channel,
         store_code=store_code,
         message_id=message_id,
+        source_id=source_id,
     )
 
 
-def orders_of(events: Iterable[OrderEvent]) -> dict[str, Order]:
-    """Orders by id. A completion sent twice (new messageId) counts once: the earliest. Refunds
-    add up, never beyond the order's total."""
-    completions: dict[str, OrderEvent] = {}
-    refunds: dict[str, list[OrderEvent]] = {}
+@dataclass(frozen=True, slots=True)
+class OrderHistory:
+    """A member's order events sorted out: each order's completion and the refunds of each."""
+
+    completions: dict[OrderKey, OrderEvent]
+    refunds: dict[OrderKey, list[OrderEvent]]
+
+
+def order_history(events: Iterable[OrderEvent]) -> OrderHistory:
+    """Each order's completion (sent twice with a new messageId, it counts once: the earliest)
+    and its refunds. A refund is of the order of its own source with its ``order_id``; failing
+    that, of the member's one order of that number from another source (returned elsewhere
+    than bought); failing that, of an order placed before the platform saw any (its own key)."""
+    completions: dict[OrderKey, OrderEvent] = {}
+    refunds: list[OrderEvent] = []
     for event in events:
         if event.name == ORDER_COMPLETED:
-            current = completions.get(event.order_id)
+            current = completions.get(event.order_key)
             if current is None or (event.at, event.message_id) < (current.at, current.message_id):
-                completions[event.order_id] = event
+                completions[event.order_key] = event
         else:
-            refunds.setdefault(event.order_id, []).append(event)
+            refunds.append(event)
+    numbered: dict[str, list[OrderKey]] = {}
+    for key in completions:
+        numbered.setdefault(key[1], []).append(key)
+    refunds_of: dict[OrderKey, list[OrderEvent]] = {}
+    for refund in refunds:
+        key = refund.order_key
+        if key not in completions and len(elsewhere := numbered.get(refund.order_id, [])) == 1:
+            key = elsewhere[0]
+        refunds_of.setdefault(key, []).append(refund)
+    return OrderHistory(completions, refunds_of)
+
+
+def orders_of(events: Iterable[OrderEvent]) -> dict[OrderKey, Order]:
+    """Orders by their key (``order_history``). Refunds add up, never beyond the order's total."""
+    history = order_history(events)
     orders = {
-        order_id: Order(
-            order_id=order_id,
+        key: Order(
+            source_id=done.source_id,
+            order_id=done.order_id,
             currency=done.currency,
             total=done.amount,
             refunded=ZERO,
@@ -141,14 +191,15 @@ def orders_of(events: Iterable[OrderEvent]) -> dict[str, Order]:
             store_code=done.store_code,
             event_id=done.event_id,
         )
-        for order_id, done in completions.items()
+        for key, done in history.completions.items()
     }
-    for order_id, taken_back in refunds.items():
-        order = orders.get(order_id)
+    for key, taken_back in history.refunds.items():
+        order = orders.get(key)
         if order is None:
             first = min(taken_back, key=lambda e: (e.at, e.message_id))
-            order = orders[order_id] = Order(
-                order_id=order_id,
+            order = orders[key] = Order(
+                source_id=first.source_id,
+                order_id=first.order_id,
                 currency=first.currency,
                 total=ZERO,
                 refunded=ZERO,
@@ -160,6 +211,57 @@ def orders_of(events: Iterable[OrderEvent]) -> dict[str, Order]:
         refunded = sum((e.amount for e in taken_back if e.currency == order.currency), ZERO)
         order.refunded = min(refunded, order.total) if order.placed_at is not None else refunded
     return orders
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Claim:
+    """A member's claim on an order: their latest completion of it. Claims compare by event
+    time, then messageId (unique within a source, so within an order): the greatest wins."""
+
+    at: datetime
+    message_id: str
+    event_id: int
+    member_id: int
+
+
+def order_claims(member_id: int, events: Iterable[OrderEvent]) -> dict[OrderKey, Claim]:
+    """The member's claim on each order they completed."""
+    claims: dict[OrderKey, Claim] = {}
+    for event in events:
+        if event.name != ORDER_COMPLETED:
+            continue
+        claim = Claim(event.at, event.message_id, event.event_id, member_id)
+        if (current := claims.get(event.order_key)) is None or claim > current:
+            claims[event.order_key] = claim
+    return claims
+
+
+def order_owners(
+    recorded: Mapping[OrderKey, Claim], claims: Iterable[tuple[OrderKey, Claim]]
+) -> dict[OrderKey, Claim]:
+    """Each order's owning claim once these ``claims`` are weighed against the ``recorded``
+    owners: the greatest wins, and a claim on the recorded owner's very event takes it over
+    (the event moved to another member: a merge, a split). Only the orders that change."""
+    changed: dict[OrderKey, Claim] = {}
+    for key, claim in claims:
+        current = changed.get(key) or recorded.get(key)
+        if current is None or claim > current or (claim.event_id == current.event_id and claim != current):
+            changed[key] = claim
+    return changed
+
+
+def orders_owned(
+    member_id: int, events: Iterable[OrderEvent], owners: Mapping[OrderKey, Claim]
+) -> list[OrderEvent]:
+    """The member's order events without their completions of orders they do not own: an order
+    is the member's when its owning claim is the member's, on an event the member still holds
+    (one a split took away is its new holder's, once their refresh takes the order over)."""
+    events = list(events)
+    held = {(e.order_key, e.event_id) for e in events if e.name == ORDER_COMPLETED}
+    own = {
+        key for key, owner in owners.items() if owner.member_id == member_id and (key, owner.event_id) in held
+    }
+    return [e for e in events if e.name != ORDER_COMPLETED or e.order_key in own]
 
 
 def aggregates_of(orders: Iterable[Order], currency: str) -> Aggregates:

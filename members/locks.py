@@ -3,7 +3,8 @@ commands), so each member has one writer at a time; and the membership locks of 
 segments.
 
 One order for all of them, so no two transactions deadlock: these member locks first (sorted),
-then the points accounts a transaction writes, all at once in member-id order
+then the ownership rows of the orders a refresh's claims change (``members.orders``, in order
+of source and order id), then the points accounts a transaction writes, all at once in member-id order
 (``members.loyalty.services._accounts_lock``), then tag and segment memberships (sorted)."""
 
 from django.conf import settings

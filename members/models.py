@@ -163,11 +163,13 @@ class GroupMembership(models.Model):
 
 
 class MemberOrder(models.Model):
-    """An order of a member, from its ``Order Completed`` event and any ``Order Refunded`` for
-    the same ``order_id``. Derived: the member refresh rewrites a member's orders from their
-    events (``members.aggregates``)."""
+    """An order of a member, from its ``Order Completed`` event and any ``Order Refunded`` of it.
+    An order is identified by its source and its ``order_id`` there (``members.aggregates``);
+    a member holds the orders they own (``OrderOwner``). Derived: the member refresh rewrites a
+    member's orders from their events."""
 
     member = models.ForeignKey(Member, on_delete=models.CASCADE, related_name="orders", db_index=False)
+    source_id = models.BigIntegerField(help_text="The source that numbered the order.")
     order_id = models.CharField(max_length=255)
     currency = models.CharField(max_length=3)
     total = models.DecimalField(max_digits=FIGURE_DIGITS, decimal_places=2)
@@ -178,7 +180,9 @@ class MemberOrder(models.Model):
     event_id = models.BigIntegerField(help_text="The event that placed it (or its first refund).")
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["member", "order_id"], name="member_order_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["member", "source_id", "order_id"], name="member_order_unique")
+        ]
         indexes = [models.Index(fields=["order_id"], name="order_by_order_id")]
 
     def __str__(self) -> str:
@@ -186,7 +190,32 @@ class MemberOrder(models.Model):
 
 
 #: What an order row holds besides its member: the fields of ``members.aggregates.Order``.
-ORDER_FIELDS = ("order_id", "currency", "total", "refunded", "placed_at", "channel", "store_code", "event_id")
+ORDER_FIELDS = (
+    "order_id", "currency", "total", "refunded", "placed_at", "channel", "store_code", "event_id", "source_id",
+)  # fmt: skip
+
+
+class OrderOwner(models.Model):
+    """Who owns an order: the claim (a member's latest completion of it) that wins among those
+    the member refresh has weighed, the latest by event time then messageId
+    (``members.aggregates.order_owners``). One row per order, so one owner per order; the row
+    is also what two refreshes claiming one order at once serialize on (``members.orders``).
+
+    Derived: every claim is weighed when its member is refreshed, so a rebuild leaves the
+    latest completion of each order as its owner, whatever order the events came in."""
+
+    source_id = models.BigIntegerField()
+    order_id = models.CharField(max_length=255)
+    member_id = models.BigIntegerField(help_text="The member whose claim owns it (as last weighed).")
+    event_id = models.BigIntegerField(help_text="The completion that makes the claim.")
+    at = models.DateTimeField(help_text="The completion's event time.")
+    message_id = models.CharField(max_length=255)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source_id", "order_id"], name="order_owner_unique")]
+
+    def __str__(self) -> str:
+        return f"order {self.order_id} of source {self.source_id}: member {self.member_id}"
 
 
 class MemberAggregate(models.Model):
@@ -265,6 +294,7 @@ __all__ = [
     "MemberOrder",
     "MemberTag",
     "MemberTrait",
+    "OrderOwner",
     "ParkedMember",
     "PointsAccount",
     "PointsEntry",

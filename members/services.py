@@ -30,6 +30,7 @@ from members.models import (
     MemberTrait,
     ParkedMember,
 )
+from members.orders import order_owners_refresh
 from members.parking import member_park
 from members.segments.evaluate import memberships_refresh
 from members.segments.rules.interpret import EventFact, MemberFacts
@@ -172,14 +173,15 @@ def members_rebuild(
 
 def members_recompute(member_ids: set[int]) -> None:
     """Everything computed from these members' events, from their events as they are now:
-    traits, groups, orders and figures, points and tier, then tags and segments.
+    traits, groups, orders (those each member owns: ``members.orders``) and figures, points
+    and tier, then tags and segments.
 
     A member absorbed by a merge keeps nothing: its computed state lives on the survivor.
     """
     active = _active_of(member_ids)
     definitions = definitions_load()
     events = _events_of(active, properties_of=definitions.property_events)
-    order_events = _order_events_of(events)
+    order_events = order_owners_refresh(order_events=_order_events_of(events))
     traits = _traits_write(active, events)
     groups_refresh(
         member_ids=member_ids,
@@ -210,7 +212,8 @@ def _active_of(member_ids: set[int]) -> set[int]:
 def points_recompute(member_ids: set[int]) -> None:
     """The points ledgers and tiers of these active members, from the events that earn."""
     events = _events_of(member_ids, only=ORDER_EVENTS | LOYALTY_EVENTS)
-    points_reconcile(histories=_loyalty_histories(member_ids, events, _order_events_of(events)))
+    order_events = order_owners_refresh(order_events=_order_events_of(events))
+    points_reconcile(histories=_loyalty_histories(member_ids, events, order_events))
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +316,7 @@ def _order_events_of(events: list[_MemberEvent]) -> dict[int, list[OrderEvent]]:
         if e.properties is not None and e.name in ORDER_EVENTS:
             order = order_event(
                 event_id=e.event_id, name=e.name, properties=e.properties, at=e.at,
-                channel=e.channel, store_code=e.store_code, message_id=e.message_id,
+                channel=e.channel, store_code=e.store_code, message_id=e.message_id, source_id=e.source_id,
             )  # fmt: skip
             if order is not None:
                 found[e.member_id].append(order)
@@ -429,7 +432,7 @@ _INSERT_TRAITS = (
 _INSERT_ORDERS = (
     f"INSERT INTO {MemberOrder._meta.db_table} (member_id, {', '.join(ORDER_FIELDS)}) "
     "SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::numeric[], %b::numeric[], "
-    "%b::timestamptz[], %b::text[], %b::text[], %b::bigint[])"
+    "%b::timestamptz[], %b::text[], %b::text[], %b::bigint[], %b::bigint[])"
 )
 _CHANNEL_COLUMNS = (
     *(f"orders_{channel}" for channel in CHANNELS),

@@ -3,10 +3,25 @@
 ``points_derive`` replays a member's loyalty history in event-time order — orders, refunds,
 sign-ups, referrals, and the redemptions and adjustments staff and tills recorded — under the
 program's rules, and returns every ledger entry that history calls for, each under an
-idempotency key named after its cause (``earn:<order>``, ``reverse:<refund event>``, …), and
-the member's tier. The ledger service compares that with what is recorded and appends only
-the differences, so running it twice, after a retry, a merge, a split or a late upload,
-converges on the same ledger, and a rebuild from the event log equals the incremental path.
+idempotency key named after the event that caused it (``purchase:<completion event>``,
+``reverse:<refund event>``, …), and the member's tier. The ledger service compares that with
+what is recorded and appends only the differences, so running it twice, after a retry, a
+merge, a split or a late upload, converges on the same ledger, and a rebuild from the event
+log equals the incremental path.
+
+Keys name events, not order numbers. An order is its source and its ``order_id`` there
+(``members.aggregates``), and the refresh gives the derivation only the orders the member owns;
+but while the member that lost an order to a later claim has not yet been refreshed, both
+members' ledgers hold points for it, in separate transactions that may come in either order.
+Keyed by the completion event (which belongs to one member at a time and moves with it through
+merges and splits), the two claims never collide on the ledger's unique key: the winner earns
+under its event's key, the loser's refresh corrects its own to zero. "One order, one owner" is
+the derivation's input (``members.orders``), not the index's: an index can only say who wrote
+first, and that depends on arrival order.
+
+Rows written before keys named events (``earn:<order_id>``, ``bonus:first_purchase:<order_id>``
+and their expiries) keep meaning what they meant: ``cause_of`` reads them as the cause of the
+event they record, so upgrading neither awards an order again nor takes its points back.
 
 Points are whole numbers; fractions are rounded down when earned, and a partial refund takes
 back the share of the order's points its amount is of the order's total (cumulatively, so
@@ -26,8 +41,7 @@ from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from functools import partial
 
-from events.commerce import ORDER_COMPLETED
-from members.aggregates import OrderEvent
+from members.aggregates import OrderEvent, OrderKey, order_history
 from members.loyalty.program import (
     MAX_MULTIPLIER,
     MAX_POINTS_PER_UNIT,
@@ -44,6 +58,13 @@ from members.moments import moment_plus
 #: beyond any real adjustment, and small enough that no single move can carry a balance past
 #: what the ledger stores. Anything beyond is refused with the field named.
 MAX_POINTS_MOVE = 1_000_000_000
+
+#: The causes of an order's points: the completion event that placed it for its member.
+PURCHASE = "purchase:"
+FIRST_ORDER_BONUS = "bonus:first_order:"
+EXPIRE = "expire:"
+#: The same causes as keys written before they named events: ``<prefix><order_id>``.
+_LEGACY_CAUSES = {"earn:": PURCHASE, "bonus:first_purchase:": FIRST_ORDER_BONUS}
 
 SIGNED_UP = "Signed Up"
 REFERRAL = "Referral"
@@ -74,6 +95,19 @@ class Recorded:
     expires_at: datetime | None = None
     derived: bool = True
     event_id: int | None = None
+
+
+def cause_of(row: Recorded) -> str:
+    """The cause of a ledger row in today's keys: its ``cause_key``, or, for a row of an order
+    keyed by ``order_id`` before keys named events, the cause named after the completion event
+    it records (``earn:POS-1`` of event 42 is ``purchase:42``; its expiry ``expire:purchase:42``)."""
+    cause = row.cause_key or row.key
+    expiry = cause.startswith(EXPIRE)
+    inner = cause.removeprefix(EXPIRE) if expiry else cause
+    for legacy, current in _LEGACY_CAUSES.items():
+        if inner.startswith(legacy) and row.event_id is not None:
+            return f"{EXPIRE if expiry else ''}{current}{row.event_id}"
+    return cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +177,11 @@ class Lot:
     expires_at: datetime | None
     order_id: str = ""
     event_id: int | None = None
+
+    @property
+    def of_order(self) -> bool:
+        """Whether it holds an order's points (earned on it), whose refund takes from it first."""
+        return self.key.startswith(PURCHASE)
 
     def spendable_at(self, at: datetime) -> bool:
         return (
@@ -248,8 +287,6 @@ class _Order:
     reversed: int = 0  # of that, reversed (taken from the member's lots, or owed)
     written_off: int = 0  # of that, not taken back: already spent and the program forbids debt
     expired: int = 0  # points of this order's lot that expired (they cannot be taken back again)
-    redeemed: int = 0  # points spent on this order (positive)
-    returned: int = 0
 
 
 def points_derive(
@@ -263,28 +300,22 @@ def points_derive(
 ) -> Derivation:
     """Every ledger entry and the tier a member's history calls for, as of ``now``.
 
-    ``orders`` are the member's ``Order Completed`` / ``Order Refunded`` facts, ``lines`` the
-    products of each completion (by event id), ``events`` sign-ups and referrals,
-    ``recorded`` the member's ledger rows (only the ones staff or tills recorded are read).
+    ``orders`` are the member's ``Order Completed`` / ``Order Refunded`` facts (of the orders
+    they own), ``lines`` the products of each completion (by event id), ``events`` sign-ups and
+    referrals, ``recorded`` the member's ledger rows (only the ones staff or tills recorded are
+    read).
     """
     tiers = program.tiers_by_rank()
     facts = [r for r in recorded if not r.derived]
     state = _Replay(program=program, tiers=tiers, lines=lines)
     # Each step is what happened and when, bound to the replay step that applies it.
     timeline: list[tuple[tuple[datetime, int, str], Callable[[], None]]] = []
-    completions: dict[str, OrderEvent] = {}
-    refunds: list[OrderEvent] = []
-    for order_event in orders:
-        if order_event.name == ORDER_COMPLETED:
-            current = completions.get(order_event.order_id)
-            if current is None or (order_event.at, order_event.message_id) < (current.at, current.message_id):
-                completions[order_event.order_id] = order_event
-        else:
-            refunds.append(order_event)
-    for done in completions.values():
+    history = order_history(orders)
+    for done in history.completions.values():
         timeline.append(((done.at, 0, done.message_id), partial(state.order, done)))
-    for refund in refunds:
-        timeline.append(((refund.at, 1, refund.message_id), partial(state.refund, refund)))
+    for key, refunds in history.refunds.items():
+        for refund in refunds:
+            timeline.append(((refund.at, 1, refund.message_id), partial(state.refund, refund, key)))
     for event in events:
         timeline.append(((event.at, 0, event.message_id), partial(state.loyalty_event, event)))
     for fact in facts:
@@ -312,7 +343,11 @@ class _Replay:
     lines: Mapping[int, Sequence[OrderLine]]
     lots: Lots = field(default_factory=Lots)
     due: list[Due] = field(default_factory=list)
-    orders: dict[str, _Order] = field(default_factory=dict)
+    orders: dict[OrderKey, _Order] = field(default_factory=dict)
+    order_lots: dict[str, _Order] = field(default_factory=dict)  # an order's lot key -> the order
+    # Points spent on an order and given back by its refunds, by the order id the till named.
+    spent_on: dict[str, int] = field(default_factory=dict)
+    given_back: dict[str, int] = field(default_factory=dict)
     qualifying: list[tuple[datetime, Decimal]] = field(default_factory=list)  # (at, points or spend)
     tier: str = ""
     tier_since: datetime | None = None
@@ -343,12 +378,11 @@ class _Replay:
             for lot in expiring:
                 if lot.expires_at == first_expiry:
                     taken = self.lots.expire(lot)
-                    order = self.orders.get(lot.order_id)
-                    if order is not None and lot.key == order.lot_key:
+                    if (order := self.order_lots.get(lot.key)) is not None:
                         order.expired += taken
                     self.due.append(
                         Due(
-                            key=f"expire:{lot.key}",
+                            key=f"{EXPIRE}{lot.key}",
                             kind=Kind.EXPIRE,
                             points=-taken,
                             at=first_expiry,
@@ -422,7 +456,7 @@ class _Replay:
         )
 
     def order(self, done: OrderEvent) -> None:
-        order = self.orders.setdefault(done.order_id, _Order(completion=None))
+        order = self.orders.setdefault(done.order_key, _Order(completion=None))
         order.completion = done
         if done.currency != self.program.currency:
             return  # points are earned in the program's currency only
@@ -439,7 +473,8 @@ class _Replay:
             tier_multipliers=rule.tier_multipliers,
         )
         if points > 0:
-            order.earned, order.lot_key = points, f"earn:{done.order_id}"
+            order.earned, order.lot_key = points, f"{PURCHASE}{done.event_id}"
+            self.order_lots[order.lot_key] = order
             self._credit(
                 self._credit_due(
                     key=order.lot_key,
@@ -453,7 +488,7 @@ class _Replay:
         if not self.first_order_seen and rule.first_purchase_bonus > 0:
             self._credit(
                 self._credit_due(
-                    key=f"bonus:first_purchase:{done.order_id}",
+                    key=f"{FIRST_ORDER_BONUS}{done.event_id}",
                     points=rule.first_purchase_bonus,
                     at=done.at,
                     event_id=done.event_id,
@@ -464,8 +499,9 @@ class _Replay:
         self.first_order_seen = True
         self._qualify(done.at, points if self.program.tier_basis == TierBasis.POINTS else done.amount)
 
-    def refund(self, refund: OrderEvent) -> None:
-        order = self.orders.get(refund.order_id)
+    def refund(self, refund: OrderEvent, key: OrderKey) -> None:
+        """A refund of the order ``key`` (``members.aggregates.order_history`` says which)."""
+        order = self.orders.get(key)
         if order is None or order.completion is None or order.completion.currency != refund.currency:
             return  # nothing was earned on it here (placed before the program, or in another currency)
         total = order.completion.amount
@@ -504,10 +540,11 @@ class _Replay:
                         order_id=refund.order_id,
                     )
                 )
-        if self.program.refund_returns_redeemed_points and order.redeemed:
-            back = _share(order.redeemed, share) - order.returned
+        spent = self.spent_on.get(refund.order_id, 0)
+        if self.program.refund_returns_redeemed_points and spent:
+            back = _share(spent, share) - self.given_back.get(refund.order_id, 0)
             if back > 0:
-                order.returned += back
+                self.given_back[refund.order_id] = self.given_back.get(refund.order_id, 0) + back
                 rule = self.program.rule_at(refund.at)
                 self._credit(
                     Due(
@@ -578,7 +615,7 @@ class _Replay:
         wanted = -fact.points
         found = self.lots.spend(wanted, fact.at)
         if fact.kind == Kind.REDEEM and fact.order_id:
-            self.orders.setdefault(fact.order_id, _Order(completion=None)).redeemed += wanted
+            self.spent_on[fact.order_id] = self.spent_on.get(fact.order_id, 0) + wanted
         shortfall = wanted - found
         if not shortfall:
             return
@@ -661,12 +698,12 @@ def _share(points: int, share: Decimal) -> int:
 def lots_of(rows: Iterable[Recorded]) -> Lots:
     """A member's lots and debt from their ledger rows alone, in the order they took effect:
     what the points view shows as pending and expiring. A row correcting an earlier one
-    (same ``cause_key``) changes that row's lot; an expiry empties its lot; a reversal takes
-    its order's lot first."""
+    (same cause, ``cause_of``) changes that row's lot; an expiry empties its lot; a reversal
+    takes its order's lot first (the lot earned on an order of that number)."""
     lots = Lots()
     by_cause: dict[str, Lot] = {}
     for row in sorted(rows, key=lambda r: (r.at, r.points < 0, r.key)):
-        cause = row.cause_key or row.key
+        cause = cause_of(row)
         if row.points > 0:
             if cause in by_cause:
                 by_cause[cause].points += row.points
@@ -684,9 +721,12 @@ def lots_of(rows: Iterable[Recorded]) -> Lots:
             by_cause[cause] = lot
             lots.credit(lot)
             continue
-        first = by_cause.get(cause.removeprefix("expire:"))
+        first = by_cause.get(cause.removeprefix(EXPIRE))
         if first is None and row.kind == Kind.REVERSE and row.order_id:
-            first = by_cause.get(f"earn:{row.order_id}")
+            first = next(
+                (lot for lot in lots.lots if lot.of_order and lot.order_id == row.order_id and lot.remaining),
+                None,
+            )
         wanted = -row.points
         wanted -= lots.spend(wanted, row.at, first=first.key if first else None)
         lots.debt += wanted

@@ -6,7 +6,10 @@ members it refreshes, under their refresh locks. Derived rows belong to the memb
 caused them (a referral bonus to the referrer): a reconciliation moves rows whose cause now
 belongs to this member (a merge, a split), appends a correction where a cause's points changed,
 and corrects to zero a cause that no longer earns anything (a second first-purchase bonus after
-a merge). Rows staff or tills recorded are facts: they follow their member through merges.
+a merge, an order another member's later completion took: ``members.orders``). Causes are
+compared in today's keys (``points.cause_of``), so rows written under the keys of an earlier
+release keep counting for their cause. Rows staff or tills recorded are facts: they follow
+their member through merges.
 """
 
 from collections import defaultdict
@@ -36,6 +39,7 @@ from members.loyalty.points import (
     LoyaltyEvent,
     OrderLine,
     Recorded,
+    cause_of,
     points_derive,
 )
 from members.loyalty.program import NegativeBalance, Program
@@ -56,7 +60,10 @@ class LoyaltyHistory:
 
     @property
     def event_ids(self) -> set[int]:
-        return {o.event_id for o in self.orders} | {e.event_id for e in self.events}
+        """The member's events the ledger answers for: ``lines`` names every completion the
+        member holds, those of orders another member owns included (their rows, if an earlier
+        refresh wrote any, are this member's to correct to zero)."""
+        return {o.event_id for o in self.orders} | set(self.lines) | {e.event_id for e in self.events}
 
 
 def order_lines(properties: dict) -> list[OrderLine]:
@@ -159,7 +166,7 @@ def points_reconcile(
     inbound: dict[tuple[int, str], list[Recorded]] = defaultdict(list)
     for row in rows:
         if row.recorded.derived:
-            by_cause[row.recorded.cause_key].append(row)
+            by_cause[cause_of(row.recorded)].append(row)
             if row.member_id in histories and row.recorded.cause_key.startswith(REFERRED):
                 inbound[(row.member_id, row.recorded.cause_key)].append(row.recorded)
         elif row.member_id in histories:

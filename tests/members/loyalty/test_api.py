@@ -170,7 +170,7 @@ def test_pending_points_cannot_be_spent_until_the_returns_window_ends():
     EventFactory(source=store, user_id="u-p", event="Order Completed", timestamp=timezone.now() - timedelta(days=1),
                  properties={"order_id": "P-1", "total": 500, "currency": "CNY"})  # fmt: skip
     events_process_pending()
-    member = PointsEntry.objects.get(key="earn:P-1").member_id
+    member = PointsEntry.objects.get(kind="earn", order_id="P-1").member_id
 
     body = points_of(member)
     refused = staff_client(Role.CHECKOUT).post(
@@ -335,7 +335,7 @@ def test_members_about_to_lose_points_are_listed():
         EventFactory(source=store, user_id=user, event="Order Completed", timestamp=now - timedelta(days=days_ago),
                      properties={"order_id": f"O-{user}", "total": 100, "currency": "CNY"})  # fmt: skip
     events_process_pending()
-    soon = PointsEntry.objects.get(key="earn:O-soon").member_id
+    soon = PointsEntry.objects.get(kind="earn", order_id="O-soon").member_id
 
     listed = staff_client(Role.CRM_AGENT).get("/api/v1/points/expiring/?within_days=7").json()["results"]
 

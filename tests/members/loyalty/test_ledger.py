@@ -23,9 +23,13 @@ pytestmark = pytest.mark.django_db
 
 
 def ledger(member_id: int) -> dict[str, int]:
-    """Net points per cause."""
+    """Net points per cause; an order's causes, named after its completion event, are named here
+    after the order's number (``purchase:POS-1``) to read."""
     found: dict[str, int] = {}
-    for cause, points in PointsEntry.objects.filter(member_id=member_id).values_list("cause_key", "points"):
+    entries = PointsEntry.objects.filter(member_id=member_id).values_list("cause_key", "order_id", "points")
+    for cause, order_id, points in entries:
+        head, _, _ = cause.rpartition(":")
+        cause = f"{head}:{order_id}" if head.endswith(("purchase", "first_order")) else cause
         found[cause] = found.get(cause, 0) + points
     return {cause: points for cause, points in found.items() if points}
 
@@ -52,7 +56,11 @@ def balances_equal_ledgers() -> None:
 def test_orders_earn_refunds_reverse_and_the_merged_member_brings_its_points(zhang):
     member = zhang["member"]
 
-    assert ledger(member) == {"earn:POS-1": 300, "earn:APP-9": 120, f"reverse:{refund_event('POS-1')}": -100}
+    assert ledger(member) == {
+        "purchase:POS-1": 300,
+        "purchase:APP-9": 120,
+        f"reverse:{refund_event('POS-1')}": -100,
+    }
     assert balance(member) == 320
     assert not PointsAccount.objects.filter(member_id=zhang["absorbed"]).exists()
     balances_equal_ledgers()
@@ -94,7 +102,7 @@ def test_a_refresh_killed_after_writing_the_ledger_rolls_back_and_the_retry_coun
     events_process_pending()
     events_process_pending()
     member = EventResolution.objects.get(event__properties__order_id="K-1").member_id
-    assert ledger(member) == {"earn:K-1": 88}
+    assert ledger(member) == {"purchase:K-1": 88}
     assert balance(member) == 88
 
 
@@ -136,8 +144,8 @@ def test_a_split_takes_the_points_of_the_split_off_person_with_it(zhang):
         event__properties__order_id="APP-9", event__event="Order Completed"
     ).member_id
     assert other != member
-    assert ledger(other) == {"earn:APP-9": 120}
-    assert ledger(member) == {"earn:POS-1": 300, f"reverse:{refund_event('POS-1')}": -100}
+    assert ledger(other) == {"purchase:APP-9": 120}
+    assert ledger(member) == {"purchase:POS-1": 300, f"reverse:{refund_event('POS-1')}": -100}
     assert (balance(member), balance(other)) == (200, 120)
     balances_equal_ledgers()
 
@@ -150,13 +158,13 @@ def test_points_expire_when_beat_finds_them_due_first_in_first_out():
         EventFactory(source=store, user_id="u-exp", event="Order Completed", timestamp=now - timedelta(days=days_ago),
                      properties={"order_id": order, "total": 100, "currency": "CNY"})  # fmt: skip
     events_process_pending()
-    member = PointsEntry.objects.get(key="earn:OLD").member_id
-    assert ledger(member) == {"earn:OLD": 100, "earn:NEW": 100, "expire:earn:OLD": -100}
+    member = PointsEntry.objects.get(kind="earn", order_id="OLD").member_id
+    assert ledger(member) == {"purchase:OLD": 100, "purchase:NEW": 100, "expire:purchase:OLD": -100}
 
     assert points_recheck_due(now=now) == 0  # nothing due yet
     assert loyalty_recheck() == 0
     assert points_recheck_due(now=now + timedelta(days=21)) == 1
     assert points_recheck_due(now=now + timedelta(days=21)) == 0  # marked once
     members_refresh()  # "now" is the real clock: nothing expired yet, nothing written
-    assert ledger(member) == {"earn:OLD": 100, "earn:NEW": 100, "expire:earn:OLD": -100}
+    assert ledger(member) == {"purchase:OLD": 100, "purchase:NEW": 100, "expire:purchase:OLD": -100}
     balances_equal_ledgers()

@@ -17,6 +17,7 @@ from members.loyalty.points import (
     LoyaltyEvent,
     OrderLine,
     Recorded,
+    cause_of,
     lots_of,
     points_derive,
 )
@@ -40,13 +41,28 @@ _ids = itertools.count(1000)
 DEFAULT = Program()
 
 
+_numbers: dict[int, str] = {}  # completion event id -> its order's number, for ``named``
+
+
 def order(order_id: str, amount: str, *, at: datetime = T0, channel: str = "pos", currency: str = "CNY",
-          name: str = "Order Completed", event_id: int | None = None) -> OrderEvent:  # fmt: skip
+          name: str = "Order Completed", event_id: int | None = None, source_id: int = 0) -> OrderEvent:  # fmt: skip
     event_id = event_id or next(_ids)
+    if name == "Order Completed":
+        _numbers[event_id] = order_id
     return OrderEvent(
         event_id=event_id, name=name, order_id=order_id, amount=Decimal(amount), currency=currency, at=at,
-        channel=channel, store_code="", message_id=f"m-{event_id}",
+        channel=channel, store_code="", message_id=f"m-{event_id}", source_id=source_id,
     )  # fmt: skip
+
+
+def named(key: str) -> str:
+    """A key as these tests write it: an order's causes are named after the completion event
+    (``purchase:1003``, ``expire:purchase:1003``); here, to read, after the order's number
+    (``purchase:A``). Other keys are as they are."""
+    head, _, event_id = key.rpartition(":")
+    if head.endswith(("purchase", "first_order")) and event_id.isdigit() and int(event_id) in _numbers:
+        return f"{head}:{_numbers[int(event_id)]}"
+    return key
 
 
 def refund(order_id: str, amount: str, *, at: datetime, **kwargs: Any) -> OrderEvent:
@@ -83,7 +99,7 @@ def derive(program: Program = DEFAULT, *, orders: Sequence[OrderEvent] = (), eve
 
 
 def points(derivation: Derivation) -> dict[str, int]:
-    return {due.key: due.points for due in derivation.due}
+    return {named(due.key): due.points for due in derivation.due}
 
 
 def rows(derivation: Derivation, facts: Sequence[Recorded] = ()) -> list[Recorded]:
@@ -108,7 +124,12 @@ def test_the_default_program_earns_a_point_per_whole_unit_in_its_currency_at_onc
     derivation = derive(orders=[a, order("U", "500", currency="USD"), order("Z", "0.99")])
 
     (earned,) = derivation.due
-    assert (earned.key, earned.kind, earned.points, earned.at) == ("earn:A", Kind.EARN, 99, T0)
+    assert (earned.key, earned.kind, earned.points, earned.at) == (
+        f"purchase:{a.event_id}",
+        Kind.EARN,
+        99,
+        T0,
+    )
     assert (earned.event_id, earned.order_id, earned.beneficiary) == (a.event_id, "A", None)
     assert (earned.available_at, earned.expires_at) == (None, None)
     assert earned.reason == "order A: 99.99 CNY in web"
@@ -122,7 +143,39 @@ def test_a_completion_sent_twice_earns_once_and_a_refund_in_another_currency_rev
 
     derivation = derive(orders=[again, first, refund("A", "100", at=T0 + DAY, currency="USD")])
 
-    assert [(d.key, d.points, d.event_id) for d in derivation.due] == [("earn:A", 100, first.event_id)]
+    assert [(d.key, d.points, d.event_id) for d in derivation.due] == [
+        (f"purchase:{first.event_id}", 100, first.event_id)
+    ]
+
+
+def test_one_number_from_two_sources_is_two_orders_and_a_refund_takes_from_its_own():
+    store, web = order("1001", "100", source_id=1), order("1001", "40", source_id=2, channel="web")
+
+    derivation = derive(orders=[web, refund("1001", "40", at=T0 + DAY, source_id=2, event_id=7), store])
+
+    assert {d.key: d.points for d in derivation.due} == {
+        f"purchase:{store.event_id}": 100, f"purchase:{web.event_id}": 40, "reverse:7": -40,
+    }  # fmt: skip
+
+
+def test_rows_keyed_by_order_number_before_keys_named_events_keep_their_cause():
+    def row(key: str, points: int, *, cause: str = "", at: datetime = T0, kind: Kind = Kind.EARN) -> Recorded:
+        return Recorded(
+            key=key, kind=kind, points=points, at=at, order_id="A", cause_key=cause or key, event_id=42
+        )
+
+    earned, bonus = row("earn:A", 100), row("bonus:first_purchase:A", 20)
+    corrected = row("purchase:42#2", -40, cause="purchase:42", at=T0 + DAY)
+    expired = row("expire:earn:A", -60, at=T0 + 30 * DAY, kind=Kind.EXPIRE)
+    refunded = row("reverse:9", -10, kind=Kind.REVERSE)
+
+    assert [cause_of(r) for r in (earned, bonus, corrected, expired, refunded)] == [
+        "purchase:42", "bonus:first_order:42", "purchase:42", "expire:purchase:42", "reverse:9",
+    ]  # fmt: skip
+    assert cause_of(Recorded(key="earn:A", kind=Kind.EARN, points=1, at=T0, cause_key="earn:A")) == "earn:A"
+    # The correction written since is a correction of the old row's lot, which then expires.
+    lots = lots_of([earned, corrected, expired])
+    assert [(lot.key, lot.points, lot.remaining) for lot in lots.lots] == [("purchase:42", 100, 0)]
 
 
 def test_channel_and_tier_multipliers_multiply_and_the_result_rounds_down():
@@ -137,7 +190,7 @@ def test_channel_and_tier_multipliers_multiply_and_the_result_rounds_down():
         order("W1", "0.66", channel="web", at=T0 + 3 * DAY),  # 0.99
     ])  # fmt: skip
 
-    assert points(derivation) == {"earn:P1": 200, "earn:A1": 150, "earn:P2": 31}
+    assert points(derivation) == {"purchase:P1": 200, "purchase:A1": 150, "purchase:P2": 31}
     assert derivation.tier == "gold"
 
 
@@ -166,7 +219,7 @@ def test_a_rule_stored_before_the_bounds_earns_at_most_what_they_allow():
         order("N", str(MAX_AMOUNT), channel="pos", at=T0 + 2 * DAY),
     ])  # fmt: skip
 
-    assert points(derivation) == {"earn:P": int(MAX_AMOUNT * MAX_POINTS_PER_UNIT * MAX_MULTIPLIER**2)}
+    assert points(derivation) == {"purchase:P": int(MAX_AMOUNT * MAX_POINTS_PER_UNIT * MAX_MULTIPLIER**2)}
 
 
 def test_a_stored_multiplier_is_read_as_a_number_or_not_at_all():
@@ -188,7 +241,7 @@ def test_excluded_skus_and_categories_earn_nothing():
         order("A", "100", event_id=1), order("B", "60", event_id=2, at=T0 + DAY),  # lines worth more than paid
     ])  # fmt: skip
 
-    assert points(derivation) == {"earn:A": 49}
+    assert points(derivation) == {"purchase:A": 49}
 
 
 def test_an_order_earns_under_the_rule_valid_at_its_time_and_its_refund_takes_back_what_it_earned():
@@ -204,7 +257,12 @@ def test_an_order_earns_under_the_rule_valid_at_its_time_and_its_refund_takes_ba
         refund("BEFORE", "10", at=switch + DAY, event_id=77),
     ])  # fmt: skip
 
-    assert points(derivation) == {"earn:BEFORE": 10, "earn:AT": 30, "earn:AFTER": 10, "reverse:77": -10}
+    assert points(derivation) == {
+        "purchase:BEFORE": 10,
+        "purchase:AT": 30,
+        "purchase:AFTER": 10,
+        "reverse:77": -10,
+    }
 
 
 # Bonuses ---------------------------------------------------------------------------------------
@@ -218,7 +276,7 @@ def test_the_first_purchase_bonus_is_given_once_even_for_two_orders_at_the_same_
     derivation = derive(program, orders=[two, foreign, one, later])
     again = derive(program, orders=[one, later, foreign, two])
 
-    bonuses = [d for d in derivation.due if d.key.startswith("bonus:first_purchase:")]
+    bonuses = [d for d in derivation.due if d.key.startswith("bonus:first_order:")]
     assert len(bonuses) == 1
     assert (bonuses[0].points, bonuses[0].order_id in {"A", "B"}) == (50, True)
     assert bonuses[0].reason == f"first purchase bonus (order {bonuses[0].order_id})"
@@ -277,16 +335,16 @@ def test_pending_points_cannot_be_spent_until_available():
     derivation = derive(program, orders=[order("A", "100")], recorded=[early])
 
     earned = derivation.due[0]
-    assert (earned.key, earned.available_at) == ("earn:A", T0 + 14 * DAY)
-    assert points(derivation) == {"earn:A": 100, f"writeoff:{early.key}": 60}
+    assert (named(earned.key), earned.available_at) == ("purchase:A", T0 + 14 * DAY)
+    assert points(derivation) == {"purchase:A": 100, f"writeoff:{early.key}": 60}
     lots = lots_of(rows(derive(program, orders=[order("A", "100")])))
     assert (lots.pending(T0 + DAY), lots.pending(T0 + 14 * DAY)) == (100, 0)
     assert lots.spend(60, T0 + 13 * DAY) == 0
     assert lots.spend(60, T0 + 14 * DAY) == 60
     assert lots.balance == 40
     # Read from the ledger, the early redemption is paid by its write-off, never by the pending lot.
-    assert [(lot.key, lot.remaining) for lot in lots_of(rows(derivation, [early])).lots] == [
-        ("earn:A", 100), (f"writeoff:{early.key}", 0),
+    assert [(named(lot.key), lot.remaining) for lot in lots_of(rows(derivation, [early])).lots] == [
+        ("purchase:A", 100), (f"writeoff:{early.key}", 0),
     ]  # fmt: skip
 
 
@@ -295,7 +353,7 @@ def test_a_refund_takes_back_its_own_pending_points():
 
     derivation = derive(program, orders=[order("A", "100"), refund("A", "25", at=T0 + DAY, event_id=9)])
 
-    assert points(derivation) == {"earn:A": 100, "reverse:9": -25}
+    assert points(derivation) == {"purchase:A": 100, "reverse:9": -25}
     lots = lots_of(rows(derivation))
     assert (lots.balance, lots.debt, lots.pending(T0 + DAY)) == (75, 0, 75)
 
@@ -305,8 +363,8 @@ def test_lots_expire_after_n_days():
 
     derivation = derive(program, orders=[order("A", "100")], now=T0 + 31 * DAY)
 
-    assert [(d.key, d.points, d.at) for d in derivation.due] == [
-        ("earn:A", 100, T0), ("expire:earn:A", -100, T0 + 30 * DAY),
+    assert [(named(d.key), d.points, d.at) for d in derivation.due] == [
+        ("purchase:A", 100, T0), ("expire:purchase:A", -100, T0 + 30 * DAY),
     ]  # fmt: skip
     assert derivation.due[1].reason == "100 points earned 2026-01-10 expired"
     assert derive(program, orders=[order("A", "100")], now=T0 + 29 * DAY).next_expiry == (T0 + 30 * DAY, 100)
@@ -334,8 +392,8 @@ def test_month_and_year_ends_are_local_midnights():
     derivation = derive(
         program, orders=[order("A", "10", at=late_january_utc)], now=datetime(2026, 3, 2, tzinfo=UTC)
     )
-    assert [(d.key, d.at) for d in derivation.due] == [
-        ("earn:A", late_january_utc), ("expire:earn:A", datetime(2026, 2, 28, 16, tzinfo=UTC)),
+    assert [(named(d.key), d.at) for d in derivation.due] == [
+        ("purchase:A", late_january_utc), ("expire:purchase:A", datetime(2026, 2, 28, 16, tzinfo=UTC)),
     ]  # fmt: skip
 
 
@@ -348,15 +406,18 @@ def test_spending_takes_the_soonest_expiring_lot_first_and_expiry_takes_only_wha
     derivation = derive(program, orders=orders, recorded=[redemption], now=T0 + 45 * DAY)
 
     # OLD (expiring first) is spent entirely, NEW gives 30 and loses its last 70 at day 40.
-    assert points(derivation) == {"earn:OLD": 100, "earn:NEW": 100, "expire:earn:NEW": -70}
+    assert points(derivation) == {"purchase:OLD": 100, "purchase:NEW": 100, "expire:purchase:NEW": -70}
     assert (derivation.next_expiry, derivation.recheck_at) == (None, None)
     assert balance(derivation, [redemption]) == 0
 
     middle = derive(program, orders=orders, recorded=[redemption], now=T0 + 25 * DAY)
     assert (middle.next_expiry, middle.recheck_at) == ((T0 + 40 * DAY, 70), T0 + 40 * DAY)
     lots = lots_of(rows(middle, [redemption]))
-    assert [(lot.key, lot.remaining) for lot in lots.lots] == [("earn:OLD", 0), ("earn:NEW", 70)]
-    assert [lot.key for lot in lots.expiring(T0 + 25 * DAY, T0 + 60 * DAY)] == ["earn:NEW"]
+    assert [(named(lot.key), lot.remaining) for lot in lots.lots] == [
+        ("purchase:OLD", 0),
+        ("purchase:NEW", 70),
+    ]
+    assert [named(lot.key) for lot in lots.expiring(T0 + 25 * DAY, T0 + 60 * DAY)] == ["purchase:NEW"]
 
 
 def test_lots_spend_soonest_expiry_first_and_never_expired_or_pending_lots():
@@ -390,7 +451,7 @@ def test_partial_refunds_reverse_in_proportion_and_all_of_them_reverse_exactly_w
     ])  # fmt: skip
 
     # Cumulative shares 3.33, 6.66, 10.00 of 10 points: 3, 7, 10.
-    assert points(derivation) == {"earn:A": 10, "reverse:1": -3, "reverse:2": -4, "reverse:3": -3}
+    assert points(derivation) == {"purchase:A": 10, "reverse:1": -3, "reverse:2": -4, "reverse:3": -3}
     assert "order A refunded 3.33 CNY" in derivation.due[1].reason
 
 
@@ -408,9 +469,9 @@ def test_a_refund_after_redemption_makes_a_debt_the_next_earnings_pay_when_the_p
     derivation = derive(program, orders=orders, recorded=[redemption], now=T0 + 60 * DAY)
 
     assert points(derivation) == {
-        "earn:A": 100,
+        "purchase:A": 100,
         "reverse:5": -100,
-        "earn:B": 60,
+        "purchase:B": 60,
     }  # B paid the debt: nothing expires
     assert balance(derivation, [redemption]) == -40
     lots = lots_of(rows(derivation, [redemption]))
@@ -424,7 +485,7 @@ def test_a_refund_after_redemption_is_capped_and_written_off_when_the_program_fo
     derivation = derive(program, orders=[order("A", "100"), refund("A", "100", at=T0 + 2 * DAY, event_id=5)],
                         recorded=[redemption])  # fmt: skip
 
-    assert points(derivation) == {"earn:A": 100, "reverse:5": -30}
+    assert points(derivation) == {"purchase:A": 100, "reverse:5": -30}
     assert derivation.due[1].reason == (
         "order A refunded 100 CNY; 70 points already spent were written off (no negative balance)"
     )
@@ -440,7 +501,7 @@ def test_points_written_off_are_not_taken_back_by_a_later_partial_refund():
         order("B", "200", at=T0 + 3 * DAY), refund("A", "50", at=T0 + 4 * DAY, event_id=2),  # the other 50
     ])  # fmt: skip
 
-    assert points(derivation) == {"earn:A": 100, "earn:B": 200, "reverse:2": -50}
+    assert points(derivation) == {"purchase:A": 100, "purchase:B": 200, "reverse:2": -50}
 
 
 def test_points_that_expired_are_not_taken_back_again_by_a_refund():
@@ -450,7 +511,7 @@ def test_points_that_expired_are_not_taken_back_again_by_a_refund():
         order("A", "100"), order("B", "100", at=T0 + 20 * DAY), refund("A", "100", at=T0 + 40 * DAY, event_id=3),
     ])  # fmt: skip
 
-    assert points(derivation) == {"earn:A": 100, "earn:B": 100, "expire:earn:A": -100}
+    assert points(derivation) == {"purchase:A": 100, "purchase:B": 100, "expire:purchase:A": -100}
 
 
 def test_a_refund_gives_back_the_points_spent_on_the_order_in_proportion():
@@ -461,7 +522,7 @@ def test_a_refund_gives_back_the_points_spent_on_the_order_in_proportion():
 
     derivation = derive(program, orders=orders, recorded=[redemption], now=T0 + 5 * DAY)
 
-    assert points(derivation) == {"earn:A": 100, "earn:B": 80, "reverse:1": -40, "return:1": 20,
+    assert points(derivation) == {"purchase:A": 100, "purchase:B": 80, "reverse:1": -40, "return:1": 20,
                                   "reverse:2": -40, "return:2": 20}  # fmt: skip
     given_back = {d.key: d for d in derivation.due}["return:1"]
     assert (given_back.kind, given_back.order_id, given_back.expires_at) == (Kind.REVERSE, "B", T0 + 32 * DAY)
