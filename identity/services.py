@@ -18,12 +18,18 @@ from identity.identifiers import (
     identifiers_extract,
     normalize,
 )
-from identity.models import EventIdentifier, EventResolution, MemberIdentifier, MergeRecord, SplitRecord
+from identity.models import (
+    EventIdentifier,
+    EventResolution,
+    Member,
+    MemberIdentifier,
+    MergeRecord,
+    SplitRecord,
+)
 from identity.models import Identifier as IdentifierRow
 from identity.resolution import EventKey, ResolvableEvent
 from identity.rules import Rules
 from identity.store import DatabaseResolver, event_key, merge_rule
-from members.models import Member
 
 #: One transaction-scoped advisory lock for all identity writes. Resolution of a batch reads
 #: a subgraph, decides, and writes it back; holding this lock makes that read-decide-write

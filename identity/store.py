@@ -19,7 +19,14 @@ from cdp.db import binary_parameters_cursor
 from events.models import Event
 from events.pipeline import ClaimedEvent
 from identity.identifiers import Identifier, vouches_for_one_person
-from identity.models import EventIdentifier, EventResolution, MemberIdentifier, MergeRecord, SplitRecord
+from identity.models import (
+    EventIdentifier,
+    EventResolution,
+    Member,
+    MemberIdentifier,
+    MergeRecord,
+    SplitRecord,
+)
 from identity.models import Identifier as IdentifierRow
 from identity.resolution import (
     Decision,
@@ -32,7 +39,7 @@ from identity.resolution import (
     Separation,
 )
 from identity.rules import Rules
-from members.models import DirtyMark, Member
+from members.models import DirtyMark
 
 
 def parse_identifier(text: str) -> Identifier:
