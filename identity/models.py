@@ -49,6 +49,27 @@ class Member(models.Model):
         return f"member {self.pk}" + (f" (merged into {self.merged_into_id})" if self.merged_into_id else "")
 
 
+class MemberChange(models.Model):
+    """Identity's outbox to members: a member whose events changed (new events, a merge, a
+    replay, a split), so that what is computed from them is due for a refresh.
+
+    Written per batch by the resolver, in the transaction that resolves the events; taken
+    out (``member_changes_take``) by members, which turns them into its own refresh queue
+    (``members.marks``). A member changed by several batches has several rows: the consumer
+    coalesces them.
+    """
+
+    # A queue row, written per batch by the resolver: no database foreign key to check, and
+    # no index but the primary key (it is taken oldest first, whole).
+    member = models.ForeignKey(
+        Member, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
+    changed_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"member {self.member_id} (changed at {self.changed_at})"
+
+
 class Identifier(models.Model):
     """A normalized identifier and the member that owns it (None: seen, never attached).
 
