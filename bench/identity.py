@@ -182,7 +182,7 @@ def tables_reset() -> None:
         # named here.
         conn.execute(
             "TRUNCATE events_event, events_pendingevent, members_member, identity_eventidentifier, "
-            "identity_eventresolution, members_dirtymark RESTART IDENTITY CASCADE"
+            "identity_eventresolution, identity_memberchange, members_dirtymark RESTART IDENTITY CASCADE"
         )
 
 

@@ -215,7 +215,7 @@ def populate(members: int) -> dict[str, float]:
         conn.execute(
             "TRUNCATE events_event, events_pendingevent, members_member, identity_eventidentifier, identity_eventresolution, "
             "identity_identifier, members_membertrait, members_memberorder, members_memberaggregate, "
-            "identity_mergerecord, members_dirtymark, cdp_auditentry RESTART IDENTITY CASCADE"
+            "identity_mergerecord, identity_memberchange, members_dirtymark, cdp_auditentry RESTART IDENTITY CASCADE"
         )
         conn.execute("DROP TABLE IF EXISTS bench_scale")
         for name, statement in POPULATION:

@@ -253,7 +253,8 @@ def _drain(workers: int) -> float:
         p.start()
     with psycopg.connect(INCREMENTAL_URL, autocommit=True) as conn:
         while conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM events_pendingevent) OR EXISTS (SELECT 1 FROM members_dirtymark)"
+            "SELECT EXISTS (SELECT 1 FROM events_pendingevent) OR EXISTS (SELECT 1 FROM identity_memberchange) "
+            "OR EXISTS (SELECT 1 FROM members_dirtymark)"
         ).fetchone()[0]:
             time.sleep(0.5)
     stop.set()
@@ -272,7 +273,7 @@ def incremental(
     with psycopg.connect(INCREMENTAL_URL, autocommit=True) as conn:
         conn.execute(
             "TRUNCATE events_event, events_pendingevent, members_member, identity_identifier, identity_eventidentifier, "
-            "identity_eventresolution, members_dirtymark, members_segmentchange, members_tagchange "
+            "identity_eventresolution, identity_memberchange, members_dirtymark, members_segmentchange, members_tagchange "
             "RESTART IDENTITY CASCADE"
         )
     sources = {
@@ -354,7 +355,8 @@ def incremental(
 def _backlog() -> tuple[int, int]:
     with psycopg.connect(INCREMENTAL_URL, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT (SELECT count(*) FROM events_pendingevent), (SELECT count(*) FROM members_dirtymark)"
+            "SELECT (SELECT count(*) FROM events_pendingevent), "
+            "(SELECT count(*) FROM identity_memberchange) + (SELECT count(*) FROM members_dirtymark)"
         ).fetchone()
     return int(row[0]), int(row[1])
 

@@ -89,6 +89,17 @@ def pipeline_follow_ups() -> list[FollowUp]:
     return [import_string(path) for path in settings.EVENT_PIPELINE_FOLLOW_UPS]
 
 
+def pipeline_follow_ups_drain() -> int:
+    """Run the follow-ups until none finds work; returns how much they did. For a command that
+    changed resolved events outside the pipeline (a rebuild, a split) and shows the result at
+    once, without knowing the apps that hang off the pipeline."""
+    follow_ups = pipeline_follow_ups()
+    total = 0
+    while done := sum(follow_up() for follow_up in follow_ups):
+        total += done
+    return total
+
+
 def events_process_batch(*, batch_size: int) -> int:
     """Claim and process one batch; returns how many events it took out of the queue
     (processed, or parked when they failed; 0: none waiting).

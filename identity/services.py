@@ -8,6 +8,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 
+from cdp.db import binary_parameters_cursor
 from events.models import Event, Source
 from events.pipeline import ClaimedEvent
 from identity.identifiers import (
@@ -18,12 +19,19 @@ from identity.identifiers import (
     identifiers_extract,
     normalize,
 )
-from identity.models import EventIdentifier, EventResolution, MemberIdentifier, MergeRecord, SplitRecord
+from identity.models import (
+    EventIdentifier,
+    EventResolution,
+    Member,
+    MemberChange,
+    MemberIdentifier,
+    MergeRecord,
+    SplitRecord,
+)
 from identity.models import Identifier as IdentifierRow
 from identity.resolution import EventKey, ResolvableEvent
 from identity.rules import Rules
 from identity.store import DatabaseResolver, event_key, merge_rule
-from members.models import Member
 
 #: One transaction-scoped advisory lock for all identity writes. Resolution of a batch reads
 #: a subgraph, decides, and writes it back; holding this lock makes that read-decide-write
@@ -235,7 +243,7 @@ def member_split(
     (and everything linked to them) are re-resolved: the result is what resolution gives when
     the wrong merge never happened, and a rebuild gives it again. A member that had been
     absorbed gets its old id back when it is re-created from the same first event. The
-    caller refreshes the members marked dirty (``members.services.members_refresh``).
+    members it changed are in identity's outbox (``MemberChange``) for members to refresh.
     """
     if not reason.strip():
         raise SplitRefused("reason", "Say why the member is split.")
@@ -295,3 +303,23 @@ def _identifier_as_stored(text: str) -> Identifier:
         return Identifier(type_, normalize(type_, value, normalization_policy()))
     except (InvalidIdentifier, BlockedIdentifier) as exc:
         raise SplitRefused("identifiers", f"{text!r}: {exc}") from exc
+
+
+# Identity's outbox to members --------------------------------------------------------------
+
+# The oldest rows no other consumer holds, out of the queue in one statement.
+_TAKE_CHANGES = f"""
+DELETE FROM {MemberChange._meta.db_table} WHERE id = ANY(ARRAY(
+    SELECT id FROM {MemberChange._meta.db_table} ORDER BY id LIMIT %b FOR UPDATE SKIP LOCKED))
+RETURNING member_id
+"""  # noqa: S608 - model table only
+
+
+def member_changes_take(*, limit: int) -> list[int]:
+    """Take up to ``limit`` of the oldest "member changed" rows out of identity's outbox, in
+    the caller's transaction; returns their member ids (repeats included, oldest first). The
+    caller hands them on in the same transaction (a rollback puts them back): rows other
+    consumers hold are skipped, not waited for."""
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_TAKE_CHANGES, [limit])
+        return [row[0] for row in cursor.fetchall()]

@@ -19,7 +19,15 @@ from cdp.db import binary_parameters_cursor
 from events.models import Event
 from events.pipeline import ClaimedEvent
 from identity.identifiers import Identifier, vouches_for_one_person
-from identity.models import EventIdentifier, EventResolution, MemberIdentifier, MergeRecord, SplitRecord
+from identity.models import (
+    EventIdentifier,
+    EventResolution,
+    Member,
+    MemberChange,
+    MemberIdentifier,
+    MergeRecord,
+    SplitRecord,
+)
 from identity.models import Identifier as IdentifierRow
 from identity.resolution import (
     Decision,
@@ -32,7 +40,6 @@ from identity.resolution import (
     Separation,
 )
 from identity.rules import Rules
-from members.models import DirtyMark, Member
 
 
 def parse_identifier(text: str) -> Identifier:
@@ -231,10 +238,11 @@ class DatabaseResolver(InMemoryResolver):
         self._write_event_identifiers()
         self._write_resolutions(member_ids)
         self._write_merges()
-        self._mark_dirty(member_ids)
+        self._write_changes(member_ids)
 
-    def _mark_dirty(self, member_ids: dict[MemberRef, int]) -> None:
-        """Members whose events changed, for the members stages to refresh.
+    def _write_changes(self, member_ids: dict[MemberRef, int]) -> None:
+        """Members whose events changed, into identity's outbox (``MemberChange``) for members
+        to refresh.
 
         Only those: a replay re-decides every event of a component, mostly to the member that
         already held it, and a refresh recomputes a member from all its events, so marking the
@@ -249,7 +257,7 @@ class DatabaseResolver(InMemoryResolver):
                 if before is not None:
                     changed.add(before)
         if changed:
-            _sql(_MARK_DIRTY, [sorted(changed)])
+            _sql(_INSERT_CHANGES, [sorted(changed)])
 
     def _write_members(self) -> dict[MemberRef, int]:
         """Create new members, update changed ones, retire the ones that were absorbed.
@@ -591,8 +599,8 @@ _LATEST_MERGES = (
     f"CROSS JOIN LATERAL (SELECT * FROM {MergeRecord._meta.db_table} WHERE absorbed_id = k.id "
     "ORDER BY id DESC LIMIT 1) AS r"
 )
-_MARK_DIRTY = (
-    f"INSERT INTO {DirtyMark._meta.db_table} (member_id, marked_at) SELECT unnest(%b::bigint[]), now()"
+_INSERT_CHANGES = (
+    f"INSERT INTO {MemberChange._meta.db_table} (member_id, changed_at) SELECT unnest(%b::bigint[]), now()"
 )
 
 

@@ -25,7 +25,6 @@ from cdp.privacy import Masking
 from cdp.services import audit_record
 from events.models import Channel
 from events.selectors import source_names
-from events.tasks import process_pending_enqueue
 from identity.identifiers import BlockedIdentifier, InvalidIdentifier
 from identity.services import SplitRefused, member_split
 from members.aggregates import FIGURE_DIGITS
@@ -39,6 +38,7 @@ from members.selectors import (
     members_find,
     members_search,
 )
+from members.tasks import members_refresh_enqueue
 
 VIEW_MEMBERS = "members.view_member"
 SPLIT_MEMBERS = "members.split_member"
@@ -323,7 +323,7 @@ class MemberViewSet(viewsets.ViewSet):
     )
     def split(self, request: Request, pk: str) -> Response:
         """Split a wrong merge: the identifiers given belong to another person. The events are
-        re-resolved at once; the profiles are refreshed by the pipeline within seconds."""
+        re-resolved at once; the profiles are refreshed by the members refresh within seconds."""
         member_id = _member_id(pk)
         data = SplitInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -349,7 +349,7 @@ class MemberViewSet(viewsets.ViewSet):
             raise ApiError(
                 code="invalid", message=str(exc), errors=[FieldError(exc.field, str(exc))]
             ) from exc
-        transaction.on_commit(process_pending_enqueue)  # the member refresh runs as a follow-up
+        transaction.on_commit(members_refresh_enqueue)  # identity's changes go to the refresh
         return Response(
             SplitOutput(
                 {

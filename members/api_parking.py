@@ -12,9 +12,9 @@ from cdp.errors import ApiError
 from cdp.models import AuditEntry
 from cdp.permissions import permissions_required
 from cdp.services import audit_record
-from events.tasks import process_pending_enqueue
 from members.models import ParkedMember
 from members.parking import parked_members_replay
+from members.tasks import members_refresh_enqueue
 
 VIEW_PARKED, REPLAY_PARKED = "members.view_parkedmember", "members.replay_parkedmember"
 
@@ -79,5 +79,5 @@ def _replay(request: Request, *, ids: list[int] | None) -> Response:
                 channel="api",
                 detail="parked members replayed",
             )
-            transaction.on_commit(process_pending_enqueue)  # the refresh runs as a follow-up
+            transaction.on_commit(members_refresh_enqueue)
     return Response({"replayed": len(member_ids), "member_ids": member_ids})

@@ -1,5 +1,6 @@
 """Writes of the members app: refresh what is computed from a member's events."""
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from members.groups import GroupCall, groups_refresh
 from members.locks import member_refresh_locks
 from members.loyalty.points import LOYALTY_EVENTS, LoyaltyEvent
 from members.loyalty.services import LoyaltyHistory, order_lines, points_reconcile
+from members.marks import member_changes_accept
 from members.models import (
     ORDER_FIELDS,
     DirtyMark,
@@ -41,11 +43,13 @@ from members.traits import GROUP_CALL, TraitObservation, latest_traits, traits_o
 
 
 def members_refresh_batch(*, batch_size: int | None = None) -> int:
-    """Claim a batch of dirty marks and refresh their members, in one transaction; returns how
+    """Take identity's "members changed" rows into the refresh queue (``members.marks``), then
+    claim a batch of dirty marks and refresh their members, in one transaction; returns how
     many members it took out of the queue (refreshed, or parked when they failed; 0: nothing
-    waiting, or every mark is being refreshed).
+    waiting, or every mark is being refreshed). The pipeline's follow-up and the members
+    refresh task run it.
 
-    Runs after resolution committed, in its own transaction, so resolving the next batch never
+    Runs after resolution committed, in its own transactions, so resolving the next batch never
     waits on computing the last one. Marks are claimed ``FOR UPDATE SKIP LOCKED`` and deleted
     by id: a mark added meanwhile survives for the next refresh. The marks of parked members
     (``members.parking``) are not claimed.
@@ -56,6 +60,7 @@ def members_refresh_batch(*, batch_size: int | None = None) -> int:
     parked; the happy path pays nothing for it.
     """
     size = batch_size or settings.MEMBER_REFRESH_BATCH_SIZE
+    transient_retry(member_changes_accept)
     claimed: list[int] = []
     try:
         return transient_retry(partial(_refresh, partial(_marks_claim, size), claimed))
@@ -139,6 +144,18 @@ def members_refresh() -> int:
     while done := members_refresh_batch():
         refreshed += done
     return refreshed
+
+
+def members_refresh_pending(*, time_budget: float = 30.0) -> tuple[int, bool]:
+    """Refresh batches until nothing is waiting or the time budget is spent; returns (members
+    taken out of the queue, whether work may remain)."""
+    deadline = time.monotonic() + time_budget
+    refreshed = 0
+    while done := members_refresh_batch():
+        refreshed += done
+        if time.monotonic() >= deadline:
+            return refreshed, True
+    return refreshed, False
 
 
 def members_rebuild(

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from events.tasks import process_pending_enqueue
+from cdp.tasks import enqueue
 from members.loyalty.services import points_recheck_due
 from members.segments.services import (
     definition_recompute,
@@ -10,16 +10,33 @@ from members.segments.services import (
     memberships_recheck_due,
     rfm_first_compute,
 )
+from members.services import members_refresh_pending
+
+
+@shared_task(name="members.refresh_pending", acks_late=True, ignore_result=True)
+def refresh_pending() -> int:
+    """Take identity's changes into the refresh queue and refresh the members marked dirty;
+    idempotent (a member's marks leave the queue in the transaction that refreshes it)."""
+    refreshed, more = members_refresh_pending()
+    if more:
+        members_refresh_enqueue()
+    return refreshed
+
+
+def members_refresh_enqueue() -> None:
+    """Nudge the members refresh (also an ``on_commit`` callback). Never raises: a lost nudge
+    only delays the refresh until the sweep, whose pipeline run refreshes members too."""
+    enqueue(refresh_pending, fallback="the sweep of unprocessed events")
 
 
 @shared_task(name="members.loyalty_recheck", ignore_result=True)
 def loyalty_recheck() -> int:
     """Points that expired and tier reviews that fell due since the last run: marks those
-    members and nudges the pipeline, whose refresh writes the expiries and tier changes.
+    members and nudges the members refresh, which writes the expiries and tier changes.
     Idempotent: a member already marked is not marked twice."""
     marked = points_recheck_due()
     if marked:
-        process_pending_enqueue()
+        members_refresh_enqueue()
     return marked
 
 
@@ -46,12 +63,12 @@ def memberships_recompute_all() -> None:
 @shared_task(name="members.memberships_recheck", ignore_result=True)
 def memberships_recheck() -> int:
     """Members whose time windows ("in the last 30 days") or lifecycle stage expire by now:
-    marks them and nudges the pipeline, whose refresh evaluates them again. On a platform
+    marks them and nudges the members refresh, which evaluates them again. On a platform
     whose first buyers came after the last nightly run, computes the RFM quintiles now."""
     rfm_first_compute()
     marked = memberships_recheck_due()
     if marked:
-        process_pending_enqueue()
+        members_refresh_enqueue()
     return marked
 
 

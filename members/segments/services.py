@@ -20,11 +20,13 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from cdp.db import binary_parameters_cursor
+from identity.models import EventResolution
 from members.locks import full_compute_memory, memberships_lock
+from members.marks import members_mark_dirty
 from members.models import MemberAggregate
 from members.segments.builtins import computed_tags_compute_all, rfm_cutoffs_compute
 from members.segments.compile import Counted, counts_sql, rule_counts, rule_sql
-from members.segments.models import RfmCutoffs, Segment, SegmentMember, Tag
+from members.segments.models import RfmCutoffs, Segment, SegmentMember, SegmentsRecheck, Tag
 from members.segments.rules.analysis import rule_references
 from members.segments.rules.parse import RuleInvalid, rule_parse
 from members.segments.selectors import Definitions, definitions_load
@@ -253,11 +255,10 @@ def _resolved_since_mark(since: datetime) -> int:
     between may have been overwritten with older counts; refreshing again puts it right."""
     with binary_parameters_cursor() as cursor:
         cursor.execute(
-            "INSERT INTO members_dirtymark (member_id, marked_at) "
-            "SELECT DISTINCT r.member_id, now() FROM identity_eventresolution AS r WHERE r.resolved_at >= %b",
+            f"SELECT DISTINCT member_id FROM {EventResolution._meta.db_table} WHERE resolved_at >= %b",  # noqa: S608
             [since],
         )
-        return cursor.rowcount
+        return members_mark_dirty(member_ids=[row[0] for row in cursor.fetchall()])
 
 
 def rfm_first_compute(*, now: datetime | None = None) -> bool:
@@ -274,11 +275,7 @@ def memberships_recheck_due(*, now: datetime | None = None) -> int:
     """Mark for a refresh the members whose tags or segments may change with time alone by now
     (a window of a rule, a lifecycle stage); returns how many. Run by beat; the refresh
     evaluates them and moves their recheck moment on."""
-    with binary_parameters_cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO members_dirtymark (member_id, marked_at) "
-            "SELECT r.member_id, now() FROM members_segmentsrecheck AS r WHERE r.due_at <= %b "
-            "AND NOT EXISTS (SELECT 1 FROM members_dirtymark AS d WHERE d.member_id = r.member_id)",
-            [now or timezone.now()],
-        )
-        return cursor.rowcount
+    due = SegmentsRecheck.objects.filter(due_at__lte=now or timezone.now()).values_list(
+        "member_id", flat=True
+    )
+    return members_mark_dirty(member_ids=due, unless_marked=True)

@@ -16,7 +16,7 @@ from django.db.models import Sum
 
 from config.celery import app as celery_app
 from events.models import Event, PendingEvent
-from identity.models import EventResolution
+from identity.models import EventResolution, MemberChange
 from members.loyalty.models import PointsAccount, PointsEntry
 from members.loyalty.points import Kind
 from members.models import DirtyMark, MemberOrder
@@ -244,7 +244,9 @@ def test_the_worker_as_deployed_survives_broker_outages_under_load(live_server, 
         stream.stop()
 
         def drained() -> bool:
-            return not PendingEvent.objects.exists() and not DirtyMark.objects.exists()
+            return not (
+                PendingEvent.objects.exists() or MemberChange.objects.exists() or DirtyMark.objects.exists()
+            )
 
         assert wait_for(drained, timeout=40, interval=0.5), worker.output()
         # A task that was running when the worker failed goes on to the end, and can drain the

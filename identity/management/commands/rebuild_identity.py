@@ -4,8 +4,8 @@ from django.core.management.base import BaseCommand, CommandParser
 from tqdm import tqdm
 
 from events.models import Event
+from events.pipeline import pipeline_follow_ups_drain
 from identity.services import identity_rebuild
-from members.services import members_refresh
 
 
 class Command(BaseCommand):
@@ -18,7 +18,7 @@ class Command(BaseCommand):
         total = Event.objects.count()
         with tqdm(total=total, unit="event", desc="Resolving", disable=None) as bar:
             done = identity_rebuild(batch_size=batch_size, progress=lambda n: bar.update(n - bar.n))
-        refreshed = members_refresh()
+        refreshed = pipeline_follow_ups_drain()  # the members refresh, through identity's outbox
         self.stdout.write(
             self.style.SUCCESS(
                 f"Rebuilt the identity graph from {done:,} events; refreshed {refreshed:,} members."

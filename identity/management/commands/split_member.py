@@ -3,8 +3,8 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from events.pipeline import pipeline_follow_ups_drain
 from identity.services import SplitRefused, member_split
-from members.services import members_refresh
 
 
 class Command(BaseCommand):
@@ -34,7 +34,7 @@ class Command(BaseCommand):
             record = member_split(member_id=member_id, identifiers=identifier, reason=reason, staff=user)
         except SplitRefused as exc:
             raise CommandError(f"{exc.field}: {exc}") from exc
-        members_refresh()
+        pipeline_follow_ups_drain()  # the members refresh, through identity's outbox
         self.stdout.write(
             f"Split member {member_id}; the identifiers are now held by members {record.resulting_members}."
         )

@@ -12,6 +12,7 @@ from django.db import transaction
 from events.parking import parked_events_replay
 from events.tasks import process_pending_enqueue
 from members.parking import parked_members_replay
+from members.tasks import members_refresh_enqueue
 
 
 class Command(BaseCommand):
@@ -38,8 +39,10 @@ class Command(BaseCommand):
         with transaction.atomic():
             events = parked_events_replay(ids=ids, stage=stage) if what in ("all", "events") else []
             members = parked_members_replay(ids=ids) if what in ("all", "members") else []
-            if events or members:
+            if events:
                 transaction.on_commit(process_pending_enqueue)
+            if members:
+                transaction.on_commit(members_refresh_enqueue)
         self.stdout.write(
             self.style.SUCCESS(
                 f"Replayed {len(events):,} events and {len(members):,} members; "

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
-from events.tasks import process_pending_enqueue
 from members.locks import member_refresh_locks
-from members.models import DirtyMark, Member
+from members.marks import members_mark_dirty
+from members.models import Member
 from members.segments.definitions.writes import DefinitionRefused
 from members.segments.models import MemberTag, Tag, TagChange
 from members.selectors import member_resolve
+from members.tasks import members_refresh_enqueue
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,5 +75,5 @@ def _manual_check(tag: Tag) -> None:
 
 def _refresh_after_commit(member_id: int) -> None:
     """Mark the member for a refresh: rule tags and segments may read the manual tag."""
-    DirtyMark.objects.create(member_id=member_id)
-    transaction.on_commit(process_pending_enqueue)
+    members_mark_dirty(member_ids=[member_id])
+    transaction.on_commit(members_refresh_enqueue)

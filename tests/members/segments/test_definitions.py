@@ -13,7 +13,6 @@ from kombu.exceptions import OperationalError
 from cdp.roles import Role
 from cdp.services import staff_user_ensure
 from events.pipeline import events_process_pending
-from events.tasks import process_pending_enqueue
 from identity.models import EventResolution
 from members.models import DirtyMark
 from members.segments.definitions import static_lists
@@ -22,6 +21,7 @@ from members.segments.definitions.segments import segment_create, segment_update
 from members.segments.definitions.tags import tag_create
 from members.segments.definitions.writes import DefinitionRefused
 from members.segments.models import MemberTag, Segment, SegmentChange, SegmentMember, Tag, TagChange
+from members.tasks import members_refresh_enqueue
 from tests.factories import EventFactory, SourceFactory
 from tests.members.test_api import staff_client
 
@@ -449,7 +449,7 @@ def test_a_manual_tag_change_marks_the_member_for_a_refresh(zhang, django_captur
 
     # rule tags and segments may read the manual tag: the refresh evaluates them again
     assert list(DirtyMark.objects.values_list("member_id", flat=True)) == [zhang["member"]]
-    assert added == [process_pending_enqueue]
+    assert added == [members_refresh_enqueue]
     assert again == []
 
 
