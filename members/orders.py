@@ -20,7 +20,8 @@ from collections.abc import Iterable
 
 from cdp.db import binary_parameters_cursor
 from members.aggregates import Claim, OrderEvent, OrderKey, order_claims, order_owners, orders_owned
-from members.models import DirtyMark, OrderOwner
+from members.marks import members_mark_dirty
+from members.models import OrderOwner
 
 _TABLE = OrderOwner._meta.db_table
 _COLUMNS = "source_id, order_id, at, message_id, event_id, member_id"
@@ -67,9 +68,7 @@ def order_owners_refresh(*, order_events: dict[int, list[OrderEvent]]) -> dict[i
                 for key, claim in changed.items()
                 if key in owners and owners[key].member_id != claim.member_id
             }
-            DirtyMark.objects.bulk_create(
-                DirtyMark(member_id=member_id) for member_id in sorted(displaced - order_events.keys())
-            )
+            members_mark_dirty(member_ids=displaced - order_events.keys())
             owners.update(changed)
     return {member_id: orders_owned(member_id, events, owners) for member_id, events in order_events.items()}
 

@@ -44,7 +44,8 @@ from members.loyalty.points import (
 )
 from members.loyalty.program import NegativeBalance, Program
 from members.loyalty.selectors import points_available, program_load
-from members.models import DirtyMark, Member
+from members.marks import members_mark_dirty
+from members.models import Member
 
 #: The cause of a referral bonus earned by the referrer (``members.loyalty.points``).
 REFERRED = "bonus:referred:"
@@ -473,7 +474,7 @@ def _retired_move(survivors: dict[int, int]) -> None:
     TierChange.objects.filter(member_id__in=retired_ids).delete()
     PointsAccount.objects.filter(member_id__in=retired_ids, balance=0).delete()
     if moved:
-        DirtyMark.objects.bulk_create(DirtyMark(member_id=survivor) for survivor in set(survivors.values()))
+        members_mark_dirty(member_ids=survivors.values())
 
 
 # Staff and till commands -------------------------------------------------------------------
@@ -596,7 +597,7 @@ def _command(
                 "Idempotency-Key", "was already used for a different request", status=409
             ) from error
         # Lots, expiry dates and tiers follow from the new fact at the next refresh.
-        DirtyMark.objects.create(member=member)
+        members_mark_dirty(member_ids=[member.pk])
         transaction.on_commit(process_pending_enqueue)
     return entry, True
 
@@ -607,12 +608,11 @@ def points_recheck_due(*, now: datetime | None = None) -> int:
     and moves ``recheck_at`` on, so a member is marked once per change."""
     with binary_parameters_cursor() as cursor:
         cursor.execute(
-            "INSERT INTO members_dirtymark (member_id, marked_at) "
-            "SELECT a.member_id, now() FROM members_pointsaccount AS a "
-            "WHERE a.recheck_at <= %b AND NOT EXISTS (SELECT 1 FROM members_dirtymark AS d WHERE d.member_id = a.member_id)",
+            f"SELECT member_id FROM {PointsAccount._meta.db_table} WHERE recheck_at <= %b",  # noqa: S608
             [now or timezone.now()],
         )
-        return cursor.rowcount
+        due = [row[0] for row in cursor.fetchall()]
+    return members_mark_dirty(member_ids=due, unless_marked=True)
 
 
 def program_policy_apply(*, program: LoyaltyProgram) -> None:

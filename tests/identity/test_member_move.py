@@ -17,7 +17,7 @@ from tests.factories import EventFactory, SourceFactory
 
 BEFORE_THE_MOVE = [
     ("identity", "0004_identifier_alias_class"),
-    ("members", "0016_points_64_bit_and_wide_figures"),
+    ("members", "0018_orders_by_source_and_their_owners"),
 ]
 T0 = datetime(2026, 3, 1, 9, tzinfo=UTC)
 

@@ -13,7 +13,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('identity', '0005_member_moves_to_identity'),
-        ('members', '0016_points_64_bit_and_wide_figures'),
+        ('members', '0018_orders_by_source_and_their_owners'),
     ]
 
     operations = [
