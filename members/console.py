@@ -13,6 +13,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from cdp.console import landing_url
+from cdp.db import MAX_BIGINT
 from cdp.privacy import Masking
 from events.models import Channel
 from events.selectors import source_names
@@ -133,5 +134,11 @@ def _manual_tags_to_add(request: HttpRequest, held: list[TagHeld]) -> list[Tag]:
 
 def _position(text: str) -> tuple[datetime, int] | None:
     at, _, event_id = text.partition("|")
-    moment = parse_datetime(at) if at else None
-    return (moment, int(event_id)) if moment is not None and event_id.isdigit() else None
+    try:
+        moment = parse_datetime(at) if at else None
+    except ValueError:  # well formed yet no time (month 13): no position, as for any other junk
+        return None
+    # ASCII digits within 64 bits: "²".isdigit() is true, yet int() refuses it.
+    if moment is None or not (event_id.isascii() and event_id.isdigit() and len(event_id) <= 19):
+        return None
+    return (moment, int(event_id)) if int(event_id) <= MAX_BIGINT else None

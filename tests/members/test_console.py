@@ -235,3 +235,18 @@ def test_identifier_types_and_merge_history_are_labelled_for_people(zhang):
     assert "wechat_unionid" not in page
     assert f"#{zhang['absorbed']} merged into #{zhang['member']}" in page
     assert re.search(r"via (Phone|Anonymous id) ", page)
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        "²",
+        "2026-10-01T00:00:00+00:00|²",
+        "2026-13-45T00:00:00|1",
+        "2026-10-01T00:00:00+00:00|99999999999999999999",
+    ],
+)
+def test_a_malformed_timeline_position_shows_the_newest_events(zhang, before):
+    client = console_client(Role.CRM_AGENT)
+    response = client.get(f"/console/members/{zhang['member']}/", {"before": before})
+    assert response.status_code == 200
