@@ -45,3 +45,25 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M} {self.user}: {self.action} {self.member_ids}"
+
+
+class ParkedWork(models.Model):
+    """What a pipeline stage failed on (not a transient database error), taken out of its queue
+    so that the work behind it goes on: an event (``events.ParkedEvent``) or a member's
+    refresh (``members.ParkedMember``).
+
+    Replayed after a fix (``replay_failed``, the staff API): the replay queues the work again
+    and sets ``replayed_at``, in one transaction, so a replay runs once. Work that fails again
+    is parked again on the same row: ``attempts`` counts its failures, and ``replayed_at`` is
+    cleared. A row with ``replayed_at`` set is history, no longer parked.
+    """
+
+    error = models.TextField()
+    traceback = models.TextField()
+    attempts = models.PositiveIntegerField(default=1)
+    first_failed_at = models.DateTimeField()
+    last_failed_at = models.DateTimeField()
+    replayed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True

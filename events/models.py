@@ -3,6 +3,8 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 
+from cdp.models import ParkedWork
+
 
 class Channel(models.TextChoices):
     """Where a customer was when they acted; it comes from the source, never the payload."""
@@ -154,26 +156,14 @@ class RejectedEvent(models.Model):
         return f"{self.code}: {self.reason}"
 
 
-class ParkedEvent(models.Model):
-    """An event a pipeline stage failed on (not a transient database error), taken out of the
-    queue so that the events after it go on (``events.pipeline``).
-
-    Replayed after a fix (``replay_failed``, the staff API): the replay puts the event back
-    in the queue and sets ``replayed_at``, in one transaction, so a replay runs once. An event
-    that fails again is parked again on the same row: ``attempts`` counts its failures, and
-    ``replayed_at`` is cleared. A row with ``replayed_at`` set is history, no longer parked.
-    """
+class ParkedEvent(ParkedWork):
+    """An event a pipeline stage failed on, out of the queue so that the events after it go on
+    (``events.pipeline``); replayed by putting it back in the queue (``cdp.models.ParkedWork``)."""
 
     event = models.OneToOneField(Event, on_delete=models.CASCADE, related_name="+")
     stage = models.CharField(max_length=255, help_text="The dotted path of the stage that failed.")
-    error = models.TextField()
-    traceback = models.TextField()
-    attempts = models.PositiveIntegerField(default=1)
-    first_failed_at = models.DateTimeField()
-    last_failed_at = models.DateTimeField()
-    replayed_at = models.DateTimeField(null=True, blank=True)
 
-    class Meta:
+    class Meta(ParkedWork.Meta):
         permissions = [("replay_parkedevent", "Can replay parked events after a fix")]
         indexes = [
             # What /health/ counts and the staff API lists: the parked ones, newest first.

@@ -3,6 +3,7 @@ from django.db import models
 from django.db.models import Q
 
 import identity.models
+from cdp.models import ParkedWork
 from members.aggregates import FIGURE_DIGITS
 
 
@@ -52,26 +53,15 @@ class DirtyMark(models.Model):
         return f"member {self.member_id} (dirty since {self.marked_at})"
 
 
-class ParkedMember(models.Model):
-    """A member whose refresh failed (not on a transient database error): its marks were
-    taken out of the queue so that the members beside it go on, and the refresh claims no
-    mark of it while it is parked (marks made meanwhile wait in the queue).
-
-    Replayed after a fix (``replay_failed``, the staff API): the replay marks the member
-    dirty again and sets ``replayed_at``, in one transaction, so a replay runs once. A member
-    that fails again is parked again on the same row (``attempts`` counts the failures,
-    ``replayed_at`` is cleared). A row with ``replayed_at`` set is history, no longer parked.
-    """
+class ParkedMember(ParkedWork):
+    """A member whose refresh failed: its marks were taken out of the queue so that the
+    members beside it go on, and the refresh claims no mark of it while it is parked (marks
+    made meanwhile wait in the queue); replayed by marking it dirty again
+    (``cdp.models.ParkedWork``)."""
 
     member = models.OneToOneField(Member, on_delete=models.CASCADE, related_name="+")
-    error = models.TextField()
-    traceback = models.TextField()
-    attempts = models.PositiveIntegerField(default=1)
-    first_failed_at = models.DateTimeField()
-    last_failed_at = models.DateTimeField()
-    replayed_at = models.DateTimeField(null=True, blank=True)
 
-    class Meta:
+    class Meta(ParkedWork.Meta):
         permissions = [("replay_parkedmember", "Can replay parked members after a fix")]
         indexes = [
             # What /health/ counts and the staff API lists: the parked ones, newest first.
