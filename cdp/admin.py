@@ -1,6 +1,21 @@
 from django.contrib import admin
+from django.db.models import Model
+from django.http import HttpRequest
 
 from cdp.models import ApiToken, AuditEntry
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows that change only through services (ledgers, logs, parked work): shown, never edited."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
 
 
 @admin.register(ApiToken)

@@ -20,8 +20,8 @@ class Section:
 #: one their role may open (an agent on the member search, marketing on the segments).
 SECTIONS = (
     Section("console:search", "Members", "members.view_member"),
-    Section("console:segments", "Segments", "members.view_segment"),
-    Section("console:tags", "Tags", "members.view_tag"),
+    Section("console:segments", "Segments", "segments.view_segment"),
+    Section("console:tags", "Tags", "segments.view_tag"),
 )
 
 

@@ -3,6 +3,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from cdp.admin import ReadOnlyAdmin
 from cdp.models import AuditEntry
 from cdp.services import audit_record
 from events.models import Event, ParkedEvent, RejectedEvent, Source
@@ -48,19 +49,8 @@ class SourceAdmin(admin.ModelAdmin):
             self.message_user(request, f"{source.name}: new write key {rotated.write_key}", messages.WARNING)
 
 
-class _ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-
 @admin.register(Event)
-class EventAdmin(_ReadOnlyAdmin):
+class EventAdmin(ReadOnlyAdmin):
     list_display = (
         "id",
         "type",
@@ -78,14 +68,14 @@ class EventAdmin(_ReadOnlyAdmin):
 
 
 @admin.register(RejectedEvent)
-class RejectedEventAdmin(_ReadOnlyAdmin):
+class RejectedEventAdmin(ReadOnlyAdmin):
     list_display = ("id", "source", "endpoint", "batch_index", "code", "reason", "received_at")
     list_filter = ("code", "endpoint", "source")
     list_select_related = ("source",)
 
 
 @admin.register(ParkedEvent)
-class ParkedEventAdmin(_ReadOnlyAdmin):
+class ParkedEventAdmin(ReadOnlyAdmin):
     """Events a stage failed on; select and replay them after a fix. The event itself is shown
     by id only: an event parked because it cannot be read back must still be listed."""
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeGuard, overload
 
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints, ValidationError
@@ -160,13 +160,17 @@ def corrected_timestamp(
     return received_at - (sent_at - original)
 
 
+@overload
+def _aware(value: datetime) -> datetime: ...
+@overload
+def _aware(value: datetime | None) -> datetime | None: ...
 def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
 
 
-def _present(value: str | None) -> bool:
+def _present(value: str | None) -> TypeGuard[str]:
     return value is not None and value.strip() != ""
 
 
@@ -427,6 +431,7 @@ def message_parse(
         and (defaulted := order_currency_defaulted(wire.event or "", properties, context, default_currency))
     ):
         properties, context = defaulted
+    assert message_type is not None  # refused above when missing
     return Message(
         type=message_type,
         message_id=wire.messageId if _present(wire.messageId) else str(uuid.uuid4()),

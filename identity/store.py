@@ -9,8 +9,9 @@ writes commit.
 """
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Set
 from dataclasses import asdict
+from datetime import datetime
 from operator import attrgetter
 
 import orjson
@@ -64,8 +65,12 @@ def event_key(event: ClaimedEvent | Event) -> EventKey:
     return EventKey(event.timestamp, event.message_id, event.source_id)
 
 
-def _key(at: object, message_id: str, source_id: int | None) -> EventKey | None:
-    return None if at is None else EventKey(at, message_id, source_id)
+def _key(at: datetime | None, message_id: str, source_id: int | None) -> EventKey | None:
+    """An event moment stored as three nullable columns: all set, or none (no event yet)."""
+    if at is None:
+        return None
+    assert source_id is not None, "a stored event moment names its source"
+    return EventKey(at, message_id, source_id)
 
 
 class DatabaseResolver(InMemoryResolver):
@@ -220,7 +225,7 @@ class DatabaseResolver(InMemoryResolver):
         the others' merges are told again as the replay links them."""
         if not member_ids:
             return
-        found = {}
+        found: dict[EventKey, int] = {}
         for pk, survivor, *first in _sql(_RETIRED_INTO, [sorted(member_ids)]):
             found.setdefault(EventKey(*first), pk)
             self.leads_to[pk] = survivor
@@ -375,7 +380,7 @@ class DatabaseResolver(InMemoryResolver):
         for key, decision in self.decisions.items():
             event_id = self.event_ids[key]
             stored = key in self.stored_member_of
-            dropped_before = self.stored_dropped.get(event_id, frozenset())
+            dropped_before: Set[Identifier] = self.stored_dropped.get(event_id, frozenset())
             for identifier in self.events[key].identifiers:
                 dropped = identifier in decision.dropped
                 if not stored:
@@ -602,18 +607,3 @@ _LATEST_MERGES = (
 _INSERT_CHANGES = (
     f"INSERT INTO {MemberChange._meta.db_table} (member_id, changed_at) SELECT unnest(%b::bigint[]), now()"
 )
-
-
-_EVENT_FIELDS = (
-    "first_event_at", "first_event_message_id", "first_event_source_id",
-    "last_event_at", "last_event_message_id", "last_event_source_id",
-)  # fmt: skip
-
-
-def resolvable_events(
-    events: Sequence[Event], identifiers_of: dict[int, frozenset[Identifier]]
-) -> list[tuple[Event, ResolvableEvent]]:
-    return sorted(
-        ((event, ResolvableEvent(event_key(event), identifiers_of[event.id])) for event in events),
-        key=lambda pair: pair[1].key,
-    )

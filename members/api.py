@@ -28,6 +28,7 @@ from events.selectors import source_names
 from identity.identifiers import BlockedIdentifier, InvalidIdentifier
 from identity.services import SplitRefused, member_split
 from members.aggregates import FIGURE_DIGITS
+from members.marks import members_refresh_enqueue
 from members.presentation import profile_json, summary_json, timeline_json
 from members.selectors import (
     LOOKUP_FIELDS,
@@ -38,7 +39,6 @@ from members.selectors import (
     members_find,
     members_search,
 )
-from members.tasks import members_refresh_enqueue
 
 VIEW_MEMBERS = "members.view_member"
 SPLIT_MEMBERS = "members.split_member"

@@ -12,9 +12,9 @@ from cdp.errors import ApiError
 from cdp.models import AuditEntry
 from cdp.permissions import permissions_required
 from cdp.services import audit_record
+from members.marks import members_refresh_enqueue
 from members.models import ParkedMember
 from members.parking import parked_members_replay
-from members.tasks import members_refresh_enqueue
 
 VIEW_PARKED, REPLAY_PARKED = "members.view_parkedmember", "members.replay_parkedmember"
 

@@ -40,7 +40,7 @@ CHANNEL_LABELS = {
     Channel.WEB: "Web shop",
 }
 VIEW_MEMBERS = "members.view_member"
-TAG_MEMBERS = "members.add_membertag"
+TAG_MEMBERS = "segments.add_membertag"
 
 
 def _masking(request: HttpRequest) -> Masking:

@@ -18,11 +18,18 @@ and one insert), the cost of one resolution batch's former insert of marks.
 
 from collections.abc import Iterable
 
+from celery import current_app
 from django.db import transaction
 
 from cdp.db import binary_parameters_cursor
+from cdp.tasks import enqueue
 from identity.services import member_changes_take
 from members.models import DirtyMark
+
+#: The refresh's task (``members.tasks.refresh_pending``), found by name: every app that marks
+#: members nudges it, and none of them should import the refresh it nudges (the refresh imports
+#: them). The members app loads ``members.tasks`` when it is ready, so the name is registered.
+REFRESH_TASK = "members.refresh_pending"
 
 #: How many of identity's change rows one transaction hands over.
 MEMBER_CHANGES_BATCH_SIZE = 5000
@@ -42,7 +49,7 @@ def members_mark_dirty(*, member_ids: Iterable[int], unless_marked: bool = False
     were made. ``unless_marked``: skip members that have a mark already (a recheck; never for
     a change a refresh in progress may have missed, which needs a mark of its own). The
     caller nudges the refresh after its commit when it should not wait for the next one
-    (``members.tasks.members_refresh_enqueue``)."""
+    (``members_refresh_enqueue``)."""
     ids = sorted(set(member_ids))
     if not ids:
         return 0
@@ -63,3 +70,9 @@ def member_changes_accept(*, batch_size: int = MEMBER_CHANGES_BATCH_SIZE) -> int
         taken += len(member_ids)
         if len(member_ids) < batch_size:
             return taken
+
+
+def members_refresh_enqueue() -> None:
+    """Nudge the members refresh (also an ``on_commit`` callback). Never raises: a lost nudge
+    only delays the refresh until the sweep, whose pipeline run refreshes members too."""
+    enqueue(current_app.tasks[REFRESH_TASK], fallback="the sweep of unprocessed events")

@@ -224,58 +224,15 @@ class MemberAggregate(models.Model):
         return f"member {self.member_id}: {self.orders} orders, {self.spend} {self.currency}"
 
 
-from members.loyalty.models import (  # noqa: E402  (one app: the loyalty models live in their sub-package)
-    Coupon,
-    CouponCampaign,
-    CouponRedemption,
-    EarnRule,
-    LoyaltyProgram,
-    PointsAccount,
-    PointsEntry,
-    Tier,
-    TierChange,
-)
-from members.segments.models import (  # noqa: E402
-    MemberTag,
-    RfmCutoffs,
-    Segment,
-    SegmentChange,
-    SegmentMember,
-    SegmentsRecheck,
-    SegmentWebhook,
-    Tag,
-    TagChange,
-    WebhookDelivery,
-)
-
 __all__ = [
     "ORDER_FIELDS",
-    "Coupon",
-    "CouponCampaign",
-    "CouponRedemption",
     "DirtyMark",
-    "EarnRule",
     "Group",
     "GroupMembership",
-    "LoyaltyProgram",
     "Member",
     "MemberAggregate",
     "MemberOrder",
-    "MemberTag",
     "MemberTrait",
     "OrderOwner",
     "ParkedMember",
-    "PointsAccount",
-    "PointsEntry",
-    "RfmCutoffs",
-    "Segment",
-    "SegmentChange",
-    "SegmentMember",
-    "SegmentWebhook",
-    "SegmentsRecheck",
-    "Tag",
-    "TagChange",
-    "Tier",
-    "TierChange",
-    "WebhookDelivery",
 ]

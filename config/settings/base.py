@@ -35,6 +35,8 @@ INSTALLED_APPS = [
     "events",
     "identity",
     "members",
+    "members.loyalty",  # its own app (label "loyalty"), inside members as the design card draws it
+    "members.segments",  # likewise (label "segments")
 ]
 
 MIDDLEWARE = [

@@ -33,12 +33,12 @@ from members.segments.models import Segment, SegmentMember
 from members.selectors import member_resolve
 
 VIEW_MEMBERS = "members.view_member"
-ADJUST_POINTS = "members.adjust_points"
-REDEEM_POINTS = "members.redeem_points"
-REDEEM_COUPONS = "members.redeem_coupon"
-ISSUE_COUPONS = "members.add_coupon"
-MANAGE_CAMPAIGNS = "members.add_couponcampaign"
-VIEW_CAMPAIGNS = "members.view_couponcampaign"
+ADJUST_POINTS = "loyalty.adjust_points"
+REDEEM_POINTS = "loyalty.redeem_points"
+REDEEM_COUPONS = "loyalty.redeem_coupon"
+ISSUE_COUPONS = "loyalty.add_coupon"
+MANAGE_CAMPAIGNS = "loyalty.add_couponcampaign"
+VIEW_CAMPAIGNS = "loyalty.view_couponcampaign"
 
 _IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=True,

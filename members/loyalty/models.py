@@ -1,5 +1,6 @@
 """Loyalty data: the program and its versioned earning rules, tiers, the points ledger with
-its accounts, tier history, and coupons. Imported by ``members.models`` (one Django app)."""
+its accounts, tier history, and coupons: the ``loyalty`` app's models (tables named
+``members_*``, from when loyalty lived in the members app)."""
 
 from enum import StrEnum
 
@@ -66,6 +67,9 @@ class LoyaltyProgram(models.Model):
     expiring_soon_days = models.PositiveIntegerField(default=30)
     updated_at = models.DateTimeField(auto_now=True)
 
+    class Meta:
+        db_table = "members_loyaltyprogram"
+
     def __str__(self) -> str:
         return f"loyalty program {self.key}"
 
@@ -109,6 +113,7 @@ class EarnRule(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        db_table = "members_earnrule"
         ordering = ["valid_from"]
         constraints = [
             ExclusionConstraint(
@@ -141,6 +146,7 @@ class Tier(models.Model):
     threshold = models.DecimalField(max_digits=14, decimal_places=2, default=0)
 
     class Meta:
+        db_table = "members_tier"
         ordering = ["rank"]
         constraints = [
             models.CheckConstraint(condition=~Q(rank=0) | Q(threshold=0), name="entry_tier_has_no_threshold")
@@ -155,7 +161,8 @@ class PointsAccount(models.Model):
     database trigger adds every ledger row as it is written or moved (never application
     code). A deferred constraint trigger refuses, at commit, a balance below 0 on an account
     whose program forbids debt (``negative_allowed`` false): checked at commit rather than per
-    row so a merge or split may move rows between accounts in any order (migration 0007)."""
+    row so a merge or split may move rows between accounts in any order. Both triggers are
+    defined in ``members/loyalty/sql/ledger.sql``."""
 
     member = models.OneToOneField(
         "members.Member", primary_key=True, on_delete=models.CASCADE, related_name="points"
@@ -174,6 +181,7 @@ class PointsAccount(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        db_table = "members_pointsaccount"
         indexes = [
             models.Index(fields=["recheck_at"], name="points_recheck", condition=Q(recheck_at__isnull=False)),
             models.Index(
@@ -192,8 +200,8 @@ class PointsEntry(models.Model):
     row's cause (an order, a refund event, a staff request's idempotency key), so writing
     the same cause twice writes nothing. A recomputation that finds a cause's points changed
     (a merge, a split, a late upload) appends a correction with the same ``cause_key``.
-    Rows are never updated or deleted (database triggers refuse it), except that a row
-    follows its member through a merge or a split."""
+    Rows are never updated or deleted (database triggers refuse it, ``sql/ledger.sql``),
+    except that a row follows its member through a merge or a split."""
 
     member = models.ForeignKey("members.Member", on_delete=models.PROTECT, related_name="+", db_index=False)
     kind = models.CharField(max_length=8, choices=_KIND_CHOICES)
@@ -216,6 +224,7 @@ class PointsEntry(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        db_table = "members_pointsentry"
         verbose_name_plural = "points entries"
         permissions = [
             ("adjust_points", "Can add or take away a member's points by hand"),
@@ -239,6 +248,9 @@ class TierChange(models.Model):
     to_tier = models.CharField(max_length=32)
     at = models.DateTimeField()
     reason = models.CharField(max_length=300)
+
+    class Meta:
+        db_table = "members_tierchange"
 
     def __str__(self) -> str:
         return f"member {self.member_id}: {self.from_tier or '—'} → {self.to_tier} at {self.at}"
@@ -264,6 +276,7 @@ class CouponCampaign(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        db_table = "members_couponcampaign"
         constraints = [
             models.CheckConstraint(condition=Q(valid_from__lt=F("valid_until")), name="campaign_valid_range"),
             models.CheckConstraint(condition=Q(value__gt=0), name="campaign_value_positive"),
@@ -287,6 +300,7 @@ class Coupon(models.Model):
     issued_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        db_table = "members_coupon"
         permissions = [("redeem_coupon", "Can redeem and release coupons at checkout")]
         indexes = [
             models.Index(fields=["member"], name="coupons_of_member", condition=Q(member__isnull=False))
@@ -320,6 +334,7 @@ class CouponRedemption(models.Model):
     release_reason = models.CharField(max_length=200, blank=True)
 
     class Meta:
+        db_table = "members_couponredemption"
         constraints = [
             models.UniqueConstraint(
                 fields=["coupon"], condition=Q(released_at__isnull=True), name="coupon_redeemed_once"

@@ -17,7 +17,7 @@ def entry_json(entry: PointsEntry, balance_after: int | None = None) -> dict:
         "order_id": entry.order_id,
         "channel": entry.channel,
         "event_id": entry.event_id,
-        "staff": entry.staff_user.get_username() if entry.staff_user_id else None,
+        "staff": entry.staff_user.get_username() if entry.staff_user else None,  # no query when unset
         "available_at": entry.available_at,
         "expires_at": entry.expires_at,
         "key": entry.key,

@@ -136,8 +136,9 @@ def points_summary(*, member_id: int, now: datetime | None = None) -> PointsSumm
     lots, pending = _lots_and_pending(member_id, balance, now)
     program = program_settings()
     expiring = sorted(
-        lots.expiring(now, now + timedelta(days=program.expiring_soon_days)), key=lambda lot: lot.expires_at
-    )
+        lots.expiring(now, now + timedelta(days=program.expiring_soon_days)),
+        key=lambda lot: lot.expires_at or now,
+    )  # expiring lots all have an expiry
     tier = Tier.objects.filter(key=account.tier).first() if account and account.tier else None
     return PointsSummary(
         balance=balance,

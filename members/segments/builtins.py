@@ -122,13 +122,13 @@ def built_in_segments(windows: LifecycleWindows) -> tuple[BuiltInSegment, ...]:
 
 def builtins_install(*, using: str = DEFAULT_DB_ALIAS, apps: Apps = global_apps, **kwargs: object) -> None:
     """Create the computed tags and the built-in segments, or bring their names, descriptions
-    and rules up to date (a ``post_migrate`` receiver of the members app; idempotent). A tag
+    and rules up to date (a ``post_migrate`` receiver of the segments app; idempotent). A tag
     or segment of the same key that is not the platform's (not computed, not built in) is
     left alone and logged."""
     try:
-        tag_model = apps.get_model("members", "Tag")
-        segment_model = apps.get_model("members", "Segment")
-    except LookupError:  # the members app migrated to zero
+        tag_model = apps.get_model("segments", "Tag")
+        segment_model = apps.get_model("segments", "Segment")
+    except LookupError:  # the segments app migrated to zero
         return
     if "built_in" not in {field.name for field in segment_model._meta.get_fields()}:
         return  # migrated to before built-in segments existed

@@ -26,17 +26,17 @@ from members.segments.definitions.writes import DefinitionRefused
 from members.segments.models import Segment, SegmentChange, Tag
 from members.segments.selectors import segment_members
 
-VIEW_SEGMENTS = "members.view_segment"
-ADD_SEGMENTS = "members.add_segment"
-CHANGE_SEGMENTS = "members.change_segment"
-DELETE_SEGMENTS = "members.delete_segment"
-VIEW_TAGS = "members.view_tag"
-ADD_TAGS = "members.add_tag"
-CHANGE_TAGS = "members.change_tag"
-DELETE_TAGS = "members.delete_tag"
+VIEW_SEGMENTS = "segments.view_segment"
+ADD_SEGMENTS = "segments.add_segment"
+CHANGE_SEGMENTS = "segments.change_segment"
+DELETE_SEGMENTS = "segments.delete_segment"
+VIEW_TAGS = "segments.view_tag"
+ADD_TAGS = "segments.add_tag"
+CHANGE_TAGS = "segments.change_tag"
+DELETE_TAGS = "segments.delete_tag"
 VIEW_MEMBERS = "members.view_member"
-TAG_MEMBERS = "members.add_membertag"
-UNTAG_MEMBERS = "members.delete_membertag"
+TAG_MEMBERS = "segments.add_membertag"
+UNTAG_MEMBERS = "segments.delete_membertag"
 #: How many recent entries and exits, and how many members, a segment's page shows.
 SHOWN = 20
 

@@ -1,5 +1,6 @@
 """Tags and segments: definitions, who is in them now, and who entered and left when.
-Imported by ``members.models`` (one Django app)."""
+The ``segments`` app's models (tables named ``members_*``, from
+when segments lived in the members app)."""
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
@@ -30,6 +31,7 @@ class Tag(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        db_table = "members_tag"
         constraints = [
             models.CheckConstraint(
                 condition=~Q(kind="rule") | Q(rule__isnull=False), name="rule_tag_has_rule"
@@ -51,6 +53,7 @@ class MemberTag(models.Model):
     )
 
     class Meta:
+        db_table = "members_membertag"
         constraints = [models.UniqueConstraint(fields=["member", "tag"], name="member_tag_once")]
 
     def __str__(self) -> str:
@@ -71,6 +74,9 @@ class TagChange(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "members_tagchange"
 
     def __str__(self) -> str:
         return f"{self.tag_id} {self.action} member {self.member_id}"
@@ -101,6 +107,7 @@ class Segment(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        db_table = "members_segment"
         constraints = [
             models.CheckConstraint(
                 condition=~Q(kind="dynamic") | Q(rule__isnull=False), name="dynamic_segment_has_rule"
@@ -119,6 +126,7 @@ class SegmentMember(models.Model):
     entered_at = models.DateTimeField()
 
     class Meta:
+        db_table = "members_segmentmember"
         constraints = [models.UniqueConstraint(fields=["segment", "member"], name="segment_member_once")]
         indexes = [models.Index(fields=["member"], name="segments_of_member")]
 
@@ -142,6 +150,7 @@ class SegmentChange(models.Model):
     at = models.DateTimeField()
 
     class Meta:
+        db_table = "members_segmentchange"
         indexes = [models.Index(fields=["segment", "id"], name="segment_changes_feed")]
 
     def __str__(self) -> str:
@@ -157,6 +166,9 @@ class SegmentsRecheck(models.Model):
         "members.Member", on_delete=models.CASCADE, primary_key=True, related_name="+"
     )
     due_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "members_segmentsrecheck"
 
     def __str__(self) -> str:
         return f"member {self.member_id} at {self.due_at}"
@@ -178,6 +190,7 @@ class RfmCutoffs(models.Model):
     computed_at = models.DateTimeField()
 
     class Meta:
+        db_table = "members_rfmcutoffs"
         verbose_name_plural = "RFM cutoffs"
 
     def __str__(self) -> str:
@@ -220,6 +233,7 @@ class SegmentWebhook(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        db_table = "members_segmentwebhook"
         constraints = [
             models.UniqueConstraint(fields=["segment", "url"], name="segment_webhook_url_once"),
             models.CheckConstraint(condition=Q(cursor__gte=0), name="segment_webhook_cursor_not_negative"),
@@ -249,6 +263,7 @@ class WebhookDelivery(models.Model):
     succeeded = models.BooleanField()
 
     class Meta:
+        db_table = "members_webhookdelivery"
         verbose_name_plural = "webhook deliveries"
         indexes = [models.Index(fields=["webhook", "id"], name="webhook_deliveries_log")]
 

@@ -1,43 +1,48 @@
-"""Celery tasks of tags and segments: thin wrappers over the services. (Celery finds them
-through ``members.tasks``, which imports this module.)"""
-
-from collections.abc import Iterable
+"""Celery tasks of tags and segments: thin wrappers over the services. (Task names keep the
+``members.`` prefix they had before segments became an app: queued messages carry them.)"""
 
 from celery import shared_task
 
-from cdp.tasks import enqueue
-from members.segments.webhooks.delivery import (
-    Outcome,
-    webhook_deliver,
-    webhook_deliveries_prune,
-    webhooks_due,
+from members.marks import members_refresh_enqueue
+from members.segments.services import (
+    definition_recompute,
+    memberships_compute_all,
+    memberships_recheck_due,
+    rfm_first_compute,
 )
 
 
-@shared_task(name="members.segments.webhook_deliver", acks_late=True, ignore_result=True)
-def webhook_deliver_task(webhook_id: int) -> int:
-    """Deliver a webhook's pending changes. Safe to run twice or at once: a run that finds the
-    webhook claimed, or nothing due, does nothing. A run that used its share of batches hands
-    the rest to a fresh task, so one busy webhook does not hold a worker."""
-    run = webhook_deliver(webhook_id=webhook_id)
-    if run.outcome is Outcome.DELIVERED:
-        webhooks_deliver_enqueue([webhook_id])
-    return run.batches
+@shared_task(name="members.segment_recompute", ignore_result=True)
+def segment_recompute(segment_id: int) -> None:
+    """A segment's full recompute after its rule was created or edited (and of whatever reads
+    it). Idempotent: it recomputes from the rule as it is when it runs."""
+    definition_recompute(kind="segment", pk=segment_id)
 
 
-@shared_task(name="members.segments.webhooks_sweep", ignore_result=True)
-def webhooks_sweep() -> int:
-    """Beat: deliver what is due (retries whose backoff ended, changes whose nudge was lost)
-    and forget deliveries older than the log keeps."""
-    due = webhooks_due()
-    webhooks_deliver_enqueue(due)
-    webhook_deliveries_prune()
-    return len(due)
+@shared_task(name="members.tag_recompute", ignore_result=True)
+def tag_recompute(tag_id: int) -> None:
+    """A rule tag's full recompute after its rule was created or edited (and of whatever
+    reads it)."""
+    definition_recompute(kind="tag", pk=tag_id)
 
 
-def webhooks_deliver_enqueue(webhook_ids: Iterable[int]) -> None:
-    """One delivery task per webhook. Never raises (it runs on commit): a lost message only
-    delays delivery until the sweep."""
-    for webhook_id in webhook_ids:
-        if not enqueue(webhook_deliver_task, webhook_id, fallback="the webhook sweep"):
-            return  # the broker is down: the rest would not go either
+@shared_task(name="members.memberships_recompute_all", ignore_result=True)
+def memberships_recompute_all() -> None:
+    """The nightly full recompute of every tag and segment."""
+    memberships_compute_all()
+
+
+@shared_task(name="members.memberships_recheck", ignore_result=True)
+def memberships_recheck() -> int:
+    """Members whose time windows ("in the last 30 days") or lifecycle stage expire by now:
+    marks them and nudges the members refresh, which evaluates them again. On a platform
+    whose first buyers came after the last nightly run, computes the RFM quintiles now."""
+    rfm_first_compute()
+    marked = memberships_recheck_due()
+    if marked:
+        members_refresh_enqueue()
+    return marked
+
+
+# Celery's autodiscovery reads this module; the webhook tasks live beside their delivery engine.
+from members.segments.webhooks import tasks as webhook_tasks  # noqa: E402, F401

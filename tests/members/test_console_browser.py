@@ -298,11 +298,13 @@ def test_every_console_page_for_every_role_loads_only_from_the_server(live_serve
     admin.open(f"/console/members/{member_id}/")
     admin.shot("01-member")
     admin.open("/api/docs/")
-    expect(page.locator(".swagger-ui .info .title")).to_contain_text("CDP API")
+    # Both API docs fetch the schema (generated per request) and render it in the browser before
+    # they show anything: seconds on a busy 2-core machine, more than expect's default 5 s.
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("CDP API", timeout=30_000)
     admin.shot("02-api-docs", full_page=False)  # the docs run to tens of thousands of pixels
     admin.open("/api/redoc/")
     expect(page.locator("redoc, #redoc, .redoc-wrap").first).to_be_visible()
-    expect(page.get_by_text("CDP API").first).to_be_visible()
+    expect(page.get_by_text("CDP API").first).to_be_visible(timeout=30_000)
     admin.shot("03-api-redoc", full_page=False)
     admin.close()
 

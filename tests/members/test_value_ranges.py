@@ -16,8 +16,9 @@ from members.loyalty.models import EarnRule, LoyaltyProgram, PointsAccount, Poin
 from members.loyalty.points import MAX_POINTS_MOVE
 from members.loyalty.program import MAX_MULTIPLIER
 from members.loyalty.services import points_adjust
-from members.models import DirtyMark, Member, MemberAggregate, MemberOrder, Segment, SegmentMember
+from members.models import DirtyMark, Member, MemberAggregate, MemberOrder
 from members.segments.computed import TICK, LifecycleWindows, lifecycle_changes_at, lifecycle_stage
+from members.segments.models import Segment, SegmentMember
 from members.services import members_refresh
 from tests.factories import EventFactory, SourceFactory
 

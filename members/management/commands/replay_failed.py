@@ -11,8 +11,8 @@ from django.db import transaction
 
 from events.parking import parked_events_replay
 from events.tasks import process_pending_enqueue
+from members.marks import members_refresh_enqueue
 from members.parking import parked_members_replay
-from members.tasks import members_refresh_enqueue
 
 
 class Command(BaseCommand):

@@ -1,13 +1,13 @@
 """Segments API for marketing tools, under /api/v1/segments/: definitions (``read``), members
 by keyset pages (``members``) and the changes feed. Role ``marketing`` (and admin):
-permission ``members.view_segment``."""
+permission ``segments.view_segment``."""
 
 from rest_framework import status
 
 from cdp.errors import ApiError
 from members.segments.models import Segment
 
-VIEW_SEGMENTS = "members.view_segment"
+VIEW_SEGMENTS = "segments.view_segment"
 
 
 def segment_by_key(key: str) -> Segment:

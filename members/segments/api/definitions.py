@@ -1,8 +1,8 @@
 """Defining segments and tags, static lists, and manual tags on members (/api/v1/).
 
-Marketing (and admins) create, edit, copy and delete segments and tags: ``members.add_segment``,
+Marketing (and admins) create, edit, copy and delete segments and tags: ``segments.add_segment``,
 ``change_segment``, ``delete_segment`` and the same for ``tag``. CRM agents and managers see
-tags and put manual tags on members (``members.add_membertag``, ``delete_membertag``). A rule's
+tags and put manual tags on members (``segments.add_membertag``, ``delete_membertag``). A rule's
 problems come back as 400s naming each one as ``rule.<path>``; built-in segments and computed
 tags answer 409 (copy a built-in segment to change it); deleting what a rule reads answers 409
 naming the readers. The views are thin: ``members.segments.definitions`` decides.
@@ -52,16 +52,16 @@ from members.selectors import member_resolve, member_tag_history, member_tags
 if TYPE_CHECKING:
     from rest_framework.permissions import _SupportsHasPermission  # the stubs' name only
 
-ADD_SEGMENTS = "members.add_segment"
-CHANGE_SEGMENTS = "members.change_segment"
-DELETE_SEGMENTS = "members.delete_segment"
-VIEW_TAGS = "members.view_tag"
-ADD_TAGS = "members.add_tag"
-CHANGE_TAGS = "members.change_tag"
-DELETE_TAGS = "members.delete_tag"
+ADD_SEGMENTS = "segments.add_segment"
+CHANGE_SEGMENTS = "segments.change_segment"
+DELETE_SEGMENTS = "segments.delete_segment"
+VIEW_TAGS = "segments.view_tag"
+ADD_TAGS = "segments.add_tag"
+CHANGE_TAGS = "segments.change_tag"
+DELETE_TAGS = "segments.delete_tag"
 VIEW_MEMBERS = "members.view_member"
-TAG_MEMBERS = "members.add_membertag"
-UNTAG_MEMBERS = "members.delete_membertag"
+TAG_MEMBERS = "segments.add_membertag"
+UNTAG_MEMBERS = "segments.delete_membertag"
 UPLOAD_CHUNK = 64 * 1024
 
 _MEMBER_ID = OpenApiParameter("member_id", OpenApiTypes.INT, OpenApiParameter.PATH,

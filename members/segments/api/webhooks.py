@@ -23,10 +23,10 @@ from members.segments.webhooks.services import (
 )
 from members.segments.webhooks.transport import WebhookRefused
 
-VIEW_WEBHOOKS = "members.view_segmentwebhook"
-ADD_WEBHOOKS = "members.add_segmentwebhook"
-CHANGE_WEBHOOKS = "members.change_segmentwebhook"
-DELETE_WEBHOOKS = "members.delete_segmentwebhook"
+VIEW_WEBHOOKS = "segments.view_segmentwebhook"
+ADD_WEBHOOKS = "segments.add_segmentwebhook"
+CHANGE_WEBHOOKS = "segments.change_segmentwebhook"
+DELETE_WEBHOOKS = "segments.delete_segmentwebhook"
 _PERMISSION_BY_METHOD = {"POST": ADD_WEBHOOKS, "PATCH": CHANGE_WEBHOOKS, "DELETE": DELETE_WEBHOOKS}
 _WEBHOOK_ID = OpenApiParameter("webhook_id", OpenApiTypes.INT, OpenApiParameter.PATH)
 

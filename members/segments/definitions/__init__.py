@@ -5,7 +5,7 @@ Rules are validated with ``rules.parse.rule_parse`` (every problem with its path
 and segments that exist, and may not lead back to themselves through the tags and segments
 they read. Definition writes take one transaction-scoped lock, so two edits made at once
 cannot build a cycle or delete what the other starts to read. A created or edited rule is
-recomputed in full by Celery after the commit (``members.tasks.segment_recompute`` /
+recomputed in full by Celery after the commit (``members.segments.tasks.segment_recompute`` /
 ``tag_recompute``). Built-in segments are the platform's: they are copied, never edited or
 deleted; computed tags (RFM group, lifecycle stage, channel preference) are read-only.
 

@@ -9,12 +9,11 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from members.locks import member_refresh_locks
-from members.marks import members_mark_dirty
+from members.marks import members_mark_dirty, members_refresh_enqueue
 from members.models import Member
 from members.segments.definitions.writes import DefinitionRefused
 from members.segments.models import MemberTag, Tag, TagChange
 from members.selectors import member_resolve
-from members.tasks import members_refresh_enqueue
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from django.db import IntegrityError, connection, transaction
 
 from cdp.tasks import enqueue_on_commit
-from members import tasks
+from members.segments import tasks
 from members.segments.models import Segment, Tag
 
 #: Advisory-lock key (two-key form) that serializes writes of tag and segment definitions.

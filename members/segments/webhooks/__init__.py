@@ -27,5 +27,5 @@ The package, by job: ``signing`` (the signature receivers check), ``transport`` 
 addresses a webhook may reach, and one POST pinned to a vetted address), ``delivery`` (the
 engine: claim, send a batch, move the cursor or back off; the sweep's queries) and
 ``services`` (subscriptions staff make, and the nudge after a membership change). Tasks are
-in ``members.segments.tasks``: ``services`` enqueues them, and they run ``delivery``.
+in ``tasks``: ``services`` enqueues them, and they run ``delivery``.
 """

@@ -10,8 +10,8 @@ from django.utils import timezone
 
 from cdp.credentials import credential_new
 from members.segments.models import Segment, SegmentChange, SegmentWebhook, WebhookDelivery
-from members.segments.tasks import webhooks_deliver_enqueue
 from members.segments.webhooks.signing import SECRET_KIND
+from members.segments.webhooks.tasks import webhooks_deliver_enqueue
 from members.segments.webhooks.transport import WebhookRefused, webhook_url_check
 
 #: More would only multiply the calls one change costs; a tool fans out on its side.

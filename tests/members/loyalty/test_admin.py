@@ -21,9 +21,9 @@ def admin_client() -> Client:
 def test_every_loyalty_page_opens_and_the_ledger_cannot_be_edited(admin_client, zhang):
     for name in ("loyaltyprogram", "earnrule", "tier", "couponcampaign", "pointsentry", "pointsaccount", "coupon",
                  "couponredemption"):  # fmt: skip
-        assert admin_client.get(f"/admin/members/{name}/").status_code == 200, name
-    assert admin_client.get("/admin/members/pointsentry/add/").status_code == 403
-    assert admin_client.get("/admin/members/earnrule/add/").status_code == 200
+        assert admin_client.get(f"/admin/loyalty/{name}/").status_code == 200, name
+    assert admin_client.get("/admin/loyalty/pointsentry/add/").status_code == 403
+    assert admin_client.get("/admin/loyalty/earnrule/add/").status_code == 200
 
 
 def test_forbidding_debt_in_the_admin_holds_every_account_to_it(admin_client, zhang):
@@ -32,7 +32,7 @@ def test_forbidding_debt_in_the_admin_holds_every_account_to_it(admin_client, zh
                                              "tier_review_months", "expiring_soon_days")}  # fmt: skip
 
     response = admin_client.post(
-        f"/admin/members/loyaltyprogram/{program.pk}/change/",
+        f"/admin/loyalty/loyaltyprogram/{program.pk}/change/",
         {**form, "key": "default", "negative_balance": "forbid", "refund_returns_redeemed_points": "on"},
     )
 
@@ -53,7 +53,7 @@ def earn_rule_form(**fields: str) -> dict[str, str]:
 
 def test_an_earning_rule_within_its_bounds_is_saved_from_the_admin(admin_client):
     response = admin_client.post(
-        "/admin/members/earnrule/add/", earn_rule_form(tier_multipliers='{"gold": 1.5, "black": 10}')
+        "/admin/loyalty/earnrule/add/", earn_rule_form(tier_multipliers='{"gold": 1.5, "black": 10}')
     )
 
     assert response.status_code == 302, response.content[:2000]
@@ -81,7 +81,7 @@ def test_an_earning_rule_within_its_bounds_is_saved_from_the_admin(admin_client)
 def test_an_earning_rule_beyond_its_bounds_is_refused_in_the_admin_naming_the_field(
     admin_client, field, value, reason
 ):
-    response = admin_client.post("/admin/members/earnrule/add/", earn_rule_form(**{field: value}))
+    response = admin_client.post("/admin/loyalty/earnrule/add/", earn_rule_form(**{field: value}))
 
     assert response.status_code == 200  # the form again, with the error
     assert response.context["adminform"].form.errors == {field: [reason]}

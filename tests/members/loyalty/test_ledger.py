@@ -13,9 +13,9 @@ from identity.services import member_split
 from members.loyalty import services as loyalty_services
 from members.loyalty.models import EarnRule, LoyaltyProgram, PointsAccount, PointsEntry
 from members.loyalty.services import points_recheck_due
+from members.loyalty.tasks import loyalty_recheck
 from members.models import DirtyMark
 from members.services import members_rebuild, members_refresh
-from members.tasks import loyalty_recheck
 from tests.factories import EventFactory, SourceFactory
 
 T0 = datetime(2026, 9, 1, 10, tzinfo=UTC)

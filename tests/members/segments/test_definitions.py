@@ -14,6 +14,7 @@ from cdp.roles import Role
 from cdp.services import staff_user_ensure
 from events.pipeline import events_process_pending
 from identity.models import EventResolution
+from members.marks import members_refresh_enqueue
 from members.models import DirtyMark
 from members.segments.definitions import static_lists
 from members.segments.definitions.manual_tags import member_tag_add, member_tag_remove
@@ -21,7 +22,6 @@ from members.segments.definitions.segments import segment_create, segment_update
 from members.segments.definitions.tags import tag_create
 from members.segments.definitions.writes import DefinitionRefused
 from members.segments.models import MemberTag, Segment, SegmentChange, SegmentMember, Tag, TagChange
-from members.tasks import members_refresh_enqueue
 from tests.factories import EventFactory, SourceFactory
 from tests.members.test_api import staff_client
 
@@ -77,7 +77,9 @@ def test_the_recompute_is_sent_only_once_committed_and_only_when_the_rule_change
     zhang, django_capture_on_commit_callbacks, monkeypatch
 ):
     sent = []
-    monkeypatch.setattr("members.tasks.segment_recompute.apply_async", lambda args, **kw: sent.append(args))
+    monkeypatch.setattr(
+        "members.segments.tasks.segment_recompute.apply_async", lambda args, **kw: sent.append(args)
+    )
 
     with django_capture_on_commit_callbacks() as callbacks:
         segment = segment_create(key="buyers", name="Buyers", kind="dynamic", rule=BUYERS)
@@ -97,7 +99,7 @@ def test_a_lost_broker_does_not_undo_the_edit(zhang, django_capture_on_commit_ca
     def broker_down(*args, **kwargs):
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
-    monkeypatch.setattr("members.tasks.segment_recompute.apply_async", broker_down)
+    monkeypatch.setattr("members.segments.tasks.segment_recompute.apply_async", broker_down)
 
     with django_capture_on_commit_callbacks(execute=True):
         segment = segment_create(key="buyers", name="Buyers", kind="dynamic", rule=BUYERS)

@@ -10,7 +10,7 @@ from events.pipeline import events_process_pending
 from members.segments.demo import DEMO_SEGMENTS
 from members.segments.models import MemberTag, RfmCutoffs, Segment, SegmentChange, SegmentMember
 from members.segments.services import memberships_compute_all
-from members.tasks import memberships_recheck
+from members.segments.tasks import memberships_recheck
 
 pytestmark = pytest.mark.django_db
 

@@ -27,7 +27,6 @@ from cdp.services import staff_user_ensure
 from members.models import Member
 from members.segments.models import Segment, SegmentChange, SegmentWebhook, WebhookDelivery
 from members.segments.services import segment_static_set
-from members.segments.tasks import webhook_deliver_task, webhooks_sweep
 from members.segments.webhooks.delivery import (
     Outcome,
     webhook_backoff_seconds,
@@ -36,6 +35,7 @@ from members.segments.webhooks.delivery import (
     webhooks_due,
 )
 from members.segments.webhooks.services import webhook_create, webhooks_nudge
+from members.segments.webhooks.tasks import webhook_deliver_task, webhooks_sweep
 from tests.members.test_api import staff_client
 
 T0 = datetime(2026, 9, 1, 10, tzinfo=UTC)
@@ -674,7 +674,7 @@ def test_a_new_url_starts_afresh_and_a_paused_webhook_keeps_why(vip, receiver):
 def test_a_delivery_task_hands_a_long_backlog_to_a_fresh_task(vip, receiver, settings, monkeypatch):
     settings.WEBHOOK_BATCH_SIZE = 1
     monkeypatch.setattr(
-        "members.segments.tasks.webhook_deliver",
+        "members.segments.webhooks.tasks.webhook_deliver",
         lambda webhook_id: webhook_deliver(webhook_id=webhook_id, max_batches=2),
     )
     webhook = webhook_create(segment=vip, url=receiver.url)
@@ -693,10 +693,10 @@ def test_the_admin_lists_webhooks_with_their_latest_deliveries(vip, receiver):
     client = Client()
     client.force_login(staff_user_ensure(username="ops", role=Role.ADMIN))
 
-    listing = client.get("/admin/members/segmentwebhook/")
-    page = client.get(f"/admin/members/segmentwebhook/{webhook.pk}/change/")
-    log = client.get("/admin/members/webhookdelivery/")
-    turned_off = client.post(f"/admin/members/segmentwebhook/{webhook.pk}/change/", {})
+    listing = client.get("/admin/segments/segmentwebhook/")
+    page = client.get(f"/admin/segments/segmentwebhook/{webhook.pk}/change/")
+    log = client.get("/admin/segments/webhookdelivery/")
+    turned_off = client.post(f"/admin/segments/segmentwebhook/{webhook.pk}/change/", {})
 
     assert (listing.status_code, page.status_code, log.status_code) == (200, 200, 200)
     assert receiver.url.replace("&", "&amp;") in listing.content.decode()
@@ -704,7 +704,7 @@ def test_the_admin_lists_webhooks_with_their_latest_deliveries(vip, receiver):
     first, last = feed(vip)[0][0], feed(vip)[-1][0]
     assert f"{first}-{last} (2)" in page.content.decode()
     assert webhook.secret not in page.content.decode()
-    assert client.get("/admin/members/segmentwebhook/add/").status_code == 403
+    assert client.get("/admin/segments/segmentwebhook/add/").status_code == 403
     assert turned_off.status_code == 302
     webhook.refresh_from_db()
     assert (webhook.active, webhook.disabled_reason) == (False, "turned off by staff")
