@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "events",
     "identity",
     "members",
+    "members.consent",
 ]
 
 MIDDLEWARE = [
@@ -274,9 +275,23 @@ MEMBER_TRAIT_CHANNEL_PRECEDENCE: list[str] = env.list(
 # kept with their own and counted apart, never added as if they were the same money.
 CDP_CURRENCY = env("CDP_CURRENCY", default="CNY").upper()
 
-# Segment member pages and exports (marketing pulls): a member whose trait of this key is false
-# (false, 0, "false", "no", "off", "n", "0") comes back with phone and email null, whatever the
-# caller's role. A member without the trait has not refused.
+# Consent (members.consent, docs/consent.md): the purposes a member grants, denies or withdraws
+# consent to, each on its own; those named marketing_* are the marketing purposes. Every outflow
+# (segment pages, exports, webhooks, coupon campaigns) declares a purpose and leaves out members
+# without consent to it in force.
+CONSENT_PURPOSES = env.list(
+    "CONSENT_PURPOSES",
+    default=[
+        "marketing_sms",
+        "marketing_wechat",
+        "marketing_email",
+        "marketing_push",
+        "personalization",
+        "analytics",
+    ],
+)
+# The legacy single consent trait: true grants and false (false, 0, "no", "off") denies every
+# marketing purpose at once, as if the event had stated each of them.
 MARKETING_CONSENT_TRAIT = env("MARKETING_CONSENT_TRAIT", default="marketing_consent")
 
 # Lifecycle stage (computed tags lifecycle-*, members.segments.computed), in days: new while the
