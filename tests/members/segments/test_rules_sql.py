@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from events.models import Event
 from identity.models import EventResolution, Identifier, MemberIdentifier
-from members.models import Member, MemberAggregate, MemberTag, PointsAccount, Segment, SegmentMember, Tag
 from members.consent.models import ConsentStatement
 from members.consent.statements import ConsentFact
+from members.models import Member, MemberAggregate, MemberTag, PointsAccount, Segment, SegmentMember, Tag
 from members.segments.compile import counts_sql, rule_counts, rule_sql
 from members.segments.rules.interpret import EventFact, MemberFacts, rule_matches
 from members.segments.rules.parse import rule_parse
