@@ -13,6 +13,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from cdp.permissions import request_staff
+from events.selectors import source_names
 from members.consent.models import ConsentStatement
 from members.consent.selectors import PurposeConsent, consent_history, consent_in_force
 from members.consent.services import ConsentRefused, consent_record
@@ -26,22 +27,39 @@ PANEL_HISTORY = 8
 
 
 @dataclass(frozen=True, slots=True)
+class Shown:
+    """A statement as the panel shows it, with the name of the source its event came from."""
+
+    purpose: str
+    statement: ConsentStatement | None
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class ConsentPanel:
-    purposes: list[PurposeConsent]
-    history: list[ConsentStatement]
+    purposes: list[Shown]  # each configured purpose, with the statement in force (None: never asked)
+    history: list[Shown]
     more: bool  # the member holds more statements than the panel lists
     states: tuple[str, ...]
     choices: tuple[str, ...]  # the purposes staff may record
 
 
 def consent_panel(request: HttpRequest, member_id: int) -> ConsentPanel | None:
-    """The panel for the member page, or None for a role that may not see consent (two queries)."""
+    """The panel for the member page, or None for a role that may not see consent (two queries,
+    and one for source names when the process's copy lacks one)."""
     if not request.user.has_perm(VIEW_CONSENT):
         return None
     history = list(consent_history(member_id=member_id)[: PANEL_HISTORY + 1])
+    purposes: list[PurposeConsent] = consent_in_force(member_id=member_id, at=timezone.now())
+    shown = [p.statement for p in purposes if p.statement] + history
+    names = source_names(s.source_id for s in shown if s.source_id is not None)
+
+    def source(statement: ConsentStatement | None) -> str:
+        return names.get(statement.source_id, "") if statement and statement.source_id else ""
+
     return ConsentPanel(
-        purposes=consent_in_force(member_id=member_id, at=timezone.now()),
-        history=history[:PANEL_HISTORY],
+        purposes=[Shown(p.purpose, p.statement, source(p.statement)) for p in purposes],
+        history=[Shown(s.purpose, s, source(s)) for s in history[:PANEL_HISTORY]],
         more=len(history) > PANEL_HISTORY,
         states=STATES,
         choices=tuple(settings.CONSENT_PURPOSES),
