@@ -224,3 +224,17 @@ def test_forget_deletes_a_members_statements_and_only_theirs():
     assert held(member_of(two)) == [("analytics", "granted", two.pk)]
     with pytest.raises(IntegrityError), transaction.atomic():  # forgetting is not a standing permission
         ConsentStatement.objects.all().delete()
+
+
+def test_the_demos_members_state_consent_so_its_segments_have_members_to_pull(tmp_path):
+    call_command(
+        "demo", members=40, seed=5, welcome_file=tmp_path / "w.txt", stdout=StringIO(), stderr=StringIO()
+    )
+    events_process_pending()
+
+    stated = ConsentStatement.objects.filter(origin="trait")
+    active = list(Member.objects.filter(status=Member.Status.ACTIVE).values_list("id", flat=True))
+    reachable = members_with_consent(member_ids=active, purposes=["marketing_sms"], at=timezone.now())
+    assert stated.filter(state="granted").exists()
+    assert stated.filter(state="denied").exists()
+    assert 0 < len(reachable) < len(active)
