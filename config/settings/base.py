@@ -136,7 +136,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {"ChannelEnum": "events.models.Channel", "HistoryKindEnum": ["merge", "split"]},
+    "ENUM_NAME_OVERRIDES": {
+        "ChannelEnum": "events.models.Channel",
+        "HistoryKindEnum": ["merge", "split"],
+        "ConsentStateEnum": "members.consent.models.ConsentStatement.State",
+    },
     # The docs pages load their scripts, styles and favicon from this app's static files: they
     # work on a closed network and send staff browsers to no third party.
     "SWAGGER_UI_DIST": "SIDECAR",

@@ -21,7 +21,7 @@ from cdp.permissions import permissions_required, request_staff
 from members.consent.models import ConsentStatement
 from members.consent.selectors import consent_history, consent_in_force
 from members.consent.services import ConsentRefused, consent_record
-from members.consent.statements import MAX_VERSION, STATES
+from members.consent.statements import MAX_VERSION
 from members.selectors import member_resolve
 
 VIEW_MEMBERS = "members.view_member"
@@ -43,7 +43,9 @@ class PurposeOutput(serializers.Serializer):
     purpose = serializers.CharField()
     granted = serializers.BooleanField(help_text="Consent to this purpose is in force (a grant).")
     state = serializers.ChoiceField(
-        choices=STATES, allow_null=True, help_text="The statement in force; null: never stated (not granted)."
+        choices=ConsentStatement.State.choices,
+        allow_null=True,
+        help_text="The statement in force; null: never stated (not granted).",
     )
     statement = StatementOutput(allow_null=True)
 
@@ -57,7 +59,7 @@ class ConsentOutput(serializers.Serializer):
 
 class RecordInput(serializers.Serializer):
     purpose = serializers.ChoiceField(choices=settings.CONSENT_PURPOSES)
-    state = serializers.ChoiceField(choices=STATES)
+    state = serializers.ChoiceField(choices=ConsentStatement.State.choices)
     version = serializers.CharField(max_length=MAX_VERSION, required=False, default="", allow_blank=True,
                                     help_text="The version of the wording the person agreed to or refused.")  # fmt: skip
     note = serializers.CharField(max_length=255, required=False, default="", allow_blank=True,
@@ -129,6 +131,7 @@ class MemberConsentView(APIView):
         """Record what the person told staff: a statement at this moment, in the audit log. It is
         in force from now (unless an event dated later says otherwise) and rules that read
         consent follow within seconds."""
+        _member(member_id)  # an unknown member is a 404 whatever the body
         data = RecordInput(data=request.data)
         data.is_valid(raise_exception=True)
         try:
