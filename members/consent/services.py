@@ -56,13 +56,18 @@ ORDER BY e.id, v.p
 ON CONFLICT (event_id, purpose) WHERE event_id IS NOT NULL
 DO UPDATE SET member_id = EXCLUDED.member_id WHERE s.member_id <> EXCLUDED.member_id
 """  # noqa: S608 - model tables only
-# Staff statements are held by the member they were recorded on, or its survivor while merged.
+# Staff statements are held by the member they were recorded on, or its survivor while merged:
+# the refreshed members and the members merged into them, each found by index (a staff
+# statement's subject by consent_by_subject), never a pass over every staff statement.
 _REHOME = f"""
-UPDATE {_TABLE} AS s SET member_id = coalesce(m.merged_into_id, m.id)
-FROM {Member._meta.db_table} AS m
-WHERE s.subject_id = m.id AND s.event_id IS NULL
-  AND (m.id = ANY(%b::bigint[]) OR m.merged_into_id = ANY(%b::bigint[]))
-  AND s.member_id <> coalesce(m.merged_into_id, m.id)
+UPDATE {_TABLE} AS s SET member_id = t.holder
+FROM (
+    SELECT m.id, coalesce(m.merged_into_id, m.id) AS holder FROM {Member._meta.db_table} AS m
+    WHERE m.id = ANY(%b::bigint[])
+    UNION
+    SELECT m.id, m.merged_into_id FROM {Member._meta.db_table} AS m WHERE m.merged_into_id = ANY(%b::bigint[])
+) AS t
+WHERE s.subject_id = t.id AND s.event_id IS NULL AND s.member_id <> t.holder
 """  # noqa: S608
 
 

@@ -154,3 +154,21 @@ def test_an_unknown_member_is_a_404_and_a_merged_id_answers_for_its_survivor(zha
         zhang["member"], zhang["absorbed"], "granted"
     )  # fmt: skip
     assert timezone.now() - datetime.fromisoformat(read["at"].replace("Z", "+00:00")) < timedelta(minutes=1)
+
+
+def test_a_rule_may_read_only_configured_purposes():
+    client = staff_client(Role.MARKETING)
+    rule = {"all": [{"consent": "marketing_sms"}, {"not": {"consent": "marketing_fax"}}]}
+
+    refused = client.post("/api/v1/segments/", {"key": "fax", "name": "Fax", "kind": "dynamic", "rule": rule},
+                          format="json")  # fmt: skip
+    saved = client.post("/api/v1/segments/", {"key": "sms", "name": "SMS", "kind": "dynamic",
+                                              "rule": {"consent": "marketing_sms"}}, format="json")  # fmt: skip
+
+    assert refused.status_code == 400
+    assert refused.json()["errors"] == [{
+        "field": "rule.all[1].not.consent",
+        "reason": "no consent purpose 'marketing_fax'; one of marketing_sms, marketing_wechat, marketing_email, "
+        "marketing_push, personalization, analytics",
+    }]  # fmt: skip
+    assert saved.status_code == 201, saved.content
