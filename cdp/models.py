@@ -32,6 +32,8 @@ class AuditEntry(models.Model):
         SPLIT_MEMBER = "split_member", "Split a member"
         EXPORT_SEGMENT = "export_segment", "Exported a segment's members"
         REPLAY_PARKED = "replay_parked", "Replayed parked events or members"
+        RECORD_CONSENT = "record_consent", "Recorded a member's consent"
+        ISSUE_COUPONS = "issue_coupons", "Issued a campaign's coupons"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     action = models.CharField(max_length=32, choices=Action.choices)

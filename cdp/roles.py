@@ -19,10 +19,13 @@ class Role(models.TextChoices):
 #: points; marketing reaches members only through segments, defines segments and tags,
 #: subscribes webhooks to segments and runs coupon campaigns; checkout (a till or a web shop's
 #: checkout) spends points and redeems coupons and sees nothing else; an administrator holds
-#: every permission of the platform's apps.
+#: every permission of the platform's apps. Agents and managers see a member's consent and
+#: record what the person tells them (each statement recorded is audited).
 ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
     Role.CRM_AGENT: (
         "members.view_member",
+        "consent.view_consentstatement",
+        "consent.add_consentstatement",
         "segments.view_tag",
         "segments.add_membertag",
         "segments.delete_membertag",
@@ -30,6 +33,8 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
     Role.CRM_MANAGER: (
         "members.view_member",
         "members.view_contact_details",
+        "consent.view_consentstatement",
+        "consent.add_consentstatement",
         "members.split_member",
         "loyalty.adjust_points",
         "segments.view_tag",
@@ -55,7 +60,7 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
     ),
     Role.CHECKOUT: ("loyalty.redeem_points", "loyalty.redeem_coupon"),
 }
-PLATFORM_APPS = ("cdp", "events", "identity", "members", "loyalty", "segments")
+PLATFORM_APPS = ("cdp", "events", "identity", "members", "loyalty", "segments", "consent")
 
 
 def user_roles(user: User | AnonymousUser | None) -> frozenset[str]:

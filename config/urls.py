@@ -10,6 +10,7 @@ from drf_spectacular.views import SpectacularAPIView
 from cdp.api_docs import RedocView, SwaggerView
 from cdp.health import health
 from members import console
+from members.consent import console as consent_console
 from members.segments import console as segments_console
 
 console_urls = (
@@ -19,6 +20,7 @@ console_urls = (
         path("login/", auth_views.LoginView.as_view(template_name="console/login.html"), name="login"),
         path("logout/", auth_views.LogoutView.as_view(), name="logout"),
         *segments_console.urlpatterns,
+        *consent_console.urlpatterns,
     ],
     "console",
 )

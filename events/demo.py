@@ -238,6 +238,14 @@ def _person(rng: random.Random, *, seed: int, index: int) -> _Person:
     )
 
 
+def _consent(seed: int, person: int, purposes: tuple[str, ...]) -> dict[str, Any]:
+    """What the person answers when a channel asks for consent (``docs/consent.md``): most grant,
+    some refuse. Drawn from a digest, not the person's generator, so the rest of the stream is
+    the same with or without it."""
+    draw = _digest(seed, person, "consent")
+    return {"version": "2026-01", **{p: draw[i] % 10 < 8 for i, p in enumerate(purposes)}}
+
+
 class _Journey:
     """One person's events over the window, in the order they were generated (``step``).
 
@@ -510,6 +518,8 @@ class _Journey:
             }
             if with_email:
                 traits["email"] = self._email()
+            if not guest:  # the membership form at the till asks for SMS and email marketing
+                traits["consent"] = _consent(self.seed, person.index, ("marketing_sms", "marketing_email"))
             self._emit(source, at, "identify", ids, dict(context), body={"traits": traits}, sent_at=sent_at)
             self.pos_identified = True
         self._checkout(source, at, ids, context, prefix=store_code, shipping_fen=0, sent_at=sent_at)
@@ -575,6 +585,11 @@ class _Journey:
             traits: dict[str, Any] = {"phone": self._phone()}
             if person.email and rng.random() < 0.5:
                 traits["email"] = self._email()
+            # The app's sign-up screen asks for every purpose it serves.
+            traits["consent"] = _consent(
+                self.seed, person.index, ("marketing_sms", "marketing_email", "marketing_push", "personalization",
+                                          "analytics"),
+            )  # fmt: skip
             self.app_user_id = person.account_id
             self._emit("app", at, "identify", ids(), dict(context), body={"traits": traits})
         if self.app_user_id and rng.random() < 0.3:
@@ -620,9 +635,11 @@ class _Journey:
         if not self.mini_identified:
             # WeChat's phone-number authorisation, the usual first step of mini-program membership.
             at += timedelta(seconds=rng.randrange(10, 120))
-            self._emit(
-                "mini_program", at, "identify", ids, dict(context), body={"traits": {"phone": self._phone()}}
-            )
+            traits = {
+                "phone": self._phone(),
+                "consent": _consent(self.seed, person.index, ("marketing_wechat",)),
+            }
+            self._emit("mini_program", at, "identify", ids, dict(context), body={"traits": traits})
             self.mini_identified = True
         product = rng.choice(_CATALOG)
         at += timedelta(seconds=rng.randrange(10, 120))

@@ -17,6 +17,7 @@ from cdp.db import MAX_BIGINT
 from cdp.privacy import Masking
 from events.models import Channel
 from events.selectors import source_names
+from members.consent.console import consent_panel
 from members.loyalty.presentation import points_json
 from members.loyalty.selectors import ledger_page, points_summary
 from members.presentation import profile_json, summary_json, timeline_details, timeline_json
@@ -112,6 +113,7 @@ def member(request: HttpRequest, member_id: int) -> HttpResponse:
             ),
             "masked": not masking.full,
             "manual_tags": _manual_tags_to_add(request, profile.tags),
+            "consent": consent_panel(request, profile.member.pk),
             "points": points_json(
                 profile.member.pk,
                 points_summary(member_id=profile.member.pk),

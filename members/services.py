@@ -17,6 +17,8 @@ from cdp.db import binary_parameters_cursor, rows_delete
 from cdp.retries import database_error_is_transient, transient_retry
 from events.commerce import ORDER_COMPLETED, ORDER_EVENTS
 from members.aggregates import CHANNELS, Order, OrderEvent, aggregates_of, order_event, orders_of
+from members.consent.services import ConsentSource, consent_refresh
+from members.consent.statements import CONSENT_EVENT, CONSENT_TRAIT, ConsentFact
 from members.groups import GroupCall, groups_refresh
 from members.locks import member_refresh_locks
 from members.loyalty.points import LOYALTY_EVENTS, LoyaltyEvent
@@ -190,16 +192,17 @@ def members_rebuild(
 
 def members_recompute(member_ids: set[int]) -> None:
     """Everything computed from these members' events, from their events as they are now:
-    traits, groups, orders (those each member owns: ``members.orders``) and figures, points
-    and tier, then tags and segments.
+    traits, consent statements (``members.consent``), groups, orders (those each member owns:
+    ``members.orders``) and figures, points and tier, then tags and segments.
 
     A member absorbed by a merge keeps nothing: its computed state lives on the survivor.
     """
     active = _active_of(member_ids)
     definitions = definitions_load()
-    events = _events_of(active, properties_of=definitions.property_events)
+    events = _events_of(active, properties_of=definitions.property_events | {CONSENT_EVENT})
     order_events = order_owners_refresh(order_events=_order_events_of(events))
-    traits = _traits_write(active, events)
+    traits, consent_sources = _traits_write(active, events)
+    consents = consent_refresh(member_ids=member_ids, active=active, sources=consent_sources)
     groups_refresh(
         member_ids=member_ids,
         calls=[
@@ -212,7 +215,7 @@ def members_recompute(member_ids: set[int]) -> None:
     for model in (MemberTrait, MemberOrder, MemberAggregate):
         rows_delete(model, column="member", keys=retired)
     changed = memberships_refresh(
-        members=_facts_of(active, events, traits, figures), retired=retired, now=timezone.now(),
+        members=_facts_of(active, events, traits, figures, consents), retired=retired, now=timezone.now(),
         definitions=definitions,
     )  # fmt: skip
     webhooks_nudge(changed)
@@ -287,16 +290,24 @@ def _events_of(
         ]
 
 
-def _traits_write(member_ids: set[int], events: list[_MemberEvent]) -> dict[int, dict[str, object]]:
+def _traits_write(
+    member_ids: set[int], events: list[_MemberEvent]
+) -> tuple[dict[int, dict[str, object]], list[ConsentSource]]:
     """Every trait of these members, from all their events: exact after merges and splits.
-    Returns each member's traits (key: latest value)."""
+    Returns each member's traits (key: latest value), and the events that may state consent
+    (a consent trait, the legacy one, or a ``Consent Updated`` event) for ``members.consent``."""
     observations: dict[int, list[TraitObservation]] = defaultdict(list)
+    consent: list[ConsentSource] = []
+    legacy = settings.MARKETING_CONSENT_TRAIT
     for e in events:
-        if e.traits is None and not isinstance(e.context_traits, dict):
+        stating = e.name == CONSENT_EVENT and e.type == "track" and e.properties is not None
+        if not stating and e.traits is None and not isinstance(e.context_traits, dict):
             continue
         stated = traits_of_event(
             e.traits or {}, {"traits": e.context_traits} if isinstance(e.context_traits, dict) else {}, e.type
         )
+        if stating or CONSENT_TRAIT in stated or legacy in stated:
+            consent.append(ConsentSource(e.member_id, e.event_id, stated, e.properties if stating else None))
         observations[e.member_id] += [
             TraitObservation(key[:255], value, e.at, e.channel, e.message_id, e.source_id, e.event_id)
             for key, value in stated.items()
@@ -324,7 +335,7 @@ def _traits_write(member_ids: set[int], events: list[_MemberEvent]) -> dict[int,
                 [o.event_id for _, o in rows],
             ],
         )
-    return traits
+    return traits, consent
 
 
 def _order_events_of(events: list[_MemberEvent]) -> dict[int, list[OrderEvent]]:
@@ -410,7 +421,7 @@ def _aggregates_write(
 
 def _facts_of(
     member_ids: set[int], events: list[_MemberEvent], traits: dict[int, dict[str, object]],
-    figures: dict[int, dict[str, object]],
+    figures: dict[int, dict[str, object]], consents: dict[int, tuple[ConsentFact, ...]],
 ) -> dict[int, MemberFacts]:  # fmt: skip
     """What rules read of each member that the refresh has in hand (``memberships_refresh``
     reads the rest)."""
@@ -420,7 +431,7 @@ def _facts_of(
     return {
         member_id: MemberFacts(
             member_id, traits=traits.get(member_id, {}), aggregates=figures.get(member_id, {}),
-            events=tuple(seen[member_id]),
+            events=tuple(seen[member_id]), consents=consents.get(member_id, ()),
         )
         for member_id in member_ids
     }  # fmt: skip

@@ -9,6 +9,7 @@ from rest_framework.routers import SimpleRouter
 
 from members.api import MemberViewSet
 from members.api_parking import ParkedMemberViewSet
+from members.consent import api as consent
 from members.loyalty import api as loyalty
 from members.segments.api import definitions as segment_definitions
 from members.segments.api import exports as segment_exports
@@ -21,6 +22,12 @@ router.register("parked-members", ParkedMemberViewSet, basename="parked-member")
 
 urlpatterns = [
     *router.urls,
+    path("members/<int:member_id>/consent/", consent.MemberConsentView.as_view(), name="member-consent"),
+    path(
+        "members/<int:member_id>/consent/history/",
+        consent.MemberConsentHistoryView.as_view(),
+        name="member-consent-history",
+    ),
     path("members/<int:member_id>/points/", loyalty.PointsView.as_view(), name="member-points"),
     path(
         "members/<int:member_id>/points/adjust/",

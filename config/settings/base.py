@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "members",
     "members.loyalty",  # its own app (label "loyalty"), inside members as the design card draws it
     "members.segments",  # likewise (label "segments")
+    "members.consent",  # likewise (label "consent")
 ]
 
 MIDDLEWARE = [
@@ -137,7 +138,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {"ChannelEnum": "events.models.Channel", "HistoryKindEnum": ["merge", "split"]},
+    "ENUM_NAME_OVERRIDES": {
+        "ChannelEnum": "events.models.Channel",
+        "HistoryKindEnum": ["merge", "split"],
+        "ConsentStateEnum": "members.consent.models.ConsentStatement.State",
+    },
     # The docs pages load their scripts, styles and favicon from this app's static files: they
     # work on a closed network and send staff browsers to no third party.
     "SWAGGER_UI_DIST": "SIDECAR",
@@ -276,9 +281,23 @@ MEMBER_TRAIT_CHANNEL_PRECEDENCE: list[str] = env.list(
 # kept with their own and counted apart, never added as if they were the same money.
 CDP_CURRENCY = env("CDP_CURRENCY", default="CNY").upper()
 
-# Segment member pages and exports (marketing pulls): a member whose trait of this key is false
-# (false, 0, "false", "no", "off", "n", "0") comes back with phone and email null, whatever the
-# caller's role. A member without the trait has not refused.
+# Consent (members.consent, docs/consent.md): the purposes a member grants, denies or withdraws
+# consent to, each on its own; those named marketing_* are the marketing purposes. Every outflow
+# (segment pages, exports, webhooks, coupon campaigns) declares a purpose and leaves out members
+# without consent to it in force.
+CONSENT_PURPOSES = env.list(
+    "CONSENT_PURPOSES",
+    default=[
+        "marketing_sms",
+        "marketing_wechat",
+        "marketing_email",
+        "marketing_push",
+        "personalization",
+        "analytics",
+    ],
+)
+# The legacy single consent trait: true grants and false (false, 0, "no", "off") denies every
+# marketing purpose at once, as if the event had stated each of them.
 MARKETING_CONSENT_TRAIT = env("MARKETING_CONSENT_TRAIT", default="marketing_consent")
 
 # Lifecycle stage (computed tags lifecycle-*, members.segments.computed), in days: new while the

@@ -7,7 +7,6 @@ creates campaigns and issues coupons. Writes that a client may retry take an
 ``Idempotency-Key`` header: the same key gives the same answer, never a second entry.
 """
 
-from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -20,16 +19,18 @@ from rest_framework.views import APIView
 from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
 from cdp.pagination import CURSOR_HELP, cursor_parameter, page_serializer, paginated, query_cursor, query_int
-from cdp.permissions import permissions_required
+from cdp.permissions import permissions_required, request_staff
 from events.models import Channel
-from members.loyalty.coupons import CouponRefused, coupon_redeem, coupon_release, coupons_issue
+from members.consent.statements import ALL_MARKETING
+from members.loyalty.coupons import CouponRefused, coupon_redeem, coupon_release, coupons_issue_checked
 from members.loyalty.models import Coupon, CouponCampaign, CouponRedemption, PointsEntry
 from members.loyalty.points import MAX_POINTS_MOVE
 from members.loyalty.presentation import coupon_json, entry_json, points_json
 from members.loyalty.selectors import coupon_redemption_active, ledger_page, members_expiring, points_summary
 from members.loyalty.services import PointsRefused, points_adjust, points_redeem
 from members.models import Member
-from members.segments.models import Segment, SegmentMember
+from members.segments.api import PURPOSE_HELP, declared_purpose
+from members.segments.models import Segment
 from members.selectors import member_resolve
 
 VIEW_MEMBERS = "members.view_member"
@@ -210,6 +211,11 @@ class IssueInput(serializers.Serializer):
         required=False,
     )
     segment = serializers.SlugField(required=False, help_text="Issue to every member of this segment now.")
+    purpose = serializers.CharField(
+        required=False, max_length=64,
+        help_text=PURPOSE_HELP.replace("when the rows are read", "now")
+        + " Issuing to a segment always checks (marketing by default); to member_ids only when a purpose is given.",
+    )  # fmt: skip
 
     def validate(self, attrs: dict) -> dict:
         if ("member_ids" in attrs) == ("segment" in attrs):
@@ -219,8 +225,14 @@ class IssueInput(serializers.Serializer):
         return attrs
 
 
+class IssueWithheldOutput(serializers.Serializer):
+    no_consent = serializers.IntegerField(help_text="Members skipped: no consent to the purpose in force.")
+
+
 class IssueOutput(serializers.Serializer):
     issued = serializers.IntegerField(help_text="Coupons issued now; members who had one get none again.")
+    purpose = serializers.CharField(allow_null=True, help_text="The purpose checked (null: none was).")
+    withheld = IssueWithheldOutput(help_text="Members given no coupon, by reason.")
 
 
 class ExpiringOutput(serializers.Serializer):
@@ -452,7 +464,9 @@ class CampaignIssueView(APIView):
     def post(self, request: Request, campaign_id: int) -> Response:
         """Issue one coupon of the campaign to each member given, or to every member of a
         segment (an absorbed id counts as its survivor). Idempotent: a member who has one gets
-        none again."""
+        none again. A campaign to a segment skips members without consent to its purpose
+        (``marketing``, every marketing purpose, unless one is named) and says how many; so
+        does one to member ids that names a purpose. Audited."""
         campaign = CouponCampaign.objects.filter(pk=campaign_id).first()
         if campaign is None:
             raise ApiError(
@@ -461,16 +475,17 @@ class CampaignIssueView(APIView):
         data = IssueInput(data=request.data)
         data.is_valid(raise_exception=True)
         wanted = data.validated_data
-        with transaction.atomic():
-            member_ids = (
-                wanted["member_ids"]
-                if "member_ids" in wanted
-                else SegmentMember.objects.filter(segment__key=wanted["segment"]).values_list(
-                    "member_id", flat=True
-                )
-            )
-            issued = coupons_issue(campaign=campaign, member_ids=member_ids)
-        return Response(IssueOutput({"issued": issued}).data)
+        purpose: str | None = None
+        purposes = None
+        if "segment" in wanted or "purpose" in wanted:
+            purpose, purposes = declared_purpose(wanted.get("purpose") or ALL_MARKETING)
+        outcome = coupons_issue_checked(
+            campaign=campaign, member_ids=wanted.get("member_ids"), segment=wanted.get("segment", ""),
+            purpose=purpose or "", purposes=purposes, user=request_staff(request),
+        )  # fmt: skip
+        return Response(
+            IssueOutput({"issued": outcome.issued, "purpose": purpose, "withheld": outcome.withheld}).data
+        )
 
 
 class ExpiringView(APIView):

@@ -17,9 +17,14 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from cdp.models import AuditEntry
+from cdp.services import audit_record
+from members.consent.selectors import members_with_consent
+from members.consent.statements import NO_CONSENT
 from members.loyalty.models import Coupon, CouponCampaign, CouponRedemption
 from members.loyalty.selectors import coupon_redemption_active
 from members.models import Member
+from members.segments.models import SegmentMember
 
 #: Code alphabet without look-alikes (0/O, 1/I/L), read out at tills.
 _ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
@@ -51,6 +56,52 @@ def coupons_issue(*, campaign: CouponCampaign, member_ids: Iterable[int]) -> int
     new = [Coupon(code=coupon_code_new(), campaign=campaign, member_id=m) for m in sorted(active - have)]
     created = Coupon.objects.bulk_create(new, ignore_conflicts=True, batch_size=2000)
     return len(created)
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    issued: int  # coupons issued now
+    withheld: dict[str, int]  # members skipped, by reason
+
+
+def coupons_issue_checked(
+    *,
+    campaign: CouponCampaign,
+    member_ids: Iterable[int] | None = None,
+    segment: str = "",
+    purpose: str = "",
+    purposes: tuple[str, ...] | None = None,
+    user: User | None = None,
+) -> Issued:
+    """Issue the campaign to these members, or to every member of ``segment`` now, skipping
+    members without consent in force to ``purposes`` (declared as ``purpose``; None: no check,
+    for coupons given to named members outside any marketing use); audited with what was
+    issued and skipped. A segment's campaign is always a marketing outflow: the caller passes
+    the purposes it declared, ``marketing`` by default."""
+    with transaction.atomic():
+        if segment:
+            wanted = list(
+                SegmentMember.objects.filter(segment__key=segment)
+                .order_by("member_id")
+                .values_list("member_id", flat=True)
+            )
+        else:
+            wanted = sorted(set(member_ids or ()))
+        allowed = set(wanted) if purposes is None else members_with_consent(
+            member_ids=wanted, purposes=purposes, at=timezone.now()
+        )  # fmt: skip
+        withheld = {NO_CONSENT: len(set(wanted) - allowed)}
+        issued = coupons_issue(campaign=campaign, member_ids=allowed)
+        audit_record(
+            user=user,
+            action=AuditEntry.Action.ISSUE_COUPONS,
+            member_ids=(),
+            channel="api",
+            detail=f"campaign {campaign.pk} to {f'segment {segment}' if segment else f'{len(wanted)} members'}"
+            + (f" for {purpose}" if purposes is not None else "")
+            + f": {issued} issued, withheld {NO_CONSENT}={withheld[NO_CONSENT]}",
+        )
+    return Issued(issued, withheld)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from members.segments.rules.syntax import (
     All,
     Any_,
     Condition,
+    ConsentGranted,
     Did,
     DidNot,
     EventFilter,
@@ -216,7 +217,27 @@ class _Compiler:
                     "members_segmentmember sm JOIN members_segment s ON s.id = sm.segment_id", "sm.member_id",
                     f"s.key = {self.param(key)}",
                 )  # fmt: skip
+            case ConsentGranted(purpose):
+                return self.consent(purpose)
         raise TypeError(f"not a condition: {condition!r}")
+
+    def consent(self, purpose: str) -> str:
+        """Whether ``m``'s statement in force for ``purpose`` at ``now`` (the latest at or
+        before it, by event time then id) is a grant: one probe of the ``consent_in_force``
+        index per member, or (all members) one pass over the purpose's statements."""
+        if self.all_members:
+            latest = (
+                "SELECT DISTINCT ON (cs.member_id) cs.member_id, cs.state FROM consent_consentstatement cs "
+                f"WHERE cs.purpose = {self.param(purpose)} AND cs.at <= {self.param(self.now)} "
+                "ORDER BY cs.member_id, cs.at DESC, cs.id DESC"
+            )
+            return f"(m.id IN (SELECT c.member_id FROM ({latest}) c WHERE c.state = 'granted'))"
+        in_force = (
+            f"SELECT cs.state FROM consent_consentstatement cs WHERE cs.member_id = m.id "
+            f"AND cs.purpose = {self.param(purpose)} AND cs.at <= {self.param(self.now)} "
+            "ORDER BY cs.at DESC, cs.id DESC LIMIT 1"
+        )
+        return f"(coalesce(({in_force}) = 'granted', false))"
 
     def ago(self, days: int | None) -> datetime | None:
         return None if days is None else self.now - timedelta(days=days)

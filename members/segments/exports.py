@@ -10,8 +10,9 @@ and any identifier type as ``identifiers.<type>`` (every value, last seen first)
 
 Personal data: phone and email (as traits or identifiers) are masked unless the role may see
 contact details (``cdp.privacy.Masking``), and every row that shows them in full is in the
-audit log. Consent: a member whose ``settings.MARKETING_CONSENT_TRAIT`` trait is false gets
-phone and email null in every marketing pull, whatever the caller's role.
+audit log. Consent: every pull declares a purpose (``members.consent``; ``marketing``, every
+marketing purpose, unless it names one), and a member without consent to it in force when the
+rows are read is left out, and counted (``withheld``), whatever the caller's role.
 
 One statement reads a page of members with every requested field; an export walks the
 segment by keyset in batches of ``EXPORT_BATCH``, so its memory stays flat however big the
@@ -29,7 +30,6 @@ from decimal import Decimal
 from typing import Any, Literal
 
 import orjson
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 from django.utils import timezone
@@ -39,6 +39,8 @@ from cdp.privacy import CONTACT_TYPES, Masking
 from cdp.services import audit_record
 from identity.identifiers import BUILT_IN_TYPES, custom_type
 from members.aggregates import ZERO
+from members.consent.selectors import consent_granted_sql
+from members.consent.statements import NO_CONSENT
 from members.segments.models import Segment, SegmentMember
 from members.selectors import CONTACT_FIELDS
 
@@ -69,9 +71,8 @@ FIELDS: dict[str, str] = {
     "entered_at": "When the member entered the segment (always included).",
     "name": "The name trait.",
     "phone": "The phone number seen last, normalized (E.164, e.g. +8613800138000; never a "
-    "placeholder such as 000000); masked unless the role sees contact details; null without "
-    "marketing consent.",
-    "email": "The email address seen last, normalized (lower case); masked and withheld like phone.",
+    "placeholder such as 000000); masked unless the role sees contact details.",
+    "email": "The email address seen last, normalized (lower case); masked like phone.",
     "orders": "Orders placed (0 before any).",
     "spend": "Spend net of refunds, in currency.",
     "currency": "The currency of spend.",
@@ -85,7 +86,7 @@ FIELDS: dict[str, str] = {
     **{name: f"The {name} identifier seen last." for name in sorted(_IDENTIFIER_NAMES - CONTACT_TYPES)},
     "traits.<key>": "Any profile trait (traits.phone and traits.email as phone and email).",
     "identifiers.<type>": "Every identifier of a type, last seen first (identifiers.phone and "
-    "identifiers.email masked and withheld like phone).",
+    "identifiers.email masked like phone).",
 }
 
 
@@ -99,7 +100,7 @@ class Field:
 
     @property
     def contact(self) -> bool:
-        """Phone or email: masked per role, withheld without consent, audited when shown."""
+        """Phone or email: masked per role, audited when shown."""
         return self.key in CONTACT_TYPES and self.source in ("trait", "identifier", "identifiers")
 
 
@@ -158,13 +159,15 @@ def _field(name: str) -> Field | None:
 
 @dataclass(frozen=True, slots=True)
 class MemberRow:
-    """A segment member with the requested fields, masked and withheld as the caller may see
-    them. ``contact_shown``: some phone or email value is in ``values``."""
+    """A segment member with the requested fields, masked as the caller may see them.
+    ``contact_shown``: some phone or email value is in ``values``. ``consented``: the member's
+    consent to the pull's purposes was in force when read (a row without it never leaves)."""
 
     member_id: int
     entered_at: datetime
     values: dict[str, object]
     contact_shown: bool
+    consented: bool = True
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -197,17 +200,25 @@ LEFT JOIN LATERAL (SELECT array_agg(g.key ORDER BY g.key) AS tags FROM members_m
 
 
 def segment_rows(
-    *, segment: Segment, fields: tuple[Field, ...], after: int, size: int, masking: Masking
-) -> list[MemberRow]:
+    *, segment: Segment, fields: tuple[Field, ...], after: int, size: int, masking: Masking,
+    purposes: tuple[str, ...], at: datetime | None = None,
+) -> list[MemberRow]:  # fmt: skip
     """The segment's members with ids above ``after``, lowest first, at most ``size``, each
-    with ``fields`` (one query, whatever the fields)."""
-    consent_key: str = settings.MARKETING_CONSENT_TRAIT
+    with ``fields`` and whether its consent to every one of ``purposes`` is in force at ``at``
+    (now by default; one query, whatever the fields). A row without consent holds no values:
+    the caller counts it and leaves it out."""
     sources = {field.source for field in fields}
-    trait_keys = sorted({f.key for f in fields if f.source == "trait"} | {consent_key})
+    trait_keys = sorted({f.key for f in fields if f.source == "trait"})
     types = sorted({f.key for f in fields if f.source in ("identifier", "identifiers")})
     # Only constant fragments and column names from _FIGURES / _POINTS reach the text.
-    columns = ["m.member_id", "m.entered_at", "t.traits"]
-    joins, params = [_PAGE, _TRAITS], [segment.pk, after, size, trait_keys]
+    columns = [
+        "m.member_id",
+        "m.entered_at",
+        f"{consent_granted_sql('m.member_id')} AS consented",
+        "t.traits",
+    ]
+    joins = [_PAGE, _TRAITS]
+    params = [list(purposes), at or timezone.now(), segment.pk, after, size, trait_keys]
     figures = [f.key for f in fields if f.source == "figure"]
     if figures:
         columns += [f"a.{_FIGURES[name][0]}" for name in figures]
@@ -227,19 +238,16 @@ def segment_rows(
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
         fetched = cursor.fetchall()
-    return [_row(record, fields, figures, points, bool(types), consent_key, masking) for record in fetched]
+    return [_row(record, fields, figures, points, bool(types), masking) for record in fetched]
 
 
 def _row(
-    record: tuple,
-    fields: tuple[Field, ...],
-    figures: list[str],
-    points: list[str],
-    with_identifiers: bool,
-    consent_key: str,
+    record: tuple, fields: tuple[Field, ...], figures: list[str], points: list[str], with_identifiers: bool,
     masking: Masking,
-) -> MemberRow:
-    member_id, entered_at, traits_text, *rest = record
+) -> MemberRow:  # fmt: skip
+    member_id, entered_at, consented, traits_text, *rest = record
+    if not consented:
+        return MemberRow(member_id, entered_at, {}, contact_shown=False, consented=False)
     # jsonb arrives as text (as Django's JSONField reads it).
     traits = orjson.loads(traits_text) if traits_text else {}
     figure_values = dict(zip(figures, rest[: len(figures)], strict=True))
@@ -248,7 +256,6 @@ def _row(
     rest = rest[len(points) :]
     identifiers = orjson.loads(rest.pop(0) or "{}") if with_identifiers else {}
     tags = (rest.pop(0) if rest else None) or []
-    refused = consent_refused(traits.get(consent_key))
     values: dict[str, object] = {}
     shown = False
     for field in fields:
@@ -271,9 +278,7 @@ def _row(
         else:
             value = tags
         if field.contact:
-            if refused:
-                value = [] if field.source == "identifiers" else None
-            elif isinstance(value, list):
+            if isinstance(value, list):
                 value = [_contact(masking, field.key, v) for v in value]
             else:
                 value = _contact(masking, field.key, value)
@@ -289,17 +294,21 @@ def _contact(masking: Masking, type_: str, value: object) -> object:
     return masking.value(type_, value if isinstance(value, str) else orjson.dumps(value).decode())
 
 
-_REFUSALS = frozenset({"false", "no", "off", "n", "0"})
+def segment_withheld_count(*, segment: Segment, purposes: tuple[str, ...], at: datetime | None = None) -> int:
+    """How many of the segment's members lack consent to ``purposes`` at ``at`` (now)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM members_segmentmember AS m WHERE m.segment_id = %s "  # noqa: S608 - constant text
+            f"AND NOT {consent_granted_sql('m.member_id')}",
+            [segment.pk, list(purposes), at or timezone.now()],
+        )
+        return int(cursor.fetchone()[0])
 
 
-def consent_refused(value: object) -> bool:
-    """Whether a marketing consent trait says no: false, 0, or a string meaning it ("false",
-    "no", "off", "n", "0", any case). Absent (None) or anything else is not a refusal."""
-    if isinstance(value, bool):
-        return not value
-    if isinstance(value, int | float):
-        return value == 0
-    return isinstance(value, str) and value.strip().casefold() in _REFUSALS
+@dataclass(frozen=True, slots=True)
+class ExportCount:
+    rows: int  # members given
+    withheld: int  # members left out: no consent to the purpose
 
 
 def segment_export_record(
@@ -308,38 +317,49 @@ def segment_export_record(
     segment: Segment,
     fields: tuple[Field, ...],
     file_format: str,
-) -> int:
+    purpose: str,
+    purposes: tuple[str, ...],
+) -> ExportCount:
     """Append the audit entry of an export before any row leaves (who, the segment, the
-    fields, how many members it holds now) and return that count."""
-    rows = SegmentMember.objects.filter(segment=segment).count()
+    purpose, the fields, how many members it gives and how many it leaves out now, and why)
+    and return those counts."""
+    members = SegmentMember.objects.filter(segment=segment).count()
+    withheld = segment_withheld_count(segment=segment, purposes=purposes)
     names = ",".join(["member_id", "entered_at", *(f.name for f in fields)])
     audit_record(
         user=user,
         action=AuditEntry.Action.EXPORT_SEGMENT,
         member_ids=(),
         channel="api",
-        detail=f"segment {segment.key} as {file_format}, {rows} rows: {names}",
+        detail=f"segment {segment.key} as {file_format} for {purpose}, {members - withheld} rows, "
+        f"withheld {NO_CONSENT}={withheld}: {names}",
     )
-    return rows
+    return ExportCount(members - withheld, withheld)
 
 
 def segment_export_batches(
-    *, segment: Segment, fields: tuple[Field, ...], masking: Masking, batch_size: int | None = None
-) -> Iterator[list[MemberRow]]:
+    *, segment: Segment, fields: tuple[Field, ...], masking: Masking, purposes: tuple[str, ...],
+    batch_size: int | None = None,
+) -> Iterator[list[MemberRow]]:  # fmt: skip
     """The segment's members a batch at a time (one query each; ``EXPORT_BATCH`` by default),
-    lowest id first. The members of a batch whose phone or email is shown in full are audited
-    before the batch is given."""
+    lowest id first, each batch checked for consent to ``purposes`` as it is read (members
+    without it are left out). The members of a batch whose phone or email is shown in full
+    are audited before the batch is given."""
     batch_size = batch_size or EXPORT_BATCH
     after = 0
     while True:
-        rows = segment_rows(segment=segment, fields=fields, after=after, size=batch_size, masking=masking)
-        if not rows:
+        read = segment_rows(
+            segment=segment, fields=fields, after=after, size=batch_size, masking=masking, purposes=purposes
+        )
+        if not read:
             return
+        rows = [row for row in read if row.consented]
         masking.audit(row.member_id for row in rows if row.contact_shown)
-        yield rows
-        if len(rows) < batch_size:
+        if rows:
+            yield rows
+        if len(read) < batch_size:
             return
-        after = rows[-1].member_id
+        after = read[-1].member_id
 
 
 # --- formats ------------------------------------------------------------------------------------

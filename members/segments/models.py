@@ -216,6 +216,12 @@ class SegmentWebhook(models.Model):
     url = models.URLField(max_length=2000)
     secret = models.CharField(max_length=100)
     changes = models.CharField(max_length=8, choices=Changes.choices, default=Changes.BOTH)
+    purpose = models.CharField(
+        max_length=64,
+        default="marketing",
+        help_text="What the receiver uses members for (a consent purpose, or marketing: every marketing "
+        "purpose): an entry of a member without consent to it is left out of a delivery, and counted.",
+    )
     active = models.BooleanField(default=True)
     cursor = models.BigIntegerField(default=0, help_text="Id of the last segment change delivered.")
     failures = models.PositiveIntegerField(default=0, help_text="Failed deliveries in a row.")
@@ -254,6 +260,9 @@ class WebhookDelivery(models.Model):
     first_cursor = models.BigIntegerField()
     last_cursor = models.BigIntegerField()
     count = models.PositiveIntegerField(help_text="Changes in the batch.")
+    withheld = models.JSONField(
+        default=dict, blank=True, help_text='Changes left out of the batch, by reason: {"no_consent": 3}.'
+    )
     attempt = models.PositiveIntegerField(help_text="1 for a first try; n for the n-th try in a row.")
     status_code = models.PositiveSmallIntegerField(null=True, blank=True, help_text="None: no HTTP answer.")
     response = models.CharField(max_length=500, blank=True, help_text="The start of the receiver's answer.")

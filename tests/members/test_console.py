@@ -13,6 +13,7 @@ from identity.models import EventResolution, Identifier
 from members.segments.models import Segment
 from members.segments.services import segment_static_set
 from tests.factories import EventFactory, SourceFactory
+from tests.factories.consent import consent_grant
 from tests.members.test_api import staff_client
 
 pytestmark = pytest.mark.django_db
@@ -180,8 +181,9 @@ def test_a_member_page_costs_a_bounded_number_of_queries(zhang, django_assert_ma
 
     # 13 for the profile and timeline, 5 for points: account, ledger (lots), program, tier
     # changes, coupons with their redemptions, and the ledger page shown; 3 for the tags card:
-    # the member's tags, segments, and the manual tags the agent may add; 1 for the groups card.
-    with django_assert_max_num_queries(23):
+    # the member's tags, segments, and the manual tags the agent may add; 1 for the groups card;
+    # 2 for the consent card: the statements in force, the latest history.
+    with django_assert_max_num_queries(25):
         response = client.get(f"/console/members/{zhang['member']}/")
 
     assert response.status_code == 200
@@ -205,6 +207,7 @@ def test_a_placeholder_phone_is_never_shown_as_a_phone(zhang):
         segment=Segment.objects.create(key="both", name="Both", kind="static"),
         member_ids=[zhang["member"], min_id],
     )
+    consent_grant([zhang["member"], min_id])  # an export gives only members who consented
     exported = staff_client(Role.ADMIN).get(
         f"/api/v1/segments/{segment.key}/export/?format=ndjson&fields=phone,email,traits.phone"
     )

@@ -15,7 +15,8 @@ from rest_framework.views import APIView
 from cdp.errors import ApiError, FieldError
 from cdp.permissions import permissions_required, request_staff
 from cdp.privacy import Masking
-from members.segments.api import VIEW_SEGMENTS, segment_by_key
+from members.consent.statements import NO_CONSENT
+from members.segments.api import PURPOSE_PARAMETER, VIEW_SEGMENTS, declared_purpose, segment_by_key
 from members.segments.api.members import FIELDS_PARAMETER, requested_fields
 from members.segments.exports import (
     csv_chunks,
@@ -45,7 +46,10 @@ _FORMATS = (
     "CSV: a header row (member_id, entered_at, the fields), then a row per member; null is empty, "
     "lists and objects are JSON, text a spreadsheet would run as a formula (starting with = + - @, "
     "tab or carriage return) is prefixed with '. NDJSON: one JSON object per member per line, as "
-    "the members page gives them. Lowest member id first; named segment-<key>-<UTC time>.<format>."
+    "the members page gives them. Lowest member id first; named segment-<key>-<UTC time>.<format>. "
+    "Members without consent to the purpose are left out: X-CDP-Withheld counts them (no_consent=N, "
+    "counted when the export starts; each batch is checked again as it is read) and X-CDP-Purpose "
+    "names the purpose."
 )
 
 
@@ -82,6 +86,7 @@ class SegmentExportView(APIView):
                              description="csv (the default) or ndjson; or send Accept: text/csv / "
                                          "application/x-ndjson."),
             FIELDS_PARAMETER,
+            PURPOSE_PARAMETER,
         ],
         responses={
             (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description=_FORMATS),
@@ -92,20 +97,24 @@ class SegmentExportView(APIView):
     def get(self, request: Request, key: str) -> StreamingHttpResponse:
         """Every member of the segment with the fields asked for, streamed as CSV or NDJSON,
         lowest member id first, with the masking and consent of the members page. The export
-        is in the audit log (who, segment, fields, rows), and so are the members whose phone
-        or email it gives in full."""
+        is in the audit log (who, segment, purpose, fields, rows, members left out), and so
+        are the members whose phone or email it gives in full."""
         segment = segment_by_key(key)
         fields = requested_fields(request)
+        purpose, purposes = declared_purpose(request.query_params.get("purpose"))
         renderer = request.accepted_renderer
-        segment_export_record(
-            user=request_staff(request), segment=segment, fields=fields, file_format=renderer.format
-        )
+        count = segment_export_record(
+            user=request_staff(request), segment=segment, fields=fields, file_format=renderer.format,
+            purpose=purpose, purposes=purposes,
+        )  # fmt: skip
         masking = Masking(request.user, channel="api", detail=f"export of segment {segment.key}")
-        batches = segment_export_batches(segment=segment, fields=fields, masking=masking)
+        batches = segment_export_batches(segment=segment, fields=fields, masking=masking, purposes=purposes)
         chunks = csv_chunks(fields, batches) if renderer.format == "csv" else ndjson_chunks(batches)
         response = StreamingHttpResponse(chunks, content_type=f"{renderer.media_type}; charset=utf-8")
         filename = f"segment-{segment.key}-{timezone.now():%Y%m%dT%H%M%SZ}.{renderer.format}"
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        response["X-CDP-Purpose"] = purpose
+        response["X-CDP-Withheld"] = f"{NO_CONSENT}={count.withheld}"
         response["Cache-Control"] = "no-store"  # personal data: no copies in caches on the way
         response["X-Accel-Buffering"] = "no"  # a proxy passes the rows on as they come
         return response

@@ -1,5 +1,6 @@
 """Segment definitions and the changes feed (who entered and who left since a cursor)."""
 
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -9,9 +10,11 @@ from rest_framework.views import APIView
 
 from cdp.pagination import page_serializer, paginated, query_int
 from cdp.permissions import permissions_required
-from members.segments.api import VIEW_SEGMENTS, segment_by_key
+from members.consent.statements import NO_CONSENT
+from members.segments.api import PURPOSE_PARAMETER, VIEW_SEGMENTS, declared_purpose, segment_by_key
+from members.segments.api.members import WithheldOutput
 from members.segments.models import Segment
-from members.segments.selectors import feed_horizon, segment_changes
+from members.segments.selectors import changes_consented, feed_horizon, segment_changes
 
 
 class SegmentOutput(serializers.ModelSerializer):
@@ -31,6 +34,8 @@ class ChangeOutput(serializers.Serializer):
 class ChangesPage(serializers.Serializer):
     results = ChangeOutput(many=True)
     next_since = serializers.IntegerField(help_text="Pass as ?since= next time: changes after these.")
+    purpose = serializers.CharField(help_text="The purpose the changes were read for.")
+    withheld = WithheldOutput(help_text="Entries of this page left out, by reason (exits always go).")
 
 
 class SegmentsView(APIView):
@@ -66,13 +71,15 @@ class SegmentChangesView(APIView):
 
     @extend_schema(
         parameters=[OpenApiParameter("since", OpenApiTypes.INT, description="next_since of the last call; 0: all"),
-                    OpenApiParameter("page_size", OpenApiTypes.INT)],
+                    OpenApiParameter("page_size", OpenApiTypes.INT), PURPOSE_PARAMETER],
         responses={200: ChangesPage}, tags=["segments"],
     )  # fmt: skip
     def get(self, request: Request, key: str) -> Response:
         """Who entered and who left since a cursor, oldest first: a tool keeps ``next_since``
-        and asks again to sync incrementally."""
+        and asks again to sync incrementally. The entry of a member without consent to the
+        declared purpose is left out and counted; exits always go."""
         segment = segment_by_key(key)
+        purpose, purposes = declared_purpose(request.query_params.get("purpose"))
         since = query_int(request, "since", default=0, low=0, high=2**63 - 1)
         size = query_int(request, "page_size", default=1000, low=1, high=10_000)
         # Only up to the settled horizon: a change committing late with a lower id would
@@ -81,9 +88,14 @@ class SegmentChangesView(APIView):
         changes = (
             [] if until is None else segment_changes(segment=segment, since=since, size=size, until=until)
         )
+        read = [(c.pk, c.member_id, c.change, c.at) for c in changes]
+        given = changes_consented(read, purposes=purposes, at=timezone.now())
         return Response(
             ChangesPage({
-                "results": [{"cursor": c.pk, "member_id": c.member_id, "change": c.change, "at": c.at} for c in changes],
+                "results": [{"cursor": pk, "member_id": member, "change": change, "at": at}
+                            for pk, member, change, at in given],
                 "next_since": changes[-1].pk if changes else since,
+                "purpose": purpose,
+                "withheld": {NO_CONSENT: len(read) - len(given)},
             }).data
         )  # fmt: skip

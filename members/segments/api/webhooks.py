@@ -13,7 +13,7 @@ from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
 from cdp.pagination import CURSOR_HELP, cursor_parameter, page_serializer, paginated, query_cursor, query_int
 from cdp.permissions import permissions_required, request_staff
-from members.segments.api import segment_by_key
+from members.segments.api import PURPOSE_HELP, segment_by_key
 from members.segments.models import Segment, SegmentWebhook
 from members.segments.webhooks.services import (
     webhook_create,
@@ -37,6 +37,11 @@ class WebhookInput(serializers.Serializer):
         choices=SegmentWebhook.Changes.choices, default=SegmentWebhook.Changes.BOTH,
         help_text="Which changes to send: members who entered, who exited, or both.",
     )  # fmt: skip
+    purpose = serializers.CharField(
+        max_length=64, default="marketing",
+        help_text=PURPOSE_HELP.replace("when the rows are read", "when a delivery is sent")
+        + " Exits are always sent: they only tell the receiver to drop an id.",
+    )  # fmt: skip
     since = serializers.IntegerField(
         min_value=0, max_value=MAX_BIGINT, required=False,
         help_text="Send the changes after this cursor (0: the segment's whole history). "
@@ -51,13 +56,14 @@ class WebhookChangeInput(serializers.Serializer):
     )
     url = serializers.URLField(max_length=2000, required=False)
     changes = serializers.ChoiceField(choices=SegmentWebhook.Changes.choices, required=False)
+    purpose = serializers.CharField(max_length=64, required=False)
 
     def validate(self, attrs: dict) -> dict:
         unknown = sorted(set(self.initial_data) - set(self.fields))
         if unknown:
             raise serializers.ValidationError(dict.fromkeys(unknown, "cannot be changed"))
         if not attrs:
-            raise serializers.ValidationError({"active": "give active, url or changes"})
+            raise serializers.ValidationError({"active": "give active, url, changes or purpose"})
         return attrs
 
 
@@ -66,6 +72,7 @@ class WebhookOutput(serializers.Serializer):
     segment = serializers.CharField(source="segment.key")
     url = serializers.URLField()
     changes = serializers.ChoiceField(choices=SegmentWebhook.Changes.choices)
+    purpose = serializers.CharField(help_text="What the receiver uses members for (consent).")
     active = serializers.BooleanField()
     secret_hint = serializers.SerializerMethodField(help_text="The secret's first characters.")
     cursor = serializers.IntegerField(help_text="Changes after this cursor are not delivered yet.")
@@ -93,6 +100,9 @@ class DeliveryOutput(serializers.Serializer):
     first_cursor = serializers.IntegerField()
     last_cursor = serializers.IntegerField()
     count = serializers.IntegerField(help_text="Changes in the batch.")
+    withheld = serializers.DictField(
+        child=serializers.IntegerField(), help_text='Changes left out, by reason: {"no_consent": 3}.'
+    )
     attempt = serializers.IntegerField(help_text="1: first try of this batch; n: the n-th in a row.")
     succeeded = serializers.BooleanField()
     status_code = serializers.IntegerField(allow_null=True, help_text="None: no HTTP answer (see error).")
@@ -186,8 +196,8 @@ class SegmentWebhookView(_ByMethod):
     )
     def patch(self, request: Request, key: str, webhook_id: int) -> Response:
         """Pause (``active: false``) or resume (``active: true``: also after it was turned off
-        by failures; the backlog from its cursor goes out at once), or change its URL or the
-        changes it wants."""
+        by failures; the backlog from its cursor goes out at once), or change its URL, the
+        changes it wants or its purpose."""
         webhook = _webhook_of(segment_by_key(key), webhook_id)
         data = WebhookChangeInput(data=request.data)
         data.is_valid(raise_exception=True)

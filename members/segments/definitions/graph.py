@@ -5,9 +5,11 @@ reads may not be deleted."""
 from collections import deque
 from typing import Literal
 
+from django.conf import settings
+
 from members.segments.definitions.writes import DefinitionRefused
 from members.segments.models import Segment, Tag
-from members.segments.rules.analysis import rule_reference_paths
+from members.segments.rules.analysis import rule_consent_paths, rule_reference_paths
 from members.segments.rules.parse import RuleInvalid, rule_parse
 from members.segments.rules.syntax import rule_path
 
@@ -44,7 +46,8 @@ def _field(path: str) -> str:
 
 def rule_check(node: Node, rule: object) -> None:
     """Refuse a rule that is not valid (every error by path), reads a tag or segment that does
-    not exist, or leads back to ``node`` through what it reads."""
+    not exist or a consent purpose that is not configured (``CONSENT_PURPOSES``), or leads back
+    to ``node`` through what it reads."""
     if rule is None:
         raise DefinitionRefused("A rule is required.", [("rule", "is required")])
     try:
@@ -56,7 +59,11 @@ def rule_check(node: Node, rule: object) -> None:
     reads, exists = _graph()
     references = list(rule_reference_paths(condition))
     reads[node] = frozenset((kind, key) for kind, key, _ in references)
-    errors = []
+    errors = [
+        (_field(path), f"no consent purpose {purpose!r}; one of {', '.join(settings.CONSENT_PURPOSES)}")
+        for purpose, path in rule_consent_paths(condition)
+        if purpose not in settings.CONSENT_PURPOSES
+    ]
     for kind, key, path in references:
         if (kind, key) not in exists and (kind, key) != node:
             errors.append((_field(path), f"no {kind} {key!r}"))

@@ -13,6 +13,7 @@ from members.segments.rules.syntax import (
     All,
     Any_,
     Condition,
+    ConsentGranted,
     Did,
     DidNot,
     FirstTime,
@@ -49,7 +50,8 @@ def _time_based(leaf: Condition) -> bool:
         return leaf.op in ("within_days", "older_than_days")
     if isinstance(leaf, Did | DidNot):
         return leaf.in_last_days is not None
-    return isinstance(leaf, FirstTime | Stopped)
+    # A statement dated ahead (a device's clock) comes into force when its time comes.
+    return isinstance(leaf, FirstTime | Stopped | ConsentGranted)
 
 
 def rule_references(condition: Condition) -> References:
@@ -65,6 +67,9 @@ def rule_references(condition: Condition) -> References:
 
 def _moments(leaf: Condition, facts: MemberFacts) -> Iterable[datetime]:
     """Moments at which time alone may flip ``leaf`` for this member (a superset)."""
+    if isinstance(leaf, ConsentGranted):
+        yield from (fact.at for fact in facts.consents if fact.purpose == leaf.purpose)
+        return
     if isinstance(leaf, Trait | Aggregate) and leaf.op in ("within_days", "older_than_days"):
         if isinstance(leaf, Trait):
             moment = value_time(facts.traits.get(leaf.key))
@@ -110,3 +115,16 @@ def rule_reference_paths(
         yield "tag", condition.key, rule_path(path, "tag")
     elif isinstance(condition, InSegment):
         yield "segment", condition.key, rule_path(path, "segment")
+
+
+def rule_consent_paths(condition: Condition, path: str = "") -> Iterator[tuple[str, str]]:
+    """(purpose, path) of every consent a rule reads, the paths as ``rule_parse`` gives them
+    (to say which part of a rule names a purpose that is not configured)."""
+    if isinstance(condition, All | Any_):
+        group = rule_path(path, "all" if isinstance(condition, All) else "any")
+        for index, item in enumerate(condition.items):
+            yield from rule_consent_paths(item, f"{group}[{index}]")
+    elif isinstance(condition, Not):
+        yield from rule_consent_paths(condition.item, rule_path(path, "not"))
+    elif isinstance(condition, ConsentGranted):
+        yield condition.purpose, rule_path(path, "consent")

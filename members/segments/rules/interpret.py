@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from members.consent.statements import GRANTED, ConsentFact, consent_in_force
 from members.segments.rules.syntax import (
     NULLABLE_AGGREGATES,
     ORDERINGS,
@@ -15,6 +16,7 @@ from members.segments.rules.syntax import (
     All,
     Any_,
     Condition,
+    ConsentGranted,
     Did,
     DidNot,
     EventFilter,
@@ -45,7 +47,8 @@ class EventFact:
 @dataclass(frozen=True, slots=True)
 class MemberFacts:
     """What rules look at for one member. ``aggregates`` is empty for a member without a
-    figures row (orders and spend 0, times None); ``tier`` is "" without one."""
+    figures row (orders and spend 0, times None); ``tier`` is "" without one; ``consents`` are
+    the consent statements the member holds."""
 
     member_id: int
     traits: Mapping[str, Any] = field(default_factory=dict)
@@ -56,6 +59,7 @@ class MemberFacts:
     tier: str = ""
     tags: frozenset[str] = frozenset()
     segments: frozenset[str] = frozenset()
+    consents: tuple[ConsentFact, ...] = ()
 
 
 def _compare(left: Any, op: str, right: Any) -> bool:
@@ -197,4 +201,7 @@ def rule_matches(condition: Condition, facts: MemberFacts, *, now: datetime) -> 
             return key in facts.tags
         case InSegment(key):
             return key in facts.segments
+        case ConsentGranted(purpose):
+            in_force = consent_in_force(facts.consents, purpose, now)
+            return in_force is not None and in_force.state == GRANTED
     raise TypeError(f"not a condition: {condition!r}")

@@ -25,6 +25,7 @@ from members.segments.rules.syntax import (
     All,
     Any_,
     Condition,
+    ConsentGranted,
     Did,
     DidNot,
     EventFilter,
@@ -43,6 +44,7 @@ from members.segments.rules.values import Scalar, value_number, value_time
 
 _KEY = re.compile(r"[-a-zA-Z0-9_]{1,64}")
 _IDENTIFIER_TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_PURPOSE = _IDENTIFIER_TYPE  # consent purposes are named alike (members.consent.apps checks the settings)
 
 
 class RuleInvalid(ValueError):
@@ -404,6 +406,15 @@ class _Parser:
         key = self.key(data["segment"], rule_path(path, "segment"), "segment")
         return InSegment(key) if key else None
 
+    def parse_consent(self, data: dict, path: str) -> Condition | None:
+        self.keys(data, path, ("consent",))
+        purpose = data["consent"]
+        if not isinstance(purpose, str) or not _PURPOSE.fullmatch(purpose):
+            self.fail(rule_path(path, "consent"),
+                      f"expected a consent purpose such as 'marketing_sms' (lower case), got {purpose!r}")  # fmt: skip
+            return None
+        return ConsentGranted(purpose)
+
 
 #: The parser of each kind of condition (``syntax.KINDS``).
 _CONDITION_PARSERS: dict[str, Callable[[_Parser, dict, str], Condition | None]] = {
@@ -421,6 +432,7 @@ _CONDITION_PARSERS: dict[str, Callable[[_Parser, dict, str], Condition | None]] 
     "tier": _Parser.parse_tier,
     "tag": _Parser.parse_tag,
     "segment": _Parser.parse_segment,
+    "consent": _Parser.parse_consent,
 }
 
 

@@ -30,7 +30,7 @@ AGGREGATES = (*NUMBER_AGGREGATES, *TIME_AGGREGATES, "stores_visited")
 
 KINDS = (
     "all", "any", "not", "trait", "has_identifier", "aggregate", "event", "did_not",
-    "first_time", "stopped", "points", "tier", "tag", "segment",
+    "first_time", "stopped", "points", "tier", "tag", "segment", "consent",
 )  # fmt: skip
 
 MAX_DAYS = 36_500
@@ -145,9 +145,16 @@ class InSegment:
     key: str
 
 
+@dataclass(frozen=True, slots=True)
+class ConsentGranted:
+    """The member's consent to ``purpose`` in force now is a grant (``members.consent``)."""
+
+    purpose: str
+
+
 Condition = Union[  # noqa: UP007  (a forward-referenced union alias)
     All, Any_, Not, Trait, HasIdentifier, Aggregate, Did, DidNot, FirstTime, Stopped, Points, TierIn, HasTag,
-    InSegment,
+    InSegment, ConsentGranted,
 ]  # fmt: skip
 
 

@@ -16,8 +16,10 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from members.consent.selectors import purposes_declared
+from members.consent.statements import NO_CONSENT
 from members.segments.models import Segment, SegmentChange, SegmentWebhook, WebhookDelivery
-from members.segments.selectors import FEED_WRITERS, feed_writers_finished
+from members.segments.selectors import FEED_WRITERS, changes_consented, feed_writers_finished
 from members.segments.webhooks.signing import SIGNATURE_HEADER, webhook_signature
 from members.segments.webhooks.transport import Answer, webhook_post
 
@@ -54,7 +56,7 @@ _CLAIM = f"""
 UPDATE {_WEBHOOKS} AS w SET leased_until = %(until)s, lease = %(lease)s
 WHERE w.id = %(id)s AND {_DUE}
 RETURNING w.segment_id, (SELECT s.key FROM {Segment._meta.db_table} AS s WHERE s.id = w.segment_id),
-    w.url, w.secret, w.changes, w.cursor, w.failures,
+    w.url, w.secret, w.changes, w.purpose, w.cursor, w.failures,
     (SELECT max(c.id) FROM {_FEED} AS c), ARRAY({FEED_WRITERS})
 """  # noqa: S608
 _DUE_IDS = f"SELECT w.id FROM {_WEBHOOKS} AS w WHERE {_DUE} ORDER BY w.id"  # noqa: S608
@@ -76,6 +78,7 @@ class _Claim:
     url: str
     secret: str
     changes: str
+    purpose: str
     cursor: int
     failures: int
     horizon: int  # the highest change id committed when claimed
@@ -120,13 +123,17 @@ def _deliver_batch(webhook_id: int, now: datetime) -> Outcome:
     if not rows:  # gone since the claim (a member erased)
         _finish(claim, now, next_cursor=next_cursor, delivery=None, answer=None)
         return Outcome.IDLE
+    sent = changes_consented(rows, purposes=purposes_declared(claim.purpose), at=now)
+    withheld = {NO_CONSENT: len(rows) - len(sent)}
     delivery_id = uuid.uuid4()
     body = orjson.dumps({
         "delivery_id": str(delivery_id),
         "webhook_id": claim.webhook_id,
         "segment": claim.segment_key,
+        "purpose": claim.purpose,
         "changes": [{"cursor": pk, "member_id": member, "change": change, "at": at}
-                    for pk, member, change, at in rows],
+                    for pk, member, change, at in sent],
+        "withheld": withheld,
         "next_cursor": next_cursor,
     })  # fmt: skip
     headers = {
@@ -141,7 +148,8 @@ def _deliver_batch(webhook_id: int, now: datetime) -> Outcome:
         delivery_id=delivery_id,
         first_cursor=rows[0][0],
         last_cursor=rows[-1][0],
-        count=len(rows),
+        count=len(sent),
+        withheld=withheld,
         attempt=claim.failures + 1,
         status_code=answer.status_code,
         response=answer.response,
@@ -166,9 +174,9 @@ def _claim(webhook_id: int, now: datetime, *, lease_seconds: float) -> _Claim | 
         row = cursor.fetchone()
     if row is None:
         return None
-    segment_id, key, url, secret, changes, cursor_at, failures, horizon, writers = row
-    return _Claim(webhook_id, lease, segment_id, key, url, secret, changes, cursor_at, failures, horizon or 0,
-                  tuple(writers))  # fmt: skip
+    segment_id, key, url, secret, changes, purpose, cursor_at, failures, horizon, writers = row
+    return _Claim(webhook_id, lease, segment_id, key, url, secret, changes, purpose, cursor_at, failures,
+                  horizon or 0, tuple(writers))  # fmt: skip
 
 
 def _claim_settled(webhook_id: int, now: datetime, *, lease_seconds: float) -> _Claim | Outcome:

@@ -3,12 +3,15 @@ log, and the nudge that has a membership change delivered."""
 
 from collections.abc import Iterable
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from cdp.credentials import credential_new
+from members.consent.selectors import purposes_declared
+from members.consent.statements import ALL_MARKETING
 from members.segments.models import Segment, SegmentChange, SegmentWebhook, WebhookDelivery
 from members.segments.webhooks.signing import SECRET_KIND
 from members.segments.webhooks.tasks import webhooks_deliver_enqueue
@@ -23,13 +26,16 @@ def webhook_create(
     segment: Segment,
     url: str,
     changes: str = SegmentWebhook.Changes.BOTH,
+    purpose: str = ALL_MARKETING,
     since: int | None = None,
     created_by: AbstractBaseUser | None = None,
 ) -> SegmentWebhook:
     """Subscribe ``url`` to the segment's changes, from after cursor ``since`` (default: the
-    segment's latest change, so only what happens from now on). The secret is generated here;
-    the caller shows it once."""
+    segment's latest change, so only what happens from now on), for ``purpose`` (a consent
+    purpose, or ``marketing``: entries of members without consent to it are left out of
+    deliveries). The secret is generated here; the caller shows it once."""
     webhook_url_check(url)
+    _purpose_check(purpose)
     latest = SegmentChange.objects.order_by("-id").values_list("id", flat=True).first() or 0
     if since is not None and since > latest:
         raise WebhookRefused("since", f"beyond the latest change ({latest})")
@@ -59,6 +65,7 @@ def webhook_create(
                     segment=segment,
                     url=url,
                     changes=changes,
+                    purpose=purpose,
                     cursor=since,
                     secret=credential_new(kind=SECRET_KIND),
                     created_by=created_by if created_by is not None and created_by.is_authenticated else None,
@@ -69,14 +76,24 @@ def webhook_create(
     return webhook
 
 
+def _purpose_check(purpose: str) -> None:
+    if purposes_declared(purpose) is None:
+        known = ", ".join([ALL_MARKETING, *settings.CONSENT_PURPOSES])
+        raise WebhookRefused("purpose", f"one of {known}")
+
+
 def webhook_update(
-    *, webhook: SegmentWebhook, active: bool | None = None, url: str | None = None, changes: str | None = None
-) -> SegmentWebhook:
-    """Turn a webhook on or off, or point it elsewhere. Turning it on starts afresh (failures
-    and reason forgotten, the backlog from its cursor delivered at once); so does a new URL (a
-    new receiver owes nothing for the old one's failures)."""
+    *, webhook: SegmentWebhook, active: bool | None = None, url: str | None = None, changes: str | None = None,
+    purpose: str | None = None,
+) -> SegmentWebhook:  # fmt: skip
+    """Turn a webhook on or off, or point it elsewhere, or change what it sends or its purpose.
+    Turning it on starts afresh (failures and reason forgotten, the backlog from its cursor
+    delivered at once); so does a new URL (a new receiver owes nothing for the old one's
+    failures)."""
     if url is not None:
         webhook_url_check(url)
+    if purpose is not None:
+        _purpose_check(purpose)
     with transaction.atomic():
         current = SegmentWebhook.objects.select_for_update().get(pk=webhook.pk)
         if url is not None and url != current.url:
@@ -87,6 +104,8 @@ def webhook_update(
             current.next_attempt_at = None
         if changes is not None:
             current.changes = changes
+        if purpose is not None:
+            current.purpose = purpose
         if active is False and current.active:
             current.active = False
             current.disabled_reason = "turned off by staff"
@@ -95,7 +114,7 @@ def webhook_update(
             current.failures = 0
             current.next_attempt_at = None
             current.disabled_reason = ""
-        current.save(update_fields=["url", "changes", "active", "disabled_reason", "failures",
+        current.save(update_fields=["url", "changes", "purpose", "active", "disabled_reason", "failures",
                                     "next_attempt_at", "updated_at"])  # fmt: skip
         if current.active:
             webhooks_nudge([current.segment_id])

@@ -25,6 +25,7 @@ from members.segments.models import Segment
 from members.segments.services import segment_compute
 from members.services import members_rebuild
 from tests.factories import EventFactory, SourceFactory
+from tests.factories.consent import consent_grant
 from tests.members.conftest import T0
 from tests.members.test_api import staff_client
 
@@ -355,6 +356,7 @@ def test_the_360_view_shows_points_and_tier(zhang):
 
 
 def test_a_campaign_issues_to_a_segment(zhang, campaign):
+    consent_grant([zhang["member"]])  # a campaign to a segment reaches only members who consented
     segment = Segment.objects.create(key="buyers", name="Buyers", kind="dynamic",
                                      rule={"aggregate": "orders", "op": "gte", "value": 1})  # fmt: skip
     segment_compute(segment=segment)
@@ -367,5 +369,5 @@ def test_a_campaign_issues_to_a_segment(zhang, campaign):
     issued = client.post(f"/api/v1/campaigns/{campaign.pk}/issue/", {"segment": "buyers"}, format="json")
 
     assert (both.status_code, unknown.status_code) == (400, 400)
-    assert issued.json() == {"issued": 1}
+    assert issued.json() == {"issued": 1, "purpose": "marketing", "withheld": {"no_consent": 0}}
     assert Coupon.objects.get(campaign=campaign).member_id == zhang["member"]

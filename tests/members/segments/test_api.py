@@ -12,9 +12,19 @@ from identity.models import EventResolution
 from members.segments.models import Segment
 from members.segments.services import segment_compute, segment_static_set
 from tests.factories import EventFactory, SourceFactory
+from tests.factories.consent import consent_grant
+from tests.factories.members import MemberFactory
 from tests.members.test_api import staff_client
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def zhang(zhang: dict) -> dict:
+    """Zhang Wei (``tests/members/conftest.py``), who consented to every purpose: marketing
+    pulls give only members with consent (``tests/members/consent/test_outflows.py``)."""
+    consent_grant([zhang["member"]])
+    return zhang
 
 
 @pytest.fixture
@@ -43,6 +53,7 @@ def test_members_come_in_stable_keyset_pages(zhang):
     others = [EventFactory(source=SourceFactory(), user_id=f"p{n}", event="Page Viewed") for n in range(4)]
     events_process_pending()
     ids = sorted([zhang["member"], *(EventResolution.objects.get(event=e).member_id for e in others)])
+    consent_grant(set(ids) - {zhang["member"]})
     segment = segment_static_set(
         segment=Segment.objects.create(key="list", name="List", kind="static"), member_ids=ids
     )
@@ -74,7 +85,12 @@ def test_the_changes_feed_gives_who_entered_and_left_since_a_cursor(buyers, zhan
 
     assert [(c["member_id"], c["change"]) for c in first["results"]] == [(zhang["member"], "entered")]
     assert [(c["member_id"], c["change"]) for c in later["results"]] == [(zhang["member"], "exited")]
-    assert nothing == {"results": [], "next_since": later["next_since"]}
+    assert nothing == {
+        "results": [],
+        "next_since": later["next_since"],
+        "purpose": "marketing",
+        "withheld": {"no_consent": 0},
+    }
 
 
 @pytest.mark.django_db(transaction=True)
@@ -84,7 +100,8 @@ def test_the_changes_feed_never_lets_a_late_commit_fall_behind_the_cursor():
     from members.segments.models import SegmentChange
 
     listed = Segment.objects.create(key="list", name="List", kind="static")
-    early, late = 1001, 1002  # the feed keeps ids of members since erased: no foreign key
+    early, late = (m.pk for m in MemberFactory.create_batch(2))
+    consent_grant([early, late])
     wrote, finish, pages = threading.Event(), threading.Event(), []
 
     def late_writer() -> None:  # takes the lower id first, commits last
@@ -125,8 +142,11 @@ LIST_ENDPOINTS = [
     "/api/v1/sources/", "/api/v1/rejected-events/", "/api/v1/members/?q=zhang", "/api/v1/members/{id}/events/",
     "/api/v1/members/{id}/tags/", "/api/v1/members/{id}/tags/history/", "/api/v1/segments/",
     "/api/v1/segments/buyers/members/", "/api/v1/segments/buyers/webhooks/", "/api/v1/tags/", "/api/v1/campaigns/",
-    "/api/v1/points/expiring/",
+    "/api/v1/points/expiring/", "/api/v1/members/{id}/consent/history/",
 ]  # fmt: skip
+#: What a list says of itself besides its page: a segment's members page, the purpose it was read
+#: for and how many members it left out (consent).
+PAGE_NOTES = {"/api/v1/segments/buyers/members/": {"purpose", "withheld"}}
 
 
 @pytest.mark.parametrize("path", LIST_ENDPOINTS)
@@ -134,7 +154,7 @@ def test_every_list_endpoint_answers_results_and_a_cursor(zhang, buyers, path):
     separator = "&" if "?" in path else "?"
     body = staff_client(Role.ADMIN).get(f"{path.format(id=zhang['member'])}{separator}page_size=1").json()
 
-    assert set(body) == {"results", "next_cursor"}
+    assert set(body) == {"results", "next_cursor", *PAGE_NOTES.get(path, ())}
     assert isinstance(body["results"], list)
 
 

@@ -6,10 +6,12 @@ import io
 import re
 import urllib.request
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from hypothesis import given
@@ -18,11 +20,13 @@ from hypothesis import strategies as st
 from cdp.models import AuditEntry
 from cdp.roles import Role
 from cdp.services import staff_user_ensure, token_issue
+from members.consent.statements import marketing_purposes
 from members.loyalty.models import PointsAccount
 from members.models import MemberAggregate
 from members.segments import exports
 from members.segments.exports import csv_cell
 from members.segments.models import SegmentMember
+from tests.factories.consent import consent_grant, consent_state
 from tests.members.segments.test_members_fields import members_create, segment_of
 from tests.members.test_api import staff_client
 
@@ -64,14 +68,21 @@ def spreadsheet_text(value: object) -> str:
 
 @pytest.fixture
 def audience(zhang) -> str:
-    """Zhang Wei and ten more: varied traits, figures and points, one who refused marketing."""
+    """Zhang Wei and ten more, who consented to every purpose: varied traits, figures and points;
+    the fourth of the ten later withdrew from marketing."""
+    consent_grant([zhang["member"]])
     others = members_create(
         10, phone=lambda i: f"+86139001390{i:02d}", email=lambda i: f"x{i}@example.com",
         name=lambda i: ["Li Na", "王芳", 'Quote "q", comma', "line\nbreak", None][i % 5],
         city=lambda i: ["Shanghai", None][i % 2],
         vip=lambda i: [True, False, {"since": 2024}][i % 3],
-        marketing_consent=lambda i: i != 3,
     )  # fmt: skip
+    consent_state(
+        [others[3]],
+        "withdrawn",
+        purposes=marketing_purposes(settings.CONSENT_PURPOSES),
+        at=datetime(2026, 2, 1, tzinfo=UTC),
+    )
     MemberAggregate.objects.bulk_create(
         MemberAggregate(member_id=m, currency="CNY", orders=i, spend=f"{i * 10}.50")
         for i, m in enumerate(others)
@@ -98,7 +109,7 @@ def test_ndjson_and_csv_hold_exactly_the_members_pages(audience, role):
     _, ndjson_headers, ndjson = export(role, audience, f"format=ndjson&fields={FIELDS}")
     _, csv_headers, text = export(role, audience, f"format=csv&fields={FIELDS}")
 
-    assert len(pages) == 11
+    assert len(pages) == 10  # the one who withdrew is left out
     assert [orjson.loads(line) for line in ndjson.splitlines()] == pages
     rows = list(csv.reader(io.StringIO(text.decode(), newline="")))
     assert rows[0] == ["member_id", "entered_at", *FIELDS.split(",")]
@@ -136,7 +147,8 @@ def test_an_export_streams_a_batch_per_query_and_never_holds_the_segment(monkeyp
     assert (rest, len(end)) == ([], 0)  # a short batch is the last: no query to find nothing
     [entry] = AuditEntry.objects.all()
     assert (entry.action, entry.detail) == (
-        AuditEntry.Action.EXPORT_SEGMENT, f"segment {segment.key} as csv, 3500 rows: member_id,entered_at,name"
+        AuditEntry.Action.EXPORT_SEGMENT,
+        f"segment {segment.key} as csv for marketing, 3500 rows, withheld no_consent=0: member_id,entered_at,name",
     )  # fmt: skip
 
 
@@ -148,7 +160,9 @@ def test_a_segment_of_exactly_whole_batches_ends_on_an_empty_read(monkeypatch):
         status, _, body = export(Role.MARKETING, "even", "format=ndjson")
 
     assert (status, len(body.splitlines())) == (200, 4)
-    assert sum("members_segmentmember" in q["sql"] and "LIMIT" in q["sql"] for q in reads) == 3
+    # The batches (the count of members left out, for the audit entry, reads it once besides).
+    batches = [q for q in reads if "members_segmentmember" in q["sql"] and "count(*)" not in q["sql"]]
+    assert sum("LIMIT" in q["sql"] for q in batches) == 3
 
 
 def test_an_admins_export_audits_itself_and_each_batch_of_members_shown_in_full(audience, zhang, monkeypatch):
@@ -163,11 +177,19 @@ def test_an_admins_export_audits_itself_and_each_batch_of_members_shown_in_full(
     exported = [e for e in entries if e[0] == AuditEntry.Action.EXPORT_SEGMENT]
     shown = [e for e in entries if e[0] == AuditEntry.Action.VIEW_CONTACT_DETAILS]
     assert [(user, detail) for _, _, user, detail in exported] == [
-        ("staff-admin", "segment audience as csv, 11 rows: member_id,entered_at,name,phone"),
-        ("staff-marketing", "segment audience as csv, 11 rows: member_id,entered_at,name,phone"),
+        (
+            "staff-admin",
+            "segment audience as csv for marketing, 10 rows, withheld no_consent=1: "
+            "member_id,entered_at,name,phone",
+        ),
+        (
+            "staff-marketing",
+            "segment audience as csv for marketing, 10 rows, withheld no_consent=1: "
+            "member_id,entered_at,name,phone",
+        ),
     ]
     members = sorted(SegmentMember.objects.filter(segment__key=audience).values_list("member_id", flat=True))
-    refused = members[4]  # the fourth of the ten others refused marketing
+    refused = members[4]  # the fourth of the ten others withdrew from marketing: left out
     assert [ids for _, ids, _, _ in shown] == [
         members[:4],
         [m for m in members[4:8] if m != refused],

@@ -1,10 +1,12 @@
-"""A segment's members page with ``fields=``: what each field reads, masking by role, marketing
-consent, the audit of contact details shown in full, and one query per page."""
+"""A segment's members page with ``fields=``: what each field reads, masking by role, the audit
+of contact details shown in full, and one query per page. The members here consented to every
+purpose (leaving out those who did not: ``tests/members/consent/test_outflows.py``)."""
 
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from hypothesis import given
@@ -15,12 +17,14 @@ from cdp.privacy import Masking
 from cdp.roles import Role
 from identity.models import Identifier
 from identity.selectors import identifier_lookup_values
+from members.consent.statements import marketing_purposes
 from members.loyalty.models import PointsAccount
 from members.models import Member, MemberAggregate, MemberTrait
-from members.segments.exports import FIELDS, consent_refused, fields_parse, segment_rows
+from members.segments.exports import FIELDS, fields_parse, segment_rows
 from members.segments.models import MemberTag, Segment, SegmentMember, Tag
 from members.segments.services import segment_static_set
 from members.selectors import CONTACT_FIELDS, trait_shown
+from tests.factories.consent import consent_grant
 from tests.members.test_api import staff_client
 
 pytestmark = pytest.mark.django_db
@@ -32,6 +36,13 @@ EVERYTHING = (
 )
 
 
+@pytest.fixture
+def zhang(zhang: dict) -> dict:
+    """Zhang Wei (``tests/members/conftest.py``), who consented to every purpose."""
+    consent_grant([zhang["member"]])
+    return zhang
+
+
 def segment_of(key: str, member_ids: Iterable[int]) -> Segment:
     segment = Segment.objects.create(key=key, name=key.title(), kind="static")
     SegmentMember.objects.bulk_create(
@@ -41,11 +52,13 @@ def segment_of(key: str, member_ids: Iterable[int]) -> Segment:
 
 
 def members_create(
-    count: int, traits: dict[str, object] | None = None, **by_index: Callable[[int], object]
-) -> list[int]:
+    count: int, traits: dict[str, object] | None = None, *, granted: bool = True,
+    **by_index: Callable[[int], object],
+) -> list[int]:  # fmt: skip
     """``count`` members written straight into the tables (thousands in a second): each with
     ``traits``, plus ``by_index[key](i)`` per member when given; a phone or email trait that is
-    an identifier is also the member's identifier, as the pipeline would make it."""
+    an identifier is also the member's identifier, as the pipeline would make it. ``granted``:
+    each has consented to every purpose."""
     members = Member.objects.bulk_create(
         Member(first_event_at=T, first_event_message_id=f"m{i}", first_event_source_id=1, last_event_at=T,
                last_event_message_id=f"m{i}", last_event_source_id=1)
@@ -68,6 +81,8 @@ def members_create(
         for row in rows
         if row.key in CONTACT_FIELDS and trait_shown(row.key, row.value) is not None
     )  # fmt: skip
+    if granted:
+        consent_grant([m.pk for m in members])
     return [m.pk for m in members]
 
 
@@ -154,7 +169,9 @@ def test_admins_see_contact_details_in_full_and_the_members_shown_are_audited(zh
     assert (entry.action, entry.member_ids, entry.user.username, entry.channel) == (
         AuditEntry.Action.VIEW_CONTACT_DETAILS, [zhang["member"]], "staff-admin", "api"
     )  # fmt: skip
-    assert entry.detail == f"/api/v1/segments/{segment.key}/members/?fields=phone,identifiers.phone,name"
+    assert entry.detail == (
+        f"/api/v1/segments/{segment.key}/members/?fields=phone,identifiers.phone,name (withheld no_consent=0)"
+    )
 
 
 def test_traits_phone_and_email_are_contact_details_too_and_a_number_is_masked_like_text():
@@ -164,42 +181,6 @@ def test_traits_phone_and_email_are_contact_details_too_and_a_number_is_masked_l
     [member] = page(Role.MARKETING, segment.key, "fields=traits.phone,traits.email")["results"]
 
     assert (member["traits.phone"], member["traits.email"]) == ("138****8000", "l***@example.com")
-
-
-@pytest.mark.parametrize("role", [Role.MARKETING, Role.ADMIN])
-@pytest.mark.parametrize("refusal", [False, 0, "false", "No", " off ", "n", "0"])
-def test_a_member_who_refused_marketing_gets_no_phone_or_email_whatever_the_role(role, refusal):
-    refused, agreed, silent = members_create(
-        3, phone=lambda i: f"+861390013900{i}", email=lambda i: f"a{i}@example.com",
-        marketing_consent=lambda i: [refusal, True, None][i],
-    )  # fmt: skip
-    segment = segment_of("list", [refused, agreed, silent])
-
-    body = page(role, segment.key, "fields=phone,email,traits.phone,name,traits.marketing_consent")
-
-    shown = {m["member_id"]: (m["phone"], m["email"], m["traits.phone"]) for m in body["results"]}
-    assert shown[refused] == (None, None, None)
-    assert all(value is not None for value in shown[agreed] + shown[silent])
-    assert body["results"][0]["traits.marketing_consent"] == refusal
-    audited = set(AuditEntry.objects.values_list("member_ids", flat=True).first() or [])
-    assert audited == ({agreed, silent} if role == Role.ADMIN else set())
-
-
-def test_the_consent_trait_is_a_setting(settings):
-    settings.MARKETING_CONSENT_TRAIT = "sms_ok"
-    [member_id] = members_create(1, {"phone": "+8613900139000", "sms_ok": False, "marketing_consent": True})
-    segment = segment_of("list", [member_id])
-
-    assert page(Role.ADMIN, segment.key, "fields=phone")["results"][0]["phone"] is None
-
-
-@pytest.mark.parametrize(
-    ("value", "refused"),
-    [(False, True), (0, True), (0.0, True), ("FALSE", True), ("no", True), ("off", True), ("0", True),
-     (True, False), (1, False), ("yes", False), ("", False), (None, False), ({}, False), ([], False)],
-)  # fmt: skip
-def test_what_counts_as_a_refusal(value, refused):
-    assert consent_refused(value) is refused
 
 
 @pytest.mark.parametrize(
@@ -256,7 +237,7 @@ def test_a_page_is_one_query_whatever_its_size_and_fields():
 
     with CaptureQueriesContext(connection) as read:
         rows = segment_rows(segment=segment, fields=fields_parse(EVERYTHING.split(",")), after=0, size=40,
-                            masking=masking)  # fmt: skip
+                            masking=masking, purposes=marketing_purposes(settings.CONSENT_PURPOSES))  # fmt: skip
     client, counts = staff_client(Role.ADMIN), []
     for size in (2, 40):
         with CaptureQueriesContext(connection) as request:

@@ -58,10 +58,10 @@ def test_every_error_is_reported_with_its_path():
     [
         ("vip", [("", "expected a condition (an object such as {\"trait\": ...}), got the text 'vip'")]),
         ({}, [("", "not a condition (an empty object); expected one of all, any, not, trait, has_identifier, "
-                   "aggregate, event, did_not, first_time, stopped, points, tier, tag, segment")]),
+                   "aggregate, event, did_not, first_time, stopped, points, tier, tag, segment, consent")]),
         ({"tag": "vip", "segment": "x"}, [("", "a condition has exactly one of all, any, not, trait, "
                                                "has_identifier, aggregate, event, did_not, first_time, stopped, "
-                                               "points, tier, tag, segment; got tag, segment")]),
+                                               "points, tier, tag, segment, consent; got tag, segment")]),
         ({"all": []}, [("all", "expected a non-empty list of conditions, got an empty list")]),
         ({"any": {"tag": "x"}}, [("any", "expected a non-empty list of conditions, got an object")]),
         ({"trait": "city", "op": "eq"}, [("value", "is required")]),
@@ -105,6 +105,11 @@ def test_every_error_is_reported_with_its_path():
         ({"tier": ["gold"]}, [("tier", 'expected {"in": ["gold", ...]} or {"eq": "gold"}, got [\'gold\']')]),
         ({"tag": "VIP list"}, [("tag", "expected a tag key (letters, digits, - and _), got 'VIP list'")]),
         ({"segment": 7}, [("segment", "expected a segment key (letters, digits, - and _), got 7")]),
+        ({"consent": "Marketing SMS"}, [("consent", "expected a consent purpose such as 'marketing_sms' (lower "
+                                                    "case), got 'Marketing SMS'")]),
+        ({"consent": ["marketing_sms"]}, [("consent", "expected a consent purpose such as 'marketing_sms' (lower "
+                                                      "case), got ['marketing_sms']")]),
+        ({"consent": "analytics", "granted": True}, [("granted", "unknown key 'granted'; expected consent")]),
     ],
 )  # fmt: skip
 def test_what_is_refused_and_why(rule, expected):

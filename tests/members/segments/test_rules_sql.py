@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from events.models import Event
 from identity.models import EventResolution, Identifier, MemberIdentifier
+from members.consent.models import ConsentStatement
+from members.consent.statements import ConsentFact
 from members.loyalty.models import PointsAccount
 from members.models import Member, MemberAggregate
 from members.segments.compile import counts_sql, rule_counts, rule_sql
@@ -198,6 +200,12 @@ def ref(rule, member):
         return rule["tag"] in member["tags"]
     if "segment" in rule:
         return rule["segment"] in member["segments"]
+    if "consent" in rule:
+        # The latest statement of the purpose at or before NOW (a tie in time: the later one
+        # recorded, i.e. later in the list); granted only if it is a grant.
+        stated = [(at, n, state) for n, (purpose, state, at) in enumerate(member.get("consents", ()))
+                  if purpose == rule["consent"] and at <= NOW]  # fmt: skip
+        return bool(stated) and max(stated)[2] == "granted"
     raise AssertionError(rule)
 
 
@@ -230,6 +238,7 @@ EVENT_NAMES = ["Order Completed", "Product Viewed"]
 CHANNELS = ["pos", "app", "mini_program", "web"]
 STORES = ["", "SH01", "BJ02"]
 CATEGORIES = ["shoes", "bags", 5, "5", None, True]
+PURPOSES = ["marketing_sms", "analytics"]
 moments = st.sampled_from([-1, 0, 1, 5, 29, 30, 31, 60, 200]).map(lambda days: NOW - days * DAY) | st.just(
     NOW - 30 * DAY + timedelta(microseconds=1)
 )
@@ -269,6 +278,12 @@ members = st.fixed_dictionaries(
         ),
         "tags": st.frozensets(st.sampled_from(TAGS)),
         "segments": st.frozensets(st.sampled_from(SEGMENTS)),
+        "consents": st.lists(
+            st.tuples(
+                st.sampled_from(PURPOSES), st.sampled_from(["granted", "denied", "withdrawn"]), moments
+            ),
+            max_size=4,
+        ),
     }
 )
 
@@ -338,6 +353,7 @@ other_rules = st.one_of(
     st.builds(lambda t: {"tier": {"eq": t}}, st.sampled_from(["gold", "silver"])),
     st.builds(lambda t: {"tag": t}, st.sampled_from([*TAGS, "other"])),
     st.builds(lambda s: {"segment": s}, st.sampled_from([*SEGMENTS, "other"])),
+    st.builds(lambda p: {"consent": p}, st.sampled_from([*PURPOSES, "personalization"])),
 )  # fmt: skip
 leaves = st.one_of(trait_rules, aggregate_rules, behaviour_rules, other_rules)
 rules = st.recursive(
@@ -394,6 +410,10 @@ def write(generated: list[dict]) -> list[int]:
                 SegmentMember(member=member, segment=segments[key], entered_at=NOW)
                 for key in data["segments"]
             )
+            for purpose, state, at in data.get("consents", ()):  # ids in list order
+                ConsentStatement.objects.create(
+                    member=member, subject_id=member.pk, purpose=purpose, state=state, at=at, origin="staff"
+                )
     return ids
 
 
@@ -412,6 +432,10 @@ def facts(member_id: int, data: dict) -> MemberFacts:
         tier=account[1],
         tags=data["tags"],
         segments=data["segments"],
+        # Ranked by their place in the list, as the ids the statements get when written.
+        consents=tuple(
+            ConsentFact(p, state, at, n) for n, (p, state, at) in enumerate(data.get("consents", ()))
+        ),
     )
 
 
@@ -499,3 +523,35 @@ def test_behaviour_reads_events_through_the_resolution_index():
         cursor.execute(f"EXPLAIN SELECT m.id FROM members_member m WHERE ({sql})", params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "resolution_by_member" in plan
+
+
+@pytest.mark.django_db
+def test_consent_in_force_is_the_latest_statement_at_or_before_now_ties_to_the_later_recorded():
+    sms = "marketing_sms"
+    base = {"traits": {}, "identifiers": [], "aggregates": None, "events": [], "account": None,
+            "tags": frozenset(), "segments": frozenset()}  # fmt: skip
+    cases = [
+        ([(sms, "granted", NOW - 5 * DAY)], True),
+        ([(sms, "granted", NOW - 5 * DAY), (sms, "withdrawn", NOW)], False),  # at NOW it is in force
+        (
+            [(sms, "withdrawn", NOW), (sms, "granted", NOW - 5 * DAY)],
+            False,
+        ),  # event time, not the order written
+        ([(sms, "denied", NOW), (sms, "granted", NOW)], True),  # one instant: the later recorded
+        ([(sms, "granted", NOW), (sms, "denied", NOW)], False),
+        ([(sms, "granted", NOW - 5 * DAY), (sms, "denied", NOW + DAY)], True),  # not in force yet
+        ([(sms, "granted", NOW + DAY)], False),
+        ([("analytics", "granted", NOW - 5 * DAY)], False),  # another purpose
+        ([], False),
+    ]
+    generated = [{**base, "consents": consents} for consents, _ in cases]
+    wanted = [answer for _, answer in cases]
+    ids = write(generated)
+    rule = {"consent": sms}
+
+    assert [ref(rule, data) for data in generated] == wanted
+    assert [
+        rule_matches(rule_parse(rule), facts(i, d), now=NOW) for i, d in zip(ids, generated, strict=True)
+    ] == wanted
+    expected = {i for i, answer in zip(ids, wanted, strict=True) if answer}
+    assert selected(rule) == selected(rule, all_members=True) == selected({"not": {"not": rule}}) == expected

@@ -36,6 +36,7 @@ from members.segments.webhooks.delivery import (
 )
 from members.segments.webhooks.services import webhook_create, webhooks_nudge
 from members.segments.webhooks.tasks import webhook_deliver_task, webhooks_sweep
+from tests.factories.consent import consent_grant
 from tests.members.test_api import staff_client
 
 T0 = datetime(2026, 9, 1, 10, tzinfo=UTC)
@@ -132,12 +133,16 @@ def receiver():
     server.close()
 
 
-def members(count: int) -> list[int]:
+def members(count: int, *, granted: bool = True) -> list[int]:
+    """``count`` members; ``granted``: who consented to every purpose (the webhooks' purpose is
+    marketing: every marketing purpose)."""
     made = Member.objects.bulk_create(
         Member(first_event_at=T0, first_event_message_id=f"m{n}", first_event_source_id=1, last_event_at=T0,
                last_event_message_id=f"m{n}", last_event_source_id=1)
         for n in range(count)
     )  # fmt: skip
+    if granted:
+        consent_grant([m.pk for m in made], at=T0 - timedelta(days=1))
     return [m.pk for m in made]
 
 

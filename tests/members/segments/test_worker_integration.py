@@ -62,7 +62,8 @@ def test_an_order_reaches_its_segment_and_the_webhook_through_a_real_worker(
     webhook_create(segment=segment, url=receiver.url)
     order = TrackMessageFactory(
         event="Order Completed", userId="MC-0042", timestamp=None,
-        context={"traits": {"phone": "13800138000"}},
+        # Consent to marketing (the legacy single trait: every marketing purpose, the webhook's default).
+        context={"traits": {"phone": "13800138000", "marketing_consent": True}},
         properties={"order_id": "POS-1", "total": 300, "currency": "CNY"},
     )  # fmt: skip
     order.pop("timestamp")
