@@ -6,7 +6,7 @@ import orjson
 import pytest
 from rest_framework.test import APIClient
 
-from cdp import tasks
+from cdp import ratelimits, tasks
 from tests.factories import SourceFactory
 
 
@@ -15,6 +15,14 @@ def _broker_not_backed_off() -> None:
     """Each test starts with the broker taken for up: a test that takes it away leaves
     ``cdp.tasks`` skipping publishes for a few seconds, which must not leak into the next."""
     tasks._broker_retry_at = 0.0
+
+
+@pytest.fixture(autouse=True)
+def _rate_limits_not_backed_off() -> None:
+    """Likewise for the rate limits' Redis: a test that took it away leaves ``cdp.ratelimits``
+    taking it for down for a while (and its outage logged)."""
+    ratelimits._down_until = 0.0
+    ratelimits._outage_logged_at = None
 
 
 @pytest.fixture
