@@ -1,4 +1,5 @@
 import base64
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -18,9 +19,11 @@ def _broker_not_backed_off() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _rate_limits_not_backed_off() -> None:
-    """Likewise for the rate limits' Redis: a test that took it away leaves ``cdp.ratelimits``
-    taking it for down for a while (and its outage logged)."""
+def _rate_limits_of_its_own(settings: Any) -> None:
+    """Each test counts against limits of its own (a key prefix of its own: the counters of an
+    account name or an id another test used are not its), and starts with the rate limits'
+    Redis taken for up (a test that took it away leaves ``cdp.ratelimits`` skipping it a while)."""
+    settings.RATE_LIMIT_KEY_PREFIX = f"{settings.RATE_LIMIT_KEY_PREFIX}:{uuid.uuid4().hex[:12]}"
     ratelimits._down_until = 0.0
     ratelimits._outage_logged_at = None
 

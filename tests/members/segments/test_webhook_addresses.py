@@ -34,7 +34,14 @@ REFUSED = [
     "2002:7f00:1::", "2002:a00:1::1", "2002:c0a8:101::", "2002:a9fe:a9fe::",  # 6to4 of refused IPv4
     "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
 ]  # fmt: skip
-ALLOWED = ["8.8.8.8", "93.184.215.14", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"]
+ALLOWED = [
+    "8.8.8.8",
+    "93.184.215.14",
+    "2606:4700::1111",
+    "::ffff:8.8.8.8",
+    "64:ff9b::808:808",
+    "2002:808:808::1",
+]
 
 
 @pytest.mark.parametrize("address", REFUSED)
@@ -137,7 +144,9 @@ def test_pointing_a_webhook_inside_is_refused_too(vip, production, dns):
     webhook = webhook_create(segment=vip, url="https://tool.example.com/hook")
 
     answer = staff_client(Role.MARKETING).patch(
-        f"/api/v1/segments/vip/webhooks/{webhook.pk}/", {"url": "http://[::ffff:169.254.169.254]/"}, format="json"
+        f"/api/v1/segments/vip/webhooks/{webhook.pk}/",
+        {"url": "http://[::ffff:169.254.169.254]/"},
+        format="json",
     )
 
     assert answer.status_code == 400
