@@ -55,7 +55,7 @@ def test_public_addresses_and_forms_carrying_one_pass(address):
 
 
 def test_a_name_is_not_an_address():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 address"):
         address_refusal("tool.example.com")
 
 
