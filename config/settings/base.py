@@ -144,6 +144,12 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {"ChannelEnum": "events.models.Channel", "HistoryKindEnum": ["merge", "split"]},
     # The docs pages load their scripts, styles and favicon from this app's static files: they
     # work on a closed network and send staff browsers to no third party.
+    # Every operation's errors in the one shape (cdp.errors): declared once, by cdp.schema.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "cdp.schema.error_responses",
+        "events.api.openapi.write_key_scheme",
+    ],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
