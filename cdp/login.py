@@ -16,10 +16,10 @@ from typing import Any, NoReturn
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.forms import AuthenticationForm
+from django.contrib.auth.models import User
 from django.contrib.auth.views import LoginView
 from django.core.exceptions import PermissionDenied
-from django.forms import Form
 from django.http import HttpRequest, HttpResponse
 
 from cdp.ratelimits import Limit, RateLimitUnavailable, rate_for, rate_limit_hit, rate_limit_reset
@@ -60,7 +60,7 @@ class RateLimitedModelBackend(ModelBackend):
         username: str | None = None,
         password: str | None = None,
         **kwargs: Any,
-    ) -> AbstractBaseUser | None:
+    ) -> User | None:
         if username is None:
             username = kwargs.get(get_user_model().USERNAME_FIELD)
         if username is None or password is None:
@@ -94,7 +94,7 @@ class ConsoleLoginView(LoginView):
 
     template_name = "console/login.html"
 
-    def form_invalid(self, form: Form) -> HttpResponse:
+    def form_invalid(self, form: AuthenticationForm) -> HttpResponse:
         refused = getattr(self.request, REFUSAL_ATTRIBUTE, None)
         if refused is None:
             return super().form_invalid(form)

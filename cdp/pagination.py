@@ -67,11 +67,10 @@ class IdCursorPagination(CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 1000
 
-    def paginate_queryset(
-        self, queryset: QuerySet, request: Request, view: APIView | None = None
-    ) -> list | None:
-        self._model = queryset.model  # what decode_cursor checks a cursor's position against
-        return super().paginate_queryset(queryset, request, view)
+    def get_ordering(self, request: Request, queryset: QuerySet, view: APIView) -> tuple[str, ...]:
+        # DRF asks this just before decode_cursor, which checks a cursor against the model.
+        self._model = queryset.model
+        return super().get_ordering(request, queryset, view)
 
     def decode_cursor(self, request: Request) -> Cursor | None:
         """The page's cursor; one this list never gave (edited, cut short, another list's, a
@@ -81,15 +80,16 @@ class IdCursorPagination(CursorPagination):
             cursor = super().decode_cursor(request)
         except NotFound as error:
             raise _cursor_invalid() from error
-        if cursor is not None and cursor.position is not None:
-            ordering = self.ordering if isinstance(self.ordering, str) else self.ordering[0]
-            field = self._model._meta.get_field(ordering.lstrip("-"))
-            try:
-                field.get_prep_value(field.to_python(cursor.position))
-            except (ValueError, TypeError, DjangoValidationError) as error:
-                raise _cursor_invalid() from error
-            if "\x00" in cursor.position:
-                raise _cursor_invalid()
+        if cursor is None or cursor.position is None:
+            return cursor
+        if "\x00" in str(cursor.position):
+            raise _cursor_invalid()
+        ordering = self.ordering if isinstance(self.ordering, str) else self.ordering[0]
+        field = self._model._meta.get_field(ordering.lstrip("-"))
+        try:
+            field.get_prep_value(field.to_python(cursor.position))
+        except (ValueError, TypeError, DjangoValidationError) as error:
+            raise _cursor_invalid() from error
         return cursor
 
     def next_cursor(self) -> str | None:

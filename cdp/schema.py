@@ -19,6 +19,7 @@ postprocessing hook), so that the schema is honest about them (schemathesis hold
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.utils import OpenApiResponse
 
 
 class StaffTokenScheme(OpenApiAuthenticationExtension):
@@ -52,6 +53,15 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
     "required": ["code", "message", "errors"],
 }
+ERROR_REF = {"$ref": f"#/components/schemas/{ERROR_COMPONENT}"}
+
+
+def error_response(description: str) -> OpenApiResponse:
+    """An error particular to an operation, for its ``extend_schema(responses=...)``: ``422``
+    when a command is understood but cannot be done (``{422: error_response("...")}``)."""
+    return OpenApiResponse(response=ERROR_REF, description=description)
+
+
 _RETRY_AFTER = {
     "Retry-After": {
         "description": "Seconds to wait before trying again.",
@@ -75,7 +85,7 @@ _WRITES = {"post", "put", "patch", "delete"}
 def _error_response(status: str) -> dict[str, Any]:
     response: dict[str, Any] = {
         "description": _DESCRIPTIONS[status],
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ERROR_COMPONENT}"}}},
+        "content": {"application/json": {"schema": ERROR_REF}},
     }
     if status in ("429", "503"):
         response["headers"] = _RETRY_AFTER

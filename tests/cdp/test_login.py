@@ -25,7 +25,9 @@ def agent(db):
     return user
 
 
-def log_in(username: str, password: str, *, address: str = "203.0.113.7", client: Client | None = None, **headers):
+def log_in(
+    username: str, password: str, *, address: str = "203.0.113.7", client: Client | None = None, **headers
+):
     return (client or Client()).post(
         "/console/login/", {"username": username, "password": password}, REMOTE_ADDR=address, **headers
     )
@@ -86,7 +88,10 @@ def test_behind_a_proxy_the_address_is_the_one_it_appended(agent, settings):
     proxy = "10.0.0.2"
 
     for spoofed in ("1.1.1.1", "2.2.2.2"):  # what the client claims comes first; the proxy appends
-        assert log_in("x", "y", address=proxy, HTTP_X_FORWARDED_FOR=f"{spoofed}, 203.0.113.50").status_code == 200
+        assert (
+            log_in("x", "y", address=proxy, HTTP_X_FORWARDED_FOR=f"{spoofed}, 203.0.113.50").status_code
+            == 200
+        )
 
     assert log_in("agent-li", PASSWORD, address=proxy, HTTP_X_FORWARDED_FOR="203.0.113.50").status_code == 429
     assert logged_in(log_in("agent-li", PASSWORD, address=proxy, HTTP_X_FORWARDED_FOR="203.0.113.51"))
@@ -154,6 +159,8 @@ def test_every_console_form_without_its_csrf_token_is_refused():
     assert not Segment.objects.filter(key__in=["new", "vip-2"]).exists()
     assert client.get("/console/segments/").status_code == 200  # still logged in
     # The same form with its token goes through.
-    copied = client.post("/console/segments/vip/copy/", {"key": "vip-2", "name": "VIP 2", "csrfmiddlewaretoken": token})
+    copied = client.post(
+        "/console/segments/vip/copy/", {"key": "vip-2", "name": "VIP 2", "csrfmiddlewaretoken": token}
+    )
     assert copied.status_code == 302
     assert Segment.objects.filter(key="vip-2").exists()

@@ -7,7 +7,6 @@ import base64
 import json
 import secrets
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import requests
@@ -31,8 +30,8 @@ def basic(key: str) -> str:
 
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
-def test_write_keys_tokens_and_looked_up_phones_never_reach_the_logs(tmp_path: Path):
-    source, body_source = SourceFactory(), SourceFactory()
+def test_write_keys_tokens_and_looked_up_phones_never_reach_the_logs(tmp_path):
+    source, body_source = SourceFactory.create(), SourceFactory.create()
     token = token_issue(user=staff_user_ensure(username="logs-admin", role=Role.ADMIN), name="logs").secret
     unknown_key = "wk_" + secrets.token_urlsafe(32)
     database = connection.settings_dict
