@@ -13,11 +13,13 @@ from collections.abc import Callable, Iterable
 from typing import Any, overload
 from urllib.parse import parse_qs, urlsplit
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import serializers
-from rest_framework.pagination import CursorPagination
+from rest_framework.exceptions import NotFound
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -47,6 +49,14 @@ def page_serializer(item: type[serializers.Serializer], *, cursor: serializers.F
     )
 
 
+def _cursor_invalid() -> ApiError:
+    return ApiError(
+        code="invalid",
+        message="The cursor is not one this list gave.",
+        errors=[FieldError("cursor", "not a cursor this list gave: pass next_cursor back as it is")],
+    )
+
+
 class IdCursorPagination(CursorPagination):
     """DRF's cursor pagination over a queryset (newest id first unless a subclass or
     ``paginated`` orders otherwise), answering in the one page shape: the next page's cursor
@@ -56,6 +66,31 @@ class IdCursorPagination(CursorPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 1000
+
+    def get_ordering(self, request: Request, queryset: QuerySet, view: APIView) -> tuple[str, ...]:
+        # DRF asks this just before decode_cursor, which checks a cursor against the model.
+        self._model = queryset.model
+        return super().get_ordering(request, queryset, view)
+
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        """The page's cursor; one this list never gave (edited, cut short, another list's, a
+        position that is not a value of the list's ordering field) is a 400 naming ``cursor``,
+        not DRF's 404 (nothing is missing: the request is wrong) nor a 500."""
+        try:
+            cursor = super().decode_cursor(request)
+        except NotFound as error:
+            raise _cursor_invalid() from error
+        if cursor is None or cursor.position is None:
+            return cursor
+        if "\x00" in str(cursor.position):
+            raise _cursor_invalid()
+        ordering = self.ordering if isinstance(self.ordering, str) else self.ordering[0]
+        field = self._model._meta.get_field(ordering.lstrip("-"))
+        try:
+            field.get_prep_value(field.to_python(cursor.position))
+        except (ValueError, TypeError, DjangoValidationError) as error:
+            raise _cursor_invalid() from error
+        return cursor
 
     def next_cursor(self) -> str | None:
         link = self.get_next_link()

@@ -9,6 +9,7 @@ from drf_spectacular.views import SpectacularAPIView
 
 from cdp.api_docs import RedocView, SwaggerView
 from cdp.health import health
+from cdp.login import ConsoleLoginView
 from members import console
 from members.consent import console as consent_console
 from members.segments import console as segments_console
@@ -17,7 +18,7 @@ console_urls = (
     [
         path("", console.search, name="search"),
         path("members/<int:member_id>/", console.member, name="member"),
-        path("login/", auth_views.LoginView.as_view(template_name="console/login.html"), name="login"),
+        path("login/", ConsoleLoginView.as_view(), name="login"),
         path("logout/", auth_views.LogoutView.as_view(), name="logout"),
         *segments_console.urlpatterns,
         *consent_console.urlpatterns,

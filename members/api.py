@@ -10,7 +10,7 @@ An id absorbed by a merge answers with its survivor's profile: ``id`` is the sur
 
 from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -58,6 +58,7 @@ class SummaryOutput(serializers.Serializer):
     last_event_at = serializers.DateTimeField(allow_null=True)
 
 
+@extend_schema_serializer(many=False)  # a page object, though the lookup is the viewset's list
 class LookupOutput(serializers.Serializer):
     results = SummaryOutput(many=True)
     next_cursor = serializers.CharField(allow_null=True, help_text="Always null: every match is in the page.")

@@ -1,4 +1,5 @@
 import base64
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -6,7 +7,7 @@ import orjson
 import pytest
 from rest_framework.test import APIClient
 
-from cdp import tasks
+from cdp import ratelimits, tasks
 from tests.factories import SourceFactory
 
 
@@ -15,6 +16,16 @@ def _broker_not_backed_off() -> None:
     """Each test starts with the broker taken for up: a test that takes it away leaves
     ``cdp.tasks`` skipping publishes for a few seconds, which must not leak into the next."""
     tasks._broker_retry_at = 0.0
+
+
+@pytest.fixture(autouse=True)
+def _rate_limits_of_its_own(settings: Any) -> None:
+    """Each test counts against limits of its own (a key prefix of its own: the counters of an
+    account name or an id another test used are not its), and starts with the rate limits'
+    Redis taken for up (a test that took it away leaves ``cdp.ratelimits`` skipping it a while)."""
+    settings.RATE_LIMIT_KEY_PREFIX = f"{settings.RATE_LIMIT_KEY_PREFIX}:{uuid.uuid4().hex[:12]}"
+    ratelimits._down_until = 0.0
+    ratelimits._outage_logged_at = None
 
 
 @pytest.fixture

@@ -285,8 +285,8 @@ class WebServer:
 
     def start(self) -> None:
         command = [
-            str(Path(sys.executable).parent / "gunicorn"), "config.wsgi", "--bind", f"127.0.0.1:{self.port}",
-            "--workers", "1", "--timeout", "60",
+            str(Path(sys.executable).parent / "gunicorn"), "-c", "python:config.gunicorn", "config.wsgi",
+            "--bind", f"127.0.0.1:{self.port}", "--workers", "1", "--timeout", "60",
         ]  # fmt: skip
         self.log = self.log_path.open("w")
         self.process = subprocess.Popen(

@@ -88,6 +88,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
 
+# Django's username-and-password check behind the log-in limits (cdp.login): the console's form
+# and the admin's both authenticate through it.
+AUTHENTICATION_BACKENDS = ["cdp.login.RateLimitedModelBackend"]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -123,6 +127,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "cdp.errors.api_exception_handler",
+    # Per staff token (RATE_LIMIT_STAFF); ingestion's views count per write key instead.
+    "DEFAULT_THROTTLE_CLASSES": ["cdp.throttling.StaffTokenThrottle"],
     "DEFAULT_PAGINATION_CLASS": "cdp.pagination.IdCursorPagination",
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": None,
@@ -145,10 +151,42 @@ SPECTACULAR_SETTINGS = {
     },
     # The docs pages load their scripts, styles and favicon from this app's static files: they
     # work on a closed network and send staff browsers to no third party.
+    # Every operation's errors in the one shape (cdp.errors): declared once, by cdp.schema.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "cdp.schema.error_responses",
+        "events.api.openapi.write_key_scheme",
+    ],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
 }
+
+# --- Rate limits (cdp.ratelimits: a sliding window counter per key in Redis) ---------------
+# A limit is COUNT/PERIOD ("600/min", "100/10s", "5/15min", "1000/h") or "off".
+#: Requests per write key (a batch is one request). With Redis unreachable ingestion accepts
+#: without a limit (fail open): events are never refused for want of a counter.
+RATE_LIMIT_INGESTION = env("RATE_LIMIT_INGESTION", default="60000/min")
+#: Requests per staff API token. With Redis unreachable the staff API answers 503 (fail closed).
+RATE_LIMIT_STAFF = env("RATE_LIMIT_STAFF", default="1200/min")
+#: Log-in attempts (console and admin) per account, and per client address; a successful log-in
+#: clears its account's count. With Redis unreachable nobody logs in (503) until it is back.
+RATE_LIMIT_LOGIN_ACCOUNT = env("RATE_LIMIT_LOGIN_ACCOUNT", default="5/15min")
+RATE_LIMIT_LOGIN_ADDRESS = env("RATE_LIMIT_LOGIN_ADDRESS", default="30/15min")
+#: Per key: {"ingestion:<source name>": "200000/min", "staff:<username>": "off", ...}.
+RATE_LIMIT_OVERRIDES: dict[str, str] = env.json("RATE_LIMIT_OVERRIDES", default={})
+RATE_LIMIT_REDIS_URL = env("RATE_LIMIT_REDIS_URL", default=REDIS_URL)
+RATE_LIMIT_KEY_PREFIX = env("RATE_LIMIT_KEY_PREFIX", default="cdp:rate")
+#: A hit waits this long for Redis at most; after a failure Redis is not tried for
+#: RATE_LIMIT_RETRY_SECONDS (requests don't each wait on a dead server), and the outage is
+#: logged once per RATE_LIMIT_OUTAGE_LOG_SECONDS.
+RATE_LIMIT_REDIS_TIMEOUT_SECONDS = env.float("RATE_LIMIT_REDIS_TIMEOUT_SECONDS", default=0.5)
+RATE_LIMIT_RETRY_SECONDS = env.float("RATE_LIMIT_RETRY_SECONDS", default=2.0)
+RATE_LIMIT_OUTAGE_LOG_SECONDS = env.float("RATE_LIMIT_OUTAGE_LOG_SECONDS", default=60.0)
+#: Where the client's address is for the log-in limit: empty for the connection's (REMOTE_ADDR);
+#: behind a proxy the META name of the header it sets (e.g. HTTP_X_REAL_IP, or
+#: HTTP_X_FORWARDED_FOR, whose last entry, the one the proxy appended, is taken).
+RATE_LIMIT_CLIENT_ADDRESS_HEADER = env("RATE_LIMIT_CLIENT_ADDRESS_HEADER", default="")
 
 # --- Celery (broker: Redis; PostgreSQL stays the system of record) ----------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)

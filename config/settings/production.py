@@ -27,6 +27,9 @@ SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
 SECURE_REDIRECT_EXEMPT = [r"^health/$"]
 SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=True)
 CSRF_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=True)
+# No script reads either cookie: the console's forms carry the CSRF token in a hidden field.
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True
 # HSTS as cookiecutter-django sets it: start at 60 seconds, raise to a year
 # (DJANGO_SECURE_HSTS_SECONDS=31536000) once HTTPS is known to work on every subdomain, since
 # browsers then refuse plain HTTP for that long.

@@ -22,6 +22,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cdp.errors import ApiError, FieldError
+from events.api.throttling import WriteKeyThrottle
 from events.contract import (
     MAX_BATCH_BYTES,
     MAX_EVENT_BYTES,
@@ -136,7 +137,7 @@ class _IngestionView(APIView):
     authentication_classes = (WriteKeyAuthentication,)
     permission_classes = ()
     parser_classes = (SegmentJSONParser,)
-    throttle_classes = ()
+    throttle_classes = (WriteKeyThrottle,)
     body_limit = MAX_EVENT_BYTES
     body_name = "event"
     endpoint = ""

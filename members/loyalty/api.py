@@ -20,6 +20,7 @@ from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
 from cdp.pagination import CURSOR_HELP, cursor_parameter, page_serializer, paginated, query_cursor, query_int
 from cdp.permissions import permissions_required, request_staff
+from cdp.schema import error_response
 from events.models import Channel
 from members.consent.statements import ALL_MARKETING
 from members.loyalty.coupons import CouponRefused, coupon_redeem, coupon_release, coupons_issue_checked
@@ -310,7 +311,9 @@ class PointsAdjustView(APIView):
     permission_classes = (permissions_required(VIEW_MEMBERS, ADJUST_POINTS),)
 
     @extend_schema(parameters=[_MEMBER_ID, _IDEMPOTENCY_KEY], request=AdjustInput,
-                   responses={201: EntryOutput, 200: EntryOutput}, tags=["loyalty"])  # fmt: skip
+                   responses={201: EntryOutput, 200: EntryOutput,
+                              422: error_response("Nothing to do: 0 points, or no reason given.")},
+                   tags=["loyalty"])  # fmt: skip
     def post(self, request: Request, member_id: int) -> Response:
         """Add or take away points by hand, with a reason (crm_manager). 201 when written, 200
         for a retry of the same Idempotency-Key."""
@@ -371,7 +374,9 @@ class CouponView(APIView):
 class CouponRedeemView(APIView):
     permission_classes = (permissions_required(REDEEM_COUPONS),)
 
-    @extend_schema(request=RedeemCouponInput, responses={201: RedemptionOutput, 200: RedemptionOutput},
+    @extend_schema(request=RedeemCouponInput, responses={201: RedemptionOutput, 200: RedemptionOutput,
+                   422: error_response("Not usable on this order: expired, not yet valid, another member's, "
+                                       "another channel, below the minimum spend.")},
                    tags=["loyalty"])  # fmt: skip
     def post(self, request: Request, code: str) -> Response:
         """Use a coupon on an order, exactly once whatever the channel: a second till gets 409

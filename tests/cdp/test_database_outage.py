@@ -69,6 +69,8 @@ def test_ingestion_and_the_staff_api_answer_503_while_postgresql_is_down(private
         "DATABASE_CONNECT_TIMEOUT": "2",
         # Publishing the pipeline's nudge needs a broker; this run's own Redis database.
         "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15"),
+        # The staff API's rate limit counts there too (not in the default database 0).
+        "RATE_LIMIT_REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15"),
         "LOG_LEVEL": "WARNING",
     }
     manage("migrate", "--noinput", "-v", "0", env=env)

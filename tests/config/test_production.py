@@ -140,3 +140,26 @@ def test_gunicorn_with_the_production_settings_serves_the_docs_and_admin_static_
     finally:
         server.stop()
     assert "Traceback" not in server.output(), server.output()
+
+
+def production_settings(*names: str, **env: str) -> list[str]:
+    shown = "print(*(repr(getattr(settings, name)) for name in NAMES), sep='|')".replace("NAMES", repr(names))
+    probe = f"from django.conf import settings; {shown}"
+    done = run("-c", f"import config.wsgi; {probe}", env={**REQUIRED, **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().split("|")
+
+
+def test_production_cookies_are_secure_and_http_only_and_https_is_insisted_on():
+    values = production_settings(
+        "SESSION_COOKIE_SECURE", "SESSION_COOKIE_HTTPONLY", "CSRF_COOKIE_SECURE", "CSRF_COOKIE_HTTPONLY",
+        "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SECURE_PROXY_SSL_HEADER",
+    )  # fmt: skip
+
+    assert values == ["True", "True", "True", "True", "True", "60", "('HTTP_X_FORWARDED_PROTO', 'https')"]
+
+
+@pytest.mark.parametrize(("header", "expected"), [("HTTP_X_FORWARDED_SCHEME", "('HTTP_X_FORWARDED_SCHEME', 'https')"),
+                                                  ("", "None")])  # fmt: skip
+def test_the_proxys_https_header_is_configurable(header, expected):
+    assert production_settings("SECURE_PROXY_SSL_HEADER", DJANGO_SECURE_PROXY_SSL_HEADER=header) == [expected]

@@ -1,6 +1,7 @@
 """Where a webhook may post, and posting there: URLs and the addresses their names resolve to
-are vetted (no private, loopback or reserved address unless
-``WEBHOOK_ALLOW_PRIVATE_ADDRESSES``), and the connection goes to the vetted address whatever
+are vetted (``addresses``: no private, loopback or reserved address, nor an IPv6 form
+carrying one, unless ``WEBHOOK_ALLOW_PRIVATE_ADDRESSES``) when a webhook is made or changed
+and again at each delivery, and the connection goes to the vetted address whatever
 the name resolves to by then (no DNS rebinding), within one overall timeout, never following a
 redirect."""
 
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from django.conf import settings
+
+from members.segments.webhooks.addresses import address_refusal
 
 _RESPONSE_EXCERPT_BYTES = 500
 _TLS = ssl.create_default_context()
@@ -29,51 +32,74 @@ class WebhookRefused(Exception):
         self.status = status
 
 
-def _public(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+def _refusal(host: str, addresses: list[str]) -> str | None:
+    """Why ``host`` may not be reached at one of ``addresses`` (what it resolves to), or None."""
+    for address in addresses:
+        refusal = address_refusal(address)
+        if refusal is not None:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:  # a name: say what it resolved to
+                return f"{host} resolves to {refusal}"
+            return refusal
+    return None
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to, each once, in the resolver's order."""
+    found = list(
+        dict.fromkeys(str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+    )
+    if not found:
+        raise OSError(f"{host} has no address")
+    return found
 
 
 def webhook_url_check(url: str) -> str:
     """The URL as given if a webhook may post to it: http or https, a host, no credentials (the
-    signature authenticates us) and, unless ``WEBHOOK_ALLOW_PRIVATE_ADDRESSES``, no private,
-    loopback or reserved address. Names are resolved, and checked again, at each delivery."""
-    parts = urlsplit(url)
+    signature authenticates us) and, unless ``WEBHOOK_ALLOW_PRIVATE_ADDRESSES``, a host that is,
+    or resolves only to, public addresses (``addresses``: no private, loopback or reserved one,
+    nor an IPv6 form carrying one). A name is resolved now, and again at each delivery (what it
+    resolves to may change)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:  # an unclosed [IPv6 literal, say
+        raise WebhookRefused("url", f"is not a URL: {error}") from error
     if parts.scheme not in ("http", "https"):
         raise WebhookRefused("url", "must be an http or https URL")
     if parts.username is not None or parts.password is not None:
         raise WebhookRefused("url", "must not hold credentials; receivers check the signature instead")
     try:
-        parts.port  # noqa: B018 - parsing the port is the check
+        port = parts.port or (http.client.HTTPS_PORT if parts.scheme == "https" else http.client.HTTP_PORT)
     except ValueError as error:
         raise WebhookRefused("url", f"bad port: {error}") from error
     host = parts.hostname or ""
     if not host:
         raise WebhookRefused("url", "has no host")
-    if not settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES:
+    if settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES:
+        return url
+    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
+        raise WebhookRefused("url", f"must be a public address: {host} is a local name")
+    try:
+        refusal = address_refusal(host)
+    except ValueError:  # a name, not an address
         try:
-            private = not _public(host)
-        except ValueError:  # a name, not an address
-            private = host == "localhost" or host.endswith((".localhost", ".local", ".internal"))
-        if private:
-            raise WebhookRefused("url", "must be a public address (private and loopback ones are refused)")
+            refusal = _refusal(host, _resolve(host, port))
+        except (OSError, UnicodeError, ValueError) as error:
+            raise WebhookRefused("url", f"{host} cannot be resolved ({error})") from error
+    if refusal is not None:
+        raise WebhookRefused("url", f"must be a public address: {refusal}")
     return url
 
 
 def _addresses_for(host: str, port: int) -> list[str]:
     """The addresses to connect to, resolved once and vetted (a second lookup at connect time
     could answer differently: DNS rebinding)."""
-    found = list(
-        dict.fromkeys(str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-    )
-    if not found:
-        raise OSError(f"{host} has no address")
+    found = _resolve(host, port)
     if not settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES:
-        inside = [address for address in found if not _public(address)]
-        if inside:
-            raise WebhookRefused("url", f"{host} resolves to a non-public address ({inside[0]})")
+        refusal = _refusal(host, found)
+        if refusal is not None:
+            raise WebhookRefused("url", refusal)
     return found
 
 
@@ -145,7 +171,7 @@ def webhook_post(url: str, body: bytes, headers: dict[str, str], timeout: float)
         addresses = _addresses_for(host, port)
     except WebhookRefused as refused:
         return Answer(None, error=f"refused: {refused.reason}")
-    except (OSError, UnicodeError) as error:
+    except (OSError, UnicodeError, ValueError) as error:
         return Answer(None, error=f"cannot resolve {host}: {error}")
     kind = _PinnedHTTPSConnection if secure else _PinnedHTTPConnection
     conn = kind(host, port, addresses=addresses, timeout=timeout)

@@ -341,7 +341,7 @@ def test_private_addresses_are_refused_unless_allowed(vip, receiver, settings):
     assert receiver.received == []
     assert (
         WebhookDelivery.objects.get().error
-        == "refused: 127.0.0.1 resolves to a non-public address (127.0.0.1)"
+        == "refused: 127.0.0.1 is not a public address (private, loopback, link-local or reserved)"
     )
     assert {(a.status_code, a.json()["errors"][0]["field"]) for a in answers} == {(400, "url")}
 
