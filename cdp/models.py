@@ -32,6 +32,8 @@ class AuditEntry(models.Model):
         SPLIT_MEMBER = "split_member", "Split a member"
         EXPORT_SEGMENT = "export_segment", "Exported a segment's members"
         REPLAY_PARKED = "replay_parked", "Replayed parked events or members"
+        ERASE_MEMBER = "erase_member", "Asked for a person's erasure"
+        EXPORT_MEMBER = "export_member", "Exported everything held about a person (access request)"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     action = models.CharField(max_length=32, choices=Action.choices)
