@@ -5,6 +5,7 @@ into a search box, so ``138 0013 8000`` at the till and ``+86 13800138000`` in t
 mini-program are one phone everywhere.
 """
 
+import contextlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ DEFAULT_BLOCKED_VALUES = frozenset(
 )
 _ALL_ZEROS = re.compile(r"^0+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Worth trying as a phone when it came as another type (cheap test before phonenumbers).
+_PHONE_LIKE = re.compile(r"^\+?[\d\s\-().]{6,30}$")
 _CUSTOM_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_VALUE_LENGTH = 255
 
@@ -247,3 +250,22 @@ def identifiers_extract(
             value = f"{openid_scope}:{value}"
         identifiers.add(Identifier(str(type_), value))
     return Extraction(frozenset(identifiers), tuple(problems), vouches_for_one_person(message_type))
+
+
+def identifier_probes(identifier: Identifier, policy: NormalizationPolicy) -> frozenset[tuple[str, str]]:
+    """The (kind, value) forms an identifier is recognised by when it was erased: its type and
+    stored value, and a value that is a phone or an email whatever its type (a user id that is
+    a phone number) also as ``phone`` (E.164) or ``email`` (lower case). So an erased phone is
+    recognised when a later event sends it as a user id, and the other way round."""
+    probes = {(identifier.type, identifier.value)}
+    value = identifier.value
+    if identifier.type in (IdentifierType.PHONE, IdentifierType.EMAIL):
+        return frozenset(probes)
+    if "@" in value:
+        email = value.strip().casefold()
+        if _EMAIL.match(email):
+            probes.add((IdentifierType.EMAIL.value, email))
+    elif _PHONE_LIKE.match(value):
+        with contextlib.suppress(InvalidIdentifier, BlockedIdentifier):
+            probes.add((IdentifierType.PHONE.value, _normalize_phone(value.strip(), policy)))
+    return frozenset(probes)
