@@ -25,6 +25,9 @@ class ChangeOutput(serializers.Serializer):
     cursor = serializers.IntegerField()
     member_id = serializers.IntegerField()
     change = serializers.ChoiceField(choices=["entered", "exited"])
+    reason = serializers.CharField(
+        help_text="Empty, or erased: the person was erased; drop everything you hold about them."
+    )
     at = serializers.DateTimeField()
 
 
@@ -83,7 +86,8 @@ class SegmentChangesView(APIView):
         )
         return Response(
             ChangesPage({
-                "results": [{"cursor": c.pk, "member_id": c.member_id, "change": c.change, "at": c.at} for c in changes],
+                "results": [{"cursor": c.pk, "member_id": c.member_id, "change": c.change, "reason": c.reason,
+                             "at": c.at} for c in changes],
                 "next_since": changes[-1].pk if changes else since,
             }).data
         )  # fmt: skip
