@@ -10,12 +10,14 @@ from drf_spectacular.views import SpectacularAPIView
 from cdp.api_docs import RedocView, SwaggerView
 from cdp.health import health
 from members import console
+from members.privacy import console as privacy_console
 from members.segments import console as segments_console
 
 console_urls = (
     [
         path("", console.search, name="search"),
         path("members/<int:member_id>/", console.member, name="member"),
+        path("members/<int:member_id>/export/", privacy_console.member_export, name="member-export"),
         path("login/", auth_views.LoginView.as_view(template_name="console/login.html"), name="login"),
         path("logout/", auth_views.LogoutView.as_view(), name="logout"),
         *segments_console.urlpatterns,
@@ -32,6 +34,7 @@ urlpatterns = [
     path("v1/", include("events.urls.ingestion")),
     path("api/v1/", include("events.urls.staff")),
     path("api/v1/", include("members.urls")),
+    path("api/v1/", include("members.privacy.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", RedocView.as_view(url_name="schema"), name="api-redoc"),
