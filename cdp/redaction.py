@@ -109,10 +109,9 @@ class Redactor:
         """``text`` with every form of the person's values replaced by ``REDACTED``."""
         if self._pattern is None:
             return text
-        text = self._pattern.sub(REDACTED, text)
-        if self._numbers:
+        if self._numbers:  # first: a spelling the literal forms only partly cover goes whole
             text = _PHONE_SPELLING.sub(lambda m: REDACTED if self._is_phone(m.group()) else m.group(), text)
-        return text
+        return self._pattern.sub(REDACTED, text)
 
     def mentions(self, text: str) -> bool:
         return self.text(text) != text

@@ -252,20 +252,21 @@ def event_payload_expired(*, context: Any, properties: Any, policy: PersonalPoli
 def event_payloads_expire(
     *, received_before: datetime, after_id: int, limit: int, dry_run: bool
 ) -> tuple[int, int | None]:
-    """Expire the payloads of up to ``limit`` events after id ``after_id`` received before
-    ``received_before`` (ids follow arrival, so the walk stops at the first younger event).
-    Returns (how many, the last id done; None: nothing older is left)."""
+    """Expire the payloads of the events received before ``received_before`` among the next
+    ``limit`` events after id ``after_id``. Ids follow arrival, so the walk is over once a
+    whole batch is younger (one younger event among old ones does not stop it). Returns (how
+    many were expired, the last id looked at; None: nothing older is left)."""
     with binary_parameters_cursor() as cursor:
         cursor.execute(
             f"SELECT id, received_at < %b, context, properties FROM {_EVENTS} WHERE id > %b ORDER BY id LIMIT %b",  # noqa: S608
             [received_before, after_id, limit],
         )
         rows = cursor.fetchall()
-    due = []
-    for event_id, old, context, properties in rows:
-        if not old:
-            break
-        due.append((event_id, orjson.loads(context), orjson.loads(properties)))
+    due = [
+        (event_id, orjson.loads(context), orjson.loads(properties))
+        for event_id, old, context, properties in rows
+        if old
+    ]
     if not due:
         return 0, None
     if not dry_run:
@@ -284,7 +285,7 @@ def event_payloads_expire(
                     [orjson.dumps(values["properties"]).decode() for _, values in expired],
                 ],
             )
-    return len(due), due[-1][0]
+    return len(due), rows[-1][0]
 
 
 def rejected_events_expire(*, received_before: datetime, limit: int, dry_run: bool) -> int:
