@@ -24,6 +24,7 @@ policy may allow a new sign-up: a sign-up event (``PRIVACY_SIGNUP_EVENTS``) carr
 values then releases them from its event time on, and the person starts again as a new member.
 """
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,7 +38,12 @@ from cdp.fingerprints import fingerprint
 from cdp.redaction import Redactor
 from events.models import Event
 from events.pipeline import ClaimedEvent
-from identity.identifiers import Identifier, IdentifierType, NormalizationPolicy, identifier_probes
+from identity.identifiers import (
+    Identifier,
+    IdentifierType,
+    erased_probes,
+    identifier_probes,
+)
 from identity.models import (
     ErasedIdentifier,
     EventIdentifier,
@@ -56,10 +62,17 @@ def fingerprint_key() -> bytes:
     return settings.PRIVACY_FINGERPRINT_KEY.encode()
 
 
-def identifier_fingerprints(identifier: Identifier, policy: NormalizationPolicy) -> dict[str, str]:
-    """Fingerprint -> kind, of each form an identifier is recognised by (``identifier_probes``)."""
+def _fingerprints(probes: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Fingerprint -> kind, of each probe."""
     key = fingerprint_key()
-    return {fingerprint(kind, value, key=key): kind for kind, value in identifier_probes(identifier, policy)}
+    return {_fingerprint(kind, value, key): kind for kind, value in probes}
+
+
+@functools.lru_cache(maxsize=65_536)
+def _fingerprint(kind: str, value: str, key: bytes) -> str:
+    """A fingerprint, remembered: the same ids come back event after event (a customer's
+    session, a store's card readers), and each is an HMAC the pipeline would compute again."""
+    return fingerprint(kind, value, key=key)
 
 
 # --- the person ---------------------------------------------------------------------------------
@@ -186,7 +199,7 @@ def identity_erase(*, cluster: Cluster, erasure_id: int, redactor: Redactor, blo
         policy = normalization_policy()
         prints: dict[str, str] = {}
         for identifier in cluster.identifiers:
-            prints.update(identifier_fingerprints(identifier, policy))
+            prints.update(_fingerprints(erased_probes(identifier, policy)))
         counts["fingerprints"] = _fingerprints_keep(prints, erasure_id)
     # The person's events mention nothing any more; nobody's events mention an erased value.
     erased_ids = set(rows)
@@ -321,7 +334,6 @@ def erasure_check(
     events: Sequence[ClaimedEvent | Event],
     identifiers: dict[EventKey, frozenset[Identifier]],
     keys: dict[int, EventKey],
-    policy: NormalizationPolicy,
     *,
     release: bool,
 ) -> ErasureCheck:
@@ -330,12 +342,11 @@ def erasure_check(
     when the policy allows one (``PRIVACY_ALLOW_SIGNUP_AFTER_ERASURE``); a rebuild reads the
     releases already made."""
     check = ErasureCheck()
+    if not ErasedIdentifier.objects.exists():  # nobody erased yet: nothing to compute
+        return check
     probes: dict[int, dict[str, str]] = {}
     for event in events:
-        found: dict[str, str] = {}
-        for identifier in identifiers[keys[event.id]]:
-            found.update(identifier_fingerprints(identifier, policy))
-        probes[event.id] = found
+        probes[event.id] = _fingerprints(p for i in identifiers[keys[event.id]] for p in identifier_probes(i))
     wanted = sorted({fp for found in probes.values() for fp in found})
     if not wanted:
         return check

@@ -55,7 +55,7 @@ def identity_resolve_events(events: Sequence[ClaimedEvent | Event]) -> None:
     policy = normalization_policy()
     batch = _extract(events, policy)  # pure work: before the lock
     _identity_lock()
-    check = _erasure_check(events, batch, policy, release=True)
+    check = _erasure_check(events, batch, release=True)
     if check.blocked:
         events_erase_arrived(
             event_ids=sorted(check.blocked),
@@ -109,13 +109,12 @@ def _extract(events: Sequence[ClaimedEvent | Event], policy: NormalizationPolicy
 def _erasure_check(
     events: Sequence[ClaimedEvent | Event],
     batch: _ExtractedBatch,
-    policy: NormalizationPolicy,
     *,
     release: bool,
 ) -> ErasureCheck:
     """Take the events carrying an erased identifier out of the batch (``identity.erasure``)."""
     keys = {event_id: key for key, event_id in batch.event_ids.items()}
-    check = erasure_check(events, batch.identifiers, keys, policy, release=release)
+    check = erasure_check(events, batch.identifiers, keys, release=release)
     for event_id in check.blocked:
         key = keys[event_id]
         del batch.identifiers[key], batch.event_ids[key]
@@ -224,7 +223,7 @@ def _rebuild_batch(
     events: list[Event], rules: Rules, policy: NormalizationPolicy, old_members: dict[EventKey, int]
 ) -> None:
     extracted = _extract(events, policy)
-    _erasure_check(events, extracted, policy, release=False)
+    _erasure_check(events, extracted, release=False)
     _resolve(extracted, DatabaseResolver(rules, reuse_ids=old_members))
 
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from cdp.fingerprints import fingerprint
 from cdp.redaction import REDACTED, Redactor, phone_forms
-from identity.identifiers import Identifier, NormalizationPolicy, identifier_probes
+from identity.identifiers import Identifier, NormalizationPolicy, erased_probes, identifier_probes
 
 LIN = Redactor(phones=["+8613800138000"], texts=["Lin.Xiuying@Example.com", "林秀英", "u-lin-7731"])
 SPELLINGS = [
@@ -72,13 +72,17 @@ def test_fingerprints_are_keyed_and_recognise_a_phone_or_email_in_any_type():
     assert fingerprint("phone", "+8613800138000", key=b"k1") == fingerprint(
         "phone", "+8613800138000", key=b"k1"
     )
-    policy = NormalizationPolicy()
-    assert identifier_probes(Identifier("user_id", "13800138000"), policy) == {
-        ("user_id", "13800138000"), ("phone", "+8613800138000"),
+    assert identifier_probes(Identifier("user_id", "138 0013 8000")) == {
+        ("user_id", "138 0013 8000"), ("phone_digits", "13800138000"),
     }  # fmt: skip
-    assert identifier_probes(Identifier("crm_id", "Lin@Example.com"), policy) == {
+    assert identifier_probes(Identifier("crm_id", "Lin@Example.com")) == {
         ("crm_id", "Lin@Example.com"), ("email", "lin@example.com"),
     }  # fmt: skip
-    assert identifier_probes(Identifier("anonymous_id", "3f2a-77b1"), policy) == {
-        ("anonymous_id", "3f2a-77b1")
-    }
+    assert identifier_probes(Identifier("anonymous_id", "3f2a-77b1")) == {("anonymous_id", "3f2a-77b1")}
+    # An erased phone (or a user id that is one) keeps every digit form a later value may take.
+    forms = erased_probes(Identifier("user_id", "13800138000"), NormalizationPolicy())
+    assert forms >= {("phone", "+8613800138000"), ("phone_digits", "8613800138000"),
+                     ("phone_digits", "008613800138000"), ("phone_digits", "13800138000")}  # fmt: skip
+    later = [Identifier("phone", "+8613800138000"), Identifier("member_card", "+86-138-0013-8000"),
+             Identifier("user_id", "0086 13800138000")]  # fmt: skip
+    assert all(identifier_probes(i) & forms for i in later)

@@ -27,7 +27,7 @@ OLD, RECENT = NOW - timedelta(days=800), NOW - timedelta(days=3)
 
 
 def payload_event(source, message_id: str, received_at) -> Event:
-    return EventFactory(
+    return EventFactory.create(
         source=source, message_id=message_id, user_id=f"u-{message_id}", received_at=received_at,
         timestamp=received_at, traits={"name": "Kept Name"},
         context={"ip": "10.9.8.7", "userAgent": "Safari", "locale": "zh-CN", "device": {"id": "d-1", "model": "X"},
@@ -43,7 +43,7 @@ def rows(settings) -> dict:
     settings.WEBHOOK_DELIVERY_LOG_DAYS = 30
     settings.RETENTION_AUDIT_DAYS = 1095
     settings.RETENTION_ANONYMOUS_MEMBER_DAYS = 395
-    source = SourceFactory(kind="app")
+    source = SourceFactory.create(kind="app")
     # Events arrive in id order. Members: anonymous and idle (erased), idle but known by phone,
     # anonymous but recent.
     EventFactory(source=source, message_id="anon-old", user_id="", anonymous_id="anon-idle", timestamp=OLD,
