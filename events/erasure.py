@@ -72,7 +72,8 @@ def event_stripped(
     kept_context["cdp"] = _cdp_flags(context, ERASED_FLAG)
     # A group call's traits are the group's (a company, a store club), kept without personal
     # fields; anyone else's traits are the person's, all of them.
-    kept_traits = redactor.value(_stripped(traits, "traits", policy)) if type_ == "group" else {}
+    # (Read at no path: ``traits.name`` is a person's name, a group's is the club's.)
+    kept_traits = redactor.value(personal_strip(traits, policy).value) if type_ == "group" else {}
     return {
         "user_id": "",
         "anonymous_id": "",

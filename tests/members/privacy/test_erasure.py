@@ -17,7 +17,7 @@ from events.pipeline import events_process_pending
 from identity.models import ErasedIdentifier, EventResolution, Identifier, Member, MergeRecord, SplitRecord
 from members.loyalty.models import Coupon, CouponRedemption, PointsAccount, PointsEntry
 from members.marks import members_mark_dirty
-from members.models import MemberAggregate, MemberOrder, MemberTrait
+from members.models import Group, MemberAggregate, MemberOrder, MemberTrait
 from members.privacy.models import PrivacyRequest
 from members.privacy.services import erasure_run
 from members.segments.models import MemberTag, SegmentChange, SegmentMember
@@ -110,6 +110,8 @@ def test_an_erased_person_is_nowhere_in_the_database_and_stays_erased(
     assert not MemberTag.objects.filter(member_id=lin.member).exists()
     exits = SegmentChange.objects.filter(member_id=lin.member, change="exited")
     assert set(exits.values_list("reason", flat=True)) == {"erased"}
+    # The club she called keeps its name and size; its contact (her email) is gone.
+    assert Group.objects.get(group_id="club-runners").traits == {"name": "Huaihai Runners", "members": 40}
     # Zhou Min keeps her own card and order; what a till wrote of Lin's in her event is gone.
     assert Identifier.objects.get(value="MC-99-ZHOU").member_id == lin.zhou
     assert MemberOrder.objects.filter(member_id=lin.zhou, order_id="BJ-77").exists()
