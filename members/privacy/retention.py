@@ -66,8 +66,10 @@ def _audit(cutoff: datetime, limit: int, dry_run: bool, after: int) -> tuple[int
     return done, None if done < limit or dry_run else 0
 
 
-#: Anonymous members erased per transaction (each erasure is a handful of statements per table).
-ANONYMOUS_BATCH = 100
+#: Anonymous members erased per transaction: one, so that each takes its locks (the identity
+#: lock, then its members and those whose events mentioned it, by id) in the platform's one
+#: order, as a person's erasure does.
+ANONYMOUS_BATCH = 1
 
 
 def _anonymous(cutoff: datetime, limit: int, dry_run: bool, after: int) -> tuple[int, int | None]:
@@ -105,6 +107,8 @@ DATA_CLASSES: tuple[DataClass, ...] = (
         lambda: settings.RETENTION_ANONYMOUS_MEMBER_DAYS, _anonymous,
     ),
 )  # fmt: skip
+#: The progress log says how far a class got at its first batch and every this many rows.
+PROGRESS_EVERY = 100
 #: Classes whose walk goes on from where the last run stopped (by id): the others delete what
 #: they did, so they start from the oldest every time.
 _RESUMED = frozenset({"event_payloads"})
@@ -162,9 +166,9 @@ def _class_apply(
                 RetentionCursor.objects.update_or_create(
                     data_class=data_class.name, defaults={"last_id": last}
                 )
+        if done and (total == 0 or (total + done) // PROGRESS_EVERY > total // PROGRESS_EVERY):
+            say(f"{data_class.label}: {total + done:,} so far")
         total += done
-        if done:
-            say(f"{data_class.label}: {total:,} so far")
         if last is None or not done:
             return total
         after = last

@@ -25,6 +25,7 @@ each service locks itself (points accounts, memberships, segments by id).
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -35,6 +36,7 @@ from django.utils.module_loading import import_string
 
 from cdp.models import AuditEntry
 from cdp.redaction import Redactor
+from cdp.retries import database_error_is_transient, transient_retry
 from cdp.services import admin_log_erase, audit_record, audit_subjects_erase
 from cdp.tasks import enqueue_on_commit
 from events.erasure import events_by_rule, events_delete, events_redact, events_strip, rejected_events_erase
@@ -93,8 +95,27 @@ def erasure_enqueue(request_id: int) -> None:
 
 def erasure_run(*, request_id: int) -> PrivacyRequest:
     """Carry out an erasure request, whole, in one transaction; idempotent (a request done is
-    returned as it is). A member that is no longer active (erased meanwhile by another request,
-    say) fails the request with the reason."""
+    returned as it is). A transient database error (a deadlock, a lost connection) is retried
+    with backoff and, if it persists, raised: the request stays received and the sweep tries
+    again. Any other failure leaves nothing half-done (the transaction rolls back) and fails
+    the request, with the error's kind only (its text may quote the data being erased); a
+    member no longer active (erased meanwhile by another request) fails it with the reason."""
+    try:
+        return transient_retry(partial(_erasure_run, request_id))
+    except Exception as exc:
+        if database_error_is_transient(exc):
+            raise
+        logger.exception("Privacy request %s failed", request_id)
+        with transaction.atomic():
+            request = PrivacyRequest.objects.select_for_update().get(pk=request_id)
+            if request.status == PrivacyRequest.Status.RECEIVED:
+                request.status, request.done_at = PrivacyRequest.Status.FAILED, timezone.now()
+                request.error = f"{type(exc).__name__}: the erasure was rolled back; see the worker's log."
+                request.save(update_fields=["status", "error", "done_at"])
+        return request
+
+
+def _erasure_run(request_id: int) -> PrivacyRequest:
     with transaction.atomic():
         request = PrivacyRequest.objects.select_for_update().get(pk=request_id)
         if request.status != PrivacyRequest.Status.RECEIVED:

@@ -12,6 +12,7 @@ from django.db.models import Sum
 
 from cdp.models import AuditEntry
 from cdp.roles import Role
+from cdp.services import staff_user_ensure
 from events.models import Event
 from events.pipeline import events_process_pending
 from identity.models import ErasedIdentifier, EventResolution, Identifier, Member, MergeRecord, SplitRecord
@@ -19,7 +20,7 @@ from members.loyalty.models import Coupon, CouponRedemption, PointsAccount, Poin
 from members.marks import members_mark_dirty
 from members.models import Group, MemberAggregate, MemberOrder, MemberTrait
 from members.privacy.models import PrivacyRequest
-from members.privacy.services import erasure_run
+from members.privacy.services import erasure_request, erasure_run
 from members.segments.models import MemberTag, SegmentChange, SegmentMember
 from members.segments.webhooks.delivery import webhook_deliver
 from members.services import members_refresh
@@ -228,3 +229,27 @@ def _as_an_erasure(statement: str, params: list) -> None:
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT set_config('cdp.erasure', 'on', true)")
         cursor.execute(statement, params)
+
+
+def failing_hook(member_ids: list[int]) -> int:
+    raise RuntimeError(f"could not forget {EMAIL}")
+
+
+def test_an_erasure_that_fails_changes_nothing_and_says_so_without_the_data(lin, settings):
+    settings.PRIVACY_ERASURE_HOOKS = ["tests.members.privacy.test_erasure.failing_hook"]
+    forms = written_forms()
+    before = readable_anywhere(forms)
+    request = erasure_request(
+        member_id=lin.member, user=staff_user_ensure(username="officer", role=Role.PRIVACY_OFFICER)
+    )
+
+    failed = erasure_run(request_id=request.pk)
+
+    assert (failed.status, failed.error) == (
+        "failed",
+        "RuntimeError: the erasure was rolled back; see the worker's log.",
+    )
+    assert Member.objects.get(pk=lin.member).status == Member.Status.ACTIVE
+    assert Identifier.objects.filter(type="email", value=EMAIL, member_id=lin.member).exists()
+    assert not ErasedIdentifier.objects.exists()
+    assert readable_anywhere(forms).keys() == before.keys()
