@@ -68,11 +68,16 @@ def _fingerprints(probes: Iterable[tuple[str, str]]) -> dict[str, str]:
     return {_fingerprint(kind, value, key): kind for kind, value in probes}
 
 
-@functools.lru_cache(maxsize=65_536)
 def _fingerprint(kind: str, value: str, key: bytes) -> str:
-    """A fingerprint, remembered: the same ids come back event after event (a customer's
-    session, a store's card readers), and each is an HMAC the pipeline would compute again."""
     return fingerprint(kind, value, key=key)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _looked_up_by(identifier: Identifier, key: bytes) -> tuple[str, ...]:
+    """The fingerprints an identifier is looked up by among the erased, remembered: the same
+    ids come back event after event (a customer's session, a store's card readers), and each
+    probe is an HMAC the pipeline would compute again."""
+    return tuple(_fingerprint(kind, value, key) for kind, value in identifier_probes(identifier))
 
 
 # --- the person ---------------------------------------------------------------------------------
@@ -344,9 +349,11 @@ def erasure_check(
     check = ErasureCheck()
     if not ErasedIdentifier.objects.exists():  # nobody erased yet: nothing to compute
         return check
-    probes: dict[int, dict[str, str]] = {}
-    for event in events:
-        probes[event.id] = _fingerprints(p for i in identifiers[keys[event.id]] for p in identifier_probes(i))
+    key = fingerprint_key()
+    probes: dict[int, set[str]] = {
+        event.id: {fp for i in identifiers[keys[event.id]] for fp in _looked_up_by(i, key)}
+        for event in events
+    }
     wanted = sorted({fp for found in probes.values() for fp in found})
     if not wanted:
         return check
@@ -358,10 +365,10 @@ def erasure_check(
         signups = [
             event for event in events
             if event.type == "track" and event.event in settings.PRIVACY_SIGNUP_EVENTS
-            and probes[event.id].keys() & blocked.keys()
+            and probes[event.id] & blocked.keys()
         ]  # fmt: skip
         for event in sorted(signups, key=lambda e: keys[e.id]):
-            mine = sorted(probes[event.id].keys() & blocked.keys())
+            mine = sorted(probes[event.id] & blocked.keys())
             _release(mine, event.timestamp)
             for fp in mine:
                 blocked[fp] = event.timestamp
