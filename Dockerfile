@@ -1,7 +1,7 @@
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-# The image runs production: DJANGO_SECRET_KEY, DJANGO_ALLOWED_HOSTS and DATABASE_URL must be
-# given at run time (config/settings/production.py); docker-compose.yml chooses local settings.
+# The image runs production: DJANGO_SECRET_KEY, DJANGO_ALLOWED_HOSTS, DATABASE_URL and
+# PRIVACY_FINGERPRINT_KEY must be given at run time (config/settings/production.py); docker-compose.yml chooses local settings.
 ENV DJANGO_SETTINGS_MODULE=config.settings.production
 WORKDIR /app
 COPY requirements.txt .
@@ -10,7 +10,7 @@ COPY . .
 # The static files the app serves (WhiteNoise): gathered, hashed and compressed once, here. The
 # production settings insist on their variables; collectstatic uses none of them.
 RUN DJANGO_SECRET_KEY=collectstatic-only DJANGO_ALLOWED_HOSTS=localhost DATABASE_URL=postgres://unused/unused \
-    python manage.py collectstatic --noinput -v 0
+    PRIVACY_FINGERPRINT_KEY=collectstatic-only python manage.py collectstatic --noinput -v 0
 EXPOSE 8000
 # config/gunicorn.py: an access log on stdout that records no write key, token or query string.
 CMD ["gunicorn", "-c", "python:config.gunicorn", "config.wsgi", "--bind", "0.0.0.0:8000", "--workers", "4"]

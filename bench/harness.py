@@ -51,6 +51,7 @@ def service_env(*, database: str, broker: str) -> dict[str, str]:
     return {
         "DJANGO_SETTINGS_MODULE": "config.settings.production",
         "DJANGO_SECRET_KEY": "bench-only",
+        "PRIVACY_FINGERPRINT_KEY": "bench-only",
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "DJANGO_SECURE_SSL_REDIRECT": "false",  # plain HTTP on loopback, no TLS proxy in front
         "DATABASE_URL": database,

@@ -34,6 +34,8 @@ class AuditEntry(models.Model):
         REPLAY_PARKED = "replay_parked", "Replayed parked events or members"
         RECORD_CONSENT = "record_consent", "Recorded a member's consent"
         ISSUE_COUPONS = "issue_coupons", "Issued a campaign's coupons"
+        ERASE_MEMBER = "erase_member", "Asked for a person's erasure"
+        EXPORT_MEMBER = "export_member", "Exported everything held about a person (access request)"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     action = models.CharField(max_length=32, choices=Action.choices)

@@ -11,6 +11,7 @@ class Role(models.TextChoices):
     CRM_MANAGER = "crm_manager", "CRM manager"
     MARKETING = "marketing", "Marketing"
     CHECKOUT = "checkout", "Checkout (POS tills, web checkout)"
+    PRIVACY_OFFICER = "privacy_officer", "Privacy officer"
     ADMIN = "admin", "Administrator"
 
 
@@ -18,9 +19,11 @@ class Role(models.TextChoices):
 #: puts manual tags on them; a manager sees them in full, may split a wrong merge and adjust
 #: points; marketing reaches members only through segments, defines segments and tags,
 #: subscribes webhooks to segments and runs coupon campaigns; checkout (a till or a web shop's
-#: checkout) spends points and redeems coupons and sees nothing else; an administrator holds
-#: every permission of the platform's apps. Agents and managers see a member's consent and
-#: record what the person tells them (each statement recorded is audited).
+#: checkout) spends points and redeems coupons and sees nothing else; the privacy officer
+#: answers people's requests: finds them (seeing their contact details, to check who asks),
+#: exports everything held about them, erases them, and lists the requests; an administrator
+#: holds every permission of the platform's apps. Agents and managers see a member's consent
+#: and record what the person tells them (each statement recorded is audited).
 ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
     Role.CRM_AGENT: (
         "members.view_member",
@@ -59,8 +62,16 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
         "segments.delete_segmentwebhook",
     ),
     Role.CHECKOUT: ("loyalty.redeem_points", "loyalty.redeem_coupon"),
+    Role.PRIVACY_OFFICER: (
+        "members.view_member",
+        "members.view_contact_details",
+        "privacy.view_privacyrequest",
+        "privacy.erase_member",
+        "privacy.export_member",
+        "privacy.view_retentionrun",
+    ),
 }
-PLATFORM_APPS = ("cdp", "events", "identity", "members", "loyalty", "segments", "consent")
+PLATFORM_APPS = ("cdp", "events", "identity", "members", "loyalty", "segments", "consent", "privacy")
 
 
 def user_roles(user: User | AnonymousUser | None) -> frozenset[str]:

@@ -28,6 +28,7 @@ def _beat_schedule() -> dict[str, dict]:
 
     sweep_every = settings.EVENT_SWEEP_INTERVAL_SECONDS
     nightly_hour, nightly_minute = settings.SEGMENTS_NIGHTLY_AT.split(":")
+    retention_hour, retention_minute = settings.RETENTION_RUN_AT.split(":")
     return {
         # The reconciler for the event outbox: picks up accepted events whose on_commit
         # nudge was lost (broker down, worker killed).
@@ -55,6 +56,18 @@ def _beat_schedule() -> dict[str, dict]:
         "segments-nightly": {
             "task": "members.memberships_recompute_all",
             "schedule": crontab(hour=nightly_hour, minute=nightly_minute),
+            "options": {"expires": 3600},
+        },
+        # Erasure requests whose nudge was lost (a person's request is carried out within a minute).
+        "privacy-erasures-sweep": {
+            "task": "privacy.erasures_sweep",
+            "schedule": 60,
+            "options": {"expires": 60},
+        },
+        # Retention: what is past its period is deleted or stripped, every night.
+        "privacy-retention": {
+            "task": "privacy.retention_apply",
+            "schedule": crontab(hour=retention_hour, minute=retention_minute),
             "options": {"expires": 3600},
         },
         # Segment webhooks: retries whose backoff ended and deliveries whose nudge was lost.

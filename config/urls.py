@@ -12,12 +12,14 @@ from cdp.health import health
 from cdp.login import ConsoleLoginView
 from members import console
 from members.consent import console as consent_console
+from members.privacy import console as privacy_console
 from members.segments import console as segments_console
 
 console_urls = (
     [
         path("", console.search, name="search"),
         path("members/<int:member_id>/", console.member, name="member"),
+        path("members/<int:member_id>/export/", privacy_console.member_export, name="member-export"),
         path("login/", ConsoleLoginView.as_view(), name="login"),
         path("logout/", auth_views.LogoutView.as_view(), name="logout"),
         *segments_console.urlpatterns,
@@ -35,6 +37,7 @@ urlpatterns = [
     path("v1/", include("events.urls.ingestion")),
     path("api/v1/", include("events.urls.staff")),
     path("api/v1/", include("members.urls")),
+    path("api/v1/", include("members.privacy.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", RedocView.as_view(url_name="schema"), name="api-redoc"),

@@ -19,11 +19,12 @@ class SourceAdmin(admin.ModelAdmin):
         "kind",
         "store_code",
         "default_currency",
+        "erasure",
         "write_key_prefix",
         "enabled",
         "created_at",
     )
-    list_filter = ("kind", "enabled")
+    list_filter = ("kind", "enabled", "erasure")
     search_fields = ("name", "store_code")
     readonly_fields = ("write_key_prefix", "created_at", "updated_at")
     exclude = ("write_key_hash",)

@@ -32,6 +32,13 @@ def platform_currency() -> str:
 currency_code = RegexValidator(r"^[A-Z]{3}$", "A three-letter ISO 4217 code in capitals, e.g. CNY.")
 
 
+class ErasureRule(models.TextChoices):
+    """What erasing a person does to the events a source sent about them."""
+
+    STRIP = "strip", "Keep them for the figures, with the personal data removed"
+    DELETE = "delete", "Delete them"
+
+
 class Source(models.Model):
     """One sender of events (a store's POS, the app, ...), holding one write key."""
 
@@ -47,6 +54,14 @@ class Source(models.Model):
         validators=[currency_code],
         help_text="The currency of its Order Completed / Order Refunded events that name none (the "
         "Segment spec makes currency optional); such events are marked as defaulted.",
+    )
+    erasure = models.CharField(
+        max_length=8,
+        choices=ErasureRule.choices,
+        default=ErasureRule.STRIP,
+        help_text="When a person is erased (or an event arrives for an erased person): strip: their "
+        "events stay for totals and KPIs without any personal data; delete: their events are deleted "
+        "(the orders and points already computed from them stay, under the erased member).",
     )
     write_key_hash = models.CharField(max_length=64, unique=True)
     write_key_prefix = models.CharField(max_length=16)

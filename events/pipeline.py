@@ -55,6 +55,7 @@ class ClaimedEvent:
     previous_id: str
     traits: dict
     context: dict
+    event: str = ""  # a track call's event name (a sign-up is told by it: identity.erasure)
 
 
 Stage = Callable[[Sequence[ClaimedEvent]], None]
@@ -70,7 +71,7 @@ WITH claimed AS (
     RETURNING event_id
 )
 SELECT e.id, e.source_id, e.message_id, e.timestamp, e.type, e.user_id, e.anonymous_id, e.previous_id,
-       e.traits, e.context
+       e.traits, e.context, e.event
 FROM claimed AS c
 CROSS JOIN LATERAL (SELECT * FROM {_EVENTS} WHERE id = c.event_id OFFSET 0) AS e
 """  # noqa: S608 - model tables only
@@ -192,10 +193,12 @@ def events_claim(*, batch_size: int) -> list[ClaimedEvent]:
         return _claimed(cursor.fetchall())
 
 
-def _claimed(rows: list[tuple[int, int, str, datetime, str, str, str, str, str, str]]) -> list[ClaimedEvent]:
+def _claimed(
+    rows: list[tuple[int, int, str, datetime, str, str, str, str, str, str, str]],
+) -> list[ClaimedEvent]:
     # jsonb arrives as text (Django's adapters); orjson decodes it several times faster.
     return sorted(
-        (ClaimedEvent(*row[:8], orjson.loads(row[8]), orjson.loads(row[9])) for row in rows),
+        (ClaimedEvent(*row[:8], orjson.loads(row[8]), orjson.loads(row[9]), row[10]) for row in rows),
         key=lambda event: event.id,
     )
 

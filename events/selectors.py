@@ -4,7 +4,7 @@ import time
 from collections.abc import Iterable
 
 from cdp.credentials import credential_hash
-from events.models import Source
+from events.models import Event, Source
 
 
 def source_for_write_key(write_key: str) -> Source | None:
@@ -37,3 +37,43 @@ def source_names_forget(**kwargs: object) -> None:
     """Drop this process's copy (a ``post_save`` receiver of ``Source``)."""
     global _source_names
     _source_names = (0.0, {})
+
+
+#: What an access export gives of each event: all of it, as the source sent it.
+EXPORTED_EVENT_FIELDS = (
+    "id", "message_id", "type", "event", "name", "user_id", "anonymous_id", "previous_id", "group_id",
+    "channel", "store_code", "timestamp", "original_timestamp", "sent_at", "received_at", "context", "traits",
+    "properties", "integrations", "source_id",
+)  # fmt: skip
+
+
+def events_exported(*, event_ids: Iterable[int]) -> list[dict]:
+    """These events whole (as stored), oldest first, with their source's name: an access
+    request's copy of everything a person's events hold."""
+    names = source_names()
+    rows = list(
+        Event.objects.filter(id__in=sorted(set(event_ids)))
+        .order_by("timestamp", "id")
+        .values(*EXPORTED_EVENT_FIELDS)
+    )
+    for row in rows:
+        row["source"] = names.get(row["source_id"], "")
+    return rows
+
+
+def events_stated_names(*, event_ids: Iterable[int], keys: Iterable[str]) -> set[str]:
+    """Every name these events stated for their person (``traits`` and ``context.traits`` under
+    ``keys``), whatever later events said: what an erasure looks for in free text."""
+    wanted = list(dict.fromkeys(keys))
+    found: set[str] = set()
+    rows = (
+        Event.objects.filter(id__in=sorted(set(event_ids)))
+        .exclude(type="group")
+        .values_list("traits", "context")
+    )
+    for traits, context in rows.iterator(chunk_size=2000):
+        stated = [traits, context.get("traits") if isinstance(context, dict) else None]
+        for document in stated:
+            if isinstance(document, dict):
+                found.update(v.strip() for k in wanted if isinstance(v := document.get(k), str) and v.strip())
+    return found

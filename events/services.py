@@ -66,6 +66,14 @@ def source_set_default_currency(*, source: Source, currency: str) -> Source:
     return source
 
 
+def source_set_erasure(*, source: Source, rule: str) -> Source:
+    """What erasing a person does to this source's events from now on (``ErasureRule``)."""
+    source.erasure = rule
+    source.full_clean(validate_unique=False, validate_constraints=False)
+    source.save(update_fields=["erasure", "updated_at"])
+    return source
+
+
 def source_set_enabled(*, source: Source, enabled: bool) -> Source:
     source.enabled = enabled
     source.save(update_fields=["enabled", "updated_at"])

@@ -5,6 +5,7 @@ into a search box, so ``138 0013 8000`` at the till and ``+86 13800138000`` in t
 mini-program are one phone everywhere.
 """
 
+import contextlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ DEFAULT_BLOCKED_VALUES = frozenset(
 )
 _ALL_ZEROS = re.compile(r"^0+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Worth trying as a phone when it came as another type (cheap test before phonenumbers).
+_PHONE_LIKE = re.compile(r"^\+?[\d\s\-().]{6,30}$")
 _CUSTOM_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_VALUE_LENGTH = 255
 
@@ -247,3 +250,54 @@ def identifiers_extract(
             value = f"{openid_scope}:{value}"
         identifiers.add(Identifier(str(type_), value))
     return Extraction(frozenset(identifiers), tuple(problems), vouches_for_one_person(message_type))
+
+
+#: The kind of a probe made of a phone's digits alone: what any spelling of a number, with or
+#: without its country code, is recognised by without parsing it (``identifier_probes``).
+PHONE_DIGITS = "phone_digits"
+_NON_DIGITS = re.compile(r"\D")
+
+
+def identifier_probes(identifier: Identifier) -> frozenset[tuple[str, str]]:
+    """The (kind, value) forms an identifier is looked up by among the erased ones: its type and
+    stored value; a value that is an email whatever its type also as ``email`` (lower case); a
+    phone's digits (``PHONE_DIGITS``), and the digits of any value written like a phone. So an
+    erased phone is recognised when a later event sends it as a user id or a member card, and
+    the other way round.
+
+    On the pipeline's hot path, once per identifier of every event: no phone parsing (hundreds
+    of microseconds a value). ``erased_probes`` gives an erased phone every digit form a later
+    value may take."""
+    probes = {(identifier.type, identifier.value)}
+    value = identifier.value
+    if identifier.type == IdentifierType.PHONE:
+        probes.add((PHONE_DIGITS, value.lstrip("+")))
+    elif identifier.type != IdentifierType.EMAIL:
+        if "@" in value:
+            email = value.strip().casefold()
+            if _EMAIL.match(email):
+                probes.add((IdentifierType.EMAIL.value, email))
+        elif _PHONE_LIKE.match(value):
+            probes.add((PHONE_DIGITS, _NON_DIGITS.sub("", value)))
+    return frozenset(probes)
+
+
+def erased_probes(identifier: Identifier, policy: NormalizationPolicy) -> frozenset[tuple[str, str]]:
+    """What an erasure keeps fingerprints of, for one identifier: its own probes and, for a
+    phone (or a value of another type that is one), the phone in E.164 and every digit form it
+    may be written in: with its country code, with ``00`` before it, the national number, with
+    the trunk ``0``."""
+    probes = set(identifier_probes(identifier))
+    e164 = identifier.value if identifier.type == IdentifierType.PHONE else None
+    if e164 is None and _PHONE_LIKE.match(identifier.value):
+        with contextlib.suppress(InvalidIdentifier, BlockedIdentifier):
+            e164 = _normalize_phone(identifier.value.strip(), policy)
+    if e164 is not None:
+        number = phonenumbers.parse(e164, None)
+        national, code = str(number.national_number), str(number.country_code)
+        probes.add((IdentifierType.PHONE.value, e164))
+        probes.update(
+            (PHONE_DIGITS, digits)
+            for digits in (code + national, f"00{code}{national}", national, f"0{national}")
+        )
+    return frozenset(probes)

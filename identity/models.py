@@ -9,7 +9,10 @@ class Member(models.Model):
     """One real person: the golden record that identity resolution attaches events to.
 
     A member absorbed by a merge keeps its row (status ``merged``) pointing at its survivor,
-    so an id anyone stored still resolves. ``merged_into`` always names an active member.
+    so an id anyone stored still resolves. ``merged_into`` always names an active member, or
+    an erased one: an erased member (status ``erased``, ``identity.erasure``) holds no
+    identifier and no personal data, only its events' pseudonymous place for the figures kept
+    under it (orders, points); no event is ever resolved to it again, and nothing rebuilds it.
     ``first_event_*`` is its earliest event: the canonical name of a member in the
     resolution's definition (the survivor of a merge is the member whose earliest event is
     earliest), and ``last_event_*`` tells whether a new event arrives in order.
@@ -18,6 +21,7 @@ class Member(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active"
         MERGED = "merged"
+        ERASED = "erased"
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     merged_into = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
@@ -39,7 +43,7 @@ class Member(models.Model):
         default_permissions = ()
         constraints = [
             models.CheckConstraint(
-                condition=Q(status="active", merged_into__isnull=True)
+                condition=Q(status__in=["active", "erased"], merged_into__isnull=True)
                 | Q(status="merged", merged_into__isnull=False),
                 name="member_merged_iff_survivor",
             ),
@@ -210,3 +214,27 @@ class SplitRecord(models.Model):
 
     def __str__(self) -> str:
         return f"split of member {self.member_id}: {', '.join(self.identifiers)}"
+
+
+class ErasedIdentifier(models.Model):
+    """A keyed one-way fingerprint of an identifier an erasure removed (``cdp.fingerprints``):
+    nothing readable of it. Resolution drops, on arrival and in every rebuild, any identifier
+    whose fingerprint is here: an event carrying it is stripped of its personal data instead
+    of bringing the person back (``identity.erasure``).
+
+    A phone or an email is fingerprinted as ``phone`` / ``email`` whatever type it was held as,
+    so it is recognised whichever field a later event puts it in. ``released_from``: a policy
+    allowing a new sign-up after an erasure let the person sign up again with it at that
+    event time; events from then on use it again (``PRIVACY_ALLOW_SIGNUP_AFTER_ERASURE``).
+    """
+
+    kind = models.CharField(max_length=64, help_text="The identifier type, or phone / email.")
+    fingerprint = models.CharField(max_length=64, unique=True)
+    erasure_id = models.BigIntegerField(help_text="The erasure request (members.privacy) that made it.")
+    erased_at = models.DateTimeField(auto_now_add=True)
+    released_from = models.DateTimeField(
+        null=True, blank=True, help_text="Usable again by events from this event time (a new sign-up)."
+    )
+
+    def __str__(self) -> str:
+        return f"erased {self.kind} {self.fingerprint[:12]}…"

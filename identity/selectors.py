@@ -10,7 +10,7 @@ from django.db import connection
 
 from events.models import Channel, Source
 from identity.identifiers import IdentifierType, normalize
-from identity.models import Identifier, MemberIdentifier
+from identity.models import EventResolution, Identifier, MemberIdentifier
 from identity.services import normalization_policy
 
 
@@ -33,6 +33,34 @@ def identifier_lookup_values(type_: str, raw: str) -> list[str]:
         .values_list("wechat_appid", flat=True)
     )
     return [value, *(f"{appid}:{value}" for appid in sorted(set(appids)))]
+
+
+def member_event_ids(*, member_id: int) -> list[int]:
+    """The ids of the events resolved to a member (an absorbed member's are its survivor's)."""
+    return sorted(EventResolution.objects.filter(member_id=member_id).values_list("event_id", flat=True))
+
+
+def anonymous_members_inactive(
+    *, last_event_before: datetime, types: Collection[str], after_id: int, limit: int
+) -> list[int]:
+    """Active members after ``after_id`` (by id) whose last event is older than
+    ``last_event_before`` and who hold no identifier but of ``types`` (anonymous ids, devices):
+    nobody a retailer could name. At most ``limit``, by id."""
+    anonymous = sorted(set(types))
+    rows = _rows(
+        """
+        SELECT m.id FROM members_member AS m
+        WHERE m.status = 'active' AND m.id > %s AND m.last_event_at < %s
+          AND NOT EXISTS (SELECT 1 FROM identity_identifier AS i
+                           WHERE i.member_id = m.id AND NOT i.type = ANY(%s))
+          AND NOT EXISTS (SELECT 1 FROM identity_memberidentifier AS h
+                            JOIN identity_identifier AS i ON i.id = h.identifier_id
+                           WHERE h.member_id = m.id AND NOT i.type = ANY(%s))
+        ORDER BY m.id LIMIT %s
+        """,
+        [after_id, last_event_before, anonymous, anonymous, limit],
+    )
+    return [row[0] for row in rows]
 
 
 def members_holding(*, type_: str, values: list[str]) -> set[int]:
@@ -251,6 +279,8 @@ LEFT JOIN LATERAL (
 ) AS r ON true
 LEFT JOIN members_member AS s ON s.id = r.survivor_id
 WHERE a.status = 'merged'
+  -- a member merged into an erased one: its records name nothing any more (identity.erasure)
+  AND NOT EXISTS (SELECT 1 FROM members_member AS x WHERE x.id = a.merged_into_id AND x.status = 'erased')
 """  # noqa: S608 - fragments of this module only
 
 

@@ -4,13 +4,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 
 from cdp.db import binary_parameters_cursor
+from events.erasure import ERASED_EVENTS, events_erase_arrived
 from events.models import Event, Source
 from events.pipeline import ClaimedEvent
+from identity.erasure import (
+    ErasureCheck,
+    erased_resolutions,
+    erased_resolutions_restore,
+    erasure_check,
+    redactor_of,
+)
 from identity.identifiers import (
     BlockedIdentifier,
     Identifier,
@@ -29,42 +36,36 @@ from identity.models import (
     SplitRecord,
 )
 from identity.models import Identifier as IdentifierRow
+from identity.policy import IDENTITY_LOCK as IDENTITY_LOCK
+from identity.policy import identity_lock
+from identity.policy import identity_rules as identity_rules
+from identity.policy import normalization_policy as normalization_policy
 from identity.resolution import EventKey, ResolvableEvent
 from identity.rules import Rules
 from identity.store import DatabaseResolver, event_key, merge_rule
 
-#: One transaction-scoped advisory lock for all identity writes. Resolution of a batch reads
-#: a subgraph, decides, and writes it back; holding this lock makes that read-decide-write
-#: atomic against other workers without row locks in any order, so there is no deadlock and
-#: no duplicate member. On two cores one resolver at a time is also the fastest; beyond one
-#: machine, the graph would be striped by component.
-IDENTITY_LOCK = 0x1D_E4_71_7E
-
-
-def identity_rules() -> Rules:
-    return Rules().with_overrides(settings.IDENTITY_RULES)
-
-
-def normalization_policy() -> NormalizationPolicy:
-    return NormalizationPolicy(
-        default_region=settings.IDENTITY_DEFAULT_REGION,
-        blocked_values=frozenset(v.casefold() for v in settings.IDENTITY_BLOCKED_VALUES),
-    )
-
 
 def identity_resolve_events(events: Sequence[ClaimedEvent | Event]) -> None:
     """The pipeline stage: attach every event to exactly one member, in the caller's
-    transaction (the one that takes the events out of the queue)."""
+    transaction (the one that takes the events out of the queue). An event carrying an
+    identifier an erasure removed is not resolved: it is stripped of its personal data (or
+    deleted, by its source's rule) instead of bringing the person back (``identity.erasure``)."""
     if not events:
         return
-    batch = _extract(events, normalization_policy())  # pure work: before the lock
+    policy = normalization_policy()
+    batch = _extract(events, policy)  # pure work: before the lock
     _identity_lock()
+    check = _erasure_check(events, batch, release=True)
+    if check.blocked:
+        events_erase_arrived(
+            event_ids=sorted(check.blocked),
+            redactor=redactor_of({i for found in check.blocked.values() for i in found}),
+        )
     _resolve(batch, DatabaseResolver(identity_rules()))
 
 
 def _identity_lock() -> None:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [IDENTITY_LOCK])
+    identity_lock()
 
 
 @dataclass
@@ -105,6 +106,23 @@ def _extract(events: Sequence[ClaimedEvent | Event], policy: NormalizationPolicy
     return batch
 
 
+def _erasure_check(
+    events: Sequence[ClaimedEvent | Event],
+    batch: _ExtractedBatch,
+    *,
+    release: bool,
+) -> ErasureCheck:
+    """Take the events carrying an erased identifier out of the batch (``identity.erasure``)."""
+    keys = {event_id: key for key, event_id in batch.event_ids.items()}
+    check = erasure_check(events, batch.identifiers, keys, release=release)
+    for event_id in check.blocked:
+        key = keys[event_id]
+        del batch.identifiers[key], batch.event_ids[key]
+        batch.vouching.discard(key)
+        batch.problems.pop(key, None)
+    return check
+
+
 def _resolve(batch: _ExtractedBatch, resolver: DatabaseResolver) -> None:
     resolver.event_ids.update(batch.event_ids)
     resolver.problems.update(batch.problems)
@@ -128,6 +146,7 @@ _RESOLUTION_FIELDS = (
     "previous_id",
     "traits",
     "context",
+    "event",
 )
 _GRAPH_TABLES = (EventResolution, EventIdentifier, MemberIdentifier, MergeRecord, IdentifierRow)
 
@@ -154,16 +173,22 @@ def identity_rebuild(*, batch_size: int = 5000, progress: Callable[[int], None] 
       intermediate survivor may differ, and members that stood between two batches of the
       rebuild and then merged have a record of their own (one for each merged member).
       ``identity.selectors.merge_history_audit`` checks the result.
+
+    Erasures hold (``identity.erasure``): events stripped by an erasure and events carrying an
+    erased identifier are not resolved; the events of erased members go back to them as they
+    were, so an erased person is never rebuilt and the figures kept under them stay.
     """
     with transaction.atomic():
         _identity_lock()
+        erased = erased_resolutions()
         old_members = {
             EventKey(at, message_id, source_id): pk
             # A retired member can share its founding event with the active member a replay
-            # re-created; ordered so that the active one's id wins.
-            for pk, at, message_id, source_id in Member.objects.order_by("-status", "pk").values_list(
-                "pk", "first_event_at", "first_event_message_id", "first_event_source_id"
-            )
+            # re-created; ordered so that the active one's id wins. Erased members are not
+            # re-created (their events are not resolved), whatever their founding event.
+            for pk, at, message_id, source_id in Member.objects.exclude(status=Member.Status.ERASED)
+            .order_by("-status", "pk")
+            .values_list("pk", "first_event_at", "first_event_message_id", "first_event_source_id")
         }
         with connection.cursor() as cursor:
             # TRUNCATE refuses while deferred foreign-key checks are pending in this transaction.
@@ -173,20 +198,33 @@ def identity_rebuild(*, batch_size: int = 5000, progress: Callable[[int], None] 
         rules, policy = identity_rules(), normalization_policy()
         done = 0
         batch: list[Event] = []
-        events = Event.objects.order_by("timestamp", "message_id", "source_id").only(*_RESOLUTION_FIELDS)
+        events = (
+            Event.objects.exclude(ERASED_EVENTS)
+            .order_by("timestamp", "message_id", "source_id")
+            .only(*_RESOLUTION_FIELDS)
+        )
         for event in events.iterator(chunk_size=batch_size):
             batch.append(event)
             if len(batch) == batch_size:
-                _resolve(_extract(batch, policy), DatabaseResolver(rules, reuse_ids=old_members))
+                _rebuild_batch(batch, rules, policy, old_members)
                 done += len(batch)
                 progress(done)
                 batch = []
         if batch:
-            _resolve(_extract(batch, policy), DatabaseResolver(rules, reuse_ids=old_members))
+            _rebuild_batch(batch, rules, policy, old_members)
             done += len(batch)
             progress(done)
+        erased_resolutions_restore(erased)
         _retire_unused_members(rules)
     return done
+
+
+def _rebuild_batch(
+    events: list[Event], rules: Rules, policy: NormalizationPolicy, old_members: dict[EventKey, int]
+) -> None:
+    extracted = _extract(events, policy)
+    _erasure_check(events, extracted, release=False)
+    _resolve(extracted, DatabaseResolver(rules, reuse_ids=old_members))
 
 
 def _retire_unused_members(rules: Rules) -> None:

@@ -63,7 +63,14 @@ def groups_refresh(*, member_ids: set[int], calls: Iterable[GroupCall]) -> None:
         )
 
 
-def _groups_write(group_ids: list[str]) -> None:
+def groups_recompute(*, group_ids: Iterable[str]) -> None:
+    """Recompute these groups from the calls naming them now, even from fewer calls than
+    before: an erasure stripped or deleted some of them (``members.erasure``)."""
+    if ids := sorted(set(group_ids)):
+        _groups_write(ids, force=True)
+
+
+def _groups_write(group_ids: list[str], *, force: bool = False) -> None:
     """Each group's traits from every group call naming it (one indexed read, one upsert)."""
     observations: dict[str, list[TraitObservation]] = defaultdict(list)
     calls: dict[str, int] = defaultdict(int)
@@ -85,7 +92,7 @@ def _groups_write(group_ids: list[str]) -> None:
     }
     with binary_parameters_cursor() as cursor:
         cursor.execute(
-            _UPSERT_GROUPS,
+            _UPSERT_GROUPS_FORCED if force else _UPSERT_GROUPS,
             [
                 group_ids,
                 [orjson.dumps(traits.get(group_id, {})).decode() for group_id in group_ids],
@@ -108,6 +115,7 @@ _UPSERT_GROUPS = (
     "ON CONFLICT (group_id) DO UPDATE SET traits = EXCLUDED.traits, calls = EXCLUDED.calls, "
     "last_call_at = EXCLUDED.last_call_at, updated_at = now() WHERE g.calls <= EXCLUDED.calls"
 )
+_UPSERT_GROUPS_FORCED = _UPSERT_GROUPS.removesuffix(" WHERE g.calls <= EXCLUDED.calls")
 _INSERT_MEMBERSHIPS = (
     f"INSERT INTO {GroupMembership._meta.db_table} (member_id, group_id, first_call_at, last_call_at) "  # noqa: S608
     "SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::timestamptz[], %b::timestamptz[])"

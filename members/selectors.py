@@ -46,12 +46,12 @@ RECENT_ORDERS = 10
 
 def member_resolve(*, member_id: int) -> Member | None:
     """The active member behind an id, following a merge: an id absorbed by a merge leads to
-    its survivor (``merged_into`` always names an active member), so ids that CRM staff or
-    marketing tools stored keep working. One query, read through members' proxy (following
+    its survivor, so ids that CRM staff or marketing tools stored keep working; an erased
+    member (and an id merged into one) leads nowhere. One query, read through members' proxy (following
     ``merged_into`` itself would give identity's model)."""
     survivor = Member.objects.filter(pk=member_id).values("merged_into")
     return (
-        Member.objects.filter(Q(pk=member_id, status=Member.Status.ACTIVE) | Q(pk=Subquery(survivor)))
+        Member.objects.filter(Q(pk=member_id) | Q(pk=Subquery(survivor)), status=Member.Status.ACTIVE)
         .select_related("aggregate", "points")  # the 360 view's figures and points
         .first()
     )
@@ -313,6 +313,13 @@ _ORDERS_OF_MEMBER = (
     f"SELECT {', '.join(ORDER_FIELDS)} FROM members_memberorder "  # noqa: S608 - field names only
     "WHERE member_id = %s ORDER BY placed_at DESC NULLS LAST, event_id DESC"
 )
+
+
+def member_orders(*, member_id: int) -> list[dict]:
+    """Every order of a member (the 360 view shows the recent ones), newest first."""
+    with connection.cursor() as cursor:
+        cursor.execute(_ORDERS_OF_MEMBER, [member_id])
+        return [dict(zip(ORDER_FIELDS, row, strict=True)) for row in cursor.fetchall()]
 
 
 def spend_by_month(orders: list[MemberOrder]) -> list[MonthlySpend]:

@@ -164,7 +164,7 @@ def members_rebuild(
     *, batch_size: int = 1000, points_only: bool = False, progress: Callable[[int], None] = lambda done: None
 ) -> int:
     """Recompute every active member from the event log, a batch per transaction; returns how
-    many. What the incremental refresh keeps current, computed again from scratch.
+    many. Erased members are not recomputed: nothing brings them back. What the incremental refresh keeps current, computed again from scratch.
     ``points_only``: just the points ledger and tiers (after an earning rule was edited),
     reading only the events that earn."""
     recompute = points_recompute if points_only else members_recompute
@@ -184,7 +184,8 @@ def members_rebuild(
         done += len(batch)
         progress(done)
     with transaction.atomic():
-        retired = Member.objects.exclude(status=Member.Status.ACTIVE).values("id")
+        # Absorbed members keep nothing; erased ones keep their figures (members_recompute).
+        retired = Member.objects.filter(status=Member.Status.MERGED).values("id")
         for model in (MemberTrait, MemberOrder, MemberAggregate, GroupMembership):
             model.objects.filter(member_id__in=retired).delete()
     return done
@@ -195,8 +196,12 @@ def members_recompute(member_ids: set[int]) -> None:
     traits, consent statements (``members.consent``), groups, orders (those each member owns:
     ``members.orders``) and figures, points and tier, then tags and segments.
 
-    A member absorbed by a merge keeps nothing: its computed state lives on the survivor.
+    A member absorbed by a merge keeps nothing: its computed state lives on the survivor. An
+    erased member (``members.privacy``) is left as its erasure left it: its figures, orders
+    and points stay, computed once from what its events were, and nothing is recomputed.
     """
+    erased = _erased_of(member_ids)
+    member_ids = member_ids - erased
     active = _active_of(member_ids)
     definitions = definitions_load()
     events = _events_of(active, properties_of=definitions.property_events | {CONSENT_EVENT})
@@ -226,6 +231,13 @@ def _active_of(member_ids: set[int]) -> set[int]:
     few hundred literals was parsed and planned afresh at every refresh)."""
     with binary_parameters_cursor() as cursor:
         cursor.execute(_ACTIVE_OF, [sorted(member_ids), Member.Status.ACTIVE.value])
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _erased_of(member_ids: set[int]) -> set[int]:
+    """Which of these members are erased (one index probe per id)."""
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_ACTIVE_OF, [sorted(member_ids), Member.Status.ERASED.value])
         return {row[0] for row in cursor.fetchall()}
 
 

@@ -83,7 +83,10 @@ def _publish_to(*, variable: str | None, setting: str | None, eager: bool) -> No
     else:
         os.environ["CELERY_BROKER_URL"] = variable
     app.conf.broker_url, app.conf.task_always_eager = setting, eager
-    app.close()  # forget the connection pool made for the broker before...
+    # Forget the connection pool made for the broker before (what ``app.close()`` does, without
+    # taking the app out of Celery's active apps: a module of shared tasks imported after that,
+    # as autodiscovery imports members.privacy.tasks, would register its tasks with no app)...
+    app._pool = None
     # ... and the producer pool, which an earlier publish (an eager run too) made on it, as
     # Celery's own after-fork clean-up does.
     app.amqp._producer_pool = None

@@ -10,6 +10,8 @@ from typing import Any
 
 import environ
 
+from cdp.personal import DEFAULT_PERSONAL_KEYS
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 env = environ.Env()
@@ -38,6 +40,7 @@ INSTALLED_APPS = [
     "members.loyalty",  # its own app (label "loyalty"), inside members as the design card draws it
     "members.segments",  # likewise (label "segments")
     "members.consent",  # likewise (label "consent")
+    "members.privacy",  # likewise (label "privacy")
 ]
 
 MIDDLEWARE = [
@@ -338,6 +341,12 @@ CONSENT_PURPOSES = env.list(
 # marketing purpose at once, as if the event had stated each of them.
 MARKETING_CONSENT_TRAIT = env("MARKETING_CONSENT_TRAIT", default="marketing_consent")
 
+# Personal data (cdp.personal, cdp.privacy): keys whose values are personal wherever a source
+# puts them (a bare key, at any depth) or at one path (dotted, "*" for any one key), on top of
+# every value that is a phone number or an email address. Shown masked to staff without the
+# contact details permission, in the API, the console and exports alike.
+PERSONAL_DATA_KEYS: list[str] = env.list("PERSONAL_DATA_KEYS", default=list(DEFAULT_PERSONAL_KEYS))
+
 # Lifecycle stage (computed tags lifecycle-*, members.segments.computed), in days: new while the
 # first purchase is within LIFECYCLE_NEW_DAYS, then active while the last purchase is within
 # LIFECYCLE_ACTIVE_DAYS, at risk while it is within LIFECYCLE_CHURN_DAYS, churned after.
@@ -353,3 +362,55 @@ LOGGING: dict[str, Any] = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Personal data: erasure, access requests, retention (members.privacy) -----------------------
+#: The key of the fingerprints an erasure keeps of each identifier it erased (HMAC-SHA256,
+#: ``cdp.fingerprints``): a later event carrying the same phone, email or id is recognised by
+#: them and stripped. Never change it: the erased values are gone, so fingerprints made under
+#: another key cannot be made again, and the people they stand for would come back. Required in
+#: production (config.settings.production); elsewhere derived from the secret key.
+PRIVACY_FINGERPRINT_KEY = env("PRIVACY_FINGERPRINT_KEY", default=f"fingerprints:{SECRET_KEY}")
+#: A person erased may sign up again as a new member: a sign-up event (a track call named in
+#: PRIVACY_SIGNUP_EVENTS) carrying their erased identifiers releases them from its event time.
+#: Off: everything carrying them is stripped, for good.
+PRIVACY_ALLOW_SIGNUP_AFTER_ERASURE = env.bool("PRIVACY_ALLOW_SIGNUP_AFTER_ERASURE", default=False)
+PRIVACY_SIGNUP_EVENTS: list[str] = env.list("PRIVACY_SIGNUP_EVENTS", default=["Signed Up"])
+#: Traits holding the person's names: an erasure looks for them, in any letter case, in every
+#: text it cleans (split reasons, audit entries, webhook answers, other people's events).
+PRIVACY_NAME_TRAITS: list[str] = env.list(
+    "PRIVACY_NAME_TRAITS",
+    default=["name", "first_name", "last_name", "firstName", "lastName", "full_name", "nickname", "username"],
+)
+#: The context keys a stripped event keeps (technical, about the software, not the person); the
+#: rest (ip, userAgent, location, page, referrer, device ids, traits, externalIds) goes.
+PRIVACY_EVENT_CONTEXT_KEPT: list[str] = env.list(
+    "PRIVACY_EVENT_CONTEXT_KEPT", default=["library", "app", "os", "locale", "timezone", "screen"]
+)
+#: Called with the erased member ids in the erasure's transaction, after the platform's own
+#: steps: dotted paths to ``callable(member_ids: list[int]) -> int`` (how many rows they erased),
+#: for a deployment's own apps that hold more about people.
+PRIVACY_ERASURE_HOOKS: list[str] = env.list("PRIVACY_ERASURE_HOOKS", default=[])
+#: More sections of an access export: name -> dotted path to ``callable(member_ids: list[int])``
+#: returning JSON-ready data.
+PRIVACY_EXPORT_SECTIONS: dict[str, str] = env.json("PRIVACY_EXPORT_SECTIONS", default={})
+
+# Retention, per data class, in days (0: kept until erased). A beat job applies it every night
+# at RETENTION_RUN_AT (TIME_ZONE), RETENTION_BATCH_SIZE rows per transaction; ``manage.py
+# apply_retention --dry-run`` shows what it would do.
+#: Raw event payloads: past this, events keep what identity and the profile read (ids, traits)
+#: and their properties without personal fields; context (addresses, user agents, locations,
+#: pages) goes.
+RETENTION_EVENT_PAYLOAD_DAYS = env.int("RETENTION_EVENT_PAYLOAD_DAYS", default=395)
+#: Refused events (kept to show a source what was wrong): deleted.
+RETENTION_REJECTED_EVENT_DAYS = env.int("RETENTION_REJECTED_EVENT_DAYS", default=30)
+#: Segment webhook delivery logs: WEBHOOK_DELIVERY_LOG_DAYS (above), deleted.
+#: Audit entries: deleted (PIPL asks for records of processing; three years by default).
+RETENTION_AUDIT_DAYS = env.int("RETENTION_AUDIT_DAYS", default=1095)
+#: Members known only by anonymous ids and devices (no user id, phone, email, card, WeChat id)
+#: with no event for this long: erased, without blocking their ids (they may come back as new).
+RETENTION_ANONYMOUS_MEMBER_DAYS = env.int("RETENTION_ANONYMOUS_MEMBER_DAYS", default=395)
+RETENTION_ANONYMOUS_TYPES: list[str] = env.list(
+    "RETENTION_ANONYMOUS_TYPES", default=["anonymous_id", "device_id"]
+)
+RETENTION_BATCH_SIZE = env.int("RETENTION_BATCH_SIZE", default=1000)
+RETENTION_RUN_AT = env("RETENTION_RUN_AT", default="04:15")

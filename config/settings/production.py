@@ -14,6 +14,8 @@ from config.settings.base import MIDDLEWARE, env
 DEBUG = False
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
 env("DATABASE_URL")  # required here; base falls back to the local database for development
+#: Its own secret, never derived from the secret key (which may be rotated): see base.py.
+PRIVACY_FINGERPRINT_KEY = env("PRIVACY_FINGERPRINT_KEY")
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
 # --- HTTPS --------------------------------------------------------------------------------------

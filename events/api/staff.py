@@ -9,15 +9,22 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from cdp.permissions import permissions_required
-from events.models import Channel, RejectedEvent, Source
-from events.services import source_create, source_rotate_key, source_set_default_currency, source_set_enabled
+from events.models import Channel, ErasureRule, RejectedEvent, Source
+from events.services import (
+    source_create,
+    source_rotate_key,
+    source_set_default_currency,
+    source_set_enabled,
+    source_set_erasure,
+)
 
 
 class SourceOutput(serializers.ModelSerializer):
     class Meta:
         model = Source
         fields: tuple[str, ...] = (
-            "id", "name", "kind", "store_code", "default_currency", "write_key_prefix", "enabled", "created_at",
+            "id", "name", "kind", "store_code", "default_currency", "erasure", "write_key_prefix", "enabled",
+            "created_at",
         )  # fmt: skip
 
 
@@ -50,9 +57,20 @@ class SourceCreateInput(serializers.Serializer):
 class SourceUpdateInput(serializers.Serializer):
     default_currency = serializers.RegexField(
         r"^[A-Z]{3}$",
+        required=False,
         help_text="For orders that name no currency, from now on.",
         error_messages={"invalid": "A three-letter ISO 4217 code in capitals, e.g. CNY."},
     )
+    erasure = serializers.ChoiceField(
+        choices=ErasureRule.choices,
+        required=False,
+        help_text="What erasing a person does to this source's events: strip their personal data, or delete them.",
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        if not attrs:
+            raise serializers.ValidationError({"default_currency": "give default_currency or erasure"})
+        return attrs
 
 
 def _with_key(source: Source, write_key: str) -> dict:
@@ -80,14 +98,17 @@ class SourceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
 
     @extend_schema(request=SourceUpdateInput, responses={200: SourceOutput})
     def partial_update(self, request: Request, pk: str) -> Response:
-        """Change a source's settings (its default currency)."""
+        """Change a source's settings (its default currency, what an erasure does to its events)."""
         source = get_object_or_404(Source, pk=pk)  # no such source is a 404 whatever the body
         data = SourceUpdateInput(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            source = source_set_default_currency(
-                source=source, currency=data.validated_data["default_currency"]
-            )
+            if "default_currency" in data.validated_data:
+                source = source_set_default_currency(
+                    source=source, currency=data.validated_data["default_currency"]
+                )
+            if "erasure" in data.validated_data:
+                source = source_set_erasure(source=source, rule=data.validated_data["erasure"])
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.message_dict) from exc
         return Response(SourceOutput(source).data)

@@ -318,3 +318,51 @@ def _retired_leave(retired: set[int], now: datetime) -> dict[int, int]:
         sizes = dict(cursor.fetchall())
     rows_delete(SegmentsRecheck, column="member", keys=retired)
     return sizes
+
+
+# An erased member leaves every tag and segment, manual ones and static lists included, and
+# nothing moves anywhere: the exits say why (``reason``), so a tool syncing the feed drops the
+# person from what it holds too.
+_ERASED_TAGS = f"""
+WITH gone AS (
+    DELETE FROM {_MT} WHERE ctid = ANY(ARRAY(
+        SELECT r.ctid FROM unnest(%b::bigint[]) AS k(m)
+        CROSS JOIN LATERAL (SELECT ctid FROM {_MT} WHERE member_id = k.m OFFSET 0) AS r))
+    RETURNING member_id, tag_id
+)
+INSERT INTO {_TC} (member_id, tag_id, action, by_id, at) SELECT member_id, tag_id, 'removed', NULL, %b FROM gone
+"""  # noqa: S608
+_ERASED_SEGMENTS = f"""
+WITH gone AS (
+    DELETE FROM {_SM} WHERE ctid = ANY(ARRAY(
+        SELECT r.ctid FROM unnest(%b::bigint[]) AS k(m)
+        CROSS JOIN LATERAL (SELECT ctid FROM {_SM} WHERE member_id = k.m OFFSET 0) AS r))
+    RETURNING member_id, segment_id
+),
+logged AS (
+    INSERT INTO {_SC} (member_id, segment_id, change, reason, at)
+    SELECT member_id, segment_id, 'exited', %b, %b FROM gone
+    RETURNING segment_id
+)
+SELECT segment_id, -count(*) FROM logged GROUP BY segment_id
+"""  # noqa: S608
+
+
+def memberships_erase(*, member_ids: set[int], now: datetime) -> tuple[set[int], dict[str, int]]:
+    """Take erased members out of every tag and segment (exits with the reason ``erased``) and
+    of the rechecks; the caller has made sure nothing puts them back (an erased member is never
+    refreshed). Returns the segments whose membership changed, and counts."""
+    if not member_ids:
+        return set(), {"tags": 0, "segments": 0}
+    definitions = definitions_load()
+    memberships_lock(
+        tag_ids=list(definitions.tag_keys), segment_ids=list(definitions.segment_keys), exclusive=False
+    )
+    ids = sorted(member_ids)
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_ERASED_TAGS, [ids, now])
+        tags = cursor.rowcount
+        cursor.execute(_ERASED_SEGMENTS, [ids, SegmentChange.ERASED, now])
+        sizes = dict(cursor.fetchall())
+    rows_delete(SegmentsRecheck, column="member", keys=member_ids)
+    return _sizes_move(sizes), {"tags": tags, "segments": -sum(sizes.values())}

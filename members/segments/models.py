@@ -142,11 +142,21 @@ class SegmentChange(models.Model):
         ENTERED = "entered"
         EXITED = "exited"
 
+    #: ``reason`` of the exits an erasure makes.
+    ERASED = "erased"
+
     segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="+", db_index=False)
     member = models.ForeignKey(
         "members.Member", on_delete=models.CASCADE, related_name="+", db_constraint=False
     )
     change = models.CharField(max_length=8, choices=Change.choices)
+    reason = models.CharField(
+        max_length=16,
+        blank=True,
+        db_default="",  # the feed's writers insert set-based, naming only the columns they set
+        help_text="Why an exit happened when a tool must act on it: erased (the person was erased: drop "
+        "everything you hold about them).",
+    )
     at = models.DateTimeField()
 
     class Meta:

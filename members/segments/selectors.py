@@ -4,7 +4,7 @@ keyset, the changes feed."""
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from django.db import connection
 
@@ -158,14 +158,19 @@ def segment_changes(*, segment: Segment, since: int, size: int, until: int) -> l
     )
 
 
+#: A row of the changes feed as a caller reads it: (cursor, member id, change, ...).
+FeedRow = TypeVar("FeedRow", bound=tuple[Any, ...])
+
+
 def changes_consented(
-    changes: list[tuple[int, int, str, datetime]], *, purposes: tuple[str, ...] | None, at: datetime
-) -> list[tuple[int, int, str, datetime]]:
-    """The changes of the feed (cursor, member, change, at) that may leave for ``purposes`` at
+    changes: list[FeedRow], *, purposes: tuple[str, ...] | None, at: datetime
+) -> list[FeedRow]:
+    """The changes of the feed (cursor, member, change, then what else the caller reads) that
+    may leave for ``purposes`` at
     ``at``: every exit (it only tells a tool to drop an id it may hold), and the entries of
     members with consent to every purpose in force (none if ``purposes`` is None: a purpose no
     longer configured). One query."""
-    entered = {member for _, member, change, _ in changes if change == SegmentChange.Change.ENTERED}
+    entered = {c[1] for c in changes if c[2] == SegmentChange.Change.ENTERED}
     allowed = (
         members_with_consent(member_ids=entered, purposes=purposes, at=at) if purposes is not None else set()
     )

@@ -19,6 +19,7 @@ REQUIRED = {
     "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
     "DJANGO_ALLOWED_HOSTS": "cdp.example.com",
     "DATABASE_URL": "postgres://cdp@db.internal:5432/cdp",
+    "PRIVACY_FINGERPRINT_KEY": secrets.token_urlsafe(32),
 }
 
 

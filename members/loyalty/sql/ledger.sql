@@ -6,7 +6,8 @@
 -- twice, nothing changes.
 --
 -- 1. Ledger rows are append-only: never deleted, never changed except the member they belong
---    to (a row follows its member through a merge or a split).
+--    to (a row follows its member through a merge or a split) and, in an erasure, the reason
+--    staff wrote (it may name the person).
 -- 2. An account's balance is the sum of its member's ledger: rows written or moved by one
 --    statement are added to (or moved between) accounts once per account, from the
 --    statement's transition tables, in member order (the lock order of the refresh).
@@ -19,11 +20,14 @@ BEGIN
         RAISE EXCEPTION 'points ledger rows are never deleted (key %): append a correction', OLD.key
             USING ERRCODE = 'integrity_constraint_violation';
     END IF;
-    IF (NEW.id, NEW.kind, NEW.points, NEW.key, NEW.cause_key, NEW.reason, NEW.derived, NEW.event_id,
+    -- The one exception: an erasure (a transaction that says so: SET LOCAL cdp.erasure = 'on',
+    -- members.loyalty.erasure) may rewrite ``reason``, what staff typed, which can hold a name.
+    IF (NEW.id, NEW.kind, NEW.points, NEW.key, NEW.cause_key, NEW.derived, NEW.event_id,
         NEW.order_id, NEW.channel, NEW.staff_user_id, NEW.at, NEW.available_at, NEW.expires_at, NEW.created_at)
        IS DISTINCT FROM
-       (OLD.id, OLD.kind, OLD.points, OLD.key, OLD.cause_key, OLD.reason, OLD.derived, OLD.event_id,
-        OLD.order_id, OLD.channel, OLD.staff_user_id, OLD.at, OLD.available_at, OLD.expires_at, OLD.created_at) THEN
+       (OLD.id, OLD.kind, OLD.points, OLD.key, OLD.cause_key, OLD.derived, OLD.event_id,
+        OLD.order_id, OLD.channel, OLD.staff_user_id, OLD.at, OLD.available_at, OLD.expires_at, OLD.created_at)
+       OR (NEW.reason IS DISTINCT FROM OLD.reason AND current_setting('cdp.erasure', true) IS DISTINCT FROM 'on') THEN
         RAISE EXCEPTION 'points ledger rows are never changed (key %): append a correction', OLD.key
             USING ERRCODE = 'integrity_constraint_violation';
     END IF;

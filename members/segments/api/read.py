@@ -28,6 +28,9 @@ class ChangeOutput(serializers.Serializer):
     cursor = serializers.IntegerField()
     member_id = serializers.IntegerField()
     change = serializers.ChoiceField(choices=["entered", "exited"])
+    reason = serializers.CharField(
+        help_text="Empty, or erased: the person was erased; drop everything you hold about them."
+    )
     at = serializers.DateTimeField()
 
 
@@ -88,12 +91,12 @@ class SegmentChangesView(APIView):
         changes = (
             [] if until is None else segment_changes(segment=segment, since=since, size=size, until=until)
         )
-        read = [(c.pk, c.member_id, c.change, c.at) for c in changes]
+        read = [(c.pk, c.member_id, c.change, c.reason, c.at) for c in changes]
         given = changes_consented(read, purposes=purposes, at=timezone.now())
         return Response(
             ChangesPage({
-                "results": [{"cursor": pk, "member_id": member, "change": change, "at": at}
-                            for pk, member, change, at in given],
+                "results": [{"cursor": pk, "member_id": member, "change": change, "reason": reason, "at": at}
+                            for pk, member, change, reason, at in given],
                 "next_since": changes[-1].pk if changes else since,
                 "purpose": purpose,
                 "withheld": {NO_CONSENT: len(read) - len(given)},

@@ -115,7 +115,7 @@ def _deliver_batch(webhook_id: int, now: datetime) -> Outcome:
         SegmentChange.objects.filter(segment_id=claim.segment_id, id__gt=claim.cursor, id__lte=claim.horizon)
         .filter(Q() if claim.changes == SegmentWebhook.Changes.BOTH else Q(change=claim.changes))
         .order_by("id")
-        .values_list("id", "member_id", "change", "at")[: settings.WEBHOOK_BATCH_SIZE]
+        .values_list("id", "member_id", "change", "reason", "at")[: settings.WEBHOOK_BATCH_SIZE]
     )
     # A short batch holds everything of this webhook up to the horizon, so the cursor may skip
     # to it (past other segments' changes and unwanted kinds, which later reads need not walk).
@@ -131,8 +131,9 @@ def _deliver_batch(webhook_id: int, now: datetime) -> Outcome:
         "webhook_id": claim.webhook_id,
         "segment": claim.segment_key,
         "purpose": claim.purpose,
-        "changes": [{"cursor": pk, "member_id": member, "change": change, "at": at}
-                    for pk, member, change, at in sent],
+        "changes": [{"cursor": pk, "member_id": member, "change": change, "at": at,
+                     **({"reason": reason} if reason else {})}
+                    for pk, member, change, reason, at in sent],
         "withheld": withheld,
         "next_cursor": next_cursor,
     })  # fmt: skip
@@ -262,7 +263,16 @@ def webhooks_due(*, now: datetime | None = None) -> list[int]:
 def webhook_deliveries_prune(*, now: datetime | None = None, limit: int = 10_000) -> int:
     """Forget delivery attempts older than ``WEBHOOK_DELIVERY_LOG_DAYS``, ``limit`` at a time."""
     cutoff = (now or timezone.now()) - timedelta(days=settings.WEBHOOK_DELIVERY_LOG_DAYS)
-    old = list(WebhookDelivery.objects.filter(at__lt=cutoff).values_list("pk", flat=True)[:limit])
-    if old:
-        WebhookDelivery.objects.filter(pk__in=old).delete()
-    return len(old)
+    return webhook_deliveries_expire(before=cutoff, limit=limit, dry_run=False)
+
+
+def webhook_deliveries_expire(*, before: datetime, limit: int, dry_run: bool) -> int:
+    """Delete up to ``limit`` delivery attempts made before ``before`` (``dry_run``: count all
+    of them, delete nothing); returns how many (retention, ``members.privacy.retention``)."""
+    old = WebhookDelivery.objects.filter(at__lt=before)
+    if dry_run:
+        return old.count()
+    ids = list(old.values_list("pk", flat=True)[:limit])
+    if ids:
+        WebhookDelivery.objects.filter(pk__in=ids).delete()
+    return len(ids)
