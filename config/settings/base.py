@@ -10,6 +10,8 @@ from typing import Any
 
 import environ
 
+from cdp.personal import DEFAULT_PERSONAL_KEYS
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 env = environ.Env()
@@ -278,6 +280,12 @@ CDP_CURRENCY = env("CDP_CURRENCY", default="CNY").upper()
 # (false, 0, "false", "no", "off", "n", "0") comes back with phone and email null, whatever the
 # caller's role. A member without the trait has not refused.
 MARKETING_CONSENT_TRAIT = env("MARKETING_CONSENT_TRAIT", default="marketing_consent")
+
+# Personal data (cdp.personal, cdp.privacy): keys whose values are personal wherever a source
+# puts them (a bare key, at any depth) or at one path (dotted, "*" for any one key), on top of
+# every value that is a phone number or an email address. Shown masked to staff without the
+# contact details permission, in the API, the console and exports alike.
+PERSONAL_DATA_KEYS: list[str] = env.list("PERSONAL_DATA_KEYS", default=list(DEFAULT_PERSONAL_KEYS))
 
 # Lifecycle stage (computed tags lifecycle-*, members.segments.computed), in days: new while the
 # first purchase is within LIFECYCLE_NEW_DAYS, then active while the last purchase is within
