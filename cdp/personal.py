@@ -375,6 +375,8 @@ def _run(document: Any, policy: PersonalPolicy, mode: str, at: Path) -> Redacted
     walk = _Walk(policy, mode)
     keys = tuple(key_name(part) for part in at if isinstance(part, str))
     personal = policy.key_is_personal(keys)
+    if personal and mode == "strip":  # the document sits under a personal key: all of it goes
+        return Redacted(None, (Finding(at, Kind.KEY),))
     keep, value = walk.node(document, at, keys, personal)
     if not keep and mode == "strip":
         value = None
@@ -396,5 +398,6 @@ def personal_mask(document: Any, policy: PersonalPolicy, *, at: Path = ()) -> Re
 
 def personal_strip(document: Any, policy: PersonalPolicy, *, at: Path = ()) -> Redacted:
     """A copy without its personal values: personal keys and phone or email values are removed
-    (from lists too); a phone or email inside a text is replaced by ``REMOVED``."""
+    (from lists too); a phone or email inside a text is replaced by ``REMOVED``. None when the
+    document is personal whole (a phone, or anything sitting at a personal key)."""
     return _run(document, policy, "strip", at)

@@ -11,6 +11,7 @@ class Role(models.TextChoices):
     CRM_MANAGER = "crm_manager", "CRM manager"
     MARKETING = "marketing", "Marketing"
     CHECKOUT = "checkout", "Checkout (POS tills, web checkout)"
+    PRIVACY_OFFICER = "privacy_officer", "Privacy officer"
     ADMIN = "admin", "Administrator"
 
 
@@ -18,8 +19,10 @@ class Role(models.TextChoices):
 #: puts manual tags on them; a manager sees them in full, may split a wrong merge and adjust
 #: points; marketing reaches members only through segments, defines segments and tags,
 #: subscribes webhooks to segments and runs coupon campaigns; checkout (a till or a web shop's
-#: checkout) spends points and redeems coupons and sees nothing else; an administrator holds
-#: every permission of the platform's apps.
+#: checkout) spends points and redeems coupons and sees nothing else; the privacy officer
+#: reads the audit log and looks members up in full to answer their requests; an administrator
+#: holds every permission of the platform's apps. Any role may be narrowed to stores, regions
+#: and channels (``cdp.scopes``).
 ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
     Role.CRM_AGENT: (
         "members.view_member",
@@ -54,6 +57,7 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
         "members.delete_segmentwebhook",
     ),
     Role.CHECKOUT: ("members.redeem_points", "members.redeem_coupon"),
+    Role.PRIVACY_OFFICER: ("cdp.view_auditentry", "members.view_member", "members.view_contact_details"),
 }
 PLATFORM_APPS = ("cdp", "events", "identity", "members")
 

@@ -7,6 +7,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 
+from cdp import audit_console
 from cdp.api_docs import RedocView, SwaggerView
 from cdp.health import health
 from members import console
@@ -19,6 +20,7 @@ console_urls = (
         path("login/", auth_views.LoginView.as_view(template_name="console/login.html"), name="login"),
         path("logout/", auth_views.LogoutView.as_view(), name="logout"),
         *segments_console.urlpatterns,
+        *audit_console.urlpatterns,
     ],
     "console",
 )
@@ -32,6 +34,7 @@ urlpatterns = [
     path("v1/", include("events.urls.ingestion")),
     path("api/v1/", include("events.urls.staff")),
     path("api/v1/", include("members.urls")),
+    path("api/v1/", include("cdp.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", RedocView.as_view(url_name="schema"), name="api-redoc"),

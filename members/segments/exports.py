@@ -8,10 +8,12 @@ them; ``traits.phone`` and ``traits.email`` are the same), any trait as
 member's tag keys (``tags``), each built-in identifier type by its name (the value seen last)
 and any identifier type as ``identifiers.<type>`` (every value, last seen first).
 
-Personal data: phone and email (as traits or identifiers) are masked unless the role may see
-contact details (``cdp.privacy.Masking``), and every row that shows them in full is in the
-audit log. Consent: a member whose ``settings.MARKETING_CONSENT_TRAIT`` trait is false gets
-phone and email null in every marketing pull, whatever the caller's role.
+Personal data: every personal value a field gives (``cdp.privacy``: a phone or email at any
+depth of a trait, ``traits.mobile``, ``traits.contact``, the name, an address, the phone and
+email identifiers) is masked unless the role may see contact details, and every batch that
+gives some in full is in the audit log with its members and fields. Consent: a member whose
+``settings.MARKETING_CONSENT_TRAIT`` trait is false gets those values withheld (null, or left
+out of a list or object) in every marketing pull, whatever the caller's role.
 
 One statement reads a page of members with every requested field; an export walks the
 segment by keyset in batches of ``EXPORT_BATCH``, so its memory stays flat however big the
@@ -98,9 +100,16 @@ class Field:
     key: str
 
     @property
-    def contact(self) -> bool:
-        """Phone or email: masked per role, withheld without consent, audited when shown."""
-        return self.key in CONTACT_TYPES and self.source in ("trait", "identifier", "identifiers")
+    def path(self) -> tuple[str, ...] | None:
+        """Where ``cdp.privacy`` finds the value (``("traits", "mobile")``, ``("phone",)``), to
+        mask, withhold and audit it; None for figures, points and tags, which are never personal."""
+        if self.source == "trait":
+            return ("traits", self.key)
+        if self.source == "identifier":
+            return (self.key,)
+        if self.source == "identifiers":
+            return ("identifiers", self.key)
+        return None
 
 
 class UnknownFields(ValueError):
@@ -159,7 +168,7 @@ def _field(name: str) -> Field | None:
 @dataclass(frozen=True, slots=True)
 class MemberRow:
     """A segment member with the requested fields, masked and withheld as the caller may see
-    them. ``contact_shown``: some phone or email value is in ``values``."""
+    them. ``contact_shown``: some personal value (masked or not) is in ``values``."""
 
     member_id: int
     entered_at: datetime
@@ -250,7 +259,7 @@ def _row(
     tags = (rest.pop(0) if rest else None) or []
     refused = consent_refused(traits.get(consent_key))
     values: dict[str, object] = {}
-    shown = False
+    given = masking.given
     for field in fields:
         if field.source == "trait":
             value: Any = traits.get(field.key)
@@ -270,23 +279,14 @@ def _row(
             value = identifiers.get(field.key, [])
         else:
             value = tags
-        if field.contact:
-            if refused:
-                value = [] if field.source == "identifiers" else None
-            elif isinstance(value, list):
-                value = [_contact(masking, field.key, v) for v in value]
-            else:
-                value = _contact(masking, field.key, value)
-            shown = shown or bool(value)
+        if field.path is not None and value is not None and refused:
+            value = masking.withheld(value, at=field.path)
+            if value is None and field.source == "identifiers":
+                value = []  # a list field stays a list
+        elif field.path is not None and value is not None:
+            value = masking.document(value, at=field.path)
         values[field.name] = value
-    return MemberRow(member_id, entered_at, values, shown)
-
-
-def _contact(masking: Masking, type_: str, value: object) -> object:
-    # Contact values go out as text whatever JSON type a source stated them in.
-    if value is None:
-        return None
-    return masking.value(type_, value if isinstance(value, str) else orjson.dumps(value).decode())
+    return MemberRow(member_id, entered_at, values, masking.given > given)
 
 
 _REFUSALS = frozenset({"false", "no", "off", "n", "0"})
@@ -308,17 +308,24 @@ def segment_export_record(
     segment: Segment,
     fields: tuple[Field, ...],
     file_format: str,
+    masking: Masking,
 ) -> int:
     """Append the audit entry of an export before any row leaves (who, the segment, the
-    fields, how many members it holds now) and return that count."""
+    fields, how many members it holds now, whether personal data goes out in full or masked,
+    and the fields personal by their key that go out in full) and return that count. Each
+    batch that gives personal values in full adds an entry naming its members and fields
+    (``segment_export_batches``): values found personal by what they hold, too."""
     rows = SegmentMember.objects.filter(segment=segment).count()
     names = ",".join(["member_id", "entered_at", *(f.name for f in fields)])
+    personal = [f.name for f in fields if f.path is not None and masking.personal_by_key(f.path)]
     audit_record(
         user=user,
         action=AuditEntry.Action.EXPORT_SEGMENT,
         member_ids=(),
         channel="api",
-        detail=f"segment {segment.key} as {file_format}, {rows} rows: {names}",
+        detail=f"segment {segment.key} as {file_format}, {rows} rows, personal data "
+        f"{'in full' if masking.full else 'masked'}: {names}",
+        personal_fields=personal if masking.full else (),
     )
     return rows
 

@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cdp.errors import ApiError, FieldError
-from cdp.permissions import permissions_required, request_staff
+from cdp.permissions import Unscoped, permissions_required, request_staff
 from cdp.privacy import Masking
 from members.segments.api import VIEW_SEGMENTS, segment_by_key
 from members.segments.api.members import FIELDS_PARAMETER, requested_fields
@@ -50,7 +50,7 @@ _FORMATS = (
 
 
 class SegmentExportView(APIView):
-    permission_classes = (permissions_required(VIEW_SEGMENTS),)
+    permission_classes = (permissions_required(VIEW_SEGMENTS), Unscoped)
     # CSV first: the format when neither ?format= nor Accept chooses.
     renderer_classes = (CsvRenderer, NdjsonRenderer)
 
@@ -97,10 +97,11 @@ class SegmentExportView(APIView):
         segment = segment_by_key(key)
         fields = requested_fields(request)
         renderer = request.accepted_renderer
-        segment_export_record(
-            user=request_staff(request), segment=segment, fields=fields, file_format=renderer.format
-        )
         masking = Masking(request.user, channel="api", detail=f"export of segment {segment.key}")
+        segment_export_record(
+            user=request_staff(request), segment=segment, fields=fields, file_format=renderer.format,
+            masking=masking,
+        )  # fmt: skip
         batches = segment_export_batches(segment=segment, fields=fields, masking=masking)
         chunks = csv_chunks(fields, batches) if renderer.format == "csv" else ndjson_chunks(batches)
         response = StreamingHttpResponse(chunks, content_type=f"{renderer.media_type}; charset=utf-8")

@@ -9,7 +9,7 @@ from rest_framework.views import APIView
 
 from cdp.errors import ApiError, FieldError
 from cdp.pagination import CURSOR_HELP, query_int
-from cdp.permissions import permissions_required
+from cdp.permissions import Unscoped, permissions_required
 from cdp.privacy import Masking
 from members.aggregates import FIGURE_DIGITS
 from members.segments.api import VIEW_SEGMENTS, segment_by_key
@@ -81,7 +81,7 @@ class SegmentMembersPage(serializers.Serializer):
 
 
 class SegmentMembersView(APIView):
-    permission_classes = (permissions_required(VIEW_SEGMENTS),)
+    permission_classes = (permissions_required(VIEW_SEGMENTS), Unscoped)
 
     @extend_schema(
         parameters=[OpenApiParameter("cursor", OpenApiTypes.INT), OpenApiParameter("page_size", OpenApiTypes.INT),

@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cdp.pagination import page_serializer, paginated, query_int
-from cdp.permissions import permissions_required
+from cdp.permissions import Unscoped, permissions_required
 from members.segments.api import VIEW_SEGMENTS, segment_by_key
 from members.segments.models import Segment
 from members.segments.selectors import feed_horizon, segment_changes
@@ -62,7 +62,7 @@ class SegmentView(APIView):
 
 
 class SegmentChangesView(APIView):
-    permission_classes = (permissions_required(VIEW_SEGMENTS),)
+    permission_classes = (permissions_required(VIEW_SEGMENTS), Unscoped)
 
     @extend_schema(
         parameters=[OpenApiParameter("since", OpenApiTypes.INT, description="next_since of the last call; 0: all"),
