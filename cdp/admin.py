@@ -7,7 +7,7 @@ from django.http import HttpRequest
 from cdp.models import ApiToken, AuditEntry, Region, StaffScope
 from cdp.permissions import request_staff
 from cdp.roles import Role
-from cdp.services import role_change_record
+from cdp.services import role_change_record, scope_text
 
 
 @admin.register(ApiToken)
@@ -61,7 +61,7 @@ class StaffUserAdmin(UserAdmin):
 
     def save_related(self, request: HttpRequest, form: ModelForm, formsets: list, change: bool) -> None:
         user = form.instance
-        before = _access(user) if change else ("-", "unscoped")
+        before = _access(user) if change else ("none", "unscoped")
         super().save_related(request, form, formsets, change)
         after = _access(user)
         if after != before:
@@ -72,11 +72,5 @@ class StaffUserAdmin(UserAdmin):
 
 
 def _access(user: User) -> tuple[str, str]:
-    roles = sorted(user.groups.filter(name__in=Role.values).values_list("name", flat=True))
-    scope = StaffScope.objects.filter(user=user).first()
-    if scope is None:
-        where = "unscoped"
-    else:
-        regions = sorted(scope.regions.values_list("key", flat=True))
-        where = f"stores={scope.stores} regions={regions} channels={scope.channels}"
-    return str(roles or "-"), where
+    roles = user.groups.filter(name__in=Role.values).values_list("name", flat=True)
+    return ", ".join(sorted(roles)) or "none", scope_text(StaffScope.objects.filter(user=user).first())

@@ -28,7 +28,7 @@ def _selected(request: HttpRequest) -> tuple[AuditFilter, str]:
 @permission_required(VIEW_AUDIT, raise_exception=True)
 def audit_log(request: HttpRequest) -> HttpResponse:
     selected, problem = _selected(request)
-    entries = audit_entries(selected)
+    entries = audit_entries(selected) if not problem else AuditEntry.objects.none()
     before = request.GET.get("before", "")
     if before.isascii() and before.isdigit() and len(before) <= 19:
         entries = entries.filter(id__lt=int(before))

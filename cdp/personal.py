@@ -83,6 +83,9 @@ _SEPARATORS = re.compile(r"[\s\-]+")
 _MIN_PHONE_DIGITS = 7
 _MAX_PHONE_LENGTH = 40
 _SEVEN_DIGITS = re.compile(r"\d(?:\D{0,3}\d){6}")
+# What a phone written on its own is made of: an order number (``S0034670020338``) is not one,
+# though its digits would dial Spain. Inside a text, the matcher wants a phone to stand apart.
+_PHONE_CHARACTERS = re.compile(r"[\d\s+\-().]+")
 
 Path = tuple[str | int, ...]
 
@@ -212,12 +215,12 @@ def _maybe_phone(text: str) -> bool:
 
 
 def is_phone(value: object, *, default_region: str | None) -> bool:
-    """A phone number on its own: valid in the default region, or in international form
-    (``+``, ``00``); a JSON number too."""
+    """A phone number on its own: only a phone's characters (digits, spaces, ``+ - ( ) .``),
+    valid in the default region or in international form (``+``, ``00``); a JSON number too."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         return False
     text = str(value).strip()
-    if not _maybe_phone(text) or "@" in text or len(text) > _MAX_PHONE_LENGTH:
+    if len(text) > _MAX_PHONE_LENGTH or not _PHONE_CHARACTERS.fullmatch(text) or not _maybe_phone(text):
         return False
     if text.startswith("00"):
         text = "+" + text[2:]

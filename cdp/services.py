@@ -48,7 +48,7 @@ def staff_roles_set(*, user: User, roles: Iterable[Role], by: User | None, chann
     for name in wanted:
         group, _ = Group.objects.get_or_create(name=name)  # the migration creates them; a flushed DB may not
         user.groups.add(group)
-    role_change_record(user=user, by=by, channel=channel, change=f"roles {held or '-'} -> {wanted or '-'}")
+    role_change_record(user=user, by=by, channel=channel, change=f"roles {_names(held)} -> {_names(wanted)}")
     return True
 
 
@@ -82,7 +82,7 @@ def staff_scope_set(
     if unknown := [key for key in region_keys if key not in found]:
         raise ValueError(f"unknown region(s): {', '.join(unknown)}")
     scope = StaffScope.objects.select_for_update().filter(user=user).first()
-    before = _scope_text(scope)
+    before = scope_text(scope)
     if not (stores or region_keys or channels):
         if scope is not None:
             scope.delete()
@@ -93,17 +93,27 @@ def staff_scope_set(
     scope.stores, scope.channels = stores, channels
     scope.save()
     scope.regions.set([found[key] for key in region_keys])
-    after = _scope_text(scope)
+    after = scope_text(scope)
     if after != before:
         role_change_record(user=user, by=by, channel=channel, change=f"scope {before} -> {after}")
     return scope
 
 
-def _scope_text(scope: StaffScope | None) -> str:
+def _names(names: Iterable[str]) -> str:
+    return ", ".join(sorted(names)) or "none"
+
+
+def scope_text(scope: StaffScope | None) -> str:
+    """A scope as the audit log writes it: ``stores SH01; regions east; channels pos`` (a side
+    left out is not restricted)."""
     if scope is None:
         return "unscoped"
-    regions = sorted(scope.regions.values_list("key", flat=True))
-    return f"stores={scope.stores} regions={regions} channels={scope.channels}"
+    sides = {
+        "stores": scope.stores,
+        "regions": scope.regions.values_list("key", flat=True),
+        "channels": scope.channels,
+    }
+    return "; ".join(f"{side} {_names(names)}" for side, names in sides.items() if names) or "unscoped"
 
 
 def token_issue(*, user: User, name: str) -> IssuedToken:

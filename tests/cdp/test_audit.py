@@ -7,6 +7,7 @@ import io
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Group
 from django.db import IntegrityError, connection, transaction
 from django.test import Client
 from django.utils import timezone
@@ -193,8 +194,8 @@ def test_role_changes_are_audited():
         .values_list("detail", flat=True)
     )
     assert changes == [
-        "user desk: roles - -> ['crm_agent']",
-        "user desk: roles ['crm_agent'] -> ['crm_manager']",
+        "user desk: roles none -> crm_agent",
+        "user desk: roles crm_agent -> crm_manager",
     ]
 
 
@@ -325,3 +326,30 @@ def test_the_log_pages_by_cursor():
 
     assert [e["detail"] for e in first["results"] + second["results"]] == ["n4", "n3", "n2", "n1", "n0"]
     assert second["next_cursor"] is None
+
+
+def test_a_role_and_scope_change_in_the_admin_is_audited_with_the_admin_who_made_it():
+    boss = staff_user_ensure(username="boss", role=Role.ADMIN)
+    boss.is_superuser = True
+    boss.save()
+    desk = staff_user_ensure(username="desk", role=Role.CRM_AGENT)
+    admin = Client()
+    admin.force_login(boss)
+    manager_group = Group.objects.get(name=Role.CRM_MANAGER)
+
+    response = admin.post(
+        f"/admin/auth/user/{desk.pk}/change/",
+        {
+            "username": "desk", "is_active": "on", "is_staff": "on", "groups": [manager_group.pk],
+            "date_joined_0": "2026-01-01", "date_joined_1": "10:00:00",
+            "staff_scope-TOTAL_FORMS": "1", "staff_scope-INITIAL_FORMS": "0", "staff_scope-MIN_NUM_FORMS": "0",
+            "staff_scope-MAX_NUM_FORMS": "1", "staff_scope-0-stores": "SH01,SH02", "staff_scope-0-channels": "",
+            "staff_scope-0-user": str(desk.pk),
+        },
+        REMOTE_ADDR="192.0.2.10",
+    )  # fmt: skip
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    entry = AuditEntry.objects.filter(action=AuditEntry.Action.CHANGE_ROLE, actor="boss").get()
+    assert (entry.channel, entry.address) == ("admin", "192.0.2.10")
+    assert entry.detail == "user desk: roles crm_agent -> crm_manager; scope unscoped -> stores SH01, SH02"

@@ -141,8 +141,8 @@ def test_a_scope_change_is_audited_and_nothing_makes_the_user_unscoped(beijing):
         .values_list("detail", flat=True)
     )
     assert changes == [
-        "user desk: scope unscoped -> stores=['SH01'] regions=[] channels=[]",
-        "user desk: scope stores=['SH01'] regions=[] channels=[] -> unscoped",
+        "user desk: scope unscoped -> stores SH01",
+        "user desk: scope stores SH01 -> unscoped",
     ]
     user.refresh_from_db()
     assert staff_scope(user) == UNSCOPED
