@@ -1,12 +1,12 @@
 """Writes of the shared kernel: staff users with roles and scopes, their API tokens, the audit log."""
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group, User
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from cdp.credentials import credential_hash, credential_new, credential_prefix
@@ -161,3 +161,39 @@ def audit_record(
 def _policy() -> PersonalPolicy:
     # Values only: a detail is free text, its keys mean nothing.
     return PersonalPolicy.build((), default_region=settings.IDENTITY_DEFAULT_REGION or None)
+
+
+_SUBJECTS_REPLACE = """
+UPDATE cdp_auditentry SET
+    member_ids = ARRAY(
+        SELECT DISTINCT CASE WHEN m = ANY(%(ids)s::bigint[]) THEN %(replacement)s::bigint ELSE m END AS id
+        FROM unnest(member_ids) AS m
+        WHERE NOT (m = ANY(%(ids)s::bigint[]) AND %(replacement)s::bigint IS NULL) ORDER BY id
+    ),
+    detail = regexp_replace(detail, %(pattern)s, %(instead)s, 'g')
+WHERE member_ids && %(ids)s::bigint[]
+"""
+
+
+@transaction.atomic
+def audit_subjects_replace(*, member_ids: Collection[int], replacement: int | None) -> int:
+    """Erasure's one sanctioned rewrite of the audit log (``cdp/audit_guard.sql``): every entry
+    naming one of ``member_ids`` names ``replacement`` instead (a pseudonymous member, or nobody
+    when None), in ``member_ids`` and wherever its ``detail`` writes the id (a path). Who did
+    what, when and from where stays. Sets ``cdp.erasure`` for the rest of the caller's
+    transaction. Returns how many entries changed."""
+    ids = sorted({int(member_id) for member_id in member_ids})
+    if not ids:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL cdp.erasure = 'on'")
+        cursor.execute(
+            _SUBJECTS_REPLACE,
+            {
+                "ids": ids,
+                "replacement": replacement,
+                "pattern": r"\m(" + "|".join(map(str, ids)) + r")\M",
+                "instead": "-" if replacement is None else str(int(replacement)),
+            },
+        )
+        return cursor.rowcount

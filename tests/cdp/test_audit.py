@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 
 from cdp.models import AuditEntry
 from cdp.roles import Role
-from cdp.services import audit_record, staff_user_ensure, token_issue
+from cdp.services import audit_record, audit_subjects_replace, staff_user_ensure, token_issue
 
 pytestmark = pytest.mark.django_db
 
@@ -105,6 +105,25 @@ def test_a_user_with_entries_is_deactivated_not_deleted():
 
     with pytest.raises(Exception, match="protected"), transaction.atomic():
         user.delete()
+
+
+def test_the_erasure_helper_rewrites_the_subjects_only():
+    user = staff_user_ensure(username="who", role=Role.CRM_MANAGER)
+    named = entry(user=user, member_ids=[7, 8], detail="/api/v1/members/7/ (from 17 and 70)")
+    other = entry(member_ids=[9], detail="/api/v1/members/9/")
+
+    changed = audit_subjects_replace(member_ids=[7], replacement=-5)
+    audit_subjects_replace(member_ids=[8], replacement=None)
+
+    named.refresh_from_db()
+    other.refresh_from_db()
+    assert changed == 1
+    assert (named.member_ids, named.detail, named.actor) == (
+        [-5],
+        "/api/v1/members/-5/ (from 17 and 70)",
+        "who",
+    )
+    assert (other.member_ids, other.detail) == ([9], "/api/v1/members/9/")
 
 
 # --- what an entry holds -----------------------------------------------------------------------
