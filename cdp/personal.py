@@ -178,14 +178,16 @@ def path_text(path: Path) -> str:
 
 
 def mask_phone(phone: str) -> str:
-    """``+8613800138000`` → ``138****8000``: the national number, its middle hidden."""
-    text = phone.strip()
-    if text.startswith("00"):
-        text = "+" + text[2:]
-    try:
-        digits = str(phonenumbers.parse(text, None).national_number)
-    except phonenumbers.NumberParseException:
-        digits = "".join(c for c in phone if c.isdigit())
+    """``+8613800138000`` → ``138****8000``: the national number, its middle hidden. (The
+    country code is found by prefix: no parse, which costs more than the rest of a mask.)"""
+    text = phone.strip().lstrip("( ")
+    digits = "".join(c for c in text if c.isdigit())
+    if text.startswith(("+", "00")):
+        digits = digits[2:] if text.startswith("00") else digits
+        for length in (1, 2, 3):
+            if digits[:length].isdigit() and int(digits[:length]) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+                digits = digits[length:]
+                break
     if len(digits) <= 4:
         return "*" * len(digits)
     keep_start = 3 if len(digits) >= 10 else 1
@@ -242,6 +244,18 @@ def kind_of(value: object, *, default_region: str | None) -> Kind | None:
     if is_phone(value, default_region=default_region):
         return Kind.PHONE
     return None
+
+
+def _shape(value: str | int) -> Kind:
+    """How a value already known to be personal is masked: as an email, as a phone (written
+    with a phone's characters, seven digits at least; no validation: a phone key's value is
+    masked as a phone even when it would dial nowhere), or by its first character."""
+    text = str(value).strip()
+    if is_email(text):
+        return Kind.EMAIL
+    if _PHONE_CHARACTERS.fullmatch(text) and _maybe_phone(text):
+        return Kind.PHONE
+    return Kind.KEY
 
 
 @functools.lru_cache(maxsize=4096)
@@ -337,11 +351,11 @@ class _Walk:
             return True, value
         if not isinstance(value, str | int):
             return True, value
+        if personal:  # personal whatever it holds: only how to mask it is left to tell (cheaply)
+            return self._whole(value, path, _shape(value))
         kind = kind_of(value, default_region=self.region)
         if kind is not None:
             return self._whole(value, path, kind)
-        if personal:
-            return self._whole(value, path, Kind.KEY)
         if isinstance(value, str):
             return True, self._text(value, path)
         return True, value

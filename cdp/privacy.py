@@ -126,12 +126,13 @@ class Masking:
 
     def audit(self, member_ids: Iterable[int]) -> None:
         """Record that these members' personal data was shown in full, naming the fields (if
-        any was: a role that sees it masked, or a page without any, leaves no entry)."""
-        if self.full and self.shown_in_full and (seen := list(member_ids)):
+        any was: a role that sees it masked, or a page without any, leaves no entry). No
+        member at all for data not resolved to one (a refused event's payload)."""
+        if self.full and self.shown_in_full:
             audit_record(
                 user=self.user,
                 action=AuditEntry.Action.VIEW_CONTACT_DETAILS,
-                member_ids=seen,
+                member_ids=member_ids,
                 channel=self.channel,
                 detail=self.detail,
                 personal_fields=sorted(self.shown_in_full),

@@ -69,7 +69,7 @@ _ALWAYS = ("member_id", "entered_at")
 FIELDS: dict[str, str] = {
     "member_id": "The member's id (always included).",
     "entered_at": "When the member entered the segment (always included).",
-    "name": "The name trait.",
+    "name": "The name trait; personal: masked and withheld like phone.",
     "phone": "The phone number seen last, normalized (E.164, e.g. +8613800138000; never a "
     "placeholder such as 000000); masked unless the role sees contact details; null without "
     "marketing consent.",
@@ -85,7 +85,8 @@ FIELDS: dict[str, str] = {
     "tier": "Loyalty tier key.",
     "tags": "Keys of the tags the member carries.",
     **{name: f"The {name} identifier seen last." for name in sorted(_IDENTIFIER_NAMES - CONTACT_TYPES)},
-    "traits.<key>": "Any profile trait (traits.phone and traits.email as phone and email).",
+    "traits.<key>": "Any profile trait (traits.phone and traits.email as phone and email); its personal "
+    "values masked and withheld like phone.",
     "identifiers.<type>": "Every identifier of a type, last seen first (identifiers.phone and "
     "identifiers.email masked and withheld like phone).",
 }

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from cdp.models import AuditEntry, Region
@@ -14,6 +15,7 @@ from cdp.scopes import UNSCOPED, Scope, staff_scope
 from cdp.services import staff_scope_set, staff_user_ensure, token_issue
 from events.pipeline import events_process_pending
 from identity.models import EventResolution
+from members.loyalty.models import PointsAccount
 from members.segments.models import Segment
 from members.segments.services import segment_static_set
 from members.selectors import members_in_scope
@@ -182,3 +184,17 @@ def test_the_console_is_scoped_the_same_way(beijing):
     assert 'data-testid="scope"' in page.content.decode()
     assert client.get("/console/", {"q": "13900139000"}).context["results"] == []
     assert client.post(f"/console/members/{beijing['wang']}/tags/", {"tag": "x"}).status_code == 404
+
+
+def test_members_about_to_lose_points_are_those_within_the_scope(beijing):
+    soon = timezone.now() + timedelta(days=3)
+    for member_id in (beijing["member"], beijing["wang"]):
+        PointsAccount.objects.update_or_create(
+            member_id=member_id, defaults={"balance": 50, "next_expiry_at": soon, "next_expiry_points": 50}
+        )
+
+    scoped = scoped_client(Role.CRM_AGENT, stores=("BJ01",)).get("/api/v1/points/expiring/").json()
+    unscoped = scoped_client(Role.CRM_MANAGER).get("/api/v1/points/expiring/").json()
+
+    assert [row["member_id"] for row in scoped["results"]] == [beijing["wang"]]
+    assert {row["member_id"] for row in unscoped["results"]} == {beijing["member"], beijing["wang"]}

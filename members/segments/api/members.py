@@ -18,8 +18,9 @@ from members.segments.exports import FIELDS, Field, UnknownFields, fields_parse,
 FIELDS_PARAMETER = OpenApiParameter(
     "fields",
     OpenApiTypes.STR,
-    description="Comma-separated fields for each member, e.g. `phone,email,tier,traits.city`. Phone and "
-    "email are masked unless the role may see contact details, and null for a member whose "
+    description="Comma-separated fields for each member, e.g. `phone,email,tier,traits.city`. Every "
+    "personal value (phone, email, name, a trait such as `traits.mobile`, a phone or email inside any "
+    "trait) is masked unless the role may see contact details, and withheld (null) for a member whose "
     "`marketing_consent` trait (setting MARKETING_CONSENT_TRAIT) is false. Fields: "
     + " ".join(f"`{name}`: {what}" for name, what in FIELDS.items()),
 )
