@@ -26,7 +26,7 @@ class StaffTokenAuthentication(authentication.BaseAuthentication):
         except UnicodeDecodeError as exc:
             raise exceptions.AuthenticationFailed("Token contains invalid characters.") from exc
         token = (
-            ApiToken.objects.select_related("user")
+            ApiToken.objects.select_related("user", "user__staff_scope")
             .filter(key_hash=credential_hash(secret), revoked_at__isnull=True)
             .first()
         )

@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 
 
@@ -12,6 +13,9 @@ class ApiToken(models.Model):
     key_prefix = models.CharField(max_length=16)
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # A token may narrow its user's scope (``cdp.scopes``), never widen it; empty: as the user.
+    stores = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    channels = ArrayField(models.CharField(max_length=16), default=list, blank=True)
 
     class Meta:
         verbose_name = "API token"
@@ -25,30 +29,84 @@ class ApiToken(models.Model):
 
 
 class AuditEntry(models.Model):
-    """Who saw or changed personal data, when, through what. Append-only."""
+    """Who saw or changed personal data, what, when, from which address. Append-only: the
+    database refuses to change or delete an entry (``audit_guard.sql``), but for an erasure,
+    which may rewrite the subject column (``detail``) and nothing else, and for retention,
+    which deletes entries past their period."""
 
     class Action(models.TextChoices):
-        VIEW_CONTACT_DETAILS = "view_contact_details", "Saw phone numbers and emails unmasked"
-        SPLIT_MEMBER = "split_member", "Split a member"
+        VIEW_CONTACT_DETAILS = "view_contact_details", "Saw personal data unmasked"
         EXPORT_SEGMENT = "export_segment", "Exported a segment's members"
-        REPLAY_PARKED = "replay_parked", "Replayed parked events or members"
-        RECORD_CONSENT = "record_consent", "Recorded a member's consent"
-        ISSUE_COUPONS = "issue_coupons", "Issued a campaign's coupons"
-        ERASE_MEMBER = "erase_member", "Asked for a person's erasure"
         EXPORT_MEMBER = "export_member", "Exported everything held about a person (access request)"
+        ERASE_MEMBER = "erase_member", "Asked for a person's erasure"
+        RECORD_CONSENT = "record_consent", "Recorded a member's consent"
+        SPLIT_MEMBER = "split_member", "Split a member"
+        ADJUST_POINTS = "adjust_points", "Adjusted points by hand"
+        ISSUE_COUPONS = "issue_coupons", "Issued a campaign's coupons"
+        CHANGE_RULE = "change_rule", "Changed a segment, tag or earning rule"
+        CHANGE_ROLE = "change_role", "Changed a staff user's roles or scope"
+        REPLAY_PARKED = "replay_parked", "Replayed parked events or members"
+        EXPORT_AUDIT = "export_audit", "Exported audit entries"
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    #: The column an erasure may rewrite (``SET LOCAL cdp.erasure = 'on'``); the trigger names it too.
+    SUBJECT_COLUMNS = ("detail",)
+
+    # PROTECT: deleting the user would rewrite its entries (SET_NULL), which the database
+    # refuses; a staff user who leaves is deactivated. ``actor`` keeps the name as it was.
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+")
+    actor = models.CharField(max_length=150, blank=True, help_text="The user name at the time.")
     action = models.CharField(max_length=32, choices=Action.choices)
-    member_ids = ArrayField(models.BigIntegerField(), default=list)
-    channel = models.CharField(max_length=16, help_text="api or console")
+    member_ids = ArrayField(models.BigIntegerField(), default=list, help_text="The members it concerns.")
+    channel = models.CharField(max_length=16, help_text="api, console, admin or cli")
     detail = models.CharField(max_length=255, blank=True, help_text="What was looked at, e.g. the path.")
+    personal_fields = ArrayField(
+        models.CharField(max_length=200),
+        default=list,
+        help_text="The personal fields given in full (traits.mobile, phone, ...); empty when none was.",
+    )
+    address = models.GenericIPAddressField(null=True, blank=True, help_text="The client's address.")
     at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
         verbose_name_plural = "audit entries"
+        indexes = [
+            GinIndex(fields=["member_ids"], name="audit_by_member"),
+            models.Index(fields=["user", "-at"], name="audit_by_user"),
+            models.Index(fields=["action", "-at"], name="audit_by_action"),
+        ]
 
     def __str__(self) -> str:
-        return f"{self.at:%Y-%m-%d %H:%M} {self.user}: {self.action} {self.member_ids}"
+        return f"{self.at:%Y-%m-%d %H:%M} {self.actor or self.user}: {self.action} {self.member_ids}"
+
+
+class Region(models.Model):
+    """A set of stores a manager may be scoped to (``StaffScope.regions``)."""
+
+    key = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    stores = ArrayField(models.CharField(max_length=64), default=list, help_text="Store codes.")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class StaffScope(models.Model):
+    """Where a staff user may look (least privilege): members seen at these stores (and those
+    of the regions), in these channels, and of them only those stores' and channels' orders and
+    timeline rows. Empty lists leave that side unrestricted; a user without a scope is unscoped.
+    Read through ``cdp.scopes``."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="staff_scope"
+    )
+    stores = ArrayField(models.CharField(max_length=64), default=list, blank=True, help_text="Store codes.")
+    regions = models.ManyToManyField(Region, blank=True, related_name="+")
+    channels = ArrayField(
+        models.CharField(max_length=16), default=list, blank=True, help_text="pos, app, ..."
+    )
+
+    def __str__(self) -> str:
+        return f"scope of {self.user}"
 
 
 class ParkedWork(models.Model):

@@ -8,6 +8,8 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from cdp.scopes import request_scope
+
 
 def permissions_required(*permissions: str) -> type[BasePermission]:
     """A permission class admitting active staff holding all of ``permissions``
@@ -22,6 +24,21 @@ def permissions_required(*permissions: str) -> type[BasePermission]:
 
     HasPermissions.__name__ = f"HasPermissions[{'|'.join(permissions)}]"
     return HasPermissions
+
+
+class Unscoped(BasePermission):
+    """Admits only users without a store or channel scope (``cdp.scopes``): for pulls that
+    cover every store at once (a segment's members, exports, changes and webhooks, coupons
+    issued to a segment). Put after the permission class, so that a caller without the role
+    hears about the role first."""
+
+    message = (
+        "Your account is scoped to stores or channels; this covers members of every store, so it "
+        "is open to unscoped accounts only."
+    )
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return request_scope(request).unrestricted
 
 
 def request_staff(request: Request | HttpRequest) -> User:

@@ -21,9 +21,10 @@ class Role(models.TextChoices):
 #: subscribes webhooks to segments and runs coupon campaigns; checkout (a till or a web shop's
 #: checkout) spends points and redeems coupons and sees nothing else; the privacy officer
 #: answers people's requests: finds them (seeing their contact details, to check who asks),
-#: exports everything held about them, erases them, and lists the requests; an administrator
-#: holds every permission of the platform's apps. Agents and managers see a member's consent
-#: and record what the person tells them (each statement recorded is audited).
+#: exports everything held about them, erases them, lists the requests and reads the audit log;
+#: an administrator holds every permission of the platform's apps. Agents and managers see a
+#: member's consent and record what the person tells them (each statement recorded is audited).
+#: Any role may be narrowed to stores, regions and channels (``cdp.scopes``).
 ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
     Role.CRM_AGENT: (
         "members.view_member",
@@ -63,6 +64,7 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
     ),
     Role.CHECKOUT: ("loyalty.redeem_points", "loyalty.redeem_coupon"),
     Role.PRIVACY_OFFICER: (
+        "cdp.view_auditentry",
         "members.view_member",
         "members.view_contact_details",
         "privacy.view_privacyrequest",

@@ -7,6 +7,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 
+from cdp import audit_console
 from cdp.api_docs import RedocView, SwaggerView
 from cdp.health import health
 from cdp.login import ConsoleLoginView
@@ -24,6 +25,7 @@ console_urls = (
         path("logout/", auth_views.LogoutView.as_view(), name="logout"),
         *segments_console.urlpatterns,
         *consent_console.urlpatterns,
+        *audit_console.urlpatterns,
     ],
     "console",
 )
@@ -38,6 +40,7 @@ urlpatterns = [
     path("api/v1/", include("events.urls.staff")),
     path("api/v1/", include("members.urls")),
     path("api/v1/", include("members.privacy.urls")),
+    path("api/v1/", include("cdp.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", RedocView.as_view(url_name="schema"), name="api-redoc"),

@@ -2,8 +2,10 @@
 360 view, the cross-channel timeline and split.
 
 Roles (``cdp.roles``): agents, managers and admins see members; only managers and admins see
-phone numbers and emails in full (agents get them masked everywhere, traits and events
-included) and may split; marketing reaches members only through segments (403 here).
+personal data in full (agents get every phone, email, name and address masked, at any depth
+of traits and events: ``cdp.privacy``) and may split; marketing reaches members only through
+segments (403 here). A user scoped to stores or channels (``cdp.scopes``) finds and opens only
+members seen there (any other id answers 404, as an unknown one), with those orders and events.
 An id absorbed by a merge answers with its survivor's profile: ``id`` is the survivor's and
 ``resolved_from`` the id asked for (no redirect, so one round trip).
 """
@@ -22,6 +24,7 @@ from cdp.models import AuditEntry
 from cdp.pagination import IdCursorPagination, page_json, page_serializer
 from cdp.permissions import permissions_required, request_staff
 from cdp.privacy import Masking
+from cdp.scopes import request_scope
 from cdp.services import audit_record
 from events.models import Channel
 from events.selectors import source_names
@@ -33,9 +36,9 @@ from members.presentation import profile_json, summary_json, timeline_json
 from members.selectors import (
     LOOKUP_FIELDS,
     member_profile,
-    member_resolve,
     member_summaries,
     member_timeline,
+    member_visible,
     members_find,
     members_search,
 )
@@ -248,8 +251,13 @@ class MemberViewSet(viewsets.ViewSet):
                 or [FieldError("phone", "give an identifier to look up")],
             )
         field, value = next(iter(given.items()))
+        scope = request_scope(request)
         try:
-            found = members_search(text=value) if field == "q" else members_find(field=field, value=value)
+            found = (
+                members_search(text=value, scope=scope)
+                if field == "q"
+                else members_find(field=field, value=value, scope=scope)
+            )
         except (InvalidIdentifier, BlockedIdentifier) as exc:
             raise ApiError(
                 code="invalid",
@@ -257,20 +265,22 @@ class MemberViewSet(viewsets.ViewSet):
                 errors=[FieldError(field, str(exc))],
             ) from exc
         masking = Masking(request.user, channel="api", detail=request.get_full_path())
-        masking.audit(found)
         # Every match in one page (a lookup finds a handful): next_cursor is always null.
-        return Response(LookupOutput(page_json(summary_json(member_summaries(found), masking), None)).data)
+        data = LookupOutput(page_json(summary_json(member_summaries(found, scope), masking), None)).data
+        masking.audit(found)
+        return Response(data)
 
     @extend_schema(parameters=[_MEMBER_ID], responses={200: ProfileOutput}, tags=["members"])
     def retrieve(self, request: Request, pk: str) -> Response:
         """The 360 view. An id absorbed by a merge gives its survivor's profile."""
         member_id = _member_id(pk)
-        profile = member_profile(member_id=member_id)
+        profile = member_profile(member_id=member_id, scope=request_scope(request))
         if profile is None:
             raise _unknown_member(member_id)
         masking = Masking(request.user, channel="api", detail=request.get_full_path())
+        data = ProfileOutput(profile_json(profile, masking)).data
         masking.audit([profile.member.pk])
-        return Response(ProfileOutput(profile_json(profile, masking)).data)
+        return Response(data)
 
     @extend_schema(
         parameters=[
@@ -288,7 +298,8 @@ class MemberViewSet(viewsets.ViewSet):
     def events(self, request: Request, pk: str) -> Response:
         """The cross-channel timeline, newest first, cursor paginated."""
         member_id = _member_id(pk)
-        member = member_resolve(member_id=member_id)
+        scope = request_scope(request)
+        member = member_visible(member_id=member_id, scope=scope)
         if member is None:
             raise _unknown_member(member_id)
         channel = request.query_params.get("channel", "")
@@ -301,7 +312,7 @@ class MemberViewSet(viewsets.ViewSet):
         paginator = TimelinePagination()
         page = paginator.paginate_queryset(
             member_timeline(
-                member_id=member.pk, channel=channel, event=request.query_params.get("event", "")
+                member_id=member.pk, channel=channel, event=request.query_params.get("event", ""), scope=scope
             ),
             request,
             view=self,
@@ -309,10 +320,9 @@ class MemberViewSet(viewsets.ViewSet):
         assert page is not None  # None only without a page size, and TimelinePagination has one
         names = source_names(e.source_id for e in page)
         masking = Masking(request.user, channel="api", detail=request.get_full_path())
+        data = TimelineEventOutput(timeline_json(page, masking, names), many=True).data
         masking.audit([member.pk])
-        return paginator.get_paginated_response(
-            TimelineEventOutput(timeline_json(page, masking, names), many=True).data
-        )
+        return paginator.get_paginated_response(data)
 
     @extend_schema(
         parameters=[_MEMBER_ID], request=SplitInput, responses={200: SplitOutput}, tags=["members"]
@@ -326,11 +336,11 @@ class MemberViewSet(viewsets.ViewSet):
         """Split a wrong merge: the identifiers given belong to another person. The events are
         re-resolved at once; the profiles are refreshed by the members refresh within seconds."""
         member_id = _member_id(pk)
-        data = SplitInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        member = member_resolve(member_id=member_id)
+        member = member_visible(member_id=member_id, scope=request_scope(request))
         if member is None:
             raise _unknown_member(member_id)
+        data = SplitInput(data=request.data)
+        data.is_valid(raise_exception=True)
         try:
             with transaction.atomic():  # a split is never made without its audit entry
                 record = member_split(

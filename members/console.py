@@ -15,6 +15,7 @@ from django.utils.dateparse import parse_datetime
 from cdp.console import landing_url
 from cdp.db import MAX_BIGINT
 from cdp.privacy import Masking
+from cdp.scopes import request_scope
 from events.models import Channel
 from events.selectors import source_names
 from members.consent.console import consent_panel
@@ -58,31 +59,29 @@ def search(request: HttpRequest) -> HttpResponse:
             raise PermissionDenied
         return redirect(landing)
     text = request.GET.get("q", "").strip()
-    found = members_search_any(text=text) if text else []
+    scope = request_scope(request)
+    found = members_search_any(text=text, scope=scope) if text else []
     if len(found) == 1:
         return redirect("console:member", member_id=found[0])
     masking = _masking(request)
+    results = summary_json(member_summaries(found, scope), masking)
     masking.audit(found)
-    return render(
-        request,
-        "members/search.html",
-        {"q": text, "searched": bool(text), "results": summary_json(member_summaries(found), masking)},
-    )
+    return render(request, "members/search.html", {"q": text, "searched": bool(text), "results": results})
 
 
 @login_required
 @permission_required(VIEW_MEMBERS, raise_exception=True)
 def member(request: HttpRequest, member_id: int) -> HttpResponse:
-    profile = member_profile(member_id=member_id)
+    scope = request_scope(request)
+    profile = member_profile(member_id=member_id, scope=scope)
     if profile is None:
         raise Http404(f"No member {member_id}.")
     if profile.resolved_from is not None:
         return redirect(f"{reverse('console:member', args=[profile.member.pk])}?from={member_id}")
     masking = _masking(request)
-    masking.audit([profile.member.pk])
     channel = request.GET.get("channel", "")
     channel = channel if channel in Channel.values else ""
-    events = member_timeline(member_id=profile.member.pk, channel=channel)
+    events = member_timeline(member_id=profile.member.pk, channel=channel, scope=scope)
     before = _position(request.GET.get("before", ""))
     if before is not None:
         at, event_id = before
@@ -94,11 +93,13 @@ def member(request: HttpRequest, member_id: int) -> HttpResponse:
     for entry in timeline:
         entry["label"] = CHANNEL_LABELS.get(entry["channel"], entry["channel"])
         entry["details"] = timeline_details(entry)
+    shown = profile_json(profile, masking)
+    masking.audit([profile.member.pk])
     return render(
         request,
         "members/member.html",
         {
-            "profile": profile_json(profile, masking),
+            "profile": shown,
             "merged_from": request.GET.get("from", ""),
             "timeline": timeline,
             "older": f"{older.timestamp.isoformat()}|{older.id}" if older else "",
@@ -112,6 +113,7 @@ def member(request: HttpRequest, member_id: int) -> HttpResponse:
                 currency=profile.aggregate.currency if profile.aggregate else "",
             ),
             "masked": not masking.full,
+            "scope": scope,
             "manual_tags": _manual_tags_to_add(request, profile.tags),
             "consent": consent_panel(request, profile.member.pk),
             "points": points_json(

@@ -1,12 +1,13 @@
-"""A member as staff see it, shared by the API and the console: plain data with phone and
-email masked for roles that may not see them (``cdp.privacy.Masking``)."""
+"""A member as staff see it, shared by the API and the console: plain data with every personal
+value (a phone or email at any depth, a name, an address: ``cdp.privacy``) masked for roles
+that may not see them, in traits, identifiers, history, groups and timeline rows alike."""
 
 from decimal import Decimal, InvalidOperation
 
 from cdp.privacy import CONTACT_TYPES, Masking
 from events.models import Channel, Event
 from identity.identifiers import IdentifierType
-from members.selectors import MemberProfile, MemberSummary, trait_shown
+from members.selectors import GroupHeld, MemberProfile, MemberSummary, trait_shown
 
 #: Identifier types as staff read them; a custom type (``context.externalIds``) reads as its
 #: name in words ("loyalty_no" → "Loyalty no").
@@ -33,7 +34,7 @@ def summary_json(summaries: list[MemberSummary], masking: Masking) -> list[dict]
     return [
         {
             "id": s.id,
-            "name": s.name,
+            "name": masking.document(s.name, at=("traits", "name")),
             "phone": masking.value("phone", s.phone),
             "email": masking.value("email", s.email),
             "orders": s.orders,
@@ -74,7 +75,7 @@ def profile_json(profile: MemberProfile, masking: Masking) -> dict:
         "identifiers": identifiers,
         "traits": {
             t.key: {
-                "value": masking.value(t.key, t.value) if t.key in CONTACT_TYPES else t.value,
+                "value": masking.document(t.value, at=("traits", t.key)),
                 "observed_at": t.observed_at,
                 "channel": t.channel,
                 "source": t.source,
@@ -126,17 +127,19 @@ def profile_json(profile: MemberProfile, masking: Masking) -> dict:
         ],
         "tags": [tag.__dict__ for tag in profile.tags],
         "segments": [segment.__dict__ for segment in profile.segments],
-        "groups": [
-            {
-                "group_id": g.group_id,
-                "name": g.traits.get("name"),
-                # A group's contact details are masked as a person's would be.
-                "traits": masking.mapping(g.traits),
-                "first_call_at": g.first_call_at,
-                "last_call_at": g.last_call_at,
-            }
-            for g in profile.groups
-        ],
+        "groups": [_group_json(g, masking) for g in profile.groups],
+    }
+
+
+def _group_json(group: GroupHeld, masking: Masking) -> dict:
+    # A group's personal data (a contact's phone, an email) is masked as a person's is.
+    traits = masking.mapping(group.traits, at=("groups", "traits"))
+    return {
+        "group_id": group.group_id,
+        "name": traits.get("name") if isinstance(traits, dict) else None,
+        "traits": traits,
+        "first_call_at": group.first_call_at,
+        "last_call_at": group.last_call_at,
     }
 
 
@@ -151,8 +154,8 @@ def timeline_json(events: list[Event], masking: Masking, source_names: dict[int,
             "channel": e.channel,
             "store_code": e.store_code,
             "source": source_names.get(e.source_id, ""),
-            "traits": masking.mapping(_contacts_normalized(e.traits)),
-            "properties": masking.mapping(e.properties),
+            "traits": masking.mapping(_contacts_normalized(e.traits), at=("traits",)),
+            "properties": masking.mapping(e.properties, at=("properties",)),
         }
         for e in events
     ]

@@ -5,15 +5,19 @@ the timeline one per page.
 """
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
 import orjson
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
-from django.db.models import Q, QuerySet, Subquery
+from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
 
+from cdp.scopes import UNSCOPED, Scope
 from events.models import Event
 from events.selectors import source_names
 from identity.identifiers import BlockedIdentifier, InvalidIdentifier
@@ -57,25 +61,80 @@ def member_resolve(*, member_id: int) -> Member | None:
     )
 
 
-def members_find(*, field: str, value: str) -> list[int]:
-    """Ids of the active members an identifier (or an order number) leads to, lowest first.
-    Raises ``InvalidIdentifier`` or ``BlockedIdentifier`` for a value that can never match."""
+# --- scope (cdp.scopes): what a store's or a channel's staff may see ---------------------------
+
+
+def _within(scope: Scope) -> QuerySet[EventResolution]:
+    """The resolutions of events within the scope (an order is an event)."""
+    rows = EventResolution.objects.all()
+    if scope.stores is not None:
+        rows = rows.filter(event__store_code__in=sorted(scope.stores))
+    if scope.channels is not None:
+        rows = rows.filter(event__channel__in=sorted(scope.channels))
+    return rows
+
+
+def seen_within(scope: Scope, member: str = "pk") -> Exists:
+    """A filter: the member (the outer query's ``member`` column) has an event within the scope."""
+    return Exists(_within(scope).filter(member_id=OuterRef(member)))
+
+
+def members_in_scope(member_ids: Iterable[int], scope: Scope) -> list[int]:
+    """Those of ``member_ids`` seen within ``scope``, lowest first (all of them when unscoped).
+    One query."""
+    ids = sorted(set(member_ids))
+    if scope.unrestricted or not ids:
+        return ids
+    return sorted(Member.objects.filter(pk__in=ids).filter(seen_within(scope)).values_list("pk", flat=True))
+
+
+def member_visible(*, member_id: int, scope: Scope) -> Member | None:
+    """``member_resolve``, for a user of ``scope``: None for a member seen nowhere within it,
+    as for an unknown one (a scoped user cannot tell the two apart)."""
+    member = member_resolve(member_id=member_id)
+    if member is None or scope.unrestricted:
+        return member
+    return member if members_in_scope([member.pk], scope) else None
+
+
+def events_in_scope(events: QuerySet[Event], scope: Scope) -> QuerySet[Event]:
+    if scope.stores is not None:
+        events = events.filter(store_code__in=sorted(scope.stores))
+    if scope.channels is not None:
+        events = events.filter(channel__in=sorted(scope.channels))
+    return events
+
+
+def _orders_in_scope(orders: QuerySet[MemberOrder], scope: Scope) -> QuerySet[MemberOrder]:
+    if scope.stores is not None:
+        orders = orders.filter(store_code__in=sorted(scope.stores))
+    if scope.channels is not None:
+        orders = orders.filter(channel__in=sorted(scope.channels))
+    return orders
+
+
+def members_find(*, field: str, value: str, scope: Scope = UNSCOPED) -> list[int]:
+    """Ids of the active members an identifier (or an order number within the scope) leads
+    to, lowest first, those seen within ``scope`` only. Raises ``InvalidIdentifier`` or
+    ``BlockedIdentifier`` for a value that can never match."""
     if field == "order_id":
-        found = set(MemberOrder.objects.filter(order_id=value.strip()).values_list("member_id", flat=True))
+        orders = _orders_in_scope(MemberOrder.objects.filter(order_id=value.strip()), scope)
+        found = set(orders.values_list("member_id", flat=True))
     else:
         found = members_holding(type_=field, values=identifier_lookup_values(field, value))
-    return _active(found)
+    return members_in_scope(_active(found), scope)
 
 
-def members_search(*, text: str, limit: int = 20) -> list[int]:
-    """Ids of active members whose name contains ``text`` (case-insensitive)."""
-    found = MemberTrait.objects.filter(key="name", value__icontains=text.strip()).values_list(
-        "member_id", flat=True
-    )[: limit * 2]
-    return _active(set(found))[:limit]
+def members_search(*, text: str, limit: int = 20, scope: Scope = UNSCOPED) -> list[int]:
+    """Ids of active members whose name contains ``text`` (case-insensitive), within ``scope``."""
+    found = MemberTrait.objects.filter(key="name", value__icontains=text.strip())
+    if not scope.unrestricted:
+        found = found.filter(seen_within(scope, "member_id"))
+    ids = found.values_list("member_id", flat=True)[: limit * 2]
+    return members_in_scope(_active(set(ids)), scope)[:limit]
 
 
-def members_search_any(*, text: str, limit: int = 20) -> list[int]:
+def members_search_any(*, text: str, limit: int = 20, scope: Scope = UNSCOPED) -> list[int]:
     """What the console's one search box finds: ``text`` as any identifier (a phone in any
     written form, an email, a member card, a user id, an openid, ...), an order number, or part
     of a name. A few indexed queries."""
@@ -91,8 +150,10 @@ def members_search_any(*, text: str, limit: int = 20) -> list[int]:
         except (InvalidIdentifier, BlockedIdentifier):
             continue
         found |= members_holding(type_=type_, values=values)
-    found |= set(MemberOrder.objects.filter(order_id=text).values_list("member_id", flat=True))
-    return sorted(set(_active(found)) | set(members_search(text=text, limit=limit)))[:limit]
+    orders = _orders_in_scope(MemberOrder.objects.filter(order_id=text), scope)
+    found |= set(orders.values_list("member_id", flat=True))
+    within = members_in_scope(_active(found), scope)
+    return sorted(set(within) | set(members_search(text=text, limit=limit, scope=scope)))[:limit]
 
 
 def _active(member_ids: set[int]) -> list[int]:
@@ -114,14 +175,19 @@ class MemberSummary:
     last_event_at: datetime | None
 
 
-def member_summaries(member_ids: list[int]) -> list[MemberSummary]:
+def member_summaries(member_ids: list[int], scope: Scope = UNSCOPED) -> list[MemberSummary]:
     """A line per member for a result list: the name trait, the phone and email identifiers
-    seen last, the figures (three queries)."""
+    seen last, the figures (three queries). For a scoped user the figures are those of the
+    orders and events within the scope (two more queries), never every store's."""
     names = dict(
         MemberTrait.objects.filter(member_id__in=member_ids, key="name").values_list("member_id", "value")
     )
     contacts = members_contacts(member_ids=member_ids, types=CONTACT_FIELDS)
-    figures = {a.member_id: a for a in MemberAggregate.objects.filter(member_id__in=member_ids)}
+    figures = (
+        {a.member_id: a for a in MemberAggregate.objects.filter(member_id__in=member_ids)}
+        if scope.unrestricted
+        else _figures_within(member_ids, scope)
+    )
     return [
         MemberSummary(
             id=member_id,
@@ -135,6 +201,41 @@ def member_summaries(member_ids: list[int]) -> list[MemberSummary]:
         )
         for member_id in member_ids
     ]
+
+
+@dataclass(frozen=True)
+class _Figures:
+    orders: int
+    spend: Decimal
+    currency: str
+    last_event_at: datetime | None
+
+
+def _figures_within(member_ids: list[int], scope: Scope) -> dict[int, _Figures]:
+    """Orders, net spend (in the platform's currency) and the last event of each member,
+    counting only what happened within ``scope``."""
+    currency: str = settings.CDP_CURRENCY
+    orders = (
+        _orders_in_scope(MemberOrder.objects.filter(member_id__in=member_ids, placed_at__isnull=False), scope)
+        .values("member_id")
+        .annotate(
+            count=Count("id"),
+            spend=Coalesce(Sum(F("total") - F("refunded"), filter=Q(currency=currency)), ZERO),
+        )
+    )
+    by_member = {row["member_id"]: (row["count"], row["spend"]) for row in orders}
+    last = dict(
+        _within(scope)
+        .filter(member_id__in=member_ids)
+        .values("member_id")
+        .annotate(last=Max("event__timestamp"))
+        .values_list("member_id", "last")
+    )
+    return {
+        member_id: _Figures(*by_member.get(member_id, (0, ZERO)), currency, last.get(member_id))
+        for member_id in member_ids
+        if member_id in by_member or member_id in last
+    }
 
 
 @dataclass(frozen=True)
@@ -200,9 +301,11 @@ class MemberProfile:
         return self.requested_id if self.requested_id != self.member.pk else None
 
 
-def member_profile(*, member_id: int) -> MemberProfile | None:
-    """The 360 view of a member (an absorbed id gives its survivor's), or None if unknown."""
-    member = member_resolve(member_id=member_id)
+def member_profile(*, member_id: int, scope: Scope = UNSCOPED) -> MemberProfile | None:
+    """The 360 view of a member (an absorbed id gives its survivor's), or None if unknown or
+    not seen within ``scope``. A scoped user gets the orders within the scope only, and no
+    figures (they add up every store and channel)."""
+    member = member_visible(member_id=member_id, scope=scope)
     if member is None:
         return None
     # Plain SQL: at one member these cost far less in PostgreSQL than building them in the ORM.
@@ -213,6 +316,7 @@ def member_profile(*, member_id: int) -> MemberProfile | None:
         orders = [
             MemberOrder(member_id=member.pk, **dict(zip(ORDER_FIELDS, row, strict=True))) for row in cursor
         ]
+    orders = [o for o in orders if scope.allows(store_code=o.store_code, channel=o.channel)]
     sources = source_names(source_id for *_, source_id in traits)
     points = getattr(member, "points", None)  # None until the member earned or was refreshed
     return MemberProfile(
@@ -225,7 +329,8 @@ def member_profile(*, member_id: int) -> MemberProfile | None:
             # jsonb arrives as text, as Django's JSONField reads it
             if (shown := trait_shown(key, orjson.loads(value))) is not None
         ],
-        aggregate=getattr(member, "aggregate", None),  # None until the refresh has run
+        # None until the refresh has run, and for a scoped user
+        aggregate=getattr(member, "aggregate", None) if scope.unrestricted else None,
         recent_orders=[o for o in orders if o.placed_at is not None][:RECENT_ORDERS],
         spend_by_month=spend_by_month(orders),
         history=member_history(member_id=member.pk),
@@ -333,10 +438,16 @@ def spend_by_month(orders: list[MemberOrder]) -> list[MonthlySpend]:
     return [MonthlySpend(month, figures) for month, figures in sorted(months.items())]
 
 
-def member_timeline(*, member_id: int, channel: str = "", event: str = "") -> QuerySet[Event]:
-    """The member's events across channels (newest first when paginated by the caller)."""
-    events = Event.objects.filter(
-        id__in=Subquery(EventResolution.objects.filter(member_id=member_id).values("event_id"))
+def member_timeline(
+    *, member_id: int, channel: str = "", event: str = "", scope: Scope = UNSCOPED
+) -> QuerySet[Event]:
+    """The member's events across channels, those within ``scope`` (newest first when
+    paginated by the caller)."""
+    events = events_in_scope(
+        Event.objects.filter(
+            id__in=Subquery(EventResolution.objects.filter(member_id=member_id).values("event_id"))
+        ),
+        scope,
     )
     if channel:
         events = events.filter(channel=channel)

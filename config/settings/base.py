@@ -46,6 +46,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "cdp.middleware.DatabaseOutageMiddleware",
+    "cdp.middleware.ClientAddressMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -346,6 +347,9 @@ MARKETING_CONSENT_TRAIT = env("MARKETING_CONSENT_TRAIT", default="marketing_cons
 # every value that is a phone number or an email address. Shown masked to staff without the
 # contact details permission, in the API, the console and exports alike.
 PERSONAL_DATA_KEYS: list[str] = env.list("PERSONAL_DATA_KEYS", default=list(DEFAULT_PERSONAL_KEYS))
+# How many proxies of our own (load balancer, nginx) stand before the app: the audit log takes the
+# client's address from X-Forwarded-For as the nearest of them saw it. 0: REMOTE_ADDR itself.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 
 # Lifecycle stage (computed tags lifecycle-*, members.segments.computed), in days: new while the
 # first purchase is within LIFECYCLE_NEW_DAYS, then active while the last purchase is within

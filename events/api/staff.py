@@ -9,6 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from cdp.permissions import permissions_required
+from cdp.privacy import Masking
 from events.models import Channel, ErasureRule, RejectedEvent, Source
 from events.services import (
     source_create,
@@ -151,6 +152,16 @@ class RejectedEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
     serializer_class = RejectedEventOutput
     lookup_value_regex = "[0-9]{1,19}"
 
+    def list(self, request: Request, *args: object, **kwargs: object) -> Response:
+        response = super().list(request, *args, **kwargs)
+        _personal_data_shown(request, response.data["results"])
+        return response
+
+    def retrieve(self, request: Request, *args: object, **kwargs: object) -> Response:
+        response = super().retrieve(request, *args, **kwargs)
+        _personal_data_shown(request, [response.data])
+        return response
+
     def get_queryset(self):  # noqa: ANN201 - DRF hook
         queryset = RejectedEvent.objects.select_related("source")
         if source := self.request.query_params.get("source"):
@@ -163,3 +174,14 @@ class RejectedEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
         if code := self.request.query_params.get("code"):
             queryset = queryset.filter(code=code)
         return queryset
+
+
+def _personal_data_shown(request: Request, rejected: list) -> None:
+    """A refused event's payload holds whatever the sender put in it: its personal values are
+    masked for a role that may not see them, and a view of them in full is audited (no member:
+    a refused event was never resolved to one)."""
+    masking = Masking(request.user, channel="api", detail=request.get_full_path())
+    for row in rejected:
+        row["payload"] = masking.document(row["payload"], at=("payload",))
+        row["raw_excerpt"] = masking.document(row["raw_excerpt"], at=("raw_excerpt",))
+    masking.audit(())

@@ -18,11 +18,12 @@ from rest_framework.views import APIView
 from cdp.errors import ApiError, FieldError
 from cdp.pagination import page_serializer, paginated
 from cdp.permissions import permissions_required, request_staff
+from cdp.scopes import request_scope
 from members.consent.models import ConsentStatement
 from members.consent.selectors import consent_history, consent_in_force
 from members.consent.services import ConsentRefused, consent_record
 from members.consent.statements import MAX_VERSION
-from members.selectors import member_resolve
+from members.selectors import member_visible
 
 VIEW_MEMBERS = "members.view_member"
 VIEW_CONSENT = "consent.view_consentstatement"
@@ -66,8 +67,10 @@ class RecordInput(serializers.Serializer):
                                  help_text="How the person stated it (at the desk, by phone, in writing).")  # fmt: skip
 
 
-def _member(member_id: int) -> tuple[int, int | None]:
-    member = member_resolve(member_id=member_id)
+def _member(request: Request, member_id: int) -> tuple[int, int | None]:
+    """The member behind the id (a survivor for an id merged away); a 404 for an unknown one
+    and for one the caller's scope does not see (``cdp.scopes``)."""
+    member = member_visible(member_id=member_id, scope=request_scope(request))
     if member is None:
         raise ApiError(
             code="not_found", message=f"No member {member_id}.", status_code=status.HTTP_404_NOT_FOUND
@@ -111,7 +114,7 @@ class MemberConsentView(APIView):
         """The member's consent per purpose (each configured purpose, in order) as in force now,
         or at ``at``: the latest statement at or before it. An id absorbed by a merge answers
         for its survivor, whose statements include the absorbed member's."""
-        pk, resolved_from = _member(member_id)
+        pk, resolved_from = _member(request, member_id)
         at = _moment(request)
         purposes = [
             {"purpose": p.purpose, "granted": p.granted, "state": p.statement and p.statement.state,
@@ -131,7 +134,7 @@ class MemberConsentView(APIView):
         """Record what the person told staff: a statement at this moment, in the audit log. It is
         in force from now (unless an event dated later says otherwise) and rules that read
         consent follow within seconds."""
-        _member(member_id)  # an unknown member is a 404 whatever the body
+        _member(request, member_id)  # an unknown member is a 404 whatever the body
         data = RecordInput(data=request.data)
         data.is_valid(raise_exception=True)
         try:
@@ -165,7 +168,7 @@ class MemberConsentHistoryView(APIView):
     def get(self, request: Request, member_id: int) -> Response:
         """Every statement the member holds, newest (by event time) first, a page at a time:
         from its own events and the events of members merged into it, and recorded by staff."""
-        pk, _ = _member(member_id)
+        pk, _ = _member(request, member_id)
         purpose = request.query_params.get("purpose", "")
         if purpose and purpose not in settings.CONSENT_PURPOSES:
             raise ApiError(

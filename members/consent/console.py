@@ -13,11 +13,13 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from cdp.permissions import request_staff
+from cdp.scopes import request_scope
 from events.selectors import source_names
 from members.consent.models import ConsentStatement
 from members.consent.selectors import PurposeConsent, consent_history, consent_in_force
 from members.consent.services import ConsentRefused, consent_record
 from members.consent.statements import STATES
+from members.selectors import member_visible
 
 VIEW_MEMBERS = "members.view_member"
 VIEW_CONSENT = "consent.view_consentstatement"
@@ -70,6 +72,8 @@ def consent_panel(request: HttpRequest, member_id: int) -> ConsentPanel | None:
 @login_required
 @permission_required((VIEW_MEMBERS, RECORD_CONSENT), raise_exception=True)
 def member_consent_record(request: HttpRequest, member_id: int) -> HttpResponse:
+    if member_visible(member_id=member_id, scope=request_scope(request)) is None:
+        raise Http404(f"No member {member_id}.")  # unknown, or out of the user's scope
     try:
         statement = consent_record(
             member_id=member_id, purpose=request.POST.get("purpose", ""), state=request.POST.get("state", ""),

@@ -7,6 +7,7 @@ creates campaigns and issues coupons. Writes that a client may retry take an
 ``Idempotency-Key`` header: the same key gives the same answer, never a second entry.
 """
 
+from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -18,9 +19,12 @@ from rest_framework.views import APIView
 
 from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
+from cdp.models import AuditEntry
 from cdp.pagination import CURSOR_HELP, cursor_parameter, page_serializer, paginated, query_cursor, query_int
-from cdp.permissions import permissions_required, request_staff
+from cdp.permissions import Unscoped, permissions_required, request_staff
 from cdp.schema import error_response
+from cdp.scopes import UNSCOPED, request_scope
+from cdp.services import audit_record
 from events.models import Channel
 from members.consent.statements import ALL_MARKETING
 from members.loyalty.coupons import CouponRefused, coupon_redeem, coupon_release, coupons_issue_checked
@@ -32,7 +36,7 @@ from members.loyalty.services import PointsRefused, points_adjust, points_redeem
 from members.models import Member
 from members.segments.api import PURPOSE_HELP, declared_purpose
 from members.segments.models import Segment
-from members.selectors import member_resolve
+from members.selectors import member_visible
 
 VIEW_MEMBERS = "members.view_member"
 ADJUST_POINTS = "loyalty.adjust_points"
@@ -251,8 +255,12 @@ class ExpiringPageOutput(serializers.Serializer):
 # --- views ---
 
 
-def _active_member(member_id: int) -> Member:
-    member = member_resolve(member_id=member_id)
+def _active_member(member_id: int, request: Request | None = None) -> Member:
+    """The active member of the path; with ``request``, one its user's scope may see
+    (``cdp.scopes``: any other answers 404, as an unknown one). Checkout acts on whoever is at
+    the till or the web checkout, wherever they were seen before: no request, no scope."""
+    scope = request_scope(request) if request is not None else UNSCOPED
+    member = member_visible(member_id=member_id, scope=scope)
     if member is None:
         raise ApiError(
             code="not_found", message=f"No member {member_id}.", status_code=status.HTTP_404_NOT_FOUND
@@ -298,7 +306,7 @@ class PointsView(APIView):
         """A member's points: balance, spendable and pending, what expires soon, tier, coupons,
         and the ledger newest first by time with a running balance (keyset: ``before`` = the
         last entry id of the page)."""
-        member = _active_member(member_id)
+        member = _active_member(member_id, request)
         size = query_int(request, "page_size", default=50, low=1, high=500)
         before = query_cursor(request, legacy="before")
         entries = ledger_page(member_id=member.pk, before=before, size=size + 1)
@@ -316,15 +324,22 @@ class PointsAdjustView(APIView):
                    tags=["loyalty"])  # fmt: skip
     def post(self, request: Request, member_id: int) -> Response:
         """Add or take away points by hand, with a reason (crm_manager). 201 when written, 200
-        for a retry of the same Idempotency-Key."""
-        member = _active_member(member_id)
+        for a retry of the same Idempotency-Key. In the audit log (who, the member, the points,
+        the reason, from where)."""
+        member = _active_member(member_id, request)
         data = AdjustInput(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            entry, created = points_adjust(
-                member=member, points=data.validated_data["points"], reason=data.validated_data["reason"],
-                idempotency_key=_idempotency_key(request), user=request.user,
-            )  # fmt: skip
+            with transaction.atomic():  # an adjustment is never made without its audit entry
+                entry, created = points_adjust(
+                    member=member, points=data.validated_data["points"], reason=data.validated_data["reason"],
+                    idempotency_key=_idempotency_key(request), user=request.user,
+                )  # fmt: skip
+                if created:
+                    audit_record(
+                        user=request.user, action=AuditEntry.Action.ADJUST_POINTS, member_ids=[member.pk],
+                        channel="api", detail=f"{entry.points:+d} points: {entry.reason}",
+                    )  # fmt: skip
         except PointsRefused as exc:
             raise _refused(exc) from exc
         return _entry_response(entry, created)
@@ -463,7 +478,7 @@ class CampaignsView(APIView):
 
 
 class CampaignIssueView(APIView):
-    permission_classes = (permissions_required(ISSUE_COUPONS),)
+    permission_classes = (permissions_required(ISSUE_COUPONS), Unscoped)
 
     @extend_schema(request=IssueInput, responses={200: IssueOutput}, tags=["loyalty"])
     def post(self, request: Request, campaign_id: int) -> Response:
@@ -507,7 +522,9 @@ class ExpiringView(APIView):
         within = query_int(request, "within_days", default=30, low=0, high=3660)
         size = query_int(request, "page_size", default=100, low=1, high=1000)
         after = query_cursor(request, legacy="after", low=0)
-        rows = members_expiring(within_days=within, after_member=after, size=size + 1)
+        rows = members_expiring(
+            within_days=within, after_member=after, size=size + 1, scope=request_scope(request)
+        )
         page = rows[:size]
         return Response(
             ExpiringPageOutput({

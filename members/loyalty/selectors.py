@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db.models import Q, Subquery, Sum
 from django.utils import timezone
 
+from cdp.scopes import UNSCOPED, Scope
 from members.loyalty.models import (
     Coupon,
     CouponRedemption,
@@ -31,6 +32,7 @@ from members.loyalty.program import (
     multiplier_of,
 )
 from members.loyalty.program import EarnRule as Rule
+from members.selectors import seen_within
 
 logger = logging.getLogger(__name__)
 
@@ -208,15 +210,23 @@ def ledger_page(*, member_id: int, before: int | None, size: int) -> list[Ledger
 
 
 def members_expiring(
-    *, within_days: int, after_member: int | None, size: int, now: datetime | None = None
+    *,
+    within_days: int,
+    after_member: int | None,
+    size: int,
+    now: datetime | None = None,
+    scope: Scope = UNSCOPED,
 ) -> list[PointsAccount]:
-    """Members whose next points expire within ``within_days``, by member id (keyset on it)."""
+    """Members whose next points expire within ``within_days``, by member id (keyset on it),
+    those seen within ``scope`` only."""
     now = now or timezone.now()
     rows = PointsAccount.objects.filter(
         next_expiry_at__isnull=False,
         next_expiry_at__lte=now + timedelta(days=within_days),
         next_expiry_points__gt=0,
     )
+    if not scope.unrestricted:
+        rows = rows.filter(seen_within(scope, "member_id"))
     if after_member is not None:
         rows = rows.filter(member_id__gt=after_member)
     return list(rows.order_by("member_id")[:size])

@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 
 from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
-from cdp.permissions import permissions_required
+from cdp.permissions import Unscoped, permissions_required
 from members.privacy.models import PrivacyRequest
 from members.privacy.selectors import privacy_requests
 from members.privacy.services import ErasureRefused, access_request, erasure_request
@@ -54,7 +54,7 @@ def _no_member(member_id: int) -> ApiError:
 
 
 class MemberEraseView(APIView):
-    permission_classes = (permissions_required(ERASE),)
+    permission_classes = (permissions_required(ERASE), Unscoped)
 
     @extend_schema(parameters=[_MEMBER], request=EraseInput, responses={202: PrivacyRequestOutput},
                    tags=["privacy"])  # fmt: skip
@@ -80,7 +80,7 @@ class MemberEraseView(APIView):
 
 
 class MemberExportView(APIView):
-    permission_classes = (permissions_required(EXPORT),)
+    permission_classes = (permissions_required(EXPORT), Unscoped)
 
     @extend_schema(parameters=[_MEMBER], responses={200: OpenApiTypes.OBJECT}, tags=["privacy"])
     def get(self, request: Request, member_id: int) -> Response:
@@ -104,7 +104,7 @@ class RequestsFilter(serializers.Serializer):
 class PrivacyRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """People's requests (erasure, access) and retention's erasures, newest first."""
 
-    permission_classes = (permissions_required(VIEW_REQUESTS),)
+    permission_classes = (permissions_required(VIEW_REQUESTS), Unscoped)
     serializer_class = PrivacyRequestOutput
     lookup_value_regex = "[0-9]{1,19}"  # anything else is no route: a JSON 404 (cdp.errors.not_found)
 

@@ -7,6 +7,7 @@ errors are shown by their path in it.
 """
 
 import json
+from typing import Any
 
 from django import forms
 from django.contrib import messages
@@ -18,6 +19,8 @@ from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.views.decorators.http import require_POST
 
+from cdp.permissions import request_staff
+from cdp.scopes import request_scope
 from members.segments.definitions.manual_tags import member_tag_add, member_tag_remove
 from members.segments.definitions.segments import segment_copy, segment_create, segment_delete, segment_update
 from members.segments.definitions.static_lists import StaticListOutcome, segment_members_upload
@@ -25,6 +28,7 @@ from members.segments.definitions.tags import tag_create, tag_delete, tag_update
 from members.segments.definitions.writes import DefinitionRefused
 from members.segments.models import Segment, SegmentChange, Tag
 from members.segments.selectors import segment_members
+from members.selectors import member_visible, members_in_scope
 
 VIEW_SEGMENTS = "segments.view_segment"
 ADD_SEGMENTS = "segments.add_segment"
@@ -146,6 +150,17 @@ def _tag(key: str) -> Tag:
 # --- segments ---------------------------------------------------------------------------------
 
 
+def _member_in_scope(request: HttpRequest, member_id: int) -> None:
+    """A 404 for a member the user's scope does not see (as for an unknown one)."""
+    if member_visible(member_id=member_id, scope=request_scope(request)) is None:
+        raise Http404(f"No member {member_id}.")
+
+
+def _by(request: HttpRequest) -> dict[str, Any]:
+    """Who writes a definition, for the audit log."""
+    return {"by": request_staff(request), "channel": "console"}
+
+
 @login_required
 @permission_required(VIEW_SEGMENTS, raise_exception=True)
 def segments(request: HttpRequest) -> HttpResponse:
@@ -160,7 +175,7 @@ def segment_new(request: HttpRequest) -> HttpResponse:
     form = SegmentForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            segment = segment_create(**form.cleaned_data)
+            segment = segment_create(**form.cleaned_data, **_by(request))
         except DefinitionRefused as error:
             form.refused(error)
         else:
@@ -186,7 +201,13 @@ def _segment_page(
     outcome: StaticListOutcome | None = None,
     status: int = 200,
 ) -> HttpResponse:
-    history = SegmentChange.objects.filter(segment=segment).order_by("-id")[:SHOWN]
+    history = list(SegmentChange.objects.filter(segment=segment).order_by("-id")[:SHOWN])
+    members = segment_members(segment=segment, after=0, size=SHOWN)
+    scope = request_scope(request)
+    if not scope.unrestricted:  # a scoped user sees the members seen within the scope only
+        within = set(members_in_scope({m for m, _ in members} | {c.member_id for c in history}, scope))
+        history = [c for c in history if c.member_id in within]
+        members = [(m, at) for m, at in members if m in within]
     return render(
         request,
         "members/segments/segment.html",
@@ -195,8 +216,8 @@ def _segment_page(
             "rule": json.dumps(segment.rule, indent=2, ensure_ascii=False)
             if segment.rule is not None
             else "",
-            "history": list(history),
-            "members": segment_members(segment=segment, after=0, size=SHOWN),
+            "history": history,
+            "members": members,
             "copy_form": copy_form or CopyForm(initial={"key": f"{segment.key}-copy"[:64]}),
             "upload_form": upload_form or UploadForm(),
             "outcome": outcome,
@@ -219,7 +240,7 @@ def segment_edit(request: HttpRequest, key: str) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            segment_update(segment=segment, name=data["name"], description=data["description"],
+            segment_update(segment=segment, name=data["name"], description=data["description"], **_by(request),
                            **({"rule": data["rule"]} if segment.kind == Segment.Kind.DYNAMIC else {}))  # fmt: skip
         except DefinitionRefused as error:
             form.refused(error)
@@ -238,8 +259,9 @@ def segment_copy_view(request: HttpRequest, key: str) -> HttpResponse:
     if form.is_valid():
         try:
             copy = segment_copy(
-                segment=segment, key=form.cleaned_data["key"], name=form.cleaned_data["name"] or None
-            )
+                segment=segment, key=form.cleaned_data["key"], name=form.cleaned_data["name"] or None,
+                **_by(request),
+            )  # fmt: skip
         except DefinitionRefused as error:
             for field, reason in error.errors or [("key", error.message)]:
                 form.add_error(field if field in form.fields else None, reason)
@@ -255,7 +277,7 @@ def segment_copy_view(request: HttpRequest, key: str) -> HttpResponse:
 def segment_delete_view(request: HttpRequest, key: str) -> HttpResponse:
     segment = _segment(key)
     try:
-        segment_delete(segment=segment)
+        segment_delete(segment=segment, **_by(request))
     except DefinitionRefused as error:
         messages.error(request, error.message)
         return redirect("console:segment", key=segment.key)
@@ -267,6 +289,10 @@ def segment_delete_view(request: HttpRequest, key: str) -> HttpResponse:
 @login_required
 @permission_required((VIEW_SEGMENTS, CHANGE_SEGMENTS), raise_exception=True)
 def segment_upload(request: HttpRequest, key: str) -> HttpResponse:
+    if not request_scope(request).unrestricted:  # a list may name members of any store
+        raise PermissionDenied(
+            "Your account is scoped to stores or channels: lists are set by unscoped staff."
+        )
     segment = _segment(key)
     form = UploadForm(request.POST, request.FILES)
     outcome = None
@@ -294,7 +320,7 @@ def tags(request: HttpRequest) -> HttpResponse:
         _needs(request, ADD_TAGS)
         if form.is_valid():
             try:
-                tag = tag_create(**form.cleaned_data)
+                tag = tag_create(**form.cleaned_data, **_by(request))
             except DefinitionRefused as error:
                 form.refused(error)
             else:
@@ -331,7 +357,7 @@ def tag(request: HttpRequest, key: str) -> HttpResponse:
         if form.is_valid():
             data = form.cleaned_data
             try:
-                tag_update(tag=tag, name=data["name"], description=data["description"],
+                tag_update(tag=tag, name=data["name"], description=data["description"], **_by(request),
                            **({"rule": data["rule"]} if tag.kind == Tag.Kind.RULE else {}))  # fmt: skip
             except DefinitionRefused as error:
                 form.refused(error)
@@ -352,7 +378,7 @@ def tag(request: HttpRequest, key: str) -> HttpResponse:
 def tag_delete_view(request: HttpRequest, key: str) -> HttpResponse:
     tag = _tag(key)
     try:
-        tag_delete(tag=tag)
+        tag_delete(tag=tag, **_by(request))
     except DefinitionRefused as error:
         messages.error(request, error.message)
         return redirect("console:tag", key=tag.key)
@@ -367,6 +393,7 @@ def tag_delete_view(request: HttpRequest, key: str) -> HttpResponse:
 @login_required
 @permission_required((VIEW_MEMBERS, TAG_MEMBERS), raise_exception=True)
 def member_tag_add_view(request: HttpRequest, member_id: int) -> HttpResponse:
+    _member_in_scope(request, member_id)
     tag = Tag.objects.filter(key=request.POST.get("tag", "")).first()
     if tag is None:
         messages.error(request, "Choose a tag to add.")
@@ -388,6 +415,7 @@ def member_tag_add_view(request: HttpRequest, member_id: int) -> HttpResponse:
 @login_required
 @permission_required((VIEW_MEMBERS, UNTAG_MEMBERS), raise_exception=True)
 def member_tag_remove_view(request: HttpRequest, member_id: int, key: str) -> HttpResponse:
+    _member_in_scope(request, member_id)
     tag = _tag(key)
     try:
         outcome = member_tag_remove(member_id=member_id, tag=tag, by=request.user)

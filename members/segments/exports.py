@@ -8,11 +8,13 @@ them; ``traits.phone`` and ``traits.email`` are the same), any trait as
 member's tag keys (``tags``), each built-in identifier type by its name (the value seen last)
 and any identifier type as ``identifiers.<type>`` (every value, last seen first).
 
-Personal data: phone and email (as traits or identifiers) are masked unless the role may see
-contact details (``cdp.privacy.Masking``), and every row that shows them in full is in the
-audit log. Consent: every pull declares a purpose (``members.consent``; ``marketing``, every
-marketing purpose, unless it names one), and a member without consent to it in force when the
-rows are read is left out, and counted (``withheld``), whatever the caller's role.
+Personal data: every personal value a field gives (``cdp.privacy``: a phone or email at any
+depth of a trait, ``traits.mobile``, ``traits.contact``, the name, an address, the phone and
+email identifiers) is masked unless the role may see contact details, and every batch that
+gives some in full is in the audit log with its members and fields. Consent: every pull
+declares a purpose (``members.consent``; ``marketing``, every marketing purpose, unless it
+names one), and a member without consent to it in force when the rows are read is left out
+whole, and counted (``withheld``), whatever the caller's role.
 
 One statement reads a page of members with every requested field; an export walks the
 segment by keyset in batches of ``EXPORT_BATCH``, so its memory stays flat however big the
@@ -69,7 +71,7 @@ _ALWAYS = ("member_id", "entered_at")
 FIELDS: dict[str, str] = {
     "member_id": "The member's id (always included).",
     "entered_at": "When the member entered the segment (always included).",
-    "name": "The name trait.",
+    "name": "The name trait; personal: masked and withheld like phone.",
     "phone": "The phone number seen last, normalized (E.164, e.g. +8613800138000; never a "
     "placeholder such as 000000); masked unless the role sees contact details.",
     "email": "The email address seen last, normalized (lower case); masked like phone.",
@@ -84,7 +86,8 @@ FIELDS: dict[str, str] = {
     "tier": "Loyalty tier key.",
     "tags": "Keys of the tags the member carries.",
     **{name: f"The {name} identifier seen last." for name in sorted(_IDENTIFIER_NAMES - CONTACT_TYPES)},
-    "traits.<key>": "Any profile trait (traits.phone and traits.email as phone and email).",
+    "traits.<key>": "Any profile trait (traits.phone and traits.email as phone and email); its personal "
+    "values masked and withheld like phone.",
     "identifiers.<type>": "Every identifier of a type, last seen first (identifiers.phone and "
     "identifiers.email masked like phone).",
 }
@@ -99,9 +102,16 @@ class Field:
     key: str
 
     @property
-    def contact(self) -> bool:
-        """Phone or email: masked per role, audited when shown."""
-        return self.key in CONTACT_TYPES and self.source in ("trait", "identifier", "identifiers")
+    def path(self) -> tuple[str, ...] | None:
+        """Where ``cdp.privacy`` finds the value (``("traits", "mobile")``, ``("phone",)``), to
+        mask, withhold and audit it; None for figures, points and tags, which are never personal."""
+        if self.source == "trait":
+            return ("traits", self.key)
+        if self.source == "identifier":
+            return (self.key,)
+        if self.source == "identifiers":
+            return ("identifiers", self.key)
+        return None
 
 
 class UnknownFields(ValueError):
@@ -160,8 +170,9 @@ def _field(name: str) -> Field | None:
 @dataclass(frozen=True, slots=True)
 class MemberRow:
     """A segment member with the requested fields, masked as the caller may see them.
-    ``contact_shown``: some phone or email value is in ``values``. ``consented``: the member's
-    consent to the pull's purposes was in force when read (a row without it never leaves)."""
+    ``contact_shown``: some personal value (masked or not) is in ``values``. ``consented``: the
+    member's consent to the pull's purposes was in force when read (a row without it never
+    leaves)."""
 
     member_id: int
     entered_at: datetime
@@ -257,7 +268,7 @@ def _row(
     identifiers = orjson.loads(rest.pop(0) or "{}") if with_identifiers else {}
     tags = (rest.pop(0) if rest else None) or []
     values: dict[str, object] = {}
-    shown = False
+    given = masking.given
     for field in fields:
         if field.source == "trait":
             value: Any = traits.get(field.key)
@@ -277,21 +288,10 @@ def _row(
             value = identifiers.get(field.key, [])
         else:
             value = tags
-        if field.contact:
-            if isinstance(value, list):
-                value = [_contact(masking, field.key, v) for v in value]
-            else:
-                value = _contact(masking, field.key, value)
-            shown = shown or bool(value)
+        if field.path is not None and value is not None:
+            value = masking.document(value, at=field.path)
         values[field.name] = value
-    return MemberRow(member_id, entered_at, values, shown)
-
-
-def _contact(masking: Masking, type_: str, value: object) -> object:
-    # Contact values go out as text whatever JSON type a source stated them in.
-    if value is None:
-        return None
-    return masking.value(type_, value if isinstance(value, str) else orjson.dumps(value).decode())
+    return MemberRow(member_id, entered_at, values, masking.given > given)
 
 
 def segment_withheld_count(*, segment: Segment, purposes: tuple[str, ...], at: datetime | None = None) -> int:
@@ -319,20 +319,26 @@ def segment_export_record(
     file_format: str,
     purpose: str,
     purposes: tuple[str, ...],
+    masking: Masking,
 ) -> ExportCount:
     """Append the audit entry of an export before any row leaves (who, the segment, the
-    purpose, the fields, how many members it gives and how many it leaves out now, and why)
-    and return those counts."""
+    purpose, the fields, how many members it gives and how many it leaves out now, and why,
+    whether personal data goes out in full or masked, and the fields personal by their key
+    that go out in full) and return those counts. Each batch that gives personal values in
+    full adds an entry naming its members and fields (``segment_export_batches``): values
+    found personal by what they hold, too."""
     members = SegmentMember.objects.filter(segment=segment).count()
     withheld = segment_withheld_count(segment=segment, purposes=purposes)
     names = ",".join(["member_id", "entered_at", *(f.name for f in fields)])
+    personal = [f.name for f in fields if f.path is not None and masking.personal_by_key(f.path)]
     audit_record(
         user=user,
         action=AuditEntry.Action.EXPORT_SEGMENT,
         member_ids=(),
         channel="api",
         detail=f"segment {segment.key} as {file_format} for {purpose}, {members - withheld} rows, "
-        f"withheld {NO_CONSENT}={withheld}: {names}",
+        f"withheld {NO_CONSENT}={withheld}, personal data {'in full' if masking.full else 'masked'}: {names}",
+        personal_fields=personal if masking.full else (),
     )
     return ExportCount(members - withheld, withheld)
 

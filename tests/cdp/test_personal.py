@@ -128,7 +128,17 @@ def test_strip_removes_keys_and_list_elements():
 
 @pytest.mark.parametrize(
     "value",
-    ["order 20240101123", "SKU-1234567", "1.2.3", 129900, 1700000000000, "2024-01-01T10:00:00Z", "v8800123"],
+    [
+        "order 20240101123",
+        "SKU-1234567",
+        "1.2.3",
+        129900,
+        1700000000000,
+        "2024-01-01T10:00:00Z",
+        "v8800123",
+        "S0034670020338",
+        "order S0034670020338 paid",
+    ],  # its digits would dial Spain (+34 670 020 338)
 )
 def test_numbers_that_are_not_phones_stay(value):
     assert personal_find({"x": value}, POLICY) == ()
@@ -141,8 +151,17 @@ def test_without_a_default_region_only_international_phones_are_phones():
     assert personal_mask({"x": "008613800138000"}, policy).value == {"x": "138****8000"}
 
 
+@pytest.mark.parametrize(
+    ("written", "masked"),
+    [("+8613800138000", "138****8000"), ("008613800138000", "138****8000"), ("(+86) 138 0013 8000", "138****8000"),
+     ("13800138000", "138****8000"), ("+1 415 555 2671", "415***2671"), ("+44 20 7123 4567", "207***4567"),
+     ("021-12345678", "021****5678"), ("12", "**")],
+)  # fmt: skip
+def test_a_phone_is_masked_to_its_national_numbers_ends(written, masked):
+    assert mask_phone(written) == masked
+
+
 def test_masks():
-    assert mask_phone("+8613800138000") == "138****8000"
     assert mask_email("Zhang.Wei@Example.com") == "z***@example.com"
     assert path_text(("traits", "emails", 0, "value")) == "traits.emails[0].value"
 

@@ -110,7 +110,8 @@ def test_an_agent_sees_phone_and_email_masked_everywhere(zhang):
     assert [i["value"] for i in profile["identifiers"]["phone"]] == ["138****8000"]
     assert [i["value"] for i in profile["identifiers"]["email"]] == ["z***@example.com"]
     assert profile["traits"]["email"]["value"] == "z***@example.com"
-    assert profile["traits"]["name"]["value"] == "Zhang Wei"
+    assert profile["traits"]["name"]["value"] == "Z***"  # a name is personal too (PERSONAL_DATA_KEYS)
+    assert found["name"] == "Z***"
     stated = [e["traits"]["phone"] for e in timeline if "phone" in e["traits"]]
     assert stated
     assert all("****" in phone for phone in stated)
@@ -121,17 +122,20 @@ def test_a_manager_sees_them_in_full_and_the_audit_log_says_so(zhang):
     profile = staff_client(Role.CRM_MANAGER).get(f"/api/v1/members/{zhang['member']}/").json()
     staff_client(Role.CRM_AGENT).get(f"/api/v1/members/{zhang['member']}/")  # masked: not an entry
 
-    entry = AuditEntry.objects.get()
-    assert (entry.user.username, entry.action, entry.member_ids) == (
-        "staff-crm_manager", "view_contact_details", [zhang["member"]],
+    entry = AuditEntry.objects.get(action=AuditEntry.Action.VIEW_CONTACT_DETAILS)
+    assert (entry.user.username, entry.actor, entry.member_ids) == (
+        "staff-crm_manager", "staff-crm_manager", [zhang["member"]],
     )  # fmt: skip
+    # what was given in full, by field, and from where
+    assert {"phone", "email", "traits.phone", "traits.email", "traits.name"} <= set(entry.personal_fields)
+    assert entry.address == "127.0.0.1"
 
     assert [i["value"] for i in profile["identifiers"]["phone"]] == ["+8613800138000"]
     assert profile["traits"]["email"]["value"] == " Zhang.Wei@Example.com"  # as the customer wrote it
 
 
 def test_the_360_view(zhang):
-    profile = staff_client(Role.CRM_AGENT).get(f"/api/v1/members/{zhang['member']}/").json()
+    profile = staff_client(Role.CRM_MANAGER).get(f"/api/v1/members/{zhang['member']}/").json()
 
     assert profile["id"] == zhang["member"]
     assert profile["resolved_from"] is None

@@ -33,7 +33,8 @@ from cdp.pagination import (
     query_int,
 )
 from cdp.parsers import BoundedJSONParser
-from cdp.permissions import permissions_required, request_staff
+from cdp.permissions import Unscoped, permissions_required, request_staff
+from cdp.scopes import request_scope
 from members.api import MemberTagOutput
 from members.segments.api import VIEW_SEGMENTS, read, segment_by_key
 from members.segments.api import members as members_api
@@ -47,7 +48,7 @@ from members.segments.definitions.static_lists import (
 from members.segments.definitions.tags import tag_create, tag_delete, tag_update
 from members.segments.definitions.writes import DefinitionRefused
 from members.segments.models import Segment, Tag
-from members.selectors import member_resolve, member_tag_history, member_tags
+from members.selectors import member_tag_history, member_tags, member_visible
 
 if TYPE_CHECKING:
     from rest_framework.permissions import _SupportsHasPermission  # the stubs' name only
@@ -77,7 +78,9 @@ class _PermissionsByMethod(APIView):
     def get_permissions(self) -> "Sequence[_SupportsHasPermission]":
         if self.request.method not in self.required:
             return super().get_permissions()
-        return [permissions_required(*self.required[self.request.method])()]
+        # A view open to unscoped users only stays so for its writes.
+        unscoped = [Unscoped()] if Unscoped in self.permission_classes else []
+        return [permissions_required(*self.required[self.request.method])(), *unscoped]
 
 
 def _refused(error: DefinitionRefused) -> ApiError:
@@ -215,7 +218,7 @@ class SegmentsView(_PermissionsByMethod, read.SegmentsView):
         list: then PUT its members). 400 names each problem of the rule as ``rule.<path>``."""
         data = _valid(SegmentInput, request.data)
         try:
-            segment = segment_create(**data)
+            segment = segment_create(**data, by=request_staff(request), channel="api")
         except DefinitionRefused as error:
             raise _refused(error) from error
         return Response(read.SegmentOutput(segment).data, status=status.HTTP_201_CREATED)
@@ -233,7 +236,9 @@ class SegmentView(_PermissionsByMethod, read.SegmentView):
         data = _valid(SegmentChangeInput, request.data)
         _unchangeable(data, segment)
         try:
-            segment = segment_update(segment=segment, **_changes(data))
+            segment = segment_update(
+                segment=segment, **_changes(data), by=request_staff(request), channel="api"
+            )
         except DefinitionRefused as error:
             raise _refused(error) from error
         return Response(read.SegmentOutput(segment).data)
@@ -243,7 +248,7 @@ class SegmentView(_PermissionsByMethod, read.SegmentView):
         """Delete a segment, its members and its history. 409 for a built-in segment, or one
         that a tag's or another segment's rule reads (they are named)."""
         try:
-            segment_delete(segment=segment_by_key(key))
+            segment_delete(segment=segment_by_key(key), by=request_staff(request), channel="api")
         except DefinitionRefused as error:
             raise _refused(error) from error
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -260,7 +265,13 @@ class SegmentCopyView(APIView):
         segment = segment_by_key(key)
         data = _valid(CopyInput, request.data)
         try:
-            copy = segment_copy(segment=segment, key=data["key"], name=data.get("name"))
+            copy = segment_copy(
+                segment=segment,
+                key=data["key"],
+                name=data.get("name"),
+                by=request_staff(request),
+                channel="api",
+            )
         except DefinitionRefused as error:
             raise _refused(error) from error
         return Response(read.SegmentOutput(copy).data, status=status.HTTP_201_CREATED)
@@ -378,7 +389,7 @@ class TagsView(_PermissionsByMethod, APIView):
         problem of the rule as ``rule.<path>``."""
         data = _valid(TagInput, request.data)
         try:
-            tag = tag_create(**data)
+            tag = tag_create(**data, by=request_staff(request), channel="api")
         except DefinitionRefused as error:
             raise _refused(error) from error
         return Response(TagOutput(tag).data, status=status.HTTP_201_CREATED)
@@ -402,7 +413,7 @@ class TagView(_PermissionsByMethod, APIView):
         data = _valid(TagChangeInput, request.data)
         _unchangeable(data, tag)
         try:
-            tag = tag_update(tag=tag, **_changes(data))
+            tag = tag_update(tag=tag, **_changes(data), by=request_staff(request), channel="api")
         except DefinitionRefused as error:
             raise _refused(error) from error
         return Response(TagOutput(tag).data)
@@ -412,7 +423,7 @@ class TagView(_PermissionsByMethod, APIView):
         """Delete a tag from every member, with its change log. 409 for a computed tag, or one
         that a rule reads (they are named)."""
         try:
-            tag_delete(tag=tag_by_key(key))
+            tag_delete(tag=tag_by_key(key), by=request_staff(request), channel="api")
         except DefinitionRefused as error:
             raise _refused(error) from error
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -421,8 +432,9 @@ class TagView(_PermissionsByMethod, APIView):
 # --- manual tags on members -------------------------------------------------------------------
 
 
-def _member_pk(member_id: int) -> int:
-    member = member_resolve(member_id=member_id)
+def _member_pk(member_id: int, request: Request) -> int:
+    """The member of the path, if the user's scope sees it (``cdp.scopes``), else a 404."""
+    member = member_visible(member_id=member_id, scope=request_scope(request))
     if member is None:
         raise ApiError(
             code="not_found", message=f"No member {member_id}.", status_code=status.HTTP_404_NOT_FOUND
@@ -451,7 +463,7 @@ class MemberTagsView(_PermissionsByMethod, APIView):
     def get(self, request: Request, member_id: int) -> Response:
         """The tags a member carries now, with who added the manual ones: all of them in one
         page (next_cursor is always null)."""
-        held = member_tags(member_id=_member_pk(member_id))
+        held = member_tags(member_id=_member_pk(member_id, request))
         return Response(page_json(MemberTagOutput([t.__dict__ for t in held], many=True).data, None))
 
     @extend_schema(
@@ -461,7 +473,7 @@ class MemberTagsView(_PermissionsByMethod, APIView):
     def post(self, request: Request, member_id: int) -> Response:
         """Put a manual tag on a member (recorded with who and when): 201 when added, 200 when
         the member had it already (nothing recorded). Rule and computed tags answer 409."""
-        pk = _member_pk(member_id)
+        pk = _member_pk(member_id, request)
         key = _valid(MemberTagInput, request.data)["tag"]
         tag = Tag.objects.filter(key=key).first()
         if tag is None:
@@ -485,7 +497,7 @@ class MemberTagView(APIView):
     def delete(self, request: Request, member_id: int, key: str) -> Response:
         """Take a manual tag off a member (recorded with who and when); ``changed`` is false
         when the member did not have it (nothing recorded). Rule and computed tags answer 409."""
-        pk = _member_pk(member_id)
+        pk = _member_pk(member_id, request)
         tag = tag_by_key(key)
         try:
             outcome = member_tag_remove(member_id=pk, tag=tag, by=request_staff(request))
@@ -505,7 +517,7 @@ class MemberTagHistoryView(APIView):
     def get(self, request: Request, member_id: int) -> Response:
         """Every tag added to or removed from the member (and the members a merge folded into
         it), by whom (staff, for manual tags) and when, newest first."""
-        pk = _member_pk(member_id)
+        pk = _member_pk(member_id, request)
         size = query_int(request, "page_size", default=100, low=1, high=1000)
         before = query_cursor(request, legacy="before")
         rows = member_tag_history(member_id=pk, before=before, size=size + 1)

@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cdp.errors import ApiError, FieldError
-from cdp.permissions import permissions_required, request_staff
+from cdp.permissions import Unscoped, permissions_required, request_staff
 from cdp.privacy import Masking
 from members.consent.statements import NO_CONSENT
 from members.segments.api import PURPOSE_PARAMETER, VIEW_SEGMENTS, declared_purpose, segment_by_key
@@ -54,7 +54,7 @@ _FORMATS = (
 
 
 class SegmentExportView(APIView):
-    permission_classes = (permissions_required(VIEW_SEGMENTS),)
+    permission_classes = (permissions_required(VIEW_SEGMENTS), Unscoped)
     # CSV first: the format when neither ?format= nor Accept chooses.
     renderer_classes = (CsvRenderer, NdjsonRenderer)
 
@@ -103,11 +103,11 @@ class SegmentExportView(APIView):
         fields = requested_fields(request)
         purpose, purposes = declared_purpose(request.query_params.get("purpose"))
         renderer = request.accepted_renderer
+        masking = Masking(request.user, channel="api", detail=f"export of segment {segment.key}")
         count = segment_export_record(
             user=request_staff(request), segment=segment, fields=fields, file_format=renderer.format,
-            purpose=purpose, purposes=purposes,
+            purpose=purpose, purposes=purposes, masking=masking,
         )  # fmt: skip
-        masking = Masking(request.user, channel="api", detail=f"export of segment {segment.key}")
         batches = segment_export_batches(segment=segment, fields=fields, masking=masking, purposes=purposes)
         chunks = csv_chunks(fields, batches) if renderer.format == "csv" else ndjson_chunks(batches)
         response = StreamingHttpResponse(chunks, content_type=f"{renderer.media_type}; charset=utf-8")

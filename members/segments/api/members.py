@@ -9,7 +9,7 @@ from rest_framework.views import APIView
 
 from cdp.errors import ApiError, FieldError
 from cdp.pagination import CURSOR_HELP, query_int
-from cdp.permissions import permissions_required
+from cdp.permissions import Unscoped, permissions_required
 from cdp.privacy import Masking
 from members.aggregates import FIGURE_DIGITS
 from members.consent.statements import NO_CONSENT
@@ -26,8 +26,10 @@ from members.segments.exports import (
 FIELDS_PARAMETER = OpenApiParameter(
     "fields",
     OpenApiTypes.STR,
-    description="Comma-separated fields for each member, e.g. `phone,email,tier,traits.city`. Phone and "
-    "email are masked unless the role may see contact details. Fields: "
+    description="Comma-separated fields for each member, e.g. `phone,email,tier,traits.city`. Every "
+    "personal value (phone, email, name, a trait such as `traits.mobile`, a phone or email inside any "
+    "trait) is masked unless the role may see contact details (a member without consent to the "
+    "purpose is left out whole, and counted in `withheld`). Fields: "
     + " ".join(f"`{name}`: {what}" for name, what in FIELDS.items()),
 )
 
@@ -97,7 +99,7 @@ class SegmentMembersPage(serializers.Serializer):
 
 
 class SegmentMembersView(APIView):
-    permission_classes = (permissions_required(VIEW_SEGMENTS),)
+    permission_classes = (permissions_required(VIEW_SEGMENTS), Unscoped)
 
     @extend_schema(
         parameters=[OpenApiParameter("cursor", OpenApiTypes.INT), OpenApiParameter("page_size", OpenApiTypes.INT),

@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cdp.pagination import page_serializer, paginated, query_int
-from cdp.permissions import permissions_required
+from cdp.permissions import Unscoped, permissions_required
 from members.consent.statements import NO_CONSENT
 from members.segments.api import PURPOSE_PARAMETER, VIEW_SEGMENTS, declared_purpose, segment_by_key
 from members.segments.api.members import WithheldOutput
@@ -70,7 +70,7 @@ class SegmentView(APIView):
 
 
 class SegmentChangesView(APIView):
-    permission_classes = (permissions_required(VIEW_SEGMENTS),)
+    permission_classes = (permissions_required(VIEW_SEGMENTS), Unscoped)
 
     @extend_schema(
         parameters=[OpenApiParameter("since", OpenApiTypes.INT, description="next_since of the last call; 0: all"),

@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 from cdp.db import MAX_BIGINT
 from cdp.errors import ApiError, FieldError
 from cdp.pagination import CURSOR_HELP, cursor_parameter, page_serializer, paginated, query_cursor, query_int
-from cdp.permissions import permissions_required, request_staff
+from cdp.permissions import Unscoped, permissions_required, request_staff
 from members.segments.api import PURPOSE_HELP, segment_by_key
 from members.segments.models import Segment, SegmentWebhook
 from members.segments.webhooks.services import (
@@ -143,7 +143,9 @@ def _webhook_of(segment: Segment, webhook_id: int) -> SegmentWebhook:
 
 class _ByMethod(APIView):
     def get_permissions(self) -> list[BasePermission]:
-        return [permissions_required(_PERMISSION_BY_METHOD.get(self.request.method or "", VIEW_WEBHOOKS))()]
+        # A webhook sends a segment's members of every store: unscoped accounts only.
+        wanted = _PERMISSION_BY_METHOD.get(self.request.method or "", VIEW_WEBHOOKS)
+        return [permissions_required(wanted)(), Unscoped()]
 
 
 class SegmentWebhooksView(_ByMethod):

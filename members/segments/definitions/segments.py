@@ -2,6 +2,7 @@
 segment's rule is checked against the graph of what rules read and recomputed in full after
 the commit; built-in segments are the platform's (copied, never changed)."""
 
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from members.locks import memberships_lock
@@ -10,6 +11,7 @@ from members.segments.definitions.writes import (
     UNCHANGED,
     DefinitionRefused,
     built_in_refused,
+    definition_audit,
     definition_created,
     definition_locked,
     definitions_lock,
@@ -21,7 +23,16 @@ from members.segments.services import segment_static_set
 
 
 @transaction.atomic
-def segment_create(*, key: str, name: str, kind: str, rule: object = None, description: str = "") -> Segment:
+def segment_create(
+    *,
+    key: str,
+    name: str,
+    kind: str,
+    rule: object = None,
+    description: str = "",
+    by: User | None = None,
+    channel: str = "cli",
+) -> Segment:
     """A new segment: dynamic (its rule is recomputed in full after the commit) or static (an
     empty list, filled with ``segment_members_set`` or ``segment_members_upload``)."""
     definitions_lock()
@@ -37,6 +48,7 @@ def segment_create(*, key: str, name: str, kind: str, rule: object = None, descr
     segment = definition_created(
         Segment, "segment", key=key, name=name, kind=kind, rule=rule, description=description
     )
+    definition_audit("segment", key, f"created ({kind})", rule=rule, by=by, channel=channel)
     if kind == Segment.Kind.DYNAMIC:
         recompute_after_commit("segment", segment.pk)
     return segment
@@ -44,7 +56,13 @@ def segment_create(*, key: str, name: str, kind: str, rule: object = None, descr
 
 @transaction.atomic
 def segment_update(
-    *, segment: Segment, name: str | None = None, description: str | None = None, rule: object = UNCHANGED
+    *,
+    segment: Segment,
+    name: str | None = None,
+    description: str | None = None,
+    rule: object = UNCHANGED,
+    by: User | None = None,
+    channel: str = "cli",
 ) -> Segment:
     """Change a segment's name, description or (dynamic) rule; a changed rule is recomputed in
     full after the commit. Built-in segments are refused: copy them."""
@@ -69,13 +87,22 @@ def segment_update(
         segment.rule = rule
         fields.append("rule")
     segment.save(update_fields=fields)
+    changed = ", ".join(field for field in fields if field != "updated_at") or "nothing"
+    definition_audit(
+        "segment",
+        segment.key,
+        f"changed {changed}",
+        rule=segment.rule if rule_changed else None,
+        by=by,
+        channel=channel,
+    )
     if rule_changed:
         recompute_after_commit("segment", segment.pk)
     return segment
 
 
 @transaction.atomic
-def segment_delete(*, segment: Segment) -> None:
+def segment_delete(*, segment: Segment, by: User | None = None, channel: str = "cli") -> None:
     """Delete a segment with its members and history. Refused for a built-in segment, and for
     a segment that a tag's or another segment's rule reads (naming them)."""
     definitions_lock()
@@ -85,11 +112,14 @@ def segment_delete(*, segment: Segment) -> None:
     unread_check(("segment", segment.key))
     # Waits for refreshes evaluating it to commit, so none writes to a segment that is gone.
     memberships_lock(tag_ids=[], segment_ids=[segment.pk], exclusive=True)
+    definition_audit("segment", segment.key, "deleted", by=by, channel=channel)
     segment.delete()
 
 
 @transaction.atomic
-def segment_copy(*, segment: Segment, key: str, name: str | None = None) -> Segment:
+def segment_copy(
+    *, segment: Segment, key: str, name: str | None = None, by: User | None = None, channel: str = "cli"
+) -> Segment:
     """An editable copy of a segment (built-in or not) under a new key: the same rule,
     recomputed after the commit, or the same list."""
     definitions_lock()
@@ -98,6 +128,9 @@ def segment_copy(*, segment: Segment, key: str, name: str | None = None) -> Segm
         Segment, "segment", key=key, name=name or f"{segment.name[:193]} (copy)", kind=segment.kind,
         rule=segment.rule, description=segment.description, built_in=False,
     )  # fmt: skip
+    definition_audit(
+        "segment", key, f"created as a copy of {segment.key}", rule=copy.rule, by=by, channel=channel
+    )
     if copy.kind == Segment.Kind.DYNAMIC:
         recompute_after_commit("segment", copy.pk)
     else:

@@ -2,6 +2,7 @@
 rule is checked against the graph of what rules read and recomputed in full after the
 commit; computed tags (RFM group, lifecycle stage, channel preference) are read-only."""
 
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from members.locks import memberships_lock
@@ -10,6 +11,7 @@ from members.segments.definitions.writes import (
     UNCHANGED,
     DefinitionRefused,
     computed_refused,
+    definition_audit,
     definition_created,
     definition_locked,
     definitions_lock,
@@ -20,7 +22,16 @@ from members.segments.models import Tag
 
 
 @transaction.atomic
-def tag_create(*, key: str, name: str, kind: str, rule: object = None, description: str = "") -> Tag:
+def tag_create(
+    *,
+    key: str,
+    name: str,
+    kind: str,
+    rule: object = None,
+    description: str = "",
+    by: User | None = None,
+    channel: str = "cli",
+) -> Tag:
     """A new manual tag (staff add and remove it) or rule tag (recomputed in full after the
     commit). Computed tags are the platform's."""
     definitions_lock()
@@ -37,6 +48,7 @@ def tag_create(*, key: str, name: str, kind: str, rule: object = None, descripti
             "Unknown kind.", [("kind", "manual or rule (computed tags belong to the platform)")]
         )
     tag = definition_created(Tag, "tag", key=key, name=name, kind=kind, rule=rule, description=description)
+    definition_audit("tag", key, f"created ({kind})", rule=rule, by=by, channel=channel)
     if kind == Tag.Kind.RULE:
         recompute_after_commit("tag", tag.pk)
     return tag
@@ -44,7 +56,13 @@ def tag_create(*, key: str, name: str, kind: str, rule: object = None, descripti
 
 @transaction.atomic
 def tag_update(
-    *, tag: Tag, name: str | None = None, description: str | None = None, rule: object = UNCHANGED
+    *,
+    tag: Tag,
+    name: str | None = None,
+    description: str | None = None,
+    rule: object = UNCHANGED,
+    by: User | None = None,
+    channel: str = "cli",
 ) -> Tag:
     """Change a tag's name, description or (rule tag) rule; a changed rule is recomputed in
     full after the commit. Computed tags are refused."""
@@ -69,13 +87,17 @@ def tag_update(
         tag.rule = rule
         fields.append("rule")
     tag.save(update_fields=fields)
+    changed = ", ".join(field for field in fields if field != "updated_at") or "nothing"
+    definition_audit(
+        "tag", tag.key, f"changed {changed}", rule=tag.rule if rule_changed else None, by=by, channel=channel
+    )
     if rule_changed:
         recompute_after_commit("tag", tag.pk)
     return tag
 
 
 @transaction.atomic
-def tag_delete(*, tag: Tag) -> None:
+def tag_delete(*, tag: Tag, by: User | None = None, channel: str = "cli") -> None:
     """Delete a manual or rule tag from every member, with its change log. Refused for a
     computed tag and for a tag that a rule reads (naming them)."""
     definitions_lock()
@@ -84,4 +106,5 @@ def tag_delete(*, tag: Tag) -> None:
         raise computed_refused(tag)
     unread_check(("tag", tag.key))
     memberships_lock(tag_ids=[tag.pk], segment_ids=[], exclusive=True)
+    definition_audit("tag", tag.key, "deleted", by=by, channel=channel)
     tag.delete()

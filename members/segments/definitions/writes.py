@@ -5,8 +5,12 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import orjson
+from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
 
+from cdp.models import AuditEntry
+from cdp.services import audit_record
 from cdp.tasks import enqueue_on_commit
 from members.segments import tasks
 from members.segments.models import Segment, Tag
@@ -89,3 +93,14 @@ def recompute_after_commit(kind: Literal["tag", "segment"], pk: int) -> None:
     work: the nightly full recompute computes every rule."""
     task = tasks.segment_recompute if kind == "segment" else tasks.tag_recompute
     enqueue_on_commit(task, pk, fallback="the nightly recompute")
+
+
+def definition_audit(
+    what: str, key: str, change: str, *, rule: object = None, by: User | None, channel: str
+) -> None:
+    """A segment's or tag's definition written (who targets whom is what marketing acts on):
+    in the audit log, in the writer's transaction, with the rule as it now reads."""
+    text = f"{what} {key}: {change}"
+    if rule is not None:
+        text += f"; rule {orjson.dumps(rule).decode()}"
+    audit_record(user=by, action=AuditEntry.Action.CHANGE_RULE, member_ids=(), channel=channel, detail=text)

@@ -111,7 +111,7 @@ def test_each_field_reads_the_members_profile_figures_points_identifiers_and_tag
     assert member == {
         "member_id": zhang["member"],
         "entered_at": member["entered_at"],
-        "name": "Zhang Wei",
+        "name": "Z***",  # a name is personal (PERSONAL_DATA_KEYS): masked like a phone
         "phone": "138****8000",
         "email": "z***@example.com",
         "orders": 2,
@@ -131,7 +131,9 @@ def test_each_field_reads_the_members_profile_figures_points_identifiers_and_tag
         "identifiers.email": ["z***@example.com"],
         "traits.city": None,
     }
-    assert not AuditEntry.objects.exists()  # nothing shown in full
+    assert not AuditEntry.objects.filter(
+        action=AuditEntry.Action.VIEW_CONTACT_DETAILS
+    ).exists()  # nothing in full
 
 
 def test_without_fields_a_member_is_its_id_and_when_it_entered(zhang):
@@ -158,20 +160,22 @@ def test_admins_see_contact_details_in_full_and_the_members_shown_are_audited(zh
     [no_phone] = members_create(1, {"name": "Li Na"})
     segment = segment_of("list", [zhang["member"], no_phone])
 
-    body = page(Role.ADMIN, segment.key, "fields=phone,identifiers.phone,name")
-    page(Role.ADMIN, segment.key, "fields=name,orders")  # no contact field asked: nothing to audit
+    body = page(Role.ADMIN, segment.key, "fields=phone,identifiers.phone,traits.city")
+    page(Role.ADMIN, segment.key, "fields=orders,traits.city")  # nothing personal asked: nothing to audit
+    page(Role.ADMIN, segment.key, "fields=name,orders")  # names are personal: audited
 
     assert [(m["phone"], m["identifiers.phone"]) for m in body["results"]] == [
         ("+8613800138000", ["+8613800138000"]),
         (None, []),
     ]
-    [entry] = AuditEntry.objects.all()
-    assert (entry.action, entry.member_ids, entry.user.username, entry.channel) == (
-        AuditEntry.Action.VIEW_CONTACT_DETAILS, [zhang["member"]], "staff-admin", "api"
+    contact, names = AuditEntry.objects.filter(action=AuditEntry.Action.VIEW_CONTACT_DETAILS).order_by("id")
+    assert (contact.member_ids, contact.user.username, contact.channel, contact.personal_fields) == (
+        [zhang["member"]], "staff-admin", "api", ["identifiers.phone", "phone"]
     )  # fmt: skip
-    assert entry.detail == (
-        f"/api/v1/segments/{segment.key}/members/?fields=phone,identifiers.phone,name (withheld no_consent=0)"
+    assert contact.detail == (
+        f"/api/v1/segments/{segment.key}/members/?fields=phone,identifiers.phone,traits.city (withheld no_consent=0)"
     )
+    assert (names.member_ids, names.personal_fields) == ([zhang["member"], no_phone], ["traits.name"])
 
 
 def test_traits_phone_and_email_are_contact_details_too_and_a_number_is_masked_like_text():
