@@ -255,3 +255,19 @@ def test_a_malformed_timeline_position_shows_the_newest_events(zhang, before):
     client = console_client(Role.CRM_AGENT)
     response = client.get(f"/console/members/{zhang['member']}/", {"before": before})
     assert response.status_code == 200
+
+
+def test_an_object_trait_reads_as_json_not_as_python(zhang):
+    store = SourceFactory(pos=True, store_code="SH02", name="Shanghai Huaihai Rd")
+    EventFactory(source=store, type="identify", user_id="", anonymous_id="", traits={
+        "phone": "13800138000", "consent": {"marketing_sms": True, "analytics": {"state": "denied"}},
+    })  # fmt: skip
+    events_process_pending()
+
+    page = console_client(Role.CRM_MANAGER).get(f"/console/members/{zhang['member']}/").content.decode()
+
+    assert (
+        "{&quot;analytics&quot;: {&quot;state&quot;: &quot;denied&quot;}, &quot;marketing_sms&quot;: true}"
+        in page
+    )
+    assert "&#x27;marketing_sms&#x27;: True" not in page
