@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from cdp.db import binary_parameters_cursor
 from cdp.models import AuditEntry
-from cdp.services import audit_record
+from cdp.services import ERASURE_SETTING, audit_record
 from events.models import Event
 from members.consent.models import ConsentStatement
 from members.consent.selectors import consent_facts
@@ -156,11 +156,11 @@ def forget(member_ids: Iterable[int]) -> int:
     if not ids:
         return 0
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('consent.forget', 'on', true)")
+        cursor.execute("SELECT set_config(%s, 'on', true)", [ERASURE_SETTING])
         cursor.execute(
             f"DELETE FROM {_TABLE} WHERE member_id = ANY(%s) OR subject_id = ANY(%s)",  # noqa: S608
             [ids, ids],
         )
         deleted = cursor.rowcount
-        cursor.execute("SELECT set_config('consent.forget', 'off', true)")
+        cursor.execute("SELECT set_config(%s, 'off', true)", [ERASURE_SETTING])
     return deleted
