@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "members.segments",  # likewise (label "segments")
     "members.consent",  # likewise (label "consent")
     "members.privacy",  # likewise (label "privacy")
+    "members.insights",  # likewise (label "insights")
 ]
 
 MIDDLEWARE = [
