@@ -4,7 +4,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import connection, transaction
 
 from cdp.db import binary_parameters_cursor
@@ -273,7 +273,7 @@ class SplitRefused(ValueError):
 
 
 def member_split(
-    *, member_id: int, identifiers: Sequence[str], reason: str, staff: AbstractBaseUser | None = None
+    *, member_id: int, identifiers: Sequence[str], reason: str, staff: User | None = None
 ) -> SplitRecord:
     """Split a wrong merge: ``identifiers`` (``"type:value"``) belong to another person.
 

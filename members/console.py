@@ -104,12 +104,12 @@ def member(request: HttpRequest, member_id: int) -> HttpResponse:
             "timeline": timeline,
             "older": f"{older.timestamp.isoformat()}|{older.id}" if older else "",
             "channel": channel,
-            "channels": [(value, CHANNEL_LABELS[value]) for value in Channel.values],
+            "channels": [(channel.value, CHANNEL_LABELS[channel]) for channel in Channel],
             "chart": spend_chart(
                 {m.month: m.by_channel for m in profile.spend_by_month},
                 last_month=f"{timezone.now():%Y-%m}",  # months in UTC, as spend_by_month counts them
                 count=CHART_MONTHS,
-                channels=tuple((value, CHANNEL_LABELS[value]) for value in Channel.values),
+                channels=tuple((channel.value, CHANNEL_LABELS[channel]) for channel in Channel),
                 currency=profile.aggregate.currency if profile.aggregate else "",
             ),
             "masked": not masking.full,

@@ -45,15 +45,16 @@ UNTAG_MEMBERS = "segments.delete_membertag"
 SHOWN = 20
 
 
-class RuleField(forms.CharField):
-    """A rule typed as JSON; empty is no rule."""
+class RuleField(forms.Field):
+    """A rule typed as JSON; empty is no rule. (A plain field: a CharField promises a string
+    back, and this one gives the parsed rule.)"""
 
     widget = forms.Textarea(
         attrs={"rows": 12, "spellcheck": "false", "style": "width: 100%; font-family: monospace;"}
     )
 
     def to_python(self, value: object) -> object:
-        text = super().to_python(value).strip()
+        text = "" if value in self.empty_values else str(value).strip()
         if not text:
             return None
         try:
@@ -79,7 +80,7 @@ class DefinitionForm(forms.Form):
     description = forms.CharField(max_length=500, required=False)
     rule = RuleField(required=False, help_text="The condition as JSON (docs/rules.md).")
 
-    def __init__(self, *args: object, editing: bool = False, **kwargs: object) -> None:
+    def __init__(self, *args: Any, editing: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.rule_errors: list[tuple[str, str]] = []
         if editing:
@@ -399,7 +400,7 @@ def member_tag_add_view(request: HttpRequest, member_id: int) -> HttpResponse:
         messages.error(request, "Choose a tag to add.")
         return redirect("console:member", member_id=member_id)
     try:
-        outcome = member_tag_add(member_id=member_id, tag=tag, by=request.user)
+        outcome = member_tag_add(member_id=member_id, tag=tag, by=request_staff(request))
     except DefinitionRefused as error:
         if error.status == 404:
             raise Http404(error.message) from error
@@ -418,7 +419,7 @@ def member_tag_remove_view(request: HttpRequest, member_id: int, key: str) -> Ht
     _member_in_scope(request, member_id)
     tag = _tag(key)
     try:
-        outcome = member_tag_remove(member_id=member_id, tag=tag, by=request.user)
+        outcome = member_tag_remove(member_id=member_id, tag=tag, by=request_staff(request))
     except DefinitionRefused as error:
         if error.status == 404:
             raise Http404(error.message) from error

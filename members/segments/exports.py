@@ -229,7 +229,7 @@ def segment_rows(
         "t.traits",
     ]
     joins = [_PAGE, _TRAITS]
-    params = [list(purposes), at or timezone.now(), segment.pk, after, size, trait_keys]
+    params: list[Any] = [list(purposes), at or timezone.now(), segment.pk, after, size, trait_keys]
     figures = [f.key for f in fields if f.source == "figure"]
     if figures:
         columns += [f"a.{_FIGURES[name][0]}" for name in figures]

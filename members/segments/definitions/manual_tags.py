@@ -5,7 +5,7 @@ records nothing."""
 
 from dataclasses import dataclass
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from members.locks import member_refresh_locks
@@ -23,7 +23,7 @@ class ManualTagOutcome:
 
 
 @transaction.atomic
-def member_tag_add(*, member_id: int, tag: Tag, by: AbstractBaseUser) -> ManualTagOutcome:
+def member_tag_add(*, member_id: int, tag: Tag, by: User) -> ManualTagOutcome:
     """Put a manual tag on a member, recorded with who did it. Idempotent: a member who has
     it already keeps it, and nothing is recorded."""
     member = _member_locked(member_id)
@@ -36,7 +36,7 @@ def member_tag_add(*, member_id: int, tag: Tag, by: AbstractBaseUser) -> ManualT
 
 
 @transaction.atomic
-def member_tag_remove(*, member_id: int, tag: Tag, by: AbstractBaseUser) -> ManualTagOutcome:
+def member_tag_remove(*, member_id: int, tag: Tag, by: User) -> ManualTagOutcome:
     """Take a manual tag off a member, recorded with who did it. Idempotent: removing a tag
     the member does not have records nothing."""
     member = _member_locked(member_id)

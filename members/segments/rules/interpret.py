@@ -64,16 +64,16 @@ class MemberFacts:
 
 def _compare(left: Any, op: str, right: Any) -> bool:
     if op == "eq":
-        return left == right
+        return bool(left == right)
     if op == "ne":
-        return left != right
+        return bool(left != right)
     if op == "gt":
-        return left > right
+        return bool(left > right)
     if op == "gte":
-        return left >= right
+        return bool(left >= right)
     if op == "lt":
-        return left < right
-    return left <= right
+        return bool(left < right)
+    return bool(left <= right)
 
 
 def _trait_matches(condition: Trait, facts: MemberFacts, now: datetime) -> bool:
@@ -121,15 +121,15 @@ def _aggregate_matches(condition: Aggregate, facts: MemberFacts, now: datetime) 
     value, op, expected = aggregate_value(facts, condition.name), condition.op, condition.value
     if condition.name == "stores_visited":
         if op == "contains":
-            return expected in value
-        return len(value) >= expected if op == "count_gte" else len(value) <= expected
+            return bool(expected in value)
+        return bool(len(value) >= expected if op == "count_gte" else len(value) <= expected)
     if value is None:
         return False
     if condition.name in TIME_AGGREGATES:
         if op == "before":
-            return value < expected
+            return bool(value < expected)
         if op == "after":
-            return value > expected
+            return bool(value > expected)
         return _in_days(value, op, expected, now)
     return _compare(Decimal(value), op, expected)
 
@@ -188,7 +188,7 @@ def rule_matches(condition: Condition, facts: MemberFacts, *, now: datetime) -> 
             start = _ago(now, days)
             return _count(facts, event, start, None) > 0 and _count(facts, event, None, start) == 0
         case Stopped(event, days, before):
-            start = _ago(now, days)
+            start = now - timedelta(days=days)
             return (
                 _count(facts, event, start, None) == 0
                 and _count(facts, event, _ago(start, before), start) > 0

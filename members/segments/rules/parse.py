@@ -42,6 +42,11 @@ from members.segments.rules.syntax import (
 )
 from members.segments.rules.values import Scalar, value_number, value_time
 
+#: A rule's JSON object, as ``json.loads`` gives it.
+JsonObject = dict[str, Any]
+#: What a behaviour condition's common part parses to: its event filter and its day windows.
+_Behaviour = tuple["EventFilter | None", dict[str, int | None]]
+
 _KEY = re.compile(r"[-a-zA-Z0-9_]{1,64}")
 _IDENTIFIER_TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _PURPOSE = _IDENTIFIER_TYPE  # consent purposes are named alike (members.consent.apps checks the settings)
@@ -121,7 +126,9 @@ class _Parser:
             return None
         return value
 
-    def keys(self, data: dict, path: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> bool:
+    def keys(
+        self, data: JsonObject, path: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()
+    ) -> bool:
         ok = True
         for name in data:
             if name not in allowed:
@@ -150,7 +157,7 @@ class _Parser:
             return None
         return _CONDITION_PARSERS[kinds[0]](self, data, path)
 
-    def _group(self, data: dict, path: str, kind: str) -> tuple | None:
+    def _group(self, data: JsonObject, path: str, kind: str) -> tuple[Condition, ...] | None:
         self.keys(data, path, (kind,))
         items = data[kind]
         here = rule_path(path, kind)
@@ -158,22 +165,23 @@ class _Parser:
             self.fail(here, f"expected a non-empty list of conditions, got {_kind(items)}")
             return None
         parsed = [self.condition(item, f"{here}[{index}]") for index, item in enumerate(items)]
-        return tuple(parsed) if all(p is not None for p in parsed) else None
+        conditions = tuple(p for p in parsed if p is not None)
+        return conditions if len(conditions) == len(parsed) else None
 
-    def parse_all(self, data: dict, path: str) -> Condition | None:
+    def parse_all(self, data: JsonObject, path: str) -> Condition | None:
         items = self._group(data, path, "all")
         return All(items) if items else None
 
-    def parse_any(self, data: dict, path: str) -> Condition | None:
+    def parse_any(self, data: JsonObject, path: str) -> Condition | None:
         items = self._group(data, path, "any")
         return Any_(items) if items else None
 
-    def parse_not(self, data: dict, path: str) -> Condition | None:
+    def parse_not(self, data: JsonObject, path: str) -> Condition | None:
         self.keys(data, path, ("not",))
         item = self.condition(data["not"], rule_path(path, "not"))
         return Not(item) if item is not None else None
 
-    def parse_trait(self, data: dict, path: str) -> Condition | None:
+    def parse_trait(self, data: JsonObject, path: str) -> Condition | None:
         op = data.get("op")
         no_value = op in ("exists", "not_exists")
         allowed = ("trait", "op") if no_value else ("trait", "op", "value")
@@ -227,7 +235,7 @@ class _Parser:
                 return None
         return Trait(key, op, value) if key else None
 
-    def parse_has_identifier(self, data: dict, path: str) -> Condition | None:
+    def parse_has_identifier(self, data: JsonObject, path: str) -> Condition | None:
         self.keys(data, path, ("has_identifier",))
         kind = data["has_identifier"]
         if not isinstance(kind, str) or not _IDENTIFIER_TYPE.fullmatch(kind):
@@ -237,7 +245,7 @@ class _Parser:
             return None
         return HasIdentifier(kind)
 
-    def parse_aggregate(self, data: dict, path: str) -> Condition | None:
+    def parse_aggregate(self, data: JsonObject, path: str) -> Condition | None:
         self.keys(data, path, ("aggregate", "op", "value"), ("aggregate", "op", "value"))
         name, op, raw = data.get("aggregate"), data.get("op"), data.get("value")
         if name not in AGGREGATES:
@@ -246,7 +254,7 @@ class _Parser:
             )
             return None
         ops = COMPARISONS if name in NUMBER_AGGREGATES else TIME_OPS if name in TIME_AGGREGATES else STORE_OPS
-        if op not in ops:
+        if not isinstance(op, str) or op not in ops:
             self.fail(rule_path(path, "op"), f"unknown operator {op!r} for {name}; one of {_one_of(ops)}")
             return None
         if "value" not in data:
@@ -266,7 +274,7 @@ class _Parser:
             value = self.count(raw, here)
         return None if value is None else Aggregate(name, op, value)
 
-    def event_filter(self, data: dict, path: str) -> EventFilter | None:
+    def event_filter(self, data: JsonObject, path: str) -> EventFilter | None:
         name = data.get("event")
         ok = True
         if not isinstance(name, str) or not name or "\x00" in name:
@@ -306,18 +314,20 @@ class _Parser:
                 ok = False
                 continue
             where.append((key, value))
-        return EventFilter(name, tuple(where)) if ok else None
+        return EventFilter(name, tuple(where)) if ok and isinstance(name, str) else None
 
-    def _behaviour(self, data: dict, path: str, allowed: tuple[str, ...], required: tuple[str, ...]) -> tuple:
+    def _behaviour(
+        self, data: JsonObject, path: str, allowed: tuple[str, ...], required: tuple[str, ...]
+    ) -> _Behaviour:
         self.keys(data, path, allowed, required)
         event = self.event_filter(data, path)
-        days = {}
+        days: dict[str, int | None] = {}
         for name in ("in_last_days", "before_days"):
             if name in data and name in allowed:
                 days[name] = self.days(data[name], rule_path(path, name), minimum=1)
         return event, days
 
-    def parse_event(self, data: dict, path: str) -> Condition | None:
+    def parse_event(self, data: JsonObject, path: str) -> Condition | None:
         event, days = self._behaviour(data, path, ("event", "where", "in_last_days", "at_least", "at_most"),
                                       ("event",))  # fmt: skip
         at_least = self.count(data["at_least"], rule_path(path, "at_least")) if "at_least" in data else None
@@ -330,7 +340,7 @@ class _Parser:
             return None
         return Did(event, days.get("in_last_days"), at_least, at_most)
 
-    def _nested(self, data: dict, path: str, kind: str, required: tuple[str, ...]) -> tuple:
+    def _nested(self, data: JsonObject, path: str, kind: str, required: tuple[str, ...]) -> _Behaviour:
         self.keys(data, path, (kind,))
         inner = data[kind]
         here = rule_path(path, kind)
@@ -342,25 +352,27 @@ class _Parser:
             "event", "where", "in_last_days")  # fmt: skip
         return self._behaviour(inner, here, allowed, required)
 
-    def parse_did_not(self, data: dict, path: str) -> Condition | None:
+    def parse_did_not(self, data: JsonObject, path: str) -> Condition | None:
         event, days = self._nested(data, path, "did_not", ("event",))
         if event is None or None in days.values():
             return None
         return DidNot(event, days.get("in_last_days"))
 
-    def parse_first_time(self, data: dict, path: str) -> Condition | None:
+    def parse_first_time(self, data: JsonObject, path: str) -> Condition | None:
         event, days = self._nested(data, path, "first_time", ("event", "in_last_days"))
-        if event is None or days.get("in_last_days") is None:
+        in_last_days = days.get("in_last_days")
+        if event is None or in_last_days is None:
             return None
-        return FirstTime(event, days["in_last_days"])
+        return FirstTime(event, in_last_days)
 
-    def parse_stopped(self, data: dict, path: str) -> Condition | None:
+    def parse_stopped(self, data: JsonObject, path: str) -> Condition | None:
         event, days = self._nested(data, path, "stopped", ("event", "in_last_days", "before_days"))
-        if event is None or days.get("in_last_days") is None or days.get("before_days") is None:
+        in_last_days, before_days = days.get("in_last_days"), days.get("before_days")
+        if event is None or in_last_days is None or before_days is None:
             return None
-        return Stopped(event, days["in_last_days"], days["before_days"])
+        return Stopped(event, in_last_days, before_days)
 
-    def parse_points(self, data: dict, path: str) -> Condition | None:
+    def parse_points(self, data: JsonObject, path: str) -> Condition | None:
         self.keys(data, path, ("points",))
         inner, here = data["points"], rule_path(path, "points")
         if not isinstance(inner, dict):
@@ -376,7 +388,7 @@ class _Parser:
             raw = None
         return Points(op, raw) if op is not None and raw is not None else None
 
-    def parse_tier(self, data: dict, path: str) -> Condition | None:
+    def parse_tier(self, data: JsonObject, path: str) -> Condition | None:
         self.keys(data, path, ("tier",))
         inner, here = data["tier"], rule_path(path, "tier")
         if not isinstance(inner, dict) or len(inner) != 1 or next(iter(inner)) not in ("in", "eq"):
@@ -396,17 +408,17 @@ class _Parser:
                 tiers.append(tier)
         return TierIn(tuple(tiers)) if len(tiers) == len(values) else None
 
-    def parse_tag(self, data: dict, path: str) -> Condition | None:
+    def parse_tag(self, data: JsonObject, path: str) -> Condition | None:
         self.keys(data, path, ("tag",))
         key = self.key(data["tag"], rule_path(path, "tag"), "tag")
         return HasTag(key) if key else None
 
-    def parse_segment(self, data: dict, path: str) -> Condition | None:
+    def parse_segment(self, data: JsonObject, path: str) -> Condition | None:
         self.keys(data, path, ("segment",))
         key = self.key(data["segment"], rule_path(path, "segment"), "segment")
         return InSegment(key) if key else None
 
-    def parse_consent(self, data: dict, path: str) -> Condition | None:
+    def parse_consent(self, data: JsonObject, path: str) -> Condition | None:
         self.keys(data, path, ("consent",))
         purpose = data["consent"]
         if not isinstance(purpose, str) or not _PURPOSE.fullmatch(purpose):
@@ -417,7 +429,7 @@ class _Parser:
 
 
 #: The parser of each kind of condition (``syntax.KINDS``).
-_CONDITION_PARSERS: dict[str, Callable[[_Parser, dict, str], Condition | None]] = {
+_CONDITION_PARSERS: dict[str, Callable[[_Parser, JsonObject, str], Condition | None]] = {
     "all": _Parser.parse_all,
     "any": _Parser.parse_any,
     "not": _Parser.parse_not,

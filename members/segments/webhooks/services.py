@@ -4,7 +4,7 @@ log, and the nudge that has a membership change delivered."""
 from collections.abc import Iterable
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -28,7 +28,7 @@ def webhook_create(
     changes: str = SegmentWebhook.Changes.BOTH,
     purpose: str = ALL_MARKETING,
     since: int | None = None,
-    created_by: AbstractBaseUser | None = None,
+    created_by: User | None = None,
 ) -> SegmentWebhook:
     """Subscribe ``url`` to the segment's changes, from after cursor ``since`` (default: the
     segment's latest change, so only what happens from now on), for ``purpose`` (a consent
