@@ -70,6 +70,13 @@ def _beat_schedule() -> dict[str, dict]:
             "schedule": crontab(hour=retention_hour, minute=retention_minute),
             "options": {"expires": 3600},
         },
+        # KPI rollups: the members the refresh recomputed and the days they touched (the board
+        # lags by at most this interval).
+        "insights-refresh": {
+            "task": "members.insights.refresh",
+            "schedule": settings.INSIGHTS_REFRESH_INTERVAL_SECONDS,
+            "options": {"expires": settings.INSIGHTS_REFRESH_INTERVAL_SECONDS},
+        },
         # Segment webhooks: retries whose backoff ended and deliveries whose nudge was lost.
         "webhooks-sweep": {
             "task": "members.segments.webhooks_sweep",
