@@ -118,7 +118,7 @@ def member_days(history: MemberHistory) -> dict[Key, Values]:
     """The member's rows: one per day with activity (or a lifecycle / unification transition)
     on the all-channels key ``(ALL, ALL)``, one per channel ``(channel, ALL)`` and, for stores,
     one per ``(channel, store)``. Rows whose values are all zero are left out."""
-    rows: dict[Key, dict[str, int | Decimal]] = defaultdict(lambda: dict.fromkeys(COLUMNS, 0))
+    rows: dict[Key, dict[str, int | Decimal]] = defaultdict(_zero_row)
     m = history.member_id
     analysed = history.analytics
     orders = [o for o in history.orders if o.net > 0]
@@ -149,6 +149,10 @@ def member_days(history: MemberHistory) -> dict[Key, Values]:
     return {
         key: tuple(values[c] for c in COLUMNS) for key, values in rows.items() if any(values[c] for c in COLUMNS)
     }
+
+
+def _zero_row() -> dict[str, int | Decimal]:
+    return {c: ZERO if c in MONEY_COLUMNS else 0 for c in COLUMNS}
 
 
 def _keys(channel: str, store_code: str) -> list[tuple[str, str]]:
