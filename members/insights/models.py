@@ -78,6 +78,8 @@ class DailyRollup(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["day", "channel", "store_code"], name="insights_daily_unique")
         ]
+        # The one permission of the board and the insights API (roles ``analyst``, ``marketing``).
+        permissions = [("view_insights", "Can view insights: KPIs, funnels, attribution, cohorts")]
 
 
 class PointsRollup(models.Model):

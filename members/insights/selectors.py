@@ -133,6 +133,13 @@ def kpi_tiles(*, end: date, period: kpis.Period) -> list[Tile]:
     return tiles
 
 
+def kpi_total(*, kpi: kpis.Kpi, start: date, end: date) -> Decimal | None:
+    """The KPI over [start, end] as one period."""
+    rows = _rows(kpi.source, "", None, end)
+    flows = kpis.columns_sum(c for d, _, c in rows if start <= d <= end)
+    return kpis.kpi_value(kpi, flows, kpis.columns_sum(c for _, _, c in rows))
+
+
 def sales_by_channel(*, start: date, end: date, interval: kpis.Period) -> dict[str, list[Point]]:
     """Net sales per channel and bucket: the board's chart."""
     series: dict[str, list[Point]] = defaultdict(list)
@@ -154,3 +161,14 @@ def data_range() -> tuple[date, date] | None:
 def default_range(today: date) -> tuple[date, date]:
     """The last 90 days to today."""
     return today - timedelta(days=89), today
+
+
+def coupon_cells(*, start: date, end: date) -> dict[tuple[str, str], int]:
+    """Coupons redeemed in [start, end] per (issuing channel, redeeming channel)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT issuing_channel, redeeming_channel, sum(redeemed) FROM {CouponRollup._meta.db_table} "  # noqa: S608
+            "WHERE day BETWEEN %s AND %s AND redeeming_channel <> '*' GROUP BY 1, 2",
+            [start, end],
+        )
+        return {(i, r): int(n) for i, r, n in cursor.fetchall()}
