@@ -78,7 +78,17 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
     # Counts and sums of every store, never a person: the board and the insights API only.
     Role.ANALYST: ("insights.view_insights",),
 }
-PLATFORM_APPS = ("cdp", "events", "identity", "members", "loyalty", "segments", "consent", "privacy", "insights")
+PLATFORM_APPS = (
+    "cdp",
+    "events",
+    "identity",
+    "members",
+    "loyalty",
+    "segments",
+    "consent",
+    "privacy",
+    "insights",
+)
 
 
 def user_roles(user: User | AnonymousUser | None) -> frozenset[str]:

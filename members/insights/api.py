@@ -36,7 +36,9 @@ def _date(request: Request, name: str, default: date) -> date:
     try:
         return date.fromisoformat(raw)
     except ValueError:
-        raise ApiError(code="invalid", message=f"Bad {name}.", errors=[FieldError(name, "a date, YYYY-MM-DD")]) from None
+        raise ApiError(
+            code="invalid", message=f"Bad {name}.", errors=[FieldError(name, "a date, YYYY-MM-DD")]
+        ) from None
 
 
 def _choice(request: Request, name: str, choices: tuple[str, ...], default: str) -> str:
@@ -55,12 +57,16 @@ def _decimal(value: Any) -> str | None:
 
 class _CsvOrJson(APIView):
     permission_classes = (permissions_required(VIEW_INSIGHTS), Unscoped)
-    renderer_classes = (JSONRenderer, CsvRenderer)
+    renderer_classes: tuple[type[BaseRenderer], ...] = (JSONRenderer, CsvRenderer)
 
     def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[BaseRenderer, str]:
         wanted = request.query_params.get("format")
         if wanted and not force and wanted not in {"json", "csv"}:
-            raise ApiError(code="invalid", message=f"Bad format {wanted!r}.", errors=[FieldError("format", "json or csv")])
+            raise ApiError(
+                code="invalid",
+                message=f"Bad format {wanted!r}.",
+                errors=[FieldError("format", "json or csv")],
+            )
         return super().perform_content_negotiation(request, force)
 
     def finalize_response(self, request: Request, response: Any, *args: object, **kwargs: object) -> Any:
@@ -80,7 +86,7 @@ class _CsvOrJson(APIView):
 
 class KpiOutput(serializers.Serializer):
     key = serializers.CharField()
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # a field named as Field.label
     kind = serializers.CharField()
     percent = serializers.BooleanField()
     money = serializers.BooleanField()
@@ -107,7 +113,9 @@ class KpiListView(_CsvOrJson):
 class SeriesPoint(serializers.Serializer):
     start = serializers.DateField()
     end = serializers.DateField()
-    key = serializers.CharField(help_text="The breakdown's value: a channel, a store code; empty without one.")
+    key = serializers.CharField(
+        help_text="The breakdown's value: a channel, a store code; empty without one."
+    )
     value = serializers.CharField(allow_null=True, help_text="A decimal; null when its denominator is zero.")
 
 
@@ -142,11 +150,21 @@ class KpiSeriesView(_CsvOrJson):
             raise ApiError(code="not_found", message=f"No KPI {key!r}.", status_code=404)
         start_default, end_default = default_range(timezone.localdate())
         end = _date(request, "end", end_default)
-        start = _date(request, "start", start_default if "end" not in request.query_params else end.replace(day=1))
+        start = _date(
+            request, "start", start_default if "end" not in request.query_params else end.replace(day=1)
+        )
         if start > end:
-            raise ApiError(code="invalid", message="start is after end.", errors=[FieldError("start", "on or before end")])
+            raise ApiError(
+                code="invalid",
+                message="start is after end.",
+                errors=[FieldError("start", "on or before end")],
+            )
         if (end - start).days >= MAX_RANGE_DAYS:
-            raise ApiError(code="invalid", message="Range too long.", errors=[FieldError("start", f"at most {MAX_RANGE_DAYS} days before end")])
+            raise ApiError(
+                code="invalid",
+                message="Range too long.",
+                errors=[FieldError("start", f"at most {MAX_RANGE_DAYS} days before end")],
+            )
         interval = kpis.Period(_choice(request, "interval", tuple(p.value for p in kpis.Period), "day"))
         allowed = BREAKDOWNS[kpi.source] if (kpi.breakdown or kpi.source != "daily") else ("",)
         breakdown = _choice(request, "breakdown", allowed, "")
@@ -194,7 +212,9 @@ class KpiSummaryView(_CsvOrJson):
         end = _date(request, "end", timezone.localdate())
         period = kpis.Period(_choice(request, "period", tuple(p.value for p in kpis.Period), "week"))
         tiles = kpi_tiles(end=end, period=period)
-        current, previous = (tiles[0].period, tiles[0].previous_period) if tiles else kpis.period_compare(end, period)
+        current, previous = (
+            (tiles[0].period, tiles[0].previous_period) if tiles else kpis.period_compare(end, period)
+        )
         if request.accepted_renderer.format == "csv":
             return self.csv("kpis", ["kpi", "value", "previous", "change", "target"],
                             [[t.kpi.key, _decimal(t.value) or "", _decimal(t.previous) or "", _decimal(t.change) or "",

@@ -60,7 +60,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     buckets = kpis.buckets(start, end, interval)
     labels = [_label(first, interval) for first, _ in buckets]
     channels = [c for c in CHANNEL_LABELS if c in sales] + sorted(set(sales) - set(CHANNEL_LABELS))
-    chart_sales = {
+    chart_sales: dict[str, Any] = {
         "labels": labels,
         "datasets": [
             {"key": c, "label": CHANNEL_LABELS.get(c, c), "data": [_number(p.value) for p in sales[c]]}

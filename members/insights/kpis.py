@@ -147,7 +147,9 @@ def member_days(history: MemberHistory) -> dict[Key, Values]:
     if analysed:
         _member_level(history, orders, purchase_days, omni_since, rows)
     return {
-        key: tuple(values[c] for c in COLUMNS) for key, values in rows.items() if any(values[c] for c in COLUMNS)
+        key: tuple(values[c] for c in COLUMNS)
+        for key, values in rows.items()
+        if any(values[c] for c in COLUMNS)
     }
 
 

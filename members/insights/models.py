@@ -10,13 +10,13 @@ from django.db import models
 
 from members.insights.kpis import COLUMNS, MONEY_COLUMNS
 
-#: Money figures: as members' (18 digits before the point).
-_MONEY = {"max_digits": 20, "decimal_places": 2, "default": 0}
-
 
 def _figures() -> dict[str, models.Field]:
     return {
-        column: models.DecimalField(**_MONEY) if column in MONEY_COLUMNS else models.BigIntegerField(default=0)
+        # Money as members' figures: 18 digits before the point.
+        column: models.DecimalField(max_digits=20, decimal_places=2, default=0)
+        if column in MONEY_COLUMNS
+        else models.BigIntegerField(default=0)
         for column in COLUMNS
     }
 
@@ -31,6 +31,9 @@ class DirtyMember(models.Model):
     class Meta:
         indexes = [models.Index(fields=["member_id"], name="insights_dirty_member")]
 
+    def __str__(self) -> str:
+        return f"member {self.member_id} to roll up"
+
 
 class DirtyDay(models.Model):
     """Days whose rollups must be computed again (a member's rows changed on them, or
@@ -38,12 +41,18 @@ class DirtyDay(models.Model):
 
     day = models.DateField(primary_key=True)
 
+    def __str__(self) -> str:
+        return f"day {self.day} to roll up"
+
 
 class RollupWatermark(models.Model):
     """How far an append-only table has been rolled up (the points ledger: its highest id)."""
 
     name = models.CharField(max_length=32, primary_key=True)
     value = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.name} rolled up to {self.value}"
 
 
 class MemberDay(models.Model):
@@ -65,6 +74,9 @@ class MemberDay(models.Model):
         ]
         indexes = [models.Index(fields=["day"], name="insights_member_day_by_day")]
 
+    def __str__(self) -> str:
+        return f"member {self.member_id} on {self.day} ({self.channel}/{self.store_code})"
+
 
 class DailyRollup(models.Model):
     """The KPI columns of one day, per channel and store (``'*'``: all of them)."""
@@ -81,6 +93,9 @@ class DailyRollup(models.Model):
         # The one permission of the board and the insights API (roles ``analyst``, ``marketing``).
         permissions = [("view_insights", "Can view insights: KPIs, funnels, attribution, cohorts")]
 
+    def __str__(self) -> str:
+        return f"{self.day} ({self.channel}/{self.store_code})"
+
 
 class PointsRollup(models.Model):
     """Points moved on one day, per channel of the ledger row (``'*'``: all)."""
@@ -94,6 +109,9 @@ class PointsRollup(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["day", "channel"], name="insights_points_unique")]
+
+    def __str__(self) -> str:
+        return f"points on {self.day} ({self.channel})"
 
 
 class CouponRollup(models.Model):
@@ -112,3 +130,6 @@ class CouponRollup(models.Model):
                 fields=["day", "issuing_channel", "redeeming_channel"], name="insights_coupons_unique"
             )
         ]
+
+    def __str__(self) -> str:
+        return f"coupons on {self.day} ({self.issuing_channel} -> {self.redeeming_channel})"

@@ -6,6 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.db import connection
 
@@ -47,7 +48,7 @@ def _rows(source: str, breakdown: str, start: date | None, end: date) -> list[tu
     columns = _COLUMNS[source]
     select = ", ".join(f"sum({c})" for c in columns)
     where = ["day <= %s"]
-    params: list[object] = [end]
+    params: list[Any] = [end]
     if start is not None:
         where.append("day >= %s")
         params.append(start)
@@ -61,7 +62,9 @@ def _rows(source: str, breakdown: str, start: date | None, end: date) -> list[tu
             key, where = "''", [*where, "channel = '*'", "store_code = '*'"]
     elif source == "points":
         table = PointsRollup._meta.db_table
-        key, where = ("channel", [*where, "channel <> '*'"]) if breakdown else ("''", [*where, "channel = '*'"])
+        key, where = (
+            ("channel", [*where, "channel <> '*'"]) if breakdown else ("''", [*where, "channel = '*'"])
+        )
     else:
         table = CouponRollup._meta.db_table
         if breakdown == Breakdown.REDEEMING_CHANNEL:
@@ -78,7 +81,9 @@ def _rows(source: str, breakdown: str, start: date | None, end: date) -> list[tu
         return [(row[0], row[1], dict(zip(columns, row[2:], strict=True))) for row in cursor.fetchall()]
 
 
-def kpi_series(*, kpi: kpis.Kpi, start: date, end: date, interval: kpis.Period, breakdown: str = "") -> list[Point]:
+def kpi_series(
+    *, kpi: kpis.Kpi, start: date, end: date, interval: kpis.Period, breakdown: str = ""
+) -> list[Point]:
     """The KPI per ``interval`` bucket of [start, end], per breakdown value. Stocks are read as
     of each bucket's last day (their running totals start at the first day held)."""
     stock = kpi.kind in (kpis.Kind.STOCK, kpis.Kind.STOCK_RATIO)
@@ -148,14 +153,6 @@ def sales_by_channel(*, start: date, end: date, interval: kpis.Period) -> dict[s
     ):
         series[point.key].append(point)
     return dict(series)
-
-
-def data_range() -> tuple[date, date] | None:
-    """The first and last day the daily rollup holds (None: nothing rolled up yet)."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT min(day), max(day) FROM {DailyRollup._meta.db_table} WHERE day <= current_date")  # noqa: S608
-        first, last = cursor.fetchone()
-    return (first, last) if first else None
 
 
 def default_range(today: date) -> tuple[date, date]:

@@ -65,7 +65,9 @@ def members_changed(member_ids: Iterable[int]) -> None:
     ids = sorted(set(member_ids))
     if ids:
         with binary_parameters_cursor() as cursor:
-            cursor.execute(f"INSERT INTO {DirtyMember._meta.db_table} (member_id) SELECT unnest(%b::bigint[])", [ids])
+            cursor.execute(
+                f"INSERT INTO {DirtyMember._meta.db_table} (member_id) SELECT unnest(%b::bigint[])", [ids]
+            )
 
 
 def insights_refresh(*, time_budget: float = 60.0) -> dict[str, int]:
@@ -94,25 +96,24 @@ def compute_from(*, since: date | None) -> dict[str, int]:
     """Everything again (``manage.py compute_insights``): every member's rows are recomputed
     (rows that did not change are not rewritten), and every day from ``since`` (or every day
     held) is rolled up again whether or not it changed."""
-    with transaction.atomic():
-        with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {DirtyMember._meta.db_table} (member_id) SELECT id FROM {Member._meta.db_table} "  # noqa: S608
+            "WHERE status IN ('active', 'erased') UNION SELECT DISTINCT member_id FROM "
+            f"{MemberDay._meta.db_table}"
+        )
+        if since is None:
+            cursor.execute(f"SELECT min(day) FROM {MemberDay._meta.db_table}")  # noqa: S608
+            since = cursor.fetchone()[0]
+            cursor.execute(f"UPDATE {RollupWatermark._meta.db_table} SET value = 0")  # noqa: S608
+            cursor.execute(f"DELETE FROM {DailyRollup._meta.db_table}")  # noqa: S608
+        if since is not None:
             cursor.execute(
-                f"INSERT INTO {DirtyMember._meta.db_table} (member_id) SELECT id FROM {Member._meta.db_table} "  # noqa: S608
-                "WHERE status IN ('active', 'erased') UNION SELECT DISTINCT member_id FROM "
-                f"{MemberDay._meta.db_table}"
+                f"INSERT INTO {DirtyDay._meta.db_table} (day) SELECT d::date FROM generate_series("  # noqa: S608
+                f"%s::date, (SELECT max(day) FROM {MemberDay._meta.db_table}), interval '1 day') AS d "
+                "ON CONFLICT DO NOTHING",
+                [since],
             )
-            if since is None:
-                cursor.execute(f"SELECT min(day) FROM {MemberDay._meta.db_table}")  # noqa: S608
-                since = cursor.fetchone()[0]
-                cursor.execute(f"UPDATE {RollupWatermark._meta.db_table} SET value = 0")  # noqa: S608
-                cursor.execute(f"DELETE FROM {DailyRollup._meta.db_table}")  # noqa: S608
-            if since is not None:
-                cursor.execute(
-                    f"INSERT INTO {DirtyDay._meta.db_table} (day) SELECT d::date FROM generate_series("  # noqa: S608
-                    f"%s::date, (SELECT max(day) FROM {MemberDay._meta.db_table}), interval '1 day') AS d "
-                    "ON CONFLICT DO NOTHING",
-                    [since],
-                )
     return insights_refresh(time_budget=float("inf"))
 
 
@@ -138,7 +139,8 @@ def member_histories(member_ids: list[int]) -> list[kpis.MemberHistory]:
     tz = settings.TIME_ZONE
     with binary_parameters_cursor() as cursor:
         cursor.execute(
-            f"SELECT id FROM {Member._meta.db_table} WHERE id = ANY(%b::bigint[]) AND status IN ('active', 'erased')",
+            f"SELECT id FROM {Member._meta.db_table} WHERE id = ANY(%b::bigint[]) "  # noqa: S608
+            "AND status IN ('active', 'erased')",
             [member_ids],
         )
         counted = sorted(row[0] for row in cursor.fetchall())
@@ -174,7 +176,8 @@ def member_histories(member_ids: list[int]) -> list[kpis.MemberHistory]:
         )
         refused = {row[0] for row in cursor.fetchall()}
     return [
-        kpis.MemberHistory(m, m in identified, m not in refused, tuple(events[m]), tuple(orders[m])) for m in counted
+        kpis.MemberHistory(m, m in identified, m not in refused, tuple(events[m]), tuple(orders[m]))
+        for m in counted
     ]
 
 
@@ -192,7 +195,7 @@ def member_days_refresh(member_ids: list[int]) -> set[date]:
             [member_ids],
         )
         for row in cursor.fetchall():
-            before[row[0]][tuple(row[:4])] = tuple(_normal(v) for v in row[4:])  # type: ignore[index]
+            before[row[0]][tuple(row[:4])] = tuple(_normal(v) for v in row[4:])
     days: set[date] = set()
     changed: list[int] = []
     for m in member_ids:
@@ -211,7 +214,13 @@ def _normal(value: int | Decimal) -> int | Decimal:
 
 def _member_days_write(member_ids: list[int], rows: list[tuple[kpis.Key, kpis.Values]]) -> None:
     table = MemberDay._meta.db_table
-    types = ["bigint", "date", "text", "text", *("numeric" if c in kpis.MONEY_COLUMNS else "bigint" for c in kpis.COLUMNS)]
+    types = [
+        "bigint",
+        "date",
+        "text",
+        "text",
+        *("numeric" if c in kpis.MONEY_COLUMNS else "bigint" for c in kpis.COLUMNS),
+    ]
     with binary_parameters_cursor() as cursor:
         cursor.execute(f"DELETE FROM {table} WHERE member_id = ANY(%b::bigint[])", [member_ids])  # noqa: S608
         if rows:
@@ -228,7 +237,7 @@ def _days_mark(days: set[date]) -> None:
     if days:
         with binary_parameters_cursor() as cursor:
             cursor.execute(
-                f"INSERT INTO {DirtyDay._meta.db_table} (day) SELECT unnest(%b::date[]) ON CONFLICT DO NOTHING",  # noqa: S608
+                f"INSERT INTO {DirtyDay._meta.db_table} (day) SELECT unnest(%b::date[]) ON CONFLICT DO NOTHING",
                 [sorted(days)],
             )
 
@@ -266,8 +275,8 @@ def _points_roll() -> int:
         # The watermark lags by WATERMARK_LAG: a row whose id was taken before a long transaction
         # committed it would otherwise fall behind the mark unseen. Its day is summed again.
         cursor.execute(
-            f"SELECT coalesce(max(id), %s) FROM {ledger} WHERE created_at < now() - %s",  # noqa: S608
-            [mark, WATERMARK_LAG],
+            f"SELECT coalesce(max(id), %s) FROM {ledger} WHERE created_at < now() - make_interval(secs => %s)",  # noqa: S608
+            [mark, WATERMARK_LAG.total_seconds()],
         )
         top = max(mark, cursor.fetchone()[0])
         cursor.execute(f"SELECT DISTINCT (at AT TIME ZONE %s)::date FROM {ledger} WHERE id > %s", [tz, mark])  # noqa: S608

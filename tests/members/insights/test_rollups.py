@@ -8,6 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -21,7 +22,7 @@ from events.pipeline import events_process_pending
 from identity.models import EventResolution, Identifier
 from identity.services import member_split
 from members.insights import kpis
-from members.insights.models import CouponRollup, DailyRollup, DirtyDay, DirtyMember, MemberDay, PointsRollup
+from members.insights.models import DailyRollup, DirtyDay, DirtyMember
 from members.insights.selectors import kpi_series
 from members.insights.services import compute_from, insights_refresh
 from members.models import Member
@@ -63,7 +64,7 @@ class World:
     n: int = 0
 
     def ids(self, step: Step) -> dict:
-        fields = {"anonymous_id": f"a{step.person}-{step.source}", "user_id": ""}
+        fields: dict[str, Any] = {"anonymous_id": f"a{step.person}-{step.source}", "user_id": ""}
         if step.phone:
             fields["context"] = {"traits": {"phone": f"+861380013800{step.person}"}}
         return fields
@@ -120,7 +121,12 @@ def reference(first: date, last: date) -> dict[str, dict[date, Decimal | None]]:
         events[m].append((day, e.channel))
         if e.event == "Order Completed":
             completions[(e.source_id, e.properties["order_id"])] = (
-                m, day, e.channel, e.store_code, Decimal(e.properties["total"]))
+                m,
+                day,
+                e.channel,
+                e.store_code,
+                Decimal(e.properties["total"]),
+            )
         elif e.event == "Order Refunded":
             refunds[(e.source_id, e.properties["order_id"], m)] += Decimal(e.properties["total"])
     orders: dict[int, list[tuple[date, str, str, Decimal]]] = defaultdict(list)
@@ -129,7 +135,9 @@ def reference(first: date, last: date) -> dict[str, dict[date, Decimal | None]]:
         if net > 0:
             orders[m].append((day, channel, store, net))
     orders = dict(orders)  # a plain dict: looking a member up must not add them
-    identified = set(Identifier.objects.filter(type="phone", member_id__in=active).values_list("member_id", flat=True))
+    identified = set(
+        Identifier.objects.filter(type="phone", member_id__in=active).values_list("member_id", flat=True)
+    )
     out: dict[str, dict[date, Decimal | None]] = defaultdict(dict)
 
     def ratio(top: Decimal | int, bottom: Decimal | int) -> Decimal | None:
@@ -164,13 +172,27 @@ def reference(first: date, last: date) -> dict[str, dict[date, Decimal | None]]:
         out["omni_members"][day] = Decimal(sum(1 for m in orders if omni(m, day)))
         window = timedelta(days=kpis.CONVERSION_WINDOW_DAYS)
         online = {m for m in events if any(d == day and c in ONLINE for d, c in events[m])}
-        store = {m for m in events if any(d == day and c == "pos" for d, c in events[m])}
+        in_store = {m for m in events if any(d == day and c == "pos" for d, c in events[m])}
         out["online_to_store"][day] = ratio(
-            sum(1 for m in online if any(o[1] == "pos" and day <= o[0] <= day + window for o in orders.get(m, []))), len(online))
+            sum(
+                1
+                for m in online
+                if any(o[1] == "pos" and day <= o[0] <= day + window for o in orders.get(m, []))
+            ),
+            len(online),
+        )
         out["store_to_online"][day] = ratio(
-            sum(1 for m in store if any(o[1] in ONLINE and day <= o[0] <= day + window for o in orders.get(m, []))), len(store))
+            sum(
+                1
+                for m in in_store
+                if any(o[1] in ONLINE and day <= o[0] <= day + window for o in orders.get(m, []))
+            ),
+            len(in_store),
+        )
         todays_events = [(m, c) for m in events for d, c in events[m] if d == day]
-        out["identified_event_share"][day] = ratio(sum(1 for m, _ in todays_events if m in identified), len(todays_events))
+        out["identified_event_share"][day] = ratio(
+            sum(1 for m, _ in todays_events if m in identified), len(todays_events)
+        )
         known = [m for m in identified if m in events and min(d for d, _ in events[m]) <= day]
         spanning = [m for m in known if len({c for d, c in events[m] if d <= day}) >= 2]
         out["unification_rate"][day] = ratio(len(spanning), len(known))
@@ -179,8 +201,11 @@ def reference(first: date, last: date) -> dict[str, dict[date, Decimal | None]]:
             past = [o[0] for o in orders[m] if o[0] <= day]
             if past:
                 age = (day - max(past)).days
-                key = "active_members" if age < kpis.ACTIVE_DAYS else (
-                    "at_risk_members" if age < kpis.AT_RISK_DAYS else "churned_members")
+                key = (
+                    "active_members"
+                    if age < kpis.ACTIVE_DAYS
+                    else ("at_risk_members" if age < kpis.AT_RISK_DAYS else "churned_members")
+                )
                 states[key] += 1
         for key, count in states.items():
             out[key][day] = Decimal(count)
@@ -212,7 +237,11 @@ def assert_same(reference_values: dict, measured_values: dict) -> None:
 
 
 @pytest.mark.django_db
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data(), generated=steps)
 def test_rollups_equal_the_reference_after_merges_splits_refunds_and_late_uploads(data, generated):
     with transaction.atomic():  # each example starts from, and leaves, empty tables
@@ -233,7 +262,8 @@ def _check(data, generated) -> None:
             _split_one(data)
     first = T0.date()
     last = first + timedelta(days=240 + kpis.AT_RISK_DAYS + kpis.CONVERSION_WINDOW_DAYS)
-    assert not DirtyMember.objects.exists() and not DirtyDay.objects.exists()
+    assert not DirtyMember.objects.exists()
+    assert not DirtyDay.objects.exists()
     assert_same(reference(first, last), measured(first, last))
 
     incremental = rollup_rows()
