@@ -2,7 +2,7 @@
 members merged into one) through the pipeline, the hook, the beat job and the API; a late POS
 upload corrects only its day; consent to analytics; the API's answers, CSV and bad input."""
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.core.management import call_command
