@@ -83,7 +83,9 @@ def insights_refresh(*, time_budget: float = 60.0) -> dict[str, int]:
             members = _claim_members(BATCH_SIZE)
             if members:
                 _days_mark(member_days_refresh(members))
-            more = len(members) == BATCH_SIZE and time.monotonic() - started < time_budget
+            # Rows of one member may be many (one per refresh): a batch can hold fewer members
+            # than its size with more waiting, so only an empty claim says the queue is done.
+            more = bool(members) and time.monotonic() - started < time_budget
             done["members"] += len(members)
             if not more:
                 done["points_days"] = _points_roll()

@@ -80,7 +80,7 @@
   read("trends-data").forEach(function (t) {
     var format = t.percent ? percent : money;
     var datasets = [{ label: t.label, data: t.data, borderColor: "#2f6fed", backgroundColor: "#2f6fed",
-                      spanGaps: true, tension: 0.2 }];
+                      spanGaps: true, tension: 0 }];
     if (t.target !== null) {
       datasets.push({ label: "Target " + format(t.target), data: t.labels.map(function () { return t.target; }),
                       borderColor: "#b54708", borderDash: [6, 4], pointRadius: 0, borderWidth: 2, isTarget: true });
@@ -92,7 +92,7 @@
       data: { labels: t.labels, datasets: datasets },
       options: {
         maintainAspectRatio: false,
-        layout: { padding: { top: 18 } },
+        layout: { padding: { top: 18, right: 18 } },
         plugins: { legend: { position: "bottom" }, valueLabels: { format: format } },
         scales: {
           x: { title: { display: true, text: "period starting" } },
