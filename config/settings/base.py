@@ -262,6 +262,9 @@ MEMBERS_REFRESH_HOOKS: list[str] = env.list(
 )
 # How often beat rolls up the KPIs of the members and days that changed (docs/insights.md).
 INSIGHTS_REFRESH_INTERVAL_SECONDS = env.int("INSIGHTS_REFRESH_INTERVAL_SECONDS", default=300)
+#: When the KPI rollups are computed from scratch each night (hour:minute, TIME_ZONE), after
+#: the segments' nightly recompute (SEGMENTS_NIGHTLY_AT).
+INSIGHTS_NIGHTLY_AT = env("INSIGHTS_NIGHTLY_AT", default="04:45")
 # What ``/health/`` counts as parked (an event or member the pipeline failed on, out of the
 # way until replayed): a name and a dotted path to ``callable() -> int``. While any count is
 # above zero the platform is "degraded": processing goes on, but someone must look.

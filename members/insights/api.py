@@ -148,11 +148,8 @@ class KpiSeriesView(_CsvOrJson):
         kpi = kpis.KPI_BY_KEY.get(key)
         if kpi is None:
             raise ApiError(code="not_found", message=f"No KPI {key!r}.", status_code=404)
-        start_default, end_default = default_range(timezone.localdate())
-        end = _date(request, "end", end_default)
-        start = _date(
-            request, "start", start_default if "end" not in request.query_params else end.replace(day=1)
-        )
+        end = _date(request, "end", timezone.localdate())
+        start = _date(request, "start", default_range(end)[0])
         if start > end:
             raise ApiError(
                 code="invalid",

@@ -155,9 +155,9 @@ def sales_by_channel(*, start: date, end: date, interval: kpis.Period) -> dict[s
     return dict(series)
 
 
-def default_range(today: date) -> tuple[date, date]:
-    """The last 90 days to today."""
-    return today - timedelta(days=89), today
+def default_range(end: date) -> tuple[date, date]:
+    """The 90 days to ``end``."""
+    return end - timedelta(days=89), end
 
 
 def coupon_cells(*, start: date, end: date) -> dict[tuple[str, str], int]:
