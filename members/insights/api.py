@@ -101,10 +101,14 @@ def _kpi_json(kpi: kpis.Kpi) -> dict[str, Any]:
             "target": kpi.target, "breakdowns": breakdowns, "definition": kpi.doc}  # fmt: skip
 
 
+class KpiListOutput(serializers.Serializer):
+    results = KpiOutput(many=True)
+
+
 class KpiListView(_CsvOrJson):
     renderer_classes = (JSONRenderer,)
 
-    @extend_schema(responses=KpiOutput(many=True), tags=["insights"])
+    @extend_schema(responses=KpiListOutput, tags=["insights"])
     def get(self, request: Request) -> Response:
         """Every KPI: its key, label, kind (flow, ratio, stock), target and definition."""
         return Response({"results": [_kpi_json(k) for k in kpis.KPIS]})
