@@ -218,24 +218,16 @@ def _normal(value: int | Decimal) -> int | Decimal:
 
 
 def _member_days_write(member_ids: list[int], rows: list[tuple[kpis.Key, kpis.Values]]) -> None:
+    """Replace these members' rows. Written with COPY: measured at 20,000 members, binding the
+    rows as 28 arrays (numeric ones dumped element by element) cost more than computing them."""
     table = MemberDay._meta.db_table
-    types = [
-        "bigint",
-        "date",
-        "text",
-        "text",
-        *("numeric" if c in kpis.MONEY_COLUMNS else "bigint" for c in kpis.COLUMNS),
-    ]
+    names = ", ".join(["member_id", "day", "channel", "store_code", *kpis.COLUMNS])
     with binary_parameters_cursor() as cursor:
         cursor.execute(f"DELETE FROM {table} WHERE member_id = ANY(%b::bigint[])", [member_ids])  # noqa: S608
         if rows:
-            names = ["member_id", "day", "channel", "store_code", *kpis.COLUMNS]
-            cursor.execute(
-                f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest("  # noqa: S608
-                + ", ".join(f"%b::{t}[]" for t in types)
-                + ")",
-                [list(column) for column in zip(*(key + values for key, values in rows), strict=True)],
-            )
+            with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for key, values in rows:
+                    copy.write_row((*key, *values))
 
 
 def _days_mark(days: set[date]) -> None:
