@@ -131,8 +131,8 @@ POPULATION = [
     (
         "identifiers",
         """INSERT INTO identity_identifier (type, value, member_id, last_seen_at, last_seen_message_id,
-             last_seen_source_id, created_at)
-           SELECT t.type, t.value, g, {t0} + (g % 300) * interval '1 day', 'm' || g || '-0', {web}, now()
+             last_seen_source_id, created_at, alias_class)
+           SELECT t.type, t.value, g, {t0} + (g % 300) * interval '1 day', 'm' || g || '-0', {web}, now(), ''
            FROM generate_series(1, {n}) AS g
            CROSS JOIN LATERAL (VALUES ('phone', '+86138' || lpad(g::text, 8, '0')),
                                       ('email', 'member' || g || '@example.com'),
@@ -151,12 +151,13 @@ POPULATION = [
     (
         "orders",
         """INSERT INTO members_memberorder (member_id, order_id, currency, total, refunded, placed_at, channel,
-             store_code, event_id)
+             store_code, event_id, source_id)
            SELECT g, o.prefix || g, 'CNY', (g % 500) + o.extra, 0,
-                  {t0} + (g % 300) * interval '1 day' + o.k * interval '1 hour', o.channel, o.store, (g - 1) * 10 + o.k + 1
+                  {t0} + (g % 300) * interval '1 day' + o.k * interval '1 hour', o.channel, o.store, (g - 1) * 10 + o.k + 1,
+                  o.source
            FROM generate_series(1, {n}) AS g
-           CROSS JOIN LATERAL (VALUES ('P', 70, 7, 'pos', 'S' || lpad((g % {stores} + 1)::text, 2, '0')),
-                                      ('A', 80, 8, 'app', '')) AS o(prefix, extra, k, channel, store)""",
+           CROSS JOIN LATERAL (VALUES ('P', 70, 7, 'pos', 'S' || lpad((g % {stores} + 1)::text, 2, '0'), {store_of_g}),
+                                      ('A', 80, 8, 'app', '', {app})) AS o(prefix, extra, k, channel, store, source)""",
     ),
     (
         "figures",

@@ -22,6 +22,7 @@ SECTIONS = (
     Section("console:search", "Members", "members.view_member"),
     Section("console:segments", "Segments", "segments.view_segment"),
     Section("console:tags", "Tags", "segments.view_tag"),
+    Section("console:insights", "Insights", "insights.view_insights"),
     Section("console:audit", "Audit log", "cdp.view_auditentry"),
 )
 

@@ -12,6 +12,7 @@ class Role(models.TextChoices):
     MARKETING = "marketing", "Marketing"
     CHECKOUT = "checkout", "Checkout (POS tills, web checkout)"
     PRIVACY_OFFICER = "privacy_officer", "Privacy officer"
+    ANALYST = "analyst", "Analyst (insights: KPIs, funnels, attribution, cohorts)"
     ADMIN = "admin", "Administrator"
 
 
@@ -24,6 +25,7 @@ class Role(models.TextChoices):
 #: exports everything held about them, erases them, lists the requests and reads the audit log;
 #: an administrator holds every permission of the platform's apps. Agents and managers see a
 #: member's consent and record what the person tells them (each statement recorded is audited).
+#: The analyst reads the insights board and API (counts and sums, no member), as marketing does.
 #: Any role may be narrowed to stores, regions and channels (``cdp.scopes``).
 ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
     Role.CRM_AGENT: (
@@ -61,6 +63,7 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
         "segments.add_segmentwebhook",
         "segments.change_segmentwebhook",
         "segments.delete_segmentwebhook",
+        "insights.view_insights",
     ),
     Role.CHECKOUT: ("loyalty.redeem_points", "loyalty.redeem_coupon"),
     Role.PRIVACY_OFFICER: (
@@ -72,8 +75,20 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
         "privacy.export_member",
         "privacy.view_retentionrun",
     ),
+    # Counts and sums of every store, never a person: the board and the insights API only.
+    Role.ANALYST: ("insights.view_insights",),
 }
-PLATFORM_APPS = ("cdp", "events", "identity", "members", "loyalty", "segments", "consent", "privacy")
+PLATFORM_APPS = (
+    "cdp",
+    "events",
+    "identity",
+    "members",
+    "loyalty",
+    "segments",
+    "consent",
+    "privacy",
+    "insights",
+)
 
 
 def user_roles(user: User | AnonymousUser | None) -> frozenset[str]:

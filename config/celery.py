@@ -29,6 +29,7 @@ def _beat_schedule() -> dict[str, dict]:
     sweep_every = settings.EVENT_SWEEP_INTERVAL_SECONDS
     nightly_hour, nightly_minute = settings.SEGMENTS_NIGHTLY_AT.split(":")
     retention_hour, retention_minute = settings.RETENTION_RUN_AT.split(":")
+    insights_hour, insights_minute = settings.INSIGHTS_NIGHTLY_AT.split(":")
     return {
         # The reconciler for the event outbox: picks up accepted events whose on_commit
         # nudge was lost (broker down, worker killed).
@@ -68,6 +69,20 @@ def _beat_schedule() -> dict[str, dict]:
         "privacy-retention": {
             "task": "privacy.retention_apply",
             "schedule": crontab(hour=retention_hour, minute=retention_minute),
+            "options": {"expires": 3600},
+        },
+        # KPI rollups: the members the refresh recomputed and the days they touched (the board
+        # lags by at most this interval).
+        "insights-refresh": {
+            "task": "members.insights.refresh",
+            "schedule": settings.INSIGHTS_REFRESH_INTERVAL_SECONDS,
+            "options": {"expires": settings.INSIGHTS_REFRESH_INTERVAL_SECONDS},
+        },
+        # ...and from scratch once a night: what changed outside the refresh (an erasure
+        # stripping identifiers, a rebuild of the figures) is put right.
+        "insights-nightly": {
+            "task": "members.insights.recompute_all",
+            "schedule": crontab(hour=insights_hour, minute=insights_minute),
             "options": {"expires": 3600},
         },
         # Segment webhooks: retries whose backoff ended and deliveries whose nudge was lost.

@@ -5,13 +5,14 @@ from collections import defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
+from functools import cache, partial
 
 import orjson
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from cdp.db import binary_parameters_cursor, rows_delete
 from cdp.retries import database_error_is_transient, transient_retry
@@ -224,6 +225,16 @@ def members_recompute(member_ids: set[int]) -> None:
         definitions=definitions,
     )  # fmt: skip
     webhooks_nudge(changed)
+    for hook in refresh_hooks():
+        hook(member_ids)
+
+
+@cache
+def refresh_hooks() -> list[Callable[[set[int]], None]]:
+    """What else wants to know which members a refresh recomputed (``MEMBERS_REFRESH_HOOKS``,
+    dotted paths: the KPI rollups' queue). Called in the refresh's transaction, after its
+    writes; named in settings so that members never imports the apps above it."""
+    return [import_string(path) for path in settings.MEMBERS_REFRESH_HOOKS]
 
 
 def _active_of(member_ids: set[int]) -> set[int]:

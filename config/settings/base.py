@@ -255,6 +255,16 @@ EVENT_PIPELINE_FOLLOW_UPS: list[str] = env.list(
     "EVENT_PIPELINE_FOLLOW_UPS", default=["members.services.members_refresh_batch"]
 )
 EVENT_PIPELINE_BATCH_SIZE = env.int("EVENT_PIPELINE_BATCH_SIZE", default=500)
+# Told which members each member refresh recomputed, in its transaction: dotted paths to
+# ``callable(member_ids: set[int]) -> None``. The KPI rollups queue them (members/insights).
+MEMBERS_REFRESH_HOOKS: list[str] = env.list(
+    "MEMBERS_REFRESH_HOOKS", default=["members.insights.services.members_changed"]
+)
+# How often beat rolls up the KPIs of the members and days that changed (docs/insights.md).
+INSIGHTS_REFRESH_INTERVAL_SECONDS = env.int("INSIGHTS_REFRESH_INTERVAL_SECONDS", default=300)
+#: When the KPI rollups are computed from scratch each night (hour:minute, TIME_ZONE), after
+#: the segments' nightly recompute (SEGMENTS_NIGHTLY_AT).
+INSIGHTS_NIGHTLY_AT = env("INSIGHTS_NIGHTLY_AT", default="04:45")
 # What ``/health/`` counts as parked (an event or member the pipeline failed on, out of the
 # way until replayed): a name and a dotted path to ``callable() -> int``. While any count is
 # above zero the platform is "degraded": processing goes on, but someone must look.

@@ -86,6 +86,7 @@ VIEW_PARKED_MEMBERS, VIEW_WEBHOOKS = "members.view_parkedmember", "segments.view
 VIEW_AUDIT = "cdp.view_auditentry"
 VIEW_CONSENT, RECORD_CONSENT = "consent.view_consentstatement", "consent.add_consentstatement"
 ERASE, EXPORT, VIEW_REQUESTS = "privacy.erase_member", "privacy.export_member", "privacy.view_privacyrequest"
+VIEW_INSIGHTS = "insights.view_insights"
 SOURCES = ("events.view_source", "events.add_source", "events.change_source")
 IDEMPOTENT = {"HTTP_IDEMPOTENCY_KEY": "matrix"}
 
@@ -164,6 +165,10 @@ ENDPOINTS = [
     Endpoint("GET", "/api/v1/tags/{tag}/", (VIEW_TAGS,), 200),
     Endpoint("PATCH", "/api/v1/tags/{tag}/", (VIEW_TAGS, "segments.change_tag"), 200, {}),
     Endpoint("DELETE", "/api/v1/tags/{tag}/", (VIEW_TAGS, "segments.delete_tag"), 204),
+    # insights: counts and sums of every store
+    Endpoint("GET", "/api/v1/insights/kpis/", (VIEW_INSIGHTS,), 200, unscoped_only=True),
+    Endpoint("GET", "/api/v1/insights/kpis/summary/", (VIEW_INSIGHTS,), 200, unscoped_only=True),
+    Endpoint("GET", "/api/v1/insights/kpis/sales/", (VIEW_INSIGHTS,), 200, unscoped_only=True),
     # the audit log
     Endpoint("GET", "/api/v1/audit/", (VIEW_AUDIT,), 200),
     Endpoint("GET", "/api/v1/audit/export/", (VIEW_AUDIT,), 200),
@@ -193,6 +198,7 @@ ENDPOINTS = [
     Endpoint("GET", "/console/tags/{tag}/", (VIEW_TAGS,), 200),
     Endpoint("POST", "/console/tags/{tag}/delete/", (VIEW_TAGS, "segments.delete_tag"), 302),
     Endpoint("GET", "/console/audit/", (VIEW_AUDIT,), 200),
+    Endpoint("GET", "/console/insights/", (VIEW_INSIGHTS,), 200, unscoped_only=True),
     Endpoint("GET", "/console/audit/export/", (VIEW_AUDIT,), 200),
     Endpoint("POST", "/console/logout/", PUBLIC, 302),  # last: it ends the session
 ]  # fmt: skip
@@ -227,6 +233,7 @@ def expected(endpoint: Endpoint, caller: Caller) -> int:
             VIEW_SEGMENTS,
             VIEW_TAGS,
             VIEW_AUDIT,
+            VIEW_INSIGHTS,
         }:
             return 302  # the search is the console's home: a role that may not search lands elsewhere
         return 403

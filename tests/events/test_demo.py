@@ -305,11 +305,11 @@ def test_the_banner_hands_out_working_credentials(tmp_path, api_client):
     assert ApiToken.objects.get(key_hash=credential_hash(first_token)).revoked_at is not None
 
     passwords = dict(re.findall(r"^ +(demo-\S+) +password (\S+)", banner, re.MULTILINE))
-    assert set(passwords) == {"demo-agent", "demo-manager", "demo-marketing", "demo-admin"}
+    assert set(passwords) == {"demo-agent", "demo-manager", "demo-marketing", "demo-analyst", "demo-admin"}
     assert active.user.check_password(passwords["demo-admin"])
     assert active.user.is_staff
     for username, role in [("demo-agent", Role.CRM_AGENT), ("demo-manager", Role.CRM_MANAGER),
-                           ("demo-marketing", Role.MARKETING)]:  # fmt: skip
+                           ("demo-marketing", Role.MARKETING), ("demo-analyst", Role.ANALYST)]:  # fmt: skip
         user = get_user_model().objects.get(username=username)
         assert user.check_password(passwords[username])
         assert user_roles(user) == {role}
