@@ -11,6 +11,7 @@ from cdp import audit_console
 from cdp.api_docs import RedocView, SwaggerView
 from cdp.health import health
 from cdp.login import ConsoleLoginView
+from cdp.metrics_view import metrics
 from members import console
 from members.consent import console as consent_console
 from members.privacy import console as privacy_console
@@ -47,4 +48,5 @@ urlpatterns = [
     path("console/", include(console_urls)),
     path("admin/", admin.site.urls),
     path("health/", health, name="health"),
+    path("metrics", metrics, name="metrics"),
 ]
