@@ -21,7 +21,8 @@ class Role(models.TextChoices):
 #: subscribes webhooks to segments and runs coupon campaigns; checkout (a till or a web shop's
 #: checkout) spends points and redeems coupons and sees nothing else; the privacy officer
 #: answers people's requests: finds them (seeing their contact details, to check who asks),
-#: exports everything held about them, erases them, lists the requests and reads the audit log;
+#: exports everything held about them, erases them, lists the requests and reads the audit log
+#: (and the alerts, to act on a possible leak);
 #: an administrator holds every permission of the platform's apps. Agents and managers see a
 #: member's consent and record what the person tells them (each statement recorded is audited).
 #: Any role may be narrowed to stores, regions and channels (``cdp.scopes``).
@@ -71,9 +72,13 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
         "privacy.erase_member",
         "privacy.export_member",
         "privacy.view_retentionrun",
+        # A burst of views or exports by one staff user is a red alert (a possible leak): the
+        # privacy officer sees the alerts and acknowledges or resolves them.
+        "ops.view_alert",
+        "ops.change_alert",
     ),
 }
-PLATFORM_APPS = ("cdp", "events", "identity", "members", "loyalty", "segments", "consent", "privacy")
+PLATFORM_APPS = ("cdp", "events", "identity", "members", "loyalty", "segments", "consent", "privacy", "ops")
 
 
 def user_roles(user: User | AnonymousUser | None) -> frozenset[str]:

@@ -52,6 +52,11 @@ def request_id_reset(token: object) -> None:
     _request_id.reset(token)  # type: ignore[arg-type]  # the token request_id_set returned
 
 
+def request_id_clear(**kwargs: object) -> None:
+    """The request is over (a ``request_finished`` receiver, ``cdp.apps``)."""
+    _request_id.set("")
+
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
@@ -75,11 +80,11 @@ class RequestMiddleware:
         began = time.perf_counter()
         given = request.META.get(_META_HEADER, "")
         request_id = given if _ACCEPTED.fullmatch(given) else new_request_id()
-        token = _request_id.set(request_id)
-        try:
-            response = self.get_response(request)
-        finally:
-            _request_id.reset(token)
+        # Not reset when the view returns: Django logs the response's status ("Forbidden: /metrics",
+        # a 500's traceback) after the middleware, and those lines need the id most. It is
+        # cleared when the response is closed (``request_finished``), and set anew by each request.
+        _request_id.set(request_id)
+        response = self.get_response(request)
         response[HEADER] = request_id
         match = getattr(request, "resolver_match", None)
         endpoint = match.route if match is not None else "unmatched"

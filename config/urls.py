@@ -16,6 +16,7 @@ from members import console
 from members.consent import console as consent_console
 from members.privacy import console as privacy_console
 from members.segments import console as segments_console
+from ops import console as ops_console
 
 console_urls = (
     [
@@ -27,6 +28,7 @@ console_urls = (
         *segments_console.urlpatterns,
         *consent_console.urlpatterns,
         *audit_console.urlpatterns,
+        *ops_console.urlpatterns,
     ],
     "console",
 )
@@ -42,6 +44,7 @@ urlpatterns = [
     path("api/v1/", include("members.urls")),
     path("api/v1/", include("members.privacy.urls")),
     path("api/v1/", include("cdp.urls")),
+    path("api/v1/", include("ops.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", RedocView.as_view(url_name="schema"), name="api-redoc"),
