@@ -3,7 +3,8 @@
 A condition is a function of a ``Check`` (its rule's parameters, window and the time) returning
 the ``Finding``s that hold now, one per subject (a store, a staff user, "database"); an empty
 list means everything is fine, and the evaluator (``ops.services``) resolves whatever alert
-of the rule was open. Conditions read, never write, and each should cost one cheap query.
+of the rule was open. ``None`` means it cannot tell now (a store's tills outside opening
+hours): the rule's alerts stay as they are. Conditions read, never write, and each should cost one cheap query.
 
 Pure: no Django here, so the kernel's contract can be imported from any layer — insights
 registers its KPI condition (conversion, repurchase, sales against a trailing baseline) by
@@ -42,4 +43,4 @@ class ConditionInvalid(ValueError):
     """The rule's parameters do not make sense for its condition."""
 
 
-Condition = Callable[[Check], list[Finding]]
+Condition = Callable[[Check], list[Finding] | None]

@@ -3,7 +3,7 @@
 from collections.abc import Iterable
 from datetime import datetime
 
-from django.db.models import Count, Func, Q, Sum
+from django.db.models import Count, Func, IntegerField, Q, Sum
 from django.db.models.functions import Coalesce
 
 from cdp.models import AuditEntry
@@ -31,7 +31,7 @@ def audit_bursts(
         AuditEntry.objects.filter(at__gte=since, action__in=list(actions))
         .values("actor")
         .annotate(
-            entries=Count("id"), members=Coalesce(Sum(Func("member_ids", 1, function="cardinality")), 0)
+            entries=Count("id"), members=Coalesce(Sum(Func("member_ids", function="cardinality", output_field=IntegerField())), 0)
         )
         .filter(Q(entries__gt=entries) | Q(members__gt=members))
         .order_by("-entries", "actor")

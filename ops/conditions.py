@@ -121,10 +121,12 @@ def _clock(check: Check, name: str, default: str) -> time:
         raise ConditionInvalid(f"params.{name} must be a time of day like 10:00, not {text!r}") from exc
 
 
-def silent_tills(check: Check) -> list[Finding]:
+def silent_tills(check: Check) -> list[Finding] | None:
     """A store's till source sent nothing for the window while the store was open (``open``
     10:00 to ``close`` 22:00, in ``DJANGO_TIME_ZONE``). Only once the window lies wholly within
-    opening hours: the first hour after opening is no silence."""
+    opening hours: the first hour after opening is no silence, and outside opening hours
+    nothing can be told (``None``: an alert open at closing time stays open until the till
+    is heard from or someone resolves it)."""
     opens, closes = _clock(check, "open", "10:00"), _clock(check, "close", "22:00")
     zone = ZoneInfo(settings.TIME_ZONE)
     local_now = check.now.astimezone(zone)
@@ -132,7 +134,7 @@ def silent_tills(check: Check) -> list[Finding]:
     if local_start.date() != local_now.date() or not (
         opens <= local_start.time() and local_now.time() <= closes
     ):
-        return []
+        return None
     sources = store_sources()
     seen = last_event_at([source_id for source_id, _, _ in sources])
     since = check.now - check.window

@@ -64,6 +64,9 @@ def alerts_evaluate(*, now: datetime | None = None) -> Evaluation:
                 last_evaluated_at=now, last_error=result.errors[rule.key]
             )
             continue
+        if findings is None:  # it cannot tell now: the rule's alerts stay as they are
+            AlertRule.objects.filter(pk=rule.pk).update(last_evaluated_at=now, last_error="")
+            continue
         _rule_apply(rule, findings, now, result)
     _escalate(now, result)
     return result
