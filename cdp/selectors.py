@@ -31,7 +31,8 @@ def audit_bursts(
         AuditEntry.objects.filter(at__gte=since, action__in=list(actions))
         .values("actor")
         .annotate(
-            entries=Count("id"), members=Coalesce(Sum(Func("member_ids", function="cardinality", output_field=IntegerField())), 0)
+            entries=Count("id"),
+            members=Coalesce(Sum(Func("member_ids", function="cardinality", output_field=IntegerField())), 0),
         )
         .filter(Q(entries__gt=entries) | Q(members__gt=members))
         .order_by("-entries", "actor")

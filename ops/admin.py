@@ -1,5 +1,7 @@
 from django import forms
 from django.contrib import admin
+from django.db.models import Model
+from django.http import HttpRequest
 
 from cdp.admin import ReadOnlyAdmin
 from ops.models import Alert, AlertNotice, AlertRule, NotifyTarget
@@ -60,7 +62,7 @@ class NoticeInline(admin.TabularInline):
     can_delete = False
     readonly_fields = ("target", "kind", "at", "ok", "error")
 
-    def has_add_permission(self, request: object, obj: object = None) -> bool:  # type: ignore[override]
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
 
 

@@ -20,7 +20,9 @@ from ops.services import AlertStateError, alert_acknowledge, alert_resolve
 
 
 class RuleOutput(serializers.ModelSerializer):
-    targets = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)
+    targets: serializers.SlugRelatedField = serializers.SlugRelatedField(
+        slug_field="name", many=True, read_only=True
+    )
 
     class Meta:
         model = AlertRule
@@ -38,8 +40,8 @@ class RuleInput(serializers.Serializer):
     escalate_after_minutes = serializers.IntegerField(
         min_value=1, max_value=10_080, required=False, default=30
     )
-    targets = serializers.SlugRelatedField(
-        slug_field="name", many=True, queryset=NotifyTarget.objects.all(), required=False, default=list
+    targets: serializers.SlugRelatedField = serializers.SlugRelatedField(
+        slug_field="name", many=True, queryset=NotifyTarget.objects.all(), required=False
     )
     enabled = serializers.BooleanField(required=False, default=True)
 
@@ -51,7 +53,10 @@ class RuleInput(serializers.Serializer):
         except ValidationError as error:
             raise serializers.ValidationError(error.message_dict) from error
         key = attrs.get("key")
-        if key and AlertRule.objects.filter(key=key).exclude(pk=getattr(self.instance, "pk", None)).exists():
+        others = AlertRule.objects.filter(key=key)
+        if self.instance is not None:
+            others = others.exclude(pk=self.instance.pk)
+        if key and others.exists():
             raise serializers.ValidationError({"key": "a rule with this key exists"})
         return attrs
 
@@ -115,7 +120,7 @@ class RuleView(APIView):
 
 
 class NoticeOutput(serializers.ModelSerializer):
-    target = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    target: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="name", read_only=True)
 
     class Meta:
         model = AlertNotice
@@ -123,9 +128,13 @@ class NoticeOutput(serializers.ModelSerializer):
 
 
 class AlertOutput(serializers.ModelSerializer):
-    rule = serializers.SlugRelatedField(slug_field="key", read_only=True)
-    acknowledged_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
-    resolved_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    rule: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="key", read_only=True)
+    acknowledged_by: serializers.SlugRelatedField = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
+    resolved_by: serializers.SlugRelatedField = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
     notices = NoticeOutput(many=True, read_only=True)
 
     class Meta:

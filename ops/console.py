@@ -13,7 +13,7 @@ from ops.models import Alert, AlertRule, Level
 from ops.services import AlertStateError, alert_acknowledge, alert_resolve
 
 HISTORY = 50
-_LEVEL_ORDER = {Level.RED: 0, Level.YELLOW: 1, Level.BLUE: 2}
+_LEVEL_ORDER: dict[str, int] = {Level.RED: 0, Level.YELLOW: 1, Level.BLUE: 2}
 
 
 @login_required

@@ -16,8 +16,9 @@ lock, and recorded with what the target answered.
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -91,7 +92,7 @@ def _rule_apply(rule: AlertRule, findings: list[Finding], now: datetime, result:
                     summary=finding.summary[:500], opened_at=now, last_seen_at=now,
                 )  # fmt: skip
                 result.opened.append(alert.pk)
-                transaction.on_commit(lambda pk=alert.pk: _notify(pk, AlertNotice.Kind.OPENED))
+                transaction.on_commit(partial(_notify, alert.pk, AlertNotice.Kind.OPENED))
             else:
                 alert.value, alert.summary, alert.last_seen_at = finding.value, finding.summary[:500], now
                 alert.save(update_fields=["value", "summary", "last_seen_at"])
@@ -100,7 +101,7 @@ def _rule_apply(rule: AlertRule, findings: list[Finding], now: datetime, result:
                 alert.status, alert.resolved_at = Alert.Status.RESOLVED, now
                 alert.save(update_fields=["status", "resolved_at"])
                 result.resolved.append(alert.pk)
-                transaction.on_commit(lambda pk=alert.pk: _notify(pk, AlertNotice.Kind.RESOLVED))
+                transaction.on_commit(partial(_notify, alert.pk, AlertNotice.Kind.RESOLVED))
         AlertRule.objects.filter(pk=rule.pk).update(last_evaluated_at=now, last_error="")
 
 
@@ -155,7 +156,7 @@ def _notify(alert_id: int, kind: str) -> None:
         )
 
 
-def alert_acknowledge(*, alert: Alert, by: AbstractBaseUser) -> Alert:
+def alert_acknowledge(*, alert: Alert, by: User) -> Alert:
     """Someone is on it: no escalation from now on. Only an open alert can be acknowledged."""
     with transaction.atomic():
         locked = Alert.objects.select_for_update().get(pk=alert.pk)
@@ -165,18 +166,18 @@ def alert_acknowledge(*, alert: Alert, by: AbstractBaseUser) -> Alert:
             Alert.Status.ACKNOWLEDGED,
             timezone.now(),
             by,
-        )  # type: ignore[assignment]
+        )
         locked.save(update_fields=["status", "acknowledged_at", "acknowledged_by"])
     return locked
 
 
-def alert_resolve(*, alert: Alert, by: AbstractBaseUser) -> Alert:
+def alert_resolve(*, alert: Alert, by: User) -> Alert:
     """Closed by hand (if the condition still holds, the next evaluation opens a new alert)."""
     with transaction.atomic():
         locked = Alert.objects.select_for_update().get(pk=alert.pk)
         if locked.status == Alert.Status.RESOLVED:
             raise AlertStateError("the alert is resolved already")
-        locked.status, locked.resolved_at, locked.resolved_by = Alert.Status.RESOLVED, timezone.now(), by  # type: ignore[assignment]
+        locked.status, locked.resolved_at, locked.resolved_by = Alert.Status.RESOLVED, timezone.now(), by
         locked.save(update_fields=["status", "resolved_at", "resolved_by"])
         transaction.on_commit(lambda: _notify(locked.pk, AlertNotice.Kind.RESOLVED))
     return locked

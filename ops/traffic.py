@@ -70,4 +70,4 @@ def last_event_at(source_ids: list[int]) -> dict[int, datetime]:
         .distinct("source_id")
         .values_list("source_id", "last_event_at")
     )
-    return dict(rows)
+    return {source_id: at for source_id, at in rows if at is not None}

@@ -145,7 +145,7 @@ def test_log_lines_of_a_request_and_of_the_pipeline_run_it_nudged_carry_its_id(
         r for r in caplog.records if r.name == "events.pipeline" and "pipeline batch" in r.getMessage()
     ]
     assert batches
-    assert all(r.request_id == "trace-abcdef12" for r in batches)
+    assert all(r.request_id == "trace-abcdef12" for r in batches)  # type: ignore[attr-defined]
     assert current_request_id() == ""  # nothing leaks past the request
 
 

@@ -70,10 +70,12 @@ def open_alerts(rule: AlertRule) -> dict[str, Alert]:
 
 
 def resolved(rule: AlertRule) -> list[str]:
-    return sorted(Alert.objects.filter(rule=rule, status=Alert.Status.RESOLVED).values_list("subject", flat=True))
+    return sorted(
+        Alert.objects.filter(rule=rule, status=Alert.Status.RESOLVED).values_list("subject", flat=True)
+    )
 
 
-def test_the_built_in_rules_are_there_with_the_reports_levels() -> None:
+def test_the_built_in_rules_are_there_with_the_reports_levels():
     levels = dict(AlertRule.objects.filter(built_in=True).values_list("key", "level"))
     assert levels == {
         "pipeline-backlog": "red", "services-unreachable": "red", "parked-work": "red", "staff-burst": "red",
@@ -85,7 +87,7 @@ def test_the_built_in_rules_are_there_with_the_reports_levels() -> None:
 # -- red -------------------------------------------------------------------------------------------
 
 
-def test_pipeline_backlog_fires_while_an_old_event_waits_and_resolves_once_processed() -> None:
+def test_pipeline_backlog_fires_while_an_old_event_waits_and_resolves_once_processed():
     rule = only("pipeline-backlog")
     now = timezone.now()
     EventFactory(received_at=now - timedelta(minutes=3))
@@ -103,7 +105,7 @@ def test_pipeline_backlog_fires_while_an_old_event_waits_and_resolves_once_proce
     assert resolved(rule) == ["pipeline"]
 
 
-def test_services_unreachable_fires_for_the_broker_and_the_database(settings: Any) -> None:
+def test_services_unreachable_fires_for_the_broker_and_the_database(settings):
     rule = only("services-unreachable")
     alerts_evaluate()
     assert open_alerts(rule) == {}
@@ -121,10 +123,12 @@ def test_services_unreachable_fires_for_the_broker_and_the_database(settings: An
     assert resolved(rule) == ["broker", "database"]
 
 
-def test_parked_events_fire_and_resolve_once_replayed() -> None:
+def test_parked_events_fire_and_resolve_once_replayed():
     rule = only("parked-work")
     event = EventFactory()
-    assert event_park(event_id=event.pk, stage="identity.services.identity_resolve_events", error=ValueError("bad"))
+    assert event_park(
+        event_id=event.pk, stage="identity.services.identity_resolve_events", error=ValueError("bad")
+    )
     alerts_evaluate()
     assert open_alerts(rule)["parked events"].value == 1
     parked_events_replay()
@@ -133,14 +137,18 @@ def test_parked_events_fire_and_resolve_once_replayed() -> None:
     assert resolved(rule) == ["parked events"]
 
 
-def test_a_burst_of_exports_by_one_staff_user_fires_and_resolves_once_the_window_passed() -> None:
+def test_a_burst_of_exports_by_one_staff_user_fires_and_resolves_once_the_window_passed():
     rule = only("staff-burst", params={"entries": 3, "members": 1000}, window_minutes=60)
     bulk, calm = UserFactory(username="bulk"), UserFactory(username="calm")
     for _ in range(4):
-        AuditEntry.objects.create(user=bulk, actor="bulk", action=AuditEntry.Action.EXPORT_SEGMENT, channel="api")
+        AuditEntry.objects.create(
+            user=bulk, actor="bulk", action=AuditEntry.Action.EXPORT_SEGMENT, channel="api"
+        )
     AuditEntry.objects.create(user=calm, actor="calm", action=AuditEntry.Action.EXPORT_SEGMENT, channel="api")
     for _ in range(10):  # other actions are not a leak
-        AuditEntry.objects.create(user=calm, actor="calm", action=AuditEntry.Action.RECORD_CONSENT, channel="api")
+        AuditEntry.objects.create(
+            user=calm, actor="calm", action=AuditEntry.Action.RECORD_CONSENT, channel="api"
+        )
     now = timezone.now()
     alerts_evaluate(now=now)
     assert set(open_alerts(rule)) == {"user bulk"}
@@ -149,11 +157,15 @@ def test_a_burst_of_exports_by_one_staff_user_fires_and_resolves_once_the_window
     assert resolved(rule) == ["user bulk"]
 
 
-def test_member_views_naming_many_members_fire_too() -> None:
+def test_member_views_naming_many_members_fire_too():
     rule = only("staff-burst", params={"entries": 100, "members": 50})
     agent = UserFactory(username="agent")
     AuditEntry.objects.create(
-        user=agent, actor="agent", action=AuditEntry.Action.VIEW_CONTACT_DETAILS, channel="api", member_ids=list(range(1, 61))
+        user=agent,
+        actor="agent",
+        action=AuditEntry.Action.VIEW_CONTACT_DETAILS,
+        channel="api",
+        member_ids=list(range(1, 61)),
     )
     alerts_evaluate()
     assert open_alerts(rule)["user agent"].value == 1
@@ -167,7 +179,7 @@ def at(hour: int, minute: int = 0) -> datetime:
     return timezone.now().replace(hour=hour, minute=minute, second=0, microsecond=0)
 
 
-def test_a_silent_till_fires_during_opening_hours_and_resolves_when_it_sends(settings: Any) -> None:
+def test_a_silent_till_fires_during_opening_hours_and_resolves_when_it_sends(settings):
     settings.TIME_ZONE = "UTC"
     rule = only("silent-tills", params={"open": "10:00", "close": "22:00"}, window_minutes=60)
     till, busy = SourceFactory(pos=True, store_code="SH01"), SourceFactory(pos=True, store_code="SH02")
@@ -186,7 +198,7 @@ def test_a_silent_till_fires_during_opening_hours_and_resolves_when_it_sends(set
     assert resolved(rule) == ["store SH01"]
 
 
-def test_a_sources_rejected_share_fires_and_resolves_as_good_events_dilute_it() -> None:
+def test_a_sources_rejected_share_fires_and_resolves_as_good_events_dilute_it():
     rule = only("rejected-share", params={"share": 0.05, "min_events": 10}, window_minutes=60)
     source, fine = SourceFactory(), SourceFactory()
     now = timezone.now()
@@ -213,10 +225,14 @@ def kpi_stub(check: Check) -> list[Finding]:
     recent = Event.objects.filter(received_at__gte=check.now - check.window).count()
     baseline = check.number("baseline", 10)
     drop = 1 - recent / baseline
-    return [Finding("conversion", drop, f"conversion down {drop:.0%}")] if drop > check.number("drop", 0.2) else []
+    return (
+        [Finding("conversion", drop, f"conversion down {drop:.0%}")]
+        if drop > check.number("drop", 0.2)
+        else []
+    )
 
 
-def test_a_kpi_condition_registered_by_another_app_drives_the_kpi_rule(settings: Any) -> None:
+def test_a_kpi_condition_registered_by_another_app_drives_the_kpi_rule(settings):
     settings.ALERT_CONDITIONS = {"kpi_drop": "tests.ops.test_alerts.kpi_stub"}
     rule = only("kpi-drop", params={"drop": 0.2, "baseline": 10})
     EventFactory.create_batch(7)
@@ -227,7 +243,7 @@ def test_a_kpi_condition_registered_by_another_app_drives_the_kpi_rule(settings:
     assert resolved(rule) == ["conversion"]
 
 
-def test_a_rule_whose_condition_is_not_registered_says_so_and_keeps_its_alerts(settings: Any) -> None:
+def test_a_rule_whose_condition_is_not_registered_says_so_and_keeps_its_alerts(settings):
     settings.ALERT_CONDITIONS = {}
     rule = only("kpi-drop")
     result = alerts_evaluate()
@@ -239,7 +255,7 @@ def test_a_rule_whose_condition_is_not_registered_says_so_and_keeps_its_alerts(s
 # -- blue ------------------------------------------------------------------------------------------
 
 
-def test_a_webhook_turned_off_fires_and_resolves_when_it_is_on_again() -> None:
+def test_a_webhook_turned_off_fires_and_resolves_when_it_is_on_again():
     rule = only("webhook-off")
     segment = Segment.objects.create(key="vip", name="VIP", kind=Segment.Kind.STATIC)
     hook = SegmentWebhook.objects.create(
@@ -252,9 +268,11 @@ def test_a_webhook_turned_off_fires_and_resolves_when_it_is_on_again() -> None:
     assert resolved(rule) == [f"webhook {hook.pk}"]
 
 
-def test_a_failing_segment_rule_fires_and_resolves_once_it_computes() -> None:
+def test_a_failing_segment_rule_fires_and_resolves_once_it_computes():
     rule = only("segment-failing")
-    segment = Segment.objects.create(key="buyers", name="Buyers", kind=Segment.Kind.DYNAMIC, rule={"nonsense": 1})
+    segment = Segment.objects.create(
+        key="buyers", name="Buyers", kind=Segment.Kind.DYNAMIC, rule={"nonsense": 1}
+    )
     segment_compute(segment=segment)
     assert segment.error
     alerts_evaluate()
@@ -266,7 +284,7 @@ def test_a_failing_segment_rule_fires_and_resolves_once_it_computes() -> None:
     assert resolved(rule) == ["segment buyers"]
 
 
-def test_retention_behind_fires_until_a_run_finishes() -> None:
+def test_retention_behind_fires_until_a_run_finishes():
     rule = only("retention-behind", params={"hours": 26})
     alerts_evaluate()
     assert open_alerts(rule)["retention"].summary == "Retention is behind: never ran"
@@ -280,7 +298,7 @@ def test_retention_behind_fires_until_a_run_finishes() -> None:
     assert set(open_alerts(rule)) == {"retention"}
 
 
-def test_a_table_approaching_its_limit_fires_and_resolves_when_the_limit_is_raised() -> None:
+def test_a_table_approaching_its_limit_fires_and_resolves_when_the_limit_is_raised():
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_total_relation_size('events_event')")
         size = cursor.fetchone()[0]
@@ -299,18 +317,22 @@ def test_a_table_approaching_its_limit_fires_and_resolves_when_the_limit_is_rais
 @pytest.fixture
 def parked_rule(receiver: Receiver) -> AlertRule:
     rule = only("parked-work", escalate_after_minutes=30)
-    slack = NotifyTarget.objects.create(name="ops-slack", kind="webhook", url=receiver.url, secret="sig-secret")
+    slack = NotifyTarget.objects.create(
+        name="ops-slack", kind="webhook", url=receiver.url, secret="sig-secret"
+    )
     email = NotifyTarget.objects.create(name="ops-mail", kind="email", email="ops@example.com")
     NotifyTarget.objects.create(name="cto", kind="email", email="cto@example.com", escalation=True)
     rule.targets.set([slack, email])
     return rule
 
 
-def park_one() -> None:
-    event_park(event_id=EventFactory().pk, stage="identity.services.identity_resolve_events", error=ValueError("x"))
+def park_one():
+    event_park(
+        event_id=EventFactory().pk, stage="identity.services.identity_resolve_events", error=ValueError("x")
+    )
 
 
-def test_an_alert_notifies_once_while_open_then_on_resolution(parked_rule: AlertRule, receiver: Receiver) -> None:
+def test_an_alert_notifies_once_while_open_then_on_resolution(parked_rule, receiver):
     park_one()
     now = timezone.now()
     alerts_evaluate(now=now)
@@ -334,7 +356,7 @@ def test_an_alert_notifies_once_while_open_then_on_resolution(parked_rule: Alert
     ]  # fmt: skip
 
 
-def test_an_unacknowledged_red_alert_escalates_once(parked_rule: AlertRule, receiver: Receiver) -> None:
+def test_an_unacknowledged_red_alert_escalates_once(parked_rule, receiver):
     park_one()
     now = timezone.now()
     alerts_evaluate(now=now)
@@ -349,7 +371,7 @@ def test_an_unacknowledged_red_alert_escalates_once(parked_rule: AlertRule, rece
     assert "NOT ACKNOWLEDGED" in orjson.loads(receiver.received[-1].body)["text"]
 
 
-def test_an_acknowledged_alert_does_not_escalate_and_can_be_resolved_by_hand(parked_rule: AlertRule) -> None:
+def test_an_acknowledged_alert_does_not_escalate_and_can_be_resolved_by_hand(parked_rule):
     park_one()
     now = timezone.now()
     alerts_evaluate(now=now)
@@ -369,13 +391,17 @@ def test_an_acknowledged_alert_does_not_escalate_and_can_be_resolved_by_hand(par
     assert Alert.objects.filter(rule=parked_rule).count() == 2
 
 
-def test_wecom_and_dingtalk_robots_get_their_own_json_and_dingtalk_its_signed_url(receiver: Receiver) -> None:
+def test_wecom_and_dingtalk_robots_get_their_own_json_and_dingtalk_its_signed_url(receiver):
     rule = only("retention-behind")
     wecom = NotifyTarget.objects.create(name="wecom", kind="webhook", url=receiver.url, flavor="wecom")
-    ding = NotifyTarget.objects.create(name="ding", kind="webhook", url=receiver.url, flavor="dingtalk", secret="SECabc")
+    ding = NotifyTarget.objects.create(
+        name="ding", kind="webhook", url=receiver.url, flavor="dingtalk", secret="SECabc"
+    )
     rule.targets.set([wecom, ding])
     alerts_evaluate()
-    by_flavor = {orjson.loads(r.body)["msgtype"] + ("+sign" if "sign=" in r.path else ""): r for r in receiver.received}
+    by_flavor = {
+        orjson.loads(r.body)["msgtype"] + ("+sign" if "sign=" in r.path else ""): r for r in receiver.received
+    }
     assert set(by_flavor) == {"markdown", "markdown+sign"}
     wecom_body = orjson.loads(by_flavor["markdown"].body)
     assert wecom_body["markdown"]["content"].startswith("**[BLUE] Retention jobs behind: retention**")
@@ -386,7 +412,7 @@ def test_wecom_and_dingtalk_robots_get_their_own_json_and_dingtalk_its_signed_ur
     assert orjson.loads(signed.body)["markdown"]["title"] == "[BLUE] Retention jobs behind: retention"
 
 
-def test_a_failed_notice_is_recorded_and_the_alert_still_opens(receiver: Receiver) -> None:
+def test_a_failed_notice_is_recorded_and_the_alert_still_opens(receiver):
     rule = only("retention-behind")
     receiver.default = 500
     rule.targets.set([NotifyTarget.objects.create(name="down", kind="webhook", url=receiver.url)])
@@ -396,9 +422,11 @@ def test_a_failed_notice_is_recorded_and_the_alert_still_opens(receiver: Receive
     assert open_alerts(rule)["retention"]
 
 
-def test_a_broken_rule_does_not_stop_the_others() -> None:
+def test_a_broken_rule_does_not_stop_the_others():
     only("retention-behind")
-    broken = AlertRule.objects.create(key="broken", name="Broken", level="blue", condition="parked", params={"threshold": "x"})
+    broken = AlertRule.objects.create(
+        key="broken", name="Broken", level="blue", condition="parked", params={"threshold": "x"}
+    )
     result = alerts_evaluate()
     assert "params.threshold must be a number" in result.errors["broken"]
     assert Alert.objects.filter(rule__key="retention-behind").exists()
