@@ -1,10 +1,13 @@
-"""The built-in alert rules (README, Operations): enabled, without targets (staff add where each
-is sent). The KPI drop waits for insights to register its condition (``ALERT_CONDITIONS``)."""
+"""The built-in alert rules (README, Operations), made after every ``migrate`` (a
+``post_migrate`` receiver, as the roles are): each is created once, enabled and without
+targets (staff add where each is sent), and never changed afterwards, so staff edits stay. Turn
+one off rather than delete it: a deleted one comes back with the next ``migrate``. The KPI drop
+waits, off, for insights to register its condition (``ALERT_CONDITIONS``)."""
 
-from django.db import migrations
+from ops.models import AlertRule
 
+#: key, name, level, condition, params, window (minutes), enabled
 RULES = [
-    # key, name, level, condition, params, window (minutes), enabled
     ("pipeline-backlog", "Pipeline backlog too old", "red", "backlog_age", {"minutes": 5}, 5, True),
     ("services-unreachable", "Database or broker unreachable", "red", "services_unreachable", {}, 1, True),
     ("parked-work", "Parked events or members", "red", "parked", {"threshold": 0}, 60, True),
@@ -24,20 +27,10 @@ RULES = [
 ]  # fmt: skip
 
 
-def add(apps, schema_editor):
-    AlertRule = apps.get_model("ops", "AlertRule")
+def builtin_rules_ensure(**kwargs: object) -> None:
     for key, name, level, condition, params, window, enabled in RULES:
         AlertRule.objects.get_or_create(
             key=key,
             defaults={"name": name, "level": level, "condition": condition, "params": params,
                       "window_minutes": window, "enabled": enabled, "built_in": True},
-        )
-
-
-def remove(apps, schema_editor):
-    apps.get_model("ops", "AlertRule").objects.filter(key__in=[r[0] for r in RULES], built_in=True).delete()
-
-
-class Migration(migrations.Migration):
-    dependencies = [("ops", "0001_initial")]
-    operations = [migrations.RunPython(add, remove)]
+        )  # fmt: skip
