@@ -19,7 +19,7 @@ from cdp.models import AuditEntry
 from cdp.selectors import audit_bursts
 from events.metrics import pipeline_backlog
 from events.parking import parked_events_count
-from events.selectors import store_sources
+from events.selectors import source_names, store_sources
 from members.parking import parked_members_count
 from members.privacy.selectors import retention_last_applied
 from members.segments.selectors import segments_failing, webhooks_inactive
@@ -76,7 +76,7 @@ def parked(check: Check) -> list[Finding]:
     threshold = check.number("threshold", 0)
     counts = {"events": parked_events_count(), "members": parked_members_count()}
     return [
-        Finding(f"parked {kind}", n, f"{n} {kind} parked: replay them after a fix")
+        Finding(f"parked {kind}", n, f"{n} {kind[:-1] if n == 1 else kind} parked: replay after a fix")
         for kind, n in counts.items()
         if n > threshold
     ]
@@ -155,14 +155,17 @@ def rejected_share(check: Check) -> list[Finding]:
     (counted by the hour), once it sent at least ``min_events`` (100)."""
     share, minimum = check.number("share", 0.05), check.number("min_events", 100)
     findings = []
-    for source_id, (accepted, rejected, _) in sorted(traffic_since(since=check.now - check.window).items()):
+    traffic = traffic_since(since=check.now - check.window)
+    names = source_names(traffic)
+    for source_id, (accepted, rejected, _) in sorted(traffic.items()):
         total = accepted + rejected
         if total >= minimum and total and rejected / total > share:
+            name = names.get(source_id, f"source {source_id}")
             findings.append(
                 Finding(
                     f"source {source_id}",
                     rejected / total,
-                    f"Source {source_id}: {rejected} of {total} events rejected ({rejected / total:.1%})",
+                    f"{name}: {rejected} of {total} events rejected ({rejected / total:.1%})",
                 )
             )
     return findings

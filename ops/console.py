@@ -1,6 +1,7 @@
 """The console's alerts page (``ops.view_alert``): what is open now by level, the rules, and the
 history; acknowledge and resolve buttons for those who may (``ops.change_alert``)."""
 
+import orjson
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -28,7 +29,9 @@ def alerts_page(request: HttpRequest) -> HttpResponse:
         .select_related("rule", "acknowledged_by", "resolved_by")
         .order_by("-resolved_at", "-id")[:HISTORY]
     )
-    rules = AlertRule.objects.prefetch_related("targets").order_by("id")
+    rules = list(AlertRule.objects.prefetch_related("targets").order_by("id"))
+    for rule in rules:  # shown as staff write them (JSON), not as Python's repr
+        rule.params_text = orjson.dumps(rule.params).decode()  # type: ignore[attr-defined]
     return render(
         request,
         "ops/alerts.html",
