@@ -83,6 +83,7 @@ class RulesView(APIView):
         ],
         responses={200: page_serializer(RuleOutput)},
         tags=["alerts"],
+        operation_id="alert_rules_list",
     )
     def get(self, request: Request) -> Response:
         """The alert rules, oldest first."""
@@ -155,6 +156,7 @@ class AlertsView(APIView):
         ],
         responses={200: page_serializer(AlertOutput)},
         tags=["alerts"],
+        operation_id="alerts_list",
     )
     def get(self, request: Request) -> Response:
         """Alerts, newest first, with their notices: the history (``status``, ``level`` filter)."""
