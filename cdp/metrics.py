@@ -22,6 +22,11 @@ import os
 from prometheus_client import Counter, Histogram
 from prometheus_client import multiprocess as _multiprocess
 
+# The library writes its files there at a metric's first use, and fails if the directory is not
+# there: made here, before any metric below is used (a fresh tmpfs mount is empty).
+if _dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(_dir, exist_ok=True)
+
 #: Latency buckets (seconds) for requests and short jobs: ingestion answers in milliseconds.
 FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: For work that may take minutes (a full segment recompute, a pipeline batch under load).

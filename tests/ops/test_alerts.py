@@ -431,3 +431,18 @@ def test_a_broken_rule_does_not_stop_the_others():
     assert "params.threshold must be a number" in result.errors["broken"]
     assert Alert.objects.filter(rule__key="retention-behind").exists()
     assert not Alert.objects.filter(rule=broken).exists()
+
+
+def test_the_command_evaluates_without_a_broker(settings):
+    """What cron runs when beat cannot reach the workers: the broker rule fires from it."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    rule = only("services-unreachable")
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
+    out = StringIO()
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        call_command("alerts_evaluate", stdout=out)
+    assert out.getvalue().strip() == "opened 1, resolved 0, escalated 0"
+    assert set(open_alerts(rule)) == {"broker"}
