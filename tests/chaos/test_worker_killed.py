@@ -20,7 +20,7 @@ from members.models import DirtyMark, MemberOrder
 from tests.chaos.stages import IN_FLIGHT
 from tests.events.test_worker_integration import Stream, broker, seen_table
 from tests.factories import SourceFactory
-from tests.processes import CeleryProcess, CeleryWorker, RedisServer, wait_for
+from tests.processes import CeleryProcess, CeleryWorker, wait_for
 
 __all__ = ["broker", "seen_table"]  # fixtures, used by name
 
@@ -52,7 +52,7 @@ def kill_hard(worker: CeleryProcess) -> int:
 
 
 def test_a_worker_killed_mid_batch_loses_nothing_and_doubles_nothing(
-    live_server, broker: RedisServer, tmp_path, seen_table
+    live_server, broker, tmp_path, seen_table
 ):
     celery = CeleryWorker(
         broker_url=broker.url,
@@ -78,7 +78,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_doubles_nothing(
         for _ in range(KILLS):
             marks.delete(IN_FLIGHT)
             # A batch is in flight: claimed, resolved and recorded in its transaction, not committed.
-            assert wait_for(lambda: marks.exists(IN_FLIGHT), timeout=20, interval=0.02), worker.output()
+            assert wait_for(lambda: bool(marks.exists(IN_FLIGHT)), timeout=20, interval=0.02), worker.output()
             killed += kill_hard(worker)
             time.sleep(1.0)  # dead for a moment while orders keep arriving
             worker.start()

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.utils import timezone
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import expect
 
 from cdp.roles import Role
 from events.models import RejectedEvent
@@ -25,7 +25,7 @@ __all__ = ["browser", "screenshots"]  # fixtures, used by name
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_an_administrator_acknowledges_and_resolves_alerts(live_server, browser: Browser, screenshots):
+def test_an_administrator_acknowledges_and_resolves_alerts(live_server, browser, screenshots):
     # Real data for three levels: a parked event (red), a noisy source (yellow), a webhook off (blue).
     event_park(
         event_id=EventFactory().pk, stage="identity.services.identity_resolve_events", error=ValueError("bad")
@@ -88,4 +88,4 @@ def test_an_administrator_acknowledges_and_resolves_alerts(live_server, browser:
     console.close()
 
     red_alert = Alert.objects.get(level="red")
-    assert (red_alert.status, red_alert.acknowledged_by.username) == ("acknowledged", "oncall")  # type: ignore[union-attr]
+    assert (red_alert.status, red_alert.acknowledged_by.username) == ("acknowledged", "oncall")
