@@ -258,3 +258,36 @@ def test_a_task_sent_by_a_request_carries_its_id_to_the_worker() -> None:
     assert current_request_id() == "req-from-web-1"
     celery_config._request_id_drop(task_id="t-1")
     assert current_request_id() == ""
+
+
+def test_celery_task_failures_and_retries_are_counted():
+    from celery.signals import task_retry
+
+    from config.celery import app
+
+    @app.task(name="tests.metrics.fails")
+    def fails():
+        raise RuntimeError("broken")
+
+    failures = cdp_metrics.TASK_FAILURES.labels("tests.metrics.fails")
+    retries = cdp_metrics.TASK_RETRIES.labels("tests.metrics.fails")
+    before_failures, before_retries = failures._value.get(), retries._value.get()
+    # (not propagated, as a worker runs them: Celery sends its signals then)
+    assert fails.apply(throw=False).state == "FAILURE"
+    # An eager retry runs the task again at once, so the worker's signal is sent as it sends it.
+    task_retry.send(sender=fails, request=None, reason=RuntimeError("again"), einfo=None)
+    assert failures._value.get() - before_failures == 1
+    assert retries._value.get() - before_retries == 1
+
+
+def test_database_outages_are_counted():
+    from django.db import OperationalError
+
+    from cdp.errors import api_exception_handler
+
+    errors = cdp_metrics.DATABASE_CONNECTION_ERRORS.labels("web")
+    before = errors._value.get()
+    response = api_exception_handler(OperationalError("connection refused"), {})
+    assert response is not None
+    assert response.status_code == 503
+    assert errors._value.get() - before == 1
