@@ -410,6 +410,14 @@ ALERT_EVALUATE_INTERVAL_SECONDS = env.int("ALERT_EVALUATE_INTERVAL_SECONDS", def
 #: ``callable(cdp.alerting.Check) -> list[cdp.alerting.Finding]``, e.g. insights' KPI drop
 #: {"kpi_drop": "members.insights.alerts.kpi_drop"}.
 ALERT_CONDITIONS: dict[str, str] = env.json("ALERT_CONDITIONS", default={})
+#: With PostgreSQL unreachable (rules and targets live there), ``manage.py alerts_evaluate`` tells
+#: these instead, every ALERT_OUTAGE_REPEAT_MINUTES while it lasts (ops.outage).
+ALERT_OUTAGE_EMAILS: list[str] = env.list("ALERT_OUTAGE_EMAILS", default=[])
+ALERT_OUTAGE_WEBHOOK_URLS: list[str] = env.list("ALERT_OUTAGE_WEBHOOK_URLS", default=[])
+ALERT_OUTAGE_REPEAT_MINUTES = env.int("ALERT_OUTAGE_REPEAT_MINUTES", default=30)
+ALERT_OUTAGE_STATE_FILE = env(
+    "ALERT_OUTAGE_STATE_FILE", default=str(BASE_DIR / ".run" / "alerts-outage.json")
+)
 #: Alert emails (Django's email backend: EMAIL_URL, e.g. smtp://user:pass@host:587, or consolemail://).
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="cdp-alerts@localhost")
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))

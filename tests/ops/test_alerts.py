@@ -7,6 +7,7 @@ import hashlib
 import hmac
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from io import StringIO
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -435,8 +436,6 @@ def test_a_broken_rule_does_not_stop_the_others():
 
 def test_the_command_evaluates_without_a_broker(settings):
     """What cron runs when beat cannot reach the workers: the broker rule fires from it."""
-    from io import StringIO
-
     from django.core.management import call_command
 
     rule = only("services-unreachable")
@@ -446,3 +445,33 @@ def test_the_command_evaluates_without_a_broker(settings):
         call_command("alerts_evaluate", stdout=out)
     assert out.getvalue().strip() == "opened 1, resolved 0, escalated 0"
     assert set(open_alerts(rule)) == {"broker"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_the_database_away_the_command_tells_the_outage_targets_once_then_its_return(
+    settings, tmp_path, receiver
+):
+    from django.core.management import CommandError, call_command
+    from django.db import connections
+
+    settings.ALERT_OUTAGE_EMAILS = ["oncall@example.com"]
+    settings.ALERT_OUTAGE_WEBHOOK_URLS = [receiver.url]
+    settings.ALERT_OUTAGE_STATE_FILE = str(tmp_path / "outage.json")
+    connection = connections["default"]
+    port = connection.settings_dict["PORT"]
+    connection.close()
+    connection.settings_dict["PORT"] = "1"  # nothing listens there: refused, as a stopped server
+    try:
+        for _ in range(2):  # the second run, within the repeat interval, says nothing new
+            with pytest.raises(CommandError, match="database is unreachable"):
+                call_command("alerts_evaluate")
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = port
+    assert [m.subject for m in mail.outbox] == ["[RED] Database unreachable"]
+    assert len(receiver.received) == 1
+    assert orjson.loads(receiver.received[0].body)["text"].startswith("*[RED] Database unreachable*")
+    call_command("alerts_evaluate", stdout=StringIO())
+    assert [m.subject for m in mail.outbox][-1] == "[RED] RESOLVED: Database unreachable"
+    call_command("alerts_evaluate", stdout=StringIO())
+    assert len(mail.outbox) == 2  # told once that it is over
