@@ -7,7 +7,7 @@ WEB_PORT ?= 8000
 MEMBERS ?= 2000
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev browser services migrate demo run web worker beat test lint format bench
+.PHONY: help install install-dev browser services migrate demo run web worker beat test lint format bench chaos
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -89,3 +89,9 @@ bench: install-dev ## Benchmarks: ingestion, identity resolution, member 360, lo
 	$(BIN)/python bench/members.py
 	$(BIN)/python bench/points.py
 	$(BIN)/python bench/segments.py
+
+# Faults with figures (docs/benchmarks.md, "Faults"): real workers and a private Redis, never the
+# shared services. They are integration tests, so `make test` runs them too.
+chaos: install-dev ## Fault tests: kill a worker mid-batch while events stream in; prints sent / stored / processed / lost / doubled
+	@DJANGO_SETTINGS_MODULE=config.settings.test $(BIN)/python manage.py ensure_services --server-only
+	$(BIN)/pytest tests/chaos -m integration -p no:randomly -n 0 -s -q

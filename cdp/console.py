@@ -24,6 +24,7 @@ SECTIONS = (
     Section("console:tags", "Tags", "segments.view_tag"),
     Section("console:insights", "Insights", "insights.view_insights"),
     Section("console:audit", "Audit log", "cdp.view_auditentry"),
+    Section("console:alerts", "Alerts", "ops.view_alert"),
 )
 
 

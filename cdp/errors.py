@@ -25,6 +25,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from cdp.metrics import DATABASE_CONNECTION_ERRORS
+
 logger = logging.getLogger(__name__)
 
 #: Paths whose answers are JSON in this shape, whoever answers (the console and admin keep HTML).
@@ -100,6 +102,7 @@ def _outage_body() -> dict[str, Any]:
 
 def database_outage_response(request: HttpRequest, exc: BaseException) -> HttpResponse:
     """503 with ``Retry-After``: JSON in the one shape on the API paths, plain text elsewhere."""
+    DATABASE_CONNECTION_ERRORS.labels("web").inc()
     logger.warning("Database unavailable answering %s %s: %s", request.method, request.path, exc)
     if is_api_path(request):
         response: HttpResponse = JsonResponse(_outage_body(), status=status.HTTP_503_SERVICE_UNAVAILABLE)
@@ -119,6 +122,7 @@ def is_api_path(request: HttpRequest) -> bool:
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if is_database_outage(exc):
+        DATABASE_CONNECTION_ERRORS.labels("web").inc()
         logger.warning("Database unavailable in %s: %s", type(context.get("view")).__name__, exc)
         return Response(
             _outage_body(),

@@ -22,7 +22,8 @@ class Role(models.TextChoices):
 #: subscribes webhooks to segments and runs coupon campaigns; checkout (a till or a web shop's
 #: checkout) spends points and redeems coupons and sees nothing else; the privacy officer
 #: answers people's requests: finds them (seeing their contact details, to check who asks),
-#: exports everything held about them, erases them, lists the requests and reads the audit log;
+#: exports everything held about them, erases them, lists the requests and reads the audit log
+#: (and the alerts, to act on a possible leak);
 #: an administrator holds every permission of the platform's apps. Agents and managers see a
 #: member's consent and record what the person tells them (each statement recorded is audited).
 #: The analyst reads the insights board and API (counts and sums, no member), as marketing does.
@@ -74,6 +75,10 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
         "privacy.erase_member",
         "privacy.export_member",
         "privacy.view_retentionrun",
+        # A burst of views or exports by one staff user is a red alert (a possible leak): the
+        # privacy officer sees the alerts and acknowledges or resolves them.
+        "ops.view_alert",
+        "ops.change_alert",
     ),
     # Counts and sums of every store, never a person: the board and the insights API only.
     Role.ANALYST: ("insights.view_insights",),
@@ -88,6 +93,7 @@ PLATFORM_APPS = (
     "consent",
     "privacy",
     "insights",
+    "ops",
 )
 
 

@@ -8,8 +8,19 @@ import os
 
 from celery import Celery
 from celery.schedules import crontab
-from celery.signals import worker_init, worker_process_init
+from celery.signals import (
+    before_task_publish,
+    task_failure,
+    task_postrun,
+    task_prerun,
+    task_retry,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
+from cdp.metrics import process_exited, task_failed, task_retried
+from cdp.tracing import current_request_id, request_id_reset, request_id_set
 from cdp.workers import worker_gc_tune
 
 # Production unless told otherwise, as config/wsgi.py (this module is imported first, with the
@@ -85,6 +96,12 @@ def _beat_schedule() -> dict[str, dict]:
             "schedule": crontab(hour=insights_hour, minute=insights_minute),
             "options": {"expires": 3600},
         },
+        # Alert rules (ops): open, resolve and escalate alerts, and send their notices.
+        "alerts-evaluate": {
+            "task": "ops.alerts_evaluate",
+            "schedule": settings.ALERT_EVALUATE_INTERVAL_SECONDS,
+            "options": {"expires": settings.ALERT_EVALUATE_INTERVAL_SECONDS},
+        },
         # Segment webhooks: retries whose backoff ended and deliveries whose nudge was lost.
         "webhooks-sweep": {
             "task": "members.segments.webhooks_sweep",
@@ -103,3 +120,48 @@ def _install_beat_schedule(sender: Celery, **kwargs: object) -> None:
 @worker_process_init.connect
 def _tune_worker_process(**kwargs: object) -> None:
     worker_gc_tune()
+
+
+@worker_process_shutdown.connect
+def _metrics_process_exited(**kwargs: object) -> None:
+    process_exited(os.getpid())
+
+
+@task_failure.connect
+def _metrics_task_failed(
+    sender: object = None, exception: BaseException | None = None, **kwargs: object
+) -> None:
+    # Imported here: cdp.errors loads DRF, which must not be imported before Django's settings are.
+    from cdp.errors import is_database_outage
+
+    task_failed(str(getattr(sender, "name", sender)), database_outage=is_database_outage(exception))
+
+
+@task_retry.connect
+def _metrics_task_retried(sender: object = None, **kwargs: object) -> None:
+    task_retried(str(getattr(sender, "name", sender)))
+
+
+# The request id travels with every task a request sends (a message header), so the worker's
+# log lines of that task carry it (cdp.tracing).
+@before_task_publish.connect
+def _request_id_send(headers: dict | None = None, **kwargs: object) -> None:
+    if headers is not None and (request_id := current_request_id()):
+        headers["request_id"] = request_id
+
+
+_request_id_tokens: dict[str, object] = {}
+
+
+@task_prerun.connect
+def _request_id_take(task_id: str = "", task: object = None, **kwargs: object) -> None:
+    request = getattr(task, "request", None)
+    given = getattr(request, "request_id", None) if request is not None else None
+    if isinstance(given, str) and given:
+        _request_id_tokens[task_id] = request_id_set(given)
+
+
+@task_postrun.connect
+def _request_id_drop(task_id: str = "", **kwargs: object) -> None:
+    if (token := _request_id_tokens.pop(task_id, None)) is not None:
+        request_id_reset(token)

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from gunicorn.glogging import Logger
 
+from cdp.metrics import gunicorn_child_exit
+
 #: Client, time, request (no query), status, bytes, milliseconds, user agent.
 access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s"'
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
@@ -52,3 +54,6 @@ class RedactingLogger(Logger):
 
 
 logger_class = RedactingLogger
+
+#: Multiprocess metrics: a worker that exited leaves its live values behind (cdp.metrics).
+child_exit = gunicorn_child_exit

@@ -11,11 +11,13 @@ from cdp import audit_console
 from cdp.api_docs import RedocView, SwaggerView
 from cdp.health import health
 from cdp.login import ConsoleLoginView
+from cdp.metrics_view import metrics
 from members import console
 from members.consent import console as consent_console
 from members.insights import console as insights_console
 from members.privacy import console as privacy_console
 from members.segments import console as segments_console
+from ops import console as ops_console
 
 console_urls = (
     [
@@ -28,6 +30,7 @@ console_urls = (
         *consent_console.urlpatterns,
         *audit_console.urlpatterns,
         *insights_console.urlpatterns,
+        *ops_console.urlpatterns,
     ],
     "console",
 )
@@ -44,10 +47,12 @@ urlpatterns = [
     path("api/v1/", include("members.privacy.urls")),
     path("api/v1/", include("members.insights.urls")),
     path("api/v1/", include("cdp.urls")),
+    path("api/v1/", include("ops.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", RedocView.as_view(url_name="schema"), name="api-redoc"),
     path("console/", include(console_urls)),
     path("admin/", admin.site.urls),
     path("health/", health, name="health"),
+    path("metrics", metrics, name="metrics"),
 ]

@@ -11,6 +11,7 @@ from collections.abc import Collection
 
 from django.db import connection
 
+from cdp.metrics import PARKED
 from events.models import ParkedEvent, PendingEvent
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ def event_park(*, event_id: int, stage: str, error: BaseException) -> int:
     if row is None:
         return 0
     logger.warning("Parked event %s (attempt %s) at %s: %s", event_id, row[0], stage, described)
+    PARKED.labels("event").inc()
     return 1
 
 

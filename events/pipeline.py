@@ -24,6 +24,7 @@ in its own transaction, down to the single events that fail, which are parked
 claim, then the stages); a batch with one bad event in 500 costs about twenty transactions.
 """
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from django.db import transaction
 from django.utils.module_loading import import_string
 
 from cdp.db import binary_parameters_cursor
+from cdp.metrics import BATCH_EVENTS, BATCH_SECONDS
 from cdp.retries import database_error_is_transient, transient_retry
 from events.models import Event, PendingEvent
 from events.parking import event_park
@@ -57,6 +59,8 @@ class ClaimedEvent:
     context: dict
     event: str = ""  # a track call's event name (a sign-up is told by it: identity.erasure)
 
+
+logger = logging.getLogger(__name__)
 
 Stage = Callable[[Sequence[ClaimedEvent]], None]
 FollowUp = Callable[[], int]
@@ -107,16 +111,34 @@ def events_process_batch(*, batch_size: int) -> int:
 
     A transient database error is retried (and raised when it persists: the events stay
     queued); any other failure bisects the batch (the module's docstring).
+
+    A batch that took events is timed (``cdp_pipeline_batch_duration_seconds``) and logged
+    with its event ids, under the id of the request whose nudge runs it (``cdp.tracing``).
     """
+    began = time.perf_counter()
     run = _Run()
     try:
-        return transient_retry(partial(_claim_and_run, run, partial(events_claim, batch_size=batch_size)))
+        done = transient_retry(partial(_claim_and_run, run, partial(events_claim, batch_size=batch_size)))
     except Exception as exc:
         if database_error_is_transient(exc):
             raise
         failure = run.failure(exc)
-    # The claim itself failed: which events it took went back unread; take the queue's head.
-    return _bisect(run.event_ids or _queue_head(batch_size), failure)
+        # The claim itself failed: which events it took went back unread; take the queue's head.
+        run.event_ids = run.event_ids or _queue_head(batch_size)
+        done = _bisect(run.event_ids, failure)
+    if done:
+        elapsed = time.perf_counter() - began
+        BATCH_SECONDS.observe(elapsed)
+        BATCH_EVENTS.inc(done)
+        logger.info(
+            "pipeline batch: %d events (ids %d..%d) in %.3f s",
+            done,
+            run.event_ids[0],
+            run.event_ids[-1],
+            elapsed,
+            extra={"event_ids": [run.event_ids[0], run.event_ids[-1]], "events": done},
+        )
+    return done
 
 
 @dataclass

@@ -2,9 +2,12 @@
 
 import time
 from collections.abc import Iterable
+from datetime import datetime
+
+from django.db import connection
 
 from cdp.credentials import credential_hash
-from events.models import Event, Source
+from events.models import Channel, Event, RejectedEvent, Source
 
 
 def source_for_write_key(write_key: str) -> Source | None:
@@ -77,3 +80,47 @@ def events_stated_names(*, event_ids: Iterable[int], keys: Iterable[str]) -> set
             if isinstance(document, dict):
                 found.update(v.strip() for k in wanted if isinstance(v := document.get(k), str) and v.strip())
     return found
+
+
+_TRAFFIC = """
+SELECT source_id, date_trunc('hour', received_at), count(*), max(received_at), max(id)
+FROM {table} WHERE id > %s AND id <= %s GROUP BY 1, 2
+"""
+_SETTLED_HEAD = "SELECT id FROM {table} WHERE received_at < %s ORDER BY id DESC LIMIT 1"
+
+
+def events_traffic(
+    *, after_id: int, settled_before: datetime, rejected: bool = False
+) -> tuple[list[tuple[int, datetime, int, datetime]], int]:
+    """Events (or rejections) stored after ``after_id`` and received before ``settled_before``,
+    counted per source and hour: [(source id, hour, count, last received)], and the id read up
+    to (the next call's ``after_id``).
+
+    An id is taken when its row is inserted, not when it commits: a row received after
+    ``settled_before`` is left for the next call, so a request still committing (ingestion
+    commits within milliseconds of its receipt time) is never skipped. The walk is by primary
+    key from ``after_id``: each call reads only what arrived since the last."""
+    table = (RejectedEvent if rejected else Event)._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(_SETTLED_HEAD.format(table=table), [settled_before])  # model tables only
+        head = cursor.fetchone()
+        if head is None or head[0] <= after_id:
+            return [], after_id
+        cursor.execute(_TRAFFIC.format(table=table), [after_id, head[0]])
+        return [(row[0], row[1], row[2], row[3]) for row in cursor.fetchall()], head[0]
+
+
+def events_last_id(*, rejected: bool = False) -> int:
+    """The newest id of the event (or rejection) table; 0 when it is empty."""
+    model = RejectedEvent if rejected else Event
+    return model.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def store_sources() -> list[tuple[int, str, str]]:
+    """The enabled sources of stores' tills (kind pos with a store code): (id, name, store code)."""
+    return list(
+        Source.objects.filter(kind=Channel.POS, enabled=True)
+        .exclude(store_code="")
+        .order_by("id")
+        .values_list("id", "name", "store_code")
+    )

@@ -12,6 +12,7 @@ from collections.abc import Collection
 
 from django.db import connection
 
+from cdp.metrics import PARKED
 from events.parking import error_text
 from members.models import DirtyMark, ParkedMember
 
@@ -57,6 +58,7 @@ def member_park(*, member_id: int, error: BaseException) -> int:
     if row is None:
         return 0
     logger.warning("Parked member %s (attempt %s): %s", member_id, row[0], described)
+    PARKED.labels("member").inc()
     return 1
 
 

@@ -1,5 +1,6 @@
 """Writes of the members app: refresh what is computed from a member's events."""
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
@@ -15,6 +16,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from cdp.db import binary_parameters_cursor, rows_delete
+from cdp.metrics import REFRESH_MEMBERS, REFRESH_SECONDS
 from cdp.retries import database_error_is_transient, transient_retry
 from events.commerce import ORDER_COMPLETED, ORDER_EVENTS
 from members.aggregates import CHANNELS, Order, OrderEvent, aggregates_of, order_event, orders_of
@@ -44,6 +46,8 @@ from members.segments.selectors import definitions_load
 from members.segments.webhooks.services import webhooks_nudge
 from members.traits import GROUP_CALL, TraitObservation, latest_traits, traits_of_event
 
+logger = logging.getLogger(__name__)
+
 
 def members_refresh_batch(*, batch_size: int | None = None) -> int:
     """Take identity's "members changed" rows into the refresh queue (``members.marks``), then
@@ -63,14 +67,21 @@ def members_refresh_batch(*, batch_size: int | None = None) -> int:
     parked; the happy path pays nothing for it.
     """
     size = batch_size or settings.MEMBER_REFRESH_BATCH_SIZE
+    began = time.perf_counter()
     transient_retry(member_changes_accept)
     claimed: list[int] = []
     try:
-        return transient_retry(partial(_refresh, partial(_marks_claim, size), claimed))
+        done = transient_retry(partial(_refresh, partial(_marks_claim, size), claimed))
     except Exception as exc:
         if database_error_is_transient(exc) or not claimed:
             raise
-        return _refresh_bisect(claimed, exc)
+        done = _refresh_bisect(claimed, exc)
+    if done:
+        elapsed = time.perf_counter() - began
+        REFRESH_SECONDS.observe(elapsed)
+        REFRESH_MEMBERS.inc(done)
+        logger.info("member refresh: %d members in %.3f s", done, elapsed, extra={"members": done})
+    return done
 
 
 def _refresh(claim: Callable[[], list[tuple[int, int]]], claimed: list[int]) -> int:

@@ -42,9 +42,12 @@ INSTALLED_APPS = [
     "members.consent",  # likewise (label "consent")
     "members.privacy",  # likewise (label "privacy")
     "members.insights",  # likewise (label "insights")
+    "ops",  # alerting: above every app, it reads their state (see the layers contract)
 ]
 
 MIDDLEWARE = [
+    # First: the request id and the request's duration (cdp.tracing) cover everything below.
+    "cdp.tracing.RequestMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "cdp.middleware.DatabaseOutageMiddleware",
     "cdp.middleware.ClientAddressMiddleware",
@@ -369,14 +372,66 @@ LIFECYCLE_NEW_DAYS = env.int("LIFECYCLE_NEW_DAYS", default=30)
 LIFECYCLE_ACTIVE_DAYS = env.int("LIFECYCLE_ACTIVE_DAYS", default=90)
 LIFECYCLE_CHURN_DAYS = env.int("LIFECYCLE_CHURN_DAYS", default=180)
 
+# Log lines: JSON (LOG_FORMAT=json, production's default: one object a line, with the request id
+# and whatever ``extra`` a line carries, for a log shipper) or plain text for a terminal. Both
+# carry the request id (cdp.tracing), also in the worker's lines of tasks a request sent.
+LOG_FORMAT = env("LOG_FORMAT", default="plain")
 LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "cdp.tracing.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["request_id"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Metrics (cdp.metrics, GET /metrics) ----------------------------------------------------
+# Multiprocess mode is switched on by PROMETHEUS_MULTIPROC_DIR in the environment of every
+# process (web and workers alike; see the README's Operations section).
+#: A scraper sending ``Authorization: Bearer <token>`` may read /metrics ...
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+#: ... and so may any client from these networks (CIDRs). Production allows none by default:
+#: behind a proxy on the same host every request comes from 127.0.0.1.
+METRICS_ALLOWED_NETWORKS: list[str] = env.list(
+    "METRICS_ALLOWED_NETWORKS", default=["127.0.0.1/32", "::1/128"]
+)
+#: Read at scrape time: dotted paths to ``callable() -> Iterable[prometheus Metric]``.
+METRICS_COLLECTORS: list[str] = env.list(
+    "METRICS_COLLECTORS", default=["events.metrics.pipeline_collect", "members.metrics.members_collect"]
+)
+
+# --- Alerting (ops) ----------------------------------------------------------------------------
+#: How often beat evaluates the alert rules.
+ALERT_EVALUATE_INTERVAL_SECONDS = env.int("ALERT_EVALUATE_INTERVAL_SECONDS", default=60)
+#: Conditions beyond the built-in ones (ops.conditions), for rules to name: name -> dotted path to
+#: ``callable(cdp.alerting.Check) -> list[cdp.alerting.Finding]``, e.g. insights' KPI drop
+#: {"kpi_drop": "members.insights.alerts.kpi_drop"}.
+ALERT_CONDITIONS: dict[str, str] = env.json("ALERT_CONDITIONS", default={})
+#: With PostgreSQL unreachable (rules and targets live there), ``manage.py alerts_evaluate`` tells
+#: these instead, every ALERT_OUTAGE_REPEAT_MINUTES while it lasts (ops.outage).
+ALERT_OUTAGE_EMAILS: list[str] = env.list("ALERT_OUTAGE_EMAILS", default=[])
+ALERT_OUTAGE_WEBHOOK_URLS: list[str] = env.list("ALERT_OUTAGE_WEBHOOK_URLS", default=[])
+ALERT_OUTAGE_REPEAT_MINUTES = env.int("ALERT_OUTAGE_REPEAT_MINUTES", default=30)
+ALERT_OUTAGE_STATE_FILE = env(
+    "ALERT_OUTAGE_STATE_FILE", default=str(BASE_DIR / ".run" / "alerts-outage.json")
+)
+#: Alert emails (Django's email backend: EMAIL_URL, e.g. smtp://user:pass@host:587, or consolemail://).
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="cdp-alerts@localhost")
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 
 # --- Personal data: erasure, access requests, retention (members.privacy) -----------------------
 #: The key of the fingerprints an erasure keeps of each identifier it erased (HMAC-SHA256,

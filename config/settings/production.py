@@ -9,7 +9,7 @@ terminates TLS and says so in ``X-Forwarded-Proto``. The app serves its own stat
 """
 
 from config.settings.base import *  # noqa: F403
-from config.settings.base import MIDDLEWARE, env
+from config.settings.base import LOGGING, MIDDLEWARE, env
 
 DEBUG = False
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
@@ -17,6 +17,11 @@ env("DATABASE_URL")  # required here; base falls back to the local database for 
 #: Its own secret, never derived from the secret key (which may be rotated): see base.py.
 PRIVACY_FINGERPRINT_KEY = env("PRIVACY_FINGERPRINT_KEY")
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+#: JSON log lines for the log shipper (base.py); LOG_FORMAT=plain for a terminal.
+LOG_FORMAT = env("LOG_FORMAT", default="json")
+LOGGING["handlers"]["console"]["formatter"] = "json" if LOG_FORMAT == "json" else "plain"
+#: /metrics: a token or networks must be given (base.py); nobody may scrape otherwise.
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=[])
 
 # --- HTTPS --------------------------------------------------------------------------------------
 # The proxy (load balancer, nginx) terminates TLS and sets this header to "https"; it must

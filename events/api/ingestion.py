@@ -8,6 +8,8 @@ its events, whatever their number.
 import base64
 import binascii
 import zlib
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
@@ -22,6 +24,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cdp.errors import ApiError, FieldError
+from cdp.metrics import EVENTS
 from events.api.throttling import WriteKeyThrottle
 from events.contract import (
     MAX_BATCH_BYTES,
@@ -34,7 +37,7 @@ from events.contract import (
 )
 from events.models import Source
 from events.selectors import source_for_write_key
-from events.services import events_ingest
+from events.services import IngestOutcome, events_ingest
 from events.wire import BodyUnreadable, body_read, excerpt, printable
 
 
@@ -165,6 +168,19 @@ class _IngestionView(APIView):
             messages=(),
             rejections=(rejection,),
         )
+        EVENTS.labels(str(request.auth.pk), "rejected", rejection.code).inc()
+
+
+def _count(source: Source, outcome: IngestOutcome, rejections: Sequence[Rejection] = ()) -> None:
+    """The request's events in ``cdp_events_total`` (after they are stored: a request that
+    failed counts nothing)."""
+    key = str(source.pk)
+    if outcome.accepted:
+        EVENTS.labels(key, "accepted", "").inc(outcome.accepted)
+    if outcome.duplicates:
+        EVENTS.labels(key, "duplicate", "").inc(outcome.duplicates)
+    for code, count in Counter(rejection.code for rejection in rejections).items():
+        EVENTS.labels(key, "rejected", code).inc(count)
 
 
 class SingleCallView(_IngestionView):
@@ -184,6 +200,7 @@ class SingleCallView(_IngestionView):
         outcome = events_ingest(
             source=request.auth, endpoint=self.endpoint, received_at=self.received_at, messages=(parsed,)
         )
+        _count(request.auth, outcome)
         return Response(
             {"success": True, "messageId": parsed.message_id, "duplicate": outcome.duplicates > 0}
         )
@@ -267,6 +284,7 @@ class BatchView(_IngestionView):
             messages=messages,
             rejections=rejections,
         )
+        _count(request.auth, outcome, rejections)
         rejected = [_rejection_body(rejection) for rejection in rejections]
         if not messages:
             return Response(

@@ -19,7 +19,7 @@ from members.consent.selectors import consent_history
 from members.loyalty.presentation import points_json
 from members.loyalty.selectors import ledger_page, points_summary
 from members.presentation import profile_json
-from members.privacy.models import PrivacyRequest
+from members.privacy.models import PrivacyRequest, RetentionRun
 from members.selectors import member_orders, member_profile
 
 #: A ledger longer than this is not a person's (the export takes it whole).
@@ -76,3 +76,13 @@ def privacy_requests(*, kind: str = "", status: str = "") -> QuerySet[PrivacyReq
     if status:
         requests = requests.filter(status=status)
     return requests
+
+
+def retention_last_applied() -> datetime | None:
+    """When the last retention run that was not a dry run finished (None: never)."""
+    return (
+        RetentionRun.objects.filter(dry_run=False, finished_at__isnull=False)
+        .order_by("-finished_at")
+        .values_list("finished_at", flat=True)
+        .first()
+    )

@@ -9,7 +9,7 @@ from typing import Any, Literal, TypeVar
 from django.db import connection
 
 from members.consent.selectors import members_with_consent
-from members.segments.models import Segment, SegmentChange, SegmentMember, Tag
+from members.segments.models import Segment, SegmentChange, SegmentMember, SegmentWebhook, Tag
 from members.segments.rules.analysis import leaves, rule_references
 from members.segments.rules.parse import RuleInvalid, rule_parse
 from members.segments.rules.syntax import Condition, Did, DidNot, FirstTime, Stopped
@@ -175,3 +175,17 @@ def changes_consented(
         members_with_consent(member_ids=entered, purposes=purposes, at=at) if purposes is not None else set()
     )
     return [c for c in changes if c[2] != SegmentChange.Change.ENTERED or c[1] in allowed]
+
+
+def webhooks_inactive() -> list[tuple[int, str, str, str]]:
+    """Webhooks turned off (by failures or by staff): (id, segment key, url, why)."""
+    return list(
+        SegmentWebhook.objects.filter(active=False)
+        .order_by("id")
+        .values_list("id", "segment__key", "url", "disabled_reason")
+    )
+
+
+def segments_failing() -> list[tuple[int, str, str]]:
+    """Segments whose last compute failed: (id, key, error)."""
+    return list(Segment.objects.exclude(error="").order_by("id").values_list("id", "key", "error"))

@@ -20,6 +20,7 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from cdp.db import binary_parameters_cursor
+from cdp.metrics import SEGMENT_COMPUTE_ERRORS, SEGMENT_COMPUTE_SECONDS
 from identity.models import EventResolution
 from members.locks import full_compute_memory, memberships_lock
 from members.marks import members_mark_dirty
@@ -99,7 +100,7 @@ def segment_compute(
     now = now or timezone.now()
     began = time.monotonic()
     try:
-        with transaction.atomic():
+        with transaction.atomic(), SEGMENT_COMPUTE_SECONDS.labels("segment").time():
             condition = rule_parse(segment.rule)
             sql, params = rule_sql(
                 condition, now=now, all_members=True, counts=counts, counts_table=COUNTS_TABLE
@@ -111,6 +112,7 @@ def segment_compute(
             segment.error = ""
             segment.save(update_fields=["size", "computed_at", "compute_ms", "error", "updated_at"])
     except (RuleInvalid, DatabaseError) as error:
+        SEGMENT_COMPUTE_ERRORS.labels("segment").inc()
         segment.error = str(error)[:2000]
         segment.save(update_fields=["error", "updated_at"])
     return segment
@@ -214,8 +216,10 @@ def _definitions_compute(definitions: Definitions, *, now: datetime) -> list[Seg
                 done.append(segment_compute(segment=segments[definition.id], now=now, counts=counts))
                 continue
             try:
-                tag_compute(tag=tags[definition.id], now=now, counts=counts)
+                with SEGMENT_COMPUTE_SECONDS.labels("tag").time():
+                    tag_compute(tag=tags[definition.id], now=now, counts=counts)
             except DatabaseError:
+                SEGMENT_COMPUTE_ERRORS.labels("tag").inc()
                 # The tag keeps its members; the next run tries again.
                 logger.exception("rule tag %s could not be computed", definition.key)
     finally:

@@ -48,7 +48,7 @@ def test_the_privacy_officer_reads_filters_and_exports_the_log(
 
     page = console.log_in("officer")
     nav = page.get_by_role("navigation", name="Console")
-    expect(nav).to_have_text(re.compile(r"^\s*Members\s*Audit log\s*$"))
+    expect(nav).to_have_text(re.compile(r"^\s*Members\s*Audit log\s*Alerts\s*$"))
     nav.get_by_role("link", name="Audit log").click()
     expect(page).to_have_url(re.compile(r"/console/audit/$"))
     entries = page.get_by_test_id("audit-entries")

@@ -41,6 +41,7 @@ from members.models import ParkedMember
 from members.privacy.models import PrivacyRequest
 from members.segments.models import Segment, SegmentWebhook, Tag
 from members.segments.services import segment_static_set
+from ops.models import Alert, AlertRule
 from tests.conftest import basic_auth
 from tests.factories import EventFactory, SourceFactory
 
@@ -84,6 +85,7 @@ VIEW_SEGMENTS, VIEW_TAGS, VIEW_PARKED_EVENTS = (
 )
 VIEW_PARKED_MEMBERS, VIEW_WEBHOOKS = "members.view_parkedmember", "segments.view_segmentwebhook"
 VIEW_AUDIT = "cdp.view_auditentry"
+VIEW_ALERTS, CHANGE_ALERTS = "ops.view_alert", "ops.change_alert"
 VIEW_CONSENT, RECORD_CONSENT = "consent.view_consentstatement", "consent.add_consentstatement"
 ERASE, EXPORT, VIEW_REQUESTS = "privacy.erase_member", "privacy.export_member", "privacy.view_privacyrequest"
 VIEW_INSIGHTS = "insights.view_insights"
@@ -172,12 +174,24 @@ ENDPOINTS = [
     # the audit log
     Endpoint("GET", "/api/v1/audit/", (VIEW_AUDIT,), 200),
     Endpoint("GET", "/api/v1/audit/export/", (VIEW_AUDIT,), 200),
+    # operations: alert rules and alerts
+    Endpoint("GET", "/api/v1/alert-rules/", ("ops.view_alertrule",), 200),
+    Endpoint("POST", "/api/v1/alert-rules/", ("ops.add_alertrule",), 400, {}),
+    Endpoint("GET", "/api/v1/alert-rules/{alert_rule}/", ("ops.view_alertrule",), 200),
+    Endpoint("PATCH", "/api/v1/alert-rules/{alert_rule}/", ("ops.change_alertrule",), 200, {}),
+    Endpoint("GET", "/api/v1/alerts/", (VIEW_ALERTS,), 200),
+    Endpoint("GET", "/api/v1/alerts/{alert}/", (VIEW_ALERTS,), 200),
+    Endpoint("POST", "/api/v1/alerts/{alert}/acknowledge/", (CHANGE_ALERTS,), 200),
+    Endpoint("POST", "/api/v1/alerts/{alert}/resolve/", (CHANGE_ALERTS,), 200),
     # the schema and its docs, health: public
     # (served by DRF: a credential that is no staff token is refused, as anywhere in the API)
     Endpoint("GET", "/api/schema/", PUBLIC, 200, drf=True),
     Endpoint("GET", "/api/docs/", PUBLIC, 200, drf=True),
     Endpoint("GET", "/api/redoc/", PUBLIC, 200, drf=True),
     Endpoint("GET", "/health/", PUBLIC, 200),
+    # from an allowed network (the test client's 127.0.0.1), or with the scraper's token
+    # (tests/cdp/test_metrics.py): no staff role matters
+    Endpoint("GET", "/metrics", PUBLIC, 200),
     Endpoint("GET", "/", PUBLIC, 302),
     # the console
     Endpoint("GET", "/console/login/", PUBLIC, 200),
@@ -200,6 +214,9 @@ ENDPOINTS = [
     Endpoint("GET", "/console/audit/", (VIEW_AUDIT,), 200),
     Endpoint("GET", "/console/insights/", (VIEW_INSIGHTS,), 200, unscoped_only=True),
     Endpoint("GET", "/console/audit/export/", (VIEW_AUDIT,), 200),
+    Endpoint("GET", "/console/alerts/", (VIEW_ALERTS,), 200),
+    Endpoint("POST", "/console/alerts/{alert}/acknowledge/", (CHANGE_ALERTS,), 302),
+    Endpoint("POST", "/console/alerts/{alert}/resolve/", (CHANGE_ALERTS,), 302),
     Endpoint("POST", "/console/logout/", PUBLIC, 302),  # last: it ends the session
 ]  # fmt: skip
 
@@ -272,10 +289,16 @@ def rows() -> dict[str, object]:
     parked_event = ParkedEvent.objects.create(event=first, stage="identity", **parked)
     parked_member = ParkedMember.objects.create(member_id=member, **parked)
     privacy_request = PrivacyRequest.objects.create(kind=PrivacyRequest.Kind.ACCESS, member_id=member)
+    alert_rule = AlertRule.objects.get(key="parked-work")
+    alert = Alert.objects.create(
+        rule=alert_rule, level="red", subject="parked events", value=1, summary="1 events parked",
+        opened_at=now, last_seen_at=now,
+    )  # fmt: skip
     return {
         "member": member, "segment": segment.key, "tag": "vip", "coupon": "AUTUMN-1", "campaign": campaign.pk,
         "webhook": webhook.pk, "source": beijing.pk, "rejected": rejected.pk, "parked_event": parked_event.pk,
         "parked_member": parked_member.pk, "privacy_request": privacy_request.pk, "write_key": beijing.write_key,
+        "alert_rule": alert_rule.pk, "alert": alert.pk,
     }  # fmt: skip
 
 
@@ -356,6 +379,8 @@ def test_every_endpoint_is_in_the_matrix():
             "parked_event",
             "parked_member",
             "privacy_request",
+            "alert_rule",
+            "alert",
         ),
         1,
     )

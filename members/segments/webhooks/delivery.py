@@ -16,6 +16,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from cdp.metrics import WEBHOOK_DELIVERIES, WEBHOOKS_DISABLED
 from members.consent.selectors import purposes_declared
 from members.consent.statements import NO_CONSENT
 from members.segments.models import Segment, SegmentChange, SegmentWebhook, WebhookDelivery
@@ -160,6 +161,7 @@ def _deliver_batch(webhook_id: int, now: datetime) -> Outcome:
         succeeded=answer.succeeded,
     )
     _finish(claim, now, next_cursor=next_cursor, delivery=delivery, answer=answer)
+    WEBHOOK_DELIVERIES.labels("ok" if answer.succeeded else "failed").inc()
     return Outcome.DELIVERED if answer.succeeded else Outcome.FAILED
 
 
@@ -225,6 +227,7 @@ def _finish(
             return
         webhook.lease = None
         webhook.leased_until = None
+        was_active = webhook.active
         if answer is None or answer.succeeded:
             webhook.cursor = next_cursor
             webhook.failures = 0
@@ -251,6 +254,8 @@ def _finish(
                 webhook.next_attempt_at = now + timedelta(seconds=delay)
         webhook.save(update_fields=["lease", "leased_until", "cursor", "failures", "next_attempt_at", "last_success_at",
                                     "active", "disabled_reason", "updated_at"])  # fmt: skip
+        if was_active and not webhook.active:
+            WEBHOOKS_DISABLED.inc()
 
 
 def webhooks_due(*, now: datetime | None = None) -> list[int]:
