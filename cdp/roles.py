@@ -61,6 +61,16 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
         "segments.add_segmentwebhook",
         "segments.change_segmentwebhook",
         "segments.delete_segmentwebhook",
+        # Funnels, cohorts, attribution and channel ROI (members.insights): reads, and what
+        # marketing defines (saved funnels, the spend it enters).
+        "insights.view_funnel",
+        "insights.add_funnel",
+        "insights.change_funnel",
+        "insights.delete_funnel",
+        "insights.view_campaignspend",
+        "insights.add_campaignspend",
+        "insights.change_campaignspend",
+        "insights.delete_campaignspend",
     ),
     Role.CHECKOUT: ("loyalty.redeem_points", "loyalty.redeem_coupon"),
     Role.PRIVACY_OFFICER: (
@@ -73,7 +83,7 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
         "privacy.view_retentionrun",
     ),
 }
-PLATFORM_APPS = ("cdp", "events", "identity", "members", "loyalty", "segments", "consent", "privacy")
+PLATFORM_APPS = ("cdp", "events", "identity", "members", "loyalty", "segments", "consent", "privacy", "insights")
 
 
 def user_roles(user: User | AnonymousUser | None) -> frozenset[str]:

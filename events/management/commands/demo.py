@@ -32,6 +32,7 @@ from events.demo import DEMO_SOURCES, WEB_SOURCE_SLUG, DemoEvent, demo_stream
 from events.models import Channel, Event, Source
 from events.pipeline import events_process_pending
 from events.services import events_ingest, source_create, source_rotate_key, source_set_enabled
+from members.insights.demo_funnels import campaign_stream, insights_funnels_demo_setup
 from members.loyalty.demo import loyalty_demo_setup
 from members.models import Member
 from members.segments.demo import segments_demo_setup
@@ -194,6 +195,9 @@ class Command(BaseCommand):
         loyalty_demo_setup()  # before the worker earns the demo's points: tiers apply from the start
         segments_demo_setup()  # before the worker refreshes the demo's members: each lands where it belongs
         loaded = self._events_load(sources=sources, members=members, seed=seed)
+        # A campaign with spend and cross-channel journeys: the funnel, attribution and ROI pages.
+        insights_funnels_demo_setup(today=timezone.localdate())
+        self._campaign_load(sources=sources, members=members, seed=seed)
         if process:
             self._events_process()
         counted = _members_count(processed=process)
@@ -287,6 +291,15 @@ class Command(BaseCommand):
             rejected=loader.rejected,
             example_user_id=example_user_id or _FALLBACK_USER_ID,
         )
+
+
+    def _campaign_load(self, *, sources: dict[str, Source], members: int, seed: int) -> None:
+        """The campaigns' touches and purchases (``members.insights.demo_funnels``), stored like
+        the rest of the demo."""
+        loader = _Loader(sources)
+        for event in campaign_stream(members=members, seed=seed, now=timezone.now()):
+            loader.add(event)
+        loader.flush_all()
 
 
 def _members_count(*, processed: bool) -> _Members:
