@@ -63,12 +63,17 @@ def _unscoped(request: HttpRequest) -> None:
         raise PermissionDenied("Insights cover every store: open to unscoped accounts only.")
 
 
+#: A page's range when none is asked for: two months, long enough for a campaign and its buyers.
+DEFAULT_DAYS = 60
+
+
 def _dates(request: HttpRequest) -> tuple[DateRange, list[str]]:
     """The page's date range, or the default one and the reasons the given one was refused."""
     try:
-        return date_range_parse(request.GET.get("start"), request.GET.get("end")), []
+        return date_range_parse(request.GET.get("start"), request.GET.get("end"), default_days=DEFAULT_DAYS), []
     except InsightRefused as error:
-        return date_range_parse(None, None), [f"{field}: {reason}" for field, reason in error.errors]
+        problems = [f"{field}: {reason}" for field, reason in error.errors]
+        return date_range_parse(None, None, default_days=DEFAULT_DAYS), problems
 
 
 def _int(request: HttpRequest, name: str, default: int) -> object:
@@ -131,7 +136,12 @@ def funnels(request: HttpRequest) -> HttpResponse:
         if form.is_valid() and (funnel := form.save(request, None)) is not None:
             messages.success(request, f"Funnel {funnel.name} saved.")
             return redirect("console:insights-funnel", funnel_id=funnel.pk)
-    return render(request, "insights/funnels.html", {"funnels": Funnel.objects.all(), "form": form})
+    listed = [
+        (f, [(step.get("event", ""), json.dumps(step["where"], ensure_ascii=False) if step.get("where") else "")
+             for step in f.steps if isinstance(step, dict)])
+        for f in Funnel.objects.all()
+    ]  # fmt: skip
+    return render(request, "insights/funnels.html", {"funnels": listed, "form": form})
 
 
 class StepSegmentForm(forms.Form):
