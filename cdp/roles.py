@@ -83,7 +83,17 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
         "privacy.view_retentionrun",
     ),
 }
-PLATFORM_APPS = ("cdp", "events", "identity", "members", "loyalty", "segments", "consent", "privacy", "insights")
+PLATFORM_APPS = (
+    "cdp",
+    "events",
+    "identity",
+    "members",
+    "loyalty",
+    "segments",
+    "consent",
+    "privacy",
+    "insights",
+)
 
 
 def user_roles(user: User | AnonymousUser | None) -> frozenset[str]:

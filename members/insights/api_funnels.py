@@ -19,7 +19,7 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
-from rest_framework.parsers import MultiPartParser
+from rest_framework.parsers import BaseParser, MultiPartParser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -43,7 +43,6 @@ from members.insights.funnel_services import (
     funnel_step_segment,
     roi_results,
     spend_add,
-    spend_lines,
     spend_upload,
 )
 from members.insights.funnels import STEP_BREAKDOWNS, FunnelInvalid, FunnelRow, FunnelSpec, funnel_parse
@@ -59,6 +58,7 @@ VIEW_SPEND = "insights.view_campaignspend"
 ADD_SPEND = "insights.add_campaignspend"
 DELETE_SPEND = "insights.delete_campaignspend"
 ADD_SEGMENTS = "segments.add_segment"
+DEFAULT_WINDOW_HOURS = 7 * 24
 #: The largest CSV of spend accepted in one upload.
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
 
@@ -73,7 +73,9 @@ _ATTRIBUTION = [
 ]  # fmt: skip
 
 
-def _invalid(error: FunnelInvalid | AttributionInvalid | CohortsInvalid | SpendInvalid | InsightRefused) -> ApiError:
+def _invalid(
+    error: FunnelInvalid | AttributionInvalid | CohortsInvalid | SpendInvalid | InsightRefused,
+) -> ApiError:
     message = str(error) if isinstance(error, InsightRefused) else "Invalid input."
     return ApiError(code="invalid", message=message, errors=[FieldError(f, r) for f, r in error.errors])
 
@@ -109,7 +111,7 @@ class _InsightView(APIView):
     """JSON or CSV; an unknown ``?format=`` is a 400 naming it; errors always JSON."""
 
     renderer_classes = (JSONRenderer, CsvRenderer)
-    parser_classes = (BoundedJSONParser,)
+    parser_classes: tuple[type[BaseParser], ...] = (BoundedJSONParser,)
     required: dict[str, tuple[str, ...]] = {}
 
     def get_permissions(self) -> list[Any]:
@@ -119,13 +121,17 @@ class _InsightView(APIView):
     def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[BaseRenderer, str]:
         wanted = request.query_params.get("format")
         if wanted and not force and wanted not in {renderer.format for renderer in self.get_renderers()}:
-            raise ApiError(code="invalid", message=f"Bad format {wanted!r}.", errors=[FieldError("format", "json, csv")])
+            raise ApiError(
+                code="invalid", message=f"Bad format {wanted!r}.", errors=[FieldError("format", "json, csv")]
+            )
         return super().perform_content_negotiation(request, force)
 
     def finalize_response(self, request: Request, response: Any, *args: object, **kwargs: object) -> Any:
-        if isinstance(response, Response) and getattr(request, "accepted_renderer", None) is not None:
-            if request.accepted_renderer.format == "csv":  # an error: in JSON
-                request.accepted_renderer, request.accepted_media_type = JSONRenderer(), "application/json"
+        renderer = getattr(request, "accepted_renderer", None)
+        if (
+            isinstance(response, Response) and renderer is not None and renderer.format == "csv"
+        ):  # an error: JSON
+            request.accepted_renderer, request.accepted_media_type = JSONRenderer(), "application/json"
         return super().finalize_response(request, response, *args, **kwargs)
 
     def wants_csv(self, request: Request) -> bool:
@@ -144,9 +150,11 @@ class FunnelInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     description = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
     steps = serializers.JSONField(help_text="2 to 8 steps: {event, where}.")
-    window_hours = serializers.JSONField(default=168, help_text="Conversion window, 1 to 2160 hours.")
-    breakdown = serializers.JSONField(default="", help_text="'', channel, store, tier or segment.")
-    segments = serializers.JSONField(default=list, help_text="Segment keys, for a segment breakdown.")
+    window_hours = serializers.JSONField(
+        required=False, help_text="Conversion window, 1 to 2160 hours (168)."
+    )
+    breakdown = serializers.JSONField(required=False, help_text="'', channel, store, tier or segment.")
+    segments = serializers.JSONField(required=False, help_text="Segment keys, for a segment breakdown.")
 
 
 class FunnelOutput(serializers.Serializer):
@@ -216,7 +224,8 @@ def _funnel_write(request: Request, funnel: Funnel | None) -> Funnel:
     try:
         return funnel_save(
             funnel=funnel, name=values["name"], description=values["description"], steps=values["steps"],
-            window_hours=values["window_hours"], breakdown=values["breakdown"], segments=values["segments"],
+            window_hours=values.get("window_hours", DEFAULT_WINDOW_HOURS), breakdown=values.get("breakdown", ""),
+            segments=values.get("segments", []),
             by=request_staff(request),
         )  # fmt: skip
     except (FunnelInvalid, InsightRefused) as error:
@@ -280,9 +289,9 @@ class FunnelResultsView(_InsightView):
 
 class FunnelPreviewInput(serializers.Serializer):
     steps = serializers.JSONField()
-    window_hours = serializers.JSONField(default=168)
-    breakdown = serializers.JSONField(default="")
-    segments = serializers.JSONField(default=list)
+    window_hours = serializers.JSONField(required=False)
+    breakdown = serializers.JSONField(required=False)
+    segments = serializers.JSONField(required=False)
 
 
 class FunnelPreviewView(_InsightView):
@@ -295,7 +304,11 @@ class FunnelPreviewView(_InsightView):
         data = FunnelPreviewInput(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            spec = funnel_parse(**data.validated_data)
+            values = data.validated_data
+            spec = funnel_parse(
+                steps=values["steps"], window_hours=values.get("window_hours", DEFAULT_WINDOW_HOURS),
+                breakdown=values.get("breakdown", ""), segments=values.get("segments", []),
+            )  # fmt: skip
         except FunnelInvalid as error:
             raise _invalid(error) from error
         return _funnel_answer(self, request, spec, "funnel")
@@ -394,7 +407,7 @@ class RoiView(_InsightView):
     )  # fmt: skip
     def get(self, request: Request) -> Any:
         """Spend in the range (prorated by day) beside the revenue each model credits, with ROAS
-        (revenue / spend) and ROI ((revenue − spend) / spend), per channel or campaign."""
+        (revenue / spend) and ROI ((revenue - spend) / spend), per channel or campaign."""
         dimension = request.query_params.get("by", "channel")
         spec = _attribution_spec(request, dimension="channel")
         dates = _dates(request)
@@ -458,7 +471,9 @@ class SpendView(_InsightView):
         """Record spend lines: one object or a list; all are kept or none (errors by index)."""
         items = request.data if isinstance(request.data, list) else [request.data]
         if not items or len(items) > 1000:
-            raise ApiError(code="invalid", message="1 to 1000 spend lines.", errors=[FieldError("", "1 to 1000")])
+            raise ApiError(
+                code="invalid", message="1 to 1000 spend lines.", errors=[FieldError("", "1 to 1000")]
+            )
         lines, errors = [], []
         for index, item in enumerate(items):
             path = f"[{index}]" if isinstance(request.data, list) else ""
@@ -497,13 +512,19 @@ class SpendUploadView(_InsightView):
         currency); a bad line refuses the file, every bad line named by its number."""
         upload = request.FILES.get("file")
         if upload is None:
-            raise ApiError(code="invalid", message="No file.", errors=[FieldError("file", "a CSV file is required")])
+            raise ApiError(
+                code="invalid", message="No file.", errors=[FieldError("file", "a CSV file is required")]
+            )
         if upload.size and upload.size > MAX_UPLOAD_BYTES:
-            raise ApiError(code="invalid", message="File too large.", errors=[FieldError("file", "at most 2 MB")])
+            raise ApiError(
+                code="invalid", message="File too large.", errors=[FieldError("file", "at most 2 MB")]
+            )
         try:
             text = upload.read().decode("utf-8-sig")
         except UnicodeDecodeError as error:
-            raise ApiError(code="invalid", message="Not UTF-8.", errors=[FieldError("file", "UTF-8 text")]) from error
+            raise ApiError(
+                code="invalid", message="Not UTF-8.", errors=[FieldError("file", "UTF-8 text")]
+            ) from error
         try:
             created = spend_upload(text=text, by=request_staff(request))
         except SpendInvalid as error:
@@ -530,7 +551,8 @@ class CohortsView(_InsightView):
         bought again. Counts only."""
         try:
             spec = cohorts_parse(
-                basis=request.query_params.get("basis", "purchase"), period=request.query_params.get("period", "month")
+                basis=request.query_params.get("basis", "purchase"),
+                period=request.query_params.get("period", "month"),
             )
         except CohortsInvalid as error:
             raise _invalid(error) from error

@@ -22,7 +22,7 @@ ordered by (time, event id), numbered i = 1..n.
   n = 2: half each).
 
 A conversion without touches is credited whole to the group ``(no touch)``, so under every model
-the credits add up to the conversions' value. Credit of a touch = share × value; the answer per
+the credits add up to the conversions' value. Credit of a touch = share x value; the answer per
 group of the chosen dimension (channel, source, campaign, store) is the credited value and the
 credited conversions (sum of shares) under each model.
 """
@@ -67,18 +67,29 @@ class Credit:
     conversions: dict[str, float]
 
 
-def attribution_parse(*, lookback_days: object, half_life_hours: object, dimension: object) -> AttributionSpec:
+def attribution_parse(
+    *, lookback_days: object, half_life_hours: object, dimension: object
+) -> AttributionSpec:
     errors = []
-    if isinstance(lookback_days, bool) or not isinstance(lookback_days, int) or not 1 <= lookback_days <= MAX_LOOKBACK_DAYS:
+    if (
+        isinstance(lookback_days, bool)
+        or not isinstance(lookback_days, int)
+        or not 1 <= lookback_days <= MAX_LOOKBACK_DAYS
+    ):
         errors.append(("lookback_days", f"expected a whole number of days from 1 to {MAX_LOOKBACK_DAYS}"))
     limit = MAX_HALF_LIFE_DAYS * 24
-    if isinstance(half_life_hours, bool) or not isinstance(half_life_hours, int) or not 1 <= half_life_hours <= limit:
+    if (
+        isinstance(half_life_hours, bool)
+        or not isinstance(half_life_hours, int)
+        or not 1 <= half_life_hours <= limit
+    ):
         errors.append(("half_life_hours", f"expected a whole number of hours from 1 to {limit}"))
     if dimension not in DIMENSIONS:
         errors.append(("by", f"unknown dimension {dimension!r}; one of {', '.join(DIMENSIONS)}"))
     if errors:
         raise AttributionInvalid(errors)
-    assert isinstance(lookback_days, int) and isinstance(half_life_hours, int)
+    assert isinstance(lookback_days, int)
+    assert isinstance(half_life_hours, int)
     return AttributionSpec(timedelta(days=lookback_days), timedelta(hours=half_life_hours), str(dimension))
 
 
@@ -221,7 +232,11 @@ def attribution_reference(
     answer: dict[str, dict[str, list[float]]] = defaultdict(lambda: {m: [0.0, 0.0] for m in MODELS})
     for conversion in conversions:
         mine = sorted(
-            (t for t in by_member[conversion.member] if conversion.at - spec.lookback <= t.at < conversion.at),
+            (
+                t
+                for t in by_member[conversion.member]
+                if conversion.at - spec.lookback <= t.at < conversion.at
+            ),
             key=lambda t: (t.at, t.id),
         )
         if not mine:
@@ -231,7 +246,9 @@ def attribution_reference(
             continue
         ages = [(conversion.at - t.at).total_seconds() for t in mine]
         for model in MODELS:
-            for touch, share in zip(mine, touch_shares(model, ages, spec.half_life.total_seconds()), strict=True):
+            for touch, share in zip(
+                mine, touch_shares(model, ages, spec.half_life.total_seconds()), strict=True
+            ):
                 group = getattr(touch, {"store": "store_code"}.get(spec.dimension, spec.dimension))
                 answer[group][model][0] += float(conversion.value) * share
                 answer[group][model][1] += share

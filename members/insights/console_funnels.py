@@ -9,6 +9,7 @@ figures beside it.
 
 import json
 from datetime import date
+from decimal import Decimal
 from typing import Any
 
 from django import forms
@@ -16,6 +17,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
+from django.core.files.uploadedfile import UploadedFile
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
@@ -70,7 +72,9 @@ DEFAULT_DAYS = 60
 def _dates(request: HttpRequest) -> tuple[DateRange, list[str]]:
     """The page's date range, or the default one and the reasons the given one was refused."""
     try:
-        return date_range_parse(request.GET.get("start"), request.GET.get("end"), default_days=DEFAULT_DAYS), []
+        return date_range_parse(
+            request.GET.get("start"), request.GET.get("end"), default_days=DEFAULT_DAYS
+        ), []
     except InsightRefused as error:
         problems = [f"{field}: {reason}" for field, reason in error.errors]
         return date_range_parse(None, None, default_days=DEFAULT_DAYS), problems
@@ -87,18 +91,26 @@ def _int(request: HttpRequest, name: str, default: int) -> object:
 # --- funnels ------------------------------------------------------------------------------------
 
 
-class JSONField(forms.CharField):
-    widget = forms.Textarea(attrs={"rows": 10, "spellcheck": "false", "style": "width: 100%; font-family: monospace;"})
+class JSONField(forms.Field):
+    widget = forms.Textarea(
+        attrs={"rows": 10, "spellcheck": "false", "style": "width: 100%; font-family: monospace;"}
+    )
 
     def to_python(self, value: object) -> object:
-        text = super().to_python(value).strip()
+        text = str(value or "").strip()
         try:
             return json.loads(text) if text else None
         except json.JSONDecodeError as error:
-            raise forms.ValidationError(f"not JSON: {error.msg} (line {error.lineno}, column {error.colno})") from error
+            raise forms.ValidationError(
+                f"not JSON: {error.msg} (line {error.lineno}, column {error.colno})"
+            ) from error
 
     def prepare_value(self, value: object) -> object:
-        return value if isinstance(value, str) or value is None else json.dumps(value, indent=2, ensure_ascii=False)
+        return (
+            value
+            if isinstance(value, str) or value is None
+            else json.dumps(value, indent=2, ensure_ascii=False)
+        )
 
 
 class FunnelForm(forms.Form):
@@ -106,7 +118,9 @@ class FunnelForm(forms.Form):
     description = forms.CharField(max_length=500, required=False)
     steps = JSONField(help_text='A list of steps: {"event": "Product Viewed", "where": {"channel": "app"}} '
                                 "(where as in docs/rules.md).")  # fmt: skip
-    window_hours = forms.IntegerField(min_value=1, max_value=90 * 24, initial=168, help_text="Conversion window.")
+    window_hours = forms.IntegerField(
+        min_value=1, max_value=90 * 24, initial=168, help_text="Conversion window."
+    )
     breakdown = forms.ChoiceField(choices=[(b, b or "(none)") for b in BREAKDOWNS], required=False)
     segments = forms.CharField(required=False, help_text="Segment keys, comma separated (segment breakdown).")
 
@@ -206,7 +220,9 @@ def funnel_edit(request: HttpRequest, funnel_id: int) -> HttpResponse:
     if form.is_valid() and form.save(request, saved) is not None:
         messages.success(request, f"Funnel {saved.name} saved.")
     else:
-        messages.error(request, "Not saved: " + "; ".join(e for errors in form.errors.values() for e in errors))
+        messages.error(
+            request, "Not saved: " + "; ".join(str(e) for errors in form.errors.values() for e in errors)
+        )
     return redirect("console:insights-funnel", funnel_id=saved.pk)
 
 
@@ -231,7 +247,9 @@ def funnel_segment(request: HttpRequest, funnel_id: int) -> HttpResponse:
     form = StepSegmentForm(request.POST)
     back = f"?start={request.POST.get('start', '')}&end={request.POST.get('end', '')}"
     if not form.is_valid():
-        messages.error(request, "No segment: " + "; ".join(e for errors in form.errors.values() for e in errors))
+        messages.error(
+            request, "No segment: " + "; ".join(str(e) for errors in form.errors.values() for e in errors)
+        )
         return redirect(f"/console/insights/funnels/{saved.pk}/{back}")
     try:
         dates = date_range_parse(request.POST.get("start"), request.POST.get("end"))
@@ -261,7 +279,9 @@ class SpendForm(forms.Form):
 
 
 class SpendUploadForm(forms.Form):
-    file = forms.FileField(help_text="CSV, UTF-8, header: channel,campaign,period_start,period_end,amount,currency")
+    file = forms.FileField(
+        help_text="CSV, UTF-8, header: channel,campaign,period_start,period_end,amount,currency"
+    )
 
 
 @login_required
@@ -295,8 +315,7 @@ def attribution(request: HttpRequest) -> HttpResponse:
     credit_rows = [{"group": c.group, "values": [c.value[m] for m in MODELS]} for c in credits]
     roi_rows = {
         dim: [{"group": r.group, "spend": r.spend, "cells": [
-            (r.revenue[m], "—" if r.roas[m] is None else f"{r.roas[m]}×",
-             "—" if r.roi[m] is None else f"{r.roi[m] * 100:.0f}%") for m in MODELS
+            (r.revenue[m], _ratio(r.roas[m]), _percent(r.roi[m])) for m in MODELS
         ]} for r in rows]
         for dim, rows in roi.items()
     }  # fmt: skip
@@ -308,14 +327,22 @@ def attribution(request: HttpRequest) -> HttpResponse:
     })  # fmt: skip
 
 
+def _ratio(value: Decimal | None) -> str:
+    return "—" if value is None else f"{value}\N{MULTIPLICATION SIGN}"
+
+
+def _percent(value: Decimal | None) -> str:
+    return "—" if value is None else f"{value * 100:.0f}%"
+
+
 @login_required
 @permission_required((VIEW_SPEND, ADD_SPEND), raise_exception=True)
 @require_POST
 def spend_new(request: HttpRequest) -> HttpResponse:
     _unscoped(request)
     try:
-        if request.FILES.get("file"):
-            upload = request.FILES["file"]
+        upload = request.FILES.get("file")
+        if isinstance(upload, UploadedFile):
             if upload.size and upload.size > 2 * 1024 * 1024:
                 raise SpendInvalid([("file", "at most 2 MB")])
             try:
@@ -360,7 +387,9 @@ def cohorts(request: HttpRequest) -> HttpResponse:
     _unscoped(request)
     problems: list[str] = []
     try:
-        spec = cohorts_parse(basis=request.GET.get("basis", "purchase"), period=request.GET.get("period", "month"))
+        spec = cohorts_parse(
+            basis=request.GET.get("basis", "purchase"), period=request.GET.get("period", "month")
+        )
     except CohortsInvalid as error:
         problems += [f"{field}: {reason}" for field, reason in error.errors]
         spec = cohorts_parse(basis="purchase", period="month")

@@ -45,7 +45,7 @@ SPEND = (
     ("app", "vip-week", Decimal("3000.00")),
     ("pos", "", Decimal("5000.00")),  # in-store promotion over the sale, no campaign link
 )
-DEMO_FUNNELS = (
+DEMO_FUNNELS: tuple[tuple[str, str, list[dict[str, Any]], int, str, list[str]], ...] = (
     (
         "Viewed, then bought in any channel",
         "A product viewed anywhere, then an order within a week, by the channel of each step: WeChat "

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -56,7 +57,9 @@ class DateRange:
         return datetime.combine(self.last + timedelta(days=1), time(), ZoneInfo(settings.TIME_ZONE))
 
 
-def date_range_parse(first: object, last: object, *, default_days: int = 30, today: date | None = None) -> DateRange:
+def date_range_parse(
+    first: object, last: object, *, default_days: int = 30, today: date | None = None
+) -> DateRange:
     """``start`` and ``end`` (ISO dates, both included); missing: the last ``default_days`` days."""
     today = today or datetime.now(ZoneInfo(settings.TIME_ZONE)).date()
     errors = []
@@ -82,7 +85,7 @@ def date_range_parse(first: object, last: object, *, default_days: int = 30, tod
     return DateRange(start_day, end_day)
 
 
-def _rows(sql: str, params: Sequence[object]) -> list[tuple]:
+def _rows(sql: str, params: Sequence[Any]) -> list[tuple]:
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"SET LOCAL statement_timeout = {int(STATEMENT_TIMEOUT_MS)}")
         cursor.execute(sql, params)
@@ -94,7 +97,10 @@ def _rows(sql: str, params: Sequence[object]) -> list[tuple]:
 
 def funnel_spec(funnel: Funnel) -> FunnelSpec:
     return funnel_parse(
-        steps=funnel.steps, window_hours=funnel.window_hours, breakdown=funnel.breakdown, segments=funnel.segments
+        steps=funnel.steps,
+        window_hours=funnel.window_hours,
+        breakdown=funnel.breakdown,
+        segments=funnel.segments,
     )
 
 
@@ -126,7 +132,10 @@ def funnel_save(
     name = name.strip()
     if not name or len(name) > 200:
         raise InsightRefused("Bad name.", [("name", "1 to 200 characters")])
-    if Funnel.objects.filter(name=name).exclude(pk=funnel.pk if funnel else None).exists():
+    namesakes = Funnel.objects.filter(name=name)
+    if funnel is not None:
+        namesakes = namesakes.exclude(pk=funnel.pk)
+    if namesakes.exists():
         raise InsightRefused("Name taken.", [("name", "another funnel has this name")])
     funnel = funnel or Funnel(created_by=by)
     funnel.name, funnel.description = name, description[:500]
@@ -156,8 +165,12 @@ def funnel_step_segment(
 # --- attribution and ROI ------------------------------------------------------------------------
 
 
-def attribution_results(*, spec: AttributionSpec, dates: DateRange, currency: str | None = None) -> list[Credit]:
-    sql, params = attribution_sql(spec, start=dates.start, end=dates.end, currency=currency or settings.CDP_CURRENCY)
+def attribution_results(
+    *, spec: AttributionSpec, dates: DateRange, currency: str | None = None
+) -> list[Credit]:
+    sql, params = attribution_sql(
+        spec, start=dates.start, end=dates.end, currency=currency or settings.CDP_CURRENCY
+    )
     return credits_from_rows(_rows(sql, params))
 
 
@@ -189,9 +202,14 @@ def spend_add(*, lines: Sequence[SpendLine], by: User | None) -> list[CampaignSp
     """Record spend lines (all or none)."""
     return CampaignSpend.objects.bulk_create(
         CampaignSpend(
-            channel=line.channel, campaign=line.campaign, period_start=line.period_start,
-            period_end=line.period_end, amount=line.amount, currency=line.currency, created_by=by,
-        )  # fmt: skip
+            channel=line.channel,
+            campaign=line.campaign,
+            period_start=line.period_start,
+            period_end=line.period_end,
+            amount=line.amount,
+            currency=line.currency,
+            created_by=by,
+        )
         for line in lines
     )
 
@@ -219,10 +237,11 @@ def cohorts_results(*, spec: CohortSpec, dates: DateRange) -> list[Cohort]:
         if offset < 0:
             cohorts[(cohort, channel)] = Cohort(cohort, channel, members, {})
         else:
-            cohorts[(cohort, channel)].cells[offset] = CohortCell(cohort, channel, offset, active, repurchased)
+            cohorts[(cohort, channel)].cells[offset] = CohortCell(
+                cohort, channel, offset, active, repurchased
+            )
     return sorted(cohorts.values(), key=lambda c: (c.cohort, c.channel))
 
 
 def money(value: Decimal | None) -> str:
     return "" if value is None else f"{value:.2f}"
-

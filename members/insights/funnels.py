@@ -95,17 +95,28 @@ def funnel_parse(
             errors.append((f"{here}.{unknown[0]}", "unknown key; expected event, where"))
             continue
         try:
-            condition = rule_parse({"event": step.get("event"), **({"where": step["where"]} if "where" in step else {})})
+            condition = rule_parse(
+                {"event": step.get("event"), **({"where": step["where"]} if "where" in step else {})}
+            )
         except RuleInvalid as invalid:
             errors.extend((f"{here}.{path}" if path else here, reason) for path, reason in invalid.errors)
             continue
         assert isinstance(condition, Did)  # an {"event": ...} condition parses to Did
         parsed.append(condition.event)
-    if isinstance(window_hours, bool) or not isinstance(window_hours, int) or not 1 <= window_hours <= MAX_WINDOW_HOURS:
+    if (
+        isinstance(window_hours, bool)
+        or not isinstance(window_hours, int)
+        or not 1 <= window_hours <= MAX_WINDOW_HOURS
+    ):
         errors.append(("window_hours", f"expected a whole number of hours from 1 to {MAX_WINDOW_HOURS}"))
         window_hours = 1
     if breakdown not in BREAKDOWNS:
-        errors.append(("breakdown", f"unknown breakdown {breakdown!r}; one of {', '.join(b or '(none)' for b in BREAKDOWNS)}"))
+        errors.append(
+            (
+                "breakdown",
+                f"unknown breakdown {breakdown!r}; one of {', '.join(b or '(none)' for b in BREAKDOWNS)}",
+            )
+        )
     keys: tuple[str, ...] = ()
     if breakdown == "segment":
         if (
@@ -169,7 +180,9 @@ def funnel_members_sql(spec: FunnelSpec, *, start: datetime, end: datetime) -> t
         f" AND x{k}.at <= x1.at + %s * interval '1 second'"
         for k in range(2, n + 1)
     )
-    picked = ", ".join(f"x{k}.at AS t{k}, x{k}.channel AS c{k}, x{k}.store_code AS s{k}" for k in range(1, n + 1))
+    picked = ", ".join(
+        f"x{k}.at AS t{k}, x{k}.channel AS c{k}, x{k}.store_code AS s{k}" for k in range(1, n + 1)
+    )
     depth = " + ".join(["1", *(f"(x{k}.rn IS NOT NULL)::int" for k in range(2, n + 1))])
     sql = (
         "WITH events AS MATERIALIZED ("
@@ -194,9 +207,7 @@ def funnel_members_sql(spec: FunnelSpec, *, start: datetime, end: datetime) -> t
     return sql, params
 
 
-def funnel_sql(
-    spec: FunnelSpec, *, start: datetime, end: datetime
-) -> tuple[str, list[Any]]:
+def funnel_sql(spec: FunnelSpec, *, start: datetime, end: datetime) -> tuple[str, list[Any]]:
     """The funnel's answer as rows ``(step, group, entered, converted, median_seconds)``,
     grouped by step and breakdown group (see ``funnel_members_sql``)."""
     members, params = funnel_members_sql(spec, start=start, end=end)
@@ -231,7 +242,11 @@ def funnel_sql(
             f" {median} AS median_seconds FROM funnel f{joins} WHERE f.depth >= {k} GROUP BY 2"
         )
     wanted = ", wanted AS (SELECT unnest(%s::text[]) AS key)" if spec.breakdown == "segment" else ""
-    sql = f"WITH funnel AS MATERIALIZED ({members}){wanted} " + " UNION ALL ".join(parts) + " ORDER BY step, grp"
+    sql = (
+        f"WITH funnel AS MATERIALIZED ({members}){wanted} "
+        + " UNION ALL ".join(parts)
+        + " ORDER BY step, grp"
+    )
     return sql, params
 
 
@@ -329,5 +344,7 @@ def funnel_reference(
     for (k, group), funnels in sorted(cells.items()):
         onward = [f for f in funnels if len(f.steps) > k]
         times = [(f.steps[k].at - f.steps[k - 1].at).total_seconds() for f in onward]
-        rows.append(FunnelRow(k, group, len(funnels), len(onward), statistics.median(times) if times else None))
+        rows.append(
+            FunnelRow(k, group, len(funnels), len(onward), statistics.median(times) if times else None)
+        )
     return rows

@@ -56,7 +56,9 @@ class CampaignSpend(models.Model):
         ordering = ["-period_start", "channel", "campaign", "id"]
         constraints = [
             models.CheckConstraint(condition=Q(amount__gte=0), name="spend_not_negative"),
-            models.CheckConstraint(condition=Q(period_end__gte=models.F("period_start")), name="spend_period_ordered"),
+            models.CheckConstraint(
+                condition=Q(period_end__gte=models.F("period_start")), name="spend_period_ordered"
+            ),
             models.CheckConstraint(
                 condition=Q(channel__in=["pos", "app", "mini_program", "web"]), name="spend_channel_known"
             ),

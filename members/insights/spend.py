@@ -5,7 +5,7 @@ A spend line is an amount spent on a channel (``pos``, ``app``, ``mini_program``
 optionally a campaign (the name its touches carry, ``context.campaign.name``) over a period of
 whole days ``[period_start, period_end]``, inclusive. Spend in a date range is each line's
 amount prorated by the days of its period inside the range (a month's spend, asked for its
-first half, counts half). ROAS = credited revenue / spend; ROI = (credited revenue − spend) /
+first half, counts half). ROAS = credited revenue / spend; ROI = (credited revenue - spend) /
 spend; both are None without spend.
 """
 
@@ -44,7 +44,7 @@ class SpendLine:
 
 def spend_line_check(data: Mapping[str, object], *, path: str = "", default_currency: str) -> SpendLine:
     """One spend line from its fields (text or typed), or ``SpendInvalid`` naming each bad field."""
-    at = (lambda name: f"{path}.{name}" if path else name)  # noqa: E731
+    at = lambda name: f"{path}.{name}" if path else name  # noqa: E731
     errors = []
     channel = str(data.get("channel") or "")
     if channel not in CHANNELS:
@@ -75,7 +75,8 @@ def spend_line_check(data: Mapping[str, object], *, path: str = "", default_curr
         errors.append((at("currency"), "a three-letter ISO 4217 code, e.g. CNY"))
     if errors:
         raise SpendInvalid(errors)
-    assert first is not None and last is not None
+    assert first is not None
+    assert last is not None
     return SpendLine(channel, campaign, first, last, amount, currency)
 
 
@@ -87,7 +88,9 @@ def spend_csv_parse(text: str, *, default_currency: str) -> list[SpendLine]:
     missing = [name for name in ("channel", "period_start", "period_end", "amount") if name not in header]
     unknown = [name for name in header if name not in CSV_COLUMNS]
     if missing or unknown:
-        reasons = [f"missing column {name}" for name in missing] + [f"unknown column {name}" for name in unknown]
+        reasons = [f"missing column {name}" for name in missing] + [
+            f"unknown column {name}" for name in unknown
+        ]
         raise SpendInvalid([("line 1", "; ".join(reasons) + f" (columns: {', '.join(CSV_COLUMNS)})")])
     reader.fieldnames = header
     lines, errors = [], []
@@ -138,12 +141,17 @@ def roi_table(
         money = spent.get(group, Decimal(0)).quantize(CENT, ROUND_HALF_UP)
         credited = {m: Decimal(revenue.get(group, {}).get(m, 0)).quantize(CENT) for m in MODELS}
         roas = {m: (credited[m] / money).quantize(CENT, ROUND_HALF_UP) if money else None for m in MODELS}
-        roi = {m: ((credited[m] - money) / money).quantize(CENT, ROUND_HALF_UP) if money else None for m in MODELS}
+        roi = {
+            m: ((credited[m] - money) / money).quantize(CENT, ROUND_HALF_UP) if money else None
+            for m in MODELS
+        }
         rows.append(RoiRow(group, money, credited, roas, roi))
     return rows
 
 
-def spend_by(lines: Sequence[SpendLine], *, dimension: str, first: date, last: date, currency: str) -> list[tuple[str, Decimal]]:
+def spend_by(
+    lines: Sequence[SpendLine], *, dimension: str, first: date, last: date, currency: str
+) -> list[tuple[str, Decimal]]:
     """(channel or campaign, spend in ``[first, last]``) for each line in ``currency``."""
     return [
         (line.channel if dimension == "channel" else line.campaign, spend_in_range(line, first, last))

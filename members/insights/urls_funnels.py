@@ -9,7 +9,9 @@ urlpatterns = [
     path("funnels/preview/", api.FunnelPreviewView.as_view(), name="insights-funnel-preview"),
     path("funnels/<int:funnel_id>/", api.FunnelView.as_view(), name="insights-funnel"),
     path("funnels/<int:funnel_id>/results/", api.FunnelResultsView.as_view(), name="insights-funnel-results"),
-    path("funnels/<int:funnel_id>/segments/", api.FunnelSegmentView.as_view(), name="insights-funnel-segment"),
+    path(
+        "funnels/<int:funnel_id>/segments/", api.FunnelSegmentView.as_view(), name="insights-funnel-segment"
+    ),
     path("attribution/", api.AttributionView.as_view(), name="insights-attribution"),
     path("roi/", api.RoiView.as_view(), name="insights-roi"),
     path("spend/", api.SpendView.as_view(), name="insights-spend"),

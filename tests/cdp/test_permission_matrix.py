@@ -294,7 +294,9 @@ def rows() -> dict[str, object]:
     parked_event = ParkedEvent.objects.create(event=first, stage="identity", **parked)
     parked_member = ParkedMember.objects.create(member_id=member, **parked)
     privacy_request = PrivacyRequest.objects.create(kind=PrivacyRequest.Kind.ACCESS, member_id=member)
-    funnel = Funnel.objects.create(name="Views", steps=[{"event": "Product Viewed"}, {"event": "Order Completed"}])
+    funnel = Funnel.objects.create(
+        name="Views", steps=[{"event": "Product Viewed"}, {"event": "Order Completed"}]
+    )
     spend = CampaignSpend.objects.create(channel="app", campaign="sale", period_start=now.date(),
                                          period_end=now.date(), amount=Decimal(100), currency="CNY")  # fmt: skip
     return {

@@ -292,7 +292,6 @@ class Command(BaseCommand):
             example_user_id=example_user_id or _FALLBACK_USER_ID,
         )
 
-
     def _campaign_load(self, *, sources: dict[str, Source], members: int, seed: int) -> None:
         """The campaigns' touches and purchases (``members.insights.demo_funnels``), stored like
         the rest of the demo."""

@@ -84,7 +84,9 @@ def _context(data: dict[str, Any]) -> dict[str, Any]:
 
 def write(people: list[dict[str, Any]]) -> Written:
     out = Written()
-    out.sources = {c: SourceFactory.create(kind=c, **({"store_code": "S9"} if c == "pos" else {})) for c in CHANNELS}
+    out.sources = {
+        c: SourceFactory.create(kind=c, **({"store_code": "S9"} if c == "pos" else {})) for c in CHANNELS
+    }
     segments = {key: Segment.objects.create(key=key, name=key, kind="static") for key in SEGMENTS}
     stamps = {f"{e}_event_{f}": v for e in ("first", "last") for f, v in
               (("at", T0), ("message_id", "m"), ("source_id", out.sources["web"].pk))}  # fmt: skip
@@ -109,7 +111,9 @@ def write(people: list[dict[str, Any]]) -> Written:
                 out.events.append(MemberEvent(member.pk, row.pk, row.timestamp, row.event, row.channel,
                                               row.store_code, row.properties))  # fmt: skip
                 if data["campaign"] or data["source"] or data["name"] in ("Push Opened", "Coupon Claimed"):
-                    source = data["source"] or {"Push Opened": "push", "Coupon Claimed": "coupon"}.get(data["name"], "")
+                    source = data["source"] or {"Push Opened": "push", "Coupon Claimed": "coupon"}.get(
+                        data["name"], ""
+                    )
                     campaign = data["campaign"]
                     out.touches.append(Touch(member.pk, row.pk, row.timestamp, row.channel, row.store_code,
                                              campaign, source))  # fmt: skip

@@ -110,13 +110,14 @@ def test_attribution_credits_the_coupon_and_the_view_is_not_a_touch(journey):
     answer = client.get(f"/api/v1/insights/attribution/?{RANGE}&by=campaign&lookback_days=7").json()
     # The order net of its refund (300) goes to the coupon's campaign under every model.
     assert answer["rows"] == [{
-        "group": "spring-sale", "value": {m: "300.00" for m in answer["models"]},
-        "conversions": {m: 1.0 for m in answer["models"]},
+        "group": "spring-sale", "value": dict.fromkeys(answer["models"], "300.00"),
+        "conversions": dict.fromkeys(answer["models"], 1.0),
     }]  # fmt: skip
     by_channel = client.get(f"/api/v1/insights/attribution/?{RANGE}&by=channel&format=csv")
     assert by_channel["Content-Type"].startswith("text/csv")
     lines = list(csv.reader(io.StringIO(by_channel.content.decode())))
-    assert lines[0][0] == "group" and lines[1][:2] == ["mini_program", "300.00"]
+    assert lines[0][0] == "group"
+    assert lines[1][:2] == ["mini_program", "300.00"]
 
 
 def test_a_short_lookback_leaves_the_order_untouched(journey):
@@ -131,9 +132,11 @@ def test_spend_roi_and_roas_per_campaign(journey):
     assert client.post("/api/v1/insights/spend/", lines, format="json").status_code == 201
     answer = client.get(f"/api/v1/insights/roi/?{RANGE}&by=campaign&lookback_days=7").json()
     sale = next(r for r in answer["rows"] if r["group"] == "spring-sale")
-    assert sale["spend"] == "150.00" and sale["roas"]["linear"] == "2.00" and sale["roi"]["linear"] == "1.00"
+    assert (sale["spend"], sale["roas"]["linear"], sale["roi"]["linear"]) == ("150.00", "2.00", "1.00")
     # Half the month: half the spend.
-    half = client.get("/api/v1/insights/roi/?start=2026-10-01&end=2026-10-15&by=campaign&lookback_days=7").json()
+    half = client.get(
+        "/api/v1/insights/roi/?start=2026-10-01&end=2026-10-15&by=campaign&lookback_days=7"
+    ).json()
     assert next(r for r in half["rows"] if r["group"] == "spring-sale")["spend"] == "72.58"
 
 
@@ -141,11 +144,19 @@ def test_spend_csv_upload_is_all_or_nothing():
     client = staff_client(Role.MARKETING)
     good = b"channel,campaign,period_start,period_end,amount,currency\napp,spring-sale,2026-10-01,2026-10-31,12000,CNY\n"
     bad = good + b"fax,x,2026-10-01,2026-09-01,-5,CNY\n"
-    refused = client.post("/api/v1/insights/spend/upload/", {"file": SimpleUploadedFile("s.csv", bad)}, format="multipart")
+    refused = client.post(
+        "/api/v1/insights/spend/upload/", {"file": SimpleUploadedFile("s.csv", bad)}, format="multipart"
+    )
     assert refused.status_code == 400
-    assert {e["field"] for e in refused.json()["errors"]} == {"line 3.channel", "line 3.period_end", "line 3.amount"}
+    assert {e["field"] for e in refused.json()["errors"]} == {
+        "line 3.channel",
+        "line 3.period_end",
+        "line 3.amount",
+    }
     assert not CampaignSpend.objects.exists()
-    kept = client.post("/api/v1/insights/spend/upload/", {"file": SimpleUploadedFile("s.csv", good)}, format="multipart")
+    kept = client.post(
+        "/api/v1/insights/spend/upload/", {"file": SimpleUploadedFile("s.csv", good)}, format="multipart"
+    )
     assert kept.status_code == 201
     exported = client.get("/api/v1/insights/spend/?format=csv").content.decode()
     assert exported.splitlines()[1] == "app,spring-sale,2026-10-01,2026-10-31,12000.00,CNY"

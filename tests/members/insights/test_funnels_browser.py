@@ -65,17 +65,22 @@ def test_marketing_reads_funnels_attribution_and_cohorts(live_server, browser, s
     form.get_by_role("button", name="Create segment").click()
     expect(page).to_have_url(re.compile(r"/console/segments/claimed-not-bought/$"))
     segment = Segment.objects.get(key="claimed-not-bought")
-    assert segment.kind == Segment.Kind.STATIC and segment.size > 0
+    assert segment.kind == Segment.Kind.STATIC
+    assert segment.size > 0
     console.shot("04-step-segment")
 
     console.open("/console/insights/funnels/")
     form = page.get_by_test_id("funnel-form")
     form.get_by_label("Name").fill("Cart to store")
-    form.get_by_label("Steps").fill('[{"event": "Product Added"}, {"event": "Order Completed", "where": {"channel": "tv"}}]')
+    form.get_by_label("Steps").fill(
+        '[{"event": "Product Added"}, {"event": "Order Completed", "where": {"channel": "tv"}}]'
+    )
     form.get_by_role("button", name="Save funnel").click()
     expect(page.locator("ul.error")).to_contain_text("steps[1].where.channel")
     console.shot("05-funnel-form-error")
-    form.get_by_label("Steps").fill('[{"event": "Product Added"}, {"event": "Order Completed", "where": {"channel": "pos"}}]')
+    form.get_by_label("Steps").fill(
+        '[{"event": "Product Added"}, {"event": "Order Completed", "where": {"channel": "pos"}}]'
+    )
     form.get_by_label("Breakdown").select_option("tier")
     form.get_by_role("button", name="Save funnel").click()
     expect(page).to_have_url(re.compile(r"/console/insights/funnels/\d+/$"))

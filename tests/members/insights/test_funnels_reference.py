@@ -12,17 +12,32 @@ from django.db import connection, transaction
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
-from members.insights.attribution import MODELS, AttributionSpec, attribution_reference, attribution_sql, credits_from_rows
+from members.insights.attribution import (
+    MODELS,
+    AttributionSpec,
+    attribution_reference,
+    attribution_sql,
+    credits_from_rows,
+)
 from members.insights.cohorts import CohortSpec, Start, cohorts_reference, cohorts_sql
 from members.insights.funnels import (
     FunnelRow,
+    funnel_attempts_reference,
     funnel_parse,
     funnel_reference,
     funnel_sql,
     funnel_step_members_sql,
-    funnel_attempts_reference,
 )
-from tests.members.insights.journeys import CHANNELS, NAMES, PROPERTY_VALUES, SEGMENTS, SPREAD, T0, person_st, write
+from tests.members.insights.journeys import (
+    CHANNELS,
+    NAMES,
+    PROPERTY_VALUES,
+    SEGMENTS,
+    SPREAD,
+    T0,
+    person_st,
+    write,
+)
 
 # Shrinking a failure over the database is slow; INSIGHTS_NO_SHRINK=1 skips it while debugging.
 PHASES = [p for p in Phase if not (os.environ.get("INSIGHTS_NO_SHRINK") and p is Phase.shrink)]
@@ -63,6 +78,7 @@ def same_funnel(found: list[FunnelRow], expected: list[FunnelRow]) -> None:
     for a, b in zip(found, expected, strict=True):
         assert (a.median_seconds is None) == (b.median_seconds is None)
         if a.median_seconds is not None:
+            assert b.median_seconds is not None
             assert math.isclose(a.median_seconds, b.median_seconds, abs_tol=1e-6)
 
 
@@ -82,7 +98,9 @@ def test_funnel_sql_is_the_reference(people, definition, start_hours, span_hours
     with transaction.atomic():
         written = write(people)
         sql, params = funnel_sql(spec, start=start, end=end)
-        found = [FunnelRow(s, g, e, c, None if m is None else float(m)) for s, g, e, c, m in rows(sql, params)]
+        found = [
+            FunnelRow(s, g, e, c, None if m is None else float(m)) for s, g, e, c, m in rows(sql, params)
+        ]
         expected = funnel_reference(spec, written.events, start=start, end=end, tiers=written.tiers,
                                     segments_of=written.segments_of)  # fmt: skip
         same_funnel(found, expected)
@@ -91,7 +109,9 @@ def test_funnel_sql_is_the_reference(people, definition, start_hours, span_hours
         for step in range(1, len(spec.steps) + 1):
             for dropped in (False, True):
                 sql, params = funnel_step_members_sql(spec, start=start, end=end, step=step, dropped=dropped)
-                wanted = sorted(a.member for a in attempts if (len(a.steps) == step if dropped else len(a.steps) >= step))
+                wanted = sorted(
+                    a.member for a in attempts if (len(a.steps) == step if dropped else len(a.steps) >= step)
+                )
                 assert [r[0] for r in rows(sql, params)] == wanted
         transaction.set_rollback(True)
 
@@ -129,8 +149,12 @@ def test_attribution_sql_is_the_reference_and_credits_add_up(
         total = sum(c.value for c in conversions)
         for model in MODELS:
             # Every model hands out exactly the conversions' value (within a cent per group).
-            assert abs(sum(c.value[model] for c in found.values()) - total) <= Decimal("0.01") * max(len(found), 1)
-            assert math.isclose(sum(c.conversions[model] for c in found.values()), len(conversions), abs_tol=1e-9)
+            assert abs(sum(c.value[model] for c in found.values()) - total) <= Decimal("0.01") * max(
+                len(found), 1
+            )
+            assert math.isclose(
+                sum(c.conversions[model] for c in found.values()), len(conversions), abs_tol=1e-9
+            )
         transaction.set_rollback(True)
 
 
@@ -149,7 +173,7 @@ def test_cohorts_sql_is_the_reference(people, spec, start_hours, span_hours, zon
     with transaction.atomic():
         written = write(people)
         firsts = {}
-        for member, at, order_id, channel in sorted(written.orders, key=lambda o: (o[1], o[2])):
+        for member, at, _order_id, channel in sorted(written.orders, key=lambda o: (o[1], o[2])):
             firsts.setdefault(member, Start(member, at, channel))
         sizes, cells = cohorts_reference(
             spec, starts=firsts.values(), orders=[(m, at) for m, at, _, _ in written.orders],
