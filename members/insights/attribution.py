@@ -111,7 +111,10 @@ def touch_shares(model: str, ages: Sequence[float], half_life: float) -> list[fl
             return [1.0 / n] * n
         return [0.4 if i in (0, n - 1) else 0.2 / (n - 2) for i in range(n)]
     if model == "time_decay":
-        weights = [0.5 ** (age / half_life) for age in ages]
+        # Relative to the youngest touch (weight 1): the same shares, and never 0/0 when every
+        # touch is many half-lives old.
+        youngest = min(ages)
+        weights = [0.5 ** ((age - youngest) / half_life) for age in ages]
         total = sum(weights)
         return [w / total for w in weights]
     raise ValueError(model)

@@ -194,10 +194,9 @@ class Command(BaseCommand):
         sources, created = self._sources_ensure()
         loyalty_demo_setup()  # before the worker earns the demo's points: tiers apply from the start
         segments_demo_setup()  # before the worker refreshes the demo's members: each lands where it belongs
-        loaded = self._events_load(sources=sources, members=members, seed=seed)
-        # A campaign with spend and cross-channel journeys: the funnel, attribution and ROI pages.
+        # A campaign's spend and saved funnels (its journeys are in the events below).
         insights_funnels_demo_setup(today=timezone.localdate())
-        self._campaign_load(sources=sources, members=members, seed=seed)
+        loaded = self._events_load(sources=sources, members=members, seed=seed)
         if process:
             self._events_process()
         counted = _members_count(processed=process)
@@ -282,6 +281,11 @@ class Command(BaseCommand):
                     example_user_id = event.message.get("userId", "")
                 loader.add(event)
                 progress.update()
+            # The campaigns' touches and the purchases after them, across channels
+            # (members.insights.demo_funnels): the funnel, attribution and ROI pages.
+            for event in campaign_stream(members=members, seed=seed, now=timezone.now()):
+                loader.add(event)
+                progress.update()
             loader.flush_all()
             progress.total = progress.n
             progress.refresh()
@@ -291,14 +295,6 @@ class Command(BaseCommand):
             rejected=loader.rejected,
             example_user_id=example_user_id or _FALLBACK_USER_ID,
         )
-
-    def _campaign_load(self, *, sources: dict[str, Source], members: int, seed: int) -> None:
-        """The campaigns' touches and purchases (``members.insights.demo_funnels``), stored like
-        the rest of the demo."""
-        loader = _Loader(sources)
-        for event in campaign_stream(members=members, seed=seed, now=timezone.now()):
-            loader.add(event)
-        loader.flush_all()
 
 
 def _members_count(*, processed: bool) -> _Members:
