@@ -176,7 +176,9 @@ def build(args: argparse.Namespace) -> None:
     with psycopg.connect(URL) as connection, connection.cursor() as cursor:
         for sql in _GENERATE:
             cursor.execute(sql, params)
-    print(f"Built {args.members:,} members and {args.events:,} events in {time.perf_counter() - began:.0f} s.")
+    print(
+        f"Built {args.members:,} members and {args.events:,} events in {time.perf_counter() - began:.0f} s."
+    )
 
 
 def main() -> None:
@@ -190,6 +192,7 @@ def main() -> None:
     build(args)
     harness.django_setup(ENV)
     from members.insights.attribution import MODELS, AttributionSpec, attribution_sql
+    from members.insights.funnel_services import WORK_MEM
     from members.insights.funnels import funnel_parse, funnel_sql
 
     start, end = END - timedelta(days=90), END
@@ -200,10 +203,13 @@ def main() -> None:
     load_before = os.getloadavg()
     with psycopg.connect(URL) as connection, connection.cursor() as cursor:
         cursor.execute("SET jit = off")  # as the platform's settings do (config/settings/base.py)
+        cursor.execute(f"SET work_mem = '{WORK_MEM}'")  # as funnel_services sets for each insight query
         sql, params = funnel_sql(plain, start=start, end=end)
         ours, rows = timed(cursor, [(sql, params)], args.repeat)
         entered = {step: n for step, _, n, _, _ in rows}
-        results.append(("funnel, 4 steps, 90 days (`funnel_sql`)", ours, f"{entered.get(1, 0):,} members at step 1"))
+        results.append(
+            ("funnel, 4 steps, 90 days (`funnel_sql`)", ours, f"{entered.get(1, 0):,} members at step 1")
+        )
         sql, params = funnel_sql(by_channel, start=start, end=end)
         broken, _ = timed(cursor, [(sql, params)], args.repeat)
         results.append(("… by channel of each step", broken, ""))
@@ -211,7 +217,9 @@ def main() -> None:
                  **{f"s{k}": s for k, s in enumerate(STEPS, 1)}}  # fmt: skip
         floor, _ = timed(cursor, [(FLOOR, named)], args.repeat)
         results.append(("limit: one grouped pass over the same events (floor)", floor, ""))
-        hand, depth = timed(cursor, [(s, named) for s in HAND_FUNNEL[:-1]], args.repeat, after=HAND_FUNNEL[-1])
+        hand, depth = timed(
+            cursor, [(s, named) for s in HAND_FUNNEL[:-1]], args.repeat, after=HAND_FUNNEL[-1]
+        )
         reached = {k: sum(n for d, n in depth if d >= k) for k in range(1, 5)}
         assert reached == {k: entered.get(k, 0) for k in range(1, 5)}, (reached, entered)
         results.append(("limit: hand-written LATERAL funnel, same answer", hand, "equal per step"))
@@ -234,7 +242,7 @@ def main() -> None:
         f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {args.members:,} members, {args.events:,} events over {DAYS} days",
         "",
         f"{cpus} CPUs; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (`{uptime}`);"
-        f" best of {args.repeat}; JIT off.",
+        f" best of {args.repeat}; JIT off, work_mem {WORK_MEM} (as the service sets it).",
         "",
         "| query | time | note |",
         "|---|---:|---|",

@@ -172,7 +172,10 @@ def funnel_members_sql(spec: FunnelSpec, *, start: datetime, end: datetime) -> t
     params.extend(key[len("properties.") :] for key in keys)
     params.extend([start, end + spec.window, sorted({step.name for step in spec.steps})])
     flags = ", ".join(f"{_step_test(step, columns, params)} AS m{k}" for k, step in enumerate(spec.steps, 1))
-    following = "PARTITION BY member ORDER BY rn ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING"
+    # "Every later row" as a running frame from the partition's far end: its start never moves,
+    # so PostgreSQL adds each row to the running min once (linear); a frame "1 FOLLOWING to
+    # UNBOUNDED FOLLOWING" has a moving start and recomputes min over the rest for every row.
+    following = "PARTITION BY member ORDER BY rn DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING"
     nexts = ", ".join(f"min(CASE WHEN m{k} THEN rn END) OVER ({following}) AS n{k}" for k in range(2, n + 1))
     window = spec.window.total_seconds()
     joins = "".join(
