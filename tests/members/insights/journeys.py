@@ -26,7 +26,7 @@ SEGMENTS = ("s1", "s2")
 
 #: Coarse times, so that ties (ordered by event id) are frequent: within three days (funnel
 #: windows, lookbacks), or over two months (cohort periods).
-CLOSE = st.integers(0, 72 * 60).map(lambda m: m - m % 90)
+CLOSE = st.integers(0, 72 * 60).map(lambda m: m - m % 60)
 SPREAD = st.integers(0, 60 * 24 * 60).map(lambda m: m - m % 90)
 
 

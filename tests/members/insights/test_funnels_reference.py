@@ -187,3 +187,30 @@ def test_cohorts_sql_is_the_reference(people, spec, start_hours, span_hours, zon
             (x.cohort, x.channel, x.offset, x.active, x.repurchased) for x in cells
         ]
         transaction.set_rollback(True)
+
+
+def _person(events, **extra):
+    base = {"events": events, "absorbed_events": [], "orders": [], "tier": None, "segments": []}
+    return {**base, **extra}
+
+
+def _event(name, minutes, channel="app"):
+    return {"name": name, "channel": channel, "store_code": "", "minutes": minutes, "properties": {},
+            "campaign": "", "source": ""}  # fmt: skip
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("gap_minutes", "converts"), [(120, True), (121, False)])
+def test_the_window_includes_its_last_instant(gap_minutes, converts):
+    spec = funnel_parse(
+        steps=[{"event": NAMES[0]}, {"event": NAMES[2], "where": {"channel": "pos"}}], window_hours=2
+    )
+    people = [_person([_event(NAMES[0], 0), _event(NAMES[2], gap_minutes, "pos")])]
+    with transaction.atomic():
+        written = write(people)
+        sql, params = funnel_sql(spec, start=T0, end=T0 + timedelta(days=1))
+        found = [(s, e, c) for s, _, e, c, _ in rows(sql, params)]
+        expected = funnel_reference(spec, written.events, start=T0, end=T0 + timedelta(days=1))
+        assert found == [(r.step, r.entered, r.converted) for r in expected]
+        assert found[0] == (1, 1, 1 if converts else 0)
+        transaction.set_rollback(True)
