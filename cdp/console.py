@@ -23,6 +23,9 @@ SECTIONS = (
     Section("console:segments", "Segments", "segments.view_segment"),
     Section("console:tags", "Tags", "segments.view_tag"),
     Section("console:insights", "Insights", "insights.view_insights"),
+    Section("console:insights-funnels", "Funnels", "insights.view_funnel"),
+    Section("console:insights-attribution", "Attribution", "insights.view_campaignspend"),
+    Section("console:insights-cohorts", "Cohorts", "insights.view_funnel"),
     Section("console:audit", "Audit log", "cdp.view_auditentry"),
     Section("console:alerts", "Alerts", "ops.view_alert"),
 )

@@ -65,6 +65,16 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
         "segments.change_segmentwebhook",
         "segments.delete_segmentwebhook",
         "insights.view_insights",
+        # Funnels, cohorts, attribution and channel ROI (members.insights): reads, and what
+        # marketing defines (saved funnels, the spend it enters).
+        "insights.view_funnel",
+        "insights.add_funnel",
+        "insights.change_funnel",
+        "insights.delete_funnel",
+        "insights.view_campaignspend",
+        "insights.add_campaignspend",
+        "insights.change_campaignspend",
+        "insights.delete_campaignspend",
     ),
     Role.CHECKOUT: ("loyalty.redeem_points", "loyalty.redeem_coupon"),
     Role.PRIVACY_OFFICER: (
@@ -81,7 +91,16 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
         "ops.change_alert",
     ),
     # Counts and sums of every store, never a person: the board and the insights API only.
-    Role.ANALYST: ("insights.view_insights",),
+    Role.ANALYST: (
+        "insights.view_insights",
+        # Funnels are an analyst's own questions: saved, edited, deleted; spend is marketing's to
+        # enter, the analyst reads it (ROI and ROAS).
+        "insights.view_funnel",
+        "insights.add_funnel",
+        "insights.change_funnel",
+        "insights.delete_funnel",
+        "insights.view_campaignspend",
+    ),
 }
 PLATFORM_APPS = (
     "cdp",

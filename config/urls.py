@@ -15,6 +15,7 @@ from cdp.metrics_view import metrics
 from members import console
 from members.consent import console as consent_console
 from members.insights import console as insights_console
+from members.insights import console_funnels as insights_funnels_console
 from members.privacy import console as privacy_console
 from members.segments import console as segments_console
 from ops import console as ops_console
@@ -31,6 +32,7 @@ console_urls = (
         *audit_console.urlpatterns,
         *insights_console.urlpatterns,
         *ops_console.urlpatterns,
+        *insights_funnels_console.urlpatterns,
     ],
     "console",
 )
@@ -48,6 +50,7 @@ urlpatterns = [
     path("api/v1/", include("members.insights.urls")),
     path("api/v1/", include("cdp.urls")),
     path("api/v1/", include("ops.urls")),
+    path("api/v1/insights/", include("members.insights.urls_funnels")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", RedocView.as_view(url_name="schema"), name="api-redoc"),

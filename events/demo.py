@@ -238,6 +238,34 @@ def _person(rng: random.Random, *, seed: int, index: int) -> _Person:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class DemoPerson:
+    """What other demo streams need to send events about person ``index`` as their own channels
+    know them (``members.insights.demo_funnels``' campaign)."""
+
+    index: int
+    phone: str
+    member_card: str
+    account_id: str
+    home_store: str  # a POS source slug
+    app_anonymous_id: str
+    mini_anonymous_id: str
+    wechat_openid: str
+    wechat_unionid: str
+
+
+def demo_person(*, seed: int, index: int) -> DemoPerson:
+    """Person ``index``'s identifiers, drawn exactly as their journey draws them."""
+    # Seeded on purpose: reproducible demo data, not secrets.
+    person = _person(random.Random(f"cdp-demo:{seed}:{index}"), seed=seed, index=index)  # noqa: S311
+    return DemoPerson(
+        index=index, phone=person.phone, member_card=person.member_card, account_id=person.account_id,
+        home_store=person.home_store, app_anonymous_id=person.app_anonymous_id,
+        mini_anonymous_id=person.mini_anonymous_id, wechat_openid=person.wechat_openid,
+        wechat_unionid=person.wechat_unionid,
+    )  # fmt: skip
+
+
 def _consent(seed: int, person: int, purposes: tuple[str, ...]) -> dict[str, Any]:
     """What the person answers when a channel asks for consent (``docs/consent.md``): most grant,
     some refuse. Drawn from a digest, not the person's generator, so the rest of the stream is

@@ -343,6 +343,14 @@ class _Compiler:
         return f"((SELECT count(*) FROM ({rows} LIMIT {int(n)}) c) >= {int(n)})"
 
 
+def value_equals_sql(json: str, expected: Scalar) -> tuple[str, list[Any]]:
+    """``rules.values.values_equal`` of a jsonb expression (SQL text without placeholders: it
+    is repeated) and a rule's scalar, as SQL and its parameters: for other readers of the
+    rule language's ``where`` (``members.insights.funnels``)."""
+    compiler = _Compiler(datetime.now(UTC), all_members=False)
+    return compiler.equals(json, expected), compiler.params
+
+
 def rule_counts(condition: Condition, *, now: datetime) -> list[Counted]:
     """The behaviour counts ``condition`` reads at ``now``."""
     compiler = _Compiler(now, all_members=True)

@@ -36,6 +36,7 @@ from cdp.services import staff_scope_set, staff_user_ensure, token_issue
 from events.models import ParkedEvent, RejectedEvent
 from events.pipeline import events_process_pending
 from identity.models import EventResolution
+from members.insights.models import CampaignSpend, Funnel
 from members.loyalty.models import Coupon, CouponCampaign
 from members.models import ParkedMember
 from members.privacy.models import PrivacyRequest
@@ -91,6 +92,7 @@ ERASE, EXPORT, VIEW_REQUESTS = "privacy.erase_member", "privacy.export_member", 
 VIEW_INSIGHTS = "insights.view_insights"
 SOURCES = ("events.view_source", "events.add_source", "events.change_source")
 IDEMPOTENT = {"HTTP_IDEMPOTENCY_KEY": "matrix"}
+VIEW_FUNNELS, VIEW_SPEND = "insights.view_funnel", "insights.view_campaignspend"
 
 ENDPOINTS = [
     # ingestion (Segment's paths): a write key, never a staff token
@@ -183,6 +185,23 @@ ENDPOINTS = [
     Endpoint("GET", "/api/v1/alerts/{alert}/", (VIEW_ALERTS,), 200),
     Endpoint("POST", "/api/v1/alerts/{alert}/acknowledge/", (CHANGE_ALERTS,), 200),
     Endpoint("POST", "/api/v1/alerts/{alert}/resolve/", (CHANGE_ALERTS,), 200),
+    # funnels, attribution, ROI, spend, cohorts: answers over every store
+    Endpoint("GET", "/api/v1/insights/funnels/", (VIEW_FUNNELS,), 200, unscoped_only=True),
+    Endpoint("POST", "/api/v1/insights/funnels/", (VIEW_FUNNELS, "insights.add_funnel"), 400, {}, unscoped_only=True),
+    Endpoint("POST", "/api/v1/insights/funnels/preview/", (VIEW_FUNNELS,), 400, {}, unscoped_only=True),
+    Endpoint("GET", "/api/v1/insights/funnels/{funnel}/", (VIEW_FUNNELS,), 200, unscoped_only=True),
+    Endpoint("PUT", "/api/v1/insights/funnels/{funnel}/", (VIEW_FUNNELS, "insights.change_funnel"), 400, {}, unscoped_only=True),
+    Endpoint("DELETE", "/api/v1/insights/funnels/{funnel}/", (VIEW_FUNNELS, "insights.delete_funnel"), 204, unscoped_only=True),
+    Endpoint("GET", "/api/v1/insights/funnels/{funnel}/results/", (VIEW_FUNNELS,), 200, unscoped_only=True),
+    Endpoint("POST", "/api/v1/insights/funnels/{funnel}/segments/", (VIEW_FUNNELS, "segments.add_segment"), 400, {}, unscoped_only=True),
+    Endpoint("GET", "/api/v1/insights/attribution/", (VIEW_SPEND,), 200, unscoped_only=True),
+    Endpoint("GET", "/api/v1/insights/roi/", (VIEW_SPEND,), 200, unscoped_only=True),
+    Endpoint("GET", "/api/v1/insights/spend/", (VIEW_SPEND,), 200, unscoped_only=True),
+    Endpoint("POST", "/api/v1/insights/spend/", (VIEW_SPEND, "insights.add_campaignspend"), 400, {}, unscoped_only=True),
+    # a CSV upload: multipart only (the matrix sends JSON)
+    Endpoint("POST", "/api/v1/insights/spend/upload/", (VIEW_SPEND, "insights.add_campaignspend"), 415, {}, unscoped_only=True),
+    Endpoint("DELETE", "/api/v1/insights/spend/{spend}/", (VIEW_SPEND, "insights.delete_campaignspend"), 204, unscoped_only=True),
+    Endpoint("GET", "/api/v1/insights/cohorts/", (VIEW_FUNNELS,), 200, unscoped_only=True),
     # the schema and its docs, health: public
     # (served by DRF: a credential that is no staff token is refused, as anywhere in the API)
     Endpoint("GET", "/api/schema/", PUBLIC, 200, drf=True),
@@ -217,6 +236,16 @@ ENDPOINTS = [
     Endpoint("GET", "/console/alerts/", (VIEW_ALERTS,), 200),
     Endpoint("POST", "/console/alerts/{alert}/acknowledge/", (CHANGE_ALERTS,), 302),
     Endpoint("POST", "/console/alerts/{alert}/resolve/", (CHANGE_ALERTS,), 302),
+    Endpoint("GET", "/console/insights/funnels/", (VIEW_FUNNELS,), 200, unscoped_only=True),
+    Endpoint("POST", "/console/insights/funnels/", (VIEW_FUNNELS, "insights.add_funnel"), 200, {}, unscoped_only=True),
+    Endpoint("GET", "/console/insights/funnels/{funnel}/", (VIEW_FUNNELS,), 200, unscoped_only=True),
+    Endpoint("POST", "/console/insights/funnels/{funnel}/edit/", (VIEW_FUNNELS, "insights.change_funnel"), 302, {}, unscoped_only=True),
+    Endpoint("POST", "/console/insights/funnels/{funnel}/delete/", (VIEW_FUNNELS, "insights.delete_funnel"), 302, unscoped_only=True),
+    Endpoint("POST", "/console/insights/funnels/{funnel}/segment/", (VIEW_FUNNELS, "segments.add_segment"), 302, {}, unscoped_only=True),
+    Endpoint("GET", "/console/insights/attribution/", (VIEW_SPEND,), 200, unscoped_only=True),
+    Endpoint("POST", "/console/insights/spend/", (VIEW_SPEND, "insights.add_campaignspend"), 302, {}, unscoped_only=True),
+    Endpoint("POST", "/console/insights/spend/{spend}/delete/", (VIEW_SPEND, "insights.delete_campaignspend"), 302, unscoped_only=True),
+    Endpoint("GET", "/console/insights/cohorts/", (VIEW_FUNNELS,), 200, unscoped_only=True),
     Endpoint("POST", "/console/logout/", PUBLIC, 302),  # last: it ends the session
 ]  # fmt: skip
 
@@ -294,7 +323,13 @@ def rows() -> dict[str, object]:
         rule=alert_rule, level="red", subject="parked events", value=1, summary="1 events parked",
         opened_at=now, last_seen_at=now,
     )  # fmt: skip
+    funnel = Funnel.objects.create(
+        name="Views", steps=[{"event": "Product Viewed"}, {"event": "Order Completed"}]
+    )
+    spend = CampaignSpend.objects.create(channel="app", campaign="sale", period_start=now.date(),
+                                         period_end=now.date(), amount=Decimal(100), currency="CNY")  # fmt: skip
     return {
+        "funnel": funnel.pk, "spend": spend.pk,
         "member": member, "segment": segment.key, "tag": "vip", "coupon": "AUTUMN-1", "campaign": campaign.pk,
         "webhook": webhook.pk, "source": beijing.pk, "rejected": rejected.pk, "parked_event": parked_event.pk,
         "parked_member": parked_member.pk, "privacy_request": privacy_request.pk, "write_key": beijing.write_key,
@@ -381,6 +416,8 @@ def test_every_endpoint_is_in_the_matrix():
             "privacy_request",
             "alert_rule",
             "alert",
+            "funnel",
+            "spend",
         ),
         1,
     )

@@ -33,6 +33,7 @@ from events.demo import DEMO_SOURCES, WEB_SOURCE_SLUG, DemoEvent, demo_stream
 from events.models import Channel, Event, Source
 from events.pipeline import events_process_pending
 from events.services import events_ingest, source_create, source_rotate_key, source_set_enabled
+from members.insights.demo_funnels import campaign_stream, insights_funnels_demo_setup
 from members.loyalty.demo import loyalty_demo_coupons, loyalty_demo_setup
 from members.models import Member
 from members.segments.demo import segments_demo_setup
@@ -195,6 +196,8 @@ class Command(BaseCommand):
         sources, created = self._sources_ensure()
         loyalty_demo_setup()  # before the worker earns the demo's points: tiers apply from the start
         segments_demo_setup()  # before the worker refreshes the demo's members: each lands where it belongs
+        # A campaign's spend and saved funnels (its journeys are in the events below).
+        insights_funnels_demo_setup(today=timezone.localdate())
         loaded = self._events_load(sources=sources, members=members, seed=seed)
         if process:
             self._events_process()
@@ -283,6 +286,11 @@ class Command(BaseCommand):
                     progress.total = max(progress.n, round(progress.n * members / people_done))
                 if not example_user_id and event.source_slug == WEB_SOURCE_SLUG:
                     example_user_id = event.message.get("userId", "")
+                loader.add(event)
+                progress.update()
+            # The campaigns' touches and the purchases after them, across channels
+            # (members.insights.demo_funnels): the funnel, attribution and ROI pages.
+            for event in campaign_stream(members=members, seed=seed, now=timezone.now()):
                 loader.add(event)
                 progress.update()
             loader.flush_all()

@@ -1,0 +1,258 @@
+"""Funnels and attribution benchmark, at reduced scale: a 4-step funnel over 90 days and
+attribution for a month, each beside hand-written SQL of the same answer.
+
+Data (``cdp_bench_funnels``, built here with set-based SQL, kept for the next run unless
+``--rebuild``): ``--members`` members (default 100,000) and ``--events`` events (default
+1,000,000) over 120 days in four channels, resolved to their members: product views, adds,
+checkouts, orders (each an order row, some partly refunded), pushes opened, coupons claimed and
+page views with a campaign. Part of the members are merged into others (their events still
+resolved to the absorbed member, as insights must follow).
+
+Timed (best of ``--repeat`` runs, with the machine's load beside them):
+
+- **funnel**: ``members.insights.funnels.funnel_sql`` for Product Viewed → Product Added →
+  Checkout Started → Order Completed, 7-day window, 90 days, without and with a channel
+  breakdown; beside (a) the floor: one grouped pass counting the members of each step's events
+  (no funnel can read less), and (b) a hand-written funnel of the same answer (the events copied
+  into an indexed temporary table, each step found by a LATERAL probe), checked equal;
+- **attribution**: ``members.insights.attribution.attribution_sql`` (five models) for the last
+  30 days by channel, beside a hand-written linear-only query, checked equal on linear.
+
+Prints markdown and inserts it, newest first, into its block of ``docs/benchmarks.md``.
+
+    BENCH_DATABASE_SUFFIX=_me .venv/bin/python bench/funnels.py --members 100000 --events 1000000
+"""
+
+import harness  # first: the project before bench/ on sys.path (see its docstring)
+
+# isort: split
+import argparse
+import os
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+START_MARKER = "<!-- bench/funnels.py: funnels and attribution benchmarks, up to the end marker. -->"
+MARKER = "<!-- bench/funnels.py inserts each run's section below this line, newest first. -->"
+END_MARKER = "<!-- bench/funnels.py: end of the funnels and attribution benchmarks. -->"
+INTRO = """# Funnels and attribution benchmarks
+
+`bench/funnels.py` (see its docstring), at reduced scale: a 4-step funnel over 90 days (issue
+target at 1M members / 10M events: under 5 s) and attribution for a month (under 10 s), each
+beside hand-written SQL of the same answer as the limit."""
+
+DATABASE = harness.database_name("cdp_bench_funnels")
+URL = harness.database_url(DATABASE)
+ENV = harness.service_env(database=URL, broker=harness.broker_url(15))
+END = datetime(2026, 11, 30, tzinfo=UTC)
+DAYS = 120
+STEPS = ("Product Viewed", "Product Added", "Checkout Started", "Order Completed")
+
+# Set-based generation: every row from generate_series and hashes of its number, so a run is
+# the same data each time. Event kinds by share: views 50%, adds 18%, checkouts 10%, orders 8%,
+# pushes 5%, coupons 4%, campaign page views 5%.
+_GENERATE = [
+    "INSERT INTO events_source (name, kind, store_code, wechat_appid, default_currency, erasure, write_key_hash,"
+    " write_key_prefix, enabled, created_at, updated_at) SELECT 'bench ' || k, k, CASE k WHEN 'pos' THEN 'S001'"
+    " ELSE '' END, '', 'CNY', 'strip', md5(k) || md5(k), 'wk_bench', true, now(), now()"
+    " FROM unnest(ARRAY['pos', 'app', 'mini_program', 'web']) AS k",
+    "INSERT INTO members_member (id, status, merged_into_id, first_event_at, first_event_message_id,"
+    " first_event_source_id, last_event_at, last_event_message_id, last_event_source_id, created_at, updated_at)"
+    " SELECT g, 'active', NULL, %(start)s, 'm', (SELECT min(id) FROM events_source), %(end)s, 'm',"
+    " (SELECT min(id) FROM events_source), now(), now() FROM generate_series(1, %(members)s) g",
+    # One member in twenty was absorbed by the member before it.
+    "UPDATE members_member SET status = 'merged', merged_into_id = id - 1 WHERE id %% 20 = 0",
+    "SELECT setval(pg_get_serial_sequence('members_member', 'id'), %(members)s)",
+    "CREATE TEMP TABLE gen AS SELECT g AS n, (abs(hashtext('m' || g)) %% %(members)s) + 1 AS member,"
+    " abs(hashtext('k' || g)) %% 100 AS kind, abs(hashtext('c' || g)) %% 4 AS ch,"
+    " %(start)s::timestamptz + (abs(hashtext('t' || g)) %% (%(days)s * 86400)) * interval '1 second' AS at"
+    " FROM generate_series(1, %(events)s) g",
+    # Ids continue the sequence (nextval), so that a later insert finds its next id free.
+    "INSERT INTO events_event (id, source_id, message_id, type, event, name, user_id, anonymous_id, previous_id,"
+    " group_id, channel, store_code, timestamp, received_at, context, traits, properties, integrations)"
+    " SELECT nextval(pg_get_serial_sequence('events_event', 'id')), s.id, 'b' || g.n,"
+    " CASE WHEN g.kind >= 95 THEN 'page' ELSE 'track' END,"
+    " CASE WHEN g.kind < 50 THEN 'Product Viewed' WHEN g.kind < 68 THEN 'Product Added'"
+    " WHEN g.kind < 78 THEN 'Checkout Started' WHEN g.kind < 86 THEN 'Order Completed'"
+    " WHEN g.kind < 91 THEN 'Push Opened' WHEN g.kind < 95 THEN 'Coupon Claimed' ELSE '' END,"
+    " CASE WHEN g.kind >= 95 THEN 'Sale' ELSE '' END, 'u' || g.member, '', '', '', s.kind,"
+    " s.store_code, g.at, g.at,"
+    " CASE WHEN g.kind >= 86 AND g.n %% 3 > 0 THEN jsonb_build_object('campaign', jsonb_build_object("
+    "'name', (ARRAY['spring-sale', 'vip-week', 'autumn'])[g.n %% 3 + 1], 'source', 'bench')) ELSE '{}' END,"
+    " '{}', CASE WHEN g.kind BETWEEN 78 AND 85 THEN jsonb_build_object('order_id', 'o' || g.n) ELSE '{}' END, '{}'"
+    " FROM gen g JOIN events_source s ON s.kind = (ARRAY['pos', 'app', 'mini_program', 'web'])[g.ch + 1]",
+    "DELETE FROM events_pendingevent",
+    "INSERT INTO identity_eventresolution (event_id, member_id, problems, resolved_at)"
+    " SELECT e.id, substr(e.user_id, 2)::bigint, '[]', now() FROM events_event e",
+    "INSERT INTO members_memberorder (member_id, source_id, order_id, currency, total, refunded, placed_at,"
+    " channel, store_code, event_id) SELECT COALESCE(m.merged_into_id, m.id), e.source_id, e.properties ->> 'order_id',"
+    " 'CNY', 50 + abs(hashtext(e.message_id)) %% 950, CASE WHEN e.id %% 15 = 0 THEN 20 ELSE 0 END, e.timestamp,"
+    " e.channel, e.store_code, e.id FROM events_event e JOIN members_member m ON m.id = substr(e.user_id, 2)::bigint"
+    " WHERE e.event = 'Order Completed'",
+    "ANALYZE",
+]
+
+# The floor: the funnel's events read once, members counted per step.
+FLOOR = (
+    "SELECT e.event, count(DISTINCT COALESCE(m.merged_into_id, m.id)) FROM events_event e"
+    " JOIN identity_eventresolution r ON r.event_id = e.id JOIN members_member m ON m.id = r.member_id"
+    " WHERE e.timestamp >= %(start)s AND e.timestamp < %(horizon)s AND e.event = ANY(%(steps)s) GROUP BY 1"
+)
+# The same funnel by hand: the events into an indexed table, then each step the first matching
+# event after the previous one (LATERAL ... LIMIT 1), the deepest attempt per member.
+HAND_FUNNEL = [
+    "CREATE TEMP TABLE f_ev AS SELECT COALESCE(m.merged_into_id, m.id) AS member, e.id, e.timestamp AS at,"
+    " e.event FROM events_event e JOIN identity_eventresolution r ON r.event_id = e.id"
+    " JOIN members_member m ON m.id = r.member_id"
+    " WHERE e.timestamp >= %(start)s AND e.timestamp < %(horizon)s AND e.event = ANY(%(steps)s)",
+    "CREATE INDEX ON f_ev (member, event, at, id)",
+    "ANALYZE f_ev",
+    "SELECT d, count(*) FROM (SELECT DISTINCT ON (s1.member) s1.member,"
+    " 1 + (x2.id IS NOT NULL)::int + (x3.id IS NOT NULL)::int + (x4.id IS NOT NULL)::int AS d"
+    " FROM f_ev s1"
+    " LEFT JOIN LATERAL (SELECT id, at FROM f_ev x WHERE x.member = s1.member AND x.event = %(s2)s"
+    "  AND (x.at, x.id) > (s1.at, s1.id) ORDER BY x.at, x.id LIMIT 1) x2 ON x2.at <= s1.at + %(window)s"
+    " LEFT JOIN LATERAL (SELECT id, at FROM f_ev x WHERE x2.id IS NOT NULL AND x.member = s1.member"
+    "  AND x.event = %(s3)s AND (x.at, x.id) > (x2.at, x2.id) ORDER BY x.at, x.id LIMIT 1) x3"
+    "  ON x3.at <= s1.at + %(window)s"
+    " LEFT JOIN LATERAL (SELECT id, at FROM f_ev x WHERE x3.id IS NOT NULL AND x.member = s1.member"
+    "  AND x.event = %(s4)s AND (x.at, x.id) > (x3.at, x3.id) ORDER BY x.at, x.id LIMIT 1) x4"
+    "  ON x4.at <= s1.at + %(window)s"
+    " WHERE s1.event = %(s1)s AND s1.at >= %(start)s AND s1.at < %(end)s"
+    " ORDER BY s1.member, d DESC, s1.at, s1.id) best GROUP BY d",
+    "DROP TABLE f_ev",
+]
+HAND_LINEAR = (
+    "WITH c AS (SELECT o.id, COALESCE(m.merged_into_id, m.id) AS member, o.placed_at AS at,"
+    " GREATEST(o.total - o.refunded, 0) AS value FROM members_memberorder o JOIN members_member m ON m.id = o.member_id"
+    " WHERE o.placed_at >= %(start)s AND o.placed_at < %(end)s AND o.currency = 'CNY'),"
+    " t AS (SELECT COALESCE(m.merged_into_id, m.id) AS member, e.timestamp AS at, e.channel FROM events_event e"
+    " JOIN identity_eventresolution r ON r.event_id = e.id JOIN members_member m ON m.id = r.member_id"
+    " WHERE e.timestamp >= %(since)s AND e.timestamp < %(end)s"
+    " AND (e.context ? 'campaign' OR e.event IN ('Coupon Claimed', 'Push Opened', 'Store Visited'))),"
+    " p AS (SELECT c.id, c.value, t.channel, count(*) OVER (PARTITION BY c.id) AS n FROM c JOIN t"
+    " ON t.member = c.member AND t.at < c.at AND t.at >= c.at - %(lookback)s)"
+    " SELECT channel, sum(value / n)::numeric(20, 2) FROM p GROUP BY 1 ORDER BY 1"
+)
+
+
+def timed(
+    cursor: psycopg.Cursor, statements: list[tuple[str, Any]], repeat: int, *, after: str = ""
+) -> tuple[float, list[Any]]:
+    """The best wall time of running ``statements`` in order, and the last one's rows;
+    ``after`` (untimed) cleans up after each run."""
+    best, rows = float("inf"), []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        for sql, params in statements:
+            cursor.execute(sql, params)
+        rows = cursor.fetchall() if cursor.description else []
+        best = min(best, time.perf_counter() - began)
+        if after:
+            cursor.execute(after)
+    return best, rows
+
+
+def build(args: argparse.Namespace) -> None:
+    harness.manage("ensure_services", "--create-database", env=ENV)
+    with psycopg.connect(URL, autocommit=True) as connection:
+        present = connection.execute("SELECT to_regclass('events_event') IS NOT NULL").fetchone()
+        if present and present[0] and not args.rebuild:
+            count = connection.execute("SELECT count(*) FROM events_event").fetchone()
+            if count and count[0] == args.events:
+                print(f"Reusing {DATABASE}: {count[0]:,} events.")
+                return
+    # A different size or a rebuild: from an empty schema.
+    with psycopg.connect(URL, autocommit=True) as connection:
+        connection.execute("DROP SCHEMA public CASCADE")
+        connection.execute("CREATE SCHEMA public")
+    harness.manage("migrate", "--noinput", "-v0", env=ENV)
+    params = {"members": args.members, "events": args.events, "days": DAYS,
+              "start": END - timedelta(days=DAYS), "end": END}  # fmt: skip
+    began = time.perf_counter()
+    with psycopg.connect(URL) as connection, connection.cursor() as cursor:
+        for sql in _GENERATE:
+            cursor.execute(sql, params)
+    print(
+        f"Built {args.members:,} members and {args.events:,} events in {time.perf_counter() - began:.0f} s."
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--members", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--no-docs", action="store_true", help="Print only; leave docs/benchmarks.md alone.")
+    args = parser.parse_args()
+    build(args)
+    harness.django_setup(ENV)
+    from members.insights.attribution import MODELS, AttributionSpec, attribution_sql
+    from members.insights.funnel_services import WORK_MEM
+    from members.insights.funnels import funnel_parse, funnel_sql
+
+    start, end = END - timedelta(days=90), END
+    window = timedelta(days=7)
+    plain = funnel_parse(steps=[{"event": s} for s in STEPS], window_hours=168)
+    by_channel = funnel_parse(steps=[{"event": s} for s in STEPS], window_hours=168, breakdown="channel")
+    results: list[tuple[str, float, str]] = []
+    load_before = os.getloadavg()
+    with psycopg.connect(URL) as connection, connection.cursor() as cursor:
+        cursor.execute("SET jit = off")  # as the platform's settings do (config/settings/base.py)
+        cursor.execute(f"SET work_mem = '{WORK_MEM}'")  # as funnel_services sets for each insight query
+        sql, params = funnel_sql(plain, start=start, end=end)
+        ours, rows = timed(cursor, [(sql, params)], args.repeat)
+        entered = {step: n for step, _, n, _, _ in rows}
+        results.append(
+            ("funnel, 4 steps, 90 days (`funnel_sql`)", ours, f"{entered.get(1, 0):,} members at step 1")
+        )
+        sql, params = funnel_sql(by_channel, start=start, end=end)
+        broken, _ = timed(cursor, [(sql, params)], args.repeat)
+        results.append(("… by channel of each step", broken, ""))
+        named = {"start": start, "end": end, "horizon": end + window, "steps": list(STEPS), "window": window,
+                 **{f"s{k}": s for k, s in enumerate(STEPS, 1)}}  # fmt: skip
+        floor, _ = timed(cursor, [(FLOOR, named)], args.repeat)
+        results.append(("limit: one grouped pass over the same events (floor)", floor, ""))
+        hand, depth = timed(
+            cursor, [(s, named) for s in HAND_FUNNEL[:-1]], args.repeat, after=HAND_FUNNEL[-1]
+        )
+        reached = {k: sum(n for d, n in depth if d >= k) for k in range(1, 5)}
+        assert reached == {k: entered.get(k, 0) for k in range(1, 5)}, (reached, entered)
+        results.append(("limit: hand-written LATERAL funnel, same answer", hand, "equal per step"))
+
+        month = AttributionSpec(timedelta(days=30), timedelta(days=7), "channel")
+        a_start = END - timedelta(days=30)
+        sql, params = attribution_sql(month, start=a_start, end=END, currency="CNY")
+        ours_a, credits = timed(cursor, [(sql, params)], args.repeat)
+        linear = {row[0]: row[1 + MODELS.index("linear")] for row in credits}
+        results.append(("attribution, 30 days, 5 models by channel (`attribution_sql`)", ours_a,
+                        f"{sum(linear.values()):,.2f} CNY credited"))  # fmt: skip
+        named = {"start": a_start, "end": END, "since": a_start - month.lookback, "lookback": month.lookback}
+        hand_a, by_hand = timed(cursor, [(HAND_LINEAR, named)], args.repeat)
+        assert all(abs(linear[channel] - value) <= 0.05 for channel, value in by_hand), (linear, by_hand)
+        results.append(("limit: hand-written linear only", hand_a, "equal on linear"))
+    load_after = os.getloadavg()
+    cpus = os.cpu_count()
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    lines = [
+        f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {args.members:,} members, {args.events:,} events over {DAYS} days",
+        "",
+        f"{cpus} CPUs; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (`{uptime}`);"
+        f" best of {args.repeat}; JIT off, work_mem {WORK_MEM} (as the service sets it).",
+        "",
+        "| query | time | note |",
+        "|---|---:|---|",
+        *(f"| {name} | {seconds * 1000:,.0f} ms | {note} |" for name, seconds, note in results),
+    ]
+    section = "\n".join(lines)
+    print(section)
+    if not args.no_docs:
+        harness.docs_insert(section, intro=INTRO, marker=MARKER, start=START_MARKER, end=END_MARKER)
+
+
+if __name__ == "__main__":
+    main()

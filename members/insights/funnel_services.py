@@ -1,0 +1,252 @@
+"""Funnels, attribution with channel ROI, spend and cohorts against the database: the selectors
+that run the pure modules' SQL (``funnels``, ``attribution``, ``cohorts``, ``spend``) and the
+services that write saved funnels, spend lines and a funnel step's static segment.
+
+Answers are counts and sums only. The one way a funnel names members is a static segment of a
+step's members (``funnel_step_segment``), which then lives under the segment rules: its pages,
+exports and feeds check consent when data leaves, as for any segment.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import connection, transaction
+
+from members.insights.attribution import AttributionSpec, Credit, attribution_sql, credits_from_rows
+from members.insights.cohorts import CohortCell, CohortSpec, cohorts_sql
+from members.insights.funnels import FunnelRow, FunnelSpec, funnel_parse, funnel_sql, funnel_step_members_sql
+from members.insights.models import CampaignSpend, Funnel
+from members.insights.spend import RoiRow, SpendLine, roi_table, spend_by, spend_csv_parse
+from members.segments.definitions.segments import segment_create
+from members.segments.definitions.static_lists import segment_members_set
+from members.segments.models import Segment
+
+#: The longest date range one request may cover.
+MAX_RANGE_DAYS = 366
+#: How long one insight query may run before PostgreSQL stops it (a request, not a batch job).
+STATEMENT_TIMEOUT_MS = 60_000
+#: Sort and hash memory of one insight query: a funnel sorts every event of its range twice.
+#: Measured by bench/funnels.py at 1M events: 68 s with PostgreSQL's default 4 MB (sorts spilled
+#: to disk), 28 s with 64 MB, on a two-core machine at load 19.
+WORK_MEM = "64MB"
+
+
+class InsightRefused(ValueError):
+    """Bad input for an insight: ``errors`` lists (field, reason)."""
+
+    def __init__(self, message: str, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class DateRange:
+    """Whole days ``[first, last]`` in the platform's time zone, and the instants they span."""
+
+    first: date
+    last: date
+
+    @property
+    def start(self) -> datetime:
+        return datetime.combine(self.first, time(), ZoneInfo(settings.TIME_ZONE))
+
+    @property
+    def end(self) -> datetime:
+        return datetime.combine(self.last + timedelta(days=1), time(), ZoneInfo(settings.TIME_ZONE))
+
+
+def date_range_parse(
+    first: object, last: object, *, default_days: int = 30, today: date | None = None
+) -> DateRange:
+    """``start`` and ``end`` (ISO dates, both included); missing: the last ``default_days`` days."""
+    today = today or datetime.now(ZoneInfo(settings.TIME_ZONE)).date()
+    errors = []
+    days: list[date | None] = []
+    for name, value, default in (("end", last, today), ("start", first, None)):
+        if value in (None, ""):
+            days.append(default)
+            continue
+        try:
+            days.append(date.fromisoformat(str(value)))
+        except ValueError:
+            errors.append((name, "expected a date such as 2026-11-01"))
+            days.append(None)
+    if errors:
+        raise InsightRefused("Bad date range.", errors)
+    end_day = days[0]
+    assert end_day is not None
+    start_day = days[1] or end_day - timedelta(days=default_days - 1)
+    if start_day > end_day:
+        raise InsightRefused("Bad date range.", [("start", "must not be after end")])
+    if (end_day - start_day).days + 1 > MAX_RANGE_DAYS:
+        raise InsightRefused("Bad date range.", [("start", f"a range covers at most {MAX_RANGE_DAYS} days")])
+    return DateRange(start_day, end_day)
+
+
+def _rows(sql: str, params: Sequence[Any]) -> list[tuple]:
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"SET LOCAL statement_timeout = {int(STATEMENT_TIMEOUT_MS)}")
+        cursor.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+# --- funnels ------------------------------------------------------------------------------------
+
+
+def funnel_spec(funnel: Funnel) -> FunnelSpec:
+    return funnel_parse(
+        steps=funnel.steps,
+        window_hours=funnel.window_hours,
+        breakdown=funnel.breakdown,
+        segments=funnel.segments,
+    )
+
+
+def _segments_check(spec: FunnelSpec) -> None:
+    known = set(Segment.objects.filter(key__in=spec.segments).values_list("key", flat=True))
+    missing = [key for key in spec.segments if key not in known]
+    if missing:
+        raise InsightRefused("Unknown segment.", [("segments", f"no segment {missing[0]!r}")])
+
+
+def funnel_results(*, spec: FunnelSpec, dates: DateRange) -> list[FunnelRow]:
+    """The funnel over members whose step 1 falls in ``dates`` (``funnels.funnel_sql``)."""
+    sql, params = funnel_sql(spec, start=dates.start, end=dates.end)
+    return [
+        FunnelRow(step, group, entered, converted, None if median is None else float(median))
+        for step, group, entered, converted, median in _rows(sql, params)
+    ]
+
+
+@transaction.atomic
+def funnel_save(
+    *, funnel: Funnel | None, name: str, description: str, steps: object, window_hours: object,
+    breakdown: object, segments: object, by: User | None,
+) -> Funnel:  # fmt: skip
+    """Create (``funnel`` None) or replace a saved funnel, its definition checked first
+    (``funnels.FunnelInvalid``, ``InsightRefused`` for an unknown segment)."""
+    spec = funnel_parse(steps=steps, window_hours=window_hours, breakdown=breakdown, segments=segments or [])
+    _segments_check(spec)
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise InsightRefused("Bad name.", [("name", "1 to 200 characters")])
+    namesakes = Funnel.objects.filter(name=name)
+    if funnel is not None:
+        namesakes = namesakes.exclude(pk=funnel.pk)
+    if namesakes.exists():
+        raise InsightRefused("Name taken.", [("name", "another funnel has this name")])
+    funnel = funnel or Funnel(created_by=by)
+    funnel.name, funnel.description = name, description[:500]
+    funnel.steps, funnel.window_hours = steps, int(spec.window.total_seconds() // 3600)
+    funnel.breakdown, funnel.segments = spec.breakdown, list(spec.segments)
+    funnel.save()
+    return funnel
+
+
+@transaction.atomic
+def funnel_step_segment(
+    *, spec: FunnelSpec, dates: DateRange, step: int, dropped: bool, key: str, name: str, by: User | None,
+    channel: str,
+) -> Segment:  # fmt: skip
+    """A new static segment of the members who reached ``step`` (``dropped``: and no further):
+    the only list of members a funnel gives, under the segment rules and consent from then on."""
+    if not 1 <= step <= len(spec.steps):
+        raise InsightRefused("Bad step.", [("step", f"a step from 1 to {len(spec.steps)}")])
+    sql, params = funnel_step_members_sql(spec, start=dates.start, end=dates.end, step=step, dropped=dropped)
+    members = [row[0] for row in _rows(sql, params)]
+    segment = segment_create(key=key, name=name, kind=Segment.Kind.STATIC, by=by, channel=channel, description=(
+        f"Members at funnel step {step}{' who went no further' if dropped else ''}, {dates.first}..{dates.last}"
+    )[:500])  # fmt: skip
+    return segment_members_set(segment=segment, member_ids=members).segment
+
+
+# --- attribution and ROI ------------------------------------------------------------------------
+
+
+def attribution_results(
+    *, spec: AttributionSpec, dates: DateRange, currency: str | None = None
+) -> list[Credit]:
+    sql, params = attribution_sql(
+        spec, start=dates.start, end=dates.end, currency=currency or settings.CDP_CURRENCY
+    )
+    return credits_from_rows(_rows(sql, params))
+
+
+def spend_lines(*, dates: DateRange | None = None) -> list[SpendLine]:
+    rows = CampaignSpend.objects.all()
+    if dates is not None:
+        rows = rows.filter(period_start__lte=dates.last, period_end__gte=dates.first)
+    return [
+        SpendLine(r.channel, r.campaign, r.period_start, r.period_end, r.amount, r.currency) for r in rows
+    ]
+
+
+def roi_results(*, spec: AttributionSpec, dates: DateRange, dimension: str) -> list[RoiRow]:
+    """Spend beside each model's credited revenue per channel or campaign, in the platform's
+    currency (spend in other currencies is left out)."""
+    if dimension not in ("channel", "campaign"):
+        raise InsightRefused("Bad dimension.", [("by", "one of channel, campaign")])
+    credits = attribution_results(spec=AttributionSpec(spec.lookback, spec.half_life, dimension), dates=dates)
+    revenue = {credit.group: credit.value for credit in credits}
+    spends = spend_by(
+        spend_lines(dates=dates), dimension=dimension, first=dates.first, last=dates.last,
+        currency=settings.CDP_CURRENCY,
+    )  # fmt: skip
+    return roi_table(revenue, spends)
+
+
+@transaction.atomic
+def spend_add(*, lines: Sequence[SpendLine], by: User | None) -> list[CampaignSpend]:
+    """Record spend lines (all or none)."""
+    return CampaignSpend.objects.bulk_create(
+        CampaignSpend(
+            channel=line.channel,
+            campaign=line.campaign,
+            period_start=line.period_start,
+            period_end=line.period_end,
+            amount=line.amount,
+            currency=line.currency,
+            created_by=by,
+        )
+        for line in lines
+    )
+
+
+def spend_upload(*, text: str, by: User | None) -> list[CampaignSpend]:
+    """Spend lines from a CSV (``spend.spend_csv_parse``); a bad line refuses the whole file."""
+    return spend_add(lines=spend_csv_parse(text, default_currency=settings.CDP_CURRENCY), by=by)
+
+
+# --- cohorts ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Cohort:
+    cohort: date
+    channel: str
+    members: int
+    cells: dict[int, CohortCell]
+
+
+def cohorts_results(*, spec: CohortSpec, dates: DateRange) -> list[Cohort]:
+    sql, params = cohorts_sql(spec, start=dates.start, end=dates.end, time_zone=settings.TIME_ZONE)
+    cohorts: dict[tuple[date, str], Cohort] = {}
+    for cohort, channel, offset, members, active, repurchased in _rows(sql, params):
+        if offset < 0:
+            cohorts[(cohort, channel)] = Cohort(cohort, channel, members, {})
+        else:
+            cohorts[(cohort, channel)].cells[offset] = CohortCell(
+                cohort, channel, offset, active, repurchased
+            )
+    return sorted(cohorts.values(), key=lambda c: (c.cohort, c.channel))
+
+
+def money(value: Decimal | None) -> str:
+    return "" if value is None else f"{value:.2f}"

@@ -1,0 +1,353 @@
+"""Cross-channel funnels: what a funnel is, its SQL, and a plain-Python reference of the same
+answer. Pure: no Django, no database driver (the service runs the SQL, ``funnels_service``).
+
+A funnel is an ordered list of steps, each an event name and equalities on ``channel``,
+``store_code`` or ``properties.<name>`` (the rule language's ``where``, docs/rules.md), a
+conversion window, and an optional breakdown. Events count per *resolved* member (an event's
+member after identity resolution, an absorbed member read as its survivor), so a member who
+viewed a product in the app and bought it in a store converts.
+
+**Definition** (the SQL and ``funnel_reference`` both implement exactly this):
+
+- A member's events are ordered by (time, event id). An *attempt* starts at an event passing
+  step 1 stamped in ``[start, end)``. From it, step k+1 is the member's first event after the
+  step-k event (strictly later in that order: one event never fills two steps) passing step
+  k+1, and it counts only if stamped at most ``window`` after the attempt's step-1 event; the
+  attempt's *depth* is how many steps it fills in a row. Taking the earliest event at each step
+  is never worse: any later choice leaves fewer events after it.
+- A member's funnel is their deepest attempt; of equally deep ones, the earliest.
+- Per step k and breakdown group g: ``entered`` members whose attempt reached step k (with
+  group g there), ``converted`` those of them who also reached step k+1, and the median time
+  (seconds) from step k to step k+1 among those.
+- Breakdown groups: ``channel`` / ``store``: the channel / store code of the member's step-k
+  event (a step done in the app counts under app at that step); ``tier``: the member's loyalty
+  tier now ("" without one); ``segment``: each of the named segments the member is in now (a
+  member in two is counted in both) or "" when in none of them.
+"""
+
+# SQL text built from constants only; every value from a request is a parameter:
+# ruff: noqa: S608
+
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from members.segments.compile import value_equals_sql
+from members.segments.rules.interpret import EventFact, event_passes
+from members.segments.rules.parse import RuleInvalid, rule_parse
+from members.segments.rules.syntax import Did, EventFilter
+
+MAX_STEPS = 8
+MAX_WINDOW_HOURS = 90 * 24
+MAX_SEGMENTS = 10
+BREAKDOWNS = ("", "channel", "store", "tier", "segment")
+#: Breakdowns whose group is that of each step's event (the others are the member's own).
+STEP_BREAKDOWNS = ("channel", "store")
+
+
+class FunnelInvalid(ValueError):
+    """A funnel definition that is not valid: ``errors`` lists every problem as (path, reason)."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{path or '(funnel)'}: {reason}" for path, reason in errors))
+
+
+@dataclass(frozen=True, slots=True)
+class FunnelSpec:
+    steps: tuple[EventFilter, ...]
+    window: timedelta
+    breakdown: str = ""
+    segments: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FunnelRow:
+    """One step of the answer for one breakdown group ("" without a breakdown)."""
+
+    step: int  # from 1
+    group: str
+    entered: int
+    converted: int  # of them, reached the next step (0 at the last step)
+    median_seconds: float | None  # to the next step, among those who reached it
+
+
+def funnel_parse(
+    *, steps: object, window_hours: object, breakdown: object = "", segments: object = ()
+) -> FunnelSpec:
+    """A funnel from its JSON parts, or ``FunnelInvalid`` naming every problem by its path
+    (``steps[1].where.channel``). Each step is parsed by the rule language's own parser."""
+    errors: list[tuple[str, str]] = []
+    parsed: list[EventFilter] = []
+    if not isinstance(steps, list) or not 2 <= len(steps) <= MAX_STEPS:
+        errors.append(("steps", f"expected a list of 2 to {MAX_STEPS} steps"))
+        steps = []
+    for index, step in enumerate(steps):
+        here = f"steps[{index}]"
+        if not isinstance(step, dict):
+            errors.append((here, 'expected an object such as {"event": "Product Viewed", "where": {...}}'))
+            continue
+        unknown = sorted(set(step) - {"event", "where"})
+        if unknown:
+            errors.append((f"{here}.{unknown[0]}", "unknown key; expected event, where"))
+            continue
+        try:
+            condition = rule_parse(
+                {"event": step.get("event"), **({"where": step["where"]} if "where" in step else {})}
+            )
+        except RuleInvalid as invalid:
+            errors.extend((f"{here}.{path}" if path else here, reason) for path, reason in invalid.errors)
+            continue
+        assert isinstance(condition, Did)  # an {"event": ...} condition parses to Did
+        parsed.append(condition.event)
+    if (
+        isinstance(window_hours, bool)
+        or not isinstance(window_hours, int)
+        or not 1 <= window_hours <= MAX_WINDOW_HOURS
+    ):
+        errors.append(("window_hours", f"expected a whole number of hours from 1 to {MAX_WINDOW_HOURS}"))
+        window_hours = 1
+    if breakdown not in BREAKDOWNS:
+        errors.append(
+            (
+                "breakdown",
+                f"unknown breakdown {breakdown!r}; one of {', '.join(b or '(none)' for b in BREAKDOWNS)}",
+            )
+        )
+    keys: tuple[str, ...] = ()
+    if breakdown == "segment":
+        if (
+            not isinstance(segments, list | tuple)
+            or not 1 <= len(segments) <= MAX_SEGMENTS
+            or not all(isinstance(k, str) and k for k in segments)
+        ):
+            errors.append(("segments", f"a segment breakdown names 1 to {MAX_SEGMENTS} segment keys"))
+        else:
+            keys = tuple(dict.fromkeys(segments))
+    elif segments:
+        errors.append(("segments", "only a segment breakdown names segments"))
+    if errors:
+        raise FunnelInvalid(errors)
+    return FunnelSpec(tuple(parsed), timedelta(hours=window_hours), str(breakdown), keys)
+
+
+# --- SQL ----------------------------------------------------------------------------------------
+
+
+def _step_test(step: EventFilter, columns: Mapping[str, str], params: list[Any]) -> str:
+    tests = ["e.event = %s"]
+    params.append(step.name)
+    for key, expected in step.where:
+        if key == "channel":
+            tests.append("e.channel = %s")
+            params.append(expected)
+        elif key == "store_code":
+            tests.append("e.store_code = %s")
+            params.append(expected)
+        else:
+            sql, more = value_equals_sql(columns[key], expected)
+            tests.append(f"coalesce({sql}, false)")
+            params.extend(more)
+    return "(" + " AND ".join(tests) + ")"
+
+
+def funnel_members_sql(spec: FunnelSpec, *, start: datetime, end: datetime) -> tuple[str, list[Any]]:
+    """A query of one row per member with an attempt: ``member, depth, t1..tN`` (the times of
+    the steps filled, NULL beyond the depth), ``c1..cN`` (their channels) and ``s1..sN`` (their
+    store codes), per the module's definition.
+
+    One pass over the events of ``[start, end + window)`` naming a step, in window functions:
+    each event is numbered in its member's (time, id) order, and for each later step k the
+    window gives every event the number of its member's next event passing step k. An attempt
+    then follows those numbers from its step-1 event, one equi-join per step, so the cost is
+    linear in the events however many attempts a member makes."""
+    n = len(spec.steps)
+    params: list[Any] = []
+    keys = sorted({key for step in spec.steps for key, _ in step.where if key.startswith("properties.")})
+    columns = {key: f"e.p{i}" for i, key in enumerate(keys)}
+    extract = "".join(f", e.properties -> %s AS p{i}" for i in range(len(keys)))
+    params.extend(key[len("properties.") :] for key in keys)
+    params.extend([start, end + spec.window, sorted({step.name for step in spec.steps})])
+    flags = ", ".join(f"{_step_test(step, columns, params)} AS m{k}" for k, step in enumerate(spec.steps, 1))
+    # "Every later row" as a running frame from the partition's far end: its start never moves,
+    # so PostgreSQL adds each row to the running min once (linear); a frame "1 FOLLOWING to
+    # UNBOUNDED FOLLOWING" has a moving start and recomputes min over the rest for every row.
+    following = "PARTITION BY member ORDER BY rn DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING"
+    nexts = ", ".join(f"min(CASE WHEN m{k} THEN rn END) OVER ({following}) AS n{k}" for k in range(2, n + 1))
+    window = spec.window.total_seconds()
+    joins = "".join(
+        f" LEFT JOIN nexts x{k} ON x{k}.member = x{k - 1}.member AND x{k}.rn = x{k - 1}.n{k}"
+        f" AND x{k}.at <= x1.at + %s * interval '1 second'"
+        for k in range(2, n + 1)
+    )
+    picked = ", ".join(
+        f"x{k}.at AS t{k}, x{k}.channel AS c{k}, x{k}.store_code AS s{k}" for k in range(1, n + 1)
+    )
+    depth = " + ".join(["1", *(f"(x{k}.rn IS NOT NULL)::int" for k in range(2, n + 1))])
+    sql = (
+        "WITH events AS MATERIALIZED ("
+        f" SELECT COALESCE(m.merged_into_id, m.id) AS member, e.id, e.event, e.timestamp AS at, e.channel, e.store_code{extract}"
+        " FROM events_event e JOIN identity_eventresolution r ON r.event_id = e.id"
+        " JOIN members_member m ON m.id = r.member_id"
+        " WHERE e.timestamp >= %s AND e.timestamp < %s AND e.event = ANY(%s::text[])"
+        "), flagged AS ("
+        f" SELECT e.member, e.id, e.at, e.channel, e.store_code, {flags} FROM events e"
+        "), ranked AS ("
+        f" SELECT *, row_number() OVER (PARTITION BY member ORDER BY at, id) AS rn FROM flagged"
+        f" WHERE {' OR '.join(f'm{k}' for k in range(1, n + 1))}"
+        "), nexts AS MATERIALIZED ("
+        f" SELECT *, {nexts} FROM ranked"
+        "), attempts AS ("
+        f" SELECT x1.member, x1.rn AS rn1, {depth} AS depth, {picked}"
+        f" FROM nexts x1{joins} WHERE x1.m1 AND x1.at >= %s AND x1.at < %s"
+        ") SELECT DISTINCT ON (member) * FROM attempts ORDER BY member, depth DESC, rn1"
+    )
+    params.extend([window] * (n - 1))
+    params.extend([start, end])
+    return sql, params
+
+
+def funnel_sql(spec: FunnelSpec, *, start: datetime, end: datetime) -> tuple[str, list[Any]]:
+    """The funnel's answer as rows ``(step, group, entered, converted, median_seconds)``,
+    grouped by step and breakdown group (see ``funnel_members_sql``)."""
+    members, params = funnel_members_sql(spec, start=start, end=end)
+    n = len(spec.steps)
+    joins = ""
+    if spec.breakdown == "tier":
+        joins = " LEFT JOIN members_pointsaccount a ON a.member_id = f.member"
+    elif spec.breakdown == "segment":
+        # Each named segment the member is in, else one row with no segment.
+        joins = (
+            " LEFT JOIN LATERAL (SELECT array_agg(s.key ORDER BY s.key) AS keys FROM members_segmentmember sm"
+            " JOIN members_segment s ON s.id = sm.segment_id WHERE sm.member_id = f.member"
+            " AND s.key IN (SELECT key FROM wanted))"
+            " AS seg ON true CROSS JOIN LATERAL unnest(coalesce(seg.keys, ARRAY[''])) AS g(key)"
+        )
+        params = [*params, list(spec.segments)]  # once, in ``wanted`` after the funnel
+    parts = []
+    for k in range(1, n + 1):
+        group = {
+            "": "''", "channel": f"f.c{k}", "store": f"f.s{k}", "tier": "coalesce(a.tier, '')", "segment": "g.key",
+        }[spec.breakdown]  # fmt: skip
+        if k < n:
+            converted = f"count(*) FILTER (WHERE f.depth >= {k + 1})"
+            median = (
+                f"percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM f.t{k + 1} - f.t{k}))"
+                f" FILTER (WHERE f.depth >= {k + 1})"
+            )
+        else:
+            converted, median = "0", "NULL::float8"
+        parts.append(
+            f"SELECT {k} AS step, {group} AS grp, count(*) AS entered, {converted} AS converted,"
+            f" {median} AS median_seconds FROM funnel f{joins} WHERE f.depth >= {k} GROUP BY 2"
+        )
+    wanted = ", wanted AS (SELECT unnest(%s::text[]) AS key)" if spec.breakdown == "segment" else ""
+    sql = (
+        f"WITH funnel AS MATERIALIZED ({members}){wanted} "
+        + " UNION ALL ".join(parts)
+        + " ORDER BY step, grp"
+    )
+    return sql, params
+
+
+def funnel_step_members_sql(
+    spec: FunnelSpec, *, start: datetime, end: datetime, step: int, dropped: bool
+) -> tuple[str, list[Any]]:
+    """The members who reached ``step`` (``dropped``: and went no further), for a static
+    segment: the only way a funnel names members."""
+    members, params = funnel_members_sql(spec, start=start, end=end)
+    test = f"depth = {int(step)}" if dropped else f"depth >= {int(step)}"
+    return f"SELECT f.member FROM ({members}) f WHERE f.{test} ORDER BY f.member", params
+
+
+# --- the reference ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MemberEvent:
+    """An event of a resolved member, as the reference reads it."""
+
+    member: int
+    id: int
+    at: datetime
+    name: str
+    channel: str = ""
+    store_code: str = ""
+    properties: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberFunnel:
+    member: int
+    steps: tuple[MemberEvent, ...]  # the events of the steps filled, in order
+
+
+def funnel_attempts_reference(
+    spec: FunnelSpec, events: Iterable[MemberEvent], *, start: datetime, end: datetime
+) -> list[MemberFunnel]:
+    """Each member's deepest attempt (the earliest of equally deep), per the module's
+    definition, by plain loops: the reference the SQL is tested against."""
+    by_member: dict[int, list[MemberEvent]] = defaultdict(list)
+    for event in events:
+        by_member[event.member].append(event)
+    answer = []
+    for member, mine in sorted(by_member.items()):
+        mine.sort(key=lambda e: (e.at, e.id))
+        facts = [EventFact(e.name, e.at, e.channel, e.store_code, e.properties) for e in mine]
+        best: list[MemberEvent] = []
+        for i, event in enumerate(mine):
+            if not (start <= event.at < end and event_passes(facts[i], spec.steps[0])):
+                continue
+            chain, position = [event], i
+            for step in spec.steps[1:]:
+                found = next(
+                    (j for j in range(position + 1, len(mine)) if event_passes(facts[j], step)), None
+                )
+                if found is None or mine[found].at > event.at + spec.window:
+                    break
+                chain.append(mine[found])
+                position = found
+            if len(chain) > len(best):
+                best = chain
+        if best:
+            answer.append(MemberFunnel(member, tuple(best)))
+    return answer
+
+
+def funnel_reference(
+    spec: FunnelSpec,
+    events: Iterable[MemberEvent],
+    *,
+    start: datetime,
+    end: datetime,
+    tiers: Mapping[int, str] | None = None,
+    segments_of: Mapping[int, Sequence[str]] | None = None,
+) -> list[FunnelRow]:
+    """``funnel_sql``'s rows, computed in plain Python (sorted by step, then group)."""
+    tiers, segments_of = tiers or {}, segments_of or {}
+    cells: dict[tuple[int, str], list[MemberFunnel]] = defaultdict(list)
+    for funnel in funnel_attempts_reference(spec, events, start=start, end=end):
+        for k, event in enumerate(funnel.steps, 1):
+            if spec.breakdown == "channel":
+                groups: Sequence[str] = [event.channel]
+            elif spec.breakdown == "store":
+                groups = [event.store_code]
+            elif spec.breakdown == "tier":
+                groups = [tiers.get(funnel.member, "")]
+            elif spec.breakdown == "segment":
+                groups = sorted(set(segments_of.get(funnel.member, ())) & set(spec.segments)) or [""]
+            else:
+                groups = [""]
+            for group in groups:
+                cells[(k, group)].append(funnel)
+    rows = []
+    for (k, group), funnels in sorted(cells.items()):
+        onward = [f for f in funnels if len(f.steps) > k]
+        times = [(f.steps[k].at - f.steps[k - 1].at).total_seconds() for f in onward]
+        rows.append(
+            FunnelRow(k, group, len(funnels), len(onward), statistics.median(times) if times else None)
+        )
+    return rows
