@@ -254,6 +254,10 @@ EVENT_PIPELINE_FOLLOW_UPS: list[str] = env.list(
     "EVENT_PIPELINE_FOLLOW_UPS", default=["members.services.members_refresh_batch"]
 )
 EVENT_PIPELINE_BATCH_SIZE = env.int("EVENT_PIPELINE_BATCH_SIZE", default=500)
+# A worker vacuums the queue after every this many events it claimed (0: never, leaving it to
+# autovacuum): claims take the oldest rows, and each claim walks the index entries of every
+# row claimed before it until a vacuum removes them, which grows with a backlog.
+EVENT_PIPELINE_QUEUE_VACUUM_EVERY = env.int("EVENT_PIPELINE_QUEUE_VACUUM_EVERY", default=50_000)
 # What ``/health/`` counts as parked (an event or member the pipeline failed on, out of the
 # way until replayed): a name and a dotted path to ``callable() -> int``. While any count is
 # above zero the platform is "degraded": processing goes on, but someone must look.
