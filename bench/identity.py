@@ -186,11 +186,12 @@ def copy_chunks(stream: Sequence[StreamEvent], sources: dict[str, LoadedSource])
 def tables_reset() -> None:
     """Empty events and everything derived from them (identity graph, members)."""
     with database() as conn:
-        # The queue, the per-event identity tables and the dirty marks carry no foreign keys:
-        # named here.
+        # The queue, the per-event identity tables, the identifiers (identity 0008) and the
+        # dirty marks carry no foreign keys to the tables the cascade empties: named here.
         conn.execute(
-            "TRUNCATE events_event, events_pendingevent, members_member, identity_eventidentifier, "
-            "identity_eventresolution, identity_memberchange, members_dirtymark RESTART IDENTITY CASCADE"
+            "TRUNCATE events_event, events_pendingevent, members_member, identity_identifier, "
+            "identity_eventidentifier, identity_eventresolution, identity_memberchange, members_dirtymark "
+            "RESTART IDENTITY CASCADE"
         )
 
 
