@@ -83,8 +83,17 @@ class Identifier(models.Model):
 
     type = models.CharField(max_length=64)
     value = models.CharField(max_length=320)
+    # No database foreign key (as EventIdentifier): only the resolver writes owners, under the
+    # identity lock, and members are never deleted. Its deferred check was a query per row
+    # written (500 a batch) and a FOR KEY SHARE lock that dirtied the member's page.
     member = models.ForeignKey(
-        Member, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
+        Member,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )  # indexed as identifier_by_member
     last_seen_at = models.DateTimeField(null=True, blank=True)
     last_seen_message_id = models.CharField(max_length=255, blank=True)

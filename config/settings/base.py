@@ -268,6 +268,10 @@ INSIGHTS_REFRESH_INTERVAL_SECONDS = env.int("INSIGHTS_REFRESH_INTERVAL_SECONDS",
 #: When the KPI rollups are computed from scratch each night (hour:minute, TIME_ZONE), after
 #: the segments' nightly recompute (SEGMENTS_NIGHTLY_AT).
 INSIGHTS_NIGHTLY_AT = env("INSIGHTS_NIGHTLY_AT", default="04:45")
+# A worker vacuums the queue after every this many events it claimed (0: never, leaving it to
+# autovacuum): claims take the oldest rows, and each claim walks the index entries of every
+# row claimed before it until a vacuum removes them, which grows with a backlog.
+EVENT_PIPELINE_QUEUE_VACUUM_EVERY = env.int("EVENT_PIPELINE_QUEUE_VACUUM_EVERY", default=50_000)
 # What ``/health/`` counts as parked (an event or member the pipeline failed on, out of the
 # way until replayed): a name and a dotted path to ``callable() -> int``. While any count is
 # above zero the platform is "degraded": processing goes on, but someone must look.

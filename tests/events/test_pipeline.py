@@ -9,7 +9,7 @@ from django.test import override_settings
 from kombu.exceptions import OperationalError
 
 from cdp import retries
-from events import tasks
+from events import pipeline, tasks
 from events.models import Event, ParkedEvent, PendingEvent
 from events.pipeline import events_process_batch, events_process_pending
 from tests.events import stages
@@ -171,3 +171,39 @@ def test_events_written_by_copy_are_queued_like_any_other():
     with override_settings(EVENT_PIPELINE_STAGES=RECORD):
         assert events_process_batch(batch_size=10) == 4
     assert not PendingEvent.objects.exists()
+
+
+def _queue_vacuums() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = %s", [PendingEvent._meta.db_table]
+        )
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(EVENT_PIPELINE_STAGES=RECORD, EVENT_PIPELINE_QUEUE_VACUUM_EVERY=3)
+def test_a_worker_vacuums_the_queue_after_every_so_many_events_it_claimed(monkeypatch):
+    """Claims empty the queue from its oldest end: a worker vacuums it now and then, so a
+    claim does not walk the dead index entries of every event claimed before it."""
+    monkeypatch.setattr(pipeline, "_claimed_since_vacuum", 0)
+    EventFactory.create_batch(5)
+    before = _queue_vacuums()
+
+    assert events_process_pending(batch_size=2, time_budget=0) == (2, True)
+    assert _queue_vacuums() == before  # 2 claimed: not yet
+    assert events_process_pending(batch_size=2, time_budget=0) == (2, True)
+    assert _queue_vacuums() == before + 1  # 4 claimed: vacuumed, and counting again from 0
+    assert events_process_pending(batch_size=2) == (1, False)
+    assert _queue_vacuums() == before + 1
+
+
+@pytest.mark.django_db
+@override_settings(EVENT_PIPELINE_STAGES=RECORD, EVENT_PIPELINE_QUEUE_VACUUM_EVERY=1)
+def test_no_vacuum_inside_a_transaction(monkeypatch):
+    """VACUUM cannot run in a transaction block: the count waits for a call outside one."""
+    monkeypatch.setattr(pipeline, "_claimed_since_vacuum", 0)
+    EventFactory.create_batch(2)
+
+    assert events_process_pending(batch_size=2) == (2, False)  # pytest-django's transaction
+    assert pipeline._claimed_since_vacuum == 2
