@@ -2,12 +2,18 @@
 ``"ingestion:<name>"``), counted by source, so no key ever reaches Redis. It fails open: with
 Redis unreachable events are still accepted (and kept), without a limit, and the outage is
 logged once a minute. One Redis round trip per request; a batch counts as one request (its
-size is bounded by the batch limit)."""
+size is bounded by the batch limit). The DRF views count through ``WriteKeyThrottle``, the
+single-call path (``events.api.single``) through ``write_key_allows``: the same counter."""
 
 from rest_framework.request import Request
 
+from cdp.ratelimits import Limit, RateLimitUnavailable, rate_for, rate_limit_hit
 from cdp.throttling import CredentialThrottle
 from events.models import Source
+
+
+def _counter(source_pk: int) -> str:
+    return f"source:{source_pk}"
 
 
 class WriteKeyThrottle(CredentialThrottle):
@@ -19,4 +25,18 @@ class WriteKeyThrottle(CredentialThrottle):
         source = request.auth
         if not isinstance(source, Source):
             return None
-        return f"source:{source.pk}", source.name
+        return _counter(source.pk), source.name
+
+
+def write_key_allows(*, source_pk: int, source_name: str) -> bool:
+    """Count one request against the source's limit, as ``WriteKeyThrottle`` does; whether it
+    is allowed (also when Redis cannot be reached: fail open). A refused request is not
+    counted, so the caller may leave its answer (429, Retry-After) to the throttle."""
+    rate = rate_for(WriteKeyThrottle.name, source_name)
+    if rate is None:
+        return True
+    try:
+        verdict = rate_limit_hit([Limit(key=f"{WriteKeyThrottle.name}:{_counter(source_pk)}", rate=rate)])
+    except RateLimitUnavailable:
+        return True
+    return verdict.allowed
