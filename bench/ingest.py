@@ -489,6 +489,7 @@ def run_clients(
     warmup: float,
     duration: float,
     meter: CpuMeter | None = None,
+    result_type: type[ClientResult] = ClientResult,
 ) -> tuple[list[ClientResult], dict[str, float]]:
     """Start one process per argument set, let them prepare their bodies, then start them
     together: ``times[0]`` ends the warm-up, ``times[1]`` ends the run. With a ``meter``, also
@@ -514,7 +515,7 @@ def run_clients(
             before = meter.sample()
             time.sleep(max(times[1] - time.monotonic(), 0))
             shares = meter.shares(before, meter.sample())
-        results = [ClientResult(**out.get(timeout=warmup + duration + 300)) for _ in processes]
+        results = [result_type(**out.get(timeout=warmup + duration + 300)) for _ in processes]
         for process in processes:
             process.join(timeout=30)
         return results, shares

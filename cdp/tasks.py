@@ -79,12 +79,13 @@ class CoalescedEnqueue:
         self._raised = threading.Event()
 
     def __call__(self) -> None:
-        if self.task.app.conf.task_always_eager:
-            enqueue(self.task, fallback=self.fallback)
-            return
         if self._pid != os.getpid():
+            if self.task.app.conf.task_always_eager:  # read on each call until a thread runs
+                enqueue(self.task, fallback=self.fallback)
+                return
             self._start()
-        self._raised.set()
+        if not self._raised.is_set():  # is_set takes no lock: most calls find it raised already
+            self._raised.set()
 
     def _start(self) -> None:
         with self._lock:

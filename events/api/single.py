@@ -103,8 +103,10 @@ def single_call_accept(request: HttpRequest, call_type: str) -> HttpResponse | N
     if duplicate is None:  # the card was stale (and this request counted once too often)
         source_card_forget(card)
         return None
-    answer = {"success": True, "messageId": message.message_id, "duplicate": duplicate}
-    return HttpResponse(orjson.dumps(answer), content_type="application/json")
+    content = orjson.dumps({"success": True, "messageId": message.message_id, "duplicate": duplicate})
+    response = HttpResponse(content, content_type="application/json")
+    response["Content-Length"] = str(len(content))  # as CommonMiddleware sets it: no chunked encoding
+    return response
 
 
 class SingleCallMiddleware:

@@ -7,7 +7,7 @@ single-call path (``events.api.single``) through ``write_key_allows``: the same 
 
 from rest_framework.request import Request
 
-from cdp.ratelimits import Limit, RateLimitUnavailable, rate_for, rate_limit_hit
+from cdp.ratelimits import Limit, RateLimitUnavailable, lease_for, rate_for, rate_limit_take
 from cdp.throttling import CredentialThrottle
 from events.models import Source
 
@@ -29,14 +29,17 @@ class WriteKeyThrottle(CredentialThrottle):
 
 
 def write_key_allows(*, source_pk: int, source_name: str) -> bool:
-    """Count one request against the source's limit, as ``WriteKeyThrottle`` does; whether it
-    is allowed (also when Redis cannot be reached: fail open). A refused request is not
-    counted, so the caller may leave its answer (429, Retry-After) to the throttle."""
+    """Count one request against the source's limit, on the counter ``WriteKeyThrottle`` uses;
+    whether it is allowed (also when Redis cannot be reached: fail open). Hits are taken a
+    thousandth of the limit at a time (``cdp.ratelimits.rate_limit_take``): one Redis round
+    trip per many requests. A refused request is not counted, so the caller may leave its
+    answer (429, Retry-After) to the throttle."""
     rate = rate_for(WriteKeyThrottle.name, source_name)
     if rate is None:
         return True
+    limit = Limit(key=f"{WriteKeyThrottle.name}:{_counter(source_pk)}", rate=rate)
     try:
-        verdict = rate_limit_hit([Limit(key=f"{WriteKeyThrottle.name}:{_counter(source_pk)}", rate=rate)])
+        verdict = rate_limit_take(limit, lease=lease_for(rate))
     except RateLimitUnavailable:
         return True
     return verdict.allowed
