@@ -70,6 +70,7 @@ SERVERS = (
     ServerConfig(2, "gthread", 4, DEPLOYED_CONFIG),
     ServerConfig(3, "gthread", 3, DEPLOYED_CONFIG),
     ServerConfig(4, "gthread", 2, DEPLOYED_CONFIG),
+    ServerConfig(8, "gthread", 1, DEPLOYED_CONFIG),
     ServerConfig(8, "sync", 1, DEPLOYED_CONFIG),
 )
 
