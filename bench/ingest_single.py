@@ -91,8 +91,14 @@ def _calls(rng: random.Random) -> list[tuple[str, payloads.Template]]:
         calls.append(("/v1/identify", payloads._template({"messageId": payloads.MESSAGE_ID_SLOT, **body}, 1)))
     user = f"m{rng.randrange(10**7, 10**8)}"
     others = (
-        ("/v1/page", {"userId": user, "name": "商品详情", "properties": {"path": "/p/123", "title": "精华液"}}),
-        ("/v1/page", {"anonymousId": f"a-{rng.getrandbits(64):x}", "name": "首页", "properties": {"path": "/"}}),
+        (
+            "/v1/page",
+            {"userId": user, "name": "商品详情", "properties": {"path": "/p/123", "title": "精华液"}},
+        ),
+        (
+            "/v1/page",
+            {"anonymousId": f"a-{rng.getrandbits(64):x}", "name": "首页", "properties": {"path": "/"}},
+        ),
         ("/v1/screen", {"userId": user, "name": "购物车", "properties": {"items": 2}}),
         ("/v1/screen", {"userId": user, "name": "会员中心"}),
         ("/v1/group", {"userId": user, "groupId": "store-021-07", "traits": {"name": "上海静安店"}}),
@@ -178,7 +184,6 @@ def _single_client(port: int, write_key: str, seed: int, ready: Any, go: Any, ti
             sock.sendall(b"%s%d\r\n\r\n%s" % (head, len(body), body))
             status, answer, closing = _response(sock)
         except (OSError, ValueError) as exc:  # ValueError: not an HTTP response
-
             if sock is not None:
                 sock.close()
             sock = None
@@ -233,7 +238,7 @@ def _insert_sql() -> str:
         "%s::jsonb" if column in _JSON_COLUMNS else "%s" for column in ingest.EVENT_COLUMNS
     )
     return (
-        f"INSERT INTO events_event ({', '.join(ingest.EVENT_COLUMNS)}) VALUES ({placeholders}) "  # noqa: S608
+        f"INSERT INTO events_event ({', '.join(ingest.EVENT_COLUMNS)}) VALUES ({placeholders}) "
         "ON CONFLICT (source_id, message_id) DO NOTHING"
     )
 
@@ -588,7 +593,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"ingest-single-{run_id}.json").write_bytes(
         orjson.dumps(
-            {"started": started, "machine": facts, "args": vars(args), "outcomes": [asdict(o) for o in outcomes]},
+            {
+                "started": started,
+                "machine": facts,
+                "args": vars(args),
+                "outcomes": [asdict(o) for o in outcomes],
+            },
             option=orjson.OPT_INDENT_2,
         )
     )

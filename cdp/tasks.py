@@ -92,7 +92,9 @@ class CoalescedEnqueue:
             if self._pid == os.getpid():
                 return
             self._raised = threading.Event()  # not the parent's, whose lock a fork may have copied held
-            threading.Thread(target=self._publish_forever, name=f"nudge {self.task.name}", daemon=True).start()
+            threading.Thread(
+                target=self._publish_forever, name=f"nudge {self.task.name}", daemon=True
+            ).start()
             self._pid = os.getpid()
 
     def _publish_forever(self) -> None:

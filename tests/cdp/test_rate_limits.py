@@ -284,7 +284,11 @@ def _round_trips(client: redis.Redis) -> dict[str, int]:
     sent = {
         name.removeprefix("cmdstat_"): stats["calls"] for name, stats in client.info("commandstats").items()
     }
-    return {name: calls for name, calls in sent.items() if name not in {"get", "incr", "incrby", "pexpire", "info"}}
+    return {
+        name: calls
+        for name, calls in sent.items()
+        if name not in {"get", "incr", "incrby", "pexpire", "info"}
+    }
 
 
 @pytest.mark.django_db
@@ -293,7 +297,11 @@ def test_an_ingestion_request_costs_one_redis_round_trip_at_most(ingest, setting
     settings.RATE_LIMIT_INGESTION = "3000/min"  # single calls take leases of 3
     other = SourceFactory()
     for call in ("track", "batch"):  # the scripts are loaded once per Redis server
-        ingest(call, {"batch": [{**TRACK, "type": "track"}]} if call == "batch" else TRACK, write_key=other.write_key)
+        ingest(
+            call,
+            {"batch": [{**TRACK, "type": "track"}]} if call == "batch" else TRACK,
+            write_key=other.write_key,
+        )
     client = redis.Redis.from_url(private_redis.url)
     client.config_resetstat()
 

@@ -118,7 +118,8 @@ def test_the_dockerfile_runs_gunicorn_with_this_configuration():
 
     assert '"-c", "python:config.gunicorn"' in dockerfile
     # The server model is the configuration's (the log test above runs it), not overridden.
-    assert "--worker-class" not in dockerfile and "-k" not in dockerfile.split("CMD", 1)[1]
+    assert "--worker-class" not in dockerfile
+    assert "-k" not in dockerfile.split("CMD", 1)[1]
 
 
 def test_the_server_keeps_connections_alive_with_threaded_workers(monkeypatch):
