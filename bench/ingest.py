@@ -162,9 +162,9 @@ class ServerConfig:
 
     @property
     def flags(self) -> list[str]:
-        flags = ["-w", str(self.workers), "--worker-class", self.worker_class]
-        if self.worker_class == "gthread":
-            flags += ["--threads", str(self.threads)]
+        # --threads always: gunicorn runs gthread in place of sync when threads > 1, which a
+        # configuration file (config/gunicorn.py) may set.
+        flags = ["-w", str(self.workers), "--worker-class", self.worker_class, "--threads", str(self.threads)]
         return [*flags, "-c", self.config_file] if self.config_file else flags
 
 
