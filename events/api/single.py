@@ -3,9 +3,9 @@ accepted, answered by a middleware before the rest of Django's middleware and DR
 
 A till posts each sale as it happens: one event per request, thousands of requests a second,
 where the fixed costs of a request are the whole cost. Through DRF a ``/v1/track`` took
-5.9 ms of one core in-process (bench/profile_batch.py --track), in six database round trips
-(the source's query, Django's health check, BEGIN, the insert, COMMIT) and two to Redis (the
-rate limit and a Celery publish), with the session, CSRF, auth and message middleware, DRF's
+5.9 ms in-process (bench/profile_batch.py --track), with five database round trips (the
+source's query, Django's health check, BEGIN, the insert, COMMIT) and two to Redis (the rate
+limit and a Celery publish), and the session, CSRF, auth and message middleware, DRF's
 request, negotiation and rendering around them. Here a request that is going to be accepted
 costs one query for its source (cached per process, checked again by the statement that
 stores), one Redis round trip for its rate limit and one statement that stores the event and
