@@ -450,8 +450,12 @@ def results_table(outcomes: Sequence[Outcome], limit: float) -> str:
         server = o.cpu.get("gunicorn", 0.0)
         database = o.cpu.get("postgres backends", 0.0) + o.cpu.get("postgres other", 0.0)
         share = f"{o.requests_per_s / limit:.2f}" if limit else "—"
-        per_request = " / ".join(
-            f"{cpu_ms(o, *keys):.2f}" for keys in (("gunicorn",), ("postgres backends",), ("redis",))
+        per_request = (
+            "—"  # pgbench's backends end before the second sample: not attributable
+            if o.is_limit
+            else " / ".join(
+                f"{cpu_ms(o, *keys):.2f}" for keys in (("gunicorn",), ("postgres backends",), ("redis",))
+            )
         )
         lines.append(
             f"| {o.scenario} | {o.requests_per_s:,.0f} | {share} | {o.p50_ms:,.1f} | {o.p95_ms:,.1f} | "
