@@ -32,6 +32,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
+from cdp.errors import database_outage_response, is_database_outage
 from events.api.throttling import write_key_allows
 from events.contract import MAX_EVENT_BYTES, MESSAGE_TYPES, Message, TimestampWindow, message_parse
 from events.selectors import SourceCard, source_card_for_write_key, source_card_forget
@@ -120,7 +121,13 @@ class SingleCallMiddleware:
         call_type = SINGLE_CALL_PATHS.get(request.path_info)
         if call_type is not None and request.method == "POST":
             request.get_host()  # DisallowedHost (400) for a Host not allowed, as CommonMiddleware does
-            response = single_call_accept(request, call_type)
+            try:
+                response = single_call_accept(request, call_type)
+            except Exception as exc:
+                if not is_database_outage(exc):
+                    raise
+                # 503 with Retry-After and a warning, as the views answer it (no traceback logged).
+                return database_outage_response(request, exc)
             if response is not None:
                 return response
         return self.get_response(request)
