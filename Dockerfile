@@ -12,5 +12,6 @@ COPY . .
 RUN DJANGO_SECRET_KEY=collectstatic-only DJANGO_ALLOWED_HOSTS=localhost DATABASE_URL=postgres://unused/unused \
     PRIVACY_FINGERPRINT_KEY=collectstatic-only python manage.py collectstatic --noinput -v 0
 EXPOSE 8000
-# config/gunicorn.py: an access log on stdout that records no write key, token or query string.
-CMD ["gunicorn", "-c", "python:config.gunicorn", "config.wsgi", "--bind", "0.0.0.0:8000", "--workers", "4"]
+# config/gunicorn.py: threaded workers with keep-alive (one per core, 4 threads: GUNICORN_WORKERS,
+# GUNICORN_THREADS) and an access log on stdout that records no write key, token or query string.
+CMD ["gunicorn", "-c", "python:config.gunicorn", "config.wsgi", "--bind", "0.0.0.0:8000"]

@@ -162,9 +162,9 @@ class ServerConfig:
 
     @property
     def flags(self) -> list[str]:
-        flags = ["-w", str(self.workers), "--worker-class", self.worker_class]
-        if self.worker_class == "gthread":
-            flags += ["--threads", str(self.threads)]
+        # --threads always: gunicorn runs gthread in place of sync when threads > 1, which a
+        # configuration file (config/gunicorn.py) may set.
+        flags = ["-w", str(self.workers), "--worker-class", self.worker_class, "--threads", str(self.threads)]
         return [*flags, "-c", self.config_file] if self.config_file else flags
 
 
@@ -489,6 +489,7 @@ def run_clients(
     warmup: float,
     duration: float,
     meter: CpuMeter | None = None,
+    result_type: type[ClientResult] = ClientResult,
 ) -> tuple[list[ClientResult], dict[str, float]]:
     """Start one process per argument set, let them prepare their bodies, then start them
     together: ``times[0]`` ends the warm-up, ``times[1]`` ends the run. With a ``meter``, also
@@ -514,7 +515,7 @@ def run_clients(
             before = meter.sample()
             time.sleep(max(times[1] - time.monotonic(), 0))
             shares = meter.shares(before, meter.sample())
-        results = [ClientResult(**out.get(timeout=warmup + duration + 300)) for _ in processes]
+        results = [result_type(**out.get(timeout=warmup + duration + 300)) for _ in processes]
         for process in processes:
             process.join(timeout=30)
         return results, shares

@@ -1,9 +1,10 @@
 """Database helpers for set-based hot paths."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import psycopg
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
 from django.db.backends.utils import CursorWrapper
 from django.db.models import Field, Model
 from psycopg.pq import Format
@@ -38,6 +39,38 @@ def binary_parameters_cursor() -> CursorWrapper:
     if connection.queries_logged:
         return connection.make_debug_cursor(raw)  # type: ignore[arg-type]
     return connection.make_cursor(raw)  # type: ignore[arg-type]
+
+
+def statement_run(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """Run one idempotent statement on Django's connection (same transaction, if any), prepared
+    once per connection and bound in binary (``%b``); its rows.
+
+    For the hottest single-row paths (one ingested event per request), where the fixed costs
+    are the work: PostgreSQL plans the statement once per connection (psycopg names and keeps
+    it), and no health check precedes it. Django checks a connection with a ``SELECT 1`` on
+    the first query of every request (``CONN_HEALTH_CHECKS``), a round trip as long as the
+    statement itself; here a connection that died meanwhile (PostgreSQL restarted) is
+    noticed by the statement failing on it, and, outside a transaction, the statement is
+    sent once more on a new connection: it must be idempotent (``ON CONFLICT DO NOTHING``).
+    Errors are Django's (``wrap_database_errors``), so an outage answers 503 as anywhere.
+    While queries are logged (DEBUG, ``assertNumQueries``) it runs through Django's cursor
+    wrapper, unprepared, and is counted.
+    """
+    if connection.queries_logged:
+        with binary_parameters_cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+    for attempt in (1, 2):
+        connection.ensure_connection()
+        raw = connection.connection
+        try:
+            with connection.wrap_database_errors:
+                return psycopg.Cursor(raw).execute(sql, params, prepare=True).fetchall()
+        except (OperationalError, InterfaceError):
+            if attempt == 2 or connection.in_atomic_block or not (raw.broken or raw.closed):
+                raise
+            connection.close()  # the next attempt connects afresh
+    raise AssertionError("unreachable")
 
 
 def rows_delete(model: type[Model], *, column: str, keys: Iterable[int]) -> int:

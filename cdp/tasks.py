@@ -11,6 +11,8 @@ be down. (No tasks are defined here; Celery's autodiscovery reading this module 
 
 import functools
 import logging
+import os
+import threading
 import time
 from typing import Any
 
@@ -51,3 +53,54 @@ def enqueue_on_commit(task: Task, *args: Any, fallback: str) -> None:
     """``enqueue`` once the current transaction commits (at once outside one); nothing if it
     rolls back."""
     transaction.on_commit(functools.partial(enqueue, task, *args, fallback=fallback))
+
+
+class CoalescedEnqueue:
+    """A nudge that many requests raise and one thread publishes: at most one publish of
+    ``task`` per ``interval`` seconds per process, and never a raised nudge left unsent.
+
+    Publishing a Celery message costs a request about as much as storing its event (a Redis
+    round trip and kombu's message building: measured in docs/benchmarks.md), and a worker
+    woken by one nudge processes every waiting event, so a request posting one event only
+    raises a flag here. A daemon thread of the process waits for the flag, lowers it, publishes
+    (``enqueue``: never raises) and sleeps ``interval``: whatever is raised meanwhile is
+    published right after, so an event waits for its nudge ``interval`` at most. A flag lost
+    with its process (killed before the thread ran) is late work, not lost work: the sweep of
+    unprocessed events covers it, as for any lost nudge. With tasks run eagerly (the tests'
+    settings) the task runs at once in the caller, as ``enqueue`` does.
+    """
+
+    def __init__(self, task: Task, *, fallback: str, interval: float) -> None:
+        self.task = task
+        self.fallback = fallback
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._pid = 0  # the process whose thread is running (a forked child starts its own)
+        self._raised = threading.Event()
+
+    def __call__(self) -> None:
+        if self._pid != os.getpid():
+            if self.task.app.conf.task_always_eager:  # read on each call until a thread runs
+                enqueue(self.task, fallback=self.fallback)
+                return
+            self._start()
+        if not self._raised.is_set():  # is_set takes no lock: most calls find it raised already
+            self._raised.set()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._raised = threading.Event()  # not the parent's, whose lock a fork may have copied held
+            threading.Thread(
+                target=self._publish_forever, name=f"nudge {self.task.name}", daemon=True
+            ).start()
+            self._pid = os.getpid()
+
+    def _publish_forever(self) -> None:
+        raised = self._raised
+        while True:
+            raised.wait()
+            raised.clear()
+            enqueue(self.task, fallback=self.fallback)
+            time.sleep(self.interval)

@@ -1,5 +1,17 @@
 """gunicorn's settings: ``gunicorn -c python:config.gunicorn config.wsgi`` (the Dockerfile's command).
 
+**Server model: threaded workers with keep-alive** (``gthread``; ``GUNICORN_WORKERS``, default
+one per core, and ``GUNICORN_THREADS``, default 4). Tills and SDKs post one event per request
+over a connection they keep open; gunicorn's sync workers close the connection after every
+response, so each request paid a TCP connect and a worker held for the whole wait on the
+commit. A thread per request in flight overlaps those waits (the commit's flush, Redis) while
+the other threads run, and a worker per core uses both cores in spite of the GIL. Measured
+against the other models (more workers, fewer threads, sync) in docs/benchmarks.md
+(bench/ingest_single.py). An ASGI server would save gunicorn's own Python HTTP parsing, but
+the views, the ORM and psycopg here are synchronous (Django would run them in a thread pool all
+the same), DESIGN.md names gunicorn, and its access log is already kept free of credentials
+(below); the single-event path instead skips Django's middleware and DRF (events.api.single).
+
 The access log goes to stdout (``GUNICORN_ACCESS_LOG``: a file, or empty for none) and records
 no credential and no personal data: gunicorn's default format logs the HTTP Basic user name,
 which on ingestion is the source's write key, and the request line with its query string, which
@@ -19,6 +31,12 @@ from urllib.parse import urlsplit, urlunsplit
 from gunicorn.glogging import Logger
 
 from cdp.metrics import gunicorn_child_exit
+
+worker_class = "gthread"
+workers = int(os.environ.get("GUNICORN_WORKERS") or os.cpu_count() or 2)
+threads = int(os.environ.get("GUNICORN_THREADS") or 4)
+#: Seconds an idle client connection is kept open (SDKs reuse theirs; a load balancer's is longer).
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE") or 30)
 
 #: Client, time, request (no query), status, bytes, milliseconds, user agent.
 access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s"'

@@ -2,11 +2,13 @@
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import connection
 
 from cdp.credentials import credential_hash
+from cdp.db import statement_run
 from events.models import Channel, Event, RejectedEvent, Source
 
 
@@ -17,6 +19,52 @@ def source_for_write_key(write_key: str) -> Source | None:
         return Source.objects.get(write_key_hash=credential_hash(write_key), enabled=True)
     except Source.DoesNotExist:
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class SourceCard:
+    """What storing one event needs of its source, as a process last read it. Every use
+    checks it in the statement that stores the event (``events.services.event_ingest_one``):
+    a disabled source, a rotated key or a changed setting is noticed by the next request."""
+
+    pk: int
+    write_key_hash: str
+    name: str
+    kind: str
+    store_code: str
+    default_currency: str
+
+
+#: Cards by write key hash, per process; a card found stale is forgotten (``source_card_forget``).
+_source_cards: dict[str, SourceCard] = {}
+_SOURCE_CARDS_MAX = 1024
+_SOURCE_CARD_SQL = (
+    f"SELECT id, name, kind, store_code, default_currency FROM {Source._meta.db_table} "  # noqa: S608
+    "WHERE write_key_hash = %b AND enabled"
+)
+
+
+def source_card_for_write_key(write_key: str) -> SourceCard | None:
+    """The card of the enabled source holding this write key: this process's copy, else read
+    (one query). Unlike ``source_for_write_key`` it may be stale, so whoever stores with it
+    checks it in the same statement."""
+    digest = credential_hash(write_key)
+    card = _source_cards.get(digest)
+    if card is None:
+        rows = statement_run(_SOURCE_CARD_SQL, [digest])
+        if not rows:
+            return None
+        pk, name, kind, store_code, default_currency = rows[0]
+        card = SourceCard(pk, digest, name, kind, store_code, default_currency)
+        if len(_source_cards) >= _SOURCE_CARDS_MAX:  # keys by the thousand: start afresh
+            _source_cards.clear()
+        _source_cards[digest] = card
+    return card
+
+
+def source_card_forget(card: SourceCard) -> None:
+    """Drop a card found stale; the next request reads the source again."""
+    _source_cards.pop(card.write_key_hash, None)
 
 
 #: Source names change rarely and label every timeline line: each process keeps them this long

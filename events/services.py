@@ -10,10 +10,11 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from cdp.credentials import credential_hash, credential_new, credential_prefix
-from cdp.db import binary_parameters_cursor
+from cdp.db import binary_parameters_cursor, statement_run
 from events.contract import Message, Rejection
 from events.models import Channel, Event, RejectedEvent, Source
-from events.tasks import process_pending_enqueue
+from events.selectors import SourceCard
+from events.tasks import process_pending_enqueue, process_pending_nudge
 
 WRITE_KEY_KIND = "wk"
 
@@ -129,6 +130,45 @@ def _events_insert(*, source: Source, received_at: datetime, messages: Sequence[
     with binary_parameters_cursor() as cursor:
         cursor.execute(_INSERT_SQL, params)
         return len(cursor.fetchall())
+
+
+def _insert_one_sql() -> str:
+    columns = _TEXT_COLUMNS + _TIME_COLUMNS + _JSON_COLUMNS
+    values = ", ".join(["%b"] * len(_TEXT_COLUMNS + _TIME_COLUMNS) + ["%b::jsonb"] * len(_JSON_COLUMNS))
+    # Only identifiers from this module and the models' table names are interpolated.
+    return (
+        f"WITH card AS (SELECT id, kind, store_code FROM {Source._meta.db_table} "  # noqa: S608
+        "WHERE id = %b AND write_key_hash = %b AND enabled AND name = %b AND default_currency = %b), "
+        f"stored AS (INSERT INTO {Event._meta.db_table} "
+        f"(source_id, channel, store_code, received_at, {', '.join(columns)}) "
+        f"SELECT card.id, card.kind, card.store_code, %b, {values} FROM card "
+        "ON CONFLICT (source_id, message_id) DO NOTHING RETURNING 1) "
+        "SELECT (SELECT count(*) FROM card), (SELECT count(*) FROM stored)"
+    )
+
+
+_INSERT_ONE_SQL = _insert_one_sql()
+
+
+def event_ingest_one(*, card: SourceCard, received_at: datetime, message: Message) -> bool | None:
+    """Store one accepted event, durably, in one statement (outside a transaction it commits
+    on its own: one round trip); whether it was a duplicate. None, storing nothing, when the
+    card is no longer the source's (disabled, key rotated, renamed, another default currency):
+    the caller reads the source again.
+
+    The statement checks the card and inserts together, so a source disabled a moment ago
+    stores nothing, in every process, as ``source_for_write_key`` promises. The pipeline is
+    nudged by ``process_pending_nudge`` (after the commit of an enclosing transaction, if any).
+    """
+    params: list[Any] = [card.pk, card.write_key_hash, card.name, card.default_currency, received_at]
+    params += [getattr(message, column) for column in _TEXT_COLUMNS + _TIME_COLUMNS]
+    params += [_json_text(getattr(message, column)) for column in _JSON_COLUMNS]
+    ((found, stored),) = statement_run(_INSERT_ONE_SQL, params)
+    if not found:
+        return None
+    if stored:
+        transaction.on_commit(process_pending_nudge)  # at once outside a transaction
+    return not stored
 
 
 def events_ingest(

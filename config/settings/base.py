@@ -51,6 +51,9 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "cdp.middleware.DatabaseOutageMiddleware",
     "cdp.middleware.ClientAddressMiddleware",
+    # Single-event ingestion that will be accepted, answered here before sessions, CSRF and
+    # DRF (events.api.single: measured in docs/benchmarks.md); anything else goes on.
+    "events.api.single.SingleCallMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -281,6 +284,10 @@ HEALTH_PARKED_COUNTS: dict[str, str] = {
 }
 MEMBER_REFRESH_BATCH_SIZE = env.int("MEMBER_REFRESH_BATCH_SIZE", default=500)
 EVENT_SWEEP_INTERVAL_SECONDS = env.int("EVENT_SWEEP_INTERVAL_SECONDS", default=15)
+#: A web process publishes the pipeline's nudge for single-event requests at most this often
+#: (cdp.tasks.CoalescedEnqueue): a worker woken once processes every waiting event, and one
+#: publish per request cost as much as storing the event.
+EVENT_NUDGE_INTERVAL_SECONDS = env.float("EVENT_NUDGE_INTERVAL_SECONDS", default=0.05)
 #: How often beat looks for points that expired and tier reviews that fell due.
 LOYALTY_RECHECK_INTERVAL_SECONDS = env.int("LOYALTY_RECHECK_INTERVAL_SECONDS", default=300)
 #: How often beat looks for members whose tags or segments change with time alone (a rule's

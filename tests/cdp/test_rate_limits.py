@@ -1,7 +1,8 @@
 """Rate limits (``cdp.ratelimits``) against the real Redis: the sliding window counter, its
 atomicity, ``Retry-After`` that is exact to the second; per write key on ingestion and per
 staff token on the staff API, answered 429 in the one error shape, with overrides; one Redis
-round trip per ingestion request; and with Redis gone (a private server, stopped mid-test)
+round trip per ingestion request, or per a thousandth of the limit on the single-call path
+(leases); and with Redis gone (a private server, stopped mid-test)
 ingestion still accepts while the staff API answers 503."""
 
 import logging
@@ -18,7 +19,17 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
-from cdp.ratelimits import Limit, Rate, RateLimitUnavailable, _window_keys, rate_limit_hit, rate_parse
+from cdp import ratelimits
+from cdp.ratelimits import (
+    Limit,
+    Rate,
+    RateLimitUnavailable,
+    _window_keys,
+    lease_for,
+    rate_limit_hit,
+    rate_limit_take,
+    rate_parse,
+)
 from cdp.roles import Role
 from cdp.services import staff_user_ensure, token_issue
 from events.models import Event
@@ -84,6 +95,54 @@ def test_refused_hits_are_not_counted():
     # As if the 50 had not knocked: 2 in the previous window, at half of this one 1 counts.
     assert rate_limit_hit([limit], now=T + 90).allowed
     assert not rate_limit_hit([limit], now=T + 90).allowed
+
+
+def test_a_lease_of_one_is_the_plain_hit():
+    taken, hit = fresh(Rate(3, 60)), fresh(Rate(3, 60))
+
+    taken_verdicts = [rate_limit_take(taken, lease=1, now=T + 10 + i) for i in range(4)]
+    hit_verdicts = [rate_limit_hit([hit], now=T + 10 + i) for i in range(4)]
+
+    assert [v.allowed for v in taken_verdicts] == [v.allowed for v in hit_verdicts] == [True] * 3 + [False]
+    assert taken_verdicts[3].retry_after == hit_verdicts[3].retry_after
+    assert taken_verdicts[3].refused_by == taken
+
+
+def test_leases_never_let_processes_pass_the_limit_together():
+    limit = fresh(Rate(100, 60))
+    processes: list[dict] = [{} for _ in range(4)]  # each web process's own leases
+    allowed = 0
+    for i in range(400):  # the four take turns
+        held = processes[i % 4]
+        ratelimits._leases.clear()
+        ratelimits._leases.update(held)
+        allowed += rate_limit_take(limit, lease=8, now=T + 1).allowed
+        held.clear()
+        held.update(ratelimits._leases)
+
+    client = redis.Redis.from_url(settings.RATE_LIMIT_REDIS_URL)
+    counted = int(client.get(_window_keys(limit, T + 1)[0]) or 0)
+    assert counted == 100  # Redis counted the whole limit, leased...
+    assert 100 - 4 * 7 <= allowed <= 100  # ...and never more was allowed than it holds
+
+
+def test_a_lease_is_spent_without_asking_redis_and_ends_with_its_window(monkeypatch):
+    limit = fresh(Rate(600, 60))
+    assert rate_limit_take(limit, lease=5, now=T + 1).allowed  # takes 5, spends one
+
+    asked = []
+    script = ratelimits._redis().take
+    monkeypatch.setattr(ratelimits._redis(), "take", lambda **kw: asked.append(kw) or script(**kw))
+    assert all(rate_limit_take(limit, lease=5, now=T + 2).allowed for _ in range(4))
+    assert asked == []
+    assert rate_limit_take(limit, lease=5, now=T + 61).allowed  # the next window: the old lease is gone
+    assert len(asked) == 1
+    client = redis.Redis.from_url(settings.RATE_LIMIT_REDIS_URL)
+    assert [int(client.get(key) or 0) for key in _window_keys(limit, T + 61)[:2]] == [5, 5]
+
+
+def test_ingestion_takes_a_thousandth_of_its_limit_at_once():
+    assert [lease_for(Rate(count, 60)) for count in (3, 999, 1000, 60_000, 1_000_000)] == [1, 1, 1, 60, 1000]
 
 
 def test_several_limits_count_a_hit_in_all_or_in_none():
@@ -220,25 +279,40 @@ def test_the_staff_api_is_limited_per_token(settings):
     assert staff_get("not-a-token").status_code == 401  # refused before any counting
 
 
-@pytest.mark.django_db
-def test_an_ingestion_request_costs_one_redis_round_trip(ingest, settings, private_redis):
-    settings.RATE_LIMIT_REDIS_URL = private_redis.url
-    ingest("track", TRACK)  # the script is loaded once per Redis server
-    client = redis.Redis.from_url(private_redis.url)
-    client.config_resetstat()
-
-    for _ in range(5):
-        assert ingest("track", TRACK).status_code == 200
-
+def _round_trips(client: redis.Redis) -> dict[str, int]:
     # Redis counts the commands a script runs too: those are the script's, not round trips.
     sent = {
         name.removeprefix("cmdstat_"): stats["calls"] for name, stats in client.info("commandstats").items()
     }
-    in_the_script = {"get", "incr", "pexpire"}
-    assert {name: calls for name, calls in sent.items() if name not in in_the_script} == {
-        "evalsha": 5,
-        "config|resetstat": 1,
+    return {
+        name: calls
+        for name, calls in sent.items()
+        if name not in {"get", "incr", "incrby", "pexpire", "info"}
     }
+
+
+@pytest.mark.django_db
+def test_an_ingestion_request_costs_one_redis_round_trip_at_most(ingest, settings, private_redis):
+    settings.RATE_LIMIT_REDIS_URL = private_redis.url
+    settings.RATE_LIMIT_INGESTION = "3000/min"  # single calls take leases of 3
+    other = SourceFactory()
+    for call in ("track", "batch"):  # the scripts are loaded once per Redis server
+        ingest(
+            call,
+            {"batch": [{**TRACK, "type": "track"}]} if call == "batch" else TRACK,
+            write_key=other.write_key,
+        )
+    client = redis.Redis.from_url(private_redis.url)
+    client.config_resetstat()
+
+    for _ in range(5):
+        assert ingest("batch", {"batch": [{**TRACK, "type": "track"}]}).status_code == 200
+    batches = _round_trips(client)
+    for _ in range(6):
+        assert ingest("track", TRACK).status_code == 200
+
+    assert batches == {"evalsha": 5, "config|resetstat": 1}
+    assert _round_trips(client) == {"evalsha": 5 + 2, "config|resetstat": 1}
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """Best-effort publishing (``cdp.tasks``): sent when the broker takes it, never raised when it
-does not, and not tried again while the broker is known to be down."""
+does not, and not tried again while the broker is known to be down; a coalesced nudge sends one
+message for many callers and never drops one raised meanwhile."""
 
 import logging
+import time
 
 import pytest
 from celery import shared_task
@@ -12,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from cdp import tasks
 from cdp.tasks import enqueue, enqueue_on_commit
-from tests.processes import RedisServer, publishing_to
+from tests.processes import RedisServer, publishing_to, wait_for
 
 ran: list[tuple] = []
 
@@ -123,3 +125,46 @@ def test_a_real_broker_that_is_gone_makes_it_return_false_at_once(caplog):
             assert enqueue(record, "up", fallback="the sweep") is True
     finally:
         server.stop()
+
+
+def _publishing(monkeypatch) -> list[float]:
+    """Tasks published, not run: when each was (time.monotonic())."""
+    published: list[float] = []
+    monkeypatch.setitem(record.app.conf, "task_always_eager", False)
+    monkeypatch.setattr(record, "apply_async", lambda *args, **kwargs: published.append(time.monotonic()))
+    return published
+
+
+def test_a_coalesced_nudge_publishes_once_for_many_callers(monkeypatch):
+    published = _publishing(monkeypatch)
+    nudge = tasks.CoalescedEnqueue(record, fallback="the sweep", interval=0.3)
+
+    for _ in range(500):
+        nudge()
+
+    assert wait_for(lambda: len(published) == 1, timeout=5)
+    time.sleep(0.5)
+    assert len(published) == 1  # nothing raised since: nothing more sent
+
+
+def test_a_nudge_raised_while_one_is_sent_is_sent_after_the_interval(monkeypatch):
+    published = _publishing(monkeypatch)
+    nudge = tasks.CoalescedEnqueue(record, fallback="the sweep", interval=0.3)
+
+    nudge()
+    assert wait_for(lambda: len(published) == 1, timeout=5)
+    raised_at = time.monotonic()
+    nudge()  # within the interval: held, not lost
+
+    assert wait_for(lambda: len(published) == 2, timeout=5)
+    assert published[1] - published[0] >= 0.3
+    assert published[1] - raised_at < 0.3 + 1
+
+
+def test_a_coalesced_nudge_runs_at_once_where_tasks_are_eager():
+    nudge = tasks.CoalescedEnqueue(record, fallback="the sweep", interval=60)
+
+    nudge()
+    nudge()
+
+    assert ran == [(), ()]

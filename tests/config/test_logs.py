@@ -4,6 +4,7 @@ Basic user name, in the body, unknown, rate-limited, refused) and the staff API 
 a lookup by phone, and its whole output (access log and Django's own log) holds none of them."""
 
 import base64
+import importlib
 import json
 import secrets
 from datetime import timedelta
@@ -16,6 +17,7 @@ from gunicorn.config import Config
 
 from cdp.roles import Role
 from cdp.services import staff_user_ensure, token_issue
+from config import gunicorn as gunicorn_settings
 from config.gunicorn import RedactingLogger
 from tests.config.test_production import clean
 from tests.factories import SourceFactory
@@ -115,3 +117,20 @@ def test_the_dockerfile_runs_gunicorn_with_this_configuration():
     dockerfile = (ROOT / "Dockerfile").read_text()
 
     assert '"-c", "python:config.gunicorn"' in dockerfile
+    # The server model is the configuration's (the log test above runs it), not overridden.
+    assert "--worker-class" not in dockerfile
+    assert "-k" not in dockerfile.split("CMD", 1)[1]
+
+
+def test_the_server_keeps_connections_alive_with_threaded_workers(monkeypatch):
+    """The model docs/benchmarks.md chose: gthread (sync workers close every connection)."""
+    monkeypatch.setenv("GUNICORN_THREADS", "6")
+    config = Config()
+    for name, value in vars(importlib.reload(gunicorn_settings)).items():
+        if name in config.settings:
+            config.set(name, value)
+
+    assert config.worker_class_str == "gthread"
+    assert config.threads == 6
+    assert config.keepalive == 30
+    assert config.workers >= 1
