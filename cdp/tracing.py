@@ -38,6 +38,10 @@ _ACCEPTED = re.compile(r"[A-Za-z0-9._:-]{8,64}")
 _request_id: ContextVar[str] = ContextVar("cdp_request_id", default="")
 
 
+#: The request attribute a middleware that answers before URL resolution sets to its route.
+ANSWERED_ROUTE = "answered_route"
+
+
 def current_request_id() -> str:
     """The id of the request (or of the request that sent the running task); empty outside."""
     return _request_id.get()
@@ -87,7 +91,9 @@ class RequestMiddleware:
         response = self.get_response(request)
         response[HEADER] = request_id
         match = getattr(request, "resolver_match", None)
-        endpoint = match.route if match is not None else "unmatched"
+        # A middleware that answers before URL resolution names the route it answered for
+        # (events.api.single: the single-event calls).
+        endpoint = match.route if match is not None else getattr(request, ANSWERED_ROUTE, "unmatched")
         REQUEST_SECONDS.labels(endpoint, request.method or "", f"{response.status_code // 100}xx").observe(
             time.perf_counter() - began
         )

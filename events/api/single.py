@@ -34,6 +34,7 @@ from django.utils import timezone
 
 from cdp.errors import database_outage_response, is_database_outage
 from cdp.metrics import EVENTS
+from cdp.tracing import ANSWERED_ROUTE
 from events.api.throttling import write_key_allows
 from events.contract import MAX_EVENT_BYTES, MESSAGE_TYPES, Message, TimestampWindow, message_parse
 from events.selectors import SourceCard, source_card_for_write_key, source_card_forget
@@ -132,5 +133,6 @@ class SingleCallMiddleware:
                 # 503 with Retry-After and a warning, as the views answer it (no traceback logged).
                 return database_outage_response(request, exc)
             if response is not None:
+                setattr(request, ANSWERED_ROUTE, request.path_info.lstrip("/"))  # its URL pattern: v1/track
                 return response
         return self.get_response(request)

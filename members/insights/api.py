@@ -108,7 +108,7 @@ class KpiListOutput(serializers.Serializer):
 class KpiListView(_CsvOrJson):
     renderer_classes = (JSONRenderer,)
 
-    @extend_schema(responses=KpiListOutput, tags=["insights"])
+    @extend_schema(operation_id="api_v1_insights_kpis_list", responses=KpiListOutput, tags=["insights"])
     def get(self, request: Request) -> Response:
         """Every KPI: its key, label, kind (flow, ratio, stock), target and definition."""
         return Response({"results": [_kpi_json(k) for k in kpis.KPIS]})
@@ -190,7 +190,7 @@ class TileOutput(serializers.Serializer):
     change = serializers.CharField(allow_null=True, help_text="Relative change against the previous period.")
 
 
-class SummaryOutput(serializers.Serializer):
+class KpiSummaryOutput(serializers.Serializer):
     period = serializers.CharField()
     current = serializers.ListField(child=serializers.DateField())
     previous = serializers.ListField(child=serializers.DateField())
@@ -204,7 +204,7 @@ class KpiSummaryView(_CsvOrJson):
             OpenApiParameter("period", OpenApiTypes.STR, enum=[p.value for p in kpis.Period], description="default week"),
             OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"]),
         ],
-        responses={200: SummaryOutput, (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR)},
+        responses={200: KpiSummaryOutput, (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR)},
         tags=["insights"],
     )  # fmt: skip
     def get(self, request: Request) -> Any:
