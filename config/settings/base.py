@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "members.segments",  # likewise (label "segments")
     "members.consent",  # likewise (label "consent")
     "members.privacy",  # likewise (label "privacy")
+    "members.imports",  # likewise (label "imports"): onboarding a brand's history from files
 ]
 
 MIDDLEWARE = [
