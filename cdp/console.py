@@ -23,6 +23,7 @@ SECTIONS = (
     Section("console:segments", "Segments", "segments.view_segment"),
     Section("console:tags", "Tags", "segments.view_tag"),
     Section("console:audit", "Audit log", "cdp.view_auditentry"),
+    Section("console:imports", "Imports", "imports.view_importjob"),
 )
 
 

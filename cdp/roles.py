@@ -44,6 +44,8 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
         "segments.view_tag",
         "segments.add_membertag",
         "segments.delete_membertag",
+        # Follows import jobs (members.imports.api says why); starting one is the administrator's.
+        "imports.view_importjob",
     ),
     Role.MARKETING: (
         "loyalty.view_couponcampaign",
@@ -73,7 +75,7 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
         "privacy.view_retentionrun",
     ),
 }
-PLATFORM_APPS = ("cdp", "events", "identity", "members", "loyalty", "segments", "consent", "privacy")
+PLATFORM_APPS = ("cdp", "events", "identity", "members", "loyalty", "segments", "consent", "privacy", "imports")
 
 
 def user_roles(user: User | AnonymousUser | None) -> frozenset[str]:

@@ -13,6 +13,7 @@ from cdp.health import health
 from cdp.login import ConsoleLoginView
 from members import console
 from members.consent import console as consent_console
+from members.imports import console as imports_console
 from members.privacy import console as privacy_console
 from members.segments import console as segments_console
 
@@ -26,6 +27,7 @@ console_urls = (
         *segments_console.urlpatterns,
         *consent_console.urlpatterns,
         *audit_console.urlpatterns,
+        *imports_console.urlpatterns,
     ],
     "console",
 )
@@ -40,6 +42,7 @@ urlpatterns = [
     path("api/v1/", include("events.urls.staff")),
     path("api/v1/", include("members.urls")),
     path("api/v1/", include("members.privacy.urls")),
+    path("api/v1/", include("members.imports.urls")),
     path("api/v1/", include("cdp.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SwaggerView.as_view(url_name="schema"), name="api-docs"),

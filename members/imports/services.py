@@ -18,7 +18,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +141,10 @@ def import_run(
         return report
     if saved:
         ImportJob.objects.filter(pk=job.pk).update(
-            status=ImportJob.Status.RUNNING, started_at=job.started_at or timezone.now(), error=""
+            status=ImportJob.Status.RUNNING,
+            started_at=job.started_at or timezone.now(),
+            error="",
+            updated_at=timezone.now(),
         )
         job.refresh_from_db()
     runner = _Runner(job=job, mapping=mapping_parse(job.mapping), report=report, saved=saved)
@@ -421,8 +424,31 @@ def _ref_of(plan: Plan) -> MemberRef | None:
     return None
 
 
-def job_outdated(job: ImportJob, *, now: datetime | None = None) -> bool:
-    """Whether a job said to be running has not committed a batch for 10 minutes: its process
-    is gone, and running it again resumes it."""
+def import_job_run(*, job_id: int) -> None:
+    """Run a job by id (the worker's task): nothing for a finished or missing job; a conflict
+    (another worker has it) is left to that worker; any other failure is on the job's row."""
+    job = ImportJob.objects.filter(pk=job_id).first()
+    if job is None or job.status in (ImportJob.Status.SUCCEEDED, ImportJob.Status.FAILED):
+        return
+    try:
+        import_run(job=job)
+    except ImportConflict:
+        logger.info("import job %s is run by another worker", job_id)
+    except FileUnreadable:
+        pass  # on the job's row: the file itself is wrong, running it again cannot help
+    except Exception:
+        logger.exception("import job %s failed; it resumes at its checkpoint when run again", job_id)
+
+
+def import_jobs_resume_stalled(*, now: datetime | None = None) -> list[int]:
+    """Jobs to send to a worker again: queued ones not started within a minute (their nudge
+    was lost), running ones that committed nothing for ``IMPORT_STALLED_SECONDS`` (their
+    worker died; they resume at their checkpoint)."""
     now = now or timezone.now()
-    return job.status == ImportJob.Status.RUNNING and (now - job.updated_at).total_seconds() > 600
+    queued = ImportJob.objects.filter(
+        status=ImportJob.Status.QUEUED, created_at__lt=now - timedelta(seconds=60)
+    ).values_list("pk", flat=True)
+    stalled = ImportJob.objects.filter(
+        status=ImportJob.Status.RUNNING, updated_at__lt=now - timedelta(seconds=settings.IMPORT_STALLED_SECONDS)
+    ).values_list("pk", flat=True)
+    return sorted({*queued, *stalled})
