@@ -17,7 +17,6 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -92,7 +91,6 @@ def _kept(upload: object) -> Path:
 @extend_schema(tags=["imports"])
 class ImportJobsView(APIView):
     permission_classes = (_ByMethod, Unscoped)
-    parser_classes = (MultiPartParser,)
 
     @extend_schema(responses={200: page_serializer(ImportJobOutput)})
     def get(self, request: Request) -> Response:

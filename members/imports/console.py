@@ -6,13 +6,14 @@ from pathlib import Path
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
 
 from cdp.permissions import request_staff
+from cdp.scopes import request_scope
 from members.imports.api import RUN, VIEW, _kept
 from members.imports.mapping import MappingInvalid, mapping_text_read
 from members.imports.models import ImportJob, ImportProblem
@@ -21,6 +22,11 @@ from members.imports.tasks import run_job_enqueue
 
 PAGE = 50
 ACTIVE = (ImportJob.Status.QUEUED, ImportJob.Status.RUNNING)
+
+
+def _unscoped(request: HttpRequest) -> None:
+    if not request_scope(request).unrestricted:  # a job covers every store and channel
+        raise PermissionDenied("Open to unscoped accounts only.")
 
 
 def _progress(job: ImportJob) -> int:
@@ -32,6 +38,7 @@ def _progress(job: ImportJob) -> int:
 @login_required
 @permission_required(VIEW, raise_exception=True)
 def imports(request: HttpRequest) -> HttpResponse:
+    _unscoped(request)
     if request.method == "POST":
         return _start(request)
     jobs = list(ImportJob.objects.order_by("-id")[:PAGE])
@@ -49,7 +56,7 @@ def imports(request: HttpRequest) -> HttpResponse:
 
 def _start(request: HttpRequest) -> HttpResponse:
     if not request.user.has_perm(RUN):
-        return HttpResponse("Your role does not allow this (imports.run_import).", status=403)
+        raise PermissionDenied("Your role does not allow this (imports.run_import).")
     kind, name = request.POST.get("kind", ""), request.POST.get("name", "").strip() or "legacy"
     upload = request.FILES.get("file")
     problem = ""
@@ -89,6 +96,7 @@ def _start(request: HttpRequest) -> HttpResponse:
 @login_required
 @permission_required(VIEW, raise_exception=True)
 def import_job(request: HttpRequest, job_id: int) -> HttpResponse:
+    _unscoped(request)
     job = get_object_or_404(ImportJob, pk=job_id)
     problems = ImportProblem.objects.filter(job=job).order_by("id")[:PAGE]
     return render(

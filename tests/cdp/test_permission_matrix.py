@@ -36,6 +36,7 @@ from cdp.services import staff_scope_set, staff_user_ensure, token_issue
 from events.models import ParkedEvent, RejectedEvent
 from events.pipeline import events_process_pending
 from identity.models import EventResolution
+from members.imports.models import ImportJob
 from members.loyalty.models import Coupon, CouponCampaign
 from members.models import ParkedMember
 from members.privacy.models import PrivacyRequest
@@ -88,6 +89,7 @@ VIEW_CONSENT, RECORD_CONSENT = "consent.view_consentstatement", "consent.add_con
 ERASE, EXPORT, VIEW_REQUESTS = "privacy.erase_member", "privacy.export_member", "privacy.view_privacyrequest"
 SOURCES = ("events.view_source", "events.add_source", "events.change_source")
 IDEMPOTENT = {"HTTP_IDEMPOTENCY_KEY": "matrix"}
+VIEW_IMPORTS, RUN_IMPORT = "imports.view_importjob", "imports.run_import"
 
 ENDPOINTS = [
     # ingestion (Segment's paths): a write key, never a staff token
@@ -165,6 +167,11 @@ ENDPOINTS = [
     Endpoint("PATCH", "/api/v1/tags/{tag}/", (VIEW_TAGS, "segments.change_tag"), 200, {}),
     Endpoint("DELETE", "/api/v1/tags/{tag}/", (VIEW_TAGS, "segments.delete_tag"), 204),
     # the audit log
+    # imports: an administrator starts them, an unscoped CRM manager follows them
+    Endpoint("GET", "/api/v1/imports/", (VIEW_IMPORTS,), 200, unscoped_only=True),
+    Endpoint("POST", "/api/v1/imports/", (RUN_IMPORT,), 400, {}, unscoped_only=True),
+    Endpoint("GET", "/api/v1/imports/{import_job}/", (VIEW_IMPORTS,), 200, unscoped_only=True),
+    Endpoint("GET", "/api/v1/imports/{import_job}/problems/", (VIEW_IMPORTS,), 200, unscoped_only=True),
     Endpoint("GET", "/api/v1/audit/", (VIEW_AUDIT,), 200),
     Endpoint("GET", "/api/v1/audit/export/", (VIEW_AUDIT,), 200),
     # the schema and its docs, health: public
@@ -194,6 +201,9 @@ ENDPOINTS = [
     Endpoint("POST", "/console/tags/{tag}/delete/", (VIEW_TAGS, "segments.delete_tag"), 302),
     Endpoint("GET", "/console/audit/", (VIEW_AUDIT,), 200),
     Endpoint("GET", "/console/audit/export/", (VIEW_AUDIT,), 200),
+    Endpoint("GET", "/console/imports/", (VIEW_IMPORTS,), 200, unscoped_only=True),
+    Endpoint("POST", "/console/imports/", (VIEW_IMPORTS, RUN_IMPORT), 302, {}, unscoped_only=True),
+    Endpoint("GET", "/console/imports/{import_job}/", (VIEW_IMPORTS,), 200, unscoped_only=True),
     Endpoint("POST", "/console/logout/", PUBLIC, 302),  # last: it ends the session
 ]  # fmt: skip
 
@@ -265,10 +275,12 @@ def rows() -> dict[str, object]:
     parked_event = ParkedEvent.objects.create(event=first, stage="identity", **parked)
     parked_member = ParkedMember.objects.create(member_id=member, **parked)
     privacy_request = PrivacyRequest.objects.create(kind=PrivacyRequest.Kind.ACCESS, member_id=member)
+    import_job = ImportJob.objects.create(kind="orders", name="crm", file_name="orders.csv", path="/nowhere", sha256="0" * 64)
     return {
         "member": member, "segment": segment.key, "tag": "vip", "coupon": "AUTUMN-1", "campaign": campaign.pk,
         "webhook": webhook.pk, "source": beijing.pk, "rejected": rejected.pk, "parked_event": parked_event.pk,
         "parked_member": parked_member.pk, "privacy_request": privacy_request.pk, "write_key": beijing.write_key,
+        "import_job": import_job.pk,
     }  # fmt: skip
 
 
@@ -349,6 +361,7 @@ def test_every_endpoint_is_in_the_matrix():
             "parked_event",
             "parked_member",
             "privacy_request",
+            "import_job",
         ),
         1,
     )
