@@ -34,8 +34,14 @@ services: install ## Check PostgreSQL and Redis are up (and create the database)
 migrate: services ## Apply database migrations
 	@$(BIN)/python manage.py migrate --noinput -v0
 
-demo: migrate ## Load demo sources, members and events (MEMBERS=2000)
+IMPORT_DEMO := members/imports/demo
+
+demo: migrate ## Load demo sources, members and events (MEMBERS=2000), and import a legacy brand's history
 	@$(BIN)/python manage.py demo --members $(MEMBERS) --url http://127.0.0.1:$(WEB_PORT) --process
+	@# A legacy CRM's and POS's exports (GB18030, Chinese columns) through the import path (members.imports).
+	@$(BIN)/python manage.py import members $(IMPORT_DEMO)/members.gb18030.csv --name oldpos --mapping $(IMPORT_DEMO)/members.mapping.yaml --no-progress
+	@$(BIN)/python manage.py import orders $(IMPORT_DEMO)/orders.gb18030.csv --name oldpos --mapping $(IMPORT_DEMO)/orders.mapping.yaml --no-progress
+	@$(BIN)/python manage.py import balances $(IMPORT_DEMO)/balances.csv --name oldpos --no-progress
 
 # honcho stops every process when one exits and restarts none: the Procfile runs the worker
 # and beat under bin/respawn, which starts them again.

@@ -36,13 +36,13 @@ _NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 
 class ImportJobOutput(serializers.ModelSerializer):
-    progress = serializers.SerializerMethodField(help_text="0 to 1: how far into the file (its bytes).")
+    progress = serializers.SerializerMethodField(help_text="0 to 1: how far into the file (its lines).")
     rows_done = serializers.IntegerField(read_only=True)
 
     class Meta:
         model = ImportJob
         fields = (
-            "id", "kind", "name", "file_name", "size", "dry_run", "status", "progress", "checkpoint", "line",
+            "id", "kind", "name", "file_name", "size", "dry_run", "status", "progress", "checkpoint", "line", "lines_total",
             "rows_done", "rows_imported", "rows_duplicate", "rows_skipped", "warnings", "error",
             "created_at", "started_at", "finished_at", "updated_at",
         )  # fmt: skip
@@ -50,7 +50,7 @@ class ImportJobOutput(serializers.ModelSerializer):
     def get_progress(self, job: ImportJob) -> float:
         if job.status == ImportJob.Status.SUCCEEDED:
             return 1.0
-        return round(min(job.bytes_done / job.size, 1.0), 4) if job.size else 0.0
+        return round(job.progress, 4)
 
 
 class ImportProblemOutput(serializers.ModelSerializer):

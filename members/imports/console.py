@@ -30,9 +30,7 @@ def _unscoped(request: HttpRequest) -> None:
 
 
 def _progress(job: ImportJob) -> int:
-    if job.status == ImportJob.Status.SUCCEEDED:
-        return 100
-    return min(100, int(job.bytes_done * 100 / job.size)) if job.size else 0
+    return int(job.progress * 100)
 
 
 @login_required

@@ -41,7 +41,7 @@ class ImportJob(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     checkpoint = models.BigIntegerField(default=0, help_text="Records done (committed), from the file's start.")
     line = models.BigIntegerField(default=0, help_text="The file's line the checkpoint is at.")
-    bytes_done = models.BigIntegerField(default=0)
+    lines_total = models.BigIntegerField(default=0, help_text="The file's lines (inflated), counted when the job was made.")
     rows_imported = models.BigIntegerField(default=0)
     rows_duplicate = models.BigIntegerField(default=0, help_text="Already imported (the same key).")
     rows_skipped = models.BigIntegerField(default=0, help_text="Refused for a problem, reported.")
@@ -65,6 +65,13 @@ class ImportJob(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.file_name} ({self.status})"
+
+    @property
+    def progress(self) -> float:
+        """0 to 1: how far into the file, by its lines."""
+        if self.status == self.Status.SUCCEEDED:
+            return 1.0
+        return min(self.line / self.lines_total, 1.0) if self.lines_total else 0.0
 
     @property
     def rows_done(self) -> int:

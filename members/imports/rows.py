@@ -325,9 +325,10 @@ def _consent(row: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
     for name in row:
         if name.startswith(_CONSENT_PREFIX) and (value := _text(row, name).lower()):
             purpose = name[len(_CONSENT_PREFIX) :]
-            if value in ("true", "yes", "y", "1", "on", "granted"):
+            # Chinese CRMs write 是 / 否 (yes / no) and 同意 / 不同意 (agree / disagree).
+            if value in ("true", "yes", "y", "1", "on", "granted", "是", "同意"):
                 stated[purpose] = "granted"
-            elif value in ("false", "no", "n", "0", "off", "denied"):
+            elif value in ("false", "no", "n", "0", "off", "denied", "否", "不同意"):
                 stated[purpose] = "denied"
             elif value == "withdrawn":
                 stated[purpose] = "withdrawn"

@@ -36,7 +36,7 @@ from identity.policy import normalization_policy
 from identity.selectors import identifier_holders
 from members.imports.mapping import ColumnMapping, mapping_parse
 from members.imports.models import ImportJob, ImportProblem
-from members.imports.reading import FileUnreadable, Record, RecordReader
+from members.imports.reading import FileUnreadable, Record, RecordReader, lines_count
 from members.imports.rows import EVENT_KINDS, MemberRef, Plan, RowContext, row_plan
 from members.loyalty.coupons import CouponCarried, coupons_carry_over
 from members.loyalty.selectors import program_load
@@ -113,6 +113,7 @@ def import_job_create(
         path=str(path),
         sha256=sha256,
         size=path.stat().st_size,
+        lines_total=lines_count(path),
         mapping=mapping or {},
         dry_run=dry_run,
         created_by=user,
@@ -160,12 +161,11 @@ def import_run(
                     continue  # committed by an earlier run of this job
                 batch.append(record)
                 if len(batch) >= batch_size:
-                    runner.commit(batch, bytes_done=reader.progress.done)
+                    runner.commit(batch)
                     progress(job)
                     batch = []
             if batch:
-                runner.commit(batch, bytes_done=reader.progress.done)
-            job.bytes_done = job.size
+                runner.commit(batch)
     except FileUnreadable as exc:
         _finish(job, saved, ImportJob.Status.FAILED, error=str(exc))
         raise
@@ -181,12 +181,8 @@ def import_run(
 
 def _finish(job: ImportJob, saved: bool, status: str, *, error: str = "") -> None:
     job.status, job.error, job.finished_at = status, error, timezone.now()
-    if status == ImportJob.Status.SUCCEEDED:
-        job.bytes_done = job.size
     if saved:
-        ImportJob.objects.filter(pk=job.pk).update(
-            status=status, error=error, finished_at=job.finished_at, bytes_done=job.bytes_done
-        )
+        ImportJob.objects.filter(pk=job.pk).update(status=status, error=error, finished_at=job.finished_at)
 
 
 @dataclass
@@ -212,7 +208,7 @@ class _Runner:
 
     # one batch, one transaction
 
-    def commit(self, records: Sequence[Record], *, bytes_done: int) -> None:
+    def commit(self, records: Sequence[Record]) -> None:
         found: list[Reported] = []
         plans: list[tuple[Record, Plan]] = []
         for record in records:
@@ -233,10 +229,10 @@ class _Runner:
             skipped = len({r.record for r in found if r.skipped})
             warnings = sum(1 for r in found if not r.skipped)
             last = records[-1]
-            self._record(found, imported, duplicate, skipped, warnings, last, bytes_done)
+            self._record(found, imported, duplicate, skipped, warnings, last)
 
     def _record(
-        self, found: list[Reported], imported: int, duplicate: int, skipped: int, warnings: int, last: Record, bytes_done: int
+        self, found: list[Reported], imported: int, duplicate: int, skipped: int, warnings: int, last: Record
     ) -> None:
         report, job = self.report, self.job
         room = MAX_PROBLEMS_KEPT - len(report.problems)
@@ -254,7 +250,6 @@ class _Runner:
             moved = ImportJob.objects.filter(pk=job.pk, checkpoint=job.checkpoint).update(
                 checkpoint=last.number,
                 line=last.line,
-                bytes_done=bytes_done,
                 rows_imported=F("rows_imported") + imported,
                 rows_duplicate=F("rows_duplicate") + duplicate,
                 rows_skipped=F("rows_skipped") + skipped,
@@ -263,7 +258,7 @@ class _Runner:
             )
             if not moved:
                 raise ImportConflict(f"import job {job.pk} is being run by another process")
-        job.checkpoint, job.line, job.bytes_done = last.number, last.line, bytes_done
+        job.checkpoint, job.line = last.number, last.line
         job.rows_imported += imported
         job.rows_duplicate += duplicate
         job.rows_skipped += skipped

@@ -57,9 +57,9 @@ class Command(BaseCommand):
             self.stdout.write(f"Resuming job {job.pk} after record {job.checkpoint} (line {job.line}).")
         report = Report()
         bar = tqdm(
-            total=job.size,
-            initial=job.bytes_done,
-            unit="B",
+            total=job.lines_total,
+            initial=job.line,
+            unit=" lines",
             unit_scale=True,
             desc=f"{options['kind']}{' (dry run)' if dry_run else ''}",
             disable=options["no_progress"],
@@ -68,7 +68,7 @@ class Command(BaseCommand):
         rows_at_start = job.rows_done
 
         def progress(current: ImportJob) -> None:
-            bar.update(current.bytes_done - bar.n)
+            bar.update(current.line - bar.n)
             rate = (current.rows_done - rows_at_start) / max(bar.format_dict["elapsed"], 1e-6)
             bar.set_postfix(rows=current.rows_done, rows_per_s=f"{rate:,.0f}", skipped=current.rows_skipped)
 
