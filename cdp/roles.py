@@ -75,7 +75,17 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
         "privacy.view_retentionrun",
     ),
 }
-PLATFORM_APPS = ("cdp", "events", "identity", "members", "loyalty", "segments", "consent", "privacy", "imports")
+PLATFORM_APPS = (
+    "cdp",
+    "events",
+    "identity",
+    "members",
+    "loyalty",
+    "segments",
+    "consent",
+    "privacy",
+    "imports",
+)
 
 
 def user_roles(user: User | AnonymousUser | None) -> frozenset[str]:

@@ -8,12 +8,12 @@ where their carried-over points or tier went, and already sees members' contact 
 full, which a problem may quote (a phone that is not one).
 """
 
-import shutil
 import uuid
 from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
@@ -77,14 +77,15 @@ class _ByMethod(BasePermission):
         return bool(permissions_required(*needed)().has_permission(request, view))
 
 
-def _kept(upload: object) -> Path:
+def _kept(upload: UploadedFile) -> Path:
     """The uploaded file, kept where the workers read it until its job is done."""
     directory = Path(settings.IMPORT_DIR)
     directory.mkdir(parents=True, exist_ok=True)
-    name = Path(getattr(upload, "name", "") or "upload").name[-100:]
+    name = Path(upload.name or "upload").name[-100:]
     path = directory / f"{uuid.uuid4().hex}-{name}"
     with path.open("wb") as target:
-        shutil.copyfileobj(upload, target, 1 << 20)  # type: ignore[misc]  # an UploadedFile reads like a file
+        for chunk in upload.chunks(1 << 20):
+            target.write(chunk)
     return path
 
 
@@ -130,7 +131,9 @@ class ImportJobsView(APIView):
             mapping = mapping_text_read(data.get("mapping") or "", name="") if data.get("mapping") else {}
         except MappingInvalid as exc:
             raise ApiError(
-                code="invalid_import", message="The mapping cannot be used.", errors=[FieldError("mapping", str(exc))]
+                code="invalid_import",
+                message="The mapping cannot be used.",
+                errors=[FieldError("mapping", str(exc))],
             ) from exc
         path = _kept(data["file"])
         try:
@@ -155,7 +158,9 @@ class ImportJobsView(APIView):
             path.unlink(missing_ok=True)
             raise ApiError(code="invalid_import", message="The import cannot be started.",
                            errors=[FieldError(f, "; ".join(m)) for f, m in exc.message_dict.items()]) from exc  # fmt: skip
-        return Response(ImportJobOutput(job).data, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK)
+        return Response(
+            ImportJobOutput(job).data, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
+        )
 
 
 @extend_schema(tags=["imports"])
@@ -167,7 +172,9 @@ class ImportJobView(APIView):
         """A job: its status, counts and progress."""
         job = ImportJob.objects.filter(pk=job_id).first()
         if job is None:
-            raise ApiError(code="not_found", message="No such import job.", status_code=status.HTTP_404_NOT_FOUND)
+            raise ApiError(
+                code="not_found", message="No such import job.", status_code=status.HTTP_404_NOT_FOUND
+            )
         return Response(ImportJobOutput(job).data)
 
 
@@ -180,7 +187,9 @@ class ImportProblemsView(APIView):
         """The rows of a job's file that were skipped (or imported with a value unused): line,
         field and reason, in file order (the first 10,000; the job counts them all)."""
         if not ImportJob.objects.filter(pk=job_id).exists():
-            raise ApiError(code="not_found", message="No such import job.", status_code=status.HTTP_404_NOT_FOUND)
+            raise ApiError(
+                code="not_found", message="No such import job.", status_code=status.HTTP_404_NOT_FOUND
+            )
         return paginated(
             request,
             self,

@@ -65,12 +65,17 @@ def _start(request: HttpRequest) -> HttpResponse:
         problem = "file: choose a file"
     else:
         try:
-            mapping = mapping_text_read(request.POST.get("mapping", ""), name="") if request.POST.get("mapping", "").strip() else {}
+            mapping = (
+                mapping_text_read(request.POST.get("mapping", ""), name="")
+                if request.POST.get("mapping", "").strip()
+                else {}
+            )
         except MappingInvalid as exc:
             problem = f"mapping: {exc}"
     if problem:
         messages.error(request, problem)
         return redirect("console:imports")
+    assert upload is not None  # refused above
     kept: Path = _kept(upload)
     try:
         with transaction.atomic():

@@ -39,13 +39,19 @@ class ImportJob(models.Model):
     mapping = models.JSONField(default=dict, blank=True)
     dry_run = models.BooleanField(default=False)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
-    checkpoint = models.BigIntegerField(default=0, help_text="Records done (committed), from the file's start.")
+    checkpoint = models.BigIntegerField(
+        default=0, help_text="Records done (committed), from the file's start."
+    )
     line = models.BigIntegerField(default=0, help_text="The file's line the checkpoint is at.")
-    lines_total = models.BigIntegerField(default=0, help_text="The file's lines (inflated), counted when the job was made.")
+    lines_total = models.BigIntegerField(
+        default=0, help_text="The file's lines (inflated), counted when the job was made."
+    )
     rows_imported = models.BigIntegerField(default=0)
     rows_duplicate = models.BigIntegerField(default=0, help_text="Already imported (the same key).")
     rows_skipped = models.BigIntegerField(default=0, help_text="Refused for a problem, reported.")
-    warnings = models.BigIntegerField(default=0, help_text="Values not used (an invalid phone); row imported.")
+    warnings = models.BigIntegerField(
+        default=0, help_text="Values not used (an invalid phone); row imported."
+    )
     error = models.TextField(blank=True, help_text="Why the job as a whole failed.")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

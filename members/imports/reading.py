@@ -37,7 +37,7 @@ def is_gzip(path: Path) -> bool:
         return handle.read(2) == GZIP_MAGIC
 
 
-def _binary(path: Path) -> IO[bytes]:
+def _binary(path: Path) -> gzip.GzipFile | io.BufferedReader:
     return gzip.open(path, "rb") if is_gzip(path) else path.open("rb")
 
 
@@ -78,7 +78,9 @@ def lines_count(path: Path) -> int:
 class RecordReader:
     """Iterate a file's records. ``encoding``: ``utf-8``, ``gb18030`` or ``auto``."""
 
-    def __init__(self, path: Path, *, fmt: str | None = None, encoding: str = "auto", delimiter: str = ",") -> None:
+    def __init__(
+        self, path: Path, *, fmt: str | None = None, encoding: str = "auto", delimiter: str = ","
+    ) -> None:
         self.path = path
         self.format = fmt or format_of(path)
         self.encoding = encoding_detect(path) if encoding == "auto" else encoding
@@ -95,7 +97,9 @@ class RecordReader:
         self.close()
 
     def _text(self) -> io.TextIOWrapper:
-        binary: IO[bytes] = gzip.GzipFile(fileobj=self._raw, mode="rb") if is_gzip(self.path) else self._raw
+        binary: gzip.GzipFile | IO[bytes] = (
+            gzip.GzipFile(fileobj=self._raw, mode="rb") if is_gzip(self.path) else self._raw
+        )
         # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name.
         encoding = "utf-8-sig" if self.encoding == "utf-8" else self.encoding
         return io.TextIOWrapper(binary, encoding=encoding, errors="strict", newline="")
@@ -108,7 +112,9 @@ class RecordReader:
             else:
                 yield from self._csv(text)
         except UnicodeDecodeError as exc:
-            raise FileUnreadable(f"the file is not {self.encoding} ({exc.reason} at byte {exc.start})") from exc
+            raise FileUnreadable(
+                f"the file is not {self.encoding} ({exc.reason} at byte {exc.start})"
+            ) from exc
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
             raise FileUnreadable(f"the file cannot be read: {exc}") from exc
 

@@ -61,7 +61,15 @@ _CUSTOM_PREFIX = "id."
 _TRAIT_PREFIX = "trait."
 _CONSENT_PREFIX = "consent."
 _MEMBER_FIELDS = frozenset(
-    {*IDENTIFIER_FIELDS, "registered_at", "consent_at", "consent_source", "consent_version", "channel", "store"}
+    {
+        *IDENTIFIER_FIELDS,
+        "registered_at",
+        "consent_at",
+        "consent_source",
+        "consent_version",
+        "channel",
+        "store",
+    }
 )
 MAX_MESSAGE_ID = 255
 _DATE_ONLY = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}$")
@@ -183,7 +191,9 @@ def parse_time(value: Any, zone: ZoneInfo) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=zone)
 
 
-def _time(row: Mapping[str, Any], key: str, ctx: RowContext, plan: Plan, *, required: bool) -> datetime | None:
+def _time(
+    row: Mapping[str, Any], key: str, ctx: RowContext, plan: Plan, *, required: bool
+) -> datetime | None:
     value = row.get(key)
     if value in (None, ""):
         if required:
@@ -192,7 +202,9 @@ def _time(row: Mapping[str, Any], key: str, ctx: RowContext, plan: Plan, *, requ
     try:
         return parse_time(value, ctx.zone)
     except (ValueError, OverflowError, OSError):
-        plan.problems.append(Problem(key, f"{str(value)[:40]!r} is not a time (ISO 8601, e.g. 2024-05-01 12:30:00)"))
+        plan.problems.append(
+            Problem(key, f"{str(value)[:40]!r} is not a time (ISO 8601, e.g. 2024-05-01 12:30:00)")
+        )
         return None
 
 
@@ -211,7 +223,9 @@ def _json_number(text: str) -> int | float | str:
     return as_float if Decimal(repr(as_float)) == amount else text
 
 
-def _amount(row: Mapping[str, Any], key: str, plan: Plan, *, required: bool = False) -> int | float | str | None:
+def _amount(
+    row: Mapping[str, Any], key: str, plan: Plan, *, required: bool = False
+) -> int | float | str | None:
     value = row.get(key)
     if value in (None, ""):
         if required:
@@ -228,7 +242,9 @@ def _amount(row: Mapping[str, Any], key: str, plan: Plan, *, required: bool = Fa
     return _json_number(text)
 
 
-def _decimal(row: Mapping[str, Any], key: str, plan: Plan, *, default: Decimal | None = None) -> Decimal | None:
+def _decimal(
+    row: Mapping[str, Any], key: str, plan: Plan, *, default: Decimal | None = None
+) -> Decimal | None:
     value = row.get(key)
     if value in (None, ""):
         return default
@@ -307,7 +323,11 @@ def _channel(row: Mapping[str, Any], plan: Plan, *, default: str = "") -> tuple[
     channel = (_text(row, "channel") or default).lower()
     store = _text(row, "store")
     if channel not in CHANNELS:
-        plan.problems.append(Problem("channel", f"{channel!r} is not one of {', '.join(CHANNELS)}" if channel else "is required"))
+        plan.problems.append(
+            Problem(
+                "channel", f"{channel!r} is not one of {', '.join(CHANNELS)}" if channel else "is required"
+            )
+        )
         return "", ""
     if channel == "pos" and not store:
         plan.problems.append(Problem("store", "a pos order needs its store"))
@@ -333,7 +353,9 @@ def _consent(row: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
             elif value == "withdrawn":
                 stated[purpose] = "withdrawn"
             else:
-                plan.problems.append(Problem(name, f"{value[:20]!r}: granted, denied, withdrawn, true or false"))
+                plan.problems.append(
+                    Problem(name, f"{value[:20]!r}: granted, denied, withdrawn, true or false")
+                )
     return stated
 
 
@@ -345,10 +367,18 @@ def _member(row: Mapping[str, Any], ctx: RowContext, plan: Plan) -> None:
     plan.external_id = key
     channel, store = _channel(row, plan, default="web")
     registered = _time(row, "registered_at", ctx, plan, required=False) or ctx.now
-    identify = {"type": "identify", "messageId": message_id("member", key), **_person(row, ctx, plan, in_traits=True)}
+    identify = {
+        "type": "identify",
+        "messageId": message_id("member", key),
+        **_person(row, ctx, plan, in_traits=True),
+    }
     traits = dict(identify.get("traits", {}))
     for name, value in row.items():
-        if name in _MEMBER_FIELDS or name.startswith((_CUSTOM_PREFIX, _CONSENT_PREFIX)) or value in (None, ""):
+        if (
+            name in _MEMBER_FIELDS
+            or name.startswith((_CUSTOM_PREFIX, _CONSENT_PREFIX))
+            or value in (None, "")
+        ):
             continue
         trait = name[len(_TRAIT_PREFIX) :] if name.startswith(_TRAIT_PREFIX) else name
         traits[trait] = value
@@ -433,7 +463,9 @@ def _order(row: Mapping[str, Any], ctx: RowContext, plan: Plan, *, refund: bool)
         plan.outgoing.append(Outgoing(channel, store, message))
 
 
-def member_ref(row: Mapping[str, Any], ctx: RowContext, plan: Plan, *, required: bool = True) -> MemberRef | None:
+def member_ref(
+    row: Mapping[str, Any], ctx: RowContext, plan: Plan, *, required: bool = True
+) -> MemberRef | None:
     """The member a loyalty row names, by every identifier it gives, normalized as stored."""
     found: list[tuple[str, str]] = []
     for name in IDENTIFIER_FIELDS:
@@ -449,7 +481,9 @@ def member_ref(row: Mapping[str, Any], ctx: RowContext, plan: Plan, *, required:
             plan.problems.append(Problem(name, f"{value[:40]!r}: {exc}"))
     if not found:
         if required:
-            plan.problems.append(Problem(MEMBER_KEY, "the row names no member: member_id, user_id, phone, ..."))
+            plan.problems.append(
+                Problem(MEMBER_KEY, "the row names no member: member_id, user_id, phone, ...")
+            )
         return None
     return MemberRef(tuple(found))
 
@@ -465,7 +499,14 @@ def _balance(row: Mapping[str, Any], ctx: RowContext, plan: Plan) -> None:
         if Decimal(points_text.replace(",", "")) != points:
             plan.problems.append(Problem("points", "must be a whole number"))
     except (InvalidOperation, ValueError):
-        plan.problems.append(Problem("points", "is required, a whole number" if not points_text else f"{points_text[:20]!r} is not a whole number"))
+        plan.problems.append(
+            Problem(
+                "points",
+                "is required, a whole number"
+                if not points_text
+                else f"{points_text[:20]!r} is not a whole number",
+            )
+        )
     if points_text and not plan.problems and points == 0:
         plan.problems.append(Problem("points", "is 0: nothing to open"))
     at = _time(row, "at", ctx, plan, required=False) or ctx.now

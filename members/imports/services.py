@@ -153,7 +153,10 @@ def import_run(
         if job.kind not in EVENT_KINDS and not job.dry_run:
             runner.drain_pipeline()
         with RecordReader(
-            Path(job.path), fmt=runner.mapping.format, encoding=runner.mapping.encoding, delimiter=runner.mapping.delimiter
+            Path(job.path),
+            fmt=runner.mapping.format,
+            encoding=runner.mapping.encoding,
+            delimiter=runner.mapping.delimiter,
         ) as reader:
             batch: list[Record] = []
             for record in reader:
@@ -172,7 +175,9 @@ def import_run(
     except ImportConflict:
         raise
     except Exception as exc:
-        _finish(job, saved, ImportJob.Status.FAILED, error=f"{type(exc).__name__} (see the logs); rerun to resume")
+        _finish(
+            job, saved, ImportJob.Status.FAILED, error=f"{type(exc).__name__} (see the logs); rerun to resume"
+        )
         raise
     _finish(job, saved, ImportJob.Status.SUCCEEDED)
     progress(job)
@@ -195,7 +200,9 @@ class _Runner:
 
     def __post_init__(self) -> None:
         self.now = timezone.now()
-        self.ctx = RowContext(name=self.job.name, zone=self.mapping.zone, now=self.now, policy=normalization_policy())
+        self.ctx = RowContext(
+            name=self.job.name, zone=self.mapping.zone, now=self.now, policy=normalization_policy()
+        )
         self.window = TimestampWindow(
             earliest=settings.EVENT_TIMESTAMP_EARLIEST, days_ahead=settings.EVENT_TIMESTAMP_DAYS_AHEAD
         )
@@ -218,7 +225,9 @@ class _Runner:
             plan = row_plan(self.job.kind, self.mapping.apply(record.fields), self.ctx)
             found += [Reported(record.number, record.line, p.field, p.reason, False) for p in plan.warnings]
             if plan.problems:
-                found += [Reported(record.number, record.line, p.field, p.reason, True) for p in plan.problems]
+                found += [
+                    Reported(record.number, record.line, p.field, p.reason, True) for p in plan.problems
+                ]
                 continue
             plans.append((record, plan))
         with transaction.atomic():
@@ -244,7 +253,14 @@ class _Runner:
         if self.saved:
             kept = max(0, MAX_PROBLEMS_KEPT - job.problems.count()) if found else 0
             ImportProblem.objects.bulk_create(
-                ImportProblem(job=job, record=r.record, line=r.line, field=r.field[:255], reason=r.reason, skipped=r.skipped)
+                ImportProblem(
+                    job=job,
+                    record=r.record,
+                    line=r.line,
+                    field=r.field[:255],
+                    reason=r.reason,
+                    skipped=r.skipped,
+                )
                 for r in found[:kept]
             )
             moved = ImportJob.objects.filter(pk=job.pk, checkpoint=job.checkpoint).update(
@@ -331,7 +347,10 @@ class _Runner:
             if not members:
                 continue
             if len(members) > 1:
-                return None, f"{type_} {value} is held by several members ({', '.join(map(str, sorted(members)))})"
+                return (
+                    None,
+                    f"{type_} {value} is held by several members ({', '.join(map(str, sorted(members)))})",
+                )
             return next(iter(members)), ""
         return None, f"no member holds {ref}: import the members first"
 
@@ -349,10 +368,20 @@ class _Runner:
                     continue
             if plan.tier is not None and plan.tier.tier not in self.tiers:
                 known = ", ".join(sorted(self.tiers)) or "none"
-                found.append(Reported(record.number, record.line, "tier", f"{plan.tier.tier!r} is not a tier of the programme ({known})", True))
+                found.append(
+                    Reported(
+                        record.number,
+                        record.line,
+                        "tier",
+                        f"{plan.tier.tier!r} is not a tier of the programme ({known})",
+                        True,
+                    )
+                )
                 continue
             if plan.opening is not None and plan.opening.points < 0:
-                found.append(Reported(record.number, record.line, "points", "an opening balance is positive", True))
+                found.append(
+                    Reported(record.number, record.line, "points", "an opening balance is positive", True)
+                )
                 continue
             resolved.append((record, plan, member_id))
         if self.job.dry_run:
@@ -360,7 +389,13 @@ class _Runner:
         kind = self.job.kind
         if kind == ImportJob.Kind.BALANCES:
             balances = [
-                OpeningBalance(member_id=m, points=p.opening.points, at=p.opening.at, key=p.opening.key, reason=p.opening.reason)
+                OpeningBalance(
+                    member_id=m,
+                    points=p.opening.points,
+                    at=p.opening.at,
+                    key=p.opening.key,
+                    reason=p.opening.reason,
+                )
                 for _, p, m in resolved
                 if p.opening is not None and m is not None
             ]
@@ -368,7 +403,13 @@ class _Runner:
             return len(written), len(balances) - len(written)
         if kind == ImportJob.Kind.TIERS:
             grants = [
-                TierReached(member_id=m, tier=p.tier.tier, at=p.tier.at, key=p.tier.key, reason=f"reached in {self.job.name}")
+                TierReached(
+                    member_id=m,
+                    tier=p.tier.tier,
+                    at=p.tier.at,
+                    key=p.tier.key,
+                    reason=f"reached in {self.job.name}",
+                )
                 for _, p, m in resolved
                 if p.tier is not None and m is not None
             ]
@@ -444,6 +485,7 @@ def import_jobs_resume_stalled(*, now: datetime | None = None) -> list[int]:
         status=ImportJob.Status.QUEUED, created_at__lt=now - timedelta(seconds=60)
     ).values_list("pk", flat=True)
     stalled = ImportJob.objects.filter(
-        status=ImportJob.Status.RUNNING, updated_at__lt=now - timedelta(seconds=settings.IMPORT_STALLED_SECONDS)
+        status=ImportJob.Status.RUNNING,
+        updated_at__lt=now - timedelta(seconds=settings.IMPORT_STALLED_SECONDS),
     ).values_list("pk", flat=True)
     return sorted({*queued, *stalled})

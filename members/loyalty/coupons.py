@@ -240,7 +240,8 @@ def _campaign_for(carried: CouponCarried, campaigns: dict[str, CouponCampaign]) 
         return campaign
     if carried.value is None or carried.valid_from is None or carried.valid_until is None:
         raise CouponRefused(
-            "campaign", f"no campaign is named {carried.campaign!r}: value, valid_from and valid_until create it"
+            "campaign",
+            f"no campaign is named {carried.campaign!r}: value, valid_from and valid_until create it",
         )
     campaign = CouponCampaign(
         name=carried.campaign,
@@ -300,7 +301,9 @@ def coupons_carry_over(*, coupons: list[CouponCarried]) -> dict[str, str]:
                     outcome[carried.code] = "member: already holds a coupon of this campaign"
                     continue
                 taken.add(pair)
-            wanted.append((carried, Coupon(code=carried.code, campaign=campaign, member_id=carried.member_id)))
+            wanted.append(
+                (carried, Coupon(code=carried.code, campaign=campaign, member_id=carried.member_id))
+            )
         held_pairs = set(
             Coupon.objects.filter(
                 member_id__in=[c.member_id for c, _ in wanted if c.member_id is not None],

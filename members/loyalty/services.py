@@ -719,7 +719,9 @@ def tiers_grant(*, grants: list[TierReached]) -> set[str]:
     known = {tier.key for tier in program_load().tiers}
     for grant in grants:
         if grant.tier not in known:
-            raise PointsRefused("tier", f"{grant.tier!r} is not a tier of the programme ({', '.join(sorted(known))})")
+            raise PointsRefused(
+                "tier", f"{grant.tier!r} is not a tier of the programme ({', '.join(sorted(known))})"
+            )
     if not grants:
         return set()
     with transaction.atomic(), binary_parameters_cursor() as cursor:

@@ -275,7 +275,9 @@ def rows() -> dict[str, object]:
     parked_event = ParkedEvent.objects.create(event=first, stage="identity", **parked)
     parked_member = ParkedMember.objects.create(member_id=member, **parked)
     privacy_request = PrivacyRequest.objects.create(kind=PrivacyRequest.Kind.ACCESS, member_id=member)
-    import_job = ImportJob.objects.create(kind="orders", name="crm", file_name="orders.csv", path="/nowhere", sha256="0" * 64)
+    import_job = ImportJob.objects.create(
+        kind="orders", name="crm", file_name="orders.csv", path="/nowhere", sha256="0" * 64
+    )
     return {
         "member": member, "segment": segment.key, "tag": "vip", "coupon": "AUTUMN-1", "campaign": campaign.pk,
         "webhook": webhook.pk, "source": beijing.pk, "rejected": rejected.pk, "parked_event": parked_event.pk,

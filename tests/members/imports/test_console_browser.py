@@ -14,7 +14,7 @@ from cdp.roles import Role
 from members.imports import services
 from members.imports.models import ImportJob
 from members.imports.tasks import run_job
-from tests.members.test_console_browser import Console, Traffic, browser, screenshots, staff  # noqa: F401
+from tests.members.test_console_browser import Console, Traffic, staff
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -22,11 +22,18 @@ DEMO = Path(__file__).resolve().parents[3] / "members" / "imports" / "demo"
 
 
 def test_an_administrator_uploads_a_legacy_file_and_follows_its_job(
-    live_server, browser, screenshots, settings, tmp_path, monkeypatch  # noqa: F811
+    live_server,
+    browser,
+    screenshots,
+    settings,
+    tmp_path,
+    monkeypatch,
 ):
     settings.IMPORT_DIR = tmp_path
     sent: list[int] = []
-    monkeypatch.setattr("members.imports.tasks.enqueue_on_commit", lambda task, job_id, fallback: sent.append(job_id))
+    monkeypatch.setattr(
+        "members.imports.tasks.enqueue_on_commit", lambda task, job_id, fallback: sent.append(job_id)
+    )
     staff("importer", Role.ADMIN)
     staff("manager", Role.CRM_MANAGER)
     traffic = Traffic(urlsplit(live_server.url).netloc)
@@ -52,7 +59,9 @@ def test_an_administrator_uploads_a_legacy_file_and_follows_its_job(
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        services.import_run(job=ImportJob.objects.get(pk=job_id), batch_size=2, progress=dies_after_two_batches)
+        services.import_run(
+            job=ImportJob.objects.get(pk=job_id), batch_size=2, progress=dies_after_two_batches
+        )
     page.reload()
     progress = int(page.get_by_label("Progress", exact=True).get_attribute("value") or 0)
     assert 0 < progress < 100

@@ -88,7 +88,10 @@ def test_problems_are_reported_per_row_and_the_rest_imported(tmp_path):
     (problem,) = ImportProblem.objects.filter(job=job)
     assert (problem.record, problem.line, problem.field, problem.skipped) == (4, 5, "store", True)
     job, report = run_import("members", csv_file(tmp_path / "members.csv", MEMBERS))
-    assert {(p.line, p.field, p.skipped) for p in report.problems} == {(4, "phone", False), (5, "member_id", True)}
+    assert {(p.line, p.field, p.skipped) for p in report.problems} == {
+        (4, "phone", False),
+        (5, "member_id", True),
+    }
 
 
 def test_the_same_file_twice_changes_nothing(tmp_path):
@@ -152,7 +155,9 @@ def test_a_second_process_on_the_same_job_stops(tmp_path):
 
 def test_a_dry_run_checks_everything_and_writes_nothing(tmp_path, capsys):
     events, sources = Event.objects.count(), Source.objects.count()
-    call_command("import", "orders", str(csv_file(tmp_path / "orders.csv", ORDERS)), "--dry-run", "--no-progress")
+    call_command(
+        "import", "orders", str(csv_file(tmp_path / "orders.csv", ORDERS)), "--dry-run", "--no-progress"
+    )
     out = capsys.readouterr().out
     assert "line 5: store: a pos order needs its store [skipped]" in out
     assert "would import 3, already there 0, skipped 1" in out
@@ -230,7 +235,11 @@ def test_opening_balances_tiers_and_coupons(tmp_path):
     assert PointsAccount.objects.get(member_id=m2).tier == "base"
     assert Coupon.objects.get(code="LEG-1").member_id == m1
     redemption = CouponRedemption.objects.get(coupon__code="LEG-2")
-    assert (redemption.member_id, redemption.order_id, redemption.redeemed_at) == (m2, "O2", datetime(2024, 3, 1, tzinfo=UTC))
+    assert (redemption.member_id, redemption.order_id, redemption.redeemed_at) == (
+        m2,
+        "O2",
+        datetime(2024, 3, 1, tzinfo=UTC),
+    )
     # All three again: nothing twice.
     ImportJob.objects.all().delete()
     for kind, path in (("balances", balances), ("tiers", tiers), ("coupons", coupons)):

@@ -12,9 +12,12 @@ from members.imports.mapping import MappingInvalid, mapping_parse, mapping_text_
 from members.imports.reading import FileUnreadable, RecordReader, encoding_detect
 from members.imports.rows import RowContext, message_id, row_plan
 
-CSV = "member_id,name,phone\nM1,张三,13800138000\nM2,\"Li, Si\",13900139000\n"
+CSV = 'member_id,name,phone\nM1,张三,13800138000\nM2,"Li, Si",13900139000\n'
 CTX = RowContext(
-    name="crm", zone=ZoneInfo("Asia/Shanghai"), now=datetime(2026, 1, 1, tzinfo=UTC), policy=NormalizationPolicy()
+    name="crm",
+    zone=ZoneInfo("Asia/Shanghai"),
+    now=datetime(2026, 1, 1, tzinfo=UTC),
+    policy=NormalizationPolicy(),
 )
 
 
@@ -46,12 +49,18 @@ def test_a_bad_csv_record_is_reported_and_the_next_ones_read(tmp_path):
     path = _write(tmp_path, "m.csv", b"a,b\n1,2\n1,2,3\n\n4,5\n")
     with RecordReader(path) as reader:
         records = list(reader)
-    assert [(r.number, r.line, r.fields is None) for r in records] == [(1, 2, False), (2, 3, True), (3, 5, False)]
+    assert [(r.number, r.line, r.fields is None) for r in records] == [
+        (1, 2, False),
+        (2, 3, True),
+        (3, 5, False),
+    ]
     assert "3 fields where the header names 2" in records[1].problem
 
 
 def test_ndjson_lines_each_an_object(tmp_path):
-    path = _write(tmp_path, "o.ndjson.gz", b'{"order_id": "O1"}\n\nnot json\n[1]\n{"order_id": "O2"}\n', gz=True)
+    path = _write(
+        tmp_path, "o.ndjson.gz", b'{"order_id": "O1"}\n\nnot json\n[1]\n{"order_id": "O2"}\n', gz=True
+    )
     with RecordReader(path) as reader:
         records = list(reader)
     assert [r.line for r in records] == [1, 3, 4, 5]
@@ -67,9 +76,15 @@ def test_a_file_not_in_its_encoding_fails_as_a_whole(tmp_path):
 
 
 def test_mapping_renames_columns_and_fills_defaults():
-    mapping = mapping_text_read("columns:\n  会员编号: member_id\n  备注: null\ndefaults:\n  channel: pos\ntimezone: Asia/Shanghai\n")
+    mapping = mapping_text_read(
+        "columns:\n  会员编号: member_id\n  备注: null\ndefaults:\n  channel: pos\ntimezone: Asia/Shanghai\n"
+    )
     parsed = mapping_parse(mapping)
-    assert parsed.apply({"会员编号": " M1 ", "备注": "x", "other": "y"}) == {"member_id": "M1", "other": "y", "channel": "pos"}
+    assert parsed.apply({"会员编号": " M1 ", "备注": "x", "other": "y"}) == {
+        "member_id": "M1",
+        "other": "y",
+        "channel": "pos",
+    }
 
 
 @pytest.mark.parametrize(
@@ -132,12 +147,51 @@ def test_order_row_amounts_as_numbers_and_its_channel():
 @pytest.mark.parametrize(
     ("row", "field"),
     [
-        ({"order_id": "O1", "member_id": "M1", "channel": "pos", "total": "1", "completed_at": "2024-01-01"}, "store"),
-        ({"order_id": "O1", "member_id": "M1", "channel": "fax", "total": "1", "completed_at": "2024-01-01"}, "channel"),
-        ({"order_id": "O1", "member_id": "M1", "channel": "web", "total": "x", "completed_at": "2024-01-01"}, "total"),
-        ({"order_id": "O1", "member_id": "M1", "channel": "web", "total": "1", "completed_at": "yesterday"}, "completed_at"),
+        (
+            {
+                "order_id": "O1",
+                "member_id": "M1",
+                "channel": "pos",
+                "total": "1",
+                "completed_at": "2024-01-01",
+            },
+            "store",
+        ),
+        (
+            {
+                "order_id": "O1",
+                "member_id": "M1",
+                "channel": "fax",
+                "total": "1",
+                "completed_at": "2024-01-01",
+            },
+            "channel",
+        ),
+        (
+            {
+                "order_id": "O1",
+                "member_id": "M1",
+                "channel": "web",
+                "total": "x",
+                "completed_at": "2024-01-01",
+            },
+            "total",
+        ),
+        (
+            {
+                "order_id": "O1",
+                "member_id": "M1",
+                "channel": "web",
+                "total": "1",
+                "completed_at": "yesterday",
+            },
+            "completed_at",
+        ),
         ({"order_id": "O1", "channel": "web", "total": "1", "completed_at": "2024-01-01"}, "member_id"),
-        ({"order_id": "", "member_id": "M1", "channel": "web", "total": "1", "completed_at": "2024-01-01"}, "order_id"),
+        (
+            {"order_id": "", "member_id": "M1", "channel": "web", "total": "1", "completed_at": "2024-01-01"},
+            "order_id",
+        ),
     ],
 )
 def test_a_bad_order_row_names_its_field(row, field):

@@ -9,6 +9,7 @@ their own digit, cards with their own prefix), and are compared person by person
 import json
 import random
 from collections import defaultdict
+from typing import Any
 from datetime import timedelta
 
 import pytest
@@ -29,11 +30,21 @@ pytestmark = pytest.mark.django_db
 PEOPLE = 24
 WALK_INS = 4  # customers with orders by phone and no member record
 SEGMENTS = {
-    "pos-twice-90": {"event": "Order Completed", "where": {"channel": "pos"}, "in_last_days": 90, "at_least": 2},
+    "pos-twice-90": {
+        "event": "Order Completed",
+        "where": {"channel": "pos"},
+        "in_last_days": 90,
+        "at_least": 2,
+    },
     "spend-500": {"aggregate": "spend", "op": "gte", "value": 500},
     "sms-ok": {"consent": "marketing_sms"},
     "points-300": {"points": {"op": "gte", "value": 300}},
-    "shanghai-buyers": {"all": [{"trait": "city", "op": "eq", "value": "上海"}, {"aggregate": "orders", "op": "gte", "value": 1}]},
+    "shanghai-buyers": {
+        "all": [
+            {"trait": "city", "op": "eq", "value": "上海"},
+            {"aggregate": "orders", "op": "gte", "value": 1},
+        ]
+    },
 }
 
 
@@ -41,11 +52,11 @@ def _phone(world: int, i: int) -> str:
     return f"138{world}{i:07d}"
 
 
-def _history(seed: int = 7) -> tuple[list[dict], list[dict], list[dict]]:
+def _history(seed: int = 7) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """People (members), orders and refunds in world-neutral terms."""
     rng = random.Random(seed)
     now = timezone.now().replace(microsecond=0)
-    people = [
+    people: list[dict[str, Any]] = [
         {
             "i": i,
             "name": f"顾客{i}",
@@ -56,12 +67,13 @@ def _history(seed: int = 7) -> tuple[list[dict], list[dict], list[dict]]:
         }
         for i in range(PEOPLE)
     ]
-    orders, refunds = [], []
+    orders: list[dict[str, Any]] = []
+    refunds: list[dict[str, Any]] = []
     for n in range(110):
         i = rng.randrange(PEOPLE + WALK_INS)
         channel = rng.choice(["pos", "pos", "app", "web"])
         by = "phone" if i >= PEOPLE else rng.choice(["phone", "card", "card2"])
-        order = {
+        order: dict[str, Any] = {
             "order_id": f"O{n}",
             "i": i,
             "by": by,
@@ -91,7 +103,7 @@ def _stream_live(people, orders, refunds) -> None:
     web = SourceFactory(kind="web", name="live web")
     app = SourceFactory(kind="app", name="live app")
     stores = {code: SourceFactory(pos=True, store_code=code, name=f"live {code}") for code in ("S1", "S2")}
-    sent: dict[object, list[dict]] = defaultdict(list)
+    sent: dict[Any, list[dict]] = defaultdict(list)
     for person in people:
         i = person["i"]
         sent[web].append({
@@ -108,7 +120,9 @@ def _stream_live(people, orders, refunds) -> None:
             })  # fmt: skip
     for event, rows in (("Order Completed", orders), ("Order Refunded", refunds)):
         for row in rows:
-            source = stores[row["store"]] if row["channel"] == "pos" else app if row["channel"] == "app" else web
+            source = (
+                stores[row["store"]] if row["channel"] == "pos" else app if row["channel"] == "app" else web
+            )
             key = row.get("refund_id", row["order_id"])
             sent[source].append({
                 "type": "track", "event": event, "messageId": f"{event}-{key}", "anonymousId": f"till-{key}",
@@ -148,7 +162,11 @@ def _import_files(tmp_path, people, orders, refunds) -> None:
             for r in rows
         ]  # fmt: skip
 
-    for kind, rows in (("members", members), ("orders", lines(orders, "completed_at")), ("refunds", lines(refunds, "refunded_at"))):
+    for kind, rows in (
+        ("members", members),
+        ("orders", lines(orders, "completed_at")),
+        ("refunds", lines(refunds, "refunded_at")),
+    ):
         path = csv_file(tmp_path / f"{kind}.csv", rows, encoding="gb18030")
         call_command("import", kind, str(path), "--name", "crm", "--no-progress", "--batch-size", "25")
     drain()
@@ -158,7 +176,11 @@ def _world(world: int, people_count: int) -> dict[int, dict]:
     """Everything about each person of a world, with the world's marks taken out."""
     by_person = {}
     for i in range(people_count):
-        holder = Identifier.objects.filter(type="phone", value=f"+86{_phone(world, i)}").values_list("member_id", flat=True).first()
+        holder = (
+            Identifier.objects.filter(type="phone", value=f"+86{_phone(world, i)}")
+            .values_list("member_id", flat=True)
+            .first()
+        )
         if holder is None:
             continue
         member = Member.objects.get(pk=holder)
@@ -167,10 +189,16 @@ def _world(world: int, people_count: int) -> dict[int, dict]:
             (t, v.replace(f"W{world}-", "W-").replace(f"+86138{world}", "+86138X"))
             for t, v in Identifier.objects.filter(member_id=member.pk).exclude(type="anonymous_id").values_list("type", "value")
         )  # fmt: skip
-        figures = MemberAggregate.objects.filter(member_id=member.pk).values().first() or {}
+        figures: dict[str, Any] = dict(
+            MemberAggregate.objects.filter(member_id=member.pk).values().first() or {}
+        )
         figures = {k: v for k, v in figures.items() if k not in ("member_id", "computed_at")}
-        account = PointsAccount.objects.filter(member_id=member.pk).values("balance", "tier", "tier_since").first()
-        ledger = sorted(PointsEntry.objects.filter(member_id=member.pk).values_list("kind", "points", "at", "order_id"))
+        account = (
+            PointsAccount.objects.filter(member_id=member.pk).values("balance", "tier", "tier_since").first()
+        )
+        ledger = sorted(
+            PointsEntry.objects.filter(member_id=member.pk).values_list("kind", "points", "at", "order_id")
+        )
         traits = {
             key: value for key, value in MemberTrait.objects.filter(member_id=member.pk).values_list("key", "value")
             if key not in ("phone", "member_card")
@@ -182,7 +210,9 @@ def _world(world: int, people_count: int) -> dict[int, dict]:
             "ledger": ledger,
             "traits": traits,
             "tags": sorted(MemberTag.objects.filter(member_id=member.pk).values_list("tag__key", flat=True)),
-            "segments": sorted(SegmentMember.objects.filter(member_id=member.pk).values_list("segment__key", flat=True)),
+            "segments": sorted(
+                SegmentMember.objects.filter(member_id=member.pk).values_list("segment__key", flat=True)
+            ),
         }
     return by_person
 
@@ -206,5 +236,7 @@ def test_importing_a_history_gives_what_streaming_it_live_gives(tmp_path):
     assert sum(1 for p in everyone if p["figures"].get("refunded")) >= 3
     for key in SEGMENTS:
         assert any(key in p["segments"] for p in everyone), key
-    assert any(len([t for t, _ in p["identifiers"] if t == "member_card"]) == 2 for p in everyone)  # a second card linked
+    assert any(
+        len([t for t, _ in p["identifiers"] if t == "member_card"]) == 2 for p in everyone
+    )  # a second card linked
     assert Member.objects.filter(status="active").count() == 2 * len(live)

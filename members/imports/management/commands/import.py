@@ -26,10 +26,16 @@ class Command(BaseCommand):
         parser.add_argument("kind", choices=ImportJob.Kind.values)
         parser.add_argument("file", type=Path)
         parser.add_argument(
-            "--name", default="legacy", help="The import's name (the legacy system); the same for all its files."
+            "--name",
+            default="legacy",
+            help="The import's name (the legacy system); the same for all its files.",
         )
-        parser.add_argument("--mapping", type=Path, help="A column mapping (YAML or JSON) for a legacy layout.")
-        parser.add_argument("--dry-run", action="store_true", help="Check every row and report; write nothing.")
+        parser.add_argument(
+            "--mapping", type=Path, help="A column mapping (YAML or JSON) for a legacy layout."
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Check every row and report; write nothing."
+        )
         parser.add_argument("--batch-size", type=int, default=2000)
         parser.add_argument("--no-progress", action="store_true", help="No progress bar (logs, CI).")
 
