@@ -9,8 +9,8 @@ their own digit, cards with their own prefix), and are compared person by person
 import json
 import random
 from collections import defaultdict
-from typing import Any
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.core.management import call_command
