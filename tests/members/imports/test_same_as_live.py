@@ -169,7 +169,11 @@ def _import_files(tmp_path, people, orders, refunds) -> None:
     ):
         path = csv_file(tmp_path / f"{kind}.csv", rows, encoding="gb18030")
         call_command("import", kind, str(path), "--name", "crm", "--no-progress", "--batch-size", "25")
-    drain()
+    # Resolution of the whole history first, then one refresh per member (the command's --resolve;
+    # the file was imported already: only the resolution runs).
+    call_command(
+        "import", "orders", str(tmp_path / "orders.csv"), "--name", "crm", "--no-progress", "--resolve"
+    )
 
 
 def _world(world: int, people_count: int) -> dict[int, dict]:

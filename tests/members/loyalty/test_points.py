@@ -636,7 +636,11 @@ def test_a_tier_reached_elsewhere_is_held_from_its_date_and_reviewed_like_any_ot
     assert (kept.tier, kept.tier_since) == ("gold", T0)
     reviewed = points_derive(program=tiered(Downgrade.ONE_STEP), orders=(), lines={}, events=(), recorded=(),
                              now=datetime(2026, 3, 15, tzinfo=UTC), grants=[grant])  # fmt: skip
-    assert [c.to_tier for c in reviewed.tier_changes] == ["gold", "silver", "member"]  # February's, March's reviews
+    assert [c.to_tier for c in reviewed.tier_changes] == [
+        "gold",
+        "silver",
+        "member",
+    ]  # February's, March's reviews
     unknown = TierGrant(at=T0, tier="diamond", key="tier:crm:M2", reason="reached in crm")
     assert points_derive(program=tiered(), orders=(), lines={}, events=(), recorded=(), now=T0 + DAY,
                          grants=[unknown]).tier == "member"  # fmt: skip

@@ -9,7 +9,7 @@ from tqdm import tqdm
 from members.imports.mapping import MappingInvalid, mapping_file_read
 from members.imports.models import ImportJob
 from members.imports.reading import FileUnreadable
-from members.imports.services import ImportConflict, Report, import_job_create, import_run
+from members.imports.services import ImportConflict, Report, import_job_create, import_run, imported_resolve
 
 #: Problems printed in full; the rest are counted (a job keeps up to 10,000 for the API).
 SHOWN_PROBLEMS = 50
@@ -38,6 +38,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--batch-size", type=int, default=2000)
         parser.add_argument("--no-progress", action="store_true", help="No progress bar (logs, CI).")
+        parser.add_argument(
+            "--resolve",
+            action="store_true",
+            help="Then resolve and refresh every waiting event here (resolution of all first, then one "
+            "refresh per member), instead of leaving them to the workers.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         path: Path = options["file"]
@@ -58,6 +64,7 @@ class Command(BaseCommand):
         )
         if not created and job.status == ImportJob.Status.SUCCEEDED:
             self.stdout.write(f"{path} was imported already (job {job.pk}): {_counts(job)}. Nothing to do.")
+            self._resolve(options)
             return
         if not created:
             self.stdout.write(f"Resuming job {job.pk} after record {job.checkpoint} (line {job.line}).")
@@ -91,11 +98,19 @@ class Command(BaseCommand):
             self.stdout.write(f"line {problem.line}: {problem.field or '(row)'}: {problem.reason} [{what}]")
         if len(report.problems) > SHOWN_PROBLEMS:
             self.stdout.write(f"… and {len(report.problems) - SHOWN_PROBLEMS} more problems")
+        if not dry_run:
+            self._resolve(options)
         verb = "would import" if dry_run else "imported"
         self.stdout.write(
             f"{verb} {report.imported}, already there {report.duplicate}, skipped {report.skipped}, "
             f"warnings {report.warnings}" + ("" if dry_run else f" (job {job.pk})")
         )
+
+    def _resolve(self, options: dict[str, Any]) -> None:
+        if options["resolve"]:
+            self.stdout.write("Resolving and refreshing the imported events…")
+            resolved, refreshed = imported_resolve()
+            self.stdout.write(f"resolved {resolved} events; refresh work done: {refreshed}")
 
 
 def _counts(job: ImportJob) -> str:
