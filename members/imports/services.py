@@ -481,12 +481,22 @@ def import_job_run(*, job_id: int) -> None:
         return
     try:
         import_run(job=job)
+        _upload_forget(job)
     except ImportConflict:
         logger.info("import job %s is run by another worker", job_id)
     except FileUnreadable:
         pass  # on the job's row: the file itself is wrong, running it again cannot help
     except Exception:
         logger.exception("import job %s failed; it resumes at its checkpoint when run again", job_id)
+
+
+def _upload_forget(job: ImportJob) -> None:
+    """An uploaded file (kept under ``IMPORT_DIR``) is deleted once its job is done: it holds
+    personal data the platform now holds where it belongs. A file named on the command line is
+    the caller's and stays."""
+    path = Path(job.path)
+    if path.parent.resolve() == Path(settings.IMPORT_DIR).resolve():
+        path.unlink(missing_ok=True)
 
 
 def import_jobs_resume_stalled(*, now: datetime | None = None) -> list[int]:

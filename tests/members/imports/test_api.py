@@ -61,7 +61,9 @@ def test_an_upload_starts_a_job_that_a_worker_runs(
         "orders.csv.gz",
     )
     assert nudged == [job["id"]]
+    (kept,) = tmp_path.iterdir()
     run_job(job["id"])
+    assert not kept.exists()  # the upload is gone once its job is done
     done = admin.get(f"/api/v1/imports/{job['id']}/").json()
     assert (done["status"], done["progress"], done["rows_imported"], done["rows_skipped"], done["line"]) == (
         "succeeded", 1.0, 2, 1, 4
