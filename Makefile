@@ -34,8 +34,14 @@ services: install ## Check PostgreSQL and Redis are up (and create the database)
 migrate: services ## Apply database migrations
 	@$(BIN)/python manage.py migrate --noinput -v0
 
-demo: migrate ## Load demo sources, members and events (MEMBERS=2000)
+IMPORT_DEMO := members/imports/demo
+
+demo: migrate ## Load demo sources, members and events (MEMBERS=2000), and import a legacy brand's history
 	@$(BIN)/python manage.py demo --members $(MEMBERS) --url http://127.0.0.1:$(WEB_PORT) --process
+	@# A legacy CRM's and POS's exports (GB18030, Chinese columns) through the import path (members.imports).
+	@$(BIN)/python manage.py import members $(IMPORT_DEMO)/members.gb18030.csv --name oldpos --mapping $(IMPORT_DEMO)/members.mapping.yaml --no-progress
+	@$(BIN)/python manage.py import orders $(IMPORT_DEMO)/orders.gb18030.csv --name oldpos --mapping $(IMPORT_DEMO)/orders.mapping.yaml --no-progress
+	@$(BIN)/python manage.py import balances $(IMPORT_DEMO)/balances.csv --name oldpos --no-progress
 
 # honcho stops every process when one exits and restarts none: the Procfile runs the worker
 # and beat under bin/respawn, which starts them again.
@@ -83,12 +89,16 @@ format: install-dev ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: install-dev ## Benchmarks: ingestion, identity resolution, member 360, loyalty, segments (results: docs/benchmarks.md)
+bench: install-dev ## Benchmarks: ingestion, identity resolution, member 360, loyalty, segments, imports (results: docs/benchmarks.md)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/identity.py
 	$(BIN)/python bench/members.py
 	$(BIN)/python bench/points.py
 	$(BIN)/python bench/segments.py
+	$(BIN)/python bench/ingest_single.py
+	$(BIN)/python bench/insights.py
+	$(BIN)/python bench/funnels.py
+	$(BIN)/python bench/imports.py
 
 # Faults with figures (docs/benchmarks.md, "Faults"): real workers and a private Redis, never the
 # shared services. They are integration tests, so `make test` runs them too.

@@ -28,6 +28,7 @@ SECTIONS = (
     Section("console:insights-cohorts", "Cohorts", "insights.view_funnel"),
     Section("console:audit", "Audit log", "cdp.view_auditentry"),
     Section("console:alerts", "Alerts", "ops.view_alert"),
+    Section("console:imports", "Imports", "imports.view_importjob"),
 )
 
 

@@ -47,6 +47,8 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
         "segments.view_tag",
         "segments.add_membertag",
         "segments.delete_membertag",
+        # Follows import jobs (members.imports.api says why); starting one is the administrator's.
+        "imports.view_importjob",
     ),
     Role.MARKETING: (
         "loyalty.view_couponcampaign",
@@ -113,6 +115,7 @@ PLATFORM_APPS = (
     "privacy",
     "insights",
     "ops",
+    "imports",
 )
 
 

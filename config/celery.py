@@ -102,6 +102,13 @@ def _beat_schedule() -> dict[str, dict]:
             "schedule": settings.ALERT_EVALUATE_INTERVAL_SECONDS,
             "options": {"expires": settings.ALERT_EVALUATE_INTERVAL_SECONDS},
         },
+        # Import jobs whose nudge was lost or whose worker died: sent again, they resume at
+        # their checkpoint.
+        "imports-resume-stalled": {
+            "task": "imports.resume_stalled",
+            "schedule": 60,
+            "options": {"expires": 60},
+        },
         # Segment webhooks: retries whose backoff ended and deliveries whose nudge was lost.
         "webhooks-sweep": {
             "task": "members.segments.webhooks_sweep",

@@ -14,6 +14,7 @@ from cdp.login import ConsoleLoginView
 from cdp.metrics_view import metrics
 from members import console
 from members.consent import console as consent_console
+from members.imports import console as imports_console
 from members.insights import console as insights_console
 from members.insights import console_funnels as insights_funnels_console
 from members.privacy import console as privacy_console
@@ -33,6 +34,7 @@ console_urls = (
         *insights_console.urlpatterns,
         *ops_console.urlpatterns,
         *insights_funnels_console.urlpatterns,
+        *imports_console.urlpatterns,
     ],
     "console",
 )
@@ -48,6 +50,7 @@ urlpatterns = [
     path("api/v1/", include("members.urls")),
     path("api/v1/", include("members.privacy.urls")),
     path("api/v1/", include("members.insights.urls")),
+    path("api/v1/", include("members.imports.urls")),
     path("api/v1/", include("cdp.urls")),
     path("api/v1/", include("ops.urls")),
     path("api/v1/insights/", include("members.insights.urls_funnels")),

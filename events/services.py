@@ -85,6 +85,9 @@ def source_set_enabled(*, source: Source, enabled: bool) -> Source:
 class IngestOutcome:
     accepted: int
     duplicates: int
+    #: The messageIds stored now (the others were stored before): an import tells a row it
+    #: wrote from one it had written in an earlier run.
+    accepted_ids: frozenset[str] = frozenset()
 
 
 _TEXT_COLUMNS = (
@@ -114,14 +117,14 @@ def _insert_sql() -> str:
         f"INSERT INTO {table} (source_id, channel, store_code, received_at, {', '.join(batch_columns)}) "  # noqa: S608
         f"SELECT %b, %b, %b, %b, {selected} "
         f"FROM unnest({unnest_args}) AS m({', '.join(batch_columns)}) "
-        "ON CONFLICT (source_id, message_id) DO NOTHING RETURNING 1"
+        "ON CONFLICT (source_id, message_id) DO NOTHING RETURNING message_id"
     )
 
 
 _INSERT_SQL = _insert_sql()
 
 
-def _events_insert(*, source: Source, received_at: datetime, messages: Sequence[Message]) -> int:
+def _events_insert(*, source: Source, received_at: datetime, messages: Sequence[Message]) -> frozenset[str]:
     """One statement for the whole request; the unique constraint drops repeated messageIds
     (also within the request), so concurrent retries can never store an event twice."""
     params: list[Any] = [source.pk, source.kind, source.store_code, received_at]
@@ -129,7 +132,7 @@ def _events_insert(*, source: Source, received_at: datetime, messages: Sequence[
     params += [[_json_text(getattr(m, column)) for m in messages] for column in _JSON_COLUMNS]
     with binary_parameters_cursor() as cursor:
         cursor.execute(_INSERT_SQL, params)
-        return len(cursor.fetchall())
+        return frozenset(row[0] for row in cursor.fetchall())
 
 
 def _insert_one_sql() -> str:
@@ -185,16 +188,19 @@ def events_ingest(
     (and the periodic sweep finds them if that nudge is lost).
     """
     with transaction.atomic():
-        accepted = (
-            _events_insert(source=source, received_at=received_at, messages=messages) if messages else 0
+        accepted_ids = (
+            _events_insert(source=source, received_at=received_at, messages=messages)
+            if messages
+            else frozenset()
         )
+        accepted = len(accepted_ids)
         if rejections:
             rejections_record(
                 source=source, endpoint=endpoint, received_at=received_at, rejections=rejections
             )
         if accepted:
             transaction.on_commit(process_pending_enqueue)
-    return IngestOutcome(accepted=accepted, duplicates=len(messages) - accepted)
+    return IngestOutcome(accepted=accepted, duplicates=len(messages) - accepted, accepted_ids=accepted_ids)
 
 
 def rejections_record(

@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "members.privacy",  # likewise (label "privacy")
     "members.insights",  # likewise (label "insights")
     "ops",  # alerting: above every app, it reads their state (see the layers contract)
+    "members.imports",  # likewise (label "imports"): onboarding a brand's history from files
 ]
 
 MIDDLEWARE = [
@@ -301,6 +302,14 @@ SEGMENTS_COMPUTE_WORK_MEM = env("SEGMENTS_COMPUTE_WORK_MEM", default="256MB")
 # --- Segment webhooks (members.segments.webhooks) -------------------------------------------
 #: How often beat looks for deliveries due (retries after backoff, nudges that were lost).
 WEBHOOK_SWEEP_INTERVAL_SECONDS = env.int("WEBHOOK_SWEEP_INTERVAL_SECONDS", default=30)
+
+# Imports (members.imports): where uploaded files are kept while their job runs (a directory
+# the web and worker processes share), and how long a running job may commit nothing before
+# beat sends it to a worker again (it resumes at its checkpoint; a batch takes well under a
+# second, so ten minutes means its worker is gone).
+IMPORT_DIR = Path(env("IMPORT_DIR", default=str(BASE_DIR / "var" / "imports")))
+IMPORT_STALLED_SECONDS = env.int("IMPORT_STALLED_SECONDS", default=600)
+IMPORT_MAX_UPLOAD_BYTES = env.int("IMPORT_MAX_UPLOAD_BYTES", default=4 * 1024**3)
 #: The whole of one delivery (connect, send, answer) must fit in this.
 WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
 #: Changes per delivery at most.

@@ -14,6 +14,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.contrib.auth.models import AnonymousUser, User
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -208,3 +209,131 @@ def coupons_release_for_orders(*, order_ids: list[str], reason: str) -> int:
     in_force = CouponRedemption.objects.filter(order_id__in=order_ids, released_at__isnull=True)
     ids = list(in_force.order_by("pk").select_for_update().values_list("pk", flat=True))
     return in_force.filter(pk__in=ids).update(released_at=timezone.now(), release_reason=reason[:200])
+
+
+# Onboarding (members.imports) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CouponCarried:
+    """A coupon already in a customer's hands in a legacy system. ``campaign`` names the
+    campaign (created from this row's terms when no campaign has that name); a redeemed one
+    carries its redemption."""
+
+    code: str
+    campaign: str
+    member_id: int | None
+    benefit: str
+    value: Decimal | None
+    currency: str
+    minimum_spend: Decimal
+    valid_from: datetime | None
+    valid_until: datetime | None
+    redeemed_at: datetime | None
+    order_id: str
+    channel: str
+    order_total: Decimal
+
+
+def _campaign_for(carried: CouponCarried, campaigns: dict[str, CouponCampaign]) -> CouponCampaign:
+    if (campaign := campaigns.get(carried.campaign)) is not None:
+        return campaign
+    if carried.value is None or carried.valid_from is None or carried.valid_until is None:
+        raise CouponRefused(
+            "campaign",
+            f"no campaign is named {carried.campaign!r}: value, valid_from and valid_until create it",
+        )
+    campaign = CouponCampaign(
+        name=carried.campaign,
+        benefit=carried.benefit,
+        value=carried.value,
+        currency=carried.currency,
+        minimum_spend=carried.minimum_spend,
+        valid_from=carried.valid_from,
+        valid_until=carried.valid_until,
+    )
+    try:
+        campaign.full_clean()
+    except ValidationError as exc:
+        field, messages = next(iter(exc.message_dict.items()))
+        raise CouponRefused(field if field != "__all__" else "campaign", "; ".join(messages)) from exc
+    campaign.save()
+    campaigns[carried.campaign] = campaign
+    return campaign
+
+
+def coupons_carry_over(*, coupons: list[CouponCarried]) -> dict[str, str]:
+    """Issue these legacy coupons under their own codes (and record the redemption of those
+    used); returns, by code, why a coupon was not issued now: ``"duplicate"`` when the same
+    coupon was issued before (an import run twice issues nothing twice), else the reason it
+    cannot be (its code held by another coupon, a second coupon of one campaign for one
+    member, a campaign that cannot be made)."""
+    outcome: dict[str, str] = {}
+    if not coupons:
+        return outcome
+    with transaction.atomic():
+        names = {c.campaign for c in coupons}
+        campaigns: dict[str, CouponCampaign] = {}
+        for campaign in CouponCampaign.objects.filter(name__in=names).order_by("-id"):
+            campaigns[campaign.name] = campaign  # the earliest of a name wins (ordered last)
+        existing = {c.code: c for c in Coupon.objects.filter(code__in=[c.code for c in coupons])}
+        wanted: list[tuple[CouponCarried, Coupon]] = []
+        taken: set[tuple[int, int]] = set()
+        seen: set[str] = set()
+        for carried in coupons:
+            if carried.code in seen:
+                outcome[carried.code] = "duplicate"  # the same code twice in one batch: once
+                continue
+            seen.add(carried.code)
+            try:
+                campaign = _campaign_for(carried, campaigns)
+            except CouponRefused as refused:
+                outcome[carried.code] = f"{refused.field}: {refused.reason}"
+                continue
+            held = existing.get(carried.code)
+            if held is not None:
+                same = held.campaign_id == campaign.pk and held.member_id == carried.member_id
+                outcome[carried.code] = "duplicate" if same else "code: already the code of another coupon"
+                continue
+            if carried.member_id is not None:
+                pair = (campaign.pk, carried.member_id)
+                if pair in taken:
+                    outcome[carried.code] = "member: already holds a coupon of this campaign"
+                    continue
+                taken.add(pair)
+            wanted.append(
+                (carried, Coupon(code=carried.code, campaign=campaign, member_id=carried.member_id))
+            )
+        held_pairs = set(
+            Coupon.objects.filter(
+                member_id__in=[c.member_id for c, _ in wanted if c.member_id is not None],
+                campaign__in=[coupon.campaign for _, coupon in wanted],
+            ).values_list("campaign_id", "member_id")
+        )
+        issued = []
+        for carried, coupon in wanted:
+            if carried.member_id is not None and (coupon.campaign.pk, carried.member_id) in held_pairs:
+                outcome[carried.code] = "member: already holds a coupon of this campaign"
+            else:
+                issued.append((carried, coupon))
+        Coupon.objects.bulk_create([coupon for _, coupon in issued])
+        for carried, coupon in issued:
+            if carried.redeemed_at is None:
+                continue
+            campaign = coupon.campaign
+            discount = (
+                campaign.value
+                if campaign.benefit == CouponCampaign.Benefit.AMOUNT
+                else (carried.order_total * campaign.value / 100).quantize(Decimal("0.01"))
+            )
+            redemption = CouponRedemption.objects.create(
+                coupon=coupon,
+                member_id=carried.member_id,
+                order_id=carried.order_id,
+                channel=carried.channel,
+                order_total=carried.order_total,
+                discount=discount,
+            )
+            # auto_now_add stamps the import's time; a carried redemption keeps its own.
+            CouponRedemption.objects.filter(pk=redemption.pk).update(redeemed_at=carried.redeemed_at)
+    return outcome

@@ -256,6 +256,23 @@ class TierChange(models.Model):
         return f"member {self.member_id}: {self.from_tier or '—'} → {self.to_tier} at {self.at}"
 
 
+class TierGrant(models.Model):
+    """A tier a member reached elsewhere (a legacy programme's, imported), with the date reached.
+    A fact, like a staff adjustment in the ledger: the derivation of the member's tier starts
+    from it (``points.TierGrant``), and the programme's reviews apply to it from then on. It
+    follows the member it was granted to through merges (read for the survivor too)."""
+
+    member = models.ForeignKey("members.Member", on_delete=models.PROTECT, related_name="+")
+    tier = models.CharField(max_length=32)
+    at = models.DateTimeField(help_text="When the member reached it.")
+    key = models.CharField(max_length=255, unique=True, help_text="What granted it: one grant per key.")
+    reason = models.CharField(max_length=300)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"member {self.member_id}: {self.tier} since {self.at:%Y-%m-%d} ({self.key})"
+
+
 class CouponCampaign(models.Model):
     """Coupons issued together: what each is worth, from when to when, where it may be used."""
 

@@ -156,6 +156,17 @@ class TierChange:
 
 
 @dataclass(frozen=True, slots=True)
+class TierGrant:
+    """A tier a member reached elsewhere (a legacy programme, imported): from ``at`` they hold
+    at least ``tier``; the programme's reviews and downgrades apply to it from then on."""
+
+    at: datetime
+    tier: str
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Derivation:
     due: tuple[Due, ...]
     tier: str
@@ -297,13 +308,14 @@ def points_derive(
     events: Iterable[LoyaltyEvent],
     recorded: Iterable[Recorded],
     now: datetime,
+    grants: Iterable[TierGrant] = (),
 ) -> Derivation:
     """Every ledger entry and the tier a member's history calls for, as of ``now``.
 
     ``orders`` are the member's ``Order Completed`` / ``Order Refunded`` facts (of the orders
     they own), ``lines`` the products of each completion (by event id), ``events`` sign-ups and
     referrals, ``recorded`` the member's ledger rows (only the ones staff or tills recorded are
-    read).
+    read), ``grants`` the tiers reached elsewhere (imported).
     """
     tiers = program.tiers_by_rank()
     facts = [r for r in recorded if not r.derived]
@@ -320,6 +332,8 @@ def points_derive(
         timeline.append(((event.at, 0, event.message_id), partial(state.loyalty_event, event)))
     for fact in facts:
         timeline.append(((fact.at, 2, fact.key), partial(state.fact, fact)))
+    for grant in grants:
+        timeline.append(((grant.at, 3, grant.key), partial(state.grant, grant)))
     timeline.sort(key=lambda step: step[0])
 
     for (at, _, _), apply in timeline:
@@ -650,6 +664,15 @@ class _Replay:
             )
         if self.review_at is None and self.program.downgrade != Downgrade.NONE:
             self.review_at = self.program.next_review(at)
+
+    def grant(self, grant: TierGrant) -> None:
+        """A tier reached elsewhere: held from its date if above the tier held then (a tier the
+        programme does not have is ignored); reviews apply to it as to any tier reached."""
+        index = self._index(grant.tier)
+        if index > self._index(self.tier):
+            self._change(grant.at, grant.tier, grant.reason)
+        if index >= 0 and self.review_at is None and self.program.downgrade != Downgrade.NONE:
+            self.review_at = self.program.next_review(grant.at)
 
     def _review(self, at: datetime) -> None:
         self.review_at = self.program.next_review(at)

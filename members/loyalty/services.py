@@ -30,7 +30,7 @@ from identity.selectors import identifier_lookup_values, members_holding
 from members.aggregates import OrderEvent, orders_of
 from members.locks import member_refresh_locks
 from members.loyalty.coupons import coupons_release_for_orders
-from members.loyalty.models import LoyaltyProgram, PointsAccount, PointsEntry, TierChange
+from members.loyalty.models import LoyaltyProgram, PointsAccount, PointsEntry, TierChange, TierGrant
 from members.loyalty.points import (
     MAX_POINTS_MOVE,
     Derivation,
@@ -42,6 +42,7 @@ from members.loyalty.points import (
     cause_of,
     points_derive,
 )
+from members.loyalty.points import TierGrant as GrantFact
 from members.loyalty.program import NegativeBalance, Program
 from members.loyalty.selectors import points_available, program_load
 from members.marks import members_mark_dirty
@@ -178,6 +179,11 @@ def points_reconcile(
         if (points := sum(r.points for r in bonuses)) > 0:
             first = min(bonuses, key=lambda r: r.at)
             facts[member_id].append(replace(first, key=cause, points=points, derived=False))
+    grants: dict[int, list[GrantFact]] = defaultdict(list)
+    for grant in TierGrant.objects.filter(member_id__in=histories.keys() | absorbed_here):
+        grants[survivors.get(grant.member_id, grant.member_id)].append(
+            GrantFact(at=grant.at, tier=grant.tier, key=grant.key, reason=grant.reason)
+        )
     derivations = {
         member_id: points_derive(
             program=program,
@@ -186,6 +192,7 @@ def points_reconcile(
             events=history.events,
             recorded=facts[member_id],
             now=now,
+            grants=grants[member_id],
         )
         for member_id, history in histories.items()
     }
@@ -470,6 +477,12 @@ def _retired_move(survivors: dict[int, int]) -> None:
             arguments,
         )
         moved += cursor.rowcount
+        cursor.execute(
+            f"UPDATE {TierGrant._meta.db_table} AS g SET member_id = m.survivor "  # noqa: S608 - the model's table
+            "FROM unnest(%b::bigint[], %b::bigint[]) AS m(id, survivor) WHERE g.member_id = m.id",
+            arguments,
+        )
+        moved += cursor.rowcount
     retired_ids = list(survivors)
     TierChange.objects.filter(member_id__in=retired_ids).delete()
     PointsAccount.objects.filter(member_id__in=retired_ids, balance=0).delete()
@@ -625,3 +638,103 @@ def program_policy_apply(*, program: LoyaltyProgram) -> None:
         list(PointsAccount.objects.order_by("member_id").select_for_update().values_list("member_id"))
         PointsAccount.objects.filter(balance__gte=0).update(negative_allowed=not forbid)
         PointsAccount.objects.filter(balance__lt=0).update(negative_allowed=True)
+
+
+# Onboarding (members.imports) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpeningBalance:
+    """A member's points carried over from a legacy programme: one ledger row, a fact (not
+    derived), under its own idempotency key."""
+
+    member_id: int
+    points: int
+    at: datetime
+    key: str
+    reason: str
+
+
+_INSERT_OPENINGS = (
+    "INSERT INTO members_pointsentry (member_id, kind, points, key, cause_key, reason, derived, order_id, "
+    "channel, at, created_at) "
+    "SELECT o.m, 'adjust', o.p, o.k, o.k, o.r, false, '', '', o.at, now() "
+    "FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::timestamptz[]) AS o(m, p, k, r, at) "
+    "ORDER BY o.m ON CONFLICT (key) DO NOTHING RETURNING key"
+)
+
+
+def points_open(*, balances: list[OpeningBalance]) -> set[str]:
+    """Write these opening balances (positive, at most one per key); returns the keys written
+    now (a key already in the ledger writes nothing: an import run twice adds nothing). Takes
+    the members' refresh locks and their accounts in the one global order, as every writer of
+    points does; the members are marked for a refresh, which derives their lots and tiers with
+    the balance as a fact."""
+    for balance in balances:
+        if not 0 < balance.points <= MAX_POINTS_MOVE:
+            raise PointsRefused("points", f"an opening balance is between 1 and {MAX_POINTS_MOVE:,}")
+    if not balances:
+        return set()
+    ids = {b.member_id for b in balances}
+    with transaction.atomic():
+        member_refresh_locks(ids)
+        _accounts_lock(ids)
+        with binary_parameters_cursor() as cursor:
+            cursor.execute(
+                _INSERT_OPENINGS,
+                [
+                    [b.member_id for b in balances],
+                    [b.points for b in balances],
+                    [b.key for b in balances],
+                    [b.reason[:500] for b in balances],
+                    [b.at for b in balances],
+                ],
+            )
+            written = {row[0] for row in cursor.fetchall()}
+        members_mark_dirty(member_ids=[b.member_id for b in balances if b.key in written])
+    return written
+
+
+@dataclass(frozen=True, slots=True)
+class TierReached:
+    member_id: int
+    tier: str
+    at: datetime
+    key: str
+    reason: str
+
+
+_INSERT_GRANTS = (
+    f"INSERT INTO {TierGrant._meta.db_table} (member_id, tier, at, key, reason, created_at) "  # noqa: S608 - the model's table
+    "SELECT g.m, g.t, g.at, g.k, g.r, now() "
+    "FROM unnest(%b::bigint[], %b::text[], %b::timestamptz[], %b::text[], %b::text[]) AS g(m, t, at, k, r) "
+    "ON CONFLICT (key) DO NOTHING RETURNING key"
+)
+
+
+def tiers_grant(*, grants: list[TierReached]) -> set[str]:
+    """Record tiers members reached elsewhere; returns the keys recorded now (a key recorded
+    before records nothing). A tier the programme does not have raises ``PointsRefused``. The
+    members are marked for a refresh, which derives their tier from the grant on."""
+    known = {tier.key for tier in program_load().tiers}
+    for grant in grants:
+        if grant.tier not in known:
+            raise PointsRefused(
+                "tier", f"{grant.tier!r} is not a tier of the programme ({', '.join(sorted(known))})"
+            )
+    if not grants:
+        return set()
+    with transaction.atomic(), binary_parameters_cursor() as cursor:
+        cursor.execute(
+            _INSERT_GRANTS,
+            [
+                [g.member_id for g in grants],
+                [g.tier for g in grants],
+                [g.at for g in grants],
+                [g.key for g in grants],
+                [g.reason[:300] for g in grants],
+            ],
+        )
+        written = {row[0] for row in cursor.fetchall()}
+        members_mark_dirty(member_ids=[g.member_id for g in grants if g.key in written])
+    return written

@@ -36,6 +36,7 @@ from cdp.services import staff_scope_set, staff_user_ensure, token_issue
 from events.models import ParkedEvent, RejectedEvent
 from events.pipeline import events_process_pending
 from identity.models import EventResolution
+from members.imports.models import ImportJob
 from members.insights.models import CampaignSpend, Funnel
 from members.loyalty.models import Coupon, CouponCampaign
 from members.models import ParkedMember
@@ -93,6 +94,7 @@ VIEW_INSIGHTS = "insights.view_insights"
 SOURCES = ("events.view_source", "events.add_source", "events.change_source")
 IDEMPOTENT = {"HTTP_IDEMPOTENCY_KEY": "matrix"}
 VIEW_FUNNELS, VIEW_SPEND = "insights.view_funnel", "insights.view_campaignspend"
+VIEW_IMPORTS, RUN_IMPORT = "imports.view_importjob", "imports.run_import"
 
 ENDPOINTS = [
     # ingestion (Segment's paths): a write key, never a staff token
@@ -174,6 +176,11 @@ ENDPOINTS = [
     Endpoint("GET", "/api/v1/insights/kpis/summary/", (VIEW_INSIGHTS,), 200, unscoped_only=True),
     Endpoint("GET", "/api/v1/insights/kpis/sales/", (VIEW_INSIGHTS,), 200, unscoped_only=True),
     # the audit log
+    # imports: an administrator starts them, an unscoped CRM manager follows them
+    Endpoint("GET", "/api/v1/imports/", (VIEW_IMPORTS,), 200, unscoped_only=True),
+    Endpoint("POST", "/api/v1/imports/", (RUN_IMPORT,), 400, {}, unscoped_only=True),
+    Endpoint("GET", "/api/v1/imports/{import_job}/", (VIEW_IMPORTS,), 200, unscoped_only=True),
+    Endpoint("GET", "/api/v1/imports/{import_job}/problems/", (VIEW_IMPORTS,), 200, unscoped_only=True),
     Endpoint("GET", "/api/v1/audit/", (VIEW_AUDIT,), 200),
     Endpoint("GET", "/api/v1/audit/export/", (VIEW_AUDIT,), 200),
     # operations: alert rules and alerts
@@ -246,6 +253,9 @@ ENDPOINTS = [
     Endpoint("POST", "/console/insights/spend/", (VIEW_SPEND, "insights.add_campaignspend"), 302, {}, unscoped_only=True),
     Endpoint("POST", "/console/insights/spend/{spend}/delete/", (VIEW_SPEND, "insights.delete_campaignspend"), 302, unscoped_only=True),
     Endpoint("GET", "/console/insights/cohorts/", (VIEW_FUNNELS,), 200, unscoped_only=True),
+    Endpoint("GET", "/console/imports/", (VIEW_IMPORTS,), 200, unscoped_only=True),
+    Endpoint("POST", "/console/imports/", (VIEW_IMPORTS, RUN_IMPORT), 302, {}, unscoped_only=True),
+    Endpoint("GET", "/console/imports/{import_job}/", (VIEW_IMPORTS,), 200, unscoped_only=True),
     Endpoint("POST", "/console/logout/", PUBLIC, 302),  # last: it ends the session
 ]  # fmt: skip
 
@@ -328,12 +338,16 @@ def rows() -> dict[str, object]:
     )
     spend = CampaignSpend.objects.create(channel="app", campaign="sale", period_start=now.date(),
                                          period_end=now.date(), amount=Decimal(100), currency="CNY")  # fmt: skip
+    import_job = ImportJob.objects.create(
+        kind="orders", name="crm", file_name="orders.csv", path="/nowhere", sha256="0" * 64
+    )
     return {
         "funnel": funnel.pk, "spend": spend.pk,
         "member": member, "segment": segment.key, "tag": "vip", "coupon": "AUTUMN-1", "campaign": campaign.pk,
         "webhook": webhook.pk, "source": beijing.pk, "rejected": rejected.pk, "parked_event": parked_event.pk,
         "parked_member": parked_member.pk, "privacy_request": privacy_request.pk, "write_key": beijing.write_key,
         "alert_rule": alert_rule.pk, "alert": alert.pk,
+        "import_job": import_job.pk,
     }  # fmt: skip
 
 
@@ -418,6 +432,7 @@ def test_every_endpoint_is_in_the_matrix():
             "alert",
             "funnel",
             "spend",
+            "import_job",
         ),
         1,
     )

@@ -622,3 +622,28 @@ def test_a_refund_the_member_cannot_pay_back_still_takes_the_order_out_of_the_ti
 
     assert derivation.tier == "member"
     assert derivation.tier_changes[-1].reason == "review: 0 points earned in 30 days < Black 1000"
+
+
+def test_a_tier_reached_elsewhere_is_held_from_its_date_and_reviewed_like_any_other():
+    from members.loyalty.points import TierGrant
+
+    grant = TierGrant(at=T0, tier="gold", key="tier:crm:M1", reason="reached in crm")
+    kept = points_derive(program=tiered(), orders=[order("A", "60", at=T0 + DAY)], lines={}, events=(),
+                         recorded=(), now=datetime(2026, 6, 1, tzinfo=UTC), grants=[grant])  # fmt: skip
+    assert [(c.from_tier, c.to_tier, c.at, c.reason) for c in kept.tier_changes] == [
+        ("member", "gold", T0, "reached in crm")
+    ]  # an order qualifying for less does not take it down
+    assert (kept.tier, kept.tier_since) == ("gold", T0)
+    reviewed = points_derive(program=tiered(Downgrade.ONE_STEP), orders=(), lines={}, events=(), recorded=(),
+                             now=datetime(2026, 3, 15, tzinfo=UTC), grants=[grant])  # fmt: skip
+    assert [c.to_tier for c in reviewed.tier_changes] == [
+        "gold",
+        "silver",
+        "member",
+    ]  # February's, March's reviews
+    unknown = TierGrant(at=T0, tier="diamond", key="tier:crm:M2", reason="reached in crm")
+    assert points_derive(program=tiered(), orders=(), lines={}, events=(), recorded=(), now=T0 + DAY,
+                         grants=[unknown]).tier == "member"  # fmt: skip
+    higher = derive(tiered(), orders=[order("A", "1000", at=T0 - DAY)])
+    assert points_derive(program=tiered(), orders=[order("A", "1000", at=T0 - DAY)], lines={}, events=(),
+                         recorded=(), now=T0 + DAY, grants=[grant]).tier == higher.tier == "black"  # fmt: skip
