@@ -294,7 +294,7 @@ def test_every_console_page_for_every_role_loads_only_from_the_server(live_serve
     page = admin.log_in("admin")
     expect(page.get_by_role("navigation", name="Console")).to_have_text(
         re.compile(
-            r"^\s*Members\s*Segments\s*Tags\s*Insights\s*Funnels\s*Attribution\s*Cohorts\s*Audit log\s*Alerts\s*$"
+            r"^\s*Members\s*Segments\s*Tags\s*Insights\s*Funnels\s*Attribution\s*Cohorts\s*Audit log\s*Alerts\s*Imports\s*$"
         )
     )
     admin.open(f"/console/members/{member_id}/")
