@@ -131,8 +131,8 @@ POPULATION = [
     (
         "identifiers",
         """INSERT INTO identity_identifier (type, value, member_id, last_seen_at, last_seen_message_id,
-             last_seen_source_id, created_at)
-           SELECT t.type, t.value, g, {t0} + (g % 300) * interval '1 day', 'm' || g || '-0', {web}, now()
+             last_seen_source_id, alias_class, created_at)
+           SELECT t.type, t.value, g, {t0} + (g % 300) * interval '1 day', 'm' || g || '-0', {web}, '', now()
            FROM generate_series(1, {n}) AS g
            CROSS JOIN LATERAL (VALUES ('phone', '+86138' || lpad(g::text, 8, '0')),
                                       ('email', 'member' || g || '@example.com'),
@@ -151,12 +151,13 @@ POPULATION = [
     (
         "orders",
         """INSERT INTO members_memberorder (member_id, order_id, currency, total, refunded, placed_at, channel,
-             store_code, event_id)
+             store_code, event_id, source_id)
            SELECT g, o.prefix || g, 'CNY', (g % 500) + o.extra, 0,
-                  {t0} + (g % 300) * interval '1 day' + o.k * interval '1 hour', o.channel, o.store, (g - 1) * 10 + o.k + 1
+                  {t0} + (g % 300) * interval '1 day' + o.k * interval '1 hour', o.channel, o.store, (g - 1) * 10 + o.k + 1,
+                  o.source
            FROM generate_series(1, {n}) AS g
-           CROSS JOIN LATERAL (VALUES ('P', 70, 7, 'pos', 'S' || lpad((g % {stores} + 1)::text, 2, '0')),
-                                      ('A', 80, 8, 'app', '')) AS o(prefix, extra, k, channel, store)""",
+           CROSS JOIN LATERAL (VALUES ('P', 70, 7, 'pos', 'S' || lpad((g % {stores} + 1)::text, 2, '0'), {store_of_g}),
+                                      ('A', 80, 8, 'app', '', {app})) AS o(prefix, extra, k, channel, store, source)""",
     ),
     (
         "figures",
@@ -223,6 +224,12 @@ def populate(members: int) -> dict[str, float]:
                 began = time.monotonic()
                 conn.execute(statement.format(**values))
                 took[name] = time.monotonic() - began
+        # Written in the clear like data from before sealing: the upgrade's sealing (the
+        # migrations' code, as `manage.py seal_personal_data`) seals phones, emails and names.
+        with ingest.announced("sealing phones, emails and names (seal_personal_data)"):
+            began = time.monotonic()
+            ingest.manage("seal_personal_data", "--batch-size", "20000")
+            took["sealing"] = time.monotonic() - began
         conn.execute("SELECT setval(pg_get_serial_sequence('events_event', 'id'), max(id)) FROM events_event")
         conn.execute(
             "SELECT setval(pg_get_serial_sequence('members_member', 'id'), max(id)) FROM members_member"

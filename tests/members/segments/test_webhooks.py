@@ -24,9 +24,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cdp.roles import Role
+from cdp.services import staff_user_ensure
 from events.pipeline import events_process_pending
 from members.consent.services import consent_record
-from cdp.services import staff_user_ensure
 from members.models import Member
 from members.segments.models import Segment, SegmentChange, SegmentMember, SegmentWebhook, WebhookDelivery
 from members.segments.services import segment_static_set
@@ -786,7 +786,9 @@ def test_a_withdrawal_while_in_the_segment_is_an_exit_for_that_purpose_and_a_gra
     member = member_of(joined)
     segment_static_set(segment=vip, member_ids=[member], now=T0)
     sms = webhook_create(segment=vip, url=receiver.url, purpose="marketing_sms", since=0)
-    email = webhook_create(segment=vip, url=receiver.url + "&purpose=email", purpose="marketing_email", since=0)
+    email = webhook_create(
+        segment=vip, url=receiver.url + "&purpose=email", purpose="marketing_email", since=0
+    )
 
     def sent(webhook: SegmentWebhook) -> list[tuple[int, str, str, str]]:
         webhook_deliver(webhook_id=webhook.pk, now=timezone.now())
@@ -843,4 +845,6 @@ def test_a_consent_exit_goes_only_while_consent_is_missing_when_it_is_sent(vip, 
     webhook_deliver(webhook_id=webhook.pk, now=timezone.now())
 
     [request] = receiver.received
-    assert [(c["change"], c.get("reason")) for c in request.payload["changes"]] == [("entered", "consent_granted")]
+    assert [(c["change"], c.get("reason")) for c in request.payload["changes"]] == [
+        ("entered", "consent_granted")
+    ]
