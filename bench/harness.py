@@ -12,8 +12,8 @@ suffix and ``BENCH_REDIS_URL`` replaces every benchmark's Redis database, so tha
 on one machine do not empty each other's data.
 """
 
-import importlib.util
 import base64
+import importlib.util
 import os
 import subprocess
 import sys

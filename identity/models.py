@@ -3,7 +3,6 @@ from django.db import models
 from django.db.models import Q
 
 from cdp.vault import text_open
-
 from events.models import Event
 
 

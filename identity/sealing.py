@@ -14,7 +14,15 @@ import orjson
 from django.db import connection, transaction
 
 from cdp.sealing import SEALED_PREFIX
-from cdp.vault import SEALED_IDENTIFIER_TYPES, identifier_index, identifier_open, identifier_seal, sealer, text_open, text_seal
+from cdp.vault import (
+    SEALED_IDENTIFIER_TYPES,
+    identifier_index,
+    identifier_open,
+    identifier_seal,
+    sealer,
+    text_open,
+    text_seal,
+)
 from identity.models import SplitRecord
 from identity.policy import identity_lock
 

@@ -218,7 +218,13 @@ class TimelinePagination(IdCursorPagination):
 _LOOKUP_PARAMETERS = [
     OpenApiParameter(name, OpenApiTypes.STR, description=f"Find by {name.replace('_', ' ')}")
     for name in LOOKUP_FIELDS
-] + [OpenApiParameter("q", OpenApiTypes.STR, description="A name: whole, a word of it, or a family name in Chinese characters (names are sealed at rest: no part of a word)")]
+] + [
+    OpenApiParameter(
+        "q",
+        OpenApiTypes.STR,
+        description="A name: whole, a word of it, or a family name in Chinese characters (names are sealed at rest: no part of a word)",
+    )
+]
 
 
 _MEMBER_ID = OpenApiParameter(
