@@ -24,6 +24,11 @@ class Migration(migrations.Migration):
             name='sealed',
             field=models.TextField(blank=True, db_default='', help_text="A phone's or an email's value, sealed (cdp.vault); value is then its blind index."),
         ),
+        migrations.AlterField(
+            model_name='splitrecord',
+            name='reason',
+            field=models.TextField(help_text='Why, as staff wrote it, sealed (cdp.vault: it may name the person): read it with reason_text.'),
+        ),
         # Not reversible: the clear values are gone from the table (they open with the keys).
         migrations.RunPython(seal, migrations.RunPython.noop, elidable=False),
     ]
