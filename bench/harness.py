@@ -12,6 +12,7 @@ suffix and ``BENCH_REDIS_URL`` replaces every benchmark's Redis database, so tha
 on one machine do not empty each other's data.
 """
 
+import base64
 import importlib.util
 import os
 import subprocess
@@ -52,6 +53,8 @@ def service_env(*, database: str, broker: str) -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "config.settings.production",
         "DJANGO_SECRET_KEY": "bench-only",
         "PRIVACY_FINGERPRINT_KEY": "bench-only",
+        "PRIVACY_SEALING_KEYS": "bench=" + base64.b64encode(b"bench-only-sealing-key-32-bytes!").decode(),
+        "PRIVACY_BLIND_INDEX_KEY": "bench-only",
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "DJANGO_SECURE_SSL_REDIRECT": "false",  # plain HTTP on loopback, no TLS proxy in front
         "DATABASE_URL": database,

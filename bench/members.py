@@ -50,7 +50,12 @@ from harness import DOCS, ROOT
 DATABASE_NAME = harness.database_name("cdp_bench_members")
 DATABASE_URL = harness.database_url(DATABASE_NAME)
 BROKER_URL = harness.broker_url(13)
-SERVICE_ENV = harness.service_env(database=DATABASE_URL, broker=BROKER_URL)
+SERVICE_ENV = {
+    **harness.service_env(database=DATABASE_URL, broker=BROKER_URL),
+    # One client asking as fast as it can: on a quiet machine it passes the staff rate limit
+    # (1,200 a minute per token), which this benchmark does not measure.
+    "RATE_LIMIT_STAFF": "1000000/min",
+}
 EVENTS_PER_MEMBER = 10
 MERGED_EVERY = 100  # one member in a hundred has absorbed another
 TARGET_P99_MS = 20.0
@@ -131,8 +136,8 @@ POPULATION = [
     (
         "identifiers",
         """INSERT INTO identity_identifier (type, value, member_id, last_seen_at, last_seen_message_id,
-             last_seen_source_id, created_at, alias_class)
-           SELECT t.type, t.value, g, {t0} + (g % 300) * interval '1 day', 'm' || g || '-0', {web}, now(), ''
+             last_seen_source_id, alias_class, created_at)
+           SELECT t.type, t.value, g, {t0} + (g % 300) * interval '1 day', 'm' || g || '-0', {web}, '', now()
            FROM generate_series(1, {n}) AS g
            CROSS JOIN LATERAL (VALUES ('phone', '+86138' || lpad(g::text, 8, '0')),
                                       ('email', 'member' || g || '@example.com'),
@@ -224,6 +229,12 @@ def populate(members: int) -> dict[str, float]:
                 began = time.monotonic()
                 conn.execute(statement.format(**values))
                 took[name] = time.monotonic() - began
+        # Written in the clear like data from before sealing: the upgrade's sealing (the
+        # migrations' code, as `manage.py seal_personal_data`) seals phones, emails and names.
+        with ingest.announced("sealing phones, emails and names (seal_personal_data)"):
+            began = time.monotonic()
+            ingest.manage("seal_personal_data", "--batch-size", "20000")
+            took["sealing"] = time.monotonic() - began
         conn.execute("SELECT setval(pg_get_serial_sequence('events_event', 'id'), max(id)) FROM events_event")
         conn.execute(
             "SELECT setval(pg_get_serial_sequence('members_member', 'id'), max(id)) FROM members_member"

@@ -36,6 +36,7 @@ from django.utils import timezone
 from cdp.db import binary_parameters_cursor
 from cdp.fingerprints import fingerprint
 from cdp.redaction import Redactor
+from cdp.vault import identifier_open, text_seal
 from events.models import Event
 from events.pipeline import ClaimedEvent
 from identity.identifiers import (
@@ -91,7 +92,11 @@ class Cluster:
     member_id: int
     member_ids: tuple[int, ...]
     event_ids: tuple[int, ...]
+    #: The person's identifiers, their values as normalized (a phone's and an email's opened).
     identifiers: tuple[Identifier, ...]
+    #: The same identifiers as stored (a phone or an email as its blind index, ``cdp.vault``):
+    #: what rows and records name.
+    stored: tuple[Identifier, ...]
     #: Held of a type that never merges and shared with other members: only unlinked.
     shared: tuple[Identifier, ...]
     #: Events of other members that mentioned an erased identifier (to be redacted).
@@ -112,10 +117,12 @@ def member_cluster(*, member_id: int) -> Cluster | None:
         {member_id, *Member.objects.filter(merged_into_id=member_id).values_list("pk", flat=True)}
     )
     event_ids = sorted(EventResolution.objects.filter(member_id=member_id).values_list("event_id", flat=True))
-    owned = set(IdentifierRow.objects.filter(member_id__in=member_ids).values_list("pk", "type", "value"))
+    owned = set(
+        IdentifierRow.objects.filter(member_id__in=member_ids).values_list("pk", "type", "value", "sealed")
+    )
     held = set(
         MemberIdentifier.objects.filter(member_id__in=member_ids).values_list(
-            "identifier_id", "identifier__type", "identifier__value"
+            "identifier_id", "identifier__type", "identifier__value", "identifier__sealed"
         )
     )
     shared_ids = set(
@@ -127,7 +134,7 @@ def member_cluster(*, member_id: int) -> Cluster | None:
     mentioned_only_here = set(
         IdentifierRow.objects.filter(
             member__isnull=True, pk__in=_identifier_ids_mentioned_by(event_ids)
-        ).values_list("pk", "type", "value")
+        ).values_list("pk", "type", "value", "sealed")
     )
     if mentioned_only_here:
         elsewhere = _mentioned_outside({pk for pk, *_ in mentioned_only_here}, event_ids)
@@ -141,8 +148,17 @@ def member_cluster(*, member_id: int) -> Cluster | None:
         member_id=member_id,
         member_ids=tuple(member_ids),
         event_ids=tuple(event_ids),
-        identifiers=tuple(sorted(Identifier(type_, value) for _, type_, value in erased)),
-        shared=tuple(sorted(Identifier(type_, value) for pk, type_, value in held if pk in shared_ids)),
+        identifiers=tuple(
+            sorted(Identifier(t, identifier_open(t, value, box)) for _, t, value, box in erased)
+        ),
+        stored=tuple(sorted(Identifier(type_, value) for _, type_, value, _ in erased)),
+        shared=tuple(
+            sorted(
+                Identifier(t, identifier_open(t, value, box))
+                for pk, t, value, box in held
+                if pk in shared_ids
+            )
+        ),
         others_event_ids=tuple(sorted(others)),
         others_member_ids=tuple(sorted(others_members - set(member_ids))),
     )
@@ -189,11 +205,11 @@ def identity_erase(*, cluster: Cluster, erasure_id: int, redactor: Redactor, blo
     ``block``: keep fingerprints of the erased identifiers, so later events carrying them are
     stripped (a data subject's erasure); without, they may come back as a new person (a
     retention sweep of anonymous members). Returns counts by what was done."""
-    texts = [str(i) for i in cluster.identifiers]
+    texts = [str(i) for i in cluster.stored]  # as records name them
     rows = list(
         IdentifierRow.objects.filter(member_id__in=cluster.member_ids).values_list("pk", flat=True)
     ) + list(
-        IdentifierRow.objects.filter(pk__in=_rows_of(cluster.identifiers), member__isnull=True).values_list(
+        IdentifierRow.objects.filter(pk__in=_rows_of(cluster.stored), member__isnull=True).values_list(
             "pk", flat=True
         )
     )
@@ -285,9 +301,10 @@ def _split_records_erase(texts: list[str], member_ids: Sequence[int], redactor: 
     for record in candidates.distinct():
         identifiers = [i for i in record.identifiers if i not in erased]
         others = [i for i in record.others if i not in erased]
-        reason = redactor.text(record.reason)
-        if (identifiers, others, reason) != (record.identifiers, record.others, record.reason):
-            record.identifiers, record.others, record.reason = identifiers, others, reason
+        reason = redactor.text(record.reason_text)
+        if (identifiers, others, reason) != (record.identifiers, record.others, record.reason_text):
+            record.identifiers, record.others = identifiers, others
+            record.reason = text_seal(SplitRecord.REASON, reason)
             record.save(update_fields=["identifiers", "others", "reason"])
             changed += 1
     return changed

@@ -2,6 +2,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from cdp.vault import text_open
 from events.models import Event
 
 
@@ -79,10 +80,19 @@ class Identifier(models.Model):
 
     Types that never merge are stored per member in ``MemberIdentifier`` instead of owning.
     ``last_seen_*`` is the latest event (in event time) that mentioned it.
+
+    A phone or an email (``cdp.vault.SEALED_IDENTIFIER_TYPES``) is stored as its blind index
+    (``value``: a keyed HMAC of the normalized value, what resolution matches and lookups find),
+    and the value itself sealed beside it (``sealed``): a copy of the table shows neither.
     """
 
     type = models.CharField(max_length=64)
     value = models.CharField(max_length=320)
+    sealed = models.TextField(
+        blank=True,
+        db_default="",  # the resolver and the benchmarks insert set-based, naming their columns
+        help_text="A phone's or an email's value, sealed (cdp.vault); value is then its blind index.",
+    )
     # No database foreign key (as EventIdentifier): only the resolver writes owners, under the
     # identity lock, and members are never deleted. Its deferred check was a query per row
     # written (500 a batch) and a FOR KEY SHARE lock that dirtied the member's page.
@@ -218,11 +228,20 @@ class SplitRecord(models.Model):
     staff = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
-    reason = models.TextField()
+    reason = models.TextField(
+        help_text="Why, as staff wrote it, sealed (cdp.vault: it may name the person): read it with reason_text."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
+
+    #: The context a reason is sealed in (``cdp.vault.text_seal``).
+    REASON = "identity_splitrecord.reason"
 
     def __str__(self) -> str:
         return f"split of member {self.member_id}: {', '.join(self.identifiers)}"
+
+    @property
+    def reason_text(self) -> str:
+        return text_open(self.REASON, self.reason)
 
 
 class ErasedIdentifier(models.Model):

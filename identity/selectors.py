@@ -1,16 +1,17 @@
 """Reads of the identity app: who holds an identifier, and a member's identity card."""
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import orjson
 from django.contrib.auth import get_user_model
 from django.db import connection
 
+from cdp.vault import SEALED_IDENTIFIER_TYPES, identifier_index, identifier_open, text_open
 from events.models import Channel, Source
 from identity.identifiers import IdentifierType, normalize
-from identity.models import EventResolution, Identifier, MemberIdentifier
+from identity.models import EventResolution, Identifier, MemberIdentifier, SplitRecord
 from identity.services import normalization_policy
 
 
@@ -64,8 +65,10 @@ def anonymous_members_inactive(
 
 
 def members_holding(*, type_: str, values: list[str]) -> set[int]:
-    """Ids of the members holding any of these identifier values (owners, and holders of
-    types that never merge). One query."""
+    """Ids of the members holding any of these identifier values (normalized: a phone or an
+    email is looked for by its blind index) (owners, and holders of types that never merge).
+    One query."""
+    values = [identifier_index(type_, value) for value in values]
     owners = Identifier.objects.filter(type=type_, value__in=values, member__isnull=False).values_list(
         "member_id", flat=True
     )
@@ -89,9 +92,10 @@ def identifier_holders(*, type_: str, values: Collection[str]) -> dict[str, set[
     """The members holding each of these stored (normalized) values of one type: owners, and
     holders of types that never merge; a value nobody holds is left out. One query for a whole
     batch, walking the (type, value) index key by key whatever the table's statistics."""
+    stored = {identifier_index(type_, value): value for value in values}  # a phone or an email: its index
     holders: dict[str, set[int]] = {}
-    for value, owner, holder in _rows(_HOLDERS_OF_VALUES, [sorted(set(values)), type_]):
-        holders.setdefault(value, set()).update(m for m in (owner, holder) if m is not None)
+    for value, owner, holder in _rows(_HOLDERS_OF_VALUES, [sorted(stored), type_]):
+        holders.setdefault(stored[value], set()).update(m for m in (owner, holder) if m is not None)
     return {value: members for value, members in holders.items() if members}
 
 
@@ -101,24 +105,29 @@ class HeldIdentifier:
     value: str
     last_seen_at: datetime | None
     merges: bool  # False: a type that never merges (stored, never used to join members)
+    stored: str = ""  # as stored, when it differs from ``value``: a phone's or an email's blind index
 
 
 def member_identifiers(*, member_id: int) -> list[HeldIdentifier]:
     """Everything a member holds, by type then value (one query)."""
     rows = _rows(_HELD_BY_MEMBER, [member_id, member_id])
-    return [HeldIdentifier(*row) for row in rows]
+    return sorted(
+        (HeldIdentifier(type_, identifier_open(type_, value, sealed), seen, merges, value if sealed else "")
+         for type_, value, sealed, seen, merges in rows),
+        key=lambda held: (held.type, held.value),
+    )  # fmt: skip
 
 
 def members_contacts(*, member_ids: Collection[int], types: Collection[str]) -> dict[int, dict[str, str]]:
-    """For each member, the identifier of each of ``types`` seen last (ties: the lowest value),
+    """For each member, the identifier of each of ``types`` seen last (ties: the lowest stored form),
     in its stored, normalized form: a phone in E.164, an email in lower case, never a
     placeholder (those are never stored). Members holding none are left out. One query."""
     contacts: dict[int, dict[str, str]] = {}
     if not member_ids or not types:
         return contacts
     ids, wanted = sorted(set(member_ids)), sorted(set(types))
-    for member_id, type_, value in _rows(_CONTACTS_OF_MEMBERS, [ids, wanted, ids, wanted]):
-        contacts.setdefault(member_id, {})[type_] = value
+    for member_id, type_, value, sealed in _rows(_CONTACTS_OF_MEMBERS, [ids, wanted, ids, wanted]):
+        contacts.setdefault(member_id, {})[type_] = identifier_open(type_, value, sealed)
     return contacts
 
 
@@ -143,9 +152,11 @@ class HistoryEntry:
     resulting_members: list[int]
 
 
-def member_history(*, member_id: int) -> list[HistoryEntry]:
+def member_history(*, member_id: int, held: Collection[HeldIdentifier] | None = None) -> list[HistoryEntry]:
     """Merges into this (active) member (also into members it absorbed since) and splits of
-    it, newest first, each showing only what is the member's now (two queries, each by index)."""
+    it, newest first, each showing only what is the member's now (two queries, each by index).
+    Records name phones and emails by their blind index: shown by their values, from ``held``
+    (the member's ``member_identifiers``, which is all a record may show) or one more query."""
     entries = [
         HistoryEntry("merge", at, survivor, gone, orjson.loads(identifiers), cause, event_id, "", "", [])
         for at, survivor, gone, identifiers, cause, event_id in _rows(
@@ -154,14 +165,32 @@ def member_history(*, member_id: int) -> list[HistoryEntry]:
     ]
     entries += [
         HistoryEntry(
-            "split", at, member, None, orjson.loads(identifiers), "staff", None, staff or "", reason,
+            "split", at, member, None, orjson.loads(identifiers), "staff", None, staff or "",
+            text_open(SplitRecord.REASON, reason),
             orjson.loads(result),
         )
         for at, member, identifiers, staff, reason, result in _rows(
             _SPLITS_OF_MEMBER, {"member": member_id, "member_list": orjson.dumps([member_id]).decode()}
         )
     ]  # fmt: skip
+    texts = {text for entry in entries for text in entry.identifiers}
+    opened = (
+        {f"{h.type}:{h.stored}": f"{h.type}:{h.value}" for h in held if h.stored}
+        if held is not None
+        else identifier_texts_opened(texts)
+    )
+    entries = [replace(entry, identifiers=[opened.get(t, t) for t in entry.identifiers]) for entry in entries]
     return sorted(entries, key=lambda e: e.at, reverse=True)
+
+
+def identifier_texts_opened(texts: Collection[str]) -> dict[str, str]:
+    """``type:value`` texts of records (merges, splits) whose value is a blind index, each with
+    the value opened (one query, only when there are any)."""
+    sealed = [text.partition(":") for text in texts if text.partition(":")[0] in SEALED_IDENTIFIER_TYPES]
+    if not sealed:
+        return {}
+    rows = _rows(_SEALED_OF_VALUES, [[t for t, _, _ in sealed], [v for _, _, v in sealed]])
+    return {f"{type_}:{value}": f"{type_}:{identifier_open(type_, value, box)}" for type_, value, box in rows}
 
 
 @dataclass(frozen=True)
@@ -203,21 +232,24 @@ def merge_history_audit() -> MergeHistoryAudit:
 # PostgreSQL, and building them through the ORM cost several times that. (Django reads jsonb
 # as text: decoded here.)
 _HELD_BY_MEMBER = """
-SELECT type, value, last_seen_at, true FROM identity_identifier WHERE member_id = %s
+SELECT type, value, sealed, last_seen_at, true FROM identity_identifier WHERE member_id = %s
 UNION ALL
-SELECT i.type, i.value, i.last_seen_at, false FROM identity_memberidentifier AS h
+SELECT i.type, i.value, i.sealed, i.last_seen_at, false FROM identity_memberidentifier AS h
 JOIN identity_identifier AS i ON i.id = h.identifier_id WHERE h.member_id = %s
-ORDER BY 1, 2
 """
 _CONTACTS_OF_MEMBERS = """
-SELECT DISTINCT ON (member_id, type) member_id, type, value FROM (
-    SELECT member_id, type, value, last_seen_at FROM identity_identifier
+SELECT DISTINCT ON (member_id, type) member_id, type, value, sealed FROM (
+    SELECT member_id, type, value, sealed, last_seen_at FROM identity_identifier
     WHERE member_id = ANY(%s) AND type = ANY(%s)
     UNION ALL
-    SELECT h.member_id, i.type, i.value, i.last_seen_at FROM identity_memberidentifier AS h
+    SELECT h.member_id, i.type, i.value, i.sealed, i.last_seen_at FROM identity_memberidentifier AS h
     JOIN identity_identifier AS i ON i.id = h.identifier_id WHERE h.member_id = ANY(%s) AND i.type = ANY(%s)
 ) AS held
 ORDER BY member_id, type, last_seen_at DESC NULLS LAST, value
+"""
+_SEALED_OF_VALUES = """
+SELECT i.type, i.value, i.sealed FROM unnest(%s::text[], %s::text[]) AS k(t, v)
+CROSS JOIN LATERAL (SELECT type, value, sealed FROM identity_identifier WHERE type = k.t AND value = k.v OFFSET 0) AS i
 """
 _HOLDERS_OF_VALUES = """
 SELECT k.value, i.member_id, h.member_id FROM unnest(%s::text[]) AS k(value)

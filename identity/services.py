@@ -8,6 +8,7 @@ from django.contrib.auth.models import User
 from django.db import connection, transaction
 
 from cdp.db import binary_parameters_cursor
+from cdp.vault import SEALED_IDENTIFIER_TYPES, identifier_index, text_seal
 from events.erasure import ERASED_EVENTS, events_erase_arrived
 from events.models import Event, Source
 from events.pipeline import ClaimedEvent
@@ -123,7 +124,28 @@ def _erasure_check(
     return check
 
 
+def _indexed(batch: _ExtractedBatch) -> dict[Identifier, str]:
+    """Phones and emails from here on as their blind index (``cdp.vault``: what the graph
+    matches and stores); returns the value of each, for the resolver to seal new ones. After
+    the erasure check, which fingerprints the values themselves. One HMAC per value."""
+    values: dict[Identifier, str] = {}
+    for key, identifiers in batch.identifiers.items():
+        if not any(i.type in SEALED_IDENTIFIER_TYPES for i in identifiers):
+            continue
+        indexed = set()
+        for identifier in identifiers:
+            if identifier.type in SEALED_IDENTIFIER_TYPES:
+                stored = Identifier(identifier.type, identifier_index(identifier.type, identifier.value))
+                values[stored] = identifier.value
+                indexed.add(stored)
+            else:
+                indexed.add(identifier)
+        batch.identifiers[key] = frozenset(indexed)
+    return values
+
+
 def _resolve(batch: _ExtractedBatch, resolver: DatabaseResolver) -> None:
+    resolver.values_to_seal.update(_indexed(batch))
     resolver.event_ids.update(batch.event_ids)
     resolver.problems.update(batch.problems)
     resolver.load_graph({i for identifiers in batch.identifiers.values() for i in identifiers})
@@ -290,7 +312,8 @@ def member_split(
         member = Member.objects.filter(pk=member_id).first()
         if member is None or member.status != Member.Status.ACTIVE:
             raise SplitRefused("member", f"Member {member_id} is not an active member.")
-        chosen = {_identifier_as_stored(text) for text in identifiers}
+        given = {_identifier_as_stored(text): text for text in identifiers}
+        chosen = set(given)
         owned = {
             Identifier(t, v)
             for t, v in IdentifierRow.objects.filter(member=member).values_list("type", "value")
@@ -299,7 +322,8 @@ def member_split(
             raise SplitRefused("identifiers", "Choose the identifiers that belong to another person.")
         if missing := chosen - owned:
             raise SplitRefused(
-                "identifiers", f"Not held by member {member_id}: {', '.join(map(str, sorted(missing)))}."
+                "identifiers",
+                f"Not held by member {member_id}: {', '.join(sorted(given[i] for i in missing))}.",
             )
         if not (others := owned - chosen):
             raise SplitRefused(
@@ -310,7 +334,7 @@ def member_split(
             identifiers=sorted(map(str, chosen)),
             others=sorted(map(str, others)),
             staff=staff,
-            reason=reason.strip(),
+            reason=text_seal(SplitRecord.REASON, reason.strip()),  # it may name the person
         )
         resolver = DatabaseResolver(identity_rules())  # its replay brings back the members absorbed
         resolver.load_events(
@@ -338,9 +362,10 @@ def _identifier_as_stored(text: str) -> Identifier:
     if type_ == "wechat_openid":
         return Identifier(type_, value.strip())  # stored scoped by appid, as given
     try:
-        return Identifier(type_, normalize(type_, value, normalization_policy()))
+        normalized = normalize(type_, value, normalization_policy())
     except (InvalidIdentifier, BlockedIdentifier) as exc:
         raise SplitRefused("identifiers", f"{text!r}: {exc}") from exc
+    return Identifier(type_, identifier_index(type_, normalized))  # a phone or an email: its index
 
 
 # Identity's outbox to members --------------------------------------------------------------

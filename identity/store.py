@@ -17,6 +17,7 @@ from operator import attrgetter
 import orjson
 
 from cdp.db import binary_parameters_cursor
+from cdp.vault import identifier_seal
 from events.models import Event
 from events.pipeline import ClaimedEvent
 from identity.identifiers import Identifier, vouches_for_one_person
@@ -87,6 +88,9 @@ class DatabaseResolver(InMemoryResolver):
         #: Where retired members among ``reuse_ids`` lead now, as stored (unknown: a rebuild).
         self.leads_to: dict[int, int] = {}
         self.identifier_ids: dict[Identifier, int] = {}
+        #: The values of the batch's phones and emails, by their blind index (``cdp.vault``):
+        #: sealed into the rows this run creates.
+        self.values_to_seal: dict[Identifier, str] = {}
         self.loaded_identifiers: set[Identifier] = set()
         #: Stored members loaded: id -> (first event, last event), as the database has them.
         self.loaded_members: dict[int, tuple[EventKey, EventKey]] = {}
@@ -352,6 +356,7 @@ class DatabaseResolver(InMemoryResolver):
                     [seen.message_id if seen else "" for _, _, seen, _ in changed],
                     [seen.source_id if seen else None for _, _, seen, _ in changed],
                     [alias_class for *_, alias_class in changed],
+                    [self._sealed(i) for i, *_ in changed],
                 ],
             )
             self.identifier_ids.update({Identifier(type_, value): pk for pk, type_, value in rows})
@@ -368,6 +373,13 @@ class DatabaseResolver(InMemoryResolver):
             MemberIdentifier.objects.filter(member_id__in=self.retired).delete()
         if unmerging:
             MemberIdentifier.objects.bulk_create(unmerging, ignore_conflicts=True)
+
+    def _sealed(self, identifier: Identifier) -> str:
+        """A new phone's or email's value sealed for its row (stored rows keep theirs)."""
+        value = self.values_to_seal.get(identifier)
+        if value is None or identifier in self.identifier_ids:
+            return ""
+        return identifier_seal(identifier.type, identifier.value, value)
 
     @property
     def rules(self) -> Rules:
@@ -524,9 +536,9 @@ _REPOINT_MERGED_MEMBERS = (
 )
 _UPSERT_IDENTIFIERS = (
     f"INSERT INTO {_IDENTIFIERS} (type, value, member_id, last_seen_at, last_seen_message_id, "
-    "last_seen_source_id, alias_class, created_at) SELECT v.t, v.val, v.m, v.sa, v.sm, v.ss, v.ac, now() "
-    "FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::timestamptz[], %b::text[], %b::bigint[], %b::text[]) "
-    "AS v(t, val, m, sa, sm, ss, ac) ON CONFLICT (type, value) DO UPDATE SET member_id = EXCLUDED.member_id, "
+    "last_seen_source_id, alias_class, sealed, created_at) SELECT v.t, v.val, v.m, v.sa, v.sm, v.ss, v.ac, v.sl, now() "
+    "FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::timestamptz[], %b::text[], %b::bigint[], %b::text[], "
+    "%b::text[]) AS v(t, val, m, sa, sm, ss, ac, sl) ON CONFLICT (type, value) DO UPDATE SET member_id = EXCLUDED.member_id, "
     "last_seen_at = EXCLUDED.last_seen_at, last_seen_message_id = EXCLUDED.last_seen_message_id, "
     "last_seen_source_id = EXCLUDED.last_seen_source_id, alias_class = EXCLUDED.alias_class "
     "RETURNING id, type, value"

@@ -29,6 +29,7 @@ from cdp.services import audit_record
 from events.models import Channel
 from events.selectors import source_names
 from identity.identifiers import BlockedIdentifier, InvalidIdentifier
+from identity.selectors import identifier_texts_opened
 from identity.services import SplitRefused, member_split
 from members.aggregates import FIGURE_DIGITS
 from members.marks import members_refresh_enqueue
@@ -217,7 +218,13 @@ class TimelinePagination(IdCursorPagination):
 _LOOKUP_PARAMETERS = [
     OpenApiParameter(name, OpenApiTypes.STR, description=f"Find by {name.replace('_', ' ')}")
     for name in LOOKUP_FIELDS
-] + [OpenApiParameter("q", OpenApiTypes.STR, description="Free text: part of the member's name")]
+] + [
+    OpenApiParameter(
+        "q",
+        OpenApiTypes.STR,
+        description="A name: whole, a word of it, or a family name in Chinese characters (names are sealed at rest: no part of a word)",
+    )
+]
 
 
 _MEMBER_ID = OpenApiParameter(
@@ -354,19 +361,20 @@ class MemberViewSet(viewsets.ViewSet):
                     action=AuditEntry.Action.SPLIT_MEMBER,
                     member_ids=[member.pk, *record.resulting_members],
                     channel="api",
-                    detail=record.reason,
+                    detail=record.reason_text,
                 )
         except SplitRefused as exc:
             raise ApiError(
                 code="invalid", message=str(exc), errors=[FieldError(exc.field, str(exc))]
             ) from exc
         transaction.on_commit(members_refresh_enqueue)  # identity's changes go to the refresh
+        opened = identifier_texts_opened(record.identifiers)  # a phone or an email: its value, not its index
         return Response(
             SplitOutput(
                 {
                     "split_id": record.pk,
                     "member_id": record.member_id,
-                    "identifiers": record.identifiers,
+                    "identifiers": [opened.get(t, t) for t in record.identifiers],
                     "resulting_members": record.resulting_members,
                 }
             ).data

@@ -16,6 +16,7 @@ from django.conf import settings
 
 from cdp.db import rows_delete
 from cdp.redaction import Redactor
+from cdp.vault import trait_open
 from members.groups import groups_recompute
 from members.models import GroupMembership, MemberTrait, ParkedMember
 
@@ -26,8 +27,8 @@ def member_personal_values(*, member_ids: Iterable[int]) -> tuple[list[str], lis
     phones: set[str] = set()
     texts: set[str] = set()
     name_keys = set(settings.PRIVACY_NAME_TRAITS)
-    for key, value in MemberTrait.objects.filter(member_id__in=list(member_ids)).values_list("key", "value"):
-        for text in _strings(value):
+    for key, stored in MemberTrait.objects.filter(member_id__in=list(member_ids)).values_list("key", "value"):
+        for text in _strings(trait_open(key, stored)):
             if key in name_keys:
                 texts.add(text)
             elif "@" in text and " " not in text.strip():

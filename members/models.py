@@ -1,4 +1,5 @@
 from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.db.models import Q
 
@@ -73,12 +74,23 @@ class ParkedMember(ParkedWork):
 
 
 class MemberTrait(models.Model):
-    """A profile trait: the value from the member's latest event stating it."""
+    """A profile trait: the value from the member's latest event stating it.
+
+    A trait of ``PRIVACY_SEALED_TRAITS`` (phone, email, names) is stored sealed: ``value`` holds
+    a sealed text (``cdp.vault``) in place of the value; a name trait is found by the blind
+    indexes of its terms (``lookup``)."""
 
     # The unique (member, key) constraint's index serves lookups by member.
     member = models.ForeignKey(Member, on_delete=models.CASCADE, related_name="traits", db_index=False)
     key = models.CharField(max_length=255)
     value = models.JSONField(null=True)
+    lookup = ArrayField(
+        models.CharField(max_length=64),
+        default=list,
+        blank=True,
+        db_default=[],  # written set-based, naming its columns
+        help_text="A name trait: the blind indexes of its terms, what a search by name finds it by.",
+    )
     observed_at = models.DateTimeField(help_text="Event time of the event that stated it.")
     channel = models.CharField(max_length=16)
     source_id = models.BigIntegerField()
@@ -86,6 +98,10 @@ class MemberTrait(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["member", "key"], name="member_trait_unique")]
+        indexes = [
+            # Only name traits carry terms: the other traits' empty lists stay out of the index.
+            GinIndex(fields=["lookup"], condition=~Q(lookup=[]), name="member_trait_by_term"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.key}={self.value!r} (member {self.member_id})"

@@ -18,6 +18,7 @@ from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet, Subqu
 from django.db.models.functions import Coalesce
 
 from cdp.scopes import UNSCOPED, Scope
+from cdp.vault import name_search_index, trait_open
 from events.models import Event
 from events.selectors import source_names
 from identity.identifiers import BlockedIdentifier, InvalidIdentifier
@@ -126,8 +127,14 @@ def members_find(*, field: str, value: str, scope: Scope = UNSCOPED) -> list[int
 
 
 def members_search(*, text: str, limit: int = 20, scope: Scope = UNSCOPED) -> list[int]:
-    """Ids of active members whose name contains ``text`` (case-insensitive), within ``scope``."""
-    found = MemberTrait.objects.filter(key="name", value__icontains=text.strip())
+    """Ids of active members with a name trait (``PRIVACY_NAME_TRAITS``) that is ``text`` or has
+    it as a word or, in ideographs, as the family name (in any letter case), within ``scope``.
+    Names are sealed at rest: they are found by the blind indexes of their terms
+    (``cdp.sealing.name_terms``), one indexed query, never by a part of a word."""
+    index = name_search_index(text)
+    if index is None:
+        return []
+    found = MemberTrait.objects.filter(lookup__contains=[index]).exclude(lookup=[])
     if not scope.unrestricted:
         found = found.filter(seen_within(scope, "member_id"))
     ids = found.values_list("member_id", flat=True)[: limit * 2]
@@ -179,9 +186,12 @@ def member_summaries(member_ids: list[int], scope: Scope = UNSCOPED) -> list[Mem
     """A line per member for a result list: the name trait, the phone and email identifiers
     seen last, the figures (three queries). For a scoped user the figures are those of the
     orders and events within the scope (two more queries), never every store's."""
-    names = dict(
-        MemberTrait.objects.filter(member_id__in=member_ids, key="name").values_list("member_id", "value")
-    )
+    names = {
+        member_id: trait_open("name", value)
+        for member_id, value in MemberTrait.objects.filter(member_id__in=member_ids, key="name").values_list(
+            "member_id", "value"
+        )
+    }
     contacts = members_contacts(member_ids=member_ids, types=CONTACT_FIELDS)
     figures = (
         {a.member_id: a for a in MemberAggregate.objects.filter(member_id__in=member_ids)}
@@ -319,21 +329,22 @@ def member_profile(*, member_id: int, scope: Scope = UNSCOPED) -> MemberProfile 
     orders = [o for o in orders if scope.allows(store_code=o.store_code, channel=o.channel)]
     sources = source_names(source_id for *_, source_id in traits)
     points = getattr(member, "points", None)  # None until the member earned or was refreshed
+    identifiers = member_identifiers(member_id=member.pk)
     return MemberProfile(
         member=member,
         requested_id=member_id,
-        identifiers=member_identifiers(member_id=member.pk),
+        identifiers=identifiers,
         traits=[
             TraitValue(key, shown, observed_at, channel, sources.get(source_id, ""))
             for key, value, observed_at, channel, source_id in traits
             # jsonb arrives as text, as Django's JSONField reads it
-            if (shown := trait_shown(key, orjson.loads(value))) is not None
+            if (shown := trait_shown(key, trait_open(key, orjson.loads(value)))) is not None
         ],
         # None until the refresh has run, and for a scoped user
         aggregate=getattr(member, "aggregate", None) if scope.unrestricted else None,
         recent_orders=[o for o in orders if o.placed_at is not None][:RECENT_ORDERS],
         spend_by_month=spend_by_month(orders),
-        history=member_history(member_id=member.pk),
+        history=member_history(member_id=member.pk, held=identifiers),
         points=points,
         tier=Tier.objects.filter(key=points.tier).first() if points is not None and points.tier else None,
         tags=member_tags(member_id=member.pk),

@@ -18,6 +18,7 @@ from django.utils.module_loading import import_string
 from cdp.db import binary_parameters_cursor, rows_delete
 from cdp.metrics import REFRESH_MEMBERS, REFRESH_SECONDS
 from cdp.retries import database_error_is_transient, transient_retry
+from cdp.vault import trait_lookup, trait_seal
 from events.commerce import ORDER_COMPLETED, ORDER_EVENTS
 from members.aggregates import CHANNELS, Order, OrderEvent, aggregates_of, order_event, orders_of
 from members.consent.services import ConsentSource, consent_refresh
@@ -361,12 +362,17 @@ def _traits_write(
             [
                 [member_id for member_id, _ in rows],
                 [o.key for _, o in rows],
-                # None is SQL NULL, as the model's JSONField(null=True) stores it.
-                [None if o.value is None else orjson.dumps(o.value).decode() for _, o in rows],
+                # None is SQL NULL, as the model's JSONField(null=True) stores it; phones, emails and
+                # names are sealed (cdp.vault), names found by their terms' blind indexes.
+                [
+                    None if o.value is None else orjson.dumps(trait_seal(o.key, o.value)).decode()
+                    for _, o in rows
+                ],
                 [o.observed_at for _, o in rows],
                 [o.channel for _, o in rows],
                 [o.source_id for _, o in rows],
                 [o.event_id for _, o in rows],
+                [",".join(trait_lookup(o.key, o.value)) for _, o in rows],
             ],
         )
     return traits, consent
@@ -487,9 +493,10 @@ _MARKS_OF_MEMBERS = (
 )
 _ACTIVE_OF = f"SELECT id FROM {Member._meta.db_table} WHERE id = ANY(%b::bigint[]) AND status = %b"
 _INSERT_TRAITS = (
-    f"INSERT INTO {MemberTrait._meta.db_table} (member_id, key, value, observed_at, channel, source_id, event_id) "
-    "SELECT v.m, v.k, v.val::jsonb, v.at, v.ch, v.s, v.e FROM unnest(%b::bigint[], %b::text[], %b::text[], "
-    "%b::timestamptz[], %b::text[], %b::bigint[], %b::bigint[]) AS v(m, k, val, at, ch, s, e)"
+    f"INSERT INTO {MemberTrait._meta.db_table} (member_id, key, value, observed_at, channel, source_id, event_id, "
+    "lookup) SELECT v.m, v.k, v.val::jsonb, v.at, v.ch, v.s, v.e, string_to_array(v.l, ',') "
+    "FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::timestamptz[], %b::text[], %b::bigint[], %b::bigint[], "
+    "%b::text[]) AS v(m, k, val, at, ch, s, e, l)"
 )
 _INSERT_ORDERS = (
     f"INSERT INTO {MemberOrder._meta.db_table} (member_id, {', '.join(ORDER_FIELDS)}) "

@@ -11,6 +11,7 @@ from typing import Any
 import environ
 
 from cdp.personal import DEFAULT_PERSONAL_KEYS
+from cdp.sealing import default_sealing_keys
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -460,6 +461,15 @@ vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 #: another key cannot be made again, and the people they stand for would come back. Required in
 #: production (config.settings.production); elsewhere derived from the secret key.
 PRIVACY_FINGERPRINT_KEY = env("PRIVACY_FINGERPRINT_KEY", default=f"fingerprints:{SECRET_KEY}")
+#: Personal data at rest (cdp.vault, README "Personal data at rest"): phones, emails and names are
+#: sealed (AES-256-GCM) under these keys, ``id=base64 32 bytes`` separated by commas, the one that
+#: seals first; to rotate, put a new key first and run ``manage.py seal_personal_data --rotate``,
+#: then drop the old one. Required in production; elsewhere derived from the secret key.
+PRIVACY_SEALING_KEYS = env("PRIVACY_SEALING_KEYS", default=default_sealing_keys(SECRET_KEY))
+#: The key of the blind indexes (HMAC-SHA256) that phones and emails are matched and looked up
+#: by, and names searched by. Never change it: every index would have to be computed again.
+#: Required in production; elsewhere derived from the secret key.
+PRIVACY_BLIND_INDEX_KEY = env("PRIVACY_BLIND_INDEX_KEY", default=f"blind-index:{SECRET_KEY}")
 #: A person erased may sign up again as a new member: a sign-up event (a track call named in
 #: PRIVACY_SIGNUP_EVENTS) carrying their erased identifiers releases them from its event time.
 #: Off: everything carrying them is stripped, for good.
@@ -470,6 +480,11 @@ PRIVACY_SIGNUP_EVENTS: list[str] = env.list("PRIVACY_SIGNUP_EVENTS", default=["S
 PRIVACY_NAME_TRAITS: list[str] = env.list(
     "PRIVACY_NAME_TRAITS",
     default=["name", "first_name", "last_name", "firstName", "lastName", "full_name", "nickname", "username"],
+)
+#: Traits stored sealed: phones, emails and names (their values cannot be compared by segment
+#: rules, which may only ask whether they exist). The name traits are searchable by their terms.
+PRIVACY_SEALED_TRAITS: list[str] = env.list(
+    "PRIVACY_SEALED_TRAITS", default=["phone", "email", *PRIVACY_NAME_TRAITS]
 )
 #: The context keys a stripped event keeps (technical, about the software, not the person); the
 #: rest (ip, userAgent, location, page, referrer, device ids, traits, externalIds) goes.

@@ -16,6 +16,9 @@ ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
 env("DATABASE_URL")  # required here; base falls back to the local database for development
 #: Its own secret, never derived from the secret key (which may be rotated): see base.py.
 PRIVACY_FINGERPRINT_KEY = env("PRIVACY_FINGERPRINT_KEY")
+#: Phones, emails and names at rest: the sealing keys and the blind index key (see base.py).
+PRIVACY_SEALING_KEYS = env("PRIVACY_SEALING_KEYS")
+PRIVACY_BLIND_INDEX_KEY = env("PRIVACY_BLIND_INDEX_KEY")
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 #: JSON log lines for the log shipper (base.py); LOG_FORMAT=plain for a terminal.
 LOG_FORMAT = env("LOG_FORMAT", default="json")

@@ -22,7 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from django.conf import settings
+
 from cdp.db import binary_parameters_cursor, rows_delete
+from members.consent.statements import consent_granted
 from members.locks import memberships_lock
 from members.segments.builtins import lifecycle_windows, rfm_edges_load
 from members.segments.computed import (
@@ -33,6 +36,7 @@ from members.segments.computed import (
     purchase_facts_of,
 )
 from members.segments.models import (
+    ConsentSeen,
     MemberTag,
     SegmentChange,
     SegmentMember,
@@ -61,6 +65,8 @@ class _Outcome:
     entered: list[tuple[int, int]]
     exited: list[tuple[int, int]]
     recheck: dict[int, datetime]
+    #: The segments each member was in before and stays in (consent changes are told for these).
+    kept: dict[int, set[int]]
 
 
 def memberships_refresh(
@@ -84,12 +90,14 @@ def memberships_refresh(
     if not members:
         return _sizes_move(sizes)
     computing = _Computing(definitions, rfm_edges_load(), lifecycle_windows(), now)
-    outcome = _Outcome([], [], [], [], {})
+    outcome = _Outcome([], [], [], [], {}, {})
     for facts, tag_ids, segment_ids in _state_of(members):
         _member_evaluate(computing, facts, set(tag_ids), set(segment_ids), outcome)
     _pairs_write(_TAGS_DIFF, outcome.tags_added, outcome.tags_removed, now)
     for segment_id, delta in _pairs_write(_SEGMENTS_DIFF, outcome.entered, outcome.exited, now).items():
         sizes[segment_id] = sizes.get(segment_id, 0) + delta
+    for segment_id in _consent_changes_write(members, outcome.kept, now):
+        sizes.setdefault(segment_id, 0)  # its webhooks are nudged; its size does not move
     _rechecks_write(set(members), outcome.recheck)
     return _sizes_move(sizes)
 
@@ -133,6 +141,8 @@ def _member_evaluate(
     outcome.tags_removed += [(member_id, pk) for pk in tag_ids - tags]
     outcome.entered += [(member_id, pk) for pk in segments - segment_ids]
     outcome.exited += [(member_id, pk) for pk in segment_ids - segments]
+    if kept := segments & segment_ids:
+        outcome.kept[member_id] = kept
     if due is not None:
         outcome.recheck[member_id] = due
 
@@ -243,6 +253,60 @@ def _sizes_move(sizes: dict[int, int]) -> set[int]:
     return set(sizes)
 
 
+_SEEN = ConsentSeen._meta.db_table
+_SEEN_OF = f"SELECT member_id, granted FROM {_SEEN} WHERE member_id = ANY(%b::bigint[])"  # noqa: S608
+# Upserted in member order (the rows of one batch's members: no two refreshes share a member).
+_SEEN_UPSERT = (
+    f"INSERT INTO {_SEEN} (member_id, granted) SELECT v.m, string_to_array(v.g, ',') "  # noqa: S608
+    "FROM unnest(%b::bigint[], %b::text[]) AS v(m, g) ORDER BY v.m "
+    "ON CONFLICT (member_id) DO UPDATE SET granted = EXCLUDED.granted"
+)
+_CONSENT_CHANGES = (
+    f"INSERT INTO {_SC} (member_id, segment_id, change, reason, purpose, at) "  # noqa: S608
+    "SELECT *, %b FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[])"
+)
+
+
+def _consent_changes_write(
+    members: Mapping[int, MemberFacts], kept: Mapping[int, set[int]], now: datetime
+) -> set[int]:
+    """Tell the changes feed which members, staying in a segment, withdrew or granted again
+    consent to a purpose since the feed last heard of them (``ConsentSeen``): per purpose, an
+    exit with the reason ``consent_withdrawn`` or an entry with ``consent_granted``, which only
+    the outflows declaring that purpose hear (``selectors.changes_consented``). A member's
+    entry and exit themselves are judged by consent when they leave, so only segments the
+    member stays in need telling. Returns the segments told (their webhooks are nudged). Two
+    queries, and two writes when anything changed."""
+    purposes = tuple(settings.CONSENT_PURPOSES)
+    granted = {
+        member_id: frozenset(p for p in purposes if consent_granted(facts.consents, (p,), now))
+        for member_id, facts in members.items()
+    }
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_SEEN_OF, [sorted(members)])
+        seen = {member_id: frozenset(g) & set(purposes) for member_id, g in cursor.fetchall()}
+        moved = {m: g for m, g in granted.items() if g != seen.get(m, frozenset())}
+        if not moved:
+            return set()
+        ids = sorted(moved)
+        cursor.execute(_SEEN_UPSERT, [ids, [",".join(sorted(moved[m])) for m in ids]])
+        rows = [
+            (member_id, segment_id, change, reason, purpose)
+            for member_id in ids
+            for change, reason, changed in (
+                (SegmentChange.Change.EXITED, SegmentChange.CONSENT_WITHDRAWN,
+                 seen.get(member_id, frozenset()) - moved[member_id]),
+                (SegmentChange.Change.ENTERED, SegmentChange.CONSENT_GRANTED,
+                 moved[member_id] - seen.get(member_id, frozenset())),
+            )
+            for purpose in sorted(changed)
+            for segment_id in sorted(kept.get(member_id, ()))
+        ]  # fmt: skip
+        if rows:
+            cursor.execute(_CONSENT_CHANGES, [now, *(list(column) for column in zip(*rows, strict=True))])
+    return {segment_id for _, segment_id, *_ in rows}
+
+
 _RECHECKS_UPSERT = (
     f"INSERT INTO {SegmentsRecheck._meta.db_table} (member_id, due_at) "  # noqa: S608
     "SELECT * FROM unnest(%b::bigint[], %b::timestamptz[]) "
@@ -350,7 +414,7 @@ SELECT segment_id, -count(*) FROM logged GROUP BY segment_id
 
 def memberships_erase(*, member_ids: set[int], now: datetime) -> tuple[set[int], dict[str, int]]:
     """Take erased members out of every tag and segment (exits with the reason ``erased``) and
-    of the rechecks; the caller has made sure nothing puts them back (an erased member is never
+    of the rechecks and what the feed knew of their consent; the caller has made sure nothing puts them back (an erased member is never
     refreshed). Returns the segments whose membership changed, and counts."""
     if not member_ids:
         return set(), {"tags": 0, "segments": 0}
@@ -365,4 +429,5 @@ def memberships_erase(*, member_ids: set[int], now: datetime) -> tuple[set[int],
         cursor.execute(_ERASED_SEGMENTS, [ids, SegmentChange.ERASED, now])
         sizes = dict(cursor.fetchall())
     rows_delete(SegmentsRecheck, column="member", keys=member_ids)
+    rows_delete(ConsentSeen, column="member", keys=member_ids)
     return _sizes_move(sizes), {"tags": tags, "segments": -sum(sizes.values())}

@@ -39,6 +39,7 @@ from django.utils import timezone
 from cdp.models import AuditEntry
 from cdp.privacy import CONTACT_TYPES, Masking
 from cdp.services import audit_record
+from cdp.vault import identifier_open, traits_open
 from identity.identifiers import BUILT_IN_TYPES, custom_type
 from members.aggregates import ZERO
 from members.consent.selectors import consent_granted_sql
@@ -195,11 +196,12 @@ _POINTS_JOIN = "\nLEFT JOIN members_pointsaccount AS p ON p.member_id = m.member
 _IDENTIFIERS = """
 LEFT JOIN LATERAL (
     SELECT jsonb_object_agg(type, ids) AS ids FROM (
-        SELECT type, jsonb_agg(value ORDER BY last_seen_at DESC NULLS LAST, value) AS ids FROM (
-            SELECT type, value, last_seen_at FROM identity_identifier
+        SELECT type, jsonb_agg(jsonb_build_array(value, sealed) ORDER BY last_seen_at DESC NULLS LAST, value) AS ids
+        FROM (
+            SELECT type, value, sealed, last_seen_at FROM identity_identifier
             WHERE member_id = m.member_id AND type = ANY(%s)
             UNION ALL
-            SELECT i.type, i.value, i.last_seen_at FROM identity_memberidentifier AS h
+            SELECT i.type, i.value, i.sealed, i.last_seen_at FROM identity_memberidentifier AS h
             JOIN identity_identifier AS i ON i.id = h.identifier_id
             WHERE h.member_id = m.member_id AND i.type = ANY(%s)
         ) AS held GROUP BY type
@@ -260,12 +262,15 @@ def _row(
     if not consented:
         return MemberRow(member_id, entered_at, {}, contact_shown=False, consented=False)
     # jsonb arrives as text (as Django's JSONField reads it).
-    traits = orjson.loads(traits_text) if traits_text else {}
+    traits = traits_open(orjson.loads(traits_text)) if traits_text else {}
     figure_values = dict(zip(figures, rest[: len(figures)], strict=True))
     rest = rest[len(figures) :]
     point_values = dict(zip(points, rest[: len(points)], strict=True))
     rest = rest[len(points) :]
-    identifiers = orjson.loads(rest.pop(0) or "{}") if with_identifiers else {}
+    identifiers = {
+        type_: [identifier_open(type_, value, sealed) for value, sealed in held]
+        for type_, held in (orjson.loads(rest.pop(0) or "{}") if with_identifiers else {}).items()
+    }  # a phone's or an email's value opened (cdp.vault)
     tags = (rest.pop(0) if rest else None) or []
     values: dict[str, object] = {}
     given = masking.given

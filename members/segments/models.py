@@ -144,6 +144,10 @@ class SegmentChange(models.Model):
 
     #: ``reason`` of the exits an erasure makes.
     ERASED = "erased"
+    #: ``reason`` of a member's exit, for the tools of one purpose, when they withdrew (or denied)
+    #: consent to it while staying in the segment; and of their entry when they grant it again.
+    CONSENT_WITHDRAWN = "consent_withdrawn"
+    CONSENT_GRANTED = "consent_granted"
 
     segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="+", db_index=False)
     member = models.ForeignKey(
@@ -151,11 +155,19 @@ class SegmentChange(models.Model):
     )
     change = models.CharField(max_length=8, choices=Change.choices)
     reason = models.CharField(
-        max_length=16,
+        max_length=32,
         blank=True,
         db_default="",  # the feed's writers insert set-based, naming only the columns they set
         help_text="Why an exit happened when a tool must act on it: erased (the person was erased: drop "
-        "everything you hold about them).",
+        "everything you hold about them); consent_withdrawn / consent_granted (see purpose).",
+    )
+    purpose = models.CharField(
+        max_length=64,
+        blank=True,
+        db_default="",
+        help_text="Set on a change that consent made, not membership: the member is still in the segment, "
+        "but withdrew (exited) or granted again (entered) consent to this purpose. Only outflows "
+        "declaring the purpose hear it.",
     )
     at = models.DateTimeField()
 
@@ -165,6 +177,24 @@ class SegmentChange(models.Model):
 
     def __str__(self) -> str:
         return f"member {self.member_id} {self.change} {self.segment_id} at {self.at}"
+
+
+class ConsentSeen(models.Model):
+    """The consent purposes a member had granted when the feed last heard of them: what the
+    member refresh compares the consent in force with, to tell the tools of a purpose that a
+    member still in their segments withdrew (or granted again) consent to it
+    (``SegmentChange.purpose``). A member without a row had granted nothing."""
+
+    member = models.OneToOneField(
+        "members.Member", on_delete=models.CASCADE, primary_key=True, related_name="+", db_constraint=False
+    )
+    granted = ArrayField(models.CharField(max_length=64), default=list)
+
+    class Meta:
+        db_table = "members_consentseen"
+
+    def __str__(self) -> str:
+        return f"member {self.member_id} had granted {', '.join(self.granted) or 'nothing'}"
 
 
 class SegmentsRecheck(models.Model):

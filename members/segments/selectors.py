@@ -158,23 +158,38 @@ def segment_changes(*, segment: Segment, since: int, size: int, until: int) -> l
     )
 
 
-#: A row of the changes feed as a caller reads it: (cursor, member id, change, ...).
+#: A row of the changes feed as a caller reads it: (cursor, member id, change, purpose, ...).
 FeedRow = TypeVar("FeedRow", bound=tuple[Any, ...])
 
 
 def changes_consented(
     changes: list[FeedRow], *, purposes: tuple[str, ...] | None, at: datetime
-) -> list[FeedRow]:
-    """The changes of the feed (cursor, member, change, then what else the caller reads) that
-    may leave for ``purposes`` at
-    ``at``: every exit (it only tells a tool to drop an id it may hold), and the entries of
-    members with consent to every purpose in force (none if ``purposes`` is None: a purpose no
-    longer configured). One query."""
-    entered = {c[1] for c in changes if c[2] == SegmentChange.Change.ENTERED}
+) -> tuple[list[FeedRow], int]:
+    """The changes of the feed (cursor, member, change, purpose, then what else the caller
+    reads) that may leave for ``purposes`` at ``at``, and how many entries were withheld for
+    want of consent. A membership change (no ``purpose``): every exit (it only tells a tool to
+    drop an id it may hold), and the entries of members with consent to every purpose in force
+    (none if ``purposes`` is None: a purpose no longer configured). A change consent made (a
+    member staying in the segment withdrew or granted again one ``purpose``,
+    ``SegmentChange.CONSENT_*``) is heard only by outflows declaring that purpose: its exit when
+    the member lacks consent to them now, its entry when they have it (else withheld, as an
+    entry). One query."""
+    declared = frozenset(purposes or ())
+    heard = [c for c in changes if not c[3] or c[3] in declared]
+    judged = {c[1] for c in heard if c[2] == SegmentChange.Change.ENTERED or c[3]}
     allowed = (
-        members_with_consent(member_ids=entered, purposes=purposes, at=at) if purposes is not None else set()
+        members_with_consent(member_ids=judged, purposes=purposes, at=at) if purposes is not None else set()
     )
-    return [c for c in changes if c[2] != SegmentChange.Change.ENTERED or c[1] in allowed]
+    given, withheld = [], 0
+    for c in heard:
+        if c[2] == SegmentChange.Change.ENTERED:
+            if c[1] in allowed:
+                given.append(c)
+            else:
+                withheld += 1
+        elif not c[3] or c[1] not in allowed:
+            given.append(c)
+    return given, withheld
 
 
 def webhooks_inactive() -> list[tuple[int, str, str, str]]:

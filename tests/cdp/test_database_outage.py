@@ -65,6 +65,8 @@ def test_ingestion_and_the_staff_api_answer_503_while_postgresql_is_down(private
         "LANG": "C.UTF-8",
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
         "PRIVACY_FINGERPRINT_KEY": secrets.token_urlsafe(32),
+        "PRIVACY_SEALING_KEYS": "k1=" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        "PRIVACY_BLIND_INDEX_KEY": secrets.token_urlsafe(32),
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
         "DATABASE_URL": private_postgres.create_database("cdp"),
         "DATABASE_CONNECT_TIMEOUT": "2",

@@ -41,6 +41,9 @@ def test_write_keys_tokens_and_looked_up_phones_never_reach_the_logs(tmp_path):
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
         "PRIVACY_FINGERPRINT_KEY": secrets.token_urlsafe(32),  # required in production (erasure)
+        # Required too, and the test's own: the server seals into the test's database.
+        "PRIVACY_SEALING_KEYS": settings.PRIVACY_SEALING_KEYS,
+        "PRIVACY_BLIND_INDEX_KEY": settings.PRIVACY_BLIND_INDEX_KEY,
         "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "RATE_LIMIT_REDIS_URL": settings.RATE_LIMIT_REDIS_URL,

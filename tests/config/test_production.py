@@ -2,6 +2,7 @@
 otherwise, those settings pass Django's deployment checks as they stand, they refuse to
 start without their secrets, and the app serves its own static files."""
 
+import base64
 import os
 import re
 import secrets
@@ -20,6 +21,8 @@ REQUIRED = {
     "DJANGO_ALLOWED_HOSTS": "cdp.example.com",
     "DATABASE_URL": "postgres://cdp@db.internal:5432/cdp",
     "PRIVACY_FINGERPRINT_KEY": secrets.token_urlsafe(32),
+    "PRIVACY_SEALING_KEYS": "k1=" + base64.b64encode(secrets.token_bytes(32)).decode(),
+    "PRIVACY_BLIND_INDEX_KEY": secrets.token_urlsafe(32),
 }
 
 

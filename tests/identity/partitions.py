@@ -3,7 +3,7 @@
 from collections.abc import Iterable
 
 from events.models import Event
-from identity.identifiers import identifiers_extract
+from identity.identifiers import Identifier, identifiers_extract
 from identity.models import EventIdentifier, EventResolution
 from identity.models import Identifier as IdentifierRow
 from identity.resolution import (
@@ -15,6 +15,7 @@ from identity.resolution import (
 )
 from identity.services import identity_rules, normalization_policy
 from identity.store import event_key
+from tests.factories.sealed import stored
 
 
 def _resolvable(events: list[Event]) -> list[ResolvableEvent]:
@@ -30,7 +31,9 @@ def _resolvable(events: list[Event]) -> list[ResolvableEvent]:
             message_type=e.type,
             previous_id=e.previous_id,
         )
-        resolvable.append(ResolvableEvent(event_key(e), extraction.identifiers, extraction.vouches))
+        # As the database engine holds them: a phone or an email by its blind index (cdp.vault).
+        identifiers = frozenset(Identifier(i.type, stored(i.type, i.value)) for i in extraction.identifiers)
+        resolvable.append(ResolvableEvent(event_key(e), identifiers, extraction.vouches))
     return resolvable
 
 

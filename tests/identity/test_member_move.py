@@ -14,6 +14,7 @@ from identity.models import EventResolution, Identifier
 from identity.models import Member as IdentityMember
 from members.models import DirtyMark, Member, MemberTrait
 from tests.factories import EventFactory, SourceFactory
+from tests.factories.sealed import opened
 
 BEFORE_THE_MOVE = [
     ("identity", "0004_identifier_alias_class"),
@@ -69,7 +70,7 @@ def test_a_database_from_before_the_move_upgrades_in_place_and_keeps_working() -
     assert Member.objects.filter(pk__in=[zhang.pk, absorbed.pk]).count() == 2
     assert Identifier.objects.get(type="user_id", value="zhang").member_id == zhang.pk
     assert list(DirtyMark.objects.values_list("member_id", flat=True)) == [absorbed.pk]
-    assert MemberTrait.objects.get(member_id=zhang.pk).value == "Zhang Wei"
+    assert opened("name", MemberTrait.objects.get(member_id=zhang.pk).value) == "Zhang Wei"
     # The same permission rows under the same content type: every role's grant holds.
     assert permissions_before == dict(
         Permission.objects.filter(
@@ -91,5 +92,5 @@ def test_a_database_from_before_the_move_upgrades_in_place_and_keeps_working() -
     events_process_pending()
     assert list(EventResolution.objects.values_list("member_id", flat=True)) == [zhang.pk]
     assert IdentityMember.objects.get(pk=zhang.pk).last_event_at == datetime(2026, 3, 2, tzinfo=UTC)
-    assert MemberTrait.objects.get(member_id=zhang.pk, key="name").value == "Zhang W."
+    assert opened("name", MemberTrait.objects.get(member_id=zhang.pk, key="name").value) == "Zhang W."
     assert not DirtyMark.objects.exists()

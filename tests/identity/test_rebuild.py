@@ -14,6 +14,7 @@ from identity.selectors import merge_history_audit
 from identity.services import identity_resolve_events
 from members.models import Member, MemberTrait
 from members.services import members_refresh
+from tests.factories.sealed import opened
 
 
 def snapshot() -> tuple[dict[int, int], set[tuple[str, str, int | None]], dict[int, int | None]]:
@@ -77,4 +78,7 @@ def test_rebuild_on_an_empty_log_is_harmless():
 def _traits() -> set[tuple[int, str, str, int]]:
     """Every member's traits; values as JSON text, since a trait may be an object (consent)."""
     rows = MemberTrait.objects.values_list("member_id", "key", "value", "event_id")
-    return {(member, key, json.dumps(value, sort_keys=True), event) for member, key, value, event in rows}
+    return {
+        (member, key, json.dumps(opened(key, value), sort_keys=True), event)
+        for member, key, value, event in rows
+    }

@@ -10,6 +10,7 @@ from identity.models import EventResolution, Identifier
 from members.loyalty.models import PointsAccount, PointsEntry, TierChange
 from members.models import ORDER_FIELDS, Member, MemberAggregate, MemberOrder, MemberTrait
 from members.segments.models import MemberTag, SegmentMember
+from tests.factories.sealed import opened
 
 _AGGREGATE_FIELDS = [f.attname for f in MemberAggregate._meta.concrete_fields if f.attname != "computed_at"]
 
@@ -25,8 +26,11 @@ def computed_state() -> dict[str, object]:
         "members": set(Member.objects.values_list("id", "status", "merged_into_id")),
         "resolution": set(EventResolution.objects.values_list("event_id", "member_id")),
         "identifiers": set(Identifier.objects.values_list("type", "value", "member_id")),
-        "traits": _rows(
-            MemberTrait.objects.values_list("member_id", "key", "value", "observed_at", "channel", "event_id")
+        "traits": _rows(  # sealed values differ at every write (a fresh nonce): compared opened
+            (member, key, opened(key, value), *rest)
+            for member, key, value, *rest in MemberTrait.objects.values_list(
+                "member_id", "key", "value", "observed_at", "channel", "event_id"
+            )
         ),
         "orders": _rows(MemberOrder.objects.values_list("member_id", *ORDER_FIELDS)),
         "aggregates": _rows(MemberAggregate.objects.values_list(*_AGGREGATE_FIELDS)),

@@ -12,6 +12,7 @@ from members.models import DirtyMark, MemberTrait
 from members.services import members_refresh_batch
 from members.tasks import refresh_pending
 from tests.factories import EventFactory
+from tests.factories.sealed import opened
 
 pytestmark = pytest.mark.django_db
 
@@ -46,7 +47,7 @@ def test_the_refresh_takes_identitys_changes_into_its_own_queue_and_refreshes_th
 
     assert not MemberChange.objects.exists()
     assert not DirtyMark.objects.exists()
-    assert MemberTrait.objects.get(member_id=li, key="name").value == "Li Na"
+    assert opened("name", MemberTrait.objects.get(member_id=li, key="name").value) == "Li Na"
 
 
 def test_the_members_task_refreshes_without_the_events_pipeline():
@@ -54,7 +55,7 @@ def test_the_members_task_refreshes_without_the_events_pipeline():
 
     assert refresh_pending() == 1
 
-    assert MemberTrait.objects.get(member_id=li, key="name").value == "Li"
+    assert opened("name", MemberTrait.objects.get(member_id=li, key="name").value) == "Li"
     assert not MemberChange.objects.exists()
 
 

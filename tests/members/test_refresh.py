@@ -11,6 +11,7 @@ from identity.models import EventResolution
 from members import services
 from members.models import DirtyMark, MemberTrait
 from tests.factories import EventFactory
+from tests.factories.sealed import opened
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -61,7 +62,9 @@ def test_resolution_leaves_no_mark_behind_once_the_follow_ups_ran():
     member = a_member()
 
     assert not DirtyMark.objects.exists()
-    assert dict(MemberTrait.objects.filter(member_id=member).values_list("key", "value")) == {"name": "Li"}
+    assert {
+        k: opened(k, v) for k, v in MemberTrait.objects.filter(member_id=member).values_list("key", "value")
+    } == {"name": "Li"}
 
 
 def test_a_mark_made_during_a_refresh_is_kept_for_the_next_one(monkeypatch):
@@ -100,4 +103,4 @@ def test_two_refreshes_of_one_member_wait_for_each_other(monkeypatch):
 
     assert second_done.wait(10)
     assert not DirtyMark.objects.exists()
-    assert MemberTrait.objects.get(member_id=member, key="name").value == "Li Lei"
+    assert opened("name", MemberTrait.objects.get(member_id=member, key="name").value) == "Li Lei"

@@ -11,6 +11,7 @@ from identity.models import EventResolution
 from members.models import DirtyMark, MemberTrait
 from members.traits import TraitObservation, latest_traits, traits_of_event
 from tests.factories import EventFactory, SourceFactory
+from tests.factories.sealed import opened
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 
@@ -50,7 +51,10 @@ def test_identify_traits_win_over_context_traits_of_the_same_event():
 
 
 def profile(member_id: int) -> dict:
-    return dict(MemberTrait.objects.filter(member_id=member_id).values_list("key", "value"))
+    return {
+        k: opened(k, v)
+        for k, v in MemberTrait.objects.filter(member_id=member_id).values_list("key", "value")
+    }
 
 
 @pytest.mark.django_db

@@ -29,7 +29,12 @@ class ChangeOutput(serializers.Serializer):
     member_id = serializers.IntegerField()
     change = serializers.ChoiceField(choices=["entered", "exited"])
     reason = serializers.CharField(
-        help_text="Empty, or erased: the person was erased; drop everything you hold about them."
+        help_text="Empty, or erased: the person was erased; drop everything you hold about them. "
+        "consent_withdrawn (an exit) / consent_granted (an entry): the member stays in the segment but "
+        "withdrew / granted again consent to `purpose`, so may no longer / may again be used for it."
+    )
+    purpose = serializers.CharField(
+        help_text="The consent purpose a consent_withdrawn / consent_granted change is about; else empty."
     )
     at = serializers.DateTimeField()
 
@@ -91,14 +96,15 @@ class SegmentChangesView(APIView):
         changes = (
             [] if until is None else segment_changes(segment=segment, since=since, size=size, until=until)
         )
-        read = [(c.pk, c.member_id, c.change, c.reason, c.at) for c in changes]
-        given = changes_consented(read, purposes=purposes, at=timezone.now())
+        read = [(c.pk, c.member_id, c.change, c.purpose, c.reason, c.at) for c in changes]
+        given, withheld = changes_consented(read, purposes=purposes, at=timezone.now())
         return Response(
             ChangesPage({
-                "results": [{"cursor": pk, "member_id": member, "change": change, "reason": reason, "at": at}
-                            for pk, member, change, reason, at in given],
+                "results": [{"cursor": pk, "member_id": member, "change": change, "reason": reason,
+                             "purpose": purpose, "at": at}
+                            for pk, member, change, purpose, reason, at in given],
                 "next_since": changes[-1].pk if changes else since,
                 "purpose": purpose,
-                "withheld": {NO_CONSENT: len(read) - len(given)},
+                "withheld": {NO_CONSENT: withheld},
             }).data
         )  # fmt: skip

@@ -9,7 +9,7 @@ from django.conf import settings
 
 from members.segments.definitions.writes import DefinitionRefused
 from members.segments.models import Segment, Tag
-from members.segments.rules.analysis import rule_consent_paths, rule_reference_paths
+from members.segments.rules.analysis import rule_consent_paths, rule_reference_paths, rule_trait_paths
 from members.segments.rules.parse import RuleInvalid, rule_parse
 from members.segments.rules.syntax import rule_path
 
@@ -64,6 +64,14 @@ def rule_check(node: Node, rule: object) -> None:
         for purpose, path in rule_consent_paths(condition)
         if purpose not in settings.CONSENT_PURPOSES
     ]
+    # Sealed at rest (cdp.vault): the full recompute in SQL cannot read their values, so a rule
+    # may only ask whether they are there (its SQL and its Python must agree).
+    errors += [
+        (_field(rule_path(path, "op")), f"trait {key!r} is sealed at rest (PRIVACY_SEALED_TRAITS): "
+         "a rule may only ask whether it exists or not (op exists / not_exists)")
+        for key, op, path in rule_trait_paths(condition)
+        if key in settings.PRIVACY_SEALED_TRAITS and op not in ("exists", "not_exists")
+    ]  # fmt: skip
     for kind, key, path in references:
         if (kind, key) not in exists and (kind, key) != node:
             errors.append((_field(path), f"no {kind} {key!r}"))

@@ -128,3 +128,16 @@ def rule_consent_paths(condition: Condition, path: str = "") -> Iterator[tuple[s
         yield from rule_consent_paths(condition.item, rule_path(path, "not"))
     elif isinstance(condition, ConsentGranted):
         yield condition.purpose, rule_path(path, "consent")
+
+
+def rule_trait_paths(condition: Condition, path: str = "") -> Iterator[tuple[str, str, str]]:
+    """(trait key, operator, path) of every trait a rule reads, the paths as ``rule_parse``
+    gives them (to say which part of a rule compares a trait that is sealed at rest)."""
+    if isinstance(condition, All | Any_):
+        group = rule_path(path, "all" if isinstance(condition, All) else "any")
+        for index, item in enumerate(condition.items):
+            yield from rule_trait_paths(item, f"{group}[{index}]")
+    elif isinstance(condition, Not):
+        yield from rule_trait_paths(condition.item, rule_path(path, "not"))
+    elif isinstance(condition, Trait):
+        yield condition.key, condition.op, path

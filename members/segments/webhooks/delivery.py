@@ -116,7 +116,7 @@ def _deliver_batch(webhook_id: int, now: datetime) -> Outcome:
         SegmentChange.objects.filter(segment_id=claim.segment_id, id__gt=claim.cursor, id__lte=claim.horizon)
         .filter(Q() if claim.changes == SegmentWebhook.Changes.BOTH else Q(change=claim.changes))
         .order_by("id")
-        .values_list("id", "member_id", "change", "reason", "at")[: settings.WEBHOOK_BATCH_SIZE]
+        .values_list("id", "member_id", "change", "purpose", "reason", "at")[: settings.WEBHOOK_BATCH_SIZE]
     )
     # A short batch holds everything of this webhook up to the horizon, so the cursor may skip
     # to it (past other segments' changes and unwanted kinds, which later reads need not walk).
@@ -124,8 +124,11 @@ def _deliver_batch(webhook_id: int, now: datetime) -> Outcome:
     if not rows:  # gone since the claim (a member erased)
         _finish(claim, now, next_cursor=next_cursor, delivery=None, answer=None)
         return Outcome.IDLE
-    sent = changes_consented(rows, purposes=purposes_declared(claim.purpose), at=now)
-    withheld = {NO_CONSENT: len(rows) - len(sent)}
+    sent, not_consented = changes_consented(rows, purposes=purposes_declared(claim.purpose), at=now)
+    if not sent and not not_consented:  # only consent changes of purposes this webhook does not declare
+        _finish(claim, now, next_cursor=next_cursor, delivery=None, answer=None)
+        return Outcome.DELIVERED if len(rows) == settings.WEBHOOK_BATCH_SIZE else Outcome.IDLE
+    withheld = {NO_CONSENT: not_consented}
     delivery_id = uuid.uuid4()
     body = orjson.dumps({
         "delivery_id": str(delivery_id),
@@ -133,8 +136,8 @@ def _deliver_batch(webhook_id: int, now: datetime) -> Outcome:
         "segment": claim.segment_key,
         "purpose": claim.purpose,
         "changes": [{"cursor": pk, "member_id": member, "change": change, "at": at,
-                     **({"reason": reason} if reason else {})}
-                    for pk, member, change, reason, at in sent],
+                     **({"reason": reason} if reason else {}), **({"purpose": purpose} if purpose else {})}
+                    for pk, member, change, purpose, reason, at in sent],
         "withheld": withheld,
         "next_cursor": next_cursor,
     })  # fmt: skip

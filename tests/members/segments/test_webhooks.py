@@ -19,13 +19,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.db import connection, transaction
 from django.test import Client
+from django.utils import timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
 from cdp.roles import Role
 from cdp.services import staff_user_ensure
+from events.pipeline import events_process_pending
+from members.consent.services import consent_record
 from members.models import Member
-from members.segments.models import Segment, SegmentChange, SegmentWebhook, WebhookDelivery
+from members.segments.models import Segment, SegmentChange, SegmentMember, SegmentWebhook, WebhookDelivery
 from members.segments.services import segment_static_set
 from members.segments.webhooks.delivery import (
     Outcome,
@@ -36,7 +39,10 @@ from members.segments.webhooks.delivery import (
 )
 from members.segments.webhooks.services import webhook_create, webhooks_nudge
 from members.segments.webhooks.tasks import webhook_deliver_task, webhooks_sweep
-from tests.factories.consent import consent_grant
+from members.services import members_recompute, members_refresh
+from tests.factories import EventFactory, SourceFactory, UserFactory
+from tests.factories.consent import consent_grant, consent_state
+from tests.identity.test_split import member_of
 from tests.members.test_api import staff_client
 
 T0 = datetime(2026, 9, 1, 10, tzinfo=UTC)
@@ -760,3 +766,85 @@ def test_https_receivers_are_verified_by_name_on_the_vetted_address(
     assert "IP address mismatch" in mismatch.error
     [request] = tls_receiver.received
     assert verified(request, by_name.secret, now=T0 + timedelta(hours=1))
+
+
+# --- consent withdrawn (and granted again) while the member stays in the segment ----------------
+
+
+@pytest.mark.django_db
+def test_a_withdrawal_while_in_the_segment_is_an_exit_for_that_purpose_and_a_grant_an_entry(receiver):
+    """End to end: consent from events and from staff, through the pipeline and the member
+    refresh, to the changes feed and real HTTP deliveries. A webhook declaring marketing_sms hears
+    an exit (``consent_withdrawn``) when the member withdraws SMS consent while staying in the
+    segment, and an entry (``consent_granted``) when staff record a grant again; a webhook of
+    another purpose hears nothing of it, and the changes API says the same per purpose."""
+    vip = Segment.objects.create(key="vip", name="VIP list", kind="static")
+    app = SourceFactory(kind="app")
+    joined = EventFactory(source=app, type="identify", user_id="u-1", event="", timestamp=T0,
+                          traits={"consent": {"marketing_sms": True, "marketing_email": True}})  # fmt: skip
+    events_process_pending()
+    member = member_of(joined)
+    segment_static_set(segment=vip, member_ids=[member], now=T0)
+    sms = webhook_create(segment=vip, url=receiver.url, purpose="marketing_sms", since=0)
+    email = webhook_create(
+        segment=vip, url=receiver.url + "&purpose=email", purpose="marketing_email", since=0
+    )
+
+    def sent(webhook: SegmentWebhook) -> list[tuple[int, str, str, str]]:
+        webhook_deliver(webhook_id=webhook.pk, now=timezone.now())
+        return [(c["member_id"], c["change"], c.get("reason", ""), c.get("purpose", ""))
+                for r in receiver.received if ("purpose=email" in r.path) == (webhook is email)
+                for c in r.payload["changes"]]  # fmt: skip
+
+    assert sent(sms) == sent(email) == [(member, "entered", "", "")]
+
+    EventFactory(source=app, user_id="u-1", event="Consent Updated", timestamp=T0 + timedelta(days=1),
+                 properties={"purpose": "marketing_sms", "state": "withdrawn"})  # fmt: skip
+    events_process_pending()
+
+    assert SegmentMember.objects.filter(segment=vip, member_id=member).exists()  # still in it
+    assert sent(sms)[1:] == [(member, "exited", "consent_withdrawn", "marketing_sms")]
+    assert sent(email)[1:] == []  # email consent stands: nothing to tell its tool
+    assert len([r for r in receiver.received if "purpose=email" in r.path]) == 1  # not even an empty POST
+
+    consent_record(member_id=member, purpose="marketing_sms", state="granted", version="desk-1", note="",
+                   user=UserFactory(), channel="api")  # fmt: skip
+    members_refresh()
+
+    assert sent(sms)[2:] == [(member, "entered", "consent_granted", "marketing_sms")]
+    assert sent(email)[1:] == []
+    # Read now, the SMS withdrawal's exit is past (SMS consent is granted again): its entry stands.
+    for purpose, told in (("marketing_sms", ["entered", "entered"]), ("marketing_email", ["entered"])):
+        answer = staff_client(Role.MARKETING).get(f"/api/v1/segments/vip/changes/?since=0&purpose={purpose}")
+        assert [c["change"] for c in answer.json()["results"]] == told
+        assert answer.json()["withheld"] == {"no_consent": 0}
+    # A refresh with nothing new tells nothing again.
+    members_recompute({member})
+    assert SegmentChange.objects.filter(segment=vip).count() == 3
+
+
+@pytest.mark.django_db
+def test_a_consent_exit_goes_only_while_consent_is_missing_when_it_is_sent(vip, receiver):
+    """Judged when it leaves, like an entry: an exit for a purpose the member granted again
+    before the delivery is not sent (the grant's entry follows it), and a webhook declaring every
+    marketing purpose hears the withdrawal of any one of them."""
+    [member] = members(1)
+    segment_static_set(segment=vip, member_ids=[member], now=T0)
+    members_recompute({member})  # the feed learns what the member granted (written past it here)
+    webhook = webhook_create(segment=vip, url=receiver.url, purpose="marketing")  # from now on
+    withdraw_at = T0 + timedelta(days=1)
+    consent_state([member], "withdrawn", purposes=["marketing_push"], at=withdraw_at)
+    members_recompute({member})
+    consent_state([member], "granted", purposes=["marketing_push"], at=withdraw_at + timedelta(hours=1))
+    members_recompute({member})
+    assert [(c.change, c.reason, c.purpose)
+            for c in SegmentChange.objects.filter(segment=vip, id__gt=webhook.cursor).order_by("id")] == [
+        ("exited", "consent_withdrawn", "marketing_push"), ("entered", "consent_granted", "marketing_push"),
+    ]  # fmt: skip
+
+    webhook_deliver(webhook_id=webhook.pk, now=timezone.now())
+
+    [request] = receiver.received
+    assert [(c["change"], c.get("reason")) for c in request.payload["changes"]] == [
+        ("entered", "consent_granted")
+    ]
