@@ -93,7 +93,7 @@ def _kept(upload: UploadedFile) -> Path:
 class ImportJobsView(APIView):
     permission_classes = (_ByMethod, Unscoped)
 
-    @extend_schema(responses={200: page_serializer(ImportJobOutput)})
+    @extend_schema(operation_id="api_v1_imports_list", responses={200: page_serializer(ImportJobOutput)})
     def get(self, request: Request) -> Response:
         """Import jobs, newest first."""
         return paginated(

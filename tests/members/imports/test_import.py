@@ -12,6 +12,7 @@ from members.imports.models import ImportJob, ImportProblem
 from members.loyalty.models import Coupon, CouponRedemption, PointsAccount, PointsEntry, Tier, TierChange
 from members.models import Member, MemberAggregate
 from tests.factories import EventFactory, SourceFactory
+from tests.factories.sealed import stored
 from tests.members.imports.helpers import csv_file, drain, run_import
 
 pytestmark = pytest.mark.django_db
@@ -47,7 +48,7 @@ def _history(tmp_path):
 
 
 def _member_of(type_, value):
-    return Identifier.objects.get(type=type_, value=value).member_id
+    return Identifier.objects.get(type=type_, value=stored(type_, value)).member_id
 
 
 def _state():

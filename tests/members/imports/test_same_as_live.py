@@ -17,6 +17,7 @@ from django.core.management import call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from cdp.vault import identifier_index, identifier_open, trait_open
 from identity.models import Identifier
 from members.loyalty.models import PointsAccount, PointsEntry
 from members.models import Member, MemberAggregate, MemberTrait
@@ -181,7 +182,7 @@ def _world(world: int, people_count: int) -> dict[int, dict]:
     by_person = {}
     for i in range(people_count):
         holder = (
-            Identifier.objects.filter(type="phone", value=f"+86{_phone(world, i)}")
+            Identifier.objects.filter(type="phone", value=identifier_index("phone", f"+86{_phone(world, i)}"))
             .values_list("member_id", flat=True)
             .first()
         )
@@ -191,7 +192,11 @@ def _world(world: int, people_count: int) -> dict[int, dict]:
         assert member.status == "active"
         identifiers = sorted(
             (t, v.replace(f"W{world}-", "W-").replace(f"+86138{world}", "+86138X"))
-            for t, v in Identifier.objects.filter(member_id=member.pk).exclude(type="anonymous_id").values_list("type", "value")
+            for t, v in (
+                (t, identifier_open(t, stored, sealed))  # phones and emails are sealed (cdp.vault)
+                for t, stored, sealed in Identifier.objects.filter(member_id=member.pk)
+                .exclude(type="anonymous_id").values_list("type", "value", "sealed")
+            )
         )  # fmt: skip
         figures: dict[str, Any] = dict(
             MemberAggregate.objects.filter(member_id=member.pk).values().first() or {}
@@ -204,7 +209,8 @@ def _world(world: int, people_count: int) -> dict[int, dict]:
             PointsEntry.objects.filter(member_id=member.pk).values_list("kind", "points", "at", "order_id")
         )
         traits = {
-            key: value for key, value in MemberTrait.objects.filter(member_id=member.pk).values_list("key", "value")
+            key: trait_open(key, value)
+            for key, value in MemberTrait.objects.filter(member_id=member.pk).values_list("key", "value")
             if key not in ("phone", "member_card")
         }  # fmt: skip
         by_person[i] = {
