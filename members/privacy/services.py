@@ -45,6 +45,7 @@ from events.selectors import events_stated_names
 from identity.erasure import identifier_forms, identity_erase, identity_events_forget, member_cluster
 from members.consent.services import forget as consent_forget
 from members.erasure import member_forget, member_personal_values
+from members.imports.erasure import import_problems_redact
 from members.locks import member_refresh_locks
 from members.loyalty.erasure import loyalty_forget
 from members.privacy.models import PrivacyRequest
@@ -179,6 +180,7 @@ def member_erase(*, member_id: int, erasure_id: int, block: bool) -> dict[str, i
     add(segments_forget(member_ids=member_ids, now=timezone.now()), prefix="left_")
     counts["consent_statements_deleted"] = consent_forget(sorted(member_ids))
     counts["webhook_deliveries_cleaned"] = webhook_log_redact(redactor=redactor)
+    counts["import_problems_cleaned"] = import_problems_redact(redactor=redactor)
     counts["audit_entries_cleaned"] = audit_subjects_erase(redactor=redactor)
     counts["admin_log_entries_cleaned"] = admin_log_erase(redactor=redactor)
     for path in settings.PRIVACY_ERASURE_HOOKS:

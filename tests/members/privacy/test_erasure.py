@@ -16,6 +16,7 @@ from cdp.services import staff_user_ensure
 from events.models import Event
 from events.pipeline import events_process_pending
 from identity.models import ErasedIdentifier, EventResolution, Identifier, Member, MergeRecord, SplitRecord
+from members.imports.models import ImportJob, ImportProblem
 from members.loyalty.models import Coupon, CouponRedemption, PointsAccount, PointsEntry
 from members.marks import members_mark_dirty
 from members.models import Group, MemberAggregate, MemberOrder, MemberTrait
@@ -75,6 +76,13 @@ def erase(member: int, django_capture_on_commit_callbacks) -> dict:
 def test_an_erased_person_is_nowhere_in_the_database_and_stays_erased(
     lin, django_capture_on_commit_callbacks
 ):
+    # A legacy import refused a row of hers, quoting her phone as the file wrote it.
+    job = ImportJob.objects.create(
+        kind="members", name="crm", file_name="m.csv", path="/nowhere", sha256="0" * 64
+    )
+    ImportProblem.objects.create(
+        job=job, record=7, line=8, field="registered_at", reason=f"row of {PHONE[3:]}: no time"
+    )
     forms = written_forms()
     before = readable_anywhere(forms)
     # The search finds her everywhere she is: it is no vacuous pass.
@@ -83,7 +91,7 @@ def test_an_erased_person_is_nowhere_in_the_database_and_stays_erased(
         "events_event.anonymous_id", "events_rejectedevent.payload", "identity_identifier.value",
         "identity_splitrecord.others", "identity_mergerecord.identifiers",
         "members_group.traits", "members_pointsentry.reason",
-        "members_webhookdelivery.response", "cdp_auditentry.detail",
+        "members_webhookdelivery.response", "cdp_auditentry.detail", f"{ImportProblem._meta.db_table}.reason",
     ):  # fmt: skip
         assert place in before, place
     # Her phone, email and names are sealed at rest (tests/members/privacy/test_sealing.py): the
@@ -246,6 +254,13 @@ def failing_hook(member_ids: list[int]) -> int:
 
 def test_an_erasure_that_fails_changes_nothing_and_says_so_without_the_data(lin, settings):
     settings.PRIVACY_ERASURE_HOOKS = ["tests.members.privacy.test_erasure.failing_hook"]
+    # A legacy import refused a row of hers, quoting her phone as the file wrote it.
+    job = ImportJob.objects.create(
+        kind="members", name="crm", file_name="m.csv", path="/nowhere", sha256="0" * 64
+    )
+    ImportProblem.objects.create(
+        job=job, record=7, line=8, field="registered_at", reason=f"row of {PHONE[3:]}: no time"
+    )
     forms = written_forms()
     before = readable_anywhere(forms)
     request = erasure_request(
