@@ -9,7 +9,7 @@ import base64
 import binascii
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.conf import settings
@@ -65,7 +65,9 @@ class SegmentJSONParser(BaseParser):
 
     media_type = "*/*"
 
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> dict:
+    def parse(
+        self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         context = parser_context or {}
         limit: int = context["view"].body_limit
         what = context["view"].body_name
@@ -155,20 +157,31 @@ class _IngestionView(APIView):
     def body(self, request: Request) -> dict[str, Any]:
         """The parsed body; an unusable one is recorded against the source, then refused."""
         try:
-            return request.data
+            data = request.data
         except BodyRejected as exc:
             self.reject(request, Rejection(exc.code, exc.message, exc.errors, raw_excerpt=exc.excerpt))
             raise
+        if not isinstance(data, dict):  # SegmentJSONParser gives an object or refuses the body
+            raise TypeError(f"the ingestion parser gave {type(data).__name__}, not an object")
+        return data
 
     def reject(self, request: Request, rejection: Rejection) -> None:
         events_ingest(
-            source=request.auth,
+            source=request_source(request),
             endpoint=self.endpoint,
             received_at=self.received_at,
             messages=(),
             rejections=(rejection,),
         )
-        EVENTS.labels(str(request.auth.pk), "rejected", rejection.code).inc()
+        EVENTS.labels(str(request_source(request).pk), "rejected", rejection.code).inc()
+
+
+def request_source(request: Request) -> Source:
+    """The source whose write key authenticated the request (``WriteKeyAuthentication``)."""
+    source = request.auth
+    if not isinstance(source, Source):
+        raise exceptions.NotAuthenticated()
+    return source
 
 
 def _count(source: Source, outcome: IngestOutcome, rejections: Sequence[Rejection] = ()) -> None:
@@ -192,15 +205,18 @@ class SingleCallView(_IngestionView):
             received_at=self.received_at,
             call_type=self.call_type,
             window=self.window,
-            default_currency=request.auth.default_currency,
+            default_currency=request_source(request).default_currency,
         )
         if isinstance(parsed, Rejection):
             self.reject(request, parsed)
             raise ApiError(code=parsed.code, message=parsed.message, errors=parsed.errors)
         outcome = events_ingest(
-            source=request.auth, endpoint=self.endpoint, received_at=self.received_at, messages=(parsed,)
+            source=request_source(request),
+            endpoint=self.endpoint,
+            received_at=self.received_at,
+            messages=(parsed,),
         )
-        _count(request.auth, outcome)
+        _count(request_source(request), outcome)
         return Response(
             {"success": True, "messageId": parsed.message_id, "duplicate": outcome.duplicates > 0}
         )
@@ -209,7 +225,7 @@ class SingleCallView(_IngestionView):
 def _single_call_view(call_type: str) -> type[SingleCallView]:
     @extend_schema(
         tags=["ingestion"],
-        auth=[{"writeKey": []}],
+        auth=[{"writeKey": []}],  # type: ignore[list-item]  # an OpenAPI security requirement; the stub says str
         request={"application/json": {"type": "object"}},
         responses={200: {"type": "object"}},
         summary=f"Record a {call_type} call (Segment HTTP Tracking API)",
@@ -245,7 +261,7 @@ GroupView = _single_call_view("group")
 
 @extend_schema(
     tags=["ingestion"],
-    auth=[{"writeKey": []}],
+    auth=[{"writeKey": []}],  # type: ignore[list-item]  # an OpenAPI security requirement; the stub says str
     request={"application/json": {"type": "object"}},
     responses={200: {"type": "object"}, 400: {"type": "object"}},
     summary="Record a batch of calls (Segment HTTP Tracking API)",
@@ -274,17 +290,20 @@ class BatchView(_IngestionView):
                 defaults=defaults,
                 index=index,
                 window=self.window,
-                default_currency=request.auth.default_currency,
+                default_currency=request_source(request).default_currency,
             )
-            (rejections if isinstance(result, Rejection) else messages).append(result)
+            if isinstance(result, Rejection):
+                rejections.append(result)
+            else:
+                messages.append(result)
         outcome = events_ingest(
-            source=request.auth,
+            source=request_source(request),
             endpoint=self.endpoint,
             received_at=self.received_at,
             messages=messages,
             rejections=rejections,
         )
-        _count(request.auth, outcome, rejections)
+        _count(request_source(request), outcome, rejections)
         rejected = [_rejection_body(rejection) for rejection in rejections]
         if not messages:
             return Response(
