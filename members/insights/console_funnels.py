@@ -24,9 +24,20 @@ from django.urls import path
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from cdp.forms import JSONTextField
 from cdp.permissions import request_staff
 from cdp.scopes import request_scope
-from members.insights.api_funnels import funnel_rows_json
+from members.insights.api_funnels import (
+    ADD_FUNNELS,
+    ADD_SEGMENTS,
+    ADD_SPEND,
+    CHANGE_FUNNELS,
+    DELETE_FUNNELS,
+    DELETE_SPEND,
+    VIEW_FUNNELS,
+    VIEW_SPEND,
+    funnel_rows_json,
+)
 from members.insights.attribution import DIMENSIONS, MODELS, NO_TOUCH, AttributionInvalid, attribution_parse
 from members.insights.cohorts import BASES, PERIODS, CohortsInvalid, cohorts_parse
 from members.insights.funnel_services import (
@@ -48,14 +59,6 @@ from members.insights.models import CampaignSpend, Funnel
 from members.insights.spend import CHANNELS, SpendInvalid, spend_line_check
 from members.segments.definitions.writes import DefinitionRefused
 
-VIEW_FUNNELS = "insights.view_funnel"
-ADD_FUNNELS = "insights.add_funnel"
-CHANGE_FUNNELS = "insights.change_funnel"
-DELETE_FUNNELS = "insights.delete_funnel"
-VIEW_SPEND = "insights.view_campaignspend"
-ADD_SPEND = "insights.add_campaignspend"
-DELETE_SPEND = "insights.delete_campaignspend"
-ADD_SEGMENTS = "segments.add_segment"
 MODEL_LABELS = {"first": "First touch", "last": "Last touch", "linear": "Linear", "time_decay": "Time decay",
                 "position": "Position (40/20/40)"}  # fmt: skip
 
@@ -91,32 +94,10 @@ def _int(request: HttpRequest, name: str, default: int) -> object:
 # --- funnels ------------------------------------------------------------------------------------
 
 
-class JSONField(forms.Field):
-    widget = forms.Textarea(
-        attrs={"rows": 10, "spellcheck": "false", "style": "width: 100%; font-family: monospace;"}
-    )
-
-    def to_python(self, value: object) -> object:
-        text = str(value or "").strip()
-        try:
-            return json.loads(text) if text else None
-        except json.JSONDecodeError as error:
-            raise forms.ValidationError(
-                f"not JSON: {error.msg} (line {error.lineno}, column {error.colno})"
-            ) from error
-
-    def prepare_value(self, value: object) -> object:
-        return (
-            value
-            if isinstance(value, str) or value is None
-            else json.dumps(value, indent=2, ensure_ascii=False)
-        )
-
-
 class FunnelForm(forms.Form):
     name = forms.CharField(max_length=200)
     description = forms.CharField(max_length=500, required=False)
-    steps = JSONField(help_text='A list of steps: {"event": "Product Viewed", "where": {"channel": "app"}} '
+    steps = JSONTextField(rows=10, help_text='A list of steps: {"event": "Product Viewed", "where": {"channel": "app"}} '
                                 "(where as in docs/rules.md).")  # fmt: skip
     window_hours = forms.IntegerField(
         min_value=1, max_value=90 * 24, initial=168, help_text="Conversion window."

@@ -19,6 +19,7 @@ from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.views.decorators.http import require_POST
 
+from cdp.forms import JSONTextField
 from cdp.permissions import request_staff
 from cdp.scopes import request_scope
 from members.segments.definitions.manual_tags import member_tag_add, member_tag_remove
@@ -45,40 +46,13 @@ UNTAG_MEMBERS = "segments.delete_membertag"
 SHOWN = 20
 
 
-class RuleField(forms.Field):
-    """A rule typed as JSON; empty is no rule. (A plain field: a CharField promises a string
-    back, and this one gives the parsed rule.)"""
-
-    widget = forms.Textarea(
-        attrs={"rows": 12, "spellcheck": "false", "style": "width: 100%; font-family: monospace;"}
-    )
-
-    def to_python(self, value: object) -> object:
-        text = "" if value in self.empty_values else str(value).strip()
-        if not text:
-            return None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as error:
-            raise forms.ValidationError(
-                f"not JSON: {error.msg} (line {error.lineno}, column {error.colno})"
-            ) from error
-
-    def prepare_value(self, value: object) -> object:
-        return (
-            value
-            if isinstance(value, str) or value is None
-            else json.dumps(value, indent=2, ensure_ascii=False)
-        )
-
-
 class DefinitionForm(forms.Form):
     key = forms.SlugField(
         max_length=64, help_text="Letters, digits, - and _. Rules and tools name it; it never changes."
     )
     name = forms.CharField(max_length=200)
     description = forms.CharField(max_length=500, required=False)
-    rule = RuleField(required=False, help_text="The condition as JSON (docs/rules.md).")
+    rule = JSONTextField(required=False, help_text="The condition as JSON (docs/rules.md).")
 
     def __init__(self, *args: Any, editing: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
