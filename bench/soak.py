@@ -412,11 +412,12 @@ def section(
     args: argparse.Namespace,
     report: ClientReport,
     samples: Sequence[Sample],
+    under_load: int,
     drained_s: float | None,
     lost: Lost,
     trial: str,
 ) -> tuple[str, bool]:
-    during = [s for s in samples if s.t <= args.duration]
+    during = samples[:under_load]  # those taken while the load ran (then the drain's)
     ages = [s.oldest_age_s for s in during]
     age_p95 = percentile(ages, 0.95)
     window, (first_accepted, first_processed), (last_accepted, last_processed) = window_rates(
@@ -425,14 +426,17 @@ def section(
     drift = last_processed / first_processed - 1 if first_processed else float("nan")
     base, end = _at(during, window), during[-1]
     rows, flat = [], True
+    minutes = max((end.t - base.t) / 60, 1e-9)
     for name in sorted(end.memory_mib):
         before, after = base.memory_mib.get(name), end.memory_mib[name]
         if before is None:
-            rows.append(f"| {name} | — | {after:,.1f} | (started after the first window) |")
+            rows.append(f"| {name} | — | {after:,.1f} | (started after the first window) | |")
             continue
         growth = after / before - 1 if before else 0.0
         flat &= growth <= TARGET_MEMORY_GROWTH
-        rows.append(f"| {name} | {before:,.1f} | {after:,.1f} | {growth:+.1%} |")
+        rows.append(
+            f"| {name} | {before:,.1f} | {after:,.1f} | {growth:+.1%} | {(after - before) / minutes:+.2f} |"
+        )
     checks = {
         "backlog": age_p95 < TARGET_BACKLOG_AGE_P95_S,
         "rate": abs(drift) <= TARGET_RATE_DRIFT,
@@ -473,8 +477,8 @@ def section(
         + (f"{drained_s:.0f} s after the load)" if drained_s is not None else "— not within the wait)")
         + f" | {lost.lost:,} | 0 | {'yes' if checks['lost'] else 'no'} |",
         "",
-        "| process | RSS MiB after the first window | at the end | growth |",
-        "|---|---:|---:|---:|",
+        "| process | RSS MiB after the first window | at the end | growth | MiB per minute |",
+        "|---|---:|---:|---:|---:|",
         *rows,
     ]
     return "\n".join(lines), all(checks.values())
@@ -572,6 +576,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             time.sleep(max(0.0, began + len(samples) * args.sample - time.monotonic()))
         report = ClientReport(**out.get(timeout=120))
         client.join()
+        samples.append(sample(began, groups, accepted_total, late_now))  # as the load ends
+        _print(samples[-1])
+        under_load = len(samples)
         drained_s: float | None = None
         with ingest.announced("waiting for the pipeline to drain"):
             load_end = time.monotonic()
@@ -598,6 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args=args,
         report=report,
         samples=samples,
+        under_load=under_load,
         drained_s=drained_s,
         lost=lost,
         trial=f" ({args.trial})" if args.trial else "",
