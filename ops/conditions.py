@@ -5,7 +5,7 @@ Each reads through the owning app's selectors, one cheap query or two; parameter
 the values the README's Operations section gives.
 """
 
-from datetime import date, time, timedelta
+from datetime import time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -232,7 +232,7 @@ def kpi_drop(check: Check) -> list[Finding]:
             if period == kpis.Period.DAY
             else kpis.period_start(latest + timedelta(days=1), period) - timedelta(days=1)
         )
-        first: date = kpis.period_start(end, period) - (
+        first = kpis.period_start(end, period) - (
             timedelta(days=baseline) if period == kpis.Period.DAY else timedelta(weeks=baseline)
         )
         *before, current = kpi_series(kpi=kpi, start=first, end=end, interval=period)
@@ -252,7 +252,7 @@ def kpi_drop(check: Check) -> list[Finding]:
                     f"{kpi.label} {span}: {_kpi_shown(kpi, current.value)}, {fall:.0%} below the mean of the "
                     f"previous {len(before)} {period}s ({_kpi_shown(kpi, mean)})",
                 )
-            )  # fmt: skip
+            )
     return findings
 
 
