@@ -173,6 +173,33 @@ def memory_mib(groups: dict[str, int], backend_pids: Sequence[int]) -> dict[str,
     return out
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+#: Each PostgreSQL backend's CPU as last seen: Django reconnects every DATABASE_CONN_MAX_AGE
+#: (60 s), and a backend that closed keeps counting with what it had used at the last sample.
+_backends_seen: dict[int, float] = {}
+
+
+def cpu_seconds(groups: dict[str, int], backend_pids: Sequence[int]) -> dict[str, float]:
+    """CPU seconds so far per role: each process group's, and the PostgreSQL backends' of the
+    benchmark's database (every one seen, up to its last sample: a slight undercount)."""
+    out = {role: sum(_cpu_seconds(pid) for pid in _group(pgid)) for role, pgid in groups.items()}
+    for pid in backend_pids:
+        _backends_seen[pid] = max(_backends_seen.get(pid, 0.0), _cpu_seconds(pid))
+    out["postgres backends"] = sum(_backends_seen.values())
+    return out
+
+
 # --- the open-model client ---------------------------------------------------------------------
 
 
@@ -291,6 +318,7 @@ class Sample:
     lateness_s: float  # the latest send's lateness
     load: float  # 1-minute load average
     memory_mib: dict[str, float]
+    cpu_s: dict[str, float]
 
     @property
     def processed(self) -> int:
@@ -324,6 +352,7 @@ def sample(began: float, groups: dict[str, int], accepted_total: Any, late_now: 
         lateness_s=float(late_now.value),
         load=os.getloadavg()[0],
         memory_mib=memory_mib(groups, backends),
+        cpu_s=cpu_seconds(groups, backends),
     )
 
 
@@ -477,11 +506,36 @@ def section(
         + (f"{drained_s:.0f} s after the load)" if drained_s is not None else "— not within the wait)")
         + f" | {lost.lost:,} | 0 | {'yes' if checks['lost'] else 'no'} |",
         "",
+        *cpu_lines(during, drained=samples[-1], processed=lost.accepted - lost.lost),
+        "",
         "| process | RSS MiB after the first window | at the end | growth | MiB per minute |",
         "|---|---:|---:|---:|---:|",
         *rows,
     ]
     return "\n".join(lines), all(checks.values())
+
+
+def cpu_lines(during: Sequence[Sample], *, drained: Sample, processed: int) -> list[str]:
+    """Where the CPU went from the start of the load until the backlog drained, per event: a
+    figure the machine's other work hardly changes (unlike the rates)."""
+    first = during[0]
+    span = max(drained.t - first.t, 1e-9)
+    used = {role: drained.cpu_s.get(role, 0.0) - first.cpu_s.get(role, 0.0) for role in drained.cpu_s}
+    total = sum(used.values())
+    per_event = total / processed * 1000 if processed else float("nan")
+    return [
+        f"| CPU from the load's start to the drain ({span:,.0f} s) | CPU s | share of one core | ms per event |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {role} | {seconds:,.1f} | {seconds / span:.0%} | {seconds / processed * 1000 if processed else float('nan'):.3f} |"
+            for role, seconds in used.items()
+        ),
+        f"| all of them | {total:,.1f} | {total / span:.0%} | {per_event:.3f} |",
+        "",
+        f"At {per_event:.2f} ms of CPU per event (accepted, resolved, refreshed, with PostgreSQL's share), the "
+        f"2 cores of an otherwise idle machine would carry about {2000 / per_event:,.0f} events/s end to end, the "
+        "clients' own CPU aside (an estimate from CPU time, not a measured rate).",
+    ]
 
 
 INTRO = """# Sustained-load (soak) benchmarks
