@@ -5,6 +5,7 @@ webhooks in three flavours, email) and their history; a condition registered by 
 import base64
 import hashlib
 import hmac
+import importlib
 import uuid
 from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta
@@ -15,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
+from django.apps import apps as django_apps
 from django.conf import settings as django_settings
 from django.core import mail
 from django.db import connection
@@ -30,6 +32,7 @@ from members.insights.services import insights_refresh
 from members.privacy.retention import retention_apply
 from members.segments.models import Segment, SegmentWebhook
 from members.segments.services import segment_compute
+from ops.builtins import KPI_DROP_PARAMS
 from ops.models import Alert, AlertNotice, AlertRule, NotifyTarget
 from ops.services import AlertStateError, Evaluation, alert_acknowledge, alert_resolve
 from ops.services import alerts_evaluate as evaluate
@@ -279,6 +282,20 @@ def test_a_kpi_rule_with_a_kpi_the_board_does_not_have_says_so():
     result = alerts_evaluate()
     assert "params.kpis must be a list of KPI keys" in result.errors["kpi-drop"]
     assert open_alerts(rule) == {}
+
+
+def test_migrating_turns_the_waiting_kpi_rule_on_unless_staff_changed_it():
+    turn_on = importlib.import_module("ops.migrations.0002_kpi_drop_rule_on").kpi_drop_rule_on
+    waiting = {"kpis": ["conversion", "repurchase", "sales"], "drop": 0.2}
+    AlertRule.objects.filter(key="kpi-drop").update(enabled=False, params=waiting)
+    turn_on(django_apps, None)
+    rule = AlertRule.objects.get(key="kpi-drop")
+    assert rule.enabled
+    assert rule.params == KPI_DROP_PARAMS
+    AlertRule.objects.filter(key="kpi-drop").update(enabled=False, params={**waiting, "drop": 0.3})
+    turn_on(django_apps, None)
+    rule.refresh_from_db()
+    assert not rule.enabled  # staff set their own threshold: left as they set it
 
 
 def stock_stub(check: Check) -> list[Finding]:
