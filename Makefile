@@ -7,7 +7,7 @@ WEB_PORT ?= 8000
 MEMBERS ?= 2000
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev browser services migrate demo run web worker beat test lint format bench chaos
+.PHONY: help install install-dev browser services migrate demo run web worker beat test lint format bench soak chaos
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -99,6 +99,10 @@ bench: install-dev ## Benchmarks: ingestion, identity resolution, member 360, lo
 	$(BIN)/python bench/insights.py
 	$(BIN)/python bench/funnels.py
 	$(BIN)/python bench/imports.py
+
+# Not in `bench`: it holds its load for 30 minutes. SOAK_ARGS="--duration 180 --rate 500" for a short run.
+soak: install-dev ## Sustained load (30 min at 3,000 events/s, pipeline running): backlog age, rate drift, memory, lost
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 # Faults with figures (docs/benchmarks.md, "Faults"): real workers and a private Redis, never the
 # shared services. They are integration tests, so `make test` runs them too.

@@ -218,12 +218,16 @@ class Template:
         return sum(map(len, self.fragments)) + self.events * MESSAGE_ID_LENGTH
 
     def render(self) -> bytes:
+        return self.render_with_ids()[0]
+
+    def render_with_ids(self) -> tuple[bytes, list[bytes]]:
+        """The body and its message ids, in batch order (to check later that each was stored)."""
         digits = os.urandom(16 * self.events).hex().encode()
         ids = [b"mid-" + digits[i : i + 32] for i in range(0, 32 * self.events, 32)]
         parts: list[bytes] = [b""] * (2 * self.events + 1)
         parts[0::2] = self.fragments
         parts[1::2] = ids
-        return b"".join(parts)
+        return b"".join(parts), ids
 
 
 def _template(document: dict[str, Any], events: int) -> Template:

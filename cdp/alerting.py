@@ -6,9 +6,9 @@ list means everything is fine, and the evaluator (``ops.services``) resolves wha
 of the rule was open. ``None`` means it cannot tell now (a store's tills outside opening
 hours): the rule's alerts stay as they are. Conditions read, never write, and each should cost one cheap query.
 
-Pure: no Django here, so the kernel's contract can be imported from any layer — insights
-registers its KPI condition (conversion, repurchase, sales against a trailing baseline) by
-adding ``"kpi_drop": "members.insights.alerts.kpi_drop"`` to ``ALERT_CONDITIONS``.
+Pure: no Django here, so the kernel's contract can be imported from any layer; an app adds a
+condition with ``ALERT_CONDITIONS`` (a name and its dotted path). The built-in ones, the KPI drop
+among them (it reads insights' rollups: ops sits above every app), are in ``ops.conditions``.
 """
 
 from collections.abc import Callable, Mapping

@@ -1,10 +1,17 @@
 """The built-in alert rules (README, Operations), made after every ``migrate`` (a
 ``post_migrate`` receiver, as the roles are): each is created once, enabled and without
 targets (staff add where each is sent), and never changed afterwards, so staff edits stay. Turn
-one off rather than delete it: a deleted one comes back with the next ``migrate``. The KPI drop
-waits, off, for insights to register its condition (``ALERT_CONDITIONS``)."""
+one off rather than delete it: a deleted one comes back with the next ``migrate``."""
 
 from ops.models import AlertRule
+
+#: The day against the mean of the 28 before it (``ops.conditions.kpi_drop``).
+KPI_DROP_PARAMS = {
+    "kpis": ["online_to_store", "repurchase_90", "sales"],
+    "drop": 0.2,
+    "period": "day",
+    "baseline": 28,
+}
 
 #: key, name, level, condition, params, window (minutes), enabled
 RULES = [
@@ -13,8 +20,7 @@ RULES = [
     ("parked-work", "Parked events or members", "red", "parked", {"threshold": 0}, 60, True),
     ("staff-burst", "Views or exports burst by one staff user (possible leak)", "red", "staff_burst",
      {"entries": 100, "members": 1000}, 60, True),
-    ("kpi-drop", "KPI down against its trailing baseline", "yellow", "kpi_drop",
-     {"kpis": ["conversion", "repurchase", "sales"], "drop": 0.2}, 1440, False),
+    ("kpi-drop", "KPI down against its trailing baseline", "yellow", "kpi_drop", KPI_DROP_PARAMS, 1440, True),
     ("silent-tills", "A store's tills silent during opening hours", "yellow", "silent_tills",
      {"open": "10:00", "close": "22:00"}, 60, True),
     ("rejected-share", "A source's rejected share above threshold", "yellow", "rejected_share",

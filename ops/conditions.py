@@ -6,12 +6,14 @@ the values the README's Operations section gives.
 """
 
 from datetime import time, timedelta
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import psycopg
 import redis
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from cdp.alerting import Check, Condition, ConditionInvalid, Finding
@@ -20,6 +22,8 @@ from cdp.selectors import audit_bursts
 from events.metrics import pipeline_backlog
 from events.parking import parked_events_count
 from events.selectors import source_names, store_sources
+from members.insights import kpis
+from members.insights.selectors import kpi_series
 from members.parking import parked_members_count
 from members.privacy.selectors import retention_last_applied
 from members.segments.selectors import segments_failing, webhooks_inactive
@@ -171,6 +175,87 @@ def rejected_share(check: Check) -> list[Finding]:
     return findings
 
 
+#: The KPIs whose value for a day goes on rising for this many days after it (a purchase within
+#: the conversion window still counts): compared once the window has closed, as an open day
+#: against closed ones would read as a drop every day.
+KPI_SETTLING_DAYS = {
+    "online_to_store": kpis.CONVERSION_WINDOW_DAYS,
+    "store_to_online": kpis.CONVERSION_WINDOW_DAYS,
+}
+#: Trailing baseline by period: the previous 28 days, or the previous 4 weeks.
+KPI_BASELINE_PERIODS = {kpis.Period.DAY: 28, kpis.Period.WEEK: 4}
+
+
+def _kpi_periods(check: Check) -> tuple[kpis.Period, int]:
+    text = check.params.get("period", "day")
+    if text not in KPI_BASELINE_PERIODS:
+        raise ConditionInvalid(
+            f"params.period must be one of {', '.join(KPI_BASELINE_PERIODS)}, not {text!r}"
+        )
+    period = kpis.Period(text)
+    baseline = int(check.number("baseline", KPI_BASELINE_PERIODS[period]))
+    if baseline < 1:
+        raise ConditionInvalid("params.baseline must be at least 1 period")
+    return period, baseline
+
+
+def _kpi_keys(check: Check) -> list[str]:
+    keys = check.params.get("kpis", ["online_to_store", "repurchase_90", "sales"])
+    if not isinstance(keys, list) or not keys or any(k not in kpis.KPI_BY_KEY for k in keys):
+        raise ConditionInvalid(f"params.kpis must be a list of KPI keys ({', '.join(kpis.KPI_BY_KEY)})")
+    return keys
+
+
+def _kpi_shown(kpi: kpis.Kpi, value: Decimal) -> str:
+    if kpi.percent:
+        return f"{value:.1%}"
+    return f"{value:,.2f}" if kpi.money else f"{value:,.0f}"
+
+
+def kpi_drop(check: Check) -> list[Finding]:
+    """A KPI fell more than ``drop`` (0.2) below its trailing baseline: the last complete
+    ``period`` (``day``, in ``TIME_ZONE``, or ISO ``week``) against the mean of its value over the
+    ``baseline`` periods before it (28 days, 4 weeks). ``kpis`` are the insights board's keys
+    (online-to-store conversion, 90-day repurchase and net sales by default); a conversion is
+    compared once its window has closed (``KPI_SETTLING_DAYS``). Read from the daily rollups
+    (``members.insights``), one query per KPI. A KPI without a value for the period, or for
+    fewer than half of the baseline's periods, or with a baseline of zero, is not judged."""
+    drop = check.number("drop", 0.2)
+    period, baseline = _kpi_periods(check)
+    today = timezone.localdate(check.now)
+    findings = []
+    for key in _kpi_keys(check):
+        kpi = kpis.KPI_BY_KEY[key]
+        latest = today - timedelta(days=1 + KPI_SETTLING_DAYS.get(key, 0))  # the last day closed
+        end = (
+            latest
+            if period == kpis.Period.DAY
+            else kpis.period_start(latest + timedelta(days=1), period) - timedelta(days=1)
+        )
+        first = kpis.period_start(end, period) - (
+            timedelta(days=baseline) if period == kpis.Period.DAY else timedelta(weeks=baseline)
+        )
+        *before, current = kpi_series(kpi=kpi, start=first, end=end, interval=period)
+        values = [point.value for point in before if point.value is not None]
+        if current.value is None or len(values) * 2 < len(before):
+            continue
+        mean = sum(values, Decimal(0)) / len(values)
+        if mean <= 0:
+            continue
+        fall = 1 - current.value / mean
+        if fall > drop:
+            span = f"{current.start}" if period == kpis.Period.DAY else f"week of {current.start}"
+            findings.append(
+                Finding(
+                    f"kpi {key}",
+                    float(fall),
+                    f"{kpi.label} {span}: {_kpi_shown(kpi, current.value)}, {fall:.0%} below the mean of the "
+                    f"previous {len(before)} {period}s ({_kpi_shown(kpi, mean)})",
+                )
+            )
+    return findings
+
+
 # -- blue -----------------------------------------------------------------------------------------
 
 
@@ -249,6 +334,7 @@ BUILT_IN: dict[str, Condition] = {
     "services_unreachable": services_unreachable,
     "parked": parked,
     "staff_burst": staff_burst,
+    "kpi_drop": kpi_drop,
     "silent_tills": silent_tills,
     "rejected_share": rejected_share,
     "webhook_off": webhook_off,

@@ -237,6 +237,10 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # outage test in ``tests/events/test_worker_integration.py`` fails with the emulation on.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "ack_emulation": False}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+#: Every task goes to the one default queue (``celery``) unless routed here: a JSON object of task
+#: name (or glob) -> {"queue": name}, e.g. {"members.*": {"queue": "members"}}; a worker then
+#: consumes the queues its ``-Q`` names. How to split the work into pools: docs/scaling.md.
+CELERY_TASK_ROUTES: dict[str, dict[str, str]] = env.json("CELERY_TASK_ROUTES", default={})
 
 # --- Ingestion ----------------------------------------------------------------------------
 # The event times accepted (timestamp, originalTimestamp, sentAt, and the time corrected for the

@@ -5,14 +5,19 @@ webhooks in three flavours, email) and their history; a condition registered by 
 import base64
 import hashlib
 import hmac
+import importlib
+import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from io import StringIO
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
+from django.apps import apps as django_apps
+from django.conf import settings as django_settings
 from django.core import mail
 from django.db import connection
 from django.test import TestCase
@@ -23,9 +28,11 @@ from cdp.models import AuditEntry
 from events.models import Event, RejectedEvent
 from events.parking import event_park, parked_events_replay
 from events.pipeline import events_process_pending
+from members.insights.services import insights_refresh
 from members.privacy.retention import retention_apply
 from members.segments.models import Segment, SegmentWebhook
 from members.segments.services import segment_compute
+from ops.builtins import KPI_DROP_PARAMS
 from ops.models import Alert, AlertNotice, AlertRule, NotifyTarget
 from ops.services import AlertStateError, Evaluation, alert_acknowledge, alert_resolve
 from ops.services import alerts_evaluate as evaluate
@@ -52,7 +59,7 @@ def alerts_evaluate(**kwargs: Any) -> Evaluation:
     return result
 
 
-EXPECTED_ERRORS = {"kpi-drop", "broken"}
+EXPECTED_ERRORS = {"kpi-drop", "few-events", "broken"}
 
 
 def only(key: str, **changes: Any) -> AlertRule:
@@ -221,36 +228,107 @@ def test_a_sources_rejected_share_fires_and_resolves_as_good_events_dilute_it():
     assert resolved(rule) == [f"source {source.pk}"]
 
 
-def kpi_stub(check: Check) -> list[Finding]:
-    """Stands for insights' KPI drop: reads its rollup (here: the events of the window)."""
-    recent = Event.objects.filter(received_at__gte=check.now - check.window).count()
-    baseline = check.number("baseline", 10)
-    drop = 1 - recent / baseline
-    return (
-        [Finding("conversion", drop, f"conversion down {drop:.0%}")]
-        if drop > check.number("drop", 0.2)
-        else []
+def _orders(day: date, *totals: int) -> None:
+    """Orders placed at noon (``TIME_ZONE``) of ``day``, resolved and rolled up as the beat does."""
+    at = datetime.combine(day, time(12), tzinfo=ZoneInfo(django_settings.TIME_ZONE))
+    for total in totals:
+        EventFactory(
+            event="Order Completed",
+            timestamp=at,
+            properties={"order_id": f"O-{uuid.uuid4().hex[:12]}", "total": str(total), "currency": "CNY"},
+        )
+    events_process_pending()
+    insights_refresh()
+
+
+def test_a_kpi_day_down_against_the_mean_of_its_28_days_fires_and_resolves_from_the_rollups():
+    rule = only("kpi-drop", params={"kpis": ["sales"], "drop": 0.2, "period": "day", "baseline": 28})
+    now = datetime(2026, 3, 2, 9, tzinfo=ZoneInfo(django_settings.TIME_ZONE))
+    for n in range(28):  # 1 to 28 February: 100 a day
+        _orders(date(2026, 2, 1) + timedelta(days=n), 100)
+    _orders(date(2026, 3, 1), 50)  # yesterday: half the baseline
+    alerts_evaluate(now=now)
+    alert = open_alerts(rule)["kpi sales"]
+    assert alert.level == "yellow"
+    assert alert.value == pytest.approx(0.5)
+    assert alert.summary == "Net sales 2026-03-01: 50.00, 50% below the mean of the previous 28 days (100.00)"
+    _orders(date(2026, 3, 1), 40)  # 90: 10% down, within the rule's 20%
+    alerts_evaluate(now=now)
+    assert open_alerts(rule) == {}
+    assert resolved(rule) == ["kpi sales"]
+
+
+def test_a_kpi_week_is_judged_once_complete_against_the_4_weeks_before():
+    rule = only(
+        "kpi-drop", params={"kpis": ["sales", "orders"], "drop": 0.2, "period": "week", "baseline": 4}
     )
+    tuesday = datetime(2026, 3, 3, 9, tzinfo=ZoneInfo(django_settings.TIME_ZONE))
+    for monday in (date(2026, 1, 26), date(2026, 2, 2), date(2026, 2, 9), date(2026, 2, 16)):
+        _orders(monday + timedelta(days=2), 350, 350)
+    _orders(date(2026, 2, 25), 300, 100)  # the last complete week (23 February to 1 March): sales 400 of 700
+    _orders(date(2026, 3, 2), 1)  # this week's Monday: not complete, not judged
+    alerts_evaluate(now=tuesday)
+    assert set(open_alerts(rule)) == {"kpi sales"}  # 2 orders, as in every week: no drop
+    assert open_alerts(rule)["kpi sales"].summary.startswith(
+        "Net sales week of 2026-02-23: 400.00, 43% below"
+    )
+    _orders(date(2026, 2, 26), 300)
+    alerts_evaluate(now=tuesday)
+    assert resolved(rule) == ["kpi sales"]
 
 
-def test_a_kpi_condition_registered_by_another_app_drives_the_kpi_rule(settings):
-    settings.ALERT_CONDITIONS = {"kpi_drop": "tests.ops.test_alerts.kpi_stub"}
-    rule = only("kpi-drop", params={"drop": 0.2, "baseline": 10})
+def test_a_kpi_rule_with_a_kpi_the_board_does_not_have_says_so():
+    rule = only("kpi-drop", params={"kpis": ["happiness"]})
+    result = alerts_evaluate()
+    assert "params.kpis must be a list of KPI keys" in result.errors["kpi-drop"]
+    assert open_alerts(rule) == {}
+
+
+def test_migrating_turns_the_waiting_kpi_rule_on_unless_staff_changed_it():
+    turn_on = importlib.import_module("ops.migrations.0002_kpi_drop_rule_on").kpi_drop_rule_on
+    waiting = {"kpis": ["conversion", "repurchase", "sales"], "drop": 0.2}
+    AlertRule.objects.filter(key="kpi-drop").update(enabled=False, params=waiting)
+    turn_on(django_apps, None)
+    rule = AlertRule.objects.get(key="kpi-drop")
+    assert rule.enabled
+    assert rule.params == KPI_DROP_PARAMS
+    AlertRule.objects.filter(key="kpi-drop").update(enabled=False, params={**waiting, "drop": 0.3})
+    turn_on(django_apps, None)
+    rule.refresh_from_db()
+    assert not rule.enabled  # staff set their own threshold: left as they set it
+
+
+def stock_stub(check: Check) -> list[Finding]:
+    """Stands for a condition another app registers: here, too few events in the window."""
+    recent = Event.objects.filter(received_at__gte=check.now - check.window).count()
+    minimum = check.number("minimum", 10)
+    return [Finding("events", recent, f"only {recent} events")] if recent < minimum else []
+
+
+def test_a_condition_registered_by_another_app_drives_a_rule_that_names_it(settings):
+    settings.ALERT_CONDITIONS = {"few_events": "tests.ops.test_alerts.stock_stub"}
+    AlertRule.objects.update(enabled=False)
+    rule = AlertRule.objects.create(
+        key="few-events", name="Few events", level="yellow", condition="few_events", params={"minimum": 10}
+    )
     EventFactory.create_batch(7)
     alerts_evaluate()
-    assert open_alerts(rule)["conversion"].level == "yellow"
+    assert open_alerts(rule)["events"].level == "yellow"
     EventFactory.create_batch(3)
     alerts_evaluate()
-    assert resolved(rule) == ["conversion"]
+    assert resolved(rule) == ["events"]
 
 
 def test_a_rule_whose_condition_is_not_registered_says_so_and_keeps_its_alerts(settings):
     settings.ALERT_CONDITIONS = {}
-    rule = only("kpi-drop")
+    AlertRule.objects.update(enabled=False)
+    rule = AlertRule.objects.create(
+        key="few-events", name="Few events", level="yellow", condition="few_events"
+    )
     result = alerts_evaluate()
     rule.refresh_from_db()
-    assert "no condition named 'kpi_drop'" in rule.last_error
-    assert result.errors == {"kpi-drop": rule.last_error}
+    assert "no condition named 'few_events'" in rule.last_error
+    assert result.errors == {"few-events": rule.last_error}
 
 
 # -- blue ------------------------------------------------------------------------------------------
