@@ -10,7 +10,9 @@ its event's channel, its *store* the event's store code, its *campaign* ``contex
 ``coupon`` or ``store`` by event, else "").
 
 **Conversions** are orders (``Order Completed`` in any channel, ``members.orders``) placed in
-``[start, end)`` in one currency, valued net of their refunds (never below 0). A conversion's
+``[start, end)`` in one currency, valued net of their refunds (never below 0), of the members
+an ``AnalysedMembers`` lets in (the services: consent to ``analytics``); the reference is given
+only their conversions and touches. A conversion's
 touches are its member's touches in the ``lookback`` before it (``at - lookback <= t < at``),
 ordered by (time, event id), numbered i = 1..n.
 
@@ -36,6 +38,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
+
+from members.insights.analysed import AnalysedMembers
 
 MODELS = ("first", "last", "linear", "time_decay", "position")
 DIMENSIONS = ("channel", "source", "campaign", "store")
@@ -131,9 +135,11 @@ _GROUP = {
 
 
 def attribution_sql(
-    spec: AttributionSpec, *, start: datetime, end: datetime, currency: str
+    spec: AttributionSpec, *, start: datetime, end: datetime, currency: str, analysed: AnalysedMembers
 ) -> tuple[str, list[Any]]:
-    """Rows ``(group, value_<model>..., conversions_<model>...)``: one pass over the events of
+    """Rows ``(group, value_<model>..., conversions_<model>...)`` over the conversions of the
+    members ``analysed`` lets in (touches join conversions by member, so nobody else's touch
+    is read into the answer either): one pass over the events of
     ``[start - lookback, end)`` for touches, the orders of ``[start, end)`` for conversions,
     joined by member, and every model's share from window functions over each conversion's
     touches (number, count, and the time-decay weights' sum)."""
@@ -153,12 +159,13 @@ def attribution_sql(
     counts = ", ".join(f"sum(share_{m}) AS conversions_{m}" for m in MODELS)
     untouched_values = ", ".join(f"sum(c.value)::numeric(20, 2) AS value_{m}" for m in MODELS)
     untouched_counts = ", ".join(f"count(*)::float8 AS conversions_{m}" for m in MODELS)
+    analysed_test, analysed_params = analysed.sql("COALESCE(m.merged_into_id, m.id)")
     sql = (
         "WITH conversions AS MATERIALIZED ("
         " SELECT o.id AS conversion, COALESCE(m.merged_into_id, m.id) AS member, o.placed_at AS at,"
         " GREATEST(o.total - o.refunded, 0) AS value"
         " FROM members_memberorder o JOIN members_member m ON m.id = o.member_id"
-        " WHERE o.placed_at >= %s AND o.placed_at < %s AND o.currency = %s"
+        f" WHERE o.placed_at >= %s AND o.placed_at < %s AND o.currency = %s AND {analysed_test}"
         "), touches AS MATERIALIZED ("
         " SELECT COALESCE(m.merged_into_id, m.id) AS member, e.id, e.timestamp AS at, e.channel, e.store_code,"
         " COALESCE(NULLIF(e.context #>> '{campaign,name}', ''), NULLIF(e.properties ->> 'campaign', ''), '')"
@@ -186,7 +193,7 @@ def attribution_sql(
         " ORDER BY 1"
     )
     params: list[Any] = [
-        start, end, currency, start - spec.lookback, end, list(TOUCH_EVENTS), half_life, lookback, NO_TOUCH, lookback,
+        start, end, currency, *analysed_params, start - spec.lookback, end, list(TOUCH_EVENTS), half_life, lookback, NO_TOUCH, lookback,
     ]  # fmt: skip
     return sql, params
 

@@ -9,7 +9,8 @@ reference of the same answer. Pure: no Django, no database driver.
 - ``signup``: their first event (the member row's ``first_event_at``; active members); the
   acquisition channel is the kind of the source that sent it.
 
-Members whose start is in ``[start, end)`` form cohorts by the ``week`` (Monday) or ``month`` of
+Members whose start is in ``[start, end)``, of those an ``AnalysedMembers`` lets in (the
+services: consent to ``analytics``), form cohorts by the ``week`` (Monday) or ``month`` of
 their start in the platform's time zone, and channel. Period k of a cohort is the k-th week or
 month after its own (k = 0: the cohort's). Per cohort and k: ``active`` members with any event
 in period k, and ``repurchased`` members with an order in period k placed after their start
@@ -24,6 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
+
+from members.insights.analysed import AnalysedMembers
 
 BASES = ("purchase", "signup")
 PERIODS = ("week", "month")
@@ -71,9 +74,12 @@ def _offset(period: str, later: str, earlier: str) -> str:
     )
 
 
-def cohorts_sql(spec: CohortSpec, *, start: datetime, end: datetime, time_zone: str) -> tuple[str, list[Any]]:
+def cohorts_sql(
+    spec: CohortSpec, *, start: datetime, end: datetime, time_zone: str, analysed: AnalysedMembers
+) -> tuple[str, list[Any]]:
     """Rows ``(cohort, channel, offset, members, active, repurchased)``: ``offset`` -1 carries
-    the cohort's size in ``members``; the others its cells (only periods with someone back)."""
+    the cohort's size in ``members``; the others its cells (only periods with someone back).
+    Only members ``analysed`` lets in form cohorts."""
     period = "week" if spec.period == "week" else "month"
     if spec.basis == "purchase":
         starts = (
@@ -91,10 +97,11 @@ def cohorts_sql(spec: CohortSpec, *, start: datetime, end: datetime, time_zone: 
         return f"date_trunc('{period}', {moment} AT TIME ZONE %s)"
 
     k = _offset(period, "p", "cohort")
+    analysed_test, analysed_params = analysed.sql("member")
     sql = (
         f"WITH starts AS MATERIALIZED ({starts}), cohorts AS MATERIALIZED ("
         f" SELECT member, at, channel, {local('at')} AS cohort"
-        " FROM starts WHERE at >= %s AND at < %s"
+        f" FROM starts WHERE at >= %s AND at < %s AND {analysed_test}"
         "), orders AS ("
         f" SELECT DISTINCT member, cohort, channel, {k} AS k FROM (SELECT c.member, c.cohort, c.channel,"
         f" {local('o.placed_at')} AS p"
@@ -112,7 +119,7 @@ def cohorts_sql(spec: CohortSpec, *, start: datetime, end: datetime, time_zone: 
         " SELECT cohort, channel, k, false FROM orders) x WHERE k >= 0 AND k <= %s GROUP BY 1, 2, 3"
         " ORDER BY 1, 2, 3"
     )
-    params = [time_zone, start, end, time_zone, time_zone, time_zone, MAX_OFFSETS]
+    params = [time_zone, start, end, *analysed_params, time_zone, time_zone, time_zone, MAX_OFFSETS]
     return sql, params
 
 

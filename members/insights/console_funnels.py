@@ -100,8 +100,10 @@ class FunnelForm(forms.Form):
     steps = JSONTextField(rows=10, help_text='A list of steps: {"event": "Product Viewed", "where": {"channel": "app"}} '
                                 "(where as in docs/rules.md).")  # fmt: skip
     window_hours = forms.IntegerField(
-        min_value=1, max_value=90 * 24, initial=168, help_text="Conversion window."
-    )
+        min_value=1, max_value=90 * 24, initial=168, help_text="Conversion window, 1 to 2160 hours (90 days).",
+        # Room for four digits and the browser's spin buttons (its default fits about two).
+        widget=forms.NumberInput(attrs={"style": "width: 10rem"}),
+    )  # fmt: skip
     breakdown = forms.ChoiceField(choices=[(b, b or "(none)") for b in BREAKDOWNS], required=False)
     segments = forms.CharField(required=False, help_text="Segment keys, comma separated (segment breakdown).")
 

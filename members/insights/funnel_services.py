@@ -5,11 +5,17 @@ services that write saved funnels, spend lines and a funnel step's static segmen
 Answers are counts and sums only. The one way a funnel names members is a static segment of a
 step's members (``funnel_step_segment``), which then lives under the segment rules: its pages,
 exports and feeds check consent when data leaves, as for any segment.
+
+**Consent.** Every answer here is an analysis of members' behaviour, so it reads only the
+members whose consent to the purpose ``analytics`` is in force when the query runs
+(``analysed_members``, by ``members.consent``'s one definition: granted by their latest
+statement; never stated is not granted). The others are in no count, sum, median, group or
+step segment, as if they had no events or orders.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,6 +24,8 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection, transaction
 
+from members.consent.selectors import consent_granted_sql
+from members.insights.analysed import AnalysedMembers
 from members.insights.attribution import AttributionSpec, Credit, attribution_sql, credits_from_rows
 from members.insights.cohorts import CohortCell, CohortSpec, cohorts_sql
 from members.insights.funnels import FunnelRow, FunnelSpec, funnel_parse, funnel_sql, funnel_step_members_sql
@@ -35,6 +43,15 @@ STATEMENT_TIMEOUT_MS = 60_000
 #: Measured by bench/funnels.py at 1M events: 68 s with PostgreSQL's default 4 MB (sorts spilled
 #: to disk), 28 s with 64 MB, on a two-core machine at load 19.
 WORK_MEM = "64MB"
+
+
+#: The consent purpose that funnels, attribution and cohorts are for (``CONSENT_PURPOSES``).
+ANALYTICS = "analytics"
+
+
+def analysed_members(*, at: datetime | None = None) -> AnalysedMembers:
+    """The members an insight may analyse: ``analytics`` granted in force at ``at`` (now)."""
+    return AnalysedMembers(consent_granted_sql, ([ANALYTICS], at or datetime.now(UTC)))
 
 
 class InsightRefused(ValueError):
@@ -118,7 +135,7 @@ def _segments_check(spec: FunnelSpec) -> None:
 
 def funnel_results(*, spec: FunnelSpec, dates: DateRange) -> list[FunnelRow]:
     """The funnel over members whose step 1 falls in ``dates`` (``funnels.funnel_sql``)."""
-    sql, params = funnel_sql(spec, start=dates.start, end=dates.end)
+    sql, params = funnel_sql(spec, start=dates.start, end=dates.end, analysed=analysed_members())
     return [
         FunnelRow(step, group, entered, converted, None if median is None else float(median))
         for step, group, entered, converted, median in _rows(sql, params)
@@ -159,7 +176,9 @@ def funnel_step_segment(
     the only list of members a funnel gives, under the segment rules and consent from then on."""
     if not 1 <= step <= len(spec.steps):
         raise InsightRefused("Bad step.", [("step", f"a step from 1 to {len(spec.steps)}")])
-    sql, params = funnel_step_members_sql(spec, start=dates.start, end=dates.end, step=step, dropped=dropped)
+    sql, params = funnel_step_members_sql(
+        spec, start=dates.start, end=dates.end, step=step, dropped=dropped, analysed=analysed_members()
+    )
     members = [row[0] for row in _rows(sql, params)]
     segment = segment_create(key=key, name=name, kind=Segment.Kind.STATIC, by=by, channel=channel, description=(
         f"Members at funnel step {step}{' who went no further' if dropped else ''}, {dates.first}..{dates.last}"
@@ -174,7 +193,11 @@ def attribution_results(
     *, spec: AttributionSpec, dates: DateRange, currency: str | None = None
 ) -> list[Credit]:
     sql, params = attribution_sql(
-        spec, start=dates.start, end=dates.end, currency=currency or settings.CDP_CURRENCY
+        spec,
+        start=dates.start,
+        end=dates.end,
+        currency=currency or settings.CDP_CURRENCY,
+        analysed=analysed_members(),
     )
     return credits_from_rows(_rows(sql, params))
 
@@ -236,7 +259,9 @@ class Cohort:
 
 
 def cohorts_results(*, spec: CohortSpec, dates: DateRange) -> list[Cohort]:
-    sql, params = cohorts_sql(spec, start=dates.start, end=dates.end, time_zone=settings.TIME_ZONE)
+    sql, params = cohorts_sql(
+        spec, start=dates.start, end=dates.end, time_zone=settings.TIME_ZONE, analysed=analysed_members()
+    )
     cohorts: dict[tuple[date, str], Cohort] = {}
     for cohort, channel, offset, members, active, repurchased in _rows(sql, params):
         if offset < 0:

@@ -19,6 +19,9 @@ viewed a product in the app and bought it in a store converts.
 - Per step k and breakdown group g: ``entered`` members whose attempt reached step k (with
   group g there), ``converted`` those of them who also reached step k+1, and the median time
   (seconds) from step k to step k+1 among those.
+- Only the members an ``AnalysedMembers`` lets in count (the services: those whose consent to
+  ``analytics`` is in force, docs/insights-funnels.md); the others' events are not read into
+  any answer, and the reference is given only the analysed members' events.
 - Breakdown groups: ``channel`` / ``store``: the channel / store code of the member's step-k
   event (a step done in the app counts under app at that step); ``tier``: the member's loyalty
   tier now ("" without one); ``segment``: each of the named segments the member is in now (a
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from members.insights.analysed import AnalysedMembers
 from members.segments.compile import value_equals_sql
 from members.segments.rules.interpret import EventFact, event_passes
 from members.segments.rules.parse import RuleInvalid, rule_parse
@@ -154,16 +158,23 @@ def _step_test(step: EventFilter, columns: Mapping[str, str], params: list[Any])
     return "(" + " AND ".join(tests) + ")"
 
 
-def funnel_members_sql(spec: FunnelSpec, *, start: datetime, end: datetime) -> tuple[str, list[Any]]:
-    """A query of one row per member with an attempt: ``member, depth, t1..tN`` (the times of
-    the steps filled, NULL beyond the depth), ``c1..cN`` (their channels) and ``s1..sN`` (their
-    store codes), per the module's definition.
+def funnel_members_sql(
+    spec: FunnelSpec, *, start: datetime, end: datetime, analysed: AnalysedMembers, step_groups: bool = True
+) -> tuple[str, list[Any]]:
+    """A query of one row per analysed member with an attempt: ``member, depth, t1..tN`` (the
+    times of the steps filled, NULL beyond the depth), ``c1..cN`` (their channels) and
+    ``s1..sN`` (their store codes; past step 1 only with ``step_groups``, else NULL), per the
+    module's definition. A member ``analysed`` leaves out is in no row.
 
-    One pass over the events of ``[start, end + window)`` naming a step, in window functions:
-    each event is numbered in its member's (time, id) order, and for each later step k the
-    window gives every event the number of its member's next event passing step k. An attempt
-    then follows those numbers from its step-1 event, one equi-join per step, so the cost is
-    linear in the events however many attempts a member makes."""
+    One pass over the events of ``[start, end + window)`` naming a step, sorted once per member
+    by (time, id) descending, then only window functions over that one order: no join per step.
+    Each event gets its rank ``rd`` in that order (1: the member's latest). The next event
+    passing step k after an event is the one of greatest rank below its own: a running ``max``
+    over the rows before it in this order (a frame whose start never moves, so each row is
+    added once, linear). That next event only moves later as the event does, so the
+    continuation (steps k+1..N) of the next step-k event is the running ``max`` (ranks) and
+    ``min`` (times) of the continuations of the step-k events before it. One level of windows
+    per step, from the last step back to step 2, gives every step-1 event its whole chain."""
     n = len(spec.steps)
     params: list[Any] = []
     keys = sorted({key for step in spec.steps for key, _ in step.where if key.startswith("properties.")})
@@ -172,48 +183,77 @@ def funnel_members_sql(spec: FunnelSpec, *, start: datetime, end: datetime) -> t
     params.extend(key[len("properties.") :] for key in keys)
     params.extend([start, end + spec.window, sorted({step.name for step in spec.steps})])
     flags = ", ".join(f"{_step_test(step, columns, params)} AS m{k}" for k, step in enumerate(spec.steps, 1))
-    # "Every later row" as a running frame from the partition's far end: its start never moves,
-    # so PostgreSQL adds each row to the running min once (linear); a frame "1 FOLLOWING to
-    # UNBOUNDED FOLLOWING" has a moving start and recomputes min over the rest for every row.
-    following = "PARTITION BY member ORDER BY rn DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING"
-    nexts = ", ".join(f"min(CASE WHEN m{k} THEN rn END) OVER ({following}) AS n{k}" for k in range(2, n + 1))
-    window = spec.window.total_seconds()
-    joins = "".join(
-        f" LEFT JOIN nexts x{k} ON x{k}.member = x{k - 1}.member AND x{k}.rn = x{k - 1}.n{k}"
-        f" AND x{k}.at <= x1.at + %s * interval '1 second'"
-        for k in range(2, n + 1)
+    order = "PARTITION BY member ORDER BY at DESC, id DESC"
+    before = f" WINDOW w AS ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
+    base = "member, id, rd, at, channel, store_code"
+    # Level k, from N down to 2: r{k}_j and t{k}_j (j = k..N) are the rank and time of the
+    # step-j event of the chain that starts at the next step-k event after the row.
+    level = (
+        f"SELECT *, row_number() OVER ({order}) AS rd FROM flagged"
+        f" WHERE {' OR '.join(f'm{k}' for k in range(1, n + 1))}"
     )
+    for k in range(n, 1, -1):
+        chain = [f"max(CASE WHEN m{k} THEN rd END) OVER w AS r{k}_{k}",
+                 f"min(CASE WHEN m{k} THEN at END) OVER w AS t{k}_{k}"]  # fmt: skip
+        for j in range(k + 1, n + 1):
+            chain.append(f"max(CASE WHEN m{k} THEN r{k + 1}_{j} END) OVER w AS r{k}_{j}")
+            chain.append(f"min(CASE WHEN m{k} THEN t{k + 1}_{j} END) OVER w AS t{k}_{j}")
+        kept = "".join(f", m{j}" for j in range(1, k))
+        level = f"SELECT {base}{kept}, {', '.join(chain)} FROM ({level}) AS l{k}{before}"
+    # A step counts while its event is within the window of step 1; the chain's times only grow,
+    # so the steps counted run on from step 2 without a gap.
+    counted = [f"coalesce(t2_{k} <= at + %s * interval '1 second', false)" for k in range(2, n + 1)]
+    depth = " + ".join(["1", *(f"{test}::int" for test in counted)])
+    steps = "".join(
+        f", CASE WHEN {test} THEN t2_{k} END AS t{k}, CASE WHEN {test} THEN r2_{k} END AS r{k}"
+        for k, test in zip(range(2, n + 1), counted, strict=True)
+    )
+    params.extend([spec.window.total_seconds()] * (3 * (n - 1)))
+    params.extend([start, end])
+    if step_groups:
+        joins = "".join(
+            f" LEFT JOIN chains x{k} ON x{k}.member = b.member AND x{k}.rd = b.r{k}" for k in range(2, n + 1)
+        )
+        channels = [f"x{k}.channel" for k in range(2, n + 1)]
+        stores = [f"x{k}.store_code" for k in range(2, n + 1)]
+    else:
+        joins, channels, stores = "", ["NULL::text"] * (n - 1), ["NULL::text"] * (n - 1)
     picked = ", ".join(
-        f"x{k}.at AS t{k}, x{k}.channel AS c{k}, x{k}.store_code AS s{k}" for k in range(1, n + 1)
-    )
-    depth = " + ".join(["1", *(f"(x{k}.rn IS NOT NULL)::int" for k in range(2, n + 1))])
+        [*(f"b.t{k}" for k in range(1, n + 1)), "b.c1 AS c1",
+         *(f"{c} AS c{k}" for k, c in enumerate(channels, 2)), "b.s1 AS s1",
+         *(f"{s} AS s{k}" for k, s in enumerate(stores, 2))]
+    )  # fmt: skip
+    analysed_test, analysed_params = analysed.sql("b.member")
+    params.extend(analysed_params)
     sql = (
-        "WITH events AS MATERIALIZED ("
+        "WITH events AS ("
         f" SELECT COALESCE(m.merged_into_id, m.id) AS member, e.id, e.event, e.timestamp AS at, e.channel, e.store_code{extract}"
         " FROM events_event e JOIN identity_eventresolution r ON r.event_id = e.id"
         " JOIN members_member m ON m.id = r.member_id"
         " WHERE e.timestamp >= %s AND e.timestamp < %s AND e.event = ANY(%s::text[])"
         "), flagged AS ("
         f" SELECT e.member, e.id, e.at, e.channel, e.store_code, {flags} FROM events e"
-        "), ranked AS ("
-        f" SELECT *, row_number() OVER (PARTITION BY member ORDER BY at, id) AS rn FROM flagged"
-        f" WHERE {' OR '.join(f'm{k}' for k in range(1, n + 1))}"
-        "), nexts AS MATERIALIZED ("
-        f" SELECT *, {nexts} FROM ranked"
+        f"), chains AS {'MATERIALIZED ' if step_groups else ''}({level}"
         "), attempts AS ("
-        f" SELECT x1.member, x1.rn AS rn1, {depth} AS depth, {picked}"
-        f" FROM nexts x1{joins} WHERE x1.m1 AND x1.at >= %s AND x1.at < %s"
-        ") SELECT DISTINCT ON (member) * FROM attempts ORDER BY member, depth DESC, rn1"
+        f" SELECT member, rd AS r1, at AS t1, channel AS c1, store_code AS s1, {depth} AS depth{steps}"
+        " FROM chains WHERE m1 AND at >= %s AND at < %s"
+        # Materialized: the consent test runs once per member, not pushed down to every attempt.
+        "), best AS MATERIALIZED ("
+        " SELECT DISTINCT ON (member) * FROM attempts ORDER BY member, depth DESC, r1 DESC"
+        f") SELECT b.member, b.depth, {picked} FROM best b{joins} WHERE {analysed_test}"
     )
-    params.extend([window] * (n - 1))
-    params.extend([start, end])
     return sql, params
 
 
-def funnel_sql(spec: FunnelSpec, *, start: datetime, end: datetime) -> tuple[str, list[Any]]:
+def funnel_sql(
+    spec: FunnelSpec, *, start: datetime, end: datetime, analysed: AnalysedMembers
+) -> tuple[str, list[Any]]:
     """The funnel's answer as rows ``(step, group, entered, converted, median_seconds)``,
-    grouped by step and breakdown group (see ``funnel_members_sql``)."""
-    members, params = funnel_members_sql(spec, start=start, end=end)
+    grouped by step and breakdown group, over the members ``analysed`` lets in (see
+    ``funnel_members_sql``)."""
+    members, params = funnel_members_sql(
+        spec, start=start, end=end, analysed=analysed, step_groups=spec.breakdown in STEP_BREAKDOWNS
+    )
     n = len(spec.steps)
     joins = ""
     if spec.breakdown == "tier":
@@ -254,11 +294,11 @@ def funnel_sql(spec: FunnelSpec, *, start: datetime, end: datetime) -> tuple[str
 
 
 def funnel_step_members_sql(
-    spec: FunnelSpec, *, start: datetime, end: datetime, step: int, dropped: bool
+    spec: FunnelSpec, *, start: datetime, end: datetime, step: int, dropped: bool, analysed: AnalysedMembers
 ) -> tuple[str, list[Any]]:
-    """The members who reached ``step`` (``dropped``: and went no further), for a static
-    segment: the only way a funnel names members."""
-    members, params = funnel_members_sql(spec, start=start, end=end)
+    """The members ``analysed`` lets in who reached ``step`` (``dropped``: and went no
+    further), for a static segment: the only way a funnel names members."""
+    members, params = funnel_members_sql(spec, start=start, end=end, analysed=analysed, step_groups=False)
     test = f"depth = {int(step)}" if dropped else f"depth >= {int(step)}"
     return f"SELECT f.member FROM ({members}) f WHERE f.{test} ORDER BY f.member", params
 

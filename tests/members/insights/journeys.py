@@ -1,6 +1,6 @@
 """Generated cross-channel journeys written straight into the tables insights read (members and
-their merges, events and their resolutions, orders, tiers, segment memberships), and the same
-journeys as the plain-Python references read them."""
+their merges, events and their resolutions, orders, tiers, segment memberships, consent to
+``analytics``), and the same journeys as the plain-Python references read them."""
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -11,18 +11,24 @@ from hypothesis import strategies as st
 
 from events.models import Event, Source
 from identity.models import EventResolution
+from members.consent.statements import DENIED, GRANTED, WITHDRAWN
 from members.insights.attribution import Conversion, Touch
 from members.insights.funnels import MemberEvent
 from members.loyalty.models import PointsAccount
 from members.models import Member, MemberOrder
 from members.segments.models import Segment, SegmentMember
 from tests.factories import SourceFactory
+from tests.factories.consent import consent_state
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
 NAMES = ("Product Viewed", "Product Added", "Order Completed", "Push Opened", "Coupon Claimed")
 CHANNELS = ("pos", "app", "mini_program", "web")
 PROPERTY_VALUES = (1, "1", "x", True)
 SEGMENTS = ("s1", "s2")
+#: A person's ``analytics`` consent: the states they stated, in order, a day apart ending before
+#: the insight runs (none: never stated, so not analysed; the last state is the one in force).
+CONSENT_HISTORIES = ((GRANTED,), (GRANTED,), (GRANTED,), (), (DENIED,), (GRANTED, WITHDRAWN),
+                     (DENIED, GRANTED), (GRANTED, DENIED))  # fmt: skip
 
 #: Coarse times, so that ties (ordered by event id) are frequent: within three days (funnel
 #: windows, lookbacks), or over two months (cohort periods).
@@ -60,6 +66,7 @@ def person_st(minutes: st.SearchStrategy[int] = CLOSE) -> st.SearchStrategy[dict
             "orders": st.lists(orders, max_size=4),
             "tier": st.sampled_from(("", "gold", "silver", None)),
             "segments": st.lists(st.sampled_from(SEGMENTS), max_size=2, unique=True),
+            "analytics": st.sampled_from(CONSENT_HISTORIES),
         }
     )
 
@@ -74,6 +81,22 @@ class Written:
     segments_of: dict[int, list[str]] = field(default_factory=dict)
     members: list[Member] = field(default_factory=list)
     sources: dict[str, Source] = field(default_factory=dict)
+    analysed: set[int] = field(default_factory=set)  # members whose analytics consent is in force
+
+    def of_analysed(self) -> "Written":
+        """The same journeys with only the analysed members' part: what insights may read."""
+        keep = self.analysed
+        return Written(
+            events=[e for e in self.events if e.member in keep],
+            touches=[t for t in self.touches if t.member in keep],
+            conversions=[c for c in self.conversions if c.member in keep],
+            orders=[o for o in self.orders if o[0] in keep],
+            tiers={m: t for m, t in self.tiers.items() if m in keep},
+            segments_of={m: s for m, s in self.segments_of.items() if m in keep},
+            members=[m for m in self.members if m.pk in keep],
+            sources=self.sources,
+            analysed=keep,
+        )
 
 
 def _context(data: dict[str, Any]) -> dict[str, Any]:
@@ -136,4 +159,13 @@ def write(people: list[dict[str, Any]]) -> Written:
             SegmentMember(segment=segments[key], member=member, entered_at=T0) for key in person["segments"]
         )
         out.segments_of[member.pk] = person["segments"]
+        # Stated on the surviving member (statements follow merges to it), a day apart, the
+        # last a day before the insight runs.
+        history = person.get("analytics", (GRANTED,))
+        for days_ago, state in zip(range(len(history), 0, -1), history, strict=True):
+            consent_state(
+                [member.pk], state, purposes=["analytics"], at=datetime.now(UTC) - timedelta(days=days_ago)
+            )
+        if history and history[-1] == GRANTED:
+            out.analysed.add(member.pk)
     return out

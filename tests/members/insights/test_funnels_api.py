@@ -28,8 +28,10 @@ RANGE = "start=2026-10-01&end=2026-10-31"
 def journey() -> dict:
     """Li Na views a product in the app (anonymous), claims a spring-sale coupon in the
     mini-program and buys in the Shanghai store two days later; her app identity is merged into
-    her store one when she logs in with her phone. Part of the order is refunded. Wang Wei only
-    views, in the web shop."""
+    her store one when she logs in with her phone (and agrees to ``analytics``). Part of the
+    order is refunded. Wang Wei only views, in the web shop (and agrees to ``analytics``).
+    Zhao Lei does all Li Na does, with a vip-week coupon, but withdraws her ``analytics``
+    consent afterwards: no insight may read her."""
     store = SourceFactory(pos=True, store_code="SH01", name="Shanghai")
     app = SourceFactory(kind="app", name="App")
     mini = SourceFactory(kind="mini_program", name="Mini")
@@ -43,13 +45,30 @@ def journey() -> dict:
     EventFactory(source=store, user_id="", anonymous_id="", event="Order Completed", context=phone,
                  timestamp=T0 + timedelta(days=2), properties={"order_id": "S1", "total": "400.00", "currency": "CNY"})  # fmt: skip
     EventFactory(source=web, user_id="", anonymous_id="anon-wang", event="Product Viewed", timestamp=T0)
+    EventFactory(source=web, type="identify", user_id="", anonymous_id="anon-wang", event="", timestamp=T0,
+                 traits={"consent": {"analytics": True}})  # fmt: skip
+    zhao = {"traits": {"phone": "13900139000"}}
+    zhao_viewed = EventFactory.create(source=app, user_id="", anonymous_id="anon-zhao", event="Product Viewed",
+                                      timestamp=T0, properties={"product_id": "P1"})  # fmt: skip
+    EventFactory(source=mini, user_id="", anonymous_id="mini-zhao", event="Coupon Claimed", context={
+        **zhao, "campaign": {"name": "vip-week", "source": "wechat"}}, timestamp=T0 + timedelta(hours=3),
+        properties={"coupon_id": "VIP20"})  # fmt: skip
+    EventFactory(source=store, user_id="", anonymous_id="", event="Order Completed", context=zhao,
+                 timestamp=T0 + timedelta(days=2), properties={"order_id": "S2", "total": "500.00", "currency": "CNY"})  # fmt: skip
     events_process_pending()
     EventFactory(source=app, type="identify", user_id="", anonymous_id="anon-li", timestamp=T0 + timedelta(days=3),
-                 traits={"phone": "+86 138 0013 8000"})  # fmt: skip
+                 traits={"phone": "+86 138 0013 8000", "consent": {"analytics": True}})  # fmt: skip
+    EventFactory(source=app, type="identify", user_id="", anonymous_id="anon-zhao", timestamp=T0 + timedelta(days=3),
+                 traits={"phone": "+86 139 0013 9000", "consent": {"analytics": True}})  # fmt: skip
+    EventFactory(source=app, user_id="", anonymous_id="anon-zhao", event="Consent Updated",
+                 timestamp=T0 + timedelta(days=5), properties={"purpose": "analytics", "state": "withdrawn"})  # fmt: skip
     EventFactory(source=store, user_id="", anonymous_id="", event="Order Refunded", context=phone,
                  timestamp=T0 + timedelta(days=4), properties={"order_id": "S1", "total": "100.00", "currency": "CNY"})  # fmt: skip
     events_process_pending()
-    return {"li": EventResolution.objects.get(event=viewed).member_id}
+    return {
+        "li": EventResolution.objects.get(event=viewed).member_id,
+        "zhao": EventResolution.objects.get(event=zhao_viewed).member_id,
+    }
 
 
 FUNNEL = {
@@ -78,6 +97,32 @@ def test_outside_the_window_nobody_converts(journey):
     body = {**FUNNEL, "window_hours": 24, "breakdown": ""}
     answer = client.post(f"/api/v1/insights/funnels/preview/?{RANGE}", body, format="json").json()
     assert [(r["step"], r["entered"], r["converted"]) for r in answer["rows"]] == [(1, 2, 0)]
+
+
+def test_a_member_who_withdrew_analytics_is_in_no_answer(journey):
+    """Zhao Lei would convert exactly as Li Na does (and be credited to vip-week, and start a
+    cohort), but withdrew ``analytics``: she is counted nowhere and put in no step segment."""
+    assert journey["zhao"] != journey["li"]
+    client = staff_client(Role.MARKETING)
+    funnel = client.post("/api/v1/insights/funnels/", {**FUNNEL, "breakdown": ""}, format="json").json()
+    answer = client.get(f"/api/v1/insights/funnels/{funnel['id']}/results/?{RANGE}").json()
+    assert [(r["step"], r["entered"], r["converted"]) for r in answer["rows"]] == [(1, 2, 1), (2, 1, 0)]
+    for step, dropped in ((1, False), (2, False), (1, True)):
+        made = client.post(f"/api/v1/insights/funnels/{funnel['id']}/segments/",
+                           {"step": step, "dropped": dropped, "key": f"s{step}{dropped:d}", "name": "at a step",
+                            "start": "2026-10-01", "end": "2026-10-31"}, format="json")  # fmt: skip
+        assert made.status_code == 201, made.json()
+    kept = set(
+        SegmentMember.objects.filter(segment__key__in=["s10", "s20", "s11"]).values_list(
+            "member_id", flat=True
+        )
+    )
+    assert journey["li"] in kept
+    assert journey["zhao"] not in kept
+    groups = client.get(f"/api/v1/insights/attribution/?{RANGE}&by=campaign&lookback_days=7").json()["rows"]
+    assert [r["group"] for r in groups] == ["spring-sale"]  # no vip-week, no (no touch) for her order
+    cohorts = client.get(f"/api/v1/insights/cohorts/?{RANGE}&period=week").json()["cohorts"]
+    assert [(c["cohort"], c["members"]) for c in cohorts] == [("2026-10-05", 1)]
 
 
 def test_a_bad_funnel_is_refused_by_path():

@@ -1,5 +1,7 @@
 """Funnels, attribution and cohorts in SQL over the real tables held to their plain-Python
-references on generated cross-channel journeys (with merges, ties, refunds, other currencies)."""
+references on generated cross-channel journeys (with merges, ties, refunds, other currencies,
+and members who granted, refused, withdrew or never stated ``analytics`` consent: the SQL's
+answer is the reference's over the analysed members' part of the journeys only)."""
 
 import math
 import os
@@ -20,6 +22,7 @@ from members.insights.attribution import (
     credits_from_rows,
 )
 from members.insights.cohorts import CohortSpec, Start, cohorts_reference, cohorts_sql
+from members.insights.funnel_services import analysed_members
 from members.insights.funnels import (
     FunnelRow,
     funnel_attempts_reference,
@@ -96,8 +99,8 @@ def test_funnel_sql_is_the_reference(people, definition, start_hours, span_hours
     start = T0 + timedelta(hours=start_hours)
     end = start + timedelta(hours=span_hours)
     with transaction.atomic():
-        written = write(people)
-        sql, params = funnel_sql(spec, start=start, end=end)
+        written = write(people).of_analysed()
+        sql, params = funnel_sql(spec, start=start, end=end, analysed=analysed_members())
         found = [
             FunnelRow(s, g, e, c, None if m is None else float(m)) for s, g, e, c, m in rows(sql, params)
         ]
@@ -108,7 +111,9 @@ def test_funnel_sql_is_the_reference(people, definition, start_hours, span_hours
         attempts = funnel_attempts_reference(spec, written.events, start=start, end=end)
         for step in range(1, len(spec.steps) + 1):
             for dropped in (False, True):
-                sql, params = funnel_step_members_sql(spec, start=start, end=end, step=step, dropped=dropped)
+                sql, params = funnel_step_members_sql(
+                    spec, start=start, end=end, step=step, dropped=dropped, analysed=analysed_members()
+                )
                 wanted = sorted(
                     a.member for a in attempts if (len(a.steps) == step if dropped else len(a.steps) >= step)
                 )
@@ -133,8 +138,8 @@ def test_attribution_sql_is_the_reference_and_credits_add_up(
     start = T0 + timedelta(hours=start_hours)
     end = start + timedelta(hours=span_hours)
     with transaction.atomic():
-        written = write(people)
-        sql, params = attribution_sql(spec, start=start, end=end, currency="CNY")
+        written = write(people).of_analysed()
+        sql, params = attribution_sql(spec, start=start, end=end, currency="CNY", analysed=analysed_members())
         found = {c.group: c for c in credits_from_rows(rows(sql, params))}
         conversions = [c for c in written.conversions if start <= c.at < end]
         expected = attribution_reference(spec, conversions, written.touches)
@@ -171,7 +176,7 @@ def test_cohorts_sql_is_the_reference(people, spec, start_hours, span_hours, zon
     start = T0 + timedelta(hours=start_hours)
     end = start + timedelta(hours=span_hours)
     with transaction.atomic():
-        written = write(people)
+        written = write(people).of_analysed()
         firsts = {}
         for member, at, _order_id, channel in sorted(written.orders, key=lambda o: (o[1], o[2])):
             firsts.setdefault(member, Start(member, at, channel))
@@ -179,7 +184,7 @@ def test_cohorts_sql_is_the_reference(people, spec, start_hours, span_hours, zon
             spec, starts=firsts.values(), orders=[(m, at) for m, at, _, _ in written.orders],
             events=[(e.member, e.at) for e in written.events], start=start, end=end, zone=ZoneInfo(zone),
         )  # fmt: skip
-        sql, params = cohorts_sql(spec, start=start, end=end, time_zone=zone)
+        sql, params = cohorts_sql(spec, start=start, end=end, time_zone=zone, analysed=analysed_members())
         found = rows(sql, params)
         event(f"cells: {min(sum(1 for r in found if r[2] >= 1), 3)}")
         assert {(c, ch): n for c, ch, k, n, _, _ in found if k == -1} == sizes
@@ -208,7 +213,7 @@ def test_the_window_includes_its_last_instant(gap_minutes, converts):
     people = [_person([_event(NAMES[0], 0), _event(NAMES[2], gap_minutes, "pos")])]
     with transaction.atomic():
         written = write(people)
-        sql, params = funnel_sql(spec, start=T0, end=T0 + timedelta(days=1))
+        sql, params = funnel_sql(spec, start=T0, end=T0 + timedelta(days=1), analysed=analysed_members())
         found = [(s, e, c) for s, _, e, c, _ in rows(sql, params)]
         expected = funnel_reference(spec, written.events, start=T0, end=T0 + timedelta(days=1))
         assert found == [(r.step, r.entered, r.converted) for r in expected]
