@@ -133,12 +133,11 @@ def import_file(kind: str, path: Path) -> tuple[int, float]:
 
 def resolve() -> tuple[int, float, float]:
     """(events, seconds resolving, seconds refreshing)."""
-    from events.pipeline import events_process_batch, pipeline_follow_ups_drain
+    from events.pipeline import pipeline_follow_ups_drain
+    from members.imports.services import imported_identities_resolve
 
     started = time.perf_counter()
-    total = 0
-    while done := events_process_batch(batch_size=500):
-        total += done
+    total = imported_identities_resolve(batch_size=500)
     resolved_at = time.perf_counter()
     pipeline_follow_ups_drain()
     return total, resolved_at - started, time.perf_counter() - resolved_at

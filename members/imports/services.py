@@ -30,7 +30,11 @@ from django.utils import timezone
 
 from events.contract import Message, Rejection, TimestampWindow, message_parse
 from events.models import Channel, Source
-from events.pipeline import events_process_batch, pipeline_follow_ups_drain
+from events.pipeline import (
+    events_process_backlog_in_event_time,
+    events_process_batch,
+    pipeline_follow_ups_drain,
+)
 from events.services import events_ingest, source_create
 from identity.policy import normalization_policy
 from identity.selectors import identifier_holders
@@ -461,16 +465,28 @@ def _ref_of(plan: Plan) -> MemberRef | None:
 
 def imported_resolve(*, batch_size: int | None = None) -> tuple[int, int]:
     """Run the pipeline over everything waiting, as for a bulk of history: identity resolution
-    of every batch first, then the follow-ups (the member refresh) once. The stages and their
-    rules are the live ones; only their order over the backlog differs: live, each batch is
-    followed by a refresh of its members, which over a history refreshes a member once per
-    batch holding one of their events (five orders spread over a file: five refreshes, each
-    reading all the member's events), here once. Returns (events resolved, refresh work done)."""
+    of every batch first (``imported_identities_resolve``), then the follow-ups (the member
+    refresh) once. The stages and their rules are the live ones; only their order over the
+    backlog differs: live, each batch is followed by a refresh of its members, which over a
+    history refreshes a member once per batch holding one of their events (five orders spread
+    over a file: five refreshes, each reading all the member's events), here once. Returns
+    (events resolved, refresh work done)."""
+    return imported_identities_resolve(batch_size=batch_size), pipeline_follow_ups_drain()
+
+
+def imported_identities_resolve(*, batch_size: int | None = None) -> int:
+    """The pipeline's stages (identity resolution) over every event waiting, the backlog taken
+    in event time (``events_process_backlog_in_event_time``): the files of a history are
+    stored one after the other, each in its own order (members, then orders by order number),
+    and taken in that order nearly every order would be older than events already resolved
+    for its member, re-resolving the member's whole history each time; in event time each
+    event resolves incrementally, as live events mostly do. Then whatever arrived meanwhile,
+    in the ordinary order. Returns the events taken out of the queue."""
     size = batch_size or settings.EVENT_PIPELINE_BATCH_SIZE
-    resolved = 0
+    resolved = events_process_backlog_in_event_time(batch_size=size)
     while done := events_process_batch(batch_size=size):
         resolved += done
-    return resolved, pipeline_follow_ups_drain()
+    return resolved
 
 
 def import_job_run(*, job_id: int) -> None:
