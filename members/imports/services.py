@@ -28,6 +28,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from cdp.models import AuditEntry
+from cdp.services import audit_record
 from events.contract import Message, Rejection, TimestampWindow, message_parse
 from events.models import Channel, Source
 from events.pipeline import (
@@ -97,11 +99,18 @@ def import_job_create(
     mapping: dict[str, Any] | None = None,
     dry_run: bool = False,
     user: User | None = None,
+    channel: str = "cli",
+    operator: str = "",
     save: bool = True,
 ) -> tuple[ImportJob, bool]:
     """The job for this file: the one already made for the same kind, name and file contents
     (False), or a new one (True). A dry run always gets a new job; ``save=False`` keeps it out
-    of the database (the command's dry run writes nothing)."""
+    of the database (the command's dry run writes nothing).
+
+    A new saved job is audited (``start_import``, in the caller's transaction): an import
+    writes every store's and channel's data at once and reads a file of personal data, so
+    who started which file is kept with the other privileged actions. ``user`` is the staff
+    user (API, console); a command has none, and names the shell's ``operator`` instead."""
     if kind not in ImportJob.Kind.values:
         raise ValueError(f"kind: one of {', '.join(ImportJob.Kind.values)}")
     mapping_parse(mapping or {})  # refused now, not when the job runs
@@ -125,7 +134,21 @@ def import_job_create(
     if save:
         job.full_clean(exclude=["created_by"], validate_constraints=False)
         job.save()
+        _start_audit(job, user=user, channel=channel, operator=operator)
     return job, True
+
+
+def _start_audit(job: ImportJob, *, user: User | None, channel: str, operator: str) -> None:
+    by = f"; shell user {operator}" if operator and user is None else ""
+    audit_record(
+        user=user,
+        action=AuditEntry.Action.START_IMPORT,
+        member_ids=(),
+        channel=channel,
+        # The file's name is the caller's text: kept last, so the limit cuts it, not the facts.
+        detail=f"import job {job.pk}: {job.kind} of {job.name}{' (dry run)' if job.dry_run else ''}, "
+        f"{job.lines_total} lines, sha256 {job.sha256[:16]}{by}; file {job.file_name}",
+    )
 
 
 def import_run(

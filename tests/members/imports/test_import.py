@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 import pytest
 from django.core.management import call_command
 
+from cdp.models import AuditEntry
 from events.models import Event, Source
 from identity.models import Identifier
 from members.imports import services
@@ -163,6 +164,21 @@ def test_a_dry_run_checks_everything_and_writes_nothing(tmp_path, capsys):
     assert "line 5: store: a pos order needs its store [skipped]" in out
     assert "would import 3, already there 0, skipped 1" in out
     assert (Event.objects.count(), Source.objects.count(), ImportJob.objects.count()) == (events, sources, 0)
+
+
+def test_starting_an_import_is_audited_with_the_shell_user(tmp_path, monkeypatch):
+    monkeypatch.setattr("getpass.getuser", lambda: "ops-anna")
+    path = csv_file(tmp_path / "orders.csv", ORDERS)
+    call_command("import", "orders", str(path), "--name", "crm", "--no-progress")
+    call_command("import", "orders", str(path), "--name", "crm", "--no-progress")  # done: not a new start
+
+    job = ImportJob.objects.get()
+    (entry,) = AuditEntry.objects.filter(action=AuditEntry.Action.START_IMPORT)
+    assert (entry.user, entry.channel, entry.member_ids) == (None, "cli", [])
+    assert entry.detail == (
+        f"import job {job.pk}: orders of crm, {job.lines_total} lines, sha256 {job.sha256[:16]}; "
+        "shell user ops-anna; file orders.csv"
+    )
 
 
 def test_a_gb18030_file_with_a_mapping(tmp_path):

@@ -1,5 +1,6 @@
 """``python manage.py import KIND FILE``: import a legacy system's history (members.imports)."""
 
+import getpass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,8 @@ class Command(BaseCommand):
             path=path.resolve(),
             mapping=raw_mapping,
             dry_run=dry_run,
+            channel="cli",
+            operator=getpass.getuser(),
             save=not dry_run,
         )
         if not created and job.status == ImportJob.Status.SUCCEEDED:
