@@ -404,11 +404,6 @@ class _Runner:
                     )
                 )
                 continue
-            if plan.opening is not None and plan.opening.points < 0:
-                found.append(
-                    Reported(record.number, record.line, "points", "an opening balance is positive", True)
-                )
-                continue
             resolved.append((record, plan, member_id))
         if self.job.dry_run:
             return len(resolved), 0
