@@ -270,7 +270,8 @@ def test_opening_balances_tiers_and_coupons(tmp_path):
     assert Coupon.objects.count() == 2
 
 
-def test_a_tier_grant_follows_its_member_through_a_merge_and_is_in_the_access_export(tmp_path):
+def test_a_tier_grant_follows_its_member_through_a_merge_and_a_split_and_is_in_the_access_export(tmp_path):
+    from identity.services import member_split
     from members.loyalty.models import TierGrant
     from members.privacy.selectors import access_export
 
@@ -300,3 +301,17 @@ def test_a_tier_grant_follows_its_member_through_a_merge_and_is_in_the_access_ex
         ("gold", "tier:crm:M2", datetime(2023, 1, 1, tzinfo=UTC))
     ]
     assert export["points"]["tier"]["key"] == "gold"
+
+    # Staff split M2's identifiers off again: M2 stands again (its id back), its grant with it.
+    member_split(
+        member_id=m1,
+        identifiers=["anonymous_id:crm:M2", "email:li@example.com", "phone:+8613900139000"],
+        reason="two people",
+    )
+    drain()
+    assert Member.objects.get(pk=m2).status == Member.Status.ACTIVE
+    assert TierGrant.objects.get(key="tier:crm:M2").member_id == m2
+    assert (PointsAccount.objects.get(member_id=m2).tier, PointsAccount.objects.get(member_id=m1).tier) == (
+        "gold",
+        "base",
+    )
