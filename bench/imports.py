@@ -273,7 +273,7 @@ CPU seconds: this process and its PostgreSQL backend (what the step costs whatev
 {line("member refresh, once per member (traits, consent, figures, points, tags, segments)", f"{active:,} members", refreshing, active)}
 {line("**end to end**", f"{rows:,} rows", Took(total_wall, total_cpu), rows)}
 
-Import alone runs at {rows / import_wall / copy_rate:.2f} times the speed of the plain `COPY` of the same rows
+Import alone runs at {rows / import_wall / copy_rate:.3f} times the speed of the plain `COPY` of the same rows
 ({rows / import_wall:,.0f} against {copy_rate:,.0f} rows/s; per CPU second {rows / import_cpu:,.0f} against
 {copy_cpu_rate:,.0f}). Checks: one active member per legacy member {"✓" if members_ok else "✗"} ({active:,});
 every order in the figures {"✓" if orders_ok else "✗"} ({counted:,}); the same files again imported {again} rows
