@@ -181,7 +181,7 @@ def resolve(*, arrival_order: bool) -> tuple[int, Took, Took]:
             while done := events_process_batch(batch_size=500):
                 total += done
         else:
-            total = imported_identities_resolve(batch_size=500)
+            total = imported_identities_resolve()
     with timed() as refreshing:
         pipeline_follow_ups_drain()
     return total, resolving, refreshing
@@ -225,6 +225,7 @@ def main() -> int:
         print("resolved", resolved, flush=True)
         load_after = load()
         from members.imports.models import ImportJob
+        from members.imports.services import BACKLOG_BATCH_SIZE
 
         ImportJob.objects.all().delete()  # the same files again, as new jobs: every row's key is there
         again = sum(
@@ -269,7 +270,7 @@ CPU seconds: this process and its PostgreSQL backend (what the step costs whatev
 {line("limit: plain `COPY` of the orders file", f"{copied_orders[0]:,}", copied_orders[1], copied_orders[0])}
 {line("import members (`manage.py import members`: contract, events, checkpoints)", f"{imported_members[0]:,}", imported_members[1], imported_members[0])}
 {line("import orders", f"{imported_orders[0]:,}", imported_orders[1], imported_orders[0])}
-{line(f"identity resolution (one process, batches of 500, the backlog {order})", f"{events:,} events", resolving, events)}
+{line(f"identity resolution (one process, batches of {500 if args.arrival_order else BACKLOG_BATCH_SIZE:,}, the backlog {order})", f"{events:,} events", resolving, events)}
 {line("member refresh, once per member (traits, consent, figures, points, tags, segments)", f"{active:,} members", refreshing, active)}
 {line("**end to end**", f"{rows:,} rows", Took(total_wall, total_cpu), rows)}
 

@@ -57,6 +57,12 @@ logger = logging.getLogger(__name__)
 BATCH_SIZE = 5000
 #: Problems kept per job (all are counted): a file where every row is wrong tells enough with these.
 MAX_PROBLEMS_KEPT = 10_000
+#: Events per pipeline batch when a history's backlog is resolved (``imported_resolve``): each
+#: batch pays the identity lock, the graph's loading and its flush; measured (4,000 members and
+#: 20,000 orders, three runs each, 2026-12-05), 2,000 took 10 to 15% less CPU per event than
+#: the live 500, while holding the identity lock about a second on this machine, which live
+#: events arriving meanwhile wait for.
+BACKLOG_BATCH_SIZE = 2000
 ENDPOINT = "import"
 
 
@@ -502,7 +508,7 @@ def imported_identities_resolve(*, batch_size: int | None = None) -> int:
     for its member, re-resolving the member's whole history each time; in event time each
     event resolves incrementally, as live events mostly do. Then whatever arrived meanwhile,
     in the ordinary order. Returns the events taken out of the queue."""
-    size = batch_size or settings.EVENT_PIPELINE_BATCH_SIZE
+    size = batch_size or BACKLOG_BATCH_SIZE
     resolved = events_process_backlog_in_event_time(batch_size=size)
     while done := events_process_batch(batch_size=size):
         resolved += done
