@@ -47,6 +47,7 @@ class AuditEntry(models.Model):
         CHANGE_ROLE = "change_role", "Changed a staff user's roles or scope"
         REPLAY_PARKED = "replay_parked", "Replayed parked events or members"
         EXPORT_AUDIT = "export_audit", "Exported audit entries"
+        START_IMPORT = "start_import", "Started an import of a legacy system's history"
 
     #: The column an erasure may rewrite (``SET LOCAL cdp.erasure = 'on'``); the trigger names it too.
     SUBJECT_COLUMNS = ("detail",)

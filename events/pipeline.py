@@ -33,6 +33,7 @@ claim, then the stages); a batch with one bad event in 500 costs about twenty tr
 
 import logging
 import time
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -88,6 +89,12 @@ CROSS JOIN LATERAL (SELECT * FROM {_EVENTS} WHERE id = c.event_id OFFSET 0) AS e
 """  # noqa: S608 - model tables only
 _CLAIM = _CLAIM_PICKING.format(pick="ORDER BY event_id LIMIT %b")
 _CLAIM_OF = _CLAIM_PICKING.format(pick="WHERE event_id = ANY(%b::bigint[]) ORDER BY event_id")
+# The waiting events in event time (``identity.resolution.EventKey``: timestamp, messageId in
+# code point order as Python compares it, source), read through a server-side cursor.
+_QUEUE_IN_EVENT_TIME = f"""
+SELECT p.event_id FROM {_PENDING} AS p JOIN {_EVENTS} AS e ON e.id = p.event_id
+ORDER BY e.timestamp, e.message_id COLLATE "C", e.source_id
+"""  # noqa: S608 - model tables only
 _QUEUE_HEAD = f"SELECT event_id FROM {_PENDING} ORDER BY event_id LIMIT %b FOR UPDATE SKIP LOCKED"  # noqa: S608
 #: The name a failure of the claim itself is parked under (an event that cannot be read back).
 CLAIM_STAGE = "events.pipeline.events_claim"
@@ -110,6 +117,44 @@ def pipeline_follow_ups_drain() -> int:
     while done := sum(follow_up() for follow_up in follow_ups):
         total += done
     return total
+
+
+def events_process_backlog_in_event_time(*, batch_size: int) -> int:
+    """Process every event waiting now in batches taken in event time, not arrival order;
+    returns how many left the queue (processed, or parked when they failed).
+
+    For a backlog of history (an import): identity resolves an event that arrives in event
+    time incrementally, while one older than events already resolved for its member is *late*
+    and re-resolves its whole component (``identity.resolution``). A history stored file by
+    file (members, then orders in the file's order) is mostly late events in arrival order;
+    in event time none is. The outcome is the same either way (arrival order does not
+    matter); only the work differs.
+
+    The waiting ids are read once, sorted by the database (8 bytes each in memory: 48 MB
+    for six million), then claimed batch by batch by id like a bisected batch's halves (``SKIP
+    LOCKED``: an event another worker took meanwhile is its to process), with the same
+    retries and bisection on failure as ``events_process_batch``. Events stored after the
+    read wait for the ordinary claims."""
+    waiting = array("q")
+    with connection.chunked_cursor() as cursor:
+        cursor.execute(_QUEUE_IN_EVENT_TIME)
+        while rows := cursor.fetchmany(10_000):
+            waiting.extend(row[0] for row in rows)
+    done = 0
+    for start in range(0, len(waiting), batch_size):
+        done += _process_ids(waiting[start : start + batch_size].tolist())
+    return done
+
+
+def _process_ids(event_ids: list[int]) -> int:
+    """Claim and process these events in one batch, bisecting it on failure."""
+    run = _Run()
+    try:
+        return transient_retry(partial(_claim_and_run, run, partial(_claim_of, event_ids)))
+    except Exception as exc:
+        if database_error_is_transient(exc):
+            raise
+        return _bisect(event_ids, run.failure(exc))
 
 
 def events_process_batch(*, batch_size: int) -> int:

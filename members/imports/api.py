@@ -146,6 +146,7 @@ class ImportJobsView(APIView):
                     mapping=mapping,
                     dry_run=data["dry_run"],
                     user=request_staff(request),
+                    channel="api",
                 )
                 if not created:
                     path.unlink(missing_ok=True)  # the job reads the copy it kept

@@ -81,7 +81,7 @@ def _start(request: HttpRequest) -> HttpResponse:
         with transaction.atomic():
             job, created = import_job_create(
                 kind=kind, name=name, path=kept, file_name=upload.name or kept.name, mapping=mapping,
-                dry_run=request.POST.get("dry_run") == "on", user=request_staff(request),
+                dry_run=request.POST.get("dry_run") == "on", user=request_staff(request), channel="console",
             )  # fmt: skip
             if not created:
                 kept.unlink(missing_ok=True)

@@ -513,6 +513,14 @@ def _balance(row: Mapping[str, Any], ctx: RowContext, plan: Plan) -> None:
         )
     if points_text and not plan.problems and points == 0:
         plan.problems.append(Problem("points", "is 0: nothing to open"))
+    if points < 0 and not plan.problems:
+        # A debt is not carried over by a file (docs/imports.md): a legacy debt is real (points
+        # spent, then the order refunded), but the programme may forbid debt, and a file would
+        # put debts into thousands of accounts unreviewed; staff carry the few real ones over
+        # by hand (``points_adjust``: a reason, audited), as they settle any other debt.
+        plan.problems.append(
+            Problem("points", f"is negative ({points}): an opening balance carries points over, not debts")
+        )
     at = _time(row, "at", ctx, plan, required=False) or ctx.now
     reason = _text(row, "reason") or f"opening balance imported from {ctx.name}"
     if member is not None and not plan.problems:

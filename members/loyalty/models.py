@@ -259,10 +259,21 @@ class TierChange(models.Model):
 class TierGrant(models.Model):
     """A tier a member reached elsewhere (a legacy programme's, imported), with the date reached.
     A fact, like a staff adjustment in the ledger: the derivation of the member's tier starts
-    from it (``points.TierGrant``), and the programme's reviews apply to it from then on. It
-    follows the member it was granted to through merges (read for the survivor too)."""
+    from it (``points.TierGrant``), and the programme's reviews apply to it from then on.
 
-    member = models.ForeignKey("members.Member", on_delete=models.PROTECT, related_name="+")
+    It is the person's it was granted to (``granted_to``): ``member`` holds it, the one granted
+    while they stand, their survivor while a merge has absorbed them, them again once a staff
+    split brings them back (``services.points_reconcile`` moves it)."""
+
+    member = models.ForeignKey(
+        "members.Member", on_delete=models.PROTECT, related_name="+", help_text="Who holds it now."
+    )
+    granted_to = models.ForeignKey(
+        "members.Member",
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The member it was granted to (the one its row named when it was recorded).",
+    )
     tier = models.CharField(max_length=32)
     at = models.DateTimeField(help_text="When the member reached it.")
     key = models.CharField(max_length=255, unique=True, help_text="What granted it: one grant per key.")

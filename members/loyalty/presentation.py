@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from members.loyalty.models import Coupon, CouponRedemption, PointsEntry
+from members.loyalty.models import Coupon, CouponRedemption, PointsEntry, TierGrant
 from members.loyalty.selectors import LedgerLine, PointsSummary
 
 
@@ -78,3 +78,13 @@ def points_json(member_id: int, summary: PointsSummary, ledger: list[LedgerLine]
 def _in_force(coupon: Coupon) -> CouponRedemption | None:
     # Redemptions are prefetched by the selector: no query per coupon.
     return next((r for r in coupon.redemptions.all() if r.released_at is None), None)
+
+
+def tier_grant_json(grant: TierGrant) -> dict:
+    return {
+        "tier": grant.tier,
+        "at": grant.at,
+        "key": grant.key,
+        "reason": grant.reason,
+        "recorded_at": grant.created_at,
+    }

@@ -20,6 +20,7 @@ from members.loyalty.models import (
     PointsEntry,
     Tier,
     TierChange,
+    TierGrant,
 )
 from members.loyalty.points import Kind, Lot, Lots, Recorded, lots_of
 from members.loyalty.program import (
@@ -235,3 +236,9 @@ def members_expiring(
 def coupon_redemption_active(*, coupon: Coupon) -> CouponRedemption | None:
     """The coupon's redemption in force (at most one: a partial unique index), if any."""
     return coupon.redemptions.filter(released_at__isnull=True).first()
+
+
+def tier_grants_of(*, member_id: int) -> list[TierGrant]:
+    """The tiers the member was granted from elsewhere (an imported legacy programme's), oldest
+    first: facts their tier is derived from, so an access export names them with the tier."""
+    return list(TierGrant.objects.filter(member_id=member_id).order_by("at", "id"))

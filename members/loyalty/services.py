@@ -20,6 +20,7 @@ from decimal import Decimal
 
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from cdp.db import binary_parameters_cursor, rows_delete
@@ -180,10 +181,8 @@ def points_reconcile(
             first = min(bonuses, key=lambda r: r.at)
             facts[member_id].append(replace(first, key=cause, points=points, derived=False))
     grants: dict[int, list[GrantFact]] = defaultdict(list)
-    for grant in TierGrant.objects.filter(member_id__in=histories.keys() | absorbed_here):
-        grants[survivors.get(grant.member_id, grant.member_id)].append(
-            GrantFact(at=grant.at, tier=grant.tier, key=grant.key, reason=grant.reason)
-        )
+    for grant, holder in _grants_held(histories.keys() | absorbed_here, survivors).items():
+        grants[holder].append(GrantFact(at=grant.at, tier=grant.tier, key=grant.key, reason=grant.reason))
     derivations = {
         member_id: points_derive(
             program=program,
@@ -440,6 +439,39 @@ def _survivors_of(member_ids: Iterable[int]) -> dict[int, int]:
             "id", "merged_into_id"
         )
     )
+
+
+def _grants_held(member_ids: set[int], survivors: dict[int, int]) -> dict[TierGrant, int]:
+    """The tier grants these members hold or were granted, each with the member that holds it
+    now: the one it was granted to while they stand, else their survivor (read as the merges
+    in ``survivors`` left it), else (an erased member) where it is. A grant whose holder
+    changed is moved to it, and the members on both sides marked for a refresh: a split that
+    brought back the one it was granted to gives it back."""
+    found = list(TierGrant.objects.filter(Q(member_id__in=member_ids) | Q(granted_to_id__in=member_ids)))
+    if not found:
+        return {}
+    states = {
+        pk: (status, merged_into)
+        for pk, status, merged_into in Member.objects.filter(
+            id__in={grant.granted_to_id for grant in found}
+        ).values_list("id", "status", "merged_into_id")
+    }
+    held: dict[TierGrant, int] = {}
+    for grant in found:
+        status, merged_into = states[grant.granted_to_id]
+        if status == Member.Status.ACTIVE:
+            held[grant] = grant.granted_to_id
+        elif status == Member.Status.MERGED and merged_into is not None:
+            held[grant] = merged_into
+        else:
+            held[grant] = survivors.get(grant.member_id, grant.member_id)
+    moved = {grant: holder for grant, holder in held.items() if holder != grant.member_id}
+    if moved:
+        for grant, holder in moved.items():
+            TierGrant.objects.filter(pk=grant.pk).update(member_id=holder)
+        # The members it left and those it went to, unless this refresh derives them now.
+        members_mark_dirty(member_ids={m for g, h in moved.items() for m in (g.member_id, h)} - member_ids)
+    return {grant: holder for grant, holder in held.items() if holder in member_ids}
 
 
 def _holding_points(survivors: dict[int, int]) -> set[int]:
@@ -705,8 +737,8 @@ class TierReached:
 
 
 _INSERT_GRANTS = (
-    f"INSERT INTO {TierGrant._meta.db_table} (member_id, tier, at, key, reason, created_at) "  # noqa: S608 - the model's table
-    "SELECT g.m, g.t, g.at, g.k, g.r, now() "
+    f"INSERT INTO {TierGrant._meta.db_table} (member_id, granted_to_id, tier, at, key, reason, created_at) "  # noqa: S608 - the model's table
+    "SELECT g.m, g.m, g.t, g.at, g.k, g.r, now() "
     "FROM unnest(%b::bigint[], %b::text[], %b::timestamptz[], %b::text[], %b::text[]) AS g(m, t, at, k, r) "
     "ON CONFLICT (key) DO NOTHING RETURNING key"
 )

@@ -16,8 +16,8 @@ from events.selectors import events_exported
 from identity.selectors import member_event_ids
 from members.consent.api import StatementOutput
 from members.consent.selectors import consent_history
-from members.loyalty.presentation import points_json
-from members.loyalty.selectors import ledger_page, points_summary
+from members.loyalty.presentation import points_json, tier_grant_json
+from members.loyalty.selectors import ledger_page, points_summary, tier_grants_of
 from members.presentation import profile_json
 from members.privacy.models import PrivacyRequest, RetentionRun
 from members.selectors import member_orders, member_profile
@@ -33,7 +33,7 @@ def access_export(
     for its survivor), unmasked, as JSON-ready data; None for no active member. The sections:
     the profile (identifiers, traits with where they came from, figures, merges and splits,
     tags, segments, groups), every order, every event as it was sent, points (balance, ledger,
-    tier and its history, coupons), the audit entries about the person (who saw or exported
+    tier and its history, the tiers granted from elsewhere, coupons), the audit entries about the person (who saw or exported
     them), every consent statement, and the sections of ``PRIVACY_EXPORT_SECTIONS``."""
     profile = member_profile(member_id=member_id)
     if profile is None:
@@ -57,6 +57,8 @@ def access_export(
         "consent": StatementOutput(consent_history(member_id=pk), many=True).data,
         "audit": audit_entries_naming(member_ids=[pk, *_absorbed(profile.history, pk)]),
     }
+    # The tiers reached elsewhere that the tier is derived from (an imported legacy programme's).
+    sections["points"]["tier_grants"] = [tier_grant_json(g) for g in tier_grants_of(member_id=pk)]
     for name, path in settings.PRIVACY_EXPORT_SECTIONS.items():
         sections[name] = import_string(path)([pk])
     return sections

@@ -1,17 +1,23 @@
 """The outbox consumer: claim, run stages, take out of the queue — once, in order, under concurrency."""
 
 import threading
+from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.db.utils import OperationalError as DatabaseOperationalError
 from django.test import override_settings
+from django.utils import timezone
 from kombu.exceptions import OperationalError
 
 from cdp import retries
 from events import pipeline, tasks
 from events.models import Event, ParkedEvent, PendingEvent
-from events.pipeline import events_process_batch, events_process_pending
+from events.pipeline import (
+    events_process_backlog_in_event_time,
+    events_process_batch,
+    events_process_pending,
+)
 from tests.events import stages
 from tests.factories import EventFactory, TrackMessageFactory
 
@@ -37,6 +43,40 @@ def test_pending_events_go_through_every_stage_once_in_batches():
     assert (processed, more, again) == (5, False, 0)
     assert stages.seen_batches == [ids[0:2], ids[2:4], ids[4:5]]
     assert not PendingEvent.objects.exists()
+
+
+@pytest.mark.django_db
+@override_settings(EVENT_PIPELINE_STAGES=RECORD)
+def test_a_backlog_is_taken_in_event_time_not_in_arrival_order():
+    """A history stored file by file arrives out of event time; the backlog path claims it in
+    event time (timestamp, then messageId) so identity resolves it incrementally."""
+    start = timezone.now() - timedelta(days=30)
+    arrived = [
+        EventFactory(timestamp=start + timedelta(days=days), message_id=message_id)
+        for days, message_id in ((3, "c"), (1, "b"), (2, "a"), (1, "a"), (0, "z"))
+    ]
+    by_time = sorted(arrived, key=lambda event: (event.timestamp, event.message_id))
+
+    assert events_process_backlog_in_event_time(batch_size=2) == 5
+
+    assert stages.seen_batches == [
+        [event.id for event in sorted(by_time[i : i + 2], key=lambda event: event.id)] for i in (0, 2, 4)
+    ]
+    assert not PendingEvent.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_backlog_batch_that_fails_is_bisected_down_to_its_bad_event():
+    good, bad = EventFactory(message_id="good"), EventFactory(message_id="bad")
+    stages.poisoned.add("bad")
+    try:
+        with override_settings(EVENT_PIPELINE_STAGES=["tests.events.stages.poison"]):
+            assert events_process_backlog_in_event_time(batch_size=10) == 2
+    finally:
+        stages.poisoned.clear()
+
+    assert list(ParkedEvent.objects.values_list("event_id", flat=True)) == [bad.id]
+    assert not PendingEvent.objects.filter(event_id=good.id).exists()
 
 
 @pytest.mark.django_db

@@ -6,6 +6,7 @@ import gzip
 import pytest
 from django.test import Client
 
+from cdp.models import AuditEntry
 from cdp.roles import Role
 from cdp.services import staff_user_ensure
 from events.models import Event
@@ -61,6 +62,9 @@ def test_an_upload_starts_a_job_that_a_worker_runs(
         "orders.csv.gz",
     )
     assert nudged == [job["id"]]
+    (started,) = AuditEntry.objects.filter(action=AuditEntry.Action.START_IMPORT)
+    assert (started.actor, started.channel) == (f"staff-{Role.ADMIN}", "api")
+    assert started.detail.startswith(f"import job {job['id']}: orders of crm, ")
     (kept,) = tmp_path.iterdir()
     run_job(job["id"])
     assert not kept.exists()  # the upload is gone once its job is done

@@ -3,8 +3,10 @@
 from datetime import UTC, datetime
 
 import pytest
+from django.contrib.auth.models import AnonymousUser
 from django.core.management import call_command
 
+from cdp.models import AuditEntry
 from events.models import Event, Source
 from identity.models import Identifier
 from members.imports import services
@@ -165,6 +167,21 @@ def test_a_dry_run_checks_everything_and_writes_nothing(tmp_path, capsys):
     assert (Event.objects.count(), Source.objects.count(), ImportJob.objects.count()) == (events, sources, 0)
 
 
+def test_starting_an_import_is_audited_with_the_shell_user(tmp_path, monkeypatch):
+    monkeypatch.setattr("getpass.getuser", lambda: "ops-anna")
+    path = csv_file(tmp_path / "orders.csv", ORDERS)
+    call_command("import", "orders", str(path), "--name", "crm", "--no-progress")
+    call_command("import", "orders", str(path), "--name", "crm", "--no-progress")  # done: not a new start
+
+    job = ImportJob.objects.get()
+    (entry,) = AuditEntry.objects.filter(action=AuditEntry.Action.START_IMPORT)
+    assert (entry.user, entry.channel, entry.member_ids) == (None, "cli", [])
+    assert entry.detail == (
+        f"import job {job.pk}: orders of crm, {job.lines_total} lines, sha256 {job.sha256[:16]}; "
+        "shell user ops-anna; file orders.csv"
+    )
+
+
 def test_a_gb18030_file_with_a_mapping(tmp_path):
     path = tmp_path / "legacy.csv"
     path.write_bytes("会员编号,手机,姓名,注册日期\nL1,13800138000,王五,2020/05/06\n".encode("gb18030"))
@@ -205,8 +222,11 @@ def test_opening_balances_tiers_and_coupons(tmp_path):
     job, report = run_import("balances", balances)
     assert (job.rows_imported, job.rows_skipped) == (1, 2)
     assert {p.reason for p in report.problems} == {
-        "no member holds anonymous_id:crm:M9: import the members first", "an opening balance is positive"
-    }  # fmt: skip
+        "no member holds anonymous_id:crm:M9: import the members first",
+        "is negative (-5): an opening balance carries points over, not debts",
+    }
+    negative = next(p for p in report.problems if p.reason.startswith("is negative"))
+    assert (negative.line, negative.field, negative.skipped) == (4, "points", True)
     opening = PointsEntry.objects.get(key="opening:crm:M1")
     assert (opening.member_id, opening.points, opening.derived) == (m1, 500, False)
     tiers = csv_file(tmp_path / "tiers.csv", [
@@ -248,3 +268,50 @@ def test_opening_balances_tiers_and_coupons(tmp_path):
         assert report.imported == 0
     assert PointsEntry.objects.filter(key__startswith="opening:").count() == 1
     assert Coupon.objects.count() == 2
+
+
+def test_a_tier_grant_follows_its_member_through_a_merge_and_a_split_and_is_in_the_access_export(tmp_path):
+    from identity.services import member_split
+    from members.loyalty.models import TierGrant
+    from members.privacy.selectors import access_export
+
+    Tier.objects.create(key="base", name="Base", rank=0, threshold=0)
+    Tier.objects.create(key="gold", name="Gold", rank=1, threshold=100000)
+    _history(tmp_path)
+    m1, m2 = _member_of("anonymous_id", "crm:M1"), _member_of("anonymous_id", "crm:M2")
+    tiers = csv_file(
+        tmp_path / "tiers.csv", [{"member_id": "M2", "tier": "gold", "reached_at": "2023-01-01"}]
+    )
+    run_import("tiers", tiers)
+    drain()
+    assert PointsAccount.objects.get(member_id=m2).tier == "gold"
+
+    # A live event names M1's card and M2's email: one person, M1 (registered first) survives.
+    EventFactory(source=SourceFactory(kind="app"), user_id="", anonymous_id="till-9", event="Order Completed",
+                 context={"traits": {"member_card": "C1", "email": "li@example.com"}},
+                 properties={"order_id": "LIVE-2", "total": 5, "currency": "CNY"})  # fmt: skip
+    drain()
+    assert Member.objects.get(pk=m2).merged_into_id == m1
+    assert TierGrant.objects.get(key="tier:crm:M2").member_id == m1
+    assert PointsAccount.objects.get(member_id=m1).tier == "gold"
+
+    export = access_export(member_id=m1, user=AnonymousUser())
+    assert export is not None
+    assert [(g["tier"], g["key"], g["at"]) for g in export["points"]["tier_grants"]] == [
+        ("gold", "tier:crm:M2", datetime(2023, 1, 1, tzinfo=UTC))
+    ]
+    assert export["points"]["tier"]["key"] == "gold"
+
+    # Staff split M2's identifiers off again: M2 stands again (its id back), its grant with it.
+    member_split(
+        member_id=m1,
+        identifiers=["anonymous_id:crm:M2", "email:li@example.com", "phone:+8613900139000"],
+        reason="two people",
+    )
+    drain()
+    assert Member.objects.get(pk=m2).status == Member.Status.ACTIVE
+    assert TierGrant.objects.get(key="tier:crm:M2").member_id == m2
+    assert (PointsAccount.objects.get(member_id=m2).tier, PointsAccount.objects.get(member_id=m1).tier) == (
+        "gold",
+        "base",
+    )

@@ -1,5 +1,6 @@
 """``python manage.py import KIND FILE``: import a legacy system's history (members.imports)."""
 
+import getpass
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,14 @@ from tqdm import tqdm
 from members.imports.mapping import MappingInvalid, mapping_file_read
 from members.imports.models import ImportJob
 from members.imports.reading import FileUnreadable
-from members.imports.services import ImportConflict, Report, import_job_create, import_run, imported_resolve
+from members.imports.services import (
+    BATCH_SIZE,
+    ImportConflict,
+    Report,
+    import_job_create,
+    import_run,
+    imported_resolve,
+)
 
 #: Problems printed in full; the rest are counted (a job keeps up to 10,000 for the API).
 SHOWN_PROBLEMS = 50
@@ -36,7 +44,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--dry-run", action="store_true", help="Check every row and report; write nothing."
         )
-        parser.add_argument("--batch-size", type=int, default=2000)
+        parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
         parser.add_argument("--no-progress", action="store_true", help="No progress bar (logs, CI).")
         parser.add_argument(
             "--resolve",
@@ -60,6 +68,8 @@ class Command(BaseCommand):
             path=path.resolve(),
             mapping=raw_mapping,
             dry_run=dry_run,
+            channel="cli",
+            operator=getpass.getuser(),
             save=not dry_run,
         )
         if not created and job.status == ImportJob.Status.SUCCEEDED:
