@@ -25,7 +25,6 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import date, timedelta
-from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -34,7 +33,7 @@ from cdp.db import binary_parameters_cursor
 from events.models import Event
 from identity.models import EventResolution, Identifier
 from members.consent.models import ConsentStatement
-from members.insights import kpis
+from members.insights import kpis, member_days_sql
 from members.insights.models import (
     CouponRollup,
     DailyRollup,
@@ -51,10 +50,7 @@ logger = logging.getLogger(__name__)
 
 #: Members per transaction of the rollup job.
 BATCH_SIZE = 2000
-#: Identifier types that do not identify a person (a browser, a device).
-ANONYMOUS_TYPES = ("anonymous_id", "device_id")
 _LOCK = 0x1A51_6475  # "insights" advisory lock key
-_CONSENT_PURPOSE = "analytics"
 #: How long a ledger row must have been committed before the watermark passes it.
 WATERMARK_LAG = timedelta(minutes=5)
 
@@ -82,7 +78,7 @@ def insights_refresh(*, time_budget: float = 60.0) -> dict[str, int]:
                 return done
             members = _claim_members(BATCH_SIZE)
             if members:
-                _days_mark(member_days_refresh(members))
+                member_days_refresh(members)
             # Rows of one member may be many (one per refresh): a batch can hold fewer members
             # than its size with more waiting, so only an empty claim says the queue is done.
             more = bool(members) and time.monotonic() - started < time_budget
@@ -170,14 +166,14 @@ def member_histories(member_ids: list[int]) -> list[kpis.MemberHistory]:
         cursor.execute(
             f"SELECT DISTINCT member_id FROM {Identifier._meta.db_table} "  # noqa: S608
             "WHERE member_id = ANY(%b::bigint[]) AND NOT type = ANY(%b::text[])",
-            [counted, list(ANONYMOUS_TYPES)],
+            [counted, list(member_days_sql.ANONYMOUS_TYPES)],
         )
         identified = {row[0] for row in cursor.fetchall()}
         cursor.execute(
             f"SELECT m.id FROM unnest(%b::bigint[]) AS m(id) WHERE (SELECT cs.state FROM "  # noqa: S608
             f"{ConsentStatement._meta.db_table} AS cs WHERE cs.member_id = m.id AND cs.purpose = %b "
             "AND cs.at <= now() ORDER BY cs.at DESC, cs.id DESC LIMIT 1) IN ('denied', 'withdrawn')",
-            [counted, _CONSENT_PURPOSE],
+            [counted, member_days_sql.CONSENT_PURPOSE],
         )
         refused = {row[0] for row in cursor.fetchall()}
     return [
@@ -186,57 +182,37 @@ def member_histories(member_ids: list[int]) -> list[kpis.MemberHistory]:
     ]
 
 
-def member_days_refresh(member_ids: list[int]) -> set[date]:
-    """Recompute these members' rows; write those that changed; return the days that changed."""
-    after: dict[int, dict[kpis.Key, kpis.Values]] = {m: {} for m in member_ids}
-    for history in member_histories(member_ids):
-        after[history.member_id] = kpis.member_days(history)
-    before: dict[int, dict[kpis.Key, kpis.Values]] = {m: {} for m in member_ids}
-    columns = ", ".join(kpis.COLUMNS)
+def member_days_refresh(member_ids: list[int]) -> int:
+    """Recompute these members' rows in SQL (``member_days_sql``), compare them with the stored
+    ones, replace the rows that differ and mark their days dirty; returns how many rows differed.
+    Set-wise: a few statements for the batch, whatever its size; a member whose rows did not
+    change costs its reads, and nothing is written."""
+    member_days_sql.facts_stage(member_ids)
+    member_days_sql.rows_compute()
+    table, stage, diff = MemberDay._meta.db_table, member_days_sql.STAGE_ROW, member_days_sql.STAGE_DIFF
+    key = ("member_id", "day", "channel", "store_code")
+    differ = " OR ".join(f"n.{c} IS DISTINCT FROM o.{c}" for c in kpis.COLUMNS)
+    names = ", ".join([*key, *kpis.COLUMNS])
+    matches = " AND ".join(f"s.{c} = d.{c}" for c in key)
     with binary_parameters_cursor() as cursor:
+        # The rows that differ, by key: added, removed (the member merged away too) or changed.
         cursor.execute(
-            f"SELECT member_id, day, channel, store_code, {columns} FROM {MemberDay._meta.db_table} "  # noqa: S608
-            "WHERE member_id = ANY(%b::bigint[])",
+            f"INSERT INTO {diff} SELECT {', '.join(key)} FROM {stage} AS n FULL JOIN (SELECT * "  # noqa: S608
+            f"FROM {table} WHERE member_id = ANY(%b::bigint[])) AS o USING ({', '.join(key)}) WHERE {differ}",
             [member_ids],
         )
-        for row in cursor.fetchall():
-            before[row[0]][tuple(row[:4])] = tuple(_normal(v) for v in row[4:])
-    days: set[date] = set()
-    changed: list[int] = []
-    for m in member_ids:
-        differ = kpis.days_changed(before[m], after[m])
-        if differ:
-            days |= differ
-            changed.append(m)
-    if changed:
-        _member_days_write(changed, [row for m in changed for row in after[m].items()])
-    return days
-
-
-def _normal(value: int | Decimal) -> int | Decimal:
-    return value if isinstance(value, int) else Decimal(value).quantize(kpis.ZERO)
-
-
-def _member_days_write(member_ids: list[int], rows: list[tuple[kpis.Key, kpis.Values]]) -> None:
-    """Replace these members' rows. Written with COPY: measured at 20,000 members, binding the
-    rows as 28 arrays (numeric ones dumped element by element) cost more than computing them."""
-    table = MemberDay._meta.db_table
-    names = ", ".join(["member_id", "day", "channel", "store_code", *kpis.COLUMNS])
-    with binary_parameters_cursor() as cursor:
-        cursor.execute(f"DELETE FROM {table} WHERE member_id = ANY(%b::bigint[])", [member_ids])  # noqa: S608
-        if rows:
-            with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
-                for key, values in rows:
-                    copy.write_row((*key, *values))
-
-
-def _days_mark(days: set[date]) -> None:
-    if days:
-        with binary_parameters_cursor() as cursor:
+        written = cursor.rowcount
+        if written:
+            cursor.execute(f"DELETE FROM {table} AS s USING {diff} AS d WHERE {matches}")  # noqa: S608
             cursor.execute(
-                f"INSERT INTO {DirtyDay._meta.db_table} (day) SELECT unnest(%b::date[]) ON CONFLICT DO NOTHING",
-                [sorted(days)],
+                f"INSERT INTO {table} ({names}) SELECT {', '.join(f's.{c}' for c in key + kpis.COLUMNS)} "  # noqa: S608
+                f"FROM {stage} AS s JOIN {diff} AS d ON {matches}"
             )
+            cursor.execute(
+                f"INSERT INTO {DirtyDay._meta.db_table} (day) SELECT DISTINCT day FROM {diff} "  # noqa: S608
+                "ON CONFLICT DO NOTHING"
+            )
+    return written
 
 
 def _days_roll() -> int:
