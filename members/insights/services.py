@@ -203,7 +203,10 @@ def member_days_refresh(member_ids: list[int]) -> int:
         )
         written = cursor.rowcount
         if written:
-            cursor.execute(f"DELETE FROM {table} AS s USING {diff} AS d WHERE {matches}")  # noqa: S608
+            cursor.execute(
+                f"DELETE FROM {table} AS s USING {diff} AS d WHERE s.member_id = ANY(%b::bigint[]) AND {matches}",  # noqa: S608
+                [member_ids],
+            )
             cursor.execute(
                 f"INSERT INTO {table} ({names}) SELECT {', '.join(f's.{c}' for c in key + kpis.COLUMNS)} "  # noqa: S608
                 f"FROM {stage} AS s JOIN {diff} AS d ON {matches}"
