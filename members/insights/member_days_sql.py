@@ -63,8 +63,8 @@ FLAG_COLUMNS = frozenset(kpis.MEMBER_LEVEL - {"active_delta", "at_risk_delta", "
     "buyers",
     "analysed_buyers",
 }
-#: work_mem of the statement computing a batch's rows: its final sort of ~45,000 wide rows per
-#: 2,000 members spilled to disk at PostgreSQL's default 4 MB (seen in EXPLAIN ANALYZE).
+#: work_mem of a batch's transaction (``stages_empty`` sets it): the statement computing its rows
+#: sorted ~45,000 wide rows per 2,000 members on disk at PostgreSQL's default 4 MB (EXPLAIN ANALYZE).
 WORK_MEM = "64MB"
 _ONLINE = "ARRAY[" + ", ".join(f"'{c}'" for c in sorted(kpis.ONLINE_CHANNELS)) + "]::text[]"
 _STORE = f"'{kpis.STORE_CHANNEL}'"
@@ -75,9 +75,12 @@ def stages_empty() -> None:
     """Create the session's staging tables if needed and empty them."""
     creates = "; ".join(f"CREATE TEMPORARY TABLE IF NOT EXISTS {t} ({c})" for t, c in _STAGES.items())
     with connection.cursor() as cursor:
-        # One round trip: without parameters, several statements go as one simple query. And
-        # NOTICEs that a table exists are not sent (client_min_messages, this transaction only).
-        cursor.execute(f"SET LOCAL client_min_messages = warning; {creates}; TRUNCATE {', '.join(_STAGES)}")
+        # One round trip: without parameters, several statements go as one simple query. NOTICEs
+        # that a table exists are not sent; work_mem is the batch's (both for this transaction).
+        cursor.execute(
+            f"SET LOCAL client_min_messages = warning; SET LOCAL work_mem = '{WORK_MEM}'; {creates}; "
+            f"TRUNCATE {', '.join(_STAGES)}"
+        )
 
 
 def facts_stage(member_ids: Sequence[int]) -> None:

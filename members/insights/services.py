@@ -92,8 +92,10 @@ def insights_refresh(*, time_budget: float = 60.0) -> dict[str, int]:
 
 def compute_from(*, since: date | None) -> dict[str, int]:
     """Everything again (``manage.py compute_insights``): every member's rows are recomputed
-    (rows that did not change are not rewritten), and every day from ``since`` (or every day
-    held) is rolled up again whether or not it changed."""
+    and every day from ``since`` is rolled up again whether or not it changed. With ``since``,
+    rows that did not change are not rewritten; without it, from scratch: the member-day rows
+    are emptied first and written again straight (nothing to compare them with), and every day
+    holding one is rolled up."""
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {DirtyMember._meta.db_table} (member_id) SELECT id FROM {Member._meta.db_table} "  # noqa: S608
@@ -101,11 +103,10 @@ def compute_from(*, since: date | None) -> dict[str, int]:
             f"{MemberDay._meta.db_table}"
         )
         if since is None:
-            cursor.execute(f"SELECT min(day) FROM {MemberDay._meta.db_table}")  # noqa: S608
-            since = cursor.fetchone()[0]
+            cursor.execute(f"TRUNCATE {MemberDay._meta.db_table}")
             cursor.execute(f"UPDATE {RollupWatermark._meta.db_table} SET value = 0")  # noqa: S608
             cursor.execute(f"DELETE FROM {DailyRollup._meta.db_table}")  # noqa: S608
-        if since is not None:
+        else:
             cursor.execute(
                 f"INSERT INTO {DirtyDay._meta.db_table} (day) SELECT d::date FROM generate_series("  # noqa: S608
                 f"%s::date, (SELECT max(day) FROM {MemberDay._meta.db_table}), interval '1 day') AS d "
@@ -182,17 +183,30 @@ def member_histories(member_ids: list[int]) -> list[kpis.MemberHistory]:
     ]
 
 
-def member_days_refresh(member_ids: list[int]) -> int:
+def member_days_refresh(member_ids: list[int]) -> None:
     """Recompute these members' rows in SQL (``member_days_sql``), compare them with the stored
-    ones, replace the rows that differ and mark their days dirty; returns how many rows differed.
-    Set-wise: a few statements for the batch, whatever its size; a member whose rows did not
-    change costs its reads, and nothing is written."""
+    ones, replace the rows that differ and mark their days dirty. Set-wise: a few statements for
+    the batch, whatever its size; a member whose rows did not change costs its reads, and
+    nothing is written. A batch none of whose members has stored rows (the nightly from
+    scratch, new members) is written straight: nothing to compare."""
     member_days_sql.facts_stage(member_ids)
-    member_days_sql.rows_compute()
     table, stage, diff = MemberDay._meta.db_table, member_days_sql.STAGE_ROW, member_days_sql.STAGE_DIFF
+    dirty = DirtyDay._meta.db_table
     key = ("member_id", "day", "channel", "store_code")
-    differ = " OR ".join(f"n.{c} IS DISTINCT FROM o.{c}" for c in kpis.COLUMNS)
     names = ", ".join([*key, *kpis.COLUMNS])
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(
+            f"SELECT EXISTS (SELECT FROM {table} WHERE member_id = ANY(%b::bigint[]))",  # noqa: S608
+            [member_ids],
+        )
+        if not cursor.fetchone()[0]:
+            cursor.execute(
+                f"WITH written AS (INSERT INTO {table} ({names}) {member_days_sql.ROWS_SELECT} RETURNING day) "  # noqa: S608
+                f"INSERT INTO {dirty} (day) SELECT DISTINCT day FROM written ON CONFLICT DO NOTHING"
+            )
+            return
+    member_days_sql.rows_compute()
+    differ = " OR ".join(f"n.{c} IS DISTINCT FROM o.{c}" for c in kpis.COLUMNS)
     matches = " AND ".join(f"s.{c} = d.{c}" for c in key)
     with binary_parameters_cursor() as cursor:
         # The rows that differ, by key: added, removed (the member merged away too) or changed.
@@ -201,8 +215,7 @@ def member_days_refresh(member_ids: list[int]) -> int:
             f"FROM {table} WHERE member_id = ANY(%b::bigint[])) AS o USING ({', '.join(key)}) WHERE {differ}",
             [member_ids],
         )
-        written = cursor.rowcount
-        if written:
+        if cursor.rowcount:
             cursor.execute(
                 f"DELETE FROM {table} AS s USING {diff} AS d WHERE s.member_id = ANY(%b::bigint[]) AND {matches}",  # noqa: S608
                 [member_ids],
@@ -212,10 +225,8 @@ def member_days_refresh(member_ids: list[int]) -> int:
                 f"FROM {stage} AS s JOIN {diff} AS d ON {matches}"
             )
             cursor.execute(
-                f"INSERT INTO {DirtyDay._meta.db_table} (day) SELECT DISTINCT day FROM {diff} "  # noqa: S608
-                "ON CONFLICT DO NOTHING"
+                f"INSERT INTO {dirty} (day) SELECT DISTINCT day FROM {diff} ON CONFLICT DO NOTHING"  # noqa: S608
             )
-    return written
 
 
 def _days_roll() -> int:
