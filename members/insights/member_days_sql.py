@@ -324,7 +324,7 @@ def staged_rows() -> dict[kpis.Key, kpis.Values]:
     names = ", ".join(kpis.COLUMNS)
     with binary_parameters_cursor() as cursor:
         cursor.execute(f"SELECT member_id, day, channel, store_code, {names} FROM {STAGE_ROW}")  # noqa: S608
-        return {tuple(row[:4]): tuple(_normal(v) for v in row[4:]) for row in cursor.fetchall()}  # type: ignore[misc]
+        return {tuple(row[:4]): tuple(_normal(v) for v in row[4:]) for row in cursor.fetchall()}
 
 
 def _normal(value: int | Decimal) -> int | Decimal:
