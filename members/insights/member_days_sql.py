@@ -1,8 +1,8 @@
 """The member-day rows computed set-wise in PostgreSQL: ``kpis.member_days`` for a whole batch
 of members in one ``INSERT … SELECT … GROUP BY``, instead of a Python loop per member.
 
-``kpis.member_days`` stays the definition (and the reference the tests hold this SQL to): every
-contribution below says which of its lines it mirrors. The work is split in three steps, each a
+``kpis.member_days`` stays the definition (and the reference the tests hold this SQL to); the
+contributions below follow its parts in its order. The work is split in three steps, each a
 few set-wise statements on temporary tables of the session (``insights_stage_*``):
 
 1. ``facts_stage``: the batch's facts — per member whether it is identified and analysed, its

@@ -7,10 +7,11 @@ How a change reaches the board:
    POS upload, consent changed: anything that changes a member's figures goes through it.
    ``members_changed`` (our hook) inserts their ids into ``DirtyMember``, one statement, in the
    refresh's transaction. Members never import insights: the hook is named in settings.
-2. ``insights_refresh`` (beat, ``INSIGHTS_REFRESH_INTERVAL_SECONDS``) takes those rows, loads
-   each member's events per day, orders, identifiers and consent (``kpis.MemberHistory``),
-   computes its member-day rows (``kpis.member_days``), compares them with the stored ones and
-   writes only members whose rows changed; the days on which they differ become ``DirtyDay``.
+2. ``insights_refresh`` (beat, ``INSIGHTS_REFRESH_INTERVAL_SECONDS``) takes those rows in
+   batches; for each batch, set-wise in SQL (``member_days_sql``), it stages the members' events
+   per day, orders, identifiers and consent, computes their member-day rows (what
+   ``kpis.member_days`` defines), compares them with the stored ones and replaces only the rows
+   that differ; the days on which they differ become ``DirtyDay``.
 3. The dirty days' rollups are computed again from the member-day rows: one
    ``INSERT … SELECT … GROUP BY`` for all of them.
 
@@ -134,7 +135,8 @@ def _claim_members(limit: int) -> list[int]:
 
 def member_histories(member_ids: list[int]) -> list[kpis.MemberHistory]:
     """What the KPIs read of these members (active or erased; a member merged away has none):
-    four queries for the batch."""
+    four queries for the batch. The plain-Python reading of what ``member_days_sql.facts_stage``
+    stages: tests hold the SQL rows to ``kpis.member_days`` of these histories."""
     tz = settings.TIME_ZONE
     with binary_parameters_cursor() as cursor:
         cursor.execute(
