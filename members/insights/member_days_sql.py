@@ -55,7 +55,9 @@ _STAGES = {
             ),
         ]
     ),
-    STAGE_DIFF: _KEY,  # the keys whose rows differ from the stored ones (services.member_days_refresh)
+    # The keys whose rows differ from the stored ones, and the stored row's id if there is one
+    # (services.member_days_refresh).
+    STAGE_DIFF: f"{_KEY}, stored_id bigint",
 }
 #: Columns that say "yes, on this day" (1 at most per member and key), so several contributions
 #: to one row take the largest; every other column is a count or a sum, added up.
