@@ -1,10 +1,12 @@
 """The omnichannel KPIs: what each one counts, and the per-member, per-day facts they add up.
 
-Pure (no Django, no ORM; the ``pure`` import contract): ``members.insights.services`` loads a
-member's resolved events and orders, passes them here as ``MemberHistory``, writes what
-``member_days`` returns into the member-day table and lets PostgreSQL add the rows up per day,
-channel and store (``insights_daily``). Every KPI below is then a ratio, a sum or a running
-total of those daily columns, so any period's value is read from the rollups alone.
+Pure (no Django, no ORM; the ``pure`` import contract). ``member_days`` is the definition of a
+member's rows from its history (``MemberHistory``: resolved events and orders); the rollup job
+computes the same rows set-wise in SQL (``members.insights.member_days_sql``, held to
+``member_days`` by a property test), writes them into the member-day table and lets PostgreSQL
+add them up per day, channel and store (``insights_daily``). Every KPI below is then a ratio, a
+sum or a running total of those daily columns, so any period's value is read from the rollups
+alone.
 
 Why per member and day: a merge, a split, a late POS upload or a refund changes a member's
 history, and with it the figures of exactly the days on which that member's rows change. The

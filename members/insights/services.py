@@ -7,10 +7,11 @@ How a change reaches the board:
    POS upload, consent changed: anything that changes a member's figures goes through it.
    ``members_changed`` (our hook) inserts their ids into ``DirtyMember``, one statement, in the
    refresh's transaction. Members never import insights: the hook is named in settings.
-2. ``insights_refresh`` (beat, ``INSIGHTS_REFRESH_INTERVAL_SECONDS``) takes those rows, loads
-   each member's events per day, orders, identifiers and consent (``kpis.MemberHistory``),
-   computes its member-day rows (``kpis.member_days``), compares them with the stored ones and
-   writes only members whose rows changed; the days on which they differ become ``DirtyDay``.
+2. ``insights_refresh`` (beat, ``INSIGHTS_REFRESH_INTERVAL_SECONDS``) takes those rows in
+   batches; for each batch, set-wise in SQL (``member_days_sql``), it stages the members' events
+   per day, orders, identifiers and consent, computes their member-day rows (what
+   ``kpis.member_days`` defines), compares them with the stored ones and replaces only the rows
+   that differ; the days on which they differ become ``DirtyDay``.
 3. The dirty days' rollups are computed again from the member-day rows: one
    ``INSERT … SELECT … GROUP BY`` for all of them.
 
@@ -25,7 +26,6 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import date, timedelta
-from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -34,7 +34,7 @@ from cdp.db import binary_parameters_cursor
 from events.models import Event
 from identity.models import EventResolution, Identifier
 from members.consent.models import ConsentStatement
-from members.insights import kpis
+from members.insights import kpis, member_days_sql
 from members.insights.models import (
     CouponRollup,
     DailyRollup,
@@ -51,10 +51,7 @@ logger = logging.getLogger(__name__)
 
 #: Members per transaction of the rollup job.
 BATCH_SIZE = 2000
-#: Identifier types that do not identify a person (a browser, a device).
-ANONYMOUS_TYPES = ("anonymous_id", "device_id")
 _LOCK = 0x1A51_6475  # "insights" advisory lock key
-_CONSENT_PURPOSE = "analytics"
 #: How long a ledger row must have been committed before the watermark passes it.
 WATERMARK_LAG = timedelta(minutes=5)
 
@@ -82,7 +79,7 @@ def insights_refresh(*, time_budget: float = 60.0) -> dict[str, int]:
                 return done
             members = _claim_members(BATCH_SIZE)
             if members:
-                _days_mark(member_days_refresh(members))
+                member_days_refresh(members)
             # Rows of one member may be many (one per refresh): a batch can hold fewer members
             # than its size with more waiting, so only an empty claim says the queue is done.
             more = bool(members) and time.monotonic() - started < time_budget
@@ -96,8 +93,10 @@ def insights_refresh(*, time_budget: float = 60.0) -> dict[str, int]:
 
 def compute_from(*, since: date | None) -> dict[str, int]:
     """Everything again (``manage.py compute_insights``): every member's rows are recomputed
-    (rows that did not change are not rewritten), and every day from ``since`` (or every day
-    held) is rolled up again whether or not it changed."""
+    and every day from ``since`` is rolled up again whether or not it changed. With ``since``,
+    rows that did not change are not rewritten; without it, from scratch: the member-day rows
+    are emptied first and written again straight (nothing to compare them with), and every day
+    holding one is rolled up."""
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {DirtyMember._meta.db_table} (member_id) SELECT id FROM {Member._meta.db_table} "  # noqa: S608
@@ -105,11 +104,10 @@ def compute_from(*, since: date | None) -> dict[str, int]:
             f"{MemberDay._meta.db_table}"
         )
         if since is None:
-            cursor.execute(f"SELECT min(day) FROM {MemberDay._meta.db_table}")  # noqa: S608
-            since = cursor.fetchone()[0]
+            cursor.execute(f"TRUNCATE {MemberDay._meta.db_table}")
             cursor.execute(f"UPDATE {RollupWatermark._meta.db_table} SET value = 0")  # noqa: S608
             cursor.execute(f"DELETE FROM {DailyRollup._meta.db_table}")  # noqa: S608
-        if since is not None:
+        else:
             cursor.execute(
                 f"INSERT INTO {DirtyDay._meta.db_table} (day) SELECT d::date FROM generate_series("  # noqa: S608
                 f"%s::date, (SELECT max(day) FROM {MemberDay._meta.db_table}), interval '1 day') AS d "
@@ -137,7 +135,8 @@ def _claim_members(limit: int) -> list[int]:
 
 def member_histories(member_ids: list[int]) -> list[kpis.MemberHistory]:
     """What the KPIs read of these members (active or erased; a member merged away has none):
-    four queries for the batch."""
+    four queries for the batch. The plain-Python reading of what ``member_days_sql.facts_stage``
+    stages: tests hold the SQL rows to ``kpis.member_days`` of these histories."""
     tz = settings.TIME_ZONE
     with binary_parameters_cursor() as cursor:
         cursor.execute(
@@ -170,14 +169,14 @@ def member_histories(member_ids: list[int]) -> list[kpis.MemberHistory]:
         cursor.execute(
             f"SELECT DISTINCT member_id FROM {Identifier._meta.db_table} "  # noqa: S608
             "WHERE member_id = ANY(%b::bigint[]) AND NOT type = ANY(%b::text[])",
-            [counted, list(ANONYMOUS_TYPES)],
+            [counted, list(member_days_sql.ANONYMOUS_TYPES)],
         )
         identified = {row[0] for row in cursor.fetchall()}
         cursor.execute(
             f"SELECT m.id FROM unnest(%b::bigint[]) AS m(id) WHERE (SELECT cs.state FROM "  # noqa: S608
             f"{ConsentStatement._meta.db_table} AS cs WHERE cs.member_id = m.id AND cs.purpose = %b "
             "AND cs.at <= now() ORDER BY cs.at DESC, cs.id DESC LIMIT 1) IN ('denied', 'withdrawn')",
-            [counted, _CONSENT_PURPOSE],
+            [counted, member_days_sql.CONSENT_PURPOSE],
         )
         refused = {row[0] for row in cursor.fetchall()}
     return [
@@ -186,56 +185,49 @@ def member_histories(member_ids: list[int]) -> list[kpis.MemberHistory]:
     ]
 
 
-def member_days_refresh(member_ids: list[int]) -> set[date]:
-    """Recompute these members' rows; write those that changed; return the days that changed."""
-    after: dict[int, dict[kpis.Key, kpis.Values]] = {m: {} for m in member_ids}
-    for history in member_histories(member_ids):
-        after[history.member_id] = kpis.member_days(history)
-    before: dict[int, dict[kpis.Key, kpis.Values]] = {m: {} for m in member_ids}
-    columns = ", ".join(kpis.COLUMNS)
+def member_days_refresh(member_ids: list[int]) -> None:
+    """Recompute these members' rows in SQL (``member_days_sql``), compare them with the stored
+    ones, replace the rows that differ and mark their days dirty. Set-wise: a few statements for
+    the batch, whatever its size; a member whose rows did not change costs its reads, and
+    nothing is written. A batch none of whose members has stored rows (the nightly from
+    scratch, new members) is written straight: nothing to compare."""
+    member_days_sql.facts_stage(member_ids)
+    table, stage, diff = MemberDay._meta.db_table, member_days_sql.STAGE_ROW, member_days_sql.STAGE_DIFF
+    dirty = DirtyDay._meta.db_table
+    key = ("member_id", "day", "channel", "store_code")
+    names = ", ".join([*key, *kpis.COLUMNS])
+    # The batch's stored rows, walked by the member index one member at a time, whatever the
+    # planner believes of the table (EXPLAIN ANALYZE: ``member_id = ANY(…)`` was a scan of every
+    # member's rows, 160,000 of them for 67 members, its statistics lagging the nightly's writes).
+    walk = "unnest(%b::bigint[]) AS ids(id) CROSS JOIN LATERAL (SELECT * FROM {} WHERE member_id = ids.id {}) AS o"
     with binary_parameters_cursor() as cursor:
+        cursor.execute(f"SELECT EXISTS (SELECT FROM {walk.format(table, 'LIMIT 1')})", [member_ids])  # noqa: S608
+        if not cursor.fetchone()[0]:
+            cursor.execute(
+                f"WITH written AS (INSERT INTO {table} ({names}) {member_days_sql.ROWS_SELECT} RETURNING day) "  # noqa: S608
+                f"INSERT INTO {dirty} (day) SELECT DISTINCT day FROM written ON CONFLICT DO NOTHING"
+            )
+            return
+    member_days_sql.rows_compute()
+    differ = " OR ".join(f"n.{c} IS DISTINCT FROM o.{c}" for c in kpis.COLUMNS)
+    matches = " AND ".join(f"s.{c} = d.{c}" for c in key)
+    with binary_parameters_cursor() as cursor:
+        # The rows that differ, by key: added, removed (the member merged away too) or changed.
         cursor.execute(
-            f"SELECT member_id, day, channel, store_code, {columns} FROM {MemberDay._meta.db_table} "  # noqa: S608
-            "WHERE member_id = ANY(%b::bigint[])",
+            f"INSERT INTO {diff} SELECT {', '.join(key)}, o.id FROM {stage} AS n "  # noqa: S608
+            f"FULL JOIN (SELECT o.* FROM {walk.format(table, 'OFFSET 0')}) AS o USING ({', '.join(key)}) WHERE {differ}",
             [member_ids],
         )
-        for row in cursor.fetchall():
-            before[row[0]][tuple(row[:4])] = tuple(_normal(v) for v in row[4:])
-    days: set[date] = set()
-    changed: list[int] = []
-    for m in member_ids:
-        differ = kpis.days_changed(before[m], after[m])
-        if differ:
-            days |= differ
-            changed.append(m)
-    if changed:
-        _member_days_write(changed, [row for m in changed for row in after[m].items()])
-    return days
-
-
-def _normal(value: int | Decimal) -> int | Decimal:
-    return value if isinstance(value, int) else Decimal(value).quantize(kpis.ZERO)
-
-
-def _member_days_write(member_ids: list[int], rows: list[tuple[kpis.Key, kpis.Values]]) -> None:
-    """Replace these members' rows. Written with COPY: measured at 20,000 members, binding the
-    rows as 28 arrays (numeric ones dumped element by element) cost more than computing them."""
-    table = MemberDay._meta.db_table
-    names = ", ".join(["member_id", "day", "channel", "store_code", *kpis.COLUMNS])
-    with binary_parameters_cursor() as cursor:
-        cursor.execute(f"DELETE FROM {table} WHERE member_id = ANY(%b::bigint[])", [member_ids])  # noqa: S608
-        if rows:
-            with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
-                for key, values in rows:
-                    copy.write_row((*key, *values))
-
-
-def _days_mark(days: set[date]) -> None:
-    if days:
-        with binary_parameters_cursor() as cursor:
+        if cursor.rowcount:
             cursor.execute(
-                f"INSERT INTO {DirtyDay._meta.db_table} (day) SELECT unnest(%b::date[]) ON CONFLICT DO NOTHING",
-                [sorted(days)],
+                f"DELETE FROM {table} WHERE id = ANY(ARRAY(SELECT stored_id FROM {diff} WHERE stored_id IS NOT NULL))"  # noqa: S608
+            )
+            cursor.execute(
+                f"INSERT INTO {table} ({names}) SELECT {', '.join(f's.{c}' for c in key + kpis.COLUMNS)} "  # noqa: S608
+                f"FROM {stage} AS s JOIN {diff} AS d ON {matches}"
+            )
+            cursor.execute(
+                f"INSERT INTO {dirty} (day) SELECT DISTINCT day FROM {diff} ON CONFLICT DO NOTHING"  # noqa: S608
             )
 
 
