@@ -22,11 +22,12 @@ Conventions, for every KPI:
   zero; an order refunded in full is no order. Orders in other currencies are left out (they
   are never summed as if the same money).
 - *Online* channels are ``app``, ``mini_program`` and ``web``; the *store* channel is ``pos``.
-- **Consent** (purpose ``analytics``): a member whose ``analytics`` consent in force is denied
-  or withdrawn is counted in the business's counts and sums only — events, orders, sales,
+- **Consent** (purpose ``analytics``): a member whose ``analytics`` consent in force is not
+  granted (denied, withdrawn, or never stated: no statement means no consent, as for every
+  purpose) is counted in the business's counts and sums only — events, orders, sales,
   buyers, points, coupons — and in no behavioural measure (omnichannel or single, repurchase,
   conversion, lifecycle, unification). Behavioural KPIs therefore divide by the ``analysed_*``
-  columns (members not refusing), never by the totals. No answer names a member either way.
+  columns (members who granted it), never by the totals. No answer names a member either way.
 """
 
 from collections import defaultdict
@@ -54,7 +55,7 @@ ZERO = Decimal("0.00")
 #: The member-day and daily rollup columns, in order. Money columns are Decimal, the rest int.
 COLUMNS: tuple[str, ...] = (
     "events",  # events of the day (every member)
-    "analysed_events",  # events of members not refusing analytics
+    "analysed_events",  # events of members who granted analytics
     "identified_events",  # ... of those, events of identified members
     "orders",
     "sales",  # net of refunds
@@ -107,7 +108,7 @@ class MemberHistory:
 
     member_id: int
     identified: bool  # holds an identifier other than an anonymous or device id
-    analytics: bool  # False: refused the ``analytics`` purpose
+    analytics: bool  # True: granted the ``analytics`` purpose, in force now
     events: tuple[EventCount, ...]
     orders: tuple[OrderFact, ...]
 
@@ -288,7 +289,7 @@ KPIS: tuple[Kpi, ...] = (
     Kpi("omni_sales_share", "Omnichannel share of sales", Kind.RATIO, "omni_sales", "omni_sales+single_sales",
         percent=True, breakdown=True,
         doc="Net sales of the period by members already omnichannel on the day of the order, over net "
-            "sales (of members not refusing analytics)."),
+            "sales (of members who granted analytics)."),
     *(Kpi(f"repurchase_{n}", f"Repurchase rate ({n} d)", Kind.RATIO, f"repeat_{n}", "analysed_buyers",
           percent=True,
           doc=f"Buyer-days of the period whose member had bought on an earlier day within {n} days before, "

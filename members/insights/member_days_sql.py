@@ -34,7 +34,6 @@ from members.models import Member, MemberOrder
 #: Identifier types that do not identify a person (a browser, a device).
 ANONYMOUS_TYPES = ("anonymous_id", "device_id")
 CONSENT_PURPOSE = "analytics"
-REFUSED_STATES = ("denied", "withdrawn")
 
 STAGE_MEMBER = "insights_stage_member"
 STAGE_EVENT = "insights_stage_event"
@@ -100,10 +99,11 @@ def facts_stage(member_ids: Sequence[int]) -> None:
             "AND NOT i.type = ANY(%b::text[]) LIMIT 1) IS NOT NULL, "
             f"coalesce((SELECT cs.state FROM {ConsentStatement._meta.db_table} AS cs WHERE cs.member_id = m.id "
             "AND cs.purpose = %b AND cs.at <= now() ORDER BY cs.at DESC, cs.id DESC LIMIT 1) "
-            "<> ALL(%b::text[]), true) "
+            # No statement means no consent (docs/consent.md), as the funnels read it.
+            "= 'granted', false) "
             f"FROM unnest(%b::bigint[]) AS ids(id) CROSS JOIN LATERAL (SELECT id FROM {Member._meta.db_table} "
             "WHERE id = ids.id AND status IN ('active', 'erased') OFFSET 0) AS m",
-            [list(ANONYMOUS_TYPES), CONSENT_PURPOSE, list(REFUSED_STATES), list(member_ids)],
+            [list(ANONYMOUS_TYPES), CONSENT_PURPOSE, list(member_ids)],
         )
         cursor.execute(
             f"INSERT INTO {STAGE_EVENT} (member_id, day, channel, store_code, events) "  # noqa: S608

@@ -175,12 +175,12 @@ def member_histories(member_ids: list[int]) -> list[kpis.MemberHistory]:
         cursor.execute(
             f"SELECT m.id FROM unnest(%b::bigint[]) AS m(id) WHERE (SELECT cs.state FROM "  # noqa: S608
             f"{ConsentStatement._meta.db_table} AS cs WHERE cs.member_id = m.id AND cs.purpose = %b "
-            "AND cs.at <= now() ORDER BY cs.at DESC, cs.id DESC LIMIT 1) IN ('denied', 'withdrawn')",
+            "AND cs.at <= now() ORDER BY cs.at DESC, cs.id DESC LIMIT 1) = 'granted'",
             [counted, member_days_sql.CONSENT_PURPOSE],
         )
-        refused = {row[0] for row in cursor.fetchall()}
+        granted = {row[0] for row in cursor.fetchall()}
     return [
-        kpis.MemberHistory(m, m in identified, m not in refused, tuple(events[m]), tuple(orders[m]))
+        kpis.MemberHistory(m, m in identified, m in granted, tuple(events[m]), tuple(orders[m]))
         for m in counted
     ]
 

@@ -16,10 +16,19 @@ from members.insights.models import DailyRollup, DirtyMember, MemberDay
 from members.insights.services import insights_refresh
 from members.models import Member
 from tests.factories import EventFactory, SourceFactory
+from tests.factories.consent import consent_grant
 from tests.members.conftest import T0
 
 pytestmark = pytest.mark.django_db
 DAY0 = T0.date()
+
+
+@pytest.fixture
+def zhang(zhang: dict) -> dict:
+    """Zhang Wei, who agreed to ``analytics`` when he joined at the till: the board analyses
+    only members who did (no statement means no consent)."""
+    consent_grant([zhang["member"]], purposes=["analytics"], at=T0)
+    return zhang
 
 
 def staff_client(role: Role) -> APIClient:

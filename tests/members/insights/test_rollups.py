@@ -21,12 +21,14 @@ from events.models import Event
 from events.pipeline import events_process_pending
 from identity.models import EventResolution, Identifier
 from identity.services import member_split
+from members.consent.models import ConsentStatement
 from members.insights import kpis
 from members.insights.models import DailyRollup, DirtyDay, DirtyMember
 from members.insights.selectors import kpi_series
 from members.insights.services import compute_from, insights_refresh
 from members.models import Member
 from tests.factories import EventFactory, SourceFactory
+from tests.factories.consent import consent_grant
 
 T0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
 ONLINE = {"app", "mini_program", "web"}
@@ -100,7 +102,22 @@ def step_once(world: World, batch: list[Step]) -> None:
     for step in batch:
         world.send(step)
     events_process_pending()
+    analytics_granted_to_everyone()
     insights_refresh()
+
+
+def analytics_granted_to_everyone() -> None:
+    """Every member, new ones and those a split made included, agrees to ``analytics``, so the
+    reference analyses everyone (which members the board analyses is held to its definition by
+    ``test_member_days_sql`` and ``test_kpis_api``); queued for the rollup as a statement
+    recorded by staff queues them."""
+    unstated = list(
+        Member.objects.filter(status="active")
+        .exclude(id__in=ConsentStatement.objects.filter(purpose="analytics").values("member_id"))
+        .values_list("id", flat=True)
+    )
+    consent_grant(unstated, purposes=["analytics"], at=datetime(2020, 1, 1, tzinfo=UTC))
+    DirtyMember.objects.bulk_create(DirtyMember(member_id=m) for m in unstated)
 
 
 # --- The reference: each KPI of each day, by its definition, from the resolved members. ---
