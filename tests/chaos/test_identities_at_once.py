@@ -21,7 +21,7 @@ from identity.identifiers import IdentifierType
 from identity.models import EventResolution, Identifier, Member
 from tests.chaos.figures import drained, pipeline_figures
 from tests.chaos.harness import RECORDING_PIPELINE
-from tests.events.test_worker_integration import Stream, broker, post_batch, seen_table
+from tests.events.test_worker_integration import Stream, broker, seen_table
 from tests.factories import SourceFactory
 from tests.processes import CeleryProcess, CeleryWorker, wait_for
 
@@ -76,18 +76,8 @@ class OverlappingIdentities(Stream):
             **({"context": {"traits": {"email": values["email"]}}} if "email" in names else {}),
         }
 
-    def post_orders(self) -> None:
-        self.batches += 1
-        messages = [self.message() for _ in range(5)]
-        try:
-            status, body = post_batch(self.server_url, self.write_key, messages)
-        except OSError as exc:
-            self.failures.append(repr(exc))
-            return
-        if status == 200 and body["accepted"] == len(messages):
-            self.accepted.extend(m["messageId"] for m in messages)
-        else:
-            self.failures.append(f"{status} {body}")
+    def orders(self) -> list[dict]:
+        return [self.message() for _ in range(5)]
 
 
 def is_ready(worker: CeleryProcess) -> bool:
