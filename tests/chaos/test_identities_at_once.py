@@ -134,13 +134,14 @@ def test_workers_resolving_overlapping_identities_at_once_never_deadlock_nor_dup
     second.start()
     try:
         for worker in (first.worker, second):
-            assert wait_for(partial(is_ready, worker), timeout=30), worker.output()
+            assert wait_for(partial(is_ready, worker), timeout=60), worker.output()
         for stream in streams:
             stream.start()
         time.sleep(seconds)
         for stream in streams:
             stream.stop()
-        assert wait_for(lambda: drained(connection), timeout=120, interval=0.5), first.output()
+        # Every stream's worth of events resolved under one lock: more time for a longer stream.
+        assert wait_for(lambda: drained(connection), timeout=60 + 3 * seconds, interval=0.5), first.output()
     finally:
         for stream in streams:
             stream.stop()
