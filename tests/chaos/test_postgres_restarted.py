@@ -20,7 +20,7 @@ __all__ = ["private_postgres"]  # a fixture, used by name
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-DOWN_SECONDS = 3.0
+DOWN_SECONDS = 10.0
 
 
 def test_postgresql_restarted_while_orders_stream_in_answers_503_stores_every_200_and_drains(
