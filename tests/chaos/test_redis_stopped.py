@@ -4,7 +4,11 @@ web server and the worker, is shut down while orders stream in over HTTP, and st
 durable in PostgreSQL; the rate limit fails open; a nudge that cannot be published is left to
 the sweep), and the backlog drains by itself once Redis is back: beat's sweep finds it."""
 
+import os
+import signal
 import time
+from collections.abc import Callable
+from functools import partial
 
 import pytest
 from django.db import connection
@@ -22,8 +26,22 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(t
 DOWN_SECONDS = 8.0
 
 
+def take_away(server: RedisServer, how: str) -> Callable[[], None]:
+    """Take Redis away ``how`` (shut down: connections refused; frozen with SIGSTOP: connections
+    accepted by the kernel and never answered, as a hung server or a partition looks); returns
+    what brings it back."""
+    if how == "frozen":
+        assert server.process is not None
+        pid = server.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        return partial(os.kill, pid, signal.SIGCONT)
+    server.stop()
+    return server.start
+
+
+@pytest.mark.parametrize("how", ["shut-down", "frozen"])
 def test_redis_stopped_while_orders_stream_in_loses_nothing_and_the_backlog_drains_by_itself(
-    tmp_path, seen_table
+    tmp_path, seen_table, how
 ):
     redis_server = RedisServer()
     redis_server.start()
@@ -38,13 +56,13 @@ def test_redis_stopped_while_orders_stream_in_loses_nothing_and_the_backlog_drai
         assert wait_for(lambda: "ready." in service.celery.output(), timeout=30), service.output()
         stream.start()
         time.sleep(2.0)
-        redis_server.stop()
+        bring_back = take_away(redis_server, how)
         accepted_before = len(stream.accepted)
         time.sleep(DOWN_SECONDS)
         accepted_while_down = len(stream.accepted) - accepted_before
         with connection.cursor() as cursor:
             backlog_at_return = backlog(cursor)
-        redis_server.start()
+        bring_back()
         returned = time.monotonic()
         time.sleep(2.0)
         stream.stop()
@@ -53,12 +71,14 @@ def test_redis_stopped_while_orders_stream_in_loses_nothing_and_the_backlog_drai
     finally:
         stream.stop()
         service.stop()
+        if redis_server.process is not None:
+            os.kill(redis_server.process.pid, signal.SIGCONT)  # a frozen server cannot stop
         redis_server.stop()
 
     with connection.cursor() as cursor:
         figures = pipeline_figures(
             cursor,
-            fault="redis-stopped",
+            fault=f"redis-{how}",
             sent=stream.batches * 5,
             accepted=stream.accepted,
             seen_table=seen_table,
