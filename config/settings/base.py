@@ -235,7 +235,14 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # and a periodic task catches up (the event sweep, every EVENT_SWEEP_INTERVAL_SECONDS; the
 # webhook sweep; the nightly recompute): sooner than the one-hour visibility timeout did. The
 # outage test in ``tests/events/test_worker_integration.py`` fails with the emulation on.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "ack_emulation": False}
+#
+# A publish waits for Redis's answer at most ``socket_timeout`` seconds: without it (kombu's
+# default: forever) a Redis that hangs or drops off the network without closing the connection
+# (a partition, a failover, a stopped process) held every ingestion request publishing its
+# nudge until Redis came back, and ingestion accepted nothing meanwhile. It must exceed the
+# worker's BRPOP wait (kombu's ``brpop_timeout``, 1 s). ``tests/chaos/test_redis_stopped.py``
+# (Redis frozen with SIGSTOP) fails without it.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 2, "ack_emulation": False}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 #: Every task goes to the one default queue (``celery``) unless routed here: a JSON object of task
 #: name (or glob) -> {"queue": name}, e.g. {"members.*": {"queue": "members"}}; a worker then

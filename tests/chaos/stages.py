@@ -16,3 +16,15 @@ def linger(events: Sequence[ClaimedEvent]) -> None:
     client = redis.Redis.from_url(os.environ["TEST_STAGE_REDIS_URL"])
     client.set(IN_FLIGHT, f"{os.getpid()}:{events[0].id}..{events[-1].id}", ex=5)
     time.sleep(float(os.environ.get("CHAOS_LINGER_SECONDS", "0.3")))
+
+
+#: The message id prefix of the events ``refuse_poison`` fails on (a worker process sees the
+#: message id, not a set kept in the test's process).
+POISON_PREFIX = "poison-"
+
+
+def refuse_poison(events: Sequence[ClaimedEvent]) -> None:
+    """Fail (a Python error, as bad data gives) when the batch holds a poisoned event."""
+    bad = sorted(event.id for event in events if event.message_id.startswith(POISON_PREFIX))
+    if bad:
+        raise ValueError(f"cannot process events {bad}")

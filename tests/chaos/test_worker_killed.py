@@ -12,11 +12,7 @@ import pytest
 import redis
 from django.db import connection
 
-from events.models import Event, PendingEvent
-from identity.models import EventResolution, MemberChange
-from members.loyalty.models import PointsEntry
-from members.loyalty.points import Kind
-from members.models import DirtyMark, MemberOrder
+from tests.chaos.figures import drained, pipeline_figures
 from tests.chaos.stages import IN_FLIGHT
 from tests.events.test_worker_integration import Stream, broker, seen_table
 from tests.factories import SourceFactory
@@ -86,41 +82,21 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_doubles_nothing(
         time.sleep(1.0)
         stream.stop()
 
-        def drained() -> bool:
-            return not (
-                PendingEvent.objects.exists() or MemberChange.objects.exists() or DirtyMark.objects.exists()
-            )
-
-        assert wait_for(drained, timeout=90, interval=0.5), worker.output()
+        assert wait_for(lambda: drained(connection), timeout=90, interval=0.5), worker.output()
     finally:
         stream.stop()
         celery.stop()
 
-    sent = stream.batches * 5
-    accepted = set(stream.accepted)
-    stored = dict(Event.objects.values_list("message_id", "id"))
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT event_id, count(*) FROM {seen_table} GROUP BY event_id")
-        seen = dict(cursor.fetchall())
-    processed = set(seen) & set(stored.values())
-    resolved = set(EventResolution.objects.values_list("event_id", flat=True))
-    lost = (
-        len(accepted - set(stored))
-        + len(set(stored.values()) - processed)
-        + len(set(stored.values()) - resolved)
-    )
-    earned = list(PointsEntry.objects.filter(kind=Kind.EARN).values_list("order_id", flat=True))
-    doubled = (
-        sum(count - 1 for count in seen.values())  # an event in two committed batches
-        + (len(earned) - len(set(earned)))  # an order's points earned twice
-        + (MemberOrder.objects.count() - len(stored))  # an order counted twice (each event is one order)
-    )
-    print(
-        f"\nchaos worker-killed: kills {KILLS} ({killed} processes), sent {sent}, accepted {len(accepted)}, "
-        f"stored {len(stored)}, processed {len(processed)}, lost {lost}, doubled {doubled}"
-    )
+        figures = pipeline_figures(
+            cursor,
+            fault="worker-killed",
+            sent=stream.batches * 5,
+            accepted=stream.accepted,
+            seen_table=seen_table,
+        )
+    figures.report(f"kills {KILLS} ({killed} processes)")
     assert not stream.failures, stream.failures[:3]
-    assert set(stored) == accepted
-    assert len(accepted) == sent
-    assert lost == 0
-    assert doubled == 0
+    assert figures.stored == figures.accepted == figures.sent
+    assert figures.lost == 0
+    assert figures.doubled == 0

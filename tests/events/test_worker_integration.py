@@ -172,9 +172,9 @@ class Stream(threading.Thread):
             self.post_orders()
             time.sleep(0.02)
 
-    def post_orders(self) -> None:
-        self.batches += 1
-        messages = [
+    def orders(self) -> list[dict]:
+        """The next batch's five orders."""
+        return [
             TrackMessageFactory.create(
                 event="Order Completed",
                 userId=f"u-{(self.batches * 5 + n) % 40}",  # few members: busy refreshes
@@ -182,6 +182,10 @@ class Stream(threading.Thread):
             )
             for n in range(5)
         ]
+
+    def post_orders(self) -> None:
+        self.batches += 1
+        messages = self.orders()
         try:
             status, body = post_batch(self.server_url, self.write_key, messages)
         except OSError as exc:

@@ -68,9 +68,9 @@ class Received:
 
 class Receiver:
     """A real HTTP server in a thread: records every POST and answers with the statuses queued
-    in ``answers`` (then ``default``), after ``delay`` seconds."""
+    in ``answers`` (then ``default``), after ``delay`` seconds; on ``port``, or a free one."""
 
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None, *, port: int = 0) -> None:
         self.received: list[Received] = []
         self.answers: deque[int] = deque()
         self.default = 200
@@ -97,7 +97,7 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         if tls is not None:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
