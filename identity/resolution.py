@@ -26,8 +26,35 @@ every member it touches, and later than every event that mentioned one of its id
 sees exactly the graph the definition would show it, so it is resolved incrementally. A
 late event instead re-resolves its *component*: the events linked to it through mergeable
 identifiers (dropped ones included), which always consists of whole members and interacts
-with nothing outside it. ``tests/identity/test_resolution.py`` checks this with generated
-event streams in every arrival order.
+with nothing outside it, except through *refused* mentions (below).
+``tests/identity/test_resolution.py`` checks this with generated event streams in every
+arrival order.
+
+**Refused mentions.** A shared store iPad would otherwise link every customer who ever
+checked out on it into one component that grows with the stream. The walk does not cross an
+identifier ``z`` from an event ``f`` when ``f``'s mention of ``z`` is refused whatever the
+replay decides:
+
+- ``f`` is not an alias, and no separation is in play;
+- ``f``'s first identifier in priority order, ``u``, is of a type ``τ`` that merges with a
+  limit of one;
+- ``f``'s own decision so far (if it has one) dropped ``z``;
+- an event ``g`` earlier than ``f`` accepted ``z`` together with a value ``w`` of type ``τ``.
+
+Why that is exact. Let S be the events the walk reached and T the rest; every identifier an
+S event mentions is either crossed (all its mentioners are in S) or refused from every S
+event that mentions it (the set Z). By induction over event time, every member is all-S or
+all-T, no S event accepts an identifier of Z, and T's decisions are those it had: an S event
+accepts ``u`` first (held is empty and ``u``'s owner is within its limits), so its chosen
+members hold a ``τ`` value; the owner of ``z`` is the member that holds ``g``'s events (a
+T member: an S event that accepted ``z`` would have had it crossed), which holds ``w`` from
+``g`` on, and is not chosen (the S event's other identifiers are owned by S members); so
+taking ``z`` would put two ``τ`` classes in one member (no alias joins them: ``f`` is not
+one, and classes never span members) and ``z`` is dropped, before and after the late
+event, and in the replay, which sees T's members as they are now (they hold ``w`` too). A T
+event reads only T's identifiers and Z's, owned by T members, so nothing S does reaches it.
+Replaying S alone, against T as it stands, therefore gives the event-order result, and Z's
+``last_seen`` is kept (T's events still mention them).
 
 **What linked them.** Each decision says through which of its identifiers the event joined
 each member it chose, and ``MergeLinks`` reads a run's decisions to tell, for a member that no
@@ -36,8 +63,8 @@ each side held: the merge history names that, never the event that happened to t
 replay nor identifiers a decision dropped.
 """
 
-from collections import defaultdict, deque
-from collections.abc import Callable, Hashable, Iterable
+from collections import defaultdict
+from collections.abc import Callable, Collection, Hashable, Iterable, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -212,6 +239,24 @@ class IdentityGraph:
                 return False
         return True
 
+    def accepted_first(self, event: ResolvableEvent) -> Identifier | None:
+        """The identifier ``u`` that ``event`` always accepts first, when its type merges with a
+        limit of one (so the event never joins a member holding another value of that type);
+        None when the event is an alias, separations are in play, or its first identifier in
+        priority order has another limit (the module's "Refused mentions")."""
+        if event.vouches or self.sides:
+            return None
+        first = min(
+            (i for i in event.identifiers if self.merges(i)),
+            key=lambda i: (-self._rule_of(i.type)[2], i.type, i.value),
+            default=None,
+        )
+        return first if first is not None and self._limit(first.type) == 1 else None
+
+    def limit_of(self, type_: str) -> int | None:
+        """How many values of the type one member may hold; None: no limit, or it never merges."""
+        return self._limit(type_)
+
     def _limit(self, type_: str) -> int | None:
         return self._rule_of(type_)[1]
 
@@ -337,7 +382,8 @@ class IdentityGraph:
         target.alias_class.update(source.alias_class)
 
     def forget(self, members: Iterable[MemberRef], mentioned: Iterable[Identifier]) -> None:
-        """Remove members and what their events mentioned, before their events are replayed."""
+        """Remove members and what their events mentioned (``mentioned``: identifiers only these
+        events mention), before their events are replayed."""
         for ref in members:
             state = self.members.pop(ref, None)
             if state is not None:
@@ -397,6 +443,30 @@ class InMemoryResolver:
     def load_mentions(self, identifiers: Iterable[Identifier]) -> None:
         """Make ``mentions`` complete for these identifiers (and hold the events it names)."""
 
+    def anchors(self, identifiers: Iterable[Identifier]) -> dict[Identifier, dict[str, EventKey]]:
+        """For each identifier, per type with a limit of one: the earliest event that accepted
+        it together with a value of that type (what "Refused mentions" calls ``g``)."""
+        found: dict[Identifier, dict[str, EventKey]] = {}
+        for identifier in identifiers:
+            earliest = found[identifier] = {}
+            for key in self.mentions[identifier]:
+                decision = self.decisions.get(key)
+                if decision is None or identifier in decision.dropped:
+                    continue
+                for other in self.events[key].identifiers:
+                    if (
+                        self.graph.limit_of(other.type) == 1
+                        and other not in decision.dropped
+                        and (other.type not in earliest or key < earliest[other.type])
+                    ):
+                        earliest[other.type] = key
+        return found
+
+    def dropped_by(self, key: EventKey) -> Collection[Identifier] | None:
+        """What the event's current decision dropped; None when it has none yet (a new event)."""
+        decision = self.decisions.get(key)
+        return None if decision is None else decision.dropped
+
     def add(self, event: ResolvableEvent) -> None:
         if event.key in self.events:
             return  # resolving an event twice changes nothing
@@ -406,7 +476,7 @@ class InMemoryResolver:
             self._apply(self.graph.resolve(event))
         else:
             self.replays += 1
-            self._replay(self.component(event))
+            self._replay(*self.closure(event))
 
     def add_batch(self, events: Iterable[ResolvableEvent]) -> None:
         """Resolve several events as ``add`` would, with one replay for all the late ones.
@@ -431,11 +501,7 @@ class InMemoryResolver:
                 late.append(event)
         if late:
             self.replays += 1
-            found: set[EventKey] = set()
-            for event in late:
-                if event.key not in found:
-                    found |= self.component(event)
-            self._replay(found)
+            self._replay(*self.closure(*late))
 
     def _register(self, event: ResolvableEvent) -> None:
         self.events[event.key] = event
@@ -443,38 +509,61 @@ class InMemoryResolver:
             if self.graph.merges(identifier):
                 self.mentions[identifier].add(event.key)
 
-    def component(self, event: ResolvableEvent) -> set[EventKey]:
-        """The events linked to ``event`` through mergeable identifiers, transitively."""
-        found = {event.key}
-        queue = deque([event])
-        seen_identifiers: set[Identifier] = set()
-        while queue:
-            fresh = {
-                i
-                for current in (queue.popleft() for _ in range(len(queue)))
-                for i in current.identifiers
-                if i not in seen_identifiers and self.graph.merges(i)
-            }
-            seen_identifiers |= fresh
+    def closure(self, *events: ResolvableEvent) -> tuple[set[EventKey], set[Identifier]]:
+        """What a replay of these events re-decides: the events linked to them through
+        mergeable identifiers, transitively, except through refused mentions (the module's
+        "Refused mentions"); and the identifiers not crossed because every mention of them
+        the walk reached was refused."""
+        found = {event.key for event in events}
+        level = list(events)
+        crossed: set[Identifier] = set()
+        mentioned: set[Identifier] = set()
+        anchors: dict[Identifier, dict[str, EventKey]] = {}
+        while level:
+            fresh: set[Identifier] = set()
+            maybe_refused: list[tuple[ResolvableEvent, Identifier, str]] = []
+            for current in level:
+                first = self.graph.accepted_first(current)
+                dropped = self.dropped_by(current.key) if first is not None else None
+                for identifier in current.identifiers:
+                    if identifier in crossed or not self.graph.merges(identifier):
+                        continue
+                    mentioned.add(identifier)
+                    if (
+                        first is not None
+                        and identifier != first
+                        and (dropped is None or identifier in dropped)
+                    ):
+                        maybe_refused.append((current, identifier, first.type))
+                    else:
+                        fresh.add(identifier)
+            wanted = {i for _, i, _ in maybe_refused if i not in fresh and i not in anchors}
+            if wanted:
+                anchors.update(self.anchors(wanted))  # one load per level, like the mentions
+            for current, identifier, refusing in maybe_refused:
+                anchor = anchors.get(identifier, {}).get(refusing)
+                if anchor is None or not anchor < current.key:
+                    fresh.add(identifier)
+            fresh -= crossed
+            crossed |= fresh
             self.load_mentions(fresh)  # one level of the walk at a time: one load per level
+            level = []
             for identifier in fresh:
                 for key in self.mentions[identifier] - found:
                     found.add(key)
-                    queue.append(self.events[key])
-        return found
+                    level.append(self.events[key])
+        return found, mentioned - crossed
 
     def replay_members_of(self, keys: set[EventKey]) -> None:
         """Re-resolve the components of these (held) events from scratch, e.g. after a split."""
-        found: set[EventKey] = set()
-        for key in sorted(keys):
-            if key not in found:
-                found |= self.component(self.events[key])
-        self._replay(found)
+        self._replay(*self.closure(*(self.events[key] for key in sorted(keys))))
 
-    def _replay(self, keys: set[EventKey]) -> None:
-        """Re-resolve these events from scratch (after late events, or a split)."""
+    def _replay(self, keys: set[EventKey], refused: Set[Identifier] = frozenset()) -> None:
+        """Re-resolve these events from scratch (after late events, or a split), against the
+        rest of the graph as it stands; ``refused`` are identifiers these events mention
+        that events outside them mention too (``closure``)."""
         members = {self.member_of[key] for key in keys if key in self.member_of}
-        mentioned = {i for key in keys for i in self.events[key].identifiers}
+        mentioned = {i for key in keys for i in self.events[key].identifiers} - refused
         for key in keys:
             self.decisions.pop(key, None)
         self.graph.forget(members, mentioned)
