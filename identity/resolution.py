@@ -56,6 +56,14 @@ event reads only T's identifiers and Z's, owned by T members, so nothing S does 
 Replaying S alone, against T as it stands, therefore gives the event-order result, and Z's
 ``last_seen`` is kept (T's events still mention them).
 
+The other way round: the walk crosses ``z`` (its owner is re-decided, e.g. the customer who
+holds the iPad is late) but leaves out a mentioner ``f`` whose mention is refused as above
+with ``g`` earlier than every late event. ``g``'s decision stands (decisions of events before
+the earliest late one never change), so from ``g`` on ``z``'s owner is the S member holding
+``w``; ``f``'s chosen members are T's (it accepted nothing the walk crossed, or it would
+have been reached), so ``f`` drops ``z`` before and after, and is not re-decided. ``z``
+keeps its ``last_seen`` too.
+
 **What linked them.** Each decision says through which of its identifiers the event joined
 each member it chose, and ``MergeLinks`` reads a run's decisions to tell, for a member that no
 longer stands, the event that joined it to the member holding its events and the identifiers
@@ -509,12 +517,15 @@ class InMemoryResolver:
             if self.graph.merges(identifier):
                 self.mentions[identifier].add(event.key)
 
-    def closure(self, *events: ResolvableEvent) -> tuple[set[EventKey], set[Identifier]]:
-        """What a replay of these events re-decides: the events linked to them through
+    def closure(self, *events: ResolvableEvent, narrow: bool = True) -> tuple[set[EventKey], set[Identifier]]:
+        """What a replay of these (late) events re-decides: the events linked to them through
         mergeable identifiers, transitively, except through refused mentions (the module's
-        "Refused mentions"); and the identifiers not crossed because every mention of them
-        the walk reached was refused."""
+        "Refused mentions"); and the identifiers those events share with events outside it.
+        ``narrow=False``: the whole component (every decision may change, e.g. after a split)."""
         found = {event.key for event in events}
+        if not narrow or not events:
+            return self.component_of(events), set()
+        since = min(found)  # decisions of earlier events stand whatever the late ones do
         level = list(events)
         crossed: set[Identifier] = set()
         mentioned: set[Identifier] = set()
@@ -547,16 +558,49 @@ class InMemoryResolver:
             fresh -= crossed
             crossed |= fresh
             self.load_mentions(fresh)  # one level of the walk at a time: one load per level
+            # A crossed identifier's mentioners, but those whose mention of it is refused by an
+            # anchor earlier than every late event (its owner is re-decided, not them).
+            reached: list[tuple[Identifier, ResolvableEvent, str | None]] = []
+            for identifier in fresh:
+                for key in self.mentions[identifier] - found:
+                    mentioner = self.events[key]
+                    first = self.graph.accepted_first(mentioner)
+                    dropped = self.dropped_by(key) if first is not None else None
+                    refusing = first.type if first is not None and dropped and identifier in dropped else None
+                    reached.append((identifier, mentioner, refusing))
+            wanted = {i for i, _, refusing in reached if refusing is not None and i not in anchors}
+            if wanted:
+                anchors.update(self.anchors(wanted))
+            level = []
+            for identifier, mentioner, refusing in reached:
+                anchor = anchors.get(identifier, {}).get(refusing) if refusing is not None else None
+                if mentioner.key not in found and (anchor is None or not anchor < since):
+                    found.add(mentioner.key)
+                    level.append(mentioner)
+        shared = {i for i in crossed if self.mentions[i] - found}
+        return found, (mentioned - crossed) | shared
+
+    def component_of(self, events: Iterable[ResolvableEvent]) -> set[EventKey]:
+        """The events linked to these through mergeable identifiers, transitively."""
+        found = {event.key for event in events}
+        level = [self.events[key] for key in found]
+        crossed: set[Identifier] = set()
+        while level:
+            fresh = {
+                i for event in level for i in event.identifiers if i not in crossed and self.graph.merges(i)
+            }
+            crossed |= fresh
+            self.load_mentions(fresh)
             level = []
             for identifier in fresh:
                 for key in self.mentions[identifier] - found:
                     found.add(key)
                     level.append(self.events[key])
-        return found, mentioned - crossed
+        return found
 
     def replay_members_of(self, keys: set[EventKey]) -> None:
         """Re-resolve the components of these (held) events from scratch, e.g. after a split."""
-        self._replay(*self.closure(*(self.events[key] for key in sorted(keys))))
+        self._replay(*self.closure(*(self.events[key] for key in sorted(keys)), narrow=False))
 
     def _replay(self, keys: set[EventKey], refused: Set[Identifier] = frozenset()) -> None:
         """Re-resolve these events from scratch (after late events, or a split), against the

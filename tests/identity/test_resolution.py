@@ -402,17 +402,35 @@ def test_the_walk_crosses_a_shared_ipad_when_the_late_event_could_take_it():
     assert not refused
 
 
-def test_an_anonymous_event_on_the_shared_ipad_is_not_narrowed():
-    # An event without a user id can join whoever holds the iPad: the walk crosses it.
+def test_an_anonymous_event_on_the_shared_ipad_re_decides_the_ipads_owner():
+    # An event without a user id can join whoever holds the iPad: the walk crosses the iPad to
+    # its owner, u0. The customers who dropped it after u0 took it are not re-decided.
     checkouts = [ipad_checkout(i, i) for i in range(5)]
     guest = event(20, "device_id:ipad", "anonymous_id:a1", message="guest")
     resolver = InMemoryResolver(RULES)
     for e in (*checkouts, guest):
         resolver.add(e)
 
-    replayed, refused = resolver.closure(guest)
-    assert replayed == {guest.key, *(c.key for c in checkouts)}
-    assert not refused
+    replayed, shared = resolver.closure(guest)
+    assert replayed == {guest.key, checkouts[0].key}
+    assert shared == {Identifier("device_id", "ipad")}
+
+
+def test_a_late_event_of_the_ipads_owner_re_decides_the_owner_not_the_customers_who_dropped_it():
+    # u0 holds the iPad from minute 0; a guest checkout on it joined u0. A late event of u0's
+    # re-decides u0's member; u1..u9, who dropped the iPad after minute 0, stay as they are.
+    checkouts = [ipad_checkout(i, i) for i in range(10)]
+    guest = event(12, "device_id:ipad", "anonymous_id:a1", message="guest")
+    late = event(30, "user_id:u0", "phone:+8613800138000", message="late")
+    resolver = InMemoryResolver(RULES)
+    for e in (*checkouts, guest):
+        resolver.add(e)
+    resolver.add(late)
+
+    replayed, shared = resolver.closure(late)
+    assert replayed == {late.key, checkouts[0].key, guest.key}
+    assert shared == {Identifier("device_id", "ipad")}
+    assert resolver.partition() == resolve_in_event_order([*checkouts, guest, late], RULES).partition()
 
 
 # --- what the merge history names ---------------------------------------------------------
