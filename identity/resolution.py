@@ -442,6 +442,9 @@ class InMemoryResolver:
         #: drops the decisions of the events it re-decides, in time proportional to those).
         #: ``MergeLinks`` reads it.
         self.decisions: dict[EventKey, Decision] = {}
+        #: The events whose decision above accepted each mergeable identifier (what ``anchors``
+        #: reads: a shared device has thousands of mentions and few acceptances).
+        self.accepted_by: dict[Identifier, set[EventKey]] = defaultdict(set)
         self.replays = 0
 
     # Hooks for a resolver whose graph lives in a database and is loaded as needed.
@@ -457,10 +460,10 @@ class InMemoryResolver:
         found: dict[Identifier, dict[str, EventKey]] = {}
         for identifier in identifiers:
             earliest = found[identifier] = {}
-            for key in self.mentions[identifier]:
+            for key in self.accepted_by.get(identifier, ()):
                 decision = self.decisions.get(key)
                 if decision is None or identifier in decision.dropped:
-                    continue
+                    continue  # ``decisions`` was cleared for a new run: this one tells nothing
                 for other in self.events[key].identifiers:
                     if (
                         self.graph.limit_of(other.type) == 1
@@ -609,7 +612,7 @@ class InMemoryResolver:
         members = {self.member_of[key] for key in keys if key in self.member_of}
         mentioned = {i for key in keys for i in self.events[key].identifiers} - refused
         for key in keys:
-            self.decisions.pop(key, None)
+            self._forget_decision(key)
         self.graph.forget(members, mentioned)
         for ref in members:
             for key in self.events_of.pop(ref, set()):
@@ -617,8 +620,18 @@ class InMemoryResolver:
         for key in sorted(keys):
             self._apply(self.graph.resolve(self.events[key]))
 
+    def _forget_decision(self, key: EventKey) -> None:
+        decision = self.decisions.pop(key, None)
+        if decision is not None:
+            for identifier in self.events[key].identifiers:
+                self.accepted_by[identifier].discard(key)
+
     def _apply(self, decision: Decision) -> None:
+        self._forget_decision(decision.event)
         self.decisions[decision.event] = decision
+        for identifier in self.events[decision.event].identifiers:
+            if identifier not in decision.dropped and self.graph.merges(identifier):
+                self.accepted_by[identifier].add(decision.event)
         for ref in decision.absorbed:
             for key in self.events_of.pop(ref, set()):
                 self.member_of[key] = decision.member
