@@ -569,14 +569,16 @@ class InMemoryResolver:
                     mentioner = self.events[key]
                     first = self.graph.accepted_first(mentioner)
                     dropped = self.dropped_by(key) if first is not None else None
-                    refusing = first.type if first is not None and dropped and identifier in dropped else None
-                    reached.append((identifier, mentioner, refusing))
-            wanted = {i for i, _, refusing in reached if refusing is not None and i not in anchors}
+                    refused_as = (
+                        first.type if first is not None and dropped and identifier in dropped else None
+                    )
+                    reached.append((identifier, mentioner, refused_as))
+            wanted = {i for i, _, refused_as in reached if refused_as is not None and i not in anchors}
             if wanted:
                 anchors.update(self.anchors(wanted))
             level = []
-            for identifier, mentioner, refusing in reached:
-                anchor = anchors.get(identifier, {}).get(refusing) if refusing is not None else None
+            for identifier, mentioner, refused_as in reached:
+                anchor = anchors.get(identifier, {}).get(refused_as) if refused_as is not None else None
                 if mentioner.key not in found and (anchor is None or not anchor < since):
                     found.add(mentioner.key)
                     level.append(mentioner)

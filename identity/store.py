@@ -3,7 +3,8 @@ memory with ``identity.resolution`` (the same code the property tests check), wr
 difference back in bulk.
 
 A batch costs a handful of queries whatever its size: the graph around all its identifiers
-is loaded up front, and a late event's component is walked one level per query. The caller
+is loaded up front, and what a late event re-decides is walked a level at a time (a query
+for the level's mentions, and one for the anchors of the mentions it may leave out). The caller
 holds the identity lock for the whole transaction, so what was loaded stays true until the
 writes commit.
 """

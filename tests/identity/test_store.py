@@ -122,8 +122,13 @@ def test_a_late_event_re_resolves_the_members_it_touches(settings):
 @pytest.mark.django_db
 def test_a_late_checkout_re_decides_its_customer_not_everyone_on_the_shared_ipad(monkeypatch):
     def checkout(customer: int, minute: int) -> Event:
-        return EventFactory(user_id=f"C-{customer}", anonymous_id="", context={"device": {"id": "ipad"}},
-                            timestamp=T0 + timedelta(minutes=minute), message_id=f"c{customer}-{minute}")  # fmt: skip
+        return EventFactory.create(
+            user_id=f"C-{customer}",
+            anonymous_id="",
+            context={"device": {"id": "ipad"}},
+            timestamp=T0 + timedelta(minutes=minute),
+            message_id=f"c{customer}-{minute}",
+        )
 
     checkouts = [checkout(customer, minute=customer) for customer in range(8)]
     for one in checkouts:
