@@ -558,3 +558,20 @@ def test_every_member_that_stops_standing_is_told_by_the_event_and_identifiers_t
     founded = {d.event for d in rebuilt.decisions.values() if d.created}
     for ended in founded - set(rebuilt.graph.members):
         assert_truthful_link(rebuilt, MergeLinks(rebuilt.decisions.values()), ended)
+
+
+def test_customers_who_dropped_the_ipad_after_a_late_event_are_re_decided():
+    # In event time a guest took the iPad first (with a phone u0's conflicts with), so u0 drops
+    # it and u1, who checked out after, joins the guest. Before the guest arrived u0 held it and
+    # u1 dropped it: u1's mention was refused by an anchor (u0's) later than the late event,
+    # which proves nothing, so u1 is re-decided.
+    strict = RULES.with_overrides({"phone": {"limit": 1}})
+    guest = event(1, "anonymous_id:a1", "device_id:ipad", "phone:+8613800138002", message="guest")
+    u0 = event(2, "user_id:u0", "device_id:ipad", "phone:+8613800138001", message="u0")
+    u1 = event(3, "user_id:u1", "device_id:ipad", message="u1")
+    resolver = InMemoryResolver(strict)
+    for e in (u0, u1, guest):
+        resolver.add(e)
+
+    assert resolver.partition() == resolve_in_event_order([guest, u0, u1], strict).partition()
+    assert resolver.member_of[u1.key] == resolver.member_of[guest.key] != resolver.member_of[u0.key]
