@@ -26,8 +26,43 @@ every member it touches, and later than every event that mentioned one of its id
 sees exactly the graph the definition would show it, so it is resolved incrementally. A
 late event instead re-resolves its *component*: the events linked to it through mergeable
 identifiers (dropped ones included), which always consists of whole members and interacts
-with nothing outside it. ``tests/identity/test_resolution.py`` checks this with generated
-event streams in every arrival order.
+with nothing outside it, except through *refused* mentions (below).
+``tests/identity/test_resolution.py`` checks this with generated event streams in every
+arrival order.
+
+**Refused mentions.** A shared store iPad would otherwise link every customer who ever
+checked out on it into one component that grows with the stream. The walk does not cross an
+identifier ``z`` from an event ``f`` when ``f``'s mention of ``z`` is refused whatever the
+replay decides:
+
+- ``f`` is not an alias, and no separation is in play;
+- ``f``'s first identifier in priority order, ``u``, is of a type ``τ`` that merges with a
+  limit of one;
+- ``f``'s own decision so far (if it has one) dropped ``z``;
+- an event ``g`` earlier than ``f`` accepted ``z`` together with a value ``w`` of type ``τ``.
+
+Why that is exact. Let S be the events the walk reached and T the rest; every identifier an
+S event mentions is either crossed (all its mentioners are in S) or refused from every S
+event that mentions it (the set Z). By induction over event time, every member is all-S or
+all-T, no S event accepts an identifier of Z, and T's decisions are those it had: an S event
+accepts ``u`` first (held is empty and ``u``'s owner is within its limits), so its chosen
+members hold a ``τ`` value; the owner of ``z`` is the member that holds ``g``'s events (a
+T member: an S event that accepted ``z`` would have had it crossed), which holds ``w`` from
+``g`` on, and is not chosen (the S event's other identifiers are owned by S members); so
+taking ``z`` would put two ``τ`` classes in one member (no alias joins them: ``f`` is not
+one, and classes never span members) and ``z`` is dropped, before and after the late
+event, and in the replay, which sees T's members as they are now (they hold ``w`` too). A T
+event reads only T's identifiers and Z's, owned by T members, so nothing S does reaches it.
+Replaying S alone, against T as it stands, therefore gives the event-order result, and Z's
+``last_seen`` is kept (T's events still mention them).
+
+The other way round: the walk crosses ``z`` (its owner is re-decided, e.g. the customer who
+holds the iPad is late) but leaves out a mentioner ``f`` whose mention is refused as above
+with ``g`` earlier than every late event. ``g``'s decision stands (decisions of events before
+the earliest late one never change), so from ``g`` on ``z``'s owner is the S member holding
+``w``; ``f``'s chosen members are T's (it accepted nothing the walk crossed, or it would
+have been reached), so ``f`` drops ``z`` before and after, and is not re-decided. ``z``
+keeps its ``last_seen`` too.
 
 **What linked them.** Each decision says through which of its identifiers the event joined
 each member it chose, and ``MergeLinks`` reads a run's decisions to tell, for a member that no
@@ -36,8 +71,8 @@ each side held: the merge history names that, never the event that happened to t
 replay nor identifiers a decision dropped.
 """
 
-from collections import defaultdict, deque
-from collections.abc import Callable, Hashable, Iterable
+from collections import defaultdict
+from collections.abc import Callable, Collection, Hashable, Iterable, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -212,6 +247,24 @@ class IdentityGraph:
                 return False
         return True
 
+    def accepted_first(self, event: ResolvableEvent) -> Identifier | None:
+        """The identifier ``u`` that ``event`` always accepts first, when its type merges with a
+        limit of one (so the event never joins a member holding another value of that type);
+        None when the event is an alias, separations are in play, or its first identifier in
+        priority order has another limit (the module's "Refused mentions")."""
+        if event.vouches or self.sides:
+            return None
+        first = min(
+            (i for i in event.identifiers if self.merges(i)),
+            key=lambda i: (-self._rule_of(i.type)[2], i.type, i.value),
+            default=None,
+        )
+        return first if first is not None and self._limit(first.type) == 1 else None
+
+    def limit_of(self, type_: str) -> int | None:
+        """How many values of the type one member may hold; None: no limit, or it never merges."""
+        return self._limit(type_)
+
     def _limit(self, type_: str) -> int | None:
         return self._rule_of(type_)[1]
 
@@ -337,7 +390,8 @@ class IdentityGraph:
         target.alias_class.update(source.alias_class)
 
     def forget(self, members: Iterable[MemberRef], mentioned: Iterable[Identifier]) -> None:
-        """Remove members and what their events mentioned, before their events are replayed."""
+        """Remove members and what their events mentioned (``mentioned``: identifiers only these
+        events mention), before their events are replayed."""
         for ref in members:
             state = self.members.pop(ref, None)
             if state is not None:
@@ -388,6 +442,9 @@ class InMemoryResolver:
         #: drops the decisions of the events it re-decides, in time proportional to those).
         #: ``MergeLinks`` reads it.
         self.decisions: dict[EventKey, Decision] = {}
+        #: The events whose decision above accepted each mergeable identifier (what ``anchors``
+        #: reads: a shared device has thousands of mentions and few acceptances).
+        self.accepted_by: dict[Identifier, set[EventKey]] = defaultdict(set)
         self.replays = 0
 
     # Hooks for a resolver whose graph lives in a database and is loaded as needed.
@@ -396,6 +453,30 @@ class InMemoryResolver:
 
     def load_mentions(self, identifiers: Iterable[Identifier]) -> None:
         """Make ``mentions`` complete for these identifiers (and hold the events it names)."""
+
+    def anchors(self, identifiers: Iterable[Identifier]) -> dict[Identifier, dict[str, EventKey]]:
+        """For each identifier, per type with a limit of one: the earliest event that accepted
+        it together with a value of that type (what "Refused mentions" calls ``g``)."""
+        found: dict[Identifier, dict[str, EventKey]] = {}
+        for identifier in identifiers:
+            earliest = found[identifier] = {}
+            for key in self.accepted_by.get(identifier, ()):
+                decision = self.decisions.get(key)
+                if decision is None or identifier in decision.dropped:
+                    continue  # ``decisions`` was cleared for a new run: this one tells nothing
+                for other in self.events[key].identifiers:
+                    if (
+                        self.graph.limit_of(other.type) == 1
+                        and other not in decision.dropped
+                        and (other.type not in earliest or key < earliest[other.type])
+                    ):
+                        earliest[other.type] = key
+        return found
+
+    def dropped_by(self, key: EventKey) -> Collection[Identifier] | None:
+        """What the event's current decision dropped; None when it has none yet (a new event)."""
+        decision = self.decisions.get(key)
+        return None if decision is None else decision.dropped
 
     def add(self, event: ResolvableEvent) -> None:
         if event.key in self.events:
@@ -406,7 +487,7 @@ class InMemoryResolver:
             self._apply(self.graph.resolve(event))
         else:
             self.replays += 1
-            self._replay(self.component(event))
+            self._replay(*self.closure(event))
 
     def add_batch(self, events: Iterable[ResolvableEvent]) -> None:
         """Resolve several events as ``add`` would, with one replay for all the late ones.
@@ -431,11 +512,7 @@ class InMemoryResolver:
                 late.append(event)
         if late:
             self.replays += 1
-            found: set[EventKey] = set()
-            for event in late:
-                if event.key not in found:
-                    found |= self.component(event)
-            self._replay(found)
+            self._replay(*self.closure(*late))
 
     def _register(self, event: ResolvableEvent) -> None:
         self.events[event.key] = event
@@ -443,40 +520,101 @@ class InMemoryResolver:
             if self.graph.merges(identifier):
                 self.mentions[identifier].add(event.key)
 
-    def component(self, event: ResolvableEvent) -> set[EventKey]:
-        """The events linked to ``event`` through mergeable identifiers, transitively."""
-        found = {event.key}
-        queue = deque([event])
-        seen_identifiers: set[Identifier] = set()
-        while queue:
-            fresh = {
-                i
-                for current in (queue.popleft() for _ in range(len(queue)))
-                for i in current.identifiers
-                if i not in seen_identifiers and self.graph.merges(i)
-            }
-            seen_identifiers |= fresh
+    def closure(self, *events: ResolvableEvent, narrow: bool = True) -> tuple[set[EventKey], set[Identifier]]:
+        """What a replay of these (late) events re-decides: the events linked to them through
+        mergeable identifiers, transitively, except through refused mentions (the module's
+        "Refused mentions"); and the identifiers those events share with events outside it.
+        ``narrow=False``: the whole component (every decision may change, e.g. after a split)."""
+        found = {event.key for event in events}
+        if not narrow or not events:
+            return self.component_of(events), set()
+        since = min(found)  # decisions of earlier events stand whatever the late ones do
+        level = list(events)
+        crossed: set[Identifier] = set()
+        mentioned: set[Identifier] = set()
+        anchors: dict[Identifier, dict[str, EventKey]] = {}
+        while level:
+            fresh: set[Identifier] = set()
+            maybe_refused: list[tuple[ResolvableEvent, Identifier, str]] = []
+            for current in level:
+                first = self.graph.accepted_first(current)
+                dropped = self.dropped_by(current.key) if first is not None else None
+                for identifier in current.identifiers:
+                    if identifier in crossed or not self.graph.merges(identifier):
+                        continue
+                    mentioned.add(identifier)
+                    if (
+                        first is not None
+                        and identifier != first
+                        and (dropped is None or identifier in dropped)
+                    ):
+                        maybe_refused.append((current, identifier, first.type))
+                    else:
+                        fresh.add(identifier)
+            wanted = {i for _, i, _ in maybe_refused if i not in fresh and i not in anchors}
+            if wanted:
+                anchors.update(self.anchors(wanted))  # one load per level, like the mentions
+            for current, identifier, refusing in maybe_refused:
+                anchor = anchors.get(identifier, {}).get(refusing)
+                if anchor is None or not anchor < current.key:
+                    fresh.add(identifier)
+            fresh -= crossed
+            crossed |= fresh
             self.load_mentions(fresh)  # one level of the walk at a time: one load per level
+            # A crossed identifier's mentioners, but those whose mention of it is refused by an
+            # anchor earlier than every late event (its owner is re-decided, not them).
+            reached: list[tuple[Identifier, ResolvableEvent, str | None]] = []
+            for identifier in fresh:
+                for key in self.mentions[identifier] - found:
+                    mentioner = self.events[key]
+                    first = self.graph.accepted_first(mentioner)
+                    dropped = self.dropped_by(key) if first is not None else None
+                    refused_as = (
+                        first.type if first is not None and dropped and identifier in dropped else None
+                    )
+                    reached.append((identifier, mentioner, refused_as))
+            wanted = {i for i, _, refused_as in reached if refused_as is not None and i not in anchors}
+            if wanted:
+                anchors.update(self.anchors(wanted))
+            level = []
+            for identifier, mentioner, refused_as in reached:
+                anchor = anchors.get(identifier, {}).get(refused_as) if refused_as is not None else None
+                if mentioner.key not in found and (anchor is None or not anchor < since):
+                    found.add(mentioner.key)
+                    level.append(mentioner)
+        shared = {i for i in crossed if self.mentions[i] - found}
+        return found, (mentioned - crossed) | shared
+
+    def component_of(self, events: Iterable[ResolvableEvent]) -> set[EventKey]:
+        """The events linked to these through mergeable identifiers, transitively."""
+        found = {event.key for event in events}
+        level = [self.events[key] for key in found]
+        crossed: set[Identifier] = set()
+        while level:
+            fresh = {
+                i for event in level for i in event.identifiers if i not in crossed and self.graph.merges(i)
+            }
+            crossed |= fresh
+            self.load_mentions(fresh)
+            level = []
             for identifier in fresh:
                 for key in self.mentions[identifier] - found:
                     found.add(key)
-                    queue.append(self.events[key])
+                    level.append(self.events[key])
         return found
 
     def replay_members_of(self, keys: set[EventKey]) -> None:
         """Re-resolve the components of these (held) events from scratch, e.g. after a split."""
-        found: set[EventKey] = set()
-        for key in sorted(keys):
-            if key not in found:
-                found |= self.component(self.events[key])
-        self._replay(found)
+        self._replay(*self.closure(*(self.events[key] for key in sorted(keys)), narrow=False))
 
-    def _replay(self, keys: set[EventKey]) -> None:
-        """Re-resolve these events from scratch (after late events, or a split)."""
+    def _replay(self, keys: set[EventKey], refused: Set[Identifier] = frozenset()) -> None:
+        """Re-resolve these events from scratch (after late events, or a split), against the
+        rest of the graph as it stands; ``refused`` are identifiers these events mention
+        that events outside them mention too (``closure``)."""
         members = {self.member_of[key] for key in keys if key in self.member_of}
-        mentioned = {i for key in keys for i in self.events[key].identifiers}
+        mentioned = {i for key in keys for i in self.events[key].identifiers} - refused
         for key in keys:
-            self.decisions.pop(key, None)
+            self._forget_decision(key)
         self.graph.forget(members, mentioned)
         for ref in members:
             for key in self.events_of.pop(ref, set()):
@@ -484,8 +622,18 @@ class InMemoryResolver:
         for key in sorted(keys):
             self._apply(self.graph.resolve(self.events[key]))
 
+    def _forget_decision(self, key: EventKey) -> None:
+        decision = self.decisions.pop(key, None)
+        if decision is not None:
+            for identifier in self.events[key].identifiers:
+                self.accepted_by[identifier].discard(key)
+
     def _apply(self, decision: Decision) -> None:
+        self._forget_decision(decision.event)
         self.decisions[decision.event] = decision
+        for identifier in self.events[decision.event].identifiers:
+            if identifier not in decision.dropped and self.graph.merges(identifier):
+                self.accepted_by[identifier].add(decision.event)
         for ref in decision.absorbed:
             for key in self.events_of.pop(ref, set()):
                 self.member_of[key] = decision.member

@@ -3,7 +3,8 @@ memory with ``identity.resolution`` (the same code the property tests check), wr
 difference back in bulk.
 
 A batch costs a handful of queries whatever its size: the graph around all its identifiers
-is loaded up front, and a late event's component is walked one level per query. The caller
+is loaded up front, and what a late event re-decides is walked a level at a time (a query
+for the level's mentions, and one for the anchors of the mentions it may leave out). The caller
 holds the identity lock for the whole transaction, so what was loaded stays true until the
 writes commit.
 """
@@ -178,6 +179,32 @@ class DatabaseResolver(InMemoryResolver):
         known = set(self.event_ids.values())
         self.load_events(event_ids - known)
 
+    def anchors(self, identifiers: Iterable[Identifier]) -> dict[Identifier, dict[str, EventKey]]:
+        """As the in-memory resolver's, over the stored events too: their mentions that were not
+        dropped, read with the values of limit-one types accepted beside them (one query). An
+        event this run decided again counts by its new decision only."""
+        wanted = list(identifiers)
+        found = super().anchors(wanted)
+        limited = sorted(t for t, rule in self.rules.by_type.items() if rule.merges and rule.limit == 1)
+        ids = {self.identifier_ids[i]: i for i in wanted if i in self.identifier_ids}
+        if not ids or not limited:
+            return found
+        redecided = {self.event_ids[key] for key in self.decisions if key in self.event_ids}
+        for identifier_id, event_id, type_, *at in _sql(_ANCHORS, [list(ids), limited]):
+            if event_id in redecided:
+                continue
+            key, earliest = EventKey(*at), found[ids[identifier_id]]
+            if type_ not in earliest or key < earliest[type_]:
+                earliest[type_] = key
+        return found
+
+    def dropped_by(self, key: EventKey) -> Set[Identifier] | None:
+        if key in self.decisions:
+            return frozenset(self.decisions[key].dropped)
+        if key in self.stored_member_of:
+            return self.stored_dropped.get(self.event_ids[key], frozenset())
+        return None
+
     def load_events(self, event_ids: set[int]) -> None:
         """Resolved events from the database, with what they mentioned and their member."""
         if not event_ids:
@@ -209,7 +236,7 @@ class DatabaseResolver(InMemoryResolver):
 
     # --- deciding (the algorithm is inherited; this only records what happened) --------
 
-    def _replay(self, keys: set[EventKey]) -> None:
+    def _replay(self, keys: set[EventKey], refused: Set[Identifier] = frozenset()) -> None:
         dissolved = {ref for key in keys if isinstance(ref := self.member_of.get(key), int)}
         # What this batch already decided about these events is decided again (the earlier
         # decisions are dropped: their merges may not happen any more), and stored members
@@ -219,7 +246,7 @@ class DatabaseResolver(InMemoryResolver):
         self._load_retired_into(dissolved)
         self.replaying = True
         try:
-            super()._replay(keys)
+            super()._replay(keys, refused)
         finally:
             self.replaying = False
 
@@ -575,6 +602,21 @@ _MENTIONS_OF_EVENTS = (
     "SELECT m.event_id, i.type, i.value, m.identifier_id, m.dropped FROM unnest(%b::bigint[]) AS k(id) "
     f"CROSS JOIN LATERAL (SELECT * FROM {_MENTIONS} WHERE event_id = k.id OFFSET 0) AS m "
     f"CROSS JOIN LATERAL (SELECT type, value FROM {_IDENTIFIERS} WHERE id = m.identifier_id OFFSET 0) AS i"
+)
+# For each identifier, the events that accepted it (mentions not dropped) with the identifiers of
+# the given types each accepted beside it: what a late event's walk needs to tell a refused
+# mention (``identity.resolution``, "Refused mentions") without loading every event around a
+# shared device.
+_ANCHORS = (
+    "SELECT x.identifier_id, x.event_id, i.type, e.timestamp, e.message_id, e.source_id "
+    f"FROM unnest(%b::bigint[]) AS k(id) CROSS JOIN LATERAL (SELECT identifier_id, event_id FROM {_MENTIONS} "
+    "WHERE identifier_id = k.id AND NOT dropped OFFSET 0) AS x "
+    f"CROSS JOIN LATERAL (SELECT identifier_id FROM {_MENTIONS} WHERE event_id = x.event_id AND NOT dropped "
+    "OFFSET 0) AS y "
+    f"CROSS JOIN LATERAL (SELECT type FROM {_IDENTIFIERS} WHERE id = y.identifier_id AND type = ANY(%b::text[]) "
+    "OFFSET 0) AS i "
+    f"CROSS JOIN LATERAL (SELECT timestamp, message_id, source_id FROM {Event._meta.db_table} WHERE id = x.event_id "
+    "OFFSET 0) AS e"
 )
 _EVENTS_AND_MEMBERS = (
     "SELECT e.id, e.timestamp, e.message_id, e.source_id, e.type, r.member_id FROM unnest(%b::bigint[]) AS k(id) "

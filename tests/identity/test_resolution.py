@@ -308,6 +308,131 @@ def test_arrival_in_batches_gives_the_partition_of_event_time_order(data, events
     assert set(resolver.member_of) == {e.key for e in events}
 
 
+# Shared devices: the walk of a late event does not cross a mention refused whatever happens
+# (identity.resolution, "Refused mentions"). Streams where that narrowing is in play: no
+# separations, a store iPad on many events, user ids first; aliases and anonymous-only events
+# (which it must not narrow) mixed in.
+SHARED = {**POOLS, "device_id": ["ipad-shared", "ipad-other", "d1"], "user_id": [f"u{i}" for i in range(6)]}
+
+
+@st.composite
+def shared_device_streams(draw) -> list[ResolvableEvent]:
+    events = []
+    for index in range(draw(st.integers(min_value=2, max_value=24))):
+        identifiers = set()
+        if draw(st.integers(0, 3)):  # most events name a customer (a user id first)
+            identifiers.add(Identifier("user_id", draw(st.sampled_from(SHARED["user_id"]))))
+        if draw(st.booleans()):
+            identifiers.add(Identifier("device_id", draw(st.sampled_from(SHARED["device_id"]))))
+        for type_ in ("phone", "member_card", "anonymous_id", "terminal"):
+            if draw(st.integers(0, 3)) == 0:
+                identifiers.add(Identifier(type_, draw(st.sampled_from(SHARED[type_]))))
+        vouches = draw(st.integers(0, 9)) == 0
+        if vouches:
+            identifiers |= {Identifier("user_id", draw(st.sampled_from(SHARED["user_id"]))) for _ in range(2)}
+        key = EventKey(
+            T0 + timedelta(minutes=draw(st.integers(0, 15))), f"m{index:02d}", draw(st.sampled_from([1, 2]))
+        )
+        events.append(ResolvableEvent(key, frozenset(identifiers), vouches))
+    return events
+
+
+def assert_same_as_event_order(resolver: InMemoryResolver, expected: InMemoryResolver) -> None:
+    assert resolver.partition() == expected.partition()
+    assert resolver.graph.owner == expected.graph.owner
+    assert resolver.graph.last_seen == expected.graph.last_seen
+    # What each event dropped (stored, and read by later walks): the event-order decision's.
+    assert {k: set(d.dropped) for k, d in resolver.decisions.items()} == {
+        k: set(d.dropped) for k, d in expected.decisions.items()
+    }
+
+
+@settings(max_examples=600, deadline=None)
+@given(data=st.data(), events=shared_device_streams())
+def test_late_events_around_a_shared_device_give_the_event_order_result(data, events):
+    expected = resolve_in_event_order(events, PROPERTY_RULES)
+    arrival = data.draw(st.permutations(events))
+
+    one_by_one = InMemoryResolver(PROPERTY_RULES)
+    for e in arrival:
+        one_by_one.add(e)
+    assert_same_as_event_order(one_by_one, expected)
+
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(len(arrival) - 1, 1)), max_size=4)))
+    batched = InMemoryResolver(PROPERTY_RULES)
+    for start, end in zip([0, *cuts], [*cuts, len(arrival)], strict=True):
+        batched.add_batch(arrival[start:end])
+    assert_same_as_event_order(batched, expected)
+
+
+def ipad_checkout(minute: int, customer: int) -> ResolvableEvent:
+    return event(minute, f"user_id:u{customer}", "device_id:ipad", message=f"c{customer}-{minute}")
+
+
+def test_a_late_checkout_re_decides_its_customer_not_everyone_who_used_the_shared_ipad():
+    # u0 took the iPad first; u1..u19 checked out on it later (the iPad dropped for each: one
+    # user id per member). A late event of u7's does not re-decide the other customers.
+    checkouts = [ipad_checkout(i, i) for i in range(20)]
+    late = event(30, "user_id:u7", "phone:+8613800138007", message="late")
+    after = ipad_checkout(40, 7)
+    resolver = InMemoryResolver(RULES)
+    for e in (*checkouts, after, late):
+        resolver.add(e)
+
+    replayed, refused = resolver.closure(late)
+    assert replayed == {late.key, checkouts[7].key, after.key}
+    assert refused == {Identifier("device_id", "ipad")}
+    resolver._replay(replayed, refused)
+    assert resolver.partition() == resolve_in_event_order([*checkouts, after, late], RULES).partition()
+
+
+def test_the_walk_crosses_a_shared_ipad_when_the_late_event_could_take_it():
+    # Before u0's checkout nobody held the iPad: a late checkout of u5 earlier than it takes
+    # the iPad, and u0's and every later checkout is decided again.
+    checkouts = [ipad_checkout(i + 10, i) for i in range(6)]
+    late = ipad_checkout(1, 5)
+    resolver = InMemoryResolver(RULES)
+    for e in (*checkouts, late):
+        resolver.add(e)
+
+    assert resolver.graph.owner[Identifier("device_id", "ipad")] == resolver.member_of[late.key]
+    assert resolver.partition() == resolve_in_event_order([*checkouts, late], RULES).partition()
+    replayed, refused = resolver.closure(late)
+    assert replayed == {late.key, *(c.key for c in checkouts)}
+    assert not refused
+
+
+def test_an_anonymous_event_on_the_shared_ipad_re_decides_the_ipads_owner():
+    # An event without a user id can join whoever holds the iPad: the walk crosses the iPad to
+    # its owner, u0. The customers who dropped it after u0 took it are not re-decided.
+    checkouts = [ipad_checkout(i, i) for i in range(5)]
+    guest = event(20, "device_id:ipad", "anonymous_id:a1", message="guest")
+    resolver = InMemoryResolver(RULES)
+    for e in (*checkouts, guest):
+        resolver.add(e)
+
+    replayed, shared = resolver.closure(guest)
+    assert replayed == {guest.key, checkouts[0].key}
+    assert shared == {Identifier("device_id", "ipad")}
+
+
+def test_a_late_event_of_the_ipads_owner_re_decides_the_owner_not_the_customers_who_dropped_it():
+    # u0 holds the iPad from minute 0; a guest checkout on it joined u0. A late event of u0's
+    # re-decides u0's member; u1..u9, who dropped the iPad after minute 0, stay as they are.
+    checkouts = [ipad_checkout(i, i) for i in range(10)]
+    guest = event(12, "device_id:ipad", "anonymous_id:a1", message="guest")
+    late = event(30, "user_id:u0", "phone:+8613800138000", message="late")
+    resolver = InMemoryResolver(RULES)
+    for e in (*checkouts, guest):
+        resolver.add(e)
+    resolver.add(late)
+
+    replayed, shared = resolver.closure(late)
+    assert replayed == {late.key, checkouts[0].key, guest.key}
+    assert shared == {Identifier("device_id", "ipad")}
+    assert resolver.partition() == resolve_in_event_order([*checkouts, guest, late], RULES).partition()
+
+
 # --- what the merge history names ---------------------------------------------------------
 
 
@@ -433,3 +558,20 @@ def test_every_member_that_stops_standing_is_told_by_the_event_and_identifiers_t
     founded = {d.event for d in rebuilt.decisions.values() if d.created}
     for ended in founded - set(rebuilt.graph.members):
         assert_truthful_link(rebuilt, MergeLinks(rebuilt.decisions.values()), ended)
+
+
+def test_customers_who_dropped_the_ipad_after_a_late_event_are_re_decided():
+    # In event time a guest took the iPad first (with a phone u0's conflicts with), so u0 drops
+    # it and u1, who checked out after, joins the guest. Before the guest arrived u0 held it and
+    # u1 dropped it: u1's mention was refused by an anchor (u0's) later than the late event,
+    # which proves nothing, so u1 is re-decided.
+    strict = RULES.with_overrides({"phone": {"limit": 1}})
+    guest = event(1, "anonymous_id:a1", "device_id:ipad", "phone:+8613800138002", message="guest")
+    u0 = event(2, "user_id:u0", "device_id:ipad", "phone:+8613800138001", message="u0")
+    u1 = event(3, "user_id:u1", "device_id:ipad", message="u1")
+    resolver = InMemoryResolver(strict)
+    for e in (u0, u1, guest):
+        resolver.add(e)
+
+    assert resolver.partition() == resolve_in_event_order([guest, u0, u1], strict).partition()
+    assert resolver.member_of[u1.key] == resolver.member_of[guest.key] != resolver.member_of[u0.key]

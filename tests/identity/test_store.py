@@ -14,6 +14,7 @@ from events.pipeline import events_process_batch
 from identity.models import EventIdentifier, EventResolution, MergeRecord
 from identity.models import Identifier as IdentifierRow
 from identity.services import identity_resolve_events
+from identity.store import DatabaseResolver
 from members.models import Member
 from tests.factories import EventFactory, SourceFactory
 from tests.factories.sealed import stored
@@ -116,6 +117,40 @@ def test_a_late_event_re_resolves_the_members_it_touches(settings):
     assert set(
         EventIdentifier.objects.filter(event=later, dropped=True).values_list("identifier__type", flat=True)
     ) == {"device_id"}
+
+
+@pytest.mark.django_db
+def test_a_late_checkout_re_decides_its_customer_not_everyone_on_the_shared_ipad(monkeypatch):
+    def checkout(customer: int, minute: int) -> Event:
+        return EventFactory.create(
+            user_id=f"C-{customer}",
+            anonymous_id="",
+            context={"device": {"id": "ipad"}},
+            timestamp=T0 + timedelta(minutes=minute),
+            message_id=f"c{customer}-{minute}",
+        )
+
+    checkouts = [checkout(customer, minute=customer) for customer in range(8)]
+    for one in checkouts:
+        identity_resolve_events([one])  # the iPad is C-0's; the others' checkouts drop it
+    late = EventFactory(user_id="C-5", anonymous_id="", traits={"phone": "13800138005"},
+                        timestamp=T0 + timedelta(minutes=30), message_id="late")  # fmt: skip
+    after = checkout(5, minute=40)
+    identity_resolve_events([after])
+    replayed: list[set] = []
+    original = DatabaseResolver._replay
+
+    def spy(self, keys, refused=frozenset()):
+        replayed.append({key.message_id for key in keys})
+        original(self, keys, refused)
+
+    monkeypatch.setattr(DatabaseResolver, "_replay", spy)
+    identity_resolve_events([late])  # arrives after C-5's later checkout
+
+    assert replayed == [{"c5-5", "late", "c5-40"}]
+    assert stored_partition() == reference_partition([*checkouts, after, late])
+    assert stored_dropped() == reference_dropped([*checkouts, after, late])
+    assert IdentifierRow.objects.get(type="device_id", value="ipad").member_id == member_of(checkouts[0])
 
 
 # --- the database engine gives the reference answer ----------------------------------------
