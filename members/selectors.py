@@ -1,6 +1,6 @@
 """Reads of the members app: find members by any identifier, the 360 view, the timeline.
 
-Each read is a bounded number of queries whatever the member's size: the 360 view is ten,
+Each read is a bounded number of queries whatever the member's size: the 360 view is nine,
 the timeline one per page.
 """
 
