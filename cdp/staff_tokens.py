@@ -79,6 +79,8 @@ def _version() -> int | None:
 
 def _bump() -> None:
     global _down_until
+    if time.monotonic() < _down_until:
+        return  # just failed: not waited on again for every change (a migrate makes hundreds)
     try:
         _redis().incr(VERSION_KEY)
     except redis.RedisError:

@@ -191,3 +191,12 @@ def test_a_console_log_in_keeps_the_copies(agent, secret):
     update_last_login(None, agent)
 
     assert staff_tokens._entries
+
+
+def test_with_redis_unreachable_a_change_still_takes_effect_in_this_process(agent, secret, settings):
+    assert staff_token_find(secret) is not None
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+
+    tokens_revoke(user=agent, name="desk")  # the bump fails: this process's copies go all the same
+
+    assert staff_token_find(secret) is None
