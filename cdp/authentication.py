@@ -1,15 +1,17 @@
 """Staff API authentication: ``Authorization: Token <t>`` or ``Authorization: Bearer <t>``.
 
 Only staff tokens are accepted here; a source write key is a different credential kind and
-never matches (and a staff token never works on ingestion).
+never matches (and a staff token never works on ingestion). What a token stands for is kept per
+process (``cdp.staff_tokens``: a revocation or a change of roles, permissions or scope takes
+effect at the next request).
 """
 
 from django.contrib.auth.models import User
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from cdp.credentials import credential_hash
 from cdp.models import ApiToken
+from cdp.staff_tokens import staff_token_find
 
 _SCHEMES = (b"token", b"bearer")
 
@@ -25,14 +27,10 @@ class StaffTokenAuthentication(authentication.BaseAuthentication):
             secret = header[1].decode()
         except UnicodeDecodeError as exc:
             raise exceptions.AuthenticationFailed("Token contains invalid characters.") from exc
-        token = (
-            ApiToken.objects.select_related("user", "user__staff_scope")
-            .filter(key_hash=credential_hash(secret), revoked_at__isnull=True)
-            .first()
-        )
-        if token is None or not token.user.is_active:
+        found = staff_token_find(secret)
+        if found is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
-        return token.user, token
+        return found
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'

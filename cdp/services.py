@@ -19,6 +19,7 @@ from cdp.models import ApiToken, AuditEntry, Region, StaffScope
 from cdp.personal import PersonalPolicy, personal_mask
 from cdp.redaction import Redactor
 from cdp.roles import Role
+from cdp.staff_tokens import staff_tokens_changed
 
 STAFF_TOKEN_KIND = "cdp"  # noqa: S105 - a prefix, not a secret
 
@@ -130,10 +131,14 @@ def token_issue(*, user: User, name: str) -> IssuedToken:
 
 
 def tokens_revoke(*, user: User, name: str) -> int:
-    """Revoke the user's active tokens of that name; returns how many."""
-    return ApiToken.objects.filter(user=user, name=name, revoked_at__isnull=True).update(
+    """Revoke the user's active tokens of that name; returns how many. Refused from the next
+    request on, in every process (an update sends no signal: ``staff_tokens_changed`` here)."""
+    revoked = ApiToken.objects.filter(user=user, name=name, revoked_at__isnull=True).update(
         revoked_at=timezone.now()
     )
+    if revoked:
+        staff_tokens_changed()
+    return revoked
 
 
 def audit_record(

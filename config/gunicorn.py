@@ -7,10 +7,12 @@ response, so each request paid a TCP connect and a worker held for the whole wai
 commit. A thread per request in flight overlaps those waits (the commit's flush, Redis) while
 the other threads run, and a worker per core uses both cores in spite of the GIL. Measured
 against the other models (more workers, fewer threads, sync) in docs/benchmarks.md
-(bench/ingest_single.py). An ASGI server would save gunicorn's own Python HTTP parsing, but
-the views, the ORM and psycopg here are synchronous (Django would run them in a thread pool all
-the same), DESIGN.md names gunicorn, and its access log is already kept free of credentials
-(below); the single-event path instead skips Django's middleware and DRF (events.api.single).
+(bench/ingest_single.py). An ASGI server would not help: the views, the ORM and psycopg here
+are synchronous (Django would run them in a thread pool all the same, behind an event loop).
+Profiled under load (py-spy, docs/benchmarks.md, 2026-12-05), a single-event request spends
+about a quarter of the worker's CPU in Django and our path and three quarters in gunicorn's
+Python HTTP machinery (parser, poller hand-offs, heartbeat, access log): the next step is a
+native HTTP server calling the same WSGI application, measured against this one.
 
 The access log goes to stdout (``GUNICORN_ACCESS_LOG``: a file, or empty for none) and records
 no credential and no personal data: gunicorn's default format logs the HTTP Basic user name,

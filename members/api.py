@@ -24,6 +24,7 @@ from cdp.models import AuditEntry
 from cdp.pagination import IdCursorPagination, page_json, page_serializer
 from cdp.permissions import permissions_required, request_staff
 from cdp.privacy import Masking
+from cdp.rendering import rendered, rendered_each
 from cdp.scopes import request_scope
 from cdp.services import audit_record
 from events.models import Channel
@@ -273,7 +274,7 @@ class MemberViewSet(viewsets.ViewSet):
             ) from exc
         masking = Masking(request.user, channel="api", detail=request.get_full_path())
         # Every match in one page (a lookup finds a handful): next_cursor is always null.
-        data = LookupOutput(page_json(summary_json(member_summaries(found, scope), masking), None)).data
+        data = rendered(LookupOutput, page_json(summary_json(member_summaries(found, scope), masking), None))
         masking.audit(found)
         return Response(data)
 
@@ -285,7 +286,7 @@ class MemberViewSet(viewsets.ViewSet):
         if profile is None:
             raise _unknown_member(member_id)
         masking = Masking(request.user, channel="api", detail=request.get_full_path())
-        data = ProfileOutput(profile_json(profile, masking)).data
+        data = rendered(ProfileOutput, profile_json(profile, masking))
         masking.audit([profile.member.pk])
         return Response(data)
 
@@ -327,7 +328,7 @@ class MemberViewSet(viewsets.ViewSet):
         assert page is not None  # None only without a page size, and TimelinePagination has one
         names = source_names(e.source_id for e in page)
         masking = Masking(request.user, channel="api", detail=request.get_full_path())
-        data = TimelineEventOutput(timeline_json(page, masking, names), many=True).data
+        data = rendered_each(TimelineEventOutput, timeline_json(page, masking, names))
         masking.audit([member.pk])
         return paginator.get_paginated_response(data)
 

@@ -1,20 +1,21 @@
 """Reads of the members app: find members by any identifier, the 360 view, the timeline.
 
-Each read is a bounded number of queries whatever the member's size: the 360 view is ten,
+Each read is a bounded number of queries whatever the member's size: the 360 view is nine,
 the timeline one per page.
 """
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any, TypeVar
 
 import orjson
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
-from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models import Count, Exists, F, Max, Model, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 
 from cdp.scopes import UNSCOPED, Scope
@@ -35,7 +36,7 @@ from identity.selectors import (
 from members.aggregates import CHANNELS, ZERO
 from members.loyalty.models import PointsAccount, Tier
 from members.models import ORDER_FIELDS, Member, MemberAggregate, MemberOrder, MemberTrait
-from members.segments.models import MemberTag, SegmentMember, TagChange
+from members.segments.models import MemberTag, Segment, SegmentMember, Tag, TagChange
 
 #: What staff can look a member up by: every built-in identifier type, and an order number.
 LOOKUP_FIELDS = (
@@ -47,19 +48,69 @@ LOOKUP_FIELDS = (
 CONTACT_FIELDS = ("phone", "email")
 _USERNAME = get_user_model().USERNAME_FIELD
 RECENT_ORDERS = 10
+ModelT = TypeVar("ModelT", bound=Model)
 
 
 def member_resolve(*, member_id: int) -> Member | None:
     """The active member behind an id, following a merge: an id absorbed by a merge leads to
     its survivor, so ids that CRM staff or marketing tools stored keep working; an erased
-    member (and an id merged into one) leads nowhere. One query, read through members' proxy (following
-    ``merged_into`` itself would give identity's model)."""
-    survivor = Member.objects.filter(pk=member_id).values("merged_into")
-    return (
-        Member.objects.filter(Q(pk=member_id) | Q(pk=Subquery(survivor)), status=Member.Status.ACTIVE)
-        .select_related("aggregate", "points")  # the 360 view's figures and points
-        .first()
-    )
+    member (and an id merged into one) leads nowhere. Its figures (``aggregate``) and points
+    come with it. One query."""
+    found = _member_read(member_id)
+    return found[0] if found is not None else None
+
+
+def _columns(model: type[Model], alias: str) -> str:
+    return ", ".join(f"{alias}.{field.column}" for field in model._meta.concrete_fields)
+
+
+#: What the 360 view reads of the member itself, in one prepared statement: the member (an
+#: absorbed id leads to its survivor), its figures, its points and their tier. Built once: the
+#: ORM took about 1 ms of CPU to compile this read on every view (docs/benchmarks.md).
+_JOINED = (Member, MemberAggregate, PointsAccount, Tier)
+_MEMBER_READ = (
+    f"SELECT {_columns(Member, 'm')}, {_columns(MemberAggregate, 'a')}, "  # noqa: S608 - names from the models
+    f"{_columns(PointsAccount, 'p')}, {_columns(Tier, 't')} "
+    f"FROM {Member._meta.db_table} AS m "
+    f"LEFT JOIN {MemberAggregate._meta.db_table} AS a ON a.member_id = m.id "
+    f"LEFT JOIN {PointsAccount._meta.db_table} AS p ON p.member_id = m.id "
+    f"LEFT JOIN {Tier._meta.db_table} AS t ON t.key = p.tier "
+    f"WHERE m.id IN (%s, (SELECT merged_into_id FROM {Member._meta.db_table} WHERE id = %s)) "
+    "AND m.status = %s ORDER BY m.id LIMIT 1"
+)
+
+
+def _instance(model: type[ModelT], values: Sequence[Any]) -> ModelT | None:
+    """A model read from its columns of a joined row (None when its primary key is null: no row
+    joined); as the ORM makes it (``from_db``), with the fields' own conversions."""
+    fields = model._meta.concrete_fields
+    if values[[f.primary_key for f in fields].index(True)] is None:
+        return None
+    converted = list(values)
+    for index, field in enumerate(fields):
+        for converter in field.get_db_converters(connection):
+            converted[index] = converter(converted[index], field, connection)
+    return model.from_db(connection.alias, [f.attname for f in fields], converted)
+
+
+def _member_read(member_id: int) -> tuple[Member, Tier | None] | None:
+    """``member_resolve``'s member, with its points' tier."""
+    with connection.cursor() as cursor:
+        cursor.execute(_MEMBER_READ, [member_id, member_id, Member.Status.ACTIVE])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    parts, start = [], 0
+    for model in _JOINED:
+        width = len(model._meta.concrete_fields)
+        parts.append(_instance(model, row[start : start + width]))
+        start += width
+    member, aggregate, points, tier = parts
+    assert isinstance(member, Member)
+    # As select_related caches them: member.aggregate and member.points, None when there is none.
+    Member._meta.get_field("aggregate").set_cached_value(member, aggregate)
+    Member._meta.get_field("points").set_cached_value(member, points)
+    return member, tier if isinstance(tier, Tier) else None
 
 
 # --- scope (cdp.scopes): what a store's or a channel's staff may see ---------------------------
@@ -315,9 +366,12 @@ def member_profile(*, member_id: int, scope: Scope = UNSCOPED) -> MemberProfile 
     """The 360 view of a member (an absorbed id gives its survivor's), or None if unknown or
     not seen within ``scope``. A scoped user gets the orders within the scope only, and no
     figures (they add up every store and channel)."""
-    member = member_visible(member_id=member_id, scope=scope)
-    if member is None:
+    found = _member_read(member_id)
+    if found is None:
         return None
+    member, tier = found
+    if not scope.unrestricted and not members_in_scope([member.pk], scope):
+        return None  # as member_visible: seen nowhere within the scope
     # Plain SQL: at one member these cost far less in PostgreSQL than building them in the ORM.
     with connection.cursor() as cursor:
         cursor.execute(_TRAITS_OF_MEMBER, [member.pk])
@@ -346,7 +400,7 @@ def member_profile(*, member_id: int, scope: Scope = UNSCOPED) -> MemberProfile 
         spend_by_month=spend_by_month(orders),
         history=member_history(member_id=member.pk, held=identifiers),
         points=points,
-        tier=Tier.objects.filter(key=points.tier).first() if points is not None and points.tier else None,
+        tier=tier,
         tags=member_tags(member_id=member.pk),
         segments=member_segments(member_id=member.pk),
         groups=member_groups(member_id=member.pk),
@@ -378,22 +432,16 @@ def trait_shown(key: str, value: object) -> object:
 
 def member_tags(*, member_id: int) -> list[TagHeld]:
     """The tags a member carries, by key (one query)."""
-    rows = (
-        MemberTag.objects.filter(member_id=member_id)
-        .order_by("tag__key")
-        .values_list("tag__key", "tag__name", "tag__kind", "added_at", f"added_by__{_USERNAME}")
-    )
-    return [TagHeld(*row) for row in rows]
+    with connection.cursor() as cursor:
+        cursor.execute(_TAGS_OF_MEMBER, [member_id])
+        return [TagHeld(*row) for row in cursor.fetchall()]
 
 
 def member_segments(*, member_id: int) -> list[SegmentIn]:
     """The segments a member is in now, by key (one query)."""
-    rows = (
-        SegmentMember.objects.filter(member_id=member_id)
-        .order_by("segment__key")
-        .values_list("segment__key", "segment__name", "entered_at")
-    )
-    return [SegmentIn(*row) for row in rows]
+    with connection.cursor() as cursor:
+        cursor.execute(_SEGMENTS_OF_MEMBER, [member_id])
+        return [SegmentIn(*row) for row in cursor.fetchall()]
 
 
 @dataclass(frozen=True)
@@ -419,6 +467,18 @@ def member_tag_history(*, member_id: int, before: int | None, size: int) -> list
     return [TagChangeEntry(*row) for row in rows]
 
 
+_USER_TABLE = get_user_model()._meta.db_table
+_USERNAME_COLUMN = get_user_model()._meta.get_field(_USERNAME).column  # type: ignore[union-attr]  # a field, not a relation
+# Only the models' table and column names are interpolated.
+_TAGS_OF_MEMBER = (
+    f"SELECT t.key, t.name, t.kind, mt.added_at, u.{_USERNAME_COLUMN} "  # noqa: S608
+    f"FROM {MemberTag._meta.db_table} AS mt JOIN {Tag._meta.db_table} AS t ON t.id = mt.tag_id "
+    f"LEFT JOIN {_USER_TABLE} AS u ON u.id = mt.added_by_id WHERE mt.member_id = %s ORDER BY t.key"
+)
+_SEGMENTS_OF_MEMBER = (
+    f"SELECT s.key, s.name, sm.entered_at FROM {SegmentMember._meta.db_table} AS sm "  # noqa: S608
+    f"JOIN {Segment._meta.db_table} AS s ON s.id = sm.segment_id WHERE sm.member_id = %s ORDER BY s.key"
+)
 _TRAITS_OF_MEMBER = "SELECT key, value, observed_at, channel, source_id FROM members_membertrait WHERE member_id = %s ORDER BY key"
 _GROUPS_OF_MEMBER = (
     "SELECT g.group_id, g.traits, m.first_call_at, m.last_call_at FROM members_groupmembership AS m "

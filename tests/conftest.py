@@ -7,7 +7,7 @@ import orjson
 import pytest
 from rest_framework.test import APIClient
 
-from cdp import ratelimits, tasks
+from cdp import ratelimits, staff_tokens, tasks
 from tests.factories import SourceFactory
 
 
@@ -26,6 +26,14 @@ def _rate_limits_of_its_own(settings: Any) -> None:
     settings.RATE_LIMIT_KEY_PREFIX = f"{settings.RATE_LIMIT_KEY_PREFIX}:{uuid.uuid4().hex[:12]}"
     ratelimits._down_until = 0.0
     ratelimits._outage_logged_at = None
+
+
+@pytest.fixture(autouse=True)
+def _staff_tokens_read_afresh() -> None:
+    """Each test starts with no staff token kept by this process (``cdp.staff_tokens``) and its
+    Redis taken for up: what an earlier test's rolled-back rows stood for is not this one's."""
+    staff_tokens._entries.clear()
+    staff_tokens._down_until = 0.0
 
 
 @pytest.fixture

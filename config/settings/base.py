@@ -182,6 +182,10 @@ SPECTACULAR_SETTINGS = {
 RATE_LIMIT_INGESTION = env("RATE_LIMIT_INGESTION", default="60000/min")
 #: Requests per staff API token. With Redis unreachable the staff API answers 503 (fail closed).
 RATE_LIMIT_STAFF = env("RATE_LIMIT_STAFF", default="1200/min")
+#: Seconds a process keeps what a staff token stands for (user, permissions, scope) at most;
+#: any change reaches every process at the next request anyway (cdp.staff_tokens), this bounds
+#: one that bypasses the signals or a change made while Redis was unreachable.
+STAFF_TOKEN_CACHE_SECONDS = env.float("STAFF_TOKEN_CACHE_SECONDS", default=10.0)
 #: Log-in attempts (console and admin) per account, and per client address; a successful log-in
 #: clears its account's count. With Redis unreachable nobody logs in (503) until it is back.
 RATE_LIMIT_LOGIN_ACCOUNT = env("RATE_LIMIT_LOGIN_ACCOUNT", default="5/15min")

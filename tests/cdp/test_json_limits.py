@@ -1,3 +1,4 @@
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -63,3 +64,23 @@ def test_depth_matches_a_recursive_reference(value):
         return 0
 
     assert json_depth(value) == reference(value)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-1000, 1000) | st.text(alphabet="ab{[]}", max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet="k{[", max_size=3), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(value=_JSON, limit=st.integers(0, 6))
+def test_a_document_is_refused_exactly_when_it_nests_past_the_limit(value, limit):
+    # Few brackets or many (in strings too): the count that skips the walk never changes the answer.
+    raw = orjson.dumps(value)
+    if json_depth(value) > limit:
+        with pytest.raises(JsonTooDeep):
+            json_loads_bounded(raw, limit=limit)
+    else:
+        assert json_loads_bounded(raw, limit=limit) == value
