@@ -45,6 +45,9 @@ class Definitions:
     decided_segment_ids: frozenset[int]
     #: Events whose properties some rule filters on: the incremental path loads those.
     property_events: frozenset[str]
+    #: Events some rule counts: the member refresh's incremental path reads only those of a
+    #: member's history (``members.incremental``).
+    event_names: frozenset[str] = frozenset()
 
 
 def definitions_load() -> Definitions:
@@ -87,6 +90,12 @@ def definitions_load() -> Definitions:
         if isinstance(leaf, Did | DidNot | FirstTime | Stopped)
         and any(field.startswith("properties.") for field, _ in leaf.event.where)
     )
+    event_names = frozenset(
+        leaf.event.name
+        for definition in ordered
+        for leaf in leaves(definition.condition)
+        if isinstance(leaf, Did | DidNot | FirstTime | Stopped)
+    )
     computed_tag_ids = {key: pk for pk, key, kind, _ in tags if kind == Tag.Kind.COMPUTED}
     return Definitions(
         ordered=tuple(ordered),
@@ -98,6 +107,7 @@ def definitions_load() -> Definitions:
         | frozenset(computed_tag_ids.values()),
         decided_segment_ids=frozenset(d.id for d in ordered if d.kind == "segment"),
         property_events=property_events,
+        event_names=event_names,
     )
 
 
