@@ -217,7 +217,9 @@ def members_update(member_ids: set[int]) -> None:
     """Refresh these dirty members (the caller holds their refresh locks): from their new
     events and what is stored where that is exact (``members.incremental``), the others from
     all their events (``members_recompute``)."""
-    plan = refresh_plan(_active_of(member_ids - _erased_of(member_ids)))
+    plan = refresh_plan(
+        _active_of(member_ids - _erased_of(member_ids)) if settings.MEMBER_REFRESH_INCREMENTAL else set()
+    )
     advanced = set(plan.events)
     full = member_ids - advanced
     if full:
