@@ -25,13 +25,14 @@ What the incremental path combines:
   from their earning events alone (``points_reconcile``; time-driven changes are the
   account's ``recheck_at``'s, as for everyone);
 - tags and segments: rules evaluated on the stored traits and figures, the consent statements
-  held, and only the events some rule counts (``Definitions.event_names``).
+  held, and only the events some rule counts, as far back as it looks
+  (``Definitions.event_windows``).
 """
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import orjson
@@ -51,7 +52,7 @@ from members.member_events import (
     MemberEvent,
     aggregates_upsert,
     events_after,
-    events_of,
+    events_since,
     loyalty_histories,
     order_events_of,
     orders_insert,
@@ -148,17 +149,24 @@ def members_advance(plan: Advance, definitions: Definitions) -> set[int]:
     owned = order_owners_refresh(order_events=order_events_of(new))
     figures = _figures_advance(plan, owned)
     earning = {e.member_id for e in new if e.name in ORDER_EVENTS | LOYALTY_EVENTS}
-    rule_names = definitions.event_names
-    history = events_of(earning, only=ORDER_EVENTS | LOYALTY_EVENTS | rule_names,
-                        properties_of=definitions.property_events)  # fmt: skip
+    # What rules count, only as far back as they look; the earning events all (points).
+    now = timezone.now()
+    since = {
+        name: None if days is None else now - timedelta(days=days)
+        for name, days in definitions.event_windows.items()
+    }
+    history = events_since(
+        earning,
+        {**since, **dict.fromkeys(ORDER_EVENTS | LOYALTY_EVENTS)},
+        properties_of=definitions.property_events,
+    )
     if earning:
         order_events = order_owners_refresh(order_events=order_events_of(history))
         points_reconcile(histories=loyalty_histories(earning, history, order_events))
-    if rule_names and (others := member_ids - earning):
-        history += events_of(others, only=rule_names, properties_of=definitions.property_events)
+    history += events_since(member_ids - earning, since, properties_of=definitions.property_events)
     seen: dict[int, list[EventFact]] = defaultdict(list)
     for e in history:
-        if e.name in rule_names:
+        if e.name in since and (since[e.name] is None or e.at >= since[e.name]):
             seen[e.member_id].append(EventFact(e.name, e.at, e.channel, e.store_code, e.properties or {}))
     traits = _traits_of(member_ids)
     consents = consent_facts(member_ids=member_ids)
@@ -169,7 +177,7 @@ def members_advance(plan: Advance, definitions: Definitions) -> set[int]:
         )
         for pk in member_ids
     }  # fmt: skip
-    changed = memberships_refresh(members=facts, retired=set(), now=timezone.now(), definitions=definitions)
+    changed = memberships_refresh(members=facts, retired=set(), now=now, definitions=definitions)
     watermarks_write(
         {pk: (max(e.event_id for e in found), max(e.at for e in found)) for pk, found in plan.events.items()},
         only_existing=True,

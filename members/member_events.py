@@ -65,6 +65,22 @@ CROSS JOIN LATERAL (
 ) AS e
 """
 )
+# Each member's events of some names, each name's from a time on.
+_EVENTS_SINCE = (
+    _EVENT_COLUMNS
+    + """
+FROM unnest(%b::bigint[]) AS m(id)
+CROSS JOIN LATERAL (
+    SELECT ev.* FROM identity_eventresolution AS r
+    JOIN events_event AS ev ON ev.id = r.event_id
+    WHERE r.member_id = m.id AND EXISTS (
+        SELECT 1 FROM unnest(%b::text[], %b::timestamptz[]) AS w(name, since)
+        WHERE w.name = ev.event AND (w.since IS NULL OR ev.timestamp >= w.since)
+    )
+    OFFSET 0
+) AS e
+"""
+)
 # Each member's events after an event id: one range of ``resolution_by_member_event`` each.
 _EVENTS_AFTER = (
     _EVENT_COLUMNS
@@ -104,6 +120,31 @@ def events_of(
         cursor.execute(
             _EVENTS_OF_MEMBERS,
             [sorted(ORDER_EVENTS | LOYALTY_EVENTS | properties_of), member_ids, names, names],
+        )
+        return _member_events(cursor.fetchall())
+
+
+def events_since(
+    member_ids: Iterable[int],
+    since: Mapping[str, datetime | None],
+    *,
+    properties_of: frozenset[str] = frozenset(),
+) -> list[MemberEvent]:
+    """The events of these members named in ``since``, each name's from its time on (None:
+    all of them), in one query (as ``events_of`` reads them)."""
+    member_ids = sorted(member_ids)
+    if not member_ids or not since:
+        return []
+    names = sorted(since)
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(
+            _EVENTS_SINCE,
+            [
+                sorted(ORDER_EVENTS | LOYALTY_EVENTS | properties_of),
+                member_ids,
+                names,
+                [since[n] for n in names],
+            ],
         )
         return _member_events(cursor.fetchall())
 
