@@ -166,7 +166,7 @@ def members_advance(plan: Advance, definitions: Definitions) -> set[int]:
     history += events_since(member_ids - earning, since, properties_of=definitions.property_events)
     seen: dict[int, list[EventFact]] = defaultdict(list)
     for e in history:
-        if e.name in since and (since[e.name] is None or e.at >= since[e.name]):
+        if e.name in since and ((start := since[e.name]) is None or e.at >= start):
             seen[e.member_id].append(EventFact(e.name, e.at, e.channel, e.store_code, e.properties or {}))
     traits = _traits_of(member_ids)
     consents = consent_facts(member_ids=member_ids)
@@ -229,21 +229,23 @@ def _figures_advance(plan: Advance, owned: Mapping[int, list[OrderEvent]]) -> di
         fresh: list[OrderEvent] = list(completions)
         for refund in (e for e in owned.get(member_id, []) if e.name != ORDER_COMPLETED):
             key = refund.order_key
-            if key not in completed and key not in orders and len(numbered.get(refund.order_id, ())) == 1:
+            # As ``aggregates.order_history`` attributes it: to its own order if placed, else
+            # to the member's one placed order of that number, else to its own (refund-only).
+            if key not in numbered.get(refund.order_id, ()) and len(numbered.get(refund.order_id, ())) == 1:
                 key = next(iter(numbered[refund.order_id]))
-            if (order := orders.get(key)) is None:
+            if (target := orders.get(key)) is None:
                 fresh.append(
                     replace(refund, source_id=key[0], order_id=key[1]) if key in completed else refund
                 )
                 continue
-            before = order.refunded
-            if refund.currency == order.currency:
-                order.refunded += refund.amount
-                if order.placed_at is not None:
-                    order.refunded = min(order.refunded, order.total)
-            if order.refunded != before:
-                refunded.append((member_id, order))
-                _spend_move(row, order, -(order.refunded - before), currency)
+            before = target.refunded
+            if refund.currency == target.currency:
+                target.refunded += refund.amount
+                if target.placed_at is not None:
+                    target.refunded = min(target.refunded, target.total)
+            if target.refunded != before:
+                refunded.append((member_id, target))
+                _spend_move(row, target, -(target.refunded - before), currency)
         for order in orders_of(fresh).values():
             new_orders.append((member_id, order))
             if order.placed_at is None:
@@ -276,10 +278,9 @@ def _figures_advance(plan: Advance, owned: Mapping[int, list[OrderEvent]]) -> di
             [[m for m, _ in refunded], [o.source_id for _, o in refunded], [o.order_id for _, o in refunded],
              [o.refunded for _, o in refunded]],
         )  # fmt: skip
-    for row in rows:  # stores_visited travels as a JSON list (``aggregate_row``)
-        row[AGGREGATE_COLUMNS.index("stores_visited")] = _json_list(
-            row[AGGREGATE_COLUMNS.index("stores_visited")]
-        )
+    stores_at = AGGREGATE_COLUMNS.index("stores_visited")
+    for values in rows:  # stores_visited travels as a JSON list (``aggregate_row``)
+        values[stores_at] = _json_list(values[stores_at])
     return aggregates_upsert(rows)
 
 
