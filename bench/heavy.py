@@ -206,6 +206,9 @@ def run(
     }
     loyalty_demo_setup(now=START + WINDOW / 2)
     segments_demo_setup()
+    from django.conf import settings
+
+    assert settings.MEMBER_REFRESH_INCREMENTAL is not full_only  # set in main(), before Django started
     env = {**ENV, "MEMBER_REFRESH_INCREMENTAL": "false" if full_only else "true"}
     rng, seq = random.Random(seed), [0]
     heavy_people = range(1, members + 1)
@@ -282,7 +285,8 @@ def main() -> int:
     with ingest.announced(f"preparing database {DATABASE}"):
         ingest.manage("ensure_services", "--create-database")
         ingest.manage("migrate", "--noinput", "-v0")
-    harness.django_setup(ENV)
+    # Before Django starts: the workers are forked from this process and share its settings.
+    harness.django_setup({**ENV, "MEMBER_REFRESH_INCREMENTAL": "false" if args.full_only else "true"})
     result = run(members=args.members, light=args.light, max_events=args.max_events, tail=args.tail,
                  workers=args.workers, full_only=args.full_only, seed=args.seed)  # fmt: skip
     facts = ingest.machine()
