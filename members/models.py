@@ -253,7 +253,9 @@ class RefreshWatermark(models.Model):
     )
     event_id = models.BigIntegerField(help_text="The highest event id covered (0: none).")
     covered_at = models.DateTimeField(null=True, help_text="The latest event time covered.")
-    refreshed_at = models.DateTimeField(help_text="When the refresh that wrote it ran (its transaction's time).")
+    refreshed_at = models.DateTimeField(
+        help_text="When the refresh that wrote it ran (its transaction's time)."
+    )
 
     def __str__(self) -> str:
         return f"member {self.member_id}: events up to {self.event_id}"
