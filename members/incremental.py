@@ -45,6 +45,7 @@ from cdp.vault import trait_open
 from events.commerce import ORDER_COMPLETED, ORDER_EVENTS
 from members.aggregates import CENT, CHANNELS, Order, OrderEvent, OrderKey, orders_of
 from members.consent.selectors import consent_facts
+from members.consent.statements import CONSENT_EVENT
 from members.loyalty.points import LOYALTY_EVENTS
 from members.loyalty.services import points_reconcile
 from members.member_events import (
@@ -94,7 +95,10 @@ def refresh_plan(member_ids: set[int]) -> Advance:
     covered = _covered_of(member_ids)
     plan = Advance()
     events: dict[int, list[MemberEvent]] = defaultdict(list)
-    for e in events_after({pk: c.event_id for pk, c in covered.items()}):
+    # With the properties of consent events: a member whose new events state consent goes the full way.
+    for e in events_after(
+        {pk: c.event_id for pk, c in covered.items()}, properties_of=frozenset({CONSENT_EVENT})
+    ):
         events[e.member_id].append(e)
     candidates = {
         pk: events[pk]

@@ -217,13 +217,13 @@ def members_update(member_ids: set[int]) -> None:
     """Refresh these dirty members (the caller holds their refresh locks): from their new
     events and what is stored where that is exact (``members.incremental``), the others from
     all their events (``members_recompute``)."""
-    plan = refresh_plan(
-        _active_of(member_ids - _erased_of(member_ids)) if settings.MEMBER_REFRESH_INCREMENTAL else set()
-    )
+    erased = _erased_of(member_ids)
+    active = _active_of(member_ids - erased)
+    plan = refresh_plan(active if settings.MEMBER_REFRESH_INCREMENTAL else set())
     advanced = set(plan.events)
     full = member_ids - advanced
-    if full:
-        members_recompute(full)
+    if full - erased:
+        _recompute(full - erased, active - advanced)
     if advanced:
         webhooks_nudge(members_advance(plan, definitions_load()))
         for hook in refresh_hooks():
@@ -240,9 +240,12 @@ def members_recompute(member_ids: set[int]) -> None:
     erased member (``members.privacy``) is left as its erasure left it: its figures, orders
     and points stay, computed once from what its events were, and nothing is recomputed.
     """
-    erased = _erased_of(member_ids)
-    member_ids = member_ids - erased
-    active = _active_of(member_ids)
+    member_ids = member_ids - _erased_of(member_ids)
+    _recompute(member_ids, _active_of(member_ids))
+
+
+def _recompute(member_ids: set[int], active: set[int]) -> None:
+    """``members_recompute`` of these members (none erased), of which ``active`` are active."""
     definitions = definitions_load()
     events = events_of(active, properties_of=definitions.property_events | {CONSENT_EVENT})
     order_events = order_owners_refresh(order_events=order_events_of(events))
