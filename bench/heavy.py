@@ -96,7 +96,7 @@ def _person_events(
             event = "Order Completed"
             sku, category, price = rng.choice(PRODUCTS)
             quantity = rng.randint(1, 3)
-            number = f"H{person}-{n}"
+            number = f"H{person}-{seq[0]}"  # unique across a person's history and the tails
             orders.append(number)
             body: dict[str, Any] = {"order_id": number, "total": price * quantity, "currency": "CNY",
                                     "products": [{"sku": sku, "category": category, "price": price,
@@ -195,7 +195,7 @@ def run(
         conn.execute(
             "TRUNCATE events_event, events_pendingevent, members_member, identity_identifier, identity_eventidentifier, "
             "identity_eventresolution, identity_memberchange, members_dirtymark, members_segmentchange, "
-            "members_tagchange, members_pointsentry, members_pointsaccount RESTART IDENTITY CASCADE"
+            "members_tagchange, members_pointsentry, members_pointsaccount, members_refreshwatermark RESTART IDENTITY CASCADE"
         )
     sources = {
         channel: (
