@@ -89,12 +89,13 @@ format: install-dev ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: install-dev ## Benchmarks: ingestion, identity resolution, member 360, loyalty, segments, imports (results: docs/benchmarks.md)
+bench: install-dev ## Benchmarks: ingestion, identity resolution, member 360, loyalty, segments, heavy histories, imports (results: docs/benchmarks.md)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/identity.py
 	$(BIN)/python bench/members.py
 	$(BIN)/python bench/points.py
 	$(BIN)/python bench/segments.py
+	$(BIN)/python bench/heavy.py
 	$(BIN)/python bench/ingest_single.py
 	$(BIN)/python bench/insights.py
 	$(BIN)/python bench/funnels.py

@@ -67,6 +67,14 @@ REFRESH_SECONDS = Histogram(
 REFRESH_MEMBERS = Counter(
     "cdp_member_refreshes_total", "Members taken out of the refresh queue (refreshed or parked)."
 )
+REFRESH_PATHS = Counter(
+    "cdp_member_refresh_paths_total",
+    "Members refreshed, by path: incremental (from their new events and stored state) or full (from every event).",
+    ["path"],
+)
+REFRESH_EVENTS_READ = Counter(
+    "cdp_member_refresh_events_read_total", "Events the member refresh read from the log (both paths)."
+)
 PARKED = Counter("cdp_parked_total", "Work parked after a failure, by kind (event, member).", ["kind"])
 # -- segments -----------------------------------------------------------------------------------
 SEGMENT_COMPUTE_SECONDS = Histogram(

@@ -184,7 +184,9 @@ class EventResolution(models.Model):
     resolved_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        indexes = [models.Index(fields=["member"], name="resolution_by_member")]
+        # By member, then event: a member's events after an event id are one range of it
+        # (``members.incremental`` reads only those).
+        indexes = [models.Index(fields=["member", "event"], name="resolution_by_member_event")]
 
     def __str__(self) -> str:
         return f"event {self.event_id} → member {self.member_id}"

@@ -240,6 +240,27 @@ class MemberAggregate(models.Model):
         return f"member {self.member_id}: {self.orders} orders, {self.spend} {self.currency}"
 
 
+class RefreshWatermark(models.Model):
+    """How far a member's computed state (traits, orders, figures, ledger, tags and segments)
+    covers their events: the highest event id and the latest event time the last refresh read.
+    The refresh reads only the events after it when the member only gained later events since
+    (``members.incremental``); a full recompute rewrites it, and whatever makes the stored
+    state wrong in another way (an order taken by another member's claim) deletes it, so that
+    the member's next refresh starts again from the log."""
+
+    member = models.OneToOneField(
+        Member, primary_key=True, on_delete=models.CASCADE, related_name="+", db_constraint=False
+    )
+    event_id = models.BigIntegerField(help_text="The highest event id covered (0: none).")
+    covered_at = models.DateTimeField(null=True, help_text="The latest event time covered.")
+    refreshed_at = models.DateTimeField(
+        help_text="When the refresh that wrote it ran (its transaction's time)."
+    )
+
+    def __str__(self) -> str:
+        return f"member {self.member_id}: events up to {self.event_id}"
+
+
 __all__ = [
     "ORDER_FIELDS",
     "DirtyMark",
@@ -251,4 +272,5 @@ __all__ = [
     "MemberTrait",
     "OrderOwner",
     "ParkedMember",
+    "RefreshWatermark",
 ]

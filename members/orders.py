@@ -18,10 +18,10 @@ members' refresh locks and before their points accounts (``members.locks``).
 
 from collections.abc import Iterable
 
-from cdp.db import binary_parameters_cursor
+from cdp.db import binary_parameters_cursor, rows_delete
 from members.aggregates import Claim, OrderEvent, OrderKey, order_claims, order_owners, orders_owned
 from members.marks import members_mark_dirty
-from members.models import OrderOwner
+from members.models import OrderOwner, RefreshWatermark
 
 _TABLE = OrderOwner._meta.db_table
 _COLUMNS = "source_id, order_id, at, message_id, event_id, member_id"
@@ -69,6 +69,9 @@ def order_owners_refresh(*, order_events: dict[int, list[OrderEvent]]) -> dict[i
                 if key in owners and owners[key].member_id != claim.member_id
             }
             members_mark_dirty(member_ids=displaced - order_events.keys())
+            # Their stored orders now hold one that is not theirs: their next refresh starts
+            # from the log (``members.incremental``).
+            rows_delete(RefreshWatermark, column="member", keys=displaced)
             owners.update(changed)
     return {member_id: orders_owned(member_id, events, owners) for member_id, events in order_events.items()}
 

@@ -4,11 +4,9 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, partial
 
-import orjson
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, OuterRef
@@ -18,18 +16,29 @@ from django.utils.module_loading import import_string
 from cdp.db import binary_parameters_cursor, rows_delete
 from cdp.metrics import REFRESH_MEMBERS, REFRESH_SECONDS
 from cdp.retries import database_error_is_transient, transient_retry
-from cdp.vault import trait_lookup, trait_seal
-from events.commerce import ORDER_COMPLETED, ORDER_EVENTS
-from members.aggregates import CHANNELS, Order, OrderEvent, aggregates_of, order_event, orders_of
+from events.commerce import ORDER_EVENTS
+from members.aggregates import CHANNELS, Order, OrderEvent, aggregates_of, orders_of
 from members.consent.services import ConsentSource, consent_refresh
-from members.consent.statements import CONSENT_EVENT, CONSENT_TRAIT, ConsentFact
+from members.consent.statements import CONSENT_EVENT, ConsentFact
 from members.groups import GroupCall, groups_refresh
+from members.incremental import members_advance, refresh_paths_count, refresh_plan
 from members.locks import member_refresh_locks
-from members.loyalty.points import LOYALTY_EVENTS, LoyaltyEvent
-from members.loyalty.services import LoyaltyHistory, order_lines, points_reconcile
+from members.loyalty.points import LOYALTY_EVENTS
+from members.loyalty.services import points_reconcile
 from members.marks import member_changes_accept
+from members.member_events import (
+    MemberEvent,
+    aggregate_row,
+    aggregates_upsert,
+    events_of,
+    loyalty_histories,
+    order_events_of,
+    orders_insert,
+    trait_observations,
+    traits_write,
+    watermarks_write,
+)
 from members.models import (
-    ORDER_FIELDS,
     DirtyMark,
     GroupMembership,
     Member,
@@ -37,15 +46,15 @@ from members.models import (
     MemberOrder,
     MemberTrait,
     ParkedMember,
+    RefreshWatermark,
 )
 from members.orders import order_owners_refresh
 from members.parking import member_park
 from members.segments.evaluate import memberships_refresh
 from members.segments.rules.interpret import EventFact, MemberFacts
-from members.segments.rules.syntax import AGGREGATES
 from members.segments.selectors import definitions_load
 from members.segments.webhooks.services import webhooks_nudge
-from members.traits import GROUP_CALL, TraitObservation, latest_traits, traits_of_event
+from members.traits import GROUP_CALL, latest_traits
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +105,7 @@ def _refresh(claim: Callable[[], list[tuple[int, int]]], claimed: list[int]) -> 
         claimed[:] = sorted(member_ids)
         claimed_marks = {mark_id for mark_id, _ in marks} | _later_marks_claim(member_ids)
         member_refresh_locks(member_ids)
-        members_recompute(member_ids)
+        members_update(member_ids)
         rows_delete(DirtyMark, column="id", keys=claimed_marks)
     return len(member_ids)
 
@@ -199,9 +208,27 @@ def members_rebuild(
     with transaction.atomic():
         # Absorbed members keep nothing; erased ones keep their figures (members_recompute).
         retired = Member.objects.filter(status=Member.Status.MERGED).values("id")
-        for model in (MemberTrait, MemberOrder, MemberAggregate, GroupMembership):
+        for model in (MemberTrait, MemberOrder, MemberAggregate, GroupMembership, RefreshWatermark):
             model.objects.filter(member_id__in=retired).delete()
     return done
+
+
+def members_update(member_ids: set[int]) -> None:
+    """Refresh these dirty members (the caller holds their refresh locks): from their new
+    events and what is stored where that is exact (``members.incremental``), the others from
+    all their events (``members_recompute``)."""
+    erased = _erased_of(member_ids)
+    active = _active_of(member_ids - erased)
+    plan = refresh_plan(active if settings.MEMBER_REFRESH_INCREMENTAL else set())
+    advanced = set(plan.events)
+    full = member_ids - advanced
+    if full - erased:
+        _recompute(full - erased, active - advanced)
+    if advanced:
+        webhooks_nudge(members_advance(plan, definitions_load()))
+        for hook in refresh_hooks():
+            hook(advanced)
+    refresh_paths_count(incremental=len(advanced), full=len(full))
 
 
 def members_recompute(member_ids: set[int]) -> None:
@@ -213,12 +240,15 @@ def members_recompute(member_ids: set[int]) -> None:
     erased member (``members.privacy``) is left as its erasure left it: its figures, orders
     and points stay, computed once from what its events were, and nothing is recomputed.
     """
-    erased = _erased_of(member_ids)
-    member_ids = member_ids - erased
-    active = _active_of(member_ids)
+    member_ids = member_ids - _erased_of(member_ids)
+    _recompute(member_ids, _active_of(member_ids))
+
+
+def _recompute(member_ids: set[int], active: set[int]) -> None:
+    """``members_recompute`` of these members (none erased), of which ``active`` are active."""
     definitions = definitions_load()
-    events = _events_of(active, properties_of=definitions.property_events | {CONSENT_EVENT})
-    order_events = order_owners_refresh(order_events=_order_events_of(events))
+    events = events_of(active, properties_of=definitions.property_events | {CONSENT_EVENT})
+    order_events = order_owners_refresh(order_events=order_events_of(events))
     traits, consent_sources = _traits_write(active, events)
     consents = consent_refresh(member_ids=member_ids, active=active, sources=consent_sources)
     groups_refresh(
@@ -229,8 +259,9 @@ def members_recompute(member_ids: set[int]) -> None:
     )
     figures = _aggregates_write(active, events, order_events)
     retired = member_ids - active
-    points_reconcile(histories=_loyalty_histories(active, events, order_events), retired=retired)
-    for model in (MemberTrait, MemberOrder, MemberAggregate):
+    points_reconcile(histories=loyalty_histories(active, events, order_events), retired=retired)
+    watermarks_write(_covered_by(active, events), only_existing=False)
+    for model in (MemberTrait, MemberOrder, MemberAggregate, RefreshWatermark):
         rows_delete(model, column="member", keys=retired)
     changed = memberships_refresh(
         members=_facts_of(active, events, traits, figures, consents), retired=retired, now=timezone.now(),
@@ -266,87 +297,18 @@ def _erased_of(member_ids: set[int]) -> set[int]:
 
 def points_recompute(member_ids: set[int]) -> None:
     """The points ledgers and tiers of these active members, from the events that earn."""
-    events = _events_of(member_ids, only=ORDER_EVENTS | LOYALTY_EVENTS)
-    order_events = order_owners_refresh(order_events=_order_events_of(events))
-    points_reconcile(histories=_loyalty_histories(member_ids, events, order_events))
-
-
-@dataclass(frozen=True, slots=True)
-class _MemberEvent:
-    member_id: int
-    event_id: int
-    name: str
-    channel: str
-    store_code: str
-    at: datetime
-    message_id: str
-    source_id: int
-    type: str  # the Segment call
-    group_id: str  # a group call's group
-    traits: dict | None  # None: states none
-    context_traits: object
-    properties: dict | None  # only for order and loyalty events, and those rules filter on
-
-
-# One query for everything the refresh reads. The lateral join walks each member's events by
-# index whatever the planner believes about table sizes (stale statistics must not turn a
-# refresh of 500 members into a scan of every event).
-_EVENTS_OF_MEMBERS = """
-SELECT m.id, e.id, e.event, e.channel, e.store_code, e.timestamp, e.message_id, e.source_id, e.type, e.group_id,
-       CASE WHEN e.traits <> '{}'::jsonb THEN e.traits END, e.context -> 'traits',
-       CASE WHEN e.event = ANY(%b::text[]) THEN e.properties END
-FROM unnest(%b::bigint[]) AS m(id)
-CROSS JOIN LATERAL (
-    SELECT ev.* FROM identity_eventresolution AS r
-    JOIN events_event AS ev ON ev.id = r.event_id
-    WHERE r.member_id = m.id AND (%b::text[] IS NULL OR ev.event = ANY(%b::text[]))
-    OFFSET 0  -- keeps the subquery lateral (not flattened into a join): one index walk per member
-) AS e
-"""
-
-
-def _events_of(
-    member_ids: set[int], *, only: frozenset[str] | None = None, properties_of: frozenset[str] = frozenset()
-) -> list[_MemberEvent]:
-    """The events of these members (only those named ``only``, if given), in one query, with
-    the properties of order and loyalty events and of those named ``properties_of``."""
-    if not member_ids:
-        return []
-    names = sorted(only) if only is not None else None
-    with binary_parameters_cursor() as cursor:
-        cursor.execute(
-            _EVENTS_OF_MEMBERS,
-            [sorted(ORDER_EVENTS | LOYALTY_EVENTS | properties_of), sorted(member_ids), names, names],
-        )
-        # Django reads jsonb as text (its JSONField decodes); so does this raw query.
-        return [
-            _MemberEvent(*row[:10], *(None if v is None else orjson.loads(v) for v in row[10:]))
-            for row in cursor.fetchall()
-        ]
+    events = events_of(member_ids, only=ORDER_EVENTS | LOYALTY_EVENTS)
+    order_events = order_owners_refresh(order_events=order_events_of(events))
+    points_reconcile(histories=loyalty_histories(member_ids, events, order_events))
 
 
 def _traits_write(
-    member_ids: set[int], events: list[_MemberEvent]
+    member_ids: set[int], events: list[MemberEvent]
 ) -> tuple[dict[int, dict[str, object]], list[ConsentSource]]:
     """Every trait of these members, from all their events: exact after merges and splits.
     Returns each member's traits (key: latest value), and the events that may state consent
-    (a consent trait, the legacy one, or a ``Consent Updated`` event) for ``members.consent``."""
-    observations: dict[int, list[TraitObservation]] = defaultdict(list)
-    consent: list[ConsentSource] = []
-    legacy = settings.MARKETING_CONSENT_TRAIT
-    for e in events:
-        stating = e.name == CONSENT_EVENT and e.type == "track" and e.properties is not None
-        if not stating and e.traits is None and not isinstance(e.context_traits, dict):
-            continue
-        stated = traits_of_event(
-            e.traits or {}, {"traits": e.context_traits} if isinstance(e.context_traits, dict) else {}, e.type
-        )
-        if stating or CONSENT_TRAIT in stated or legacy in stated:
-            consent.append(ConsentSource(e.member_id, e.event_id, stated, e.properties if stating else None))
-        observations[e.member_id] += [
-            TraitObservation(key[:255], value, e.at, e.channel, e.message_id, e.source_id, e.event_id)
-            for key, value in stated.items()
-        ]
+    (``member_events.trait_observations``) for ``members.consent``."""
+    observations, consent = trait_observations(events)
     rows = [
         (member_id, o)
         for member_id, found in observations.items()
@@ -356,64 +318,12 @@ def _traits_write(
     traits: dict[int, dict[str, object]] = defaultdict(dict)
     for member_id, o in rows:
         traits[member_id][o.key] = o.value
-    if rows:
-        _sql(
-            _INSERT_TRAITS,
-            [
-                [member_id for member_id, _ in rows],
-                [o.key for _, o in rows],
-                # None is SQL NULL, as the model's JSONField(null=True) stores it; phones, emails and
-                # names are sealed (cdp.vault), names found by their terms' blind indexes.
-                [
-                    None if o.value is None else orjson.dumps(trait_seal(o.key, o.value)).decode()
-                    for _, o in rows
-                ],
-                [o.observed_at for _, o in rows],
-                [o.channel for _, o in rows],
-                [o.source_id for _, o in rows],
-                [o.event_id for _, o in rows],
-                [",".join(trait_lookup(o.key, o.value)) for _, o in rows],
-            ],
-        )
+    traits_write(rows)
     return traits, consent
 
 
-def _order_events_of(events: list[_MemberEvent]) -> dict[int, list[OrderEvent]]:
-    found: dict[int, list[OrderEvent]] = defaultdict(list)
-    for e in events:
-        if e.properties is not None and e.name in ORDER_EVENTS:
-            order = order_event(
-                event_id=e.event_id, name=e.name, properties=e.properties, at=e.at,
-                channel=e.channel, store_code=e.store_code, message_id=e.message_id, source_id=e.source_id,
-            )  # fmt: skip
-            if order is not None:
-                found[e.member_id].append(order)
-    return found
-
-
-def _loyalty_histories(
-    member_ids: set[int], events: list[_MemberEvent], order_events: dict[int, list[OrderEvent]]
-) -> dict[int, LoyaltyHistory]:
-    histories = {
-        member_id: LoyaltyHistory(orders=order_events.get(member_id, [])) for member_id in member_ids
-    }
-    for e in events:
-        if e.properties is None:
-            continue
-        history = histories[e.member_id]
-        if e.name == ORDER_COMPLETED:
-            history.lines[e.event_id] = order_lines(e.properties)
-        elif e.name in LOYALTY_EVENTS:
-            referrer = e.properties.get("referrer")
-            history.events.append(
-                LoyaltyEvent(event_id=e.event_id, name=e.name, at=e.at, message_id=e.message_id,
-                             referrer=str(referrer).strip() or None if isinstance(referrer, str | int) else None)
-            )  # fmt: skip
-    return histories
-
-
 def _aggregates_write(
-    member_ids: set[int], events: list[_MemberEvent], order_events: dict[int, list[OrderEvent]]
+    member_ids: set[int], events: list[MemberEvent], order_events: dict[int, list[OrderEvent]]
 ) -> dict[int, dict[str, object]]:
     """Orders and figures of these members, from all their events (``members.aggregates``).
     Returns each member's figures as stored (the names rules read: ``rules.syntax.AGGREGATES``)."""
@@ -434,33 +344,28 @@ def _aggregates_write(
     for member_id in sorted(member_ids):
         found = orders_of(order_events.get(member_id, ()))
         figures = aggregates_of(found.values(), settings.CDP_CURRENCY)
-        count = counts[member_id]
-        aggregates.append([
-            member_id, figures.currency, figures.orders, figures.spend, figures.refunded,
-            figures.average_order_value, figures.first_purchase_at, figures.last_purchase_at,
-            *(figures.by_channel[channel].orders for channel in CHANNELS),
-            *(figures.by_channel[channel].spend for channel in CHANNELS),
-            figures.orders_in_other_currencies, count["events"],
-            *(count[channel] for channel in CHANNELS),
-            orjson.dumps(sorted(stores[member_id])).decode(), last_event_at.get(member_id),
-        ])  # fmt: skip
+        aggregates.append(
+            aggregate_row(
+                member_id, figures, counts[member_id], stores[member_id], last_event_at.get(member_id)
+            )
+        )
         orders += [(member_id, order) for order in found.values()]
     rows_delete(MemberOrder, column="member", keys=member_ids)
-    if orders:
-        _sql(
-            _INSERT_ORDERS,
-            [[member_id for member_id, _ in orders]]
-            + [[getattr(order, name) for _, order in orders] for name in ORDER_FIELDS],
-        )
-    if not aggregates:
-        return {}
-    with binary_parameters_cursor() as cursor:
-        cursor.execute(_UPSERT_AGGREGATES, [list(column) for column in zip(*aggregates, strict=True)])
-        return {row[0]: dict(zip(AGGREGATES, row[1:], strict=True)) for row in cursor.fetchall()}
+    orders_insert(orders)
+    return aggregates_upsert(aggregates)
+
+
+def _covered_by(member_ids: set[int], events: list[MemberEvent]) -> dict[int, tuple[int, datetime | None]]:
+    """How far these events cover each member's: highest event id, latest event time."""
+    covered: dict[int, tuple[int, datetime | None]] = dict.fromkeys(member_ids, (0, None))
+    for e in events:
+        event_id, at = covered[e.member_id]
+        covered[e.member_id] = (max(event_id, e.event_id), e.at if at is None or e.at > at else at)
+    return covered
 
 
 def _facts_of(
-    member_ids: set[int], events: list[_MemberEvent], traits: dict[int, dict[str, object]],
+    member_ids: set[int], events: list[MemberEvent], traits: dict[int, dict[str, object]],
     figures: dict[int, dict[str, object]], consents: dict[int, tuple[ConsentFact, ...]],
 ) -> dict[int, MemberFacts]:  # fmt: skip
     """What rules read of each member that the refresh has in hand (``memberships_refresh``
@@ -477,11 +382,6 @@ def _facts_of(
     }  # fmt: skip
 
 
-def _sql(statement: str, params: list) -> None:
-    with binary_parameters_cursor() as cursor:
-        cursor.execute(statement, params)
-
-
 # The refresh writes a few hundred members' rows per statement: parameters go as binary arrays
 # through ``unnest`` (Django's bulk_create builds and quotes one placeholder per value, which
 # cost more than the recomputation itself). Only model table names are interpolated.
@@ -492,41 +392,3 @@ _MARKS_OF_MEMBERS = (
     f"(SELECT id FROM {DirtyMark._meta.db_table} WHERE member_id = k.id FOR UPDATE SKIP LOCKED) AS d"
 )
 _ACTIVE_OF = f"SELECT id FROM {Member._meta.db_table} WHERE id = ANY(%b::bigint[]) AND status = %b"
-_INSERT_TRAITS = (
-    f"INSERT INTO {MemberTrait._meta.db_table} (member_id, key, value, observed_at, channel, source_id, event_id, "
-    "lookup) SELECT v.m, v.k, v.val::jsonb, v.at, v.ch, v.s, v.e, string_to_array(v.l, ',') "
-    "FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::timestamptz[], %b::text[], %b::bigint[], %b::bigint[], "
-    "%b::text[]) AS v(m, k, val, at, ch, s, e, l)"
-)
-_INSERT_ORDERS = (
-    f"INSERT INTO {MemberOrder._meta.db_table} (member_id, {', '.join(ORDER_FIELDS)}) "
-    "SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::numeric[], %b::numeric[], "
-    "%b::timestamptz[], %b::text[], %b::text[], %b::bigint[], %b::bigint[])"
-)
-_CHANNEL_COLUMNS = (
-    *(f"orders_{channel}" for channel in CHANNELS),
-    *(f"spend_{channel}" for channel in CHANNELS),
-)
-_AGGREGATE_COLUMNS = (
-    "member_id", "currency", "orders", "spend", "refunded", "average_order_value",
-    "first_purchase_at", "last_purchase_at", *_CHANNEL_COLUMNS, "orders_in_other_currencies",
-    "events", *(f"events_{channel}" for channel in CHANNELS), "stores_visited", "last_event_at",
-)  # fmt: skip
-_AGGREGATE_TYPES = (
-    "bigint", "text", "integer", "numeric", "numeric", "numeric", "timestamptz", "timestamptz",
-    *("integer" for _ in CHANNELS), *("numeric" for _ in CHANNELS), "integer", "integer",
-    *("integer" for _ in CHANNELS), "text", "timestamptz",
-)  # fmt: skip
-_UPSERT_AGGREGATES = (
-    f"INSERT INTO {MemberAggregate._meta.db_table} ({', '.join(_AGGREGATE_COLUMNS)}, computed_at) "
-    f"SELECT {', '.join(f'v.c{n}' for n in range(len(_AGGREGATE_COLUMNS) - 2))}, "
-    # stores_visited travels as a JSON list: unnest cannot carry an array per row.
-    f"ARRAY(SELECT jsonb_array_elements_text(v.c{len(_AGGREGATE_COLUMNS) - 2}::jsonb)), "
-    f"v.c{len(_AGGREGATE_COLUMNS) - 1}, now() "
-    f"FROM unnest({', '.join(f'%b::{t}[]' for t in _AGGREGATE_TYPES)}) "
-    f"AS v({', '.join(f'c{n}' for n in range(len(_AGGREGATE_COLUMNS)))}) "
-    "ON CONFLICT (member_id) DO UPDATE SET "
-    + ", ".join(f"{column} = EXCLUDED.{column}" for column in (*_AGGREGATE_COLUMNS[1:], "computed_at"))
-    # As stored (numeric rounding included): what a segment's SQL would read.
-    + f" RETURNING member_id, {', '.join(AGGREGATES)}"
-)

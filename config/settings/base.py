@@ -300,6 +300,11 @@ HEALTH_PARKED_COUNTS: dict[str, str] = {
     "members": "members.parking.parked_members_count",
 }
 MEMBER_REFRESH_BATCH_SIZE = env.int("MEMBER_REFRESH_BATCH_SIZE", default=500)
+#: Whether the member refresh brings members who only gained later events up to date from
+#: those events and their stored state (``members.incremental``); off, every refresh
+#: recomputes from all of the member's events (what it did before; a way back, and the
+#: benchmark's "before").
+MEMBER_REFRESH_INCREMENTAL = env.bool("MEMBER_REFRESH_INCREMENTAL", default=True)
 EVENT_SWEEP_INTERVAL_SECONDS = env.int("EVENT_SWEEP_INTERVAL_SECONDS", default=15)
 #: A web process publishes the pipeline's nudge for single-event requests at most this often
 #: (cdp.tasks.CoalescedEnqueue): a worker woken once processes every waiting event, and one

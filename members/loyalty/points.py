@@ -363,6 +363,11 @@ class _Replay:
     spent_on: dict[str, int] = field(default_factory=dict)
     given_back: dict[str, int] = field(default_factory=dict)
     qualifying: list[tuple[datetime, Decimal]] = field(default_factory=list)  # (at, points or spend)
+    # The tier window as ``_measure`` last slid it: qualifying[start:end], their sum, its end.
+    _window_start: int = 0
+    _window_end: int = 0
+    _window_sum: Decimal = Decimal(0)
+    _window_at: datetime | None = None
     tier: str = ""
     tier_since: datetime | None = None
     tier_changes: list[TierChange] = field(default_factory=list)
@@ -688,11 +693,27 @@ class _Replay:
         )
 
     def _measure(self, at: datetime) -> Decimal:
+        """What qualified in the tier window ending at ``at``. The replay asks in time order and
+        qualifies in time order, so the window only slides forward: a running sum over it
+        (summing the whole list at every order made a long history's replay quadratic)."""
         since = moment_plus(at, -timedelta(days=self.program.tier_window_days))  # None: since always
-        return sum(
-            (amount for when, amount in self.qualifying if (since is None or since < when) and when <= at),
-            Decimal(0),
-        )
+        if since is None or (self._window_at is not None and at < self._window_at):
+            return sum(
+                (
+                    amount
+                    for when, amount in self.qualifying
+                    if (since is None or since < when) and when <= at
+                ),
+                Decimal(0),
+            )
+        self._window_at = at
+        while self._window_end < len(self.qualifying) and self.qualifying[self._window_end][0] <= at:
+            self._window_sum += self.qualifying[self._window_end][1]
+            self._window_end += 1
+        while self._window_start < self._window_end and self.qualifying[self._window_start][0] <= since:
+            self._window_sum -= self.qualifying[self._window_start][1]
+            self._window_start += 1
+        return self._window_sum
 
     def _qualified_for(self, measure: Decimal) -> TierRule:
         reached = [tier for tier in self.tiers if measure >= tier.threshold]

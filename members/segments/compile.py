@@ -9,7 +9,7 @@ expression reads a row ``m`` of ``members_member``, so a segment is computed in 
 It agrees exactly with ``members.segments.rules.interpret.rule_matches`` (a property test holds both to
 a reference): every leaf is an ``EXISTS`` or a comparison of non-null values, so it is true or
 false, never NULL, and ``not`` negates it as Python does. Behaviour conditions are subqueries
-correlated on ``identity_eventresolution.member_id`` (its index ``resolution_by_member``),
+correlated on ``identity_eventresolution.member_id`` (its index ``resolution_by_member_event``),
 bounded by ``LIMIT`` so a count stops as soon as it is decided (or, with ``all_members``,
 one grouped pass over the events). All SQL text is built from
 constants; every value from a rule is a parameter.
@@ -403,7 +403,7 @@ def rule_sql(
     """A SQL boolean expression over ``m`` (a ``members_member`` row) true exactly when
     ``rule_matches(condition, facts_of(m), now=now)``, and its parameters.
 
-    Behaviour conditions probe each member's events through ``resolution_by_member``
+    Behaviour conditions probe each member's events through ``resolution_by_member_event``
     (correlated, reading at most N rows): right when ``m`` is a few members (a batch). With
     ``all_members`` they are instead ``m.id IN (one grouped pass over the matching events)``,
     which PostgreSQL hashes once: for a full recompute. Over 1M members and 10M events, "at

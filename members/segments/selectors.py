@@ -2,7 +2,8 @@
 keyset, the changes feed."""
 
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
@@ -45,6 +46,19 @@ class Definitions:
     decided_segment_ids: frozenset[int]
     #: Events whose properties some rule filters on: the incremental path loads those.
     property_events: frozenset[str]
+    #: Events some rule counts, each with how many days back the rules look at it (None: all
+    #: of a member's history, for a rule without a window or a first time): the member
+    #: refresh's incremental path reads only those of a member's history (``members.incremental``).
+    event_windows: Mapping[str, int | None] = field(default_factory=dict)
+
+
+def _days_read(leaf: Did | DidNot | FirstTime | Stopped) -> int | None:
+    """How many days back a behaviour condition looks (None: the whole history)."""
+    if isinstance(leaf, Stopped):
+        return leaf.in_last_days + leaf.before_days
+    if isinstance(leaf, FirstTime):
+        return None  # "never before" reads everything before the window too
+    return leaf.in_last_days
 
 
 def definitions_load() -> Definitions:
@@ -87,6 +101,13 @@ def definitions_load() -> Definitions:
         if isinstance(leaf, Did | DidNot | FirstTime | Stopped)
         and any(field.startswith("properties.") for field, _ in leaf.event.where)
     )
+    event_windows: dict[str, int | None] = {}
+    for definition in ordered:
+        for leaf in leaves(definition.condition):
+            if isinstance(leaf, Did | DidNot | FirstTime | Stopped):
+                days = _days_read(leaf)
+                known = event_windows.get(leaf.event.name, 0)
+                event_windows[leaf.event.name] = None if days is None or known is None else max(days, known)
     computed_tag_ids = {key: pk for pk, key, kind, _ in tags if kind == Tag.Kind.COMPUTED}
     return Definitions(
         ordered=tuple(ordered),
@@ -98,6 +119,7 @@ def definitions_load() -> Definitions:
         | frozenset(computed_tag_ids.values()),
         decided_segment_ids=frozenset(d.id for d in ordered if d.kind == "segment"),
         property_events=property_events,
+        event_windows=event_windows,
     )
 
 

@@ -20,7 +20,7 @@ from events.models import Event, PendingEvent
 from events.pipeline import events_process_pending
 from identity.models import EventResolution
 from identity.services import identity_rebuild
-from members import services
+from members import member_events, services
 from members.models import DirtyMark, Member, ParkedMember
 from members.services import members_rebuild
 from tests.factories import EventFactory
@@ -62,7 +62,7 @@ def test_a_failing_member_is_parked_the_rest_are_refreshed_and_its_replay_equals
     # Three orders whose totals the refresh cannot compute (``total: 1e308`` does that).
     chosen = [orders[2], orders[len(orders) // 2], orders[-3]]
     bad_orders = {properties["order_id"] for _, properties in chosen}
-    real_order_event = services.order_event
+    real_order_event = member_events.order_event
 
     def unreadable_totals(**kwargs: Any) -> object:
         if kwargs["properties"].get("order_id") in bad_orders:
@@ -70,7 +70,7 @@ def test_a_failing_member_is_parked_the_rest_are_refreshed_and_its_replay_equals
         return real_order_event(**kwargs)
 
     with monkeypatch.context() as fault, override_settings(MEMBER_REFRESH_BATCH_SIZE=REFRESH_BATCH):
-        fault.setattr(services, "order_event", unreadable_totals)
+        fault.setattr(member_events, "order_event", unreadable_totals)
         assert events_process_pending(batch_size=50)[1] is False
 
         owners = {owner(event_id) for event_id, _ in chosen}
@@ -114,13 +114,13 @@ def test_a_failing_member_is_parked_the_rest_are_refreshed_and_its_replay_equals
     call_command("replay_failed", "members", stdout=StringIO())  # nothing left: marks nothing twice
 
     refreshed: Counter[int] = Counter()
-    real_recompute = services.members_recompute
+    real_update = services.members_update
 
     def counting(member_ids: set[int]) -> None:
         refreshed.update(member_ids)
-        real_recompute(member_ids)
+        real_update(member_ids)
 
-    monkeypatch.setattr(services, "members_recompute", counting)
+    monkeypatch.setattr(services, "members_update", counting)
     assert events_process_pending()[1] is False
     assert {member_id: refreshed[member_id] for member_id in parked} == dict.fromkeys(parked, 1)
     assert not DirtyMark.objects.exists()

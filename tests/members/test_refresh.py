@@ -28,7 +28,7 @@ class HeldRefresh:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.inside, self.release = threading.Event(), threading.Event()
         self.errors: list[BaseException] = []
-        recompute = services.members_recompute
+        recompute = services.members_update
 
         def held(member_ids: set[int]) -> None:
             recompute(member_ids)
@@ -36,7 +36,7 @@ class HeldRefresh:
                 self.inside.set()
                 self.release.wait(10)
 
-        monkeypatch.setattr(services, "members_recompute", held)
+        monkeypatch.setattr(services, "members_update", held)
         self.thread = threading.Thread(target=self._run)
 
     def _run(self) -> None:

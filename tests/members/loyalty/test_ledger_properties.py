@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from events.pipeline import events_process_pending
 from identity.models import EventResolution
 from identity.services import SplitRefused, member_split
+from members import member_events
 from members import services as member_services
 from members.aggregates import OrderEvent
 from members.loyalty.models import EarnRule as EarnRuleRow
@@ -348,8 +349,8 @@ def _check_ledger(clock: Clock, forbid: bool) -> None:
     # their whole history calls for, and the staff/till facts are theirs as recorded.
     program = program_load()
     active = set(Member.objects.filter(status=Member.Status.ACTIVE).values_list("id", flat=True))
-    events = member_services._events_of(active)
-    histories = member_services._loyalty_histories(active, events, member_services._order_events_of(events))
+    events = member_events.events_of(active)
+    histories = member_events.loyalty_histories(active, events, member_events.order_events_of(events))
     _owned(histories)
     # One owner per order, counted in figures by that member alone, and nobody parked.
     assert not ParkedMember.objects.filter(replayed_at__isnull=True).exists()

@@ -1,0 +1,392 @@
+"""The member refresh's incremental path: a member who only gained later events since their
+last refresh is brought up to date from those events and what is stored, not from their whole
+history (``members.services.members_recompute``).
+
+A refresh records how far it covered each member's events (``RefreshWatermark``: the highest
+event id and the latest event time). The next refresh of the batch decides in one query
+(``refresh_plan``) which members may go incrementally: those with a watermark whose events are
+exactly the ones covered plus those after the watermark's event id (the count of events
+resolved to them says so: a merge, a split, an erasure or a late resolution of an older event
+changes it) and with no merge or split recorded since. Their new events, read by index
+(``resolution_by_member_event``), must then all be later than the time covered, state no
+consent and make no group call, and touch no stored order but by refunding it; an order
+another member's claim holds sends the member to the full path too, as does having its
+watermark deleted (``members.orders``: an order taken away). Everything else is recomputed
+from the log, and ``members_rebuild`` recomputes everyone.
+
+What the incremental path combines:
+
+- traits: a new observation is later than every stored one, so the latest new value of each
+  key replaces the stored one (``latest_traits`` among the new ones);
+- orders: new orders are added, refunds of stored orders update their ``refunded`` (capped at
+  the total as ``aggregates.orders_of`` caps it);
+- figures: the stored row plus the new orders and refunds and the new events' counts;
+- points and tier: only for members whose new events earn (orders, loyalty events), derived
+  from their earning events alone (``points_reconcile``; time-driven changes are the
+  account's ``recheck_at``'s, as for everyone);
+- tags and segments: rules evaluated on the stored traits and figures, the consent statements
+  held, and only the events some rule counts, as far back as it looks
+  (``Definitions.event_windows``).
+"""
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import orjson
+from django.conf import settings
+from django.utils import timezone
+
+from cdp.db import binary_parameters_cursor
+from cdp.metrics import REFRESH_PATHS
+from cdp.vault import trait_open
+from events.commerce import ORDER_COMPLETED, ORDER_EVENTS
+from members.aggregates import CENT, CHANNELS, Order, OrderEvent, OrderKey, orders_of
+from members.consent.selectors import consent_facts
+from members.consent.statements import CONSENT_EVENT
+from members.loyalty.points import LOYALTY_EVENTS
+from members.loyalty.services import points_reconcile
+from members.member_events import (
+    AGGREGATE_COLUMNS,
+    MemberEvent,
+    aggregates_upsert,
+    events_after,
+    events_since,
+    loyalty_histories,
+    order_events_of,
+    orders_insert,
+    sql,
+    trait_observations,
+    traits_write,
+    watermarks_write,
+)
+from members.models import MemberAggregate, MemberOrder, MemberTrait, OrderOwner, RefreshWatermark
+from members.orders import order_owners_refresh
+from members.segments.evaluate import memberships_refresh
+from members.segments.rules.interpret import EventFact, MemberFacts
+from members.segments.selectors import Definitions
+from members.traits import GROUP_CALL, latest_traits
+
+
+@dataclass(frozen=True, slots=True)
+class _Covered:
+    """What a member's stored state covers, and how many events they hold now."""
+
+    event_id: int
+    covered_at: datetime | None
+    counted: int  # the events the stored figures count
+    held: int  # the events resolved to the member now
+
+
+@dataclass(slots=True)
+class Advance:
+    """The members a refresh brings up to date incrementally, with their new events and the
+    stored orders those events name."""
+
+    events: dict[int, list[MemberEvent]] = field(default_factory=dict)
+    orders: dict[int, dict[OrderKey, Order]] = field(default_factory=dict)
+
+
+def refresh_plan(member_ids: set[int]) -> Advance:
+    """Which of these active members can be refreshed from their new events alone (see the
+    module's docstring), with those events; the others need the full recompute."""
+    covered = _covered_of(member_ids)
+    plan = Advance()
+    events: dict[int, list[MemberEvent]] = defaultdict(list)
+    # With the properties of consent events: a member whose new events state consent goes the full way.
+    for e in events_after(
+        {pk: c.event_id for pk, c in covered.items()}, properties_of=frozenset({CONSENT_EVENT})
+    ):
+        events[e.member_id].append(e)
+    candidates = {
+        pk: events[pk]
+        for pk, c in covered.items()
+        if events[pk]
+        and len(events[pk]) == c.held - c.counted
+        and all(c.covered_at is None or e.at > c.covered_at for e in events[pk])
+        and not any(e.type == GROUP_CALL and e.group_id for e in events[pk])
+    }
+    _, consent = trait_observations(e for found in candidates.values() for e in found)
+    for source in consent:
+        candidates.pop(source.member_id, None)
+    order_events = order_events_of(e for found in candidates.values() for e in found)
+    stored = _stored_orders(order_events)
+    held_elsewhere = _orders_held_by_others(order_events)
+    for member_id, found in candidates.items():
+        orders = stored.get(member_id, {})
+        if _orders_advance(orders, order_events.get(member_id, []), held_elsewhere.get(member_id, set())):
+            plan.events[member_id] = found
+            plan.orders[member_id] = orders
+    return plan
+
+
+def refresh_paths_count(*, incremental: int, full: int) -> None:
+    REFRESH_PATHS.labels("incremental").inc(incremental)
+    REFRESH_PATHS.labels("full").inc(full)
+
+
+def _orders_advance(
+    stored: Mapping[OrderKey, Order], events: list[OrderEvent], held_elsewhere: set[OrderKey]
+) -> bool:
+    """Whether these new order events can be combined with the stored orders they name: no
+    completion of an order number the member already has, or of an order another member
+    holds, and amounts in cents (figures add up exactly as the full path sums them)."""
+    numbers = {key[1] for key in stored}
+    for e in events:
+        if e.amount != e.amount.quantize(CENT):
+            return False
+        if e.name == ORDER_COMPLETED and (e.order_id in numbers or e.order_key in held_elsewhere):
+            return False
+    return True
+
+
+def members_advance(plan: Advance, definitions: Definitions) -> set[int]:
+    """Bring the planned members up to date from their new events and stored state (the
+    caller holds their refresh locks); returns the segments whose membership changed."""
+    member_ids = set(plan.events)
+    if not member_ids:
+        return set()
+    new = [e for found in plan.events.values() for e in found]
+    _traits_advance(new)
+    owned = order_owners_refresh(order_events=order_events_of(new))
+    figures = _figures_advance(plan, owned)
+    earning = {e.member_id for e in new if e.name in ORDER_EVENTS | LOYALTY_EVENTS}
+    # What rules count, only as far back as they look; the earning events all (points).
+    now = timezone.now()
+    since = {
+        name: None if days is None else now - timedelta(days=days)
+        for name, days in definitions.event_windows.items()
+    }
+    history = events_since(
+        earning,
+        {**since, **dict.fromkeys(ORDER_EVENTS | LOYALTY_EVENTS)},
+        properties_of=definitions.property_events,
+    )
+    if earning:
+        order_events = order_owners_refresh(order_events=order_events_of(history))
+        points_reconcile(histories=loyalty_histories(earning, history, order_events))
+    history += events_since(member_ids - earning, since, properties_of=definitions.property_events)
+    seen: dict[int, list[EventFact]] = defaultdict(list)
+    for e in history:
+        if e.name in since and ((start := since[e.name]) is None or e.at >= start):
+            seen[e.member_id].append(EventFact(e.name, e.at, e.channel, e.store_code, e.properties or {}))
+    traits = _traits_of(member_ids)
+    consents = consent_facts(member_ids=member_ids)
+    facts = {
+        pk: MemberFacts(
+            pk, traits=traits.get(pk, {}), aggregates=figures.get(pk, {}), events=tuple(seen[pk]),
+            consents=consents.get(pk, ()),
+        )
+        for pk in member_ids
+    }  # fmt: skip
+    changed = memberships_refresh(members=facts, retired=set(), now=now, definitions=definitions)
+    watermarks_write(
+        {pk: (max(e.event_id for e in found), max(e.at for e in found)) for pk, found in plan.events.items()},
+        only_existing=True,
+    )
+    return changed
+
+
+def _traits_advance(events: list[MemberEvent]) -> None:
+    """Each new observation is later than every stored one: the latest new value of a key
+    replaces the stored value (ties among the new ones broken as ``latest_traits`` breaks them)."""
+    observations, _ = trait_observations(events)
+    traits_write(
+        [
+            (member_id, o)
+            for member_id, found in observations.items()
+            for o in latest_traits(found, settings.MEMBER_TRAIT_CHANNEL_PRECEDENCE).values()
+        ]
+    )
+
+
+def _traits_of(member_ids: set[int]) -> dict[int, dict[str, object]]:
+    traits: dict[int, dict[str, object]] = defaultdict(dict)
+    for member_id, key, value in MemberTrait.objects.filter(member_id__in=member_ids).values_list(
+        "member_id", "key", "value"
+    ):
+        traits[member_id][key] = trait_open(key, value)
+    return traits
+
+
+def _figures_advance(plan: Advance, owned: Mapping[int, list[OrderEvent]]) -> dict[int, dict[str, object]]:
+    """The new orders and refunds, and each member's stored figures moved by them and by the
+    new events' counts; returns the figures as stored (``member_events.aggregates_upsert``)."""
+    stored = _aggregates_of(set(plan.events))
+    rows: list[list] = []
+    new_orders: list[tuple[int, Order]] = []
+    refunded: list[tuple[int, Order]] = []
+    currency = settings.CDP_CURRENCY
+    for member_id, events in sorted(plan.events.items()):
+        row = stored[member_id]
+        orders = plan.orders[member_id]
+        completions = [e for e in owned.get(member_id, []) if e.name == ORDER_COMPLETED]
+        completed = {e.order_key for e in completions}
+        numbered: dict[str, set[OrderKey]] = defaultdict(set)
+        for key, order in orders.items():
+            if order.placed_at is not None:
+                numbered[key[1]].add(key)
+        for key in completed:
+            numbered[key[1]].add(key)
+        fresh: list[OrderEvent] = list(completions)
+        for refund in (e for e in owned.get(member_id, []) if e.name != ORDER_COMPLETED):
+            key = refund.order_key
+            # As ``aggregates.order_history`` attributes it: to its own order if placed, else
+            # to the member's one placed order of that number, else to its own (refund-only).
+            if key not in numbered.get(refund.order_id, ()) and len(numbered.get(refund.order_id, ())) == 1:
+                key = next(iter(numbered[refund.order_id]))
+            if (target := orders.get(key)) is None:
+                fresh.append(
+                    replace(refund, source_id=key[0], order_id=key[1]) if key in completed else refund
+                )
+                continue
+            before = target.refunded
+            if refund.currency == target.currency:
+                target.refunded += refund.amount
+                if target.placed_at is not None:
+                    target.refunded = min(target.refunded, target.total)
+            if target.refunded != before:
+                refunded.append((member_id, target))
+                _spend_move(row, target, -(target.refunded - before), currency)
+        for order in orders_of(fresh).values():
+            new_orders.append((member_id, order))
+            if order.placed_at is None:
+                continue
+            if order.currency != currency:
+                row["orders_in_other_currencies"] += 1
+                continue
+            row["orders"] += 1
+            row["refunded"] += order.refunded
+            _spend_move(row, order, order.net, currency, placed=True)
+            first, last = row["first_purchase_at"], row["last_purchase_at"]
+            row["first_purchase_at"] = order.placed_at if first is None else min(first, order.placed_at)
+            row["last_purchase_at"] = order.placed_at if last is None else max(last, order.placed_at)
+        row["average_order_value"] = (row["spend"] / row["orders"]).quantize(CENT) if row["orders"] else None
+        row["events"] += len(events)
+        stores = set(row["stores_visited"])
+        for e in events:
+            if e.channel in CHANNELS:
+                row[f"events_{e.channel}"] += 1
+            if e.store_code:
+                stores.add(e.store_code)
+            if row["last_event_at"] is None or e.at > row["last_event_at"]:
+                row["last_event_at"] = e.at
+        row["stores_visited"] = sorted(stores)
+        rows.append([row[column] for column in AGGREGATE_COLUMNS])
+    orders_insert(new_orders)
+    if refunded:
+        sql(
+            _ORDERS_REFUNDED,
+            [[m for m, _ in refunded], [o.source_id for _, o in refunded], [o.order_id for _, o in refunded],
+             [o.refunded for _, o in refunded]],
+        )  # fmt: skip
+    stores_at = AGGREGATE_COLUMNS.index("stores_visited")
+    for values in rows:  # stores_visited travels as a JSON list (``aggregate_row``)
+        values[stores_at] = _json_list(values[stores_at])
+    return aggregates_upsert(rows)
+
+
+def _spend_move(row: dict, order: Order, amount: Decimal, currency: str, *, placed: bool = False) -> None:
+    """Move a member's spend (and their order's channel's) by ``amount`` of ``order``; a refund
+    (``placed`` False) also counts as refunded."""
+    if order.placed_at is None or order.currency != currency:
+        return
+    row["spend"] += amount
+    if not placed:
+        row["refunded"] -= amount
+    if order.channel in CHANNELS:
+        row[f"spend_{order.channel}"] += amount
+        row[f"orders_{order.channel}"] += placed
+
+
+def _json_list(values: Iterable[str]) -> str:
+    return orjson.dumps(list(values)).decode()
+
+
+def _covered_of(member_ids: set[int]) -> dict[int, _Covered]:
+    """The members of these with a watermark and figures, no merge or split since the
+    watermark, and what they cover (one query)."""
+    if not member_ids:
+        return {}
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_COVERED_OF, [sorted(member_ids)])
+        return {
+            pk: _Covered(event_id, covered_at, counted, held)
+            for pk, event_id, covered_at, counted, held in cursor
+        }
+
+
+def _aggregates_of(member_ids: set[int]) -> dict[int, dict]:
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_AGGREGATES_OF, [sorted(member_ids)])
+        return {row[0]: dict(zip(AGGREGATE_COLUMNS, row, strict=True)) for row in cursor.fetchall()}
+
+
+def _stored_orders(order_events: Mapping[int, list[OrderEvent]]) -> dict[int, dict[OrderKey, Order]]:
+    """The stored orders of each member with the order numbers their new events name."""
+    pairs = sorted({(member_id, e.order_id) for member_id, events in order_events.items() for e in events})
+    found: dict[int, dict[OrderKey, Order]] = defaultdict(dict)
+    if not pairs:
+        return found
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_ORDERS_OF, [[m for m, _ in pairs], [o for _, o in pairs]])
+        for member_id, *columns in cursor.fetchall():
+            order = Order(*columns)
+            found[member_id][(order.source_id, order.order_id)] = order
+    return found
+
+
+def _orders_held_by_others(order_events: Mapping[int, list[OrderEvent]]) -> dict[int, set[OrderKey]]:
+    """The orders completed in these new events whose recorded owner is another member."""
+    claimed = sorted(
+        {
+            (member_id, *e.order_key)
+            for member_id, events in order_events.items()
+            for e in events
+            if e.name == ORDER_COMPLETED
+        }
+    )
+    held: dict[int, set[OrderKey]] = defaultdict(set)
+    if not claimed:
+        return held
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(
+            _HELD_BY_OTHERS, [[c[0] for c in claimed], [c[1] for c in claimed], [c[2] for c in claimed]]
+        )
+        for member_id, source_id, order_id in cursor.fetchall():
+            held[member_id].add((source_id, order_id))
+    return held
+
+
+_COVERED_OF = (
+    "SELECT m.id, w.event_id, w.covered_at, a.events, "
+    "(SELECT count(*) FROM identity_eventresolution AS r WHERE r.member_id = m.id) "
+    "FROM unnest(%b::bigint[]) AS m(id) "
+    f"JOIN {RefreshWatermark._meta.db_table} AS w ON w.member_id = m.id "
+    f"JOIN {MemberAggregate._meta.db_table} AS a ON a.member_id = m.id "
+    "WHERE NOT EXISTS (SELECT 1 FROM identity_mergerecord AS g WHERE g.survivor_id = m.id "
+    "AND g.created_at >= w.refreshed_at) "
+    "AND NOT EXISTS (SELECT 1 FROM identity_splitrecord AS s WHERE s.member_id = m.id "
+    "AND s.created_at >= w.refreshed_at)"
+)
+_AGGREGATES_OF = (
+    f"SELECT {', '.join(AGGREGATE_COLUMNS)} FROM {MemberAggregate._meta.db_table} "
+    "WHERE member_id = ANY(%b::bigint[])"
+)
+_ORDERS_OF = (
+    "SELECT o.member_id, o.source_id, o.order_id, o.currency, o.total, o.refunded, o.placed_at, o.channel, "
+    "o.store_code, o.event_id FROM unnest(%b::bigint[], %b::text[]) AS k(member_id, order_id) "
+    f"JOIN {MemberOrder._meta.db_table} AS o ON o.order_id = k.order_id AND o.member_id = k.member_id"
+)
+_HELD_BY_OTHERS = (
+    "SELECT k.member_id, o.source_id, o.order_id FROM unnest(%b::bigint[], %b::bigint[], %b::text[]) "
+    f"AS k(member_id, source_id, order_id) JOIN {OrderOwner._meta.db_table} AS o "
+    "ON o.source_id = k.source_id AND o.order_id = k.order_id AND o.member_id <> k.member_id"
+)
+_ORDERS_REFUNDED = (
+    f"UPDATE {MemberOrder._meta.db_table} AS o SET refunded = v.refunded "
+    "FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::numeric[]) AS v(member_id, source_id, order_id, refunded) "
+    "WHERE o.member_id = v.member_id AND o.source_id = v.source_id AND o.order_id = v.order_id"
+)
