@@ -13,7 +13,7 @@ Timed (best of ``--repeat`` runs, with the machine's load beside them):
 
 - **funnel**: ``members.insights.funnels.funnel_sql`` for Product Viewed → Product Added →
   Checkout Started → Order Completed, 7-day window, 90 days, without and with a channel
-  breakdown, and over 14 days (where the ``event_by_name_time`` index can serve); beside (a) the floor: one grouped pass counting the members of each step's events
+  breakdown, and over 14 days (a short range of a longer log); beside (a) the floor: one grouped pass counting the members of each step's events
   (no funnel can read less), and (b) a hand-written funnel of the same answer (the events copied
   into an indexed temporary table, each step found by a LATERAL probe), checked equal;
 - **attribution**: ``members.insights.attribution.attribution_sql`` (five models) for the last

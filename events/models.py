@@ -118,9 +118,6 @@ class Event(models.Model):
         indexes = [
             # The member refresh recomputes a group from every group call naming it (members.groups).
             models.Index(fields=["group_id"], name="event_group_calls", condition=Q(type="group")),
-            # Funnels and attribution read the events of a few names in a time range
-            # (members.insights): without it, every funnel scans the whole event log.
-            models.Index(fields=["event", "timestamp"], name="event_by_name_time"),
         ]
 
     def __str__(self) -> str:
