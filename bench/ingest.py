@@ -244,7 +244,9 @@ class Gunicorn:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.config.server} exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
             try:
                 conn.request("GET", "/health/")
@@ -258,7 +260,7 @@ class Gunicorn:
             finally:
                 conn.close()
             time.sleep(0.2)
-        raise RuntimeError(f"gunicorn did not answer /health/ within {timeout:.0f} s ({last})")
+        raise RuntimeError(f"{self.config.server} did not answer /health/ within {timeout:.0f} s ({last})")
 
     def stop(self) -> None:
         process, self.process = self.process, None
@@ -272,7 +274,9 @@ class Gunicorn:
         if process is not None and process.returncode in (0, -signal.SIGTERM):
             self.log.unlink(missing_ok=True)
         elif process is not None:
-            print(f"gunicorn exited with {process.returncode}; its log: {self.log}", file=sys.stderr)
+            print(
+                f"{self.config.server} exited with {process.returncode}; its log: {self.log}", file=sys.stderr
+            )
 
 
 class Granian(Gunicorn):
@@ -281,6 +285,8 @@ class Granian(Gunicorn):
     that call Django; its access log on, as the deployed gunicorn has one."""
 
     def command(self) -> list[str]:
+        if not (BIN / "granian").exists():
+            raise RuntimeError("granian is not installed: .venv/bin/pip install granian")
         return [
             str(BIN / "granian"), "--interface", "wsgi", "config.wsgi:application", "--host", "127.0.0.1",
             "--port", str(self.port), "--http", "1", "--workers", str(self.config.workers),
