@@ -12,9 +12,10 @@ What it measures, in one run, on this machine:
    retailer's SDKs: half track) from the same number of client processes, each on one
    keep-alive connection (raw sockets, prebuilt requests, so the clients spend little CPU),
    against gunicorn run as the Dockerfile runs it (``-c python:config.gunicorn``: its access
-   log, production settings) in each server model tried. Requests/s, p50/p95/p99 as the client
-   sees them, and **accepted = durable**: afterwards ``events_event`` holds exactly as many rows
-   as the 200 answers accepted, none refused, none an error.
+   log, production settings) in each server model tried, or against granian calling the same
+   WSGI application (``--server granian:WORKERS:THREADS``, its access log on). Requests/s,
+   p50/p95/p99 as the client sees them, and **accepted = durable**: afterwards ``events_event``
+   holds exactly as many rows as the 200 answers accepted, none refused, none an error.
 
 The rate limit is on (one Redis round trip per request, as deployed) but set far above the
 load (``RATE_LIMIT_INGESTION``); no Celery worker runs, so the nudges pile up in the Redis
