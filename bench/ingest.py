@@ -148,8 +148,15 @@ def prepare(run_id: str) -> BenchSource:
     return BenchSource(name=name, write_key=write_key, pk=row[0], kind=row[1], store_code=row[2])
 
 
+#: ``ServerConfig.worker_class`` for granian in place of gunicorn.
+GRANIAN = "granian"
+
+
 @dataclass(frozen=True)
 class ServerConfig:
+    """A server model: gunicorn's worker class (sync, gthread), or ``granian`` (its WSGI
+    interface: ``threads`` are its blocking threads per worker, which run the application)."""
+
     workers: int
     worker_class: str = "sync"
     threads: int = 1
@@ -157,8 +164,15 @@ class ServerConfig:
 
     @property
     def label(self) -> str:
+        if self.worker_class == GRANIAN:
+            return f"{self.workers} workers x {self.threads} blocking threads"
         threads = f" x {self.threads} threads" if self.worker_class == "gthread" else ""
         return f"{self.worker_class}, {self.workers} workers{threads}"
+
+    @property
+    def server(self) -> str:
+        """The HTTP server's name: granian, or gunicorn for its worker classes."""
+        return GRANIAN if self.worker_class == GRANIAN else "gunicorn"
 
     @property
     def flags(self) -> list[str]:
@@ -195,19 +209,7 @@ class Gunicorn:
             raise RuntimeError("this gunicorn is already started")
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [
-                    str(BIN / "gunicorn"),
-                    "config.wsgi",
-                    "-b",
-                    f"127.0.0.1:{self.port}",
-                    *self.config.flags,
-                    "--keep-alive",
-                    "30",
-                    "--timeout",
-                    "120",
-                    "--log-level",
-                    "warning",
-                ],
+                self.command(),
                 cwd=ROOT,
                 env={**os.environ, **SERVICE_ENV},
                 stdout=log,
@@ -219,6 +221,12 @@ class Gunicorn:
         except BaseException:
             self.stop()
             raise
+
+    def command(self) -> list[str]:
+        return [
+            str(BIN / "gunicorn"), "config.wsgi", "-b", f"127.0.0.1:{self.port}", *self.config.flags,
+            "--keep-alive", "30", "--timeout", "120", "--log-level", "warning",
+        ]  # fmt: skip
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -236,7 +244,9 @@ class Gunicorn:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.config.server} exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
             try:
                 conn.request("GET", "/health/")
@@ -250,7 +260,7 @@ class Gunicorn:
             finally:
                 conn.close()
             time.sleep(0.2)
-        raise RuntimeError(f"gunicorn did not answer /health/ within {timeout:.0f} s ({last})")
+        raise RuntimeError(f"{self.config.server} did not answer /health/ within {timeout:.0f} s ({last})")
 
     def stop(self) -> None:
         process, self.process = self.process, None
@@ -264,7 +274,29 @@ class Gunicorn:
         if process is not None and process.returncode in (0, -signal.SIGTERM):
             self.log.unlink(missing_ok=True)
         elif process is not None:
-            print(f"gunicorn exited with {process.returncode}; its log: {self.log}", file=sys.stderr)
+            print(
+                f"{self.config.server} exited with {process.returncode}; its log: {self.log}", file=sys.stderr
+            )
+
+
+class Granian(Gunicorn):
+    """granian (a native HTTP server) calling the same WSGI application, ``config.wsgi``: each
+    of its workers (processes) runs a Rust HTTP runtime and ``config.threads`` blocking threads
+    that call Django; its access log on, as the deployed gunicorn has one."""
+
+    def command(self) -> list[str]:
+        if not (BIN / "granian").exists():
+            raise RuntimeError("granian is not installed: .venv/bin/pip install granian")
+        return [
+            str(BIN / "granian"), "--interface", "wsgi", "config.wsgi:application", "--host", "127.0.0.1",
+            "--port", str(self.port), "--http", "1", "--workers", str(self.config.workers),
+            "--blocking-threads", str(self.config.threads), "--access-log", "--log-level", "warning",
+        ]  # fmt: skip
+
+
+def http_server(config: ServerConfig) -> Gunicorn:
+    """The server a configuration names (gunicorn, or granian), not started."""
+    return Granian(config) if config.server == GRANIAN else Gunicorn(config)
 
 
 # --- where the CPU goes ------------------------------------------------------------------------
@@ -717,6 +749,13 @@ def scenario_copy(source: BenchSource, *, streams: int, warmup: float, duration:
 # --- report ------------------------------------------------------------------------------------
 
 
+def _version_or_none(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def machine() -> dict[str, str]:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line), "")
@@ -739,6 +778,7 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "django": metadata.version("django"),
         "gunicorn": metadata.version("gunicorn"),
+        "granian": _version_or_none("granian"),
     }
 
 

@@ -12,9 +12,10 @@ What it measures, in one run, on this machine:
    retailer's SDKs: half track) from the same number of client processes, each on one
    keep-alive connection (raw sockets, prebuilt requests, so the clients spend little CPU),
    against gunicorn run as the Dockerfile runs it (``-c python:config.gunicorn``: its access
-   log, production settings) in each server model tried. Requests/s, p50/p95/p99 as the client
-   sees them, and **accepted = durable**: afterwards ``events_event`` holds exactly as many rows
-   as the 200 answers accepted, none refused, none an error.
+   log, production settings) in each server model tried, or against granian calling the same
+   WSGI application (``--server granian:WORKERS:THREADS``, its access log on). Requests/s,
+   p50/p95/p99 as the client sees them, and **accepted = durable**: afterwards ``events_event``
+   holds exactly as many rows as the 200 answers accepted, none refused, none an error.
 
 The rate limit is on (one Redis round trip per request, as deployed) but set far above the
 load (``RATE_LIMIT_INGESTION``); no Celery worker runs, so the nudges pile up in the Redis
@@ -339,7 +340,7 @@ def scenario_web(
     rows, rejected = ingest.events_counted()
     p50, p95, p99 = percentiles([ms for r in results for ms in r.latencies_ms])
     return Outcome(
-        scenario=f"gunicorn {server.config.label}",
+        scenario=f"{server.config.server} {server.config.label}",
         requests_per_s=sum(r.requests for r in results) / duration,
         p50_ms=p50,
         p95_ms=p95,
@@ -492,10 +493,10 @@ nudge is coalesced per process; everything else (errors, gzip, a key in the body
 DRF view. **The server**: gunicorn with threaded workers and keep-alive (`gthread`, one worker per
 core, 4 threads: `config/gunicorn.py`). Sync workers close the connection after every response
 (a new TCP connection per event) and hold a whole process through each commit's flush; threads
-overlap those waits. An ASGI server (granian, uvicorn) would replace gunicorn's HTTP parsing,
-written in Python, but Django would still run these synchronous views and psycopg in a thread
-pool, the access log's redaction would have to be rebuilt and DESIGN.md names gunicorn: the
-request's own cost (below) was the larger part, so that is what was cut.
+overlap those waits. `--server granian:WORKERS:THREADS` runs granian in its place (a Rust HTTP
+server calling the same WSGI application, `config.wsgi`, from its blocking threads; its access
+log on): measured against gunicorn, alternated in the same run, in the section "granian in place
+of gunicorn" below.
 
 **Where the time goes** (`bench/profile_batch.py --track --cpu`: the WSGI application in one
 process, no HTTP server; measured on 2026-12-04 with the machine's load at 12-16). Before, through
@@ -524,11 +525,11 @@ def run_section(
         "",
         f"- Machine: {facts['cpu']}, {facts['cores']} cores, {facts['ram']} RAM; PostgreSQL "
         f"{facts['postgresql']} ({facts['postgresql_settings']}), Python {facts['python']}, "
-        f"Django {facts['django']}, gunicorn {facts['gunicorn']}; load before the run {facts['load']}, "
+        f"Django {facts['django']}, gunicorn {facts['gunicorn']}, granian {facts.get('granian', '?')}; load before the run {facts['load']}, "
         f"other processes used {facts['background']} of the CPU just before it.",
         f"- Load: {args.clients} client processes, {args.warmup:g} s warm-up then {args.duration:g} s "
-        "measured per scenario; every server with `-c python:config.gunicorn` (the Dockerfile's), "
-        "`config.settings.production`; PostgreSQL, Redis and the clients share the same cores.",
+        "measured per scenario; every gunicorn with `-c python:config.gunicorn` (the Dockerfile's), granian "
+        "with `--interface wsgi --access-log`; `config.settings.production`; PostgreSQL, Redis and the clients share the same cores.",
         "",
         results_table(outcomes, pgbench),
         "",
@@ -548,7 +549,7 @@ def run_section(
         if spent == spent and spent > 0:  # not NaN
             lines.append(
                 f"\nCPU is what other work takes from a shared machine, not what a request costs: "
-                f"{best.scenario} spent {spent:.2f} ms of CPU per request (gunicorn "
+                f"{best.scenario} spent {spent:.2f} ms of CPU per request (the HTTP server and the app "
                 f"{cpu_ms(best, 'gunicorn'):.2f}, PostgreSQL {cpu_ms(best, 'postgres backends'):.2f}, "
                 f"Redis {cpu_ms(best, 'redis'):.2f}), so the {facts['cores']} cores of an otherwise idle "
                 f"machine would serve about {1000 * int(facts['cores']) / spent:,.0f} requests/s at most "
@@ -569,7 +570,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--server",
         action="append",
         metavar="CLASS:WORKERS[:THREADS]",
-        help="a gunicorn model to try (repeatable), e.g. gthread:3:3 or sync:8; default: a sweep",
+        help="a server model to try (repeatable, in order): gunicorn's gthread:3:3 or sync:8, or granian "
+        "(its WSGI interface) granian:WORKERS:BLOCKING_THREADS, e.g. granian:2:4; default: a gunicorn sweep",
     )
     parser.add_argument("--no-limit", action="store_true", help="skip the limit scenarios")
     parser.add_argument("--quick", action="store_true", help="a few seconds per scenario: a smoke check")
@@ -619,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     scenario_psycopg(row, clients=args.clients, warmup=args.warmup, duration=args.duration)
                 )
         for config in _servers(args):
-            with ingest.announced(f"gunicorn {config.label}"), Gunicorn(config) as server:
+            with ingest.announced(f"{config.server} {config.label}"), ingest.http_server(config) as server:
                 outcome = scenario_web(
                     server, source, clients=args.clients, warmup=args.warmup, duration=args.duration
                 )

@@ -11,8 +11,11 @@ against the other models (more workers, fewer threads, sync) in docs/benchmarks.
 are synchronous (Django would run them in a thread pool all the same, behind an event loop).
 Profiled under load (py-spy, docs/benchmarks.md, 2026-12-05), a single-event request spends
 about a quarter of the worker's CPU in Django and our path and three quarters in gunicorn's
-Python HTTP machinery (parser, poller hand-offs, heartbeat, access log): the next step is a
-native HTTP server calling the same WSGI application, measured against this one.
+Python HTTP machinery (parser, poller hand-offs, heartbeat, access log). granian (a Rust HTTP
+server) calling the same WSGI application was measured against this one
+(``bench/ingest_single.py --server granian:2:4``, docs/benchmarks.md, 2026-12-05): about a
+quarter less server CPU per request and a fifth more requests/s, short of the target and without
+this file's access log redaction or the ``child_exit`` hook: gunicorn stays.
 
 The access log goes to stdout (``GUNICORN_ACCESS_LOG``: a file, or empty for none) and records
 no credential and no personal data: gunicorn's default format logs the HTTP Basic user name,
