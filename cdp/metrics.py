@@ -69,7 +69,8 @@ REFRESH_MEMBERS = Counter(
 )
 REFRESH_PATHS = Counter(
     "cdp_member_refresh_paths_total",
-    "Members refreshed, by path: incremental (from their new events and stored state) or full (from every event).",
+    "Members refreshed, by path: incremental (from their new events and stored state), full (from every event) "
+    "or settled (marked for events an earlier refresh had already read: nothing to do).",
     ["path"],
 )
 REFRESH_EVENTS_READ = Counter(

@@ -6,8 +6,12 @@ A refresh records how far it covered each member's events (``RefreshWatermark``:
 event id and the latest event time). The next refresh of the batch decides in one query
 (``refresh_plan``) which members may go incrementally: those with a watermark whose events are
 exactly the ones covered plus those after the watermark's event id (the count of events
-resolved to them says so: a merge, a split, an erasure or a late resolution of an older event
-changes it) and with no merge or split recorded since. Their new events, read by index
+resolved to them and the sum of their ids say so: a merge, a split, an erasure, a late
+resolution of an older event or a replay moving events between members changes them) and with
+no merge or split recorded since. A member marked only for changed events
+(``DirtyMark.from_events``) whose stored state already covers every event it holds is
+*settled*: another worker's refresh read those events after they were committed, and there is
+nothing left to do (under two workers, most marks of a busy member's batch are such). Their new events, read by index
 (``resolution_by_member_event``), must then all be later than the time covered, state no
 consent and make no group call, and touch no stored order but by refunding it; an order
 another member's claim holds sends the member to the full path too, as does having its
@@ -77,7 +81,18 @@ class _Covered:
     event_id: int
     covered_at: datetime | None
     counted: int  # the events the stored figures count
+    covered_sum: int | None  # the sum of their ids (None: not known)
     held: int  # the events resolved to the member now
+    held_sum: int  # the sum of their ids
+
+    def covers(self, new: list[MemberEvent]) -> bool:
+        """Whether the stored state and these new events are exactly the member's events (a
+        count alone would miss a replay moving one event in and another out)."""
+        return (
+            self.covered_sum is not None
+            and self.held == self.counted + len(new)
+            and self.held_sum == self.covered_sum + sum(e.event_id for e in new)
+        )
 
 
 @dataclass(slots=True)
@@ -87,6 +102,8 @@ class Advance:
 
     events: dict[int, list[MemberEvent]] = field(default_factory=dict)
     orders: dict[int, dict[OrderKey, Order]] = field(default_factory=dict)
+    #: Members whose stored state covers exactly the events they hold, with no new one.
+    settled: set[int] = field(default_factory=set)
 
 
 def refresh_plan(member_ids: set[int]) -> Advance:
@@ -100,11 +117,12 @@ def refresh_plan(member_ids: set[int]) -> Advance:
         {pk: c.event_id for pk, c in covered.items()}, properties_of=frozenset({CONSENT_EVENT})
     ):
         events[e.member_id].append(e)
+    plan.settled = {pk for pk, c in covered.items() if not events[pk] and c.covers([])}
     candidates = {
         pk: events[pk]
         for pk, c in covered.items()
         if events[pk]
-        and len(events[pk]) == c.held - c.counted
+        and c.covers(events[pk])
         and all(c.covered_at is None or e.at > c.covered_at for e in events[pk])
         and not any(e.type == GROUP_CALL and e.group_id for e in events[pk])
     }
@@ -122,9 +140,10 @@ def refresh_plan(member_ids: set[int]) -> Advance:
     return plan
 
 
-def refresh_paths_count(*, incremental: int, full: int) -> None:
+def refresh_paths_count(*, incremental: int, full: int, settled: int = 0) -> None:
     REFRESH_PATHS.labels("incremental").inc(incremental)
     REFRESH_PATHS.labels("full").inc(full)
+    REFRESH_PATHS.labels("settled").inc(settled)
 
 
 def _orders_advance(
@@ -183,7 +202,10 @@ def members_advance(plan: Advance, definitions: Definitions) -> set[int]:
     }  # fmt: skip
     changed = memberships_refresh(members=facts, retired=set(), now=now, definitions=definitions)
     watermarks_write(
-        {pk: (max(e.event_id for e in found), max(e.at for e in found)) for pk, found in plan.events.items()},
+        {
+            pk: (max(e.event_id for e in found), max(e.at for e in found), sum(e.event_id for e in found))
+            for pk, found in plan.events.items()
+        },
         only_existing=True,
     )
     return changed
@@ -313,8 +335,8 @@ def _covered_of(member_ids: set[int]) -> dict[int, _Covered]:
     with binary_parameters_cursor() as cursor:
         cursor.execute(_COVERED_OF, [sorted(member_ids)])
         return {
-            pk: _Covered(event_id, covered_at, counted, held)
-            for pk, event_id, covered_at, counted, held in cursor
+            pk: _Covered(event_id, covered_at, counted, covered_sum, held, held_sum)
+            for pk, event_id, covered_at, counted, covered_sum, held, held_sum in cursor
         }
 
 
@@ -361,9 +383,10 @@ def _orders_held_by_others(order_events: Mapping[int, list[OrderEvent]]) -> dict
 
 
 _COVERED_OF = (
-    "SELECT m.id, w.event_id, w.covered_at, a.events, "
-    "(SELECT count(*) FROM identity_eventresolution AS r WHERE r.member_id = m.id) "
+    "SELECT m.id, w.event_id, w.covered_at, a.events, w.events_sum, h.held, h.held_sum "
     "FROM unnest(%b::bigint[]) AS m(id) "
+    "CROSS JOIN LATERAL (SELECT count(*) AS held, coalesce(sum(r.event_id), 0)::bigint AS held_sum "
+    "FROM identity_eventresolution AS r WHERE r.member_id = m.id) AS h "
     f"JOIN {RefreshWatermark._meta.db_table} AS w ON w.member_id = m.id "
     f"JOIN {MemberAggregate._meta.db_table} AS a ON a.member_id = m.id "
     "WHERE NOT EXISTS (SELECT 1 FROM identity_mergerecord AS g WHERE g.survivor_id = m.id "

@@ -35,26 +35,32 @@ REFRESH_TASK = "members.refresh_pending"
 MEMBER_CHANGES_BATCH_SIZE = 5000
 
 _MARKS = DirtyMark._meta.db_table
-_MARK = f"INSERT INTO {_MARKS} (member_id, marked_at) SELECT unnest(%b::bigint[]), now()"
+_MARK = f"INSERT INTO {_MARKS} (member_id, marked_at, from_events) SELECT unnest(%b::bigint[]), now(), %b"
 # Members already waiting are not marked again: for writes that look for due members each
 # time they run (a recheck), so a member due for an hour is not marked every minute.
 _MARK_UNLESS_MARKED = f"""
-INSERT INTO {_MARKS} (member_id, marked_at) SELECT k.id, now() FROM unnest(%b::bigint[]) AS k(id)
+INSERT INTO {_MARKS} (member_id, marked_at, from_events) SELECT k.id, now(), false FROM unnest(%b::bigint[]) AS k(id)
 WHERE NOT EXISTS (SELECT 1 FROM {_MARKS} AS d WHERE d.member_id = k.id)
 """  # noqa: S608 - model table only
 
 
-def members_mark_dirty(*, member_ids: Iterable[int], unless_marked: bool = False) -> int:
+def members_mark_dirty(
+    *, member_ids: Iterable[int], unless_marked: bool = False, from_events: bool = False
+) -> int:
     """Mark these members for a refresh, in the caller's transaction; returns how many marks
     were made. ``unless_marked``: skip members that have a mark already (a recheck; never for
     a change a refresh in progress may have missed, which needs a mark of its own). The
     caller nudges the refresh after its commit when it should not wait for the next one
-    (``members_refresh_enqueue``)."""
+    (``members_refresh_enqueue``). ``from_events``: the marks stand for changed events only
+    (identity's outbox), which the refresh may find already covered (``DirtyMark.from_events``)."""
     ids = sorted(set(member_ids))
     if not ids:
         return 0
     with binary_parameters_cursor() as cursor:
-        cursor.execute(_MARK_UNLESS_MARKED if unless_marked else _MARK, [ids])
+        if unless_marked:
+            cursor.execute(_MARK_UNLESS_MARKED, [ids])
+        else:
+            cursor.execute(_MARK, [ids, from_events])
         return cursor.rowcount
 
 
@@ -66,7 +72,7 @@ def member_changes_accept(*, batch_size: int = MEMBER_CHANGES_BATCH_SIZE) -> int
     while True:
         with transaction.atomic():
             member_ids = member_changes_take(limit=batch_size)
-            members_mark_dirty(member_ids=member_ids)
+            members_mark_dirty(member_ids=member_ids, from_events=True)
         taken += len(member_ids)
         if len(member_ids) < batch_size:
             return taken

@@ -283,16 +283,17 @@ def aggregates_upsert(rows: list[list]) -> dict[int, dict[str, object]]:
         return {row[0]: dict(zip(AGGREGATES, row[1:], strict=True)) for row in cursor.fetchall()}
 
 
-def watermarks_write(covered: Mapping[int, tuple[int, datetime | None]], *, only_existing: bool) -> None:
+def watermarks_write(covered: Mapping[int, tuple[int, datetime | None, int]], *, only_existing: bool) -> None:
     """Record how far each member's state now covers their events (highest event id, latest
-    event time). ``only_existing``: move only the watermarks still there (the incremental path:
-    one deleted meanwhile means the member's next refresh must start from the log)."""
+    event time, sum of the event ids). ``only_existing``: move only the watermarks still there,
+    adding the sum to theirs (the incremental path, given the new events: one deleted meanwhile
+    means the member's next refresh must start from the log)."""
     if not covered:
         return
     ids = sorted(covered)
     sql(
         _ADVANCE_WATERMARKS if only_existing else _UPSERT_WATERMARKS,
-        [ids, [covered[pk][0] for pk in ids], [covered[pk][1] for pk in ids]],
+        [ids, [covered[pk][0] for pk in ids], [covered[pk][1] for pk in ids], [covered[pk][2] for pk in ids]],
     )
 
 
@@ -344,12 +345,13 @@ _UPSERT_AGGREGATES = (
 )
 _WATERMARKS = RefreshWatermark._meta.db_table
 _UPSERT_WATERMARKS = (
-    f"INSERT INTO {_WATERMARKS} (member_id, event_id, covered_at, refreshed_at) "
-    "SELECT v.m, v.e, v.at, now() FROM unnest(%b::bigint[], %b::bigint[], %b::timestamptz[]) AS v(m, e, at) "
-    "ON CONFLICT (member_id) DO UPDATE SET event_id = EXCLUDED.event_id, covered_at = EXCLUDED.covered_at, "
-    "refreshed_at = EXCLUDED.refreshed_at"
+    f"INSERT INTO {_WATERMARKS} (member_id, event_id, covered_at, events_sum, refreshed_at) "
+    "SELECT v.m, v.e, v.at, v.s, now() FROM unnest(%b::bigint[], %b::bigint[], %b::timestamptz[], %b::bigint[]) "
+    "AS v(m, e, at, s) ON CONFLICT (member_id) DO UPDATE SET event_id = EXCLUDED.event_id, "
+    "covered_at = EXCLUDED.covered_at, events_sum = EXCLUDED.events_sum, refreshed_at = EXCLUDED.refreshed_at"
 )
 _ADVANCE_WATERMARKS = (
-    f"UPDATE {_WATERMARKS} AS w SET event_id = v.e, covered_at = v.at, refreshed_at = now() "
-    "FROM unnest(%b::bigint[], %b::bigint[], %b::timestamptz[]) AS v(m, e, at) WHERE w.member_id = v.m"
+    f"UPDATE {_WATERMARKS} AS w SET event_id = v.e, covered_at = v.at, events_sum = w.events_sum + v.s, "
+    "refreshed_at = now() FROM unnest(%b::bigint[], %b::bigint[], %b::timestamptz[], %b::bigint[]) "
+    "AS v(m, e, at, s) WHERE w.member_id = v.m"
 )

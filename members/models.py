@@ -43,6 +43,11 @@ class DirtyMark(models.Model):
         Member, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
     )
     marked_at = models.DateTimeField(auto_now_add=True)
+    # Made from identity's outbox (new events, a merge, a replay, a split), not by another
+    # change (consent recorded by staff, a manual tag, points, a rule's window closing): a
+    # member whose marks all came from events, and whose stored state already covers all its
+    # events, has nothing to refresh (``members.incremental.refresh_plan``'s ``settled``).
+    from_events = models.BooleanField(db_default=False)
 
     class Meta:
         # A refresh also takes the later marks of the members it claims. Without an index that
@@ -253,6 +258,11 @@ class RefreshWatermark(models.Model):
     )
     event_id = models.BigIntegerField(help_text="The highest event id covered (0: none).")
     covered_at = models.DateTimeField(null=True, help_text="The latest event time covered.")
+    # With the count of events the figures hold, it tells the events covered are exactly the
+    # member's: a replay can move one event in and another out, leaving the count as it was.
+    events_sum = models.BigIntegerField(
+        null=True, help_text="The sum of the ids of the events covered (null: unknown, recompute)."
+    )
     refreshed_at = models.DateTimeField(
         help_text="When the refresh that wrote it ran (its transaction's time)."
     )

@@ -41,7 +41,7 @@ WITH replayed AS (
     WHERE replayed_at IS NULL AND (%s::bigint[] IS NULL OR id = ANY(%s::bigint[]))
     RETURNING member_id
 ), marked AS (
-    INSERT INTO {_MARKS} (member_id, marked_at) SELECT member_id, now() FROM replayed
+    INSERT INTO {_MARKS} (member_id, marked_at, from_events) SELECT member_id, now(), false FROM replayed
 )
 SELECT member_id FROM replayed ORDER BY member_id
 """  # noqa: S608 - model tables only

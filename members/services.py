@@ -94,30 +94,30 @@ def members_refresh_batch(*, batch_size: int | None = None) -> int:
     return done
 
 
-def _refresh(claim: Callable[[], list[tuple[int, int]]], claimed: list[int]) -> int:
-    """One transaction: claim marks (id, member), refresh their members, delete the marks;
-    ``claimed`` receives the members' ids (to bisect on failure)."""
+def _refresh(claim: Callable[[], list[tuple[int, int, bool]]], claimed: list[int]) -> int:
+    """One transaction: claim marks (id, member, made from events), refresh their members,
+    delete the marks; ``claimed`` receives the members' ids (to bisect on failure)."""
     with transaction.atomic():
         marks = claim()
         if not marks:
             return 0
-        member_ids = {member_id for _, member_id in marks}
+        member_ids = {member_id for _, member_id, _ in marks}
         claimed[:] = sorted(member_ids)
-        claimed_marks = {mark_id for mark_id, _ in marks} | _later_marks_claim(member_ids)
+        marks += _marks_of(member_ids)  # their later marks (see _marks_of)
         member_refresh_locks(member_ids)
-        members_update(member_ids)
-        rows_delete(DirtyMark, column="id", keys=claimed_marks)
+        members_update(member_ids, member_ids - {m for _, m, from_events in marks if not from_events})
+        rows_delete(DirtyMark, column="id", keys={mark_id for mark_id, _, _ in marks})
     return len(member_ids)
 
 
-def _marks_claim(size: int) -> list[tuple[int, int]]:
+def _marks_claim(size: int) -> list[tuple[int, int, bool]]:
     """The oldest ``size`` marks no other refresh holds, but for parked members'."""
     parked = ParkedMember.objects.filter(member_id=OuterRef("member_id"), replayed_at__isnull=True)
     return list(
         DirtyMark.objects.filter(~Exists(parked))
         .order_by("id")
         .select_for_update(skip_locked=True)
-        .values_list("id", "member_id")[:size]
+        .values_list("id", "member_id", "from_events")[:size]
     )
 
 
@@ -145,18 +145,13 @@ def _refresh_bisect(member_ids: list[int], error: Exception) -> int:
     return done
 
 
-def _later_marks_claim(member_ids: set[int]) -> set[int]:
-    """The other marks already made for these members (not held by another refresh).
+def _marks_of(member_ids: Collection[int]) -> list[tuple[int, int, bool]]:
+    """These members' marks (id, member, made from events) no other refresh holds, locked.
 
-    The recompute reads each member's events as committed after these marks were, so it
-    answers them too: under a backlog, a member marked by several resolution batches is
-    recomputed once instead of once per batch.
+    A refresh takes the later marks of the members it claims too: it reads each member's
+    events as committed after these marks were, so it answers them as well, and under a
+    backlog a member marked by several resolution batches is refreshed once, not once per batch.
     """
-    return {mark_id for mark_id, _ in _marks_of(member_ids)}
-
-
-def _marks_of(member_ids: Collection[int]) -> list[tuple[int, int]]:
-    """These members' marks (id, member) no other refresh holds, locked."""
     with binary_parameters_cursor() as cursor:
         cursor.execute(_MARKS_OF_MEMBERS, [sorted(member_ids)])
         return cursor.fetchall()
@@ -213,22 +208,25 @@ def members_rebuild(
     return done
 
 
-def members_update(member_ids: set[int]) -> None:
+def members_update(member_ids: set[int], events_only: set[int] | frozenset[int] = frozenset()) -> None:
     """Refresh these dirty members (the caller holds their refresh locks): from their new
     events and what is stored where that is exact (``members.incremental``), the others from
-    all their events (``members_recompute``)."""
+    all their events (``members_recompute``). ``events_only``: the members marked only for
+    changed events (``DirtyMark.from_events``); those whose stored state already covers every
+    event they hold (an earlier refresh read the events this one was marked for) need nothing."""
     erased = _erased_of(member_ids)
     active = _active_of(member_ids - erased)
     plan = refresh_plan(active if settings.MEMBER_REFRESH_INCREMENTAL else set())
     advanced = set(plan.events)
-    full = member_ids - advanced
+    settled = plan.settled & events_only
+    full = member_ids - advanced - settled
     if full - erased:
-        _recompute(full - erased, active - advanced)
+        _recompute(full - erased, active - advanced - settled)
     if advanced:
         webhooks_nudge(members_advance(plan, definitions_load()))
         for hook in refresh_hooks():
             hook(advanced)
-    refresh_paths_count(incremental=len(advanced), full=len(full))
+    refresh_paths_count(incremental=len(advanced), full=len(full), settled=len(settled))
 
 
 def members_recompute(member_ids: set[int]) -> None:
@@ -355,12 +353,19 @@ def _aggregates_write(
     return aggregates_upsert(aggregates)
 
 
-def _covered_by(member_ids: set[int], events: list[MemberEvent]) -> dict[int, tuple[int, datetime | None]]:
-    """How far these events cover each member's: highest event id, latest event time."""
-    covered: dict[int, tuple[int, datetime | None]] = dict.fromkeys(member_ids, (0, None))
+def _covered_by(
+    member_ids: set[int], events: list[MemberEvent]
+) -> dict[int, tuple[int, datetime | None, int]]:
+    """How far these events cover each member's: highest event id, latest event time, the sum
+    of the event ids."""
+    covered: dict[int, tuple[int, datetime | None, int]] = dict.fromkeys(member_ids, (0, None, 0))
     for e in events:
-        event_id, at = covered[e.member_id]
-        covered[e.member_id] = (max(event_id, e.event_id), e.at if at is None or e.at > at else at)
+        event_id, at, total = covered[e.member_id]
+        covered[e.member_id] = (
+            max(event_id, e.event_id),
+            e.at if at is None or e.at > at else at,
+            total + e.event_id,
+        )
     return covered
 
 
@@ -388,7 +393,7 @@ def _facts_of(
 # Each member's marks by index (the lateral subquery with its own locking clause is walked per
 # member, never flattened into a join the planner could turn into a scan of the queue).
 _MARKS_OF_MEMBERS = (
-    "SELECT d.id, k.id FROM unnest(%b::bigint[]) AS k(id) CROSS JOIN LATERAL "
-    f"(SELECT id FROM {DirtyMark._meta.db_table} WHERE member_id = k.id FOR UPDATE SKIP LOCKED) AS d"
+    "SELECT d.id, k.id, d.from_events FROM unnest(%b::bigint[]) AS k(id) CROSS JOIN LATERAL "
+    f"(SELECT id, from_events FROM {DirtyMark._meta.db_table} WHERE member_id = k.id FOR UPDATE SKIP LOCKED) AS d"
 )
 _ACTIVE_OF = f"SELECT id FROM {Member._meta.db_table} WHERE id = ANY(%b::bigint[]) AND status = %b"

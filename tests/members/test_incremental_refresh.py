@@ -172,3 +172,60 @@ def test_a_member_gaining_later_events_is_refreshed_from_those_alone():
         member_services.members_refresh()
         assert _refresh_paths()[1] - full == 1
         assert MemberAggregate.objects.get().events == 13
+
+
+@pytest.mark.django_db
+def test_a_mark_for_events_already_read_costs_nothing_but_any_other_mark_recomputes():
+    """Two workers: a refresh reads the events another batch committed meanwhile, and that
+    batch's own mark then finds them covered (nothing to do), where a mark of another cause
+    (consent recorded by staff, a manual tag, points) still recomputes the member."""
+    from members.marks import members_mark_dirty
+    from members.models import DirtyMark
+    from tests.factories import SourceFactory
+
+    with mock.patch("django.utils.timezone.now", return_value=START):
+        sources = {"pos": SourceFactory(pos=True), "app": SourceFactory(kind="app")}
+        for n in range(3):
+            _post(("Order Completed", 0, "pos", f"0-{n}", 1000 + n, n, ""), sources)
+        events_process_pending()
+        member_services.members_refresh()
+        member_id = RefreshWatermark.objects.get().member_id
+        settled = REFRESH_PATHS.labels("settled")._value.get()
+        incremental, full = _refresh_paths()
+
+        members_mark_dirty(member_ids=[member_id], from_events=True)
+        member_services.members_refresh()
+        assert REFRESH_PATHS.labels("settled")._value.get() - settled == 1
+        assert _refresh_paths() == (incremental, full)
+        assert not DirtyMark.objects.exists()
+
+        members_mark_dirty(member_ids=[member_id], from_events=True)
+        members_mark_dirty(member_ids=[member_id])  # another cause beside it
+        member_services.members_refresh()
+        assert _refresh_paths() == (incremental, full + 1)
+
+
+@pytest.mark.django_db
+def test_events_swapped_between_members_are_not_taken_for_covered():
+    """A replay can move one event into a member and another out: the count of events is as it
+    was, the sum of their ids is not, and the member is recomputed from the log."""
+    from identity.models import EventResolution
+    from tests.factories import SourceFactory
+
+    with mock.patch("django.utils.timezone.now", return_value=START):
+        sources = {"pos": SourceFactory(pos=True), "app": SourceFactory(kind="app")}
+        for person in (0, 1):
+            for n in range(2):
+                _post(("Order Completed", person, "pos", f"{person}-{n}", 1000 + n, n, ""), sources)
+        events_process_pending()
+        member_services.members_refresh()
+        first, second = sorted(RefreshWatermark.objects.values_list("member_id", flat=True))
+        mine = EventResolution.objects.filter(member_id=first).order_by("event_id").first()
+        theirs = EventResolution.objects.filter(member_id=second).order_by("event_id").first()
+        assert mine is not None
+        assert theirs is not None
+        EventResolution.objects.filter(pk=mine.pk).update(member_id=second)
+        EventResolution.objects.filter(pk=theirs.pk).update(member_id=first)
+        _, full = _refresh_paths()
+        member_services.members_update({first, second}, {first, second})
+        assert _refresh_paths()[1] - full == 2

@@ -116,9 +116,9 @@ def test_a_failing_member_is_parked_the_rest_are_refreshed_and_its_replay_equals
     refreshed: Counter[int] = Counter()
     real_update = services.members_update
 
-    def counting(member_ids: set[int]) -> None:
+    def counting(member_ids: set[int], *rest: set[int]) -> None:
         refreshed.update(member_ids)
-        real_update(member_ids)
+        real_update(member_ids, *rest)
 
     monkeypatch.setattr(services, "members_update", counting)
     assert events_process_pending()[1] is False

@@ -30,8 +30,8 @@ class HeldRefresh:
         self.errors: list[BaseException] = []
         recompute = services.members_update
 
-        def held(member_ids: set[int]) -> None:
-            recompute(member_ids)
+        def held(member_ids: set[int], *rest: set[int]) -> None:
+            recompute(member_ids, *rest)
             if threading.current_thread() is self.thread:
                 self.inside.set()
                 self.release.wait(10)
