@@ -143,6 +143,7 @@ def _worker(stop: Any, out: Any, env: dict[str, str]) -> None:
         "read": REFRESH_EVENTS_READ._value.get(),
         "incremental": REFRESH_PATHS.labels("incremental")._value.get(),
         "full": REFRESH_PATHS.labels("full")._value.get(),
+        "settled": REFRESH_PATHS.labels("settled")._value.get(),
     })  # fmt: skip
 
 
@@ -255,14 +256,15 @@ def lines_of(result: dict) -> list[str]:
         f"(at most {result['max_events']:,}), {result['workers']} pipeline worker processes.",
         "",
         "| run | events | wall (s) | events/s | worker CPU s per 1,000 events | members refreshed | "
-        "incremental / full | events read per refreshed member |",
+        "incremental / full / settled | events read per refreshed member |",
         "|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in result["runs"]:
         lines.append(
             f"| {r['label']} | {r['events']:,} | {r['seconds']:,.1f} | **{r['events'] / r['seconds']:,.0f}** | "
             f"{1000 * r['cpu_s'] / r['events']:,.2f} | {r['refreshed']:,.0f} | "
-            f"{r['incremental']:,.0f} / {r['full']:,.0f} | {r['read'] / max(1, r['refreshed']):,.1f} |"
+            f"{r['incremental']:,.0f} / {r['full']:,.0f} / {r['settled']:,.0f} | "
+            f"{r['read'] / max(1, r['refreshed']):,.1f} |"
         )
     return lines
 
