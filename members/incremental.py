@@ -84,6 +84,7 @@ class _Covered:
     covered_sum: int | None  # the sum of their ids (None: not known)
     held: int  # the events resolved to the member now
     held_sum: int  # the sum of their ids
+    new_ids: frozenset[int]  # those after the watermark's event id, as counted
 
     def covers(self, new: list[MemberEvent]) -> bool:
         """Whether the stored state and these new events are exactly the member's events (a
@@ -116,7 +117,9 @@ def refresh_plan(member_ids: set[int]) -> Advance:
     for e in events_after(
         {pk: c.event_id for pk, c in covered.items()}, properties_of=frozenset({CONSENT_EVENT})
     ):
-        events[e.member_id].append(e)
+        # Only the events the counts were read with: one committed since waits for its mark.
+        if e.event_id in covered[e.member_id].new_ids:
+            events[e.member_id].append(e)
     plan.settled = {pk for pk, c in covered.items() if not events[pk] and c.covers([])}
     candidates = {
         pk: events[pk]
@@ -335,8 +338,8 @@ def _covered_of(member_ids: set[int]) -> dict[int, _Covered]:
     with binary_parameters_cursor() as cursor:
         cursor.execute(_COVERED_OF, [sorted(member_ids)])
         return {
-            pk: _Covered(event_id, covered_at, counted, covered_sum, held, held_sum)
-            for pk, event_id, covered_at, counted, covered_sum, held, held_sum in cursor
+            pk: _Covered(event_id, covered_at, counted, covered_sum, held, held_sum, frozenset(new_ids))
+            for pk, event_id, covered_at, counted, covered_sum, held, held_sum, new_ids in cursor
         }
 
 
@@ -383,12 +386,15 @@ def _orders_held_by_others(order_events: Mapping[int, list[OrderEvent]]) -> dict
 
 
 _COVERED_OF = (
-    "SELECT m.id, w.event_id, w.covered_at, a.events, w.events_sum, h.held, h.held_sum "
+    # The counts, sums and new event ids in one statement (one snapshot): read apart, a batch
+    # another worker committed in between made the counts disagree with the events read.
+    "SELECT m.id, w.event_id, w.covered_at, a.events, w.events_sum, h.held, h.held_sum, h.new_ids "
     "FROM unnest(%b::bigint[]) AS m(id) "
-    "CROSS JOIN LATERAL (SELECT count(*) AS held, coalesce(sum(r.event_id), 0)::bigint AS held_sum "
-    "FROM identity_eventresolution AS r WHERE r.member_id = m.id) AS h "
     f"JOIN {RefreshWatermark._meta.db_table} AS w ON w.member_id = m.id "
     f"JOIN {MemberAggregate._meta.db_table} AS a ON a.member_id = m.id "
+    "CROSS JOIN LATERAL (SELECT count(*) AS held, coalesce(sum(r.event_id), 0)::bigint AS held_sum, "
+    "coalesce(array_agg(r.event_id) FILTER (WHERE r.event_id > w.event_id), '{}') AS new_ids "
+    "FROM identity_eventresolution AS r WHERE r.member_id = m.id) AS h "
     "WHERE NOT EXISTS (SELECT 1 FROM identity_mergerecord AS g WHERE g.survivor_id = m.id "
     "AND g.created_at >= w.refreshed_at) "
     "AND NOT EXISTS (SELECT 1 FROM identity_splitrecord AS s WHERE s.member_id = m.id "
