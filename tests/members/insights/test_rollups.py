@@ -304,4 +304,5 @@ def _split_one(data) -> None:
         return
     member_split(member_id=member, identifiers=[data.draw(st.sampled_from(anonymous))], reason="test")
     events_process_pending()
+    analytics_granted_to_everyone()  # the member the split made too
     insights_refresh()
