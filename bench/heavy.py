@@ -128,8 +128,9 @@ def _person_events(
 def _worker(stop: Any, out: Any, env: dict[str, str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     harness.django_setup(env)
-    from cdp.metrics import REFRESH_EVENTS_READ, REFRESH_MEMBERS, REFRESH_PATHS
+    from cdp.metrics import REFRESH_EVENTS_READ, REFRESH_FULL_REASONS, REFRESH_MEMBERS, REFRESH_PATHS
     from events.pipeline import events_process_pending
+    from members.incremental import FULL_REASONS
 
     cpu, processed = time.process_time(), 0
     while not stop.is_set():
@@ -144,6 +145,7 @@ def _worker(stop: Any, out: Any, env: dict[str, str]) -> None:
         "incremental": REFRESH_PATHS.labels("incremental")._value.get(),
         "full": REFRESH_PATHS.labels("full")._value.get(),
         "settled": REFRESH_PATHS.labels("settled")._value.get(),
+        **{f"full_{reason}": REFRESH_FULL_REASONS.labels(reason)._value.get() for reason in FULL_REASONS},
     })  # fmt: skip
 
 
@@ -256,17 +258,25 @@ def lines_of(result: dict) -> list[str]:
         f"(at most {result['max_events']:,}), {result['workers']} pipeline worker processes.",
         "",
         "| run | events | wall (s) | events/s | worker CPU s per 1,000 events | members refreshed | "
-        "incremental / full / settled | events read per refreshed member |",
-        "|---|---:|---:|---:|---:|---:|---|---:|",
+        "incremental / full / settled | why full | events read per refreshed member |",
+        "|---|---:|---:|---:|---:|---:|---|---|---:|",
     ]
     for r in result["runs"]:
         lines.append(
             f"| {r['label']} | {r['events']:,} | {r['seconds']:,.1f} | **{r['events'] / r['seconds']:,.0f}** | "
             f"{1000 * r['cpu_s'] / r['events']:,.2f} | {r['refreshed']:,.0f} | "
             f"{r['incremental']:,.0f} / {r['full']:,.0f} / {r['settled']:,.0f} | "
-            f"{r['read'] / max(1, r['refreshed']):,.1f} |"
+            f"{_reasons(r)} | {r['read'] / max(1, r['refreshed']):,.1f} |"
         )
     return lines
+
+
+def _reasons(run: dict[str, Any]) -> str:
+    """The full refreshes' reasons (``members.incremental.FULL_REASONS``), most common first."""
+    counts = sorted(
+        ((v, k.removeprefix("full_")) for k, v in run.items() if k.startswith("full_") and v), reverse=True
+    )
+    return ", ".join(f"{reason} {count:,.0f}" for count, reason in counts) or "none"
 
 
 def main() -> int:

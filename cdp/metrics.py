@@ -73,6 +73,12 @@ REFRESH_PATHS = Counter(
     "or settled (marked for events an earlier refresh had already read: nothing to do).",
     ["path"],
 )
+REFRESH_FULL_REASONS = Counter(
+    "cdp_member_refresh_full_reasons_total",
+    "Members refreshed from every event, by why the incremental path could not take them "
+    "(members.incremental.FULL_REASONS).",
+    ["reason"],
+)
 REFRESH_EVENTS_READ = Counter(
     "cdp_member_refresh_events_read_total", "Events the member refresh read from the log (both paths)."
 )

@@ -33,7 +33,7 @@ What the incremental path combines:
   (``Definitions.event_windows``).
 """
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -44,7 +44,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from cdp.db import binary_parameters_cursor
-from cdp.metrics import REFRESH_PATHS
+from cdp.metrics import REFRESH_FULL_REASONS, REFRESH_PATHS
 from cdp.vault import trait_open
 from events.commerce import ORDER_COMPLETED, ORDER_EVENTS
 from members.aggregates import CENT, CHANNELS, Order, OrderEvent, OrderKey, orders_of
@@ -105,6 +105,22 @@ class Advance:
     orders: dict[int, dict[OrderKey, Order]] = field(default_factory=dict)
     #: Members whose stored state covers exactly the events they hold, with no new one.
     settled: set[int] = field(default_factory=set)
+    #: Why each of the other members needs the full recompute (``FULL_REASONS``).
+    full_reasons: dict[int, str] = field(default_factory=dict)
+
+
+#: Why a member goes the full way (``cdp_member_refresh_full_reasons_total``): a benchmark or
+#: an operator seeing more full refreshes than expected learns which condition sent them.
+FULL_REASONS = (
+    "unrefreshed",  # no watermark (never refreshed, an order taken away) or a merge or split since
+    "moved",  # the events held are not the covered ones plus the new ones (a replay, an erasure)
+    "late",  # a new event earlier than the time covered
+    "group",  # a group call
+    "consent",  # a consent statement
+    "orders",  # an order completed again, held by another member, or not in cents
+    "marked",  # marked by something other than events (points, a manual tag, a rule's window)
+    "off",  # the incremental path is switched off (MEMBER_REFRESH_INCREMENTAL)
+)
 
 
 def refresh_plan(member_ids: set[int]) -> Advance:
@@ -121,17 +137,26 @@ def refresh_plan(member_ids: set[int]) -> Advance:
         if e.event_id in covered[e.member_id].new_ids:
             events[e.member_id].append(e)
     plan.settled = {pk for pk, c in covered.items() if not events[pk] and c.covers([])}
-    candidates = {
-        pk: events[pk]
-        for pk, c in covered.items()
-        if events[pk]
-        and c.covers(events[pk])
-        and all(c.covered_at is None or e.at > c.covered_at for e in events[pk])
-        and not any(e.type == GROUP_CALL and e.group_id for e in events[pk])
-    }
+    reasons = plan.full_reasons
+    reasons.update(dict.fromkeys(member_ids - covered.keys(), "unrefreshed"))
+    reasons.update(dict.fromkeys(plan.settled, "marked"))  # unless only events marked them
+    candidates: dict[int, list[MemberEvent]] = {}
+    for pk, c in covered.items():
+        found = events[pk]
+        if pk in plan.settled:
+            continue
+        if not found or not c.covers(found):
+            reasons[pk] = "moved"
+        elif not all(c.covered_at is None or e.at > c.covered_at for e in found):
+            reasons[pk] = "late"
+        elif any(e.type == GROUP_CALL and e.group_id for e in found):
+            reasons[pk] = "group"
+        else:
+            candidates[pk] = found
     _, consent = trait_observations(e for found in candidates.values() for e in found)
     for source in consent:
-        candidates.pop(source.member_id, None)
+        if candidates.pop(source.member_id, None) is not None:
+            reasons[source.member_id] = "consent"
     order_events = order_events_of(e for found in candidates.values() for e in found)
     stored = _stored_orders(order_events)
     held_elsewhere = _orders_held_by_others(order_events)
@@ -140,13 +165,20 @@ def refresh_plan(member_ids: set[int]) -> Advance:
         if _orders_advance(orders, order_events.get(member_id, []), held_elsewhere.get(member_id, set())):
             plan.events[member_id] = found
             plan.orders[member_id] = orders
+        else:
+            reasons[member_id] = "orders"
     return plan
 
 
-def refresh_paths_count(*, incremental: int, full: int, settled: int = 0) -> None:
+def refresh_paths_count(
+    *, incremental: int, full: int, settled: int = 0, reasons: Iterable[str] = ()
+) -> None:
+    """Count the members refreshed by each path, and the reason of each full one."""
     REFRESH_PATHS.labels("incremental").inc(incremental)
     REFRESH_PATHS.labels("full").inc(full)
     REFRESH_PATHS.labels("settled").inc(settled)
+    for reason, count in Counter(reasons).items():
+        REFRESH_FULL_REASONS.labels(reason).inc(count)
 
 
 def _orders_advance(

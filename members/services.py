@@ -217,6 +217,7 @@ def members_update(member_ids: set[int], events_only: set[int] | frozenset[int] 
     erased = _erased_of(member_ids)
     active = _active_of(member_ids - erased)
     plan = refresh_plan(active if settings.MEMBER_REFRESH_INCREMENTAL else set())
+    unplanned = "unrefreshed" if settings.MEMBER_REFRESH_INCREMENTAL else "off"
     advanced = set(plan.events)
     settled = plan.settled & events_only
     full = member_ids - advanced - settled
@@ -226,7 +227,10 @@ def members_update(member_ids: set[int], events_only: set[int] | frozenset[int] 
         webhooks_nudge(members_advance(plan, definitions_load()))
         for hook in refresh_hooks():
             hook(advanced)
-    refresh_paths_count(incremental=len(advanced), full=len(full), settled=len(settled))
+    refresh_paths_count(
+        incremental=len(advanced), full=len(full), settled=len(settled),
+        reasons=(plan.full_reasons.get(pk, unplanned) for pk in full - erased),
+    )  # fmt: skip
 
 
 def members_recompute(member_ids: set[int]) -> None:

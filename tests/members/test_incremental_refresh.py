@@ -14,7 +14,7 @@ from django.db import transaction
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from cdp.metrics import REFRESH_EVENTS_READ, REFRESH_PATHS
+from cdp.metrics import REFRESH_EVENTS_READ, REFRESH_FULL_REASONS, REFRESH_PATHS
 from cdp.vault import trait_open
 from events.pipeline import events_process_pending
 from members import services as member_services
@@ -116,6 +116,10 @@ def _state() -> dict:
     }  # fmt: skip
 
 
+def _full_because(reason: str) -> float:
+    return REFRESH_FULL_REASONS.labels(reason)._value.get()
+
+
 def _refresh_paths() -> tuple[float, float]:
     return (REFRESH_PATHS.labels("incremental")._value.get(), REFRESH_PATHS.labels("full")._value.get())
 
@@ -166,11 +170,13 @@ def test_a_member_gaining_later_events_is_refreshed_from_those_alone():
         assert REFRESH_EVENTS_READ._value.get() - read == 2 + 12
         figures = MemberAggregate.objects.get()
         assert (figures.orders, figures.events, figures.refunded) == (11, 12, 3)
-        # A late event (before what is covered) goes the full way.
+        # A late event (before what is covered) goes the full way, and the metric says why.
+        late = _full_because("late")
         _post(("Product Viewed", 0, "pos", "", 0, 5, "Bags"), sources)
         events_process_pending()
         member_services.members_refresh()
         assert _refresh_paths()[1] - full == 1
+        assert _full_because("late") - late == 1
         assert MemberAggregate.objects.get().events == 13
 
 
@@ -201,8 +207,10 @@ def test_a_mark_for_events_already_read_costs_nothing_but_any_other_mark_recompu
 
         members_mark_dirty(member_ids=[member_id], from_events=True)
         members_mark_dirty(member_ids=[member_id])  # another cause beside it
+        marked = _full_because("marked")
         member_services.members_refresh()
         assert _refresh_paths() == (incremental, full + 1)
+        assert _full_because("marked") - marked == 1
 
 
 @pytest.mark.django_db
@@ -227,5 +235,7 @@ def test_events_swapped_between_members_are_not_taken_for_covered():
         EventResolution.objects.filter(pk=mine.pk).update(member_id=second)
         EventResolution.objects.filter(pk=theirs.pk).update(member_id=first)
         _, full = _refresh_paths()
+        moved = _full_because("moved")
         member_services.members_update({first, second}, {first, second})
         assert _refresh_paths()[1] - full == 2
+        assert _full_because("moved") - moved == 2
