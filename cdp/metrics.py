@@ -79,6 +79,12 @@ REFRESH_FULL_REASONS = Counter(
     "(members.incremental.FULL_REASONS).",
     ["reason"],
 )
+POINTS_DERIVATIONS = Counter(
+    "cdp_points_derivations_total",
+    "Members whose points were derived by the refresh: resumed (from their checkpoint, with their new "
+    "events alone) or replayed (from their whole loyalty history).",
+    ["how"],
+)
 REFRESH_EVENTS_READ = Counter(
     "cdp_member_refresh_events_read_total", "Events the member refresh read from the log (both paths)."
 )

@@ -25,9 +25,12 @@ What the incremental path combines:
 - orders: new orders are added, refunds of stored orders update their ``refunded`` (capped at
   the total as ``aggregates.orders_of`` caps it);
 - figures: the stored row plus the new orders and refunds and the new events' counts;
-- points and tier: only for members whose new events earn (orders, loyalty events), derived
-  from their earning events alone (``points_reconcile``; time-driven changes are the
-  account's ``recheck_at``'s, as for everyone);
+- points and tier: only for members whose new events earn (orders, loyalty events), resumed
+  from where their last derivation stood (``points_advance``: a checkpoint kept with the
+  watermark) with the new events alone; a member whose checkpoint does not stand (another
+  program, new facts such as a staff redemption, a new event not later than it) is derived
+  from their earning events (``points_reconcile``; time-driven changes are the account's
+  ``recheck_at``'s, as for everyone);
 - tags and segments: rules evaluated on the stored traits and figures, the consent statements
   held, and only the events some rule counts, as far back as it looks
   (``Definitions.event_windows``).
@@ -51,7 +54,7 @@ from members.aggregates import CENT, CHANNELS, Order, OrderEvent, OrderKey, orde
 from members.consent.selectors import consent_facts
 from members.consent.statements import CONSENT_EVENT
 from members.loyalty.points import LOYALTY_EVENTS
-from members.loyalty.services import points_reconcile
+from members.loyalty.services import points_advance, points_reconcile
 from members.member_events import (
     AGGREGATE_COLUMNS,
     MemberEvent,
@@ -105,6 +108,9 @@ class Advance:
     orders: dict[int, dict[OrderKey, Order]] = field(default_factory=dict)
     #: Members whose stored state covers exactly the events they hold, with no new one.
     settled: set[int] = field(default_factory=set)
+    #: The event id each planned member's watermark covered up to, and their new events' ids.
+    after: dict[int, int] = field(default_factory=dict)
+    new_ids: dict[int, frozenset[int]] = field(default_factory=dict)
     #: Why each of the other members needs the full recompute (``FULL_REASONS``).
     full_reasons: dict[int, str] = field(default_factory=dict)
 
@@ -165,6 +171,8 @@ def refresh_plan(member_ids: set[int]) -> Advance:
         if _orders_advance(orders, order_events.get(member_id, []), held_elsewhere.get(member_id, set())):
             plan.events[member_id] = found
             plan.orders[member_id] = orders
+            plan.after[member_id] = covered[member_id].event_id
+            plan.new_ids[member_id] = frozenset(e.event_id for e in found)
         else:
             reasons[member_id] = "orders"
     return plan
@@ -207,21 +215,34 @@ def members_advance(plan: Advance, definitions: Definitions) -> set[int]:
     owned = order_owners_refresh(order_events=order_events_of(new))
     figures = _figures_advance(plan, owned)
     earning = {e.member_id for e in new if e.name in ORDER_EVENTS | LOYALTY_EVENTS}
-    # What rules count, only as far back as they look; the earning events all (points).
     now = timezone.now()
+    # Points: each member's derivation resumed from its checkpoint with the new events alone.
+    unresumed = (
+        points_advance(histories=loyalty_histories(earning, new, owned), now=now) if earning else set()
+    )
+    # What rules count, only as far back as they look; for members whose points could not
+    # resume, the earning events all.
     since = {
         name: None if days is None else now - timedelta(days=days)
         for name, days in definitions.event_windows.items()
     }
     history = events_since(
-        earning,
+        unresumed,
         {**since, **dict.fromkeys(ORDER_EVENTS | LOYALTY_EVENTS)},
         properties_of=definitions.property_events,
     )
-    if earning:
+    if unresumed:
+        # Exactly the events the watermark will cover (not one committed since this plan
+        # was read: it waits for its own mark), so the new checkpoint covers them too.
+        history = [
+            e for e in history
+            if e.event_id <= plan.after[e.member_id] or e.event_id in plan.new_ids[e.member_id]
+        ]  # fmt: skip
         order_events = order_owners_refresh(order_events=order_events_of(history))
-        points_reconcile(histories=loyalty_histories(earning, history, order_events))
-    history += events_since(member_ids - earning, since, properties_of=definitions.property_events)
+        points_reconcile(
+            histories=loyalty_histories(unresumed, history, order_events), now=now, checkpoint=True
+        )
+    history += events_since(member_ids - unresumed, since, properties_of=definitions.property_events)
     seen: dict[int, list[EventFact]] = defaultdict(list)
     for e in history:
         if e.name in since and ((start := since[e.name]) is None or e.at >= start):

@@ -261,7 +261,9 @@ def _recompute(member_ids: set[int], active: set[int]) -> None:
     )
     figures = _aggregates_write(active, events, order_events)
     retired = member_ids - active
-    points_reconcile(histories=loyalty_histories(active, events, order_events), retired=retired)
+    points_reconcile(
+        histories=loyalty_histories(active, events, order_events), retired=retired, checkpoint=True
+    )
     watermarks_write(_covered_by(active, events), only_existing=False)
     for model in (MemberTrait, MemberOrder, MemberAggregate, RefreshWatermark):
         rows_delete(model, column="member", keys=retired)

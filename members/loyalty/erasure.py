@@ -13,8 +13,9 @@ from collections.abc import Iterable
 
 from django.db import connection
 
+from cdp.db import rows_delete
 from cdp.redaction import Redactor
-from members.loyalty.models import Coupon, CouponRedemption, PointsAccount, PointsEntry
+from members.loyalty.models import Coupon, CouponRedemption, PointsAccount, PointsCheckpoint, PointsEntry
 
 #: The setting that lets an erasure rewrite what staff wrote in ledger rows (migration 0021).
 ERASURE_SETTING = "cdp.erasure"
@@ -24,6 +25,8 @@ def loyalty_forget(*, member_ids: Iterable[int], redactor: Redactor) -> dict[str
     """In the erasure's transaction. Returns counts: ledger rows and coupons kept, reasons
     cleaned."""
     ids = sorted(set(member_ids))
+    # A replay's state names the person's orders: nothing is recomputed for them any more.
+    rows_delete(PointsCheckpoint, column="member", keys=ids)
     PointsAccount.objects.filter(member_id__in=ids).update(
         recheck_at=None, next_expiry_at=None, next_expiry_points=0
     )

@@ -234,10 +234,47 @@ class PointsEntry(models.Model):
         indexes = [
             models.Index(fields=["member", "id"], name="points_ledger_of_member"),
             models.Index(fields=["event_id"], name="points_by_event", condition=Q(event_id__isnull=False)),
+            # The rows a member's derivation takes as given (``services.points_advance`` counts
+            # them on every refresh): those staff or tills recorded, and referral bonuses.
+            models.Index(
+                fields=["member", "id"],
+                name="points_facts_of_member",
+                condition=Q(derived=False) | Q(cause_key__startswith="bonus:referred:"),
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.points:+d} (member {self.member_id}, {self.key})"
+
+
+class PointsCheckpoint(models.Model):
+    """Where a member's points derivation stood after the events their last refresh covered
+    (``points.Checkpoint``), so that the next refresh of later events resumes from it instead of
+    replaying the member's whole history (``services.points_advance``).
+
+    Valid only as long as what it was derived from stands: the program (``program``: its
+    fingerprint), the member's facts (``facts``: the count and id sum of the ledger rows staff,
+    tills and referrals gave them, and of their tier grants), and the events it covered (the
+    refresh's watermark, written in the same transaction). ``tail`` holds what the derivation
+    found due after its last event, as time ran on (expiries): each cause with the points and
+    rows the ledger then held for it, so a resumed derivation corrects them without reading
+    the ledger. Derived, like a member's figures: any full recompute writes it again."""
+
+    member = models.OneToOneField(
+        "members.Member", primary_key=True, on_delete=models.CASCADE, related_name="+"
+    )
+    at = models.DateTimeField(null=True, help_text="The time of the last step it covers.")
+    state = models.BinaryField()
+    program = models.CharField(max_length=64)
+    facts = models.CharField(max_length=100)
+    tail = models.JSONField(default=list)
+    written_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "members_pointscheckpoint"
+
+    def __str__(self) -> str:
+        return f"member {self.member_id}: points replayed up to {self.at}"
 
 
 class TierChange(models.Model):

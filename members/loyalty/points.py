@@ -34,12 +34,16 @@ a refund's reversal consumes its own order's lot first; an expiry takes what is 
 lot. ``lots_of`` rebuilds the lots from ledger rows alone, for reads.
 """
 
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from functools import partial
+from typing import Any
+
+import orjson
 
 from members.aggregates import OrderEvent, OrderKey, order_history
 from members.loyalty.program import (
@@ -176,6 +180,25 @@ class Derivation:
     recheck_at: datetime | None
     #: The next expiry after ``now`` and how many points it takes, if any.
     next_expiry: tuple[datetime, int] | None
+    #: The replay as it stood after the history's last step, before time ran on to ``now``
+    #: (``Checkpoint``): where the next derivation of later events resumes.
+    checkpoint: "Checkpoint | None" = None
+    #: ``due[tail_from:]`` came from time running on after the last step (expiries, reviews):
+    #: a resumed derivation derives them again, or finds them no longer due.
+    tail_from: int = 0
+    #: Orders whose refunds in this derivation left nothing of them (their coupons come back).
+    refunded_in_full: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A replay's state after the last step of a history (``at``: that step's time), as
+    bytes (``state``): everything but the program, which the resumer hands back in. Only
+    this process's own code reads it (``points_derive``'s ``resume``); a state of an older
+    ``CHECKPOINT_FORMAT``, or one that fails to load, is no checkpoint."""
+
+    at: datetime | None
+    state: bytes
 
 
 @dataclass(slots=True)
@@ -309,6 +332,7 @@ def points_derive(
     recorded: Iterable[Recorded],
     now: datetime,
     grants: Iterable[TierGrant] = (),
+    resume: Checkpoint | None = None,
 ) -> Derivation:
     """Every ledger entry and the tier a member's history calls for, as of ``now``.
 
@@ -316,10 +340,17 @@ def points_derive(
     they own), ``lines`` the products of each completion (by event id), ``events`` sign-ups and
     referrals, ``recorded`` the member's ledger rows (only the ones staff or tills recorded are
     read), ``grants`` the tiers reached elsewhere (imported).
+
+    ``resume``: a checkpoint of this member's earlier derivation, under the same program; the
+    history is then only what came after it, every step later than ``resume.at``, with no new
+    fact nor grant (``checkpoint_resumable``), and only the entries those steps and the time
+    since call for are returned (with those of time after the checkpoint: ``tail_from`` 0).
     """
     tiers = program.tiers_by_rank()
     facts = [r for r in recorded if not r.derived]
     state = _Replay(program=program, tiers=tiers, lines=lines)
+    if resume is not None:
+        state.restore(resume.state)
     # Each step is what happened and when, bound to the replay step that applies it.
     timeline: list[tuple[tuple[datetime, int, str], Callable[[], None]]] = []
     history = order_history(orders)
@@ -327,7 +358,9 @@ def points_derive(
         timeline.append(((done.at, 0, done.message_id), partial(state.order, done)))
     for key, refunds in history.refunds.items():
         for refund in refunds:
-            timeline.append(((refund.at, 1, refund.message_id), partial(state.refund, refund, key)))
+            # Resumed, the orders replayed before count too in telling which order it refunds.
+            of = key if resume is None else state.order_key_of(refund.order_key, history.completions)
+            timeline.append(((refund.at, 1, refund.message_id), partial(state.refund, refund, of)))
     for event in events:
         timeline.append(((event.at, 0, event.message_id), partial(state.loyalty_event, event)))
     for fact in facts:
@@ -339,7 +372,11 @@ def points_derive(
     for (at, _, _), apply in timeline:
         state.advance_to(at)
         apply()
+    last = timeline[-1][0][0] if timeline else (resume.at if resume is not None else None)
+    checkpoint = Checkpoint(at=last, state=state.freeze())
+    tail_from = len(state.due)
     state.advance_to(now)
+    refunded = [refund for refunds in history.refunds.values() for refund in refunds]
     return Derivation(
         due=tuple(state.due),
         tier=state.tier,
@@ -347,7 +384,16 @@ def points_derive(
         tier_changes=tuple(state.tier_changes),
         recheck_at=state.next_change(now),
         next_expiry=state.next_expiry(now),
+        checkpoint=checkpoint,
+        tail_from=tail_from,
+        refunded_in_full=state.refunded_in_full(refunded),
     )
+
+
+#: The shape of ``_Replay``'s checkpointed state: raise it whenever a change to the replay
+#: would make an older state mean something else (its fields, what they hold, how steps use
+#: them). A state of another format is ignored: the member is derived from their history.
+CHECKPOINT_FORMAT = 1
 
 
 @dataclass(slots=True)
@@ -378,6 +424,87 @@ class _Replay:
 
     def __post_init__(self) -> None:
         self.tier = self.tiers[0].key if self.tiers else ""
+
+    # checkpoints: the state between derivations (``Checkpoint``)
+
+    def freeze(self) -> bytes:
+        """The state as compressed JSON, without the program (given back on ``restore``), the
+        lines of this history's orders (a resumed derivation has its own) and the entries due
+        so far. Plain data, no pickle: a row of the database never becomes code."""
+        orders = [
+            [*key, None if o.completion is None else _order_event_row(o.completion), o.earned, o.lot_key,
+             o.refunded, o.unearned, o.reversed, o.written_off, o.expired]
+            for key, o in self.orders.items()
+        ]  # fmt: skip
+        lots = [
+            [lot.key, lot.points, lot.remaining, lot.earned_at, lot.available_at, lot.expires_at, lot.order_id,
+             lot.event_id]
+            for lot in self.lots.lots
+        ]  # fmt: skip
+        state = {
+            "format": CHECKPOINT_FORMAT, "orders": orders, "lots": lots, "debt": self.lots.debt,
+            "spent_on": self.spent_on, "given_back": self.given_back, "qualifying": self.qualifying,
+            "window": [self._window_start, self._window_end, self._window_sum, self._window_at],
+            "tier": [self.tier, self.tier_since], "tier_changes": [
+                [c.at, c.from_tier, c.to_tier, c.reason] for c in self.tier_changes],
+            "flags": [self.first_order_seen, self.signed_up, self.referred], "review_at": self.review_at,
+        }  # fmt: skip
+        return zlib.compress(orjson.dumps(state, default=str), 1)
+
+    def restore(self, frozen: bytes) -> None:
+        """Take the state ``freeze`` made (raises ``ValueError`` for one of another format)."""
+        state = orjson.loads(zlib.decompress(frozen))
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"a checkpoint of format {state.get('format')}, not {CHECKPOINT_FORMAT}")
+        self.orders = {
+            (source_id, order_id): _Order(
+                None if done is None else _order_event_of(done), earned, lot_key, Decimal(refunded), unearned,
+                reversed_, written_off, expired,
+            )
+            for source_id, order_id, done, earned, lot_key, refunded, unearned, reversed_, written_off, expired
+            in state["orders"]
+        }  # fmt: skip
+        self.order_lots = {order.lot_key: order for order in self.orders.values() if order.lot_key}
+        self.lots = Lots(
+            lots=[
+                Lot(key, points, remaining, _moment(earned), _moment(available), _optional_moment(expires),
+                    order_id, event_id)
+                for key, points, remaining, earned, available, expires, order_id, event_id in state["lots"]
+            ],
+            debt=state["debt"],
+        )  # fmt: skip
+        self.spent_on, self.given_back = state["spent_on"], state["given_back"]
+        self.qualifying = [(_moment(at), Decimal(amount)) for at, amount in state["qualifying"]]
+        start, end, total, at = state["window"]
+        self._window_start, self._window_end, self._window_sum = start, end, Decimal(total)
+        self._window_at = _optional_moment(at)
+        self.tier, self.tier_since = state["tier"][0], _optional_moment(state["tier"][1])
+        self.tier_changes = [
+            TierChange(_moment(at), old, new, why) for at, old, new, why in state["tier_changes"]
+        ]
+        self.first_order_seen, self.signed_up, self.referred = state["flags"]
+        # In the program's zone, as ``Program.next_review`` made it: time is added to it in that zone.
+        review_at = _optional_moment(state["review_at"])
+        self.review_at = None if review_at is None else review_at.astimezone(self.program.zone)
+
+    def order_key_of(self, key: OrderKey, completions: Mapping[OrderKey, OrderEvent]) -> OrderKey:
+        """The order a refund of ``key`` is of, among the orders replayed before and these new
+        completions, as ``order_history`` would match it over the whole history."""
+        if key in self.orders or key in completions:
+            return key
+        numbered = [k for k in (*self.orders, *completions) if k[1] == key[1]]
+        return numbered[0] if len(numbered) == 1 else key
+
+    def refunded_in_full(self, refunds: Iterable[OrderEvent]) -> frozenset[str]:
+        """The order ids of these refunds whose orders they refunded in full (as replayed)."""
+        refunded = {refund.order_id for refund in refunds}
+        return frozenset(
+            order.completion.order_id
+            for order in self.orders.values()
+            if order.completion is not None
+            and order.completion.order_id in refunded
+            and order.refunded >= order.completion.amount > 0
+        )
 
     # time passing: lots expire, tiers are reviewed
 
@@ -733,6 +860,25 @@ class _Replay:
     def _change(self, at: datetime, to: str, reason: str) -> None:
         self.tier_changes.append(TierChange(at=at, from_tier=self.tier, to_tier=to, reason=reason))
         self.tier, self.tier_since = to, at
+
+
+def _order_event_row(e: OrderEvent) -> list[object]:
+    return [e.event_id, e.name, e.order_id, e.amount, e.currency, e.at, e.channel, e.store_code, e.message_id,
+            e.source_id]  # fmt: skip
+
+
+def _order_event_of(row: list[Any]) -> OrderEvent:
+    event_id, name, order_id, amount, currency, at, channel, store_code, message_id, source_id = row
+    return OrderEvent(event_id, name, order_id, Decimal(amount), currency, _moment(at), channel, store_code,
+                      message_id, source_id)  # fmt: skip
+
+
+def _moment(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _optional_moment(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
 
 
 def _share(points: int, share: Decimal) -> int:

@@ -12,9 +12,12 @@ release keep counting for their cause. Rows staff or tills recorded are facts: t
 their member through merges.
 """
 
+import hashlib
+import json
+import logging
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -24,6 +27,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from cdp.db import binary_parameters_cursor, rows_delete
+from cdp.metrics import POINTS_DERIVATIONS
 from events.commerce import as_amount
 from events.tasks import process_pending_enqueue
 from identity.identifiers import BlockedIdentifier, IdentifierType, InvalidIdentifier
@@ -31,9 +35,17 @@ from identity.selectors import identifier_lookup_values, members_holding
 from members.aggregates import OrderEvent, orders_of
 from members.locks import member_refresh_locks
 from members.loyalty.coupons import coupons_release_for_orders
-from members.loyalty.models import LoyaltyProgram, PointsAccount, PointsEntry, TierChange, TierGrant
+from members.loyalty.models import (
+    LoyaltyProgram,
+    PointsAccount,
+    PointsCheckpoint,
+    PointsEntry,
+    TierChange,
+    TierGrant,
+)
 from members.loyalty.points import (
     MAX_POINTS_MOVE,
+    Checkpoint,
     Derivation,
     Due,
     Kind,
@@ -48,6 +60,8 @@ from members.loyalty.program import NegativeBalance, Program
 from members.loyalty.selectors import points_available, program_load
 from members.marks import members_mark_dirty
 from members.models import Member
+
+logger = logging.getLogger(__name__)
 
 #: The cause of a referral bonus earned by the referrer (``members.loyalty.points``).
 REFERRED = "bonus:referred:"
@@ -113,8 +127,12 @@ class _Row:
 
 
 def _rows_of(member_ids: Iterable[int], event_ids: Iterable[int]) -> list[_Row]:
+    return _rows_read(_RECORDED_OF, [sorted(set(member_ids)), sorted(set(event_ids))])
+
+
+def _rows_read(query: str, arguments: list) -> list[_Row]:
     with binary_parameters_cursor() as cursor:
-        cursor.execute(_RECORDED_OF, [sorted(set(member_ids)), sorted(set(event_ids))])
+        cursor.execute(query, arguments)
         return [
             _Row(
                 row_id,
@@ -137,12 +155,21 @@ def _rows_of(member_ids: Iterable[int], event_ids: Iterable[int]) -> list[_Row]:
 
 
 def points_reconcile(
-    *, histories: dict[int, LoyaltyHistory], retired: Iterable[int] = (), now: datetime | None = None
+    *,
+    histories: dict[int, LoyaltyHistory],
+    retired: Iterable[int] = (),
+    now: datetime | None = None,
+    checkpoint: bool = False,
 ) -> None:
     """Bring these active members' ledgers, tiers and accounts to what their histories call
     for as of ``now``, after moving everything loyalty of the ``retired`` members (absorbed by
     a merge) to their survivors. Idempotent: a second run appends nothing. Callers hold the
     members' refresh locks (``members.services``).
+
+    ``checkpoint``: each history is exactly the member's events the refresh's watermark
+    covers (written in this transaction), so where the derivation stands is kept for the next
+    refresh to resume from (``points_advance``). Otherwise the members' checkpoints are dropped:
+    what they stood on may have changed.
 
     Every account this writes (the members', their survivors', those rows move from or to, a
     referrer's) is locked first, all at once, in member-id order (``_accounts_lock``): the
@@ -155,6 +182,8 @@ def points_reconcile(
         return
     now = now or timezone.now()
     program = program_load()
+    # The facts as the derivation reads them, before this reconciliation writes any.
+    given = _facts_of(histories) if checkpoint and histories else {}
     # Read as they will be once the retired members' rows are with their survivors (moved
     # below, after the locks): a survivor refreshed in this batch reconciles with them now.
     absorbed_here = {old for old, survivor in survivors.items() if survivor in histories}
@@ -183,6 +212,7 @@ def points_reconcile(
     grants: dict[int, list[GrantFact]] = defaultdict(list)
     for grant, holder in _grants_held(histories.keys() | absorbed_here, survivors).items():
         grants[holder].append(GrantFact(at=grant.at, tier=grant.tier, key=grant.key, reason=grant.reason))
+    POINTS_DERIVATIONS.labels("replayed").inc(len(histories))
     derivations = {
         member_id: points_derive(
             program=program,
@@ -242,6 +272,202 @@ def points_reconcile(
     _entries_insert(sorted(corrections, key=lambda e: -e.points))
     _tier_changes_write(derivations)
     _coupons_release_refunded(histories)
+    rows_delete(
+        PointsCheckpoint, column="member", keys=set(survivors) | (set() if checkpoint else set(histories))
+    )
+    if checkpoint:
+        now_held = {cause: (sum(r.recorded.points for r in rows), len(rows)) for cause, rows in by_cause.items()}
+        for entry in corrections:
+            points, count = now_held.get(entry.cause_key, (0, 0))
+            now_held[entry.cause_key] = (points + entry.points, count + 1)
+        _checkpoints_write(derivations, program, now_held, facts=given)
+
+
+def points_advance(*, histories: dict[int, LoyaltyHistory], now: datetime | None = None) -> set[int]:
+    """Bring these active members' ledgers, tiers and accounts up to date with their *new*
+    events (``histories``: only those after what their refresh's watermark covered) by
+    resuming each one's derivation from its checkpoint; returns the members it could not
+    resume, for the caller to reconcile from their whole history (``points_reconcile``).
+
+    A member resumes when their checkpoint was made under the program as it is now, their
+    facts (ledger rows staff, tills and referrals gave them, tier grants) are those it was
+    made with, every new step is later than the last it covered, and the new orders and
+    refunds are in the program's currency. The ledger rows compared are those the new events
+    caused and the causes the checkpoint's tail lists: not the member's whole ledger.
+    """
+    if not histories:
+        return set()
+    now = now or timezone.now()
+    program = program_load()
+    fingerprint = program_fingerprint(program)
+    facts = _facts_of(histories.keys())
+    resumed: dict[int, tuple[LoyaltyHistory, PointsCheckpoint]] = {}
+    for stored in PointsCheckpoint.objects.filter(member_id__in=histories.keys()):
+        history = histories[stored.member_id]
+        later = stored.at is None or all(
+            step > stored.at
+            for step in (
+                *(o.at for o in history.orders),
+                *(e.at for e in history.events),
+            )
+        )
+        if (
+            stored.program == fingerprint
+            and stored.facts == facts.get(stored.member_id, _NO_FACTS)
+            and later
+            and all(o.currency == program.currency for o in history.orders)
+        ):
+            resumed[stored.member_id] = (history, stored)
+    derivations: dict[int, Derivation] = {}
+    for member_id, (history, stored) in resumed.items():
+        try:
+            derivations[member_id] = points_derive(
+                program=program, orders=history.orders, lines=history.lines, events=history.events,
+                recorded=(), now=now, resume=Checkpoint(at=stored.at, state=bytes(stored.state)),
+            )  # fmt: skip
+        except Exception:
+            logger.warning("points checkpoint of member %s unusable; deriving from the history", member_id)
+    if not derivations:
+        return set(histories)
+    tails = {pk: {t[0]: t for t in resumed[pk][1].tail} for pk in derivations}
+    rows = _rows_by_event({i for pk in derivations for i in histories[pk].event_ids})
+    by_cause: dict[str, list[_Row]] = defaultdict(list)
+    for row in rows:
+        if row.recorded.derived:
+            by_cause[cause_of(row.recorded)].append(row)
+    referrers = _referrers(
+        {d.beneficiary for derived in derivations.values() for d in derived.due if d.beneficiary}
+    )
+    moves: dict[int, list[_Row]] = defaultdict(list)
+    corrections: list[_Entry] = []
+    held: dict[str, tuple[int, int]] = {}  # cause -> (points, rows) after this reconciliation
+    for member_id, derivation in derivations.items():
+        tail = tails[member_id]
+        wanted: set[str] = set()
+        for due in derivation.due:
+            target = referrers.get(due.beneficiary) if due.beneficiary else member_id
+            if target is None:
+                continue
+            wanted.add(due.key)
+            found = by_cause.get(due.key, [])
+            moves[target] += [row for row in found if row.member_id != target]
+            points, count = sum(r.recorded.points for r in found), len(found)
+            if due.key in tail:  # held as the checkpoint's tail says (its event is an old one)
+                points, count = tail[due.key][1], tail[due.key][2]
+            if difference := due.points - points:
+                corrections.append(_entry(target, due, difference, count, now))
+                points, count = due.points, count + 1
+            held[due.key] = (points, count)
+        # The tail's causes no longer due (a refund took the lot that was to expire) go to zero.
+        for cause, (_, points, count, kind, event_id, order_id) in tail.items():
+            if cause not in wanted and points:
+                gone = Due(key=cause, kind=Kind(kind), points=0, at=now, reason="no longer due",
+                           event_id=event_id, order_id=order_id)  # fmt: skip
+                corrections.append(_entry(member_id, gone, -points, count, now))
+    _accounts_lock(
+        derivations.keys()
+        | {
+            member
+            for target, found in moves.items()
+            for member in (target, *(row.member_id for row in found))
+        }
+        | {entry.member_id for entry in corrections}
+    )
+    _accounts_write(derivations, program)
+    _rows_move(moves)
+    _entries_insert(sorted(corrections, key=lambda e: -e.points))
+    _tier_changes_write(derivations)
+    refunded = [order_id for d in derivations.values() for order_id in sorted(d.refunded_in_full)]
+    if refunded:
+        coupons_release_for_orders(order_ids=refunded, reason="order refunded in full")
+    _checkpoints_write(derivations, program, held, facts=facts)
+    POINTS_DERIVATIONS.labels("resumed").inc(len(derivations))
+    return set(histories) - derivations.keys()
+
+
+#: A member with no facts (``_facts_of``).
+_NO_FACTS = "0:0:0:0"
+
+
+def program_fingerprint(program: Program) -> str:
+    """The program's every setting, hashed: a checkpoint made under another program is stale."""
+
+    def canonical(value: object) -> object:
+        if isinstance(value, set | frozenset):
+            return sorted(value, key=str)
+        return str(value)  # Decimal, datetime, ZoneInfo, enums
+
+    text = json.dumps(asdict(program), default=canonical, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_FACTS_OF = f"""
+SELECT m.id, (SELECT count(*) || ':' || coalesce(sum(e.id), 0) FROM members_pointsentry AS e
+              WHERE e.member_id = m.id AND (NOT e.derived OR e.cause_key::text LIKE 'bonus:referred:%%')),
+             (SELECT count(*) || ':' || coalesce(sum(g.id), 0) FROM {TierGrant._meta.db_table} AS g
+              WHERE g.member_id = m.id OR g.granted_to_id = m.id)
+FROM unnest(%b::bigint[]) AS m(id)
+"""  # noqa: S608 - the model's table
+
+
+def _facts_of(member_ids: Iterable[int]) -> dict[int, str]:
+    """What each member's derivation takes as given, as a fingerprint: the count and id sum of
+    their ledger rows staff, tills or referrals gave them (index ``points_facts_of_member``) and
+    of the tier grants they hold or were granted. Rows move only with a merge or split, so a
+    fingerprint that stands means the facts do."""
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_FACTS_OF, [sorted(member_ids)])
+        return {pk: f"{entries}:{grants}" for pk, entries, grants in cursor.fetchall()}
+
+
+_RECORDED_BY_EVENT = """
+SELECT p.id, p.member_id, p.kind, p.points, p.key, p.cause_key, p.derived, p.event_id, p.order_id,
+       p.at, p.available_at, p.expires_at
+FROM unnest(%b::bigint[]) AS c(id)
+CROSS JOIN LATERAL (SELECT * FROM members_pointsentry AS e WHERE e.event_id = c.id OFFSET 0) AS p
+"""
+
+
+def _rows_by_event(event_ids: Iterable[int]) -> list[_Row]:
+    """The ledger rows these events caused, whoever holds them."""
+    return _rows_read(_RECORDED_BY_EVENT, [sorted(set(event_ids))])
+
+
+def _checkpoints_write(
+    derivations: dict[int, Derivation],
+    program: Program,
+    held: dict[str, tuple[int, int]],
+    *,
+    facts: dict[int, str],
+) -> None:
+    """Keep where each derivation stood after its last step, with the causes time called for
+    after it (``held``: the points and rows the ledger holds for each cause now) and the
+    facts it was derived with (``_facts_of``, read before this reconciliation wrote)."""
+    fingerprint = program_fingerprint(program)
+    rows = []
+    for member_id, derivation in derivations.items():
+        if derivation.checkpoint is None:
+            continue
+        tail = [
+            [due.key, *held.get(due.key, (due.points, 1)), str(due.kind), due.event_id, due.order_id]
+            for due in derivation.due[derivation.tail_from :]
+        ]
+        rows.append((member_id, derivation.checkpoint.at, derivation.checkpoint.state, fingerprint,
+                     facts.get(member_id, _NO_FACTS), json.dumps(tail)))  # fmt: skip
+    if not rows:
+        return
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_UPSERT_CHECKPOINTS, [list(column) for column in zip(*rows, strict=True)])
+
+
+_UPSERT_CHECKPOINTS = (
+    "INSERT INTO members_pointscheckpoint AS c (member_id, at, state, program, facts, tail, written_at) "
+    "SELECT v.m, v.at, v.s, v.p, v.f, v.t::jsonb, now() "
+    "FROM unnest(%b::bigint[], %b::timestamptz[], %b::bytea[], %b::text[], %b::text[], %b::text[]) "
+    "AS v(m, at, s, p, f, t) "
+    "ON CONFLICT (member_id) DO UPDATE SET at = EXCLUDED.at, state = EXCLUDED.state, program = EXCLUDED.program, "
+    "facts = EXCLUDED.facts, tail = EXCLUDED.tail, written_at = now()"
+)
 
 
 @dataclass(frozen=True, slots=True)

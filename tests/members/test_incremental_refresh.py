@@ -14,7 +14,7 @@ from django.db import transaction
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from cdp.metrics import REFRESH_EVENTS_READ, REFRESH_FULL_REASONS, REFRESH_PATHS
+from cdp.metrics import POINTS_DERIVATIONS, REFRESH_EVENTS_READ, REFRESH_FULL_REASONS, REFRESH_PATHS
 from cdp.vault import trait_open
 from events.pipeline import events_process_pending
 from members import services as member_services
@@ -124,15 +124,35 @@ def _refresh_paths() -> tuple[float, float]:
     return (REFRESH_PATHS.labels("incremental")._value.get(), REFRESH_PATHS.labels("full")._value.get())
 
 
+def _program_with_time_in_it() -> None:
+    """A program whose derivation carries state across refreshes: points that expire within
+    the histories (the checkpoint's tail), bonuses earned once, pending points, a spend-based
+    tier window with downgrades at monthly reviews."""
+    from members.loyalty.models import EarnRule, LoyaltyProgram
+
+    LoyaltyProgram.objects.update_or_create(
+        key="default",
+        defaults={"tier_basis": "spend", "tier_window_days": 30, "tier_downgrade": "one_step", "tier_review_months": 1,
+                  "negative_balance": "forbid"},
+    )  # fmt: skip
+    EarnRule.objects.all().delete()
+    EarnRule.objects.create(
+        name="expiring", expiry="days", expiry_days=20, first_purchase_bonus=50, signup_bonus=30, pending_days=2,
+        channel_multipliers={"pos": 2}, tier_multipliers={"gold": 3},
+    )  # fmt: skip
+
+
 @pytest.mark.django_db(transaction=False)
 @settings(max_examples=40, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate], suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
-@given(chunks=histories())
-def test_incremental_refresh_equals_the_full_recompute(chunks: list[list[tuple]]):
+@given(chunks=histories(), expiring=st.booleans())
+def test_incremental_refresh_equals_the_full_recompute(chunks: list[list[tuple]], expiring: bool):
     from tests.factories import SourceFactory
 
     with mock.patch("django.utils.timezone.now", return_value=START), transaction.atomic():
         loyalty_demo_setup(now=START - timedelta(days=60))
+        if expiring:
+            _program_with_time_in_it()
         segments_demo_setup()
         sources = {"pos": SourceFactory(pos=True), "app": SourceFactory(kind="app")}
         for chunk in chunks:
@@ -159,15 +179,17 @@ def test_a_member_gaining_later_events_is_refreshed_from_those_alone():
         member_services.members_refresh()
         assert RefreshWatermark.objects.count() == 1
         paths, read = _refresh_paths(), REFRESH_EVENTS_READ._value.get()
+        resumed = POINTS_DERIVATIONS.labels("resumed")._value.get()
         _post(("Order Completed", 0, "pos", "0-10", 5000, 20, ""), sources)
         _post(("Order Refunded", 0, "pos", "0-3", 300, 21, ""), sources)
         events_process_pending()
         member_services.members_refresh()
         incremental, full = _refresh_paths()
         assert (incremental - paths[0], full - paths[1]) == (1, 0)
-        # The two new events, then the member's orders again for the points (the new events
-        # earn) and the rules counting orders: not the whole history twice.
-        assert REFRESH_EVENTS_READ._value.get() - read == 2 + 12
+        # The two new events, then the member's completions for the rules counting orders ever;
+        # the points resume from the checkpoint with the two new events alone.
+        assert REFRESH_EVENTS_READ._value.get() - read == 2 + 11
+        assert POINTS_DERIVATIONS.labels("resumed")._value.get() - resumed == 1
         figures = MemberAggregate.objects.get()
         assert (figures.orders, figures.events, figures.refunded) == (11, 12, 3)
         # A late event (before what is covered) goes the full way, and the metric says why.
