@@ -250,7 +250,7 @@ def members_recompute(member_ids: set[int]) -> None:
 
 def _recompute(member_ids: set[int], active: set[int], definitions: Definitions | None = None) -> None:
     """``members_recompute`` of these members (none erased), of which ``active`` are active."""
-    definitions = definitions or definitions_load()
+    definitions = definitions if definitions is not None else definitions_load()
     events = events_of(active, properties_of=definitions.property_events | {CONSENT_EVENT})
     order_events = order_owners_refresh(order_events=order_events_of(events))
     traits, consent_sources = _traits_write(active, events)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 
+from members.segments.demo import DEMO_SEGMENTS
 from members.segments.rules.analysis import rule_references, rule_window_expiry
 from members.segments.rules.interpret import EventFact, MemberFacts, event_counts_add, rule_matches
 from members.segments.rules.parse import RuleInvalid, rule_parse
@@ -385,6 +386,17 @@ def test_counts_move_by_the_events_passing_each_filter():
     assert event_counts_add({}, events, filters) == {event_filter_key(POS): 2, event_filter_key(MINI): 1}
     stored = {event_filter_key(POS): 5, "a rule removed since": 3}
     assert event_counts_add(stored, events, filters) == {event_filter_key(POS): 7, event_filter_key(MINI): 1}
+
+
+def test_the_demo_rules_read_their_windows_and_count_never_in_the_mini_program():
+    windows, ever = event_reads(rule_parse(rule) for _, _, rule in DEMO_SEGMENTS)
+
+    # "Bought in a store in the 90 days before the last 60" reaches furthest back; "never in the
+    # mini-program" reads no event at all, and a first time only its window.
+    assert windows == {"Order Completed": 150, "Product Viewed": 30}
+    assert ever == {'["Order Completed",[["channel","mini_program"]]]': MINI}
+    first = rule_parse({"first_time": {"event": "Signed Up", "in_last_days": 7}})
+    assert event_reads([first]) == ({"Signed Up": 7}, {'["Signed Up",[]]': EventFilter("Signed Up")})
 
 
 @settings(max_examples=300, deadline=None)
