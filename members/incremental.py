@@ -32,8 +32,12 @@ What the incremental path combines:
   from their earning events (``points_reconcile``; time-driven changes are the account's
   ``recheck_at``'s, as for everyone);
 - tags and segments: rules evaluated on the stored traits and figures, the consent statements
-  held, and only the events some rule counts, as far back as it looks
-  (``Definitions.event_windows``).
+  held, and only the events some windowed rule counts, as far back as it looks
+  (``Definitions.event_windows``); what rules count over all time ("did it ever", "never did",
+  a first time's "never before") from the stored counts of each such filter plus the new
+  events passing it (``MemberAggregate.event_counts``, ``Definitions.ever_filters``). A member
+  whose figures hold no count of one of those filters (a rule added since its last refresh)
+  goes the full way, which counts them all.
 """
 
 from collections import Counter, defaultdict
@@ -72,7 +76,8 @@ from members.member_events import (
 from members.models import MemberAggregate, MemberOrder, MemberTrait, OrderOwner, RefreshWatermark
 from members.orders import order_owners_refresh
 from members.segments.evaluate import memberships_refresh
-from members.segments.rules.interpret import EventFact, MemberFacts
+from members.segments.rules.interpret import EventFact, MemberFacts, event_counts_add
+from members.segments.rules.syntax import EventFilter
 from members.segments.selectors import Definitions
 from members.traits import GROUP_CALL, latest_traits
 
@@ -88,6 +93,7 @@ class _Covered:
     held: int  # the events resolved to the member now
     held_sum: int  # the sum of their ids
     new_ids: frozenset[int]  # those after the watermark's event id, as counted
+    counted_ever: bool  # the figures hold a count of every filter rules count over all time
 
     def covers(self, new: list[MemberEvent]) -> bool:
         """Whether the stored state and these new events are exactly the member's events (a
@@ -125,19 +131,22 @@ FULL_REASONS = (
     "consent",  # a consent statement
     "orders",  # an order completed again, held by another member, or not in cents
     "marked",  # marked by something other than events (points, a manual tag, a rule's window)
+    "rules",  # a rule counts events over all time that the member's figures hold no count of (added since)
     "off",  # the incremental path is switched off (MEMBER_REFRESH_INCREMENTAL)
 )
 
 
-def refresh_plan(member_ids: set[int]) -> Advance:
+def refresh_plan(member_ids: set[int], definitions: Definitions) -> Advance:
     """Which of these active members can be refreshed from their new events alone (see the
     module's docstring), with those events; the others need the full recompute."""
-    covered = _covered_of(member_ids)
+    covered = _covered_of(member_ids, sorted(definitions.ever_filters))
     plan = Advance()
     events: dict[int, list[MemberEvent]] = defaultdict(list)
-    # With the properties of consent events: a member whose new events state consent goes the full way.
+    # With the properties of consent events (a member whose new events state consent goes the
+    # full way) and of those rules filter on (to count them in ``event_counts``).
     for e in events_after(
-        {pk: c.event_id for pk, c in covered.items()}, properties_of=frozenset({CONSENT_EVENT})
+        {pk: c.event_id for pk, c in covered.items()},
+        properties_of=definitions.property_events | {CONSENT_EVENT},
     ):
         # Only the events the counts were read with: one committed since waits for its mark.
         if e.event_id in covered[e.member_id].new_ids:
@@ -157,6 +166,8 @@ def refresh_plan(member_ids: set[int]) -> Advance:
             reasons[pk] = "late"
         elif any(e.type == GROUP_CALL and e.group_id for e in found):
             reasons[pk] = "group"
+        elif not c.counted_ever:
+            reasons[pk] = "rules"
         else:
             candidates[pk] = found
     _, consent = trait_observations(e for found in candidates.values() for e in found)
@@ -213,18 +224,17 @@ def members_advance(plan: Advance, definitions: Definitions) -> set[int]:
     new = [e for found in plan.events.values() for e in found]
     _traits_advance(new)
     owned = order_owners_refresh(order_events=order_events_of(new))
-    figures = _figures_advance(plan, owned)
+    figures, counts = _figures_advance(plan, owned, definitions.ever_filters)
     earning = {e.member_id for e in new if e.name in ORDER_EVENTS | LOYALTY_EVENTS}
     now = timezone.now()
     # Points: each member's derivation resumed from its checkpoint with the new events alone.
     unresumed = (
         points_advance(histories=loyalty_histories(earning, new, owned), now=now) if earning else set()
     )
-    # What rules count, only as far back as they look; for members whose points could not
-    # resume, the earning events all.
-    since = {
-        name: None if days is None else now - timedelta(days=days)
-        for name, days in definitions.event_windows.items()
+    # What windowed rules count, only as far back as they look (the counts of all time are
+    # stored: ``event_counts``); for members whose points could not resume, the earning events all.
+    since: dict[str, datetime | None] = {
+        name: now - timedelta(days=days) for name, days in definitions.event_windows.items()
     }
     history = events_since(
         unresumed,
@@ -252,7 +262,7 @@ def members_advance(plan: Advance, definitions: Definitions) -> set[int]:
     facts = {
         pk: MemberFacts(
             pk, traits=traits.get(pk, {}), aggregates=figures.get(pk, {}), events=tuple(seen[pk]),
-            consents=consents.get(pk, ()),
+            consents=consents.get(pk, ()), event_counts=counts[pk],
         )
         for pk in member_ids
     }  # fmt: skip
@@ -289,10 +299,15 @@ def _traits_of(member_ids: set[int]) -> dict[int, dict[str, object]]:
     return traits
 
 
-def _figures_advance(plan: Advance, owned: Mapping[int, list[OrderEvent]]) -> dict[int, dict[str, object]]:
+def _figures_advance(
+    plan: Advance, owned: Mapping[int, list[OrderEvent]], ever_filters: Mapping[str, EventFilter]
+) -> tuple[dict[int, dict[str, object]], dict[int, dict[str, int]]]:
     """The new orders and refunds, and each member's stored figures moved by them and by the
-    new events' counts; returns the figures as stored (``member_events.aggregates_upsert``)."""
+    new events' counts; returns the figures as stored (``member_events.aggregates_upsert``)
+    and the counts of the events passing each filter rules count over all time (``refresh_plan``
+    sent the members without one of them the full way)."""
     stored = _aggregates_of(set(plan.events))
+    counts: dict[int, dict[str, int]] = {}
     rows: list[list] = []
     new_orders: list[tuple[int, Order]] = []
     refunded: list[tuple[int, Order]] = []
@@ -352,6 +367,12 @@ def _figures_advance(plan: Advance, owned: Mapping[int, list[OrderEvent]]) -> di
             if row["last_event_at"] is None or e.at > row["last_event_at"]:
                 row["last_event_at"] = e.at
         row["stores_visited"] = sorted(stores)
+        counts[member_id] = event_counts_add(
+            _json_object(row["event_counts"]),
+            (EventFact(e.name, e.at, e.channel, e.store_code, e.properties or {}) for e in events),
+            ever_filters,
+        )
+        row["event_counts"] = orjson.dumps(counts[member_id]).decode()
         rows.append([row[column] for column in AGGREGATE_COLUMNS])
     orders_insert(new_orders)
     if refunded:
@@ -363,7 +384,7 @@ def _figures_advance(plan: Advance, owned: Mapping[int, list[OrderEvent]]) -> di
     stores_at = AGGREGATE_COLUMNS.index("stores_visited")
     for values in rows:  # stores_visited travels as a JSON list (``aggregate_row``)
         values[stores_at] = _json_list(values[stores_at])
-    return aggregates_upsert(rows)
+    return aggregates_upsert(rows), counts
 
 
 def _spend_move(row: dict, order: Order, amount: Decimal, currency: str, *, placed: bool = False) -> None:
@@ -383,16 +404,21 @@ def _json_list(values: Iterable[str]) -> str:
     return orjson.dumps(list(values)).decode()
 
 
-def _covered_of(member_ids: set[int]) -> dict[int, _Covered]:
+def _json_object(value: str | dict) -> dict:
+    """A jsonb value as read raw (text, as Django's connection reads jsonb) or decoded."""
+    return orjson.loads(value) if isinstance(value, str) else value
+
+
+def _covered_of(member_ids: set[int], ever_keys: list[str]) -> dict[int, _Covered]:
     """The members of these with a watermark and figures, no merge or split since the
-    watermark, and what they cover (one query)."""
+    watermark, and what they cover (one query); ``ever_keys``: the counts their figures must hold."""
     if not member_ids:
         return {}
     with binary_parameters_cursor() as cursor:
-        cursor.execute(_COVERED_OF, [sorted(member_ids)])
+        cursor.execute(_COVERED_OF, [ever_keys, sorted(member_ids)])
         return {
-            pk: _Covered(event_id, covered_at, counted, covered_sum, held, held_sum, frozenset(new_ids))
-            for pk, event_id, covered_at, counted, covered_sum, held, held_sum, new_ids in cursor
+            pk: _Covered(event_id, covered_at, counted, covered_sum, held, held_sum, frozenset(new_ids), ever)
+            for pk, event_id, covered_at, counted, covered_sum, held, held_sum, new_ids, ever in cursor
         }
 
 
@@ -441,7 +467,8 @@ def _orders_held_by_others(order_events: Mapping[int, list[OrderEvent]]) -> dict
 _COVERED_OF = (
     # The counts, sums and new event ids in one statement (one snapshot): read apart, a batch
     # another worker committed in between made the counts disagree with the events read.
-    "SELECT m.id, w.event_id, w.covered_at, a.events, w.events_sum, h.held, h.held_sum, h.new_ids "
+    "SELECT m.id, w.event_id, w.covered_at, a.events, w.events_sum, h.held, h.held_sum, h.new_ids, "
+    "a.event_counts ?& %b::text[] "
     "FROM unnest(%b::bigint[]) AS m(id) "
     f"JOIN {RefreshWatermark._meta.db_table} AS w ON w.member_id = m.id "
     f"JOIN {MemberAggregate._meta.db_table} AS a ON a.member_id = m.id "

@@ -260,8 +260,10 @@ def aggregate_row(
     counts: Mapping[str, int],
     stores: Iterable[str],
     last_event_at: datetime | None,
+    event_counts: Mapping[str, int],
 ) -> list:
-    """A member's row of figures as ``aggregates_upsert`` writes it."""
+    """A member's row of figures as ``aggregates_upsert`` writes it (``event_counts``: of
+    ``Definitions.ever_filters``)."""
     return [
         member_id, figures.currency, figures.orders, figures.spend, figures.refunded,
         figures.average_order_value, figures.first_purchase_at, figures.last_purchase_at,
@@ -269,7 +271,7 @@ def aggregate_row(
         *(figures.by_channel[channel].spend for channel in CHANNELS),
         figures.orders_in_other_currencies, counts.get("events", 0),
         *(counts.get(channel, 0) for channel in CHANNELS),
-        orjson.dumps(sorted(stores)).decode(), last_event_at,
+        orjson.dumps(sorted(stores)).decode(), last_event_at, orjson.dumps(event_counts).decode(),
     ]  # fmt: skip
 
 
@@ -324,18 +326,22 @@ AGGREGATE_COLUMNS = (
     "member_id", "currency", "orders", "spend", "refunded", "average_order_value",
     "first_purchase_at", "last_purchase_at", *_CHANNEL_COLUMNS, "orders_in_other_currencies",
     "events", *(f"events_{channel}" for channel in CHANNELS), "stores_visited", "last_event_at",
+    "event_counts",
 )  # fmt: skip
 _AGGREGATE_TYPES = (
     "bigint", "text", "integer", "numeric", "numeric", "numeric", "timestamptz", "timestamptz",
     *("integer" for _ in CHANNELS), *("numeric" for _ in CHANNELS), "integer", "integer",
-    *("integer" for _ in CHANNELS), "text", "timestamptz",
+    *("integer" for _ in CHANNELS), "text", "timestamptz", "text",
 )  # fmt: skip
+_AGGREGATE_VALUES = {
+    # stores_visited travels as a JSON list: unnest cannot carry an array per row.
+    "stores_visited": "ARRAY(SELECT jsonb_array_elements_text({}::jsonb))",
+    "event_counts": "{}::jsonb",
+}
 _UPSERT_AGGREGATES = (
     f"INSERT INTO {MemberAggregate._meta.db_table} ({', '.join(AGGREGATE_COLUMNS)}, computed_at) "
-    f"SELECT {', '.join(f'v.c{n}' for n in range(len(AGGREGATE_COLUMNS) - 2))}, "
-    # stores_visited travels as a JSON list: unnest cannot carry an array per row.
-    f"ARRAY(SELECT jsonb_array_elements_text(v.c{len(AGGREGATE_COLUMNS) - 2}::jsonb)), "
-    f"v.c{len(AGGREGATE_COLUMNS) - 1}, now() "
+    f"SELECT {', '.join(_AGGREGATE_VALUES.get(c, '{}').format(f'v.c{n}') for n, c in enumerate(AGGREGATE_COLUMNS))}, "
+    "now() "
     f"FROM unnest({', '.join(f'%b::{t}[]' for t in _AGGREGATE_TYPES)}) "
     f"AS v({', '.join(f'c{n}' for n in range(len(AGGREGATE_COLUMNS)))}) "
     "ON CONFLICT (member_id) DO UPDATE SET "

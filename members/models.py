@@ -239,6 +239,11 @@ class MemberAggregate(models.Model):
     events_web = models.PositiveIntegerField(default=0)
     stores_visited = ArrayField(models.CharField(max_length=64), default=list)
     last_event_at = models.DateTimeField(null=True)
+    # {event filter key: how many of the member's events pass it}, for the filters rules count
+    # over all time (``Definitions.ever_filters``): the incremental refresh adds the new events
+    # to them instead of reading the member's whole history. A missing key is unknown (a rule
+    # added since): the member's next refresh recomputes from the log.
+    event_counts = models.JSONField(default=dict)
     computed_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

@@ -3,7 +3,7 @@
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from functools import cache, partial
 
@@ -51,8 +51,9 @@ from members.models import (
 from members.orders import order_owners_refresh
 from members.parking import member_park
 from members.segments.evaluate import memberships_refresh
-from members.segments.rules.interpret import EventFact, MemberFacts
-from members.segments.selectors import definitions_load
+from members.segments.rules.interpret import EventFact, MemberFacts, event_counts_add
+from members.segments.rules.syntax import EventFilter
+from members.segments.selectors import Definitions, definitions_load
 from members.segments.webhooks.services import webhooks_nudge
 from members.traits import GROUP_CALL, latest_traits
 
@@ -216,15 +217,16 @@ def members_update(member_ids: set[int], events_only: set[int] | frozenset[int] 
     event they hold (an earlier refresh read the events this one was marked for) need nothing."""
     erased = _erased_of(member_ids)
     active = _active_of(member_ids - erased)
-    plan = refresh_plan(active if settings.MEMBER_REFRESH_INCREMENTAL else set())
+    definitions = definitions_load()
+    plan = refresh_plan(active if settings.MEMBER_REFRESH_INCREMENTAL else set(), definitions)
     unplanned = "unrefreshed" if settings.MEMBER_REFRESH_INCREMENTAL else "off"
     advanced = set(plan.events)
     settled = plan.settled & events_only
     full = member_ids - advanced - settled
     if full - erased:
-        _recompute(full - erased, active - advanced - settled)
+        _recompute(full - erased, active - advanced - settled, definitions)
     if advanced:
-        webhooks_nudge(members_advance(plan, definitions_load()))
+        webhooks_nudge(members_advance(plan, definitions))
         for hook in refresh_hooks():
             hook(advanced)
     refresh_paths_count(
@@ -246,9 +248,9 @@ def members_recompute(member_ids: set[int]) -> None:
     _recompute(member_ids, _active_of(member_ids))
 
 
-def _recompute(member_ids: set[int], active: set[int]) -> None:
+def _recompute(member_ids: set[int], active: set[int], definitions: Definitions | None = None) -> None:
     """``members_recompute`` of these members (none erased), of which ``active`` are active."""
-    definitions = definitions_load()
+    definitions = definitions if definitions is not None else definitions_load()
     events = events_of(active, properties_of=definitions.property_events | {CONSENT_EVENT})
     order_events = order_owners_refresh(order_events=order_events_of(events))
     traits, consent_sources = _traits_write(active, events)
@@ -259,7 +261,7 @@ def _recompute(member_ids: set[int], active: set[int]) -> None:
             GroupCall(e.member_id, e.group_id, e.at) for e in events if e.type == GROUP_CALL and e.group_id
         ],
     )
-    figures = _aggregates_write(active, events, order_events)
+    figures = _aggregates_write(active, events, order_events, definitions.ever_filters)
     retired = member_ids - active
     points_reconcile(
         histories=loyalty_histories(active, events, order_events), retired=retired, checkpoint=True
@@ -327,14 +329,20 @@ def _traits_write(
 
 
 def _aggregates_write(
-    member_ids: set[int], events: list[MemberEvent], order_events: dict[int, list[OrderEvent]]
-) -> dict[int, dict[str, object]]:
-    """Orders and figures of these members, from all their events (``members.aggregates``).
+    member_ids: set[int], events: list[MemberEvent], order_events: dict[int, list[OrderEvent]],
+    ever_filters: Mapping[str, EventFilter],
+) -> dict[int, dict[str, object]]:  # fmt: skip
+    """Orders and figures of these members, from all their events (``members.aggregates``),
+    with the counts of the events passing each filter rules count over all time (0 included).
     Returns each member's figures as stored (the names rules read: ``rules.syntax.AGGREGATES``)."""
     counts: dict[int, dict[str, int]] = {member_id: defaultdict(int) for member_id in member_ids}
     last_event_at: dict[int, datetime] = {}
     stores: dict[int, set[str]] = defaultdict(set)
+    counted: dict[int, list[EventFact]] = defaultdict(list)
+    ever_names = {wanted.name for wanted in ever_filters.values()}
     for e in events:
+        if e.name in ever_names:
+            counted[e.member_id].append(EventFact(e.name, e.at, e.channel, e.store_code, e.properties or {}))
         count = counts[e.member_id]
         count["events"] += 1
         if e.channel in CHANNELS:
@@ -350,7 +358,12 @@ def _aggregates_write(
         figures = aggregates_of(found.values(), settings.CDP_CURRENCY)
         aggregates.append(
             aggregate_row(
-                member_id, figures, counts[member_id], stores[member_id], last_event_at.get(member_id)
+                member_id,
+                figures,
+                counts[member_id],
+                stores[member_id],
+                last_event_at.get(member_id),
+                event_counts_add({}, counted[member_id], ever_filters),
             )
         )
         orders += [(member_id, order) for order in found.values()]

@@ -2,7 +2,7 @@
 keyset, the changes feed."""
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, TypeVar
@@ -13,7 +13,15 @@ from members.consent.selectors import members_with_consent
 from members.segments.models import Segment, SegmentChange, SegmentMember, SegmentWebhook, Tag
 from members.segments.rules.analysis import leaves, rule_references
 from members.segments.rules.parse import RuleInvalid, rule_parse
-from members.segments.rules.syntax import Condition, Did, DidNot, FirstTime, Stopped
+from members.segments.rules.syntax import (
+    Condition,
+    Did,
+    DidNot,
+    EventFilter,
+    FirstTime,
+    Stopped,
+    event_filter_key,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,19 +54,46 @@ class Definitions:
     decided_segment_ids: frozenset[int]
     #: Events whose properties some rule filters on: the incremental path loads those.
     property_events: frozenset[str]
-    #: Events some rule counts, each with how many days back the rules look at it (None: all
-    #: of a member's history, for a rule without a window or a first time): the member
-    #: refresh's incremental path reads only those of a member's history (``members.incremental``).
-    event_windows: Mapping[str, int | None] = field(default_factory=dict)
+    #: Events some windowed rule counts, each with how many days back the rules look at it:
+    #: the member refresh's incremental path reads only those of a member's history
+    #: (``members.incremental``). What rules count over all time is in ``ever_filters``.
+    event_windows: Mapping[str, int] = field(default_factory=dict)
+    #: The filters some rule counts over all time ("did it ever", "never did", a first time's
+    #: "never before"), by ``event_filter_key``: each member's figures keep their counts
+    #: (``MemberAggregate.event_counts``), so a refresh never reads a member's whole history
+    #: for them.
+    ever_filters: Mapping[str, EventFilter] = field(default_factory=dict)
 
 
 def _days_read(leaf: Did | DidNot | FirstTime | Stopped) -> int | None:
-    """How many days back a behaviour condition looks (None: the whole history)."""
+    """How many days back a behaviour condition reads events (None: none, its count of all
+    time decides)."""
     if isinstance(leaf, Stopped):
         return leaf.in_last_days + leaf.before_days
-    if isinstance(leaf, FirstTime):
-        return None  # "never before" reads everything before the window too
-    return leaf.in_last_days
+    return leaf.in_last_days  # a first time's "never before" is its count less the window's
+
+
+def _ever_filter(leaf: Did | DidNot | FirstTime | Stopped) -> EventFilter | None:
+    """The filter whose count of all time the condition reads, if any."""
+    if isinstance(leaf, FirstTime) or (isinstance(leaf, Did | DidNot) and leaf.in_last_days is None):
+        return leaf.event
+    return None
+
+
+def event_reads(conditions: Iterable[Condition]) -> tuple[dict[str, int], dict[str, EventFilter]]:
+    """What these rules read of a member's events: how many days back each event name's
+    windowed leaves look (``Definitions.event_windows``), and the filters counted over all
+    time, by ``event_filter_key`` (``Definitions.ever_filters``)."""
+    event_windows: dict[str, int] = {}
+    ever_filters: dict[str, EventFilter] = {}
+    for condition in conditions:
+        for leaf in leaves(condition):
+            if isinstance(leaf, Did | DidNot | FirstTime | Stopped):
+                if (days := _days_read(leaf)) is not None:
+                    event_windows[leaf.event.name] = max(days, event_windows.get(leaf.event.name, 0))
+                if (ever := _ever_filter(leaf)) is not None:
+                    ever_filters[event_filter_key(ever)] = ever
+    return event_windows, ever_filters
 
 
 def definitions_load() -> Definitions:
@@ -101,13 +136,7 @@ def definitions_load() -> Definitions:
         if isinstance(leaf, Did | DidNot | FirstTime | Stopped)
         and any(field.startswith("properties.") for field, _ in leaf.event.where)
     )
-    event_windows: dict[str, int | None] = {}
-    for definition in ordered:
-        for leaf in leaves(definition.condition):
-            if isinstance(leaf, Did | DidNot | FirstTime | Stopped):
-                days = _days_read(leaf)
-                known = event_windows.get(leaf.event.name, 0)
-                event_windows[leaf.event.name] = None if days is None or known is None else max(days, known)
+    event_windows, ever_filters = event_reads(d.condition for d in ordered)
     computed_tag_ids = {key: pk for pk, key, kind, _ in tags if kind == Tag.Kind.COMPUTED}
     return Definitions(
         ordered=tuple(ordered),
@@ -120,6 +149,7 @@ def definitions_load() -> Definitions:
         decided_segment_ids=frozenset(d.id for d in ordered if d.kind == "segment"),
         property_events=property_events,
         event_windows=event_windows,
+        ever_filters=ever_filters,
     )
 
 

@@ -233,7 +233,11 @@ def test_figures_follow_the_events_through_the_pipeline_and_a_merge():
 def figures() -> tuple[set, set]:
     aggregates = {
         tuple(
-            tuple(value) if isinstance(value := getattr(a, f.attname), list) else value
+            tuple(value)
+            if isinstance(value := getattr(a, f.attname), list)
+            else tuple(sorted(value.items()))
+            if isinstance(value, dict)
+            else value
             for f in MemberAggregate._meta.concrete_fields
             if f.name != "computed_at"
         )

@@ -6,6 +6,7 @@ segments; after each chunk the pipeline resolves and refreshes. What the refresh
 figures, orders, ledger, balance and tier, tags and segment memberships) is then compared with
 what ``members_rebuild`` recomputes from every event."""
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from unittest import mock
 
@@ -22,9 +23,20 @@ from members.loyalty.demo import loyalty_demo_setup
 from members.loyalty.models import PointsAccount, PointsEntry
 from members.models import MemberAggregate, MemberOrder, MemberTrait, RefreshWatermark
 from members.segments.demo import segments_demo_setup
-from members.segments.models import MemberTag, SegmentMember
+from members.segments.models import MemberTag, Segment, SegmentMember
+from members.segments.rules.syntax import EventFilter, event_filter_key
 
 START = datetime(2026, 6, 1, 12, tzinfo=UTC)
+#: Rules counting over all time besides the demo's "never in the mini-program": a filter on
+#: the channel, on a property (of an event that earns nothing) and a first time.
+EVER_SEGMENTS = (
+    ("twice-at-the-till", {"event": "Order Completed", "where": {"channel": "pos"}, "at_least": 2}),
+    ("never-in-the-app", {"did_not": {"event": "Order Completed", "where": {"channel": "app"}}}),
+    ("at-most-one-refund", {"event": "Order Refunded", "at_most": 1}),
+    ("bags-for-the-first-time", {"first_time": {"event": "Product Viewed", "where": {"properties.category": "Bags"},
+                                                "in_last_days": 60}}),
+    ("ever-viewed-shoes", {"event": "Product Viewed", "where": {"properties.category": "Shoes/Sneakers"}}),
+)  # fmt: skip
 PLANS = ("free", "plus", "pro")
 CATEGORIES = ("Shoes/Sneakers", "Bags")
 
@@ -116,6 +128,13 @@ def _state() -> dict:
     }  # fmt: skip
 
 
+def _segments_create(segments: Iterable[tuple[str, dict]]) -> dict[str, Segment]:
+    return {
+        key: Segment.objects.create(key=key, name=key, kind=Segment.Kind.DYNAMIC, rule=rule)
+        for key, rule in segments
+    }
+
+
 def _full_because(reason: str) -> float:
     return REFRESH_FULL_REASONS.labels(reason)._value.get()
 
@@ -154,6 +173,7 @@ def test_incremental_refresh_equals_the_full_recompute(chunks: list[list[tuple]]
         if expiring:
             _program_with_time_in_it()
         segments_demo_setup()
+        _segments_create(EVER_SEGMENTS)
         sources = {"pos": SourceFactory(pos=True), "app": SourceFactory(kind="app")}
         for chunk in chunks:
             for event in chunk:
@@ -186,8 +206,9 @@ def test_a_member_gaining_later_events_is_refreshed_from_those_alone():
         member_services.members_refresh()
         incremental, full = _refresh_paths()
         assert (incremental - paths[0], full - paths[1]) == (1, 0)
-        # The two new events, then the member's completions for the rules counting orders ever;
-        # the points resume from the checkpoint with the two new events alone.
+        # The two new events, then the completions the windowed rules look at (the demo's
+        # "stopped" rule looks 150 days back: all 11 here; rules over all time read stored
+        # counts); the points resume from the checkpoint with the two new events alone.
         assert REFRESH_EVENTS_READ._value.get() - read == 2 + 11
         assert POINTS_DERIVATIONS.labels("resumed")._value.get() - resumed == 1
         figures = MemberAggregate.objects.get()
@@ -261,3 +282,92 @@ def test_events_swapped_between_members_are_not_taken_for_covered():
         member_services.members_update({first, second}, {first, second})
         assert _refresh_paths()[1] - full == 2
         assert _full_because("moved") - moved == 2
+
+
+@pytest.mark.django_db
+def test_rules_over_all_time_cost_a_long_history_nothing():
+    """A loyal member's refresh reads their new events and the windows of windowed rules, not
+    every order they ever made, however many: "never in the mini-program", "30 orders or more"
+    and a first time's "never before" are decided from the counts their figures keep."""
+    from tests.factories import SourceFactory
+
+    never_mini = EventFilter("Order Completed", (("channel", "mini_program"),))
+    with mock.patch("django.utils.timezone.now", return_value=START):
+        segment = _segments_create([("loyal-newly-browsing", {"all": [
+            {"did_not": {"event": "Order Completed", "where": {"channel": "mini_program"}}},
+            {"event": "Order Completed", "at_least": 30},
+            {"first_time": {"event": "Product Viewed", "in_last_days": 7}},
+        ]})])["loyal-newly-browsing"]  # fmt: skip
+        sources = {"pos": SourceFactory(pos=True), "app": SourceFactory(kind="app")}
+        for n in range(40):
+            _post(("Order Completed", 0, "pos", f"0-{n}", 1000 + n, n, ""), sources)
+        events_process_pending()
+        member_services.members_refresh()
+        figures = MemberAggregate.objects.get()
+        assert figures.event_counts[event_filter_key(never_mini)] == 0
+        assert figures.event_counts[event_filter_key(EventFilter("Order Completed"))] == 40
+        assert not SegmentMember.objects.filter(segment=segment).exists()  # nothing viewed yet
+
+        paths, read = _refresh_paths(), REFRESH_EVENTS_READ._value.get()
+        _post(("Product Viewed", 0, "pos", "", 0, 150 * 24 - 30, "Bags"), sources)  # a day and 6 hours ago
+        events_process_pending()
+        member_services.members_refresh()
+
+        assert _refresh_paths() == (paths[0] + 1, paths[1])
+        # The new event (the plan), then the rules' window of views: none of the 40 orders.
+        assert REFRESH_EVENTS_READ._value.get() - read == 1 + 1
+        assert SegmentMember.objects.filter(segment=segment).exists()
+        assert MemberAggregate.objects.get().event_counts == figures.event_counts | {
+            event_filter_key(EventFilter("Product Viewed")): 1
+        }
+
+
+@pytest.mark.django_db
+def test_a_rule_added_after_members_were_refreshed_decides_no_one_wrongly():
+    """Members refreshed before a rule counting over all time existed hold no count of it: their
+    next refresh goes the full way (reason "rules"), which counts it, and the one after goes
+    incrementally again."""
+    from tests.factories import SourceFactory
+
+    with mock.patch("django.utils.timezone.now", return_value=START):
+        sources = {"pos": SourceFactory(pos=True), "app": SourceFactory(kind="app")}
+        for n in range(3):
+            _post(("Order Completed", 0, "pos", f"0-{n}", 1000 + n, n, ""), sources)  # the till only
+        _post(("Order Completed", 1, "app", "1-0", 1000, 1, ""), sources)  # once in the app
+        events_process_pending()
+        member_services.members_refresh()
+        till, app = (
+            MemberOrder.objects.filter(channel=channel).values_list("member_id", flat=True).first()
+            for channel in ("pos", "app")
+        )
+        segment = _segments_create([("never-in-the-app", {"did_not": {"event": "Order Completed",
+                                                                        "where": {"channel": "app"}}})])["never-in-the-app"]  # fmt: skip
+        key = event_filter_key(EventFilter("Order Completed", (("channel", "app"),)))
+        assert all(
+            key not in counts for counts in MemberAggregate.objects.values_list("event_counts", flat=True)
+        )
+
+        (incremental, full), rules = _refresh_paths(), _full_because("rules")
+        _post(("Product Viewed", 0, "pos", "", 0, 10, "Bags"), sources)
+        _post(("Product Viewed", 1, "app", "", 0, 10, "Bags"), sources)
+        events_process_pending()
+        member_services.members_refresh()
+        assert _refresh_paths() == (incremental, full + 2)
+        assert _full_because("rules") - rules == 2
+        assert set(SegmentMember.objects.filter(segment=segment).values_list("member_id", flat=True)) == {
+            till
+        }
+        assert dict(MemberAggregate.objects.values_list("member_id", "event_counts")) == {
+            till: {key: 0},
+            app: {key: 1},
+        }
+
+        _post(("Product Viewed", 0, "pos", "", 0, 12, "Bags"), sources)
+        _post(("Order Completed", 1, "app", "1-1", 1000, 12, ""), sources)
+        events_process_pending()
+        member_services.members_refresh()
+        assert _refresh_paths()[0] - incremental == 2  # the till member and the app member
+        assert set(SegmentMember.objects.filter(segment=segment).values_list("member_id", flat=True)) == {
+            till
+        }
+        assert MemberAggregate.objects.get(member_id=app).event_counts == {key: 2}

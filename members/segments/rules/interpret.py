@@ -1,7 +1,7 @@
 """Evaluating a rule for one member (the incremental path): ``rule_matches`` over the facts
 the member refresh loads (``MemberFacts``)."""
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -29,6 +29,7 @@ from members.segments.rules.syntax import (
     Stopped,
     TierIn,
     Trait,
+    event_filter_key,
 )
 from members.segments.rules.values import value_number, value_time, values_equal
 
@@ -48,7 +49,13 @@ class EventFact:
 class MemberFacts:
     """What rules look at for one member. ``aggregates`` is empty for a member without a
     figures row (orders and spend 0, times None); ``tier`` is "" without one; ``consents`` are
-    the consent statements the member holds."""
+    the consent statements the member holds.
+
+    ``event_counts``: how many events of all time pass each filter (by ``event_filter_key``):
+    given, a leaf over all time ("did it ever", "never did", a first time's "never before")
+    reads its filter's count instead of ``events``, which then need only reach as far back as
+    the windowed leaves look (``Definitions.event_windows``); a filter without a count is
+    counted in ``events``."""
 
     member_id: int
     traits: Mapping[str, Any] = field(default_factory=dict)
@@ -60,6 +67,7 @@ class MemberFacts:
     tags: frozenset[str] = frozenset()
     segments: frozenset[str] = frozenset()
     consents: tuple[ConsentFact, ...] = ()
+    event_counts: Mapping[str, int] | None = None
 
 
 def _compare(left: Any, op: str, right: Any) -> bool:
@@ -160,6 +168,32 @@ def _count(facts: MemberFacts, wanted: EventFilter, since: datetime | None, unti
     )
 
 
+def _count_ever(facts: MemberFacts, wanted: EventFilter) -> int:
+    """Events of all time passing ``wanted``: the stored count when the facts carry it."""
+    if (
+        facts.event_counts is not None
+        and (stored := facts.event_counts.get(event_filter_key(wanted))) is not None
+    ):
+        return stored
+    return _count(facts, wanted, None, None)
+
+
+def event_counts_add(
+    counts: Mapping[str, int], events: Iterable[EventFact], filters: Mapping[str, EventFilter]
+) -> dict[str, int]:
+    """Each filter's count (``filters``: by ``event_filter_key``) moved by the events passing
+    it; a filter missing from ``counts`` starts at 0, and a count of no filter is dropped."""
+    moved = {key: counts.get(key, 0) for key in filters}
+    by_name: dict[str, list[tuple[str, EventFilter]]] = {}
+    for key, wanted in filters.items():
+        by_name.setdefault(wanted.name, []).append((key, wanted))
+    for event in events:
+        for key, wanted in by_name.get(event.name, ()):
+            if event_passes(event, wanted):
+                moved[key] += 1
+    return moved
+
+
 def _ago(now: datetime, days: int | None) -> datetime | None:
     return None if days is None else now - timedelta(days=days)
 
@@ -180,13 +214,17 @@ def rule_matches(condition: Condition, facts: MemberFacts, *, now: datetime) -> 
         case Aggregate():
             return _aggregate_matches(condition, facts, now)
         case Did(event, days, at_least, at_most):
-            count = _count(facts, event, _ago(now, days), None)
+            count = _count_ever(facts, event) if days is None else _count(facts, event, _ago(now, days), None)
             return (at_least is None or count >= at_least) and (at_most is None or count <= at_most)
         case DidNot(event, days):
+            if days is None:
+                return _count_ever(facts, event) == 0
             return _count(facts, event, _ago(now, days), None) == 0
         case FirstTime(event, days):
             start = _ago(now, days)
-            return _count(facts, event, start, None) > 0 and _count(facts, event, None, start) == 0
+            recent = _count(facts, event, start, None)
+            # "Never before": every event of all time is one of the window's.
+            return recent > 0 and _count_ever(facts, event) - recent == 0
         case Stopped(event, days, before):
             start = now - timedelta(days=days)
             return (

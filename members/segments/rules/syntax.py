@@ -2,7 +2,10 @@
 figures they may read, and the frozen dataclasses a parsed rule is made of (docs/rules.md)."""
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Union
+
+import orjson
 
 from members.segments.rules.values import Scalar
 
@@ -87,6 +90,28 @@ class EventFilter:
 
     name: str
     where: tuple[tuple[str, Scalar], ...] = ()
+
+
+def event_filter_key(wanted: EventFilter) -> str:
+    """The filter as canonical JSON (its name, then its equalities sorted by field), the key
+    its stored all-time count goes by (``MemberAggregate.event_counts``): the same for the same
+    filter whatever order its rule wrote the equalities in, and a number (``5``) never the same
+    as a text (``"5"``) or a boolean, since they match different events (``values_equal``).
+    Not cached by the filter: filters compare equal across those types (``Decimal(1) == True``)."""
+    pairs = ",".join(
+        f"[{orjson.dumps(field).decode()},{_json_scalar(value)}]"
+        for field, value in sorted(wanted.where, key=lambda pair: pair[0])
+    )
+    return f"[{orjson.dumps(wanted.name).decode()},[{pairs}]]"
+
+
+def _json_scalar(value: Scalar) -> str:
+    if isinstance(value, bool | str):
+        return orjson.dumps(value).decode()
+    number = (
+        value if isinstance(value, Decimal) else Decimal(repr(value) if isinstance(value, float) else value)
+    )
+    return str(number)  # a JSON number (the parser refuses what is not finite)
 
 
 @dataclass(frozen=True, slots=True)

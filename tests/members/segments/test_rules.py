@@ -8,11 +8,13 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 
+from members.segments.demo import DEMO_SEGMENTS
 from members.segments.rules.analysis import rule_references, rule_window_expiry
-from members.segments.rules.interpret import EventFact, MemberFacts, rule_matches
+from members.segments.rules.interpret import EventFact, MemberFacts, event_counts_add, rule_matches
 from members.segments.rules.parse import RuleInvalid, rule_parse
-from members.segments.rules.syntax import KINDS, All, HasTag, Not, Trait
+from members.segments.rules.syntax import KINDS, All, EventFilter, HasTag, Not, Trait, event_filter_key
 from members.segments.rules.values import value_time
+from members.segments.selectors import event_reads
 from tests.members.segments import test_rules_sql as generated
 
 NOW = datetime(2026, 10, 1, 12, tzinfo=UTC)
@@ -328,6 +330,92 @@ def test_the_gold_shanghai_example():
 
     assert matches(rule, **zhang)
     assert not matches(rule, **{**zhang, "events": (order(3), order(200, "mini_program"))})
+
+
+# --- stored counts of all time (the incremental refresh) -------------------------------------
+
+
+POS = EventFilter("Order Completed", (("channel", "pos"),))
+MINI = EventFilter("Order Completed", (("channel", "mini_program"),))
+
+
+def test_leaves_over_all_time_read_the_stored_counts_when_given():
+    recent = (order(2),)  # all the incremental path reads: the window's events
+    counts = {event_filter_key(POS): 40, event_filter_key(MINI): 0}
+    ever = {"event": "Order Completed", "where": {"channel": "pos"}}
+
+    assert matches({**ever, "at_least": 40}, events=recent, event_counts=counts)
+    assert not matches({**ever, "at_least": 41}, events=recent, event_counts=counts)
+    assert not matches({"did_not": ever}, events=recent, event_counts=counts)
+    assert matches(
+        {"did_not": {**ever, "where": {"channel": "mini_program"}}}, events=recent, event_counts=counts
+    )
+    # A first time: in the window, and all of the filter's events of all time are the window's.
+    assert not matches({"first_time": {**ever, "in_last_days": 7}}, events=recent, event_counts=counts)
+    once = {event_filter_key(POS): 1}
+    assert matches({"first_time": {**ever, "in_last_days": 7}}, events=recent, event_counts=once)
+    assert not matches({"first_time": {**ever, "in_last_days": 1}}, events=recent, event_counts=once)
+    twice = {event_filter_key(POS): 2}  # one before the window
+    assert not matches({"first_time": {**ever, "in_last_days": 7}}, events=recent, event_counts=twice)
+    # A windowed leaf counts the events, whatever the counts say.
+    assert not matches({**ever, "in_last_days": 30, "at_least": 2}, events=recent, event_counts=counts)
+    # Without a count of its filter (or without counts) a leaf counts the events.
+    assert matches({"did_not": {**ever, "where": {"channel": "app"}}}, events=recent, event_counts=counts)
+    assert not matches({**ever, "at_least": 2}, events=recent)
+    assert matches({**ever, "at_least": 2}, events=(*recent, order(100)), event_counts={})
+
+
+def test_a_filter_key_is_canonical_and_tells_apart_what_matches_apart():
+    both = EventFilter("Order Completed", (("channel", "pos"), ("properties.size", Decimal(38))))
+    swapped = EventFilter("Order Completed", (("properties.size", Decimal(38)), ("channel", "pos")))
+    assert event_filter_key(both) == event_filter_key(swapped)
+    assert event_filter_key(both) == '["Order Completed",[["channel","pos"],["properties.size",38]]]'
+    sized = [
+        EventFilter("X", (("properties.v", value),)) for value in (Decimal(1), "1", True, Decimal("1.5"))
+    ]
+    assert len({event_filter_key(f) for f in sized}) == 4
+    assert event_filter_key(EventFilter("X")) != event_filter_key(EventFilter("Y"))
+    parsed = rule_parse({"did_not": {"event": "X", "where": {"properties.v": 1}}})
+    assert event_filter_key(parsed.event) == event_filter_key(sized[0])
+
+
+def test_counts_move_by_the_events_passing_each_filter():
+    filters = {event_filter_key(f): f for f in (POS, MINI)}
+    events = (order(1), order(2, "mini_program"), order(3), EventFact("Product Viewed", NOW, "pos"))
+
+    assert event_counts_add({}, events, filters) == {event_filter_key(POS): 2, event_filter_key(MINI): 1}
+    stored = {event_filter_key(POS): 5, "a rule removed since": 3}
+    assert event_counts_add(stored, events, filters) == {event_filter_key(POS): 7, event_filter_key(MINI): 1}
+
+
+def test_the_demo_rules_read_their_windows_and_count_never_in_the_mini_program():
+    windows, ever = event_reads(rule_parse(rule) for _, _, rule in DEMO_SEGMENTS)
+
+    # "Bought in a store in the 90 days before the last 60" reaches furthest back; "never in the
+    # mini-program" reads no event at all, and a first time only its window.
+    assert windows == {"Order Completed": 150, "Product Viewed": 30}
+    assert ever == {'["Order Completed",[["channel","mini_program"]]]': MINI}
+    first = rule_parse({"first_time": {"event": "Signed Up", "in_last_days": 7}})
+    assert event_reads([first]) == ({"Signed Up": 7}, {'["Signed Up",[]]': EventFilter("Signed Up")})
+
+
+@settings(max_examples=300, deadline=None)
+@given(member=generated.members, rule=generated.rules)
+def test_stored_counts_and_the_windows_decide_as_the_whole_history(member, rule):
+    """What the incremental refresh evaluates (the events of the windowed leaves' windows, and
+    the counts of all time) answers as a member's whole history does, and sets the same recheck."""
+    condition = rule_parse(rule)
+    whole = generated.facts(1, member)
+    windows, ever = event_reads([condition])
+    windowed = MemberFacts(
+        member_id=1, traits=whole.traits, identifier_types=whole.identifier_types, aggregates=whole.aggregates,
+        events=tuple(e for e in whole.events if e.name in windows and e.at >= NOW - windows[e.name] * DAY),
+        points=whole.points, tier=whole.tier, tags=whole.tags, segments=whole.segments, consents=whole.consents,
+        event_counts=event_counts_add({}, whole.events, ever),
+    )  # fmt: skip
+
+    assert rule_matches(condition, windowed, now=NOW) == rule_matches(condition, whole, now=NOW)
+    assert rule_window_expiry(condition, windowed, NOW) == rule_window_expiry(condition, whole, NOW)
 
 
 # --- references and time ----------------------------------------------------------------------
