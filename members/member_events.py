@@ -185,7 +185,7 @@ def loyalty_histories(
         member_id: LoyaltyHistory(orders=order_events.get(member_id, [])) for member_id in member_ids
     }
     for e in events:
-        if e.properties is None:
+        if e.properties is None or e.member_id not in histories:
             continue
         history = histories[e.member_id]
         if e.name == ORDER_COMPLETED:
