@@ -276,7 +276,9 @@ def points_reconcile(
         PointsCheckpoint, column="member", keys=set(survivors) | (set() if checkpoint else set(histories))
     )
     if checkpoint:
-        now_held = {cause: (sum(r.recorded.points for r in rows), len(rows)) for cause, rows in by_cause.items()}
+        now_held = {
+            cause: (sum(r.recorded.points for r in rows), len(rows)) for cause, rows in by_cause.items()
+        }
         for entry in corrections:
             points, count = now_held.get(entry.cause_key, (0, 0))
             now_held[entry.cause_key] = (points + entry.points, count + 1)

@@ -172,7 +172,9 @@ def test_incremental_refresh_equals_the_full_recompute(chunks: list[list[tuple]]
     # to single members (``members.services``): no batch may fail at all here.
     with (
         mock.patch("django.utils.timezone.now", return_value=START),
-        mock.patch.object(member_services, "_refresh_bisect", side_effect=AssertionError("a refresh batch failed")),
+        mock.patch.object(
+            member_services, "_refresh_bisect", side_effect=AssertionError("a refresh batch failed")
+        ),
         transaction.atomic(),
     ):
         loyalty_demo_setup(now=START - timedelta(days=60))
