@@ -50,16 +50,18 @@ SELECT m.id, e.id, e.event, e.channel, e.store_code, e.timestamp, e.message_id, 
        CASE WHEN e.traits <> '{}'::jsonb THEN e.traits END, e.context -> 'traits',
        CASE WHEN e.event = ANY(%b::text[]) THEN e.properties END
 """
-# One query for everything the refresh reads. The lateral join walks each member's events by
-# index whatever the planner believes about table sizes (stale statistics must not turn a
-# refresh of 500 members into a scan of every event).
+# One query for everything the refresh reads. The lateral joins walk each member's events by
+# index, and fetch each event by its key, whatever the planner believes about table sizes: a
+# plain join let it hash the whole event log once per member when the average member held
+# hundreds of events (stale statistics must not turn a refresh of 500 members into a scan of
+# every event either).
 _EVENTS_OF_MEMBERS = (
     _EVENT_COLUMNS
     + """
 FROM unnest(%b::bigint[]) AS m(id)
 CROSS JOIN LATERAL (
     SELECT ev.* FROM identity_eventresolution AS r
-    JOIN events_event AS ev ON ev.id = r.event_id
+    CROSS JOIN LATERAL (SELECT * FROM events_event WHERE id = r.event_id OFFSET 0) AS ev
     WHERE r.member_id = m.id AND (%b::text[] IS NULL OR ev.event = ANY(%b::text[]))
     OFFSET 0  -- keeps the subquery lateral (not flattened into a join): one index walk per member
 ) AS e
@@ -72,7 +74,7 @@ _EVENTS_SINCE = (
 FROM unnest(%b::bigint[]) AS m(id)
 CROSS JOIN LATERAL (
     SELECT ev.* FROM identity_eventresolution AS r
-    JOIN events_event AS ev ON ev.id = r.event_id
+    CROSS JOIN LATERAL (SELECT * FROM events_event WHERE id = r.event_id OFFSET 0) AS ev
     WHERE r.member_id = m.id AND EXISTS (
         SELECT 1 FROM unnest(%b::text[], %b::timestamptz[]) AS w(name, since)
         WHERE w.name = ev.event AND (w.since IS NULL OR ev.timestamp >= w.since)
@@ -88,7 +90,7 @@ _EVENTS_AFTER = (
 FROM unnest(%b::bigint[], %b::bigint[]) AS m(id, after)
 CROSS JOIN LATERAL (
     SELECT ev.* FROM identity_eventresolution AS r
-    JOIN events_event AS ev ON ev.id = r.event_id
+    CROSS JOIN LATERAL (SELECT * FROM events_event WHERE id = r.event_id OFFSET 0) AS ev
     WHERE r.member_id = m.id AND r.event_id > m.after
     OFFSET 0
 ) AS e
