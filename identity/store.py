@@ -360,7 +360,8 @@ class DatabaseResolver(InMemoryResolver):
         raise LookupError(f"member {old} vanished without being absorbed")
 
     def _write_identifiers(self, member_ids: dict[MemberRef, int]) -> None:
-        """Upsert the identifiers whose owner or last sighting changed (one statement)."""
+        """Write the identifiers whose owner or last sighting changed: stored ones by id, new ones
+        by value (one statement each)."""
         touched = self.loaded_identifiers | {i for e in self.events.values() for i in e.identifiers}
         changed: list[tuple[Identifier, int | None, EventKey | None, str]] = []
         for identifier in sorted(touched, key=attrgetter("type", "value")):  # a stable write order
@@ -372,18 +373,28 @@ class DatabaseResolver(InMemoryResolver):
             )
             if identifier not in self.identifier_ids or self.stored_identifiers.get(identifier) != state:
                 changed.append((identifier, *state))
-        if changed:
+        # Stored rows are rewritten by id: an upsert probes the (type, value) index a second time
+        # (random keys: a page per value once the index outgrows shared_buffers) and writes two
+        # WAL records per row (ON CONFLICT's row lock, then the update); by id it is one, through
+        # the primary key. Only new values go through the upsert.
+        stored = [change for change in changed if change[0] in self.identifier_ids]
+        new = [change for change in changed if change[0] not in self.identifier_ids]
+        if stored:
+            _sql(
+                _UPDATE_IDENTIFIERS,
+                [
+                    [self.identifier_ids[i] for i, *_ in stored],
+                    *_identifier_state_columns(stored),
+                ],
+            )
+        if new:
             rows = _sql(
                 _UPSERT_IDENTIFIERS,
                 [
-                    [i.type for i, *_ in changed],
-                    [i.value for i, *_ in changed],
-                    [owner for _, owner, _, _ in changed],
-                    [seen.timestamp if seen else None for _, _, seen, _ in changed],
-                    [seen.message_id if seen else "" for _, _, seen, _ in changed],
-                    [seen.source_id if seen else None for _, _, seen, _ in changed],
-                    [alias_class for *_, alias_class in changed],
-                    [self._sealed(i) for i, *_ in changed],
+                    [i.type for i, *_ in new],
+                    [i.value for i, *_ in new],
+                    *_identifier_state_columns(new),
+                    [self._sealed(i) for i, *_ in new],
                 ],
             )
             self.identifier_ids.update({Identifier(type_, value): pk for pk, type_, value in rows})
@@ -511,6 +522,19 @@ def _sql(statement: str, params: list) -> list[tuple]:
         return cursor.fetchall() if cursor.description else []
 
 
+def _identifier_state_columns(
+    changes: list[tuple[Identifier, int | None, EventKey | None, str]],
+) -> list[list]:
+    """Owner, last sighting and alias class of identifiers, as the write statements' arrays."""
+    return [
+        [owner for _, owner, _, _ in changes],
+        [seen.timestamp if seen else None for _, _, seen, _ in changes],
+        [seen.message_id if seen else "" for _, _, seen, _ in changes],
+        [seen.source_id if seen else None for _, _, seen, _ in changes],
+        [alias_class for *_, alias_class in changes],
+    ]
+
+
 def _member_columns(members: list[tuple[int, MemberState]]) -> list[list]:
     return [
         [pk for pk, _ in members],
@@ -569,6 +593,12 @@ _UPSERT_IDENTIFIERS = (
     "last_seen_at = EXCLUDED.last_seen_at, last_seen_message_id = EXCLUDED.last_seen_message_id, "
     "last_seen_source_id = EXCLUDED.last_seen_source_id, alias_class = EXCLUDED.alias_class "
     "RETURNING id, type, value"
+)
+_UPDATE_IDENTIFIERS = (
+    f"UPDATE {_IDENTIFIERS} AS i SET member_id = v.m, last_seen_at = v.sa, last_seen_message_id = v.sm, "
+    "last_seen_source_id = v.ss, alias_class = v.ac FROM (SELECT v.*, x.ctid AS tid FROM unnest(%b::bigint[], "
+    "%b::bigint[], %b::timestamptz[], %b::text[], %b::bigint[], %b::text[]) AS v(id, m, sa, sm, ss, ac) "
+    f"CROSS JOIN LATERAL (SELECT ctid FROM {_IDENTIFIERS} WHERE id = v.id OFFSET 0) AS x) AS v WHERE i.ctid = v.tid"
 )
 # One unique-index probe per (type, value) pair. A plain join is planned, for a batch's
 # thousand keys against a table without statistics, as a hash of the whole identifier table.

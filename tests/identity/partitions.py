@@ -94,3 +94,40 @@ def stored_partition() -> set[frozenset[int]]:
     for event_id, member_id in EventResolution.objects.values_list("event_id", "member_id"):
         groups.setdefault(member_id, set()).add(event_id)
     return {frozenset(group) for group in groups.values()}
+
+
+def reference_holdings(events: list[Event]) -> dict[str, tuple[frozenset[int] | None, tuple | None]]:
+    """ "type:value" -> (the events of the member owning it, or None; its last sighting as
+    (timestamp, messageId, source id), or None) for every mergeable identifier the
+    event-time-order engine saw."""
+    by_key = {event_key(e): e.id for e in events}
+    resolver = resolve_in_event_order(_resolvable(events), identity_rules())
+    graph = resolver.graph
+    seen = {i for event in resolver.events.values() for i in event.identifiers if graph.merges(i)}
+    holdings = {}
+    for identifier in seen:
+        owner = graph.owner.get(identifier)
+        events_of = frozenset(by_key[key] for key in resolver.events_of[owner]) if owner is not None else None
+        last = graph.last_seen.get(identifier)
+        holdings[str(identifier)] = (
+            events_of,
+            (last.timestamp, last.message_id, last.source_id) if last else None,
+        )
+    return holdings
+
+
+def stored_holdings(types: Iterable[str]) -> dict[str, tuple[frozenset[int] | None, tuple | None]]:
+    """The same, as the identifier rows of these (mergeable) types hold it."""
+    events_of: dict[int, set[int]] = {}
+    for event_id, member_id in EventResolution.objects.values_list("event_id", "member_id"):
+        events_of.setdefault(member_id, set()).add(event_id)
+    rows = IdentifierRow.objects.filter(type__in=list(types)).values_list(
+        "type", "value", "member_id", "last_seen_at", "last_seen_message_id", "last_seen_source_id"
+    )
+    return {
+        f"{type_}:{value}": (
+            frozenset(events_of[member_id]) if member_id is not None else None,
+            (at, message_id, source_id) if at is not None else None,
+        )
+        for type_, value, member_id, at, message_id, source_id in rows
+    }

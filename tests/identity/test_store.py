@@ -21,9 +21,11 @@ from tests.factories.sealed import stored
 from tests.identity.partitions import (
     reference_alias_classes,
     reference_dropped,
+    reference_holdings,
     reference_partition,
     stored_alias_classes,
     stored_dropped,
+    stored_holdings,
     stored_partition,
 )
 from tests.identity.streams import create_event, raw_events
@@ -179,6 +181,9 @@ def _check_against_reference(data, raws) -> None:
     assert stored_partition() == reference_partition(events)
     assert stored_dropped() == reference_dropped(events)  # replays update exactly the flags that flip
     assert stored_alias_classes() == reference_alias_classes(events)
+    # owners and last sightings, as rewritten batch after batch, are the event-time order's
+    expected = reference_holdings(events)
+    assert stored_holdings({text.partition(":")[0] for text in expected}) == expected
     assert active_members() == len(reference_partition(events))
     # every identifier's owner is active, and every merged member points at an active one
     assert not IdentifierRow.objects.filter(member__status=Member.Status.MERGED).exists()
