@@ -3,7 +3,9 @@
 
 On the member 360 benchmark's database (``cdp_bench_members``: ``--members`` members with ten
 events each over 300 days, two orders each — a store and the app — built by
-``bench/members.py`` and kept, or built here when the scale differs):
+``bench/members.py`` and kept, or built here when the scale differs; consent to ``analytics``
+stated once for 18 in 20 surviving members, ``consent_state``, as the member-level KPIs count
+analysed members only):
 
 - **nightly from scratch**: the insights tables emptied, then ``compute_from(since=None)``
   (what ``manage.py compute_insights`` runs): every member's day rows computed and written,
@@ -67,6 +69,27 @@ LIMIT_DAY = """SELECT channel, store_code, sum(total - refunded), count(*) FROM 
 LIMIT_TILES = """SELECT sum(sales) FILTER (WHERE day BETWEEN %s AND %s), sum(sales) FILTER (WHERE day BETWEEN %s AND %s),
     sum(active_delta), sum(unified_delta), sum(identified_delta)
     FROM insights_dailyrollup WHERE channel = '*' AND store_code = '*' AND day <= %s"""
+
+
+def consent_state() -> None:
+    """Consent to ``analytics`` as bench/funnels.py states it (18 in 20 surviving members granted,
+    1 in 20 denied, 1 in 20 never said), once: the member database has none, and without it no
+    member is analysed, so the member-level KPIs (first purchase, repurchase, lifecycle,
+    unification, conversion) — a third of the rows and most of the computation — are empty."""
+    with bench_members.database() as conn:
+        if conn.execute(
+            "SELECT EXISTS (SELECT FROM consent_consentstatement WHERE purpose = 'analytics')"
+        ).fetchone()[0]:
+            return
+        conn.execute(
+            "INSERT INTO consent_consentstatement (member_id, subject_id, purpose, state, at, version, origin, channel,"
+            " store_code, app, device_id, note, recorded_at) SELECT id, id, 'analytics',"
+            " CASE WHEN abs(hashtext('a' || id)) %% 20 = 0 THEN 'denied' ELSE 'granted' END, %s, 'bench', 'staff',"
+            " 'staff', '', '', '', '', now() FROM members_member WHERE merged_into_id IS NULL"
+            " AND abs(hashtext('a' || id)) %% 20 <> 1",
+            [datetime.combine(T0 - timedelta(days=30), datetime.min.time(), UTC)],
+        )
+        conn.execute("ANALYZE consent_consentstatement")
 
 
 def timed(conn: psycopg.Connection, statement: str, params: list | None = None) -> float:
@@ -178,6 +201,7 @@ def main() -> int:
         ingest.manage("collectstatic", "--noinput", "-v0")
         bench_members.django_setup()
     took = bench_members.populate(args.members) if not bench_members.scale_built(args.members) else {}
+    consent_state()
     background = ingest.wait_until_quiet(10, 60)
     load_before = os.getloadavg()
     full = nightly()

@@ -163,18 +163,23 @@ def funnel_members_sql(
 ) -> tuple[str, list[Any]]:
     """A query of one row per analysed member with an attempt: ``member, depth, t1..tN`` (the
     times of the steps filled, NULL beyond the depth), ``c1..cN`` (their channels) and
-    ``s1..sN`` (their store codes; past step 1 only with ``step_groups``, else NULL), per the
-    module's definition. A member ``analysed`` leaves out is in no row.
+    ``s1..sN`` (their store codes; with ``step_groups`` only, else NULL), per the module's
+    definition. A member ``analysed`` leaves out is in no row.
 
     One pass over the events of ``[start, end + window)`` naming a step, sorted once per member
     by (time, id) descending, then only window functions over that one order: no join per step.
-    Each event gets its rank ``rd`` in that order (1: the member's latest). The next event
-    passing step k after an event is the one of greatest rank below its own: a running ``max``
-    over the rows before it in this order (a frame whose start never moves, so each row is
-    added once, linear). That next event only moves later as the event does, so the
-    continuation (steps k+1..N) of the next step-k event is the running ``max`` (ranks) and
-    ``min`` (times) of the continuations of the step-k events before it. One level of windows
-    per step, from the last step back to step 2, gives every step-1 event its whole chain."""
+    The next event passing step k after an event is the nearest of the rows before it in this
+    order: a running aggregate over the rows before it (a frame whose start never moves, so
+    each row is added once, linear). That next event only moves later as the event does, so
+    the continuation (steps k+1..N) of the next step-k event is the running ``min`` of the
+    continuations' times of the step-k events before it. One level of windows per step, from
+    the last step back to step 2, gives every step-1 event its whole chain; after level k only
+    the events of steps 1..k-1 are read again, so each level reads fewer rows than the last.
+
+    With ``step_groups`` the chain's events themselves are needed (their channels and stores):
+    each event gets its rank ``rd`` in that order (1: the member's latest), the chain carries
+    the running ``max`` of ranks beside the times, and the chain's events are found again by
+    rank among every event's row (kept then through all levels)."""
     n = len(spec.steps)
     params: list[Any] = []
     keys = sorted({key for step in spec.steps for key, _ in step.where if key.startswith("properties.")})
@@ -185,43 +190,53 @@ def funnel_members_sql(
     flags = ", ".join(f"{_step_test(step, columns, params)} AS m{k}" for k, step in enumerate(spec.steps, 1))
     order = "PARTITION BY member ORDER BY at DESC, id DESC"
     before = f" WINDOW w AS ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
-    base = "member, id, rd, at, channel, store_code"
-    # Level k, from N down to 2: r{k}_j and t{k}_j (j = k..N) are the rank and time of the
-    # step-j event of the chain that starts at the next step-k event after the row.
+    base = "member, id, at" + (", rd, channel, store_code" if step_groups else "")
+    any_step = " OR ".join(f"m{k}" for k in range(1, n + 1))
     level = (
-        f"SELECT *, row_number() OVER ({order}) AS rd FROM flagged"
-        f" WHERE {' OR '.join(f'm{k}' for k in range(1, n + 1))}"
+        f"SELECT *, row_number() OVER ({order}) AS rd FROM flagged WHERE {any_step}"
+        if step_groups
+        else f"SELECT * FROM flagged WHERE {any_step}"
     )
+    # Level k, from N down to 2: t{k}_j (and r{k}_j with step_groups, j = k..N) are the time
+    # (rank) of the step-j event of the chain that starts at the next step-k event after the row.
     for k in range(n, 1, -1):
-        chain = [f"max(CASE WHEN m{k} THEN rd END) OVER w AS r{k}_{k}",
-                 f"min(CASE WHEN m{k} THEN at END) OVER w AS t{k}_{k}"]  # fmt: skip
-        for j in range(k + 1, n + 1):
-            chain.append(f"max(CASE WHEN m{k} THEN r{k + 1}_{j} END) OVER w AS r{k}_{j}")
-            chain.append(f"min(CASE WHEN m{k} THEN t{k + 1}_{j} END) OVER w AS t{k}_{j}")
+        chain = [f"min(CASE WHEN m{k} THEN at END) OVER w AS t{k}_{k}"]
+        chain.extend(
+            f"min(CASE WHEN m{k} THEN t{k + 1}_{j} END) OVER w AS t{k}_{j}" for j in range(k + 1, n + 1)
+        )
+        if step_groups:
+            chain.append(f"max(CASE WHEN m{k} THEN rd END) OVER w AS r{k}_{k}")
+            chain.extend(
+                f"max(CASE WHEN m{k} THEN r{k + 1}_{j} END) OVER w AS r{k}_{j}" for j in range(k + 1, n + 1)
+            )
         kept = "".join(f", m{j}" for j in range(1, k))
-        level = f"SELECT {base}{kept}, {', '.join(chain)} FROM ({level}) AS l{k}{before}"
+        # Rows that pass none of steps 1..k are read by no lower level (a filter keeps the
+        # order, so no level sorts again); with step_groups every row is kept, to be found by rank.
+        below = "" if step_groups or k == n else f" WHERE {' OR '.join(f'm{j}' for j in range(1, k + 1))}"
+        level = f"SELECT {base}{kept}, {', '.join(chain)} FROM ({level}) AS l{k}{below}{before}"
     # A step counts while its event is within the window of step 1; the chain's times only grow,
     # so the steps counted run on from step 2 without a gap.
     counted = [f"coalesce(t2_{k} <= at + %s * interval '1 second', false)" for k in range(2, n + 1)]
     depth = " + ".join(["1", *(f"{test}::int" for test in counted)])
     steps = "".join(
-        f", CASE WHEN {test} THEN t2_{k} END AS t{k}, CASE WHEN {test} THEN r2_{k} END AS r{k}"
+        f", CASE WHEN {test} THEN t2_{k} END AS t{k}"
+        + (f", CASE WHEN {test} THEN r2_{k} END AS r{k}" if step_groups else "")
         for k, test in zip(range(2, n + 1), counted, strict=True)
     )
-    params.extend([spec.window.total_seconds()] * (3 * (n - 1)))
+    params.extend([spec.window.total_seconds()] * ((3 if step_groups else 2) * (n - 1)))
     params.extend([start, end])
     if step_groups:
         joins = "".join(
             f" LEFT JOIN chains x{k} ON x{k}.member = b.member AND x{k}.rd = b.r{k}" for k in range(2, n + 1)
         )
-        channels = [f"x{k}.channel" for k in range(2, n + 1)]
-        stores = [f"x{k}.store_code" for k in range(2, n + 1)]
+        channels = ["b.c1", *(f"x{k}.channel" for k in range(2, n + 1))]
+        stores = ["b.s1", *(f"x{k}.store_code" for k in range(2, n + 1))]
+        first = ", channel AS c1, store_code AS s1"
     else:
-        joins, channels, stores = "", ["NULL::text"] * (n - 1), ["NULL::text"] * (n - 1)
+        joins, channels, stores, first = "", ["NULL::text"] * n, ["NULL::text"] * n, ""
     picked = ", ".join(
-        [*(f"b.t{k}" for k in range(1, n + 1)), "b.c1 AS c1",
-         *(f"{c} AS c{k}" for k, c in enumerate(channels, 2)), "b.s1 AS s1",
-         *(f"{s} AS s{k}" for k, s in enumerate(stores, 2))]
+        [*(f"b.t{k}" for k in range(1, n + 1)), *(f"{c} AS c{k}" for k, c in enumerate(channels, 1)),
+         *(f"{s} AS s{k}" for k, s in enumerate(stores, 1))]
     )  # fmt: skip
     analysed_test, analysed_params = analysed.sql("b.member")
     params.extend(analysed_params)
@@ -232,14 +247,18 @@ def funnel_members_sql(
         " JOIN members_member m ON m.id = r.member_id"
         " WHERE e.timestamp >= %s AND e.timestamp < %s AND e.event = ANY(%s::text[])"
         "), flagged AS ("
-        f" SELECT e.member, e.id, e.at, e.channel, e.store_code, {flags} FROM events e"
+        f" SELECT e.member, e.id, e.at{', e.channel, e.store_code' if step_groups else ''}, {flags} FROM events e"
         f"), chains AS {'MATERIALIZED ' if step_groups else ''}({level}"
         "), attempts AS ("
-        f" SELECT member, rd AS r1, at AS t1, channel AS c1, store_code AS s1, {depth} AS depth{steps}"
+        f" SELECT member, id, at AS t1{first}, {depth} AS depth{steps}"
         " FROM chains WHERE m1 AND at >= %s AND at < %s"
         # Materialized: the consent test runs once per member, not pushed down to every attempt.
+        # Of equally deep attempts the earliest: by (time, id), the events' order. The attempts
+        # come sorted by member: sorted in a subquery, the rest is an incremental sort of each
+        # member's few rows (PostgreSQL 15 sorts all of them again for a DISTINCT ON).
         "), best AS MATERIALIZED ("
-        " SELECT DISTINCT ON (member) * FROM attempts ORDER BY member, depth DESC, r1 DESC"
+        " SELECT DISTINCT ON (member) * FROM (SELECT * FROM attempts ORDER BY member, depth DESC, t1, id) AS a"
+        " ORDER BY member, depth DESC, t1, id"
         f") SELECT b.member, b.depth, {picked} FROM best b{joins} WHERE {analysed_test}"
     )
     return sql, params

@@ -126,6 +126,44 @@ def facts_stage(member_ids: Sequence[int]) -> None:
         cursor.execute(f"ANALYZE {STAGE_MEMBER}, {STAGE_EVENT}, {STAGE_ORDER}")
 
 
+def facts_stage_all() -> None:
+    """Stage the facts of every member (active or erased) as ``facts_stage`` reads a batch's,
+    for the rollups from scratch: a scan and a hash join per table. Every member's events are
+    read, and walking them member by member costs two index probes per event (EXPLAIN ANALYZE
+    at 200,000 events: 1.4 to 2.0 s for every member's walks against 0.6 to 0.7 s for one
+    grouped hash join, under the same load)."""
+    stages_empty()
+    tz = settings.TIME_ZONE
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {STAGE_MEMBER} (member_id, identified, analysed) "  # noqa: S608 - our own names
+            f"SELECT m.id, m.id IN (SELECT i.member_id FROM {Identifier._meta.db_table} AS i "
+            "WHERE NOT i.type = ANY(%b::text[])), coalesce(c.state = 'granted', false) "
+            f"FROM {Member._meta.db_table} AS m LEFT JOIN (SELECT DISTINCT ON (cs.member_id) cs.member_id, cs.state "
+            f"FROM {ConsentStatement._meta.db_table} AS cs WHERE cs.purpose = %b AND cs.at <= now() "
+            # The statement in force, as facts_stage and the funnels read it; none is no consent.
+            "ORDER BY cs.member_id, cs.at DESC, cs.id DESC) AS c ON c.member_id = m.id "
+            "WHERE m.status IN ('active', 'erased')",
+            [list(ANONYMOUS_TYPES), CONSENT_PURPOSE],
+        )
+        cursor.execute(f"ANALYZE {STAGE_MEMBER}")
+        cursor.execute(
+            f"INSERT INTO {STAGE_EVENT} (member_id, day, channel, store_code, events) "  # noqa: S608
+            "SELECT r.member_id, (e.timestamp AT TIME ZONE %b)::date, e.channel, e.store_code, count(*) "
+            f"FROM {EventResolution._meta.db_table} AS r JOIN {Event._meta.db_table} AS e ON e.id = r.event_id "
+            f"WHERE r.member_id IN (SELECT member_id FROM {STAGE_MEMBER}) GROUP BY 1, 2, 3, 4",
+            [tz],
+        )
+        cursor.execute(
+            f"INSERT INTO {STAGE_ORDER} (member_id, day, channel, store_code, net) "  # noqa: S608
+            "SELECT o.member_id, (o.placed_at AT TIME ZONE %b)::date, o.channel, o.store_code, o.total - o.refunded "
+            f"FROM {MemberOrder._meta.db_table} AS o WHERE o.member_id IN (SELECT member_id FROM {STAGE_MEMBER}) "
+            "AND o.placed_at IS NOT NULL AND o.currency = %b AND o.total - o.refunded > 0",
+            [tz, settings.CDP_CURRENCY],
+        )
+        cursor.execute(f"ANALYZE {STAGE_EVENT}, {STAGE_ORDER}")
+
+
 def facts_stage_rows(histories: Iterable[kpis.MemberHistory]) -> None:
     """Stage the given histories as they are (tests: the SQL against ``kpis.member_days``)."""
     stages_empty()

@@ -94,27 +94,51 @@ def insights_refresh(*, time_budget: float = 60.0) -> dict[str, int]:
 def compute_from(*, since: date | None) -> dict[str, int]:
     """Everything again (``manage.py compute_insights``): every member's rows are recomputed
     and every day from ``since`` is rolled up again whether or not it changed. With ``since``,
-    rows that did not change are not rewritten; without it, from scratch: the member-day rows
-    are emptied first and written again straight (nothing to compare them with), and every day
-    holding one is rolled up."""
+    rows that did not change are not rewritten; without it, from scratch (``_from_scratch``)."""
+    if since is None:
+        return _from_scratch()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {DirtyMember._meta.db_table} (member_id) SELECT id FROM {Member._meta.db_table} "  # noqa: S608
             "WHERE status IN ('active', 'erased') UNION SELECT DISTINCT member_id FROM "
             f"{MemberDay._meta.db_table}"
         )
-        if since is None:
+        cursor.execute(
+            f"INSERT INTO {DirtyDay._meta.db_table} (day) SELECT d::date FROM generate_series("  # noqa: S608
+            f"%s::date, (SELECT max(day) FROM {MemberDay._meta.db_table}), interval '1 day') AS d "
+            "ON CONFLICT DO NOTHING",
+            [since],
+        )
+    return insights_refresh(time_budget=float("inf"))
+
+
+def _from_scratch() -> dict[str, int]:
+    """The rollups from scratch, in one transaction: the member-day rows emptied, every
+    member's facts staged at once (``member_days_sql.facts_stage_all``: a scan per table, not
+    an index walk per member as a batch of changed members reads them), their rows written
+    straight (nothing to compare), every day holding one rolled up. Until it commits, the
+    board reads the rollups as they were.
+
+    The queue of changed members is emptied first: every change committed before that is
+    read by the statements after it. A change committed later queues its member again, for
+    the next ``insights_refresh``."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            # Wait for a running rollup rather than leave: this run replaces all it would write.
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK])
+            cursor.execute(f"DELETE FROM {DirtyMember._meta.db_table}")  # noqa: S608
             cursor.execute(f"TRUNCATE {MemberDay._meta.db_table}")
             cursor.execute(f"UPDATE {RollupWatermark._meta.db_table} SET value = 0")  # noqa: S608
             cursor.execute(f"DELETE FROM {DailyRollup._meta.db_table}")  # noqa: S608
-        else:
-            cursor.execute(
-                f"INSERT INTO {DirtyDay._meta.db_table} (day) SELECT d::date FROM generate_series("  # noqa: S608
-                f"%s::date, (SELECT max(day) FROM {MemberDay._meta.db_table}), interval '1 day') AS d "
-                "ON CONFLICT DO NOTHING",
-                [since],
-            )
-    return insights_refresh(time_budget=float("inf"))
+        member_days_sql.facts_stage_all()
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FROM {member_days_sql.STAGE_MEMBER}")  # noqa: S608
+            members = cursor.fetchone()[0]
+        _rows_write_unindexed()
+        done = {"members": members, "points_days": _points_roll()}
+        _coupons_roll()
+        done["days"] = _days_roll()
+    return done
 
 
 def _lock() -> bool:
@@ -203,10 +227,7 @@ def member_days_refresh(member_ids: list[int]) -> None:
     with binary_parameters_cursor() as cursor:
         cursor.execute(f"SELECT EXISTS (SELECT FROM {walk.format(table, 'LIMIT 1')})", [member_ids])  # noqa: S608
         if not cursor.fetchone()[0]:
-            cursor.execute(
-                f"WITH written AS (INSERT INTO {table} ({names}) {member_days_sql.ROWS_SELECT} RETURNING day) "  # noqa: S608
-                f"INSERT INTO {dirty} (day) SELECT DISTINCT day FROM written ON CONFLICT DO NOTHING"
-            )
+            _rows_write_straight()
             return
     member_days_sql.rows_compute()
     differ = " OR ".join(f"n.{c} IS DISTINCT FROM o.{c}" for c in kpis.COLUMNS)
@@ -228,6 +249,48 @@ def member_days_refresh(member_ids: list[int]) -> None:
             )
             cursor.execute(
                 f"INSERT INTO {dirty} (day) SELECT DISTINCT day FROM {diff} ON CONFLICT DO NOTHING"  # noqa: S608
+            )
+
+
+def _rows_write_straight() -> None:
+    """The staged members' rows written as they are (none of them has stored rows), their days
+    marked dirty."""
+    names = ", ".join(["member_id", "day", "channel", "store_code", *kpis.COLUMNS])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH written AS (INSERT INTO {MemberDay._meta.db_table} ({names}) {member_days_sql.ROWS_SELECT} "  # noqa: S608
+            f"RETURNING day) INSERT INTO {DirtyDay._meta.db_table} (day) SELECT DISTINCT day FROM written "
+            "ON CONFLICT DO NOTHING"
+        )
+
+
+def _rows_write_unindexed() -> None:
+    """``_rows_write_straight`` into the emptied member-day table with its secondary indexes
+    dropped and built again after: building an index over the rows costs about half of keeping
+    it up to date row by row (156,068 rows: 0.5 s of CPU against 1.0 s for the two indexes,
+    the rows' writing included). The definitions are read from the catalog, so they stay the
+    migrations'; the table is locked by the ``TRUNCATE`` of this transaction, so no one reads
+    it without them, and a failure rolls the drops back too."""
+    table = MemberDay._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.conname, pg_get_constraintdef(c.oid), i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) "
+            "FROM pg_index AS i LEFT JOIN pg_constraint AS c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid "
+            "WHERE i.indrelid = %s::regclass AND NOT i.indisprimary ORDER BY 3",
+            [table],
+        )
+        indexes = cursor.fetchall()
+        for constraint, _, index, _ in indexes:
+            cursor.execute(
+                f'ALTER TABLE {table} DROP CONSTRAINT "{constraint}"' if constraint else f"DROP INDEX {index}"
+            )
+    _rows_write_straight()
+    with connection.cursor() as cursor:
+        for constraint, definition, _, index_definition in indexes:
+            cursor.execute(
+                f'ALTER TABLE {table} ADD CONSTRAINT "{constraint}" {definition}'
+                if constraint
+                else index_definition
             )
 
 
