@@ -21,7 +21,9 @@ queue and not parked).
 
 Targets: backlog age p95 < 5 s; the pipeline's rate over the last 5 minutes within 10% of the
 first 5 (shorter runs compare their first and last third); memory flat (each process within
-10% of where it stood after the first window); lost = 0.
+10% of where it stood after the first window); lost = 0. To tell a process that warms up from
+one that leaks, each process's RSS slope (MiB a minute, least squares) is reported over the
+first and the last half of the load, and the last half's per 1,000 events accepted.
 
 It runs for ``--duration`` (30 min by default), so it is not part of ``make bench``:
 ``make soak`` runs it (``SOAK_ARGS="--duration 180 --rate 500"`` for a short one).
@@ -455,16 +457,17 @@ def section(
     drift = last_processed / first_processed - 1 if first_processed else float("nan")
     base, end = _at(during, window), during[-1]
     rows, flat = [], True
-    minutes = max((end.t - base.t) / 60, 1e-9)
     for name in sorted(end.memory_mib):
         before, after = base.memory_mib.get(name), end.memory_mib[name]
         if before is None:
-            rows.append(f"| {name} | — | {after:,.1f} | (started after the first window) | |")
+            rows.append(f"| {name} | — | {after:,.1f} | (started after the first window) | | | |")
             continue
         growth = after / before - 1 if before else 0.0
         flat &= growth <= TARGET_MEMORY_GROWTH
+        trend = memory_trend(during, name)
         rows.append(
-            f"| {name} | {before:,.1f} | {after:,.1f} | {growth:+.1%} | {(after - before) / minutes:+.2f} |"
+            f"| {name} | {before:,.1f} | {after:,.1f} | {growth:+.1%} | {trend.first_half:+.2f} | "
+            f"{trend.last_half:+.2f} | {trend.last_half_per_1000_events:+,.0f} |"
         )
     checks = {
         "backlog": age_p95 < TARGET_BACKLOG_AGE_P95_S,
@@ -508,11 +511,49 @@ def section(
         "",
         *cpu_lines(during, drained=samples[-1], processed=lost.accepted - lost.lost),
         "",
-        "| process | RSS MiB after the first window | at the end | growth | MiB per minute |",
-        "|---|---:|---:|---:|---:|",
+        "| process | RSS MiB after the first window | at the end | growth | MiB/min, first half | MiB/min, "
+        "last half | KiB per 1,000 events, last half |",
+        "|---|---:|---:|---:|---:|---:|---:|",
         *rows,
+        "",
+        "The slopes are least-squares fits of each process's RSS over the first and the last half of "
+        "the load: a process warming up (caches filling, the allocator's high-water mark) grows in "
+        "the first and levels off in the last; one that leaks grows in both.",
     ]
     return "\n".join(lines), all(checks.values())
+
+
+@dataclass(frozen=True)
+class MemoryTrend:
+    """How fast a process's RSS grew (MiB a minute) over each half of the load, and over the
+    last half per 1,000 events accepted."""
+
+    first_half: float
+    last_half: float
+    last_half_per_1000_events: float  # KiB
+
+
+def _slope(points: Sequence[tuple[float, float]]) -> float:
+    """The least-squares slope of y over x (0 for fewer than two distinct x)."""
+    if len(points) < 2:
+        return 0.0
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread if spread else 0.0
+
+
+def memory_trend(during: Sequence[Sample], name: str) -> MemoryTrend:
+    """``name``'s RSS slopes over the two halves of the samples taken under load; a sample
+    taken while the process was not there (restarted, not yet started) is left out."""
+    middle = during[-1].t / 2
+    halves = (
+        [s for s in during if name in s.memory_mib and s.t <= middle],
+        [s for s in during if name in s.memory_mib and s.t >= middle],
+    )
+    first, last = (_slope([(s.t / 60, s.memory_mib[name]) for s in half]) for half in halves)
+    per_event = _slope([(s.accepted, s.memory_mib[name]) for s in halves[1]])
+    return MemoryTrend(first_half=first, last_half=last, last_half_per_1000_events=per_event * 1024 * 1000)
 
 
 def cpu_lines(during: Sequence[Sample], *, drained: Sample, processed: int) -> list[str]:

@@ -1,5 +1,5 @@
-"""Tuning of long-lived worker processes (Celery workers, and the benchmarks that stand in
-for them)."""
+"""Tuning of long-lived worker processes (gunicorn and Celery workers, and the benchmarks that
+stand in for them)."""
 
 import gc
 
@@ -13,9 +13,37 @@ import gc
 _GC_THRESHOLDS = (50_000, 20, 20)
 
 
-def worker_gc_tune() -> None:
+def loaded_freeze() -> None:
     """Freeze what is loaded by now (code, settings, metadata: never garbage, never walked
-    again) and collect young objects less often. Call once the process is set up."""
+    again), so that what becomes garbage later is collected soon.
+
+    Python runs a full collection only once the objects that reached the oldest generation
+    since the last one number a quarter of those it found there then (CPython's
+    ``long_lived_pending``/``long_lived_total``). Without this, "those" are everything loaded
+    at start: a web worker's requests each leave a cycle (Django's and DRF's request, view,
+    parser context and response refer to each other) holding the parsed batch, the cycles of
+    requests in flight at a young collection are promoted, and they piled up for minutes
+    (``bench/soak.py``, 300 events/s: no full collection in 6 minutes, a worker's allocated
+    blocks +150,000 and its RSS +1.2 MiB a minute). ``gc.freeze`` alone does not reset that
+    quarter's base: the collection after it does, counting only what is not frozen.
+    """
     gc.collect()
     gc.freeze()
+    gc.collect()
+
+
+def worker_gc_tune() -> None:
+    """A Celery worker process, once set up: ``loaded_freeze``, and young objects collected
+    less often."""
+    loaded_freeze()
     gc.set_threshold(*_GC_THRESHOLDS)
+
+
+def web_worker_gc_tune() -> None:
+    """A web worker process, once its application is loaded: every view imported (Django
+    imports the URLconf, and with it the views, at the first request), then ``loaded_freeze``.
+    Python's default thresholds stay: a request allocates far less than a pipeline batch."""
+    from django.urls import get_resolver
+
+    get_resolver().url_patterns  # noqa: B018 - imported now, to be frozen
+    loaded_freeze()

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 from gunicorn.glogging import Logger
 
 from cdp.metrics import gunicorn_child_exit
+from cdp.workers import web_worker_gc_tune
 
 worker_class = "gthread"
 workers = int(os.environ.get("GUNICORN_WORKERS") or os.cpu_count() or 2)
@@ -80,3 +81,9 @@ logger_class = RedactingLogger
 
 #: Multiprocess metrics: a worker that exited leaves its live values behind (cdp.metrics).
 child_exit = gunicorn_child_exit
+
+
+def post_worker_init(worker: Any) -> None:
+    """The worker has loaded the application: freeze it, so that the requests' garbage is
+    collected within seconds rather than after minutes (``cdp.workers.loaded_freeze``)."""
+    web_worker_gc_tune()

@@ -1,6 +1,7 @@
-"""Worker process tuning: what a Celery worker process does once it is set up."""
+"""Worker process tuning: what a Celery or gunicorn worker process does once it is set up."""
 
 import gc
+import weakref
 
 import pytest
 from celery.signals import worker_process_init
@@ -25,3 +26,28 @@ def test_a_worker_process_freezes_what_it_loaded_and_collects_young_objects_less
 
     assert gc.get_freeze_count() > 0
     assert gc.get_threshold()[0] > default_young
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.itself = self
+
+
+@pytest.mark.usefixtures("_gc_restored")
+def test_a_web_worker_collects_garbage_that_reached_the_oldest_generation_without_waiting_for_a_quarter_of_what_it_loaded():
+    from config.gunicorn import post_worker_init
+
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)  # Python's defaults, which a web worker keeps
+    gc.collect()  # everything this process loaded is now in the oldest generation, as in a worker
+    post_worker_init(worker=None)
+    request_cycle = _Cycle()  # a request's objects, in flight while young collections ran
+    collected = weakref.ref(request_cycle)
+    gc.collect(1)  # survivors of the middle generation move to the oldest
+    del request_cycle
+
+    for _ in range(200_000):  # young garbage only: runs the collector's generations by itself
+        loop: list[object] = []
+        loop.append(loop)
+
+    assert collected() is None
