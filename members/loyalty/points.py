@@ -456,9 +456,34 @@ class _Replay:
         state = orjson.loads(zlib.decompress(frozen))
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"a checkpoint of format {state.get('format')}, not {CHECKPOINT_FORMAT}")
+        # An order's time is also its lot's earned and available time and its qualifying time:
+        # each distinct moment and amount is parsed once (most of what a restore costs).
+        moments: dict[str, datetime] = {}
+        amounts: dict[str, Decimal] = {}
+
+        def moment(text: str) -> datetime:
+            found = moments.get(text)
+            if found is None:
+                found = moments[text] = datetime.fromisoformat(text)
+            return found
+
+        def optional_moment(text: str | None) -> datetime | None:
+            return None if text is None else moment(text)
+
+        def amount(text: str) -> Decimal:
+            found = amounts.get(text)
+            if found is None:
+                found = amounts[text] = Decimal(text)
+            return found
+
+        def order_event(row: list[Any]) -> OrderEvent:
+            event_id, name, order_id, total, currency, at, channel, store_code, message_id, source_id = row
+            return OrderEvent(event_id, name, order_id, amount(total), currency, moment(at), channel, store_code,
+                              message_id, source_id)  # fmt: skip
+
         self.orders = {
             (source_id, order_id): _Order(
-                None if done is None else _order_event_of(done), earned, lot_key, Decimal(refunded), unearned,
+                None if done is None else order_event(done), earned, lot_key, amount(refunded), unearned,
                 reversed_, written_off, expired,
             )
             for source_id, order_id, done, earned, lot_key, refunded, unearned, reversed_, written_off, expired
@@ -467,24 +492,24 @@ class _Replay:
         self.order_lots = {order.lot_key: order for order in self.orders.values() if order.lot_key}
         self.lots = Lots(
             lots=[
-                Lot(key, points, remaining, _moment(earned), _moment(available), _optional_moment(expires),
+                Lot(key, points, remaining, moment(earned), moment(available), optional_moment(expires),
                     order_id, event_id)
                 for key, points, remaining, earned, available, expires, order_id, event_id in state["lots"]
             ],
             debt=state["debt"],
         )  # fmt: skip
         self.spent_on, self.given_back = state["spent_on"], state["given_back"]
-        self.qualifying = [(_moment(at), Decimal(amount)) for at, amount in state["qualifying"]]
+        self.qualifying = [(moment(at), amount(value)) for at, value in state["qualifying"]]
         start, end, total, at = state["window"]
         self._window_start, self._window_end, self._window_sum = start, end, Decimal(total)
-        self._window_at = _optional_moment(at)
-        self.tier, self.tier_since = state["tier"][0], _optional_moment(state["tier"][1])
+        self._window_at = optional_moment(at)
+        self.tier, self.tier_since = state["tier"][0], optional_moment(state["tier"][1])
         self.tier_changes = [
-            TierChange(_moment(at), old, new, why) for at, old, new, why in state["tier_changes"]
+            TierChange(moment(at), old, new, why) for at, old, new, why in state["tier_changes"]
         ]
         self.first_order_seen, self.signed_up, self.referred = state["flags"]
         # In the program's zone, as ``Program.next_review`` made it: time is added to it in that zone.
-        review_at = _optional_moment(state["review_at"])
+        review_at = optional_moment(state["review_at"])
         self.review_at = None if review_at is None else review_at.astimezone(self.program.zone)
 
     def order_key_of(self, key: OrderKey, completions: Mapping[OrderKey, OrderEvent]) -> OrderKey:
@@ -865,20 +890,6 @@ class _Replay:
 def _order_event_row(e: OrderEvent) -> list[object]:
     return [e.event_id, e.name, e.order_id, e.amount, e.currency, e.at, e.channel, e.store_code, e.message_id,
             e.source_id]  # fmt: skip
-
-
-def _order_event_of(row: list[Any]) -> OrderEvent:
-    event_id, name, order_id, amount, currency, at, channel, store_code, message_id, source_id = row
-    return OrderEvent(event_id, name, order_id, Decimal(amount), currency, _moment(at), channel, store_code,
-                      message_id, source_id)  # fmt: skip
-
-
-def _moment(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
-def _optional_moment(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
 
 
 def _share(points: int, share: Decimal) -> int:
