@@ -43,7 +43,8 @@ def programs(draw: st.DrawFn) -> Program:
 def histories(draw: st.DrawFn) -> tuple[list[OrderEvent], list[LoyaltyEvent]]:
     orders: list[OrderEvent] = []
     events: list[LoyaltyEvent] = []
-    hours, ids, numbers = 0, 1, []
+    hours, ids = 0, 1
+    numbers: list[tuple[str, int]] = []
     for _ in range(draw(st.integers(1, 14))):
         hours += draw(st.integers(1, 24 * 20))
         at, ids = T0 + timedelta(hours=hours), ids + 1
