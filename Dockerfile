@@ -12,6 +12,9 @@ COPY . .
 RUN DJANGO_SECRET_KEY=collectstatic-only DJANGO_ALLOWED_HOSTS=localhost DATABASE_URL=postgres://unused/unused \
     PRIVACY_FINGERPRINT_KEY=collectstatic-only python manage.py collectstatic --noinput -v 0
 EXPOSE 8000
-# config/gunicorn.py: threaded workers with keep-alive (one per core, 4 threads: GUNICORN_WORKERS,
-# GUNICORN_THREADS) and an access log on stdout that records no write key, token or query string.
-CMD ["gunicorn", "-c", "python:config.gunicorn", "config.wsgi", "--bind", "0.0.0.0:8000"]
+# config/granian.py: granian (a native HTTP server) calling config.wsgi, one worker process per
+# core with 4 blocking threads (WEB_WORKERS, WEB_THREADS), keep-alive, an access log on stdout that
+# records no write key, token or query string, and the metrics of a worker that exits dropped.
+# Why granian and not gunicorn: docs/scaling.md ("The web server"). gunicorn stays installed:
+# `gunicorn -c python:config.gunicorn config.wsgi --bind 0.0.0.0:8000` serves the same app.
+CMD ["python", "-m", "config.granian", "--host", "0.0.0.0", "--port", "8000"]

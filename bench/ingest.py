@@ -211,7 +211,7 @@ class Gunicorn:
             self.process = subprocess.Popen(
                 self.command(),
                 cwd=ROOT,
-                env={**os.environ, **SERVICE_ENV},
+                env=self.environment(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -221,6 +221,9 @@ class Gunicorn:
         except BaseException:
             self.stop()
             raise
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, **SERVICE_ENV}
 
     def command(self) -> list[str]:
         return [
@@ -280,18 +283,21 @@ class Gunicorn:
 
 
 class Granian(Gunicorn):
-    """granian (a native HTTP server) calling the same WSGI application, ``config.wsgi``: each
-    of its workers (processes) runs a Rust HTTP runtime and ``config.threads`` blocking threads
-    that call Django; its access log on, as the deployed gunicorn has one."""
+    """granian as the Dockerfile runs it (``python -m config.granian``: its access log with
+    nothing secret, its metrics hook on a worker's exit), calling the same WSGI application,
+    ``config.wsgi``: each of its workers (processes) runs a Rust HTTP runtime and
+    ``config.threads`` blocking threads that call Django."""
 
     def command(self) -> list[str]:
-        if not (BIN / "granian").exists():
-            raise RuntimeError("granian is not installed: .venv/bin/pip install granian")
-        return [
-            str(BIN / "granian"), "--interface", "wsgi", "config.wsgi:application", "--host", "127.0.0.1",
-            "--port", str(self.port), "--http", "1", "--workers", str(self.config.workers),
-            "--blocking-threads", str(self.config.threads), "--access-log", "--log-level", "warning",
-        ]  # fmt: skip
+        return [str(BIN / "python"), "-m", "config.granian", "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def environment(self) -> dict[str, str]:
+        return {
+            **super().environment(),
+            "WEB_WORKERS": str(self.config.workers),
+            "WEB_THREADS": str(self.config.threads),
+            "WEB_LOG_LEVEL": "warning",
+        }
 
 
 def http_server(config: ServerConfig) -> Gunicorn:

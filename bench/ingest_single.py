@@ -11,9 +11,10 @@ What it measures, in one run, on this machine:
 2. **The web path**: ``POST /v1/{track,identify,page,screen,group,alias}`` (the mix of a
    retailer's SDKs: half track) from the same number of client processes, each on one
    keep-alive connection (raw sockets, prebuilt requests, so the clients spend little CPU),
-   against gunicorn run as the Dockerfile runs it (``-c python:config.gunicorn``: its access
-   log, production settings) in each server model tried, or against granian calling the same
-   WSGI application (``--server granian:WORKERS:THREADS``, its access log on). Requests/s,
+   against granian run as the Dockerfile runs it (``python -m config.granian``: its redacted
+   access log, production settings; ``--server granian:WORKERS:THREADS``) and against gunicorn
+   with its configuration (``-c python:config.gunicorn``; ``--server gthread:2:4``, ``sync:8``),
+   the same WSGI application under each server model tried. Requests/s,
    p50/p95/p99 as the client sees them, and **accepted = durable**: afterwards ``events_event``
    holds exactly as many rows as the 200 answers accepted, none refused, none an error.
 
@@ -60,17 +61,17 @@ TARGET_REQUESTS_PER_S = 2_000
 TARGET_P99_MS = 15.0
 #: Far above what the benchmark sends: the limit is counted (a Redis round trip), never hit.
 RATE_LIMIT = "100000000/min"
-#: The Dockerfile's gunicorn configuration (access log with nothing secret in it).
+#: gunicorn's configuration (access log with nothing secret in it): the alternative to granian.
 DEPLOYED_CONFIG = "python:config.gunicorn"
 START_MARKER = "<!-- bench/ingest_single.py: single-event ingestion benchmarks, up to the end marker. -->"
 MARKER = "<!-- bench/ingest_single.py inserts each run's section below this line, newest first. -->"
 END_MARKER = "<!-- bench/ingest_single.py: end of the single-event ingestion benchmarks. -->"
 
-#: Server models tried, each against the same clients: (worker class, workers, threads).
+#: Server models tried, each against the same clients: (worker class, workers, threads). First
+#: what the Dockerfile runs (granian, config/granian.py's defaults on 2 cores), then gunicorn's.
 SERVERS = (
+    ServerConfig(2, ingest.GRANIAN, 4),
     ServerConfig(2, "gthread", 4, DEPLOYED_CONFIG),
-    ServerConfig(3, "gthread", 3, DEPLOYED_CONFIG),
-    ServerConfig(8, "sync", 1, DEPLOYED_CONFIG),
 )
 
 
@@ -471,8 +472,9 @@ INTRO = f"""# Single-event ingestion benchmarks
 `.venv/bin/python bench/ingest_single.py` (`--help` for the options) measures what a till
 posting each sale as it happens gets: `POST /v1/track` (and identify, page, screen, group,
 alias: half the requests are track) with one event per request, from several clients at once,
-each on one keep-alive connection, against gunicorn as the Dockerfile runs it (production
-settings, its access log), with the rate limit counted in Redis on every request. Beside it, in
+each on one keep-alive connection, against granian as the Dockerfile runs it (`python -m
+config.granian`: production settings, its access log) and gunicorn with `config/gunicorn.py`
+beside it, with the rate limit counted in Redis on every request. Beside it, in
 the same run and from the same number of clients, **the limit**: a plain single-row
 `INSERT … ON CONFLICT DO NOTHING` into `events_event` committed on its own, the same row a track
 stores, from `pgbench` and from psycopg client processes. Every scenario checks that
@@ -490,13 +492,13 @@ costs (last column), which other work hardly changes.
 stores the event and commits while checking the source's cached card (a disabled source stops at
 once), the rate limit is taken a thousandth of the limit per Redis round trip, the pipeline's
 nudge is coalesced per process; everything else (errors, gzip, a key in the body) goes on to the
-DRF view. **The server**: gunicorn with threaded workers and keep-alive (`gthread`, one worker per
-core, 4 threads: `config/gunicorn.py`). Sync workers close the connection after every response
-(a new TCP connection per event) and hold a whole process through each commit's flush; threads
-overlap those waits. `--server granian:WORKERS:THREADS` runs granian in its place (a Rust HTTP
-server calling the same WSGI application, `config.wsgi`, from its blocking threads; its access
-log on): measured against gunicorn, alternated in the same run, in the section "granian in place
-of gunicorn" below.
+DRF view. **The server**: granian (`config/granian.py`: a Rust HTTP server calling the same WSGI
+application, one worker process per core, 4 blocking threads each, keep-alive), what the
+Dockerfile runs since gunicorn's own Python (parser, poller hand-offs, heartbeat, access log)
+was found to cost more CPU per request than the application (docs/scaling.md, "The web
+server"). gunicorn with threaded workers (`gthread`, `config/gunicorn.py`) runs beside it in
+each run, for comparison; sync workers close the connection after every response (a new TCP
+connection per event) and hold a whole process through each commit's flush.
 
 **Where the time goes** (`bench/profile_batch.py --track --cpu`: the WSGI application in one
 process, no HTTP server; measured on 2026-12-04 with the machine's load at 12-16). Before, through
@@ -506,9 +508,9 @@ per request: a third of the request). Now: one statement and, most of the time, 
 trip; 1.4 ms of CPU per request on the loaded machine, of which psycopg sending the statement and
 reading its answer about a third, Django's WSGI handler and the four middleware before ours a
 quarter, reading and checking the event (JSON with its depth and integer checks, the contract)
-a fifth, the rate limit and the nudge 5%. Over HTTP, gunicorn adds its own request parsing and
-gthread's hand-offs between the poller and the worker threads: the gunicorn column is what a
-request costs in all.
+a fifth, the rate limit and the nudge 5%. Over HTTP, the server adds its own request parsing (and,
+under gunicorn gthread, the hand-offs between the poller and the worker threads): the server
+column is what a request costs in all.
 """
 
 
@@ -528,8 +530,8 @@ def run_section(
         f"Django {facts['django']}, gunicorn {facts['gunicorn']}, granian {facts.get('granian', '?')}; load before the run {facts['load']}, "
         f"other processes used {facts['background']} of the CPU just before it.",
         f"- Load: {args.clients} client processes, {args.warmup:g} s warm-up then {args.duration:g} s "
-        "measured per scenario; every gunicorn with `-c python:config.gunicorn` (the Dockerfile's), granian "
-        "with `--interface wsgi --access-log`; `config.settings.production`; PostgreSQL, Redis and the clients share the same cores.",
+        "measured per scenario; every gunicorn with `-c python:config.gunicorn`, granian "
+        "as the Dockerfile runs it (`python -m config.granian`: `config/granian.py`); `config.settings.production`; PostgreSQL, Redis and the clients share the same cores.",
         "",
         results_table(outcomes, pgbench),
         "",
@@ -570,8 +572,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--server",
         action="append",
         metavar="CLASS:WORKERS[:THREADS]",
-        help="a server model to try (repeatable, in order): gunicorn's gthread:3:3 or sync:8, or granian "
-        "(its WSGI interface) granian:WORKERS:BLOCKING_THREADS, e.g. granian:2:4; default: a gunicorn sweep",
+        help="a server model to try (repeatable, in order): granian as the Dockerfile runs it "
+        "granian:WORKERS:BLOCKING_THREADS (e.g. granian:2:4), or gunicorn's gthread:3:3 or sync:8; "
+        "default: granian:2:4 then gthread:2:4",
     )
     parser.add_argument("--no-limit", action="store_true", help="skip the limit scenarios")
     parser.add_argument("--quick", action="store_true", help="a few seconds per scenario: a smoke check")

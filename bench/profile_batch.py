@@ -18,8 +18,10 @@ import argparse
 import base64
 import cProfile
 import io
+import os
 import pstats
 import random
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -106,6 +108,24 @@ def stages(write_key: str, bodies: Sequence[bytes]) -> dict[str, float]:
     return {key: 1000 * value / len(bodies) for key, value in spent.items()}
 
 
+def cpu_rounds(
+    application: Callable[..., Any], path: str, template: Any, write_key: str, requests: int, rounds: int
+) -> None:
+    """This process's CPU per request (µs), round by round, and the median of the rounds."""
+    figures = []
+    for _ in range(rounds):
+        bodies = [template.render() for _ in range(requests)]
+        cpu_began = time.process_time()
+        for body in bodies:
+            _post(application, path, body, write_key)
+        figures.append(1e6 * (time.process_time() - cpu_began) / requests)
+    print(
+        f"{rounds} rounds of {requests} requests to {path}: CPU per request (µs) "
+        + " ".join(f"{figure:.0f}" for figure in figures)
+        + f"; median {statistics.median(figures):.0f}, least {min(figures):.0f} µs (load {' '.join(f'{x:.2f}' for x in os.getloadavg())})"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=500, help="events per batch")
@@ -113,6 +133,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=40, help="profiled requests")
     parser.add_argument("--top", type=int, default=30, help="functions to list")
     parser.add_argument("--cpu", action="store_true", help="profile CPU time instead of wall time")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="no profile: only this process's CPU per request, measured in this many rounds of --requests "
+        "(each round's figure, their median and the least: the least is the one other work on a shared machine inflates least)",
+    )
     args = parser.parse_args(argv)
 
     source = ingest.prepare(f"profile-{time.time_ns()}")
@@ -129,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         for _ in range(3):  # warm-up: URLconf, connections, caches
             _post(application, path, template.render(), source.write_key)
+        if args.rounds:
+            cpu_rounds(application, path, template, source.write_key, args.requests, args.rounds)
+            return
         bodies = [template.render() for _ in range(args.requests)]
         # CPU time, not wall time: on a shared machine the waits (a commit's flush) say little.
         profiler = cProfile.Profile(time.process_time) if args.cpu else cProfile.Profile()

@@ -13,8 +13,8 @@ survive a process's death (its files stay), which is what a rate needs. What is 
 change it, but read at scrape time by the apps' collectors (``METRICS_COLLECTORS``), each one
 cheap query, so it is right whatever process died or restarted.
 
-This module imports no Django: ``config.gunicorn`` loads it in the server's master process, and
-any server (gunicorn, uvicorn, granian) calls ``process_exited`` when a worker of its exits.
+This module imports no Django: the web server's master process loads it (``config.granian``,
+the image's; ``config.gunicorn``), and calls ``process_exited`` when a worker of its exits.
 """
 
 import os
@@ -128,7 +128,8 @@ def multiprocess_dir() -> str | None:
 def process_exited(pid: int) -> None:
     """A worker process of the server (or a Celery child) exited: drop what only a live process
     means (the live gauges' files; its counters and histograms stay, as a rate needs). Any
-    server may call it; gunicorn's ``child_exit`` does (``config.gunicorn``), Celery's
+    server may call it; granian's master does (``config.granian``), gunicorn's ``child_exit``
+    does (``config.gunicorn``), Celery's
     ``worker_process_shutdown`` does (``config.celery``). Nothing to do outside multiprocess mode."""
     path = multiprocess_dir()
     if path:

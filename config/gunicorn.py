@@ -1,4 +1,5 @@
-"""gunicorn's settings: ``gunicorn -c python:config.gunicorn config.wsgi`` (the Dockerfile's command).
+"""gunicorn's settings: ``gunicorn -c python:config.gunicorn config.wsgi`` — the fallback and the
+comparison; the image runs granian (``python -m config.granian``, config/granian.py, which says why).
 
 **Server model: threaded workers with keep-alive** (``gthread``; ``GUNICORN_WORKERS``, default
 one per core, and ``GUNICORN_THREADS``, default 4). Tills and SDKs post one event per request
@@ -14,8 +15,8 @@ about a quarter of the worker's CPU in Django and our path and three quarters in
 Python HTTP machinery (parser, poller hand-offs, heartbeat, access log). granian (a Rust HTTP
 server) calling the same WSGI application was measured against this one
 (``bench/ingest_single.py --server granian:2:4``, docs/benchmarks.md, 2026-12-05): about a
-quarter less server CPU per request and a fifth more requests/s, short of the target and without
-this file's access log redaction or the ``child_exit`` hook: gunicorn stays.
+quarter less CPU per request and up to 1.5x the requests/s. With config/granian.py giving it
+this file's access log redaction and ``child_exit`` hook, granian is what the image runs.
 
 The access log goes to stdout (``GUNICORN_ACCESS_LOG``: a file, or empty for none) and records
 no credential and no personal data: gunicorn's default format logs the HTTP Basic user name,

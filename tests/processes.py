@@ -277,27 +277,35 @@ class PostgresServer:
 
 
 class WebServer:
-    """gunicorn serving ``config.wsgi`` as the Dockerfile runs it (its settings from ``env``)."""
+    """The web server serving ``config.wsgi`` as the Dockerfile runs it (granian:
+    ``python -m config.granian``), or gunicorn with its configuration (``config/gunicorn.py``);
+    its settings from ``env``."""
 
-    def __init__(self, *, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, *, env: dict[str, str], workdir: Path, server: str = "granian") -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = env
-        self.log_path = workdir / "gunicorn.log"
+        self.server = server
+        self.log_path = workdir / f"{server}.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> None:
-        command = [
+    def command(self) -> list[str]:
+        if self.server == "granian":
+            return [sys.executable, "-m", "config.granian", "--host", "127.0.0.1", "--port", str(self.port)]
+        return [
             str(Path(sys.executable).parent / "gunicorn"), "-c", "python:config.gunicorn", "config.wsgi",
             "--bind", f"127.0.0.1:{self.port}", "--workers", "1", "--timeout", "60",
         ]  # fmt: skip
+
+    def start(self) -> None:
+        env = {"WEB_WORKERS": "1", **self.env} if self.server == "granian" else self.env
         self.log = self.log_path.open("w")
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+            self.command(), cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
         )
         if not wait_for(self.is_up, timeout=30):
             self.stop()
-            raise RuntimeError(f"gunicorn did not start: {self.output()}")
+            raise RuntimeError(f"{self.server} did not start: {self.output()}")
 
     def is_up(self) -> bool:
         try:

@@ -49,7 +49,7 @@ SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=True)
 SECURE_CONTENT_TYPE_NOSNIFF = env.bool("DJANGO_SECURE_CONTENT_TYPE_NOSNIFF", default=True)
 
 # --- Static files -------------------------------------------------------------------------------
-# gunicorn serves no static files, and nothing in front of it is required to: WhiteNoise serves
+# The web server (granian's static file option is not used) serves no static files, and nothing in front of it is required to: WhiteNoise serves
 # what collectstatic gathered in STATIC_ROOT (the API docs' Swagger UI and ReDoc, the admin's
 # styles), compressed, under names that carry their content's hash, so browsers keep them for
 # good. Right after SecurityMiddleware, as WhiteNoise asks: HTTPS first, then before anything

@@ -1,5 +1,6 @@
-"""No credential and no looked-up personal data reaches the logs: gunicorn run as the Dockerfile
-runs it (``config/gunicorn.py``, production settings) answers ingestion with write keys (as the
+"""No credential and no looked-up personal data reaches the logs: the web server run as the
+Dockerfile runs it (granian, ``config/granian.py``) and gunicorn with its configuration
+(``config/gunicorn.py``), production settings, answers ingestion with write keys (as the
 Basic user name, in the body, unknown, rate-limited, refused) and the staff API with a token and
 a lookup by phone, and its whole output (access log and Django's own log) holds none of them."""
 
@@ -32,7 +33,8 @@ def basic(key: str) -> str:
 
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
-def test_write_keys_tokens_and_looked_up_phones_never_reach_the_logs(tmp_path):
+@pytest.mark.parametrize("server_name", ["granian", "gunicorn"])
+def test_write_keys_tokens_and_looked_up_phones_never_reach_the_logs(tmp_path, server_name):
     source, body_source = SourceFactory.create(), SourceFactory.create()
     token = token_issue(user=staff_user_ensure(username="logs-admin", role=Role.ADMIN), name="logs").secret
     unknown_key = "wk_" + secrets.token_urlsafe(32)
@@ -51,7 +53,7 @@ def test_write_keys_tokens_and_looked_up_phones_never_reach_the_logs(tmp_path):
         "RATE_LIMIT_OVERRIDES": json.dumps({f"ingestion:{source.name}": "3/min"}),
         "LOG_LEVEL": "INFO",
     })  # fmt: skip
-    server = WebServer(env=env, workdir=tmp_path)  # no DJANGO_SETTINGS_MODULE: production
+    server = WebServer(env=env, workdir=tmp_path, server=server_name)  # no DJANGO_SETTINGS_MODULE: production
     server.start()
     track = {"userId": "u-1", "event": "Product Viewed"}
     try:
@@ -116,17 +118,18 @@ def test_the_access_log_blanks_credentials_whatever_the_format():
     assert atoms["{user-agent}i"] == "curl"
 
 
-def test_the_dockerfile_runs_gunicorn_with_this_configuration():
+def test_the_dockerfile_runs_granian_with_its_configuration():
     dockerfile = (ROOT / "Dockerfile").read_text()
+    command = dockerfile.split("\nCMD", 1)[1]
 
-    assert '"-c", "python:config.gunicorn"' in dockerfile
-    # The server model is the configuration's (the log test above runs it), not overridden.
-    assert "--worker-class" not in dockerfile
-    assert "-k" not in dockerfile.split("CMD", 1)[1]
+    assert '"-m", "config.granian"' in command
+    # The model and the log are the module's (the log test above runs it), not overridden.
+    assert "--access-log" not in command
+    assert "granian " not in command
 
 
 def test_the_server_keeps_connections_alive_with_threaded_workers(monkeypatch):
-    """The model docs/benchmarks.md chose: gthread (sync workers close every connection)."""
+    """gunicorn's model, kept as the fallback: gthread (sync workers close every connection)."""
     monkeypatch.setenv("GUNICORN_THREADS", "6")
     config = Config()
     for name, value in vars(importlib.reload(gunicorn_settings)).items():

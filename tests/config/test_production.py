@@ -104,8 +104,8 @@ def assets(page: str) -> list[str]:
 
 
 @pytest.mark.integration
-def test_gunicorn_with_the_production_settings_serves_the_docs_and_admin_static_files(tmp_path: Path):
-    """As the image runs: collectstatic, then gunicorn with the production settings. The API
+def test_the_server_with_the_production_settings_serves_the_docs_and_admin_static_files(tmp_path: Path):
+    """As the image runs: collectstatic, then the web server (granian) with the production settings. The API
     docs' Swagger UI and ReDoc (drf-spectacular-sidecar) and the admin's styles load, hashed
     and compressed, from the app itself."""
     env = {

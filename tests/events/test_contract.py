@@ -137,3 +137,23 @@ def test_times_are_checked_against_the_window_given():
     refused = message_parse(message, received_at=RECEIVED, window=late)
     assert isinstance(refused, Rejection)
     assert refused.errors[0].field == "timestamp"
+
+
+_NUMBERS = st.one_of(
+    st.integers(),
+    st.integers(min_value=-1_000_001, max_value=1_000_001),
+    st.integers(min_value=-100_000_001, max_value=100_000_001),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(min_value=-2e8, max_value=2e8),
+    st.floats(min_value=-0.01, max_value=0.01),
+    st.sampled_from([0.0, -0.0, 1e-3, 9.999e-4, 1e6, 1e8, 1e8 + 1, 999_999.99, 1e-25, 0.1 + 0.2]),
+)
+
+
+@given(value=_NUMBERS, key=st.sampled_from(["price", "quantity", "total"]))
+def test_a_plain_number_is_answered_as_the_exact_check_answers_it(value, key):
+    """The fast path for the usual amounts (no Decimal) agrees with the exact check, error for
+    error, on either side of each limit and of the decimal places."""
+    from events.commerce import _number_error, _number_error_exact
+
+    assert _number_error("properties.x", key, value) == _number_error_exact("properties.x", key, value)

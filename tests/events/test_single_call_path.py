@@ -4,10 +4,12 @@ DRF view does, and leaves everything else to the view; a card gone stale (source
 renamed, another default currency) is noticed by the very next request."""
 
 import gzip
+from datetime import UTC, datetime
 
 import orjson
+import psycopg
 import pytest
-from django.db import connection
+from django.db import DataError, connection, transaction
 
 from cdp.db import statement_run
 from events.commerce import currency_was_defaulted
@@ -109,3 +111,65 @@ def test_a_connection_that_died_is_replaced_for_an_idempotent_statement():
     connection.connection.close()  # as if PostgreSQL had restarted meanwhile
 
     assert statement_run("SELECT %b::int + 1", [41]) == [(42,)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_statement_outside_a_transaction_binds_every_type_and_null_as_a_cursor_would():
+    """The single-event statement runs on libpq directly, prepared per parameter types: a NULL,
+    a small or a large integer, a timestamp and JSON in the same place, call after call."""
+    sql = "SELECT %b::bigint, %b::text, %b::timestamptz, %b::jsonb ->> 'a'"
+    at = datetime(2026, 12, 5, 3, 4, 5, 123456, tzinfo=UTC)
+
+    first = statement_run(sql, [1, "x", at, '{"a": "b"}'])
+    second = statement_run(sql, [2**62, None, None, None])
+    third = statement_run(sql, [-7, "日本", at, '{"a": 1}'])
+
+    assert first == [(1, "x", at, "b")]
+    assert second == [(2**62, None, None, None)]
+    assert third == [(-7, "日本", at, "1")]
+    assert first[0][2].tzinfo is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_statement_error_is_djangos_error():
+    with pytest.raises(DataError):
+        statement_run("SELECT 1 / %b::int", [0])
+    assert statement_run("SELECT 1 / %b::int", [1]) == [(1,)]  # the connection is still good
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_the_server_ended_is_replaced_for_an_idempotent_statement():
+    """PostgreSQL ended the connection (a restart, a failover): the statement is sent once more
+    on a new connection."""
+    statement_run("SELECT %b::int", [1])
+    backend = connection.connection.info.backend_pid
+    with psycopg.connect(_url(), autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [backend])
+
+    assert statement_run("SELECT %b::int + 1", [41]) == [(42,)]
+    assert connection.connection.info.backend_pid != backend
+
+
+@pytest.mark.django_db(transaction=True)
+def test_inside_a_transaction_the_statement_is_part_of_it():
+    """Not its own autocommit: what it sets for the transaction, the transaction's next query sees."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        statement_run("SELECT set_config('cdp.statement_probe', %b, true)", ["inside"])
+        cursor.execute("SELECT current_setting('cdp.statement_probe', true)")
+        seen = cursor.fetchone()
+
+    assert seen == ("inside",)
+
+
+def _url() -> str:
+    settings = connection.settings_dict
+    return f"postgresql://{settings['USER']}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_prepared_statement_the_session_lost_is_prepared_again():
+    """A pooler's reset (DISCARD ALL) drops what was prepared on the server connection."""
+    assert statement_run("SELECT %b::int * 2", [21]) == [(42,)]
+    connection.connection.execute("DEALLOCATE ALL")
+
+    assert statement_run("SELECT %b::int * 2", [21]) == [(42,)]
