@@ -1,4 +1,4 @@
-"""WSGI entry point (gunicorn config.wsgi)."""
+"""WSGI entry point (granian or gunicorn: config.wsgi:application)."""
 
 import os
 
@@ -10,3 +10,9 @@ from django.core.wsgi import get_wsgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
 
 application = get_wsgi_application()
+
+# A server's worker imports this once it starts (granian's, gunicorn's): freeze what loading left,
+# so that the requests' garbage is collected within seconds, not minutes (cdp.workers).
+from cdp.workers import web_worker_gc_tune  # noqa: E402 - after Django is set up
+
+web_worker_gc_tune()

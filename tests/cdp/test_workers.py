@@ -51,3 +51,15 @@ def test_a_web_worker_collects_garbage_that_reached_the_oldest_generation_withou
         loop.append(loop)
 
     assert collected() is None
+
+
+@pytest.mark.usefixtures("_gc_restored")
+def test_the_application_a_web_server_imports_freezes_what_loading_left():
+    import importlib
+
+    import config.wsgi
+
+    gc.unfreeze()
+    importlib.reload(config.wsgi)
+
+    assert gc.get_freeze_count() > 0
