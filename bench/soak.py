@@ -6,14 +6,14 @@ client's connections is free. A slow server therefore shows up as *lateness* (a 
 after its scheduled time, the client-side backlog) and as a growing pipeline backlog, not as a
 client that politely slows down with it, which is what a back-to-back (closed) benchmark
 measures. The stream is the ingestion benchmark's retailer mix (``payloads.py``), in batches of
-20 to 100 events as an SDK flushes them, into ``POST /v1/batch`` on gunicorn as the Dockerfile
-runs it (``config/gunicorn.py``), with the pipeline running as deployed: a Celery worker (the
+20 to 100 events as an SDK flushes them, into ``POST /v1/batch`` on granian as the Dockerfile
+runs it (``python -m config.granian``: a worker per core, 4 blocking threads each), with the pipeline running as deployed: a Celery worker (the
 Procfile's prefork pool, ``--concurrency`` 2) and beat (the sweep, the refreshes, the alerts).
 
 Every ``--sample`` seconds it records the accepted rate, the pipeline backlog (events waiting
 and the age of the oldest, ``events.metrics.pipeline_backlog``: what ``/metrics`` and the
 backlog alert read), the client's lateness, and the resident memory of every process: each
-gunicorn and Celery worker process, beat, and the PostgreSQL backends of the benchmark's
+granian and Celery worker process, beat, and the PostgreSQL backends of the benchmark's
 database (their private memory, ``RssAnon``: a backend's RSS also counts the shared buffers it
 touched, which grows with the data read and is no leak). After the load it waits for the
 pipeline to drain and checks that every accepted message id is stored and processed (out of the
@@ -51,7 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import ingest  # gunicorn, the source, the machine facts
+import ingest  # the web server, the source, the machine facts
 import orjson
 import payloads
 import psycopg
@@ -65,8 +65,8 @@ SERVICE_ENV = {
     # Counted on every request (a Redis round trip, as deployed), never hit: one source sends it all.
     "RATE_LIMIT_INGESTION": "100000000/min",
 }
-#: The Dockerfile's gunicorn configuration (gthread, a worker per core, 4 threads, access log).
-DEPLOYED_CONFIG = "python:config.gunicorn"
+#: The Dockerfile's server: granian (``config/granian.py``: a worker per core, 4 blocking threads, access log).
+DEPLOYED_SERVER = "python -m config.granian"
 BATCH_SIZES = (20, 100)
 TEMPLATES = 200
 TARGET_BACKLOG_AGE_P95_S = 5.0
@@ -162,7 +162,7 @@ def _group(pgid: int) -> list[int]:
 
 
 def memory_mib(groups: dict[str, int], backend_pids: Sequence[int]) -> dict[str, float]:
-    """RSS per process (``gunicorn master``, ``gunicorn worker 1``, …) and the PostgreSQL
+    """RSS per process (``granian main``, ``granian 1``, …) and the PostgreSQL
     backends' private memory in total, in MiB."""
     out: dict[str, float] = {}
     for role, pgid in groups.items():
@@ -481,8 +481,8 @@ def section(
         f"## Soak — {started:%Y-%m-%d %H:%M} UTC{trial}",
         "",
         f"- Machine: {facts['cpu']}, {facts['cores']} cores, {facts['ram']} RAM; PostgreSQL {facts['postgresql']} "
-        f"({facts['postgresql_settings']}), Python {facts['python']}, Django {facts['django']}, gunicorn "
-        f"{facts['gunicorn']} ({DEPLOYED_CONFIG}); other processes used {facts['background']} of the CPU just "
+        f"({facts['postgresql_settings']}), Python {facts['python']}, Django {facts['django']}, granian "
+        f"{facts['granian']} (`{DEPLOYED_SERVER}`); other processes used {facts['background']} of the CPU just "
         f"before the run, load average {facts['load']} at its end.",
         f"- Load: {args.rate:,.0f} events/s scheduled for {args.duration / 60:.1f} min (open model, "
         f"{args.connections} connections), batches of {BATCH_SIZES[0]} to {BATCH_SIZES[1]} events of the retailer mix "
@@ -584,7 +584,7 @@ INTRO = """# Sustained-load (soak) benchmarks
 `.venv/bin/python bench/soak.py` (`make soak`; `--duration`, `--rate`, `--help`) holds a constant
 arrival rate — an open model: batches are sent at their scheduled times whatever the server does,
 so a server that falls behind shows as send lateness and a growing pipeline backlog rather than a
-slower client — of the retailer mix in batches of 20 to 100 events into `/v1/batch` on gunicorn as
+slower client — of the retailer mix in batches of 20 to 100 events into `/v1/batch` on granian as
 deployed, with a Celery worker and beat running the pipeline. It samples the backlog (events
 waiting, age of the oldest), the accepted and processed rates and the memory of every process,
 then checks every accepted message id stored and processed. Targets: backlog age p95 < 5 s,
@@ -623,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, ingest._terminate)
     started = datetime.now(UTC)
     run_id = f"{started:%Y%m%d%H%M%S}"
-    ingest.SERVICE_ENV.update(SERVICE_ENV)  # gunicorn and manage.py of bench/ingest.py
+    ingest.SERVICE_ENV.update(SERVICE_ENV)  # the web server and manage.py of bench/ingest.py
     ingest.DATABASE_URL, ingest.BROKER_URL = DATABASE_URL, BROKER_URL
     ids_path = RESULTS / f"soak-{run_id}-accepted-ids.txt"
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -635,9 +635,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with ingest.announced(f"creating database {DATABASE_NAME} afresh and a source"):
             database_recreate()
             source = ingest.prepare(run_id)
-        # config/gunicorn.py's own defaults: a worker per core, 4 threads each.
-        server = ingest.Gunicorn(ingest.ServerConfig(os.cpu_count() or 2, "gthread", 4, DEPLOYED_CONFIG))
-        with ingest.announced("starting gunicorn, a Celery worker and beat"):
+        # config/granian.py's own defaults: a worker per core, 4 blocking threads each.
+        server = ingest.Granian(ingest.ServerConfig(os.cpu_count() or 2, ingest.GRANIAN, 4))
+        with ingest.announced("starting granian, a Celery worker and beat"):
             server.start()
             processes.append(server)
             worker = Celery("worker", "--concurrency", str(args.concurrency))
@@ -646,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             processes += [worker, beat]
         assert server.pgid is not None
-        groups = {"gunicorn": server.pgid, "celery worker": worker.pgid, "celery beat": beat.pgid}
+        groups = {"granian": server.pgid, "celery worker": worker.pgid, "celery beat": beat.pgid}
         harness.django_setup(SERVICE_ENV)
         accepted_total = multiprocessing.Value("q", 0, lock=False)
         late_now = multiprocessing.Value("d", 0.0, lock=False)
@@ -688,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lost = lost_check(ids_path, source.pk)
         facts = {**ingest.machine(), "background": f"{background:.0f}%", "load": f"{os.getloadavg()[0]:.1f}"}
     except KeyboardInterrupt:
-        print("interrupted: stopping the client, gunicorn, the worker and beat", file=sys.stderr)
+        print("interrupted: stopping the client, granian, the worker and beat", file=sys.stderr)
         return 130
     finally:
         for process in reversed(processes):
