@@ -198,7 +198,11 @@ def run(
         conn.execute(
             "TRUNCATE events_event, events_pendingevent, members_member, identity_identifier, identity_eventidentifier, "
             "identity_eventresolution, identity_memberchange, members_dirtymark, members_segmentchange, "
-            "members_tagchange, members_pointsentry, members_pointsaccount, members_refreshwatermark RESTART IDENTITY CASCADE"
+            "members_tagchange, members_pointsentry, members_pointsaccount, members_refreshwatermark, "
+            # Keyed by member or event id with no foreign key to cascade from: left over, a
+            # previous run's order owners (ids restart) made new orders look held by others.
+            "members_orderowner, members_consentseen, members_parkedmember, insights_dirtymember, "
+            "insights_dirtyday, insights_memberday RESTART IDENTITY CASCADE"
         )
     sources = {
         channel: (
