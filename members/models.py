@@ -243,7 +243,9 @@ class MemberAggregate(models.Model):
     # over all time (``Definitions.ever_filters``): the incremental refresh adds the new events
     # to them instead of reading the member's whole history. A missing key is unknown (a rule
     # added since): the member's next refresh recomputes from the log.
-    event_counts = models.JSONField(default=dict)
+    # Also the database's default: rows written by set-based SQL (an import, a benchmark's
+    # data) hold no count, which means unknown (the member's next refresh goes the full way).
+    event_counts = models.JSONField(default=dict, db_default={})
     computed_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
