@@ -311,9 +311,18 @@ def points_of_order(
     return int(points.to_integral_value(rounding=ROUND_FLOOR))
 
 
+@dataclass(frozen=True, slots=True)
+class _Placed:
+    """What the replay keeps of an order's completion: what its refunds are measured against."""
+
+    order_id: str
+    amount: Decimal
+    currency: str
+
+
 @dataclass(slots=True)
 class _Order:
-    completion: OrderEvent | None
+    completion: _Placed | None
     earned: int = 0
     lot_key: str = ""
     refunded: Decimal = Decimal(0)
@@ -393,7 +402,7 @@ def points_derive(
 #: The shape of ``_Replay``'s checkpointed state: raise it whenever a change to the replay
 #: would make an older state mean something else (its fields, what they hold, how steps use
 #: them). A state of another format is ignored: the member is derived from their history.
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: an order's completion kept as its number, amount and currency
 
 
 @dataclass(slots=True)
@@ -432,8 +441,8 @@ class _Replay:
         lines of this history's orders (a resumed derivation has its own) and the entries due
         so far. Plain data, no pickle: a row of the database never becomes code."""
         orders = [
-            [*key, None if o.completion is None else _order_event_row(o.completion), o.earned, o.lot_key,
-             o.refunded, o.unearned, o.reversed, o.written_off, o.expired]
+            [*key, None if o.completion is None else [o.completion.order_id, o.completion.amount, o.completion.currency],
+             o.earned, o.lot_key, o.refunded, o.unearned, o.reversed, o.written_off, o.expired]
             for key, o in self.orders.items()
         ]  # fmt: skip
         lots = [
@@ -476,14 +485,13 @@ class _Replay:
                 found = amounts[text] = Decimal(text)
             return found
 
-        def order_event(row: list[Any]) -> OrderEvent:
-            event_id, name, order_id, total, currency, at, channel, store_code, message_id, source_id = row
-            return OrderEvent(event_id, name, order_id, amount(total), currency, moment(at), channel, store_code,
-                              message_id, source_id)  # fmt: skip
+        def placed(row: list[Any]) -> _Placed:
+            order_id, total, currency = row
+            return _Placed(order_id, amount(total), currency)
 
         self.orders = {
             (source_id, order_id): _Order(
-                None if done is None else order_event(done), earned, lot_key, amount(refunded), unearned,
+                None if done is None else placed(done), earned, lot_key, amount(refunded), unearned,
                 reversed_, written_off, expired,
             )
             for source_id, order_id, done, earned, lot_key, refunded, unearned, reversed_, written_off, expired
@@ -628,7 +636,7 @@ class _Replay:
 
     def order(self, done: OrderEvent) -> None:
         order = self.orders.setdefault(done.order_key, _Order(completion=None))
-        order.completion = done
+        order.completion = _Placed(done.order_id, done.amount, done.currency)
         if done.currency != self.program.currency:
             return  # points are earned in the program's currency only
         rule = self.program.rule_at(done.at)
@@ -885,11 +893,6 @@ class _Replay:
     def _change(self, at: datetime, to: str, reason: str) -> None:
         self.tier_changes.append(TierChange(at=at, from_tier=self.tier, to_tier=to, reason=reason))
         self.tier, self.tier_since = to, at
-
-
-def _order_event_row(e: OrderEvent) -> list[object]:
-    return [e.event_id, e.name, e.order_id, e.amount, e.currency, e.at, e.channel, e.store_code, e.message_id,
-            e.source_id]  # fmt: skip
 
 
 def _share(points: int, share: Decimal) -> int:
