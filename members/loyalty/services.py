@@ -228,20 +228,7 @@ def points_reconcile(
     referrers = _referrers(
         {d.beneficiary for derived in derivations.values() for d in derived.due if d.beneficiary}
     )
-    moves: dict[int, list[_Row]] = defaultdict(list)  # target member -> rows
-    corrections: list[_Entry] = []
-    wanted: set[str] = set()
-    for member_id, derivation in derivations.items():
-        for due in derivation.due:
-            target = referrers.get(due.beneficiary) if due.beneficiary else member_id
-            if target is None:
-                continue  # the referrer is not (yet) a member: nobody to credit
-            wanted.add(due.key)
-            held = by_cause.get(due.key, [])
-            moves[target] += [row for row in held if row.member_id != target]
-            difference = due.points - sum(row.recorded.points for row in held)
-            if difference:
-                corrections.append(_entry(target, due, difference, len(held), now))
+    moves, corrections, after, wanted = _dues_reconcile(derivations, by_cause, referrers, now)
     # A cause nobody's history calls for any more is corrected to zero, by the member whose
     # event caused it (a cause whose event moved to a member outside this batch waits for it).
     caused_by = {event_id for history in histories.values() for event_id in history.event_ids}
@@ -276,13 +263,41 @@ def points_reconcile(
         PointsCheckpoint, column="member", keys=set(survivors) | (set() if checkpoint else set(histories))
     )
     if checkpoint:
-        now_held = {
-            cause: (sum(r.recorded.points for r in rows), len(rows)) for cause, rows in by_cause.items()
-        }
-        for entry in corrections:
-            points, count = now_held.get(entry.cause_key, (0, 0))
-            now_held[entry.cause_key] = (points + entry.points, count + 1)
-        _checkpoints_write(derivations, program, now_held, facts=given)
+        _checkpoints_write(derivations, program, after, facts=given)
+
+
+def _dues_reconcile(
+    derivations: dict[int, Derivation],
+    by_cause: dict[str, list[_Row]],
+    referrers: dict[str, int],
+    now: datetime,
+    held_elsewhere: dict[str, tuple[int, int]] | None = None,
+) -> tuple[dict[int, list[_Row]], "list[_Entry]", dict[str, tuple[int, int]], set[str]]:
+    """What bringing the ledger to these derivations' entries takes: the rows to move to the
+    member each cause belongs to now (a referral bonus to its referrer), the corrections to
+    append where a cause's points differ from what is held, each cause's (points, rows) once
+    they are written, and the causes wanted. A cause is held as its rows in ``by_cause`` say,
+    or as ``held_elsewhere`` says where it names it (a checkpoint's tail)."""
+    moves: dict[int, list[_Row]] = defaultdict(list)  # target member -> rows
+    corrections: list[_Entry] = []
+    after: dict[str, tuple[int, int]] = {}
+    wanted: set[str] = set()
+    for member_id, derivation in derivations.items():
+        for due in derivation.due:
+            target = referrers.get(due.beneficiary) if due.beneficiary else member_id
+            if target is None:
+                continue  # the referrer is not (yet) a member: nobody to credit
+            wanted.add(due.key)
+            found = by_cause.get(due.key, [])
+            moves[target] += [row for row in found if row.member_id != target]
+            points, count = sum(row.recorded.points for row in found), len(found)
+            if held_elsewhere and due.key in held_elsewhere:
+                points, count = held_elsewhere[due.key]
+            if difference := due.points - points:
+                corrections.append(_entry(target, due, difference, count, now))
+                points, count = due.points, count + 1
+            after[due.key] = (points, count)
+    return moves, corrections, after, wanted
 
 
 def points_advance(*, histories: dict[int, LoyaltyHistory], now: datetime | None = None) -> set[int]:
@@ -340,26 +355,10 @@ def points_advance(*, histories: dict[int, LoyaltyHistory], now: datetime | None
     referrers = _referrers(
         {d.beneficiary for derived in derivations.values() for d in derived.due if d.beneficiary}
     )
-    moves: dict[int, list[_Row]] = defaultdict(list)
-    corrections: list[_Entry] = []
-    held: dict[str, tuple[int, int]] = {}  # cause -> (points, rows) after this reconciliation
-    for member_id, derivation in derivations.items():
-        tail = tails[member_id]
-        wanted: set[str] = set()
-        for due in derivation.due:
-            target = referrers.get(due.beneficiary) if due.beneficiary else member_id
-            if target is None:
-                continue
-            wanted.add(due.key)
-            found = by_cause.get(due.key, [])
-            moves[target] += [row for row in found if row.member_id != target]
-            points, count = sum(r.recorded.points for r in found), len(found)
-            if due.key in tail:  # held as the checkpoint's tail says (its event is an old one)
-                points, count = tail[due.key][1], tail[due.key][2]
-            if difference := due.points - points:
-                corrections.append(_entry(target, due, difference, count, now))
-                points, count = due.points, count + 1
-            held[due.key] = (points, count)
+    # The tail's causes are held as the checkpoint says (their events are old ones: not read).
+    tail_held = {cause: (t[1], t[2]) for tail in tails.values() for cause, t in tail.items()}
+    moves, corrections, held, wanted = _dues_reconcile(derivations, by_cause, referrers, now, tail_held)
+    for member_id, tail in tails.items():
         # The tail's causes no longer due (a refund took the lot that was to expire) go to zero.
         for cause, (_, points, count, kind, event_id, order_id) in tail.items():
             if cause not in wanted and points:
