@@ -137,7 +137,8 @@ def celery_environment(
 
 class CeleryProcess:
     """``celery <Procfile arguments>`` in a subprocess, with the test settings against
-    ``database``; ``overrides`` replace the value of an option (a path, say)."""
+    ``database``; ``overrides`` replace the value of an option (a path, say), ``arguments`` are
+    added (a pool's ``-Q`` and node name)."""
 
     def __init__(
         self,
@@ -148,15 +149,17 @@ class CeleryProcess:
         workdir: Path,
         extra_env: dict[str, str],
         overrides: dict[str, str] | None = None,
+        arguments: list[str] | None = None,
+        log_name: str | None = None,
     ) -> None:
-        self.log_path = workdir / f"{process}.log"
+        self.log_path = workdir / f"{log_name or process}.log"
         self.env = celery_environment(
             broker_url=broker_url, database=database, workdir=workdir, extra_env=extra_env
         )
-        arguments = procfile_celery_arguments(process)
+        procfile_arguments = procfile_celery_arguments(process)
         for option, value in (overrides or {}).items():
-            arguments[arguments.index(option) + 1] = value
-        self.command = [sys.executable, "-m", "celery", *arguments]
+            procfile_arguments[procfile_arguments.index(option) + 1] = value
+        self.command = [sys.executable, "-m", "celery", *procfile_arguments, *(arguments or [])]
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
