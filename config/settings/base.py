@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import environ
-from kombu import Queue
+from kombu.entity import Queue
 
 from cdp.personal import DEFAULT_PERSONAL_KEYS
 from cdp.sealing import default_sealing_keys

@@ -3,7 +3,7 @@ first, and a worker without ``-Q`` consuming every queue."""
 
 import yaml
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
 from config import queues
 from config.celery import app
