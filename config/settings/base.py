@@ -100,6 +100,22 @@ DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c jit=" + (
 # With PostgreSQL unreachable (not refusing: a host down, a network partition) a request gives
 # up connecting after this and answers 503 (cdp.errors), instead of hanging for minutes.
 DATABASES["default"]["OPTIONS"]["connect_timeout"] = env.int("DATABASE_CONNECT_TIMEOUT", default=5)
+#: A streaming replica of the primary for the reads that may lag (cdp.replica: the insights
+#: board and API, funnels, attribution, cohorts, segment pages and exports): empty, none, and
+#: every read goes to the primary. Same connection settings as the primary; in tests a mirror of
+#: it. What may and may not read from it: docs/scaling.md.
+DATABASE_REPLICA_URL = env("DATABASE_REPLICA_URL", default="")
+if DATABASE_REPLICA_URL:
+    _replica = env.db_url_config(DATABASE_REPLICA_URL)
+    DATABASES["replica"] = {
+        **_replica,
+        "CONN_MAX_AGE": DATABASES["default"]["CONN_MAX_AGE"],
+        "CONN_HEALTH_CHECKS": True,
+        "OPTIONS": {**DATABASES["default"]["OPTIONS"], **_replica.get("OPTIONS", {})},
+        "TEST": {"MIRROR": "default"},
+    }
+#: Inert without the replica alias: every read and write on the primary.
+DATABASE_ROUTERS = ["cdp.replica.ReplicaRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
