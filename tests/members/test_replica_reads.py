@@ -96,7 +96,7 @@ def test_the_board_and_funnels_read_the_replica_and_answer_as_the_primary_would(
     assert not [sql for sql in statements.by_alias[REPLICA] if any(word in sql.upper() for word in WRITES)]
 
 
-def test_an_export_reads_the_replica_and_writes_its_audit_entry_on_the_primary(zhang):
+def test_a_segments_export_and_page_read_the_replica_and_write_their_audit_entries_on_the_primary(zhang):
     consent_grant([zhang["member"]])
     key = segment_of("audience", [zhang["member"]]).key
     client = staff_client(Role.ADMIN)
@@ -104,13 +104,16 @@ def test_an_export_reads_the_replica_and_writes_its_audit_entry_on_the_primary(z
     with connections_recorded() as statements:
         response = client.get(f"/api/v1/segments/{key}/export/?format=ndjson&fields=phone")
         body = b"".join(response.streaming_content)  # the batches are read as it streams
+        page = client.get(f"/api/v1/segments/{key}/members/?fields=phone")
 
     assert response.status_code == 200
     assert body.count(b"\n") == 1
     assert statements.on(REPLICA, "members_segmentmember")  # the count and every batch
     assert not statements.on(DEFAULT_DB_ALIAS, "members_segmentmember")
+    assert page.status_code == 200
+    assert [row["member_id"] for row in page.json()["results"]] == [zhang["member"]]
     audit = statements.on(DEFAULT_DB_ALIAS, 'INSERT INTO "cdp_auditentry"')
-    assert len(audit) == 2  # the export, and the member whose phone it gave in full
+    assert len(audit) == 3  # the export, the member whose phone it gave in full, and the page's
     assert not [sql for sql in statements.by_alias[REPLICA] if any(word in sql.upper() for word in WRITES)]
 
 
