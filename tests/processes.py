@@ -226,13 +226,27 @@ class PostgresServer:
             raise RuntimeError(f"{command[0]} failed: {done.stdout}{done.stderr}{self.log()}")
 
     def init(self) -> None:
-        if os.geteuid() == 0:
-            owner = pwd.getpwnam(self.OS_USER)
-            os.chown(self.root, owner.pw_uid, owner.pw_gid)
+        self._own_root()
         self._run(
             str(self.BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth", "trust",
             "-E", "UTF8", "--locale", "C.UTF-8", "--no-sync",
         )  # fmt: skip
+
+    def replicate(self, primary: "PostgresServer") -> None:
+        """Make this cluster a streaming standby of ``primary``, which must be running (a base
+        backup with its WAL; ``-R`` writes ``standby.signal`` and the ``primary_conninfo`` to
+        follow it), after an immediate checkpoint (the default, spread, waits minutes): then
+        ``start`` it. initdb's trust rules admit replication from 127.0.0.1."""
+        self._own_root()
+        self._run(
+            str(self.BIN / "pg_basebackup"), "-D", str(self.data), "-h", "127.0.0.1", "-p", str(primary.port),
+            "-U", "postgres", "-X", "stream", "-R", "--no-sync", "--checkpoint", "fast",
+        )  # fmt: skip
+
+    def _own_root(self) -> None:
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam(self.OS_USER)
+            os.chown(self.root, owner.pw_uid, owner.pw_gid)
 
     def start(self) -> None:
         options = (
