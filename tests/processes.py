@@ -137,7 +137,8 @@ def celery_environment(
 
 class CeleryProcess:
     """``celery <Procfile arguments>`` in a subprocess, with the test settings against
-    ``database``; ``overrides`` replace the value of an option (a path, say)."""
+    ``database``; ``overrides`` replace the value of an option (a path, say), ``arguments`` are
+    added (a pool's ``-Q`` and node name)."""
 
     def __init__(
         self,
@@ -148,15 +149,17 @@ class CeleryProcess:
         workdir: Path,
         extra_env: dict[str, str],
         overrides: dict[str, str] | None = None,
+        arguments: list[str] | None = None,
+        log_name: str | None = None,
     ) -> None:
-        self.log_path = workdir / f"{process}.log"
+        self.log_path = workdir / f"{log_name or process}.log"
         self.env = celery_environment(
             broker_url=broker_url, database=database, workdir=workdir, extra_env=extra_env
         )
-        arguments = procfile_celery_arguments(process)
+        procfile_arguments = procfile_celery_arguments(process)
         for option, value in (overrides or {}).items():
-            arguments[arguments.index(option) + 1] = value
-        self.command = [sys.executable, "-m", "celery", *arguments]
+            procfile_arguments[procfile_arguments.index(option) + 1] = value
+        self.command = [sys.executable, "-m", "celery", *procfile_arguments, *(arguments or [])]
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -223,13 +226,27 @@ class PostgresServer:
             raise RuntimeError(f"{command[0]} failed: {done.stdout}{done.stderr}{self.log()}")
 
     def init(self) -> None:
-        if os.geteuid() == 0:
-            owner = pwd.getpwnam(self.OS_USER)
-            os.chown(self.root, owner.pw_uid, owner.pw_gid)
+        self._own_root()
         self._run(
             str(self.BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth", "trust",
             "-E", "UTF8", "--locale", "C.UTF-8", "--no-sync",
         )  # fmt: skip
+
+    def replicate(self, primary: "PostgresServer") -> None:
+        """Make this cluster a streaming standby of ``primary``, which must be running (a base
+        backup with its WAL; ``-R`` writes ``standby.signal`` and the ``primary_conninfo`` to
+        follow it), after an immediate checkpoint (the default, spread, waits minutes): then
+        ``start`` it. initdb's trust rules admit replication from 127.0.0.1."""
+        self._own_root()
+        self._run(
+            str(self.BIN / "pg_basebackup"), "-D", str(self.data), "-h", "127.0.0.1", "-p", str(primary.port),
+            "-U", "postgres", "-X", "stream", "-R", "--no-sync", "--checkpoint", "fast",
+        )  # fmt: skip
+
+    def _own_root(self) -> None:
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam(self.OS_USER)
+            os.chown(self.root, owner.pw_uid, owner.pw_gid)
 
     def start(self) -> None:
         options = (

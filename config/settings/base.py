@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import environ
+from kombu.entity import Queue
 
 from cdp.personal import DEFAULT_PERSONAL_KEYS
 from cdp.sealing import default_sealing_keys
+from config.queues import DEFAULT as DEFAULT_QUEUE
+from config.queues import queues_consumed, task_routes
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -97,6 +100,22 @@ DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c jit=" + (
 # With PostgreSQL unreachable (not refusing: a host down, a network partition) a request gives
 # up connecting after this and answers 503 (cdp.errors), instead of hanging for minutes.
 DATABASES["default"]["OPTIONS"]["connect_timeout"] = env.int("DATABASE_CONNECT_TIMEOUT", default=5)
+#: A streaming replica of the primary for the reads that may lag (cdp.replica: the insights
+#: board and API, funnels, attribution, cohorts, segment pages and exports): empty, none, and
+#: every read goes to the primary. Same connection settings as the primary; in tests a mirror of
+#: it. What may and may not read from it: docs/scaling.md.
+DATABASE_REPLICA_URL = env("DATABASE_REPLICA_URL", default="")
+if DATABASE_REPLICA_URL:
+    _replica = env.db_url_config(DATABASE_REPLICA_URL)
+    DATABASES["replica"] = {
+        **_replica,
+        "CONN_MAX_AGE": DATABASES["default"]["CONN_MAX_AGE"],
+        "CONN_HEALTH_CHECKS": True,
+        "OPTIONS": {**DATABASES["default"]["OPTIONS"], **_replica.get("OPTIONS", {})},
+        "TEST": {"MIRROR": "default"},
+    }
+#: Inert without the replica alias: every read and write on the primary.
+DATABASE_ROUTERS = ["cdp.replica.ReplicaRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
@@ -248,10 +267,15 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # (Redis frozen with SIGSTOP) fails without it.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 2, "ack_emulation": False}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
-#: Every task goes to the one default queue (``celery``) unless routed here: a JSON object of task
-#: name (or glob) -> {"queue": name}, e.g. {"members.*": {"queue": "members"}}; a worker then
-#: consumes the queues its ``-Q`` names. How to split the work into pools: docs/scaling.md.
-CELERY_TASK_ROUTES: dict[str, dict[str, str]] = env.json("CELERY_TASK_ROUTES", default={})
+#: Each task goes to its stage's queue (config/queues.py: pipeline, members, segments, webhooks,
+#: insights, bulk, and the default ``celery``). ``CELERY_TASK_ROUTES`` (JSON: task name or glob ->
+#: {"queue": name}) is consulted first and wins. A worker started without ``-Q`` consumes every
+#: queue (those of the stages and any the routes name); split pools each name theirs with ``-Q``:
+#: docs/scaling.md.
+TASK_ROUTE_OVERRIDES: dict[str, dict[str, str]] = env.json("CELERY_TASK_ROUTES", default={})
+CELERY_TASK_ROUTES = task_routes(TASK_ROUTE_OVERRIDES)
+CELERY_TASK_QUEUES = [Queue(name) for name in queues_consumed(TASK_ROUTE_OVERRIDES)]
+CELERY_TASK_DEFAULT_QUEUE = DEFAULT_QUEUE
 
 # --- Ingestion ----------------------------------------------------------------------------
 # The event times accepted (timestamp, originalTimestamp, sentAt, and the time corrected for the

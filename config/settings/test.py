@@ -20,5 +20,6 @@ from config.settings.base import *  # noqa: F403
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=True)  # noqa: F405
 CELERY_TASK_EAGER_PROPAGATES = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
+for _alias in DATABASES.values():  # noqa: F405 - the primary and, with DATABASE_REPLICA_URL, its mirror
+    _alias["CONN_MAX_AGE"] = 0
 LOGGING["root"]["level"] = "WARNING"  # noqa: F405

@@ -21,6 +21,7 @@ from rest_framework.views import APIView
 from cdp.api import CsvRenderer
 from cdp.errors import ApiError, FieldError
 from cdp.permissions import Unscoped, permissions_required
+from cdp.replica import replica_reads
 from members.insights import kpis
 from members.insights.selectors import BREAKDOWNS, Point, default_range, kpi_series, kpi_tiles
 
@@ -147,6 +148,7 @@ class KpiSeriesView(_CsvOrJson):
         responses={200: SeriesOutput, (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR)},
         tags=["insights"],
     )
+    @replica_reads()
     def get(self, request: Request, key: str) -> Any:
         """One KPI per day, week, month or year of a date range, optionally per channel or store."""
         kpi = kpis.KPI_BY_KEY.get(key)
@@ -207,6 +209,7 @@ class KpiSummaryView(_CsvOrJson):
         responses={200: KpiSummaryOutput, (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR)},
         tags=["insights"],
     )  # fmt: skip
+    @replica_reads()
     def get(self, request: Request) -> Any:
         """Every KPI over the period to date (day, week, month, year) against the previous period
         to the same point, with the change and the target."""

@@ -29,6 +29,7 @@ from cdp.api import CsvRenderer
 from cdp.errors import ApiError, FieldError
 from cdp.parsers import BoundedJSONParser
 from cdp.permissions import Unscoped, permissions_required, request_staff
+from cdp.replica import replica_reads
 from members.insights.attribution import MODELS, AttributionInvalid, AttributionSpec, attribution_parse
 from members.insights.cohorts import MAX_OFFSETS, CohortsInvalid, cohorts_parse
 from members.insights.funnel_services import (
@@ -279,6 +280,7 @@ class FunnelResultsView(_InsightView):
     required = {"GET": (VIEW_FUNNELS,)}
 
     @extend_schema(parameters=_RANGE, responses={200: FunnelRowOutput(many=True)}, tags=["insights"])
+    @replica_reads()
     def get(self, request: Request, funnel_id: int) -> Any:
         """A saved funnel computed over members whose first step falls in the date range:
         per step (and breakdown group) members entering, converting, dropping, the rates and the
@@ -299,6 +301,7 @@ class FunnelPreviewView(_InsightView):
 
     @extend_schema(request=FunnelPreviewInput, parameters=_RANGE, responses={200: FunnelRowOutput(many=True)},
                    tags=["insights"])  # fmt: skip
+    @replica_reads()
     def post(self, request: Request) -> Any:
         """An unsaved funnel computed as a saved one is (to try a definition before saving it)."""
         data = FunnelPreviewInput(data=request.data)
@@ -374,6 +377,7 @@ class AttributionView(_InsightView):
         parameters=[*_RANGE, *_ATTRIBUTION, OpenApiParameter("by", OpenApiTypes.STR, enum=["channel", "source", "campaign", "store"])],
         responses={200: OpenApiTypes.OBJECT}, tags=["insights"],
     )  # fmt: skip
+    @replica_reads()
     def get(self, request: Request) -> Any:
         """Orders of the range (net of refunds, in the platform's currency) credited to the
         touches before them under first, last, linear, time-decay and position-based models,
@@ -405,6 +409,7 @@ class RoiView(_InsightView):
         parameters=[*_RANGE, *_ATTRIBUTION, OpenApiParameter("by", OpenApiTypes.STR, enum=["channel", "campaign"])],
         responses={200: OpenApiTypes.OBJECT}, tags=["insights"],
     )  # fmt: skip
+    @replica_reads()
     def get(self, request: Request) -> Any:
         """Spend in the range (prorated by day) beside the revenue each model credits, with ROAS
         (revenue / spend) and ROI ((revenue - spend) / spend), per channel or campaign."""
@@ -545,6 +550,7 @@ class CohortsView(_InsightView):
                     OpenApiParameter("period", OpenApiTypes.STR, enum=["week", "month"])],
         responses={200: OpenApiTypes.OBJECT}, tags=["insights"],
     )  # fmt: skip
+    @replica_reads()
     def get(self, request: Request) -> Any:
         """Members by the week or month of their first purchase (or first event) in the range
         and their acquisition channel; per period after, how many were active and how many

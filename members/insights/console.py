@@ -16,6 +16,7 @@ from django.shortcuts import render
 from django.urls import path
 from django.utils import timezone
 
+from cdp.replica import replica_reads
 from cdp.scopes import request_scope
 from members.insights import kpis
 from members.insights.selectors import coupon_cells, kpi_tiles, kpi_total, kpis_series, sales_by_channel
@@ -41,6 +42,7 @@ def _number(value: Decimal | None) -> float | None:
 
 @login_required
 @permission_required(VIEW_INSIGHTS, raise_exception=True)
+@replica_reads()
 def dashboard(request: HttpRequest) -> HttpResponse:
     if not request_scope(request).unrestricted:
         raise PermissionDenied("The board covers every store: open to unscoped accounts only.")

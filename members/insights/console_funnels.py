@@ -26,6 +26,7 @@ from django.views.decorators.http import require_POST
 
 from cdp.forms import JSONTextField
 from cdp.permissions import request_staff
+from cdp.replica import replica_reads
 from cdp.scopes import request_scope
 from members.insights.api_funnels import (
     ADD_FUNNELS,
@@ -150,6 +151,7 @@ class StepSegmentForm(forms.Form):
 
 @login_required
 @permission_required(VIEW_FUNNELS, raise_exception=True)
+@replica_reads()
 def funnel(request: HttpRequest, funnel_id: int) -> HttpResponse:
     _unscoped(request)
     saved = get_object_or_404(Funnel, pk=funnel_id)
@@ -269,6 +271,7 @@ class SpendUploadForm(forms.Form):
 
 @login_required
 @permission_required(VIEW_SPEND, raise_exception=True)
+@replica_reads()
 def attribution(request: HttpRequest) -> HttpResponse:
     _unscoped(request)
     dates, problems = _dates(request)
@@ -366,6 +369,7 @@ def _heat(share: float | None) -> str:
 
 @login_required
 @permission_required(VIEW_FUNNELS, raise_exception=True)
+@replica_reads()
 def cohorts(request: HttpRequest) -> HttpResponse:
     _unscoped(request)
     problems: list[str] = []

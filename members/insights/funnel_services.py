@@ -22,8 +22,9 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import connection, transaction
+from django.db import transaction
 
+from cdp.replica import read_connection
 from members.consent.selectors import consent_granted_sql
 from members.insights.analysed import AnalysedMembers
 from members.insights.attribution import AttributionSpec, Credit, attribution_sql, credits_from_rows
@@ -107,7 +108,9 @@ def date_range_parse(
 
 
 def _rows(sql: str, params: Sequence[Any]) -> list[tuple]:
-    with transaction.atomic(), connection.cursor() as cursor:
+    # On the replica inside ``replica_reads`` (the results views): SET LOCAL is allowed there.
+    reading = read_connection()
+    with transaction.atomic(using=reading.alias), reading.cursor() as cursor:
         cursor.execute(f"SET LOCAL statement_timeout = {int(STATEMENT_TIMEOUT_MS)}")
         cursor.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
         cursor.execute(sql, params)

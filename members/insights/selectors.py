@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 
-from django.db import connection
-
+from cdp.replica import read_connection
 from members.insights import kpis
 from members.insights.models import CouponRollup, DailyRollup, PointsRollup
 
@@ -84,7 +83,7 @@ def _bucket_rows(
         f"SELECT width_bucket(day, %s::date[]) AS bucket, {key}, {select} FROM {table} "  # noqa: S608 - our own names
         f"WHERE {' AND '.join(where)} GROUP BY 1, 2 ORDER BY 1"
     )
-    with connection.cursor() as cursor:
+    with read_connection().cursor() as cursor:
         cursor.execute(sql, [firsts, spans[-1][1], *([] if stock else [firsts[0]])])
         return [
             (firsts[bucket - 1] if bucket else firsts[0] - timedelta(days=1), k,
@@ -143,7 +142,7 @@ def _window_sums(source: str, windows: Sequence[tuple[date | None, date]]) -> li
         f"LEFT JOIN {table} AS r ON r.day BETWEEN w.first AND w.last "
         f"{''.join(f' AND r.{c}' for c in where)} GROUP BY w.n ORDER BY w.n"
     )
-    with connection.cursor() as cursor:
+    with read_connection().cursor() as cursor:
         cursor.execute(sql, [[first or date.min for first, _ in windows], [last for _, last in windows]])
         return [dict(zip(columns, values, strict=True)) for _, *values in cursor.fetchall()]
 
@@ -196,7 +195,7 @@ def default_range(end: date) -> tuple[date, date]:
 
 def coupon_cells(*, start: date, end: date) -> dict[tuple[str, str], int]:
     """Coupons redeemed in [start, end] per (issuing channel, redeeming channel)."""
-    with connection.cursor() as cursor:
+    with read_connection().cursor() as cursor:
         cursor.execute(
             f"SELECT issuing_channel, redeeming_channel, sum(redeemed) FROM {CouponRollup._meta.db_table} "  # noqa: S608
             "WHERE day BETWEEN %s AND %s AND redeeming_channel <> '*' GROUP BY 1, 2",

@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import orjson
+import psycopg
 import pytest
 import redis
 from django.db import connection
 from django.db.models import Sum
 
-from config.celery import app as celery_app
+from config import queues
 from events.models import Event, PendingEvent
 from identity.models import EventResolution, MemberChange
 from members.loyalty.models import PointsAccount, PointsEntry
@@ -91,10 +92,10 @@ def stage_saw(broker: RedisServer) -> list[str]:
         return []
 
 
-def tasks_waiting(broker: RedisServer) -> list[str]:
-    """The tasks of the messages waiting in the private broker's default queue (kombu's Redis
+def tasks_waiting(broker: RedisServer, queue_name: str = queues.PIPELINE) -> list[str]:
+    """The tasks of the messages waiting in one of the private broker's queues (kombu's Redis
     transport keeps a queue as a list of JSON messages named after it)."""
-    queue = redis.Redis.from_url(broker.url).lrange(celery_app.conf.task_default_queue, 0, -1)
+    queue = redis.Redis.from_url(broker.url).lrange(queue_name, 0, -1)
     return [orjson.loads(message)["headers"]["task"] for message in queue]
 
 
@@ -289,3 +290,72 @@ def test_the_worker_as_deployed_survives_broker_outages_under_load(live_server, 
         PointsEntry.objects.values("member_id").annotate(sum=Sum("points")).values_list("member_id", "sum")
     )
     assert balances == ledger
+
+
+def pool(name: str, queue_names: str, *, broker: RedisServer, workdir, env: dict[str, str]) -> CeleryProcess:
+    """A worker of one pool, as docs/scaling.md splits them: the Procfile's worker on the
+    pool's queues only, one process, its own node name."""
+    return CeleryProcess(
+        "worker",
+        broker_url=broker.url,
+        database=connection.settings_dict["NAME"],
+        workdir=workdir,
+        extra_env=env,
+        overrides={"--concurrency": "1"},
+        arguments=["-Q", queue_names, "-n", f"{name}@%h"],
+        log_name=f"worker-{name}",
+    )
+
+
+def waiting_on_an_advisory_lock() -> int:
+    """Backends of the test database blocked on an advisory lock (the nightly run, below)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+        )
+        return int(cursor.fetchone()[0])
+
+
+def test_a_nightly_recompute_holding_the_bulk_pool_does_not_delay_the_pipeline(live_server, broker, tmp_path):
+    """The stage queues by default (config/queues.py): the nightly insights recompute, sent as
+    beat sends it, occupies the one process of the bulk pool (held for as long as the test
+    likes: it waits on the insights lock, which the test holds), and events posted meanwhile
+    are processed by the pipeline pool all the same. Routed to one queue, or the pools
+    consuming the wrong queues, the events would wait behind the recompute."""
+    from members.insights.services import _LOCK as INSIGHTS_LOCK
+    from members.insights.tasks import recompute_all
+
+    env = stage_env(broker)
+    bulk = pool("bulk", queues.BULK, broker=broker, workdir=tmp_path, env=env)
+    pipeline = pool("pipeline", queues.PIPELINE, broker=broker, workdir=tmp_path, env=env)
+    database = connection.settings_dict
+    holder = psycopg.connect(
+        host=database["HOST"],
+        port=database["PORT"],
+        user=database["USER"],
+        dbname=database["NAME"],
+        autocommit=True,
+    )
+    holder.execute("SELECT pg_advisory_lock(%s)", [INSIGHTS_LOCK])
+    bulk.start()
+    pipeline.start()
+    try:
+        recompute_all.apply_async(retry=False)
+        assert wait_for(lambda: waiting_on_an_advisory_lock() == 1, timeout=30), bulk.output()
+        assert tasks_waiting(broker, queues.BULK) == []  # taken by the bulk pool, which is busy
+
+        messages = [TrackMessageFactory() for _ in range(4)]
+        assert post_batch(live_server.url, SourceFactory().write_key, messages)[0] == 200
+
+        assert wait_for(lambda: unprocessed() == 0, timeout=30), pipeline.output()
+        assert sorted(stage_saw(broker)) == sorted(m["messageId"] for m in messages)
+        assert waiting_on_an_advisory_lock() == 1  # the recompute is still holding its pool
+        # (by the log: "Task <name>[<id>] received"; the banner lists every task)
+        assert "Task members.insights.recompute_all[" not in pipeline.output()
+        assert "Task events.process_pending[" not in bulk.output()
+    finally:
+        holder.close()  # the lock goes with the session: the recompute runs and ends
+        pipeline.stop()
+        bulk.stop()
+    assert "Task members.insights.recompute_all[" in bulk.output()
