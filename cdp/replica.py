@@ -6,8 +6,9 @@ answers the primary, ``default``. Two things must hold for a read to go to the r
 
 - the code runs inside ``replica_reads()`` (a context manager and a decorator), which only the
   views of docs/scaling.md's replica-safe reads use: the insights board and KPI API (rollups),
-  funnels, attribution, ROI and cohorts (passes over the event log), a segment's members page and
-  its exports. The flag is a context variable, so it is per request (and per thread), and never
+  funnels, attribution, ROI and cohorts (passes over the event log). Never what gives out
+  personal data under consent (a segment's members page, its exports): a replica's consent is as
+  old as its lag, and a withdrawal binds at once. The flag is a context variable, so it is per request (and per thread), and never
   set in a worker: the pipeline and every task claim work, lock and write, which a replica
   refuses;
 - the read is one of those paths' own: their raw SQL takes its cursor from ``read_connection()``,
@@ -15,9 +16,8 @@ answers the primary, ``default``. Two things must hold for a read to go to the r
   (the staff account and token, a segment's or a funnel's definition just saved, the audit log)
   stays on the primary, so a definition created a moment ago is found.
 
-Every write goes to the primary (``db_for_write``), in scope or not: the audit entries that
-exports and unmasked pages append, above all. Nothing is migrated on the replica (it replays
-the primary's WAL).
+Every write goes to the primary (``db_for_write``), in scope or not: the audit entries, above
+all. Nothing is migrated on the replica (it replays the primary's WAL).
 """
 
 from collections.abc import Iterator

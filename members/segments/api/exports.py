@@ -15,7 +15,6 @@ from rest_framework.views import APIView
 from cdp.errors import ApiError, FieldError
 from cdp.permissions import Unscoped, permissions_required, request_staff
 from cdp.privacy import Masking
-from cdp.replica import replica_reads
 from members.consent.statements import NO_CONSENT
 from members.segments.api import PURPOSE_PARAMETER, VIEW_SEGMENTS, declared_purpose, segment_by_key
 from members.segments.api.members import FIELDS_PARAMETER, requested_fields
@@ -95,7 +94,6 @@ class SegmentExportView(APIView):
         },
         tags=["segments"],
     )  # fmt: skip
-    @replica_reads()
     def get(self, request: Request, key: str) -> StreamingHttpResponse:
         """Every member of the segment with the fields asked for, streamed as CSV or NDJSON,
         lowest member id first, with the masking and consent of the members page. The export

@@ -11,7 +11,6 @@ from cdp.errors import ApiError, FieldError
 from cdp.pagination import CURSOR_HELP, query_int
 from cdp.permissions import Unscoped, permissions_required
 from cdp.privacy import Masking
-from cdp.replica import replica_reads
 from members.aggregates import FIGURE_DIGITS
 from members.consent.statements import NO_CONSENT
 from members.segments.api import PURPOSE_PARAMETER, VIEW_SEGMENTS, declared_purpose, segment_by_key
@@ -107,7 +106,6 @@ class SegmentMembersView(APIView):
                     FIELDS_PARAMETER, PURPOSE_PARAMETER],
         responses={200: SegmentMembersPage}, tags=["segments"],
     )  # fmt: skip
-    @replica_reads()
     def get(self, request: Request, key: str) -> Response:
         """The segment's members by member id, a keyset page at a time: stable while members
         enter and leave (no offsets). One query per page whatever the fields; a page showing
