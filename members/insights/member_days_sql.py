@@ -190,19 +190,21 @@ def facts_stage_rows(histories: Iterable[kpis.MemberHistory]) -> None:
                     copy.write_row((h.member_id, day, channel, store, len(nets), sum(nets)))
 
 
-def facts_pack() -> None:
-    """The staged members' facts into ``insights_stage_packed``, as ``MemberFacts`` stores them:
-    one row per member, its events and orders as parallel arrays in (day, channel, store)
-    order, so that the same facts pack into equal rows (the incremental path compares them)."""
+def facts_pack(into: str = STAGE_PACKED) -> int:
+    """The staged members' facts into ``into`` (``insights_stage_packed``, or the stored facts
+    when nothing is stored: the nightly) as ``MemberFacts`` stores them, one row per member,
+    its events and orders as parallel arrays in (day, channel, store) order, so that the same
+    facts pack into equal rows (the incremental path compares them). Returns the members."""
     events = _packed_arrays(STAGE_EVENT, EVENT_ARRAYS, ("day", "channel", "store_code", "events"))
     orders = _packed_arrays(STAGE_ORDER, ORDER_ARRAYS, ("day", "channel", "store_code", "orders", "net"))
     arrays = ", ".join(f"coalesce({a}, '{{}}')" for a in (*EVENT_ARRAYS, *ORDER_ARRAYS))
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {STAGE_PACKED} ({', '.join(PACKED)}) "  # noqa: S608 - our own names
+            f"INSERT INTO {into} ({', '.join(PACKED)}) "  # noqa: S608 - our own names
             f"SELECT m.member_id, m.identified, m.analysed, {arrays} FROM {STAGE_MEMBER} AS m "
             f"LEFT JOIN ({events}) AS e USING (member_id) LEFT JOIN ({orders}) AS o USING (member_id)"
         )
+        return cursor.rowcount
 
 
 def _packed_arrays(stage: str, names: Sequence[str], columns: Sequence[str]) -> str:

@@ -143,13 +143,8 @@ def _from_scratch() -> dict[str, int]:
             cursor.execute(f"UPDATE {RollupWatermark._meta.db_table} SET value = 0")  # noqa: S608
             cursor.execute(f"DELETE FROM {DailyRollup._meta.db_table}")  # noqa: S608
         member_days_sql.facts_stage_all()
-        member_days_sql.facts_pack()
+        members = member_days_sql.facts_pack(into=MemberFacts._meta.db_table)
         with connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {MemberFacts._meta.db_table} ({', '.join(member_days_sql.PACKED)}) "  # noqa: S608
-                f"SELECT * FROM {member_days_sql.STAGE_PACKED}"
-            )
-            members = cursor.rowcount
             into = f"INSERT INTO {DailyRollup._meta.db_table} (day, channel, store_code, {columns}) "
             cursor.execute(into + member_days_sql.STAGED_DAY_SUMS)
             cursor.execute(f"SELECT count(DISTINCT day) FROM {DailyRollup._meta.db_table}")  # noqa: S608
