@@ -202,7 +202,8 @@ def run(
             # Keyed by member or event id with no foreign key to cascade from: left over, a
             # previous run's order owners (ids restart) made new orders look held by others.
             "members_orderowner, members_consentseen, members_parkedmember, insights_dirtymember, "
-            "insights_dirtyday, insights_memberday RESTART IDENTITY CASCADE"
+            # The rollups with the facts they count: the incremental path adds changes to both.
+            "insights_memberfacts, insights_dailyrollup RESTART IDENTITY CASCADE"
         )
     sources = {
         channel: (

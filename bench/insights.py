@@ -8,14 +8,15 @@ stated once for 18 in 20 surviving members, ``consent_state``, as the member-lev
 analysed members only):
 
 - **nightly from scratch**: the insights tables emptied, then ``compute_from(since=None)``
-  (what ``manage.py compute_insights`` runs): every member's day rows computed and written,
-  every day rolled up. The limit: one ``GROUP BY`` over the orders and one over the events per
-  day, channel and store (the sales, orders, buyers and events columns only: the floor any
-  rollup of these tables pays);
+  (what ``manage.py compute_insights`` runs): every member's facts read and stored (one row
+  per member), every day rolled up from them. The limit: one ``GROUP BY`` over the orders and
+  one over the events per day, channel and store (the sales, orders, buyers and events columns
+  only: the floor any rollup of these tables pays);
 - **incremental day**: the members active on one day (a 300th of them) marked as the member
-  refresh marks them, then ``insights_refresh`` (the beat job): their rows recomputed and
-  compared, the days that changed rolled up. Run twice: once with a real change (their orders
-  on that day refunded by 10, as a late refund would), once with none. The limit: the same
+  refresh marks them, then ``insights_refresh`` (the beat job): their facts read again and
+  compared, the changes of those that differ added to the days they touch. Run twice: once
+  with a real change (their orders on that day refunded by 10, as a late refund would), once
+  with none. The limit: the same
   day's sales by channel and store recomputed from the orders by hand;
 - **dashboard**: ``GET /console/insights/`` (tiles for the week, the 13-week sales chart, four
   target trends, the coupon matrix) and ``GET /api/v1/insights/kpis/summary/`` as an analyst,
@@ -52,8 +53,8 @@ INTRO = """# Insights benchmarks
 rolled up incrementally, and the board's requests, each beside a hand-written SQL limit."""
 T0 = date(2026, 1, 1)
 TABLES = (
-    "insights_memberday, insights_dailyrollup, insights_pointsrollup, insights_couponrollup, "
-    "insights_dirtymember, insights_dirtyday, insights_rollupwatermark"
+    "insights_memberfacts, insights_dailyrollup, insights_pointsrollup, insights_couponrollup, "
+    "insights_dirtymember, insights_rollupwatermark"
 )
 LIMIT_NIGHTLY = [
     """SELECT (placed_at AT TIME ZONE 'UTC')::date AS d, channel, store_code, sum(total - refunded), count(*),
@@ -110,7 +111,7 @@ def nightly() -> dict[str, float]:
     with bench_members.database() as conn:
         limit = sum(timed(conn, s) for s in LIMIT_NIGHTLY)
         rows = conn.execute(
-            "SELECT (SELECT count(*) FROM insights_memberday), (SELECT count(*) FROM insights_dailyrollup)"
+            "SELECT (SELECT count(*) FROM insights_memberfacts), (SELECT count(*) FROM insights_dailyrollup)"
         ).fetchone()
         # The check: the rollup's sales per day equal the orders' (every member counts; an order
         # refunded in full is no order).
@@ -120,7 +121,7 @@ def nightly() -> dict[str, float]:
                WHERE channel = '*' AND store_code = '*' AND sales <> 0) AS r USING (day) WHERE o.s IS DISTINCT FROM r.sales"""
         ).fetchone()[0]
     return {"seconds": took, "limit": limit, "members": done["members"], "days": done["days"],
-            "member_days": rows[0], "rollup_rows": rows[1], "mismatched": mismatched}  # fmt: skip
+            "member_facts": rows[0], "rollup_rows": rows[1], "mismatched": mismatched}  # fmt: skip
 
 
 def incremental(*, change: bool) -> dict[str, float]:
@@ -223,7 +224,7 @@ def main() -> int:
         f"before the run; load average {' '.join(f'{v:.1f}' for v in load_before)} before, {' '.join(f'{v:.1f}' for v in load_after)} after (a shared machine).",
         f"- Data: {args.members:,} members, {args.members * 10:,} events over 300 days, two orders each "
         + (f"(written in {sum(took.values()) / 60:.1f} min)" if took else "(kept from an earlier run)")
-        + f"; {full['member_days']:,} member-day rows, {full['rollup_rows']:,} rollup rows.",
+        + f"; {full['member_facts']:,} members' facts rows, {full['rollup_rows']:,} rollup rows.",
         "",
         "| path | work | seconds | limit (hand-written SQL) | at 1M members (linear) | check |",
         "|---|---:|---:|---:|---:|---|",

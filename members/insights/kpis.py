@@ -2,16 +2,15 @@
 
 Pure (no Django, no ORM; the ``pure`` import contract). ``member_days`` is the definition of a
 member's rows from its history (``MemberHistory``: resolved events and orders); the rollup job
-computes the same rows set-wise in SQL (``members.insights.member_days_sql``, held to
-``member_days`` by a property test), writes them into the member-day table and lets PostgreSQL
-add them up per day, channel and store (``insights_daily``). Every KPI below is then a ratio, a
-sum or a running total of those daily columns, so any period's value is read from the rollups
-alone.
+computes their sums per day, channel and store set-wise in SQL, straight from members' facts
+(``members.insights.member_days_sql``, held to the sums of ``member_days`` by a property test)
+into the daily rollups (``insights_dailyrollup``). Every KPI below is then a ratio, a sum or a
+running total of those daily columns, so any period's value is read from the rollups alone.
 
 Why per member and day: a merge, a split, a late POS upload or a refund changes a member's
 history, and with it the figures of exactly the days on which that member's rows change. The
-rollup job recomputes the member's rows, compares them with the stored ones and recomputes only
-the days that differ (``services.insights_refresh``).
+rollup job keeps each member's facts as last counted; when they change, it adds the rollup rows
+of the new facts less those of the old to the days they touch (``services.insights_refresh``).
 
 Conventions, for every KPI:
 

@@ -1,13 +1,14 @@
 """Insights' tables: the KPI rollups and the queues that keep them incremental, and what staff
 define for funnels, attribution and channel ROI (saved funnels, marketing spend).
 
-The KPI part (the first block): the member-day facts (``MemberDay``), the daily rollups per channel
-and store (``DailyRollup``, ``PointsRollup``, ``CouponRollup``) and what is waiting to be rolled
-up (``DirtyMember``, ``DirtyDay``, ``RollupWatermark``). All derived: ``manage.py
+The KPI part (the first block): the members' facts as last counted (``MemberFacts``), the daily
+rollups per channel and store (``DailyRollup``, ``PointsRollup``, ``CouponRollup``) and what is
+waiting to be rolled up (``DirtyMember``, ``RollupWatermark``). All derived: ``manage.py
 compute_insights`` rebuilds them from members' tables.
 """
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 
@@ -38,16 +39,6 @@ class DirtyMember(models.Model):
         return f"member {self.member_id} to roll up"
 
 
-class DirtyDay(models.Model):
-    """Days whose rollups must be computed again (a member's rows changed on them, or
-    ``compute_insights --since`` asked)."""
-
-    day = models.DateField(primary_key=True)
-
-    def __str__(self) -> str:
-        return f"day {self.day} to roll up"
-
-
 class RollupWatermark(models.Model):
     """How far an append-only table has been rolled up (the points ledger: its highest id)."""
 
@@ -58,27 +49,28 @@ class RollupWatermark(models.Model):
         return f"{self.name} rolled up to {self.value}"
 
 
-class MemberDay(models.Model):
-    """One member's contribution to one day, for all channels (``channel = store_code = '*'``),
-    one channel (``store_code = '*'``) or one store (``members.insights.kpis.member_days``).
-    Counts and sums only; the rollups add these rows up per day, channel and store."""
+class MemberFacts(models.Model):
+    """What the rollups counted of one member (``members.insights.member_days_sql``): whether it
+    is identified and analysed, its events per day, channel and store, its orders with a net
+    above zero per day, channel and store, as parallel arrays in (day, channel, store) order.
+    One row per member, written when its facts change: the incremental path takes these facts'
+    contributions off the rollups and adds the new ones (a member merged away has none left)."""
 
-    member_id = models.BigIntegerField()
-    day = models.DateField()
-    channel = models.CharField(max_length=16)
-    store_code = models.CharField(max_length=64)
-    locals().update(_figures())
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["member_id", "day", "channel", "store_code"], name="insights_member_day_unique"
-            )
-        ]
-        indexes = [models.Index(fields=["day"], name="insights_member_day_by_day")]
+    member_id = models.BigIntegerField(primary_key=True)
+    identified = models.BooleanField()
+    analysed = models.BooleanField()
+    event_days = ArrayField(models.DateField())
+    event_channels = ArrayField(models.TextField())
+    event_stores = ArrayField(models.TextField())
+    event_counts = ArrayField(models.IntegerField())
+    order_days = ArrayField(models.DateField())
+    order_channels = ArrayField(models.TextField())
+    order_stores = ArrayField(models.TextField())
+    order_counts = ArrayField(models.IntegerField())
+    order_nets = ArrayField(models.DecimalField(max_digits=20, decimal_places=2))
 
     def __str__(self) -> str:
-        return f"member {self.member_id} on {self.day} ({self.channel}/{self.store_code})"
+        return f"facts of member {self.member_id}"
 
 
 class DailyRollup(models.Model):

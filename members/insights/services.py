@@ -9,11 +9,11 @@ How a change reaches the board:
    refresh's transaction. Members never import insights: the hook is named in settings.
 2. ``insights_refresh`` (beat, ``INSIGHTS_REFRESH_INTERVAL_SECONDS``) takes those rows in
    batches; for each batch, set-wise in SQL (``member_days_sql``), it stages the members' events
-   per day, orders, identifiers and consent, computes their member-day rows (what
-   ``kpis.member_days`` defines), compares them with the stored ones and replaces only the rows
-   that differ; the days on which they differ become ``DirtyDay``.
-3. The dirty days' rollups are computed again from the member-day rows: one
-   ``INSERT … SELECT … GROUP BY`` for all of them.
+   per day, orders, identifiers and consent and compares them, packed, with the facts stored
+   when the rollups last counted the members (``MemberFacts``). For the members whose facts
+   differ, the rollup rows of their new facts less those of their stored facts are the change
+   (``kpis.member_days`` summed per day, channel and store, in SQL); the days it touches are
+   rolled up again as their rows plus the change, and the members' stored facts replaced.
 
 Points come from the append-only ledger (the days of rows past a watermark); coupons are
 counted again in full each run (one grouped scan of a table far smaller than the events).
@@ -38,9 +38,8 @@ from members.insights import kpis, member_days_sql
 from members.insights.models import (
     CouponRollup,
     DailyRollup,
-    DirtyDay,
     DirtyMember,
-    MemberDay,
+    MemberFacts,
     PointsRollup,
     RollupWatermark,
 )
@@ -69,8 +68,9 @@ def members_changed(member_ids: Iterable[int]) -> None:
 
 def insights_refresh(*, time_budget: float = 60.0) -> dict[str, int]:
     """Roll up what changed since the last run; returns what it did. Each batch of members is
-    one transaction; the days are rolled up in the same transaction as the last batch."""
+    one transaction, its members' changes rolled up in it."""
     done = {"members": 0, "days": 0, "points_days": 0}
+    days: set[date] = set()
     started = time.monotonic()
     while True:
         with transaction.atomic():
@@ -79,65 +79,77 @@ def insights_refresh(*, time_budget: float = 60.0) -> dict[str, int]:
                 return done
             members = _claim_members(BATCH_SIZE)
             if members:
-                member_days_refresh(members)
+                days |= member_facts_refresh(members)
             # Rows of one member may be many (one per refresh): a batch can hold fewer members
             # than its size with more waiting, so only an empty claim says the queue is done.
             more = bool(members) and time.monotonic() - started < time_budget
             done["members"] += len(members)
+            done["days"] = len(days)
             if not more:
                 done["points_days"] = _points_roll()
                 _coupons_roll()
-                done["days"] = _days_roll()
                 return done
 
 
 def compute_from(*, since: date | None) -> dict[str, int]:
-    """Everything again (``manage.py compute_insights``): every member's rows are recomputed
-    and every day from ``since`` is rolled up again whether or not it changed. With ``since``,
-    rows that did not change are not rewritten; without it, from scratch (``_from_scratch``)."""
+    """Everything again (``manage.py compute_insights``): every member's facts are read again
+    (the changed ones rolled up as ``insights_refresh`` does), then every day from ``since`` is
+    rolled up again from the stored facts of every member, whether or not it changed. Without
+    ``since``, from scratch (``_from_scratch``)."""
     if since is None:
         return _from_scratch()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {DirtyMember._meta.db_table} (member_id) SELECT id FROM {Member._meta.db_table} "  # noqa: S608
-            "WHERE status IN ('active', 'erased') UNION SELECT DISTINCT member_id FROM "
-            f"{MemberDay._meta.db_table}"
+            f"WHERE status IN ('active', 'erased') UNION SELECT member_id FROM {MemberFacts._meta.db_table}"
         )
-        cursor.execute(
-            f"INSERT INTO {DirtyDay._meta.db_table} (day) SELECT d::date FROM generate_series("  # noqa: S608
-            f"%s::date, (SELECT max(day) FROM {MemberDay._meta.db_table}), interval '1 day') AS d "
-            "ON CONFLICT DO NOTHING",
-            [since],
-        )
-    return insights_refresh(time_budget=float("inf"))
+    done = insights_refresh(time_budget=float("inf"))
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK])
+        member_days_sql.stages_empty()  # the work_mem of a batch: the sums sort every order
+        stored = member_days_sql.facts_unpacked(f"SELECT * FROM {MemberFacts._meta.db_table}", "s")  # noqa: S608
+        sums = member_days_sql.day_sums_select("s_member", "s_event", "s_order")
+        with connection.cursor() as cursor:
+            cursor.execute(f"DELETE FROM {DailyRollup._meta.db_table} WHERE day >= %s", [since])  # noqa: S608
+            cursor.execute(
+                f"INSERT INTO {DailyRollup._meta.db_table} (day, channel, store_code, {', '.join(kpis.COLUMNS)}) "  # noqa: S608
+                f"WITH {stored} SELECT * FROM ({sums}) AS d WHERE day >= %s",
+                [since],
+            )
+            count = f"SELECT count(DISTINCT day) FROM {DailyRollup._meta.db_table} WHERE day >= %s"  # noqa: S608
+            cursor.execute(count, [since])
+            done["days"] = cursor.fetchone()[0]
+    return done
 
 
 def _from_scratch() -> dict[str, int]:
-    """The rollups from scratch, in one transaction: the member-day rows emptied, every
-    member's facts staged at once (``member_days_sql.facts_stage_all``: a scan per table, not
-    an index walk per member as a batch of changed members reads them), their rows written
-    straight (nothing to compare), every day holding one rolled up. Until it commits, the
-    board reads the rollups as they were.
+    """The rollups from scratch, in one transaction: every member's facts staged at once
+    (``member_days_sql.facts_stage_all``: a scan per table, not an index walk per member as a
+    batch of changed members reads them), stored packed (one row per member) and summed per
+    day, channel and store straight into the rollups. Until it commits, the board reads the
+    rollups as they were.
 
     The queue of changed members is emptied first: every change committed before that is
     read by the statements after it. A change committed later queues its member again, for
     the next ``insights_refresh``."""
+    columns = ", ".join(kpis.COLUMNS)
     with transaction.atomic():
         with connection.cursor() as cursor:
             # Wait for a running rollup rather than leave: this run replaces all it would write.
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK])
             cursor.execute(f"DELETE FROM {DirtyMember._meta.db_table}")  # noqa: S608
-            cursor.execute(f"TRUNCATE {MemberDay._meta.db_table}")
+            cursor.execute(f"TRUNCATE {MemberFacts._meta.db_table}")
             cursor.execute(f"UPDATE {RollupWatermark._meta.db_table} SET value = 0")  # noqa: S608
             cursor.execute(f"DELETE FROM {DailyRollup._meta.db_table}")  # noqa: S608
         member_days_sql.facts_stage_all()
+        members = member_days_sql.facts_pack(into=MemberFacts._meta.db_table)
         with connection.cursor() as cursor:
-            cursor.execute(f"SELECT count(*) FROM {member_days_sql.STAGE_MEMBER}")  # noqa: S608
-            members = cursor.fetchone()[0]
-        _rows_write_unindexed()
-        done = {"members": members, "points_days": _points_roll()}
+            into = f"INSERT INTO {DailyRollup._meta.db_table} (day, channel, store_code, {columns}) "
+            cursor.execute(into + member_days_sql.STAGED_DAY_SUMS)
+            cursor.execute(f"SELECT count(DISTINCT day) FROM {DailyRollup._meta.db_table}")  # noqa: S608
+            done = {"members": members, "days": cursor.fetchone()[0], "points_days": _points_roll()}
         _coupons_roll()
-        done["days"] = _days_roll()
     return done
 
 
@@ -209,108 +221,64 @@ def member_histories(member_ids: list[int]) -> list[kpis.MemberHistory]:
     ]
 
 
-def member_days_refresh(member_ids: list[int]) -> None:
-    """Recompute these members' rows in SQL (``member_days_sql``), compare them with the stored
-    ones, replace the rows that differ and mark their days dirty. Set-wise: a few statements for
-    the batch, whatever its size; a member whose rows did not change costs its reads, and
-    nothing is written. A batch none of whose members has stored rows (the nightly from
-    scratch, new members) is written straight: nothing to compare."""
+def member_facts_refresh(member_ids: list[int]) -> set[date]:
+    """Read these members' facts again (``member_days_sql``), compare them with the stored ones
+    and, for the members whose facts differ (new, changed, or merged away: no facts left), add
+    the rollup rows of their new facts less those of their stored facts to the rollups, then
+    store the new facts. Set-wise: a few statements for the batch, whatever its size; a member
+    whose facts did not change costs its reads and one comparison. Returns the days rolled up."""
     member_days_sql.facts_stage(member_ids)
-    table, stage, diff = MemberDay._meta.db_table, member_days_sql.STAGE_ROW, member_days_sql.STAGE_DIFF
-    dirty = DirtyDay._meta.db_table
-    key = ("member_id", "day", "channel", "store_code")
-    names = ", ".join([*key, *kpis.COLUMNS])
-    # The batch's stored rows, walked by the member index one member at a time, whatever the
-    # planner believes of the table (EXPLAIN ANALYZE: ``member_id = ANY(…)`` was a scan of every
-    # member's rows, 160,000 of them for 67 members, its statistics lagging the nightly's writes).
-    walk = "unnest(%b::bigint[]) AS ids(id) CROSS JOIN LATERAL (SELECT * FROM {} WHERE member_id = ids.id {}) AS o"
+    member_days_sql.facts_pack()
+    stored_table, staged = MemberFacts._meta.db_table, member_days_sql.STAGE_PACKED
+    # The batch's stored rows, walked by the primary key one member at a time, whatever the
+    # planner believes of the table (``member_id = ANY(…)`` can be planned as a scan of it).
+    stored = (
+        f"SELECT f.* FROM unnest(%b::bigint[]) AS ids(id) CROSS JOIN LATERAL "  # noqa: S608
+        f"(SELECT * FROM {stored_table} WHERE member_id = ids.id) AS f"
+    )
+    differ = " OR ".join(f"n.{c} IS DISTINCT FROM o.{c}" for c in member_days_sql.PACKED[1:])
     with binary_parameters_cursor() as cursor:
-        cursor.execute(f"SELECT EXISTS (SELECT FROM {walk.format(table, 'LIMIT 1')})", [member_ids])  # noqa: S608
-        if not cursor.fetchone()[0]:
-            _rows_write_straight()
-            return
-    member_days_sql.rows_compute()
-    differ = " OR ".join(f"n.{c} IS DISTINCT FROM o.{c}" for c in kpis.COLUMNS)
-    matches = " AND ".join(f"s.{c} = d.{c}" for c in key)
-    with binary_parameters_cursor() as cursor:
-        # The rows that differ, by key: added, removed (the member merged away too) or changed.
         cursor.execute(
-            f"INSERT INTO {diff} SELECT {', '.join(key)}, o.id FROM {stage} AS n "  # noqa: S608
-            f"FULL JOIN (SELECT o.* FROM {walk.format(table, 'OFFSET 0')}) AS o USING ({', '.join(key)}) WHERE {differ}",
+            f"SELECT coalesce(n.member_id, o.member_id) FROM {staged} AS n "  # noqa: S608
+            f"FULL JOIN ({stored}) AS o USING (member_id) WHERE {differ}",
             [member_ids],
         )
-        if cursor.rowcount:
-            cursor.execute(
-                f"DELETE FROM {table} WHERE id = ANY(ARRAY(SELECT stored_id FROM {diff} WHERE stored_id IS NOT NULL))"  # noqa: S608
-            )
-            cursor.execute(
-                f"INSERT INTO {table} ({names}) SELECT {', '.join(f's.{c}' for c in key + kpis.COLUMNS)} "  # noqa: S608
-                f"FROM {stage} AS s JOIN {diff} AS d ON {matches}"
-            )
-            cursor.execute(
-                f"INSERT INTO {dirty} (day) SELECT DISTINCT day FROM {diff} ON CONFLICT DO NOTHING"  # noqa: S608
-            )
-
-
-def _rows_write_straight() -> None:
-    """The staged members' rows written as they are (none of them has stored rows), their days
-    marked dirty."""
-    names = ", ".join(["member_id", "day", "channel", "store_code", *kpis.COLUMNS])
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"WITH written AS (INSERT INTO {MemberDay._meta.db_table} ({names}) {member_days_sql.ROWS_SELECT} "  # noqa: S608
-            f"RETURNING day) INSERT INTO {DirtyDay._meta.db_table} (day) SELECT DISTINCT day FROM written "
-            "ON CONFLICT DO NOTHING"
-        )
-
-
-def _rows_write_unindexed() -> None:
-    """``_rows_write_straight`` into the emptied member-day table with its secondary indexes
-    dropped and built again after: building an index over the rows costs about half of keeping
-    it up to date row by row (156,068 rows: 0.5 s of CPU against 1.0 s for the two indexes,
-    the rows' writing included). The definitions are read from the catalog, so they stay the
-    migrations'; the table is locked by the ``TRUNCATE`` of this transaction, so no one reads
-    it without them, and a failure rolls the drops back too."""
-    table = MemberDay._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT c.conname, pg_get_constraintdef(c.oid), i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) "
-            "FROM pg_index AS i LEFT JOIN pg_constraint AS c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid "
-            "WHERE i.indrelid = %s::regclass AND NOT i.indisprimary ORDER BY 3",
-            [table],
-        )
-        indexes = cursor.fetchall()
-        for constraint, _, index, _ in indexes:
-            cursor.execute(
-                f'ALTER TABLE {table} DROP CONSTRAINT "{constraint}"' if constraint else f"DROP INDEX {index}"
-            )
-    _rows_write_straight()
-    with connection.cursor() as cursor:
-        for constraint, definition, _, index_definition in indexes:
-            cursor.execute(
-                f'ALTER TABLE {table} ADD CONSTRAINT "{constraint}" {definition}'
-                if constraint
-                else index_definition
-            )
-
-
-def _days_roll() -> int:
-    """Roll up the dirty days: their rollup rows replaced by the member-day rows' sums."""
-    sums = ", ".join(f"sum({c})" for c in kpis.COLUMNS)
+        changed = sorted(row[0] for row in cursor.fetchall())
+    if not changed:
+        return set()
+    staged_changed = f"SELECT * FROM {staged} WHERE member_id = ANY(%(changed)b::bigint[])"  # noqa: S608
+    new = member_days_sql.facts_unpacked(staged_changed, "n")
+    old = member_days_sql.facts_unpacked(stored.replace("%b", "%(changed)b"), "o")
+    gained = member_days_sql.day_sums_select("n_member", "n_event", "n_order")
+    lost = member_days_sql.day_sums_select("o_member", "o_event", "o_order")
+    negated = ", ".join(f"-{c}" for c in kpis.COLUMNS)
+    difference = f"SELECT * FROM ({gained}) AS g UNION ALL SELECT day, channel, store_code, {negated} FROM ({lost}) AS l"  # noqa: S608
     columns = ", ".join(kpis.COLUMNS)
-    with connection.cursor() as cursor:
-        cursor.execute(f"DELETE FROM {DirtyDay._meta.db_table} RETURNING day")  # noqa: S608
-        days = [row[0] for row in cursor.fetchall()]
-        if not days:
-            return 0
-        cursor.execute(f"DELETE FROM {DailyRollup._meta.db_table} WHERE day = ANY(%s::date[])", [days])  # noqa: S608
+    change, rollup = member_days_sql.STAGE_DAY, DailyRollup._meta.db_table
+    with binary_parameters_cursor() as cursor:
+        into = f"INSERT INTO {change} WITH {new}, {old} "
+        cursor.execute(into + member_days_sql.sums_select(difference), {"changed": changed})
+        if cursor.rowcount:
+            # The days changed: their rows, added to the change, are written again as one sum.
+            cursor.execute(
+                f"WITH replaced AS (DELETE FROM {rollup} WHERE day IN (SELECT day FROM {change}) "  # noqa: S608
+                f"RETURNING day, channel, store_code, {columns}) INSERT INTO {change} SELECT * FROM replaced"
+            )
+            cursor.execute(
+                f"INSERT INTO {rollup} (day, channel, store_code, {columns}) "  # noqa: S608
+                + member_days_sql.sums_select(f"SELECT * FROM {change}")  # noqa: S608
+            )
+            cursor.execute(f"SELECT DISTINCT day FROM {change}")  # noqa: S608
+            days = {row[0] for row in cursor.fetchall()}
+        else:
+            days = set()
+        cursor.execute(f"DELETE FROM {stored_table} WHERE member_id = ANY(%b::bigint[])", [changed])  # noqa: S608
         cursor.execute(
-            f"INSERT INTO {DailyRollup._meta.db_table} (day, channel, store_code, {columns}) "  # noqa: S608
-            f"SELECT day, channel, store_code, {sums} FROM {MemberDay._meta.db_table} "
-            "WHERE day = ANY(%s::date[]) GROUP BY day, channel, store_code",
-            [days],
+            f"INSERT INTO {stored_table} ({', '.join(member_days_sql.PACKED)}) "  # noqa: S608
+            f"SELECT * FROM {staged} WHERE member_id = ANY(%b::bigint[])",
+            [changed],
         )
-    return len(days)
+    return days
 
 
 def _points_roll() -> int:

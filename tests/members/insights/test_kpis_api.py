@@ -12,7 +12,7 @@ from cdp.roles import Role
 from cdp.services import staff_user_ensure, token_issue
 from events.pipeline import events_process_pending
 from members.insights import kpis
-from members.insights.models import DailyRollup, DirtyMember, MemberDay
+from members.insights.models import DailyRollup, DirtyMember, MemberFacts
 from members.insights.services import insights_refresh
 from members.models import Member
 from tests.factories import EventFactory, SourceFactory
@@ -59,7 +59,7 @@ def test_the_refresh_queues_its_members_and_the_job_rolls_their_days_up(zhang):
     done = insights_refresh()
     assert done["members"] >= 2
     assert not DirtyMember.objects.exists()
-    assert not MemberDay.objects.filter(
+    assert not MemberFacts.objects.filter(
         member_id=zhang["absorbed"]
     ).exists()  # merged away: nothing of its own
 

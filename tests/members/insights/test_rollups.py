@@ -23,7 +23,7 @@ from identity.models import EventResolution, Identifier
 from identity.services import member_split
 from members.consent.models import ConsentStatement
 from members.insights import kpis
-from members.insights.models import DailyRollup, DirtyDay, DirtyMember
+from members.insights.models import DailyRollup, DirtyMember
 from members.insights.selectors import kpi_series
 from members.insights.services import compute_from, insights_refresh
 from members.models import Member
@@ -280,7 +280,6 @@ def _check(data, generated) -> None:
     first = T0.date()
     last = first + timedelta(days=240 + kpis.AT_RISK_DAYS + kpis.CONVERSION_WINDOW_DAYS)
     assert not DirtyMember.objects.exists()
-    assert not DirtyDay.objects.exists()
     assert_same(reference(first, last), measured(first, last))
 
     incremental = rollup_rows()

@@ -10,7 +10,7 @@ from members.insights.services import compute_from
 
 class Command(BaseCommand):
     help = (
-        "Compute the KPI rollups again: every member's day rows (only changed ones are written), "
+        "Compute the KPI rollups again: every member's facts (only changed ones are written), "
         "then every day from --since (default: every day held, from scratch)."
     )
 
