@@ -2,8 +2,9 @@
 """The members' facts packed one row per member (``MemberFacts``) replace the member-day rows;
 the rollups become the sums of the stored facts, kept by adding each change. The day rollups
 are emptied with the member-day rows (every table here is derived): rollups without the facts
-they count would be changed by deltas against nothing. ``manage.py compute_insights`` fills
-both again."""
+they count would be changed by deltas against nothing. Every member is then queued for the
+rollup job, so the next beat run fills facts and rollups again by itself (its deltas start from
+nothing on both sides); ``manage.py compute_insights`` does it at once."""
 
 import django.contrib.postgres.fields
 from django.db import migrations, models
@@ -13,6 +14,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('insights', '0002_funnels_and_spend'),
+        ('members', '0001_initial'),  # members_member, read below
     ]
 
     operations = [
@@ -40,4 +42,9 @@ class Migration(migrations.Migration):
             name='MemberDay',
         ),
         migrations.RunSQL("DELETE FROM insights_dailyrollup", reverse_sql=migrations.RunSQL.noop),
+        migrations.RunSQL(
+            "INSERT INTO insights_dirtymember (member_id) SELECT id FROM members_member"
+            " WHERE status IN ('active', 'erased')",
+            reverse_sql=migrations.RunSQL.noop,
+        ),
     ]
