@@ -32,6 +32,7 @@ claim, then the stages); a batch with one bad event in 500 costs about twenty tr
 """
 
 import logging
+import multiprocessing
 import time
 from array import array
 from collections.abc import Callable, Sequence
@@ -41,7 +42,7 @@ from functools import partial
 
 import orjson
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.utils.module_loading import import_string
 
 from cdp.db import binary_parameters_cursor
@@ -108,15 +109,48 @@ def pipeline_follow_ups() -> list[FollowUp]:
     return [import_string(path) for path in settings.EVENT_PIPELINE_FOLLOW_UPS]
 
 
-def pipeline_follow_ups_drain() -> int:
+def pipeline_follow_ups_drain(*, processes: int = 1) -> int:
     """Run the follow-ups until none finds work; returns how much they did. For a command that
-    changed resolved events outside the pipeline (a rebuild, a split) and shows the result at
-    once, without knowing the apps that hang off the pipeline."""
+    changed resolved events outside the pipeline (a rebuild, a split, an import) and shows the
+    result at once, without knowing the apps that hang off the pipeline.
+
+    ``processes`` > 1: that many processes, forked from this one, drain them side by side, as
+    that many workers would (the follow-ups claim their work ``SKIP LOCKED`` and lock what they
+    write, as they do for live traffic): a backlog's refresh on every core. Inside a
+    transaction the children could not see its writes, so there it runs here, alone."""
+    if processes > 1 and not connection.in_atomic_block:
+        return _follow_ups_drain_forked(processes)
+    return _follow_ups_drain_here()
+
+
+def _follow_ups_drain_here() -> int:
     follow_ups = pipeline_follow_ups()
     total = 0
     while done := sum(follow_up() for follow_up in follow_ups):
         total += done
     return total
+
+
+def _follow_ups_drain_forked(processes: int) -> int:
+    """``_follow_ups_drain_here`` in ``processes`` forked children; the sum of their work.
+
+    This process's connections are closed first: a child must open its own, never share a
+    socket with its parent. A child that fails fails the call (its transaction rolled back:
+    the work it held is claimed again by the next drain)."""
+    connections.close_all()
+    pool = multiprocessing.get_context("fork").Pool(processes)
+    try:
+        return sum(pool.map(_follow_ups_drain_child, range(processes)))
+    finally:
+        pool.close()
+        pool.join()
+
+
+def _follow_ups_drain_child(_worker: int) -> int:
+    try:
+        return _follow_ups_drain_here()
+    finally:
+        connections.close_all()
 
 
 def events_process_backlog_in_event_time(*, batch_size: int) -> int:

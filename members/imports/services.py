@@ -489,15 +489,22 @@ def _ref_of(plan: Plan) -> MemberRef | None:
     return None
 
 
-def imported_resolve(*, batch_size: int | None = None) -> tuple[int, int]:
+def imported_resolve(*, batch_size: int | None = None, processes: int | None = None) -> tuple[int, int]:
     """Run the pipeline over everything waiting, as for a bulk of history: identity resolution
     of every batch first (``imported_identities_resolve``), then the follow-ups (the member
     refresh) once. The stages and their rules are the live ones; only their order over the
     backlog differs: live, each batch is followed by a refresh of its members, which over a
     history refreshes a member once per batch holding one of their events (five orders spread
     over a file: five refreshes, each reading all the member's events), here once. Returns
-    (events resolved, refresh work done)."""
-    return imported_identities_resolve(batch_size=batch_size), pipeline_follow_ups_drain()
+    (events resolved, refresh work done).
+
+    The refresh runs in ``processes`` (default ``IMPORT_REFRESH_PROCESSES``) processes side by
+    side, as that many workers would: each member's refresh is independent of the others' (its
+    own locks, its own marks, claimed ``SKIP LOCKED``), so a history's refresh keeps every core
+    busy; identity resolution stays in one (one resolver at a time: ``identity.policy``)."""
+    resolved = imported_identities_resolve(batch_size=batch_size)
+    workers = processes or settings.IMPORT_REFRESH_PROCESSES
+    return resolved, pipeline_follow_ups_drain(processes=workers)
 
 
 def imported_identities_resolve(*, batch_size: int | None = None) -> int:
