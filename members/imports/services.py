@@ -498,25 +498,25 @@ def imported_resolve(*, batch_size: int | None = None, processes: int | None = N
     over a file: five refreshes, each reading all the member's events), here once. Returns
     (events resolved, refresh work done).
 
-    The refresh runs in ``processes`` (default ``IMPORT_REFRESH_PROCESSES``) processes side by
-    side, as that many workers would: each member's refresh is independent of the others' (its
-    own locks, its own marks, claimed ``SKIP LOCKED``), so a history's refresh keeps every core
-    busy; identity resolution stays in one (one resolver at a time: ``identity.policy``)."""
-    resolved = imported_identities_resolve(batch_size=batch_size)
-    workers = processes or settings.IMPORT_REFRESH_PROCESSES
+    Both run in ``processes`` (default ``IMPORT_RESOLVE_PROCESSES``) forked processes, as that
+    many workers would: the refresh of one member is independent of the others' (its own
+    locks, its own marks, claimed ``SKIP LOCKED``); resolution resolves one batch at a time
+    (the identity lock) while the next process prepares the next batch."""
+    workers = processes or settings.IMPORT_RESOLVE_PROCESSES
+    resolved = imported_identities_resolve(batch_size=batch_size, processes=workers)
     return resolved, pipeline_follow_ups_drain(processes=workers)
 
 
-def imported_identities_resolve(*, batch_size: int | None = None) -> int:
+def imported_identities_resolve(*, batch_size: int | None = None, processes: int = 1) -> int:
     """The pipeline's stages (identity resolution) over every event waiting, the backlog taken
-    in event time (``events_process_backlog_in_event_time``): the files of a history are
-    stored one after the other, each in its own order (members, then orders by order number),
-    and taken in that order nearly every order would be older than events already resolved
-    for its member, re-resolving the member's whole history each time; in event time each
-    event resolves incrementally, as live events mostly do. Then whatever arrived meanwhile,
-    in the ordinary order. Returns the events taken out of the queue."""
+    in event time (``events_process_backlog_in_event_time``, in ``processes``): the files of a
+    history are stored one after the other, each in its own order (members, then orders by
+    order number), and taken in that order nearly every order would be older than events
+    already resolved for its member, re-resolving the member's whole history each time; in
+    event time each event resolves incrementally, as live events mostly do. Then whatever
+    arrived meanwhile, in the ordinary order. Returns the events taken out of the queue."""
     size = batch_size or BACKLOG_BATCH_SIZE
-    resolved = events_process_backlog_in_event_time(batch_size=size)
+    resolved = events_process_backlog_in_event_time(batch_size=size, processes=processes)
     while done := events_process_batch(batch_size=size):
         resolved += done
     return resolved

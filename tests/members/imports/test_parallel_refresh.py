@@ -1,14 +1,19 @@
-"""The refresh of an imported history in several processes (``imported_resolve``): what one
-process refreshing every member from all its events gives."""
+"""An imported history resolved and refreshed in several processes (``imported_resolve``): the
+members a rebuild of the identity graph gives, the figures a recompute of every member gives."""
 
+import os
 import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from cdp.vault import trait_open
+from events import pipeline
 from events import services as events_services
 from events.models import PendingEvent
+from identity.models import EventResolution, Identifier
+from identity.services import identity_rebuild
+from members import services as members_services
 from members.imports.services import imported_resolve
 from members.loyalty.models import PointsAccount, PointsEntry
 from members.models import DirtyMark, Member, MemberAggregate, MemberOrder, MemberTrait
@@ -38,6 +43,27 @@ def _files(tmp_path):
     return csv_file(tmp_path / "members.csv", members), csv_file(tmp_path / "orders.csv", orders)
 
 
+def _note_workers(monkeypatch, module, name, path, stage):
+    wrapped = getattr(module, name)
+
+    def noted(*args, **kwargs):
+        done = wrapped(*args, **kwargs)
+        if done:
+            with path.open("a") as notes:
+                notes.write(f"{stage} {os.getpid()}\n")
+        return done
+
+    monkeypatch.setattr(module, name, noted)
+
+
+def _graph():
+    return (
+        sorted(Identifier.objects.values_list("type", "value", "member_id")),
+        sorted(EventResolution.objects.values_list("event_id", "member_id")),
+        sorted(Member.objects.values_list("id", "status", "merged_into_id")),
+    )
+
+
 def _computed():
     return (
         sorted(
@@ -56,11 +82,16 @@ def _computed():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_history_refreshed_in_two_processes_is_what_a_rebuild_gives(tmp_path, settings, monkeypatch):
+def test_a_history_resolved_and_refreshed_in_two_processes_is_what_a_rebuild_gives(
+    tmp_path, settings, monkeypatch
+):
     settings.MEMBER_REFRESH_BATCH_SIZE = 7  # many batches, for both processes to take some
     # The backlog waits for ``imported_resolve``, as with the workers stopped (tests run the
     # pipeline's nudge eagerly, which would process each batch as it commits).
     monkeypatch.setattr(events_services, "process_pending_enqueue", lambda: None)
+    workers = tmp_path / "workers"  # which processes did the work (forked: they append here)
+    _note_workers(monkeypatch, pipeline, "_process_ids", workers, "resolve")
+    _note_workers(monkeypatch, members_services, "members_refresh_batch", workers, "refresh")
     Segment.objects.create(
         key="spend-500",
         name="spend-500",
@@ -71,15 +102,20 @@ def test_a_history_refreshed_in_two_processes_is_what_a_rebuild_gives(tmp_path, 
     run_import("members", members_file)
     run_import("orders", orders_file)
 
-    resolved, refreshed = imported_resolve(processes=2)
+    resolved, refreshed = imported_resolve(processes=2, batch_size=25)  # 15 batches, dealt round
 
     assert resolved >= MEMBERS + ORDERS
-    assert refreshed == MEMBERS
+    done_by = [line.split() for line in workers.read_text().splitlines()]
+    for stage in ("resolve", "refresh"):
+        assert len({pid for what, pid in done_by if what == stage}) == 2, stage
+    assert refreshed >= MEMBERS  # a member marked again meanwhile is taken again, and found settled
     assert not PendingEvent.objects.exists()
     assert not DirtyMark.objects.exists()
     assert Member.objects.filter(status="active").count() == MEMBERS
-    parallel = _computed()
+    graph, parallel = _graph(), _computed()
     assert sum(orders for orders in MemberAggregate.objects.values_list("orders", flat=True)) == ORDERS
     assert SegmentMember.objects.exists()
+    identity_rebuild()
+    assert _graph() == graph
     members_rebuild()
     assert _computed() == parallel
