@@ -244,8 +244,9 @@ class _Runner:
         self.tiers = {tier.key for tier in program_load().tiers}
 
     def drain_pipeline(self) -> None:
-        """Resolve and refresh every event waiting, so the members the rows name exist."""
-        imported_resolve()
+        """Resolve and refresh every event waiting, so the members the rows name exist. In this
+        process: a job may be running in a Celery worker, which is not to fork workers of its own."""
+        imported_resolve(processes=1)
 
     # one batch, one transaction
 
