@@ -219,8 +219,8 @@ def import_file(kind: str, path: Path) -> tuple[int, Took]:
 
 def resolve(*, arrival_order: bool, processes: int) -> tuple[int, Took, Took]:
     """(events, resolving, refreshing). ``arrival_order``: the backlog claimed in the order it
-    was stored, as before the import took it in event time (for comparison); ``processes``:
-    resolution's and the refresh's (``imported_resolve``)."""
+    was stored, as before the import took it in event time (for comparison); ``processes``: the
+    refresh's (``imported_resolve``)."""
     from events.pipeline import events_process_batch, pipeline_follow_ups_drain
     from members.imports.services import imported_identities_resolve
 
@@ -230,7 +230,7 @@ def resolve(*, arrival_order: bool, processes: int) -> tuple[int, Took, Took]:
             while done := events_process_batch(batch_size=500):
                 total += done
         else:
-            total = imported_identities_resolve(processes=processes)
+            total = imported_identities_resolve()
     with timed() as refreshing:
         pipeline_follow_ups_drain(processes=processes)
     return total, resolving, refreshing
@@ -256,7 +256,7 @@ def main() -> int:
         "--processes",
         type=int,
         default=2,
-        help="processes resolution and the refresh run in (IMPORT_RESOLVE_PROCESSES; 1: as before)",
+        help="processes the member refresh runs in (IMPORT_REFRESH_PROCESSES; 1: as before)",
     )
     args = parser.parse_args()
     started_at = datetime.now(UTC)
@@ -298,9 +298,8 @@ def main() -> int:
     import_wall, import_cpu = sum(t.wall for t in importing), sum(t.cpu for t in importing)
     total_wall = import_wall + resolving.wall + refreshing.wall
     total_cpu = import_cpu + resolving.cpu + refreshing.cpu
-    # On idle cores, at most: a one-process step takes its CPU seconds (process and backend
-    # alternate), as does resolution (one batch at a time: its second process only prepares
-    # the next batch meanwhile), the refresh its CPU seconds over its processes (two cores).
+    # On idle cores: a one-process step takes its CPU seconds (process and backend alternate),
+    # the refresh its CPU seconds over its processes (at most two cores).
     idle_wall = import_cpu + resolving.cpu + refreshing.cpu / min(max(args.processes, 1), 2)
     copies = [copied_members[1], copied_orders[1]]
     copy_rows = copied_members[0] + copied_orders[0]
@@ -329,7 +328,7 @@ CPU seconds: this process, its children and the PostgreSQL backends of the datab
 {line("limit: plain `COPY` of the orders file", f"{copied_orders[0]:,}", copied_orders[1], copied_orders[0])}
 {line("import members (`manage.py import members`: contract, events, checkpoints)", f"{imported_members[0]:,}", imported_members[1], imported_members[0])}
 {line("import orders", f"{imported_orders[0]:,}", imported_orders[1], imported_orders[0])}
-{line(f"identity resolution ({1 if args.arrival_order else args.processes} process(es), batches of {500 if args.arrival_order else BACKLOG_BATCH_SIZE:,}, the backlog {order})", f"{events:,} events", resolving, events)}
+{line(f"identity resolution (one process, batches of {500 if args.arrival_order else BACKLOG_BATCH_SIZE:,}, the backlog {order})", f"{events:,} events", resolving, events)}
 {line(f"member refresh, once per member, in {args.processes} process(es) (traits, consent, figures, points, tags, segments)", f"{active:,} members", refreshing, active)}
 {line("**end to end**", f"{rows:,} rows", Took(total_wall, total_cpu), rows)}
 
@@ -345,8 +344,8 @@ resolve + refresh {(resolving.wall + refreshing.wall) * scale_full / 60:.0f} min
 at this run's load; by CPU, {total_cpu * scale_full / 60:.0f} CPU minutes, so at best
 {total_cpu * scale_full / 120:.0f} min on two otherwise idle cores if every step kept both busy; against the
 target of 15 min ({"met" if total_cpu * scale_full / 2 <= 900 else "not met"} even then). As the steps run
-now (each import in one process, in lockstep with its backend; resolution one batch at a time; the
-refresh in {args.processes} processes), two idle cores would take at most {idle_wall * scale_full / 60:.0f} min.
+now (each import and the resolution in one process, in lockstep with its backend; the refresh in
+{args.processes} processes), two idle cores would take about {idle_wall * scale_full / 60:.0f} min.
 """
     print(section)
     if args.docs:

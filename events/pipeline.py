@@ -33,7 +33,6 @@ claim, then the stages); a batch with one bad event in 500 costs about twenty tr
 
 import logging
 import multiprocessing
-import multiprocessing.context
 import multiprocessing.queues
 import time
 from array import array
@@ -121,7 +120,7 @@ def pipeline_follow_ups_drain(*, processes: int = 1) -> int:
     write, as they do for live traffic): a backlog's refresh on every core. Inside a
     transaction the children could not see its writes, so there it runs here, alone."""
     if processes > 1 and not connection.in_atomic_block:
-        return in_forked_processes(lambda _worker: _follow_ups_drain_here(), processes)
+        return _in_forked_processes(lambda _worker: _follow_ups_drain_here(), processes)
     return _follow_ups_drain_here()
 
 
@@ -133,7 +132,7 @@ def _follow_ups_drain_here() -> int:
     return total
 
 
-def in_forked_processes(work: Callable[[int], int], processes: int) -> int:
+def _in_forked_processes(work: Callable[[int], int], processes: int) -> int:
     """``work(worker)`` for each worker 0 .. ``processes`` - 1, each in a child forked from this
     process; the sum of what they return. Outside a transaction (the children could not see
     its writes, and a child must never use its parent's connection: this process's are closed
@@ -181,7 +180,7 @@ def _forked_child(
         connections.close_all()
 
 
-def events_process_backlog_in_event_time(*, batch_size: int, processes: int = 1) -> int:
+def events_process_backlog_in_event_time(*, batch_size: int) -> int:
     """Process every event waiting now in batches taken in event time, not arrival order;
     returns how many left the queue (processed, or parked when they failed).
 
@@ -196,81 +195,23 @@ def events_process_backlog_in_event_time(*, batch_size: int, processes: int = 1)
     for six million), then claimed batch by batch by id like a bisected batch's halves (``SKIP
     LOCKED``: an event another worker took meanwhile is its to process), with the same
     retries and bisection on failure as ``events_process_batch``. Events stored after the
-    read wait for the ordinary claims.
-
-    ``processes`` > 1 (outside a transaction): the batches are dealt round to that many forked
-    workers (``in_forked_processes``), each claiming its batch once the one before it is
-    claimed (``_Turns``). A stage that serializes its work (identity's lock) then runs one
-    batch at a time, still in event time, while the next worker claims and prepares the next
-    batch (reading the events, extracting and normalizing their identifiers: the part of
-    resolution outside the lock) on another core."""
+    read wait for the ordinary claims."""
     waiting = array("q")
     with connection.chunked_cursor() as cursor:
         cursor.execute(_QUEUE_IN_EVENT_TIME)
         while rows := cursor.fetchmany(10_000):
             waiting.extend(row[0] for row in rows)
-    if processes > 1 and not connection.in_atomic_block and len(waiting) > batch_size:
-        turns = _Turns(multiprocessing.get_context("fork"))
-        return in_forked_processes(
-            lambda worker: _backlog_share(waiting, batch_size, processes, worker, turns), processes
-        )
     done = 0
     for start in range(0, len(waiting), batch_size):
         done += _process_ids(waiting[start : start + batch_size].tolist())
     return done
 
 
-#: How long a worker waits for the batch before its own to be claimed (``_Turns``): the order
-#: saves work and nothing depends on it, so a stalled or dead worker only costs this wait.
-TURN_PATIENCE_SECONDS = 30.0
-
-
-class _Turns:
-    """The order in which forked workers claim a backlog's batches: batch k once batch k - 1 is
-    claimed. Claimed in order, they reach a serializing stage's lock in order (the worker with
-    the earlier batch has had the longer start), and a worker queued on a lock is granted it
-    before one that asks later, so the backlog is resolved in event time, as by one process."""
-
-    def __init__(self, context: multiprocessing.context.BaseContext) -> None:
-        self._claimed = context.Value("q", 0, lock=False)  # batches claimed: 0 .. value - 1
-        self._changed = context.Condition()
-
-    def wait_for(self, batch: int) -> None:
-        with self._changed:
-            self._changed.wait_for(lambda: self._claimed.value >= batch, timeout=TURN_PATIENCE_SECONDS)
-
-    def claimed(self, batch: int) -> None:
-        with self._changed:
-            if batch + 1 > self._claimed.value:
-                self._claimed.value = batch + 1
-                self._changed.notify_all()
-
-
-def _backlog_share(waiting: array, batch_size: int, processes: int, worker: int, turns: _Turns) -> int:
-    """One forked worker's batches of the backlog: numbers ``worker``, ``worker + processes``, ..."""
-    done = 0
-    for batch in range(worker, -(-len(waiting) // batch_size), processes):
-        turns.wait_for(batch)
-        try:
-            ids = waiting[batch * batch_size : (batch + 1) * batch_size].tolist()
-            done += _process_ids(ids, claimed=partial(turns.claimed, batch))
-        finally:
-            turns.claimed(batch)  # a batch that failed lets the next one go
-    return done
-
-
-def _process_ids(event_ids: list[int], *, claimed: Callable[[], None] = lambda: None) -> int:
-    """Claim and process these events in one batch, bisecting it on failure; ``claimed`` is
-    called once the claim is made (before the stages)."""
+def _process_ids(event_ids: list[int]) -> int:
+    """Claim and process these events in one batch, bisecting it on failure."""
     run = _Run()
-
-    def claim() -> list[ClaimedEvent]:
-        batch = _claim_of(event_ids)
-        claimed()
-        return batch
-
     try:
-        return transient_retry(partial(_claim_and_run, run, claim))
+        return transient_retry(partial(_claim_and_run, run, partial(_claim_of, event_ids)))
     except Exception as exc:
         if database_error_is_transient(exc):
             raise

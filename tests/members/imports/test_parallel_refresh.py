@@ -1,5 +1,5 @@
-"""An imported history resolved and refreshed in several processes (``imported_resolve``): the
-members a rebuild of the identity graph gives, the figures a recompute of every member gives."""
+"""An imported history refreshed in several processes (``imported_resolve``): what a recompute of
+every member gives, on the members a rebuild of the identity graph gives."""
 
 import os
 import random
@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cdp.vault import trait_open
-from events import pipeline
 from events import services as events_services
 from events.models import PendingEvent
 from identity.models import EventResolution, Identifier
@@ -82,15 +81,12 @@ def _computed():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_history_resolved_and_refreshed_in_two_processes_is_what_a_rebuild_gives(
-    tmp_path, settings, monkeypatch
-):
+def test_a_history_refreshed_in_two_processes_is_what_a_rebuild_gives(tmp_path, settings, monkeypatch):
     settings.MEMBER_REFRESH_BATCH_SIZE = 7  # many batches, for both processes to take some
     # The backlog waits for ``imported_resolve``, as with the workers stopped (tests run the
     # pipeline's nudge eagerly, which would process each batch as it commits).
     monkeypatch.setattr(events_services, "process_pending_enqueue", lambda: None)
     workers = tmp_path / "workers"  # which processes did the work (forked: they append here)
-    _note_workers(monkeypatch, pipeline, "_process_ids", workers, "resolve")
     _note_workers(monkeypatch, members_services, "members_refresh_batch", workers, "refresh")
     Segment.objects.create(
         key="spend-500",
@@ -102,12 +98,11 @@ def test_a_history_resolved_and_refreshed_in_two_processes_is_what_a_rebuild_giv
     run_import("members", members_file)
     run_import("orders", orders_file)
 
-    resolved, refreshed = imported_resolve(processes=2, batch_size=25)  # 15 batches, dealt round
+    resolved, refreshed = imported_resolve(processes=2)
 
     assert resolved >= MEMBERS + ORDERS
     done_by = [line.split() for line in workers.read_text().splitlines()]
-    for stage in ("resolve", "refresh"):
-        assert len({pid for what, pid in done_by if what == stage}) == 2, stage
+    assert len({pid for what, pid in done_by if what == "refresh"}) == 2
     assert refreshed >= MEMBERS  # a member marked again meanwhile is taken again, and found settled
     assert not PendingEvent.objects.exists()
     assert not DirtyMark.objects.exists()
