@@ -32,6 +32,8 @@ claim, then the stages); a batch with one bad event in 500 costs about twenty tr
 """
 
 import logging
+import multiprocessing
+import multiprocessing.queues
 import time
 from array import array
 from collections.abc import Callable, Sequence
@@ -41,7 +43,7 @@ from functools import partial
 
 import orjson
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.utils.module_loading import import_string
 
 from cdp.db import binary_parameters_cursor
@@ -108,15 +110,74 @@ def pipeline_follow_ups() -> list[FollowUp]:
     return [import_string(path) for path in settings.EVENT_PIPELINE_FOLLOW_UPS]
 
 
-def pipeline_follow_ups_drain() -> int:
+def pipeline_follow_ups_drain(*, processes: int = 1) -> int:
     """Run the follow-ups until none finds work; returns how much they did. For a command that
-    changed resolved events outside the pipeline (a rebuild, a split) and shows the result at
-    once, without knowing the apps that hang off the pipeline."""
+    changed resolved events outside the pipeline (a rebuild, a split, an import) and shows the
+    result at once, without knowing the apps that hang off the pipeline.
+
+    ``processes`` > 1: that many processes, forked from this one, drain them side by side, as
+    that many workers would (the follow-ups claim their work ``SKIP LOCKED`` and lock what they
+    write, as they do for live traffic): a backlog's refresh on every core. Inside a
+    transaction the children could not see its writes, so there it runs here, alone."""
+    if processes > 1 and not connection.in_atomic_block:
+        return _in_forked_processes(lambda _worker: _follow_ups_drain_here(), processes)
+    return _follow_ups_drain_here()
+
+
+def _follow_ups_drain_here() -> int:
     follow_ups = pipeline_follow_ups()
     total = 0
     while done := sum(follow_up() for follow_up in follow_ups):
         total += done
     return total
+
+
+def _in_forked_processes(work: Callable[[int], int], processes: int) -> int:
+    """``work(worker)`` for each worker 0 .. ``processes`` - 1, each in a child forked from this
+    process; the sum of what they return. Outside a transaction (the children could not see
+    its writes, and a child must never use its parent's connection: this process's are closed
+    first, each child opens its own).
+
+    A child's failure is raised here once every child has ended (the first, by worker), as the
+    child raised it; what the child had not committed is rolled back, as for a worker that
+    died (the pipeline's queues give it to the next claim)."""
+    if connection.in_atomic_block:
+        raise RuntimeError("forked workers cannot see this transaction's writes")
+    connections.close_all()
+    context = multiprocessing.get_context("fork")
+    outcomes = context.SimpleQueue()
+    children = [
+        context.Process(target=_forked_child, args=(work, worker, outcomes), daemon=True)
+        for worker in range(processes)
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join()
+    results: dict[int, int | BaseException] = {}
+    while not outcomes.empty():
+        worker, outcome = outcomes.get()
+        results[worker] = outcome
+    total = 0
+    for worker, child in enumerate(children):
+        outcome = results.get(worker)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if outcome is None:
+            raise RuntimeError(f"forked worker {worker} ended without a result (exit code {child.exitcode})")
+        total += outcome
+    return total
+
+
+def _forked_child(
+    work: Callable[[int], int], worker: int, outcomes: "multiprocessing.queues.SimpleQueue"
+) -> None:
+    try:
+        outcomes.put((worker, work(worker)))
+    except BaseException as exc:  # handed to the parent, which raises it
+        outcomes.put((worker, exc))
+    finally:
+        connections.close_all()
 
 
 def events_process_backlog_in_event_time(*, batch_size: int) -> int:

@@ -257,9 +257,15 @@ def orders_owned(
     is the member's when its owning claim is the member's, on an event the member still holds
     (one a split took away is its new holder's, once their refresh takes the order over)."""
     events = list(events)
-    held = {(e.order_key, e.event_id) for e in events if e.name == ORDER_COMPLETED}
+    # From the member's completions, not from ``owners``: the caller passes the owners of a
+    # whole batch of members, and walking them once per member cost quadratic time.
     own = {
-        key for key, owner in owners.items() if owner.member_id == member_id and (key, owner.event_id) in held
+        e.order_key
+        for e in events
+        if e.name == ORDER_COMPLETED
+        and (owner := owners.get(e.order_key)) is not None
+        and owner.member_id == member_id
+        and owner.event_id == e.event_id
     }
     return [e for e in events if e.name != ORDER_COMPLETED or e.order_key in own]
 
