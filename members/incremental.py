@@ -31,19 +31,21 @@ What the incremental path combines:
   program, new facts such as a staff redemption, a new event not later than it) is derived
   from their earning events (``points_reconcile``; time-driven changes are the account's
   ``recheck_at``'s, as for everyone);
-- tags and segments: rules evaluated on the stored traits and figures, the consent statements
-  held, and only the events some windowed rule counts, as far back as it looks
-  (``Definitions.event_windows``); what rules count over all time ("did it ever", "never did",
-  a first time's "never before") from the stored counts of each such filter plus the new
-  events passing it (``MemberAggregate.event_counts``, ``Definitions.ever_filters``). A member
-  whose figures hold no count of one of those filters (a rule added since its last refresh)
-  goes the full way, which counts them all.
+- tags and segments: rules evaluated on the stored traits and figures and the consent
+  statements held, reading none of the member's earlier events: what rules count over all
+  time ("did it ever", "never did", a first time's "never before") from the stored counts of
+  each such filter plus the new events passing it (``MemberAggregate.event_counts``,
+  ``Definitions.ever_filters``), what windowed rules count from the stored times of the events
+  passing each of their filters, as far back as the rules read it, plus the new events' times
+  (``MemberAggregate.event_times``, ``Definitions.window_filters``). A member whose figures
+  hold no count or times of one of those filters (a rule added or a window lengthened since
+  its last refresh) goes the full way, which counts them all.
 """
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
 import orjson
@@ -76,8 +78,8 @@ from members.member_events import (
 from members.models import MemberAggregate, MemberOrder, MemberTrait, OrderOwner, RefreshWatermark
 from members.orders import order_owners_refresh
 from members.segments.evaluate import memberships_refresh
-from members.segments.rules.interpret import EventFact, MemberFacts, event_counts_add
-from members.segments.rules.syntax import EventFilter
+from members.segments.rules.interpret import EventFact, MemberFacts, event_counts_add, event_times_add
+from members.segments.rules.syntax import event_filter_key
 from members.segments.selectors import Definitions
 from members.traits import GROUP_CALL, latest_traits
 
@@ -93,7 +95,7 @@ class _Covered:
     held: int  # the events resolved to the member now
     held_sum: int  # the sum of their ids
     new_ids: frozenset[int]  # those after the watermark's event id, as counted
-    counted_ever: bool  # the figures hold a count of every filter rules count over all time
+    counted_ever: bool  # the figures hold the counts and times of every filter rules count
 
     def covers(self, new: list[MemberEvent]) -> bool:
         """Whether the stored state and these new events are exactly the member's events (a
@@ -131,7 +133,7 @@ FULL_REASONS = (
     "consent",  # a consent statement
     "orders",  # an order completed again, held by another member, or not in cents
     "marked",  # marked by something other than events (points, a manual tag, a rule's window)
-    "rules",  # a rule counts events over all time that the member's figures hold no count of (added since)
+    "rules",  # a rule counts events its figures hold no count or times of (a rule added or a window lengthened since)
     "off",  # the incremental path is switched off (MEMBER_REFRESH_INCREMENTAL)
 )
 
@@ -139,7 +141,7 @@ FULL_REASONS = (
 def refresh_plan(member_ids: set[int], definitions: Definitions) -> Advance:
     """Which of these active members can be refreshed from their new events alone (see the
     module's docstring), with those events; the others need the full recompute."""
-    covered = _covered_of(member_ids, sorted(definitions.ever_filters))
+    covered = _covered_of(member_ids, sorted(definitions.ever_filters), sorted(definitions.window_filters))
     plan = Advance()
     events: dict[int, list[MemberEvent]] = defaultdict(list)
     # With the properties of consent events (a member whose new events state consent goes the
@@ -224,24 +226,16 @@ def members_advance(plan: Advance, definitions: Definitions) -> set[int]:
     new = [e for found in plan.events.values() for e in found]
     _traits_advance(new)
     owned = order_owners_refresh(order_events=order_events_of(new))
-    figures, counts = _figures_advance(plan, owned, definitions.ever_filters)
-    earning = {e.member_id for e in new if e.name in ORDER_EVENTS | LOYALTY_EVENTS}
     now = timezone.now()
-    # Points: each member's derivation resumed from its checkpoint with the new events alone.
+    figures, counts, times = _figures_advance(plan, owned, definitions, now)
+    earning = {e.member_id for e in new if e.name in ORDER_EVENTS | LOYALTY_EVENTS}
+    # Points: each member's derivation resumed from its checkpoint with the new events alone;
+    # for members whose points could not resume, from their earning events all.
     unresumed = (
         points_advance(histories=loyalty_histories(earning, new, owned), now=now) if earning else set()
     )
-    # What windowed rules count, only as far back as they look (the counts of all time are
-    # stored: ``event_counts``); for members whose points could not resume, the earning events all.
-    since: dict[str, datetime | None] = {
-        name: now - timedelta(days=days) for name, days in definitions.event_windows.items()
-    }
-    history = events_since(
-        unresumed,
-        {**since, **dict.fromkeys(ORDER_EVENTS | LOYALTY_EVENTS)},
-        properties_of=definitions.property_events,
-    )
     if unresumed:
+        history = events_since(unresumed, dict.fromkeys(ORDER_EVENTS | LOYALTY_EVENTS))
         # Exactly the events the watermark will cover (not one committed since this plan
         # was read: it waits for its own mark), so the new checkpoint covers them too.
         history = [
@@ -252,17 +246,15 @@ def members_advance(plan: Advance, definitions: Definitions) -> set[int]:
         points_reconcile(
             histories=loyalty_histories(unresumed, history, order_events), now=now, checkpoint=True
         )
-    history += events_since(member_ids - unresumed, since, properties_of=definitions.property_events)
-    seen: dict[int, list[EventFact]] = defaultdict(list)
-    for e in history:
-        if e.name in since and ((start := since[e.name]) is None or e.at >= start):
-            seen[e.member_id].append(EventFact(e.name, e.at, e.channel, e.store_code, e.properties or {}))
+    # What rules count, from the figures: the counts of all time (``event_counts``) and the
+    # times windowed rules read (``event_times``); none of the member's earlier events.
+    windowed = {key: event_filter_key(wanted) for key, (wanted, _) in definitions.window_filters.items()}
     traits = _traits_of(member_ids)
     consents = consent_facts(member_ids=member_ids)
     facts = {
         pk: MemberFacts(
-            pk, traits=traits.get(pk, {}), aggregates=figures.get(pk, {}), events=tuple(seen[pk]),
-            consents=consents.get(pk, ()), event_counts=counts[pk],
+            pk, traits=traits.get(pk, {}), aggregates=figures.get(pk, {}), consents=consents.get(pk, ()),
+            event_counts=counts[pk], event_times={windowed[key]: found for key, found in times[pk].items()},
         )
         for pk in member_ids
     }  # fmt: skip
@@ -300,14 +292,17 @@ def _traits_of(member_ids: set[int]) -> dict[int, dict[str, object]]:
 
 
 def _figures_advance(
-    plan: Advance, owned: Mapping[int, list[OrderEvent]], ever_filters: Mapping[str, EventFilter]
-) -> tuple[dict[int, dict[str, object]], dict[int, dict[str, int]]]:
+    plan: Advance, owned: Mapping[int, list[OrderEvent]], definitions: Definitions, now: datetime
+) -> tuple[dict[int, dict[str, object]], dict[int, dict[str, int]], dict[int, dict[str, list[datetime]]]]:
     """The new orders and refunds, and each member's stored figures moved by them and by the
-    new events' counts; returns the figures as stored (``member_events.aggregates_upsert``)
-    and the counts of the events passing each filter rules count over all time (``refresh_plan``
-    sent the members without one of them the full way)."""
+    new events' counts and times; returns the figures as stored
+    (``member_events.aggregates_upsert``), the counts of the events passing each filter rules
+    count over all time and the times of those passing each filter windowed rules count, by
+    ``window_key`` (``refresh_plan`` sent the members without one of them the full way)."""
+    ever_filters, window_filters = definitions.ever_filters, definitions.window_filters
     stored = _aggregates_of(set(plan.events))
     counts: dict[int, dict[str, int]] = {}
+    times: dict[int, dict[str, list[datetime]]] = {}
     rows: list[list] = []
     new_orders: list[tuple[int, Order]] = []
     refunded: list[tuple[int, Order]] = []
@@ -367,12 +362,15 @@ def _figures_advance(
             if row["last_event_at"] is None or e.at > row["last_event_at"]:
                 row["last_event_at"] = e.at
         row["stores_visited"] = sorted(stores)
-        counts[member_id] = event_counts_add(
-            _json_object(row["event_counts"]),
-            (EventFact(e.name, e.at, e.channel, e.store_code, e.properties or {}) for e in events),
-            ever_filters,
-        )
+        facts = [EventFact(e.name, e.at, e.channel, e.store_code, e.properties or {}) for e in events]
+        counts[member_id] = event_counts_add(_json_object(row["event_counts"]), facts, ever_filters)
         row["event_counts"] = orjson.dumps(counts[member_id]).decode()
+        kept = {
+            key: [datetime.fromisoformat(at) for at in found]
+            for key, found in _json_object(row["event_times"]).items()
+        }
+        times[member_id] = event_times_add(kept, facts, window_filters, now)
+        row["event_times"] = orjson.dumps(times[member_id]).decode()
         rows.append([row[column] for column in AGGREGATE_COLUMNS])
     orders_insert(new_orders)
     if refunded:
@@ -384,7 +382,7 @@ def _figures_advance(
     stores_at = AGGREGATE_COLUMNS.index("stores_visited")
     for values in rows:  # stores_visited travels as a JSON list (``aggregate_row``)
         values[stores_at] = _json_list(values[stores_at])
-    return aggregates_upsert(rows), counts
+    return aggregates_upsert(rows), counts, times
 
 
 def _spend_move(row: dict, order: Order, amount: Decimal, currency: str, *, placed: bool = False) -> None:
@@ -409,13 +407,14 @@ def _json_object(value: str | dict) -> dict:
     return orjson.loads(value) if isinstance(value, str) else value
 
 
-def _covered_of(member_ids: set[int], ever_keys: list[str]) -> dict[int, _Covered]:
+def _covered_of(member_ids: set[int], ever_keys: list[str], window_keys: list[str]) -> dict[int, _Covered]:
     """The members of these with a watermark and figures, no merge or split since the
-    watermark, and what they cover (one query); ``ever_keys``: the counts their figures must hold."""
+    watermark, and what they cover (one query); ``ever_keys``, ``window_keys``: the counts
+    and times their figures must hold."""
     if not member_ids:
         return {}
     with binary_parameters_cursor() as cursor:
-        cursor.execute(_COVERED_OF, [ever_keys, sorted(member_ids)])
+        cursor.execute(_COVERED_OF, [ever_keys, window_keys, sorted(member_ids)])
         return {
             pk: _Covered(event_id, covered_at, counted, covered_sum, held, held_sum, frozenset(new_ids), ever)
             for pk, event_id, covered_at, counted, covered_sum, held, held_sum, new_ids, ever in cursor
@@ -468,7 +467,7 @@ _COVERED_OF = (
     # The counts, sums and new event ids in one statement (one snapshot): read apart, a batch
     # another worker committed in between made the counts disagree with the events read.
     "SELECT m.id, w.event_id, w.covered_at, a.events, w.events_sum, h.held, h.held_sum, h.new_ids, "
-    "a.event_counts ?& %b::text[] "
+    "a.event_counts ?& %b::text[] AND a.event_times ?& %b::text[] "
     "FROM unnest(%b::bigint[]) AS m(id) "
     f"JOIN {RefreshWatermark._meta.db_table} AS w ON w.member_id = m.id "
     f"JOIN {MemberAggregate._meta.db_table} AS a ON a.member_id = m.id "

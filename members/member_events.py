@@ -7,7 +7,7 @@ cost more than the recomputation itself). Only model table names are interpolate
 """
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -263,9 +263,10 @@ def aggregate_row(
     stores: Iterable[str],
     last_event_at: datetime | None,
     event_counts: Mapping[str, int],
+    event_times: Mapping[str, Sequence[datetime]],
 ) -> list:
     """A member's row of figures as ``aggregates_upsert`` writes it (``event_counts``: of
-    ``Definitions.ever_filters``)."""
+    ``Definitions.ever_filters``; ``event_times``: of ``Definitions.window_filters``)."""
     return [
         member_id, figures.currency, figures.orders, figures.spend, figures.refunded,
         figures.average_order_value, figures.first_purchase_at, figures.last_purchase_at,
@@ -274,6 +275,7 @@ def aggregate_row(
         figures.orders_in_other_currencies, counts.get("events", 0),
         *(counts.get(channel, 0) for channel in CHANNELS),
         orjson.dumps(sorted(stores)).decode(), last_event_at, orjson.dumps(event_counts).decode(),
+        orjson.dumps(event_times).decode(),
     ]  # fmt: skip
 
 
@@ -328,17 +330,18 @@ AGGREGATE_COLUMNS = (
     "member_id", "currency", "orders", "spend", "refunded", "average_order_value",
     "first_purchase_at", "last_purchase_at", *_CHANNEL_COLUMNS, "orders_in_other_currencies",
     "events", *(f"events_{channel}" for channel in CHANNELS), "stores_visited", "last_event_at",
-    "event_counts",
+    "event_counts", "event_times",
 )  # fmt: skip
 _AGGREGATE_TYPES = (
     "bigint", "text", "integer", "numeric", "numeric", "numeric", "timestamptz", "timestamptz",
     *("integer" for _ in CHANNELS), *("numeric" for _ in CHANNELS), "integer", "integer",
-    *("integer" for _ in CHANNELS), "text", "timestamptz", "text",
+    *("integer" for _ in CHANNELS), "text", "timestamptz", "text", "text",
 )  # fmt: skip
 _AGGREGATE_VALUES = {
     # stores_visited travels as a JSON list: unnest cannot carry an array per row.
     "stores_visited": "ARRAY(SELECT jsonb_array_elements_text({}::jsonb))",
     "event_counts": "{}::jsonb",
+    "event_times": "{}::jsonb",
 }
 _UPSERT_AGGREGATES = (
     f"INSERT INTO {MemberAggregate._meta.db_table} ({', '.join(AGGREGATE_COLUMNS)}, computed_at) "

@@ -246,6 +246,12 @@ class MemberAggregate(models.Model):
     # Also the database's default: rows written by set-based SQL (an import, a benchmark's
     # data) hold no count, which means unknown (the member's next refresh goes the full way).
     event_counts = models.JSONField(default=dict, db_default={})
+    # {window key: the times of the member's events passing the filter, oldest first}, for
+    # the filters windowed rules count (``Definitions.window_filters``), as far back as the
+    # rules read each (and a day more: ``rules.interpret.event_times_add``): the incremental
+    # refresh adds the new events' times instead of reading the member's earlier events. A
+    # missing key is unknown (a rule added or a window lengthened since): full way, as above.
+    event_times = models.JSONField(default=dict, db_default={})
     computed_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

@@ -3,7 +3,7 @@
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from datetime import datetime
 from functools import cache, partial
 
@@ -51,8 +51,7 @@ from members.models import (
 from members.orders import order_owners_refresh
 from members.parking import member_park
 from members.segments.evaluate import memberships_refresh
-from members.segments.rules.interpret import EventFact, MemberFacts, event_counts_add
-from members.segments.rules.syntax import EventFilter
+from members.segments.rules.interpret import EventFact, MemberFacts, event_counts_add, event_times_add
 from members.segments.selectors import Definitions, definitions_load
 from members.segments.webhooks.services import webhooks_nudge
 from members.traits import GROUP_CALL, latest_traits
@@ -261,7 +260,8 @@ def _recompute(member_ids: set[int], active: set[int], definitions: Definitions 
             GroupCall(e.member_id, e.group_id, e.at) for e in events if e.type == GROUP_CALL and e.group_id
         ],
     )
-    figures = _aggregates_write(active, events, order_events, definitions.ever_filters)
+    now = timezone.now()
+    figures = _aggregates_write(active, events, order_events, definitions, now)
     retired = member_ids - active
     points_reconcile(
         histories=loyalty_histories(active, events, order_events), retired=retired, checkpoint=True
@@ -270,7 +270,7 @@ def _recompute(member_ids: set[int], active: set[int], definitions: Definitions 
     for model in (MemberTrait, MemberOrder, MemberAggregate, RefreshWatermark):
         rows_delete(model, column="member", keys=retired)
     changed = memberships_refresh(
-        members=_facts_of(active, events, traits, figures, consents), retired=retired, now=timezone.now(),
+        members=_facts_of(active, events, traits, figures, consents), retired=retired, now=now,
         definitions=definitions,
     )  # fmt: skip
     webhooks_nudge(changed)
@@ -330,16 +330,21 @@ def _traits_write(
 
 def _aggregates_write(
     member_ids: set[int], events: list[MemberEvent], order_events: dict[int, list[OrderEvent]],
-    ever_filters: Mapping[str, EventFilter],
+    definitions: Definitions, now: datetime,
 ) -> dict[int, dict[str, object]]:  # fmt: skip
     """Orders and figures of these members, from all their events (``members.aggregates``),
-    with the counts of the events passing each filter rules count over all time (0 included).
-    Returns each member's figures as stored (the names rules read: ``rules.syntax.AGGREGATES``)."""
+    with the counts of the events passing each filter rules count over all time (0 included)
+    and the times of those passing each filter windowed rules count, as far back as they read
+    at ``now``. Returns each member's figures as stored (the names rules read:
+    ``rules.syntax.AGGREGATES``)."""
     counts: dict[int, dict[str, int]] = {member_id: defaultdict(int) for member_id in member_ids}
     last_event_at: dict[int, datetime] = {}
     stores: dict[int, set[str]] = defaultdict(set)
     counted: dict[int, list[EventFact]] = defaultdict(list)
-    ever_names = {wanted.name for wanted in ever_filters.values()}
+    ever_filters, window_filters = definitions.ever_filters, definitions.window_filters
+    ever_names = {wanted.name for wanted in ever_filters.values()} | {
+        wanted.name for wanted, _ in window_filters.values()
+    }
     for e in events:
         if e.name in ever_names:
             counted[e.member_id].append(EventFact(e.name, e.at, e.channel, e.store_code, e.properties or {}))
@@ -364,6 +369,7 @@ def _aggregates_write(
                 stores[member_id],
                 last_event_at.get(member_id),
                 event_counts_add({}, counted[member_id], ever_filters),
+                event_times_add({}, counted[member_id], window_filters, now),
             )
         )
         orders += [(member_id, order) for order in found.values()]

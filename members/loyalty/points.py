@@ -35,6 +35,7 @@ lot. ``lots_of`` rebuilds the lots from ledger rows alone, for reads.
 """
 
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -211,6 +212,9 @@ class Lot:
     expires_at: datetime | None
     order_id: str = ""
     event_id: int | None = None
+    #: The order it was credited in (``Lots.credit``): among lots of the same expiry and
+    #: earning time, the first credited is spent first, wherever the lot sits in ``Lots.lots``.
+    seq: int = 0
 
     @property
     def of_order(self) -> bool:
@@ -231,32 +235,51 @@ class Lots:
 
     lots: list[Lot] = field(default_factory=list)
     debt: int = 0  # points owed (a negative balance), paid from the next credits
+    credited: int = 0  # lots credited so far: the next one's ``seq``
+    #: Lots a restored checkpoint holds that only a spend can change (spendable, never
+    #: expiring), by key, still as the checkpoint froze them (``_Replay.freeze``): a resumed
+    #: replay decodes one only when a spend reaches it, so what it costs does not grow with
+    #: the member's history of orders.
+    dormant: dict[str, list[Any]] = field(default_factory=dict)
 
     @property
     def balance(self) -> int:
+        self.wake()
         return sum(lot.remaining for lot in self.lots) - self.debt
 
     def credit(self, lot: Lot) -> None:
         paid = min(self.debt, lot.remaining)
         self.debt -= paid
         lot.remaining -= paid
+        lot.seq, self.credited = self.credited, self.credited + 1
         self.lots.append(lot)
+
+    def wake(self, key: str | None = None) -> None:
+        """Decode the dormant lot ``key`` (every dormant lot if None) into ``lots``."""
+        for found in [key] if key is not None else list(self.dormant):
+            if (row := self.dormant.pop(found, None)) is not None:
+                self.lots.append(_lot_thawed(row))
 
     def spend(self, points: int, at: datetime, *, first: str | None = None) -> int:
         """Take ``points`` from lots spendable at ``at`` (lot ``first`` first, even if still
         pending: a refund takes back its own order's points); returns how many were found."""
         wanted = points
         if first is not None:
+            self.wake(first)
             for lot in self.lots:
                 if lot.key == first and lot.remaining > 0:
                     taken = min(wanted, lot.remaining)
                     lot.remaining -= taken
                     wanted -= taken
+        if wanted == 0:
+            return points
+        self.wake()
         for lot in sorted(
             (lot for lot in self.lots if lot.spendable_at(at)),
             key=lambda lot: (
                 lot.expires_at or datetime.max.replace(tzinfo=lot.earned_at.tzinfo),
                 lot.earned_at,
+                lot.seq,
             ),
         ):
             if wanted == 0:
@@ -271,6 +294,7 @@ class Lots:
         return taken
 
     def pending(self, at: datetime) -> int:
+        self.wake()
         return sum(lot.remaining for lot in self.lots if lot.available_at > at)
 
     def expiring(self, at: datetime, until: datetime) -> list[Lot]:
@@ -382,7 +406,7 @@ def points_derive(
         state.advance_to(at)
         apply()
     last = timeline[-1][0][0] if timeline else (resume.at if resume is not None else None)
-    checkpoint = Checkpoint(at=last, state=state.freeze())
+    checkpoint = Checkpoint(at=last, state=state.freeze(last))
     tail_from = len(state.due)
     state.advance_to(now)
     refunded = [refund for refunds in history.refunds.values() for refund in refunds]
@@ -402,7 +426,10 @@ def points_derive(
 #: The shape of ``_Replay``'s checkpointed state: raise it whenever a change to the replay
 #: would make an older state mean something else (its fields, what they hold, how steps use
 #: them). A state of another format is ignored: the member is derived from their history.
-CHECKPOINT_FORMAT = 2  # 2: an order's completion kept as its number, amount and currency
+#: 2: an order's completion kept as its number, amount and currency; 3: lots that only a spend
+#: can change kept apart (``Lots.dormant``), spent and expired lots and qualifying amounts out of
+#: the tier window left out, each lot with its ``seq``.
+CHECKPOINT_FORMAT = 3
 
 
 @dataclass(slots=True)
@@ -413,11 +440,16 @@ class _Replay:
     lots: Lots = field(default_factory=Lots)
     due: list[Due] = field(default_factory=list)
     orders: dict[OrderKey, _Order] = field(default_factory=dict)
-    order_lots: dict[str, _Order] = field(default_factory=dict)  # an order's lot key -> the order
+    #: The orders a restored checkpoint holds that this replay has not touched, still as
+    #: frozen (``_order_at`` decodes one when a step names it; ``freeze`` writes the others
+    #: back as they were): a resumed replay decodes only the orders its new events refund.
+    frozen_orders: dict[OrderKey, list[Any]] = field(default_factory=dict)
+    order_lots: dict[str, OrderKey] = field(default_factory=dict)  # an order's lot key -> the order
     # Points spent on an order and given back by its refunds, by the order id the till named.
     spent_on: dict[str, int] = field(default_factory=dict)
     given_back: dict[str, int] = field(default_factory=dict)
-    qualifying: list[tuple[datetime, Decimal]] = field(default_factory=list)  # (at, points or spend)
+    # (at, points or spend); one restored and not read since is still as frozen: [at, amount].
+    qualifying: list[tuple[datetime, Decimal] | list[str]] = field(default_factory=list)
     # The tier window as ``_measure`` last slid it: qualifying[start:end], their sum, its end.
     _window_start: int = 0
     _window_end: int = 0
@@ -436,24 +468,45 @@ class _Replay:
 
     # checkpoints: the state between derivations (``Checkpoint``)
 
-    def freeze(self) -> bytes:
-        """The state as compressed JSON, without the program (given back on ``restore``), the
-        lines of this history's orders (a resumed derivation has its own) and the entries due
-        so far. Plain data, no pickle: a row of the database never becomes code."""
+    def freeze(self, at: datetime | None) -> bytes:
+        """The state after the step at ``at`` as compressed JSON, without the program (given
+        back on ``restore``), the lines of this history's orders (a resumed derivation has its
+        own) and the entries due so far. Plain data, no pickle: a row of the database never
+        becomes code.
+
+        Only what a later step can still read: no lot already spent or expired, no qualifying
+        amount the tier window has slid past (a resumed replay's steps are all later than
+        ``at``). The lots only a spend can change (spendable at ``at``, never expiring) are
+        kept apart, as are the orders, undecoded on ``restore`` until a step needs one; those
+        a resumed replay did not touch are written back as they were read."""
         orders = [
-            [*key, None if o.completion is None else [o.completion.order_id, o.completion.amount, o.completion.currency],
-             o.earned, o.lot_key, o.refunded, o.unearned, o.reversed, o.written_off, o.expired]
-            for key, o in self.orders.items()
+            *(
+                [*key, None if o.completion is None else [o.completion.order_id, o.completion.amount,
+                                                          o.completion.currency],
+                 o.earned, o.lot_key, o.refunded, o.unearned, o.reversed, o.written_off, o.expired]
+                for key, o in self.orders.items()
+            ),
+            *self.frozen_orders.values(),
         ]  # fmt: skip
-        lots = [
-            [lot.key, lot.points, lot.remaining, lot.earned_at, lot.available_at, lot.expires_at, lot.order_id,
-             lot.event_id]
-            for lot in self.lots.lots
-        ]  # fmt: skip
+        lots: list[list[Any]] = []
+        dormant = list(self.lots.dormant.values())
+        live = [lot for lot in self.lots.lots if lot.remaining > 0]  # nothing takes from the others
+        # Dormant lots are found by key: a key two lots share stays with the lots decoded.
+        shared = {key for key, n in Counter(lot.key for lot in live).items() if n > 1}
+        for lot in live:
+            row = [lot.key, lot.points, lot.remaining, lot.earned_at, lot.available_at, lot.expires_at,
+                   lot.order_id, lot.event_id, lot.seq]  # fmt: skip
+            sleeps = (
+                lot.expires_at is None and at is not None and lot.available_at <= at
+                and lot.key not in shared and lot.key not in self.lots.dormant
+            )  # fmt: skip
+            (dormant if sleeps else lots).append(row)
+        start = self._window_start
         state = {
-            "format": CHECKPOINT_FORMAT, "orders": orders, "lots": lots, "debt": self.lots.debt,
-            "spent_on": self.spent_on, "given_back": self.given_back, "qualifying": self.qualifying,
-            "window": [self._window_start, self._window_end, self._window_sum, self._window_at],
+            "format": CHECKPOINT_FORMAT, "orders": orders, "lots": lots, "dormant": dormant,
+            "debt": self.lots.debt, "credited": self.lots.credited,
+            "spent_on": self.spent_on, "given_back": self.given_back, "qualifying": self.qualifying[start:],
+            "window": [0, self._window_end - start, self._window_sum, self._window_at],
             "tier": [self.tier, self.tier_since], "tier_changes": [
                 [c.at, c.from_tier, c.to_tier, c.reason] for c in self.tier_changes],
             "flags": [self.first_order_seen, self.signed_up, self.referred], "review_at": self.review_at,
@@ -461,76 +514,61 @@ class _Replay:
         return zlib.compress(orjson.dumps(state, default=str), 1)
 
     def restore(self, frozen: bytes) -> None:
-        """Take the state ``freeze`` made (raises ``ValueError`` for one of another format)."""
+        """Take the state ``freeze`` made (raises ``ValueError`` for one of another format).
+        Orders, dormant lots and qualifying amounts stay as read until a step needs them."""
         state = orjson.loads(zlib.decompress(frozen))
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"a checkpoint of format {state.get('format')}, not {CHECKPOINT_FORMAT}")
-        # An order's time is also its lot's earned and available time and its qualifying time:
-        # each distinct moment and amount is parsed once (most of what a restore costs).
-        moments: dict[str, datetime] = {}
-        amounts: dict[str, Decimal] = {}
-
-        def moment(text: str) -> datetime:
-            found = moments.get(text)
-            if found is None:
-                found = moments[text] = datetime.fromisoformat(text)
-            return found
-
-        def optional_moment(text: str | None) -> datetime | None:
-            return None if text is None else moment(text)
-
-        def amount(text: str) -> Decimal:
-            found = amounts.get(text)
-            if found is None:
-                found = amounts[text] = Decimal(text)
-            return found
-
-        def placed(row: list[Any]) -> _Placed:
-            order_id, total, currency = row
-            return _Placed(order_id, amount(total), currency)
-
-        self.orders = {
-            (source_id, order_id): _Order(
-                None if done is None else placed(done), earned, lot_key, amount(refunded), unearned,
-                reversed_, written_off, expired,
-            )
-            for source_id, order_id, done, earned, lot_key, refunded, unearned, reversed_, written_off, expired
-            in state["orders"]
-        }  # fmt: skip
-        self.order_lots = {order.lot_key: order for order in self.orders.values() if order.lot_key}
+        self.orders = {}
+        self.frozen_orders = {(row[0], row[1]): row for row in state["orders"]}
+        self.order_lots = {row[4]: (row[0], row[1]) for row in state["orders"] if row[4]}
         self.lots = Lots(
-            lots=[
-                Lot(key, points, remaining, moment(earned), moment(available), optional_moment(expires),
-                    order_id, event_id)
-                for key, points, remaining, earned, available, expires, order_id, event_id in state["lots"]
-            ],
+            lots=[_lot_thawed(row) for row in state["lots"]],
             debt=state["debt"],
-        )  # fmt: skip
+            credited=state["credited"],
+            dormant={row[0]: row for row in state["dormant"]},
+        )
         self.spent_on, self.given_back = state["spent_on"], state["given_back"]
-        self.qualifying = [(moment(at), amount(value)) for at, value in state["qualifying"]]
+        self.qualifying = state["qualifying"]
         start, end, total, at = state["window"]
         self._window_start, self._window_end, self._window_sum = start, end, Decimal(total)
-        self._window_at = optional_moment(at)
-        self.tier, self.tier_since = state["tier"][0], optional_moment(state["tier"][1])
+        self._window_at = _moment(at)
+        self.tier, self.tier_since = state["tier"][0], _moment(state["tier"][1])
         self.tier_changes = [
-            TierChange(moment(at), old, new, why) for at, old, new, why in state["tier_changes"]
+            TierChange(datetime.fromisoformat(at), old, new, why)
+            for at, old, new, why in state["tier_changes"]
         ]
         self.first_order_seen, self.signed_up, self.referred = state["flags"]
         # In the program's zone, as ``Program.next_review`` made it: time is added to it in that zone.
-        review_at = optional_moment(state["review_at"])
+        review_at = _moment(state["review_at"])
         self.review_at = None if review_at is None else review_at.astimezone(self.program.zone)
+
+    def _order_at(self, key: OrderKey) -> _Order | None:
+        """The order ``key`` replayed so far (decoded from the checkpoint if need be), if any."""
+        order = self.orders.get(key)
+        if order is None and (row := self.frozen_orders.pop(key, None)) is not None:
+            order = self.orders[key] = _order_thawed(row)
+        return order
+
+    def _qualifying_at(self, index: int) -> tuple[datetime, Decimal]:
+        entry = self.qualifying[index]
+        if isinstance(entry, list):  # as restored
+            entry = self.qualifying[index] = (datetime.fromisoformat(entry[0]), Decimal(entry[1]))
+        return entry
 
     def order_key_of(self, key: OrderKey, completions: Mapping[OrderKey, OrderEvent]) -> OrderKey:
         """The order a refund of ``key`` is of, among the orders replayed before and these new
         completions, as ``order_history`` would match it over the whole history."""
-        if key in self.orders or key in completions:
+        if key in self.orders or key in self.frozen_orders or key in completions:
             return key
-        numbered = [k for k in (*self.orders, *completions) if k[1] == key[1]]
+        numbered = [k for k in (*self.orders, *self.frozen_orders, *completions) if k[1] == key[1]]
         return numbered[0] if len(numbered) == 1 else key
 
     def refunded_in_full(self, refunds: Iterable[OrderEvent]) -> frozenset[str]:
         """The order ids of these refunds whose orders they refunded in full (as replayed)."""
         refunded = {refund.order_id for refund in refunds}
+        for key in [key for key in self.frozen_orders if key[1] in refunded]:
+            self._order_at(key)
         return frozenset(
             order.completion.order_id
             for order in self.orders.values()
@@ -557,7 +595,9 @@ class _Replay:
             for lot in expiring:
                 if lot.expires_at == first_expiry:
                     taken = self.lots.expire(lot)
-                    if (order := self.order_lots.get(lot.key)) is not None:
+                    if (key := self.order_lots.get(lot.key)) is not None and (
+                        order := self._order_at(key)
+                    ) is not None:
                         order.expired += taken
                     self.due.append(
                         Due(
@@ -635,7 +675,9 @@ class _Replay:
         )
 
     def order(self, done: OrderEvent) -> None:
-        order = self.orders.setdefault(done.order_key, _Order(completion=None))
+        order = self._order_at(done.order_key)
+        if order is None:
+            order = self.orders[done.order_key] = _Order(completion=None)
         order.completion = _Placed(done.order_id, done.amount, done.currency)
         if done.currency != self.program.currency:
             return  # points are earned in the program's currency only
@@ -653,7 +695,7 @@ class _Replay:
         )
         if points > 0:
             order.earned, order.lot_key = points, f"{PURCHASE}{done.event_id}"
-            self.order_lots[order.lot_key] = order
+            self.order_lots[order.lot_key] = done.order_key
             self._credit(
                 self._credit_due(
                     key=order.lot_key,
@@ -680,7 +722,7 @@ class _Replay:
 
     def refund(self, refund: OrderEvent, key: OrderKey) -> None:
         """A refund of the order ``key`` (``members.aggregates.order_history`` says which)."""
-        order = self.orders.get(key)
+        order = self._order_at(key)
         if order is None or order.completion is None or order.completion.currency != refund.currency:
             return  # nothing was earned on it here (placed before the program, or in another currency)
         total = order.completion.amount
@@ -861,17 +903,17 @@ class _Replay:
             return sum(
                 (
                     amount
-                    for when, amount in self.qualifying
+                    for when, amount in map(self._qualifying_at, range(len(self.qualifying)))
                     if (since is None or since < when) and when <= at
                 ),
                 Decimal(0),
             )
         self._window_at = at
-        while self._window_end < len(self.qualifying) and self.qualifying[self._window_end][0] <= at:
-            self._window_sum += self.qualifying[self._window_end][1]
+        while self._window_end < len(self.qualifying) and self._qualifying_at(self._window_end)[0] <= at:
+            self._window_sum += self._qualifying_at(self._window_end)[1]
             self._window_end += 1
-        while self._window_start < self._window_end and self.qualifying[self._window_start][0] <= since:
-            self._window_sum -= self.qualifying[self._window_start][1]
+        while self._window_start < self._window_end and self._qualifying_at(self._window_start)[0] <= since:
+            self._window_sum -= self._qualifying_at(self._window_start)[1]
             self._window_start += 1
         return self._window_sum
 
@@ -893,6 +935,25 @@ class _Replay:
     def _change(self, at: datetime, to: str, reason: str) -> None:
         self.tier_changes.append(TierChange(at=at, from_tier=self.tier, to_tier=to, reason=reason))
         self.tier, self.tier_since = to, at
+
+
+def _moment(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _lot_thawed(row: list[Any]) -> Lot:
+    """A lot as ``_Replay.freeze`` wrote it."""
+    key, points, remaining, earned, available, expires, order_id, event_id, seq = row
+    earned_at = datetime.fromisoformat(earned)
+    return Lot(key, points, remaining, earned_at, earned_at if available == earned else datetime.fromisoformat(available),
+               _moment(expires), order_id, event_id, seq)  # fmt: skip
+
+
+def _order_thawed(row: list[Any]) -> _Order:
+    """An order as ``_Replay.freeze`` wrote it."""
+    _, _, done, earned, lot_key, refunded, unearned, reversed_, written_off, expired = row
+    placed = None if done is None else _Placed(done[0], Decimal(done[1]), done[2])
+    return _Order(placed, earned, lot_key, Decimal(refunded), unearned, reversed_, written_off, expired)
 
 
 def _share(points: int, share: Decimal) -> int:

@@ -12,6 +12,7 @@ from django.db import connection
 from members.consent.selectors import members_with_consent
 from members.segments.models import Segment, SegmentChange, SegmentMember, SegmentWebhook, Tag
 from members.segments.rules.analysis import leaves, rule_references
+from members.segments.rules.interpret import window_key
 from members.segments.rules.parse import RuleInvalid, rule_parse
 from members.segments.rules.syntax import (
     Condition,
@@ -54,15 +55,16 @@ class Definitions:
     decided_segment_ids: frozenset[int]
     #: Events whose properties some rule filters on: the incremental path loads those.
     property_events: frozenset[str]
-    #: Events some windowed rule counts, each with how many days back the rules look at it:
-    #: the member refresh's incremental path reads only those of a member's history
-    #: (``members.incremental``). What rules count over all time is in ``ever_filters``.
-    event_windows: Mapping[str, int] = field(default_factory=dict)
     #: The filters some rule counts over all time ("did it ever", "never did", a first time's
     #: "never before"), by ``event_filter_key``: each member's figures keep their counts
     #: (``MemberAggregate.event_counts``), so a refresh never reads a member's whole history
     #: for them.
     ever_filters: Mapping[str, EventFilter] = field(default_factory=dict)
+    #: The filters windowed leaves count, by ``window_key``, each with how many days back the
+    #: rules read it: each member's figures keep the times of their events passing it that
+    #: far back (``MemberAggregate.event_times``), so the incremental refresh reads none of
+    #: the member's earlier events for them.
+    window_filters: Mapping[str, tuple[EventFilter, int]] = field(default_factory=dict)
 
 
 def _days_read(leaf: Did | DidNot | FirstTime | Stopped) -> int | None:
@@ -80,20 +82,23 @@ def _ever_filter(leaf: Did | DidNot | FirstTime | Stopped) -> EventFilter | None
     return None
 
 
-def event_reads(conditions: Iterable[Condition]) -> tuple[dict[str, int], dict[str, EventFilter]]:
-    """What these rules read of a member's events: how many days back each event name's
-    windowed leaves look (``Definitions.event_windows``), and the filters counted over all
-    time, by ``event_filter_key`` (``Definitions.ever_filters``)."""
-    event_windows: dict[str, int] = {}
+def event_reads(
+    conditions: Iterable[Condition],
+) -> tuple[dict[str, tuple[EventFilter, int]], dict[str, EventFilter]]:
+    """What these rules read of a member's events: the filters windowed leaves count, by
+    ``window_key``, each with the most days back a leaf reads it (``Definitions.window_filters``),
+    and the filters counted over all time, by ``event_filter_key`` (``Definitions.ever_filters``)."""
+    windowed: dict[str, tuple[EventFilter, int]] = {}
     ever_filters: dict[str, EventFilter] = {}
     for condition in conditions:
         for leaf in leaves(condition):
             if isinstance(leaf, Did | DidNot | FirstTime | Stopped):
                 if (days := _days_read(leaf)) is not None:
-                    event_windows[leaf.event.name] = max(days, event_windows.get(leaf.event.name, 0))
+                    key = event_filter_key(leaf.event)
+                    windowed[key] = (leaf.event, max(days, windowed.get(key, (leaf.event, 0))[1]))
                 if (ever := _ever_filter(leaf)) is not None:
                     ever_filters[event_filter_key(ever)] = ever
-    return event_windows, ever_filters
+    return {window_key(wanted, days): (wanted, days) for wanted, days in windowed.values()}, ever_filters
 
 
 def definitions_load() -> Definitions:
@@ -136,7 +141,7 @@ def definitions_load() -> Definitions:
         if isinstance(leaf, Did | DidNot | FirstTime | Stopped)
         and any(field.startswith("properties.") for field, _ in leaf.event.where)
     )
-    event_windows, ever_filters = event_reads(d.condition for d in ordered)
+    window_filters, ever_filters = event_reads(d.condition for d in ordered)
     computed_tag_ids = {key: pk for pk, key, kind, _ in tags if kind == Tag.Kind.COMPUTED}
     return Definitions(
         ordered=tuple(ordered),
@@ -148,8 +153,8 @@ def definitions_load() -> Definitions:
         | frozenset(computed_tag_ids.values()),
         decided_segment_ids=frozenset(d.id for d in ordered if d.kind == "segment"),
         property_events=property_events,
-        event_windows=event_windows,
         ever_filters=ever_filters,
+        window_filters=window_filters,
     )
 
 

@@ -235,7 +235,8 @@ def figures() -> tuple[set, set]:
         tuple(
             tuple(value)
             if isinstance(value := getattr(a, f.attname), list)
-            else tuple(sorted(value.items()))
+            # event_times: {window key: [times]}
+            else tuple((key, tuple(v) if isinstance(v, list) else v) for key, v in sorted(value.items()))
             if isinstance(value, dict)
             else value
             for f in MemberAggregate._meta.concrete_fields

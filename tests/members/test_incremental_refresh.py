@@ -24,6 +24,7 @@ from members.loyalty.models import PointsAccount, PointsEntry
 from members.models import MemberAggregate, MemberOrder, MemberTrait, RefreshWatermark
 from members.segments.demo import segments_demo_setup
 from members.segments.models import MemberTag, Segment, SegmentMember
+from members.segments.rules.interpret import window_key
 from members.segments.rules.syntax import EventFilter, event_filter_key
 
 START = datetime(2026, 6, 1, 12, tzinfo=UTC)
@@ -214,10 +215,13 @@ def test_a_member_gaining_later_events_is_refreshed_from_those_alone():
         member_services.members_refresh()
         incremental, full = _refresh_paths()
         assert (incremental - paths[0], full - paths[1]) == (1, 0)
-        # The two new events, then the completions the windowed rules look at (the demo's
-        # "stopped" rule looks 150 days back: all 11 here; rules over all time read stored
-        # counts); the points resume from the checkpoint with the two new events alone.
-        assert REFRESH_EVENTS_READ._value.get() - read == 2 + 11
+        # The two new events alone: windowed rules (the demo's "stopped" rule looks 150 days
+        # back, over all 11 completions here) read the times the figures keep, rules over all
+        # time the counts; the points resume from the checkpoint with the two new events alone.
+        assert REFRESH_EVENTS_READ._value.get() - read == 2
+        stopped = EventFilter("Order Completed", (("channel", "pos"),))
+        assert len(figures_times := MemberAggregate.objects.get().event_times[window_key(stopped, 150)]) == 11
+        assert figures_times == sorted(figures_times)
         assert POINTS_DERIVATIONS.labels("resumed")._value.get() - resumed == 1
         figures = MemberAggregate.objects.get()
         assert (figures.orders, figures.events, figures.refunded) == (11, 12, 3)
@@ -322,8 +326,8 @@ def test_rules_over_all_time_cost_a_long_history_nothing():
         member_services.members_refresh()
 
         assert _refresh_paths() == (paths[0] + 1, paths[1])
-        # The new event (the plan), then the rules' window of views: none of the 40 orders.
-        assert REFRESH_EVENTS_READ._value.get() - read == 1 + 1
+        # The new event (the plan) alone: the rules' window of views is in the figures' times.
+        assert REFRESH_EVENTS_READ._value.get() - read == 1
         assert SegmentMember.objects.filter(segment=segment).exists()
         assert MemberAggregate.objects.get().event_counts == figures.event_counts | {
             event_filter_key(EventFilter("Product Viewed")): 1

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from members.moments import moment_plus
-from members.segments.rules.interpret import MemberFacts, aggregate_value, event_passes
+from members.segments.rules.interpret import MemberFacts, aggregate_value, event_passes, event_times_of
 from members.segments.rules.syntax import (
     Aggregate,
     All,
@@ -86,11 +86,13 @@ def _moments(leaf: Condition, facts: MemberFacts) -> Iterable[datetime]:
         offsets = [leaf.in_last_days, leaf.in_last_days + leaf.before_days]
     else:
         return
-    for event in facts.events:
-        if event_passes(event, leaf.event):
-            for days in offsets:
-                if (leaves_window := moment_plus(event.at, timedelta(days=days, microseconds=1))) is not None:
-                    yield leaves_window
+    times = event_times_of(facts, leaf.event)
+    if times is None:
+        times = [event.at for event in facts.events if event_passes(event, leaf.event)]
+    for at in times:
+        for days in offsets:
+            if (leaves_window := moment_plus(at, timedelta(days=days, microseconds=1))) is not None:
+                yield leaves_window
 
 
 def rule_window_expiry(condition: Condition, facts: MemberFacts, now: datetime) -> datetime | None:

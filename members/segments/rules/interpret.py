@@ -1,7 +1,7 @@
 """Evaluating a rule for one member (the incremental path): ``rule_matches`` over the facts
 the member refresh loads (``MemberFacts``)."""
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -53,9 +53,12 @@ class MemberFacts:
 
     ``event_counts``: how many events of all time pass each filter (by ``event_filter_key``):
     given, a leaf over all time ("did it ever", "never did", a first time's "never before")
-    reads its filter's count instead of ``events``, which then need only reach as far back as
-    the windowed leaves look (``Definitions.event_windows``); a filter without a count is
-    counted in ``events``."""
+    reads its filter's count instead of ``events`` (``Definitions.ever_filters``); a filter
+    without a count is counted in ``events``.
+
+    ``event_times``: the times of the events passing each filter windowed leaves count (by
+    ``event_filter_key``), as far back as they look (``event_times_add``): given, a windowed
+    leaf reads them instead of ``events``."""
 
     member_id: int
     traits: Mapping[str, Any] = field(default_factory=dict)
@@ -68,6 +71,7 @@ class MemberFacts:
     segments: frozenset[str] = frozenset()
     consents: tuple[ConsentFact, ...] = ()
     event_counts: Mapping[str, int] | None = None
+    event_times: Mapping[str, Sequence[datetime]] | None = None
 
 
 def _compare(left: Any, op: str, right: Any) -> bool:
@@ -159,6 +163,8 @@ def event_passes(event: EventFact, wanted: EventFilter) -> bool:
 
 def _count(facts: MemberFacts, wanted: EventFilter, since: datetime | None, until: datetime | None) -> int:
     """Events passing ``wanted`` at ``since`` or later and before ``until`` (None: unbounded)."""
+    if since is not None and (times := event_times_of(facts, wanted)) is not None:
+        return sum(1 for at in times if at >= since and (until is None or at < until))
     return sum(
         1
         for event in facts.events
@@ -191,6 +197,46 @@ def event_counts_add(
         for key, wanted in by_name.get(event.name, ()):
             if event_passes(event, wanted):
                 moved[key] += 1
+    return moved
+
+
+def event_times_of(facts: MemberFacts, wanted: EventFilter) -> Sequence[datetime] | None:
+    """The stored times of the member's events passing ``wanted``, if the facts carry them."""
+    return None if facts.event_times is None else facts.event_times.get(event_filter_key(wanted))
+
+
+#: How much further back than its window a filter's stored times reach: a refresh whose clock
+#: is a little behind the one that stored them still finds every time its window holds.
+WINDOW_MARGIN = timedelta(days=1)
+
+
+def window_key(wanted: EventFilter, days: int) -> str:
+    """The key a windowed filter's times are stored under: the filter and how many days back
+    rules read it, so that a window lengthened since finds no times (and recomputes)."""
+    return f"{days}:{event_filter_key(wanted)}"
+
+
+def event_times_add(
+    stored: Mapping[str, Sequence[datetime]],
+    events: Iterable[EventFact],
+    filters: Mapping[str, tuple[EventFilter, int]],
+    now: datetime,
+) -> dict[str, list[datetime]]:
+    """Each windowed filter's times (``filters``: by ``window_key``, with the days rules read
+    it) with those of the events passing it added, in order, less those older than its window
+    (and ``WINDOW_MARGIN``) at ``now``: rules read them at ``now`` or later. A filter missing
+    from ``stored`` starts empty; times of no filter are dropped."""
+    moved = {key: list(stored.get(key, ())) for key in filters}
+    by_name: dict[str, list[tuple[str, EventFilter]]] = {}
+    for key, (wanted, _) in filters.items():
+        by_name.setdefault(wanted.name, []).append((key, wanted))
+    for event in events:
+        for key, wanted in by_name.get(event.name, ()):
+            if event_passes(event, wanted):
+                moved[key].append(event.at)
+    for key, (_, days) in filters.items():
+        start = now - timedelta(days=days) - WINDOW_MARGIN
+        moved[key] = sorted(at for at in moved[key] if at >= start)
     return moved
 
 

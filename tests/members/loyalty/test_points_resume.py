@@ -6,6 +6,7 @@ may be before or after them (a refresh reads the clock, events carry their own t
 import zlib
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -66,25 +67,39 @@ def histories(draw: st.DrawFn) -> tuple[list[OrderEvent], list[LoyaltyEvent]]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(program=programs(), history=histories(), cut=st.floats(0, 1), now_days=st.integers(-30, 400))
-def test_a_resumed_derivation_equals_the_whole_one(program, history, cut, now_days):
+@given(program=programs(), history=histories(), cuts=st.lists(st.floats(0, 1), min_size=1, max_size=3),
+       now_days=st.integers(-30, 400))  # fmt: skip
+def test_a_resumed_derivation_equals_the_whole_one(program, history, cuts, now_days):
+    """Cut once or several times: each part resumes from the checkpoint the part before it
+    made, itself resumed (what it left undecoded, ``Lots.dormant`` and the frozen orders,
+    goes on from checkpoint to checkpoint)."""
     orders, events = history
     steps = sorted([*(o.at for o in orders), *(e.at for e in events)])
-    split = steps[int(cut * (len(steps) - 1))]
+    splits = sorted({steps[int(cut * (len(steps) - 1))] for cut in cuts})
     now = T0 + timedelta(days=now_days)
     whole = points_derive(program=program, orders=orders, lines={}, events=events, recorded=(), now=now)
 
-    first = points_derive(program=program, orders=[o for o in orders if o.at <= split], lines={},
-                          events=[e for e in events if e.at <= split], recorded=(), now=now)  # fmt: skip
-    assert first.checkpoint is not None
-    resumed = points_derive(program=program, orders=[o for o in orders if o.at > split], lines={},
-                            events=[e for e in events if e.at > split], recorded=(), now=now,
-                            resume=first.checkpoint)  # fmt: skip
+    bounds = [None, *splits, None]
+    parts, resume = [], None
+    for after, until in pairwise(bounds):
 
-    # The first part's entries before its checkpoint, then everything the resumed one says.
-    combined = {d.key: d for d in first.due[: first.tail_from]} | {d.key: d for d in resumed.due}
+        def within(at, after=after, until=until):
+            return (after is None or at > after) and (until is None or at <= until)
+
+        part = points_derive(program=program, orders=[o for o in orders if within(o.at)], lines={},
+                             events=[e for e in events if within(e.at)], recorded=(), now=now,
+                             resume=resume)  # fmt: skip
+        assert part.checkpoint is not None
+        parts.append(part)
+        resume = part.checkpoint
+    resumed = parts[-1]
+
+    # Each earlier part's entries before its checkpoint, then everything the last one says.
+    combined = {d.key: d for part in parts[:-1] for d in part.due[: part.tail_from]} | {
+        d.key: d for d in resumed.due
+    }
     assert combined == {d.key: d for d in whole.due}
-    assert len(first.due[: first.tail_from]) + len(resumed.due) == len(whole.due)
+    assert sum(len(part.due[: part.tail_from]) for part in parts[:-1]) + len(resumed.due) == len(whole.due)
     assert (resumed.tier, resumed.tier_since, resumed.tier_changes, resumed.recheck_at, resumed.next_expiry) == (
         whole.tier, whole.tier_since, whole.tier_changes, whole.recheck_at, whole.next_expiry)  # fmt: skip
     assert resumed.checkpoint is not None

@@ -7,10 +7,17 @@ from typing import Any
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from members.segments.demo import DEMO_SEGMENTS
 from members.segments.rules.analysis import rule_references, rule_window_expiry
-from members.segments.rules.interpret import EventFact, MemberFacts, event_counts_add, rule_matches
+from members.segments.rules.interpret import (
+    EventFact,
+    MemberFacts,
+    event_counts_add,
+    event_times_add,
+    rule_matches,
+)
 from members.segments.rules.parse import RuleInvalid, rule_parse
 from members.segments.rules.syntax import KINDS, All, EventFilter, HasTag, Not, Trait, event_filter_key
 from members.segments.rules.values import value_time
@@ -393,29 +400,56 @@ def test_the_demo_rules_read_their_windows_and_count_never_in_the_mini_program()
 
     # "Bought in a store in the 90 days before the last 60" reaches furthest back; "never in the
     # mini-program" reads no event at all, and a first time only its window.
-    assert windows == {"Order Completed": 150, "Product Viewed": 30}
+    pos, sneakers = (
+        EventFilter("Order Completed", (("channel", "pos"),)),
+        EventFilter("Product Viewed", (("properties.category", "Shoes/Sneakers"),)),
+    )
+    assert dict(windows.values()) == {
+        pos: 150, EventFilter("Order Completed"): 30, sneakers: 30
+    }  # fmt: skip
     assert ever == {'["Order Completed",[["channel","mini_program"]]]': MINI}
     first = rule_parse({"first_time": {"event": "Signed Up", "in_last_days": 7}})
-    assert event_reads([first]) == ({"Signed Up": 7}, {'["Signed Up",[]]': EventFilter("Signed Up")})
+    signed_up = EventFilter("Signed Up")
+    assert event_reads([first]) == ({f"7:{event_filter_key(signed_up)}": (signed_up, 7)},
+                                    {'["Signed Up",[]]': signed_up})  # fmt: skip
 
 
 @settings(max_examples=300, deadline=None)
-@given(member=generated.members, rule=generated.rules)
-def test_stored_counts_and_the_windows_decide_as_the_whole_history(member, rule):
-    """What the incremental refresh evaluates (the events of the windowed leaves' windows, and
-    the counts of all time) answers as a member's whole history does, and sets the same recheck."""
+@given(member=generated.members, rule=generated.rules, earlier=st.lists(st.integers(0, 24 * 40), max_size=3))
+def test_stored_counts_and_times_decide_as_the_whole_history(member, rule, earlier):
+    """What the incremental refresh evaluates when it reads no event at all (the counts of
+    all time and the times of the windowed leaves' filters its figures keep, each refresh
+    adding its part of the events and dropping what its window no longer holds, ``earlier``
+    hours before now) answers as a member's whole history does, and sets the same recheck."""
     condition = rule_parse(rule)
     whole = generated.facts(1, member)
-    windows, ever = event_reads([condition])
-    windowed = MemberFacts(
+    filters, ever = event_reads([condition])
+    refreshes = [*sorted(NOW - timedelta(hours=hours) for hours in earlier), NOW]
+    times: dict[str, list[datetime]] = {}
+    for n, at in enumerate(refreshes):
+        times = event_times_add(times, whole.events[n :: len(refreshes)], filters, at)
+    stored = MemberFacts(
         member_id=1, traits=whole.traits, identifier_types=whole.identifier_types, aggregates=whole.aggregates,
-        events=tuple(e for e in whole.events if e.name in windows and e.at >= NOW - windows[e.name] * DAY),
         points=whole.points, tier=whole.tier, tags=whole.tags, segments=whole.segments, consents=whole.consents,
         event_counts=event_counts_add({}, whole.events, ever),
+        event_times={event_filter_key(wanted): times[key] for key, (wanted, _) in filters.items()},
     )  # fmt: skip
 
-    assert rule_matches(condition, windowed, now=NOW) == rule_matches(condition, whole, now=NOW)
-    assert rule_window_expiry(condition, windowed, NOW) == rule_window_expiry(condition, whole, NOW)
+    assert rule_matches(condition, stored, now=NOW) == rule_matches(condition, whole, now=NOW)
+    assert rule_window_expiry(condition, stored, NOW) == rule_window_expiry(condition, whole, NOW)
+
+
+def test_the_demo_rules_keep_the_times_of_their_windowed_filters():
+    filters, _ = event_reads(rule_parse(rule) for _, _, rule in DEMO_SEGMENTS)
+    pos = EventFilter("Order Completed", (("channel", "pos"),))
+    # "Bought in a store in the 90 days before the last 60" keeps 150 days of store orders.
+    assert filters[f"150:{event_filter_key(pos)}"] == (pos, 150)
+    old, recent = NOW - 200 * DAY, NOW - 100 * DAY
+    events = [EventFact("Order Completed", at, "pos") for at in (recent, old)] + [
+        EventFact("Order Completed", NOW, "app")
+    ]
+    kept = event_times_add({}, events, filters, NOW)
+    assert kept[f"150:{event_filter_key(pos)}"] == [recent]
 
 
 # --- references and time ----------------------------------------------------------------------
