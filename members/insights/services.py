@@ -142,7 +142,7 @@ def _from_scratch() -> dict[str, int]:
     The queue of changed members is emptied first, and the parts read the database as it was
     just after (one snapshot, exported to them): every change committed before is read, a
     change committed later queues its member again, for the next ``insights_refresh``."""
-    parts = settings.INSIGHTS_NIGHTLY_CONNECTIONS
+    parts = max(1, settings.INSIGHTS_NIGHTLY_CONNECTIONS)
     inline = connection.in_atomic_block
     columns = ", ".join(kpis.COLUMNS)
     with transaction.atomic():
