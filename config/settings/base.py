@@ -312,6 +312,9 @@ INSIGHTS_REFRESH_INTERVAL_SECONDS = env.int("INSIGHTS_REFRESH_INTERVAL_SECONDS",
 #: When the KPI rollups are computed from scratch each night (hour:minute, TIME_ZONE), after
 #: the segments' nightly recompute (SEGMENTS_NIGHTLY_AT).
 INSIGHTS_NIGHTLY_AT = env("INSIGHTS_NIGHTLY_AT", default="04:45")
+#: Connections the KPI rollups from scratch read the members on at once, a part of them each
+#: (members/insights/services.py ``_from_scratch``): each is one PostgreSQL backend, one core.
+INSIGHTS_NIGHTLY_CONNECTIONS = env.int("INSIGHTS_NIGHTLY_CONNECTIONS", default=2)
 # A worker vacuums the queue after every this many events it claimed (0: never, leaving it to
 # autovacuum): claims take the oldest rows, and each claim walks the index entries of every
 # row claimed before it until a vacuum removes them, which grows with a backlog.

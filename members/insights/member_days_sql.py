@@ -56,16 +56,20 @@ _SUMS = ", ".join(
 EVENT_ARRAYS = ("event_days", "event_channels", "event_stores", "event_counts")
 ORDER_ARRAYS = ("order_days", "order_channels", "order_stores", "order_counts", "order_nets")
 PACKED = ("member_id", "identified", "analysed", *EVENT_ARRAYS, *ORDER_ARRAYS)
+_PACKED_COLUMNS = (
+    "member_id bigint NOT NULL, identified boolean NOT NULL, analysed boolean NOT NULL, "
+    "event_days date[] NOT NULL, event_channels text[] NOT NULL, event_stores text[] NOT NULL, "
+    "event_counts int[] NOT NULL, order_days date[] NOT NULL, order_channels text[] NOT NULL, "
+    "order_stores text[] NOT NULL, order_counts int[] NOT NULL, order_nets numeric(20, 2)[] NOT NULL"
+)
+_DAY_COLUMNS = f"day date NOT NULL, channel text NOT NULL, store_code text NOT NULL, {_SUMS}"
 _STAGES = {
     STAGE_MEMBER: "member_id bigint PRIMARY KEY, identified boolean NOT NULL, analysed boolean NOT NULL",
     STAGE_EVENT: f"{_KEY}, events int NOT NULL",
     # Orders per key: their count and net (every KPI reads orders by day, channel and store).
     STAGE_ORDER: f"{_KEY}, orders int NOT NULL, net numeric(20, 2) NOT NULL",
-    STAGE_PACKED: "member_id bigint PRIMARY KEY, identified boolean NOT NULL, analysed boolean NOT NULL, "
-    "event_days date[] NOT NULL, event_channels text[] NOT NULL, event_stores text[] NOT NULL, "
-    "event_counts int[] NOT NULL, order_days date[] NOT NULL, order_channels text[] NOT NULL, "
-    "order_stores text[] NOT NULL, order_counts int[] NOT NULL, order_nets numeric(20, 2)[] NOT NULL",
-    STAGE_DAY: f"day date NOT NULL, channel text NOT NULL, store_code text NOT NULL, {_SUMS}",
+    STAGE_PACKED: f"{_PACKED_COLUMNS}, PRIMARY KEY (member_id)",
+    STAGE_DAY: _DAY_COLUMNS,
 }
 #: work_mem of a batch's transaction (``stages_empty`` sets it): the rollup sums and the
 #: distinct buyers per key sort every order of the nightly.
@@ -129,12 +133,15 @@ def facts_stage(member_ids: Sequence[int]) -> None:
         cursor.execute(f"ANALYZE {STAGE_MEMBER}, {STAGE_EVENT}, {STAGE_ORDER}")
 
 
-def facts_stage_all() -> None:
+def facts_stage_all(*, part: int = 0, parts: int = 1) -> None:
     """Stage the facts of every member (active or erased) as ``facts_stage`` reads a batch's,
     for the rollups from scratch: a scan and a hash join per table. Every member's events are
     read, and walking them member by member costs two index probes per event (EXPLAIN ANALYZE
     at 200,000 events: 1.4 to 2.0 s for every member's walks against 0.6 to 0.7 s for one
-    grouped hash join, under the same load)."""
+    grouped hash join, under the same load).
+
+    Of the members whose id is ``part`` modulo ``parts`` only: the nightly stages its parts on
+    as many connections at once (``services._from_scratch``)."""
     stages_empty()
     tz = settings.TIME_ZONE
     with binary_parameters_cursor() as cursor:
@@ -146,8 +153,8 @@ def facts_stage_all() -> None:
             f"FROM {ConsentStatement._meta.db_table} AS cs WHERE cs.purpose = %b AND cs.at <= now() "
             # The statement in force, as facts_stage and the funnels read it; none is no consent.
             "ORDER BY cs.member_id, cs.at DESC, cs.id DESC) AS c ON c.member_id = m.id "
-            "WHERE m.status IN ('active', 'erased')",
-            [list(ANONYMOUS_TYPES), CONSENT_PURPOSE],
+            "WHERE m.status IN ('active', 'erased') AND m.id %% %b = %b",
+            [list(ANONYMOUS_TYPES), CONSENT_PURPOSE, parts, part],
         )
         cursor.execute(f"ANALYZE {STAGE_MEMBER}")
         cursor.execute(
@@ -188,6 +195,20 @@ def facts_stage_rows(histories: Iterable[kpis.MemberHistory]) -> None:
                         by_key[(o.day, o.channel, o.store_code)].append(o.net)
                 for (day, channel, store), nets in by_key.items():
                     copy.write_row((h.member_id, day, channel, store, len(nets), sum(nets)))
+
+
+def part_tables_empty(part: int) -> tuple[str, str]:
+    """The nightly's tables of one part (``services._from_scratch``), created if needed and
+    emptied: the part's facts packed as ``MemberFacts`` stores them, and their rollup rows as
+    ``STAGED_DAY_SUMS`` gives them. Unlogged, not temporary: the connection that staged the part
+    commits them for the one that writes the rollups; a failed run's are emptied by the next."""
+    facts, sums = f"insights_nightly_facts_{part}", f"insights_nightly_sums_{part}"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SET LOCAL client_min_messages = warning; CREATE UNLOGGED TABLE IF NOT EXISTS {facts} ({_PACKED_COLUMNS}); "
+            f"CREATE UNLOGGED TABLE IF NOT EXISTS {sums} ({_DAY_COLUMNS}); TRUNCATE {facts}, {sums}"
+        )
+    return facts, sums
 
 
 def facts_pack(into: str = STAGE_PACKED) -> int:

@@ -22,6 +22,7 @@ One run at a time: a transaction-level advisory lock (a second run finds it take
 """
 
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -124,33 +125,126 @@ def compute_from(*, since: date | None) -> dict[str, int]:
 
 
 def _from_scratch() -> dict[str, int]:
-    """The rollups from scratch, in one transaction: every member's facts staged at once
-    (``member_days_sql.facts_stage_all``: a scan per table, not an index walk per member as a
-    batch of changed members reads them), stored packed (one row per member) and summed per
-    day, channel and store straight into the rollups. Until it commits, the board reads the
-    rollups as they were.
+    """The rollups from scratch, every member's facts read at once (``member_days_sql.facts_stage_all``:
+    a scan per table, not an index walk per member as a batch of changed members reads them),
+    stored packed (one row per member) and summed per day, channel and store.
 
-    The queue of changed members is emptied first: every change committed before that is
-    read by the statements after it. A change committed later queues its member again, for
-    the next ``insights_refresh``."""
+    On ``INSIGHTS_NIGHTLY_CONNECTIONS`` connections at once, one part of the members each
+    (``_Part``: each staging, packing and summing is one backend, one core; ``INSERT … SELECT``
+    never runs in parallel in PostgreSQL). The rollup rows are sums over members, so the parts'
+    rows add up to the whole (``buyers`` counts distinct members, and no member is in two parts).
+    The parts commit into tables of their own; this connection's one transaction replaces the
+    stored facts with theirs and the rollups with their sums, so until it commits the board
+    reads the rollups as they were, and a failure anywhere leaves them so. Called inside a
+    transaction (tests), the parts run in turn on this connection: another would not see what
+    the caller has not committed.
+
+    The queue of changed members is emptied first, and the parts read the database as it was
+    just after (one snapshot, exported to them): every change committed before is read, a
+    change committed later queues its member again, for the next ``insights_refresh``."""
+    parts = max(1, settings.INSIGHTS_NIGHTLY_CONNECTIONS)
+    inline = connection.in_atomic_block
     columns = ", ".join(kpis.COLUMNS)
     with transaction.atomic():
         with connection.cursor() as cursor:
             # Wait for a running rollup rather than leave: this run replaces all it would write.
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK])
             cursor.execute(f"DELETE FROM {DirtyMember._meta.db_table}")  # noqa: S608
-            cursor.execute(f"TRUNCATE {MemberFacts._meta.db_table}")
+            snapshot = None
+            if not inline:
+                cursor.execute("SELECT pg_export_snapshot()")
+                snapshot = cursor.fetchone()[0]
+        workers = [_Part(part, parts, snapshot) for part in range(parts)]
+        try:
+            if inline:
+                for worker in workers:
+                    worker.run()
+            else:
+                for worker in workers:
+                    worker.start()
+            with connection.cursor() as cursor:
+                cursor.execute(f"TRUNCATE {MemberFacts._meta.db_table}")
+                # Each part's facts stored as soon as it has packed them, while the parts sum.
+                for worker in workers:
+                    facts = worker.facts_wait()
+                    cursor.execute(f"INSERT INTO {MemberFacts._meta.db_table} SELECT * FROM {facts}")  # noqa: S608
+        finally:
+            for worker in workers:
+                if worker.is_alive():
+                    worker.join()
+        sums = " UNION ALL ".join(f"SELECT * FROM {worker.sums_wait()}" for worker in workers)  # noqa: S608
+        with connection.cursor() as cursor:
             cursor.execute(f"UPDATE {RollupWatermark._meta.db_table} SET value = 0")  # noqa: S608
             cursor.execute(f"DELETE FROM {DailyRollup._meta.db_table}")  # noqa: S608
-        member_days_sql.facts_stage_all()
-        members = member_days_sql.facts_pack(into=MemberFacts._meta.db_table)
-        with connection.cursor() as cursor:
-            into = f"INSERT INTO {DailyRollup._meta.db_table} (day, channel, store_code, {columns}) "
-            cursor.execute(into + member_days_sql.STAGED_DAY_SUMS)
+            cursor.execute(
+                f"INSERT INTO {DailyRollup._meta.db_table} (day, channel, store_code, {columns}) "
+                + member_days_sql.sums_select(sums)
+            )
+            cursor.execute(f"DROP TABLE {', '.join(t for worker in workers for t in worker.tables)}")
             cursor.execute(f"SELECT count(DISTINCT day) FROM {DailyRollup._meta.db_table}")  # noqa: S608
-            done = {"members": members, "days": cursor.fetchone()[0], "points_days": _points_roll()}
+            days = cursor.fetchone()[0]
+        done = {
+            "members": sum(worker.members for worker in workers),
+            "days": days,
+            "points_days": _points_roll(),
+        }
         _coupons_roll()
     return done
+
+
+class _Part(threading.Thread):
+    """One part of the members of ``_from_scratch`` (ids ``part`` modulo ``parts``), on a
+    connection of its own when started as a thread (``run`` called directly: on the caller's).
+    Two transactions: its facts staged as of ``snapshot`` and packed, committed (the caller
+    stores them while this part sums); then their rollup rows, committed."""
+
+    def __init__(self, part: int, parts: int, snapshot: str | None) -> None:
+        super().__init__(name=f"insights-nightly-{part}")
+        self.part, self.parts, self.snapshot = part, parts, snapshot
+        self.tables: tuple[str, str] = ("", "")
+        self.members = 0
+        self._packed, self._summed = threading.Event(), threading.Event()
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with transaction.atomic():
+                if self.snapshot is not None:
+                    with connection.cursor() as cursor:
+                        # Before any query of the transaction: it reads what the caller read.
+                        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                        cursor.execute("SET TRANSACTION SNAPSHOT %s", [self.snapshot])
+                self.tables = member_days_sql.part_tables_empty(self.part)
+                member_days_sql.facts_stage_all(part=self.part, parts=self.parts)
+                self.members = member_days_sql.facts_pack(into=self.tables[0])
+            self._packed.set()
+            with transaction.atomic(), connection.cursor() as cursor:
+                # As ``stages_empty`` sets it for the staging: the sums sort every order.
+                cursor.execute(f"SET LOCAL work_mem = '{member_days_sql.WORK_MEM}'")
+                cursor.execute(f"INSERT INTO {self.tables[1]} " + member_days_sql.STAGED_DAY_SUMS)
+        except BaseException as error:  # raised again by the caller, in its thread
+            self._error = error
+        finally:
+            self._packed.set()
+            self._summed.set()
+            if self.snapshot is not None:
+                connection.close()  # this thread's own connection
+
+    def facts_wait(self) -> str:
+        """The table of this part's packed facts, once committed."""
+        self._packed.wait()
+        self._raise()
+        return self.tables[0]
+
+    def sums_wait(self) -> str:
+        """The table of this part's rollup rows, once committed."""
+        self._summed.wait()
+        self._raise()
+        return self.tables[1]
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 def _lock() -> bool:

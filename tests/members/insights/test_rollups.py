@@ -4,6 +4,7 @@ late uploads), rolled up incrementally after each step; every KPI of every day e
 reference computes from the members as resolved at the end, and a rollup from scratch changes
 nothing."""
 
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -22,8 +23,8 @@ from events.pipeline import events_process_pending
 from identity.models import EventResolution, Identifier
 from identity.services import member_split
 from members.consent.models import ConsentStatement
-from members.insights import kpis
-from members.insights.models import DailyRollup, DirtyMember
+from members.insights import kpis, member_days_sql
+from members.insights.models import DailyRollup, DirtyMember, MemberFacts
 from members.insights.selectors import kpi_series
 from members.insights.services import compute_from, insights_refresh
 from members.models import Member
@@ -305,3 +306,69 @@ def _split_one(data) -> None:
     events_process_pending()
     analytics_granted_to_everyone()  # the member the split made too
     insights_refresh()
+
+
+# --- The nightly on connections of its own (outside a transaction, as the beat job runs it). ---
+
+#: Four people in every channel over a few months: orders, refunds, views, a link that merges.
+NIGHTLY_STEPS = [
+    Step(
+        person=p,
+        source=(p + i) % 4,
+        day=17 * i + p,
+        action=action,
+        amount=40 + 9 * i,
+        phone=bool((p + i) % 2),
+    )
+    for i, action in enumerate(["order", "view", "order", "refund", "link", "order", "view", "order"])
+    for p in range(4)
+]
+
+
+def _facts_rows() -> list[tuple]:
+    return sorted(MemberFacts.objects.values_list(*member_days_sql.PACKED))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_nightly_on_parallel_connections_gives_the_rows_of_the_incremental_path(django_settings_parts):
+    step_once(World([SourceFactory(pos=True, store_code="SH01"), SourceFactory(pos=True, store_code="BJ01"),
+                     SourceFactory(kind="app"), SourceFactory(kind="web")]), NIGHTLY_STEPS)  # fmt: skip
+    incremental, facts = rollup_rows(), _facts_rows()
+    assert len(facts) >= django_settings_parts  # members in every part
+    compute_from(since=None)  # not in a transaction: every part on a thread and connection of its own
+    assert rollup_rows() == incremental
+    assert _facts_rows() == facts
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_part_failing_leaves_the_rollups_facts_and_queue_as_they_were(django_settings_parts, monkeypatch):
+    step_once(World([SourceFactory(pos=True, store_code="SH01"), SourceFactory(kind="app")]),
+              [Step(p, p % 2, 3 * p, "order", 50, True) for p in range(4)])  # fmt: skip
+    DirtyMember.objects.create(member_id=Member.objects.order_by("id").values_list("id", flat=True)[0])
+    before = rollup_rows(), _facts_rows(), list(DirtyMember.objects.values_list("member_id", flat=True))
+    assert before[0]
+    assert before[1]
+    packed = member_days_sql.facts_pack
+    threads = set()
+
+    def last_part_fails(into: str = member_days_sql.STAGE_PACKED) -> int:
+        threads.add(threading.current_thread().name)
+        if into.endswith(f"_{django_settings_parts - 1}"):
+            raise RuntimeError("part failed")
+        return packed(into)
+
+    monkeypatch.setattr(member_days_sql, "facts_pack", last_part_fails)
+    with pytest.raises(RuntimeError, match="part failed"):
+        compute_from(since=None)
+    assert threads == {f"insights-nightly-{part}" for part in range(django_settings_parts)}  # not inline
+    assert (
+        rollup_rows(),
+        _facts_rows(),
+        list(DirtyMember.objects.values_list("member_id", flat=True)),
+    ) == before
+
+
+@pytest.fixture
+def django_settings_parts(settings) -> int:
+    settings.INSIGHTS_NIGHTLY_CONNECTIONS = 2
+    return 2
