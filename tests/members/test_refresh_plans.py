@@ -65,3 +65,23 @@ def test_stored_orders_of_a_batch_walk_the_member_index_without_statistics(unana
     plan = _plan(incremental._ORDERS_OF, [batch, [f"o{pk}" for pk in batch]])
     assert "Seq Scan on members_memberorder" not in plan
     assert "member_order_unique" in plan
+
+
+@pytest.mark.django_db
+def test_an_analyze_of_a_few_members_marks_leaves_the_queues_members_scaling_with_it():
+    """Autovacuum analyzes the dirty marks whenever they pass its threshold, often when the
+    queue holds a few members' marks. Recorded as a fixed count of members, the planner then
+    took each member's lookup in a refilled queue for hundreds of marks and scanned the whole
+    queue once per member of a refresh batch (members 0026): the count must scale with the
+    queue, as a fraction of its rows."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO members_dirtymark (member_id, marked_at, from_events) "
+            "SELECT 1 + mod(n, 2), now(), true FROM generate_series(1, 40) AS n"
+        )
+        cursor.execute("ANALYZE members_dirtymark")
+        cursor.execute(
+            "SELECT n_distinct FROM pg_stats WHERE tablename = 'members_dirtymark' AND attname = 'member_id'"
+        )
+        (distinct,) = cursor.fetchone()
+    assert distinct < 0  # a fraction of the rows, not a count of members
