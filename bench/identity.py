@@ -80,6 +80,7 @@ import ingest
 import orjson
 import psycopg
 import redis
+from autovacuum import Autovacuum
 from harness import DOCS, RESULTS, ROOT
 from identity_stream import StreamEvent, out_of_order, stream_generate, stream_sources
 
@@ -667,6 +668,7 @@ class PipelineRun:
     windows: list[Window] = field(default_factory=list)  # consecutive, of ``window_size`` events
     last_window: Window | None = None  # the last ``window_size`` events, the follow-ups' drain included
     drain_seconds: float = 0.0  # from the last event taken to the follow-ups drained
+    autovacuum: str = "off"  # what the emulation of autovacuum did (``bench/autovacuum.py``)
 
     @property
     def first_window(self) -> Window | None:
@@ -699,9 +701,16 @@ class PipelineRun:
 
 
 def run_pipeline(
-    *, workers: int, batch_size: int, stages: list[str], total: int, time_limit: float
+    *,
+    workers: int,
+    batch_size: int,
+    stages: list[str],
+    total: int,
+    time_limit: float,
+    autovacuum: Autovacuum | None = None,
 ) -> tuple[float, float, list[dict], dict[str, float], bool, float]:
-    """Start the workers, let them Django-setup and connect, then start them together;
+    """Start the workers, let them Django-setup and connect, then start them together, with
+    ``autovacuum``'s emulation running while they work (None: none, as the server has none);
     (wall seconds, CPU-seconds, their reports, CPU shares, stopped by the time limit, the
     monotonic moment they started)."""
     context = mp.get_context("spawn")  # fresh interpreters: nothing of this process's memory
@@ -716,6 +725,7 @@ def run_pipeline(
         )
         for _ in range(workers)
     ]
+    stack = contextlib.ExitStack()
     try:
         for process in processes:
             process.start()
@@ -727,6 +737,8 @@ def run_pipeline(
                 raise RuntimeError("a pipeline worker did not start within 180 s") from None
         meter = PipelineCpuMeter(client_pids=pids)
         before = meter.sample()
+        if autovacuum is not None:
+            stack.enter_context(autovacuum)
         began = time.monotonic()
         go.set()
         reports: list[dict] = []
@@ -771,11 +783,13 @@ def run_pipeline(
                 raise RuntimeError("a pipeline worker died without a report")
         wall = max(r["finished"] for r in reports) - began
         shares = meter.shares(before, meter.sample())  # before the workers and their backends exit
+        stack.close()
         release.set()
         for process in processes:
             process.join(timeout=30)
         return wall, sum(r["cpu_s"] for r in reports), reports, shares, stopped, began
     finally:
+        stack.close()
         stop.set()
         release.set()
         for process in processes:
@@ -806,12 +820,20 @@ def scenario_pipeline(
     total: int,
     time_limit: float,
     engine_for: EngineFor,
+    autovacuum: bool = True,
 ) -> PipelineRun:
     """Load the stream, run the workers over it, check the result. ``engine_for``: the pure
-    engine's members over the events processed (None: all of them)."""
+    engine's members over the events processed (None: all of them). ``autovacuum``: emulate
+    autovacuum while the workers run (``bench/autovacuum.py``)."""
     load_seconds = events_load(chunks)
+    emulation = Autovacuum(DATABASE_URL) if autovacuum else None
     wall, cpu_s, reports, shares, stopped, began = run_pipeline(
-        workers=workers, batch_size=batch_size, stages=stages, total=total, time_limit=time_limit
+        workers=workers,
+        batch_size=batch_size,
+        stages=stages,
+        total=total,
+        time_limit=time_limit,
+        autovacuum=emulation,
     )
     processed = sum(r["processed"] for r in reports)
     complete = processed == total and not stopped
@@ -841,6 +863,7 @@ def scenario_pipeline(
         windows=windows,
         last_window=last,
         drain_seconds=max(r["finished"] for r in reports) - taken_at,
+        autovacuum=emulation.summary() if emulation is not None else "off",
     )
 
 
@@ -1092,7 +1115,8 @@ def windows_lines(runs: Sequence[PipelineRun]) -> list[str]:
             else ""
         )
         lines.append(
-            f"- {run.scenario}: events/s per {run.windows[0].end:,} events, in order: {rates}{last}."
+            f"- {run.scenario}: events/s per {run.windows[0].end:,} events, in order: {rates}{last}; "
+            f"autovacuum's emulation: {run.autovacuum}."
         )
     return lines
 
@@ -1168,7 +1192,8 @@ def run_section(
         f"- Pipeline: `config.settings.production`, stages then follow-ups {', '.join(f'`{s}`' for s in stages)}; workers are "
         f"`multiprocessing` (spawn) processes calling `events_process_pending` until nothing is left; each "
         f"run starts from empty event, identity and member tables with the stream COPYed in arrival order "
-        f"(then VACUUM ANALYZE and CHECKPOINT; autovacuum is off on this server).",
+        f"(then VACUUM ANALYZE and CHECKPOINT); autovacuum is off on this server, "
+        f"{'and emulated while the workers run (`bench/autovacuum.py`: VACUUM and ANALYZE at its thresholds every autovacuum_naptime; its backend counts with the others)' if args.autovacuum else 'and not emulated (`--no-autovacuum`)'}.",
         "",
         pipeline_table(runs, limit, engine),
         "",
@@ -1266,6 +1291,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=[[]],
         help="pipeline stages to run: 'settings' (EVENT_PIPELINE_STAGES as configured) and/or 'identity' "
         "(the identity stage alone), e.g. settings,identity",
+    )
+    parser.add_argument(
+        "--autovacuum",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="emulate autovacuum while the workers run, as a production server runs it (this one runs "
+        "without: bench/autovacuum.py); --no-autovacuum: nothing but the pipeline's own vacuums",
     )
     parser.add_argument(
         "--quick", action="store_true", help="50,000 events over 10,000 people, batches of 500"
@@ -1399,6 +1431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     total=len(stream),
                     time_limit=args.time_limit,
                     engine_for=engine_for,
+                    autovacuum=args.autovacuum,
                 )
             print(
                 f"  {run.events:,} events in {run.seconds:,.1f} s: {run.events_per_s:,.0f} events/s "

@@ -4,6 +4,7 @@ import functools
 import hashlib
 import itertools
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -164,3 +165,29 @@ def rows_delete(model: type[Model], *, column: str, keys: Iterable[int]) -> int:
             [sorted(set(keys))],
         )
         return cursor.rowcount
+
+
+#: Rows this process took out of each queue table since it last vacuumed it (``queue_vacuum_due``).
+_taken_since_vacuum: Counter[str] = Counter()
+
+
+def queue_vacuum_due(table: str, *, taken: int, every: int) -> bool:
+    """Count ``taken`` rows out of the queue ``table``, and vacuum it when this process has
+    taken ``every`` since it last did (0: never, leaving it to autovacuum); whether it vacuumed.
+
+    A queue is emptied from its oldest end, so every take walks the index entries of all the
+    rows taken before it until a vacuum removes them: a cost that grows with the rows taken
+    (a backlog of a million events: thousands of dead index pages per take by its end).
+    Autovacuum, where it runs, is told to come early for the queues (their migrations); this
+    keeps the cost flat where it is late or off. Not inside a transaction (VACUUM cannot run
+    there): the count waits for the next call outside one. A VACUUM of a queue touches only the
+    pages changed since the last one (and the index), and takes no lock the takes or inserts
+    wait for. Only a model's table name is interpolated.
+    """
+    _taken_since_vacuum[table] += taken
+    if not every or _taken_since_vacuum[table] < every or connection.in_atomic_block:
+        return False
+    _taken_since_vacuum[table] = 0
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM {table}")
+    return True

@@ -15,8 +15,8 @@ The queue is emptied from its oldest end, so every claim walks the index entries
 rows claimed before it until a vacuum removes them: a cost that grew with the number of
 events processed (a backlog of a million events: thousands of dead index pages per claim by
 its end). Autovacuum is told to come early (events 0008), and a worker also vacuums the queue
-itself after every ``EVENT_PIPELINE_QUEUE_VACUUM_EVERY`` events it claimed, so the cost stays
-flat where autovacuum is late or off.
+itself after every ``EVENT_PIPELINE_QUEUE_VACUUM_EVERY`` events it claimed
+(``cdp.db.queue_vacuum_due``), so the cost stays flat where autovacuum is late or off.
 
 Follow-ups (``EVENT_PIPELINE_FOLLOW_UPS``: refreshing the members resolution marked dirty)
 run after each committed batch in their own transactions, draining their own queues. Two
@@ -46,7 +46,7 @@ from django.conf import settings
 from django.db import connection, connections, transaction
 from django.utils.module_loading import import_string
 
-from cdp.db import binary_parameters_cursor
+from cdp.db import binary_parameters_cursor, queue_vacuum_due
 from cdp.metrics import BATCH_EVENTS, BATCH_SECONDS
 from cdp.retries import database_error_is_transient, transient_retry
 from events.models import Event, PendingEvent
@@ -338,27 +338,6 @@ def _claimed(
     )
 
 
-#: Events this process claimed since it last vacuumed the queue.
-_claimed_since_vacuum = 0
-
-
-def queue_vacuum_due(claimed: int) -> bool:
-    """Count ``claimed`` events, and vacuum the queue when this process has claimed
-    ``EVENT_PIPELINE_QUEUE_VACUUM_EVERY`` since it last did (the module's docstring); whether it
-    vacuumed. Not inside a transaction (VACUUM cannot run there): the count waits for the next
-    call outside one. A VACUUM of a queue touches only the pages changed since the last one
-    (and the index), and takes no lock the claims or inserts wait for."""
-    global _claimed_since_vacuum
-    every = settings.EVENT_PIPELINE_QUEUE_VACUUM_EVERY
-    _claimed_since_vacuum += claimed
-    if not every or _claimed_since_vacuum < every or connection.in_atomic_block:
-        return False
-    _claimed_since_vacuum = 0
-    with connection.cursor() as cursor:
-        cursor.execute(f"VACUUM {_PENDING}")
-    return True
-
-
 def events_process_pending(*, batch_size: int | None = None, time_budget: float = 30.0) -> tuple[int, bool]:
     """Process batches, and the follow-ups after each, until nothing is waiting or the time
     budget is spent.
@@ -373,7 +352,7 @@ def events_process_pending(*, batch_size: int | None = None, time_budget: float 
     while True:
         processed = events_process_batch(batch_size=size)
         total += processed
-        queue_vacuum_due(processed)
+        queue_vacuum_due(_PENDING, taken=processed, every=settings.EVENT_PIPELINE_QUEUE_VACUUM_EVERY)
         followed = sum(follow_up() for follow_up in follow_ups)
         if processed < size and not followed:
             return total, False

@@ -7,7 +7,7 @@ import orjson
 from django.contrib.auth.models import User
 from django.db import connection, transaction
 
-from cdp.db import binary_parameters_cursor
+from cdp.db import binary_parameters_cursor, queue_vacuum_due
 from cdp.vault import SEALED_IDENTIFIER_TYPES, identifier_index, text_seal
 from events.erasure import ERASED_EVENTS, events_erase_arrived
 from events.models import Event, Source
@@ -376,6 +376,12 @@ DELETE FROM {MemberChange._meta.db_table} WHERE id = ANY(ARRAY(
     SELECT id FROM {MemberChange._meta.db_table} ORDER BY id LIMIT %b FOR UPDATE SKIP LOCKED))
 RETURNING member_id
 """  # noqa: S608 - model table only
+
+
+def member_changes_vacuum_due(*, taken: int, every: int) -> bool:
+    """Count ``taken`` rows out of identity's outbox, and vacuum it after every ``every``
+    (``cdp.db.queue_vacuum_due``: its consumer calls this outside its transactions)."""
+    return queue_vacuum_due(MemberChange._meta.db_table, taken=taken, every=every)
 
 
 def member_changes_take(*, limit: int) -> list[int]:

@@ -284,10 +284,10 @@ def _traits_advance(events: list[MemberEvent]) -> None:
 
 def _traits_of(member_ids: set[int]) -> dict[int, dict[str, object]]:
     traits: dict[int, dict[str, object]] = defaultdict(dict)
-    for member_id, key, value in MemberTrait.objects.filter(member_id__in=member_ids).values_list(
-        "member_id", "key", "value"
-    ):
-        traits[member_id][key] = trait_open(key, value)
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_TRAITS_OF, [sorted(member_ids)])
+        for member_id, key, value in cursor.fetchall():
+            traits[member_id][key] = trait_open(key, orjson.loads(value))
     return traits
 
 
@@ -483,10 +483,21 @@ _AGGREGATES_OF = (
     f"SELECT {', '.join(AGGREGATE_COLUMNS)} FROM {MemberAggregate._meta.db_table} "
     "WHERE member_id = ANY(%b::bigint[])"
 )
+# Lookups by a batch's keys walk an index once per key (a lateral subquery kept from being
+# flattened by OFFSET 0), as identity's store does: without planner statistics (a table never
+# analyzed, autovacuum late) a join of a few hundred keys, or an ``IN`` list of them, on a
+# column of a non-unique index is estimated to match much of the table and planned as a scan
+# of all of it, once per refresh batch: a cost that grew with the table (measured: the
+# refresh's backend CPU per event rising through a stream, docs/benchmarks.md).
+_TRAITS_OF = (
+    "SELECT t.member_id, t.key, t.value FROM unnest(%b::bigint[]) AS k(id) CROSS JOIN LATERAL "
+    f"(SELECT member_id, key, value FROM {MemberTrait._meta.db_table} WHERE member_id = k.id OFFSET 0) AS t"
+)
 _ORDERS_OF = (
     "SELECT o.member_id, o.source_id, o.order_id, o.currency, o.total, o.refunded, o.placed_at, o.channel, "
     "o.store_code, o.event_id FROM unnest(%b::bigint[], %b::text[]) AS k(member_id, order_id) "
-    f"JOIN {MemberOrder._meta.db_table} AS o ON o.order_id = k.order_id AND o.member_id = k.member_id"
+    f"CROSS JOIN LATERAL (SELECT * FROM {MemberOrder._meta.db_table} "
+    "WHERE member_id = k.member_id AND order_id = k.order_id OFFSET 0) AS o"
 )
 _HELD_BY_OTHERS = (
     "SELECT k.member_id, o.source_id, o.order_id FROM unnest(%b::bigint[], %b::bigint[], %b::text[]) "

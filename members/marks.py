@@ -19,11 +19,12 @@ and one insert), the cost of one resolution batch's former insert of marks.
 from collections.abc import Iterable
 
 from celery import current_app
+from django.conf import settings
 from django.db import transaction
 
 from cdp.db import binary_parameters_cursor
 from cdp.tasks import enqueue
-from identity.services import member_changes_take
+from identity.services import member_changes_take, member_changes_vacuum_due
 from members.models import DirtyMark
 
 #: The refresh's task (``members.tasks.refresh_pending``), found by name: every app that marks
@@ -67,7 +68,8 @@ def members_mark_dirty(
 def member_changes_accept(*, batch_size: int = MEMBER_CHANGES_BATCH_SIZE) -> int:
     """Hand identity's "members changed" rows over to the refresh queue until its outbox is
     empty (but for rows another worker is handing over); returns how many rows were taken.
-    Each batch is taken and marked in one transaction of its own."""
+    Each batch is taken and marked in one transaction of its own; the outbox is vacuumed after
+    every ``MEMBER_REFRESH_QUEUE_VACUUM_EVERY`` rows this process took."""
     taken = 0
     while True:
         with transaction.atomic():
@@ -75,6 +77,7 @@ def member_changes_accept(*, batch_size: int = MEMBER_CHANGES_BATCH_SIZE) -> int
             members_mark_dirty(member_ids=member_ids, from_events=True)
         taken += len(member_ids)
         if len(member_ids) < batch_size:
+            member_changes_vacuum_due(taken=taken, every=settings.MEMBER_REFRESH_QUEUE_VACUUM_EVERY)
             return taken
 
 

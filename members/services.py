@@ -13,7 +13,7 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from cdp.db import binary_parameters_cursor, rows_delete
+from cdp.db import binary_parameters_cursor, queue_vacuum_due, rows_delete
 from cdp.metrics import REFRESH_MEMBERS, REFRESH_SECONDS
 from cdp.retries import database_error_is_transient, transient_retry
 from events.commerce import ORDER_EVENTS
@@ -86,6 +86,9 @@ def members_refresh_batch(*, batch_size: int | None = None) -> int:
         if database_error_is_transient(exc) or not claimed:
             raise
         done = _refresh_bisect(claimed, exc)
+    # The marks are taken from the queue's oldest end, as the pipeline takes events: vacuumed
+    # now and then by the refresh itself, the takes do not walk every mark taken before them.
+    queue_vacuum_due(DirtyMark._meta.db_table, taken=done, every=settings.MEMBER_REFRESH_QUEUE_VACUUM_EVERY)
     if done:
         elapsed = time.perf_counter() - began
         REFRESH_SECONDS.observe(elapsed)

@@ -327,6 +327,10 @@ HEALTH_PARKED_COUNTS: dict[str, str] = {
     "members": "members.parking.parked_members_count",
 }
 MEMBER_REFRESH_BATCH_SIZE = env.int("MEMBER_REFRESH_BATCH_SIZE", default=500)
+# A worker vacuums the refresh's queues (identity's outbox of changed members, the dirty marks)
+# after every this many rows it took from each (0: never, leaving it to autovacuum), as the
+# pipeline does its own (EVENT_PIPELINE_QUEUE_VACUUM_EVERY, cdp.db.queue_vacuum_due).
+MEMBER_REFRESH_QUEUE_VACUUM_EVERY = env.int("MEMBER_REFRESH_QUEUE_VACUUM_EVERY", default=50_000)
 #: Whether the member refresh brings members who only gained later events up to date from
 #: those events and their stored state (``members.incremental``); off, every refresh
 #: recomputes from all of the member's events (what it did before; a way back, and the

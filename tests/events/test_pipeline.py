@@ -1,6 +1,7 @@
 """The outbox consumer: claim, run stages, take out of the queue — once, in order, under concurrency."""
 
 import threading
+from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -10,8 +11,8 @@ from django.test import override_settings
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
-from cdp import retries
-from events import pipeline, tasks
+from cdp import db, retries
+from events import tasks
 from events.models import Event, ParkedEvent, PendingEvent
 from events.pipeline import (
     events_process_backlog_in_event_time,
@@ -226,7 +227,7 @@ def _queue_vacuums() -> int:
 def test_a_worker_vacuums_the_queue_after_every_so_many_events_it_claimed(monkeypatch):
     """Claims empty the queue from its oldest end: a worker vacuums it now and then, so a
     claim does not walk the dead index entries of every event claimed before it."""
-    monkeypatch.setattr(pipeline, "_claimed_since_vacuum", 0)
+    monkeypatch.setattr(db, "_taken_since_vacuum", Counter())
     EventFactory.create_batch(5)
     before = _queue_vacuums()
 
@@ -242,8 +243,8 @@ def test_a_worker_vacuums_the_queue_after_every_so_many_events_it_claimed(monkey
 @override_settings(EVENT_PIPELINE_STAGES=RECORD, EVENT_PIPELINE_QUEUE_VACUUM_EVERY=1)
 def test_no_vacuum_inside_a_transaction(monkeypatch):
     """VACUUM cannot run in a transaction block: the count waits for a call outside one."""
-    monkeypatch.setattr(pipeline, "_claimed_since_vacuum", 0)
+    monkeypatch.setattr(db, "_taken_since_vacuum", Counter())
     EventFactory.create_batch(2)
 
     assert events_process_pending(batch_size=2) == (2, False)  # pytest-django's transaction
-    assert pipeline._claimed_since_vacuum == 2
+    assert db._taken_since_vacuum[PendingEvent._meta.db_table] == 2

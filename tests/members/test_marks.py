@@ -1,9 +1,13 @@
 """identity → members is a queue: identity writes "these members changed" into its own outbox,
 members takes it into its refresh queue and refreshes with tasks of its own."""
 
-import pytest
-from django.db import transaction
+from collections import Counter
 
+import pytest
+from django.db import connection, transaction
+from django.test import override_settings
+
+from cdp import db
 from events.models import Event, PendingEvent
 from identity.models import EventResolution, MemberChange
 from identity.services import identity_resolve_events
@@ -94,3 +98,36 @@ def test_marking_unless_marked_skips_members_already_waiting():
     assert marks.members_mark_dirty(member_ids=[li]) == 1  # a change needs a mark of its own
 
     assert sorted(DirtyMark.objects.values_list("member_id", flat=True)) == sorted([li, li, wang])
+
+
+def _vacuums(*tables: str) -> dict[str, int]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relname, vacuum_count FROM pg_stat_user_tables WHERE relname = ANY(%s)", [list(tables)]
+        )
+        return dict(cursor.fetchall())
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(MEMBER_REFRESH_QUEUE_VACUUM_EVERY=2)
+def test_the_refresh_vacuums_its_queues_after_every_so_many_rows_it_took(monkeypatch):
+    """Both queues are emptied from their oldest end (identity's outbox, the dirty marks): a
+    worker vacuums them now and then, so a take does not walk the dead index entries of every
+    row taken before it, where autovacuum is late or off."""
+    monkeypatch.setattr(db, "_taken_since_vacuum", Counter())
+    queues = (MemberChange._meta.db_table, DirtyMark._meta.db_table)
+    resolved(EventFactory.create(type="identify", user_id="li", traits={"name": "Li"}))
+    before = _vacuums(*queues)
+
+    assert members_refresh_batch() == 1
+    assert _vacuums(*queues) == before  # one row taken from each: not yet
+
+    resolved(
+        EventFactory.create(type="identify", user_id="wang", traits={"name": "Wang"}),
+        EventFactory.create(type="identify", user_id="zhang", traits={"name": "Zhang"}),
+    )
+    assert members_refresh_batch() == 2
+    after = _vacuums(*queues)
+    assert after == {table: count + 1 for table, count in before.items()}  # 3 taken: vacuumed
+    assert members_refresh_batch() == 0
+    assert _vacuums(*queues) == after  # counting again from 0
