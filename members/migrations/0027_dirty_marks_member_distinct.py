@@ -16,7 +16,7 @@ BACKWARD = "ALTER TABLE members_dirtymark ALTER COLUMN member_id RESET (n_distin
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("members", "0025_aggregate_event_counts_database_default"),
+        ("members", "0026_aggregate_event_times"),
     ]
 
     operations = [migrations.RunSQL(FORWARD, BACKWARD)]
