@@ -33,11 +33,9 @@ from django.db.models import Model
 REPLICA = "replica"
 
 #: The models whose ORM reads go to the replica in scope (``app_label.ModelName``): the rollups
-#: the board reads and the membership a segment's page and export count. Definitions (segments,
+#: the board reads. Definitions (segments,
 #: funnels, spend lines) are not here: they are read right after they are written.
-REPLICA_READ_MODELS = frozenset(
-    {"insights.DailyRollup", "insights.PointsRollup", "insights.CouponRollup", "segments.SegmentMember"}
-)
+REPLICA_READ_MODELS = frozenset({"insights.DailyRollup", "insights.PointsRollup", "insights.CouponRollup"})
 
 _replica_reads: ContextVar[bool] = ContextVar("replica_reads", default=False)
 

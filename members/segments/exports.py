@@ -33,12 +33,11 @@ from typing import Any, Literal
 
 import orjson
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connections
+from django.db import connection
 from django.utils import timezone
 
 from cdp.models import AuditEntry
 from cdp.privacy import CONTACT_TYPES, Masking
-from cdp.replica import read_alias
 from cdp.services import audit_record
 from cdp.vault import identifier_open, traits_open
 from identity.identifiers import BUILT_IN_TYPES, custom_type
@@ -215,13 +214,12 @@ LEFT JOIN LATERAL (SELECT array_agg(g.key ORDER BY g.key) AS tags FROM members_m
 
 def segment_rows(
     *, segment: Segment, fields: tuple[Field, ...], after: int, size: int, masking: Masking,
-    purposes: tuple[str, ...], at: datetime | None = None, using: str | None = None,
+    purposes: tuple[str, ...], at: datetime | None = None,
 ) -> list[MemberRow]:  # fmt: skip
     """The segment's members with ids above ``after``, lowest first, at most ``size``, each
     with ``fields`` and whether its consent to every one of ``purposes`` is in force at ``at``
     (now by default; one query, whatever the fields). A row without consent holds no values:
-    the caller counts it and leaves it out. Read on ``using`` (``cdp.replica.read_alias()``
-    by default: the replica inside ``replica_reads``)."""
+    the caller counts it and leaves it out."""
     sources = {field.source for field in fields}
     trait_keys = sorted({f.key for f in fields if f.source == "trait"})
     types = sorted({f.key for f in fields if f.source in ("identifier", "identifiers")})
@@ -250,7 +248,7 @@ def segment_rows(
         columns.append("g.tags")
         joins.append(_TAGS)
     statement = f"SELECT {', '.join(columns)}{''.join(joins)}\nORDER BY m.member_id"
-    with connections[using or read_alias()].cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(statement, params)
         fetched = cursor.fetchall()
     return [_row(record, fields, figures, points, bool(types), masking) for record in fetched]
@@ -303,7 +301,7 @@ def _row(
 
 def segment_withheld_count(*, segment: Segment, purposes: tuple[str, ...], at: datetime | None = None) -> int:
     """How many of the segment's members lack consent to ``purposes`` at ``at`` (now)."""
-    with connections[read_alias()].cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM members_segmentmember AS m WHERE m.segment_id = %s "  # noqa: S608 - constant text
             f"AND NOT {consent_granted_sql('m.member_id')}",
@@ -357,25 +355,13 @@ def segment_export_batches(
     """The segment's members a batch at a time (one query each; ``EXPORT_BATCH`` by default),
     lowest id first, each batch checked for consent to ``purposes`` as it is read (members
     without it are left out). The members of a batch whose phone or email is shown in full
-    are audited before the batch is given. Read where the caller reads (``read_alias()``, the
-    replica inside ``replica_reads``) even though the batches are read later, as a response
-    streams them, after the caller's scope has ended."""
-    return _export_batches(
-        segment=segment, fields=fields, masking=masking, purposes=purposes,
-        batch_size=batch_size or EXPORT_BATCH, using=read_alias(),
-    )  # fmt: skip
-
-
-def _export_batches(
-    *, segment: Segment, fields: tuple[Field, ...], masking: Masking, purposes: tuple[str, ...],
-    batch_size: int, using: str,
-) -> Iterator[list[MemberRow]]:  # fmt: skip
+    are audited before the batch is given."""
+    batch_size = batch_size or EXPORT_BATCH
     after = 0
     while True:
         read = segment_rows(
-            segment=segment, fields=fields, after=after, size=batch_size, masking=masking, purposes=purposes,
-            using=using,
-        )  # fmt: skip
+            segment=segment, fields=fields, after=after, size=batch_size, masking=masking, purposes=purposes
+        )
         if not read:
             return
         rows = [row for row in read if row.consented]
