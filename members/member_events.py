@@ -126,14 +126,10 @@ def events_of(
         return _member_events(cursor.fetchall())
 
 
-def events_since(
-    member_ids: Iterable[int],
-    since: Mapping[str, datetime | None],
-    *,
-    properties_of: frozenset[str] = frozenset(),
-) -> list[MemberEvent]:
+def events_since(member_ids: Iterable[int], since: Mapping[str, datetime | None]) -> list[MemberEvent]:
     """The events of these members named in ``since``, each name's from its time on (None:
-    all of them), in one query (as ``events_of`` reads them)."""
+    all of them), in one query, with the properties of order and loyalty events only (what a
+    points derivation reads)."""
     member_ids = sorted(member_ids)
     if not member_ids or not since:
         return []
@@ -142,7 +138,7 @@ def events_since(
         cursor.execute(
             _EVENTS_SINCE,
             [
-                sorted(ORDER_EVENTS | LOYALTY_EVENTS | properties_of),
+                sorted(ORDER_EVENTS | LOYALTY_EVENTS),
                 member_ids,
                 names,
                 [since[n] for n in names],
