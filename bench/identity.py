@@ -187,11 +187,15 @@ def copy_chunks(stream: Sequence[StreamEvent], sources: dict[str, LoadedSource])
 def tables_reset() -> None:
     """Empty events and everything derived from them (identity graph, members)."""
     with database() as conn:
-        # The queue, the per-event identity tables, the identifiers (identity 0008) and the
-        # dirty marks carry no foreign keys to the tables the cascade empties: named here.
+        # The queue, the per-event identity tables, the identifiers (identity 0008), the dirty
+        # marks and the refresh's own keyed rows (watermarks, order owners, segment changes,
+        # insights' marks) carry no foreign keys to the tables the cascade empties: named here.
+        # Left over, a run's watermarks and order owners met the next run's members (ids
+        # restart at 1) and sent them the full way ("unrefreshed", "orders").
         conn.execute(
             "TRUNCATE events_event, events_pendingevent, members_member, identity_identifier, "
-            "identity_eventidentifier, identity_eventresolution, identity_memberchange, members_dirtymark "
+            "identity_eventidentifier, identity_eventresolution, identity_memberchange, members_dirtymark, "
+            "members_refreshwatermark, members_orderowner, members_segmentchange, insights_dirtymember "
             "RESTART IDENTITY CASCADE"
         )
 
