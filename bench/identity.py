@@ -450,7 +450,13 @@ def _pipeline_worker(
             processed += done
             now_backend, now_full = _process_cpu_s(backend), _full_refreshes()
             costs.append(
-                (time.monotonic(), done, time.process_time() - worker_cpu, now_backend - backend_cpu, now_full - full)
+                (
+                    time.monotonic(),
+                    done,
+                    time.process_time() - worker_cpu,
+                    now_backend - backend_cpu,
+                    now_full - full,
+                )
             )
             backend_cpu, full = now_backend, now_full
             if done:
@@ -500,7 +506,9 @@ def _refresh_paths() -> dict[str, int]:
     from cdp.metrics import REFRESH_FULL_REASONS, REFRESH_PATHS
     from members.incremental import FULL_REASONS
 
-    paths = {path: int(REFRESH_PATHS.labels(path)._value.get()) for path in ("incremental", "full", "settled")}
+    paths = {
+        path: int(REFRESH_PATHS.labels(path)._value.get()) for path in ("incremental", "full", "settled")
+    }
     reasons = {f"full {r}": int(REFRESH_FULL_REASONS.labels(r)._value.get()) for r in FULL_REASONS}
     return {**paths, **{k: v for k, v in reasons.items() if v}}
 
