@@ -187,11 +187,15 @@ def copy_chunks(stream: Sequence[StreamEvent], sources: dict[str, LoadedSource])
 def tables_reset() -> None:
     """Empty events and everything derived from them (identity graph, members)."""
     with database() as conn:
-        # The queue, the per-event identity tables, the identifiers (identity 0008) and the
-        # dirty marks carry no foreign keys to the tables the cascade empties: named here.
+        # The queue, the per-event identity tables, the identifiers (identity 0008), the dirty
+        # marks and the refresh's own keyed rows (watermarks, order owners, segment changes,
+        # insights' marks) carry no foreign keys to the tables the cascade empties: named here.
+        # Left over, a run's watermarks and order owners met the next run's members (ids
+        # restart at 1) and sent them the full way ("unrefreshed", "orders").
         conn.execute(
             "TRUNCATE events_event, events_pendingevent, members_member, identity_identifier, "
-            "identity_eventidentifier, identity_eventresolution, identity_memberchange, members_dirtymark "
+            "identity_eventidentifier, identity_eventresolution, identity_memberchange, members_dirtymark, "
+            "members_refreshwatermark, members_orderowner, members_segmentchange, insights_dirtymember "
             "RESTART IDENTITY CASCADE"
         )
 
@@ -428,14 +432,33 @@ def _pipeline_worker(
         counts = {"replays": 0, "replayed_events": 0}
         counting = _replay_counter(counts)
         connection.ensure_connection()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = cursor.fetchone()[0]
         ready.put(os.getpid())
         go.wait()
         cpu, calls, processed = time.process_time(), 0, 0
         marks: list[tuple[float, int]] = []  # (when, events taken) per call that took some
+        # Per call: (when, events taken, worker CPU s, its backend's CPU s, full refreshes):
+        # the CPU per event of each window, which a shared machine does not blur as wall time.
+        costs: list[tuple[float, int, float, float, int]] = []
+        backend_cpu, full = _process_cpu_s(backend), _full_refreshes()
         while not stop.is_set():
+            worker_cpu = time.process_time()
             done, more = events_process_pending(time_budget=TIME_BUDGET_S)
             calls += 1
             processed += done
+            now_backend, now_full = _process_cpu_s(backend), _full_refreshes()
+            costs.append(
+                (
+                    time.monotonic(),
+                    done,
+                    time.process_time() - worker_cpu,
+                    now_backend - backend_cpu,
+                    now_full - full,
+                )
+            )
+            backend_cpu, full = now_backend, now_full
             if done:
                 marks.append((time.monotonic(), done))
             with progress.get_lock():
@@ -453,12 +476,60 @@ def _pipeline_worker(
                 "replays": counts["replays"] if counting else None,
                 "replayed_events": counts["replayed_events"] if counting else None,
                 "marks": marks,
+                "costs": costs,
+                "refresh_paths": _refresh_paths(),
             }
         )
         release.wait(timeout=120)  # stay (and keep the connection) until the CPU is sampled
     except BaseException:
         out.put({"pid": os.getpid(), "error": traceback.format_exc()})
         raise
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User and system CPU seconds of a process on this machine (its PostgreSQL backend's)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _full_refreshes() -> int:
+    from cdp.metrics import REFRESH_PATHS
+
+    return int(REFRESH_PATHS.labels("full")._value.get())
+
+
+def _refresh_paths() -> dict[str, int]:
+    """The members this worker refreshed by each path, and why the full ones went full."""
+    from cdp.metrics import REFRESH_FULL_REASONS, REFRESH_PATHS
+    from members.incremental import FULL_REASONS
+
+    paths = {
+        path: int(REFRESH_PATHS.labels(path)._value.get()) for path in ("incremental", "full", "settled")
+    }
+    reasons = {f"full {r}": int(REFRESH_FULL_REASONS.labels(r)._value.get()) for r in FULL_REASONS}
+    return {**paths, **{k: v for k, v in reasons.items() if v}}
+
+
+def window_costs(reports: Sequence[dict], size: int) -> list[tuple[float, float, int]]:
+    """Each window of ``size`` events taken: worker and backend CPU ms per event, and the full
+    refreshes in it (the calls that took nothing, the follow-ups' drain, go to the last)."""
+    calls = sorted(c for report in reports for c in report.get("costs", ()))
+    windows: list[list[float]] = [[0.0, 0.0, 0]]
+    taken = 0
+    for _, done, worker, backend, full in calls:
+        windows[-1][0] += worker
+        windows[-1][1] += backend
+        windows[-1][2] += full
+        taken += done
+        if taken >= len(windows) * size:
+            windows.append([0.0, 0.0, 0])
+    if len(windows) > 1 and windows[-1] != [0.0, 0.0, 0]:
+        last = windows.pop()
+        windows[-1] = [a + b for a, b in zip(windows[-1], last, strict=True)]
+    return [(1000 * w / size, 1000 * b / size, int(f)) for w, b, f in windows if w or b]
 
 
 class PipelineCpuMeter(ingest.CpuMeter):
@@ -669,6 +740,8 @@ class PipelineRun:
     last_window: Window | None = None  # the last ``window_size`` events, the follow-ups' drain included
     drain_seconds: float = 0.0  # from the last event taken to the follow-ups drained
     autovacuum: str = "off"  # what the emulation of autovacuum did (``bench/autovacuum.py``)
+    window_costs: list[tuple[float, float, int]] = field(default_factory=list)  # ``window_costs``
+    refresh_paths: dict[str, int] = field(default_factory=dict)  # summed over the workers
 
     @property
     def first_window(self) -> Window | None:
@@ -864,6 +937,8 @@ def scenario_pipeline(
         last_window=last,
         drain_seconds=max(r["finished"] for r in reports) - taken_at,
         autovacuum=emulation.summary() if emulation is not None else "off",
+        window_costs=window_costs(reports, window_size(total)),
+        refresh_paths=dict(sum((Counter(r.get("refresh_paths", {})) for r in reports), Counter())),
     )
 
 
@@ -1438,6 +1513,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"({run.events_per_cpu_s:,.0f} per CPU-second); {run.checks.summary()}",
                 flush=True,
             )
+            for n, (worker, backend, full) in enumerate(run.window_costs):
+                print(
+                    f"  window {n}: worker {worker:.3f} + backend {backend:.3f} = {worker + backend:.3f} "
+                    f"CPU ms/event; {full:,} full refreshes",
+                    flush=True,
+                )
+            print(f"  refresh paths: {run.refresh_paths}", flush=True)
             runs.append(run)
         machine_facts = {**machine(), "background": f"{background:.0f}%"}
     except KeyboardInterrupt:
