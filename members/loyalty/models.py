@@ -264,7 +264,10 @@ class PointsCheckpoint(models.Model):
         "members.Member", primary_key=True, on_delete=models.CASCADE, related_name="+"
     )
     at = models.DateTimeField(null=True, help_text="The time of the last step it covers.")
-    state = models.BinaryField()
+    state = models.BinaryField(help_text="The hot part: rewritten by every refresh.")
+    cold = models.BinaryField(
+        null=True, help_text="The cold part: what grows with the history, rewritten only now and then."
+    )
     program = models.CharField(max_length=64)
     facts = models.CharField(max_length=100)
     tail = models.JSONField(default=list)

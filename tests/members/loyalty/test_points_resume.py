@@ -7,6 +7,7 @@ import zlib
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import pairwise
+from unittest.mock import patch
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -15,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from members.aggregates import OrderEvent
+from members.loyalty import points
 from members.loyalty.points import CHECKPOINT_FORMAT, Checkpoint, LoyaltyEvent, points_derive
 from members.loyalty.program import Downgrade, EarnRule, Expiry, NegativeBalance, Program, TierBasis, TierRule
 
@@ -68,11 +70,17 @@ def histories(draw: st.DrawFn) -> tuple[list[OrderEvent], list[LoyaltyEvent]]:
 
 @settings(max_examples=300, deadline=None)
 @given(program=programs(), history=histories(), cuts=st.lists(st.floats(0, 1), min_size=1, max_size=3),
-       now_days=st.integers(-30, 400))  # fmt: skip
-def test_a_resumed_derivation_equals_the_whole_one(program, history, cuts, now_days):
+       now_days=st.integers(-30, 400), cold_after=st.sampled_from([0, 1, 3, points.COLD_AFTER]))  # fmt: skip
+def test_a_resumed_derivation_equals_the_whole_one(program, history, cuts, now_days, cold_after):
     """Cut once or several times: each part resumes from the checkpoint the part before it
     made, itself resumed (what it left undecoded, ``Lots.dormant`` and the frozen orders,
-    goes on from checkpoint to checkpoint)."""
+    goes on from checkpoint to checkpoint, in the hot part or the cold one: ``cold_after``
+    says how soon the cold part is written again, so that every mix of the two is met)."""
+    with patch.object(points, "COLD_AFTER", cold_after):
+        _resumed_equals_whole(program, history, cuts, now_days)
+
+
+def _resumed_equals_whole(program, history, cuts, now_days):
     orders, events = history
     steps = sorted([*(o.at for o in orders), *(e.at for e in events)])
     splits = sorted({steps[int(cut * (len(steps) - 1))] for cut in cuts})
@@ -111,8 +119,50 @@ def test_a_checkpoint_of_another_format_is_refused():
     program = Program(tiers=TIERS)
     first = points_derive(program=program, orders=[], lines={}, events=[], recorded=(), now=T0)
     assert first.checkpoint is not None
-    state = orjson.loads(zlib.decompress(first.checkpoint.state))
+    state = orjson.loads(first.checkpoint.state)
     state["format"] = CHECKPOINT_FORMAT + 1
-    stale = Checkpoint(at=None, state=zlib.compress(orjson.dumps(state)))
+    stale = Checkpoint(at=None, state=orjson.dumps(state), cold=first.checkpoint.cold)
     with pytest.raises(ValueError, match="format"):
         points_derive(program=program, orders=[], lines={}, events=[], recorded=(), now=T0, resume=stale)
+    # Format 3 and before: the whole state compressed, no cold part.
+    state["format"] = 3
+    old = Checkpoint(at=None, state=zlib.compress(orjson.dumps(state), 1))
+    with pytest.raises(ValueError, match="format 3"):
+        points_derive(program=program, orders=[], lines={}, events=[], recorded=(), now=T0, resume=old)
+
+
+def test_a_hot_part_with_another_cold_part_is_refused():
+    """The two parts are written together; a hot part read with another cold part (or none)
+    would resume from a state that never was."""
+    program = Program(tiers=TIERS)
+    order = OrderEvent(1, "Order Completed", "O1", Decimal(100), "CNY", T0, "pos", "", "m1", 1)
+    first = points_derive(program=program, orders=[order], lines={}, events=[], recorded=(), now=T0)
+    other = points_derive(program=program, orders=[], lines={}, events=[], recorded=(), now=T0)
+    assert first.checkpoint is not None
+    assert other.checkpoint is not None
+    for cold in (other.checkpoint.cold, None):
+        mixed = Checkpoint(at=first.checkpoint.at, state=first.checkpoint.state, cold=cold)
+        with pytest.raises(ValueError, match="cold part"):
+            points_derive(program=program, orders=[], lines={}, events=[], recorded=(), now=T0, resume=mixed)
+
+
+def test_a_long_history_resumed_rewrites_only_its_hot_part():
+    """A member with many orders, resumed with one more: the cold part (their orders and
+    dormant lots) is kept as it was, and the hot part stays small however long the history."""
+    program = Program(rules=(EarnRule(),), tiers=TIERS)
+    history = [
+        OrderEvent(n, "Order Completed", f"O{n}", Decimal(100), "CNY", T0 + timedelta(hours=n), "pos", "", f"m{n}", 1)
+        for n in range(1, 301)
+    ]  # fmt: skip
+    whole = points_derive(program=program, orders=history[:-1], lines={}, events=[], recorded=(), now=T0)
+    assert whole.checkpoint is not None
+    assert whole.checkpoint.cold is not None
+    resumed = points_derive(program=program, orders=history[-1:], lines={}, events=[], recorded=(), now=T0,
+                            resume=whole.checkpoint)  # fmt: skip
+    assert resumed.checkpoint is not None
+    assert not resumed.checkpoint.cold_written
+    assert resumed.checkpoint.cold is whole.checkpoint.cold
+    assert len(resumed.due) == 1  # the new order's points, no less
+    # 300 orders, their lots and tier window amounts are some 60 KB of JSON; the hot part a few rows.
+    assert len(zlib.decompress(whole.checkpoint.cold)) > 50_000
+    assert len(resumed.checkpoint.state) < 1_500
