@@ -42,6 +42,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from functools import partial
+from itertools import takewhile
 from typing import Any
 
 import orjson
@@ -464,6 +465,9 @@ CHECKPOINT_FORMAT = 4
 #: hot part, read and written on every refresh, stays about this small, and the cold part is
 #: re-encoded about once every this many rows.
 COLD_AFTER = 64
+#: How many of the cold part's tier window amounts the hot part holds a copy of: the next
+#: ones the window slides past (``_Replay.freeze``).
+QUALIFYING_AHEAD = 16
 
 
 @dataclass(slots=True)
@@ -582,11 +586,16 @@ class _Replay:
             skipped, held = self._cold_qualifying_at
             cold_qualifying = [min(skipped + start, held), held]
             crc = zlib.crc32(self.cold)
+        # The cold amounts the window slides past next, copied hot: every step reads the first
+        # (is it out of the window yet?), and a window sliding loads the cold part only when
+        # it has slid past all of them.
+        upcoming = min(QUALIFYING_AHEAD, cold_qualifying[1] - cold_qualifying[0])
+        ahead = list(takewhile(lambda entry: entry is not None, self.qualifying[start : start + upcoming]))
         state = {
             "format": CHECKPOINT_FORMAT, "cold": crc, "orders": orders, "lots": lots, "dormant": sleeping,
             "woken": woken, "debt": self.lots.debt, "credited": self.lots.credited,
             "spent_on": self.spent_on, "given_back": self.given_back, "qualifying": hot_qualifying,
-            "cold_qualifying": cold_qualifying,
+            "cold_qualifying": cold_qualifying, "qualifying_ahead": ahead,
             "window": [0, self._window_end - start, self._window_sum, self._window_at],
             "tier": [self.tier, self.tier_since], "tier_changes": [
                 [c.at, c.from_tier, c.to_tier, c.reason] for c in self.tier_changes],
@@ -626,7 +635,8 @@ class _Replay:
         # The cold part's amounts still in the window come first, as placeholders until read.
         skipped, held = self._cold_qualifying_at = tuple(state["cold_qualifying"])
         self._cold_qualifying = held - skipped
-        self.qualifying = [*([None] * self._cold_qualifying), *state["qualifying"]]
+        ahead = state["qualifying_ahead"]
+        self.qualifying = [*ahead, *([None] * (self._cold_qualifying - len(ahead))), *state["qualifying"]]
         start, end, total, at = state["window"]
         self._window_start, self._window_end, self._window_sum = start, end, Decimal(total)
         self._window_at = _moment(at)
