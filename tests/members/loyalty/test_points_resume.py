@@ -114,6 +114,25 @@ def _resumed_equals_whole(program, history, cuts, now_days):
     assert whole.checkpoint is not None
     assert resumed.checkpoint.at == whole.checkpoint.at
 
+    # What each checkpoint holds answers a later step alike: every order refunded in full a
+    # day after the last step reaches every order and its lot, hot or cold.
+    if steps:
+        later = steps[-1] + timedelta(days=1)
+        probe = [OrderEvent(1000 + n, "Order Refunded", o.order_id, o.amount, "CNY", later + timedelta(seconds=n),
+                            "app", "", f"p{n}", o.source_id)
+                 for n, o in enumerate(orders) if o.name == "Order Completed"]  # fmt: skip
+        after_whole, after_parts = (
+            points_derive(
+                program=program, orders=probe, lines={}, events=[], recorded=(), now=now, resume=checkpoint
+            )
+            for checkpoint in (whole.checkpoint, resumed.checkpoint)
+        )
+        assert after_parts.due == after_whole.due
+        assert (after_parts.tier, after_parts.refunded_in_full) == (
+            after_whole.tier,
+            after_whole.refunded_in_full,
+        )
+
 
 def test_a_checkpoint_of_another_format_is_refused():
     program = Program(tiers=TIERS)
