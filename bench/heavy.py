@@ -22,6 +22,7 @@ program (tiers, double points in stores, a coupon campaign) and the demo's tags 
 Load-independent figures from the workers: CPU seconds per event (their ``process_time``),
 members refreshed by each path (``cdp_member_refresh_paths_total``) and events the refresh
 read from the log per refreshed member (``cdp_member_refresh_events_read_total``).
+``--profile DIR``: each worker of the two tail runs writes a cProfile of its CPU time there.
 ``--full-only`` turns the incremental path off (``MEMBER_REFRESH_INCREMENTAL=false``): every
 refresh recomputes from all the member's events, as before it existed.
 
