@@ -34,6 +34,7 @@ a refund's reversal consumes its own order's lot first; an expiry takes what is 
 lot. ``lots_of`` rebuilds the lots from ledger rows alone, for reads.
 """
 
+import struct
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -274,7 +275,12 @@ class Lots:
     def wake(self, key: str | None = None) -> None:
         """Decode the dormant lot ``key`` (every dormant lot if None) into ``lots``."""
         if self.thaw is not None and (
-            key is None or (key not in self.dormant and all(lot.key != key for lot in self.lots))
+            key is None
+            or (
+                key not in self.dormant
+                and key not in self.dormant_cold
+                and all(lot.key != key for lot in self.lots)
+            )
         ):
             self.thaw()
         for found in [key] if key is not None else [*self.dormant, *self.dormant_cold]:
@@ -468,6 +474,28 @@ COLD_AFTER = 64
 #: How many of the cold part's tier window amounts the hot part holds a copy of: the next
 #: ones the window slides past (``_Replay.freeze``).
 QUALIFYING_AHEAD = 16
+#: The cold part's orders are kept in this many buckets by their number (``_bucket``), each
+#: with the dormant lots of its orders, compressed apart: a refund decodes its order's bucket.
+COLD_BUCKETS = 8
+
+
+def _bucket(number: str) -> int:
+    """The cold part's bucket of the orders numbered ``number`` and of their lots (1 on; 0
+    holds the tier window's amounts and the lots of no order)."""
+    return 1 + zlib.crc32(number.encode()) % COLD_BUCKETS
+
+
+def _cold_pack(buckets: list[bytes]) -> bytes:
+    """The cold part's buckets in one value: their count and lengths, then each."""
+    return struct.pack(f"<{len(buckets) + 1}I", len(buckets), *map(len, buckets)) + b"".join(buckets)
+
+
+def _cold_unpack(cold: bytes, index: int) -> bytes:
+    """Bucket ``index`` of a cold part ``_cold_pack`` made."""
+    (count,) = struct.unpack_from("<I", cold)
+    lengths = struct.unpack_from(f"<{count}I", cold, 4)
+    start = 4 * (count + 1) + sum(lengths[:index])
+    return cold[start : start + lengths[index]]
 
 
 @dataclass(slots=True)
@@ -486,7 +514,7 @@ class _Replay:
     cold_orders: dict[OrderKey, list[Any]] = field(default_factory=dict)
     #: The restored checkpoint's cold part (``freeze``), None for a replay from the start.
     cold: bytes | None = None
-    _cold_loaded: bool = False
+    _cold_loaded: set[int] = field(default_factory=set)  # its buckets decoded
     #: How many of the cold part's tier window amounts the window had slid past when the hot
     #: part was written, and how many it holds; the rest are ``qualifying``'s first
     #: ``_cold_qualifying`` entries (None until the cold part is loaded).
@@ -571,11 +599,16 @@ class _Replay:
         if self.cold is None or went_cold > COLD_AFTER:
             self.cold_load()
             orders += self.cold_orders.values()
-            cold = zlib.compress(orjson.dumps({
-                "orders": [row for row in orders if row[4] not in live_keys],
-                "dormant": [*self.lots.dormant.values(), *self.lots.dormant_cold.values(), *sleeping],
-                "qualifying": self.qualifying[start:],
-            }, default=str), 1)  # fmt: skip
+            buckets: list[dict[str, list[Any]]] = [
+                {"dormant": [], "qualifying": self.qualifying[start:]},
+                *({"orders": [], "dormant": []} for _ in range(COLD_BUCKETS)),
+            ]
+            for row in orders:
+                if row[4] not in live_keys:
+                    buckets[_bucket(row[1])]["orders"].append(row)
+            for row in (*self.lots.dormant.values(), *self.lots.dormant_cold.values(), *sleeping):
+                buckets[_bucket(row[6]) if row[6] else 0]["dormant"].append(row)
+            cold = _cold_pack([zlib.compress(orjson.dumps(bucket, default=str), 1) for bucket in buckets])
             orders = [row for row in orders if row[4] in live_keys]
             sleeping, woken, hot_qualifying = [], [], []
             cold_qualifying = [0, len(self.qualifying) - start]
@@ -650,14 +683,21 @@ class _Replay:
         review_at = _moment(state["review_at"])
         self.review_at = None if review_at is None else review_at.astimezone(self.program.zone)
 
-    def cold_load(self) -> None:
-        """Decode the cold part, once: its orders and dormant lots that the hot part does not
-        hold newer (``Lots.woken``), and its amounts of the tier window into their placeholders."""
-        if self.cold is None or self._cold_loaded:
+    def cold_load(self, bucket: int | None = None) -> None:
+        """Decode the cold part's ``bucket`` (``_bucket``; every one if None), once: its orders
+        and dormant lots that the hot part does not hold newer (``Lots.woken``), and (bucket 0)
+        its amounts of the tier window into their placeholders."""
+        if self.cold is None:
             return
-        self._cold_loaded, self.lots.thaw = True, None
-        cold = orjson.loads(zlib.decompress(self.cold))
-        for row in cold["orders"]:
+        for index in range(COLD_BUCKETS + 1) if bucket is None else (bucket,):
+            if index not in self._cold_loaded:
+                self._cold_loaded.add(index)
+                self._cold_bucket_load(index, orjson.loads(zlib.decompress(_cold_unpack(self.cold, index))))
+        if len(self._cold_loaded) > COLD_BUCKETS:
+            self.lots.thaw = None
+
+    def _cold_bucket_load(self, index: int, cold: dict[str, list[Any]]) -> None:
+        for row in cold.get("orders", ()):
             key = (row[0], row[1])
             if key not in self.orders and key not in self.frozen_orders:
                 self.cold_orders[key] = row
@@ -666,10 +706,12 @@ class _Replay:
         for row in cold["dormant"]:
             if row[0] not in self.lots.woken and row[0] not in self.lots.dormant:
                 self.lots.dormant_cold[row[0]] = row
+        if index:
+            return
         skipped, _ = self._cold_qualifying_at
-        for index, entry in enumerate(cold["qualifying"][skipped : skipped + self._cold_qualifying]):
-            if self.qualifying[index] is None:
-                self.qualifying[index] = entry
+        for at, entry in enumerate(cold["qualifying"][skipped : skipped + self._cold_qualifying]):
+            if self.qualifying[at] is None:
+                self.qualifying[at] = entry
 
     def _order_at(self, key: OrderKey, *, cold: bool = True) -> _Order | None:
         """The order ``key`` replayed so far (decoded from the checkpoint if need be), if any;
@@ -678,7 +720,7 @@ class _Replay:
         if order is None:
             row = self.frozen_orders.pop(key, None)
             if row is None and cold:
-                self.cold_load()
+                self.cold_load(_bucket(key[1]))
                 row = self.cold_orders.pop(key, None)
             if row is not None:
                 order = self.orders[key] = _order_thawed(row)
@@ -687,7 +729,7 @@ class _Replay:
     def _qualifying_at(self, index: int) -> tuple[datetime, Decimal]:
         entry = self.qualifying[index]
         if entry is None:  # the cold part's, not loaded yet
-            self.cold_load()
+            self.cold_load(0)
             entry = self.qualifying[index]
         if isinstance(entry, list):  # as restored
             entry = self.qualifying[index] = (datetime.fromisoformat(entry[0]), Decimal(entry[1]))
@@ -699,7 +741,7 @@ class _Replay:
         completions, as ``order_history`` would match it over the whole history."""
         if key in self.orders or key in self.frozen_orders or key in completions:
             return key
-        self.cold_load()
+        self.cold_load(_bucket(key[1]))  # where every order of that number is
         if key in self.cold_orders:
             return key
         numbered = [
@@ -710,8 +752,8 @@ class _Replay:
     def refunded_in_full(self, refunds: Iterable[OrderEvent]) -> frozenset[str]:
         """The order ids of these refunds whose orders they refunded in full (as replayed)."""
         refunded = {refund.order_id for refund in refunds}
-        if refunded:
-            self.cold_load()
+        for number in refunded:
+            self.cold_load(_bucket(number))
         for key in [key for key in (*self.frozen_orders, *self.cold_orders) if key[1] in refunded]:
             self._order_at(key)
         return frozenset(
