@@ -565,7 +565,7 @@ class _Replay:
         part meanwhile, with the keys of its dormant lots decoded since: ``Lots.woken``) is more
         than ``COLD_AFTER`` rows, or when there is none yet: a refresh of a member with a long
         history re-encodes what it changed, and the cold part's cost spreads over that many."""
-        orders = [
+        orders: list[list[Any]] = [
             *(
                 [*key, None if o.completion is None else [o.completion.order_id, o.completion.amount,
                                                           o.completion.currency],
