@@ -605,9 +605,9 @@ class _Replay:
             ]
             for row in orders:
                 if row[4] not in live_keys:
-                    buckets[_bucket(row[1])]["orders"].append(row)
+                    buckets[_bucket(str(row[1]))]["orders"].append(row)
             for row in (*self.lots.dormant.values(), *self.lots.dormant_cold.values(), *sleeping):
-                buckets[_bucket(row[6]) if row[6] else 0]["dormant"].append(row)
+                buckets[_bucket(str(row[6])) if row[6] else 0]["dormant"].append(row)
             cold = _cold_pack([zlib.compress(orjson.dumps(bucket, default=str), 1) for bucket in buckets])
             orders = [row for row in orders if row[4] in live_keys]
             sleeping, woken, hot_qualifying = [], [], []
