@@ -564,7 +564,9 @@ class _Replay:
         part is written again only when what went cold since it was written (kept in the hot
         part meanwhile, with the keys of its dormant lots decoded since: ``Lots.woken``) is more
         than ``COLD_AFTER`` rows, or when there is none yet: a refresh of a member with a long
-        history re-encodes what it changed, and the cold part's cost spreads over that many."""
+        history re-encodes what it changed, and the cold part's cost spreads over that many.
+        The cold part's orders and their dormant lots are kept in buckets by order number
+        (``COLD_BUCKETS``), compressed apart: a refund decodes its order's bucket alone."""
         orders: list[list[Any]] = [
             *(
                 [*key, None if o.completion is None else [o.completion.order_id, o.completion.amount,
