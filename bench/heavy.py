@@ -22,6 +22,7 @@ program (tiers, double points in stores, a coupon campaign) and the demo's tags 
 Load-independent figures from the workers: CPU seconds per event (their ``process_time``),
 members refreshed by each path (``cdp_member_refresh_paths_total``) and events the refresh
 read from the log per refreshed member (``cdp_member_refresh_events_read_total``).
+``--profile DIR``: each worker of the two tail runs writes a cProfile of its CPU time there.
 ``--full-only`` turns the incremental path off (``MEMBER_REFRESH_INCREMENTAL=false``): every
 refresh recomputes from all the member's events, as before it existed.
 
@@ -36,7 +37,9 @@ import harness  # first: the project before bench/ on sys.path (see its docstrin
 
 # isort: split
 import argparse
+import cProfile
 import multiprocessing as mp
+import os
 import random
 import signal
 import time
@@ -125,19 +128,25 @@ def _person_events(
     return rows
 
 
-def _worker(stop: Any, out: Any, env: dict[str, str]) -> None:
+def _worker(stop: Any, out: Any, env: dict[str, str], profile: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     harness.django_setup(env)
     from cdp.metrics import REFRESH_EVENTS_READ, REFRESH_FULL_REASONS, REFRESH_MEMBERS, REFRESH_PATHS
     from events.pipeline import events_process_pending
     from members.incremental import FULL_REASONS
 
+    profiler = cProfile.Profile(time.process_time) if profile else None
+    if profiler is not None:
+        profiler.enable()
     cpu, processed = time.process_time(), 0
     while not stop.is_set():
         done, more = events_process_pending()
         processed += done
         if not done and not more:
             time.sleep(0.05)
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(f"{profile}-{os.getpid()}.prof")
     out.put({
         "cpu_s": time.process_time() - cpu,
         "refreshed": REFRESH_MEMBERS._value.get(),
@@ -158,8 +167,11 @@ def _waiting(conn: psycopg.Connection) -> bool:
     )
 
 
-def _drain(rows: list[tuple], workers: int, env: dict[str, str], label: str) -> dict[str, Any]:
-    """Store these events, then run the pipeline in ``workers`` processes until nothing waits."""
+def _drain(
+    rows: list[tuple], workers: int, env: dict[str, str], label: str, profile: str = ""
+) -> dict[str, Any]:
+    """Store these events, then run the pipeline in ``workers`` processes until nothing waits.
+    ``profile``: a path prefix; each worker writes a cProfile of its CPU time to ``<prefix>-<pid>.prof``."""
     from django.db import connections
 
     with psycopg.connect(URL, autocommit=True) as conn:
@@ -169,7 +181,7 @@ def _drain(rows: list[tuple], workers: int, env: dict[str, str], label: str) -> 
         conn.execute("ANALYZE")
     connections.close_all()  # a child must not share this process's connection
     stop, out = mp.Event(), mp.Queue()
-    procs = [mp.Process(target=_worker, args=(stop, out, env)) for _ in range(workers)]
+    procs = [mp.Process(target=_worker, args=(stop, out, env, profile)) for _ in range(workers)]
     with ingest.announced(f"{label}: {len(rows):,} events, {workers} workers"):
         began = time.monotonic()
         for p in procs:
@@ -187,7 +199,15 @@ def _drain(rows: list[tuple], workers: int, env: dict[str, str], label: str) -> 
 
 
 def run(
-    *, members: int, light: int, max_events: int, tail: int, workers: int, full_only: bool, seed: int
+    *,
+    members: int,
+    light: int,
+    max_events: int,
+    tail: int,
+    workers: int,
+    full_only: bool,
+    seed: int,
+    profile: str = "",
 ) -> dict:
     from events.models import Channel, Source
     from events.services import source_create
@@ -245,9 +265,11 @@ def run(
 
     runs = [history]
     if members:
-        runs.append(_drain(tail_of(heavy_people), workers, env, "tail, heavy members"))
+        runs.append(_drain(tail_of(heavy_people), workers, env, "tail, heavy members",
+                           f"{profile}/heavy" if profile else ""))  # fmt: skip
     if light:
-        runs.append(_drain(tail_of(light_people), workers, env, "tail, light members"))
+        runs.append(_drain(tail_of(light_people), workers, env, "tail, light members",
+                           f"{profile}/light" if profile else ""))  # fmt: skip
     with psycopg.connect(URL, autocommit=True) as conn:
         held = conn.execute(
             "SELECT count(*), avg(events), max(events) FROM members_memberaggregate"
@@ -294,6 +316,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--full-only", action="store_true", help="the incremental path off: the before")
     parser.add_argument("--docs", action="store_true")
+    parser.add_argument(
+        "--profile", default="", metavar="DIR",
+        help="each worker of the tail runs writes a cProfile of its CPU time to DIR/{heavy,light}-<pid>.prof",
+    )  # fmt: skip
     args = parser.parse_args()
     started = datetime.now(UTC)
     background = ingest.wait_until_quiet(10, 60)
@@ -305,7 +331,7 @@ def main() -> int:
     # Before Django starts: the workers are forked from this process and share its settings.
     harness.django_setup({**ENV, "MEMBER_REFRESH_INCREMENTAL": "false" if args.full_only else "true"})
     result = run(members=args.members, light=args.light, max_events=args.max_events, tail=args.tail,
-                 workers=args.workers, full_only=args.full_only, seed=args.seed)  # fmt: skip
+                 workers=args.workers, full_only=args.full_only, seed=args.seed, profile=args.profile)  # fmt: skip
     facts = ingest.machine()
     section = "\n".join([
         f"## Heavy histories — {started:%Y-%m-%d %H:%M} UTC",

@@ -258,13 +258,21 @@ class PointsCheckpoint(models.Model):
     refresh's watermark, written in the same transaction). ``tail`` holds what the derivation
     found due after its last event, as time ran on (expiries): each cause with the points and
     rows the ledger then held for it, so a resumed derivation corrects them without reading
-    the ledger. Derived, like a member's figures: any full recompute writes it again."""
+    the ledger. Derived, like a member's figures: any full recompute writes it again.
+
+    The state is kept in two parts (``points._Replay.freeze``): ``state``, small, rewritten by
+    every refresh, and ``cold``, what grows with the member's history (orders and lots only a
+    refund naming them or a spend reaching them reads), written again only now and then; a
+    refresh that keeps it leaves the column as it is (``services._UPSERT_CHECKPOINTS``)."""
 
     member = models.OneToOneField(
         "members.Member", primary_key=True, on_delete=models.CASCADE, related_name="+"
     )
     at = models.DateTimeField(null=True, help_text="The time of the last step it covers.")
-    state = models.BinaryField()
+    state = models.BinaryField(help_text="The hot part: rewritten by every refresh.")
+    cold = models.BinaryField(
+        null=True, help_text="The cold part: what grows with the history, rewritten only now and then."
+    )
     program = models.CharField(max_length=64)
     facts = models.CharField(max_length=100)
     tail = models.JSONField(default=list)

@@ -34,6 +34,7 @@ a refund's reversal consumes its own order's lot first; an expiry takes what is 
 lot. ``lots_of`` rebuilds the lots from ledger rows alone, for reads.
 """
 
+import struct
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -42,6 +43,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from functools import partial
+from itertools import takewhile
 from typing import Any
 
 import orjson
@@ -199,7 +201,15 @@ class Checkpoint:
     ``CHECKPOINT_FORMAT``, or one that fails to load, is no checkpoint."""
 
     at: datetime | None
+    #: The hot part: what the next step reads (open lots, the tier window, the orders whose
+    #: points may still expire), and what changed since the cold part was written.
     state: bytes
+    #: The cold part (``_Replay.freeze``): orders and dormant lots that only a refund naming
+    #: them or a spend reaching them reads, and the tier window's older amounts.
+    cold: bytes | None = None
+    #: Whether this derivation wrote ``cold`` anew; if not, it is the one it resumed from, as
+    #: stored (the caller need not write it again).
+    cold_written: bool = True
 
 
 @dataclass(slots=True)
@@ -239,8 +249,16 @@ class Lots:
     #: Lots a restored checkpoint holds that only a spend can change (spendable, never
     #: expiring), by key, still as the checkpoint froze them (``_Replay.freeze``): a resumed
     #: replay decodes one only when a spend reaches it, so what it costs does not grow with
-    #: the member's history of orders.
+    #: the member's history of orders. These are the hot part's; ``dormant_cold`` the cold
+    #: part's, once ``thaw`` loaded it.
     dormant: dict[str, list[Any]] = field(default_factory=dict)
+    dormant_cold: dict[str, list[Any]] = field(default_factory=dict)
+    #: The keys of the cold part's dormant lots decoded since it was written: what is left of
+    #: them is in the hot part, and the cold part's rows of them no longer count.
+    woken: set[str] = field(default_factory=set)
+    #: Loads the checkpoint's cold part (``_Replay.cold_load``), until it is loaded: only a
+    #: spend reaching past the hot part's lots calls it.
+    thaw: Callable[[], None] | None = None
 
     @property
     def balance(self) -> int:
@@ -256,8 +274,20 @@ class Lots:
 
     def wake(self, key: str | None = None) -> None:
         """Decode the dormant lot ``key`` (every dormant lot if None) into ``lots``."""
-        for found in [key] if key is not None else list(self.dormant):
+        if self.thaw is not None and (
+            key is None
+            or (
+                key not in self.dormant
+                and key not in self.dormant_cold
+                and all(lot.key != key for lot in self.lots)
+            )
+        ):
+            self.thaw()
+        for found in [key] if key is not None else [*self.dormant, *self.dormant_cold]:
             if (row := self.dormant.pop(found, None)) is not None:
+                self.lots.append(_lot_thawed(row))
+            elif (row := self.dormant_cold.pop(found, None)) is not None:
+                self.woken.add(found)
                 self.lots.append(_lot_thawed(row))
 
     def spend(self, points: int, at: datetime, *, first: str | None = None) -> int:
@@ -376,14 +406,15 @@ def points_derive(
 
     ``resume``: a checkpoint of this member's earlier derivation, under the same program; the
     history is then only what came after it, every step later than ``resume.at``, with no new
-    fact nor grant (``checkpoint_resumable``), and only the entries those steps and the time
+    fact nor grant nor completion of an order it holds (``services.points_advance``,
+    ``members.incremental``), and only the entries those steps and the time
     since call for are returned (with those of time after the checkpoint: ``tail_from`` 0).
     """
     tiers = program.tiers_by_rank()
     facts = [r for r in recorded if not r.derived]
     state = _Replay(program=program, tiers=tiers, lines=lines)
     if resume is not None:
-        state.restore(resume.state)
+        state.restore(resume.state, resume.cold)
     # Each step is what happened and when, bound to the replay step that applies it.
     timeline: list[tuple[tuple[datetime, int, str], Callable[[], None]]] = []
     history = order_history(orders)
@@ -406,7 +437,10 @@ def points_derive(
         state.advance_to(at)
         apply()
     last = timeline[-1][0][0] if timeline else (resume.at if resume is not None else None)
-    checkpoint = Checkpoint(at=last, state=state.freeze(last))
+    hot, cold = state.freeze(last)
+    checkpoint = Checkpoint(
+        at=last, state=hot, cold=state.cold if cold is None else cold, cold_written=cold is not None
+    )
     tail_from = len(state.due)
     state.advance_to(now)
     refunded = [refund for refunds in history.refunds.values() for refund in refunds]
@@ -428,8 +462,40 @@ def points_derive(
 #: them). A state of another format is ignored: the member is derived from their history.
 #: 2: an order's completion kept as its number, amount and currency; 3: lots that only a spend
 #: can change kept apart (``Lots.dormant``), spent and expired lots and qualifying amounts out of
-#: the tier window left out, each lot with its ``seq``.
-CHECKPOINT_FORMAT = 3
+#: the tier window left out, each lot with its ``seq``; 4: a hot part and a cold part
+#: (``_Replay.freeze``), the hot part uncompressed.
+CHECKPOINT_FORMAT = 4
+
+#: How many rows may go cold (orders, dormant lots, tier window amounts, woken lots' keys)
+#: in the hot part before the cold part is written again with them (``_Replay.freeze``): the
+#: hot part, read and written on every refresh, stays about this small, and the cold part is
+#: re-encoded about once every this many rows.
+COLD_AFTER = 64
+#: How many of the cold part's tier window amounts the hot part holds a copy of: the next
+#: ones the window slides past (``_Replay.freeze``).
+QUALIFYING_AHEAD = 16
+#: The cold part's orders are kept in this many buckets by their number (``_bucket``), each
+#: with the dormant lots of its orders, compressed apart: a refund decodes its order's bucket.
+COLD_BUCKETS = 8
+
+
+def _bucket(number: str) -> int:
+    """The cold part's bucket of the orders numbered ``number`` and of their lots (1 on; 0
+    holds the tier window's amounts and the lots of no order)."""
+    return 1 + zlib.crc32(number.encode()) % COLD_BUCKETS
+
+
+def _cold_pack(buckets: list[bytes]) -> bytes:
+    """The cold part's buckets in one value: their count and lengths, then each."""
+    return struct.pack(f"<{len(buckets) + 1}I", len(buckets), *map(len, buckets)) + b"".join(buckets)
+
+
+def _cold_unpack(cold: bytes, index: int) -> bytes:
+    """Bucket ``index`` of a cold part ``_cold_pack`` made."""
+    (count,) = struct.unpack_from("<I", cold)
+    lengths = struct.unpack_from(f"<{count}I", cold, 4)
+    start = 4 * (count + 1) + sum(lengths[:index])
+    return cold[start : start + lengths[index]]
 
 
 @dataclass(slots=True)
@@ -443,13 +509,24 @@ class _Replay:
     #: The orders a restored checkpoint holds that this replay has not touched, still as
     #: frozen (``_order_at`` decodes one when a step names it; ``freeze`` writes the others
     #: back as they were): a resumed replay decodes only the orders its new events refund.
+    #: ``frozen_orders`` are the hot part's, ``cold_orders`` the cold part's once loaded.
     frozen_orders: dict[OrderKey, list[Any]] = field(default_factory=dict)
+    cold_orders: dict[OrderKey, list[Any]] = field(default_factory=dict)
+    #: The restored checkpoint's cold part (``freeze``), None for a replay from the start.
+    cold: bytes | None = None
+    _cold_loaded: set[int] = field(default_factory=set)  # its buckets decoded
+    #: How many of the cold part's tier window amounts the window had slid past when the hot
+    #: part was written, and how many it holds; the rest are ``qualifying``'s first
+    #: ``_cold_qualifying`` entries (None until the cold part is loaded).
+    _cold_qualifying_at: tuple[int, int] = (0, 0)
+    _cold_qualifying: int = 0
     order_lots: dict[str, OrderKey] = field(default_factory=dict)  # an order's lot key -> the order
     # Points spent on an order and given back by its refunds, by the order id the till named.
     spent_on: dict[str, int] = field(default_factory=dict)
     given_back: dict[str, int] = field(default_factory=dict)
-    # (at, points or spend); one restored and not read since is still as frozen: [at, amount].
-    qualifying: list[tuple[datetime, Decimal] | list[str]] = field(default_factory=list)
+    # (at, points or spend); one restored and not read since is still as frozen: [at, amount],
+    # or None while it is the cold part's and that is not loaded.
+    qualifying: list[tuple[datetime, Decimal] | list[str] | None] = field(default_factory=list)
     # The tier window as ``_measure`` last slid it: qualifying[start:end], their sum, its end.
     _window_start: int = 0
     _window_end: int = 0
@@ -468,18 +545,29 @@ class _Replay:
 
     # checkpoints: the state between derivations (``Checkpoint``)
 
-    def freeze(self, at: datetime | None) -> bytes:
-        """The state after the step at ``at`` as compressed JSON, without the program (given
-        back on ``restore``), the lines of this history's orders (a resumed derivation has its
-        own) and the entries due so far. Plain data, no pickle: a row of the database never
-        becomes code.
+    def freeze(self, at: datetime | None) -> tuple[bytes, bytes | None]:
+        """The state after the step at ``at`` as JSON, without the program (given back on
+        ``restore``), the lines of this history's orders (a resumed derivation has its own) and
+        the entries due so far, in two parts: hot (plain JSON) and cold (compressed JSON); the
+        cold part is None when the one restored still stands. Plain data, no pickle: a row of
+        the database never becomes code.
 
         Only what a later step can still read: no lot already spent or expired, no qualifying
         amount the tier window has slid past (a resumed replay's steps are all later than
         ``at``). The lots only a spend can change (spendable at ``at``, never expiring) are
         kept apart, as are the orders, undecoded on ``restore`` until a step needs one; those
-        a resumed replay did not touch are written back as they were read."""
-        orders = [
+        a resumed replay did not touch are written back as they were read.
+
+        What grows with the member's history goes cold: orders whose points can no longer
+        expire or turn spendable (only a refund naming them reads them), dormant lots (only a
+        spend reaching them), the tier window's amounts (only its sliding past them). The cold
+        part is written again only when what went cold since it was written (kept in the hot
+        part meanwhile, with the keys of its dormant lots decoded since: ``Lots.woken``) is more
+        than ``COLD_AFTER`` rows, or when there is none yet: a refresh of a member with a long
+        history re-encodes what it changed, and the cold part's cost spreads over that many.
+        The cold part's orders and their dormant lots are kept in buckets by order number
+        (``COLD_BUCKETS``), compressed apart: a refund decodes its order's bucket alone."""
+        orders: list[list[Any]] = [
             *(
                 [*key, None if o.completion is None else [o.completion.order_id, o.completion.amount,
                                                           o.completion.currency],
@@ -489,7 +577,7 @@ class _Replay:
             *self.frozen_orders.values(),
         ]  # fmt: skip
         lots: list[list[Any]] = []
-        dormant = list(self.lots.dormant.values())
+        sleeping: list[list[Any]] = []
         live = [lot for lot in self.lots.lots if lot.remaining > 0]  # nothing takes from the others
         # Dormant lots are found by key: a key two lots share stays with the lots decoded.
         shared = {key for key, n in Counter(lot.key for lot in live).items() if n > 1}
@@ -499,26 +587,74 @@ class _Replay:
             sleeps = (
                 lot.expires_at is None and at is not None and lot.available_at <= at
                 and lot.key not in shared and lot.key not in self.lots.dormant
+                and lot.key not in self.lots.dormant_cold
             )  # fmt: skip
-            (dormant if sleeps else lots).append(row)
-        start = self._window_start
+            (sleeping if sleeps else lots).append(row)
+        live_keys = {row[0] for row in lots}
+        start, placeheld = self._window_start, self._cold_qualifying
+        hot_qualifying = self.qualifying[max(start, placeheld) :]
+        went_cold = (
+            sum(1 for row in orders if row[4] not in live_keys) + len(self.lots.dormant) + len(sleeping)
+            + len(self.lots.woken) + len(hot_qualifying)
+        )  # fmt: skip
+        cold: bytes | None = None
+        if self.cold is None or went_cold > COLD_AFTER:
+            self.cold_load()
+            orders += self.cold_orders.values()
+            buckets: list[dict[str, list[Any]]] = [
+                {"dormant": [], "qualifying": self.qualifying[start:]},
+                *({"orders": [], "dormant": []} for _ in range(COLD_BUCKETS)),
+            ]
+            for row in orders:
+                if row[4] not in live_keys:
+                    buckets[_bucket(str(row[1]))]["orders"].append(row)
+            for row in (*self.lots.dormant.values(), *self.lots.dormant_cold.values(), *sleeping):
+                buckets[_bucket(str(row[6])) if row[6] else 0]["dormant"].append(row)
+            cold = _cold_pack([zlib.compress(orjson.dumps(bucket, default=str), 1) for bucket in buckets])
+            orders = [row for row in orders if row[4] in live_keys]
+            sleeping, woken, hot_qualifying = [], [], []
+            cold_qualifying = [0, len(self.qualifying) - start]
+            crc = zlib.crc32(cold)
+        else:
+            sleeping = [*self.lots.dormant.values(), *sleeping]
+            woken = sorted(self.lots.woken)
+            skipped, held = self._cold_qualifying_at
+            cold_qualifying = [min(skipped + start, held), held]
+            crc = zlib.crc32(self.cold)
+        # The cold amounts the window slides past next, copied hot: every step reads the first
+        # (is it out of the window yet?), and a window sliding loads the cold part only when
+        # it has slid past all of them.
+        upcoming = min(QUALIFYING_AHEAD, cold_qualifying[1] - cold_qualifying[0])
+        ahead = list(takewhile(lambda entry: entry is not None, self.qualifying[start : start + upcoming]))
         state = {
-            "format": CHECKPOINT_FORMAT, "orders": orders, "lots": lots, "dormant": dormant,
-            "debt": self.lots.debt, "credited": self.lots.credited,
-            "spent_on": self.spent_on, "given_back": self.given_back, "qualifying": self.qualifying[start:],
+            "format": CHECKPOINT_FORMAT, "cold": crc, "orders": orders, "lots": lots, "dormant": sleeping,
+            "woken": woken, "debt": self.lots.debt, "credited": self.lots.credited,
+            "spent_on": self.spent_on, "given_back": self.given_back, "qualifying": hot_qualifying,
+            "cold_qualifying": cold_qualifying, "qualifying_ahead": ahead,
             "window": [0, self._window_end - start, self._window_sum, self._window_at],
             "tier": [self.tier, self.tier_since], "tier_changes": [
                 [c.at, c.from_tier, c.to_tier, c.reason] for c in self.tier_changes],
             "flags": [self.first_order_seen, self.signed_up, self.referred], "review_at": self.review_at,
         }  # fmt: skip
-        return zlib.compress(orjson.dumps(state, default=str), 1)
+        return orjson.dumps(state, default=str), cold
 
-    def restore(self, frozen: bytes) -> None:
-        """Take the state ``freeze`` made (raises ``ValueError`` for one of another format).
-        Orders, dormant lots and qualifying amounts stay as read until a step needs them."""
-        state = orjson.loads(zlib.decompress(frozen))
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"a checkpoint of format {state.get('format')}, not {CHECKPOINT_FORMAT}")
+    def restore(self, frozen: bytes, cold: bytes | None) -> None:
+        """Take the state ``freeze`` made, its hot part and its cold part (raises
+        ``ValueError`` for one of another format, or whose parts were not written together).
+        The cold part stays undecoded until a step needs it (``cold_load``); orders, dormant
+        lots and qualifying amounts stay as read until a step needs them."""
+        try:
+            state = orjson.loads(frozen)
+        except orjson.JSONDecodeError:  # format 3 and before: compressed whole
+            raise ValueError("a checkpoint of format 3 or before") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(
+                f"a checkpoint of format {state.get('format') if isinstance(state, dict) else '?'}, "
+                f"not {CHECKPOINT_FORMAT}"
+            )
+        if state["cold"] != (None if cold is None else zlib.crc32(cold)):
+            raise ValueError("a checkpoint whose cold part is not the one written with it")
+        self.cold = cold
         self.orders = {}
         self.frozen_orders = {(row[0], row[1]): row for row in state["orders"]}
         self.order_lots = {row[4]: (row[0], row[1]) for row in state["orders"] if row[4]}
@@ -527,9 +663,15 @@ class _Replay:
             debt=state["debt"],
             credited=state["credited"],
             dormant={row[0]: row for row in state["dormant"]},
+            woken=set(state["woken"]),
+            thaw=self.cold_load,
         )
         self.spent_on, self.given_back = state["spent_on"], state["given_back"]
-        self.qualifying = state["qualifying"]
+        # The cold part's amounts still in the window come first, as placeholders until read.
+        skipped, held = self._cold_qualifying_at = tuple(state["cold_qualifying"])
+        self._cold_qualifying = held - skipped
+        ahead = state["qualifying_ahead"]
+        self.qualifying = [*ahead, *([None] * (self._cold_qualifying - len(ahead))), *state["qualifying"]]
         start, end, total, at = state["window"]
         self._window_start, self._window_end, self._window_sum = start, end, Decimal(total)
         self._window_at = _moment(at)
@@ -543,17 +685,57 @@ class _Replay:
         review_at = _moment(state["review_at"])
         self.review_at = None if review_at is None else review_at.astimezone(self.program.zone)
 
-    def _order_at(self, key: OrderKey) -> _Order | None:
-        """The order ``key`` replayed so far (decoded from the checkpoint if need be), if any."""
+    def cold_load(self, bucket: int | None = None) -> None:
+        """Decode the cold part's ``bucket`` (``_bucket``; every one if None), once: its orders
+        and dormant lots that the hot part does not hold newer (``Lots.woken``), and (bucket 0)
+        its amounts of the tier window into their placeholders."""
+        if self.cold is None:
+            return
+        for index in range(COLD_BUCKETS + 1) if bucket is None else (bucket,):
+            if index not in self._cold_loaded:
+                self._cold_loaded.add(index)
+                self._cold_bucket_load(index, orjson.loads(zlib.decompress(_cold_unpack(self.cold, index))))
+        if len(self._cold_loaded) > COLD_BUCKETS:
+            self.lots.thaw = None
+
+    def _cold_bucket_load(self, index: int, cold: dict[str, list[Any]]) -> None:
+        for row in cold.get("orders", ()):
+            key = (row[0], row[1])
+            if key not in self.orders and key not in self.frozen_orders:
+                self.cold_orders[key] = row
+                if row[4]:
+                    self.order_lots.setdefault(row[4], key)
+        for row in cold["dormant"]:
+            if row[0] not in self.lots.woken and row[0] not in self.lots.dormant:
+                self.lots.dormant_cold[row[0]] = row
+        if index:
+            return
+        skipped, _ = self._cold_qualifying_at
+        for at, entry in enumerate(cold["qualifying"][skipped : skipped + self._cold_qualifying]):
+            if self.qualifying[at] is None:
+                self.qualifying[at] = entry
+
+    def _order_at(self, key: OrderKey, *, cold: bool = True) -> _Order | None:
+        """The order ``key`` replayed so far (decoded from the checkpoint if need be), if any;
+        ``cold`` False: not looking in the cold part (not loading it)."""
         order = self.orders.get(key)
-        if order is None and (row := self.frozen_orders.pop(key, None)) is not None:
-            order = self.orders[key] = _order_thawed(row)
+        if order is None:
+            row = self.frozen_orders.pop(key, None)
+            if row is None and cold:
+                self.cold_load(_bucket(key[1]))
+                row = self.cold_orders.pop(key, None)
+            if row is not None:
+                order = self.orders[key] = _order_thawed(row)
         return order
 
     def _qualifying_at(self, index: int) -> tuple[datetime, Decimal]:
         entry = self.qualifying[index]
+        if entry is None:  # the cold part's, not loaded yet
+            self.cold_load(0)
+            entry = self.qualifying[index]
         if isinstance(entry, list):  # as restored
             entry = self.qualifying[index] = (datetime.fromisoformat(entry[0]), Decimal(entry[1]))
+        assert entry is not None  # the cold part holds every placeholder's
         return entry
 
     def order_key_of(self, key: OrderKey, completions: Mapping[OrderKey, OrderEvent]) -> OrderKey:
@@ -561,13 +743,20 @@ class _Replay:
         completions, as ``order_history`` would match it over the whole history."""
         if key in self.orders or key in self.frozen_orders or key in completions:
             return key
-        numbered = [k for k in (*self.orders, *self.frozen_orders, *completions) if k[1] == key[1]]
+        self.cold_load(_bucket(key[1]))  # where every order of that number is
+        if key in self.cold_orders:
+            return key
+        numbered = [
+            k for k in (*self.orders, *self.frozen_orders, *self.cold_orders, *completions) if k[1] == key[1]
+        ]
         return numbered[0] if len(numbered) == 1 else key
 
     def refunded_in_full(self, refunds: Iterable[OrderEvent]) -> frozenset[str]:
         """The order ids of these refunds whose orders they refunded in full (as replayed)."""
         refunded = {refund.order_id for refund in refunds}
-        for key in [key for key in self.frozen_orders if key[1] in refunded]:
+        for number in refunded:
+            self.cold_load(_bucket(number))
+        for key in [key for key in (*self.frozen_orders, *self.cold_orders) if key[1] in refunded]:
             self._order_at(key)
         return frozenset(
             order.completion.order_id
@@ -675,7 +864,9 @@ class _Replay:
         )
 
     def order(self, done: OrderEvent) -> None:
-        order = self._order_at(done.order_key)
+        # A resumed replay is given no completion of an order it holds (``points_derive``):
+        # the cold part, where such an order would be, is not loaded for it.
+        order = self._order_at(done.order_key, cold=False)
         if order is None:
             order = self.orders[done.order_key] = _Order(completion=None)
         order.completion = _Placed(done.order_id, done.amount, done.currency)

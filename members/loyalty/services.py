@@ -340,7 +340,8 @@ def points_advance(*, histories: dict[int, LoyaltyHistory], now: datetime | None
         try:
             derivations[member_id] = points_derive(
                 program=program, orders=history.orders, lines=history.lines, events=history.events,
-                recorded=(), now=now, resume=Checkpoint(at=stored.at, state=bytes(stored.state)),
+                recorded=(), now=now, resume=Checkpoint(at=stored.at, state=bytes(stored.state),
+                                                        cold=None if stored.cold is None else bytes(stored.cold)),
             )  # fmt: skip
         except Exception:
             logger.warning("points checkpoint of member %s unusable; deriving from the history", member_id)
@@ -453,8 +454,10 @@ def _checkpoints_write(
             [due.key, *held.get(due.key, (due.points, 1)), str(due.kind), due.event_id, due.order_id]
             for due in derivation.due[derivation.tail_from :]
         ]
-        rows.append((member_id, derivation.checkpoint.at, derivation.checkpoint.state, fingerprint,
-                     facts.get(member_id, _NO_FACTS), json.dumps(tail)))  # fmt: skip
+        checkpoint = derivation.checkpoint
+        # A cold part the derivation did not write again is left as stored (NULL: keep it).
+        rows.append((member_id, checkpoint.at, checkpoint.state, checkpoint.cold if checkpoint.cold_written else None,
+                     fingerprint, facts.get(member_id, _NO_FACTS), json.dumps(tail)))  # fmt: skip
     if not rows:
         return
     with binary_parameters_cursor() as cursor:
@@ -462,11 +465,13 @@ def _checkpoints_write(
 
 
 _UPSERT_CHECKPOINTS = (
-    "INSERT INTO members_pointscheckpoint AS c (member_id, at, state, program, facts, tail, written_at) "
-    "SELECT v.m, v.at, v.s, v.p, v.f, v.t::jsonb, now() "
-    "FROM unnest(%b::bigint[], %b::timestamptz[], %b::bytea[], %b::text[], %b::text[], %b::text[]) "
-    "AS v(m, at, s, p, f, t) "
-    "ON CONFLICT (member_id) DO UPDATE SET at = EXCLUDED.at, state = EXCLUDED.state, program = EXCLUDED.program, "
+    "INSERT INTO members_pointscheckpoint AS c (member_id, at, state, cold, program, facts, tail, written_at) "
+    "SELECT v.m, v.at, v.s, v.c, v.p, v.f, v.t::jsonb, now() "
+    "FROM unnest(%b::bigint[], %b::timestamptz[], %b::bytea[], %b::bytea[], %b::text[], %b::text[], %b::text[]) "
+    "AS v(m, at, s, c, p, f, t) "
+    # The cold part kept as stored is not written again (nor its TOAST copy: the value stays).
+    "ON CONFLICT (member_id) DO UPDATE SET at = EXCLUDED.at, state = EXCLUDED.state, "
+    "cold = coalesce(EXCLUDED.cold, c.cold), program = EXCLUDED.program, "
     "facts = EXCLUDED.facts, tail = EXCLUDED.tail, written_at = now()"
 )
 

@@ -3,8 +3,10 @@ gained later events has their points derived from those events and where their l
 stood, and the result is what replaying their whole history gives; whatever the checkpoint
 stood on changing (facts, the program, a corrupt state) sends the member back to the replay."""
 
+import zlib
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 from django.contrib.auth.models import AnonymousUser
 
@@ -92,6 +94,26 @@ def test_a_checkpoint_of_another_program_or_that_cannot_be_read_is_not_resumed(e
     PointsCheckpoint.objects.update(state=b"not a replay")
     _order(store, "P-3", 100, 6)
     assert _derived("replayed") - replayed == 2
+    ledger = _ledger()
+    members_rebuild()
+    assert _ledger() == ledger
+
+
+def test_a_checkpoint_of_an_older_format_sends_the_member_to_the_replay_once(expiring_program):
+    """Format 3 kept the whole state compressed in ``state``, with no cold part: after the
+    upgrade, the member's next refresh replays their history and writes today's format,
+    from which the refresh after resumes."""
+    store = SourceFactory(pos=True)
+    _order(store, "U-1", 100, 0)
+    old = {"format": 3, "orders": [], "lots": [], "dormant": [], "debt": 0, "credited": 0}
+    PointsCheckpoint.objects.update(state=zlib.compress(orjson.dumps(old), 1), cold=None)
+    resumed, replayed = _derived("resumed"), _derived("replayed")
+
+    _order(store, "U-2", 100, 5)
+    assert (_derived("resumed") - resumed, _derived("replayed") - replayed) == (0, 1)
+    assert PointsCheckpoint.objects.get().cold is not None
+    _order(store, "U-3", 100, 6)
+    assert (_derived("resumed") - resumed, _derived("replayed") - replayed) == (1, 1)
     ledger = _ledger()
     members_rebuild()
     assert _ledger() == ledger
