@@ -35,7 +35,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from members.insights.analysed import AnalysedMembers
@@ -264,13 +264,132 @@ def funnel_members_sql(
     return sql, params
 
 
+# --- from the per-member summary ------------------------------------------------------------------
+
+#: The per-member summary of the events funnels can use (``models.MemberFunnelEvents``).
+SUMMARY_TABLE = "insights_memberfunnelevents"
+#: The ``where`` keys the summary keeps: a step filtering on ``properties.*`` reads the log.
+SUMMARY_KEYS = frozenset({"channel", "store_code"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def summary_answers(spec: FunnelSpec) -> bool:
+    """Whether the summary holds everything this funnel's steps test: their names, channels
+    and stores, not event properties (those steps read the event log, ``funnel_members_sql``)."""
+    return all(key in SUMMARY_KEYS for step in spec.steps for key, _ in step.where)
+
+
+def _microseconds(at: datetime) -> int:
+    return (at - _EPOCH) // _MICROSECOND
+
+
+def _summary_step(step: EventFilter, params: list[Any]) -> str:
+    """The summary rows of one step: its name's row per member, or, with a ``where`` on the
+    channel or store, that row's events passing it (still in the member's order)."""
+    params.append(step.name)
+    if not step.where:
+        return f"SELECT member_id, ranks, times, channels, stores FROM {SUMMARY_TABLE} WHERE event = %s"
+    tests = []
+    for key, expected in step.where:
+        tests.append("u.c = %s" if key == "channel" else "u.s = %s")
+        params.append(expected)
+    params.append(params.pop(-1 - len(tests)))  # the name goes after the tests, where it is read
+    kept = (
+        "SELECT array_agg(u.r ORDER BY u.o) AS ranks, array_agg(u.t ORDER BY u.o) AS times,"
+        " array_agg(u.c ORDER BY u.o) AS channels, array_agg(u.s ORDER BY u.o) AS stores"
+        " FROM unnest(x.ranks, x.times, x.channels, x.stores) WITH ORDINALITY AS u(r, t, c, s, o)"
+        f" WHERE {' AND '.join(tests)}"
+    )
+    return (
+        f"SELECT x.member_id, k.* FROM {SUMMARY_TABLE} x CROSS JOIN LATERAL ({kept}) AS k"
+        " WHERE x.event = %s AND k.ranks IS NOT NULL"
+    )
+
+
+def funnel_members_summary_sql(
+    spec: FunnelSpec, *, start: datetime, end: datetime, analysed: AnalysedMembers, step_groups: bool = True
+) -> tuple[str, list[Any]]:
+    """``funnel_members_sql``'s rows (the same columns, the same answer: tests hold them to
+    ``funnel_reference``) from the per-member summary instead of the event log, for a funnel
+    the summary answers (``summary_answers``).
+
+    A member's events of each step are sorted arrays in the summary, so no event is sorted
+    here: every step-1 event in ``[start, end)`` is a slice of the step-1 times (two binary
+    searches, ``width_bucket``), and from each event of the chain the next event of the
+    following step is one binary search of that step's ranks (the member's order of events),
+    never a scan. Each member's deepest attempt (the earliest of equally deep, by time and
+    rank: the events' order) is the least of one array per attempt, grouped by member."""
+    n = len(spec.steps)
+    params: list[Any] = []
+    sources = ", ".join(
+        f"f{k} AS NOT MATERIALIZED ({_summary_step(step, params)})" for k, step in enumerate(spec.steps, 1)
+    )
+    joins = "".join(f" LEFT JOIN f{k} ON f{k}.member_id = f1.member_id" for k in range(2, n + 1))
+    # The step-1 events in the range: times[lo + 1 .. hi], where lo counts those before start.
+    params.extend([_microseconds(start) - 1, _microseconds(end) - 1])
+    chain = (
+        " CROSS JOIN LATERAL generate_series(width_bucket(%s::bigint, f1.times) + 1,"
+        " width_bucket(%s::bigint, f1.times)) AS g(i1)"
+        " CROSS JOIN LATERAL (SELECT g.i1, f1.ranks[g.i1] AS r1, f1.times[g.i1] AS t1 OFFSET 0) AS a1"
+    )
+    # The next step-k event after the chain's step-(k-1) event: the first rank above its rank
+    # (past the array's end, or without the step's row: NULL, and so every later step).
+    for k in range(2, n + 1):
+        chain += (
+            f" CROSS JOIN LATERAL (SELECT i{k}, f{k}.ranks[i{k}] AS r{k}, f{k}.times[i{k}] AS t{k}"
+            f" FROM (SELECT width_bucket(a{k - 1}.r{k - 1}, f{k}.ranks) + 1 AS i{k} OFFSET 0) AS q{k}) AS a{k}"
+        )
+    window = spec.window // _MICROSECOND
+    counted = [f"coalesce(a{k}.t{k} <= a1.t1 + {int(window)}, false)::int" for k in range(2, n + 1)]
+    depth = " + ".join(["1", *counted])
+    # Least first: the deepest, then the earliest step 1 (time, then rank); then what is read.
+    key = ", ".join(
+        [f"-({depth})", "a1.t1", "a1.r1", "a1.i1",
+         *(f"a{k}.t{k}" for k in range(2, n + 1)), *(f"a{k}.i{k}" for k in range(2, n + 1))]
+    )  # fmt: skip
+    best = f"SELECT f1.member_id AS member, min(ARRAY[{key}]::bigint[]) AS k FROM f1{joins}{chain} GROUP BY 1"
+    at = "(timestamptz 'epoch' + b.k[{}] * interval '1 microsecond')"
+    times = [
+        at.format(2),
+        *(f"CASE WHEN -b.k[1] >= {k} THEN {at.format(4 + k - 1)} END" for k in range(2, n + 1)),
+    ]
+    index = ["b.k[4]", *(f"b.k[{3 + n + k - 1}]" for k in range(2, n + 1))]
+    if step_groups:
+        # The chain's events found again by their places in the steps' arrays.
+        lookups = "".join(f" LEFT JOIN f{k} AS x{k} ON x{k}.member_id = b.member" for k in range(1, n + 1))
+        channels = [
+            f"CASE WHEN -b.k[1] >= {k} THEN x{k}.channels[{index[k - 1]}] END" for k in range(1, n + 1)
+        ]
+        stores = [f"CASE WHEN -b.k[1] >= {k} THEN x{k}.stores[{index[k - 1]}] END" for k in range(1, n + 1)]
+    else:
+        lookups, channels, stores = "", ["NULL::text"] * n, ["NULL::text"] * n
+    picked = ", ".join(
+        [*(f"{t} AS t{k}" for k, t in enumerate(times, 1)), *(f"{c} AS c{k}" for k, c in enumerate(channels, 1)),
+         *(f"{s} AS s{k}" for k, s in enumerate(stores, 1))]
+    )  # fmt: skip
+    analysed_test, analysed_params = analysed.sql("b.member")
+    params.extend(analysed_params)
+    sql = (
+        f"WITH {sources}, best AS MATERIALIZED ({best})"
+        f" SELECT b.member, -b.k[1] AS depth, {picked} FROM best b{lookups} WHERE {analysed_test}"
+    )
+    return sql, params
+
+
 def funnel_sql(
-    spec: FunnelSpec, *, start: datetime, end: datetime, analysed: AnalysedMembers
+    spec: FunnelSpec,
+    *,
+    start: datetime,
+    end: datetime,
+    analysed: AnalysedMembers,
+    from_summary: bool = False,
 ) -> tuple[str, list[Any]]:
     """The funnel's answer as rows ``(step, group, entered, converted, median_seconds)``,
     grouped by step and breakdown group, over the members ``analysed`` lets in (see
-    ``funnel_members_sql``)."""
-    members, params = funnel_members_sql(
+    ``funnel_members_sql``; with ``from_summary``, ``funnel_members_summary_sql``)."""
+    members_sql = funnel_members_summary_sql if from_summary else funnel_members_sql
+    members, params = members_sql(
         spec, start=start, end=end, analysed=analysed, step_groups=spec.breakdown in STEP_BREAKDOWNS
     )
     n = len(spec.steps)
@@ -313,11 +432,13 @@ def funnel_sql(
 
 
 def funnel_step_members_sql(
-    spec: FunnelSpec, *, start: datetime, end: datetime, step: int, dropped: bool, analysed: AnalysedMembers
-) -> tuple[str, list[Any]]:
+    spec: FunnelSpec, *, start: datetime, end: datetime, step: int, dropped: bool, analysed: AnalysedMembers,
+    from_summary: bool = False,
+) -> tuple[str, list[Any]]:  # fmt: skip
     """The members ``analysed`` lets in who reached ``step`` (``dropped``: and went no
     further), for a static segment: the only way a funnel names members."""
-    members, params = funnel_members_sql(spec, start=start, end=end, analysed=analysed, step_groups=False)
+    members_sql = funnel_members_summary_sql if from_summary else funnel_members_sql
+    members, params = members_sql(spec, start=start, end=end, analysed=analysed, step_groups=False)
     test = f"depth = {int(step)}" if dropped else f"depth >= {int(step)}"
     return f"SELECT f.member FROM ({members}) f WHERE f.{test} ORDER BY f.member", params
 
