@@ -35,14 +35,18 @@ MARK = "funnel_events"
 WORK_MEM = "256MB"
 
 # The summary rows of the events ``events`` (member, id, event, at, channel, store_code): a
-# rank per member in (time, id) order, then the arrays per member and name in rank order.
+# rank per member in (time, id) order, then the arrays per name and member in rank order,
+# written in (name, member) order so that a funnel's read of one name is one stretch of the
+# table. The arrays take their rows in the order of the sorted subquery (one sort for them
+# all: an aggregate's own ORDER BY sorts every group apart, four small sorts per row made).
+# Names compared byte by byte (``COLLATE "C"``): the order only gathers each name's rows.
 _PACKED = (
-    "SELECT member, event, array_agg(rank ORDER BY rank), array_agg(us ORDER BY rank),"
-    " array_agg(channel ORDER BY rank), array_agg(store_code ORDER BY rank)"
-    " FROM (SELECT member, event, channel, store_code,"
+    "SELECT member, name, array_agg(rank), array_agg(us), array_agg(channel), array_agg(store_code)"
+    ' FROM (SELECT member, event COLLATE "C" AS name, channel, store_code,'
     " (extract(epoch FROM at) * 1000000)::bigint AS us,"
-    " row_number() OVER (PARTITION BY member ORDER BY at, id)::int AS rank FROM events) AS ranked"
-    " GROUP BY member, event"
+    " row_number() OVER (PARTITION BY member ORDER BY at, id)::int AS rank FROM events"
+    " ORDER BY name, member, rank) AS ranked"
+    " GROUP BY name, member ORDER BY name, member"
 )
 _COLUMNS = "(member_id, event, ranks, times, channels, stores)"
 

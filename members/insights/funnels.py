@@ -314,56 +314,59 @@ def funnel_members_summary_sql(
     ``funnel_reference``) from the per-member summary instead of the event log, for a funnel
     the summary answers (``summary_answers``).
 
-    A member's events of each step are sorted arrays in the summary, so no event is sorted
-    here: every step-1 event in ``[start, end)`` is a slice of the step-1 times (two binary
-    searches, ``width_bucket``), and from each event of the chain the next event of the
-    following step is one binary search of that step's ranks (the member's order of events),
-    never a scan. Each member's deepest attempt (the earliest of equally deep, by time and
-    rank: the events' order) is the least of one array per attempt, grouped by member."""
+    A member's events of each step are sorted arrays in the summary, so nothing is sorted
+    here: one row per member (its steps' rows joined), its step-1 events in ``[start, end)``
+    a slice of its step-1 times (two binary searches, ``width_bucket``), and from each event
+    of a chain the next event of the following step one binary search of that step's ranks
+    (the member's order of events). Each member's deepest attempt (the earliest of equally
+    deep: step-1 events in their order are in the order of their places in the array) is the
+    least of ``(N - depth, place)`` over its step-1 events, one ``bigint`` each, in a
+    subquery of the member's row; its chain is then followed once more to read its events."""
     n = len(spec.steps)
     params: list[Any] = []
     sources = ", ".join(
         f"f{k} AS NOT MATERIALIZED ({_summary_step(step, params)})" for k, step in enumerate(spec.steps, 1)
     )
     joins = "".join(f" LEFT JOIN f{k} ON f{k}.member_id = f1.member_id" for k in range(2, n + 1))
-    # The step-1 events in the range: times[lo + 1 .. hi], where lo counts those before start.
-    params.extend([_microseconds(start) - 1, _microseconds(end) - 1])
-    chain = (
-        " CROSS JOIN LATERAL generate_series(width_bucket(%s::bigint, f1.times) + 1,"
-        " width_bucket(%s::bigint, f1.times)) AS g(i1)"
-        " CROSS JOIN LATERAL (SELECT g.i1, f1.ranks[g.i1] AS r1, f1.times[g.i1] AS t1 OFFSET 0) AS a1"
-    )
-    # The next step-k event after the chain's step-(k-1) event: the first rank above its rank
-    # (past the array's end, or without the step's row: NULL, and so every later step).
-    for k in range(2, n + 1):
-        chain += (
-            f" CROSS JOIN LATERAL (SELECT i{k}, f{k}.ranks[i{k}] AS r{k}, f{k}.times[i{k}] AS t{k}"
-            f" FROM (SELECT width_bucket(a{k - 1}.r{k - 1}, f{k}.ranks) + 1 AS i{k} OFFSET 0) AS q{k}) AS a{k}"
+
+    def chain(first: str) -> list[str]:
+        """The places i1..iN of the chain from the step-1 event at place ``first``: the next
+        step-k event after the step-(k-1) one is the first rank above its rank (past the
+        array's end, or without the step's row: NULL, and so every later step)."""
+        places = [first]
+        for k in range(2, n + 1):
+            places.append(f"(width_bucket(f{k - 1}.ranks[{places[-1]}], f{k}.ranks) + 1)")
+        return places
+
+    window = int(spec.window // _MICROSECOND)
+    tried = chain("g.i1")
+    # A step counts while its event is within the window of step 1; the chain's times only
+    # grow, so the first step past it (or missing) ends the attempt.
+    depth = (
+        "CASE"
+        + "".join(
+            f" WHEN NOT coalesce(f{k}.times[{tried[k - 1]}] <= f1.times[g.i1] + {window}, false) THEN {k - 1}"
+            for k in range(2, n + 1)
         )
-    window = spec.window // _MICROSECOND
-    counted = [f"coalesce(a{k}.t{k} <= a1.t1 + {int(window)}, false)::int" for k in range(2, n + 1)]
-    depth = " + ".join(["1", *counted])
-    # Least first: the deepest, then the earliest step 1 (time, then rank); then what is read.
-    key = ", ".join(
-        [f"-({depth})", "a1.t1", "a1.r1", "a1.i1",
-         *(f"a{k}.t{k}" for k in range(2, n + 1)), *(f"a{k}.i{k}" for k in range(2, n + 1))]
-    )  # fmt: skip
-    best = f"SELECT f1.member_id AS member, min(ARRAY[{key}]::bigint[]) AS k FROM f1{joins}{chain} GROUP BY 1"
-    at = "(timestamptz 'epoch' + b.k[{}] * interval '1 microsecond')"
+        + f" ELSE {n} END"
+    )
+    # The step-1 events in the range: places lo + 1 .. hi, where lo counts those before start.
+    params.extend([_microseconds(start) - 1, _microseconds(end) - 1])
+    attempts = (
+        f"SELECT min(({n} - {depth})::bigint << 32 | g.i1) AS key"
+        " FROM generate_series(width_bucket(%s::bigint, f1.times) + 1, width_bucket(%s::bigint, f1.times)) AS g(i1)"
+    )
+    best = chain("(a.key & 4294967295)::int")
+    reached = f"({n} - (a.key >> 32))"
     times = [
-        at.format(2),
-        *(f"CASE WHEN -b.k[1] >= {k} THEN {at.format(4 + k - 1)} END" for k in range(2, n + 1)),
+        f"CASE WHEN {reached} >= {k} THEN timestamptz 'epoch' + f{k}.times[{i}] * interval '1 microsecond' END"
+        for k, i in enumerate(best, 1)
     ]
-    index = ["b.k[4]", *(f"b.k[{3 + n + k - 1}]" for k in range(2, n + 1))]
     if step_groups:
-        # The chain's events found again by their places in the steps' arrays.
-        lookups = "".join(f" LEFT JOIN f{k} AS x{k} ON x{k}.member_id = b.member" for k in range(1, n + 1))
-        channels = [
-            f"CASE WHEN -b.k[1] >= {k} THEN x{k}.channels[{index[k - 1]}] END" for k in range(1, n + 1)
-        ]
-        stores = [f"CASE WHEN -b.k[1] >= {k} THEN x{k}.stores[{index[k - 1]}] END" for k in range(1, n + 1)]
+        channels = [f"CASE WHEN {reached} >= {k} THEN f{k}.channels[{i}] END" for k, i in enumerate(best, 1)]
+        stores = [f"CASE WHEN {reached} >= {k} THEN f{k}.stores[{i}] END" for k, i in enumerate(best, 1)]
     else:
-        lookups, channels, stores = "", ["NULL::text"] * n, ["NULL::text"] * n
+        channels, stores = ["NULL::text"] * n, ["NULL::text"] * n
     picked = ", ".join(
         [*(f"{t} AS t{k}" for k, t in enumerate(times, 1)), *(f"{c} AS c{k}" for k, c in enumerate(channels, 1)),
          *(f"{s} AS s{k}" for k, s in enumerate(stores, 1))]
@@ -371,8 +374,10 @@ def funnel_members_summary_sql(
     analysed_test, analysed_params = analysed.sql("b.member")
     params.extend(analysed_params)
     sql = (
-        f"WITH {sources}, best AS MATERIALIZED ({best})"
-        f" SELECT b.member, -b.k[1] AS depth, {picked} FROM best b{lookups} WHERE {analysed_test}"
+        f"WITH {sources}, best AS MATERIALIZED ("
+        f" SELECT f1.member_id AS member, {reached} AS depth, {picked}"
+        f" FROM f1{joins} CROSS JOIN LATERAL ({attempts}) AS a WHERE a.key IS NOT NULL"
+        f") SELECT b.* FROM best b WHERE {analysed_test}"
     )
     return sql, params
 

@@ -248,3 +248,21 @@ def test_a_property_filter_reads_the_log():
             window_hours=24,
         )
     )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("from_summary", [True, False])
+def test_of_equally_deep_attempts_the_earliest_counts(from_summary):
+    # Two attempts two steps deep: the first (app, 60 minutes to the add) is the member's.
+    spec = funnel_parse(steps=[{"event": NAMES[0]}, {"event": NAMES[1]}], window_hours=2, breakdown="channel")
+    events = [_event(NAMES[0], 0, "app"), _event(NAMES[1], 60, "pos"), _event(NAMES[0], 120, "web"),
+              _event(NAMES[1], 200, "pos")]  # fmt: skip
+    with transaction.atomic():
+        written = write([_person(events)])
+        funnel_events.summary_from_scratch()
+        found = answers(spec, start=T0, end=T0 + timedelta(days=1), from_summary=from_summary)
+        assert [(r.step, r.group, r.entered, r.converted, r.median_seconds) for r in found] == [
+            (1, "app", 1, 1, 3600.0), (2, "pos", 1, 0, None)
+        ]  # fmt: skip
+        same_funnel(found, funnel_reference(spec, written.events, start=T0, end=T0 + timedelta(days=1)))
+        transaction.set_rollback(True)
