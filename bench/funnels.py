@@ -9,13 +9,19 @@ page views with a campaign. Part of the members are merged into others (their ev
 resolved to the absorbed member, as insights must follow). Consent to ``analytics`` (what
 insights read): 18 in 20 surviving members granted it, 1 in 20 denied it, 1 in 20 never said.
 
-Timed (best of ``--repeat`` runs, with the machine's load beside them):
+Setup, timed apart: the funnels' per-member summary of events built whole
+(``members.insights.funnel_events.summary_from_scratch``, as the nightly does), its rows and size.
+
+Timed (best of ``--repeat`` runs, wall and the PostgreSQL backend's CPU, with the machine's
+load beside them; ``--serial``: no parallel workers, so the backend's CPU is all a query's):
 
 - **funnel**: ``members.insights.funnels.funnel_sql`` for Product Viewed → Product Added →
   Checkout Started → Order Completed, 7-day window, 90 days, without and with a channel
-  breakdown, and over 14 days (a short range of a longer log); beside (a) the floor: one grouped pass counting the members of each step's events
-  (no funnel can read less), and (b) a hand-written funnel of the same answer (the events copied
-  into an indexed temporary table, each step found by a LATERAL probe), checked equal;
+  breakdown, and over 14 days (a short range of a longer log), first from the summary (what
+  funnels read while it is up to date), then from the log (checked equal); beside (a) the
+  floor: one grouped pass over the log counting the members of each step's events (no funnel
+  over the log can read less), and (b) a hand-written funnel of the same answer (the events
+  copied into an indexed temporary table, each step found by a LATERAL probe), checked equal;
 - **attribution**: ``members.insights.attribution.attribution_sql`` (five models) for the last
   30 days by channel, beside a hand-written linear-only query, checked equal on linear.
 
