@@ -352,10 +352,12 @@ def funnel_members_summary_sql(
     )
     # The step-1 events in the range: places lo + 1 .. hi, where lo counts those before start.
     params.extend([_microseconds(start) - 1, _microseconds(end) - 1])
-    attempts = (
-        f"SELECT min(({n} - {depth})::bigint << 32 | g.i1) AS key"
-        " FROM generate_series(width_bucket(%s::bigint, f1.times) + 1, width_bucket(%s::bigint, f1.times)) AS g(i1)"
+    # A member without any (lo = hi) is passed over before its subquery runs.
+    sliced = (
+        " CROSS JOIN LATERAL (SELECT width_bucket(%s::bigint, f1.times) AS lo,"
+        " width_bucket(%s::bigint, f1.times) AS hi) AS r"
     )
+    attempts = f"SELECT min(({n} - {depth})::bigint << 32 | g.i1) AS key FROM generate_series(r.lo + 1, r.hi) AS g(i1)"
     best = chain("(a.key & 4294967295)::int")
     reached = f"({n} - (a.key >> 32))"
     times = [
@@ -376,7 +378,7 @@ def funnel_members_summary_sql(
     sql = (
         f"WITH {sources}, best AS MATERIALIZED ("
         f" SELECT f1.member_id AS member, {reached} AS depth, {picked}"
-        f" FROM f1{joins} CROSS JOIN LATERAL ({attempts}) AS a WHERE a.key IS NOT NULL"
+        f" FROM f1{joins}{sliced} CROSS JOIN LATERAL ({attempts}) AS a WHERE r.hi > r.lo"
         f") SELECT b.* FROM best b WHERE {analysed_test}"
     )
     return sql, params
