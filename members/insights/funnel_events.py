@@ -14,8 +14,9 @@ How it stays exact:
   takes from the queue (``DirtyMember``: merges, splits, late events, refunds, anything the
   members refresh recomputed), in the batch's transaction: every row of the members and of
   their survivors deleted, and rebuilt from their events as they are now (``summary_rebuild``).
-- **Whole**: ``summary_from_scratch`` (``compute_insights``, and the nightly after the
-  rollups, which also puts right what changed outside the members refresh: an erasure).
+- **Whole**: ``summary_from_scratch`` (``compute_insights`` and the nightly task, after the
+  rollups, which it follows apart: ``services.compute_from`` is the rollups only), which also
+  puts right what changed outside the members refresh (an erasure).
 - **Read only when up to date** (``summary_ready``): built whole at least once since the last
   time the queue was emptied without it (``_from_scratch`` of the rollups clears the mark), and
   no member waiting in the queue. Otherwise funnels read the event log, as before.
@@ -86,8 +87,13 @@ def summary_rebuild(member_ids: Sequence[int]) -> None:
 
 
 def summary_from_scratch() -> int:
-    """The whole summary again from the event log (one scan and one sort), in one transaction
-    that replaces it; marks it up to date. Returns the rows written."""
+    """The whole summary again from the event log (one scan and two sorts), in one transaction
+    that replaces it; marks it up to date. Returns the rows written.
+
+    Marked not up to date first, committed: funnels then read the log and never wait on the
+    table's lock while it is emptied and written."""
+    with transaction.atomic():
+        summary_mark(built=False)
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
         cursor.execute(f"TRUNCATE {TABLE}")

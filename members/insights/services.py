@@ -97,12 +97,10 @@ def compute_from(*, since: date | None) -> dict[str, int]:
     """Everything again (``manage.py compute_insights``): every member's facts are read again
     (the changed ones rolled up as ``insights_refresh`` does), then every day from ``since`` is
     rolled up again from the stored facts of every member, whether or not it changed. Without
-    ``since``, from scratch (``_from_scratch``). Then the funnels' summary whole, in a
-    transaction of its own (``funnel_events.summary_from_scratch``)."""
+    ``since``, from scratch (``_from_scratch``). The funnels' summary is not built here
+    (``funnel_events.summary_from_scratch``: the nightly and ``compute_insights`` run it next)."""
     if since is None:
-        done = _from_scratch()
-        done["funnel_rows"] = funnel_events.summary_from_scratch()
-        return done
+        return _from_scratch()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {DirtyMember._meta.db_table} (member_id) SELECT id FROM {Member._meta.db_table} "  # noqa: S608
@@ -125,7 +123,6 @@ def compute_from(*, since: date | None) -> dict[str, int]:
             count = f"SELECT count(DISTINCT day) FROM {DailyRollup._meta.db_table} WHERE day >= %s"  # noqa: S608
             cursor.execute(count, [since])
             done["days"] = cursor.fetchone()[0]
-    done["funnel_rows"] = funnel_events.summary_from_scratch()
     return done
 
 
@@ -156,7 +153,7 @@ def _from_scratch() -> dict[str, int]:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK])
             cursor.execute(f"DELETE FROM {DirtyMember._meta.db_table}")  # noqa: S608
             # The queue's members are rolled up here but their funnel summaries are not: funnels
-            # read the log until the summary is built whole again (compute_from does it next).
+            # read the log until the summary is built whole again (the nightly does it next).
             funnel_events.summary_mark(built=False)
             snapshot = None
             if not inline:
