@@ -17,9 +17,10 @@ How it stays exact:
 - **Whole**: ``summary_from_scratch`` (``compute_insights`` and the nightly task, after the
   rollups, which it follows apart: ``services.compute_from`` is the rollups only), which also
   puts right what changed outside the members refresh (an erasure).
-- **Read only when up to date** (``summary_ready``): built whole at least once since the last
-  time the queue was emptied without it (``_from_scratch`` of the rollups clears the mark), and
-  no member waiting in the queue. Otherwise funnels read the event log, as before.
+- **Read only where up to date** (``READY_SQL``): built whole at least once since the last
+  time the queue was emptied without it (``_from_scratch`` of the rollups clears the mark);
+  the members waiting in the queue are read from the log beside it (``funnels.PENDING``), up
+  to ``MAX_PENDING`` of them. Otherwise funnels read the event log, as before.
 """
 
 from collections.abc import Sequence
@@ -120,8 +121,13 @@ def summary_mark(*, built: bool) -> None:
         )
 
 
-#: True when funnels may read the summary: built whole, kept since, and nobody queued.
+#: The most queued members a funnel reads from the log beside the summary (an index walk each);
+#: with more waiting (a backlog: a big merge run, an import) the whole funnel reads the log.
+MAX_PENDING = 20_000
+#: True when funnels may read the summary: built whole and kept since, and at most
+#: ``MAX_PENDING`` members queued (those the funnel reads from the log).
 READY_SQL = (
     f"SELECT EXISTS (SELECT 1 FROM {RollupWatermark._meta.db_table} WHERE name = '{MARK}' AND value = 1)"  # noqa: S608
-    f" AND NOT EXISTS (SELECT 1 FROM {DirtyMember._meta.db_table})"
+    f" AND (SELECT count(*) FROM (SELECT 1 FROM {DirtyMember._meta.db_table} LIMIT {MAX_PENDING + 1}) AS q)"
+    f" <= {MAX_PENDING}"
 )

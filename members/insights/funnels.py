@@ -159,8 +159,9 @@ def _step_test(step: EventFilter, columns: Mapping[str, str], params: list[Any])
 
 
 def funnel_members_sql(
-    spec: FunnelSpec, *, start: datetime, end: datetime, analysed: AnalysedMembers, step_groups: bool = True
-) -> tuple[str, list[Any]]:
+    spec: FunnelSpec, *, start: datetime, end: datetime, analysed: AnalysedMembers, step_groups: bool = True,
+    only_pending: bool = False,
+) -> tuple[str, list[Any]]:  # fmt: skip
     """A query of one row per analysed member with an attempt: ``member, depth, t1..tN`` (the
     times of the steps filled, NULL beyond the depth), ``c1..cN`` (their channels) and
     ``s1..sN`` (their store codes; with ``step_groups`` only, else NULL), per the module's
@@ -179,7 +180,11 @@ def funnel_members_sql(
     With ``step_groups`` the chain's events themselves are needed (their channels and stores):
     each event gets its rank ``rd`` in that order (1: the member's latest), the chain carries
     the running ``max`` of ranks beside the times, and the chain's events are found again by
-    rank among every event's row (kept then through all levels)."""
+    rank among every event's row (kept then through all levels).
+
+    ``only_pending``: the members waiting in the rollup job's queue only (``PENDING``), their
+    events found through their resolutions (an index walk per member), not by a scan: the part
+    of a funnel read from the summary whose summaries may be behind."""
     n = len(spec.steps)
     params: list[Any] = []
     keys = sorted({key for step in spec.steps for key, _ in step.where if key.startswith("properties.")})
@@ -243,9 +248,16 @@ def funnel_members_sql(
     sql = (
         "WITH events AS ("
         f" SELECT COALESCE(m.merged_into_id, m.id) AS member, e.id, e.event, e.timestamp AS at, e.channel, e.store_code{extract}"
-        " FROM events_event e JOIN identity_eventresolution r ON r.event_id = e.id"
-        " JOIN members_member m ON m.id = r.member_id"
-        " WHERE e.timestamp >= %s AND e.timestamp < %s AND e.event = ANY(%s::text[])"
+        + (
+            f" FROM ({PENDING}) AS p JOIN members_member m"
+            " ON m.id = p.id AND m.merged_into_id IS NULL OR m.merged_into_id = p.id"
+            " CROSS JOIN LATERAL (SELECT ev.* FROM identity_eventresolution r CROSS JOIN LATERAL"
+            " (SELECT * FROM events_event WHERE id = r.event_id OFFSET 0) AS ev WHERE r.member_id = m.id OFFSET 0) AS e"
+            if only_pending
+            else " FROM events_event e JOIN identity_eventresolution r ON r.event_id = e.id"
+            " JOIN members_member m ON m.id = r.member_id"
+        )
+        + " WHERE e.timestamp >= %s AND e.timestamp < %s AND e.event = ANY(%s::text[])"
         "), flagged AS ("
         f" SELECT e.member, e.id, e.at{', e.channel, e.store_code' if step_groups else ''}, {flags} FROM events e"
         f"), chains AS {'MATERIALIZED ' if step_groups else ''}({level}"
@@ -272,6 +284,20 @@ SUMMARY_TABLE = "insights_memberfunnelevents"
 SUMMARY_KEYS = frozenset({"channel", "store_code"})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+
+
+#: The members whose summaries may be behind the log: waiting in the rollup job's queue
+#: (``insights_dirtymember``), read as their survivors; a funnel reads these from the log.
+PENDING = (
+    "SELECT DISTINCT COALESCE(m.merged_into_id, m.id) AS id FROM insights_dirtymember d"
+    " JOIN members_member m ON m.id = d.member_id"
+)
+#: The summary rows not read: of the queued members, their survivors, and every member merged
+#: into one of those (rows a merge left behind until the job takes the survivor).
+_STALE = (
+    "SELECT member_id AS id FROM insights_dirtymember UNION SELECT id FROM pending"
+    " UNION SELECT m.id FROM members_member m WHERE m.merged_into_id IN (SELECT id FROM pending)"
+)
 
 
 def summary_answers(spec: FunnelSpec) -> bool:
@@ -321,7 +347,12 @@ def funnel_members_summary_sql(
     (the member's order of events). Each member's deepest attempt (the earliest of equally
     deep: step-1 events in their order are in the order of their places in the array) is the
     least of ``(N - depth, place)`` over its step-1 events, one ``bigint`` each, in a
-    subquery of the member's row; its chain is then followed once more to read its events."""
+    subquery of the member's row; its chain is then followed once more to read its events.
+
+    The members waiting in the rollup job's queue (``PENDING``: a merge, a split, a late event
+    not yet in their summaries) are read from the log instead (``funnel_members_sql`` with
+    ``only_pending``), and their summary rows, and those of members merged into them, not at
+    all: a queue of a few thousand members costs their index walks, not a scan of the log."""
     n = len(spec.steps)
     params: list[Any] = []
     sources = ", ".join(
@@ -375,11 +406,18 @@ def funnel_members_summary_sql(
     )  # fmt: skip
     analysed_test, analysed_params = analysed.sql("b.member")
     params.extend(analysed_params)
+    pending, pending_params = funnel_members_sql(
+        spec, start=start, end=end, analysed=analysed, step_groups=step_groups, only_pending=True
+    )
+    params.extend(pending_params)
     sql = (
-        f"WITH {sources}, best AS MATERIALIZED ("
+        f"WITH {sources}, pending AS MATERIALIZED ({PENDING}), stale AS MATERIALIZED ({_STALE}),"
+        " best AS MATERIALIZED ("
         f" SELECT f1.member_id AS member, {reached} AS depth, {picked}"
-        f" FROM f1{joins}{sliced} CROSS JOIN LATERAL ({attempts}) AS a WHERE r.hi > r.lo"
+        f" FROM f1{joins}{sliced} CROSS JOIN LATERAL ({attempts}) AS a"
+        " WHERE r.hi > r.lo AND f1.member_id NOT IN (SELECT id FROM stale)"
         f") SELECT b.* FROM best b WHERE {analysed_test}"
+        f" UNION ALL SELECT * FROM ({pending}) AS queued"
     )
     return sql, params
 

@@ -79,7 +79,7 @@ class MemberFunnelEvents(models.Model):
     events (time, then event id): ``ranks`` (the event's place in that order among all the
     member's named events, from 1), ``times`` (microseconds since the Unix epoch), ``channels``
     and ``stores``. Funnels read these instead of the event log while they are up to date
-    (``funnel_events.summary_ready``); rebuilt per changed member by the rollup job and whole
+    (``funnel_events.READY_SQL``); rebuilt per changed member by the rollup job and whole
     by the nightly. Derived: ``manage.py compute_insights`` rebuilds it."""
 
     pk = models.CompositePrimaryKey("event", "member_id")
