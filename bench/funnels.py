@@ -9,13 +9,19 @@ page views with a campaign. Part of the members are merged into others (their ev
 resolved to the absorbed member, as insights must follow). Consent to ``analytics`` (what
 insights read): 18 in 20 surviving members granted it, 1 in 20 denied it, 1 in 20 never said.
 
-Timed (best of ``--repeat`` runs, with the machine's load beside them):
+Setup, timed apart: the funnels' per-member summary of events built whole
+(``members.insights.funnel_events.summary_from_scratch``, as the nightly does), its rows and size.
+
+Timed (best of ``--repeat`` runs, wall and the PostgreSQL backend's CPU, with the machine's
+load beside them; ``--serial``: no parallel workers, so the backend's CPU is all a query's):
 
 - **funnel**: ``members.insights.funnels.funnel_sql`` for Product Viewed → Product Added →
   Checkout Started → Order Completed, 7-day window, 90 days, without and with a channel
-  breakdown, and over 14 days (a short range of a longer log); beside (a) the floor: one grouped pass counting the members of each step's events
-  (no funnel can read less), and (b) a hand-written funnel of the same answer (the events copied
-  into an indexed temporary table, each step found by a LATERAL probe), checked equal;
+  breakdown, and over 14 days (a short range of a longer log), first from the summary (what
+  funnels read while it is up to date), then from the log (checked equal); beside (a) the
+  floor: one grouped pass over the log counting the members of each step's events (no funnel
+  over the log can read less), and (b) a hand-written funnel of the same answer (the events
+  copied into an indexed temporary table, each step found by a LATERAL probe), checked equal;
 - **attribution**: ``members.insights.attribution.attribution_sql`` (five models) for the last
   30 days by channel, beside a hand-written linear-only query, checked equal on linear.
 
@@ -32,6 +38,7 @@ import os
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -153,20 +160,35 @@ HAND_LINEAR = (
 )
 
 
+def backend_cpu(cursor: psycopg.Cursor) -> float:
+    """CPU seconds so far of this cursor's PostgreSQL backend (user + system, /proc/<pid>/stat;
+    parallel workers not counted: ``--serial`` runs without them)."""
+    pid = cursor.connection.info.backend_pid
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+#: The PostgreSQL backend's CPU seconds of each result's best run, by result name.
+CPU: dict[str, float] = {}
+
+
 def timed(
     cursor: psycopg.Cursor, statements: list[tuple[str, Any]], repeat: int, *, after: str = ""
 ) -> tuple[float, list[Any]]:
     """The best wall time of running ``statements`` in order, and the last one's rows;
-    ``after`` (untimed) cleans up after each run."""
-    best, rows = float("inf"), []
+    ``after`` (untimed) cleans up after each run. The backend's CPU seconds of the least
+    costly run are left in ``timed.cpu``."""
+    best, rows, cpu = float("inf"), [], float("inf")
     for _ in range(repeat):
-        began = time.perf_counter()
+        began, used = time.perf_counter(), backend_cpu(cursor)
         for sql, params in statements:
             cursor.execute(sql, params)
         rows = cursor.fetchall() if cursor.description else []
         best = min(best, time.perf_counter() - began)
+        cpu = min(cpu, backend_cpu(cursor) - used)
         if after:
             cursor.execute(after)
+    timed.cpu = cpu  # type: ignore[attr-defined]
     return best, rows
 
 
@@ -204,12 +226,38 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--no-docs", action="store_true", help="Print only; leave docs/benchmarks.md alone.")
+    parser.add_argument(
+        "--serial", action="store_true",
+        help="No parallel workers (max_parallel_workers_per_gather = 0): the backend's CPU is all the query's.",
+    )  # fmt: skip
     args = parser.parse_args()
     build(args)
     harness.django_setup(ENV)
+    from django.db import connection as django_connection
+
     from members.insights.attribution import MODELS, AttributionSpec, attribution_sql
+    from members.insights.funnel_events import summary_from_scratch
     from members.insights.funnel_services import WORK_MEM, analysed_members
     from members.insights.funnels import funnel_parse, funnel_sql
+
+    # Setup, timed apart: the funnels' per-member summary built whole, as the nightly does.
+    with django_connection.cursor() as cursor:
+        cursor.execute("SET jit = off")
+        if args.serial:
+            cursor.execute("SET max_parallel_workers_per_gather = 0")
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    began, used = time.perf_counter(), int(fields[11]) + int(fields[12])
+    summary_rows = summary_from_scratch()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    summary_wall = time.perf_counter() - began
+    summary_cpu = (int(fields[11]) + int(fields[12]) - used) / os.sysconf("SC_CLK_TCK")
+    with django_connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE insights_memberfunnelevents")
+        cursor.execute("SELECT pg_total_relation_size('insights_memberfunnelevents')")
+        summary_bytes = cursor.fetchone()[0]
+    django_connection.close()
 
     start, end = END - timedelta(days=90), END
     window = timedelta(days=7)
@@ -217,32 +265,63 @@ def main() -> None:
     by_channel = funnel_parse(steps=[{"event": s} for s in STEPS], window_hours=168, breakdown="channel")
     results: list[tuple[str, float, str]] = []
     load_before = os.getloadavg()
+    results.append((
+        "setup: the funnels' summary built whole (`summary_from_scratch`)", summary_wall,
+        f"{summary_rows:,} rows, {summary_bytes / 2**20:,.0f} MB",
+    ))  # fmt: skip
+    CPU[results[-1][0]] = summary_cpu
     with psycopg.connect(URL) as connection, connection.cursor() as cursor:
         cursor.execute("SET jit = off")  # as the platform's settings do (config/settings/base.py)
         cursor.execute(f"SET work_mem = '{WORK_MEM}'")  # as funnel_services sets for each insight query
+        if args.serial:
+            cursor.execute("SET max_parallel_workers_per_gather = 0")
         analysed = analysed_members()
-        sql, params = funnel_sql(plain, start=start, end=end, analysed=analysed)
-        ours, rows = timed(cursor, [(sql, params)], args.repeat)
-        entered = {step: n for step, _, n, _, _ in rows}
-        results.append(
-            ("funnel, 4 steps, 90 days (`funnel_sql`)", ours, f"{entered.get(1, 0):,} members at step 1")
-        )
-        sql, params = funnel_sql(by_channel, start=start, end=end, analysed=analysed)
-        broken, _ = timed(cursor, [(sql, params)], args.repeat)
-        results.append(("… by channel of each step", broken, ""))
-        sql, params = funnel_sql(plain, start=end - timedelta(days=14), end=end, analysed=analysed)
-        fortnight, rows = timed(cursor, [(sql, params)], args.repeat)
-        results.append(("… over 14 days", fortnight, f"{rows[0][2] if rows else 0:,} members at step 1"))
+        entered: dict[int, int] = {}
+        # Each funnel from the summary (what funnels read when it is up to date), then from the
+        # log (what they read otherwise, and before it): the same rows, checked equal.
+        for label, from_summary in (("from the summary", True), ("from the log", False)):
+            sql, params = funnel_sql(
+                plain, start=start, end=end, analysed=analysed, from_summary=from_summary
+            )
+            ours, rows = timed(cursor, [(sql, params)], args.repeat)
+            name = f"funnel, 4 steps, 90 days (`funnel_sql`), {label}"
+            results.append((name, ours, f"{rows[0][2] if rows else 0:,} members at step 1"))
+            CPU[name] = timed.cpu  # type: ignore[attr-defined]
+            if from_summary:
+                entered = {step: n for step, _, n, _, _ in rows}
+                first = rows
+            else:
+                assert rows == first, (rows, first)
+            sql, params = funnel_sql(
+                by_channel, start=start, end=end, analysed=analysed, from_summary=from_summary
+            )
+            broken, rows = timed(cursor, [(sql, params)], args.repeat)
+            results.append((f"… by channel of each step, {label}", broken, ""))
+            CPU[results[-1][0]] = timed.cpu  # type: ignore[attr-defined]
+            if from_summary:
+                first_by_channel = rows
+            else:
+                assert rows == first_by_channel
+            sql, params = funnel_sql(
+                plain, start=end - timedelta(days=14), end=end, analysed=analysed, from_summary=from_summary
+            )
+            fortnight, rows = timed(cursor, [(sql, params)], args.repeat)
+            results.append(
+                (f"… over 14 days, {label}", fortnight, f"{rows[0][2] if rows else 0:,} members at step 1")
+            )
+            CPU[results[-1][0]] = timed.cpu  # type: ignore[attr-defined]
         named = {"start": start, "end": end, "horizon": end + window, "steps": list(STEPS), "window": window,
                  **{f"s{k}": s for k, s in enumerate(STEPS, 1)}}  # fmt: skip
         floor, _ = timed(cursor, [(FLOOR, named)], args.repeat)
         results.append(("limit: one grouped pass over the same events (floor)", floor, ""))
+        CPU[results[-1][0]] = timed.cpu  # type: ignore[attr-defined]
         hand, depth = timed(
             cursor, [(s, named) for s in HAND_FUNNEL[:-1]], args.repeat, after=HAND_FUNNEL[-1]
         )
         reached = {k: sum(n for d, n in depth if d >= k) for k in range(1, 5)}
         assert reached == {k: entered.get(k, 0) for k in range(1, 5)}, (reached, entered)
         results.append(("limit: hand-written LATERAL funnel, same answer", hand, "equal per step"))
+        CPU[results[-1][0]] = timed.cpu  # type: ignore[attr-defined]
 
         month = AttributionSpec(timedelta(days=30), timedelta(days=7), "channel")
         a_start = END - timedelta(days=30)
@@ -251,10 +330,12 @@ def main() -> None:
         linear = {row[0]: row[1 + MODELS.index("linear")] for row in credits}
         results.append(("attribution, 30 days, 5 models by channel (`attribution_sql`)", ours_a,
                         f"{sum(linear.values()):,.2f} CNY credited"))  # fmt: skip
+        CPU[results[-1][0]] = timed.cpu  # type: ignore[attr-defined]
         named = {"start": a_start, "end": END, "since": a_start - month.lookback, "lookback": month.lookback}
         hand_a, by_hand = timed(cursor, [(HAND_LINEAR, named)], args.repeat)
         assert all(abs(linear[channel] - value) <= 0.05 for channel, value in by_hand), (linear, by_hand)
         results.append(("limit: hand-written linear only", hand_a, "equal on linear"))
+        CPU[results[-1][0]] = timed.cpu  # type: ignore[attr-defined]
     load_after = os.getloadavg()
     cpus = os.cpu_count()
     uptime = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
@@ -262,11 +343,15 @@ def main() -> None:
         f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {args.members:,} members, {args.events:,} events over {DAYS} days",
         "",
         f"{cpus} CPUs; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (`{uptime}`);"
-        f" best of {args.repeat}; JIT off, work_mem {WORK_MEM} (as the service sets it).",
+        f" best of {args.repeat}; JIT off, work_mem {WORK_MEM} (as the service sets it)"
+        + ("; no parallel workers (`--serial`)." if args.serial else "."),
         "",
-        "| query | time | note |",
-        "|---|---:|---|",
-        *(f"| {name} | {seconds * 1000:,.0f} ms | {note} |" for name, seconds, note in results),
+        "| query | time | backend CPU | note |",
+        "|---|---:|---:|---|",
+        *(
+            f"| {name} | {seconds * 1000:,.0f} ms | {CPU.get(name, float('nan')) * 1000:,.0f} ms | {note} |"
+            for name, seconds, note in results
+        ),
     ]
     section = "\n".join(lines)
     print(section)

@@ -315,6 +315,9 @@ INSIGHTS_NIGHTLY_AT = env("INSIGHTS_NIGHTLY_AT", default="04:45")
 #: Connections the KPI rollups from scratch read the members on at once, a part of them each
 #: (members/insights/services.py ``_from_scratch``): each is one PostgreSQL backend, one core.
 INSIGHTS_NIGHTLY_CONNECTIONS = env.int("INSIGHTS_NIGHTLY_CONNECTIONS", default=2)
+#: Funnels read the per-member summary of events (members/insights/funnel_events.py) when it
+#: answers the funnel and is up to date; False: always the event log (docs/insights-funnels.md).
+INSIGHTS_FUNNEL_SUMMARY = env.bool("INSIGHTS_FUNNEL_SUMMARY", default=True)
 # A worker vacuums the queue after every this many events it claimed (0: never, leaving it to
 # autovacuum): claims take the oldest rows, and each claim walks the index entries of every
 # row claimed before it until a vacuum removes them, which grows with a backlog.

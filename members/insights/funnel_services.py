@@ -13,7 +13,7 @@ statement; never stated is not granted). The others are in no count, sum, median
 step segment, as if they had no events or orders.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -23,13 +23,22 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from cdp.replica import read_connection
 from members.consent.selectors import consent_granted_sql
+from members.insights import funnel_events
 from members.insights.analysed import AnalysedMembers
 from members.insights.attribution import AttributionSpec, Credit, attribution_sql, credits_from_rows
 from members.insights.cohorts import CohortCell, CohortSpec, cohorts_sql
-from members.insights.funnels import FunnelRow, FunnelSpec, funnel_parse, funnel_sql, funnel_step_members_sql
+from members.insights.funnels import (
+    FunnelRow,
+    FunnelSpec,
+    funnel_parse,
+    funnel_sql,
+    funnel_step_members_sql,
+    summary_answers,
+)
 from members.insights.models import CampaignSpend, Funnel
 from members.insights.spend import RoiRow, SpendLine, roi_table, spend_by, spend_csv_parse
 from members.segments.definitions.segments import segment_create
@@ -108,11 +117,18 @@ def date_range_parse(
 
 
 def _rows(sql: str, params: Sequence[Any]) -> list[tuple]:
+    return _rows_of(lambda _reading: (sql, params))
+
+
+def _rows_of(query: Callable[[BaseDatabaseWrapper], tuple[str, Sequence[Any]]]) -> list[tuple]:
+    """The rows of the query ``query`` builds on the connection that runs it, in the
+    transaction that runs it (what it checks first is what it then reads)."""
     # On the replica inside ``replica_reads`` (the results views): SET LOCAL is allowed there.
     reading = read_connection()
     with transaction.atomic(using=reading.alias), reading.cursor() as cursor:
         cursor.execute(f"SET LOCAL statement_timeout = {int(STATEMENT_TIMEOUT_MS)}")
         cursor.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
+        sql, params = query(reading)
         cursor.execute(sql, params)
         return cursor.fetchall()
 
@@ -137,12 +153,30 @@ def _segments_check(spec: FunnelSpec) -> None:
 
 
 def funnel_results(*, spec: FunnelSpec, dates: DateRange) -> list[FunnelRow]:
-    """The funnel over members whose step 1 falls in ``dates`` (``funnels.funnel_sql``)."""
-    sql, params = funnel_sql(spec, start=dates.start, end=dates.end, analysed=analysed_members())
+    """The funnel over members whose step 1 falls in ``dates`` (``funnels.funnel_sql``), from
+    the per-member summary when it answers the funnel and is up to date, else from the log."""
+
+    def query(reading: BaseDatabaseWrapper) -> tuple[str, list[Any]]:
+        from_summary = _from_summary(spec, reading)
+        return funnel_sql(
+            spec, start=dates.start, end=dates.end, analysed=analysed_members(), from_summary=from_summary
+        )
+
     return [
         FunnelRow(step, group, entered, converted, None if median is None else float(median))
-        for step, group, entered, converted, median in _rows(sql, params)
+        for step, group, entered, converted, median in _rows_of(query)
     ]
+
+
+def _from_summary(spec: FunnelSpec, reading: BaseDatabaseWrapper) -> bool:
+    """Whether this funnel reads the summary (``funnel_events``): allowed by settings, a funnel
+    whose steps test only names, channels and stores, and the summary up to date, as seen by
+    the transaction that will read it."""
+    if not settings.INSIGHTS_FUNNEL_SUMMARY or not summary_answers(spec):
+        return False
+    with reading.cursor() as cursor:
+        cursor.execute(funnel_events.READY_SQL)
+        return bool(cursor.fetchone()[0])
 
 
 @transaction.atomic
@@ -179,10 +213,14 @@ def funnel_step_segment(
     the only list of members a funnel gives, under the segment rules and consent from then on."""
     if not 1 <= step <= len(spec.steps):
         raise InsightRefused("Bad step.", [("step", f"a step from 1 to {len(spec.steps)}")])
-    sql, params = funnel_step_members_sql(
-        spec, start=dates.start, end=dates.end, step=step, dropped=dropped, analysed=analysed_members()
-    )
-    members = [row[0] for row in _rows(sql, params)]
+
+    def query(reading: BaseDatabaseWrapper) -> tuple[str, list[Any]]:
+        return funnel_step_members_sql(
+            spec, start=dates.start, end=dates.end, step=step, dropped=dropped, analysed=analysed_members(),
+            from_summary=_from_summary(spec, reading),
+        )  # fmt: skip
+
+    members = [row[0] for row in _rows_of(query)]
     segment = segment_create(key=key, name=name, kind=Segment.Kind.STATIC, by=by, channel=channel, description=(
         f"Members at funnel step {step}{' who went no further' if dropped else ''}, {dates.first}..{dates.last}"
     )[:500])  # fmt: skip

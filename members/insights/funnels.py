@@ -35,7 +35,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from members.insights.analysed import AnalysedMembers
@@ -159,8 +159,9 @@ def _step_test(step: EventFilter, columns: Mapping[str, str], params: list[Any])
 
 
 def funnel_members_sql(
-    spec: FunnelSpec, *, start: datetime, end: datetime, analysed: AnalysedMembers, step_groups: bool = True
-) -> tuple[str, list[Any]]:
+    spec: FunnelSpec, *, start: datetime, end: datetime, analysed: AnalysedMembers, step_groups: bool = True,
+    only_pending: bool = False,
+) -> tuple[str, list[Any]]:  # fmt: skip
     """A query of one row per analysed member with an attempt: ``member, depth, t1..tN`` (the
     times of the steps filled, NULL beyond the depth), ``c1..cN`` (their channels) and
     ``s1..sN`` (their store codes; with ``step_groups`` only, else NULL), per the module's
@@ -179,7 +180,11 @@ def funnel_members_sql(
     With ``step_groups`` the chain's events themselves are needed (their channels and stores):
     each event gets its rank ``rd`` in that order (1: the member's latest), the chain carries
     the running ``max`` of ranks beside the times, and the chain's events are found again by
-    rank among every event's row (kept then through all levels)."""
+    rank among every event's row (kept then through all levels).
+
+    ``only_pending``: the members waiting in the rollup job's queue only (``PENDING``), their
+    events found through their resolutions (an index walk per member), not by a scan: the part
+    of a funnel read from the summary whose summaries may be behind."""
     n = len(spec.steps)
     params: list[Any] = []
     keys = sorted({key for step in spec.steps for key, _ in step.where if key.startswith("properties.")})
@@ -243,9 +248,16 @@ def funnel_members_sql(
     sql = (
         "WITH events AS ("
         f" SELECT COALESCE(m.merged_into_id, m.id) AS member, e.id, e.event, e.timestamp AS at, e.channel, e.store_code{extract}"
-        " FROM events_event e JOIN identity_eventresolution r ON r.event_id = e.id"
-        " JOIN members_member m ON m.id = r.member_id"
-        " WHERE e.timestamp >= %s AND e.timestamp < %s AND e.event = ANY(%s::text[])"
+        + (
+            f" FROM ({PENDING}) AS p JOIN members_member m"
+            " ON m.id = p.id AND m.merged_into_id IS NULL OR m.merged_into_id = p.id"
+            " CROSS JOIN LATERAL (SELECT ev.* FROM identity_eventresolution r CROSS JOIN LATERAL"
+            " (SELECT * FROM events_event WHERE id = r.event_id OFFSET 0) AS ev WHERE r.member_id = m.id OFFSET 0) AS e"
+            if only_pending
+            else " FROM events_event e JOIN identity_eventresolution r ON r.event_id = e.id"
+            " JOIN members_member m ON m.id = r.member_id"
+        )
+        + " WHERE e.timestamp >= %s AND e.timestamp < %s AND e.event = ANY(%s::text[])"
         "), flagged AS ("
         f" SELECT e.member, e.id, e.at{', e.channel, e.store_code' if step_groups else ''}, {flags} FROM events e"
         f"), chains AS {'MATERIALIZED ' if step_groups else ''}({level}"
@@ -264,13 +276,165 @@ def funnel_members_sql(
     return sql, params
 
 
+# --- from the per-member summary ------------------------------------------------------------------
+
+#: The per-member summary of the events funnels can use (``models.MemberFunnelEvents``).
+SUMMARY_TABLE = "insights_memberfunnelevents"
+#: The ``where`` keys the summary keeps: a step filtering on ``properties.*`` reads the log.
+SUMMARY_KEYS = frozenset({"channel", "store_code"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+#: The members whose summaries may be behind the log: waiting in the rollup job's queue
+#: (``insights_dirtymember``), read as their survivors; a funnel reads these from the log.
+PENDING = (
+    "SELECT DISTINCT COALESCE(m.merged_into_id, m.id) AS id FROM insights_dirtymember d"
+    " JOIN members_member m ON m.id = d.member_id"
+)
+#: The summary rows not read: of the queued members, their survivors, and every member merged
+#: into one of those (rows a merge left behind until the job takes the survivor).
+_STALE = (
+    "SELECT member_id AS id FROM insights_dirtymember UNION SELECT id FROM pending"
+    " UNION SELECT m.id FROM members_member m WHERE m.merged_into_id IN (SELECT id FROM pending)"
+)
+
+
+def summary_answers(spec: FunnelSpec) -> bool:
+    """Whether the summary holds everything this funnel's steps test: their names, channels
+    and stores, not event properties (those steps read the event log, ``funnel_members_sql``)."""
+    return all(key in SUMMARY_KEYS for step in spec.steps for key, _ in step.where)
+
+
+def _microseconds(at: datetime) -> int:
+    return (at - _EPOCH) // _MICROSECOND
+
+
+def _summary_step(step: EventFilter, params: list[Any]) -> str:
+    """The summary rows of one step: its name's row per member, or, with a ``where`` on the
+    channel or store, that row's events passing it (still in the member's order)."""
+    params.append(step.name)
+    if not step.where:
+        return f"SELECT member_id, ranks, times, channels, stores FROM {SUMMARY_TABLE} WHERE event = %s"
+    tests = []
+    for key, expected in step.where:
+        tests.append("u.c = %s" if key == "channel" else "u.s = %s")
+        params.append(expected)
+    params.append(params.pop(-1 - len(tests)))  # the name goes after the tests, where it is read
+    kept = (
+        "SELECT array_agg(u.r ORDER BY u.o) AS ranks, array_agg(u.t ORDER BY u.o) AS times,"
+        " array_agg(u.c ORDER BY u.o) AS channels, array_agg(u.s ORDER BY u.o) AS stores"
+        " FROM unnest(x.ranks, x.times, x.channels, x.stores) WITH ORDINALITY AS u(r, t, c, s, o)"
+        f" WHERE {' AND '.join(tests)}"
+    )
+    return (
+        f"SELECT x.member_id, k.* FROM {SUMMARY_TABLE} x CROSS JOIN LATERAL ({kept}) AS k"
+        " WHERE x.event = %s AND k.ranks IS NOT NULL"
+    )
+
+
+def funnel_members_summary_sql(
+    spec: FunnelSpec, *, start: datetime, end: datetime, analysed: AnalysedMembers, step_groups: bool = True
+) -> tuple[str, list[Any]]:
+    """``funnel_members_sql``'s rows (the same columns, the same answer: tests hold them to
+    ``funnel_reference``) from the per-member summary instead of the event log, for a funnel
+    the summary answers (``summary_answers``).
+
+    A member's events of each step are sorted arrays in the summary, so nothing is sorted
+    here: one row per member (its steps' rows joined), its step-1 events in ``[start, end)``
+    a slice of its step-1 times (two binary searches, ``width_bucket``), and from each event
+    of a chain the next event of the following step one binary search of that step's ranks
+    (the member's order of events). Each member's deepest attempt (the earliest of equally
+    deep: step-1 events in their order are in the order of their places in the array) is the
+    least of ``(N - depth, place)`` over its step-1 events, one ``bigint`` each, in a
+    subquery of the member's row; its chain is then followed once more to read its events.
+
+    The members waiting in the rollup job's queue (``PENDING``: a merge, a split, a late event
+    not yet in their summaries) are read from the log instead (``funnel_members_sql`` with
+    ``only_pending``), and their summary rows, and those of members merged into them, not at
+    all: a queue of a few thousand members costs their index walks, not a scan of the log."""
+    n = len(spec.steps)
+    params: list[Any] = []
+    sources = ", ".join(
+        f"f{k} AS NOT MATERIALIZED ({_summary_step(step, params)})" for k, step in enumerate(spec.steps, 1)
+    )
+    joins = "".join(f" LEFT JOIN f{k} ON f{k}.member_id = f1.member_id" for k in range(2, n + 1))
+
+    def chain(first: str) -> list[str]:
+        """The places i1..iN of the chain from the step-1 event at place ``first``: the next
+        step-k event after the step-(k-1) one is the first rank above its rank (past the
+        array's end, or without the step's row: NULL, and so every later step)."""
+        places = [first]
+        for k in range(2, n + 1):
+            places.append(f"(width_bucket(f{k - 1}.ranks[{places[-1]}], f{k}.ranks) + 1)")
+        return places
+
+    window = int(spec.window // _MICROSECOND)
+    tried = chain("g.i1")
+    # A step counts while its event is within the window of step 1; the chain's times only
+    # grow, so the first step past it (or missing) ends the attempt.
+    depth = (
+        "CASE"
+        + "".join(
+            f" WHEN NOT coalesce(f{k}.times[{tried[k - 1]}] <= f1.times[g.i1] + {window}, false) THEN {k - 1}"
+            for k in range(2, n + 1)
+        )
+        + f" ELSE {n} END"
+    )
+    # The step-1 events in the range: places lo + 1 .. hi, where lo counts those before start.
+    params.extend([_microseconds(start) - 1, _microseconds(end) - 1])
+    # A member without any (lo = hi) is passed over before its subquery runs.
+    sliced = (
+        " CROSS JOIN LATERAL (SELECT width_bucket(%s::bigint, f1.times) AS lo,"
+        " width_bucket(%s::bigint, f1.times) AS hi) AS r"
+    )
+    attempts = f"SELECT min(({n} - {depth})::bigint << 32 | g.i1) AS key FROM generate_series(r.lo + 1, r.hi) AS g(i1)"
+    best = chain("(a.key & 4294967295)::int")
+    reached = f"({n} - (a.key >> 32))"
+    times = [
+        f"CASE WHEN {reached} >= {k} THEN timestamptz 'epoch' + f{k}.times[{i}] * interval '1 microsecond' END"
+        for k, i in enumerate(best, 1)
+    ]
+    if step_groups:
+        channels = [f"CASE WHEN {reached} >= {k} THEN f{k}.channels[{i}] END" for k, i in enumerate(best, 1)]
+        stores = [f"CASE WHEN {reached} >= {k} THEN f{k}.stores[{i}] END" for k, i in enumerate(best, 1)]
+    else:
+        channels, stores = ["NULL::text"] * n, ["NULL::text"] * n
+    picked = ", ".join(
+        [*(f"{t} AS t{k}" for k, t in enumerate(times, 1)), *(f"{c} AS c{k}" for k, c in enumerate(channels, 1)),
+         *(f"{s} AS s{k}" for k, s in enumerate(stores, 1))]
+    )  # fmt: skip
+    analysed_test, analysed_params = analysed.sql("b.member")
+    params.extend(analysed_params)
+    pending, pending_params = funnel_members_sql(
+        spec, start=start, end=end, analysed=analysed, step_groups=step_groups, only_pending=True
+    )
+    params.extend(pending_params)
+    sql = (
+        f"WITH {sources}, pending AS MATERIALIZED ({PENDING}), stale AS MATERIALIZED ({_STALE}),"
+        " best AS MATERIALIZED ("
+        f" SELECT f1.member_id AS member, {reached} AS depth, {picked}"
+        f" FROM f1{joins}{sliced} CROSS JOIN LATERAL ({attempts}) AS a"
+        " WHERE r.hi > r.lo AND f1.member_id NOT IN (SELECT id FROM stale)"
+        f") SELECT b.* FROM best b WHERE {analysed_test}"
+        f" UNION ALL SELECT * FROM ({pending}) AS queued"
+    )
+    return sql, params
+
+
 def funnel_sql(
-    spec: FunnelSpec, *, start: datetime, end: datetime, analysed: AnalysedMembers
+    spec: FunnelSpec,
+    *,
+    start: datetime,
+    end: datetime,
+    analysed: AnalysedMembers,
+    from_summary: bool = False,
 ) -> tuple[str, list[Any]]:
     """The funnel's answer as rows ``(step, group, entered, converted, median_seconds)``,
     grouped by step and breakdown group, over the members ``analysed`` lets in (see
-    ``funnel_members_sql``)."""
-    members, params = funnel_members_sql(
+    ``funnel_members_sql``; with ``from_summary``, ``funnel_members_summary_sql``)."""
+    members_sql = funnel_members_summary_sql if from_summary else funnel_members_sql
+    members, params = members_sql(
         spec, start=start, end=end, analysed=analysed, step_groups=spec.breakdown in STEP_BREAKDOWNS
     )
     n = len(spec.steps)
@@ -313,11 +477,13 @@ def funnel_sql(
 
 
 def funnel_step_members_sql(
-    spec: FunnelSpec, *, start: datetime, end: datetime, step: int, dropped: bool, analysed: AnalysedMembers
-) -> tuple[str, list[Any]]:
+    spec: FunnelSpec, *, start: datetime, end: datetime, step: int, dropped: bool, analysed: AnalysedMembers,
+    from_summary: bool = False,
+) -> tuple[str, list[Any]]:  # fmt: skip
     """The members ``analysed`` lets in who reached ``step`` (``dropped``: and went no
     further), for a static segment: the only way a funnel names members."""
-    members, params = funnel_members_sql(spec, start=start, end=end, analysed=analysed, step_groups=False)
+    members_sql = funnel_members_summary_sql if from_summary else funnel_members_sql
+    members, params = members_sql(spec, start=start, end=end, analysed=analysed, step_groups=False)
     test = f"depth = {int(step)}" if dropped else f"depth >= {int(step)}"
     return f"SELECT f.member FROM ({members}) f WHERE f.{test} ORDER BY f.member", params
 

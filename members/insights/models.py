@@ -73,6 +73,31 @@ class MemberFacts(models.Model):
         return f"facts of member {self.member_id}"
 
 
+class MemberFunnelEvents(models.Model):
+    """The events a funnel can use of one resolved member and one event name
+    (``members.insights.funnel_events``), packed as parallel arrays in the member's order of
+    events (time, then event id): ``ranks`` (the event's place in that order among all the
+    member's named events, from 1), ``times`` (microseconds since the Unix epoch), ``channels``
+    and ``stores``. Funnels read these instead of the event log while they are up to date
+    (``funnel_events.READY_SQL``); rebuilt per changed member by the rollup job and whole
+    by the nightly. Derived: ``manage.py compute_insights`` rebuilds it."""
+
+    pk = models.CompositePrimaryKey("event", "member_id")
+    event = models.TextField()
+    member_id = models.BigIntegerField()
+    ranks = ArrayField(models.IntegerField())
+    times = ArrayField(models.BigIntegerField())
+    channels = ArrayField(models.TextField())
+    stores = ArrayField(models.TextField())
+
+    class Meta:
+        # A member's rows are rebuilt together: found by member, not by event name first.
+        indexes = [models.Index(fields=["member_id"], name="insights_funnelev_member")]
+
+    def __str__(self) -> str:
+        return f"{self.event} events of member {self.member_id}"
+
+
 class DailyRollup(models.Model):
     """The KPI columns of one day, per channel and store (``'*'``: all of them)."""
 

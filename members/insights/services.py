@@ -35,7 +35,7 @@ from cdp.db import binary_parameters_cursor
 from events.models import Event
 from identity.models import EventResolution, Identifier
 from members.consent.models import ConsentStatement
-from members.insights import kpis, member_days_sql
+from members.insights import funnel_events, kpis, member_days_sql
 from members.insights.models import (
     CouponRollup,
     DailyRollup,
@@ -81,6 +81,7 @@ def insights_refresh(*, time_budget: float = 60.0) -> dict[str, int]:
             members = _claim_members(BATCH_SIZE)
             if members:
                 days |= member_facts_refresh(members)
+                funnel_events.summary_rebuild(members)
             # Rows of one member may be many (one per refresh): a batch can hold fewer members
             # than its size with more waiting, so only an empty claim says the queue is done.
             more = bool(members) and time.monotonic() - started < time_budget
@@ -96,7 +97,8 @@ def compute_from(*, since: date | None) -> dict[str, int]:
     """Everything again (``manage.py compute_insights``): every member's facts are read again
     (the changed ones rolled up as ``insights_refresh`` does), then every day from ``since`` is
     rolled up again from the stored facts of every member, whether or not it changed. Without
-    ``since``, from scratch (``_from_scratch``)."""
+    ``since``, from scratch (``_from_scratch``). The funnels' summary is not built here
+    (``funnel_events.summary_from_scratch``: the nightly and ``compute_insights`` run it next)."""
     if since is None:
         return _from_scratch()
     with transaction.atomic(), connection.cursor() as cursor:
@@ -150,6 +152,9 @@ def _from_scratch() -> dict[str, int]:
             # Wait for a running rollup rather than leave: this run replaces all it would write.
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK])
             cursor.execute(f"DELETE FROM {DirtyMember._meta.db_table}")  # noqa: S608
+            # The queue's members are rolled up here but their funnel summaries are not: funnels
+            # read the log until the summary is built whole again (the nightly does it next).
+            funnel_events.summary_mark(built=False)
             snapshot = None
             if not inline:
                 cursor.execute("SELECT pg_export_snapshot()")

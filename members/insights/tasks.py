@@ -2,6 +2,7 @@
 
 from celery import shared_task
 
+from members.insights.funnel_events import summary_from_scratch
 from members.insights.services import compute_from, insights_refresh
 
 
@@ -15,6 +16,9 @@ def refresh() -> dict[str, int]:
 
 @shared_task(name="members.insights.recompute_all", ignore_result=True)
 def recompute_all() -> dict[str, int]:
-    """Every night: the rollups from scratch (``compute_insights``), which also puts right what
-    changed outside the member refresh (an erasure, a rebuild of the figures)."""
-    return compute_from(since=None)
+    """Every night: the rollups from scratch (``compute_insights``), then the funnels' summary
+    of events whole, which also puts right what changed outside the member refresh (an
+    erasure, a rebuild of the figures)."""
+    done = compute_from(since=None)
+    done["funnel_rows"] = summary_from_scratch()
+    return done
