@@ -550,8 +550,12 @@ PRIVACY_EVENT_CONTEXT_KEPT: list[str] = env.list(
 )
 #: Called with the erased member ids in the erasure's transaction, after the platform's own
 #: steps: dotted paths to ``callable(member_ids: list[int]) -> int`` (how many rows they erased),
-#: for a deployment's own apps that hold more about people.
-PRIVACY_ERASURE_HOOKS: list[str] = env.list("PRIVACY_ERASURE_HOOKS", default=[])
+#: for apps that privacy may not import (insights sits above it) and a deployment's own apps
+#: that hold more about people (the environment's list comes after the platform's).
+PRIVACY_ERASURE_HOOKS: list[str] = [
+    "members.insights.funnel_events.summary_rebuild",
+    *env.list("PRIVACY_ERASURE_HOOKS", default=[]),
+]
 #: More sections of an access export: name -> dotted path to ``callable(member_ids: list[int])``
 #: returning JSON-ready data.
 PRIVACY_EXPORT_SECTIONS: dict[str, str] = env.json("PRIVACY_EXPORT_SECTIONS", default={})

@@ -15,8 +15,9 @@ How it stays exact:
   members refresh recomputed), in the batch's transaction: every row of the members and of
   their survivors deleted, and rebuilt from their events as they are now (``summary_rebuild``).
 - **Whole**: ``summary_from_scratch`` (``compute_insights`` and the nightly task, after the
-  rollups, which it follows apart: ``services.compute_from`` is the rollups only), which also
-  puts right what changed outside the members refresh (an erasure).
+  rollups, which it follows apart: ``services.compute_from`` is the rollups only).
+- **Erasure**: ``summary_rebuild`` is one of ``PRIVACY_ERASURE_HOOKS``, so the events a
+  source's rule deletes leave the summary in the erasure's transaction.
 - **Read only where up to date** (``READY_SQL``): built whole at least once since the last
   time the queue was emptied without it (``_from_scratch`` of the rollups clears the mark);
   the members waiting in the queue are read from the log beside it (``funnels.PENDING``), up
@@ -53,14 +54,17 @@ _PACKED = (
 _COLUMNS = "(member_id, event, ranks, times, channels, stores)"
 
 
-def summary_rebuild(member_ids: Sequence[int]) -> None:
+def summary_rebuild(member_ids: Sequence[int]) -> int:
     """The summary of these members again, from their events as they are now: each member's
     survivor (itself unless absorbed) rebuilt, and the rows of an absorbed member, or of a
     member absorbed into a survivor, deleted (its events are its survivor's). In the caller's
-    transaction; set-wise, a few statements whatever the batch's size."""
+    transaction; set-wise, a few statements whatever the batch's size. Returns the rows written.
+
+    Also erasure's hook (``PRIVACY_ERASURE_HOOKS``): the events a source's rule deletes leave
+    the summary in the erasure's transaction, not at the next nightly."""
     ids = sorted(set(member_ids))
     if not ids:
-        return
+        return 0
     with binary_parameters_cursor() as cursor:
         cursor.execute(
             # The survivors of these members; every member merged into one of them.
@@ -85,6 +89,7 @@ def summary_rebuild(member_ids: Sequence[int]) -> None:
             f") {_PACKED}",
             [touched, touched],
         )
+        return cursor.rowcount
 
 
 def summary_from_scratch() -> int:
