@@ -185,10 +185,23 @@ def _order_completed(customer: _Customer, rng: random.Random) -> dict[str, Any]:
     }
 
 
-def message(rng: random.Random, *, at: datetime) -> dict[str, Any]:
+class Customers:
+    """A population of ``size`` customers who come back: each draw is one of them, the same
+    person (phone, ids, device) every time they are drawn, rebuilt from their number rather
+    than kept (a million cost no memory)."""
+
+    def __init__(self, size: int, *, seed: int) -> None:
+        self.size, self.seed = size, seed
+
+    def draw(self, rng: random.Random) -> _Customer:
+        return _customer(random.Random(self.seed * 1_000_000_007 + rng.randrange(self.size)))
+
+
+def message(rng: random.Random, *, at: datetime, customers: Customers | None = None) -> dict[str, Any]:
     """One message of the mix (20% identify, 45% Product Viewed, 15% Product Added,
-    20% Order Completed) without its messageId, stamped a few seconds before ``at``."""
-    customer = _customer(rng)
+    20% Order Completed) without its messageId, stamped a few seconds before ``at``: by a
+    customer of ``customers``, or by a new one each time."""
+    customer = customers.draw(rng) if customers else _customer(rng)
     draw = rng.random()
     if draw < 0.20:
         body = _identify(customer, rng)
@@ -236,10 +249,12 @@ def _template(document: dict[str, Any], events: int) -> Template:
     return Template(fragments=fragments, events=events)
 
 
-def batch_template(rng: random.Random, size: int, *, at: datetime | None = None) -> Template:
+def batch_template(
+    rng: random.Random, size: int, *, at: datetime | None = None, customers: Customers | None = None
+) -> Template:
     """A ``POST /v1/batch`` body of ``size`` messages, with a batch-level ``sentAt``."""
     at = at or datetime.now(UTC)
-    batch = [_with_slot(message(rng, at=at)) for _ in range(size)]
+    batch = [_with_slot(message(rng, at=at, customers=customers)) for _ in range(size)]
     return _template({"batch": batch, "sentAt": _iso(at)}, size)
 
 
