@@ -1,10 +1,7 @@
 """Tuning of long-lived worker processes (gunicorn and Celery workers, and the benchmarks that
 stand in for them)."""
 
-import ctypes
-import functools
 import gc
-from collections.abc import Callable
 
 #: Collect the youngest generation after this many net allocations instead of Python's 700,
 #: and the older ones as rarely. A pipeline batch allocates hundreds of thousands of
@@ -50,33 +47,3 @@ def web_worker_gc_tune() -> None:
 
     get_resolver().url_patterns  # noqa: B018 - imported now, to be frozen
     loaded_freeze()
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):
-        return None
-
-
-def heap_trim() -> bool:
-    """Give the C heap's free pages back to the system (glibc ``malloc_trim(0)``); whether it
-    could (False where the C library has no such call).
-
-    A Celery pool process calls it after every task. What a task frees goes back to glibc's
-    heap, which keeps it: only the heap's top is returned by ``free`` itself. A member refresh's
-    working set grows with the histories of the members it refreshes (a purchase reads the
-    member's events whole), so the heap's high-water mark, and with it the RSS, rose for as
-    long as histories did while the memory in use stayed flat: in ``bench/soak.py`` each pool
-    process grew about 2.7 MiB a minute, and in a pipeline driven in one process with
-    ``tracemalloc`` the Python objects and glibc's memory in use stayed flat while its free
-    heap grew from 8 to 20 MiB in 23,000 events (docs/benchmarks.md, the soak section). A trim
-    costs well under a millisecond next to tasks that take tens of milliseconds to seconds.
-    """
-    trim = _malloc_trim()
-    if trim is None:
-        return False
-    trim(0)
-    return True

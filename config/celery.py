@@ -21,7 +21,7 @@ from celery.signals import (
 
 from cdp.metrics import process_exited, task_failed, task_retried
 from cdp.tracing import current_request_id, request_id_reset, request_id_set
-from cdp.workers import heap_trim, worker_gc_tune
+from cdp.workers import worker_gc_tune
 
 # Production unless told otherwise, as config/wsgi.py (this module is imported first, with the
 # config package, by every entry point): a worker delivers webhooks, and must never do so with
@@ -127,13 +127,6 @@ def _install_beat_schedule(sender: Celery, **kwargs: object) -> None:
 @worker_process_init.connect
 def _tune_worker_process(**kwargs: object) -> None:
     worker_gc_tune()
-
-
-# What a task freed goes back to the system before the next one, so a pool process's RSS
-# follows the memory it uses, not the largest batch it has ever held (cdp.workers.heap_trim).
-@task_postrun.connect
-def _heap_trim(**kwargs: object) -> None:
-    heap_trim()
 
 
 @worker_process_shutdown.connect

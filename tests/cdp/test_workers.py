@@ -1,14 +1,12 @@
 """Worker process tuning: what a Celery or gunicorn worker process does once it is set up."""
 
 import gc
-import os
 import weakref
 
 import pytest
-from celery.signals import task_postrun, worker_process_init
+from celery.signals import worker_process_init
 
 import config.celery  # noqa: F401 - connects the worker signals
-from cdp.workers import heap_trim
 
 
 @pytest.fixture
@@ -65,27 +63,6 @@ def test_the_application_a_web_server_imports_freezes_what_loading_left():
     importlib.reload(config.wsgi)
 
     assert gc.get_freeze_count() > 0
-
-
-def _resident_kib() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-@pytest.mark.skipif(not heap_trim(), reason="the C library has no malloc_trim (not glibc)")
-def test_a_pool_process_gives_back_the_heap_a_task_freed_when_the_task_ends():
-    # A task's working set: 64 MiB in blocks too large for Python's own allocator (glibc's
-    # heap, as a refresh's rows and JSON are), then one more block above them, so that freeing
-    # them cannot shrink the heap from its top: the memory stays with the process, free.
-    working_set = [bytes(1000) for _ in range(64 * 1024)]
-    above = bytes(1000)
-    del working_set
-    freed_held = _resident_kib()
-
-    task_postrun.send(sender=None, task_id="a-task", task=None)
-
-    assert freed_held - _resident_kib() > 32 * 1024, "the freed heap stayed resident"
-    del above
 
 
 def test_a_pool_process_that_outgrew_the_memory_limit_is_replaced_after_its_task():
