@@ -232,6 +232,16 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A safety net under memory (KiB): a pool process whose peak resident memory (billiard reads
+# ``ru_maxrss`` on Linux) passed it when a task ends is replaced by a fresh one before the next
+# (Celery's ``worker_max_memory_per_child``; the task itself is never cut short). A pool process
+# runs at 120-160 MiB, and grows only as far as its largest batch's working set, which follows
+# the longest member histories refreshed in full (docs/scaling.md, "Memory of a worker
+# process"): only a real leak, or a task that needed far more (a nightly recompute at millions
+# of members), reaches 1 GiB. 0: no limit.
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = (
+    env.int("CELERY_WORKER_MAX_MEMORY_PER_CHILD", default=1024 * 1024) or None
+)
 # A publish must never hold a request hostage: with the broker down, ingestion still answers
 # and the periodic sweep processes what was accepted.
 CELERY_TASK_PUBLISH_RETRY = False

@@ -63,3 +63,12 @@ def test_the_application_a_web_server_imports_freezes_what_loading_left():
     importlib.reload(config.wsgi)
 
     assert gc.get_freeze_count() > 0
+
+
+def test_a_pool_process_that_outgrew_the_memory_limit_is_replaced_after_its_task():
+    from django.conf import settings
+
+    from config.celery import app
+
+    assert settings.CELERY_WORKER_MAX_MEMORY_PER_CHILD == 1024 * 1024  # KiB: 1 GiB by default
+    assert app.conf.worker_max_memory_per_child == settings.CELERY_WORKER_MAX_MEMORY_PER_CHILD
