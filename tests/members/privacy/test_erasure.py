@@ -63,7 +63,7 @@ def totals() -> dict[str, object]:
 
 def funnel_summary() -> list[tuple]:
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT * FROM {funnel_events.TABLE} ORDER BY member_id, event")  # noqa: S608
+        cursor.execute(f"SELECT * FROM {funnel_events.TABLE} ORDER BY member_id, event")
         return cursor.fetchall()
 
 
