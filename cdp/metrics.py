@@ -59,6 +59,13 @@ BATCH_SECONDS = Histogram(
 BATCH_EVENTS = Counter(
     "cdp_pipeline_events_total", "Events taken out of the pipeline's queue (processed or parked)."
 )
+RESOLVED_EVENTS = Counter(
+    "cdp_identity_resolved_events_total",
+    "Events identity resolution attached to members, by path: known (every identifier already one member's, "
+    "resolved set-based), engine (decided event by event), known_overlap (taken as known, then the batch was "
+    "resolved again by the engine alone because its replay reached that member; counted under engine too).",
+    ["path"],
+)
 REFRESH_SECONDS = Histogram(
     "cdp_member_refresh_duration_seconds",
     "Time to refresh one batch of dirty members (traits, figures, points, tags, segments).",

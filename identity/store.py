@@ -13,7 +13,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Set
 from dataclasses import asdict
 from datetime import datetime
-from operator import attrgetter
 
 import orjson
 
@@ -112,15 +111,24 @@ class DatabaseResolver(InMemoryResolver):
         self.settled: dict[int, int] = {}
         #: The founding event of each old member the run knew (loaded, or re-decided by it).
         self.founding: dict[int, EventKey] = {}
+        #: Events ``resolve_known`` resolved, to their member; those members as they will be
+        #: stored (first and last event); and their identifiers' new rows (owner, last seen,
+        #: alias class). The engine never sees any of it: ``flush`` writes it beside its own.
+        self.known: dict[EventKey, int] = {}
+        self.known_mentions: dict[EventKey, frozenset[Identifier]] = {}
+        self.known_members: dict[int, MemberState] = {}
+        self.known_identifiers: dict[Identifier, tuple[int, EventKey, str]] = {}
 
     # --- loading -------------------------------------------------------------------------
 
-    def load_graph(self, identifiers: Iterable[Identifier]) -> None:
+    def load_graph(self, identifiers: Iterable[Identifier], rows: list[tuple] | None = None) -> None:
+        """``rows``: these identifiers' stored rows (``_IDENTIFIERS_BY_KEY``), when already read."""
         wanted = {i for i in identifiers if i not in self.loaded_identifiers}
         if not wanted:
             return
         self.loaded_identifiers |= wanted
-        rows = _sql(_IDENTIFIERS_BY_KEY, [[i.type for i in wanted], [i.value for i in wanted]])
+        if rows is None:
+            rows = _sql(_IDENTIFIERS_BY_KEY, [[i.type for i in wanted], [i.value for i in wanted]])
         owners = set()
         for row_id, type_, value, member_id, alias_class, *seen in rows:
             self._remember_identifier(row_id, Identifier(type_, value), member_id, alias_class, seen)
@@ -234,6 +242,121 @@ class DatabaseResolver(InMemoryResolver):
                 self.member_of[key] = members[event_id]
                 self.events_of[members[event_id]].add(key)
 
+    # --- events of one known member (the fast path) ---------------------------------------
+
+    def resolve_known(self, events: Iterable[ResolvableEvent]) -> list[ResolvableEvent]:
+        """Resolve, set-based, the events that only name identifiers one stored member already
+        holds (a known customer's order, a page view by a known device), and load the graph
+        around the other events, which are returned for ``add_batch``. Called once per batch,
+        instead of ``load_graph`` over the batch's identifiers; ``known_overlaps`` then tells
+        whether the engine reached one of these members after all.
+
+        An event goes this way when it is not an alias, every identifier it carries merges, is
+        on no side of a staff split, is stored, owned by the same active member ``m`` and last
+        seen before the event, the event is later than ``m``'s latest, ``m`` is within every
+        limit of today's rules, and no other event of the batch names an identifier of ``m``.
+        The engine would find it on time, accept every identifier (``m`` holds them all and
+        stays within its limits; its separations hold, as a split replays its members), attach
+        nothing, merge nothing, and only move ``m``'s last event and the identifiers' last
+        sighting, which is what ``flush`` writes for it; nothing else the batch does reads
+        ``m`` unless the engine loads it (``known_overlaps``). So the result is the engine's,
+        without loading everything ``m`` holds nor deciding the event in memory.
+        """
+        events = list(events)
+        if self.known or self.events:
+            raise RuntimeError("resolve_known is a batch's first step")
+        if not events:
+            return []
+        wanted = {i for event in events for i in event.identifiers}
+        rows = _sql(_IDENTIFIERS_BY_KEY, [[i.type for i in wanted], [i.value for i in wanted]])
+        stored = {Identifier(row[1], row[2]): row for row in rows}
+        candidates: dict[int, list[ResolvableEvent]] = defaultdict(list)
+        rest: list[ResolvableEvent] = []
+        touched: set[int] = set()  # members named by events that go to the engine
+        for event in events:
+            member = self._known_member(event, stored)
+            if member is None:
+                rest.append(event)
+                touched.update(
+                    owner for i in event.identifiers if (owner := stored.get(i, (None,) * 4)[3]) is not None
+                )
+            else:
+                candidates[member].append(event)
+        members = set(candidates) - touched
+        latest = (
+            {
+                pk: (EventKey(*fields[:3]), EventKey(*fields[3:]))
+                for pk, *fields in _sql(_ACTIVE_MEMBERS, [list(members)])
+            }
+            if members
+            else {}
+        )
+        over_limit = self._over_limit(set(latest))
+        for member, found in candidates.items():
+            if (
+                member in latest
+                and member not in over_limit
+                and all(e.key > latest[member][1] for e in found)
+            ):
+                first, last = latest[member][0], max(e.key for e in found)
+                self.known_members[member] = MemberState(first_event=first, last_event=last)
+                for event in found:
+                    self.known[event.key] = member
+                    self.known_mentions[event.key] = event.identifiers
+                    for identifier in event.identifiers:
+                        self.identifier_ids[identifier] = stored[identifier][0]
+                        seen = self.known_identifiers.get(identifier)
+                        if seen is None or seen[1] < event.key:
+                            self.known_identifiers[identifier] = (member, event.key, stored[identifier][4])
+            else:
+                rest.extend(found)
+        engine = {i for event in rest for i in event.identifiers}
+        self.load_graph(engine, [row for identifier, row in stored.items() if identifier in engine])
+        return rest
+
+    def _known_member(self, event: ResolvableEvent, stored: dict[Identifier, tuple]) -> int | None:
+        """The member that holds every identifier of this event, when the event is on time for
+        them and nothing but them decides it; None otherwise (the engine decides it)."""
+        if event.vouches or not event.identifiers:
+            return None
+        member = None
+        for identifier in event.identifiers:
+            row = stored.get(identifier)
+            if row is None or not self.graph.merges(identifier) or identifier in self.graph.sides:
+                return None
+            owner, seen = row[3], _key(*row[5:])
+            if (
+                owner is None
+                or (member is not None and owner != member)
+                or (seen is not None and seen >= event.key)
+            ):
+                return None
+            member = owner
+        return member
+
+    def _over_limit(self, members: set[int]) -> set[int]:
+        """Those of these members that hold more values (alias classes counting one) of some type
+        than today's rules allow: rules tightened since, which the engine would apply."""
+        if not members:
+            return set()
+        rules = [*self.rules.by_type.values(), self.rules.custom]
+        if any(rule.merges and rule.limit is not None and rule.limit < 1 for rule in rules):
+            return members  # the counts below leave out single values
+        unlimited = sorted(t for t, rule in self.rules.by_type.items() if self.graph.limit_of(t) is None)
+        return {
+            member
+            for member, type_, count in _sql(_LIMITED_COUNTS, [sorted(members), unlimited])
+            if (limit := self.graph.limit_of(type_)) is not None and count > limit
+        }
+
+    def known_overlaps(self) -> bool:
+        """True when the engine, deciding the rest of the batch, loaded a member ``resolve_known``
+        resolved events to (a late event's walk reached it): the batch must then be resolved by
+        the engine alone."""
+        return not self.known_members.keys().isdisjoint(
+            self.loaded_members
+        ) or not self.known_identifiers.keys().isdisjoint(self.loaded_identifiers)
+
     # --- deciding (the algorithm is inherited; this only records what happened) --------
 
     def _replay(self, keys: set[EventKey], refused: Set[Identifier] = frozenset()) -> None:
@@ -284,7 +407,7 @@ class DatabaseResolver(InMemoryResolver):
         already held it, and a refresh recomputes a member from all its events, so marking the
         whole component would recompute thousands of unchanged members per late event.
         """
-        changed = set(self.retired) | set(self.retired.values())
+        changed = set(self.retired) | set(self.retired.values()) | set(self.known_members)
         for key in self.decisions:
             member = member_ids[self.member_of[key]]
             before = self.stored_member_of.get(key)
@@ -318,6 +441,7 @@ class DatabaseResolver(InMemoryResolver):
             ids[ref] = pk
             if self.loaded_members.get(pk) != (state.first_event, state.last_event):
                 to_update.append((pk, state))
+        to_update += self.known_members.items()
         if to_create:
             new_ids = [row[0] for row in _sql(_NEW_MEMBER_IDS, [Member._meta.db_table, len(to_create)])]
             ids.update({ref: pk for (ref, _), pk in zip(to_create, new_ids, strict=True)})
@@ -364,7 +488,7 @@ class DatabaseResolver(InMemoryResolver):
         by value (one statement each)."""
         touched = self.loaded_identifiers | {i for e in self.events.values() for i in e.identifiers}
         changed: list[tuple[Identifier, int | None, EventKey | None, str]] = []
-        for identifier in sorted(touched, key=attrgetter("type", "value")):  # a stable write order
+        for identifier in touched:
             owner = self.graph.owner.get(identifier) if self.graph.merges(identifier) else None
             state = (
                 member_ids[owner] if owner is not None else None,
@@ -373,6 +497,8 @@ class DatabaseResolver(InMemoryResolver):
             )
             if identifier not in self.identifier_ids or self.stored_identifiers.get(identifier) != state:
                 changed.append((identifier, *state))
+        changed += [(identifier, *state) for identifier, state in self.known_identifiers.items()]
+        changed.sort(key=lambda change: (change[0].type, change[0].value))  # a stable write order
         # Stored rows are rewritten by id: an upsert probes the (type, value) index a second time
         # (random keys: a page per value once the index outgrows shared_buffers) and writes two
         # WAL records per row (ON CONFLICT's row lock, then the update); by id it is one, through
@@ -437,6 +563,11 @@ class DatabaseResolver(InMemoryResolver):
                     inserted.append((event_id, self.identifier_ids[identifier], dropped))
                 elif dropped != (identifier in dropped_before):
                     flipped.append((event_id, self.identifier_ids[identifier], dropped))
+        inserted += [
+            (self.event_ids[key], self.identifier_ids[identifier], False)
+            for key, identifiers in self.known_mentions.items()
+            for identifier in identifiers
+        ]
         if inserted:
             _sql(_INSERT_EVENT_IDENTIFIERS, [list(column) for column in zip(*inserted, strict=True)])
         if flipped:
@@ -444,6 +575,7 @@ class DatabaseResolver(InMemoryResolver):
 
     def _write_resolutions(self, member_ids: dict[MemberRef, int]) -> None:
         new = [key for key in self.member_of if key not in self.stored_member_of]
+        new += self.known
         moved = [
             key for key, ref in self.member_of.items()
             if key in self.stored_member_of and self.stored_member_of[key] != member_ids[ref]
@@ -453,7 +585,10 @@ class DatabaseResolver(InMemoryResolver):
                 _UPSERT_RESOLUTIONS,
                 [
                     [self.event_ids[key] for key in new],
-                    [member_ids[self.member_of[key]] for key in new],
+                    [
+                        self.known[key] if key in self.known else member_ids[self.member_of[key]]
+                        for key in new
+                    ],
                     [orjson.dumps(self.problems.get(key, [])).decode() for key in new],
                 ],
             )
@@ -606,6 +741,14 @@ _IDENTIFIERS_BY_KEY = (
     "SELECT i.id, i.type, i.value, i.member_id, i.alias_class, i.last_seen_at, i.last_seen_message_id, i.last_seen_source_id "
     f"FROM unnest(%b::text[], %b::text[]) AS k(t, v) CROSS JOIN LATERAL (SELECT * FROM {_IDENTIFIERS} "
     "WHERE type = k.t AND value = k.v OFFSET 0) AS i"
+)
+# Per member and limited type (those not named: the rule for unnamed types has a limit), how
+# many values it holds, the values an alias made one counting once; only where two or more.
+_LIMITED_COUNTS = (
+    "SELECT c.member_id, c.type, c.n FROM unnest(%b::bigint[]) AS k(id) CROSS JOIN LATERAL ("
+    "SELECT member_id, type, count(DISTINCT CASE WHEN alias_class <> '' THEN alias_class ELSE value END) AS n "
+    f"FROM {_IDENTIFIERS} WHERE member_id = k.id AND type <> ALL(%b::text[]) GROUP BY member_id, type "
+    "HAVING count(*) > 1 OFFSET 0) AS c"
 )
 _ACTIVE_MEMBERS = (
     "SELECT m.id, m.first_event_at, m.first_event_message_id, m.first_event_source_id, m.last_event_at, "
