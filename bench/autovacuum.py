@@ -125,7 +125,7 @@ class Autovacuum:
                     while not self._stop.wait(naptime):
                         self._pass(conn, server)
                 finally:
-                    self.backend_cpu_s = _process_cpu_s(conn.info.backend_pid)
+                    self.backend_cpu_s = process_cpu_s(conn.info.backend_pid)
         except Exception as exc:  # reported with the run, not raised in a thread nobody joins
             self.error = repr(exc)
 
@@ -156,7 +156,7 @@ def _options(reloptions: list[str]) -> dict[str, float]:
     return found
 
 
-def _process_cpu_s(pid: int) -> float:
+def process_cpu_s(pid: int) -> float:
     """User and system CPU seconds of a process on this machine (0 where /proc cannot tell)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -80,7 +80,7 @@ import ingest
 import orjson
 import psycopg
 import redis
-from autovacuum import Autovacuum
+from autovacuum import Autovacuum, process_cpu_s
 from harness import DOCS, RESULTS, ROOT
 from identity_stream import StreamEvent, out_of_order, stream_generate, stream_sources
 
@@ -442,13 +442,13 @@ def _pipeline_worker(
         # Per call: (when, events taken, worker CPU s, its backend's CPU s, full refreshes):
         # the CPU per event of each window, which a shared machine does not blur as wall time.
         costs: list[tuple[float, int, float, float, int]] = []
-        backend_cpu, full = _process_cpu_s(backend), _full_refreshes()
+        backend_cpu, full = process_cpu_s(backend), _full_refreshes()
         while not stop.is_set():
             worker_cpu = time.process_time()
             done, more = events_process_pending(time_budget=TIME_BUDGET_S)
             calls += 1
             processed += done
-            now_backend, now_full = _process_cpu_s(backend), _full_refreshes()
+            now_backend, now_full = process_cpu_s(backend), _full_refreshes()
             costs.append(
                 (
                     time.monotonic(),
@@ -484,15 +484,6 @@ def _pipeline_worker(
     except BaseException:
         out.put({"pid": os.getpid(), "error": traceback.format_exc()})
         raise
-
-
-def _process_cpu_s(pid: int) -> float:
-    """User and system CPU seconds of a process on this machine (its PostgreSQL backend's)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _full_refreshes() -> int:

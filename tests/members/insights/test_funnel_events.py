@@ -30,7 +30,7 @@ from members.insights.services import insights_refresh, members_changed
 from members.models import Member
 from tests.factories.consent import consent_state
 from tests.members.insights.journeys import CHANNELS, NAMES, SEGMENTS, T0, person_st, write
-from tests.members.insights.test_funnels_reference import SLOW, rows, same_funnel
+from tests.members.insights.test_funnels_reference import SLOW, funnels, rows, same_funnel
 
 # Steps the summary answers: names, channels and stores (property filters read the log).
 where_st = st.dictionaries(
@@ -41,13 +41,7 @@ where_st = st.dictionaries(
     })
 )  # fmt: skip
 step_st = st.fixed_dictionaries({"event": st.sampled_from(NAMES[:3])}, optional={"where": where_st})
-funnel_st = st.fixed_dictionaries(
-    {
-        "steps": st.lists(step_st, min_size=2, max_size=4),
-        "window_hours": st.integers(1, 60),
-        "breakdown": st.sampled_from(("", "channel", "store", "tier", "segment")),
-    }
-)
+funnel_st = funnels(step_st)
 late_st = st.fixed_dictionaries(
     {
         "name": st.sampled_from(NAMES[:3]),

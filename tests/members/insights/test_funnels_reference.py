@@ -59,13 +59,20 @@ where_st = st.dictionaries(
     })
 )  # fmt: skip
 step_st = st.fixed_dictionaries({"event": st.sampled_from(NAMES[:2])}, optional={"where": where_st})
-funnel_st = st.fixed_dictionaries(
-    {
-        "steps": st.lists(step_st, min_size=2, max_size=4),
-        "window_hours": st.integers(1, 60),
-        "breakdown": st.sampled_from(("", "channel", "store", "tier", "segment")),
-    }
-)
+
+
+def funnels(steps: st.SearchStrategy) -> st.SearchStrategy:
+    """Funnel definitions of 2 to 4 of these steps, any window and breakdown."""
+    return st.fixed_dictionaries(
+        {
+            "steps": st.lists(steps, min_size=2, max_size=4),
+            "window_hours": st.integers(1, 60),
+            "breakdown": st.sampled_from(("", "channel", "store", "tier", "segment")),
+        }
+    )
+
+
+funnel_st = funnels(step_st)
 
 
 def rows(sql, params):
