@@ -46,18 +46,26 @@ def test_the_processed_rate_is_the_pipelines_even_past_the_backlog_cap(soak: Mod
         accepted, processed = 3000 * t, 1200 * t
         samples.append(
             _sample(
-                soak, t, accepted=accepted, processed=processed, depth=min(accepted - processed, BACKLOG_COUNT_CAP)
+                soak,
+                t,
+                accepted=accepted,
+                processed=processed,
+                depth=min(accepted - processed, BACKLOG_COUNT_CAP),
             )
         )
 
-    window, (first_accepted, first_processed), (last_accepted, last_processed) = soak.window_rates(samples, 1800)
+    window, (first_accepted, first_processed), (last_accepted, last_processed) = soak.window_rates(
+        samples, 1800
+    )
 
     assert window == 300
     assert (first_accepted, last_accepted) == (3000, 3000)
     assert (first_processed, last_processed) == (1200, 1200)
 
 
-def test_the_processed_count_sums_every_process_that_counted_live_or_not(soak: ModuleType, tmp_path: Path) -> None:
+def test_the_processed_count_sums_every_process_that_counted_live_or_not(
+    soak: ModuleType, tmp_path: Path
+) -> None:
     """The pipeline's counter as the Celery pool processes write it in multiprocess mode: each
     child counts into its own file; one that exited (marked dead) still counts."""
     script = textwrap.dedent(
