@@ -1,6 +1,7 @@
 """bench/soak.py's report: the processed rate is the pipeline's own count, not accepted minus a
 capped backlog count."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -18,8 +19,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 @pytest.fixture(scope="module")
 def soak() -> ModuleType:
     sys.path.append(str(BENCH))
-    import harness  # puts the project first and bench/ last on sys.path
-
+    harness = importlib.import_module("harness")  # puts the project first and bench/ last on sys.path
     return harness.bench_script("soak")
 
 
