@@ -31,7 +31,7 @@ from datetime import date, timedelta
 from django.conf import settings
 from django.db import connection, transaction
 
-from cdp.db import binary_parameters_cursor
+from cdp.db import binary_parameters_cursor, rows_delete
 from events.models import Event
 from identity.models import EventResolution, Identifier
 from members.consent.models import ConsentStatement
@@ -376,7 +376,7 @@ def member_facts_refresh(member_ids: list[int]) -> set[date]:
             days = {row[0] for row in cursor.fetchall()}
         else:
             days = set()
-        cursor.execute(f"DELETE FROM {stored_table} WHERE member_id = ANY(%b::bigint[])", [changed])  # noqa: S608
+        rows_delete(MemberFacts, column="member_id", keys=changed)  # by key, whatever the planner believes
         cursor.execute(
             f"INSERT INTO {stored_table} ({', '.join(member_days_sql.PACKED)}) "  # noqa: S608
             f"SELECT * FROM {staged} WHERE member_id = ANY(%b::bigint[])",
