@@ -9,7 +9,8 @@ name. Importing this module puts the project first and bench/ last (for the help
 Each benchmark has its own PostgreSQL database and Redis database, never ``cdp`` or the
 test databases. ``BENCH_DATABASE_SUFFIX`` (say ``_alice``) gives every benchmark database a
 suffix and ``BENCH_REDIS_URL`` replaces every benchmark's Redis database, so that two people
-on one machine do not empty each other's data.
+on one machine do not empty each other's data. ``BENCH_DATABASE_PORT`` points them all at
+another PostgreSQL cluster on 127.0.0.1 (default 5432).
 """
 
 import base64
@@ -38,7 +39,9 @@ def database_name(name: str) -> str:
 
 
 def database_url(name: str) -> str:
-    return f"postgres://postgres@127.0.0.1:5432/{name}"
+    """A benchmark's database on the local PostgreSQL; ``BENCH_DATABASE_PORT`` picks another
+    cluster on the machine (say a private one with ``pg_stat_statements``, to profile by statement)."""
+    return f"postgres://postgres@127.0.0.1:{os.environ.get('BENCH_DATABASE_PORT', '5432')}/{name}"
 
 
 def broker_url(db: int) -> str:

@@ -12,6 +12,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError
 
 from cdp import db, retries
+from cdp.metrics import BATCH_EVENTS
 from events import tasks
 from events.models import Event, ParkedEvent, PendingEvent
 from events.pipeline import (
@@ -212,6 +213,17 @@ def test_events_written_by_copy_are_queued_like_any_other():
     with override_settings(EVENT_PIPELINE_STAGES=RECORD):
         assert events_process_batch(batch_size=10) == 4
     assert not PendingEvent.objects.exists()
+
+
+@pytest.mark.django_db
+@override_settings(EVENT_PIPELINE_STAGES=RECORD)
+def test_the_pipeline_counts_the_events_it_took_out_of_the_queue():
+    """``cdp_pipeline_events_total``: what the soak (bench/soak.py) reads as processed."""
+    EventFactory.create_batch(5)
+    before = BATCH_EVENTS._value.get()
+
+    assert events_process_pending(batch_size=2) == (5, False)
+    assert BATCH_EVENTS._value.get() == before + 5
 
 
 def _queue_vacuums() -> int:
