@@ -357,7 +357,7 @@ def pipeline_processed(metrics_dir: str) -> int:
 
     The counter the pipeline keeps for ``/metrics`` anyway, counted when a batch commits: not
     accepted minus waiting, whose "waiting" is a count capped at ``BACKLOG_COUNT_CAP`` (so past
-    a million waiting, that difference follows the accepted rate, not the pipeline's)."""
+    the cap, that difference follows the accepted rate, not the pipeline's)."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=metrics_dir)
     return int(registry.get_sample_value(PROCESSED_METRIC) or 0)
