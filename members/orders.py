@@ -32,10 +32,12 @@ _OWNERS_OF = (
 )
 _VALUES = "unnest(%b::bigint[], %b::text[], %b::timestamptz[], %b::text[], %b::bigint[], %b::bigint[])"
 # ``DO UPDATE ... WHERE false`` locks the row it finds without changing it; a missing row is
-# created with the claim proposed (and locked, being this transaction's).
+# created with the claim proposed (and locked, being this transaction's), and only those are
+# returned: the rows found are the ones to read again under the lock.
 _OWNERS_LOCK = (
     f"INSERT INTO {_TABLE} AS o ({_COLUMNS}) SELECT * FROM {_VALUES} AS v ORDER BY 1, 2 "  # noqa: S608
-    "ON CONFLICT (source_id, order_id) DO UPDATE SET member_id = o.member_id WHERE false"
+    "ON CONFLICT (source_id, order_id) DO UPDATE SET member_id = o.member_id WHERE false "
+    "RETURNING o.source_id, o.order_id"
 )
 _OWNERS_WRITE = (
     f"UPDATE {_TABLE} AS o SET at = v.at, message_id = v.message_id, event_id = v.event_id, "  # noqa: S608
@@ -57,9 +59,13 @@ def order_owners_refresh(*, order_events: dict[int, list[OrderEvent]]) -> dict[i
         return order_events
     owners = _owners_of({key for key, _ in claims})
     if changed := order_owners(owners, claims):
-        _sql(_OWNERS_LOCK, _columns(changed))
-        # As they are now, under the lock: another refresh may have recorded a claim meanwhile.
-        owners.update(_owners_of(changed.keys()))
+        created = _owners_lock(changed)
+        # Those created hold the claim proposed; the others as they are now, under the lock:
+        # another refresh may have recorded a claim meanwhile. (A history's first refresh
+        # creates every row: read once, not again.)
+        owners.update({key: changed[key] for key in created})
+        if found := changed.keys() - created:
+            owners.update(_owners_of(found))
         changed = order_owners(owners, claims)
         if changed:
             _sql(_OWNERS_WRITE, _columns(changed))
@@ -85,6 +91,14 @@ def _owners_of(keys: Iterable[OrderKey]) -> dict[OrderKey, Claim]:
             (source_id, order_id): Claim(at, message_id, event_id, member_id)
             for source_id, order_id, at, message_id, event_id, member_id in cursor.fetchall()
         }
+
+
+def _owners_lock(owners: dict[OrderKey, Claim]) -> set[OrderKey]:
+    """Lock these orders' rows, creating the missing ones with the claim given; returns the
+    orders whose rows it created."""
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_OWNERS_LOCK, _columns(owners))
+        return {(source_id, order_id) for source_id, order_id in cursor.fetchall()}
 
 
 def _columns(owners: dict[OrderKey, Claim]) -> list[list[object]]:

@@ -485,6 +485,25 @@ def _bucket(number: str) -> int:
     return 1 + zlib.crc32(number.encode()) % COLD_BUCKETS
 
 
+#: A cold bucket whose JSON is shorter than this many bytes is kept as it is, not compressed:
+#: deflate's set-up costs ~12 µs of CPU however little it is given, and a member with a few
+#: orders had all nine buckets compressed at every refresh that wrote the cold part (an
+#: imported member's first: ~0.1 ms of their ~2 ms), to save a few dozen bytes each.
+COLD_COMPRESS_FROM = 512
+
+
+def _cold_encode(bucket: dict[str, list[Any]]) -> bytes:
+    """A cold bucket as stored: its JSON, compressed when it is long (``COLD_COMPRESS_FROM``)."""
+    data = orjson.dumps(bucket, default=str)
+    return zlib.compress(data, 1) if len(data) >= COLD_COMPRESS_FROM else data
+
+
+def _cold_decode(stored: bytes) -> Any:
+    """A bucket ``_cold_encode`` stored: plain JSON starts with ``{``, zlib's stream never
+    does (its first byte is 0x78), so both read, as do buckets stored compressed before."""
+    return orjson.loads(stored if stored[:1] == b"{" else zlib.decompress(stored))
+
+
 def _cold_pack(buckets: list[bytes]) -> bytes:
     """The cold part's buckets in one value: their count and lengths, then each."""
     return struct.pack(f"<{len(buckets) + 1}I", len(buckets), *map(len, buckets)) + b"".join(buckets)
@@ -566,7 +585,8 @@ class _Replay:
         than ``COLD_AFTER`` rows, or when there is none yet: a refresh of a member with a long
         history re-encodes what it changed, and the cold part's cost spreads over that many.
         The cold part's orders and their dormant lots are kept in buckets by order number
-        (``COLD_BUCKETS``), compressed apart: a refund decodes its order's bucket alone."""
+        (``COLD_BUCKETS``), compressed apart when long (``COLD_COMPRESS_FROM``): a refund
+        decodes its order's bucket alone."""
         orders: list[list[Any]] = [
             *(
                 [*key, None if o.completion is None else [o.completion.order_id, o.completion.amount,
@@ -610,7 +630,7 @@ class _Replay:
                     buckets[_bucket(str(row[1]))]["orders"].append(row)
             for row in (*self.lots.dormant.values(), *self.lots.dormant_cold.values(), *sleeping):
                 buckets[_bucket(str(row[6])) if row[6] else 0]["dormant"].append(row)
-            cold = _cold_pack([zlib.compress(orjson.dumps(bucket, default=str), 1) for bucket in buckets])
+            cold = _cold_pack([_cold_encode(bucket) for bucket in buckets])
             orders = [row for row in orders if row[4] in live_keys]
             sleeping, woken, hot_qualifying = [], [], []
             cold_qualifying = [0, len(self.qualifying) - start]
@@ -694,7 +714,7 @@ class _Replay:
         for index in range(COLD_BUCKETS + 1) if bucket is None else (bucket,):
             if index not in self._cold_loaded:
                 self._cold_loaded.add(index)
-                self._cold_bucket_load(index, orjson.loads(zlib.decompress(_cold_unpack(self.cold, index))))
+                self._cold_bucket_load(index, _cold_decode(_cold_unpack(self.cold, index)))
         if len(self._cold_loaded) > COLD_BUCKETS:
             self.lots.thaw = None
 

@@ -218,3 +218,48 @@ def test_two_refreshes_claiming_one_order_at_once_leave_one_owner():
     assert list(MemberOrder.objects.values_list("member_id", "order_id")) == [(late, "POS-5")]
     assert (balance(early), balance(late)) == (0, 80)
     settled()
+
+
+@pytest.mark.django_db
+def test_orders_new_to_the_platform_are_read_once_and_those_held_again_under_the_lock():
+    """A history's first refresh (every order new: an import) reads the owners once and
+    creates their rows, not reading them back; an order already held is read again under its
+    row's lock, and its later claim takes it from the member holding it, who is marked."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    store = SourceFactory(pos=True)
+    held = completed(store, "u-held", "POS-1", 50, T0)
+    identity_resolve_events([held])
+    holder = member_of(held)
+    with transaction.atomic():
+        order_owners_refresh(order_events={holder: [_order_event(held, store, "POS-1", 50)]})
+    DirtyMark.objects.all().delete()
+
+    new = [completed(store, "u-new", f"POS-{n}", 10 * n, T0 + timedelta(hours=n)) for n in (2, 3)]
+    later = completed(store, "u-new", "POS-1", 50, T0 + timedelta(days=1))
+    identity_resolve_events([*new, later])
+    DirtyMark.objects.all().delete()
+    buyer = member_of(later)
+    claims = {
+        buyer: [_order_event(event, store, f"POS-{n}", 10 * n) for event, n in zip(new, (2, 3), strict=True)]
+    }
+    with transaction.atomic(), CaptureQueriesContext(connection) as only_new:
+        assert order_owners_refresh(order_events=claims) == claims
+    reads = [q["sql"] for q in only_new.captured_queries if q["sql"].startswith("SELECT")]
+    assert len(reads) == 1, reads  # before the lock only: the rows it created hold its claims
+    claims[buyer].append(_order_event(later, store, "POS-1", 50))
+    with transaction.atomic(), CaptureQueriesContext(connection) as with_held:
+        order_owners_refresh(order_events=claims)
+    reads = [q["sql"] for q in with_held.captured_queries if q["sql"].startswith("SELECT")]
+    assert len(reads) == 2, reads  # and POS-1 again, under its lock
+    assert dict(OrderOwner.objects.values_list("order_id", "member_id")) == {
+        "POS-1": buyer, "POS-2": buyer, "POS-3": buyer,
+    }  # fmt: skip
+    assert list(DirtyMark.objects.values_list("member_id", flat=True)) == [holder]
+
+
+def _order_event(event: Event, store: Source, order_id: str, total: int) -> OrderEvent:
+    return OrderEvent(event_id=event.pk, name="Order Completed", order_id=order_id, amount=Decimal(total),
+                      currency="CNY", at=event.timestamp, channel="pos", store_code=store.store_code,
+                      message_id=event.message_id, source_id=store.pk)  # fmt: skip

@@ -71,8 +71,10 @@ def histories(draw: st.DrawFn) -> tuple[list[OrderEvent], list[LoyaltyEvent]]:
 @settings(max_examples=300, deadline=None)
 @given(program=programs(), history=histories(), cuts=st.lists(st.floats(0, 1), min_size=1, max_size=3),
        now_days=st.integers(-30, 400), cold_after=st.sampled_from([0, 1, 3, points.COLD_AFTER]),
-       spends=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 300)), max_size=3))  # fmt: skip
-def test_a_resumed_derivation_equals_the_whole_one(program, history, cuts, now_days, cold_after, spends):
+       spends=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 300)), max_size=3),
+       compress_from=st.sampled_from([0, 64, points.COLD_COMPRESS_FROM, 10**9]))  # fmt: skip
+def test_a_resumed_derivation_equals_the_whole_one(program, history, cuts, now_days, cold_after, spends,
+                                                   compress_from):  # fmt: skip
     """Cut once or several times: each part resumes from the checkpoint the part before it
     made, itself resumed (what it left undecoded, ``Lots.dormant`` and the frozen orders,
     goes on from checkpoint to checkpoint, in the hot part or the cold one: ``cold_after``
@@ -80,8 +82,12 @@ def test_a_resumed_derivation_equals_the_whole_one(program, history, cuts, now_d
 
     ``spends``: redemptions a till recorded in the first part (a resumed part has no new
     fact), so that lots are partly spent before they go cold and a later refund reaches past
-    its own order's lot."""
-    with patch.object(points, "COLD_AFTER", cold_after):
+    its own order's lot. ``compress_from``: which cold buckets are stored compressed (0: all,
+    as before ``COLD_COMPRESS_FROM``; 10**9: none; between: a mix)."""
+    with (
+        patch.object(points, "COLD_AFTER", cold_after),
+        patch.object(points, "COLD_COMPRESS_FROM", compress_from),
+    ):
         _resumed_equals_whole(program, history, cuts, now_days, spends)
 
 
@@ -201,7 +207,10 @@ def test_a_long_history_resumed_rewrites_only_its_hot_part():
     # 300 orders, their lots and tier window amounts are some 60 KB of JSON; the hot part a few rows.
     cold = whole.checkpoint.cold
     assert (
-        sum(len(zlib.decompress(points._cold_unpack(cold, n))) for n in range(points.COLD_BUCKETS + 1))
+        sum(
+            len(orjson.dumps(points._cold_decode(points._cold_unpack(cold, n))))
+            for n in range(points.COLD_BUCKETS + 1)
+        )
         > 50_000
     )
     assert len(resumed.checkpoint.state) < 1_500
@@ -232,3 +241,71 @@ def test_a_lot_spent_from_the_cold_part_stays_spent():
         resume = derived.checkpoint
     assert due == list(whole.due)
     assert [d.points for d in due if d.key == "reverse:50"] == [-50]  # what was left of order 2's lot
+
+
+def test_a_short_history_stores_its_cold_part_uncompressed():
+    """A member with a few orders (an imported member's first refresh): no bucket of the
+    cold part is long enough to be worth deflate's set-up, so none is compressed; a long
+    bucket still is, and each reads back as it was written."""
+    program = Program(rules=(EarnRule(),), tiers=TIERS)
+    orders = [
+        OrderEvent(n, "Order Completed", f"O{n}", Decimal(59), "CNY", T0 + timedelta(days=n), "pos", "", f"m{n}", 1)
+        for n in range(1, 6)
+    ]  # fmt: skip
+    with patch.object(points.zlib, "compress", wraps=zlib.compress) as compress:
+        short = points_derive(program=program, orders=orders, lines={}, events=[], recorded=(), now=T0)
+    assert short.checkpoint is not None
+    assert short.checkpoint.cold is not None
+    assert compress.call_count == 0
+    stored = [points._cold_unpack(short.checkpoint.cold, n) for n in range(points.COLD_BUCKETS + 1)]
+    assert all(bucket.startswith(b"{") for bucket in stored)
+    long_bucket = {"orders": [["x" * 40, n] for n in range(50)], "dormant": []}
+    encoded = points._cold_encode(long_bucket)
+    assert encoded[:1] == b"\x78"  # deflated
+    assert points._cold_decode(encoded) == long_bucket
+    assert points._cold_decode(points._cold_encode({"orders": [], "dormant": []})) == {
+        "orders": [],
+        "dormant": [],
+    }
+
+
+def test_a_checkpoint_with_every_bucket_compressed_resumes_as_one_with_none():
+    """Checkpoints written before ``COLD_COMPRESS_FROM`` (every bucket compressed) resume to
+    the same derivation as those written now, and a resumed one writes its cold part anew in
+    the current encoding when it writes it."""
+    program = Program(rules=(EarnRule(),), tiers=TIERS)
+    orders = [
+        OrderEvent(n, "Order Completed", f"O{n}", Decimal(100 + n), "CNY", T0 + timedelta(days=n), "pos", "",
+                   f"m{n}", 1)
+        for n in range(1, 12)
+    ]  # fmt: skip
+    refund = OrderEvent(
+        99, "Order Refunded", "O2", Decimal(102), "CNY", T0 + timedelta(days=30), "pos", "", "r2", 1
+    )
+    now = T0 + timedelta(days=40)
+    whole = points_derive(
+        program=program, orders=[*orders, refund], lines={}, events=[], recorded=(), now=now
+    )
+    with patch.object(points, "COLD_AFTER", 0):
+        with patch.object(points, "COLD_COMPRESS_FROM", 0):
+            before = points_derive(program=program, orders=orders, lines={}, events=[], recorded=(), now=T0)
+        now_written = points_derive(program=program, orders=orders, lines={}, events=[], recorded=(), now=T0)
+        assert before.checkpoint is not None
+        assert now_written.checkpoint is not None
+        assert points._cold_unpack(before.checkpoint.cold, 0)[:1] == b"\x78"  # deflated, as before
+        assert points._cold_unpack(now_written.checkpoint.cold, 0)[:1] == b"{"
+        resumed = [
+            points_derive(
+                program=program,
+                orders=[refund],
+                lines={},
+                events=[],
+                recorded=(),
+                now=now,
+                resume=derived.checkpoint,
+            )
+            for derived in (before, now_written)
+        ]
+    assert resumed[0].due == resumed[1].due
+    assert any(due.points < 0 for due in resumed[0].due)  # the refund reached its order's cold lot
+    assert resumed[0].tier == resumed[1].tier == whole.tier
