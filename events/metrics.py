@@ -2,11 +2,11 @@
 
 Each figure is one cheap query: the backlog is counted up to ``BACKLOG_COUNT_CAP`` rows, and
 reads as "at least the cap" past it; the oldest waiting event is the queue's lowest id, looked up
-by key. The count walks the queue's rows (while the pipeline takes from it, most of its pages are
-not yet marked all-visible, so the walk visits the heap too): 20–30 ms per 100,000 rows here, so
-the cap keeps a scrape every 10 s during a flood of millions near 0.3% of a core (3% at a cap
-of a million). How far behind the pipeline is, the age of the oldest event says, and that is what
-the backlog alert reads.
+by key. The count walks the queue's rows (while the pipeline takes from it, most of its pages
+are not yet marked all-visible, so the walk visits the heap too): 20 to 30 ms per 100,000 rows
+here, so the cap keeps a scrape every 10 s during a flood of millions near 0.3% of a core (3%
+at a cap of a million). How far behind the pipeline is, the age of the oldest event says, and
+that is what the backlog alert reads.
 """
 
 from collections.abc import Iterable
