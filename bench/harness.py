@@ -9,7 +9,9 @@ name. Importing this module puts the project first and bench/ last (for the help
 Each benchmark has its own PostgreSQL database and Redis database, never ``cdp`` or the
 test databases. ``BENCH_DATABASE_SUFFIX`` (say ``_alice``) gives every benchmark database a
 suffix and ``BENCH_REDIS_URL`` replaces every benchmark's Redis database, so that two people
-on one machine do not empty each other's data.
+on one machine do not empty each other's data. ``BENCH_DATABASE_PORT`` points every
+benchmark at another PostgreSQL on 127.0.0.1 (a private cluster with ``pg_stat_statements``
+loaded, to profile by statement without touching the shared server's configuration).
 """
 
 import base64
@@ -38,7 +40,8 @@ def database_name(name: str) -> str:
 
 
 def database_url(name: str) -> str:
-    return f"postgres://postgres@127.0.0.1:5432/{name}"
+    port = os.environ.get("BENCH_DATABASE_PORT", "5432")
+    return f"postgres://postgres@127.0.0.1:{port}/{name}"
 
 
 def broker_url(db: int) -> str:
