@@ -206,7 +206,12 @@ class PointsEntry(models.Model):
     member = models.ForeignKey("members.Member", on_delete=models.PROTECT, related_name="+", db_index=False)
     kind = models.CharField(max_length=8, choices=_KIND_CHOICES)
     points = models.BigIntegerField()
-    key = models.CharField(max_length=255, unique=True)
+    # Unique by a constraint, not ``unique=True``: that also made Django build a second index on
+    # ``key`` (``varchar_pattern_ops``, for LIKE) that no query uses, and every ledger row
+    # written went into both; the keys are random (an order id, an event's), so each index
+    # took a page from a random place of its own, a buffer miss and a dirty page per row once
+    # the ledger outgrew the cache (issue 16: the refresh's cost per event grew with it).
+    key = models.CharField(max_length=255)
     cause_key = models.CharField(max_length=255)
     reason = models.CharField(max_length=500)
     derived = models.BooleanField(
@@ -230,7 +235,10 @@ class PointsEntry(models.Model):
             ("adjust_points", "Can add or take away a member's points by hand"),
             ("redeem_points", "Can spend a member's points at checkout"),
         ]
-        constraints = [models.CheckConstraint(condition=~Q(points=0), name="points_entry_not_zero")]
+        constraints = [
+            models.CheckConstraint(condition=~Q(points=0), name="points_entry_not_zero"),
+            models.UniqueConstraint(fields=["key"], name="members_pointsentry_key_key"),
+        ]
         indexes = [
             models.Index(fields=["member", "id"], name="points_ledger_of_member"),
             models.Index(fields=["event_id"], name="points_by_event", condition=Q(event_id__isnull=False)),

@@ -62,3 +62,18 @@ def test_the_ledger_file_is_the_version_its_latest_migration_applies() -> None:
     assert versions[-1][1] == hashlib.sha256(LEDGER_SQL.read_bytes()).hexdigest(), (
         f"ledger.sql changed after {versions[-1][0]}: add a migration that applies it again"
     )
+
+
+@pytest.mark.django_db
+def test_a_ledger_row_goes_into_one_index_by_its_key() -> None:
+    """Ledger keys are random (an order id, an event's): each index on ``key`` costs a page from
+    a random place per row written, so there is one, the unique one, and none for LIKE."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT i.indisunique, pg_get_indexdef(i.indexrelid) FROM pg_index AS i
+               JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+               WHERE i.indrelid = 'members_pointsentry'::regclass AND a.attname = 'key'"""
+        )
+        on_key = cursor.fetchall()
+    assert [unique for unique, _ in on_key] == [True], on_key
+    assert "pattern_ops" not in on_key[0][1]
