@@ -22,6 +22,9 @@ load beside them; ``--serial``: no parallel workers, so the backend's CPU is all
   floor: one grouped pass over the log counting the members of each step's events (no funnel
   over the log can read less), and (b) a hand-written funnel of the same answer (the events
   copied into an indexed temporary table, each step found by a LATERAL probe), checked equal;
+  each funnel from the summary also split by member id range over ``--connections``
+  connections as ``funnel_services.funnel_results`` runs it (checked equal; CPU of all its
+  backends);
 - **attribution**: ``members.insights.attribution.attribution_sql`` (five models) for the last
   30 days by channel, beside a hand-written linear-only query, checked equal on linear.
 
@@ -36,6 +39,7 @@ import harness  # first: the project before bench/ on sys.path (see its docstrin
 import argparse
 import os
 import subprocess
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -192,6 +196,72 @@ def timed(
     return best, rows
 
 
+def split_timed(
+    connections: list[psycopg.Connection],
+    spec: Any,
+    *,
+    start: datetime,
+    end: datetime,
+    analysed: Any,
+    repeat: int,
+) -> tuple[float, list[Any]]:
+    """``funnel_sql``'s rows from the summary split by member id range over ``connections``,
+    as ``funnel_services.funnel_results`` runs it (``funnels.funnel_part_sql`` on each, one
+    exported snapshot, ``funnels.funnel_parts_merge``): the best wall time and its rows in
+    ``funnel_sql``'s order; the CPU of all the backends of the least costly run in ``timed.cpu``."""
+    from members.insights.funnels import funnel_part_sql, funnel_parts_merge, member_ranges
+
+    best, rows, cpu = float("inf"), [], float("inf")
+    cursors = [c.cursor() for c in connections]
+    for _ in range(repeat):
+        connections[0].commit()  # the bench's transaction so far (its SETs kept): this one reads a snapshot
+        began, used = time.perf_counter(), sum(backend_cpu(c) for c in cursors)
+        main = cursors[0]
+        main.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        main.execute(
+            "SELECT min(member_id), max(member_id) FROM insights_memberfunnelevents WHERE event = %s",
+            [spec.steps[0].name],
+        )
+        first, last = main.fetchone()
+        ranges = member_ranges(first, last, len(cursors))
+        main.execute("SELECT pg_export_snapshot()")
+        snapshot = main.fetchone()[0]
+        found: list[Any] = [None] * len(ranges)
+
+        def part(
+            index: int, cursor: psycopg.Cursor, members: tuple[int, int], snapshot: str, found: list
+        ) -> None:
+            if index:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                cursor.execute(psycopg.sql.SQL("SET TRANSACTION SNAPSHOT {}").format(snapshot))
+            sql, params = funnel_part_sql(
+                spec, start=start, end=end, analysed=analysed, members=members, pending=index == 0
+            )
+            cursor.execute(sql, params)
+            found[index] = cursor.fetchall()
+
+        threads = [
+            threading.Thread(target=part, args=(i, cursors[i], r, snapshot, found))
+            for i, r in enumerate(ranges)
+            if i
+        ]
+        for thread in threads:
+            thread.start()
+        part(0, main, ranges[0], snapshot, found)
+        for thread in threads:
+            thread.join()
+        merged = funnel_parts_merge(found)
+        main.execute("SELECT g FROM unnest(%s::text[]) AS u(g) ORDER BY g", [sorted({g for _, g in merged})])
+        order = {group: place for place, (group,) in enumerate(main.fetchall())}
+        rows = [(k, g, *merged[(k, g)]) for k, g in sorted(merged, key=lambda c: (c[0], order[c[1]]))]
+        for connection in connections:
+            connection.rollback()
+        best = min(best, time.perf_counter() - began)
+        cpu = min(cpu, sum(backend_cpu(c) for c in cursors) - used)
+    timed.cpu = cpu  # type: ignore[attr-defined]
+    return best, rows
+
+
 def build(args: argparse.Namespace) -> None:
     harness.manage("ensure_services", "--create-database", env=ENV)
     with psycopg.connect(URL, autocommit=True) as connection:
@@ -225,6 +295,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument(
+        "--connections", type=int, default=2,
+        help="Connections the funnels from the summary are also split over (as funnel_results runs them).",
+    )  # fmt: skip
     parser.add_argument("--no-docs", action="store_true", help="Print only; leave docs/benchmarks.md alone.")
     parser.add_argument(
         "--serial", action="store_true",
@@ -277,6 +351,18 @@ def main() -> None:
             cursor.execute("SET max_parallel_workers_per_gather = 0")
         analysed = analysed_members()
         entered: dict[int, int] = {}
+        more = [psycopg.connect(URL) for _ in range(args.connections - 1)]
+        for other in more:
+            other.execute("SET jit = off")
+            other.execute(f"SET work_mem = '{WORK_MEM}'")
+            other.commit()
+        connection.commit()
+
+        def timed_split(spec: Any, since: datetime) -> tuple[float, list[Any]]:
+            return split_timed(
+                [connection, *more], spec, start=since, end=end, analysed=analysed, repeat=args.repeat
+            )
+
         # Each funnel from the summary (what funnels read when it is up to date), then from the
         # log (what they read otherwise, and before it): the same rows, checked equal.
         for label, from_summary in (("from the summary", True), ("from the log", False)):
@@ -290,6 +376,10 @@ def main() -> None:
             if from_summary:
                 entered = {step: n for step, _, n, _, _ in rows}
                 first = rows
+                split, rows = timed_split(plain, start)
+                assert rows == first, (rows, first)
+                results.append((f"… split by member over {args.connections} connections", split, "equal"))
+                CPU[results[-1][0]] = timed.cpu  # type: ignore[attr-defined]
             else:
                 assert rows == first, (rows, first)
             sql, params = funnel_sql(
@@ -300,6 +390,10 @@ def main() -> None:
             CPU[results[-1][0]] = timed.cpu  # type: ignore[attr-defined]
             if from_summary:
                 first_by_channel = rows
+                split, rows = timed_split(by_channel, start)
+                assert rows == first_by_channel, (rows, first_by_channel)
+                results.append((f"… by channel, split over {args.connections} connections", split, "equal"))
+                CPU[results[-1][0]] = timed.cpu  # type: ignore[attr-defined]
             else:
                 assert rows == first_by_channel
             sql, params = funnel_sql(
@@ -310,6 +404,12 @@ def main() -> None:
                 (f"… over 14 days, {label}", fortnight, f"{rows[0][2] if rows else 0:,} members at step 1")
             )
             CPU[results[-1][0]] = timed.cpu  # type: ignore[attr-defined]
+            if from_summary:
+                fortnight_rows = rows
+                split, rows = timed_split(plain, end - timedelta(days=14))
+                assert rows == fortnight_rows, (rows, fortnight_rows)
+                results.append((f"… over 14 days, split over {args.connections} connections", split, "equal"))
+                CPU[results[-1][0]] = timed.cpu  # type: ignore[attr-defined]
         named = {"start": start, "end": end, "horizon": end + window, "steps": list(STEPS), "window": window,
                  **{f"s{k}": s for k, s in enumerate(STEPS, 1)}}  # fmt: skip
         floor, _ = timed(cursor, [(FLOOR, named)], args.repeat)

@@ -328,6 +328,13 @@ INSIGHTS_NIGHTLY_CONNECTIONS = env.int("INSIGHTS_NIGHTLY_CONNECTIONS", default=2
 #: Funnels read the per-member summary of events (members/insights/funnel_events.py) when it
 #: answers the funnel and is up to date; False: always the event log (docs/insights-funnels.md).
 INSIGHTS_FUNNEL_SUMMARY = env.bool("INSIGHTS_FUNNEL_SUMMARY", default=True)
+#: Connections a funnel read from that summary runs on at once, a range of member ids each
+#: (members/insights/funnel_services.py ``funnel_results``): each is one PostgreSQL backend, one
+#: core, and PostgreSQL runs none of that query in parallel workers. 1: one connection. Only
+#: when step 1's members span at least INSIGHTS_FUNNEL_SPLIT_FROM ids (below that, a second
+#: connection costs more than it saves).
+INSIGHTS_FUNNEL_CONNECTIONS = env.int("INSIGHTS_FUNNEL_CONNECTIONS", default=2)
+INSIGHTS_FUNNEL_SPLIT_FROM = env.int("INSIGHTS_FUNNEL_SPLIT_FROM", default=100_000)
 # A worker vacuums the queue after every this many events it claimed (0: never, leaving it to
 # autovacuum): claims take the oldest rows, and each claim walks the index entries of every
 # row claimed before it until a vacuum removes them, which grows with a backlog.

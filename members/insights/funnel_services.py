@@ -13,6 +13,7 @@ statement; never stated is not granted). The others are in no count, sum, median
 step segment, as if they had no events or orders.
 """
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -22,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from cdp.replica import read_connection
@@ -35,8 +36,11 @@ from members.insights.funnels import (
     FunnelRow,
     FunnelSpec,
     funnel_parse,
+    funnel_part_sql,
+    funnel_parts_merge,
     funnel_sql,
     funnel_step_members_sql,
+    member_ranges,
     summary_answers,
 )
 from members.insights.models import CampaignSpend, Funnel
@@ -126,8 +130,7 @@ def _rows_of(query: Callable[[BaseDatabaseWrapper], tuple[str, Sequence[Any]]]) 
     # On the replica inside ``replica_reads`` (the results views): SET LOCAL is allowed there.
     reading = read_connection()
     with transaction.atomic(using=reading.alias), reading.cursor() as cursor:
-        cursor.execute(f"SET LOCAL statement_timeout = {int(STATEMENT_TIMEOUT_MS)}")
-        cursor.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
+        _limits_set(cursor)
         sql, params = query(reading)
         cursor.execute(sql, params)
         return cursor.fetchall()
@@ -154,18 +157,130 @@ def _segments_check(spec: FunnelSpec) -> None:
 
 def funnel_results(*, spec: FunnelSpec, dates: DateRange) -> list[FunnelRow]:
     """The funnel over members whose step 1 falls in ``dates`` (``funnels.funnel_sql``), from
-    the per-member summary when it answers the funnel and is up to date, else from the log."""
+    the per-member summary when it answers the funnel and is up to date, else from the log.
 
-    def query(reading: BaseDatabaseWrapper) -> tuple[str, list[Any]]:
+    From the summary, on ``INSIGHTS_FUNNEL_CONNECTIONS`` connections at once, a range of step
+    1's member ids each (``funnels.funnel_part_sql``), all reading one snapshot (this
+    transaction's, exported to them), their rows merged exactly (``funnels.funnel_parts_merge``).
+    Measured by bench/funnels.py: PostgreSQL runs none of this query in parallel workers, and
+    its work is per member, so two connections take about half the time on two idle cores.
+    Not on a replica (a standby may not export a snapshot), and, inside the caller's
+    transaction (tests), the parts run in turn on this connection: another would not see what
+    the caller has not committed."""
+    reading = read_connection()
+    parts = max(1, settings.INSIGHTS_FUNNEL_CONNECTIONS)
+    inline = reading.in_atomic_block
+    split = parts > 1 and reading.alias == DEFAULT_DB_ALIAS and summary_answers(spec)
+    with transaction.atomic(using=reading.alias), reading.cursor() as cursor:
+        if split and not inline:
+            # Before any query: the snapshot exported below is then the one this reads with.
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        _limits_set(cursor)
         from_summary = _from_summary(spec, reading)
-        return funnel_sql(
-            spec, start=dates.start, end=dates.end, analysed=analysed_members(), from_summary=from_summary
-        )
-
+        ranges = _step_one_ranges(cursor, spec, parts) if split and from_summary else []
+        if len(ranges) < 2:
+            cursor.execute(*funnel_sql(
+                spec, start=dates.start, end=dates.end, analysed=analysed_members(), from_summary=from_summary
+            ))  # fmt: skip
+            rows = cursor.fetchall()
+        else:
+            analysed = analysed_members()  # one instant for every part
+            queries = [
+                funnel_part_sql(
+                    spec,
+                    start=dates.start,
+                    end=dates.end,
+                    analysed=analysed,
+                    members=members,
+                    pending=part == 0,
+                )
+                for part, members in enumerate(ranges)
+            ]
+            rows = _parts_rows(cursor, queries, inline=inline)
     return [
         FunnelRow(step, group, entered, converted, None if median is None else float(median))
-        for step, group, entered, converted, median in _rows_of(query)
+        for step, group, entered, converted, median in rows
     ]
+
+
+def _limits_set(cursor: Any) -> None:
+    cursor.execute(f"SET LOCAL statement_timeout = {int(STATEMENT_TIMEOUT_MS)}")
+    cursor.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
+
+
+def _step_one_ranges(cursor: Any, spec: FunnelSpec, parts: int) -> list[tuple[int, int]]:
+    """Step 1's member ids in the summary (two probes of its primary key's index) cut into
+    ``parts`` ranges, or none when they span fewer than ``INSIGHTS_FUNNEL_SPLIT_FROM`` ids."""
+    cursor.execute(
+        f"SELECT min(member_id), max(member_id) FROM {funnel_events.TABLE} WHERE event = %s",  # noqa: S608
+        [spec.steps[0].name],
+    )
+    first, last = cursor.fetchone()
+    if first is None or last - first + 1 < max(1, settings.INSIGHTS_FUNNEL_SPLIT_FROM):
+        return []
+    return member_ranges(first, last, parts)
+
+
+def _parts_rows(cursor: Any, queries: list[tuple[str, list[Any]]], *, inline: bool) -> list[tuple]:
+    """``funnel_sql``'s rows from the rows of the parts' ``queries``: the first run on
+    ``cursor``, the others each on a connection of its own in a thread of its own (in turn on
+    ``cursor`` when ``inline``), as of ``cursor``'s transaction's snapshot."""
+    if inline:
+        found = []
+        for sql, params in queries:
+            cursor.execute(sql, params)
+            found.append(cursor.fetchall())
+    else:
+        cursor.execute("SELECT pg_export_snapshot()")
+        snapshot = cursor.fetchone()[0]
+        others = [_Part(cursor.db.alias, snapshot, sql, params) for sql, params in queries[1:]]
+        for other in others:
+            other.start()
+        try:
+            cursor.execute(*queries[0])
+            found = [cursor.fetchall()]
+        finally:
+            for other in others:
+                other.join()
+        found.extend(other.rows() for other in others)
+    merged = funnel_parts_merge(found)
+    # Groups in the order funnel_sql's ORDER BY gives them: the database's collation.
+    cursor.execute("SELECT g FROM unnest(%s::text[]) AS u(g) ORDER BY g", [sorted({g for _, g in merged})])
+    order = {group: place for place, (group,) in enumerate(cursor.fetchall())}
+    return [
+        (step, group, *merged[(step, group)])
+        for step, group in sorted(merged, key=lambda c: (c[0], order[c[1]]))
+    ]
+
+
+class _Part(threading.Thread):
+    """One part of a funnel (``funnel_results``) on a connection of its own to ``alias``, in a
+    transaction that reads the exported ``snapshot``."""
+
+    def __init__(self, alias: str, snapshot: str, sql: str, params: list[Any]) -> None:
+        super().__init__(name="insights-funnel-part")
+        self.alias, self.snapshot, self.sql, self.params = alias, snapshot, sql, params
+        self._rows: list[tuple] = []
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        database = connections[self.alias]  # this thread's own connection
+        try:
+            with transaction.atomic(using=self.alias), database.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                cursor.execute("SET TRANSACTION SNAPSHOT %s", [self.snapshot])
+                _limits_set(cursor)
+                cursor.execute(self.sql, self.params)
+                self._rows = cursor.fetchall()
+        except BaseException as error:  # raised again by the caller, in its thread
+            self._error = error
+        finally:
+            database.close()
+
+    def rows(self) -> list[tuple]:
+        if self._error is not None:
+            raise self._error
+        return self._rows
 
 
 def _from_summary(spec: FunnelSpec, reading: BaseDatabaseWrapper) -> bool:

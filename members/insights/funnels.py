@@ -31,6 +31,8 @@ viewed a product in the app and bought it in a store converts.
 # SQL text built from constants only; every value from a request is a parameter:
 # ruff: noqa: S608
 
+import itertools
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -310,17 +312,23 @@ def _microseconds(at: datetime) -> int:
     return (at - _EPOCH) // _MICROSECOND
 
 
-def _summary_step(step: EventFilter, params: list[Any]) -> str:
+def _summary_step(step: EventFilter, params: list[Any], members: tuple[int, int] | None = None) -> str:
     """The summary rows of one step: its name's row per member, or, with a ``where`` on the
-    channel or store, that row's events passing it (still in the member's order)."""
+    channel or store, that row's events passing it (still in the member's order); with
+    ``members``, of the members ``[first, stop)`` only (a range of the primary key's index)."""
     params.append(step.name)
+    among = ""
+    if members is not None:
+        among = " AND x.member_id >= %s AND x.member_id < %s"
     if not step.where:
-        return f"SELECT member_id, ranks, times, channels, stores FROM {SUMMARY_TABLE} WHERE event = %s"
+        params.extend(members or ())
+        return f"SELECT x.member_id, x.ranks, x.times, x.channels, x.stores FROM {SUMMARY_TABLE} x WHERE x.event = %s{among}"
     tests = []
     for key, expected in step.where:
         tests.append("u.c = %s" if key == "channel" else "u.s = %s")
         params.append(expected)
     params.append(params.pop(-1 - len(tests)))  # the name goes after the tests, where it is read
+    params.extend(members or ())
     kept = (
         "SELECT array_agg(u.r ORDER BY u.o) AS ranks, array_agg(u.t ORDER BY u.o) AS times,"
         " array_agg(u.c ORDER BY u.o) AS channels, array_agg(u.s ORDER BY u.o) AS stores"
@@ -329,13 +337,14 @@ def _summary_step(step: EventFilter, params: list[Any]) -> str:
     )
     return (
         f"SELECT x.member_id, k.* FROM {SUMMARY_TABLE} x CROSS JOIN LATERAL ({kept}) AS k"
-        " WHERE x.event = %s AND k.ranks IS NOT NULL"
+        f" WHERE x.event = %s{among} AND k.ranks IS NOT NULL"
     )
 
 
 def funnel_members_summary_sql(
-    spec: FunnelSpec, *, start: datetime, end: datetime, analysed: AnalysedMembers, step_groups: bool = True
-) -> tuple[str, list[Any]]:
+    spec: FunnelSpec, *, start: datetime, end: datetime, analysed: AnalysedMembers, step_groups: bool = True,
+    members: tuple[int, int] | None = None, pending: bool = True,
+) -> tuple[str, list[Any]]:  # fmt: skip
     """``funnel_members_sql``'s rows (the same columns, the same answer: tests hold them to
     ``funnel_reference``) from the per-member summary instead of the event log, for a funnel
     the summary answers (``summary_answers``).
@@ -352,11 +361,16 @@ def funnel_members_summary_sql(
     The members waiting in the rollup job's queue (``PENDING``: a merge, a split, a late event
     not yet in their summaries) are read from the log instead (``funnel_members_sql`` with
     ``only_pending``), and their summary rows, and those of members merged into them, not at
-    all: a queue of a few thousand members costs their index walks, not a scan of the log."""
+    all: a queue of a few thousand members costs their index walks, not a scan of the log.
+
+    A part of the answer (``funnel_part_sql``): with ``members`` (first, stop), the summary
+    rows of those members only; without ``pending``, not the queued members read from the log
+    (one part reads them: every part leaves out the same stale rows)."""
     n = len(spec.steps)
     params: list[Any] = []
     sources = ", ".join(
-        f"f{k} AS NOT MATERIALIZED ({_summary_step(step, params)})" for k, step in enumerate(spec.steps, 1)
+        f"f{k} AS NOT MATERIALIZED ({_summary_step(step, params, members)})"
+        for k, step in enumerate(spec.steps, 1)
     )
     joins = "".join(f" LEFT JOIN f{k} ON f{k}.member_id = f1.member_id" for k in range(2, n + 1))
 
@@ -406,18 +420,20 @@ def funnel_members_summary_sql(
     )  # fmt: skip
     analysed_test, analysed_params = analysed.sql("b.member")
     params.extend(analysed_params)
-    pending, pending_params = funnel_members_sql(
-        spec, start=start, end=end, analysed=analysed, step_groups=step_groups, only_pending=True
-    )
-    params.extend(pending_params)
+    queued = ""
+    if pending:
+        queued_sql, queued_params = funnel_members_sql(
+            spec, start=start, end=end, analysed=analysed, step_groups=step_groups, only_pending=True
+        )
+        params.extend(queued_params)
+        queued = f" UNION ALL SELECT * FROM ({queued_sql}) AS queued"
     sql = (
         f"WITH {sources}, pending AS MATERIALIZED ({PENDING}), stale AS MATERIALIZED ({_STALE}),"
         " best AS MATERIALIZED ("
         f" SELECT f1.member_id AS member, {reached} AS depth, {picked}"
         f" FROM f1{joins}{sliced} CROSS JOIN LATERAL ({attempts}) AS a"
         " WHERE r.hi > r.lo AND f1.member_id NOT IN (SELECT id FROM stale)"
-        f") SELECT b.* FROM best b WHERE {analysed_test}"
-        f" UNION ALL SELECT * FROM ({pending}) AS queued"
+        f") SELECT b.* FROM best b WHERE {analysed_test}{queued}"
     )
     return sql, params
 
@@ -437,6 +453,34 @@ def funnel_sql(
     members, params = members_sql(
         spec, start=start, end=end, analysed=analysed, step_groups=spec.breakdown in STEP_BREAKDOWNS
     )
+    return _funnel_grouped(spec, members, params, partial=False)
+
+
+def funnel_part_sql(
+    spec: FunnelSpec, *, start: datetime, end: datetime, analysed: AnalysedMembers, members: tuple[int, int],
+    pending: bool,
+) -> tuple[str, list[Any]]:  # fmt: skip
+    """One part of ``funnel_sql``'s answer from the summary: the members ``[first, stop)`` of
+    ``members`` (and, with ``pending``, the queued members read from the log), as rows
+    ``(step, group, entered, converted, seconds)`` where ``seconds`` are the times from step k
+    to step k+1 of the part's members who made it (unsorted; NULL when none did).
+
+    The parts of disjoint member ranges that cover every member, one of them with ``pending``,
+    are the whole answer (``funnel_parts_merge``): each member is in one part, so counts add,
+    and the median of each cell is taken of all parts' times (not a mean of medians). Each part
+    is one backend, one core: PostgreSQL runs none of this query in parallel workers itself."""
+    rows, params = funnel_members_summary_sql(
+        spec, start=start, end=end, analysed=analysed, step_groups=spec.breakdown in STEP_BREAKDOWNS,
+        members=members, pending=pending,
+    )  # fmt: skip
+    return _funnel_grouped(spec, rows, params, partial=True)
+
+
+def _funnel_grouped(
+    spec: FunnelSpec, members: str, params: list[Any], *, partial: bool
+) -> tuple[str, list[Any]]:
+    """The rows of ``funnel_sql`` (``partial``: of ``funnel_part_sql``) over the per-member
+    rows ``members``."""
     n = len(spec.steps)
     joins = ""
     if spec.breakdown == "tier":
@@ -457,12 +501,15 @@ def funnel_sql(
         }[spec.breakdown]  # fmt: skip
         if k < n:
             converted = f"count(*) FILTER (WHERE f.depth >= {k + 1})"
+            # The same float8 either way: percentile_cont casts the numeric seconds to float8.
+            seconds = f"extract(epoch FROM f.t{k + 1} - f.t{k})"
             median = (
-                f"percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM f.t{k + 1} - f.t{k}))"
-                f" FILTER (WHERE f.depth >= {k + 1})"
-            )
+                f"array_agg({seconds}::float8)"
+                if partial
+                else f"percentile_cont(0.5) WITHIN GROUP (ORDER BY {seconds})"
+            ) + f" FILTER (WHERE f.depth >= {k + 1})"
         else:
-            converted, median = "0", "NULL::float8"
+            converted, median = "0", "NULL::float8[]" if partial else "NULL::float8"
         parts.append(
             f"SELECT {k} AS step, {group} AS grp, count(*) AS entered, {converted} AS converted,"
             f" {median} AS median_seconds FROM funnel f{joins} WHERE f.depth >= {k} GROUP BY 2"
@@ -474,6 +521,51 @@ def funnel_sql(
         + " ORDER BY step, grp"
     )
     return sql, params
+
+
+def funnel_parts_merge(
+    parts: Iterable[Iterable[Sequence[Any]]],
+) -> dict[tuple[int, str], tuple[int, int, float | None]]:
+    """The parts' rows of ``funnel_part_sql`` merged into ``funnel_sql``'s answer, by (step,
+    group): ``(entered, converted, median_seconds)``. Counts add; each median is PostgreSQL's
+    ``percentile_cont(0.5)`` (``median_cont``) of every part's times of its cell, so the
+    answer is the unsplit query's to the last bit. The caller orders the groups as
+    ``funnel_sql`` does (the database's collation, not Python's)."""
+    counts: dict[tuple[int, str], list[int]] = {}
+    times: dict[tuple[int, str], list[float]] = defaultdict(list)
+    for rows in parts:
+        for step, group, entered, converted, seconds in rows:
+            added = counts.setdefault((step, group), [0, 0])
+            added[0] += entered
+            added[1] += converted
+            times[(step, group)].extend(seconds or ())
+    return {
+        cell: (entered, converted, median_cont(times[cell]) if times[cell] else None)
+        for cell, (entered, converted) in counts.items()
+    }
+
+
+def median_cont(values: Sequence[float]) -> float:
+    """``percentile_cont(0.5)`` as PostgreSQL computes it (orderedsetaggs.c): the rows at
+    floor and ceil of ``0.5 * (n - 1)`` of the sorted values, and ``lo + (hi - lo) * 0.5``
+    (``float8_lerp``) between them when they differ, in the same float8 operations."""
+    ordered = sorted(values)
+    position = 0.5 * (len(ordered) - 1)
+    first, second = math.floor(position), math.ceil(position)
+    low = ordered[first]
+    if second == first:
+        return low
+    high = ordered[second]
+    return low + (high - low) * (position - first)
+
+
+def member_ranges(first: int, last: int, parts: int) -> list[tuple[int, int]]:
+    """``[first, last]`` cut into ``parts`` ranges ``[start, stop)`` of nearly equal width (at
+    most as many as there are ids), which cover it and do not overlap."""
+    parts = max(1, min(parts, last - first + 1))
+    width = last - first + 1
+    bounds = [first + width * i // parts for i in range(parts + 1)]
+    return list(itertools.pairwise(bounds))
 
 
 def funnel_step_members_sql(
