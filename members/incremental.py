@@ -6,7 +6,8 @@ A refresh records how far it covered each member's events (``RefreshWatermark``:
 event id and the latest event time). The next refresh of the batch decides in one query
 (``refresh_plan``) which members may go incrementally: those with a watermark whose events are
 exactly the ones covered plus those after the watermark's event id (the count of events
-resolved to them and the sum of their ids say so: a merge, a split, an erasure, a late
+resolved to them and the sum of their ids say so, as identity's tally keeps them
+(``identity.models.MemberEventTally``): a merge, a split, an erasure, a late
 resolution of an older event or a replay moving events between members changes them) and with
 no merge or split recorded since. A member marked only for changed events
 (``DirtyMark.from_events``) whose stored state already covers every event it holds is
