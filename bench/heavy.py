@@ -49,6 +49,7 @@ from typing import Any
 import ingest
 import orjson
 import psycopg
+from autovacuum import process_cpu_s
 from harness import DOCS, ROOT
 
 START_MARKER = "<!-- bench/heavy.py: heavy-history benchmarks, up to the end marker. -->"
@@ -171,7 +172,11 @@ def _drain(
     rows: list[tuple], workers: int, env: dict[str, str], label: str, profile: str = ""
 ) -> dict[str, Any]:
     """Store these events, then run the pipeline in ``workers`` processes until nothing waits.
-    ``profile``: a path prefix; each worker writes a cProfile of its CPU time to ``<prefix>-<pid>.prof``."""
+    ``profile``: a path prefix; each worker writes a cProfile of its CPU time to ``<prefix>-<pid>.prof``.
+    Besides the workers' own figures: the CPU of this database's backends while they ran (from
+    /proc, sampled), the WAL the cluster wrote meanwhile (all of it: another database's writes
+    count too on a shared cluster) and the rows each table had inserted and updated, with its
+    TOAST table's (``pg_stat_user_tables``, flushed when the workers' sessions end)."""
     from django.db import connections
 
     with psycopg.connect(URL, autocommit=True) as conn:
@@ -182,20 +187,60 @@ def _drain(
     connections.close_all()  # a child must not share this process's connection
     stop, out = mp.Event(), mp.Queue()
     procs = [mp.Process(target=_worker, args=(stop, out, env, profile)) for _ in range(workers)]
-    with ingest.announced(f"{label}: {len(rows):,} events, {workers} workers"):
-        began = time.monotonic()
-        for p in procs:
-            p.start()
-        with psycopg.connect(URL, autocommit=True) as conn:
+    backends: dict[int, float] = {}  # pid -> its CPU seconds when last seen
+    with psycopg.connect(URL, autocommit=True) as conn:
+        tables, wal = _tables_written(conn), _wal(conn)
+        with ingest.announced(f"{label}: {len(rows):,} events, {workers} workers"):
+            began = time.monotonic()
+            for p in procs:
+                p.start()
             while _waiting(conn):
+                _backends_sample(conn, backends)
                 time.sleep(0.2)
-        took = time.monotonic() - began
-        stop.set()
-        reports = [out.get() for _ in procs]
-        for p in procs:
-            p.join()
+            _backends_sample(conn, backends)
+            took = time.monotonic() - began
+            wal = _wal(conn) - wal
+            stop.set()
+            reports = [out.get() for _ in procs]
+            for p in procs:
+                p.join()
+        time.sleep(0.5)  # the ended sessions' statistics reach the shared counters
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        after = _tables_written(conn)
+    written = {
+        table: tuple(a - b for a, b in zip(counts, tables.get(table, (0, 0, 0, 0)), strict=True))
+        for table, counts in after.items()
+    }
     total = {key: sum(r[key] for r in reports) for key in reports[0]}
-    return {"label": label, "events": len(rows), "seconds": took, **total}
+    return {"label": label, "events": len(rows), "seconds": took, **total,
+            "backend_cpu_s": sum(backends.values()), "wal_bytes": wal,
+            "written": {t: w for t, w in written.items() if any(w)}}  # fmt: skip
+
+
+def _backends_sample(conn: psycopg.Connection, backends: dict[int, float]) -> None:
+    """The CPU seconds of every backend of this database but this one (new ones since started)."""
+    for (pid,) in conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    ).fetchall():
+        if cpu := process_cpu_s(pid):
+            backends[pid] = cpu
+
+
+def _wal(conn: psycopg.Connection) -> int:
+    return int(conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')").fetchone()[0])
+
+
+def _tables_written(conn: psycopg.Connection) -> dict[str, tuple[int, int, int, int]]:
+    """Per table: rows inserted, rows updated (HOT included), of which HOT, and the rows (chunks)
+    inserted into its TOAST table (a large value written again is all of its chunks again)."""
+    return {
+        name: (ins, upd, hot, toast)
+        for name, ins, upd, hot, toast in conn.execute(
+            "SELECT t.relname, t.n_tup_ins, t.n_tup_upd, t.n_tup_hot_upd, coalesce(x.n_tup_ins, 0) "
+            "FROM pg_stat_user_tables AS t JOIN pg_class AS c ON c.oid = t.relid "
+            "LEFT JOIN pg_stat_all_tables AS x ON x.relid = c.reltoastrelid"
+        ).fetchall()
+    }
 
 
 def run(
@@ -285,17 +330,39 @@ def lines_of(result: dict) -> list[str]:
         f"(at most {result['max_events']:,}), {result['workers']} pipeline worker processes.",
         "",
         "| run | events | wall (s) | events/s | worker CPU s per 1,000 events | members refreshed | "
-        "incremental / full / settled | why full | events read per refreshed member |",
-        "|---|---:|---:|---:|---:|---:|---|---|---:|",
+        "incremental / full / settled | why full | events read per refreshed member | "
+        "backend CPU s per 1,000 events | WAL bytes per event |",
+        "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|",
     ]
     for r in result["runs"]:
         lines.append(
             f"| {r['label']} | {r['events']:,} | {r['seconds']:,.1f} | **{r['events'] / r['seconds']:,.0f}** | "
             f"{1000 * r['cpu_s'] / r['events']:,.2f} | {r['refreshed']:,.0f} | "
             f"{r['incremental']:,.0f} / {r['full']:,.0f} / {r['settled']:,.0f} | "
-            f"{_reasons(r)} | {r['read'] / max(1, r['refreshed']):,.1f} |"
+            f"{_reasons(r)} | {r['read'] / max(1, r['refreshed']):,.1f} | "
+            f"{1000 * r['backend_cpu_s'] / r['events']:,.2f} | {r['wal_bytes'] / r['events']:,.0f} |"
         )
+    lines += [
+        "",
+        "Rows written per refreshed member (inserted / updated / of them HOT / TOAST chunks inserted), "
+        "the tables with the most:",
+        "",
+        "| run | " + " | ".join(_TABLE_COLUMNS) + " |",
+        "|---|" + "---:|" * len(_TABLE_COLUMNS),
+    ]
+    for r in result["runs"]:
+        per = max(1, r["refreshed"])
+        cells = []
+        for table in _TABLE_COLUMNS:
+            ins, upd, hot, toast = r["written"].get(table, (0, 0, 0, 0))
+            cells.append(f"{ins / per:.2f} / {upd / per:.2f} / {hot / per:.2f} / {toast / per:.2f}")
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
     return lines
+
+
+#: The tables the refresh writes, as the rows-written table shows them.
+_TABLE_COLUMNS = ("members_memberaggregate", "members_pointscheckpoint", "members_refreshwatermark",
+                  "members_pointsaccount", "members_pointsentry", "members_membertrait", "members_memberorder")  # fmt: skip
 
 
 def _reasons(run: dict[str, Any]) -> str:
@@ -345,6 +412,8 @@ def main() -> int:
         *lines_of(result),
     ])  # fmt: skip
     print(section)
+    harness.RESULTS.mkdir(exist_ok=True)
+    (harness.RESULTS / f"heavy-{started:%Y%m%dT%H%M%S}.json").write_bytes(orjson.dumps(result, default=str))
     if args.docs:
         harness.docs_insert(section, intro=INTRO, marker=MARKER, start=START_MARKER, end=END_MARKER)
         print(f"\nWritten to {DOCS.relative_to(ROOT)}")

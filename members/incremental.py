@@ -6,7 +6,8 @@ A refresh records how far it covered each member's events (``RefreshWatermark``:
 event id and the latest event time). The next refresh of the batch decides in one query
 (``refresh_plan``) which members may go incrementally: those with a watermark whose events are
 exactly the ones covered plus those after the watermark's event id (the count of events
-resolved to them and the sum of their ids say so: a merge, a split, an erasure, a late
+resolved to them and the sum of their ids say so, as identity's tally keeps them
+(``identity.models.MemberEventTally``): a merge, a split, an erasure, a late
 resolution of an older event or a replay moving events between members changes them) and with
 no merge or split recorded since. A member marked only for changed events
 (``DirtyMark.from_events``) whose stored state already covers every event it holds is
@@ -56,6 +57,7 @@ from cdp.db import binary_parameters_cursor
 from cdp.metrics import REFRESH_FULL_REASONS, REFRESH_PATHS
 from cdp.vault import trait_open
 from events.commerce import ORDER_COMPLETED, ORDER_EVENTS
+from identity.models import MemberEventTally
 from members.aggregates import CENT, CHANNELS, Order, OrderEvent, OrderKey, orders_of
 from members.consent.selectors import consent_facts
 from members.consent.statements import CONSENT_EVENT
@@ -471,9 +473,13 @@ _COVERED_OF = (
     "FROM unnest(%b::bigint[]) AS m(id) "
     f"JOIN {RefreshWatermark._meta.db_table} AS w ON w.member_id = m.id "
     f"JOIN {MemberAggregate._meta.db_table} AS a ON a.member_id = m.id "
-    "CROSS JOIN LATERAL (SELECT count(*) AS held, coalesce(sum(r.event_id), 0)::bigint AS held_sum, "
-    "coalesce(array_agg(r.event_id) FILTER (WHERE r.event_id > w.event_id), '{}') AS new_ids "
-    "FROM identity_eventresolution AS r WHERE r.member_id = m.id) AS h "
+    # What the member holds from identity's tally (kept by trigger with the resolutions), and
+    # only the new events' resolutions by index: counted from the resolutions, this read all
+    # of a member's events on every refresh (``identity.models.MemberEventTally``).
+    f"LEFT JOIN {MemberEventTally._meta.db_table} AS t ON t.member_id = m.id "
+    "CROSS JOIN LATERAL (SELECT coalesce(t.events, 0) AS held, coalesce(t.events_sum, 0) AS held_sum, "
+    "ARRAY(SELECT r.event_id FROM identity_eventresolution AS r "
+    "WHERE r.member_id = m.id AND r.event_id > w.event_id) AS new_ids) AS h "
     "WHERE NOT EXISTS (SELECT 1 FROM identity_mergerecord AS g WHERE g.survivor_id = m.id "
     "AND g.created_at >= w.refreshed_at) "
     "AND NOT EXISTS (SELECT 1 FROM identity_splitrecord AS s WHERE s.member_id = m.id "
