@@ -7,17 +7,11 @@ the table, not with the batch."""
 import pytest
 from django.db import connection
 
-from cdp.db import binary_parameters_cursor
 from members import incremental
+from tests.plans import assert_unanalyzed, plan_of
 
 #: Enough rows that a scan of them costs more than a few hundred index probes; the batch's keys.
 ROWS, KEYS = 20_000, 300
-
-
-def _plan(statement: str, params: list) -> str:
-    with binary_parameters_cursor() as cursor:
-        cursor.execute("EXPLAIN " + statement, params)
-        return "\n".join(row[0] for row in cursor.fetchall())
 
 
 @pytest.fixture
@@ -43,17 +37,14 @@ def unanalyzed_members() -> list[int]:
             "FROM unnest(%s::bigint[]) AS id",
             [ids],
         )
-        cursor.execute(
-            "SELECT count(*) FROM pg_stats WHERE tablename IN ('members_membertrait', 'members_memberorder')"
-        )
-        assert cursor.fetchone()[0] == 0, "the tables must have no planner statistics for this test"
+    assert_unanalyzed("members_membertrait", "members_memberorder")
     return ids
 
 
 @pytest.mark.django_db
 def test_traits_of_a_batch_walk_the_member_index_without_statistics(unanalyzed_members):
     batch = unanalyzed_members[::50][:KEYS]
-    plan = _plan(incremental._TRAITS_OF, [batch])
+    plan = plan_of(incremental._TRAITS_OF, [batch])
     assert "Seq Scan on members_membertrait" not in plan
     assert "member_trait_unique" in plan
     assert incremental._traits_of(set(batch)) == {pk: {"city": "Beijing"} for pk in batch}
@@ -62,7 +53,7 @@ def test_traits_of_a_batch_walk_the_member_index_without_statistics(unanalyzed_m
 @pytest.mark.django_db
 def test_stored_orders_of_a_batch_walk_the_member_index_without_statistics(unanalyzed_members):
     batch = unanalyzed_members[::50][:KEYS]
-    plan = _plan(incremental._ORDERS_OF, [batch, [f"o{pk}" for pk in batch]])
+    plan = plan_of(incremental._ORDERS_OF, [batch, [f"o{pk}" for pk in batch]])
     assert "Seq Scan on members_memberorder" not in plan
     assert "member_order_unique" in plan
 
