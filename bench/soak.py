@@ -65,6 +65,7 @@ import ingest  # the web server, the source, the machine facts
 import orjson
 import payloads
 import psycopg
+from autovacuum import Autovacuum
 from harness import RESULTS, ROOT
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -517,7 +518,8 @@ def section(
         f"- Load: {args.rate:,.0f} events/s scheduled for {args.duration / 60:.1f} min (open model, "
         f"{args.connections} connections), batches of {BATCH_SIZES[0]} to {BATCH_SIZES[1]} events of the retailer mix "
         f"(each built when due: stamped then, new order numbers, by {args.customers:,} customers who come back) "
-        f"into `/v1/batch`; pipeline: one Celery worker, prefork `--concurrency {args.concurrency}`, and beat.",
+        f"into `/v1/batch`; pipeline: one Celery worker, prefork `--concurrency {args.concurrency}`, and beat; "
+        f"autovacuum: {facts['autovacuum']}.",
         f"- Sent {report.events_sent:,} events in {report.sent:,} requests ({offered:,.0f}/s); accepted "
         f"{report.accepted:,}, rejected {report.rejected:,}, failed requests {report.errors:,}"
         + (f" ({report.error_sample})" if report.error_sample else "")
@@ -647,6 +649,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="a note for the section's title when the run is not the benchmark as specified (say, a short run)",
     )
     parser.add_argument(
+        "--autovacuum",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="emulate autovacuum during the load and the drain, as a production server runs it (the "
+        "benchmark server runs without: bench/autovacuum.py); its backend's CPU counts with the others",
+    )
+    parser.add_argument(
         "--no-docs", dest="docs", action="store_false", help="do not write docs/benchmarks.md"
     )
     return parser.parse_args(argv)
@@ -666,6 +675,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     processes: list[Any] = []
     samples: list[Sample] = []
+    # The benchmark server runs without autovacuum; the queue's and the identity graph's dead
+    # rows and the planner's statistics of a production server come from this emulation.
+    emulation = Autovacuum(DATABASE_URL) if args.autovacuum else None
+    vacuuming = contextlib.ExitStack()  # closed once the drain ends (closing twice does nothing)
     try:
         with ingest.announced("checking that nothing else keeps the CPU busy"):
             background = ingest.wait_until_quiet(10, 30)
@@ -699,6 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"… {args.rate:,.0f} events/s for {args.duration:,.0f} s, sampled every {args.sample:.0f} s",
             flush=True,
         )
+        if emulation is not None:
+            vacuuming.enter_context(emulation)
         client.start()
         ready.wait()
         began = time.monotonic()
@@ -723,13 +738,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     break
                 _print(samples[-1])
                 time.sleep(args.sample / 2)
+        vacuuming.close()
         with ingest.announced("checking every accepted message id"):
             lost = lost_check(ids_path, source.pk)
-        facts = {**ingest.machine(), "background": f"{background:.0f}%", "load": f"{os.getloadavg()[0]:.1f}"}
+        facts = {
+            **ingest.machine(),
+            "background": f"{background:.0f}%",
+            "load": f"{os.getloadavg()[0]:.1f}",
+            "autovacuum": (
+                f"emulated (`bench/autovacuum.py`: {emulation.summary()})"
+                if emulation is not None
+                else "off, not emulated (`--no-autovacuum`)"
+            ),
+        }
     except KeyboardInterrupt:
         print("interrupted: stopping the client, granian, the worker and beat", file=sys.stderr)
         return 130
     finally:
+        vacuuming.close()
         for process in reversed(processes):
             with contextlib.suppress(Exception):
                 process.stop()
