@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
+import orjson
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import IntegrityError, transaction
 from django.db.models import Q
@@ -318,8 +319,8 @@ def points_advance(*, histories: dict[int, LoyaltyHistory], now: datetime | None
     program = program_load()
     fingerprint = program_fingerprint(program)
     facts = _facts_of(histories.keys())
-    resumed: dict[int, tuple[LoyaltyHistory, PointsCheckpoint]] = {}
-    for stored in PointsCheckpoint.objects.filter(member_id__in=histories.keys()):
+    resumed: dict[int, tuple[LoyaltyHistory, _StoredCheckpoint]] = {}
+    for stored in _checkpoints_of(histories.keys()):
         history = histories[stored.member_id]
         later = stored.at is None or all(
             step > stored.at
@@ -340,8 +341,7 @@ def points_advance(*, histories: dict[int, LoyaltyHistory], now: datetime | None
         try:
             derivations[member_id] = points_derive(
                 program=program, orders=history.orders, lines=history.lines, events=history.events,
-                recorded=(), now=now, resume=Checkpoint(at=stored.at, state=bytes(stored.state),
-                                                        cold=None if stored.cold is None else bytes(stored.cold)),
+                recorded=(), now=now, resume=Checkpoint(at=stored.at, state=stored.state, cold=stored.cold),
             )  # fmt: skip
         except Exception:
             logger.warning("points checkpoint of member %s unusable; deriving from the history", member_id)
@@ -385,6 +385,37 @@ def points_advance(*, histories: dict[int, LoyaltyHistory], now: datetime | None
     _checkpoints_write(derivations, program, held, facts=facts)
     POINTS_DERIVATIONS.labels("resumed").inc(len(derivations))
     return set(histories) - derivations.keys()
+
+
+@dataclass(frozen=True, slots=True)
+class _StoredCheckpoint:
+    """A member's ``PointsCheckpoint`` as ``points_advance`` reads it."""
+
+    member_id: int
+    at: datetime | None
+    state: bytes
+    cold: bytes | None
+    program: str
+    facts: str
+    tail: list[list]
+
+
+_CHECKPOINTS_OF = (
+    "SELECT member_id, at, state, cold, program, facts, tail FROM members_pointscheckpoint "
+    "WHERE member_id = ANY(%b::bigint[])"
+)
+
+
+def _checkpoints_of(member_ids: Iterable[int]) -> list[_StoredCheckpoint]:
+    """These members' checkpoints, in one statement bound in binary: the ORM's ``IN`` list of a
+    batch's ids was parsed and planned afresh at every refresh, and each row built as a model."""
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_CHECKPOINTS_OF, [sorted(member_ids)])
+        return [
+            _StoredCheckpoint(member_id, at, bytes(state), None if cold is None else bytes(cold), program, facts,
+                              orjson.loads(tail))
+            for member_id, at, state, cold, program, facts, tail in cursor.fetchall()
+        ]  # fmt: skip
 
 
 #: A member with no facts (``_facts_of``).

@@ -65,8 +65,9 @@ def rule_references(condition: Condition) -> References:
     )
 
 
-def _moments(leaf: Condition, facts: MemberFacts) -> Iterable[datetime]:
-    """Moments at which time alone may flip ``leaf`` for this member (a superset)."""
+def _moments(leaf: Condition, facts: MemberFacts, now: datetime) -> Iterable[datetime]:
+    """Moments at which time alone may flip ``leaf`` for this member: a superset of the soonest
+    one after ``now`` (``rule_window_expiry`` takes the soonest of those after ``now``)."""
     if isinstance(leaf, ConsentGranted):
         yield from (fact.at for fact in facts.consents if fact.purpose == leaf.purpose)
         return
@@ -89,16 +90,21 @@ def _moments(leaf: Condition, facts: MemberFacts) -> Iterable[datetime]:
     times = event_times_of(facts, leaf.event)
     if times is None:
         times = [event.at for event in facts.events if event_passes(event, leaf.event)]
-    for at in times:
-        for days in offsets:
-            if (leaves_window := moment_plus(at, timedelta(days=days, microseconds=1))) is not None:
-                yield leaves_window
+    for days in offsets:
+        # Each time leaves the window this long after it; of those leaving after ``now``, the
+        # earliest time's leaves first. Found by comparing times, not by adding to each: a heavy
+        # member's refresh added the window to each of its dozens of stored times, per rule.
+        window = timedelta(days=days, microseconds=1)
+        start = moment_plus(now, -window)  # None: before the calendar, every time is later
+        earliest = min((at for at in times if start is None or at > start), default=None)
+        if earliest is not None and (leaves_window := moment_plus(earliest, window)) is not None:
+            yield leaves_window
 
 
 def rule_window_expiry(condition: Condition, facts: MemberFacts, now: datetime) -> datetime | None:
     """The soonest moment after ``now`` at which time alone may change whether this member
     matches (recheck them then), or None if time alone never changes it."""
-    moments = [m for leaf in leaves(condition) for m in _moments(leaf, facts) if m > now]
+    moments = [m for leaf in leaves(condition) for m in _moments(leaf, facts, now) if m > now]
     return min(moments, default=None)
 
 

@@ -19,7 +19,16 @@ from members.segments.rules.interpret import (
     rule_matches,
 )
 from members.segments.rules.parse import RuleInvalid, rule_parse
-from members.segments.rules.syntax import KINDS, All, EventFilter, HasTag, Not, Trait, event_filter_key
+from members.segments.rules.syntax import (
+    KINDS,
+    MAX_DAYS,
+    All,
+    EventFilter,
+    HasTag,
+    Not,
+    Trait,
+    event_filter_key,
+)
 from members.segments.rules.values import value_time
 from members.segments.selectors import event_reads
 from tests.members.segments import test_rules_sql as generated
@@ -505,3 +514,48 @@ def test_nothing_changes_before_the_window_expiry(member, rule):
     assert expiry > NOW
     for later in (NOW + (expiry - NOW) / 2, expiry - timedelta(microseconds=1)):
         assert rule_matches(condition, facts, now=later) == answer
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ages=st.lists(st.integers(-5 * 24 * 3600, 400 * 24 * 3600), max_size=40),
+    edges=st.lists(
+        st.sampled_from([datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)]), max_size=2
+    ),
+    days=st.integers(1, MAX_DAYS),
+    before=st.integers(1, 400),
+    now=st.sampled_from([NOW, datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 30, tzinfo=UTC)]),
+    stored=st.booleans(),
+)
+def test_window_expiry_is_the_soonest_time_leaving_a_window_after_now(ages, edges, days, before, now, stored):
+    """Each windowed leaf's soonest moment is found from its earliest time still in the window
+    (not by adding the window to every time): the same as the soonest of every time plus the
+    window, unsorted times, times at the calendar's ends and windows reaching past them included."""
+    times = [*edges]
+    for seconds in ages:
+        try:
+            times.append(now - timedelta(seconds=seconds))
+        except OverflowError:
+            continue
+    facts = (
+        MemberFacts(1, event_times={event_filter_key(EventFilter("Order Completed")): sorted(times)})
+        if stored
+        else MemberFacts(1, events=tuple(EventFact("Order Completed", at, "pos") for at in times))
+    )
+
+    def soonest(offsets: list[int]) -> datetime | None:
+        leaving = []
+        for at in times:
+            for offset in offsets:
+                try:
+                    leaving.append(at + timedelta(days=offset, microseconds=1))
+                except OverflowError:
+                    continue
+        return min((m for m in leaving if m > now), default=None)
+
+    did = rule_parse({"event": "Order Completed", "in_last_days": days})
+    stopped = rule_parse(
+        {"stopped": {"event": "Order Completed", "in_last_days": days, "before_days": before}}
+    )
+    assert rule_window_expiry(did, facts, now) == soonest([days])
+    assert rule_window_expiry(stopped, facts, now) == soonest([days, days + before])
