@@ -303,3 +303,26 @@ def test_a_funnel_from_the_summary_reads_consent_once_not_once_per_member():
         assert loops
         assert max(loops) == 1, loops  # the queued members' part: not run (0 loops)
         transaction.set_rollback(True)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "journey",
+    [
+        [(0, 0), (1, 30), (0, 100), (0, 200)],  # step-1 events after the last step 2: not tried
+        [(1, 0), (0, 30), (0, 60)],  # every step 2 before the first attempt: the first alone
+        [(0, 0), (0, 30)],  # no step 2 at all
+        [(0, 0), (1, 300), (0, 400), (1, 420), (2, 430), (0, 500)],  # the deeper attempt later
+    ],
+)
+def test_attempts_after_the_last_step_two_are_not_needed(journey):
+    spec = funnel_parse(steps=[{"event": NAMES[k]} for k in range(3)], window_hours=2)
+    with transaction.atomic():
+        written = write([_person([_event(NAMES[k], minutes) for k, minutes in journey])])
+        funnel_events.summary_from_scratch()
+        end = T0 + timedelta(days=1)
+        same_funnel(
+            answers(spec, start=T0, end=end, from_summary=True),
+            funnel_reference(spec, written.events, start=T0, end=end),
+        )
+        transaction.set_rollback(True)
