@@ -27,7 +27,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from cdp.replica import read_connection
-from members.consent.selectors import consent_granted_sql
+from members.consent.selectors import consent_granted_members_sql, consent_granted_sql
 from members.insights import funnel_events
 from members.insights.analysed import AnalysedMembers
 from members.insights.attribution import AttributionSpec, Credit, attribution_sql, credits_from_rows
@@ -65,7 +65,10 @@ ANALYTICS = "analytics"
 
 def analysed_members(*, at: datetime | None = None) -> AnalysedMembers:
     """The members an insight may analyse: ``analytics`` granted in force at ``at`` (now)."""
-    return AnalysedMembers(consent_granted_sql, ([ANALYTICS], at or datetime.now(UTC)))
+    purposes, at = [ANALYTICS], at or datetime.now(UTC)
+    return AnalysedMembers(
+        consent_granted_sql, (purposes, at), consent_granted_members_sql(), (purposes, at, purposes)
+    )
 
 
 class InsightRefused(ValueError):

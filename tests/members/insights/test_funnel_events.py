@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from events.models import Event
 from identity.models import EventResolution
-from members.consent.statements import GRANTED
+from members.consent.statements import DENIED, GRANTED, WITHDRAWN
 from members.insights import funnel_events
 from members.insights.funnel_services import DateRange, analysed_members, funnel_results
 from members.insights.funnels import (
@@ -269,4 +269,60 @@ def test_of_equally_deep_attempts_the_earliest_counts(from_summary):
             (1, "app", 1, 1, 3600.0), (2, "pos", 1, 0, None)
         ]  # fmt: skip
         same_funnel(found, funnel_reference(spec, written.events, start=T0, end=T0 + timedelta(days=1)))
+        transaction.set_rollback(True)
+
+
+def _plan_nodes(node):
+    yield node
+    for child in node.get("Plans", ()):
+        yield from _plan_nodes(child)
+
+
+@pytest.mark.django_db
+def test_a_funnel_from_the_summary_reads_consent_once_not_once_per_member():
+    # Five members enter; two have analytics consent in force (never stated, denied and
+    # withdrawn are not): their consent is one pass over the range, not a probe each.
+    spec = funnel_parse(steps=[{"event": NAMES[0]}, {"event": NAMES[2]}], window_hours=24)
+    histories = ((GRANTED,), (DENIED,), (), (GRANTED, WITHDRAWN), (DENIED, GRANTED))
+    journey = [_event(NAMES[0], 0), _event(NAMES[2], 60)]
+    with transaction.atomic():
+        write([{**_person(journey), "analytics": history} for history in histories])
+        funnel_events.summary_from_scratch()
+        sql, params = funnel_sql(
+            spec, start=T0, end=T0 + timedelta(days=1), analysed=analysed_members(), from_summary=True
+        )
+        assert [(s, e, c) for s, _, e, c, _ in rows(sql, params)] == [(1, 2, 2), (2, 2, 0)]
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
+            (plan,) = cursor.fetchone()[0]
+        loops = [
+            node["Actual Loops"]
+            for node in _plan_nodes(plan["Plan"])
+            if node.get("Relation Name") == "consent_consentstatement"
+        ]
+        assert loops
+        assert max(loops) == 1, loops  # the queued members' part: not run (0 loops)
+        transaction.set_rollback(True)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "journey",
+    [
+        [(0, 0), (1, 30), (0, 100), (0, 200)],  # step-1 events after the last step 2: not tried
+        [(1, 0), (0, 30), (0, 60)],  # every step 2 before the first attempt: the first alone
+        [(0, 0), (0, 30)],  # no step 2 at all
+        [(0, 0), (1, 300), (0, 400), (1, 420), (2, 430), (0, 500)],  # the deeper attempt later
+    ],
+)
+def test_attempts_after_the_last_step_two_are_not_needed(journey):
+    spec = funnel_parse(steps=[{"event": NAMES[k]} for k in range(3)], window_hours=2)
+    with transaction.atomic():
+        written = write([_person([_event(NAMES[k], minutes) for k, minutes in journey])])
+        funnel_events.summary_from_scratch()
+        end = T0 + timedelta(days=1)
+        same_funnel(
+            answers(spec, start=T0, end=end, from_summary=True),
+            funnel_reference(spec, written.events, start=T0, end=end),
+        )
         transaction.set_rollback(True)
