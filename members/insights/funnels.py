@@ -407,8 +407,8 @@ def funnel_members_summary_sql(
     # Only the step-1 events up to the last before the member's last step-2 event are tried (and
     # the first, lo + 1, always): those after it fill no step 2, depth 1, and the first attempt
     # is at least as deep and earlier. A member without a step 2 after its first attempt (most
-    # members, who never go on) tries that one alone.
-    tried_last = "greatest(r.lo + 1, least(r.hi, width_bucket(f2.ranks[cardinality(f2.ranks)], f1.ranks)))"
+    # members, who never go on), or without a step-2 row at all (NULL: 0), tries that one alone.
+    tried_last = "greatest(r.lo + 1, least(r.hi, coalesce(width_bucket(f2.ranks[cardinality(f2.ranks)], f1.ranks), 0)))"
     attempts = f"SELECT min(({n} - {depth})::bigint << 32 | g.i1) AS key FROM generate_series(r.lo + 1, {tried_last}) AS g(i1)"
     best = chain("(a.key & 4294967295)::int")
     reached = f"({n} - (a.key >> 32))"
