@@ -14,7 +14,7 @@ from cdp.db import binary_parameters_cursor, statement_run
 from events.contract import Message, Rejection
 from events.models import Channel, Event, RejectedEvent, Source
 from events.selectors import SourceCard
-from events.tasks import process_pending_enqueue, process_pending_nudge
+from events.tasks import process_pending_nudge
 
 WRITE_KEY_KIND = "wk"
 
@@ -185,7 +185,10 @@ def events_ingest(
     """Store a request's accepted events and its rejections together, durably.
 
     When this returns, the events are committed; the pipeline is nudged after the commit
-    (and the periodic sweep finds them if that nudge is lost).
+    (and the periodic sweep finds them if that nudge is lost) by ``process_pending_nudge``,
+    coalesced per process: a Celery publish per request cost a batch request as much CPU as
+    reading its body (a tenth of a 60-event batch's), and one worker woken processes every
+    event waiting.
     """
     with transaction.atomic():
         accepted_ids = (
@@ -199,7 +202,7 @@ def events_ingest(
                 source=source, endpoint=endpoint, received_at=received_at, rejections=rejections
             )
         if accepted:
-            transaction.on_commit(process_pending_enqueue)
+            transaction.on_commit(process_pending_nudge)
     return IngestOutcome(accepted=accepted, duplicates=len(messages) - accepted, accepted_ids=accepted_ids)
 
 
