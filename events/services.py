@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from cdp.credentials import credential_hash, credential_new, credential_prefix
-from cdp.db import binary_parameters_cursor, statement_run
+from cdp.db import binary_parameters_cursor, statement_run, text_array
 from events.contract import Message, Rejection
 from events.models import Channel, Event, RejectedEvent, Source
 from events.selectors import SourceCard
@@ -128,8 +128,9 @@ def _events_insert(*, source: Source, received_at: datetime, messages: Sequence[
     """One statement for the whole request; the unique constraint drops repeated messageIds
     (also within the request), so concurrent retries can never store an event twice."""
     params: list[Any] = [source.pk, source.kind, source.store_code, received_at]
-    params += [[getattr(m, column) for m in messages] for column in _TEXT_COLUMNS + _TIME_COLUMNS]
-    params += [[_json_text(getattr(m, column)) for m in messages] for column in _JSON_COLUMNS]
+    params += [text_array([getattr(m, column).encode() for m in messages]) for column in _TEXT_COLUMNS]
+    params += [[getattr(m, column) for m in messages] for column in _TIME_COLUMNS]
+    params += [text_array([orjson.dumps(getattr(m, column)) for m in messages]) for column in _JSON_COLUMNS]
     with binary_parameters_cursor() as cursor:
         cursor.execute(_INSERT_SQL, params)
         return frozenset(row[0] for row in cursor.fetchall())
