@@ -73,6 +73,8 @@ class Variant:
             **os.environ,
             **harness.service_env(database=self.url, broker=BROKER_URL),
             "RATE_LIMIT_INGESTION": "100000000/min",  # counted (a Redis round trip), never reached
+            # No reconnection within a run: a backend that exits mid-burst takes its CPU with it.
+            "DATABASE_CONN_MAX_AGE": "86400",
             "WEB_LOG_LEVEL": "warning",
         }
 
