@@ -4,6 +4,7 @@ import functools
 import hashlib
 import itertools
 import re
+import struct
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -13,8 +14,8 @@ from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connec
 from django.db.backends.utils import CursorWrapper
 from django.db.models import Field, Model
 from psycopg import errors as psycopg_errors
-from psycopg import pq
-from psycopg.adapt import PyFormat, Transformer
+from psycopg import postgres, pq
+from psycopg.adapt import Dumper, PyFormat, Transformer
 
 #: The largest value of a ``bigint`` column (every primary key, DEFAULT_AUTO_FIELD): an id
 #: beyond it names no row, a number beyond it cannot be stored.
@@ -26,6 +27,44 @@ MAX_BIGINT = 2**63 - 1
 _loader = psycopg.adapters.get_loader(psycopg.adapters.types["timestamptz"].oid, pq.Format.TEXT)
 assert _loader is not None  # psycopg registers one for every built-in type
 _TIMESTAMPTZ_LOADER = _loader
+
+
+class BinaryTextArray(bytes):
+    """A ``text[]`` parameter already in PostgreSQL's binary array format (``text_array``); a
+    ``binary_parameters_cursor`` sends it as it is."""
+
+
+class _BinaryTextArrayDumper(Dumper):
+    format = pq.Format.BINARY
+    oid = postgres.types["text"].array_oid
+
+    def dump(self, obj: Any) -> bytes:
+        return bytes(obj)
+
+
+_TEXT_OID = postgres.types["text"].oid
+#: Dimensions (1), whether any element is NULL (none), the element type, the length, the lower bound (1).
+_ARRAY_HEADER = struct.Struct("!iiIii")
+_EMPTY_ARRAY = struct.pack("!iiI", 0, 0, _TEXT_OID)
+_LENGTH = struct.Struct("!i")
+
+
+def text_array(values: Sequence[bytes]) -> BinaryTextArray:
+    """A ``text[]`` of UTF-8 ``values`` (none NULL), for a ``%b`` parameter.
+
+    psycopg dumps a list element by element in Python (its list dumper): for a batch of events,
+    a dozen columns of a hundred values each, 12 µs of CPU per event, a tenth of what a
+    batch request costs (bench/ingest_cpu.py). Here the lengths are packed and the whole array
+    joined in C, with no Python frame per element; the elements are encoded by the caller,
+    where JSON is encoded anyway (orjson gives UTF-8 bytes).
+    """
+    if not values:
+        return BinaryTextArray(_EMPTY_ARRAY)
+    parts: list[bytes] = [b""] * (2 * len(values) + 1)
+    parts[0] = _ARRAY_HEADER.pack(1, 0, _TEXT_OID, len(values), 1)
+    parts[1::2] = map(_LENGTH.pack, map(len, values))
+    parts[2::2] = values
+    return BinaryTextArray(b"".join(parts))
 
 
 def binary_parameters_cursor() -> CursorWrapper:
@@ -42,6 +81,7 @@ def binary_parameters_cursor() -> CursorWrapper:
     connection.ensure_connection()
     raw = psycopg.Cursor(connection.connection)
     raw.adapters.register_loader("timestamptz", _TIMESTAMPTZ_LOADER)
+    raw.adapters.register_dumper(BinaryTextArray, _BinaryTextArrayDumper)
     # django-stubs types the argument as Django's CursorWrapper; Django wraps a DB-API cursor.
     if connection.queries_logged:
         return connection.make_debug_cursor(raw)  # type: ignore[arg-type]

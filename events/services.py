@@ -10,11 +10,11 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from cdp.credentials import credential_hash, credential_new, credential_prefix
-from cdp.db import binary_parameters_cursor, statement_run
+from cdp.db import binary_parameters_cursor, statement_run, text_array
 from events.contract import Message, Rejection
 from events.models import Channel, Event, RejectedEvent, Source
 from events.selectors import SourceCard
-from events.tasks import process_pending_enqueue, process_pending_nudge
+from events.tasks import process_pending_nudge
 
 WRITE_KEY_KIND = "wk"
 
@@ -128,8 +128,9 @@ def _events_insert(*, source: Source, received_at: datetime, messages: Sequence[
     """One statement for the whole request; the unique constraint drops repeated messageIds
     (also within the request), so concurrent retries can never store an event twice."""
     params: list[Any] = [source.pk, source.kind, source.store_code, received_at]
-    params += [[getattr(m, column) for m in messages] for column in _TEXT_COLUMNS + _TIME_COLUMNS]
-    params += [[_json_text(getattr(m, column)) for m in messages] for column in _JSON_COLUMNS]
+    params += [text_array([getattr(m, column).encode() for m in messages]) for column in _TEXT_COLUMNS]
+    params += [[getattr(m, column) for m in messages] for column in _TIME_COLUMNS]
+    params += [text_array([orjson.dumps(getattr(m, column)) for m in messages]) for column in _JSON_COLUMNS]
     with binary_parameters_cursor() as cursor:
         cursor.execute(_INSERT_SQL, params)
         return frozenset(row[0] for row in cursor.fetchall())
@@ -185,7 +186,10 @@ def events_ingest(
     """Store a request's accepted events and its rejections together, durably.
 
     When this returns, the events are committed; the pipeline is nudged after the commit
-    (and the periodic sweep finds them if that nudge is lost).
+    (and the periodic sweep finds them if that nudge is lost) by ``process_pending_nudge``,
+    coalesced per process: a Celery publish per request cost a batch request as much CPU as
+    reading its body (a tenth of a 60-event batch's), and one worker woken processes every
+    event waiting.
     """
     with transaction.atomic():
         accepted_ids = (
@@ -199,7 +203,7 @@ def events_ingest(
                 source=source, endpoint=endpoint, received_at=received_at, rejections=rejections
             )
         if accepted:
-            transaction.on_commit(process_pending_enqueue)
+            transaction.on_commit(process_pending_nudge)
     return IngestOutcome(accepted=accepted, duplicates=len(messages) - accepted, accepted_ids=accepted_ids)
 
 

@@ -23,7 +23,7 @@ def process_pending_enqueue() -> None:
     enqueue(process_pending, fallback="the sweep of unprocessed events")
 
 
-#: The nudge of single-event requests: one publish per EVENT_NUDGE_INTERVAL_SECONDS per web
+#: The nudge of ingestion (single events, batches, imports): one publish per EVENT_NUDGE_INTERVAL_SECONDS per web
 #: process at most, however many events it stores (``CoalescedEnqueue``).
 process_pending_nudge = CoalescedEnqueue(
     process_pending,

@@ -281,6 +281,7 @@ class BatchView(_IngestionView):
             self.reject(request, parsed)
             raise ApiError(code=parsed.code, message=parsed.message, errors=parsed.errors)
         raw_messages, defaults = parsed
+        default_currency = request_source(request).default_currency
         messages: list[Message] = []
         rejections: list[Rejection] = []
         for index, raw in enumerate(raw_messages):
@@ -290,7 +291,7 @@ class BatchView(_IngestionView):
                 defaults=defaults,
                 index=index,
                 window=self.window,
-                default_currency=request_source(request).default_currency,
+                default_currency=default_currency,
             )
             if isinstance(result, Rejection):
                 rejections.append(result)

@@ -1,3 +1,5 @@
+import json
+
 import orjson
 import pytest
 from hypothesis import given
@@ -84,3 +86,37 @@ def test_a_document_is_refused_exactly_when_it_nests_past_the_limit(value, limit
             json_loads_bounded(raw, limit=limit)
     else:
         assert json_loads_bounded(raw, limit=limit) == value
+
+
+_NUMBERS_AND_DIGITS = st.recursive(
+    st.integers()
+    | st.text(alphabet="0123456789-:,[ ", max_size=25)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet="1-", max_size=3), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(_NUMBERS_AND_DIGITS)
+def test_every_integer_is_read_exactly_whatever_surrounds_it(value):
+    # Integers of any size (beyond 64 bits: read by the exact parser), beside strings of digits
+    # that only look like them: the quick search for a run of digits never skips a long integer.
+    raw = json.dumps(value).encode()
+    read = json_loads_bounded(raw)
+    assert read == value
+    assert _types(read) == _types(value)
+
+
+def _types(value):
+    if isinstance(value, dict):
+        return {key: _types(child) for key, child in value.items()}
+    if isinstance(value, list):
+        return [_types(child) for child in value]
+    return type(value)
+
+
+def test_a_long_integer_is_found_after_a_string_of_digits():
+    raw = b'{"phone": "12345678901234567890123", "n": 123456789012345678901234}'
+    assert json_loads_bounded(raw) == {"phone": "12345678901234567890123", "n": 123456789012345678901234}

@@ -159,6 +159,16 @@ def test_ingestion_nudges_the_pipeline_after_commit(ingest, django_capture_on_co
 
 
 @pytest.mark.django_db
+def test_a_batch_nudges_the_pipeline_through_the_coalesced_nudge(ingest, django_capture_on_commit_callbacks):
+    # One publish per EVENT_NUDGE_INTERVAL_SECONDS per web process, not one per request.
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = ingest("batch", {"batch": TrackMessageFactory.create_batch(2)})
+
+    assert response.status_code == 200
+    assert callbacks == [tasks.process_pending_nudge]
+
+
+@pytest.mark.django_db
 def test_rejected_only_requests_do_not_nudge(ingest, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks() as callbacks:
         assert ingest("track", {"event": "no ids"}).status_code == 400

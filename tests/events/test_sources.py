@@ -213,3 +213,17 @@ def test_the_admin_edits_a_sources_default_currency(client):
 
     page = client.get(f"/admin/events/source/{source.pk}/change/")
     assert 'name="default_currency"' in page.content.decode()
+
+
+def test_the_source_for_a_write_key_is_read_whole_in_one_statement(django_assert_num_queries):
+    created = source_create(name="S009 POS", kind=Channel.POS, store_code="S009", default_currency="HKD")
+
+    with django_assert_num_queries(1):
+        found = source_for_write_key(created.write_key)
+
+    assert found is not None
+    assert {field.attname: getattr(found, field.attname) for field in Source._meta.concrete_fields} == {
+        field.attname: getattr(created.source, field.attname) for field in Source._meta.concrete_fields
+    }
+    assert not found._state.adding  # saved as loaded: an update, never a second insert
+    assert source_for_write_key("wk_not_a_key") is None

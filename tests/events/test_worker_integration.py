@@ -108,8 +108,9 @@ def test_event_posted_over_http_nudges_a_real_worker_through_the_private_broker(
     status, body = post_batch(live_server.url, source.write_key, messages)
 
     assert (status, body["accepted"]) == (200, 3)
-    # The nudge waits in the Redis the worker consumes...
-    assert tasks_waiting(broker) == ["events.process_pending"]
+    # The nudge waits in the Redis the worker consumes (published by the web process's nudge
+    # thread within EVENT_NUDGE_INTERVAL_SECONDS of the commit, events.tasks.process_pending_nudge)...
+    assert wait_for(lambda: tasks_waiting(broker) == ["events.process_pending"], timeout=5)
     # ... and a worker alone, with no beat to sweep, processes the events through it.
     worker = CeleryProcess(
         "worker",

@@ -85,7 +85,7 @@ def test_a_history_refreshed_in_two_processes_is_what_a_rebuild_gives(tmp_path, 
     settings.MEMBER_REFRESH_BATCH_SIZE = 7  # many batches, for both processes to take some
     # The backlog waits for ``imported_resolve``, as with the workers stopped (tests run the
     # pipeline's nudge eagerly, which would process each batch as it commits).
-    monkeypatch.setattr(events_services, "process_pending_enqueue", lambda: None)
+    monkeypatch.setattr(events_services, "process_pending_nudge", lambda: None)
     workers = tmp_path / "workers"  # which processes did the work (forked: they append here)
     _note_workers(monkeypatch, members_services, "members_refresh_batch", workers, "refresh")
     Segment.objects.create(
