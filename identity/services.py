@@ -56,6 +56,7 @@ def identity_resolve_events(events: Sequence[ClaimedEvent | Event]) -> None:
         return
     policy = normalization_policy()
     batch = _extract(events, policy)  # pure work: before the lock
+    _blind_indexes(batch)  # so is hashing phones and emails: the lock's holder waits for none of it
     _identity_lock()
     check = _erasure_check(events, batch, release=True)
     if check.blocked:
@@ -74,6 +75,8 @@ def _identity_lock() -> None:
 class _ExtractedBatch:
     identifiers: dict[EventKey, frozenset[Identifier]] = field(default_factory=dict)
     vouching: set[EventKey] = field(default_factory=set)  # aliases (``ResolvableEvent.vouches``)
+    #: Phones and emails as their blind index (``cdp.vault``), when hashed ahead (``_blind_indexes``).
+    indexes: dict[Identifier, Identifier] = field(default_factory=dict)
     event_ids: dict[EventKey, int] = field(default_factory=dict)
     problems: dict[EventKey, list[dict]] = field(default_factory=dict)
 
@@ -125,10 +128,25 @@ def _erasure_check(
     return check
 
 
+def _blind_indexes(batch: _ExtractedBatch) -> None:
+    """Hash the batch's phones and emails into their blind index ahead (``batch.indexes``): pure
+    work, which the pipeline does before it takes the identity lock, so that ``_indexed`` under
+    it only looks them up. One HMAC per value."""
+    for identifiers in batch.identifiers.values():
+        for identifier in identifiers:
+            if identifier.type in SEALED_IDENTIFIER_TYPES and identifier not in batch.indexes:
+                batch.indexes[identifier] = _blind_index(identifier)
+
+
+def _blind_index(identifier: Identifier) -> Identifier:
+    return Identifier(identifier.type, identifier_index(identifier.type, identifier.value))
+
+
 def _indexed(batch: _ExtractedBatch) -> dict[Identifier, str]:
     """Phones and emails from here on as their blind index (``cdp.vault``: what the graph
     matches and stores); returns the value of each, for the resolver to seal new ones. After
-    the erasure check, which fingerprints the values themselves. One HMAC per value."""
+    the erasure check, which fingerprints the values themselves. The ones not hashed ahead
+    (``_blind_indexes``) are hashed here."""
     values: dict[Identifier, str] = {}
     for key, identifiers in batch.identifiers.items():
         if not any(i.type in SEALED_IDENTIFIER_TYPES for i in identifiers):
@@ -136,7 +154,7 @@ def _indexed(batch: _ExtractedBatch) -> dict[Identifier, str]:
         indexed = set()
         for identifier in identifiers:
             if identifier.type in SEALED_IDENTIFIER_TYPES:
-                stored = Identifier(identifier.type, identifier_index(identifier.type, identifier.value))
+                stored = batch.indexes.get(identifier) or _blind_index(identifier)
                 values[stored] = identifier.value
                 indexed.add(stored)
             else:

@@ -91,7 +91,7 @@ def memberships_refresh(
         return _sizes_move(sizes)
     computing = _Computing(definitions, rfm_edges_load(), lifecycle_windows(), now)
     outcome = _Outcome([], [], [], [], {}, {})
-    for facts, tag_ids, segment_ids in _state_of(members):
+    for facts, tag_ids, segment_ids in _state_of(members, definitions.identifier_types):
         _member_evaluate(computing, facts, set(tag_ids), set(segment_ids), outcome)
     _pairs_write(_TAGS_DIFF, outcome.tags_added, outcome.tags_removed, now)
     for segment_id, delta in _pairs_write(_SEGMENTS_DIFF, outcome.entered, outcome.exited, now).items():
@@ -148,12 +148,17 @@ def _member_evaluate(
 
 
 # What the refresh did not compute, read for the whole batch in one query. Each member's rows are
-# walked by index (lateral, OFFSET 0): see members.services._EVENTS_OF_MEMBERS.
+# walked by index (lateral, OFFSET 0): see members.services._EVENTS_OF_MEMBERS. Of the member's
+# identifiers, only whether it holds each type some rule asks about (``Definitions.identifier_types``,
+# the first array): a probe per type that stops at the first row found, where reading every type
+# it holds walked all its identifiers, more the longer its history (devices, cookies, openids).
 _STATE_OF_MEMBERS = """
 SELECT m.id,
-       ARRAY(SELECT i.type FROM identity_identifier AS i WHERE i.member_id = m.id
-             UNION SELECT i.type FROM identity_memberidentifier AS mi
-                   JOIN identity_identifier AS i ON i.id = mi.identifier_id WHERE mi.member_id = m.id),
+       ARRAY(SELECT k.type FROM unnest(%b::text[]) AS k(type)
+             WHERE EXISTS (SELECT 1 FROM identity_identifier AS i WHERE i.member_id = m.id AND i.type = k.type)
+                OR EXISTS (SELECT 1 FROM identity_memberidentifier AS mi
+                           JOIN identity_identifier AS i ON i.id = mi.identifier_id
+                           WHERE mi.member_id = m.id AND i.type = k.type)),
        coalesce(p.balance, 0), coalesce(p.tier, ''),
        ARRAY(SELECT t.tag_id FROM members_membertag AS t WHERE t.member_id = m.id),
        ARRAY(SELECT s.segment_id FROM members_segmentmember AS s WHERE s.member_id = m.id)
@@ -164,11 +169,13 @@ LEFT JOIN LATERAL (
 """
 
 
-def _state_of(members: Mapping[int, MemberFacts]) -> list[tuple[MemberFacts, list[int], list[int]]]:
-    """Each member's facts completed with identifiers, points and tier, and the ids of the
-    tags and segments it holds now."""
+def _state_of(
+    members: Mapping[int, MemberFacts], identifier_types: frozenset[str]
+) -> list[tuple[MemberFacts, list[int], list[int]]]:
+    """Each member's facts completed with points, tier and which of ``identifier_types`` it
+    holds (the ones rules ask about), and the ids of the tags and segments it holds now."""
     with binary_parameters_cursor() as cursor:
-        cursor.execute(_STATE_OF_MEMBERS, [sorted(members)])
+        cursor.execute(_STATE_OF_MEMBERS, [sorted(identifier_types), sorted(members)])
         rows = cursor.fetchall()
     return [
         (

@@ -20,6 +20,7 @@ from members.segments.rules.syntax import (
     DidNot,
     EventFilter,
     FirstTime,
+    HasIdentifier,
     Stopped,
     event_filter_key,
 )
@@ -65,6 +66,10 @@ class Definitions:
     #: far back (``MemberAggregate.event_times``), so the incremental refresh reads none of
     #: the member's earlier events for them.
     window_filters: Mapping[str, tuple[EventFilter, int]] = field(default_factory=dict)
+    #: The identifier types some rule asks a member to hold (``has_identifier``): the refresh
+    #: looks up only these for each member (none: no lookup), not every identifier the member
+    #: ever gained, which a long history makes many.
+    identifier_types: frozenset[str] = frozenset()
 
 
 def _days_read(leaf: Did | DidNot | FirstTime | Stopped) -> int | None:
@@ -142,6 +147,12 @@ def definitions_load() -> Definitions:
         and any(field.startswith("properties.") for field, _ in leaf.event.where)
     )
     window_filters, ever_filters = event_reads(d.condition for d in ordered)
+    identifier_types = frozenset(
+        leaf.type
+        for definition in ordered
+        for leaf in leaves(definition.condition)
+        if isinstance(leaf, HasIdentifier)
+    )
     computed_tag_ids = {key: pk for pk, key, kind, _ in tags if kind == Tag.Kind.COMPUTED}
     return Definitions(
         ordered=tuple(ordered),
@@ -155,6 +166,7 @@ def definitions_load() -> Definitions:
         property_events=property_events,
         ever_filters=ever_filters,
         window_filters=window_filters,
+        identifier_types=identifier_types,
     )
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from events.models import Event
 from events.pipeline import events_process_batch
+from identity import services
 from identity.models import EventIdentifier, EventResolution, MergeRecord
 from identity.models import Identifier as IdentifierRow
 from identity.services import identity_resolve_events
@@ -99,6 +100,28 @@ def test_a_merge_is_recorded_and_the_absorbed_id_leads_to_the_survivor():
     assert record.identifiers == ["anonymous_id:a-1", f"phone:{stored('phone', '+8613800138000')}"]
     assert record.rule["phone"]["limit"] == 2
     assert record.cause == MergeRecord.Cause.EVENT
+
+
+@pytest.mark.django_db
+def test_phones_and_emails_are_hashed_before_the_identity_lock(monkeypatch):
+    """The lock's holder keeps every other worker's batch waiting: hashing values (pure work)
+    happens before it is taken, and the graph stores the same blind indexes."""
+    steps: list[str] = []
+    lock, index = services._identity_lock, services.identifier_index
+    monkeypatch.setattr(services, "_identity_lock", lambda: (steps.append("lock"), lock())[1])
+    monkeypatch.setattr(services, "identifier_index", lambda *a: (steps.append("hash"), index(*a))[1])
+    event = EventFactory(
+        anonymous_id="a-1", user_id="", traits={"phone": "13800138000", "email": "a@example.com"}
+    )
+
+    identity_resolve_events([event])
+
+    assert steps == ["hash", "hash", "lock"]
+    assert set(IdentifierRow.objects.values_list("type", "value")) == {
+        ("anonymous_id", "a-1"),
+        ("phone", stored("phone", "+8613800138000")),
+        ("email", stored("email", "a@example.com")),
+    }
 
 
 @pytest.mark.django_db

@@ -7,7 +7,9 @@ the table, not with the batch."""
 import pytest
 from django.db import connection
 
+from cdp.db import binary_parameters_cursor
 from members import incremental
+from members.segments.evaluate import _STATE_OF_MEMBERS
 from tests.plans import assert_unanalyzed, plan_of
 
 #: Enough rows that a scan of them costs more than a few hundred index probes; the batch's keys.
@@ -76,3 +78,27 @@ def test_an_analyze_of_a_few_members_marks_leaves_the_queues_members_scaling_wit
         )
         (distinct,) = cursor.fetchone()
     assert distinct < 0  # a fraction of the rows, not a count of members
+
+
+@pytest.mark.django_db
+def test_the_identifier_types_rules_ask_about_are_probed_by_the_member_index_without_statistics(
+    unanalyzed_members,
+):
+    """Whether each member of a refresh batch holds a type some rule names: a probe of the
+    member's index per type (``members.segments.evaluate._STATE_OF_MEMBERS``), never a scan
+    of every identifier."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO identity_identifier (type, value, member_id, last_seen_message_id, alias_class, created_at) "
+            "SELECT t, t || id, id, '', '', now() FROM unnest(%s::bigint[]) AS id, "
+            "unnest(ARRAY['anonymous_id', 'device_id', 'phone']) AS t",
+            [unanalyzed_members],
+        )
+    assert_unanalyzed("identity_identifier", "identity_memberidentifier")
+    batch = unanalyzed_members[::50][:KEYS]
+    plan = plan_of(_STATE_OF_MEMBERS, [["email", "phone"], batch])
+    assert "Seq Scan on identity_identifier" not in plan
+    assert "identifier_by_member" in plan
+    with binary_parameters_cursor() as cursor:
+        cursor.execute(_STATE_OF_MEMBERS, [["email", "phone"], batch])
+        assert {row[0]: row[1] for row in cursor.fetchall()} == {pk: ["phone"] for pk in batch}

@@ -62,6 +62,7 @@ class MemberFacts:
 
     member_id: int
     traits: Mapping[str, Any] = field(default_factory=dict)
+    #: The identifier types it holds, of those some rule asks about (``Definitions.identifier_types``).
     identifier_types: frozenset[str] = frozenset()
     aggregates: Mapping[str, Any] = field(default_factory=dict)
     events: tuple[EventFact, ...] = ()

@@ -15,6 +15,7 @@ from events.pipeline import events_process_pending
 from identity.models import EventResolution
 from identity.services import member_split
 from members.models import Member
+from members.segments.evaluate import _state_of
 from members.segments.models import (
     MemberTag,
     RfmCutoffs,
@@ -25,6 +26,8 @@ from members.segments.models import (
     Tag,
     TagChange,
 )
+from members.segments.rules.interpret import MemberFacts
+from members.segments.selectors import definitions_load
 from members.segments.services import memberships_compute_all, segment_static_set
 from members.services import members_rebuild, members_refresh
 from tests.factories import EventFactory, SourceFactory
@@ -191,6 +194,32 @@ def test_a_split_moves_membership_back(store, app):
     assert member_of(at_till) == merged != member_of(in_app)
     assert members_of("app-buyers") == {member_of(in_app)}
     assert (merged, "exited") in history("app-buyers")
+
+
+def test_the_refresh_looks_up_only_the_identifier_types_rules_ask_about(settings, app):
+    """A member's identifiers grow with its history (devices, cookies, openids): the refresh
+    asks, per type some rule names, whether the member holds one, both the types that merge
+    (owned) and those that do not (held per member), and reads nothing when no rule asks."""
+    settings.IDENTITY_RULES = {"terminal": {"merges": False}}
+    Segment.objects.create(key="carded", name="carded", kind="dynamic",
+                           rule={"all": [{"has_identifier": "member_card"}, {"not": {"has_identifier": "email"}}]})  # fmt: skip
+    Tag.objects.create(key="at-till", name="at a till", kind="rule", rule={"has_identifier": "terminal"})
+    event = EventFactory(
+        source=app, type="identify", user_id="u1", anonymous_id="a1", traits={"phone": "13800138000"},
+        context={"externalIds": [{"id": "MC-1", "type": "member_card", "collection": "users"},
+                                 {"id": "T-1", "type": "terminal", "collection": "users"}]},
+    )  # fmt: skip
+    events_process_pending()
+    member = member_of(event)
+    definitions = definitions_load()
+
+    assert definitions.identifier_types == {"member_card", "email", "terminal"}
+    [(facts, _, _)] = _state_of({member: MemberFacts(member)}, definitions.identifier_types)
+    assert facts.identifier_types == {"member_card", "terminal"}
+    [(facts, _, _)] = _state_of({member: MemberFacts(member)}, frozenset())
+    assert facts.identifier_types == frozenset()
+    assert member in members_of("carded")
+    assert "at-till" in tags_of(member)
 
 
 # --- the incremental path equals the full recompute --------------------------------------------
