@@ -6,7 +6,8 @@
 (a few seconds), resolves identities in one process (timed: this process and its backend), and
 refreshes every member in one process with each step of the refresh timed: wall, this process's
 CPU and its backend's CPU (``/proc``: what the step costs whatever the load; the tick is 10 ms,
-so a step's figure is the sum over hundreds of batches). ``--profile FILE``: a cProfile of the
+so a step's figure is the sum over hundreds of batches), both with the process's objects frozen
+as ``imported_resolve`` runs them (``--no-freeze``: as before). ``--profile FILE``: a cProfile of the
 refresh too. Prints a table per stage: CPU µs per imported row.
 
     .venv/bin/python bench/import_stages.py --members 50000 --setup
@@ -17,6 +18,7 @@ import harness  # first: the project before bench/ on sys.path (see its docstrin
 
 # isort: split
 import argparse
+import contextlib
 import cProfile
 import functools
 import tempfile
@@ -135,6 +137,11 @@ def keep_resolved() -> None:
 
 
 def main() -> int:
+    with contextlib.ExitStack() as stack:
+        return _main(stack)
+
+
+def _main(stack: contextlib.ExitStack) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=50_000)
     parser.add_argument("--setup", action="store_true")
@@ -150,6 +157,14 @@ def main() -> int:
     parser.add_argument("--resolved", action="store_true", help="start from that template: the refresh only")
     parser.add_argument("--processes", type=int, default=1, help="refresh processes (steps only with 1)")
     parser.add_argument("--work", default="", help="a suffix for the working database (runs side by side)")
+    parser.add_argument(
+        "--backlog-batch", type=int, default=0, help="events per resolution batch (default the import's)"
+    )
+    parser.add_argument(
+        "--no-freeze",
+        action="store_true",
+        help="the stages without the process's objects frozen (as before members.imports.collector)",
+    )
     args = parser.parse_args()
     if args.work:
         _work_database(f"cdp_bench_import_stages_{args.work}")
@@ -161,15 +176,18 @@ def main() -> int:
     from django.db import connection
 
     from events.pipeline import pipeline_follow_ups_drain
+    from members.imports.collector import process_objects_frozen
     from members.imports.services import imported_identities_resolve
 
     rows = args.members * 6
+    if not args.no_freeze:  # as imported_resolve runs them
+        stack.enter_context(process_objects_frozen())
     if not args.resolved:
         identity_profiler = cProfile.Profile() if args.profile_identity else None
         with imports.timed() as resolving:
             if identity_profiler:
                 identity_profiler.enable()
-            events = imported_identities_resolve()
+            events = imported_identities_resolve(batch_size=args.backlog_batch or None)
             if identity_profiler:
                 identity_profiler.disable()
         if identity_profiler:

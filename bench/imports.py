@@ -220,7 +220,14 @@ def import_file(kind: str, path: Path) -> tuple[int, Took]:
 def resolve(*, arrival_order: bool, processes: int) -> tuple[int, Took, Took]:
     """(events, resolving, refreshing). ``arrival_order``: the backlog claimed in the order it
     was stored, as before the import took it in event time (for comparison); ``processes``: the
-    refresh's (``imported_resolve``)."""
+    refresh's (``imported_resolve``), which run, as there, with the process's objects frozen."""
+    from members.imports.collector import process_objects_frozen
+
+    with process_objects_frozen():
+        return _resolve(arrival_order=arrival_order, processes=processes)
+
+
+def _resolve(*, arrival_order: bool, processes: int) -> tuple[int, Took, Took]:
     from events.pipeline import events_process_batch, pipeline_follow_ups_drain
     from members.imports.services import imported_identities_resolve
 

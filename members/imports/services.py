@@ -40,6 +40,7 @@ from events.pipeline import (
 from events.services import events_ingest, source_create
 from identity.policy import normalization_policy
 from identity.selectors import identifier_holders
+from members.imports.collector import process_objects_frozen
 from members.imports.mapping import ColumnMapping, mapping_parse
 from members.imports.models import ImportJob, ImportProblem
 from members.imports.reading import FileUnreadable, Record, RecordReader, lines_count
@@ -159,6 +160,7 @@ def _start_audit(job: ImportJob, *, user: User | None, channel: str, operator: s
     )
 
 
+@process_objects_frozen()
 def import_run(
     *,
     job: ImportJob,
@@ -170,7 +172,10 @@ def import_run(
 
     A dry run checks every row as the import would (the contract, the members, the programme's
     tiers) and writes none of the data. A row with a problem is reported (record, line, field,
-    reason) and skipped; the rest go on. A file that cannot be read at all fails the job."""
+    reason) and skipped; the rest go on. A file that cannot be read at all fails the job.
+
+    The process's own objects are frozen meanwhile (``collector``): the collector's full
+    collections, which the job's garbage triggers, do not walk them again and again."""
     report = report if report is not None else Report()
     saved = job.pk is not None
     if job.status == ImportJob.Status.SUCCEEDED:
@@ -490,6 +495,7 @@ def _ref_of(plan: Plan) -> MemberRef | None:
     return None
 
 
+@process_objects_frozen()
 def imported_resolve(*, batch_size: int | None = None, processes: int | None = None) -> tuple[int, int]:
     """Run the pipeline over everything waiting, as for a bulk of history: identity resolution
     of every batch first (``imported_identities_resolve``), then the follow-ups (the member
@@ -504,7 +510,7 @@ def imported_resolve(*, batch_size: int | None = None, processes: int | None = N
     locks, its own marks, claimed ``SKIP LOCKED``). Resolution stays in this one: it resolves one
     batch at a time under the identity lock, which a batch holds for all but a few percent of
     its time (measured: 94%), so a second process preparing the next batch meanwhile gained
-    nothing measurable."""
+    nothing measurable. The process's own objects are frozen meanwhile, as in ``import_run``."""
     resolved = imported_identities_resolve(batch_size=batch_size)
     return resolved, pipeline_follow_ups_drain(processes=processes or settings.IMPORT_REFRESH_PROCESSES)
 
