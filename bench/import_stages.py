@@ -161,6 +161,11 @@ def _main(stack: contextlib.ExitStack) -> int:
         "--backlog-batch", type=int, default=0, help="events per resolution batch (default the import's)"
     )
     parser.add_argument(
+        "--event-time",
+        action="store_true",
+        help="the backlog in event time (as before it was a member at a time)",
+    )
+    parser.add_argument(
         "--no-freeze",
         action="store_true",
         help="the stages without the process's objects frozen (as before members.imports.collector)",
@@ -175,13 +180,17 @@ def _main(stack: contextlib.ExitStack) -> int:
 
     from django.db import connection
 
-    from events.pipeline import pipeline_follow_ups_drain
+    from events.pipeline import events_process_backlog_in_event_time, pipeline_follow_ups_drain
     from members.imports.collector import process_objects_frozen
     from members.imports.services import imported_identities_resolve
 
     rows = args.members * 6
     if not args.no_freeze:  # as imported_resolve runs them
         stack.enter_context(process_objects_frozen())
+    if args.event_time:
+        from members.imports import services as import_services
+
+        import_services.events_process_backlog_by_person = events_process_backlog_in_event_time
     if not args.resolved:
         identity_profiler = cProfile.Profile() if args.profile_identity else None
         with imports.timed() as resolving:

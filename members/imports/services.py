@@ -33,7 +33,7 @@ from cdp.services import audit_record
 from events.contract import Message, Rejection, TimestampWindow, message_parse
 from events.models import Channel, Source
 from events.pipeline import (
-    events_process_backlog_in_event_time,
+    events_process_backlog_by_person,
     events_process_batch,
     pipeline_follow_ups_drain,
 )
@@ -517,14 +517,21 @@ def imported_resolve(*, batch_size: int | None = None, processes: int | None = N
 
 def imported_identities_resolve(*, batch_size: int | None = None) -> int:
     """The pipeline's stages (identity resolution) over every event waiting, the backlog taken
-    in event time (``events_process_backlog_in_event_time``): the files of a history are
-    stored one after the other, each in its own order (members, then orders by order number),
-    and taken in that order nearly every order would be older than events already resolved
-    for its member, re-resolving the member's whole history each time; in event time each
-    event resolves incrementally, as live events mostly do. Then whatever arrived meanwhile,
-    in the ordinary order. Returns the events taken out of the queue."""
+    a legacy member at a time (``events_process_backlog_by_person``: each anonymous id's events
+    together, the import's member key, in event time within it). The files of a history are
+    stored one after the other, each in its own order (members, then orders by order number):
+    taken in that order nearly every order would be older than events already resolved for its
+    member, re-resolving the member's whole history each time. In event time none is, but a
+    member's events (a registration, orders over years) each fall in a batch of their own, and
+    identity writes the member, its identifiers' sightings and its change (which the refresh
+    marks) once per batch: taken a member at a time, once or twice. Measured (``bench/
+    import_stages.py --members 20000``, under load): 157 µs of CPU per row in event time, 118 a
+    member at a time. An event outside its member's group (an order named by phone only, two
+    legacy members sharing a phone) may come after later events of its member: late, it
+    re-resolves that member's component; the members are the same either way. Then whatever
+    arrived meanwhile, in the ordinary order. Returns the events taken out of the queue."""
     size = batch_size or BACKLOG_BATCH_SIZE
-    resolved = events_process_backlog_in_event_time(batch_size=size)
+    resolved = events_process_backlog_by_person(batch_size=size)
     while done := events_process_batch(batch_size=size):
         resolved += done
     return resolved

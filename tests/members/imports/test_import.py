@@ -8,7 +8,7 @@ from django.core.management import call_command
 
 from cdp.models import AuditEntry
 from events.models import Event, Source
-from identity.models import Identifier
+from identity.models import Identifier, MemberChange
 from members.imports import services
 from members.imports.models import ImportJob, ImportProblem
 from members.loyalty.models import Coupon, CouponRedemption, PointsAccount, PointsEntry, Tier, TierChange
@@ -315,3 +315,24 @@ def test_a_tier_grant_follows_its_member_through_a_merge_and_a_split_and_is_in_t
         "gold",
         "base",
     )
+
+
+def test_the_backlog_is_resolved_a_member_at_a_time_each_member_changed_once(tmp_path):
+    """A legacy member's events (its key as anonymous id) are resolved together, so identity
+    hands each member over to the refresh once, not once per event (in event time, the two
+    registrations would share a batch, then the two orders: each member changed twice)."""
+    members = [
+        {"member_id": "M1", "phone": "13800138000", "registered_at": "2021-01-01"},
+        {"member_id": "M2", "phone": "13900139000", "registered_at": "2021-01-02"},
+    ]
+    orders = [
+        {"order_id": f"O{i}", "member_id": m, "channel": "web", "total": "10", "completed_at": at}
+        for i, (m, at) in enumerate((("M1", "2021-01-03"), ("M2", "2021-01-04")))
+    ]
+    run_import("members", csv_file(tmp_path / "members.csv", members))
+    run_import("orders", csv_file(tmp_path / "orders.csv", orders))
+
+    assert services.imported_identities_resolve(batch_size=2) == 4
+
+    changed = sorted(MemberChange.objects.values_list("member_id", flat=True))
+    assert changed == sorted({_member_of("anonymous_id", "crm:M1"), _member_of("anonymous_id", "crm:M2")})
