@@ -103,11 +103,11 @@ def _counts(metric: str, label: str) -> dict[str, float]:
     return found
 
 
-def setup(members: int) -> None:
+def setup(members: int, by_phone: float = 0.0) -> None:
     imports.database_fresh()
     harness.django_setup(imports.SERVICE_ENV)
     with tempfile.TemporaryDirectory(prefix="bench-import-stages-") as tmp:
-        members_path, orders_path = imports.files_write(Path(tmp), members, 5, 1)
+        members_path, orders_path = imports.files_write(Path(tmp), members, 5, 1, by_phone)
         for kind, path in (("members", members_path), ("orders", orders_path)):
             rows, took = imports.import_file(kind, path)
             print(f"import {kind}: {rows:,} rows, {took.cpu:.1f} CPU s ({took.cpu / rows * 1e6:.0f} µs/row)")
@@ -145,6 +145,9 @@ def _main(stack: contextlib.ExitStack) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=50_000)
     parser.add_argument("--setup", action="store_true")
+    parser.add_argument(
+        "--by-phone", type=float, default=0.0, help="the share of orders naming their member by phone only"
+    )
     parser.add_argument("--profile", type=Path, help="a cProfile of the refresh, to this file")
     parser.add_argument("--profile-identity", type=Path, help="a cProfile of the resolution, to this file")
     parser.add_argument("--skip-refresh", action="store_true")
@@ -173,8 +176,11 @@ def _main(stack: contextlib.ExitStack) -> int:
     args = parser.parse_args()
     if args.work:
         _work_database(f"cdp_bench_import_stages_{args.work}")
+    if args.by_phone:  # a template of its own
+        global TEMPLATE
+        TEMPLATE += f"_phone{round(args.by_phone * 100)}"
     if args.setup:
-        setup(args.members)
+        setup(args.members, args.by_phone)
     restore(RESOLVED if args.resolved else TEMPLATE)
     import importlib
 

@@ -76,7 +76,11 @@ def database_fresh() -> None:
     harness.manage("migrate", "--noinput", "-v0", env=SERVICE_ENV)
 
 
-def files_write(folder: Path, members: int, per_member: int, seed: int) -> tuple[Path, Path]:
+def files_write(
+    folder: Path, members: int, per_member: int, seed: int, by_phone: float = 0.0
+) -> tuple[Path, Path]:
+    """The members and orders files. ``by_phone``: the share of orders naming their member by
+    phone only, not by its key (a till that took the phone), in a ``phone`` column."""
     rng = random.Random(seed)
     t0 = datetime(2019, 1, 1, tzinfo=UTC)
     members_path, orders_path = folder / "members.csv.gz", folder / "orders.csv.gz"
@@ -91,7 +95,7 @@ def files_write(folder: Path, members: int, per_member: int, seed: int) -> tuple
                              "store form" if consent else ""])  # fmt: skip
     with gzip.open(orders_path, "wt", encoding="utf-8", newline="", compresslevel=1) as handle:
         writer = csv.writer(handle)
-        writer.writerow(ORDER_COLUMNS)
+        writer.writerow([*ORDER_COLUMNS, "phone"] if by_phone else ORDER_COLUMNS)
         for n in range(members * per_member):
             i = rng.randrange(members)
             channel = rng.choice(("pos", "pos", "app", "web", "mini_program"))
@@ -100,9 +104,12 @@ def files_write(folder: Path, members: int, per_member: int, seed: int) -> tuple
             quantity = rng.randint(1, 3)
             items = f'[{{"sku":"SKU{rng.randrange(500)}","price":{price},"quantity":{quantity}}}]'
             at = t0 + timedelta(minutes=rng.randrange(3_000_000))
-            writer.writerow(
-                [f"O{n}", f"M{i}", channel, store, f"{price * quantity:.2f}", "CNY", at.isoformat(), items]
-            )
+            row = [f"O{n}", f"M{i}", channel, store, f"{price * quantity:.2f}", "CNY", at.isoformat(), items]
+            if by_phone:
+                phone_only = rng.random() < by_phone
+                row[1] = "" if phone_only else row[1]
+                row.append(f"139{i:08d}" if phone_only else "")
+            writer.writerow(row)
     return members_path, orders_path
 
 

@@ -16,6 +16,7 @@ from cdp.metrics import BATCH_EVENTS
 from events import tasks
 from events.models import Event, ParkedEvent, PendingEvent
 from events.pipeline import (
+    events_backlog_alone_share,
     events_process_backlog_by_person,
     events_process_backlog_in_event_time,
     events_process_batch,
@@ -89,6 +90,15 @@ def test_a_backlog_by_person_takes_each_anonymous_ids_events_together_in_event_t
     order = ["o1", "reg-1", "reg-2", "o2", "o3", "walk-in-b", "walk-in-a"]
     assert stages.seen_batches == [sorted(ids[m] for m in order[i : i + 2]) for i in (0, 2, 4, 6)]
     assert not PendingEvent.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_share_of_waiting_events_alone_under_their_anonymous_id():
+    assert events_backlog_alone_share() == 0.0  # none waiting
+    for anonymous_id in ("crm:M1", "crm:M1", "crm:M2", "crm:order:O7", "", ""):
+        EventFactory(anonymous_id=anonymous_id)
+    # crm:M2 and crm:order:O7 alone, and the two without one; crm:M1's two together
+    assert events_backlog_alone_share() == 4 / 6
 
 
 @pytest.mark.django_db
