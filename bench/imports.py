@@ -226,7 +226,7 @@ def import_file(kind: str, path: Path) -> tuple[int, Took]:
 
 def resolve(*, arrival_order: bool, processes: int) -> tuple[int, Took, Took]:
     """(events, resolving, refreshing). ``arrival_order``: the backlog claimed in the order it
-    was stored, as before the import took it in event time (for comparison); ``processes``: the
+    was stored, as before the import took it in event time or a member at a time (for comparison); ``processes``: the
     refresh's (``imported_resolve``), which run, as there, with the process's objects frozen."""
     from members.imports.collector import process_objects_frozen
 
@@ -328,9 +328,9 @@ def main() -> int:
     order = (
         "in arrival order (as before issue 20's fix, for comparison)"
         if args.arrival_order
-        else "in event time"
+        else "as the import takes it (a member at a time, or in event time when many events are alone)"
     )
-    section = f"""## {started_at:%Y-%m-%d %H:%M} UTC: {args.members:,} members, {imported_orders[0]:,} orders, backlog {"in arrival order" if args.arrival_order else "in event time"}
+    section = f"""## {started_at:%Y-%m-%d %H:%M} UTC: {args.members:,} members, {imported_orders[0]:,} orders, backlog {"in arrival order" if args.arrival_order else "as the import takes it"}
 
 Load average (1 / 5 / 15 min) before: {load_before}; after the pipeline: {load_after} (2 cores,
 shared with other work). Files: {sizes["members.csv.gz"] / 1e6:.1f} MB and {sizes["orders.csv.gz"] / 1e6:.1f} MB of gzipped CSV.
