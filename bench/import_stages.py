@@ -6,7 +6,8 @@
 (a few seconds), resolves identities in one process (timed: this process and its backend), and
 refreshes every member in one process with each step of the refresh timed: wall, this process's
 CPU and its backend's CPU (``/proc``: what the step costs whatever the load; the tick is 10 ms,
-so a step's figure is the sum over hundreds of batches). ``--profile FILE``: a cProfile of the
+so a step's figure is the sum over hundreds of batches), both with the process's objects frozen
+as ``imported_resolve`` runs them (``--no-freeze``: as before). ``--profile FILE``: a cProfile of the
 refresh too. Prints a table per stage: CPU µs per imported row.
 
     .venv/bin/python bench/import_stages.py --members 50000 --setup
@@ -17,6 +18,7 @@ import harness  # first: the project before bench/ on sys.path (see its docstrin
 
 # isort: split
 import argparse
+import contextlib
 import cProfile
 import functools
 import tempfile
@@ -101,11 +103,11 @@ def _counts(metric: str, label: str) -> dict[str, float]:
     return found
 
 
-def setup(members: int) -> None:
+def setup(members: int, by_phone: float = 0.0) -> None:
     imports.database_fresh()
     harness.django_setup(imports.SERVICE_ENV)
     with tempfile.TemporaryDirectory(prefix="bench-import-stages-") as tmp:
-        members_path, orders_path = imports.files_write(Path(tmp), members, 5, 1)
+        members_path, orders_path = imports.files_write(Path(tmp), members, 5, 1, by_phone)
         for kind, path in (("members", members_path), ("orders", orders_path)):
             rows, took = imports.import_file(kind, path)
             print(f"import {kind}: {rows:,} rows, {took.cpu:.1f} CPU s ({took.cpu / rows * 1e6:.0f} µs/row)")
@@ -135,9 +137,17 @@ def keep_resolved() -> None:
 
 
 def main() -> int:
+    with contextlib.ExitStack() as stack:
+        return _main(stack)
+
+
+def _main(stack: contextlib.ExitStack) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=50_000)
     parser.add_argument("--setup", action="store_true")
+    parser.add_argument(
+        "--by-phone", type=float, default=0.0, help="the share of orders naming their member by phone only"
+    )
     parser.add_argument("--profile", type=Path, help="a cProfile of the refresh, to this file")
     parser.add_argument("--profile-identity", type=Path, help="a cProfile of the resolution, to this file")
     parser.add_argument("--skip-refresh", action="store_true")
@@ -150,26 +160,49 @@ def main() -> int:
     parser.add_argument("--resolved", action="store_true", help="start from that template: the refresh only")
     parser.add_argument("--processes", type=int, default=1, help="refresh processes (steps only with 1)")
     parser.add_argument("--work", default="", help="a suffix for the working database (runs side by side)")
+    parser.add_argument(
+        "--backlog-batch", type=int, default=0, help="events per resolution batch (default the import's)"
+    )
+    parser.add_argument(
+        "--event-time",
+        action="store_true",
+        help="the backlog in event time (as before it was a member at a time)",
+    )
+    parser.add_argument(
+        "--no-freeze",
+        action="store_true",
+        help="the stages without the process's objects frozen (as before members.imports.collector)",
+    )
     args = parser.parse_args()
     if args.work:
         _work_database(f"cdp_bench_import_stages_{args.work}")
+    if args.by_phone:  # a template of its own
+        global TEMPLATE
+        TEMPLATE += f"_phone{round(args.by_phone * 100)}"
     if args.setup:
-        setup(args.members)
+        setup(args.members, args.by_phone)
     restore(RESOLVED if args.resolved else TEMPLATE)
     import importlib
 
     from django.db import connection
 
-    from events.pipeline import pipeline_follow_ups_drain
+    from events.pipeline import events_process_backlog_in_event_time, pipeline_follow_ups_drain
+    from members.imports.collector import process_objects_frozen
     from members.imports.services import imported_identities_resolve
 
     rows = args.members * 6
+    if not args.no_freeze:  # as imported_resolve runs them
+        stack.enter_context(process_objects_frozen())
+    if args.event_time:
+        from members.imports import services as import_services
+
+        import_services.events_process_backlog_by_person = events_process_backlog_in_event_time
     if not args.resolved:
         identity_profiler = cProfile.Profile() if args.profile_identity else None
         with imports.timed() as resolving:
             if identity_profiler:
                 identity_profiler.enable()
-            events = imported_identities_resolve()
+            events = imported_identities_resolve(batch_size=args.backlog_batch or None)
             if identity_profiler:
                 identity_profiler.disable()
         if identity_profiler:

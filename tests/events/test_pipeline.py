@@ -16,6 +16,8 @@ from cdp.metrics import BATCH_EVENTS
 from events import tasks
 from events.models import Event, ParkedEvent, PendingEvent
 from events.pipeline import (
+    events_backlog_alone_share,
+    events_process_backlog_by_person,
     events_process_backlog_in_event_time,
     events_process_batch,
     events_process_pending,
@@ -65,6 +67,38 @@ def test_a_backlog_is_taken_in_event_time_not_in_arrival_order():
         [event.id for event in sorted(by_time[i : i + 2], key=lambda event: event.id)] for i in (0, 2, 4)
     ]
     assert not PendingEvent.objects.exists()
+
+
+@pytest.mark.django_db
+@override_settings(EVENT_PIPELINE_STAGES=RECORD)
+def test_a_backlog_by_person_takes_each_anonymous_ids_events_together_in_event_time():
+    """An import's backlog: each legacy member's events (its key as anonymous id) together, in
+    event time within them, so they share a batch; events without an anonymous id last, in
+    event time."""
+    start = timezone.now() - timedelta(days=30)
+    arrived = [
+        EventFactory(timestamp=start + timedelta(days=days), anonymous_id=anonymous_id, message_id=message_id)
+        for days, anonymous_id, message_id in (
+            (3, "crm:M2", "o3"), (0, "", "walk-in-b"), (1, "crm:M1", "o1"), (2, "crm:M2", "o2"),
+            (0, "crm:M2", "reg-2"), (2, "crm:M1", "reg-1"), (1, "", "walk-in-a"),
+        )
+    ]  # fmt: skip
+    ids = {event.message_id: event.id for event in arrived}
+
+    assert events_process_backlog_by_person(batch_size=2) == 7
+
+    order = ["o1", "reg-1", "reg-2", "o2", "o3", "walk-in-b", "walk-in-a"]
+    assert stages.seen_batches == [sorted(ids[m] for m in order[i : i + 2]) for i in (0, 2, 4, 6)]
+    assert not PendingEvent.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_share_of_waiting_events_alone_under_their_anonymous_id():
+    assert events_backlog_alone_share() == 0.0  # none waiting
+    for anonymous_id in ("crm:M1", "crm:M1", "crm:M2", "crm:order:O7", "", ""):
+        EventFactory(anonymous_id=anonymous_id)
+    # crm:M2 and crm:order:O7 alone, and the two without one; crm:M1's two together
+    assert events_backlog_alone_share() == 4 / 6
 
 
 @pytest.mark.django_db

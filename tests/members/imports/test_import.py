@@ -8,7 +8,7 @@ from django.core.management import call_command
 
 from cdp.models import AuditEntry
 from events.models import Event, Source
-from identity.models import Identifier
+from identity.models import Identifier, MemberChange
 from members.imports import services
 from members.imports.models import ImportJob, ImportProblem
 from members.loyalty.models import Coupon, CouponRedemption, PointsAccount, PointsEntry, Tier, TierChange
@@ -315,3 +315,60 @@ def test_a_tier_grant_follows_its_member_through_a_merge_and_a_split_and_is_in_t
         "gold",
         "base",
     )
+
+
+def test_the_backlog_is_resolved_a_member_at_a_time_each_member_changed_once(tmp_path):
+    """A legacy member's events (its key as anonymous id) are resolved together, so identity
+    hands each member over to the refresh once, not once per event (in event time, the two
+    registrations would share a batch, then the two orders: each member changed twice)."""
+    members = [
+        {"member_id": "M1", "phone": "13800138000", "registered_at": "2021-01-01"},
+        {"member_id": "M2", "phone": "13900139000", "registered_at": "2021-01-02"},
+    ]
+    orders = [
+        {"order_id": f"O{i}", "member_id": m, "channel": "web", "total": "10", "completed_at": at}
+        for i, (m, at) in enumerate((("M1", "2021-01-03"), ("M2", "2021-01-04")))
+    ]
+    run_import("members", csv_file(tmp_path / "members.csv", members))
+    run_import("orders", csv_file(tmp_path / "orders.csv", orders))
+
+    assert services.imported_identities_resolve(batch_size=2) == 4
+
+    changed = sorted(MemberChange.objects.values_list("member_id", flat=True))
+    assert changed == sorted({_member_of("anonymous_id", "crm:M1"), _member_of("anonymous_id", "crm:M2")})
+
+
+@pytest.mark.parametrize(("named_by", "order"), [("member_id", "by person"), ("phone", "event time")])
+def test_a_backlog_whose_orders_name_members_by_phone_only_is_resolved_in_event_time(
+    tmp_path, monkeypatch, named_by, order
+):
+    """An order named by phone only has an anonymous id of its own: a member at a time it would
+    come after its member's later events and re-resolve the member (correct, dearer), so a
+    backlog with more than ``BY_PERSON_MAX_ALONE`` of such events is taken in event time."""
+    members = [
+        {"member_id": f"M{i}", "phone": f"1380013800{i}", "registered_at": "2021-01-01"} for i in range(3)
+    ]
+    orders = [
+        {"order_id": f"O{i}", named_by: f"M{i}" if named_by == "member_id" else f"1380013800{i}",
+         "channel": "web", "total": "10", "completed_at": "2021-02-01"}
+        for i in range(3)
+    ]  # fmt: skip
+    run_import("members", csv_file(tmp_path / "members.csv", members))
+    run_import("orders", csv_file(tmp_path / "orders.csv", orders))
+    taken: list[str] = []
+    for name, label in (
+        ("events_process_backlog_by_person", "by person"),
+        ("events_process_backlog_in_event_time", "event time"),
+    ):
+        real = getattr(services, name)
+        monkeypatch.setattr(
+            services, name, lambda real=real, label=label, **kw: taken.append(label) or real(**kw)
+        )
+
+    assert services.imported_identities_resolve() == 6
+
+    assert taken == [order]
+    drain()
+    assert {_member_of("phone", f"+861380013800{i}") for i in range(3)} == {
+        _member_of("anonymous_id", f"crm:M{i}") for i in range(3)
+    }

@@ -19,6 +19,7 @@ from rest_framework.test import APIClient
 
 from cdp.vault import identifier_index, identifier_open, trait_open
 from identity.models import Identifier
+from members.imports import services
 from members.loyalty.models import PointsAccount, PointsEntry
 from members.models import Member, MemberAggregate, MemberTrait
 from members.segments.models import MemberTag, Segment, SegmentMember
@@ -227,7 +228,14 @@ def _world(world: int, people_count: int) -> dict[int, dict]:
     return by_person
 
 
-def test_importing_a_history_gives_what_streaming_it_live_gives(tmp_path):
+@pytest.mark.parametrize(
+    "by_person_max_alone",
+    [pytest.param(1.0, id="a-member-at-a-time"), pytest.param(-1.0, id="in-event-time")],
+)
+def test_importing_a_history_gives_what_streaming_it_live_gives(tmp_path, monkeypatch, by_person_max_alone):
+    """Both orders of the import's backlog (``imported_identities_resolve``): its orders name
+    their members by phone or card only, so a member at a time they come late."""
+    monkeypatch.setattr(services, "BY_PERSON_MAX_ALONE", by_person_max_alone)
     for key, rule in SEGMENTS.items():
         Segment.objects.create(key=key, name=key, kind="dynamic", rule=rule)
     people, orders, refunds = _history()
