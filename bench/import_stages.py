@@ -171,7 +171,7 @@ def _main(stack: contextlib.ExitStack) -> int:
     parser.add_argument(
         "--no-freeze",
         action="store_true",
-        help="the stages without the process's objects frozen (as before members.imports.collector)",
+        help="the stages without the process's objects frozen (as before cdp.workers.process_objects_frozen)",
     )
     args = parser.parse_args()
     if args.work:
@@ -186,8 +186,8 @@ def _main(stack: contextlib.ExitStack) -> int:
 
     from django.db import connection
 
+    from cdp.workers import process_objects_frozen
     from events.pipeline import events_process_backlog_in_event_time, pipeline_follow_ups_drain
-    from members.imports.collector import process_objects_frozen
     from members.imports.services import imported_identities_resolve
 
     rows = args.members * 6

@@ -228,7 +228,7 @@ def resolve(*, arrival_order: bool, processes: int) -> tuple[int, Took, Took]:
     """(events, resolving, refreshing). ``arrival_order``: the backlog claimed in the order it
     was stored, as before the import took it in event time or a member at a time (for comparison); ``processes``: the
     refresh's (``imported_resolve``), which run, as there, with the process's objects frozen."""
-    from members.imports.collector import process_objects_frozen
+    from cdp.workers import process_objects_frozen
 
     with process_objects_frozen():
         return _resolve(arrival_order=arrival_order, processes=processes)

@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from cdp.models import AuditEntry
 from cdp.services import audit_record
+from cdp.workers import process_objects_frozen
 from events.contract import Message, Rejection, TimestampWindow, message_parse
 from events.models import Channel, Source
 from events.pipeline import (
@@ -42,7 +43,6 @@ from events.pipeline import (
 from events.services import events_ingest, source_create
 from identity.policy import normalization_policy
 from identity.selectors import identifier_holders
-from members.imports.collector import process_objects_frozen
 from members.imports.mapping import ColumnMapping, mapping_parse
 from members.imports.models import ImportJob, ImportProblem
 from members.imports.reading import FileUnreadable, Record, RecordReader, lines_count
@@ -184,8 +184,9 @@ def import_run(
     tiers) and writes none of the data. A row with a problem is reported (record, line, field,
     reason) and skipped; the rest go on. A file that cannot be read at all fails the job.
 
-    The process's own objects are frozen meanwhile (``collector``): the collector's full
-    collections, which the job's garbage triggers, do not walk them again and again."""
+    The process's own objects are frozen meanwhile (``cdp.workers.process_objects_frozen``):
+    the collector's full collections, which the job's garbage triggers, do not walk them again
+    and again."""
     report = report if report is not None else Report()
     saved = job.pk is not None
     if job.status == ImportJob.Status.SUCCEEDED:

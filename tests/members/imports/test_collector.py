@@ -1,13 +1,14 @@
-"""An import's bulk work runs with the process's own objects frozen (``members.imports.collector``):
-the collector's full collections, which the job's garbage triggers, skip them; they are unfrozen
-after, and a freeze that is not the import's is left as it was."""
+"""An import's bulk work runs with the process's own objects frozen
+(``cdp.workers.process_objects_frozen``): the collector's full collections, which the job's
+garbage triggers, skip them; they are unfrozen after, and a freeze that is not the import's is
+left as it was."""
 
 import gc
 
 import pytest
 
+from cdp.workers import process_objects_frozen
 from members.imports import services
-from members.imports.collector import process_objects_frozen
 from members.models import MemberAggregate
 from tests.members.imports.helpers import csv_file, run_import
 
