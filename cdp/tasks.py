@@ -79,10 +79,12 @@ class CoalescedEnqueue:
         self._raised = threading.Event()
 
     def __call__(self) -> None:
+        # Read on every call, not only until a thread runs: a process whose tasks turned eager
+        # after one (a test suite, where a real worker's test ran before) runs them at once.
+        if self.task.app.conf.task_always_eager:
+            enqueue(self.task, fallback=self.fallback)
+            return
         if self._pid != os.getpid():
-            if self.task.app.conf.task_always_eager:  # read on each call until a thread runs
-                enqueue(self.task, fallback=self.fallback)
-                return
             self._start()
         if not self._raised.is_set():  # is_set takes no lock: most calls find it raised already
             self._raised.set()

@@ -168,3 +168,17 @@ def test_a_coalesced_nudge_runs_at_once_where_tasks_are_eager():
     nudge()
 
     assert ran == [(), ()]
+
+
+def test_a_coalesced_nudge_runs_at_once_once_tasks_are_eager_again(monkeypatch):
+    """A process whose nudge thread already runs (a real worker's test before, in a test
+    suite) runs the task at once as soon as tasks are eager again: not left to the thread."""
+    nudge = tasks.CoalescedEnqueue(record, fallback="the sweep", interval=60)
+    with monkeypatch.context() as publishing:
+        published = _publishing(publishing)
+        nudge()
+        assert wait_for(lambda: len(published) == 1, timeout=5)
+
+    nudge()
+
+    assert ran == [()]
