@@ -54,19 +54,22 @@ def test_an_import_and_its_resolution_run_with_the_process_objects_frozen(tmp_pa
 
 
 def test_a_freeze_that_is_not_the_blocks_is_left_as_it_was():
+    # Counts, not equality: a frozen object that dies leaves the frozen generation (another
+    # thread's, say), so the count only ever falls while nothing freezes; a block that froze
+    # again would add what was made since (its own generator at least), one that unfroze, 0.
     assert gc.get_freeze_count() == 0
     with process_objects_frozen():
         frozen = gc.get_freeze_count()
         assert frozen > 0
         with process_objects_frozen():  # nested: the outer block's freeze
-            assert gc.get_freeze_count() == frozen
-        assert gc.get_freeze_count() == frozen
+            assert 0 < gc.get_freeze_count() <= frozen
+        assert 0 < gc.get_freeze_count() <= frozen
     assert gc.get_freeze_count() == 0
     gc.freeze()  # a process that froze its start-up objects
     try:
         owned = gc.get_freeze_count()
         with process_objects_frozen():
             pass
-        assert gc.get_freeze_count() == owned
+        assert 0 < gc.get_freeze_count() <= owned
     finally:
         gc.unfreeze()
