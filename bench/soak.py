@@ -719,11 +719,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         began = time.monotonic()
         # Sampled for as long as the client sends: on a machine too busy for the rate it runs
         # late, and its last batches are still load (its HTTP timeout bounds a stuck request).
-        while client.is_alive():
+        # The client's report is read as it comes, not after the client exits: a process
+        # exits only once what it put on a queue is in the pipe, and a 30-minute report's
+        # latencies do not fit in it (the load ended, the client never did: 2026-12-05).
+        reported: dict | None = None
+        while reported is None and client.is_alive():
             samples.append(sample(began, groups, accepted_total, late_now))
             _print(samples[-1])
-            time.sleep(max(0.0, began + len(samples) * args.sample - time.monotonic()))
-        report = ClientReport(**out.get(timeout=120))
+            with contextlib.suppress(queue.Empty):
+                reported = out.get(timeout=max(0.01, began + len(samples) * args.sample - time.monotonic()))
+        report = ClientReport(**(reported if reported is not None else out.get(timeout=120)))
         client.join()
         samples.append(sample(began, groups, accepted_total, late_now))  # as the load ends
         _print(samples[-1])
