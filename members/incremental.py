@@ -30,7 +30,7 @@ What the incremental path combines:
   from where their last derivation stood (``points_advance``: a checkpoint kept with the
   watermark) with the new events alone; a member whose checkpoint does not stand (another
   program, new facts such as a staff redemption, a new event not later than it) is derived
-  from their earning events (``points_reconcile``; time-driven changes are the account's
+  from their earning events (``points_histories_whole``; time-driven changes are the account's
   ``recheck_at``'s, as for everyone);
 - tags and segments: rules evaluated on the stored traits and figures and the consent
   statements held, reading none of the member's earlier events: what rules count over all
@@ -51,7 +51,6 @@ from decimal import Decimal
 
 import orjson
 from django.conf import settings
-from django.utils import timezone
 
 from cdp.db import binary_parameters_cursor
 from cdp.metrics import REFRESH_FULL_REASONS, REFRESH_PATHS
@@ -62,7 +61,7 @@ from members.aggregates import CENT, CHANNELS, Order, OrderEvent, OrderKey, orde
 from members.consent.selectors import consent_facts
 from members.consent.statements import CONSENT_EVENT
 from members.loyalty.points import LOYALTY_EVENTS
-from members.loyalty.services import points_advance, points_reconcile
+from members.loyalty.services import LoyaltyHistory
 from members.member_events import (
     AGGREGATE_COLUMNS,
     MemberEvent,
@@ -78,8 +77,7 @@ from members.member_events import (
     watermarks_write,
 )
 from members.models import MemberAggregate, MemberOrder, MemberTrait, OrderOwner, RefreshWatermark
-from members.orders import order_owners_refresh
-from members.segments.evaluate import memberships_refresh
+from members.orders import orders_held
 from members.segments.rules.interpret import EventFact, MemberFacts, event_counts_add, event_times_add
 from members.segments.rules.syntax import event_filter_key
 from members.segments.selectors import Definitions
@@ -123,6 +121,9 @@ class Advance:
     new_ids: dict[int, frozenset[int]] = field(default_factory=dict)
     #: Why each of the other members needs the full recompute (``FULL_REASONS``).
     full_reasons: dict[int, str] = field(default_factory=dict)
+
+    def new_events(self) -> list[MemberEvent]:
+        return [e for found in self.events.values() for e in found]
 
 
 #: Why a member goes the full way (``cdp_member_refresh_full_reasons_total``): a benchmark or
@@ -219,48 +220,19 @@ def _orders_advance(
     return True
 
 
-def members_advance(plan: Advance, definitions: Definitions) -> set[int]:
-    """Bring the planned members up to date from their new events and stored state (the
-    caller holds their refresh locks); returns the segments whose membership changed."""
+def members_advance(
+    plan: Advance, owned: Mapping[int, list[OrderEvent]], definitions: Definitions, now: datetime
+) -> dict[int, MemberFacts]:
+    """Bring the planned members' traits, orders, figures and watermarks up to date from their
+    new events (``owned``: their order events as ``members.orders`` weighed them) and stored
+    state (the caller holds their refresh locks); returns what rules read of each, for the
+    refresh to decide their tags and segments once their points are written
+    (``members.services``: one lock phase of each kind per refresh)."""
     member_ids = set(plan.events)
     if not member_ids:
-        return set()
-    new = [e for found in plan.events.values() for e in found]
-    _traits_advance(new)
-    owned = order_owners_refresh(order_events=order_events_of(new))
-    now = timezone.now()
+        return {}
+    _traits_advance(plan.new_events())
     figures, counts, times = _figures_advance(plan, owned, definitions, now)
-    earning = {e.member_id for e in new if e.name in ORDER_EVENTS | LOYALTY_EVENTS}
-    # Points: each member's derivation resumed from its checkpoint with the new events alone;
-    # for members whose points could not resume, from their earning events all.
-    unresumed = (
-        points_advance(histories=loyalty_histories(earning, new, owned), now=now) if earning else set()
-    )
-    if unresumed:
-        history = events_since(unresumed, dict.fromkeys(ORDER_EVENTS | LOYALTY_EVENTS))
-        # Exactly the events the watermark will cover (not one committed since this plan
-        # was read: it waits for its own mark), so the new checkpoint covers them too.
-        history = [
-            e for e in history
-            if e.event_id <= plan.after[e.member_id] or e.event_id in plan.new_ids[e.member_id]
-        ]  # fmt: skip
-        order_events = order_owners_refresh(order_events=order_events_of(history))
-        points_reconcile(
-            histories=loyalty_histories(unresumed, history, order_events), now=now, checkpoint=True
-        )
-    # What rules count, from the figures: the counts of all time (``event_counts``) and the
-    # times windowed rules read (``event_times``); none of the member's earlier events.
-    windowed = {key: event_filter_key(wanted) for key, (wanted, _) in definitions.window_filters.items()}
-    traits = _traits_of(member_ids)
-    consents = consent_facts(member_ids=member_ids)
-    facts = {
-        pk: MemberFacts(
-            pk, traits=traits.get(pk, {}), aggregates=figures.get(pk, {}), consents=consents.get(pk, ()),
-            event_counts=counts[pk], event_times={windowed[key]: found for key, found in times[pk].items()},
-        )
-        for pk in member_ids
-    }  # fmt: skip
-    changed = memberships_refresh(members=facts, retired=set(), now=now, definitions=definitions)
     watermarks_write(
         {
             pk: (max(e.event_id for e in found), max(e.at for e in found), sum(e.event_id for e in found))
@@ -268,7 +240,42 @@ def members_advance(plan: Advance, definitions: Definitions) -> set[int]:
         },
         only_existing=True,
     )
-    return changed
+    # What rules count, from the figures: the counts of all time (``event_counts``) and the
+    # times windowed rules read (``event_times``); none of the member's earlier events.
+    windowed = {key: event_filter_key(wanted) for key, (wanted, _) in definitions.window_filters.items()}
+    traits = _traits_of(member_ids)
+    consents = consent_facts(member_ids=member_ids)
+    return {
+        pk: MemberFacts(
+            pk, traits=traits.get(pk, {}), aggregates=figures.get(pk, {}), consents=consents.get(pk, ()),
+            event_counts=counts[pk], event_times={windowed[key]: found for key, found in times[pk].items()},
+        )
+        for pk in member_ids
+    }  # fmt: skip
+
+
+def points_histories(plan: Advance, owned: Mapping[int, list[OrderEvent]]) -> dict[int, LoyaltyHistory]:
+    """The new events of the planned members whose new events earn (orders, loyalty events):
+    their derivations resume from their checkpoints with these alone (``points_refresh``)."""
+    new = plan.new_events()
+    earning = {e.member_id for e in new if e.name in ORDER_EVENTS | LOYALTY_EVENTS}
+    return loyalty_histories(earning, new, dict(owned)) if earning else {}
+
+
+def points_histories_whole(plan: Advance, member_ids: set[int]) -> dict[int, LoyaltyHistory]:
+    """The earning events of these planned members whose points could not resume, all of them.
+
+    Exactly the events the watermark will cover (not one committed since this plan was read: it
+    waits for its own mark), so the new checkpoint covers them too. Their orders are those they
+    own as recorded, read without a lock (``orders_held``): this refresh weighed the new
+    events' claims already, and every earlier claim of a member on this path was weighed by an
+    earlier refresh (an order taken from it since sends it the full way), so none changes here.
+    """
+    history = [
+        e for e in events_since(member_ids, dict.fromkeys(ORDER_EVENTS | LOYALTY_EVENTS))
+        if e.event_id <= plan.after[e.member_id] or e.event_id in plan.new_ids[e.member_id]
+    ]  # fmt: skip
+    return loyalty_histories(member_ids, history, orders_held(order_events=order_events_of(history)))
 
 
 def _traits_advance(events: list[MemberEvent]) -> None:

@@ -5,14 +5,18 @@ segments.
 One order for all of them, so no two transactions deadlock: these member locks first (sorted),
 then the ownership rows of the orders a refresh's claims change (``members.orders``, in order
 of source and order id), then the points accounts a transaction writes, all at once in member-id order
-(``members.loyalty.services._accounts_lock``), then tag and segment memberships (sorted)."""
+(``members.loyalty.services._accounts_lock``), then tag and segment memberships (sorted), and
+the segments' size rows last. Each kind is taken once per transaction, all its keys in one
+statement: a refresh that recomputes some members and advances others goes through both paths
+kind by kind (``members.services._members_write``), never one path after the other."""
 
 from django.conf import settings
 from django.db import connection
 
 #: Advisory-lock key space of member writers (the two-key form, apart from the identity
-#: lock's one-key form). Two workers may claim marks of the same member; the lock makes the
-#: second refresh wait for the first and then recompute from what it committed.
+#: lock's one-key form). Two workers may claim marks of the same member; the second refresh
+#: leaves that member's marks for a later batch (``member_refresh_locks_free``), or, holding no
+#: other, waits for the first and then recomputes from what it committed.
 MEMBER_REFRESH_LOCK_SPACE = 0x4D52
 _LOCK_KEY_RANGE = 2**31 - 1
 
@@ -26,6 +30,20 @@ def member_refresh_locks(member_ids: set[int]) -> None:
             "SELECT count(pg_advisory_xact_lock(%s, k)) FROM unnest(%s::int[]) AS k",
             [MEMBER_REFRESH_LOCK_SPACE, keys],
         )
+
+
+def member_refresh_locks_free(member_ids: set[int]) -> set[int]:
+    """Lock those of these members no other transaction holds (``member_refresh_locks``),
+    without waiting; returns them. Never waiting, it needs no order."""
+    keys: dict[int, set[int]] = {}
+    for member_id in member_ids:
+        keys.setdefault(member_id % _LOCK_KEY_RANGE, set()).add(member_id)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT k FROM unnest(%s::int[]) AS k WHERE pg_try_advisory_xact_lock(%s, k)",
+            [sorted(keys), MEMBER_REFRESH_LOCK_SPACE],
+        )
+        return {member_id for (key,) in cursor.fetchall() for member_id in keys[key]}
 
 
 #: Advisory-lock key spaces (two-key form) of a tag's and a segment's membership.

@@ -19,6 +19,7 @@ members' refresh locks and before their points accounts (``members.locks``).
 from collections.abc import Iterable
 
 from cdp.db import binary_parameters_cursor, rows_delete
+from events.commerce import ORDER_COMPLETED
 from members.aggregates import Claim, OrderEvent, OrderKey, order_claims, order_owners, orders_owned
 from members.marks import members_mark_dirty
 from members.models import OrderOwner, RefreshWatermark
@@ -79,6 +80,15 @@ def order_owners_refresh(*, order_events: dict[int, list[OrderEvent]]) -> dict[i
             # from the log (``members.incremental``).
             rows_delete(RefreshWatermark, column="member", keys=displaced)
             owners.update(changed)
+    return {member_id: orders_owned(member_id, events, owners) for member_id, events in order_events.items()}
+
+
+def orders_held(*, order_events: dict[int, list[OrderEvent]]) -> dict[int, list[OrderEvent]]:
+    """Each member's order events without the completions of orders they do not own, as the
+    owners are recorded: weighs no claim and locks nothing (for claims weighed already)."""
+    owners = _owners_of(
+        {e.order_key for events in order_events.values() for e in events if e.name == ORDER_COMPLETED}
+    )
     return {member_id: orders_owned(member_id, events, owners) for member_id, events in order_events.items()}
 
 

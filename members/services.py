@@ -21,10 +21,17 @@ from members.aggregates import CHANNELS, Order, OrderEvent, aggregates_of, order
 from members.consent.services import ConsentSource, consent_refresh
 from members.consent.statements import CONSENT_EVENT, ConsentFact
 from members.groups import GroupCall, groups_refresh
-from members.incremental import members_advance, refresh_paths_count, refresh_plan
-from members.locks import member_refresh_locks
+from members.incremental import (
+    Advance,
+    members_advance,
+    points_histories,
+    points_histories_whole,
+    refresh_paths_count,
+    refresh_plan,
+)
+from members.locks import member_refresh_locks, member_refresh_locks_free
 from members.loyalty.points import LOYALTY_EVENTS
-from members.loyalty.services import points_reconcile
+from members.loyalty.services import points_reconcile, points_refresh
 from members.marks import member_changes_accept
 from members.member_events import (
     MemberEvent,
@@ -104,10 +111,17 @@ def _refresh(claim: Callable[[], list[tuple[int, int, bool]]], claimed: list[int
         marks = claim()
         if not marks:
             return 0
-        member_ids = {member_id for _, member_id, _ in marks}
+        member_ids = member_refresh_locks_free(wanted := {member_id for _, member_id, _ in marks})
+        if member_ids:
+            # The marks of members another refresh holds stay queued (unlocked when this one
+            # commits) for a later batch: waiting for that refresh's whole transaction held up
+            # every other member of this batch with them.
+            marks = [mark for mark in marks if mark[1] in member_ids]
+        else:
+            member_ids = wanted  # all of them held: nothing else to do but wait
+            member_refresh_locks(member_ids)
         claimed[:] = sorted(member_ids)
         marks += _marks_of(member_ids)  # their later marks (see _marks_of)
-        member_refresh_locks(member_ids)
         members_update(member_ids, member_ids - {m for _, m, from_events in marks if not from_events})
         rows_delete(DirtyMark, column="id", keys={mark_id for mark_id, _, _ in marks})
     return len(member_ids)
@@ -225,12 +239,8 @@ def members_update(member_ids: set[int], events_only: set[int] | frozenset[int] 
     advanced = set(plan.events)
     settled = plan.settled & events_only
     full = member_ids - advanced - settled
-    if full - erased:
-        _recompute(full - erased, active - advanced - settled, definitions)
-    if advanced:
-        webhooks_nudge(members_advance(plan, definitions))
-        for hook in refresh_hooks():
-            hook(advanced)
+    if full - erased or advanced:
+        _members_write(full - erased, active - advanced - settled, plan, definitions)
     refresh_paths_count(
         incremental=len(advanced), full=len(full), settled=len(settled),
         reasons=(plan.full_reasons.get(pk, unplanned) for pk in full - erased),
@@ -247,38 +257,51 @@ def members_recompute(member_ids: set[int]) -> None:
     and points stay, computed once from what its events were, and nothing is recomputed.
     """
     member_ids = member_ids - _erased_of(member_ids)
-    _recompute(member_ids, _active_of(member_ids))
+    _members_write(member_ids, _active_of(member_ids), Advance(), definitions_load())
 
 
-def _recompute(member_ids: set[int], active: set[int], definitions: Definitions | None = None) -> None:
-    """``members_recompute`` of these members (none erased), of which ``active`` are active."""
-    definitions = definitions if definitions is not None else definitions_load()
+def _members_write(recomputed: set[int], active: set[int], plan: Advance, definitions: Definitions) -> None:
+    """Write what is computed from events: ``recomputed`` (none erased; of which ``active``
+    are active, the others absorbed by a merge) from all their events, ``plan``'s members from
+    their new events (``members.incremental``).
+
+    Both paths go through each kind of shared row at once, in the order of ``members.locks``:
+    the order rows of both paths' claims, then every points account either writes, then the
+    tags and segments. A refresh that took any of them twice (the full path's, then the
+    incremental path's) could hold what another waits for while waiting for what it holds."""
+    now = timezone.now()
     events = events_of(active, properties_of=definitions.property_events | {CONSENT_EVENT})
-    order_events = order_owners_refresh(order_events=order_events_of(events))
+    order_events = order_owners_refresh(
+        order_events=order_events_of(events) | order_events_of(plan.new_events())
+    )
     traits, consent_sources = _traits_write(active, events)
-    consents = consent_refresh(member_ids=member_ids, active=active, sources=consent_sources)
+    consents = consent_refresh(member_ids=recomputed, active=active, sources=consent_sources)
     groups_refresh(
-        member_ids=member_ids,
+        member_ids=recomputed,
         calls=[
             GroupCall(e.member_id, e.group_id, e.at) for e in events if e.type == GROUP_CALL and e.group_id
         ],
     )
-    now = timezone.now()
     figures = _aggregates_write(active, events, order_events, definitions, now)
-    retired = member_ids - active
-    points_reconcile(
-        histories=loyalty_histories(active, events, order_events), retired=retired, checkpoint=True
-    )
     watermarks_write(_covered_by(active, events), only_existing=False)
+    retired = recomputed - active
+    # Before the points accounts: another refresh may hold these rows (its order claims
+    # displaced the member: ``members.orders``) while it waits for those accounts.
     for model in (MemberTrait, MemberOrder, MemberAggregate, RefreshWatermark):
         rows_delete(model, column="member", keys=retired)
+    advanced = members_advance(plan, order_events, definitions, now)
+    points_refresh(
+        histories=loyalty_histories(active, events, order_events), retired=retired,
+        new=points_histories(plan, order_events), whole=partial(points_histories_whole, plan),
+        now=now, checkpoint=True,
+    )  # fmt: skip
     changed = memberships_refresh(
-        members=_facts_of(active, events, traits, figures, consents), retired=retired, now=now,
+        members=_facts_of(active, events, traits, figures, consents) | advanced, retired=retired, now=now,
         definitions=definitions,
     )  # fmt: skip
     webhooks_nudge(changed)
     for hook in refresh_hooks():
-        hook(member_ids)
+        hook(recomputed | advanced.keys())
 
 
 @cache

@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
@@ -170,19 +170,117 @@ def points_reconcile(
     ``checkpoint``: each history is exactly the member's events the refresh's watermark
     covers (written in this transaction), so where the derivation stands is kept for the next
     refresh to resume from (``points_advance``). Otherwise the members' checkpoints are dropped:
-    what they stood on may have changed.
+    what they stood on may have changed."""
+    points_refresh(histories=histories, retired=retired, now=now, checkpoint=checkpoint)
 
-    Every account this writes (the members', their survivors', those rows move from or to, a
-    referrer's) is locked first, all at once, in member-id order (``_accounts_lock``): the
-    ledger trigger then only updates accounts already held. Two refreshes whose writes cross
-    (one moves points into the account the other writes) wait for each other instead of
-    deadlocking, whatever order their statements come in.
+
+def points_advance(*, histories: dict[int, LoyaltyHistory], now: datetime | None = None) -> set[int]:
+    """Bring these active members' ledgers, tiers and accounts up to date with their *new*
+    events (``histories``: only those after what their refresh's watermark covered) by
+    resuming each one's derivation from its checkpoint (``_advance_prepare``); returns the
+    members it could not resume, for the caller to reconcile from their whole history."""
+    unresumed: set[int] = set()
+
+    def whole(member_ids: set[int]) -> dict[int, LoyaltyHistory]:
+        unresumed.update(member_ids)
+        return {}
+
+    points_refresh(histories={}, new=histories, whole=whole, now=now, checkpoint=True)
+    return unresumed
+
+
+def points_refresh(
+    *,
+    histories: dict[int, LoyaltyHistory],
+    retired: Iterable[int] = (),
+    new: dict[int, LoyaltyHistory] | None = None,
+    whole: Callable[[set[int]], dict[int, LoyaltyHistory]] | None = None,
+    now: datetime | None = None,
+    checkpoint: bool = False,
+) -> None:
+    """What a refresh does to points, in one pass over the accounts: the members of
+    ``histories`` reconciled from their whole history (``points_reconcile``), the ``retired``
+    ones' points moved to their survivors, and the members of ``new`` advanced from their
+    checkpoints with these new events alone (``points_advance``); those whose derivation
+    cannot resume are reconciled from the history ``whole`` reads for them.
+
+    Everything is derived first; then every account any of it writes (the members', their
+    survivors', those rows move from or to, a referrer's) is locked at once, in member-id order
+    (``_accounts_lock``), and only then written: the ledger trigger only updates accounts
+    already held. One refresh transaction takes account locks once, after its order rows and
+    before its memberships (``members.locks``), so two refreshes whose writes cross (one moves
+    points into the account the other writes) wait for each other instead of deadlocking.
     """
-    survivors = _survivors_of(retired)
-    if not histories and not survivors:
-        return
     now = now or timezone.now()
     program = program_load()
+    writes: list[_PointsWrites] = []
+    if new:
+        advanced, unresumed = _advance_prepare(new, program, now)
+        writes.append(advanced)
+        if unresumed and whole is not None:
+            histories = {**histories, **whole(unresumed)}
+    if histories or retired:
+        writes.append(_reconcile_prepare(histories, retired, program, now, checkpoint=checkpoint))
+    if not any(w.touches for w in writes):
+        return
+    _accounts_lock(set().union(*(w.accounts for w in writes)))
+    for w in writes:
+        w.apply(program)
+
+
+@dataclass(slots=True)
+class _PointsWrites:
+    """What bringing some members' points to their derivations writes, prepared before any
+    account is locked (``points_refresh``)."""
+
+    derivations: dict[int, Derivation]
+    #: Every account the writes touch (locked before any is written).
+    accounts: set[int] = field(default_factory=set)
+    moves: dict[int, list["_Row"]] = field(default_factory=dict)
+    corrections: list["_Entry"] = field(default_factory=list)
+    #: Absorbed members whose loyalty goes to their survivor (``_retired_move``).
+    survivors: dict[int, int] = field(default_factory=dict)
+    #: Orders refunded in full: the coupons used on them can be used again.
+    refunded: list[str] = field(default_factory=list)
+    checkpoints_dropped: set[int] = field(default_factory=set)
+    #: The checkpoints kept: each cause's (points, rows) once written, and the facts read.
+    checkpoint: tuple[dict[str, tuple[int, int]], dict[int, str]] | None = None
+    metric: str = "replayed"
+
+    @property
+    def touches(self) -> bool:
+        return bool(self.derivations or self.survivors)
+
+    def apply(self, program: Program) -> None:
+        """Write them (the caller holds ``accounts``)."""
+        _retired_move(self.survivors)
+        if self.derivations:
+            _accounts_write(self.derivations, program)
+        _rows_move(self.moves)
+        # Credits before debits: the floor is checked at commit, but a clean order reads better.
+        _entries_insert(sorted(self.corrections, key=lambda e: -e.points))
+        _tier_changes_write(self.derivations)
+        if self.refunded:
+            coupons_release_for_orders(order_ids=self.refunded, reason="order refunded in full")
+        rows_delete(PointsCheckpoint, column="member", keys=self.checkpoints_dropped)
+        if self.checkpoint is not None:
+            after, facts = self.checkpoint
+            _checkpoints_write(self.derivations, program, after, facts=facts)
+        POINTS_DERIVATIONS.labels(self.metric).inc(len(self.derivations))
+
+
+def _reconcile_prepare(
+    histories: dict[int, LoyaltyHistory],
+    retired: Iterable[int],
+    program: Program,
+    now: datetime,
+    *,
+    checkpoint: bool,
+) -> _PointsWrites:
+    """``points_reconcile``'s writes, derived from the members' whole histories."""
+    survivors = _survivors_of(retired)
+    if not histories and not survivors:
+        return _PointsWrites(derivations={})
     # The facts as the derivation reads them, before this reconciliation writes any.
     given = _facts_of(histories) if checkpoint and histories else {}
     # Read as they will be once the retired members' rows are with their survivors (moved
@@ -213,7 +311,6 @@ def points_reconcile(
     grants: dict[int, list[GrantFact]] = defaultdict(list)
     for grant, holder in _grants_held(histories.keys() | absorbed_here, survivors).items():
         grants[holder].append(GrantFact(at=grant.at, tier=grant.tier, key=grant.key, reason=grant.reason))
-    POINTS_DERIVATIONS.labels("replayed").inc(len(histories))
     derivations = {
         member_id: points_derive(
             program=program,
@@ -247,24 +344,19 @@ def points_reconcile(
                             event_id=first.event_id, order_id=first.order_id)  # fmt: skip
             corrections.append(_entry(held[0].member_id, no_longer, -total, len(held), now))
     held_by_retired = _holding_points(survivors)
-    _accounts_lock(
-        histories.keys()
+    return _PointsWrites(
+        derivations=derivations,
+        accounts=histories.keys()
         | {member for old in held_by_retired for member in (old, survivors[old])}
         | {member for target, held in moves.items() for member in (target, *(row.member_id for row in held))}
-        | {entry.member_id for entry in corrections}
+        | {entry.member_id for entry in corrections},
+        moves=moves,
+        corrections=corrections,
+        survivors=survivors,
+        refunded=_refunded_in_full(histories),
+        checkpoints_dropped=set(survivors) | (set() if checkpoint else set(histories)),
+        checkpoint=(after, given) if checkpoint else None,
     )
-    _retired_move(survivors)
-    _accounts_write(derivations, program)
-    _rows_move(moves)
-    # Credits before debits: the floor is checked at commit, but a clean order reads better.
-    _entries_insert(sorted(corrections, key=lambda e: -e.points))
-    _tier_changes_write(derivations)
-    _coupons_release_refunded(histories)
-    rows_delete(
-        PointsCheckpoint, column="member", keys=set(survivors) | (set() if checkpoint else set(histories))
-    )
-    if checkpoint:
-        _checkpoints_write(derivations, program, after, facts=given)
 
 
 def _dues_reconcile(
@@ -301,11 +393,13 @@ def _dues_reconcile(
     return moves, corrections, after, wanted
 
 
-def points_advance(*, histories: dict[int, LoyaltyHistory], now: datetime | None = None) -> set[int]:
-    """Bring these active members' ledgers, tiers and accounts up to date with their *new*
-    events (``histories``: only those after what their refresh's watermark covered) by
-    resuming each one's derivation from its checkpoint; returns the members it could not
-    resume, for the caller to reconcile from their whole history (``points_reconcile``).
+def _advance_prepare(
+    histories: dict[int, LoyaltyHistory], program: Program, now: datetime
+) -> tuple[_PointsWrites, set[int]]:
+    """``points_advance``'s writes: these active members' derivations resumed from their
+    checkpoints with their *new* events (``histories``: only those after what their refresh's
+    watermark covered); and the members that could not resume, for the caller to reconcile
+    from their whole history (``points_reconcile``).
 
     A member resumes when their checkpoint was made under the program as it is now, their
     facts (ledger rows staff, tills and referrals gave them, tier grants) are those it was
@@ -313,10 +407,6 @@ def points_advance(*, histories: dict[int, LoyaltyHistory], now: datetime | None
     refunds are in the program's currency. The ledger rows compared are those the new events
     caused and the causes the checkpoint's tail lists: not the member's whole ledger.
     """
-    if not histories:
-        return set()
-    now = now or timezone.now()
-    program = program_load()
     fingerprint = program_fingerprint(program)
     facts = _facts_of(histories.keys())
     resumed: dict[int, tuple[LoyaltyHistory, _StoredCheckpoint]] = {}
@@ -346,7 +436,7 @@ def points_advance(*, histories: dict[int, LoyaltyHistory], now: datetime | None
         except Exception:
             logger.warning("points checkpoint of member %s unusable; deriving from the history", member_id)
     if not derivations:
-        return set(histories)
+        return _PointsWrites(derivations={}), set(histories)
     tails = {pk: {t[0]: t for t in resumed[pk][1].tail} for pk in derivations}
     rows = _rows_by_event({i for pk in derivations for i in histories[pk].event_ids})
     by_cause: dict[str, list[_Row]] = defaultdict(list)
@@ -366,7 +456,8 @@ def points_advance(*, histories: dict[int, LoyaltyHistory], now: datetime | None
                 gone = Due(key=cause, kind=Kind(kind), points=0, at=now, reason="no longer due",
                            event_id=event_id, order_id=order_id)  # fmt: skip
                 corrections.append(_entry(member_id, gone, -points, count, now))
-    _accounts_lock(
+    refunded = [order_id for d in derivations.values() for order_id in sorted(d.refunded_in_full)]
+    accounts = (
         derivations.keys()
         | {
             member
@@ -375,16 +466,11 @@ def points_advance(*, histories: dict[int, LoyaltyHistory], now: datetime | None
         }
         | {entry.member_id for entry in corrections}
     )
-    _accounts_write(derivations, program)
-    _rows_move(moves)
-    _entries_insert(sorted(corrections, key=lambda e: -e.points))
-    _tier_changes_write(derivations)
-    refunded = [order_id for d in derivations.values() for order_id in sorted(d.refunded_in_full)]
-    if refunded:
-        coupons_release_for_orders(order_ids=refunded, reason="order refunded in full")
-    _checkpoints_write(derivations, program, held, facts=facts)
-    POINTS_DERIVATIONS.labels("resumed").inc(len(derivations))
-    return set(histories) - derivations.keys()
+    writes = _PointsWrites(
+        derivations=derivations, accounts=accounts, moves=moves, corrections=corrections, refunded=refunded,
+        checkpoint=(held, facts), metric="resumed",
+    )  # fmt: skip
+    return writes, set(histories) - derivations.keys()
 
 
 @dataclass(frozen=True, slots=True)
@@ -681,16 +767,14 @@ def _tier_changes_write(derivations: dict[int, Derivation]) -> None:
             )
 
 
-def _coupons_release_refunded(histories: dict[int, LoyaltyHistory]) -> None:
-    """A coupon used on an order refunded in full can be used again."""
-    done = [
+def _refunded_in_full(histories: dict[int, LoyaltyHistory]) -> list[str]:
+    """The orders of these histories refunded in full (a coupon used on one can be used again)."""
+    return [
         order.order_id
         for history in histories.values()
         for order in orders_of(history.orders).values()
         if order.placed_at is not None and order.refunded >= order.total > 0
     ]
-    if done:
-        coupons_release_for_orders(order_ids=done, reason="order refunded in full")
 
 
 def _survivors_of(member_ids: Iterable[int]) -> dict[int, int]:

@@ -16,8 +16,8 @@ from tests.factories.sealed import opened
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def a_member(name: str = "Li") -> int:
-    event = EventFactory.create(type="identify", user_id="u1", traits={"name": name})
+def a_member(name: str = "Li", user_id: str = "u1") -> int:
+    event = EventFactory.create(type="identify", user_id=user_id, traits={"name": name})
     events_process_pending()
     return EventResolution.objects.get(event=event).member_id
 
@@ -104,3 +104,31 @@ def test_two_refreshes_of_one_member_wait_for_each_other(monkeypatch):
     assert second_done.wait(10)
     assert not DirtyMark.objects.exists()
     assert opened("name", MemberTrait.objects.get(member_id=member, key="name").value) == "Li Lei"
+
+
+def test_a_refresh_leaves_a_member_another_refresh_holds_for_later_and_goes_on(monkeypatch):
+    """Waiting for the other refresh's whole transaction would hold up every other member of
+    the batch; the held member's mark stays queued for the next batch instead."""
+    held, free = a_member("Li"), a_member("Wang", user_id="u2")
+    DirtyMark.objects.create(member_id=held)
+
+    with HeldRefresh(monkeypatch):
+        later = DirtyMark.objects.create(member_id=held)
+        DirtyMark.objects.create(member_id=free)
+        refreshed = []
+
+        def second_refresh() -> None:
+            try:
+                refreshed.append(services.members_refresh_batch())
+            finally:
+                connection.close()
+
+        second = threading.Thread(target=second_refresh)
+        second.start()
+        second.join(5)
+        assert not second.is_alive(), "the refresh waited for the member another refresh holds"
+        assert refreshed == [1]
+
+    assert list(DirtyMark.objects.values_list("id", flat=True)) == [later.id]
+    assert services.members_refresh_batch() == 1
+    assert not DirtyMark.objects.exists()

@@ -97,3 +97,89 @@ def test_two_refreshes_moving_points_into_each_others_accounts_do_not_deadlock(m
     balances = dict(PointsAccount.objects.values_list("member_id", "balance"))
     assert balances == {survivor_a.pk: 1 + 4000, survivor_b.pk: 20 + 300}
     balances_equal_ledgers()
+
+
+def test_a_refresh_taking_both_paths_takes_each_kind_of_lock_once(monkeypatch):
+    """One refresh recomputes a new member in full and advances a known one from a new order;
+    another retires a member merged into the known one (its points move to that survivor's
+    account, and it leaves a segment). When the first took the full path's segment row before
+    the incremental path's points accounts, the second could hold the survivor's account while
+    waiting for the segment row the first held, and the first wait for that account: a
+    deadlock. Each kind of lock taken once per refresh, in one order, makes one wait instead."""
+    from events.pipeline import events_process_pending
+    from identity.models import EventResolution
+    from members.loyalty.demo import loyalty_demo_setup
+    from members.segments import evaluate
+    from members.segments.models import Segment, SegmentMember
+    from members.services import members_update
+    from tests.factories import EventFactory, SourceFactory
+
+    loyalty_demo_setup()
+    buyers = Segment.objects.create(key="buyers", name="buyers", kind=Segment.Kind.DYNAMIC,
+                                    rule={"event": "Order Completed"})  # fmt: skip
+    till = SourceFactory(pos=True)
+
+    def order(user: str, number: str, hour: int) -> int:
+        event = EventFactory.create(
+            source=till, event="Order Completed", user_id=user, timestamp=T0.replace(hour=hour),
+            properties={"order_id": number, "total": "200.00", "currency": "CNY"},
+        )  # fmt: skip
+        events_process_pending()
+        return EventResolution.objects.get(event=event).member_id
+
+    survivor, absorbed = order("survivor", "o-1", 10), order("absorbed", "o-2", 10)
+    assert set(SegmentMember.objects.filter(segment=buyers).values_list("member_id", flat=True)) == {
+        survivor, absorbed,
+    }  # fmt: skip
+    Member.objects.filter(pk=absorbed).update(status=Member.Status.MERGED, merged_into=survivor)
+    monkeypatch.setattr("events.pipeline.pipeline_follow_ups", lambda: [])
+    order("survivor", "o-3", 12)  # the survivor's refresh goes the incremental way
+    newcomer = order("newcomer", "o-4", 12)  # the full way, into the segment
+
+    first_sized, sizes_move, this = threading.Event(), evaluate._sizes_move, threading.local()
+
+    def sized(sizes: dict[int, int]) -> set[int]:
+        moved = sizes_move(sizes)
+        if getattr(this, "first", False) and not first_sized.is_set():
+            first_sized.set()
+            second_waits_for_a_lock()
+        return moved
+
+    monkeypatch.setattr(evaluate, "_sizes_move", sized)
+
+    def refresh(batch: set[int], after: threading.Event | None = None) -> Callable[[], None]:
+        def job() -> None:
+            this.first = after is None
+            if after is not None:
+                assert after.wait(10)
+            with transaction.atomic():
+                member_refresh_locks(batch)
+                members_update(batch)
+
+        return job
+
+    errors = concurrently(refresh({newcomer, survivor}), refresh({absorbed}, after=first_sized))
+
+    assert errors == []
+    assert set(SegmentMember.objects.filter(segment=buyers).values_list("member_id", flat=True)) == {
+        survivor, newcomer,
+    }  # fmt: skip
+    assert Segment.objects.get(pk=buyers.pk).size == 2
+    assert not PointsAccount.objects.filter(member_id=absorbed).exists()
+    balances_equal_ledgers()
+
+
+def second_waits_for_a_lock(seconds: float = 5) -> None:
+    """Until another backend of this database waits for a lock (or ``seconds`` passed)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+            )
+            if cursor.fetchone()[0]:
+                return
+            time.sleep(0.05)
