@@ -183,3 +183,65 @@ def second_waits_for_a_lock(seconds: float = 5) -> None:
             if cursor.fetchone()[0]:
                 return
             time.sleep(0.05)
+
+
+def test_retiring_a_member_whose_orders_its_survivor_takes_over_does_not_deadlock(monkeypatch):
+    """A merge: the survivor's refresh takes the absorbed member's order over and so deletes its
+    watermark (``members.orders``: the member it displaced starts from the log), then locks the
+    survivor's account; the absorbed member's refresh moves its points to that same account and
+    deletes its own rows, that watermark among them. Deleted after the accounts, each refresh
+    would hold what the other waits for."""
+    from events.pipeline import events_process_pending
+    from identity.models import EventResolution
+    from members import services
+    from members.loyalty.demo import loyalty_demo_setup
+    from members.models import DirtyMark, RefreshWatermark
+    from tests.factories import EventFactory, SourceFactory
+
+    loyalty_demo_setup()
+    till = SourceFactory(pos=True)
+    EventFactory.create(source=till, type="identify", user_id="li", timestamp=T0)
+    events_process_pending()  # the older member: the merge's survivor
+    bought = EventFactory.create(
+        source=till, event="Order Completed", user_id="", anonymous_id="device-1", timestamp=T0.replace(hour=11),
+        properties={"order_id": "o-1", "total": "200.00", "currency": "CNY"},
+    )  # fmt: skip
+    events_process_pending()
+    absorbed = EventResolution.objects.get(event=bought).member_id
+    assert RefreshWatermark.objects.filter(member_id=absorbed).exists()
+    assert PointsAccount.objects.get(member_id=absorbed).balance > 0
+    monkeypatch.setattr("events.pipeline.pipeline_follow_ups", lambda: [])
+    EventFactory.create(source=till, type="identify", user_id="li", anonymous_id="device-1",
+                        timestamp=T0.replace(hour=12))  # fmt: skip
+    events_process_pending()
+    survivor = Member.objects.get(pk=absorbed, status=Member.Status.MERGED).merged_into_id
+    DirtyMark.objects.all().delete()
+
+    took_over, owners_refresh, this = threading.Event(), services.order_owners_refresh, threading.local()
+
+    def refreshed_owners(**kwargs: object) -> object:
+        found = owners_refresh(**kwargs)
+        if getattr(this, "survivor", False):
+            took_over.set()
+            second_waits_for_a_lock()
+        return found
+
+    monkeypatch.setattr(services, "order_owners_refresh", refreshed_owners)
+
+    def refresh(member_id: int, after: threading.Event | None = None) -> Callable[[], None]:
+        def job() -> None:
+            this.survivor = after is None
+            if after is not None:
+                assert after.wait(10)
+            with transaction.atomic():
+                member_refresh_locks({member_id})
+                services.members_update({member_id})
+
+        return job
+
+    errors = concurrently(refresh(survivor), refresh(absorbed, after=took_over))
+
+    assert errors == []
+    assert not PointsAccount.objects.filter(member_id=absorbed).exists()
+    assert PointsAccount.objects.get(member_id=survivor).balance > 0
+    balances_equal_ledgers()
