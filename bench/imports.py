@@ -14,8 +14,10 @@ On a database of its own (``cdp_bench_imports``, made afresh each run, productio
    transaction);
 4. **resolve**: the pipeline's stages over the backlog (``members.imports.services.imported_resolve``,
    what ``import --resolve`` runs): identity resolution of every batch, the backlog taken in event
-   time (``--arrival-order``: in the order it was stored, as before, for comparison), then the
-   member refresh (traits, consent, orders, figures, points, tags and segments) once per member.
+   time (``--arrival-order``: in the order it was stored, as before, for comparison), and the
+   member refresh (traits, consent, orders, figures, points, tags and segments) once per member:
+   taken a member at a time, the refresh runs beside the resolution (``pipeline_drain_beside``),
+   both timed as one step (``--apart``: the resolution, then the refresh, each timed).
    Each step's CPU seconds (this process, its children and its database's backends, from /proc) are given
    beside its wall time: on a shared machine they are the measure the load does not distort;
 5. **check**: one active member per legacy member, every order counted in their figures, and a
@@ -224,19 +226,26 @@ def import_file(kind: str, path: Path) -> tuple[int, Took]:
     return job.rows_imported, took
 
 
-def resolve(*, arrival_order: bool, processes: int) -> tuple[int, Took, Took]:
+def resolve(*, arrival_order: bool, processes: int, apart: bool) -> tuple[int, Took, Took | None]:
     """(events, resolving, refreshing). ``arrival_order``: the backlog claimed in the order it
     was stored, as before the import took it in event time or a member at a time (for comparison); ``processes``: the
-    refresh's (``imported_resolve``), which run, as there, with the process's objects frozen."""
+    refresh's (``imported_resolve``), which run, as there, with the process's objects frozen;
+    ``apart``: the resolution, then the refresh, each timed (else, as ``imported_resolve`` runs
+    them, side by side when the backlog goes a member at a time: one step, refreshing None)."""
     from cdp.workers import process_objects_frozen
 
     with process_objects_frozen():
-        return _resolve(arrival_order=arrival_order, processes=processes)
+        return _resolve(arrival_order=arrival_order, processes=processes, apart=apart)
 
 
-def _resolve(*, arrival_order: bool, processes: int) -> tuple[int, Took, Took]:
+def _resolve(*, arrival_order: bool, processes: int, apart: bool) -> tuple[int, Took, Took | None]:
     from events.pipeline import events_process_batch, pipeline_follow_ups_drain
-    from members.imports.services import imported_identities_resolve
+    from members.imports.services import imported_identities_resolve, imported_resolve
+
+    if not arrival_order and not apart:
+        with timed() as both:
+            total, _ = imported_resolve(processes=processes)
+        return total, both, None
 
     with timed() as resolving:
         if arrival_order:
@@ -267,6 +276,11 @@ def main() -> int:
         help="resolve the backlog in the order it was stored (before issue 20), for comparison",
     )
     parser.add_argument(
+        "--apart",
+        action="store_true",
+        help="time the resolution, then the refresh (not side by side, as the import runs them)",
+    )
+    parser.add_argument(
         "--processes",
         type=int,
         default=2,
@@ -290,7 +304,7 @@ def main() -> int:
         print("imported members", imported_members, flush=True)
         imported_orders = import_file("orders", orders_path)
         print("imported orders", imported_orders, flush=True)
-        resolved = resolve(arrival_order=args.arrival_order, processes=args.processes)
+        resolved = resolve(arrival_order=args.arrival_order, processes=args.processes, apart=args.apart)
         print("resolved", resolved, flush=True)
         load_after = load()
         from members.imports.models import ImportJob
@@ -307,7 +321,8 @@ def main() -> int:
         ).fetchone()  # type: ignore[misc]
     members_ok = active == args.members
     orders_ok = counted == imported_orders[0]
-    events, resolving, refreshing = resolved
+    events, resolving, refreshed = resolved
+    refreshing = refreshed or Took()  # side by side: in ``resolving``
     importing = [imported_members[1], imported_orders[1]]
     import_wall, import_cpu = sum(t.wall for t in importing), sum(t.cpu for t in importing)
     total_wall = import_wall + resolving.wall + refreshing.wall
@@ -315,6 +330,8 @@ def main() -> int:
     # On idle cores: a one-process step takes its CPU seconds (process and backend alternate),
     # the refresh its CPU seconds over its processes (at most two cores).
     idle_wall = import_cpu + resolving.cpu + refreshing.cpu / min(max(args.processes, 1), 2)
+    if refreshed is None:  # side by side: on two cores, the resolution's core bounds it at best
+        idle_wall = import_cpu + resolving.cpu / min(max(args.processes, 1), 2)
     copies = [copied_members[1], copied_orders[1]]
     copy_rows = copied_members[0] + copied_orders[0]
     copy_rate = copy_rows / sum(t.wall for t in copies)
@@ -330,6 +347,17 @@ def main() -> int:
         if args.arrival_order
         else "as the import takes it (a member at a time, or in event time when many events are alone)"
     )
+    if refreshed is None:
+        stages = line(
+            f"identity resolution (one process, batches of {BACKLOG_BATCH_SIZE:,}, the backlog {order}) and, "
+            f"side by side, the member refresh in {args.processes} process(es), once per member",
+            f"{events:,} events, {active:,} members", resolving, events,
+        )  # fmt: skip
+    else:
+        stages = "\n".join((
+            line(f"identity resolution (one process, batches of {500 if args.arrival_order else BACKLOG_BATCH_SIZE:,}, the backlog {order})", f"{events:,} events", resolving, events),
+            line(f"member refresh, once per member, in {args.processes} process(es) (traits, consent, figures, points, tags, segments)", f"{active:,} members", refreshing, active),
+        ))  # fmt: skip
     section = f"""## {started_at:%Y-%m-%d %H:%M} UTC: {args.members:,} members, {imported_orders[0]:,} orders, backlog {"in arrival order" if args.arrival_order else "as the import takes it"}
 
 Load average (1 / 5 / 15 min) before: {load_before}; after the pipeline: {load_after} (2 cores,
@@ -342,8 +370,7 @@ CPU seconds: this process, its children and the PostgreSQL backends of the datab
 {line("limit: plain `COPY` of the orders file", f"{copied_orders[0]:,}", copied_orders[1], copied_orders[0])}
 {line("import members (`manage.py import members`: contract, events, checkpoints)", f"{imported_members[0]:,}", imported_members[1], imported_members[0])}
 {line("import orders", f"{imported_orders[0]:,}", imported_orders[1], imported_orders[0])}
-{line(f"identity resolution (one process, batches of {500 if args.arrival_order else BACKLOG_BATCH_SIZE:,}, the backlog {order})", f"{events:,} events", resolving, events)}
-{line(f"member refresh, once per member, in {args.processes} process(es) (traits, consent, figures, points, tags, segments)", f"{active:,} members", refreshing, active)}
+{stages}
 {line("**end to end**", f"{rows:,} rows", Took(total_wall, total_cpu), rows)}
 
 Import alone runs at {rows / import_wall / copy_rate:.3f} times the speed of the plain `COPY` of the same rows
@@ -359,7 +386,7 @@ at this run's load; by CPU, {total_cpu * scale_full / 60:.0f} CPU minutes, so at
 {total_cpu * scale_full / 120:.0f} min on two otherwise idle cores if every step kept both busy; against the
 target of 15 min ({"met" if total_cpu * scale_full / 2 <= 900 else "not met"} even then). As the steps run
 now (each import and the resolution in one process, in lockstep with its backend; the refresh in
-{args.processes} processes), two idle cores would take about {idle_wall * scale_full / 60:.0f} min.
+{args.processes} processes{", beside the resolution" if refreshed is None else ""}), two idle cores would take about {idle_wall * scale_full / 60:.0f} min.
 """
     print(section)
     if args.docs:

@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
+from typing import TypeVar
 
 import orjson
 from django.conf import settings
@@ -74,6 +75,7 @@ logger = logging.getLogger(__name__)
 
 Stage = Callable[[Sequence[ClaimedEvent]], None]
 FollowUp = Callable[[], int]
+_Outcome = TypeVar("_Outcome")
 
 _EVENTS, _PENDING = Event._meta.db_table, PendingEvent._meta.db_table
 # The queue rows are picked in id order and deleted by key (``= ANY(ARRAY(...))``: an index
@@ -134,8 +136,62 @@ def pipeline_follow_ups_drain(*, processes: int = 1) -> int:
     write, as they do for live traffic): a backlog's refresh on every core. Inside a
     transaction the children could not see its writes, so there it runs here, alone."""
     if processes > 1 and not connection.in_atomic_block:
-        return _in_forked_processes(lambda _worker: _follow_ups_drain_here(), processes)
+        return sum(_in_forked_processes(lambda _worker: _follow_ups_drain_here(), processes))
     return _follow_ups_drain_here()
+
+
+#: How long a follow-up process beside a backlog's stages waits when it found no work, before
+#: it looks again (``pipeline_drain_beside``): a look is a claim that finds nothing, a few
+#: milliseconds, and a batch of the backlog takes about a second.
+BESIDE_IDLE_SECONDS = 0.1
+
+
+def pipeline_drain_beside(stages: Callable[[], int], *, processes: int) -> tuple[int, int]:
+    """Run ``stages`` (the pipeline's stages over a backlog, e.g. a history's resolution) in one
+    process while ``processes`` - 1 others drain the follow-ups as its batches commit, as that
+    many workers would beside the pipeline's; once ``stages`` is done its process drains them
+    too. Returns (what ``stages`` returned, the follow-up work done).
+
+    For a backlog whose stages run in one process (resolution holds the identity lock batch
+    after batch) and whose follow-ups would otherwise wait for all of it: the member refresh
+    then keeps the second core busy meanwhile, instead of both cores refreshing after it. The
+    work is the live pipeline's: the follow-ups claim what committed batches marked, ``SKIP
+    LOCKED``. Inside a transaction (the forked processes could not see its writes) or with
+    one process: ``stages``, then the follow-ups, here."""
+    if processes < 2 or connection.in_atomic_block:
+        return stages(), _follow_ups_drain_here()
+    staged = multiprocessing.get_context("fork").Event()
+
+    def drain() -> int:
+        # Until ``stages`` is done and two looks apart find nothing: a look that finds nothing
+        # while the other process is taking identity's changes into the refresh queue (not yet
+        # committed) is not the end.
+        follow_ups = pipeline_follow_ups()
+        total, idle = 0, 0
+        while idle < 2:
+            found = sum(follow_up() for follow_up in follow_ups)
+            total += found
+            if found:
+                idle = 0
+            elif not staged.is_set():
+                staged.wait(BESIDE_IDLE_SECONDS)
+            else:
+                idle += 1
+                if idle < 2:
+                    time.sleep(BESIDE_IDLE_SECONDS)
+        return total
+
+    def work(worker: int) -> tuple[int, int]:
+        if worker:
+            return 0, drain()
+        try:
+            done = stages()
+        finally:
+            staged.set()  # the others drain to the end whatever happened here
+        return done, drain()
+
+    outcomes = _in_forked_processes(work, processes)
+    return sum(done for done, _ in outcomes), sum(followed for _, followed in outcomes)
 
 
 def _follow_ups_drain_here() -> int:
@@ -146,9 +202,9 @@ def _follow_ups_drain_here() -> int:
     return total
 
 
-def _in_forked_processes(work: Callable[[int], int], processes: int) -> int:
+def _in_forked_processes(work: Callable[[int], _Outcome], processes: int) -> list[_Outcome]:
     """``work(worker)`` for each worker 0 .. ``processes`` - 1, each in a child forked from this
-    process; the sum of what they return. Outside a transaction (the children could not see
+    process; what they return, by worker. Outside a transaction (the children could not see
     its writes, and a child must never use its parent's connection: this process's are closed
     first, each child opens its own).
 
@@ -168,23 +224,23 @@ def _in_forked_processes(work: Callable[[int], int], processes: int) -> int:
         child.start()
     for child in children:
         child.join()
-    results: dict[int, int | BaseException] = {}
+    results: dict[int, _Outcome | BaseException] = {}
     while not outcomes.empty():
         worker, outcome = outcomes.get()
         results[worker] = outcome
-    total = 0
+    found: list[_Outcome] = []
     for worker, child in enumerate(children):
         outcome = results.get(worker)
         if isinstance(outcome, BaseException):
             raise outcome
         if outcome is None:
             raise RuntimeError(f"forked worker {worker} ended without a result (exit code {child.exitcode})")
-        total += outcome
-    return total
+        found.append(outcome)
+    return found
 
 
 def _forked_child(
-    work: Callable[[int], int], worker: int, outcomes: "multiprocessing.queues.SimpleQueue"
+    work: Callable[[int], object], worker: int, outcomes: "multiprocessing.queues.SimpleQueue"
 ) -> None:
     try:
         outcomes.put((worker, work(worker)))

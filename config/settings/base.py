@@ -383,7 +383,8 @@ IMPORT_DIR = Path(env("IMPORT_DIR", default=str(BASE_DIR / "var" / "imports")))
 IMPORT_STALLED_SECONDS = env.int("IMPORT_STALLED_SECONDS", default=600)
 IMPORT_MAX_UPLOAD_BYTES = env.int("IMPORT_MAX_UPLOAD_BYTES", default=4 * 1024**3)
 # Processes the member refresh of an imported history runs in (``import --resolve``,
-# ``imported_resolve``): one per core the command may take.
+# ``imported_resolve``): one per core the command may take. Taken a member at a time, one of
+# them resolves the backlog first while the others refresh beside it (``pipeline_drain_beside``).
 IMPORT_REFRESH_PROCESSES = env.int("IMPORT_REFRESH_PROCESSES", default=2)
 #: The whole of one delivery (connect, send, answer) must fit in this.
 WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)

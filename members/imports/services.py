@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from events.pipeline import (
     events_process_backlog_by_person,
     events_process_backlog_in_event_time,
     events_process_batch,
+    pipeline_drain_beside,
     pipeline_follow_ups_drain,
 )
 from events.services import events_ingest, source_create
@@ -518,15 +520,27 @@ def imported_resolve(*, batch_size: int | None = None, processes: int | None = N
 
     The refresh runs in ``processes`` (default ``IMPORT_REFRESH_PROCESSES``) forked processes,
     as that many workers would: the refresh of one member is independent of the others' (its own
-    locks, its own marks, claimed ``SKIP LOCKED``). Resolution stays in this one: it resolves one
+    locks, its own marks, claimed ``SKIP LOCKED``). Resolution runs in one: it resolves one
     batch at a time under the identity lock, which a batch holds for all but a few percent of
     its time (measured: 94%), so a second process preparing the next batch meanwhile gained
-    nothing measurable. The process's own objects are frozen meanwhile, as in ``import_run``."""
-    resolved = imported_identities_resolve(batch_size=batch_size)
-    return resolved, pipeline_follow_ups_drain(processes=processes or settings.IMPORT_REFRESH_PROCESSES)
+    nothing measurable. With the backlog taken a member at a time, the other processes refresh
+    meanwhile the members whose batches committed (``pipeline_drain_beside``): a member's events
+    are all in one batch (or two, at a batch's edge), so each member is still refreshed about
+    once, and the second core works while resolution holds the first, instead of waiting for
+    it. In event time a member's events are spread over the whole backlog: the refresh waits
+    for all of it, as before. The process's own objects are frozen meanwhile, as in
+    ``import_run``."""
+    processes = processes or settings.IMPORT_REFRESH_PROCESSES
+    by_person = events_backlog_alone_share() <= BY_PERSON_MAX_ALONE
+    if by_person:
+        return pipeline_drain_beside(
+            partial(imported_identities_resolve, batch_size=batch_size, by_person=True), processes=processes
+        )
+    resolved = imported_identities_resolve(batch_size=batch_size, by_person=False)
+    return resolved, pipeline_follow_ups_drain(processes=processes)
 
 
-def imported_identities_resolve(*, batch_size: int | None = None) -> int:
+def imported_identities_resolve(*, batch_size: int | None = None, by_person: bool | None = None) -> int:
     """The pipeline's stages (identity resolution) over every event waiting, the backlog taken
     a legacy member at a time (``events_process_backlog_by_person``: each anonymous id's events
     together, the import's member key, in event time within it). The files of a history are
@@ -542,9 +556,11 @@ def imported_identities_resolve(*, batch_size: int | None = None) -> int:
     re-resolves that member's component; the members are the same either way. A backlog with
     more than ``BY_PERSON_MAX_ALONE`` of such events is taken in event time instead, where none
     is late. Then whatever arrived meanwhile, in the ordinary order. Returns the events taken
-    out of the queue."""
+    out of the queue. ``by_person``: the choice made already (None: made here)."""
     size = batch_size or BACKLOG_BATCH_SIZE
-    if events_backlog_alone_share() <= BY_PERSON_MAX_ALONE:
+    if by_person is None:
+        by_person = events_backlog_alone_share() <= BY_PERSON_MAX_ALONE
+    if by_person:
         resolved = events_process_backlog_by_person(batch_size=size)
     else:
         resolved = events_process_backlog_in_event_time(batch_size=size)

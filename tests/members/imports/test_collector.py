@@ -39,7 +39,8 @@ def _spied(monkeypatch, name: str, seen: list[tuple[str, int]]) -> None:
 def test_an_import_and_its_resolution_run_with_the_process_objects_frozen(tmp_path, monkeypatch):
     assert gc.get_freeze_count() == 0
     seen: list[tuple[str, int]] = []
-    for name in ("events_ingest", "imported_identities_resolve", "pipeline_follow_ups_drain"):
+    # The backlog a member at a time: resolution and refresh together (``pipeline_drain_beside``).
+    for name in ("events_ingest", "imported_identities_resolve", "pipeline_drain_beside"):
         _spied(monkeypatch, name, seen)
     run_import("members", csv_file(tmp_path / "members.csv", MEMBERS))
     run_import("orders", csv_file(tmp_path / "orders.csv", ORDERS))
@@ -47,7 +48,7 @@ def test_an_import_and_its_resolution_run_with_the_process_objects_frozen(tmp_pa
     services.imported_resolve(processes=1)
     assert gc.get_freeze_count() == 0
     assert [name for name, _ in seen] == [
-        "events_ingest", "events_ingest", "imported_identities_resolve", "pipeline_follow_ups_drain"
+        "events_ingest", "events_ingest", "pipeline_drain_beside", "imported_identities_resolve"
     ]  # fmt: skip
     assert all(frozen > 0 for _, frozen in seen), seen
     assert MemberAggregate.objects.get().orders == 1  # the same outcome

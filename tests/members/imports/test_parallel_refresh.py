@@ -3,11 +3,13 @@ every member gives, on the members a rebuild of the identity graph gives."""
 
 import os
 import random
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from cdp.vault import trait_open
+from events import pipeline as events_pipeline
 from events import services as events_services
 from events.models import PendingEvent
 from identity.models import EventResolution, Identifier
@@ -42,7 +44,9 @@ def _files(tmp_path):
     return csv_file(tmp_path / "members.csv", members), csv_file(tmp_path / "orders.csv", orders)
 
 
-def _note_workers(monkeypatch, module, name, path, stage):
+def _note_workers(monkeypatch, module, name, path, stage, pause=0.0):
+    """``pause``: seconds each call that did work takes longer (so that one process cannot take
+    every batch before the other starts)."""
     wrapped = getattr(module, name)
 
     def noted(*args, **kwargs):
@@ -50,6 +54,7 @@ def _note_workers(monkeypatch, module, name, path, stage):
         if done:
             with path.open("a") as notes:
                 notes.write(f"{stage} {os.getpid()}\n")
+            time.sleep(pause)
         return done
 
     monkeypatch.setattr(module, name, noted)
@@ -87,7 +92,9 @@ def test_a_history_refreshed_in_two_processes_is_what_a_rebuild_gives(tmp_path, 
     # pipeline's nudge eagerly, which would process each batch as it commits).
     monkeypatch.setattr(events_services, "process_pending_nudge", lambda: None)
     workers = tmp_path / "workers"  # which processes did the work (forked: they append here)
-    _note_workers(monkeypatch, members_services, "members_refresh_batch", workers, "refresh")
+    # The refresh starts beside the resolution (``pipeline_drain_beside``): its process could
+    # take every batch before the resolving one is done, but for a pause after each.
+    _note_workers(monkeypatch, members_services, "members_refresh_batch", workers, "refresh", pause=0.05)
     Segment.objects.create(
         key="spend-500",
         name="spend-500",
@@ -110,6 +117,53 @@ def test_a_history_refreshed_in_two_processes_is_what_a_rebuild_gives(tmp_path, 
     graph, parallel = _graph(), _computed()
     assert sum(orders for orders in MemberAggregate.objects.values_list("orders", flat=True)) == ORDERS
     assert SegmentMember.objects.exists()
+    identity_rebuild()
+    assert _graph() == graph
+    members_rebuild()
+    assert _computed() == parallel
+
+
+@pytest.mark.django_db(transaction=True)
+def test_members_are_refreshed_while_the_backlog_is_still_resolving(tmp_path, settings, monkeypatch):
+    """Taken a member at a time, the backlog's refresh runs beside its resolution (the second
+    core is not idle while one process holds the identity lock): a member whose batch committed
+    is refreshed before the last batch is resolved; the outcome is still what a rebuild gives."""
+    settings.MEMBER_REFRESH_BATCH_SIZE = 7
+    monkeypatch.setattr(events_services, "process_pending_nudge", lambda: None)
+    notes = tmp_path / "notes"
+    notes.touch()
+    _note_workers(monkeypatch, members_services, "members_refresh_batch", notes, "refresh")
+    resolving = events_pipeline._process_ids
+
+    def resolve_then_wait_for_a_refresh(event_ids):
+        done = resolving(event_ids)
+        with notes.open("a") as found:
+            found.write(f"resolve {os.getpid()}\n")
+        # The next batch waits (at most 10 s) for a refresh: one only after the whole
+        # backlog (as before) never comes, and the test fails.
+        deadline = time.monotonic() + 10
+        while "refresh" not in notes.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return done
+
+    monkeypatch.setattr(events_pipeline, "_process_ids", resolve_then_wait_for_a_refresh)
+    members_file, orders_file = _files(tmp_path)
+    run_import("members", members_file)
+    run_import("orders", orders_file)
+
+    resolved, refreshed = imported_resolve(processes=2, batch_size=50)
+
+    lines = [line.split() for line in notes.read_text().splitlines()]
+    resolvers = {pid for what, pid in lines if what == "resolve"}
+    last_resolve = max(n for n, (what, _) in enumerate(lines) if what == "resolve")
+    assert len(resolvers) == 1
+    assert any(what == "refresh" and pid not in resolvers for what, pid in lines[:last_resolve])
+    assert resolved >= MEMBERS + ORDERS
+    assert refreshed >= MEMBERS
+    assert not PendingEvent.objects.exists()
+    assert not DirtyMark.objects.exists()
+    graph, parallel = _graph(), _computed()
+    assert sum(orders for orders in MemberAggregate.objects.values_list("orders", flat=True)) == ORDERS
     identity_rebuild()
     assert _graph() == graph
     members_rebuild()
