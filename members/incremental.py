@@ -27,7 +27,7 @@ What the incremental path combines:
   the total as ``aggregates.orders_of`` caps it);
 - figures: the stored row plus the new orders and refunds and the new events' counts;
 - points and tier: only for members whose new events earn (orders, loyalty events), resumed
-  from where their last derivation stood (``points_advance``: a checkpoint kept with the
+  from where their last derivation stood (``points_refresh``: a checkpoint kept with the
   watermark) with the new events alone; a member whose checkpoint does not stand (another
   program, new facts such as a staff redemption, a new event not later than it) is derived
   from their earning events (``points_histories_whole``; time-driven changes are the account's

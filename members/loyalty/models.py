@@ -242,7 +242,7 @@ class PointsEntry(models.Model):
         indexes = [
             models.Index(fields=["member", "id"], name="points_ledger_of_member"),
             models.Index(fields=["event_id"], name="points_by_event", condition=Q(event_id__isnull=False)),
-            # The rows a member's derivation takes as given (``services.points_advance`` counts
+            # The rows a member's derivation takes as given (``services.points_refresh`` counts
             # them on every refresh): those staff or tills recorded, and referral bonuses.
             models.Index(
                 fields=["member", "id"],
@@ -258,7 +258,7 @@ class PointsEntry(models.Model):
 class PointsCheckpoint(models.Model):
     """Where a member's points derivation stood after the events their last refresh covered
     (``points.Checkpoint``), so that the next refresh of later events resumes from it instead of
-    replaying the member's whole history (``services.points_advance``).
+    replaying the member's whole history (``services.points_refresh``).
 
     Valid only as long as what it was derived from stands: the program (``program``: its
     fingerprint), the member's facts (``facts``: the count and id sum of the ledger rows staff,

@@ -406,7 +406,7 @@ def points_derive(
 
     ``resume``: a checkpoint of this member's earlier derivation, under the same program; the
     history is then only what came after it, every step later than ``resume.at``, with no new
-    fact nor grant nor completion of an order it holds (``services.points_advance``,
+    fact nor grant nor completion of an order it holds (``services.points_refresh``,
     ``members.incremental``), and only the entries those steps and the time
     since call for are returned (with those of time after the checkpoint: ``tail_from`` 0).
     """

@@ -169,24 +169,9 @@ def points_reconcile(
 
     ``checkpoint``: each history is exactly the member's events the refresh's watermark
     covers (written in this transaction), so where the derivation stands is kept for the next
-    refresh to resume from (``points_advance``). Otherwise the members' checkpoints are dropped:
+    refresh to resume from (``points_refresh``'s ``new``). Otherwise the members' checkpoints are dropped:
     what they stood on may have changed."""
     points_refresh(histories=histories, retired=retired, now=now, checkpoint=checkpoint)
-
-
-def points_advance(*, histories: dict[int, LoyaltyHistory], now: datetime | None = None) -> set[int]:
-    """Bring these active members' ledgers, tiers and accounts up to date with their *new*
-    events (``histories``: only those after what their refresh's watermark covered) by
-    resuming each one's derivation from its checkpoint (``_advance_prepare``); returns the
-    members it could not resume, for the caller to reconcile from their whole history."""
-    unresumed: set[int] = set()
-
-    def whole(member_ids: set[int]) -> dict[int, LoyaltyHistory]:
-        unresumed.update(member_ids)
-        return {}
-
-    points_refresh(histories={}, new=histories, whole=whole, now=now, checkpoint=True)
-    return unresumed
 
 
 def points_refresh(
@@ -201,7 +186,7 @@ def points_refresh(
     """What a refresh does to points, in one pass over the accounts: the members of
     ``histories`` reconciled from their whole history (``points_reconcile``), the ``retired``
     ones' points moved to their survivors, and the members of ``new`` advanced from their
-    checkpoints with these new events alone (``points_advance``); those whose derivation
+    checkpoints with these new events alone (``_advance_prepare``); those whose derivation
     cannot resume are reconciled from the history ``whole`` reads for them.
 
     Everything is derived first; then every account any of it writes (the members', their
@@ -225,7 +210,8 @@ def points_refresh(
         return
     _accounts_lock(set().union(*(w.accounts for w in writes)))
     for w in writes:
-        w.apply(program)
+        if w.touches:
+            w.apply(program)
 
 
 @dataclass(slots=True)
@@ -259,11 +245,13 @@ class _PointsWrites:
         _rows_move(self.moves)
         # Credits before debits: the floor is checked at commit, but a clean order reads better.
         _entries_insert(sorted(self.corrections, key=lambda e: -e.points))
-        _tier_changes_write(self.derivations)
+        if self.derivations:
+            _tier_changes_write(self.derivations)
         if self.refunded:
             coupons_release_for_orders(order_ids=self.refunded, reason="order refunded in full")
-        rows_delete(PointsCheckpoint, column="member", keys=self.checkpoints_dropped)
-        if self.checkpoint is not None:
+        if self.checkpoints_dropped:
+            rows_delete(PointsCheckpoint, column="member", keys=self.checkpoints_dropped)
+        if self.checkpoint is not None and self.derivations:
             after, facts = self.checkpoint
             _checkpoints_write(self.derivations, program, after, facts=facts)
         POINTS_DERIVATIONS.labels(self.metric).inc(len(self.derivations))
@@ -396,7 +384,7 @@ def _dues_reconcile(
 def _advance_prepare(
     histories: dict[int, LoyaltyHistory], program: Program, now: datetime
 ) -> tuple[_PointsWrites, set[int]]:
-    """``points_advance``'s writes: these active members' derivations resumed from their
+    """The writes of ``points_refresh``'s ``new`` members: their derivations resumed from their
     checkpoints with their *new* events (``histories``: only those after what their refresh's
     watermark covered); and the members that could not resume, for the caller to reconcile
     from their whole history (``points_reconcile``).
@@ -475,7 +463,7 @@ def _advance_prepare(
 
 @dataclass(frozen=True, slots=True)
 class _StoredCheckpoint:
-    """A member's ``PointsCheckpoint`` as ``points_advance`` reads it."""
+    """A member's ``PointsCheckpoint`` as ``_advance_prepare`` reads it."""
 
     member_id: int
     at: datetime | None

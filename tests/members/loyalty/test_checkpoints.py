@@ -1,4 +1,4 @@
-"""Points derivations resumed from checkpoints (``services.points_advance``): a member who only
+"""Points derivations resumed from checkpoints (``services.points_refresh``): a member who only
 gained later events has their points derived from those events and where their last derivation
 stood, and the result is what replaying their whole history gives; whatever the checkpoint
 stood on changing (facts, the program, a corrupt state) sends the member back to the replay."""
