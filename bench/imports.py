@@ -329,9 +329,11 @@ def main() -> int:
     total_cpu = import_cpu + resolving.cpu + refreshing.cpu
     # On idle cores: a one-process step takes its CPU seconds (process and backend alternate),
     # the refresh its CPU seconds over its processes (at most two cores).
-    idle_wall = import_cpu + resolving.cpu + refreshing.cpu / min(max(args.processes, 1), 2)
-    if refreshed is None:  # side by side: on two cores, the resolution's core bounds it at best
-        idle_wall = import_cpu + resolving.cpu / min(max(args.processes, 1), 2)
+    cores = min(max(args.processes, 1), 2)
+    if refreshed is None:  # side by side: the resolution and the refresh share the cores
+        idle_wall = import_cpu + resolving.cpu / cores
+    else:
+        idle_wall = import_cpu + resolving.cpu + refreshing.cpu / cores
     copies = [copied_members[1], copied_orders[1]]
     copy_rows = copied_members[0] + copied_orders[0]
     copy_rate = copy_rows / sum(t.wall for t in copies)

@@ -21,10 +21,14 @@ MEMBER_REFRESH_LOCK_SPACE = 0x4D52
 _LOCK_KEY_RANGE = 2**31 - 1
 
 
+def _lock_key(member_id: int) -> int:
+    return member_id % _LOCK_KEY_RANGE
+
+
 def member_refresh_locks(member_ids: set[int]) -> None:
     """Lock these members against other refreshes and points commands until the transaction
     ends. Taken in one global order (sorted keys), so two lockers never deadlock."""
-    keys = sorted({member_id % _LOCK_KEY_RANGE for member_id in member_ids})
+    keys = sorted({_lock_key(member_id) for member_id in member_ids})
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(pg_advisory_xact_lock(%s, k)) FROM unnest(%s::int[]) AS k",
@@ -37,7 +41,7 @@ def member_refresh_locks_free(member_ids: set[int]) -> set[int]:
     without waiting; returns them. Never waiting, it needs no order."""
     keys: dict[int, set[int]] = {}
     for member_id in member_ids:
-        keys.setdefault(member_id % _LOCK_KEY_RANGE, set()).add(member_id)
+        keys.setdefault(_lock_key(member_id), set()).add(member_id)
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT k FROM unnest(%s::int[]) AS k WHERE pg_try_advisory_xact_lock(%s, k)",

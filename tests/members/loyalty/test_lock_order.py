@@ -4,17 +4,25 @@ deadlocking. Real transactions on two connections, made to interleave."""
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
 from django.db import connection, transaction
 
+from events.pipeline import events_process_pending
+from identity.models import EventResolution
+from members import services
 from members.locks import member_refresh_locks
 from members.loyalty import services as loyalty_services
+from members.loyalty.demo import loyalty_demo_setup
 from members.loyalty.models import PointsAccount, PointsEntry
-from members.models import Member
+from members.models import DirtyMark, Member, RefreshWatermark
+from members.segments import evaluate
+from members.segments.models import Segment, SegmentMember
 from members.services import members_recompute
+from tests.factories import EventFactory, SourceFactory
 from tests.factories.members import MemberFactory
 from tests.members.loyalty.test_ledger import balances_equal_ledgers
 
@@ -106,13 +114,6 @@ def test_a_refresh_taking_both_paths_takes_each_kind_of_lock_once(monkeypatch):
     the incremental path's points accounts, the second could hold the survivor's account while
     waiting for the segment row the first held, and the first wait for that account: a
     deadlock. Each kind of lock taken once per refresh, in one order, makes one wait instead."""
-    from events.pipeline import events_process_pending
-    from identity.models import EventResolution
-    from members.loyalty.demo import loyalty_demo_setup
-    from members.segments import evaluate
-    from members.segments.models import Segment, SegmentMember
-    from members.services import members_update
-    from tests.factories import EventFactory, SourceFactory
 
     loyalty_demo_setup()
     buyers = Segment.objects.create(key="buyers", name="buyers", kind=Segment.Kind.DYNAMIC,
@@ -154,7 +155,7 @@ def test_a_refresh_taking_both_paths_takes_each_kind_of_lock_once(monkeypatch):
                 assert after.wait(10)
             with transaction.atomic():
                 member_refresh_locks(batch)
-                members_update(batch)
+                services.members_update(batch)
 
         return job
 
@@ -171,8 +172,6 @@ def test_a_refresh_taking_both_paths_takes_each_kind_of_lock_once(monkeypatch):
 
 def second_waits_for_a_lock(seconds: float = 5) -> None:
     """Until another backend of this database waits for a lock (or ``seconds`` passed)."""
-    import time
-
     deadline = time.monotonic() + seconds
     with connection.cursor() as cursor:
         while time.monotonic() < deadline:
@@ -191,12 +190,6 @@ def test_retiring_a_member_whose_orders_its_survivor_takes_over_does_not_deadloc
     survivor's account; the absorbed member's refresh moves its points to that same account and
     deletes its own rows, that watermark among them. Deleted after the accounts, each refresh
     would hold what the other waits for."""
-    from events.pipeline import events_process_pending
-    from identity.models import EventResolution
-    from members import services
-    from members.loyalty.demo import loyalty_demo_setup
-    from members.models import DirtyMark, RefreshWatermark
-    from tests.factories import EventFactory, SourceFactory
 
     loyalty_demo_setup()
     till = SourceFactory(pos=True)
